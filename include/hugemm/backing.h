@@ -1,0 +1,178 @@
+// Memory sources. A Backing hands out Extents: aligned, prefaulted, MADV_DONTFORK'd
+// mappings at one native page size, each with its NUMA node and the PFN of every
+// native page (read once, at map time).
+//
+//   auto backing = hugemm::Backing::Create({.kind = BackingKind::kHugetlb,
+//                                           .page_size = hugemm::kPageSize1G});
+//   auto extent = (*backing)->Map({.length = 2 * kPageSize1G, .node = 0});
+//
+// Four kinds:
+//   hugetlb    memfd_create(MFD_HUGETLB | MFD_HUGE_2MB / MFD_HUGE_1GB); no mount needed.
+//   hugetlbfs  a file in a hugetlbfs mount of that page size (found with libhugetlbfs);
+//              a named file is created mode 0600 and another process may open it.
+//   devdax     /dev/daxX.Y; size, align and node from sysfs; MAP_SHARED only, offsets
+//              and lengths in multiples of the device alignment.
+//   anon       4K anonymous pages, for machines without huge pages.
+#ifndef HUGEMM_BACKING_H_
+#define HUGEMM_BACKING_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "hugemm/page_size.h"
+
+namespace hugemm {
+
+enum class BackingKind { kHugetlb, kHugetlbfs, kDevDax, kAnon };
+
+// "hugetlb", "hugetlbfs", "devdax", "anon".
+absl::string_view BackingKindName(BackingKind kind);
+absl::StatusOr<BackingKind> ParseBackingKind(absl::string_view name);
+
+// A PFN the process could not read. Never zero: PFN 0 is a real frame.
+inline constexpr uint64_t kUnknownPfn = ~uint64_t{0};
+
+struct BackingOptions {
+  BackingKind kind = BackingKind::kHugetlb;
+  // 0 = the kind's own: 2M for hugetlb and hugetlbfs, the device alignment for devdax,
+  // 4K for anon. hugetlb / hugetlbfs take any size the kernel lists (2M, 1G); devdax
+  // must match the device alignment; anon is always 4K.
+  size_t page_size = 0;
+  // hugetlbfs: the mount to use; empty = libhugetlbfs finds one of page_size.
+  std::string hugetlbfs_mount;
+  // devdax: the character device, e.g. "/dev/dax0.0".
+  std::string devdax_path;
+  // devdax: where <root>/bus/dax/devices/<name>/{size,align,numa_node} live. Tests point
+  // this at a fake tree.
+  std::string sysfs_root = "/sys";
+};
+
+struct MapRequest {
+  // Bytes; a positive multiple of the backing's page size.
+  size_t length = 0;
+  // NUMA node to place the pages on (mbind before the prefault, checked after);
+  // -1 = let the kernel choose. devdax memory sits where the device is: a node other
+  // than the device's is an error.
+  int node = -1;
+  // MAP_SHARED (true) or MAP_PRIVATE. devdax refuses private mappings.
+  bool shared = true;
+  // devdax and named hugetlbfs files: byte offset into the device or file. Unset for
+  // devdax = the lowest free range; must be a multiple of the page size.
+  std::optional<uint64_t> offset;
+  // hugetlbfs: a file name inside the mount. Created (mode 0600) or, if another process
+  // made it, opened; it outlives the mapping. Empty = a private unlinked file.
+  std::string name;
+};
+
+class Backing;
+
+// One mapping of a backing. Move-only; unmapped when destroyed.
+class Extent {
+ public:
+  Extent() = default;
+  ~Extent();
+  Extent(Extent&& other) noexcept;
+  Extent& operator=(Extent&& other) noexcept;
+  Extent(const Extent&) = delete;
+  Extent& operator=(const Extent&) = delete;
+
+  std::byte* data() const { return data_; }
+  size_t size() const { return size_; }
+  size_t page_size() const { return page_size_; }
+  size_t page_count() const { return page_size_ ? size_ / page_size_ : 0; }
+  // The node all pages sit on; -1 when unknown or spread over several nodes.
+  int node() const { return node_; }
+  BackingKind kind() const { return kind_; }
+  // Offset in the device or file (0 for memfd and anon).
+  uint64_t offset() const { return offset_; }
+  // PFN of the first 4K frame of native page `i`; kUnknownPfn if unreadable.
+  uint64_t pfn(size_t i) const { return pfns_[i]; }
+  const std::vector<uint64_t>& pfns() const { return pfns_; }
+  bool pfns_known() const { return !pfns_.empty() && pfns_[0] != kUnknownPfn; }
+  const std::shared_ptr<Backing>& backing() const { return backing_; }
+  bool mapped() const { return data_ != nullptr; }
+
+  // Unmaps now and reports an error the destructor would have to swallow.
+  absl::Status Unmap();
+
+ private:
+  friend class Backing;
+  std::byte* data_ = nullptr;
+  size_t size_ = 0;
+  size_t page_size_ = 0;
+  int node_ = -1;
+  BackingKind kind_ = BackingKind::kAnon;
+  uint64_t offset_ = 0;
+  std::vector<uint64_t> pfns_;
+  std::shared_ptr<Backing> backing_;  // keeps a devdax offset map alive
+};
+
+struct DaxDeviceInfo {
+  std::string name;  // "dax0.0"
+  std::string path;  // "/dev/dax0.0"
+  uint64_t size = 0;
+  uint64_t align = 0;
+  int numa_node = -1;
+};
+
+// Reads <sysfs_root>/bus/dax/devices/<name>/{size,align,numa_node}. `device` is a name
+// ("dax0.0") or a path whose last component is the name. A missing or garbled file is
+// an error naming it.
+absl::StatusOr<DaxDeviceInfo> ReadDaxDevice(absl::string_view device,
+                                            const std::string& sysfs_root = "/sys");
+// Every device under <sysfs_root>/bus/dax/devices (none is not an error).
+absl::StatusOr<std::vector<DaxDeviceInfo>> ListDaxDevices(const std::string& sysfs_root = "/sys");
+// The same list as libdaxctl sees it (the live system only).
+absl::StatusOr<std::vector<DaxDeviceInfo>> ListDaxDevicesWithLibdaxctl();
+
+class Backing : public std::enable_shared_from_this<Backing> {
+ public:
+  // Checks the options against the system (page size supported, mount present, device
+  // readable and described by sysfs) and returns a ready backing.
+  static absl::StatusOr<std::shared_ptr<Backing>> Create(const BackingOptions& options);
+
+  virtual ~Backing() = default;
+  Backing(const Backing&) = delete;
+  Backing& operator=(const Backing&) = delete;
+
+  BackingKind kind() const { return kind_; }
+  size_t page_size() const { return page_size_; }
+  // "hugetlb 2M", "hugetlbfs 1G at /dev/hugepages1G", "devdax /dev/dax0.0 (align 2M)".
+  virtual std::string Describe() const = 0;
+
+  // Maps, places, prefaults and records PFNs. On any error nothing stays mapped and no
+  // huge page stays reserved.
+  absl::StatusOr<Extent> Map(const MapRequest& request);
+
+ protected:
+  Backing(BackingKind kind, size_t page_size) : kind_(kind), page_size_(page_size) {}
+
+  // What Map needs from each kind: a file and offset to map (fd -1 for anonymous
+  // memory), checked against the kind's rules. The plan owns the fd it opened.
+  struct Source {
+    int fd = -1;
+    bool owns_fd = false;
+    uint64_t offset = 0;
+    int flags = 0;  // MAP_SHARED or MAP_PRIVATE (| MAP_ANONYMOUS)
+    int fixed_node = -1;  // memory whose node is given, not chosen (devdax)
+  };
+  virtual absl::StatusOr<Source> Prepare(const MapRequest& request) = 0;
+  // Gives back what Prepare took (a devdax offset range) after unmap or failure.
+  virtual void Release(uint64_t /*offset*/, size_t /*length*/) {}
+
+ private:
+  friend class Extent;
+  BackingKind kind_;
+  size_t page_size_;
+};
+
+}  // namespace hugemm
+
+#endif  // HUGEMM_BACKING_H_

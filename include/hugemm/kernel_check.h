@@ -1,0 +1,30 @@
+// Holds an extent against what the live kernel says about it: smaps' KernelPageSize,
+// the PFN of every 4K frame (pagemap) and the compound head / tail flags (kpageflags).
+#ifndef HUGEMM_KERNEL_CHECK_H_
+#define HUGEMM_KERNEL_CHECK_H_
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "hugemm/backing.h"
+
+namespace hugemm {
+
+struct KernelCheck {
+  size_t pages_checked = 0;
+  size_t kernel_page_size = 0;  // from smaps
+  bool pfns_checked = false;    // pagemap readable: PFN contiguity was checked
+  bool flags_checked = false;   // kpageflags readable: head / tail was checked
+  // One line per disagreement, naming the address and what differs. Empty = agrees.
+  std::vector<std::string> mismatches;
+  bool ok() const { return mismatches.empty(); }
+};
+
+// Checks every native page of `extent`. Errors only when /proc cannot be read at all.
+absl::StatusOr<KernelCheck> CheckAgainstKernel(const Extent& extent);
+
+}  // namespace hugemm
+
+#endif  // HUGEMM_KERNEL_CHECK_H_

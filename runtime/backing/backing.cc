@@ -1,0 +1,226 @@
+// Backing::Map, the one mapping procedure every kind shares:
+//   reserve aligned VA -> map the source over it -> bind to the node -> prefault ->
+//   MADV_DONTFORK -> check the node -> read PFNs.
+// Each kind only says what to map (Prepare) and what to give back (Release).
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "hugemm/backing.h"
+#include "runtime/backing/kinds.h"
+#include "runtime/sys/hugepages.h"
+#include "runtime/sys/os.h"
+#include "runtime/sys/pagemap.h"
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+namespace hugemm {
+namespace {
+
+absl::Status Annotate(const absl::Status& status, absl::string_view context) {
+  return absl::Status(status.code(), absl::StrCat(context, ": ", status.message()));
+}
+
+// For hugetlb kinds, how many pages of this size the pool still has: the first thing
+// anyone asks after "cannot allocate".
+std::string PoolHint(BackingKind kind, size_t page_size) {
+  if (kind != BackingKind::kHugetlb && kind != BackingKind::kHugetlbfs) return "";
+  absl::StatusOr<sys::HugePagePool> pool = sys::ReadHugePagePool(page_size);
+  if (!pool.ok()) return "";
+  return absl::StrCat(" (", PageSizeName(page_size), " pool: ", pool->free, " free, ",
+                      pool->resv, " reserved, of ", pool->nr, ")");
+}
+
+}  // namespace
+
+absl::string_view BackingKindName(BackingKind kind) {
+  switch (kind) {
+    case BackingKind::kHugetlb:
+      return "hugetlb";
+    case BackingKind::kHugetlbfs:
+      return "hugetlbfs";
+    case BackingKind::kDevDax:
+      return "devdax";
+    case BackingKind::kAnon:
+      return "anon";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<BackingKind> ParseBackingKind(absl::string_view name) {
+  for (BackingKind k : {BackingKind::kHugetlb, BackingKind::kHugetlbfs, BackingKind::kDevDax,
+                        BackingKind::kAnon}) {
+    if (name == BackingKindName(k)) return k;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown backing \"", name, "\" (hugetlb, hugetlbfs, devdax or anon)"));
+}
+
+absl::StatusOr<std::shared_ptr<Backing>> Backing::Create(const BackingOptions& options) {
+  switch (options.kind) {
+    case BackingKind::kHugetlb:
+      return backing_internal::CreateHugetlb(options);
+    case BackingKind::kHugetlbfs:
+      return backing_internal::CreateHugetlbfs(options);
+    case BackingKind::kDevDax:
+      return backing_internal::CreateDevDax(options);
+    case BackingKind::kAnon:
+      return backing_internal::CreateAnon(options);
+  }
+  return absl::InvalidArgumentError("unknown backing kind");
+}
+
+absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
+  const std::string context =
+      absl::StrCat(Describe(), ": map ", HumanBytes(request.length),
+                   request.node >= 0 ? absl::StrCat(" on node ", request.node) : "");
+  if (request.length == 0 || request.length % page_size_ != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(context, ": length ", request.length,
+                                                   " is not a positive multiple of the ",
+                                                   PageSizeName(page_size_), " page size"));
+  }
+  if (request.node < -1) {
+    return absl::InvalidArgumentError(absl::StrCat(context, ": bad NUMA node ", request.node));
+  }
+  if (request.node >= 0) {
+    std::vector<int> nodes = sys::OnlineNodes();
+    if (std::find(nodes.begin(), nodes.end(), request.node) == nodes.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(context, ": NUMA node ", request.node, " is not online"));
+    }
+  }
+
+  absl::StatusOr<Source> source = Prepare(request);
+  if (!source.ok()) return Annotate(source.status(), context);
+  const size_t length = request.length;
+  sys::Os& os = sys::os();
+
+  // Everything below unwinds through here: the reservation, the fd, the source range.
+  std::byte* mapped = nullptr;
+  auto fail = [&](const absl::Status& status, absl::string_view step) -> absl::Status {
+    if (mapped != nullptr) (void)os.Munmap(mapped, length);
+    if (source->owns_fd) (void)os.Close(source->fd);
+    Release(source->offset, length);
+    return Annotate(status, absl::StrCat(context, ": ", step));
+  };
+
+  if (source->fixed_node >= 0 && request.node >= 0 && request.node != source->fixed_node) {
+    return fail(absl::InvalidArgumentError(
+                    absl::StrCat("the memory sits on node ", source->fixed_node)),
+                "placement");
+  }
+
+  // Over-reserve PROT_NONE and trim to an aligned window, so that the kernel can map
+  // every page at its natural level (a PMD or PUD leaf).
+  absl::StatusOr<void*> reservation =
+      os.Mmap(nullptr, length + page_size_, PROT_NONE,
+              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (!reservation.ok()) return fail(reservation.status(), "reserve address space");
+  auto base = reinterpret_cast<uintptr_t>(*reservation);
+  uintptr_t aligned = (base + page_size_ - 1) & ~(uintptr_t{page_size_} - 1);
+  if (aligned > base) (void)os.Munmap(*reservation, aligned - base);
+  if (uintptr_t tail = base + page_size_ - aligned; tail > 0) {
+    (void)os.Munmap(reinterpret_cast<void*>(aligned + length), tail);
+  }
+  mapped = reinterpret_cast<std::byte*>(aligned);
+
+  absl::StatusOr<void*> fixed =
+      os.Mmap(mapped, length, PROT_READ | PROT_WRITE, source->flags | MAP_FIXED, source->fd,
+              static_cast<off_t>(source->offset));
+  if (!fixed.ok()) {
+    return fail(absl::Status(fixed.status().code(),
+                             absl::StrCat(fixed.status().message(), PoolHint(kind_, page_size_))),
+                "mmap");
+  }
+  if (request.node >= 0 && source->fixed_node < 0) {
+    if (absl::Status st = os.BindToNode(mapped, length, request.node); !st.ok()) {
+      return fail(st, "bind");
+    }
+  }
+  // Fault everything in now: a shortage is an error here, never a SIGBUS later.
+  if (absl::Status st = os.Madvise(mapped, length, MADV_POPULATE_WRITE); !st.ok()) {
+    return fail(absl::Status(st.code(), absl::StrCat(st.message(), PoolHint(kind_, page_size_))),
+                "prefault");
+  }
+  // A child's copy-on-write must never split a page a device is writing to.
+  if (absl::Status st = os.Madvise(mapped, length, MADV_DONTFORK); !st.ok()) {
+    return fail(st, "MADV_DONTFORK");
+  }
+
+  // Where did the pages land? One query per native page.
+  int node = source->fixed_node;
+  if (source->fixed_node < 0) {
+    for (size_t off = 0; off < length; off += page_size_) {
+      absl::StatusOr<int> n = os.NodeOfAddress(mapped + off);
+      if (!n.ok()) return fail(n.status(), "node check");
+      if (off == 0) {
+        node = *n;
+      } else if (*n != node) {
+        node = -1;  // spread over several nodes
+      }
+      if (request.node >= 0 && *n != request.node) {
+        return fail(absl::FailedPreconditionError(absl::StrCat(
+                        "page at +", off, " landed on node ", *n, " instead of ", request.node)),
+                    "node check");
+      }
+    }
+  }
+
+  std::vector<uint64_t> pfns(length / page_size_, kUnknownPfn);
+  if (absl::StatusOr<std::vector<uint64_t>> read = sys::ReadPfns(mapped, pfns.size(), page_size_);
+      read.ok()) {
+    pfns = std::move(*read);
+  }
+
+  if (source->owns_fd) (void)os.Close(source->fd);
+  Extent extent;
+  extent.data_ = mapped;
+  extent.size_ = length;
+  extent.page_size_ = page_size_;
+  extent.node_ = node;
+  extent.kind_ = kind_;
+  extent.offset_ = source->offset;
+  extent.pfns_ = std::move(pfns);
+  extent.backing_ = shared_from_this();
+  return extent;
+}
+
+Extent::~Extent() { (void)Unmap(); }
+
+Extent::Extent(Extent&& other) noexcept { *this = std::move(other); }
+
+Extent& Extent::operator=(Extent&& other) noexcept {
+  if (this != &other) {
+    (void)Unmap();
+    data_ = std::exchange(other.data_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+    page_size_ = std::exchange(other.page_size_, 0);
+    node_ = std::exchange(other.node_, -1);
+    kind_ = other.kind_;
+    offset_ = std::exchange(other.offset_, 0);
+    pfns_ = std::move(other.pfns_);
+    other.pfns_.clear();
+    backing_ = std::move(other.backing_);
+  }
+  return *this;
+}
+
+absl::Status Extent::Unmap() {
+  if (data_ == nullptr) return absl::OkStatus();
+  absl::Status st = sys::os().Munmap(data_, size_);
+  if (backing_) backing_->Release(offset_, size_);
+  data_ = nullptr;
+  size_ = 0;
+  pfns_.clear();
+  backing_.reset();
+  if (!st.ok()) return Annotate(st, "unmap extent");
+  return absl::OkStatus();
+}
+
+}  // namespace hugemm

@@ -1,0 +1,99 @@
+// Device-DAX discovery. sysfs is the contract (NVDIMM namespaces and CXL/hmem devices
+// both show up under /sys/bus/dax/devices); libdaxctl gives the same list through the
+// library the daxctl tool uses, which tests compare against.
+#include <daxctl/libdaxctl.h>
+
+#include <bit>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "hugemm/backing.h"
+#include "runtime/sys/files.h"
+
+namespace hugemm {
+namespace {
+
+std::string BaseName(absl::string_view path) {
+  size_t slash = path.rfind('/');
+  return std::string(slash == absl::string_view::npos ? path : path.substr(slash + 1));
+}
+
+}  // namespace
+
+absl::StatusOr<DaxDeviceInfo> ReadDaxDevice(absl::string_view device,
+                                            const std::string& sysfs_root) {
+  DaxDeviceInfo info;
+  info.name = BaseName(device);
+  info.path = absl::StrContains(device, '/') ? std::string(device) : "/dev/" + info.name;
+  if (info.name.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("bad device-DAX name \"", device, "\""));
+  }
+  const std::string dir = absl::StrCat(sysfs_root, "/bus/dax/devices/", info.name);
+  if (!sys::PathExists(dir)) {
+    return absl::NotFoundError(absl::StrCat("no sysfs entry ", dir, " for ", info.path,
+                                            " (is it a device-DAX device, and is the "
+                                            "device_dax driver loaded?)"));
+  }
+  absl::StatusOr<int64_t> size = sys::ReadInt(dir + "/size");
+  if (!size.ok()) return size.status();
+  absl::StatusOr<int64_t> align = sys::ReadInt(dir + "/align");
+  if (!align.ok()) return align.status();
+  absl::StatusOr<int64_t> node = sys::ReadInt(dir + "/numa_node");
+  if (!node.ok()) return node.status();
+  if (*align < static_cast<int64_t>(kPageSize4K) ||
+      !std::has_single_bit(static_cast<uint64_t>(*align))) {
+    return absl::DataLossError(absl::StrCat("garbled ", dir, "/align: ", *align,
+                                            " is not a power of two of at least 4096"));
+  }
+  if (*size <= 0 || *size % *align != 0) {
+    return absl::DataLossError(absl::StrCat("garbled ", dir, "/size: ", *size,
+                                            " is not a positive multiple of the alignment ",
+                                            *align));
+  }
+  if (*node < -1) {
+    return absl::DataLossError(absl::StrCat("garbled ", dir, "/numa_node: ", *node));
+  }
+  info.size = static_cast<uint64_t>(*size);
+  info.align = static_cast<uint64_t>(*align);
+  info.numa_node = static_cast<int>(*node);
+  return info;
+}
+
+absl::StatusOr<std::vector<DaxDeviceInfo>> ListDaxDevices(const std::string& sysfs_root) {
+  std::vector<DaxDeviceInfo> devices;
+  const std::string dir = sysfs_root + "/bus/dax/devices";
+  if (!sys::PathExists(dir)) return devices;
+  absl::StatusOr<std::vector<std::string>> names = sys::ListDir(dir);
+  if (!names.ok()) return names.status();
+  for (const std::string& name : *names) {
+    absl::StatusOr<DaxDeviceInfo> info = ReadDaxDevice(name, sysfs_root);
+    if (!info.ok()) return info.status();
+    devices.push_back(std::move(*info));
+  }
+  return devices;
+}
+
+absl::StatusOr<std::vector<DaxDeviceInfo>> ListDaxDevicesWithLibdaxctl() {
+  struct daxctl_ctx* ctx = nullptr;
+  if (int rc = daxctl_new(&ctx); rc < 0) {
+    return absl::UnavailableError(absl::StrCat("daxctl_new failed: error ", -rc));
+  }
+  std::vector<DaxDeviceInfo> devices;
+  struct daxctl_region* region;
+  daxctl_region_foreach(ctx, region) {
+    struct daxctl_dev* dev;
+    daxctl_dev_foreach(region, dev) {
+      DaxDeviceInfo info;
+      info.name = daxctl_dev_get_devname(dev);
+      info.path = "/dev/" + info.name;
+      info.size = daxctl_dev_get_size(dev);
+      info.align = daxctl_dev_get_align(dev);
+      info.numa_node = daxctl_dev_get_target_node(dev);
+      if (info.size > 0) devices.push_back(std::move(info));
+    }
+  }
+  daxctl_unref(ctx);
+  return devices;
+}
+
+}  // namespace hugemm

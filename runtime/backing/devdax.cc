@@ -1,0 +1,144 @@
+// devdax: a /dev/daxX.Y character device. Its memory never moves and is mapped by the
+// kernel only at the device alignment, so the rules are strict: MAP_SHARED, offsets and
+// lengths in whole alignment units, and extents carved from free ranges of the device.
+#include <fcntl.h>
+#include <sys/mman.h>
+
+#include <map>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "runtime/backing/kinds.h"
+#include "runtime/sys/os.h"
+
+namespace hugemm::backing_internal {
+namespace {
+
+class DevDaxBacking final : public Backing {
+ public:
+  DevDaxBacking(DaxDeviceInfo info, sys::UniqueFd fd)
+      : Backing(BackingKind::kDevDax, info.align), info_(std::move(info)), fd_(std::move(fd)) {
+    free_[0] = info_.size;
+  }
+
+  std::string Describe() const override {
+    return absl::StrCat("devdax ", info_.path, " (align ", PageSizeName(info_.align), ", ",
+                        HumanBytes(info_.size), ", node ", info_.numa_node, ")");
+  }
+
+ protected:
+  absl::StatusOr<Source> Prepare(const MapRequest& request) override {
+    if (!request.shared) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "device-DAX ", info_.path, " can only be mapped MAP_SHARED; a private mapping is "
+          "refused"));
+    }
+    if (!request.name.empty()) {
+      return absl::InvalidArgumentError("device-DAX memory has no file names");
+    }
+    absl::StatusOr<uint64_t> offset = Take(request);
+    if (!offset.ok()) return offset.status();
+    Source s;
+    s.fd = fd_.get();
+    s.offset = *offset;
+    s.flags = MAP_SHARED;
+    s.fixed_node = info_.numa_node;
+    return s;
+  }
+
+  void Release(uint64_t offset, size_t length) override {
+    absl::MutexLock lock(&mu_);
+    auto [it, inserted] = free_.emplace(offset, length);
+    if (!inserted) return;  // cannot happen: ranges are handed out once
+    // Merge with the neighbours on both sides.
+    if (auto next = std::next(it); next != free_.end() && it->first + it->second == next->first) {
+      it->second += next->second;
+      free_.erase(next);
+    }
+    if (it != free_.begin()) {
+      auto prev = std::prev(it);
+      if (prev->first + prev->second == it->first) {
+        prev->second += it->second;
+        free_.erase(it);
+      }
+    }
+  }
+
+ private:
+  // Claims [offset, offset + length) from the free ranges: the requested offset, or the
+  // lowest free range that fits.
+  absl::StatusOr<uint64_t> Take(const MapRequest& request) {
+    const uint64_t length = request.length;
+    absl::MutexLock lock(&mu_);
+    if (request.offset.has_value()) {
+      const uint64_t want = *request.offset;
+      if (want % info_.align != 0) {
+        return absl::InvalidArgumentError(absl::StrCat("offset ", want,
+                                                       " is not a multiple of the device "
+                                                       "alignment ",
+                                                       PageSizeName(info_.align)));
+      }
+      if (want > info_.size || length > info_.size - want) {
+        return absl::OutOfRangeError(absl::StrCat("range [", want, ", ", want + length,
+                                                  ") lies beyond the device size ",
+                                                  info_.size));
+      }
+      auto it = free_.upper_bound(want);
+      if (it == free_.begin() || std::prev(it)->first + std::prev(it)->second < want + length) {
+        return absl::AlreadyExistsError(absl::StrCat("range [", want, ", ", want + length,
+                                                     ") of ", info_.path,
+                                                     " is already mapped by this backing"));
+      }
+      --it;
+      Carve(it, want, length);
+      return want;
+    }
+    for (auto it = free_.begin(); it != free_.end(); ++it) {
+      if (it->second >= length) {
+        uint64_t at = it->first;
+        Carve(it, at, length);
+        return at;
+      }
+    }
+    uint64_t largest = 0;
+    for (const auto& [off, len] : free_) largest = std::max<uint64_t>(largest, len);
+    return absl::ResourceExhaustedError(absl::StrCat("no free range of ", HumanBytes(length),
+                                                     " in ", info_.path, " (largest free: ",
+                                                     HumanBytes(largest), ")"));
+  }
+
+  void Carve(std::map<uint64_t, uint64_t>::iterator it, uint64_t at, uint64_t length)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const uint64_t start = it->first, end = it->first + it->second;
+    free_.erase(it);
+    if (start < at) free_[start] = at - start;
+    if (at + length < end) free_[at + length] = end - (at + length);
+  }
+
+  const DaxDeviceInfo info_;
+  sys::UniqueFd fd_;
+  absl::Mutex mu_;
+  std::map<uint64_t, uint64_t> free_ ABSL_GUARDED_BY(mu_);  // offset -> length
+};
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<Backing>> CreateDevDax(const BackingOptions& options) {
+  if (options.devdax_path.empty()) {
+    return absl::InvalidArgumentError("devdax backing needs a device path (e.g. /dev/dax0.0)");
+  }
+  absl::StatusOr<DaxDeviceInfo> info = ReadDaxDevice(options.devdax_path, options.sysfs_root);
+  if (!info.ok()) return info.status();
+  info->path = options.devdax_path;
+  if (options.page_size != 0 && options.page_size != info->align) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(info->path, " has alignment ", PageSizeName(info->align), ", not ",
+                     PageSizeName(options.page_size)));
+  }
+  absl::StatusOr<int> fd = sys::os().Open(info->path, O_RDWR, 0);
+  if (!fd.ok()) return fd.status();
+  return std::make_shared<DevDaxBacking>(std::move(*info), sys::UniqueFd(*fd));
+}
+
+}  // namespace hugemm::backing_internal

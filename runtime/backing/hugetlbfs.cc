@@ -1,0 +1,120 @@
+// hugetlbfs: a file in a hugetlbfs mount of the requested page size. Unlike a memfd, a
+// named file can be opened by a second process (mode 0600: the same user only).
+#include <fcntl.h>
+extern "C" {  // hugetlbfs.h has no C++ guards
+#include <hugetlbfs.h>
+}
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "runtime/backing/kinds.h"
+#include "runtime/sys/hugepages.h"
+#include "runtime/sys/os.h"
+
+namespace hugemm::backing_internal {
+namespace {
+
+class HugetlbfsBacking final : public Backing {
+ public:
+  HugetlbfsBacking(size_t page_size, std::string mount)
+      : Backing(BackingKind::kHugetlbfs, page_size), mount_(std::move(mount)) {}
+
+  std::string Describe() const override {
+    return absl::StrCat("hugetlbfs ", PageSizeName(page_size()), " at ", mount_);
+  }
+
+ protected:
+  absl::StatusOr<Source> Prepare(const MapRequest& request) override {
+    const uint64_t offset = request.offset.value_or(0);
+    if (offset % page_size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "offset ", offset, " is not a multiple of the ", PageSizeName(page_size()), " page"));
+    }
+    if (request.name.empty() && offset != 0) {
+      return absl::InvalidArgumentError("an offset needs a named file");
+    }
+    if (absl::StrContains(request.name, '/') || request.name == "." || request.name == "..") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("file name \"", request.name, "\" must be a plain name in ", mount_));
+    }
+    sys::Os& os = sys::os();
+    std::string path;
+    absl::StatusOr<int> fd;
+    if (request.name.empty()) {
+      // A private file: create with a unique name and unlink at once, so nothing is left
+      // behind in the mount whatever happens to this process.
+      static std::atomic<uint64_t> counter{0};
+      path = absl::StrCat(mount_, "/.hugemm-", ::getpid(), "-", counter.fetch_add(1));
+      fd = os.Open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+      if (fd.ok()) ::unlink(path.c_str());
+    } else {
+      path = absl::StrCat(mount_, "/", request.name);
+      fd = os.Open(path, O_RDWR | O_CREAT, 0600);
+    }
+    if (!fd.ok()) return fd.status();
+    struct stat st;
+    if (::fstat(*fd, &st) != 0) {
+      absl::Status s = sys::ErrnoStatus(errno, absl::StrCat("fstat ", path));
+      (void)os.Close(*fd);
+      return s;
+    }
+    const uint64_t end = offset + request.length;
+    if (static_cast<uint64_t>(st.st_size) < end) {
+      if (absl::Status s = os.Ftruncate(*fd, static_cast<off_t>(end)); !s.ok()) {
+        (void)os.Close(*fd);
+        return absl::Status(s.code(), absl::StrCat(path, ": ", s.message()));
+      }
+    }
+    Source s;
+    s.fd = *fd;
+    s.owns_fd = true;
+    s.offset = offset;
+    s.flags = request.shared ? MAP_SHARED : MAP_PRIVATE;
+    return s;
+  }
+
+ private:
+  std::string mount_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<Backing>> CreateHugetlbfs(const BackingOptions& options) {
+  const size_t page_size = options.page_size ? options.page_size : kPageSize2M;
+  if (absl::Status st = CheckHugePageSize(page_size); !st.ok()) return st;
+  std::string mount = options.hugetlbfs_mount;
+  if (mount.empty()) {
+    const char* found = hugetlbfs_find_path_for_size(static_cast<long>(page_size));
+    if (found == nullptr) {
+      return absl::NotFoundError(absl::StrCat(
+          "no hugetlbfs mount with ", PageSizeName(page_size), " pages (mount one: mount -t "
+          "hugetlbfs -o pagesize=", PageSizeName(page_size), " none /dev/hugepages",
+          PageSizeName(page_size), ")"));
+    }
+    mount = found;
+  } else {
+    absl::StatusOr<std::vector<sys::HugetlbfsMount>> mounts = sys::HugetlbfsMounts();
+    if (!mounts.ok()) return mounts.status();
+    const sys::HugetlbfsMount* match = nullptr;
+    for (const sys::HugetlbfsMount& m : *mounts) {
+      if (m.path == mount) match = &m;
+    }
+    if (match == nullptr) {
+      return absl::NotFoundError(absl::StrCat(mount, " is not a hugetlbfs mount"));
+    }
+    if (match->page_size != page_size) {
+      return absl::InvalidArgumentError(absl::StrCat(mount, " has ",
+                                                     PageSizeName(match->page_size),
+                                                     " pages, not ", PageSizeName(page_size)));
+    }
+  }
+  return std::make_shared<HugetlbfsBacking>(page_size, std::move(mount));
+}
+
+}  // namespace hugemm::backing_internal

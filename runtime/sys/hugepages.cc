@@ -1,0 +1,128 @@
+#include "runtime/sys/hugepages.h"
+
+#include <algorithm>
+#include <cstdio>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "runtime/sys/files.h"
+#include "hugemm/page_size.h"
+
+namespace hugemm::sys {
+namespace {
+
+std::string PoolDir(const std::string& base, size_t page_size) {
+  return absl::StrCat(base, "/hugepages-", page_size / 1024, "kB");
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<size_t>> HugePageSizes(const std::string& sysfs_root) {
+  absl::StatusOr<std::vector<std::string>> names =
+      ListDir(absl::StrCat(sysfs_root, "/kernel/mm/hugepages"));
+  if (!names.ok()) return names.status();
+  std::vector<size_t> sizes;
+  for (const std::string& n : *names) {
+    size_t kb = 0;
+    if (absl::StartsWith(n, "hugepages-") && absl::EndsWith(n, "kB") &&
+        absl::SimpleAtoi(n.substr(10, n.size() - 12), &kb)) {
+      sizes.push_back(kb * 1024);
+    }
+  }
+  std::sort(sizes.begin(), sizes.end());
+  return sizes;
+}
+
+absl::StatusOr<HugePagePool> ReadHugePagePool(size_t page_size, const std::string& sysfs_root) {
+  HugePagePool pool;
+  pool.page_size = page_size;
+  const std::string dir = PoolDir(absl::StrCat(sysfs_root, "/kernel/mm/hugepages"), page_size);
+  struct Field {
+    const char* name;
+    int64_t* out;
+  } fields[] = {{"nr_hugepages", &pool.nr},
+                {"free_hugepages", &pool.free},
+                {"resv_hugepages", &pool.resv},
+                {"surplus_hugepages", &pool.surplus},
+                {"nr_overcommit_hugepages", &pool.overcommit}};
+  for (const Field& f : fields) {
+    absl::StatusOr<int64_t> v = ReadInt(absl::StrCat(dir, "/", f.name));
+    if (!v.ok()) return v.status();
+    *f.out = *v;
+  }
+  for (int node : OnlineNodes(sysfs_root)) {
+    const std::string ndir = PoolDir(
+        absl::StrCat(sysfs_root, "/devices/system/node/node", node, "/hugepages"), page_size);
+    if (!PathExists(ndir)) continue;
+    NodePool np;
+    np.node = node;
+    absl::StatusOr<int64_t> nr = ReadInt(ndir + "/nr_hugepages");
+    absl::StatusOr<int64_t> fr = ReadInt(ndir + "/free_hugepages");
+    absl::StatusOr<int64_t> su = ReadInt(ndir + "/surplus_hugepages");
+    if (!nr.ok()) return nr.status();
+    if (!fr.ok()) return fr.status();
+    if (!su.ok()) return su.status();
+    np.nr = *nr;
+    np.free = *fr;
+    np.surplus = *su;
+    pool.nodes.push_back(np);
+  }
+  return pool;
+}
+
+std::vector<int> OnlineNodes(const std::string& sysfs_root) {
+  std::vector<int> nodes;
+  absl::StatusOr<std::vector<std::string>> names =
+      ListDir(absl::StrCat(sysfs_root, "/devices/system/node"));
+  if (names.ok()) {
+    for (const std::string& n : *names) {
+      int id = 0;
+      if (absl::StartsWith(n, "node") && absl::SimpleAtoi(n.substr(4), &id)) nodes.push_back(id);
+    }
+  }
+  std::sort(nodes.begin(), nodes.end());
+  if (nodes.empty()) nodes.push_back(0);
+  return nodes;
+}
+
+absl::StatusOr<std::vector<HugetlbfsMount>> HugetlbfsMounts(const std::string& mounts_file) {
+  absl::StatusOr<std::string> text = ReadFile(mounts_file);
+  if (!text.ok()) return text.status();
+  std::vector<HugetlbfsMount> mounts;
+  for (absl::string_view line : absl::StrSplit(*text, '\n', absl::SkipEmpty())) {
+    std::vector<absl::string_view> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
+    if (f.size() < 4 || f[2] != "hugetlbfs") continue;
+    HugetlbfsMount m;
+    m.path = std::string(f[1]);
+    m.page_size = DefaultHugePageSize();
+    for (absl::string_view opt : absl::StrSplit(f[3], ',')) {
+      if (absl::ConsumePrefix(&opt, "pagesize=")) {
+        absl::StatusOr<size_t> ps = ParsePageSize(opt);
+        if (ps.ok()) m.page_size = *ps;
+      }
+    }
+    mounts.push_back(std::move(m));
+  }
+  return mounts;
+}
+
+size_t DefaultHugePageSize() {
+  absl::StatusOr<std::string> text = ReadFile("/proc/meminfo");
+  if (!text.ok()) return 0;
+  for (absl::string_view line : absl::StrSplit(*text, '\n')) {
+    if (absl::ConsumePrefix(&line, "Hugepagesize:")) {
+      size_t kb = 0;
+      line = absl::StripAsciiWhitespace(line);
+      if (absl::ConsumeSuffix(&line, "kB") &&
+          absl::SimpleAtoi(absl::StripAsciiWhitespace(line), &kb)) {
+        return kb * 1024;
+      }
+    }
+  }
+  return 0;
+}
+
+}  // namespace hugemm::sys

@@ -1,0 +1,101 @@
+#include "runtime/sys/pagemap.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "runtime/sys/os.h"
+
+namespace hugemm::sys {
+namespace {
+
+constexpr uint64_t kPagemapPresent = uint64_t{1} << 63;
+constexpr uint64_t kPagemapPfnMask = (uint64_t{1} << 55) - 1;
+constexpr size_t kBasePage = 4096;
+
+absl::StatusOr<UniqueFd> OpenReadOnly(const char* path) {
+  absl::StatusOr<int> fd = os().Open(path, O_RDONLY, 0);
+  if (!fd.ok()) return fd.status();
+  return UniqueFd(*fd);
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<uint64_t>> ReadPfns(const void* addr, size_t count, size_t stride) {
+  absl::StatusOr<UniqueFd> fd = OpenReadOnly("/proc/self/pagemap");
+  if (!fd.ok()) return fd.status();
+  std::vector<uint64_t> pfns(count, kUnknownPfn);
+  auto va = reinterpret_cast<uintptr_t>(addr);
+  for (size_t i = 0; i < count; ++i) {
+    uint64_t entry = 0;
+    off_t offset = static_cast<off_t>((va + i * stride) / kBasePage * sizeof(entry));
+    absl::Status st = os().Pread(fd->get(), &entry, sizeof(entry), offset);
+    if (!st.ok()) {
+      return absl::Status(st.code(), absl::StrFormat("/proc/self/pagemap at 0x%x: %s",
+                                                     va + i * stride, st.message()));
+    }
+    uint64_t pfn = entry & kPagemapPfnMask;
+    // Without CAP_SYS_ADMIN the kernel reports present pages with PFN 0.
+    if ((entry & kPagemapPresent) && pfn != 0) pfns[i] = pfn;
+  }
+  return pfns;
+}
+
+absl::StatusOr<std::vector<uint64_t>> ReadKpageflags(uint64_t pfn, size_t count) {
+  absl::StatusOr<UniqueFd> fd = OpenReadOnly("/proc/kpageflags");
+  if (!fd.ok()) return fd.status();
+  std::vector<uint64_t> flags(count);
+  absl::Status st = os().Pread(fd->get(), flags.data(), count * sizeof(uint64_t),
+                               static_cast<off_t>(pfn * sizeof(uint64_t)));
+  if (!st.ok()) {
+    return absl::Status(st.code(),
+                        absl::StrCat("/proc/kpageflags at PFN ", pfn, ": ", st.message()));
+  }
+  return flags;
+}
+
+bool CanReadPfns() {
+  void* p = ::mmap(nullptr, kBasePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return false;
+  std::memset(p, 1, kBasePage);
+  absl::StatusOr<std::vector<uint64_t>> pfns = ReadPfns(p, 1, kBasePage);
+  ::munmap(p, kBasePage);
+  return pfns.ok() && (*pfns)[0] != kUnknownPfn;
+}
+
+absl::StatusOr<size_t> KernelPageSizeAt(const void* addr) {
+  FILE* f = std::fopen("/proc/self/smaps", "re");
+  if (f == nullptr) return ErrnoStatus(errno, "cannot read /proc/self/smaps");
+  auto va = reinterpret_cast<uintptr_t>(addr);
+  char line[512];
+  bool inside = false;
+  size_t result = 0;
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    uintptr_t start = 0, end = 0;
+    // VMA header lines look like "7f..-7f.. rw-s 00000000 00:0f 123 /path".
+    if (std::sscanf(line, "%" SCNxPTR "-%" SCNxPTR " ", &start, &end) == 2 &&
+        std::strchr(line, '-') < std::strchr(line, ' ')) {
+      inside = va >= start && va < end;
+      continue;
+    }
+    unsigned long kb = 0;
+    if (inside && std::sscanf(line, "KernelPageSize: %lu kB", &kb) == 1) {
+      result = kb * 1024;
+      break;
+    }
+  }
+  std::fclose(f);
+  if (result == 0) {
+    return absl::NotFoundError(
+        absl::StrFormat("no mapping holds 0x%x in /proc/self/smaps", va));
+  }
+  return result;
+}
+
+}  // namespace hugemm::sys

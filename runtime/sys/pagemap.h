@@ -1,0 +1,39 @@
+// What the kernel says about our memory: PFNs from /proc/self/pagemap, page flags from
+// /proc/kpageflags, and the VMA page size from /proc/self/smaps.
+#ifndef HUGEMM_RUNTIME_SYS_PAGEMAP_H_
+#define HUGEMM_RUNTIME_SYS_PAGEMAP_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace hugemm::sys {
+
+// A PFN we could not learn (no CAP_SYS_ADMIN, page not present). Never zero: PFN 0 is
+// a real frame and a device handed it would write to it.
+inline constexpr uint64_t kUnknownPfn = ~uint64_t{0};
+
+// /proc/kpageflags bits (include/uapi/linux/kernel-page-flags.h).
+inline constexpr int kKpfCompoundHead = 15;
+inline constexpr int kKpfCompoundTail = 16;
+inline constexpr int kKpfHuge = 17;
+
+// The PFN of each of `count` pages starting at `addr`, `stride` bytes apart (one read
+// of the pagemap per page). kUnknownPfn where the kernel hides it or the page is absent.
+absl::StatusOr<std::vector<uint64_t>> ReadPfns(const void* addr, size_t count, size_t stride);
+
+// Flags of `count` consecutive PFNs from /proc/kpageflags (root only).
+absl::StatusOr<std::vector<uint64_t>> ReadKpageflags(uint64_t pfn, size_t count);
+
+// True when this process may read PFNs: it maps and touches a page and checks that the
+// pagemap shows a non-zero PFN for it.
+bool CanReadPfns();
+
+// smaps' KernelPageSize of the VMA that holds `addr`, in bytes.
+absl::StatusOr<size_t> KernelPageSizeAt(const void* addr);
+
+}  // namespace hugemm::sys
+
+#endif  // HUGEMM_RUNTIME_SYS_PAGEMAP_H_
