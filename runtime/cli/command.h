@@ -1,5 +1,6 @@
 // `hugemm <command>`: each command is a function over its arguments returning an exit
-// code. Commands live in their own files and register themselves in main.cc's table.
+// code, defined in its own file and registered with HUGEMM_REGISTER_COMMAND. Benchmarks
+// in perf/ register under `hugemm bench <name>` with HUGEMM_REGISTER_BENCH.
 #ifndef HUGEMM_RUNTIME_CLI_COMMAND_H_
 #define HUGEMM_RUNTIME_CLI_COMMAND_H_
 
@@ -9,9 +10,24 @@
 namespace hugemm::cli {
 
 using Args = std::vector<std::string>;
+using CommandFn = int (*)(const Args& args);
 
-int RunInfo(const Args& args);
-int RunDemo(const Args& args);
+struct CommandInfo {
+  std::string name;
+  std::string summary;
+  CommandFn run;
+};
+
+// Registries, filled by static registration before main().
+std::vector<CommandInfo>& Commands();
+std::vector<CommandInfo>& Benches();
+
+struct Registrar {
+  Registrar(std::vector<CommandInfo>& (*table)(), const char* name, const char* summary,
+            CommandFn run) {
+    table().push_back({name, summary, run});
+  }
+};
 
 // True if `flag` is present; removes it.
 bool TakeFlag(Args* args, const std::string& flag);
@@ -21,5 +37,14 @@ std::string TakeValue(Args* args, const std::string& flag);
 int RejectLeftovers(const std::string& command, const Args& args);
 
 }  // namespace hugemm::cli
+
+#define HUGEMM_CLI_CONCAT2(a, b) a##b
+#define HUGEMM_CLI_CONCAT(a, b) HUGEMM_CLI_CONCAT2(a, b)
+#define HUGEMM_REGISTER_COMMAND(name, summary, fn)                                   \
+  static ::hugemm::cli::Registrar HUGEMM_CLI_CONCAT(hugemm_command_, __LINE__)( \
+      &::hugemm::cli::Commands, name, summary, fn)
+#define HUGEMM_REGISTER_BENCH(name, summary, fn)                                     \
+  static ::hugemm::cli::Registrar HUGEMM_CLI_CONCAT(hugemm_bench_, __LINE__)(   \
+      &::hugemm::cli::Benches, name, summary, fn)
 
 #endif  // HUGEMM_RUNTIME_CLI_COMMAND_H_

@@ -47,8 +47,6 @@ int DemoOne(size_t page_size) {
   return (check->ok() && data_ok) ? 0 : 1;
 }
 
-}  // namespace
-
 int RunDemo(const Args& in) {
   if (int rc = RejectLeftovers("demo", in)) return rc;
   int failures = 0, ran = 0;
@@ -60,5 +58,10 @@ int RunDemo(const Args& in) {
   std::printf("demo: %d page size(s) mapped and checked, %d failed\n", ran, failures);
   return failures ? 1 : 0;
 }
+
+}  // namespace
+
+HUGEMM_REGISTER_COMMAND("demo", "map a 2M and a 1G page and check them against the kernel",
+                        RunDemo);
 
 }  // namespace hugemm::cli

@@ -5,6 +5,8 @@
 
 namespace hugemm::cli {
 
+namespace {
+
 int RunInfo(const Args& in) {
   Args args = in;
   const bool json = TakeFlag(&args, "--json");
@@ -19,5 +21,12 @@ int RunInfo(const Args& in) {
   std::fputs(out.c_str(), stdout);
   return 0;
 }
+
+}  // namespace
+
+HUGEMM_REGISTER_COMMAND("info",
+                        "page sizes, huge page pools per node, hugetlbfs mounts, DAX devices "
+                        "[--json] [--sysfs-root DIR]",
+                        RunInfo);
 
 }  // namespace hugemm::cli

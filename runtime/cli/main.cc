@@ -1,4 +1,5 @@
 // hugemm: the command-line face of the runtime.
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -8,24 +9,42 @@
 namespace hugemm::cli {
 namespace {
 
-struct Command {
-  const char* name;
-  const char* summary;
-  int (*run)(const Args&);
-};
-
-constexpr Command kCommands[] = {
-    {"info", "page sizes, huge page pools per node, hugetlbfs mounts, DAX devices [--json]",
-     RunInfo},
-    {"demo", "map a 2M and a 1G page and check them against the kernel", RunDemo},
-};
-
-void Usage(FILE* out) {
-  std::fprintf(out, "usage: hugemm <command> [options]\n\ncommands:\n");
-  for (const Command& c : kCommands) std::fprintf(out, "  %-8s %s\n", c.name, c.summary);
+void Usage(FILE* out, const std::vector<CommandInfo>& table, const char* prefix) {
+  std::vector<CommandInfo> sorted = table;
+  std::sort(sorted.begin(), sorted.end(),
+            [](const CommandInfo& a, const CommandInfo& b) { return a.name < b.name; });
+  std::fprintf(out, "usage: %s <command> [options]\n\ncommands:\n", prefix);
+  for (const CommandInfo& c : sorted) {
+    std::fprintf(out, "  %-10s %s\n", c.name.c_str(), c.summary.c_str());
+  }
 }
 
+int Dispatch(const std::vector<CommandInfo>& table, const char* prefix, const Args& args) {
+  if (args.empty() || args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+    Usage(args.empty() ? stderr : stdout, table, prefix);
+    return args.empty() ? 2 : 0;
+  }
+  for (const CommandInfo& c : table) {
+    if (c.name == args[0]) return c.run(Args(args.begin() + 1, args.end()));
+  }
+  std::fprintf(stderr, "%s: unknown command \"%s\"\n", prefix, args[0].c_str());
+  Usage(stderr, table, prefix);
+  return 2;
+}
+
+int RunBench(const Args& args) { return Dispatch(Benches(), "hugemm bench", args); }
+
 }  // namespace
+
+std::vector<CommandInfo>& Commands() {
+  static auto* table = new std::vector<CommandInfo>();
+  return *table;
+}
+
+std::vector<CommandInfo>& Benches() {
+  static auto* table = new std::vector<CommandInfo>();
+  return *table;
+}
 
 bool TakeFlag(Args* args, const std::string& flag) {
   for (auto it = args->begin(); it != args->end(); ++it) {
@@ -59,21 +78,11 @@ int RejectLeftovers(const std::string& command, const Args& args) {
   return 2;
 }
 
+HUGEMM_REGISTER_COMMAND("bench", "benchmarks: hugemm bench <name> (--help lists them)", RunBench);
+
 }  // namespace hugemm::cli
 
 int main(int argc, char** argv) {
-  using hugemm::cli::kCommands;
-  if (argc < 2 || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "--help") ||
-      !std::strcmp(argv[1], "help")) {
-    hugemm::cli::Usage(argc < 2 ? stderr : stdout);
-    return argc < 2 ? 2 : 0;
-  }
-  for (const auto& c : kCommands) {
-    if (std::strcmp(argv[1], c.name) == 0) {
-      return c.run(hugemm::cli::Args(argv + 2, argv + argc));
-    }
-  }
-  std::fprintf(stderr, "hugemm: unknown command \"%s\"\n", argv[1]);
-  hugemm::cli::Usage(stderr);
-  return 2;
+  return hugemm::cli::Dispatch(hugemm::cli::Commands(), "hugemm",
+                               hugemm::cli::Args(argv + 1, argv + argc));
 }

@@ -70,21 +70,23 @@ fi
 
 packages=("${HOST_PACKAGES[@]}")
 ((RXE)) && packages+=("${RXE_PACKAGES[@]}")
-(ensure_packages "${packages[@]}") || exit $? # it exits 77/1 with its own message on stdout
+ensure_packages "${packages[@]}"
 command -v qemu-system-x86_64 >/dev/null || cannot_build "qemu-system-x86_64 not found"
 
-step() { # run a build step; on failure repeat its SKIP/FAIL line as our own
-  local out rc=0
+# step VAR CMD... : run a build step and set VAR to the last line it prints;
+# on failure repeat its SKIP/FAIL reason as our own.
+step() {
+  local var=$1 out rc=0 reason
+  shift
   out=$("$@") || rc=$?
   if ((rc)); then
-    local reason
     reason=$(sed -n 's/^\(SKIP\|FAIL\): //p' <<<"$out" | head -n1)
     cannot_build "${reason:-$(basename -- "$1") failed (status $rc)}"
   fi
-  printf '%s\n' "$out" | tail -n1
+  printf -v "$var" '%s' "$(tail -n1 <<<"$out")"
 }
-KVER=$(step "$VM_DIR/fetch.sh")
-INITRD=$(step "$VM_DIR/build-initramfs.sh" "$KVER")
+step KVER "$VM_DIR/fetch.sh"
+step INITRD "$VM_DIR/build-initramfs.sh" "$KVER"
 KERNEL=$VM_CACHE/kernel/$KVER/boot/vmlinuz-$KVER
 
 # --- the run directory: results share (9p, writable) + NVDIMM backing file -----

@@ -1,0 +1,109 @@
+// Compound folios: one descriptor per folio, never one per 4K page.
+//
+// A folio is 2^order contiguous 4K pages of one backing, described by a 64-byte Folio
+// that carries the reference and pin counts for all of them, as the kernel keeps them on
+// the head page. Reference rules follow the kernel's:
+//   - the owner holds one reference; a mapping holds one; each pin holds `refs`;
+//   - TryGet fails on a zero refcount, so a racing reader never resurrects a free folio;
+//   - the folio goes back to its pool when the last reference drops, whoever drops it;
+//   - pins on a large folio add refs to refcount and exactly refs to pincount; on an
+//     order-0 folio they add refs * kPinBias to refcount (no room for a pincount there
+//     in the kernel; we keep the kernel's rule so maybe_dma_pinned reads the same);
+//   - a count that would overflow is refused with an error, never wrapped.
+#ifndef HUGEMM_FOLIO_H_
+#define HUGEMM_FOLIO_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+
+#include "absl/status/status.h"
+#include "hugemm/backing.h"
+#include "hugemm/page_size.h"
+
+namespace hugemm {
+
+class FolioOwner;
+
+enum FolioFlag : uint32_t {
+  kFolioDirty = 1u << 0,       // written through a pin (unpin with dirty) or mapping
+  kFolioReferenced = 1u << 1,  // touched by a pin or a walk since last cleared
+  kFolioBorrowed = 1u << 2,    // external memory: never freed, may move (no LONGTERM)
+  kFolioReserveMeta = 1u << 3,  // descriptor lives in the backing's reserve (altmap)
+  kFolioFree = 1u << 4,         // in a pool's free list
+  kFolioLocked = 1u << 5,       // being split, merged or mapped; readers back off
+};
+
+// The order-0 pin bias: the kernel's GUP_PIN_COUNTING_BIAS.
+inline constexpr int32_t kPinBias = 1024;
+
+enum class RefKind : uint8_t { kGet, kPin };
+
+struct alignas(64) Folio {
+  std::atomic<int32_t> refcount{0};
+  std::atomic<int32_t> pincount{0};  // exact, large folios only
+  std::atomic<uint32_t> flags{0};
+  uint8_t order = 0;  // log2(bytes / 4K)
+  BackingKind backing = BackingKind::kAnon;
+  int16_t node = -1;
+  uint64_t head_pfn = kUnknownPfn;
+  std::byte* data = nullptr;  // virtual address of page 0
+  // Who gets the folio back when the last reference drops; nullptr for borrowed memory.
+  FolioOwner* owner = nullptr;
+  // Owner-private words (free-list links, buddy bookkeeping).
+  uint64_t owner_private[2] = {0, 0};
+
+  size_t size() const { return kPageSize4K << order; }
+  size_t nr_pages() const { return size_t{1} << order; }
+  bool large() const { return order > 0; }
+  bool has_flag(FolioFlag f) const { return flags.load(std::memory_order_relaxed) & f; }
+  void set_flag(FolioFlag f) { flags.fetch_or(f, std::memory_order_relaxed); }
+  void clear_flag(FolioFlag f) { flags.fetch_and(~static_cast<uint32_t>(f), std::memory_order_relaxed); }
+
+  // folio -> page i, without per-page storage.
+  std::byte* page_address(size_t i) const { return data + (i << kPageShift); }
+  uint64_t page_pfn(size_t i) const { return head_pfn == kUnknownPfn ? kUnknownPfn : head_pfn + i; }
+  // Which page of this folio holds addr (caller guarantees addr is inside).
+  size_t page_index(const void* addr) const {
+    return static_cast<size_t>(static_cast<const std::byte*>(addr) - data) >> kPageShift;
+  }
+  bool contains(const void* addr) const {
+    auto* p = static_cast<const std::byte*>(addr);
+    return p >= data && p < data + size();
+  }
+};
+static_assert(sizeof(Folio) == 64, "a folio descriptor must fit in one cache line");
+
+// Receives folios whose last reference dropped (a pool) — and nothing else.
+class FolioOwner {
+ public:
+  virtual ~FolioOwner() = default;
+  virtual void ReleaseFolio(Folio* folio) = 0;
+};
+
+// The reference operations. All are lock-free; the slow path of each is a CAS loop.
+//
+// One more reference; the caller already holds one (refcount > 0).
+absl::Status FolioGet(Folio* folio, int32_t refs = 1);
+// One more reference only if the folio is live (refcount > 0). false: freed or freeing.
+// Overflow gives false and, through `error`, the reason.
+bool FolioTryGet(Folio* folio, int32_t refs = 1, absl::Status* error = nullptr);
+// Drops `refs` references; the last one returns the folio to its owner.
+void FolioPut(Folio* folio, int32_t refs = 1);
+
+// Takes `refs` page references as GET (plain) or PIN (DMA) at once on the head, as
+// GUP-fast does per leaf: refcount += refs (or refs * kPinBias for an order-0 pin),
+// pincount += refs for a large-folio pin. Fails on a freed folio or overflow, taking
+// nothing.
+absl::Status FolioTryGrab(Folio* folio, int32_t refs, RefKind kind);
+// Undoes FolioTryGrab; marks the folio dirty first when asked.
+void FolioUngrab(Folio* folio, int32_t refs, RefKind kind, bool dirty = false);
+
+// True if the folio may be pinned for DMA: exact for large folios, as in the kernel
+// (pincount > 0); for order-0 ones, refcount >= kPinBias.
+bool FolioMaybeDmaPinned(const Folio* folio);
+
+}  // namespace hugemm
+
+#endif  // HUGEMM_FOLIO_H_

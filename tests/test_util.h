@@ -1,0 +1,83 @@
+// Shared test helpers: huge page availability, and the skip-or-fail rule.
+//
+// A test that needs something this machine may not have (free 1G pages, a hugetlbfs
+// mount, a /dev/dax device) calls HUGEMM_NEED(condition, reason). Without
+// HUGEMM_REQUIRE_HUGEPAGES=1 a missing resource skips the test with the reason; with it
+// (CI, where the resources are set up) the test fails instead.
+#ifndef HUGEMM_TESTS_TEST_UTIL_H_
+#define HUGEMM_TESTS_TEST_UTIL_H_
+
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "hugemm/backing.h"
+
+namespace hugemm::testing {
+
+inline bool RequireHugePages() {
+  const char* v = std::getenv("HUGEMM_REQUIRE_HUGEPAGES");
+  return v != nullptr && std::string(v) == "1";
+}
+
+// Free pages in the kernel pool of this size (0 when the size is unsupported).
+int64_t FreeHugePages(size_t page_size);
+
+// A hugetlbfs mount of this page size, or "" when there is none.
+std::string HugetlbfsMountFor(size_t page_size);
+
+// The device-DAX device under test ($HUGEMM_TEST_DAX), or "".
+inline std::string TestDaxDevice() {
+  const char* v = std::getenv("HUGEMM_TEST_DAX");
+  return v ? std::string(v) : std::string();
+}
+
+// A fresh temporary directory, removed with its contents when this object dies.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+  // Writes `contents` to path()/relative, creating parent directories.
+  void WriteFile(const std::string& relative, const std::string& contents) const;
+
+ private:
+  std::string path_;
+};
+
+}  // namespace hugemm::testing
+
+#define HUGEMM_NEED(condition, reason)                                    \
+  do {                                                                    \
+    if (!(condition)) {                                                   \
+      if (::hugemm::testing::RequireHugePages()) {                        \
+        FAIL() << "HUGEMM_REQUIRE_HUGEPAGES=1 but unavailable: " << reason; \
+      } else {                                                            \
+        GTEST_SKIP() << reason;                                           \
+      }                                                                   \
+    }                                                                     \
+  } while (0)
+
+// Needs `count` free huge pages of `page_size` in the kernel pool.
+#define HUGEMM_NEED_HUGEPAGES(page_size, count)                                         \
+  HUGEMM_NEED(::hugemm::testing::FreeHugePages(page_size) >= (count),                   \
+              "needs " << (count) << " free " << ::hugemm::PageSizeName(page_size)      \
+                       << " huge pages, have "                                          \
+                       << ::hugemm::testing::FreeHugePages(page_size))
+
+#define HUGEMM_ASSERT_OK(expr)                         \
+  do {                                                 \
+    const ::absl::Status _st = ::hugemm::testing::AsStatus(expr); \
+    ASSERT_TRUE(_st.ok()) << _st;                      \
+  } while (0)
+
+namespace hugemm::testing {
+inline absl::Status AsStatus(const absl::Status& s) { return s; }
+template <typename T>
+absl::Status AsStatus(const absl::StatusOr<T>& s) {
+  return s.status();
+}
+}  // namespace hugemm::testing
+
+#endif  // HUGEMM_TESTS_TEST_UTIL_H_
