@@ -48,28 +48,27 @@ class TempDir {
 
 }  // namespace hugemm::testing
 
-#define HUGEMM_NEED(condition, reason)                                    \
-  do {                                                                    \
-    if (!(condition)) {                                                   \
-      if (::hugemm::testing::RequireHugePages()) {                        \
+#define HUGEMM_NEED(condition, reason)                                      \
+  do {                                                                      \
+    if (!(condition)) {                                                     \
+      if (::hugemm::testing::RequireHugePages()) {                          \
         FAIL() << "HUGEMM_REQUIRE_HUGEPAGES=1 but unavailable: " << reason; \
-      } else {                                                            \
-        GTEST_SKIP() << reason;                                           \
-      }                                                                   \
-    }                                                                     \
+      } else {                                                              \
+        GTEST_SKIP() << reason;                                             \
+      }                                                                     \
+    }                                                                       \
   } while (0)
 
 // Needs `count` free huge pages of `page_size` in the kernel pool.
-#define HUGEMM_NEED_HUGEPAGES(page_size, count)                                         \
-  HUGEMM_NEED(::hugemm::testing::FreeHugePages(page_size) >= (count),                   \
-              "needs " << (count) << " free " << ::hugemm::PageSizeName(page_size)      \
-                       << " huge pages, have "                                          \
-                       << ::hugemm::testing::FreeHugePages(page_size))
+#define HUGEMM_NEED_HUGEPAGES(page_size, count)                                           \
+  HUGEMM_NEED(::hugemm::testing::FreeHugePages(page_size) >= static_cast<int64_t>(count), \
+              "needs " << (count) << " free " << ::hugemm::PageSizeName(page_size)        \
+                       << " huge pages, have " << ::hugemm::testing::FreeHugePages(page_size))
 
-#define HUGEMM_ASSERT_OK(expr)                         \
-  do {                                                 \
+#define HUGEMM_ASSERT_OK(expr)                                    \
+  do {                                                            \
     const ::absl::Status _st = ::hugemm::testing::AsStatus(expr); \
-    ASSERT_TRUE(_st.ok()) << _st;                      \
+    ASSERT_TRUE(_st.ok()) << _st;                                 \
   } while (0)
 
 namespace hugemm::testing {

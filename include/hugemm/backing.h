@@ -120,6 +120,18 @@ struct DaxDeviceInfo {
   uint64_t size = 0;
   uint64_t align = 0;
   int numa_node = -1;
+  // Where the device's bytes sit physically: <dir>/mappingN/{start,end,page_offset}, or
+  // <dir>/resource for a single range. Root only; empty when unreadable. The kernel's
+  // pagemap does not report PFNs of PUD-mapped (1G) device-DAX, so this is how 1G
+  // devices get known PFNs.
+  struct Range {
+    uint64_t offset = 0;  // byte offset in the device
+    uint64_t phys = 0;    // physical address of that byte
+    uint64_t size = 0;
+  };
+  std::vector<Range> ranges;
+  // The physical address of device byte `offset`, or ~0 when unknown.
+  uint64_t PhysicalAddress(uint64_t offset) const;
 };
 
 // Reads <sysfs_root>/bus/dax/devices/<name>/{size,align,numa_node}. `device` is a name
@@ -160,12 +172,15 @@ class Backing : public std::enable_shared_from_this<Backing> {
     int fd = -1;
     bool owns_fd = false;
     uint64_t offset = 0;
-    int flags = 0;  // MAP_SHARED or MAP_PRIVATE (| MAP_ANONYMOUS)
+    int flags = 0;        // MAP_SHARED or MAP_PRIVATE (| MAP_ANONYMOUS)
     int fixed_node = -1;  // memory whose node is given, not chosen (devdax)
   };
   virtual absl::StatusOr<Source> Prepare(const MapRequest& request) = 0;
   // Gives back what Prepare took (a devdax offset range) after unmap or failure.
   virtual void Release(uint64_t /*offset*/, size_t /*length*/) {}
+  // The PFN of source byte `offset` when pagemap does not show it; kUnknownPfn if the
+  // kind has no other way to know.
+  virtual uint64_t PfnWithoutPagemap(uint64_t /*offset*/) const { return kUnknownPfn; }
 
  private:
   friend class Extent;

@@ -27,9 +27,9 @@ namespace hugemm {
 class FolioOwner;
 
 enum FolioFlag : uint32_t {
-  kFolioDirty = 1u << 0,       // written through a pin (unpin with dirty) or mapping
-  kFolioReferenced = 1u << 1,  // touched by a pin or a walk since last cleared
-  kFolioBorrowed = 1u << 2,    // external memory: never freed, may move (no LONGTERM)
+  kFolioDirty = 1u << 0,        // written through a pin (unpin with dirty) or mapping
+  kFolioReferenced = 1u << 1,   // touched by a pin or a walk since last cleared
+  kFolioBorrowed = 1u << 2,     // external memory: never freed, may move (no LONGTERM)
   kFolioReserveMeta = 1u << 3,  // descriptor lives in the backing's reserve (altmap)
   kFolioFree = 1u << 4,         // in a pool's free list
   kFolioLocked = 1u << 5,       // being split, merged or mapped; readers back off
@@ -59,7 +59,9 @@ struct alignas(64) Folio {
   bool large() const { return order > 0; }
   bool has_flag(FolioFlag f) const { return flags.load(std::memory_order_relaxed) & f; }
   void set_flag(FolioFlag f) { flags.fetch_or(f, std::memory_order_relaxed); }
-  void clear_flag(FolioFlag f) { flags.fetch_and(~static_cast<uint32_t>(f), std::memory_order_relaxed); }
+  void clear_flag(FolioFlag f) {
+    flags.fetch_and(~static_cast<uint32_t>(f), std::memory_order_relaxed);
+  }
 
   // folio -> page i, without per-page storage.
   std::byte* page_address(size_t i) const { return data + (i << kPageShift); }

@@ -17,6 +17,10 @@ struct KernelCheck {
   size_t kernel_page_size = 0;  // from smaps
   bool pfns_checked = false;    // pagemap readable: PFN contiguity was checked
   bool flags_checked = false;   // kpageflags readable: head / tail was checked
+  // Pages whose PFN the kernel does not show (pagemap has no PFN for PUD-mapped
+  // device-DAX; kpageflags has no flags for ZONE_DEVICE pages on some kernels).
+  size_t pfns_hidden = 0;
+  size_t flags_hidden = 0;
   // One line per disagreement, naming the address and what differs. Empty = agrees.
   std::vector<std::string> mismatches;
   bool ok() const { return mismatches.empty(); }

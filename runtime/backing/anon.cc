@@ -29,8 +29,8 @@ class AnonBacking final : public Backing {
 
 absl::StatusOr<std::shared_ptr<Backing>> CreateAnon(const BackingOptions& options) {
   if (options.page_size != 0 && options.page_size != kPageSize4K) {
-    return absl::InvalidArgumentError(absl::StrCat("anon backing has 4K pages, not ",
-                                                   PageSizeName(options.page_size)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("anon backing has 4K pages, not ", PageSizeName(options.page_size)));
   }
   return std::make_shared<AnonBacking>();
 }

@@ -2,6 +2,8 @@
 //   reserve aligned VA -> map the source over it -> bind to the node -> prefault ->
 //   MADV_DONTFORK -> check the node -> read PFNs.
 // Each kind only says what to map (Prepare) and what to give back (Release).
+#include "hugemm/backing.h"
+
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -10,7 +12,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "hugemm/backing.h"
 #include "runtime/backing/kinds.h"
 #include "runtime/sys/hugepages.h"
 #include "runtime/sys/os.h"
@@ -33,8 +34,8 @@ std::string PoolHint(BackingKind kind, size_t page_size) {
   if (kind != BackingKind::kHugetlb && kind != BackingKind::kHugetlbfs) return "";
   absl::StatusOr<sys::HugePagePool> pool = sys::ReadHugePagePool(page_size);
   if (!pool.ok()) return "";
-  return absl::StrCat(" (", PageSizeName(page_size), " pool: ", pool->free, " free, ",
-                      pool->resv, " reserved, of ", pool->nr, ")");
+  return absl::StrCat(" (", PageSizeName(page_size), " pool: ", pool->free, " free, ", pool->resv,
+                      " reserved, of ", pool->nr, ")");
 }
 
 }  // namespace
@@ -54,8 +55,8 @@ absl::string_view BackingKindName(BackingKind kind) {
 }
 
 absl::StatusOr<BackingKind> ParseBackingKind(absl::string_view name) {
-  for (BackingKind k : {BackingKind::kHugetlb, BackingKind::kHugetlbfs, BackingKind::kDevDax,
-                        BackingKind::kAnon}) {
+  for (BackingKind k :
+       {BackingKind::kHugetlb, BackingKind::kHugetlbfs, BackingKind::kDevDax, BackingKind::kAnon}) {
     if (name == BackingKindName(k)) return k;
   }
   return absl::InvalidArgumentError(
@@ -111,16 +112,15 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
   };
 
   if (source->fixed_node >= 0 && request.node >= 0 && request.node != source->fixed_node) {
-    return fail(absl::InvalidArgumentError(
-                    absl::StrCat("the memory sits on node ", source->fixed_node)),
-                "placement");
+    return fail(
+        absl::InvalidArgumentError(absl::StrCat("the memory sits on node ", source->fixed_node)),
+        "placement");
   }
 
   // Over-reserve PROT_NONE and trim to an aligned window, so that the kernel can map
   // every page at its natural level (a PMD or PUD leaf).
-  absl::StatusOr<void*> reservation =
-      os.Mmap(nullptr, length + page_size_, PROT_NONE,
-              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  absl::StatusOr<void*> reservation = os.Mmap(nullptr, length + page_size_, PROT_NONE,
+                                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (!reservation.ok()) return fail(reservation.status(), "reserve address space");
   auto base = reinterpret_cast<uintptr_t>(*reservation);
   uintptr_t aligned = (base + page_size_ - 1) & ~(uintptr_t{page_size_} - 1);
@@ -165,8 +165,8 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
         node = -1;  // spread over several nodes
       }
       if (request.node >= 0 && *n != request.node) {
-        return fail(absl::FailedPreconditionError(absl::StrCat(
-                        "page at +", off, " landed on node ", *n, " instead of ", request.node)),
+        return fail(absl::FailedPreconditionError(absl::StrCat("page at +", off, " landed on node ",
+                                                               *n, " instead of ", request.node)),
                     "node check");
       }
     }
@@ -176,6 +176,9 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
   if (absl::StatusOr<std::vector<uint64_t>> read = sys::ReadPfns(mapped, pfns.size(), page_size_);
       read.ok()) {
     pfns = std::move(*read);
+  }
+  for (size_t i = 0; i < pfns.size(); ++i) {
+    if (pfns[i] == kUnknownPfn) pfns[i] = PfnWithoutPagemap(source->offset + i * page_size_);
   }
 
   if (source->owns_fd) (void)os.Close(source->fd);

@@ -18,6 +18,35 @@ std::string BaseName(absl::string_view path) {
   return std::string(slash == absl::string_view::npos ? path : path.substr(slash + 1));
 }
 
+// Physical placement is best effort: the files are root-only and older kernels lack the
+// mappingN directories. Missing or inconsistent data leaves `ranges` empty.
+void ReadPhysicalRanges(const std::string& dir, DaxDeviceInfo* info) {
+  std::vector<DaxDeviceInfo::Range> ranges;
+  uint64_t covered = 0;
+  for (int i = 0;; ++i) {
+    const std::string m = absl::StrCat(dir, "/mapping", i);
+    if (!sys::PathExists(m)) break;
+    absl::StatusOr<int64_t> start = sys::ReadInt(m + "/start");
+    absl::StatusOr<int64_t> end = sys::ReadInt(m + "/end");
+    absl::StatusOr<int64_t> pgoff = sys::ReadInt(m + "/page_offset");
+    if (!start.ok() || !end.ok() || !pgoff.ok() || *end < *start) return;
+    DaxDeviceInfo::Range r;
+    r.phys = static_cast<uint64_t>(*start);
+    r.size = static_cast<uint64_t>(*end - *start + 1);
+    r.offset = static_cast<uint64_t>(*pgoff) << kPageShift;
+    covered += r.size;
+    ranges.push_back(r);
+  }
+  if (ranges.empty()) {
+    absl::StatusOr<int64_t> start = sys::ReadInt(dir + "/resource");
+    if (!start.ok()) return;
+    ranges.push_back({0, static_cast<uint64_t>(*start), info->size});
+    covered = info->size;
+  }
+  if (covered != info->size) return;
+  info->ranges = std::move(ranges);
+}
+
 }  // namespace
 
 absl::StatusOr<DaxDeviceInfo> ReadDaxDevice(absl::string_view device,
@@ -56,7 +85,15 @@ absl::StatusOr<DaxDeviceInfo> ReadDaxDevice(absl::string_view device,
   info.size = static_cast<uint64_t>(*size);
   info.align = static_cast<uint64_t>(*align);
   info.numa_node = static_cast<int>(*node);
+  ReadPhysicalRanges(dir, &info);
   return info;
+}
+
+uint64_t DaxDeviceInfo::PhysicalAddress(uint64_t offset) const {
+  for (const Range& r : ranges) {
+    if (offset >= r.offset && offset - r.offset < r.size) return r.phys + (offset - r.offset);
+  }
+  return ~uint64_t{0};
 }
 
 absl::StatusOr<std::vector<DaxDeviceInfo>> ListDaxDevices(const std::string& sysfs_root) {

@@ -30,9 +30,10 @@ class DevDaxBacking final : public Backing {
  protected:
   absl::StatusOr<Source> Prepare(const MapRequest& request) override {
     if (!request.shared) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "device-DAX ", info_.path, " can only be mapped MAP_SHARED; a private mapping is "
-          "refused"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("device-DAX ", info_.path,
+                       " can only be mapped MAP_SHARED; a private mapping is "
+                       "refused"));
     }
     if (!request.name.empty()) {
       return absl::InvalidArgumentError("device-DAX memory has no file names");
@@ -45,6 +46,11 @@ class DevDaxBacking final : public Backing {
     s.flags = MAP_SHARED;
     s.fixed_node = info_.numa_node;
     return s;
+  }
+
+  uint64_t PfnWithoutPagemap(uint64_t offset) const override {
+    const uint64_t phys = info_.PhysicalAddress(offset);
+    return phys == ~uint64_t{0} ? kUnknownPfn : phys >> kPageShift;
   }
 
   void Release(uint64_t offset, size_t length) override {
@@ -81,13 +87,12 @@ class DevDaxBacking final : public Backing {
       }
       if (want > info_.size || length > info_.size - want) {
         return absl::OutOfRangeError(absl::StrCat("range [", want, ", ", want + length,
-                                                  ") lies beyond the device size ",
-                                                  info_.size));
+                                                  ") lies beyond the device size ", info_.size));
       }
       auto it = free_.upper_bound(want);
       if (it == free_.begin() || std::prev(it)->first + std::prev(it)->second < want + length) {
-        return absl::AlreadyExistsError(absl::StrCat("range [", want, ", ", want + length,
-                                                     ") of ", info_.path,
+        return absl::AlreadyExistsError(absl::StrCat("range [", want, ", ", want + length, ") of ",
+                                                     info_.path,
                                                      " is already mapped by this backing"));
       }
       --it;
@@ -104,8 +109,8 @@ class DevDaxBacking final : public Backing {
     uint64_t largest = 0;
     for (const auto& [off, len] : free_) largest = std::max<uint64_t>(largest, len);
     return absl::ResourceExhaustedError(absl::StrCat("no free range of ", HumanBytes(length),
-                                                     " in ", info_.path, " (largest free: ",
-                                                     HumanBytes(largest), ")"));
+                                                     " in ", info_.path,
+                                                     " (largest free: ", HumanBytes(largest), ")"));
   }
 
   void Carve(std::map<uint64_t, uint64_t>::iterator it, uint64_t at, uint64_t length)
@@ -132,9 +137,9 @@ absl::StatusOr<std::shared_ptr<Backing>> CreateDevDax(const BackingOptions& opti
   if (!info.ok()) return info.status();
   info->path = options.devdax_path;
   if (options.page_size != 0 && options.page_size != info->align) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(info->path, " has alignment ", PageSizeName(info->align), ", not ",
-                     PageSizeName(options.page_size)));
+    return absl::InvalidArgumentError(absl::StrCat(info->path, " has alignment ",
+                                                   PageSizeName(info->align), ", not ",
+                                                   PageSizeName(options.page_size)));
   }
   absl::StatusOr<int> fd = sys::os().Open(info->path, O_RDWR, 0);
   if (!fd.ok()) return fd.status();

@@ -29,14 +29,13 @@ class HugetlbBacking final : public Backing {
           "hugetlb memory is anonymous: no file name or offset (use hugetlbfs)");
     }
     // MFD_HUGE_* encodes log2(page size) in the flag bits above MFD_HUGE_SHIFT.
-    unsigned int flags = MFD_CLOEXEC | MFD_HUGETLB |
-                         (static_cast<unsigned int>(std::countr_zero(page_size()))
-                          << MFD_HUGE_SHIFT);
+    unsigned int flags =
+        MFD_CLOEXEC | MFD_HUGETLB |
+        (static_cast<unsigned int>(std::countr_zero(page_size())) << MFD_HUGE_SHIFT);
     absl::StatusOr<int> fd =
         sys::os().MemfdCreate(absl::StrCat("hugemm-", PageSizeName(page_size())), flags);
     if (!fd.ok()) return fd.status();
-    if (absl::Status st = sys::os().Ftruncate(*fd, static_cast<off_t>(request.length));
-        !st.ok()) {
+    if (absl::Status st = sys::os().Ftruncate(*fd, static_cast<off_t>(request.length)); !st.ok()) {
       (void)sys::os().Close(*fd);
       return st;
     }
@@ -56,9 +55,9 @@ absl::Status CheckHugePageSize(size_t page_size) {
   if (std::find(sizes->begin(), sizes->end(), page_size) == sizes->end()) {
     std::string have;
     for (size_t s : *sizes) absl::StrAppend(&have, have.empty() ? "" : ", ", PageSizeName(s));
-    return absl::InvalidArgumentError(absl::StrCat("huge page size ", PageSizeName(page_size),
-                                                   " not supported by this kernel (it has: ",
-                                                   have.empty() ? "none" : have, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("huge page size ", PageSizeName(page_size),
+                     " not supported by this kernel (it has: ", have.empty() ? "none" : have, ")"));
   }
   return absl::OkStatus();
 }

@@ -92,10 +92,11 @@ absl::StatusOr<std::shared_ptr<Backing>> CreateHugetlbfs(const BackingOptions& o
   if (mount.empty()) {
     const char* found = hugetlbfs_find_path_for_size(static_cast<long>(page_size));
     if (found == nullptr) {
-      return absl::NotFoundError(absl::StrCat(
-          "no hugetlbfs mount with ", PageSizeName(page_size), " pages (mount one: mount -t "
-          "hugetlbfs -o pagesize=", PageSizeName(page_size), " none /dev/hugepages",
-          PageSizeName(page_size), ")"));
+      return absl::NotFoundError(absl::StrCat("no hugetlbfs mount with ", PageSizeName(page_size),
+                                              " pages (mount one: mount -t "
+                                              "hugetlbfs -o pagesize=",
+                                              PageSizeName(page_size), " none /dev/hugepages",
+                                              PageSizeName(page_size), ")"));
     }
     mount = found;
   } else {
@@ -109,8 +110,7 @@ absl::StatusOr<std::shared_ptr<Backing>> CreateHugetlbfs(const BackingOptions& o
       return absl::NotFoundError(absl::StrCat(mount, " is not a hugetlbfs mount"));
     }
     if (match->page_size != page_size) {
-      return absl::InvalidArgumentError(absl::StrCat(mount, " has ",
-                                                     PageSizeName(match->page_size),
+      return absl::InvalidArgumentError(absl::StrCat(mount, " has ", PageSizeName(match->page_size),
                                                      " pages, not ", PageSizeName(page_size)));
     }
   }

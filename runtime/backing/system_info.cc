@@ -46,9 +46,9 @@ std::string FormatSystemInfo(const SystemInfo& info) {
   std::string out;
   std::string sizes = PageSizeName(info.base_page_size);
   for (const HugePagePool& p : info.pools) absl::StrAppend(&sizes, " ", PageSizeName(p.page_size));
-  absl::StrAppendFormat(&out, "page sizes      %s (default huge page %s)\n", sizes,
-                        info.default_huge_page_size ? PageSizeName(info.default_huge_page_size)
-                                                    : "none");
+  absl::StrAppendFormat(
+      &out, "page sizes      %s (default huge page %s)\n", sizes,
+      info.default_huge_page_size ? PageSizeName(info.default_huge_page_size) : "none");
   absl::StrAppendFormat(&out, "NUMA nodes      %s\n", absl::StrJoin(info.nodes, " "));
   absl::StrAppend(&out, "\nhuge page pools\n");
   absl::StrAppendFormat(&out, "  %-6s %-6s %10s %10s %10s %10s\n", "size", "node", "reserved",

@@ -40,11 +40,11 @@ int RejectLeftovers(const std::string& command, const Args& args);
 
 #define HUGEMM_CLI_CONCAT2(a, b) a##b
 #define HUGEMM_CLI_CONCAT(a, b) HUGEMM_CLI_CONCAT2(a, b)
-#define HUGEMM_REGISTER_COMMAND(name, summary, fn)                                   \
+#define HUGEMM_REGISTER_COMMAND(name, summary, fn)                              \
   static ::hugemm::cli::Registrar HUGEMM_CLI_CONCAT(hugemm_command_, __LINE__)( \
       &::hugemm::cli::Commands, name, summary, fn)
-#define HUGEMM_REGISTER_BENCH(name, summary, fn)                                     \
-  static ::hugemm::cli::Registrar HUGEMM_CLI_CONCAT(hugemm_bench_, __LINE__)(   \
+#define HUGEMM_REGISTER_BENCH(name, summary, fn)                              \
+  static ::hugemm::cli::Registrar HUGEMM_CLI_CONCAT(hugemm_bench_, __LINE__)( \
       &::hugemm::cli::Benches, name, summary, fn)
 
 #endif  // HUGEMM_RUNTIME_CLI_COMMAND_H_

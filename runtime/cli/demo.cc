@@ -3,8 +3,8 @@
 #include <cstdio>
 #include <cstring>
 
-#include "hugemm/backing.h"
 #include "absl/strings/str_cat.h"
+#include "hugemm/backing.h"
 #include "hugemm/kernel_check.h"
 #include "runtime/cli/command.h"
 
@@ -17,7 +17,8 @@ int DemoOne(size_t page_size) {
   absl::StatusOr<std::shared_ptr<Backing>> backing =
       Backing::Create({.kind = BackingKind::kHugetlb, .page_size = page_size});
   if (!backing.ok()) {
-    std::printf("%-3s skipped: %s\n", name.c_str(), std::string(backing.status().message()).c_str());
+    std::printf("%-3s skipped: %s\n", name.c_str(),
+                std::string(backing.status().message()).c_str());
     return -1;
   }
   absl::StatusOr<Extent> extent = (*backing)->Map({.length = page_size});
@@ -35,14 +36,14 @@ int DemoOne(size_t page_size) {
     std::printf("%-3s FAILED: %s\n", name.c_str(), std::string(check.status().message()).c_str());
     return 1;
   }
-  std::printf("%-3s page at %p  node %d  PFN %s  kernel page size %s  PFNs %s  kpageflags %s  "
-              "data %s\n",
-              name.c_str(), static_cast<void*>(p), extent->node(),
-              extent->pfns_known() ? absl::StrCat("0x", absl::Hex(extent->pfn(0))).c_str()
-                                   : "unknown",
-              PageSizeName(check->kernel_page_size).c_str(),
-              check->pfns_checked ? "contiguous" : "unreadable",
-              check->flags_checked ? "head+tails" : "unreadable", data_ok ? "ok" : "WRONG");
+  std::printf(
+      "%-3s page at %p  node %d  PFN %s  kernel page size %s  PFNs %s  kpageflags %s  "
+      "data %s\n",
+      name.c_str(), static_cast<void*>(p), extent->node(),
+      extent->pfns_known() ? absl::StrCat("0x", absl::Hex(extent->pfn(0))).c_str() : "unknown",
+      PageSizeName(check->kernel_page_size).c_str(),
+      check->pfns_checked ? "contiguous" : "unreadable",
+      check->flags_checked ? "head+tails" : "unreadable", data_ok ? "ok" : "WRONG");
   for (const std::string& m : check->mismatches) std::printf("    mismatch: %s\n", m.c_str());
   return (check->ok() && data_ok) ? 0 : 1;
 }

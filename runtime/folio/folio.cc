@@ -11,10 +11,9 @@ namespace {
 constexpr int32_t kMaxCount = std::numeric_limits<int32_t>::max();
 
 absl::Status Overflow(const Folio* folio, int64_t have, int64_t add, const char* what) {
-  return absl::ResourceExhaustedError(absl::StrCat(what, " of the ", PageSizeName(folio->size()),
-                                                   " folio at ",
-                                                   absl::Hex(reinterpret_cast<uintptr_t>(folio->data)),
-                                                   " would overflow: ", have, " + ", add));
+  return absl::ResourceExhaustedError(absl::StrCat(
+      what, " of the ", PageSizeName(folio->size()), " folio at ",
+      absl::Hex(reinterpret_cast<uintptr_t>(folio->data)), " would overflow: ", have, " + ", add));
 }
 
 // Adds `add` unless the count is zero (when `require_live`) or the sum would overflow.
@@ -60,7 +59,8 @@ void FolioPut(Folio* folio, int32_t refs) {
 absl::Status FolioTryGrab(Folio* folio, int32_t refs, RefKind kind) {
   if (refs <= 0) return absl::InvalidArgumentError(absl::StrCat("bad page count ", refs));
   const bool biased = kind == RefKind::kPin && !folio->large();
-  if (biased && refs > kMaxCount / kPinBias) return Overflow(folio, 0, int64_t{refs} * kPinBias, "refcount");
+  if (biased && refs > kMaxCount / kPinBias)
+    return Overflow(folio, 0, int64_t{refs} * kPinBias, "refcount");
   const int32_t add = biased ? refs * kPinBias : refs;
   int32_t seen = 0;
   if (!TryAdd(&folio->refcount, add, /*require_live=*/true, &seen)) {

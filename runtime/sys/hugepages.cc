@@ -8,8 +8,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "runtime/sys/files.h"
 #include "hugemm/page_size.h"
+#include "runtime/sys/files.h"
 
 namespace hugemm::sys {
 namespace {

@@ -64,8 +64,7 @@ absl::Status Os::BindToNode(void* addr, size_t length, int node) {
 
 absl::StatusOr<int> Os::NodeOfAddress(const void* addr) {
   int node = -1;
-  if (::get_mempolicy(&node, nullptr, 0, const_cast<void*>(addr), MPOL_F_NODE | MPOL_F_ADDR) !=
-      0) {
+  if (::get_mempolicy(&node, nullptr, 0, const_cast<void*>(addr), MPOL_F_NODE | MPOL_F_ADDR) != 0) {
     return ErrnoStatus(errno, "get_mempolicy(MPOL_F_NODE|MPOL_F_ADDR)");
   }
   return node;

@@ -92,8 +92,7 @@ absl::StatusOr<size_t> KernelPageSizeAt(const void* addr) {
   }
   std::fclose(f);
   if (result == 0) {
-    return absl::NotFoundError(
-        absl::StrFormat("no mapping holds 0x%x in /proc/self/smaps", va));
+    return absl::NotFoundError(absl::StrFormat("no mapping holds 0x%x in /proc/self/smaps", va));
   }
   return result;
 }

@@ -19,6 +19,7 @@ inline constexpr uint64_t kUnknownPfn = ~uint64_t{0};
 inline constexpr int kKpfCompoundHead = 15;
 inline constexpr int kKpfCompoundTail = 16;
 inline constexpr int kKpfHuge = 17;
+inline constexpr int kKpfNoPage = 20;
 
 // The PFN of each of `count` pages starting at `addr`, `stride` bytes apart (one read
 // of the pagemap per page). kUnknownPfn where the kernel hides it or the page is absent.

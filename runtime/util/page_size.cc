@@ -1,3 +1,5 @@
+#include "hugemm/page_size.h"
+
 #include <bit>
 #include <cctype>
 #include <string>
@@ -6,7 +8,6 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "hugemm/page_size.h"
 
 namespace hugemm {
 
@@ -67,8 +68,6 @@ std::string HumanBytes(uint64_t bytes) {
                          kUnits[unit]);
 }
 
-int PageOrder(size_t page_size) {
-  return std::countr_zero(page_size) - kPageShift;
-}
+int PageOrder(size_t page_size) { return std::countr_zero(page_size) - kPageShift; }
 
 }  // namespace hugemm

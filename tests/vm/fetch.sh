@@ -51,9 +51,10 @@ main() {
       cannot_build "no linux-image-*-amd64 package known to apt"
   fi
 
-  local deb
-  deb=$(ls "$VM_CACHE/debs/linux-image-${ver}_"*.deb 2>/dev/null | head -n1 || true)
-  if [[ -z $deb ]]; then
+  local debs deb
+  debs=("$VM_CACHE/debs/linux-image-${ver}_"*.deb)
+  deb=${debs[0]}
+  if [[ ! -f $deb ]]; then
     log "downloading linux-image-$ver"
     if ! (cd "$VM_CACHE/debs" && apt_quiet download "linux-image-$ver") >"$VM_CACHE/apt.log" 2>&1; then
       # The lists may name a build the mirror no longer has.
@@ -61,7 +62,9 @@ main() {
       (cd "$VM_CACHE/debs" && apt_quiet download "linux-image-$ver") >>"$VM_CACHE/apt.log" 2>&1 ||
         cannot_build "cannot download linux-image-$ver (see $VM_CACHE/apt.log)"
     fi
-    deb=$(ls "$VM_CACHE/debs/linux-image-${ver}_"*.deb | head -n1)
+    debs=("$VM_CACHE/debs/linux-image-${ver}_"*.deb)
+    deb=${debs[0]}
+    [[ -f $deb ]] || cannot_build "apt-get download left no linux-image-$ver .deb"
   fi
 
   log "unpacking $(basename -- "$deb")"

@@ -12,6 +12,7 @@
 #   hugemm.align=2M|1G   namespace alignment
 #   hugemm.rxe=0|1       load rdma_rxe and add rxe0 on lo
 #   hugemm.share=PATH    host path of the results share (no spaces)
+#   hugemm.rw=PATH       host directory shared read-write at the same path
 
 /bin/busybox mkdir -p /bin /proc /sys /dev
 /bin/busybox --install -s /bin
@@ -41,11 +42,14 @@ die() {
 
 ALIGN=2M
 RXE=0
+RW_DIR=
+# shellcheck disable=SC2013 # the command line is words
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     hugemm.align=*) ALIGN=${arg#*=} ;;
     hugemm.rxe=*) RXE=${arg#*=} ;;
     hugemm.share=*) SHARE_DIR=${arg#*=} ;;
+    hugemm.rw=*) RW_DIR=${arg#*=} ;;
   esac
 done
 [ -n "$SHARE_DIR" ] || die "no hugemm.share= on the kernel command line"
@@ -73,6 +77,9 @@ if ! mount -t overlay -o lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt
   mount -t tmpfs -o mode=1777 tmp "$NEWROOT/tmp"
 fi
 mount -t 9p -o "$P9,cache=none" results "$NEWROOT$SHARE_DIR" || die "cannot mount the results share at $SHARE_DIR"
+if [ -n "$RW_DIR" ]; then
+  mount -t 9p -o "$P9,cache=none" rw "$NEWROOT$RW_DIR" || die "cannot mount --rw $RW_DIR"
+fi
 
 mount -t proc proc "$NEWROOT/proc"
 mount -t sysfs sysfs "$NEWROOT/sys"

@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # the variables are for the sourcing scripts
 # Shared helpers for the device-DAX VM harness. Sourced, never run.
 
 VM_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)

@@ -1,11 +1,13 @@
 #!/bin/bash
-# run-in-vm.sh [--align 2M|1G] [--rxe] [--timeout SECONDS] [--log FILE] -- COMMAND [ARGS...]
+# run-in-vm.sh [--align 2M|1G] [--rxe] [--timeout SECONDS] [--log FILE] [--rw DIR] -- COMMAND [ARGS...]
 #
 # Boot a Debian kernel under qemu with an emulated NVDIMM, make it a device-DAX
 # namespace (/dev/dax0.0) at the given alignment, and run COMMAND inside the
 # VM, chrooted into this host's root (shared read-only over 9p, with a tmpfs
-# overlay for writes), with cwd = the current directory. Prints COMMAND's output
-# and exits with its status.
+# overlay for writes, which are lost when the VM stops), with cwd = the current
+# directory. Prints COMMAND's output and exits with its status. --rw DIR shares
+# the host directory DIR read-write at the same path, for files that must
+# outlive the VM (e.g. --gtest_output=xml:DIR/x.xml).
 #
 # Exit 77 with "SKIP: <reason>" when the VM cannot be built here (or "FAIL:"
 # and 1 when HUGEMM_REQUIRE_HUGEPAGES=1). Exit 1 with "FAIL: <reason>" when the
@@ -22,6 +24,7 @@ ALIGN=2M
 RXE=0
 TIMEOUT=240
 LOG=
+RW=
 while (($#)); do
   case $1 in
     --align) ALIGN=${2:-}; shift 2 ;;
@@ -31,6 +34,8 @@ while (($#)); do
     --timeout=*) TIMEOUT=${1#*=}; shift ;;
     --log) LOG=${2:-}; shift 2 ;;
     --log=*) LOG=${1#*=}; shift ;;
+    --rw) RW=${2:-}; shift 2 ;;
+    --rw=*) RW=${1#*=}; shift ;;
     --) shift; break ;;
     -h | --help) usage ;;
     *) echo "run-in-vm.sh: unknown option $1" >&2; usage ;;
@@ -39,6 +44,12 @@ done
 (($#)) || usage
 case $ALIGN in 2M | 1G) ;; *) echo "run-in-vm.sh: --align must be 2M or 1G" >&2; exit 2 ;; esac
 [[ $TIMEOUT =~ ^[0-9]+$ ]] || { echo "run-in-vm.sh: --timeout needs seconds" >&2; exit 2; }
+if [[ -n $RW ]]; then
+  [[ -d $RW ]] || { echo "run-in-vm.sh: --rw $RW is not a directory" >&2; exit 2; }
+  RW=$(realpath -- "$RW")
+  # It is passed on the kernel command line.
+  [[ $RW != *[[:space:]]* ]] || { echo "run-in-vm.sh: --rw path has white space" >&2; exit 2; }
+fi
 
 # Everything the caller sees goes to stdout and, with --log, to the log file.
 if [[ -n $LOG ]]; then
@@ -90,11 +101,15 @@ step INITRD "$VM_DIR/build-initramfs.sh" "$KVER"
 KERNEL=$VM_CACHE/kernel/$KVER/boot/vmlinuz-$KVER
 
 # --- the run directory: results share (9p, writable) + NVDIMM backing file -----
+# Runs left by a killed harness (or kept with HUGEMM_VM_KEEP=1): we hold the
+# lock, so none of them is live.
+rm -rf "$VM_CACHE/runs"
 mkdir -p "$VM_CACHE/runs"
 RUN=$(mktemp -d "$VM_CACHE/runs/run.XXXXXX")
 SHARE=$RUN/share
 mkdir "$SHARE"
 QEMU_PID=
+# shellcheck disable=SC2317 # called by the trap
 cleanup() {
   if [[ -n $QEMU_PID ]] && kill -0 "$QEMU_PID" 2>/dev/null; then
     kill "$QEMU_PID" 2>/dev/null || true
@@ -116,6 +131,7 @@ trap 'exit 143' TERM
         printf 'export %s=%q\n' "$name" "${!name}" ;;
     esac
   done
+  # shellcheck disable=SC2016 # expanded in the guest
   echo 'export PATH="${PATH:-/usr/bin:/bin}:/usr/local/sbin:/usr/sbin:/sbin"'
   echo 'export HUGEMM_TEST_DAX=/dev/dax0.0 HUGEMM_IN_VM=1'
   printf 'cd -- %q || exit 125\n' "$PWD"
@@ -141,6 +157,7 @@ fi
 # TCG's "max" CPU would enable 5-level paging; keep the common 4-level layout.
 case $ACCEL in kvm) CPU=${HUGEMM_VM_CPU:-host} ;; *) CPU=${HUGEMM_VM_CPU:-max,la57=off} ;; esac
 
+# shellcheck disable=SC2054 # commas are qemu's
 qemu=(
   qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot
   -machine "pc,nvdimm=on,accel=$ACCEL" -cpu "$CPU" -smp "${HUGEMM_VM_CPUS:-2}"
@@ -153,9 +170,13 @@ qemu=(
   -fsdev "local,id=results,path=$SHARE,security_model=none"
   -device virtio-9p-pci,fsdev=results,mount_tag=results
   -kernel "$KERNEL" -initrd "$INITRD"
-  -append "console=ttyS0 quiet panic=-1 i8042.noaux i8042.nokbd i8042.nopnp cryptomgr.notests hugemm.align=$ALIGN hugemm.rxe=$RXE hugemm.share=$SHARE"
+  -append "console=ttyS0 quiet panic=-1 i8042.noaux i8042.nokbd i8042.nopnp cryptomgr.notests hugemm.align=$ALIGN hugemm.rxe=$RXE hugemm.share=$SHARE ${RW:+hugemm.rw=$RW} ${HUGEMM_VM_APPEND:-}"
   -serial "file:$RUN/console.log"
 )
+if [[ -n $RW ]]; then
+  # shellcheck disable=SC2054 # commas are qemu's
+  qemu+=(-fsdev "local,id=rw,path=$RW,security_model=none" -device virtio-9p-pci,fsdev=rw,mount_tag=rw)
+fi
 
 # Print the job's output as the guest writes it (the share is uncached 9p),
 # until qemu is gone; then once more to catch the tail.
@@ -181,8 +202,13 @@ stream_output() {
 }
 
 console_tail() {
+  if [[ ! -s $RUN/console.log ]]; then
+    say "(the VM console is empty: the kernel hung before /init; accel was $ACCEL," \
+      "try HUGEMM_VM_ACCEL=tcg, or HUGEMM_VM_APPEND=loglevel=7 to see the boot)"
+    return
+  fi
   say "---- last lines of the VM console ($KVER, accel $ACCEL) ----"
-  say "$(tail -n "${1:-40}" "$RUN/console.log" 2>/dev/null | tr -d '\r')"
+  say "$(tail -n 40 "$RUN/console.log" | tr -d '\r')"
   say "----"
 }
 
@@ -198,7 +224,7 @@ elapsed=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s 
 [[ -n $LOG ]] && cp "$RUN/console.log" "$LOG.console" 2>/dev/null
 
 boot=$(sed -n 's/^hugemm-vm\[\([0-9.]*\)s\]: running the command.*/\1/p' "$RUN/console.log" | head -n1)
-log "VM finished in ${elapsed}s (guest ready to run the command after ${boot:-?}s of uptime)"
+log "VM finished in ${elapsed}s${boot:+ (command started at ${boot}s of guest uptime)}"
 
 if [[ -f $SHARE/rc ]]; then
   exit "$(<"$SHARE/rc")"

@@ -1,0 +1,113 @@
+# Shared by setup.sh, test.sh and bench.sh: logging, packages, huge page pools.
+# shellcheck shell=bash
+
+HUGEMM_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+say() { printf '[hugemm] %s\n' "$*"; }
+die() { printf '[hugemm] error: %s\n' "$*" >&2; exit 1; }
+
+need_root() {
+  [ "$(id -u)" = 0 ] || die "run as root (huge page pools and apt need it): sudo $0 $*"
+}
+
+# Debian packages the build, the tests and the benchmarks use.
+HUGEMM_PACKAGES=(
+  build-essential cmake ninja-build pkg-config git
+  libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
+  libhugetlbfs-dev libnuma-dev libdaxctl-dev libndctl-dev
+  liburcu-dev liburing-dev libibverbs-dev
+  clang-format numactl gnuplot-nox
+)
+
+install_packages() {
+  local missing=()
+  for p in "${HUGEMM_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    say "packages: all ${#HUGEMM_PACKAGES[@]} present"
+    return
+  fi
+  say "packages: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+pool_dir() { echo "/sys/kernel/mm/hugepages/hugepages-$(( $1 / 1024 ))kB"; }
+
+# pool_count SIZE_BYTES FIELD -> value (0 if the size is unsupported)
+pool_count() {
+  local f
+  f="$(pool_dir "$1")/$2"
+  [ -r "$f" ] && cat "$f" || echo 0
+}
+
+# reserve_pages SIZE_BYTES WANT_FREE: grows the pool until WANT_FREE pages are free
+# (never shrinks it). Prints what it did; returns 0 even if the kernel gave fewer.
+reserve_pages() {
+  local size=$1 want=$2 name dir nr free grow
+  name=$(( size >> 20 ))M; [ "$size" -ge $((1 << 30)) ] && name=$(( size >> 30 ))G
+  dir=$(pool_dir "$size")
+  if [ ! -d "$dir" ]; then
+    say "huge pages $name: not supported by this kernel"
+    return 0
+  fi
+  nr=$(cat "$dir/nr_hugepages"); free=$(cat "$dir/free_hugepages")
+  if [ "$free" -ge "$want" ]; then
+    say "huge pages $name: $free free of $nr (wanted $want free) - unchanged"
+    return 0
+  fi
+  grow=$(( nr + want - free ))
+  if [ "$size" -ge $((1 << 30)) ]; then
+    # Gigantic pages need 1 GiB of contiguous memory: free the page cache and compact.
+    sync; echo 3 > /proc/sys/vm/drop_caches; echo 1 > /proc/sys/vm/compact_memory
+  fi
+  echo "$grow" > "$dir/nr_hugepages" 2>/dev/null || true
+  nr=$(cat "$dir/nr_hugepages"); free=$(cat "$dir/free_hugepages")
+  say "huge pages $name: pool now $nr, $free free (wanted $want free)"
+}
+
+# set_pool SIZE_BYTES NR: sets the pool size exactly (used to give pages back).
+set_pool() {
+  echo "$2" > "$(pool_dir "$1")/nr_hugepages" 2>/dev/null || true
+}
+
+mount_hugetlbfs() {
+  local size=$1 path=$2 opt
+  opt="pagesize=$(( size >> 20 ))M"
+  [ -d "$(pool_dir "$size")" ] || return 0
+  if grep -qs " $path hugetlbfs " /proc/mounts; then
+    say "hugetlbfs: $path already mounted"
+    return 0
+  fi
+  mkdir -p "$path"
+  mount -t hugetlbfs -o "$opt" none "$path" && say "hugetlbfs: mounted $path ($opt)"
+}
+
+# ThreadSanitizer in GCC 12 cannot map its shadow with more than 28 bits of mmap ASLR.
+tsan_aslr() {
+  local bits
+  bits=$(cat /proc/sys/vm/mmap_rnd_bits 2>/dev/null || echo 28)
+  if [ "$bits" -gt 28 ]; then
+    echo 28 > /proc/sys/vm/mmap_rnd_bits
+    say "vm.mmap_rnd_bits: $bits -> 28 (ThreadSanitizer needs it)"
+  fi
+}
+
+# build FLAVOUR: release | asan | tsan, into build/FLAVOUR.
+build() {
+  local flavour=$1 args=()
+  case "$flavour" in
+    release) args=(-DCMAKE_BUILD_TYPE=Release) ;;
+    asan) args=(-DCMAKE_BUILD_TYPE=Debug -DHUGEMM_SANITIZE=address) ;;
+    tsan) args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DHUGEMM_SANITIZE=thread) ;;
+    *) die "unknown flavour $flavour" ;;
+  esac
+  say "build: $flavour -> build/$flavour"
+  cmake -S "$HUGEMM_ROOT" -B "$HUGEMM_ROOT/build/$flavour" -G Ninja "${args[@]}" >/dev/null
+  ninja -C "$HUGEMM_ROOT/build/$flavour" >/dev/null || {
+    ninja -C "$HUGEMM_ROOT/build/$flavour" | tail -40
+    die "build $flavour failed"
+  }
+}
