@@ -63,8 +63,9 @@ TEST_P(HugetlbTest, MapsWritesReadsAndMatchesTheKernel) {
     EXPECT_EQ(reinterpret_cast<uintptr_t>(extent->data()) % page, 0u) << "VA not aligned";
     EXPECT_EQ(extent->page_count(), pages);
     EXPECT_EQ(extent->kind(), BackingKind::kHugetlb);
-    // Prefaulted: the pool already gave us the pages.
-    EXPECT_EQ(FreeHugePages(page), free_before - static_cast<int64_t>(pages));
+    // Prefaulted: the pool already gave us the pages. (Inequalities: the pool is the
+    // whole machine's, and another process may take or return pages meanwhile.)
+    EXPECT_LE(FreeHugePages(page), free_before - static_cast<int64_t>(pages));
     WriteAndCheck(*extent);
     ExpectAgreesWithKernel(*extent);
     for (size_t i = 0; i < pages; ++i) {
@@ -72,7 +73,7 @@ TEST_P(HugetlbTest, MapsWritesReadsAndMatchesTheKernel) {
       EXPECT_EQ(extent->pfn(i) % (page / kPageSize4K), 0u) << "head PFN not aligned";
     }
   }
-  EXPECT_EQ(FreeHugePages(page), free_before) << "unmap must give the pages back";
+  EXPECT_GE(FreeHugePages(page), free_before) << "unmap must give the pages back";
 }
 
 TEST_P(HugetlbTest, PlacesOnTheRequestedNode) {
@@ -216,7 +217,7 @@ TEST_P(HugetlbfsTest, MapsAFileInTheMount) {
           << entry.path();
     }
   }
-  EXPECT_EQ(FreeHugePages(page), free_before);
+  EXPECT_GE(FreeHugePages(page), free_before) << "unmap must give the pages back";
 }
 
 INSTANTIATE_TEST_SUITE_P(PageSizes, HugetlbfsTest, ::testing::Values(kPageSize2M, kPageSize1G),
