@@ -27,14 +27,15 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "hugemm/folio.h"
 #include "hugemm/geometry.h"
 
@@ -213,7 +214,7 @@ class PageTable {
   Table* root_ = nullptr;
   mutable std::atomic<size_t> tables_{0};
 
-  absl::Mutex notifier_mu_;
+  std::mutex notifier_mu_;
   struct Subscription {
     uintptr_t va;
     size_t length;
@@ -223,7 +224,7 @@ class PageTable {
   std::map<uint64_t, Subscription> subscriptions_ ABSL_GUARDED_BY(notifier_mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(notifier_mu_) = 1;
 
-  absl::Mutex external_mu_;
+  std::mutex external_mu_;
   std::map<uint64_t, std::unique_ptr<ExternalRegion>> external_ ABSL_GUARDED_BY(external_mu_);
   uint64_t next_external_ ABSL_GUARDED_BY(external_mu_) = 1;
 };

@@ -1,5 +1,6 @@
 // Memory the program mapped itself, described by what the kernel says about it.
 #include <memory>
+#include <mutex>
 
 #include "absl/strings/str_format.h"
 #include "hugemm/page_size.h"
@@ -96,7 +97,7 @@ absl::StatusOr<uint64_t> PageTable::RegisterExternal(const void* p, size_t lengt
       return st;
     }
   }
-  absl::MutexLock lock(&external_mu_);
+  std::lock_guard<std::mutex> lock(external_mu_);
   const uint64_t id = next_external_++;
   external_.emplace(id, std::move(region));
   return id;
@@ -105,7 +106,7 @@ absl::StatusOr<uint64_t> PageTable::RegisterExternal(const void* p, size_t lengt
 absl::Status PageTable::UnregisterExternal(uint64_t id) {
   std::unique_ptr<ExternalRegion> region;
   {
-    absl::MutexLock lock(&external_mu_);
+    std::lock_guard<std::mutex> lock(external_mu_);
     auto it = external_.find(id);
     if (it == external_.end()) {
       return absl::NotFoundError(absl::StrCat("no external registration ", id));
@@ -117,7 +118,7 @@ absl::Status PageTable::UnregisterExternal(uint64_t id) {
     absl::Status st = Unmap(f->data, f->size());
     if (!st.ok() && st.code() != absl::StatusCode::kNotFound) {
       // Put it back: its descriptors are still mapped and must stay.
-      absl::MutexLock lock(&external_mu_);
+      std::lock_guard<std::mutex> lock(external_mu_);
       external_.emplace(id, std::move(region));
       return st;
     }
@@ -125,7 +126,7 @@ absl::Status PageTable::UnregisterExternal(uint64_t id) {
   for (const auto& f : region->folios) {
     const int32_t refs = f->refcount.load(std::memory_order_acquire);
     if (refs != 1) {
-      absl::MutexLock lock(&external_mu_);
+      std::lock_guard<std::mutex> lock(external_mu_);
       const std::string what = absl::StrFormat(
           "unregister: the folio at %p still has %d references (pinned?)", f->data, refs);
       external_.emplace(id, std::move(region));

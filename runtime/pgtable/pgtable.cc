@@ -3,6 +3,7 @@
 #include "hugemm/pgtable.h"
 
 #include <algorithm>
+#include <mutex>
 #include <new>
 #include <utility>
 
@@ -321,7 +322,7 @@ absl::Status PageTable::CheckNoHoles(uintptr_t va, size_t length) const {
 }
 
 void PageTable::Notify(bool start, const Invalidation& inv) {
-  absl::ReaderMutexLock lock(&notifier_mu_);
+  std::lock_guard<std::mutex> lock(notifier_mu_);
   for (const auto& [id, s] : subscriptions_) {
     if (s.va >= inv.va + inv.length || inv.va >= s.va + s.length) continue;
     if (inv.owner != nullptr && s.owner == inv.owner) continue;
@@ -332,7 +333,7 @@ void PageTable::Notify(bool start, const Invalidation& inv) {
 
 uint64_t PageTable::Subscribe(const void* va, size_t length, NotifierCallbacks callbacks,
                               const void* owner) {
-  absl::MutexLock lock(&notifier_mu_);
+  std::lock_guard<std::mutex> lock(notifier_mu_);
   const uint64_t id = next_id_++;
   subscriptions_.emplace(
       id, Subscription{reinterpret_cast<uintptr_t>(va), length, std::move(callbacks), owner});
@@ -340,7 +341,7 @@ uint64_t PageTable::Subscribe(const void* va, size_t length, NotifierCallbacks c
 }
 
 absl::Status PageTable::Unsubscribe(uint64_t id) {
-  absl::MutexLock lock(&notifier_mu_);
+  std::lock_guard<std::mutex> lock(notifier_mu_);
   if (subscriptions_.erase(id) == 0) {
     return absl::NotFoundError(absl::StrCat("no subscription ", id));
   }
@@ -363,7 +364,7 @@ restart:
       }
       bool dead = false;
       {
-        absl::MutexLock lock(&t->mu);
+        std::lock_guard<std::mutex> lock(t->mu);
         dead = t->dead;
         w = t->slot(i).load(std::memory_order_relaxed);
         if (!dead && w == 0) {
@@ -446,7 +447,7 @@ absl::Status PageTable::Map(Folio* folio, const void* p, uint32_t prot) {
         break;
       }
       Table* tab = *t;
-      absl::MutexLock lock(&tab->mu);
+      std::lock_guard<std::mutex> lock(tab->mu);
       if (tab->dead) continue;
       const size_t first = (va >> shift_[level]) & index_mask_[level];
       for (size_t i = 0; i < n && result.ok(); ++i) {
@@ -550,7 +551,7 @@ absl::Status PageTable::SplitLeaf(uintptr_t va, Garbage* /*garbage*/) {
       result = absl::AbortedError(absl::StrFormat("split: %s changed meanwhile", Addr(va)));
     } else {
       Table* t = now.table;
-      absl::MutexLock lock(&t->mu);
+      std::lock_guard<std::mutex> lock(t->mu);
       if (t->dead || t->slot(now.index).load(std::memory_order_relaxed) != w) {
         result = absl::AbortedError(absl::StrFormat("split: %s changed meanwhile", Addr(va)));
       } else if (cont) {
@@ -634,7 +635,7 @@ absl::Status PageTable::UnmapLocked(uintptr_t va, size_t length, Garbage* g) {
         split = true;
       } else {
         Table* t = f.table;
-        absl::MutexLock lock(&t->mu);
+        std::lock_guard<std::mutex> lock(t->mu);
         const size_t n = l.cont ? static_cast<size_t>(geometry_.cont_entries[f.level]) : 1;
         const size_t first = f.index & ~(n - 1);
         bool same = !t->dead;
@@ -678,12 +679,12 @@ void PageTable::PruneEmpty(uintptr_t va, Garbage* g) {
       parent = AsTable(w);
     }
     const size_t i = (va >> shift_[level]) & index_mask_[level];
-    absl::MutexLock lock(&parent->mu);
+    std::lock_guard<std::mutex> lock(parent->mu);
     if (parent->dead) return;
     const uint64_t w = parent->slot(i).load(std::memory_order_relaxed);
     if (!IsTable(w)) continue;
     Table* child = AsTable(w);
-    absl::MutexLock child_lock(&child->mu);
+    std::lock_guard<std::mutex> child_lock(child->mu);
     if (child->used != 0 || child->dead) return;
     child->dead = true;
     parent->slot(i).store(0, std::memory_order_release);
@@ -746,7 +747,7 @@ absl::Status PageTable::Protect(const void* p, size_t length, uint32_t prot) {
         split = true;
       } else if (!IsExclusive(f.word)) {
         Table* t = f.table;
-        absl::MutexLock lock(&t->mu);
+        std::lock_guard<std::mutex> lock(t->mu);
         const size_t n = l.cont ? static_cast<size_t>(geometry_.cont_entries[f.level]) : 1;
         const size_t first = f.index & ~(n - 1);
         bool same = !t->dead;
@@ -808,7 +809,7 @@ absl::Status PageTable::MakeExclusive(const void* p, const void* owner) {
       Found now;
       if (Find(va, &now) && now.word == f.word && now.level == kPteLevel) {
         Table* t = now.table;
-        absl::MutexLock lock(&t->mu);
+        std::lock_guard<std::mutex> lock(t->mu);
         if (!t->dead && t->slot(now.index).load(std::memory_order_relaxed) == f.word) {
           auto* r = new ExclusiveRecord{AsFolio(f.word), f.word, owner};
           t->slot(now.index).store(reinterpret_cast<uintptr_t>(r) | kExclusiveTag,
@@ -857,7 +858,7 @@ absl::Status PageTable::RestoreExclusive(const void* p) {
       Found now;
       if (Find(va, &now) && now.word == f.word) {
         Table* t = now.table;
-        absl::MutexLock lock(&t->mu);
+        std::lock_guard<std::mutex> lock(t->mu);
         if (!t->dead && t->slot(now.index).load(std::memory_order_relaxed) == f.word) {
           ExclusiveRecord* r = AsRecord(f.word);
           t->slot(now.index).store(r->leaf_word, std::memory_order_release);

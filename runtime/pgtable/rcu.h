@@ -8,9 +8,6 @@
 #ifndef HUGEMM_RUNTIME_PGTABLE_RCU_H_
 #define HUGEMM_RUNTIME_PGTABLE_RCU_H_
 
-#define _LGPL_SOURCE 1
-#include <urcu/urcu-memb.h>
-
 #if defined(__SANITIZE_THREAD__)
 #define HUGEMM_TSAN 1
 #elif defined(__has_feature)
@@ -18,6 +15,14 @@
 #define HUGEMM_TSAN 1
 #endif
 #endif
+
+// The inline read side (_LGPL_SOURCE) saves a call per read section. Under TSan the calls
+// go to the uninstrumented library instead, whose internal wake-up word TSan would
+// otherwise report.
+#ifndef HUGEMM_TSAN
+#define _LGPL_SOURCE 1
+#endif
+#include <urcu/urcu-memb.h>
 
 #ifdef HUGEMM_TSAN
 extern "C" void __tsan_acquire(void* addr);

@@ -16,8 +16,8 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 
-#include "absl/synchronization/mutex.h"
 #include "hugemm/folio.h"
 
 namespace hugemm::pgtable_internal {
@@ -53,7 +53,9 @@ struct alignas(64) ExclusiveRecord {
 
 struct alignas(64) Table {
   // Writers only, under `mu`.
-  absl::Mutex mu;
+  // std::mutex, not absl::Mutex: the system abseil is not built for TSan, which would
+  // then not see the lock order between writers.
+  std::mutex mu;
   int level = 0;
   bool dead = false;         // detached from the tree: a writer that locked it must retry
   uint32_t used = 0;         // non-empty entries
