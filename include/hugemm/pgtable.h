@@ -158,7 +158,14 @@ class PageTable {
   absl::Status RestoreExclusive(const void* va);
 
   // Lock-free readers. Each takes its own ReadSection when the caller holds none.
-  std::optional<Translation> Translate(const void* va, size_t max_run = 0) const;
+  std::optional<Translation> Translate(const void* va, size_t max_run = 0) const {
+    Translation t;
+    if (!TranslateInto(va, &t, max_run)) return std::nullopt;
+    return t;
+  }
+  // The same without an optional: fills `out` and returns true on a hit. The hot path
+  // (no lock, no allocation, no call but the read section's).
+  bool TranslateInto(const void* va, Translation* out, size_t max_run = 0) const;
   std::optional<LeafSnapshot> Lookup(const void* va) const;
   // True while the entry the snapshot read still holds the same value (same section).
   bool StillMapped(const LeafSnapshot& snapshot) const;

@@ -194,9 +194,9 @@ LogicalLeaf MakeLeaf(const Geometry& g, uintptr_t va, int level, uint64_t word) 
 
 }  // namespace
 
-std::optional<Translation> PageTable::Translate(const void* p, size_t max_run) const {
+bool PageTable::TranslateInto(const void* p, Translation* out, size_t max_run) const {
   const auto va = reinterpret_cast<uintptr_t>(p);
-  if ((va >> shift_[top_ + 1]) != 0) return std::nullopt;
+  if ((va >> shift_[top_ + 1]) != 0) return false;
   pgtable_internal::RcuReadLock();
   const Table* t = root_;
   int level = top_;
@@ -207,9 +207,11 @@ std::optional<Translation> PageTable::Translate(const void* p, size_t max_run) c
     t = AsTable(w);
     --level;
   }
-  std::optional<Translation> out;
-  if (IsLeaf(w) || IsExclusive(w)) {
-    Translation& tr = out.emplace();
+  const bool hit = IsLeaf(w) || IsExclusive(w);
+  if (hit) {
+    Translation& tr = *out;
+    tr.exclusive = false;
+    tr.exclusive_owner = nullptr;
     uint64_t lw = w;
     if (IsExclusive(w)) [[unlikely]] {
       const ExclusiveRecord* r = AsRecord(w);
@@ -249,7 +251,7 @@ std::optional<Translation> PageTable::Translate(const void* p, size_t max_run) c
     if (max_run != 0 && tr.run_bytes > max_run) tr.run_bytes = max_run;
   }
   pgtable_internal::RcuReadUnlock();
-  return out;
+  return hit;
 }
 
 std::optional<LeafSnapshot> PageTable::Lookup(const void* p) const {
