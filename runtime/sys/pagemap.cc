@@ -97,4 +97,50 @@ absl::StatusOr<size_t> KernelPageSizeAt(const void* addr) {
   return result;
 }
 
+absl::StatusOr<std::vector<uint64_t>> ReadPfnRange(const void* addr, size_t frames) {
+  absl::StatusOr<UniqueFd> fd = OpenReadOnly("/proc/self/pagemap");
+  if (!fd.ok()) return fd.status();
+  auto va = reinterpret_cast<uintptr_t>(addr);
+  std::vector<uint64_t> entries(frames);
+  absl::Status st = os().Pread(fd->get(), entries.data(), frames * sizeof(uint64_t),
+                               static_cast<off_t>(va / kBasePage * sizeof(uint64_t)));
+  if (!st.ok()) {
+    return absl::Status(st.code(), absl::StrFormat("/proc/self/pagemap at 0x%x (%u frames): %s", va,
+                                                   frames, st.message()));
+  }
+  for (uint64_t& e : entries) {
+    const uint64_t pfn = e & kPagemapPfnMask;
+    e = (e & kPagemapPresent) && pfn != 0 ? pfn : kUnknownPfn;
+  }
+  return entries;
+}
+
+absl::StatusOr<std::vector<Vma>> ReadVmas() {
+  FILE* f = std::fopen("/proc/self/smaps", "re");
+  if (f == nullptr) return ErrnoStatus(errno, "cannot read /proc/self/smaps");
+  std::vector<Vma> vmas;
+  char line[512];
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    uintptr_t start = 0, end = 0;
+    if (std::sscanf(line, "%" SCNxPTR "-%" SCNxPTR " ", &start, &end) == 2 &&
+        std::strchr(line, '-') < std::strchr(line, ' ')) {
+      vmas.push_back({start, end, 0});
+      continue;
+    }
+    unsigned long kb = 0;
+    if (!vmas.empty() && std::sscanf(line, "KernelPageSize: %lu kB", &kb) == 1) {
+      vmas.back().kernel_page_size = kb * 1024;
+    }
+  }
+  std::fclose(f);
+  return vmas;
+}
+
+const Vma* FindVma(const std::vector<Vma>& vmas, uintptr_t addr) {
+  for (const Vma& v : vmas) {
+    if (addr >= v.start && addr < v.end) return &v;
+  }
+  return nullptr;
+}
+
 }  // namespace hugemm::sys

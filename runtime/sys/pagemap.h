@@ -35,6 +35,21 @@ bool CanReadPfns();
 // smaps' KernelPageSize of the VMA that holds `addr`, in bytes.
 absl::StatusOr<size_t> KernelPageSizeAt(const void* addr);
 
+// The PFN of each of `frames` consecutive 4K frames from `addr`, in one read of the
+// pagemap. kUnknownPfn where the kernel hides it or the page is absent.
+absl::StatusOr<std::vector<uint64_t>> ReadPfnRange(const void* addr, size_t frames);
+
+// One VMA of /proc/self/smaps with its KernelPageSize.
+struct Vma {
+  uintptr_t start = 0;
+  uintptr_t end = 0;
+  size_t kernel_page_size = 0;
+};
+// Every VMA of this process, in address order, from one pass over smaps.
+absl::StatusOr<std::vector<Vma>> ReadVmas();
+// The VMA of `vmas` holding `addr`, or nullptr.
+const Vma* FindVma(const std::vector<Vma>& vmas, uintptr_t addr);
+
 }  // namespace hugemm::sys
 
 #endif  // HUGEMM_RUNTIME_SYS_PAGEMAP_H_

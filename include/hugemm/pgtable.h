@@ -1,0 +1,244 @@
+// The shadow page table: the runtime's own radix tree over the memory it maps, with the
+// kernel's geometry, whose leaves sit where the kernel maps the same address (PUD for 1G,
+// PMD for 2M, PTE for 4K; contiguous groups on arm64) and point at folios.
+//
+//   hugemm::PageTable table(hugemm::DetectHostGeometry());
+//   table.Map(folio, folio->data, hugemm::kProtRead | hugemm::kProtWrite);
+//   std::optional<hugemm::Translation> t = table.Translate(addr);
+//
+// Rules, as in the kernel:
+//   - every entry that maps a folio holds one folio reference (a PMD leaf one, its 512
+//     PTEs after a split one each, a cont-PTE group one per entry); unmap drops them;
+//   - a folio is mapped whole, at an address aligned to its size (hugetlb, DAX and mTHP
+//     all place folios so), which is why an entry needs no page index: the page is the
+//     address's offset inside the folio;
+//   - a PMD leaf keeps a deposited PTE table so that its split never allocates;
+//   - readers walk without locks inside a read section; writers lock one table at a
+//     time (parent before child); a table, an exclusive record or a borrowed folio
+//     descriptor is freed only after a grace period (liburcu), so a reader never sees a
+//     torn entry or freed memory;
+//   - every change is announced to subscribers of the range (invalidate start / end).
+// Writers must not run inside a read section (they wait for grace periods).
+#ifndef HUGEMM_PGTABLE_H_
+#define HUGEMM_PGTABLE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "hugemm/folio.h"
+#include "hugemm/geometry.h"
+
+namespace hugemm {
+
+namespace pgtable_internal {
+struct Table;
+}  // namespace pgtable_internal
+
+enum Prot : uint32_t {
+  kProtRead = 1u << 0,
+  kProtWrite = 1u << 1,
+  kProtExec = 1u << 2,
+};
+
+// A lock-free read section (an RCU read-side critical section). Everything a reader got
+// from the table (a LeafSnapshot's slot, a folio it has not grabbed) stays valid until the
+// section ends. Nests; cheap; registers the thread with liburcu on first use.
+class ReadSection {
+ public:
+  ReadSection();
+  ~ReadSection();
+  ReadSection(const ReadSection&) = delete;
+  ReadSection& operator=(const ReadSection&) = delete;
+};
+
+// What a logical leaf maps: a PUD or PMD leaf, a PTE, or a whole contiguous group.
+struct LogicalLeaf {
+  uintptr_t va = 0;  // first byte the leaf maps
+  size_t bytes = 0;  // bytes it maps
+  int level = 0;     // kPteLevel, kPmdLevel, kPudLevel, ...
+  Folio* folio = nullptr;
+  size_t first_page = 0;  // index of its first base page inside the folio
+  size_t pages = 0;       // base pages it maps
+  uint32_t prot = 0;
+  bool cont = false;       // a contiguous group of entries
+  bool exclusive = false;  // a device-exclusive entry: the CPU may not use it
+  const void* exclusive_owner = nullptr;
+};
+
+// A reader's view of one leaf, to grab references on and then re-check (GUP-fast):
+// valid only inside the ReadSection it was taken in.
+struct LeafSnapshot {
+  LogicalLeaf leaf;
+  const void* slot = nullptr;  // the entry this snapshot read
+  uint64_t word = 0;           // its value then
+};
+
+struct Translation {
+  Folio* folio = nullptr;
+  size_t page = 0;             // base page of the folio holding the address
+  uint64_t pfn = kUnknownPfn;  // 4K frame holding the address
+  int level = 0;
+  uintptr_t leaf_va = 0;  // the logical leaf holding the address
+  size_t leaf_bytes = 0;
+  // Bytes from the address that are physically contiguous: to the end of the leaf, and
+  // on across following leaves while PFNs continue, up to the caller's limit.
+  size_t run_bytes = 0;
+  bool exclusive = false;
+  const void* exclusive_owner = nullptr;
+};
+
+enum class InvalidateReason { kUnmap, kSplit, kProtect, kExclusive, kRestore };
+absl::string_view InvalidateReasonName(InvalidateReason reason);
+
+struct Invalidation {
+  uintptr_t va = 0;
+  size_t length = 0;
+  InvalidateReason reason = InvalidateReason::kUnmap;
+  const void* owner = nullptr;  // kExclusive / kRestore: who asked
+};
+
+struct NotifierCallbacks {
+  std::function<void(const Invalidation&)> invalidate_start;
+  std::function<void(const Invalidation&)> invalidate_end;
+};
+
+// Per leaf size (bytes), how many logical leaves were checked; and what differed.
+struct VerifyMismatch {
+  uintptr_t va = 0;
+  std::string what;  // "0x7f..: kernel maps 4K, shadow has a PMD leaf of 2M"
+};
+struct VerifyReport {
+  std::map<size_t, size_t> leaves_checked;
+  std::vector<VerifyMismatch> mismatches;
+  bool pfns_checked = false;
+  bool flags_checked = false;
+  // Leaves whose PFNs the kernel hides (PUD-mapped device-DAX): held against the
+  // recorded PFNs and kpageflags only.
+  size_t pfns_hidden = 0;
+  bool ok() const { return mismatches.empty(); }
+};
+
+class PageTable {
+ public:
+  explicit PageTable(Geometry geometry);
+  // Unmaps everything (dropping the references) and frees all tables.
+  ~PageTable();
+  PageTable(const PageTable&) = delete;
+  PageTable& operator=(const PageTable&) = delete;
+
+  const Geometry& geometry() const { return geometry_; }
+
+  // Maps the whole folio at `va` (aligned to the folio size) with leaves at its natural
+  // level, taking one reference per entry. Fails, changing nothing, on a misaligned
+  // address, an address outside the geometry, a folio smaller than the base page, or an
+  // overlap with an existing mapping.
+  absl::Status Map(Folio* folio, const void* va, uint32_t prot);
+  // Removes every leaf in [va, va + length), splitting leaves that stick out of it, and
+  // drops their references. A hole in the range is an error and nothing changes.
+  absl::Status Unmap(const void* va, size_t length);
+  // Splits the logical leaf holding `va` one step: a contiguous group into its entries,
+  // a PUD leaf into PMD leaves, a PMD leaf into PTEs (on its deposited table). The data
+  // is not touched. A PTE that is not part of a group cannot be split.
+  absl::Status Split(const void* va);
+  // Changes the protection of [va, va + length), splitting leaves that stick out.
+  absl::Status Protect(const void* va, size_t length, uint32_t prot);
+
+  // Makes the base page at `va` exclusive to `owner` (a device): splits down to a PTE,
+  // tells every subscriber of another owner, and replaces the PTE with a device-exclusive
+  // entry that keeps the folio reference. Restore puts back a normal PTE.
+  absl::Status MakeExclusive(const void* va, const void* owner);
+  absl::Status RestoreExclusive(const void* va);
+
+  // Lock-free readers. Each takes its own ReadSection when the caller holds none.
+  std::optional<Translation> Translate(const void* va, size_t max_run = 0) const {
+    Translation t;
+    if (!TranslateInto(va, &t, max_run)) return std::nullopt;
+    return t;
+  }
+  // The same without an optional: fills `out` and returns true on a hit. The hot path
+  // (no lock, no allocation, no call but the read section's).
+  bool TranslateInto(const void* va, Translation* out, size_t max_run = 0) const;
+  std::optional<LeafSnapshot> Lookup(const void* va) const;
+  // True while the entry the snapshot read still holds the same value (same section).
+  bool StillMapped(const LeafSnapshot& snapshot) const;
+  // Calls `fn` for every logical leaf that overlaps [va, va + length), in address order.
+  void Walk(const void* va, size_t length, absl::FunctionRef<void(const LogicalLeaf&)> fn) const;
+
+  // Subscribers hear about every change to a range that overlaps theirs, except changes
+  // made on behalf of their own owner (device-exclusive), as mmu interval notifiers do.
+  // Callbacks run without table locks held and must not subscribe or unsubscribe.
+  uint64_t Subscribe(const void* va, size_t length, NotifierCallbacks callbacks,
+                     const void* owner = nullptr);
+  absl::Status Unsubscribe(uint64_t id);
+
+  // Memory this program mapped itself (say its own MAP_HUGETLB buffer): learns the page
+  // size from smaps, PFNs from pagemap (which must be readable) and checks compound heads
+  // in kpageflags; builds borrowed folios (never freed to any pool) and maps them.
+  // Returns an id for UnregisterExternal, which unmaps and then frees the descriptors.
+  absl::StatusOr<uint64_t> RegisterExternal(const void* va, size_t length,
+                                            uint32_t prot = kProtRead | kProtWrite);
+  absl::Status UnregisterExternal(uint64_t id);
+
+  // Holds every leaf in [va, va + length) against the live kernel: same page size in
+  // smaps, PFNs contiguous and equal to the recorded ones, compound head then tails.
+  // Host geometry only. Errors only when /proc cannot be read.
+  absl::StatusOr<VerifyReport> Verify(const void* va, size_t length) const;
+
+  // Tables currently allocated (live, deposited, not yet reclaimed), for tests.
+  size_t TableCount() const { return tables_.load(std::memory_order_relaxed); }
+
+  class ExternalRegion;
+
+ private:
+  using Table = pgtable_internal::Table;
+  struct Found;
+  struct Garbage;
+
+  Table* NewTable(int level);
+  void FreeTable(Table* t);
+  absl::StatusOr<Table*> TableFor(uintptr_t va, int level);
+  bool Find(uintptr_t va, Found* out) const;
+  absl::Status SplitLeaf(uintptr_t va, Garbage* garbage);
+  absl::Status CheckNoHoles(uintptr_t va, size_t length) const;
+  absl::Status CheckRange(const void* va, size_t length, const char* op) const;
+  void PruneEmpty(uintptr_t va, Garbage* garbage);
+  void Reclaim(Garbage* garbage);
+  void Notify(bool start, const Invalidation& inv);
+  absl::Status UnmapLocked(uintptr_t va, size_t length, Garbage* garbage);
+
+  Geometry geometry_;
+  int top_ = 0;
+  int shift_[kMaxLevels + 1] = {};
+  uintptr_t index_mask_[kMaxLevels] = {};
+  Table* root_ = nullptr;
+  mutable std::atomic<size_t> tables_{0};
+
+  std::mutex notifier_mu_;
+  struct Subscription {
+    uintptr_t va;
+    size_t length;
+    NotifierCallbacks callbacks;
+    const void* owner;
+  };
+  std::map<uint64_t, Subscription> subscriptions_ ABSL_GUARDED_BY(notifier_mu_);
+  uint64_t next_id_ ABSL_GUARDED_BY(notifier_mu_) = 1;
+
+  std::mutex external_mu_;
+  std::map<uint64_t, std::unique_ptr<ExternalRegion>> external_ ABSL_GUARDED_BY(external_mu_);
+  uint64_t next_external_ ABSL_GUARDED_BY(external_mu_) = 1;
+};
+
+}  // namespace hugemm
+
+#endif  // HUGEMM_PGTABLE_H_

@@ -1,0 +1,173 @@
+// `hugemm bench translate`: VA -> folio / PFN through the shadow table, beside a read of
+// /proc/self/pagemap and a lookup in a flat array indexed by 2M page number, all in one
+// run over the same kind of addresses.
+//
+// The table and the flat array describe 1 GiB of 2M folios at a synthetic address (the
+// table never touches the data, so no huge pages are spent on it); the pagemap reads go
+// to a real buffer of 2M pages (hugetlb, else 4K anon), which the table also maps, and
+// the table is timed there too so the ratio holds for the same addresses.
+#include <unistd.h>
+
+#include <cstdio>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "hugemm/backing.h"
+#include "hugemm/pgtable.h"
+#include "perf/bench_util.h"
+#include "runtime/cli/command.h"
+#include "runtime/sys/pagemap.h"
+#include "runtime/util/json.h"
+
+namespace hugemm::perf {
+namespace {
+
+constexpr uintptr_t kSynthBase = uintptr_t{1} << 44;
+constexpr size_t kSynthBytes = size_t{1} << 30;
+constexpr size_t kLookups = size_t{1} << 20;
+constexpr size_t kPagemapReads = 20000;
+constexpr int kRounds = 7;
+
+template <typename Fn>
+double MedianNsPer(size_t n, Fn&& fn) {
+  std::vector<double> samples;
+  for (int r = 0; r < kRounds; ++r) {
+    const uint64_t t0 = NowNs();
+    fn();
+    samples.push_back(static_cast<double>(NowNs() - t0) / static_cast<double>(n));
+  }
+  return Summarize(samples).median;
+}
+
+int RunTranslate(const cli::Args& in) {
+  cli::Args args = in;
+  const bool json = cli::TakeFlag(&args, "--json");
+  if (int rc = cli::RejectLeftovers("bench translate", args)) return rc;
+
+  // Synthetic 1 GiB of 2M folios.
+  const size_t nfolios = kSynthBytes / kPageSize2M;
+  std::vector<std::unique_ptr<Folio>> folios;
+  std::vector<Folio*> flat(nfolios);
+  for (size_t i = 0; i < nfolios; ++i) {
+    auto f = std::make_unique<Folio>();
+    f->order = 9;
+    f->data = reinterpret_cast<std::byte*>(kSynthBase + i * kPageSize2M);
+    f->head_pfn = (uint64_t{1} << 30) + i * 1024;  // scattered, as a real pool would be
+    f->refcount.store(1);
+    flat[i] = f.get();
+    folios.push_back(std::move(f));
+  }
+  // A real buffer for pagemap.
+  absl::StatusOr<std::shared_ptr<Backing>> backing =
+      Backing::Create({.kind = BackingKind::kHugetlb, .page_size = kPageSize2M});
+  absl::StatusOr<Extent> extent = backing.ok() ? (*backing)->Map({.length = 8 * kPageSize2M})
+                                               : absl::StatusOr<Extent>(backing.status());
+  if (!extent.ok()) {
+    backing = Backing::Create({.kind = BackingKind::kAnon});
+    if (backing.ok()) extent = (*backing)->Map({.length = 16 * kPageSize2M});
+  }
+  if (!extent.ok()) {
+    std::fprintf(stderr, "hugemm bench translate: %s\n",
+                 std::string(extent.status().message()).c_str());
+    return 1;
+  }
+  for (size_t i = 0; i < extent->page_count(); ++i) {
+    auto f = std::make_unique<Folio>();
+    f->order = static_cast<uint8_t>(PageOrder(extent->page_size()));
+    f->data = extent->data() + i * extent->page_size();
+    f->head_pfn = extent->pfn(i);
+    f->refcount.store(1);
+    folios.push_back(std::move(f));
+  }
+
+  auto table = std::make_unique<PageTable>(DetectHostGeometry());
+  for (auto& f : folios) {
+    if (absl::Status st = table->Map(f.get(), f->data, kProtRead | kProtWrite); !st.ok()) {
+      std::fprintf(stderr, "hugemm bench translate: %s\n", std::string(st.message()).c_str());
+      return 1;
+    }
+  }
+
+  std::mt19937_64 rng(42);
+  std::vector<uintptr_t> synth(kLookups), real(kLookups);
+  for (size_t i = 0; i < kLookups; ++i) {
+    synth[i] = kSynthBase + rng() % kSynthBytes;
+    real[i] = reinterpret_cast<uintptr_t>(extent->data()) + rng() % extent->size();
+  }
+
+  uint64_t sink = 0;
+  const double translate_ns = MedianNsPer(kLookups, [&] {
+    uint64_t sum = 0;
+    Translation t;
+    for (uintptr_t va : synth) {
+      table->TranslateInto(reinterpret_cast<const void*>(va), &t);
+      sum += t.pfn;
+    }
+    DoNotOptimize(sum);
+    sink += sum;
+  });
+  const double translate_real_ns = MedianNsPer(kLookups, [&] {
+    uint64_t sum = 0;
+    Translation t;
+    for (uintptr_t va : real) {
+      table->TranslateInto(reinterpret_cast<const void*>(va), &t);
+      sum += t.pfn;
+    }
+    DoNotOptimize(sum);
+    sink += sum;
+  });
+  const double flat_ns = MedianNsPer(kLookups, [&] {
+    uint64_t sum = 0;
+    for (uintptr_t va : synth) {
+      const Folio* f = flat[(va - kSynthBase) >> 21];
+      sum += f->head_pfn + ((va & (kPageSize2M - 1)) >> kPageShift);
+    }
+    DoNotOptimize(sum);
+    sink += sum;
+  });
+  const double pagemap_ns = MedianNsPer(kPagemapReads, [&] {
+    uint64_t sum = 0;
+    for (size_t i = 0; i < kPagemapReads; ++i) {
+      absl::StatusOr<std::vector<uint64_t>> p =
+          sys::ReadPfnRange(reinterpret_cast<const void*>(real[i]), 1);
+      sum += p.ok() ? (*p)[0] : 0;
+    }
+    DoNotOptimize(sum);
+    sink += sum;
+  });
+  DoNotOptimize(sink);
+  table.reset();
+
+  const double vs_pagemap = pagemap_ns / translate_real_ns;
+  const double vs_flat = translate_ns / flat_ns;
+  if (json) {
+    Json out = Json::MakeObject();
+    out.Set("geometry", DetectHostGeometry().name);
+    out.Set("translate_ns", translate_ns);
+    out.Set("translate_real_ns", translate_real_ns);
+    out.Set("pagemap_ns", pagemap_ns);
+    out.Set("flat_array_ns", flat_ns);
+    out.Set("pagemap_over_translate", vs_pagemap);
+    out.Set("translate_over_flat_array", vs_flat);
+    out.Set("lookups", kLookups);
+    out.Set("pagemap_buffer", PageSizeName(extent->page_size()));
+    std::printf("%s\n", out.Dump().c_str());
+  } else {
+    std::printf("translate (1 GiB of 2M leaves) %8.2f ns\n", translate_ns);
+    std::printf("translate (pagemap's buffer)   %8.2f ns\n", translate_real_ns);
+    std::printf("flat array                     %8.2f ns   translate / flat = %.2fx\n", flat_ns,
+                vs_flat);
+    std::printf("pagemap read                   %8.2f ns   pagemap / translate = %.0fx\n",
+                pagemap_ns, vs_pagemap);
+  }
+  return 0;
+}
+
+}  // namespace
+
+HUGEMM_REGISTER_BENCH("translate",
+                      "VA -> PFN through the shadow table vs pagemap vs a flat array [--json]",
+                      RunTranslate);
+
+}  // namespace hugemm::perf

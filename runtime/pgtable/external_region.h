@@ -1,0 +1,24 @@
+// The owner of one external registration's borrowed folio descriptors.
+#ifndef HUGEMM_RUNTIME_PGTABLE_EXTERNAL_REGION_H_
+#define HUGEMM_RUNTIME_PGTABLE_EXTERNAL_REGION_H_
+
+#include <memory>
+#include <vector>
+
+#include "hugemm/pgtable.h"
+
+namespace hugemm {
+
+// The descriptors hold one reference each (this region's) and are freed with the region,
+// after every mapping of them is gone and a grace period has passed; never to a pool.
+class PageTable::ExternalRegion : public FolioOwner {
+ public:
+  uintptr_t va = 0;
+  size_t length = 0;
+  std::vector<std::unique_ptr<Folio>> folios;
+  void ReleaseFolio(Folio* /*folio*/) override {}
+};
+
+}  // namespace hugemm
+
+#endif  // HUGEMM_RUNTIME_PGTABLE_EXTERNAL_REGION_H_

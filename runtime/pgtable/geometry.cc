@@ -1,0 +1,122 @@
+#include "hugemm/geometry.h"
+
+#include <sys/mman.h>
+
+#include <cstdio>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "hugemm/page_size.h"
+
+namespace hugemm {
+
+absl::string_view Geometry::LevelName(int level) const {
+  if (level == top()) return "PGD";
+  static constexpr absl::string_view kNames[] = {"PTE", "PMD", "PUD", "P4D", "PGD"};
+  return level >= 0 && level < kMaxLevels ? kNames[level] : "?";
+}
+
+absl::StatusOr<LeafUnit> NaturalUnit(const Geometry& g, size_t folio_bytes) {
+  if (folio_bytes < g.page_size() || folio_bytes % g.page_size() != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("a ", PageSizeName(folio_bytes),
+                                                   " folio is not a multiple of the ",
+                                                   PageSizeName(g.page_size()), " page"));
+  }
+  for (int level = g.top(); level >= 0; --level) {
+    if (!g.leaf_ok[level]) continue;
+    for (int cont : {g.cont_ok(level) ? g.cont_entries[level] : 1, 1}) {
+      const size_t bytes = g.entry_bytes(level) * cont;
+      if (bytes > folio_bytes || folio_bytes % bytes != 0) continue;
+      return LeafUnit{.level = level,
+                      .cont = cont,
+                      .leaf_bytes = bytes,
+                      .entries = folio_bytes / g.entry_bytes(level)};
+    }
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("no leaf level fits a ", PageSizeName(folio_bytes), " folio"));
+}
+
+Geometry X86_64Geometry(bool five_level) {
+  Geometry g;
+  g.name = five_level ? "x86-64 5-level" : "x86-64 4-level";
+  g.page_shift = 12;
+  g.levels = five_level ? 5 : 4;
+  for (int l = 0; l < g.levels; ++l) g.index_bits[l] = 9;
+  g.leaf_ok[kPteLevel] = g.leaf_ok[kPmdLevel] = g.leaf_ok[kPudLevel] = true;
+  for (int& c : g.cont_entries) c = 1;
+  return g;
+}
+
+absl::StatusOr<Geometry> Arm64Geometry(size_t granule) {
+  Geometry g;
+  for (int& c : g.cont_entries) c = 1;
+  g.leaf_ok[kPteLevel] = g.leaf_ok[kPmdLevel] = true;
+  switch (granule) {
+    case size_t{4} << 10:
+      g.name = "arm64 4K granule";
+      g.page_shift = 12;
+      g.levels = 4;
+      for (int l = 0; l < 4; ++l) g.index_bits[l] = 9;
+      g.leaf_ok[kPudLevel] = true;
+      g.cont_entries[kPteLevel] = 16;
+      g.cont_entries[kPmdLevel] = 16;
+      break;
+    case size_t{16} << 10:
+      // 14 + 3 * 11 = 47 bits; a one-bit top level reaches 48.
+      g.name = "arm64 16K granule";
+      g.page_shift = 14;
+      g.levels = 4;
+      g.index_bits[0] = g.index_bits[1] = g.index_bits[2] = 11;
+      g.index_bits[3] = 1;
+      g.cont_entries[kPteLevel] = 128;
+      g.cont_entries[kPmdLevel] = 32;
+      break;
+    case size_t{64} << 10:
+      // 16 + 2 * 13 = 42 bits; a six-bit top level reaches 48.
+      g.name = "arm64 64K granule";
+      g.page_shift = 16;
+      g.levels = 3;
+      g.index_bits[0] = g.index_bits[1] = 13;
+      g.index_bits[2] = 6;
+      g.cont_entries[kPteLevel] = 32;
+      g.cont_entries[kPmdLevel] = 32;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("arm64 has no ", PageSizeName(granule), " granule (4K, 16K, 64K)"));
+  }
+  return g;
+}
+
+namespace {
+
+bool CpuHasLa57() {
+  FILE* f = std::fopen("/proc/cpuinfo", "re");
+  if (f == nullptr) return false;
+  char line[4096];
+  bool found = false;
+  while (!found && std::fgets(line, sizeof(line), f) != nullptr) {
+    if (std::strncmp(line, "flags", 5) == 0 && std::strstr(line, " la57") != nullptr) found = true;
+  }
+  std::fclose(f);
+  return found;
+}
+
+bool KernelGivesHighAddresses() {
+  void* hint = reinterpret_cast<void*>(uintptr_t{1} << 50);
+  void* p = ::mmap(hint, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) return false;
+  const bool high = reinterpret_cast<uintptr_t>(p) >= (uintptr_t{1} << 47);
+  ::munmap(p, 4096);
+  return high;
+}
+
+}  // namespace
+
+Geometry DetectHostGeometry() {
+  static const bool five = CpuHasLa57() && KernelGivesHighAddresses();
+  return X86_64Geometry(five);
+}
+
+}  // namespace hugemm

@@ -1,0 +1,65 @@
+// The grace periods behind the shadow table: liburcu's memb flavour (readers pay a
+// thread-local counter update; writers pay a membarrier). Each reader thread registers
+// itself on first use and unregisters when it exits.
+//
+// ThreadSanitizer cannot see liburcu's barriers, so the read-side unlock releases and the
+// end of a grace period acquires one word: a reader's loads from a table then happen
+// before the writer frees it, which is exactly the guarantee RCU gives.
+#ifndef HUGEMM_RUNTIME_PGTABLE_RCU_H_
+#define HUGEMM_RUNTIME_PGTABLE_RCU_H_
+
+#if defined(__SANITIZE_THREAD__)
+#define HUGEMM_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define HUGEMM_TSAN 1
+#endif
+#endif
+
+// The inline read side (_LGPL_SOURCE) saves a call per read section. Under TSan the calls
+// go to the uninstrumented library instead, whose internal wake-up word TSan would
+// otherwise report.
+#ifndef HUGEMM_TSAN
+#define _LGPL_SOURCE 1
+#endif
+#include <urcu/urcu-memb.h>
+
+#ifdef HUGEMM_TSAN
+extern "C" void __tsan_acquire(void* addr);
+extern "C" void __tsan_release(void* addr);
+#endif
+
+namespace hugemm::pgtable_internal {
+
+#ifdef HUGEMM_TSAN
+inline char tsan_grace_period;
+#endif
+
+struct RcuThread {
+  RcuThread() { urcu_memb_register_thread(); }
+  ~RcuThread() { urcu_memb_unregister_thread(); }
+};
+
+inline void RcuReadLock() {
+  static thread_local RcuThread registered;
+  (void)registered;
+  urcu_memb_read_lock();
+}
+
+inline void RcuReadUnlock() {
+#ifdef HUGEMM_TSAN
+  __tsan_release(&tsan_grace_period);
+#endif
+  urcu_memb_read_unlock();
+}
+
+inline void RcuSynchronize() {
+  urcu_memb_synchronize_rcu();
+#ifdef HUGEMM_TSAN
+  __tsan_acquire(&tsan_grace_period);
+#endif
+}
+
+}  // namespace hugemm::pgtable_internal
+
+#endif  // HUGEMM_RUNTIME_PGTABLE_RCU_H_

@@ -1,0 +1,78 @@
+// A table node and the encoding of its 64-bit entries.
+//
+// An entry is one word, written and read with std::atomic, so a reader sees either the
+// old or the new value and never half of one. Pointers in entries (tables, folios,
+// exclusive records) are all 64-byte aligned, leaving six low bits for flags:
+//   0                               empty
+//   table | kPresent                next-level table
+//   folio | kPresent | kLeaf | ...  a leaf; kCont marks a member of a contiguous group;
+//                                   kRead / kWrite / kExec are its protection
+//   record | kExclusiveTag          a device-exclusive entry (not present for the CPU)
+// A leaf stores no page index: folios are mapped whole at addresses aligned to their
+// size, so the page is the address's offset inside the folio.
+#ifndef HUGEMM_RUNTIME_PGTABLE_TABLE_H_
+#define HUGEMM_RUNTIME_PGTABLE_TABLE_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+
+#include "hugemm/folio.h"
+
+namespace hugemm::pgtable_internal {
+
+inline constexpr uint64_t kPresent = 1u << 0;
+inline constexpr uint64_t kLeaf = 1u << 1;
+inline constexpr uint64_t kExclusiveTag = 1u << 1;  // with kPresent clear
+inline constexpr uint64_t kCont = 1u << 2;
+inline constexpr uint64_t kRead = 1u << 3;
+inline constexpr uint64_t kWrite = 1u << 4;
+inline constexpr uint64_t kExec = 1u << 5;
+inline constexpr uint64_t kProtBits = kRead | kWrite | kExec;
+inline constexpr uint64_t kPtrMask = ~uint64_t{63};
+
+inline bool IsTable(uint64_t w) { return (w & (kPresent | kLeaf)) == kPresent; }
+inline bool IsLeaf(uint64_t w) { return (w & (kPresent | kLeaf)) == (kPresent | kLeaf); }
+inline bool IsExclusive(uint64_t w) { return (w & (kPresent | kExclusiveTag)) == kExclusiveTag; }
+
+inline uint64_t ProtToBits(uint32_t prot) {
+  return (prot & 1u ? kRead : 0) | (prot & 2u ? kWrite : 0) | (prot & 4u ? kExec : 0);
+}
+inline uint32_t BitsToProt(uint64_t w) {
+  return (w & kRead ? 1u : 0) | (w & kWrite ? 2u : 0) | (w & kExec ? 4u : 0);
+}
+
+// What a device-exclusive entry remembers of the PTE it replaced. Immutable once
+// published; freed after a grace period.
+struct alignas(64) ExclusiveRecord {
+  Folio* folio = nullptr;
+  uint64_t leaf_word = 0;  // the PTE to put back
+  const void* owner = nullptr;
+};
+
+struct alignas(64) Table {
+  // Writers only, under `mu`.
+  // std::mutex, not absl::Mutex: the system abseil is not built for TSan, which would
+  // then not see the lock order between writers.
+  std::mutex mu;
+  int level = 0;
+  bool dead = false;         // detached from the tree: a writer that locked it must retry
+  uint32_t used = 0;         // non-empty entries
+  Table* deposit = nullptr;  // PMD tables: PTE tables deposited for this table's leaves
+  Table* next = nullptr;     // link in a deposit stack or a garbage list
+  std::atomic<uint64_t>* slots = nullptr;  // follows the header in the same allocation
+
+  std::atomic<uint64_t>& slot(size_t i) { return slots[i]; }
+  const std::atomic<uint64_t>& slot(size_t i) const { return slots[i]; }
+};
+
+inline Table* AsTable(uint64_t w) { return reinterpret_cast<Table*>(w & kPtrMask); }
+inline Folio* AsFolio(uint64_t w) { return reinterpret_cast<Folio*>(w & kPtrMask); }
+inline ExclusiveRecord* AsRecord(uint64_t w) {
+  return reinterpret_cast<ExclusiveRecord*>(w & kPtrMask);
+}
+
+}  // namespace hugemm::pgtable_internal
+
+#endif  // HUGEMM_RUNTIME_PGTABLE_TABLE_H_

@@ -1,0 +1,56 @@
+// Holding the shadow against the live kernel, leaf by leaf.
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "hugemm/page_size.h"
+#include "hugemm/pgtable.h"
+#include "runtime/sys/frame_check.h"
+#include "runtime/sys/pagemap.h"
+
+namespace hugemm {
+
+absl::StatusOr<VerifyReport> PageTable::Verify(const void* va, size_t length) const {
+  if (geometry_.page_shift != kPageShift) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("verify: %s is not this machine's geometry", geometry_.name));
+  }
+  absl::StatusOr<std::vector<sys::Vma>> vmas = sys::ReadVmas();
+  if (!vmas.ok()) return vmas.status();
+  std::vector<LogicalLeaf> leaves;
+  Walk(va, length, [&](const LogicalLeaf& l) { leaves.push_back(l); });
+
+  VerifyReport report;
+  report.pfns_checked = sys::CanReadPfns();
+  auto mismatch = [&](uintptr_t at, std::string what) {
+    report.mismatches.push_back({at, absl::StrFormat("0x%x: %s", at, what)});
+  };
+  for (const LogicalLeaf& l : leaves) {
+    ++report.leaves_checked[l.bytes];
+    const std::string leaf_name =
+        absl::StrFormat("%s%s leaf of %s", l.cont ? "contiguous " : "",
+                        geometry_.LevelName(l.level), PageSizeName(l.bytes));
+    const sys::Vma* vma = sys::FindVma(*vmas, l.va);
+    if (vma == nullptr) {
+      mismatch(l.va, absl::StrFormat("the kernel maps nothing here, shadow has a %s", leaf_name));
+      continue;
+    }
+    if (vma->kernel_page_size != l.bytes) {
+      mismatch(l.va, absl::StrFormat("kernel maps %s pages, shadow has a %s",
+                                     PageSizeName(vma->kernel_page_size), leaf_name));
+    }
+    if (!report.pfns_checked) continue;
+    const Folio* folio = l.folio;
+    const uintptr_t folio_va = l.va & ~(folio->size() - 1);
+    const size_t first_frame = (l.va - folio_va) / kPageSize4K;
+    absl::StatusOr<sys::FrameCheck> fc =
+        sys::CheckFrames(l.va, l.bytes / kPageSize4K, folio->page_pfn(first_frame), first_frame,
+                         folio->nr_pages(), leaf_name);
+    if (!fc.ok()) return fc.status();
+    for (const sys::FrameMismatch& m : fc->mismatches) mismatch(m.va, m.what);
+    report.pfns_hidden += fc->pfns_hidden;
+    report.flags_checked |= fc->flags_checked;
+  }
+  return report;
+}
+
+}  // namespace hugemm

@@ -1,0 +1,103 @@
+// Lock-free readers while writers map, split, protect, make exclusive and unmap. Run under
+// TSan: a reader must never see a torn entry or a freed table, and every translation it
+// gets must be one the writers could have made.
+#include <atomic>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "hugemm/pgtable.h"
+#include "tests/pgtable_test_util.h"
+#include "tests/test_util.h"
+
+namespace hugemm {
+namespace {
+
+using ::hugemm::testing::FakeFolio;
+using ::hugemm::testing::Ptr;
+
+constexpr uintptr_t kBase = uintptr_t{1} << 40;
+constexpr uint64_t kBasePfn = uint64_t{1} << 28;
+constexpr int kSlots = 8;  // 2M folios, two writers with four each
+constexpr int kRounds = 40;
+constexpr int kReaders = 3;
+constexpr uintptr_t kGiantVa = kBase + kPageSize1G;  // one 1G folio
+
+TEST(PageTableConcurrencyTest, ReadersDuringMapSplitUnmap) {
+  std::vector<std::unique_ptr<Folio>> folios;
+  for (int i = 0; i < kSlots; ++i) {
+    folios.push_back(FakeFolio(kPageSize2M, kBase + i * kPageSize2M, kBasePfn + uint64_t(i) * 512));
+  }
+  auto giant = FakeFolio(kPageSize1G, kGiantVa, kBasePfn + (uint64_t{1} << 20));
+  PageTable table(X86_64Geometry(false));
+  std::atomic<int> writers_left{3};
+  std::atomic<uint64_t> hits{0};
+  const uint32_t rw = kProtRead | kProtWrite;
+
+  auto ok = [](const absl::Status& st) { EXPECT_TRUE(st.ok()) << st; };
+  auto writer = [&](int first) {
+    int token = 0;
+    for (int round = 0; round < kRounds; ++round) {
+      for (int i = first; i < first + kSlots / 2; ++i) {
+        Folio* f = folios[i].get();
+        ok(table.Map(f, f->data, rw));
+        if (round % 2 == 0) ok(table.Split(f->data));
+        ok(table.Protect(f->data + 8 * kPageSize4K, kPageSize4K, kProtRead));
+        ok(table.MakeExclusive(f->data + 16 * kPageSize4K, &token));
+        ok(table.RestoreExclusive(f->data + 16 * kPageSize4K));
+        ok(table.Unmap(f->data, kPageSize2M));
+      }
+    }
+    writers_left.fetch_sub(1);
+  };
+  auto giant_writer = [&]() {
+    for (int round = 0; round < kRounds / 4; ++round) {
+      ok(table.Map(giant.get(), Ptr(kGiantVa), rw));
+      ok(table.Split(Ptr(kGiantVa)));
+      ok(table.Split(Ptr(kGiantVa + 7 * kPageSize2M)));
+      ok(table.Unmap(Ptr(kGiantVa), kPageSize1G));
+    }
+    writers_left.fetch_sub(1);
+  };
+  auto reader = [&](unsigned seed) {
+    std::mt19937_64 rng(seed);
+    while (writers_left.load() > 0) {
+      const bool in_giant = rng() % 4 == 0;
+      const uintptr_t va =
+          in_giant ? kGiantVa + rng() % kPageSize1G : kBase + rng() % (kSlots * kPageSize2M);
+      const Folio* want = in_giant ? giant.get() : folios[(va - kBase) / kPageSize2M].get();
+      const uintptr_t folio_va = reinterpret_cast<uintptr_t>(want->data);
+      if (std::optional<Translation> t = table.Translate(Ptr(va))) {
+        ASSERT_EQ(t->folio, want);
+        ASSERT_EQ(t->pfn, want->head_pfn + (va - folio_va) / kPageSize4K);
+        ASSERT_LE(t->leaf_va, va);
+        ASSERT_GT(t->leaf_va + t->leaf_bytes, va);
+        hits.fetch_add(1, std::memory_order_relaxed);
+      }
+      ReadSection rs;
+      if (std::optional<LeafSnapshot> s = table.Lookup(Ptr(va))) {
+        ASSERT_EQ(s->leaf.folio, want);
+        ASSERT_EQ(s->leaf.first_page, (s->leaf.va - folio_va) / kPageSize4K);
+        (void)table.StillMapped(*s);
+      }
+      table.Walk(Ptr(va & ~(kPageSize2M - 1)), kPageSize2M,
+                 [&](const LogicalLeaf& l) { ASSERT_EQ(l.folio, want); });
+    }
+  };
+
+  std::vector<std::thread> threads;
+  for (int r = 0; r < kReaders; ++r) threads.emplace_back(reader, 1234u + r);
+  threads.emplace_back(writer, 0);
+  threads.emplace_back(writer, kSlots / 2);
+  threads.emplace_back(giant_writer);
+  for (std::thread& t : threads) t.join();
+
+  for (const auto& f : folios) EXPECT_EQ(f->refcount.load(), 1);
+  EXPECT_EQ(giant->refcount.load(), 1);
+  EXPECT_EQ(table.TableCount(), 1u);
+  RecordProperty("hits", static_cast<int>(hits.load()));
+}
+
+}  // namespace
+}  // namespace hugemm

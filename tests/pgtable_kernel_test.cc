@@ -1,0 +1,212 @@
+// The shadow table against the live kernel: real hugetlb 2M / 1G, 4K anon and (in the VM)
+// device-DAX mappings verify clean; a deliberately wrong leaf is caught and named; memory
+// the program mapped itself registers with the frames the kernel gave it.
+#include <sys/mman.h>
+
+#include <memory>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "hugemm/backing.h"
+#include "hugemm/pgtable.h"
+#include "runtime/sys/pagemap.h"
+#include "tests/test_util.h"
+
+namespace hugemm {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr uint32_t kRW = kProtRead | kProtWrite;
+
+std::vector<std::unique_ptr<Folio>> FoliosOver(const Extent& e) {
+  std::vector<std::unique_ptr<Folio>> out;
+  for (size_t i = 0; i < e.page_count(); ++i) {
+    auto f = std::make_unique<Folio>();
+    f->order = static_cast<uint8_t>(PageOrder(e.page_size()));
+    f->backing = e.kind();
+    f->node = static_cast<int16_t>(e.node());
+    f->data = e.data() + i * e.page_size();
+    f->head_pfn = e.pfn(i);
+    f->refcount.store(1);
+    out.push_back(std::move(f));
+  }
+  return out;
+}
+
+absl::StatusOr<Extent> MapExtent(BackingKind kind, size_t page_size, size_t pages,
+                                 const std::string& dax = "") {
+  absl::StatusOr<std::shared_ptr<Backing>> b =
+      Backing::Create({.kind = kind, .page_size = page_size, .devdax_path = dax});
+  if (!b.ok()) return b.status();
+  return (*b)->Map({.length = pages * (*b)->page_size()});
+}
+
+std::string Joined(const VerifyReport& r) {
+  std::string out;
+  for (const VerifyMismatch& m : r.mismatches) out += m.what + "\n";
+  return out;
+}
+
+// Maps each native page as a folio, verifies clean, and checks translations.
+void MapAndVerify(const Extent& e) {
+  ASSERT_TRUE(e.pfns_known()) << "pagemap must show PFNs (run as root)";
+  auto folios = FoliosOver(e);
+  PageTable table(DetectHostGeometry());
+  for (auto& f : folios) HUGEMM_ASSERT_OK(table.Map(f.get(), f->data, kRW));
+  absl::StatusOr<VerifyReport> r = table.Verify(e.data(), e.size());
+  HUGEMM_ASSERT_OK(r);
+  EXPECT_TRUE(r->ok()) << Joined(*r);
+  EXPECT_TRUE(r->pfns_checked);
+  EXPECT_EQ(r->leaves_checked[e.page_size()], e.page_count());
+  const size_t last = e.page_count() - 1;
+  const size_t frame = e.page_size() > kPageSize4K ? 3 : 0;
+  std::optional<Translation> t =
+      table.Translate(e.data() + last * e.page_size() + frame * 4096 + 5);
+  ASSERT_TRUE(t.has_value());
+  EXPECT_EQ(t->pfn, e.pfn(last) + frame);
+  EXPECT_EQ(t->leaf_bytes, e.page_size());
+  for (auto& f : folios) HUGEMM_ASSERT_OK(table.Unmap(f->data, f->size()));
+  for (auto& f : folios) EXPECT_EQ(f->refcount.load(), 1);
+}
+
+TEST(PageTableKernelTest, Hugetlb2MVerifies) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  absl::StatusOr<Extent> e = MapExtent(BackingKind::kHugetlb, kPageSize2M, 4);
+  HUGEMM_ASSERT_OK(e);
+  MapAndVerify(*e);
+}
+
+TEST(PageTableKernelTest, Hugetlb1GVerifies) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize1G, 1);
+  absl::StatusOr<Extent> e = MapExtent(BackingKind::kHugetlb, kPageSize1G, 1);
+  HUGEMM_ASSERT_OK(e);
+  MapAndVerify(*e);
+}
+
+TEST(PageTableKernelTest, Anon4KVerifies) {
+  HUGEMM_NEED(sys::CanReadPfns(), "pagemap hides PFNs from this process");
+  absl::StatusOr<Extent> e = MapExtent(BackingKind::kAnon, kPageSize4K, 16);
+  HUGEMM_ASSERT_OK(e);
+  MapAndVerify(*e);
+}
+
+TEST(PageTableKernelTest, RealDevDaxVerifies) {
+  const std::string dax = testing::TestDaxDevice();
+  if (dax.empty()) GTEST_SKIP() << "HUGEMM_TEST_DAX names no device-DAX device";
+  absl::StatusOr<Extent> e = MapExtent(BackingKind::kDevDax, 0, 2, dax);
+  HUGEMM_ASSERT_OK(e);
+  MapAndVerify(*e);
+}
+
+TEST(PageTableKernelTest, WrongPfnIsNamed) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  absl::StatusOr<Extent> e = MapExtent(BackingKind::kHugetlb, kPageSize2M, 1);
+  HUGEMM_ASSERT_OK(e);
+  auto folios = FoliosOver(*e);
+  folios[0]->head_pfn += 512;  // the tamper
+  PageTable table(DetectHostGeometry());
+  HUGEMM_ASSERT_OK(table.Map(folios[0].get(), e->data(), kRW));
+  absl::StatusOr<VerifyReport> r = table.Verify(e->data(), e->size());
+  HUGEMM_ASSERT_OK(r);
+  ASSERT_FALSE(r->ok());
+  EXPECT_EQ(r->mismatches[0].va, reinterpret_cast<uintptr_t>(e->data()));
+  EXPECT_THAT(r->mismatches[0].what,
+              HasSubstr(absl::StrFormat("%p: PFN recorded 0x%x, pagemap says 0x%x", e->data(),
+                                        e->pfn(0) + 512, e->pfn(0))));
+  HUGEMM_ASSERT_OK(table.Unmap(e->data(), e->size()));
+}
+
+TEST(PageTableKernelTest, SplitLeafOverHugePageIsNamed) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  absl::StatusOr<Extent> e = MapExtent(BackingKind::kHugetlb, kPageSize2M, 1);
+  HUGEMM_ASSERT_OK(e);
+  auto folios = FoliosOver(*e);
+  PageTable table(DetectHostGeometry());
+  HUGEMM_ASSERT_OK(table.Map(folios[0].get(), e->data(), kRW));
+  HUGEMM_ASSERT_OK(table.Split(e->data()));
+  absl::StatusOr<VerifyReport> r = table.Verify(e->data(), e->size());
+  HUGEMM_ASSERT_OK(r);
+  ASSERT_EQ(r->mismatches.size(), 512u) << "every PTE leaf disagrees with the kernel's PMD";
+  EXPECT_THAT(r->mismatches[0].what,
+              HasSubstr(absl::StrFormat("%p: kernel maps 2M pages, shadow has a PTE leaf of 4K",
+                                        e->data())));
+  HUGEMM_ASSERT_OK(table.Unmap(e->data(), e->size()));
+  EXPECT_EQ(folios[0]->refcount.load(), 1);
+}
+
+TEST(PageTableKernelTest, PmdLeafOver4KPagesIsNamed) {
+  HUGEMM_NEED(sys::CanReadPfns(), "pagemap hides PFNs from this process");
+  absl::StatusOr<Extent> e = MapExtent(BackingKind::kAnon, kPageSize4K, 1024);
+  HUGEMM_ASSERT_OK(e);
+  const uintptr_t start = reinterpret_cast<uintptr_t>(e->data());
+  const uintptr_t aligned = (start + kPageSize2M - 1) & ~(kPageSize2M - 1);
+  auto folio = std::make_unique<Folio>();
+  folio->order = 9;
+  folio->data = reinterpret_cast<std::byte*>(aligned);
+  folio->head_pfn = e->pfn((aligned - start) / kPageSize4K);
+  folio->refcount.store(1);
+  PageTable table(DetectHostGeometry());
+  HUGEMM_ASSERT_OK(table.Map(folio.get(), folio->data, kRW));
+  absl::StatusOr<VerifyReport> r = table.Verify(folio->data, kPageSize2M);
+  HUGEMM_ASSERT_OK(r);
+  ASSERT_FALSE(r->ok());
+  EXPECT_EQ(r->mismatches[0].what,
+            absl::StrFormat("0x%x: kernel maps 4K pages, shadow has a PMD leaf of 2M", aligned));
+  HUGEMM_ASSERT_OK(table.Unmap(folio->data, kPageSize2M));
+}
+
+TEST(PageTableKernelTest, ExternalMapHugetlbBuffer) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  HUGEMM_NEED(sys::CanReadPfns(), "pagemap hides PFNs from this process");
+  const size_t len = 2 * kPageSize2M;
+  void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+  ASSERT_NE(p, MAP_FAILED);
+  auto* buf = static_cast<std::byte*>(p);
+  PageTable table(DetectHostGeometry());
+  absl::StatusOr<uint64_t> id = table.RegisterExternal(buf, len);
+  HUGEMM_ASSERT_OK(id);
+
+  absl::StatusOr<std::vector<uint64_t>> pfns = sys::ReadPfnRange(buf + kPageSize2M + 8192, 1);
+  HUGEMM_ASSERT_OK(pfns);
+  std::optional<Translation> t = table.Translate(buf + kPageSize2M + 8192);
+  ASSERT_TRUE(t.has_value());
+  EXPECT_EQ(t->pfn, (*pfns)[0]);
+  EXPECT_EQ(t->level, kPmdLevel);
+  EXPECT_TRUE(t->folio->has_flag(kFolioBorrowed));
+  EXPECT_EQ(t->folio->refcount.load(), 2) << "its region's reference and the mapping's";
+  absl::StatusOr<VerifyReport> r = table.Verify(buf, len);
+  HUGEMM_ASSERT_OK(r);
+  EXPECT_TRUE(r->ok()) << Joined(*r);
+  EXPECT_EQ(r->leaves_checked[kPageSize2M], 2u);
+
+  EXPECT_EQ(table.RegisterExternal(buf, len).status().code(), absl::StatusCode::kAlreadyExists);
+  HUGEMM_ASSERT_OK(table.UnregisterExternal(*id));
+  EXPECT_FALSE(table.Translate(buf).has_value());
+  EXPECT_EQ(table.TableCount(), 1u);
+  EXPECT_EQ(table.UnregisterExternal(*id).code(), absl::StatusCode::kNotFound);
+  ::munmap(p, len);
+}
+
+TEST(PageTableKernelTest, ExternalRejectsWhatItCannotDescribe) {
+  PageTable table(DetectHostGeometry());
+  void* p =
+      ::mmap(nullptr, 8 * kPageSize4K, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(p, MAP_FAILED);
+  auto* buf = static_cast<std::byte*>(p);
+  // Not faulted in: no frame to record.
+  absl::StatusOr<uint64_t> id = table.RegisterExternal(buf, 8 * kPageSize4K);
+  EXPECT_FALSE(id.ok());
+  EXPECT_THAT(id.status().message(), HasSubstr(absl::StrFormat("%p", p)));
+  ::munmap(p, 8 * kPageSize4K);
+  // Unmapped now.
+  id = table.RegisterExternal(buf, kPageSize4K);
+  EXPECT_EQ(id.status().code(), absl::StatusCode::kNotFound) << id.status();
+  EXPECT_EQ(table.TableCount(), 1u);
+}
+
+}  // namespace
+}  // namespace hugemm

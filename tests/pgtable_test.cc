@@ -1,0 +1,391 @@
+// The shadow table over synthetic folios: every geometry, every leaf level, contiguous
+// groups, splits, protection, device-exclusive entries, notifiers and error paths.
+#include "hugemm/pgtable.h"
+
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/pgtable_test_util.h"
+#include "tests/test_util.h"
+
+namespace hugemm {
+namespace {
+
+using ::hugemm::testing::FakeFolio;
+using ::hugemm::testing::Ptr;
+using ::testing::HasSubstr;
+
+constexpr uintptr_t kBase = uintptr_t{1} << 40;   // aligned to every leaf size
+constexpr uint64_t kBasePfn = uint64_t{1} << 28;  // aligned to every folio size
+constexpr uint32_t kRW = kProtRead | kProtWrite;
+
+std::vector<LogicalLeaf> Leaves(const PageTable& t, uintptr_t va, size_t len) {
+  std::vector<LogicalLeaf> out;
+  t.Walk(Ptr(va), len, [&](const LogicalLeaf& l) { out.push_back(l); });
+  return out;
+}
+
+// One reference per entry: a contiguous group is `cont` entries.
+int32_t EntriesMapping(const PageTable& t, uintptr_t va, size_t len) {
+  int32_t n = 0;
+  for (const LogicalLeaf& l : Leaves(t, va, len)) {
+    n += l.cont ? t.geometry().cont_entries[l.level] : 1;
+  }
+  return n;
+}
+
+TEST(GeometryTest, Shapes) {
+  const Geometry x4 = X86_64Geometry(false);
+  EXPECT_EQ(x4.entry_bytes(kPmdLevel), kPageSize2M);
+  EXPECT_EQ(x4.entry_bytes(kPudLevel), kPageSize1G);
+  EXPECT_EQ(x4.va_bits(), 48);
+  EXPECT_EQ(x4.LevelName(3), "PGD");
+  const Geometry x5 = X86_64Geometry(true);
+  EXPECT_EQ(x5.va_bits(), 57);
+  EXPECT_EQ(x5.LevelName(3), "P4D");
+
+  struct Want {
+    size_t granule, folio;
+    int level, cont;
+  };
+  for (const Want& w : std::vector<Want>{
+           {4 << 10, 64 << 10, kPteLevel, 16},
+           {4 << 10, 32 << 20, kPmdLevel, 16},
+           {4 << 10, size_t{1} << 30, kPudLevel, 1},
+           {16 << 10, 2 << 20, kPteLevel, 128},
+           {16 << 10, 32 << 20, kPmdLevel, 1},
+           {16 << 10, size_t{1} << 30, kPmdLevel, 32},
+           {64 << 10, 2 << 20, kPteLevel, 32},
+           {64 << 10, 512 << 20, kPmdLevel, 1},
+           {64 << 10, size_t{16} << 30, kPmdLevel, 32},
+       }) {
+    absl::StatusOr<Geometry> g = Arm64Geometry(w.granule);
+    ASSERT_TRUE(g.ok());
+    EXPECT_EQ(g->va_bits(), 48) << g->name;
+    absl::StatusOr<LeafUnit> u = NaturalUnit(*g, w.folio);
+    ASSERT_TRUE(u.ok()) << u.status();
+    EXPECT_EQ(u->level, w.level) << g->name << " " << PageSizeName(w.folio);
+    EXPECT_EQ(u->cont, w.cont) << g->name << " " << PageSizeName(w.folio);
+    EXPECT_EQ(u->leaf_bytes, w.folio);
+  }
+  EXPECT_FALSE(Arm64Geometry(8 << 10).ok());
+  EXPECT_FALSE(NaturalUnit(*Arm64Geometry(16 << 10), 4 << 10).ok());
+}
+
+TEST(GeometryTest, HostIsX86) {
+  const Geometry g = DetectHostGeometry();
+  EXPECT_EQ(g.page_shift, 12);
+  EXPECT_TRUE(g.levels == 4 || g.levels == 5) << g.name;
+}
+
+class EveryGeometry : public ::testing::TestWithParam<Geometry> {};
+
+// For each leaf unit: map, translate, split step by step down to PTEs, unmap.
+TEST_P(EveryGeometry, MapSplitUnmapAtEveryLevel) {
+  const Geometry& g = GetParam();
+  PageTable table(g);
+  std::vector<size_t> units;
+  for (int level = 0; level < g.levels; ++level) {
+    if (!g.leaf_ok[level]) continue;
+    units.push_back(g.entry_bytes(level));
+    if (g.cont_ok(level)) units.push_back(g.cont_bytes(level));
+  }
+  for (size_t bytes : units) {
+    SCOPED_TRACE(g.name + " folio " + PageSizeName(bytes));
+    auto f = FakeFolio(bytes, kBase, kBasePfn);
+    const LeafUnit unit = *NaturalUnit(g, bytes);
+    HUGEMM_ASSERT_OK(table.Map(f.get(), Ptr(kBase), kRW));
+    EXPECT_EQ(f->refcount.load(), 1 + static_cast<int32_t>(unit.entries));
+    std::vector<LogicalLeaf> leaves = Leaves(table, kBase, bytes);
+    ASSERT_EQ(leaves.size(), bytes / unit.leaf_bytes);
+    EXPECT_EQ(leaves[0].level, unit.level);
+    EXPECT_EQ(leaves[0].cont, unit.cont > 1);
+    EXPECT_EQ(leaves[0].bytes, unit.leaf_bytes);
+    EXPECT_EQ(leaves[0].folio, f.get());
+
+    const bool multi = bytes > g.page_size();
+    const uintptr_t probe = multi ? kBase + bytes / 2 + g.page_size() : kBase;
+    auto check = [&](uintptr_t va) {
+      std::optional<Translation> t = table.Translate(Ptr(va));
+      ASSERT_TRUE(t.has_value());
+      EXPECT_EQ(t->folio, f.get());
+      EXPECT_EQ(t->page, (va - kBase) >> g.page_shift);
+      EXPECT_EQ(t->pfn, kBasePfn + ((va - kBase) >> kPageShift));
+      EXPECT_LE(t->leaf_va, va);
+      EXPECT_EQ(t->run_bytes, t->leaf_va + t->leaf_bytes - va);
+    };
+    check(probe);
+    EXPECT_EQ(table.Translate(Ptr(probe))->level, unit.level);
+
+    // Split at `probe` until it is a single PTE; the rest of the folio stays mapped.
+    const uintptr_t split_at = multi ? kBase + g.page_size() : kBase;
+    for (;;) {
+      std::optional<Translation> t = table.Translate(Ptr(split_at));
+      ASSERT_TRUE(t.has_value());
+      if (t->level == kPteLevel && t->leaf_bytes == g.page_size()) break;
+      const size_t before = t->leaf_bytes;
+      HUGEMM_ASSERT_OK(table.Split(Ptr(split_at)));
+      std::optional<Translation> after = table.Translate(Ptr(split_at));
+      ASSERT_TRUE(after.has_value());
+      EXPECT_LT(after->leaf_bytes, before);
+      EXPECT_EQ(f->refcount.load(), 1 + EntriesMapping(table, kBase, bytes));
+      check(split_at);
+      check(probe);
+      check(kBase + bytes - g.page_size());
+    }
+    absl::Status st = table.Split(Ptr(split_at));
+    EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+
+    HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), bytes));
+    EXPECT_EQ(f->refcount.load(), 1);
+    EXPECT_FALSE(table.Translate(Ptr(probe)).has_value());
+    EXPECT_TRUE(Leaves(table, kBase, bytes).empty());
+    EXPECT_EQ(table.TableCount(), 1u) << "every table but the root is freed";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(All, EveryGeometry, ::testing::ValuesIn(testing::AllGeometries()),
+                         [](const ::testing::TestParamInfo<Geometry>& info) {
+                           std::string name = info.param.name;
+                           for (char& c : name) {
+                             if (!isalnum(static_cast<unsigned char>(c))) c = '_';
+                           }
+                           return name;
+                         });
+
+TEST(PageTableTest, ContiguousGroupIsOneUnit) {
+  PageTable table(*Arm64Geometry(4 << 10));
+  auto f = FakeFolio(64 << 10, kBase, kBasePfn);
+  HUGEMM_ASSERT_OK(table.Map(f.get(), Ptr(kBase), kRW));
+  EXPECT_EQ(f->refcount.load(), 17);
+  std::vector<LogicalLeaf> leaves = Leaves(table, kBase + (8 << 10), 4 << 10);
+  ASSERT_EQ(leaves.size(), 1u);
+  EXPECT_EQ(leaves[0].va, kBase) << "a query inside the group reports the whole group";
+  EXPECT_EQ(leaves[0].pages, 16u);
+  EXPECT_EQ(leaves[0].first_page, 0u);
+
+  // Protection of the whole group changes it as one leaf.
+  HUGEMM_ASSERT_OK(table.Protect(Ptr(kBase), 64 << 10, kProtRead));
+  leaves = Leaves(table, kBase, 64 << 10);
+  ASSERT_EQ(leaves.size(), 1u);
+  EXPECT_TRUE(leaves[0].cont);
+  EXPECT_EQ(leaves[0].prot, kProtRead);
+
+  // Unmapping one page breaks the group first, then clears one PTE.
+  HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase + (4 << 10)), 4 << 10));
+  leaves = Leaves(table, kBase, 64 << 10);
+  ASSERT_EQ(leaves.size(), 15u);
+  for (const LogicalLeaf& l : leaves) EXPECT_FALSE(l.cont);
+  EXPECT_EQ(f->refcount.load(), 16);
+  HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), 4 << 10));
+  HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase + (8 << 10)), 56 << 10));
+  EXPECT_EQ(f->refcount.load(), 1);
+  EXPECT_EQ(table.TableCount(), 1u);
+}
+
+TEST(PageTableTest, ContPmdGroupClearedAsUnit) {
+  PageTable table(*Arm64Geometry(4 << 10));
+  auto f = FakeFolio(32 << 20, kBase, kBasePfn);
+  HUGEMM_ASSERT_OK(table.Map(f.get(), Ptr(kBase), kRW));
+  EXPECT_EQ(table.Translate(Ptr(kBase + (17 << 20)))->leaf_bytes, size_t{32} << 20);
+  HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), 32 << 20));
+  EXPECT_EQ(f->refcount.load(), 1);
+  EXPECT_FALSE(table.Translate(Ptr(kBase + (31 << 20))).has_value());
+}
+
+TEST(PageTableTest, ErrorsChangeNothingAndLeakNoReference) {
+  PageTable table(X86_64Geometry(false));
+  auto f2m = FakeFolio(kPageSize2M, kBase, kBasePfn);
+  auto f4k = FakeFolio(kPageSize4K, kBase, kBasePfn);
+  auto f1g = FakeFolio(kPageSize1G, kBase, kBasePfn);
+
+  absl::Status st = table.Map(f2m.get(), Ptr(kBase + kPageSize4K), kRW);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(st.message(), HasSubstr("0x10000001000"));
+  EXPECT_EQ(table.Map(nullptr, Ptr(kBase), kRW).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(table.Map(f2m.get(), Ptr(kBase), 0).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(table.Map(f2m.get(), Ptr(uintptr_t{1} << 48), kRW).code(),
+            absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(f2m->refcount.load(), 1);
+
+  HUGEMM_ASSERT_OK(table.Map(f2m.get(), Ptr(kBase), kRW));
+  st = table.Map(f2m.get(), Ptr(kBase), kRW);
+  EXPECT_EQ(st.code(), absl::StatusCode::kAlreadyExists) << st;
+  st = table.Map(f4k.get(), Ptr(kBase + kPageSize4K * 3), kRW);
+  EXPECT_EQ(st.code(), absl::StatusCode::kAlreadyExists) << st;
+  EXPECT_THAT(st.message(), HasSubstr("PMD leaf"));
+  st = table.Map(f1g.get(), Ptr(kBase), kRW);
+  EXPECT_EQ(st.code(), absl::StatusCode::kAlreadyExists) << st;
+  EXPECT_EQ(f2m->refcount.load(), 2);
+  EXPECT_EQ(f4k->refcount.load(), 1);
+  EXPECT_EQ(f1g->refcount.load(), 1);
+
+  st = table.Unmap(Ptr(kBase), 2 * kPageSize2M);
+  EXPECT_EQ(st.code(), absl::StatusCode::kNotFound) << st;
+  EXPECT_THAT(st.message(), HasSubstr("0x10000200000 is not mapped"));
+  EXPECT_EQ(f2m->refcount.load(), 2) << "a failed unmap changes nothing";
+  EXPECT_EQ(table.Unmap(Ptr(kBase + 1), kPageSize4K).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(table.Unmap(Ptr(kBase), 0).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(table.Split(Ptr(kBase + kPageSize1G)).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(table.RestoreExclusive(Ptr(kBase)).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(table.MakeExclusive(Ptr(kBase + kPageSize1G), nullptr).code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(table.Protect(Ptr(kBase), kPageSize2M, kProtWrite).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(table.Unsubscribe(12345).code(), absl::StatusCode::kNotFound);
+
+  HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), kPageSize2M));
+  EXPECT_EQ(f2m->refcount.load(), 1);
+
+  PageTable arm16(*Arm64Geometry(16 << 10));
+  st = arm16.Map(f4k.get(), Ptr(kBase), kRW);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_EQ(f4k->refcount.load(), 1);
+}
+
+TEST(PageTableTest, PartialUnmapAndProtectSplitFirst) {
+  PageTable table(X86_64Geometry(false));
+  auto f = FakeFolio(kPageSize2M, kBase, kBasePfn);
+  HUGEMM_ASSERT_OK(table.Map(f.get(), Ptr(kBase), kRW));
+  HUGEMM_ASSERT_OK(table.Protect(Ptr(kBase), kPageSize2M, kProtRead));
+  EXPECT_EQ(table.Translate(Ptr(kBase))->level, kPmdLevel) << "whole leaf: no split";
+
+  HUGEMM_ASSERT_OK(table.Protect(Ptr(kBase + 2 * kPageSize4K), kPageSize4K, kRW));
+  std::vector<LogicalLeaf> leaves = Leaves(table, kBase, 3 * kPageSize4K);
+  ASSERT_EQ(leaves.size(), 3u);
+  EXPECT_EQ(leaves[0].level, kPteLevel);
+  EXPECT_EQ(leaves[1].prot, kProtRead);
+  EXPECT_EQ(leaves[2].prot, kRW);
+
+  HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase + 10 * kPageSize4K), kPageSize4K));
+  EXPECT_EQ(f->refcount.load(), 1 + 511);
+  EXPECT_FALSE(table.Translate(Ptr(kBase + 10 * kPageSize4K)).has_value());
+  EXPECT_EQ(table.Translate(Ptr(kBase + 11 * kPageSize4K))->folio, f.get());
+  HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), 10 * kPageSize4K));
+  HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase + 11 * kPageSize4K), kPageSize2M - 11 * kPageSize4K));
+  EXPECT_EQ(f->refcount.load(), 1);
+  EXPECT_EQ(table.TableCount(), 1u);
+}
+
+TEST(PageTableTest, PudSplitDepositsForEveryPmd) {
+  PageTable table(X86_64Geometry(false));
+  auto f = FakeFolio(kPageSize1G, kBase, kBasePfn);
+  HUGEMM_ASSERT_OK(table.Map(f.get(), Ptr(kBase), kRW));
+  HUGEMM_ASSERT_OK(table.Split(Ptr(kBase)));
+  EXPECT_EQ(f->refcount.load(), 1 + 512);
+  // Every new PMD leaf can split without memory: split one in the middle.
+  HUGEMM_ASSERT_OK(table.Split(Ptr(kBase + 300 * kPageSize2M)));
+  EXPECT_EQ(f->refcount.load(), 1 + 511 + 512);
+  std::optional<Translation> t = table.Translate(Ptr(kBase + 300 * kPageSize2M + 5 * kPageSize4K));
+  ASSERT_TRUE(t.has_value());
+  EXPECT_EQ(t->level, kPteLevel);
+  EXPECT_EQ(t->pfn, kBasePfn + 300 * 512 + 5);
+  HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), kPageSize1G));
+  EXPECT_EQ(f->refcount.load(), 1);
+  EXPECT_EQ(table.TableCount(), 1u);
+}
+
+TEST(PageTableTest, TranslateRunsAcrossContiguousLeaves) {
+  auto a = FakeFolio(kPageSize2M, kBase, kBasePfn);
+  auto b = FakeFolio(kPageSize2M, kBase + kPageSize2M, kBasePfn + 512);
+  auto c = FakeFolio(kPageSize2M, kBase + 2 * kPageSize2M, kBasePfn + 4096);
+  PageTable table(X86_64Geometry(false));  // dies first: it still maps the folios
+  HUGEMM_ASSERT_OK(table.Map(a.get(), Ptr(kBase), kRW));
+  HUGEMM_ASSERT_OK(table.Map(b.get(), Ptr(kBase + kPageSize2M), kRW));
+  HUGEMM_ASSERT_OK(table.Map(c.get(), Ptr(kBase + 2 * kPageSize2M), kRW));
+  const uintptr_t va = kBase + kPageSize4K;
+  EXPECT_EQ(table.Translate(Ptr(va))->run_bytes, kPageSize2M - kPageSize4K);
+  EXPECT_EQ(table.Translate(Ptr(va), 64 << 20)->run_bytes, 2 * kPageSize2M - kPageSize4K);
+  EXPECT_EQ(table.Translate(Ptr(va), 3 << 20)->run_bytes, size_t{3} << 20);
+}
+
+TEST(PageTableTest, SnapshotNoticesChange) {
+  auto f = FakeFolio(kPageSize2M, kBase, kBasePfn);
+  PageTable table(X86_64Geometry(false));
+  HUGEMM_ASSERT_OK(table.Map(f.get(), Ptr(kBase), kRW));
+  std::optional<LeafSnapshot> s = table.Lookup(Ptr(kBase + 5 * kPageSize4K));
+  ASSERT_TRUE(s.has_value());
+  EXPECT_EQ(s->leaf.folio, f.get());
+  EXPECT_EQ(s->leaf.pages, 512u);
+  EXPECT_TRUE(table.StillMapped(*s));
+  HUGEMM_ASSERT_OK(table.Protect(Ptr(kBase), kPageSize2M, kProtRead));
+  EXPECT_FALSE(table.StillMapped(*s));
+}
+
+TEST(PageTableTest, DeviceExclusiveTellsOtherSubscribers) {
+  PageTable table(X86_64Geometry(false));
+  auto f = FakeFolio(kPageSize2M, kBase, kBasePfn);
+  HUGEMM_ASSERT_OK(table.Map(f.get(), Ptr(kBase), kRW));
+  int gpu_a = 0, gpu_b = 0, far = 0;
+  std::vector<std::string> heard_a, heard_b, heard_far;
+  auto record = [](std::vector<std::string>* log, const char* edge) {
+    return [log, edge](const Invalidation& inv) {
+      log->push_back(std::string(edge) + " " + std::string(InvalidateReasonName(inv.reason)));
+    };
+  };
+  table.Subscribe(Ptr(kBase), kPageSize2M, {record(&heard_a, "start"), record(&heard_a, "end")},
+                  &gpu_a);
+  const uint64_t id_b = table.Subscribe(
+      Ptr(kBase), kPageSize2M, {record(&heard_b, "start"), record(&heard_b, "end")}, &gpu_b);
+  table.Subscribe(Ptr(kBase + kPageSize1G), kPageSize2M,
+                  {record(&heard_far, "start"), record(&heard_far, "end")}, &far);
+
+  const uintptr_t page = kBase + 3 * kPageSize4K;
+  HUGEMM_ASSERT_OK(table.MakeExclusive(Ptr(page), &gpu_a));
+  EXPECT_THAT(heard_b, ::testing::ElementsAre("start split", "end split", "start device-exclusive",
+                                              "end device-exclusive"));
+  EXPECT_THAT(heard_a, ::testing::ElementsAre("start split", "end split"))
+      << "the owner is not told about its own exclusive entry";
+  EXPECT_TRUE(heard_far.empty());
+  EXPECT_EQ(f->refcount.load(), 1 + 512);
+
+  std::optional<Translation> t = table.Translate(Ptr(page + 100));
+  ASSERT_TRUE(t.has_value());
+  EXPECT_TRUE(t->exclusive);
+  EXPECT_EQ(t->exclusive_owner, &gpu_a);
+  EXPECT_EQ(t->pfn, kBasePfn + 3);
+  EXPECT_EQ(t->level, kPteLevel);
+  std::vector<LogicalLeaf> leaves = Leaves(table, page, kPageSize4K);
+  ASSERT_EQ(leaves.size(), 1u);
+  EXPECT_TRUE(leaves[0].exclusive);
+  EXPECT_EQ(leaves[0].first_page, 3u);
+  EXPECT_FALSE(table.Translate(Ptr(page + kPageSize4K))->exclusive);
+
+  EXPECT_EQ(table.MakeExclusive(Ptr(page), &gpu_b).code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(table.Protect(Ptr(kBase), kPageSize2M, kProtRead).code(),
+            absl::StatusCode::kFailedPrecondition);
+
+  heard_b.clear();
+  HUGEMM_ASSERT_OK(table.RestoreExclusive(Ptr(page)));
+  EXPECT_THAT(heard_b, ::testing::ElementsAre("start restore", "end restore"));
+  t = table.Translate(Ptr(page));
+  EXPECT_FALSE(t->exclusive);
+  EXPECT_EQ(t->folio, f.get());
+  EXPECT_EQ(Leaves(table, page, kPageSize4K)[0].prot, kRW);
+  EXPECT_EQ(f->refcount.load(), 1 + 512);
+
+  HUGEMM_ASSERT_OK(table.MakeExclusive(Ptr(page), &gpu_b));
+  HUGEMM_ASSERT_OK(table.Unsubscribe(id_b));
+  HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), kPageSize2M));
+  EXPECT_EQ(f->refcount.load(), 1);
+  EXPECT_EQ(table.TableCount(), 1u);
+}
+
+TEST(PageTableTest, DestructionDropsEveryReference) {
+  auto f = FakeFolio(kPageSize2M, kBase, kBasePfn);
+  auto g = FakeFolio(kPageSize4K, kBase + kPageSize1G, kBasePfn + 4096);
+  {
+    PageTable table(X86_64Geometry(false));
+    HUGEMM_ASSERT_OK(table.Map(f.get(), Ptr(kBase), kRW));
+    HUGEMM_ASSERT_OK(table.Map(g.get(), Ptr(kBase + kPageSize1G), kRW));
+    HUGEMM_ASSERT_OK(table.Split(Ptr(kBase)));
+    HUGEMM_ASSERT_OK(table.MakeExclusive(Ptr(kBase), nullptr));
+  }
+  EXPECT_EQ(f->refcount.load(), 1);
+  EXPECT_EQ(g->refcount.load(), 1);
+}
+
+}  // namespace
+}  // namespace hugemm
