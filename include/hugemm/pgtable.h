@@ -169,6 +169,14 @@ class PageTable {
   // The same without an optional: fills `out` and returns true on a hit. The hot path
   // (no lock, no allocation, no call but the read section's).
   bool TranslateInto(const void* va, Translation* out, size_t max_run = 0) const;
+  // `n` translations in one read section (no run scanning): out[i] for vas[i], hit[i]
+  // (if given) says whether it was mapped. Returns the number of hits. What a DMA
+  // mapper or a batch of I/O descriptors wants: the per-address cost drops to the walk.
+  size_t TranslateMany(const void* const* vas, size_t n, Translation* out,
+                       bool* hit = nullptr) const;
+  // Only the PFNs (kUnknownPfn where unmapped or unknown): the IOMMU / scatter-gather
+  // fill loop, with nothing else to compute per address. Returns the number mapped.
+  size_t TranslatePfns(const void* const* vas, size_t n, uint64_t* pfns) const;
   std::optional<LeafSnapshot> Lookup(const void* va) const;
   // True while the entry the snapshot read still holds the same value (same section).
   bool StillMapped(const LeafSnapshot& snapshot) const;
@@ -209,6 +217,12 @@ class PageTable {
   void FreeTable(Table* t);
   absl::StatusOr<Table*> TableFor(uintptr_t va, int level);
   bool Find(uintptr_t va, Found* out) const;
+  struct WalkHint {
+    const Table* table = nullptr;  // the lowest table the last walk reached
+    int level = 0;
+    uintptr_t tag = 0;  // the address bits above what that table covers
+  };
+  bool TranslateLocked(uintptr_t va, Translation* out, size_t max_run, WalkHint* hint) const;
   absl::Status SplitLeaf(uintptr_t va, Garbage* garbage);
   absl::Status CheckNoHoles(uintptr_t va, size_t length) const;
   absl::Status CheckRange(const void* va, size_t length, const char* op) const;

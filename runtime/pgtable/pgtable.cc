@@ -194,12 +194,20 @@ LogicalLeaf MakeLeaf(const Geometry& g, uintptr_t va, int level, uint64_t word) 
 
 }  // namespace
 
-bool PageTable::TranslateInto(const void* p, Translation* out, size_t max_run) const {
-  const auto va = reinterpret_cast<uintptr_t>(p);
+// The walk of one translation, inside a read section the caller holds. Inline so that
+// a batch of them runs as one loop the CPU can overlap.
+inline bool PageTable::TranslateLocked(uintptr_t va, Translation* out, size_t max_run,
+                                       WalkHint* hint) const {
   if ((va >> shift_[top_ + 1]) != 0) return false;
-  pgtable_internal::RcuReadLock();
   const Table* t = root_;
   int level = top_;
+  // A batch mostly stays under one lowest table: start there while the address does.
+  // The table cannot be freed before the read section ends, and a walk from the root
+  // could have read the same pointer a moment earlier.
+  if (hint != nullptr && hint->table != nullptr && (va >> shift_[hint->level + 1]) == hint->tag) {
+    t = hint->table;
+    level = hint->level;
+  }
   uint64_t w;
   for (;;) {
     w = t->slot((va >> shift_[level]) & index_mask_[level]).load(std::memory_order_acquire);
@@ -207,51 +215,120 @@ bool PageTable::TranslateInto(const void* p, Translation* out, size_t max_run) c
     t = AsTable(w);
     --level;
   }
-  const bool hit = IsLeaf(w) || IsExclusive(w);
-  if (hit) {
-    Translation& tr = *out;
-    tr.exclusive = false;
-    tr.exclusive_owner = nullptr;
-    uint64_t lw = w;
-    if (IsExclusive(w)) [[unlikely]] {
-      const ExclusiveRecord* r = AsRecord(w);
-      lw = r->leaf_word;
-      tr.exclusive = true;
-      tr.exclusive_owner = r->owner;
-    }
-    const Folio* folio = AsFolio(lw);
-    const int leaf_shift =
-        (lw & kCont) ? shift_[level] + __builtin_ctz(geometry_.cont_entries[level]) : shift_[level];
-    const uintptr_t offset = va & ((size_t{kPageSize4K} << folio->order) - 1);
-    tr.folio = AsFolio(lw);
-    tr.page = offset >> geometry_.page_shift;
-    tr.pfn =
-        folio->head_pfn == kUnknownPfn ? kUnknownPfn : folio->head_pfn + (offset >> kPageShift);
-    tr.level = level;
-    tr.leaf_bytes = size_t{1} << leaf_shift;
-    tr.leaf_va = va & ~(tr.leaf_bytes - 1);
-    tr.run_bytes = tr.leaf_va + tr.leaf_bytes - va;
-    if (max_run > tr.run_bytes) [[unlikely]] {
-      // Scatter-gather: go on while the next leaf starts at the next frame.
-      uintptr_t next = tr.leaf_va + tr.leaf_bytes;
-      uint64_t want = tr.pfn == kUnknownPfn ? kUnknownPfn : tr.pfn + (tr.run_bytes >> kPageShift);
-      while (want != kUnknownPfn && tr.run_bytes < max_run) {
-        Found f;
-        if (!Find(next, &f) || IsExclusive(f.word)) break;
-        const LogicalLeaf l = MakeLeaf(geometry_, next, f.level, f.word);
-        const Folio* nf = l.folio;
-        if (nf->head_pfn == kUnknownPfn) break;
-        const uint64_t pfn = nf->head_pfn + ((next - (next & ~(nf->size() - 1))) >> kPageShift);
-        if (pfn != want) break;
-        tr.run_bytes += l.bytes;
-        want += l.bytes >> kPageShift;
-        next += l.bytes;
-      }
-    }
-    if (max_run != 0 && tr.run_bytes > max_run) tr.run_bytes = max_run;
+  if (hint != nullptr) {
+    hint->table = t;
+    hint->level = level;
+    hint->tag = va >> shift_[level + 1];
   }
+  const bool hit = IsLeaf(w) || IsExclusive(w);
+  if (!hit) return false;
+  Translation& tr = *out;
+  tr.exclusive = false;
+  tr.exclusive_owner = nullptr;
+  uint64_t lw = w;
+  if (IsExclusive(w)) [[unlikely]] {
+    const ExclusiveRecord* r = AsRecord(w);
+    lw = r->leaf_word;
+    tr.exclusive = true;
+    tr.exclusive_owner = r->owner;
+  }
+  const Folio* folio = AsFolio(lw);
+  const int leaf_shift =
+      (lw & kCont) ? shift_[level] + __builtin_ctz(geometry_.cont_entries[level]) : shift_[level];
+  const uintptr_t offset = va & ((size_t{kPageSize4K} << folio->order) - 1);
+  tr.folio = AsFolio(lw);
+  tr.page = offset >> geometry_.page_shift;
+  tr.pfn = folio->head_pfn == kUnknownPfn ? kUnknownPfn : folio->head_pfn + (offset >> kPageShift);
+  tr.level = level;
+  tr.leaf_bytes = size_t{1} << leaf_shift;
+  tr.leaf_va = va & ~(tr.leaf_bytes - 1);
+  tr.run_bytes = tr.leaf_va + tr.leaf_bytes - va;
+  if (max_run > tr.run_bytes) [[unlikely]] {
+    // Scatter-gather: go on while the next leaf starts at the next frame.
+    uintptr_t next = tr.leaf_va + tr.leaf_bytes;
+    uint64_t want = tr.pfn == kUnknownPfn ? kUnknownPfn : tr.pfn + (tr.run_bytes >> kPageShift);
+    while (want != kUnknownPfn && tr.run_bytes < max_run) {
+      Found f;
+      if (!Find(next, &f) || IsExclusive(f.word)) break;
+      const LogicalLeaf l = MakeLeaf(geometry_, next, f.level, f.word);
+      const Folio* nf = l.folio;
+      if (nf->head_pfn == kUnknownPfn) break;
+      const uint64_t pfn = nf->head_pfn + ((next - (next & ~(nf->size() - 1))) >> kPageShift);
+      if (pfn != want) break;
+      tr.run_bytes += l.bytes;
+      want += l.bytes >> kPageShift;
+      next += l.bytes;
+    }
+  }
+  if (max_run != 0 && tr.run_bytes > max_run) tr.run_bytes = max_run;
+  return true;
+}
+
+bool PageTable::TranslateInto(const void* p, Translation* out, size_t max_run) const {
+  pgtable_internal::RcuReadLock();
+  const bool hit = TranslateLocked(reinterpret_cast<uintptr_t>(p), out, max_run, nullptr);
   pgtable_internal::RcuReadUnlock();
   return hit;
+}
+
+size_t PageTable::TranslatePfns(const void* const* vas, size_t n, uint64_t* pfns) const {
+  size_t hits = 0;
+  // The lowest table the last walk reached, with its index shift and mask in registers:
+  // while addresses stay under it, a translation is one entry load and one folio load.
+  const Table* near = nullptr;
+  uintptr_t near_tag = 0;
+  int near_cover = 64, near_shift = 0;
+  uintptr_t near_mask = 0;
+  pgtable_internal::RcuReadLock();
+  for (size_t i = 0; i < n; ++i) {
+    const auto va = reinterpret_cast<uintptr_t>(vas[i]);
+    uint64_t w = 0;
+    bool walked = false;
+    if (near != nullptr && (va >> near_cover) == near_tag) [[likely]] {
+      w = near->slot((va >> near_shift) & near_mask).load(std::memory_order_acquire);
+      walked = !IsTable(w);
+    }
+    if (!walked) {
+      Found f;
+      if ((va >> shift_[top_ + 1]) != 0 || !Find(va, &f)) {
+        pfns[i] = kUnknownPfn;
+        continue;
+      }
+      w = f.word;
+      near = f.table;
+      near_cover = shift_[f.level + 1];
+      near_shift = shift_[f.level];
+      near_mask = index_mask_[f.level];
+      near_tag = va >> near_cover;
+    }
+    if (IsExclusive(w)) [[unlikely]] {
+      w = AsRecord(w)->leaf_word;
+    } else if (!IsLeaf(w)) [[unlikely]] {
+      pfns[i] = kUnknownPfn;
+      continue;
+    }
+    const Folio* folio = AsFolio(w);
+    const uint64_t head = folio->head_pfn;
+    const uintptr_t offset = va & ((size_t{kPageSize4K} << folio->order) - 1);
+    pfns[i] = head == kUnknownPfn ? kUnknownPfn : head + (offset >> kPageShift);
+    ++hits;
+  }
+  pgtable_internal::RcuReadUnlock();
+  return hits;
+}
+
+size_t PageTable::TranslateMany(const void* const* vas, size_t n, Translation* out,
+                                bool* hit) const {
+  size_t hits = 0;
+  WalkHint hint;
+  pgtable_internal::RcuReadLock();
+  for (size_t i = 0; i < n; ++i) {
+    const bool h = TranslateLocked(reinterpret_cast<uintptr_t>(vas[i]), &out[i], 0, &hint);
+    if (hit != nullptr) hit[i] = h;
+    hits += h;
+  }
+  pgtable_internal::RcuReadUnlock();
+  return hits;
 }
 
 std::optional<LeafSnapshot> PageTable::Lookup(const void* p) const {
