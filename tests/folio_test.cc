@@ -8,10 +8,13 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "hugemm/alloc.h"
 #include "tests/test_util.h"
 
 namespace hugemm {
 namespace {
+
+constexpr size_t kPageSize64K = size_t{64} << 10;
 
 class CountingOwner : public FolioOwner {
  public:
@@ -245,6 +248,39 @@ TEST(FolioPages, PageArithmeticNeedsNoPerPageStorage) {
   EXPECT_FALSE(f.contains(f.data + f.size()));
   f.head_pfn = kUnknownPfn;
   EXPECT_EQ(f.page_pfn(3), kUnknownPfn);
+}
+
+TEST(FolioInfoTest, DescribesPlacementAndFlags) {
+  CountingOwner owner;
+  Folio f;
+  MakeLive(&f, 9, &owner);
+  f.backing = BackingKind::kHugetlbfs;
+  f.node = 0;
+  f.set_flag(kFolioDirty);
+  FolioInfo info = DescribeFolio(f);
+  EXPECT_EQ(info.size, kPageSize2M);
+  EXPECT_EQ(info.refcount, 1);
+  EXPECT_STREQ(info.meta_placement(), "system");
+  f.set_flag(kFolioReserveMeta);
+  info = DescribeFolio(f);
+  EXPECT_STREQ(info.meta_placement(), "reserve");
+  const std::string text = FormatFolioInfo(info);
+  EXPECT_NE(text.find("2M folio"), std::string::npos) << text;
+  EXPECT_NE(text.find("dirty"), std::string::npos) << text;
+  EXPECT_NE(text.find("meta reserve"), std::string::npos) << text;
+}
+
+TEST(FolioMetadata, FarBelowTheKernelsStructPages) {
+  // 4K folios: a 64-byte descriptor each, as the kernel's struct page, plus slots.
+  MetadataCost c4k = FolioMetadataCost(kPageSize4K, kPageSize2M);
+  EXPECT_LT(c4k.bytes_per_gib, c4k.kernel_bytes_per_gib * 3 / 2);
+  EXPECT_LT(FolioMetadataCost(kPageSize64K, kPageSize2M).bytes_per_gib,
+            c4k.kernel_bytes_per_gib / 8);
+  MetadataCost c2m = FolioMetadataCost(kPageSize2M, kPageSize2M);
+  MetadataCost c1g = FolioMetadataCost(kPageSize1G, kPageSize1G);
+  EXPECT_LT(c2m.bytes_per_gib, c2m.kernel_hvo_bytes_per_gib);
+  EXPECT_LT(c1g.bytes_per_gib, 256u);  // one descriptor, one slot, one region record
+  EXPECT_EQ(c1g.kernel_bytes_per_gib, uint64_t{16} << 20);
 }
 
 }  // namespace
