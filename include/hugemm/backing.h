@@ -66,6 +66,9 @@ struct MapRequest {
   // devdax and named hugetlbfs files: byte offset into the device or file. Unset for
   // devdax = the lowest free range; must be a multiple of the page size.
   std::optional<uint64_t> offset;
+  // Virtual alignment of the mapping; 0 = the page size. A power of two of at least the
+  // page size (the allocator indexes 4K memory in 2M-aligned regions).
+  size_t align = 0;
   // hugetlbfs: a file name inside the mount. Created (mode 0600) or, if another process
   // made it, opened; it outlives the mapping. Empty = a private unlinked file.
   std::string name;

@@ -86,7 +86,8 @@ class FolioOwner {
 
 // The reference operations. All are lock-free; the slow path of each is a CAS loop.
 //
-// One more reference; the caller already holds one (refcount > 0).
+// One more reference; the caller already holds one (refcount > 0). On a free folio
+// (refcount 0) it is refused (FailedPrecondition), never a resurrection.
 absl::Status FolioGet(Folio* folio, int32_t refs = 1);
 // One more reference only if the folio is live (refcount > 0). false: freed or freeing.
 // Overflow gives false and, through `error`, the reason.

@@ -97,6 +97,13 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
     }
   }
 
+  const size_t align = request.align ? request.align : page_size_;
+  if (align < page_size_ || (align & (align - 1)) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(context, ": alignment ", align,
+                                                   " is not a power of two of at least ",
+                                                   PageSizeName(page_size_)));
+  }
+
   absl::StatusOr<Source> source = Prepare(request);
   if (!source.ok()) return Annotate(source.status(), context);
   const size_t length = request.length;
@@ -119,13 +126,14 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
 
   // Over-reserve PROT_NONE and trim to an aligned window, so that the kernel can map
   // every page at its natural level (a PMD or PUD leaf).
-  absl::StatusOr<void*> reservation = os.Mmap(nullptr, length + page_size_, PROT_NONE,
-                                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  absl::StatusOr<void*> reservation =
+      os.Mmap(nullptr, length + align, PROT_NONE,
+              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (!reservation.ok()) return fail(reservation.status(), "reserve address space");
   auto base = reinterpret_cast<uintptr_t>(*reservation);
-  uintptr_t aligned = (base + page_size_ - 1) & ~(uintptr_t{page_size_} - 1);
+  uintptr_t aligned = (base + align - 1) & ~(uintptr_t{align} - 1);
   if (aligned > base) (void)os.Munmap(*reservation, aligned - base);
-  if (uintptr_t tail = base + page_size_ - aligned; tail > 0) {
+  if (uintptr_t tail = base + align - aligned; tail > 0) {
     (void)os.Munmap(reinterpret_cast<void*>(aligned + length), tail);
   }
   mapped = reinterpret_cast<std::byte*>(aligned);

@@ -33,7 +33,14 @@ bool TryAdd(std::atomic<int32_t>* count, int32_t add, bool require_live, int32_t
 absl::Status FolioGet(Folio* folio, int32_t refs) {
   if (refs <= 0) return absl::InvalidArgumentError(absl::StrCat("bad reference count ", refs));
   int32_t seen = 0;
-  if (!TryAdd(&folio->refcount, refs, /*require_live=*/false, &seen)) {
+  // The caller claims to hold a reference; on a zero count it does not, and a plain
+  // add would resurrect a folio its pool already owns (the kernel BUGs here).
+  if (!TryAdd(&folio->refcount, refs, /*require_live=*/true, &seen)) {
+    if (seen <= 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "get on the free ", PageSizeName(folio->size()), " folio at ",
+          absl::Hex(reinterpret_cast<uintptr_t>(folio->data)), ": the caller holds no reference"));
+    }
     return Overflow(folio, seen, refs, "refcount");
   }
   return absl::OkStatus();
@@ -69,7 +76,9 @@ absl::Status FolioTryGrab(Folio* folio, int32_t refs, RefKind kind) {
   }
   if (kind == RefKind::kPin && folio->large()) {
     if (!TryAdd(&folio->pincount, refs, /*require_live=*/false, &seen)) {
-      folio->refcount.fetch_sub(add, std::memory_order_relaxed);  // we hold other refs
+      // Not a bare fetch_sub: the other holders may have gone meanwhile, and then this
+      // undo drops the last reference and must hand the folio back.
+      FolioPut(folio, add);
       return Overflow(folio, seen, refs, "pincount");
     }
   }

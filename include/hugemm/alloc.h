@@ -1,0 +1,191 @@
+// The folio allocator: compound folios from huge page backings, handed out fast.
+//
+//   auto alloc = hugemm::Allocator::Create({});
+//   absl::StatusOr<hugemm::FolioHandle> buf = (*alloc)->Allocate(64 << 10, {});
+//   memcpy(buf->data(), src, n);            // 64 KiB, zeroed, on a 2M hugetlb page
+//   FolioTryGrab(buf->folio(), 16, RefKind::kPin);  // a DMA pin outlives the handle
+//
+// Pools exist per (backing, page size, NUMA node); inside a pool, each native huge page
+// is a buddy region whose folios split down to 4K (order 0) and merge back when both
+// halves are free. A folio goes back to its pool only when its last reference drops
+// (FolioOwner::ReleaseFolio), so a pinned folio outlives its handle and is reused only
+// after the last unpin, its contents untouched in between.
+//
+// Hot path: a per-thread magazine per (pool, order). Allocating or freeing a cached folio
+// makes no system call, takes no lock and touches no atomic but the folio's refcount.
+// Magazines drain to the pool (under its mutex) when full, on FlushThreadCache() and at
+// thread exit.
+//
+// page -> folio (FolioOf, the kernel's compound_head) is O(1) with no per-page storage:
+// a fixed three-level radix over 2M of virtual address finds the region, and the
+// region's small hash of live folios keyed by head page is probed once per order present
+// in the region (at most 19 probes, usually one). folio -> page i is arithmetic
+// (Folio::page_address / page_pfn).
+#ifndef HUGEMM_ALLOC_H_
+#define HUGEMM_ALLOC_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "hugemm/backing.h"
+#include "hugemm/folio.h"
+
+namespace hugemm {
+
+// Which pool to allocate from, and how.
+struct AllocOptions {
+  BackingKind backing = BackingKind::kHugetlb;
+  // The backing's native page size. 0 = the kind's own (2M for hugetlb and hugetlbfs,
+  // the device alignment for devdax, 4K for anon).
+  size_t page_size = kPageSize2M;
+  // NUMA node, or -1 for wherever the kernel puts the pages.
+  int node = -1;
+  // Zero the folio before handing it out. false: the caller gets whatever the previous
+  // owner left (never another process's data: the pages are this process's).
+  bool zero = true;
+  std::string hugetlbfs_mount;  // hugetlbfs: "" = any mount of page_size
+  std::string devdax_path;      // devdax: "/dev/daxX.Y"
+};
+
+struct AllocatorOptions {
+  // Bytes a pool may map from its backing; 0 = no limit. A request beyond it is
+  // ResourceExhausted, as is one the kernel cannot satisfy.
+  size_t max_bytes_per_pool = 0;
+  // devdax and hugetlbfs pools: bytes carved from the front of each extent to hold its
+  // folio descriptors (seed 002's vmem_altmap), rounded up to 4K; descriptors beyond it
+  // fall back to system memory. 0 = descriptors in system memory (the default).
+  size_t meta_reserve_bytes = 0;
+  // Per-thread magazines. false: every allocate and free goes to the pool's mutex.
+  bool thread_cache = true;
+};
+
+// A snapshot of one folio, for people and tests.
+struct FolioInfo {
+  std::byte* data = nullptr;
+  size_t size = 0;
+  int order = 0;
+  int32_t refcount = 0;
+  int32_t pincount = 0;
+  uint32_t flags = 0;
+  int node = -1;
+  BackingKind backing = BackingKind::kAnon;
+  uint64_t head_pfn = kUnknownPfn;
+  bool meta_in_reserve = false;  // the descriptor lives in the backing's reserve
+  const char* meta_placement() const { return meta_in_reserve ? "reserve" : "system"; }
+};
+FolioInfo DescribeFolio(const Folio& folio);
+// "2M folio at 0x7f.. pfn 0x1234 node 0 hugetlb refs 1 pins 0 flags dirty meta system".
+std::string FormatFolioInfo(const FolioInfo& info);
+
+// Owns one reference on a folio; drops it when destroyed. Move-only.
+class FolioHandle {
+ public:
+  FolioHandle() = default;
+  // Adopts a reference the caller holds.
+  explicit FolioHandle(Folio* folio) : folio_(folio) {}
+  ~FolioHandle() { Reset(); }
+  FolioHandle(FolioHandle&& other) noexcept : folio_(std::exchange(other.folio_, nullptr)) {}
+  FolioHandle& operator=(FolioHandle&& other) noexcept {
+    if (this != &other) {
+      Reset();
+      folio_ = std::exchange(other.folio_, nullptr);
+    }
+    return *this;
+  }
+  FolioHandle(const FolioHandle&) = delete;
+  FolioHandle& operator=(const FolioHandle&) = delete;
+
+  std::byte* data() const { return folio_ ? folio_->data : nullptr; }
+  // The folio's size: the request rounded up to a power of two of at least 4K.
+  size_t size() const { return folio_ ? folio_->size() : 0; }
+  Folio* folio() const { return folio_; }
+  FolioInfo info() const { return DescribeFolio(*folio_); }
+  explicit operator bool() const { return folio_ != nullptr; }
+
+  // Drops the reference now; the folio returns to its pool once no pin holds it.
+  void Reset() {
+    if (folio_ != nullptr) FolioPut(std::exchange(folio_, nullptr));
+  }
+  // Gives up ownership without dropping the reference.
+  Folio* Release() { return std::exchange(folio_, nullptr); }
+
+ private:
+  Folio* folio_ = nullptr;
+};
+
+// One pool's counters. Folios in per-thread magazines count as in use.
+struct PoolStats {
+  BackingKind backing = BackingKind::kHugetlb;
+  size_t page_size = 0;
+  int node = -1;
+  std::string describe;               // the backing's own description
+  size_t extents = 0;                 // mappings held
+  size_t mapped_bytes = 0;            // bytes mapped from the backing
+  size_t free_bytes = 0;              // in the pool's free lists
+  size_t reserve_bytes = 0;           // carved for descriptors (altmap)
+  size_t folios = 0;                  // live descriptors, free or in use
+  size_t reserve_descriptors = 0;     // of which in a reserve
+  size_t metadata_bytes = 0;          // descriptors + indexes + region records, system memory
+  std::vector<size_t> free_by_order;  // free folios per order
+};
+
+class Allocator {
+ public:
+  static absl::StatusOr<std::unique_ptr<Allocator>> Create(const AllocatorOptions& options = {});
+  // Must not race with other calls on this allocator. Folios still referenced (handles,
+  // pins) stay valid; their memory goes back to the kernel when the last one drops.
+  ~Allocator();
+  Allocator(const Allocator&) = delete;
+  Allocator& operator=(const Allocator&) = delete;
+
+  // A folio of at least `bytes` (rounded up to a power of two of at least 4K, at most
+  // the backing's page size).
+  absl::StatusOr<FolioHandle> Allocate(size_t bytes, const AllocOptions& options = {});
+  // A folio of 4K << order.
+  absl::StatusOr<FolioHandle> AllocateOrder(int order, const AllocOptions& options = {});
+
+  // Returns the calling thread's magazines to their pools.
+  void FlushThreadCache();
+  // Flushes the calling thread's magazines, then unmaps every extent whose memory is
+  // all free, giving the huge pages back to the kernel. Returns the bytes given back.
+  size_t Shrink();
+
+  std::vector<PoolStats> Stats() const;
+  const AllocatorOptions& options() const { return options_; }
+
+  // The live folio holding `addr` in any allocator of this process, or nullptr. O(1),
+  // lock-free. The answer can be stale by the time it is read (the folio may be split,
+  // merged or freed concurrently): take a reference with FolioTryGet and check
+  // folio->contains(addr) again, as the kernel does after a speculative get. Descriptors
+  // stay readable memory for the allocator's life.
+  static Folio* FolioOf(const void* addr);
+
+  class Impl;
+
+ private:
+  explicit Allocator(const AllocatorOptions& options);
+  AllocatorOptions options_;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Metadata model, for `hugemm info` and the README: system-memory bytes per GiB of
+// folios of `folio_size` carved from native pages of `page_size` (descriptors, index
+// slots, region records), and the kernel's struct page cost for comparison.
+struct MetadataCost {
+  size_t folio_size = 0;
+  size_t page_size = 0;
+  uint64_t bytes_per_gib = 0;
+  uint64_t kernel_bytes_per_gib = 0;      // 64 B per 4K page
+  uint64_t kernel_hvo_bytes_per_gib = 0;  // with the vmemmap optimisation for huge pages
+};
+MetadataCost FolioMetadataCost(size_t folio_size, size_t page_size);
+
+}  // namespace hugemm
+
+#endif  // HUGEMM_ALLOC_H_

@@ -1,0 +1,257 @@
+// The allocator's front: pool lookup (lock-free once the pool exists), the hot path
+// through the thread's magazine, zeroing, and the handle.
+#include <array>
+#include <atomic>
+#include <bit>
+#include <mutex>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "hugemm/alloc.h"
+#include "runtime/alloc/address_index.h"
+#include "runtime/alloc/pool.h"
+#include "runtime/alloc/thread_cache.h"
+#include "runtime/alloc/zero.h"
+
+namespace hugemm {
+
+using alloc_internal::Pool;
+using alloc_internal::PoolConfig;
+
+namespace {
+
+constexpr int kMaxPools = 64;
+
+// The pool key's page size: the kind's default made explicit, except for devdax whose
+// page size is the device's alignment (0 = whatever it is).
+size_t NormalisedPageSize(const AllocOptions& o) {
+  if (o.page_size != 0) return o.page_size;
+  switch (o.backing) {
+    case BackingKind::kHugetlb:
+    case BackingKind::kHugetlbfs:
+      return kPageSize2M;
+    case BackingKind::kAnon:
+      return kPageSize4K;
+    case BackingKind::kDevDax:
+      return 0;
+  }
+  return 0;
+}
+
+std::string PoolName(const AllocOptions& o) {
+  return absl::StrCat(BackingKindName(o.backing), " ",
+                      o.page_size ? PageSizeName(o.page_size) : std::string("default"),
+                      " pool on node ", o.node < 0 ? std::string("any") : absl::StrCat(o.node));
+}
+
+}  // namespace
+
+class Allocator::Impl {
+ public:
+  explicit Impl(const AllocatorOptions& options) : options_(options) {}
+
+  ~Impl() {
+    caches_.reset();  // every magazine back to its pool first
+    const int n = npools_.load(std::memory_order_acquire);
+    for (int i = 0; i < n; ++i) pools_[i].load(std::memory_order_relaxed)->Orphan();
+  }
+
+  absl::StatusOr<Pool*> FindPool(const AllocOptions& o) {
+    const size_t page_size = NormalisedPageSize(o);
+    const int n = npools_.load(std::memory_order_acquire);
+    for (int i = 0; i < n; ++i) {
+      Pool* p = pools_[i].load(std::memory_order_relaxed);
+      if (p->key().Matches(o, page_size)) return p;
+    }
+    return CreatePool(o, page_size);
+  }
+
+  absl::StatusOr<Folio*> Take(Pool* pool, int order) {
+    if (options_.thread_cache) return caches_->Take(pool, order);
+    Folio* f = nullptr;
+    absl::StatusOr<int> n = pool->AllocateBatch(order, &f, 1);
+    if (!n.ok()) return n.status();
+    return f;
+  }
+
+  void Flush() { caches_->FlushThisThread(); }
+
+  std::vector<Pool*> pools() const {
+    std::vector<Pool*> out;
+    const int n = npools_.load(std::memory_order_acquire);
+    for (int i = 0; i < n; ++i) out.push_back(pools_[i].load(std::memory_order_relaxed));
+    return out;
+  }
+
+ private:
+  absl::StatusOr<Pool*> CreatePool(const AllocOptions& o, size_t page_size) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const int n = npools_.load(std::memory_order_relaxed);
+    for (int i = 0; i < n; ++i) {  // another thread may have made it meanwhile
+      Pool* p = pools_[i].load(std::memory_order_relaxed);
+      if (p->key().Matches(o, page_size)) return p;
+    }
+    if (n == kMaxPools) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat(PoolName(o), ": too many pools (", kMaxPools, ") in one allocator"));
+    }
+    if (o.node < -1) {
+      return absl::InvalidArgumentError(absl::StrCat(PoolName(o), ": bad NUMA node ", o.node));
+    }
+    absl::StatusOr<std::shared_ptr<Backing>> backing =
+        Backing::Create({.kind = o.backing,
+                         .page_size = page_size,
+                         .hugetlbfs_mount = o.hugetlbfs_mount,
+                         .devdax_path = o.devdax_path});
+    if (!backing.ok()) {
+      return absl::Status(backing.status().code(),
+                          absl::StrCat(PoolName(o), ": ", backing.status().message()));
+    }
+    const int order = PageOrder((*backing)->page_size());
+    if (order != 0 && order != 9 && order != 18) {
+      return absl::UnimplementedError(absl::StrCat((*backing)->Describe(),
+                                                   ": only 4K, 2M and 1G pages are supported, not ",
+                                                   PageSizeName((*backing)->page_size())));
+    }
+    PoolConfig config;
+    config.key.backing = o.backing;
+    config.key.page_size = (*backing)->page_size();
+    config.key.node = o.backing == BackingKind::kDevDax ? -1 : o.node;
+    config.key.path = o.backing == BackingKind::kDevDax      ? o.devdax_path
+                      : o.backing == BackingKind::kHugetlbfs ? o.hugetlbfs_mount
+                                                             : "";
+    config.backing = std::move(*backing);
+    config.limit_bytes = options_.max_bytes_per_pool;
+    config.reserve_bytes = options_.meta_reserve_bytes;
+    config.thread_cache = options_.thread_cache;
+    config.caches = caches_.get();
+    config.index = n;
+    Pool* pool = new Pool(std::move(config));
+    pools_[n].store(pool, std::memory_order_relaxed);
+    npools_.store(n + 1, std::memory_order_release);
+    return pool;
+  }
+
+  const AllocatorOptions options_;
+  std::unique_ptr<alloc_internal::ThreadCacheSet> caches_ =
+      std::make_unique<alloc_internal::ThreadCacheSet>();
+  std::mutex mu_;  // pool creation
+  std::array<std::atomic<Pool*>, kMaxPools> pools_{};
+  std::atomic<int> npools_{0};
+};
+
+absl::StatusOr<std::unique_ptr<Allocator>> Allocator::Create(const AllocatorOptions& options) {
+  return std::unique_ptr<Allocator>(new Allocator(options));
+}
+
+Allocator::Allocator(const AllocatorOptions& options)
+    : options_(options), impl_(std::make_unique<Impl>(options)) {}
+
+Allocator::~Allocator() = default;
+
+absl::StatusOr<FolioHandle> Allocator::AllocateOrder(int order, const AllocOptions& options) {
+  absl::StatusOr<Pool*> pool = impl_->FindPool(options);
+  if (!pool.ok()) return pool.status();
+  if (order < 0 || order > (*pool)->max_order()) {
+    return absl::InvalidArgumentError(absl::StrCat((*pool)->Describe(), ": order ", order,
+                                                   " is outside 0..", (*pool)->max_order()));
+  }
+  absl::StatusOr<Folio*> folio = impl_->Take(*pool, order);
+  if (!folio.ok()) return folio.status();
+  Folio* f = *folio;
+  if (options.zero) alloc_internal::ZeroFolioMemory(f->data, f->size());
+  // Release: the zeroes and the descriptor are visible to whoever gets a reference.
+  f->refcount.store(1, std::memory_order_release);
+  return FolioHandle(f);
+}
+
+absl::StatusOr<FolioHandle> Allocator::Allocate(size_t bytes, const AllocOptions& options) {
+  if (bytes == 0) return absl::InvalidArgumentError(PoolName(options) + ": allocate 0 bytes");
+  const size_t page_size = NormalisedPageSize(options);
+  if (bytes > kPageSize1G || (page_size != 0 && bytes > page_size)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        PoolName(options), ": ", bytes, " bytes do not fit in one ",
+        PageSizeName(page_size ? page_size : kPageSize1G), " page (folios never span pages)"));
+  }
+  const size_t pages = (bytes + kPageSize4K - 1) >> kPageShift;
+  return AllocateOrder(static_cast<int>(std::bit_width(pages - 1)), options);
+}
+
+void Allocator::FlushThreadCache() {
+  if (options_.thread_cache) impl_->Flush();
+}
+
+size_t Allocator::Shrink() {
+  FlushThreadCache();
+  size_t given = 0;
+  for (Pool* p : impl_->pools()) given += p->Shrink();
+  return given;
+}
+
+std::vector<PoolStats> Allocator::Stats() const {
+  std::vector<PoolStats> out;
+  for (Pool* p : impl_->pools()) out.push_back(p->Stats());
+  return out;
+}
+
+Folio* Allocator::FolioOf(const void* addr) {
+  alloc_internal::Region* region = alloc_internal::IndexLookup(addr);
+  if (region == nullptr) return nullptr;
+  const auto off = static_cast<size_t>(static_cast<const std::byte*>(addr) - region->base());
+  if (off >= region->size()) return nullptr;
+  return region->Find(off >> kPageShift);
+}
+
+FolioInfo DescribeFolio(const Folio& folio) {
+  FolioInfo info;
+  info.data = folio.data;
+  info.size = folio.size();
+  info.order = folio.order;
+  info.refcount = folio.refcount.load(std::memory_order_relaxed);
+  info.pincount = folio.pincount.load(std::memory_order_relaxed);
+  info.flags = folio.flags.load(std::memory_order_relaxed);
+  info.node = folio.node;
+  info.backing = folio.backing;
+  info.head_pfn = folio.head_pfn;
+  info.meta_in_reserve = (info.flags & kFolioReserveMeta) != 0;
+  return info;
+}
+
+std::string FormatFolioInfo(const FolioInfo& info) {
+  std::string flags;
+  static constexpr std::pair<uint32_t, const char*> kNames[] = {{kFolioDirty, "dirty"},
+                                                                {kFolioReferenced, "referenced"},
+                                                                {kFolioBorrowed, "borrowed"},
+                                                                {kFolioFree, "free"},
+                                                                {kFolioLocked, "locked"}};
+  for (const auto& [bit, name] : kNames) {
+    if (info.flags & bit) absl::StrAppend(&flags, flags.empty() ? "" : ",", name);
+  }
+  return absl::StrCat(PageSizeName(info.size), " folio at ",
+                      absl::Hex(reinterpret_cast<uintptr_t>(info.data)), " pfn ",
+                      info.head_pfn == kUnknownPfn ? std::string("unknown")
+                                                   : absl::StrCat("0x", absl::Hex(info.head_pfn)),
+                      " node ", info.node, " ", BackingKindName(info.backing), " refs ",
+                      info.refcount, " pins ", info.pincount, " flags ",
+                      flags.empty() ? "-" : flags, " meta ", info.meta_placement());
+}
+
+MetadataCost FolioMetadataCost(size_t folio_size, size_t page_size) {
+  MetadataCost c;
+  c.folio_size = folio_size;
+  c.page_size = page_size;
+  const int order = PageOrder(folio_size);
+  const int region_order = PageOrder(page_size) == 0 ? 9 : PageOrder(page_size);
+  const uint64_t regions = kPageSize1G >> (region_order + kPageShift);
+  const uint64_t folios = kPageSize1G / folio_size;
+  const uint64_t per_region = alloc_internal::Region::RecordBytes() +
+                              alloc_internal::Region::SlotBytes(region_order, order) +
+                              sizeof(void*);  // address index slot
+  c.bytes_per_gib = folios * sizeof(Folio) + regions * per_region;
+  c.kernel_bytes_per_gib = (kPageSize1G / kPageSize4K) * 64;
+  // With the vmemmap optimisation a huge folio keeps one 4K page of struct pages.
+  c.kernel_hvo_bytes_per_gib = folio_size >= kPageSize2M ? folios * 4096 : c.kernel_bytes_per_gib;
+  return c;
+}
+
+}  // namespace hugemm

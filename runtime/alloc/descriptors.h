@@ -1,0 +1,58 @@
+// Where folio descriptors live. System memory by default: a per-pool slab of 64-byte
+// descriptors, never returned to the OS while the pool lives, so a stale Folio* always
+// points at readable memory (the kernel's SLAB_TYPESAFE_BY_RCU idea). Or a reserve
+// carved from the front of the extent itself (seed 002's vmem_altmap), falling back to
+// the slab when the reserve is full; such folios carry kFolioReserveMeta.
+#ifndef HUGEMM_RUNTIME_ALLOC_DESCRIPTORS_H_
+#define HUGEMM_RUNTIME_ALLOC_DESCRIPTORS_H_
+
+#include <cstddef>
+#include <memory>
+#include <vector>
+
+#include "hugemm/folio.h"
+
+namespace hugemm::alloc_internal {
+
+// A descriptor slab in system memory. Not thread-safe: the pool's mutex guards it.
+class SystemDescriptors {
+ public:
+  SystemDescriptors() = default;
+  SystemDescriptors(const SystemDescriptors&) = delete;
+  SystemDescriptors& operator=(const SystemDescriptors&) = delete;
+
+  Folio* Get();
+  void Put(Folio* folio);
+  size_t in_use() const { return in_use_; }
+  size_t bytes() const { return chunks_.size() * kPerChunk * sizeof(Folio); }
+
+ private:
+  static constexpr size_t kPerChunk = 16;
+  std::vector<std::unique_ptr<Folio[]>> chunks_;
+  Folio* free_ = nullptr;  // linked through owner_private[0]
+  size_t in_use_ = 0;
+};
+
+// Descriptors in device memory: `slots` 64-byte slots at `base`. Not thread-safe.
+class ReserveDescriptors {
+ public:
+  ReserveDescriptors() = default;
+  ReserveDescriptors(std::byte* base, size_t slots) : base_(base), slots_(slots) {}
+
+  // nullptr when full.
+  Folio* Get();
+  void Put(Folio* folio);
+  size_t slots() const { return slots_; }
+  size_t in_use() const { return in_use_; }
+
+ private:
+  std::byte* base_ = nullptr;
+  size_t slots_ = 0;
+  size_t next_ = 0;        // slots below this have been handed out at least once
+  Folio* free_ = nullptr;  // linked through owner_private[0]
+  size_t in_use_ = 0;
+};
+
+}  // namespace hugemm::alloc_internal
+
+#endif  // HUGEMM_RUNTIME_ALLOC_DESCRIPTORS_H_

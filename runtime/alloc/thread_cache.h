@@ -1,0 +1,67 @@
+// Per-thread magazines: for each (pool, order) a small stack of free folios that only
+// its thread touches, so allocate and free of a cached folio take no lock and no atomic
+// beyond the folio's refcount. A magazine refills half-full from its pool and drains
+// half when full, under the pool's mutex; it drains wholly at thread exit, on
+// FlushThisThread and when the allocator goes away.
+//
+// Ownership: the set (one per allocator) owns every thread's cache; a thread_local list
+// names the caches of this thread by allocator id. Ids are never reused, and a registry
+// of live ids (one mutex, taken only at thread exit and allocator teardown) lets an
+// exiting thread drain exactly the caches whose allocator still lives.
+#ifndef HUGEMM_RUNTIME_ALLOC_THREAD_CACHE_H_
+#define HUGEMM_RUNTIME_ALLOC_THREAD_CACHE_H_
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "hugemm/folio.h"
+
+namespace hugemm::alloc_internal {
+
+class Pool;
+struct ThreadCache;
+
+class ThreadCacheSet {
+ public:
+  ThreadCacheSet();
+  // Drains every thread's magazines into their pools. No other thread may use the set
+  // concurrently.
+  ~ThreadCacheSet();
+  ThreadCacheSet(const ThreadCacheSet&) = delete;
+  ThreadCacheSet& operator=(const ThreadCacheSet&) = delete;
+
+  // Magazine capacity for folios of this order: 0 = never cached (64M and up: a
+  // thread must not sit on memory that size).
+  static int Capacity(int order);
+
+  // A free folio of `order` from this thread's magazine, refilled from the pool when
+  // empty. Its refcount is 0.
+  absl::StatusOr<Folio*> Take(Pool* pool, int order);
+  // Caches a folio whose refcount just reached 0. false: not cached (the caller frees
+  // it to the pool).
+  bool Push(Pool* pool, Folio* folio);
+  // Returns this thread's magazines to their pools.
+  void FlushThisThread();
+
+  // Thread exit: drain and forget `cache`.
+  void Retire(ThreadCache* cache);
+
+ private:
+  ThreadCache* Mine();
+  ThreadCache* MineSlow();
+  static void Drain(ThreadCache* cache);
+  // Returns this thread's magazines of one pool; true if any held a folio.
+  static bool DrainPool(ThreadCache* cache, Pool* pool);
+
+  const uint64_t id_;
+  std::mutex mu_;
+  std::vector<std::unique_ptr<ThreadCache>> caches_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace hugemm::alloc_internal
+
+#endif  // HUGEMM_RUNTIME_ALLOC_THREAD_CACHE_H_

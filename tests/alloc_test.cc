@@ -1,0 +1,486 @@
+// The folio allocator on real huge pages: page <-> folio, split and merge at every
+// order, pins outliving handles, zeroing, exhaustion and shrink back to the kernel,
+// descriptor placement, and many threads.
+#include "hugemm/alloc.h"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "runtime/sys/os.h"
+#include "runtime/sys/pagemap.h"
+#include "tests/test_util.h"
+
+namespace hugemm {
+namespace {
+
+using ::hugemm::testing::FreeHugePages;
+
+std::unique_ptr<Allocator> NewAllocator(AllocatorOptions options = {}) {
+  absl::StatusOr<std::unique_ptr<Allocator>> a = Allocator::Create(options);
+  EXPECT_TRUE(a.ok()) << a.status();
+  return std::move(*a);
+}
+
+// The stats of the pool of that backing and page size (a copy; empty if none).
+std::optional<PoolStats> FindStats(const Allocator& alloc, BackingKind kind, size_t page) {
+  for (const PoolStats& s : alloc.Stats()) {
+    if (s.backing == kind && s.page_size == page) return s;
+  }
+  return std::nullopt;
+}
+
+bool AllBytesAre(const std::byte* p, size_t n, uint8_t v) {
+  for (size_t i = 0; i < n; i += 64) {
+    if (p[i] != std::byte{v} || p[i + 63] != std::byte{v}) return false;
+  }
+  return true;
+}
+
+TEST(Alloc, BytesRoundUpToAFolio) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  auto alloc = NewAllocator();
+  absl::StatusOr<FolioHandle> a = alloc->Allocate(1);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->size(), kPageSize4K);
+  EXPECT_EQ(a->folio()->order, 0);
+  absl::StatusOr<FolioHandle> b = alloc->Allocate(kPageSize4K * 3);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->size(), 4 * kPageSize4K);
+  absl::StatusOr<FolioHandle> c = alloc->Allocate(kPageSize2M);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->folio()->order, 9);
+  for (FolioHandle* h : {&*a, &*b, &*c}) {
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(h->data()) % h->size(), 0u);
+    FolioInfo info = h->info();
+    EXPECT_EQ(info.refcount, 1);
+    EXPECT_EQ(info.backing, BackingKind::kHugetlb);
+    EXPECT_STREQ(info.meta_placement(), "system");
+  }
+}
+
+TEST(Alloc, BadRequestsAreErrorsNamingThePool) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  auto alloc = NewAllocator();
+  EXPECT_EQ(alloc->Allocate(0).status().code(), absl::StatusCode::kInvalidArgument);
+  absl::Status st = alloc->Allocate(kPageSize2M + 1).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("hugetlb 2M"), absl::string_view::npos) << st;
+  EXPECT_EQ(alloc->AllocateOrder(-1).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(alloc->AllocateOrder(10).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(alloc->Allocate(4096, {.node = -7}).ok());
+  EXPECT_FALSE(alloc->Allocate(4096, {.page_size = 3 * kPageSize2M}).ok());
+  EXPECT_FALSE(
+      alloc->Allocate(4096, {.backing = BackingKind::kDevDax, .devdax_path = "/dev/dax-none.0"})
+          .ok());
+  EXPECT_FALSE(alloc->Allocate(4096, {.backing = BackingKind::kAnon}).ok());  // 2M anon
+  EXPECT_TRUE(alloc->Allocate(4096, {.backing = BackingKind::kAnon, .page_size = 0}).ok());
+}
+
+// Every 4K page of every folio maps back to its folio, and folio -> page i agrees with
+// the kernel's PFNs.
+TEST(Alloc, AnyPageMapsBackToItsFolio) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  auto alloc = NewAllocator();
+  std::vector<FolioHandle> handles;
+  for (int order = 0; order <= 9; ++order) {
+    absl::StatusOr<FolioHandle> h = alloc->AllocateOrder(order);
+    ASSERT_TRUE(h.ok()) << h.status();
+    handles.push_back(std::move(*h));
+  }
+  const bool pfns = sys::CanReadPfns();
+  for (const FolioHandle& h : handles) {
+    Folio* f = h.folio();
+    for (size_t i = 0; i < f->nr_pages(); ++i) {
+      const std::byte* page = f->page_address(i);
+      ASSERT_EQ(Allocator::FolioOf(page), f) << "order " << int{f->order} << " page " << i;
+      ASSERT_EQ(Allocator::FolioOf(page + kPageSize4K - 1), f);
+    }
+    if (pfns) {
+      ASSERT_NE(f->head_pfn, kUnknownPfn);
+      absl::StatusOr<std::vector<uint64_t>> kernel =
+          sys::ReadPfns(f->data, f->nr_pages(), kPageSize4K);
+      ASSERT_TRUE(kernel.ok()) << kernel.status();
+      for (size_t i = 0; i < f->nr_pages(); ++i) ASSERT_EQ((*kernel)[i], f->page_pfn(i));
+    }
+  }
+  int on_stack = 0;
+  EXPECT_EQ(Allocator::FolioOf(&on_stack), nullptr);
+  EXPECT_EQ(Allocator::FolioOf(nullptr), nullptr);
+}
+
+// Fill one native page with folios of one order, free them all, and the page is whole
+// again; for each order from 0 to the page's.
+void SplitAndMerge(size_t page_size, int low, int high) {
+  auto alloc = NewAllocator({.max_bytes_per_pool = page_size, .thread_cache = false});
+  const AllocOptions opts{.page_size = page_size, .zero = false};
+  const int top = PageOrder(page_size);
+  for (int order = high; order >= low; --order) {
+    SCOPED_TRACE(::testing::Message() << "order " << order);
+    const size_t count = size_t{1} << (top - order);
+    std::vector<FolioHandle> all;
+    std::set<std::byte*> seen;
+    for (size_t i = 0; i < count; ++i) {
+      absl::StatusOr<FolioHandle> h = alloc->AllocateOrder(order, opts);
+      ASSERT_TRUE(h.ok()) << h.status();
+      ASSERT_TRUE(seen.insert(h->data()).second);
+      all.push_back(std::move(*h));
+    }
+    // The page is exactly used up.
+    EXPECT_EQ(alloc->AllocateOrder(order, opts).status().code(),
+              absl::StatusCode::kResourceExhausted);
+    PoolStats s = *FindStats(*alloc, BackingKind::kHugetlb, page_size);
+    EXPECT_EQ(s.free_bytes, 0u);
+    EXPECT_EQ(s.folios, count);
+    // Free in a shuffled order so merges happen in every direction.
+    std::shuffle(all.begin(), all.end(), std::mt19937(order));
+    all.clear();
+    s = *FindStats(*alloc, BackingKind::kHugetlb, page_size);
+    EXPECT_EQ(s.folios, 1u);
+    EXPECT_EQ(s.free_bytes, page_size);
+    EXPECT_EQ(s.free_by_order[top], 1u);
+  }
+  absl::StatusOr<FolioHandle> whole = alloc->AllocateOrder(top, opts);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_EQ(whole->size(), page_size);
+}
+
+TEST(Alloc, SplitAndMergeEveryOrderOf2M) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  SplitAndMerge(kPageSize2M, 0, 9);
+}
+
+TEST(Alloc, SplitAndMerge1GInto2MAndBelow) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize1G, 1);
+  // Every order from 2M up; below it 512x more folios per order only repeat the 2M case.
+  SplitAndMerge(kPageSize1G, 9, 18);
+  // And a 1G page split all the way to 4K in one corner merges back.
+  auto alloc = NewAllocator({.max_bytes_per_pool = kPageSize1G, .thread_cache = false});
+  const AllocOptions opts{.page_size = kPageSize1G, .zero = false};
+  std::vector<FolioHandle> small;
+  for (int order = 0; order < 18; ++order) {  // 4K + 8K + ... + 512M: all but 4K
+    absl::StatusOr<FolioHandle> h = alloc->AllocateOrder(order, opts);
+    ASSERT_TRUE(h.ok()) << h.status();
+    EXPECT_EQ(Allocator::FolioOf(h->data() + h->size() - 1), h->folio());
+    small.push_back(std::move(*h));
+  }
+  EXPECT_EQ(FindStats(*alloc, BackingKind::kHugetlb, kPageSize1G)->free_bytes, kPageSize4K);
+  small.clear();
+  PoolStats s = *FindStats(*alloc, BackingKind::kHugetlb, kPageSize1G);
+  EXPECT_EQ(s.folios, 1u);
+  EXPECT_EQ(s.free_by_order[18], 1u);
+}
+
+TEST(Alloc, PinnedFolioOutlivesItsHandleUntouched) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  for (int order : {0, 4, 9}) {
+    SCOPED_TRACE(::testing::Message() << "order " << order);
+    auto alloc = NewAllocator({.max_bytes_per_pool = 2 * kPageSize2M, .thread_cache = false});
+    absl::StatusOr<FolioHandle> h = alloc->AllocateOrder(order);
+    ASSERT_TRUE(h.ok()) << h.status();
+    Folio* f = h->folio();
+    std::byte* data = h->data();
+    const size_t size = h->size();
+    std::memset(data, 0x5a, size);
+    const int32_t pages = static_cast<int32_t>(f->nr_pages());
+    HUGEMM_ASSERT_OK(FolioTryGrab(f, pages, RefKind::kPin));
+    h->Reset();  // the owner frees; the DMA pin holds on
+    EXPECT_TRUE(FolioMaybeDmaPinned(f));
+    EXPECT_EQ(f->refcount.load(), order == 0 ? kPinBias : pages);
+    // Everything else the pool has is handed out, never the pinned folio.
+    std::vector<FolioHandle> others;
+    while (true) {
+      absl::StatusOr<FolioHandle> o = alloc->AllocateOrder(order);
+      if (!o.ok()) break;
+      EXPECT_FALSE(o->data() == data);
+      others.push_back(std::move(*o));
+    }
+    EXPECT_TRUE(AllBytesAre(data, size, 0x5a));
+    FolioUngrab(f, pages, RefKind::kPin, /*dirty=*/true);
+    // Back in the pool: the next allocation gets it, zeroed.
+    absl::StatusOr<FolioHandle> again = alloc->AllocateOrder(order);
+    ASSERT_TRUE(again.ok()) << again.status();
+    EXPECT_EQ(again->data(), data);
+    EXPECT_TRUE(AllBytesAre(again->data(), size, 0));
+    EXPECT_FALSE(again->folio()->has_flag(kFolioDirty));
+  }
+}
+
+TEST(Alloc, ReferenceAndMappingRefsAlsoDelayReuse) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  auto alloc = NewAllocator({.thread_cache = false});
+  absl::StatusOr<FolioHandle> h = alloc->AllocateOrder(9);
+  ASSERT_TRUE(h.ok()) << h.status();
+  Folio* f = h->folio();
+  HUGEMM_ASSERT_OK(FolioGet(f));  // e.g. a page-table mapping
+  h->Reset();
+  EXPECT_EQ(f->refcount.load(), 1);
+  EXPECT_FALSE(f->has_flag(kFolioFree));
+  FolioPut(f);
+  EXPECT_TRUE(f->has_flag(kFolioFree));
+  EXPECT_FALSE(FolioTryGet(f));  // a racing reader cannot resurrect it
+}
+
+TEST(Alloc, NewOwnerNeverSeesOldData) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  auto alloc = NewAllocator();
+  for (int order : {0, 3, 9}) {
+    SCOPED_TRACE(::testing::Message() << "order " << order);
+    std::byte* where;
+    {
+      absl::StatusOr<FolioHandle> h = alloc->AllocateOrder(order);
+      ASSERT_TRUE(h.ok()) << h.status();
+      where = h->data();
+      std::memset(h->data(), 0xab, h->size());
+    }
+    absl::StatusOr<FolioHandle> h = alloc->AllocateOrder(order);
+    ASSERT_TRUE(h.ok()) << h.status();
+    ASSERT_EQ(h->data(), where);  // the magazine hands back the same folio
+    EXPECT_TRUE(AllBytesAre(h->data(), h->size(), 0));
+    // Opting out of zeroing gets the previous bytes of this process.
+    std::memset(h->data(), 0xcd, h->size());
+    h->Reset();
+    absl::StatusOr<FolioHandle> raw = alloc->AllocateOrder(order, {.zero = false});
+    ASSERT_TRUE(raw.ok()) << raw.status();
+    ASSERT_EQ(raw->data(), where);
+    EXPECT_TRUE(AllBytesAre(raw->data(), raw->size(), 0xcd));
+  }
+}
+
+TEST(Alloc, ExhaustionNamesThePoolAndRecoversToBaseline) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  const int64_t baseline = FreeHugePages(kPageSize2M);
+  auto alloc = NewAllocator({.max_bytes_per_pool = 2 * kPageSize2M});
+  std::vector<FolioHandle> held;
+  for (int i = 0; i < 2; ++i) {
+    absl::StatusOr<FolioHandle> h = alloc->Allocate(kPageSize2M);
+    ASSERT_TRUE(h.ok()) << h.status();
+    held.push_back(std::move(*h));
+  }
+  EXPECT_EQ(FreeHugePages(kPageSize2M), baseline - 2);
+  absl::Status st = alloc->Allocate(kPageSize2M).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted);
+  for (const char* word : {"hugetlb", "2M", "node", "free", "4 MiB"}) {
+    EXPECT_NE(st.message().find(word), absl::string_view::npos) << word << " in " << st;
+  }
+  // A smaller folio does not fit either: the pool's pages are whole folios in use.
+  EXPECT_EQ(alloc->Allocate(4096).status().code(), absl::StatusCode::kResourceExhausted);
+  held.pop_back();
+  absl::StatusOr<FolioHandle> small = alloc->Allocate(4096);
+  ASSERT_TRUE(small.ok()) << small.status();
+  small->Reset();
+  held.clear();
+  EXPECT_EQ(alloc->Shrink(), 2 * kPageSize2M);
+  EXPECT_EQ(FreeHugePages(kPageSize2M), baseline);
+  std::optional<PoolStats> s = FindStats(*alloc, BackingKind::kHugetlb, kPageSize2M);
+  ASSERT_TRUE(s.has_value());
+  EXPECT_EQ(s->mapped_bytes, 0u);
+  EXPECT_EQ(s->folios, 0u);
+  // And it grows again on demand.
+  EXPECT_TRUE(alloc->Allocate(kPageSize2M).ok());
+}
+
+// The kernel refusing a 1G page (as when a request is larger than the free 1G pool) is
+// injected at the prefault, so the test never drains the machine's 1G pool.
+class NoHugePagesOs : public sys::Os {
+ public:
+  absl::Status Madvise(void* addr, size_t length, int advice) override {
+    if (advice == 23 /* MADV_POPULATE_WRITE */) return sys::ErrnoStatus(ENOMEM, "madvise");
+    return sys::Os::Madvise(addr, length, advice);
+  }
+};
+
+TEST(Alloc, OneGigRequestBeyondTheKernelsFreePages) {
+  auto alloc = NewAllocator();
+  const int64_t baseline = FreeHugePages(kPageSize1G);
+  {
+    NoHugePagesOs os;
+    sys::ScopedOsOverride override(&os);
+    absl::Status st = alloc->Allocate(kPageSize1G, {.page_size = kPageSize1G}).status();
+    if (st.code() == absl::StatusCode::kInvalidArgument) GTEST_SKIP() << st;  // no 1G pool
+    EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+    for (const char* word : {"hugetlb", "1G", "node", "free"}) {
+      EXPECT_NE(st.message().find(word), absl::string_view::npos) << word << " in " << st;
+    }
+  }
+  EXPECT_EQ(FreeHugePages(kPageSize1G), baseline);
+  std::optional<PoolStats> s = FindStats(*alloc, BackingKind::kHugetlb, kPageSize1G);
+  ASSERT_TRUE(s.has_value());
+  EXPECT_EQ(s->mapped_bytes, 0u);
+  EXPECT_EQ(s->folios, 0u);
+}
+
+TEST(Alloc, ShrinkGivesWhollyFreePagesBackOnly) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 3);
+  const int64_t baseline = FreeHugePages(kPageSize2M);
+  auto alloc = NewAllocator();
+  absl::StatusOr<FolioHandle> a = alloc->Allocate(kPageSize2M);
+  absl::StatusOr<FolioHandle> b = alloc->Allocate(kPageSize2M);
+  absl::StatusOr<FolioHandle> c = alloc->Allocate(8192);
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  EXPECT_EQ(FreeHugePages(kPageSize2M), baseline - 3);
+  a->Reset();
+  EXPECT_EQ(alloc->Shrink(), kPageSize2M);  // b and the page holding c stay
+  EXPECT_EQ(FreeHugePages(kPageSize2M), baseline - 2);
+  b->Reset();
+  c->Reset();
+  EXPECT_EQ(alloc->Shrink(), 2 * kPageSize2M);
+  EXPECT_EQ(FreeHugePages(kPageSize2M), baseline);
+}
+
+TEST(Alloc, AllocatorGoneWhilePinnedKeepsTheMemoryUntilUnpin) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  const int64_t baseline = FreeHugePages(kPageSize2M);
+  Folio* f;
+  {
+    auto alloc = NewAllocator();
+    absl::StatusOr<FolioHandle> h = alloc->Allocate(kPageSize2M);
+    ASSERT_TRUE(h.ok()) << h.status();
+    f = h->folio();
+    std::memset(h->data(), 7, h->size());
+    HUGEMM_ASSERT_OK(FolioTryGrab(f, 1, RefKind::kPin));
+  }  // handle, then allocator, gone
+  EXPECT_EQ(FreeHugePages(kPageSize2M), baseline - 1);
+  EXPECT_TRUE(AllBytesAre(f->data, f->size(), 7));
+  FolioUngrab(f, 1, RefKind::kPin);
+  EXPECT_EQ(FreeHugePages(kPageSize2M), baseline);
+}
+
+TEST(Alloc, HugetlbfsDescriptorsInTheReserveThenSystemMemory) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  const std::string mount = testing::HugetlbfsMountFor(kPageSize2M);
+  HUGEMM_NEED(!mount.empty(), "needs a 2M hugetlbfs mount");
+  auto alloc = NewAllocator({.meta_reserve_bytes = 4096, .thread_cache = false});
+  const AllocOptions opts{.backing = BackingKind::kHugetlbfs, .hugetlbfs_mount = mount};
+  std::vector<FolioHandle> held;
+  int reserve = 0, system = 0;
+  for (int i = 0; i < 200; ++i) {
+    absl::StatusOr<FolioHandle> h = alloc->AllocateOrder(0, opts);
+    ASSERT_TRUE(h.ok()) << h.status();
+    std::string_view where = h->info().meta_placement();
+    (where == "reserve" ? reserve : system)++;
+    held.push_back(std::move(*h));
+  }
+  EXPECT_GT(reserve, 0);
+  EXPECT_GT(system, 0);  // 4K holds 64 descriptors: the rest fell back
+  PoolStats s = *FindStats(*alloc, BackingKind::kHugetlbfs, kPageSize2M);
+  EXPECT_EQ(s.reserve_bytes, 4096u);
+  EXPECT_EQ(s.reserve_descriptors, 64u);
+  // The reserve page itself is never a folio.
+  for (const FolioHandle& h : held) {
+    const uintptr_t base = reinterpret_cast<uintptr_t>(h.data()) & ~(kPageSize2M - 1);
+    EXPECT_GE(reinterpret_cast<uintptr_t>(h.data()), base + 4096);
+    EXPECT_EQ(Allocator::FolioOf(reinterpret_cast<void*>(base)), nullptr);
+  }
+  // A whole 2M folio still comes (from a second page of that extent).
+  absl::StatusOr<FolioHandle> whole = alloc->Allocate(kPageSize2M, opts);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  held.clear();
+  whole->Reset();
+  EXPECT_GT(alloc->Shrink(), 0u);
+  EXPECT_EQ(FindStats(*alloc, BackingKind::kHugetlbfs, kPageSize2M)->mapped_bytes, 0u);
+}
+
+TEST(Alloc, RealDevDaxSplitMergeAndReserve) {
+  const std::string dax = testing::TestDaxDevice();
+  HUGEMM_NEED(!dax.empty(), "needs a device-DAX device in $HUGEMM_TEST_DAX (VM tests)");
+  auto alloc = NewAllocator({.meta_reserve_bytes = 4096, .thread_cache = false});
+  const AllocOptions opts{.backing = BackingKind::kDevDax, .page_size = 0, .devdax_path = dax};
+  std::vector<FolioHandle> held;
+  for (int order = 0; order <= 9; ++order) {
+    absl::StatusOr<FolioHandle> h = alloc->AllocateOrder(order, opts);
+    ASSERT_TRUE(h.ok()) << h.status();
+    EXPECT_EQ(Allocator::FolioOf(h->data() + h->size() - 1), h->folio());
+    held.push_back(std::move(*h));
+  }
+  EXPECT_STREQ(held.front().info().meta_placement(), "reserve");
+  held.clear();
+  EXPECT_GT(alloc->Shrink(), 0u);
+}
+
+TEST(Alloc, AnonFallbackHandsOut4KFolios) {
+  auto alloc = NewAllocator();
+  const AllocOptions opts{.backing = BackingKind::kAnon, .page_size = 0};
+  absl::StatusOr<FolioHandle> h = alloc->Allocate(100, opts);
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ(h->size(), kPageSize4K);
+  EXPECT_EQ(Allocator::FolioOf(h->data() + 4095), h->folio());
+  EXPECT_EQ(alloc->Allocate(8192, opts).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(Alloc, ManyThreadsNoLeak) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 64);
+  const int64_t baseline = FreeHugePages(kPageSize2M);
+  auto alloc = NewAllocator();
+  constexpr int kThreads = 4;
+  constexpr int kRounds = 3000;
+  // Handles cross threads: each thread frees what its neighbour allocated.
+  std::vector<std::vector<FolioHandle>> mailbox(kThreads);
+  std::vector<std::mutex> mu(kThreads);
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      std::vector<FolioHandle> mine;
+      for (int i = 0; i < kRounds; ++i) {
+        const int order = static_cast<int>(rng() % 7);
+        absl::StatusOr<FolioHandle> h = alloc->AllocateOrder(order, {.zero = (i % 4) == 0});
+        if (!h.ok()) {
+          failures.fetch_add(1);
+          continue;
+        }
+        if ((i % 4) == 0 && !AllBytesAre(h->data(), h->size(), 0)) failures.fetch_add(1);
+        std::memset(h->data(), t + 1, 64);
+        if (rng() % 3 == 0) {
+          std::lock_guard<std::mutex> lock(mu[(t + 1) % kThreads]);
+          mailbox[(t + 1) % kThreads].push_back(std::move(*h));
+        } else {
+          mine.push_back(std::move(*h));
+        }
+        if (mine.size() > 8) {
+          if (*mine.front().data() != std::byte(t + 1)) failures.fetch_add(1);
+          mine.erase(mine.begin());
+        }
+        if (i % 16 == 0) {
+          std::lock_guard<std::mutex> lock(mu[t]);
+          mailbox[t].clear();
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (auto& m : mailbox) m.clear();  // freed on this thread: into its magazine
+  EXPECT_EQ(failures.load(), 0);
+  alloc->Shrink();  // flushes this thread's magazine; the workers drained theirs at exit
+  std::optional<PoolStats> s = FindStats(*alloc, BackingKind::kHugetlb, kPageSize2M);
+  ASSERT_TRUE(s.has_value());
+  EXPECT_EQ(s->folios, 0u);
+  EXPECT_EQ(s->mapped_bytes, 0u);
+  EXPECT_EQ(FreeHugePages(kPageSize2M), baseline);
+}
+
+TEST(Alloc, MetadataMeasuredMatchesTheModel) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  auto alloc = NewAllocator({.thread_cache = false});
+  std::vector<FolioHandle> held;
+  for (int i = 0; i < 4; ++i) held.push_back(std::move(*alloc->Allocate(kPageSize2M)));
+  PoolStats s = *FindStats(*alloc, BackingKind::kHugetlb, kPageSize2M);
+  const MetadataCost model = FolioMetadataCost(kPageSize2M, kPageSize2M);
+  EXPECT_EQ(s.metadata_bytes / s.folios, model.bytes_per_gib / 512);
+  EXPECT_LE(s.metadata_bytes / s.folios, 128u);
+}
+
+}  // namespace
+}  // namespace hugemm

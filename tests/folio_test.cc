@@ -1,0 +1,287 @@
+// The reference and pin rules of a folio head, each on its own, on descriptors with a
+// counting owner (no memory behind them: the rules are arithmetic on the head).
+#include "hugemm/folio.h"
+
+#include <atomic>
+#include <limits>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "hugemm/alloc.h"
+#include "tests/test_util.h"
+
+namespace hugemm {
+namespace {
+
+constexpr size_t kPageSize64K = size_t{64} << 10;
+
+class CountingOwner : public FolioOwner {
+ public:
+  void ReleaseFolio(Folio* folio) override {
+    released.fetch_add(1);
+    last = folio;
+  }
+  std::atomic<int> released{0};
+  Folio* last = nullptr;
+};
+
+// A live folio of `order` with the owner's one reference.
+void MakeLive(Folio* f, int order, CountingOwner* owner) {
+  f->order = static_cast<uint8_t>(order);
+  f->owner = owner;
+  f->refcount.store(1);
+}
+
+TEST(FolioDescriptor, IsOneCacheLine) {
+  EXPECT_EQ(sizeof(Folio), 64u);
+  EXPECT_EQ(alignof(Folio), 64u);
+}
+
+TEST(FolioRefs, GetAndPutCount) {
+  CountingOwner owner;
+  Folio f;
+  MakeLive(&f, 9, &owner);
+  HUGEMM_ASSERT_OK(FolioGet(&f));
+  HUGEMM_ASSERT_OK(FolioGet(&f, 3));
+  EXPECT_EQ(f.refcount.load(), 5);
+  FolioPut(&f, 4);
+  EXPECT_EQ(f.refcount.load(), 1);
+  EXPECT_EQ(owner.released.load(), 0);
+}
+
+TEST(FolioRefs, LastPutReturnsFolioToOwnerOnce) {
+  CountingOwner owner;
+  Folio f;
+  MakeLive(&f, 0, &owner);
+  FolioPut(&f);
+  EXPECT_EQ(owner.released.load(), 1);
+  EXPECT_EQ(owner.last, &f);
+}
+
+TEST(FolioRefs, WhoeverDropsLastReturnsIt) {
+  CountingOwner owner;
+  Folio f;
+  MakeLive(&f, 9, &owner);
+  constexpr int kThreads = 4, kRefs = 1000;
+  HUGEMM_ASSERT_OK(FolioGet(&f, kThreads * kRefs));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < kRefs; ++i) FolioPut(&f);
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(owner.released.load(), 0);  // the owner's own reference is still there
+  FolioPut(&f);
+  EXPECT_EQ(owner.released.load(), 1);
+}
+
+TEST(FolioRefs, TryGetFailsOnZero) {
+  CountingOwner owner;
+  Folio f;
+  MakeLive(&f, 9, &owner);
+  FolioPut(&f);
+  absl::Status error;
+  EXPECT_FALSE(FolioTryGet(&f, 1, &error));
+  EXPECT_EQ(error.code(), absl::StatusCode::kNotFound) << error;
+  EXPECT_EQ(f.refcount.load(), 0);  // not resurrected
+}
+
+TEST(FolioRefs, TryGetSucceedsOnLive) {
+  CountingOwner owner;
+  Folio f;
+  MakeLive(&f, 9, &owner);
+  EXPECT_TRUE(FolioTryGet(&f, 2));
+  EXPECT_EQ(f.refcount.load(), 3);
+}
+
+TEST(FolioRefs, GetOnFreeFolioIsRefused) {
+  Folio f;  // refcount 0: in its pool
+  absl::Status st = FolioGet(&f);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_EQ(f.refcount.load(), 0);
+}
+
+TEST(FolioRefs, BadCountsAreErrors) {
+  CountingOwner owner;
+  Folio f;
+  MakeLive(&f, 9, &owner);
+  EXPECT_EQ(FolioGet(&f, 0).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(FolioGet(&f, -3).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(FolioTryGet(&f, 0));
+  EXPECT_EQ(FolioTryGrab(&f, 0, RefKind::kPin).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(f.refcount.load(), 1);
+}
+
+TEST(FolioRefs, RefcountOverflowIsRefusedNotWrapped) {
+  CountingOwner owner;
+  Folio f;
+  MakeLive(&f, 9, &owner);
+  const int32_t max = std::numeric_limits<int32_t>::max();
+  f.refcount.store(max - 1);
+  HUGEMM_ASSERT_OK(FolioGet(&f));
+  absl::Status st = FolioGet(&f);
+  EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+  EXPECT_FALSE(FolioTryGet(&f));
+  EXPECT_EQ(FolioTryGrab(&f, 1, RefKind::kPin).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(f.refcount.load(), max);
+  EXPECT_EQ(f.pincount.load(), 0);
+}
+
+TEST(FolioPins, LargeFolioPinAddsRefsAndExactPincount) {
+  CountingOwner owner;
+  Folio f;
+  MakeLive(&f, 9, &owner);
+  HUGEMM_ASSERT_OK(FolioTryGrab(&f, 512, RefKind::kPin));
+  EXPECT_EQ(f.refcount.load(), 513);
+  EXPECT_EQ(f.pincount.load(), 512);
+  HUGEMM_ASSERT_OK(FolioTryGrab(&f, 3, RefKind::kPin));
+  EXPECT_EQ(f.pincount.load(), 515);
+  FolioUngrab(&f, 515, RefKind::kPin);
+  EXPECT_EQ(f.refcount.load(), 1);
+  EXPECT_EQ(f.pincount.load(), 0);
+}
+
+TEST(FolioPins, LargeFolioGetGrabTouchesNoPincount) {
+  CountingOwner owner;
+  Folio f;
+  MakeLive(&f, 9, &owner);
+  HUGEMM_ASSERT_OK(FolioTryGrab(&f, 7, RefKind::kGet));
+  EXPECT_EQ(f.refcount.load(), 8);
+  EXPECT_EQ(f.pincount.load(), 0);
+  EXPECT_FALSE(FolioMaybeDmaPinned(&f));
+  FolioUngrab(&f, 7, RefKind::kGet);
+  EXPECT_EQ(f.refcount.load(), 1);
+}
+
+TEST(FolioPins, SmallFolioPinUsesTheBias) {
+  CountingOwner owner;
+  Folio f;
+  MakeLive(&f, 0, &owner);
+  HUGEMM_ASSERT_OK(FolioTryGrab(&f, 2, RefKind::kPin));
+  EXPECT_EQ(f.refcount.load(), 1 + 2 * kPinBias);
+  EXPECT_EQ(f.pincount.load(), 0);
+  EXPECT_TRUE(FolioMaybeDmaPinned(&f));
+  FolioUngrab(&f, 2, RefKind::kPin);
+  EXPECT_EQ(f.refcount.load(), 1);
+  EXPECT_FALSE(FolioMaybeDmaPinned(&f));
+}
+
+TEST(FolioPins, MaybeDmaPinnedIsExactForLargeFolios) {
+  CountingOwner owner;
+  Folio f;
+  MakeLive(&f, 9, &owner);
+  // Many plain references look like a pin to the order-0 heuristic, never here.
+  HUGEMM_ASSERT_OK(FolioGet(&f, 5 * kPinBias));
+  EXPECT_FALSE(FolioMaybeDmaPinned(&f));
+  HUGEMM_ASSERT_OK(FolioTryGrab(&f, 1, RefKind::kPin));
+  EXPECT_TRUE(FolioMaybeDmaPinned(&f));
+  FolioUngrab(&f, 1, RefKind::kPin);
+  EXPECT_FALSE(FolioMaybeDmaPinned(&f));
+}
+
+TEST(FolioPins, PinOnFreeFolioTakesNothing) {
+  Folio f;
+  f.order = 9;
+  EXPECT_EQ(FolioTryGrab(&f, 4, RefKind::kPin).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(f.refcount.load(), 0);
+  EXPECT_EQ(f.pincount.load(), 0);
+}
+
+TEST(FolioPins, SmallFolioBiasOverflowIsRefused) {
+  CountingOwner owner;
+  Folio f;
+  MakeLive(&f, 0, &owner);
+  const int32_t max = std::numeric_limits<int32_t>::max();
+  EXPECT_EQ(FolioTryGrab(&f, max / kPinBias + 1, RefKind::kPin).code(),
+            absl::StatusCode::kResourceExhausted);
+  f.refcount.store(max - kPinBias + 1);
+  EXPECT_EQ(FolioTryGrab(&f, 1, RefKind::kPin).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(f.refcount.load(), max - kPinBias + 1);
+}
+
+TEST(FolioPins, PincountOverflowUndoesTheRefcount) {
+  CountingOwner owner;
+  Folio f;
+  MakeLive(&f, 9, &owner);
+  f.pincount.store(std::numeric_limits<int32_t>::max());
+  EXPECT_EQ(FolioTryGrab(&f, 1, RefKind::kPin).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(f.refcount.load(), 1);
+  EXPECT_EQ(owner.released.load(), 0);
+}
+
+TEST(FolioPins, UnpinDirtyMarksTheFolio) {
+  CountingOwner owner;
+  Folio f;
+  MakeLive(&f, 9, &owner);
+  HUGEMM_ASSERT_OK(FolioTryGrab(&f, 1, RefKind::kPin));
+  EXPECT_FALSE(f.has_flag(kFolioDirty));
+  FolioUngrab(&f, 1, RefKind::kPin, /*dirty=*/true);
+  EXPECT_TRUE(f.has_flag(kFolioDirty));
+}
+
+TEST(FolioPins, LastUnpinAfterOwnerPutReturnsTheFolio) {
+  CountingOwner owner;
+  Folio f;
+  MakeLive(&f, 9, &owner);
+  HUGEMM_ASSERT_OK(FolioTryGrab(&f, 16, RefKind::kPin));
+  FolioPut(&f);  // the owner lets go; the pin keeps the folio
+  EXPECT_EQ(owner.released.load(), 0);
+  EXPECT_TRUE(FolioMaybeDmaPinned(&f));
+  FolioUngrab(&f, 16, RefKind::kPin);
+  EXPECT_EQ(owner.released.load(), 1);
+  EXPECT_EQ(f.pincount.load(), 0);
+}
+
+TEST(FolioPages, PageArithmeticNeedsNoPerPageStorage) {
+  Folio f;
+  f.order = 9;
+  f.data = reinterpret_cast<std::byte*>(uintptr_t{1} << 30);
+  f.head_pfn = 0x40000;
+  for (size_t i = 0; i < f.nr_pages(); ++i) {
+    std::byte* page = f.page_address(i);
+    EXPECT_EQ(f.page_index(page + 123), i);
+    EXPECT_TRUE(f.contains(page));
+    EXPECT_EQ(f.page_pfn(i), 0x40000 + i);
+  }
+  EXPECT_FALSE(f.contains(f.data + f.size()));
+  f.head_pfn = kUnknownPfn;
+  EXPECT_EQ(f.page_pfn(3), kUnknownPfn);
+}
+
+TEST(FolioInfoTest, DescribesPlacementAndFlags) {
+  CountingOwner owner;
+  Folio f;
+  MakeLive(&f, 9, &owner);
+  f.backing = BackingKind::kHugetlbfs;
+  f.node = 0;
+  f.set_flag(kFolioDirty);
+  FolioInfo info = DescribeFolio(f);
+  EXPECT_EQ(info.size, kPageSize2M);
+  EXPECT_EQ(info.refcount, 1);
+  EXPECT_STREQ(info.meta_placement(), "system");
+  f.set_flag(kFolioReserveMeta);
+  info = DescribeFolio(f);
+  EXPECT_STREQ(info.meta_placement(), "reserve");
+  const std::string text = FormatFolioInfo(info);
+  EXPECT_NE(text.find("2M folio"), std::string::npos) << text;
+  EXPECT_NE(text.find("dirty"), std::string::npos) << text;
+  EXPECT_NE(text.find("meta reserve"), std::string::npos) << text;
+}
+
+TEST(FolioMetadata, FarBelowTheKernelsStructPages) {
+  // 4K folios: a 64-byte descriptor each, as the kernel's struct page, plus slots.
+  MetadataCost c4k = FolioMetadataCost(kPageSize4K, kPageSize2M);
+  EXPECT_LT(c4k.bytes_per_gib, c4k.kernel_bytes_per_gib * 3 / 2);
+  EXPECT_LT(FolioMetadataCost(kPageSize64K, kPageSize2M).bytes_per_gib,
+            c4k.kernel_bytes_per_gib / 8);
+  MetadataCost c2m = FolioMetadataCost(kPageSize2M, kPageSize2M);
+  MetadataCost c1g = FolioMetadataCost(kPageSize1G, kPageSize1G);
+  EXPECT_LT(c2m.bytes_per_gib, c2m.kernel_hvo_bytes_per_gib);
+  EXPECT_LT(c1g.bytes_per_gib, 256u);  // one descriptor, one slot, one region record
+  EXPECT_EQ(c1g.kernel_bytes_per_gib, uint64_t{16} << 20);
+}
+
+}  // namespace
+}  // namespace hugemm
