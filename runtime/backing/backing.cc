@@ -126,9 +126,8 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
 
   // Over-reserve PROT_NONE and trim to an aligned window, so that the kernel can map
   // every page at its natural level (a PMD or PUD leaf).
-  absl::StatusOr<void*> reservation =
-      os.Mmap(nullptr, length + align, PROT_NONE,
-              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  absl::StatusOr<void*> reservation = os.Mmap(nullptr, length + align, PROT_NONE,
+                                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (!reservation.ok()) return fail(reservation.status(), "reserve address space");
   auto base = reinterpret_cast<uintptr_t>(*reservation);
   uintptr_t aligned = (base + align - 1) & ~(uintptr_t{align} - 1);
