@@ -69,6 +69,7 @@ TEST(RangeSubscriptionTest, EveryKindOfChangeBumpsTheGeneration) {
   HUGEMM_ASSERT_OK(table.Map(a.get(), Ptr(kBase), kRW));
   HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), kPageSize2M));
   EXPECT_EQ(starts.size(), 5u);
+  HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase + kPageSize2M), kPageSize2M));
 }
 
 TEST(RangeSubscriptionTest, OwnDeviceExclusiveIsNotReported) {
