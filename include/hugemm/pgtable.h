@@ -180,6 +180,13 @@ class PageTable {
   std::optional<LeafSnapshot> Lookup(const void* va) const;
   // True while the entry the snapshot read still holds the same value (same section).
   bool StillMapped(const LeafSnapshot& snapshot) const;
+  // The slow path of a reader that must not lose a race (GUP's follow_page under the page
+  // table lock): finds the entry mapping `va`, locks the table holding it and calls `fn`
+  // with the leaf while no writer can change that entry, so references `fn` takes on the
+  // folio are known to belong to a live mapping. false (fn not called) when nothing maps
+  // `va`. `fn` runs in a read section under a table lock: it must not call the table's
+  // writers, Subscribe or Unsubscribe. Device-exclusive entries are passed as they are.
+  bool WithLeafLocked(const void* va, absl::FunctionRef<void(const LogicalLeaf&)> fn) const;
   // Calls `fn` for every logical leaf that overlaps [va, va + length), in address order.
   void Walk(const void* va, size_t length, absl::FunctionRef<void(const LogicalLeaf&)> fn) const;
 

@@ -349,6 +349,24 @@ bool PageTable::StillMapped(const LeafSnapshot& s) const {
          s.word;
 }
 
+bool PageTable::WithLeafLocked(const void* p,
+                               absl::FunctionRef<void(const LogicalLeaf&)> fn) const {
+  const auto va = reinterpret_cast<uintptr_t>(p);
+  if ((va >> shift_[top_ + 1]) != 0) return false;
+  ReadSection rs;
+  for (;;) {
+    Found f;
+    if (!Find(va, &f)) return false;
+    Table* t = f.table;
+    std::lock_guard<std::mutex> lock(t->mu);
+    // Every writer changes an entry under its table's lock: equal now means fixed until
+    // the unlock. A dead table was detached meanwhile; walk again.
+    if (t->dead || t->slot(f.index).load(std::memory_order_relaxed) != f.word) continue;
+    fn(MakeLeaf(geometry_, va, f.level, f.word));
+    return true;
+  }
+}
+
 void PageTable::Walk(const void* p, size_t length,
                      absl::FunctionRef<void(const LogicalLeaf&)> fn) const {
   const auto va = reinterpret_cast<uintptr_t>(p);

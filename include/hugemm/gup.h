@@ -1,0 +1,203 @@
+// Pin and unpin: GUP-fast over the shadow page table, one reference operation per folio.
+//
+//   hugemm::Pinner pinner(table);
+//   std::vector<hugemm::PageRef> pages(512);
+//   absl::StatusOr<size_t> n = pinner.PinPages(buf, 512, kGupPin | kGupWrite, pages.data());
+//   ... hand pages[i].pfn() to a device ...
+//   pinner.UnpinPages(pages.data(), *n, /*dirty=*/true);
+//
+// The fast path is the kernel's gup_fast: inside a read section, per logical leaf, look
+// it up, take `refs` = pages covered on the folio head in one atomic (FolioTryGrab), then
+// re-read the entry and undo if it changed. What the fast path cannot take goes to the
+// slow path: under the leaf's table lock (PageTable::WithLeafLocked) it grabs what is
+// mapped, asks the Populator to map what is missing, and reports what cannot be pinned.
+//
+// Outputs, all in caller memory so that the hot path never allocates:
+//   PageRef     one per 4K page, in address order (the kernel's page array);
+//   FolioSpan   one per folio run (head, first page, count): "head pages only";
+//   DmaSegment  physically contiguous byte runs, capped at a maximum length, from the
+//               PFNs recorded at map time.
+// A pin is all-or-nothing unless kGupPartial is given: on failure every reference the
+// call took is given back and the status names the address and the reason.
+#ifndef HUGEMM_GUP_H_
+#define HUGEMM_GUP_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "hugemm/folio.h"
+#include "hugemm/pgtable.h"
+
+namespace hugemm {
+
+enum GupFlag : uint32_t {
+  kGupPin = 1u << 0,       // references for DMA: counted in pincount (FOLL_PIN)
+  kGupGet = 1u << 1,       // plain references (FOLL_GET); exactly one of PIN / GET
+  kGupWrite = 1u << 2,     // the device will write: needs a writable mapping (FOLL_WRITE)
+  kGupLongterm = 1u << 3,  // held indefinitely (FOLL_LONGTERM): PIN only, and refused on
+                           // memory that cannot stay put (borrowed external ranges)
+  kGupFastOnly = 1u << 4,  // never the slow path (get_user_pages_fast_only)
+  kGupPartial = 1u << 5,   // return what was pinned instead of failing; the caller unpins
+};
+// "PIN|WRITE|LONGTERM": for messages.
+std::string GupFlagsName(uint32_t flags);
+
+// The experiment switch: one reference operation per folio run (what the kernel does
+// since compound-head batching) or one per 4K page (what it did before), so the same
+// memory can show both. Affects pinning and UnpinPages; results are identical.
+enum class RefGranularity { kFolio, kPage };
+
+// A page-array entry. 16 bytes, where the kernel's struct page* is 8: the folio pointer
+// gives unpin its head in O(1) and the index the page's address and PFN without any
+// per-page descriptor. Packing the index into the pointer's spare bits would need 18
+// bits for a 1G folio; a 64-byte-aligned pointer has 6 and 5-level paging leaves 7 at
+// the top, so the index gets its own word, and the spare bytes carry the reference kind
+// so that UnpinPages needs no flags.
+struct PageRef {
+  Folio* folio = nullptr;
+  uint32_t index = 0;  // 4K page inside the folio
+  RefKind kind = RefKind::kPin;
+
+  std::byte* address() const { return folio->page_address(index); }
+  uint64_t pfn() const { return folio->page_pfn(index); }
+};
+static_assert(sizeof(PageRef) == 16);
+
+// Pages [first_page, first_page + pages) of one folio, referenced `pages` times.
+struct FolioSpan {
+  Folio* folio = nullptr;
+  uint32_t first_page = 0;
+  uint32_t pages = 0;
+};
+static_assert(sizeof(FolioSpan) == 16);
+
+struct DmaSegment {
+  uint64_t phys_addr = 0;
+  uint64_t length = 0;
+};
+
+// Maps memory where the slow path found none: "fault it in". The allocator-backed
+// runtime implements it over the range's pool. Called outside any read section and
+// table lock, one call at a time per Pinner; AlreadyExists (someone mapped it first)
+// counts as success.
+class Populator {
+ public:
+  virtual ~Populator() = default;
+  // Map something covering the base page at `va`, writable when `write`.
+  virtual absl::Status Populate(PageTable& table, uintptr_t va, bool write) = 0;
+};
+
+struct PinnerOptions {
+  RefGranularity granularity = RefGranularity::kFolio;
+  Populator* populator = nullptr;  // none: unmapped memory is an error
+  // Tests only: runs on the fast path between the grab and the re-check, inside the
+  // read section (so it must not wait for a grace period: Split and Protect are fine,
+  // an Unmap that frees tables is not).
+  std::function<void(uintptr_t va)> after_grab_for_testing;
+};
+
+class PinnedRange;
+
+class Pinner {
+ public:
+  explicit Pinner(PageTable& table, PinnerOptions options = {});
+  Pinner(const Pinner&) = delete;
+  Pinner& operator=(const Pinner&) = delete;
+
+  PageTable& table() const { return table_; }
+  const PinnerOptions& options() const { return options_; }
+
+  // Pins `npages` 4K pages from the page holding `va` into pages[0..npages). Returns
+  // the number pinned: npages, or with kGupPartial possibly fewer (an error if none).
+  absl::StatusOr<size_t> PinPages(const void* va, size_t npages, uint32_t flags, PageRef* pages);
+  // Pins the pages covering [va, va + length) as folio spans, merging consecutive pages
+  // of one folio into one span. Returns the number of spans written (at most `cap`;
+  // too small a `cap` is an error, or with kGupPartial the end of the result).
+  absl::StatusOr<size_t> PinFolios(const void* va, size_t length, uint32_t flags, FolioSpan* spans,
+                                   size_t cap);
+  // Pins [va, va + length) and writes its physically contiguous runs, each at most
+  // `max_segment` bytes (0 = unlimited; else at least 4K, rounded down to 4K), the first
+  // starting at va's own byte. Memory whose PFNs are unknown is an error. Segments do
+  // not name folios: give `pinned` to receive the folio spans for UnpinFolios, or
+  // unpin with UnpinRange. A partial result ends at a leaf boundary.
+  absl::StatusOr<size_t> PinSegments(const void* va, size_t length, uint32_t flags,
+                                     uint64_t max_segment, DmaSegment* segments, size_t cap,
+                                     std::vector<FolioSpan>* pinned = nullptr);
+  // All-or-nothing pin of [va, va + length) held by a handle that unpins when dropped.
+  absl::StatusOr<PinnedRange> Pin(const void* va, size_t length, uint32_t flags);
+
+  // Gives back what PinPages took: one FolioUngrab per run of entries on the same folio
+  // with the same kind (per entry in kPage granularity). Dirty marks each folio once,
+  // before its references drop. Returns the reference operations done.
+  size_t UnpinPages(const PageRef* pages, size_t n, bool dirty = false) const;
+  // Gives back spans of `kind`: one operation per span.
+  size_t UnpinFolios(const FolioSpan* spans, size_t n, RefKind kind, bool dirty = false) const;
+  // Gives back what a pin of exactly [va, va + length) with this kind took, found by a
+  // walk of the table: valid only while the range still maps the folios it mapped when
+  // pinned (splits and protection changes are fine; an unmap or remap is not). A hole is
+  // an error and nothing is given back. Use spans or a PinnedRange where the mapping may
+  // change under the pin.
+  absl::Status UnpinRange(const void* va, size_t length, RefKind kind, bool dirty = false) const;
+
+  // folio_maybe_dma_pinned for the folio mapping `va` (false when unmapped).
+  bool MaybeDmaPinned(const void* va) const;
+
+ private:
+  struct Run;
+  template <typename Sink>
+  absl::StatusOr<size_t> PinLoop(uintptr_t start, size_t npages, uint32_t flags, Sink& sink);
+  template <typename Sink>
+  Run TakeLeaf(const LogicalLeaf& leaf, uintptr_t va, uintptr_t end, uint32_t flags, Sink& sink,
+               const LeafSnapshot* recheck);
+  template <typename Sink>
+  absl::Status SlowStep(uintptr_t va, uintptr_t end, uint32_t flags, Sink& sink, size_t* pages,
+                        const std::string& what);
+  absl::Status Grab(Folio* folio, uint32_t refs, RefKind kind) const;
+
+  PageTable& table_;
+  PinnerOptions options_;
+  std::mutex populate_mu_;  // one Populate at a time
+};
+
+// A pinned range that unpins itself (dirty when pinned with kGupWrite) when dropped or
+// released. Move-only; the Pinner must outlive it.
+class PinnedRange {
+ public:
+  PinnedRange() = default;
+  ~PinnedRange() { Release(); }
+  PinnedRange(PinnedRange&& other) noexcept;
+  PinnedRange& operator=(PinnedRange&& other) noexcept;
+  PinnedRange(const PinnedRange&) = delete;
+  PinnedRange& operator=(const PinnedRange&) = delete;
+
+  bool pinned() const { return pinner_ != nullptr; }
+  const void* va() const { return reinterpret_cast<const void*>(va_); }
+  size_t length() const { return length_; }
+  uint32_t flags() const { return flags_; }
+  const std::vector<FolioSpan>& spans() const { return spans_; }
+  size_t page_count() const;
+  // The page array (one entry per 4K page) into out[0..page_count()).
+  size_t Pages(PageRef* out, size_t cap) const;
+  // The physically contiguous runs of [va, va + length) (see Pinner::PinSegments).
+  absl::StatusOr<std::vector<DmaSegment>> Segments(uint64_t max_segment = 0) const;
+  // Unpins now; idempotent.
+  void Release();
+
+ private:
+  friend class Pinner;
+  const Pinner* pinner_ = nullptr;
+  uintptr_t va_ = 0;
+  size_t length_ = 0;
+  uint32_t flags_ = 0;
+  std::vector<FolioSpan> spans_;
+};
+
+}  // namespace hugemm
+
+#endif  // HUGEMM_GUP_H_

@@ -1,0 +1,99 @@
+// Folios over real memory for GUP tests: one folio per native page of an Extent, owned
+// by a recording owner (one reference), mapped into a shadow table.
+#ifndef HUGEMM_TESTS_GUP_TEST_UTIL_H_
+#define HUGEMM_TESTS_GUP_TEST_UTIL_H_
+
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "hugemm/backing.h"
+#include "hugemm/folio.h"
+#include "hugemm/pgtable.h"
+
+namespace hugemm::testing {
+
+inline constexpr uint32_t kRW = kProtRead | kProtWrite;
+
+// Remembers which folios came back: "freed" means released to it.
+class RecordingOwner : public FolioOwner {
+ public:
+  void ReleaseFolio(Folio* folio) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    released_.push_back(folio);
+  }
+  size_t released() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return released_.size();
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<Folio*> released_;
+};
+
+inline absl::StatusOr<Extent> MapExtent(BackingKind kind, size_t page_size, size_t pages,
+                                        const std::string& dax = "") {
+  absl::StatusOr<std::shared_ptr<Backing>> b =
+      Backing::Create({.kind = kind, .page_size = page_size, .devdax_path = dax});
+  if (!b.ok()) return b.status();
+  return (*b)->Map({.length = pages * (*b)->page_size()});
+}
+
+// The memory under test: an extent, its folios, and a table mapping all of them.
+struct Mapped {
+  Extent extent;
+  RecordingOwner owner;
+  std::vector<std::unique_ptr<Folio>> folios;
+  std::unique_ptr<PageTable> table;
+
+  std::byte* data() const { return extent.data(); }
+  size_t size() const { return extent.size(); }
+  size_t pages4k() const { return extent.size() / kPageSize4K; }
+  Folio* folio_at(size_t byte) const { return folios[byte / extent.page_size()].get(); }
+
+  // Counts of every folio, to compare with after a failure or an unpin.
+  std::vector<std::pair<int32_t, int32_t>> Counts() const {
+    std::vector<std::pair<int32_t, int32_t>> out;
+    for (const auto& f : folios) out.emplace_back(f->refcount.load(), f->pincount.load());
+    return out;
+  }
+};
+
+inline std::unique_ptr<Folio> FolioFor(const Extent& e, size_t i, FolioOwner* owner) {
+  auto f = std::make_unique<Folio>();
+  f->order = static_cast<uint8_t>(PageOrder(e.page_size()));
+  f->backing = e.kind();
+  f->node = static_cast<int16_t>(e.node());
+  f->data = e.data() + i * e.page_size();
+  f->head_pfn = e.pfn(i);
+  f->owner = owner;
+  f->refcount.store(1);
+  return f;
+}
+
+// map_every: map folio i only when map_every(i) (a hole otherwise).
+template <typename Pred>
+absl::StatusOr<std::unique_ptr<Mapped>> MapFolios(Extent extent, Pred map_every,
+                                                  uint32_t prot = kRW) {
+  auto m = std::make_unique<Mapped>();
+  m->extent = std::move(extent);
+  m->table = std::make_unique<PageTable>(DetectHostGeometry());
+  for (size_t i = 0; i < m->extent.page_count(); ++i) {
+    m->folios.push_back(FolioFor(m->extent, i, &m->owner));
+    if (!map_every(i)) continue;
+    Folio* f = m->folios.back().get();
+    if (absl::Status st = m->table->Map(f, f->data, prot); !st.ok()) return st;
+  }
+  return m;
+}
+
+inline absl::StatusOr<std::unique_ptr<Mapped>> MapAll(Extent extent, uint32_t prot = kRW) {
+  return MapFolios(
+      std::move(extent), [](size_t) { return true; }, prot);
+}
+
+}  // namespace hugemm::testing
+
+#endif  // HUGEMM_TESTS_GUP_TEST_UTIL_H_

@@ -1,0 +1,91 @@
+// Range subscriptions: callbacks and the sequence word on unmap, split, protect and
+// device-exclusive changes.
+#include "hugemm/notify.h"
+
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/pgtable_test_util.h"
+#include "tests/test_util.h"
+
+namespace hugemm {
+namespace {
+
+using ::hugemm::testing::FakeFolio;
+using ::hugemm::testing::Ptr;
+
+constexpr uintptr_t kBase = uintptr_t{1} << 40;
+constexpr uint64_t kBasePfn = uint64_t{1} << 28;
+constexpr uint32_t kRW = kProtRead | kProtWrite;
+
+TEST(RangeSubscriptionTest, EveryKindOfChangeBumpsTheGeneration) {
+  PageTable table(X86_64Geometry(false));
+  auto a = FakeFolio(kPageSize2M, kBase, kBasePfn);
+  auto b = FakeFolio(kPageSize2M, kBase + kPageSize2M, kBasePfn + 512);
+  HUGEMM_ASSERT_OK(table.Map(a.get(), Ptr(kBase), kRW));
+  HUGEMM_ASSERT_OK(table.Map(b.get(), Ptr(kBase + kPageSize2M), kRW));
+
+  std::vector<InvalidateReason> starts, ends;
+  bool in_progress_seen = false;
+  std::unique_ptr<RangeSubscription> sub;
+  sub = std::make_unique<RangeSubscription>(
+      table, Ptr(kBase), kPageSize2M,
+      NotifierCallbacks{
+          .invalidate_start =
+              [&](const Invalidation& inv) {
+                starts.push_back(inv.reason);
+                in_progress_seen = sub->invalidating();
+              },
+          .invalidate_end = [&](const Invalidation& inv) { ends.push_back(inv.reason); }});
+  const uint64_t seq0 = sub->sequence().load();
+  EXPECT_TRUE(RangeSubscription::Stable(seq0));
+  EXPECT_EQ(sub->generation(), 0u);
+
+  // Outside the range: nothing.
+  HUGEMM_ASSERT_OK(table.Protect(Ptr(kBase + kPageSize2M), kPageSize2M, kProtRead));
+  EXPECT_EQ(sub->sequence().load(), seq0);
+
+  HUGEMM_ASSERT_OK(table.Split(Ptr(kBase)));
+  EXPECT_TRUE(in_progress_seen);
+  EXPECT_EQ(sub->generation(), 1u);
+  EXPECT_FALSE(sub->invalidating());
+  HUGEMM_ASSERT_OK(table.Protect(Ptr(kBase), kPageSize4K, kProtRead));
+  EXPECT_EQ(sub->generation(), 2u);
+  const int device = 0;
+  HUGEMM_ASSERT_OK(table.MakeExclusive(Ptr(kBase + 5 * kPageSize4K), &device));
+  EXPECT_EQ(sub->generation(), 3u);
+  HUGEMM_ASSERT_OK(table.RestoreExclusive(Ptr(kBase + 5 * kPageSize4K)));
+  HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), kPageSize2M));
+  EXPECT_EQ(sub->generation(), 5u);
+  EXPECT_TRUE(RangeSubscription::Stable(sub->sequence().load()));
+  const std::vector<InvalidateReason> want = {InvalidateReason::kSplit, InvalidateReason::kProtect,
+                                              InvalidateReason::kExclusive,
+                                              InvalidateReason::kRestore, InvalidateReason::kUnmap};
+  EXPECT_EQ(starts, want);
+  EXPECT_EQ(ends, want);
+
+  // After destruction the table calls nothing of ours.
+  sub.reset();
+  HUGEMM_ASSERT_OK(table.Map(a.get(), Ptr(kBase), kRW));
+  HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), kPageSize2M));
+  EXPECT_EQ(starts.size(), 5u);
+  HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase + kPageSize2M), kPageSize2M));
+}
+
+TEST(RangeSubscriptionTest, OwnDeviceExclusiveIsNotReported) {
+  PageTable table(X86_64Geometry(false));
+  auto a = FakeFolio(kPageSize4K, kBase, kBasePfn);
+  HUGEMM_ASSERT_OK(table.Map(a.get(), Ptr(kBase), kRW));
+  const int device = 0;
+  RangeSubscription mine(table, Ptr(kBase), kPageSize4K, {}, &device);
+  RangeSubscription other(table, Ptr(kBase), kPageSize4K);
+  HUGEMM_ASSERT_OK(table.MakeExclusive(Ptr(kBase), &device));
+  EXPECT_EQ(mine.generation(), 0u);
+  EXPECT_EQ(other.generation(), 1u);
+  HUGEMM_ASSERT_OK(table.RestoreExclusive(Ptr(kBase)));
+  HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), kPageSize4K));
+  EXPECT_EQ(mine.generation(), 1u);
+}
+
+}  // namespace
+}  // namespace hugemm

@@ -1,0 +1,67 @@
+// PageTable::WithLeafLocked: the locked lookup GUP's slow path grabs references under.
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include "gtest/gtest.h"
+#include "hugemm/pgtable.h"
+#include "tests/pgtable_test_util.h"
+#include "tests/test_util.h"
+
+namespace hugemm {
+namespace {
+
+using ::hugemm::testing::FakeFolio;
+using ::hugemm::testing::Ptr;
+
+constexpr uintptr_t kBase = uintptr_t{1} << 40;
+constexpr uint64_t kBasePfn = uint64_t{1} << 28;
+constexpr uint32_t kRW = kProtRead | kProtWrite;
+
+TEST(PageTableLockedTest, SeesTheLeafOrNothing) {
+  PageTable table(X86_64Geometry(false));
+  auto folio = FakeFolio(kPageSize2M, kBase, kBasePfn);
+  HUGEMM_ASSERT_OK(table.Map(folio.get(), Ptr(kBase), kRW));
+  LogicalLeaf seen;
+  EXPECT_TRUE(table.WithLeafLocked(Ptr(kBase + 5 * kPageSize4K + 7),
+                                   [&](const LogicalLeaf& l) { seen = l; }));
+  EXPECT_EQ(seen.folio, folio.get());
+  EXPECT_EQ(seen.va, kBase);
+  EXPECT_EQ(seen.bytes, kPageSize2M);
+  EXPECT_EQ(seen.prot, kRW);
+  bool called = false;
+  EXPECT_FALSE(
+      table.WithLeafLocked(Ptr(kBase + kPageSize2M), [&](const LogicalLeaf&) { called = true; }));
+  EXPECT_FALSE(
+      table.WithLeafLocked(Ptr(~uintptr_t{0}), [&](const LogicalLeaf&) { called = true; }));
+  EXPECT_FALSE(called);
+  HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), kPageSize2M));
+}
+
+TEST(PageTableLockedTest, WritersWaitUntilTheCallbackReturns) {
+  PageTable table(X86_64Geometry(false));
+  auto folio = FakeFolio(kPageSize2M, kBase, kBasePfn);
+  HUGEMM_ASSERT_OK(table.Map(folio.get(), Ptr(kBase), kRW));
+  std::atomic<bool> split_done{false};
+  std::thread writer;
+  table.WithLeafLocked(Ptr(kBase), [&](const LogicalLeaf& l) {
+    EXPECT_EQ(l.level, kPmdLevel);
+    writer = std::thread([&] {
+      EXPECT_TRUE(table.Split(Ptr(kBase)).ok());
+      split_done.store(true);
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    // The split needs this leaf's table lock, which we hold.
+    EXPECT_FALSE(split_done.load());
+  });
+  writer.join();
+  EXPECT_TRUE(split_done.load());
+  LogicalLeaf after;
+  EXPECT_TRUE(table.WithLeafLocked(Ptr(kBase), [&](const LogicalLeaf& l) { after = l; }));
+  EXPECT_EQ(after.level, kPteLevel);
+  HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), kPageSize2M));
+  EXPECT_EQ(folio->refcount.load(), 1);
+}
+
+}  // namespace
+}  // namespace hugemm
