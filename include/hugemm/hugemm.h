@@ -1,0 +1,207 @@
+/* hugemm C API: DMA buffers on huge pages, pinned at one reference operation per folio.
+ *
+ * Plain C99. Every function that can fail returns 0 (or a count) on success and a
+ * negative errno on failure; hugemm_last_error() then returns a message for this
+ * thread that names what was wrong. Nothing here aborts on bad input, and no failed
+ * call keeps a reference.
+ *
+ *   hugemm_runtime *rt;
+ *   if (hugemm_open(NULL, &rt) < 0) die(hugemm_last_error());
+ *   hugemm_buffer buf;
+ *   hugemm_map_buffer(rt, 1 << 30, NULL, &buf);          // 512 x 2M hugetlb folios
+ *   hugemm_folio_span spans[512];
+ *   long n = hugemm_pin_folios(rt, buf.data, buf.size, HUGEMM_PIN | HUGEMM_WRITE,
+ *                              spans, 512);
+ *   ... give the device spans[i].pfn ...
+ *   hugemm_unpin_folios(rt, spans, n, HUGEMM_PIN, 1);
+ *   hugemm_free(rt, buf.data);
+ *   hugemm_close(rt);
+ */
+#ifndef HUGEMM_HUGEMM_H_
+#define HUGEMM_HUGEMM_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct hugemm_runtime hugemm_runtime;
+
+/* The message of this thread's last failed call ("" if none). Valid until this
+ * thread's next hugemm call. */
+const char* hugemm_last_error(void);
+
+/* ---- open / close ---------------------------------------------------------------- */
+
+enum hugemm_refcount {
+  HUGEMM_REFCOUNT_FOLIO = 0, /* one reference operation per folio (default) */
+  HUGEMM_REFCOUNT_PAGE = 1   /* one per 4K page, as kernels did before 2021 */
+};
+
+typedef struct hugemm_options {
+  int refcount;    /* enum hugemm_refcount */
+  int kernel_pins; /* nonzero (default when options is NULL): hold an io_uring long-term
+                      pin on every mapped buffer so its PFNs cannot move */
+} hugemm_options;
+
+/* Opens a runtime. `options` may be NULL for the defaults. */
+int hugemm_open(const hugemm_options* options, hugemm_runtime** out);
+/* Frees every buffer still held and closes. NULL is ignored. */
+void hugemm_close(hugemm_runtime* rt);
+
+/* ---- memory ---------------------------------------------------------------------- */
+
+enum hugemm_backing {
+  HUGEMM_BACKING_HUGETLB = 0,   /* memfd huge pages (default) */
+  HUGEMM_BACKING_HUGETLBFS = 1, /* a file in a hugetlbfs mount */
+  HUGEMM_BACKING_DEVDAX = 2,    /* /dev/daxX.Y */
+  HUGEMM_BACKING_ANON = 3       /* 4K anonymous pages */
+};
+
+typedef struct hugemm_buffer_options {
+  int backing;      /* enum hugemm_backing */
+  size_t page_size; /* 0 = the backing's own (2M, device alignment, 4K) */
+  int node;         /* NUMA node, -1 = any */
+  const char* path; /* devdax: the device; hugetlbfs: a file name in the mount, or NULL */
+} hugemm_buffer_options;
+
+typedef struct hugemm_buffer {
+  void* data;
+  size_t size;
+  size_t folio_size; /* every folio in the buffer has this size */
+} hugemm_buffer;
+
+/* Maps `length` bytes (a multiple of the page size) as one folio per native page, in
+ * the runtime's shadow page table. `options` may be NULL (hugetlb, 2M, any node). */
+int hugemm_map_buffer(hugemm_runtime* rt, size_t length, const hugemm_buffer_options* options,
+                      hugemm_buffer* out);
+/* One folio of at least `bytes` (a power of two from 4K up to the page size) from the
+ * allocator's pools; zeroed unless `uninitialized`. `options` as above (path unused
+ * except for devdax). */
+int hugemm_alloc(hugemm_runtime* rt, size_t bytes, const hugemm_buffer_options* options,
+                 int uninitialized, hugemm_buffer* out);
+/* Frees the buffer starting at `data` (from hugemm_map_buffer or hugemm_alloc). Its
+ * memory is reused only after the last pin on it is gone. */
+int hugemm_free(hugemm_runtime* rt, void* data);
+
+/* Registers memory this program mapped itself (e.g. its own MAP_HUGETLB buffer) as
+ * borrowed folios: pinnable, never long-term. Needs readable PFNs (root). */
+int hugemm_register_external(hugemm_runtime* rt, void* addr, size_t length, uint64_t* id);
+int hugemm_unregister_external(hugemm_runtime* rt, uint64_t id);
+
+/* ---- pin / unpin ----------------------------------------------------------------- */
+
+enum hugemm_pin_flags {
+  HUGEMM_PIN = 1u << 0,       /* for DMA: counted in the folio's pincount */
+  HUGEMM_GET = 1u << 1,       /* plain references */
+  HUGEMM_WRITE = 1u << 2,     /* the device writes: unpin may mark folios dirty */
+  HUGEMM_LONGTERM = 1u << 3,  /* held indefinitely: refused on borrowed memory */
+  HUGEMM_FAST_ONLY = 1u << 4, /* never the slow path */
+  HUGEMM_PARTIAL = 1u << 5    /* return what was pinned instead of failing */
+};
+
+/* A page-array entry: one per 4K page. */
+typedef struct hugemm_page {
+  void* folio;    /* opaque folio handle */
+  uint32_t index; /* page inside the folio */
+  uint32_t kind;  /* internal: how it was referenced */
+} hugemm_page;
+
+/* One entry per folio run: `pages` 4K pages from `first_page`. */
+typedef struct hugemm_folio_span {
+  void* folio; /* opaque folio handle */
+  uint32_t first_page;
+  uint32_t pages;
+} hugemm_folio_span;
+
+typedef struct hugemm_dma_segment {
+  uint64_t phys_addr;
+  uint64_t length;
+} hugemm_dma_segment;
+
+/* Pins `npages` 4K pages from the page holding `addr` into pages[]. Returns the number
+ * pinned (npages, or fewer with HUGEMM_PARTIAL) or a negative errno. */
+long hugemm_pin_pages(hugemm_runtime* rt, const void* addr, size_t npages, unsigned flags,
+                      hugemm_page* pages);
+/* Pins [addr, addr + length) as folio spans (at most `cap`). Returns the span count. */
+long hugemm_pin_folios(hugemm_runtime* rt, const void* addr, size_t length, unsigned flags,
+                       hugemm_folio_span* spans, size_t cap);
+/* Pins [addr, addr + length) and writes its physically contiguous runs, each at most
+ * `max_segment` bytes (0 = unlimited), at most `cap`. Returns the segment count. Unpin
+ * with hugemm_unpin_range over the same range. */
+long hugemm_pin_segments(hugemm_runtime* rt, const void* addr, size_t length, unsigned flags,
+                         uint64_t max_segment, hugemm_dma_segment* segments, size_t cap);
+/* Unpins a page array, one reference operation per run of the same folio; `dirty`
+ * marks each folio dirty once. Returns the reference operations done. */
+long hugemm_unpin_pages(hugemm_runtime* rt, const hugemm_page* pages, size_t n, int dirty);
+/* Unpins spans taken with `flags` (HUGEMM_PIN or HUGEMM_GET). */
+long hugemm_unpin_folios(hugemm_runtime* rt, const hugemm_folio_span* spans, size_t n,
+                         unsigned flags, int dirty);
+/* Unpins what a pin of exactly [addr, addr + length) with `flags` took. */
+int hugemm_unpin_range(hugemm_runtime* rt, const void* addr, size_t length, unsigned flags,
+                       int dirty);
+/* 1 if the folio mapping `addr` may be pinned for DMA, 0 if not or unmapped. */
+int hugemm_maybe_dma_pinned(hugemm_runtime* rt, const void* addr);
+
+/* ---- translate / folio info ------------------------------------------------------- */
+
+typedef struct hugemm_translation {
+  uint64_t pfn;       /* UINT64_MAX when unknown */
+  uint64_t run_bytes; /* physically contiguous bytes from addr (up to max_run) */
+  uint64_t leaf_bytes;
+  int level;     /* 0 PTE, 1 PMD, 2 PUD */
+  int exclusive; /* a device-exclusive entry */
+  void* folio;
+  uint32_t page;
+} hugemm_translation;
+
+/* VA -> PFN, leaf, contiguous run (scanning up to `max_run` bytes; 0 = the leaf). */
+int hugemm_translate(hugemm_runtime* rt, const void* addr, uint64_t max_run,
+                     hugemm_translation* out);
+
+typedef struct hugemm_folio_info {
+  void* data;
+  uint64_t size;
+  uint64_t head_pfn; /* UINT64_MAX when unknown */
+  int32_t refcount;
+  int32_t pincount;
+  uint32_t flags; /* bit 0 dirty, bit 1 referenced, bit 2 borrowed, bit 3 reserve meta */
+  int order;
+  int node;
+  int backing; /* enum hugemm_backing */
+  int meta_in_reserve;
+} hugemm_folio_info;
+
+/* The folio mapping `addr`. */
+int hugemm_folio_info_at(hugemm_runtime* rt, const void* addr, hugemm_folio_info* out);
+
+/* ---- notifiers ------------------------------------------------------------------- */
+
+enum hugemm_invalidate_reason {
+  HUGEMM_INVALIDATE_UNMAP = 0,
+  HUGEMM_INVALIDATE_SPLIT = 1,
+  HUGEMM_INVALIDATE_PROTECT = 2,
+  HUGEMM_INVALIDATE_EXCLUSIVE = 3,
+  HUGEMM_INVALIDATE_RESTORE = 4
+};
+
+typedef void (*hugemm_invalidate_fn)(void* user, const void* addr, size_t length, int reason);
+
+typedef struct hugemm_subscription hugemm_subscription;
+
+/* Hears changes to [addr, addr + length): `start` before, `end` after (either may be
+ * NULL). *sequence (if not NULL) receives a word to read without a call: a registration
+ * built while (*seq & 0xffff) == 0 stays valid exactly while *seq is unchanged. */
+int hugemm_subscribe(hugemm_runtime* rt, const void* addr, size_t length,
+                     hugemm_invalidate_fn start, hugemm_invalidate_fn end, void* user,
+                     hugemm_subscription** out, const volatile uint64_t** sequence);
+/* After it returns, no callback of this subscription runs. NULL is ignored. */
+void hugemm_unsubscribe(hugemm_subscription* sub);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* HUGEMM_HUGEMM_H_ */

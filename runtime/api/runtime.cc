@@ -1,0 +1,260 @@
+// The facade: buffers mapped into the shadow table, their folios' owner, kernel pins.
+#include "hugemm/runtime.h"
+
+#include <cstdio>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "hugemm/kernel_pin.h"
+
+namespace hugemm {
+
+// What a Buffer holds. A MapBuffer record owns the extent and one descriptor per native
+// page and is the owner of those folios: it deletes itself (unmapping the extent and
+// dropping the kernel pin) when the last of them is released, which is after the
+// buffer was freed and the last pin dropped. An Allocate record holds the allocator's
+// handle; the allocator owns the folio.
+class Runtime::BufferRecord final : public FolioOwner {
+ public:
+  BufferRecord() = default;
+
+  void ReleaseFolio(Folio* /*folio*/) override {
+    if (live_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+
+  Extent extent;
+  std::unique_ptr<Folio[]> folios;
+  size_t nfolios = 0;
+  std::unique_ptr<KernelPinHolder> kernel_pin;
+  FolioHandle handle;  // Allocate records
+  std::byte* data = nullptr;
+  size_t size = 0;
+  uint32_t prot = 0;
+
+  void SetLive(size_t n) { live_.store(n, std::memory_order_relaxed); }
+
+  ~BufferRecord() override {
+    kernel_pin.reset();  // let the kernel drop its pins before the memory goes
+    (void)extent.Unmap();
+  }
+
+ private:
+  std::atomic<size_t> live_{0};
+};
+
+Runtime::Runtime(const RuntimeOptions& options) : options_(options) {}
+
+absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& options) {
+  std::unique_ptr<Runtime> rt(new Runtime(options));
+  absl::StatusOr<std::unique_ptr<Allocator>> alloc = Allocator::Create(options.allocator);
+  if (!alloc.ok()) return alloc.status();
+  rt->allocator_ = std::move(*alloc);
+  rt->table_ = std::make_unique<PageTable>(DetectHostGeometry());
+  rt->pinner_ =
+      std::make_unique<Pinner>(*rt->table_, PinnerOptions{.granularity = options.refcount});
+  return rt;
+}
+
+Runtime::~Runtime() {
+  std::vector<uint64_t> ids;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [id, record] : buffers_) ids.push_back(id);
+  }
+  for (uint64_t id : ids) {
+    if (absl::Status st = FreeById(id); !st.ok()) {
+      std::fprintf(stderr, "hugemm: freeing buffer %llu at exit: %s\n",
+                   static_cast<unsigned long long>(id), std::string(st.message()).c_str());
+    }
+  }
+  pinner_.reset();
+  table_.reset();  // drops the references of whatever else is still mapped
+  allocator_.reset();
+}
+
+absl::StatusOr<Buffer> Runtime::MapBuffer(size_t length, const BufferOptions& options) {
+  BackingOptions bo{.kind = options.backing,
+                    .page_size = options.page_size,
+                    .hugetlbfs_mount = options.hugetlbfs_mount,
+                    .devdax_path = options.devdax_path};
+  absl::StatusOr<std::shared_ptr<Backing>> backing = Backing::Create(bo);
+  if (!backing.ok()) return backing.status();
+  absl::StatusOr<Extent> extent = (*backing)->Map({.length = length,
+                                                   .node = options.node,
+                                                   .shared = options.shared,
+                                                   .name = options.file_name});
+  if (!extent.ok()) return extent.status();
+
+  auto* record = new BufferRecord();
+  record->nfolios = extent->page_count();
+  record->folios.reset(new Folio[record->nfolios]);
+  const int order = PageOrder(extent->page_size());
+  for (size_t i = 0; i < record->nfolios; ++i) {
+    Folio& f = record->folios[i];
+    f.order = static_cast<uint8_t>(order);
+    f.backing = extent->kind();
+    f.node = static_cast<int16_t>(extent->node());
+    f.head_pfn = extent->pfn(i);
+    f.data = extent->data() + i * extent->page_size();
+    f.owner = record;
+    f.refcount.store(1, std::memory_order_relaxed);  // the buffer's own reference
+  }
+  record->SetLive(record->nfolios);
+  record->data = extent->data();
+  record->size = extent->size();
+  record->prot = options.prot;
+  const size_t folio_size = extent->page_size();
+  record->extent = std::move(*extent);
+
+  // Everything below unwinds by dropping the buffer's references: the record deletes
+  // itself with the last one.
+  auto drop = [&](size_t mapped) {
+    if (mapped > 0) (void)table_->Unmap(record->data, mapped * folio_size);
+    const size_t n = record->nfolios;
+    Folio* folios = record->folios.get();
+    for (size_t i = 0; i < n; ++i) FolioPut(&folios[i]);
+  };
+  if (options_.kernel_pins && options.backing != BackingKind::kDevDax) {
+    absl::StatusOr<std::unique_ptr<KernelPinHolder>> pin =
+        KernelPinHolder::Create({{record->data, record->size}});
+    if (!pin.ok()) {
+      drop(0);
+      return pin.status();
+    }
+    record->kernel_pin = std::move(*pin);
+  }
+  for (size_t i = 0; i < record->nfolios; ++i) {
+    Folio* f = &record->folios[i];
+    if (absl::Status st = table_->Map(f, f->data, options.prot); !st.ok()) {
+      drop(i);
+      return st;
+    }
+  }
+
+  Buffer buffer;
+  buffer.runtime_ = this;
+  buffer.data_ = record->data;
+  buffer.size_ = record->size;
+  buffer.folio_size_ = folio_size;
+  std::lock_guard<std::mutex> lock(mu_);
+  buffer.id_ = next_id_++;
+  by_address_[reinterpret_cast<uintptr_t>(record->data)] = buffer.id_;
+  buffers_[buffer.id_].reset(record);
+  return buffer;
+}
+
+absl::StatusOr<Buffer> Runtime::Allocate(size_t bytes, const AllocOptions& options) {
+  absl::StatusOr<FolioHandle> handle = allocator_->Allocate(bytes, options);
+  if (!handle.ok()) return handle.status();
+  Folio* folio = handle->folio();
+  if (absl::Status st = table_->Map(folio, folio->data, kProtRead | kProtWrite); !st.ok()) {
+    return st;
+  }
+  auto record = std::make_unique<BufferRecord>();
+  record->data = folio->data;
+  record->size = folio->size();
+  record->prot = kProtRead | kProtWrite;
+  record->handle = std::move(*handle);
+  Buffer buffer;
+  buffer.runtime_ = this;
+  buffer.data_ = record->data;
+  buffer.size_ = record->size;
+  buffer.folio_size_ = record->size;
+  std::lock_guard<std::mutex> lock(mu_);
+  buffer.id_ = next_id_++;
+  by_address_[reinterpret_cast<uintptr_t>(record->data)] = buffer.id_;
+  buffers_[buffer.id_] = std::move(record);
+  return buffer;
+}
+
+absl::Status Runtime::FreeById(uint64_t id) {
+  std::unique_ptr<BufferRecord> record;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = buffers_.find(id);
+    if (it == buffers_.end()) {
+      return absl::NotFoundError(absl::StrFormat("no buffer with id %u", id));
+    }
+    record = std::move(it->second);
+    buffers_.erase(it);
+    by_address_.erase(reinterpret_cast<uintptr_t>(record->data));
+  }
+  // Out of the table first (its mapping references), then the owner's references.
+  absl::Status unmapped = table_->Unmap(record->data, record->size);
+  if (record->handle) {
+    record->handle.Reset();  // the allocator takes the folio back after the last pin
+    return unmapped;
+  }
+  BufferRecord* r = record.release();  // deletes itself with its last folio
+  const size_t n = r->nfolios;
+  Folio* folios = r->folios.get();
+  for (size_t i = 0; i < n; ++i) FolioPut(&folios[i]);
+  return unmapped;
+}
+
+absl::Status Runtime::Free(const void* data) {
+  uint64_t id = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = by_address_.find(reinterpret_cast<uintptr_t>(data));
+    if (it == by_address_.end()) {
+      return absl::NotFoundError(absl::StrFormat("%p is not the start of a hugemm buffer", data));
+    }
+    id = it->second;
+  }
+  return FreeById(id);
+}
+
+absl::StatusOr<uint64_t> Runtime::RegisterExternal(const void* va, size_t length) {
+  return table_->RegisterExternal(va, length);
+}
+
+absl::Status Runtime::UnregisterExternal(uint64_t id) { return table_->UnregisterExternal(id); }
+
+std::optional<Translation> Runtime::Translate(const void* va, size_t max_run) const {
+  return table_->Translate(va, max_run);
+}
+
+absl::StatusOr<FolioInfo> Runtime::FolioInfoAt(const void* va) const {
+  // Under the leaf's lock, so the folio cannot be freed while it is read.
+  std::optional<FolioInfo> info;
+  table_->WithLeafLocked(va, [&](const LogicalLeaf& leaf) { info = DescribeFolio(*leaf.folio); });
+  if (!info) return absl::NotFoundError(absl::StrFormat("%p is not mapped by hugemm", va));
+  return *info;
+}
+
+std::unique_ptr<RangeSubscription> Runtime::Subscribe(const void* va, size_t length,
+                                                      NotifierCallbacks callbacks) {
+  return std::make_unique<RangeSubscription>(*table_, va, length, std::move(callbacks));
+}
+
+absl::StatusOr<VerifyReport> Runtime::Verify(const void* va, size_t length) const {
+  return table_->Verify(va, length);
+}
+
+Buffer::~Buffer() { (void)Free(); }
+
+Buffer::Buffer(Buffer&& other) noexcept { *this = std::move(other); }
+
+Buffer& Buffer::operator=(Buffer&& other) noexcept {
+  if (this != &other) {
+    (void)Free();
+    runtime_ = std::exchange(other.runtime_, nullptr);
+    id_ = std::exchange(other.id_, 0);
+    data_ = std::exchange(other.data_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+    folio_size_ = std::exchange(other.folio_size_, 0);
+  }
+  return *this;
+}
+
+absl::Status Buffer::Free() {
+  if (runtime_ == nullptr) return absl::OkStatus();
+  Runtime* rt = std::exchange(runtime_, nullptr);
+  data_ = nullptr;
+  size_ = 0;
+  return rt->FreeById(std::exchange(id_, 0));
+}
+
+}  // namespace hugemm

@@ -1,0 +1,130 @@
+/* The C API from plain C99: every entry point once on real huge pages, and bad input
+ * answered with a negative errno and a message. Prints "N passed, N failed"; exits 77
+ * (skip) when no 2M huge pages are free, unless HUGEMM_REQUIRE_HUGEPAGES=1. */
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hugemm/hugemm.h"
+
+static int passed, failed;
+
+#define CHECK(cond)                                                                      \
+  do {                                                                                   \
+    if (cond) {                                                                          \
+      ++passed;                                                                          \
+    } else {                                                                             \
+      ++failed;                                                                          \
+      fprintf(stderr, "%s:%d: FAILED: %s (last error: %s)\n", __FILE__, __LINE__, #cond, \
+              hugemm_last_error());                                                      \
+    }                                                                                    \
+  } while (0)
+
+static int starts, ends;
+static void on_start(void* user, const void* addr, size_t length, int reason) {
+  (void)addr;
+  (void)length;
+  (void)reason;
+  ++*(int*)user;
+  ++starts;
+}
+static void on_end(void* user, const void* addr, size_t length, int reason) {
+  (void)user;
+  (void)addr;
+  (void)length;
+  (void)reason;
+  ++ends;
+}
+
+int main(void) {
+  hugemm_runtime* rt = NULL;
+  CHECK(hugemm_open(NULL, NULL) == -EINVAL);
+  CHECK(strstr(hugemm_last_error(), "out is NULL") != NULL);
+  hugemm_options bad = {7, 1};
+  CHECK(hugemm_open(&bad, &rt) == -EINVAL && rt == NULL);
+  CHECK(hugemm_open(NULL, &rt) == 0 && rt != NULL);
+
+  const size_t len = 4u << 20; /* two 2M folios */
+  hugemm_buffer buf;
+  int rc = hugemm_map_buffer(rt, len, NULL, &buf);
+  if (rc == -ENOMEM) {
+    const char* req = getenv("HUGEMM_REQUIRE_HUGEPAGES");
+    printf("c_api_test: no free 2M huge pages: %s\n", hugemm_last_error());
+    hugemm_close(rt);
+    return req && strcmp(req, "1") == 0 ? 1 : 77;
+  }
+  CHECK(rc == 0);
+  CHECK(buf.size == len && buf.folio_size == (2u << 20));
+  memset(buf.data, 0x5a, len);
+
+  /* A page array over both folios: 1024 entries, one reference operation per folio. */
+  hugemm_page* pages = calloc(1024, sizeof(*pages));
+  long n = hugemm_pin_pages(rt, buf.data, 1024, HUGEMM_PIN | HUGEMM_WRITE, pages);
+  CHECK(n == 1024);
+  CHECK(pages[0].folio != pages[600].folio && pages[600].index == 600 - 512);
+  CHECK(hugemm_maybe_dma_pinned(rt, (char*)buf.data + 4096) == 1);
+  hugemm_folio_info info;
+  CHECK(hugemm_folio_info_at(rt, buf.data, &info) == 0);
+  CHECK(info.pincount == 512 && info.order == 9 && info.backing == HUGEMM_BACKING_HUGETLB);
+  CHECK(hugemm_unpin_pages(rt, pages, (size_t)n, 1) == 2); /* one operation per folio */
+  CHECK(hugemm_maybe_dma_pinned(rt, buf.data) == 0);
+  CHECK(hugemm_folio_info_at(rt, buf.data, &info) == 0 && (info.flags & 1u) && info.pincount == 0);
+
+  /* Folio spans: one per folio, starting mid-folio. */
+  hugemm_folio_span spans[4];
+  n = hugemm_pin_folios(rt, (char*)buf.data + 8192, len - 8192, HUGEMM_GET, spans, 4);
+  CHECK(n == 2 && spans[0].first_page == 2 && spans[0].pages == 510 && spans[1].pages == 512);
+  CHECK(hugemm_unpin_folios(rt, spans, (size_t)n, HUGEMM_GET, 0) == 2);
+
+  /* DMA segments, capped at 1M each, and the range unpin. */
+  hugemm_dma_segment segs[16];
+  n = hugemm_pin_segments(rt, buf.data, len, HUGEMM_PIN, 1u << 20, segs, 16);
+  CHECK(n >= 4);
+  hugemm_translation t;
+  CHECK(hugemm_translate(rt, buf.data, 0, &t) == 0);
+  CHECK(segs[0].phys_addr == t.pfn * 4096 && segs[0].length == (1u << 20));
+  CHECK(t.level == 1 && t.leaf_bytes == (2u << 20));
+  CHECK(hugemm_unpin_range(rt, buf.data, len, HUGEMM_PIN, 0) == 0);
+  CHECK(hugemm_maybe_dma_pinned(rt, buf.data) == 0);
+
+  /* A subscription hears the unmap when the buffer is freed. */
+  hugemm_subscription* sub = NULL;
+  const volatile uint64_t* seq = NULL;
+  int mine = 0;
+  CHECK(hugemm_subscribe(rt, buf.data, len, on_start, on_end, &mine, &sub, &seq) == 0);
+  CHECK(seq != NULL && *seq == 0);
+  CHECK(hugemm_free(rt, buf.data) == 0);
+  CHECK(mine >= 1 && starts == ends && *seq != 0);
+  hugemm_unsubscribe(sub);
+
+  /* Bad input: a clear error, nothing else. */
+  CHECK(hugemm_free(rt, buf.data) == -ENOENT);
+  CHECK(strstr(hugemm_last_error(), "not the start of a hugemm buffer") != NULL);
+  CHECK(hugemm_pin_pages(rt, buf.data, 1, HUGEMM_PIN | HUGEMM_GET, pages) == -EINVAL);
+  CHECK(hugemm_pin_pages(rt, buf.data, 1, 1u << 30, pages) == -EINVAL);
+  CHECK(hugemm_pin_pages(rt, buf.data, 1, HUGEMM_PIN, NULL) == -EINVAL);
+  CHECK(hugemm_pin_pages(rt, buf.data, 1, HUGEMM_PIN, pages) < 0); /* freed: not mapped */
+  CHECK(hugemm_translate(rt, buf.data, 0, &t) == -ENOENT);
+  hugemm_buffer_options opts = {99, 0, -1, NULL};
+  CHECK(hugemm_map_buffer(rt, len, &opts, &buf) == -EINVAL);
+  opts.backing = HUGEMM_BACKING_HUGETLB;
+  CHECK(hugemm_map_buffer(rt, 12345, &opts, &buf) == -EINVAL);
+  CHECK(strstr(hugemm_last_error(), "not a positive multiple") != NULL);
+
+  /* The allocator: a 64K folio, zeroed. */
+  hugemm_buffer small;
+  CHECK(hugemm_alloc(rt, 64 << 10, NULL, 0, &small) == 0);
+  CHECK(small.size == (64u << 10) && ((unsigned char*)small.data)[100] == 0);
+  n = hugemm_pin_pages(rt, small.data, 16, HUGEMM_PIN, pages);
+  CHECK(n == 16);
+  CHECK(hugemm_unpin_pages(rt, pages, 16, 0) == 1);
+  CHECK(hugemm_free(rt, small.data) == 0);
+
+  free(pages);
+  hugemm_close(rt);
+  hugemm_close(NULL);
+  printf("%d passed, %d failed\n", passed, failed);
+  return failed ? 1 : 0;
+}

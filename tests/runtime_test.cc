@@ -1,0 +1,118 @@
+// The facade on real huge pages: buffers mapped into the shadow table, the kernel pin
+// that keeps their PFNs still, and memory kept until the last pin is gone.
+#include "hugemm/runtime.h"
+
+#include <cstring>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/test_util.h"
+
+namespace hugemm {
+namespace {
+
+using testing::FreeHugePages;
+using ::testing::HasSubstr;
+
+int64_t VmPinnedKb() {
+  FILE* f = std::fopen("/proc/self/status", "r");
+  char line[256];
+  int64_t kb = -1;
+  while (f && std::fgets(line, sizeof(line), f)) {
+    if (std::sscanf(line, "VmPin: %ld kB", &kb) == 1) break;
+  }
+  if (f) std::fclose(f);
+  return kb;
+}
+
+class RuntimeTest : public ::testing::TestWithParam<size_t> {};
+
+TEST_P(RuntimeTest, BufferIsMappedVerifiedAndKernelPinned) {
+  const size_t page = GetParam();
+  HUGEMM_NEED_HUGEPAGES(page, 2);
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  const int64_t pinned_before = VmPinnedKb();
+  {
+    absl::StatusOr<Buffer> buf = (*rt)->MapBuffer(2 * page, {.page_size = page});
+    ASSERT_TRUE(buf.ok()) << buf.status();
+    EXPECT_EQ(buf->folio_size(), page);
+    // The kernel holds a long-term pin on every page: VmPin grows by the buffer.
+    EXPECT_EQ(VmPinnedKb() - pinned_before, static_cast<int64_t>(2 * page / 1024));
+    absl::StatusOr<VerifyReport> report = (*rt)->Verify(buf->data(), buf->size());
+    ASSERT_TRUE(report.ok()) << report.status();
+    EXPECT_TRUE(report->ok());
+    EXPECT_EQ(report->leaves_checked[page], 2u);
+    std::optional<Translation> t = (*rt)->Translate(buf->data() + page + 5 * 4096);
+    ASSERT_TRUE(t.has_value());
+    EXPECT_EQ(t->page, 5u);
+    absl::StatusOr<FolioInfo> info = (*rt)->FolioInfoAt(buf->data());
+    ASSERT_TRUE(info.ok()) << info.status();
+    EXPECT_EQ(info->refcount, 2);  // the buffer's reference and the table's mapping
+    EXPECT_EQ(info->size, page);
+  }
+  EXPECT_EQ(VmPinnedKb(), pinned_before) << "the kernel pin outlived the buffer";
+}
+
+INSTANTIATE_TEST_SUITE_P(PageSizes, RuntimeTest, ::testing::Values(kPageSize2M, kPageSize1G),
+                         [](const auto& info) { return PageSizeName(info.param); });
+
+TEST(Runtime, FreedBufferKeepsItsMemoryUntilTheLastUnpin) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open({.kernel_pins = false});
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  const int64_t free_before = FreeHugePages(kPageSize2M);
+  absl::StatusOr<Buffer> buf = (*rt)->MapBuffer(4 * kPageSize2M);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  std::byte* data = buf->data();
+  std::memset(data + kPageSize2M, 0x77, kPageSize2M);
+  std::vector<FolioSpan> spans(4);
+  absl::StatusOr<size_t> n =
+      (*rt)->pinner().PinFolios(data + kPageSize2M, kPageSize2M, kGupPin, spans.data(), 4);
+  ASSERT_TRUE(n.ok()) << n.status();
+  ASSERT_EQ(*n, 1u);
+  HUGEMM_ASSERT_OK(buf->Free());
+  // The buffer's memory goes back as one mapping, after its last pin: nothing yet, and
+  // the pinned folio's data is untouched.
+  EXPECT_LE(FreeHugePages(kPageSize2M), free_before - 4);
+  EXPECT_EQ(spans[0].folio->data[12345], std::byte{0x77});
+  EXPECT_TRUE(FolioMaybeDmaPinned(spans[0].folio));
+  EXPECT_FALSE((*rt)->Translate(data).has_value()) << "a freed buffer is out of the table";
+  (*rt)->pinner().UnpinFolios(spans.data(), 1, RefKind::kPin);
+  EXPECT_GE(FreeHugePages(kPageSize2M), free_before) << "the last unpin frees the memory";
+}
+
+TEST(Runtime, AllocatedFoliosArePinnableAndFreedByAddress) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  absl::StatusOr<Buffer> a = (*rt)->Allocate(64 << 10);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->size(), size_t{64} << 10);
+  std::byte* data = a->data();
+  a->Detach();
+  absl::StatusOr<PinnedRange> pin = (*rt)->pinner().Pin(data, 64 << 10, kGupPin | kGupWrite);
+  ASSERT_TRUE(pin.ok()) << pin.status();
+  EXPECT_EQ(pin->spans().size(), 1u);
+  pin->Release();
+  HUGEMM_ASSERT_OK((*rt)->Free(data));
+  absl::Status again = (*rt)->Free(data);
+  EXPECT_EQ(again.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(again.message(), HasSubstr("not the start of a hugemm buffer"));
+}
+
+TEST(Runtime, BadRequestsAreClearErrors) {
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  absl::StatusOr<Buffer> b = (*rt)->MapBuffer(12345);
+  ASSERT_FALSE(b.ok());
+  EXPECT_THAT(b.status().message(), HasSubstr("not a positive multiple"));
+  b = (*rt)->MapBuffer(kPageSize2M, {.backing = BackingKind::kDevDax});
+  ASSERT_FALSE(b.ok());
+  EXPECT_THAT(b.status().message(), HasSubstr("device path"));
+  EXPECT_FALSE((*rt)->FolioInfoAt(nullptr).ok());
+  EXPECT_FALSE((*rt)->Allocate(size_t{4} << 30).ok());
+}
+
+}  // namespace
+}  // namespace hugemm
