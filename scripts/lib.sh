@@ -16,7 +16,7 @@ HUGEMM_PACKAGES=(
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
   libhugetlbfs-dev libnuma-dev libdaxctl-dev libndctl-dev
   liburcu-dev liburing-dev libibverbs-dev
-  clang-format numactl gnuplot-nox
+  clang-format numactl gnuplot-nox jq
 )
 
 install_packages() {

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Pin time vs size, 1 MiB to 16 GiB of 2M pages, four ways, one PNG:
+#   refcount per 4K page (page array), per folio (page array), folio spans, and the
+#   kernel (io_uring fixed-buffer registration of the same buffer).
+# Each size is one `hugemm bench pin` run (all four series measured in it), so every
+# point's ratios come from one run. Needs a Release build and free 2M huge pages
+# (scripts/bench.sh sets both up).
+#   scripts/plot-pin.sh [OUT.png] [MAX_MIB]
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+out=${1:-$HUGEMM_ROOT/build/pin-vs-size.png}
+max_mib=${2:-16384}
+hugemm="$HUGEMM_ROOT/build/release/runtime/cli/hugemm"
+[ -x "$hugemm" ] || die "no Release build: run scripts/setup.sh first"
+command -v gnuplot >/dev/null || die "gnuplot is missing: apt-get install gnuplot-nox"
+data=$(mktemp)
+trap 'rm -f "$data"' EXIT
+
+json_get() { jq -r ".$1"; }  # json_get KEY.SUB < json
+
+mib=1
+printf '# MiB per_page_us per_folio_pages_us folio_spans_us kernel_us\n' >"$data"
+while [ "$mib" -le "$max_mib" ]; do
+  repeats=5
+  [ "$mib" -le 64 ] && repeats=20
+  pages_json=$("$hugemm" bench pin -m "$mib" -r "$repeats" -n 512 --output=pages \
+    --compare=kernel,page --json)
+  spans_json=$("$hugemm" bench pin -m "$mib" -r "$repeats" -n 512 --output=folios --json)
+  per_page=$(json_get per_page_pin_us.median <<<"$pages_json")
+  per_folio=$(json_get pin_us.median <<<"$pages_json")
+  spans=$(json_get pin_us.median <<<"$spans_json")
+  kernel=$(json_get kernel_pin_us.median <<<"$pages_json")
+  printf '%s %s %s %s %s\n' "$mib" "$per_page" "$per_folio" "$spans" "$kernel" | tee -a "$data"
+  mib=$((mib * 4))
+done
+
+gnuplot <<GP
+set terminal pngcairo size 1000,650 noenhanced font ",11"
+set output "$out"
+set title "hugemm pin of 2M hugetlb pages, -n 512, median of repeats ($(date -u +%Y-%m-%d), $(nproc) cores)"
+set xlabel "pinned size (MiB)"
+set ylabel "pin time (us)"
+set logscale xy
+set grid
+set key top left
+plot "$data" using 1:5 with linespoints title "kernel: io_uring fixed-buffer registration", \
+     "$data" using 1:2 with linespoints title "hugemm, refcount per 4K page, page array", \
+     "$data" using 1:3 with linespoints title "hugemm, refcount per folio, page array", \
+     "$data" using 1:4 with linespoints title "hugemm, folio spans"
+GP
+say "plot: $out"
