@@ -63,7 +63,11 @@ int main(void) {
   hugemm_page* pages = calloc(1024, sizeof(*pages));
   long n = hugemm_pin_pages(rt, buf.data, 1024, HUGEMM_PIN | HUGEMM_WRITE, pages);
   CHECK(n == 1024);
-  CHECK(pages[0].folio != pages[600].folio && pages[600].index == 600 - 512);
+  CHECK(hugemm_page_folio(pages[0]) != hugemm_page_folio(pages[600]));
+  CHECK(hugemm_page_index(pages[600]) == 600 - 512);
+  CHECK(hugemm_page_address(pages[600]) == (char*)buf.data + 600 * 4096);
+  CHECK(hugemm_page_pfn(pages[1]) == hugemm_page_pfn(pages[0]) + 1);
+  CHECK(sizeof(hugemm_page) == 8);
   CHECK(hugemm_maybe_dma_pinned(rt, (char*)buf.data + 4096) == 1);
   hugemm_folio_info info;
   CHECK(hugemm_folio_info_at(rt, buf.data, &info) == 0);

@@ -83,8 +83,8 @@ TEST_P(GupMemoryTest, PinCountsAndUnpinReturnToBaseline) {
       EXPECT_EQ(m.Counts(), Expected(m, base, 0, npages, kind));
       for (size_t i = 0; i < npages; ++i) {
         ASSERT_EQ(pages[i].address(), m.data() + i * kPageSize4K) << i;
-        ASSERT_EQ(pages[i].folio, m.folio_at(i * kPageSize4K)) << i;
-        ASSERT_EQ(pages[i].kind, kind);
+        ASSERT_EQ(pages[i].folio(), m.folio_at(i * kPageSize4K)) << i;
+        ASSERT_EQ(pages[i].kind(), kind);
         if (m.extent.pfns_known()) {
           const size_t per = m.extent.page_size() / kPageSize4K;
           ASSERT_EQ(pages[i].pfn(), m.extent.pfn(i / per) + i % per) << i;
@@ -154,8 +154,8 @@ TEST_P(GupMemoryTest, PerPageGranularityGivesTheSameResult) {
   const auto after_one = m.Counts();
   HUGEMM_ASSERT_OK(per_page.PinPages(m.data(), npages, kGupPin, b.data()));
   for (size_t i = 0; i < npages; ++i) {
-    ASSERT_EQ(a[i].folio, b[i].folio);
-    ASSERT_EQ(a[i].index, b[i].index);
+    ASSERT_EQ(a[i].folio(), b[i].folio());
+    ASSERT_EQ(a[i].index(), b[i].index());
   }
   EXPECT_EQ(per_page.UnpinPages(b.data(), npages), npages);  // one per page
   EXPECT_EQ(m.Counts(), after_one);
@@ -258,8 +258,8 @@ TEST_F(Gup2MTest, MidFolioPinReferencesTheRightPageAndAddsExactlyRefs) {
   HUGEMM_ASSERT_OK(n);
   ASSERT_EQ(*n, 3u);
   for (uint32_t i = 0; i < 3; ++i) {
-    EXPECT_EQ(pages[i].folio, m().folios[1].get());
-    EXPECT_EQ(pages[i].index, 5 + i);
+    EXPECT_EQ(pages[i].folio(), m().folios[1].get());
+    EXPECT_EQ(pages[i].index(), 5 + i);
     EXPECT_EQ(pages[i].address(), at(1, 5 + i));
   }
   EXPECT_EQ(m().folios[1]->refcount.load(), base_[1].first + 3);
@@ -315,7 +315,7 @@ TEST_F(Gup2MTest, LeafChangedUnderTheFastPathIsUndoneAndRetried) {
   EXPECT_EQ(*n, 512u);
   EXPECT_GE(calls, 2);  // undone, then taken again (per PTE now)
   EXPECT_EQ(m().folios[1]->pincount.load(), 512);
-  for (uint32_t i = 0; i < 512; ++i) ASSERT_EQ(pages[i].index, i);
+  for (uint32_t i = 0; i < 512; ++i) ASSERT_EQ(pages[i].index(), i);
   pinner.UnpinPages(pages.data(), 512);
   EXPECT_EQ(m().folios[1]->pincount.load(), 0);
   EXPECT_EQ(m().folios[1]->refcount.load(), base_[1].first + 511);  // 512 PTEs now

@@ -53,21 +53,46 @@ std::string GupFlagsName(uint32_t flags);
 // memory can show both. Affects pinning and UnpinPages; results are identical.
 enum class RefGranularity { kFolio, kPage };
 
-// A page-array entry. 16 bytes, where the kernel's struct page* is 8: the folio pointer
-// gives unpin its head in O(1) and the index the page's address and PFN without any
-// per-page descriptor. Packing the index into the pointer's spare bits would need 18
-// bits for a 1G folio; a 64-byte-aligned pointer has 6 and 5-level paging leaves 7 at
-// the top, so the index gets its own word, and the spare bytes carry the reference kind
-// so that UnpinPages needs no flags.
-struct PageRef {
-  Folio* folio = nullptr;
-  uint32_t index = 0;  // 4K page inside the folio
-  RefKind kind = RefKind::kPin;
+// A page-array entry: 8 bytes, like the kernel's struct page *. It packs the folio
+// descriptor's address, the page's index inside the folio and the reference kind, so
+// unpin finds the head in O(1) and the page's address and PFN need no per-page
+// descriptor, and the array costs what the kernel's does to write:
+//   bits 63..19  descriptor address >> 6 (descriptors are 64-byte aligned; addresses
+//                below 2^51, which Linux user space never exceeds without asking for
+//                high addresses on 5-level paging)
+//   bits 18..1   page index (a 1G folio has 2^18 pages)
+//   bit  0       1 for GET references, 0 for PIN, so UnpinPages needs no flags
+class PageRef {
+ public:
+  static constexpr int kIndexBits = 18;
+  static constexpr uintptr_t kMaxDescriptor = uintptr_t{1} << 51;
 
-  std::byte* address() const { return folio->page_address(index); }
-  uint64_t pfn() const { return folio->page_pfn(index); }
+  PageRef() = default;
+  PageRef(Folio* folio, uint32_t index, RefKind kind)
+      : bits_((static_cast<uint64_t>(reinterpret_cast<uintptr_t>(folio)) << 13) |
+              (uint64_t{index} << 1) | (kind == RefKind::kGet ? 1u : 0u)) {}
+  // Whether a folio's pages can be encoded (always, for descriptors this runtime makes).
+  static bool Encodable(const Folio* folio) {
+    return reinterpret_cast<uintptr_t>(folio) < kMaxDescriptor && folio->order <= kIndexBits;
+  }
+
+  Folio* folio() const { return reinterpret_cast<Folio*>((bits_ >> 19) << 6); }
+  uint32_t index() const { return static_cast<uint32_t>((bits_ >> 1) & ((1u << kIndexBits) - 1)); }
+  RefKind kind() const { return (bits_ & 1) ? RefKind::kGet : RefKind::kPin; }
+  std::byte* address() const { return folio()->page_address(index()); }
+  uint64_t pfn() const { return folio()->page_pfn(index()); }
+  uint64_t bits() const { return bits_; }
+  static PageRef FromBits(uint64_t bits) {
+    PageRef r;
+    r.bits_ = bits;
+    return r;
+  }
+  bool operator==(const PageRef& other) const { return bits_ == other.bits_; }
+
+ private:
+  uint64_t bits_ = 0;
 };
-static_assert(sizeof(PageRef) == 16);
+static_assert(sizeof(PageRef) == 8);
 
 // Pages [first_page, first_page + pages) of one folio, referenced `pages` times.
 struct FolioSpan {

@@ -102,12 +102,21 @@ enum hugemm_pin_flags {
   HUGEMM_PARTIAL = 1u << 5    /* return what was pinned instead of failing */
 };
 
-/* A page-array entry: one per 4K page. */
+/* A page-array entry: one per 4K page, 8 bytes like the kernel's struct page *. It
+ * encodes the folio, the page's index in it and how it was referenced; read it with the
+ * accessors below. */
 typedef struct hugemm_page {
-  void* folio;    /* opaque folio handle */
-  uint32_t index; /* page inside the folio */
-  uint32_t kind;  /* internal: how it was referenced */
+  uint64_t bits;
 } hugemm_page;
+
+/* The opaque folio handle of a page-array entry (as in hugemm_folio_span.folio). */
+void* hugemm_page_folio(hugemm_page page);
+/* The page's index inside its folio. */
+uint32_t hugemm_page_index(hugemm_page page);
+/* The page's virtual address. */
+void* hugemm_page_address(hugemm_page page);
+/* The page's PFN, UINT64_MAX when unknown. */
+uint64_t hugemm_page_pfn(hugemm_page page);
 
 /* One entry per folio run: `pages` 4K pages from `first_page`. */
 typedef struct hugemm_folio_span {

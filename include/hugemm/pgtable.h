@@ -178,6 +178,16 @@ class PageTable {
   // fill loop, with nothing else to compute per address. Returns the number mapped.
   size_t TranslatePfns(const void* const* vas, size_t n, uint64_t* pfns) const;
   std::optional<LeafSnapshot> Lookup(const void* va) const;
+  // The walk state a series of lookups carries: each starts at the lowest table the last
+  // one reached while the address stays under it.
+  struct WalkHint {
+    const pgtable_internal::Table* table = nullptr;
+    int level = 0;
+    uintptr_t tag = 0;  // the address bits above what that table covers
+  };
+  // Lookup for a caller that holds a ReadSection across many calls (GUP-fast over a
+  // range): fills `out` and returns true on a mapped or device-exclusive entry.
+  bool LookupNear(const void* va, LeafSnapshot* out, WalkHint* hint) const;
   // True while the entry the snapshot read still holds the same value (same section).
   bool StillMapped(const LeafSnapshot& snapshot) const;
   // The slow path of a reader that must not lose a race (GUP's follow_page under the page
@@ -224,11 +234,6 @@ class PageTable {
   void FreeTable(Table* t);
   absl::StatusOr<Table*> TableFor(uintptr_t va, int level);
   bool Find(uintptr_t va, Found* out) const;
-  struct WalkHint {
-    const Table* table = nullptr;  // the lowest table the last walk reached
-    int level = 0;
-    uintptr_t tag = 0;  // the address bits above what that table covers
-  };
   bool TranslateLocked(uintptr_t va, Translation* out, size_t max_run, WalkHint* hint) const;
   absl::Status SplitLeaf(uintptr_t va, Garbage* garbage);
   absl::Status CheckNoHoles(uintptr_t va, size_t length) const;

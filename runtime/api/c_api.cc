@@ -139,6 +139,8 @@ int BufferOptionsFrom(const hugemm_buffer_options* in, hugemm::BufferOptions* ou
   return 0;
 }
 
+hugemm::PageRef PageOf(hugemm_page page) { return hugemm::PageRef::FromBits(page.bits); }
+
 void FillBuffer(const hugemm::Buffer& b, hugemm_buffer* out) {
   out->data = b.data();
   out->size = b.size();
@@ -287,6 +289,11 @@ int hugemm_unpin_range(hugemm_runtime* rt, const void* addr, size_t length, unsi
   }
   return Ok();
 }
+
+void* hugemm_page_folio(hugemm_page page) { return PageOf(page).folio(); }
+uint32_t hugemm_page_index(hugemm_page page) { return PageOf(page).index(); }
+void* hugemm_page_address(hugemm_page page) { return PageOf(page).address(); }
+uint64_t hugemm_page_pfn(hugemm_page page) { return PageOf(page).pfn(); }
 
 int hugemm_maybe_dma_pinned(hugemm_runtime* rt, const void* addr) {
   if (rt == nullptr) return 0;

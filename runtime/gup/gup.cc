@@ -43,6 +43,7 @@ enum Stop : uint8_t {
   kChanged,
   kFull,
   kNoPfn,
+  kUnencodable,  // a descriptor a page-array entry cannot hold
 };
 
 std::string Addr(uintptr_t va) { return absl::StrFormat("0x%x", va); }
@@ -111,6 +112,11 @@ absl::Status StopError(Stop stop, uintptr_t va, const std::string& what, size_t 
     case kFull:
       return absl::ResourceExhaustedError(absl::StrFormat(
           "%s: the output is full after %u entries at %s", what, entries, Addr(va)));
+    case kUnencodable:
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s: the folio at %s has a descriptor a page-array entry cannot hold; use folio "
+          "spans",
+          what, Addr(va)));
     case kNoPfn:
       return absl::FailedPreconditionError(absl::StrFormat(
           "%s: the PFN of %s is unknown (pagemap unreadable at map time): no DMA segments", what,
@@ -130,13 +136,17 @@ class PageSink {
  public:
   PageSink(PageRef* out, RefKind kind) : out_(out), kind_(kind) {}
   size_t Accept(Folio* folio, uint32_t first, uint32_t pages, uintptr_t /*va*/) {
+    if (!PageRef::Encodable(folio)) [[unlikely]] {
+      why_ = kUnencodable;
+      return 0;
+    }
     // record_subpages: no reference work, just the entries.
     PageRef* p = out_ + n_;
-    for (uint32_t i = 0; i < pages; ++i) p[i] = PageRef{folio, first + i, kind_};
+    for (uint32_t i = 0; i < pages; ++i) p[i] = PageRef(folio, first + i, kind_);
     n_ += pages;
     return pages;
   }
-  Stop why() const { return kFull; }
+  Stop why() const { return why_; }
   size_t count() const { return n_; }
   void Undo(const Pinner& pinner) {
     pinner.UnpinPages(out_, n_);
@@ -147,6 +157,7 @@ class PageSink {
   PageRef* out_;
   RefKind kind_;
   size_t n_ = 0;
+  Stop why_ = kFull;
 };
 
 // Folio spans, merged per folio run, into FixedSpans or GrowingSpans.
@@ -382,14 +393,15 @@ absl::StatusOr<size_t> Pinner::PinLoop(uintptr_t start, size_t npages, uint32_t 
     Run run;
     {
       ReadSection rs;
+      PageTable::WalkHint hint;  // consecutive leaves mostly share their table
+      LeafSnapshot snap;
       while (cur < end) {
         for (int attempt = 0;; ++attempt) {
-          std::optional<LeafSnapshot> snap = table_.Lookup(reinterpret_cast<const void*>(cur));
-          if (!snap) [[unlikely]] {
+          if (!table_.LookupNear(reinterpret_cast<const void*>(cur), &snap, &hint)) [[unlikely]] {
             run = {0, kNotMapped};
             break;
           }
-          run = TakeLeaf(snap->leaf, cur, end, flags, sink, &*snap);
+          run = TakeLeaf(snap.leaf, cur, end, flags, sink, &snap);
           if (run.stop != kChanged || attempt == kFastRetries) break;
         }
         cur += run.pages << kPageShift;
@@ -399,7 +411,7 @@ absl::StatusOr<size_t> Pinner::PinLoop(uintptr_t start, size_t npages, uint32_t 
     if (run.stop == kNone) break;
     const std::string what = Range(start, npages, flags);
     if (run.stop == kFull || run.stop == kNoPfn || run.stop == kBorrowed ||
-        (flags & kGupFastOnly)) {
+        run.stop == kUnencodable || (flags & kGupFastOnly)) {
       failure = StopError(run.stop, cur, what, sink.count(), run.error);
       break;
     }
@@ -487,18 +499,23 @@ size_t Pinner::UnpinPages(const PageRef* pages, size_t n, bool dirty) const {
   size_t ops = 0;
   if (options_.granularity == RefGranularity::kPage) {
     for (size_t i = 0; i < n; ++i) {
-      if (pages[i].folio == nullptr) continue;
-      FolioUngrab(pages[i].folio, 1, pages[i].kind, dirty);
+      if (pages[i].folio() == nullptr) continue;
+      FolioUngrab(pages[i].folio(), 1, pages[i].kind(), dirty);
       ++ops;
     }
     return ops;
   }
   // unpin_user_pages_dirty_lock: one operation per run of entries on the same folio.
   for (size_t i = 0; i < n;) {
-    Folio* folio = pages[i].folio;
-    const RefKind kind = pages[i].kind;
+    Folio* folio = pages[i].folio();
+    const RefKind kind = pages[i].kind();
     size_t j = i + 1;
-    while (j < n && j - i < kMaxUnpinRun && pages[j].folio == folio && pages[j].kind == kind) ++j;
+    // Same folio and kind: the same bits above the index.
+    const uint64_t key = pages[i].bits() >> 19;
+    while (j < n && j - i < kMaxUnpinRun && (pages[j].bits() >> 19) == key &&
+           pages[j].kind() == kind) {
+      ++j;
+    }
     if (folio != nullptr) {
       FolioUngrab(folio, static_cast<int32_t>(j - i), kind, dirty);
       ++ops;
@@ -598,7 +615,7 @@ size_t PinnedRange::Pages(PageRef* out, size_t cap) const {
   size_t n = 0;
   for (const FolioSpan& s : spans_) {
     for (uint32_t i = 0; i < s.pages && n < cap; ++i)
-      out[n++] = PageRef{s.folio, s.first_page + i, kind};
+      out[n++] = PageRef(s.folio, s.first_page + i, kind);
   }
   return n;
 }

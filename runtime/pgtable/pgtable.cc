@@ -344,6 +344,54 @@ std::optional<LeafSnapshot> PageTable::Lookup(const void* p) const {
   return s;
 }
 
+bool PageTable::LookupNear(const void* p, LeafSnapshot* out, WalkHint* hint) const {
+  const auto va = reinterpret_cast<uintptr_t>(p);
+  if ((va >> shift_[top_ + 1]) != 0) return false;
+  const Table* t = root_;
+  int level = top_;
+  if (hint->table != nullptr && (va >> shift_[hint->level + 1]) == hint->tag) {
+    t = hint->table;
+    level = hint->level;
+  }
+  size_t index;
+  uint64_t w;
+  for (;;) {
+    index = (va >> shift_[level]) & index_mask_[level];
+    w = t->slot(index).load(std::memory_order_acquire);
+    if (!IsTable(w) || level == 0) break;
+    t = AsTable(w);
+    --level;
+  }
+  hint->table = t;
+  hint->level = level;
+  hint->tag = va >> shift_[level + 1];
+  if (!IsLeaf(w) && !IsExclusive(w)) return false;
+  LogicalLeaf& l = out->leaf;
+  uint64_t lw = w;
+  l.exclusive = false;
+  l.exclusive_owner = nullptr;
+  if (IsExclusive(w)) [[unlikely]] {
+    const ExclusiveRecord* r = AsRecord(w);
+    lw = r->leaf_word;
+    l.exclusive = true;
+    l.exclusive_owner = r->owner;
+  }
+  l.folio = AsFolio(lw);
+  l.level = level;
+  l.cont = (lw & kCont) != 0;
+  const int leaf_shift =
+      l.cont ? shift_[level] + __builtin_ctz(geometry_.cont_entries[level]) : shift_[level];
+  l.bytes = size_t{1} << leaf_shift;
+  l.va = va & ~(l.bytes - 1);
+  const uintptr_t folio_va = va & ~(l.folio->size() - 1);
+  l.first_page = (l.va - folio_va) >> geometry_.page_shift;
+  l.pages = l.bytes >> geometry_.page_shift;
+  l.prot = BitsToProt(lw);
+  out->slot = &t->slot(index);
+  out->word = w;
+  return true;
+}
+
 bool PageTable::StillMapped(const LeafSnapshot& s) const {
   return static_cast<const std::atomic<uint64_t>*>(s.slot)->load(std::memory_order_acquire) ==
          s.word;
