@@ -2,20 +2,26 @@
 # Pin time vs size, 1 MiB to 16 GiB of 2M pages, four ways, one PNG:
 #   refcount per 4K page (page array), per folio (page array), folio spans, and the
 #   kernel (io_uring fixed-buffer registration of the same buffer).
-# Each size is one `hugemm bench pin` run (all four series measured in it), so every
-# point's ratios come from one run. Needs a Release build and free 2M huge pages
-# (scripts/bench.sh sets both up).
+# Each size is two `hugemm bench pin` runs (page array with per-page references and
+# the kernel beside it; folio spans), so every ratio comes from one run. It sets up
+# what it needs (packages, a Release build, 16 GiB of 2M pages, given back at the end)
+# and prints the table the README shows.
 #   scripts/plot-pin.sh [OUT.png] [MAX_MIB]
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
+need_root "$@"
 
 out=${1:-$HUGEMM_ROOT/build/pin-vs-size.png}
 max_mib=${2:-16384}
-hugemm="$HUGEMM_ROOT/build/release/runtime/cli/hugemm"
-[ -x "$hugemm" ] || die "no Release build: run scripts/setup.sh first"
-command -v gnuplot >/dev/null || die "gnuplot is missing: apt-get install gnuplot-nox"
+nr_2m_before=$(pool_count $((2 << 20)) nr_hugepages)
 data=$(mktemp)
-trap 'rm -f "$data"' EXIT
+restore() {
+  rm -f "$data"
+  set_pool $((2 << 20)) "$nr_2m_before"
+}
+trap restore EXIT
+"$HUGEMM_ROOT/scripts/setup.sh" --flavours release --pages-2m $(( (max_mib + 1) / 2 )) --pages-1g 0
+hugemm="$HUGEMM_ROOT/build/release/runtime/cli/hugemm"
 
 json_get() { jq -r ".$1"; }  # json_get KEY.SUB < json
 
@@ -34,6 +40,11 @@ while [ "$mib" -le "$max_mib" ]; do
   printf '%s %s %s %s %s\n' "$mib" "$per_page" "$per_folio" "$spans" "$kernel" | tee -a "$data"
   mib=$((mib * 4))
 done
+
+say "pin time (us, median) by size; ratios from the same run:"
+printf '| MiB | per 4K page | per folio, page array | folio spans | kernel | per page / per folio | kernel / page array | kernel / spans |\n'
+printf '|---|---|---|---|---|---|---|---|\n'
+awk '!/^#/ { printf "| %s | %.0f | %.0f | %.1f | %.0f | %.1fx | %.1fx | %.0fx |\n", $1, $2, $3, $4, $5, $2 / $3, $5 / $3, $5 / $4 }' "$data"
 
 gnuplot <<GP
 set terminal pngcairo size 1000,650 noenhanced font ",11"

@@ -212,19 +212,33 @@ console_tail() {
   say "----"
 }
 
-log "booting $KVER (accel $ACCEL, align $ALIGN$( ((RXE)) && echo ', rxe'), timeout ${TIMEOUT}s)"
-start=$(date +%s.%N)
-timeout -k 10 "$TIMEOUT" "${qemu[@]}" </dev/null >"$RUN/qemu.out" 2>&1 &
-QEMU_PID=$!
-stream_output
-qemu_rc=0
-wait "$QEMU_PID" || qemu_rc=$?
-QEMU_PID=
-elapsed=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
-[[ -n $LOG ]] && cp "$RUN/console.log" "$LOG.console" 2>/dev/null
+# A TCG guest now and then dies while the kernel patches its own code at boot (an int3
+# oops in early boot, before /init runs the command). That says nothing about the
+# command: boot again, at most twice, when the command never started.
+for attempt in 1 2 3; do
+  log "booting $KVER (accel $ACCEL, align $ALIGN$( ((RXE)) && echo ', rxe'), timeout ${TIMEOUT}s)"
+  start=$(date +%s.%N)
+  timeout -k 10 "$TIMEOUT" "${qemu[@]}" </dev/null >"$RUN/qemu.out" 2>&1 &
+  QEMU_PID=$!
+  stream_output
+  qemu_rc=0
+  wait "$QEMU_PID" || qemu_rc=$?
+  QEMU_PID=
+  elapsed=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
+  [[ -n $LOG ]] && cp "$RUN/console.log" "$LOG.console" 2>/dev/null
 
-boot=$(sed -n 's/^hugemm-vm\[\([0-9.]*\)s\]: running the command.*/\1/p' "$RUN/console.log" | head -n1)
-log "VM finished in ${elapsed}s${boot:+ (command started at ${boot}s of guest uptime)}"
+  boot=$(sed -n 's/^hugemm-vm\[\([0-9.]*\)s\]: running the command.*/\1/p' "$RUN/console.log" | head -n1)
+  log "VM finished in ${elapsed}s${boot:+ (command started at ${boot}s of guest uptime)}"
+  if [[ -f $SHARE/rc || -n $boot || -f $SHARE/setup-failed ]] || ((qemu_rc == 124 || qemu_rc == 137)); then
+    break
+  fi
+  if grep -q '^HUGEMM-VM-SETUP-FAILED' "$RUN/console.log" 2>/dev/null || ((attempt == 3)); then
+    break
+  fi
+  log "the guest kernel stopped before the command started (attempt $attempt): $(grep -m1 -E 'Oops|panic|BUG' "$RUN/console.log" | tr -d '\r')"
+  mv "$RUN/console.log" "$RUN/console.$attempt.log"
+  rm -f "$SHARE/output"
+done
 
 if [[ -f $SHARE/rc ]]; then
   exit "$(<"$SHARE/rc")"
