@@ -26,7 +26,7 @@ hugemm="$HUGEMM_ROOT/build/release/runtime/cli/hugemm"
 json_get() { jq -r ".$1"; }  # json_get KEY.SUB < json
 
 mib=1
-printf '# MiB per_page_us per_folio_pages_us folio_spans_us kernel_us\n' >"$data"
+printf '# MiB per_page_us per_folio_pages_us folio_spans_us kernel_us pages_floor_us spans_floor_us\n' >"$data"
 while [ "$mib" -le "$max_mib" ]; do
   repeats=5
   [ "$mib" -le 64 ] && repeats=20
@@ -37,14 +37,17 @@ while [ "$mib" -le "$max_mib" ]; do
   per_folio=$(json_get pin_us.median <<<"$pages_json")
   spans=$(json_get pin_us.median <<<"$spans_json")
   kernel=$(json_get kernel_pin_us.median <<<"$pages_json")
-  printf '%s %s %s %s %s\n' "$mib" "$per_page" "$per_folio" "$spans" "$kernel" | tee -a "$data"
+  pages_floor=$(json_get floor_us <<<"$pages_json")
+  spans_floor=$(json_get floor_us <<<"$spans_json")
+  printf '%s %s %s %s %s %s %s\n' "$mib" "$per_page" "$per_folio" "$spans" "$kernel" \
+    "$pages_floor" "$spans_floor" | tee -a "$data"
   mib=$((mib * 4))
 done
 
 say "pin time (us, median) by size; ratios from the same run:"
-printf '| MiB | per 4K page | per folio, page array | folio spans | kernel | per page / per folio | kernel / page array | kernel / spans |\n'
-printf '|---|---|---|---|---|---|---|---|\n'
-awk '!/^#/ { printf "| %s | %.0f | %.0f | %.1f | %.0f | %.1fx | %.1fx | %.0fx |\n", $1, $2, $3, $4, $5, $2 / $3, $5 / $3, $5 / $4 }' "$data"
+printf '| MiB | per 4K page | per folio, page array | folio spans | kernel | per page / per folio | page array / floor | spans / floor | kernel / page array | kernel / spans |\n'
+printf '|---|---|---|---|---|---|---|---|---|---|\n'
+awk '!/^#/ { printf "| %s | %.1f | %.1f | %.2f | %.1f | %.1fx | %.2fx | %.1fx | %.1fx | %.0fx |\n", $1, $2, $3, $4, $5, $2 / $3, $3 / $6, $4 / $7, $5 / $3, $5 / $4 }' "$data"
 
 gnuplot <<GP
 set terminal pngcairo size 1000,650 noenhanced font ",11"
