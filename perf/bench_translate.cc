@@ -63,12 +63,8 @@ int RunTranslate(const cli::Args& in) {
     return 1;
   }
   for (size_t i = 0; i < extent->page_count(); ++i) {
-    auto f = std::make_unique<Folio>();
-    f->order = static_cast<uint8_t>(PageOrder(extent->page_size()));
-    f->data = extent->data() + i * extent->page_size();
-    f->head_pfn = extent->pfn(i);
-    f->refcount.store(1);
-    folios.push_back(std::move(f));
+    folios.push_back(std::make_unique<Folio>());
+    InitFolioForPage(folios.back().get(), *extent, i);
   }
 
   auto table = std::make_unique<PageTable>(DetectHostGeometry());

@@ -11,10 +11,9 @@
 #include "hugemm/backing.h"
 #include "hugemm/folio.h"
 #include "hugemm/pgtable.h"
+#include "tests/pgtable_test_util.h"
 
 namespace hugemm::testing {
-
-inline constexpr uint32_t kRW = kProtRead | kProtWrite;
 
 // Remembers which folios came back: "freed" means released to it.
 class RecordingOwner : public FolioOwner {
@@ -63,13 +62,7 @@ struct Mapped {
 
 inline std::unique_ptr<Folio> FolioFor(const Extent& e, size_t i, FolioOwner* owner) {
   auto f = std::make_unique<Folio>();
-  f->order = static_cast<uint8_t>(PageOrder(e.page_size()));
-  f->backing = e.kind();
-  f->node = static_cast<int16_t>(e.node());
-  f->data = e.data() + i * e.page_size();
-  f->head_pfn = e.pfn(i);
-  f->owner = owner;
-  f->refcount.store(1);
+  InitFolioForPage(f.get(), e, i, owner);
   return f;
 }
 

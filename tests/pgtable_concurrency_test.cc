@@ -15,10 +15,11 @@ namespace hugemm {
 namespace {
 
 using ::hugemm::testing::FakeFolio;
+using ::hugemm::testing::kBase;
+using ::hugemm::testing::kBasePfn;
+using ::hugemm::testing::kRW;
 using ::hugemm::testing::Ptr;
 
-constexpr uintptr_t kBase = uintptr_t{1} << 40;
-constexpr uint64_t kBasePfn = uint64_t{1} << 28;
 constexpr int kSlots = 8;  // 2M folios, two writers with four each
 constexpr int kRounds = 40;
 constexpr int kReaders = 3;

@@ -12,6 +12,7 @@
 #include "hugemm/backing.h"
 #include "hugemm/pgtable.h"
 #include "runtime/sys/pagemap.h"
+#include "tests/pgtable_test_util.h"
 #include "tests/test_util.h"
 
 namespace hugemm {
@@ -19,19 +20,13 @@ namespace {
 
 using ::testing::HasSubstr;
 
-constexpr uint32_t kRW = kProtRead | kProtWrite;
+using ::hugemm::testing::kRW;
 
 std::vector<std::unique_ptr<Folio>> FoliosOver(const Extent& e) {
   std::vector<std::unique_ptr<Folio>> out;
   for (size_t i = 0; i < e.page_count(); ++i) {
-    auto f = std::make_unique<Folio>();
-    f->order = static_cast<uint8_t>(PageOrder(e.page_size()));
-    f->backing = e.kind();
-    f->node = static_cast<int16_t>(e.node());
-    f->data = e.data() + i * e.page_size();
-    f->head_pfn = e.pfn(i);
-    f->refcount.store(1);
-    out.push_back(std::move(f));
+    out.push_back(std::make_unique<Folio>());
+    InitFolioForPage(out.back().get(), e, i);
   }
   return out;
 }

@@ -12,11 +12,10 @@ namespace hugemm {
 namespace {
 
 using ::hugemm::testing::FakeFolio;
+using ::hugemm::testing::kBase;
+using ::hugemm::testing::kBasePfn;
+using ::hugemm::testing::kRW;
 using ::hugemm::testing::Ptr;
-
-constexpr uintptr_t kBase = uintptr_t{1} << 40;
-constexpr uint64_t kBasePfn = uint64_t{1} << 28;
-constexpr uint32_t kRW = kProtRead | kProtWrite;
 
 TEST(PageTableLockedTest, SeesTheLeafOrNothing) {
   PageTable table(X86_64Geometry(false));

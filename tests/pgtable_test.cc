@@ -14,12 +14,11 @@ namespace hugemm {
 namespace {
 
 using ::hugemm::testing::FakeFolio;
+using ::hugemm::testing::kBase;
+using ::hugemm::testing::kBasePfn;
+using ::hugemm::testing::kRW;
 using ::hugemm::testing::Ptr;
 using ::testing::HasSubstr;
-
-constexpr uintptr_t kBase = uintptr_t{1} << 40;   // aligned to every leaf size
-constexpr uint64_t kBasePfn = uint64_t{1} << 28;  // aligned to every folio size
-constexpr uint32_t kRW = kProtRead | kProtWrite;
 
 std::vector<LogicalLeaf> Leaves(const PageTable& t, uintptr_t va, size_t len) {
   std::vector<LogicalLeaf> out;

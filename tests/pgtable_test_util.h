@@ -9,8 +9,13 @@
 #include "hugemm/folio.h"
 #include "hugemm/geometry.h"
 #include "hugemm/page_size.h"
+#include "hugemm/pgtable.h"
 
 namespace hugemm::testing {
+
+// Synthetic addresses and PFNs aligned to every leaf and folio size of every geometry.
+inline constexpr uintptr_t kBase = uintptr_t{1} << 40;
+inline constexpr uint64_t kBasePfn = uint64_t{1} << 28;
 
 inline std::unique_ptr<Folio> FakeFolio(size_t bytes, uintptr_t va, uint64_t head_pfn) {
   auto f = std::make_unique<Folio>();
@@ -20,6 +25,8 @@ inline std::unique_ptr<Folio> FakeFolio(size_t bytes, uintptr_t va, uint64_t hea
   f->refcount.store(1);
   return f;
 }
+
+inline constexpr uint32_t kRW = kProtRead | kProtWrite;
 
 inline const void* Ptr(uintptr_t va) { return reinterpret_cast<const void*>(va); }
 

@@ -103,6 +103,11 @@ absl::Status FolioTryGrab(Folio* folio, int32_t refs, RefKind kind);
 // Undoes FolioTryGrab; marks the folio dirty first when asked.
 void FolioUngrab(Folio* folio, int32_t refs, RefKind kind, bool dirty = false);
 
+// Describes native page `i` of `extent` as one folio (order, backing, node, data, head
+// PFN) holding one reference, its owner's. For descriptors made outside an allocator:
+// buffers of whole pages, tools, tests.
+void InitFolioForPage(Folio* folio, const Extent& extent, size_t i, FolioOwner* owner = nullptr);
+
 // True if the folio may be pinned for DMA: exact for large folios, as in the kernel
 // (pincount > 0); for order-0 ones, refcount >= kPinBias.
 bool FolioMaybeDmaPinned(const Folio* folio);

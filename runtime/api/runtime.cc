@@ -89,16 +89,8 @@ absl::StatusOr<Buffer> Runtime::MapBuffer(size_t length, const BufferOptions& op
   auto* record = new BufferRecord();
   record->nfolios = extent->page_count();
   record->folios.reset(new Folio[record->nfolios]);
-  const int order = PageOrder(extent->page_size());
   for (size_t i = 0; i < record->nfolios; ++i) {
-    Folio& f = record->folios[i];
-    f.order = static_cast<uint8_t>(order);
-    f.backing = extent->kind();
-    f.node = static_cast<int16_t>(extent->node());
-    f.head_pfn = extent->pfn(i);
-    f.data = extent->data() + i * extent->page_size();
-    f.owner = record;
-    f.refcount.store(1, std::memory_order_relaxed);  // the buffer's own reference
+    InitFolioForPage(&record->folios[i], *extent, i, record);  // the buffer's reference
   }
   record->SetLive(record->nfolios);
   record->data = extent->data();

@@ -25,12 +25,7 @@ struct Source {
 
 std::unique_ptr<Folio> FolioFor(const Extent& e, size_t i) {
   auto f = std::make_unique<Folio>();
-  f->order = static_cast<uint8_t>(PageOrder(e.page_size()));
-  f->backing = e.kind();
-  f->node = static_cast<int16_t>(e.node());
-  f->data = e.data() + i * e.page_size();
-  f->head_pfn = e.pfn(i);
-  f->refcount.store(1);
+  InitFolioForPage(f.get(), e, i);
   return f;
 }
 

@@ -94,6 +94,16 @@ void FolioUngrab(Folio* folio, int32_t refs, RefKind kind, bool dirty) {
   FolioPut(folio, biased ? refs * kPinBias : refs);
 }
 
+void InitFolioForPage(Folio* folio, const Extent& extent, size_t i, FolioOwner* owner) {
+  folio->order = static_cast<uint8_t>(PageOrder(extent.page_size()));
+  folio->backing = extent.kind();
+  folio->node = static_cast<int16_t>(extent.node());
+  folio->data = extent.data() + i * extent.page_size();
+  folio->head_pfn = extent.pfn(i);
+  folio->owner = owner;
+  folio->refcount.store(1, std::memory_order_relaxed);
+}
+
 bool FolioMaybeDmaPinned(const Folio* folio) {
   if (folio->large()) return folio->pincount.load(std::memory_order_acquire) > 0;
   return folio->refcount.load(std::memory_order_acquire) >= kPinBias;
