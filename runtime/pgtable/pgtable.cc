@@ -279,19 +279,51 @@ size_t PageTable::TranslatePfns(const void* const* vas, size_t n, uint64_t* pfns
   uintptr_t near_tag = 0;
   int near_cover = 64, near_shift = 0;
   uintptr_t near_mask = 0;
+  auto pfn_of = [](uint64_t w, uintptr_t va) {
+    const Folio* folio = AsFolio(w);
+    const uint64_t head = folio->head_pfn;
+    const uintptr_t offset = va & ((size_t{kPageSize4K} << folio->order) - 1);
+    return head == kUnknownPfn ? kUnknownPfn : head + (offset >> kPageShift);
+  };
+  constexpr int kWide = 4;
   pgtable_internal::RcuReadLock();
-  for (size_t i = 0; i < n; ++i) {
+  size_t i = 0;
+  while (i < n) {
+    // kWide at a time while all sit under the near table and map plain leaves: that many
+    // independent entry loads, then folio loads, for the CPU to overlap.
+    if (near != nullptr && i + kWide <= n) {
+      uintptr_t va[kWide];
+      bool same = true;
+      for (int k = 0; k < kWide; ++k) {
+        va[k] = reinterpret_cast<uintptr_t>(vas[i + k]);
+        same &= (va[k] >> near_cover) == near_tag;
+      }
+      if (same) {
+        uint64_t w[kWide];
+        bool leaves = true;
+        for (int k = 0; k < kWide; ++k) {
+          w[k] = near->slot((va[k] >> near_shift) & near_mask).load(std::memory_order_acquire);
+          leaves &= IsLeaf(w[k]);
+        }
+        if (leaves) {
+          for (int k = 0; k < kWide; ++k) pfns[i + k] = pfn_of(w[k], va[k]);
+          hits += kWide;
+          i += kWide;
+          continue;
+        }
+      }
+    }
     const auto va = reinterpret_cast<uintptr_t>(vas[i]);
     uint64_t w = 0;
     bool walked = false;
-    if (near != nullptr && (va >> near_cover) == near_tag) [[likely]] {
+    if (near != nullptr && (va >> near_cover) == near_tag) {
       w = near->slot((va >> near_shift) & near_mask).load(std::memory_order_acquire);
       walked = !IsTable(w);
     }
     if (!walked) {
       Found f;
       if ((va >> shift_[top_ + 1]) != 0 || !Find(va, &f)) {
-        pfns[i] = kUnknownPfn;
+        pfns[i++] = kUnknownPfn;
         continue;
       }
       w = f.word;
@@ -304,13 +336,10 @@ size_t PageTable::TranslatePfns(const void* const* vas, size_t n, uint64_t* pfns
     if (IsExclusive(w)) [[unlikely]] {
       w = AsRecord(w)->leaf_word;
     } else if (!IsLeaf(w)) [[unlikely]] {
-      pfns[i] = kUnknownPfn;
+      pfns[i++] = kUnknownPfn;
       continue;
     }
-    const Folio* folio = AsFolio(w);
-    const uint64_t head = folio->head_pfn;
-    const uintptr_t offset = va & ((size_t{kPageSize4K} << folio->order) - 1);
-    pfns[i] = head == kUnknownPfn ? kUnknownPfn : head + (offset >> kPageShift);
+    pfns[i++] = pfn_of(w, va);
     ++hits;
   }
   pgtable_internal::RcuReadUnlock();
