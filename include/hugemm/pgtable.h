@@ -242,6 +242,8 @@ class PageTable {
   void Reclaim(Garbage* garbage);
   void Notify(bool start, const Invalidation& inv);
   absl::Status UnmapLocked(uintptr_t va, size_t length, Garbage* garbage);
+  template <typename Apply>
+  absl::Status ForEachWholeLeaf(uintptr_t va, size_t length, Garbage* garbage, Apply&& apply);
 
   Geometry geometry_;
   int top_ = 0;

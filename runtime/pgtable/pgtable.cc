@@ -790,8 +790,11 @@ absl::Status PageTable::Split(const void* p) {
   return st;
 }
 
-// Clears whole logical leaves of [va, va + length), splitting those that stick out.
-absl::Status PageTable::UnmapLocked(uintptr_t va, size_t length, Garbage* g) {
+// Visits every whole logical leaf of [va, va + length), splitting first the leaves that
+// stick out of it. `apply(table, first, n, word, leaf)` runs under the leaf's table lock,
+// once the group's n entries from index `first` are known to still hold `word`.
+template <typename Apply>
+absl::Status PageTable::ForEachWholeLeaf(uintptr_t va, size_t length, Garbage* g, Apply&& apply) {
   const uintptr_t end = va + length;
   uintptr_t cur = va;
   while (cur < end) {
@@ -817,18 +820,7 @@ absl::Status PageTable::UnmapLocked(uintptr_t va, size_t length, Garbage* g) {
           same = t->slot(first + i).load(std::memory_order_relaxed) == f.word;
         }
         if (!same) continue;  // changed under us: look again
-        for (size_t i = 0; i < n; ++i) t->slot(first + i).store(0, std::memory_order_release);
-        t->used -= static_cast<uint32_t>(n);
-        if (IsExclusive(f.word)) g->records.push_back(AsRecord(f.word));
-        g->puts.emplace_back(l.folio, static_cast<int32_t>(n));
-        if (f.level == kPmdLevel) {
-          for (size_t i = 0; i < n && t->deposit != nullptr; ++i) {
-            Table* d = t->deposit;
-            t->deposit = d->next;
-            d->next = g->tables;
-            g->tables = d;
-          }
-        }
+        apply(t, first, n, f.word, l);
         cur = l.va + l.bytes;
       }
     }
@@ -838,6 +830,25 @@ absl::Status PageTable::UnmapLocked(uintptr_t va, size_t length, Garbage* g) {
     }
   }
   return absl::OkStatus();
+}
+
+// Clears whole logical leaves of [va, va + length), splitting those that stick out.
+absl::Status PageTable::UnmapLocked(uintptr_t va, size_t length, Garbage* g) {
+  return ForEachWholeLeaf(
+      va, length, g, [&](Table* t, size_t first, size_t n, uint64_t word, const LogicalLeaf& l) {
+        for (size_t i = 0; i < n; ++i) t->slot(first + i).store(0, std::memory_order_release);
+        t->used -= static_cast<uint32_t>(n);
+        if (IsExclusive(word)) g->records.push_back(AsRecord(word));
+        g->puts.emplace_back(l.folio, static_cast<int32_t>(n));
+        if (l.level == kPmdLevel) {
+          for (size_t i = 0; i < n && t->deposit != nullptr; ++i) {
+            Table* d = t->deposit;
+            t->deposit = d->next;
+            d->next = g->tables;
+            g->tables = d;
+          }
+        }
+      });
 }
 
 void PageTable::PruneEmpty(uintptr_t va, Garbage* g) {
@@ -903,44 +914,13 @@ absl::Status PageTable::Protect(const void* p, size_t length, uint32_t prot) {
   const Invalidation inv{va, length, InvalidateReason::kProtect, nullptr};
   Notify(true, inv);
   Garbage g;
-  absl::Status result;
-  const uintptr_t end = va + length;
-  uintptr_t cur = va;
-  while (cur < end && result.ok()) {
-    Found f;
-    bool split = false;
-    {
-      ReadSection rs;
-      if (!Find(cur, &f)) {
-        const size_t step = geometry_.entry_bytes(f.level);
-        cur = (cur & ~(step - 1)) + step;
-        continue;
-      }
-      const LogicalLeaf l = MakeLeaf(geometry_, cur, f.level, f.word);
-      if (l.va < cur || l.va + l.bytes > end) {
-        split = true;
-      } else if (!IsExclusive(f.word)) {
-        Table* t = f.table;
-        std::lock_guard<std::mutex> lock(t->mu);
-        const size_t n = l.cont ? static_cast<size_t>(geometry_.cont_entries[f.level]) : 1;
-        const size_t first = f.index & ~(n - 1);
-        bool same = !t->dead;
-        for (size_t i = 0; same && i < n; ++i) {
-          same = t->slot(first + i).load(std::memory_order_relaxed) == f.word;
-        }
-        if (!same) continue;
-        const uint64_t nw = (f.word & ~kProtBits) | ProtToBits(prot);
+  const uint64_t prot_bits = ProtToBits(prot);
+  absl::Status result = ForEachWholeLeaf(
+      va, length, &g, [&](Table* t, size_t first, size_t n, uint64_t word, const LogicalLeaf&) {
+        if (IsExclusive(word)) return;  // made exclusive meanwhile: leave it
+        const uint64_t nw = (word & ~kProtBits) | prot_bits;
         for (size_t i = 0; i < n; ++i) t->slot(first + i).store(nw, std::memory_order_release);
-        cur = l.va + l.bytes;
-      } else {
-        cur = l.va + l.bytes;  // made exclusive meanwhile: leave it
-      }
-    }
-    if (split) {
-      absl::Status st = SplitLeaf(cur, &g);
-      if (!st.ok() && st.code() != absl::StatusCode::kAborted) result = st;
-    }
-  }
+      });
   Notify(false, inv);
   Reclaim(&g);
   return result;
