@@ -70,31 +70,14 @@ bool CanReadPfns() {
 }
 
 absl::StatusOr<size_t> KernelPageSizeAt(const void* addr) {
-  FILE* f = std::fopen("/proc/self/smaps", "re");
-  if (f == nullptr) return ErrnoStatus(errno, "cannot read /proc/self/smaps");
-  auto va = reinterpret_cast<uintptr_t>(addr);
-  char line[512];
-  bool inside = false;
-  size_t result = 0;
-  while (std::fgets(line, sizeof(line), f) != nullptr) {
-    uintptr_t start = 0, end = 0;
-    // VMA header lines look like "7f..-7f.. rw-s 00000000 00:0f 123 /path".
-    if (std::sscanf(line, "%" SCNxPTR "-%" SCNxPTR " ", &start, &end) == 2 &&
-        std::strchr(line, '-') < std::strchr(line, ' ')) {
-      inside = va >= start && va < end;
-      continue;
-    }
-    unsigned long kb = 0;
-    if (inside && std::sscanf(line, "KernelPageSize: %lu kB", &kb) == 1) {
-      result = kb * 1024;
-      break;
-    }
-  }
-  std::fclose(f);
-  if (result == 0) {
+  absl::StatusOr<std::vector<Vma>> vmas = ReadVmas();
+  if (!vmas.ok()) return vmas.status();
+  const auto va = reinterpret_cast<uintptr_t>(addr);
+  const Vma* vma = FindVma(*vmas, va);
+  if (vma == nullptr || vma->kernel_page_size == 0) {
     return absl::NotFoundError(absl::StrFormat("no mapping holds 0x%x in /proc/self/smaps", va));
   }
-  return result;
+  return vma->kernel_page_size;
 }
 
 absl::StatusOr<std::vector<uint64_t>> ReadPfnRange(const void* addr, size_t frames) {
@@ -124,12 +107,18 @@ absl::StatusOr<std::vector<Vma>> ReadVmas() {
     uintptr_t start = 0, end = 0;
     if (std::sscanf(line, "%" SCNxPTR "-%" SCNxPTR " ", &start, &end) == 2 &&
         std::strchr(line, '-') < std::strchr(line, ' ')) {
-      vmas.push_back({start, end, 0});
+      vmas.push_back({start, end, 0, ""});
       continue;
     }
     unsigned long kb = 0;
-    if (!vmas.empty() && std::sscanf(line, "KernelPageSize: %lu kB", &kb) == 1) {
+    if (vmas.empty()) continue;
+    if (std::sscanf(line, "KernelPageSize: %lu kB", &kb) == 1) {
       vmas.back().kernel_page_size = kb * 1024;
+    } else if (std::strncmp(line, "VmFlags:", 8) == 0) {
+      std::string flags = line + 8;
+      while (!flags.empty() && (flags.back() == '\n' || flags.back() == ' ')) flags.pop_back();
+      while (!flags.empty() && flags.front() == ' ') flags.erase(0, 1);
+      vmas.back().flags = flags;
     }
   }
   std::fclose(f);

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -44,6 +45,7 @@ struct Vma {
   uintptr_t start = 0;
   uintptr_t end = 0;
   size_t kernel_page_size = 0;
+  std::string flags;  // smaps' VmFlags: "rd wr sh dc ht ..." ("dc": MADV_DONTFORK)
 };
 // Every VMA of this process, in address order, from one pass over smaps.
 absl::StatusOr<std::vector<Vma>> ReadVmas();
