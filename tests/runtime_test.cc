@@ -86,9 +86,11 @@ TEST(Runtime, AllocatedFoliosArePinnableAndFreedByAddress) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
   absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
   ASSERT_TRUE(rt.ok()) << rt.status();
+  const int64_t pinned_before = VmPinnedKb();
   absl::StatusOr<Buffer> a = (*rt)->Allocate(64 << 10);
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_EQ(a->size(), size_t{64} << 10);
+  EXPECT_GT(VmPinnedKb(), pinned_before) << "an allocated buffer is kernel-pinned too";
   std::byte* data = a->data();
   a->Detach();
   absl::StatusOr<PinnedRange> pin = (*rt)->pinner().Pin(data, 64 << 10, kGupPin | kGupWrite);
@@ -96,6 +98,7 @@ TEST(Runtime, AllocatedFoliosArePinnableAndFreedByAddress) {
   EXPECT_EQ(pin->spans().size(), 1u);
   pin->Release();
   HUGEMM_ASSERT_OK((*rt)->Free(data));
+  EXPECT_EQ(VmPinnedKb(), pinned_before);
   absl::Status again = (*rt)->Free(data);
   EXPECT_EQ(again.code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(again.message(), HasSubstr("not the start of a hugemm buffer"));

@@ -16,10 +16,12 @@
 // Dropping a Buffer unmaps it from the table and drops the owner's references; the memory
 // goes back only when the last pin is gone.
 //
-// PFN stability (see kernel_pin.h): a buffer whose PFNs the runtime hands out is held by
-// one kernel long-term pin (io_uring fixed-buffer registration) for its whole life, on by
-// default (RuntimeOptions::kernel_pins), so the kernel cannot migrate its hugetlb pages
-// while a device may use the PFNs. Device-DAX memory never moves and needs none.
+// PFN stability (see kernel_pin.h): every buffer (MapBuffer or Allocate) is held by one
+// kernel long-term pin (io_uring fixed-buffer registration) for its whole life, on by
+// default (RuntimeOptions::kernel_pins), so the kernel cannot migrate its pages while a
+// device may use the PFNs. Device-DAX memory never moves and needs none. The cost is an
+// io_uring instance (a file descriptor) per buffer: a program that makes many small
+// buffers and hands no PFNs out turns it off.
 #ifndef HUGEMM_RUNTIME_H_
 #define HUGEMM_RUNTIME_H_
 
@@ -44,7 +46,7 @@ namespace hugemm {
 struct RuntimeOptions {
   // One reference operation per folio (default) or per 4K page: the experiment switch.
   RefGranularity refcount = RefGranularity::kFolio;
-  // Hold a kernel long-term pin on each MapBuffer buffer of hugetlb or hugetlbfs memory.
+  // Hold a kernel long-term pin on each buffer that is not device-DAX.
   bool kernel_pins = true;
   AllocatorOptions allocator;
 };

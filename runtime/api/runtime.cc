@@ -147,6 +147,16 @@ absl::StatusOr<Buffer> Runtime::Allocate(size_t bytes, const AllocOptions& optio
   record->data = folio->data;
   record->size = folio->size();
   record->prot = kProtRead | kProtWrite;
+  if (options_.kernel_pins && options.backing != BackingKind::kDevDax) {
+    // Its PFNs may go to a device: keep the kernel from migrating them (kernel_pin.h).
+    absl::StatusOr<std::unique_ptr<KernelPinHolder>> pin =
+        KernelPinHolder::Create({{folio->data, folio->size()}});
+    if (!pin.ok()) {
+      (void)table_->Unmap(folio->data, folio->size());
+      return pin.status();
+    }
+    record->kernel_pin = std::move(*pin);
+  }
   record->handle = std::move(*handle);
   Buffer buffer;
   buffer.runtime_ = this;
@@ -175,6 +185,7 @@ absl::Status Runtime::FreeById(uint64_t id) {
   // Out of the table first (its mapping references), then the owner's references.
   absl::Status unmapped = table_->Unmap(record->data, record->size);
   if (record->handle) {
+    record->kernel_pin.reset();
     record->handle.Reset();  // the allocator takes the folio back after the last pin
     return unmapped;
   }
