@@ -234,6 +234,7 @@ class PageTable {
   void FreeTable(Table* t);
   absl::StatusOr<Table*> TableFor(uintptr_t va, int level);
   bool Find(uintptr_t va, Found* out) const;
+  LogicalLeaf LeafAt(uintptr_t va, int level, uint64_t word) const;
   bool TranslateLocked(uintptr_t va, Translation* out, size_t max_run, WalkHint* hint) const;
   absl::Status SplitLeaf(uintptr_t va, Garbage* garbage);
   absl::Status CheckNoHoles(uintptr_t va, size_t length) const;

@@ -169,12 +169,13 @@ bool PageTable::Find(uintptr_t va, Found* out) const {
   }
 }
 
-namespace {
-
-LogicalLeaf MakeLeaf(const Geometry& g, uintptr_t va, int level, uint64_t word) {
+// The logical leaf an entry word found at `level` for `va` describes (an exclusive entry
+// describes the PTE it replaced). Uses the table's precomputed shifts: it is on the pin
+// fast path.
+inline LogicalLeaf PageTable::LeafAt(uintptr_t va, int level, uint64_t word) const {
   LogicalLeaf l;
   uint64_t leaf_word = word;
-  if (IsExclusive(word)) {
+  if (IsExclusive(word)) [[unlikely]] {
     const ExclusiveRecord* r = AsRecord(word);
     leaf_word = r->leaf_word;
     l.exclusive = true;
@@ -183,16 +184,16 @@ LogicalLeaf MakeLeaf(const Geometry& g, uintptr_t va, int level, uint64_t word) 
   l.folio = AsFolio(leaf_word);
   l.level = level;
   l.cont = (leaf_word & kCont) != 0;
-  l.bytes = l.cont ? g.cont_bytes(level) : g.entry_bytes(level);
+  const int leaf_shift =
+      l.cont ? shift_[level] + __builtin_ctz(geometry_.cont_entries[level]) : shift_[level];
+  l.bytes = size_t{1} << leaf_shift;
   l.va = va & ~(l.bytes - 1);
   const uintptr_t folio_va = va & ~(l.folio->size() - 1);
-  l.first_page = (l.va - folio_va) >> g.page_shift;
-  l.pages = l.bytes >> g.page_shift;
+  l.first_page = (l.va - folio_va) >> geometry_.page_shift;
+  l.pages = l.bytes >> geometry_.page_shift;
   l.prot = BitsToProt(leaf_word);
   return l;
 }
-
-}  // namespace
 
 // The walk of one translation, inside a read section the caller holds. Inline so that
 // a batch of them runs as one loop the CPU can overlap.
@@ -250,7 +251,7 @@ inline bool PageTable::TranslateLocked(uintptr_t va, Translation* out, size_t ma
     while (want != kUnknownPfn && tr.run_bytes < max_run) {
       Found f;
       if (!Find(next, &f) || IsExclusive(f.word)) break;
-      const LogicalLeaf l = MakeLeaf(geometry_, next, f.level, f.word);
+      const LogicalLeaf l = LeafAt(next, f.level, f.word);
       const Folio* nf = l.folio;
       if (nf->head_pfn == kUnknownPfn) break;
       const uint64_t pfn = nf->head_pfn + ((next - (next & ~(nf->size() - 1))) >> kPageShift);
@@ -367,7 +368,7 @@ std::optional<LeafSnapshot> PageTable::Lookup(const void* p) const {
   Found f;
   if (!Find(va, &f)) return std::nullopt;
   LeafSnapshot s;
-  s.leaf = MakeLeaf(geometry_, va, f.level, f.word);
+  s.leaf = LeafAt(va, f.level, f.word);
   s.slot = &f.table->slot(f.index);
   s.word = f.word;
   return s;
@@ -395,27 +396,7 @@ bool PageTable::LookupNear(const void* p, LeafSnapshot* out, WalkHint* hint) con
   hint->level = level;
   hint->tag = va >> shift_[level + 1];
   if (!IsLeaf(w) && !IsExclusive(w)) return false;
-  LogicalLeaf& l = out->leaf;
-  uint64_t lw = w;
-  l.exclusive = false;
-  l.exclusive_owner = nullptr;
-  if (IsExclusive(w)) [[unlikely]] {
-    const ExclusiveRecord* r = AsRecord(w);
-    lw = r->leaf_word;
-    l.exclusive = true;
-    l.exclusive_owner = r->owner;
-  }
-  l.folio = AsFolio(lw);
-  l.level = level;
-  l.cont = (lw & kCont) != 0;
-  const int leaf_shift =
-      l.cont ? shift_[level] + __builtin_ctz(geometry_.cont_entries[level]) : shift_[level];
-  l.bytes = size_t{1} << leaf_shift;
-  l.va = va & ~(l.bytes - 1);
-  const uintptr_t folio_va = va & ~(l.folio->size() - 1);
-  l.first_page = (l.va - folio_va) >> geometry_.page_shift;
-  l.pages = l.bytes >> geometry_.page_shift;
-  l.prot = BitsToProt(lw);
+  out->leaf = LeafAt(va, level, w);
   out->slot = &t->slot(index);
   out->word = w;
   return true;
@@ -439,7 +420,7 @@ bool PageTable::WithLeafLocked(const void* p,
     // Every writer changes an entry under its table's lock: equal now means fixed until
     // the unlock. A dead table was detached meanwhile; walk again.
     if (t->dead || t->slot(f.index).load(std::memory_order_relaxed) != f.word) continue;
-    fn(MakeLeaf(geometry_, va, f.level, f.word));
+    fn(LeafAt(va, f.level, f.word));
     return true;
   }
 }
@@ -454,7 +435,7 @@ void PageTable::Walk(const void* p, size_t length,
   while (cur < end) {
     Found f;
     if (Find(cur, &f)) {
-      const LogicalLeaf l = MakeLeaf(geometry_, cur, f.level, f.word);
+      const LogicalLeaf l = LeafAt(cur, f.level, f.word);
       fn(l);
       cur = l.va + l.bytes;
     } else {
@@ -807,7 +788,7 @@ absl::Status PageTable::ForEachWholeLeaf(uintptr_t va, size_t length, Garbage* g
         cur = (cur & ~(step - 1)) + step;
         continue;
       }
-      const LogicalLeaf l = MakeLeaf(geometry_, cur, f.level, f.word);
+      const LogicalLeaf l = LeafAt(cur, f.level, f.word);
       if (l.va < cur || l.va + l.bytes > end) {
         split = true;
       } else {
