@@ -76,6 +76,17 @@ TEST(PageTableConcurrencyTest, ReadersDuringMapSplitUnmap) {
         ASSERT_GT(t->leaf_va + t->leaf_bytes, va);
         hits.fetch_add(1, std::memory_order_relaxed);
       }
+      // The PFN-only batch reads frame words: each is unknown or the one frame it can be.
+      const void* batch[3] = {Ptr(va), Ptr(va ^ (kPageSize2M / 2)), Ptr(va)};
+      uint64_t pfns[3];
+      table.TranslatePfns(batch, 3, pfns);
+      for (int k = 0; k < 3; ++k) {
+        const auto a = reinterpret_cast<uintptr_t>(batch[k]);
+        if (pfns[k] != kUnknownPfn) {
+          ASSERT_EQ(pfns[k], want->head_pfn + (a - folio_va) / kPageSize4K);
+          hits.fetch_add(1, std::memory_order_relaxed);
+        }
+      }
       ReadSection rs;
       if (std::optional<LeafSnapshot> s = table.Lookup(Ptr(va))) {
         ASSERT_EQ(s->leaf.folio, want);

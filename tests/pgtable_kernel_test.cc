@@ -63,6 +63,18 @@ void MapAndVerify(const Extent& e) {
   ASSERT_TRUE(t.has_value());
   EXPECT_EQ(t->pfn, e.pfn(last) + frame);
   EXPECT_EQ(t->leaf_bytes, e.page_size());
+  // The PFN-only batch reads the frame words: they hold the kernel's frames too.
+  std::vector<const void*> vas;
+  std::vector<uint64_t> want;
+  for (size_t i = 0; i < e.page_count(); ++i) {
+    for (size_t f : {size_t{0}, frame}) {
+      vas.push_back(e.data() + i * e.page_size() + f * kPageSize4K + 9);
+      want.push_back(e.pfn(i) + f);
+    }
+  }
+  std::vector<uint64_t> pfns(vas.size());
+  EXPECT_EQ(table.TranslatePfns(vas.data(), vas.size(), pfns.data()), vas.size());
+  EXPECT_EQ(pfns, want);
   for (auto& f : folios) HUGEMM_ASSERT_OK(table.Unmap(f->data, f->size()));
   for (auto& f : folios) EXPECT_EQ(f->refcount.load(), 1);
 }
@@ -111,6 +123,31 @@ TEST(PageTableKernelTest, WrongPfnIsNamed) {
   EXPECT_THAT(r->mismatches[0].what,
               HasSubstr(absl::StrFormat("%p: PFN recorded 0x%x, pagemap says 0x%x", e->data(),
                                         e->pfn(0) + 512, e->pfn(0))));
+  HUGEMM_ASSERT_OK(table.Unmap(e->data(), e->size()));
+}
+
+// A folio whose PFN changes after it was mapped: the frame word still holds the old
+// (right) frame, and the verifier names both disagreements.
+TEST(PageTableKernelTest, FrameWordThatDisagreesIsNamed) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  absl::StatusOr<Extent> e = MapExtent(BackingKind::kHugetlb, kPageSize2M, 1);
+  HUGEMM_ASSERT_OK(e);
+  auto folios = FoliosOver(*e);
+  PageTable table(DetectHostGeometry());
+  HUGEMM_ASSERT_OK(table.Map(folios[0].get(), e->data(), kRW));
+  folios[0]->head_pfn += 512;  // the tamper, behind the table's back
+  absl::StatusOr<VerifyReport> r = table.Verify(e->data(), e->size());
+  HUGEMM_ASSERT_OK(r);
+  ASSERT_EQ(r->mismatches.size(), 2u) << Joined(*r);
+  EXPECT_THAT(r->mismatches[0].what,
+              HasSubstr(absl::StrFormat("%p: the PMD leaf of 2M's frame word records PFN 0x%x, "
+                                        "its folio says PFN 0x%x",
+                                        e->data(), e->pfn(0), e->pfn(0) + 512)));
+  EXPECT_THAT(r->mismatches[1].what, HasSubstr("pagemap says"));
+  folios[0]->head_pfn -= 512;
+  r = table.Verify(e->data(), e->size());
+  HUGEMM_ASSERT_OK(r);
+  EXPECT_TRUE(r->ok()) << Joined(*r);
   HUGEMM_ASSERT_OK(table.Unmap(e->data(), e->size()));
 }
 

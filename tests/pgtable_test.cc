@@ -2,6 +2,7 @@
 // groups, splits, protection, device-exclusive entries, notifiers and error paths.
 #include "hugemm/pgtable.h"
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -79,6 +80,39 @@ TEST(GeometryTest, HostIsX86) {
   EXPECT_TRUE(g.levels == 4 || g.levels == 5) << g.name;
 }
 
+// The PFN-only batch (which reads the frame words beside the entries) agrees with a
+// walk through the folio at every address of `vas`, in order and backwards.
+void ExpectPfnsAgree(const PageTable& t, std::vector<const void*> vas) {
+  for (int pass = 0; pass < 2; ++pass) {
+    std::vector<uint64_t> pfns(vas.size());
+    const size_t hits = t.TranslatePfns(vas.data(), vas.size(), pfns.data());
+    size_t want_hits = 0;
+    for (size_t i = 0; i < vas.size(); ++i) {
+      const std::optional<Translation> one = t.Translate(vas[i]);
+      want_hits += one.has_value();
+      ASSERT_EQ(pfns[i], one ? one->pfn : kUnknownPfn) << t.geometry().name << " at " << vas[i];
+    }
+    EXPECT_EQ(hits, want_hits);
+    std::reverse(vas.begin(), vas.end());
+  }
+}
+
+// Addresses over [va, va + bytes) and around it: `spread` evenly spaced ones, every base
+// page of the lowest table around `dense`, and one byte either side of the range.
+std::vector<const void*> Probes(const Geometry& g, uintptr_t va, size_t bytes, uintptr_t dense,
+                                size_t spread = 1024) {
+  std::vector<const void*> out;
+  const size_t step = std::max<size_t>(bytes / spread, 1);
+  for (uintptr_t a = va; a < va + bytes; a += step) out.push_back(Ptr(a + (a / step) % 4096));
+  const size_t table_bytes = g.entry_bytes(1);
+  const uintptr_t first = std::max(dense & ~(table_bytes - 1), va);
+  const uintptr_t last = std::min((dense & ~(table_bytes - 1)) + table_bytes, va + bytes);
+  for (uintptr_t a = first; a < last; a += g.page_size()) out.push_back(Ptr(a + 3 * 4096 + 5));
+  out.push_back(Ptr(va - 1));
+  out.push_back(Ptr(va + bytes));
+  return out;
+}
+
 class EveryGeometry : public ::testing::TestWithParam<Geometry> {};
 
 // For each leaf unit: map, translate, split step by step down to PTEs, unmap.
@@ -117,6 +151,7 @@ TEST_P(EveryGeometry, MapSplitUnmapAtEveryLevel) {
     };
     check(probe);
     EXPECT_EQ(table.Translate(Ptr(probe))->level, unit.level);
+    ExpectPfnsAgree(table, Probes(g, kBase, bytes, probe));
 
     // Split at `probe` until it is a single PTE; the rest of the folio stays mapped.
     const uintptr_t split_at = multi ? kBase + g.page_size() : kBase;
@@ -133,11 +168,29 @@ TEST_P(EveryGeometry, MapSplitUnmapAtEveryLevel) {
       check(split_at);
       check(probe);
       check(kBase + bytes - g.page_size());
+      ExpectPfnsAgree(table, Probes(g, kBase, bytes, split_at));
     }
     absl::Status st = table.Split(Ptr(split_at));
     EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
 
-    HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), bytes));
+    // Protection, a device-exclusive entry and a partial unmap keep them agreeing.
+    HUGEMM_ASSERT_OK(table.Protect(Ptr(probe), g.page_size(), kProtRead));
+    ExpectPfnsAgree(table, Probes(g, kBase, bytes, probe));
+    if (multi) {
+      const uintptr_t ex = split_at + (bytes > 2 * g.page_size() ? g.page_size() : 0);
+      HUGEMM_ASSERT_OK(table.MakeExclusive(Ptr(ex), this));
+      ExpectPfnsAgree(table, Probes(g, kBase, bytes, ex));
+      HUGEMM_ASSERT_OK(table.RestoreExclusive(Ptr(ex)));
+      HUGEMM_ASSERT_OK(table.Unmap(Ptr(split_at), g.page_size()));
+      EXPECT_FALSE(table.Translate(Ptr(split_at)).has_value());
+      ExpectPfnsAgree(table, Probes(g, kBase, bytes, split_at));
+      HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), split_at - kBase));
+      HUGEMM_ASSERT_OK(
+          table.Unmap(Ptr(split_at + g.page_size()), kBase + bytes - split_at - g.page_size()));
+    } else {
+      HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), bytes));
+    }
+    ExpectPfnsAgree(table, Probes(g, kBase, bytes, probe));
     EXPECT_EQ(f->refcount.load(), 1);
     EXPECT_FALSE(table.Translate(Ptr(probe)).has_value());
     EXPECT_TRUE(Leaves(table, kBase, bytes).empty());

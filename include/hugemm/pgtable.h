@@ -175,7 +175,9 @@ class PageTable {
   size_t TranslateMany(const void* const* vas, size_t n, Translation* out,
                        bool* hit = nullptr) const;
   // Only the PFNs (kUnknownPfn where unmapped or unknown): the IOMMU / scatter-gather
-  // fill loop, with nothing else to compute per address. Returns the number mapped.
+  // fill loop. Reads the frame word each entry keeps beside it (the PFN it maps, as a
+  // hardware PTE holds one), never the folio: while addresses stay under the last table
+  // reached, one load per address. Returns the number mapped.
   size_t TranslatePfns(const void* const* vas, size_t n, uint64_t* pfns) const;
   std::optional<LeafSnapshot> Lookup(const void* va) const;
   // The walk state a series of lookups carries: each starts at the lowest table the last
@@ -236,6 +238,8 @@ class PageTable {
   bool Find(uintptr_t va, Found* out) const;
   LogicalLeaf LeafAt(uintptr_t va, int level, uint64_t word) const;
   bool TranslateLocked(uintptr_t va, Translation* out, size_t max_run, WalkHint* hint) const;
+  // The PFN the frame word of the entry mapping `va` records (kUnknownPfn when none).
+  uint64_t RecordedPfn(uintptr_t va) const;
   absl::Status SplitLeaf(uintptr_t va, Garbage* garbage);
   absl::Status CheckNoHoles(uintptr_t va, size_t length) const;
   absl::Status CheckRange(const void* va, size_t length, const char* op) const;

@@ -20,15 +20,27 @@ using pgtable_internal::AsRecord;
 using pgtable_internal::AsTable;
 using pgtable_internal::BitsToProt;
 using pgtable_internal::ExclusiveRecord;
+using pgtable_internal::FrameWord;
+using pgtable_internal::FrameWordPfn;
 using pgtable_internal::IsExclusive;
 using pgtable_internal::IsLeaf;
 using pgtable_internal::IsTable;
 using pgtable_internal::kCont;
 using pgtable_internal::kExclusiveTag;
+using pgtable_internal::kFrameValid;
 using pgtable_internal::kLeaf;
 using pgtable_internal::kPresent;
 using pgtable_internal::kProtBits;
 using pgtable_internal::ProtToBits;
+
+namespace {
+
+// The frame word of the entry that maps `folio` from `entry_va` on.
+uint64_t FrameFor(const Folio* folio, uintptr_t entry_va) {
+  return FrameWord(folio->page_pfn((entry_va & (folio->size() - 1)) >> kPageShift));
+}
+
+}  // namespace
 
 ReadSection::ReadSection() { pgtable_internal::RcuReadLock(); }
 ReadSection::~ReadSection() { pgtable_internal::RcuReadUnlock(); }
@@ -118,13 +130,14 @@ PageTable::~PageTable() {
 
 PageTable::Table* PageTable::NewTable(int level) {
   const size_t n = geometry_.entries(level);
-  void* mem = ::operator new (sizeof(Table) + n * sizeof(std::atomic<uint64_t>),
+  void* mem = ::operator new (sizeof(Table) + 2 * n * sizeof(std::atomic<uint64_t>),
                               std::align_val_t{alignof(Table)}, std::nothrow);
   if (mem == nullptr) return nullptr;
   Table* t = new (mem) Table;
   t->level = level;
   t->slots = reinterpret_cast<std::atomic<uint64_t>*>(t + 1);
-  for (size_t i = 0; i < n; ++i) new (&t->slots[i]) std::atomic<uint64_t>(0);
+  t->frames = t->slots + n;
+  for (size_t i = 0; i < 2 * n; ++i) new (&t->slots[i]) std::atomic<uint64_t>(0);
   tables_.fetch_add(1, std::memory_order_relaxed);
   return t;
 }
@@ -273,74 +286,62 @@ bool PageTable::TranslateInto(const void* p, Translation* out, size_t max_run) c
 }
 
 size_t PageTable::TranslatePfns(const void* const* vas, size_t n, uint64_t* pfns) const {
-  size_t hits = 0;
-  // The lowest table the last walk reached, with its index shift and mask in registers:
-  // while addresses stay under it, a translation is one entry load and one folio load.
+  // The lowest table the last walk reached. While addresses fall under it and its entries
+  // carry frame words, a translation is one read of a frame word, as it would be in a
+  // flat array of PFNs: no folio, no walk.
   const Table* near = nullptr;
-  uintptr_t near_tag = 0;
-  int near_cover = 64, near_shift = 0;
-  uintptr_t near_mask = 0;
-  auto pfn_of = [](uint64_t w, uintptr_t va) {
-    const Folio* folio = AsFolio(w);
-    const uint64_t head = folio->head_pfn;
-    const uintptr_t offset = va & ((size_t{kPageSize4K} << folio->order) - 1);
-    return head == kUnknownPfn ? kUnknownPfn : head + (offset >> kPageShift);
-  };
-  constexpr int kWide = 4;
-  pgtable_internal::RcuReadLock();
+  uintptr_t base = 0;   // first address `near` covers
+  size_t entries = 0;   // 0 until a walk sets `near`: every index is out of range
+  int shift = 0;        // its entries' index shift
+  uint64_t frames = 0;  // 4K frames per entry, minus one
+  size_t hits = 0;
   size_t i = 0;
-  while (i < n) {
-    // kWide at a time while all sit under the near table and map plain leaves: that many
-    // independent entry loads, then folio loads, for the CPU to overlap.
-    if (near != nullptr && i + kWide <= n) {
-      uintptr_t va[kWide];
-      bool same = true;
-      for (int k = 0; k < kWide; ++k) {
-        va[k] = reinterpret_cast<uintptr_t>(vas[i + k]);
-        same &= (va[k] >> near_cover) == near_tag;
+  pgtable_internal::RcuReadLock();
+  for (;;) {
+    const size_t run = i;
+    for (; i < n; ++i) {
+      const auto va = reinterpret_cast<uintptr_t>(vas[i]);
+      const uintptr_t index = (va - base) >> shift;
+      if (index >= entries) [[unlikely]] {
+        break;
       }
-      if (same) {
-        uint64_t w[kWide];
-        bool leaves = true;
-        for (int k = 0; k < kWide; ++k) {
-          w[k] = near->slot((va[k] >> near_shift) & near_mask).load(std::memory_order_acquire);
-          leaves &= IsLeaf(w[k]);
-        }
-        if (leaves) {
-          for (int k = 0; k < kWide; ++k) pfns[i + k] = pfn_of(w[k], va[k]);
-          hits += kWide;
-          i += kWide;
-          continue;
-        }
+      const uint64_t fw = near->frame(index).load(std::memory_order_acquire);
+      if ((fw & kFrameValid) == 0) [[unlikely]] {
+        break;
       }
+      pfns[i] = (fw >> 1) + ((va >> kPageShift) & frames);
     }
+    hits += i - run;
+    if (i == n) break;
+
+    // Off the near table, or an entry with no frame word (a hole, a table, a folio whose
+    // PFNs are unknown): read the entry, walking from the root when it is not here.
     const auto va = reinterpret_cast<uintptr_t>(vas[i]);
-    uint64_t w = 0;
-    bool walked = false;
-    if (near != nullptr && (va >> near_cover) == near_tag) {
-      w = near->slot((va >> near_shift) & near_mask).load(std::memory_order_acquire);
-      walked = !IsTable(w);
-    }
-    if (!walked) {
+    const uintptr_t index = (va - base) >> shift;
+    uint64_t w = index < entries ? near->slot(index).load(std::memory_order_acquire) : 0;
+    if (index >= entries || IsTable(w)) {
       Found f;
-      if ((va >> shift_[top_ + 1]) != 0 || !Find(va, &f)) {
+      if ((va >> shift_[top_ + 1]) != 0) {
         pfns[i++] = kUnknownPfn;
         continue;
       }
+      Find(va, &f);
       w = f.word;
       near = f.table;
-      near_cover = shift_[f.level + 1];
-      near_shift = shift_[f.level];
-      near_mask = index_mask_[f.level];
-      near_tag = va >> near_cover;
+      const int cover = shift_[f.level + 1];
+      base = (va >> cover) << cover;
+      entries = geometry_.entries(f.level);
+      shift = shift_[f.level];
+      frames = (geometry_.entry_bytes(f.level) >> kPageShift) - 1;
     }
     if (IsExclusive(w)) [[unlikely]] {
       w = AsRecord(w)->leaf_word;
-    } else if (!IsLeaf(w)) [[unlikely]] {
+    } else if (!IsLeaf(w)) {
       pfns[i++] = kUnknownPfn;
       continue;
     }
-    pfns[i++] = pfn_of(w, va);
+    const Folio* folio = AsFolio(w);
+    pfns[i++] = folio->page_pfn((va & (folio->size() - 1)) >> kPageShift);
     ++hits;
   }
   pgtable_internal::RcuReadUnlock();
@@ -359,6 +360,14 @@ size_t PageTable::TranslateMany(const void* const* vas, size_t n, Translation* o
   }
   pgtable_internal::RcuReadUnlock();
   return hits;
+}
+
+uint64_t PageTable::RecordedPfn(uintptr_t va) const {
+  if ((va >> shift_[top_ + 1]) != 0) return kUnknownPfn;
+  ReadSection rs;
+  Found f;
+  if (!Find(va, &f)) return kUnknownPfn;
+  return FrameWordPfn(f.table->frame(f.index).load(std::memory_order_acquire));
 }
 
 std::optional<LeafSnapshot> PageTable::Lookup(const void* p) const {
@@ -614,7 +623,12 @@ absl::Status PageTable::Map(Folio* folio, const void* p, uint32_t prot) {
         }
       }
       if (!result.ok()) break;
+      const size_t entry_bytes = geometry_.entry_bytes(level);
       for (size_t i = 0; i < n; ++i) tab->slot(first + i).store(word, std::memory_order_release);
+      for (size_t i = 0; i < n; ++i) {
+        tab->frame(first + i).store(FrameFor(folio, va + i * entry_bytes),
+                                    std::memory_order_release);
+      }
       tab->used += n;
       while (deposits != nullptr) {
         Table* next = deposits->next;
@@ -671,9 +685,11 @@ absl::Status PageTable::SplitLeaf(uintptr_t va, Garbage* /*garbage*/) {
   if (!cont && level > kPmdLevel) {
     child = NewTable(level - 1);
     const size_t n = geometry_.entries(level - 1);
+    const size_t child_bytes = geometry_.entry_bytes(level - 1);
     bool ok = child != nullptr;
     for (size_t i = 0; ok && i < n; ++i) {
       child->slot(i).store(child_word, std::memory_order_relaxed);
+      child->frame(i).store(FrameFor(folio, inv.va + i * child_bytes), std::memory_order_relaxed);
       if (level - 1 == kPmdLevel) {
         Table* d = NewTable(kPteLevel);
         if (d == nullptr) {
@@ -710,6 +726,7 @@ absl::Status PageTable::SplitLeaf(uintptr_t va, Garbage* /*garbage*/) {
       if (t->dead || t->slot(now.index).load(std::memory_order_relaxed) != w) {
         result = absl::AbortedError(absl::StrFormat("split: %s changed meanwhile", Addr(va)));
       } else if (cont) {
+        // Each member keeps its frame word: it maps the same frames as before.
         const size_t group = static_cast<size_t>(geometry_.cont_entries[level]);
         const size_t first = now.index & ~(group - 1);
         for (size_t i = 0; i < group; ++i) {
@@ -727,8 +744,13 @@ absl::Status PageTable::SplitLeaf(uintptr_t va, Garbage* /*garbage*/) {
         } else {
           t->deposit = d->next;
           d->next = nullptr;
-          for (size_t i = 0; i < n; ++i) d->slot(i).store(child_word, std::memory_order_relaxed);
+          const size_t pte_bytes = geometry_.entry_bytes(kPteLevel);
+          for (size_t i = 0; i < n; ++i) {
+            d->slot(i).store(child_word, std::memory_order_relaxed);
+            d->frame(i).store(FrameFor(folio, inv.va + i * pte_bytes), std::memory_order_relaxed);
+          }
           d->used = static_cast<uint32_t>(n);
+          t->frame(now.index).store(0, std::memory_order_release);
           t->slot(now.index).store(reinterpret_cast<uintptr_t>(d) | kPresent,
                                    std::memory_order_release);
         }
@@ -738,6 +760,7 @@ absl::Status PageTable::SplitLeaf(uintptr_t va, Garbage* /*garbage*/) {
           result = absl::Status(st.code(),
                                 absl::StrFormat("split at %s: %s", Addr(inv.va), st.message()));
         } else {
+          t->frame(now.index).store(0, std::memory_order_release);
           t->slot(now.index).store(reinterpret_cast<uintptr_t>(child) | kPresent,
                                    std::memory_order_release);
           child = nullptr;
@@ -817,6 +840,7 @@ absl::Status PageTable::ForEachWholeLeaf(uintptr_t va, size_t length, Garbage* g
 absl::Status PageTable::UnmapLocked(uintptr_t va, size_t length, Garbage* g) {
   return ForEachWholeLeaf(
       va, length, g, [&](Table* t, size_t first, size_t n, uint64_t word, const LogicalLeaf& l) {
+        for (size_t i = 0; i < n; ++i) t->frame(first + i).store(0, std::memory_order_release);
         for (size_t i = 0; i < n; ++i) t->slot(first + i).store(0, std::memory_order_release);
         t->used -= static_cast<uint32_t>(n);
         if (IsExclusive(word)) g->records.push_back(AsRecord(word));

@@ -10,6 +10,14 @@
 //   record | kExclusiveTag          a device-exclusive entry (not present for the CPU)
 // A leaf stores no page index: folios are mapped whole at addresses aligned to their
 // size, so the page is the address's offset inside the folio.
+//
+// Beside each entry sits a frame word, as a hardware PTE holds its frame number: for a
+// leaf whose folio's PFNs are known it is (PFN of the entry's first 4K frame) << 1 | 1,
+// otherwise 0. Address-to-PFN translation reads it alone and never touches the folio.
+// Writers keep one rule: a valid frame word means the entry beside it maps that frame
+// (as a leaf, or as the device-exclusive entry that replaced one). So a frame word is
+// stored after its entry is published and cleared before its entry changes to anything
+// that maps other frames (empty, a table).
 #ifndef HUGEMM_RUNTIME_PGTABLE_TABLE_H_
 #define HUGEMM_RUNTIME_PGTABLE_TABLE_H_
 
@@ -36,6 +44,12 @@ inline bool IsTable(uint64_t w) { return (w & (kPresent | kLeaf)) == kPresent; }
 inline bool IsLeaf(uint64_t w) { return (w & (kPresent | kLeaf)) == (kPresent | kLeaf); }
 inline bool IsExclusive(uint64_t w) { return (w & (kPresent | kExclusiveTag)) == kExclusiveTag; }
 
+inline constexpr uint64_t kFrameValid = 1;
+inline uint64_t FrameWord(uint64_t pfn) {
+  return pfn == kUnknownPfn ? 0 : (pfn << 1) | kFrameValid;
+}
+inline uint64_t FrameWordPfn(uint64_t fw) { return fw & kFrameValid ? fw >> 1 : kUnknownPfn; }
+
 inline uint64_t ProtToBits(uint32_t prot) {
   return (prot & 1u ? kRead : 0) | (prot & 2u ? kWrite : 0) | (prot & 4u ? kExec : 0);
 }
@@ -61,10 +75,13 @@ struct alignas(64) Table {
   uint32_t used = 0;         // non-empty entries
   Table* deposit = nullptr;  // PMD tables: PTE tables deposited for this table's leaves
   Table* next = nullptr;     // link in a deposit stack or a garbage list
-  std::atomic<uint64_t>* slots = nullptr;  // follows the header in the same allocation
+  std::atomic<uint64_t>* slots = nullptr;   // follow the header in the same allocation,
+  std::atomic<uint64_t>* frames = nullptr;  // then their frame words
 
   std::atomic<uint64_t>& slot(size_t i) { return slots[i]; }
   const std::atomic<uint64_t>& slot(size_t i) const { return slots[i]; }
+  std::atomic<uint64_t>& frame(size_t i) { return frames[i]; }
+  const std::atomic<uint64_t>& frame(size_t i) const { return frames[i]; }
 };
 
 inline Table* AsTable(uint64_t w) { return reinterpret_cast<Table*>(w & kPtrMask); }

@@ -1,4 +1,5 @@
 // Holding the shadow against the live kernel, leaf by leaf.
+#include <string>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -8,6 +9,13 @@
 #include "runtime/sys/pagemap.h"
 
 namespace hugemm {
+namespace {
+
+std::string PfnName(uint64_t pfn) {
+  return pfn == kUnknownPfn ? "no PFN" : absl::StrFormat("PFN 0x%x", pfn);
+}
+
+}  // namespace
 
 absl::StatusOr<VerifyReport> PageTable::Verify(const void* va, size_t length) const {
   if (geometry_.page_shift != kPageShift) {
@@ -38,8 +46,18 @@ absl::StatusOr<VerifyReport> PageTable::Verify(const void* va, size_t length) co
       mismatch(l.va, absl::StrFormat("kernel maps %s pages, shadow has a %s",
                                      PageSizeName(vma->kernel_page_size), leaf_name));
     }
-    if (!report.pfns_checked) continue;
     const Folio* folio = l.folio;
+    // The frame words PFN translation reads must say what the folio says.
+    const size_t entry_bytes = geometry_.entry_bytes(l.level);
+    for (uintptr_t e = l.va; e < l.va + l.bytes; e += entry_bytes) {
+      const uint64_t recorded = RecordedPfn(e);
+      const uint64_t expected = folio->page_pfn((e & (folio->size() - 1)) / kPageSize4K);
+      if (recorded != expected) {
+        mismatch(e, absl::StrFormat("the %s's frame word records %s, its folio says %s", leaf_name,
+                                    PfnName(recorded), PfnName(expected)));
+      }
+    }
+    if (!report.pfns_checked) continue;
     const uintptr_t folio_va = l.va & ~(folio->size() - 1);
     const size_t first_frame = (l.va - folio_va) / kPageSize4K;
     absl::StatusOr<sys::FrameCheck> fc =
