@@ -126,47 +126,53 @@ TEST(PageTableKernelTest, WrongPfnIsNamed) {
   HUGEMM_ASSERT_OK(table.Unmap(e->data(), e->size()));
 }
 
+// One 2M hugetlb page, mapped as one folio in a fresh table.
+class OneMapped2M : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+    absl::StatusOr<Extent> e = MapExtent(BackingKind::kHugetlb, kPageSize2M, 1);
+    HUGEMM_ASSERT_OK(e);
+    extent_ = std::move(*e);
+    folios_ = FoliosOver(extent_);
+    HUGEMM_ASSERT_OK(table_.Map(folios_[0].get(), extent_.data(), kRW));
+  }
+
+  Extent extent_;
+  std::vector<std::unique_ptr<Folio>> folios_;
+  PageTable table_{DetectHostGeometry()};  // goes first, dropping its folio references
+};
+
 // A folio whose PFN changes after it was mapped: the frame word still holds the old
 // (right) frame, and the verifier names both disagreements.
-TEST(PageTableKernelTest, FrameWordThatDisagreesIsNamed) {
-  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
-  absl::StatusOr<Extent> e = MapExtent(BackingKind::kHugetlb, kPageSize2M, 1);
-  HUGEMM_ASSERT_OK(e);
-  auto folios = FoliosOver(*e);
-  PageTable table(DetectHostGeometry());
-  HUGEMM_ASSERT_OK(table.Map(folios[0].get(), e->data(), kRW));
-  folios[0]->head_pfn += 512;  // the tamper, behind the table's back
-  absl::StatusOr<VerifyReport> r = table.Verify(e->data(), e->size());
+TEST_F(OneMapped2M, FrameWordThatDisagreesIsNamed) {
+  const Extent& e = extent_;
+  folios_[0]->head_pfn += 512;  // the tamper, behind the table's back
+  absl::StatusOr<VerifyReport> r = table_.Verify(e.data(), e.size());
   HUGEMM_ASSERT_OK(r);
   ASSERT_EQ(r->mismatches.size(), 2u) << Joined(*r);
   EXPECT_THAT(r->mismatches[0].what,
               HasSubstr(absl::StrFormat("%p: the PMD leaf of 2M's frame word records PFN 0x%x, "
                                         "its folio says PFN 0x%x",
-                                        e->data(), e->pfn(0), e->pfn(0) + 512)));
+                                        e.data(), e.pfn(0), e.pfn(0) + 512)));
   EXPECT_THAT(r->mismatches[1].what, HasSubstr("pagemap says"));
-  folios[0]->head_pfn -= 512;
-  r = table.Verify(e->data(), e->size());
+  folios_[0]->head_pfn -= 512;
+  r = table_.Verify(e.data(), e.size());
   HUGEMM_ASSERT_OK(r);
   EXPECT_TRUE(r->ok()) << Joined(*r);
-  HUGEMM_ASSERT_OK(table.Unmap(e->data(), e->size()));
 }
 
-TEST(PageTableKernelTest, SplitLeafOverHugePageIsNamed) {
-  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
-  absl::StatusOr<Extent> e = MapExtent(BackingKind::kHugetlb, kPageSize2M, 1);
-  HUGEMM_ASSERT_OK(e);
-  auto folios = FoliosOver(*e);
-  PageTable table(DetectHostGeometry());
-  HUGEMM_ASSERT_OK(table.Map(folios[0].get(), e->data(), kRW));
-  HUGEMM_ASSERT_OK(table.Split(e->data()));
-  absl::StatusOr<VerifyReport> r = table.Verify(e->data(), e->size());
+TEST_F(OneMapped2M, SplitLeafOverHugePageIsNamed) {
+  const Extent& e = extent_;
+  HUGEMM_ASSERT_OK(table_.Split(e.data()));
+  absl::StatusOr<VerifyReport> r = table_.Verify(e.data(), e.size());
   HUGEMM_ASSERT_OK(r);
   ASSERT_EQ(r->mismatches.size(), 512u) << "every PTE leaf disagrees with the kernel's PMD";
   EXPECT_THAT(r->mismatches[0].what,
               HasSubstr(absl::StrFormat("%p: kernel maps 2M pages, shadow has a PTE leaf of 4K",
-                                        e->data())));
-  HUGEMM_ASSERT_OK(table.Unmap(e->data(), e->size()));
-  EXPECT_EQ(folios[0]->refcount.load(), 1);
+                                        e.data())));
+  HUGEMM_ASSERT_OK(table_.Unmap(e.data(), e.size()));
+  EXPECT_EQ(folios_[0]->refcount.load(), 1);
 }
 
 TEST(PageTableKernelTest, PmdLeafOver4KPagesIsNamed) {
