@@ -20,7 +20,7 @@ using pgtable_internal::AsRecord;
 using pgtable_internal::AsTable;
 using pgtable_internal::BitsToProt;
 using pgtable_internal::ExclusiveRecord;
-using pgtable_internal::FrameWord;
+using pgtable_internal::FrameFor;
 using pgtable_internal::FrameWordPfn;
 using pgtable_internal::IsExclusive;
 using pgtable_internal::IsLeaf;
@@ -31,16 +31,8 @@ using pgtable_internal::kFrameValid;
 using pgtable_internal::kLeaf;
 using pgtable_internal::kPresent;
 using pgtable_internal::kProtBits;
+using pgtable_internal::PfnAt;
 using pgtable_internal::ProtToBits;
-
-namespace {
-
-// The frame word of the entry that maps `folio` from `entry_va` on.
-uint64_t FrameFor(const Folio* folio, uintptr_t entry_va) {
-  return FrameWord(folio->page_pfn((entry_va & (folio->size() - 1)) >> kPageShift));
-}
-
-}  // namespace
 
 ReadSection::ReadSection() { pgtable_internal::RcuReadLock(); }
 ReadSection::~ReadSection() { pgtable_internal::RcuReadUnlock(); }
@@ -252,7 +244,7 @@ inline bool PageTable::TranslateLocked(uintptr_t va, Translation* out, size_t ma
   const uintptr_t offset = va & ((size_t{kPageSize4K} << folio->order) - 1);
   tr.folio = AsFolio(lw);
   tr.page = offset >> geometry_.page_shift;
-  tr.pfn = folio->head_pfn == kUnknownPfn ? kUnknownPfn : folio->head_pfn + (offset >> kPageShift);
+  tr.pfn = PfnAt(folio, va);
   tr.level = level;
   tr.leaf_bytes = size_t{1} << leaf_shift;
   tr.leaf_va = va & ~(tr.leaf_bytes - 1);
@@ -265,10 +257,7 @@ inline bool PageTable::TranslateLocked(uintptr_t va, Translation* out, size_t ma
       Found f;
       if (!Find(next, &f) || IsExclusive(f.word)) break;
       const LogicalLeaf l = LeafAt(next, f.level, f.word);
-      const Folio* nf = l.folio;
-      if (nf->head_pfn == kUnknownPfn) break;
-      const uint64_t pfn = nf->head_pfn + ((next - (next & ~(nf->size() - 1))) >> kPageShift);
-      if (pfn != want) break;
+      if (PfnAt(l.folio, next) != want) break;
       tr.run_bytes += l.bytes;
       want += l.bytes >> kPageShift;
       next += l.bytes;
@@ -340,8 +329,7 @@ size_t PageTable::TranslatePfns(const void* const* vas, size_t n, uint64_t* pfns
       pfns[i++] = kUnknownPfn;
       continue;
     }
-    const Folio* folio = AsFolio(w);
-    pfns[i++] = folio->page_pfn((va & (folio->size() - 1)) >> kPageShift);
+    pfns[i++] = PfnAt(AsFolio(w), va);
     ++hits;
   }
   pgtable_internal::RcuReadUnlock();

@@ -50,6 +50,16 @@ inline uint64_t FrameWord(uint64_t pfn) {
 }
 inline uint64_t FrameWordPfn(uint64_t fw) { return fw & kFrameValid ? fw >> 1 : kUnknownPfn; }
 
+// The 4K frame holding `va` in `folio`, which is mapped whole at an address aligned to
+// its size (kUnknownPfn when its PFNs are unknown).
+inline uint64_t PfnAt(const Folio* folio, uintptr_t va) {
+  return folio->page_pfn((va & (folio->size() - 1)) >> kPageShift);
+}
+// The frame word of the entry that maps `folio` from `entry_va` on.
+inline uint64_t FrameFor(const Folio* folio, uintptr_t entry_va) {
+  return FrameWord(PfnAt(folio, entry_va));
+}
+
 inline uint64_t ProtToBits(uint32_t prot) {
   return (prot & 1u ? kRead : 0) | (prot & 2u ? kWrite : 0) | (prot & 4u ? kExec : 0);
 }

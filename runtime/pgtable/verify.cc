@@ -5,6 +5,7 @@
 #include "absl/strings/str_format.h"
 #include "hugemm/page_size.h"
 #include "hugemm/pgtable.h"
+#include "runtime/pgtable/table.h"
 #include "runtime/sys/frame_check.h"
 #include "runtime/sys/pagemap.h"
 
@@ -51,7 +52,7 @@ absl::StatusOr<VerifyReport> PageTable::Verify(const void* va, size_t length) co
     const size_t entry_bytes = geometry_.entry_bytes(l.level);
     for (uintptr_t e = l.va; e < l.va + l.bytes; e += entry_bytes) {
       const uint64_t recorded = RecordedPfn(e);
-      const uint64_t expected = folio->page_pfn((e & (folio->size() - 1)) / kPageSize4K);
+      const uint64_t expected = pgtable_internal::PfnAt(folio, e);
       if (recorded != expected) {
         mismatch(e, absl::StrFormat("the %s's frame word records %s, its folio says %s", leaf_name,
                                     PfnName(recorded), PfnName(expected)));
