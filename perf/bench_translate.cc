@@ -118,13 +118,12 @@ int RunTranslate(const cli::Args& in) {
     std::function<void()> run;
     std::vector<double> samples;
   };
+  auto table_pfns = [&](const uintptr_t* vas) {
+    table->TranslatePfns(reinterpret_cast<const void* const*>(vas), kBatch, pfn_out.data());
+  };
   enum { kPfns, kFull, kSingle, kReal, kFlat, kFlatPfn, kPagemap, kCount };
   Candidate c[kCount] = {
-      {kLookups, batched(synth,
-                         [&](const uintptr_t* vas) {
-                           table->TranslatePfns(reinterpret_cast<const void* const*>(vas), kBatch,
-                                                pfn_out.data());
-                         })},
+      {kLookups, batched(synth, table_pfns)},
       {kLookups, batched(synth,
                          [&](const uintptr_t* vas) {
                            table->TranslateMany(reinterpret_cast<const void* const*>(vas), kBatch,
@@ -143,11 +142,7 @@ int RunTranslate(const cli::Args& in) {
          sink += sum;
        }},
       // The addresses pagemap reads, translated the same batched way.
-      {kLookups, batched(real,
-                         [&](const uintptr_t* vas) {
-                           table->TranslatePfns(reinterpret_cast<const void* const*>(vas), kBatch,
-                                                pfn_out.data());
-                         })},
+      {kLookups, batched(real, table_pfns)},
       {kLookups, batched(synth,
                          [&](const uintptr_t* vas) {
                            for (size_t j = 0; j < kBatch; ++j) {
