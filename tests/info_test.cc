@@ -97,6 +97,33 @@ TEST(InfoCli, RejectsUnknownArguments) {
   EXPECT_EQ(rc, 2);
 }
 
+// `hugemm bench translate --json` carries every key the README names: positive times,
+// and ratios that follow from them. (How fast is the benchmark's business, not a test's.)
+TEST(BenchCli, TranslateJsonHasEveryKey) {
+  int rc = 0;
+  std::string out = RunCli("bench translate --json", &rc);
+  ASSERT_EQ(rc, 0) << out;
+  absl::StatusOr<Json> json = Json::Parse(out);
+  ASSERT_TRUE(json.ok()) << json.status() << "\n" << out;
+  auto number = [&](const char* key) {
+    const Json* v = json->Find(key);
+    EXPECT_TRUE(v != nullptr && v->is_number()) << key << " in " << out;
+    return v != nullptr && v->is_number() ? v->as_number() : 0.0;
+  };
+  for (const char* key :
+       {"translate_ns", "translate_full_ns", "translate_single_ns", "translate_real_ns",
+        "pagemap_ns", "flat_array_ns", "flat_pfn_array_ns"}) {
+    EXPECT_GT(number(key), 0) << key;
+  }
+  auto ratio_of = [](double a, double b) { return b > 0 ? a / b : 0.0; };
+  const double vs_flat = ratio_of(number("translate_ns"), number("flat_array_ns"));
+  const double vs_pfn = ratio_of(number("translate_ns"), number("flat_pfn_array_ns"));
+  const double vs_pagemap = ratio_of(number("pagemap_ns"), number("translate_real_ns"));
+  EXPECT_NEAR(number("translate_over_flat_array"), vs_flat, 1e-3 * vs_flat);
+  EXPECT_NEAR(number("translate_over_flat_pfn_array"), vs_pfn, 1e-3 * vs_pfn);
+  EXPECT_NEAR(number("pagemap_over_translate"), vs_pagemap, 1e-3 * vs_pagemap);
+}
+
 TEST(Json, RoundTripsAndRejectsGarbage) {
   Json o = Json::MakeObject();
   o.Set("a", 1);
