@@ -233,7 +233,10 @@ class PageTable {
   struct Garbage;
 
   Table* NewTable(int level);
+  // Frees `t` and the tables deposited in it.
   void FreeTable(Table* t);
+  // Frees a list of tables linked through `next`.
+  void FreeChain(Table* head);
   absl::StatusOr<Table*> TableFor(uintptr_t va, int level);
   bool Find(uintptr_t va, Found* out) const;
   LogicalLeaf LeafAt(uintptr_t va, int level, uint64_t word) const;

@@ -110,10 +110,6 @@ PageTable::~PageTable() {
           delete AsRecord(w);
         }
       }
-      while (Table* d = t->deposit) {
-        t->deposit = d->next;
-        self->FreeTable(d);
-      }
       self->FreeTable(t);
     }
   };
@@ -135,22 +131,25 @@ PageTable::Table* PageTable::NewTable(int level) {
 }
 
 void PageTable::FreeTable(Table* t) {
+  FreeChain(t->deposit);
   t->~Table();
   ::operator delete (t, std::align_val_t{alignof(Table)});
   tables_.fetch_sub(1, std::memory_order_relaxed);
 }
 
+void PageTable::FreeChain(Table* head) {
+  while (head != nullptr) {
+    Table* next = head->next;
+    FreeTable(head);
+    head = next;
+  }
+}
+
 void PageTable::Reclaim(Garbage* g) {
   if (g->tables != nullptr || !g->records.empty()) {
     pgtable_internal::RcuSynchronize();
-    while (Table* t = g->tables) {
-      g->tables = t->next;
-      while (Table* d = t->deposit) {
-        t->deposit = d->next;
-        FreeTable(d);
-      }
-      FreeTable(t);
-    }
+    FreeChain(g->tables);
+    g->tables = nullptr;
     for (ExclusiveRecord* r : g->records) delete r;
     g->records.clear();
   }
@@ -567,11 +566,7 @@ absl::Status PageTable::Map(Folio* folio, const void* p, uint32_t prot) {
     for (size_t i = 0; i < n; ++i) {
       Table* d = NewTable(kPteLevel);
       if (d == nullptr) {
-        while (deposits != nullptr) {
-          Table* next = deposits->next;
-          FreeTable(deposits);
-          deposits = next;
-        }
+        FreeChain(deposits);
         return absl::ResourceExhaustedError(
             absl::StrFormat("map at %s: no memory for deposited PTE tables", Addr(va)));
       }
@@ -580,11 +575,7 @@ absl::Status PageTable::Map(Folio* folio, const void* p, uint32_t prot) {
     }
   }
   if (absl::Status st = FolioGet(folio, static_cast<int32_t>(n)); !st.ok()) {
-    while (deposits != nullptr) {
-      Table* next = deposits->next;
-      FreeTable(deposits);
-      deposits = next;
-    }
+    FreeChain(deposits);
     return absl::Status(st.code(), absl::StrFormat("map at %s: %s", Addr(va), st.message()));
   }
   const uint64_t word = reinterpret_cast<uintptr_t>(folio) | kPresent | kLeaf | ProtToBits(prot) |
@@ -628,11 +619,7 @@ absl::Status PageTable::Map(Folio* folio, const void* p, uint32_t prot) {
     }
   }
   if (!result.ok()) {
-    while (deposits != nullptr) {
-      Table* next = deposits->next;
-      FreeTable(deposits);
-      deposits = next;
-    }
+    FreeChain(deposits);
     FolioPut(folio, static_cast<int32_t>(n));
   }
   return result;
@@ -689,13 +676,7 @@ absl::Status PageTable::SplitLeaf(uintptr_t va, Garbage* /*garbage*/) {
       }
     }
     if (!ok) {
-      if (child != nullptr) {
-        while (Table* d = child->deposit) {
-          child->deposit = d->next;
-          FreeTable(d);
-        }
-        FreeTable(child);
-      }
+      if (child != nullptr) FreeTable(child);
       Notify(false, inv);
       return absl::ResourceExhaustedError(absl::StrFormat(
           "split of the %s leaf at %s: out of memory", geometry_.LevelName(level), Addr(inv.va)));
@@ -756,13 +737,7 @@ absl::Status PageTable::SplitLeaf(uintptr_t va, Garbage* /*garbage*/) {
       }
     }
   }
-  if (child != nullptr) {
-    while (Table* d = child->deposit) {
-      child->deposit = d->next;
-      FreeTable(d);
-    }
-    FreeTable(child);
-  }
+  if (child != nullptr) FreeTable(child);
   Notify(false, inv);
   return result;
 }
