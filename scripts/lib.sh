@@ -16,7 +16,7 @@ HUGEMM_PACKAGES=(
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
   libhugetlbfs-dev libnuma-dev libdaxctl-dev libndctl-dev
   liburcu-dev liburing-dev libibverbs-dev
-  clang-format numactl gnuplot-nox jq
+  clang-format numactl gnuplot-nox jq ccache
 )
 
 install_packages() {
@@ -104,6 +104,8 @@ build() {
     tsan) args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DHUGEMM_SANITIZE=thread) ;;
     *) die "unknown flavour $flavour" ;;
   esac
+  # Rebuilds of an unchanged file come from the cache when ccache is installed.
+  command -v ccache >/dev/null && args+=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
   say "build: $flavour -> build/$flavour"
   cmake -S "$HUGEMM_ROOT" -B "$HUGEMM_ROOT/build/$flavour" -G Ninja "${args[@]}" >/dev/null
   ninja -C "$HUGEMM_ROOT/build/$flavour" >/dev/null || {
