@@ -5,7 +5,7 @@
 # Each size is two `hugemm bench pin` runs (page array with per-page references and
 # the kernel beside it; folio spans), so every ratio comes from one run. It sets up
 # what it needs (packages, a Release build, 16 GiB of 2M pages, given back at the end)
-# and prints the table the README shows.
+# and prints the table doc/benchmarks.md shows.
 #   scripts/plot-pin.sh [OUT.png] [MAX_MIB]
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"

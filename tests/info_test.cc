@@ -97,7 +97,7 @@ TEST(InfoCli, RejectsUnknownArguments) {
   EXPECT_EQ(rc, 2);
 }
 
-// `hugemm bench translate --json` carries every key the README names: positive times,
+// `hugemm bench translate --json` carries every key doc/benchmarks.md names: positive times,
 // and ratios that follow from them. (How fast is the benchmark's business, not a test's.)
 TEST(BenchCli, TranslateJsonHasEveryKey) {
   int rc = 0;
