@@ -57,12 +57,22 @@ function(hugemm_add_layer name)
   target_compile_options(${target} PRIVATE -fno-semantic-interposition
                                            -ftls-model=initial-exec)
 
-  set_property(GLOBAL APPEND PROPERTY HUGEMM_LAYERS ${name})
   if(NOT L_TOOL)
     set_property(GLOBAL APPEND PROPERTY HUGEMM_LIBRARY_LAYERS ${name})
   endif()
+  hugemm_register_layer(${name} "${spelling}" "$<TARGET_FILE:${target}>"
+                        DEPS ${L_DEPS} PUBLIC_HEADERS ${L_PUBLIC_HEADERS})
+endfunction()
+
+# hugemm_register_layer(<name> <folder> <archive or -> [DEPS ...] [PUBLIC_HEADERS ...]):
+# puts a layer in the layer check's map; hugemm_add_layer does it for its libraries, the
+# CLI (an executable: "-", no archive to check) does it itself.
+function(hugemm_register_layer name folder archive)
+  cmake_parse_arguments(PARSE_ARGV 3 L "" "" "DEPS;PUBLIC_HEADERS")
+  set_property(GLOBAL APPEND PROPERTY HUGEMM_LAYERS ${name})
+  set_property(GLOBAL PROPERTY HUGEMM_LAYER_${name}_DIR "${folder}")
+  set_property(GLOBAL PROPERTY HUGEMM_LAYER_${name}_ARCHIVE "${archive}")
   set_property(GLOBAL PROPERTY HUGEMM_LAYER_${name}_DEPS ${L_DEPS})
-  set_property(GLOBAL PROPERTY HUGEMM_LAYER_${name}_DIR "${spelling}")
   set_property(GLOBAL PROPERTY HUGEMM_LAYER_${name}_HEADERS ${L_PUBLIC_HEADERS})
 endfunction()
 
@@ -74,11 +84,11 @@ function(hugemm_write_layer_map file)
   foreach(name IN LISTS layers)
     get_property(deps GLOBAL PROPERTY HUGEMM_LAYER_${name}_DEPS)
     get_property(dir GLOBAL PROPERTY HUGEMM_LAYER_${name}_DIR)
+    get_property(archive GLOBAL PROPERTY HUGEMM_LAYER_${name}_ARCHIVE)
     get_property(headers GLOBAL PROPERTY HUGEMM_LAYER_${name}_HEADERS)
     list(JOIN deps "," deps)
     list(JOIN headers "," headers)
-    string(APPEND content
-           "${name} ${dir} $<TARGET_FILE:hugemm_${name}> deps=${deps} headers=${headers}\n")
+    string(APPEND content "${name} ${dir} ${archive} deps=${deps} headers=${headers}\n")
   endforeach()
   file(GENERATE OUTPUT "${file}" CONTENT "${content}")
 endfunction()
