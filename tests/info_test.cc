@@ -1,10 +1,12 @@
 // The `hugemm` command line: `hugemm info --json` is what scripts read, so it must parse
 // and agree with sysfs; every command parses its flags the same way, with usage errors
 // that name the flag and the value (exit 2); `hugemm bench` leaves nothing behind.
+#include <dirent.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <set>
 #include <string>
 
 #include "gmock/gmock.h"
@@ -201,6 +203,55 @@ TEST(BenchCli, PinTakesGupTestFlagsAndBothLongForms) {
   int rc = 0;
   EXPECT_EQ(Parse(RunCli("bench pin --json -m 2 -r 1 -u -W", &rc))["flags"], "GET");
   EXPECT_EQ(Parse(RunCli("bench pin --json -m 2 -r 1 -L -P", &rc))["flags"], "PIN|WRITE|LONGTERM");
+}
+
+// Names in a directory, or an empty set when it cannot be read.
+std::set<std::string> FilesIn(const std::string& dir) {
+  std::set<std::string> names;
+  if (DIR* d = opendir(dir.c_str())) {
+    while (dirent* e = readdir(d)) names.insert(e->d_name);
+    closedir(d);
+  }
+  return names;
+}
+
+// A path that is neither a device nor in a hugetlbfs mount is refused, and nothing is
+// created anywhere (it once became a file of that name in a hugetlbfs mount, holding
+// the machine's huge pages until deleted by hand).
+TEST(BenchCli, PinRefusesAFileOutsideHugetlbfs) {
+  const std::string mount = testing::HugetlbfsMountFor(kPageSize2M);
+  const std::set<std::string> before = FilesIn(mount);
+  for (const char* path : {"/nonexistent", "/tmp/hugemm-bench-pin-file", "relative-name"}) {
+    int rc = 0;
+    const std::string err =
+        RunCli(std::string("bench pin -m 2 -r 1 -f ") + path + " 2>&1 >/dev/null", &rc);
+    EXPECT_EQ(rc, 2) << path << ": " << err;
+    EXPECT_THAT(err, HasSubstr(path));
+    EXPECT_NE(access(path, F_OK), 0) << path << " was created";
+  }
+  EXPECT_EQ(FilesIn(mount), before) << "a file appeared in " << mount;
+}
+
+// A file the benchmark creates in a hugetlbfs mount is gone when it ends; one that was
+// there before stays.
+TEST(BenchCli, PinRemovesTheFileItCreated) {
+  const std::string mount = testing::HugetlbfsMountFor(kPageSize2M);
+  HUGEMM_NEED(!mount.empty(), "needs a 2M hugetlbfs mount");
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  const std::string path = mount + "/hugemm-info-test-" + std::to_string(getpid());
+  int rc = 0;
+  std::string out = RunCli("bench pin --json -m 2 -r 1 -f " + path, &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_EQ(Parse(out)["backing"], "hugetlbfs") << out;
+  EXPECT_NE(access(path.c_str(), F_OK), 0) << path << " was left behind";
+
+  FILE* kept = fopen(path.c_str(), "w");
+  ASSERT_NE(kept, nullptr);
+  fclose(kept);
+  out = RunCli("bench pin --json -m 2 -r 1 -f " + path, &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_EQ(access(path.c_str(), F_OK), 0) << "a file that was there before was removed";
+  unlink(path.c_str());
 }
 
 // `hugemm bench translate --json` carries every key doc/benchmarks.md names: positive times,
