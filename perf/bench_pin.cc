@@ -13,15 +13,10 @@
 #include "perf/bench_pin.h"
 
 #include <liburing.h>
-#include <sys/stat.h>
 #include <sys/uio.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
-#include <cerrno>
-#include <climits>
-#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -31,6 +26,7 @@
 #include "absl/strings/str_cat.h"
 #include "hugemm/runtime.h"
 #include "perf/bench_util.h"
+#include "perf/pin_target.h"
 #include "runtime/sys/hugepages.h"
 
 namespace hugemm::perf {
@@ -48,83 +44,6 @@ const char* KindName(PinCall call) {
       return "PIN_LONGTERM_BENCHMARK";
   }
   return "?";
-}
-
-// Where -f points, resolved: the buffer options it means, and whether the benchmark
-// creates the file (and so must remove it).
-struct FileTarget {
-  BufferOptions buffer;
-  std::string created;  // the path to remove at the end, if the run creates it
-};
-
-// A character device is a device-DAX device; anything else must be a file (existing or
-// not) directly in a hugetlbfs mount. A path elsewhere is refused: it would otherwise
-// become a file of that name in whichever mount the backing finds.
-absl::StatusOr<FileTarget> ResolveFile(const PinBenchConfig& c) {
-  const std::string& path = c.file;
-  auto bad = [&](absl::string_view why) {
-    return absl::InvalidArgumentError(absl::StrCat("-f ", path, ": ", why));
-  };
-  FileTarget t;
-  struct stat st;
-  const bool exists = ::stat(path.c_str(), &st) == 0;
-  if (exists && S_ISCHR(st.st_mode)) {
-    t.buffer.backing = BackingKind::kDevDax;
-    t.buffer.devdax_path = path;
-    return t;
-  }
-  if (exists && !S_ISREG(st.st_mode)) return bad("neither a device nor a regular file");
-  const size_t slash = path.rfind('/');
-  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
-  const std::string name = path.substr(slash == std::string::npos ? 0 : slash + 1);
-  char real[PATH_MAX];
-  if (name.empty() || ::realpath(dir.empty() ? "/" : dir.c_str(), real) == nullptr) {
-    return bad("neither a device nor a file in a hugetlbfs mount");
-  }
-  absl::StatusOr<std::vector<HugetlbfsMount>> mounts = sys::HugetlbfsMounts();
-  if (!mounts.ok()) return bad(mounts.status().message());
-  const HugetlbfsMount* mount = nullptr;
-  for (const HugetlbfsMount& m : *mounts) {
-    if (m.path == real) mount = &m;
-  }
-  if (mount == nullptr) return bad("neither a device nor a file in a hugetlbfs mount");
-  if (c.page_size != 0 && c.page_size != mount->page_size) {
-    return bad(absl::StrCat(mount->path, " has ", PageSizeName(mount->page_size), " pages, not ",
-                            PageSizeName(c.page_size)));
-  }
-  t.buffer.backing = BackingKind::kHugetlbfs;
-  t.buffer.hugetlbfs_mount = mount->path;
-  t.buffer.file_name = name;
-  t.buffer.page_size = mount->page_size;
-  if (!exists) t.created = absl::StrCat(mount->path, "/", name);
-  return t;
-}
-
-// Removes the file a run created, however the run ends.
-class RemoveCreated {
- public:
-  explicit RemoveCreated(std::string path) : path_(std::move(path)) {}
-  ~RemoveCreated() {
-    if (!path_.empty()) ::unlink(path_.c_str());
-  }
-  RemoveCreated(const RemoveCreated&) = delete;
-  RemoveCreated& operator=(const RemoveCreated&) = delete;
-
- private:
-  std::string path_;
-};
-
-// The buffer a config maps: what -f names, else the backing and page size asked for.
-absl::StatusOr<FileTarget> Target(const PinBenchConfig& c) {
-  if (!c.file.empty()) return ResolveFile(c);
-  FileTarget t;
-  t.buffer.backing = c.backing;
-  t.buffer.page_size = c.page_size;
-  if (c.backing == BackingKind::kAnon) t.buffer.page_size = kPageSize4K;
-  if (c.backing != BackingKind::kDevDax && t.buffer.page_size == 0) {
-    t.buffer.page_size = kPageSize2M;
-  }
-  return t;
 }
 
 // --- the runs -----------------------------------------------------------------------
@@ -400,13 +319,13 @@ absl::Status CheckPinBenchConfig(const PinBenchConfig& c) {
     return absl::InvalidArgumentError("-n must be positive or -1");
   }
   if (c.threads <= 0 || c.threads > 64) return absl::InvalidArgumentError("-j must be 1..64");
-  return Target(c).status();
+  return ResolvePinTarget(c).status();
 }
 
 absl::StatusOr<PinBenchResult> RunPinBench(const PinBenchConfig& config,
                                            const PinBenchHooks& hooks) {
   if (absl::Status st = CheckPinBenchConfig(config); !st.ok()) return st;
-  absl::StatusOr<FileTarget> target = Target(config);
+  absl::StatusOr<PinTarget> target = ResolvePinTarget(config);
   if (!target.ok()) return target.status();
   // Declared before the runtime, so the file goes after the mapping of it.
   RemoveCreated remove_created(target->created);
