@@ -11,13 +11,15 @@ fail() { echo "FAIL: $*"; failed=1; }
 soname=$(readelf -d "$lib" | sed -n 's/.*Library soname: \[\(.*\)\]/\1/p')
 [ "$soname" = "libhugemm.so.$major" ] || fail "SONAME is \"$soname\", not libhugemm.so.$major"
 
-exported=$(nm -D --defined-only "$lib" | awk '{print $3}' | c++filt)
-public='^(hugemm_[a-z0-9_]+$|((vtable|typeinfo|typeinfo name) for |(non-)?virtual thunk to )?hugemm::([A-Z]|operator))'
+# The rule of cmake/libhugemm.map, on mangled names: hugemm_*, or a name of namespace
+# hugemm that starts with a capital (or an operator), or its vtable, typeinfo or thunk.
+mangled=$(nm -D --defined-only "$lib" | awk '{print $3}')
+public='^(hugemm_[a-z0-9_]+$|_Z(T[VIS]|T[hv][^N]*)?NK?6hugemm([0-9]+[A-Z]|[a-z][a-zA-Z]))'
 while IFS= read -r sym; do
   [ -n "$sym" ] || continue
-  grep -Eq "$public" <<<"$sym" || fail "exports a non-public symbol: $sym"
-  grep -Eq '_internal::|hugemm::sys::' <<<"${sym%%(*}" && fail "exports an internal symbol: $sym"
-done <<<"$exported"
+  grep -Eq "$public" <<<"$sym" || fail "exports a non-public symbol: $(c++filt "$sym")"
+done <<<"$mangled"
+exported=$(c++filt <<<"$mangled")
 
 # Every function of the C API, and the C++ facade's entry point.
 for fn in $(sed -n 's/^[a-z_ *]*\b\(hugemm_[a-z0-9_]*\)(.*/\1/p' "$header" | sort -u); do
