@@ -2,8 +2,9 @@
 # build-initramfs.sh KERNEL_VERSION
 # Build (or reuse) the guest initramfs for an unpacked kernel in the cache and
 # print its path. It holds only busybox, /init and the modules the guest loads
-# before it can reach the host's root over 9p (and the soft-RoCE ones); every
-# other tool (ndctl, daxctl, ip, rdma, the tests) runs from the host root.
+# before it can reach the host's root over 9p (and the soft-RoCE, NVMe, UIO and
+# VFIO ones); every other tool (ndctl, daxctl, ip, rdma, setpci, numactl, the
+# tests) runs from the host root.
 #
 # The output is named by a hash of its inputs, so it is rebuilt exactly when
 # the kernel, busybox, the init script or this script change.
@@ -16,14 +17,18 @@ OUT_DIR=$VM_CACHE/initramfs
 
 # Loaded in this order (with their dependencies first) by /init.
 BASE_MODULES=(virtio_pci 9pnet_virtio 9p overlay nfit nd_pmem dax_pmem device_dax)
-# rdma_rxe; crc32 providers first, since rxe computes ICRCs with crc32.
-RXE_MODULES=(crc32_generic crc32_pclmul ib_uverbs rdma_rxe)
+# rdma_rxe; crc32 providers first, since rxe computes ICRCs with crc32. veth for
+# the linked pair.
+RXE_MODULES=(crc32_generic crc32_pclmul veth ib_uverbs rdma_rxe)
+# The kernel's NVMe driver, and the two a userspace driver binds instead; vfio's
+# IOMMU backend is loaded on demand by the kernel, so it is named here.
+NVME_MODULES=(nvme uio_pci_generic vfio_iommu_type1 vfio-pci)
 # Missing from some kernels (built in, or renamed): not an error.
 OPTIONAL_MODULES=" crc32_generic crc32_pclmul "
 
 inputs_hash() {
   {
-    echo "$KVER ${BASE_MODULES[*]} / ${RXE_MODULES[*]}"
+    echo "$KVER ${BASE_MODULES[*]} / ${RXE_MODULES[*]} / ${NVME_MODULES[*]}"
     cat "$VM_DIR/guest-init.sh" "$VM_DIR/build-initramfs.sh" "$KDIR/lib/modules/$KVER/modules.dep"
     sha256sum </bin/busybox
   } | sha256sum | cut -c1-16
@@ -97,11 +102,13 @@ main() {
 
   : >"$TREE/etc/hugemm/base.modules"
   : >"$TREE/etc/hugemm/rxe.modules"
+  : >"$TREE/etc/hugemm/nvme.modules"
   add_modules "$TREE/etc/hugemm/base.modules" "${BASE_MODULES[@]}"
   add_modules "$TREE/etc/hugemm/rxe.modules" "${RXE_MODULES[@]}"
+  add_modules "$TREE/etc/hugemm/nvme.modules" "${NVME_MODULES[@]}"
   # A modules.dep for the copies, so modprobe inside the chroot knows them.
   cp "$KDIR/lib/modules/$KVER"/modules.builtin* "$TREE/lib/modules/$KVER/"
-  cat "$TREE"/etc/hugemm/base.modules "$TREE"/etc/hugemm/rxe.modules >"$TREE/lib/modules/$KVER/modules.order"
+  cat "$TREE"/etc/hugemm/{base,rxe,nvme}.modules >"$TREE/lib/modules/$KVER/modules.order"
   depmod -b "$TREE" "$KVER"
 
   (cd "$TREE" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet) |

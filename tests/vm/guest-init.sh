@@ -3,16 +3,24 @@
 #
 # Loads the NVDIMM/DAX/9p modules, mounts the host's / (read-only 9p) under a
 # tmpfs overlay so the chroot is writable but the host is never touched, turns
-# the emulated NVDIMM into a device-DAX namespace, optionally brings up
+# the emulated NVDIMM into a device-DAX namespace, checks the huge page pools,
+# NUMA nodes, NVMe controller and IOMMU it was asked for, optionally brings up
 # soft-RoCE, then runs the job script written by run-in-vm.sh inside the
 # chroot. The job's output and exit status go to the writable 9p share, which
 # is mounted at the same path as on the host. Then it powers the VM off.
 #
 # Kernel command line parameters (set by run-in-vm.sh):
-#   hugemm.align=2M|1G   namespace alignment
-#   hugemm.rxe=0|1       load rdma_rxe and add rxe0 on lo
-#   hugemm.share=PATH    host path of the results share (no spaces)
-#   hugemm.rw=PATH       host directory shared read-write at the same path
+#   hugemm.align=2M|1G     namespace alignment
+#   hugemm.share=PATH      host path of the results share (no spaces)
+#   hugemm.rw=PATH         host directory shared read-write at the same path
+#   hugemm.numa=N          N NUMA nodes (0: no NUMA topology)
+#   hugemm.hugepages=N     2M huge pages reserved by the kernel (per node with NUMA)
+#   hugemm.hugepages1g=N   1G huge pages reserved by the kernel (per node with NUMA)
+#   hugemm.daxnode=N       NUMA node of the NVDIMM
+#   hugemm.nvme=BDF|0      the NVMe controller's PCI address; load its drivers
+#   hugemm.iommu=0|1       an Intel IOMMU must be active
+#   hugemm.rxe=0|1         load rdma_rxe and add rxe0 on lo
+#   hugemm.rxepair=0|1     rxe_a and rxe_b on the two ends of a veth pair
 
 /bin/busybox mkdir -p /bin /proc /sys /dev
 /bin/busybox --install -s /bin
@@ -42,14 +50,28 @@ die() {
 
 ALIGN=2M
 RXE=0
+RXE_PAIR=0
 RW_DIR=
+NUMA=0
+HUGEPAGES=0
+HUGEPAGES_1G=0
+DAX_NODE=0
+NVME=0
+IOMMU=0
 # shellcheck disable=SC2013 # the command line is words
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     hugemm.align=*) ALIGN=${arg#*=} ;;
     hugemm.rxe=*) RXE=${arg#*=} ;;
+    hugemm.rxepair=*) RXE_PAIR=${arg#*=} ;;
     hugemm.share=*) SHARE_DIR=${arg#*=} ;;
     hugemm.rw=*) RW_DIR=${arg#*=} ;;
+    hugemm.numa=*) NUMA=${arg#*=} ;;
+    hugemm.hugepages=*) HUGEPAGES=${arg#*=} ;;
+    hugemm.hugepages1g=*) HUGEPAGES_1G=${arg#*=} ;;
+    hugemm.daxnode=*) DAX_NODE=${arg#*=} ;;
+    hugemm.nvme=*) NVME=${arg#*=} ;;
+    hugemm.iommu=*) IOMMU=${arg#*=} ;;
   esac
 done
 [ -n "$SHARE_DIR" ] || die "no hugemm.share= on the kernel command line"
@@ -62,6 +84,8 @@ load_modules() { # LIST-FILE: one module path (relative to the module dir) a lin
   done <"$1"
 }
 load_modules /etc/hugemm/base.modules
+# Early, so that the kernel's nvme driver probes the controller while 9p mounts.
+[ "$NVME" = 0 ] || load_modules /etc/hugemm/nvme.modules
 say "modules loaded"
 
 # --- root: host / read-only over 9p, under a writable tmpfs overlay ----------
@@ -85,6 +109,11 @@ mount -t proc proc "$NEWROOT/proc"
 mount -t sysfs sysfs "$NEWROOT/sys"
 mount -t devtmpfs devtmpfs "$NEWROOT/dev"
 mkdir -p "$NEWROOT/dev/pts" "$NEWROOT/dev/shm"
+# What udev would add: bash's process substitution needs /dev/fd.
+ln -sf /proc/self/fd "$NEWROOT/dev/fd"
+ln -sf /proc/self/fd/0 "$NEWROOT/dev/stdin"
+ln -sf /proc/self/fd/1 "$NEWROOT/dev/stdout"
+ln -sf /proc/self/fd/2 "$NEWROOT/dev/stderr"
 mount -t devpts -o newinstance,ptmxmode=0666 devpts "$NEWROOT/dev/pts"
 mount -t tmpfs -o mode=1777 shm "$NEWROOT/dev/shm"
 mount -t tmpfs -o mode=0755 run "$NEWROOT/run"
@@ -94,6 +123,46 @@ if mkdir -p "$NEWROOT/lib/modules/$KVER" 2>/dev/null; then
   mount --bind "/lib/modules/$KVER" "$NEWROOT/lib/modules/$KVER"
 fi
 in_root() { chroot "$NEWROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"; }
+# wait_for TENTHS TEST...: poll until the test command succeeds; fail after TENTHS/10 s.
+wait_for() {
+  n=$1
+  shift
+  until "$@"; do
+    n=$((n - 1))
+    [ $n -gt 0 ] || return 1
+    sleep 0.1
+  done
+}
+
+# --- huge pages and NUMA nodes ---------------------------------------------------
+# The kernel reserved the pools at boot (hugepagesz=/hugepages= on the command
+# line); a short pool means --mem was too small for what was asked.
+[ "$NUMA" = 0 ] || [ "$(cat /sys/devices/system/node/online)" = "0-$((NUMA - 1))" ] ||
+  die "NUMA nodes online are $(cat /sys/devices/system/node/online), want 0-$((NUMA - 1))"
+pool_log() { dmesg | sed -n 's/^\[[ 0-9.]*\] \(HugeTLB: allocating.*\)/\1/p' | head -n 2 | tr '\n' ' '; }
+check_pool() { # KB WANT LABEL
+  if [ "$NUMA" = 0 ]; then
+    have=$(cat "/sys/kernel/mm/hugepages/hugepages-$1kB/nr_hugepages" 2>/dev/null || echo 0)
+    [ "$have" -ge "$2" ] || die "the kernel reserved $have of $2 $3 huge pages; raise --mem. $(pool_log)"
+  else
+    node=0
+    while [ $node -lt "$NUMA" ]; do
+      have=$(cat "/sys/devices/system/node/node$node/hugepages/hugepages-$1kB/nr_hugepages" 2>/dev/null || echo 0)
+      [ "$have" -ge "$2" ] || die "node $node has $have of $2 $3 huge pages; raise --mem. $(pool_log)"
+      node=$((node + 1))
+    done
+  fi
+}
+check_pool 2048 "$HUGEPAGES" 2M
+check_pool 1048576 "$HUGEPAGES_1G" 1G
+# hugetlbfs where the host has it (the guest's devtmpfs hides the host's mounts).
+mkdir -p "$NEWROOT/dev/hugepages"
+mount -t hugetlbfs -o pagesize=2M hugetlbfs "$NEWROOT/dev/hugepages" || die "cannot mount hugetlbfs (2M)"
+if [ -d /sys/kernel/mm/hugepages/hugepages-1048576kB ]; then
+  mkdir -p "$NEWROOT/dev/hugepages1G"
+  mount -t hugetlbfs -o pagesize=1G hugetlbfs "$NEWROOT/dev/hugepages1G" || die "cannot mount hugetlbfs (1G)"
+fi
+[ "$NUMA" = 0 ] || say "$NUMA NUMA nodes, $HUGEPAGES x 2M and $HUGEPAGES_1G x 1G huge pages on each"
 
 # --- the device-DAX namespace --------------------------------------------------
 # The NVDIMM has no label area, so it shows up as one raw namespace0.0 that
@@ -107,13 +176,80 @@ while [ ! -c "$NEWROOT/dev/dax0.0" ]; do
   sleep 0.1
 done
 say "/dev/dax0.0 ready (align $(cat /sys/bus/dax/devices/dax0.0/align))"
+if [ "$NUMA" != 0 ]; then
+  node=$(cat /sys/bus/dax/devices/dax0.0/numa_node)
+  [ "$node" = "$DAX_NODE" ] || die "/dev/dax0.0 is on node $node, want $DAX_NODE"
+fi
 
-# --- optional soft-RoCE on loopback ---------------------------------------------
-if [ "$RXE" = 1 ]; then
+# --- the IOMMU and the NVMe controller ---------------------------------------------
+if [ "$IOMMU" = 1 ]; then
+  [ -e /sys/class/iommu/dmar0 ] || die "no Intel IOMMU (no /sys/class/iommu/dmar0)"
+fi
+if [ "$NVME" != 0 ]; then
+  pci=/sys/bus/pci/devices/$NVME
+  [ "$(cat "$pci/vendor" 2>/dev/null):$(cat "$pci/device" 2>/dev/null)" = 0x1b36:0x0010 ] ||
+    die "no NVMe controller (1b36:0010) at $NVME"
+  if [ "$IOMMU" = 1 ]; then
+    [ -e "$pci/iommu_group" ] || die "the NVMe controller $NVME is in no IOMMU group"
+  fi
+  # The kernel's driver owns it when COMMAND starts; the namespace shows that.
+  wait_for 100 [ -b "$NEWROOT/dev/nvme0n1" ] ||
+    die "the nvme driver did not bring up /dev/nvme0n1 (driver: $(basename "$(readlink "$pci/driver")"))"
+  say "NVMe $NVME ready ($(basename "$(readlink "$pci/driver")"), /dev/nvme0n1$([ "$IOMMU" = 1 ] &&
+    echo ", IOMMU group $(basename "$(readlink "$pci/iommu_group")")"))"
+fi
+
+# --- optional soft-RoCE ---------------------------------------------------------------
+if [ "$RXE" = 1 ] || [ "$RXE_PAIR" = 1 ]; then
   load_modules /etc/hugemm/rxe.modules
   in_root ip link set lo up || die "ip link set lo up failed"
+fi
+port_active() { grep -q ACTIVE "/sys/class/infiniband/$1/ports/1/state" 2>/dev/null; }
+if [ "$RXE" = 1 ]; then
   in_root rdma link add rxe0 type rxe netdev lo || die "rdma link add rxe0 failed"
   say "rxe0 ready"
+fi
+# Two devices on the ends of one veth pair, both in this namespace (rxe on 6.12
+# carries no traffic across network namespaces). The kernel would deliver
+# packets between two local addresses through lo: per-direction rules for
+# locally sent packets, ahead of the local table, send them out of the sender's
+# own end, and accept_local/rp_filter let the other end take them in.
+if [ "$RXE_PAIR" = 1 ]; then
+  rxe_pair() {
+    # The veth ends take these from "default" when they are made.
+    for conf in all default; do
+      echo 1 >"/proc/sys/net/ipv4/conf/$conf/accept_local" || return 1
+      echo 0 >"/proc/sys/net/ipv4/conf/$conf/rp_filter" || return 1
+    done
+    # One ip for all of it: every program start costs under TCG.
+    in_root ip -batch - <<'EOF' || return 1
+link add veth_a type veth peer name veth_b
+address add 10.99.0.1/24 dev veth_a
+address add 10.99.0.2/24 dev veth_b
+link set veth_a up
+link set veth_b up
+rule add pref 1000 lookup local
+rule del pref 0
+rule add pref 100 from 10.99.0.1 to 10.99.0.2 iif lo lookup 100
+route add 10.99.0.2/32 dev veth_a src 10.99.0.1 table 100
+rule add pref 101 from 10.99.0.2 to 10.99.0.1 iif lo lookup 101
+route add 10.99.0.1/32 dev veth_b src 10.99.0.2 table 101
+EOF
+    in_root rdma -b - <<'EOF' || return 1
+link add rxe_a type rxe netdev veth_a
+link add rxe_b type rxe netdev veth_b
+EOF
+  }
+  rxe_pair || die "setting up the veth pair with rxe_a and rxe_b failed"
+  wait_for 100 port_active rxe_a || die "rxe_a's port did not become active"
+  wait_for 100 port_active rxe_b || die "rxe_b's port did not become active"
+  # GID 1 is the IPv4-mapped RoCE v2 entry the tests use.
+  for end in a:0001 b:0002; do
+    gid=$(cat "/sys/class/infiniband/rxe_${end%:*}/ports/1/gids/1" 2>/dev/null)
+    [ "$gid" = "0000:0000:0000:0000:0000:ffff:0a63:${end#*:}" ] ||
+      die "rxe_${end%:*} GID 1 is '$gid', not 10.99.0.${end#*:000}"
+  done
+  say "rxe_a (veth_a, 10.99.0.1) and rxe_b (veth_b, 10.99.0.2) ready"
 fi
 
 # --- the job ---------------------------------------------------------------------

@@ -42,7 +42,22 @@ ensure_packages() {
   fi
 }
 
+# size_bytes SIZE: print SIZE (a number with an optional K, M or G suffix, powers of two)
+# in bytes; fail (status 1, nothing printed) on anything else.
+size_bytes() {
+  local n=${1%[KkMmGg]} unit=${1##*[0-9]}
+  [[ $n =~ ^[0-9]+$ && ${#unit} -le 1 ]] || return 1
+  case $unit in
+    '') echo "$n" ;;
+    K | k) echo $((n << 10)) ;;
+    M | m) echo $((n << 20)) ;;
+    G | g) echo $((n << 30)) ;;
+  esac
+}
+
 # Packages the host needs: qemu, the guest's busybox, module tools, and the
-# ndctl/daxctl (and RDMA) binaries that the guest runs from the shared host root.
+# ndctl/daxctl (and RDMA, PCI, NUMA) binaries that the guest runs from the shared host root.
 HOST_PACKAGES=(qemu-system-x86 busybox-static kmod cpio xz-utils zstd ndctl daxctl)
-RXE_PACKAGES=(rdma-core ibverbs-utils ibverbs-providers iproute2)
+RXE_PACKAGES=(rdma-core ibverbs-utils ibverbs-providers iproute2 perftest)
+NVME_PACKAGES=(pciutils)
+NUMA_PACKAGES=(numactl)
