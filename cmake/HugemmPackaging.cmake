@@ -8,7 +8,7 @@
 set(CPACK_GENERATOR DEB)
 set(CPACK_PACKAGE_NAME hugemm)
 set(CPACK_PACKAGE_VERSION "${PROJECT_VERSION}")
-set(CPACK_PACKAGE_CONTACT "hugemm maintainers <maintainers@users.noreply.github.com>")
+set(CPACK_PACKAGE_CONTACT "hugemm maintainers <maintainers@users.noreply.h-seed-4478bcdb.example>")
 set(CPACK_PACKAGE_DESCRIPTION_SUMMARY
     "DMA buffers on real huge pages, with a shadow page table and GUP-fast pinning")
 set(CPACK_PACKAGE_DESCRIPTION
