@@ -9,200 +9,52 @@
 // segments. The kernel beside us: io_uring fixed-buffer registration of the same buffer,
 // which pins every page with pin_user_pages(FOLL_LONGTERM); register and unregister are
 // timed separately.
+// The pin benchmark (bench_pin.h): the runs, the floor and the kernel beside them.
+#include "perf/bench_pin.h"
+
 #include <liburing.h>
 #include <sys/uio.h>
 
 #include <algorithm>
 #include <atomic>
-#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "hugemm/runtime.h"
 #include "perf/bench_util.h"
-#include "runtime/cli/command.h"
+#include "perf/pin_target.h"
 #include "runtime/sys/hugepages.h"
-#include "runtime/util/json.h"
 
 namespace hugemm::perf {
 namespace {
 
-enum class Output { kPages, kFolios, kSegments };
+using Output = PinOutput;
 
-const char* OutputName(Output o) {
-  switch (o) {
-    case Output::kPages:
-      return "pages";
-    case Output::kFolios:
-      return "folios";
-    case Output::kSegments:
-      return "segments";
+const char* KindName(PinCall call) {
+  switch (call) {
+    case PinCall::kPin:
+      return "PIN_FAST_BENCHMARK";
+    case PinCall::kGet:
+      return "GUP_FAST_BENCHMARK";
+    case PinCall::kPinLongterm:
+      return "PIN_LONGTERM_BENCHMARK";
   }
   return "?";
 }
 
-struct Config {
-  size_t size_mib = 16384;
-  int repeats = 10;
-  long pages_per_call = 512;  // -1: the whole buffer in one call
-  uint32_t flags = kGupPin | kGupWrite;
-  bool shared = true;
-  int threads = 1;
-  BufferOptions buffer;
-  std::string file;
-  RefGranularity refcount = RefGranularity::kFolio;
-  Output output = Output::kPages;
-  bool compare_kernel = false;
-  bool compare_page = false;
-  bool json = false;
-  std::string command;
-};
-
-const char* BenchName(uint32_t flags) {
-  if (flags & kGupGet) return "GUP_FAST_BENCHMARK";
-  if (flags & kGupLongterm) return "PIN_LONGTERM_BENCHMARK";
-  return "PIN_FAST_BENCHMARK";
-}
-
-// --- parsing ----------------------------------------------------------------------
-
-int Usage(const std::string& why) {
-  std::fprintf(stderr,
-               "hugemm bench pin: %s\n"
-               "usage: hugemm bench pin [gup_test flags] [hugemm flags]\n"
-               "  -m MiB         buffer size (16384)\n"
-               "  -r N           repeats (10)\n"
-               "  -n N           pages per call, -1 = all (512)\n"
-               "  -a | -u | -L   PIN (default) | GET | PIN LONGTERM\n"
-               "  -w | -W        write (default) | read-only\n"
-               "  -S             shared mapping (default); -P private\n"
-               "  -H             hugetlb (default)\n"
-               "  -f FILE        a /dev/dax device or a file in a hugetlbfs mount\n"
-               "  -j N           threads, each pinning the whole buffer (1)\n"
-               "  --backing=hugetlb|hugetlbfs|devdax|anon   --page-size=4K|2M|1G\n"
-               "  --refcount=folio|page   --output=pages|folios|segments\n"
-               "  --compare=kernel[,page]   --json\n",
-               why.c_str());
-  return 2;
-}
-
-bool ParseInt(const std::string& s, long* out) { return absl::SimpleAtoi(s, out); }
-
-// Returns 0 and fills `c`, or the exit code of a usage error.
-int Parse(const cli::Args& args, Config* c) {
-  c->command = "hugemm bench pin";
-  for (const std::string& a : args) absl::StrAppend(&c->command, " ", a);
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    auto value = [&](std::string* out) {
-      if (i + 1 >= args.size()) return false;
-      *out = args[++i];
-      return true;
-    };
-    std::string v;
-    long n = 0;
-    if (a == "-m" || a == "-r" || a == "-n" || a == "-j") {
-      if (!value(&v) || !ParseInt(v, &n)) return Usage(a + " needs a number");
-      if (a == "-m") {
-        if (n <= 0) return Usage("-m must be positive");
-        c->size_mib = static_cast<size_t>(n);
-      } else if (a == "-r") {
-        if (n <= 0) return Usage("-r must be positive");
-        c->repeats = static_cast<int>(n);
-      } else if (a == "-n") {
-        if (n == 0 || n < -1) return Usage("-n must be positive or -1");
-        c->pages_per_call = n;
-      } else {
-        if (n <= 0 || n > 64) return Usage("-j must be 1..64");
-        c->threads = static_cast<int>(n);
-      }
-    } else if (a == "-a") {
-      c->flags = (c->flags & ~(kGupGet | kGupLongterm)) | kGupPin;
-    } else if (a == "-u") {
-      c->flags = (c->flags & ~(kGupPin | kGupLongterm)) | kGupGet;
-    } else if (a == "-L") {
-      c->flags = (c->flags & ~kGupGet) | kGupPin | kGupLongterm;
-    } else if (a == "-w") {
-      c->flags |= kGupWrite;
-    } else if (a == "-W") {
-      c->flags &= ~kGupWrite;
-    } else if (a == "-S") {
-      c->shared = true;
-    } else if (a == "-P") {
-      c->shared = false;
-    } else if (a == "-H") {
-      c->buffer.backing = BackingKind::kHugetlb;
-    } else if (a == "-f") {
-      if (!value(&c->file)) return Usage("-f needs a file");
-    } else if (a == "--json") {
-      c->json = true;
-    } else if (a.rfind("--backing=", 0) == 0) {
-      absl::StatusOr<BackingKind> k = ParseBackingKind(a.substr(10));
-      if (!k.ok()) return Usage(std::string(k.status().message()));
-      c->buffer.backing = *k;
-    } else if (a.rfind("--page-size=", 0) == 0) {
-      absl::StatusOr<size_t> ps = ParsePageSize(a.substr(12));
-      if (!ps.ok()) return Usage(std::string(ps.status().message()));
-      c->buffer.page_size = *ps;
-    } else if (a == "--refcount=folio") {
-      c->refcount = RefGranularity::kFolio;
-    } else if (a == "--refcount=page") {
-      c->refcount = RefGranularity::kPage;
-    } else if (a.rfind("--output=", 0) == 0) {
-      const std::string o = a.substr(9);
-      if (o == "pages") {
-        c->output = Output::kPages;
-      } else if (o == "folios") {
-        c->output = Output::kFolios;
-      } else if (o == "segments") {
-        c->output = Output::kSegments;
-      } else {
-        return Usage("--output must be pages, folios or segments");
-      }
-    } else if (a.rfind("--compare=", 0) == 0) {
-      for (absl::string_view w : absl::StrSplit(a.substr(10), ',')) {
-        if (w == "kernel") {
-          c->compare_kernel = true;
-        } else if (w == "page") {
-          c->compare_page = true;
-        } else {
-          return Usage("--compare takes kernel and/or page");
-        }
-      }
-    } else {
-      return Usage("unknown argument \"" + a + "\"");
-    }
-  }
-  if (!c->file.empty()) {
-    if (c->file.rfind("/dev/dax", 0) == 0) {
-      c->buffer.backing = BackingKind::kDevDax;
-      c->buffer.devdax_path = c->file;
-    } else {
-      const size_t slash = c->file.rfind('/');
-      if (slash == std::string::npos) return Usage("-f needs a path in a hugetlbfs mount");
-      c->buffer.backing = BackingKind::kHugetlbfs;
-      c->buffer.hugetlbfs_mount = c->file.substr(0, slash);
-      c->buffer.file_name = c->file.substr(slash + 1);
-    }
-  }
-  if (c->buffer.backing == BackingKind::kAnon) c->buffer.page_size = kPageSize4K;
-  if (c->buffer.backing != BackingKind::kDevDax && c->buffer.page_size == 0) {
-    c->buffer.page_size = c->buffer.backing == BackingKind::kAnon ? kPageSize4K : kPageSize2M;
-  }
-  c->buffer.shared = c->shared;
-  return 0;
-}
-
 // --- the runs -----------------------------------------------------------------------
 
-struct Times {
-  std::vector<double> pin_us, unpin_us;
+// What the passes below need of a config, with the size fitted to the pool.
+struct Config {
+  size_t size_mib;
+  long pages_per_call;
+  uint32_t flags;
+  Output output;
+  int threads;
 };
 
 // One thread's buffers for the output and a pin/unpin pass over the whole buffer.
@@ -292,13 +144,12 @@ class Pass {
 // Pin + unpin passes on `threads` threads, each over the whole range (as gup_test -j).
 class PassRunner {
  public:
-  PassRunner(Pinner& pinner, const Buffer& buf, const Config& c, const char* label)
-      : c_(c), label_(label) {
+  PassRunner(Pinner& pinner, const Buffer& buf, const Config& c) : c_(c) {
     for (int i = 0; i < c.threads; ++i) passes_.push_back(std::make_unique<Pass>(pinner, buf, c));
   }
 
   // One repeat: appends each thread's times to `t`.
-  absl::Status RunOnce(Times* t, bool print) {
+  absl::Status RunOnce(PinTimes* t) {
     const int n = c_.threads;
     std::vector<double> pin_us(n), unpin_us(n);
     std::vector<absl::Status> status(n);
@@ -323,17 +174,12 @@ class PassRunner {
       if (!status[i].ok()) return status[i];
       t->pin_us.push_back(pin_us[i]);
       t->unpin_us.push_back(unpin_us[i]);
-      if (print) {
-        std::printf("%s: Time: get:%.0f put:%.0f us%s\n", BenchName(c_.flags), pin_us[i],
-                    unpin_us[i], label_);
-      }
     }
     return absl::OkStatus();
   }
 
  private:
   const Config& c_;
-  const char* label_;
   std::vector<std::unique_ptr<Pass>> passes_;
 };
 
@@ -398,7 +244,7 @@ class KernelPin {
     if (ready_) io_uring_queue_exit(&ring_);
   }
 
-  absl::Status RunOnce(Times* t) {
+  absl::Status RunOnce(PinTimes* t) {
     const uint64_t t0 = NowNs();
     int rc = io_uring_register_buffers(&ring_, iov_.data(), static_cast<unsigned>(iov_.size()));
     const uint64_t t1 = NowNs();
@@ -421,185 +267,144 @@ class KernelPin {
   std::vector<iovec> iov_;
 };
 
-Json SummaryJson(const std::vector<double>& us) {
-  const Summary s = Summarize(us);
-  Json j = Json::MakeObject();
-  j.Set("min", s.min);
-  j.Set("median", s.median);
-  return j;
-}
-
-// Fewer free huge pages than the run needs: use the largest size that fits, and say so.
-void FitToPool(Config* c) {
-  if (c->buffer.backing != BackingKind::kHugetlb && c->buffer.backing != BackingKind::kHugetlbfs) {
-    return;
+// Fewer free huge pages than the run needs: the largest size that fits, and a note.
+size_t FitToPool(const PinBenchConfig& c, const BufferOptions& buffer, const PinBenchHooks& hooks) {
+  if (buffer.backing != BackingKind::kHugetlb && buffer.backing != BackingKind::kHugetlbfs) {
+    return c.size_mib;
   }
-  absl::StatusOr<HugePagePool> pool = sys::ReadHugePagePool(c->buffer.page_size);
-  if (!pool.ok()) return;
+  absl::StatusOr<HugePagePool> pool = sys::ReadHugePagePool(buffer.page_size);
+  if (!pool.ok()) return c.size_mib;
   const int64_t free_pages = pool->free - pool->resv;
-  const size_t want = (c->size_mib << 20) / c->buffer.page_size;
-  if (free_pages >= static_cast<int64_t>(want) || free_pages <= 0) return;
-  const size_t mib = static_cast<size_t>(free_pages) * (c->buffer.page_size >> 20);
-  std::fprintf(stderr,
-               "hugemm bench pin: only %lld free %s pages: running with %zu MiB instead of "
-               "%zu MiB\n",
-               static_cast<long long>(free_pages), PageSizeName(c->buffer.page_size).c_str(), mib,
-               c->size_mib);
-  c->size_mib = mib;
-}
-
-int RunPin(const cli::Args& args) {
-  Config c;
-  if (int rc = Parse(args, &c)) return rc;
-  FitToPool(&c);
-  // The buffer is whole pages; the pinned range is -m MiB from its start (so -m 1 pins
-  // half of one 2M folio, as gup_test would).
-  const size_t page_size = c.buffer.page_size ? c.buffer.page_size : kPageSize2M;
-  const size_t length = ((c.size_mib << 20) + page_size - 1) / page_size * page_size;
-
-  // The benchmark's buffer goes to no device: no kernel pin on it (the kernel's own pin
-  // is what --compare=kernel times).
-  absl::StatusOr<std::unique_ptr<Runtime>> rt =
-      Runtime::Open({.refcount = c.refcount, .kernel_pins = false});
-  if (!rt.ok()) {
-    std::fprintf(stderr, "hugemm bench pin: %s\n", std::string(rt.status().message()).c_str());
-    return 1;
+  const size_t want = (c.size_mib << 20) / buffer.page_size;
+  if (free_pages >= static_cast<int64_t>(want) || free_pages <= 0) return c.size_mib;
+  const size_t mib = static_cast<size_t>(free_pages) * (buffer.page_size >> 20);
+  if (hooks.note) {
+    hooks.note(absl::StrCat("only ", free_pages, " free ", PageSizeName(buffer.page_size),
+                            " pages: running with ", mib, " MiB instead of ", c.size_mib, " MiB"));
   }
-  absl::StatusOr<Buffer> buf = (*rt)->MapBuffer(length, c.buffer);
-  if (!buf.ok()) {
-    std::fprintf(stderr, "hugemm bench pin: %s\n", std::string(buf.status().message()).c_str());
-    return 1;
-  }
-  std::vector<Folio*> folios;
-  for (size_t off = 0; off < (c.size_mib << 20); off += buf->folio_size()) {
-    folios.push_back((*rt)->Translate(buf->data() + off)->folio);
-  }
-  const std::string page = PageSizeName(buf->folio_size());
-  if (!c.json) {
-    std::printf(
-        "%s\n%s of %s pages (%s), %s, %s, %ld pages per call, %d repeat(s), %d thread(s), "
-        "refcount per %s, output %s\n",
-        c.command.c_str(), HumanBytes(c.size_mib << 20).c_str(), page.c_str(),
-        std::string(BackingKindName(c.buffer.backing)).c_str(), GupFlagsName(c.flags).c_str(),
-        c.shared ? "shared" : "private", c.pages_per_call, c.repeats, c.threads,
-        c.refcount == RefGranularity::kFolio ? "folio" : "4K page", OutputName(c.output));
-  }
-
-  // Every repeat runs each candidate in turn, so that a noisy neighbour slows them
-  // alike; each runs once untimed first, so none pays for the cache the one before it
-  // took (back-to-back repeats, as gup_test times them, are warm too).
-  auto fail = [](absl::string_view what, const absl::Status& st) {
-    std::fprintf(stderr, "hugemm bench pin: %s%s\n", std::string(what).c_str(),
-                 std::string(st.message()).c_str());
-    return 1;
-  };
-  PassRunner ours_runner((*rt)->pinner(), *buf, c, "");
-  Floor floor_runner(folios, c);
-  Pinner page_pinner((*rt)->table(), {.granularity = RefGranularity::kPage});
-  std::unique_ptr<PassRunner> page_runner;
-  if (c.compare_page) {
-    page_runner = std::make_unique<PassRunner>(page_pinner, *buf, c, " (refcount per 4K page)");
-  }
-  std::unique_ptr<KernelPin> kernel_runner;
-  if (c.compare_kernel) {
-    absl::StatusOr<std::unique_ptr<KernelPin>> k = KernelPin::Create(*buf, c);
-    if (!k.ok()) return fail("kernel comparison: ", k.status());
-    kernel_runner = std::move(*k);
-  }
-  Times ours_t, page_t, kernel_t;
-  std::vector<double> floor_us;
-  const uint64_t start = NowNs();
-  Times warmup;
-  for (int r = 0; r < c.repeats; ++r) {
-    for (Times* t : {&warmup, &ours_t}) {
-      if (absl::Status st = ours_runner.RunOnce(t, !c.json && t == &ours_t); !st.ok()) {
-        return fail("", st);
-      }
-    }
-    floor_runner.RunOnce();
-    floor_us.push_back(floor_runner.RunOnce());
-    if (page_runner) {
-      for (Times* t : {&warmup, &page_t}) {
-        if (absl::Status st = page_runner->RunOnce(t, !c.json && t == &page_t); !st.ok()) {
-          return fail("", st);
-        }
-      }
-    }
-    if (kernel_runner) {
-      for (Times* t : {&warmup, &kernel_t}) {
-        if (absl::Status st = kernel_runner->RunOnce(t); !st.ok()) {
-          return fail("kernel comparison: ", st);
-        }
-      }
-    }
-    if (NowNs() - start > 1000000000ull) {
-      std::fprintf(stderr, "\r  hugemm bench pin: repeat %d/%d", r + 1, c.repeats);
-      if (r + 1 == c.repeats) std::fprintf(stderr, "\n");
-    }
-  }
-  const Times* ours = &ours_t;
-  const Times* per_page = c.compare_page ? &page_t : nullptr;
-  const Times* kernel = c.compare_kernel ? &kernel_t : nullptr;
-
-  const Summary pin = Summarize(ours->pin_us), unpin = Summarize(ours->unpin_us);
-  const Summary floor = Summarize(floor_us);
-  if (c.json) {
-    Json out = Json::MakeObject();
-    out.Set("command", c.command);
-    out.Set("size_mib", c.size_mib);
-    out.Set("page_size", page);
-    out.Set("backing", BackingKindName(c.buffer.backing));
-    out.Set("refcount", c.refcount == RefGranularity::kFolio ? "folio" : "page");
-    out.Set("output", OutputName(c.output));
-    out.Set("flags", GupFlagsName(c.flags));
-    out.Set("pages_per_call", c.pages_per_call);
-    out.Set("threads", c.threads);
-    out.Set("repeats", c.repeats);
-    out.Set("pin_us", SummaryJson(ours->pin_us));
-    out.Set("unpin_us", SummaryJson(ours->unpin_us));
-    out.Set("floor_us", floor.median);
-    out.Set("floor",
-            c.output == Output::kPages ? "write the page array" : "one atomic add per folio");
-    out.Set("pin_over_floor", pin.median / floor.median);
-    if (per_page != nullptr) {
-      out.Set("per_page_pin_us", SummaryJson(per_page->pin_us));
-      out.Set("per_page_unpin_us", SummaryJson(per_page->unpin_us));
-      out.Set("per_page_over_per_folio", Summarize(per_page->pin_us).median / pin.median);
-    }
-    if (kernel != nullptr) {
-      out.Set("kernel", "io_uring fixed-buffer registration (pin_user_pages, FOLL_LONGTERM)");
-      out.Set("kernel_pin_us", SummaryJson(kernel->pin_us));
-      out.Set("kernel_unpin_us", SummaryJson(kernel->unpin_us));
-      out.Set("kernel_pin_over_pin", Summarize(kernel->pin_us).median / pin.median);
-      out.Set("kernel_unpin_over_unpin", Summarize(kernel->unpin_us).median / unpin.median);
-    }
-    std::printf("%s\n", out.Dump().c_str());
-    return 0;
-  }
-  std::printf("\nmedian of %d: pin %.0f us, unpin %.0f us (min %.0f / %.0f)\n", c.repeats,
-              pin.median, unpin.median, pin.min, unpin.min);
-  std::printf("floor (%s): %.0f us; pin / floor = %.2fx\n",
-              c.output == Output::kPages ? "write the page array" : "one atomic add per folio",
-              floor.median, pin.median / floor.median);
-  if (per_page != nullptr) {
-    const double pp = Summarize(per_page->pin_us).median;
-    std::printf("refcount per 4K page: pin %.0f us, unpin %.0f us; per page / per folio = %.1fx\n",
-                pp, Summarize(per_page->unpin_us).median, pp / pin.median);
-  }
-  if (kernel != nullptr) {
-    const double kp = Summarize(kernel->pin_us).median, ku = Summarize(kernel->unpin_us).median;
-    std::printf(
-        "kernel, io_uring fixed-buffer registration (FOLL_LONGTERM) of the same buffer: "
-        "register %.0f us, unregister %.0f us; kernel / hugemm = %.1fx pin, %.1fx unpin\n",
-        kp, ku, kp / pin.median, ku / unpin.median);
-  }
-  return 0;
+  return mib;
 }
 
 }  // namespace
 
-HUGEMM_REGISTER_BENCH("pin",
-                      "gup_test's pin benchmark on hugemm, beside the kernel's pin and the floor",
-                      RunPin);
+const char* PinOutputName(PinOutput o) {
+  switch (o) {
+    case PinOutput::kPages:
+      return "pages";
+    case PinOutput::kFolios:
+      return "folios";
+    case PinOutput::kSegments:
+      return "segments";
+  }
+  return "?";
+}
+
+uint32_t PinFlags(const PinBenchConfig& c) {
+  uint32_t flags = c.write ? uint32_t{kGupWrite} : 0u;
+  switch (c.call) {
+    case PinCall::kPin:
+      return flags | kGupPin;
+    case PinCall::kGet:
+      return flags | kGupGet;
+    case PinCall::kPinLongterm:
+      return flags | kGupPin | kGupLongterm;
+  }
+  return flags;
+}
+
+absl::Status CheckPinBenchConfig(const PinBenchConfig& c) {
+  if (c.size_mib == 0) return absl::InvalidArgumentError("-m must be positive");
+  if (c.repeats <= 0) return absl::InvalidArgumentError("-r must be positive");
+  if (c.pages_per_call == 0 || c.pages_per_call < -1) {
+    return absl::InvalidArgumentError("-n must be positive or -1");
+  }
+  if (c.threads <= 0 || c.threads > 64) return absl::InvalidArgumentError("-j must be 1..64");
+  return ResolvePinTarget(c).status();
+}
+
+absl::StatusOr<PinBenchResult> RunPinBench(const PinBenchConfig& config,
+                                           const PinBenchHooks& hooks) {
+  if (absl::Status st = CheckPinBenchConfig(config); !st.ok()) return st;
+  absl::StatusOr<PinTarget> target = ResolvePinTarget(config);
+  if (!target.ok()) return target.status();
+  // Declared before the runtime, so the file goes after the mapping of it.
+  RemoveCreated remove_created(target->created);
+  BufferOptions buffer = target->buffer;
+  buffer.shared = config.shared;
+  const Config c{.size_mib = FitToPool(config, buffer, hooks),
+                 .pages_per_call = config.pages_per_call,
+                 .flags = PinFlags(config),
+                 .output = config.output,
+                 .threads = config.threads};
+  // The buffer is whole pages; the pinned range is size_mib from its start (so -m 1
+  // pins half of one 2M folio, as gup_test would).
+  const size_t page_size = buffer.page_size ? buffer.page_size : kPageSize2M;
+  const size_t length = ((c.size_mib << 20) + page_size - 1) / page_size * page_size;
+
+  // The benchmark's buffer goes to no device: no kernel pin on it (the kernel's own pin
+  // is what compare_kernel times).
+  absl::StatusOr<std::unique_ptr<Runtime>> rt =
+      Runtime::Open({.refcount = config.refcount, .kernel_pins = false});
+  if (!rt.ok()) return rt.status();
+  absl::StatusOr<Buffer> buf = (*rt)->MapBuffer(length, buffer);
+  if (!buf.ok()) return buf.status();
+  std::vector<Folio*> folios;
+  for (size_t off = 0; off < (c.size_mib << 20); off += buf->folio_size()) {
+    folios.push_back((*rt)->Translate(buf->data() + off)->folio);
+  }
+
+  PinBenchResult result;
+  result.size_mib = c.size_mib;
+  result.folio_size = buf->folio_size();
+  result.backing = buffer.backing;
+  result.flags = GupFlagsName(c.flags);
+  result.kind_name = KindName(config.call);
+  result.floor = c.output == Output::kPages ? "write the page array" : "one atomic add per folio";
+
+  // Every repeat runs each candidate in turn, so that a noisy neighbour slows them
+  // alike; each runs once untimed first, so none pays for the cache the one before it
+  // took (back-to-back repeats, as gup_test times them, are warm too).
+  auto failed = [](absl::string_view what, const absl::Status& st) {
+    return absl::Status(st.code(), absl::StrCat(what, st.message()));
+  };
+  PassRunner ours_runner((*rt)->pinner(), *buf, c);
+  Floor floor_runner(folios, c);
+  Pinner page_pinner((*rt)->table(), {.granularity = RefGranularity::kPage});
+  std::unique_ptr<PassRunner> page_runner;
+  if (config.compare_page) {
+    page_runner = std::make_unique<PassRunner>(page_pinner, *buf, c);
+    result.per_page.emplace();
+  }
+  std::unique_ptr<KernelPin> kernel_runner;
+  if (config.compare_kernel) {
+    absl::StatusOr<std::unique_ptr<KernelPin>> k = KernelPin::Create(*buf, c);
+    if (!k.ok()) return failed("kernel comparison: ", k.status());
+    kernel_runner = std::move(*k);
+    result.kernel.emplace();
+  }
+  const uint64_t start = NowNs();
+  PinTimes warmup;
+  for (int r = 0; r < config.repeats; ++r) {
+    for (PinTimes* t : {&warmup, &result.ours}) {
+      if (absl::Status st = ours_runner.RunOnce(t); !st.ok()) return st;
+    }
+    floor_runner.RunOnce();
+    result.floor_us.push_back(floor_runner.RunOnce());
+    if (page_runner) {
+      for (PinTimes* t : {&warmup, &*result.per_page}) {
+        if (absl::Status st = page_runner->RunOnce(t); !st.ok()) return st;
+      }
+    }
+    if (kernel_runner) {
+      for (PinTimes* t : {&warmup, &*result.kernel}) {
+        if (absl::Status st = kernel_runner->RunOnce(t); !st.ok()) {
+          return failed("kernel comparison: ", st);
+        }
+      }
+    }
+    if (hooks.progress && NowNs() - start > 1000000000ull) hooks.progress(r + 1, config.repeats);
+  }
+  return result;
+}
 
 }  // namespace hugemm::perf

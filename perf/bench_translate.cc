@@ -1,19 +1,6 @@
-// `hugemm bench translate`: VA -> folio / PFN through the shadow table, beside a read of
-// /proc/self/pagemap and a lookup in a flat array indexed by 2M page number, all in one
-// run over the same kind of addresses.
-//
-// The table and the flat arrays describe 1 GiB of 2M folios at a synthetic address (the
-// table never touches the data, so no huge pages are spent on it); the pagemap reads go
-// to a real buffer of 2M pages (hugetlb, else 4K anon), which the table also maps, and
-// the table is timed there too so the ratio holds for the same addresses.
-//
-// Two flat arrays, both indexed by 2M page number: one of folio pointers (a page's
-// descriptor, from which folio and PFN follow, as from the table) and one of PFNs alone
-// (the least any VA -> PFN lookup can do). The target compares with the first.
-//
-// Addresses come from a pool of 64K random ones (512 KiB, which stays in cache, as a DMA
-// request's list of pages does), cycled: with a pool the size of the run, streaming the
-// pool from memory would be what every candidate measures.
+// The translate benchmark (bench_translate.h).
+#include "perf/bench_translate.h"
+
 #include <unistd.h>
 
 #include <cstdio>
@@ -25,9 +12,7 @@
 #include "hugemm/backing.h"
 #include "hugemm/pgtable.h"
 #include "perf/bench_util.h"
-#include "runtime/cli/command.h"
 #include "runtime/sys/pagemap.h"
-#include "runtime/util/json.h"
 
 namespace hugemm::perf {
 namespace {
@@ -39,11 +24,9 @@ constexpr size_t kPool = size_t{1} << 16;
 constexpr size_t kPagemapReads = 20000;
 constexpr int kRounds = 7;
 
-int RunTranslate(const cli::Args& in) {
-  cli::Args args = in;
-  const bool json = cli::TakeFlag(&args, "--json");
-  if (int rc = cli::RejectLeftovers("bench translate", args)) return rc;
+}  // namespace
 
+absl::StatusOr<TranslateBenchResult> RunTranslateBench() {
   // Synthetic 1 GiB of 2M folios.
   const size_t nfolios = kSynthBytes / kPageSize2M;
   std::vector<std::unique_ptr<Folio>> folios;
@@ -68,11 +51,7 @@ int RunTranslate(const cli::Args& in) {
     backing = Backing::Create({.kind = BackingKind::kAnon});
     if (backing.ok()) extent = (*backing)->Map({.length = 16 * kPageSize2M});
   }
-  if (!extent.ok()) {
-    std::fprintf(stderr, "hugemm bench translate: %s\n",
-                 std::string(extent.status().message()).c_str());
-    return 1;
-  }
+  if (!extent.ok()) return extent.status();
   for (size_t i = 0; i < extent->page_count(); ++i) {
     folios.push_back(std::make_unique<Folio>());
     InitFolioForPage(folios.back().get(), *extent, i);
@@ -81,8 +60,7 @@ int RunTranslate(const cli::Args& in) {
   auto table = std::make_unique<PageTable>(DetectHostGeometry());
   for (auto& f : folios) {
     if (absl::Status st = table->Map(f.get(), f->data, kProtRead | kProtWrite); !st.ok()) {
-      std::fprintf(stderr, "hugemm bench translate: %s\n", std::string(st.message()).c_str());
-      return 1;
+      return st;
     }
   }
 
@@ -179,56 +157,21 @@ int RunTranslate(const cli::Args& in) {
     }
   }
   auto median = [&](int i) { return Summarize(c[i].samples).median; };
-  const double translate_ns = median(kPfns);
-  const double translate_full_ns = median(kFull);
-  const double translate_single_ns = median(kSingle);
-  const double translate_real_ns = median(kReal);
-  const double flat_ns = median(kFlat);
-  const double flat_pfn_ns = median(kFlatPfn);
-  const double pagemap_ns = median(kPagemap);
+  TranslateBenchResult r;
+  r.geometry = table->geometry().name;
+  r.translate_ns = median(kPfns);
+  r.translate_full_ns = median(kFull);
+  r.translate_single_ns = median(kSingle);
+  r.translate_real_ns = median(kReal);
+  r.flat_array_ns = median(kFlat);
+  r.flat_pfn_array_ns = median(kFlatPfn);
+  r.pagemap_ns = median(kPagemap);
+  r.batch = kBatch;
+  r.lookups = kLookups;
+  r.address_pool = kPool;
+  r.pagemap_buffer_page_size = extent->page_size();
   DoNotOptimize(sink);
-  table.reset();
-
-  const double vs_pagemap = pagemap_ns / translate_real_ns;
-  const double vs_flat = translate_ns / flat_ns;
-  const double vs_flat_pfn = translate_ns / flat_pfn_ns;
-  if (json) {
-    Json out = Json::MakeObject();
-    out.Set("geometry", DetectHostGeometry().name);
-    out.Set("translate_ns", translate_ns);
-    out.Set("translate_full_ns", translate_full_ns);
-    out.Set("translate_single_ns", translate_single_ns);
-    out.Set("batch", kBatch);
-    out.Set("translate_real_ns", translate_real_ns);
-    out.Set("pagemap_ns", pagemap_ns);
-    out.Set("flat_array_ns", flat_ns);
-    out.Set("flat_pfn_array_ns", flat_pfn_ns);
-    out.Set("pagemap_over_translate", vs_pagemap);
-    out.Set("translate_over_flat_array", vs_flat);
-    out.Set("translate_over_flat_pfn_array", vs_flat_pfn);
-    out.Set("lookups", kLookups);
-    out.Set("address_pool", kPool);
-    out.Set("pagemap_buffer", PageSizeName(extent->page_size()));
-    std::printf("%s\n", out.Dump().c_str());
-  } else {
-    std::printf("shadow table, VA->PFN, batches of %zu  %8.2f ns\n", kBatch, translate_ns);
-    std::printf("shadow table, full result, batched    %8.2f ns\n", translate_full_ns);
-    std::printf("shadow table, one call each           %8.2f ns\n", translate_single_ns);
-    std::printf("shadow table, VA->PFN, pagemap's buffer %6.2f ns\n", translate_real_ns);
-    std::printf("flat folio array, VA->PFN, batched    %8.2f ns   table / flat = %.2fx\n", flat_ns,
-                vs_flat);
-    std::printf("flat PFN array, VA->PFN, batched      %8.2f ns   table / flat = %.2fx\n",
-                flat_pfn_ns, vs_flat_pfn);
-    std::printf("pagemap read, real buffer             %8.2f ns   pagemap / table = %.0fx\n",
-                pagemap_ns, vs_pagemap);
-  }
-  return 0;
+  return r;
 }
-
-}  // namespace
-
-HUGEMM_REGISTER_BENCH("translate",
-                      "VA -> PFN through the shadow table vs pagemap vs a flat array [--json]",
-                      RunTranslate);
 
 }  // namespace hugemm::perf

@@ -10,12 +10,13 @@ need_root() {
   [ "$(id -u)" = 0 ] || die "run as root (huge page pools and apt need it): sudo $0 $*"
 }
 
-# Debian packages the build, the tests and the benchmarks use.
+# Debian packages the build, the tests, the benchmarks and the Debian packages use.
 HUGEMM_PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
   libhugetlbfs-dev libnuma-dev libdaxctl-dev libndctl-dev
   liburcu-dev liburing-dev libibverbs-dev
+  libcli11-dev nlohmann-json3-dev help2man dpkg-dev file
   clang-format numactl gnuplot-nox jq ccache
 )
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything CI checks, from a fresh Debian 12 machine: packages, huge pages, builds in
 # three flavours (Release, Debug+ASan+UBSan, TSan), formatting, every test in each
-# flavour, and the device-DAX tests in a VM (Release).
+# flavour, the device-DAX tests in a VM (Release), and the README's install and link
+# steps (check-install.sh: a fresh prefix, then the Debian packages).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 need_root "$@"
@@ -29,3 +30,4 @@ if [ ${#failed[@]} -gt 0 ]; then
   die "tests failed in: ${failed[*]}"
 fi
 say "all tests passed in release, asan and tsan"
+"$HUGEMM_ROOT/scripts/check-install.sh"

@@ -1,17 +1,33 @@
-// `hugemm info --json` is what scripts read: it must parse and agree with sysfs.
+// The `hugemm` command line: `hugemm info --json` is what scripts read, so it must parse
+// and agree with sysfs; every command parses its flags the same way, with usage errors
+// that name the flag and the value (exit 2); `hugemm bench` leaves nothing behind.
+#include <dirent.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cstdio>
+#include <set>
 #include <string>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "hugemm/page_size.h"
+#include "nlohmann/json.hpp"
 #include "runtime/sys/files.h"
-#include "runtime/util/json.h"
 #include "tests/test_util.h"
 
 namespace hugemm {
 namespace {
 
-// Runs the CLI and returns its stdout; fails the test on a non-zero exit.
+using Json = nlohmann::ordered_json;
+using ::testing::HasSubstr;
+
+// Parses the CLI's output; a discarded value when it is not JSON.
+Json Parse(const std::string& text) {
+  return Json::parse(text, nullptr, /*allow_exceptions=*/false);
+}
+
+// Runs the CLI and returns its stdout (add "2>&1" to `args` for stderr too).
 std::string RunCli(const std::string& args, int* exit_code) {
   std::string cmd = std::string(HUGEMM_CLI_PATH) + " " + args;
   FILE* p = popen(cmd.c_str(), "r");
@@ -35,34 +51,48 @@ TEST(InfoJson, ParsesAndMatchesSysfs) {
   int rc = 0;
   std::string out = RunCli("info --json", &rc);
   ASSERT_EQ(rc, 0) << out;
-  absl::StatusOr<Json> json = Json::Parse(out);
-  ASSERT_TRUE(json.ok()) << json.status() << "\n" << out;
-  const Json* pools = json->Find("pools");
-  ASSERT_NE(pools, nullptr);
-  ASSERT_TRUE(pools->is_array());
+  const Json json = Parse(out);
+  ASSERT_TRUE(json.is_object()) << out;
+  ASSERT_TRUE(json.contains("pools") && json["pools"].is_array()) << out;
   absl::StatusOr<std::vector<std::string>> dirs = sys::ListDir("/sys/kernel/mm/hugepages");
   ASSERT_TRUE(dirs.ok());
-  ASSERT_EQ(pools->as_array().size(), dirs->size());
-  for (const Json& pool : pools->as_array()) {
-    const int64_t kb = pool.Find("page_size")->as_int() / 1024;
+  ASSERT_EQ(json["pools"].size(), dirs->size());
+  for (const Json& pool : json["pools"]) {
+    for (const char* key : {"page_size", "nr", "free", "resv", "surplus", "overcommit"}) {
+      EXPECT_TRUE(pool[key].is_number_integer()) << key << " in " << pool;
+    }
+    EXPECT_TRUE(pool["name"].is_string());
+    const int64_t kb = pool["page_size"].get<int64_t>() / 1024;
     const std::string dir = "/sys/kernel/mm/hugepages/hugepages-" + std::to_string(kb) + "kB/";
     // Counts move only when someone maps; nobody in this test does.
-    EXPECT_EQ(pool.Find("nr")->as_int(), SysfsInt(dir + "nr_hugepages")) << dir;
-    EXPECT_EQ(pool.Find("free")->as_int(), SysfsInt(dir + "free_hugepages")) << dir;
-    for (const Json& node : pool.Find("nodes")->as_array()) {
+    EXPECT_EQ(pool["nr"].get<int64_t>(), SysfsInt(dir + "nr_hugepages")) << dir;
+    EXPECT_EQ(pool["free"].get<int64_t>(), SysfsInt(dir + "free_hugepages")) << dir;
+    for (const Json& node : pool["nodes"]) {
       const std::string ndir = "/sys/devices/system/node/node" +
-                               std::to_string(node.Find("node")->as_int()) +
-                               "/hugepages/hugepages-" + std::to_string(kb) + "kB/";
-      EXPECT_EQ(node.Find("nr")->as_int(), SysfsInt(ndir + "nr_hugepages")) << ndir;
+                               std::to_string(node["node"].get<int>()) + "/hugepages/hugepages-" +
+                               std::to_string(kb) + "kB/";
+      EXPECT_EQ(node["nr"].get<int64_t>(), SysfsInt(ndir + "nr_hugepages")) << ndir;
     }
   }
-  const Json* sizes = json->Find("page_sizes");
-  ASSERT_NE(sizes, nullptr);
-  EXPECT_EQ(sizes->as_array()[0].as_int(), 4096);
-  ASSERT_NE(json->Find("can_read_pfns"), nullptr);
-  EXPECT_TRUE(json->Find("can_read_pfns")->is_bool());
-  ASSERT_NE(json->Find("hugetlbfs_mounts"), nullptr);
-  ASSERT_NE(json->Find("dax_devices"), nullptr);
+  ASSERT_TRUE(json["page_sizes"].is_array());
+  EXPECT_EQ(json["page_sizes"][0].get<int64_t>(), 4096);
+  EXPECT_TRUE(json["default_huge_page_size"].is_number_integer());
+  EXPECT_TRUE(json["numa_nodes"].is_array());
+  EXPECT_TRUE(json["can_read_pfns"].is_boolean());
+  EXPECT_TRUE(json["can_read_kpageflags"].is_boolean());
+  EXPECT_TRUE(json["anon_fallback"].is_boolean());
+  EXPECT_TRUE(json["hugetlbfs_mounts"].is_array());
+  EXPECT_TRUE(json["dax_devices"].is_array());
+  const Json& meta = json["folio_metadata"];
+  EXPECT_EQ(meta["descriptor_bytes"].get<int64_t>(), 64);
+  EXPECT_EQ(meta["default_placement"], "system");
+  EXPECT_TRUE(meta["reserve_capable"].is_array());
+  EXPECT_TRUE(meta["bytes_per_gib"]["2M"]["hugemm"].is_number());
+  // Keys come in the order the README lists them.
+  std::vector<std::string> keys;
+  for (const auto& [key, value] : json.items()) keys.push_back(key);
+  EXPECT_EQ(keys.front(), "page_sizes");
+  EXPECT_EQ(keys.back(), "folio_metadata");
 }
 
 TEST(InfoJson, ListsDaxDevicesOfAGivenSysfsTree) {
@@ -76,14 +106,16 @@ TEST(InfoJson, ListsDaxDevicesOfAGivenSysfsTree) {
   int rc = 0;
   std::string out = RunCli("info --json --sysfs-root " + dir.path(), &rc);
   ASSERT_EQ(rc, 0) << out;
-  absl::StatusOr<Json> json = Json::Parse(out);
-  ASSERT_TRUE(json.ok()) << json.status();
-  const auto& dax = json->Find("dax_devices")->as_array();
+  const Json json = Parse(out);
+  ASSERT_TRUE(json.is_object()) << out;
+  const Json& dax = json["dax_devices"];
   ASSERT_EQ(dax.size(), 2u);
-  EXPECT_EQ(dax[0].Find("path")->as_string(), "/dev/dax0.0");
-  EXPECT_EQ(dax[0].Find("align")->as_int(), 2097152);
-  EXPECT_EQ(dax[1].Find("align")->as_int(), 1073741824);
-  EXPECT_EQ(dax[1].Find("size")->as_int(), 4LL * 1073741824);
+  EXPECT_EQ(dax[0]["path"], "/dev/dax0.0");
+  EXPECT_EQ(dax[0]["align"].get<int64_t>(), 2097152);
+  EXPECT_EQ(dax[1]["align"].get<int64_t>(), 1073741824);
+  EXPECT_EQ(dax[1]["size"].get<int64_t>(), 4LL * 1073741824);
+  // --flag=value reads as --flag value does.
+  EXPECT_EQ(Parse(RunCli("info --json --sysfs-root=" + dir.path(), &rc))["dax_devices"], dax);
   std::string table = RunCli("info --sysfs-root " + dir.path(), &rc);
   EXPECT_THAT(table, ::testing::HasSubstr("/dev/dax1.0"));
   EXPECT_THAT(table, ::testing::HasSubstr("align 1G"));
@@ -95,6 +127,131 @@ TEST(InfoCli, RejectsUnknownArguments) {
   EXPECT_EQ(rc, 2);
   RunCli("nonsense 2>/dev/null", &rc);
   EXPECT_EQ(rc, 2);
+  RunCli("2>/dev/null", &rc);  // a command is required
+  EXPECT_EQ(rc, 2);
+  RunCli("bench 2>/dev/null", &rc);  // and a benchmark
+  EXPECT_EQ(rc, 2);
+}
+
+// A bad value is a usage error (exit 2) whose message names the flag and the value.
+TEST(Cli, BadValuesAreUsageErrorsNamingFlagAndValue) {
+  struct Case {
+    const char* args;
+    const char* flag;
+    const char* value;
+  };
+  for (const Case& c :
+       {Case{"verify --range zz 1", "--range", "zz"},
+        Case{"verify --range 0x1000 12q", "--range", "12q"}, Case{"bench pin -m zz", "-m", "zz"},
+        Case{"bench pin -m 0", "-m", "0"}, Case{"bench pin -r -3", "-r", "-3"},
+        Case{"bench pin -j 65", "-j", "65"}, Case{"bench pin --page-size zz", "--page-size", "zz"},
+        Case{"bench pin --page-size=3M", "--page-size", "3M"},
+        Case{"bench pin --output=rows", "--output", "rows"},
+        Case{"bench pin --compare kernel,disk", "--compare", "disk"},
+        Case{"bench alloc --iterations 5", "--iterations", "5"}}) {
+    int rc = 0;
+    const std::string err = RunCli(std::string(c.args) + " 2>&1 >/dev/null", &rc);
+    EXPECT_EQ(rc, 2) << c.args << ": " << err;
+    EXPECT_THAT(err, HasSubstr(c.flag)) << c.args;
+    EXPECT_THAT(err, HasSubstr(c.value)) << c.args;
+  }
+  int rc = 0;
+  const std::string err = RunCli("bench pin -a -u 2>&1 >/dev/null", &rc);
+  EXPECT_EQ(rc, 2) << err;  // PIN and GET at once
+  EXPECT_THAT(err, HasSubstr("-u"));
+}
+
+TEST(Cli, HelpForEveryCommandAndVersion) {
+  for (const char* cmd :
+       {"", "info", "demo", "verify", "bench", "bench pin", "bench translate", "bench alloc"}) {
+    int rc = 0;
+    const std::string out = RunCli(std::string(cmd) + " --help", &rc);
+    EXPECT_EQ(rc, 0) << cmd;
+    EXPECT_THAT(out, HasSubstr("Usage: hugemm " + std::string(cmd))) << out;
+    EXPECT_THAT(out, HasSubstr("Exit status")) << out;
+  }
+  int rc = 0;
+  const std::string help = RunCli("bench pin --help", &rc);
+  for (const char* flag : {"-m", "-r", "-n", "-a", "-u", "-L", "-w", "-W", "-S", "-P", "-H", "-f",
+                           "-j", "--page-size", "--backing", "--output", "--compare", "--json"}) {
+    EXPECT_THAT(help, HasSubstr(std::string(flag) + " ")) << flag;
+  }
+  EXPECT_THAT(RunCli("--version", &rc), ::testing::StartsWith("hugemm "));
+  EXPECT_EQ(rc, 0);
+}
+
+// gup_test's short flags, and --flag value and --flag=value, give the same run.
+TEST(BenchCli, PinTakesGupTestFlagsAndBothLongForms) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  for (const char* args :
+       {"-m 2 -r 1 --page-size 2M", "-m 2 -r 1 --page-size=2M", "-m2 -r1 -n 64 -a -w -S -H -j 1"}) {
+    int rc = 0;
+    const std::string out = RunCli(std::string("bench pin --json ") + args, &rc);
+    ASSERT_EQ(rc, 0) << args << ": " << out;
+    const Json json = Parse(out);
+    ASSERT_TRUE(json.is_object()) << out;
+    EXPECT_EQ(json["page_size"], "2M") << args;
+    EXPECT_EQ(json["size_mib"].get<int>(), 2) << args;
+    EXPECT_EQ(json["flags"], "PIN|WRITE") << args;
+    for (const char* key : {"pin_us", "unpin_us"}) {
+      EXPECT_GT(json[key]["median"].get<double>(), 0) << key;
+      EXPECT_GE(json[key]["median"].get<double>(), json[key]["min"].get<double>()) << key;
+    }
+    EXPECT_TRUE(json["floor_us"].is_number());
+    EXPECT_TRUE(json["pin_over_floor"].is_number());
+  }
+  int rc = 0;
+  EXPECT_EQ(Parse(RunCli("bench pin --json -m 2 -r 1 -u -W", &rc))["flags"], "GET");
+  EXPECT_EQ(Parse(RunCli("bench pin --json -m 2 -r 1 -L -P", &rc))["flags"], "PIN|WRITE|LONGTERM");
+}
+
+// Names in a directory, or an empty set when it cannot be read.
+std::set<std::string> FilesIn(const std::string& dir) {
+  std::set<std::string> names;
+  if (DIR* d = opendir(dir.c_str())) {
+    while (dirent* e = readdir(d)) names.insert(e->d_name);
+    closedir(d);
+  }
+  return names;
+}
+
+// A path that is neither a device nor in a hugetlbfs mount is refused, and nothing is
+// created anywhere (it once became a file of that name in a hugetlbfs mount, holding
+// the machine's huge pages until deleted by hand).
+TEST(BenchCli, PinRefusesAFileOutsideHugetlbfs) {
+  const std::string mount = testing::HugetlbfsMountFor(kPageSize2M);
+  const std::set<std::string> before = FilesIn(mount);
+  for (const char* path : {"/nonexistent", "/tmp/hugemm-bench-pin-file", "relative-name"}) {
+    int rc = 0;
+    const std::string err =
+        RunCli(std::string("bench pin -m 2 -r 1 -f ") + path + " 2>&1 >/dev/null", &rc);
+    EXPECT_EQ(rc, 2) << path << ": " << err;
+    EXPECT_THAT(err, HasSubstr(path));
+    EXPECT_NE(access(path, F_OK), 0) << path << " was created";
+  }
+  EXPECT_EQ(FilesIn(mount), before) << "a file appeared in " << mount;
+}
+
+// A file the benchmark creates in a hugetlbfs mount is gone when it ends; one that was
+// there before stays.
+TEST(BenchCli, PinRemovesTheFileItCreated) {
+  const std::string mount = testing::HugetlbfsMountFor(kPageSize2M);
+  HUGEMM_NEED(!mount.empty(), "needs a 2M hugetlbfs mount");
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  const std::string path = mount + "/hugemm-info-test-" + std::to_string(getpid());
+  int rc = 0;
+  std::string out = RunCli("bench pin --json -m 2 -r 1 -f " + path, &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_EQ(Parse(out)["backing"], "hugetlbfs") << out;
+  EXPECT_NE(access(path.c_str(), F_OK), 0) << path << " was left behind";
+
+  FILE* kept = fopen(path.c_str(), "w");
+  ASSERT_NE(kept, nullptr);
+  fclose(kept);
+  out = RunCli("bench pin --json -m 2 -r 1 -f " + path, &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_EQ(access(path.c_str(), F_OK), 0) << "a file that was there before was removed";
+  unlink(path.c_str());
 }
 
 // `hugemm bench translate --json` carries every key doc/benchmarks.md names: positive times,
@@ -103,12 +260,12 @@ TEST(BenchCli, TranslateJsonHasEveryKey) {
   int rc = 0;
   std::string out = RunCli("bench translate --json", &rc);
   ASSERT_EQ(rc, 0) << out;
-  absl::StatusOr<Json> json = Json::Parse(out);
-  ASSERT_TRUE(json.ok()) << json.status() << "\n" << out;
+  const Json json = Parse(out);
+  ASSERT_TRUE(json.is_object()) << out;
   auto number = [&](const char* key) {
-    const Json* v = json->Find(key);
-    EXPECT_TRUE(v != nullptr && v->is_number()) << key << " in " << out;
-    return v != nullptr && v->is_number() ? v->as_number() : 0.0;
+    const bool ok = json.contains(key) && json[key].is_number();
+    EXPECT_TRUE(ok) << key << " in " << out;
+    return ok ? json[key].get<double>() : 0.0;
   };
   for (const char* key :
        {"translate_ns", "translate_full_ns", "translate_single_ns", "translate_real_ns",
@@ -122,26 +279,6 @@ TEST(BenchCli, TranslateJsonHasEveryKey) {
   EXPECT_NEAR(number("translate_over_flat_array"), vs_flat, 1e-3 * vs_flat);
   EXPECT_NEAR(number("translate_over_flat_pfn_array"), vs_pfn, 1e-3 * vs_pfn);
   EXPECT_NEAR(number("pagemap_over_translate"), vs_pagemap, 1e-3 * vs_pagemap);
-}
-
-TEST(Json, RoundTripsAndRejectsGarbage) {
-  Json o = Json::MakeObject();
-  o.Set("a", 1);
-  o.Set("s", "x\"y\n");
-  Json arr = Json::MakeArray();
-  arr.Push(true);
-  arr.Push(nullptr);
-  arr.Push(2.5);
-  o.Set("arr", std::move(arr));
-  absl::StatusOr<Json> back = Json::Parse(o.Dump());
-  ASSERT_TRUE(back.ok()) << back.status();
-  EXPECT_EQ(back->Find("a")->as_int(), 1);
-  EXPECT_EQ(back->Find("s")->as_string(), "x\"y\n");
-  EXPECT_EQ(back->Find("arr")->as_array()[2].as_number(), 2.5);
-  EXPECT_EQ(back->Dump(-1), o.Dump(-1));
-  EXPECT_FALSE(Json::Parse("{\"a\": }").ok());
-  EXPECT_FALSE(Json::Parse("[1, 2").ok());
-  EXPECT_FALSE(Json::Parse("{} x").ok());
 }
 
 }  // namespace

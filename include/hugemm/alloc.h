@@ -80,8 +80,6 @@ struct FolioInfo {
   const char* meta_placement() const { return meta_in_reserve ? "reserve" : "system"; }
 };
 FolioInfo DescribeFolio(const Folio& folio);
-// "2M folio at 0x7f.. pfn 0x1234 node 0 hugetlb refs 1 pins 0 flags dirty meta system".
-std::string FormatFolioInfo(const FolioInfo& info);
 
 // Owns one reference on a folio; drops it when destroyed. Move-only.
 class FolioHandle {

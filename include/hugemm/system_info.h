@@ -1,6 +1,6 @@
 // What this machine offers hugemm: page sizes, huge page pools per NUMA node,
-// hugetlbfs mounts, device-DAX devices and whether PFNs are readable. `hugemm info`
-// prints it.
+// hugetlbfs mounts, device-DAX devices and whether PFNs are readable, as data
+// (`hugemm info` renders it).
 #ifndef HUGEMM_SYSTEM_INFO_H_
 #define HUGEMM_SYSTEM_INFO_H_
 
@@ -52,10 +52,6 @@ struct SystemInfo {
 };
 
 absl::StatusOr<SystemInfo> CollectSystemInfo(const std::string& sysfs_root = "/sys");
-// A human table.
-std::string FormatSystemInfo(const SystemInfo& info);
-// The same as one JSON object (see README for the keys).
-std::string SystemInfoJson(const SystemInfo& info);
 
 }  // namespace hugemm
 

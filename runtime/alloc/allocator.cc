@@ -217,25 +217,6 @@ FolioInfo DescribeFolio(const Folio& folio) {
   return info;
 }
 
-std::string FormatFolioInfo(const FolioInfo& info) {
-  std::string flags;
-  static constexpr std::pair<uint32_t, const char*> kNames[] = {{kFolioDirty, "dirty"},
-                                                                {kFolioReferenced, "referenced"},
-                                                                {kFolioBorrowed, "borrowed"},
-                                                                {kFolioFree, "free"},
-                                                                {kFolioLocked, "locked"}};
-  for (const auto& [bit, name] : kNames) {
-    if (info.flags & bit) absl::StrAppend(&flags, flags.empty() ? "" : ",", name);
-  }
-  return absl::StrCat(PageSizeName(info.size), " folio at ",
-                      absl::Hex(reinterpret_cast<uintptr_t>(info.data)), " pfn ",
-                      info.head_pfn == kUnknownPfn ? std::string("unknown")
-                                                   : absl::StrCat("0x", absl::Hex(info.head_pfn)),
-                      " node ", info.node, " ", BackingKindName(info.backing), " refs ",
-                      info.refcount, " pins ", info.pincount, " flags ",
-                      flags.empty() ? "-" : flags, " meta ", info.meta_placement());
-}
-
 MetadataCost FolioMetadataCost(size_t folio_size, size_t page_size) {
   MetadataCost c;
   c.folio_size = folio_size;

@@ -1,50 +1,80 @@
-// `hugemm <command>`: each command is a function over its arguments returning an exit
-// code, defined in its own file and registered with HUGEMM_REGISTER_COMMAND. Benchmarks
-// in perf/ register under `hugemm bench <name>` with HUGEMM_REGISTER_BENCH.
+// `hugemm <command>`: CLI11 parses the command line. Each command's file adds its
+// subcommand, flags and what runs it to the CommandTable; main() parses once and runs the
+// command given. The CLI owns all presentation: the library layers and perf/ return
+// data, which the commands render as text or as JSON (nlohmann::ordered_json, so keys
+// print in the order they were set).
+//
+// Exit codes, the same for every command: kExitOk, kExitFailed (a check failed or the
+// run could not be done), kExitUsage (the command line was wrong).
 #ifndef HUGEMM_RUNTIME_CLI_COMMAND_H_
 #define HUGEMM_RUNTIME_CLI_COMMAND_H_
 
+#include <cstdint>
+#include <functional>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "nlohmann/json.hpp"
 
 namespace hugemm::cli {
 
-using Args = std::vector<std::string>;
-using CommandFn = int (*)(const Args& args);
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailed = 1;
+inline constexpr int kExitUsage = 2;
+// For --help and the man page.
+inline constexpr const char* kExitCodesText =
+    "Exit status: 0 ok; 1 a check failed or the run could not be done; 2 usage error "
+    "(an unknown flag, a bad value).";
 
-struct CommandInfo {
-  std::string name;
-  std::string summary;
-  CommandFn run;
+using Json = nlohmann::ordered_json;
+
+// The commands, with what runs each. Not thread-safe: main() fills it, parses, runs.
+class CommandTable {
+ public:
+  using Run = std::function<int()>;
+
+  // Adds subcommand `name` under `parent`. `run` runs when it is the command given;
+  // a command without one (`bench`) must be given a subcommand.
+  CLI::App* Add(CLI::App* parent, const std::string& name, const std::string& summary,
+                Run run = nullptr);
+  // After parsing: the exit code of the command given.
+  int RunSelected() const;
+
+ private:
+  std::vector<std::pair<CLI::App*, Run>> commands_;
 };
 
-// Registries, filled by static registration before main().
-std::vector<CommandInfo>& Commands();
-std::vector<CommandInfo>& Benches();
+void AddInfoCommand(CommandTable& table, CLI::App* app);
+void AddDemoCommand(CommandTable& table, CLI::App* app);
+void AddVerifyCommand(CommandTable& table, CLI::App* app);
+void AddBenchPinCommand(CommandTable& table, CLI::App* bench);
+void AddBenchTranslateCommand(CommandTable& table, CLI::App* bench);
+void AddBenchAllocCommand(CommandTable& table, CLI::App* bench);
 
-struct Registrar {
-  Registrar(std::vector<CommandInfo>& (*table)(), const char* name, const char* summary,
-            CommandFn run) {
-    table().push_back({name, summary, run});
-  }
-};
+// "hugemm" and the arguments as given: JSON output records the command that made it.
+const std::string& CommandLine();
+void SetCommandLine(int argc, const char* const* argv);
 
-// True if `flag` is present; removes it.
-bool TakeFlag(Args* args, const std::string& flag);
-// The value after `flag` (or in --flag=value form); removes both. Empty if absent.
-std::string TakeValue(Args* args, const std::string& flag);
-// Prints "hugemm <command>: unknown argument X" and returns 2 when args is not empty.
-int RejectLeftovers(const std::string& command, const Args& args);
+// Flag value checks, run before a value is converted. Each message names the value;
+// CLI11 puts the flag's name in front ("-m: \"zz\" is not a whole number").
+CLI::Validator IntegerIn(int64_t min, int64_t max);
+CLI::Validator PageSizeValue();  // "4K", "2M", "1G", "2MB", a number of bytes
+CLI::Validator AddressValue();   // decimal or 0x hexadecimal
+// The value AddressValue accepts.
+absl::StatusOr<uint64_t> ParseAddress(absl::string_view text);
+
+// Print "hugemm <command>: <message>" to stderr. Fail returns kExitFailed; Usage, for a
+// config the flags made that cannot run, returns kExitUsage.
+int Fail(absl::string_view command, const absl::Status& status);
+int Usage(absl::string_view command, const absl::Status& status);
+// Prints `json`, pretty, and a newline to stdout.
+void PrintJson(const Json& json);
 
 }  // namespace hugemm::cli
-
-#define HUGEMM_CLI_CONCAT2(a, b) a##b
-#define HUGEMM_CLI_CONCAT(a, b) HUGEMM_CLI_CONCAT2(a, b)
-#define HUGEMM_REGISTER_COMMAND(name, summary, fn)                              \
-  static ::hugemm::cli::Registrar HUGEMM_CLI_CONCAT(hugemm_command_, __LINE__)( \
-      &::hugemm::cli::Commands, name, summary, fn)
-#define HUGEMM_REGISTER_BENCH(name, summary, fn)                              \
-  static ::hugemm::cli::Registrar HUGEMM_CLI_CONCAT(hugemm_bench_, __LINE__)( \
-      &::hugemm::cli::Benches, name, summary, fn)
 
 #endif  // HUGEMM_RUNTIME_CLI_COMMAND_H_

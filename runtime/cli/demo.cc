@@ -48,8 +48,7 @@ int DemoOne(size_t page_size) {
   return (check->ok() && data_ok) ? 0 : 1;
 }
 
-int RunDemo(const Args& in) {
-  if (int rc = RejectLeftovers("demo", in)) return rc;
+int RunDemo() {
   int failures = 0, ran = 0;
   for (size_t size : {kPageSize2M, kPageSize1G}) {
     int rc = DemoOne(size);
@@ -57,12 +56,13 @@ int RunDemo(const Args& in) {
     if (rc == 1) ++failures;
   }
   std::printf("demo: %d page size(s) mapped and checked, %d failed\n", ran, failures);
-  return failures ? 1 : 0;
+  return failures ? kExitFailed : kExitOk;
 }
 
 }  // namespace
 
-HUGEMM_REGISTER_COMMAND("demo", "map a 2M and a 1G page and check them against the kernel",
-                        RunDemo);
+void AddDemoCommand(CommandTable& table, CLI::App* app) {
+  table.Add(app, "demo", "Map a 2M and a 1G page and check them against the kernel", RunDemo);
+}
 
 }  // namespace hugemm::cli

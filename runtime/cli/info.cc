@@ -1,15 +1,107 @@
+// `hugemm info`: what this machine offers hugemm, as a table or as JSON (the keys are
+// listed in the README), and what folio descriptors cost beside the kernel's.
 #include <cstdio>
+#include <memory>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "hugemm/alloc.h"
 #include "hugemm/system_info.h"
 #include "runtime/cli/command.h"
-#include "runtime/util/json.h"
 
 namespace hugemm::cli {
-
 namespace {
+
+std::string InfoText(const SystemInfo& info) {
+  std::string out;
+  std::string sizes = PageSizeName(info.base_page_size);
+  for (const HugePagePool& p : info.pools) absl::StrAppend(&sizes, " ", PageSizeName(p.page_size));
+  absl::StrAppendFormat(
+      &out, "page sizes      %s (default huge page %s)\n", sizes,
+      info.default_huge_page_size ? PageSizeName(info.default_huge_page_size) : "none");
+  absl::StrAppendFormat(&out, "NUMA nodes      %s\n", absl::StrJoin(info.nodes, " "));
+  absl::StrAppend(&out, "\nhuge page pools\n");
+  absl::StrAppendFormat(&out, "  %-6s %-6s %10s %10s %10s %10s\n", "size", "node", "reserved",
+                        "free", "surplus", "in use");
+  for (const HugePagePool& p : info.pools) {
+    absl::StrAppendFormat(&out, "  %-6s %-6s %10d %10d %10d %10d\n", PageSizeName(p.page_size),
+                          "all", p.nr, p.free, p.surplus, p.nr - p.free);
+    for (const NodePool& n : p.nodes) {
+      absl::StrAppendFormat(&out, "  %-6s %-6d %10d %10d %10d %10d\n", "", n.node, n.nr, n.free,
+                            n.surplus, n.nr - n.free);
+    }
+  }
+  absl::StrAppend(&out, "\nhugetlbfs mounts\n");
+  if (info.hugetlbfs_mounts.empty()) absl::StrAppend(&out, "  none\n");
+  for (const HugetlbfsMount& m : info.hugetlbfs_mounts) {
+    absl::StrAppendFormat(&out, "  %-6s %s\n", PageSizeName(m.page_size), m.path);
+  }
+  absl::StrAppend(&out, "\ndevice-DAX devices\n");
+  if (info.dax_devices.empty()) {
+    absl::StrAppend(&out, "  none", info.dax_error.empty() ? "" : ": " + info.dax_error, "\n");
+  }
+  for (const DaxDeviceInfo& d : info.dax_devices) {
+    absl::StrAppendFormat(&out, "  %-14s size %-10s align %-4s node %d\n", d.path,
+                          HumanBytes(d.size), PageSizeName(d.align), d.numa_node);
+  }
+  absl::StrAppendFormat(&out, "\nPFNs readable   %s\n",
+                        info.can_read_pfns ? "yes (pagemap)" : "no (needs CAP_SYS_ADMIN)");
+  absl::StrAppendFormat(&out, "kpageflags      %s\n",
+                        info.can_read_kpageflags ? "readable" : "not readable");
+  if (info.anon_fallback()) {
+    absl::StrAppend(&out,
+                    "\nno free huge pages: hugemm falls back to 4K anonymous memory (slower);\n"
+                    "reserve some with: echo 512 > /proc/sys/vm/nr_hugepages\n");
+  }
+  return out;
+}
+
+Json InfoJson(const SystemInfo& info) {
+  Json root = Json::object();
+  Json sizes = Json::array({info.base_page_size});
+  for (const HugePagePool& p : info.pools) sizes.push_back(p.page_size);
+  root["page_sizes"] = std::move(sizes);
+  root["default_huge_page_size"] = info.default_huge_page_size;
+  root["numa_nodes"] = info.nodes;
+  Json pools = Json::array();
+  for (const HugePagePool& p : info.pools) {
+    Json per_node = Json::array();
+    for (const NodePool& n : p.nodes) {
+      per_node.push_back(
+          {{"node", n.node}, {"nr", n.nr}, {"free", n.free}, {"surplus", n.surplus}});
+    }
+    pools.push_back({{"page_size", p.page_size},
+                     {"name", PageSizeName(p.page_size)},
+                     {"nr", p.nr},
+                     {"free", p.free},
+                     {"resv", p.resv},
+                     {"surplus", p.surplus},
+                     {"overcommit", p.overcommit},
+                     {"nodes", std::move(per_node)}});
+  }
+  root["pools"] = std::move(pools);
+  Json mounts = Json::array();
+  for (const HugetlbfsMount& m : info.hugetlbfs_mounts) {
+    mounts.push_back({{"path", m.path}, {"page_size", m.page_size}});
+  }
+  root["hugetlbfs_mounts"] = std::move(mounts);
+  Json dax = Json::array();
+  for (const DaxDeviceInfo& d : info.dax_devices) {
+    dax.push_back({{"name", d.name},
+                   {"path", d.path},
+                   {"size", d.size},
+                   {"align", d.align},
+                   {"numa_node", d.numa_node}});
+  }
+  root["dax_devices"] = std::move(dax);
+  if (!info.dax_error.empty()) root["dax_error"] = info.dax_error;
+  root["can_read_pfns"] = info.can_read_pfns;
+  root["can_read_kpageflags"] = info.can_read_kpageflags;
+  root["anon_fallback"] = info.anon_fallback();
+  return root;
+}
 
 struct MetaRow {
   const char* name;
@@ -21,7 +113,7 @@ constexpr MetaRow kMetaRows[] = {{"4K", kPageSize4K, kPageSize2M},
                                  {"1G", kPageSize1G, kPageSize1G}};
 
 // Where folio descriptors live and what they cost, beside the kernel's struct pages.
-std::string FormatFolioMetadata() {
+std::string FolioMetadataText() {
   std::string out = "\nfolio metadata\n";
   absl::StrAppendFormat(&out, "  descriptor      %d B per folio (any order)\n", sizeof(Folio));
   absl::StrAppend(&out,
@@ -40,54 +132,49 @@ std::string FormatFolioMetadata() {
 }
 
 Json FolioMetadataJson() {
-  Json out = Json::MakeObject();
-  out.Set("descriptor_bytes", sizeof(Folio));
-  out.Set("default_placement", "system");
-  out.Set("reserve_capable", Json(Json::Array{Json("devdax"), Json("hugetlbfs")}));
-  Json per_gib = Json::MakeObject();
+  Json per_gib = Json::object();
   for (const MetaRow& r : kMetaRows) {
     const MetadataCost c = FolioMetadataCost(r.folio, r.page);
-    Json row = Json::MakeObject();
-    row.Set("hugemm", c.bytes_per_gib);
-    row.Set("kernel", c.kernel_bytes_per_gib);
-    row.Set("kernel_hvo", c.kernel_hvo_bytes_per_gib);
-    per_gib.Set(r.name, std::move(row));
+    per_gib[r.name] = {{"hugemm", c.bytes_per_gib},
+                       {"kernel", c.kernel_bytes_per_gib},
+                       {"kernel_hvo", c.kernel_hvo_bytes_per_gib}};
   }
-  out.Set("bytes_per_gib", std::move(per_gib));
-  return out;
+  return {{"descriptor_bytes", sizeof(Folio)},
+          {"default_placement", "system"},
+          {"reserve_capable", Json::array({"devdax", "hugetlbfs"})},
+          {"bytes_per_gib", std::move(per_gib)}};
 }
 
-int RunInfo(const Args& in) {
-  Args args = in;
-  const bool json = TakeFlag(&args, "--json");
-  std::string root = TakeValue(&args, "--sysfs-root");
-  if (int rc = RejectLeftovers("info", args)) return rc;
-  absl::StatusOr<SystemInfo> info = CollectSystemInfo(root.empty() ? "/sys" : root);
-  if (!info.ok()) {
-    std::fprintf(stderr, "hugemm info: %s\n", std::string(info.status().message()).c_str());
-    return 1;
-  }
-  std::string out;
-  if (json) {
-    absl::StatusOr<Json> root = Json::Parse(SystemInfoJson(*info));
-    if (!root.ok()) {
-      std::fprintf(stderr, "hugemm info: %s\n", std::string(root.status().message()).c_str());
-      return 1;
-    }
-    root->Set("folio_metadata", FolioMetadataJson());
-    out = root->Dump() + "\n";
+struct InfoFlags {
+  bool json = false;
+  std::string sysfs_root = "/sys";
+};
+
+int RunInfo(const InfoFlags& flags) {
+  absl::StatusOr<SystemInfo> info = CollectSystemInfo(flags.sysfs_root);
+  if (!info.ok()) return Fail("info", info.status());
+  if (flags.json) {
+    Json out = InfoJson(*info);
+    out["folio_metadata"] = FolioMetadataJson();
+    PrintJson(out);
   } else {
-    out = FormatSystemInfo(*info) + FormatFolioMetadata();
+    std::fputs((InfoText(*info) + FolioMetadataText()).c_str(), stdout);
   }
-  std::fputs(out.c_str(), stdout);
-  return 0;
+  return kExitOk;
 }
 
 }  // namespace
 
-HUGEMM_REGISTER_COMMAND("info",
-                        "page sizes, huge page pools per node, hugetlbfs mounts, DAX devices "
-                        "[--json] [--sysfs-root DIR]",
-                        RunInfo);
+void AddInfoCommand(CommandTable& table, CLI::App* app) {
+  auto flags = std::make_shared<InfoFlags>();
+  CLI::App* info = table.Add(
+      app, "info",
+      "Page sizes, huge page pools per node, hugetlbfs mounts, DAX devices, folio metadata",
+      [flags] { return RunInfo(*flags); });
+  info->add_flag("--json", flags->json, "One JSON object (keys: see the README)");
+  info->add_option("--sysfs-root", flags->sysfs_root, "Read sysfs from DIR (a fake tree)")
+      ->type_name("DIR")
+      ->capture_default_str();
+}
 
 }  // namespace hugemm::cli

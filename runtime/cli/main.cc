@@ -1,7 +1,5 @@
 // hugemm: the command-line face of the runtime.
-#include <algorithm>
 #include <cstdio>
-#include <cstring>
 #include <string>
 
 #include "runtime/cli/command.h"
@@ -9,80 +7,49 @@
 namespace hugemm::cli {
 namespace {
 
-void Usage(FILE* out, const std::vector<CommandInfo>& table, const char* prefix) {
-  std::vector<CommandInfo> sorted = table;
-  std::sort(sorted.begin(), sorted.end(),
-            [](const CommandInfo& a, const CommandInfo& b) { return a.name < b.name; });
-  std::fprintf(out, "usage: %s <command> [options]\n\ncommands:\n", prefix);
-  for (const CommandInfo& c : sorted) {
-    std::fprintf(out, "  %-10s %s\n", c.name.c_str(), c.summary.c_str());
+// "hugemm bench pin": the commands parsing reached, for messages.
+std::string SelectedPath(const CLI::App& app) {
+  std::string path = app.get_name();
+  const CLI::App* at = &app;
+  while (true) {
+    const auto subs = at->get_subcommands();
+    if (subs.empty()) return path;
+    at = subs.front();
+    path += " " + at->get_name();
   }
 }
 
-int Dispatch(const std::vector<CommandInfo>& table, const char* prefix, const Args& args) {
-  if (args.empty() || args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
-    Usage(args.empty() ? stderr : stdout, table, prefix);
-    return args.empty() ? 2 : 0;
+int Main(int argc, char** argv) {
+  SetCommandLine(argc, argv);
+  CLI::App app(
+      "hugemm: DMA buffers on real huge pages, a shadow page table held against the "
+      "kernel's, and pin/unpin at GUP-fast speed.",
+      "hugemm");
+  app.set_version_flag("--version", "hugemm " HUGEMM_VERSION, "Print the version and exit");
+  app.footer(kExitCodesText);
+  app.require_subcommand(1);
+  CommandTable table;
+  AddInfoCommand(table, &app);
+  AddDemoCommand(table, &app);
+  AddVerifyCommand(table, &app);
+  CLI::App* bench = table.Add(&app, "bench", "Benchmarks, each beside its baseline");
+  bench->require_subcommand(1);
+  AddBenchPinCommand(table, bench);
+  AddBenchTranslateCommand(table, bench);
+  AddBenchAllocCommand(table, bench);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    const std::string path = SelectedPath(app);
+    std::fprintf(stderr, "%s: %s\nRun '%s --help' for its flags.\n", path.c_str(), e.what(),
+                 path.c_str());
+    return kExitUsage;
   }
-  for (const CommandInfo& c : table) {
-    if (c.name == args[0]) return c.run(Args(args.begin() + 1, args.end()));
-  }
-  std::fprintf(stderr, "%s: unknown command \"%s\"\n", prefix, args[0].c_str());
-  Usage(stderr, table, prefix);
-  return 2;
+  return table.RunSelected();
 }
-
-int RunBench(const Args& args) { return Dispatch(Benches(), "hugemm bench", args); }
 
 }  // namespace
-
-std::vector<CommandInfo>& Commands() {
-  static auto* table = new std::vector<CommandInfo>();
-  return *table;
-}
-
-std::vector<CommandInfo>& Benches() {
-  static auto* table = new std::vector<CommandInfo>();
-  return *table;
-}
-
-bool TakeFlag(Args* args, const std::string& flag) {
-  for (auto it = args->begin(); it != args->end(); ++it) {
-    if (*it == flag) {
-      args->erase(it);
-      return true;
-    }
-  }
-  return false;
-}
-
-std::string TakeValue(Args* args, const std::string& flag) {
-  for (auto it = args->begin(); it != args->end(); ++it) {
-    if (*it == flag && it + 1 != args->end()) {
-      std::string v = *(it + 1);
-      args->erase(it, it + 2);
-      return v;
-    }
-    if (it->rfind(flag + "=", 0) == 0) {
-      std::string v = it->substr(flag.size() + 1);
-      args->erase(it);
-      return v;
-    }
-  }
-  return "";
-}
-
-int RejectLeftovers(const std::string& command, const Args& args) {
-  if (args.empty()) return 0;
-  std::fprintf(stderr, "hugemm %s: unknown argument \"%s\"\n", command.c_str(), args[0].c_str());
-  return 2;
-}
-
-HUGEMM_REGISTER_COMMAND("bench", "benchmarks: hugemm bench <name> (--help lists them)", RunBench);
-
 }  // namespace hugemm::cli
 
-int main(int argc, char** argv) {
-  return hugemm::cli::Dispatch(hugemm::cli::Commands(), "hugemm",
-                               hugemm::cli::Args(argv + 1, argv + argc));
-}
+int main(int argc, char** argv) { return hugemm::cli::Main(argc, argv); }

@@ -11,7 +11,6 @@
 #include "hugemm/backing.h"
 #include "hugemm/pgtable.h"
 #include "runtime/cli/command.h"
-#include "runtime/util/json.h"
 
 namespace hugemm::cli {
 namespace {
@@ -29,42 +28,34 @@ std::unique_ptr<Folio> FolioFor(const Extent& e, size_t i) {
   return f;
 }
 
-int RunVerify(const Args& in) {
-  Args args = in;
-  const bool json = TakeFlag(&args, "--json");
+struct VerifyFlags {
+  bool json = false;
+  std::vector<std::string> range;  // ADDR LEN, both checked by AddressValue
+};
+
+int RunVerify(const VerifyFlags& flags) {
+  const bool json = flags.json;
   uintptr_t range_va = 0;
   size_t range_len = 0;
-  for (auto it = args.begin(); it != args.end(); ++it) {
-    if (*it != "--range") continue;
-    if (args.end() - it < 3) {
-      std::fprintf(stderr, "hugemm verify: --range needs ADDR LEN\n");
-      return 2;
-    }
-    range_va = std::strtoull((it + 1)->c_str(), nullptr, 0);
-    range_len = std::strtoull((it + 2)->c_str(), nullptr, 0);
-    args.erase(it, it + 3);
-    break;
+  if (flags.range.size() == 2) {
+    range_va = *ParseAddress(flags.range[0]);
+    range_len = *ParseAddress(flags.range[1]);
   }
-  if (int rc = RejectLeftovers("verify", args)) return rc;
 
   // Folios and extents outlive the table, which drops its references when it dies.
   std::vector<Extent> extents;
   std::vector<std::unique_ptr<Folio>> folios;
   auto table = std::make_unique<PageTable>(DetectHostGeometry());
-  Json out = Json::MakeObject();
-  out.Set("geometry", table->geometry().name);
-  Json skipped = Json::MakeArray();
-  Json mismatches = Json::MakeArray();
+  Json out = {{"geometry", table->geometry().name}};
+  Json skipped = Json::array();
+  Json mismatches = Json::array();
   std::map<size_t, size_t> leaves;
   bool failed = false;
   auto absorb = [&](const VerifyReport& r) {
     for (const auto& [size, n] : r.leaves_checked) leaves[size] += n;
     for (const VerifyMismatch& m : r.mismatches) {
       if (!json) std::printf("mismatch: %s\n", m.what.c_str());
-      Json j = Json::MakeObject();
-      j.Set("address", absl::StrFormat("0x%x", m.va));
-      j.Set("what", m.what);
-      mismatches.Push(std::move(j));
+      mismatches.push_back({{"address", absl::StrFormat("0x%x", m.va)}, {"what", m.what}});
     }
   };
 
@@ -79,7 +70,7 @@ int RunVerify(const Args& in) {
     if (!e.ok()) {
       const std::string why = absl::StrFormat("%s: %s", s.name, e.status().message());
       if (!json) std::printf("skipped %s\n", why.c_str());
-      skipped.Push(why);
+      skipped.push_back(why);
       continue;
     }
     for (size_t i = 0; i < e->page_count(); ++i) {
@@ -94,7 +85,7 @@ int RunVerify(const Args& in) {
     absl::StatusOr<VerifyReport> r = table->Verify(e->data(), e->size());
     if (!r.ok()) {
       std::fprintf(stderr, "hugemm verify: %s\n", std::string(r.status().message()).c_str());
-      return 1;
+      return kExitFailed;
     }
     if (!r->pfns_checked) {
       std::fprintf(stderr, "hugemm verify: pagemap hides PFNs (needs CAP_SYS_ADMIN)\n");
@@ -116,36 +107,46 @@ int RunVerify(const Args& in) {
     }
   }
 
-  Json counts = Json::MakeObject();
+  Json counts = Json::object();
   size_t total = 0;
   std::string summary;
   for (const auto& [size, n] : leaves) {
-    counts.Set(PageSizeName(size), n);
+    counts[PageSizeName(size)] = n;
     total += n;
     summary += absl::StrFormat("%s%s: %u", summary.empty() ? "" : ", ", PageSizeName(size), n);
   }
-  const size_t bad = mismatches.as_array().size();
+  const size_t bad = mismatches.size();
   const bool ok = !failed && bad == 0 && total > 0;
   if (json) {
-    out.Set("leaves_checked", std::move(counts));
-    out.Set("mismatch_count", bad);
-    out.Set("mismatches", std::move(mismatches));
-    out.Set("skipped", std::move(skipped));
-    out.Set("ok", ok);
-    std::printf("%s\n", out.Dump().c_str());
+    out["leaves_checked"] = std::move(counts);
+    out["mismatch_count"] = bad;
+    out["mismatches"] = std::move(mismatches);
+    out["skipped"] = std::move(skipped);
+    out["ok"] = ok;
+    PrintJson(out);
   } else {
     std::printf("%s: %zu leaves checked (%s), %zu mismatches: %s\n", table->geometry().name.c_str(),
                 total, summary.c_str(), bad, ok ? "shadow agrees with the kernel" : "FAILED");
   }
   table.reset();
-  return ok ? 0 : 1;
+  return ok ? kExitOk : kExitFailed;
 }
 
 }  // namespace
 
-HUGEMM_REGISTER_COMMAND("verify",
-                        "hold a shadow page table over 4K / 2M / 1G buffers against the kernel "
-                        "[--json] [--range ADDR LEN]",
-                        RunVerify);
+void AddVerifyCommand(CommandTable& table, CLI::App* app) {
+  auto flags = std::make_shared<VerifyFlags>();
+  CLI::App* verify = table.Add(
+      app, "verify", "Hold a shadow page table over 4K, 2M and 1G buffers against the kernel",
+      [flags] { return RunVerify(*flags); });
+  verify->add_flag("--json", flags->json, "One JSON object");
+  verify
+      ->add_option("--range", flags->range,
+                   "Also register the mapped range [ADDR, ADDR+LEN) of this process and "
+                   "verify it (decimal or 0x hex)")
+      ->expected(2)
+      ->type_name("ADDR LEN")
+      ->check(AddressValue());
+}
 
 }  // namespace hugemm::cli

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# hugemm(1) from the command's own help: help2man reads `hugemm --help` and `--version`;
+# each command's and benchmark's --help becomes a section of its own.
+#   make_manpage.sh <hugemm binary> <out.1.gz>
+set -euo pipefail
+hugemm=$1 out=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# Help text as roff: backslashes escaped, no line read as a request.
+roff() { sed -e 's/\\/\\e/g' -e "s/^\([.']\)/\\\\\&\1/"; }
+{
+  printf '[NAME]\nhugemm \\- inspect, verify and benchmark DMA buffers on real huge pages\n'
+  printf '[COMMANDS]\n'
+  for cmd in info demo verify "bench pin" "bench translate" "bench alloc"; do
+    printf '.SS "hugemm %s"\n.nf\n' "$cmd"
+    # shellcheck disable=SC2086  # cmd is the command's words
+    "$hugemm" $cmd --help | roff
+    printf '.fi\n'
+  done
+  printf '[EXIT STATUS]\n0 ok; 1 a check failed or the run could not be done; 2 usage error '
+  printf '(an unknown flag, a bad value).\n'
+  printf '[SEE ALSO]\nThe README and doc/ of the hugemm sources; the headers in include/hugemm/.\n'
+} >"$tmp/include.h2m"
+help2man --no-info --no-discard-stderr --include="$tmp/include.h2m" \
+  --name="inspect, verify and benchmark DMA buffers on real huge pages" \
+  --output="$tmp/hugemm.1" "$hugemm"
+gzip -9n <"$tmp/hugemm.1" >"$out"

@@ -1,0 +1,76 @@
+// The pin benchmark's buffer (pin_target.h).
+#include "perf/pin_target.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstdlib>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "runtime/sys/hugepages.h"
+
+namespace hugemm::perf {
+namespace {
+
+absl::StatusOr<PinTarget> ResolveFile(const PinBenchConfig& c) {
+  const std::string& path = c.file;
+  auto bad = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat("-f ", path, ": ", why));
+  };
+  PinTarget t;
+  struct stat st;
+  const bool exists = ::stat(path.c_str(), &st) == 0;
+  if (exists && S_ISCHR(st.st_mode)) {
+    t.buffer.backing = BackingKind::kDevDax;
+    t.buffer.devdax_path = path;
+    return t;
+  }
+  if (exists && !S_ISREG(st.st_mode)) return bad("neither a device nor a regular file");
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
+  const std::string name = path.substr(slash == std::string::npos ? 0 : slash + 1);
+  char real[PATH_MAX];
+  if (name.empty() || ::realpath(dir.empty() ? "/" : dir.c_str(), real) == nullptr) {
+    return bad("neither a device nor a file in a hugetlbfs mount");
+  }
+  absl::StatusOr<std::vector<HugetlbfsMount>> mounts = sys::HugetlbfsMounts();
+  if (!mounts.ok()) return bad(mounts.status().message());
+  const HugetlbfsMount* mount = nullptr;
+  for (const HugetlbfsMount& m : *mounts) {
+    if (m.path == real) mount = &m;
+  }
+  if (mount == nullptr) return bad("neither a device nor a file in a hugetlbfs mount");
+  if (c.page_size != 0 && c.page_size != mount->page_size) {
+    return bad(absl::StrCat(mount->path, " has ", PageSizeName(mount->page_size), " pages, not ",
+                            PageSizeName(c.page_size)));
+  }
+  t.buffer.backing = BackingKind::kHugetlbfs;
+  t.buffer.hugetlbfs_mount = mount->path;
+  t.buffer.file_name = name;
+  t.buffer.page_size = mount->page_size;
+  if (!exists) t.created = absl::StrCat(mount->path, "/", name);
+  return t;
+}
+
+}  // namespace
+
+// The buffer a config maps: what -f names, else the backing and page size asked for.
+absl::StatusOr<PinTarget> ResolvePinTarget(const PinBenchConfig& c) {
+  if (!c.file.empty()) return ResolveFile(c);
+  PinTarget t;
+  t.buffer.backing = c.backing;
+  t.buffer.page_size = c.page_size;
+  if (c.backing == BackingKind::kAnon) t.buffer.page_size = kPageSize4K;
+  if (c.backing != BackingKind::kDevDax && t.buffer.page_size == 0) {
+    t.buffer.page_size = kPageSize2M;
+  }
+  return t;
+}
+
+RemoveCreated::~RemoveCreated() {
+  if (!path_.empty()) ::unlink(path_.c_str());
+}
+
+}  // namespace hugemm::perf

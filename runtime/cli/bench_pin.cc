@@ -1,0 +1,219 @@
+// `hugemm bench pin`: gup_test's flags (-m -r -n -a -u -L -w -W -S -P -H -f -j) and
+// hugemm's own, the run (perf/bench_pin.h), and its results as gup_test's lines and a
+// summary, or as JSON (keys in doc/benchmarks.md).
+#include "perf/bench_pin.h"
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "hugemm/runtime.h"
+#include "perf/bench_util.h"
+#include "runtime/cli/command.h"
+
+namespace hugemm::cli {
+namespace {
+
+using perf::PinBenchConfig;
+using perf::PinBenchResult;
+using perf::PinTimes;
+using perf::Summarize;
+using perf::Summary;
+
+struct PinFlags {
+  PinBenchConfig config;
+  bool get = false, longterm = false;  // -u, -L (-a is the default)
+  bool read_only = false;              // -W
+  bool private_mapping = false;        // -P
+  std::vector<std::string> compare;
+  bool json = false;
+};
+
+Json SummaryJson(const std::vector<double>& us) {
+  const Summary s = Summarize(us);
+  return {{"min", s.min}, {"median", s.median}};
+}
+
+void PrintJsonResult(const PinBenchConfig& c, const PinBenchResult& r) {
+  const Summary pin = Summarize(r.ours.pin_us), unpin = Summarize(r.ours.unpin_us);
+  const double floor = Summarize(r.floor_us).median;
+  Json out = {{"command", CommandLine()},
+              {"size_mib", r.size_mib},
+              {"page_size", PageSizeName(r.folio_size)},
+              {"backing", BackingKindName(r.backing)},
+              {"refcount", c.refcount == RefGranularity::kFolio ? "folio" : "page"},
+              {"output", perf::PinOutputName(c.output)},
+              {"flags", r.flags},
+              {"pages_per_call", c.pages_per_call},
+              {"threads", c.threads},
+              {"repeats", c.repeats},
+              {"pin_us", SummaryJson(r.ours.pin_us)},
+              {"unpin_us", SummaryJson(r.ours.unpin_us)},
+              {"floor_us", floor},
+              {"floor", r.floor},
+              {"pin_over_floor", pin.median / floor}};
+  if (r.per_page) {
+    out["per_page_pin_us"] = SummaryJson(r.per_page->pin_us);
+    out["per_page_unpin_us"] = SummaryJson(r.per_page->unpin_us);
+    out["per_page_over_per_folio"] = Summarize(r.per_page->pin_us).median / pin.median;
+  }
+  if (r.kernel) {
+    out["kernel"] = "io_uring fixed-buffer registration (pin_user_pages, FOLL_LONGTERM)";
+    out["kernel_pin_us"] = SummaryJson(r.kernel->pin_us);
+    out["kernel_unpin_us"] = SummaryJson(r.kernel->unpin_us);
+    out["kernel_pin_over_pin"] = Summarize(r.kernel->pin_us).median / pin.median;
+    out["kernel_unpin_over_unpin"] = Summarize(r.kernel->unpin_us).median / unpin.median;
+  }
+  PrintJson(out);
+}
+
+void PrintTextResult(const PinBenchConfig& c, const PinBenchResult& r) {
+  std::printf(
+      "%s\n%s of %s pages (%s), %s, %s, %ld pages per call, %d repeat(s), %d thread(s), "
+      "refcount per %s, output %s\n",
+      CommandLine().c_str(), HumanBytes(r.size_mib << 20).c_str(),
+      PageSizeName(r.folio_size).c_str(), std::string(BackingKindName(r.backing)).c_str(),
+      r.flags.c_str(), c.shared ? "shared" : "private", c.pages_per_call, c.repeats, c.threads,
+      c.refcount == RefGranularity::kFolio ? "folio" : "4K page", perf::PinOutputName(c.output));
+  // gup_test's line per repeat and thread, in the order they ran.
+  const size_t per_repeat = static_cast<size_t>(c.threads);
+  for (size_t rep = 0; rep < static_cast<size_t>(c.repeats); ++rep) {
+    for (const auto& [times, label] :
+         {std::pair{&r.ours, ""},
+          std::pair{r.per_page ? &*r.per_page : nullptr, " (refcount per 4K page)"}}) {
+      if (times == nullptr) continue;
+      for (size_t i = rep * per_repeat; i < (rep + 1) * per_repeat; ++i) {
+        std::printf("%s: Time: get:%.0f put:%.0f us%s\n", r.kind_name.c_str(), times->pin_us[i],
+                    times->unpin_us[i], label);
+      }
+    }
+  }
+  const Summary pin = Summarize(r.ours.pin_us), unpin = Summarize(r.ours.unpin_us);
+  const double floor = Summarize(r.floor_us).median;
+  std::printf("\nmedian of %d: pin %.0f us, unpin %.0f us (min %.0f / %.0f)\n", c.repeats,
+              pin.median, unpin.median, pin.min, unpin.min);
+  std::printf("floor (%s): %.0f us; pin / floor = %.2fx\n", r.floor.c_str(), floor,
+              pin.median / floor);
+  if (r.per_page) {
+    const double pp = Summarize(r.per_page->pin_us).median;
+    std::printf("refcount per 4K page: pin %.0f us, unpin %.0f us; per page / per folio = %.1fx\n",
+                pp, Summarize(r.per_page->unpin_us).median, pp / pin.median);
+  }
+  if (r.kernel) {
+    const double kp = Summarize(r.kernel->pin_us).median;
+    const double ku = Summarize(r.kernel->unpin_us).median;
+    std::printf(
+        "kernel, io_uring fixed-buffer registration (FOLL_LONGTERM) of the same buffer: "
+        "register %.0f us, unregister %.0f us; kernel / hugemm = %.1fx pin, %.1fx unpin\n",
+        kp, ku, kp / pin.median, ku / unpin.median);
+  }
+}
+
+int RunBenchPin(PinFlags& f) {
+  PinBenchConfig& c = f.config;
+  if (f.get) c.call = perf::PinCall::kGet;
+  if (f.longterm) c.call = perf::PinCall::kPinLongterm;
+  c.write = !f.read_only;
+  c.shared = !f.private_mapping;
+  for (const std::string& w : f.compare) {
+    (w == "kernel" ? c.compare_kernel : c.compare_page) = true;
+  }
+  if (absl::Status st = perf::CheckPinBenchConfig(c); !st.ok()) return Usage("bench pin", st);
+  perf::PinBenchHooks hooks;
+  hooks.note = [](const std::string& note) {
+    std::fprintf(stderr, "hugemm bench pin: %s\n", note.c_str());
+  };
+  hooks.progress = [](int done, int repeats) {
+    std::fprintf(stderr, "\r  hugemm bench pin: repeat %d/%d", done, repeats);
+    if (done == repeats) std::fprintf(stderr, "\n");
+  };
+  absl::StatusOr<PinBenchResult> r = perf::RunPinBench(c, hooks);
+  if (!r.ok()) return Fail("bench pin", r.status());
+  if (f.json) {
+    PrintJsonResult(c, *r);
+  } else {
+    PrintTextResult(c, *r);
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+void AddBenchPinCommand(CommandTable& table, CLI::App* bench) {
+  auto f = std::make_shared<PinFlags>();
+  PinBenchConfig& c = f->config;
+  CLI::App* pin = table.Add(bench, "pin",
+                            "gup_test's pin benchmark on hugemm, beside the kernel's pin and "
+                            "the floor (defaults: gup_test -m 16384 -r 10 -n 512 -a -w -S)",
+                            [f] { return RunBenchPin(*f); });
+  constexpr int64_t kMax = int64_t{1} << 40;
+  pin->add_option("-m", c.size_mib, "Buffer size in MiB")
+      ->check(IntegerIn(1, kMax))
+      ->type_name("MIB")
+      ->capture_default_str();
+  pin->add_option("-r", c.repeats, "Repeats")
+      ->check(IntegerIn(1, 1 << 20))
+      ->type_name("N")
+      ->capture_default_str();
+  pin->add_option("-n", c.pages_per_call, "4K pages per call, -1 for the whole range")
+      ->check(IntegerIn(-1, kMax))
+      ->type_name("N")
+      ->capture_default_str();
+  CLI::Option* a =
+      pin->add_flag("-a")->description("PIN_FAST: pin references (FOLL_PIN), the default");
+  CLI::Option* u = pin->add_flag("-u", f->get, "GUP_FAST: plain references (FOLL_GET)");
+  CLI::Option* l = pin->add_flag("-L", f->longterm, "PIN_LONGTERM: long-term pins");
+  a->excludes(u)->excludes(l);
+  u->excludes(l);
+  CLI::Option* w = pin->add_flag("-w")->description("The device writes (FOLL_WRITE), the default");
+  w->excludes(pin->add_flag("-W", f->read_only, "Read-only pins"));
+  CLI::Option* s = pin->add_flag("-S")->description("A shared mapping, the default");
+  s->excludes(pin->add_flag("-P", f->private_mapping, "A private mapping"));
+  CLI::Option* file = pin->add_option(
+      "-f", c.file,
+      "A /dev/dax device, or a file in a hugetlbfs mount (one the run creates is removed)");
+  file->type_name("FILE");
+  pin->add_option("-j", c.threads, "Threads, each pinning the whole range")
+      ->check(IntegerIn(1, 64))
+      ->type_name("N")
+      ->capture_default_str();
+  CLI::Option* backing =
+      pin->add_option_function<std::string>(
+             "--backing", [&c](const std::string& v) { c.backing = *ParseBackingKind(v); },
+             "Memory source (default hugetlb)")
+          ->check(CLI::IsMember({"hugetlb", "hugetlbfs", "devdax", "anon"}));
+  CLI::Option* hugetlb = pin->add_flag_callback(
+      "-H", [&c] { c.backing = BackingKind::kHugetlb; }, "hugetlb (the default backing)");
+  hugetlb->excludes(backing)->excludes(file);
+  pin->add_option_function<std::string>(
+         "--page-size", [&c](const std::string& v) { c.page_size = *ParsePageSize(v); },
+         "Page size: 4K, 2M, 1G (default: 2M, or the mount's or the device's)")
+      ->check(PageSizeValue())
+      ->type_name("SIZE");
+  pin->add_option_function<std::string>(
+         "--refcount",
+         [&c](const std::string& v) {
+           c.refcount = v == "page" ? RefGranularity::kPage : RefGranularity::kFolio;
+         },
+         "One reference operation per folio (default) or per 4K page")
+      ->check(CLI::IsMember({"folio", "page"}));
+  pin->add_option_function<std::string>(
+         "--output",
+         [&c](const std::string& v) {
+           c.output = v == "folios"     ? perf::PinOutput::kFolios
+                      : v == "segments" ? perf::PinOutput::kSegments
+                                        : perf::PinOutput::kPages;
+         },
+         "What a pin fills: a page array (default), folio spans or DMA segments")
+      ->check(CLI::IsMember({"pages", "folios", "segments"}));
+  pin->add_option("--compare", f->compare,
+                  "Also time the kernel's pin of the same buffer and/or one reference per "
+                  "4K page")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"kernel", "page"}));
+  pin->add_flag("--json", f->json, "One JSON object (keys: see doc/benchmarks.md)");
+}
+
+}  // namespace hugemm::cli

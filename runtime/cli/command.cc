@@ -1,0 +1,100 @@
+// The command table, flag value checks and output helpers every command uses.
+#include "runtime/cli/command.h"
+
+#include <cstdio>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "hugemm/page_size.h"
+
+namespace hugemm::cli {
+
+CLI::App* CommandTable::Add(CLI::App* parent, const std::string& name, const std::string& summary,
+                            Run run) {
+  CLI::App* sub = parent->add_subcommand(name, summary);
+  sub->footer(kExitCodesText);
+  commands_.emplace_back(sub, std::move(run));
+  return sub;
+}
+
+int CommandTable::RunSelected() const {
+  for (const auto& [app, run] : commands_) {
+    if (run && app->parsed()) return run();
+  }
+  return kExitUsage;  // CLI11 requires a subcommand wherever there is no run
+}
+
+namespace {
+std::string& CommandLineStorage() {
+  static auto* line = new std::string("hugemm");
+  return *line;
+}
+}  // namespace
+
+const std::string& CommandLine() { return CommandLineStorage(); }
+
+void SetCommandLine(int argc, const char* const* argv) {
+  std::string& line = CommandLineStorage();
+  line = "hugemm";
+  for (int i = 1; i < argc; ++i) absl::StrAppend(&line, " ", argv[i]);
+}
+
+CLI::Validator IntegerIn(int64_t min, int64_t max) {
+  return CLI::Validator(
+      [min, max](std::string& value) -> std::string {
+        int64_t v = 0;
+        if (!absl::SimpleAtoi(value, &v))
+          return absl::StrCat("\"", value, "\" is not a whole number");
+        if (v < min || v > max) return absl::StrCat(value, " is not in ", min, "..", max);
+        return "";
+      },
+      "");
+}
+
+CLI::Validator PageSizeValue() {
+  return CLI::Validator(
+      [](std::string& value) -> std::string {
+        absl::StatusOr<size_t> size = ParsePageSize(value);
+        return size.ok() ? "" : std::string(size.status().message());
+      },
+      "");
+}
+
+absl::StatusOr<uint64_t> ParseAddress(absl::string_view text) {
+  uint64_t v = 0;
+  const absl::string_view t = absl::StripAsciiWhitespace(text);
+  const bool ok = absl::StartsWithIgnoreCase(t, "0x") ? absl::SimpleHexAtoi(t.substr(2), &v)
+                                                      : absl::SimpleAtoi(t, &v);
+  if (!ok || t.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", text, "\" is not a number (decimal, or hexadecimal after 0x)"));
+  }
+  return v;
+}
+
+CLI::Validator AddressValue() {
+  return CLI::Validator(
+      [](std::string& value) -> std::string {
+        absl::StatusOr<uint64_t> v = ParseAddress(value);
+        return v.ok() ? "" : std::string(v.status().message());
+      },
+      "");
+}
+
+int Fail(absl::string_view command, const absl::Status& status) {
+  std::fprintf(stderr, "hugemm %s: %s\n", std::string(command).c_str(),
+               std::string(status.message()).c_str());
+  return kExitFailed;
+}
+
+int Usage(absl::string_view command, const absl::Status& status) {
+  Fail(command, status);
+  return kExitUsage;
+}
+
+void PrintJson(const Json& json) { std::printf("%s\n", json.dump(2).c_str()); }
+
+}  // namespace hugemm::cli

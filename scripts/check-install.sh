@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The README's "Install and link", run as written (test.sh runs it after the tests):
+# install from source into a fresh prefix and build and run examples/ against it, with
+# CMake and with pkg-config; then build the Debian packages, install them with apt,
+# do the same against /usr, and remove them. Needs a Release build (setup.sh).
+#   scripts/check-install.sh
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+need_root "$@"
+cd "$HUGEMM_ROOT"
+
+work=$(mktemp -d)
+prefix="$work/prefix"
+packages=(libhugemm0 libhugemm-dev hugemm-tools)
+cleanup() {
+  rm -rf "$work" "$HUGEMM_ROOT/build-examples"
+  if dpkg-query -W "${packages[@]}" >/dev/null 2>&1; then
+    apt-get remove --purge -y -qq "${packages[@]}" >/dev/null || true
+  fi
+}
+trap cleanup EXIT
+
+# readme_block NAME: the fenced block after the line "<!-- ci: NAME -->" in README.md.
+readme_block() {
+  awk -v mark="<!-- ci: $1 -->" '
+    $0 == mark { state = 1; next }
+    state == 1 && /^```/ { state = 2; next }
+    state == 2 && /^```/ { exit }
+    state == 2 { print }' README.md
+}
+
+# run_block NAME PREFIX: runs the block with the README's prefix replaced by PREFIX.
+run_block() {
+  local name=$1 to=$2 script="$work/$1.sh"
+  readme_block "$name" | sed -e "s|/opt/hugemm|$to|g" -e "s|^prefix=.*|prefix=$to|" >"$script"
+  [ -s "$script" ] || die "README.md has no block \"$name\""
+  say "install: README block \"$name\" (prefix $to)"
+  rm -rf build-examples
+  bash -euo pipefail "$script"
+}
+
+if dpkg-query -W "${packages[@]}" >/dev/null 2>&1; then
+  die "hugemm's Debian packages are installed already: remove them first"
+fi
+run_block install-source "$prefix"
+for f in include/hugemm/hugemm.h lib/libhugemm.so.0 lib/libhugemm.a bin/hugemm \
+         lib/cmake/hugemm/hugemmConfig.cmake lib/pkgconfig/hugemm.pc share/man/man1/hugemm.1.gz; do
+  [ -e "$prefix/$f" ] || die "cmake --install did not install $f"
+done
+run_block link "$prefix"
+# (ldd's output is read whole: grep -q would close the pipe on it.)
+deps=$(ldd build-examples/pin_buffer_c)
+grep -q "$prefix/lib/libhugemm.so.0" <<<"$deps" ||
+  die "pin_buffer_c is not linked against $prefix/lib/libhugemm.so.0"
+deps=$(ldd build-examples/pin_buffer_c_static)
+if grep -q libhugemm <<<"$deps"; then die "pin_buffer_c_static is linked against libhugemm.so"; fi
+
+run_block install-deb /usr
+hugemm --version
+[ -e /usr/share/man/man1/hugemm.1.gz ] || die "hugemm-tools has no man page"
+run_block link /usr
+say "install: from source and from the Debian packages, examples built and run both ways"
