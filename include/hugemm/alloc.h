@@ -35,6 +35,7 @@
 #include "absl/status/statusor.h"
 #include "hugemm/backing.h"
 #include "hugemm/folio.h"
+#include "hugemm/os.h"
 
 namespace hugemm {
 
@@ -63,6 +64,9 @@ struct AllocatorOptions {
   size_t meta_reserve_bytes = 0;
   // Per-thread magazines. false: every allocate and free goes to the pool's mutex.
   bool thread_cache = true;
+  // The OS the pools' backings call; nullptr = Os::Default(). Must outlive the allocator
+  // and every folio it handed out.
+  Os* os = nullptr;
 };
 
 // A snapshot of one folio, for people and tests.

@@ -26,6 +26,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "hugemm/os.h"
 #include "hugemm/page_size.h"
 
 namespace hugemm {
@@ -52,6 +53,8 @@ struct BackingOptions {
   // devdax: where <root>/bus/dax/devices/<name>/{size,align,numa_node} live. Tests point
   // this at a fake tree.
   std::string sysfs_root = "/sys";
+  // The OS to call, for the backing's life and its extents'; nullptr = Os::Default().
+  Os* os = nullptr;
 };
 
 struct MapRequest {
@@ -141,9 +144,11 @@ struct DaxDeviceInfo {
 // ("dax0.0") or a path whose last component is the name. A missing or garbled file is
 // an error naming it.
 absl::StatusOr<DaxDeviceInfo> ReadDaxDevice(absl::string_view device,
-                                            const std::string& sysfs_root = "/sys");
+                                            const std::string& sysfs_root = "/sys",
+                                            Os& os = Os::Default());
 // Every device under <sysfs_root>/bus/dax/devices (none is not an error).
-absl::StatusOr<std::vector<DaxDeviceInfo>> ListDaxDevices(const std::string& sysfs_root = "/sys");
+absl::StatusOr<std::vector<DaxDeviceInfo>> ListDaxDevices(const std::string& sysfs_root = "/sys",
+                                                          Os& os = Os::Default());
 // The same list as libdaxctl sees it (the live system only).
 absl::StatusOr<std::vector<DaxDeviceInfo>> ListDaxDevicesWithLibdaxctl();
 
@@ -159,6 +164,8 @@ class Backing : public std::enable_shared_from_this<Backing> {
 
   BackingKind kind() const { return kind_; }
   size_t page_size() const { return page_size_; }
+  // The OS this backing and its extents call.
+  Os& os() const { return os_; }
   // "hugetlb 2M", "hugetlbfs 1G at /dev/hugepages1G", "devdax /dev/dax0.0 (align 2M)".
   virtual std::string Describe() const = 0;
 
@@ -167,7 +174,8 @@ class Backing : public std::enable_shared_from_this<Backing> {
   absl::StatusOr<Extent> Map(const MapRequest& request);
 
  protected:
-  Backing(BackingKind kind, size_t page_size) : kind_(kind), page_size_(page_size) {}
+  Backing(BackingKind kind, size_t page_size, Os& os)
+      : kind_(kind), page_size_(page_size), os_(os) {}
 
   // What Map needs from each kind: a file and offset to map (fd -1 for anonymous
   // memory), checked against the kind's rules. The plan owns the fd it opened.
@@ -175,8 +183,9 @@ class Backing : public std::enable_shared_from_this<Backing> {
     int fd = -1;
     bool owns_fd = false;
     uint64_t offset = 0;
-    int flags = 0;        // MAP_SHARED or MAP_PRIVATE (| MAP_ANONYMOUS)
-    int fixed_node = -1;  // memory whose node is given, not chosen (devdax)
+    int flags = 0;             // MAP_SHARED or MAP_PRIVATE (| MAP_ANONYMOUS)
+    int fixed_node = -1;       // memory whose node is given, not chosen (devdax)
+    std::string created_path;  // a file Prepare created: removed again if Map fails
   };
   virtual absl::StatusOr<Source> Prepare(const MapRequest& request) = 0;
   // Gives back what Prepare took (a devdax offset range) after unmap or failure.
@@ -189,6 +198,7 @@ class Backing : public std::enable_shared_from_this<Backing> {
   friend class Extent;
   BackingKind kind_;
   size_t page_size_;
+  Os& os_;
 };
 
 }  // namespace hugemm

@@ -11,30 +11,10 @@
 
 #include "absl/status/statusor.h"
 #include "hugemm/backing.h"
+#include "hugemm/huge_pages.h"
+#include "hugemm/os.h"
 
 namespace hugemm {
-
-struct NodePool {
-  int node = 0;
-  int64_t nr = 0;       // nr_hugepages on this node
-  int64_t free = 0;     // free_hugepages
-  int64_t surplus = 0;  // surplus_hugepages
-};
-
-struct HugePagePool {
-  size_t page_size = 0;
-  int64_t nr = 0;
-  int64_t free = 0;
-  int64_t resv = 0;  // promised to mappings, not yet faulted in
-  int64_t surplus = 0;
-  int64_t overcommit = 0;  // nr_overcommit_hugepages
-  std::vector<NodePool> nodes;
-};
-
-struct HugetlbfsMount {
-  std::string path;
-  size_t page_size = 0;
-};
 
 struct SystemInfo {
   std::string sysfs_root;
@@ -51,7 +31,8 @@ struct SystemInfo {
   bool anon_fallback() const;
 };
 
-absl::StatusOr<SystemInfo> CollectSystemInfo(const std::string& sysfs_root = "/sys");
+absl::StatusOr<SystemInfo> CollectSystemInfo(const std::string& sysfs_root = "/sys",
+                                             Os& os = Os::Default());
 // A human table.
 std::string FormatSystemInfo(const SystemInfo& info);
 // The same as one JSON object (see README for the keys).

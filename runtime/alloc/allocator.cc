@@ -102,7 +102,8 @@ class Allocator::Impl {
         Backing::Create({.kind = o.backing,
                          .page_size = page_size,
                          .hugetlbfs_mount = o.hugetlbfs_mount,
-                         .devdax_path = o.devdax_path});
+                         .devdax_path = o.devdax_path,
+                         .os = options_.os});
     if (!backing.ok()) {
       return absl::Status(backing.status().code(),
                           absl::StrCat(PoolName(o), ": ", backing.status().message()));

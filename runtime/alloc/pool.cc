@@ -61,7 +61,9 @@ absl::Status Pool::Exhausted(int order, absl::string_view why) const {
   std::string kernel;
   if (config_.key.backing == BackingKind::kHugetlb ||
       config_.key.backing == BackingKind::kHugetlbfs) {
-    if (absl::StatusOr<sys::HugePagePool> p = sys::ReadHugePagePool(page_size_); p.ok()) {
+    if (absl::StatusOr<sys::HugePagePool> p =
+            sys::ReadHugePagePool(config_.backing->os(), page_size_, "/sys");
+        p.ok()) {
       kernel =
           absl::StrCat("; the kernel has ", p->free, " free ", PageSizeName(page_size_), " pages");
     }

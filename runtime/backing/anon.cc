@@ -10,7 +10,7 @@ namespace {
 
 class AnonBacking final : public Backing {
  public:
-  AnonBacking() : Backing(BackingKind::kAnon, kPageSize4K) {}
+  explicit AnonBacking(Os& os) : Backing(BackingKind::kAnon, kPageSize4K, os) {}
 
   std::string Describe() const override { return "anon 4K"; }
 
@@ -27,12 +27,12 @@ class AnonBacking final : public Backing {
 
 }  // namespace
 
-absl::StatusOr<std::shared_ptr<Backing>> CreateAnon(const BackingOptions& options) {
+absl::StatusOr<std::shared_ptr<Backing>> CreateAnon(const BackingOptions& options, Os& os) {
   if (options.page_size != 0 && options.page_size != kPageSize4K) {
     return absl::InvalidArgumentError(
         absl::StrCat("anon backing has 4K pages, not ", PageSizeName(options.page_size)));
   }
-  return std::make_shared<AnonBacking>();
+  return std::make_shared<AnonBacking>(os);
 }
 
 }  // namespace hugemm::backing_internal

@@ -9,13 +9,14 @@
 
 namespace hugemm::backing_internal {
 
-absl::StatusOr<std::shared_ptr<Backing>> CreateHugetlb(const BackingOptions& options);
-absl::StatusOr<std::shared_ptr<Backing>> CreateHugetlbfs(const BackingOptions& options);
-absl::StatusOr<std::shared_ptr<Backing>> CreateDevDax(const BackingOptions& options);
-absl::StatusOr<std::shared_ptr<Backing>> CreateAnon(const BackingOptions& options);
+// Each gets the Os the options name (Os::Default() when they name none).
+absl::StatusOr<std::shared_ptr<Backing>> CreateHugetlb(const BackingOptions& options, Os& os);
+absl::StatusOr<std::shared_ptr<Backing>> CreateHugetlbfs(const BackingOptions& options, Os& os);
+absl::StatusOr<std::shared_ptr<Backing>> CreateDevDax(const BackingOptions& options, Os& os);
+absl::StatusOr<std::shared_ptr<Backing>> CreateAnon(const BackingOptions& options, Os& os);
 
 // OK if the kernel has a huge page pool of this size.
-absl::Status CheckHugePageSize(size_t page_size);
+absl::Status CheckHugePageSize(Os& os, size_t page_size);
 
 }  // namespace hugemm::backing_internal
 
