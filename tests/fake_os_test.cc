@@ -57,7 +57,9 @@ TEST(FakeOs, SysfsShowsThePoolsNodesAndMounts) {
   absl::StatusOr<std::vector<size_t>> sizes = sys::HugePageSizes(os, "/sys");
   ASSERT_TRUE(sizes.ok()) << sizes.status();
   EXPECT_THAT(*sizes, ElementsAre(kPageSize2M, kPageSize1G));
-  EXPECT_THAT(sys::OnlineNodes(os, "/sys"), ElementsAre(0, 1));
+  absl::StatusOr<std::vector<int>> nodes = sys::OnlineNodes(os, "/sys");
+  ASSERT_TRUE(nodes.ok()) << nodes.status();
+  EXPECT_THAT(*nodes, ElementsAre(0, 1));
   absl::StatusOr<HugePagePool> pool = sys::ReadHugePagePool(os, kPageSize2M, "/sys");
   ASSERT_TRUE(pool.ok()) << pool.status();
   EXPECT_EQ(pool->nr, 8);

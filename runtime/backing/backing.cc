@@ -87,8 +87,9 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
     return absl::InvalidArgumentError(absl::StrCat(context, ": bad NUMA node ", request.node));
   }
   if (request.node >= 0) {
-    std::vector<int> nodes = sys::OnlineNodes(os_, "/sys");
-    if (std::find(nodes.begin(), nodes.end(), request.node) == nodes.end()) {
+    absl::StatusOr<std::vector<int>> nodes = sys::OnlineNodes(os_, "/sys");
+    if (!nodes.ok()) return sys::Annotate(nodes.status(), context);
+    if (std::find(nodes->begin(), nodes->end(), request.node) == nodes->end()) {
       return absl::InvalidArgumentError(
           absl::StrCat(context, ": NUMA node ", request.node, " is not online"));
     }

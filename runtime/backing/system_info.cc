@@ -19,7 +19,9 @@ bool SystemInfo::anon_fallback() const {
 absl::StatusOr<SystemInfo> CollectSystemInfo(const std::string& sysfs_root, Os& os) {
   SystemInfo info;
   info.sysfs_root = sysfs_root;
-  info.nodes = sys::OnlineNodes(os, sysfs_root);
+  absl::StatusOr<std::vector<int>> nodes = sys::OnlineNodes(os, sysfs_root);
+  if (!nodes.ok()) return nodes.status();
+  info.nodes = std::move(*nodes);
   info.default_huge_page_size = sys::DefaultHugePageSize(os);
   absl::StatusOr<std::vector<size_t>> sizes = sys::HugePageSizes(os, sysfs_root);
   if (sizes.ok()) {

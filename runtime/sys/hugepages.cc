@@ -1,6 +1,7 @@
 #include "runtime/sys/hugepages.h"
 
 #include <algorithm>
+#include <cerrno>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -53,7 +54,9 @@ absl::StatusOr<HugePagePool> ReadHugePagePool(Os& os, size_t page_size,
     if (!v.ok()) return v.status();
     *f.out = *v;
   }
-  for (int node : OnlineNodes(os, sysfs_root)) {
+  absl::StatusOr<std::vector<int>> nodes = OnlineNodes(os, sysfs_root);
+  if (!nodes.ok()) return nodes.status();
+  for (int node : *nodes) {
     const std::string ndir = PoolDir(
         absl::StrCat(sysfs_root, "/devices/system/node/node", node, "/hugepages"), page_size);
     absl::StatusOr<bool> exists = PathExists(os, ndir);
@@ -75,10 +78,11 @@ absl::StatusOr<HugePagePool> ReadHugePagePool(Os& os, size_t page_size,
   return pool;
 }
 
-std::vector<int> OnlineNodes(Os& os, const std::string& sysfs_root) {
+absl::StatusOr<std::vector<int>> OnlineNodes(Os& os, const std::string& sysfs_root) {
   std::vector<int> nodes;
   absl::StatusOr<std::vector<std::string>> names =
       os.ListDir(absl::StrCat(sysfs_root, "/devices/system/node"));
+  if (!names.ok() && ErrnoOf(names.status()) != ENOENT) return names.status();
   if (names.ok()) {
     for (const std::string& n : *names) {
       int id = 0;

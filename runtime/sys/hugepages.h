@@ -23,8 +23,9 @@ using hugemm::NodePool;
 // One pool's counters, globally and per NUMA node.
 [[nodiscard]] absl::StatusOr<HugePagePool> ReadHugePagePool(Os& os, size_t page_size,
                                                             const std::string& sysfs_root);
-// Online NUMA nodes (<sysfs>/devices/system/node/nodeN); {0} on a kernel without NUMA.
-[[nodiscard]] std::vector<int> OnlineNodes(Os& os, const std::string& sysfs_root);
+// Online NUMA nodes (<sysfs>/devices/system/node/nodeN); {0} on a kernel without NUMA
+// (no such directory). Any other failure to list it is an error.
+[[nodiscard]] absl::StatusOr<std::vector<int>> OnlineNodes(Os& os, const std::string& sysfs_root);
 // Mounted hugetlbfs file systems with their page size.
 [[nodiscard]] absl::StatusOr<std::vector<HugetlbfsMount>> HugetlbfsMounts(
     Os& os, const std::string& mounts_file = "/proc/mounts");
