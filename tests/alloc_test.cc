@@ -213,7 +213,7 @@ TEST(Alloc, PinnedFolioOutlivesItsHandleUntouched) {
     ASSERT_TRUE(again.ok()) << again.status();
     EXPECT_EQ(again->data(), data);
     EXPECT_TRUE(AllBytesAre(again->data(), size, 0));
-    EXPECT_FALSE(again->folio()->has_flag(kFolioDirty));
+    EXPECT_FALSE(again->folio()->has_flag(FolioFlag::kDirty));
   }
 }
 
@@ -226,9 +226,9 @@ TEST(Alloc, ReferenceAndMappingRefsAlsoDelayReuse) {
   HUGEMM_ASSERT_OK(FolioGet(f));  // e.g. a page-table mapping
   h->Reset();
   EXPECT_EQ(f->refcount.load(), 1);
-  EXPECT_FALSE(f->has_flag(kFolioFree));
+  EXPECT_FALSE(f->has_flag(FolioFlag::kFree));
   FolioPut(f);
-  EXPECT_TRUE(f->has_flag(kFolioFree));
+  EXPECT_TRUE(f->has_flag(FolioFlag::kFree));
   EXPECT_FALSE(FolioTryGet(f));  // a racing reader cannot resurrect it
 }
 

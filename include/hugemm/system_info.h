@@ -31,8 +31,12 @@ struct SystemInfo {
   bool anon_fallback() const;
 };
 
-absl::StatusOr<SystemInfo> CollectSystemInfo(const std::string& sysfs_root = "/sys",
-                                             Os& os = Os::Default());
+// Reads it all through `os`, sysfs under `sysfs_root`. A DAX listing that fails is
+// recorded in dax_error; a kernel without huge pages, or mounts that cannot be read,
+// leave those lists empty. An error only when the nodes or a pool's counters cannot be read (the
+// OS's error, naming the file) or are garbled (DataLoss). Safe from any thread.
+[[nodiscard]] absl::StatusOr<SystemInfo> CollectSystemInfo(const std::string& sysfs_root = "/sys",
+                                                           Os& os = Os::Default());
 // A human table.
 std::string FormatSystemInfo(const SystemInfo& info);
 // The same as one JSON object (see README for the keys).

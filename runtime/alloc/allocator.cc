@@ -203,30 +203,16 @@ Folio* Allocator::FolioOf(const void* addr) {
   return region->Find(off >> kPageShift);
 }
 
-FolioInfo DescribeFolio(const Folio& folio) {
-  FolioInfo info;
-  info.data = folio.data;
-  info.size = folio.size();
-  info.order = folio.order;
-  info.refcount = folio.refcount.load(std::memory_order_relaxed);
-  info.pincount = folio.pincount.load(std::memory_order_relaxed);
-  info.flags = folio.flags.load(std::memory_order_relaxed);
-  info.node = folio.node;
-  info.backing = folio.backing;
-  info.head_pfn = folio.head_pfn;
-  info.meta_in_reserve = (info.flags & kFolioReserveMeta) != 0;
-  return info;
-}
-
 std::string FormatFolioInfo(const FolioInfo& info) {
   std::string flags;
-  static constexpr std::pair<uint32_t, const char*> kNames[] = {{kFolioDirty, "dirty"},
-                                                                {kFolioReferenced, "referenced"},
-                                                                {kFolioBorrowed, "borrowed"},
-                                                                {kFolioFree, "free"},
-                                                                {kFolioLocked, "locked"}};
+  static constexpr std::pair<FolioFlag, const char*> kNames[] = {
+      {FolioFlag::kDirty, "dirty"},
+      {FolioFlag::kReferenced, "referenced"},
+      {FolioFlag::kBorrowed, "borrowed"},
+      {FolioFlag::kFree, "free"},
+      {FolioFlag::kLocked, "locked"}};
   for (const auto& [bit, name] : kNames) {
-    if (info.flags & bit) absl::StrAppend(&flags, flags.empty() ? "" : ",", name);
+    if (info.has(bit)) absl::StrAppend(&flags, flags.empty() ? "" : ",", name);
   }
   return absl::StrCat(PageSizeName(info.size), " folio at ",
                       absl::Hex(reinterpret_cast<uintptr_t>(info.data)), " pfn ",

@@ -12,7 +12,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "runtime/backing/kinds.h"
+#include "runtime/backing/kind.h"
 #include "runtime/sys/hugepages.h"
 #include "runtime/sys/pagemap.h"
 #include "runtime/sys/status.h"
@@ -61,18 +61,32 @@ absl::StatusOr<BackingKind> ParseBackingKind(absl::string_view name) {
 
 absl::StatusOr<std::shared_ptr<Backing>> Backing::Create(const BackingOptions& options) {
   Os& os = options.os != nullptr ? *options.os : Os::Default();
+  absl::StatusOr<std::unique_ptr<backing_internal::Kind>> impl =
+      absl::InvalidArgumentError("unknown backing kind");
   switch (options.kind) {
     case BackingKind::kHugetlb:
-      return backing_internal::CreateHugetlb(options, os);
+      impl = backing_internal::NewHugetlb(options, os);
+      break;
     case BackingKind::kHugetlbfs:
-      return backing_internal::CreateHugetlbfs(options, os);
+      impl = backing_internal::NewHugetlbfs(options, os);
+      break;
     case BackingKind::kDevDax:
-      return backing_internal::CreateDevDax(options, os);
+      impl = backing_internal::NewDevDax(options, os);
+      break;
     case BackingKind::kAnon:
-      return backing_internal::CreateAnon(options, os);
+      impl = backing_internal::NewAnon(options, os);
+      break;
   }
-  return absl::InvalidArgumentError("unknown backing kind");
+  if (!impl.ok()) return impl.status();
+  return std::shared_ptr<Backing>(new Backing(std::move(*impl), os));
 }
+
+Backing::Backing(std::unique_ptr<backing_internal::Kind> impl, Os& os)
+    : impl_(std::move(impl)), kind_(impl_->kind()), page_size_(impl_->page_size()), os_(os) {}
+
+Backing::~Backing() = default;
+
+std::string Backing::Describe() const { return impl_->Describe(); }
 
 absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
   const std::string context =
@@ -102,7 +116,7 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
                                                    PageSizeName(page_size_)));
   }
 
-  absl::StatusOr<Source> source = Prepare(request);
+  absl::StatusOr<backing_internal::Source> source = impl_->Prepare(request);
   if (!source.ok()) return sys::Annotate(source.status(), context);
   const size_t length = request.length;
   Os& os = os_;
@@ -116,7 +130,7 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
     if (mapped != nullptr) (void)os.Munmap(mapped, length);
     if (source->owns_fd) (void)os.Close(source->fd);
     if (!source->created_path.empty()) (void)os.Unlink(source->created_path);
-    Release(source->offset, length);
+    impl_->Release(source->offset, length);
     return sys::Annotate(status, absl::StrCat(context, ": ", step));
   };
 
@@ -185,7 +199,7 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
     pfns = std::move(*read);
   }
   for (size_t i = 0; i < pfns.size(); ++i) {
-    if (pfns[i] == kUnknownPfn) pfns[i] = PfnWithoutPagemap(source->offset + i * page_size_);
+    if (pfns[i] == kUnknownPfn) pfns[i] = impl_->PfnWithoutPagemap(source->offset + i * page_size_);
   }
 
   if (source->owns_fd) (void)os.Close(source->fd);
@@ -224,7 +238,7 @@ Extent& Extent::operator=(Extent&& other) noexcept {
 absl::Status Extent::Unmap() {
   if (data_ == nullptr) return absl::OkStatus();
   absl::Status st = backing_->os().Munmap(data_, size_);
-  backing_->Release(offset_, size_);
+  backing_->impl_->Release(offset_, size_);
   data_ = nullptr;
   size_ = 0;
   pfns_.clear();

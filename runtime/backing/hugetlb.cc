@@ -7,21 +7,20 @@
 #include <bit>
 
 #include "absl/strings/str_cat.h"
-#include "runtime/backing/kinds.h"
+#include "runtime/backing/kind.h"
 #include "runtime/sys/hugepages.h"
 
 namespace hugemm::backing_internal {
 namespace {
 
-class HugetlbBacking final : public Backing {
+class HugetlbBacking final : public Kind {
  public:
-  HugetlbBacking(size_t page_size, Os& os) : Backing(BackingKind::kHugetlb, page_size, os) {}
+  HugetlbBacking(size_t page_size, Os& os) : Kind(BackingKind::kHugetlb, page_size, os) {}
 
   std::string Describe() const override {
     return absl::StrCat("hugetlb ", PageSizeName(page_size()));
   }
 
- protected:
   absl::StatusOr<Source> Prepare(const MapRequest& request) override {
     if (!request.name.empty() || request.offset.has_value()) {
       return absl::InvalidArgumentError(
@@ -61,10 +60,10 @@ absl::Status CheckHugePageSize(Os& os, size_t page_size) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::shared_ptr<Backing>> CreateHugetlb(const BackingOptions& options, Os& os) {
+absl::StatusOr<std::unique_ptr<Kind>> NewHugetlb(const BackingOptions& options, Os& os) {
   const size_t page_size = options.page_size ? options.page_size : kPageSize2M;
   if (absl::Status st = CheckHugePageSize(os, page_size); !st.ok()) return st;
-  return std::make_shared<HugetlbBacking>(page_size, os);
+  return std::make_unique<HugetlbBacking>(page_size, os);
 }
 
 }  // namespace hugemm::backing_internal

@@ -9,23 +9,22 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "runtime/backing/kinds.h"
+#include "runtime/backing/kind.h"
 #include "runtime/sys/hugepages.h"
 #include "runtime/sys/status.h"
 
 namespace hugemm::backing_internal {
 namespace {
 
-class HugetlbfsBacking final : public Backing {
+class HugetlbfsBacking final : public Kind {
  public:
   HugetlbfsBacking(size_t page_size, std::string mount, Os& os)
-      : Backing(BackingKind::kHugetlbfs, page_size, os), mount_(std::move(mount)) {}
+      : Kind(BackingKind::kHugetlbfs, page_size, os), mount_(std::move(mount)) {}
 
   std::string Describe() const override {
     return absl::StrCat("hugetlbfs ", PageSizeName(page_size()), " at ", mount_);
   }
 
- protected:
   absl::StatusOr<Source> Prepare(const MapRequest& request) override {
     const uint64_t offset = request.offset.value_or(0);
     if (offset % page_size()) {
@@ -92,7 +91,7 @@ class HugetlbfsBacking final : public Backing {
 
 }  // namespace
 
-absl::StatusOr<std::shared_ptr<Backing>> CreateHugetlbfs(const BackingOptions& options, Os& os) {
+absl::StatusOr<std::unique_ptr<Kind>> NewHugetlbfs(const BackingOptions& options, Os& os) {
   const size_t page_size = options.page_size ? options.page_size : kPageSize2M;
   if (absl::Status st = CheckHugePageSize(os, page_size); !st.ok()) return st;
   std::string mount = options.hugetlbfs_mount;
@@ -122,7 +121,7 @@ absl::StatusOr<std::shared_ptr<Backing>> CreateHugetlbfs(const BackingOptions& o
                                                      " pages, not ", PageSizeName(page_size)));
     }
   }
-  return std::make_shared<HugetlbfsBacking>(page_size, std::move(mount), os);
+  return std::make_unique<HugetlbfsBacking>(page_size, std::move(mount), os);
 }
 
 }  // namespace hugemm::backing_internal
