@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "runtime/sys/os.h"
+#include "hugemm/os.h"
 #include "runtime/sys/pagemap.h"
 #include "tests/test_util.h"
 
@@ -110,7 +110,7 @@ TEST(Alloc, AnyPageMapsBackToItsFolio) {
     if (pfns) {
       ASSERT_NE(f->head_pfn, kUnknownPfn);
       absl::StatusOr<std::vector<uint64_t>> kernel =
-          sys::ReadPfns(f->data, f->nr_pages(), kPageSize4K);
+          sys::ReadPfns(Os::Default(), f->data, f->nr_pages(), kPageSize4K);
       ASSERT_TRUE(kernel.ok()) << kernel.status();
       for (size_t i = 0; i < f->nr_pages(); ++i) ASSERT_EQ((*kernel)[i], f->page_pfn(i));
     }
@@ -213,7 +213,7 @@ TEST(Alloc, PinnedFolioOutlivesItsHandleUntouched) {
     ASSERT_TRUE(again.ok()) << again.status();
     EXPECT_EQ(again->data(), data);
     EXPECT_TRUE(AllBytesAre(again->data(), size, 0));
-    EXPECT_FALSE(again->folio()->has_flag(kFolioDirty));
+    EXPECT_FALSE(again->folio()->has_flag(FolioFlag::kDirty));
   }
 }
 
@@ -226,9 +226,9 @@ TEST(Alloc, ReferenceAndMappingRefsAlsoDelayReuse) {
   HUGEMM_ASSERT_OK(FolioGet(f));  // e.g. a page-table mapping
   h->Reset();
   EXPECT_EQ(f->refcount.load(), 1);
-  EXPECT_FALSE(f->has_flag(kFolioFree));
+  EXPECT_FALSE(f->has_flag(FolioFlag::kFree));
   FolioPut(f);
-  EXPECT_TRUE(f->has_flag(kFolioFree));
+  EXPECT_TRUE(f->has_flag(FolioFlag::kFree));
   EXPECT_FALSE(FolioTryGet(f));  // a racing reader cannot resurrect it
 }
 
@@ -293,20 +293,20 @@ TEST(Alloc, ExhaustionNamesThePoolAndRecoversToBaseline) {
 
 // The kernel refusing a 1G page (as when a request is larger than the free 1G pool) is
 // injected at the prefault, so the test never drains the machine's 1G pool.
-class NoHugePagesOs : public sys::Os {
+class NoHugePagesOs : public OsWrapper {
  public:
+  NoHugePagesOs() : OsWrapper(Os::Default()) {}
   absl::Status Madvise(void* addr, size_t length, int advice) override {
-    if (advice == 23 /* MADV_POPULATE_WRITE */) return sys::ErrnoStatus(ENOMEM, "madvise");
-    return sys::Os::Madvise(addr, length, advice);
+    if (advice == 23 /* MADV_POPULATE_WRITE */) return ErrnoStatus(ENOMEM, "madvise");
+    return OsWrapper::Madvise(addr, length, advice);
   }
 };
 
 TEST(Alloc, OneGigRequestBeyondTheKernelsFreePages) {
-  auto alloc = NewAllocator();
+  NoHugePagesOs os;
+  auto alloc = NewAllocator({.os = &os});
   const int64_t baseline = FreeHugePages(kPageSize1G);
   {
-    NoHugePagesOs os;
-    sys::ScopedOsOverride override(&os);
     absl::Status st = alloc->Allocate(kPageSize1G, {.page_size = kPageSize1G}).status();
     if (st.code() == absl::StatusCode::kInvalidArgument) GTEST_SKIP() << st;  // no 1G pool
     EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;

@@ -13,7 +13,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hugemm/kernel_check.h"
-#include "runtime/sys/os.h"
+#include "hugemm/os.h"
 #include "runtime/sys/pagemap.h"
 #include "tests/test_util.h"
 
@@ -84,7 +84,7 @@ TEST_P(HugetlbTest, PlacesOnTheRequestedNode) {
   absl::StatusOr<Extent> extent = (*backing)->Map({.length = page, .node = 0});
   ASSERT_TRUE(extent.ok()) << extent.status();
   EXPECT_EQ(extent->node(), 0);
-  absl::StatusOr<int> node = sys::os().NodeOfAddress(extent->data());
+  absl::StatusOr<int> node = Os::Default().NodeOfAddress(extent->data());
   ASSERT_TRUE(node.ok());
   EXPECT_EQ(*node, 0);
 }
@@ -133,17 +133,18 @@ TEST(Hugetlb, UnsupportedPageSizeIsRefused) {
 
 // A prefault that fails (a pool emptied by someone else between mmap and fault) must
 // leave nothing mapped and nothing reserved.
-class FailingPopulateOs : public sys::Os {
+class FailingPopulateOs : public OsWrapper {
  public:
+  FailingPopulateOs() : OsWrapper(Os::Default()) {}
   absl::Status Madvise(void* addr, size_t length, int advice) override {
     if (advice == 23 /* MADV_POPULATE_WRITE */) {
-      return sys::ErrnoStatus(ENOMEM, "madvise(MADV_POPULATE_WRITE)");
+      return ErrnoStatus(ENOMEM, "madvise(MADV_POPULATE_WRITE)");
     }
-    return Os::Madvise(addr, length, advice);
+    return OsWrapper::Madvise(addr, length, advice);
   }
   absl::StatusOr<void*> Mmap(void* addr, size_t length, int prot, int flags, int fd,
                              off_t offset) override {
-    absl::StatusOr<void*> p = Os::Mmap(addr, length, prot, flags, fd, offset);
+    absl::StatusOr<void*> p = OsWrapper::Mmap(addr, length, prot, flags, fd, offset);
     if (p.ok() && (flags & MAP_FIXED)) last_fixed = *p;
     return p;
   }
@@ -152,19 +153,20 @@ class FailingPopulateOs : public sys::Os {
 
 TEST(Hugetlb, FailedPrefaultUnwindsEverything) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
-  auto backing = Backing::Create({.kind = BackingKind::kHugetlb, .page_size = kPageSize2M});
+  FailingPopulateOs failing;
+  auto backing =
+      Backing::Create({.kind = BackingKind::kHugetlb, .page_size = kPageSize2M, .os = &failing});
   ASSERT_TRUE(backing.ok()) << backing.status();
   const int64_t free_before = FreeHugePages(kPageSize2M);
-  FailingPopulateOs failing;
   {
-    sys::ScopedOsOverride scoped(&failing);
     absl::StatusOr<Extent> e = (*backing)->Map({.length = 2 * kPageSize2M});
     ASSERT_FALSE(e.ok());
     EXPECT_THAT(e.status().message(), HasSubstr("prefault"));
     EXPECT_THAT(e.status().message(), HasSubstr("ENOMEM"));
   }
   ASSERT_NE(failing.last_fixed, nullptr);
-  EXPECT_FALSE(sys::KernelPageSizeAt(failing.last_fixed).ok()) << "mapping left behind";
+  EXPECT_FALSE(sys::KernelPageSizeAt(Os::Default(), failing.last_fixed).ok())
+      << "mapping left behind";
   EXPECT_EQ(FreeHugePages(kPageSize2M), free_before) << "reservation left behind";
 }
 

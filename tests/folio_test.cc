@@ -216,9 +216,9 @@ TEST(FolioPins, UnpinDirtyMarksTheFolio) {
   Folio f;
   MakeLive(&f, 9, &owner);
   HUGEMM_ASSERT_OK(FolioTryGrab(&f, 1, RefKind::kPin));
-  EXPECT_FALSE(f.has_flag(kFolioDirty));
+  EXPECT_FALSE(f.has_flag(FolioFlag::kDirty));
   FolioUngrab(&f, 1, RefKind::kPin, /*dirty=*/true);
-  EXPECT_TRUE(f.has_flag(kFolioDirty));
+  EXPECT_TRUE(f.has_flag(FolioFlag::kDirty));
 }
 
 TEST(FolioPins, LastUnpinAfterOwnerPutReturnsTheFolio) {
@@ -256,12 +256,12 @@ TEST(FolioInfoTest, DescribesPlacementAndFlags) {
   MakeLive(&f, 9, &owner);
   f.backing = BackingKind::kHugetlbfs;
   f.node = 0;
-  f.set_flag(kFolioDirty);
+  f.set_flag(FolioFlag::kDirty);
   FolioInfo info = DescribeFolio(f);
   EXPECT_EQ(info.size, kPageSize2M);
   EXPECT_EQ(info.refcount, 1);
   EXPECT_STREQ(info.meta_placement(), "system");
-  f.set_flag(kFolioReserveMeta);
+  f.set_flag(FolioFlag::kReserveMeta);
   info = DescribeFolio(f);
   EXPECT_STREQ(info.meta_placement(), "reserve");
   EXPECT_TRUE(info.flags & kFolioDirty);

@@ -18,9 +18,9 @@
 //
 // page -> folio (FolioOf, the kernel's compound_head) is O(1) with no per-page storage:
 // a fixed three-level radix over 2M of virtual address finds the region, and the
-// region's small hash of live folios keyed by head page is probed once per order present
-// in the region (at most 19 probes, usually one). folio -> page i is arithmetic
-// (Folio::page_address / page_pfn).
+// region's slots of live folios, kept per order in use, are probed once per such order
+// (at most 19 probes, usually one). folio -> page i is arithmetic (Folio::page_address,
+// Folio::page_pfn).
 #ifndef HUGEMM_ALLOC_H_
 #define HUGEMM_ALLOC_H_
 
@@ -35,6 +35,7 @@
 #include "absl/status/statusor.h"
 #include "hugemm/backing.h"
 #include "hugemm/folio.h"
+#include "hugemm/os.h"
 
 namespace hugemm {
 
@@ -63,25 +64,14 @@ struct AllocatorOptions {
   size_t meta_reserve_bytes = 0;
   // Per-thread magazines. false: every allocate and free goes to the pool's mutex.
   bool thread_cache = true;
+  // The OS the pools' backings call; nullptr = Os::Default(). Must outlive the allocator
+  // and every folio it handed out.
+  Os* os = nullptr;
 };
 
-// A snapshot of one folio, for people and tests.
-struct FolioInfo {
-  std::byte* data = nullptr;
-  size_t size = 0;
-  int order = 0;
-  int32_t refcount = 0;
-  int32_t pincount = 0;
-  uint32_t flags = 0;
-  int node = -1;
-  BackingKind backing = BackingKind::kAnon;
-  uint64_t head_pfn = kUnknownPfn;
-  bool meta_in_reserve = false;  // the descriptor lives in the backing's reserve
-  const char* meta_placement() const { return meta_in_reserve ? "reserve" : "system"; }
-};
-FolioInfo DescribeFolio(const Folio& folio);
 
-// Owns one reference on a folio; drops it when destroyed. Move-only.
+// Owns one reference on a folio; drops it when destroyed. Move-only. Not thread-safe:
+// one owner at a time (the folio it holds may be shared: see folio.h).
 class FolioHandle {
  public:
   FolioHandle() = default;
@@ -103,7 +93,8 @@ class FolioHandle {
   // The folio's size: the request rounded up to a power of two of at least 4K.
   size_t size() const { return folio_ ? folio_->size() : 0; }
   Folio* folio() const { return folio_; }
-  FolioInfo info() const { return DescribeFolio(*folio_); }
+  // A snapshot of the folio; the handle must hold one.
+  [[nodiscard]] FolioInfo info() const { return DescribeFolio(*folio_); }
   explicit operator bool() const { return folio_ != nullptr; }
 
   // Drops the reference now; the folio returns to its pool once no pin holds it.
@@ -111,7 +102,7 @@ class FolioHandle {
     if (folio_ != nullptr) FolioPut(std::exchange(folio_, nullptr));
   }
   // Gives up ownership without dropping the reference.
-  Folio* Release() { return std::exchange(folio_, nullptr); }
+  [[nodiscard]] Folio* Release() { return std::exchange(folio_, nullptr); }
 
  private:
   Folio* folio_ = nullptr;
@@ -133,20 +124,37 @@ struct PoolStats {
   std::vector<size_t> free_by_order;  // free folios per order
 };
 
+// Hands out folios of 4K up to a backing's native page from pools it grows on demand.
+// Thread-safe: Allocate, AllocateOrder, FlushThreadCache, Shrink and Stats may be called
+// from any number of threads at once; folios may be freed (their last reference dropped)
+// on any thread. Only the destructor must not race with other calls.
 class Allocator {
  public:
-  static absl::StatusOr<std::unique_ptr<Allocator>> Create(const AllocatorOptions& options = {});
-  // Must not race with other calls on this allocator. Folios still referenced (handles,
-  // pins) stay valid; their memory goes back to the kernel when the last one drops.
+  // Never fails today; a StatusOr so that option checks can be added.
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<Allocator>> Create(
+      const AllocatorOptions& options = {});
+  // Folios still referenced (handles, pins) stay valid; their memory goes back to the
+  // kernel when the last one drops.
   ~Allocator();
   Allocator(const Allocator&) = delete;
   Allocator& operator=(const Allocator&) = delete;
 
   // A folio of at least `bytes` (rounded up to a power of two of at least 4K, at most
-  // the backing's page size).
-  absl::StatusOr<FolioHandle> Allocate(size_t bytes, const AllocOptions& options = {});
-  // A folio of 4K << order.
-  absl::StatusOr<FolioHandle> AllocateOrder(int order, const AllocOptions& options = {});
+  // the backing's page size), holding one reference: the handle's. Errors name the pool:
+  //   InvalidArgument   bytes is 0 or larger than the page size, or a bad node;
+  //   NotFound and others from Backing::Create the first time a pool is needed (no
+  //                     hugetlbfs mount, no such device, unsupported page size);
+  //   Unimplemented     a backing whose page size is not 4K, 2M or 1G;
+  //   ResourceExhausted the pool is at max_bytes_per_pool, or the kernel (or device)
+  //                     has no page left; the message gives the pool's and the kernel's
+  //                     free counts and the OS error;
+  //                     or 64 pools already exist in this allocator.
+  [[nodiscard]] absl::StatusOr<FolioHandle> Allocate(size_t bytes,
+                                                     const AllocOptions& options = {});
+  // A folio of 4K << order. InvalidArgument for an order outside 0 .. the page's;
+  // otherwise as Allocate.
+  [[nodiscard]] absl::StatusOr<FolioHandle> AllocateOrder(int order,
+                                                          const AllocOptions& options = {});
 
   // Returns the calling thread's magazines to their pools.
   void FlushThreadCache();
@@ -154,7 +162,7 @@ class Allocator {
   // all free, giving the huge pages back to the kernel. Returns the bytes given back.
   size_t Shrink();
 
-  std::vector<PoolStats> Stats() const;
+  [[nodiscard]] std::vector<PoolStats> Stats() const;
   const AllocatorOptions& options() const { return options_; }
 
   // The live folio holding `addr` in any allocator of this process, or nullptr. O(1),
@@ -162,11 +170,11 @@ class Allocator {
   // merged or freed concurrently): take a reference with FolioTryGet and check
   // folio->contains(addr) again, as the kernel does after a speculative get. Descriptors
   // stay readable memory for the allocator's life.
-  static Folio* FolioOf(const void* addr);
-
-  class Impl;
+  [[nodiscard]] static Folio* FolioOf(const void* addr);
 
  private:
+  class Impl;
+
   explicit Allocator(const AllocatorOptions& options);
   AllocatorOptions options_;
   std::unique_ptr<Impl> impl_;
@@ -182,7 +190,7 @@ struct MetadataCost {
   uint64_t kernel_bytes_per_gib = 0;      // 64 B per 4K page
   uint64_t kernel_hvo_bytes_per_gib = 0;  // with the vmemmap optimisation for huge pages
 };
-MetadataCost FolioMetadataCost(size_t folio_size, size_t page_size);
+[[nodiscard]] MetadataCost FolioMetadataCost(size_t folio_size, size_t page_size);
 
 }  // namespace hugemm
 

@@ -13,6 +13,8 @@
 //   devdax     /dev/daxX.Y; size, align and node from sysfs; MAP_SHARED only, offsets
 //              and lengths in multiples of the device alignment.
 //   anon       4K anonymous pages, for machines without huge pages.
+//
+// Every call to the kernel goes through the Os of BackingOptions (os.h).
 #ifndef HUGEMM_BACKING_H_
 #define HUGEMM_BACKING_H_
 
@@ -26,6 +28,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "hugemm/os.h"
 #include "hugemm/page_size.h"
 
 namespace hugemm {
@@ -33,8 +37,9 @@ namespace hugemm {
 enum class BackingKind { kHugetlb, kHugetlbfs, kDevDax, kAnon };
 
 // "hugetlb", "hugetlbfs", "devdax", "anon".
-absl::string_view BackingKindName(BackingKind kind);
-absl::StatusOr<BackingKind> ParseBackingKind(absl::string_view name);
+[[nodiscard]] absl::string_view BackingKindName(BackingKind kind);
+// The kind of that name; InvalidArgument naming the four for any other.
+[[nodiscard]] absl::StatusOr<BackingKind> ParseBackingKind(absl::string_view name);
 
 // A PFN the process could not read. Never zero: PFN 0 is a real frame.
 inline constexpr uint64_t kUnknownPfn = ~uint64_t{0};
@@ -52,6 +57,8 @@ struct BackingOptions {
   // devdax: where <root>/bus/dax/devices/<name>/{size,align,numa_node} live. Tests point
   // this at a fake tree.
   std::string sysfs_root = "/sys";
+  // The OS to call, for the backing's life and its extents'; nullptr = Os::Default().
+  Os* os = nullptr;
 };
 
 struct MapRequest {
@@ -75,8 +82,13 @@ struct MapRequest {
 };
 
 class Backing;
+namespace backing_internal {
+class Kind;
+}  // namespace backing_internal
 
-// One mapping of a backing. Move-only; unmapped when destroyed.
+// One mapping of a backing: data(), size() and the PFN of every native page. Move-only;
+// unmapped when destroyed. Its memory may be read and written from any thread; the
+// object itself is not thread-safe (one owner moves or unmaps it).
 class Extent {
  public:
   Extent() = default;
@@ -95,14 +107,16 @@ class Extent {
   BackingKind kind() const { return kind_; }
   // Offset in the device or file (0 for memfd and anon).
   uint64_t offset() const { return offset_; }
-  // PFN of the first 4K frame of native page `i`; kUnknownPfn if unreadable.
+  // PFN of the first 4K frame of native page `i` (< page_count()); kUnknownPfn if the
+  // kernel would not show it.
   uint64_t pfn(size_t i) const { return pfns_[i]; }
-  const std::vector<uint64_t>& pfns() const { return pfns_; }
+  absl::Span<const uint64_t> pfns() const { return pfns_; }
   bool pfns_known() const { return !pfns_.empty() && pfns_[0] != kUnknownPfn; }
   const std::shared_ptr<Backing>& backing() const { return backing_; }
   bool mapped() const { return data_ != nullptr; }
 
-  // Unmaps now and reports an error the destructor would have to swallow.
+  // Unmaps now (a no-op when not mapped) and reports what the destructor would have to
+  // swallow: the OS's munmap error, annotated. The extent is empty afterwards either way.
   absl::Status Unmap();
 
  private:
@@ -134,61 +148,73 @@ struct DaxDeviceInfo {
   };
   std::vector<Range> ranges;
   // The physical address of device byte `offset`, or ~0 when unknown.
-  uint64_t PhysicalAddress(uint64_t offset) const;
+  [[nodiscard]] uint64_t PhysicalAddress(uint64_t offset) const;
 };
 
-// Reads <sysfs_root>/bus/dax/devices/<name>/{size,align,numa_node}. `device` is a name
-// ("dax0.0") or a path whose last component is the name. A missing or garbled file is
-// an error naming it.
-absl::StatusOr<DaxDeviceInfo> ReadDaxDevice(absl::string_view device,
-                                            const std::string& sysfs_root = "/sys");
-// Every device under <sysfs_root>/bus/dax/devices (none is not an error).
-absl::StatusOr<std::vector<DaxDeviceInfo>> ListDaxDevices(const std::string& sysfs_root = "/sys");
-// The same list as libdaxctl sees it (the live system only).
-absl::StatusOr<std::vector<DaxDeviceInfo>> ListDaxDevicesWithLibdaxctl();
+// Reads <sysfs_root>/bus/dax/devices/<name>/{size,align,numa_node} through `os`.
+// `device` is a name ("dax0.0") or a path whose last component is the name. NotFound
+// when sysfs has no such device; DataLoss naming the file when one is garbled; the
+// OS's error when one cannot be read.
+[[nodiscard]] absl::StatusOr<DaxDeviceInfo> ReadDaxDevice(absl::string_view device,
+                                                          const std::string& sysfs_root = "/sys",
+                                                          Os& os = Os::Default());
+// Every device under <sysfs_root>/bus/dax/devices (none is not an error); the first
+// device's error otherwise.
+[[nodiscard]] absl::StatusOr<std::vector<DaxDeviceInfo>> ListDaxDevices(
+    const std::string& sysfs_root = "/sys", Os& os = Os::Default());
+// The same list as libdaxctl sees it: the live system only, a cross-check of the sysfs
+// reading above (libdaxctl reads sysfs itself, not through an Os). Unavailable when
+// libdaxctl cannot start.
+[[nodiscard]] absl::StatusOr<std::vector<DaxDeviceInfo>> ListDaxDevicesWithLibdaxctl();
 
-class Backing : public std::enable_shared_from_this<Backing> {
+// A source of extents of one kind and page size. Thread-safe: Map may be called from
+// many threads at once, and extents may be unmapped on any thread. Held by shared_ptr;
+// each extent keeps its backing alive.
+class Backing final : public std::enable_shared_from_this<Backing> {
  public:
   // Checks the options against the system (page size supported, mount present, device
-  // readable and described by sysfs) and returns a ready backing.
-  static absl::StatusOr<std::shared_ptr<Backing>> Create(const BackingOptions& options);
+  // readable and described by sysfs) and returns a ready backing. InvalidArgument for a
+  // page size the kind or kernel does not offer, a devdax backing without a path, or a
+  // mount of another page size; NotFound for a missing mount or device; the OS's error
+  // (naming the call) when sysfs or /proc/mounts cannot be read or the device opened.
+  [[nodiscard]] static absl::StatusOr<std::shared_ptr<Backing>> Create(
+      const BackingOptions& options);
 
-  virtual ~Backing() = default;
+  ~Backing();
   Backing(const Backing&) = delete;
   Backing& operator=(const Backing&) = delete;
 
   BackingKind kind() const { return kind_; }
   size_t page_size() const { return page_size_; }
+  // The OS this backing and its extents call.
+  Os& os() const { return os_; }
   // "hugetlb 2M", "hugetlbfs 1G at /dev/hugepages1G", "devdax /dev/dax0.0 (align 2M)".
-  virtual std::string Describe() const = 0;
+  [[nodiscard]] std::string Describe() const;
 
-  // Maps, places, prefaults and records PFNs. On any error nothing stays mapped and no
-  // huge page stays reserved.
-  absl::StatusOr<Extent> Map(const MapRequest& request);
-
- protected:
-  Backing(BackingKind kind, size_t page_size) : kind_(kind), page_size_(page_size) {}
-
-  // What Map needs from each kind: a file and offset to map (fd -1 for anonymous
-  // memory), checked against the kind's rules. The plan owns the fd it opened.
-  struct Source {
-    int fd = -1;
-    bool owns_fd = false;
-    uint64_t offset = 0;
-    int flags = 0;        // MAP_SHARED or MAP_PRIVATE (| MAP_ANONYMOUS)
-    int fixed_node = -1;  // memory whose node is given, not chosen (devdax)
-  };
-  virtual absl::StatusOr<Source> Prepare(const MapRequest& request) = 0;
-  // Gives back what Prepare took (a devdax offset range) after unmap or failure.
-  virtual void Release(uint64_t /*offset*/, size_t /*length*/) {}
-  // The PFN of source byte `offset` when pagemap does not show it; kUnknownPfn if the
-  // kind has no other way to know.
-  virtual uint64_t PfnWithoutPagemap(uint64_t /*offset*/) const { return kUnknownPfn; }
+  // Maps, places, prefaults and records PFNs. On any error nothing stays mapped, no file
+  // this call created stays, and no huge page stays reserved. Every error names the
+  // backing, the length and the node, and the step and OS error where one failed:
+  //   InvalidArgument    a length that is not a positive multiple of the page size, a
+  //                      bad or offline node, a bad alignment, or what the kind refuses
+  //                      (a name or offset for hugetlb and anon, a private or misaligned
+  //                      devdax mapping, a file name with a '/');
+  //   OutOfRange         a devdax range beyond the device;
+  //   AlreadyExists      a devdax range already mapped by this backing;
+  //   ResourceExhausted  no huge page or no free device range left (ENOMEM; hugetlb
+  //                      kinds add the pool's free, reserved and total counts);
+  //   FailedPrecondition a page that landed on another node than requested;
+  //   otherwise the code of the failed OS call.
+  // A PFN the kernel does not show is recorded as kUnknownPfn, not an error.
+  [[nodiscard]] absl::StatusOr<Extent> Map(const MapRequest& request);
 
  private:
   friend class Extent;
+  Backing(std::unique_ptr<backing_internal::Kind> impl, Os& os);
+
+  std::unique_ptr<backing_internal::Kind> impl_;
   BackingKind kind_;
   size_t page_size_;
+  Os& os_;
 };
 
 }  // namespace hugemm

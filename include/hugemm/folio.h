@@ -5,11 +5,16 @@
 // the head page. Reference rules follow the kernel's:
 //   - the owner holds one reference; a mapping holds one; each pin holds `refs`;
 //   - TryGet fails on a zero refcount, so a racing reader never resurrects a free folio;
-//   - the folio goes back to its pool when the last reference drops, whoever drops it;
+//   - the folio goes back to its owner when the last reference drops, whoever drops it;
 //   - pins on a large folio add refs to refcount and exactly refs to pincount; on an
 //     order-0 folio they add refs * kPinBias to refcount (no room for a pincount there
 //     in the kernel; we keep the kernel's rule so maybe_dma_pinned reads the same);
 //   - a count that would overflow is refused with an error, never wrapped.
+//
+//   Folio* f = handle.folio();
+//   if (absl::Status st = FolioTryGrab(f, 16, RefKind::kPin); !st.ok()) return st;
+//   ... DMA to f->page_pfn(0) ...
+//   FolioUngrab(f, 16, RefKind::kPin, /*dirty=*/true);
 #ifndef HUGEMM_FOLIO_H_
 #define HUGEMM_FOLIO_H_
 
@@ -26,25 +31,54 @@ namespace hugemm {
 
 class FolioOwner;
 
-enum FolioFlag : uint32_t {
-  kFolioDirty = 1u << 0,        // written through a pin (unpin with dirty) or mapping
-  kFolioReferenced = 1u << 1,   // touched by a pin or a walk since last cleared
-  kFolioBorrowed = 1u << 2,     // external memory: never freed, may move (no LONGTERM)
-  kFolioReserveMeta = 1u << 3,  // descriptor lives in the backing's reserve (altmap)
-  kFolioFree = 1u << 4,         // in a pool's free list
-  kFolioLocked = 1u << 5,       // being split, merged or mapped; readers back off
+// A folio's state bits. A bitmask: combine with | and test with &.
+enum class FolioFlag : uint32_t {
+  kNone = 0,
+  kDirty = 1u << 0,        // written through a pin (unpin with dirty) or mapping
+  kReferenced = 1u << 1,   // touched by a pin or a walk since last cleared
+  kBorrowed = 1u << 2,     // external memory: never freed, may move (no LONGTERM)
+  kReserveMeta = 1u << 3,  // the descriptor lives in the backing's reserve (altmap)
+  kFree = 1u << 4,         // in a pool's free list
+  kLocked = 1u << 5,       // being split, merged or mapped; readers back off
 };
+
+constexpr FolioFlag operator|(FolioFlag a, FolioFlag b) {
+  return static_cast<FolioFlag>(static_cast<uint32_t>(a) | static_cast<uint32_t>(b));
+}
+constexpr FolioFlag operator&(FolioFlag a, FolioFlag b) {
+  return static_cast<FolioFlag>(static_cast<uint32_t>(a) & static_cast<uint32_t>(b));
+}
+constexpr FolioFlag operator~(FolioFlag a) {
+  return static_cast<FolioFlag>(~static_cast<uint32_t>(a));
+}
+constexpr FolioFlag& operator|=(FolioFlag& a, FolioFlag b) { return a = a | b; }
+constexpr FolioFlag& operator&=(FolioFlag& a, FolioFlag b) { return a = a & b; }
+// True when any bit of `bits` is set.
+constexpr bool Any(FolioFlag bits) { return bits != FolioFlag::kNone; }
+
+// The flags by their kernel-like names, for code that reads better unqualified.
+inline constexpr FolioFlag kFolioDirty = FolioFlag::kDirty;
+inline constexpr FolioFlag kFolioReferenced = FolioFlag::kReferenced;
+inline constexpr FolioFlag kFolioBorrowed = FolioFlag::kBorrowed;
+inline constexpr FolioFlag kFolioReserveMeta = FolioFlag::kReserveMeta;
+inline constexpr FolioFlag kFolioFree = FolioFlag::kFree;
+inline constexpr FolioFlag kFolioLocked = FolioFlag::kLocked;
 
 // The order-0 pin bias: the kernel's GUP_PIN_COUNTING_BIAS.
 inline constexpr int32_t kPinBias = 1024;
 
+// A plain reference (the kernel's FOLL_GET) or a DMA pin (FOLL_PIN).
 enum class RefKind : uint8_t { kGet, kPin };
 
+// The descriptor. Its counts and flags are atomics that any thread may change through
+// the functions below; the other fields are written by the owner while it alone holds
+// the folio (before it hands the first reference out, or after the last one came back)
+// and only read otherwise.
 struct alignas(64) Folio {
   std::atomic<int32_t> refcount{0};
   std::atomic<int32_t> pincount{0};  // exact, large folios only
-  std::atomic<uint32_t> flags{0};
-  uint8_t order = 0;  // log2(bytes / 4K)
+  std::atomic<uint32_t> flags{0};    // FolioFlag bits
+  uint8_t order = 0;                 // log2(bytes / 4K)
   BackingKind backing = BackingKind::kAnon;
   int16_t node = -1;
   uint64_t head_pfn = kUnknownPfn;
@@ -57,8 +91,13 @@ struct alignas(64) Folio {
   size_t size() const { return kPageSize4K << order; }
   size_t nr_pages() const { return size_t{1} << order; }
   bool large() const { return order > 0; }
-  bool has_flag(FolioFlag f) const { return flags.load(std::memory_order_relaxed) & f; }
-  void set_flag(FolioFlag f) { flags.fetch_or(f, std::memory_order_relaxed); }
+  // Relaxed: a flag is a hint about the folio, never what orders memory accesses.
+  bool has_flag(FolioFlag f) const {
+    return (flags.load(std::memory_order_relaxed) & static_cast<uint32_t>(f)) != 0;
+  }
+  void set_flag(FolioFlag f) {
+    flags.fetch_or(static_cast<uint32_t>(f), std::memory_order_relaxed);
+  }
   void clear_flag(FolioFlag f) {
     flags.fetch_and(~static_cast<uint32_t>(f), std::memory_order_relaxed);
   }
@@ -78,28 +117,34 @@ struct alignas(64) Folio {
 static_assert(sizeof(Folio) == 64, "a folio descriptor must fit in one cache line");
 
 // Receives folios whose last reference dropped (a pool) — and nothing else.
+// ReleaseFolio runs on whichever thread dropped the last reference, so an owner must
+// take folios back from any thread.
 class FolioOwner {
  public:
   virtual ~FolioOwner() = default;
   virtual void ReleaseFolio(Folio* folio) = 0;
 };
 
-// The reference operations. All are lock-free; the slow path of each is a CAS loop.
+// The reference operations. All are lock-free and may race with each other on one
+// folio from any number of threads; the slow path of each is a CAS loop.
 //
-// One more reference; the caller already holds one (refcount > 0). On a free folio
-// (refcount 0) it is refused (FailedPrecondition), never a resurrection.
-absl::Status FolioGet(Folio* folio, int32_t refs = 1);
-// One more reference only if the folio is live (refcount > 0). false: freed or freeing.
-// Overflow gives false and, through `error`, the reason.
-bool FolioTryGet(Folio* folio, int32_t refs = 1, absl::Status* error = nullptr);
-// Drops `refs` references; the last one returns the folio to its owner.
+// One more reference; the caller already holds one (refcount > 0). InvalidArgument for
+// refs <= 0; FailedPrecondition on a free folio (refcount 0: never a resurrection);
+// ResourceExhausted if the count would overflow. Nothing is taken on error.
+[[nodiscard]] absl::Status FolioGet(Folio* folio, int32_t refs = 1);
+// More references only if the folio is live (refcount > 0). false, taking nothing, for
+// refs <= 0, a freed or freeing folio or an overflow; `error` (if not null) then says
+// which: InvalidArgument, NotFound or ResourceExhausted.
+[[nodiscard]] bool FolioTryGet(Folio* folio, int32_t refs = 1, absl::Status* error = nullptr);
+// Drops `refs` references the caller holds; the last one returns the folio to its
+// owner (on this thread).
 void FolioPut(Folio* folio, int32_t refs = 1);
 
 // Takes `refs` page references as GET (plain) or PIN (DMA) at once on the head, as
 // GUP-fast does per leaf: refcount += refs (or refs * kPinBias for an order-0 pin),
-// pincount += refs for a large-folio pin. Fails on a freed folio or overflow, taking
-// nothing.
-absl::Status FolioTryGrab(Folio* folio, int32_t refs, RefKind kind);
+// pincount += refs for a large-folio pin. InvalidArgument for refs <= 0, NotFound on a
+// freed folio, ResourceExhausted on overflow; nothing is taken on error.
+[[nodiscard]] absl::Status FolioTryGrab(Folio* folio, int32_t refs, RefKind kind);
 // Undoes FolioTryGrab; marks the folio dirty first when asked.
 void FolioUngrab(Folio* folio, int32_t refs, RefKind kind, bool dirty = false);
 
@@ -110,7 +155,25 @@ void InitFolioForPage(Folio* folio, const Extent& extent, size_t i, FolioOwner* 
 
 // True if the folio may be pinned for DMA: exact for large folios, as in the kernel
 // (pincount > 0); for order-0 ones, refcount >= kPinBias.
-bool FolioMaybeDmaPinned(const Folio* folio);
+[[nodiscard]] bool FolioMaybeDmaPinned(const Folio* folio);
+
+// A snapshot of one folio, for people and tests: data only, read with relaxed loads (a
+// folio in use may change right after).
+struct FolioInfo {
+  std::byte* data = nullptr;
+  size_t size = 0;
+  int order = 0;
+  int32_t refcount = 0;
+  int32_t pincount = 0;
+  uint32_t flags = 0;  // FolioFlag bits, as the C API hands them out
+  int node = -1;
+  BackingKind backing = BackingKind::kAnon;
+  uint64_t head_pfn = kUnknownPfn;
+  bool meta_in_reserve = false;  // the descriptor lives in the backing's reserve
+  bool has(FolioFlag f) const { return (flags & static_cast<uint32_t>(f)) != 0; }
+  const char* meta_placement() const { return meta_in_reserve ? "reserve" : "system"; }
+};
+[[nodiscard]] FolioInfo DescribeFolio(const Folio& folio);
 
 }  // namespace hugemm
 

@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "hugemm/os.h"
 
 namespace hugemm {
 
@@ -72,8 +73,10 @@ absl::StatusOr<Geometry> Arm64Geometry(size_t granule);
 
 // x86-64 with 5 levels when the CPU has LA57 and the kernel runs 5-level paging, which
 // shows as the kernel handing out an address above 47 bits for a hint above them (a
-// 4-level kernel ignores the hint). Otherwise 4 levels.
+// 4-level kernel ignores the hint). Otherwise 4 levels. Asked once of the real OS and
+// remembered; the overload asks `os` every time.
 Geometry DetectHostGeometry();
+Geometry DetectHostGeometry(Os& os);
 
 }  // namespace hugemm
 

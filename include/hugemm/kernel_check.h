@@ -1,5 +1,6 @@
 // Holds an extent against what the live kernel says about it: smaps' KernelPageSize,
 // the PFN of every 4K frame (pagemap) and the compound head / tail flags (kpageflags).
+// Safe from any thread while the extent stays mapped.
 #ifndef HUGEMM_KERNEL_CHECK_H_
 #define HUGEMM_KERNEL_CHECK_H_
 
@@ -26,8 +27,12 @@ struct KernelCheck {
   bool ok() const { return mismatches.empty(); }
 };
 
-// Checks every native page of `extent`. Errors only when /proc cannot be read at all.
-absl::StatusOr<KernelCheck> CheckAgainstKernel(const Extent& extent);
+// Checks every native page of `extent`, reading /proc through its backing's Os.
+// Disagreements are data (KernelCheck::mismatches), not errors. Errors:
+// FailedPrecondition for an extent that is not mapped, NotFound when smaps has no
+// mapping at its address, and the OS's error when smaps or pagemap cannot be read at
+// all (kpageflags that cannot be read only leaves flags_checked false).
+[[nodiscard]] absl::StatusOr<KernelCheck> CheckAgainstKernel(const Extent& extent);
 
 }  // namespace hugemm
 

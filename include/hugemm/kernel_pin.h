@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "hugemm/os.h"
 
 namespace hugemm {
 
@@ -39,12 +40,12 @@ class KernelPinHolder {
  public:
   static constexpr size_t kMaxBuffer = size_t{1} << 30;  // io_uring's per-buffer limit
 
-  // Pins every page of every region (page-aligned, non-empty) until destroyed. Errors
-  // name the region and what the kernel said: EPERM (io_uring disabled by sysctl),
-  // ENOMEM (RLIMIT_MEMLOCK too low), EFAULT (not mapped), EOPNOTSUPP (memory the kernel
-  // will not long-term pin).
+  // Pins every page of every region (page-aligned, non-empty) until destroyed, through
+  // `os`'s io_uring calls. Errors name the region and what the kernel said: EPERM
+  // (io_uring disabled by sysctl), ENOMEM (RLIMIT_MEMLOCK too low), EFAULT (not mapped),
+  // EOPNOTSUPP (memory the kernel will not long-term pin).
   static absl::StatusOr<std::unique_ptr<KernelPinHolder>> Create(
-      const std::vector<PinRegion>& regions);
+      const std::vector<PinRegion>& regions, Os& os = Os::Default());
   ~KernelPinHolder();
   KernelPinHolder(const KernelPinHolder&) = delete;
   KernelPinHolder& operator=(const KernelPinHolder&) = delete;
@@ -53,9 +54,9 @@ class KernelPinHolder {
   size_t buffers() const { return buffers_; }
 
  private:
-  struct Ring;
-  KernelPinHolder() = default;
-  std::unique_ptr<Ring> ring_;
+  explicit KernelPinHolder(Os& os) : os_(os) {}
+  Os& os_;
+  int ring_fd_ = -1;
   size_t bytes_ = 0;
   size_t buffers_ = 0;
 };

@@ -39,6 +39,7 @@
 #include "hugemm/backing.h"
 #include "hugemm/gup.h"
 #include "hugemm/notify.h"
+#include "hugemm/os.h"
 #include "hugemm/pgtable.h"
 
 namespace hugemm {
@@ -48,7 +49,12 @@ struct RuntimeOptions {
   RefGranularity refcount = RefGranularity::kFolio;
   // Hold a kernel long-term pin on each buffer that is not device-DAX.
   bool kernel_pins = true;
+  // allocator.os, when set, must name the same Os as `os`.
   AllocatorOptions allocator;
+  // The OS everything of this runtime calls: the allocator, the backings of MapBuffer,
+  // the kernel pins and the geometry detection; nullptr = Os::Default(). Must outlive
+  // the runtime and every pin of its memory.
+  Os* os = nullptr;
 };
 
 struct BufferOptions {
@@ -98,6 +104,7 @@ class Buffer {
 
 class Runtime {
  public:
+  // InvalidArgument when options.allocator.os and options.os name different Os.
   static absl::StatusOr<std::unique_ptr<Runtime>> Open(const RuntimeOptions& options = {});
   // Frees every buffer and registration still held. Pins taken through pinner() must be
   // released first; a folio still pinned then stays allocated (its memory is never
@@ -137,6 +144,7 @@ class Runtime {
   absl::Status FreeById(uint64_t id);
 
   RuntimeOptions options_;
+  Os& os_;
   std::unique_ptr<Allocator> allocator_;
   std::unique_ptr<PageTable> table_;
   std::unique_ptr<Pinner> pinner_;

@@ -11,30 +11,10 @@
 
 #include "absl/status/statusor.h"
 #include "hugemm/backing.h"
+#include "hugemm/huge_pages.h"
+#include "hugemm/os.h"
 
 namespace hugemm {
-
-struct NodePool {
-  int node = 0;
-  int64_t nr = 0;       // nr_hugepages on this node
-  int64_t free = 0;     // free_hugepages
-  int64_t surplus = 0;  // surplus_hugepages
-};
-
-struct HugePagePool {
-  size_t page_size = 0;
-  int64_t nr = 0;
-  int64_t free = 0;
-  int64_t resv = 0;  // promised to mappings, not yet faulted in
-  int64_t surplus = 0;
-  int64_t overcommit = 0;  // nr_overcommit_hugepages
-  std::vector<NodePool> nodes;
-};
-
-struct HugetlbfsMount {
-  std::string path;
-  size_t page_size = 0;
-};
 
 struct SystemInfo {
   std::string sysfs_root;
@@ -51,7 +31,12 @@ struct SystemInfo {
   bool anon_fallback() const;
 };
 
-absl::StatusOr<SystemInfo> CollectSystemInfo(const std::string& sysfs_root = "/sys");
+// Reads it all through `os`, sysfs under `sysfs_root`. A DAX listing that fails is
+// recorded in dax_error; a kernel without huge pages, or mounts that cannot be read,
+// leave those lists empty. An error only when the nodes or a pool's counters cannot be read (the
+// OS's error, naming the file) or are garbled (DataLoss). Safe from any thread.
+[[nodiscard]] absl::StatusOr<SystemInfo> CollectSystemInfo(const std::string& sysfs_root = "/sys",
+                                                           Os& os = Os::Default());
 
 }  // namespace hugemm
 

@@ -102,7 +102,8 @@ class Allocator::Impl {
         Backing::Create({.kind = o.backing,
                          .page_size = page_size,
                          .hugetlbfs_mount = o.hugetlbfs_mount,
-                         .devdax_path = o.devdax_path});
+                         .devdax_path = o.devdax_path,
+                         .os = options_.os});
     if (!backing.ok()) {
       return absl::Status(backing.status().code(),
                           absl::StrCat(PoolName(o), ": ", backing.status().message()));
@@ -200,21 +201,6 @@ Folio* Allocator::FolioOf(const void* addr) {
   const auto off = static_cast<size_t>(static_cast<const std::byte*>(addr) - region->base());
   if (off >= region->size()) return nullptr;
   return region->Find(off >> kPageShift);
-}
-
-FolioInfo DescribeFolio(const Folio& folio) {
-  FolioInfo info;
-  info.data = folio.data;
-  info.size = folio.size();
-  info.order = folio.order;
-  info.refcount = folio.refcount.load(std::memory_order_relaxed);
-  info.pincount = folio.pincount.load(std::memory_order_relaxed);
-  info.flags = folio.flags.load(std::memory_order_relaxed);
-  info.node = folio.node;
-  info.backing = folio.backing;
-  info.head_pfn = folio.head_pfn;
-  info.meta_in_reserve = (info.flags & kFolioReserveMeta) != 0;
-  return info;
 }
 
 MetadataCost FolioMetadataCost(size_t folio_size, size_t page_size) {

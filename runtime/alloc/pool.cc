@@ -61,7 +61,9 @@ absl::Status Pool::Exhausted(int order, absl::string_view why) const {
   std::string kernel;
   if (config_.key.backing == BackingKind::kHugetlb ||
       config_.key.backing == BackingKind::kHugetlbfs) {
-    if (absl::StatusOr<sys::HugePagePool> p = sys::ReadHugePagePool(page_size_); p.ok()) {
+    if (absl::StatusOr<sys::HugePagePool> p =
+            sys::ReadHugePagePool(config_.backing->os(), page_size_, "/sys");
+        p.ok()) {
       kernel =
           absl::StrCat("; the kernel has ", p->free, " free ", PageSizeName(page_size_), " pages");
     }
@@ -80,7 +82,8 @@ Folio* Pool::NewFolio(Region* region, size_t head, int order) {
   if (f == nullptr) f = descriptors_.Get();
   f->refcount.store(0, std::memory_order_relaxed);
   f->pincount.store(0, std::memory_order_relaxed);
-  f->flags.store(in_reserve ? uint32_t{kFolioReserveMeta} : 0u, std::memory_order_relaxed);
+  f->flags.store(in_reserve ? static_cast<uint32_t>(FolioFlag::kReserveMeta) : 0u,
+                 std::memory_order_relaxed);
   f->order = static_cast<uint8_t>(order);
   f->backing = config_.key.backing;
   f->node = static_cast<int16_t>(rec->extent.node());
@@ -100,7 +103,7 @@ Folio* Pool::NewFolio(Region* region, size_t head, int order) {
 
 void Pool::DeleteDescriptor(Region* region, Folio* folio) {
   --total_folios_;
-  if (folio->has_flag(kFolioReserveMeta)) {
+  if (folio->has_flag(FolioFlag::kReserveMeta)) {
     region->extent()->reserve.Put(folio);
   } else {
     descriptors_.Put(folio);
@@ -108,7 +111,7 @@ void Pool::DeleteDescriptor(Region* region, Folio* folio) {
 }
 
 void Pool::PushFree(Region* region, Folio* f) {
-  f->set_flag(kFolioFree);
+  f->set_flag(FolioFlag::kFree);
   Folio* head = free_[f->order];
   SetNext(f, head);
   SetPrev(f, nullptr);
@@ -121,7 +124,7 @@ void Pool::PushFree(Region* region, Folio* f) {
 }
 
 void Pool::Unlink(Region* region, Folio* f) {
-  f->clear_flag(kFolioFree);
+  f->clear_flag(FolioFlag::kFree);
   if (Prev(f) != nullptr) {
     SetNext(Prev(f), Next(f));
   } else {
@@ -216,14 +219,14 @@ Folio* Pool::TakeFree(int order) {
 void Pool::FreeOne(Folio* f) {
   Region* region = IndexLookup(f->data);
   // A new life: nothing of the old one (dirty, referenced) carries over.
-  f->flags.fetch_and(kFolioReserveMeta, std::memory_order_relaxed);
+  f->flags.fetch_and(static_cast<uint32_t>(FolioFlag::kReserveMeta), std::memory_order_relaxed);
   const int cap = std::min(max_order_, region->order());
   while (f->order < cap) {
     const int o = f->order;
     const size_t head = HeadOf(region, f);
     const size_t buddy_head = head ^ (size_t{1} << o);
     Folio* buddy = region->At(o, buddy_head >> o);
-    if (buddy == nullptr || !buddy->has_flag(kFolioFree)) break;
+    if (buddy == nullptr || !buddy->has_flag(FolioFlag::kFree)) break;
     Unlink(region, buddy);
     Folio* lower = head < buddy_head ? f : buddy;
     Folio* upper = head < buddy_head ? buddy : f;

@@ -43,14 +43,27 @@ class Runtime::BufferRecord final : public FolioOwner {
   std::atomic<size_t> live_{0};
 };
 
-Runtime::Runtime(const RuntimeOptions& options) : options_(options) {}
+Runtime::Runtime(const RuntimeOptions& options)
+    : options_(options), os_(options.os != nullptr ? *options.os : Os::Default()) {
+  options_.os = &os_;
+  options_.allocator.os = &os_;
+}
 
 absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& options) {
-  std::unique_ptr<Runtime> rt(new Runtime(options));
-  absl::StatusOr<std::unique_ptr<Allocator>> alloc = Allocator::Create(options.allocator);
+  if (options.allocator.os != nullptr && options.os != nullptr &&
+      options.allocator.os != options.os) {
+    return absl::InvalidArgumentError(
+        "RuntimeOptions: allocator.os and os name different Os; set os only");
+  }
+  RuntimeOptions resolved = options;
+  if (resolved.os == nullptr) resolved.os = resolved.allocator.os;
+  std::unique_ptr<Runtime> rt(new Runtime(resolved));
+  absl::StatusOr<std::unique_ptr<Allocator>> alloc = Allocator::Create(rt->options_.allocator);
   if (!alloc.ok()) return alloc.status();
   rt->allocator_ = std::move(*alloc);
-  rt->table_ = std::make_unique<PageTable>(DetectHostGeometry());
+  // The real machine's answer never changes, and is asked only once.
+  rt->table_ = std::make_unique<PageTable>(
+      &rt->os_ == &Os::Default() ? DetectHostGeometry() : DetectHostGeometry(rt->os_));
   rt->pinner_ =
       std::make_unique<Pinner>(*rt->table_, PinnerOptions{.granularity = options.refcount});
   return rt;
@@ -77,7 +90,8 @@ absl::StatusOr<Buffer> Runtime::MapBuffer(size_t length, const BufferOptions& op
   BackingOptions bo{.kind = options.backing,
                     .page_size = options.page_size,
                     .hugetlbfs_mount = options.hugetlbfs_mount,
-                    .devdax_path = options.devdax_path};
+                    .devdax_path = options.devdax_path,
+                    .os = &os_};
   absl::StatusOr<std::shared_ptr<Backing>> backing = Backing::Create(bo);
   if (!backing.ok()) return backing.status();
   absl::StatusOr<Extent> extent = (*backing)->Map({.length = length,
@@ -109,7 +123,7 @@ absl::StatusOr<Buffer> Runtime::MapBuffer(size_t length, const BufferOptions& op
   };
   if (options_.kernel_pins && options.backing != BackingKind::kDevDax) {
     absl::StatusOr<std::unique_ptr<KernelPinHolder>> pin =
-        KernelPinHolder::Create({{record->data, record->size}});
+        KernelPinHolder::Create({{record->data, record->size}}, os_);
     if (!pin.ok()) {
       drop(0);
       return pin.status();
@@ -150,7 +164,7 @@ absl::StatusOr<Buffer> Runtime::Allocate(size_t bytes, const AllocOptions& optio
   if (options_.kernel_pins && options.backing != BackingKind::kDevDax) {
     // Its PFNs may go to a device: keep the kernel from migrating them (kernel_pin.h).
     absl::StatusOr<std::unique_ptr<KernelPinHolder>> pin =
-        KernelPinHolder::Create({{folio->data, folio->size()}});
+        KernelPinHolder::Create({{folio->data, folio->size()}}, os_);
     if (!pin.ok()) {
       (void)table_->Unmap(folio->data, folio->size());
       return pin.status();

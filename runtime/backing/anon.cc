@@ -3,18 +3,17 @@
 #include <sys/mman.h>
 
 #include "absl/strings/str_cat.h"
-#include "runtime/backing/kinds.h"
+#include "runtime/backing/kind.h"
 
 namespace hugemm::backing_internal {
 namespace {
 
-class AnonBacking final : public Backing {
+class AnonBacking final : public Kind {
  public:
-  AnonBacking() : Backing(BackingKind::kAnon, kPageSize4K) {}
+  explicit AnonBacking(Os& os) : Kind(BackingKind::kAnon, kPageSize4K, os) {}
 
   std::string Describe() const override { return "anon 4K"; }
 
- protected:
   absl::StatusOr<Source> Prepare(const MapRequest& request) override {
     if (!request.name.empty() || request.offset.has_value()) {
       return absl::InvalidArgumentError("anon memory has no file name or offset");
@@ -27,12 +26,12 @@ class AnonBacking final : public Backing {
 
 }  // namespace
 
-absl::StatusOr<std::shared_ptr<Backing>> CreateAnon(const BackingOptions& options) {
+absl::StatusOr<std::unique_ptr<Kind>> NewAnon(const BackingOptions& options, Os& os) {
   if (options.page_size != 0 && options.page_size != kPageSize4K) {
     return absl::InvalidArgumentError(
         absl::StrCat("anon backing has 4K pages, not ", PageSizeName(options.page_size)));
   }
-  return std::make_shared<AnonBacking>();
+  return std::make_unique<AnonBacking>(os);
 }
 
 }  // namespace hugemm::backing_internal

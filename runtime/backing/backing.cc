@@ -12,10 +12,10 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "runtime/backing/kinds.h"
+#include "runtime/backing/kind.h"
 #include "runtime/sys/hugepages.h"
-#include "runtime/sys/os.h"
 #include "runtime/sys/pagemap.h"
+#include "runtime/sys/status.h"
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
@@ -24,15 +24,11 @@
 namespace hugemm {
 namespace {
 
-absl::Status Annotate(const absl::Status& status, absl::string_view context) {
-  return absl::Status(status.code(), absl::StrCat(context, ": ", status.message()));
-}
-
 // For hugetlb kinds, how many pages of this size the pool still has: the first thing
 // anyone asks after "cannot allocate".
-std::string PoolHint(BackingKind kind, size_t page_size) {
+std::string PoolHint(Os& os, BackingKind kind, size_t page_size) {
   if (kind != BackingKind::kHugetlb && kind != BackingKind::kHugetlbfs) return "";
-  absl::StatusOr<sys::HugePagePool> pool = sys::ReadHugePagePool(page_size);
+  absl::StatusOr<sys::HugePagePool> pool = sys::ReadHugePagePool(os, page_size, "/sys");
   if (!pool.ok()) return "";
   return absl::StrCat(" (", PageSizeName(page_size), " pool: ", pool->free, " free, ", pool->resv,
                       " reserved, of ", pool->nr, ")");
@@ -64,18 +60,33 @@ absl::StatusOr<BackingKind> ParseBackingKind(absl::string_view name) {
 }
 
 absl::StatusOr<std::shared_ptr<Backing>> Backing::Create(const BackingOptions& options) {
+  Os& os = options.os != nullptr ? *options.os : Os::Default();
+  absl::StatusOr<std::unique_ptr<backing_internal::Kind>> impl =
+      absl::InvalidArgumentError("unknown backing kind");
   switch (options.kind) {
     case BackingKind::kHugetlb:
-      return backing_internal::CreateHugetlb(options);
+      impl = backing_internal::NewHugetlb(options, os);
+      break;
     case BackingKind::kHugetlbfs:
-      return backing_internal::CreateHugetlbfs(options);
+      impl = backing_internal::NewHugetlbfs(options, os);
+      break;
     case BackingKind::kDevDax:
-      return backing_internal::CreateDevDax(options);
+      impl = backing_internal::NewDevDax(options, os);
+      break;
     case BackingKind::kAnon:
-      return backing_internal::CreateAnon(options);
+      impl = backing_internal::NewAnon(options, os);
+      break;
   }
-  return absl::InvalidArgumentError("unknown backing kind");
+  if (!impl.ok()) return impl.status();
+  return std::shared_ptr<Backing>(new Backing(std::move(*impl), os));
 }
+
+Backing::Backing(std::unique_ptr<backing_internal::Kind> impl, Os& os)
+    : impl_(std::move(impl)), kind_(impl_->kind()), page_size_(impl_->page_size()), os_(os) {}
+
+Backing::~Backing() = default;
+
+std::string Backing::Describe() const { return impl_->Describe(); }
 
 absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
   const std::string context =
@@ -90,8 +101,9 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
     return absl::InvalidArgumentError(absl::StrCat(context, ": bad NUMA node ", request.node));
   }
   if (request.node >= 0) {
-    std::vector<int> nodes = sys::OnlineNodes();
-    if (std::find(nodes.begin(), nodes.end(), request.node) == nodes.end()) {
+    absl::StatusOr<std::vector<int>> nodes = sys::OnlineNodes(os_, "/sys");
+    if (!nodes.ok()) return sys::Annotate(nodes.status(), context);
+    if (std::find(nodes->begin(), nodes->end(), request.node) == nodes->end()) {
       return absl::InvalidArgumentError(
           absl::StrCat(context, ": NUMA node ", request.node, " is not online"));
     }
@@ -104,18 +116,22 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
                                                    PageSizeName(page_size_)));
   }
 
-  absl::StatusOr<Source> source = Prepare(request);
-  if (!source.ok()) return Annotate(source.status(), context);
+  absl::StatusOr<backing_internal::Source> source = impl_->Prepare(request);
+  if (!source.ok()) return sys::Annotate(source.status(), context);
   const size_t length = request.length;
-  sys::Os& os = sys::os();
+  Os& os = os_;
 
   // Everything below unwinds through here: the reservation, the fd, the source range.
   std::byte* mapped = nullptr;
+  auto with_pool_hint = [&](const absl::Status& status) {
+    return sys::AppendToMessage(status, PoolHint(os, kind_, page_size_));
+  };
   auto fail = [&](const absl::Status& status, absl::string_view step) -> absl::Status {
     if (mapped != nullptr) (void)os.Munmap(mapped, length);
     if (source->owns_fd) (void)os.Close(source->fd);
-    Release(source->offset, length);
-    return Annotate(status, absl::StrCat(context, ": ", step));
+    if (!source->created_path.empty()) (void)os.Unlink(source->created_path);
+    impl_->Release(source->offset, length);
+    return sys::Annotate(status, absl::StrCat(context, ": ", step));
   };
 
   if (source->fixed_node >= 0 && request.node >= 0 && request.node != source->fixed_node) {
@@ -141,9 +157,7 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
       os.Mmap(mapped, length, PROT_READ | PROT_WRITE, source->flags | MAP_FIXED, source->fd,
               static_cast<off_t>(source->offset));
   if (!fixed.ok()) {
-    return fail(absl::Status(fixed.status().code(),
-                             absl::StrCat(fixed.status().message(), PoolHint(kind_, page_size_))),
-                "mmap");
+    return fail(with_pool_hint(fixed.status()), "mmap");
   }
   if (request.node >= 0 && source->fixed_node < 0) {
     if (absl::Status st = os.BindToNode(mapped, length, request.node); !st.ok()) {
@@ -152,8 +166,7 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
   }
   // Fault everything in now: a shortage is an error here, never a SIGBUS later.
   if (absl::Status st = os.Madvise(mapped, length, MADV_POPULATE_WRITE); !st.ok()) {
-    return fail(absl::Status(st.code(), absl::StrCat(st.message(), PoolHint(kind_, page_size_))),
-                "prefault");
+    return fail(with_pool_hint(st), "prefault");
   }
   // A child's copy-on-write must never split a page a device is writing to.
   if (absl::Status st = os.Madvise(mapped, length, MADV_DONTFORK); !st.ok()) {
@@ -180,12 +193,13 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
   }
 
   std::vector<uint64_t> pfns(length / page_size_, kUnknownPfn);
-  if (absl::StatusOr<std::vector<uint64_t>> read = sys::ReadPfns(mapped, pfns.size(), page_size_);
+  if (absl::StatusOr<std::vector<uint64_t>> read =
+          sys::ReadPfns(os, mapped, pfns.size(), page_size_);
       read.ok()) {
     pfns = std::move(*read);
   }
   for (size_t i = 0; i < pfns.size(); ++i) {
-    if (pfns[i] == kUnknownPfn) pfns[i] = PfnWithoutPagemap(source->offset + i * page_size_);
+    if (pfns[i] == kUnknownPfn) pfns[i] = impl_->PfnWithoutPagemap(source->offset + i * page_size_);
   }
 
   if (source->owns_fd) (void)os.Close(source->fd);
@@ -223,13 +237,13 @@ Extent& Extent::operator=(Extent&& other) noexcept {
 
 absl::Status Extent::Unmap() {
   if (data_ == nullptr) return absl::OkStatus();
-  absl::Status st = sys::os().Munmap(data_, size_);
-  if (backing_) backing_->Release(offset_, size_);
+  absl::Status st = backing_->os().Munmap(data_, size_);
+  backing_->impl_->Release(offset_, size_);
   data_ = nullptr;
   size_ = 0;
   pfns_.clear();
   backing_.reset();
-  if (!st.ok()) return Annotate(st, "unmap extent");
+  if (!st.ok()) return sys::Annotate(st, "unmap extent");
   return absl::OkStatus();
 }
 

@@ -20,15 +20,17 @@ std::string BaseName(absl::string_view path) {
 
 // Physical placement is best effort: the files are root-only and older kernels lack the
 // mappingN directories. Missing or inconsistent data leaves `ranges` empty.
-void ReadPhysicalRanges(const std::string& dir, DaxDeviceInfo* info) {
+void ReadPhysicalRanges(Os& os, const std::string& dir, DaxDeviceInfo* info) {
   std::vector<DaxDeviceInfo::Range> ranges;
   uint64_t covered = 0;
   for (int i = 0;; ++i) {
     const std::string m = absl::StrCat(dir, "/mapping", i);
-    if (!sys::PathExists(m)) break;
-    absl::StatusOr<int64_t> start = sys::ReadInt(m + "/start");
-    absl::StatusOr<int64_t> end = sys::ReadInt(m + "/end");
-    absl::StatusOr<int64_t> pgoff = sys::ReadInt(m + "/page_offset");
+    absl::StatusOr<bool> exists = sys::PathExists(os, m);
+    if (!exists.ok()) return;
+    if (!*exists) break;
+    absl::StatusOr<int64_t> start = sys::ReadInt(os, m + "/start");
+    absl::StatusOr<int64_t> end = sys::ReadInt(os, m + "/end");
+    absl::StatusOr<int64_t> pgoff = sys::ReadInt(os, m + "/page_offset");
     if (!start.ok() || !end.ok() || !pgoff.ok() || *end < *start) return;
     DaxDeviceInfo::Range r;
     r.phys = static_cast<uint64_t>(*start);
@@ -38,7 +40,7 @@ void ReadPhysicalRanges(const std::string& dir, DaxDeviceInfo* info) {
     ranges.push_back(r);
   }
   if (ranges.empty()) {
-    absl::StatusOr<int64_t> start = sys::ReadInt(dir + "/resource");
+    absl::StatusOr<int64_t> start = sys::ReadInt(os, dir + "/resource");
     if (!start.ok()) return;
     ranges.push_back({0, static_cast<uint64_t>(*start), info->size});
     covered = info->size;
@@ -49,8 +51,8 @@ void ReadPhysicalRanges(const std::string& dir, DaxDeviceInfo* info) {
 
 }  // namespace
 
-absl::StatusOr<DaxDeviceInfo> ReadDaxDevice(absl::string_view device,
-                                            const std::string& sysfs_root) {
+absl::StatusOr<DaxDeviceInfo> ReadDaxDevice(absl::string_view device, const std::string& sysfs_root,
+                                            Os& os) {
   DaxDeviceInfo info;
   info.name = BaseName(device);
   info.path = absl::StrContains(device, '/') ? std::string(device) : "/dev/" + info.name;
@@ -58,16 +60,18 @@ absl::StatusOr<DaxDeviceInfo> ReadDaxDevice(absl::string_view device,
     return absl::InvalidArgumentError(absl::StrCat("bad device-DAX name \"", device, "\""));
   }
   const std::string dir = absl::StrCat(sysfs_root, "/bus/dax/devices/", info.name);
-  if (!sys::PathExists(dir)) {
+  absl::StatusOr<bool> exists = sys::PathExists(os, dir);
+  if (!exists.ok()) return exists.status();
+  if (!*exists) {
     return absl::NotFoundError(absl::StrCat("no sysfs entry ", dir, " for ", info.path,
                                             " (is it a device-DAX device, and is the "
                                             "device_dax driver loaded?)"));
   }
-  absl::StatusOr<int64_t> size = sys::ReadInt(dir + "/size");
+  absl::StatusOr<int64_t> size = sys::ReadInt(os, dir + "/size");
   if (!size.ok()) return size.status();
-  absl::StatusOr<int64_t> align = sys::ReadInt(dir + "/align");
+  absl::StatusOr<int64_t> align = sys::ReadInt(os, dir + "/align");
   if (!align.ok()) return align.status();
-  absl::StatusOr<int64_t> node = sys::ReadInt(dir + "/numa_node");
+  absl::StatusOr<int64_t> node = sys::ReadInt(os, dir + "/numa_node");
   if (!node.ok()) return node.status();
   if (*align < static_cast<int64_t>(kPageSize4K) ||
       !std::has_single_bit(static_cast<uint64_t>(*align))) {
@@ -85,7 +89,7 @@ absl::StatusOr<DaxDeviceInfo> ReadDaxDevice(absl::string_view device,
   info.size = static_cast<uint64_t>(*size);
   info.align = static_cast<uint64_t>(*align);
   info.numa_node = static_cast<int>(*node);
-  ReadPhysicalRanges(dir, &info);
+  ReadPhysicalRanges(os, dir, &info);
   return info;
 }
 
@@ -96,14 +100,16 @@ uint64_t DaxDeviceInfo::PhysicalAddress(uint64_t offset) const {
   return ~uint64_t{0};
 }
 
-absl::StatusOr<std::vector<DaxDeviceInfo>> ListDaxDevices(const std::string& sysfs_root) {
+absl::StatusOr<std::vector<DaxDeviceInfo>> ListDaxDevices(const std::string& sysfs_root, Os& os) {
   std::vector<DaxDeviceInfo> devices;
   const std::string dir = sysfs_root + "/bus/dax/devices";
-  if (!sys::PathExists(dir)) return devices;
-  absl::StatusOr<std::vector<std::string>> names = sys::ListDir(dir);
+  absl::StatusOr<bool> exists = sys::PathExists(os, dir);
+  if (!exists.ok()) return exists.status();
+  if (!*exists) return devices;
+  absl::StatusOr<std::vector<std::string>> names = os.ListDir(dir);
   if (!names.ok()) return names.status();
   for (const std::string& name : *names) {
-    absl::StatusOr<DaxDeviceInfo> info = ReadDaxDevice(name, sysfs_root);
+    absl::StatusOr<DaxDeviceInfo> info = ReadDaxDevice(name, sysfs_root, os);
     if (!info.ok()) return info.status();
     devices.push_back(std::move(*info));
   }

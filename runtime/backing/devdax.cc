@@ -9,16 +9,16 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
-#include "runtime/backing/kinds.h"
-#include "runtime/sys/os.h"
+#include "runtime/backing/kind.h"
+#include "runtime/sys/unique_fd.h"
 
 namespace hugemm::backing_internal {
 namespace {
 
-class DevDaxBacking final : public Backing {
+class DevDaxBacking final : public Kind {
  public:
-  DevDaxBacking(DaxDeviceInfo info, sys::UniqueFd fd)
-      : Backing(BackingKind::kDevDax, info.align), info_(std::move(info)), fd_(std::move(fd)) {
+  DevDaxBacking(DaxDeviceInfo info, sys::UniqueFd fd, Os& os)
+      : Kind(BackingKind::kDevDax, info.align, os), info_(std::move(info)), fd_(std::move(fd)) {
     free_[0] = info_.size;
   }
 
@@ -27,7 +27,6 @@ class DevDaxBacking final : public Backing {
                         HumanBytes(info_.size), ", node ", info_.numa_node, ")");
   }
 
- protected:
   absl::StatusOr<Source> Prepare(const MapRequest& request) override {
     if (!request.shared) {
       return absl::InvalidArgumentError(
@@ -129,11 +128,11 @@ class DevDaxBacking final : public Backing {
 
 }  // namespace
 
-absl::StatusOr<std::shared_ptr<Backing>> CreateDevDax(const BackingOptions& options) {
+absl::StatusOr<std::unique_ptr<Kind>> NewDevDax(const BackingOptions& options, Os& os) {
   if (options.devdax_path.empty()) {
     return absl::InvalidArgumentError("devdax backing needs a device path (e.g. /dev/dax0.0)");
   }
-  absl::StatusOr<DaxDeviceInfo> info = ReadDaxDevice(options.devdax_path, options.sysfs_root);
+  absl::StatusOr<DaxDeviceInfo> info = ReadDaxDevice(options.devdax_path, options.sysfs_root, os);
   if (!info.ok()) return info.status();
   info->path = options.devdax_path;
   if (options.page_size != 0 && options.page_size != info->align) {
@@ -141,9 +140,9 @@ absl::StatusOr<std::shared_ptr<Backing>> CreateDevDax(const BackingOptions& opti
                                                    PageSizeName(info->align), ", not ",
                                                    PageSizeName(options.page_size)));
   }
-  absl::StatusOr<int> fd = sys::os().Open(info->path, O_RDWR, 0);
+  absl::StatusOr<int> fd = os.Open(info->path, O_RDWR, 0);
   if (!fd.ok()) return fd.status();
-  return std::make_shared<DevDaxBacking>(std::move(*info), sys::UniqueFd(*fd));
+  return std::make_unique<DevDaxBacking>(std::move(*info), sys::UniqueFd(os, *fd), os);
 }
 
 }  // namespace hugemm::backing_internal

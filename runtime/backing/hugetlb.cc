@@ -7,22 +7,20 @@
 #include <bit>
 
 #include "absl/strings/str_cat.h"
-#include "runtime/backing/kinds.h"
+#include "runtime/backing/kind.h"
 #include "runtime/sys/hugepages.h"
-#include "runtime/sys/os.h"
 
 namespace hugemm::backing_internal {
 namespace {
 
-class HugetlbBacking final : public Backing {
+class HugetlbBacking final : public Kind {
  public:
-  explicit HugetlbBacking(size_t page_size) : Backing(BackingKind::kHugetlb, page_size) {}
+  HugetlbBacking(size_t page_size, Os& os) : Kind(BackingKind::kHugetlb, page_size, os) {}
 
   std::string Describe() const override {
     return absl::StrCat("hugetlb ", PageSizeName(page_size()));
   }
 
- protected:
   absl::StatusOr<Source> Prepare(const MapRequest& request) override {
     if (!request.name.empty() || request.offset.has_value()) {
       return absl::InvalidArgumentError(
@@ -33,10 +31,10 @@ class HugetlbBacking final : public Backing {
         MFD_CLOEXEC | MFD_HUGETLB |
         (static_cast<unsigned int>(std::countr_zero(page_size())) << MFD_HUGE_SHIFT);
     absl::StatusOr<int> fd =
-        sys::os().MemfdCreate(absl::StrCat("hugemm-", PageSizeName(page_size())), flags);
+        os().MemfdCreate(absl::StrCat("hugemm-", PageSizeName(page_size())), flags);
     if (!fd.ok()) return fd.status();
-    if (absl::Status st = sys::os().Ftruncate(*fd, static_cast<off_t>(request.length)); !st.ok()) {
-      (void)sys::os().Close(*fd);
+    if (absl::Status st = os().Ftruncate(*fd, static_cast<off_t>(request.length)); !st.ok()) {
+      (void)os().Close(*fd);
       return st;
     }
     Source s;
@@ -49,8 +47,8 @@ class HugetlbBacking final : public Backing {
 
 }  // namespace
 
-absl::Status CheckHugePageSize(size_t page_size) {
-  absl::StatusOr<std::vector<size_t>> sizes = sys::HugePageSizes();
+absl::Status CheckHugePageSize(Os& os, size_t page_size) {
+  absl::StatusOr<std::vector<size_t>> sizes = sys::HugePageSizes(os, "/sys");
   if (!sizes.ok()) return sizes.status();
   if (std::find(sizes->begin(), sizes->end(), page_size) == sizes->end()) {
     std::string have;
@@ -62,10 +60,10 @@ absl::Status CheckHugePageSize(size_t page_size) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::shared_ptr<Backing>> CreateHugetlb(const BackingOptions& options) {
+absl::StatusOr<std::unique_ptr<Kind>> NewHugetlb(const BackingOptions& options, Os& os) {
   const size_t page_size = options.page_size ? options.page_size : kPageSize2M;
-  if (absl::Status st = CheckHugePageSize(page_size); !st.ok()) return st;
-  return std::make_shared<HugetlbBacking>(page_size);
+  if (absl::Status st = CheckHugePageSize(os, page_size); !st.ok()) return st;
+  return std::make_unique<HugetlbBacking>(page_size, os);
 }
 
 }  // namespace hugemm::backing_internal

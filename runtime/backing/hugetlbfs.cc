@@ -1,11 +1,7 @@
 // hugetlbfs: a file in a hugetlbfs mount of the requested page size. Unlike a memfd, a
 // named file can be opened by a second process (mode 0600: the same user only).
 #include <fcntl.h>
-extern "C" {  // hugetlbfs.h has no C++ guards
-#include <hugetlbfs.h>
-}
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -13,23 +9,22 @@ extern "C" {  // hugetlbfs.h has no C++ guards
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "runtime/backing/kinds.h"
+#include "runtime/backing/kind.h"
 #include "runtime/sys/hugepages.h"
-#include "runtime/sys/os.h"
+#include "runtime/sys/status.h"
 
 namespace hugemm::backing_internal {
 namespace {
 
-class HugetlbfsBacking final : public Backing {
+class HugetlbfsBacking final : public Kind {
  public:
-  HugetlbfsBacking(size_t page_size, std::string mount)
-      : Backing(BackingKind::kHugetlbfs, page_size), mount_(std::move(mount)) {}
+  HugetlbfsBacking(size_t page_size, std::string mount, Os& os)
+      : Kind(BackingKind::kHugetlbfs, page_size, os), mount_(std::move(mount)) {}
 
   std::string Describe() const override {
     return absl::StrCat("hugetlbfs ", PageSizeName(page_size()), " at ", mount_);
   }
 
- protected:
   absl::StatusOr<Source> Prepare(const MapRequest& request) override {
     const uint64_t offset = request.offset.value_or(0);
     if (offset % page_size()) {
@@ -43,7 +38,7 @@ class HugetlbfsBacking final : public Backing {
       return absl::InvalidArgumentError(
           absl::StrCat("file name \"", request.name, "\" must be a plain name in ", mount_));
     }
-    sys::Os& os = sys::os();
+    Source s;
     std::string path;
     absl::StatusOr<int> fd;
     if (request.name.empty()) {
@@ -51,27 +46,38 @@ class HugetlbfsBacking final : public Backing {
       // behind in the mount whatever happens to this process.
       static std::atomic<uint64_t> counter{0};
       path = absl::StrCat(mount_, "/.hugemm-", ::getpid(), "-", counter.fetch_add(1));
-      fd = os.Open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
-      if (fd.ok()) ::unlink(path.c_str());
+      fd = os().Open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+      if (!fd.ok()) return fd.status();
+      if (absl::Status st = os().Unlink(path); !st.ok()) {
+        (void)os().Close(*fd);
+        return st;
+      }
     } else {
+      // Created here unless another process made it first; a file this call created is
+      // removed again if the mapping fails.
       path = absl::StrCat(mount_, "/", request.name);
-      fd = os.Open(path, O_RDWR | O_CREAT, 0600);
+      fd = os().Open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+      if (fd.ok()) {
+        s.created_path = path;
+      } else if (ErrnoOf(fd.status()) == EEXIST) {
+        fd = os().Open(path, O_RDWR, 0);
+      }
+      if (!fd.ok()) return fd.status();
     }
-    if (!fd.ok()) return fd.status();
-    struct stat st;
-    if (::fstat(*fd, &st) != 0) {
-      absl::Status s = sys::ErrnoStatus(errno, absl::StrCat("fstat ", path));
-      (void)os.Close(*fd);
-      return s;
-    }
+    // Everything below gives back the descriptor and the file it made.
+    auto fail = [&](const absl::Status& status) {
+      (void)os().Close(*fd);
+      if (!s.created_path.empty()) (void)os().Unlink(s.created_path);
+      return sys::Annotate(status, path);
+    };
+    absl::StatusOr<struct stat> st = os().Fstat(*fd);
+    if (!st.ok()) return fail(st.status());
     const uint64_t end = offset + request.length;
-    if (static_cast<uint64_t>(st.st_size) < end) {
-      if (absl::Status s = os.Ftruncate(*fd, static_cast<off_t>(end)); !s.ok()) {
-        (void)os.Close(*fd);
-        return absl::Status(s.code(), absl::StrCat(path, ": ", s.message()));
+    if (static_cast<uint64_t>(st->st_size) < end) {
+      if (absl::Status trunc = os().Ftruncate(*fd, static_cast<off_t>(end)); !trunc.ok()) {
+        return fail(trunc);
       }
     }
-    Source s;
     s.fd = *fd;
     s.owns_fd = true;
     s.offset = offset;
@@ -85,22 +91,23 @@ class HugetlbfsBacking final : public Backing {
 
 }  // namespace
 
-absl::StatusOr<std::shared_ptr<Backing>> CreateHugetlbfs(const BackingOptions& options) {
+absl::StatusOr<std::unique_ptr<Kind>> NewHugetlbfs(const BackingOptions& options, Os& os) {
   const size_t page_size = options.page_size ? options.page_size : kPageSize2M;
-  if (absl::Status st = CheckHugePageSize(page_size); !st.ok()) return st;
+  if (absl::Status st = CheckHugePageSize(os, page_size); !st.ok()) return st;
   std::string mount = options.hugetlbfs_mount;
   if (mount.empty()) {
-    const char* found = hugetlbfs_find_path_for_size(static_cast<long>(page_size));
-    if (found == nullptr) {
+    absl::StatusOr<std::string> found = os.HugetlbfsMountFor(page_size);
+    if (found.status().code() == absl::StatusCode::kNotFound) {
       return absl::NotFoundError(absl::StrCat("no hugetlbfs mount with ", PageSizeName(page_size),
                                               " pages (mount one: mount -t "
                                               "hugetlbfs -o pagesize=",
                                               PageSizeName(page_size), " none /dev/hugepages",
                                               PageSizeName(page_size), ")"));
     }
-    mount = found;
+    if (!found.ok()) return found.status();
+    mount = std::move(*found);
   } else {
-    absl::StatusOr<std::vector<sys::HugetlbfsMount>> mounts = sys::HugetlbfsMounts();
+    absl::StatusOr<std::vector<sys::HugetlbfsMount>> mounts = sys::HugetlbfsMounts(os);
     if (!mounts.ok()) return mounts.status();
     const sys::HugetlbfsMount* match = nullptr;
     for (const sys::HugetlbfsMount& m : *mounts) {
@@ -114,7 +121,7 @@ absl::StatusOr<std::shared_ptr<Backing>> CreateHugetlbfs(const BackingOptions& o
                                                      " pages, not ", PageSizeName(page_size)));
     }
   }
-  return std::make_shared<HugetlbfsBacking>(page_size, std::move(mount));
+  return std::make_unique<HugetlbfsBacking>(page_size, std::move(mount), os);
 }
 
 }  // namespace hugemm::backing_internal

@@ -9,10 +9,11 @@ namespace hugemm {
 absl::StatusOr<KernelCheck> CheckAgainstKernel(const Extent& extent) {
   KernelCheck check;
   if (!extent.mapped()) return absl::FailedPreconditionError("extent is not mapped");
+  Os& os = extent.backing()->os();
   const size_t page = extent.page_size();
   const size_t frames = page / kPageSize4K;
 
-  absl::StatusOr<size_t> kps = sys::KernelPageSizeAt(extent.data());
+  absl::StatusOr<size_t> kps = sys::KernelPageSizeAt(os, extent.data());
   if (!kps.ok()) return kps.status();
   check.kernel_page_size = *kps;
   if (*kps != page) {
@@ -20,14 +21,14 @@ absl::StatusOr<KernelCheck> CheckAgainstKernel(const Extent& extent) {
                                                extent.data(), PageSizeName(*kps),
                                                PageSizeName(page)));
   }
-  check.pfns_checked = sys::CanReadPfns();
+  check.pfns_checked = sys::CanReadPfns(os);
   const std::string what = PageSizeName(page) + " page";
   for (size_t i = 0; i < extent.page_count(); ++i) {
     ++check.pages_checked;
     if (!check.pfns_checked) continue;
     const auto va = reinterpret_cast<uintptr_t>(extent.data() + i * page);
     absl::StatusOr<sys::FrameCheck> fc =
-        sys::CheckFrames(va, frames, extent.pfn(i), 0, frames, what);
+        sys::CheckFrames(os, va, frames, extent.pfn(i), 0, frames, what);
     if (!fc.ok()) return fc.status();
     if (extent.pfn(i) != kUnknownPfn && extent.pfn(i) % frames != 0) {
       check.mismatches.push_back(absl::StrFormat("0x%x: head PFN 0x%x is not %s-aligned", va,

@@ -13,29 +13,31 @@ bool SystemInfo::anon_fallback() const {
   return true;
 }
 
-absl::StatusOr<SystemInfo> CollectSystemInfo(const std::string& sysfs_root) {
+absl::StatusOr<SystemInfo> CollectSystemInfo(const std::string& sysfs_root, Os& os) {
   SystemInfo info;
   info.sysfs_root = sysfs_root;
-  info.nodes = sys::OnlineNodes(sysfs_root);
-  info.default_huge_page_size = sys::DefaultHugePageSize();
-  absl::StatusOr<std::vector<size_t>> sizes = sys::HugePageSizes(sysfs_root);
+  absl::StatusOr<std::vector<int>> nodes = sys::OnlineNodes(os, sysfs_root);
+  if (!nodes.ok()) return nodes.status();
+  info.nodes = std::move(*nodes);
+  info.default_huge_page_size = sys::DefaultHugePageSize(os);
+  absl::StatusOr<std::vector<size_t>> sizes = sys::HugePageSizes(os, sysfs_root);
   if (sizes.ok()) {
     for (size_t s : *sizes) {
-      absl::StatusOr<HugePagePool> pool = sys::ReadHugePagePool(s, sysfs_root);
+      absl::StatusOr<HugePagePool> pool = sys::ReadHugePagePool(os, s, sysfs_root);
       if (!pool.ok()) return pool.status();
       info.pools.push_back(std::move(*pool));
     }
   }
-  absl::StatusOr<std::vector<HugetlbfsMount>> mounts = sys::HugetlbfsMounts();
+  absl::StatusOr<std::vector<HugetlbfsMount>> mounts = sys::HugetlbfsMounts(os);
   if (mounts.ok()) info.hugetlbfs_mounts = std::move(*mounts);
-  absl::StatusOr<std::vector<DaxDeviceInfo>> dax = ListDaxDevices(sysfs_root);
+  absl::StatusOr<std::vector<DaxDeviceInfo>> dax = ListDaxDevices(sysfs_root, os);
   if (dax.ok()) {
     info.dax_devices = std::move(*dax);
   } else {
     info.dax_error = std::string(dax.status().message());
   }
-  info.can_read_pfns = sys::CanReadPfns();
-  info.can_read_kpageflags = sys::ReadKpageflags(0, 1).ok();
+  info.can_read_pfns = sys::CanReadPfns(os);
+  info.can_read_kpageflags = sys::ReadKpageflags(os, 0, 1).ok();
   return info;
 }
 

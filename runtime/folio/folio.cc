@@ -86,7 +86,7 @@ absl::Status FolioTryGrab(Folio* folio, int32_t refs, RefKind kind) {
 }
 
 void FolioUngrab(Folio* folio, int32_t refs, RefKind kind, bool dirty) {
-  if (dirty) folio->set_flag(kFolioDirty);
+  if (dirty) folio->set_flag(FolioFlag::kDirty);
   const bool biased = kind == RefKind::kPin && !folio->large();
   if (kind == RefKind::kPin && folio->large()) {
     folio->pincount.fetch_sub(refs, std::memory_order_release);
@@ -102,6 +102,21 @@ void InitFolioForPage(Folio* folio, const Extent& extent, size_t i, FolioOwner* 
   folio->head_pfn = extent.pfn(i);
   folio->owner = owner;
   folio->refcount.store(1, std::memory_order_relaxed);
+}
+
+FolioInfo DescribeFolio(const Folio& folio) {
+  FolioInfo info;
+  info.data = folio.data;
+  info.size = folio.size();
+  info.order = folio.order;
+  info.refcount = folio.refcount.load(std::memory_order_relaxed);
+  info.pincount = folio.pincount.load(std::memory_order_relaxed);
+  info.flags = folio.flags.load(std::memory_order_relaxed);
+  info.node = folio.node;
+  info.backing = folio.backing;
+  info.head_pfn = folio.head_pfn;
+  info.meta_in_reserve = info.has(FolioFlag::kReserveMeta);
+  return info;
 }
 
 bool FolioMaybeDmaPinned(const Folio* folio) {

@@ -1,12 +1,13 @@
-// The kernel long-term pin holder: io_uring fixed-buffer registration.
+// The kernel long-term pin holder: io_uring fixed-buffer registration, through the Os.
 #include "hugemm/kernel_pin.h"
 
-#include <liburing.h>
 #include <sys/uio.h>
 
+#include <algorithm>
 #include <cerrno>
-#include <cstring>
+#include <string>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "hugemm/page_size.h"
 
@@ -16,30 +17,32 @@ namespace {
 // io_uring's IORING_MAX_REG_BUFFERS.
 constexpr size_t kMaxBuffers = size_t{1} << 14;
 
-std::string Why(int err) {
-  switch (err) {
+// What the kernel's errno means here, after the call's own message.
+std::string Why(const absl::Status& status) {
+  std::string why;
+  switch (ErrnoOf(status)) {
     case EPERM:
-      return "io_uring is disabled for this process (sysctl kernel.io_uring_disabled)";
+      why = "; io_uring is disabled for this process (sysctl kernel.io_uring_disabled)";
+      break;
     case ENOMEM:
-      return "RLIMIT_MEMLOCK is too low for this much pinned memory (raise it or grant "
-             "CAP_IPC_LOCK)";
+      why =
+          "; RLIMIT_MEMLOCK is too low for this much pinned memory (raise it or grant "
+          "CAP_IPC_LOCK)";
+      break;
     case EFAULT:
-      return "part of the memory is not mapped";
+      why = "; part of the memory is not mapped";
+      break;
     case EOPNOTSUPP:
-      return "the kernel will not long-term pin this kind of memory";
-    default:
-      return std::strerror(err);
+      why = "; the kernel will not long-term pin this kind of memory";
+      break;
   }
+  return absl::StrCat(status.message(), why);
 }
 
 }  // namespace
 
-struct KernelPinHolder::Ring {
-  io_uring ring;
-};
-
 absl::StatusOr<std::unique_ptr<KernelPinHolder>> KernelPinHolder::Create(
-    const std::vector<PinRegion>& regions) {
+    const std::vector<PinRegion>& regions, Os& os) {
   std::vector<iovec> iov;
   size_t bytes = 0;
   for (const PinRegion& r : regions) {
@@ -60,35 +63,34 @@ absl::StatusOr<std::unique_ptr<KernelPinHolder>> KernelPinHolder::Create(
         absl::StrFormat("kernel pin of %s needs %u io_uring buffers; the limit is %u",
                         HumanBytes(bytes), iov.size(), kMaxBuffers));
   }
-  auto ring = std::make_unique<Ring>();
-  if (int rc = io_uring_queue_init(1, &ring->ring, 0); rc < 0) {
-    return absl::UnavailableError(absl::StrFormat("kernel pin: io_uring_queue_init: %s", Why(-rc)));
+  absl::StatusOr<int> ring = os.IoUringSetup(1);
+  if (!ring.ok()) {
+    return absl::UnavailableError(absl::StrCat("kernel pin: ", Why(ring.status())));
   }
-  if (int rc =
-          io_uring_register_buffers(&ring->ring, iov.data(), static_cast<unsigned>(iov.size()));
-      rc < 0) {
-    io_uring_queue_exit(&ring->ring);
-    const auto code = rc == -ENOMEM || rc == -EAGAIN ? absl::StatusCode::kResourceExhausted
-                      : rc == -EFAULT                ? absl::StatusCode::kInvalidArgument
+  if (absl::Status st = os.IoUringRegisterBuffers(*ring, iov); !st.ok()) {
+    (void)os.Close(*ring);
+    const int err = ErrnoOf(st);
+    const auto code = err == ENOMEM || err == EAGAIN ? absl::StatusCode::kResourceExhausted
+                      : err == EFAULT                ? absl::StatusCode::kInvalidArgument
                                                      : absl::StatusCode::kFailedPrecondition;
     return absl::Status(
         code,
         absl::StrFormat("kernel pin of %s from 0x%x (%u io_uring buffers): %s", HumanBytes(bytes),
-                        reinterpret_cast<uintptr_t>(regions[0].data), iov.size(), Why(-rc)));
+                        reinterpret_cast<uintptr_t>(regions[0].data), iov.size(), Why(st)));
   }
-  std::unique_ptr<KernelPinHolder> holder(new KernelPinHolder());
-  holder->ring_ = std::move(ring);
+  std::unique_ptr<KernelPinHolder> holder(new KernelPinHolder(os));
+  holder->ring_fd_ = *ring;
   holder->bytes_ = bytes;
   holder->buffers_ = iov.size();
   return holder;
 }
 
 KernelPinHolder::~KernelPinHolder() {
-  if (ring_ == nullptr) return;
+  if (ring_fd_ < 0) return;
   // Closing the ring would drop the pins too; unregistering first makes it immediate
   // rather than whenever the ring's last reference goes.
-  io_uring_unregister_buffers(&ring_->ring);
-  io_uring_queue_exit(&ring_->ring);
+  (void)os_.IoUringUnregisterBuffers(ring_fd_);
+  (void)os_.Close(ring_fd_);
 }
 
 }  // namespace hugemm

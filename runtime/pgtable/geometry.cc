@@ -2,10 +2,11 @@
 
 #include <sys/mman.h>
 
-#include <cstdio>
-#include <cstring>
+#include <string>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "hugemm/page_size.h"
 
 namespace hugemm {
@@ -91,32 +92,34 @@ absl::StatusOr<Geometry> Arm64Geometry(size_t granule) {
 
 namespace {
 
-bool CpuHasLa57() {
-  FILE* f = std::fopen("/proc/cpuinfo", "re");
-  if (f == nullptr) return false;
-  char line[4096];
-  bool found = false;
-  while (!found && std::fgets(line, sizeof(line), f) != nullptr) {
-    if (std::strncmp(line, "flags", 5) == 0 && std::strstr(line, " la57") != nullptr) found = true;
+bool CpuHasLa57(Os& os) {
+  absl::StatusOr<std::string> cpuinfo = os.ReadFile("/proc/cpuinfo");
+  if (!cpuinfo.ok()) return false;
+  for (absl::string_view line : absl::StrSplit(*cpuinfo, '\n')) {
+    if (absl::StartsWith(line, "flags") && absl::StrContains(line, " la57")) return true;
   }
-  std::fclose(f);
-  return found;
+  return false;
 }
 
-bool KernelGivesHighAddresses() {
+bool KernelGivesHighAddresses(Os& os) {
   void* hint = reinterpret_cast<void*>(uintptr_t{1} << 50);
-  void* p = ::mmap(hint, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (p == MAP_FAILED) return false;
-  const bool high = reinterpret_cast<uintptr_t>(p) >= (uintptr_t{1} << 47);
-  ::munmap(p, 4096);
+  absl::StatusOr<void*> p =
+      os.Mmap(hint, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (!p.ok()) return false;
+  const bool high = reinterpret_cast<uintptr_t>(*p) >= (uintptr_t{1} << 47);
+  (void)os.Munmap(*p, 4096);
   return high;
 }
 
 }  // namespace
 
+Geometry DetectHostGeometry(Os& os) {
+  return X86_64Geometry(CpuHasLa57(os) && KernelGivesHighAddresses(os));
+}
+
 Geometry DetectHostGeometry() {
-  static const bool five = CpuHasLa57() && KernelGivesHighAddresses();
-  return X86_64Geometry(five);
+  static const Geometry host = DetectHostGeometry(Os::Default());
+  return host;
 }
 
 }  // namespace hugemm

@@ -1,38 +1,22 @@
 #include "runtime/sys/files.h"
 
-#include <dirent.h>
-#include <sys/stat.h>
-
-#include <algorithm>
 #include <cerrno>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "runtime/sys/os.h"
 
 namespace hugemm::sys {
 
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return ErrnoStatus(errno ? errno : ENOENT, absl::StrCat("cannot read ", path));
-  std::ostringstream out;
-  out << in.rdbuf();
-  if (in.bad()) return ErrnoStatus(errno ? errno : EIO, absl::StrCat("error reading ", path));
-  return out.str();
-}
-
-absl::StatusOr<std::string> ReadTrimmed(const std::string& path) {
-  absl::StatusOr<std::string> s = ReadFile(path);
+absl::StatusOr<std::string> ReadTrimmed(Os& os, const std::string& path) {
+  absl::StatusOr<std::string> s = os.ReadFile(path);
   if (!s.ok()) return s.status();
   return std::string(absl::StripAsciiWhitespace(*s));
 }
 
-absl::StatusOr<int64_t> ReadInt(const std::string& path) {
-  absl::StatusOr<std::string> s = ReadTrimmed(path);
+absl::StatusOr<int64_t> ReadInt(Os& os, const std::string& path) {
+  absl::StatusOr<std::string> s = ReadTrimmed(os, path);
   if (!s.ok()) return s.status();
   int64_t value = 0;
   bool ok = false;
@@ -50,22 +34,12 @@ absl::StatusOr<int64_t> ReadInt(const std::string& path) {
   return value;
 }
 
-absl::StatusOr<std::vector<std::string>> ListDir(const std::string& path) {
-  DIR* dir = ::opendir(path.c_str());
-  if (dir == nullptr) return ErrnoStatus(errno, absl::StrCat("cannot list ", path));
-  std::vector<std::string> names;
-  while (struct dirent* e = ::readdir(dir)) {
-    std::string name = e->d_name;
-    if (name != "." && name != "..") names.push_back(std::move(name));
-  }
-  ::closedir(dir);
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
-bool PathExists(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0;
+absl::StatusOr<bool> PathExists(Os& os, const std::string& path) {
+  absl::StatusOr<struct stat> st = os.Stat(path);
+  if (st.ok()) return true;
+  const int err = ErrnoOf(st.status());
+  if (err == ENOENT || err == ENOTDIR) return false;
+  return st.status();
 }
 
 }  // namespace hugemm::sys

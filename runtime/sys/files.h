@@ -1,5 +1,6 @@
-// Small readers for /proc and /sys files. Errors name the file and say whether it was
-// missing, unreadable or garbled, because a wrong sysfs tree is a common field problem.
+// Small readers for /proc and /sys files, through an Os. Errors name the file and say
+// whether it was missing, unreadable or garbled, because a wrong sysfs tree is a common
+// field problem.
 #ifndef HUGEMM_RUNTIME_SYS_FILES_H_
 #define HUGEMM_RUNTIME_SYS_FILES_H_
 
@@ -8,18 +9,26 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "hugemm/os.h"
 
 namespace hugemm::sys {
 
-// Whole file contents.
-absl::StatusOr<std::string> ReadFile(const std::string& path);
 // Contents with surrounding whitespace removed.
-absl::StatusOr<std::string> ReadTrimmed(const std::string& path);
-// A file holding one decimal (or 0x-prefixed hex) integer, like sysfs attributes.
-absl::StatusOr<int64_t> ReadInt(const std::string& path);
-// Names in a directory (no "." or ".."), sorted.
-absl::StatusOr<std::vector<std::string>> ListDir(const std::string& path);
-bool PathExists(const std::string& path);
+[[nodiscard]] absl::StatusOr<std::string> ReadTrimmed(Os& os, const std::string& path);
+// A file holding one decimal (or 0x-prefixed hex) integer, like sysfs attributes;
+// DataLoss naming the file when it holds something else.
+[[nodiscard]] absl::StatusOr<int64_t> ReadInt(Os& os, const std::string& path);
+// Whether stat(2) finds the path: false on ENOENT or ENOTDIR, an error on any other
+// failure (a file that may exist but cannot be looked at).
+[[nodiscard]] absl::StatusOr<bool> PathExists(Os& os, const std::string& path);
+
+// The same on the real OS, for callers that carry no Os.
+[[nodiscard]] inline absl::StatusOr<int64_t> ReadInt(const std::string& path) {
+  return ReadInt(Os::Default(), path);
+}
+[[nodiscard]] inline absl::StatusOr<std::vector<std::string>> ListDir(const std::string& path) {
+  return Os::Default().ListDir(path);
+}
 
 }  // namespace hugemm::sys
 

@@ -6,12 +6,12 @@
 
 namespace hugemm::sys {
 
-absl::StatusOr<FrameCheck> CheckFrames(uintptr_t va, size_t frames, uint64_t recorded_pfn,
+absl::StatusOr<FrameCheck> CheckFrames(Os& os, uintptr_t va, size_t frames, uint64_t recorded_pfn,
                                        size_t first_frame, size_t compound_frames,
                                        absl::string_view what) {
   FrameCheck check;
   absl::StatusOr<std::vector<uint64_t>> pfns =
-      ReadPfnRange(reinterpret_cast<const void*>(va), frames);
+      ReadPfnRange(os, reinterpret_cast<const void*>(va), frames);
   if (!pfns.ok()) return pfns.status();
   uint64_t head = (*pfns)[0];
   if (head == kUnknownPfn && recorded_pfn != kUnknownPfn) {
@@ -34,7 +34,7 @@ absl::StatusOr<FrameCheck> CheckFrames(uintptr_t va, size_t frames, uint64_t rec
     }
   }
   if (compound_frames <= 1) return check;
-  absl::StatusOr<std::vector<uint64_t>> flags = ReadKpageflags(head, frames);
+  absl::StatusOr<std::vector<uint64_t>> flags = ReadKpageflags(os, head, frames);
   if (!flags.ok()) return check;  // not root: kpageflags is unreadable
   if ((*flags)[0] >> kKpfNoPage & 1) {
     check.flags_hidden = true;

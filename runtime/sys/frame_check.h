@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "hugemm/os.h"
 
 namespace hugemm::sys {
 
@@ -34,9 +35,19 @@ struct FrameCheck {
 // one is frame `first_frame` of a compound page of `compound_frames` frames (1 = no
 // compound page: head / tail are not checked). `what` names the range in messages
 // ("PMD leaf of 2M"). Errors only when pagemap cannot be read at all.
-absl::StatusOr<FrameCheck> CheckFrames(uintptr_t va, size_t frames, uint64_t recorded_pfn,
-                                       size_t first_frame, size_t compound_frames,
-                                       absl::string_view what);
+[[nodiscard]] absl::StatusOr<FrameCheck> CheckFrames(Os& os, uintptr_t va, size_t frames,
+                                                     uint64_t recorded_pfn, size_t first_frame,
+                                                     size_t compound_frames,
+                                                     absl::string_view what);
+
+// The same on the real OS, for callers that carry no Os.
+[[nodiscard]] inline absl::StatusOr<FrameCheck> CheckFrames(uintptr_t va, size_t frames,
+                                                            uint64_t recorded_pfn,
+                                                            size_t first_frame,
+                                                            size_t compound_frames,
+                                                            absl::string_view what) {
+  return CheckFrames(Os::Default(), va, frames, recorded_pfn, first_frame, compound_frames, what);
+}
 
 }  // namespace hugemm::sys
 

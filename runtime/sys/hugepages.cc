@@ -1,7 +1,7 @@
 #include "runtime/sys/hugepages.h"
 
 #include <algorithm>
-#include <cstdio>
+#include <cerrno>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -20,9 +20,9 @@ std::string PoolDir(const std::string& base, size_t page_size) {
 
 }  // namespace
 
-absl::StatusOr<std::vector<size_t>> HugePageSizes(const std::string& sysfs_root) {
+absl::StatusOr<std::vector<size_t>> HugePageSizes(Os& os, const std::string& sysfs_root) {
   absl::StatusOr<std::vector<std::string>> names =
-      ListDir(absl::StrCat(sysfs_root, "/kernel/mm/hugepages"));
+      os.ListDir(absl::StrCat(sysfs_root, "/kernel/mm/hugepages"));
   if (!names.ok()) return names.status();
   std::vector<size_t> sizes;
   for (const std::string& n : *names) {
@@ -36,7 +36,8 @@ absl::StatusOr<std::vector<size_t>> HugePageSizes(const std::string& sysfs_root)
   return sizes;
 }
 
-absl::StatusOr<HugePagePool> ReadHugePagePool(size_t page_size, const std::string& sysfs_root) {
+absl::StatusOr<HugePagePool> ReadHugePagePool(Os& os, size_t page_size,
+                                              const std::string& sysfs_root) {
   HugePagePool pool;
   pool.page_size = page_size;
   const std::string dir = PoolDir(absl::StrCat(sysfs_root, "/kernel/mm/hugepages"), page_size);
@@ -49,19 +50,23 @@ absl::StatusOr<HugePagePool> ReadHugePagePool(size_t page_size, const std::strin
                 {"surplus_hugepages", &pool.surplus},
                 {"nr_overcommit_hugepages", &pool.overcommit}};
   for (const Field& f : fields) {
-    absl::StatusOr<int64_t> v = ReadInt(absl::StrCat(dir, "/", f.name));
+    absl::StatusOr<int64_t> v = ReadInt(os, absl::StrCat(dir, "/", f.name));
     if (!v.ok()) return v.status();
     *f.out = *v;
   }
-  for (int node : OnlineNodes(sysfs_root)) {
+  absl::StatusOr<std::vector<int>> nodes = OnlineNodes(os, sysfs_root);
+  if (!nodes.ok()) return nodes.status();
+  for (int node : *nodes) {
     const std::string ndir = PoolDir(
         absl::StrCat(sysfs_root, "/devices/system/node/node", node, "/hugepages"), page_size);
-    if (!PathExists(ndir)) continue;
+    absl::StatusOr<bool> exists = PathExists(os, ndir);
+    if (!exists.ok()) return exists.status();
+    if (!*exists) continue;
     NodePool np;
     np.node = node;
-    absl::StatusOr<int64_t> nr = ReadInt(ndir + "/nr_hugepages");
-    absl::StatusOr<int64_t> fr = ReadInt(ndir + "/free_hugepages");
-    absl::StatusOr<int64_t> su = ReadInt(ndir + "/surplus_hugepages");
+    absl::StatusOr<int64_t> nr = ReadInt(os, ndir + "/nr_hugepages");
+    absl::StatusOr<int64_t> fr = ReadInt(os, ndir + "/free_hugepages");
+    absl::StatusOr<int64_t> su = ReadInt(os, ndir + "/surplus_hugepages");
     if (!nr.ok()) return nr.status();
     if (!fr.ok()) return fr.status();
     if (!su.ok()) return su.status();
@@ -73,10 +78,11 @@ absl::StatusOr<HugePagePool> ReadHugePagePool(size_t page_size, const std::strin
   return pool;
 }
 
-std::vector<int> OnlineNodes(const std::string& sysfs_root) {
+absl::StatusOr<std::vector<int>> OnlineNodes(Os& os, const std::string& sysfs_root) {
   std::vector<int> nodes;
   absl::StatusOr<std::vector<std::string>> names =
-      ListDir(absl::StrCat(sysfs_root, "/devices/system/node"));
+      os.ListDir(absl::StrCat(sysfs_root, "/devices/system/node"));
+  if (!names.ok() && ErrnoOf(names.status()) != ENOENT) return names.status();
   if (names.ok()) {
     for (const std::string& n : *names) {
       int id = 0;
@@ -88,8 +94,9 @@ std::vector<int> OnlineNodes(const std::string& sysfs_root) {
   return nodes;
 }
 
-absl::StatusOr<std::vector<HugetlbfsMount>> HugetlbfsMounts(const std::string& mounts_file) {
-  absl::StatusOr<std::string> text = ReadFile(mounts_file);
+absl::StatusOr<std::vector<HugetlbfsMount>> HugetlbfsMounts(Os& os,
+                                                            const std::string& mounts_file) {
+  absl::StatusOr<std::string> text = os.ReadFile(mounts_file);
   if (!text.ok()) return text.status();
   std::vector<HugetlbfsMount> mounts;
   for (absl::string_view line : absl::StrSplit(*text, '\n', absl::SkipEmpty())) {
@@ -97,7 +104,7 @@ absl::StatusOr<std::vector<HugetlbfsMount>> HugetlbfsMounts(const std::string& m
     if (f.size() < 4 || f[2] != "hugetlbfs") continue;
     HugetlbfsMount m;
     m.path = std::string(f[1]);
-    m.page_size = DefaultHugePageSize();
+    m.page_size = DefaultHugePageSize(os);
     for (absl::string_view opt : absl::StrSplit(f[3], ',')) {
       if (absl::ConsumePrefix(&opt, "pagesize=")) {
         absl::StatusOr<size_t> ps = ParsePageSize(opt);
@@ -109,8 +116,8 @@ absl::StatusOr<std::vector<HugetlbfsMount>> HugetlbfsMounts(const std::string& m
   return mounts;
 }
 
-size_t DefaultHugePageSize() {
-  absl::StatusOr<std::string> text = ReadFile("/proc/meminfo");
+size_t DefaultHugePageSize(Os& os) {
+  absl::StatusOr<std::string> text = os.ReadFile("/proc/meminfo");
   if (!text.ok()) return 0;
   for (absl::string_view line : absl::StrSplit(*text, '\n')) {
     if (absl::ConsumePrefix(&line, "Hugepagesize:")) {

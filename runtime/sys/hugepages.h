@@ -1,14 +1,15 @@
-// The kernel's huge page pools and hugetlbfs mounts, read from sysfs and /proc/mounts.
+// The kernel's huge page pools and hugetlbfs mounts, read through an Os from sysfs,
+// /proc/mounts and /proc/meminfo.
 #ifndef HUGEMM_RUNTIME_SYS_HUGEPAGES_H_
 #define HUGEMM_RUNTIME_SYS_HUGEPAGES_H_
 
 #include <cstddef>
-#include <cstdint>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "hugemm/system_info.h"
+#include "hugemm/huge_pages.h"
+#include "hugemm/os.h"
 
 namespace hugemm::sys {
 
@@ -17,17 +18,28 @@ using hugemm::HugetlbfsMount;
 using hugemm::NodePool;
 
 // Huge page sizes this kernel supports, ascending (from <sysfs>/kernel/mm/hugepages).
-absl::StatusOr<std::vector<size_t>> HugePageSizes(const std::string& sysfs_root = "/sys");
+[[nodiscard]] absl::StatusOr<std::vector<size_t>> HugePageSizes(Os& os,
+                                                                const std::string& sysfs_root);
 // One pool's counters, globally and per NUMA node.
-absl::StatusOr<HugePagePool> ReadHugePagePool(size_t page_size,
-                                              const std::string& sysfs_root = "/sys");
-// Online NUMA nodes (<sysfs>/devices/system/node/nodeN); {0} on a kernel without NUMA.
-std::vector<int> OnlineNodes(const std::string& sysfs_root = "/sys");
+[[nodiscard]] absl::StatusOr<HugePagePool> ReadHugePagePool(Os& os, size_t page_size,
+                                                            const std::string& sysfs_root);
+// Online NUMA nodes (<sysfs>/devices/system/node/nodeN); {0} on a kernel without NUMA
+// (no such directory). Any other failure to list it is an error.
+[[nodiscard]] absl::StatusOr<std::vector<int>> OnlineNodes(Os& os, const std::string& sysfs_root);
 // Mounted hugetlbfs file systems with their page size.
-absl::StatusOr<std::vector<HugetlbfsMount>> HugetlbfsMounts(
-    const std::string& mounts_file = "/proc/mounts");
+[[nodiscard]] absl::StatusOr<std::vector<HugetlbfsMount>> HugetlbfsMounts(
+    Os& os, const std::string& mounts_file = "/proc/mounts");
 // The default huge page size (Hugepagesize in /proc/meminfo); 0 if none.
-size_t DefaultHugePageSize();
+[[nodiscard]] size_t DefaultHugePageSize(Os& os);
+
+// The same on the real OS, for callers that carry no Os.
+[[nodiscard]] inline absl::StatusOr<HugePagePool> ReadHugePagePool(
+    size_t page_size, const std::string& sysfs_root = "/sys") {
+  return ReadHugePagePool(Os::Default(), page_size, sysfs_root);
+}
+[[nodiscard]] inline absl::StatusOr<std::vector<HugetlbfsMount>> HugetlbfsMounts() {
+  return HugetlbfsMounts(Os::Default());
+}
 
 }  // namespace hugemm::sys
 

@@ -1,5 +1,6 @@
-// What the kernel says about our memory: PFNs from /proc/self/pagemap, page flags from
-// /proc/kpageflags, and the VMA page size from /proc/self/smaps.
+// What the kernel says about our memory, read through an Os: PFNs from
+// /proc/self/pagemap, page flags from /proc/kpageflags, and the VMA page size and flags
+// from /proc/self/smaps.
 #ifndef HUGEMM_RUNTIME_SYS_PAGEMAP_H_
 #define HUGEMM_RUNTIME_SYS_PAGEMAP_H_
 
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "hugemm/os.h"
 
 namespace hugemm::sys {
 
@@ -24,21 +26,24 @@ inline constexpr int kKpfNoPage = 20;
 
 // The PFN of each of `count` pages starting at `addr`, `stride` bytes apart (one read
 // of the pagemap per page). kUnknownPfn where the kernel hides it or the page is absent.
-absl::StatusOr<std::vector<uint64_t>> ReadPfns(const void* addr, size_t count, size_t stride);
+[[nodiscard]] absl::StatusOr<std::vector<uint64_t>> ReadPfns(Os& os, const void* addr, size_t count,
+                                                             size_t stride);
 
 // Flags of `count` consecutive PFNs from /proc/kpageflags (root only).
-absl::StatusOr<std::vector<uint64_t>> ReadKpageflags(uint64_t pfn, size_t count);
+[[nodiscard]] absl::StatusOr<std::vector<uint64_t>> ReadKpageflags(Os& os, uint64_t pfn,
+                                                                   size_t count);
 
 // True when this process may read PFNs: it maps and touches a page and checks that the
 // pagemap shows a non-zero PFN for it.
-bool CanReadPfns();
+[[nodiscard]] bool CanReadPfns(Os& os);
 
 // smaps' KernelPageSize of the VMA that holds `addr`, in bytes.
-absl::StatusOr<size_t> KernelPageSizeAt(const void* addr);
+[[nodiscard]] absl::StatusOr<size_t> KernelPageSizeAt(Os& os, const void* addr);
 
 // The PFN of each of `frames` consecutive 4K frames from `addr`, in one read of the
 // pagemap. kUnknownPfn where the kernel hides it or the page is absent.
-absl::StatusOr<std::vector<uint64_t>> ReadPfnRange(const void* addr, size_t frames);
+[[nodiscard]] absl::StatusOr<std::vector<uint64_t>> ReadPfnRange(Os& os, const void* addr,
+                                                                 size_t frames);
 
 // One VMA of /proc/self/smaps with its KernelPageSize.
 struct Vma {
@@ -48,9 +53,21 @@ struct Vma {
   std::string flags;  // smaps' VmFlags: "rd wr sh dc ht ..." ("dc": MADV_DONTFORK)
 };
 // Every VMA of this process, in address order, from one pass over smaps.
-absl::StatusOr<std::vector<Vma>> ReadVmas();
+[[nodiscard]] absl::StatusOr<std::vector<Vma>> ReadVmas(Os& os);
 // The VMA of `vmas` holding `addr`, or nullptr.
-const Vma* FindVma(const std::vector<Vma>& vmas, uintptr_t addr);
+[[nodiscard]] const Vma* FindVma(const std::vector<Vma>& vmas, uintptr_t addr);
+
+// The same on the real OS, for callers that carry no Os.
+[[nodiscard]] inline absl::StatusOr<std::vector<uint64_t>> ReadKpageflags(uint64_t pfn,
+                                                                          size_t count) {
+  return ReadKpageflags(Os::Default(), pfn, count);
+}
+[[nodiscard]] inline bool CanReadPfns() { return CanReadPfns(Os::Default()); }
+[[nodiscard]] inline absl::StatusOr<std::vector<uint64_t>> ReadPfnRange(const void* addr,
+                                                                        size_t frames) {
+  return ReadPfnRange(Os::Default(), addr, frames);
+}
+[[nodiscard]] inline absl::StatusOr<std::vector<Vma>> ReadVmas() { return ReadVmas(Os::Default()); }
 
 }  // namespace hugemm::sys
 

@@ -1,0 +1,167 @@
+// The operating system as hugemm calls it.
+//
+// Every system call of the library and every file it reads under /proc and /sys goes
+// through an Os, passed per instance through options (BackingOptions::os,
+// AllocatorOptions::os, RuntimeOptions::os), as LevelDB passes an Env. The default is the
+// real OS (Os::Default()). A test passes a fake machine (tests/fake_os.h) to run the
+// allocator and the memory sources without root and without huge pages, or a wrapper
+// that fails a chosen call (tests/faulty_os.h) to check that every error path unwinds.
+//
+//   hugemm::Os& os = hugemm::Os::Default();
+//   auto backing = hugemm::Backing::Create({.kind = BackingKind::kHugetlb, .os = &os});
+//
+// Errors: every method reports failure with ErrnoStatus(errno, what): the status code
+// follows errno (absl::ErrnoToStatusCode), the message names the call and the errno
+// ("mmap: Cannot allocate memory (ENOMEM)"), and ErrnoOf() gives the errno back.
+//
+// Thread safety: an Os is called from many threads at once; every implementation must be
+// thread-safe. The real one keeps no state.
+#ifndef HUGEMM_OS_H_
+#define HUGEMM_OS_H_
+
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+
+namespace hugemm {
+
+// A status for a failed system call: "what: Cannot allocate memory (ENOMEM)", its code
+// from absl::ErrnoToStatusCode(err), the errno kept for ErrnoOf().
+[[nodiscard]] absl::Status ErrnoStatus(int err, absl::string_view what);
+
+// The errno a status was built from by ErrnoStatus, also after it was annotated by the
+// layers above; 0 when it carries none.
+[[nodiscard]] int ErrnoOf(const absl::Status& status);
+
+class Os {
+ public:
+  virtual ~Os() = default;
+
+  // The real OS: system calls, /proc and /sys, libhugetlbfs for mounts. Lives for the
+  // whole process.
+  static Os& Default();
+
+  // --- Memory ---
+  // mmap(2): the mapping's address.
+  [[nodiscard]] virtual absl::StatusOr<void*> Mmap(void* addr, size_t length, int prot, int flags,
+                                                   int fd, off_t offset) = 0;
+  // munmap(2).
+  virtual absl::Status Munmap(void* addr, size_t length) = 0;
+  // madvise(2): MADV_POPULATE_WRITE (a shortage fails here, never as a later SIGBUS),
+  // MADV_DONTFORK.
+  [[nodiscard]] virtual absl::Status Madvise(void* addr, size_t length, int advice) = 0;
+  // mbind(addr, length, MPOL_BIND, {node}, MPOL_MF_STRICT). InvalidArgument for a node
+  // outside 0..1023.
+  [[nodiscard]] virtual absl::Status BindToNode(void* addr, size_t length, int node) = 0;
+  // get_mempolicy(MPOL_F_NODE | MPOL_F_ADDR): the node of the page holding `addr`.
+  [[nodiscard]] virtual absl::StatusOr<int> NodeOfAddress(const void* addr) = 0;
+
+  // --- Files ---
+  // memfd_create(2): the new descriptor.
+  [[nodiscard]] virtual absl::StatusOr<int> MemfdCreate(const std::string& name,
+                                                        unsigned int flags) = 0;
+  // open(2) with O_CLOEXEC added: the new descriptor.
+  [[nodiscard]] virtual absl::StatusOr<int> Open(const std::string& path, int flags,
+                                                 mode_t mode) = 0;
+  // close(2). The descriptor is released even when it reports an error, as on Linux.
+  virtual absl::Status Close(int fd) = 0;
+  // ftruncate(2).
+  [[nodiscard]] virtual absl::Status Ftruncate(int fd, off_t length) = 0;
+  // fstat(2) and stat(2).
+  [[nodiscard]] virtual absl::StatusOr<struct stat> Fstat(int fd) = 0;
+  [[nodiscard]] virtual absl::StatusOr<struct stat> Stat(const std::string& path) = 0;
+  // unlink(2).
+  [[nodiscard]] virtual absl::Status Unlink(const std::string& path) = 0;
+  // Exactly `length` bytes at `offset` (pread(2), retried); OutOfRange at end of file.
+  [[nodiscard]] virtual absl::Status Pread(int fd, void* buf, size_t length, off_t offset) = 0;
+  // A whole file, for /proc and /sys: "cannot read <path>: ..." when it cannot be read.
+  [[nodiscard]] virtual absl::StatusOr<std::string> ReadFile(const std::string& path) = 0;
+  // The names in a directory, without "." and "..", sorted.
+  [[nodiscard]] virtual absl::StatusOr<std::vector<std::string>> ListDir(
+      const std::string& path) = 0;
+
+  // --- Huge pages ---
+  // A mounted hugetlbfs of that page size (the real OS asks libhugetlbfs); NotFound when
+  // there is none.
+  [[nodiscard]] virtual absl::StatusOr<std::string> HugetlbfsMountFor(size_t page_size) = 0;
+
+  // --- io_uring, for the kernel's long-term pins (kernel_pin.h) ---
+  // io_uring_setup(2) of a ring with `entries` entries: its descriptor (Close it).
+  [[nodiscard]] virtual absl::StatusOr<int> IoUringSetup(unsigned entries) = 0;
+  // IORING_REGISTER_BUFFERS: the kernel pins every page of `buffers` FOLL_LONGTERM.
+  [[nodiscard]] virtual absl::Status IoUringRegisterBuffers(int ring_fd,
+                                                            absl::Span<const iovec> buffers) = 0;
+  // IORING_UNREGISTER_BUFFERS: the kernel drops those pins.
+  virtual absl::Status IoUringUnregisterBuffers(int ring_fd) = 0;
+};
+
+// An Os that hands every call to another one: subclass it and override the calls to
+// change (LevelDB's EnvWrapper). Thread-safe when the target is.
+class OsWrapper : public Os {
+ public:
+  explicit OsWrapper(Os& target) : target_(target) {}
+  Os& target() const { return target_; }
+
+  absl::StatusOr<void*> Mmap(void* addr, size_t length, int prot, int flags, int fd,
+                             off_t offset) override {
+    return target_.Mmap(addr, length, prot, flags, fd, offset);
+  }
+  absl::Status Munmap(void* addr, size_t length) override { return target_.Munmap(addr, length); }
+  absl::Status Madvise(void* addr, size_t length, int advice) override {
+    return target_.Madvise(addr, length, advice);
+  }
+  absl::Status BindToNode(void* addr, size_t length, int node) override {
+    return target_.BindToNode(addr, length, node);
+  }
+  absl::StatusOr<int> NodeOfAddress(const void* addr) override {
+    return target_.NodeOfAddress(addr);
+  }
+  absl::StatusOr<int> MemfdCreate(const std::string& name, unsigned int flags) override {
+    return target_.MemfdCreate(name, flags);
+  }
+  absl::StatusOr<int> Open(const std::string& path, int flags, mode_t mode) override {
+    return target_.Open(path, flags, mode);
+  }
+  absl::Status Close(int fd) override { return target_.Close(fd); }
+  absl::Status Ftruncate(int fd, off_t length) override { return target_.Ftruncate(fd, length); }
+  absl::StatusOr<struct stat> Fstat(int fd) override { return target_.Fstat(fd); }
+  absl::StatusOr<struct stat> Stat(const std::string& path) override { return target_.Stat(path); }
+  absl::Status Unlink(const std::string& path) override { return target_.Unlink(path); }
+  absl::Status Pread(int fd, void* buf, size_t length, off_t offset) override {
+    return target_.Pread(fd, buf, length, offset);
+  }
+  absl::StatusOr<std::string> ReadFile(const std::string& path) override {
+    return target_.ReadFile(path);
+  }
+  absl::StatusOr<std::vector<std::string>> ListDir(const std::string& path) override {
+    return target_.ListDir(path);
+  }
+  absl::StatusOr<std::string> HugetlbfsMountFor(size_t page_size) override {
+    return target_.HugetlbfsMountFor(page_size);
+  }
+  absl::StatusOr<int> IoUringSetup(unsigned entries) override {
+    return target_.IoUringSetup(entries);
+  }
+  absl::Status IoUringRegisterBuffers(int ring_fd, absl::Span<const iovec> buffers) override {
+    return target_.IoUringRegisterBuffers(ring_fd, buffers);
+  }
+  absl::Status IoUringUnregisterBuffers(int ring_fd) override {
+    return target_.IoUringUnregisterBuffers(ring_fd);
+  }
+
+ private:
+  Os& target_;
+};
+
+}  // namespace hugemm
+
+#endif  // HUGEMM_OS_H_

@@ -1,0 +1,195 @@
+// The real OS: each method is one system call (or one libhugetlbfs lookup) and turns
+// errno into a status that names the call.
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/io_uring.h>
+#include <numaif.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+extern "C" {  // hugetlbfs.h has no C++ guards
+#include <hugetlbfs.h>
+}
+
+#include <algorithm>
+#include <cerrno>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "hugemm/os.h"
+#include "hugemm/page_size.h"
+
+namespace hugemm {
+namespace {
+
+class RealOs final : public Os {
+ public:
+  absl::StatusOr<void*> Mmap(void* addr, size_t length, int prot, int flags, int fd,
+                             off_t offset) override {
+    void* p = ::mmap(addr, length, prot, flags, fd, offset);
+    if (p == MAP_FAILED) return ErrnoStatus(errno, "mmap");
+    return p;
+  }
+
+  absl::Status Munmap(void* addr, size_t length) override {
+    if (::munmap(addr, length) != 0) return ErrnoStatus(errno, "munmap");
+    return absl::OkStatus();
+  }
+
+  absl::Status Madvise(void* addr, size_t length, int advice) override {
+    if (::madvise(addr, length, advice) != 0) {
+      return ErrnoStatus(errno, absl::StrCat("madvise(", advice, ")"));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status BindToNode(void* addr, size_t length, int node) override {
+    constexpr int kMaxNodes = 1024;
+    constexpr int kBits = 8 * sizeof(unsigned long);
+    if (node < 0 || node >= kMaxNodes) {
+      return absl::InvalidArgumentError(absl::StrCat("NUMA node ", node, " out of range"));
+    }
+    unsigned long mask[kMaxNodes / kBits] = {};
+    mask[node / kBits] |= 1UL << (node % kBits);
+    if (::mbind(addr, length, MPOL_BIND, mask, kMaxNodes, MPOL_MF_STRICT) != 0) {
+      return ErrnoStatus(errno, absl::StrCat("mbind to node ", node));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<int> NodeOfAddress(const void* addr) override {
+    int node = -1;
+    if (::get_mempolicy(&node, nullptr, 0, const_cast<void*>(addr), MPOL_F_NODE | MPOL_F_ADDR) !=
+        0) {
+      return ErrnoStatus(errno, "get_mempolicy(MPOL_F_NODE|MPOL_F_ADDR)");
+    }
+    return node;
+  }
+
+  absl::StatusOr<int> MemfdCreate(const std::string& name, unsigned int flags) override {
+    int fd = ::memfd_create(name.c_str(), flags);
+    if (fd < 0) return ErrnoStatus(errno, absl::StrCat("memfd_create ", name));
+    return fd;
+  }
+
+  absl::StatusOr<int> Open(const std::string& path, int flags, mode_t mode) override {
+    int fd = ::open(path.c_str(), flags | O_CLOEXEC, mode);
+    if (fd < 0) return ErrnoStatus(errno, absl::StrCat("open ", path));
+    return fd;
+  }
+
+  absl::Status Close(int fd) override {
+    if (::close(fd) != 0) return ErrnoStatus(errno, "close");
+    return absl::OkStatus();
+  }
+
+  absl::Status Ftruncate(int fd, off_t length) override {
+    if (::ftruncate(fd, length) != 0) {
+      return ErrnoStatus(errno, absl::StrCat("ftruncate to ", length, " bytes"));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<struct stat> Fstat(int fd) override {
+    struct stat st;
+    if (::fstat(fd, &st) != 0) return ErrnoStatus(errno, "fstat");
+    return st;
+  }
+
+  absl::StatusOr<struct stat> Stat(const std::string& path) override {
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0) return ErrnoStatus(errno, absl::StrCat("stat ", path));
+    return st;
+  }
+
+  absl::Status Unlink(const std::string& path) override {
+    if (::unlink(path.c_str()) != 0) return ErrnoStatus(errno, absl::StrCat("unlink ", path));
+    return absl::OkStatus();
+  }
+
+  absl::Status Pread(int fd, void* buf, size_t length, off_t offset) override {
+    auto* out = static_cast<char*>(buf);
+    size_t done = 0;
+    while (done < length) {
+      ssize_t n = ::pread(fd, out + done, length - done, offset + static_cast<off_t>(done));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return ErrnoStatus(errno, absl::StrCat("pread ", length, " bytes at offset ", offset));
+      }
+      if (n == 0) {
+        return absl::OutOfRangeError(
+            absl::StrCat("pread: end of file at offset ", offset + static_cast<off_t>(done)));
+      }
+      done += static_cast<size_t>(n);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::string> ReadFile(const std::string& path) override {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return ErrnoStatus(errno ? errno : ENOENT, absl::StrCat("cannot read ", path));
+    std::ostringstream out;
+    out << in.rdbuf();
+    if (in.bad()) return ErrnoStatus(errno ? errno : EIO, absl::StrCat("error reading ", path));
+    return out.str();
+  }
+
+  absl::StatusOr<std::vector<std::string>> ListDir(const std::string& path) override {
+    DIR* dir = ::opendir(path.c_str());
+    if (dir == nullptr) return ErrnoStatus(errno, absl::StrCat("cannot list ", path));
+    std::vector<std::string> names;
+    while (struct dirent* e = ::readdir(dir)) {
+      std::string name = e->d_name;
+      if (name != "." && name != "..") names.push_back(std::move(name));
+    }
+    ::closedir(dir);
+    std::sort(names.begin(), names.end());
+    return names;
+  }
+
+  absl::StatusOr<std::string> HugetlbfsMountFor(size_t page_size) override {
+    const char* found = hugetlbfs_find_path_for_size(static_cast<long>(page_size));
+    if (found == nullptr) {
+      return absl::NotFoundError(
+          absl::StrCat("no hugetlbfs mount with ", PageSizeName(page_size), " pages"));
+    }
+    return std::string(found);
+  }
+
+  // The raw system calls: a ring that only holds registrations needs neither its
+  // submission nor its completion queue mapped.
+  absl::StatusOr<int> IoUringSetup(unsigned entries) override {
+    io_uring_params params = {};
+    const long fd = ::syscall(__NR_io_uring_setup, entries, &params);
+    if (fd < 0) return ErrnoStatus(errno, "io_uring_setup");
+    return static_cast<int>(fd);
+  }
+
+  absl::Status IoUringRegisterBuffers(int ring_fd, absl::Span<const iovec> buffers) override {
+    if (::syscall(__NR_io_uring_register, ring_fd, IORING_REGISTER_BUFFERS, buffers.data(),
+                  static_cast<unsigned>(buffers.size())) != 0) {
+      return ErrnoStatus(errno, absl::StrCat("io_uring_register of ", buffers.size(), " buffers"));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status IoUringUnregisterBuffers(int ring_fd) override {
+    if (::syscall(__NR_io_uring_register, ring_fd, IORING_UNREGISTER_BUFFERS, nullptr, 0) != 0) {
+      return ErrnoStatus(errno, "io_uring_unregister");
+    }
+    return absl::OkStatus();
+  }
+};
+
+}  // namespace
+
+Os& Os::Default() {
+  static Os* real = new RealOs();
+  return *real;
+}
+
+}  // namespace hugemm

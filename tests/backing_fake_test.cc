@@ -1,0 +1,221 @@
+// Memory sources on the fake machine (tests/fake_os.h): the logic of every kind without
+// root or huge pages. Pools move, nodes are honoured, files are cleaned up, PFNs come
+// from pagemap or sysfs. The same kinds on real memory: backing_test.cc.
+#include <cstring>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "hugemm/backing.h"
+#include "hugemm/kernel_check.h"
+#include "tests/fake_os.h"
+#include "tests/test_util.h"
+
+namespace hugemm::testing {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+std::shared_ptr<Backing> MakeBacking(Os& os, BackingKind kind, size_t page_size = 0,
+                                     std::string devdax_path = "") {
+  absl::StatusOr<std::shared_ptr<Backing>> b = Backing::Create(
+      {.kind = kind, .page_size = page_size, .devdax_path = devdax_path, .os = &os});
+  EXPECT_TRUE(b.ok()) << b.status();
+  return b.ok() ? *b : nullptr;
+}
+
+void ExpectNothingLeft(const FakeOs& os) {
+  EXPECT_EQ(os.live_mappings(), 0u);
+  EXPECT_EQ(os.open_fds(), 0u);
+  EXPECT_EQ(os.pinned_bytes(), 0u);
+}
+
+class HugetlbOnFakeTest : public ::testing::TestWithParam<size_t> {};
+
+TEST_P(HugetlbOnFakeTest, TakesPagesFromThePoolAndGivesThemBack) {
+  const size_t page = GetParam();
+  FakeOs os;
+  const int64_t free_before = os.Pool(page).free;
+  {
+    std::shared_ptr<Backing> backing = MakeBacking(os, BackingKind::kHugetlb, page);
+    ASSERT_NE(backing, nullptr);
+    EXPECT_EQ(&backing->os(), &os);
+    absl::StatusOr<Extent> extent = backing->Map({.length = 2 * page});
+    ASSERT_TRUE(extent.ok()) << extent.status();
+    EXPECT_EQ(os.Pool(page).free, free_before - 2);
+    EXPECT_EQ(os.Pool(page).resv, 0);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(extent->data()) % page, 0u);
+    for (size_t i = 0; i < 2; ++i) {
+      ASSERT_NE(extent->pfn(i), kUnknownPfn);
+      EXPECT_EQ(extent->pfn(i) % (page / kPageSize4K), 0u);
+    }
+    std::memcpy(extent->data() + page + 99, "fake", 4);
+    EXPECT_EQ(std::memcmp(extent->data() + page + 99, "fake", 4), 0);
+    absl::StatusOr<KernelCheck> check = CheckAgainstKernel(*extent);
+    ASSERT_TRUE(check.ok()) << check.status();
+    EXPECT_EQ(check->kernel_page_size, page);
+    EXPECT_TRUE(check->pfns_checked);
+    EXPECT_TRUE(check->flags_checked);
+    EXPECT_TRUE(check->ok()) << check->mismatches.front();
+  }
+  EXPECT_EQ(os.Pool(page).free, free_before);
+  ExpectNothingLeft(os);
+}
+
+INSTANTIATE_TEST_SUITE_P(PageSizes, HugetlbOnFakeTest, ::testing::Values(kPageSize2M, kPageSize1G),
+                         [](const auto& info) { return PageSizeName(info.param); });
+
+TEST(HugetlbOnFake, AShortageNamesThePoolAndTakesNothing) {
+  FakeOs os({.pools = {{kPageSize2M, 2}}});
+  std::shared_ptr<Backing> backing = MakeBacking(os, BackingKind::kHugetlb);
+  absl::StatusOr<Extent> e = backing->Map({.length = 3 * kPageSize2M});
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(ErrnoOf(e.status()), ENOMEM);
+  EXPECT_THAT(e.status().message(), HasSubstr("hugetlb 2M: map 6 MiB: mmap"));
+  EXPECT_THAT(e.status().message(), HasSubstr("(2M pool: 2 free, 0 reserved, of 2)"));
+  EXPECT_EQ(os.Pool(kPageSize2M).free, 2);
+  EXPECT_EQ(os.Pool(kPageSize2M).resv, 0);
+  ExpectNothingLeft(os);
+  EXPECT_EQ(Backing::Create({.kind = BackingKind::kHugetlb, .page_size = kPageSize1G, .os = &os})
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument)
+      << "this machine has no 1G pool";
+}
+
+TEST(HugetlbOnFake, PlacesOnTheRequestedNodeOrReportsTheSpread) {
+  FakeOs os({.nodes = 2, .pools = {{kPageSize2M, 2}}});
+  std::shared_ptr<Backing> backing = MakeBacking(os, BackingKind::kHugetlb);
+  {
+    absl::StatusOr<Extent> e = backing->Map({.length = kPageSize2M, .node = 1});
+    ASSERT_TRUE(e.ok()) << e.status();
+    EXPECT_EQ(e->node(), 1);
+    EXPECT_EQ(os.Pool(kPageSize2M).nodes[1].free, 1);
+    // Node 0 has two pages, node 1 one: three unbound pages spread over both.
+    absl::StatusOr<Extent> spread = backing->Map({.length = 3 * kPageSize2M});
+    ASSERT_TRUE(spread.ok()) << spread.status();
+    EXPECT_EQ(spread->node(), -1);
+  }
+  absl::StatusOr<Extent> offline = backing->Map({.length = kPageSize2M, .node = 2});
+  ASSERT_FALSE(offline.ok());
+  EXPECT_THAT(offline.status().message(), HasSubstr("NUMA node 2 is not online"));
+  ExpectNothingLeft(os);
+}
+
+TEST(HugetlbfsOnFake, PrivateFilesLeaveNothingAndNamedOnesAreShared) {
+  FakeOs os;
+  std::shared_ptr<Backing> backing = MakeBacking(os, BackingKind::kHugetlbfs);
+  EXPECT_EQ(backing->Describe(), "hugetlbfs 2M at /fake/hugepages");
+  {
+    absl::StatusOr<Extent> e = backing->Map({.length = kPageSize2M});
+    ASSERT_TRUE(e.ok()) << e.status();
+    EXPECT_TRUE(os.FilesIn("/fake/hugepages").empty()) << "unlinked at once";
+    absl::StatusOr<Extent> named = backing->Map({.length = kPageSize2M, .name = "shared"});
+    ASSERT_TRUE(named.ok()) << named.status();
+    std::memcpy(named->data() + 7, "both", 4);
+    std::shared_ptr<Backing> other = MakeBacking(os, BackingKind::kHugetlbfs);
+    absl::StatusOr<Extent> again = other->Map({.length = kPageSize2M, .name = "shared"});
+    ASSERT_TRUE(again.ok()) << again.status();
+    EXPECT_EQ(std::memcmp(again->data() + 7, "both", 4), 0);
+  }
+  EXPECT_THAT(os.FilesIn("/fake/hugepages"), ElementsAre("shared")) << "a named file stays";
+  EXPECT_EQ(os.Pool(kPageSize2M).free, 31) << "and keeps its page, as on hugetlbfs";
+  ASSERT_TRUE(os.Unlink("/fake/hugepages/shared").ok());
+  EXPECT_EQ(os.Pool(kPageSize2M).free, 32);
+  ExpectNothingLeft(os);
+}
+
+TEST(HugetlbfsOnFake, AFailedMapRemovesTheFileItCreatedOnly) {
+  FakeOs os({.pools = {{kPageSize2M, 1}}, .mounts = {{"/fake/hugepages", kPageSize2M}}});
+  std::shared_ptr<Backing> backing = MakeBacking(os, BackingKind::kHugetlbfs);
+  absl::StatusOr<Extent> e = backing->Map({.length = 2 * kPageSize2M, .name = "new"});
+  ASSERT_FALSE(e.ok());
+  EXPECT_THAT(e.status().message(), HasSubstr("ENOMEM"));
+  EXPECT_TRUE(os.FilesIn("/fake/hugepages").empty());
+  // A file another process made stays whatever happens to this mapping.
+  {
+    absl::StatusOr<Extent> first = backing->Map({.length = kPageSize2M, .name = "old"});
+    ASSERT_TRUE(first.ok()) << first.status();
+  }
+  e = backing->Map({.length = 2 * kPageSize2M, .name = "old"});
+  ASSERT_FALSE(e.ok());
+  EXPECT_THAT(os.FilesIn("/fake/hugepages"), ElementsAre("old"));
+  ASSERT_TRUE(os.Unlink("/fake/hugepages/old").ok());
+  ExpectNothingLeft(os);
+  EXPECT_EQ(os.Pool(kPageSize2M).free, 1);
+}
+
+TEST(HugetlbfsOnFake, FindsTheMountOfItsPageSize) {
+  FakeOs os({.mounts = {{"/fake/hugepages1G", kPageSize1G}}});
+  absl::StatusOr<std::shared_ptr<Backing>> none =
+      Backing::Create({.kind = BackingKind::kHugetlbfs, .os = &os});
+  ASSERT_FALSE(none.ok());
+  EXPECT_THAT(none.status().message(), HasSubstr("no hugetlbfs mount with 2M pages"));
+  std::shared_ptr<Backing> big = MakeBacking(os, BackingKind::kHugetlbfs, kPageSize1G);
+  EXPECT_THAT(big->Describe(), HasSubstr("/fake/hugepages1G"));
+  absl::StatusOr<std::shared_ptr<Backing>> wrong = Backing::Create(
+      {.kind = BackingKind::kHugetlbfs, .hugetlbfs_mount = "/fake/hugepages1G", .os = &os});
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_THAT(wrong.status().message(), HasSubstr("has 1G pages, not 2M"));
+}
+
+class DevDaxOnFakeTest : public ::testing::TestWithParam<size_t> {};
+
+// 2M: pagemap shows the PFNs. 1G: it hides them (PUD-mapped device-DAX) and they come
+// from the device's physical range in sysfs.
+TEST_P(DevDaxOnFakeTest, PfnsFromPagemapOrSysfs) {
+  const size_t align = GetParam();
+  FakeOs os({.dax = {{.name = "dax0.0", .size = 2 * align, .align = align, .node = 0}}});
+  absl::StatusOr<DaxDeviceInfo> info = ReadDaxDevice("dax0.0", "/sys", os);
+  ASSERT_TRUE(info.ok()) << info.status();
+  {
+    std::shared_ptr<Backing> backing = MakeBacking(os, BackingKind::kDevDax, 0, "/dev/dax0.0");
+    ASSERT_NE(backing, nullptr);
+    EXPECT_EQ(backing->page_size(), align);
+    absl::StatusOr<Extent> e = backing->Map({.length = align, .offset = align});
+    ASSERT_TRUE(e.ok()) << e.status();
+    EXPECT_EQ(e->node(), 0);
+    EXPECT_EQ(e->pfn(0), info->PhysicalAddress(align) >> kPageShift);
+    absl::StatusOr<KernelCheck> check = CheckAgainstKernel(*e);
+    ASSERT_TRUE(check.ok()) << check.status();
+    EXPECT_TRUE(check->ok()) << check->mismatches.front();
+    EXPECT_EQ(check->pfns_hidden, align == kPageSize1G ? 1u : 0u);
+    EXPECT_EQ(check->flags_hidden, 1u) << "device pages have no struct page to describe";
+    EXPECT_FALSE(backing->Map({.length = align, .shared = false}).ok());
+  }
+  ExpectNothingLeft(os);
+}
+
+INSTANTIATE_TEST_SUITE_P(Alignments, DevDaxOnFakeTest, ::testing::Values(kPageSize2M, kPageSize1G),
+                         [](const auto& info) { return PageSizeName(info.param); });
+
+TEST(AnonOnFake, FourKPagesWithAPfnEach) {
+  FakeOs os;
+  {
+    std::shared_ptr<Backing> backing = MakeBacking(os, BackingKind::kAnon);
+    absl::StatusOr<Extent> e = backing->Map({.length = 16 * kPageSize4K});
+    ASSERT_TRUE(e.ok()) << e.status();
+    for (size_t i = 0; i < 16; ++i) EXPECT_NE(e->pfn(i), kUnknownPfn);
+    absl::StatusOr<KernelCheck> check = CheckAgainstKernel(*e);
+    ASSERT_TRUE(check.ok()) << check.status();
+    EXPECT_TRUE(check->ok());
+    EXPECT_EQ(check->kernel_page_size, kPageSize4K);
+  }
+  ExpectNothingLeft(os);
+}
+
+TEST(HugetlbOnFake, WithoutRootPfnsAreUnknownNeverZero) {
+  FakeOs os({.root = false});
+  std::shared_ptr<Backing> backing = MakeBacking(os, BackingKind::kHugetlb);
+  absl::StatusOr<Extent> e = backing->Map({.length = kPageSize2M});
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_EQ(e->pfn(0), kUnknownPfn);
+  EXPECT_FALSE(e->pfns_known());
+  absl::StatusOr<KernelCheck> check = CheckAgainstKernel(*e);
+  ASSERT_TRUE(check.ok()) << check.status();
+  EXPECT_FALSE(check->pfns_checked);
+}
+
+}  // namespace
+}  // namespace hugemm::testing

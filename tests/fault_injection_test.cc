@@ -1,0 +1,346 @@
+// Fault injection: every OS call of an operation fails once, in turn (FaultyOs,
+// SweepFailures), for Backing::Map of every kind, allocation with pool growth, the
+// kernel pin holder and Runtime::MapBuffer. After each run the status names the call
+// that failed (or the failure was one the operation may absorb, such as an unreadable
+// PFN), and nothing is left behind: no mapping, no descriptor, no file, no
+// registration, the pools as they were.
+//
+// On the fake machine every kind runs without root; on the real OS the hugetlb,
+// hugetlbfs, anon and allocator sweeps unwind real huge page mappings.
+#include <filesystem>
+#include <set>
+#include <string>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "hugemm/alloc.h"
+#include "hugemm/backing.h"
+#include "hugemm/kernel_pin.h"
+#include "hugemm/runtime.h"
+#include "runtime/sys/pagemap.h"
+#include "tests/fake_os.h"
+#include "tests/faulty_os.h"
+#include "tests/test_util.h"
+
+namespace hugemm::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Failures an operation may absorb: PFNs it cannot read are recorded as unknown, a
+// device's physical ranges are best effort, and what gives something back (close,
+// munmap, io_uring unregister) has released it whatever it reports.
+bool MayBeAbsorbed(OsCall call) {
+  switch (call) {
+    case OsCall::kOpen:   // of /proc/self/pagemap
+    case OsCall::kPread:  // of /proc/self/pagemap
+    case OsCall::kStat:   // of a device's mappingN directory
+    case OsCall::kReadFile:
+    case OsCall::kClose:
+    case OsCall::kMunmap:
+    case OsCall::kIoUringUnregisterBuffers:
+      return true;
+    default:
+      return false;
+  }
+}
+
+void ExpectNamedOrAbsorbed(const FailedRun& run) {
+  if (run.status.ok()) {
+    EXPECT_TRUE(MayBeAbsorbed(run.call)) << OsCallName(run.call) << " failed unnoticed";
+  } else {
+    EXPECT_THAT(run.status.message(), HasSubstr(run.injected));
+  }
+}
+
+// A fake machine behind a failing Os, and what it looked like before the sweep.
+class FakeSweep {
+ public:
+  explicit FakeSweep(FakeMachine machine = {}) : fake_(std::move(machine)), os_(fake_) {
+    for (const FakeMachine::Mount& m : mounts_) files_.push_back(fake_.FilesIn(m.path));
+  }
+
+  FaultyOs& os() { return os_; }
+  FakeOs& fake() { return fake_; }
+
+  void Run(absl::FunctionRef<absl::Status()> op, int min_calls = 5) {
+    const HugePagePool pool2m = fake_.Pool(kPageSize2M);
+    const HugePagePool pool1g = fake_.Pool(kPageSize1G);
+    const size_t mappings = fake_.live_mappings();
+    const size_t fds = fake_.open_fds();
+    const size_t pinned = fake_.pinned_bytes();
+    int runs = 0;
+    SweepFailures(os_, ENOMEM, op, [&](const FailedRun& run) {
+      ++runs;
+      ExpectNamedOrAbsorbed(run);
+      EXPECT_EQ(fake_.live_mappings(), mappings) << "a mapping was left behind";
+      EXPECT_EQ(fake_.open_fds(), fds) << "a descriptor was left open";
+      EXPECT_EQ(fake_.pinned_bytes(), pinned) << "a kernel pin was left";
+      EXPECT_EQ(fake_.Pool(kPageSize2M).free, pool2m.free);
+      EXPECT_EQ(fake_.Pool(kPageSize2M).resv, pool2m.resv);
+      EXPECT_EQ(fake_.Pool(kPageSize1G).free, pool1g.free);
+      EXPECT_EQ(fake_.Pool(kPageSize1G).resv, pool1g.resv);
+      for (size_t i = 0; i < mounts_.size(); ++i) {
+        EXPECT_EQ(fake_.FilesIn(mounts_[i].path), files_[i]) << "a file was left behind";
+      }
+    });
+    EXPECT_GE(runs, min_calls) << "the operation made fewer calls than it should";
+  }
+
+ private:
+  FakeOs fake_;
+  FaultyOs os_;
+  const std::vector<FakeMachine::Mount> mounts_ = FakeMachine{}.mounts;
+  std::vector<std::vector<std::string>> files_;
+};
+
+absl::Status MapAndDrop(Os& os, const BackingOptions& options, const MapRequest& request) {
+  BackingOptions o = options;
+  o.os = &os;
+  absl::StatusOr<std::shared_ptr<Backing>> backing = Backing::Create(o);
+  if (!backing.ok()) return backing.status();
+  absl::StatusOr<Extent> extent = (*backing)->Map(request);
+  if (!extent.ok()) return extent.status();
+  return extent->Unmap();
+}
+
+TEST(FaultInjectionOnFake, Hugetlb2M) {
+  FakeSweep sweep;
+  sweep.Run([&] {
+    return MapAndDrop(sweep.os(), {.kind = BackingKind::kHugetlb}, {.length = 2 * kPageSize2M});
+  });
+}
+
+TEST(FaultInjectionOnFake, Hugetlb1G) {
+  FakeSweep sweep;
+  sweep.Run([&] {
+    return MapAndDrop(sweep.os(), {.kind = BackingKind::kHugetlb, .page_size = kPageSize1G},
+                      {.length = kPageSize1G});
+  });
+}
+
+TEST(FaultInjectionOnFake, Hugetlb2MOnANode) {
+  FakeSweep sweep({.nodes = 2});
+  sweep.Run([&] {
+    return MapAndDrop(sweep.os(), {.kind = BackingKind::kHugetlb},
+                      {.length = 2 * kPageSize2M, .node = 1});
+  });
+}
+
+TEST(FaultInjectionOnFake, HugetlbfsPrivateFile) {
+  FakeSweep sweep;
+  sweep.Run([&] {
+    return MapAndDrop(sweep.os(), {.kind = BackingKind::kHugetlbfs}, {.length = kPageSize2M});
+  });
+}
+
+TEST(FaultInjectionOnFake, HugetlbfsNamedFile) {
+  FakeSweep sweep;
+  sweep.Run([&] {
+    absl::Status st = MapAndDrop(sweep.os(), {.kind = BackingKind::kHugetlbfs},
+                                 {.length = kPageSize2M, .name = "named"});
+    // A named file outlives its mapping by design: the run removes it once mapped (its
+    // unmap may have failed since), and the sweep checks that no failed map made it.
+    if (st.ok() || absl::StrContains(st.message(), "unmap extent")) {
+      EXPECT_TRUE(sweep.fake().Unlink("/fake/hugepages/named").ok());
+    }
+    return st;
+  });
+}
+
+TEST(FaultInjectionOnFake, Anon) {
+  FakeSweep sweep;
+  sweep.Run([&] {
+    return MapAndDrop(sweep.os(), {.kind = BackingKind::kAnon}, {.length = 8 * kPageSize4K});
+  });
+}
+
+TEST(FaultInjectionOnFake, DevDax2MAnd1G) {
+  for (size_t align : {kPageSize2M, kPageSize1G}) {
+    SCOPED_TRACE(PageSizeName(align));
+    FakeSweep sweep({.dax = {{.name = "dax0.0", .size = 2 * align, .align = align}}});
+    sweep.Run([&] {
+      return MapAndDrop(sweep.os(), {.kind = BackingKind::kDevDax, .devdax_path = "/dev/dax0.0"},
+                        {.length = align});
+    });
+  }
+}
+
+// Allocation that grows a new pool, from the first call to the allocator's end.
+absl::Status AllocateAndDrop(Os& os, const AllocatorOptions& options, int order,
+                             const AllocOptions& request) {
+  AllocatorOptions o = options;
+  o.os = &os;
+  absl::StatusOr<std::unique_ptr<Allocator>> alloc = Allocator::Create(o);
+  if (!alloc.ok()) return alloc.status();
+  absl::StatusOr<FolioHandle> h = (*alloc)->AllocateOrder(order, request);
+  if (!h.ok()) return h.status();
+  h->Reset();
+  return absl::OkStatus();
+}
+
+TEST(FaultInjectionOnFake, AllocationGrowingEachKindOfPool) {
+  const struct {
+    const char* what;
+    int order;
+    AllocOptions request;
+  } cases[] = {
+      {"hugetlb 2M", 0, {}},
+      {"hugetlb 1G", 9, {.page_size = kPageSize1G, .zero = false}},
+      {"hugetlbfs 2M", 3, {.backing = BackingKind::kHugetlbfs}},
+      {"devdax 2M",
+       9,
+       {.backing = BackingKind::kDevDax, .page_size = 0, .devdax_path = "/dev/dax0.0"}},
+      {"anon", 0, {.backing = BackingKind::kAnon, .page_size = 0}},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.what);
+    FakeSweep sweep({.dax = {{.name = "dax0.0", .size = 4 * kPageSize2M}}});
+    sweep.Run([&] {
+      return AllocateAndDrop(sweep.os(), {.meta_reserve_bytes = 4096}, c.order, c.request);
+    });
+  }
+}
+
+// A pool that has one page in use grows a second; a failure leaves it with the first.
+TEST(FaultInjectionOnFake, SecondGrowthOfAPool) {
+  FakeSweep sweep;
+  absl::StatusOr<std::unique_ptr<Allocator>> alloc = Allocator::Create({.os = &sweep.os()});
+  ASSERT_TRUE(alloc.ok());
+  absl::StatusOr<FolioHandle> first = (*alloc)->Allocate(kPageSize2M);
+  ASSERT_TRUE(first.ok()) << first.status();
+  sweep.Run([&]() -> absl::Status {
+    absl::StatusOr<FolioHandle> second = (*alloc)->Allocate(kPageSize2M);
+    if (second.ok()) {
+      second->Reset();
+      (*alloc)->Shrink();  // the second page goes back; the first is in use
+    }
+    std::vector<PoolStats> stats = (*alloc)->Stats();
+    EXPECT_EQ(stats.size(), 1u);
+    EXPECT_EQ(stats[0].extents, 1u);
+    EXPECT_EQ(stats[0].folios, 1u) << "a descriptor was left behind";
+    EXPECT_EQ(first->folio()->refcount.load(), 1);
+    return second.status();
+  });
+}
+
+TEST(FaultInjectionOnFake, KernelPinHolder) {
+  FakeSweep sweep;
+  absl::StatusOr<std::shared_ptr<Backing>> backing =
+      Backing::Create({.kind = BackingKind::kHugetlb, .os = &sweep.fake()});
+  ASSERT_TRUE(backing.ok());
+  absl::StatusOr<Extent> extent = (*backing)->Map({.length = 2 * kPageSize2M});
+  ASSERT_TRUE(extent.ok());
+  sweep.Run(
+      [&]() -> absl::Status {
+        absl::StatusOr<std::unique_ptr<KernelPinHolder>> pin =
+            KernelPinHolder::Create({{extent->data(), extent->size()}}, sweep.os());
+        if (!pin.ok()) return pin.status();
+        EXPECT_EQ(sweep.fake().pinned_bytes(), extent->size());
+        return absl::OkStatus();
+      },
+      /*min_calls=*/4);
+}
+
+TEST(FaultInjectionOnFake, RuntimeMapBufferWithKernelPins) {
+  FakeSweep sweep;
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open({.os = &sweep.os()});
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  for (BackingKind kind : {BackingKind::kHugetlb, BackingKind::kHugetlbfs}) {
+    SCOPED_TRACE(BackingKindName(kind));
+    sweep.Run([&]() -> absl::Status {
+      absl::StatusOr<Buffer> buf = (*rt)->MapBuffer(2 * kPageSize2M, {.backing = kind});
+      if (!buf.ok()) return buf.status();
+      EXPECT_EQ(sweep.fake().pinned_bytes(), 2 * kPageSize2M);
+      EXPECT_TRUE((*rt)->Translate(buf->data()).has_value());
+      return buf->Free();
+    });
+  }
+}
+
+// --- the real OS ---------------------------------------------------------------------
+
+// What the process holds that a leak would change: its descriptors and huge page VMAs.
+struct ProcessState {
+  std::set<std::string> fds;
+  std::set<std::pair<uintptr_t, uintptr_t>> huge_vmas;
+
+  static ProcessState Now() {
+    ProcessState s;
+    for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+      s.fds.insert(e.path().filename().string());
+    }
+    absl::StatusOr<std::vector<sys::Vma>> vmas = sys::ReadVmas(Os::Default());
+    EXPECT_TRUE(vmas.ok()) << vmas.status();
+    for (const sys::Vma& v : *vmas) {
+      if (v.kernel_page_size > kPageSize4K) s.huge_vmas.insert({v.start, v.end});
+    }
+    return s;
+  }
+  bool operator==(const ProcessState&) const = default;
+};
+
+void RealSweep(absl::FunctionRef<absl::Status(Os&)> op, size_t page_size) {
+  FaultyOs os(Os::Default());
+  const int64_t free_before = FreeHugePages(page_size);
+  const ProcessState before = ProcessState::Now();
+  SweepFailures(
+      os, ENOMEM, [&] { return op(os); },
+      [&](const FailedRun& run) {
+        ExpectNamedOrAbsorbed(run);
+        EXPECT_EQ(os.live_mapping_bytes(), 0u) << "a mapping was left behind";
+        EXPECT_TRUE(os.live_fds().empty()) << "a descriptor was left open";
+        EXPECT_TRUE(ProcessState::Now() == before) << "the process holds more than before";
+      });
+  // The pool is the whole machine's: another process may take pages meanwhile.
+  EXPECT_EQ(FreeHugePages(page_size), free_before) << "huge pages were not given back";
+}
+
+TEST(FaultInjection, RealHugetlb2M) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  RealSweep(
+      [](Os& os) {
+        return MapAndDrop(os, {.kind = BackingKind::kHugetlb}, {.length = 2 * kPageSize2M});
+      },
+      kPageSize2M);
+}
+
+TEST(FaultInjection, RealHugetlb1G) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize1G, 1);
+  RealSweep(
+      [](Os& os) {
+        return MapAndDrop(os, {.kind = BackingKind::kHugetlb, .page_size = kPageSize1G},
+                          {.length = kPageSize1G});
+      },
+      kPageSize1G);
+}
+
+TEST(FaultInjection, RealHugetlbfs2M) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  const std::string mount = HugetlbfsMountFor(kPageSize2M);
+  HUGEMM_NEED(!mount.empty(), "needs a hugetlbfs mount with 2M pages");
+  RealSweep(
+      [&](Os& os) {
+        return MapAndDrop(os, {.kind = BackingKind::kHugetlbfs, .hugetlbfs_mount = mount},
+                          {.length = kPageSize2M});
+      },
+      kPageSize2M);
+}
+
+TEST(FaultInjection, RealAnon) {
+  RealSweep(
+      [](Os& os) {
+        return MapAndDrop(os, {.kind = BackingKind::kAnon}, {.length = 8 * kPageSize4K});
+      },
+      kPageSize2M);
+}
+
+TEST(FaultInjection, RealAllocationWithPoolGrowth) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  RealSweep([](Os& os) { return AllocateAndDrop(os, {}, 0, {}); }, kPageSize2M);
+}
+
+}  // namespace
+}  // namespace hugemm::testing
