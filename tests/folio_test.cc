@@ -264,7 +264,7 @@ TEST(FolioInfoTest, DescribesPlacementAndFlags) {
   f.set_flag(FolioFlag::kReserveMeta);
   info = DescribeFolio(f);
   EXPECT_STREQ(info.meta_placement(), "reserve");
-  EXPECT_TRUE(info.flags & kFolioDirty);
+  EXPECT_TRUE(info.has(FolioFlag::kDirty));
 }
 
 TEST(FolioMetadata, FarBelowTheKernelsStructPages) {

@@ -69,7 +69,6 @@ struct AllocatorOptions {
   Os* os = nullptr;
 };
 
-
 // Owns one reference on a folio; drops it when destroyed. Move-only. Not thread-safe:
 // one owner at a time (the folio it holds may be shared: see folio.h).
 class FolioHandle {
