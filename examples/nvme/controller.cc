@@ -123,9 +123,8 @@ absl::Status Controller::WaitReady(bool ready) {
   const Clock::time_point deadline = Clock::now() + ready_timeout_;
   for (;;) {
     const uint32_t csts = regs_.Read32(kRegCsts);
-    if (ready) {
-      if (absl::Status st = CheckFatal(); !st.ok()) return st;
-    }
+    // A fatal status while disabling is what a reset clears; while enabling it is final.
+    if (absl::Status st = CheckFatal(); !st.ok() && (ready || csts == 0xffffffff)) return st;
     if (((csts & kCstsReady) != 0) == ready) return absl::OkStatus();
     if (Clock::now() > deadline) {
       return absl::DeadlineExceededError(

@@ -79,6 +79,7 @@ struct ControllerStats {
   uint64_t with_prp_list = 0;   // commands whose PRP2 pointed at a list
   uint64_t chained_lists = 0;   // commands whose list took more than one page
   uint64_t io_queue_wraps = 0;  // times the I/O completion ring wrapped
+  uint64_t max_in_flight = 0;   // most commands in flight at once
 };
 
 // Not thread-safe: one thread drives a controller.
@@ -124,6 +125,9 @@ class Controller {
   // max_transfer, as many in flight as there are slots. The first failure, if any.
   absl::Status Read(uint64_t lba, void* buf, size_t bytes);
   absl::Status Write(uint64_t lba, const void* buf, size_t bytes);
+
+  // Longest DMA segment from now on (ControllerOptions::max_segment).
+  void set_max_segment(uint64_t bytes) { options_.max_segment = bytes; }
 
   // The next submitted command's PRP entry `entry` (0 = PRP1) is moved by `delta`
   // bytes: a wrong address, for tests that must see it caught.

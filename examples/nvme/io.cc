@@ -74,6 +74,7 @@ absl::StatusOr<uint16_t> Controller::Submit(uint8_t opcode, uint64_t lba, const 
   slot.tag = tag;
   slot.pin = std::move(pin);
   ++in_flight_;
+  stats_.max_in_flight = std::max<uint64_t>(stats_.max_in_flight, in_flight_);
   stats_.max_segments = std::max<uint64_t>(stats_.max_segments, *n);
   stats_.with_prp_list += prps->list_pages > 0;
   stats_.chained_lists += prps->list_pages > 1;
