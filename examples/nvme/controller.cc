@@ -156,6 +156,7 @@ absl::Status Controller::Enable() {
   }
 
   // Disabling resets the controller: whatever a previous driver left is gone.
+  touched_ = true;
   if (const uint32_t cc = regs_.Read32(kRegCc); cc & kCcEnable) {
     regs_.Write32(kRegCc, cc & ~kCcEnable);
   }
@@ -303,6 +304,7 @@ void Controller::Shutdown() {
   auto report = [](const absl::Status& st) {
     if (!st.ok()) std::fprintf(stderr, "nvme: shutdown: %s\n", std::string(st.message()).c_str());
   };
+  if (!touched_) return;  // refused before it was touched: leave it as it was
   if (in_flight_ > 0) {
     std::vector<IoResult> ignored;
     report(Drain(&ignored));

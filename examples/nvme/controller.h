@@ -165,6 +165,7 @@ class Controller {
   std::chrono::milliseconds ready_timeout_{500};
   QueuePair admin_;
   QueuePair io_;
+  bool touched_ = false;  // CC written: the controller must be left disabled
   bool enabled_ = false;
   bool io_sq_created_ = false;
   bool io_cq_created_ = false;

@@ -26,27 +26,29 @@ absl::StatusOr<uint16_t> Controller::SubmitWrite(uint64_t lba, const void* buf, 
 
 absl::StatusOr<uint16_t> Controller::Submit(uint8_t opcode, uint64_t lba, const void* buf,
                                             size_t bytes, uint64_t tag) {
-  const std::string what =
-      absl::StrFormat("%s of %u bytes at block %u from %p", OpName(opcode), bytes, lba, buf);
+  // Only an error pays for the words.
+  auto what = [&] {
+    return absl::StrFormat("%s of %u bytes at block %u from %p", OpName(opcode), bytes, lba, buf);
+  };
   if (bytes == 0 || bytes % ns_.block_size != 0) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("%s: not a whole number of %u-byte blocks", what, ns_.block_size));
+        absl::StrFormat("%s: not a whole number of %u-byte blocks", what(), ns_.block_size));
   }
   if (bytes > max_transfer_) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("%s: one command moves at most %u bytes", what, max_transfer_));
+        absl::StrFormat("%s: one command moves at most %u bytes", what(), max_transfer_));
   }
   const uint64_t blocks = bytes / ns_.block_size;
   if (lba >= ns_.blocks || blocks > ns_.blocks - lba) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("%s: beyond namespace 1's %u blocks", what, ns_.blocks));
+        absl::StrFormat("%s: beyond namespace 1's %u blocks", what(), ns_.blocks));
   }
   if (reinterpret_cast<uintptr_t>(buf) & 3) {
-    return absl::InvalidArgumentError(absl::StrFormat("%s: not dword-aligned", what));
+    return absl::InvalidArgumentError(absl::StrFormat("%s: not dword-aligned", what()));
   }
   if (free_slots_.empty() || !io_.CanSubmit()) {
     return absl::ResourceExhaustedError(absl::StrFormat(
-        "%s: all %u commands are in flight; reap completions first", what, slots_.size()));
+        "%s: all %u commands are in flight; reap completions first", what(), slots_.size()));
   }
   const uint16_t cid = free_slots_.back();
   Slot& slot = slots_[cid];
@@ -57,14 +59,14 @@ absl::StatusOr<uint16_t> Controller::Submit(uint8_t opcode, uint64_t lba, const 
   absl::StatusOr<size_t> n = pin.Pin(rt_, buf, bytes, opcode == kIoRead, options_.max_segment,
                                      absl::MakeSpan(segments_), options_.pin_io);
   if (!n.ok()) {
-    return absl::Status(n.status().code(), absl::StrCat(what, ": ", n.status().message()));
+    return absl::Status(n.status().code(), absl::StrCat(what(), ": ", n.status().message()));
   }
   const PrpFault fault = std::exchange(fault_, PrpFault{});
   absl::StatusOr<Prps> prps =
       BuildPrps(absl::MakeConstSpan(segments_.data(), *n),
                 {slot.prp_list, slot.prp_list_phys, list_pages_per_slot_}, fault);
   if (!prps.ok()) {
-    return absl::Status(prps.status().code(), absl::StrCat(what, ": ", prps.status().message()));
+    return absl::Status(prps.status().code(), absl::StrCat(what(), ": ", prps.status().message()));
   }
 
   free_slots_.pop_back();

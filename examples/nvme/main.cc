@@ -117,6 +117,8 @@ int Run(const Args& args, nvme::Controller& ctrl, hugemm::Runtime& rt,
   if (!buf.ok()) return Fail(buf.status());
   if (args.command == "write") {
     std::memcpy(buf->data(), file.data(), file.size());
+    // Device-DAX memory keeps what it held: the last block's tail is zeroed here.
+    std::memset(buf->data() + file.size(), 0, bytes - file.size());
     if (absl::Status st = ctrl.Write(lba, buf->data(), bytes); !st.ok()) return Fail(st);
     std::printf("wrote %llu bytes at block %llu\n", static_cast<unsigned long long>(bytes),
                 static_cast<unsigned long long>(lba));

@@ -70,6 +70,7 @@ TEST_F(ControllerTest, RefusesBadOptionsAndATooSmallBar) {
 TEST_F(ControllerTest, RefusesAControllerWithoutTheNvmCommandSetOr4KPages) {
   FakeBar bar;
   bar.Set64(kRegCap, kCap & ~(1ull << 37));
+  bar.Set32(kRegCc, kCcEnable);  // whoever runs it now keeps it running
   absl::StatusOr<std::unique_ptr<Controller>> c = Controller::Start(*rt_, bar.registers(), {});
   EXPECT_EQ(c.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(c.status().message().find("NVM command set"), std::string::npos) << c.status();
@@ -77,6 +78,7 @@ TEST_F(ControllerTest, RefusesAControllerWithoutTheNvmCommandSetOr4KPages) {
   c = Controller::Start(*rt_, bar.registers(), {});
   EXPECT_EQ(c.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(c.status().message().find("4 KiB"), std::string::npos) << c.status();
+  EXPECT_EQ(bar.Get32(kRegCc), kCcEnable) << "a controller refused at CAP was disabled";
   ExpectNothingHeld();
 }
 
