@@ -1,0 +1,34 @@
+#!/bin/bash
+# numa-vm-suite.sh NUMA_VM_TEST
+# Inside the two-node VM: runs the NUMA tests. The tests the library is known to fail
+# (KNOWN below, each with the reason) run apart and must still fail: when one passes,
+# the library was fixed and it leaves the list. Fails on any other failure.
+set -uo pipefail
+bin=$1
+# "gtest name  why the library fails it today".
+KNOWN=(
+  "NumaVmTest.DevDaxBuffersOfOneRuntimeNeverShareMemory  each MapBuffer and each allocator pool
+   carves device-DAX ranges from a Backing of its own, so all of them start at offset 0"
+  "NumaExhaustTest.TheAllocatorsErrorNamesNode1AndItsCounts  the pool's error gives the machine's
+   2M counts (sys::ReadHugePagePool), not node 1's"
+  "NumaExhaustTest.MapBuffersErrorIsExhaustionNamingNode1AndItsCounts  MADV_POPULATE_WRITE fails
+   with EFAULT on a node-bound hugetlb mapping whose node is empty: reported as InvalidArgument
+   with the machine's counts"
+)
+known_filter=
+for entry in "${KNOWN[@]}"; do known_filter+=${known_filter:+:}${entry%% *}; done
+
+echo "=== $(basename "$bin")${known_filter:+ (without the known failures)}"
+rc=0
+"$bin" --gtest_filter="*${known_filter:+-$known_filter}" || rc=1
+for entry in "${KNOWN[@]}"; do
+  name=${entry%% *}
+  echo "=== known failure: $entry"
+  if "$bin" --gtest_filter="$name"; then
+    echo "FAIL: $name passes now: take it off the known failures in $0"
+    rc=1
+  else
+    echo "(still fails, as listed)"
+  fi
+done
+exit "$rc"

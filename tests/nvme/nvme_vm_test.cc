@@ -1,0 +1,259 @@
+// The userspace NVMe driver (examples/nvme) against qemu's NVMe controller in the VM, in
+// physical mode, with queues, PRP lists and data in each memory kind: the host's pattern
+// READ into hugemm buffers and checked at their virtual addresses; WRITEs that the host
+// finds in the image after the VM stops (nvme_image check); a shifted PRP entry caught.
+#include <sys/mman.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/nvme/vm_device.h"
+
+namespace nvme_test {
+namespace {
+
+constexpr uint64_t kBlock = 512;
+
+// One suite per setup, its tests run together: the runtime and the data buffer live
+// for the suite (the kernel zeroes 1G pages once, not per test), the controller is
+// started afresh for each test. Two setups never hold device-DAX memory at once.
+template <typename SetupConstant>
+class NvmeVmTest : public testing::Test {
+ protected:
+  static constexpr nvme_test::Setup kSetup = SetupConstant::value;
+
+  struct Memory {
+    std::unique_ptr<hugemm::Runtime> rt;
+    hugemm::Buffer buf;  // dropped before the runtime
+    std::string error;
+  };
+
+  static void SetUpTestSuite() {
+    memory_ = new Memory;
+    std::string why;
+    if (Device(&why) == nullptr) return;
+    absl::StatusOr<std::unique_ptr<hugemm::Runtime>> rt = hugemm::Runtime::Open();
+    if (!rt.ok()) {
+      memory_->error = rt.status().ToString();
+      return;
+    }
+    memory_->rt = std::move(*rt);
+    absl::StatusOr<hugemm::Buffer> buf = DataBuffer(*memory_->rt, kSetup);
+    if (!buf.ok()) {
+      memory_->error = buf.status().ToString();
+      return;
+    }
+    memory_->buf = std::move(*buf);
+  }
+  static void TearDownTestSuite() {
+    delete memory_;
+    memory_ = nullptr;
+  }
+
+  void SetUp() override {
+    std::string why;
+    const nvme::MappedBar* bar = Device(&why);
+    if (bar == nullptr) GTEST_SKIP() << why;
+    ASSERT_EQ(memory_->error, "");
+    absl::StatusOr<std::unique_ptr<nvme::Controller>> ctrl =
+        nvme::Controller::Start(*memory_->rt, bar->registers(), {.memory = QueueMemory(kSetup)});
+    ASSERT_TRUE(ctrl.ok()) << ctrl.status();
+    ctrl_ = std::move(*ctrl);
+    ASSERT_EQ(ctrl_->ns().block_size, kBlock);
+  }
+
+  const hugemm::Buffer& buf() const { return memory_->buf; }
+
+  // READs `n` bytes of the host's pattern from image `offset` to `dst`, then checks
+  // them at dst's virtual addresses and a page either side for stray bytes.
+  void ReadAndCheck(uint64_t offset, std::byte* dst, size_t n) {
+    std::memset(dst - kPage, static_cast<int>(kMarker), n + 2 * kPage);
+    ASSERT_TRUE(ctrl_->Read(offset / kBlock, dst, n).ok());
+    EXPECT_EQ(PatternProblem(kReadSeed, offset, dst, n), "");
+    EXPECT_TRUE(Untouched(dst - kPage, kPage)) << "the page before the buffer was written";
+    EXPECT_TRUE(Untouched(dst + n, kPage)) << "the page after the buffer was written";
+  }
+
+  // WRITEs write case `c` from `src`, filled with what the host expects at its offset.
+  void WriteCase(const nvme_test::WriteCase& c, std::byte* src) {
+    const uint64_t at = WriteOffset(kSetup, c);
+    FillPattern(kWriteSeed, at, src, c.length);
+    if (c.shifted_page >= 0) ctrl_->InjectPrpFault({.entry = c.shifted_page, .delta = kPage});
+    ASSERT_TRUE(ctrl_->Write(at / kBlock, src, c.length).ok()) << c.name;
+  }
+
+  static Memory* memory_;
+  std::unique_ptr<nvme::Controller> ctrl_;
+};
+
+template <typename SetupConstant>
+typename NvmeVmTest<SetupConstant>::Memory* NvmeVmTest<SetupConstant>::memory_ = nullptr;
+
+template <Setup S>
+using SetupIs = std::integral_constant<Setup, S>;
+using Setups = testing::Types<SetupIs<Setup::kHugetlb2M>, SetupIs<Setup::kHugetlb1G>,
+                              SetupIs<Setup::kDevDaxData>, SetupIs<Setup::kDevDaxQueues>>;
+struct SetupNames {
+  template <typename T>
+  static std::string GetName(int) {
+    constexpr const char* kNames[] = {"Hugetlb2M", "Hugetlb1G", "DevDaxData", "DevDaxQueues"};
+    return kNames[static_cast<int>(T::value)];
+  }
+};
+TYPED_TEST_SUITE(NvmeVmTest, Setups, SetupNames);
+
+TYPED_TEST(NvmeVmTest, ReadsTheHostPatternAtTheBufferAddresses) {
+  // One block ending where a folio ends; two pages across a folio boundary (PRP2 names
+  // the second); a PRP list for a transfer starting mid-page and crossing a boundary.
+  this->ReadAndCheck(3 * kBlock, BeforeBoundary(this->buf(), kBlock), kBlock);
+  this->ReadAndCheck((1 << 20) + 5 * kBlock, BeforeBoundary(this->buf(), 2048), 4096);
+  this->ReadAndCheck((2 << 20) + 9 * kBlock, BeforeBoundary(this->buf(), (100 << 10) + 512),
+                     (300 << 10) + 512);
+  EXPECT_GE(this->ctrl_->stats().with_prp_list, 1u);
+  EXPECT_EQ(this->ctrl_->stats().commands, 3u);
+}
+
+TYPED_TEST(NvmeVmTest, ManyCommandsInFlightOverManySegments) {
+  // 64K segments: every command is built from eight or more of them, and the transfer
+  // is eight commands, all in flight at once.
+  this->ctrl_->set_max_segment(64 << 10);
+  this->ReadAndCheck((8 << 20) + 7 * kBlock, BeforeBoundary(this->buf(), (1 << 20) + 1536),
+                     4 << 20);
+  EXPECT_GE(this->ctrl_->stats().commands, (4u << 20) / this->ctrl_->max_transfer());
+  EXPECT_GE(this->ctrl_->stats().max_segments, this->ctrl_->max_transfer() / (64 << 10));
+  EXPECT_GE(this->ctrl_->stats().max_in_flight, 8u);
+}
+
+TYPED_TEST(NvmeVmTest, WritesWhatTheHostFindsInTheImage) {
+  // The placements of the read cases, and the many-commands one with 64K segments.
+  const size_t before[] = {kBlock, 2048, (100 << 10) + 512, (1 << 20) + 1536};
+  size_t i = 0;
+  for (const nvme_test::WriteCase& c : kWriteCases) {
+    if (c.shifted_page >= 0) continue;
+    this->ctrl_->set_max_segment(c.length > this->ctrl_->max_transfer() ? 64 << 10 : 0);
+    this->WriteCase(c, BeforeBoundary(this->buf(), before[i++]));
+  }
+  EXPECT_EQ(i, std::size(before));
+}
+
+TYPED_TEST(NvmeVmTest, AReadToAnAddressOnePageOffIsCaught) {
+  constexpr uint64_t kOffset = 16 << 20;
+  constexpr size_t kLength = 64 << 10;
+  std::byte* dst = this->buf().data() + kPage;  // page 5 and page 6 of the transfer share a folio
+  // The same READ, right: the check passes.
+  this->ReadAndCheck(kOffset, dst, kLength);
+  // PRP entry 5 one page on: the controller writes page 5's data into page 6 and
+  // reports success. Only the data shows it.
+  std::memset(dst, static_cast<int>(kMarker), kLength);
+  this->ctrl_->InjectPrpFault({.entry = 5, .delta = kPage});
+  ASSERT_TRUE(this->ctrl_->Read(kOffset / kBlock, dst, kLength).ok());
+  std::optional<size_t> bad = FirstMismatch(kReadSeed, kOffset, dst, kLength);
+  ASSERT_TRUE(bad.has_value()) << "the check missed a page written one page off";
+  EXPECT_EQ(*bad, 5 * kPage) << PatternProblem(kReadSeed, kOffset, dst, kLength);
+  EXPECT_TRUE(Untouched(dst + 5 * kPage, kPage)) << "page 5 was written after all";
+  EXPECT_EQ(PatternProblem(kReadSeed, kOffset, dst, 5 * kPage), "");
+}
+
+TYPED_TEST(NvmeVmTest, WritesFromAnAddressOnePageOffForTheHostToCatch) {
+  for (const nvme_test::WriteCase& c : kWriteCases) {
+    if (c.shifted_page >= 0) this->WriteCase(c, this->buf().data() + kPage);
+  }
+}
+
+class NvmeVmDriverTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    const nvme::MappedBar* bar = Device(&why);
+    if (bar == nullptr) GTEST_SKIP() << why;
+    absl::StatusOr<std::unique_ptr<hugemm::Runtime>> rt = hugemm::Runtime::Open();
+    ASSERT_TRUE(rt.ok()) << rt.status();
+    rt_ = std::move(*rt);
+    absl::StatusOr<std::unique_ptr<nvme::Controller>> ctrl =
+        nvme::Controller::Start(*rt_, bar->registers(), {.io_depth = 16});
+    ASSERT_TRUE(ctrl.ok()) << ctrl.status();
+    ctrl_ = std::move(*ctrl);
+  }
+
+  std::unique_ptr<hugemm::Runtime> rt_;
+  std::unique_ptr<nvme::Controller> ctrl_;
+};
+
+TEST_F(NvmeVmDriverTest, IdentifiesTheHarnessController) {
+  const char* serial = std::getenv("HUGEMM_TEST_NVME_SERIAL");
+  const char* size = std::getenv("HUGEMM_TEST_NVME_SIZE");
+  ASSERT_NE(serial, nullptr);
+  ASSERT_NE(size, nullptr);
+  EXPECT_EQ(ctrl_->info().serial, serial);
+  EXPECT_EQ(ctrl_->info().vendor, 0x1b36);
+  EXPECT_EQ(ctrl_->ns().bytes(), std::strtoull(size, nullptr, 10));
+  EXPECT_EQ(ctrl_->slots(), 15u);
+  EXPECT_GT(ctrl_->max_transfer(), 0u);
+}
+
+TEST_F(NvmeVmDriverTest, RefusesBadRequestsWithoutSubmitting) {
+  absl::StatusOr<hugemm::Buffer> buf = rt_->MapBuffer(hugemm::kPageSize2M);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  std::byte* p = buf->data();
+  const uint64_t blocks = ctrl_->ns().blocks;
+  EXPECT_EQ(ctrl_->SubmitRead(0, p, 0).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ctrl_->SubmitRead(0, p, 100).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ctrl_->SubmitRead(blocks, p, kBlock).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ctrl_->SubmitRead(blocks - 1, p, 2 * kBlock).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ctrl_->SubmitRead(0, p, ctrl_->max_transfer() + kBlock).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ctrl_->SubmitRead(0, p + 2, kBlock).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  std::vector<std::byte> heap(2 * kPage);  // not hugemm's: nothing to pin
+  absl::StatusOr<uint16_t> cid = ctrl_->SubmitWrite(0, heap.data(), kBlock);
+  EXPECT_FALSE(cid.ok());
+  EXPECT_NE(cid.status().message().find("WRITE"), std::string::npos) << cid.status();
+  EXPECT_EQ(ctrl_->in_flight(), 0u);
+  EXPECT_EQ(ctrl_->stats().commands, 0u);
+  // Every slot busy: the next submission waits for a reap.
+  for (size_t i = 0; i < ctrl_->slots(); ++i) {
+    ASSERT_TRUE(ctrl_->SubmitRead(i, p + i * kPage, kBlock).ok());
+  }
+  EXPECT_EQ(ctrl_->SubmitRead(0, p, kBlock).status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(ctrl_->Read(0, p, kBlock).code(), absl::StatusCode::kFailedPrecondition);
+  std::vector<nvme::IoResult> done;
+  ASSERT_TRUE(ctrl_->Drain(&done).ok());
+  EXPECT_EQ(done.size(), ctrl_->slots());
+}
+
+TEST_F(NvmeVmDriverTest, ThePhaseTagSurvivesManyWraps) {
+  absl::StatusOr<hugemm::Buffer> buf = rt_->MapBuffer(hugemm::kPageSize2M);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  // Sixteen-entry queues, 200 commands: the completion ring wraps a dozen times.
+  std::vector<nvme::IoResult> done;
+  auto check = [&] {
+    for (const nvme::IoResult& r : done) {
+      ASSERT_TRUE(r.status.ok()) << r.status;
+      const uint64_t slot = (r.tag - (4 << 20)) / (kPage + kBlock);
+      ASSERT_EQ(PatternProblem(kReadSeed, r.tag, buf->data() + slot * kPage, kBlock), "");
+    }
+    done.clear();
+  };
+  for (uint64_t i = 0; i < 200;) {
+    while (i < 200 && ctrl_->in_flight() < ctrl_->slots()) {
+      const uint64_t offset = (i % 64) * (kPage + kBlock) + (4 << 20);
+      absl::StatusOr<uint16_t> cid =
+          ctrl_->SubmitRead(offset / kBlock, buf->data() + (i % 64) * kPage, kBlock, offset);
+      ASSERT_TRUE(cid.ok()) << cid.status();
+      ++i;
+    }
+    ASSERT_TRUE(ctrl_->Poll(&done).ok());
+    check();
+  }
+  ASSERT_TRUE(ctrl_->Drain(&done).ok());
+  check();
+  EXPECT_EQ(ctrl_->stats().commands, 200u);
+  EXPECT_GE(ctrl_->stats().io_queue_wraps, 12u);
+}
+
+}  // namespace
+}  // namespace nvme_test

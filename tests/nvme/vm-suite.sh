@@ -1,0 +1,36 @@
+#!/bin/bash
+# vm-suite.sh NVME_VM_TEST HUGEMM_CLI
+# Inside the VM (--nvme, 2M and 1G pools, /dev/dax0.0), in one boot: the driver's gtest
+# binary (it takes the controller to uio_pci_generic); the pin benchmark on the
+# device-DAX memory; then the controller back to the kernel's nvme driver, which must
+# read the image's pattern: the driver left it in a state a kernel can take over.
+set -uo pipefail
+test_bin=$1
+cli=$2
+failed=()
+
+echo "=== $(basename "$test_bin")"
+"$test_bin" || failed+=("$(basename "$test_bin")")
+
+echo "=== hugemm bench pin -f $HUGEMM_TEST_DAX -m 64"
+if out=$("$cli" bench pin -f "$HUGEMM_TEST_DAX" -m 64 -r 2 --json) &&
+  grep -q '"backing": "devdax"' <<<"$out"; then
+  echo "$out"
+else
+  echo "$out"
+  failed+=("bench pin -f")
+fi
+
+echo "=== $HUGEMM_TEST_NVME_BDF back to nvme"
+if block=$("$HUGEMM_TEST_PCI_BIND" "$HUGEMM_TEST_NVME_BDF" nvme) &&
+  cmp -n $((64 << 20)) -- "$block" "$HUGEMM_TEST_NVME_IMAGE"; then
+  echo "$block reads the image's 64 MiB pattern"
+else
+  failed+=("back to nvme")
+fi
+
+if ((${#failed[@]})); then
+  echo "nvme VM suite: FAILED in ${failed[*]}"
+  exit 1
+fi
+echo "nvme VM suite: all passed"
