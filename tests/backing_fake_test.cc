@@ -190,6 +190,32 @@ TEST_P(DevDaxOnFakeTest, PfnsFromPagemapOrSysfs) {
 INSTANTIATE_TEST_SUITE_P(Alignments, DevDaxOnFakeTest, ::testing::Values(kPageSize2M, kPageSize1G),
                          [](const auto& info) { return PageSizeName(info.param); });
 
+// A program makes a Backing per buffer and per pool; they all carve one device, so no two
+// of them may hand out the same range (they used to all start at offset 0).
+TEST(DevDaxOnFake, BackingsOfOneDeviceNeverShareARange) {
+  FakeOs os({.dax = {{.name = "dax0.0", .size = 3 * kPageSize2M, .align = kPageSize2M}}});
+  std::shared_ptr<Backing> a = MakeBacking(os, BackingKind::kDevDax, 0, "/dev/dax0.0");
+  std::shared_ptr<Backing> b = MakeBacking(os, BackingKind::kDevDax, 0, "/dev/dax0.0");
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  absl::StatusOr<Extent> first = a->Map({.length = kPageSize2M});
+  absl::StatusOr<Extent> second = b->Map({.length = 2 * kPageSize2M});
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(first->offset(), 0u);
+  EXPECT_EQ(second->offset(), kPageSize2M);
+  EXPECT_NE(first->pfn(0), second->pfn(0));
+  // The device is full for both, and an explicit offset in use is refused by either.
+  EXPECT_EQ(a->Map({.length = kPageSize2M}).status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(b->Map({.length = kPageSize2M, .offset = 0}).status().code(),
+            absl::StatusCode::kAlreadyExists);
+  // What one gives back, the other may take.
+  ASSERT_TRUE(first->Unmap().ok());
+  absl::StatusOr<Extent> again = b->Map({.length = kPageSize2M});
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->offset(), 0u);
+}
+
 TEST(AnonOnFake, FourKPagesWithAPfnEach) {
   FakeOs os;
   {

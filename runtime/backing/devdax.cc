@@ -1,11 +1,18 @@
 // devdax: a /dev/daxX.Y character device. Its memory never moves and is mapped by the
 // kernel only at the device alignment, so the rules are strict: MAP_SHARED, offsets and
 // lengths in whole alignment units, and extents carved from free ranges of the device.
+//
+// The free ranges belong to the device, not to one Backing: a program (or one Runtime)
+// makes a Backing per buffer and per pool, and each would otherwise start carving at
+// offset 0 and hand the same frames out twice. So every Backing of one device in this
+// process (through the same Os) shares one DeviceRanges, found by the device's name.
 #include <fcntl.h>
 #include <sys/mman.h>
 
 #include <map>
+#include <memory>
 #include <mutex>
+#include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
@@ -15,12 +22,38 @@
 namespace hugemm::backing_internal {
 namespace {
 
+// The unmapped ranges of one device, shared by every Backing of it.
+struct DeviceRanges {
+  explicit DeviceRanges(uint64_t size) { free[0] = size; }
+  std::mutex mu;  // std::mutex: ThreadSanitizer sees it (the system abseil is not built for it)
+  std::map<uint64_t, uint64_t> free ABSL_GUARDED_BY(mu);  // offset -> length
+};
+
+// The live DeviceRanges per (Os, device name); an entry goes with its last Backing.
+std::shared_ptr<DeviceRanges> RangesOf(const Os& os, const DaxDeviceInfo& info) {
+  static std::mutex mu;
+  static auto* live =
+      new std::map<std::pair<const Os*, std::string>, std::weak_ptr<DeviceRanges>>();
+  std::lock_guard<std::mutex> lock(mu);
+  std::weak_ptr<DeviceRanges>& slot = (*live)[{&os, info.name}];
+  std::shared_ptr<DeviceRanges> ranges = slot.lock();
+  if (ranges == nullptr) {
+    ranges = std::make_shared<DeviceRanges>(info.size);
+    slot = ranges;
+  }
+  for (auto it = live->begin(); it != live->end();) {  // forget devices no Backing uses
+    it = it->second.expired() ? live->erase(it) : std::next(it);
+  }
+  return ranges;
+}
+
 class DevDaxBacking final : public Kind {
  public:
   DevDaxBacking(DaxDeviceInfo info, sys::UniqueFd fd, Os& os)
-      : Kind(BackingKind::kDevDax, info.align, os), info_(std::move(info)), fd_(std::move(fd)) {
-    free_[0] = info_.size;
-  }
+      : Kind(BackingKind::kDevDax, info.align, os),
+        info_(std::move(info)),
+        fd_(std::move(fd)),
+        ranges_(RangesOf(os, info_)) {}
 
   std::string Describe() const override {
     return absl::StrCat("devdax ", info_.path, " (align ", PageSizeName(info_.align), ", ",
@@ -53,19 +86,21 @@ class DevDaxBacking final : public Kind {
   }
 
   void Release(uint64_t offset, size_t length) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto [it, inserted] = free_.emplace(offset, length);
+    std::lock_guard<std::mutex> lock(ranges_->mu);
+    std::map<uint64_t, uint64_t>& unmapped = ranges_->free;
+    auto [it, inserted] = unmapped.emplace(offset, length);
     if (!inserted) return;  // cannot happen: ranges are handed out once
     // Merge with the neighbours on both sides.
-    if (auto next = std::next(it); next != free_.end() && it->first + it->second == next->first) {
+    if (auto next = std::next(it);
+        next != unmapped.end() && it->first + it->second == next->first) {
       it->second += next->second;
-      free_.erase(next);
+      unmapped.erase(next);
     }
-    if (it != free_.begin()) {
+    if (it != unmapped.begin()) {
       auto prev = std::prev(it);
       if (prev->first + prev->second == it->first) {
         prev->second += it->second;
-        free_.erase(it);
+        unmapped.erase(it);
       }
     }
   }
@@ -75,7 +110,8 @@ class DevDaxBacking final : public Kind {
   // lowest free range that fits.
   absl::StatusOr<uint64_t> Take(const MapRequest& request) {
     const uint64_t length = request.length;
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::mutex> lock(ranges_->mu);
+    std::map<uint64_t, uint64_t>& unmapped = ranges_->free;
     if (request.offset.has_value()) {
       const uint64_t want = *request.offset;
       if (want % info_.align != 0) {
@@ -88,42 +124,41 @@ class DevDaxBacking final : public Kind {
         return absl::OutOfRangeError(absl::StrCat("range [", want, ", ", want + length,
                                                   ") lies beyond the device size ", info_.size));
       }
-      auto it = free_.upper_bound(want);
-      if (it == free_.begin() || std::prev(it)->first + std::prev(it)->second < want + length) {
+      auto it = unmapped.upper_bound(want);
+      if (it == unmapped.begin() || std::prev(it)->first + std::prev(it)->second < want + length) {
         return absl::AlreadyExistsError(absl::StrCat("range [", want, ", ", want + length, ") of ",
                                                      info_.path,
-                                                     " is already mapped by this backing"));
+                                                     " is already mapped in this process"));
       }
       --it;
-      Carve(it, want, length);
+      Carve(unmapped, it, want, length);
       return want;
     }
-    for (auto it = free_.begin(); it != free_.end(); ++it) {
+    for (auto it = unmapped.begin(); it != unmapped.end(); ++it) {
       if (it->second >= length) {
         uint64_t at = it->first;
-        Carve(it, at, length);
+        Carve(unmapped, it, at, length);
         return at;
       }
     }
     uint64_t largest = 0;
-    for (const auto& [off, len] : free_) largest = std::max<uint64_t>(largest, len);
+    for (const auto& [off, len] : unmapped) largest = std::max<uint64_t>(largest, len);
     return absl::ResourceExhaustedError(absl::StrCat("no free range of ", HumanBytes(length),
                                                      " in ", info_.path,
                                                      " (largest free: ", HumanBytes(largest), ")"));
   }
 
-  void Carve(std::map<uint64_t, uint64_t>::iterator it, uint64_t at, uint64_t length)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  static void Carve(std::map<uint64_t, uint64_t>& unmapped,
+                    std::map<uint64_t, uint64_t>::iterator it, uint64_t at, uint64_t length) {
     const uint64_t start = it->first, end = it->first + it->second;
-    free_.erase(it);
-    if (start < at) free_[start] = at - start;
-    if (at + length < end) free_[at + length] = end - (at + length);
+    unmapped.erase(it);
+    if (start < at) unmapped[start] = at - start;
+    if (at + length < end) unmapped[at + length] = end - (at + length);
   }
 
   const DaxDeviceInfo info_;
   sys::UniqueFd fd_;
-  std::mutex mu_;  // std::mutex: ThreadSanitizer sees it (the system abseil is not built for it)
-  std::map<uint64_t, uint64_t> free_ ABSL_GUARDED_BY(mu_);  // offset -> length
+  const std::shared_ptr<DeviceRanges> ranges_;
 };
 
 }  // namespace
