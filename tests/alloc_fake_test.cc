@@ -169,7 +169,7 @@ TEST(AllocOnFake, ExhaustionNamesThePoolAndTheMachinesFreePages) {
   absl::Status st = alloc->Allocate(kPageSize2M).status();
   EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted);
   for (const char* word : {"hugetlb 2M pool on node any", "no free 2M folio", "ENOMEM",
-                           "4 MiB mapped", "the kernel has 0 free 2M pages"}) {
+                           "4 MiB mapped", "the kernel's 2M pool: 0 free, 0 reserved, of 2"}) {
     EXPECT_THAT(st.message(), HasSubstr(word));
   }
   EXPECT_EQ(alloc->Allocate(4096).status().code(), absl::StatusCode::kResourceExhausted);
@@ -177,6 +177,18 @@ TEST(AllocOnFake, ExhaustionNamesThePoolAndTheMachinesFreePages) {
   EXPECT_EQ(alloc->Shrink(), 2 * kPageSize2M);
   EXPECT_EQ(os.Pool(kPageSize2M).free, 2);
   EXPECT_TRUE(alloc->Allocate(kPageSize2M).ok()) << "grows again on demand";
+}
+
+TEST(AllocOnFake, ANodesExhaustionNamesThatNodesCounts) {
+  FakeOs os({.nodes = 2, .pools = {{kPageSize2M, 1}}});
+  auto alloc = NewAllocator(os);
+  absl::StatusOr<FolioHandle> first = alloc->Allocate(kPageSize2M, {.node = 1});
+  ASSERT_TRUE(first.ok()) << first.status();
+  absl::Status st = alloc->Allocate(kPageSize2M, {.node = 1}).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(st.message(), HasSubstr("pool on node 1"));
+  EXPECT_THAT(st.message(), HasSubstr("the kernel's 2M pool on node 1: 0 free of 1"));
+  EXPECT_TRUE(alloc->Allocate(kPageSize2M, {.node = 0}).ok()) << "node 0 is untouched";
 }
 
 TEST(AllocOnFake, ThePoolLimitStopsGrowthBeforeTheMachineDoes) {

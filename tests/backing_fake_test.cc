@@ -103,6 +103,19 @@ TEST(HugetlbOnFake, PlacesOnTheRequestedNodeOrReportsTheSpread) {
   ExpectNothingLeft(os);
 }
 
+// A node without free pages of the size is exhaustion (the kernel says EFAULT there, not
+// ENOMEM), and the error gives that node's counts, not the machine's.
+TEST(HugetlbOnFake, AnEmptyNodeIsExhaustionNamingTheNodesCounts) {
+  FakeOs os({.nodes = 2, .pools = {{kPageSize2M, 2}}});
+  std::shared_ptr<Backing> backing = MakeBacking(os, BackingKind::kHugetlb);
+  absl::StatusOr<Extent> e = backing->Map({.length = 3 * kPageSize2M, .node = 1});
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kResourceExhausted) << e.status();
+  EXPECT_THAT(e.status().message(), HasSubstr("(2M pool on node 1: 0 free of 2)"));
+  EXPECT_EQ(os.Pool(kPageSize2M).nodes[1].free, 2) << "the pages it took are back";
+  ExpectNothingLeft(os);
+}
+
 TEST(HugetlbfsOnFake, PrivateFilesLeaveNothingAndNamedOnesAreShared) {
   FakeOs os;
   std::shared_ptr<Backing> backing = MakeBacking(os, BackingKind::kHugetlbfs);

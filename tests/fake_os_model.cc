@@ -176,7 +176,10 @@ absl::Status Model::Populate(uintptr_t start, uintptr_t end) {
       }
       const bool reserved = file.reserved.count(idx) > 0;
       if (node < 0 || (!reserved && pool->free_total() <= pool->resv)) {
-        return ErrnoStatus(ENOMEM, "madvise(MADV_POPULATE_WRITE)");
+        // As the kernel: a fault that finds no page on the node the mapping is bound to
+        // is a SIGBUS, which the prefault reports as EFAULT.
+        return ErrnoStatus(node < 0 && m.node >= 0 ? EFAULT : ENOMEM,
+                           "madvise(MADV_POPULATE_WRITE)");
       }
       const int64_t page = *pool->free[node].begin();
       pool->free[node].erase(pool->free[node].begin());

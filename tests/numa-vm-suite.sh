@@ -6,15 +6,7 @@
 set -uo pipefail
 bin=$1
 # "gtest name  why the library fails it today".
-KNOWN=(
-  "NumaVmTest.DevDaxBuffersOfOneRuntimeNeverShareMemory  each MapBuffer and each allocator pool
-   carves device-DAX ranges from a Backing of its own, so all of them start at offset 0"
-  "NumaExhaustTest.TheAllocatorsErrorNamesNode1AndItsCounts  the pool's error gives the machine's
-   2M counts (sys::ReadHugePagePool), not node 1's"
-  "NumaExhaustTest.MapBuffersErrorIsExhaustionNamingNode1AndItsCounts  MADV_POPULATE_WRITE fails
-   with EFAULT on a node-bound hugetlb mapping whose node is empty: reported as InvalidArgument
-   with the machine's counts"
-)
+KNOWN=()
 known_filter=
 for entry in "${KNOWN[@]}"; do known_filter+=${known_filter:+:}${entry%% *}; done
 

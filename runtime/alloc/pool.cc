@@ -61,12 +61,11 @@ absl::Status Pool::Exhausted(int order, absl::string_view why) const {
   std::string kernel;
   if (config_.key.backing == BackingKind::kHugetlb ||
       config_.key.backing == BackingKind::kHugetlbfs) {
-    if (absl::StatusOr<sys::HugePagePool> p =
-            sys::ReadHugePagePool(config_.backing->os(), page_size_, "/sys");
-        p.ok()) {
-      kernel =
-          absl::StrCat("; the kernel has ", p->free, " free ", PageSizeName(page_size_), " pages");
-    }
+    // The node's own counts when the pool is bound to one: the machine's would not say
+    // why this node ran out.
+    const std::string counts =
+        sys::DescribePool(config_.backing->os(), page_size_, config_.key.node);
+    if (!counts.empty()) kernel = absl::StrCat("; the kernel's ", counts);
   }
   return absl::ResourceExhaustedError(absl::StrCat(
       Name(), ": no free ", PageSizeName(kPageSize4K << order), " folio: ", why, "; pool has ",

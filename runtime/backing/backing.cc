@@ -26,12 +26,22 @@ namespace {
 
 // For hugetlb kinds, how many pages of this size the pool still has: the first thing
 // anyone asks after "cannot allocate".
-std::string PoolHint(Os& os, BackingKind kind, size_t page_size) {
+std::string PoolHint(Os& os, BackingKind kind, size_t page_size, int node) {
   if (kind != BackingKind::kHugetlb && kind != BackingKind::kHugetlbfs) return "";
-  absl::StatusOr<sys::HugePagePool> pool = sys::ReadHugePagePool(os, page_size, "/sys");
-  if (!pool.ok()) return "";
-  return absl::StrCat(" (", PageSizeName(page_size), " pool: ", pool->free, " free, ", pool->resv,
-                      " reserved, of ", pool->nr, ")");
+  const std::string counts = sys::DescribePool(os, page_size, node);
+  return counts.empty() ? "" : absl::StrCat(" (", counts, ")");
+}
+
+// The prefault of a hugetlb mapping fails with ENOMEM when the pool is short, and with
+// EFAULT when the mapping is bound to a node that has no free page of the size: both
+// are exhaustion, not a bad argument.
+absl::Status PrefaultError(const absl::Status& st, BackingKind kind) {
+  const int err = ErrnoOf(st);
+  if ((kind == BackingKind::kHugetlb || kind == BackingKind::kHugetlbfs) &&
+      (err == ENOMEM || err == EFAULT)) {
+    return absl::Status(absl::StatusCode::kResourceExhausted, st.message());
+  }
+  return st;
 }
 
 }  // namespace
@@ -124,7 +134,7 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
   // Everything below unwinds through here: the reservation, the fd, the source range.
   std::byte* mapped = nullptr;
   auto with_pool_hint = [&](const absl::Status& status) {
-    return sys::AppendToMessage(status, PoolHint(os, kind_, page_size_));
+    return sys::AppendToMessage(status, PoolHint(os, kind_, page_size_, request.node));
   };
   auto fail = [&](const absl::Status& status, absl::string_view step) -> absl::Status {
     if (mapped != nullptr) (void)os.Munmap(mapped, length);
@@ -166,7 +176,7 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
   }
   // Fault everything in now: a shortage is an error here, never a SIGBUS later.
   if (absl::Status st = os.Madvise(mapped, length, MADV_POPULATE_WRITE); !st.ok()) {
-    return fail(with_pool_hint(st), "prefault");
+    return fail(with_pool_hint(PrefaultError(st, kind_)), "prefault");
   }
   // A child's copy-on-write must never split a page a device is writing to.
   if (absl::Status st = os.Madvise(mapped, length, MADV_DONTFORK); !st.ok()) {

@@ -132,4 +132,20 @@ size_t DefaultHugePageSize(Os& os) {
   return 0;
 }
 
+std::string DescribePool(Os& os, size_t page_size, int node, const std::string& sysfs_root) {
+  absl::StatusOr<HugePagePool> pool = ReadHugePagePool(os, page_size, sysfs_root);
+  if (!pool.ok()) return "";
+  if (node < 0) {
+    return absl::StrCat(PageSizeName(page_size), " pool: ", pool->free, " free, ", pool->resv,
+                        " reserved, of ", pool->nr);
+  }
+  for (const NodePool& n : pool->nodes) {
+    if (n.node == node) {
+      return absl::StrCat(PageSizeName(page_size), " pool on node ", node, ": ", n.free,
+                          " free of ", n.nr);
+    }
+  }
+  return absl::StrCat(PageSizeName(page_size), " pool: none on node ", node);
+}
+
 }  // namespace hugemm::sys

@@ -32,6 +32,12 @@ using hugemm::NodePool;
 // The default huge page size (Hugepagesize in /proc/meminfo); 0 if none.
 [[nodiscard]] size_t DefaultHugePageSize(Os& os);
 
+// The counts people ask for after "cannot allocate", for errors: "2M pool: 5 free,
+// 0 reserved, of 8", or with node >= 0 that node's own "2M pool on node 1: 0 free of 7"
+// (sysfs keeps no per-node reservations). Empty when they cannot be read.
+[[nodiscard]] std::string DescribePool(Os& os, size_t page_size, int node,
+                                       const std::string& sysfs_root = "/sys");
+
 // The same on the real OS, for callers that carry no Os.
 [[nodiscard]] inline absl::StatusOr<HugePagePool> ReadHugePagePool(
     size_t page_size, const std::string& sysfs_root = "/sys") {
