@@ -286,7 +286,7 @@ TEST(PageTableTest, ErrorsChangeNothingAndLeakNoReference) {
             absl::StatusCode::kNotFound);
   EXPECT_EQ(table.Protect(Ptr(kBase), kPageSize2M, kProtWrite).code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(table.Unsubscribe(12345).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(table.notifiers().Unsubscribe(12345).code(), absl::StatusCode::kNotFound);
 
   HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), kPageSize2M));
   EXPECT_EQ(f2m->refcount.load(), 1);
@@ -441,12 +441,16 @@ TEST(PageTableTest, DeviceExclusiveTellsOtherSubscribers) {
       log->push_back(std::string(edge) + " " + std::string(InvalidateReasonName(inv.reason)));
     };
   };
-  table.Subscribe(Ptr(kBase), kPageSize2M, {record(&heard_a, "start"), record(&heard_a, "end")},
-                  &gpu_a);
-  const uint64_t id_b = table.Subscribe(
+  NotifierRegistry& notifiers = table.notifiers();
+  const uint64_t id_a = notifiers.Subscribe(
+      Ptr(kBase), kPageSize2M, {record(&heard_a, "start"), record(&heard_a, "end")}, &gpu_a);
+  const uint64_t id_b = notifiers.Subscribe(
       Ptr(kBase), kPageSize2M, {record(&heard_b, "start"), record(&heard_b, "end")}, &gpu_b);
-  table.Subscribe(Ptr(kBase + kPageSize1G), kPageSize2M,
-                  {record(&heard_far, "start"), record(&heard_far, "end")}, &far);
+  const uint64_t id_far =
+      notifiers.Subscribe(Ptr(kBase + kPageSize1G), kPageSize2M,
+                          {record(&heard_far, "start"), record(&heard_far, "end")}, &far);
+  EXPECT_NE(id_a, id_b);
+  EXPECT_NE(id_b, id_far);
 
   const uintptr_t page = kBase + 3 * kPageSize4K;
   HUGEMM_ASSERT_OK(table.MakeExclusive(Ptr(page), &gpu_a));
@@ -483,7 +487,7 @@ TEST(PageTableTest, DeviceExclusiveTellsOtherSubscribers) {
   EXPECT_EQ(f->refcount.load(), 1 + 512);
 
   HUGEMM_ASSERT_OK(table.MakeExclusive(Ptr(page), &gpu_b));
-  HUGEMM_ASSERT_OK(table.Unsubscribe(id_b));
+  HUGEMM_ASSERT_OK(notifiers.Unsubscribe(id_b));
   HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), kPageSize2M));
   EXPECT_EQ(f->refcount.load(), 1);
   EXPECT_EQ(table.TableCount(), 1u);

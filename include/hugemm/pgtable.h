@@ -38,6 +38,7 @@
 #include "absl/status/statusor.h"
 #include "hugemm/folio.h"
 #include "hugemm/geometry.h"
+#include "hugemm/notify.h"
 
 namespace hugemm {
 
@@ -96,21 +97,6 @@ struct Translation {
   size_t run_bytes = 0;
   bool exclusive = false;
   const void* exclusive_owner = nullptr;
-};
-
-enum class InvalidateReason { kUnmap, kSplit, kProtect, kExclusive, kRestore };
-absl::string_view InvalidateReasonName(InvalidateReason reason);
-
-struct Invalidation {
-  uintptr_t va = 0;
-  size_t length = 0;
-  InvalidateReason reason = InvalidateReason::kUnmap;
-  const void* owner = nullptr;  // kExclusive / kRestore: who asked
-};
-
-struct NotifierCallbacks {
-  std::function<void(const Invalidation&)> invalidate_start;
-  std::function<void(const Invalidation&)> invalidate_end;
 };
 
 // Per leaf size (bytes), how many logical leaves were checked; and what differed.
@@ -202,12 +188,9 @@ class PageTable {
   // Calls `fn` for every logical leaf that overlaps [va, va + length), in address order.
   void Walk(const void* va, size_t length, absl::FunctionRef<void(const LogicalLeaf&)> fn) const;
 
-  // Subscribers hear about every change to a range that overlaps theirs, except changes
-  // made on behalf of their own owner (device-exclusive), as mmu interval notifiers do.
-  // Callbacks run without table locks held and must not subscribe or unsubscribe.
-  uint64_t Subscribe(const void* va, size_t length, NotifierCallbacks callbacks,
-                     const void* owner = nullptr);
-  absl::Status Unsubscribe(uint64_t id);
+  // The subscribers of this table's ranges: every change is announced there, without
+  // table locks held.
+  NotifierRegistry& notifiers() { return notifiers_; }
 
   // Memory this program mapped itself (say its own MAP_HUGETLB buffer): learns the page
   // size from smaps, PFNs from pagemap (which must be readable) and checks compound heads
@@ -248,7 +231,6 @@ class PageTable {
   absl::Status CheckRange(const void* va, size_t length, const char* op) const;
   void PruneEmpty(uintptr_t va, Garbage* garbage);
   void Reclaim(Garbage* garbage);
-  void Notify(bool start, const Invalidation& inv);
   absl::Status UnmapLocked(uintptr_t va, size_t length, Garbage* garbage);
   template <typename Apply>
   absl::Status ForEachWholeLeaf(uintptr_t va, size_t length, Garbage* garbage, Apply&& apply);
@@ -260,15 +242,7 @@ class PageTable {
   Table* root_ = nullptr;
   mutable std::atomic<size_t> tables_{0};
 
-  std::mutex notifier_mu_;
-  struct Subscription {
-    uintptr_t va;
-    size_t length;
-    NotifierCallbacks callbacks;
-    const void* owner;
-  };
-  std::map<uint64_t, Subscription> subscriptions_ ABSL_GUARDED_BY(notifier_mu_);
-  uint64_t next_id_ ABSL_GUARDED_BY(notifier_mu_) = 1;
+  NotifierRegistry notifiers_;
 
   std::mutex external_mu_;
   std::map<uint64_t, std::unique_ptr<ExternalRegion>> external_ ABSL_GUARDED_BY(external_mu_);

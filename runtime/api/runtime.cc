@@ -229,7 +229,7 @@ absl::StatusOr<FolioInfo> Runtime::FolioInfoAt(const void* va) const {
 
 std::unique_ptr<RangeSubscription> Runtime::Subscribe(const void* va, size_t length,
                                                       NotifierCallbacks callbacks) {
-  return std::make_unique<RangeSubscription>(*table_, va, length, std::move(callbacks));
+  return std::make_unique<RangeSubscription>(table_->notifiers(), va, length, std::move(callbacks));
 }
 
 absl::StatusOr<VerifyReport> Runtime::Verify(const void* va, size_t length) const {

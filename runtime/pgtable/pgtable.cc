@@ -37,22 +37,6 @@ using pgtable_internal::ProtToBits;
 ReadSection::ReadSection() { pgtable_internal::RcuReadLock(); }
 ReadSection::~ReadSection() { pgtable_internal::RcuReadUnlock(); }
 
-absl::string_view InvalidateReasonName(InvalidateReason reason) {
-  switch (reason) {
-    case InvalidateReason::kUnmap:
-      return "unmap";
-    case InvalidateReason::kSplit:
-      return "split";
-    case InvalidateReason::kProtect:
-      return "protect";
-    case InvalidateReason::kExclusive:
-      return "device-exclusive";
-    case InvalidateReason::kRestore:
-      return "restore";
-  }
-  return "?";
-}
-
 // Where a walk stopped: the entry that maps `va` (a leaf or an exclusive entry), or the
 // empty entry (word 0) at `level` that leaves it unmapped.
 struct PageTable::Found {
@@ -472,33 +456,6 @@ absl::Status PageTable::CheckNoHoles(uintptr_t va, size_t length) const {
   return absl::OkStatus();
 }
 
-void PageTable::Notify(bool start, const Invalidation& inv) {
-  std::lock_guard<std::mutex> lock(notifier_mu_);
-  for (const auto& [id, s] : subscriptions_) {
-    if (s.va >= inv.va + inv.length || inv.va >= s.va + s.length) continue;
-    if (inv.owner != nullptr && s.owner == inv.owner) continue;
-    const auto& cb = start ? s.callbacks.invalidate_start : s.callbacks.invalidate_end;
-    if (cb) cb(inv);
-  }
-}
-
-uint64_t PageTable::Subscribe(const void* va, size_t length, NotifierCallbacks callbacks,
-                              const void* owner) {
-  std::lock_guard<std::mutex> lock(notifier_mu_);
-  const uint64_t id = next_id_++;
-  subscriptions_.emplace(
-      id, Subscription{reinterpret_cast<uintptr_t>(va), length, std::move(callbacks), owner});
-  return id;
-}
-
-absl::Status PageTable::Unsubscribe(uint64_t id) {
-  std::lock_guard<std::mutex> lock(notifier_mu_);
-  if (subscriptions_.erase(id) == 0) {
-    return absl::NotFoundError(absl::StrCat("no subscription ", id));
-  }
-  return absl::OkStatus();
-}
-
 // The table whose entries sit at `level` for `va`, allocating the path down to it. Called
 // inside a read section; the table may die before the caller locks it (check `dead`).
 absl::StatusOr<PageTable::Table*> PageTable::TableFor(uintptr_t va, int level) {
@@ -649,7 +606,7 @@ absl::Status PageTable::SplitLeaf(uintptr_t va, Garbage* /*garbage*/) {
   }
   const size_t bytes = cont ? geometry_.cont_bytes(level) : geometry_.entry_bytes(level);
   const Invalidation inv{va & ~(bytes - 1), bytes, InvalidateReason::kSplit, nullptr};
-  Notify(true, inv);
+  notifiers_.InvalidateStart(inv);
   absl::Status result;
   Folio* folio = AsFolio(w);
   const uint64_t child_word = (w & ~kCont);
@@ -677,7 +634,7 @@ absl::Status PageTable::SplitLeaf(uintptr_t va, Garbage* /*garbage*/) {
     }
     if (!ok) {
       if (child != nullptr) FreeTable(child);
-      Notify(false, inv);
+      notifiers_.InvalidateEnd(inv);
       return absl::ResourceExhaustedError(absl::StrFormat(
           "split of the %s leaf at %s: out of memory", geometry_.LevelName(level), Addr(inv.va)));
     }
@@ -738,7 +695,7 @@ absl::Status PageTable::SplitLeaf(uintptr_t va, Garbage* /*garbage*/) {
     }
   }
   if (child != nullptr) FreeTable(child);
-  Notify(false, inv);
+  notifiers_.InvalidateEnd(inv);
   return result;
 }
 
@@ -855,12 +812,12 @@ absl::Status PageTable::Unmap(const void* p, size_t length) {
                         absl::StrFormat("unmap [%s, +%u): %s", Addr(va), length, st.message()));
   }
   const Invalidation inv{va, length, InvalidateReason::kUnmap, nullptr};
-  Notify(true, inv);
+  notifiers_.InvalidateStart(inv);
   Garbage g;
   absl::Status st = UnmapLocked(va, length, &g);
   const size_t step = geometry_.entry_bytes(kPmdLevel);
   for (uintptr_t a = va & ~(step - 1); a < va + length; a += step) PruneEmpty(a, &g);
-  Notify(false, inv);
+  notifiers_.InvalidateEnd(inv);
   Reclaim(&g);
   return st;
 }
@@ -880,7 +837,7 @@ absl::Status PageTable::Protect(const void* p, size_t length, uint32_t prot) {
         "protect [%s, +%u): holds a device-exclusive entry; restore it first", Addr(va), length));
   }
   const Invalidation inv{va, length, InvalidateReason::kProtect, nullptr};
-  Notify(true, inv);
+  notifiers_.InvalidateStart(inv);
   Garbage g;
   const uint64_t prot_bits = ProtToBits(prot);
   absl::Status result = ForEachWholeLeaf(
@@ -889,7 +846,7 @@ absl::Status PageTable::Protect(const void* p, size_t length, uint32_t prot) {
         const uint64_t nw = (word & ~kProtBits) | prot_bits;
         for (size_t i = 0; i < n; ++i) t->slot(first + i).store(nw, std::memory_order_release);
       });
-  Notify(false, inv);
+  notifiers_.InvalidateEnd(inv);
   Reclaim(&g);
   return result;
 }
@@ -924,7 +881,7 @@ absl::Status PageTable::MakeExclusive(const void* p, const void* owner) {
       continue;
     }
     const Invalidation inv{va, geometry_.page_size(), InvalidateReason::kExclusive, owner};
-    Notify(true, inv);
+    notifiers_.InvalidateStart(inv);
     bool done = false;
     {
       ReadSection rs;
@@ -940,7 +897,7 @@ absl::Status PageTable::MakeExclusive(const void* p, const void* owner) {
         }
       }
     }
-    Notify(false, inv);
+    notifiers_.InvalidateEnd(inv);
     if (done) break;
   }
   Reclaim(&g);
@@ -973,7 +930,7 @@ absl::Status PageTable::RestoreExclusive(const void* p) {
       if (Find(va, &now) && now.word == f.word) owner = AsRecord(f.word)->owner;
     }
     const Invalidation inv{va, geometry_.page_size(), InvalidateReason::kRestore, owner};
-    Notify(true, inv);
+    notifiers_.InvalidateStart(inv);
     bool done = false;
     {
       ReadSection rs;
@@ -989,7 +946,7 @@ absl::Status PageTable::RestoreExclusive(const void* p) {
         }
       }
     }
-    Notify(false, inv);
+    notifiers_.InvalidateEnd(inv);
     if (done) break;
   }
   Reclaim(&g);
