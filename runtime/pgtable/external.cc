@@ -76,13 +76,13 @@ absl::StatusOr<uint64_t> PageTable::RegisterExternal(const void* p, size_t lengt
         }
       }
       auto folio = std::make_unique<Folio>();
-      folio->order = static_cast<uint8_t>(PageOrder(page));
-      folio->backing = page > kPageSize4K ? BackingKind::kHugetlb : BackingKind::kAnon;
-      folio->head_pfn = head;
-      folio->data = reinterpret_cast<std::byte*>(cur);
-      folio->owner = region.get();
-      folio->refcount.store(1, std::memory_order_relaxed);
-      folio->set_flag(kFolioBorrowed);
+      InitFolio(folio.get(),
+                {.order = static_cast<uint8_t>(PageOrder(page)),
+                 .backing = page > kPageSize4K ? BackingKind::kHugetlb : BackingKind::kAnon,
+                 .head_pfn = head,
+                 .data = reinterpret_cast<std::byte*>(cur),
+                 .owner = region.get(),
+                 .flags = kFolioBorrowed});
       region->folios.push_back(std::move(folio));
     }
   }
