@@ -80,6 +80,44 @@ TEST(GeometryTest, HostIsX86) {
   EXPECT_TRUE(g.levels == 4 || g.levels == 5) << g.name;
 }
 
+TEST(GeometryTest, EveryKnownGeometryIsValid) {
+  for (const Geometry& g : testing::AllGeometries()) HUGEMM_ASSERT_OK(ValidateGeometry(g));
+  HUGEMM_ASSERT_OK(ValidateGeometry(DetectHostGeometry()));
+}
+
+TEST(GeometryTest, AnInvalidGeometryGivesATableThatMapsNothing) {
+  Geometry deep = X86_64Geometry(false);
+  deep.levels = 7;
+  Geometry wide_top = X86_64Geometry(false);
+  wide_top.index_bits[3] = 10;
+  Geometry odd_groups = X86_64Geometry(false);
+  odd_groups.cont_entries[kPteLevel] = 12;
+  Geometry no_pte_leaves = X86_64Geometry(false);
+  no_pte_leaves.leaf_ok[kPteLevel] = false;
+  for (const auto& [g, why] : std::vector<std::pair<Geometry, std::string>>{
+           {deep, "7 levels"},
+           {wide_top, "a top level of 10 index bits"},
+           {odd_groups, "contiguous groups of 12 entries"},
+           {no_pte_leaves, "no leaves at the PTE level"}}) {
+    absl::Status st = ValidateGeometry(g);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << why;
+    EXPECT_THAT(st.message(), HasSubstr(why));
+    PageTable table(g);
+    auto f = FakeFolio(kPageSize2M, kBase, kBasePfn);
+    st = table.Map(f.get(), Ptr(kBase), kRW);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+    EXPECT_THAT(st.message(), HasSubstr(why));
+    EXPECT_EQ(table.Unmap(Ptr(kBase), kPageSize2M).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(f->refcount.load(), 1);
+    EXPECT_FALSE(table.Translate(Ptr(kBase)).has_value());
+    EXPECT_FALSE(table.Lookup(Ptr(0)).has_value());
+    const void* vas[] = {Ptr(0), Ptr(kBase)};
+    uint64_t pfns[2];
+    EXPECT_EQ(table.TranslatePfns(vas, 2, pfns), 0u);
+    EXPECT_EQ(pfns[1], kUnknownPfn);
+  }
+}
+
 // The PFN-only batch (which reads the frame words beside the entries) agrees with a
 // walk through the folio at every address of `vas`, in order and backwards.
 void ExpectPfnsAgree(const PageTable& t, std::vector<const void*> vas) {

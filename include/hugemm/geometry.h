@@ -18,6 +18,8 @@
 namespace hugemm {
 
 inline constexpr int kMaxLevels = 5;
+// The top level of every x86-64 and arm64 geometry has at most 2^9 entries.
+inline constexpr int kMaxTopIndexBits = 9;
 inline constexpr int kPteLevel = 0;
 inline constexpr int kPmdLevel = 1;
 inline constexpr int kPudLevel = 2;
@@ -49,6 +51,12 @@ struct Geometry {
   // "PTE", "PMD", "PUD", "P4D", and "PGD" for the top level.
   absl::string_view LevelName(int level) const;
 };
+
+// OK for a geometry a shadow table can use: 3 to kMaxLevels levels, a base page of 4K to
+// 64K, 1 to 13 index bits per level (at most kMaxTopIndexBits at the top) and at most
+// 57 address bits, leaves allowed at the PTE level, and contiguous groups (if any) of a
+// power of two of entries that fits in a table. InvalidArgument says which rule failed.
+absl::Status ValidateGeometry(const Geometry& geometry);
 
 // The unit a folio of `folio_bytes` is mapped with: `entries` entries at `level`
 // (grouped as contiguous leaves of `cont` entries when cont > 1).

@@ -22,6 +22,7 @@
 #ifndef HUGEMM_PGTABLE_H_
 #define HUGEMM_PGTABLE_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -44,6 +45,12 @@ namespace hugemm {
 
 namespace pgtable_internal {
 struct Table;
+struct Entry;
+struct WalkHint;
+struct Garbage;
+struct WholeLeaf;
+class Cursor;
+class LockedEntry;
 }  // namespace pgtable_internal
 
 enum Prot : uint32_t {
@@ -115,8 +122,16 @@ struct VerifyReport {
   bool ok() const { return mismatches.empty(); }
 };
 
+// Thread safety: thread-safe. Readers (Translate*, Lookup, StillMapped, WithLeafLocked,
+// Walk, Verify) never block one another or writers; writers (Map, Unmap, Split, Protect,
+// MakeExclusive, RestoreExclusive, RegisterExternal, UnregisterExternal) may run at once
+// from any threads, but never inside a ReadSection or a notifier callback (they wait for
+// grace periods and announce to subscribers).
 class PageTable {
  public:
+  // An empty table. Never fails and never allocates: the top-level table lives inside the
+  // object. An invalid geometry (see ValidateGeometry) gives a table that maps nothing:
+  // every writer returns InvalidArgument naming what is wrong with it.
   explicit PageTable(Geometry geometry);
   // Unmaps everything (dropping the references) and frees all tables.
   ~PageTable();
@@ -166,16 +181,6 @@ class PageTable {
   // reached, one load per address. Returns the number mapped.
   size_t TranslatePfns(const void* const* vas, size_t n, uint64_t* pfns) const;
   std::optional<LeafSnapshot> Lookup(const void* va) const;
-  // The walk state a series of lookups carries: each starts at the lowest table the last
-  // one reached while the address stays under it.
-  struct WalkHint {
-    const pgtable_internal::Table* table = nullptr;
-    int level = 0;
-    uintptr_t tag = 0;  // the address bits above what that table covers
-  };
-  // Lookup for a caller that holds a ReadSection across many calls (GUP-fast over a
-  // range): fills `out` and returns true on a mapped or device-exclusive entry.
-  bool LookupNear(const void* va, LeafSnapshot* out, WalkHint* hint) const;
   // True while the entry the snapshot read still holds the same value (same section).
   bool StillMapped(const LeafSnapshot& snapshot) const;
   // The slow path of a reader that must not lose a race (GUP's follow_page under the page
@@ -208,38 +213,59 @@ class PageTable {
   // Tables currently allocated (live, deposited, not yet reclaimed), for tests.
   size_t TableCount() const { return tables_.load(std::memory_order_relaxed); }
 
-  class ExternalRegion;
-
  private:
   using Table = pgtable_internal::Table;
-  struct Found;
-  struct Garbage;
+  using Entry = pgtable_internal::Entry;
+  using Garbage = pgtable_internal::Garbage;
+  class ExternalRegion;
+  using WholeLeaf = pgtable_internal::WholeLeaf;
+  friend class pgtable_internal::Cursor;
+  friend class pgtable_internal::LockedEntry;
 
-  Table* NewTable(int level);
-  // Frees `t` and the tables deposited in it.
-  void FreeTable(Table* t);
-  // Frees a list of tables linked through `next`.
-  void FreeChain(Table* head);
-  absl::StatusOr<Table*> TableFor(uintptr_t va, int level);
-  bool Find(uintptr_t va, Found* out) const;
-  LogicalLeaf LeafAt(uintptr_t va, int level, uint64_t word) const;
-  bool TranslateLocked(uintptr_t va, Translation* out, size_t max_run, WalkHint* hint) const;
-  // The PFN the frame word of the entry mapping `va` records (kUnknownPfn when none).
-  uint64_t RecordedPfn(uintptr_t va) const;
-  absl::Status SplitLeaf(uintptr_t va, Garbage* garbage);
-  absl::Status CheckNoHoles(uintptr_t va, size_t length) const;
-  absl::Status CheckRange(const void* va, size_t length, const char* op) const;
+  // walk.h: the one descent and the one leaf decoder.
+  Entry Descend(uintptr_t va, int to_level, pgtable_internal::WalkHint* hint) const;
+  LogicalLeaf Decode(uintptr_t va, const Entry& e) const;
+
+  // pgtable.cc: table memory and the checks every writer makes.
+  Table* NewTable(int level) const;
+  void InitTable(Table* t, int level, size_t entries) const;
+  void FreeTable(Table* t) const;     // with the tables deposited in it
+  void FreeChain(Table* head) const;  // a list linked through `next`
+  absl::Status CheckRange(uintptr_t va, size_t length, const char* op) const;
+  static absl::Status CheckProt(uint32_t prot);
+  absl::Status CheckNoHoles(uintptr_t va, size_t length, const char* op) const;
+
+  // read.cc
+  bool TranslateLocked(uintptr_t va, Translation* out, size_t max_run,
+                       pgtable_internal::WalkHint* hint) const;
+  uint64_t RecordedPfn(uintptr_t va) const;  // the frame word of va's entry
+
+  // map.cc
+  absl::Status MakePath(uintptr_t va, int level);
+  absl::Status ForEachWholeLeaf(uintptr_t va, size_t length,
+                                absl::FunctionRef<void(const WholeLeaf&)> apply);
+  absl::Status UnmapLeaves(uintptr_t va, size_t length, Garbage* garbage);
+
+  // split.cc
+  absl::Status SplitLeaf(uintptr_t va);
+  Table* NewLeafTable(int level, uint64_t word, uintptr_t va) const;
+
+  // reclaim.cc
   void PruneEmpty(uintptr_t va, Garbage* garbage);
   void Reclaim(Garbage* garbage);
-  absl::Status UnmapLocked(uintptr_t va, size_t length, Garbage* garbage);
-  template <typename Apply>
-  absl::Status ForEachWholeLeaf(uintptr_t va, size_t length, Garbage* garbage, Apply&& apply);
 
   Geometry geometry_;
   int top_ = 0;
   int shift_[kMaxLevels + 1] = {};
+  int cont_shift_[kMaxLevels] = {};  // log2 of the entries of a contiguous group
   uintptr_t index_mask_[kMaxLevels] = {};
+  uintptr_t va_limit_ = 0;  // the first address beyond the geometry (0: invalid geometry)
+  absl::Status geometry_status_;
   Table* root_ = nullptr;
+  // The top-level table's header, entries and frame words (see table.h), in the object so
+  // that construction cannot fail.
+  static constexpr size_t kRootBytes = 128 + 2 * (size_t{1} << kMaxTopIndexBits) * 8;
+  alignas(64) std::byte root_storage_[kRootBytes];
   mutable std::atomic<size_t> tables_{0};
 
   NotifierRegistry notifiers_;

@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "runtime/gup/segments.h"
+#include "runtime/pgtable/walk.h"
 
 namespace hugemm {
 namespace {
@@ -328,7 +329,7 @@ Pinner::Run Pinner::TakeLeaf(const LogicalLeaf& leaf, uintptr_t va, uintptr_t en
   if (recheck != nullptr) {
     if (options_.after_grab_for_testing) [[unlikely]]
       options_.after_grab_for_testing(va);
-    if (!table_.StillMapped(*recheck)) [[unlikely]] {
+    if (!pgtable_internal::Cursor::StillMapped(*recheck)) [[unlikely]] {
       FolioUngrab(folio, static_cast<int32_t>(refs), kind);
       return {0, kChanged};
     }
@@ -393,11 +394,11 @@ absl::StatusOr<size_t> Pinner::PinLoop(uintptr_t start, size_t npages, uint32_t 
     Run run;
     {
       ReadSection rs;
-      PageTable::WalkHint hint;  // consecutive leaves mostly share their table
+      pgtable_internal::Cursor cursor(table_);
       LeafSnapshot snap;
       while (cur < end) {
         for (int attempt = 0;; ++attempt) {
-          if (!table_.LookupNear(reinterpret_cast<const void*>(cur), &snap, &hint)) [[unlikely]] {
+          if (!cursor.Lookup(cur, &snap)) [[unlikely]] {
             run = {0, kNotMapped};
             break;
           }

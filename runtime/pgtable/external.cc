@@ -17,7 +17,7 @@ absl::StatusOr<uint64_t> PageTable::RegisterExternal(const void* p, size_t lengt
     return absl::FailedPreconditionError(
         absl::StrFormat("register: %s is not this machine's geometry", geometry_.name));
   }
-  if (absl::Status st = CheckRange(p, length, "register"); !st.ok()) return st;
+  if (absl::Status st = CheckRange(va, length, "register"); !st.ok()) return st;
   absl::StatusOr<std::vector<sys::Vma>> vmas = sys::ReadVmas();
   if (!vmas.ok()) return vmas.status();
 
