@@ -10,12 +10,14 @@
 #include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "runtime/gup/pinner_test_peer.h"
 #include "tests/gup_test_util.h"
 #include "tests/test_util.h"
 
 namespace hugemm {
 namespace {
 
+using ::hugemm::gup_internal::PinnerTestPeer;
 using ::hugemm::testing::kRW;
 using ::hugemm::testing::MapAll;
 using ::hugemm::testing::MapExtent;
@@ -301,14 +303,15 @@ TEST_F(Gup2MTest, SplitLeavesStillGiveOneSpanPerFolio) {
 
 TEST_F(Gup2MTest, LeafChangedUnderTheFastPathIsUndoneAndRetried) {
   int calls = 0;
-  Pinner pinner(*m().table, {.after_grab_for_testing = [&](uintptr_t va) {
+  Pinner pinner(*m().table);
+  PinnerTestPeer::SetAfterGrab(pinner, [&](uintptr_t va) {
     // The first grab on folio 1 loses a race with a split.
     if (calls++ == 0) {
       EXPECT_EQ(va, reinterpret_cast<uintptr_t>(at(1, 0)));
       EXPECT_EQ(m().folios[1]->pincount.load(), 512);
       EXPECT_TRUE(m().table->Split(at(1, 0)).ok());
     }
-  }});
+  });
   std::vector<PageRef> pages(512);
   absl::StatusOr<size_t> n = pinner.PinPages(at(1, 0), 512, kGupPin, pages.data());
   HUGEMM_ASSERT_OK(n);
@@ -323,11 +326,12 @@ TEST_F(Gup2MTest, LeafChangedUnderTheFastPathIsUndoneAndRetried) {
 
 TEST_F(Gup2MTest, LeafThatKeepsChangingGoesToTheSlowPathOrFails) {
   bool exec = false;
-  Pinner pinner(*m().table, {.after_grab_for_testing = [&](uintptr_t) {
+  Pinner pinner(*m().table);
+  PinnerTestPeer::SetAfterGrab(pinner, [&](uintptr_t) {
     exec = !exec;
     EXPECT_TRUE(
         m().table->Protect(at(2, 0), kPageSize2M, kRW | (exec ? uint32_t{kProtExec} : 0u)).ok());
-  }});
+  });
   std::vector<PageRef> pages(1024);
   // FAST_ONLY: the fast path gives up; nothing stays taken.
   absl::StatusOr<size_t> n = pinner.PinPages(at(1, 0), 1024, kGupPin | kGupFastOnly, pages.data());
@@ -349,11 +353,12 @@ TEST_F(Gup2MTest, LeafThatKeepsChangingGoesToTheSlowPathOrFails) {
 }
 
 TEST_F(Gup2MTest, ProtectionChangedToReadOnlyUnderAWritePinFails) {
-  Pinner pinner(*m().table, {.after_grab_for_testing = [&](uintptr_t va) {
+  Pinner pinner(*m().table);
+  PinnerTestPeer::SetAfterGrab(pinner, [&](uintptr_t va) {
     if (va == reinterpret_cast<uintptr_t>(at(2, 0))) {
       EXPECT_TRUE(m().table->Protect(at(2, 0), kPageSize2M, kProtRead).ok());
     }
-  }});
+  });
   std::vector<PageRef> pages(2048);
   absl::StatusOr<size_t> n = pinner.PinPages(at(0, 0), 2048, kGupPin | kGupWrite, pages.data());
   EXPECT_EQ(n.status().code(), absl::StatusCode::kPermissionDenied) << n.status();

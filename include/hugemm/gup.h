@@ -36,6 +36,11 @@
 
 namespace hugemm {
 
+namespace gup_internal {
+struct PinContext;
+class PinnerTestPeer;
+}  // namespace gup_internal
+
 enum GupFlag : uint32_t {
   kGupPin = 1u << 0,       // references for DMA: counted in pincount (FOLL_PIN)
   kGupGet = 1u << 1,       // plain references (FOLL_GET); exactly one of PIN / GET
@@ -64,21 +69,31 @@ enum class RefGranularity { kFolio, kPage };
 //   bit  0       1 for GET references, 0 for PIN, so UnpinPages needs no flags
 class PageRef {
  public:
-  static constexpr int kIndexBits = 18;
-  static constexpr uintptr_t kMaxDescriptor = uintptr_t{1} << 51;
+  static constexpr int kKindBit = 0;          // 1: a GET reference, 0: a PIN
+  static constexpr int kIndexShift = 1;       // the page's index inside its folio ...
+  static constexpr int kIndexBits = 18;       // ... in this many bits (a 1G folio's pages)
+  static constexpr int kFolioShift = 19;      // the descriptor's address, above the index ...
+  static constexpr int kDescriptorAlign = 6;  // ... without its six zero bits (64-byte aligned)
+  static constexpr uintptr_t kMaxDescriptor = uintptr_t{1} << (64 - kFolioShift + kDescriptorAlign);
 
   PageRef() = default;
   PageRef(Folio* folio, uint32_t index, RefKind kind)
-      : bits_((static_cast<uint64_t>(reinterpret_cast<uintptr_t>(folio)) << 13) |
-              (uint64_t{index} << 1) | (kind == RefKind::kGet ? 1u : 0u)) {}
+      : bits_((static_cast<uint64_t>(reinterpret_cast<uintptr_t>(folio)) >> kDescriptorAlign
+                                                                                << kFolioShift) |
+              (uint64_t{index} << kIndexShift) |
+              (uint64_t{kind == RefKind::kGet ? 1u : 0u} << kKindBit)) {}
   // Whether a folio's pages can be encoded (always, for descriptors this runtime makes).
   static bool Encodable(const Folio* folio) {
     return reinterpret_cast<uintptr_t>(folio) < kMaxDescriptor && folio->order <= kIndexBits;
   }
 
-  Folio* folio() const { return reinterpret_cast<Folio*>((bits_ >> 19) << 6); }
-  uint32_t index() const { return static_cast<uint32_t>((bits_ >> 1) & ((1u << kIndexBits) - 1)); }
-  RefKind kind() const { return (bits_ & 1) ? RefKind::kGet : RefKind::kPin; }
+  Folio* folio() const {
+    return reinterpret_cast<Folio*>((bits_ >> kFolioShift) << kDescriptorAlign);
+  }
+  uint32_t index() const {
+    return static_cast<uint32_t>((bits_ >> kIndexShift) & ((1u << kIndexBits) - 1));
+  }
+  RefKind kind() const { return (bits_ >> kKindBit) & 1 ? RefKind::kGet : RefKind::kPin; }
   std::byte* address() const { return folio()->page_address(index()); }
   uint64_t pfn() const { return folio()->page_pfn(index()); }
   uint64_t bits() const { return bits_; }
@@ -121,10 +136,6 @@ class Populator {
 struct PinnerOptions {
   RefGranularity granularity = RefGranularity::kFolio;
   Populator* populator = nullptr;  // none: unmapped memory is an error
-  // Tests only: runs on the fast path between the grab and the re-check, inside the
-  // read section (so it must not wait for a grace period: Split and Protect are fine,
-  // an Unmap that frees tables is not).
-  std::function<void(uintptr_t va)> after_grab_for_testing;
 };
 
 class PinnedRange;
@@ -174,20 +185,13 @@ class Pinner {
   bool MaybeDmaPinned(const void* va) const;
 
  private:
-  struct Run;
-  template <typename Sink>
-  absl::StatusOr<size_t> PinLoop(uintptr_t start, size_t npages, uint32_t flags, Sink& sink);
-  template <typename Sink>
-  Run TakeLeaf(const LogicalLeaf& leaf, uintptr_t va, uintptr_t end, uint32_t flags, Sink& sink,
-               const LeafSnapshot* recheck);
-  template <typename Sink>
-  absl::Status SlowStep(uintptr_t va, uintptr_t end, uint32_t flags, Sink& sink, size_t* pages,
-                        const std::string& what);
-  absl::Status Grab(Folio* folio, uint32_t refs, RefKind kind) const;
+  friend class gup_internal::PinnerTestPeer;
+  gup_internal::PinContext Context();
 
   PageTable& table_;
   PinnerOptions options_;
-  std::mutex populate_mu_;  // one Populate at a time
+  std::mutex populate_mu_;                        // one Populate at a time
+  std::function<void(uintptr_t va)> after_grab_;  // tests only (pinner_test_peer.h)
 };
 
 // A pinned range that unpins itself (dirty when pinned with kGupWrite) when dropped or
@@ -216,6 +220,8 @@ class PinnedRange {
 
  private:
   friend class Pinner;
+  RefKind kind() const;
+
   const Pinner* pinner_ = nullptr;
   uintptr_t va_ = 0;
   size_t length_ = 0;

@@ -1,0 +1,67 @@
+// GUP-fast over the shadow table: the lock-free loop, as the kernel's gup_fast_pmd_leaf.
+//
+// Why it is correct without a lock. Inside one read section, for each leaf:
+//   lookup   the entry mapping va, and the leaf it describes;
+//   check    what the leaf allows (device-exclusive, read-only under WRITE);
+//   grab     refs references on the folio head in one atomic, refused on a free folio;
+//   re-check the entry still holds the word the lookup read; if not, undo the grab;
+//   record   the folio run in the output.
+// The read section keeps every table and folio descriptor the loop reads alive: tables and
+// borrowed descriptors are freed only after a grace period, pool descriptors never. A grab
+// never revives a folio whose count reached zero, so it either fails or takes references
+// on a live folio. If the entry still holds the same word after the grab, that folio is
+// the one mapped here and the entry's own reference was still held: the grab counts on a
+// live mapping, as if taken under the table lock. If it changed, the folio may belong to
+// someone else by now, and giving back exactly what was taken is still right.
+//
+// The loop builds no status and no string: it returns how far it got and why it stopped,
+// and the slow path (slow_path.h) takes over from there.
+#ifndef HUGEMM_RUNTIME_GUP_FAST_PATH_H_
+#define HUGEMM_RUNTIME_GUP_FAST_PATH_H_
+
+#include <cstdint>
+
+#include "hugemm/pgtable.h"
+#include "runtime/gup/pin_steps.h"
+#include "runtime/pgtable/walk.h"
+
+namespace hugemm::gup_internal {
+
+struct FastResult {
+  uintptr_t reached;  // every page below it is pinned and recorded
+  Stop why;           // kNone when reached is the end
+};
+
+template <typename Sink>
+FastResult PinFast(const PinContext& ctx, uintptr_t va, uintptr_t end, uint32_t flags, Sink& sink) {
+  using pgtable_internal::Cursor;
+  const RefKind kind = (flags & kGupPin) ? RefKind::kPin : RefKind::kGet;
+  const int page_shift = ctx.table.geometry().page_shift;
+  ReadSection rs;
+  Cursor cursor(ctx.table);
+  LeafSnapshot snap;
+  while (va < end) {
+    if (!cursor.Lookup(va, &snap)) [[unlikely]]
+      return {va, Stop::kNotMapped};
+    if (const Stop s = CheckLeaf(snap.leaf, flags); s != Stop::kNone) [[unlikely]]
+      return {va, s};
+    const Take t = TakeOf(snap.leaf, va, end, page_shift);
+    if (!Grab(t, kind, ctx.granularity).ok()) [[unlikely]]
+      return {va, Stop::kGrabFailed};
+    if (ctx.after_grab != nullptr) [[unlikely]]
+      (*ctx.after_grab)(va);
+    Stop s = Cursor::StillMapped(snap) ? CheckFolio(t.folio, flags) : Stop::kChanged;
+    if (s == Stop::kNone && !sink.Accept(t.folio, t.first, t.refs, va)) [[unlikely]]
+      s = sink.why();
+    if (s != Stop::kNone) [[unlikely]] {
+      Ungrab(t, kind);
+      return {va, s};
+    }
+    va += uintptr_t{t.refs} << kPageShift;
+  }
+  return {va, Stop::kNone};
+}
+
+}  // namespace hugemm::gup_internal
+
+#endif  // HUGEMM_RUNTIME_GUP_FAST_PATH_H_
