@@ -6,13 +6,14 @@
 //   grab     refs references on the folio head in one atomic, refused on a free folio;
 //   re-check the entry still holds the word the lookup read; if not, undo the grab;
 //   record   the folio run in the output.
-// The read section keeps every table and folio descriptor the loop reads alive: tables and
-// borrowed descriptors are freed only after a grace period, pool descriptors never. A grab
-// never revives a folio whose count reached zero, so it either fails or takes references
-// on a live folio. If the entry still holds the same word after the grab, that folio is
-// the one mapped here and the entry's own reference was still held: the grab counts on a
-// live mapping, as if taken under the table lock. If it changed, the folio may belong to
-// someone else by now, and giving back exactly what was taken is still right.
+// The read section keeps everything the loop reads alive: a writer frees the tables and
+// records it unhooked, and drops the folio references its entries held, only after a
+// grace period (reclaim.cc), so a folio that was mapped when the lookup read its entry
+// keeps its descriptor until the section ends. A grab never revives a folio whose count
+// reached zero. If the entry still holds the same word after the grab, the folio is the
+// one mapped here and the entry's own reference was held throughout: the grab counts on a
+// live mapping, as if taken under the table lock. If it changed, the folio may be on its
+// way out or back to its pool, and giving back exactly what was taken is still right.
 //
 // The loop builds no status and no string: it returns how far it got and why it stopped,
 // and the slow path (slow_path.h) takes over from there.

@@ -38,13 +38,16 @@ void PageTable::PruneEmpty(uintptr_t va, Garbage* g) {
 }
 
 void PageTable::Reclaim(Garbage* g) {
-  if (g->tables != nullptr || !g->records.empty()) {
-    pgtable_internal::RcuSynchronize();
-    FreeChain(g->tables);
-    g->tables = nullptr;
-    for (ExclusiveRecord* r : g->records) delete r;
-    g->records.clear();
-  }
+  if (g->tables == nullptr && g->records.empty() && g->puts.empty()) return;
+  // A reader that saw an unhooked entry may still be inside its read section: it may read
+  // the tables and records, and grab the folio. The entry's folio reference is dropped
+  // only after the grace period too, so that the folio (and its descriptor, which its
+  // owner may free with the last reference) outlives every such grab.
+  pgtable_internal::RcuSynchronize();
+  FreeChain(g->tables);
+  g->tables = nullptr;
+  for (ExclusiveRecord* r : g->records) delete r;
+  g->records.clear();
   for (auto& [folio, refs] : g->puts) FolioPut(folio, refs);
   g->puts.clear();
 }

@@ -11,8 +11,8 @@
 
 namespace hugemm::pgtable_internal {
 
-// Freed by PageTable::Reclaim after a grace period; the folio references are dropped
-// after that, so that a reader that still sees an entry never sees its folio freed.
+// Freed by PageTable::Reclaim after a grace period, and the folio references dropped
+// then too, so that a reader that still sees an entry never sees its folio freed.
 struct Garbage {
   Table* tables = nullptr;  // linked through `next`, each with its deposits
   std::vector<ExclusiveRecord*> records;
