@@ -51,7 +51,7 @@ struct Config {
   size_t size_mib = 16384;
   int repeats = 10;
   long pages_per_call = 512;  // -1: the whole buffer in one call
-  uint32_t flags = kGupPin | kGupWrite;
+  GupFlags flags = kGupPin | kGupWrite;
   bool shared = true;
   int threads = 1;
   BufferOptions buffer;
@@ -64,9 +64,9 @@ struct Config {
   std::string command;
 };
 
-const char* BenchName(uint32_t flags) {
-  if (flags & kGupGet) return "GUP_FAST_BENCHMARK";
-  if (flags & kGupLongterm) return "PIN_LONGTERM_BENCHMARK";
+const char* BenchName(GupFlags flags) {
+  if (HasAny(flags, kGupGet)) return "GUP_FAST_BENCHMARK";
+  if (HasAny(flags, kGupLongterm)) return "PIN_LONGTERM_BENCHMARK";
   return "PIN_FAST_BENCHMARK";
 }
 
@@ -259,8 +259,8 @@ class Pass {
   }
 
   void Unpin() {
-    const bool dirty = (c_.flags & kGupWrite) != 0;
-    const RefKind kind = (c_.flags & kGupGet) ? RefKind::kGet : RefKind::kPin;
+    const bool dirty = HasAny(c_.flags, kGupWrite);
+    const RefKind kind = HasAny(c_.flags, kGupGet) ? RefKind::kGet : RefKind::kPin;
     switch (c_.output) {
       case Output::kPages:
         pinner_.UnpinPages(page_out_.data(), pinned_pages_, dirty);
@@ -344,7 +344,7 @@ class Floor {
   Floor(const std::vector<Folio*>& folios, const Config& c)
       : folios_(folios),
         c_(c),
-        kind_((c.flags & kGupGet) ? RefKind::kGet : RefKind::kPin),
+        kind_(HasAny(c.flags, kGupGet) ? RefKind::kGet : RefKind::kPin),
         total_((c.size_mib << 20) / kPageSize4K),
         pages_(c.output == Output::kPages ? total_ : 0) {}
 

@@ -43,7 +43,7 @@ void PinLoop(Pinner& pinner, Mapped& m, int seed, std::atomic<bool>& stop, int* 
     const size_t n =
         1 + (static_cast<size_t>(i) * 37 + static_cast<size_t>(seed)) % (m.pages4k() - first);
     std::byte* va = m.data() + first * kPageSize4K;
-    const uint32_t kind = (i + seed) % 3 == 0 ? kGupGet : kGupPin;
+    const GupFlags kind = (i + seed) % 3 == 0 ? kGupGet : kGupPin;
     switch (i % 3) {
       case 0: {
         absl::StatusOr<size_t> got = pinner.PinPages(va, n, kind | kGupWrite, pages.data());
@@ -69,7 +69,7 @@ void PinLoop(Pinner& pinner, Mapped& m, int seed, std::atomic<bool>& stop, int* 
       }
       case 2: {
         absl::StatusOr<PinnedRange> r =
-            pinner.Pin(va, n * kPageSize4K, kind | (kind == kGupPin ? uint32_t{kGupLongterm} : 0u));
+            pinner.Pin(va, n * kPageSize4K, kind | (kind == kGupPin ? kGupLongterm : kGupNone));
         if (!r.ok()) ++*failures;
         break;
       }
@@ -95,8 +95,7 @@ TEST(GupConcurrencyTest, PinnersAgainstProtectionChanges) {
     for (int i = 0; !stop.load(); ++i) {
       const size_t f = static_cast<size_t>(i) % 4;
       EXPECT_TRUE(
-          m->table
-              ->Protect(m->folios[f]->data, kPageSize2M, kRW | (i & 4 ? uint32_t{kProtExec} : 0u))
+          m->table->Protect(m->folios[f]->data, kPageSize2M, kRW | (i & 4 ? kProtExec : kProtNone))
               .ok());
     }
   });

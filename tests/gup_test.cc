@@ -5,6 +5,7 @@
 
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -74,14 +75,13 @@ TEST_P(GupMemoryTest, PinCountsAndUnpinReturnToBaseline) {
   const size_t all = m.pages4k();
   for (size_t npages : {size_t{1}, size_t{512}, size_t{123}, all}) {
     if (npages > all) continue;
-    for (uint32_t flags :
-         {uint32_t{kGupPin}, kGupPin | kGupWrite, uint32_t{kGupGet}, kGupGet | kGupWrite}) {
+    for (GupFlags flags : {kGupPin, kGupPin | kGupWrite, kGupGet, kGupGet | kGupWrite}) {
       SCOPED_TRACE(absl::StrFormat("%u pages %s", npages, GupFlagsName(flags)));
       std::vector<PageRef> pages(npages);
       absl::StatusOr<size_t> n = pinner.PinPages(m.data(), npages, flags, pages.data());
       HUGEMM_ASSERT_OK(n);
       ASSERT_EQ(*n, npages);
-      const RefKind kind = (flags & kGupPin) ? RefKind::kPin : RefKind::kGet;
+      const RefKind kind = HasAny(flags, kGupPin) ? RefKind::kPin : RefKind::kGet;
       EXPECT_EQ(m.Counts(), Expected(m, base, 0, npages, kind));
       for (size_t i = 0; i < npages; ++i) {
         ASSERT_EQ(pages[i].address(), m.data() + i * kPageSize4K) << i;
@@ -330,7 +330,7 @@ TEST_F(Gup2MTest, LeafThatKeepsChangingGoesToTheSlowPathOrFails) {
   PinnerTestPeer::SetAfterGrab(pinner, [&](uintptr_t) {
     exec = !exec;
     EXPECT_TRUE(
-        m().table->Protect(at(2, 0), kPageSize2M, kRW | (exec ? uint32_t{kProtExec} : 0u)).ok());
+        m().table->Protect(at(2, 0), kPageSize2M, kRW | (exec ? kProtExec : kProtNone)).ok());
   });
   std::vector<PageRef> pages(1024);
   // FAST_ONLY: the fast path gives up; nothing stays taken.
@@ -580,11 +580,11 @@ TEST(GupBadInputTest, ErrorsNeverCrashOrLeak) {
   EXPECT_EQ(pinner.PinPages(m.data(), 4, kGupPin, nullptr).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(*pinner.PinPages(m.data(), 0, kGupPin, nullptr), 0u);
-  EXPECT_EQ(pinner.PinPages(m.data(), 1, 0, pages).status().code(),
+  EXPECT_EQ(pinner.PinPages(m.data(), 1, kGupNone, pages).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(pinner.PinPages(m.data(), 1, kGupPin | kGupGet, pages).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(pinner.PinPages(m.data(), 1, 1u << 20, pages).status().code(),
+  EXPECT_EQ(pinner.PinPages(m.data(), 1, GupFlags{1u << 20}, pages).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(pinner.PinPages(m.data(), ~size_t{0}, kGupPin, pages).status().code(),
             absl::StatusCode::kInvalidArgument);
@@ -668,10 +668,17 @@ TEST(GupExternalTest, BorrowedMemoryRefusesLongterm) {
   munmap(p, len);
 }
 
+// A protection is no GUP flag, and neither is a plain integer: Pin(p, n, kProtWrite)
+// does not compile.
+static_assert(!std::is_invocable_v<decltype(&Pinner::Pin), Pinner&, const void*, size_t, Prot>);
+static_assert(!std::is_invocable_v<decltype(&Pinner::Pin), Pinner&, const void*, size_t, uint32_t>);
+static_assert(std::is_invocable_v<decltype(&Pinner::Pin), Pinner&, const void*, size_t, GupFlags>);
+static_assert(!std::is_convertible_v<Prot, GupFlags> && !std::is_convertible_v<GupFlags, Prot>);
+
 TEST(GupFlagsTest, Names) {
   EXPECT_EQ(GupFlagsName(kGupPin | kGupWrite | kGupLongterm), "PIN|WRITE|LONGTERM");
-  EXPECT_EQ(GupFlagsName(0), "0");
-  EXPECT_EQ(GupFlagsName(kGupGet | (1u << 9)), "GET|0x200");
+  EXPECT_EQ(GupFlagsName(kGupNone), "0");
+  EXPECT_EQ(GupFlagsName(kGupGet | GupFlags{1u << 9}), "GET|0x200");
 }
 
 }  // namespace

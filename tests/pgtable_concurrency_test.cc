@@ -34,7 +34,7 @@ TEST(PageTableConcurrencyTest, ReadersDuringMapSplitUnmap) {
   PageTable table(X86_64Geometry(false));
   std::atomic<int> writers_left{3};
   std::atomic<uint64_t> hits{0};
-  const uint32_t rw = kProtRead | kProtWrite;
+  const Prot rw = kProtRead | kProtWrite;
 
   auto ok = [](const absl::Status& st) { EXPECT_TRUE(st.ok()) << st; };
   auto writer = [&](int first) {

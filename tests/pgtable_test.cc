@@ -295,7 +295,7 @@ TEST(PageTableTest, ErrorsChangeNothingAndLeakNoReference) {
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(st.message(), HasSubstr("0x10000001000"));
   EXPECT_EQ(table.Map(nullptr, Ptr(kBase), kRW).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(table.Map(f2m.get(), Ptr(kBase), 0).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(table.Map(f2m.get(), Ptr(kBase), kProtNone).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(table.Map(f2m.get(), Ptr(uintptr_t{1} << 48), kRW).code(),
             absl::StatusCode::kOutOfRange);
   EXPECT_EQ(f2m->refcount.load(), 1);

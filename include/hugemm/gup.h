@@ -41,17 +41,39 @@ struct PinContext;
 class PinnerTestPeer;
 }  // namespace gup_internal
 
-enum GupFlag : uint32_t {
-  kGupPin = 1u << 0,       // references for DMA: counted in pincount (FOLL_PIN)
-  kGupGet = 1u << 1,       // plain references (FOLL_GET); exactly one of PIN / GET
-  kGupWrite = 1u << 2,     // the device will write: needs a writable mapping (FOLL_WRITE)
-  kGupLongterm = 1u << 3,  // held indefinitely (FOLL_LONGTERM): PIN only, and refused on
-                           // memory that cannot stay put (borrowed external ranges)
-  kGupFastOnly = 1u << 4,  // never the slow path (get_user_pages_fast_only)
-  kGupPartial = 1u << 5,   // return what was pinned instead of failing; the caller unpins
-};
-// "PIN|WRITE|LONGTERM": for messages.
-std::string GupFlagsName(uint32_t flags);
+// What a pin takes and how: a bitmask of the constants below. A type of its own, so that
+// it mixes with nothing else (protections, plain integers). The C API's HUGEMM_* flags
+// have the same values.
+enum class GupFlags : uint32_t {};
+inline constexpr GupFlags kGupNone{0};
+// References for DMA, counted in the folio's pincount (FOLL_PIN).
+inline constexpr GupFlags kGupPin{1u << 0};
+// Plain references (FOLL_GET). A pin takes exactly one of PIN and GET.
+inline constexpr GupFlags kGupGet{1u << 1};
+// The device will write: needs a writable mapping (FOLL_WRITE).
+inline constexpr GupFlags kGupWrite{1u << 2};
+// Held indefinitely (FOLL_LONGTERM): PIN only, and refused on memory that cannot stay put
+// (borrowed external ranges).
+inline constexpr GupFlags kGupLongterm{1u << 3};
+// Never the slow path: no table lock, no populate (get_user_pages_fast_only).
+inline constexpr GupFlags kGupFastOnly{1u << 4};
+// Return what was pinned instead of failing; the caller unpins it.
+inline constexpr GupFlags kGupPartial{1u << 5};
+
+constexpr GupFlags operator|(GupFlags a, GupFlags b) {
+  return GupFlags{static_cast<uint32_t>(a) | static_cast<uint32_t>(b)};
+}
+constexpr GupFlags operator&(GupFlags a, GupFlags b) {
+  return GupFlags{static_cast<uint32_t>(a) & static_cast<uint32_t>(b)};
+}
+constexpr GupFlags operator~(GupFlags a) { return GupFlags{~static_cast<uint32_t>(a)}; }
+constexpr GupFlags& operator|=(GupFlags& a, GupFlags b) { return a = a | b; }
+constexpr GupFlags& operator&=(GupFlags& a, GupFlags b) { return a = a & b; }
+// True when `set` holds any bit of `bits`.
+constexpr bool HasAny(GupFlags set, GupFlags bits) { return (set & bits) != kGupNone; }
+
+// "PIN|WRITE|LONGTERM", unknown bits in hex: for messages.
+std::string GupFlagsName(GupFlags flags);
 
 // The experiment switch: one reference operation per folio run (what the kernel does
 // since compound-head batching) or one per 4K page (what it did before), so the same
@@ -151,22 +173,22 @@ class Pinner {
 
   // Pins `npages` 4K pages from the page holding `va` into pages[0..npages). Returns
   // the number pinned: npages, or with kGupPartial possibly fewer (an error if none).
-  absl::StatusOr<size_t> PinPages(const void* va, size_t npages, uint32_t flags, PageRef* pages);
+  absl::StatusOr<size_t> PinPages(const void* va, size_t npages, GupFlags flags, PageRef* pages);
   // Pins the pages covering [va, va + length) as folio spans, merging consecutive pages
   // of one folio into one span. Returns the number of spans written (at most `cap`;
   // too small a `cap` is an error, or with kGupPartial the end of the result).
-  absl::StatusOr<size_t> PinFolios(const void* va, size_t length, uint32_t flags, FolioSpan* spans,
+  absl::StatusOr<size_t> PinFolios(const void* va, size_t length, GupFlags flags, FolioSpan* spans,
                                    size_t cap);
   // Pins [va, va + length) and writes its physically contiguous runs, each at most
   // `max_segment` bytes (0 = unlimited; else at least 4K, rounded down to 4K), the first
   // starting at va's own byte. Memory whose PFNs are unknown is an error. Segments do
   // not name folios: give `pinned` to receive the folio spans for UnpinFolios, or
   // unpin with UnpinRange. A partial result ends at a leaf boundary.
-  absl::StatusOr<size_t> PinSegments(const void* va, size_t length, uint32_t flags,
+  absl::StatusOr<size_t> PinSegments(const void* va, size_t length, GupFlags flags,
                                      uint64_t max_segment, DmaSegment* segments, size_t cap,
                                      std::vector<FolioSpan>* pinned = nullptr);
   // All-or-nothing pin of [va, va + length) held by a handle that unpins when dropped.
-  absl::StatusOr<PinnedRange> Pin(const void* va, size_t length, uint32_t flags);
+  absl::StatusOr<PinnedRange> Pin(const void* va, size_t length, GupFlags flags);
 
   // Gives back what PinPages took: one FolioUngrab per run of entries on the same folio
   // with the same kind (per entry in kPage granularity). Dirty marks each folio once,
@@ -208,7 +230,7 @@ class PinnedRange {
   bool pinned() const { return pinner_ != nullptr; }
   const void* va() const { return reinterpret_cast<const void*>(va_); }
   size_t length() const { return length_; }
-  uint32_t flags() const { return flags_; }
+  GupFlags flags() const { return flags_; }
   const std::vector<FolioSpan>& spans() const { return spans_; }
   size_t page_count() const;
   // The page array (one entry per 4K page) into out[0..page_count()).
@@ -225,7 +247,7 @@ class PinnedRange {
   const Pinner* pinner_ = nullptr;
   uintptr_t va_ = 0;
   size_t length_ = 0;
-  uint32_t flags_ = 0;
+  GupFlags flags_ = kGupNone;
   std::vector<FolioSpan> spans_;
 };
 

@@ -53,11 +53,25 @@ class Cursor;
 class LockedEntry;
 }  // namespace pgtable_internal
 
-enum Prot : uint32_t {
-  kProtRead = 1u << 0,
-  kProtWrite = 1u << 1,
-  kProtExec = 1u << 2,
-};
+// A mapping's protection: a bitmask of kProtRead, kProtWrite and kProtExec. A type of
+// its own, so that it mixes with nothing else (GUP flags, plain integers).
+enum class Prot : uint32_t {};
+inline constexpr Prot kProtNone{0};
+inline constexpr Prot kProtRead{1u << 0};
+inline constexpr Prot kProtWrite{1u << 1};
+inline constexpr Prot kProtExec{1u << 2};
+
+constexpr Prot operator|(Prot a, Prot b) {
+  return Prot{static_cast<uint32_t>(a) | static_cast<uint32_t>(b)};
+}
+constexpr Prot operator&(Prot a, Prot b) {
+  return Prot{static_cast<uint32_t>(a) & static_cast<uint32_t>(b)};
+}
+constexpr Prot operator~(Prot a) { return Prot{~static_cast<uint32_t>(a)}; }
+constexpr Prot& operator|=(Prot& a, Prot b) { return a = a | b; }
+constexpr Prot& operator&=(Prot& a, Prot b) { return a = a & b; }
+// True when `set` holds any bit of `bits`.
+constexpr bool HasAny(Prot set, Prot bits) { return (set & bits) != kProtNone; }
 
 // A lock-free read section (an RCU read-side critical section). Everything a reader got
 // from the table (a LeafSnapshot's slot, a folio it has not grabbed) stays valid until the
@@ -78,7 +92,7 @@ struct LogicalLeaf {
   Folio* folio = nullptr;
   size_t first_page = 0;  // index of its first base page inside the folio
   size_t pages = 0;       // base pages it maps
-  uint32_t prot = 0;
+  Prot prot = kProtNone;
   bool cont = false;       // a contiguous group of entries
   bool exclusive = false;  // a device-exclusive entry: the CPU may not use it
   const void* exclusive_owner = nullptr;
@@ -144,7 +158,7 @@ class PageTable {
   // level, taking one reference per entry. Fails, changing nothing, on a misaligned
   // address, an address outside the geometry, a folio smaller than the base page, or an
   // overlap with an existing mapping.
-  absl::Status Map(Folio* folio, const void* va, uint32_t prot);
+  absl::Status Map(Folio* folio, const void* va, Prot prot);
   // Removes every leaf in [va, va + length), splitting leaves that stick out of it, and
   // drops their references. A hole in the range is an error and nothing changes.
   absl::Status Unmap(const void* va, size_t length);
@@ -153,7 +167,7 @@ class PageTable {
   // is not touched. A PTE that is not part of a group cannot be split.
   absl::Status Split(const void* va);
   // Changes the protection of [va, va + length), splitting leaves that stick out.
-  absl::Status Protect(const void* va, size_t length, uint32_t prot);
+  absl::Status Protect(const void* va, size_t length, Prot prot);
 
   // Makes the base page at `va` exclusive to `owner` (a device): splits down to a PTE,
   // tells every subscriber of another owner, and replaces the PTE with a device-exclusive
@@ -202,7 +216,7 @@ class PageTable {
   // in kpageflags; builds borrowed folios (never freed to any pool) and maps them.
   // Returns an id for UnregisterExternal, which unmaps and then frees the descriptors.
   absl::StatusOr<uint64_t> RegisterExternal(const void* va, size_t length,
-                                            uint32_t prot = kProtRead | kProtWrite);
+                                            Prot prot = kProtRead | kProtWrite);
   absl::Status UnregisterExternal(uint64_t id);
 
   // Holds every leaf in [va, va + length) against the live kernel: same page size in
@@ -232,7 +246,7 @@ class PageTable {
   void FreeTable(Table* t) const;     // with the tables deposited in it
   void FreeChain(Table* head) const;  // a list linked through `next`
   absl::Status CheckRange(uintptr_t va, size_t length, const char* op) const;
-  static absl::Status CheckProt(uint32_t prot);
+  static absl::Status CheckProt(Prot prot);
   absl::Status CheckNoHoles(uintptr_t va, size_t length, const char* op) const;
 
   // read.cc

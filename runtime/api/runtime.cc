@@ -30,7 +30,7 @@ class Runtime::BufferRecord final : public FolioOwner {
   FolioHandle handle;  // Allocate records
   std::byte* data = nullptr;
   size_t size = 0;
-  uint32_t prot = 0;
+  Prot prot = kProtNone;
 
   void SetLive(size_t n) { live_.store(n, std::memory_order_relaxed); }
 

@@ -34,9 +34,9 @@ struct FastResult {
 };
 
 template <typename Sink>
-FastResult PinFast(const PinContext& ctx, uintptr_t va, uintptr_t end, uint32_t flags, Sink& sink) {
+FastResult PinFast(const PinContext& ctx, uintptr_t va, uintptr_t end, GupFlags flags, Sink& sink) {
   using pgtable_internal::Cursor;
-  const RefKind kind = (flags & kGupPin) ? RefKind::kPin : RefKind::kGet;
+  const RefKind kind = HasAny(flags, kGupPin) ? RefKind::kPin : RefKind::kGet;
   const int page_shift = ctx.table.geometry().page_shift;
   ReadSection rs;
   Cursor cursor(ctx.table);

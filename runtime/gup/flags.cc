@@ -11,13 +11,13 @@
 namespace hugemm {
 namespace {
 
-constexpr uint32_t kAllGupFlags =
+constexpr GupFlags kAllGupFlags =
     kGupPin | kGupGet | kGupWrite | kGupLongterm | kGupFastOnly | kGupPartial;
 
 }  // namespace
 
-std::string GupFlagsName(uint32_t flags) {
-  static constexpr std::pair<uint32_t, const char*> kNames[] = {
+std::string GupFlagsName(GupFlags flags) {
+  static constexpr std::pair<GupFlags, const char*> kNames[] = {
       {kGupPin, "PIN"},
       {kGupGet, "GET"},
       {kGupWrite, "WRITE"},
@@ -27,23 +27,26 @@ std::string GupFlagsName(uint32_t flags) {
   };
   std::vector<std::string> parts;
   for (const auto& [bit, name] : kNames) {
-    if (flags & bit) parts.emplace_back(name);
+    if (HasAny(flags, bit)) parts.emplace_back(name);
   }
-  if (uint32_t rest = flags & ~kAllGupFlags) parts.push_back(absl::StrFormat("0x%x", rest));
+  if (const GupFlags rest = flags & ~kAllGupFlags; rest != kGupNone) {
+    parts.push_back(absl::StrFormat("0x%x", static_cast<uint32_t>(rest)));
+  }
   return parts.empty() ? "0" : absl::StrJoin(parts, "|");
 }
 
 namespace gup_internal {
 
-absl::Status CheckFlags(uint32_t flags) {
-  if ((flags & ~kAllGupFlags) != 0) {
-    return absl::InvalidArgumentError(absl::StrFormat("unknown GUP flags 0x%x", flags));
+absl::Status CheckFlags(GupFlags flags) {
+  if (HasAny(flags, ~kAllGupFlags)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("unknown GUP flags 0x%x", static_cast<uint32_t>(flags)));
   }
-  if (((flags & kGupPin) != 0) == ((flags & kGupGet) != 0)) {
+  if (HasAny(flags, kGupPin) == HasAny(flags, kGupGet)) {
     return absl::InvalidArgumentError(
         absl::StrFormat("GUP flags %s: need exactly one of PIN and GET", GupFlagsName(flags)));
   }
-  if ((flags & kGupLongterm) && !(flags & kGupPin)) {
+  if (HasAny(flags, kGupLongterm) && !HasAny(flags, kGupPin)) {
     return absl::InvalidArgumentError("GUP flags: LONGTERM is only for PIN");
   }
   return absl::OkStatus();

@@ -39,7 +39,7 @@ absl::Status PagesCovering(const void* va, size_t length, uintptr_t* start, size
 }
 
 // A zero-length pin pins nothing, successfully, if its flags make sense.
-absl::StatusOr<size_t> NothingToPin(uint32_t flags) {
+absl::StatusOr<size_t> NothingToPin(GupFlags flags) {
   if (absl::Status st = gup_internal::CheckFlags(flags); !st.ok()) return st;
   return 0;
 }
@@ -53,7 +53,7 @@ absl::StatusOr<size_t> PinRange(const PinContext& ctx, const PinRequest& req, Si
     return absl::InvalidArgumentError(
         absl::StrFormat("%s: wraps the address space", RequestName(req)));
   }
-  const bool fast_only = (req.flags & kGupFastOnly) != 0;
+  const bool fast_only = HasAny(req.flags, kGupFastOnly);
   uintptr_t va = req.start;
   int changes = 0;
   absl::Status failure;
@@ -73,7 +73,7 @@ absl::StatusOr<size_t> PinRange(const PinContext& ctx, const PinRequest& req, Si
     }
   }
   if (failure.ok()) return sink.count();
-  if ((req.flags & kGupPartial) && va > req.start) return sink.count();
+  if (HasAny(req.flags, kGupPartial) && va > req.start) return sink.count();
   sink.Undo(ctx.granularity);
   return failure;
 }
@@ -88,7 +88,7 @@ gup_internal::PinContext Pinner::Context() {
           after_grab_ ? &after_grab_ : nullptr};
 }
 
-absl::StatusOr<size_t> Pinner::PinPages(const void* va, size_t npages, uint32_t flags,
+absl::StatusOr<size_t> Pinner::PinPages(const void* va, size_t npages, GupFlags flags,
                                         PageRef* pages) {
   if (npages == 0) return NothingToPin(flags);
   const PinRequest req{reinterpret_cast<uintptr_t>(va) & ~uintptr_t{kPageSize4K - 1}, npages,
@@ -100,7 +100,7 @@ absl::StatusOr<size_t> Pinner::PinPages(const void* va, size_t npages, uint32_t 
   return PinRange(Context(), req, sink);
 }
 
-absl::StatusOr<size_t> Pinner::PinFolios(const void* va, size_t length, uint32_t flags,
+absl::StatusOr<size_t> Pinner::PinFolios(const void* va, size_t length, GupFlags flags,
                                          FolioSpan* spans, size_t cap) {
   PinRequest req{.flags = flags};
   if (absl::Status st = PagesCovering(va, length, &req.start, &req.npages); !st.ok()) return st;
@@ -113,7 +113,7 @@ absl::StatusOr<size_t> Pinner::PinFolios(const void* va, size_t length, uint32_t
   return PinRange(Context(), req, sink);
 }
 
-absl::StatusOr<size_t> Pinner::PinSegments(const void* va, size_t length, uint32_t flags,
+absl::StatusOr<size_t> Pinner::PinSegments(const void* va, size_t length, GupFlags flags,
                                            uint64_t max_segment, DmaSegment* segments, size_t cap,
                                            std::vector<FolioSpan>* pinned) {
   PinRequest req{.flags = flags};
@@ -130,10 +130,10 @@ absl::StatusOr<size_t> Pinner::PinSegments(const void* va, size_t length, uint32
   return PinRange(Context(), req, sink);
 }
 
-absl::StatusOr<PinnedRange> Pinner::Pin(const void* va, size_t length, uint32_t flags) {
+absl::StatusOr<PinnedRange> Pinner::Pin(const void* va, size_t length, GupFlags flags) {
   PinRequest req{.flags = flags};
   if (absl::Status st = PagesCovering(va, length, &req.start, &req.npages); !st.ok()) return st;
-  if (flags & kGupPartial) {
+  if (HasAny(flags, kGupPartial)) {
     return absl::InvalidArgumentError("PinnedRange: a partial pin has no handle; use PinFolios");
   }
   PinnedRange out;

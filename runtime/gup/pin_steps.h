@@ -32,16 +32,16 @@ enum class Stop : uint8_t {
 };
 
 // InvalidArgument for unknown flags, neither or both of PIN and GET, LONGTERM without PIN.
-absl::Status CheckFlags(uint32_t flags);
+absl::Status CheckFlags(GupFlags flags);
 
 // One pin call: pages [start, start + npages) with `flags`.
 struct PinRequest {
   uintptr_t start = 0;
   size_t npages = 0;
-  uint32_t flags = 0;
+  GupFlags flags = kGupNone;
 
   uintptr_t end() const { return start + (npages << kPageShift); }
-  RefKind kind() const { return (flags & kGupPin) ? RefKind::kPin : RefKind::kGet; }
+  RefKind kind() const { return HasAny(flags, kGupPin) ? RefKind::kPin : RefKind::kGet; }
 };
 
 // What a pin needs of its Pinner.
@@ -61,17 +61,17 @@ struct Take {
 };
 
 // What the leaf itself allows, before any reference is taken.
-inline Stop CheckLeaf(const LogicalLeaf& leaf, uint32_t flags) {
+inline Stop CheckLeaf(const LogicalLeaf& leaf, GupFlags flags) {
   if (leaf.exclusive) return Stop::kExclusive;
-  if ((flags & kGupWrite) && !(leaf.prot & kProtWrite)) return Stop::kReadOnly;
+  if (HasAny(flags, kGupWrite) && !HasAny(leaf.prot, kProtWrite)) return Stop::kReadOnly;
   return Stop::kNone;
 }
 
 // What the folio allows: decided only once the grab is known to be on the folio mapped
 // here (after the re-check, or under the table lock), as the kernel's
 // gup_fast_folio_allowed is.
-inline Stop CheckFolio(const Folio* folio, uint32_t flags) {
-  if ((flags & kGupLongterm) && folio->has_flag(kFolioBorrowed)) return Stop::kBorrowed;
+inline Stop CheckFolio(const Folio* folio, GupFlags flags) {
+  if (HasAny(flags, kGupLongterm) && folio->has_flag(kFolioBorrowed)) return Stop::kBorrowed;
   return Stop::kNone;
 }
 

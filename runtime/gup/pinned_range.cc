@@ -30,7 +30,9 @@ PinnedRange& PinnedRange::operator=(PinnedRange&& other) noexcept {
   return *this;
 }
 
-RefKind PinnedRange::kind() const { return (flags_ & kGupPin) ? RefKind::kPin : RefKind::kGet; }
+RefKind PinnedRange::kind() const {
+  return HasAny(flags_, kGupPin) ? RefKind::kPin : RefKind::kGet;
+}
 
 size_t PinnedRange::page_count() const {
   size_t n = 0;
@@ -77,7 +79,7 @@ absl::StatusOr<std::vector<DmaSegment>> PinnedRange::Segments(uint64_t max_segme
 
 void PinnedRange::Release() {
   if (pinner_ == nullptr) return;
-  pinner_->UnpinFolios(spans_.data(), spans_.size(), kind(), (flags_ & kGupWrite) != 0);
+  pinner_->UnpinFolios(spans_.data(), spans_.size(), kind(), HasAny(flags_, kGupWrite));
   spans_.clear();
   pinner_ = nullptr;
 }

@@ -69,7 +69,7 @@ absl::Status Populate(const PinContext& ctx, const PinRequest& req, uintptr_t va
   absl::Status st;
   {
     std::lock_guard<std::mutex> lock(*ctx.populate_mu);
-    st = ctx.populator->Populate(ctx.table, va, (req.flags & kGupWrite) != 0);
+    st = ctx.populator->Populate(ctx.table, va, HasAny(req.flags, kGupWrite));
   }
   if (st.ok() || st.code() == absl::StatusCode::kAlreadyExists) return absl::OkStatus();
   return absl::Status(

@@ -11,7 +11,7 @@
 
 namespace hugemm {
 
-absl::StatusOr<uint64_t> PageTable::RegisterExternal(const void* p, size_t length, uint32_t prot) {
+absl::StatusOr<uint64_t> PageTable::RegisterExternal(const void* p, size_t length, Prot prot) {
   const auto va = reinterpret_cast<uintptr_t>(p);
   if (geometry_.page_shift != kPageShift) {
     return absl::FailedPreconditionError(

@@ -67,7 +67,7 @@ absl::Status PageTable::MakePath(uintptr_t va, int level) {
   }
 }
 
-absl::Status PageTable::Map(Folio* folio, const void* p, uint32_t prot) {
+absl::Status PageTable::Map(Folio* folio, const void* p, Prot prot) {
   const auto va = reinterpret_cast<uintptr_t>(p);
   if (folio == nullptr) return absl::InvalidArgumentError("map: no folio");
   const size_t size = folio->size();

@@ -146,11 +146,11 @@ absl::Status PageTable::CheckRange(uintptr_t va, size_t length, const char* op) 
   return absl::OkStatus();
 }
 
-absl::Status PageTable::CheckProt(uint32_t prot) {
-  constexpr uint32_t kAllProt = kProtRead | kProtWrite | kProtExec;
-  if ((prot & ~kAllProt) != 0 || (prot & kProtRead) == 0) {
+absl::Status PageTable::CheckProt(Prot prot) {
+  if (HasAny(prot, ~(kProtRead | kProtWrite | kProtExec)) || !HasAny(prot, kProtRead)) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("protection 0x%x: must include read and only read/write/exec", prot));
+        absl::StrFormat("protection 0x%x: must include read and only read/write/exec",
+                        static_cast<uint32_t>(prot)));
   }
   return absl::OkStatus();
 }

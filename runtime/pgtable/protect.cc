@@ -23,7 +23,7 @@ using pgtable_internal::LockedEntry;
 using pgtable_internal::ProtToBits;
 using pgtable_internal::WholeLeaf;
 
-absl::Status PageTable::Protect(const void* p, size_t length, uint32_t prot) {
+absl::Status PageTable::Protect(const void* p, size_t length, Prot prot) {
   const auto va = reinterpret_cast<uintptr_t>(p);
   if (absl::Status st = CheckRange(va, length, "protect"); !st.ok()) return st;
   if (absl::Status st = CheckProt(prot); !st.ok()) return st;

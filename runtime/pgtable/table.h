@@ -27,6 +27,7 @@
 #include <mutex>
 
 #include "hugemm/folio.h"
+#include "hugemm/pgtable.h"
 
 namespace hugemm::pgtable_internal {
 
@@ -60,11 +61,13 @@ inline uint64_t FrameFor(const Folio* folio, uintptr_t entry_va) {
   return FrameWord(PfnAt(folio, entry_va));
 }
 
-inline uint64_t ProtToBits(uint32_t prot) {
-  return (prot & 1u ? kRead : 0) | (prot & 2u ? kWrite : 0) | (prot & 4u ? kExec : 0);
+inline uint64_t ProtToBits(Prot prot) {
+  return (HasAny(prot, kProtRead) ? kRead : 0) | (HasAny(prot, kProtWrite) ? kWrite : 0) |
+         (HasAny(prot, kProtExec) ? kExec : 0);
 }
-inline uint32_t BitsToProt(uint64_t w) {
-  return (w & kRead ? 1u : 0) | (w & kWrite ? 2u : 0) | (w & kExec ? 4u : 0);
+inline Prot BitsToProt(uint64_t w) {
+  return (w & kRead ? kProtRead : kProtNone) | (w & kWrite ? kProtWrite : kProtNone) |
+         (w & kExec ? kProtExec : kProtNone);
 }
 
 // What a device-exclusive entry remembers of the PTE it replaced. Immutable once
