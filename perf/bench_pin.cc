@@ -235,15 +235,17 @@ class Pass {
       absl::StatusOr<size_t> got;
       switch (c_.output) {
         case Output::kPages:
-          got = pinner_.PinPages(va, n, c_.flags, page_out_.data() + done);
+          got = pinner_.PinPages(va, n, c_.flags, absl::MakeSpan(page_out_.data() + done, n));
           break;
         case Output::kFolios:
-          got = pinner_.PinFolios(va, n * kPageSize4K, c_.flags, span_out_.data() + count_,
-                                  span_out_.size() - count_);
+          got = pinner_.PinFolios(
+              va, n * kPageSize4K, c_.flags,
+              absl::MakeSpan(span_out_.data() + count_, span_out_.size() - count_));
           break;
         case Output::kSegments:
-          got = pinner_.PinSegments(va, n * kPageSize4K, c_.flags, 0, seg_out_.data() + count_,
-                                    seg_out_.size() - count_);
+          got = pinner_.PinSegments(
+              va, n * kPageSize4K, c_.flags, 0,
+              absl::MakeSpan(seg_out_.data() + count_, seg_out_.size() - count_));
           break;
       }
       if (!got.ok()) {
@@ -263,10 +265,10 @@ class Pass {
     const RefKind kind = HasAny(c_.flags, kGupGet) ? RefKind::kGet : RefKind::kPin;
     switch (c_.output) {
       case Output::kPages:
-        pinner_.UnpinPages(page_out_.data(), pinned_pages_, dirty);
+        pinner_.UnpinPages(absl::MakeConstSpan(page_out_.data(), pinned_pages_), dirty);
         break;
       case Output::kFolios:
-        pinner_.UnpinFolios(span_out_.data(), count_, kind, dirty);
+        pinner_.UnpinFolios(absl::MakeConstSpan(span_out_.data(), count_), kind, dirty);
         break;
       case Output::kSegments:
         if (pinned_pages_ > 0) {

@@ -46,7 +46,8 @@ void PinLoop(Pinner& pinner, Mapped& m, int seed, std::atomic<bool>& stop, int* 
     const GupFlags kind = (i + seed) % 3 == 0 ? kGupGet : kGupPin;
     switch (i % 3) {
       case 0: {
-        absl::StatusOr<size_t> got = pinner.PinPages(va, n, kind | kGupWrite, pages.data());
+        absl::StatusOr<size_t> got =
+            pinner.PinPages(va, n, kind | kGupWrite, absl::MakeSpan(pages));
         if (!got.ok()) {
           ++*failures;
           break;
@@ -54,17 +55,18 @@ void PinLoop(Pinner& pinner, Mapped& m, int seed, std::atomic<bool>& stop, int* 
         for (size_t k = 0; k < *got; ++k) {
           if (pages[k].address() != va + k * kPageSize4K) ADD_FAILURE() << "wrong page " << k;
         }
-        pinner.UnpinPages(pages.data(), *got, /*dirty=*/true);
+        pinner.UnpinPages(absl::MakeConstSpan(pages.data(), *got), /*dirty=*/true);
         break;
       }
       case 1: {
         absl::StatusOr<size_t> got =
-            pinner.PinFolios(va, n * kPageSize4K, kind, spans.data(), spans.size());
+            pinner.PinFolios(va, n * kPageSize4K, kind, absl::MakeSpan(spans));
         if (!got.ok()) {
           ++*failures;
           break;
         }
-        pinner.UnpinFolios(spans.data(), *got, kind == kGupPin ? RefKind::kPin : RefKind::kGet);
+        pinner.UnpinFolios(absl::MakeConstSpan(spans.data(), *got),
+                           kind == kGupPin ? RefKind::kPin : RefKind::kGet);
         break;
       }
       case 2: {

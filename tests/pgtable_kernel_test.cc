@@ -11,6 +11,7 @@
 #include "gtest/gtest.h"
 #include "hugemm/backing.h"
 #include "hugemm/pgtable.h"
+#include "runtime/pgtable/pgtable_test_peer.h"
 #include "runtime/sys/pagemap.h"
 #include "tests/pgtable_test_util.h"
 #include "tests/test_util.h"
@@ -18,6 +19,7 @@
 namespace hugemm {
 namespace {
 
+using ::hugemm::pgtable_internal::PageTableTestPeer;
 using ::testing::HasSubstr;
 
 using ::hugemm::testing::kRW;
@@ -73,7 +75,7 @@ void MapAndVerify(const Extent& e) {
     }
   }
   std::vector<uint64_t> pfns(vas.size());
-  EXPECT_EQ(table.TranslatePfns(vas.data(), vas.size(), pfns.data()), vas.size());
+  EXPECT_EQ(table.TranslatePfns(vas, absl::MakeSpan(pfns)), vas.size());
   EXPECT_EQ(pfns, want);
   for (auto& f : folios) HUGEMM_ASSERT_OK(table.Unmap(f->data, f->size()));
   for (auto& f : folios) EXPECT_EQ(f->refcount.load(), 1);
@@ -224,7 +226,7 @@ TEST(PageTableKernelTest, ExternalMapHugetlbBuffer) {
   EXPECT_EQ(table.RegisterExternal(buf, len).status().code(), absl::StatusCode::kAlreadyExists);
   HUGEMM_ASSERT_OK(table.UnregisterExternal(*id));
   EXPECT_FALSE(table.Translate(buf).has_value());
-  EXPECT_EQ(table.TableCount(), 1u);
+  EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u);
   EXPECT_EQ(table.UnregisterExternal(*id).code(), absl::StatusCode::kNotFound);
   ::munmap(p, len);
 }
@@ -243,7 +245,7 @@ TEST(PageTableKernelTest, ExternalRejectsWhatItCannotDescribe) {
   // Unmapped now.
   id = table.RegisterExternal(buf, kPageSize4K);
   EXPECT_EQ(id.status().code(), absl::StatusCode::kNotFound) << id.status();
-  EXPECT_EQ(table.TableCount(), 1u);
+  EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u);
 }
 
 }  // namespace

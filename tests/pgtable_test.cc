@@ -8,12 +8,14 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "runtime/pgtable/pgtable_test_peer.h"
 #include "tests/pgtable_test_util.h"
 #include "tests/test_util.h"
 
 namespace hugemm {
 namespace {
 
+using ::hugemm::pgtable_internal::PageTableTestPeer;
 using ::hugemm::testing::FakeFolio;
 using ::hugemm::testing::kBase;
 using ::hugemm::testing::kBasePfn;
@@ -113,7 +115,7 @@ TEST(GeometryTest, AnInvalidGeometryGivesATableThatMapsNothing) {
     EXPECT_FALSE(table.Lookup(Ptr(0)).has_value());
     const void* vas[] = {Ptr(0), Ptr(kBase)};
     uint64_t pfns[2];
-    EXPECT_EQ(table.TranslatePfns(vas, 2, pfns), 0u);
+    EXPECT_EQ(table.TranslatePfns(vas, absl::MakeSpan(pfns)), 0u);
     EXPECT_EQ(pfns[1], kUnknownPfn);
   }
 }
@@ -123,7 +125,7 @@ TEST(GeometryTest, AnInvalidGeometryGivesATableThatMapsNothing) {
 void ExpectPfnsAgree(const PageTable& t, std::vector<const void*> vas) {
   for (int pass = 0; pass < 2; ++pass) {
     std::vector<uint64_t> pfns(vas.size());
-    const size_t hits = t.TranslatePfns(vas.data(), vas.size(), pfns.data());
+    const size_t hits = t.TranslatePfns(vas, absl::MakeSpan(pfns));
     size_t want_hits = 0;
     for (size_t i = 0; i < vas.size(); ++i) {
       const std::optional<Translation> one = t.Translate(vas[i]);
@@ -232,7 +234,7 @@ TEST_P(EveryGeometry, MapSplitUnmapAtEveryLevel) {
     EXPECT_EQ(f->refcount.load(), 1);
     EXPECT_FALSE(table.Translate(Ptr(probe)).has_value());
     EXPECT_TRUE(Leaves(table, kBase, bytes).empty());
-    EXPECT_EQ(table.TableCount(), 1u) << "every table but the root is freed";
+    EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u) << "every table but the root is freed";
   }
 }
 
@@ -272,7 +274,7 @@ TEST(PageTableTest, ContiguousGroupIsOneUnit) {
   HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), 4 << 10));
   HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase + (8 << 10)), 56 << 10));
   EXPECT_EQ(f->refcount.load(), 1);
-  EXPECT_EQ(table.TableCount(), 1u);
+  EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u);
 }
 
 TEST(PageTableTest, ContPmdGroupClearedAsUnit) {
@@ -356,7 +358,7 @@ TEST(PageTableTest, PartialUnmapAndProtectSplitFirst) {
   HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), 10 * kPageSize4K));
   HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase + 11 * kPageSize4K), kPageSize2M - 11 * kPageSize4K));
   EXPECT_EQ(f->refcount.load(), 1);
-  EXPECT_EQ(table.TableCount(), 1u);
+  EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u);
 }
 
 TEST(PageTableTest, PudSplitDepositsForEveryPmd) {
@@ -374,7 +376,7 @@ TEST(PageTableTest, PudSplitDepositsForEveryPmd) {
   EXPECT_EQ(t->pfn, kBasePfn + 300 * 512 + 5);
   HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), kPageSize1G));
   EXPECT_EQ(f->refcount.load(), 1);
-  EXPECT_EQ(table.TableCount(), 1u);
+  EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u);
 }
 
 TEST(PageTableTest, TranslateRunsAcrossContiguousLeaves) {
@@ -429,8 +431,9 @@ TEST_P(EveryGeometry, BatchedTranslationsMatchSingleOnes) {
   std::vector<Translation> full(vas.size());
   std::unique_ptr<bool[]> hits(new bool[vas.size()]);
   std::vector<uint64_t> pfns(vas.size());
-  const size_t n_full = table.TranslateMany(vas.data(), vas.size(), full.data(), hits.get());
-  const size_t n_pfns = table.TranslatePfns(vas.data(), vas.size(), pfns.data());
+  const size_t n_full =
+      table.TranslateMany(vas, absl::MakeSpan(full), absl::MakeSpan(hits.get(), vas.size()));
+  const size_t n_pfns = table.TranslatePfns(vas, absl::MakeSpan(pfns));
   size_t expected_hits = 0;
   for (size_t i = 0; i < vas.size(); ++i) {
     std::optional<Translation> one = table.Translate(vas[i]);
@@ -528,7 +531,7 @@ TEST(PageTableTest, DeviceExclusiveTellsOtherSubscribers) {
   HUGEMM_ASSERT_OK(notifiers.Unsubscribe(id_b));
   HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), kPageSize2M));
   EXPECT_EQ(f->refcount.load(), 1);
-  EXPECT_EQ(table.TableCount(), 1u);
+  EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u);
 }
 
 TEST(PageTableTest, DestructionDropsEveryReference) {

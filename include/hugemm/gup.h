@@ -2,9 +2,10 @@
 //
 //   hugemm::Pinner pinner(table);
 //   std::vector<hugemm::PageRef> pages(512);
-//   absl::StatusOr<size_t> n = pinner.PinPages(buf, 512, kGupPin | kGupWrite, pages.data());
+//   absl::StatusOr<size_t> n =
+//       pinner.PinPages(buf, 512, hugemm::kGupPin | hugemm::kGupWrite, absl::MakeSpan(pages));
 //   ... hand pages[i].pfn() to a device ...
-//   pinner.UnpinPages(pages.data(), *n, /*dirty=*/true);
+//   pinner.UnpinPages(absl::MakeConstSpan(pages.data(), *n), /*dirty=*/true);
 //
 // The fast path is the kernel's gup_fast: inside a read section, per logical leaf, look
 // it up, take `refs` = pages covered on the folio head in one atomic (FolioTryGrab), then
@@ -18,7 +19,19 @@
 //   DmaSegment  physically contiguous byte runs, capped at a maximum length, from the
 //               PFNs recorded at map time.
 // A pin is all-or-nothing unless kGupPartial is given: on failure every reference the
-// call took is given back and the status names the address and the reason.
+// call took is given back and the status names the request, the address and the reason.
+//
+// Errors of every pin (each method lists its own besides):
+//   InvalidArgument     unknown flags, not exactly one of PIN and GET, LONGTERM without
+//                       PIN, a range that wraps the address space, no room for the output;
+//   NotFound            a page nothing maps (and no Populator, or it could not map it);
+//   PermissionDenied    a WRITE pin of a read-only mapping;
+//   FailedPrecondition  a device-exclusive page; a LONGTERM pin of borrowed memory;
+//   ResourceExhausted   the output is full, or a folio count would overflow;
+//   Unavailable         FAST_ONLY, and the mapping kept changing under the fast path;
+//   Aborted             a folio freed between lookup and grab, seen under the lock.
+// With kGupPartial, an error after at least one page is pinned returns the pages pinned
+// so far instead.
 #ifndef HUGEMM_GUP_H_
 #define HUGEMM_GUP_H_
 
@@ -31,6 +44,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "hugemm/folio.h"
 #include "hugemm/pgtable.h"
 
@@ -139,19 +153,22 @@ struct FolioSpan {
 };
 static_assert(sizeof(FolioSpan) == 16);
 
+// A physically contiguous byte run, for a device's scatter-gather list.
 struct DmaSegment {
   uint64_t phys_addr = 0;
   uint64_t length = 0;
 };
 
 // Maps memory where the slow path found none: "fault it in". The allocator-backed
-// runtime implements it over the range's pool. Called outside any read section and
-// table lock, one call at a time per Pinner; AlreadyExists (someone mapped it first)
-// counts as success.
+// runtime implements it over the range's pool.
+//
+// Thread safety: called outside any read section and table lock, one call at a time per
+// Pinner (from whichever thread is pinning).
 class Populator {
  public:
   virtual ~Populator() = default;
-  // Map something covering the base page at `va`, writable when `write`.
+  // Map something covering the base page at `va`, writable when `write`. AlreadyExists
+  // (someone mapped it first) counts as success; any other error fails the pin.
   virtual absl::Status Populate(PageTable& table, uintptr_t va, bool write) = 0;
 };
 
@@ -162,6 +179,11 @@ struct PinnerOptions {
 
 class PinnedRange;
 
+// Pins and unpins the memory a PageTable maps. The table (and the populator, if any) must
+// outlive it.
+//
+// Thread safety: thread-safe. Any number of threads may pin and unpin through one Pinner
+// at once, while other threads change the table's mappings.
 class Pinner {
  public:
   explicit Pinner(PageTable& table, PinnerOptions options = {});
@@ -171,40 +193,50 @@ class Pinner {
   PageTable& table() const { return table_; }
   const PinnerOptions& options() const { return options_; }
 
-  // Pins `npages` 4K pages from the page holding `va` into pages[0..npages). Returns
-  // the number pinned: npages, or with kGupPartial possibly fewer (an error if none).
-  absl::StatusOr<size_t> PinPages(const void* va, size_t npages, GupFlags flags, PageRef* pages);
+  // Pins `npages` 4K pages from the page holding `va` into pages[0..npages). Returns the
+  // number pinned: npages, or with kGupPartial possibly fewer (an error if none).
+  //   InvalidArgument: `pages` shorter than `npages`; a folio whose descriptor a PageRef
+  //   cannot encode (use folio spans).
+  [[nodiscard]] absl::StatusOr<size_t> PinPages(const void* va, size_t npages, GupFlags flags,
+                                                absl::Span<PageRef> pages);
   // Pins the pages covering [va, va + length) as folio spans, merging consecutive pages
-  // of one folio into one span. Returns the number of spans written (at most `cap`;
-  // too small a `cap` is an error, or with kGupPartial the end of the result).
-  absl::StatusOr<size_t> PinFolios(const void* va, size_t length, GupFlags flags, FolioSpan* spans,
-                                   size_t cap);
+  // of one folio into one span. Returns the number of spans written.
+  //   InvalidArgument: `spans` is empty.  ResourceExhausted: more spans than it holds.
+  [[nodiscard]] absl::StatusOr<size_t> PinFolios(const void* va, size_t length, GupFlags flags,
+                                                 absl::Span<FolioSpan> spans);
   // Pins [va, va + length) and writes its physically contiguous runs, each at most
   // `max_segment` bytes (0 = unlimited; else at least 4K, rounded down to 4K), the first
-  // starting at va's own byte. Memory whose PFNs are unknown is an error. Segments do
-  // not name folios: give `pinned` to receive the folio spans for UnpinFolios, or
+  // starting at va's own byte. Returns the number of segments written. Segments do not
+  // name folios: give `pinned` to receive the folio spans (appended) for UnpinFolios, or
   // unpin with UnpinRange. A partial result ends at a leaf boundary.
-  absl::StatusOr<size_t> PinSegments(const void* va, size_t length, GupFlags flags,
-                                     uint64_t max_segment, DmaSegment* segments, size_t cap,
-                                     std::vector<FolioSpan>* pinned = nullptr);
+  //   InvalidArgument: `segments` is empty, or max_segment below 4K.
+  //   ResourceExhausted: more segments than it holds.  FailedPrecondition: memory whose
+  //   PFNs are unknown.
+  [[nodiscard]] absl::StatusOr<size_t> PinSegments(const void* va, size_t length, GupFlags flags,
+                                                   uint64_t max_segment,
+                                                   absl::Span<DmaSegment> segments,
+                                                   std::vector<FolioSpan>* pinned = nullptr);
   // All-or-nothing pin of [va, va + length) held by a handle that unpins when dropped.
-  absl::StatusOr<PinnedRange> Pin(const void* va, size_t length, GupFlags flags);
+  //   InvalidArgument: kGupPartial (a handle holds all or nothing).
+  [[nodiscard]] absl::StatusOr<PinnedRange> Pin(const void* va, size_t length, GupFlags flags);
 
   // Gives back what PinPages took: one FolioUngrab per run of entries on the same folio
   // with the same kind (per entry in kPage granularity). Dirty marks each folio once,
   // before its references drop. Returns the reference operations done.
-  size_t UnpinPages(const PageRef* pages, size_t n, bool dirty = false) const;
-  // Gives back spans of `kind`: one operation per span.
-  size_t UnpinFolios(const FolioSpan* spans, size_t n, RefKind kind, bool dirty = false) const;
+  size_t UnpinPages(absl::Span<const PageRef> pages, bool dirty = false) const;
+  // Gives back spans of `kind`: one operation per span. Returns the operations done.
+  size_t UnpinFolios(absl::Span<const FolioSpan> spans, RefKind kind, bool dirty = false) const;
   // Gives back what a pin of exactly [va, va + length) with this kind took, found by a
   // walk of the table: valid only while the range still maps the folios it mapped when
-  // pinned (splits and protection changes are fine; an unmap or remap is not). A hole is
-  // an error and nothing is given back. Use spans or a PinnedRange where the mapping may
-  // change under the pin.
-  absl::Status UnpinRange(const void* va, size_t length, RefKind kind, bool dirty = false) const;
+  // pinned (splits and protection changes are fine; an unmap or remap is not). Use spans
+  // or a PinnedRange where the mapping may change under the pin.
+  //   InvalidArgument: the range wraps the address space.  FailedPrecondition: part of
+  //   the range is no longer mapped: nothing is given back.
+  [[nodiscard]] absl::Status UnpinRange(const void* va, size_t length, RefKind kind,
+                                        bool dirty = false) const;
 
   // folio_maybe_dma_pinned for the folio mapping `va` (false when unmapped).
-  bool MaybeDmaPinned(const void* va) const;
+  [[nodiscard]] bool MaybeDmaPinned(const void* va) const;
 
  private:
   friend class gup_internal::PinnerTestPeer;
@@ -218,6 +250,8 @@ class Pinner {
 
 // A pinned range that unpins itself (dirty when pinned with kGupWrite) when dropped or
 // released. Move-only; the Pinner must outlive it.
+//
+// Thread safety: like a value: one thread at a time may use or release a handle.
 class PinnedRange {
  public:
   PinnedRange() = default;
@@ -233,10 +267,13 @@ class PinnedRange {
   GupFlags flags() const { return flags_; }
   const std::vector<FolioSpan>& spans() const { return spans_; }
   size_t page_count() const;
-  // The page array (one entry per 4K page) into out[0..page_count()).
-  size_t Pages(PageRef* out, size_t cap) const;
+  // The page array (one entry per 4K page, in address order) into `out`: the first
+  // min(page_count(), out.size()) entries. Returns how many it wrote.
+  size_t Pages(absl::Span<PageRef> out) const;
   // The physically contiguous runs of [va, va + length) (see Pinner::PinSegments).
-  absl::StatusOr<std::vector<DmaSegment>> Segments(uint64_t max_segment = 0) const;
+  //   InvalidArgument: max_segment below 4K.  FailedPrecondition: memory whose PFNs are
+  //   unknown.
+  [[nodiscard]] absl::StatusOr<std::vector<DmaSegment>> Segments(uint64_t max_segment = 0) const;
   // Unpins now; idempotent.
   void Release();
 

@@ -64,7 +64,7 @@ class NotifierRegistry {
   [[nodiscard]] uint64_t Subscribe(const void* va, size_t length, NotifierCallbacks callbacks,
                                    const void* owner = nullptr);
   // Ends a subscription. NotFound when `id` names none (never made, or already ended).
-  absl::Status Unsubscribe(uint64_t id);
+  [[nodiscard]] absl::Status Unsubscribe(uint64_t id);
 
   // Called by whoever changes the mappings of inv's range: before the change, and after
   // it. Each calls the matching callback of every subscription that hears the change.

@@ -233,7 +233,7 @@ long hugemm_pin_pages(hugemm_runtime* rt, const void* addr, size_t npages, unsig
   if (int rc = CheckFlags(flags)) return rc;
   absl::StatusOr<size_t> n =
       rt->rt->pinner().PinPages(addr, npages, static_cast<hugemm::GupFlags>(flags),
-                                reinterpret_cast<hugemm::PageRef*>(pages));
+                                absl::MakeSpan(reinterpret_cast<hugemm::PageRef*>(pages), npages));
   if (!n.ok()) return Fail(n.status());
   Ok();
   return static_cast<long>(*n);
@@ -245,7 +245,7 @@ long hugemm_pin_folios(hugemm_runtime* rt, const void* addr, size_t length, unsi
   if (int rc = CheckFlags(flags)) return rc;
   absl::StatusOr<size_t> n =
       rt->rt->pinner().PinFolios(addr, length, static_cast<hugemm::GupFlags>(flags),
-                                 reinterpret_cast<hugemm::FolioSpan*>(spans), cap);
+                                 absl::MakeSpan(reinterpret_cast<hugemm::FolioSpan*>(spans), cap));
   if (!n.ok()) return Fail(n.status());
   Ok();
   return static_cast<long>(*n);
@@ -256,9 +256,9 @@ long hugemm_pin_segments(hugemm_runtime* rt, const void* addr, size_t length, un
   HUGEMM_C_CHECK(rt != nullptr && segments != nullptr,
                  "hugemm_pin_segments: NULL runtime or segments");
   if (int rc = CheckFlags(flags)) return rc;
-  absl::StatusOr<size_t> n =
-      rt->rt->pinner().PinSegments(addr, length, static_cast<hugemm::GupFlags>(flags), max_segment,
-                                   reinterpret_cast<hugemm::DmaSegment*>(segments), cap);
+  absl::StatusOr<size_t> n = rt->rt->pinner().PinSegments(
+      addr, length, static_cast<hugemm::GupFlags>(flags), max_segment,
+      absl::MakeSpan(reinterpret_cast<hugemm::DmaSegment*>(segments), cap));
   if (!n.ok()) return Fail(n.status());
   Ok();
   return static_cast<long>(*n);
@@ -268,8 +268,8 @@ long hugemm_unpin_pages(hugemm_runtime* rt, const hugemm_page* pages, size_t n, 
   HUGEMM_C_CHECK(rt != nullptr && (pages != nullptr || n == 0),
                  "hugemm_unpin_pages: NULL runtime or pages");
   Ok();
-  return static_cast<long>(
-      rt->rt->pinner().UnpinPages(reinterpret_cast<const hugemm::PageRef*>(pages), n, dirty != 0));
+  return static_cast<long>(rt->rt->pinner().UnpinPages(
+      absl::MakeConstSpan(reinterpret_cast<const hugemm::PageRef*>(pages), n), dirty != 0));
 }
 
 long hugemm_unpin_folios(hugemm_runtime* rt, const hugemm_folio_span* spans, size_t n,
@@ -279,7 +279,8 @@ long hugemm_unpin_folios(hugemm_runtime* rt, const hugemm_folio_span* spans, siz
   if (int rc = CheckFlags(flags & (HUGEMM_PIN | HUGEMM_GET))) return rc;
   Ok();
   return static_cast<long>(rt->rt->pinner().UnpinFolios(
-      reinterpret_cast<const hugemm::FolioSpan*>(spans), n, KindOf(flags), dirty != 0));
+      absl::MakeConstSpan(reinterpret_cast<const hugemm::FolioSpan*>(spans), n), KindOf(flags),
+      dirty != 0));
 }
 
 int hugemm_unpin_range(hugemm_runtime* rt, const void* addr, size_t length, unsigned flags,

@@ -89,44 +89,46 @@ gup_internal::PinContext Pinner::Context() {
 }
 
 absl::StatusOr<size_t> Pinner::PinPages(const void* va, size_t npages, GupFlags flags,
-                                        PageRef* pages) {
+                                        absl::Span<PageRef> pages) {
   if (npages == 0) return NothingToPin(flags);
   const PinRequest req{reinterpret_cast<uintptr_t>(va) & ~uintptr_t{kPageSize4K - 1}, npages,
                        flags};
-  if (pages == nullptr) {
-    return absl::InvalidArgumentError(absl::StrFormat("%s: no page array", RequestName(req)));
+  if (pages.size() < npages) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: a page array of %u entries", RequestName(req), pages.size()));
   }
-  gup_internal::PageSink sink(pages, req.kind());
+  gup_internal::PageSink sink(pages.data(), req.kind());
   return PinRange(Context(), req, sink);
 }
 
 absl::StatusOr<size_t> Pinner::PinFolios(const void* va, size_t length, GupFlags flags,
-                                         FolioSpan* spans, size_t cap) {
+                                         absl::Span<FolioSpan> spans) {
   PinRequest req{.flags = flags};
   if (absl::Status st = PagesCovering(va, length, &req.start, &req.npages); !st.ok()) return st;
   if (length == 0) return NothingToPin(flags);
-  if (spans == nullptr || cap == 0) {
+  if (spans.empty()) {
     return absl::InvalidArgumentError(
         absl::StrFormat("%s: no room for folio spans", RequestName(req)));
   }
-  gup_internal::SpanSink<gup_internal::FixedSpans> sink(req.kind(), spans, cap);
+  gup_internal::SpanSink<gup_internal::FixedSpans> sink(req.kind(), spans.data(), spans.size());
   return PinRange(Context(), req, sink);
 }
 
 absl::StatusOr<size_t> Pinner::PinSegments(const void* va, size_t length, GupFlags flags,
-                                           uint64_t max_segment, DmaSegment* segments, size_t cap,
+                                           uint64_t max_segment, absl::Span<DmaSegment> segments,
                                            std::vector<FolioSpan>* pinned) {
   PinRequest req{.flags = flags};
   if (absl::Status st = PagesCovering(va, length, &req.start, &req.npages); !st.ok()) return st;
   absl::StatusOr<uint64_t> max = gup_internal::NormalizeMaxSegment(max_segment);
   if (!max.ok()) return max.status();
   if (length == 0) return NothingToPin(flags);
-  if (segments == nullptr || cap == 0) {
+  if (segments.empty()) {
     return absl::InvalidArgumentError(
         absl::StrFormat("%s: no room for DMA segments", RequestName(req)));
   }
   const auto lo = reinterpret_cast<uintptr_t>(va);
-  gup_internal::SegmentSink sink(segments, cap, *max, lo, lo + length, pinned, req.kind());
+  gup_internal::SegmentSink sink(segments.data(), segments.size(), *max, lo, lo + length, pinned,
+                                 req.kind());
   return PinRange(Context(), req, sink);
 }
 

@@ -40,11 +40,10 @@ size_t PinnedRange::page_count() const {
   return n;
 }
 
-size_t PinnedRange::Pages(PageRef* out, size_t cap) const {
-  if (out == nullptr) return 0;
+size_t PinnedRange::Pages(absl::Span<PageRef> out) const {
   size_t n = 0;
   for (const FolioSpan& s : spans_) {
-    for (uint32_t i = 0; i < s.pages && n < cap; ++i) {
+    for (uint32_t i = 0; i < s.pages && n < out.size(); ++i) {
       out[n++] = PageRef(s.folio, s.first_page + i, kind());
     }
   }
@@ -79,7 +78,7 @@ absl::StatusOr<std::vector<DmaSegment>> PinnedRange::Segments(uint64_t max_segme
 
 void PinnedRange::Release() {
   if (pinner_ == nullptr) return;
-  pinner_->UnpinFolios(spans_.data(), spans_.size(), kind(), HasAny(flags_, kGupWrite));
+  pinner_->UnpinFolios(spans_, kind(), HasAny(flags_, kGupWrite));
   spans_.clear();
   pinner_ = nullptr;
 }

@@ -41,7 +41,7 @@ class PageSink {
   Stop why() const { return Stop::kUnencodable; }
   size_t count() const { return n_; }
   void Undo(RefGranularity granularity) {
-    UnpinPageRefs(out_, n_, /*dirty=*/false, granularity);
+    UnpinPageRefs(absl::MakeConstSpan(out_, n_), /*dirty=*/false, granularity);
     n_ = 0;
   }
 
@@ -70,7 +70,7 @@ class SpanSink {
   Stop why() const { return Stop::kFull; }
   size_t count() const { return s_.size(); }
   void Undo(RefGranularity /*granularity*/) {
-    UnpinSpans(s_.data(), s_.size(), kind_, /*dirty=*/false);
+    UnpinSpans(absl::MakeConstSpan(s_.data(), s_.size()), kind_, /*dirty=*/false);
     s_.clear();
   }
 

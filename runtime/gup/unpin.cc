@@ -17,8 +17,8 @@ constexpr size_t kMaxUnpinRun = size_t{1} << 20;
 
 }  // namespace
 
-size_t UnpinPageRefs(const PageRef* pages, size_t n, bool dirty, RefGranularity granularity) {
-  if (pages == nullptr) return 0;
+size_t UnpinPageRefs(absl::Span<const PageRef> pages, bool dirty, RefGranularity granularity) {
+  const size_t n = pages.size();
   size_t ops = 0;
   if (granularity == RefGranularity::kPage) {
     for (size_t i = 0; i < n; ++i) {
@@ -47,12 +47,11 @@ size_t UnpinPageRefs(const PageRef* pages, size_t n, bool dirty, RefGranularity 
   return ops;
 }
 
-size_t UnpinSpans(const FolioSpan* spans, size_t n, RefKind kind, bool dirty) {
-  if (spans == nullptr) return 0;
+size_t UnpinSpans(absl::Span<const FolioSpan> spans, RefKind kind, bool dirty) {
   size_t ops = 0;
-  for (size_t i = 0; i < n; ++i) {
-    if (spans[i].folio == nullptr || spans[i].pages == 0) continue;
-    FolioUngrab(spans[i].folio, static_cast<int32_t>(spans[i].pages), kind, dirty);
+  for (const FolioSpan& s : spans) {
+    if (s.folio == nullptr || s.pages == 0) continue;
+    FolioUngrab(s.folio, static_cast<int32_t>(s.pages), kind, dirty);
     ++ops;
   }
   return ops;
@@ -60,12 +59,12 @@ size_t UnpinSpans(const FolioSpan* spans, size_t n, RefKind kind, bool dirty) {
 
 }  // namespace gup_internal
 
-size_t Pinner::UnpinPages(const PageRef* pages, size_t n, bool dirty) const {
-  return gup_internal::UnpinPageRefs(pages, n, dirty, options_.granularity);
+size_t Pinner::UnpinPages(absl::Span<const PageRef> pages, bool dirty) const {
+  return gup_internal::UnpinPageRefs(pages, dirty, options_.granularity);
 }
 
-size_t Pinner::UnpinFolios(const FolioSpan* spans, size_t n, RefKind kind, bool dirty) const {
-  return gup_internal::UnpinSpans(spans, n, kind, dirty);
+size_t Pinner::UnpinFolios(absl::Span<const FolioSpan> spans, RefKind kind, bool dirty) const {
+  return gup_internal::UnpinSpans(spans, kind, dirty);
 }
 
 absl::Status Pinner::UnpinRange(const void* va, size_t length, RefKind kind, bool dirty) const {

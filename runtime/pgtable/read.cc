@@ -65,21 +65,25 @@ bool PageTable::TranslateInto(const void* p, Translation* out, size_t max_run) c
   return hit;
 }
 
-size_t PageTable::TranslateMany(const void* const* vas, size_t n, Translation* out,
-                                bool* hit) const {
+size_t PageTable::TranslateMany(absl::Span<const void* const> vas, absl::Span<Translation> out,
+                                absl::Span<bool> hit) const {
+  size_t n = std::min(vas.size(), out.size());
+  if (!hit.empty()) n = std::min(n, hit.size());
   size_t hits = 0;
   WalkHint hint;
   pgtable_internal::RcuReadLock();
   for (size_t i = 0; i < n; ++i) {
     const bool h = TranslateLocked(reinterpret_cast<uintptr_t>(vas[i]), &out[i], 0, &hint);
-    if (hit != nullptr) hit[i] = h;
+    if (!hit.empty()) hit[i] = h;
     hits += h;
   }
   pgtable_internal::RcuReadUnlock();
   return hits;
 }
 
-size_t PageTable::TranslatePfns(const void* const* vas, size_t n, uint64_t* pfns) const {
+size_t PageTable::TranslatePfns(absl::Span<const void* const> vas,
+                                absl::Span<uint64_t> pfns) const {
+  const size_t n = std::min(vas.size(), pfns.size());
   // The lowest table the last descent reached. While addresses fall under it and its
   // entries carry frame words, a translation is one read of a frame word, as it would be
   // in a flat array of PFNs: no folio, no descent.
