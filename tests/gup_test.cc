@@ -683,6 +683,32 @@ TEST(GupExternalTest, BorrowedMemoryRefusesLongterm) {
   munmap(p, len);
 }
 
+// Memory the program mapped read-only: a device may read it, never write it.
+TEST(GupExternalTest, ReadOnlyMappingRefusesWritePins) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  void* p = mmap(nullptr, kPageSize2M, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+  ASSERT_NE(p, MAP_FAILED);
+  ASSERT_EQ(mprotect(p, kPageSize2M, PROT_READ), 0);
+  {
+    PageTable table(DetectHostGeometry());
+    absl::StatusOr<uint64_t> id = table.RegisterExternal(p, kPageSize2M);
+    HUGEMM_ASSERT_OK(id);
+    Pinner pinner(table);
+    std::vector<PageRef> pages(16);
+    absl::StatusOr<size_t> n =
+        pinner.PinPages(p, pages.size(), kGupPin | kGupWrite, absl::MakeSpan(pages));
+    EXPECT_EQ(n.status().code(), absl::StatusCode::kPermissionDenied) << n.status();
+    EXPECT_THAT(n.status().message(), HasSubstr("read-only"));
+    n = pinner.PinPages(p, pages.size(), kGupPin, absl::MakeSpan(pages));
+    HUGEMM_ASSERT_OK(n);
+    EXPECT_EQ(*n, pages.size());
+    pinner.UnpinPages(pages);
+    HUGEMM_ASSERT_OK(table.UnregisterExternal(*id));
+  }
+  munmap(p, kPageSize2M);
+}
+
 // A protection is no GUP flag, and neither is a plain integer: Pin(p, n, kProtWrite)
 // does not compile.
 static_assert(!std::is_invocable_v<decltype(&Pinner::Pin), Pinner&, const void*, size_t, Prot>);

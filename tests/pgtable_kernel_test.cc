@@ -231,6 +231,39 @@ TEST(PageTableKernelTest, ExternalMapHugetlbBuffer) {
   ::munmap(p, len);
 }
 
+// The kernel's protection, VMA by VMA: nothing wider is ever mapped.
+TEST(PageTableKernelTest, ExternalTakesTheKernelsProtection) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 3);
+  HUGEMM_NEED(sys::CanReadPfns(), "pagemap hides PFNs from this process");
+  const size_t len = 3 * kPageSize2M;
+  void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+  ASSERT_NE(p, MAP_FAILED);
+  auto* buf = static_cast<std::byte*>(p);
+  ASSERT_EQ(::mprotect(buf + kPageSize2M, kPageSize2M, PROT_READ), 0);
+  ASSERT_EQ(::mprotect(buf + 2 * kPageSize2M, kPageSize2M, PROT_READ | PROT_EXEC), 0);
+  PageTable table(DetectHostGeometry());
+  absl::StatusOr<uint64_t> id = table.RegisterExternal(buf, len);
+  HUGEMM_ASSERT_OK(id);
+  std::vector<LogicalLeaf> leaves;
+  table.Walk(buf, len, [&](const LogicalLeaf& l) { leaves.push_back(l); });
+  ASSERT_EQ(leaves.size(), 3u);
+  EXPECT_EQ(leaves[0].prot, kProtRead | kProtWrite);
+  EXPECT_EQ(leaves[1].prot, kProtRead);
+  EXPECT_EQ(leaves[2].prot, kProtRead | kProtExec);
+  HUGEMM_ASSERT_OK(table.UnregisterExternal(*id));
+
+  // Memory the program may not even read is refused, and nothing stays mapped.
+  ASSERT_EQ(::mprotect(buf + kPageSize2M, kPageSize2M, PROT_NONE), 0);
+  id = table.RegisterExternal(buf, len);
+  EXPECT_EQ(id.status().code(), absl::StatusCode::kPermissionDenied) << id.status();
+  EXPECT_THAT(id.status().message(),
+              HasSubstr(absl::StrFormat("%p", static_cast<void*>(buf + kPageSize2M))));
+  EXPECT_FALSE(table.Translate(buf).has_value());
+  EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u);
+  ::munmap(p, len);
+}
+
 TEST(PageTableKernelTest, ExternalRejectsWhatItCannotDescribe) {
   PageTable table(DetectHostGeometry());
   void* p =

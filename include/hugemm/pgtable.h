@@ -260,17 +260,19 @@ class PageTable {
   // ---- memory the program mapped itself ----
 
   // Registers [va, va + length), which this program mapped itself (say its own
-  // MAP_HUGETLB buffer): learns the page size from smaps, PFNs from pagemap (which must be
-  // readable) and checks compound heads in kpageflags; builds borrowed folios (never freed
-  // to any pool; no LONGTERM pins) and maps them. Returns the id for UnregisterExternal.
+  // MAP_HUGETLB buffer): learns the page size and the protection from smaps (a page is
+  // mapped with the kernel's protection, so a WRITE pin of memory the program mapped
+  // read-only is refused), PFNs from pagemap (which must be readable), and checks compound
+  // heads in kpageflags; builds borrowed folios (never freed to any pool; no LONGTERM
+  // pins) and maps them. Returns the id for UnregisterExternal.
   //   FailedPrecondition: a geometry that is not this machine's; a page not faulted in, or
   //     not physically contiguous, or not a compound head.  PermissionDenied: pagemap
-  //     hides PFNs from this process.  NotFound: part of the range is not mapped by the
-  //     kernel.  InvalidArgument: the range is not made of whole pages of the size the
-  //     kernel maps there.  AlreadyExists: part of it is mapped in this table already.
+  //     hides PFNs from this process, or the program may not read part of the range.
+  //     NotFound: part of the range is not mapped by the kernel.  InvalidArgument: the
+  //     range is not made of whole pages of the size the kernel maps there.
+  //     AlreadyExists: part of it is mapped in this table already.
   //   Errors reading /proc pass through.
-  [[nodiscard]] absl::StatusOr<uint64_t> RegisterExternal(const void* va, size_t length,
-                                                          Prot prot = kProtRead | kProtWrite);
+  [[nodiscard]] absl::StatusOr<uint64_t> RegisterExternal(const void* va, size_t length);
   // Unmaps a registration and frees its descriptors.
   //   NotFound: no registration `id`.  FailedPrecondition: its memory is still referenced
   //   beyond its mappings (pinned): nothing changes.

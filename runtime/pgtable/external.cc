@@ -3,6 +3,8 @@
 #include <mutex>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "hugemm/page_size.h"
 #include "hugemm/pgtable.h"
 #include "runtime/pgtable/external_region.h"
@@ -11,7 +13,27 @@
 
 namespace hugemm {
 
-absl::StatusOr<uint64_t> PageTable::RegisterExternal(const void* p, size_t length, Prot prot) {
+namespace {
+
+// The protection the kernel gives a VMA, from smaps' VmFlags ("rd wr ex ..."). Memory the
+// program may not read is refused: a device must never see more than the program may.
+absl::StatusOr<Prot> KernelProt(const sys::Vma& vma, uintptr_t at) {
+  Prot prot = kProtNone;
+  for (absl::string_view flag : absl::StrSplit(vma.flags, ' ', absl::SkipEmpty())) {
+    if (flag == "rd") prot |= kProtRead;
+    if (flag == "wr") prot |= kProtWrite;
+    if (flag == "ex") prot |= kProtExec;
+  }
+  if (!HasAny(prot, kProtRead)) {
+    return absl::PermissionDeniedError(absl::StrFormat(
+        "register: 0x%x is mapped without read access (VmFlags \"%s\")", at, vma.flags));
+  }
+  return prot;
+}
+
+}  // namespace
+
+absl::StatusOr<uint64_t> PageTable::RegisterExternal(const void* p, size_t length) {
   const auto va = reinterpret_cast<uintptr_t>(p);
   if (geometry_.page_shift != kPageShift) {
     return absl::FailedPreconditionError(
@@ -30,6 +52,8 @@ absl::StatusOr<uint64_t> PageTable::RegisterExternal(const void* p, size_t lengt
     if (vma == nullptr) {
       return absl::NotFoundError(absl::StrFormat("register: 0x%x is not mapped", cur));
     }
+    absl::StatusOr<Prot> prot = KernelProt(*vma, cur);
+    if (!prot.ok()) return prot.status();
     const size_t page = vma->kernel_page_size;
     if (page == 0 || cur % page != 0) {
       return absl::InvalidArgumentError(
@@ -83,14 +107,14 @@ absl::StatusOr<uint64_t> PageTable::RegisterExternal(const void* p, size_t lengt
                  .data = reinterpret_cast<std::byte*>(cur),
                  .owner = region.get(),
                  .flags = kFolioBorrowed});
-      region->folios.push_back(std::move(folio));
+      region->folios.push_back({std::move(folio), *prot});
     }
   }
   for (size_t i = 0; i < region->folios.size(); ++i) {
-    Folio* f = region->folios[i].get();
-    if (absl::Status st = Map(f, f->data, prot); !st.ok()) {
+    Folio* f = region->folios[i].folio.get();
+    if (absl::Status st = Map(f, f->data, region->folios[i].prot); !st.ok()) {
       for (size_t j = 0; j < i; ++j) {
-        Folio* m = region->folios[j].get();
+        Folio* m = region->folios[j].folio.get();
         (void)Unmap(m->data, m->size());
       }
       pgtable_internal::RcuSynchronize();  // readers may still hold the descriptors
@@ -114,7 +138,7 @@ absl::Status PageTable::UnregisterExternal(uint64_t id) {
     region = std::move(it->second);
     external_.erase(it);
   }
-  for (const auto& f : region->folios) {
+  for (const auto& [f, prot] : region->folios) {
     absl::Status st = Unmap(f->data, f->size());
     if (!st.ok() && st.code() != absl::StatusCode::kNotFound) {
       // Put it back: its descriptors are still mapped and must stay.
@@ -123,7 +147,7 @@ absl::Status PageTable::UnregisterExternal(uint64_t id) {
       return st;
     }
   }
-  for (const auto& f : region->folios) {
+  for (const auto& [f, prot] : region->folios) {
     const int32_t refs = f->refcount.load(std::memory_order_acquire);
     if (refs != 1) {
       std::lock_guard<std::mutex> lock(external_mu_);
