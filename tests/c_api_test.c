@@ -140,8 +140,15 @@ int main(void) {
     CHECK(hugemm_pin_pages(rt, ext, 16, HUGEMM_PIN | HUGEMM_WRITE, pages) == -EPERM);
     CHECK(strstr(hugemm_last_error(), "read-only") != NULL);
     CHECK(hugemm_pin_pages(rt, ext, 16, HUGEMM_PIN, pages) == 16);
-    CHECK(hugemm_unpin_pages(rt, pages, 16, 0) == 1);
+    /* Pinned: unregister is refused and changes nothing. */
+    CHECK(hugemm_unregister_external(rt, id) == -EFAULT);
+    CHECK(strstr(hugemm_last_error(), "pinned") != NULL);
+    CHECK(hugemm_translate(rt, (char*)ext + 8192, 0, &t) == 0 && t.leaf_bytes == (2u << 20));
+    CHECK(hugemm_folio_info_at(rt, ext, &info) == 0 && info.pincount == 16);
+    CHECK(hugemm_pin_pages(rt, (char*)ext + (1u << 20), 10, HUGEMM_PIN, pages + 16) == 10);
+    CHECK(hugemm_unpin_pages(rt, pages, 26, 0) == 1);
     CHECK(hugemm_unregister_external(rt, id) == 0);
+    CHECK(hugemm_translate(rt, ext, 0, &t) == -ENOENT);
     munmap(ext, 2u << 20);
   }
 

@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "hugemm/notify.h"
 #include "runtime/gup/pinner_test_peer.h"
 #include "tests/gup_test_util.h"
 #include "tests/test_util.h"
@@ -707,6 +708,97 @@ TEST(GupExternalTest, ReadOnlyMappingRefusesWritePins) {
     HUGEMM_ASSERT_OK(table.UnregisterExternal(*id));
   }
   munmap(p, kPageSize2M);
+}
+
+// Registered memory with pins on it: unregister is refused and changes nothing.
+class GupExternal2MTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+    void* p = mmap(nullptr, kLen, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+    ASSERT_NE(p, MAP_FAILED);
+    buf_ = static_cast<std::byte*>(p);
+    ASSERT_EQ(mprotect(buf_ + kPageSize2M, kPageSize2M, PROT_READ), 0);
+    absl::StatusOr<uint64_t> id = table_.RegisterExternal(buf_, kLen);
+    HUGEMM_ASSERT_OK(id);
+    id_ = *id;
+  }
+  void TearDown() override {
+    if (buf_ != nullptr) munmap(buf_, kLen);
+  }
+
+  // Everything a registration gives still works: translations, leaves and pins.
+  void ExpectStillRegistered(const std::vector<LogicalLeaf>& leaves_before) {
+    std::optional<Translation> t = table_.Translate(buf_ + kPageSize2M + 5 * kPageSize4K);
+    ASSERT_TRUE(t.has_value());
+    EXPECT_EQ(t->page, 5u);
+    std::vector<LogicalLeaf> leaves;
+    table_.Walk(buf_, kLen, [&](const LogicalLeaf& l) { leaves.push_back(l); });
+    ASSERT_EQ(leaves.size(), leaves_before.size());
+    for (size_t i = 0; i < leaves.size(); ++i) {
+      EXPECT_EQ(leaves[i].va, leaves_before[i].va);
+      EXPECT_EQ(leaves[i].bytes, leaves_before[i].bytes);
+      EXPECT_EQ(leaves[i].prot, leaves_before[i].prot);
+      EXPECT_EQ(leaves[i].folio, leaves_before[i].folio);
+    }
+    std::vector<PageRef> pages(4);
+    absl::StatusOr<size_t> n = pinner_.PinPages(buf_, 4, kGupPin, absl::MakeSpan(pages));
+    HUGEMM_ASSERT_OK(n);
+    pinner_.UnpinPages(pages);
+  }
+  std::vector<LogicalLeaf> Leaves() const {
+    std::vector<LogicalLeaf> out;
+    table_.Walk(buf_, kLen, [&](const LogicalLeaf& l) { out.push_back(l); });
+    return out;
+  }
+
+  static constexpr size_t kLen = 2 * kPageSize2M;
+  std::byte* buf_ = nullptr;
+  PageTable table_{DetectHostGeometry()};
+  Pinner pinner_{table_};
+  uint64_t id_ = 0;
+};
+
+TEST_F(GupExternal2MTest, UnregisterOfPinnedMemoryIsRefusedAndChangesNothing) {
+  HUGEMM_ASSERT_OK(table_.Split(buf_));  // the shape of the mappings is kept too
+  const std::vector<LogicalLeaf> before = Leaves();
+  std::vector<PageRef> pinned(10);
+  HUGEMM_ASSERT_OK(pinner_.PinPages(buf_ + kPageSize2M, 10, kGupPin, absl::MakeSpan(pinned)));
+  absl::Status st = table_.UnregisterExternal(id_);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_THAT(st.message(), HasSubstr("pinned"));
+  ExpectStillRegistered(before);
+
+  pinner_.UnpinPages(pinned);
+  HUGEMM_ASSERT_OK(table_.UnregisterExternal(id_));
+  EXPECT_FALSE(table_.Translate(buf_).has_value());
+  EXPECT_EQ(table_.UnregisterExternal(id_).code(), absl::StatusCode::kNotFound);
+}
+
+// A pin that lands between the check and the unmap: the mappings are put back.
+TEST_F(GupExternal2MTest, PinRacingTheUnmapPutsTheMappingsBack) {
+  HUGEMM_ASSERT_OK(table_.Protect(buf_ + 3 * kPageSize4K, kPageSize4K, kProtRead));
+  const std::vector<LogicalLeaf> before = Leaves();
+  std::vector<PageRef> pinned(10);
+  int pins = 0;
+  RangeSubscription sub(
+      table_.notifiers(), buf_, kLen, {.invalidate_start = [&](const Invalidation& inv) {
+        if (inv.reason != InvalidateReason::kUnmap || pins != 0) return;
+        ++pins;
+        absl::StatusOr<size_t> n =
+            pinner_.PinPages(buf_ + kPageSize2M, 10, kGupPin, absl::MakeSpan(pinned));
+        EXPECT_TRUE(n.ok()) << n.status();
+      }});
+  absl::Status st = table_.UnregisterExternal(id_);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_EQ(pins, 1);
+  ExpectStillRegistered(before);
+  EXPECT_EQ(before.size(), Leaves().size());
+
+  pinner_.UnpinPages(pinned);
+  HUGEMM_ASSERT_OK(table_.UnregisterExternal(id_));
+  EXPECT_FALSE(table_.Translate(buf_ + kPageSize2M).has_value());
 }
 
 // A protection is no GUP flag, and neither is a plain integer: Pin(p, n, kProtWrite)

@@ -91,6 +91,7 @@ int hugemm_free(hugemm_runtime* rt, void* data);
  * the protection the kernel gives it: a HUGEMM_WRITE pin of memory mapped read-only fails
  * with -EPERM, and memory the program may not read is refused (-EPERM). */
 int hugemm_register_external(hugemm_runtime* rt, void* addr, size_t length, uint64_t* id);
+/* -EFAULT while any of its memory is pinned; a refused unregister changes nothing. */
 int hugemm_unregister_external(hugemm_runtime* rt, uint64_t id);
 
 /* ---- pin / unpin ----------------------------------------------------------------- */

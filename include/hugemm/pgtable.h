@@ -275,7 +275,8 @@ class PageTable {
   [[nodiscard]] absl::StatusOr<uint64_t> RegisterExternal(const void* va, size_t length);
   // Unmaps a registration and frees its descriptors.
   //   NotFound: no registration `id`.  FailedPrecondition: its memory is still referenced
-  //   beyond its mappings (pinned): nothing changes.
+  //   beyond its mappings (pinned): nothing changes, the registration stays, and its
+  //   mappings stay as they were (a pin that races with the unmap gets them put back).
   [[nodiscard]] absl::Status UnregisterExternal(uint64_t id);
 
   // Holds every leaf in [va, va + length) against the live kernel: same page size in
@@ -322,6 +323,15 @@ class PageTable {
   // split.cc
   absl::Status SplitLeaf(uintptr_t va);
   Table* NewLeafTable(int level, uint64_t word, uintptr_t va) const;
+
+  // external.cc
+  std::vector<LogicalLeaf> LeavesOf(const Folio* folio) const;
+  absl::Status CheckOnlyMapped(const Folio* folio, absl::Span<const LogicalLeaf> leaves,
+                               int32_t owner_refs) const;
+  absl::Status UnmapRuns(absl::Span<const LogicalLeaf> leaves);
+  absl::Status RestoreExternal(const ExternalRegion& region,
+                               absl::Span<const std::vector<LogicalLeaf>> leaves,
+                               const absl::Status& why);
 
   // reclaim.cc
   void PruneEmpty(uintptr_t va, Garbage* garbage);

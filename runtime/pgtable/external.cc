@@ -1,7 +1,11 @@
 // Memory the program mapped itself, described by what the kernel says about it.
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
@@ -127,6 +131,10 @@ absl::StatusOr<uint64_t> PageTable::RegisterExternal(const void* p, size_t lengt
   return id;
 }
 
+// Unregistering unmaps the registration's folios and frees their descriptors, which must
+// then be referenced by nothing but the registration itself. A refusal changes nothing:
+// the references are checked before anything is unmapped, and a pin that slips in
+// between that check and the unmap is found after it, and the mappings are put back.
 absl::Status PageTable::UnregisterExternal(uint64_t id) {
   std::unique_ptr<ExternalRegion> region;
   {
@@ -138,27 +146,109 @@ absl::Status PageTable::UnregisterExternal(uint64_t id) {
     region = std::move(it->second);
     external_.erase(it);
   }
-  for (const auto& [f, prot] : region->folios) {
-    absl::Status st = Unmap(f->data, f->size());
-    if (!st.ok() && st.code() != absl::StatusCode::kNotFound) {
-      // Put it back: its descriptors are still mapped and must stay.
-      std::lock_guard<std::mutex> lock(external_mu_);
-      external_.emplace(id, std::move(region));
-      return st;
+  auto refuse = [&](absl::Status why) {
+    std::lock_guard<std::mutex> lock(external_mu_);
+    external_.emplace(id, std::move(region));
+    return why;
+  };
+  // Each folio's leaves as they are: what to unmap, and what to put back.
+  std::vector<std::vector<LogicalLeaf>> leaves;
+  for (const ExternalRegion::Borrowed& b : region->folios) {
+    leaves.push_back(LeavesOf(b.folio.get()));
+    if (absl::Status st = CheckOnlyMapped(b.folio.get(), leaves.back(), 1); !st.ok()) {
+      return refuse(st);
     }
   }
-  for (const auto& [f, prot] : region->folios) {
-    const int32_t refs = f->refcount.load(std::memory_order_acquire);
-    if (refs != 1) {
-      std::lock_guard<std::mutex> lock(external_mu_);
-      const std::string what = absl::StrFormat(
-          "unregister: the folio at %p still has %d references (pinned?)", f->data, refs);
-      external_.emplace(id, std::move(region));
-      return absl::FailedPreconditionError(what);
+  for (const std::vector<LogicalLeaf>& l : leaves) {
+    if (absl::Status st = UnmapRuns(l); !st.ok()) {
+      return refuse(RestoreExternal(*region, leaves, st));
+    }
+  }
+  for (const ExternalRegion::Borrowed& b : region->folios) {
+    if (absl::Status st = CheckOnlyMapped(b.folio.get(), {}, 1); !st.ok()) {
+      return refuse(RestoreExternal(*region, leaves, st));
     }
   }
   pgtable_internal::RcuSynchronize();  // readers may still hold the descriptors
   return absl::OkStatus();
+}
+
+std::vector<LogicalLeaf> PageTable::LeavesOf(const Folio* folio) const {
+  std::vector<LogicalLeaf> out;
+  Walk(folio->data, folio->size(), [&](const LogicalLeaf& l) {
+    if (l.folio == folio) out.push_back(l);
+  });
+  return out;
+}
+
+absl::Status PageTable::CheckOnlyMapped(const Folio* folio, absl::Span<const LogicalLeaf> leaves,
+                                        int32_t owner_refs) const {
+  int32_t expected = owner_refs;
+  for (const LogicalLeaf& l : leaves) {
+    expected += l.cont ? int32_t{1} << cont_shift_[l.level] : 1;  // one per entry
+  }
+  const int32_t refs = folio->refcount.load(std::memory_order_acquire);
+  if (refs == expected) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "unregister: the folio at %p has %d references besides its registration and its "
+      "mappings (pinned?); nothing changed",
+      folio->data, refs - expected));
+}
+
+absl::Status PageTable::UnmapRuns(absl::Span<const LogicalLeaf> leaves) {
+  for (size_t i = 0; i < leaves.size();) {
+    // One unmap per run of adjacent leaves: a split folio's 512 PTEs are one range.
+    size_t j = i + 1;
+    while (j < leaves.size() && leaves[j].va == leaves[j - 1].va + leaves[j - 1].bytes) ++j;
+    const uintptr_t end = leaves[j - 1].va + leaves[j - 1].bytes;
+    if (absl::Status st = Unmap(reinterpret_cast<const void*>(leaves[i].va), end - leaves[i].va);
+        !st.ok()) {
+      return st;
+    }
+    i = j;
+  }
+  return absl::OkStatus();
+}
+
+// Maps each folio of `region` back as `leaves` recorded it: whole, then the holes, the
+// splits, the protections and the device-exclusive entries it had. Returns `why`, with
+// what could not be put back appended.
+absl::Status PageTable::RestoreExternal(const ExternalRegion& region,
+                                        absl::Span<const std::vector<LogicalLeaf>> leaves,
+                                        const absl::Status& why) {
+  std::string failed;
+  auto note = [&](const absl::Status& st) {
+    if (!st.ok() && st.code() != absl::StatusCode::kAlreadyExists) {
+      absl::StrAppend(&failed, "; putting back: ", st.message());
+    }
+  };
+  for (size_t f = 0; f < region.folios.size(); ++f) {
+    const ExternalRegion::Borrowed& b = region.folios[f];
+    const std::vector<LogicalLeaf>& was = leaves[f];
+    if (was.empty()) continue;
+    note(Map(b.folio.get(), b.folio->data, b.prot));
+    auto at = [](uintptr_t va) { return reinterpret_cast<const void*>(va); };
+    uintptr_t cur = reinterpret_cast<uintptr_t>(b.folio->data);
+    for (const LogicalLeaf& l : was) {
+      if (l.va > cur) note(Unmap(at(cur), l.va - cur));
+      cur = l.va + l.bytes;
+    }
+    const uintptr_t end = reinterpret_cast<uintptr_t>(b.folio->data) + b.folio->size();
+    if (cur < end) note(Unmap(at(cur), end - cur));
+    for (const LogicalLeaf& l : was) {
+      for (std::optional<Translation> t = Translate(at(l.va)); t && t->leaf_bytes > l.bytes;
+           t = Translate(at(l.va))) {
+        if (absl::Status st = Split(at(l.va)); !st.ok()) {
+          note(st);
+          break;
+        }
+      }
+      if (l.prot != b.prot) note(Protect(at(l.va), l.bytes, l.prot));
+      if (l.exclusive) note(MakeExclusive(at(l.va), l.exclusive_owner));
+    }
+  }
+  if (failed.empty()) return why;
+  return absl::Status(why.code(), absl::StrCat(why.message(), failed));
 }
 
 }  // namespace hugemm
