@@ -94,12 +94,15 @@ TEST(GeometryTest, AnInvalidGeometryGivesATableThatMapsNothing) {
   wide_top.index_bits[3] = 10;
   Geometry odd_groups = X86_64Geometry(false);
   odd_groups.cont_entries[kPteLevel] = 12;
+  Geometry odd_page = X86_64Geometry(false);
+  odd_page.page_shift = 40;
   Geometry no_pte_leaves = X86_64Geometry(false);
   no_pte_leaves.leaf_ok[kPteLevel] = false;
   for (const auto& [g, why] : std::vector<std::pair<Geometry, std::string>>{
            {deep, "7 levels"},
            {wide_top, "a top level of 10 index bits"},
            {odd_groups, "contiguous groups of 12 entries"},
+           {odd_page, "a base page not of 4K to 64K"},
            {no_pte_leaves, "no leaves at the PTE level"}}) {
     absl::Status st = ValidateGeometry(g);
     EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << why;
@@ -110,6 +113,10 @@ TEST(GeometryTest, AnInvalidGeometryGivesATableThatMapsNothing) {
     EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
     EXPECT_THAT(st.message(), HasSubstr(why));
     EXPECT_EQ(table.Unmap(Ptr(kBase), kPageSize2M).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(table.Split(Ptr(kBase)).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(table.MakeExclusive(Ptr(kBase), nullptr).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(table.RestoreExclusive(Ptr(kBase)).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(NaturalUnit(g, kPageSize2M).status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_EQ(f->refcount.load(), 1);
     EXPECT_FALSE(table.Translate(Ptr(kBase)).has_value());
     EXPECT_FALSE(table.Lookup(Ptr(0)).has_value());

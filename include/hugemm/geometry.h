@@ -71,8 +71,8 @@ struct LeafUnit {
 };
 
 // The largest leaf (plain or contiguous group) that is not larger than the folio.
-// InvalidArgument: a folio smaller than the base page, not a multiple of it, or that no
-// leaf level divides.
+// InvalidArgument: an invalid geometry; a folio smaller than the base page, not a
+// multiple of it, or that no leaf level divides.
 [[nodiscard]] absl::StatusOr<LeafUnit> NaturalUnit(const Geometry& geometry, size_t folio_bytes);
 
 Geometry X86_64Geometry(bool five_level);

@@ -305,6 +305,7 @@ class PageTable {
   void InitTable(Table* t, int level, size_t entries) const;
   void FreeTable(Table* t) const;     // with the tables deposited in it
   void FreeChain(Table* head) const;  // a list linked through `next`
+  absl::Status CheckGeometry(const char* op) const;
   absl::Status CheckRange(uintptr_t va, size_t length, const char* op) const;
   static absl::Status CheckProt(Prot prot);
   absl::Status CheckNoHoles(uintptr_t va, size_t length, const char* op) const;

@@ -42,6 +42,7 @@ absl::Status ValidateGeometry(const Geometry& g) {
 }
 
 absl::StatusOr<LeafUnit> NaturalUnit(const Geometry& g, size_t folio_bytes) {
+  if (absl::Status st = ValidateGeometry(g); !st.ok()) return st;
   if (folio_bytes < g.page_size() || folio_bytes % g.page_size() != 0) {
     return absl::InvalidArgumentError(absl::StrCat("a ", PageSizeName(folio_bytes),
                                                    " folio is not a multiple of the ",

@@ -70,6 +70,7 @@ absl::Status PageTable::MakePath(uintptr_t va, int level) {
 absl::Status PageTable::Map(Folio* folio, const void* p, Prot prot) {
   const auto va = reinterpret_cast<uintptr_t>(p);
   if (folio == nullptr) return absl::InvalidArgumentError("map: no folio");
+  if (absl::Status st = CheckGeometry("map"); !st.ok()) return st;
   const size_t size = folio->size();
   absl::StatusOr<LeafUnit> unit = NaturalUnit(geometry_, size);
   if (!unit.ok()) {

@@ -128,11 +128,13 @@ void PageTable::FreeChain(Table* head) const {
 
 // ---- what every writer checks -------------------------------------------------------------
 
+absl::Status PageTable::CheckGeometry(const char* op) const {
+  if (geometry_status_.ok()) return absl::OkStatus();
+  return absl::Status(geometry_status_.code(), absl::StrCat(op, ": ", geometry_status_.message()));
+}
+
 absl::Status PageTable::CheckRange(uintptr_t va, size_t length, const char* op) const {
-  if (!geometry_status_.ok()) {
-    return absl::Status(geometry_status_.code(),
-                        absl::StrCat(op, ": ", geometry_status_.message()));
-  }
+  if (absl::Status st = CheckGeometry(op); !st.ok()) return st;
   const size_t page = geometry_.page_size();
   if (length == 0 || va % page != 0 || length % page != 0) {
     return absl::InvalidArgumentError(

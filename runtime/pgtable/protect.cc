@@ -47,6 +47,7 @@ absl::Status PageTable::Protect(const void* p, size_t length, Prot prot) {
 
 absl::Status PageTable::MakeExclusive(const void* p, const void* owner) {
   const auto va = reinterpret_cast<uintptr_t>(p);
+  if (absl::Status st = CheckGeometry("make exclusive"); !st.ok()) return st;
   if (absl::Status st = CheckRange(va, geometry_.page_size(), "make exclusive"); !st.ok()) {
     return st;
   }
@@ -83,6 +84,7 @@ absl::Status PageTable::MakeExclusive(const void* p, const void* owner) {
 
 absl::Status PageTable::RestoreExclusive(const void* p) {
   const auto va = reinterpret_cast<uintptr_t>(p);
+  if (absl::Status st = CheckGeometry("restore"); !st.ok()) return st;
   if (absl::Status st = CheckRange(va, geometry_.page_size(), "restore"); !st.ok()) return st;
   Garbage g;
   for (bool done = false; !done;) {

@@ -155,6 +155,7 @@ absl::Status PageTable::SplitLeaf(uintptr_t va) {
 
 absl::Status PageTable::Split(const void* p) {
   const auto va = reinterpret_cast<uintptr_t>(p);
+  if (absl::Status st = CheckGeometry("split"); !st.ok()) return st;
   const uintptr_t page = va & ~(geometry_.page_size() - 1);
   // An unaligned address inside a leaf is fine; only the range check matters.
   if (absl::Status st = CheckRange(page, geometry_.page_size(), "split"); !st.ok()) return st;
