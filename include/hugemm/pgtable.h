@@ -56,6 +56,7 @@ namespace hugemm {
 namespace pgtable_internal {
 struct Table;
 struct Entry;
+struct LeafBits;
 struct WalkHint;
 struct Garbage;
 struct WholeLeaf;
@@ -298,6 +299,7 @@ class PageTable {
 
   // walk.h: the one descent and the one leaf decoder.
   Entry Descend(uintptr_t va, int to_level, pgtable_internal::WalkHint* hint) const;
+  pgtable_internal::LeafBits DecodeBits(const Entry& e) const;
   LogicalLeaf Decode(uintptr_t va, const Entry& e) const;
 
   // pgtable.cc: table memory and the checks every writer makes.

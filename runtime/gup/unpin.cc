@@ -17,8 +17,10 @@ constexpr size_t kMaxUnpinRun = size_t{1} << 20;
 
 }  // namespace
 
-size_t UnpinPageRefs(absl::Span<const PageRef> pages, bool dirty, RefGranularity granularity) {
-  const size_t n = pages.size();
+size_t UnpinPageRefs(absl::Span<const PageRef> refs, bool dirty, RefGranularity granularity) {
+  // A plain pointer: this loop is the hot path of unpin.
+  const PageRef* pages = refs.data();
+  const size_t n = refs.size();
   size_t ops = 0;
   if (granularity == RefGranularity::kPage) {
     for (size_t i = 0; i < n; ++i) {

@@ -26,23 +26,27 @@ using pgtable_internal::WalkHint;
 // runs as one loop the CPU can overlap.
 inline bool PageTable::TranslateLocked(uintptr_t va, Translation* out, size_t max_run,
                                        WalkHint* hint) const {
-  if (va >= va_limit_) return false;
+  if (va >= va_limit_) [[unlikely]]
+    return false;
   const Entry e = Descend(va, kPteLevel, hint);
-  if (!e.maps()) return false;
-  const LogicalLeaf l = Decode(va, e);
+  if (!e.maps()) [[unlikely]]
+    return false;
+  // The leaf's bits, not a whole LogicalLeaf: a batch of translations is this loop.
+  const pgtable_internal::LeafBits b = DecodeBits(e);
+  const Folio* folio = AsFolio(b.word);
   Translation& t = *out;
-  t.folio = l.folio;
-  t.page = l.first_page + ((va - l.va) >> geometry_.page_shift);
-  t.pfn = PfnAt(l.folio, va);
-  t.level = l.level;
-  t.leaf_va = l.va;
-  t.leaf_bytes = l.bytes;
-  t.run_bytes = l.va + l.bytes - va;
-  t.exclusive = l.exclusive;
-  t.exclusive_owner = l.exclusive_owner;
+  t.folio = AsFolio(b.word);
+  t.page = (va & (folio->size() - 1)) >> geometry_.page_shift;
+  t.pfn = PfnAt(folio, va);
+  t.level = e.level;
+  t.leaf_bytes = size_t{1} << b.shift;
+  t.leaf_va = va & ~(t.leaf_bytes - 1);
+  t.run_bytes = t.leaf_va + t.leaf_bytes - va;
+  t.exclusive = b.record != nullptr;
+  t.exclusive_owner = b.record != nullptr ? b.record->owner : nullptr;
   if (max_run > t.run_bytes) [[unlikely]] {
     // Scatter-gather: go on while the next leaf starts at the next frame.
-    uintptr_t next = l.va + l.bytes;
+    uintptr_t next = t.leaf_va + t.leaf_bytes;
     uint64_t want = t.pfn == kUnknownPfn ? kUnknownPfn : t.pfn + (t.run_bytes >> kPageShift);
     while (want != kUnknownPfn && t.run_bytes < max_run && next < va_limit_) {
       const Entry n = Descend(next, kPteLevel, nullptr);
@@ -69,21 +73,27 @@ size_t PageTable::TranslateMany(absl::Span<const void* const> vas, absl::Span<Tr
                                 absl::Span<bool> hit) const {
   size_t n = std::min(vas.size(), out.size());
   if (!hit.empty()) n = std::min(n, hit.size());
+  // Plain pointers from here: the sizes are settled, and the loop is the hot path.
+  const void* const* in = vas.data();
+  Translation* to = out.data();
+  bool* hits_out = hit.empty() ? nullptr : hit.data();
   size_t hits = 0;
   WalkHint hint;
   pgtable_internal::RcuReadLock();
   for (size_t i = 0; i < n; ++i) {
-    const bool h = TranslateLocked(reinterpret_cast<uintptr_t>(vas[i]), &out[i], 0, &hint);
-    if (!hit.empty()) hit[i] = h;
+    const bool h = TranslateLocked(reinterpret_cast<uintptr_t>(in[i]), &to[i], 0, &hint);
+    if (hits_out != nullptr) hits_out[i] = h;
     hits += h;
   }
   pgtable_internal::RcuReadUnlock();
   return hits;
 }
 
-size_t PageTable::TranslatePfns(absl::Span<const void* const> vas,
-                                absl::Span<uint64_t> pfns) const {
-  const size_t n = std::min(vas.size(), pfns.size());
+size_t PageTable::TranslatePfns(absl::Span<const void* const> vas, absl::Span<uint64_t> out) const {
+  // Plain pointers from here: the sizes are settled, and the loop is the hot path.
+  const size_t n = std::min(vas.size(), out.size());
+  const void* const* in = vas.data();
+  uint64_t* pfns = out.data();
   // The lowest table the last descent reached. While addresses fall under it and its
   // entries carry frame words, a translation is one read of a frame word, as it would be
   // in a flat array of PFNs: no folio, no descent.
@@ -98,7 +108,7 @@ size_t PageTable::TranslatePfns(absl::Span<const void* const> vas,
   for (;;) {
     const size_t run = i;
     for (; i < n; ++i) {
-      const auto va = reinterpret_cast<uintptr_t>(vas[i]);
+      const auto va = reinterpret_cast<uintptr_t>(in[i]);
       const uintptr_t index = (va - base) >> shift;
       if (index >= entries) [[unlikely]] {
         break;
@@ -114,7 +124,7 @@ size_t PageTable::TranslatePfns(absl::Span<const void* const> vas,
 
     // Off the near table, or an entry with no frame word (a hole, a table, a folio whose
     // PFNs are unknown): read the entry, descending from the root when it is not here.
-    const auto va = reinterpret_cast<uintptr_t>(vas[i]);
+    const auto va = reinterpret_cast<uintptr_t>(in[i]);
     const uintptr_t index = (va - base) >> shift;
     uint64_t w = index < entries ? near->slot(index).load(std::memory_order_acquire) : 0;
     if (index >= entries || IsTable(w)) {

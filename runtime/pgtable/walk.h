@@ -38,6 +38,13 @@ struct WalkHint {
   uintptr_t tag = 0;
 };
 
+// See PageTable::DecodeBits.
+struct LeafBits {
+  uint64_t word;                  // the leaf's word: folio, protection, group bit
+  int shift;                      // log2 of the logical leaf's bytes
+  const ExclusiveRecord* record;  // a device-exclusive entry's record, or nullptr
+};
+
 // Lock-free lookups in address order inside one read section the caller holds: GUP-fast's
 // walk over a range. Consecutive leaves mostly share their table, so each lookup starts
 // where the last one ended.
@@ -65,12 +72,13 @@ namespace hugemm {
 
 // From the root, or from the hint's table when `va` is under it, down to the entry that
 // maps `va`, the empty entry that leaves it unmapped, or the entry at `to_level`. Inside a
-// read section, for an address below va_limit_.
+// read section, for an address below va_limit_. Hints serve readers, which descend to the
+// PTE level; a descent that stops above it ignores its hint.
 inline pgtable_internal::Entry PageTable::Descend(uintptr_t va, int to_level,
                                                   pgtable_internal::WalkHint* hint) const {
   Table* t = root_;
   int level = top_;
-  if (hint != nullptr && hint->table != nullptr && hint->level >= to_level &&
+  if (to_level == kPteLevel && hint != nullptr && hint->table != nullptr &&
       (va >> shift_[hint->level + 1]) == hint->tag) {
     t = hint->table;
     level = hint->level;
@@ -92,28 +100,38 @@ inline pgtable_internal::Entry PageTable::Descend(uintptr_t va, int to_level,
   return {t, index, level, w};
 }
 
-// The logical leaf the entry `e`, which maps `va`, describes: a PUD or PMD leaf, a PTE,
-// or a whole contiguous group. A device-exclusive entry describes the PTE it replaced.
-inline LogicalLeaf PageTable::Decode(uintptr_t va, const pgtable_internal::Entry& e) const {
-  using pgtable_internal::AsFolio;
-  LogicalLeaf l;
-  uint64_t leaf_word = e.word;
+// The one decoding of an entry that maps something: the leaf word it stands for (a
+// device-exclusive entry stands for the PTE it replaced, kept in its record) and the size
+// of the logical leaf (a contiguous group counts whole). Every reader starts here; the
+// translation hot path reads these bits directly rather than a whole LogicalLeaf.
+inline pgtable_internal::LeafBits PageTable::DecodeBits(const pgtable_internal::Entry& e) const {
+  pgtable_internal::LeafBits b{e.word, shift_[e.level], nullptr};
   if (pgtable_internal::IsExclusive(e.word)) [[unlikely]] {
-    const pgtable_internal::ExclusiveRecord* r = pgtable_internal::AsRecord(e.word);
-    leaf_word = r->leaf_word;
-    l.exclusive = true;
-    l.exclusive_owner = r->owner;
+    b.record = pgtable_internal::AsRecord(e.word);
+    b.word = b.record->leaf_word;
   }
-  l.folio = AsFolio(leaf_word);
+  if (b.word & pgtable_internal::kCont) b.shift += cont_shift_[e.level];
+  return b;
+}
+
+// The logical leaf the entry `e`, which maps `va`, describes: a PUD or PMD leaf, a PTE,
+// or a whole contiguous group.
+inline LogicalLeaf PageTable::Decode(uintptr_t va, const pgtable_internal::Entry& e) const {
+  const pgtable_internal::LeafBits b = DecodeBits(e);
+  LogicalLeaf l;
+  l.folio = pgtable_internal::AsFolio(b.word);
   l.level = e.level;
-  l.cont = (leaf_word & pgtable_internal::kCont) != 0;
-  const int leaf_shift = l.cont ? shift_[e.level] + cont_shift_[e.level] : shift_[e.level];
-  l.bytes = size_t{1} << leaf_shift;
+  l.cont = (b.word & pgtable_internal::kCont) != 0;
+  l.bytes = size_t{1} << b.shift;
   l.va = va & ~(l.bytes - 1);
   const uintptr_t folio_va = va & ~(l.folio->size() - 1);
   l.first_page = (l.va - folio_va) >> geometry_.page_shift;
   l.pages = l.bytes >> geometry_.page_shift;
-  l.prot = pgtable_internal::BitsToProt(leaf_word);
+  l.prot = pgtable_internal::BitsToProt(b.word);
+  if (b.record != nullptr) [[unlikely]] {
+    l.exclusive = true;
+    l.exclusive_owner = b.record->owner;
+  }
   return l;
 }
 
