@@ -321,7 +321,7 @@ class PageTable {
   absl::Status MakePath(uintptr_t va, int level);
   absl::Status ForEachWholeLeaf(uintptr_t va, size_t length,
                                 absl::FunctionRef<void(const WholeLeaf&)> apply);
-  absl::Status UnmapLeaves(uintptr_t va, size_t length, Garbage* garbage);
+  absl::Status ClearLeaves(uintptr_t va, size_t length, Garbage* garbage);
 
   // split.cc
   absl::Status SplitLeaf(uintptr_t va);

@@ -182,7 +182,7 @@ absl::Status PageTable::ForEachWholeLeaf(uintptr_t va, size_t length,
   return absl::OkStatus();
 }
 
-absl::Status PageTable::UnmapLeaves(uintptr_t va, size_t length, Garbage* g) {
+absl::Status PageTable::ClearLeaves(uintptr_t va, size_t length, Garbage* g) {
   return ForEachWholeLeaf(va, length, [&](const WholeLeaf& w) {
     Table* t = w.table;
     // The frame words first, then the entries (table.h).
@@ -207,7 +207,7 @@ absl::Status PageTable::Unmap(const void* p, size_t length) {
   absl::Status st;
   {
     Invalidating notice(notifiers_, {va, length, InvalidateReason::kUnmap, nullptr});
-    st = UnmapLeaves(va, length, &g);
+    st = ClearLeaves(va, length, &g);
     const size_t step = geometry_.entry_bytes(kPmdLevel);
     for (uintptr_t a = va & ~(step - 1); a < va + length; a += step) PruneEmpty(a, &g);
   }
