@@ -51,9 +51,11 @@ FastResult PinFast(const PinContext& ctx, uintptr_t va, uintptr_t end, GupFlags 
       return {va, Stop::kGrabFailed};
     if (ctx.after_grab != nullptr) [[unlikely]]
       (*ctx.after_grab)(va);
-    Stop s = Cursor::StillMapped(snap) ? CheckFolio(t.folio, flags) : Stop::kChanged;
-    if (s == Stop::kNone && !sink.Accept(t.folio, t.first, t.refs, va)) [[unlikely]]
-      s = sink.why();
+    // Re-check: only an entry that still holds its word makes the grab one on a live
+    // mapping. Then what the folio allows, then record; any refusal undoes the grab.
+    Stop s = Cursor::StillMapped(snap) ? Stop::kNone : Stop::kChanged;
+    if (s == Stop::kNone) s = CheckFolio(t.folio, flags);
+    if (s == Stop::kNone && !sink.Accept(t.folio, t.first, t.refs, va)) s = sink.why();
     if (s != Stop::kNone) [[unlikely]] {
       Ungrab(t, kind);
       return {va, s};
