@@ -315,6 +315,7 @@ class PageTable {
   // read.cc
   bool TranslateLocked(uintptr_t va, Translation* out, size_t max_run,
                        pgtable_internal::WalkHint* hint) const;
+  void ExtendRun(Translation* t, size_t max_run) const;
   uint64_t RecordedPfn(uintptr_t va) const;  // the frame word of va's entry
 
   // map.cc

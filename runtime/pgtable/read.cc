@@ -33,8 +33,14 @@ inline bool PageTable::TranslateLocked(uintptr_t va, Translation* out, size_t ma
     return false;
   // The leaf's bits, not a whole LogicalLeaf: a batch of translations is this loop.
   const pgtable_internal::LeafBits b = DecodeBits(e);
-  const Folio* folio = AsFolio(b.word);
   Translation& t = *out;
+  t.exclusive = false;
+  t.exclusive_owner = nullptr;
+  if (b.record != nullptr) [[unlikely]] {
+    t.exclusive = true;
+    t.exclusive_owner = b.record->owner;
+  }
+  const Folio* folio = AsFolio(b.word);
   t.folio = AsFolio(b.word);
   t.page = (va & (folio->size() - 1)) >> geometry_.page_shift;
   t.pfn = PfnAt(folio, va);
@@ -42,24 +48,26 @@ inline bool PageTable::TranslateLocked(uintptr_t va, Translation* out, size_t ma
   t.leaf_bytes = size_t{1} << b.shift;
   t.leaf_va = va & ~(t.leaf_bytes - 1);
   t.run_bytes = t.leaf_va + t.leaf_bytes - va;
-  t.exclusive = b.record != nullptr;
-  t.exclusive_owner = b.record != nullptr ? b.record->owner : nullptr;
-  if (max_run > t.run_bytes) [[unlikely]] {
-    // Scatter-gather: go on while the next leaf starts at the next frame.
-    uintptr_t next = t.leaf_va + t.leaf_bytes;
-    uint64_t want = t.pfn == kUnknownPfn ? kUnknownPfn : t.pfn + (t.run_bytes >> kPageShift);
-    while (want != kUnknownPfn && t.run_bytes < max_run && next < va_limit_) {
-      const Entry n = Descend(next, kPteLevel, nullptr);
-      if (!IsLeaf(n.word)) break;
-      const LogicalLeaf nl = Decode(next, n);
-      if (PfnAt(nl.folio, next) != want) break;
-      t.run_bytes += nl.bytes;
-      want += nl.bytes >> kPageShift;
-      next += nl.bytes;
-    }
-  }
+  if (max_run > t.run_bytes) [[unlikely]]
+    ExtendRun(&t, max_run);
   if (max_run != 0 && t.run_bytes > max_run) t.run_bytes = max_run;
   return true;
+}
+
+// Scatter-gather: the run goes on across following leaves while each starts at the next
+// frame, up to max_run. Out of line: most translations want the leaf alone.
+void PageTable::ExtendRun(Translation* t, size_t max_run) const {
+  uintptr_t next = t->leaf_va + t->leaf_bytes;
+  uint64_t want = t->pfn == kUnknownPfn ? kUnknownPfn : t->pfn + (t->run_bytes >> kPageShift);
+  while (want != kUnknownPfn && t->run_bytes < max_run && next < va_limit_) {
+    const Entry n = Descend(next, kPteLevel, nullptr);
+    if (!IsLeaf(n.word)) break;
+    const LogicalLeaf nl = Decode(next, n);
+    if (PfnAt(nl.folio, next) != want) break;
+    t->run_bytes += nl.bytes;
+    want += nl.bytes >> kPageShift;
+    next += nl.bytes;
+  }
 }
 
 bool PageTable::TranslateInto(const void* p, Translation* out, size_t max_run) const {
