@@ -24,6 +24,7 @@
 
 #include "hugemm/pgtable.h"
 #include "runtime/gup/pin_steps.h"
+#include "runtime/pgtable/rcu.h"
 #include "runtime/pgtable/walk.h"
 
 namespace hugemm::gup_internal {
@@ -38,7 +39,7 @@ FastResult PinFast(const PinContext& ctx, uintptr_t va, uintptr_t end, GupFlags 
   using pgtable_internal::Cursor;
   const RefKind kind = HasAny(flags, kGupPin) ? RefKind::kPin : RefKind::kGet;
   const int page_shift = ctx.table.geometry().page_shift;
-  ReadSection rs;
+  pgtable_internal::ReadLock rs;
   Cursor cursor(ctx.table);
   LeafSnapshot snap;
   while (va < end) {

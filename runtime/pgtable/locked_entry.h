@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "hugemm/pgtable.h"
+#include "runtime/pgtable/rcu.h"
 #include "runtime/pgtable/table.h"
 #include "runtime/pgtable/walk.h"
 
@@ -41,7 +42,7 @@ class LockedEntry {
   uint64_t word() const { return entry_.word; }
 
  private:
-  ReadSection read_section_;  // first: the table stays alive until after the unlock
+  ReadLock read_lock_;  // first: the table stays alive until after the unlock
   Entry entry_;
   bool held_ = false;
 };

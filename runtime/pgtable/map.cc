@@ -4,6 +4,7 @@
 #include "hugemm/pgtable.h"
 #include "runtime/pgtable/invalidating.h"
 #include "runtime/pgtable/locked_entry.h"
+#include "runtime/pgtable/rcu.h"
 #include "runtime/pgtable/reclaim.h"
 #include "runtime/pgtable/table.h"
 #include "runtime/pgtable/walk.h"
@@ -42,7 +43,7 @@ absl::Status PageTable::MakePath(uintptr_t va, int level) {
   for (;;) {
     Entry above;
     {
-      ReadSection rs;
+      pgtable_internal::ReadLock rs;
       above = Descend(va, level, nullptr);
     }
     if (above.level == level) return absl::OkStatus();

@@ -4,6 +4,7 @@
 #include "hugemm/pgtable.h"
 #include "runtime/pgtable/invalidating.h"
 #include "runtime/pgtable/locked_entry.h"
+#include "runtime/pgtable/rcu.h"
 #include "runtime/pgtable/reclaim.h"
 #include "runtime/pgtable/table.h"
 #include "runtime/pgtable/walk.h"
@@ -54,7 +55,7 @@ absl::Status PageTable::MakeExclusive(const void* p, const void* owner) {
   for (;;) {
     Entry found;
     {
-      ReadSection rs;
+      pgtable_internal::ReadLock rs;
       found = Descend(va, kPteLevel, nullptr);
     }
     if (!found.maps()) {
@@ -91,7 +92,7 @@ absl::Status PageTable::RestoreExclusive(const void* p) {
     Entry found;
     const void* owner = nullptr;
     {
-      ReadSection rs;
+      pgtable_internal::ReadLock rs;
       found = Descend(va, kPteLevel, nullptr);
       // The record lives until a grace period after it is unhooked: reading its owner
       // inside this section is safe, and the locked re-check below decides.

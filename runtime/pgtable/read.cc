@@ -164,7 +164,7 @@ size_t PageTable::TranslatePfns(absl::Span<const void* const> vas, absl::Span<ui
 
 uint64_t PageTable::RecordedPfn(uintptr_t va) const {
   if (va >= va_limit_) return kUnknownPfn;
-  ReadSection rs;
+  pgtable_internal::ReadLock rs;
   const Entry e = Descend(va, kPteLevel, nullptr);
   if (!e.maps()) return kUnknownPfn;
   return FrameWordPfn(e.frame().load(std::memory_order_acquire));
@@ -172,7 +172,7 @@ uint64_t PageTable::RecordedPfn(uintptr_t va) const {
 
 std::optional<LeafSnapshot> PageTable::Lookup(const void* p) const {
   LeafSnapshot s;
-  ReadSection rs;
+  pgtable_internal::ReadLock rs;
   pgtable_internal::Cursor cursor(*this);
   if (!cursor.Lookup(reinterpret_cast<uintptr_t>(p), &s)) return std::nullopt;
   return s;
@@ -199,7 +199,7 @@ void PageTable::Walk(const void* p, size_t length,
                      absl::FunctionRef<void(const LogicalLeaf&)> fn) const {
   const auto va = reinterpret_cast<uintptr_t>(p);
   const uintptr_t end = std::min(va + length < va ? va_limit_ : va + length, va_limit_);
-  ReadSection rs;
+  pgtable_internal::ReadLock rs;
   for (uintptr_t cur = va; cur < end;) {
     const Entry e = Descend(cur, kPteLevel, nullptr);
     if (e.maps()) {

@@ -9,6 +9,7 @@
 #include "hugemm/pgtable.h"
 #include "runtime/pgtable/invalidating.h"
 #include "runtime/pgtable/locked_entry.h"
+#include "runtime/pgtable/rcu.h"
 #include "runtime/pgtable/table.h"
 #include "runtime/pgtable/walk.h"
 
@@ -102,7 +103,7 @@ Table* PageTable::NewLeafTable(int level, uint64_t word, uintptr_t va) const {
 absl::Status PageTable::SplitLeaf(uintptr_t va) {
   Entry found;
   {
-    ReadSection rs;
+    pgtable_internal::ReadLock rs;
     found = Descend(va, kPteLevel, nullptr);
   }
   if (absl::Status st = CheckSplittable(geometry_, va, found); !st.ok()) return st;

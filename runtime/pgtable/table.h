@@ -61,13 +61,17 @@ inline uint64_t FrameFor(const Folio* folio, uintptr_t entry_va) {
   return FrameWord(PfnAt(folio, entry_va));
 }
 
+// An entry keeps a Prot's three bits as they are, three places up: converting is a shift
+// (Decode does it for every leaf a reader sees).
+inline constexpr int kProtShift = 3;
+static_assert(kRead == uint64_t{static_cast<uint32_t>(kProtRead)} << kProtShift &&
+              kWrite == uint64_t{static_cast<uint32_t>(kProtWrite)} << kProtShift &&
+              kExec == uint64_t{static_cast<uint32_t>(kProtExec)} << kProtShift);
 inline uint64_t ProtToBits(Prot prot) {
-  return (HasAny(prot, kProtRead) ? kRead : 0) | (HasAny(prot, kProtWrite) ? kWrite : 0) |
-         (HasAny(prot, kProtExec) ? kExec : 0);
+  return (uint64_t{static_cast<uint32_t>(prot)} << kProtShift) & kProtBits;
 }
 inline Prot BitsToProt(uint64_t w) {
-  return (w & kRead ? kProtRead : kProtNone) | (w & kWrite ? kProtWrite : kProtNone) |
-         (w & kExec ? kProtExec : kProtNone);
+  return Prot{static_cast<uint32_t>((w & kProtBits) >> kProtShift)};
 }
 
 // What a device-exclusive entry remembers of the PTE it replaced. Immutable once
