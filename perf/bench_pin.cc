@@ -52,7 +52,7 @@ const char* KindName(PinCall call) {
 struct Config {
   size_t size_mib;
   long pages_per_call;
-  uint32_t flags;
+  GupFlags flags;
   Output output;
   int threads;
 };
@@ -87,15 +87,17 @@ class Pass {
       absl::StatusOr<size_t> got;
       switch (c_.output) {
         case Output::kPages:
-          got = pinner_.PinPages(va, n, c_.flags, page_out_.data() + done);
+          got = pinner_.PinPages(va, n, c_.flags, absl::MakeSpan(page_out_.data() + done, n));
           break;
         case Output::kFolios:
-          got = pinner_.PinFolios(va, n * kPageSize4K, c_.flags, span_out_.data() + count_,
-                                  span_out_.size() - count_);
+          got = pinner_.PinFolios(
+              va, n * kPageSize4K, c_.flags,
+              absl::MakeSpan(span_out_.data() + count_, span_out_.size() - count_));
           break;
         case Output::kSegments:
-          got = pinner_.PinSegments(va, n * kPageSize4K, c_.flags, 0, seg_out_.data() + count_,
-                                    seg_out_.size() - count_);
+          got = pinner_.PinSegments(
+              va, n * kPageSize4K, c_.flags, 0,
+              absl::MakeSpan(seg_out_.data() + count_, seg_out_.size() - count_));
           break;
       }
       if (!got.ok()) {
@@ -111,14 +113,14 @@ class Pass {
   }
 
   void Unpin() {
-    const bool dirty = (c_.flags & kGupWrite) != 0;
-    const RefKind kind = (c_.flags & kGupGet) ? RefKind::kGet : RefKind::kPin;
+    const bool dirty = HasAny(c_.flags, kGupWrite);
+    const RefKind kind = HasAny(c_.flags, kGupGet) ? RefKind::kGet : RefKind::kPin;
     switch (c_.output) {
       case Output::kPages:
-        pinner_.UnpinPages(page_out_.data(), pinned_pages_, dirty);
+        pinner_.UnpinPages(absl::MakeConstSpan(page_out_.data(), pinned_pages_), dirty);
         break;
       case Output::kFolios:
-        pinner_.UnpinFolios(span_out_.data(), count_, kind, dirty);
+        pinner_.UnpinFolios(absl::MakeConstSpan(span_out_.data(), count_), kind, dirty);
         break;
       case Output::kSegments:
         if (pinned_pages_ > 0) {
@@ -190,7 +192,7 @@ class Floor {
   Floor(const std::vector<Folio*>& folios, const Config& c)
       : folios_(folios),
         c_(c),
-        kind_((c.flags & kGupGet) ? RefKind::kGet : RefKind::kPin),
+        kind_(HasAny(c.flags, kGupGet) ? RefKind::kGet : RefKind::kPin),
         total_((c.size_mib << 20) / kPageSize4K),
         pages_(c.output == Output::kPages ? total_ : 0) {}
 
@@ -299,8 +301,8 @@ const char* PinOutputName(PinOutput o) {
   return "?";
 }
 
-uint32_t PinFlags(const PinBenchConfig& c) {
-  uint32_t flags = c.write ? uint32_t{kGupWrite} : 0u;
+GupFlags PinFlags(const PinBenchConfig& c) {
+  const GupFlags flags = c.write ? kGupWrite : kGupNone;
   switch (c.call) {
     case PinCall::kPin:
       return flags | kGupPin;

@@ -79,7 +79,7 @@ struct PinBenchHooks {
 
 const char* PinOutputName(PinOutput output);
 // The GUP flags a config pins with.
-uint32_t PinFlags(const PinBenchConfig& config);
+GupFlags PinFlags(const PinBenchConfig& config);
 
 // InvalidArgument, naming the flag (gup_test's letter) and the value, when the config
 // cannot run: a count out of range, or a file that is neither a device nor in a

@@ -97,15 +97,18 @@ absl::StatusOr<TranslateBenchResult> RunTranslateBench() {
     std::vector<double> samples;
   };
   auto table_pfns = [&](const uintptr_t* vas) {
-    table->TranslatePfns(reinterpret_cast<const void* const*>(vas), kBatch, pfn_out.data());
+    table->TranslatePfns(absl::MakeConstSpan(reinterpret_cast<const void* const*>(vas), kBatch),
+                         absl::MakeSpan(pfn_out));
   };
   enum { kPfns, kFull, kSingle, kReal, kFlat, kFlatPfn, kPagemap, kCount };
   Candidate c[kCount] = {
       {kLookups, batched(synth, table_pfns)},
       {kLookups, batched(synth,
                          [&](const uintptr_t* vas) {
-                           table->TranslateMany(reinterpret_cast<const void* const*>(vas), kBatch,
-                                                batch_out.data());
+                           table->TranslateMany(
+                               absl::MakeConstSpan(reinterpret_cast<const void* const*>(vas),
+                                                   kBatch),
+                               absl::MakeSpan(batch_out));
                            for (size_t j = 0; j < kBatch; ++j) pfn_out[j] = batch_out[j].pfn;
                          })},
       {kLookups,
@@ -113,7 +116,7 @@ absl::StatusOr<TranslateBenchResult> RunTranslateBench() {
          uint64_t sum = 0;
          Translation t;
          for (size_t i = 0; i < kLookups; ++i) {
-           table->TranslateInto(reinterpret_cast<const void*>(synth[i % kPool]), &t);
+           (void)table->TranslateInto(reinterpret_cast<const void*>(synth[i % kPool]), &t);
            sum += t.pfn;
          }
          DoNotOptimize(sum);

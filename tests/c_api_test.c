@@ -1,11 +1,13 @@
 /* The C API from plain C99: every entry point once on real huge pages, and bad input
  * answered with a negative errno and a message. Prints "N passed, N failed"; exits 77
  * (skip) when no 2M huge pages are free, unless HUGEMM_REQUIRE_HUGEPAGES=1. */
+#define _GNU_SOURCE /* MAP_ANONYMOUS, MAP_HUGETLB */
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "hugemm/hugemm.h"
 
@@ -125,6 +127,30 @@ int main(void) {
   CHECK(n == 16);
   CHECK(hugemm_unpin_pages(rt, pages, 16, 0) == 1);
   CHECK(hugemm_free(rt, small.data) == 0);
+
+  /* Memory the program mapped itself, then made read-only: a device may read it through
+   * a pin, never write it. */
+  void* ext = mmap(NULL, 2u << 20, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+  CHECK(ext != MAP_FAILED);
+  if (ext != MAP_FAILED) {
+    uint64_t id = 0;
+    CHECK(mprotect(ext, 2u << 20, PROT_READ) == 0);
+    CHECK(hugemm_register_external(rt, ext, 2u << 20, &id) == 0);
+    CHECK(hugemm_pin_pages(rt, ext, 16, HUGEMM_PIN | HUGEMM_WRITE, pages) == -EPERM);
+    CHECK(strstr(hugemm_last_error(), "read-only") != NULL);
+    CHECK(hugemm_pin_pages(rt, ext, 16, HUGEMM_PIN, pages) == 16);
+    /* Pinned: unregister is refused and changes nothing. */
+    CHECK(hugemm_unregister_external(rt, id) == -EFAULT);
+    CHECK(strstr(hugemm_last_error(), "pinned") != NULL);
+    CHECK(hugemm_translate(rt, (char*)ext + 8192, 0, &t) == 0 && t.leaf_bytes == (2u << 20));
+    CHECK(hugemm_folio_info_at(rt, ext, &info) == 0 && info.pincount == 16);
+    CHECK(hugemm_pin_pages(rt, (char*)ext + (1u << 20), 10, HUGEMM_PIN, pages + 16) == 10);
+    CHECK(hugemm_unpin_pages(rt, pages, 26, 0) == 1);
+    CHECK(hugemm_unregister_external(rt, id) == 0);
+    CHECK(hugemm_translate(rt, ext, 0, &t) == -ENOENT);
+    munmap(ext, 2u << 20);
+  }
 
   free(pages);
   hugemm_close(rt);

@@ -234,6 +234,36 @@ TEST(FolioPins, LastUnpinAfterOwnerPutReturnsTheFolio) {
   EXPECT_EQ(f.pincount.load(), 0);
 }
 
+TEST(FolioInit, DescribesEverythingAndHoldsTheOwnersReference) {
+  CountingOwner owner;
+  Folio f;
+  // Left over from an earlier life of the descriptor: all of it goes.
+  f.refcount.store(7);
+  f.pincount.store(3);
+  f.flags.store(static_cast<uint32_t>(kFolioDirty | kFolioFree));
+  f.owner_private[0] = f.owner_private[1] = 99;
+  auto* data = reinterpret_cast<std::byte*>(uintptr_t{1} << 30);
+  InitFolio(&f, {.order = 9,
+                 .backing = BackingKind::kHugetlb,
+                 .node = 1,
+                 .head_pfn = 0x40000,
+                 .data = data,
+                 .owner = &owner,
+                 .flags = kFolioBorrowed});
+  EXPECT_EQ(f.refcount.load(), 1);
+  EXPECT_EQ(f.pincount.load(), 0);
+  EXPECT_EQ(f.flags.load(), static_cast<uint32_t>(kFolioBorrowed));
+  EXPECT_EQ(f.order, 9);
+  EXPECT_EQ(f.backing, BackingKind::kHugetlb);
+  EXPECT_EQ(f.node, 1);
+  EXPECT_EQ(f.head_pfn, 0x40000u);
+  EXPECT_EQ(f.data, data);
+  EXPECT_EQ(f.owner_private[0], 0u);
+  EXPECT_EQ(f.owner_private[1], 0u);
+  FolioPut(&f);
+  EXPECT_EQ(owner.released.load(), 1) << "the one reference is the owner's";
+}
+
 TEST(FolioPages, PageArithmeticNeedsNoPerPageStorage) {
   Folio f;
   f.order = 9;

@@ -43,10 +43,11 @@ void PinLoop(Pinner& pinner, Mapped& m, int seed, std::atomic<bool>& stop, int* 
     const size_t n =
         1 + (static_cast<size_t>(i) * 37 + static_cast<size_t>(seed)) % (m.pages4k() - first);
     std::byte* va = m.data() + first * kPageSize4K;
-    const uint32_t kind = (i + seed) % 3 == 0 ? kGupGet : kGupPin;
+    const GupFlags kind = (i + seed) % 3 == 0 ? kGupGet : kGupPin;
     switch (i % 3) {
       case 0: {
-        absl::StatusOr<size_t> got = pinner.PinPages(va, n, kind | kGupWrite, pages.data());
+        absl::StatusOr<size_t> got =
+            pinner.PinPages(va, n, kind | kGupWrite, absl::MakeSpan(pages));
         if (!got.ok()) {
           ++*failures;
           break;
@@ -54,22 +55,23 @@ void PinLoop(Pinner& pinner, Mapped& m, int seed, std::atomic<bool>& stop, int* 
         for (size_t k = 0; k < *got; ++k) {
           if (pages[k].address() != va + k * kPageSize4K) ADD_FAILURE() << "wrong page " << k;
         }
-        pinner.UnpinPages(pages.data(), *got, /*dirty=*/true);
+        pinner.UnpinPages(absl::MakeConstSpan(pages.data(), *got), /*dirty=*/true);
         break;
       }
       case 1: {
         absl::StatusOr<size_t> got =
-            pinner.PinFolios(va, n * kPageSize4K, kind, spans.data(), spans.size());
+            pinner.PinFolios(va, n * kPageSize4K, kind, absl::MakeSpan(spans));
         if (!got.ok()) {
           ++*failures;
           break;
         }
-        pinner.UnpinFolios(spans.data(), *got, kind == kGupPin ? RefKind::kPin : RefKind::kGet);
+        pinner.UnpinFolios(absl::MakeConstSpan(spans.data(), *got),
+                           kind == kGupPin ? RefKind::kPin : RefKind::kGet);
         break;
       }
       case 2: {
         absl::StatusOr<PinnedRange> r =
-            pinner.Pin(va, n * kPageSize4K, kind | (kind == kGupPin ? uint32_t{kGupLongterm} : 0u));
+            pinner.Pin(va, n * kPageSize4K, kind | (kind == kGupPin ? kGupLongterm : kGupNone));
         if (!r.ok()) ++*failures;
         break;
       }
@@ -95,8 +97,7 @@ TEST(GupConcurrencyTest, PinnersAgainstProtectionChanges) {
     for (int i = 0; !stop.load(); ++i) {
       const size_t f = static_cast<size_t>(i) % 4;
       EXPECT_TRUE(
-          m->table
-              ->Protect(m->folios[f]->data, kPageSize2M, kRW | (i & 4 ? uint32_t{kProtExec} : 0u))
+          m->table->Protect(m->folios[f]->data, kPageSize2M, kRW | (i & 4 ? kProtExec : kProtNone))
               .ok());
     }
   });

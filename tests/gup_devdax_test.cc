@@ -35,20 +35,20 @@ TEST(GupDevDaxTest, PinAllFoliosAndSegments) {
   for (size_t i = 0; i < m->size(); i += kPageSize4K) m->data()[i] = std::byte{0x42};
 
   std::vector<PageRef> pages(m->pages4k());
-  absl::StatusOr<size_t> n =
-      pinner.PinPages(m->data(), pages.size(), kGupPin | kGupWrite | kGupLongterm, pages.data());
+  absl::StatusOr<size_t> n = pinner.PinPages(
+      m->data(), pages.size(), kGupPin | kGupWrite | kGupLongterm, absl::MakeSpan(pages));
   ASSERT_TRUE(n.ok()) << n.status();
   for (size_t i = 0; i < *n; ++i) {
     ASSERT_EQ(pages[i].address(), m->data() + i * kPageSize4K);
     ASSERT_EQ(*pages[i].address(), std::byte{0x42});
   }
   for (auto& f : m->folios) EXPECT_EQ(f->pincount.load(), static_cast<int32_t>(f->nr_pages()));
-  EXPECT_EQ(pinner.UnpinPages(pages.data(), *n, true), m->folios.size());
+  EXPECT_EQ(pinner.UnpinPages(absl::MakeConstSpan(pages.data(), *n), true), m->folios.size());
   EXPECT_EQ(m->Counts(), base);
 
   std::vector<DmaSegment> segs(m->pages4k());
   std::vector<FolioSpan> spans;
-  n = pinner.PinSegments(m->data(), m->size(), kGupPin, 0, segs.data(), segs.size(), &spans);
+  n = pinner.PinSegments(m->data(), m->size(), kGupPin, 0, absl::MakeSpan(segs), &spans);
   if (!m->extent.pfns_known()) {
     // pagemap does not report PUD-mapped (1G) device-DAX frames: segments must say so
     // and take nothing.
@@ -67,7 +67,7 @@ TEST(GupDevDaxTest, PinAllFoliosAndSegments) {
   if (m->extent.pfn(1) == m->extent.pfn(0) + m->extent.page_size() / kPageSize4K) {
     EXPECT_EQ(*n, 1u);
   }
-  pinner.UnpinFolios(spans.data(), spans.size(), RefKind::kPin);
+  pinner.UnpinFolios(spans, RefKind::kPin);
   EXPECT_EQ(m->Counts(), base);
 }
 

@@ -5,17 +5,21 @@
 
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "hugemm/notify.h"
+#include "runtime/gup/pinner_test_peer.h"
 #include "tests/gup_test_util.h"
 #include "tests/test_util.h"
 
 namespace hugemm {
 namespace {
 
+using ::hugemm::gup_internal::PinnerTestPeer;
 using ::hugemm::testing::kRW;
 using ::hugemm::testing::MapAll;
 using ::hugemm::testing::MapExtent;
@@ -72,14 +76,13 @@ TEST_P(GupMemoryTest, PinCountsAndUnpinReturnToBaseline) {
   const size_t all = m.pages4k();
   for (size_t npages : {size_t{1}, size_t{512}, size_t{123}, all}) {
     if (npages > all) continue;
-    for (uint32_t flags :
-         {uint32_t{kGupPin}, kGupPin | kGupWrite, uint32_t{kGupGet}, kGupGet | kGupWrite}) {
+    for (GupFlags flags : {kGupPin, kGupPin | kGupWrite, kGupGet, kGupGet | kGupWrite}) {
       SCOPED_TRACE(absl::StrFormat("%u pages %s", npages, GupFlagsName(flags)));
       std::vector<PageRef> pages(npages);
-      absl::StatusOr<size_t> n = pinner.PinPages(m.data(), npages, flags, pages.data());
+      absl::StatusOr<size_t> n = pinner.PinPages(m.data(), npages, flags, absl::MakeSpan(pages));
       HUGEMM_ASSERT_OK(n);
       ASSERT_EQ(*n, npages);
-      const RefKind kind = (flags & kGupPin) ? RefKind::kPin : RefKind::kGet;
+      const RefKind kind = HasAny(flags, kGupPin) ? RefKind::kPin : RefKind::kGet;
       EXPECT_EQ(m.Counts(), Expected(m, base, 0, npages, kind));
       for (size_t i = 0; i < npages; ++i) {
         ASSERT_EQ(pages[i].address(), m.data() + i * kPageSize4K) << i;
@@ -93,7 +96,7 @@ TEST_P(GupMemoryTest, PinCountsAndUnpinReturnToBaseline) {
       // One operation per folio the pin touched.
       const size_t folios =
           (npages * kPageSize4K + m.extent.page_size() - 1) / m.extent.page_size();
-      EXPECT_EQ(pinner.UnpinPages(pages.data(), npages), folios);
+      EXPECT_EQ(pinner.UnpinPages(absl::MakeConstSpan(pages.data(), npages)), folios);
       EXPECT_EQ(m.Counts(), base);
     }
   }
@@ -105,8 +108,7 @@ TEST_P(GupMemoryTest, SpansAndRangeVariantTakeTheSame) {
   Pinner pinner(*m.table);
   const auto base = m.Counts();
   std::vector<FolioSpan> spans(m.folios.size());
-  absl::StatusOr<size_t> n =
-      pinner.PinFolios(m.data(), m.size(), kGupPin, spans.data(), spans.size());
+  absl::StatusOr<size_t> n = pinner.PinFolios(m.data(), m.size(), kGupPin, absl::MakeSpan(spans));
   HUGEMM_ASSERT_OK(n);
   ASSERT_EQ(*n, m.folios.size());
   for (size_t i = 0; i < *n; ++i) {
@@ -115,12 +117,12 @@ TEST_P(GupMemoryTest, SpansAndRangeVariantTakeTheSame) {
     EXPECT_EQ(spans[i].pages, m.extent.page_size() / kPageSize4K);
   }
   EXPECT_EQ(m.Counts(), Expected(m, base, 0, m.pages4k(), RefKind::kPin));
-  EXPECT_EQ(pinner.UnpinFolios(spans.data(), *n, RefKind::kPin), *n);
+  EXPECT_EQ(pinner.UnpinFolios(absl::MakeConstSpan(spans.data(), *n), RefKind::kPin), *n);
   EXPECT_EQ(m.Counts(), base);
 
   // The range variant gives back what a pin of the same range took.
   std::vector<PageRef> pages(m.pages4k());
-  HUGEMM_ASSERT_OK(pinner.PinPages(m.data(), pages.size(), kGupGet, pages.data()));
+  HUGEMM_ASSERT_OK(pinner.PinPages(m.data(), pages.size(), kGupGet, absl::MakeSpan(pages)));
   HUGEMM_ASSERT_OK(pinner.UnpinRange(m.data(), m.size(), RefKind::kGet));
   EXPECT_EQ(m.Counts(), base);
 }
@@ -132,14 +134,14 @@ TEST_P(GupMemoryTest, DataThroughThePinEqualsTheMappedData) {
   Pinner pinner(*m.table);
   const size_t npages = std::min<size_t>(m.pages4k(), 4096);
   std::vector<PageRef> pages(npages);
-  HUGEMM_ASSERT_OK(pinner.PinPages(m.data(), npages, kGupPin | kGupWrite, pages.data()));
+  HUGEMM_ASSERT_OK(pinner.PinPages(m.data(), npages, kGupPin | kGupWrite, absl::MakeSpan(pages)));
   for (size_t i = 0; i < npages; ++i) {
     ASSERT_EQ(std::memcmp(pages[i].address(), m.data() + i * kPageSize4K, kPageSize4K), 0) << i;
   }
   // And a write through the pin is seen through the mapping.
   pages[npages - 1].address()[100] = std::byte{0x5a};
   EXPECT_EQ(m.data()[(npages - 1) * kPageSize4K + 100], std::byte{0x5a});
-  pinner.UnpinPages(pages.data(), npages, /*dirty=*/true);
+  pinner.UnpinPages(absl::MakeConstSpan(pages.data(), npages), /*dirty=*/true);
 }
 
 TEST_P(GupMemoryTest, PerPageGranularityGivesTheSameResult) {
@@ -150,16 +152,16 @@ TEST_P(GupMemoryTest, PerPageGranularityGivesTheSameResult) {
   const auto base = m.Counts();
   const size_t npages = std::min<size_t>(m.pages4k(), 1000);
   std::vector<PageRef> a(npages), b(npages);
-  HUGEMM_ASSERT_OK(per_folio.PinPages(m.data(), npages, kGupPin, a.data()));
+  HUGEMM_ASSERT_OK(per_folio.PinPages(m.data(), npages, kGupPin, absl::MakeSpan(a)));
   const auto after_one = m.Counts();
-  HUGEMM_ASSERT_OK(per_page.PinPages(m.data(), npages, kGupPin, b.data()));
+  HUGEMM_ASSERT_OK(per_page.PinPages(m.data(), npages, kGupPin, absl::MakeSpan(b)));
   for (size_t i = 0; i < npages; ++i) {
     ASSERT_EQ(a[i].folio(), b[i].folio());
     ASSERT_EQ(a[i].index(), b[i].index());
   }
-  EXPECT_EQ(per_page.UnpinPages(b.data(), npages), npages);  // one per page
+  EXPECT_EQ(per_page.UnpinPages(absl::MakeConstSpan(b.data(), npages)), npages);  // one per page
   EXPECT_EQ(m.Counts(), after_one);
-  per_folio.UnpinPages(a.data(), npages);
+  per_folio.UnpinPages(absl::MakeConstSpan(a.data(), npages));
   EXPECT_EQ(m.Counts(), base);
 }
 
@@ -173,8 +175,8 @@ TEST_P(GupMemoryTest, SegmentsFollowTheRecordedPfns) {
   const uint64_t max = 64 << 10;
   std::vector<DmaSegment> segs(m.pages4k() + 1);
   std::vector<FolioSpan> pinned;
-  absl::StatusOr<size_t> n = pinner.PinSegments(m.data() + offset, length, kGupPin, max,
-                                                segs.data(), segs.size(), &pinned);
+  absl::StatusOr<size_t> n =
+      pinner.PinSegments(m.data() + offset, length, kGupPin, max, absl::MakeSpan(segs), &pinned);
   HUGEMM_ASSERT_OK(n);
   uint64_t total = 0;
   for (size_t i = 0; i < *n; ++i) {
@@ -198,13 +200,13 @@ TEST_P(GupMemoryTest, SegmentsFollowTheRecordedPfns) {
     at += segs[i].length;
   }
   EXPECT_EQ(m.Counts(), Expected(m, base, 0, m.pages4k(), RefKind::kPin));
-  pinner.UnpinFolios(pinned.data(), pinned.size(), RefKind::kPin);
+  pinner.UnpinFolios(pinned, RefKind::kPin);
   EXPECT_EQ(m.Counts(), base);
 
   // Too few segments: all-or-nothing gives everything back.
   if (*n > 1) {
-    absl::StatusOr<size_t> small =
-        pinner.PinSegments(m.data() + offset, length, kGupPin, max, segs.data(), *n - 1);
+    absl::StatusOr<size_t> small = pinner.PinSegments(m.data() + offset, length, kGupPin, max,
+                                                      absl::MakeSpan(segs.data(), *n - 1));
     EXPECT_EQ(small.status().code(), absl::StatusCode::kResourceExhausted) << small.status();
     EXPECT_EQ(m.Counts(), base);
   }
@@ -254,7 +256,7 @@ class Gup2MTest : public ::testing::Test {
 TEST_F(Gup2MTest, MidFolioPinReferencesTheRightPageAndAddsExactlyRefs) {
   Pinner pinner(*m().table);
   PageRef pages[3];
-  absl::StatusOr<size_t> n = pinner.PinPages(at(1, 5) + 17, 3, kGupPin, pages);
+  absl::StatusOr<size_t> n = pinner.PinPages(at(1, 5) + 17, 3, kGupPin, absl::MakeSpan(pages));
   HUGEMM_ASSERT_OK(n);
   ASSERT_EQ(*n, 3u);
   for (uint32_t i = 0; i < 3; ++i) {
@@ -266,7 +268,7 @@ TEST_F(Gup2MTest, MidFolioPinReferencesTheRightPageAndAddsExactlyRefs) {
   EXPECT_EQ(m().folios[1]->pincount.load(), 3);
   EXPECT_TRUE(pinner.MaybeDmaPinned(at(1, 0)));
   EXPECT_FALSE(pinner.MaybeDmaPinned(at(0, 0)));
-  EXPECT_EQ(pinner.UnpinPages(pages, 3), 1u);
+  EXPECT_EQ(pinner.UnpinPages(absl::MakeConstSpan(pages, 3)), 1u);
   EXPECT_EQ(m().Counts(), base_);
   EXPECT_FALSE(pinner.MaybeDmaPinned(at(1, 0)));
 }
@@ -274,13 +276,14 @@ TEST_F(Gup2MTest, MidFolioPinReferencesTheRightPageAndAddsExactlyRefs) {
 TEST_F(Gup2MTest, AcrossFolioBoundariesEveryCountReturns) {
   Pinner pinner(*m().table);
   std::vector<PageRef> pages(1024 + 4);
-  absl::StatusOr<size_t> n = pinner.PinPages(at(0, 510), pages.size(), kGupPin, pages.data());
+  absl::StatusOr<size_t> n =
+      pinner.PinPages(at(0, 510), pages.size(), kGupPin, absl::MakeSpan(pages));
   HUGEMM_ASSERT_OK(n);
   EXPECT_EQ(m().folios[0]->pincount.load(), 2);
   EXPECT_EQ(m().folios[1]->pincount.load(), 512);
   EXPECT_EQ(m().folios[2]->pincount.load(), 512);
   EXPECT_EQ(m().folios[3]->pincount.load(), 2);
-  EXPECT_EQ(pinner.UnpinPages(pages.data(), *n), 4u);
+  EXPECT_EQ(pinner.UnpinPages(absl::MakeConstSpan(pages.data(), *n)), 4u);
   EXPECT_EQ(m().Counts(), base_);
 }
 
@@ -289,73 +292,79 @@ TEST_F(Gup2MTest, SplitLeavesStillGiveOneSpanPerFolio) {
   const auto base = m().Counts();  // the split added 511 mapping references
   Pinner pinner(*m().table);
   FolioSpan spans[4];
-  absl::StatusOr<size_t> n = pinner.PinFolios(at(0, 0), 3 * kPageSize2M, kGupPin, spans, 4);
+  absl::StatusOr<size_t> n =
+      pinner.PinFolios(at(0, 0), 3 * kPageSize2M, kGupPin, absl::MakeSpan(spans, 4));
   HUGEMM_ASSERT_OK(n);
   ASSERT_EQ(*n, 3u);
   EXPECT_EQ(spans[1].folio, m().folios[1].get());
   EXPECT_EQ(spans[1].pages, 512u);
   EXPECT_EQ(m().folios[1]->pincount.load(), 512);
-  pinner.UnpinFolios(spans, *n, RefKind::kPin);
+  pinner.UnpinFolios(absl::MakeConstSpan(spans, *n), RefKind::kPin);
   EXPECT_EQ(m().Counts(), base);
 }
 
 TEST_F(Gup2MTest, LeafChangedUnderTheFastPathIsUndoneAndRetried) {
   int calls = 0;
-  Pinner pinner(*m().table, {.after_grab_for_testing = [&](uintptr_t va) {
+  Pinner pinner(*m().table);
+  PinnerTestPeer::SetAfterGrab(pinner, [&](uintptr_t va) {
     // The first grab on folio 1 loses a race with a split.
     if (calls++ == 0) {
       EXPECT_EQ(va, reinterpret_cast<uintptr_t>(at(1, 0)));
       EXPECT_EQ(m().folios[1]->pincount.load(), 512);
       EXPECT_TRUE(m().table->Split(at(1, 0)).ok());
     }
-  }});
+  });
   std::vector<PageRef> pages(512);
-  absl::StatusOr<size_t> n = pinner.PinPages(at(1, 0), 512, kGupPin, pages.data());
+  absl::StatusOr<size_t> n = pinner.PinPages(at(1, 0), 512, kGupPin, absl::MakeSpan(pages));
   HUGEMM_ASSERT_OK(n);
   EXPECT_EQ(*n, 512u);
   EXPECT_GE(calls, 2);  // undone, then taken again (per PTE now)
   EXPECT_EQ(m().folios[1]->pincount.load(), 512);
   for (uint32_t i = 0; i < 512; ++i) ASSERT_EQ(pages[i].index(), i);
-  pinner.UnpinPages(pages.data(), 512);
+  pinner.UnpinPages(absl::MakeConstSpan(pages.data(), 512));
   EXPECT_EQ(m().folios[1]->pincount.load(), 0);
   EXPECT_EQ(m().folios[1]->refcount.load(), base_[1].first + 511);  // 512 PTEs now
 }
 
 TEST_F(Gup2MTest, LeafThatKeepsChangingGoesToTheSlowPathOrFails) {
   bool exec = false;
-  Pinner pinner(*m().table, {.after_grab_for_testing = [&](uintptr_t) {
+  Pinner pinner(*m().table);
+  PinnerTestPeer::SetAfterGrab(pinner, [&](uintptr_t) {
     exec = !exec;
     EXPECT_TRUE(
-        m().table->Protect(at(2, 0), kPageSize2M, kRW | (exec ? uint32_t{kProtExec} : 0u)).ok());
-  }});
+        m().table->Protect(at(2, 0), kPageSize2M, kRW | (exec ? kProtExec : kProtNone)).ok());
+  });
   std::vector<PageRef> pages(1024);
   // FAST_ONLY: the fast path gives up; nothing stays taken.
-  absl::StatusOr<size_t> n = pinner.PinPages(at(1, 0), 1024, kGupPin | kGupFastOnly, pages.data());
+  absl::StatusOr<size_t> n =
+      pinner.PinPages(at(1, 0), 1024, kGupPin | kGupFastOnly, absl::MakeSpan(pages));
   EXPECT_EQ(n.status().code(), absl::StatusCode::kUnavailable) << n.status();
   EXPECT_THAT(n.status().message(), HasSubstr("kept changing"));
   EXPECT_EQ(m().Counts(), base_);
   // FAST_ONLY | PARTIAL: what the fast path got.
-  n = pinner.PinPages(at(1, 0), 1024, kGupPin | kGupFastOnly | kGupPartial, pages.data());
+  n = pinner.PinPages(at(1, 0), 1024, kGupPin | kGupFastOnly | kGupPartial, absl::MakeSpan(pages));
   HUGEMM_ASSERT_OK(n);
   EXPECT_EQ(*n, 512u);
-  pinner.UnpinPages(pages.data(), *n);
+  pinner.UnpinPages(absl::MakeConstSpan(pages.data(), *n));
   EXPECT_EQ(m().Counts(), base_);
   // The slow path takes it under the table lock.
-  n = pinner.PinPages(at(1, 0), 1024, kGupPin, pages.data());
+  n = pinner.PinPages(at(1, 0), 1024, kGupPin, absl::MakeSpan(pages));
   HUGEMM_ASSERT_OK(n);
   EXPECT_EQ(*n, 1024u);
-  pinner.UnpinPages(pages.data(), *n);
+  pinner.UnpinPages(absl::MakeConstSpan(pages.data(), *n));
   EXPECT_EQ(m().Counts(), base_);
 }
 
 TEST_F(Gup2MTest, ProtectionChangedToReadOnlyUnderAWritePinFails) {
-  Pinner pinner(*m().table, {.after_grab_for_testing = [&](uintptr_t va) {
+  Pinner pinner(*m().table);
+  PinnerTestPeer::SetAfterGrab(pinner, [&](uintptr_t va) {
     if (va == reinterpret_cast<uintptr_t>(at(2, 0))) {
       EXPECT_TRUE(m().table->Protect(at(2, 0), kPageSize2M, kProtRead).ok());
     }
-  }});
+  });
   std::vector<PageRef> pages(2048);
-  absl::StatusOr<size_t> n = pinner.PinPages(at(0, 0), 2048, kGupPin | kGupWrite, pages.data());
+  absl::StatusOr<size_t> n =
+      pinner.PinPages(at(0, 0), 2048, kGupPin | kGupWrite, absl::MakeSpan(pages));
   EXPECT_EQ(n.status().code(), absl::StatusCode::kPermissionDenied) << n.status();
   EXPECT_THAT(n.status().message(), HasSubstr("read-only"));
   EXPECT_EQ(m().Counts(), base_);
@@ -366,34 +375,35 @@ TEST_F(Gup2MTest, PartialResultsAndAllOrNothing) {
   const auto base = m().Counts();
   Pinner pinner(*m().table);
   std::vector<PageRef> pages(2048);
-  absl::StatusOr<size_t> n = pinner.PinPages(at(1, 100), 2048 - 612, kGupPin, pages.data());
+  absl::StatusOr<size_t> n =
+      pinner.PinPages(at(1, 100), 2048 - 612, kGupPin, absl::MakeSpan(pages));
   EXPECT_EQ(n.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(
       n.status().message(),
       HasSubstr(absl::StrFormat("0x%x is not mapped", reinterpret_cast<uintptr_t>(at(2, 0)))));
   EXPECT_EQ(m().Counts(), base);
 
-  n = pinner.PinPages(at(1, 100), 2048 - 612, kGupPin | kGupPartial, pages.data());
+  n = pinner.PinPages(at(1, 100), 2048 - 612, kGupPin | kGupPartial, absl::MakeSpan(pages));
   HUGEMM_ASSERT_OK(n);
   EXPECT_EQ(*n, 412u);
   EXPECT_EQ(m().folios[1]->pincount.load(), 412);
-  pinner.UnpinPages(pages.data(), *n);
+  pinner.UnpinPages(absl::MakeConstSpan(pages.data(), *n));
   EXPECT_EQ(m().Counts(), base);
 
   // Nothing pinned is an error even when partial.
-  n = pinner.PinPages(at(2, 0), 10, kGupPin | kGupPartial, pages.data());
+  n = pinner.PinPages(at(2, 0), 10, kGupPin | kGupPartial, absl::MakeSpan(pages));
   EXPECT_EQ(n.status().code(), absl::StatusCode::kNotFound);
 
   // Spans: too small an output.
   FolioSpan spans[1];
-  n = pinner.PinFolios(at(0, 0), 2 * kPageSize2M, kGupPin, spans, 1);
+  n = pinner.PinFolios(at(0, 0), 2 * kPageSize2M, kGupPin, absl::MakeSpan(spans, 1));
   EXPECT_EQ(n.status().code(), absl::StatusCode::kResourceExhausted) << n.status();
   EXPECT_EQ(m().Counts(), base);
-  n = pinner.PinFolios(at(0, 0), 2 * kPageSize2M, kGupPin | kGupPartial, spans, 1);
+  n = pinner.PinFolios(at(0, 0), 2 * kPageSize2M, kGupPin | kGupPartial, absl::MakeSpan(spans, 1));
   HUGEMM_ASSERT_OK(n);
   EXPECT_EQ(*n, 1u);
   EXPECT_EQ(spans[0].pages, 512u);
-  pinner.UnpinFolios(spans, 1, RefKind::kPin);
+  pinner.UnpinFolios(absl::MakeConstSpan(spans, 1), RefKind::kPin);
   EXPECT_EQ(m().Counts(), base);
 }
 
@@ -401,31 +411,33 @@ TEST_F(Gup2MTest, LongtermRules) {
   Pinner pinner(*m().table);
   std::vector<PageRef> pages(2048);
   // Allowed on hugetlb.
-  absl::StatusOr<size_t> n = pinner.PinPages(at(0, 0), 2048, kGupPin | kGupLongterm, pages.data());
+  absl::StatusOr<size_t> n =
+      pinner.PinPages(at(0, 0), 2048, kGupPin | kGupLongterm, absl::MakeSpan(pages));
   HUGEMM_ASSERT_OK(n);
-  pinner.UnpinPages(pages.data(), *n);
+  pinner.UnpinPages(absl::MakeConstSpan(pages.data(), *n));
   // Only with PIN.
-  n = pinner.PinPages(at(0, 0), 1, kGupGet | kGupLongterm, pages.data());
+  n = pinner.PinPages(at(0, 0), 1, kGupGet | kGupLongterm, absl::MakeSpan(pages));
   EXPECT_EQ(n.status().code(), absl::StatusCode::kInvalidArgument);
   // Refused on memory that may move, after the part before it was taken: all given back.
   m().folios[2]->set_flag(kFolioBorrowed);
-  n = pinner.PinPages(at(0, 0), 2048, kGupPin | kGupLongterm, pages.data());
+  n = pinner.PinPages(at(0, 0), 2048, kGupPin | kGupLongterm, absl::MakeSpan(pages));
   EXPECT_EQ(n.status().code(), absl::StatusCode::kFailedPrecondition) << n.status();
   EXPECT_THAT(n.status().message(), HasSubstr("LONGTERM"));
   EXPECT_EQ(m().Counts(), base_);
   // A short-term pin of the same memory is fine.
-  n = pinner.PinPages(at(0, 0), 2048, kGupPin, pages.data());
+  n = pinner.PinPages(at(0, 0), 2048, kGupPin, absl::MakeSpan(pages));
   HUGEMM_ASSERT_OK(n);
-  pinner.UnpinPages(pages.data(), *n);
+  pinner.UnpinPages(absl::MakeConstSpan(pages.data(), *n));
   EXPECT_EQ(m().Counts(), base_);
 }
 
 TEST_F(Gup2MTest, UnpinDirtyMarksEachFolioOnce) {
   Pinner pinner(*m().table);
   std::vector<PageRef> pages(1024);
-  HUGEMM_ASSERT_OK(pinner.PinPages(at(1, 0), 1024, kGupPin | kGupWrite, pages.data()));
+  HUGEMM_ASSERT_OK(pinner.PinPages(at(1, 0), 1024, kGupPin | kGupWrite, absl::MakeSpan(pages)));
   for (auto& f : m().folios) EXPECT_FALSE(f->has_flag(kFolioDirty));
-  EXPECT_EQ(pinner.UnpinPages(pages.data(), 1024, /*dirty=*/true), 2u);  // one per folio
+  EXPECT_EQ(pinner.UnpinPages(absl::MakeConstSpan(pages.data(), 1024), /*dirty=*/true),
+            2u);  // one per folio
   EXPECT_FALSE(m().folios[0]->has_flag(kFolioDirty));
   EXPECT_TRUE(m().folios[1]->has_flag(kFolioDirty));
   EXPECT_TRUE(m().folios[2]->has_flag(kFolioDirty));
@@ -437,29 +449,30 @@ TEST_F(Gup2MTest, ReadOnlyAndDeviceExclusiveMemory) {
   HUGEMM_ASSERT_OK(m().table->Protect(at(0, 0), kPageSize2M, kProtRead));
   Pinner pinner(*m().table);
   std::vector<PageRef> pages(1024);
-  absl::StatusOr<size_t> n = pinner.PinPages(at(0, 0), 1024, kGupPin | kGupWrite, pages.data());
+  absl::StatusOr<size_t> n =
+      pinner.PinPages(at(0, 0), 1024, kGupPin | kGupWrite, absl::MakeSpan(pages));
   EXPECT_EQ(n.status().code(), absl::StatusCode::kPermissionDenied);
-  n = pinner.PinPages(at(0, 0), 1024, kGupPin, pages.data());  // reading is fine
+  n = pinner.PinPages(at(0, 0), 1024, kGupPin, absl::MakeSpan(pages));  // reading is fine
   HUGEMM_ASSERT_OK(n);
-  pinner.UnpinPages(pages.data(), *n);
+  pinner.UnpinPages(absl::MakeConstSpan(pages.data(), *n));
 
   const int device = 0;
   HUGEMM_ASSERT_OK(m().table->MakeExclusive(at(1, 7), &device));
   const auto base = m().Counts();
-  n = pinner.PinPages(at(1, 0), 512, kGupPin, pages.data());
+  n = pinner.PinPages(at(1, 0), 512, kGupPin, absl::MakeSpan(pages));
   EXPECT_EQ(n.status().code(), absl::StatusCode::kFailedPrecondition) << n.status();
   EXPECT_THAT(n.status().message(), HasSubstr("device-exclusive"));
   EXPECT_EQ(m().Counts(), base);
   HUGEMM_ASSERT_OK(m().table->RestoreExclusive(at(1, 7)));
-  n = pinner.PinPages(at(1, 0), 512, kGupPin, pages.data());
+  n = pinner.PinPages(at(1, 0), 512, kGupPin, absl::MakeSpan(pages));
   HUGEMM_ASSERT_OK(n);
-  pinner.UnpinPages(pages.data(), *n);
+  pinner.UnpinPages(absl::MakeConstSpan(pages.data(), *n));
 }
 
 TEST_F(Gup2MTest, FreeingAPinnedBufferKeepsItUntilTheLastUnpin) {
   Pinner pinner(*m().table);
   std::vector<PageRef> pages(512);
-  HUGEMM_ASSERT_OK(pinner.PinPages(at(3, 0), 512, kGupPin | kGupWrite, pages.data()));
+  HUGEMM_ASSERT_OK(pinner.PinPages(at(3, 0), 512, kGupPin | kGupWrite, absl::MakeSpan(pages)));
   // The buffer is freed: unmapped and its owner's reference dropped.
   HUGEMM_ASSERT_OK(m().table->Unmap(at(3, 0), kPageSize2M));
   FolioPut(m().folios[3].get());
@@ -468,9 +481,9 @@ TEST_F(Gup2MTest, FreeingAPinnedBufferKeepsItUntilTheLastUnpin) {
   EXPECT_TRUE(FolioMaybeDmaPinned(m().folios[3].get()));
   // The memory is still there for the device.
   pages[10].address()[0] = std::byte{1};
-  pinner.UnpinPages(pages.data(), 256);
+  pinner.UnpinPages(absl::MakeConstSpan(pages.data(), 256));
   EXPECT_EQ(m().owner.released(), 0u);
-  pinner.UnpinPages(pages.data() + 256, 256, /*dirty=*/true);
+  pinner.UnpinPages(absl::MakeConstSpan(pages.data() + 256, 256), /*dirty=*/true);
   EXPECT_EQ(m().owner.released(), 1u);
   EXPECT_EQ(m().folios[3]->refcount.load(), 0);
 }
@@ -478,7 +491,7 @@ TEST_F(Gup2MTest, FreeingAPinnedBufferKeepsItUntilTheLastUnpin) {
 TEST_F(Gup2MTest, UnpinRangeRefusesAChangedMapping) {
   Pinner pinner(*m().table);
   std::vector<PageRef> pages(1024);
-  HUGEMM_ASSERT_OK(pinner.PinPages(at(0, 0), 1024, kGupPin, pages.data()));
+  HUGEMM_ASSERT_OK(pinner.PinPages(at(0, 0), 1024, kGupPin, absl::MakeSpan(pages)));
   HUGEMM_ASSERT_OK(m().table->Split(at(0, 0)));  // splits are fine
   HUGEMM_ASSERT_OK(m().table->Unmap(at(1, 0), kPageSize2M));
   absl::Status st = pinner.UnpinRange(at(0, 0), 2 * kPageSize2M, RefKind::kPin);
@@ -486,7 +499,7 @@ TEST_F(Gup2MTest, UnpinRangeRefusesAChangedMapping) {
   EXPECT_EQ(m().folios[0]->pincount.load(), 512);  // nothing given back
   HUGEMM_ASSERT_OK(pinner.UnpinRange(at(0, 0), kPageSize2M, RefKind::kPin));
   EXPECT_EQ(m().folios[0]->pincount.load(), 0);
-  pinner.UnpinPages(pages.data() + 512, 512);
+  pinner.UnpinPages(absl::MakeConstSpan(pages.data() + 512, 512));
   EXPECT_EQ(m().folios[1]->pincount.load(), 0);
 }
 
@@ -498,7 +511,7 @@ TEST_F(Gup2MTest, PinnedRangeUnpinsWhenDropped) {
     EXPECT_EQ(r->spans().size(), 3u);
     EXPECT_EQ(r->page_count(), 1024u);
     std::vector<PageRef> pages(r->page_count());
-    EXPECT_EQ(r->Pages(pages.data(), pages.size()), 1024u);
+    EXPECT_EQ(r->Pages(absl::MakeSpan(pages)), 1024u);
     EXPECT_EQ(pages[0].address(), at(0, 3));
     PinnedRange moved = std::move(*r);
     EXPECT_FALSE(r->pinned());
@@ -545,17 +558,18 @@ TEST(GupPopulateTest, SlowPathPopulatesWhatIsMissing) {
   Pinner pinner(*m.table, {.populator = &populator});
   std::vector<PageRef> pages(2048);
   // FAST_ONLY never populates.
-  absl::StatusOr<size_t> n = pinner.PinPages(m.data(), 2048, kGupPin | kGupFastOnly, pages.data());
+  absl::StatusOr<size_t> n =
+      pinner.PinPages(m.data(), 2048, kGupPin | kGupFastOnly, absl::MakeSpan(pages));
   EXPECT_FALSE(n.ok());
   EXPECT_EQ(populator.calls, 0);
   EXPECT_EQ(m.folios[0]->pincount.load(), 0);
-  n = pinner.PinPages(m.data(), 2048, kGupPin, pages.data());
+  n = pinner.PinPages(m.data(), 2048, kGupPin, absl::MakeSpan(pages));
   HUGEMM_ASSERT_OK(n);
   EXPECT_EQ(populator.calls, 2);
   for (auto& f : m.folios) EXPECT_EQ(f->pincount.load(), 512);
-  pinner.UnpinPages(pages.data(), *n);
+  pinner.UnpinPages(absl::MakeConstSpan(pages.data(), *n));
   // Beyond the pool: the populator's error, named.
-  n = pinner.PinPages(m.data() + m.size() - kPageSize4K, 2, kGupPin, pages.data());
+  n = pinner.PinPages(m.data() + m.size() - kPageSize4K, 2, kGupPin, absl::MakeSpan(pages));
   EXPECT_EQ(n.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(n.status().message(), HasSubstr("outside the pool"));
   for (auto& f : m.folios) EXPECT_EQ(f->pincount.load(), 0);
@@ -572,48 +586,54 @@ TEST(GupBadInputTest, ErrorsNeverCrashOrLeak) {
   PageRef pages[17];
   FolioSpan spans[16];
   DmaSegment segs[16];
-  EXPECT_EQ(pinner.PinPages(m.data(), 4, kGupPin, nullptr).status().code(),
+  EXPECT_EQ(pinner.PinPages(m.data(), 4, kGupPin, {}).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(*pinner.PinPages(m.data(), 0, kGupPin, nullptr), 0u);
-  EXPECT_EQ(pinner.PinPages(m.data(), 1, 0, pages).status().code(),
+  EXPECT_EQ(*pinner.PinPages(m.data(), 0, kGupPin, {}), 0u);
+  EXPECT_EQ(pinner.PinPages(m.data(), 1, kGupNone, absl::MakeSpan(pages)).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(pinner.PinPages(m.data(), 1, kGupPin | kGupGet, pages).status().code(),
+  EXPECT_EQ(pinner.PinPages(m.data(), 1, kGupPin | kGupGet, absl::MakeSpan(pages)).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(pinner.PinPages(m.data(), 1, 1u << 20, pages).status().code(),
+  EXPECT_EQ(pinner.PinPages(m.data(), 1, GupFlags{1u << 20}, absl::MakeSpan(pages)).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(pinner.PinPages(m.data(), ~size_t{0}, kGupPin, pages).status().code(),
+  EXPECT_EQ(pinner.PinPages(m.data(), ~size_t{0}, kGupPin, absl::MakeSpan(pages)).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(pinner.PinFolios(m.data(), ~size_t{0}, kGupPin, spans, 16).status().code(),
+  EXPECT_EQ(
+      pinner.PinFolios(m.data(), ~size_t{0}, kGupPin, absl::MakeSpan(spans, 16)).status().code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(pinner.PinFolios(m.data(), 4096, kGupPin, absl::Span<FolioSpan>()).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(pinner.PinFolios(m.data(), 4096, kGupPin, nullptr, 16).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(pinner.PinSegments(m.data(), 4096, kGupPin, 100, segs, 16).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(pinner.PinPages(nullptr, 1, kGupPin, pages).status().code(),
+  EXPECT_EQ(
+      pinner.PinSegments(m.data(), 4096, kGupPin, 100, absl::MakeSpan(segs, 16)).status().code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(pinner.PinPages(nullptr, 1, kGupPin, absl::MakeSpan(pages)).status().code(),
             absl::StatusCode::kNotFound);
-  EXPECT_EQ(pinner.PinPages(reinterpret_cast<void*>(~uintptr_t{0} - 4095), 1, kGupPin, pages)
+  EXPECT_EQ(pinner
+                .PinPages(reinterpret_cast<void*>(~uintptr_t{0} - 4095), 1, kGupPin,
+                          absl::MakeSpan(pages))
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);  // its end wraps
-  EXPECT_EQ(pinner.PinPages(reinterpret_cast<void*>(~uintptr_t{0} - 8191), 1, kGupPin, pages)
+  EXPECT_EQ(pinner
+                .PinPages(reinterpret_cast<void*>(~uintptr_t{0} - 8191), 1, kGupPin,
+                          absl::MakeSpan(pages))
                 .status()
                 .code(),
             absl::StatusCode::kNotFound);  // beyond the table's address space
   // Past the end: the mapped part is given back.
-  absl::StatusOr<size_t> n = pinner.PinPages(m.data(), 17, kGupPin, pages);
+  absl::StatusOr<size_t> n = pinner.PinPages(m.data(), 17, kGupPin, absl::MakeSpan(pages));
   EXPECT_EQ(n.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(n.status().message(), HasSubstr("PIN"));
   EXPECT_EQ(m.Counts(), base);
   // Refcount overflow on an order-0 pin: refused, nothing taken.
   m.folios[3]->refcount.store(std::numeric_limits<int32_t>::max() - 10);
-  n = pinner.PinPages(m.data(), 16, kGupPin, pages);
+  n = pinner.PinPages(m.data(), 16, kGupPin, absl::MakeSpan(pages));
   EXPECT_EQ(n.status().code(), absl::StatusCode::kResourceExhausted) << n.status();
   EXPECT_THAT(n.status().message(), HasSubstr("overflow"));
   m.folios[3]->refcount.store(base[3].first);
   EXPECT_EQ(m.Counts(), base);
   // Unpins of nothing are no-ops.
-  EXPECT_EQ(pinner.UnpinPages(nullptr, 5), 0u);
-  EXPECT_EQ(pinner.UnpinFolios(nullptr, 5, RefKind::kPin), 0u);
+  EXPECT_EQ(pinner.UnpinPages({}), 0u);
+  EXPECT_EQ(pinner.UnpinFolios({}, RefKind::kPin), 0u);
   EXPECT_EQ(m.Counts(), base);
 }
 
@@ -626,17 +646,17 @@ TEST(GupOrderZeroTest, BiasAndMaybeDmaPinned) {
   Pinner pinner(*m.table);
   PageRef pin[1], get[1];
   const int32_t base = m.folios[1]->refcount.load();
-  HUGEMM_ASSERT_OK(pinner.PinPages(m.data() + kPageSize4K, 1, kGupGet, get));
+  HUGEMM_ASSERT_OK(pinner.PinPages(m.data() + kPageSize4K, 1, kGupGet, absl::MakeSpan(get)));
   EXPECT_EQ(m.folios[1]->refcount.load(), base + 1);
   EXPECT_FALSE(pinner.MaybeDmaPinned(m.data() + kPageSize4K));
-  HUGEMM_ASSERT_OK(pinner.PinPages(m.data() + kPageSize4K, 1, kGupPin, pin));
+  HUGEMM_ASSERT_OK(pinner.PinPages(m.data() + kPageSize4K, 1, kGupPin, absl::MakeSpan(pin)));
   EXPECT_EQ(m.folios[1]->refcount.load(), base + 1 + kPinBias);
   EXPECT_EQ(m.folios[1]->pincount.load(), 0);
   EXPECT_TRUE(pinner.MaybeDmaPinned(m.data() + kPageSize4K));
   EXPECT_FALSE(pinner.MaybeDmaPinned(m.data()));
-  pinner.UnpinPages(pin, 1);
+  pinner.UnpinPages(absl::MakeConstSpan(pin, 1));
   EXPECT_FALSE(pinner.MaybeDmaPinned(m.data() + kPageSize4K));
-  pinner.UnpinPages(get, 1);
+  pinner.UnpinPages(absl::MakeConstSpan(get, 1));
   EXPECT_EQ(m.folios[1]->refcount.load(), base);
   EXPECT_FALSE(pinner.MaybeDmaPinned(m.data() + 100 * kPageSize4K));  // unmapped
 }
@@ -652,21 +672,146 @@ TEST(GupExternalTest, BorrowedMemoryRefusesLongterm) {
     HUGEMM_ASSERT_OK(id);
     Pinner pinner(table);
     PageRef pages[16];
-    absl::StatusOr<size_t> n = pinner.PinPages(p, 16, kGupPin | kGupLongterm, pages);
+    absl::StatusOr<size_t> n =
+        pinner.PinPages(p, 16, kGupPin | kGupLongterm, absl::MakeSpan(pages));
     EXPECT_EQ(n.status().code(), absl::StatusCode::kFailedPrecondition) << n.status();
     EXPECT_THAT(n.status().message(), HasSubstr("borrowed"));
-    n = pinner.PinPages(p, 16, kGupPin, pages);
+    n = pinner.PinPages(p, 16, kGupPin, absl::MakeSpan(pages));
     HUGEMM_ASSERT_OK(n);
-    pinner.UnpinPages(pages, *n);
+    pinner.UnpinPages(absl::MakeConstSpan(pages, *n));
     HUGEMM_ASSERT_OK(table.UnregisterExternal(*id));
   }
   munmap(p, len);
 }
 
+// Memory the program mapped read-only: a device may read it, never write it.
+TEST(GupExternalTest, ReadOnlyMappingRefusesWritePins) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  void* p = mmap(nullptr, kPageSize2M, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+  ASSERT_NE(p, MAP_FAILED);
+  ASSERT_EQ(mprotect(p, kPageSize2M, PROT_READ), 0);
+  {
+    PageTable table(DetectHostGeometry());
+    absl::StatusOr<uint64_t> id = table.RegisterExternal(p, kPageSize2M);
+    HUGEMM_ASSERT_OK(id);
+    Pinner pinner(table);
+    std::vector<PageRef> pages(16);
+    absl::StatusOr<size_t> n =
+        pinner.PinPages(p, pages.size(), kGupPin | kGupWrite, absl::MakeSpan(pages));
+    EXPECT_EQ(n.status().code(), absl::StatusCode::kPermissionDenied) << n.status();
+    EXPECT_THAT(n.status().message(), HasSubstr("read-only"));
+    n = pinner.PinPages(p, pages.size(), kGupPin, absl::MakeSpan(pages));
+    HUGEMM_ASSERT_OK(n);
+    EXPECT_EQ(*n, pages.size());
+    pinner.UnpinPages(pages);
+    HUGEMM_ASSERT_OK(table.UnregisterExternal(*id));
+  }
+  munmap(p, kPageSize2M);
+}
+
+// Registered memory with pins on it: unregister is refused and changes nothing.
+class GupExternal2MTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+    void* p = mmap(nullptr, kLen, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+    ASSERT_NE(p, MAP_FAILED);
+    buf_ = static_cast<std::byte*>(p);
+    ASSERT_EQ(mprotect(buf_ + kPageSize2M, kPageSize2M, PROT_READ), 0);
+    absl::StatusOr<uint64_t> id = table_.RegisterExternal(buf_, kLen);
+    HUGEMM_ASSERT_OK(id);
+    id_ = *id;
+  }
+  void TearDown() override {
+    if (buf_ != nullptr) munmap(buf_, kLen);
+  }
+
+  // Everything a registration gives still works: translations, leaves and pins.
+  void ExpectStillRegistered(const std::vector<LogicalLeaf>& leaves_before) {
+    std::optional<Translation> t = table_.Translate(buf_ + kPageSize2M + 5 * kPageSize4K);
+    ASSERT_TRUE(t.has_value());
+    EXPECT_EQ(t->page, 5u);
+    std::vector<LogicalLeaf> leaves;
+    table_.Walk(buf_, kLen, [&](const LogicalLeaf& l) { leaves.push_back(l); });
+    ASSERT_EQ(leaves.size(), leaves_before.size());
+    for (size_t i = 0; i < leaves.size(); ++i) {
+      EXPECT_EQ(leaves[i].va, leaves_before[i].va);
+      EXPECT_EQ(leaves[i].bytes, leaves_before[i].bytes);
+      EXPECT_EQ(leaves[i].prot, leaves_before[i].prot);
+      EXPECT_EQ(leaves[i].folio, leaves_before[i].folio);
+    }
+    std::vector<PageRef> pages(4);
+    absl::StatusOr<size_t> n = pinner_.PinPages(buf_, 4, kGupPin, absl::MakeSpan(pages));
+    HUGEMM_ASSERT_OK(n);
+    pinner_.UnpinPages(pages);
+  }
+  std::vector<LogicalLeaf> Leaves() const {
+    std::vector<LogicalLeaf> out;
+    table_.Walk(buf_, kLen, [&](const LogicalLeaf& l) { out.push_back(l); });
+    return out;
+  }
+
+  static constexpr size_t kLen = 2 * kPageSize2M;
+  std::byte* buf_ = nullptr;
+  PageTable table_{DetectHostGeometry()};
+  Pinner pinner_{table_};
+  uint64_t id_ = 0;
+};
+
+TEST_F(GupExternal2MTest, UnregisterOfPinnedMemoryIsRefusedAndChangesNothing) {
+  HUGEMM_ASSERT_OK(table_.Split(buf_));  // the shape of the mappings is kept too
+  const std::vector<LogicalLeaf> before = Leaves();
+  std::vector<PageRef> pinned(10);
+  HUGEMM_ASSERT_OK(pinner_.PinPages(buf_ + kPageSize2M, 10, kGupPin, absl::MakeSpan(pinned)));
+  absl::Status st = table_.UnregisterExternal(id_);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_THAT(st.message(), HasSubstr("pinned"));
+  ExpectStillRegistered(before);
+
+  pinner_.UnpinPages(pinned);
+  HUGEMM_ASSERT_OK(table_.UnregisterExternal(id_));
+  EXPECT_FALSE(table_.Translate(buf_).has_value());
+  EXPECT_EQ(table_.UnregisterExternal(id_).code(), absl::StatusCode::kNotFound);
+}
+
+// A pin that lands between the check and the unmap: the mappings are put back.
+TEST_F(GupExternal2MTest, PinRacingTheUnmapPutsTheMappingsBack) {
+  HUGEMM_ASSERT_OK(table_.Protect(buf_ + 3 * kPageSize4K, kPageSize4K, kProtRead));
+  const std::vector<LogicalLeaf> before = Leaves();
+  std::vector<PageRef> pinned(10);
+  int pins = 0;
+  RangeSubscription sub(
+      table_.notifiers(), buf_, kLen, {.invalidate_start = [&](const Invalidation& inv) {
+        if (inv.reason != InvalidateReason::kUnmap || pins != 0) return;
+        ++pins;
+        absl::StatusOr<size_t> n =
+            pinner_.PinPages(buf_ + kPageSize2M, 10, kGupPin, absl::MakeSpan(pinned));
+        EXPECT_TRUE(n.ok()) << n.status();
+      }});
+  absl::Status st = table_.UnregisterExternal(id_);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_EQ(pins, 1);
+  ExpectStillRegistered(before);
+  EXPECT_EQ(before.size(), Leaves().size());
+
+  pinner_.UnpinPages(pinned);
+  HUGEMM_ASSERT_OK(table_.UnregisterExternal(id_));
+  EXPECT_FALSE(table_.Translate(buf_ + kPageSize2M).has_value());
+}
+
+// A protection is no GUP flag, and neither is a plain integer: Pin(p, n, kProtWrite)
+// does not compile.
+static_assert(!std::is_invocable_v<decltype(&Pinner::Pin), Pinner&, const void*, size_t, Prot>);
+static_assert(!std::is_invocable_v<decltype(&Pinner::Pin), Pinner&, const void*, size_t, uint32_t>);
+static_assert(std::is_invocable_v<decltype(&Pinner::Pin), Pinner&, const void*, size_t, GupFlags>);
+static_assert(!std::is_convertible_v<Prot, GupFlags> && !std::is_convertible_v<GupFlags, Prot>);
+
 TEST(GupFlagsTest, Names) {
   EXPECT_EQ(GupFlagsName(kGupPin | kGupWrite | kGupLongterm), "PIN|WRITE|LONGTERM");
-  EXPECT_EQ(GupFlagsName(0), "0");
-  EXPECT_EQ(GupFlagsName(kGupGet | (1u << 9)), "GET|0x200");
+  EXPECT_EQ(GupFlagsName(kGupNone), "0");
+  EXPECT_EQ(GupFlagsName(kGupGet | GupFlags{1u << 9}), "GET|0x200");
 }
 
 }  // namespace

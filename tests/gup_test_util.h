@@ -68,8 +68,7 @@ inline std::unique_ptr<Folio> FolioFor(const Extent& e, size_t i, FolioOwner* ow
 
 // map_every: map folio i only when map_every(i) (a hole otherwise).
 template <typename Pred>
-absl::StatusOr<std::unique_ptr<Mapped>> MapFolios(Extent extent, Pred map_every,
-                                                  uint32_t prot = kRW) {
+absl::StatusOr<std::unique_ptr<Mapped>> MapFolios(Extent extent, Pred map_every, Prot prot = kRW) {
   auto m = std::make_unique<Mapped>();
   m->extent = std::move(extent);
   m->table = std::make_unique<PageTable>(DetectHostGeometry());
@@ -82,7 +81,7 @@ absl::StatusOr<std::unique_ptr<Mapped>> MapFolios(Extent extent, Pred map_every,
   return m;
 }
 
-inline absl::StatusOr<std::unique_ptr<Mapped>> MapAll(Extent extent, uint32_t prot = kRW) {
+inline absl::StatusOr<std::unique_ptr<Mapped>> MapAll(Extent extent, Prot prot = kRW) {
   return MapFolios(
       std::move(extent), [](size_t) { return true; }, prot);
 }

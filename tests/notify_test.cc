@@ -28,7 +28,7 @@ TEST(RangeSubscriptionTest, EveryKindOfChangeBumpsTheGeneration) {
   bool in_progress_seen = false;
   std::unique_ptr<RangeSubscription> sub;
   sub = std::make_unique<RangeSubscription>(
-      table, Ptr(kBase), kPageSize2M,
+      table.notifiers(), Ptr(kBase), kPageSize2M,
       NotifierCallbacks{
           .invalidate_start =
               [&](const Invalidation& inv) {
@@ -76,8 +76,8 @@ TEST(RangeSubscriptionTest, OwnDeviceExclusiveIsNotReported) {
   auto a = FakeFolio(kPageSize4K, kBase, kBasePfn);
   HUGEMM_ASSERT_OK(table.Map(a.get(), Ptr(kBase), kRW));
   const int device = 0;
-  RangeSubscription mine(table, Ptr(kBase), kPageSize4K, {}, &device);
-  RangeSubscription other(table, Ptr(kBase), kPageSize4K);
+  RangeSubscription mine(table.notifiers(), Ptr(kBase), kPageSize4K, {}, &device);
+  RangeSubscription other(table.notifiers(), Ptr(kBase), kPageSize4K);
   HUGEMM_ASSERT_OK(table.MakeExclusive(Ptr(kBase), &device));
   EXPECT_EQ(mine.generation(), 0u);
   EXPECT_EQ(other.generation(), 1u);

@@ -8,12 +8,14 @@
 
 #include "gtest/gtest.h"
 #include "hugemm/pgtable.h"
+#include "runtime/pgtable/pgtable_test_peer.h"
 #include "tests/pgtable_test_util.h"
 #include "tests/test_util.h"
 
 namespace hugemm {
 namespace {
 
+using ::hugemm::pgtable_internal::PageTableTestPeer;
 using ::hugemm::testing::FakeFolio;
 using ::hugemm::testing::kBase;
 using ::hugemm::testing::kBasePfn;
@@ -34,7 +36,7 @@ TEST(PageTableConcurrencyTest, ReadersDuringMapSplitUnmap) {
   PageTable table(X86_64Geometry(false));
   std::atomic<int> writers_left{3};
   std::atomic<uint64_t> hits{0};
-  const uint32_t rw = kProtRead | kProtWrite;
+  const Prot rw = kProtRead | kProtWrite;
 
   auto ok = [](const absl::Status& st) { EXPECT_TRUE(st.ok()) << st; };
   auto writer = [&](int first) {
@@ -79,7 +81,7 @@ TEST(PageTableConcurrencyTest, ReadersDuringMapSplitUnmap) {
       // The PFN-only batch reads frame words: each is unknown or the one frame it can be.
       const void* batch[3] = {Ptr(va), Ptr(va ^ (kPageSize2M / 2)), Ptr(va)};
       uint64_t pfns[3];
-      table.TranslatePfns(batch, 3, pfns);
+      table.TranslatePfns(batch, absl::MakeSpan(pfns));
       for (int k = 0; k < 3; ++k) {
         const auto a = reinterpret_cast<uintptr_t>(batch[k]);
         if (pfns[k] != kUnknownPfn) {
@@ -107,7 +109,7 @@ TEST(PageTableConcurrencyTest, ReadersDuringMapSplitUnmap) {
 
   for (const auto& f : folios) EXPECT_EQ(f->refcount.load(), 1);
   EXPECT_EQ(giant->refcount.load(), 1);
-  EXPECT_EQ(table.TableCount(), 1u);
+  EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u);
   RecordProperty("hits", static_cast<int>(hits.load()));
 }
 

@@ -11,6 +11,7 @@
 #include "gtest/gtest.h"
 #include "hugemm/backing.h"
 #include "hugemm/pgtable.h"
+#include "runtime/pgtable/pgtable_test_peer.h"
 #include "runtime/sys/pagemap.h"
 #include "tests/pgtable_test_util.h"
 #include "tests/test_util.h"
@@ -18,6 +19,7 @@
 namespace hugemm {
 namespace {
 
+using ::hugemm::pgtable_internal::PageTableTestPeer;
 using ::testing::HasSubstr;
 
 using ::hugemm::testing::kRW;
@@ -73,7 +75,7 @@ void MapAndVerify(const Extent& e) {
     }
   }
   std::vector<uint64_t> pfns(vas.size());
-  EXPECT_EQ(table.TranslatePfns(vas.data(), vas.size(), pfns.data()), vas.size());
+  EXPECT_EQ(table.TranslatePfns(vas, absl::MakeSpan(pfns)), vas.size());
   EXPECT_EQ(pfns, want);
   for (auto& f : folios) HUGEMM_ASSERT_OK(table.Unmap(f->data, f->size()));
   for (auto& f : folios) EXPECT_EQ(f->refcount.load(), 1);
@@ -224,8 +226,41 @@ TEST(PageTableKernelTest, ExternalMapHugetlbBuffer) {
   EXPECT_EQ(table.RegisterExternal(buf, len).status().code(), absl::StatusCode::kAlreadyExists);
   HUGEMM_ASSERT_OK(table.UnregisterExternal(*id));
   EXPECT_FALSE(table.Translate(buf).has_value());
-  EXPECT_EQ(table.TableCount(), 1u);
+  EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u);
   EXPECT_EQ(table.UnregisterExternal(*id).code(), absl::StatusCode::kNotFound);
+  ::munmap(p, len);
+}
+
+// The kernel's protection, VMA by VMA: nothing wider is ever mapped.
+TEST(PageTableKernelTest, ExternalTakesTheKernelsProtection) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 3);
+  HUGEMM_NEED(sys::CanReadPfns(), "pagemap hides PFNs from this process");
+  const size_t len = 3 * kPageSize2M;
+  void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+  ASSERT_NE(p, MAP_FAILED);
+  auto* buf = static_cast<std::byte*>(p);
+  ASSERT_EQ(::mprotect(buf + kPageSize2M, kPageSize2M, PROT_READ), 0);
+  ASSERT_EQ(::mprotect(buf + 2 * kPageSize2M, kPageSize2M, PROT_READ | PROT_EXEC), 0);
+  PageTable table(DetectHostGeometry());
+  absl::StatusOr<uint64_t> id = table.RegisterExternal(buf, len);
+  HUGEMM_ASSERT_OK(id);
+  std::vector<LogicalLeaf> leaves;
+  table.Walk(buf, len, [&](const LogicalLeaf& l) { leaves.push_back(l); });
+  ASSERT_EQ(leaves.size(), 3u);
+  EXPECT_EQ(leaves[0].prot, kProtRead | kProtWrite);
+  EXPECT_EQ(leaves[1].prot, kProtRead);
+  EXPECT_EQ(leaves[2].prot, kProtRead | kProtExec);
+  HUGEMM_ASSERT_OK(table.UnregisterExternal(*id));
+
+  // Memory the program may not even read is refused, and nothing stays mapped.
+  ASSERT_EQ(::mprotect(buf + kPageSize2M, kPageSize2M, PROT_NONE), 0);
+  id = table.RegisterExternal(buf, len);
+  EXPECT_EQ(id.status().code(), absl::StatusCode::kPermissionDenied) << id.status();
+  EXPECT_THAT(id.status().message(),
+              HasSubstr(absl::StrFormat("%p", static_cast<void*>(buf + kPageSize2M))));
+  EXPECT_FALSE(table.Translate(buf).has_value());
+  EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u);
   ::munmap(p, len);
 }
 
@@ -243,7 +278,7 @@ TEST(PageTableKernelTest, ExternalRejectsWhatItCannotDescribe) {
   // Unmapped now.
   id = table.RegisterExternal(buf, kPageSize4K);
   EXPECT_EQ(id.status().code(), absl::StatusCode::kNotFound) << id.status();
-  EXPECT_EQ(table.TableCount(), 1u);
+  EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u);
 }
 
 }  // namespace

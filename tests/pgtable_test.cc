@@ -8,12 +8,14 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "runtime/pgtable/pgtable_test_peer.h"
 #include "tests/pgtable_test_util.h"
 #include "tests/test_util.h"
 
 namespace hugemm {
 namespace {
 
+using ::hugemm::pgtable_internal::PageTableTestPeer;
 using ::hugemm::testing::FakeFolio;
 using ::hugemm::testing::kBase;
 using ::hugemm::testing::kBasePfn;
@@ -80,12 +82,57 @@ TEST(GeometryTest, HostIsX86) {
   EXPECT_TRUE(g.levels == 4 || g.levels == 5) << g.name;
 }
 
+TEST(GeometryTest, EveryKnownGeometryIsValid) {
+  for (const Geometry& g : testing::AllGeometries()) HUGEMM_ASSERT_OK(ValidateGeometry(g));
+  HUGEMM_ASSERT_OK(ValidateGeometry(DetectHostGeometry()));
+}
+
+TEST(GeometryTest, AnInvalidGeometryGivesATableThatMapsNothing) {
+  Geometry deep = X86_64Geometry(false);
+  deep.levels = 7;
+  Geometry wide_top = X86_64Geometry(false);
+  wide_top.index_bits[3] = 10;
+  Geometry odd_groups = X86_64Geometry(false);
+  odd_groups.cont_entries[kPteLevel] = 12;
+  Geometry odd_page = X86_64Geometry(false);
+  odd_page.page_shift = 40;
+  Geometry no_pte_leaves = X86_64Geometry(false);
+  no_pte_leaves.leaf_ok[kPteLevel] = false;
+  for (const auto& [g, why] : std::vector<std::pair<Geometry, std::string>>{
+           {deep, "7 levels"},
+           {wide_top, "a top level of 10 index bits"},
+           {odd_groups, "contiguous groups of 12 entries"},
+           {odd_page, "a base page not of 4K to 64K"},
+           {no_pte_leaves, "no leaves at the PTE level"}}) {
+    absl::Status st = ValidateGeometry(g);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << why;
+    EXPECT_THAT(st.message(), HasSubstr(why));
+    PageTable table(g);
+    auto f = FakeFolio(kPageSize2M, kBase, kBasePfn);
+    st = table.Map(f.get(), Ptr(kBase), kRW);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+    EXPECT_THAT(st.message(), HasSubstr(why));
+    EXPECT_EQ(table.Unmap(Ptr(kBase), kPageSize2M).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(table.Split(Ptr(kBase)).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(table.MakeExclusive(Ptr(kBase), nullptr).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(table.RestoreExclusive(Ptr(kBase)).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(NaturalUnit(g, kPageSize2M).status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(f->refcount.load(), 1);
+    EXPECT_FALSE(table.Translate(Ptr(kBase)).has_value());
+    EXPECT_FALSE(table.Lookup(Ptr(0)).has_value());
+    const void* vas[] = {Ptr(0), Ptr(kBase)};
+    uint64_t pfns[2];
+    EXPECT_EQ(table.TranslatePfns(vas, absl::MakeSpan(pfns)), 0u);
+    EXPECT_EQ(pfns[1], kUnknownPfn);
+  }
+}
+
 // The PFN-only batch (which reads the frame words beside the entries) agrees with a
 // walk through the folio at every address of `vas`, in order and backwards.
 void ExpectPfnsAgree(const PageTable& t, std::vector<const void*> vas) {
   for (int pass = 0; pass < 2; ++pass) {
     std::vector<uint64_t> pfns(vas.size());
-    const size_t hits = t.TranslatePfns(vas.data(), vas.size(), pfns.data());
+    const size_t hits = t.TranslatePfns(vas, absl::MakeSpan(pfns));
     size_t want_hits = 0;
     for (size_t i = 0; i < vas.size(); ++i) {
       const std::optional<Translation> one = t.Translate(vas[i]);
@@ -194,7 +241,7 @@ TEST_P(EveryGeometry, MapSplitUnmapAtEveryLevel) {
     EXPECT_EQ(f->refcount.load(), 1);
     EXPECT_FALSE(table.Translate(Ptr(probe)).has_value());
     EXPECT_TRUE(Leaves(table, kBase, bytes).empty());
-    EXPECT_EQ(table.TableCount(), 1u) << "every table but the root is freed";
+    EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u) << "every table but the root is freed";
   }
 }
 
@@ -234,7 +281,7 @@ TEST(PageTableTest, ContiguousGroupIsOneUnit) {
   HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), 4 << 10));
   HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase + (8 << 10)), 56 << 10));
   EXPECT_EQ(f->refcount.load(), 1);
-  EXPECT_EQ(table.TableCount(), 1u);
+  EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u);
 }
 
 TEST(PageTableTest, ContPmdGroupClearedAsUnit) {
@@ -257,7 +304,7 @@ TEST(PageTableTest, ErrorsChangeNothingAndLeakNoReference) {
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(st.message(), HasSubstr("0x10000001000"));
   EXPECT_EQ(table.Map(nullptr, Ptr(kBase), kRW).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(table.Map(f2m.get(), Ptr(kBase), 0).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(table.Map(f2m.get(), Ptr(kBase), kProtNone).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(table.Map(f2m.get(), Ptr(uintptr_t{1} << 48), kRW).code(),
             absl::StatusCode::kOutOfRange);
   EXPECT_EQ(f2m->refcount.load(), 1);
@@ -286,7 +333,7 @@ TEST(PageTableTest, ErrorsChangeNothingAndLeakNoReference) {
             absl::StatusCode::kNotFound);
   EXPECT_EQ(table.Protect(Ptr(kBase), kPageSize2M, kProtWrite).code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(table.Unsubscribe(12345).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(table.notifiers().Unsubscribe(12345).code(), absl::StatusCode::kNotFound);
 
   HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), kPageSize2M));
   EXPECT_EQ(f2m->refcount.load(), 1);
@@ -318,7 +365,7 @@ TEST(PageTableTest, PartialUnmapAndProtectSplitFirst) {
   HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), 10 * kPageSize4K));
   HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase + 11 * kPageSize4K), kPageSize2M - 11 * kPageSize4K));
   EXPECT_EQ(f->refcount.load(), 1);
-  EXPECT_EQ(table.TableCount(), 1u);
+  EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u);
 }
 
 TEST(PageTableTest, PudSplitDepositsForEveryPmd) {
@@ -336,7 +383,7 @@ TEST(PageTableTest, PudSplitDepositsForEveryPmd) {
   EXPECT_EQ(t->pfn, kBasePfn + 300 * 512 + 5);
   HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), kPageSize1G));
   EXPECT_EQ(f->refcount.load(), 1);
-  EXPECT_EQ(table.TableCount(), 1u);
+  EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u);
 }
 
 TEST(PageTableTest, TranslateRunsAcrossContiguousLeaves) {
@@ -391,8 +438,9 @@ TEST_P(EveryGeometry, BatchedTranslationsMatchSingleOnes) {
   std::vector<Translation> full(vas.size());
   std::unique_ptr<bool[]> hits(new bool[vas.size()]);
   std::vector<uint64_t> pfns(vas.size());
-  const size_t n_full = table.TranslateMany(vas.data(), vas.size(), full.data(), hits.get());
-  const size_t n_pfns = table.TranslatePfns(vas.data(), vas.size(), pfns.data());
+  const size_t n_full =
+      table.TranslateMany(vas, absl::MakeSpan(full), absl::MakeSpan(hits.get(), vas.size()));
+  const size_t n_pfns = table.TranslatePfns(vas, absl::MakeSpan(pfns));
   size_t expected_hits = 0;
   for (size_t i = 0; i < vas.size(); ++i) {
     std::optional<Translation> one = table.Translate(vas[i]);
@@ -441,12 +489,16 @@ TEST(PageTableTest, DeviceExclusiveTellsOtherSubscribers) {
       log->push_back(std::string(edge) + " " + std::string(InvalidateReasonName(inv.reason)));
     };
   };
-  table.Subscribe(Ptr(kBase), kPageSize2M, {record(&heard_a, "start"), record(&heard_a, "end")},
-                  &gpu_a);
-  const uint64_t id_b = table.Subscribe(
+  NotifierRegistry& notifiers = table.notifiers();
+  const uint64_t id_a = notifiers.Subscribe(
+      Ptr(kBase), kPageSize2M, {record(&heard_a, "start"), record(&heard_a, "end")}, &gpu_a);
+  const uint64_t id_b = notifiers.Subscribe(
       Ptr(kBase), kPageSize2M, {record(&heard_b, "start"), record(&heard_b, "end")}, &gpu_b);
-  table.Subscribe(Ptr(kBase + kPageSize1G), kPageSize2M,
-                  {record(&heard_far, "start"), record(&heard_far, "end")}, &far);
+  const uint64_t id_far =
+      notifiers.Subscribe(Ptr(kBase + kPageSize1G), kPageSize2M,
+                          {record(&heard_far, "start"), record(&heard_far, "end")}, &far);
+  EXPECT_NE(id_a, id_b);
+  EXPECT_NE(id_b, id_far);
 
   const uintptr_t page = kBase + 3 * kPageSize4K;
   HUGEMM_ASSERT_OK(table.MakeExclusive(Ptr(page), &gpu_a));
@@ -483,10 +535,10 @@ TEST(PageTableTest, DeviceExclusiveTellsOtherSubscribers) {
   EXPECT_EQ(f->refcount.load(), 1 + 512);
 
   HUGEMM_ASSERT_OK(table.MakeExclusive(Ptr(page), &gpu_b));
-  HUGEMM_ASSERT_OK(table.Unsubscribe(id_b));
+  HUGEMM_ASSERT_OK(notifiers.Unsubscribe(id_b));
   HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), kPageSize2M));
   EXPECT_EQ(f->refcount.load(), 1);
-  EXPECT_EQ(table.TableCount(), 1u);
+  EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u);
 }
 
 TEST(PageTableTest, DestructionDropsEveryReference) {

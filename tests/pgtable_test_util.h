@@ -26,7 +26,7 @@ inline std::unique_ptr<Folio> FakeFolio(size_t bytes, uintptr_t va, uint64_t hea
   return f;
 }
 
-inline constexpr uint32_t kRW = kProtRead | kProtWrite;
+inline constexpr Prot kRW = kProtRead | kProtWrite;
 
 inline const void* Ptr(uintptr_t va) { return reinterpret_cast<const void*>(va); }
 

@@ -67,8 +67,8 @@ TEST(Runtime, FreedBufferKeepsItsMemoryUntilTheLastUnpin) {
   std::byte* data = buf->data();
   std::memset(data + kPageSize2M, 0x77, kPageSize2M);
   std::vector<FolioSpan> spans(4);
-  absl::StatusOr<size_t> n =
-      (*rt)->pinner().PinFolios(data + kPageSize2M, kPageSize2M, kGupPin, spans.data(), 4);
+  absl::StatusOr<size_t> n = (*rt)->pinner().PinFolios(data + kPageSize2M, kPageSize2M, kGupPin,
+                                                       absl::MakeSpan(spans.data(), 4));
   ASSERT_TRUE(n.ok()) << n.status();
   ASSERT_EQ(*n, 1u);
   HUGEMM_ASSERT_OK(buf->Free());
@@ -78,7 +78,7 @@ TEST(Runtime, FreedBufferKeepsItsMemoryUntilTheLastUnpin) {
   EXPECT_EQ(spans[0].folio->data[12345], std::byte{0x77});
   EXPECT_TRUE(FolioMaybeDmaPinned(spans[0].folio));
   EXPECT_FALSE((*rt)->Translate(data).has_value()) << "a freed buffer is out of the table";
-  (*rt)->pinner().UnpinFolios(spans.data(), 1, RefKind::kPin);
+  (*rt)->pinner().UnpinFolios(absl::MakeConstSpan(spans.data(), 1), RefKind::kPin);
   EXPECT_GE(FreeHugePages(kPageSize2M), free_before) << "the last unpin frees the memory";
 }
 

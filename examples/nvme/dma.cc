@@ -94,10 +94,11 @@ absl::StatusOr<size_t> IoPin::Pin(hugemm::Runtime& rt, const void* va, size_t le
                                   bool device_writes, uint64_t max_segment,
                                   absl::Span<hugemm::DmaSegment> segments, bool hold) {
   Release();
-  const uint32_t flags = hugemm::kGupPin | (device_writes ? hugemm::kGupWrite : 0u);
+  const hugemm::GupFlags flags =
+      hugemm::kGupPin | (device_writes ? hugemm::kGupWrite : hugemm::kGupNone);
   spans_.clear();
-  absl::StatusOr<size_t> n = rt.pinner().PinSegments(va, length, flags, max_segment,
-                                                     segments.data(), segments.size(), &spans_);
+  absl::StatusOr<size_t> n =
+      rt.pinner().PinSegments(va, length, flags, max_segment, segments, &spans_);
   if (!n.ok()) return n.status();
   pinner_ = &rt.pinner();
   dirty_ = device_writes;
@@ -107,7 +108,7 @@ absl::StatusOr<size_t> IoPin::Pin(hugemm::Runtime& rt, const void* va, size_t le
 
 void IoPin::Release() {
   if (pinner_ == nullptr) return;
-  pinner_->UnpinFolios(spans_.data(), spans_.size(), hugemm::RefKind::kPin, dirty_);
+  pinner_->UnpinFolios(spans_, hugemm::RefKind::kPin, dirty_);
   spans_.clear();
   pinner_ = nullptr;
 }

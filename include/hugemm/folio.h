@@ -148,9 +148,24 @@ void FolioPut(Folio* folio, int32_t refs = 1);
 // Undoes FolioTryGrab; marks the folio dirty first when asked.
 void FolioUngrab(Folio* folio, int32_t refs, RefKind kind, bool dirty = false);
 
-// Describes native page `i` of `extent` as one folio (order, backing, node, data, head
-// PFN) holding one reference, its owner's. For descriptors made outside an allocator:
-// buffers of whole pages, tools, tests.
+// What a fresh folio descriptor says: everything but its counts.
+struct FolioInit {
+  uint8_t order = 0;
+  BackingKind backing = BackingKind::kAnon;
+  int node = -1;
+  uint64_t head_pfn = kUnknownPfn;
+  std::byte* data = nullptr;
+  FolioOwner* owner = nullptr;  // nullptr: nobody takes it back (borrowed memory)
+  FolioFlag flags = FolioFlag::kNone;
+};
+
+// The one folio initialiser: describes `folio` as `init` says, holding one reference (its
+// owner's), no pins and nothing in the owner's private words. Every descriptor starts here.
+void InitFolio(Folio* folio, const FolioInit& init);
+
+// Describes native page `i` of `extent` as one folio (InitFolio with the extent's order,
+// backing, node, data and head PFN). For descriptors made outside an allocator: buffers
+// of whole pages, tools, tests.
 void InitFolioForPage(Folio* folio, const Extent& extent, size_t i, FolioOwner* owner = nullptr);
 
 // True if the folio may be pinned for DMA: exact for large folios, as in the kernel

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "hugemm/os.h"
@@ -19,10 +20,14 @@
 namespace hugemm {
 
 inline constexpr int kMaxLevels = 5;
+// The top level of every x86-64 and arm64 geometry has at most 2^9 entries.
+inline constexpr int kMaxTopIndexBits = 9;
 inline constexpr int kPteLevel = 0;
 inline constexpr int kPmdLevel = 1;
 inline constexpr int kPudLevel = 2;
 
+// The shape of one architecture's page tables. Thread safety: a plain value; const use from
+// any number of threads is safe.
 struct Geometry {
   std::string name;     // "x86-64 4-level", "arm64 16K granule", ...
   int page_shift = 12;  // base page of the geometry
@@ -51,6 +56,12 @@ struct Geometry {
   absl::string_view LevelName(int level) const;
 };
 
+// OK for a geometry a shadow table can use: 3 to kMaxLevels levels, a base page of 4K to
+// 64K, 1 to 13 index bits per level (at most kMaxTopIndexBits at the top) and at most
+// 57 address bits, leaves allowed at the PTE level, and contiguous groups (if any) of a
+// power of two of entries that fits in a table. InvalidArgument says which rule failed.
+[[nodiscard]] absl::Status ValidateGeometry(const Geometry& geometry);
+
 // The unit a folio of `folio_bytes` is mapped with: `entries` entries at `level`
 // (grouped as contiguous leaves of `cont` entries when cont > 1).
 struct LeafUnit {
@@ -60,16 +71,18 @@ struct LeafUnit {
   size_t entries = 0;     // entries the whole folio needs
 };
 
-// The largest leaf (plain or contiguous group) that is not larger than the folio. A folio
-// smaller than the base page, or not a multiple of it, is an error.
-absl::StatusOr<LeafUnit> NaturalUnit(const Geometry& geometry, size_t folio_bytes);
+// The largest leaf (plain or contiguous group) that is not larger than the folio.
+// InvalidArgument: an invalid geometry; a folio smaller than the base page, not a
+// multiple of it, or that no leaf level divides.
+[[nodiscard]] absl::StatusOr<LeafUnit> NaturalUnit(const Geometry& geometry, size_t folio_bytes);
 
 Geometry X86_64Geometry(bool five_level);
 // arm64 with a 4K, 16K or 64K granule and a 48-bit address space. Contiguous groups:
 //   4K:  cont-PTE 16 x 4K = 64K,    cont-PMD 16 x 2M   = 32M  (blocks at PMD and PUD)
 //   16K: cont-PTE 128 x 16K = 2M,   cont-PMD 32 x 32M  = 1G   (blocks at PMD)
 //   64K: cont-PTE 32 x 64K = 2M,    cont-PMD 32 x 512M = 16G  (blocks at PMD)
-absl::StatusOr<Geometry> Arm64Geometry(size_t granule);
+// InvalidArgument for any other granule.
+[[nodiscard]] absl::StatusOr<Geometry> Arm64Geometry(size_t granule);
 
 // x86-64 with 5 levels when the CPU has LA57 and the kernel runs 5-level paging, which
 // shows as the kernel handing out an address above 47 bits for a hint above them (a

@@ -2,9 +2,10 @@
 //
 //   hugemm::Pinner pinner(table);
 //   std::vector<hugemm::PageRef> pages(512);
-//   absl::StatusOr<size_t> n = pinner.PinPages(buf, 512, kGupPin | kGupWrite, pages.data());
+//   absl::StatusOr<size_t> n =
+//       pinner.PinPages(buf, 512, hugemm::kGupPin | hugemm::kGupWrite, absl::MakeSpan(pages));
 //   ... hand pages[i].pfn() to a device ...
-//   pinner.UnpinPages(pages.data(), *n, /*dirty=*/true);
+//   pinner.UnpinPages(absl::MakeConstSpan(pages.data(), *n), /*dirty=*/true);
 //
 // The fast path is the kernel's gup_fast: inside a read section, per logical leaf, look
 // it up, take `refs` = pages covered on the folio head in one atomic (FolioTryGrab), then
@@ -18,7 +19,19 @@
 //   DmaSegment  physically contiguous byte runs, capped at a maximum length, from the
 //               PFNs recorded at map time.
 // A pin is all-or-nothing unless kGupPartial is given: on failure every reference the
-// call took is given back and the status names the address and the reason.
+// call took is given back and the status names the request, the address and the reason.
+//
+// Errors of every pin (each method lists its own besides):
+//   InvalidArgument     unknown flags, not exactly one of PIN and GET, LONGTERM without
+//                       PIN, a range that wraps the address space, no room for the output;
+//   NotFound            a page nothing maps (and no Populator, or it could not map it);
+//   PermissionDenied    a WRITE pin of a read-only mapping;
+//   FailedPrecondition  a device-exclusive page; a LONGTERM pin of borrowed memory;
+//   ResourceExhausted   the output is full, or a folio count would overflow;
+//   Unavailable         FAST_ONLY, and the mapping kept changing under the fast path;
+//   Aborted             a folio freed between lookup and grab, seen under the lock.
+// With kGupPartial, an error after at least one page is pinned returns the pages pinned
+// so far instead.
 #ifndef HUGEMM_GUP_H_
 #define HUGEMM_GUP_H_
 
@@ -31,22 +44,50 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "hugemm/folio.h"
 #include "hugemm/pgtable.h"
 
 namespace hugemm {
 
-enum GupFlag : uint32_t {
-  kGupPin = 1u << 0,       // references for DMA: counted in pincount (FOLL_PIN)
-  kGupGet = 1u << 1,       // plain references (FOLL_GET); exactly one of PIN / GET
-  kGupWrite = 1u << 2,     // the device will write: needs a writable mapping (FOLL_WRITE)
-  kGupLongterm = 1u << 3,  // held indefinitely (FOLL_LONGTERM): PIN only, and refused on
-                           // memory that cannot stay put (borrowed external ranges)
-  kGupFastOnly = 1u << 4,  // never the slow path (get_user_pages_fast_only)
-  kGupPartial = 1u << 5,   // return what was pinned instead of failing; the caller unpins
-};
-// "PIN|WRITE|LONGTERM": for messages.
-std::string GupFlagsName(uint32_t flags);
+namespace gup_internal {
+struct PinContext;
+class PinnerTestPeer;
+}  // namespace gup_internal
+
+// What a pin takes and how: a bitmask of the constants below. A type of its own, so that
+// it mixes with nothing else (protections, plain integers). The C API's HUGEMM_* flags
+// have the same values.
+enum class GupFlags : uint32_t {};
+inline constexpr GupFlags kGupNone{0};
+// References for DMA, counted in the folio's pincount (FOLL_PIN).
+inline constexpr GupFlags kGupPin{1u << 0};
+// Plain references (FOLL_GET). A pin takes exactly one of PIN and GET.
+inline constexpr GupFlags kGupGet{1u << 1};
+// The device will write: needs a writable mapping (FOLL_WRITE).
+inline constexpr GupFlags kGupWrite{1u << 2};
+// Held indefinitely (FOLL_LONGTERM): PIN only, and refused on memory that cannot stay put
+// (borrowed external ranges).
+inline constexpr GupFlags kGupLongterm{1u << 3};
+// Never the slow path: no table lock, no populate (get_user_pages_fast_only).
+inline constexpr GupFlags kGupFastOnly{1u << 4};
+// Return what was pinned instead of failing; the caller unpins it.
+inline constexpr GupFlags kGupPartial{1u << 5};
+
+constexpr GupFlags operator|(GupFlags a, GupFlags b) {
+  return GupFlags{static_cast<uint32_t>(a) | static_cast<uint32_t>(b)};
+}
+constexpr GupFlags operator&(GupFlags a, GupFlags b) {
+  return GupFlags{static_cast<uint32_t>(a) & static_cast<uint32_t>(b)};
+}
+constexpr GupFlags operator~(GupFlags a) { return GupFlags{~static_cast<uint32_t>(a)}; }
+constexpr GupFlags& operator|=(GupFlags& a, GupFlags b) { return a = a | b; }
+constexpr GupFlags& operator&=(GupFlags& a, GupFlags b) { return a = a & b; }
+// True when `set` holds any bit of `bits`.
+constexpr bool HasAny(GupFlags set, GupFlags bits) { return (set & bits) != kGupNone; }
+
+// "PIN|WRITE|LONGTERM", unknown bits in hex: for messages.
+std::string GupFlagsName(GupFlags flags);
 
 // The experiment switch: one reference operation per folio run (what the kernel does
 // since compound-head batching) or one per 4K page (what it did before), so the same
@@ -64,21 +105,31 @@ enum class RefGranularity { kFolio, kPage };
 //   bit  0       1 for GET references, 0 for PIN, so UnpinPages needs no flags
 class PageRef {
  public:
-  static constexpr int kIndexBits = 18;
-  static constexpr uintptr_t kMaxDescriptor = uintptr_t{1} << 51;
+  static constexpr int kKindBit = 0;          // 1: a GET reference, 0: a PIN
+  static constexpr int kIndexShift = 1;       // the page's index inside its folio ...
+  static constexpr int kIndexBits = 18;       // ... in this many bits (a 1G folio's pages)
+  static constexpr int kFolioShift = 19;      // the descriptor's address, above the index ...
+  static constexpr int kDescriptorAlign = 6;  // ... without its six zero bits (64-byte aligned)
+  static constexpr uintptr_t kMaxDescriptor = uintptr_t{1} << (64 - kFolioShift + kDescriptorAlign);
 
   PageRef() = default;
   PageRef(Folio* folio, uint32_t index, RefKind kind)
-      : bits_((static_cast<uint64_t>(reinterpret_cast<uintptr_t>(folio)) << 13) |
-              (uint64_t{index} << 1) | (kind == RefKind::kGet ? 1u : 0u)) {}
+      : bits_((static_cast<uint64_t>(reinterpret_cast<uintptr_t>(folio)) >> kDescriptorAlign
+                                                                                << kFolioShift) |
+              (uint64_t{index} << kIndexShift) |
+              (uint64_t{kind == RefKind::kGet ? 1u : 0u} << kKindBit)) {}
   // Whether a folio's pages can be encoded (always, for descriptors this runtime makes).
   static bool Encodable(const Folio* folio) {
     return reinterpret_cast<uintptr_t>(folio) < kMaxDescriptor && folio->order <= kIndexBits;
   }
 
-  Folio* folio() const { return reinterpret_cast<Folio*>((bits_ >> 19) << 6); }
-  uint32_t index() const { return static_cast<uint32_t>((bits_ >> 1) & ((1u << kIndexBits) - 1)); }
-  RefKind kind() const { return (bits_ & 1) ? RefKind::kGet : RefKind::kPin; }
+  Folio* folio() const {
+    return reinterpret_cast<Folio*>((bits_ >> kFolioShift) << kDescriptorAlign);
+  }
+  uint32_t index() const {
+    return static_cast<uint32_t>((bits_ >> kIndexShift) & ((1u << kIndexBits) - 1));
+  }
+  RefKind kind() const { return (bits_ >> kKindBit) & 1 ? RefKind::kGet : RefKind::kPin; }
   std::byte* address() const { return folio()->page_address(index()); }
   uint64_t pfn() const { return folio()->page_pfn(index()); }
   uint64_t bits() const { return bits_; }
@@ -102,33 +153,37 @@ struct FolioSpan {
 };
 static_assert(sizeof(FolioSpan) == 16);
 
+// A physically contiguous byte run, for a device's scatter-gather list.
 struct DmaSegment {
   uint64_t phys_addr = 0;
   uint64_t length = 0;
 };
 
 // Maps memory where the slow path found none: "fault it in". The allocator-backed
-// runtime implements it over the range's pool. Called outside any read section and
-// table lock, one call at a time per Pinner; AlreadyExists (someone mapped it first)
-// counts as success.
+// runtime implements it over the range's pool.
+//
+// Thread safety: called outside any read section and table lock, one call at a time per
+// Pinner (from whichever thread is pinning).
 class Populator {
  public:
   virtual ~Populator() = default;
-  // Map something covering the base page at `va`, writable when `write`.
+  // Map something covering the base page at `va`, writable when `write`. AlreadyExists
+  // (someone mapped it first) counts as success; any other error fails the pin.
   virtual absl::Status Populate(PageTable& table, uintptr_t va, bool write) = 0;
 };
 
 struct PinnerOptions {
   RefGranularity granularity = RefGranularity::kFolio;
   Populator* populator = nullptr;  // none: unmapped memory is an error
-  // Tests only: runs on the fast path between the grab and the re-check, inside the
-  // read section (so it must not wait for a grace period: Split and Protect are fine,
-  // an Unmap that frees tables is not).
-  std::function<void(uintptr_t va)> after_grab_for_testing;
 };
 
 class PinnedRange;
 
+// Pins and unpins the memory a PageTable maps. The table (and the populator, if any) must
+// outlive it.
+//
+// Thread safety: thread-safe. Any number of threads may pin and unpin through one Pinner
+// at once, while other threads change the table's mappings.
 class Pinner {
  public:
   explicit Pinner(PageTable& table, PinnerOptions options = {});
@@ -138,60 +193,65 @@ class Pinner {
   PageTable& table() const { return table_; }
   const PinnerOptions& options() const { return options_; }
 
-  // Pins `npages` 4K pages from the page holding `va` into pages[0..npages). Returns
-  // the number pinned: npages, or with kGupPartial possibly fewer (an error if none).
-  absl::StatusOr<size_t> PinPages(const void* va, size_t npages, uint32_t flags, PageRef* pages);
+  // Pins `npages` 4K pages from the page holding `va` into pages[0..npages). Returns the
+  // number pinned: npages, or with kGupPartial possibly fewer (an error if none).
+  //   InvalidArgument: `pages` shorter than `npages`; a folio whose descriptor a PageRef
+  //   cannot encode (use folio spans).
+  [[nodiscard]] absl::StatusOr<size_t> PinPages(const void* va, size_t npages, GupFlags flags,
+                                                absl::Span<PageRef> pages);
   // Pins the pages covering [va, va + length) as folio spans, merging consecutive pages
-  // of one folio into one span. Returns the number of spans written (at most `cap`;
-  // too small a `cap` is an error, or with kGupPartial the end of the result).
-  absl::StatusOr<size_t> PinFolios(const void* va, size_t length, uint32_t flags, FolioSpan* spans,
-                                   size_t cap);
+  // of one folio into one span. Returns the number of spans written.
+  //   InvalidArgument: `spans` is empty.  ResourceExhausted: more spans than it holds.
+  [[nodiscard]] absl::StatusOr<size_t> PinFolios(const void* va, size_t length, GupFlags flags,
+                                                 absl::Span<FolioSpan> spans);
   // Pins [va, va + length) and writes its physically contiguous runs, each at most
   // `max_segment` bytes (0 = unlimited; else at least 4K, rounded down to 4K), the first
-  // starting at va's own byte. Memory whose PFNs are unknown is an error. Segments do
-  // not name folios: give `pinned` to receive the folio spans for UnpinFolios, or
+  // starting at va's own byte. Returns the number of segments written. Segments do not
+  // name folios: give `pinned` to receive the folio spans (appended) for UnpinFolios, or
   // unpin with UnpinRange. A partial result ends at a leaf boundary.
-  absl::StatusOr<size_t> PinSegments(const void* va, size_t length, uint32_t flags,
-                                     uint64_t max_segment, DmaSegment* segments, size_t cap,
-                                     std::vector<FolioSpan>* pinned = nullptr);
+  //   InvalidArgument: `segments` is empty, or max_segment below 4K.
+  //   ResourceExhausted: more segments than it holds.  FailedPrecondition: memory whose
+  //   PFNs are unknown.
+  [[nodiscard]] absl::StatusOr<size_t> PinSegments(const void* va, size_t length, GupFlags flags,
+                                                   uint64_t max_segment,
+                                                   absl::Span<DmaSegment> segments,
+                                                   std::vector<FolioSpan>* pinned = nullptr);
   // All-or-nothing pin of [va, va + length) held by a handle that unpins when dropped.
-  absl::StatusOr<PinnedRange> Pin(const void* va, size_t length, uint32_t flags);
+  //   InvalidArgument: kGupPartial (a handle holds all or nothing).
+  [[nodiscard]] absl::StatusOr<PinnedRange> Pin(const void* va, size_t length, GupFlags flags);
 
   // Gives back what PinPages took: one FolioUngrab per run of entries on the same folio
   // with the same kind (per entry in kPage granularity). Dirty marks each folio once,
   // before its references drop. Returns the reference operations done.
-  size_t UnpinPages(const PageRef* pages, size_t n, bool dirty = false) const;
-  // Gives back spans of `kind`: one operation per span.
-  size_t UnpinFolios(const FolioSpan* spans, size_t n, RefKind kind, bool dirty = false) const;
+  size_t UnpinPages(absl::Span<const PageRef> pages, bool dirty = false) const;
+  // Gives back spans of `kind`: one operation per span. Returns the operations done.
+  size_t UnpinFolios(absl::Span<const FolioSpan> spans, RefKind kind, bool dirty = false) const;
   // Gives back what a pin of exactly [va, va + length) with this kind took, found by a
   // walk of the table: valid only while the range still maps the folios it mapped when
-  // pinned (splits and protection changes are fine; an unmap or remap is not). A hole is
-  // an error and nothing is given back. Use spans or a PinnedRange where the mapping may
-  // change under the pin.
-  absl::Status UnpinRange(const void* va, size_t length, RefKind kind, bool dirty = false) const;
+  // pinned (splits and protection changes are fine; an unmap or remap is not). Use spans
+  // or a PinnedRange where the mapping may change under the pin.
+  //   InvalidArgument: the range wraps the address space.  FailedPrecondition: part of
+  //   the range is no longer mapped: nothing is given back.
+  [[nodiscard]] absl::Status UnpinRange(const void* va, size_t length, RefKind kind,
+                                        bool dirty = false) const;
 
   // folio_maybe_dma_pinned for the folio mapping `va` (false when unmapped).
-  bool MaybeDmaPinned(const void* va) const;
+  [[nodiscard]] bool MaybeDmaPinned(const void* va) const;
 
  private:
-  struct Run;
-  template <typename Sink>
-  absl::StatusOr<size_t> PinLoop(uintptr_t start, size_t npages, uint32_t flags, Sink& sink);
-  template <typename Sink>
-  Run TakeLeaf(const LogicalLeaf& leaf, uintptr_t va, uintptr_t end, uint32_t flags, Sink& sink,
-               const LeafSnapshot* recheck);
-  template <typename Sink>
-  absl::Status SlowStep(uintptr_t va, uintptr_t end, uint32_t flags, Sink& sink, size_t* pages,
-                        const std::string& what);
-  absl::Status Grab(Folio* folio, uint32_t refs, RefKind kind) const;
+  friend class gup_internal::PinnerTestPeer;
+  gup_internal::PinContext Context();
 
   PageTable& table_;
   PinnerOptions options_;
-  std::mutex populate_mu_;  // one Populate at a time
+  std::mutex populate_mu_;                        // one Populate at a time
+  std::function<void(uintptr_t va)> after_grab_;  // tests only (pinner_test_peer.h)
 };
 
 // A pinned range that unpins itself (dirty when pinned with kGupWrite) when dropped or
 // released. Move-only; the Pinner must outlive it.
+//
+// Thread safety: like a value: one thread at a time may use or release a handle.
 class PinnedRange {
  public:
   PinnedRange() = default;
@@ -204,22 +264,27 @@ class PinnedRange {
   bool pinned() const { return pinner_ != nullptr; }
   const void* va() const { return reinterpret_cast<const void*>(va_); }
   size_t length() const { return length_; }
-  uint32_t flags() const { return flags_; }
+  GupFlags flags() const { return flags_; }
   const std::vector<FolioSpan>& spans() const { return spans_; }
   size_t page_count() const;
-  // The page array (one entry per 4K page) into out[0..page_count()).
-  size_t Pages(PageRef* out, size_t cap) const;
+  // The page array (one entry per 4K page, in address order) into `out`: the first
+  // min(page_count(), out.size()) entries. Returns how many it wrote.
+  size_t Pages(absl::Span<PageRef> out) const;
   // The physically contiguous runs of [va, va + length) (see Pinner::PinSegments).
-  absl::StatusOr<std::vector<DmaSegment>> Segments(uint64_t max_segment = 0) const;
+  //   InvalidArgument: max_segment below 4K.  FailedPrecondition: memory whose PFNs are
+  //   unknown.
+  [[nodiscard]] absl::StatusOr<std::vector<DmaSegment>> Segments(uint64_t max_segment = 0) const;
   // Unpins now; idempotent.
   void Release();
 
  private:
   friend class Pinner;
+  RefKind kind() const;
+
   const Pinner* pinner_ = nullptr;
   uintptr_t va_ = 0;
   size_t length_ = 0;
-  uint32_t flags_ = 0;
+  GupFlags flags_ = kGupNone;
   std::vector<FolioSpan> spans_;
 };
 

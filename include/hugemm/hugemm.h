@@ -87,8 +87,11 @@ int hugemm_alloc(hugemm_runtime* rt, size_t bytes, const hugemm_buffer_options* 
 int hugemm_free(hugemm_runtime* rt, void* data);
 
 /* Registers memory this program mapped itself (e.g. its own MAP_HUGETLB buffer) as
- * borrowed folios: pinnable, never long-term. Needs readable PFNs (root). */
+ * borrowed folios: pinnable, never long-term. Needs readable PFNs (root). Each page keeps
+ * the protection the kernel gives it: a HUGEMM_WRITE pin of memory mapped read-only fails
+ * with -EPERM, and memory the program may not read is refused (-EPERM). */
 int hugemm_register_external(hugemm_runtime* rt, void* addr, size_t length, uint64_t* id);
+/* -EFAULT while any of its memory is pinned; a refused unregister changes nothing. */
 int hugemm_unregister_external(hugemm_runtime* rt, uint64_t id);
 
 /* ---- pin / unpin ----------------------------------------------------------------- */

@@ -3,25 +3,35 @@
 // PMD for 2M, PTE for 4K; contiguous groups on arm64) and point at folios.
 //
 //   hugemm::PageTable table(hugemm::DetectHostGeometry());
-//   table.Map(folio, folio->data, hugemm::kProtRead | hugemm::kProtWrite);
+//   absl::Status st = table.Map(folio, folio->data, hugemm::kProtRead | hugemm::kProtWrite);
 //   std::optional<hugemm::Translation> t = table.Translate(addr);
 //
-// Rules, as in the kernel:
+// What it promises, as the kernel does:
 //   - every entry that maps a folio holds one folio reference (a PMD leaf one, its 512
 //     PTEs after a split one each, a cont-PTE group one per entry); unmap drops them;
 //   - a folio is mapped whole, at an address aligned to its size (hugetlb, DAX and mTHP
 //     all place folios so), which is why an entry needs no page index: the page is the
 //     address's offset inside the folio;
-//   - a PMD leaf keeps a deposited PTE table so that its split never allocates;
-//   - readers walk without locks inside a read section; writers lock one table at a
-//     time (parent before child); a table, an exclusive record or a borrowed folio
-//     descriptor is freed only after a grace period (liburcu), so a reader never sees a
-//     torn entry or freed memory;
-//   - every change is announced to subscribers of the range (invalidate start / end).
-// Writers must not run inside a read section (they wait for grace periods).
+//   - a PMD leaf keeps a deposited PTE table, so that splitting it never allocates;
+//   - readers never block and never see a torn entry or freed memory: they walk inside a
+//     read section, and whatever a writer unhooks (a table, a device-exclusive record, a
+//     folio reference, a borrowed descriptor) is freed after a grace period (liburcu);
+//   - every change is announced to the subscribers of the range (notifiers()), before it
+//     is made and after, without table locks held.
+//
+// Errors, the same for every writer (each method lists those it can return):
+//   InvalidArgument     a range that is empty or not made of whole base pages, a folio
+//                       not aligned to its size, a bad protection, an invalid geometry;
+//   OutOfRange          a range beyond the geometry's address space;
+//   NotFound            an address or part of a range that nothing maps;
+//   AlreadyExists       an address something already maps;
+//   FailedPrecondition  a change that does not apply to what is mapped there;
+//   ResourceExhausted   no memory for a table, or a folio count that would overflow.
+// A writer that fails has changed nothing, unless its comment says otherwise.
 #ifndef HUGEMM_PGTABLE_H_
 #define HUGEMM_PGTABLE_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -36,24 +46,51 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "hugemm/folio.h"
 #include "hugemm/geometry.h"
+#include "hugemm/notify.h"
 
 namespace hugemm {
 
 namespace pgtable_internal {
 struct Table;
+struct Entry;
+struct LeafBits;
+struct WalkHint;
+struct Garbage;
+struct WholeLeaf;
+class Cursor;
+class LockedEntry;
+class PageTableTestPeer;
 }  // namespace pgtable_internal
 
-enum Prot : uint32_t {
-  kProtRead = 1u << 0,
-  kProtWrite = 1u << 1,
-  kProtExec = 1u << 2,
-};
+// A mapping's protection: a bitmask of kProtRead, kProtWrite and kProtExec. A type of
+// its own, so that it mixes with nothing else (GUP flags, plain integers).
+enum class Prot : uint32_t {};
+inline constexpr Prot kProtNone{0};
+inline constexpr Prot kProtRead{1u << 0};
+inline constexpr Prot kProtWrite{1u << 1};
+inline constexpr Prot kProtExec{1u << 2};
+
+constexpr Prot operator|(Prot a, Prot b) {
+  return Prot{static_cast<uint32_t>(a) | static_cast<uint32_t>(b)};
+}
+constexpr Prot operator&(Prot a, Prot b) {
+  return Prot{static_cast<uint32_t>(a) & static_cast<uint32_t>(b)};
+}
+constexpr Prot operator~(Prot a) { return Prot{~static_cast<uint32_t>(a)}; }
+constexpr Prot& operator|=(Prot& a, Prot b) { return a = a | b; }
+constexpr Prot& operator&=(Prot& a, Prot b) { return a = a & b; }
+// True when `set` holds any bit of `bits`.
+constexpr bool HasAny(Prot set, Prot bits) { return (set & bits) != kProtNone; }
 
 // A lock-free read section (an RCU read-side critical section). Everything a reader got
 // from the table (a LeafSnapshot's slot, a folio it has not grabbed) stays valid until the
 // section ends. Nests; cheap; registers the thread with liburcu on first use.
+//
+// Thread safety: belongs to the thread that made it, which must also end it; a thread
+// inside one must not call the table's writers (they wait for every section to end).
 class ReadSection {
  public:
   ReadSection();
@@ -70,7 +107,7 @@ struct LogicalLeaf {
   Folio* folio = nullptr;
   size_t first_page = 0;  // index of its first base page inside the folio
   size_t pages = 0;       // base pages it maps
-  uint32_t prot = 0;
+  Prot prot = kProtNone;
   bool cont = false;       // a contiguous group of entries
   bool exclusive = false;  // a device-exclusive entry: the CPU may not use it
   const void* exclusive_owner = nullptr;
@@ -84,6 +121,7 @@ struct LeafSnapshot {
   uint64_t word = 0;           // its value then
 };
 
+// Where an address goes: its folio, page and frame, and the leaf that maps it.
 struct Translation {
   Folio* folio = nullptr;
   size_t page = 0;             // base page of the folio holding the address
@@ -98,28 +136,14 @@ struct Translation {
   const void* exclusive_owner = nullptr;
 };
 
-enum class InvalidateReason { kUnmap, kSplit, kProtect, kExclusive, kRestore };
-absl::string_view InvalidateReasonName(InvalidateReason reason);
-
-struct Invalidation {
-  uintptr_t va = 0;
-  size_t length = 0;
-  InvalidateReason reason = InvalidateReason::kUnmap;
-  const void* owner = nullptr;  // kExclusive / kRestore: who asked
-};
-
-struct NotifierCallbacks {
-  std::function<void(const Invalidation&)> invalidate_start;
-  std::function<void(const Invalidation&)> invalidate_end;
-};
-
-// Per leaf size (bytes), how many logical leaves were checked; and what differed.
+// One disagreement between the shadow and the kernel.
 struct VerifyMismatch {
   uintptr_t va = 0;
   std::string what;  // "0x7f..: kernel maps 4K, shadow has a PMD leaf of 2M"
 };
+// What a verification checked and what differed.
 struct VerifyReport {
-  std::map<size_t, size_t> leaves_checked;
+  std::map<size_t, size_t> leaves_checked;  // per leaf size (bytes), logical leaves checked
   std::vector<VerifyMismatch> mismatches;
   bool pfns_checked = false;
   bool flags_checked = false;
@@ -129,146 +153,209 @@ struct VerifyReport {
   bool ok() const { return mismatches.empty(); }
 };
 
+// Thread safety: thread-safe. Readers (Translate*, Lookup, StillMapped, WithLeafLocked,
+// Walk, Verify) never block one another or writers; writers (Map, Unmap, Split, Protect,
+// MakeExclusive, RestoreExclusive, RegisterExternal, UnregisterExternal) may run at once
+// from any threads, but never inside a ReadSection or a notifier callback (they wait for
+// grace periods and announce to subscribers).
 class PageTable {
  public:
+  // An empty table. Never fails and never allocates: the top-level table lives inside the
+  // object. An invalid geometry (see ValidateGeometry) gives a table that maps nothing:
+  // every writer returns InvalidArgument naming what is wrong with it.
   explicit PageTable(Geometry geometry);
-  // Unmaps everything (dropping the references) and frees all tables.
+  // Unmaps everything (dropping the references) and frees all tables. No reader, writer
+  // or registration may outlive it.
   ~PageTable();
   PageTable(const PageTable&) = delete;
   PageTable& operator=(const PageTable&) = delete;
 
   const Geometry& geometry() const { return geometry_; }
 
-  // Maps the whole folio at `va` (aligned to the folio size) with leaves at its natural
-  // level, taking one reference per entry. Fails, changing nothing, on a misaligned
-  // address, an address outside the geometry, a folio smaller than the base page, or an
-  // overlap with an existing mapping.
-  absl::Status Map(Folio* folio, const void* va, uint32_t prot);
-  // Removes every leaf in [va, va + length), splitting leaves that stick out of it, and
-  // drops their references. A hole in the range is an error and nothing changes.
-  absl::Status Unmap(const void* va, size_t length);
+  // ---- writers ----
+
+  // Maps the whole folio at `va` with leaves at its natural level (NaturalUnit), taking
+  // one reference per entry, so that a later split never allocates.
+  //   InvalidArgument: no folio; a folio not a multiple of the base page, or spanning more
+  //     than one table of its level; `va` not aligned to the folio size; `prot` without
+  //     read or with unknown bits.  OutOfRange: beyond the address space.
+  //   AlreadyExists: anything is mapped in the range, or a larger leaf covers it.
+  //   ResourceExhausted: no memory for tables, or the folio's refcount would overflow.
+  [[nodiscard]] absl::Status Map(Folio* folio, const void* va, Prot prot);
+  // Removes every leaf in [va, va + length), splitting first the leaves that stick out of
+  // it, drops their references and frees the tables left empty.
+  //   InvalidArgument / OutOfRange: as for every range.  NotFound: a hole in the range
+  //   (nothing changes).  ResourceExhausted: a split needed memory (PUD leaves only); the
+  //   leaves before it are unmapped.
+  [[nodiscard]] absl::Status Unmap(const void* va, size_t length);
   // Splits the logical leaf holding `va` one step: a contiguous group into its entries,
-  // a PUD leaf into PMD leaves, a PMD leaf into PTEs (on its deposited table). The data
-  // is not touched. A PTE that is not part of a group cannot be split.
-  absl::Status Split(const void* va);
-  // Changes the protection of [va, va + length), splitting leaves that stick out.
-  absl::Status Protect(const void* va, size_t length, uint32_t prot);
+  // a PUD leaf into PMD leaves (each with its deposit), a PMD leaf into PTEs (on its
+  // deposited table). The data is not touched.
+  //   OutOfRange: beyond the address space.  NotFound: nothing maps `va`.
+  //   FailedPrecondition: a single PTE, a device-exclusive entry, or a level below that
+  //   cannot hold leaves.  ResourceExhausted: no memory for a PUD split's tables, or the
+  //   folio's refcount would overflow.
+  [[nodiscard]] absl::Status Split(const void* va);
+  // Changes the protection of [va, va + length), splitting first the leaves that stick
+  // out of it.
+  //   InvalidArgument / OutOfRange: as for every range, or a bad `prot` (as for Map).
+  //   NotFound: a hole in the range.  FailedPrecondition: the range holds a
+  //   device-exclusive entry (restore it first).  ResourceExhausted: as for Unmap.
+  [[nodiscard]] absl::Status Protect(const void* va, size_t length, Prot prot);
 
   // Makes the base page at `va` exclusive to `owner` (a device): splits down to a PTE,
-  // tells every subscriber of another owner, and replaces the PTE with a device-exclusive
-  // entry that keeps the folio reference. Restore puts back a normal PTE.
-  absl::Status MakeExclusive(const void* va, const void* owner);
-  absl::Status RestoreExclusive(const void* va);
+  // tells every subscriber but the owner's, and replaces the PTE with a device-exclusive
+  // entry that keeps the folio reference; readers then see `exclusive` set.
+  //   OutOfRange: beyond the address space.  NotFound: nothing maps `va`.
+  //   AlreadyExists: it is device-exclusive already.  ResourceExhausted: as for Split.
+  [[nodiscard]] absl::Status MakeExclusive(const void* va, const void* owner);
+  // Puts back the PTE a device-exclusive entry replaced.
+  //   OutOfRange: beyond the address space.  FailedPrecondition: `va` holds no
+  //   device-exclusive entry.
+  [[nodiscard]] absl::Status RestoreExclusive(const void* va);
 
-  // Lock-free readers. Each takes its own ReadSection when the caller holds none.
-  std::optional<Translation> Translate(const void* va, size_t max_run = 0) const {
+  // ---- readers: lock-free, each in its own ReadSection unless the caller holds one ----
+
+  // Where `va` goes, or nullopt when nothing maps it. With `max_run`, run_bytes goes on
+  // across following leaves while the frames continue, up to max_run.
+  [[nodiscard]] std::optional<Translation> Translate(const void* va, size_t max_run = 0) const {
     Translation t;
     if (!TranslateInto(va, &t, max_run)) return std::nullopt;
     return t;
   }
   // The same without an optional: fills `out` and returns true on a hit. The hot path
   // (no lock, no allocation, no call but the read section's).
-  bool TranslateInto(const void* va, Translation* out, size_t max_run = 0) const;
-  // `n` translations in one read section (no run scanning): out[i] for vas[i], hit[i]
-  // (if given) says whether it was mapped. Returns the number of hits. What a DMA
-  // mapper or a batch of I/O descriptors wants: the per-address cost drops to the walk.
-  size_t TranslateMany(const void* const* vas, size_t n, Translation* out,
-                       bool* hit = nullptr) const;
-  // Only the PFNs (kUnknownPfn where unmapped or unknown): the IOMMU / scatter-gather
-  // fill loop. Reads the frame word each entry keeps beside it (the PFN it maps, as a
-  // hardware PTE holds one), never the folio: while addresses stay under the last table
-  // reached, one load per address. Returns the number mapped.
-  size_t TranslatePfns(const void* const* vas, size_t n, uint64_t* pfns) const;
-  std::optional<LeafSnapshot> Lookup(const void* va) const;
-  // The walk state a series of lookups carries: each starts at the lowest table the last
-  // one reached while the address stays under it.
-  struct WalkHint {
-    const pgtable_internal::Table* table = nullptr;
-    int level = 0;
-    uintptr_t tag = 0;  // the address bits above what that table covers
-  };
-  // Lookup for a caller that holds a ReadSection across many calls (GUP-fast over a
-  // range): fills `out` and returns true on a mapped or device-exclusive entry.
-  bool LookupNear(const void* va, LeafSnapshot* out, WalkHint* hint) const;
+  [[nodiscard]] bool TranslateInto(const void* va, Translation* out, size_t max_run = 0) const;
+  // Translations of many addresses in one read section, without run scanning: out[i] for
+  // vas[i] and, when `hit` is not empty, hit[i] = whether it is mapped. Translates the
+  // first min(vas.size(), out.size()) addresses (and no more than hit.size() when `hit` is
+  // given); returns how many of those are mapped. What a DMA mapper or a batch of I/O
+  // descriptors wants: the per-address cost drops to the walk.
+  size_t TranslateMany(absl::Span<const void* const> vas, absl::Span<Translation> out,
+                       absl::Span<bool> hit = {}) const;
+  // Only the PFNs: pfns[i] for vas[i], kUnknownPfn where unmapped or unknown, for the first
+  // min(vas.size(), pfns.size()) addresses; returns how many are mapped. The IOMMU /
+  // scatter-gather fill loop: reads the frame word each entry keeps beside it (the PFN it
+  // maps, as a hardware PTE holds one), never the folio, and while addresses stay under
+  // the last table reached, one load per address.
+  size_t TranslatePfns(absl::Span<const void* const> vas, absl::Span<uint64_t> pfns) const;
+  // The leaf mapping `va` and the entry it was read from, or nullopt. Valid only inside a
+  // ReadSection the caller holds across the call and the use.
+  [[nodiscard]] std::optional<LeafSnapshot> Lookup(const void* va) const;
   // True while the entry the snapshot read still holds the same value (same section).
-  bool StillMapped(const LeafSnapshot& snapshot) const;
+  [[nodiscard]] bool StillMapped(const LeafSnapshot& snapshot) const;
   // The slow path of a reader that must not lose a race (GUP's follow_page under the page
   // table lock): finds the entry mapping `va`, locks the table holding it and calls `fn`
   // with the leaf while no writer can change that entry, so references `fn` takes on the
   // folio are known to belong to a live mapping. false (fn not called) when nothing maps
   // `va`. `fn` runs in a read section under a table lock: it must not call the table's
-  // writers, Subscribe or Unsubscribe. Device-exclusive entries are passed as they are.
+  // writers or the notifier registry. Device-exclusive entries are passed as they are.
   bool WithLeafLocked(const void* va, absl::FunctionRef<void(const LogicalLeaf&)> fn) const;
-  // Calls `fn` for every logical leaf that overlaps [va, va + length), in address order.
+  // Calls `fn` for every logical leaf that overlaps [va, va + length), in address order,
+  // inside one read section (the same rules for `fn` as for WithLeafLocked).
   void Walk(const void* va, size_t length, absl::FunctionRef<void(const LogicalLeaf&)> fn) const;
 
-  // Subscribers hear about every change to a range that overlaps theirs, except changes
-  // made on behalf of their own owner (device-exclusive), as mmu interval notifiers do.
-  // Callbacks run without table locks held and must not subscribe or unsubscribe.
-  uint64_t Subscribe(const void* va, size_t length, NotifierCallbacks callbacks,
-                     const void* owner = nullptr);
-  absl::Status Unsubscribe(uint64_t id);
+  // The subscribers of this table's ranges (notify.h): every change is announced there.
+  NotifierRegistry& notifiers() { return notifiers_; }
 
-  // Memory this program mapped itself (say its own MAP_HUGETLB buffer): learns the page
-  // size from smaps, PFNs from pagemap (which must be readable) and checks compound heads
-  // in kpageflags; builds borrowed folios (never freed to any pool) and maps them.
-  // Returns an id for UnregisterExternal, which unmaps and then frees the descriptors.
-  absl::StatusOr<uint64_t> RegisterExternal(const void* va, size_t length,
-                                            uint32_t prot = kProtRead | kProtWrite);
-  absl::Status UnregisterExternal(uint64_t id);
+  // ---- memory the program mapped itself ----
+
+  // Registers [va, va + length), which this program mapped itself (say its own
+  // MAP_HUGETLB buffer): learns the page size and the protection from smaps (a page is
+  // mapped with the kernel's protection, so a WRITE pin of memory the program mapped
+  // read-only is refused), PFNs from pagemap (which must be readable), and checks compound
+  // heads in kpageflags; builds borrowed folios (never freed to any pool; no LONGTERM
+  // pins) and maps them. Returns the id for UnregisterExternal.
+  //   FailedPrecondition: a geometry that is not this machine's; a page not faulted in, or
+  //     not physically contiguous, or not a compound head.  PermissionDenied: pagemap
+  //     hides PFNs from this process, or the program may not read part of the range.
+  //     NotFound: part of the range is not mapped by the kernel.  InvalidArgument: the
+  //     range is not made of whole pages of the size the kernel maps there.
+  //     AlreadyExists: part of it is mapped in this table already.
+  //   Errors reading /proc pass through.
+  [[nodiscard]] absl::StatusOr<uint64_t> RegisterExternal(const void* va, size_t length);
+  // Unmaps a registration and frees its descriptors.
+  //   NotFound: no registration `id`.  FailedPrecondition: its memory is still referenced
+  //   beyond its mappings (pinned): nothing changes, the registration stays, and its
+  //   mappings stay as they were (a pin that races with the unmap gets them put back).
+  [[nodiscard]] absl::Status UnregisterExternal(uint64_t id);
 
   // Holds every leaf in [va, va + length) against the live kernel: same page size in
-  // smaps, PFNs contiguous and equal to the recorded ones, compound head then tails.
-  // Host geometry only. Errors only when /proc cannot be read.
-  absl::StatusOr<VerifyReport> Verify(const void* va, size_t length) const;
-
-  // Tables currently allocated (live, deposited, not yet reclaimed), for tests.
-  size_t TableCount() const { return tables_.load(std::memory_order_relaxed); }
-
-  class ExternalRegion;
+  // smaps, PFNs contiguous and equal to the recorded ones (and to the frame words),
+  // compound head then tails. Mismatches are the report's, not errors.
+  //   FailedPrecondition: a geometry that is not this machine's.  Errors reading /proc
+  //   pass through.
+  [[nodiscard]] absl::StatusOr<VerifyReport> Verify(const void* va, size_t length) const;
 
  private:
   using Table = pgtable_internal::Table;
-  struct Found;
-  struct Garbage;
+  using Entry = pgtable_internal::Entry;
+  using Garbage = pgtable_internal::Garbage;
+  class ExternalRegion;
+  using WholeLeaf = pgtable_internal::WholeLeaf;
+  friend class pgtable_internal::Cursor;
+  friend class pgtable_internal::LockedEntry;
+  friend class pgtable_internal::PageTableTestPeer;
 
-  Table* NewTable(int level);
-  // Frees `t` and the tables deposited in it.
-  void FreeTable(Table* t);
-  // Frees a list of tables linked through `next`.
-  void FreeChain(Table* head);
-  absl::StatusOr<Table*> TableFor(uintptr_t va, int level);
-  bool Find(uintptr_t va, Found* out) const;
-  LogicalLeaf LeafAt(uintptr_t va, int level, uint64_t word) const;
-  bool TranslateLocked(uintptr_t va, Translation* out, size_t max_run, WalkHint* hint) const;
-  // The PFN the frame word of the entry mapping `va` records (kUnknownPfn when none).
-  uint64_t RecordedPfn(uintptr_t va) const;
-  absl::Status SplitLeaf(uintptr_t va, Garbage* garbage);
-  absl::Status CheckNoHoles(uintptr_t va, size_t length) const;
-  absl::Status CheckRange(const void* va, size_t length, const char* op) const;
+  // walk.h: the one descent and the one leaf decoder.
+  Entry Descend(uintptr_t va, int to_level, pgtable_internal::WalkHint* hint) const;
+  pgtable_internal::LeafBits DecodeBits(const Entry& e) const;
+  LogicalLeaf Decode(uintptr_t va, const Entry& e) const;
+
+  // pgtable.cc: table memory and the checks every writer makes.
+  Table* NewTable(int level) const;
+  void InitTable(Table* t, int level, size_t entries) const;
+  void FreeTable(Table* t) const;     // with the tables deposited in it
+  void FreeChain(Table* head) const;  // a list linked through `next`
+  absl::Status CheckGeometry(const char* op) const;
+  absl::Status CheckRange(uintptr_t va, size_t length, const char* op) const;
+  static absl::Status CheckProt(Prot prot);
+  absl::Status CheckNoHoles(uintptr_t va, size_t length, const char* op) const;
+
+  // read.cc
+  bool TranslateLocked(uintptr_t va, Translation* out, size_t max_run,
+                       pgtable_internal::WalkHint* hint) const;
+  void ExtendRun(Translation* t, size_t max_run) const;
+  uint64_t RecordedPfn(uintptr_t va) const;  // the frame word of va's entry
+
+  // map.cc
+  absl::Status MakePath(uintptr_t va, int level);
+  absl::Status ForEachWholeLeaf(uintptr_t va, size_t length,
+                                absl::FunctionRef<void(const WholeLeaf&)> apply);
+  absl::Status ClearLeaves(uintptr_t va, size_t length, Garbage* garbage);
+
+  // split.cc
+  absl::Status SplitLeaf(uintptr_t va);
+  Table* NewLeafTable(int level, uint64_t word, uintptr_t va) const;
+
+  // external.cc
+  std::vector<LogicalLeaf> LeavesOf(const Folio* folio) const;
+  absl::Status CheckOnlyMapped(const Folio* folio, absl::Span<const LogicalLeaf> leaves,
+                               int32_t owner_refs) const;
+  absl::Status UnmapRuns(absl::Span<const LogicalLeaf> leaves);
+  absl::Status RestoreExternal(const ExternalRegion& region,
+                               absl::Span<const std::vector<LogicalLeaf>> leaves,
+                               const absl::Status& why);
+
+  // reclaim.cc
   void PruneEmpty(uintptr_t va, Garbage* garbage);
   void Reclaim(Garbage* garbage);
-  void Notify(bool start, const Invalidation& inv);
-  absl::Status UnmapLocked(uintptr_t va, size_t length, Garbage* garbage);
-  template <typename Apply>
-  absl::Status ForEachWholeLeaf(uintptr_t va, size_t length, Garbage* garbage, Apply&& apply);
 
   Geometry geometry_;
   int top_ = 0;
   int shift_[kMaxLevels + 1] = {};
+  int cont_shift_[kMaxLevels] = {};  // log2 of the entries of a contiguous group
   uintptr_t index_mask_[kMaxLevels] = {};
+  uintptr_t va_limit_ = 0;  // the first address beyond the geometry (0: invalid geometry)
+  absl::Status geometry_status_;
   Table* root_ = nullptr;
-  mutable std::atomic<size_t> tables_{0};
+  // The top-level table's header, entries and frame words (see table.h), in the object so
+  // that construction cannot fail.
+  static constexpr size_t kRootBytes = 128 + 2 * (size_t{1} << kMaxTopIndexBits) * 8;
+  alignas(64) std::byte root_storage_[kRootBytes];
+  mutable std::atomic<size_t> tables_{0};  // live, deposited, not yet reclaimed; the root
 
-  std::mutex notifier_mu_;
-  struct Subscription {
-    uintptr_t va;
-    size_t length;
-    NotifierCallbacks callbacks;
-    const void* owner;
-  };
-  std::map<uint64_t, Subscription> subscriptions_ ABSL_GUARDED_BY(notifier_mu_);
-  uint64_t next_id_ ABSL_GUARDED_BY(notifier_mu_) = 1;
+  NotifierRegistry notifiers_;
 
   std::mutex external_mu_;
   std::map<uint64_t, std::unique_ptr<ExternalRegion>> external_ ABSL_GUARDED_BY(external_mu_);

@@ -65,7 +65,7 @@ struct BufferOptions {
   std::string hugetlbfs_mount;  // hugetlbfs: "" = found for page_size
   std::string file_name;        // hugetlbfs: a named file another process may open
   std::string devdax_path;      // devdax: "/dev/daxX.Y"
-  uint32_t prot = kProtRead | kProtWrite;
+  Prot prot = kProtRead | kProtWrite;
 };
 
 class Runtime;

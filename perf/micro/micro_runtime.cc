@@ -65,7 +65,7 @@ void BM_Translate(benchmark::State& state) {
   const std::vector<const void*> vas = RandomAddresses(fx.buf, 4096);
   std::vector<uint64_t> pfns(vas.size());
   for (auto _ : state) {
-    fx.rt->table().TranslatePfns(vas.data(), vas.size(), pfns.data());
+    fx.rt->table().TranslatePfns(vas, absl::MakeSpan(pfns));
     benchmark::DoNotOptimize(pfns.data());
   }
   state.SetItemsProcessed(state.iterations() * static_cast<int64_t>(vas.size()));
@@ -125,9 +125,9 @@ void BM_PinUnpinOneFolio(benchmark::State& state) {
   FolioSpan span;
   for (auto _ : state) {
     absl::StatusOr<size_t> n =
-        fx.rt->pinner().PinFolios(fx.buf.data(), kPageSize2M, kGupPin, &span, 1);
+        fx.rt->pinner().PinFolios(fx.buf.data(), kPageSize2M, kGupPin, absl::MakeSpan(&span, 1));
     benchmark::DoNotOptimize(n);
-    fx.rt->pinner().UnpinFolios(&span, 1, RefKind::kPin);
+    fx.rt->pinner().UnpinFolios(absl::MakeConstSpan(&span, 1), RefKind::kPin);
   }
 }
 BENCHMARK(BM_PinUnpinOneFolio);
@@ -157,11 +157,12 @@ void BM_PinUnpinRange(benchmark::State& state) {
   for (auto _ : state) {
     if (spans) {
       absl::StatusOr<size_t> n =
-          pinner.PinFolios(fx.buf.data(), fx.buf.size(), kGupPin, out.data(), out.size());
-      pinner.UnpinFolios(out.data(), n.ok() ? *n : 0, RefKind::kPin);
+          pinner.PinFolios(fx.buf.data(), fx.buf.size(), kGupPin, absl::MakeSpan(out));
+      pinner.UnpinFolios(absl::MakeConstSpan(out.data(), n.ok() ? *n : 0), RefKind::kPin);
     } else {
-      absl::StatusOr<size_t> n = pinner.PinPages(fx.buf.data(), pages, kGupPin, refs.data());
-      pinner.UnpinPages(refs.data(), n.ok() ? *n : 0);
+      absl::StatusOr<size_t> n =
+          pinner.PinPages(fx.buf.data(), pages, kGupPin, absl::MakeSpan(refs));
+      pinner.UnpinPages(absl::MakeConstSpan(refs.data(), n.ok() ? *n : 0));
     }
   }
   state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(fx.buf.size()));

@@ -102,7 +102,7 @@ constexpr unsigned kKnownFlags =
     HUGEMM_PIN | HUGEMM_GET | HUGEMM_WRITE | HUGEMM_LONGTERM | HUGEMM_FAST_ONLY | HUGEMM_PARTIAL;
 
 // The C flags are the C++ ones bit for bit.
-constexpr bool Same(unsigned c, uint32_t cc) { return c == cc; }
+constexpr bool Same(unsigned c, hugemm::GupFlags cc) { return c == static_cast<uint32_t>(cc); }
 static_assert(Same(HUGEMM_PIN, hugemm::kGupPin) && Same(HUGEMM_GET, hugemm::kGupGet) &&
               Same(HUGEMM_WRITE, hugemm::kGupWrite) &&
               Same(HUGEMM_LONGTERM, hugemm::kGupLongterm) &&
@@ -232,7 +232,8 @@ long hugemm_pin_pages(hugemm_runtime* rt, const void* addr, size_t npages, unsig
   HUGEMM_C_CHECK(rt != nullptr && pages != nullptr, "hugemm_pin_pages: NULL runtime or pages");
   if (int rc = CheckFlags(flags)) return rc;
   absl::StatusOr<size_t> n =
-      rt->rt->pinner().PinPages(addr, npages, flags, reinterpret_cast<hugemm::PageRef*>(pages));
+      rt->rt->pinner().PinPages(addr, npages, static_cast<hugemm::GupFlags>(flags),
+                                absl::MakeSpan(reinterpret_cast<hugemm::PageRef*>(pages), npages));
   if (!n.ok()) return Fail(n.status());
   Ok();
   return static_cast<long>(*n);
@@ -242,8 +243,9 @@ long hugemm_pin_folios(hugemm_runtime* rt, const void* addr, size_t length, unsi
                        hugemm_folio_span* spans, size_t cap) {
   HUGEMM_C_CHECK(rt != nullptr && spans != nullptr, "hugemm_pin_folios: NULL runtime or spans");
   if (int rc = CheckFlags(flags)) return rc;
-  absl::StatusOr<size_t> n = rt->rt->pinner().PinFolios(
-      addr, length, flags, reinterpret_cast<hugemm::FolioSpan*>(spans), cap);
+  absl::StatusOr<size_t> n =
+      rt->rt->pinner().PinFolios(addr, length, static_cast<hugemm::GupFlags>(flags),
+                                 absl::MakeSpan(reinterpret_cast<hugemm::FolioSpan*>(spans), cap));
   if (!n.ok()) return Fail(n.status());
   Ok();
   return static_cast<long>(*n);
@@ -255,7 +257,8 @@ long hugemm_pin_segments(hugemm_runtime* rt, const void* addr, size_t length, un
                  "hugemm_pin_segments: NULL runtime or segments");
   if (int rc = CheckFlags(flags)) return rc;
   absl::StatusOr<size_t> n = rt->rt->pinner().PinSegments(
-      addr, length, flags, max_segment, reinterpret_cast<hugemm::DmaSegment*>(segments), cap);
+      addr, length, static_cast<hugemm::GupFlags>(flags), max_segment,
+      absl::MakeSpan(reinterpret_cast<hugemm::DmaSegment*>(segments), cap));
   if (!n.ok()) return Fail(n.status());
   Ok();
   return static_cast<long>(*n);
@@ -265,8 +268,8 @@ long hugemm_unpin_pages(hugemm_runtime* rt, const hugemm_page* pages, size_t n, 
   HUGEMM_C_CHECK(rt != nullptr && (pages != nullptr || n == 0),
                  "hugemm_unpin_pages: NULL runtime or pages");
   Ok();
-  return static_cast<long>(
-      rt->rt->pinner().UnpinPages(reinterpret_cast<const hugemm::PageRef*>(pages), n, dirty != 0));
+  return static_cast<long>(rt->rt->pinner().UnpinPages(
+      absl::MakeConstSpan(reinterpret_cast<const hugemm::PageRef*>(pages), n), dirty != 0));
 }
 
 long hugemm_unpin_folios(hugemm_runtime* rt, const hugemm_folio_span* spans, size_t n,
@@ -276,7 +279,8 @@ long hugemm_unpin_folios(hugemm_runtime* rt, const hugemm_folio_span* spans, siz
   if (int rc = CheckFlags(flags & (HUGEMM_PIN | HUGEMM_GET))) return rc;
   Ok();
   return static_cast<long>(rt->rt->pinner().UnpinFolios(
-      reinterpret_cast<const hugemm::FolioSpan*>(spans), n, KindOf(flags), dirty != 0));
+      absl::MakeConstSpan(reinterpret_cast<const hugemm::FolioSpan*>(spans), n), KindOf(flags),
+      dirty != 0));
 }
 
 int hugemm_unpin_range(hugemm_runtime* rt, const void* addr, size_t length, unsigned flags,

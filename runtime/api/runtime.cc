@@ -30,7 +30,7 @@ class Runtime::BufferRecord final : public FolioOwner {
   FolioHandle handle;  // Allocate records
   std::byte* data = nullptr;
   size_t size = 0;
-  uint32_t prot = 0;
+  Prot prot = kProtNone;
 
   void SetLive(size_t n) { live_.store(n, std::memory_order_relaxed); }
 
@@ -243,7 +243,7 @@ absl::StatusOr<FolioInfo> Runtime::FolioInfoAt(const void* va) const {
 
 std::unique_ptr<RangeSubscription> Runtime::Subscribe(const void* va, size_t length,
                                                       NotifierCallbacks callbacks) {
-  return std::make_unique<RangeSubscription>(*table_, va, length, std::move(callbacks));
+  return std::make_unique<RangeSubscription>(table_->notifiers(), va, length, std::move(callbacks));
 }
 
 absl::StatusOr<VerifyReport> Runtime::Verify(const void* va, size_t length) const {

@@ -94,14 +94,26 @@ void FolioUngrab(Folio* folio, int32_t refs, RefKind kind, bool dirty) {
   FolioPut(folio, biased ? refs * kPinBias : refs);
 }
 
-void InitFolioForPage(Folio* folio, const Extent& extent, size_t i, FolioOwner* owner) {
-  folio->order = static_cast<uint8_t>(PageOrder(extent.page_size()));
-  folio->backing = extent.kind();
-  folio->node = static_cast<int16_t>(extent.node());
-  folio->data = extent.data() + i * extent.page_size();
-  folio->head_pfn = extent.pfn(i);
-  folio->owner = owner;
+void InitFolio(Folio* folio, const FolioInit& init) {
   folio->refcount.store(1, std::memory_order_relaxed);
+  folio->pincount.store(0, std::memory_order_relaxed);
+  folio->flags.store(static_cast<uint32_t>(init.flags), std::memory_order_relaxed);
+  folio->order = init.order;
+  folio->backing = init.backing;
+  folio->node = static_cast<int16_t>(init.node);
+  folio->head_pfn = init.head_pfn;
+  folio->data = init.data;
+  folio->owner = init.owner;
+  folio->owner_private[0] = folio->owner_private[1] = 0;
+}
+
+void InitFolioForPage(Folio* folio, const Extent& extent, size_t i, FolioOwner* owner) {
+  InitFolio(folio, {.order = static_cast<uint8_t>(PageOrder(extent.page_size())),
+                    .backing = extent.kind(),
+                    .node = extent.node(),
+                    .head_pfn = extent.pfn(i),
+                    .data = extent.data() + i * extent.page_size(),
+                    .owner = owner});
 }
 
 FolioInfo DescribeFolio(const Folio& folio) {

@@ -1,13 +1,66 @@
-// A range subscription: the table's notifier plus a sequence word for lock-free checks.
+// The notifier registry and the range subscription with its sequence word.
 #include "hugemm/notify.h"
 
 #include <utility>
 
+#include "absl/strings/str_cat.h"
+
 namespace hugemm {
 
-RangeSubscription::RangeSubscription(PageTable& table, const void* va, size_t length,
+absl::string_view InvalidateReasonName(InvalidateReason reason) {
+  switch (reason) {
+    case InvalidateReason::kUnmap:
+      return "unmap";
+    case InvalidateReason::kSplit:
+      return "split";
+    case InvalidateReason::kProtect:
+      return "protect";
+    case InvalidateReason::kExclusive:
+      return "device-exclusive";
+    case InvalidateReason::kRestore:
+      return "restore";
+  }
+  return "?";
+}
+
+// ---- NotifierRegistry -------------------------------------------------------------------
+
+uint64_t NotifierRegistry::Subscribe(const void* va, size_t length, NotifierCallbacks callbacks,
+                                     const void* owner) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const uint64_t id = next_id_++;
+  subscriptions_.emplace(
+      id, Subscription{reinterpret_cast<uintptr_t>(va), length, std::move(callbacks), owner});
+  return id;
+}
+
+absl::Status NotifierRegistry::Unsubscribe(uint64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (subscriptions_.erase(id) == 0) {
+    return absl::NotFoundError(absl::StrCat("no subscription ", id));
+  }
+  return absl::OkStatus();
+}
+
+void NotifierRegistry::InvalidateStart(const Invalidation& inv) { Announce(true, inv); }
+
+void NotifierRegistry::InvalidateEnd(const Invalidation& inv) { Announce(false, inv); }
+
+void NotifierRegistry::Announce(bool start, const Invalidation& inv) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [id, s] : subscriptions_) {
+    if (s.va >= inv.va + inv.length || inv.va >= s.va + s.length) continue;
+    if (inv.owner != nullptr && s.owner == inv.owner) continue;
+    const auto& cb = start ? s.callbacks.invalidate_start : s.callbacks.invalidate_end;
+    if (cb) cb(inv);
+  }
+}
+
+// ---- RangeSubscription ------------------------------------------------------------------
+
+RangeSubscription::RangeSubscription(NotifierRegistry& registry, const void* va, size_t length,
                                      NotifierCallbacks callbacks, const void* owner)
-    : table_(table),
+    : registry_(registry),
       va_(reinterpret_cast<uintptr_t>(va)),
       length_(length),
       user_(std::move(callbacks)) {
@@ -29,12 +82,12 @@ RangeSubscription::RangeSubscription(PageTable& table, const void* va, size_t le
                                        std::memory_order_relaxed)) {
     }
   };
-  id_ = table_.Subscribe(va, length, std::move(ours), owner);
+  id_ = registry_.Subscribe(va, length, std::move(ours), owner);
 }
 
 RangeSubscription::~RangeSubscription() {
-  // The table calls subscribers under its notifier lock, which Unsubscribe takes too.
-  (void)table_.Unsubscribe(id_);
+  // The registry announces under its lock, which Unsubscribe takes too.
+  (void)registry_.Unsubscribe(id_);
 }
 
 }  // namespace hugemm

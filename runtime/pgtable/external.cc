@@ -1,8 +1,14 @@
 // Memory the program mapped itself, described by what the kernel says about it.
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "hugemm/page_size.h"
 #include "hugemm/pgtable.h"
 #include "runtime/pgtable/external_region.h"
@@ -11,13 +17,33 @@
 
 namespace hugemm {
 
-absl::StatusOr<uint64_t> PageTable::RegisterExternal(const void* p, size_t length, uint32_t prot) {
+namespace {
+
+// The protection the kernel gives a VMA, from smaps' VmFlags ("rd wr ex ..."). Memory the
+// program may not read is refused: a device must never see more than the program may.
+absl::StatusOr<Prot> KernelProt(const sys::Vma& vma, uintptr_t at) {
+  Prot prot = kProtNone;
+  for (absl::string_view flag : absl::StrSplit(vma.flags, ' ', absl::SkipEmpty())) {
+    if (flag == "rd") prot |= kProtRead;
+    if (flag == "wr") prot |= kProtWrite;
+    if (flag == "ex") prot |= kProtExec;
+  }
+  if (!HasAny(prot, kProtRead)) {
+    return absl::PermissionDeniedError(absl::StrFormat(
+        "register: 0x%x is mapped without read access (VmFlags \"%s\")", at, vma.flags));
+  }
+  return prot;
+}
+
+}  // namespace
+
+absl::StatusOr<uint64_t> PageTable::RegisterExternal(const void* p, size_t length) {
   const auto va = reinterpret_cast<uintptr_t>(p);
   if (geometry_.page_shift != kPageShift) {
     return absl::FailedPreconditionError(
         absl::StrFormat("register: %s is not this machine's geometry", geometry_.name));
   }
-  if (absl::Status st = CheckRange(p, length, "register"); !st.ok()) return st;
+  if (absl::Status st = CheckRange(va, length, "register"); !st.ok()) return st;
   absl::StatusOr<std::vector<sys::Vma>> vmas = sys::ReadVmas();
   if (!vmas.ok()) return vmas.status();
 
@@ -30,6 +56,8 @@ absl::StatusOr<uint64_t> PageTable::RegisterExternal(const void* p, size_t lengt
     if (vma == nullptr) {
       return absl::NotFoundError(absl::StrFormat("register: 0x%x is not mapped", cur));
     }
+    absl::StatusOr<Prot> prot = KernelProt(*vma, cur);
+    if (!prot.ok()) return prot.status();
     const size_t page = vma->kernel_page_size;
     if (page == 0 || cur % page != 0) {
       return absl::InvalidArgumentError(
@@ -76,21 +104,21 @@ absl::StatusOr<uint64_t> PageTable::RegisterExternal(const void* p, size_t lengt
         }
       }
       auto folio = std::make_unique<Folio>();
-      folio->order = static_cast<uint8_t>(PageOrder(page));
-      folio->backing = page > kPageSize4K ? BackingKind::kHugetlb : BackingKind::kAnon;
-      folio->head_pfn = head;
-      folio->data = reinterpret_cast<std::byte*>(cur);
-      folio->owner = region.get();
-      folio->refcount.store(1, std::memory_order_relaxed);
-      folio->set_flag(kFolioBorrowed);
-      region->folios.push_back(std::move(folio));
+      InitFolio(folio.get(),
+                {.order = static_cast<uint8_t>(PageOrder(page)),
+                 .backing = page > kPageSize4K ? BackingKind::kHugetlb : BackingKind::kAnon,
+                 .head_pfn = head,
+                 .data = reinterpret_cast<std::byte*>(cur),
+                 .owner = region.get(),
+                 .flags = kFolioBorrowed});
+      region->folios.push_back({std::move(folio), *prot});
     }
   }
   for (size_t i = 0; i < region->folios.size(); ++i) {
-    Folio* f = region->folios[i].get();
-    if (absl::Status st = Map(f, f->data, prot); !st.ok()) {
+    Folio* f = region->folios[i].folio.get();
+    if (absl::Status st = Map(f, f->data, region->folios[i].prot); !st.ok()) {
       for (size_t j = 0; j < i; ++j) {
-        Folio* m = region->folios[j].get();
+        Folio* m = region->folios[j].folio.get();
         (void)Unmap(m->data, m->size());
       }
       pgtable_internal::RcuSynchronize();  // readers may still hold the descriptors
@@ -103,6 +131,10 @@ absl::StatusOr<uint64_t> PageTable::RegisterExternal(const void* p, size_t lengt
   return id;
 }
 
+// Unregistering unmaps the registration's folios and frees their descriptors, which must
+// then be referenced by nothing but the registration itself. A refusal changes nothing:
+// the references are checked before anything is unmapped, and a pin that slips in
+// between that check and the unmap is found after it, and the mappings are put back.
 absl::Status PageTable::UnregisterExternal(uint64_t id) {
   std::unique_ptr<ExternalRegion> region;
   {
@@ -114,27 +146,109 @@ absl::Status PageTable::UnregisterExternal(uint64_t id) {
     region = std::move(it->second);
     external_.erase(it);
   }
-  for (const auto& f : region->folios) {
-    absl::Status st = Unmap(f->data, f->size());
-    if (!st.ok() && st.code() != absl::StatusCode::kNotFound) {
-      // Put it back: its descriptors are still mapped and must stay.
-      std::lock_guard<std::mutex> lock(external_mu_);
-      external_.emplace(id, std::move(region));
-      return st;
+  auto refuse = [&](absl::Status why) {
+    std::lock_guard<std::mutex> lock(external_mu_);
+    external_.emplace(id, std::move(region));
+    return why;
+  };
+  // Each folio's leaves as they are: what to unmap, and what to put back.
+  std::vector<std::vector<LogicalLeaf>> leaves;
+  for (const ExternalRegion::Borrowed& b : region->folios) {
+    leaves.push_back(LeavesOf(b.folio.get()));
+    if (absl::Status st = CheckOnlyMapped(b.folio.get(), leaves.back(), 1); !st.ok()) {
+      return refuse(st);
     }
   }
-  for (const auto& f : region->folios) {
-    const int32_t refs = f->refcount.load(std::memory_order_acquire);
-    if (refs != 1) {
-      std::lock_guard<std::mutex> lock(external_mu_);
-      const std::string what = absl::StrFormat(
-          "unregister: the folio at %p still has %d references (pinned?)", f->data, refs);
-      external_.emplace(id, std::move(region));
-      return absl::FailedPreconditionError(what);
+  for (const std::vector<LogicalLeaf>& l : leaves) {
+    if (absl::Status st = UnmapRuns(l); !st.ok()) {
+      return refuse(RestoreExternal(*region, leaves, st));
+    }
+  }
+  for (const ExternalRegion::Borrowed& b : region->folios) {
+    if (absl::Status st = CheckOnlyMapped(b.folio.get(), {}, 1); !st.ok()) {
+      return refuse(RestoreExternal(*region, leaves, st));
     }
   }
   pgtable_internal::RcuSynchronize();  // readers may still hold the descriptors
   return absl::OkStatus();
+}
+
+std::vector<LogicalLeaf> PageTable::LeavesOf(const Folio* folio) const {
+  std::vector<LogicalLeaf> out;
+  Walk(folio->data, folio->size(), [&](const LogicalLeaf& l) {
+    if (l.folio == folio) out.push_back(l);
+  });
+  return out;
+}
+
+absl::Status PageTable::CheckOnlyMapped(const Folio* folio, absl::Span<const LogicalLeaf> leaves,
+                                        int32_t owner_refs) const {
+  int32_t expected = owner_refs;
+  for (const LogicalLeaf& l : leaves) {
+    expected += l.cont ? int32_t{1} << cont_shift_[l.level] : 1;  // one per entry
+  }
+  const int32_t refs = folio->refcount.load(std::memory_order_acquire);
+  if (refs == expected) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "unregister: the folio at %p has %d references besides its registration and its "
+      "mappings (pinned?); nothing changed",
+      folio->data, refs - expected));
+}
+
+absl::Status PageTable::UnmapRuns(absl::Span<const LogicalLeaf> leaves) {
+  for (size_t i = 0; i < leaves.size();) {
+    // One unmap per run of adjacent leaves: a split folio's 512 PTEs are one range.
+    size_t j = i + 1;
+    while (j < leaves.size() && leaves[j].va == leaves[j - 1].va + leaves[j - 1].bytes) ++j;
+    const uintptr_t end = leaves[j - 1].va + leaves[j - 1].bytes;
+    if (absl::Status st = Unmap(reinterpret_cast<const void*>(leaves[i].va), end - leaves[i].va);
+        !st.ok()) {
+      return st;
+    }
+    i = j;
+  }
+  return absl::OkStatus();
+}
+
+// Maps each folio of `region` back as `leaves` recorded it: whole, then the holes, the
+// splits, the protections and the device-exclusive entries it had. Returns `why`, with
+// what could not be put back appended.
+absl::Status PageTable::RestoreExternal(const ExternalRegion& region,
+                                        absl::Span<const std::vector<LogicalLeaf>> leaves,
+                                        const absl::Status& why) {
+  std::string failed;
+  auto note = [&](const absl::Status& st) {
+    if (!st.ok() && st.code() != absl::StatusCode::kAlreadyExists) {
+      absl::StrAppend(&failed, "; putting back: ", st.message());
+    }
+  };
+  for (size_t f = 0; f < region.folios.size(); ++f) {
+    const ExternalRegion::Borrowed& b = region.folios[f];
+    const std::vector<LogicalLeaf>& was = leaves[f];
+    if (was.empty()) continue;
+    note(Map(b.folio.get(), b.folio->data, b.prot));
+    auto at = [](uintptr_t va) { return reinterpret_cast<const void*>(va); };
+    uintptr_t cur = reinterpret_cast<uintptr_t>(b.folio->data);
+    for (const LogicalLeaf& l : was) {
+      if (l.va > cur) note(Unmap(at(cur), l.va - cur));
+      cur = l.va + l.bytes;
+    }
+    const uintptr_t end = reinterpret_cast<uintptr_t>(b.folio->data) + b.folio->size();
+    if (cur < end) note(Unmap(at(cur), end - cur));
+    for (const LogicalLeaf& l : was) {
+      for (std::optional<Translation> t = Translate(at(l.va)); t && t->leaf_bytes > l.bytes;
+           t = Translate(at(l.va))) {
+        if (absl::Status st = Split(at(l.va)); !st.ok()) {
+          note(st);
+          break;
+        }
+      }
+      if (l.prot != b.prot) note(Protect(at(l.va), l.bytes, l.prot));
+      if (l.exclusive) note(MakeExclusive(at(l.va), l.exclusive_owner));
+    }
+  }
+  if (failed.empty()) return why;
+  return absl::Status(why.code(), absl::StrCat(why.message(), failed));
 }
 
 }  // namespace hugemm

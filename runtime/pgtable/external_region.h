@@ -2,6 +2,8 @@
 #ifndef HUGEMM_RUNTIME_PGTABLE_EXTERNAL_REGION_H_
 #define HUGEMM_RUNTIME_PGTABLE_EXTERNAL_REGION_H_
 
+#include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <vector>
 
@@ -13,9 +15,14 @@ namespace hugemm {
 // after every mapping of them is gone and a grace period has passed; never to a pool.
 class PageTable::ExternalRegion : public FolioOwner {
  public:
+  // One page the kernel maps, as a folio, with the protection the kernel gives it.
+  struct Borrowed {
+    std::unique_ptr<Folio> folio;
+    Prot prot;
+  };
   uintptr_t va = 0;
   size_t length = 0;
-  std::vector<std::unique_ptr<Folio>> folios;
+  std::vector<Borrowed> folios;
   void ReleaseFolio(Folio* /*folio*/) override {}
 };
 

@@ -17,7 +17,33 @@ absl::string_view Geometry::LevelName(int level) const {
   return level >= 0 && level < kMaxLevels ? kNames[level] : "?";
 }
 
+absl::Status ValidateGeometry(const Geometry& g) {
+  auto bad = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat("geometry \"", g.name, "\": ", why));
+  };
+  if (g.levels < 3 || g.levels > kMaxLevels) {
+    return bad(absl::StrCat(g.levels, " levels, not 3 to ", kMaxLevels));
+  }
+  if (g.page_shift < 12 || g.page_shift > 16) return bad("a base page not of 4K to 64K");
+  for (int l = 0; l < g.levels; ++l) {
+    if (g.index_bits[l] < 1 || g.index_bits[l] > 13) {
+      return bad(absl::StrCat(g.index_bits[l], " index bits at level ", l));
+    }
+    const int cont = g.cont_entries[l];
+    if (cont < 0 || (cont & (cont - 1)) != 0 || (cont > 1 && size_t(cont) > g.entries(l))) {
+      return bad(absl::StrCat("contiguous groups of ", cont, " entries at level ", l));
+    }
+  }
+  if (g.index_bits[g.top()] > kMaxTopIndexBits) {
+    return bad(absl::StrCat("a top level of ", g.index_bits[g.top()], " index bits"));
+  }
+  if (g.va_bits() > 57) return bad(absl::StrCat(g.va_bits(), " address bits"));
+  if (!g.leaf_ok[kPteLevel]) return bad("no leaves at the PTE level");
+  return absl::OkStatus();
+}
+
 absl::StatusOr<LeafUnit> NaturalUnit(const Geometry& g, size_t folio_bytes) {
+  if (absl::Status st = ValidateGeometry(g); !st.ok()) return st;
   if (folio_bytes < g.page_size() || folio_bytes % g.page_size() != 0) {
     return absl::InvalidArgumentError(absl::StrCat("a ", PageSizeName(folio_bytes),
                                                    " folio is not a multiple of the ",

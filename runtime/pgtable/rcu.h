@@ -60,6 +60,16 @@ inline void RcuSynchronize() {
 #endif
 }
 
+// The public ReadSection's inline twin for the table's own code (and GUP's fast path):
+// the same read-side critical section, without a call.
+class ReadLock {
+ public:
+  ReadLock() { RcuReadLock(); }
+  ~ReadLock() { RcuReadUnlock(); }
+  ReadLock(const ReadLock&) = delete;
+  ReadLock& operator=(const ReadLock&) = delete;
+};
+
 }  // namespace hugemm::pgtable_internal
 
 #endif  // HUGEMM_RUNTIME_PGTABLE_RCU_H_

@@ -27,6 +27,7 @@
 #include <mutex>
 
 #include "hugemm/folio.h"
+#include "hugemm/pgtable.h"
 
 namespace hugemm::pgtable_internal {
 
@@ -60,11 +61,17 @@ inline uint64_t FrameFor(const Folio* folio, uintptr_t entry_va) {
   return FrameWord(PfnAt(folio, entry_va));
 }
 
-inline uint64_t ProtToBits(uint32_t prot) {
-  return (prot & 1u ? kRead : 0) | (prot & 2u ? kWrite : 0) | (prot & 4u ? kExec : 0);
+// An entry keeps a Prot's three bits as they are, three places up: converting is a shift
+// (Decode does it for every leaf a reader sees).
+inline constexpr int kProtShift = 3;
+static_assert(kRead == uint64_t{static_cast<uint32_t>(kProtRead)} << kProtShift &&
+              kWrite == uint64_t{static_cast<uint32_t>(kProtWrite)} << kProtShift &&
+              kExec == uint64_t{static_cast<uint32_t>(kProtExec)} << kProtShift);
+inline uint64_t ProtToBits(Prot prot) {
+  return (uint64_t{static_cast<uint32_t>(prot)} << kProtShift) & kProtBits;
 }
-inline uint32_t BitsToProt(uint64_t w) {
-  return (w & kRead ? 1u : 0) | (w & kWrite ? 2u : 0) | (w & kExec ? 4u : 0);
+inline Prot BitsToProt(uint64_t w) {
+  return Prot{static_cast<uint32_t>((w & kProtBits) >> kProtShift)};
 }
 
 // What a device-exclusive entry remembers of the PTE it replaced. Immutable once

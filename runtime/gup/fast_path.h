@@ -1,0 +1,71 @@
+// GUP-fast over the shadow table: the lock-free loop, as the kernel's gup_fast_pmd_leaf.
+//
+// Why it is correct without a lock. Inside one read section, for each leaf:
+//   lookup   the entry mapping va, and the leaf it describes;
+//   check    what the leaf allows (device-exclusive, read-only under WRITE);
+//   grab     refs references on the folio head in one atomic, refused on a free folio;
+//   re-check the entry still holds the word the lookup read; if not, undo the grab;
+//   record   the folio run in the output.
+// The read section keeps everything the loop reads alive: a writer frees the tables and
+// records it unhooked, and drops the folio references its entries held, only after a
+// grace period (reclaim.cc), so a folio that was mapped when the lookup read its entry
+// keeps its descriptor until the section ends. A grab never revives a folio whose count
+// reached zero. If the entry still holds the same word after the grab, the folio is the
+// one mapped here and the entry's own reference was held throughout: the grab counts on a
+// live mapping, as if taken under the table lock. If it changed, the folio may be on its
+// way out or back to its pool, and giving back exactly what was taken is still right.
+//
+// The loop builds no status and no string: it returns how far it got and why it stopped,
+// and the slow path (slow_path.h) takes over from there.
+#ifndef HUGEMM_RUNTIME_GUP_FAST_PATH_H_
+#define HUGEMM_RUNTIME_GUP_FAST_PATH_H_
+
+#include <cstdint>
+
+#include "hugemm/pgtable.h"
+#include "runtime/gup/pin_steps.h"
+#include "runtime/pgtable/rcu.h"
+#include "runtime/pgtable/walk.h"
+
+namespace hugemm::gup_internal {
+
+struct FastResult {
+  uintptr_t reached;  // every page below it is pinned and recorded
+  Stop why;           // kNone when reached is the end
+};
+
+template <typename Sink>
+FastResult PinFast(const PinContext& ctx, uintptr_t va, uintptr_t end, GupFlags flags, Sink& sink) {
+  using pgtable_internal::Cursor;
+  const RefKind kind = HasAny(flags, kGupPin) ? RefKind::kPin : RefKind::kGet;
+  const int page_shift = ctx.table.geometry().page_shift;
+  pgtable_internal::ReadLock rs;
+  Cursor cursor(ctx.table);
+  LeafSnapshot snap;
+  while (va < end) {
+    if (!cursor.Lookup(va, &snap)) [[unlikely]]
+      return {va, Stop::kNotMapped};
+    if (const Stop s = CheckLeaf(snap.leaf, flags); s != Stop::kNone) [[unlikely]]
+      return {va, s};
+    const Take t = TakeOf(snap.leaf, va, end, page_shift);
+    if (!Grab(t, kind, ctx.granularity).ok()) [[unlikely]]
+      return {va, Stop::kGrabFailed};
+    if (ctx.after_grab != nullptr) [[unlikely]]
+      (*ctx.after_grab)(va);
+    // Re-check: only an entry that still holds its word makes the grab one on a live
+    // mapping. Then what the folio allows, then record; any refusal undoes the grab.
+    Stop s = Cursor::StillMapped(snap) ? Stop::kNone : Stop::kChanged;
+    if (s == Stop::kNone) s = CheckFolio(t.folio, flags);
+    if (s == Stop::kNone && !sink.Accept(t.folio, t.first, t.refs, va)) s = sink.why();
+    if (s != Stop::kNone) [[unlikely]] {
+      Ungrab(t, kind);
+      return {va, s};
+    }
+    va += uintptr_t{t.refs} << kPageShift;
+  }
+  return {va, Stop::kNone};
+}
+
+}  // namespace hugemm::gup_internal
+
+#endif  // HUGEMM_RUNTIME_GUP_FAST_PATH_H_

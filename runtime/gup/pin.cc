@@ -1,0 +1,158 @@
+// Pinning: the fast path for as far as it gets, the slow path for the leaf it stopped at,
+// and the fast path again, until the range is pinned or a step fails. The outputs differ
+// only in their sink.
+#include <limits>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "hugemm/gup.h"
+#include "runtime/gup/fast_path.h"
+#include "runtime/gup/pin_steps.h"
+#include "runtime/gup/segments.h"
+#include "runtime/gup/sinks.h"
+#include "runtime/gup/slow_path.h"
+
+namespace hugemm {
+namespace {
+
+using gup_internal::FastResult;
+using gup_internal::PinContext;
+using gup_internal::PinRequest;
+using gup_internal::RequestName;
+using gup_internal::Stop;
+
+// A FAST_ONLY pin whose leaf changed between grab and re-check looks again this many
+// times before it gives up (there is no slow path to take it under the lock).
+constexpr int kFastRetries = 2;
+
+// The 4K pages covering [va, va + length): page-aligned start and count.
+absl::Status PagesCovering(const void* va, size_t length, uintptr_t* start, size_t* npages) {
+  const auto lo = reinterpret_cast<uintptr_t>(va);
+  const uintptr_t mask = kPageSize4K - 1;
+  if (lo + length < lo || lo + length > std::numeric_limits<uintptr_t>::max() - mask) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("range [0x%x, +%u) wraps the address space", lo, length));
+  }
+  *start = lo & ~mask;
+  *npages = (((lo + length + mask) & ~mask) - *start) >> kPageShift;
+  return absl::OkStatus();
+}
+
+// A zero-length pin pins nothing, successfully, if its flags make sense.
+absl::StatusOr<size_t> NothingToPin(GupFlags flags) {
+  if (absl::Status st = gup_internal::CheckFlags(flags); !st.ok()) return st;
+  return 0;
+}
+
+// The one pin loop. All or nothing unless kGupPartial: on failure, everything the sink
+// recorded is given back.
+template <typename Sink>
+absl::StatusOr<size_t> PinRange(const PinContext& ctx, const PinRequest& req, Sink& sink) {
+  if (absl::Status st = gup_internal::CheckFlags(req.flags); !st.ok()) return st;
+  if (req.npages > (std::numeric_limits<uintptr_t>::max() - req.start) >> kPageShift) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: wraps the address space", RequestName(req)));
+  }
+  const bool fast_only = HasAny(req.flags, kGupFastOnly);
+  uintptr_t va = req.start;
+  int changes = 0;
+  absl::Status failure;
+  while (failure.ok()) {
+    const FastResult fast = gup_internal::PinFast(ctx, va, req.end(), req.flags, sink);
+    va = fast.reached;
+    if (fast.why == Stop::kNone) break;
+    if (!fast_only) {
+      absl::StatusOr<size_t> taken = gup_internal::PinSlow(ctx, req, va, sink);
+      if (taken.ok()) {
+        va += *taken << kPageShift;
+      } else {
+        failure = taken.status();
+      }
+    } else if (fast.why != Stop::kChanged || ++changes > kFastRetries) {
+      failure = gup_internal::FastOnlyError(ctx, req, fast.why, va, sink.count());
+    }
+  }
+  if (failure.ok()) return sink.count();
+  if (HasAny(req.flags, kGupPartial) && va > req.start) return sink.count();
+  sink.Undo(ctx.granularity);
+  return failure;
+}
+
+}  // namespace
+
+Pinner::Pinner(PageTable& table, PinnerOptions options)
+    : table_(table), options_(std::move(options)) {}
+
+gup_internal::PinContext Pinner::Context() {
+  return {table_, options_.granularity, options_.populator, &populate_mu_,
+          after_grab_ ? &after_grab_ : nullptr};
+}
+
+absl::StatusOr<size_t> Pinner::PinPages(const void* va, size_t npages, GupFlags flags,
+                                        absl::Span<PageRef> pages) {
+  if (npages == 0) return NothingToPin(flags);
+  const PinRequest req{reinterpret_cast<uintptr_t>(va) & ~uintptr_t{kPageSize4K - 1}, npages,
+                       flags};
+  if (pages.size() < npages) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: a page array of %u entries", RequestName(req), pages.size()));
+  }
+  gup_internal::PageSink sink(pages.data(), req.kind());
+  return PinRange(Context(), req, sink);
+}
+
+absl::StatusOr<size_t> Pinner::PinFolios(const void* va, size_t length, GupFlags flags,
+                                         absl::Span<FolioSpan> spans) {
+  PinRequest req{.flags = flags};
+  if (absl::Status st = PagesCovering(va, length, &req.start, &req.npages); !st.ok()) return st;
+  if (length == 0) return NothingToPin(flags);
+  if (spans.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: no room for folio spans", RequestName(req)));
+  }
+  gup_internal::SpanSink<gup_internal::FixedSpans> sink(req.kind(), spans.data(), spans.size());
+  return PinRange(Context(), req, sink);
+}
+
+absl::StatusOr<size_t> Pinner::PinSegments(const void* va, size_t length, GupFlags flags,
+                                           uint64_t max_segment, absl::Span<DmaSegment> segments,
+                                           std::vector<FolioSpan>* pinned) {
+  PinRequest req{.flags = flags};
+  if (absl::Status st = PagesCovering(va, length, &req.start, &req.npages); !st.ok()) return st;
+  absl::StatusOr<uint64_t> max = gup_internal::NormalizeMaxSegment(max_segment);
+  if (!max.ok()) return max.status();
+  if (length == 0) return NothingToPin(flags);
+  if (segments.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: no room for DMA segments", RequestName(req)));
+  }
+  const auto lo = reinterpret_cast<uintptr_t>(va);
+  gup_internal::SegmentSink sink(segments.data(), segments.size(), *max, lo, lo + length, pinned,
+                                 req.kind());
+  return PinRange(Context(), req, sink);
+}
+
+absl::StatusOr<PinnedRange> Pinner::Pin(const void* va, size_t length, GupFlags flags) {
+  PinRequest req{.flags = flags};
+  if (absl::Status st = PagesCovering(va, length, &req.start, &req.npages); !st.ok()) return st;
+  if (HasAny(flags, kGupPartial)) {
+    return absl::InvalidArgumentError("PinnedRange: a partial pin has no handle; use PinFolios");
+  }
+  PinnedRange out;
+  if (length != 0) {
+    std::vector<FolioSpan> spans;
+    gup_internal::SpanSink<gup_internal::GrowingSpans> sink(req.kind(), &spans);
+    absl::StatusOr<size_t> n = PinRange(Context(), req, sink);
+    if (!n.ok()) return n.status();
+    out.spans_ = std::move(spans);
+  } else if (absl::Status st = gup_internal::CheckFlags(flags); !st.ok()) {
+    return st;
+  }
+  out.pinner_ = this;
+  out.va_ = reinterpret_cast<uintptr_t>(va);
+  out.length_ = length;
+  out.flags_ = flags;
+  return out;
+}
+
+}  // namespace hugemm

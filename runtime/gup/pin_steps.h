@@ -1,0 +1,106 @@
+// The steps of pinning one leaf, shared by the fast path (fast_path.h) and the slow path
+// (slow_path.h): check the leaf, grab references on its folio, check the folio, record.
+// Each step says only *whether* it failed (a Stop); the slow path turns that into words.
+#ifndef HUGEMM_RUNTIME_GUP_PIN_STEPS_H_
+#define HUGEMM_RUNTIME_GUP_PIN_STEPS_H_
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+
+#include "absl/status/status.h"
+#include "hugemm/folio.h"
+#include "hugemm/gup.h"
+#include "hugemm/pgtable.h"
+
+namespace hugemm::gup_internal {
+
+// Why a leaf was not taken.
+enum class Stop : uint8_t {
+  kNone,
+  kNotMapped,
+  kExclusive,    // a device-exclusive entry: the CPU may not use it
+  kReadOnly,     // a WRITE pin of a read-only leaf
+  kGrabFailed,   // the folio was freed meanwhile, or a count would overflow
+  kChanged,      // the entry changed between the lookup and the re-check
+  kBorrowed,     // a LONGTERM pin of borrowed memory, which may move
+  kFull,         // the output has no room left
+  kNoPfn,        // DMA segments of a folio whose PFNs are unknown
+  kUnencodable,  // a descriptor a page-array entry cannot hold
+};
+
+// InvalidArgument for unknown flags, neither or both of PIN and GET, LONGTERM without PIN.
+absl::Status CheckFlags(GupFlags flags);
+
+// One pin call: pages [start, start + npages) with `flags`.
+struct PinRequest {
+  uintptr_t start = 0;
+  size_t npages = 0;
+  GupFlags flags = kGupNone;
+
+  uintptr_t end() const { return start + (npages << kPageShift); }
+  RefKind kind() const { return HasAny(flags, kGupPin) ? RefKind::kPin : RefKind::kGet; }
+};
+
+// What a pin needs of its Pinner.
+struct PinContext {
+  PageTable& table;
+  RefGranularity granularity;
+  Populator* populator;                              // nullptr: unmapped memory is an error
+  std::mutex* populate_mu;                           // one Populate at a time
+  const std::function<void(uintptr_t)>* after_grab;  // tests only; nullptr when unset
+};
+
+// The part of a leaf a pin takes: pages [first, first + refs) of `folio`, from va.
+struct Take {
+  Folio* folio;
+  uint32_t first;
+  uint32_t refs;
+};
+
+// What the leaf itself allows, before any reference is taken.
+inline Stop CheckLeaf(const LogicalLeaf& leaf, GupFlags flags) {
+  if (leaf.exclusive) return Stop::kExclusive;
+  if (HasAny(flags, kGupWrite) && !HasAny(leaf.prot, kProtWrite)) return Stop::kReadOnly;
+  return Stop::kNone;
+}
+
+// What the folio allows: decided only once the grab is known to be on the folio mapped
+// here (after the re-check, or under the table lock), as the kernel's
+// gup_fast_folio_allowed is.
+inline Stop CheckFolio(const Folio* folio, GupFlags flags) {
+  if (HasAny(flags, kGupLongterm) && folio->has_flag(kFolioBorrowed)) return Stop::kBorrowed;
+  return Stop::kNone;
+}
+
+// The pages of `leaf` from page-aligned `va` up to `end`.
+inline Take TakeOf(const LogicalLeaf& leaf, uintptr_t va, uintptr_t end, int page_shift) {
+  const uintptr_t folio_va = leaf.va - (leaf.first_page << page_shift);
+  return {leaf.folio, static_cast<uint32_t>((va - folio_va) >> kPageShift),
+          static_cast<uint32_t>((std::min(leaf.va + leaf.bytes, end) - va) >> kPageShift)};
+}
+
+// refs references of `kind` on the folio's head: one operation, or one per page in
+// kPage granularity (all or none).
+inline absl::Status Grab(const Take& t, RefKind kind, RefGranularity granularity) {
+  if (granularity == RefGranularity::kFolio) [[likely]] {
+    return FolioTryGrab(t.folio, static_cast<int32_t>(t.refs), kind);
+  }
+  for (uint32_t i = 0; i < t.refs; ++i) {
+    if (absl::Status st = FolioTryGrab(t.folio, 1, kind); !st.ok()) [[unlikely]] {
+      if (i != 0) FolioUngrab(t.folio, static_cast<int32_t>(i), kind);
+      return st;
+    }
+  }
+  return absl::OkStatus();
+}
+
+inline void Ungrab(const Take& t, RefKind kind) {
+  FolioUngrab(t.folio, static_cast<int32_t>(t.refs), kind);
+}
+
+}  // namespace hugemm::gup_internal
+
+#endif  // HUGEMM_RUNTIME_GUP_PIN_STEPS_H_

@@ -1,0 +1,86 @@
+// PinnedRange: a pin that unpins itself.
+#include <limits>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "hugemm/gup.h"
+#include "runtime/gup/segments.h"
+
+namespace hugemm {
+
+PinnedRange::PinnedRange(PinnedRange&& other) noexcept
+    : pinner_(std::exchange(other.pinner_, nullptr)),
+      va_(other.va_),
+      length_(other.length_),
+      flags_(other.flags_),
+      spans_(std::move(other.spans_)) {
+  other.spans_.clear();
+}
+
+PinnedRange& PinnedRange::operator=(PinnedRange&& other) noexcept {
+  if (this != &other) {
+    Release();
+    pinner_ = std::exchange(other.pinner_, nullptr);
+    va_ = other.va_;
+    length_ = other.length_;
+    flags_ = other.flags_;
+    spans_ = std::move(other.spans_);
+    other.spans_.clear();
+  }
+  return *this;
+}
+
+RefKind PinnedRange::kind() const {
+  return HasAny(flags_, kGupPin) ? RefKind::kPin : RefKind::kGet;
+}
+
+size_t PinnedRange::page_count() const {
+  size_t n = 0;
+  for (const FolioSpan& s : spans_) n += s.pages;
+  return n;
+}
+
+size_t PinnedRange::Pages(absl::Span<PageRef> out) const {
+  size_t n = 0;
+  for (const FolioSpan& s : spans_) {
+    for (uint32_t i = 0; i < s.pages && n < out.size(); ++i) {
+      out[n++] = PageRef(s.folio, s.first_page + i, kind());
+    }
+  }
+  return n;
+}
+
+absl::StatusOr<std::vector<DmaSegment>> PinnedRange::Segments(uint64_t max_segment) const {
+  absl::StatusOr<uint64_t> max = gup_internal::NormalizeMaxSegment(max_segment);
+  if (!max.ok()) return max.status();
+  const uintptr_t lo = va_, hi = va_ + length_;
+  // Count, then write: one allocation of the exact size.
+  std::vector<DmaSegment> out;
+  for (int pass = 0; pass < 2; ++pass) {
+    gup_internal::SegmentWriter w(pass == 0 ? nullptr : out.data(),
+                                  pass == 0 ? std::numeric_limits<size_t>::max() : out.size(),
+                                  *max);
+    uintptr_t va = lo & ~uintptr_t{kPageSize4K - 1};
+    for (const FolioSpan& s : spans_) {
+      if (s.folio->head_pfn == kUnknownPfn) {
+        return absl::FailedPreconditionError(absl::StrFormat(
+            "segments of [0x%x, +%u): the PFN of 0x%x is unknown (pagemap unreadable at map "
+            "time)",
+            lo, length_, va));
+      }
+      w.AddPages(s.folio, s.first_page, s.pages, va, lo, hi);
+      va += uintptr_t{s.pages} << kPageShift;
+    }
+    if (pass == 0) out.resize(w.count());
+  }
+  return out;
+}
+
+void PinnedRange::Release() {
+  if (pinner_ == nullptr) return;
+  pinner_->UnpinFolios(spans_, kind(), HasAny(flags_, kGupWrite));
+  spans_.clear();
+  pinner_ = nullptr;
+}
+
+}  // namespace hugemm

@@ -1,0 +1,150 @@
+// The one descent of the shadow table and its one leaf decoder. Every reader and writer
+// finds entries with PageTable::Descend and reads leaves with PageTable::Decode; GUP-fast
+// walks a range with a Cursor. Inline: they are the hot paths of translation and pinning.
+#ifndef HUGEMM_RUNTIME_PGTABLE_WALK_H_
+#define HUGEMM_RUNTIME_PGTABLE_WALK_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "hugemm/pgtable.h"
+#include "runtime/pgtable/table.h"
+
+namespace hugemm::pgtable_internal {
+
+// Where a descent stopped: the entry that maps the address (a leaf or a device-exclusive
+// entry), the empty entry that leaves it unmapped, or, for a descent told to stop at a
+// level, the entry of that level whatever it holds.
+struct Entry {
+  Table* table = nullptr;
+  size_t index = 0;
+  int level = 0;
+  uint64_t word = 0;  // the entry's value when the descent read it
+
+  bool maps() const { return IsLeaf(word) || IsExclusive(word); }
+  std::atomic<uint64_t>& slot() const { return table->slot(index); }
+  std::atomic<uint64_t>& frame() const { return table->frame(index); }
+};
+
+// The lowest table a series of descents reached and the address bits above what it
+// covers: a descent for an address under it starts there instead of at the root. Valid
+// only inside the read section it was filled in: the table cannot be freed before that
+// section ends, and a descent from the root could have read the same pointer a moment
+// earlier.
+struct WalkHint {
+  Table* table = nullptr;
+  int level = 0;
+  uintptr_t tag = 0;
+};
+
+// See PageTable::DecodeBits.
+struct LeafBits {
+  uint64_t word;                  // the leaf's word: folio, protection, group bit
+  int shift;                      // log2 of the logical leaf's bytes
+  const ExclusiveRecord* record;  // a device-exclusive entry's record, or nullptr
+};
+
+// Lock-free lookups in address order inside one read section the caller holds: GUP-fast's
+// walk over a range. Consecutive leaves mostly share their table, so each lookup starts
+// where the last one ended.
+class Cursor {
+ public:
+  explicit Cursor(const PageTable& table) : table_(table) {}
+
+  // The leaf mapping `va` (a device-exclusive entry included) into `out`: false when
+  // nothing maps it or it is beyond the address space.
+  bool Lookup(uintptr_t va, LeafSnapshot* out);
+  // True while the entry `snapshot` read still holds the same value.
+  static bool StillMapped(const LeafSnapshot& snapshot) {
+    return static_cast<const std::atomic<uint64_t>*>(snapshot.slot)
+               ->load(std::memory_order_acquire) == snapshot.word;
+  }
+
+ private:
+  const PageTable& table_;
+  WalkHint hint_;
+};
+
+}  // namespace hugemm::pgtable_internal
+
+namespace hugemm {
+
+// From the root, or from the hint's table when `va` is under it, down to the entry that
+// maps `va`, the empty entry that leaves it unmapped, or the entry at `to_level`. Inside a
+// read section, for an address below va_limit_. Hints serve readers, which descend to the
+// PTE level; a descent that stops above it ignores its hint.
+inline pgtable_internal::Entry PageTable::Descend(uintptr_t va, int to_level,
+                                                  pgtable_internal::WalkHint* hint) const {
+  Table* t = root_;
+  int level = top_;
+  if (to_level == kPteLevel && hint != nullptr && hint->table != nullptr &&
+      (va >> shift_[hint->level + 1]) == hint->tag) {
+    t = hint->table;
+    level = hint->level;
+  }
+  size_t index;
+  uint64_t w;
+  for (;;) {
+    index = (va >> shift_[level]) & index_mask_[level];
+    w = t->slot(index).load(std::memory_order_acquire);
+    if (level == to_level || !pgtable_internal::IsTable(w)) break;
+    t = pgtable_internal::AsTable(w);
+    --level;
+  }
+  if (hint != nullptr) {
+    hint->table = t;
+    hint->level = level;
+    hint->tag = va >> shift_[level + 1];
+  }
+  return {t, index, level, w};
+}
+
+// The one decoding of an entry that maps something: the leaf word it stands for (a
+// device-exclusive entry stands for the PTE it replaced, kept in its record) and the size
+// of the logical leaf (a contiguous group counts whole). Every reader starts here; the
+// translation hot path reads these bits directly rather than a whole LogicalLeaf.
+inline pgtable_internal::LeafBits PageTable::DecodeBits(const pgtable_internal::Entry& e) const {
+  pgtable_internal::LeafBits b{e.word, shift_[e.level], nullptr};
+  if (pgtable_internal::IsExclusive(e.word)) [[unlikely]] {
+    b.record = pgtable_internal::AsRecord(e.word);
+    b.word = b.record->leaf_word;
+  }
+  if (b.word & pgtable_internal::kCont) b.shift += cont_shift_[e.level];
+  return b;
+}
+
+// The logical leaf the entry `e`, which maps `va`, describes: a PUD or PMD leaf, a PTE,
+// or a whole contiguous group.
+inline LogicalLeaf PageTable::Decode(uintptr_t va, const pgtable_internal::Entry& e) const {
+  const pgtable_internal::LeafBits b = DecodeBits(e);
+  LogicalLeaf l;
+  l.folio = pgtable_internal::AsFolio(b.word);
+  l.level = e.level;
+  l.cont = (b.word & pgtable_internal::kCont) != 0;
+  l.bytes = size_t{1} << b.shift;
+  l.va = va & ~(l.bytes - 1);
+  const uintptr_t folio_va = va & ~(l.folio->size() - 1);
+  l.first_page = (l.va - folio_va) >> geometry_.page_shift;
+  l.pages = l.bytes >> geometry_.page_shift;
+  l.prot = pgtable_internal::BitsToProt(b.word);
+  if (b.record != nullptr) [[unlikely]] {
+    l.exclusive = true;
+    l.exclusive_owner = b.record->owner;
+  }
+  return l;
+}
+
+inline bool pgtable_internal::Cursor::Lookup(uintptr_t va, LeafSnapshot* out) {
+  if (va >= table_.va_limit_) return false;
+  const Entry e = table_.Descend(va, kPteLevel, &hint_);
+  if (!e.maps()) return false;
+  out->leaf = table_.Decode(va, e);
+  out->slot = &e.slot();
+  out->word = e.word;
+  return true;
+}
+
+}  // namespace hugemm
+
+#endif  // HUGEMM_RUNTIME_PGTABLE_WALK_H_
