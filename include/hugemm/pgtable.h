@@ -47,6 +47,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "hugemm/bitmask.h"
 #include "hugemm/folio.h"
 #include "hugemm/geometry.h"
 #include "hugemm/notify.h"
@@ -74,17 +75,8 @@ inline constexpr Prot kProtRead{1u << 0};
 inline constexpr Prot kProtWrite{1u << 1};
 inline constexpr Prot kProtExec{1u << 2};
 
-constexpr Prot operator|(Prot a, Prot b) {
-  return Prot{static_cast<uint32_t>(a) | static_cast<uint32_t>(b)};
-}
-constexpr Prot operator&(Prot a, Prot b) {
-  return Prot{static_cast<uint32_t>(a) & static_cast<uint32_t>(b)};
-}
-constexpr Prot operator~(Prot a) { return Prot{~static_cast<uint32_t>(a)}; }
-constexpr Prot& operator|=(Prot& a, Prot b) { return a = a | b; }
-constexpr Prot& operator&=(Prot& a, Prot b) { return a = a & b; }
-// True when `set` holds any bit of `bits`.
-constexpr bool HasAny(Prot set, Prot bits) { return (set & bits) != kProtNone; }
+template <>
+inline constexpr bool kIsBitmask<Prot> = true;
 
 // A lock-free read section (an RCU read-side critical section). Everything a reader got
 // from the table (a LeafSnapshot's slot, a folio it has not grabbed) stays valid until the
