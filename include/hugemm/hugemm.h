@@ -133,6 +133,13 @@ typedef struct hugemm_dma_segment {
   uint64_t length;
 } hugemm_dma_segment;
 
+/* Releasing a pin. Each output has its own unpin, which works from what the pin recorded,
+ * not from the mapping, so it is valid after hugemm_free of the buffer (a freed buffer's
+ * memory stays until its last pin is released, and only then is reused):
+ *   hugemm_pin_pages    -> hugemm_unpin_pages (the page array);
+ *   hugemm_pin_folios   -> hugemm_unpin_folios (the spans, with the pin's PIN or GET);
+ *   hugemm_pin_segments -> hugemm_unpin_range (the same addr, length and PIN or GET). */
+
 /* Pins `npages` 4K pages from the page holding `addr` into pages[]. Returns the number
  * pinned (npages, or fewer with HUGEMM_PARTIAL) or a negative errno. */
 long hugemm_pin_pages(hugemm_runtime* rt, const void* addr, size_t npages, unsigned flags,
@@ -141,8 +148,10 @@ long hugemm_pin_pages(hugemm_runtime* rt, const void* addr, size_t npages, unsig
 long hugemm_pin_folios(hugemm_runtime* rt, const void* addr, size_t length, unsigned flags,
                        hugemm_folio_span* spans, size_t cap);
 /* Pins [addr, addr + length) and writes its physically contiguous runs, each at most
- * `max_segment` bytes (0 = unlimited), at most `cap`. Returns the segment count. Unpin
- * with hugemm_unpin_range over the same range. */
+ * `max_segment` bytes (0 = unlimited), at most `cap`. Returns the segment count.
+ * Segments name no folios, so the runtime keeps the folio runs this call pinned until
+ * hugemm_unpin_range with the same addr, length and PIN or GET gives them back: exactly
+ * what was pinned, also after hugemm_free and after a HUGEMM_PARTIAL pin. */
 long hugemm_pin_segments(hugemm_runtime* rt, const void* addr, size_t length, unsigned flags,
                          uint64_t max_segment, hugemm_dma_segment* segments, size_t cap);
 /* Unpins a page array, one reference operation per run of the same folio; `dirty`
@@ -151,7 +160,11 @@ long hugemm_unpin_pages(hugemm_runtime* rt, const hugemm_page* pages, size_t n, 
 /* Unpins spans taken with `flags` (HUGEMM_PIN or HUGEMM_GET). */
 long hugemm_unpin_folios(hugemm_runtime* rt, const hugemm_folio_span* spans, size_t n,
                          unsigned flags, int dirty);
-/* Unpins what a pin of exactly [addr, addr + length) with `flags` took. */
+/* Unpins what a pin of exactly [addr, addr + length) with `flags` took: the oldest
+ * hugemm_pin_segments pin of that range and kind not yet released, from what it recorded;
+ * without one, the pages the table maps there now, which is right only while the range
+ * still maps what it mapped when pinned (-EFAULT and nothing unpinned once part of it is
+ * unmapped, e.g. after hugemm_free: release page arrays and spans by their own unpins). */
 int hugemm_unpin_range(hugemm_runtime* rt, const void* addr, size_t length, unsigned flags,
                        int dirty);
 /* 1 if the folio mapping `addr` may be pinned for DMA, 0 if not or unmapped. */

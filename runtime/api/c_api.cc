@@ -2,7 +2,11 @@
 // message; C structs mirror the C++ ones field by field.
 #include <cerrno>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "hugemm/hugemm.h"
@@ -10,6 +14,14 @@
 
 struct hugemm_runtime {
   std::unique_ptr<hugemm::Runtime> rt;
+
+  // What each hugemm_pin_segments took, by (start, length, kind), oldest first: segments
+  // name no folios, and once the buffer is freed (or after a partial pin) the table can no
+  // longer say what the pin took. hugemm_unpin_range gives back the oldest entry of its
+  // range; one that finds none walks the table.
+  using PinKey = std::tuple<uintptr_t, size_t, hugemm::RefKind>;
+  std::mutex pins_mu;
+  std::multimap<PinKey, std::vector<hugemm::FolioSpan>> segment_pins;
 };
 
 struct hugemm_subscription {
@@ -256,10 +268,17 @@ long hugemm_pin_segments(hugemm_runtime* rt, const void* addr, size_t length, un
   HUGEMM_C_CHECK(rt != nullptr && segments != nullptr,
                  "hugemm_pin_segments: NULL runtime or segments");
   if (int rc = CheckFlags(flags)) return rc;
+  std::vector<hugemm::FolioSpan> pinned;
   absl::StatusOr<size_t> n = rt->rt->pinner().PinSegments(
       addr, length, static_cast<hugemm::GupFlags>(flags), max_segment,
-      absl::MakeSpan(reinterpret_cast<hugemm::DmaSegment*>(segments), cap));
+      absl::MakeSpan(reinterpret_cast<hugemm::DmaSegment*>(segments), cap), &pinned);
   if (!n.ok()) return Fail(n.status());
+  if (!pinned.empty()) {
+    std::lock_guard<std::mutex> lock(rt->pins_mu);
+    rt->segment_pins.emplace(
+        hugemm_runtime::PinKey{reinterpret_cast<uintptr_t>(addr), length, KindOf(flags)},
+        std::move(pinned));
+  }
   Ok();
   return static_cast<long>(*n);
 }
@@ -287,6 +306,22 @@ int hugemm_unpin_range(hugemm_runtime* rt, const void* addr, size_t length, unsi
                        int dirty) {
   HUGEMM_C_CHECK(rt != nullptr, "hugemm_unpin_range: NULL runtime");
   if (int rc = CheckFlags(flags & (HUGEMM_PIN | HUGEMM_GET))) return rc;
+  std::vector<hugemm::FolioSpan> logged;
+  bool found = false;
+  {
+    std::lock_guard<std::mutex> lock(rt->pins_mu);
+    auto it = rt->segment_pins.find(
+        hugemm_runtime::PinKey{reinterpret_cast<uintptr_t>(addr), length, KindOf(flags)});
+    if (it != rt->segment_pins.end()) {
+      logged = std::move(it->second);
+      rt->segment_pins.erase(it);
+      found = true;
+    }
+  }
+  if (found) {
+    rt->rt->pinner().UnpinFolios(logged, KindOf(flags), dirty != 0);
+    return Ok();
+  }
   if (absl::Status st = rt->rt->pinner().UnpinRange(addr, length, KindOf(flags), dirty != 0);
       !st.ok()) {
     return Fail(st);
