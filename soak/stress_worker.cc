@@ -108,7 +108,7 @@ void Worker::Run() {
         break;
       default:
         kind = "register";
-        Register(slot);
+        Register(i, slot);
         break;
     }
     ++by_kind[kind];
@@ -413,8 +413,10 @@ void Worker::Audit(size_t i, Slot& s) {
   }
 }
 
-void Worker::Register(Slot& s) {
-  if (s.kind != SlotKind::kExternal) return;  // fixed at start: readable without the lock
+void Worker::Register(size_t i, Slot& s) {
+  // Whether a slot is external is fixed by its place: buffer slots change kind under
+  // their lock, so reading `kind` here unlocked would race with Create and Free.
+  if (i < s_.buffer_slots) return;
   std::unique_lock<std::shared_mutex> lock(s.mu);
   if (!s.registered) {
     absl::StatusOr<uint64_t> id = s_.rt.RegisterExternal(s.data, s.size);

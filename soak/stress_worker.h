@@ -94,7 +94,7 @@ class Worker {
   void Translate(Slot& s);
   void Subscribe(Slot& s);
   void Audit(size_t i, Slot& s);
-  void Register(Slot& s);
+  void Register(size_t i, Slot& s);
 
   // Canaries: this thread's word in each page it pinned, the last one it wrote there.
   void WriteCanaries(const PinRecord& p);
