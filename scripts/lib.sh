@@ -18,6 +18,7 @@ HUGEMM_PACKAGES=(
   liburcu-dev liburing-dev libibverbs-dev
   libcli11-dev nlohmann-json3-dev help2man dpkg-dev file
   clang-format numactl gnuplot-nox jq ccache
+  clang-14 libclang-rt-14-dev libfuzzer-14-dev
 )
 
 install_packages() {
@@ -96,21 +97,25 @@ tsan_aslr() {
   fi
 }
 
-# build FLAVOUR: release | asan | tsan, into build/FLAVOUR.
+# build FLAVOUR: release | asan | tsan | fuzz, into build/FLAVOUR.
 build() {
-  local flavour=$1 args=()
+  local flavour=$1 args=() targets=()
   case "$flavour" in
     release) args=(-DCMAKE_BUILD_TYPE=Release) ;;
     asan) args=(-DCMAKE_BUILD_TYPE=Debug -DHUGEMM_SANITIZE=address) ;;
     tsan) args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DHUGEMM_SANITIZE=thread) ;;
+    # libFuzzer binaries with ASan and UBSan (clang); only the fuzzers are built.
+    fuzz) args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DHUGEMM_SANITIZE=address -DHUGEMM_FUZZ=ON
+                -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14)
+          targets=(fuzzers) ;;
     *) die "unknown flavour $flavour" ;;
   esac
   # Rebuilds of an unchanged file come from the cache when ccache is installed.
   command -v ccache >/dev/null && args+=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
   say "build: $flavour -> build/$flavour"
   cmake -S "$HUGEMM_ROOT" -B "$HUGEMM_ROOT/build/$flavour" -G Ninja "${args[@]}" >/dev/null
-  ninja -C "$HUGEMM_ROOT/build/$flavour" >/dev/null || {
-    ninja -C "$HUGEMM_ROOT/build/$flavour" | tail -40
+  ninja -C "$HUGEMM_ROOT/build/$flavour" "${targets[@]}" >/dev/null || {
+    ninja -C "$HUGEMM_ROOT/build/$flavour" "${targets[@]}" | tail -40
     die "build $flavour failed"
   }
 }

@@ -2,7 +2,8 @@
 # Everything CI checks, from a fresh Debian 12 machine: packages, huge pages, builds in
 # three flavours (Release, Debug+ASan+UBSan, TSan), formatting, every test in each
 # flavour, the device-DAX tests in a VM (Release), and the README's install and link
-# steps (check-install.sh: a fresh prefix, then the Debian packages).
+# steps (check-install.sh: a fresh prefix, then the Debian packages), and each fuzzer for
+# a minute (HUGEMM_FUZZ_SECONDS) from its seed corpus.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 need_root "$@"
@@ -26,8 +27,28 @@ for flavour in release asan tsan; do
     failed+=("$flavour")
   fi
 done
+
+# The fuzzers, a bounded run each from the seed corpus (fuzz/corpus/<name>, which ctest
+# also replays in every flavour above). What they add to the corpus goes to a scratch
+# directory; a crash fails CI and leaves its input in build/fuzz/artifacts.
+fuzz_seconds=${HUGEMM_FUZZ_SECONDS:-60}
+build fuzz
+mkdir -p build/fuzz/artifacts
+for fuzzer in pgtable_fuzzer alloc_fuzzer c_api_fuzzer; do
+  say "fuzz: $fuzzer for ${fuzz_seconds}s"
+  scratch=$(mktemp -d)
+  if ! "build/fuzz/fuzz/$fuzzer" -max_total_time="$fuzz_seconds" -print_final_stats=1 \
+      -artifact_prefix="build/fuzz/artifacts/$fuzzer-" "$scratch" "fuzz/corpus/$fuzzer" \
+      2>"build/fuzz/$fuzzer.log"; then
+    tail -40 "build/fuzz/$fuzzer.log"
+    failed+=("fuzz:$fuzzer")
+  fi
+  grep -E '^stat::(number_of_executed_units|average_exec_per_sec)|cov:' \
+    "build/fuzz/$fuzzer.log" | tail -3 || true
+  rm -rf "$scratch"
+done
 if [ ${#failed[@]} -gt 0 ]; then
   die "tests failed in: ${failed[*]}"
 fi
-say "all tests passed in release, asan and tsan"
+say "all tests passed in release, asan and tsan; the fuzzers found nothing"
 "$HUGEMM_ROOT/scripts/check-install.sh"

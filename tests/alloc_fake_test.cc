@@ -250,6 +250,25 @@ TEST(AllocOnFake, PinnedFolioOutlivesHandleAndAllocator) {
   EXPECT_EQ(os.live_mappings(), 0u);
 }
 
+// An orphaned pool gives back everything with its last folio: the memory, and the
+// backing's own descriptor (a device-DAX backing holds the device open).
+TEST(AllocOnFake, ThePoolOfAPinnedFolioLetsGoOfItsBackingAfterItsAllocator) {
+  FakeOs os({.dax = {{.name = "dax0.0", .size = 2 * kPageSize2M, .align = kPageSize2M}}});
+  Folio* f;
+  {
+    auto alloc = NewAllocator(os);
+    absl::StatusOr<FolioHandle> h = alloc->AllocateOrder(
+        0, {.backing = BackingKind::kDevDax, .page_size = 0, .devdax_path = "/dev/dax0.0"});
+    ASSERT_TRUE(h.ok()) << h.status();
+    f = h->folio();
+    HUGEMM_ASSERT_OK(FolioTryGrab(f, 1, RefKind::kPin));
+  }
+  EXPECT_EQ(os.live_mappings(), 1u);
+  FolioUngrab(f, 1, RefKind::kPin);
+  EXPECT_EQ(os.live_mappings(), 0u);
+  EXPECT_EQ(os.open_fds(), 0u) << "the device is still open";
+}
+
 TEST(AllocOnFake, NewOwnerNeverSeesOldData) {
   FakeOs os;
   auto alloc = NewAllocator(os);

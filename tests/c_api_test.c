@@ -24,6 +24,23 @@ static int passed, failed;
     }                                                                                    \
   } while (0)
 
+/* Whether /proc/self/maps lists a mapping holding `addr`: a freed buffer's huge pages
+ * stay mapped while pinned and go back to the kernel with the last unpin. */
+static int mapped_in_process(const void* addr) {
+  FILE* maps = fopen("/proc/self/maps", "r");
+  char line[512];
+  int found = 0;
+  if (maps == NULL) return -1;
+  while (!found && fgets(line, sizeof(line), maps) != NULL) {
+    unsigned long lo, hi;
+    if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && (uintptr_t)addr >= lo && (uintptr_t)addr < hi) {
+      found = 1;
+    }
+  }
+  fclose(maps);
+  return found;
+}
+
 static int starts, ends;
 static void on_start(void* user, const void* addr, size_t length, int reason) {
   (void)addr;
@@ -118,6 +135,35 @@ int main(void) {
   opts.backing = HUGEMM_BACKING_HUGETLB;
   CHECK(hugemm_map_buffer(rt, 12345, &opts, &buf) == -EINVAL);
   CHECK(strstr(hugemm_last_error(), "not a positive multiple") != NULL);
+
+  /* A segment pin outlives the buffer: hugemm_free unmaps it at once, and
+   * hugemm_unpin_range over the pinned range still gives back exactly what the pin took,
+   * after which the huge pages go back to the kernel. */
+  CHECK(hugemm_map_buffer(rt, len, NULL, &buf) == 0);
+  n = hugemm_pin_segments(rt, buf.data, len, HUGEMM_PIN | HUGEMM_WRITE, 0, segs, 16);
+  CHECK(n == 2 || n == 1);
+  CHECK(hugemm_free(rt, buf.data) == 0);
+  CHECK(hugemm_translate(rt, buf.data, 0, &t) == -ENOENT);
+  CHECK(mapped_in_process(buf.data) == 1); /* pinned: the memory stays */
+  CHECK(hugemm_unpin_range(rt, buf.data, len, HUGEMM_PIN, 1) == 0);
+  CHECK(mapped_in_process(buf.data) == 0); /* the last pin gone: back to the kernel */
+  CHECK(hugemm_unpin_range(rt, buf.data, len, HUGEMM_PIN, 0) == -EFAULT);
+  CHECK(strstr(hugemm_last_error(), "no longer mapped") != NULL);
+
+  /* A partial segment pin is given back by the range it asked for, no more: room for one
+   * 2M segment pins the first folio only, and unpinning the whole range leaves the
+   * second folio's counts alone. */
+  CHECK(hugemm_map_buffer(rt, len, NULL, &buf) == 0);
+  n = hugemm_pin_segments(rt, buf.data, len, HUGEMM_PIN | HUGEMM_PARTIAL, 2u << 20, segs, 1);
+  CHECK(n == 1 && segs[0].length == (2u << 20));
+  CHECK(hugemm_folio_info_at(rt, (char*)buf.data + (2u << 20), &info) == 0);
+  CHECK(info.pincount == 0 && info.refcount == 2);
+  CHECK(hugemm_unpin_range(rt, buf.data, len, HUGEMM_PIN, 0) == 0);
+  CHECK(hugemm_folio_info_at(rt, buf.data, &info) == 0 && info.pincount == 0);
+  CHECK(info.refcount == 2); /* the owner's and the mapping's */
+  CHECK(hugemm_folio_info_at(rt, (char*)buf.data + (2u << 20), &info) == 0);
+  CHECK(info.pincount == 0 && info.refcount == 2);
+  CHECK(hugemm_free(rt, buf.data) == 0);
 
   /* The allocator: a 64K folio, zeroed. */
   hugemm_buffer small;

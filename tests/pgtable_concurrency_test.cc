@@ -113,5 +113,46 @@ TEST(PageTableConcurrencyTest, ReadersDuringMapSplitUnmap) {
   RecordProperty("hits", static_cast<int>(hits.load()));
 }
 
+// A protection change (or an unmap) of part of a 2M leaf splits it first, outside the
+// lock; another writer that splits the same leaf in that moment must not make the change
+// fail: its own split then finds PTEs, which already fit. The hook plays that writer at
+// exactly that point.
+TEST(PageTableConcurrencyTest, ChangeOfPartOfALeafAnotherWriterSplitFirst) {
+  auto folio = FakeFolio(kPageSize2M, kBase, kBasePfn);
+  PageTable table(X86_64Geometry(false));
+  struct Other {
+    PageTable* table;
+    Folio* folio;
+    int splits = 0;
+  } other{&table, folio.get()};
+  PageTableTestPeer::SetBeforeSplit(
+      table,
+      [](void* arg) {
+        auto* o = static_cast<Other*>(arg);
+        if (o->splits++ == 0) {
+          EXPECT_TRUE(o->table->Split(o->folio->data).ok());
+        }
+      },
+      &other);
+  const Prot rw = kProtRead | kProtWrite;
+  ASSERT_TRUE(table.Map(folio.get(), folio->data, rw).ok());
+  absl::Status st = table.Protect(folio->data + 8 * kPageSize4K, kPageSize4K, kProtRead);
+  EXPECT_TRUE(st.ok()) << st;
+  EXPECT_EQ(other.splits, 1);
+  std::optional<Translation> t = table.Translate(folio->data + 8 * kPageSize4K);
+  ASSERT_TRUE(t.has_value());
+  EXPECT_EQ(t->leaf_bytes, kPageSize4K);
+  ASSERT_TRUE(table.Unmap(folio->data, kPageSize2M).ok());
+
+  other.splits = 0;
+  ASSERT_TRUE(table.Map(folio.get(), folio->data, rw).ok());
+  EXPECT_TRUE(table.Unmap(folio->data + 8 * kPageSize4K, kPageSize4K).ok());
+  EXPECT_EQ(other.splits, 1);
+  EXPECT_FALSE(table.Translate(folio->data + 8 * kPageSize4K).has_value());
+  ASSERT_TRUE(table.Unmap(folio->data, 8 * kPageSize4K).ok());
+  ASSERT_TRUE(table.Unmap(folio->data + 9 * kPageSize4K, kPageSize2M - 9 * kPageSize4K).ok());
+  EXPECT_EQ(folio->refcount.load(), 1) << "the table still holds the folio";
+}
+
 }  // namespace
 }  // namespace hugemm

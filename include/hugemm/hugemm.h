@@ -3,7 +3,14 @@
  * Plain C99. Every function that can fail returns 0 (or a count) on success and a
  * negative errno on failure; hugemm_last_error() then returns a message for this
  * thread that names what was wrong. Nothing here aborts on bad input, and no failed
- * call keeps a reference.
+ * call keeps a reference, descriptor or mapping.
+ *
+ * Errors common to every function that takes them: -EINVAL for a NULL runtime or a NULL
+ * output, unknown pin flags, or not exactly one of HUGEMM_PIN and HUGEMM_GET. Each
+ * function lists its own besides. Pointers are looked up, never dereferenced: a freed
+ * buffer, or one of another runtime, is memory this runtime does not map (-ENOENT). What
+ * cannot be checked is the caller's to keep: a page array or spans unpinned twice, a
+ * subscription unsubscribed twice. doc/design.md ("Errors") has the whole table.
  *
  *   hugemm_runtime *rt;
  *   if (hugemm_open(NULL, &rt) < 0) die(hugemm_last_error());
@@ -46,9 +53,12 @@ typedef struct hugemm_options {
                       pin on every mapped buffer so its PFNs cannot move */
 } hugemm_options;
 
-/* Opens a runtime. `options` may be NULL for the defaults. */
+/* Opens a runtime. `options` may be NULL for the defaults.
+ * -EINVAL: NULL out, an unknown refcount mode. Otherwise the errno of what the kernel
+ * refused (e.g. io_uring for kernel pins), named by the message. */
 int hugemm_open(const hugemm_options* options, hugemm_runtime** out);
-/* Frees every buffer still held and closes. NULL is ignored. */
+/* Frees every buffer still held, ends every subscription still open (their handles
+ * stay valid for hugemm_unsubscribe alone) and closes. NULL is ignored. */
 void hugemm_close(hugemm_runtime* rt);
 
 /* ---- memory ---------------------------------------------------------------------- */
@@ -74,24 +84,31 @@ typedef struct hugemm_buffer {
 } hugemm_buffer;
 
 /* Maps `length` bytes (a multiple of the page size) as one folio per native page, in
- * the runtime's shadow page table. `options` may be NULL (hugetlb, 2M, any node). */
+ * the runtime's shadow page table. `options` may be NULL (hugetlb, 2M, any node).
+ * -EINVAL: zero, unaligned or absurd length, unknown backing, a page size the backing
+ * does not have. -ENOMEM: no huge pages for it. */
 int hugemm_map_buffer(hugemm_runtime* rt, size_t length, const hugemm_buffer_options* options,
                       hugemm_buffer* out);
 /* One folio of at least `bytes` (a power of two from 4K up to the page size) from the
  * allocator's pools; zeroed unless `uninitialized`. `options` as above (path unused
- * except for devdax). */
+ * except for devdax). -EINVAL: zero bytes or more than the page size, unknown backing,
+ * a page size the backing does not have. -ENOMEM: the pool cannot grow. */
 int hugemm_alloc(hugemm_runtime* rt, size_t bytes, const hugemm_buffer_options* options,
                  int uninitialized, hugemm_buffer* out);
 /* Frees the buffer starting at `data` (from hugemm_map_buffer or hugemm_alloc). Its
- * memory is reused only after the last pin on it is gone. */
+ * memory is reused only after the last pin on it is gone. -ENOENT: `data` is not the
+ * start of a buffer of this runtime (NULL, inside one, freed, another runtime's). */
 int hugemm_free(hugemm_runtime* rt, void* data);
 
 /* Registers memory this program mapped itself (e.g. its own MAP_HUGETLB buffer) as
  * borrowed folios: pinnable, never long-term. Needs readable PFNs (root). Each page keeps
  * the protection the kernel gives it: a HUGEMM_WRITE pin of memory mapped read-only fails
- * with -EPERM, and memory the program may not read is refused (-EPERM). */
+ * with -EPERM, and memory the program may not read is refused (-EPERM).
+ * -EINVAL: NULL id, zero, unaligned or absurd length. -EEXIST: memory the runtime maps
+ * already. -ENOENT: memory the process does not map. */
 int hugemm_register_external(hugemm_runtime* rt, void* addr, size_t length, uint64_t* id);
-/* -EFAULT while any of its memory is pinned; a refused unregister changes nothing. */
+/* -EFAULT while any of its memory is pinned; a refused unregister changes nothing.
+ * -ENOENT: an id this runtime did not hand out, or one already unregistered. */
 int hugemm_unregister_external(hugemm_runtime* rt, uint64_t id);
 
 /* ---- pin / unpin ----------------------------------------------------------------- */
@@ -116,9 +133,9 @@ typedef struct hugemm_page {
 void* hugemm_page_folio(hugemm_page page);
 /* The page's index inside its folio. */
 uint32_t hugemm_page_index(hugemm_page page);
-/* The page's virtual address. */
+/* The page's virtual address; NULL for an entry no pin wrote (zero). */
 void* hugemm_page_address(hugemm_page page);
-/* The page's PFN, UINT64_MAX when unknown. */
+/* The page's PFN, UINT64_MAX when unknown or the entry is zero. */
 uint64_t hugemm_page_pfn(hugemm_page page);
 
 /* One entry per folio run: `pages` 4K pages from `first_page`. */
@@ -133,6 +150,20 @@ typedef struct hugemm_dma_segment {
   uint64_t length;
 } hugemm_dma_segment;
 
+/* Releasing a pin. Each output has its own unpin, which works from what the pin recorded,
+ * not from the mapping, so it is valid after hugemm_free of the buffer (a freed buffer's
+ * memory stays until its last pin is released, and only then is reused):
+ *   hugemm_pin_pages    -> hugemm_unpin_pages (the page array);
+ *   hugemm_pin_folios   -> hugemm_unpin_folios (the spans, with the pin's PIN or GET);
+ *   hugemm_pin_segments -> hugemm_unpin_range (the same addr, length and PIN or GET). */
+
+/* Errors of the three pins: -EINVAL (flags; a range that wraps the address space; no room
+ * for the output), -ENOENT (a page this runtime does not map: freed, another runtime's),
+ * -EPERM (a WRITE pin of read-only memory), -EFAULT (a device-exclusive page, a
+ * LONGTERM pin of borrowed memory), -ENOMEM (the output is full, a count would
+ * overflow), -EAGAIN (FAST_ONLY and the mapping kept changing). An empty range pins
+ * nothing and returns 0. */
+
 /* Pins `npages` 4K pages from the page holding `addr` into pages[]. Returns the number
  * pinned (npages, or fewer with HUGEMM_PARTIAL) or a negative errno. */
 long hugemm_pin_pages(hugemm_runtime* rt, const void* addr, size_t npages, unsigned flags,
@@ -141,20 +172,31 @@ long hugemm_pin_pages(hugemm_runtime* rt, const void* addr, size_t npages, unsig
 long hugemm_pin_folios(hugemm_runtime* rt, const void* addr, size_t length, unsigned flags,
                        hugemm_folio_span* spans, size_t cap);
 /* Pins [addr, addr + length) and writes its physically contiguous runs, each at most
- * `max_segment` bytes (0 = unlimited), at most `cap`. Returns the segment count. Unpin
- * with hugemm_unpin_range over the same range. */
+ * `max_segment` bytes (0 = unlimited), at most `cap`. Returns the segment count.
+ * Segments name no folios, so the runtime keeps the folio runs this call pinned until
+ * hugemm_unpin_range with the same addr, length and PIN or GET gives them back: exactly
+ * what was pinned, also after hugemm_free and after a HUGEMM_PARTIAL pin. */
 long hugemm_pin_segments(hugemm_runtime* rt, const void* addr, size_t length, unsigned flags,
                          uint64_t max_segment, hugemm_dma_segment* segments, size_t cap);
 /* Unpins a page array, one reference operation per run of the same folio; `dirty`
- * marks each folio dirty once. Returns the reference operations done. */
+ * marks each folio dirty once. Returns the reference operations done. -EINVAL: NULL
+ * pages with n > 0. The entries must be the pin's own, each unpinned once. */
 long hugemm_unpin_pages(hugemm_runtime* rt, const hugemm_page* pages, size_t n, int dirty);
-/* Unpins spans taken with `flags` (HUGEMM_PIN or HUGEMM_GET). */
+/* Unpins spans taken with `flags` (HUGEMM_PIN or HUGEMM_GET). -EINVAL: NULL spans with
+ * n > 0, flags as for a pin. The spans must be the pin's own, each unpinned once. */
 long hugemm_unpin_folios(hugemm_runtime* rt, const hugemm_folio_span* spans, size_t n,
                          unsigned flags, int dirty);
-/* Unpins what a pin of exactly [addr, addr + length) with `flags` took. */
+/* Unpins what a pin of exactly [addr, addr + length) with `flags` took: the oldest
+ * hugemm_pin_segments pin of that range and kind not yet released, from what it recorded;
+ * without one, the pages the table maps there now, which is right only while the range
+ * still maps what it mapped when pinned (-EFAULT and nothing unpinned once part of it is
+ * unmapped, e.g. after hugemm_free: release page arrays and spans by their own unpins).
+ * -EINVAL: zero or absurd length, flags as for a pin. -EFAULT: part of the range is
+ * unmapped, or (by the table) a folio holds fewer pins of that kind than the range has
+ * pages, i.e. it was never pinned or already released: nothing is unpinned. */
 int hugemm_unpin_range(hugemm_runtime* rt, const void* addr, size_t length, unsigned flags,
                        int dirty);
-/* 1 if the folio mapping `addr` may be pinned for DMA, 0 if not or unmapped. */
+/* 1 if the folio mapping `addr` may be pinned for DMA, 0 if not, unmapped or rt NULL. */
 int hugemm_maybe_dma_pinned(hugemm_runtime* rt, const void* addr);
 
 /* ---- translate / folio info ------------------------------------------------------- */
@@ -169,7 +211,8 @@ typedef struct hugemm_translation {
   uint32_t page;
 } hugemm_translation;
 
-/* VA -> PFN, leaf, contiguous run (scanning up to `max_run` bytes; 0 = the leaf). */
+/* VA -> PFN, leaf, contiguous run (scanning up to `max_run` bytes; 0 = the leaf).
+ * -ENOENT: `addr` is not mapped by this runtime. */
 int hugemm_translate(hugemm_runtime* rt, const void* addr, uint64_t max_run,
                      hugemm_translation* out);
 
@@ -186,7 +229,7 @@ typedef struct hugemm_folio_info {
   int meta_in_reserve;
 } hugemm_folio_info;
 
-/* The folio mapping `addr`. */
+/* The folio mapping `addr`. -ENOENT: `addr` is not mapped by this runtime. */
 int hugemm_folio_info_at(hugemm_runtime* rt, const void* addr, hugemm_folio_info* out);
 
 /* ---- notifiers ------------------------------------------------------------------- */
@@ -205,11 +248,13 @@ typedef struct hugemm_subscription hugemm_subscription;
 
 /* Hears changes to [addr, addr + length): `start` before, `end` after (either may be
  * NULL). *sequence (if not NULL) receives a word to read without a call: a registration
- * built while (*seq & 0xffff) == 0 stays valid exactly while *seq is unchanged. */
+ * built while (*seq & 0xffff) == 0 stays valid exactly while *seq is unchanged.
+ * -EINVAL: zero length, a range that wraps the address space. */
 int hugemm_subscribe(hugemm_runtime* rt, const void* addr, size_t length,
                      hugemm_invalidate_fn start, hugemm_invalidate_fn end, void* user,
                      hugemm_subscription** out, const volatile uint64_t** sequence);
-/* After it returns, no callback of this subscription runs. NULL is ignored. */
+/* After it returns, no callback of this subscription runs. NULL is ignored, and so is a
+ * subscription whose runtime is closed (only its handle is freed). */
 void hugemm_unsubscribe(hugemm_subscription* sub);
 
 #ifdef __cplusplus

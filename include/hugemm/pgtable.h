@@ -357,6 +357,11 @@ class PageTable {
   std::mutex external_mu_;
   std::map<uint64_t, std::unique_ptr<ExternalRegion>> external_ ABSL_GUARDED_BY(external_mu_);
   uint64_t next_external_ ABSL_GUARDED_BY(external_mu_) = 1;
+
+  // Testing only (PageTableTestPeer): runs where a writer has let go of a leaf it is
+  // about to split, to play another writer there.
+  void (*before_split_)(void*) = nullptr;
+  void* before_split_arg_ = nullptr;
 };
 
 }  // namespace hugemm

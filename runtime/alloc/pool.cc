@@ -259,13 +259,15 @@ void Pool::FreeBatch(Folio* const* folios, int n) {
   std::lock_guard<std::mutex> lock(mu_);
   for (int i = 0; i < n; ++i) FreeOne(folios[i]);
   if (orphaned_.load(std::memory_order_relaxed) && Idle()) {
-    // The allocator is gone and this was the last folio out: give the memory back.
-    // The pool object and its descriptor slab stay, so a late stale reader of a
-    // descriptor still reads memory (and fails its TryGet).
+    // The allocator is gone and this was the last folio out: give the memory back, and
+    // the backing with it (a device's descriptor). The pool object and its descriptor
+    // slab stay, so a late stale reader of a descriptor still reads memory (and fails
+    // its TryGet).
     for (auto& rec : extents_) {
       for (auto& region : rec->regions) IndexErase(region.get());
     }
     extents_.clear();
+    config_.backing.reset();
   }
 }
 

@@ -95,7 +95,8 @@ class Pool final : public FolioOwner {
   absl::Status Exhausted(int order, absl::string_view why) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool Idle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return total_folios_ == free_folios_; }
 
-  const PoolConfig config_;
+  // Constant but for the backing, which an orphaned pool lets go of with its last folio.
+  PoolConfig config_;
   const size_t page_size_;
   const int region_order_;  // pages per region: the native page, or 2M for 4K backings
   const int max_order_;

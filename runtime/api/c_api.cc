@@ -1,8 +1,14 @@
 // The C API over hugemm::Runtime: statuses become negative errnos plus a thread-local
 // message; C structs mirror the C++ ones field by field.
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <set>
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "hugemm/hugemm.h"
@@ -10,15 +16,30 @@
 
 struct hugemm_runtime {
   std::unique_ptr<hugemm::Runtime> rt;
+
+  // What each hugemm_pin_segments took, by (start, length, kind), oldest first: segments
+  // name no folios, and once the buffer is freed (or after a partial pin) the table can no
+  // longer say what the pin took. hugemm_unpin_range gives back the oldest entry of its
+  // range; one that finds none walks the table.
+  using PinKey = std::tuple<uintptr_t, size_t, hugemm::RefKind>;
+  std::mutex pins_mu;
+  std::multimap<PinKey, std::vector<hugemm::FolioSpan>> segment_pins;
+
+  // The subscriptions still open: hugemm_close ends them (their registry goes with the
+  // Runtime), so that a later hugemm_unsubscribe frees only the handle. Guarded by
+  // g_subscriptions_mu, which also guards each subscription's `rt`.
+  std::set<hugemm_subscription*> subscriptions;
 };
 
 struct hugemm_subscription {
+  hugemm_runtime* rt = nullptr;  // null once its runtime is closed
   std::unique_ptr<hugemm::RangeSubscription> sub;
 };
 
 namespace {
 
 thread_local std::string g_last_error;
+std::mutex g_subscriptions_mu;
 
 int ErrnoOf(absl::StatusCode code) {
   switch (code) {
@@ -139,6 +160,44 @@ int BufferOptionsFrom(const hugemm_buffer_options* in, hugemm::BufferOptions* ou
   return 0;
 }
 
+constexpr uintptr_t kPageSize4KMask = hugemm::kPageSize4K - 1;
+
+// hugemm_unpin_range by the table gives back as many references as the range has pages,
+// per folio: refuse (-EFAULT) when a folio holds fewer of that kind than that, so that
+// a range never pinned, or already released, cannot drive counts below what the owner
+// and the mappings hold. Best effort under concurrent pins of the same folios; an
+// unmapped page is left for Pinner::UnpinRange to report.
+int CheckHeld(hugemm::Runtime& rt, const void* addr, size_t length, hugemm::RefKind kind) {
+  const uintptr_t start = reinterpret_cast<uintptr_t>(addr) & ~kPageSize4KMask;
+  const uintptr_t end =
+      (reinterpret_cast<uintptr_t>(addr) + length + kPageSize4KMask) & ~kPageSize4KMask;
+  std::map<std::byte*, std::pair<hugemm::FolioInfo, size_t>> need;
+  for (uintptr_t va = start; va < end;) {
+    absl::StatusOr<hugemm::FolioInfo> info = rt.FolioInfoAt(reinterpret_cast<const void*>(va));
+    if (!info.ok()) return 0;
+    const uintptr_t folio_end = reinterpret_cast<uintptr_t>(info->data) + info->size;
+    const uintptr_t next = std::min(end, folio_end);
+    auto& [held, pages] = need[info->data];
+    held = *info;
+    pages += (next - va) / hugemm::kPageSize4K;
+    va = next;
+  }
+  for (const auto& [data, entry] : need) {
+    const hugemm::FolioInfo& f = entry.first;
+    // A PIN is counted in both counts; a GET in the refcount only, beside the owner's.
+    const int64_t held =
+        kind == hugemm::RefKind::kPin ? f.pincount : int64_t{f.refcount} - f.pincount - 1;
+    if (held < static_cast<int64_t>(entry.second)) {
+      return Fail(EFAULT,
+                  absl::StrCat("hugemm_unpin_range: the folio at 0x",
+                               absl::Hex(reinterpret_cast<uintptr_t>(data)), " holds ", held,
+                               kind == hugemm::RefKind::kPin ? " pins" : " references", " of the ",
+                               entry.second, " this range would release; nothing unpinned"));
+    }
+  }
+  return 0;
+}
+
 hugemm::PageRef PageOf(hugemm_page page) { return hugemm::PageRef::FromBits(page.bits); }
 
 void FillBuffer(const hugemm::Buffer& b, hugemm_buffer* out) {
@@ -171,7 +230,20 @@ int hugemm_open(const hugemm_options* options, hugemm_runtime** out) {
   return Ok();
 }
 
-void hugemm_close(hugemm_runtime* rt) { delete rt; }
+void hugemm_close(hugemm_runtime* rt) {
+  if (rt == nullptr) return;
+  std::vector<std::unique_ptr<hugemm::RangeSubscription>> ended;
+  {
+    std::lock_guard<std::mutex> lock(g_subscriptions_mu);
+    for (hugemm_subscription* s : rt->subscriptions) {
+      ended.push_back(std::move(s->sub));
+      s->rt = nullptr;
+    }
+    rt->subscriptions.clear();
+  }
+  ended.clear();  // outside the lock: a callback running now may unsubscribe
+  delete rt;
+}
 
 int hugemm_map_buffer(hugemm_runtime* rt, size_t length, const hugemm_buffer_options* options,
                       hugemm_buffer* out) {
@@ -256,10 +328,17 @@ long hugemm_pin_segments(hugemm_runtime* rt, const void* addr, size_t length, un
   HUGEMM_C_CHECK(rt != nullptr && segments != nullptr,
                  "hugemm_pin_segments: NULL runtime or segments");
   if (int rc = CheckFlags(flags)) return rc;
+  std::vector<hugemm::FolioSpan> pinned;
   absl::StatusOr<size_t> n = rt->rt->pinner().PinSegments(
       addr, length, static_cast<hugemm::GupFlags>(flags), max_segment,
-      absl::MakeSpan(reinterpret_cast<hugemm::DmaSegment*>(segments), cap));
+      absl::MakeSpan(reinterpret_cast<hugemm::DmaSegment*>(segments), cap), &pinned);
   if (!n.ok()) return Fail(n.status());
+  if (!pinned.empty()) {
+    std::lock_guard<std::mutex> lock(rt->pins_mu);
+    rt->segment_pins.emplace(
+        hugemm_runtime::PinKey{reinterpret_cast<uintptr_t>(addr), length, KindOf(flags)},
+        std::move(pinned));
+  }
   Ok();
   return static_cast<long>(*n);
 }
@@ -276,7 +355,7 @@ long hugemm_unpin_folios(hugemm_runtime* rt, const hugemm_folio_span* spans, siz
                          unsigned flags, int dirty) {
   HUGEMM_C_CHECK(rt != nullptr && (spans != nullptr || n == 0),
                  "hugemm_unpin_folios: NULL runtime or spans");
-  if (int rc = CheckFlags(flags & (HUGEMM_PIN | HUGEMM_GET))) return rc;
+  if (int rc = CheckFlags(flags)) return rc;
   Ok();
   return static_cast<long>(rt->rt->pinner().UnpinFolios(
       absl::MakeConstSpan(reinterpret_cast<const hugemm::FolioSpan*>(spans), n), KindOf(flags),
@@ -286,7 +365,27 @@ long hugemm_unpin_folios(hugemm_runtime* rt, const hugemm_folio_span* spans, siz
 int hugemm_unpin_range(hugemm_runtime* rt, const void* addr, size_t length, unsigned flags,
                        int dirty) {
   HUGEMM_C_CHECK(rt != nullptr, "hugemm_unpin_range: NULL runtime");
-  if (int rc = CheckFlags(flags & (HUGEMM_PIN | HUGEMM_GET))) return rc;
+  HUGEMM_C_CHECK(length > 0, "hugemm_unpin_range: empty range");
+  HUGEMM_C_CHECK(length <= UINTPTR_MAX - reinterpret_cast<uintptr_t>(addr) - kPageSize4KMask,
+                 "hugemm_unpin_range: the range wraps the address space");
+  if (int rc = CheckFlags(flags)) return rc;
+  std::vector<hugemm::FolioSpan> logged;
+  bool found = false;
+  {
+    std::lock_guard<std::mutex> lock(rt->pins_mu);
+    auto it = rt->segment_pins.find(
+        hugemm_runtime::PinKey{reinterpret_cast<uintptr_t>(addr), length, KindOf(flags)});
+    if (it != rt->segment_pins.end()) {
+      logged = std::move(it->second);
+      rt->segment_pins.erase(it);
+      found = true;
+    }
+  }
+  if (found) {
+    rt->rt->pinner().UnpinFolios(logged, KindOf(flags), dirty != 0);
+    return Ok();
+  }
+  if (int rc = CheckHeld(*rt->rt, addr, length, KindOf(flags))) return rc;
   if (absl::Status st = rt->rt->pinner().UnpinRange(addr, length, KindOf(flags), dirty != 0);
       !st.ok()) {
     return Fail(st);
@@ -296,8 +395,13 @@ int hugemm_unpin_range(hugemm_runtime* rt, const void* addr, size_t length, unsi
 
 void* hugemm_page_folio(hugemm_page page) { return PageOf(page).folio(); }
 uint32_t hugemm_page_index(hugemm_page page) { return PageOf(page).index(); }
-void* hugemm_page_address(hugemm_page page) { return PageOf(page).address(); }
-uint64_t hugemm_page_pfn(hugemm_page page) { return PageOf(page).pfn(); }
+// An entry no pin wrote (zero, e.g. a zeroed array) names no folio: NULL and no PFN.
+void* hugemm_page_address(hugemm_page page) {
+  return PageOf(page).folio() == nullptr ? nullptr : PageOf(page).address();
+}
+uint64_t hugemm_page_pfn(hugemm_page page) {
+  return PageOf(page).folio() == nullptr ? UINT64_MAX : PageOf(page).pfn();
+}
 
 int hugemm_maybe_dma_pinned(hugemm_runtime* rt, const void* addr) {
   if (rt == nullptr) return 0;
@@ -345,6 +449,8 @@ int hugemm_subscribe(hugemm_runtime* rt, const void* addr, size_t length,
                      hugemm_subscription** out, const volatile uint64_t** sequence) {
   HUGEMM_C_CHECK(rt != nullptr && out != nullptr, "hugemm_subscribe: NULL runtime or out");
   HUGEMM_C_CHECK(length > 0, "hugemm_subscribe: empty range");
+  HUGEMM_C_CHECK(length <= UINTPTR_MAX - reinterpret_cast<uintptr_t>(addr),
+                 "hugemm_subscribe: the range wraps the address space");
   hugemm::NotifierCallbacks cb;
   auto wrap = [user](hugemm_invalidate_fn fn) -> std::function<void(const hugemm::Invalidation&)> {
     if (fn == nullptr) return nullptr;
@@ -354,7 +460,11 @@ int hugemm_subscribe(hugemm_runtime* rt, const void* addr, size_t length,
   };
   cb.invalidate_start = wrap(start);
   cb.invalidate_end = wrap(end);
-  auto* s = new hugemm_subscription{rt->rt->Subscribe(addr, length, std::move(cb))};
+  auto* s = new hugemm_subscription{rt, rt->rt->Subscribe(addr, length, std::move(cb))};
+  {
+    std::lock_guard<std::mutex> lock(g_subscriptions_mu);
+    rt->subscriptions.insert(s);
+  }
   if (sequence != nullptr) {
     // std::atomic<uint64_t> is lock-free and has uint64_t's representation here.
     static_assert(sizeof(std::atomic<uint64_t>) == sizeof(uint64_t));
@@ -364,6 +474,13 @@ int hugemm_subscribe(hugemm_runtime* rt, const void* addr, size_t length,
   return Ok();
 }
 
-void hugemm_unsubscribe(hugemm_subscription* sub) { delete sub; }
+void hugemm_unsubscribe(hugemm_subscription* sub) {
+  if (sub == nullptr) return;
+  {
+    std::lock_guard<std::mutex> lock(g_subscriptions_mu);
+    if (sub->rt != nullptr) sub->rt->subscriptions.erase(sub);
+  }
+  delete sub;
+}
 
 }  // extern "C"

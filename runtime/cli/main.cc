@@ -32,6 +32,7 @@ int Main(int argc, char** argv) {
   AddInfoCommand(table, &app);
   AddDemoCommand(table, &app);
   AddVerifyCommand(table, &app);
+  AddStressCommand(table, &app);
   CLI::App* bench = table.Add(&app, "bench", "Benchmarks, each beside its baseline");
   bench->require_subcommand(1);
   AddBenchPinCommand(table, bench);

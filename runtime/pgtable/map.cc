@@ -157,6 +157,7 @@ absl::Status PageTable::ForEachWholeLeaf(uintptr_t va, size_t length,
   const uintptr_t end = va + length;
   uintptr_t cur = va;
   while (cur < end) {
+    Entry seen;  // the leaf that sticks out
     {
       LockedEntry e(*this, cur);
       if (!e.held()) continue;
@@ -174,11 +175,19 @@ absl::Status PageTable::ForEachWholeLeaf(uintptr_t va, size_t length,
         cur = l.va + l.bytes;
         continue;
       }
+      seen = e.entry();
     }
     // It sticks out: split it (outside the lock, which the split takes) and look again.
-    if (absl::Status st = SplitLeaf(cur); !st.ok() && st.code() != absl::StatusCode::kAborted) {
-      return st;
+    if (before_split_ != nullptr) before_split_(before_split_arg_);
+    absl::Status st = SplitLeaf(cur);
+    if (st.ok() || st.code() == absl::StatusCode::kAborted) continue;
+    // Another writer may have split or changed it meanwhile (then the split finds, say,
+    // a single PTE): look again. Only a refusal of the leaf seen is the caller's error.
+    if (st.code() == absl::StatusCode::kFailedPrecondition) {
+      LockedEntry again(*this, cur);
+      if (!again.holds(seen)) continue;
     }
+    return st;
   }
   return absl::OkStatus();
 }

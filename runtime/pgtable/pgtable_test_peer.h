@@ -16,6 +16,12 @@ class PageTableTestPeer {
   static size_t TableCount(const PageTable& table) {
     return table.tables_.load(std::memory_order_relaxed);
   }
+  // Calls `hook(arg)` each time a change of a range lets go of a leaf that sticks out of
+  // it, just before splitting it. Not thread-safe: set it before the table is shared.
+  static void SetBeforeSplit(PageTable& table, void (*hook)(void*), void* arg) {
+    table.before_split_ = hook;
+    table.before_split_arg_ = arg;
+  }
 };
 
 }  // namespace hugemm::pgtable_internal

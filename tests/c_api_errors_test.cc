@@ -1,0 +1,491 @@
+// The bad-input matrix of hugemm.h: every public function against each kind of bad input
+// that applies to it (NULL runtime, NULL output, zero length, unaligned, absurd length,
+// unknown flags, conflicting flags, a freed pointer, a pointer from another runtime, a
+// stale subscription). Each cell is its own test: the call returns the errno hugemm.h
+// documents for it with a message, and leaves nothing behind (the buffer it probes keeps
+// the refcount it had, and the process its descriptors, huge page mappings and VmPin).
+// doc/design.md ("Errors") has the same table.
+#include <sys/mman.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "hugemm/hugemm.h"
+#include "soak/footprint.h"
+
+namespace {
+
+constexpr size_t k2M = size_t{2} << 20;
+constexpr size_t kAbsurd = SIZE_MAX - 4095;
+
+// What every cell may use: two runtimes, a live buffer of each, a freed buffer's address.
+struct World {
+  hugemm_runtime* rt = nullptr;
+  hugemm_runtime* other = nullptr;
+  hugemm_buffer buf{};
+  hugemm_buffer other_buf{};
+  void* freed = nullptr;
+};
+
+World* g_world = nullptr;
+// The message of a cell that makes more calls after the one it tests.
+std::string g_message;
+
+// A call's outcome: what it returned, or that it returns nothing to check (void).
+constexpr long kNoReturn = 1L << 40;
+
+struct Cell {
+  const char* function;
+  const char* input;
+  long want;  // the negative errno, or the value of a call that cannot fail
+  std::function<long(World&)> call;
+};
+
+long PinPagesInto(World& w, const void* addr, size_t n, unsigned flags) {
+  std::vector<hugemm_page> pages(n > 1024 ? 1024 : (n == 0 ? 1 : n));
+  return hugemm_pin_pages(w.rt, addr, n, flags, pages.data());
+}
+
+long PinFoliosAt(World& w, const void* addr, size_t length, unsigned flags) {
+  hugemm_folio_span spans[4];
+  return hugemm_pin_folios(w.rt, addr, length, flags, spans, 4);
+}
+
+long PinSegmentsAt(World& w, const void* addr, size_t length, unsigned flags) {
+  hugemm_dma_segment segs[4];
+  return hugemm_pin_segments(w.rt, addr, length, flags, 0, segs, 4);
+}
+
+std::vector<Cell> Matrix() {
+  const unsigned kPin = HUGEMM_PIN | HUGEMM_WRITE;
+  const unsigned kUnknown = 1u << 9;
+  std::vector<Cell> m = {
+      // hugemm_open
+      {"open", "null_output", -EINVAL, [](World&) { return long{hugemm_open(nullptr, nullptr)}; }},
+      {"open", "unknown_refcount", -EINVAL,
+       [](World&) {
+         hugemm_options o{7, 0};
+         hugemm_runtime* rt = nullptr;
+         const long rc = hugemm_open(&o, &rt);
+         return rt == nullptr ? rc : 0L;
+       }},
+      // hugemm_close
+      {"close", "null_runtime", kNoReturn,
+       [](World&) {
+         hugemm_close(nullptr);
+         return kNoReturn;
+       }},
+      // hugemm_map_buffer
+      {"map_buffer", "null_runtime", -EINVAL,
+       [](World&) {
+         hugemm_buffer b;
+         return long{hugemm_map_buffer(nullptr, k2M, nullptr, &b)};
+       }},
+      {"map_buffer", "null_output", -EINVAL,
+       [](World& w) { return long{hugemm_map_buffer(w.rt, k2M, nullptr, nullptr)}; }},
+      {"map_buffer", "zero_length", -EINVAL,
+       [](World& w) {
+         hugemm_buffer b;
+         return long{hugemm_map_buffer(w.rt, 0, nullptr, &b)};
+       }},
+      {"map_buffer", "unaligned_length", -EINVAL,
+       [](World& w) {
+         hugemm_buffer b;
+         return long{hugemm_map_buffer(w.rt, k2M + 4096, nullptr, &b)};
+       }},
+      {"map_buffer", "absurd_length", -EINVAL,
+       [](World& w) {
+         hugemm_buffer b;
+         return long{hugemm_map_buffer(w.rt, kAbsurd & ~(k2M - 1), nullptr, &b)};
+       }},
+      {"map_buffer", "unknown_backing", -EINVAL,
+       [](World& w) {
+         hugemm_buffer b;
+         hugemm_buffer_options o{9, 0, -1, nullptr};
+         return long{hugemm_map_buffer(w.rt, k2M, &o, &b)};
+       }},
+      {"map_buffer", "conflicting_page_size", -EINVAL,
+       [](World& w) {
+         hugemm_buffer b;
+         hugemm_buffer_options o{HUGEMM_BACKING_HUGETLB, 3 * 4096, -1, nullptr};
+         return long{hugemm_map_buffer(w.rt, k2M, &o, &b)};
+       }},
+      // hugemm_alloc
+      {"alloc", "null_runtime", -EINVAL,
+       [](World&) {
+         hugemm_buffer b;
+         return long{hugemm_alloc(nullptr, 4096, nullptr, 0, &b)};
+       }},
+      {"alloc", "null_output", -EINVAL,
+       [](World& w) { return long{hugemm_alloc(w.rt, 4096, nullptr, 0, nullptr)}; }},
+      {"alloc", "zero_length", -EINVAL,
+       [](World& w) {
+         hugemm_buffer b;
+         return long{hugemm_alloc(w.rt, 0, nullptr, 0, &b)};
+       }},
+      {"alloc", "absurd_length", -EINVAL,
+       [](World& w) {
+         hugemm_buffer b;
+         return long{hugemm_alloc(w.rt, kAbsurd, nullptr, 0, &b)};
+       }},
+      {"alloc", "unknown_backing", -EINVAL,
+       [](World& w) {
+         hugemm_buffer b;
+         hugemm_buffer_options o{9, 0, -1, nullptr};
+         return long{hugemm_alloc(w.rt, 4096, &o, 0, &b)};
+       }},
+      {"alloc", "conflicting_page_size", -EINVAL,
+       [](World& w) {
+         hugemm_buffer b;
+         hugemm_buffer_options o{HUGEMM_BACKING_ANON, k2M, -1, nullptr};
+         return long{hugemm_alloc(w.rt, 4096, &o, 0, &b)};
+       }},
+      // hugemm_free
+      {"free", "null_runtime", -EINVAL,
+       [](World& w) { return long{hugemm_free(nullptr, w.buf.data)}; }},
+      {"free", "null_pointer", -ENOENT, [](World& w) { return long{hugemm_free(w.rt, nullptr)}; }},
+      {"free", "unaligned", -ENOENT,
+       [](World& w) { return long{hugemm_free(w.rt, static_cast<char*>(w.buf.data) + 4096)}; }},
+      {"free", "freed_pointer", -ENOENT, [](World& w) { return long{hugemm_free(w.rt, w.freed)}; }},
+      {"free", "other_runtime", -ENOENT,
+       [](World& w) { return long{hugemm_free(w.rt, w.other_buf.data)}; }},
+      // hugemm_register_external
+      {"register_external", "null_runtime", -EINVAL,
+       [](World& w) {
+         uint64_t id;
+         return long{hugemm_register_external(nullptr, w.buf.data, k2M, &id)};
+       }},
+      {"register_external", "null_output", -EINVAL,
+       [](World& w) { return long{hugemm_register_external(w.rt, w.buf.data, k2M, nullptr)}; }},
+      {"register_external", "zero_length", -EINVAL,
+       [](World& w) {
+         uint64_t id;
+         return long{hugemm_register_external(w.rt, w.freed, 0, &id)};
+       }},
+      {"register_external", "unaligned", -EINVAL,
+       [](World& w) {
+         uint64_t id;
+         return long{hugemm_register_external(w.rt, static_cast<char*>(w.freed) + 1, 4096, &id)};
+       }},
+      {"register_external", "absurd_length", -EINVAL,
+       [](World& w) {
+         uint64_t id;
+         return long{hugemm_register_external(w.rt, w.freed, kAbsurd, &id)};
+       }},
+      {"register_external", "freed_pointer", -ENOENT,
+       [](World& w) {
+         uint64_t id;
+         return long{hugemm_register_external(w.rt, w.freed, k2M, &id)};
+       }},
+      {"register_external", "own_buffer", -EEXIST,
+       [](World& w) {
+         uint64_t id;
+         return long{hugemm_register_external(w.rt, w.buf.data, k2M, &id)};
+       }},
+      // hugemm_unregister_external
+      {"unregister_external", "null_runtime", -EINVAL,
+       [](World&) { return long{hugemm_unregister_external(nullptr, 1)}; }},
+      {"unregister_external", "other_runtime", -ENOENT,
+       [](World& w) {
+         uint64_t id = 0;
+         void* mem = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+         if (mem == MAP_FAILED) return long{-EIO};
+         static_cast<char*>(mem)[0] = 1;
+         if (hugemm_register_external(w.other, mem, 4096, &id) != 0) {
+           munmap(mem, 4096);
+           return long{-EIO};
+         }
+         const long rc = hugemm_unregister_external(w.rt, id);
+         g_message = hugemm_last_error();
+         const bool undone = hugemm_unregister_external(w.other, id) == 0;
+         munmap(mem, 4096);
+         return undone ? rc : long{-EIO};
+       }},
+      {"unregister_external", "stale_id", -ENOENT,
+       [](World& w) {
+         uint64_t id = 0;
+         void* mem = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+         if (mem == MAP_FAILED) return long{-EIO};
+         static_cast<char*>(mem)[0] = 1;
+         if (hugemm_register_external(w.rt, mem, 4096, &id) != 0 ||
+             hugemm_unregister_external(w.rt, id) != 0) {
+           munmap(mem, 4096);
+           return long{-EIO};
+         }
+         const long rc = hugemm_unregister_external(w.rt, id);
+         g_message = hugemm_last_error();
+         munmap(mem, 4096);
+         return rc;
+       }},
+      {"unregister_external", "unknown_id", -ENOENT,
+       [](World& w) { return long{hugemm_unregister_external(w.rt, 0xdead'beef)}; }},
+      // hugemm_pin_pages
+      {"pin_pages", "null_runtime", -EINVAL,
+       [](World& w) {
+         hugemm_page p;
+         return hugemm_pin_pages(nullptr, w.buf.data, 1, HUGEMM_PIN, &p);
+       }},
+      {"pin_pages", "null_output", -EINVAL,
+       [](World& w) { return hugemm_pin_pages(w.rt, w.buf.data, 1, HUGEMM_PIN, nullptr); }},
+      {"pin_pages", "zero_length", 0,
+       [=](World& w) { return PinPagesInto(w, w.buf.data, 0, kPin); }},
+      {"pin_pages", "absurd_length", -EINVAL,
+       [=](World& w) { return PinPagesInto(w, w.buf.data, SIZE_MAX / 2, kPin); }},
+      {"pin_pages", "unknown_flags", -EINVAL,
+       [=](World& w) { return PinPagesInto(w, w.buf.data, 1, kPin | kUnknown); }},
+      {"pin_pages", "conflicting_flags", -EINVAL,
+       [=](World& w) { return PinPagesInto(w, w.buf.data, 1, HUGEMM_PIN | HUGEMM_GET); }},
+      {"pin_pages", "no_kind", -EINVAL,
+       [=](World& w) { return PinPagesInto(w, w.buf.data, 1, HUGEMM_WRITE); }},
+      {"pin_pages", "freed_pointer", -ENOENT,
+       [=](World& w) { return PinPagesInto(w, w.freed, 1, kPin); }},
+      {"pin_pages", "other_runtime", -ENOENT,
+       [=](World& w) { return PinPagesInto(w, w.other_buf.data, 1, kPin); }},
+      // hugemm_pin_folios
+      {"pin_folios", "null_runtime", -EINVAL,
+       [](World& w) {
+         hugemm_folio_span s;
+         return hugemm_pin_folios(nullptr, w.buf.data, k2M, HUGEMM_PIN, &s, 1);
+       }},
+      {"pin_folios", "null_output", -EINVAL,
+       [](World& w) { return hugemm_pin_folios(w.rt, w.buf.data, k2M, HUGEMM_PIN, nullptr, 1); }},
+      {"pin_folios", "zero_length", 0,
+       [=](World& w) { return PinFoliosAt(w, w.buf.data, 0, kPin); }},
+      {"pin_folios", "absurd_length", -EINVAL,
+       [=](World& w) { return PinFoliosAt(w, w.buf.data, kAbsurd, kPin); }},
+      {"pin_folios", "unknown_flags", -EINVAL,
+       [=](World& w) { return PinFoliosAt(w, w.buf.data, k2M, kPin | kUnknown); }},
+      {"pin_folios", "conflicting_flags", -EINVAL,
+       [=](World& w) { return PinFoliosAt(w, w.buf.data, k2M, HUGEMM_PIN | HUGEMM_GET); }},
+      {"pin_folios", "freed_pointer", -ENOENT,
+       [=](World& w) { return PinFoliosAt(w, w.freed, k2M, kPin); }},
+      {"pin_folios", "other_runtime", -ENOENT,
+       [=](World& w) { return PinFoliosAt(w, w.other_buf.data, k2M, kPin); }},
+      // hugemm_pin_segments
+      {"pin_segments", "null_runtime", -EINVAL,
+       [](World& w) {
+         hugemm_dma_segment s;
+         return hugemm_pin_segments(nullptr, w.buf.data, k2M, HUGEMM_PIN, 0, &s, 1);
+       }},
+      {"pin_segments", "null_output", -EINVAL,
+       [](World& w) {
+         return hugemm_pin_segments(w.rt, w.buf.data, k2M, HUGEMM_PIN, 0, nullptr, 1);
+       }},
+      {"pin_segments", "zero_length", 0,
+       [=](World& w) { return PinSegmentsAt(w, w.buf.data, 0, kPin); }},
+      {"pin_segments", "absurd_length", -EINVAL,
+       [=](World& w) { return PinSegmentsAt(w, w.buf.data, kAbsurd, kPin); }},
+      {"pin_segments", "unknown_flags", -EINVAL,
+       [=](World& w) { return PinSegmentsAt(w, w.buf.data, k2M, kPin | kUnknown); }},
+      {"pin_segments", "conflicting_flags", -EINVAL,
+       [=](World& w) { return PinSegmentsAt(w, w.buf.data, k2M, HUGEMM_PIN | HUGEMM_GET); }},
+      {"pin_segments", "freed_pointer", -ENOENT,
+       [=](World& w) { return PinSegmentsAt(w, w.freed, k2M, kPin); }},
+      {"pin_segments", "other_runtime", -ENOENT,
+       [=](World& w) { return PinSegmentsAt(w, w.other_buf.data, k2M, kPin); }},
+      // hugemm_unpin_pages
+      {"unpin_pages", "null_runtime", -EINVAL,
+       [](World&) { return hugemm_unpin_pages(nullptr, nullptr, 0, 0); }},
+      {"unpin_pages", "null_pages", -EINVAL,
+       [](World& w) { return hugemm_unpin_pages(w.rt, nullptr, 1, 0); }},
+      {"unpin_pages", "zero_length", 0,
+       [](World& w) { return hugemm_unpin_pages(w.rt, nullptr, 0, 0); }},
+      // hugemm_unpin_folios
+      {"unpin_folios", "null_runtime", -EINVAL,
+       [](World&) { return hugemm_unpin_folios(nullptr, nullptr, 0, HUGEMM_PIN, 0); }},
+      {"unpin_folios", "null_spans", -EINVAL,
+       [](World& w) { return hugemm_unpin_folios(w.rt, nullptr, 1, HUGEMM_PIN, 0); }},
+      {"unpin_folios", "zero_length", 0,
+       [](World& w) { return hugemm_unpin_folios(w.rt, nullptr, 0, HUGEMM_PIN, 0); }},
+      {"unpin_folios", "unknown_flags", -EINVAL,
+       [=](World& w) { return hugemm_unpin_folios(w.rt, nullptr, 0, HUGEMM_PIN | kUnknown, 0); }},
+      {"unpin_folios", "conflicting_flags", -EINVAL,
+       [](World& w) { return hugemm_unpin_folios(w.rt, nullptr, 0, HUGEMM_PIN | HUGEMM_GET, 0); }},
+      // hugemm_unpin_range
+      {"unpin_range", "null_runtime", -EINVAL,
+       [](World& w) { return long{hugemm_unpin_range(nullptr, w.buf.data, k2M, HUGEMM_PIN, 0)}; }},
+      {"unpin_range", "zero_length", -EINVAL,
+       [](World& w) { return long{hugemm_unpin_range(w.rt, w.buf.data, 0, HUGEMM_PIN, 0)}; }},
+      {"unpin_range", "absurd_length", -EINVAL,
+       [](World& w) { return long{hugemm_unpin_range(w.rt, w.buf.data, kAbsurd, HUGEMM_PIN, 0)}; }},
+      {"unpin_range", "unknown_flags", -EINVAL,
+       [=](World& w) {
+         return long{hugemm_unpin_range(w.rt, w.buf.data, k2M, HUGEMM_PIN | kUnknown, 0)};
+       }},
+      {"unpin_range", "conflicting_flags", -EINVAL,
+       [](World& w) {
+         return long{hugemm_unpin_range(w.rt, w.buf.data, k2M, HUGEMM_PIN | HUGEMM_GET, 0)};
+       }},
+      {"unpin_range", "freed_pointer", -EFAULT,
+       [](World& w) { return long{hugemm_unpin_range(w.rt, w.freed, k2M, HUGEMM_PIN, 0)}; }},
+      {"unpin_range", "other_runtime", -EFAULT,
+       [](World& w) {
+         return long{hugemm_unpin_range(w.rt, w.other_buf.data, k2M, HUGEMM_PIN, 0)};
+       }},
+      {"unpin_range", "never_pinned", -EFAULT,
+       [](World& w) { return long{hugemm_unpin_range(w.rt, w.buf.data, k2M, HUGEMM_PIN, 0)}; }},
+      {"unpin_range", "never_taken", -EFAULT,
+       [](World& w) { return long{hugemm_unpin_range(w.rt, w.buf.data, k2M, HUGEMM_GET, 0)}; }},
+      // hugemm_maybe_dma_pinned (answers 0 for anything it cannot answer)
+      {"maybe_dma_pinned", "null_runtime", 0,
+       [](World& w) { return long{hugemm_maybe_dma_pinned(nullptr, w.buf.data)}; }},
+      {"maybe_dma_pinned", "freed_pointer", 0,
+       [](World& w) { return long{hugemm_maybe_dma_pinned(w.rt, w.freed)}; }},
+      // the page accessors of an entry no pin wrote
+      {"page_accessors", "zero_entry", kNoReturn,
+       [](World&) {
+         const hugemm_page zero{0};
+         (void)hugemm_page_folio(zero);
+         (void)hugemm_page_index(zero);
+         (void)hugemm_page_address(zero);
+         (void)hugemm_page_pfn(zero);
+         return kNoReturn;
+       }},
+      // hugemm_translate
+      {"translate", "null_runtime", -EINVAL,
+       [](World& w) {
+         hugemm_translation t;
+         return long{hugemm_translate(nullptr, w.buf.data, 0, &t)};
+       }},
+      {"translate", "null_output", -EINVAL,
+       [](World& w) { return long{hugemm_translate(w.rt, w.buf.data, 0, nullptr)}; }},
+      {"translate", "freed_pointer", -ENOENT,
+       [](World& w) {
+         hugemm_translation t;
+         return long{hugemm_translate(w.rt, w.freed, 0, &t)};
+       }},
+      {"translate", "other_runtime", -ENOENT,
+       [](World& w) {
+         hugemm_translation t;
+         return long{hugemm_translate(w.rt, w.other_buf.data, 0, &t)};
+       }},
+      // hugemm_folio_info_at
+      {"folio_info_at", "null_runtime", -EINVAL,
+       [](World& w) {
+         hugemm_folio_info i;
+         return long{hugemm_folio_info_at(nullptr, w.buf.data, &i)};
+       }},
+      {"folio_info_at", "null_output", -EINVAL,
+       [](World& w) { return long{hugemm_folio_info_at(w.rt, w.buf.data, nullptr)}; }},
+      {"folio_info_at", "freed_pointer", -ENOENT,
+       [](World& w) {
+         hugemm_folio_info i;
+         return long{hugemm_folio_info_at(w.rt, w.freed, &i)};
+       }},
+      {"folio_info_at", "other_runtime", -ENOENT,
+       [](World& w) {
+         hugemm_folio_info i;
+         return long{hugemm_folio_info_at(w.rt, w.other_buf.data, &i)};
+       }},
+      // hugemm_subscribe
+      {"subscribe", "null_runtime", -EINVAL,
+       [](World& w) {
+         hugemm_subscription* s;
+         return long{
+             hugemm_subscribe(nullptr, w.buf.data, k2M, nullptr, nullptr, nullptr, &s, nullptr)};
+       }},
+      {"subscribe", "null_output", -EINVAL,
+       [](World& w) {
+         return long{
+             hugemm_subscribe(w.rt, w.buf.data, k2M, nullptr, nullptr, nullptr, nullptr, nullptr)};
+       }},
+      {"subscribe", "zero_length", -EINVAL,
+       [](World& w) {
+         hugemm_subscription* s;
+         return long{hugemm_subscribe(w.rt, w.buf.data, 0, nullptr, nullptr, nullptr, &s, nullptr)};
+       }},
+      {"subscribe", "absurd_length", -EINVAL,
+       [](World& w) {
+         hugemm_subscription* s = nullptr;
+         const long rc =
+             hugemm_subscribe(w.rt, w.buf.data, kAbsurd, nullptr, nullptr, nullptr, &s, nullptr);
+         if (rc == 0) hugemm_unsubscribe(s);
+         return rc;
+       }},
+      // hugemm_unsubscribe
+      {"unsubscribe", "null_subscription", kNoReturn,
+       [](World&) {
+         hugemm_unsubscribe(nullptr);
+         return kNoReturn;
+       }},
+      {"unsubscribe", "stale_after_close", kNoReturn,
+       [](World&) {
+         // A subscription whose runtime is closed: hugemm_close ended it; unsubscribing
+         // it afterwards frees what is left and calls nothing.
+         hugemm_options o{HUGEMM_REFCOUNT_FOLIO, 0};
+         hugemm_runtime* rt = nullptr;
+         if (hugemm_open(&o, &rt) != 0) return long{-EIO};
+         hugemm_subscription* s = nullptr;
+         int heard = 0;
+         if (hugemm_subscribe(rt, nullptr, SIZE_MAX, nullptr, nullptr, &heard, &s, nullptr) != 0) {
+           hugemm_close(rt);
+           return long{-EIO};
+         }
+         hugemm_close(rt);
+         hugemm_unsubscribe(s);
+         return kNoReturn;
+       }},
+  };
+  return m;
+}
+
+class CApiErrors : public testing::TestWithParam<Cell> {
+ protected:
+  static void SetUpTestSuite() {
+    auto* w = new World;
+    hugemm_options o{HUGEMM_REFCOUNT_FOLIO, 0};
+    if (hugemm_open(&o, &w->rt) != 0 || hugemm_open(&o, &w->other) != 0) return;
+    hugemm_buffer gone{};
+    if (hugemm_map_buffer(w->rt, k2M, nullptr, &w->buf) != 0 ||
+        hugemm_map_buffer(w->other, k2M, nullptr, &w->other_buf) != 0 ||
+        hugemm_map_buffer(w->rt, k2M, nullptr, &gone) != 0) {
+      return;  // no huge pages: every cell skips
+    }
+    w->freed = gone.data;
+    if (hugemm_free(w->rt, gone.data) != 0) return;
+    g_world = w;
+  }
+  static void TearDownTestSuite() {
+    if (g_world == nullptr) return;
+    hugemm_close(g_world->rt);
+    hugemm_close(g_world->other);
+    delete g_world;
+    g_world = nullptr;
+  }
+};
+
+TEST_P(CApiErrors, AnswersAsDocumentedAndLeavesNothing) {
+  if (g_world == nullptr) GTEST_SKIP() << "no huge pages";
+  World& w = *g_world;
+  const Cell& cell = GetParam();
+  hugemm_folio_info before{};
+  ASSERT_EQ(hugemm_folio_info_at(w.rt, w.buf.data, &before), 0) << hugemm_last_error();
+  const hugemm::soak::ProcessFootprint fp = hugemm::soak::ProcessFootprint::Now();
+
+  g_message.clear();
+  const long rc = cell.call(w);
+  const std::string message = g_message.empty() ? hugemm_last_error() : g_message;
+
+  EXPECT_EQ(rc, cell.want) << cell.function << " " << cell.input << ": " << message << " ("
+                           << std::strerror(rc < 0 ? static_cast<int>(-rc) : 0) << ")";
+  if (cell.want < 0 && rc < 0) {
+    EXPECT_NE(message, "") << "an error without words";
+  }
+  hugemm_folio_info after{};
+  ASSERT_EQ(hugemm_folio_info_at(w.rt, w.buf.data, &after), 0) << hugemm_last_error();
+  EXPECT_EQ(after.refcount, before.refcount) << "a reference was left behind";
+  EXPECT_EQ(after.pincount, before.pincount) << "a pin was left behind";
+  EXPECT_EQ(fp.Diff(hugemm::soak::ProcessFootprint::Now()), "");
+}
+
+INSTANTIATE_TEST_SUITE_P(Matrix, CApiErrors, testing::ValuesIn(Matrix()),
+                         [](const testing::TestParamInfo<Cell>& info) {
+                           return std::string(info.param.function) + "_" + info.param.input;
+                         });
+
+}  // namespace
