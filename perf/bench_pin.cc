@@ -210,11 +210,11 @@ class Floor {
       DoNotOptimize(pages_[total_ - 1]);
     } else {
       // One atomic add per folio.
-      for (Folio* f : folios_) f->refcount.fetch_add(1, std::memory_order_acquire);
+      for (Folio* f : folios_) f->counts.fetch_add(1, std::memory_order_acquire);
     }
     const double us = static_cast<double>(NowNs() - t0) / 1e3;
     if (c_.output != Output::kPages) {
-      for (Folio* f : folios_) f->refcount.fetch_sub(1, std::memory_order_relaxed);
+      for (Folio* f : folios_) f->counts.fetch_sub(1, std::memory_order_relaxed);
     }
     return us;
   }

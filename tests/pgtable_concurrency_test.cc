@@ -107,8 +107,8 @@ TEST(PageTableConcurrencyTest, ReadersDuringMapSplitUnmap) {
   threads.emplace_back(giant_writer);
   for (std::thread& t : threads) t.join();
 
-  for (const auto& f : folios) EXPECT_EQ(f->refcount.load(), 1);
-  EXPECT_EQ(giant->refcount.load(), 1);
+  for (const auto& f : folios) EXPECT_EQ(f->refcount(), 1);
+  EXPECT_EQ(giant->refcount(), 1);
   EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u);
   RecordProperty("hits", static_cast<int>(hits.load()));
 }
