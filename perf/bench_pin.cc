@@ -83,23 +83,7 @@ class Pass {
     count_ = 0;
     for (size_t done = 0; done < total;) {
       const size_t n = std::min(per_call, total - done);
-      std::byte* va = buf_.data() + done * kPageSize4K;
-      absl::StatusOr<size_t> got;
-      switch (c_.output) {
-        case Output::kPages:
-          got = pinner_.PinPages(va, n, c_.flags, absl::MakeSpan(page_out_.data() + done, n));
-          break;
-        case Output::kFolios:
-          got = pinner_.PinFolios(
-              va, n * kPageSize4K, c_.flags,
-              absl::MakeSpan(span_out_.data() + count_, span_out_.size() - count_));
-          break;
-        case Output::kSegments:
-          got = pinner_.PinSegments(
-              va, n * kPageSize4K, c_.flags, 0,
-              absl::MakeSpan(seg_out_.data() + count_, seg_out_.size() - count_));
-          break;
-      }
+      absl::StatusOr<size_t> got = PinCall(done, n);
       if (!got.ok()) {
         pinned_pages_ = done;
         Unpin();
@@ -110,6 +94,25 @@ class Pass {
     }
     pinned_pages_ = total;
     return absl::OkStatus();
+  }
+
+  // One pin call of n pages from page `done` of the range. (Not a default-constructed
+  // StatusOr assigned in a switch: that would build an error status per call, timed.)
+  absl::StatusOr<size_t> PinCall(size_t done, size_t n) {
+    std::byte* va = buf_.data() + done * kPageSize4K;
+    switch (c_.output) {
+      case Output::kPages:
+        return pinner_.PinPages(va, n, c_.flags, absl::MakeSpan(page_out_.data() + done, n));
+      case Output::kFolios:
+        return pinner_.PinFolios(
+            va, n * kPageSize4K, c_.flags,
+            absl::MakeSpan(span_out_.data() + count_, span_out_.size() - count_));
+      case Output::kSegments:
+        return pinner_.PinSegments(
+            va, n * kPageSize4K, c_.flags, 0,
+            absl::MakeSpan(seg_out_.data() + count_, seg_out_.size() - count_));
+    }
+    return absl::InternalError("unknown output");
   }
 
   void Unpin() {
