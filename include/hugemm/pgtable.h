@@ -50,6 +50,7 @@
 #include "hugemm/folio.h"
 #include "hugemm/geometry.h"
 #include "hugemm/notify.h"
+#include "hugemm/os.h"
 
 namespace hugemm {
 
@@ -162,8 +163,10 @@ class PageTable {
  public:
   // An empty table. Never fails and never allocates: the top-level table lives inside the
   // object. An invalid geometry (see ValidateGeometry) gives a table that maps nothing:
-  // every writer returns InvalidArgument naming what is wrong with it.
-  explicit PageTable(Geometry geometry);
+  // every writer returns InvalidArgument naming what is wrong with it. `os` is what
+  // RegisterExternal and Verify read the kernel's view through (smaps, pagemap,
+  // kpageflags); it must outlive the table.
+  explicit PageTable(Geometry geometry, Os& os = Os::Default());
   // Unmaps everything (dropping the references) and frees all tables. No reader, writer
   // or registration may outlive it.
   ~PageTable();
@@ -171,6 +174,7 @@ class PageTable {
   PageTable& operator=(const PageTable&) = delete;
 
   const Geometry& geometry() const { return geometry_; }
+  Os& os() const { return os_; }
 
   // ---- writers ----
 
@@ -342,6 +346,7 @@ class PageTable {
   void Reclaim(Garbage* garbage);
 
   Geometry geometry_;
+  Os& os_;
   int top_ = 0;
   int shift_[kMaxLevels + 1] = {};
   int cont_shift_[kMaxLevels] = {};  // log2 of the entries of a contiguous group
