@@ -48,6 +48,7 @@ void PrintJsonResult(const PinBenchConfig& c, const PinBenchResult& r) {
               {"flags", r.flags},
               {"pages_per_call", c.pages_per_call},
               {"threads", c.threads},
+              {"disjoint", c.disjoint},
               {"repeats", c.repeats},
               {"pin_us", SummaryJson(r.ours.pin_us)},
               {"unpin_us", SummaryJson(r.ours.unpin_us)},
@@ -65,6 +66,15 @@ void PrintJsonResult(const PinBenchConfig& c, const PinBenchResult& r) {
     out["kernel_unpin_us"] = SummaryJson(r.kernel->unpin_us);
     out["kernel_pin_over_pin"] = Summarize(r.kernel->pin_us).median / pin.median;
     out["kernel_unpin_over_unpin"] = Summarize(r.kernel->unpin_us).median / unpin.median;
+  }
+  if (r.one_thread) {
+    const perf::PinScaling s = perf::ThreadScaling(c, r);
+    out["wall_pin_us"] = SummaryJson(r.ours.wall_pin_us);
+    out["wall_unpin_us"] = SummaryJson(r.ours.wall_unpin_us);
+    out["one_thread_pin_us"] = SummaryJson(r.one_thread->pin_us);
+    out["one_thread_unpin_us"] = SummaryJson(r.one_thread->unpin_us);
+    out["threads_over_one_pin"] = s.pin;
+    out["threads_over_one_unpin"] = s.unpin;
   }
   PrintJson(out);
 }
@@ -108,6 +118,16 @@ void PrintTextResult(const PinBenchConfig& c, const PinBenchResult& r) {
         "kernel, io_uring fixed-buffer registration (FOLL_LONGTERM) of the same buffer: "
         "register %.0f us, unregister %.0f us; kernel / hugemm = %.1fx pin, %.1fx unpin\n",
         kp, ku, kp / pin.median, ku / unpin.median);
+  }
+  if (r.one_thread) {
+    const perf::PinScaling s = perf::ThreadScaling(c, r);
+    std::printf(
+        "%d threads, %s: wall pin %.0f us, unpin %.0f us; one thread over the whole range: "
+        "pin %.0f us, unpin %.0f us; throughput %d threads / one = %.2fx pin, %.2fx unpin\n",
+        c.threads, c.disjoint ? "each its own folios" : "all on the same folios",
+        Summarize(r.ours.wall_pin_us).median, Summarize(r.ours.wall_unpin_us).median,
+        Summarize(r.one_thread->pin_us).median, Summarize(r.one_thread->unpin_us).median, c.threads,
+        s.pin, s.unpin);
   }
 }
 
@@ -175,10 +195,12 @@ void AddBenchPinCommand(CommandTable& table, CLI::App* bench) {
       "-f", c.file,
       "A /dev/dax device, or a file in a hugetlbfs mount (one the run creates is removed)");
   file->type_name("FILE");
-  pin->add_option("-j", c.threads, "Threads, each pinning the whole range")
+  pin->add_option("-j", c.threads, "Threads, each pinning the whole range (or see --disjoint)")
       ->check(IntegerIn(1, 64))
       ->type_name("N")
       ->capture_default_str();
+  pin->add_flag("--disjoint", c.disjoint,
+                "With -j: each thread pins its own part of the range, whole folios");
   CLI::Option* backing =
       pin->add_option_function<std::string>(
              "--backing", [&c](const std::string& v) { c.backing = *ParseBackingKind(v); },
