@@ -8,30 +8,15 @@
 #include "perf/bench_util.h"
 
 namespace hugemm::perf::pin_internal {
-namespace {
-
-// Threads that wait for each other, spinning (they are about to be timed) but yielding,
-// so that a loaded machine still schedules the one they wait for.
-class SpinBarrier {
- public:
-  explicit SpinBarrier(int n) : n_(n) {}
-  void Wait() {
-    const int round = round_.load(std::memory_order_acquire);
-    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_) {
-      arrived_.store(0, std::memory_order_relaxed);
-      round_.fetch_add(1, std::memory_order_release);
-      return;
-    }
-    while (round_.load(std::memory_order_acquire) == round) std::this_thread::yield();
+void SpinBarrier::Wait() {
+  const int round = round_.load(std::memory_order_acquire);
+  if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_) {
+    arrived_.store(0, std::memory_order_relaxed);
+    round_.fetch_add(1, std::memory_order_release);
+    return;
   }
-
- private:
-  const int n_;
-  std::atomic<int> arrived_{0};
-  std::atomic<int> round_{0};
-};
-
-}  // namespace
+  while (round_.load(std::memory_order_acquire) == round) std::this_thread::yield();
+}
 
 Pass::Pass(Pinner& pinner, const PassConfig& c, size_t first, size_t pages)
     : pinner_(pinner), c_(c), first_(first), pages_(pages) {
@@ -106,7 +91,8 @@ void Pass::Unpin() {
   count_ = 0;
 }
 
-PassRunner::PassRunner(Pinner& pinner, const PassConfig& c, int threads, bool disjoint) {
+PassRunner::PassRunner(Pinner& pinner, const PassConfig& c, int threads, bool disjoint)
+    : times_(threads), barrier_(threads) {
   // Disjoint parts: whole folios each, as even as the folios allow.
   const size_t folios = (c.pages + c.folio_pages - 1) / c.folio_pages;
   for (int i = 0; i < threads; ++i) {
@@ -117,33 +103,45 @@ PassRunner::PassRunner(Pinner& pinner, const PassConfig& c, int threads, bool di
     }
     passes_.push_back(std::make_unique<Pass>(pinner, c, first, pages));
   }
+  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { Work(i); });
+}
+
+PassRunner::~PassRunner() {
+  stop_.store(true, std::memory_order_relaxed);
+  round_.fetch_add(1, std::memory_order_release);
+  round_.notify_all();
+  for (std::thread& w : workers_) w.join();
+}
+
+void PassRunner::Work(int i) {
+  uint32_t seen = 0;
+  for (;;) {
+    round_.wait(seen, std::memory_order_acquire);
+    seen = round_.load(std::memory_order_acquire);
+    if (stop_.load(std::memory_order_relaxed)) return;
+    Repeat(i);
+  }
+}
+
+void PassRunner::Repeat(int i) {
+  Times& my = times_[i];
+  barrier_.Wait();
+  my.pin_start = NowNs();
+  my.status = passes_[i]->Pin();
+  my.pin_end = NowNs();
+  barrier_.Wait();
+  my.unpin_start = NowNs();
+  if (my.status.ok()) passes_[i]->Unpin();
+  my.unpin_end = NowNs();
+  barrier_.Wait();  // every thread's times are in
 }
 
 absl::Status PassRunner::RunOnce(PinTimes* t) {
-  const int n = static_cast<int>(passes_.size());
-  struct Times {
-    uint64_t pin_start, pin_end, unpin_start, unpin_end;
-    absl::Status status;
-  };
-  std::vector<Times> times(n);
-  SpinBarrier barrier(n);
-  auto body = [&](int i) {
-    Times& my = times[i];
-    barrier.Wait();
-    my.pin_start = NowNs();
-    my.status = passes_[i]->Pin();
-    my.pin_end = NowNs();
-    barrier.Wait();
-    my.unpin_start = NowNs();
-    if (my.status.ok()) passes_[i]->Unpin();
-    my.unpin_end = NowNs();
-  };
-  std::vector<std::thread> workers;
-  for (int i = 1; i < n; ++i) workers.emplace_back(body, i);
-  body(0);
-  for (std::thread& w : workers) w.join();
+  round_.fetch_add(1, std::memory_order_release);
+  round_.notify_all();
+  Repeat(0);
   uint64_t pin_start = UINT64_MAX, pin_end = 0, unpin_start = UINT64_MAX, unpin_end = 0;
-  for (const Times& my : times) {
+  for (const Times& my : times_) {
     if (!my.status.ok()) return my.status;
     t->pin_us.push_back(static_cast<double>(my.pin_end - my.pin_start) / 1e3);
     t->unpin_us.push_back(static_cast<double>(my.unpin_end - my.unpin_start) / 1e3);

@@ -3,9 +3,11 @@
 #ifndef HUGEMM_PERF_PIN_PASSES_H_
 #define HUGEMM_PERF_PIN_PASSES_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -48,19 +50,49 @@ class Pass {
   size_t pinned_pages_ = 0;
 };
 
-// Passes on `threads` threads started together, each over the whole range (gup_test -j:
-// the same folios from every thread) or, `disjoint`, over its own part of it, cut at
-// folio boundaries. Threads wait for each other before they pin and before they unpin,
-// so that the wall times measure pinning and unpinning alone.
+// Threads that wait for each other, spinning (they are about to be timed) but yielding,
+// so that a loaded machine still schedules the one they wait for. Reusable.
+class SpinBarrier {
+ public:
+  explicit SpinBarrier(int n) : n_(n) {}
+  void Wait();
+
+ private:
+  const int n_;
+  std::atomic<int> arrived_{0};
+  std::atomic<int> round_{0};
+};
+
+// Passes on `threads` threads, each over the whole range (gup_test -j: the same folios
+// from every thread) or, `disjoint`, over its own part of it, cut at folio boundaries.
+// The threads live as long as the runner, as gup_test's do, so that a repeat times
+// pinning alone, not a thread's start or its first read section. Between repeats they
+// sleep; within one they wait for each other before they pin, before they unpin and at
+// the end, so that the wall times measure pinning and unpinning alone.
 class PassRunner {
  public:
   PassRunner(Pinner& pinner, const PassConfig& c, int threads, bool disjoint);
+  ~PassRunner();
+  PassRunner(const PassRunner&) = delete;
+  PassRunner& operator=(const PassRunner&) = delete;
 
   // One repeat: appends each thread's times, and the wall times of all of them, to `t`.
   absl::Status RunOnce(PinTimes* t);
 
  private:
+  struct Times {
+    uint64_t pin_start = 0, pin_end = 0, unpin_start = 0, unpin_end = 0;
+    absl::Status status;
+  };
+  void Repeat(int i);  // thread i's part of one repeat
+  void Work(int i);    // worker thread i: a repeat per round until stopped
+
   std::vector<std::unique_ptr<Pass>> passes_;
+  std::vector<Times> times_;
+  SpinBarrier barrier_;
+  std::atomic<uint32_t> round_{0};
+  std::atomic<bool> stop_{false};
+  std::vector<std::thread> workers_;  // threads 1.., thread 0 is the caller
 };
 
 // The floor of the output, the least work that produces it: writing the page array (as
