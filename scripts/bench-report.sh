@@ -125,8 +125,8 @@ pin_row() {  # pin_row LABEL NAME: one row of the pin table
     "$(x "$(ratio "$(med "$2" unpin_us)" "$(med "$2" pin_us)")")"
 }
 thread_row() {  # thread_row LABEL NAME
-  printf '| %s | %s | %s | %s | %s |\n' "$1" "$(us "$(med "$2" one_thread_pin_us)")" \
-    "$(us "$(med "$2" wall_pin_us)")" "$(x "$(get "$2" .threads_over_one_pin)")" \
+  printf '| %s | %s | %s | %s | %s | %s |\n' "$1" "$(us "$(med "$2" one_thread_pin_us)")" \
+    "$(us "$(med "$2" pin_us)")" "$(us "$(med "$2" wall_pin_us)")" "$(x "$(get "$2" .threads_over_one_pin)")" \
     "$(x "$(get "$2" .threads_over_one_unpin)")"
 }
 why() {  # why NAME-PREFIX TEXT: a paragraph for a missed target
@@ -188,8 +188,8 @@ Commands: \`$(cmd pages)\`, \`$(cmd spans)\`, \`$(cmd spans_all)\`, \`$(cmd segm
 
 ### Two threads
 
-| run | one thread, pin | two threads, wall pin | throughput, pin | throughput, unpin |
-|---|---|---|---|---|
+| run | one thread, pin | each thread, pin | two threads, wall pin | throughput, pin | throughput, unpin |
+|---|---|---|---|---|---|
 $(thread_row "page array, disjoint folios" disjoint)
 $(thread_row "folio spans, disjoint folios" disjoint_spans)
 $(thread_row "page array, the same folios" same)
@@ -232,8 +232,8 @@ EOF
     why "folio spans / floor, -n 512" "**Folio spans, -n 512.** Each call pins one 2M folio, so every call pays the call itself: the flags check, the read section, the walk hint's generation check, the sink, and the StatusOr it returns. That is about $(awk -v a="$(med spans pin_us)" -v b="$(med spans_all pin_us)" -v n="$mib" 'BEGIN { printf "%.0f", (a - b) * 1000 / (n / 2) }') ns per call here, against about $(awk -v a="$(get spans .floor_us)" -v n="$mib" 'BEGIN { printf "%.0f", a * 1000 / (n / 2) }') ns for the floor's one atomic add per folio; the same pin of the whole range in one call is the \`-n -1\` row."
     why "folio spans / floor, -n -1" "**Folio spans, -n -1.** Per folio the pin does the leaf lookup (from the walk hint), the grab (a load and a compare-and-swap where the floor does one locked add), the re-check of the entry, the folio check and the span write."
     why "kernel pin / folio-span pin" "**Against the kernel.** Kernel $(uname -r) pins per folio too; the ratio is bounded by hugemm's own per-call cost above."
-    why "2 threads" "**Two threads.** The machine has $(nproc) cores shared with other work; two threads get two cores only when nothing else runs. The times per repeat are tens of microseconds, so a thread started late or preempted once costs the whole repeat."
-    why "metadata per" "**Metadata.** The 64-byte descriptor is all the kernel-equivalent state; on top of it each native huge page has a region record ($(get alloc '.metadata_bytes_per_gib["1G"].model - 72') B: base, extent, order, the slot of its one whole folio, the split slots) and its 8-byte slot in the address index. Reaching 64 B all-in needs the whole-page descriptors themselves to be what the index finds (one array of descriptors per extent, as the kernel's vmemmap), with the region record made only when a page is split. For 4K folios the index slots of every order a split leaves behind come on top."
+    why "2 threads" "**Two threads.** The machine has $(nproc) cores shared with other work, and two threads get two cores only when nothing else runs. The \"each thread, pin\" column shows whether they did: when the wall time is near the sum of the two threads' own times rather than near one of them, they ran one after the other. A repeat lasts tens to hundreds of microseconds, so one preemption of either thread costs the whole repeat."
+    why "metadata per" "**Metadata.** The 64-byte descriptor is all the kernel-equivalent state; on top of it each native huge page has a region record ($(get alloc '.metadata_bytes_per_gib["1G"].model - 72') B: base, extent, first page, order, the orders present, the slot of its one whole folio, the split slots) and its 8-byte slot in the address index. (The pool's record of each mapping, one per native page when it grows for a whole-page folio, is not counted in these figures.) Reaching 64 B all-in needs the whole-page descriptors themselves to be what the index finds (an array of descriptors per mapping, as the kernel's vmemmap is indexed by PFN), with a region record made only when a page is split. For 4K folios the index slots of every order a split leaves behind come on top."
     if [ -s "$profile" ]; then
       printf '\nWhere the folio-span pin spends its time (`perf record -e cpu-clock:u` of `hugemm bench pin -m %s -r 3000 -n 512 --output folios`; the pin loop is inlined into `Pinner::PinFolios`, the floor is `Floor::RunOnce`, unpin is `UnpinSpans`, `Pass::Pin` is the calls):\n\n```\n' "$mib"
       cat "$profile"
