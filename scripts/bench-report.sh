@@ -169,7 +169,7 @@ It prints gup_test's line per repeat and thread (\`PIN_FAST_BENCHMARK: Time: get
 - \`kernel_pin_us\`, \`kernel_unpin_us\`, \`kernel_pin_over_pin\` and \`kernel_unpin_over_unpin\`;
 - with threads: \`wall_pin_us\`, \`wall_unpin_us\`, \`one_thread_pin_us\`, \`one_thread_unpin_us\`, \`threads_over_one_pin\` and \`threads_over_one_unpin\`.
 
-\`scripts/plot-pin.sh\` plots pin time against size from 1 MiB to 16 GiB (it grows the 2M pool for that, and gives the pages back).
+\`scripts/plot-pin.sh\` plots pin time against size from 1 MiB to 16 GiB (it grows the 2M pool for that, and gives the pages back). The benchmark also runs on a device in the VM: \`tests/vm/run-in-vm.sh --align 2M -- build/release/runtime/cli/hugemm bench pin -f /dev/dax0.0 -m 1024\` (under TCG its times say little, but it runs). Google Benchmark microbenchmarks (\`build/release/perf/hugemm_micro\`) time translate, folio get/put, allocate/free, and pin/unpin of one folio and of a range, each beside its baseline.
 
 ### $mib MiB of 2M hugetlb pages, PIN|WRITE, 512 pages per call
 
@@ -218,6 +218,9 @@ EOF
   cat <<EOF
 
 ## Allocation, metadata and translation
+
+\`hugemm bench alloc --json\` keys: \`alloc_free_ns\`, \`mmap_fault_munmap_ns\`, \`speedup\`, \`alloc_free_zeroed_ns\`, \`metadata_bytes_per_folio\` (2M folios, all-in), \`descriptor_bytes\`, \`zero_2m_memset_ns\`, \`zero_2m_nontemporal_ns\`, \`zero_2m_cold_memset_ns\`, \`zero_2m_cold_nontemporal_ns\`, \`zero_1g_memset_ns\`, \`zero_1g_nontemporal_ns\`, \`metadata_bytes_per_gib\` (per folio size: \`model\`, \`measured\`, \`kernel\`, \`kernel_hvo\`), \`iterations\`.
+\`hugemm bench translate --json\` keys: \`geometry\`, \`translate_ns\`, \`translate_full_ns\`, \`translate_single_ns\`, \`batch\`, \`translate_real_ns\`, \`pagemap_ns\`, \`flat_array_ns\`, \`flat_pfn_array_ns\`, \`pagemap_over_translate\`, \`translate_over_flat_array\`, \`translate_over_flat_pfn_array\`, \`lookups\`, \`address_pool\`, \`pagemap_buffer\`.
 
 - \`$(cmd alloc)\`: allocate+free of a cached 2M folio $(awk -v x="$(get alloc .alloc_free_ns)" 'BEGIN { printf "%.1f", x }') ns, mmap(MAP_HUGETLB)+touch+munmap of 2M $(awk -v x="$(get alloc .mmap_fault_munmap_ns)" 'BEGIN { printf "%.0f", x }') ns: $(x "$(get alloc .speedup)").
 - Metadata per folio, all-in (descriptor, region record, index slots; \`metadata_bytes_per_folio\` is the 2M figure): 4K $(get alloc '.metadata_bytes_per_gib["4K"].measured / 262144 | . * 10 | round / 10') B, 2M $(get alloc '.metadata_bytes_per_gib["2M"].measured / 512') B, 1G $(get alloc '.metadata_bytes_per_gib["1G"].model') B; the kernel's \`struct page\` is 64 B per 4K page (with HVO, 4 KiB per 2M and per 1G folio).
