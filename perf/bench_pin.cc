@@ -232,6 +232,7 @@ absl::StatusOr<PinBenchResult> RunPinBench(const PinBenchConfig& config,
     }
     if (hooks.progress && NowNs() - start > 1000000000ull) hooks.progress(r + 1, config.repeats);
   }
+  if (config.threads > 1) result.cpu_scaling = pin_internal::CpuScaling(config.threads);
   return result;
 }
 

@@ -77,6 +77,10 @@ struct PinBenchResult {
   std::optional<PinTimes> per_page;    // compare_page
   std::optional<PinTimes> kernel;      // compare_kernel: register / unregister
   std::optional<PinTimes> one_thread;  // threads > 1: one thread over the whole range
+  // threads > 1: the same number of threads running a compute loop that touches no
+  // memory, against one thread running it alone, in the same run: the scaling the
+  // machine gives threads at all (below the thread count when other work holds cores).
+  std::optional<double> cpu_scaling;
 };
 
 // Aggregate throughput of the threads against one thread, in one run: pages pinned per

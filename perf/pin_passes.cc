@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 #include <thread>
+#include <vector>
 
 #include "perf/bench_util.h"
 
@@ -153,6 +154,22 @@ absl::Status PassRunner::RunOnce(PinTimes* t) {
   t->wall_pin_us.push_back(static_cast<double>(pin_end - pin_start) / 1e3);
   t->wall_unpin_us.push_back(static_cast<double>(unpin_end - unpin_start) / 1e3);
   return absl::OkStatus();
+}
+
+double CpuScaling(int threads) {
+  auto loop = [] {
+    uint64_t x = 1;
+    for (int i = 0; i < 20000000; ++i) x = x * 6364136223846793005u + 1442695040888963407u;
+    DoNotOptimize(x);
+  };
+  const uint64_t t0 = NowNs();
+  loop();
+  const uint64_t t1 = NowNs();
+  std::vector<std::thread> all;
+  for (int i = 0; i < threads; ++i) all.emplace_back(loop);
+  for (std::thread& t : all) t.join();
+  const uint64_t t2 = NowNs();
+  return static_cast<double>(threads) * static_cast<double>(t1 - t0) / static_cast<double>(t2 - t1);
 }
 
 Floor::Floor(const std::vector<Folio*>& folios, const PassConfig& c) : c_(c), folios_(folios) {

@@ -95,6 +95,10 @@ class PassRunner {
   std::vector<std::thread> workers_;  // threads 1.., thread 0 is the caller
 };
 
+// Throughput of `threads` threads each running the same compute loop (no memory
+// touched), against one thread running it: the control for the passes' scaling.
+double CpuScaling(int threads);
+
 // The floor of the output, the least work that produces it: writing the page array (as
 // the kernel's record_subpages does), or one atomic add per folio each call reaches (what
 // a pin of folio spans or segments cannot do with less).

@@ -75,6 +75,7 @@ void PrintJsonResult(const PinBenchConfig& c, const PinBenchResult& r) {
     out["one_thread_unpin_us"] = SummaryJson(r.one_thread->unpin_us);
     out["threads_over_one_pin"] = s.pin;
     out["threads_over_one_unpin"] = s.unpin;
+    out["cpu_scaling"] = r.cpu_scaling.value_or(0);
   }
   PrintJson(out);
 }
@@ -135,6 +136,8 @@ void PrintTextResult(const PinBenchConfig& c, const PinBenchResult& r) {
         Us(Summarize(r.ours.wall_unpin_us).median).c_str(),
         Us(Summarize(r.one_thread->pin_us).median).c_str(),
         Us(Summarize(r.one_thread->unpin_us).median).c_str(), c.threads, s.pin, s.unpin);
+    std::printf("control: a compute loop on %d threads runs %.2fx one thread's throughput here\n",
+                c.threads, r.cpu_scaling.value_or(0));
   }
 }
 
