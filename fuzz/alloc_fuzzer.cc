@@ -243,7 +243,7 @@ void Driver::OpAllocate() {
   const auto at = reinterpret_cast<uintptr_t>(f->data);
   FUZZ_CHECK(f->order == order && h->size() == kPageSize4K << order, what + ": wrong size");
   FUZZ_CHECK(at % f->size() == 0 || c.page_size == kPageSize4K, what + ": misaligned");
-  FUZZ_CHECK(f->refcount.load() == 1 && f->pincount.load() == 0, what + ": counts");
+  FUZZ_CHECK(f->refcount() == 1 && f->pincount() == 0, what + ": counts");
   // No overlap with anything live.
   auto next = live_.lower_bound(at);
   FUZZ_CHECK(next == live_.end() || next->first >= at + f->size(),
@@ -331,7 +331,7 @@ void Driver::Verify(bool flushed) {
     FUZZ_CHECK(Allocator::FolioOf(l.folio->data) == l.folio, "FolioOf of a live folio");
     in_use[StatsOf(stats, l.pool)] += l.folio->size();
     const int32_t want = (l.handle ? 1 : 0) + (l.folio->large() ? l.pins : l.pins * kPinBias);
-    FUZZ_CHECK(l.folio->refcount.load() == want, "refcount of a live folio");
+    FUZZ_CHECK(l.folio->refcount() == want, "refcount of a live folio");
   }
   for (const PoolStats& s : stats) {
     size_t listed = 0;

@@ -771,12 +771,12 @@ void Driver::VerifyCounts() {
     }
     const int64_t want = (r.owner_ref ? 1 : 0) + refs[r.folio];
     FUZZ_CHECK(want > 0, "a folio nothing holds was not given back");
-    FUZZ_CHECK(r.folio->refcount.load() == want,
+    FUZZ_CHECK(r.folio->refcount() == want,
                absl::StrFormat("folio at %p: refcount %d, model %d", r.folio->data,
-                               r.folio->refcount.load(), want));
-    FUZZ_CHECK(r.folio->pincount.load() == pins[r.folio],
+                               r.folio->refcount(), want));
+    FUZZ_CHECK(r.folio->pincount() == pins[r.folio],
                absl::StrFormat("folio at %p: pincount %d, model %d", r.folio->data,
-                               r.folio->pincount.load(), pins[r.folio]));
+                               r.folio->pincount(), pins[r.folio]));
   }
   FUZZ_CHECK(starts_ == ends_, "invalidate starts and ends do not pair");
   FUZZ_CHECK(!all_->invalidating() && !owned_->invalidating(), "an invalidation left open");

@@ -1,38 +1,27 @@
-// `hugemm bench pin`: the kernel's gup_test pin benchmark on hugemm's runtime, with the
-// kernel's own pin of the same buffer and the physical floor of the output in the same
-// run. Defaults reproduce the seed's experiment:
-//   gup_test -m 16384 -r 10 -n 512 -a -w -S   (16 GiB of 2M pages, PIN, write, shared)
-//
-// Timed per repeat, as gup_test does: "get" pins the whole buffer in calls of -n pages,
-// "put" unpins it all. The floor is the least work the output needs: writing the page
-// array (one entry per 4K page), or one atomic add per folio for folio spans and DMA
-// segments. The kernel beside us: io_uring fixed-buffer registration of the same buffer,
-// which pins every page with pin_user_pages(FOLL_LONGTERM); register and unregister are
-// timed separately.
-// The pin benchmark (bench_pin.h): the runs, the floor and the kernel beside them.
+// The pin benchmark (bench_pin.h): the run of its candidates in turn, the kernel's pin of
+// the same buffer (io_uring fixed-buffer registration, which pins every page with
+// pin_user_pages(FOLL_LONGTERM); register and unregister timed separately), and the
+// buffer fitted to the free huge pages. The timed passes and the floor are pin_passes.h.
 #include "perf/bench_pin.h"
 
 #include <liburing.h>
 #include <sys/uio.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "hugemm/runtime.h"
 #include "perf/bench_util.h"
+#include "perf/pin_passes.h"
 #include "perf/pin_target.h"
 #include "runtime/sys/hugepages.h"
 
 namespace hugemm::perf {
 namespace {
-
-using Output = PinOutput;
 
 const char* KindName(PinCall call) {
   switch (call) {
@@ -48,195 +37,16 @@ const char* KindName(PinCall call) {
 
 // --- the runs -----------------------------------------------------------------------
 
-// What the passes below need of a config, with the size fitted to the pool.
-struct Config {
-  size_t size_mib;
-  long pages_per_call;
-  GupFlags flags;
-  Output output;
-  int threads;
-};
-
-// One thread's buffers for the output and a pin/unpin pass over the whole buffer.
-class Pass {
- public:
-  Pass(Pinner& pinner, const Buffer& buf, const Config& c) : pinner_(pinner), buf_(buf), c_(c) {
-    const size_t pages = (c.size_mib << 20) / kPageSize4K;
-    switch (c.output) {
-      case Output::kPages:
-        page_out_.resize(pages);
-        break;
-      case Output::kFolios:
-        span_out_.resize(pages);
-        break;
-      case Output::kSegments:
-        seg_out_.resize(pages);
-        break;
-    }
-  }
-
-  // Pins the buffer in calls of -n pages; returns false (with the error printed) on
-  // failure, having unpinned what it took.
-  absl::Status Pin() {
-    const size_t total = (c_.size_mib << 20) / kPageSize4K;
-    const size_t per_call = c_.pages_per_call < 0 ? total : static_cast<size_t>(c_.pages_per_call);
-    count_ = 0;
-    for (size_t done = 0; done < total;) {
-      const size_t n = std::min(per_call, total - done);
-      std::byte* va = buf_.data() + done * kPageSize4K;
-      absl::StatusOr<size_t> got;
-      switch (c_.output) {
-        case Output::kPages:
-          got = pinner_.PinPages(va, n, c_.flags, absl::MakeSpan(page_out_.data() + done, n));
-          break;
-        case Output::kFolios:
-          got = pinner_.PinFolios(
-              va, n * kPageSize4K, c_.flags,
-              absl::MakeSpan(span_out_.data() + count_, span_out_.size() - count_));
-          break;
-        case Output::kSegments:
-          got = pinner_.PinSegments(
-              va, n * kPageSize4K, c_.flags, 0,
-              absl::MakeSpan(seg_out_.data() + count_, seg_out_.size() - count_));
-          break;
-      }
-      if (!got.ok()) {
-        pinned_pages_ = done;
-        Unpin();
-        return got.status();
-      }
-      count_ += *got;
-      done += n;
-    }
-    pinned_pages_ = total;
-    return absl::OkStatus();
-  }
-
-  void Unpin() {
-    const bool dirty = HasAny(c_.flags, kGupWrite);
-    const RefKind kind = HasAny(c_.flags, kGupGet) ? RefKind::kGet : RefKind::kPin;
-    switch (c_.output) {
-      case Output::kPages:
-        pinner_.UnpinPages(absl::MakeConstSpan(page_out_.data(), pinned_pages_), dirty);
-        break;
-      case Output::kFolios:
-        pinner_.UnpinFolios(absl::MakeConstSpan(span_out_.data(), count_), kind, dirty);
-        break;
-      case Output::kSegments:
-        if (pinned_pages_ > 0) {
-          (void)pinner_.UnpinRange(buf_.data(), pinned_pages_ * kPageSize4K, kind, dirty);
-        }
-        break;
-    }
-    pinned_pages_ = 0;
-    count_ = 0;
-  }
-
- private:
-  Pinner& pinner_;
-  const Buffer& buf_;
-  const Config& c_;
-  std::vector<PageRef> page_out_;
-  std::vector<FolioSpan> span_out_;
-  std::vector<DmaSegment> seg_out_;
-  size_t count_ = 0;
-  size_t pinned_pages_ = 0;
-};
-
-// Pin + unpin passes on `threads` threads, each over the whole range (as gup_test -j).
-class PassRunner {
- public:
-  PassRunner(Pinner& pinner, const Buffer& buf, const Config& c) : c_(c) {
-    for (int i = 0; i < c.threads; ++i) passes_.push_back(std::make_unique<Pass>(pinner, buf, c));
-  }
-
-  // One repeat: appends each thread's times to `t`.
-  absl::Status RunOnce(PinTimes* t) {
-    const int n = c_.threads;
-    std::vector<double> pin_us(n), unpin_us(n);
-    std::vector<absl::Status> status(n);
-    std::atomic<int> ready{0};
-    auto body = [&](int i) {
-      ready.fetch_add(1);
-      while (ready.load() < n) {
-      }
-      const uint64_t t0 = NowNs();
-      status[i] = passes_[i]->Pin();
-      const uint64_t t1 = NowNs();
-      if (status[i].ok()) passes_[i]->Unpin();
-      const uint64_t t2 = NowNs();
-      pin_us[i] = static_cast<double>(t1 - t0) / 1e3;
-      unpin_us[i] = static_cast<double>(t2 - t1) / 1e3;
-    };
-    std::vector<std::thread> workers;
-    for (int i = 1; i < n; ++i) workers.emplace_back(body, i);
-    body(0);
-    for (std::thread& w : workers) w.join();
-    for (int i = 0; i < n; ++i) {
-      if (!status[i].ok()) return status[i];
-      t->pin_us.push_back(pin_us[i]);
-      t->unpin_us.push_back(unpin_us[i]);
-    }
-    return absl::OkStatus();
-  }
-
- private:
-  const Config& c_;
-  std::vector<std::unique_ptr<Pass>> passes_;
-};
-
-// The floor of the output: the least work that produces it. `folios` are those the
-// pinned range covers, from its start (a folio boundary).
-class Floor {
- public:
-  Floor(const std::vector<Folio*>& folios, const Config& c)
-      : folios_(folios),
-        c_(c),
-        kind_(HasAny(c.flags, kGupGet) ? RefKind::kGet : RefKind::kPin),
-        total_((c.size_mib << 20) / kPageSize4K),
-        pages_(c.output == Output::kPages ? total_ : 0) {}
-
-  double RunOnce() {
-    const uint64_t t0 = NowNs();
-    if (c_.output == Output::kPages) {
-      // Writing the page array, as record_subpages does.
-      PageRef* out = pages_.data();
-      size_t left = total_;
-      for (Folio* f : folios_) {
-        const uint32_t n = static_cast<uint32_t>(std::min(f->nr_pages(), left));
-        for (uint32_t j = 0; j < n; ++j) *out++ = {f, j, kind_};
-        left -= n;
-      }
-      DoNotOptimize(pages_[total_ - 1]);
-    } else {
-      // One atomic add per folio.
-      for (Folio* f : folios_) f->refcount.fetch_add(1, std::memory_order_acquire);
-    }
-    const double us = static_cast<double>(NowNs() - t0) / 1e3;
-    if (c_.output != Output::kPages) {
-      for (Folio* f : folios_) f->refcount.fetch_sub(1, std::memory_order_relaxed);
-    }
-    return us;
-  }
-
- private:
-  const std::vector<Folio*>& folios_;
-  const Config& c_;
-  RefKind kind_;
-  size_t total_;
-  std::vector<PageRef> pages_;
-};
-
 // The kernel pinning the same range: io_uring fixed-buffer registration.
 class KernelPin {
  public:
-  static absl::StatusOr<std::unique_ptr<KernelPin>> Create(const Buffer& buf, const Config& c) {
+  static absl::StatusOr<std::unique_ptr<KernelPin>> Create(const Buffer& buf, size_t size_mib) {
     auto k = std::unique_ptr<KernelPin>(new KernelPin());
     if (int rc = io_uring_queue_init(1, &k->ring_, 0); rc < 0) {
       return absl::UnavailableError(absl::StrCat("io_uring_queue_init: ", std::strerror(-rc)));
     }
     k->ready_ = true;
-    k->bytes_ = c.size_mib << 20;
+    k->bytes_ = size_mib << 20;
     for (size_t off = 0; off < k->bytes_; off += size_t{1} << 30) {
       k->iov_.push_back({buf.data() + off, std::min(size_t{1} << 30, k->bytes_ - off)});
     }
@@ -326,6 +136,9 @@ absl::Status CheckPinBenchConfig(const PinBenchConfig& c) {
 
 absl::StatusOr<PinBenchResult> RunPinBench(const PinBenchConfig& config,
                                            const PinBenchHooks& hooks) {
+  using pin_internal::Floor;
+  using pin_internal::PassConfig;
+  using pin_internal::PassRunner;
   if (absl::Status st = CheckPinBenchConfig(config); !st.ok()) return st;
   absl::StatusOr<PinTarget> target = ResolvePinTarget(config);
   if (!target.ok()) return target.status();
@@ -333,15 +146,11 @@ absl::StatusOr<PinBenchResult> RunPinBench(const PinBenchConfig& config,
   RemoveCreated remove_created(target->created);
   BufferOptions buffer = target->buffer;
   buffer.shared = config.shared;
-  const Config c{.size_mib = FitToPool(config, buffer, hooks),
-                 .pages_per_call = config.pages_per_call,
-                 .flags = PinFlags(config),
-                 .output = config.output,
-                 .threads = config.threads};
+  const size_t size_mib = FitToPool(config, buffer, hooks);
   // The buffer is whole pages; the pinned range is size_mib from its start (so -m 1
   // pins half of one 2M folio, as gup_test would).
   const size_t page_size = buffer.page_size ? buffer.page_size : kPageSize2M;
-  const size_t length = ((c.size_mib << 20) + page_size - 1) / page_size * page_size;
+  const size_t length = ((size_mib << 20) + page_size - 1) / page_size * page_size;
 
   // The benchmark's buffer goes to no device: no kernel pin on it (the kernel's own pin
   // is what compare_kernel times).
@@ -351,17 +160,24 @@ absl::StatusOr<PinBenchResult> RunPinBench(const PinBenchConfig& config,
   absl::StatusOr<Buffer> buf = (*rt)->MapBuffer(length, buffer);
   if (!buf.ok()) return buf.status();
   std::vector<Folio*> folios;
-  for (size_t off = 0; off < (c.size_mib << 20); off += buf->folio_size()) {
+  for (size_t off = 0; off < (size_mib << 20); off += buf->folio_size()) {
     folios.push_back((*rt)->Translate(buf->data() + off)->folio);
   }
+  const PassConfig c{.base = buf->data(),
+                     .pages = (size_mib << 20) / kPageSize4K,
+                     .folio_pages = buf->folio_size() / kPageSize4K,
+                     .pages_per_call = config.pages_per_call,
+                     .flags = PinFlags(config),
+                     .output = config.output};
 
   PinBenchResult result;
-  result.size_mib = c.size_mib;
+  result.size_mib = size_mib;
   result.folio_size = buf->folio_size();
   result.backing = buffer.backing;
   result.flags = GupFlagsName(c.flags);
   result.kind_name = KindName(config.call);
-  result.floor = c.output == Output::kPages ? "write the page array" : "one atomic add per folio";
+  result.floor = c.output == PinOutput::kPages ? "write the page array"
+                                               : "one atomic add per folio each call reaches";
 
   // Every repeat runs each candidate in turn, so that a noisy neighbour slows them
   // alike; each runs once untimed first, so none pays for the cache the one before it
@@ -369,17 +185,22 @@ absl::StatusOr<PinBenchResult> RunPinBench(const PinBenchConfig& config,
   auto failed = [](absl::string_view what, const absl::Status& st) {
     return absl::Status(st.code(), absl::StrCat(what, st.message()));
   };
-  PassRunner ours_runner((*rt)->pinner(), *buf, c);
+  PassRunner ours_runner((*rt)->pinner(), c, config.threads, config.disjoint);
+  std::unique_ptr<PassRunner> one_runner;
+  if (config.threads > 1) {
+    one_runner = std::make_unique<PassRunner>((*rt)->pinner(), c, 1, false);
+    result.one_thread.emplace();
+  }
   Floor floor_runner(folios, c);
   Pinner page_pinner((*rt)->table(), {.granularity = RefGranularity::kPage});
   std::unique_ptr<PassRunner> page_runner;
   if (config.compare_page) {
-    page_runner = std::make_unique<PassRunner>(page_pinner, *buf, c);
+    page_runner = std::make_unique<PassRunner>(page_pinner, c, config.threads, config.disjoint);
     result.per_page.emplace();
   }
   std::unique_ptr<KernelPin> kernel_runner;
   if (config.compare_kernel) {
-    absl::StatusOr<std::unique_ptr<KernelPin>> k = KernelPin::Create(*buf, c);
+    absl::StatusOr<std::unique_ptr<KernelPin>> k = KernelPin::Create(*buf, size_mib);
     if (!k.ok()) return failed("kernel comparison: ", k.status());
     kernel_runner = std::move(*k);
     result.kernel.emplace();
@@ -389,6 +210,11 @@ absl::StatusOr<PinBenchResult> RunPinBench(const PinBenchConfig& config,
   for (int r = 0; r < config.repeats; ++r) {
     for (PinTimes* t : {&warmup, &result.ours}) {
       if (absl::Status st = ours_runner.RunOnce(t); !st.ok()) return st;
+    }
+    if (one_runner) {
+      for (PinTimes* t : {&warmup, &*result.one_thread}) {
+        if (absl::Status st = one_runner->RunOnce(t); !st.ok()) return st;
+      }
     }
     floor_runner.RunOnce();
     result.floor_us.push_back(floor_runner.RunOnce());
@@ -406,7 +232,19 @@ absl::StatusOr<PinBenchResult> RunPinBench(const PinBenchConfig& config,
     }
     if (hooks.progress && NowNs() - start > 1000000000ull) hooks.progress(r + 1, config.repeats);
   }
+  if (config.threads > 1) result.cpu_scaling = pin_internal::CpuScaling(config.threads);
   return result;
+}
+
+PinScaling ThreadScaling(const PinBenchConfig& config, const PinBenchResult& r) {
+  PinScaling s;
+  if (!r.one_thread || r.ours.wall_pin_us.empty()) return s;
+  // Work per repeat: the whole range once (disjoint parts) or once per thread.
+  const double work = config.disjoint ? 1.0 : static_cast<double>(config.threads);
+  s.pin = work * Summarize(r.one_thread->pin_us).median / Summarize(r.ours.wall_pin_us).median;
+  s.unpin =
+      work * Summarize(r.one_thread->unpin_us).median / Summarize(r.ours.wall_unpin_us).median;
+  return s;
 }
 
 }  // namespace hugemm::perf

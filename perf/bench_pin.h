@@ -5,9 +5,11 @@
 //
 // Timed per repeat, as gup_test does: "get" pins the whole buffer in calls of
 // `pages_per_call` pages, "put" unpins it all. The floor is the least work the output
-// needs: writing the page array (one entry per 4K page), or one atomic add per folio for
-// folio spans and DMA segments. The kernel beside it: io_uring fixed-buffer registration
-// of the same buffer, which pins every page with pin_user_pages(FOLL_LONGTERM).
+// needs: writing the page array (one entry per 4K page), or one atomic add per folio each
+// call reaches for folio spans and DMA segments. The kernel beside it: io_uring
+// fixed-buffer registration of the same buffer, which pins every page with
+// pin_user_pages(FOLL_LONGTERM). With several threads, one thread over the whole range is
+// timed in the same run, so that the threads' aggregate throughput has a baseline.
 //
 // This is a library: it runs from a config and returns the times as data; `hugemm bench
 // pin` parses the flags and renders the results.
@@ -40,7 +42,8 @@ struct PinBenchConfig {
   PinCall call = PinCall::kPin;
   bool write = true;
   bool shared = true;
-  int threads = 1;  // each pins the whole range, as gup_test -j
+  int threads = 1;        // each pins the whole range, as gup_test -j ...
+  bool disjoint = false;  // ... or its own part of it, cut at folio boundaries
   BackingKind backing = BackingKind::kHugetlb;
   size_t page_size = 0;  // 0: 2M (4K for anon, a device's own alignment, a mount's size)
   // A /dev/dax device or a file in a hugetlbfs mount (gup_test -f). A file the benchmark
@@ -52,10 +55,14 @@ struct PinBenchConfig {
   bool compare_page = false;    // time one reference per 4K page too
 };
 
-// One candidate's times, one sample per thread per repeat in the order they ran.
+// One candidate's times, one sample per thread per repeat in the order they ran, and for
+// runs on threads the wall time of each repeat, from the first thread's start to the
+// last thread's end.
 struct PinTimes {
   std::vector<double> pin_us;
   std::vector<double> unpin_us;
+  std::vector<double> wall_pin_us;
+  std::vector<double> wall_unpin_us;
 };
 
 struct PinBenchResult {
@@ -65,11 +72,24 @@ struct PinBenchResult {
   std::string flags;      // the GUP flags by name, "PIN|WRITE"
   std::string kind_name;  // gup_test's name for the run, "PIN_FAST_BENCHMARK"
   PinTimes ours;
-  std::vector<double> floor_us;      // one per repeat
-  std::string floor;                 // what the floor does
-  std::optional<PinTimes> per_page;  // compare_page
-  std::optional<PinTimes> kernel;    // compare_kernel: register / unregister
+  std::vector<double> floor_us;        // one per repeat
+  std::string floor;                   // what the floor does
+  std::optional<PinTimes> per_page;    // compare_page
+  std::optional<PinTimes> kernel;      // compare_kernel: register / unregister
+  std::optional<PinTimes> one_thread;  // threads > 1: one thread over the whole range
+  // threads > 1: the same number of threads running a compute loop that touches no
+  // memory, against one thread running it alone, in the same run: the scaling the
+  // machine gives threads at all (below the thread count when other work holds cores).
+  std::optional<double> cpu_scaling;
 };
+
+// Aggregate throughput of the threads against one thread, in one run: pages pinned per
+// second by all of them (their wall time) over one thread's pages per second.
+struct PinScaling {
+  double pin = 0;
+  double unpin = 0;
+};
+PinScaling ThreadScaling(const PinBenchConfig& config, const PinBenchResult& result);
 
 // What a run tells while it runs (either may be empty).
 struct PinBenchHooks {

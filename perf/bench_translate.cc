@@ -37,7 +37,7 @@ absl::StatusOr<TranslateBenchResult> RunTranslateBench() {
     f->order = 9;
     f->data = reinterpret_cast<std::byte*>(kSynthBase + i * kPageSize2M);
     f->head_pfn = (uint64_t{1} << 30) + i * 1024;  // scattered, as a real pool would be
-    f->refcount.store(1);
+    f->counts.store(Folio::CountsWord(1, 0));
     flat[i] = f.get();
     flat_pfns[i] = f->head_pfn;
     folios.push_back(std::move(f));

@@ -348,8 +348,7 @@ void Worker::Translate(Slot& s) {
   const bool mapped = s.kind != SlotKind::kExternal || s.registered;
   if (t.has_value() != mapped) {
     s_.Violation(absl::StrFormat("translate of %p: %s", va, mapped ? "unmapped" : "mapped"));
-  } else if (t && (t->folio == nullptr || !t->folio->contains(va) ||
-                   t->folio->refcount.load(std::memory_order_relaxed) <= 0)) {
+  } else if (t && (t->folio == nullptr || !t->folio->contains(va) || t->folio->refcount() <= 0)) {
     s_.Violation(absl::StrFormat("translate of %p: not its folio", va));
   }
 }
@@ -403,8 +402,8 @@ void Worker::Audit(size_t i, Slot& s) {
     for (const FolioSpan& sp : p->spans) add(sp.folio, sp.pages, p->kind);
   }
   for (const auto& [folio, want] : refs) {
-    const int32_t count = folio->refcount.load() - 1;  // the owner's
-    const int32_t pinned = folio->pincount.load();
+    const int32_t count = folio->refcount() - 1;  // the owner's
+    const int32_t pinned = folio->pincount();
     if (count != want || pinned != pins[folio]) {
       s_.Violation(absl::StrFormat(
           "slot %u: the folio at %p has refcount %d and pincount %d, not 1 + %d and %d", i,

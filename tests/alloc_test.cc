@@ -197,7 +197,7 @@ TEST(Alloc, PinnedFolioOutlivesItsHandleUntouched) {
     HUGEMM_ASSERT_OK(FolioTryGrab(f, pages, RefKind::kPin));
     h->Reset();  // the owner frees; the DMA pin holds on
     EXPECT_TRUE(FolioMaybeDmaPinned(f));
-    EXPECT_EQ(f->refcount.load(), order == 0 ? kPinBias : pages);
+    EXPECT_EQ(f->refcount(), order == 0 ? kPinBias : pages);
     // Everything else the pool has is handed out, never the pinned folio.
     std::vector<FolioHandle> others;
     while (true) {
@@ -225,7 +225,7 @@ TEST(Alloc, ReferenceAndMappingRefsAlsoDelayReuse) {
   Folio* f = h->folio();
   HUGEMM_ASSERT_OK(FolioGet(f));  // e.g. a page-table mapping
   h->Reset();
-  EXPECT_EQ(f->refcount.load(), 1);
+  EXPECT_EQ(f->refcount(), 1);
   EXPECT_FALSE(f->has_flag(FolioFlag::kFree));
   FolioPut(f);
   EXPECT_TRUE(f->has_flag(FolioFlag::kFree));

@@ -221,7 +221,7 @@ TEST(FaultInjectionOnFake, SecondGrowthOfAPool) {
     EXPECT_EQ(stats.size(), 1u);
     EXPECT_EQ(stats[0].extents, 1u);
     EXPECT_EQ(stats[0].folios, 1u) << "a descriptor was left behind";
-    EXPECT_EQ(first->folio()->refcount.load(), 1);
+    EXPECT_EQ(first->folio()->refcount(), 1);
     return second.status();
   });
 }

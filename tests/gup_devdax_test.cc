@@ -42,7 +42,7 @@ TEST(GupDevDaxTest, PinAllFoliosAndSegments) {
     ASSERT_EQ(pages[i].address(), m->data() + i * kPageSize4K);
     ASSERT_EQ(*pages[i].address(), std::byte{0x42});
   }
-  for (auto& f : m->folios) EXPECT_EQ(f->pincount.load(), static_cast<int32_t>(f->nr_pages()));
+  for (auto& f : m->folios) EXPECT_EQ(f->pincount(), static_cast<int32_t>(f->nr_pages()));
   EXPECT_EQ(pinner.UnpinPages(absl::MakeConstSpan(pages.data(), *n), true), m->folios.size());
   EXPECT_EQ(m->Counts(), base);
 

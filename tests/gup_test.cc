@@ -264,8 +264,8 @@ TEST_F(Gup2MTest, MidFolioPinReferencesTheRightPageAndAddsExactlyRefs) {
     EXPECT_EQ(pages[i].index(), 5 + i);
     EXPECT_EQ(pages[i].address(), at(1, 5 + i));
   }
-  EXPECT_EQ(m().folios[1]->refcount.load(), base_[1].first + 3);
-  EXPECT_EQ(m().folios[1]->pincount.load(), 3);
+  EXPECT_EQ(m().folios[1]->refcount(), base_[1].first + 3);
+  EXPECT_EQ(m().folios[1]->pincount(), 3);
   EXPECT_TRUE(pinner.MaybeDmaPinned(at(1, 0)));
   EXPECT_FALSE(pinner.MaybeDmaPinned(at(0, 0)));
   EXPECT_EQ(pinner.UnpinPages(absl::MakeConstSpan(pages, 3)), 1u);
@@ -279,10 +279,10 @@ TEST_F(Gup2MTest, AcrossFolioBoundariesEveryCountReturns) {
   absl::StatusOr<size_t> n =
       pinner.PinPages(at(0, 510), pages.size(), kGupPin, absl::MakeSpan(pages));
   HUGEMM_ASSERT_OK(n);
-  EXPECT_EQ(m().folios[0]->pincount.load(), 2);
-  EXPECT_EQ(m().folios[1]->pincount.load(), 512);
-  EXPECT_EQ(m().folios[2]->pincount.load(), 512);
-  EXPECT_EQ(m().folios[3]->pincount.load(), 2);
+  EXPECT_EQ(m().folios[0]->pincount(), 2);
+  EXPECT_EQ(m().folios[1]->pincount(), 512);
+  EXPECT_EQ(m().folios[2]->pincount(), 512);
+  EXPECT_EQ(m().folios[3]->pincount(), 2);
   EXPECT_EQ(pinner.UnpinPages(absl::MakeConstSpan(pages.data(), *n)), 4u);
   EXPECT_EQ(m().Counts(), base_);
 }
@@ -298,7 +298,7 @@ TEST_F(Gup2MTest, SplitLeavesStillGiveOneSpanPerFolio) {
   ASSERT_EQ(*n, 3u);
   EXPECT_EQ(spans[1].folio, m().folios[1].get());
   EXPECT_EQ(spans[1].pages, 512u);
-  EXPECT_EQ(m().folios[1]->pincount.load(), 512);
+  EXPECT_EQ(m().folios[1]->pincount(), 512);
   pinner.UnpinFolios(absl::MakeConstSpan(spans, *n), RefKind::kPin);
   EXPECT_EQ(m().Counts(), base);
 }
@@ -310,7 +310,7 @@ TEST_F(Gup2MTest, LeafChangedUnderTheFastPathIsUndoneAndRetried) {
     // The first grab on folio 1 loses a race with a split.
     if (calls++ == 0) {
       EXPECT_EQ(va, reinterpret_cast<uintptr_t>(at(1, 0)));
-      EXPECT_EQ(m().folios[1]->pincount.load(), 512);
+      EXPECT_EQ(m().folios[1]->pincount(), 512);
       EXPECT_TRUE(m().table->Split(at(1, 0)).ok());
     }
   });
@@ -319,11 +319,11 @@ TEST_F(Gup2MTest, LeafChangedUnderTheFastPathIsUndoneAndRetried) {
   HUGEMM_ASSERT_OK(n);
   EXPECT_EQ(*n, 512u);
   EXPECT_GE(calls, 2);  // undone, then taken again (per PTE now)
-  EXPECT_EQ(m().folios[1]->pincount.load(), 512);
+  EXPECT_EQ(m().folios[1]->pincount(), 512);
   for (uint32_t i = 0; i < 512; ++i) ASSERT_EQ(pages[i].index(), i);
   pinner.UnpinPages(absl::MakeConstSpan(pages.data(), 512));
-  EXPECT_EQ(m().folios[1]->pincount.load(), 0);
-  EXPECT_EQ(m().folios[1]->refcount.load(), base_[1].first + 511);  // 512 PTEs now
+  EXPECT_EQ(m().folios[1]->pincount(), 0);
+  EXPECT_EQ(m().folios[1]->refcount(), base_[1].first + 511);  // 512 PTEs now
 }
 
 TEST_F(Gup2MTest, LeafThatKeepsChangingGoesToTheSlowPathOrFails) {
@@ -386,7 +386,7 @@ TEST_F(Gup2MTest, PartialResultsAndAllOrNothing) {
   n = pinner.PinPages(at(1, 100), 2048 - 612, kGupPin | kGupPartial, absl::MakeSpan(pages));
   HUGEMM_ASSERT_OK(n);
   EXPECT_EQ(*n, 412u);
-  EXPECT_EQ(m().folios[1]->pincount.load(), 412);
+  EXPECT_EQ(m().folios[1]->pincount(), 412);
   pinner.UnpinPages(absl::MakeConstSpan(pages.data(), *n));
   EXPECT_EQ(m().Counts(), base);
 
@@ -477,7 +477,7 @@ TEST_F(Gup2MTest, FreeingAPinnedBufferKeepsItUntilTheLastUnpin) {
   HUGEMM_ASSERT_OK(m().table->Unmap(at(3, 0), kPageSize2M));
   FolioPut(m().folios[3].get());
   EXPECT_EQ(m().owner.released(), 0u);
-  EXPECT_EQ(m().folios[3]->refcount.load(), 512);
+  EXPECT_EQ(m().folios[3]->refcount(), 512);
   EXPECT_TRUE(FolioMaybeDmaPinned(m().folios[3].get()));
   // The memory is still there for the device.
   pages[10].address()[0] = std::byte{1};
@@ -485,7 +485,7 @@ TEST_F(Gup2MTest, FreeingAPinnedBufferKeepsItUntilTheLastUnpin) {
   EXPECT_EQ(m().owner.released(), 0u);
   pinner.UnpinPages(absl::MakeConstSpan(pages.data() + 256, 256), /*dirty=*/true);
   EXPECT_EQ(m().owner.released(), 1u);
-  EXPECT_EQ(m().folios[3]->refcount.load(), 0);
+  EXPECT_EQ(m().folios[3]->refcount(), 0);
 }
 
 TEST_F(Gup2MTest, UnpinRangeRefusesAChangedMapping) {
@@ -496,11 +496,11 @@ TEST_F(Gup2MTest, UnpinRangeRefusesAChangedMapping) {
   HUGEMM_ASSERT_OK(m().table->Unmap(at(1, 0), kPageSize2M));
   absl::Status st = pinner.UnpinRange(at(0, 0), 2 * kPageSize2M, RefKind::kPin);
   EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
-  EXPECT_EQ(m().folios[0]->pincount.load(), 512);  // nothing given back
+  EXPECT_EQ(m().folios[0]->pincount(), 512);  // nothing given back
   HUGEMM_ASSERT_OK(pinner.UnpinRange(at(0, 0), kPageSize2M, RefKind::kPin));
-  EXPECT_EQ(m().folios[0]->pincount.load(), 0);
+  EXPECT_EQ(m().folios[0]->pincount(), 0);
   pinner.UnpinPages(absl::MakeConstSpan(pages.data() + 512, 512));
-  EXPECT_EQ(m().folios[1]->pincount.load(), 0);
+  EXPECT_EQ(m().folios[1]->pincount(), 0);
 }
 
 TEST_F(Gup2MTest, PinnedRangeUnpinsWhenDropped) {
@@ -516,7 +516,7 @@ TEST_F(Gup2MTest, PinnedRangeUnpinsWhenDropped) {
     PinnedRange moved = std::move(*r);
     EXPECT_FALSE(r->pinned());
     EXPECT_TRUE(moved.pinned());
-    EXPECT_EQ(m().folios[1]->pincount.load(), 512);
+    EXPECT_EQ(m().folios[1]->pincount(), 512);
   }
   EXPECT_EQ(m().Counts(), base_);
   EXPECT_TRUE(m().folios[1]->has_flag(kFolioDirty));
@@ -562,17 +562,17 @@ TEST(GupPopulateTest, SlowPathPopulatesWhatIsMissing) {
       pinner.PinPages(m.data(), 2048, kGupPin | kGupFastOnly, absl::MakeSpan(pages));
   EXPECT_FALSE(n.ok());
   EXPECT_EQ(populator.calls, 0);
-  EXPECT_EQ(m.folios[0]->pincount.load(), 0);
+  EXPECT_EQ(m.folios[0]->pincount(), 0);
   n = pinner.PinPages(m.data(), 2048, kGupPin, absl::MakeSpan(pages));
   HUGEMM_ASSERT_OK(n);
   EXPECT_EQ(populator.calls, 2);
-  for (auto& f : m.folios) EXPECT_EQ(f->pincount.load(), 512);
+  for (auto& f : m.folios) EXPECT_EQ(f->pincount(), 512);
   pinner.UnpinPages(absl::MakeConstSpan(pages.data(), *n));
   // Beyond the pool: the populator's error, named.
   n = pinner.PinPages(m.data() + m.size() - kPageSize4K, 2, kGupPin, absl::MakeSpan(pages));
   EXPECT_EQ(n.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(n.status().message(), HasSubstr("outside the pool"));
-  for (auto& f : m.folios) EXPECT_EQ(f->pincount.load(), 0);
+  for (auto& f : m.folios) EXPECT_EQ(f->pincount(), 0);
 }
 
 TEST(GupBadInputTest, ErrorsNeverCrashOrLeak) {
@@ -625,11 +625,11 @@ TEST(GupBadInputTest, ErrorsNeverCrashOrLeak) {
   EXPECT_THAT(n.status().message(), HasSubstr("PIN"));
   EXPECT_EQ(m.Counts(), base);
   // Refcount overflow on an order-0 pin: refused, nothing taken.
-  m.folios[3]->refcount.store(std::numeric_limits<int32_t>::max() - 10);
+  m.folios[3]->counts.store(Folio::CountsWord(std::numeric_limits<int32_t>::max() - 10, 0));
   n = pinner.PinPages(m.data(), 16, kGupPin, absl::MakeSpan(pages));
   EXPECT_EQ(n.status().code(), absl::StatusCode::kResourceExhausted) << n.status();
   EXPECT_THAT(n.status().message(), HasSubstr("overflow"));
-  m.folios[3]->refcount.store(base[3].first);
+  m.folios[3]->counts.store(Folio::CountsWord(base[3].first, base[3].second));
   EXPECT_EQ(m.Counts(), base);
   // Unpins of nothing are no-ops.
   EXPECT_EQ(pinner.UnpinPages({}), 0u);
@@ -645,19 +645,19 @@ TEST(GupOrderZeroTest, BiasAndMaybeDmaPinned) {
   Mapped& m = **mo;
   Pinner pinner(*m.table);
   PageRef pin[1], get[1];
-  const int32_t base = m.folios[1]->refcount.load();
+  const int32_t base = m.folios[1]->refcount();
   HUGEMM_ASSERT_OK(pinner.PinPages(m.data() + kPageSize4K, 1, kGupGet, absl::MakeSpan(get)));
-  EXPECT_EQ(m.folios[1]->refcount.load(), base + 1);
+  EXPECT_EQ(m.folios[1]->refcount(), base + 1);
   EXPECT_FALSE(pinner.MaybeDmaPinned(m.data() + kPageSize4K));
   HUGEMM_ASSERT_OK(pinner.PinPages(m.data() + kPageSize4K, 1, kGupPin, absl::MakeSpan(pin)));
-  EXPECT_EQ(m.folios[1]->refcount.load(), base + 1 + kPinBias);
-  EXPECT_EQ(m.folios[1]->pincount.load(), 0);
+  EXPECT_EQ(m.folios[1]->refcount(), base + 1 + kPinBias);
+  EXPECT_EQ(m.folios[1]->pincount(), 0);
   EXPECT_TRUE(pinner.MaybeDmaPinned(m.data() + kPageSize4K));
   EXPECT_FALSE(pinner.MaybeDmaPinned(m.data()));
   pinner.UnpinPages(absl::MakeConstSpan(pin, 1));
   EXPECT_FALSE(pinner.MaybeDmaPinned(m.data() + kPageSize4K));
   pinner.UnpinPages(absl::MakeConstSpan(get, 1));
-  EXPECT_EQ(m.folios[1]->refcount.load(), base);
+  EXPECT_EQ(m.folios[1]->refcount(), base);
   EXPECT_FALSE(pinner.MaybeDmaPinned(m.data() + 100 * kPageSize4K));  // unmapped
 }
 

@@ -55,7 +55,7 @@ struct Mapped {
   // Counts of every folio, to compare with after a failure or an unpin.
   std::vector<std::pair<int32_t, int32_t>> Counts() const {
     std::vector<std::pair<int32_t, int32_t>> out;
-    for (const auto& f : folios) out.emplace_back(f->refcount.load(), f->pincount.load());
+    for (const auto& f : folios) out.emplace_back(f->refcount(), f->pincount());
     return out;
   }
 };

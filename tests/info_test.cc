@@ -172,8 +172,9 @@ TEST(Cli, HelpForEveryCommandAndVersion) {
   }
   int rc = 0;
   const std::string help = RunCli("bench pin --help", &rc);
-  for (const char* flag : {"-m", "-r", "-n", "-a", "-u", "-L", "-w", "-W", "-S", "-P", "-H", "-f",
-                           "-j", "--page-size", "--backing", "--output", "--compare", "--json"}) {
+  for (const char* flag :
+       {"-m", "-r", "-n", "-a", "-u", "-L", "-w", "-W", "-S", "-P", "-H", "-f", "-j", "--disjoint",
+        "--page-size", "--backing", "--output", "--compare", "--json"}) {
     EXPECT_THAT(help, HasSubstr(std::string(flag) + " ")) << flag;
   }
   EXPECT_THAT(RunCli("--version", &rc), ::testing::StartsWith("hugemm "));
@@ -203,6 +204,45 @@ TEST(BenchCli, PinTakesGupTestFlagsAndBothLongForms) {
   int rc = 0;
   EXPECT_EQ(Parse(RunCli("bench pin --json -m 2 -r 1 -u -W", &rc))["flags"], "GET");
   EXPECT_EQ(Parse(RunCli("bench pin --json -m 2 -r 1 -L -P", &rc))["flags"], "PIN|WRITE|LONGTERM");
+}
+
+// -j 2 --disjoint: each thread its own folios, timed beside one thread over the whole
+// range; without --disjoint both threads pin the same folios.
+TEST(BenchCli, PinOnThreadsReportsTheirScaling) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  for (const bool disjoint : {true, false}) {
+    int rc = 0;
+    const std::string out = RunCli(
+        std::string("bench pin --json -m 8 -r 2 -j 2") + (disjoint ? " --disjoint" : ""), &rc);
+    ASSERT_EQ(rc, 0) << out;
+    const Json json = Parse(out);
+    ASSERT_TRUE(json.is_object()) << out;
+    EXPECT_EQ(json["threads"].get<int>(), 2);
+    EXPECT_EQ(json["disjoint"].get<bool>(), disjoint);
+    for (const char* key : {"wall_pin_us", "wall_unpin_us", "one_thread_pin_us"}) {
+      EXPECT_GT(json[key]["median"].get<double>(), 0) << key;
+    }
+    EXPECT_GT(json["threads_over_one_pin"].get<double>(), 0);
+    EXPECT_GT(json["threads_over_one_unpin"].get<double>(), 0);
+    EXPECT_GT(json["cpu_scaling"].get<double>(), 0);
+  }
+  int rc = 0;
+  const Json one = Parse(RunCli("bench pin --json -m 2 -r 1", &rc));
+  ASSERT_EQ(rc, 0);
+  EXPECT_FALSE(one.contains("threads_over_one_pin"));
+}
+
+// 1G pages: the folio is the 1G page.
+TEST(BenchCli, PinOnGiganticPages) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize1G, 1);
+  int rc = 0;
+  const std::string out = RunCli("bench pin --json --page-size 1G -m 1024 -r 1 -n -1", &rc);
+  ASSERT_EQ(rc, 0) << out;
+  const Json json = Parse(out);
+  ASSERT_TRUE(json.is_object()) << out;
+  EXPECT_EQ(json["page_size"], "1G");
+  EXPECT_EQ(json["size_mib"].get<int>(), 1024);
+  EXPECT_GT(json["pin_us"]["median"].get<double>(), 0);
 }
 
 // Names in a directory, or an empty set when it cannot be read.

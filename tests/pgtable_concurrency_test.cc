@@ -107,8 +107,8 @@ TEST(PageTableConcurrencyTest, ReadersDuringMapSplitUnmap) {
   threads.emplace_back(giant_writer);
   for (std::thread& t : threads) t.join();
 
-  for (const auto& f : folios) EXPECT_EQ(f->refcount.load(), 1);
-  EXPECT_EQ(giant->refcount.load(), 1);
+  for (const auto& f : folios) EXPECT_EQ(f->refcount(), 1);
+  EXPECT_EQ(giant->refcount(), 1);
   EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u);
   RecordProperty("hits", static_cast<int>(hits.load()));
 }
@@ -151,7 +151,7 @@ TEST(PageTableConcurrencyTest, ChangeOfPartOfALeafAnotherWriterSplitFirst) {
   EXPECT_FALSE(table.Translate(folio->data + 8 * kPageSize4K).has_value());
   ASSERT_TRUE(table.Unmap(folio->data, 8 * kPageSize4K).ok());
   ASSERT_TRUE(table.Unmap(folio->data + 9 * kPageSize4K, kPageSize2M - 9 * kPageSize4K).ok());
-  EXPECT_EQ(folio->refcount.load(), 1) << "the table still holds the folio";
+  EXPECT_EQ(folio->refcount(), 1) << "the table still holds the folio";
 }
 
 }  // namespace

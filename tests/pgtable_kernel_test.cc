@@ -78,7 +78,7 @@ void MapAndVerify(const Extent& e) {
   EXPECT_EQ(table.TranslatePfns(vas, absl::MakeSpan(pfns)), vas.size());
   EXPECT_EQ(pfns, want);
   for (auto& f : folios) HUGEMM_ASSERT_OK(table.Unmap(f->data, f->size()));
-  for (auto& f : folios) EXPECT_EQ(f->refcount.load(), 1);
+  for (auto& f : folios) EXPECT_EQ(f->refcount(), 1);
 }
 
 TEST(PageTableKernelTest, Hugetlb2MVerifies) {
@@ -174,7 +174,7 @@ TEST_F(OneMapped2M, SplitLeafOverHugePageIsNamed) {
               HasSubstr(absl::StrFormat("%p: kernel maps 2M pages, shadow has a PTE leaf of 4K",
                                         e.data())));
   HUGEMM_ASSERT_OK(table_.Unmap(e.data(), e.size()));
-  EXPECT_EQ(folios_[0]->refcount.load(), 1);
+  EXPECT_EQ(folios_[0]->refcount(), 1);
 }
 
 TEST(PageTableKernelTest, PmdLeafOver4KPagesIsNamed) {
@@ -187,7 +187,7 @@ TEST(PageTableKernelTest, PmdLeafOver4KPagesIsNamed) {
   folio->order = 9;
   folio->data = reinterpret_cast<std::byte*>(aligned);
   folio->head_pfn = e->pfn((aligned - start) / kPageSize4K);
-  folio->refcount.store(1);
+  folio->counts.store(Folio::CountsWord(1, 0));
   PageTable table(DetectHostGeometry());
   HUGEMM_ASSERT_OK(table.Map(folio.get(), folio->data, kRW));
   absl::StatusOr<VerifyReport> r = table.Verify(folio->data, kPageSize2M);
@@ -218,7 +218,7 @@ TEST(PageTableKernelTest, ExternalMapHugetlbBuffer) {
   EXPECT_EQ(t->pfn, (*pfns)[0]);
   EXPECT_EQ(t->level, kPmdLevel);
   EXPECT_TRUE(t->folio->has_flag(kFolioBorrowed));
-  EXPECT_EQ(t->folio->refcount.load(), 2) << "its region's reference and the mapping's";
+  EXPECT_EQ(t->folio->refcount(), 2) << "its region's reference and the mapping's";
   absl::StatusOr<VerifyReport> r = table.Verify(buf, len);
   HUGEMM_ASSERT_OK(r);
   EXPECT_TRUE(r->ok()) << Joined(*r);

@@ -59,7 +59,7 @@ TEST(PageTableLockedTest, WritersWaitUntilTheCallbackReturns) {
   EXPECT_TRUE(table.WithLeafLocked(Ptr(kBase), [&](const LogicalLeaf& l) { after = l; }));
   EXPECT_EQ(after.level, kPteLevel);
   HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), kPageSize2M));
-  EXPECT_EQ(folio->refcount.load(), 1);
+  EXPECT_EQ(folio->refcount(), 1);
 }
 
 }  // namespace

@@ -117,7 +117,7 @@ TEST(GeometryTest, AnInvalidGeometryGivesATableThatMapsNothing) {
     EXPECT_EQ(table.MakeExclusive(Ptr(kBase), nullptr).code(), absl::StatusCode::kInvalidArgument);
     EXPECT_EQ(table.RestoreExclusive(Ptr(kBase)).code(), absl::StatusCode::kInvalidArgument);
     EXPECT_EQ(NaturalUnit(g, kPageSize2M).status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_EQ(f->refcount.load(), 1);
+    EXPECT_EQ(f->refcount(), 1);
     EXPECT_FALSE(table.Translate(Ptr(kBase)).has_value());
     EXPECT_FALSE(table.Lookup(Ptr(0)).has_value());
     const void* vas[] = {Ptr(0), Ptr(kBase)};
@@ -177,7 +177,7 @@ TEST_P(EveryGeometry, MapSplitUnmapAtEveryLevel) {
     auto f = FakeFolio(bytes, kBase, kBasePfn);
     const LeafUnit unit = *NaturalUnit(g, bytes);
     HUGEMM_ASSERT_OK(table.Map(f.get(), Ptr(kBase), kRW));
-    EXPECT_EQ(f->refcount.load(), 1 + static_cast<int32_t>(unit.entries));
+    EXPECT_EQ(f->refcount(), 1 + static_cast<int32_t>(unit.entries));
     std::vector<LogicalLeaf> leaves = Leaves(table, kBase, bytes);
     ASSERT_EQ(leaves.size(), bytes / unit.leaf_bytes);
     EXPECT_EQ(leaves[0].level, unit.level);
@@ -211,7 +211,7 @@ TEST_P(EveryGeometry, MapSplitUnmapAtEveryLevel) {
       std::optional<Translation> after = table.Translate(Ptr(split_at));
       ASSERT_TRUE(after.has_value());
       EXPECT_LT(after->leaf_bytes, before);
-      EXPECT_EQ(f->refcount.load(), 1 + EntriesMapping(table, kBase, bytes));
+      EXPECT_EQ(f->refcount(), 1 + EntriesMapping(table, kBase, bytes));
       check(split_at);
       check(probe);
       check(kBase + bytes - g.page_size());
@@ -238,7 +238,7 @@ TEST_P(EveryGeometry, MapSplitUnmapAtEveryLevel) {
       HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), bytes));
     }
     ExpectPfnsAgree(table, Probes(g, kBase, bytes, probe));
-    EXPECT_EQ(f->refcount.load(), 1);
+    EXPECT_EQ(f->refcount(), 1);
     EXPECT_FALSE(table.Translate(Ptr(probe)).has_value());
     EXPECT_TRUE(Leaves(table, kBase, bytes).empty());
     EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u) << "every table but the root is freed";
@@ -258,7 +258,7 @@ TEST(PageTableTest, ContiguousGroupIsOneUnit) {
   PageTable table(*Arm64Geometry(4 << 10));
   auto f = FakeFolio(64 << 10, kBase, kBasePfn);
   HUGEMM_ASSERT_OK(table.Map(f.get(), Ptr(kBase), kRW));
-  EXPECT_EQ(f->refcount.load(), 17);
+  EXPECT_EQ(f->refcount(), 17);
   std::vector<LogicalLeaf> leaves = Leaves(table, kBase + (8 << 10), 4 << 10);
   ASSERT_EQ(leaves.size(), 1u);
   EXPECT_EQ(leaves[0].va, kBase) << "a query inside the group reports the whole group";
@@ -277,10 +277,10 @@ TEST(PageTableTest, ContiguousGroupIsOneUnit) {
   leaves = Leaves(table, kBase, 64 << 10);
   ASSERT_EQ(leaves.size(), 15u);
   for (const LogicalLeaf& l : leaves) EXPECT_FALSE(l.cont);
-  EXPECT_EQ(f->refcount.load(), 16);
+  EXPECT_EQ(f->refcount(), 16);
   HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), 4 << 10));
   HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase + (8 << 10)), 56 << 10));
-  EXPECT_EQ(f->refcount.load(), 1);
+  EXPECT_EQ(f->refcount(), 1);
   EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u);
 }
 
@@ -290,7 +290,7 @@ TEST(PageTableTest, ContPmdGroupClearedAsUnit) {
   HUGEMM_ASSERT_OK(table.Map(f.get(), Ptr(kBase), kRW));
   EXPECT_EQ(table.Translate(Ptr(kBase + (17 << 20)))->leaf_bytes, size_t{32} << 20);
   HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), 32 << 20));
-  EXPECT_EQ(f->refcount.load(), 1);
+  EXPECT_EQ(f->refcount(), 1);
   EXPECT_FALSE(table.Translate(Ptr(kBase + (31 << 20))).has_value());
 }
 
@@ -307,7 +307,7 @@ TEST(PageTableTest, ErrorsChangeNothingAndLeakNoReference) {
   EXPECT_EQ(table.Map(f2m.get(), Ptr(kBase), kProtNone).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(table.Map(f2m.get(), Ptr(uintptr_t{1} << 48), kRW).code(),
             absl::StatusCode::kOutOfRange);
-  EXPECT_EQ(f2m->refcount.load(), 1);
+  EXPECT_EQ(f2m->refcount(), 1);
 
   HUGEMM_ASSERT_OK(table.Map(f2m.get(), Ptr(kBase), kRW));
   st = table.Map(f2m.get(), Ptr(kBase), kRW);
@@ -317,14 +317,14 @@ TEST(PageTableTest, ErrorsChangeNothingAndLeakNoReference) {
   EXPECT_THAT(st.message(), HasSubstr("PMD leaf"));
   st = table.Map(f1g.get(), Ptr(kBase), kRW);
   EXPECT_EQ(st.code(), absl::StatusCode::kAlreadyExists) << st;
-  EXPECT_EQ(f2m->refcount.load(), 2);
-  EXPECT_EQ(f4k->refcount.load(), 1);
-  EXPECT_EQ(f1g->refcount.load(), 1);
+  EXPECT_EQ(f2m->refcount(), 2);
+  EXPECT_EQ(f4k->refcount(), 1);
+  EXPECT_EQ(f1g->refcount(), 1);
 
   st = table.Unmap(Ptr(kBase), 2 * kPageSize2M);
   EXPECT_EQ(st.code(), absl::StatusCode::kNotFound) << st;
   EXPECT_THAT(st.message(), HasSubstr("0x10000200000 is not mapped"));
-  EXPECT_EQ(f2m->refcount.load(), 2) << "a failed unmap changes nothing";
+  EXPECT_EQ(f2m->refcount(), 2) << "a failed unmap changes nothing";
   EXPECT_EQ(table.Unmap(Ptr(kBase + 1), kPageSize4K).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(table.Unmap(Ptr(kBase), 0).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(table.Split(Ptr(kBase + kPageSize1G)).code(), absl::StatusCode::kNotFound);
@@ -336,12 +336,12 @@ TEST(PageTableTest, ErrorsChangeNothingAndLeakNoReference) {
   EXPECT_EQ(table.notifiers().Unsubscribe(12345).code(), absl::StatusCode::kNotFound);
 
   HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), kPageSize2M));
-  EXPECT_EQ(f2m->refcount.load(), 1);
+  EXPECT_EQ(f2m->refcount(), 1);
 
   PageTable arm16(*Arm64Geometry(16 << 10));
   st = arm16.Map(f4k.get(), Ptr(kBase), kRW);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
-  EXPECT_EQ(f4k->refcount.load(), 1);
+  EXPECT_EQ(f4k->refcount(), 1);
 }
 
 TEST(PageTableTest, PartialUnmapAndProtectSplitFirst) {
@@ -359,12 +359,12 @@ TEST(PageTableTest, PartialUnmapAndProtectSplitFirst) {
   EXPECT_EQ(leaves[2].prot, kRW);
 
   HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase + 10 * kPageSize4K), kPageSize4K));
-  EXPECT_EQ(f->refcount.load(), 1 + 511);
+  EXPECT_EQ(f->refcount(), 1 + 511);
   EXPECT_FALSE(table.Translate(Ptr(kBase + 10 * kPageSize4K)).has_value());
   EXPECT_EQ(table.Translate(Ptr(kBase + 11 * kPageSize4K))->folio, f.get());
   HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), 10 * kPageSize4K));
   HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase + 11 * kPageSize4K), kPageSize2M - 11 * kPageSize4K));
-  EXPECT_EQ(f->refcount.load(), 1);
+  EXPECT_EQ(f->refcount(), 1);
   EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u);
 }
 
@@ -373,16 +373,16 @@ TEST(PageTableTest, PudSplitDepositsForEveryPmd) {
   auto f = FakeFolio(kPageSize1G, kBase, kBasePfn);
   HUGEMM_ASSERT_OK(table.Map(f.get(), Ptr(kBase), kRW));
   HUGEMM_ASSERT_OK(table.Split(Ptr(kBase)));
-  EXPECT_EQ(f->refcount.load(), 1 + 512);
+  EXPECT_EQ(f->refcount(), 1 + 512);
   // Every new PMD leaf can split without memory: split one in the middle.
   HUGEMM_ASSERT_OK(table.Split(Ptr(kBase + 300 * kPageSize2M)));
-  EXPECT_EQ(f->refcount.load(), 1 + 511 + 512);
+  EXPECT_EQ(f->refcount(), 1 + 511 + 512);
   std::optional<Translation> t = table.Translate(Ptr(kBase + 300 * kPageSize2M + 5 * kPageSize4K));
   ASSERT_TRUE(t.has_value());
   EXPECT_EQ(t->level, kPteLevel);
   EXPECT_EQ(t->pfn, kBasePfn + 300 * 512 + 5);
   HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), kPageSize1G));
-  EXPECT_EQ(f->refcount.load(), 1);
+  EXPECT_EQ(f->refcount(), 1);
   EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u);
 }
 
@@ -507,7 +507,7 @@ TEST(PageTableTest, DeviceExclusiveTellsOtherSubscribers) {
   EXPECT_THAT(heard_a, ::testing::ElementsAre("start split", "end split"))
       << "the owner is not told about its own exclusive entry";
   EXPECT_TRUE(heard_far.empty());
-  EXPECT_EQ(f->refcount.load(), 1 + 512);
+  EXPECT_EQ(f->refcount(), 1 + 512);
 
   std::optional<Translation> t = table.Translate(Ptr(page + 100));
   ASSERT_TRUE(t.has_value());
@@ -532,12 +532,12 @@ TEST(PageTableTest, DeviceExclusiveTellsOtherSubscribers) {
   EXPECT_FALSE(t->exclusive);
   EXPECT_EQ(t->folio, f.get());
   EXPECT_EQ(Leaves(table, page, kPageSize4K)[0].prot, kRW);
-  EXPECT_EQ(f->refcount.load(), 1 + 512);
+  EXPECT_EQ(f->refcount(), 1 + 512);
 
   HUGEMM_ASSERT_OK(table.MakeExclusive(Ptr(page), &gpu_b));
   HUGEMM_ASSERT_OK(notifiers.Unsubscribe(id_b));
   HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), kPageSize2M));
-  EXPECT_EQ(f->refcount.load(), 1);
+  EXPECT_EQ(f->refcount(), 1);
   EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u);
 }
 
@@ -551,8 +551,8 @@ TEST(PageTableTest, DestructionDropsEveryReference) {
     HUGEMM_ASSERT_OK(table.Split(Ptr(kBase)));
     HUGEMM_ASSERT_OK(table.MakeExclusive(Ptr(kBase), nullptr));
   }
-  EXPECT_EQ(f->refcount.load(), 1);
-  EXPECT_EQ(g->refcount.load(), 1);
+  EXPECT_EQ(f->refcount(), 1);
+  EXPECT_EQ(g->refcount(), 1);
 }
 
 }  // namespace

@@ -22,7 +22,7 @@ inline std::unique_ptr<Folio> FakeFolio(size_t bytes, uintptr_t va, uint64_t hea
   f->order = static_cast<uint8_t>(PageOrder(bytes));
   f->data = reinterpret_cast<std::byte*>(va);
   f->head_pfn = head_pfn;
-  f->refcount.store(1);
+  f->counts.store(Folio::CountsWord(1, 0));
   return f;
 }
 

@@ -2,7 +2,9 @@
 //
 // A folio is 2^order contiguous 4K pages of one backing, described by a 64-byte Folio
 // that carries the reference and pin counts for all of them, as the kernel keeps them on
-// the head page. Reference rules follow the kernel's:
+// the head page, in one 64-bit word, so that a pin or an unpin of a large folio is one
+// atomic read-modify-write where the kernel needs two. Reference rules follow the
+// kernel's:
 //   - the owner holds one reference; a mapping holds one; each pin holds `refs`;
 //   - TryGet fails on a zero refcount, so a racing reader never resurrects a free folio;
 //   - the folio goes back to its owner when the last reference drops, whoever drops it;
@@ -65,10 +67,12 @@ enum class RefKind : uint8_t { kGet, kPin };
 // the folio (before it hands the first reference out, or after the last one came back)
 // and only read otherwise.
 struct alignas(64) Folio {
-  std::atomic<int32_t> refcount{0};
-  std::atomic<int32_t> pincount{0};  // exact, large folios only
-  std::atomic<uint32_t> flags{0};    // FolioFlag bits
-  uint8_t order = 0;                 // log2(bytes / 4K)
+  // refcount in bits 0..31, pincount (exact, large folios only) in bits 32..63: one word,
+  // so that one atomic takes both. Change it only through the functions below; an owner
+  // (re)initialises it with CountsWord while it alone holds the folio.
+  std::atomic<uint64_t> counts{0};
+  std::atomic<uint32_t> flags{0};  // FolioFlag bits
+  uint8_t order = 0;               // log2(bytes / 4K)
   BackingKind backing = BackingKind::kAnon;
   int16_t node = -1;
   uint64_t head_pfn = kUnknownPfn;
@@ -77,6 +81,20 @@ struct alignas(64) Folio {
   FolioOwner* owner = nullptr;
   // Owner-private words (free-list links, buddy bookkeeping).
   uint64_t owner_private[2] = {0, 0};
+
+  static constexpr int kPincountShift = 32;
+  // The counts word holding `refcount` references of which `pincount` are pins.
+  static constexpr uint64_t CountsWord(int32_t refcount, int32_t pincount) {
+    return static_cast<uint32_t>(refcount) |
+           (uint64_t{static_cast<uint32_t>(pincount)} << kPincountShift);
+  }
+  // The counts, read with acquire (a folio in use may change right after).
+  int32_t refcount() const {
+    return static_cast<int32_t>(static_cast<uint32_t>(counts.load(std::memory_order_acquire)));
+  }
+  int32_t pincount() const {
+    return static_cast<int32_t>(counts.load(std::memory_order_acquire) >> kPincountShift);
+  }
 
   size_t size() const { return kPageSize4K << order; }
   size_t nr_pages() const { return size_t{1} << order; }
@@ -116,7 +134,10 @@ class FolioOwner {
 };
 
 // The reference operations. All are lock-free and may race with each other on one
-// folio from any number of threads; the slow path of each is a CAS loop.
+// folio from any number of threads. Each is one atomic read-modify-write of the counts
+// word when nothing races with it: a compare-and-swap for those that must not raise a
+// zero count or pass the maximum (retried while other threads change the word), a
+// fetch-sub for those that drop references. Counts never exceed INT32_MAX.
 //
 // One more reference; the caller already holds one (refcount > 0). InvalidArgument for
 // refs <= 0; FailedPrecondition on a free folio (refcount 0: never a resurrection);
@@ -135,7 +156,8 @@ void FolioPut(Folio* folio, int32_t refs = 1);
 // pincount += refs for a large-folio pin. InvalidArgument for refs <= 0, NotFound on a
 // freed folio, ResourceExhausted on overflow; nothing is taken on error.
 [[nodiscard]] absl::Status FolioTryGrab(Folio* folio, int32_t refs, RefKind kind);
-// Undoes FolioTryGrab; marks the folio dirty first when asked.
+// Undoes FolioTryGrab, in the same one operation; marks the folio dirty first when asked
+// (a flag already set is not written again).
 void FolioUngrab(Folio* folio, int32_t refs, RefKind kind, bool dirty = false);
 
 // What a fresh folio descriptor says: everything but its counts.

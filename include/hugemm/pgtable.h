@@ -344,6 +344,10 @@ class PageTable {
   int cont_shift_[kMaxLevels] = {};  // log2 of the entries of a contiguous group
   uintptr_t index_mask_[kMaxLevels] = {};
   uintptr_t va_limit_ = 0;  // the first address beyond the geometry (0: invalid geometry)
+  // Bumped after a writer unhooks a table from the tree, before the grace period that
+  // frees it: a reader thread reuses the walk hint it saved (walk.h) only while this is
+  // unchanged. Starts at a value no other table in the process starts at.
+  std::atomic<uint64_t> generation_{0};
   absl::Status geometry_status_;
   Table* root_ = nullptr;
   // The top-level table's header, entries and frame words (see table.h), in the object so

@@ -21,19 +21,19 @@ BENCHMARK(BM_Baseline_AtomicAddSub);
 
 void BM_FolioGetPut(benchmark::State& state) {
   Folio folio;
-  folio.refcount.store(1);
+  folio.counts.store(Folio::CountsWord(1, 0));
   folio.order = 9;
   for (auto _ : state) {
     (void)FolioGet(&folio);
     FolioPut(&folio);
   }
-  benchmark::DoNotOptimize(folio.refcount.load());
+  benchmark::DoNotOptimize(folio.refcount());
 }
 BENCHMARK(BM_FolioGetPut);
 
 void BM_FolioTryGetPut(benchmark::State& state) {
   Folio folio;
-  folio.refcount.store(1);
+  folio.counts.store(Folio::CountsWord(1, 0));
   folio.order = 9;
   for (auto _ : state) {
     benchmark::DoNotOptimize(FolioTryGet(&folio));
@@ -45,7 +45,7 @@ BENCHMARK(BM_FolioTryGetPut);
 // A GUP-fast pin of a whole 2M folio (512 pages in one grab) and its unpin.
 void BM_FolioPinUnpin2M(benchmark::State& state) {
   Folio folio;
-  folio.refcount.store(1);
+  folio.counts.store(Folio::CountsWord(1, 0));
   folio.order = 9;
   for (auto _ : state) {
     (void)FolioTryGrab(&folio, 512, RefKind::kPin);
@@ -58,7 +58,7 @@ BENCHMARK(BM_FolioPinUnpin2M);
 // The same 512 pages pinned one reference per 4K page, as before compound batching.
 void BM_Baseline_PerPagePinUnpin2M(benchmark::State& state) {
   Folio folio;
-  folio.refcount.store(1);
+  folio.counts.store(Folio::CountsWord(1, 0));
   folio.order = 9;
   for (auto _ : state) {
     for (int i = 0; i < 512; ++i) (void)FolioTryGrab(&folio, 1, RefKind::kPin);

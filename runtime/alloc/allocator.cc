@@ -162,7 +162,7 @@ absl::StatusOr<FolioHandle> Allocator::AllocateOrder(int order, const AllocOptio
   Folio* f = *folio;
   if (options.zero) alloc_internal::ZeroFolioMemory(f->data, f->size());
   // Release: the zeroes and the descriptor are visible to whoever gets a reference.
-  f->refcount.store(1, std::memory_order_release);
+  f->counts.store(Folio::CountsWord(1, 0), std::memory_order_release);
   return FolioHandle(f);
 }
 

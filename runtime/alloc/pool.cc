@@ -79,8 +79,7 @@ Folio* Pool::NewFolio(Region* region, size_t head, int order) {
   Folio* f = rec->reserve.Get();
   const bool in_reserve = f != nullptr;
   if (f == nullptr) f = descriptors_.Get();
-  f->refcount.store(0, std::memory_order_relaxed);
-  f->pincount.store(0, std::memory_order_relaxed);
+  f->counts.store(Folio::CountsWord(0, 0), std::memory_order_relaxed);
   f->flags.store(in_reserve ? static_cast<uint32_t>(FolioFlag::kReserveMeta) : 0u,
                  std::memory_order_relaxed);
   f->order = static_cast<uint8_t>(order);

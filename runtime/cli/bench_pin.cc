@@ -48,6 +48,7 @@ void PrintJsonResult(const PinBenchConfig& c, const PinBenchResult& r) {
               {"flags", r.flags},
               {"pages_per_call", c.pages_per_call},
               {"threads", c.threads},
+              {"disjoint", c.disjoint},
               {"repeats", c.repeats},
               {"pin_us", SummaryJson(r.ours.pin_us)},
               {"unpin_us", SummaryJson(r.ours.unpin_us)},
@@ -66,8 +67,22 @@ void PrintJsonResult(const PinBenchConfig& c, const PinBenchResult& r) {
     out["kernel_pin_over_pin"] = Summarize(r.kernel->pin_us).median / pin.median;
     out["kernel_unpin_over_unpin"] = Summarize(r.kernel->unpin_us).median / unpin.median;
   }
+  if (r.one_thread) {
+    const perf::PinScaling s = perf::ThreadScaling(c, r);
+    out["wall_pin_us"] = SummaryJson(r.ours.wall_pin_us);
+    out["wall_unpin_us"] = SummaryJson(r.ours.wall_unpin_us);
+    out["one_thread_pin_us"] = SummaryJson(r.one_thread->pin_us);
+    out["one_thread_unpin_us"] = SummaryJson(r.one_thread->unpin_us);
+    out["threads_over_one_pin"] = s.pin;
+    out["threads_over_one_unpin"] = s.unpin;
+    out["cpu_scaling"] = r.cpu_scaling.value_or(0);
+  }
   PrintJson(out);
 }
+
+// Microseconds as text: whole ones, or two decimals below ten (a 1G folio pins in less
+// than one).
+std::string Us(double us) { return absl::StrFormat(us < 10 ? "%.2f" : "%.0f", us); }
 
 void PrintTextResult(const PinBenchConfig& c, const PinBenchResult& r) {
   std::printf(
@@ -92,22 +107,37 @@ void PrintTextResult(const PinBenchConfig& c, const PinBenchResult& r) {
   }
   const Summary pin = Summarize(r.ours.pin_us), unpin = Summarize(r.ours.unpin_us);
   const double floor = Summarize(r.floor_us).median;
-  std::printf("\nmedian of %d: pin %.0f us, unpin %.0f us (min %.0f / %.0f)\n", c.repeats,
-              pin.median, unpin.median, pin.min, unpin.min);
-  std::printf("floor (%s): %.0f us; pin / floor = %.2fx\n", r.floor.c_str(), floor,
+  std::printf("\nmedian of %d: pin %s us, unpin %s us (min %s / %s)\n", c.repeats,
+              Us(pin.median).c_str(), Us(unpin.median).c_str(), Us(pin.min).c_str(),
+              Us(unpin.min).c_str());
+  std::printf("floor (%s): %s us; pin / floor = %.2fx\n", r.floor.c_str(), Us(floor).c_str(),
               pin.median / floor);
   if (r.per_page) {
     const double pp = Summarize(r.per_page->pin_us).median;
-    std::printf("refcount per 4K page: pin %.0f us, unpin %.0f us; per page / per folio = %.1fx\n",
-                pp, Summarize(r.per_page->unpin_us).median, pp / pin.median);
+    std::printf("refcount per 4K page: pin %s us, unpin %s us; per page / per folio = %.1fx\n",
+                Us(pp).c_str(), Us(Summarize(r.per_page->unpin_us).median).c_str(),
+                pp / pin.median);
   }
   if (r.kernel) {
     const double kp = Summarize(r.kernel->pin_us).median;
     const double ku = Summarize(r.kernel->unpin_us).median;
     std::printf(
         "kernel, io_uring fixed-buffer registration (FOLL_LONGTERM) of the same buffer: "
-        "register %.0f us, unregister %.0f us; kernel / hugemm = %.1fx pin, %.1fx unpin\n",
-        kp, ku, kp / pin.median, ku / unpin.median);
+        "register %s us, unregister %s us; kernel / hugemm = %.1fx pin, %.1fx unpin\n",
+        Us(kp).c_str(), Us(ku).c_str(), kp / pin.median, ku / unpin.median);
+  }
+  if (r.one_thread) {
+    const perf::PinScaling s = perf::ThreadScaling(c, r);
+    std::printf(
+        "%d threads, %s: wall pin %s us, unpin %s us; one thread over the whole range: "
+        "pin %s us, unpin %s us; throughput %d threads / one = %.2fx pin, %.2fx unpin\n",
+        c.threads, c.disjoint ? "each its own folios" : "all on the same folios",
+        Us(Summarize(r.ours.wall_pin_us).median).c_str(),
+        Us(Summarize(r.ours.wall_unpin_us).median).c_str(),
+        Us(Summarize(r.one_thread->pin_us).median).c_str(),
+        Us(Summarize(r.one_thread->unpin_us).median).c_str(), c.threads, s.pin, s.unpin);
+    std::printf("control: a compute loop on %d threads runs %.2fx one thread's throughput here\n",
+                c.threads, r.cpu_scaling.value_or(0));
   }
 }
 
@@ -175,10 +205,12 @@ void AddBenchPinCommand(CommandTable& table, CLI::App* bench) {
       "-f", c.file,
       "A /dev/dax device, or a file in a hugetlbfs mount (one the run creates is removed)");
   file->type_name("FILE");
-  pin->add_option("-j", c.threads, "Threads, each pinning the whole range")
+  pin->add_option("-j", c.threads, "Threads, each pinning the whole range (or see --disjoint)")
       ->check(IntegerIn(1, 64))
       ->type_name("N")
       ->capture_default_str();
+  pin->add_flag("--disjoint", c.disjoint,
+                "With -j: each thread pins its own part of the range, whole folios");
   CLI::Option* backing =
       pin->add_option_function<std::string>(
              "--backing", [&c](const std::string& v) { c.backing = *ParseBackingKind(v); },

@@ -1,102 +1,94 @@
-// The reference arithmetic of a folio head. Each operation is one atomic on the hot
-// path; CAS loops appear only where the kernel also needs them (try_get must not raise
-// a zero count, and no count may wrap).
+// The public reference operations: the inline arithmetic of refs.h, with a status that
+// says why when it takes nothing.
 #include "hugemm/folio.h"
 
 #include "absl/strings/str_cat.h"
+#include "runtime/folio/refs.h"
 
 namespace hugemm {
 namespace {
 
-constexpr int32_t kMaxCount = std::numeric_limits<int32_t>::max();
+using folio_internal::GrabResult;
+using folio_internal::kMaxCount;
 
-absl::Status Overflow(const Folio* folio, int64_t have, int64_t add, const char* what) {
-  return absl::ResourceExhaustedError(absl::StrCat(
-      what, " of the ", PageSizeName(folio->size()), " folio at ",
-      absl::Hex(reinterpret_cast<uintptr_t>(folio->data)), " would overflow: ", have, " + ", add));
-}
-
-// Adds `add` unless the count is zero (when `require_live`) or the sum would overflow.
-bool TryAdd(std::atomic<int32_t>* count, int32_t add, bool require_live, int32_t* seen) {
-  int32_t old = count->load(std::memory_order_relaxed);
-  do {
-    *seen = old;
-    if (require_live && old <= 0) return false;
-    if (old > kMaxCount - add) return false;
-  } while (!count->compare_exchange_weak(old, old + add, std::memory_order_acquire,
-                                         std::memory_order_relaxed));
-  return true;
+absl::Status Overflow(const Folio* folio, int64_t add, const char* what) {
+  const uint64_t word = folio->counts.load(std::memory_order_relaxed);
+  return absl::ResourceExhaustedError(
+      absl::StrCat(what, " of the ", PageSizeName(folio->size()), " folio at ",
+                   absl::Hex(reinterpret_cast<uintptr_t>(folio->data)),
+                   " would overflow: refcount ", folio_internal::RefcountOf(word), ", pincount ",
+                   folio_internal::PincountOf(word), ", + ", add));
 }
 
 }  // namespace
 
+namespace folio_internal {
+
+void Released(Folio* folio) {
+  if (folio->owner != nullptr) folio->owner->ReleaseFolio(folio);
+}
+
+}  // namespace folio_internal
+
 absl::Status FolioGet(Folio* folio, int32_t refs) {
   if (refs <= 0) return absl::InvalidArgumentError(absl::StrCat("bad reference count ", refs));
-  int32_t seen = 0;
-  // The caller claims to hold a reference; on a zero count it does not, and a plain
-  // add would resurrect a folio its pool already owns (the kernel BUGs here).
-  if (!TryAdd(&folio->refcount, refs, /*require_live=*/true, &seen)) {
-    if (seen <= 0) {
+  switch (folio_internal::TryAdd(folio, static_cast<uint32_t>(refs))) {
+    case GrabResult::kOk:
+      return absl::OkStatus();
+    case GrabResult::kFree:
+      // The caller claims to hold a reference; on a zero count it does not, and a plain
+      // add would resurrect a folio its pool already owns (the kernel BUGs here).
       return absl::FailedPreconditionError(absl::StrCat(
           "get on the free ", PageSizeName(folio->size()), " folio at ",
           absl::Hex(reinterpret_cast<uintptr_t>(folio->data)), ": the caller holds no reference"));
-    }
-    return Overflow(folio, seen, refs, "refcount");
+    default:
+      return Overflow(folio, refs, "refcount");
   }
-  return absl::OkStatus();
 }
 
 bool FolioTryGet(Folio* folio, int32_t refs, absl::Status* error) {
-  int32_t seen = 0;
-  if (refs > 0 && TryAdd(&folio->refcount, refs, /*require_live=*/true, &seen)) return true;
+  const GrabResult r =
+      refs > 0 ? folio_internal::TryAdd(folio, static_cast<uint32_t>(refs)) : GrabResult::kBadCount;
+  if (r == GrabResult::kOk) return true;
   if (error != nullptr) {
-    *error = refs <= 0   ? absl::InvalidArgumentError(absl::StrCat("bad reference count ", refs))
-             : seen <= 0 ? absl::NotFoundError("folio is free")
-                         : Overflow(folio, seen, refs, "refcount");
+    *error = r == GrabResult::kBadCount
+                 ? absl::InvalidArgumentError(absl::StrCat("bad reference count ", refs))
+             : r == GrabResult::kFree ? absl::NotFoundError("folio is free")
+                                      : Overflow(folio, refs, "refcount");
   }
   return false;
 }
 
 void FolioPut(Folio* folio, int32_t refs) {
-  // Release: everything this holder wrote to the folio happens before its reuse.
-  int32_t old = folio->refcount.fetch_sub(refs, std::memory_order_acq_rel);
-  if (old == refs && folio->owner != nullptr) folio->owner->ReleaseFolio(folio);
+  if (refs <= 0) return;
+  folio_internal::Drop(folio, static_cast<uint32_t>(refs));
 }
 
 absl::Status FolioTryGrab(Folio* folio, int32_t refs, RefKind kind) {
   if (refs <= 0) return absl::InvalidArgumentError(absl::StrCat("bad page count ", refs));
-  const bool biased = kind == RefKind::kPin && !folio->large();
-  if (biased && refs > kMaxCount / kPinBias)
-    return Overflow(folio, 0, int64_t{refs} * kPinBias, "refcount");
-  const int32_t add = biased ? refs * kPinBias : refs;
-  int32_t seen = 0;
-  if (!TryAdd(&folio->refcount, add, /*require_live=*/true, &seen)) {
-    if (seen <= 0) return absl::NotFoundError("folio is free");
-    return Overflow(folio, seen, add, "refcount");
+  switch (folio_internal::TryGrab(folio, static_cast<uint32_t>(refs), kind)) {
+    case GrabResult::kOk:
+      return absl::OkStatus();
+    case GrabResult::kFree:
+      return absl::NotFoundError("folio is free");
+    case GrabResult::kBadCount:
+      // Only a biased count can be out of range here: refs * kPinBias > INT32_MAX.
+      return Overflow(folio, int64_t{refs} * kPinBias, "refcount");
+    case GrabResult::kOverflow:
+      break;
   }
-  if (kind == RefKind::kPin && folio->large()) {
-    if (!TryAdd(&folio->pincount, refs, /*require_live=*/false, &seen)) {
-      // Not a bare fetch_sub: the other holders may have gone meanwhile, and then this
-      // undo drops the last reference and must hand the folio back.
-      FolioPut(folio, add);
-      return Overflow(folio, seen, refs, "pincount");
-    }
-  }
-  return absl::OkStatus();
+  const bool pins = kind == RefKind::kPin && folio->large();
+  return Overflow(folio, kind == RefKind::kPin && !pins ? int64_t{refs} * kPinBias : refs,
+                  pins ? "refcount or pincount" : "refcount");
 }
 
 void FolioUngrab(Folio* folio, int32_t refs, RefKind kind, bool dirty) {
-  if (dirty) folio->set_flag(FolioFlag::kDirty);
-  const bool biased = kind == RefKind::kPin && !folio->large();
-  if (kind == RefKind::kPin && folio->large()) {
-    folio->pincount.fetch_sub(refs, std::memory_order_release);
-  }
-  FolioPut(folio, biased ? refs * kPinBias : refs);
+  if (refs <= 0 || refs > static_cast<int32_t>(kMaxCount)) return;
+  folio_internal::Ungrab(folio, static_cast<uint32_t>(refs), kind, dirty);
 }
 
 void InitFolio(Folio* folio, const FolioInit& init) {
-  folio->refcount.store(1, std::memory_order_relaxed);
-  folio->pincount.store(0, std::memory_order_relaxed);
+  folio->counts.store(Folio::CountsWord(1, 0), std::memory_order_relaxed);
   folio->flags.store(static_cast<uint32_t>(init.flags), std::memory_order_relaxed);
   folio->order = init.order;
   folio->backing = init.backing;
@@ -121,8 +113,9 @@ FolioInfo DescribeFolio(const Folio& folio) {
   info.data = folio.data;
   info.size = folio.size();
   info.order = folio.order;
-  info.refcount = folio.refcount.load(std::memory_order_relaxed);
-  info.pincount = folio.pincount.load(std::memory_order_relaxed);
+  const uint64_t counts = folio.counts.load(std::memory_order_relaxed);
+  info.refcount = static_cast<int32_t>(folio_internal::RefcountOf(counts));
+  info.pincount = static_cast<int32_t>(folio_internal::PincountOf(counts));
   info.flags = folio.flags.load(std::memory_order_relaxed);
   info.node = folio.node;
   info.backing = folio.backing;
@@ -132,8 +125,8 @@ FolioInfo DescribeFolio(const Folio& folio) {
 }
 
 bool FolioMaybeDmaPinned(const Folio* folio) {
-  if (folio->large()) return folio->pincount.load(std::memory_order_acquire) > 0;
-  return folio->refcount.load(std::memory_order_acquire) >= kPinBias;
+  if (folio->large()) return folio->pincount() > 0;
+  return folio->refcount() >= kPinBias;
 }
 
 }  // namespace hugemm

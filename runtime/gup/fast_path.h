@@ -15,13 +15,17 @@
 // live mapping, as if taken under the table lock. If it changed, the folio may be on its
 // way out or back to its pool, and giving back exactly what was taken is still right.
 //
-// The loop builds no status and no string: it returns how far it got and why it stopped,
-// and the slow path (slow_path.h) takes over from there.
+// The loop builds no status and no string and calls nothing out of line: it returns how
+// far it got and why it stopped, and the slow path (slow_path.h) takes over from there.
+// Its lookups start where this thread's last pin on the same table ended, while the
+// table's generation says that is safe (walk.h), so a call that pins one folio descends
+// from the root only when the mapping changed shape since.
 #ifndef HUGEMM_RUNTIME_GUP_FAST_PATH_H_
 #define HUGEMM_RUNTIME_GUP_FAST_PATH_H_
 
 #include <cstdint>
 
+#include "absl/base/attributes.h"
 #include "hugemm/pgtable.h"
 #include "runtime/gup/pin_steps.h"
 #include "runtime/pgtable/rcu.h"
@@ -34,29 +38,33 @@ struct FastResult {
   Stop why;           // kNone when reached is the end
 };
 
+// Inlined into the pin loop: a call that pins one folio is mostly this function's
+// entry and exit.
 template <typename Sink>
-FastResult PinFast(const PinContext& ctx, uintptr_t va, uintptr_t end, GupFlags flags, Sink& sink) {
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline FastResult PinFast(const PinContext& ctx, uintptr_t va,
+                                                       uintptr_t end, GupFlags flags, Sink& sink) {
   using pgtable_internal::Cursor;
   const RefKind kind = HasAny(flags, kGupPin) ? RefKind::kPin : RefKind::kGet;
-  const int page_shift = ctx.table.geometry().page_shift;
   pgtable_internal::ReadLock rs;
-  Cursor cursor(ctx.table);
-  LeafSnapshot snap;
+  Cursor cursor(ctx.table);  // from where this thread's last pin on the table left off
+  pgtable_internal::PinLeaf leaf;
   while (va < end) {
-    if (!cursor.Lookup(va, &snap)) [[unlikely]]
+    if (!cursor.LookupForPin(va, &leaf)) [[unlikely]]
       return {va, Stop::kNotMapped};
-    if (const Stop s = CheckLeaf(snap.leaf, flags); s != Stop::kNone) [[unlikely]]
+    if (const Stop s = CheckLeaf(leaf, flags); s != Stop::kNone) [[unlikely]]
       return {va, s};
-    const Take t = TakeOf(snap.leaf, va, end, page_shift);
-    if (!Grab(t, kind, ctx.granularity).ok()) [[unlikely]]
+    const Take t = TakeOf(leaf, va, end);
+    if (!GrabFast(t, kind, ctx.granularity)) [[unlikely]]
       return {va, Stop::kGrabFailed};
     if (ctx.after_grab != nullptr) [[unlikely]]
       (*ctx.after_grab)(va);
     // Re-check: only an entry that still holds its word makes the grab one on a live
     // mapping. Then what the folio allows, then record; any refusal undoes the grab.
-    Stop s = Cursor::StillMapped(snap) ? Stop::kNone : Stop::kChanged;
-    if (s == Stop::kNone) s = CheckFolio(t.folio, flags);
-    if (s == Stop::kNone && !sink.Accept(t.folio, t.first, t.refs, va)) s = sink.why();
+    Stop s = Cursor::StillMapped(leaf) ? Stop::kNone : Stop::kChanged;
+    if (s == Stop::kNone) [[likely]]
+      s = CheckFolio(t.folio, flags);
+    if (s == Stop::kNone && !sink.Accept(t.folio, t.first, t.refs, va)) [[unlikely]]
+      s = sink.why();
     if (s != Stop::kNone) [[unlikely]] {
       Ungrab(t, kind);
       return {va, s};

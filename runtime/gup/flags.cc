@@ -9,12 +9,8 @@
 #include "runtime/gup/pin_steps.h"
 
 namespace hugemm {
-namespace {
 
-constexpr GupFlags kAllGupFlags =
-    kGupPin | kGupGet | kGupWrite | kGupLongterm | kGupFastOnly | kGupPartial;
-
-}  // namespace
+using gup_internal::kAllGupFlags;
 
 std::string GupFlagsName(GupFlags flags) {
   static constexpr std::pair<GupFlags, const char*> kNames[] = {

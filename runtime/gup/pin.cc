@@ -48,7 +48,8 @@ absl::StatusOr<size_t> NothingToPin(GupFlags flags) {
 // recorded is given back.
 template <typename Sink>
 absl::StatusOr<size_t> PinRange(const PinContext& ctx, const PinRequest& req, Sink& sink) {
-  if (absl::Status st = gup_internal::CheckFlags(req.flags); !st.ok()) return st;
+  if (!gup_internal::FlagsValid(req.flags)) [[unlikely]]
+    return gup_internal::CheckFlags(req.flags);
   if (req.npages > (std::numeric_limits<uintptr_t>::max() - req.start) >> kPageShift) {
     return absl::InvalidArgumentError(
         absl::StrFormat("%s: wraps the address space", RequestName(req)));

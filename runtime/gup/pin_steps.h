@@ -14,6 +14,8 @@
 #include "hugemm/folio.h"
 #include "hugemm/gup.h"
 #include "hugemm/pgtable.h"
+#include "runtime/folio/refs.h"
+#include "runtime/pgtable/walk.h"
 
 namespace hugemm::gup_internal {
 
@@ -30,6 +32,16 @@ enum class Stop : uint8_t {
   kNoPfn,        // DMA segments of a folio whose PFNs are unknown
   kUnencodable,  // a descriptor a page-array entry cannot hold
 };
+
+inline constexpr GupFlags kAllGupFlags =
+    kGupPin | kGupGet | kGupWrite | kGupLongterm | kGupFastOnly | kGupPartial;
+
+// Known flags, exactly one of PIN and GET, LONGTERM only with PIN. Inline: every pin
+// checks its flags, and only a bad set needs words (CheckFlags).
+inline bool FlagsValid(GupFlags flags) {
+  return !HasAny(flags, ~kAllGupFlags) && HasAny(flags, kGupPin) != HasAny(flags, kGupGet) &&
+         (!HasAny(flags, kGupLongterm) || HasAny(flags, kGupPin));
+}
 
 // InvalidArgument for unknown flags, neither or both of PIN and GET, LONGTERM without PIN.
 absl::Status CheckFlags(GupFlags flags);
@@ -66,6 +78,13 @@ inline Stop CheckLeaf(const LogicalLeaf& leaf, GupFlags flags) {
   if (HasAny(flags, kGupWrite) && !HasAny(leaf.prot, kProtWrite)) return Stop::kReadOnly;
   return Stop::kNone;
 }
+inline Stop CheckLeaf(const pgtable_internal::PinLeaf& leaf, GupFlags flags) {
+  if (leaf.exclusive) [[unlikely]]
+    return Stop::kExclusive;
+  if (HasAny(flags, kGupWrite) && !leaf.writable) [[unlikely]]
+    return Stop::kReadOnly;
+  return Stop::kNone;
+}
 
 // What the folio allows: decided only once the grab is known to be on the folio mapped
 // here (after the re-check, or under the table lock), as the kernel's
@@ -81,15 +100,36 @@ inline Take TakeOf(const LogicalLeaf& leaf, uintptr_t va, uintptr_t end, int pag
   return {leaf.folio, static_cast<uint32_t>((va - folio_va) >> kPageShift),
           static_cast<uint32_t>((std::min(leaf.va + leaf.bytes, end) - va) >> kPageShift)};
 }
+// The same from what GUP-fast decoded: a folio is mapped whole at an address aligned to
+// its size, so va's page inside it is va's offset from that alignment.
+inline Take TakeOf(const pgtable_internal::PinLeaf& leaf, uintptr_t va, uintptr_t end) {
+  return {leaf.folio, static_cast<uint32_t>((va & (leaf.folio->size() - 1)) >> kPageShift),
+          static_cast<uint32_t>((std::min(leaf.end, end) - va) >> kPageShift)};
+}
 
-// refs references of `kind` on the folio's head: one operation, or one per page in
-// kPage granularity (all or none).
-inline absl::Status Grab(const Take& t, RefKind kind, RefGranularity granularity) {
+// refs references of `kind` on the folio's head: one atomic, or one per page in kPage
+// granularity (all or none). No status: the slow path asks FolioTryGrab for the words.
+inline bool GrabFast(const Take& t, RefKind kind, RefGranularity granularity) {
+  using folio_internal::GrabResult;
   if (granularity == RefGranularity::kFolio) [[likely]] {
+    return folio_internal::TryGrab(t.folio, t.refs, kind) == GrabResult::kOk;
+  }
+  for (uint32_t i = 0; i < t.refs; ++i) {
+    if (folio_internal::TryGrab(t.folio, 1, kind) != GrabResult::kOk) [[unlikely]] {
+      if (i != 0) folio_internal::Ungrab(t.folio, i, kind, /*dirty=*/false);
+      return false;
+    }
+  }
+  return true;
+}
+
+// The same with the status of a refused grab: the slow path's.
+inline absl::Status Grab(const Take& t, RefKind kind, RefGranularity granularity) {
+  if (granularity == RefGranularity::kFolio) {
     return FolioTryGrab(t.folio, static_cast<int32_t>(t.refs), kind);
   }
   for (uint32_t i = 0; i < t.refs; ++i) {
-    if (absl::Status st = FolioTryGrab(t.folio, 1, kind); !st.ok()) [[unlikely]] {
+    if (absl::Status st = FolioTryGrab(t.folio, 1, kind); !st.ok()) {
       if (i != 0) FolioUngrab(t.folio, static_cast<int32_t>(i), kind);
       return st;
     }
@@ -97,8 +137,9 @@ inline absl::Status Grab(const Take& t, RefKind kind, RefGranularity granularity
   return absl::OkStatus();
 }
 
+// Gives back what a grab took, in one atomic.
 inline void Ungrab(const Take& t, RefKind kind) {
-  FolioUngrab(t.folio, static_cast<int32_t>(t.refs), kind);
+  folio_internal::Ungrab(t.folio, t.refs, kind, /*dirty=*/false);
 }
 
 }  // namespace hugemm::gup_internal

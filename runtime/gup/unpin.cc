@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_format.h"
 #include "hugemm/gup.h"
+#include "runtime/folio/refs.h"
 
 namespace hugemm {
 namespace gup_internal {
@@ -14,6 +15,31 @@ namespace {
 // Longest run of page-array entries given back in one operation: far beyond any folio,
 // short of what could overflow an order-0 folio's biased count.
 constexpr size_t kMaxUnpinRun = size_t{1} << 20;
+
+// The bits of an entry that name its folio and kind: all but the page index.
+constexpr uint64_t kRunKeyMask =
+    ~(((uint64_t{1} << PageRef::kIndexBits) - 1) << PageRef::kIndexShift);
+
+// How many entries from pages[i] on name pages[i]'s folio with its kind. Every entry is
+// read: the encoding would let a pinned folio's run end be guessed from the first entry's
+// index (a 2M folio's pages from k on end 512 - k entries later), but a caller may
+// concatenate the arrays of several pins, and then an entry in between can belong to
+// another folio even when both ends match. So the loop reads eight entries at a time
+// without a branch per entry, which the compiler turns into vector compares: reading the
+// array costs no more than the pin's writing it.
+size_t RunLength(const PageRef* pages, size_t i, size_t n) {
+  const uint64_t key = pages[i].bits() & kRunKeyMask;
+  const size_t limit = std::min(n, i + kMaxUnpinRun);
+  size_t j = i + 1;
+  while (j + 8 <= limit) {
+    uint64_t differ = 0;
+    for (size_t k = 0; k < 8; ++k) differ |= (pages[j + k].bits() & kRunKeyMask) ^ key;
+    if (differ != 0) break;
+    j += 8;
+  }
+  while (j < limit && (pages[j].bits() & kRunKeyMask) == key) ++j;
+  return j - i;
+}
 
 }  // namespace
 
@@ -25,26 +51,18 @@ size_t UnpinPageRefs(absl::Span<const PageRef> refs, bool dirty, RefGranularity 
   if (granularity == RefGranularity::kPage) {
     for (size_t i = 0; i < n; ++i) {
       if (pages[i].folio() == nullptr) continue;
-      FolioUngrab(pages[i].folio(), 1, pages[i].kind(), dirty);
+      folio_internal::Ungrab(pages[i].folio(), 1, pages[i].kind(), dirty);
       ++ops;
     }
     return ops;
   }
   for (size_t i = 0; i < n;) {
-    Folio* folio = pages[i].folio();
-    const RefKind kind = pages[i].kind();
-    // Same folio and kind: the same bits above the page index.
-    const uint64_t key = pages[i].bits() >> PageRef::kFolioShift;
-    size_t j = i + 1;
-    while (j < n && j - i < kMaxUnpinRun && (pages[j].bits() >> PageRef::kFolioShift) == key &&
-           pages[j].kind() == kind) {
-      ++j;
-    }
-    if (folio != nullptr) {
-      FolioUngrab(folio, static_cast<int32_t>(j - i), kind, dirty);
+    const size_t run = RunLength(pages, i, n);
+    if (Folio* folio = pages[i].folio(); folio != nullptr) {
+      folio_internal::Ungrab(folio, static_cast<uint32_t>(run), pages[i].kind(), dirty);
       ++ops;
     }
-    i = j;
+    i += run;
   }
   return ops;
 }
@@ -53,7 +71,7 @@ size_t UnpinSpans(absl::Span<const FolioSpan> spans, RefKind kind, bool dirty) {
   size_t ops = 0;
   for (const FolioSpan& s : spans) {
     if (s.folio == nullptr || s.pages == 0) continue;
-    FolioUngrab(s.folio, static_cast<int32_t>(s.pages), kind, dirty);
+    folio_internal::Ungrab(s.folio, s.pages, kind, dirty);
     ++ops;
   }
   return ops;

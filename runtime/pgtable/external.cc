@@ -187,7 +187,7 @@ absl::Status PageTable::CheckOnlyMapped(const Folio* folio, absl::Span<const Log
   for (const LogicalLeaf& l : leaves) {
     expected += l.cont ? int32_t{1} << cont_shift_[l.level] : 1;  // one per entry
   }
-  const int32_t refs = folio->refcount.load(std::memory_order_acquire);
+  const int32_t refs = folio->refcount();
   if (refs == expected) return absl::OkStatus();
   return absl::FailedPreconditionError(absl::StrFormat(
       "unregister: the folio at %p has %d references besides its registration and its "

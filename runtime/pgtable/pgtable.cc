@@ -50,6 +50,10 @@ PageTable::PageTable(Geometry geometry, Os& os)
   static_assert(kRootBytes >= 128 + 2 * (size_t{1} << kMaxTopIndexBits) * sizeof(uint64_t));
   root_ = new (root_storage_) Table;
   tables_.store(1, std::memory_order_relaxed);  // the root counts, though it is not allocated
+  // A table made where an earlier one was destroyed must not take up that one's hints.
+  static std::atomic<uint64_t> epochs{0};
+  generation_.store(epochs.fetch_add(1, std::memory_order_relaxed) << 32,
+                    std::memory_order_relaxed);
   if (!geometry_status_.ok()) {
     // Maps nothing: every address is beyond it (va_limit_ stays 0) and every writer says
     // why.

@@ -34,11 +34,19 @@ void PageTable::PruneEmpty(uintptr_t va, Garbage* g) {
     parent.entry().slot().store(0, std::memory_order_release);
     --parent.table()->used;
     g->Add(child);
+    g->unhooked = true;
   }
 }
 
 void PageTable::Reclaim(Garbage* g) {
   if (g->tables == nullptr && g->records.empty() && g->puts.empty()) return;
+  if (g->unhooked) {
+    // After the unhooking stores, before the grace period: a reader that then finds the
+    // generation unchanged began its read section before the grace period, which waits
+    // for it, so the table its saved hint names is not freed under it (walk.h).
+    generation_.fetch_add(1, std::memory_order_release);
+    g->unhooked = false;
+  }
   // A reader that saw an unhooked entry may still be inside its read section: it may read
   // the tables and records, and grab the folio. The entry's folio reference is dropped
   // only after the grace period too, so that the folio (and its descriptor, which its

@@ -17,6 +17,7 @@ struct Garbage {
   Table* tables = nullptr;  // linked through `next`, each with its deposits
   std::vector<ExclusiveRecord*> records;
   std::vector<std::pair<Folio*, int32_t>> puts;
+  bool unhooked = false;  // a table readers could reach was detached: hints go stale
 
   void Add(Table* t) {
     t->next = tables;

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <new>
 
 #include "hugemm/pgtable.h"
 #include "runtime/pgtable/table.h"
@@ -29,13 +30,16 @@ struct Entry {
 
 // The lowest table a series of descents reached and the address bits above what it
 // covers: a descent for an address under it starts there instead of at the root. Valid
-// only inside the read section it was filled in: the table cannot be freed before that
-// section ends, and a descent from the root could have read the same pointer a moment
-// earlier.
+// inside the read section it was filled in: the table cannot be freed before that section
+// ends, and a descent from the root could have read the same pointer a moment earlier.
+// A Cursor keeps it beyond that section only as the generation rule below allows.
 struct WalkHint {
   Table* table = nullptr;
   int level = 0;
-  uintptr_t tag = 0;
+  uintptr_t tag = 0;   // va >> tag_shift for every va under `table`
+  int tag_shift = 0;   // the bits `table` covers
+  int shift = 0;       // its entries' index shift
+  uintptr_t mask = 0;  // and index mask
 };
 
 // See PageTable::DecodeBits.
@@ -45,25 +49,84 @@ struct LeafBits {
   const ExclusiveRecord* record;  // a device-exclusive entry's record, or nullptr
 };
 
+// What GUP-fast needs of the leaf mapping an address: less than a LogicalLeaf, decoded
+// from the entry without touching the folio.
+struct PinLeaf {
+  Folio* folio;
+  uintptr_t end;                      // the first byte past the logical leaf
+  bool writable;                      // the leaf allows writes
+  bool exclusive;                     // a device-exclusive entry: the CPU may not use it
+  const std::atomic<uint64_t>* slot;  // the entry read, for the re-check
+  uint64_t entry;                     // its value then
+};
+
+// The hint of this thread's last Cursor, the table it belongs to, and that table's
+// generation when the Cursor's read section began. A Cursor works on it in place.
+struct SavedHint {
+  const PageTable* table = nullptr;
+  uint64_t generation = 0;
+  WalkHint hint;
+  bool busy = false;  // a Cursor works on it now (a nested one keeps a hint of its own)
+};
+inline thread_local SavedHint t_saved_hint;
+
 // Lock-free lookups in address order inside one read section the caller holds: GUP-fast's
 // walk over a range. Consecutive leaves mostly share their table, so each lookup starts
-// where the last one ended.
+// where the last one ended, and a Cursor starts where this thread's last Cursor on the
+// same table ended, when that is provably still safe: the table's generation, read inside
+// this read section, is the one read inside that earlier section. Writers bump it after
+// unhooking a table and before the grace period that frees it, so an unchanged generation
+// means either no table was unhooked since the hint's table was reached (it is still in
+// the tree), or this section began before that grace period (which then waits for it).
+// Either way the table is not freed while this section lasts; an unhooked table is one a
+// prune left empty and dead, so a lookup through it finds nothing mapped and the caller
+// takes the locked path.
 class Cursor {
  public:
-  explicit Cursor(const PageTable& table) : table_(table) {}
+  explicit Cursor(const PageTable& table) : table_(table) {
+    SavedHint& saved = t_saved_hint;
+    if (saved.busy) [[unlikely]] {
+      nested_ = true;
+      hint_ = new (&own_.hint) WalkHint();
+      return;
+    }
+    saved.busy = true;
+    hint_ = &saved.hint;
+    const uint64_t generation = table.generation_.load(std::memory_order_acquire);
+    if (saved.table != &table || saved.generation != generation) [[unlikely]] {
+      saved.table = &table;
+      saved.generation = generation;
+      saved.hint.table = nullptr;
+    }
+  }
+  ~Cursor() {
+    if (!nested_) t_saved_hint.busy = false;
+  }
+  Cursor(const Cursor&) = delete;
+  Cursor& operator=(const Cursor&) = delete;
 
   // The leaf mapping `va` (a device-exclusive entry included) into `out`: false when
   // nothing maps it or it is beyond the address space.
   bool Lookup(uintptr_t va, LeafSnapshot* out);
+  // The same for GUP-fast, decoding only what a pin needs.
+  bool LookupForPin(uintptr_t va, PinLeaf* out);
   // True while the entry `snapshot` read still holds the same value.
   static bool StillMapped(const LeafSnapshot& snapshot) {
     return static_cast<const std::atomic<uint64_t>*>(snapshot.slot)
                ->load(std::memory_order_acquire) == snapshot.word;
   }
+  static bool StillMapped(const PinLeaf& leaf) {
+    return leaf.slot->load(std::memory_order_acquire) == leaf.entry;
+  }
 
  private:
   const PageTable& table_;
-  WalkHint hint_;
+  WalkHint* hint_;  // this thread's saved hint (for this table and generation), or own_
+  bool nested_ = false;
+  union Own {
+    Own() {}  // made only when nested: most Cursors never touch it
+    WalkHint hint;
+  } own_;
 };
 
 }  // namespace hugemm::pgtable_internal
@@ -79,9 +142,17 @@ inline pgtable_internal::Entry PageTable::Descend(uintptr_t va, int to_level,
   Table* t = root_;
   int level = top_;
   if (to_level == kPteLevel && hint != nullptr && hint->table != nullptr &&
-      (va >> shift_[hint->level + 1]) == hint->tag) {
+      (va >> hint->tag_shift) == hint->tag) {
+    // Under the table the last descent reached. Mostly the entry is right there, and then
+    // the hint stays as it is: one load, no stores.
     t = hint->table;
     level = hint->level;
+    const size_t index = (va >> hint->shift) & hint->mask;
+    const uint64_t w = t->slot(index).load(std::memory_order_acquire);
+    if (level == kPteLevel || !pgtable_internal::IsTable(w)) [[likely]]
+      return {t, index, level, w};
+    t = pgtable_internal::AsTable(w);
+    --level;
   }
   size_t index;
   uint64_t w;
@@ -93,9 +164,12 @@ inline pgtable_internal::Entry PageTable::Descend(uintptr_t va, int to_level,
     --level;
   }
   if (hint != nullptr) {
-    hint->table = t;
-    hint->level = level;
-    hint->tag = va >> shift_[level + 1];
+    *hint = {.table = t,
+             .level = level,
+             .tag = va >> shift_[level + 1],
+             .tag_shift = shift_[level + 1],
+             .shift = shift_[level],
+             .mask = index_mask_[level]};
   }
   return {t, index, level, w};
 }
@@ -135,9 +209,25 @@ inline LogicalLeaf PageTable::Decode(uintptr_t va, const pgtable_internal::Entry
   return l;
 }
 
+inline bool pgtable_internal::Cursor::LookupForPin(uintptr_t va, PinLeaf* out) {
+  if (va >= table_.va_limit_) [[unlikely]]
+    return false;
+  const Entry e = table_.Descend(va, kPteLevel, hint_);
+  if (!e.maps()) [[unlikely]]
+    return false;
+  const LeafBits b = table_.DecodeBits(e);
+  out->folio = AsFolio(b.word);
+  out->end = (va | ((uintptr_t{1} << b.shift) - 1)) + 1;
+  out->writable = (b.word & kWrite) != 0;
+  out->exclusive = b.record != nullptr;
+  out->slot = &e.slot();
+  out->entry = e.word;
+  return true;
+}
+
 inline bool pgtable_internal::Cursor::Lookup(uintptr_t va, LeafSnapshot* out) {
   if (va >= table_.va_limit_) return false;
-  const Entry e = table_.Descend(va, kPteLevel, &hint_);
+  const Entry e = table_.Descend(va, kPteLevel, hint_);
   if (!e.maps()) return false;
   out->leaf = table_.Decode(va, e);
   out->slot = &e.slot();

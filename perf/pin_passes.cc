@@ -1,0 +1,210 @@
+// The timed parts of the pin benchmark (pin_passes.h).
+#include "perf/pin_passes.h"
+
+#include <algorithm>
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "perf/bench_util.h"
+
+namespace hugemm::perf::pin_internal {
+void SpinBarrier::Wait() {
+  const int round = round_.load(std::memory_order_acquire);
+  if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_) {
+    arrived_.store(0, std::memory_order_relaxed);
+    round_.fetch_add(1, std::memory_order_release);
+    return;
+  }
+  while (round_.load(std::memory_order_acquire) == round) std::this_thread::yield();
+}
+
+Pass::Pass(Pinner& pinner, const PassConfig& c, size_t first, size_t pages)
+    : pinner_(pinner), c_(c), first_(first), pages_(pages) {
+  switch (c.output) {
+    case PinOutput::kPages:
+      page_out_.resize(pages);
+      break;
+    case PinOutput::kFolios:
+      span_out_.resize(pages);
+      break;
+    case PinOutput::kSegments:
+      seg_out_.resize(pages);
+      break;
+  }
+}
+
+// One call of n pages from page `done` of the pass. (Not a default-constructed StatusOr
+// assigned in a switch: that builds an error status per call, and the call is timed.)
+absl::StatusOr<size_t> Pass::PinCall(size_t done, size_t n) {
+  std::byte* va = c_.base + (first_ + done) * kPageSize4K;
+  switch (c_.output) {
+    case PinOutput::kPages:
+      return pinner_.PinPages(va, n, c_.flags, absl::MakeSpan(page_out_.data() + done, n));
+    case PinOutput::kFolios:
+      return pinner_.PinFolios(
+          va, n * kPageSize4K, c_.flags,
+          absl::MakeSpan(span_out_.data() + count_, span_out_.size() - count_));
+    case PinOutput::kSegments:
+      return pinner_.PinSegments(
+          va, n * kPageSize4K, c_.flags, 0,
+          absl::MakeSpan(seg_out_.data() + count_, seg_out_.size() - count_));
+  }
+  return absl::InternalError("unknown output");
+}
+
+absl::Status Pass::Pin() {
+  const size_t per_call = c_.pages_per_call < 0 ? pages_ : static_cast<size_t>(c_.pages_per_call);
+  count_ = 0;
+  for (size_t done = 0; done < pages_;) {
+    const size_t n = std::min(per_call, pages_ - done);
+    absl::StatusOr<size_t> got = PinCall(done, n);
+    if (!got.ok()) {
+      pinned_pages_ = done;
+      Unpin();
+      return got.status();
+    }
+    count_ += *got;
+    done += n;
+  }
+  pinned_pages_ = pages_;
+  return absl::OkStatus();
+}
+
+void Pass::Unpin() {
+  const bool dirty = HasAny(c_.flags, kGupWrite);
+  const RefKind kind = HasAny(c_.flags, kGupGet) ? RefKind::kGet : RefKind::kPin;
+  switch (c_.output) {
+    case PinOutput::kPages:
+      pinner_.UnpinPages(absl::MakeConstSpan(page_out_.data(), pinned_pages_), dirty);
+      break;
+    case PinOutput::kFolios:
+      pinner_.UnpinFolios(absl::MakeConstSpan(span_out_.data(), count_), kind, dirty);
+      break;
+    case PinOutput::kSegments:
+      if (pinned_pages_ > 0) {
+        (void)pinner_.UnpinRange(c_.base + first_ * kPageSize4K, pinned_pages_ * kPageSize4K, kind,
+                                 dirty);
+      }
+      break;
+  }
+  pinned_pages_ = 0;
+  count_ = 0;
+}
+
+PassRunner::PassRunner(Pinner& pinner, const PassConfig& c, int threads, bool disjoint)
+    : times_(threads), barrier_(threads) {
+  // Disjoint parts: whole folios each, as even as the folios allow.
+  const size_t folios = (c.pages + c.folio_pages - 1) / c.folio_pages;
+  for (int i = 0; i < threads; ++i) {
+    size_t first = 0, pages = c.pages;
+    if (disjoint) {
+      first = std::min(c.pages, folios * i / threads * c.folio_pages);
+      pages = std::min(c.pages, folios * (i + 1) / threads * c.folio_pages) - first;
+    }
+    passes_.push_back(std::make_unique<Pass>(pinner, c, first, pages));
+  }
+  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { Work(i); });
+}
+
+PassRunner::~PassRunner() {
+  stop_.store(true, std::memory_order_relaxed);
+  round_.fetch_add(1, std::memory_order_release);
+  round_.notify_all();
+  for (std::thread& w : workers_) w.join();
+}
+
+void PassRunner::Work(int i) {
+  uint32_t seen = 0;
+  for (;;) {
+    round_.wait(seen, std::memory_order_acquire);
+    seen = round_.load(std::memory_order_acquire);
+    if (stop_.load(std::memory_order_relaxed)) return;
+    Repeat(i);
+  }
+}
+
+void PassRunner::Repeat(int i) {
+  Times& my = times_[i];
+  barrier_.Wait();
+  my.pin_start = NowNs();
+  my.status = passes_[i]->Pin();
+  my.pin_end = NowNs();
+  barrier_.Wait();
+  my.unpin_start = NowNs();
+  if (my.status.ok()) passes_[i]->Unpin();
+  my.unpin_end = NowNs();
+  barrier_.Wait();  // every thread's times are in
+}
+
+absl::Status PassRunner::RunOnce(PinTimes* t) {
+  round_.fetch_add(1, std::memory_order_release);
+  round_.notify_all();
+  Repeat(0);
+  uint64_t pin_start = UINT64_MAX, pin_end = 0, unpin_start = UINT64_MAX, unpin_end = 0;
+  for (const Times& my : times_) {
+    if (!my.status.ok()) return my.status;
+    t->pin_us.push_back(static_cast<double>(my.pin_end - my.pin_start) / 1e3);
+    t->unpin_us.push_back(static_cast<double>(my.unpin_end - my.unpin_start) / 1e3);
+    pin_start = std::min(pin_start, my.pin_start);
+    pin_end = std::max(pin_end, my.pin_end);
+    unpin_start = std::min(unpin_start, my.unpin_start);
+    unpin_end = std::max(unpin_end, my.unpin_end);
+  }
+  t->wall_pin_us.push_back(static_cast<double>(pin_end - pin_start) / 1e3);
+  t->wall_unpin_us.push_back(static_cast<double>(unpin_end - unpin_start) / 1e3);
+  return absl::OkStatus();
+}
+
+double CpuScaling(int threads) {
+  auto loop = [] {
+    uint64_t x = 1;
+    for (int i = 0; i < 20000000; ++i) x = x * 6364136223846793005u + 1442695040888963407u;
+    DoNotOptimize(x);
+  };
+  const uint64_t t0 = NowNs();
+  loop();
+  const uint64_t t1 = NowNs();
+  std::vector<std::thread> all;
+  for (int i = 0; i < threads; ++i) all.emplace_back(loop);
+  for (std::thread& t : all) t.join();
+  const uint64_t t2 = NowNs();
+  return static_cast<double>(threads) * static_cast<double>(t1 - t0) / static_cast<double>(t2 - t1);
+}
+
+Floor::Floor(const std::vector<Folio*>& folios, const PassConfig& c) : c_(c), folios_(folios) {
+  if (c.output == PinOutput::kPages) {
+    pages_.resize(c.pages);
+    return;
+  }
+  const size_t per_call = c.pages_per_call < 0 ? c.pages : static_cast<size_t>(c.pages_per_call);
+  for (size_t call = 0; call < c.pages; call += per_call) {
+    const size_t end = std::min(c.pages, call + per_call);
+    for (size_t f = call / c.folio_pages; f * c.folio_pages < end; ++f)
+      touched_.push_back(folios[f]);
+  }
+}
+
+double Floor::RunOnce() {
+  const RefKind kind = HasAny(c_.flags, kGupGet) ? RefKind::kGet : RefKind::kPin;
+  const uint64_t t0 = NowNs();
+  if (c_.output == PinOutput::kPages) {
+    PageRef* out = pages_.data();
+    size_t left = c_.pages;
+    for (Folio* f : folios_) {
+      const auto n = static_cast<uint32_t>(std::min(f->nr_pages(), left));
+      for (uint32_t j = 0; j < n; ++j) *out++ = {f, j, kind};
+      left -= n;
+    }
+    DoNotOptimize(pages_[c_.pages - 1]);
+  } else {
+    for (Folio* f : touched_) f->counts.fetch_add(1, std::memory_order_acquire);
+  }
+  const double us = static_cast<double>(NowNs() - t0) / 1e3;
+  if (c_.output != PinOutput::kPages) {
+    for (Folio* f : touched_) f->counts.fetch_sub(1, std::memory_order_relaxed);
+  }
+  return us;
+}
+
+}  // namespace hugemm::perf::pin_internal

@@ -1,0 +1,119 @@
+// The timed parts of the pin benchmark (bench_pin.h): passes of pin calls over a range,
+// run on one or more threads, and the floor of their output.
+#ifndef HUGEMM_PERF_PIN_PASSES_H_
+#define HUGEMM_PERF_PIN_PASSES_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "hugemm/gup.h"
+#include "perf/bench_pin.h"
+
+namespace hugemm::perf::pin_internal {
+
+// What every pass of a run shares.
+struct PassConfig {
+  std::byte* base = nullptr;  // the buffer's first byte, a folio boundary
+  size_t pages = 0;           // 4K pages in the range the run pins
+  size_t folio_pages = 0;     // 4K pages per folio
+  long pages_per_call = 512;  // -1: a pass's whole range in one call
+  GupFlags flags = kGupNone;
+  PinOutput output = PinOutput::kPages;
+};
+
+// One thread's pass: pins pages [first, first + pages) of the range in calls of
+// pages_per_call, into output buffers of its own, then unpins them.
+class Pass {
+ public:
+  Pass(Pinner& pinner, const PassConfig& c, size_t first, size_t pages);
+
+  // Pins the pass's pages; on failure unpins what it took and returns the error.
+  absl::Status Pin();
+  void Unpin();
+
+ private:
+  absl::StatusOr<size_t> PinCall(size_t done, size_t n);
+
+  Pinner& pinner_;
+  const PassConfig& c_;
+  const size_t first_, pages_;
+  std::vector<PageRef> page_out_;
+  std::vector<FolioSpan> span_out_;
+  std::vector<DmaSegment> seg_out_;
+  size_t count_ = 0;
+  size_t pinned_pages_ = 0;
+};
+
+// Threads that wait for each other, spinning (they are about to be timed) but yielding,
+// so that a loaded machine still schedules the one they wait for. Reusable.
+class SpinBarrier {
+ public:
+  explicit SpinBarrier(int n) : n_(n) {}
+  void Wait();
+
+ private:
+  const int n_;
+  std::atomic<int> arrived_{0};
+  std::atomic<int> round_{0};
+};
+
+// Passes on `threads` threads, each over the whole range (gup_test -j: the same folios
+// from every thread) or, `disjoint`, over its own part of it, cut at folio boundaries.
+// The threads live as long as the runner, as gup_test's do, so that a repeat times
+// pinning alone, not a thread's start or its first read section. Between repeats they
+// sleep; within one they wait for each other before they pin, before they unpin and at
+// the end, so that the wall times measure pinning and unpinning alone.
+class PassRunner {
+ public:
+  PassRunner(Pinner& pinner, const PassConfig& c, int threads, bool disjoint);
+  ~PassRunner();
+  PassRunner(const PassRunner&) = delete;
+  PassRunner& operator=(const PassRunner&) = delete;
+
+  // One repeat: appends each thread's times, and the wall times of all of them, to `t`.
+  absl::Status RunOnce(PinTimes* t);
+
+ private:
+  struct Times {
+    uint64_t pin_start = 0, pin_end = 0, unpin_start = 0, unpin_end = 0;
+    absl::Status status;
+  };
+  void Repeat(int i);  // thread i's part of one repeat
+  void Work(int i);    // worker thread i: a repeat per round until stopped
+
+  std::vector<std::unique_ptr<Pass>> passes_;
+  std::vector<Times> times_;
+  SpinBarrier barrier_;
+  std::atomic<uint32_t> round_{0};
+  std::atomic<bool> stop_{false};
+  std::vector<std::thread> workers_;  // threads 1.., thread 0 is the caller
+};
+
+// Throughput of `threads` threads each running the same compute loop (no memory
+// touched), against one thread running it: the control for the passes' scaling.
+double CpuScaling(int threads);
+
+// The floor of the output, the least work that produces it: writing the page array (as
+// the kernel's record_subpages does), or one atomic add per folio each call reaches (what
+// a pin of folio spans or segments cannot do with less).
+class Floor {
+ public:
+  Floor(const std::vector<Folio*>& folios, const PassConfig& c);
+  double RunOnce();  // microseconds
+
+ private:
+  const PassConfig& c_;
+  std::vector<Folio*> touched_;  // spans, segments: one folio per call and folio, in order
+  std::vector<Folio*> folios_;   // pages: every folio of the range
+  std::vector<PageRef> pages_;
+};
+
+}  // namespace hugemm::perf::pin_internal
+
+#endif  // HUGEMM_PERF_PIN_PASSES_H_

@@ -1,0 +1,108 @@
+// The reference arithmetic on a folio's counts word, inline for the hot paths (GUP-fast,
+// unpin); folio.cc builds the public operations, with their statuses, on top of it.
+//
+// The word holds refcount in its low 32 bits and pincount in its high 32 bits. A grab adds
+// one delta to both at once: refs to refcount (refs * kPinBias for a pin of an order-0
+// folio) and, for a pin of a large folio, refs to pincount. Neither field ever exceeds
+// INT32_MAX, so adding a delta never carries from one field into the other and
+// subtracting one a holder owns never borrows.
+#ifndef HUGEMM_RUNTIME_FOLIO_REFS_H_
+#define HUGEMM_RUNTIME_FOLIO_REFS_H_
+
+#include <atomic>
+#include <cstdint>
+#include <limits>
+
+#include "hugemm/folio.h"
+
+namespace hugemm::folio_internal {
+
+inline constexpr uint32_t kMaxCount = std::numeric_limits<int32_t>::max();
+inline constexpr uint64_t kRefcountMask = 0xffffffffu;
+
+inline uint32_t RefcountOf(uint64_t word) { return static_cast<uint32_t>(word & kRefcountMask); }
+inline uint32_t PincountOf(uint64_t word) {
+  return static_cast<uint32_t>(word >> Folio::kPincountShift);
+}
+
+// Why a grab took nothing.
+enum class GrabResult : uint8_t {
+  kOk,
+  kFree,      // refcount 0: the folio is free or on its way back to its owner
+  kOverflow,  // a count would pass INT32_MAX
+  kBadCount,  // refs == 0, or a biased count that cannot be represented
+};
+
+// What a grab of `refs` pages of `kind` adds to the word; 0 when refs cannot be taken
+// in one grab (refs == 0, or refs * kPinBias beyond the maximum).
+inline uint64_t GrabDelta(const Folio* folio, uint32_t refs, RefKind kind) {
+  if (refs == 0 || refs > kMaxCount) return 0;
+  if (kind == RefKind::kGet) return refs;
+  if (folio->order > 0) return refs | (uint64_t{refs} << Folio::kPincountShift);
+  if (refs > kMaxCount / kPinBias) return 0;
+  return uint64_t{refs} * kPinBias;
+}
+
+// Adds `delta` to a live folio's word. One compare-and-swap when nothing races with it:
+// the load before it brings in the line the swap writes. Refused, taking nothing, when
+// the refcount is 0 (try semantics: a count that reached zero stays there, so a folio on
+// its way back to its owner, or in its pool, is never revived) or a field would pass
+// INT32_MAX. On success the acquire pairs with the release of whoever made the folio live
+// (its owner's first reference) and of every earlier put.
+inline GrabResult TryAdd(Folio* folio, uint64_t delta) {
+  const uint32_t add_refs = RefcountOf(delta), add_pins = PincountOf(delta);
+  uint64_t old = folio->counts.load(std::memory_order_relaxed);
+  do {
+    if (RefcountOf(old) == 0) [[unlikely]]
+      return GrabResult::kFree;
+    if (RefcountOf(old) > kMaxCount - add_refs || PincountOf(old) > kMaxCount - add_pins)
+        [[unlikely]]
+      return GrabResult::kOverflow;
+  } while (!folio->counts.compare_exchange_weak(old, old + delta, std::memory_order_acquire,
+                                                std::memory_order_relaxed));
+  return GrabResult::kOk;
+}
+
+// FolioTryGrab without a status: GUP-fast's grab.
+inline GrabResult TryGrab(Folio* folio, uint32_t refs, RefKind kind) {
+  const uint64_t delta = GrabDelta(folio, refs, kind);
+  if (delta == 0) [[unlikely]]
+    return GrabResult::kBadCount;
+  return TryAdd(folio, delta);
+}
+
+// The last reference dropped: hand the folio to its owner. Out of line; rare.
+void Released(Folio* folio);
+
+// Subtracts a delta the caller holds; the last reference out hands the folio back. Release,
+// so that everything the holder did happens before the folio's next life. The last one
+// then reads the word with acquire: every earlier put is a release read-modify-write of
+// the same word, so reading the value this one left synchronises with all of them, and
+// their work happens before the owner's reuse. (A load, not an acquire fence: the rare
+// path pays one read, and ThreadSanitizer, which does not model fences, sees it.)
+inline void Drop(Folio* folio, uint64_t delta) {
+  const uint64_t old = folio->counts.fetch_sub(delta, std::memory_order_release);
+  if (RefcountOf(old) == RefcountOf(delta)) [[unlikely]] {
+    (void)folio->counts.load(std::memory_order_acquire);
+    Released(folio);
+  }
+}
+
+// Sets the dirty flag unless it is set already: a folio unpinned dirty again and again
+// takes one atomic per unpin (the drop), not two.
+inline void MarkDirty(Folio* folio) {
+  constexpr auto kDirty = static_cast<uint32_t>(FolioFlag::kDirty);
+  if ((folio->flags.load(std::memory_order_relaxed) & kDirty) == 0) {
+    folio->flags.fetch_or(kDirty, std::memory_order_relaxed);
+  }
+}
+
+// FolioUngrab: undoes TryGrab(folio, refs, kind), in one atomic.
+inline void Ungrab(Folio* folio, uint32_t refs, RefKind kind, bool dirty) {
+  if (dirty) MarkDirty(folio);
+  Drop(folio, GrabDelta(folio, refs, kind));
+}
+
+}  // namespace hugemm::folio_internal
+
+#endif  // HUGEMM_RUNTIME_FOLIO_REFS_H_

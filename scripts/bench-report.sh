@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# doc/benchmarks.md, regenerated in one run on this machine: the pin benchmark on 2M and
+# 1G pages (page array, folio spans, DMA segments, threads), the allocation and
+# translation benchmarks, every target met or missed with its ratio, and a profile of the
+# pin where a pin target is missed. Every ratio comes from one run of one command.
+#
+# It uses the huge pages already reserved and changes no pool: it needs MIB/2 free 2M
+# pages and two free 1G pages (the 1G rows are left out when they are not free). Run it
+# when the machine is otherwise idle (`uptime`): its ratios are only as good as that.
+#   scripts/bench-report.sh [OUT.md]        (default doc/benchmarks.md)
+#   HUGEMM_BENCH_MIB=4096 HUGEMM_BENCH_REPEATS=10 scripts/bench-report.sh
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+need_root "$@"
+
+out=${1:-$HUGEMM_ROOT/doc/benchmarks.md}
+mib=${HUGEMM_BENCH_MIB:-4096}
+repeats=${HUGEMM_BENCH_REPEATS:-10}
+hugemm="$HUGEMM_ROOT/build/release/runtime/cli/hugemm"
+[ -x "$hugemm" ] || die "no release build: ./scripts/setup.sh --flavours release"
+ninja -C "$HUGEMM_ROOT/build/release" hugemm_cli >/dev/null
+
+free_2m=$(pool_count $((2 << 20)) free_hugepages)
+[ "$free_2m" -ge $((mib / 2)) ] || die "$((mib / 2)) free 2M pages needed, $free_2m free"
+free_1g=$(pool_count $((1 << 30)) free_hugepages)
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+run() {  # run NAME ARGS...: one JSON result in $work/NAME.json
+  local name=$1
+  shift
+  say "hugemm $*"
+  "$hugemm" "$@" --json >"$work/$name.json" 2>"$work/$name.err" ||
+    die "hugemm $* failed: $(cat "$work/$name.err")"
+  printf '%s\n' "hugemm $*" >"$work/$name.cmd"
+}
+get() { jq -r "$2" "$work/$1.json"; }  # get NAME JQ-PATH
+cmd() { cat "$work/$1.cmd"; }
+
+pin=(bench pin -m "$mib" -r "$repeats")
+run pages "${pin[@]}" -n 512 --output pages --compare kernel,page
+run spans "${pin[@]}" -n 512 --output folios --compare kernel
+run spans_all "${pin[@]}" -n -1 --output folios
+run segments "${pin[@]}" -n 512 --output segments
+run disjoint "${pin[@]}" -n 512 --output pages -j 2 --disjoint
+run disjoint_spans "${pin[@]}" -n 512 --output folios -j 2 --disjoint
+run same "${pin[@]}" -n 512 --output pages -j 2
+run same_spans "${pin[@]}" -n 512 --output folios -j 2
+have_1g=0
+if [ "$free_1g" -ge 2 ]; then
+  have_1g=1
+  run pages_1g bench pin --page-size 1G -m 2048 -r "$repeats" -n 512 --output pages \
+    --compare kernel,page
+  run spans_1g bench pin --page-size 1G -m 2048 -r "$repeats" -n -1 --output folios
+fi
+run alloc bench alloc
+run translate bench translate
+
+# --- targets -----------------------------------------------------------------------------
+# target NAME MEASURED OP LIMIT [UNIT]: a row of the targets table; OP is <= or >=.
+targets="$work/targets.md"
+missed="$work/missed"
+: >"$missed"
+target() {
+  local name=$1 value=$2 op=$3 limit=$4 unit=${5:-x}
+  awk -v name="$name" -v v="$value" -v op="$op" -v l="$limit" -v u="$unit" '
+    function fmt(x) { return (u == "x") ? sprintf("%.2fx", x) : sprintf("%.1f %s", x, u) }
+    BEGIN {
+      ok = (op == "<=") ? (v <= l) : (v >= l)
+      by = (op == "<=") ? v / l : l / v
+      printf "| %s | %s %s | %s | %s |\n", name, op, fmt(l), fmt(v),
+        ok ? "met" : sprintf("**missed**, by %.2fx", by)
+      exit ok ? 0 : 1
+    }' >>"$targets" || echo "$name" >>"$missed"
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", a / b }'; }
+med() { get "$1" ".$2.median"; }
+
+printf '| target | wanted | measured | met? |\n|---|---|---|---|\n' >"$targets"
+target "folio spans / floor, -n 512" "$(get spans .pin_over_floor)" "<=" 2
+target "folio spans / floor, -n -1" "$(get spans_all .pin_over_floor)" "<=" 2
+target "kernel pin / folio-span pin" "$(get spans .kernel_pin_over_pin)" ">=" 200
+target "page-array pin / floor" "$(get pages .pin_over_floor)" "<=" 1.1
+target "page-array unpin / pin" "$(ratio "$(med pages unpin_us)" "$(med pages pin_us)")" "<=" 1
+target "folio-span unpin / pin" "$(ratio "$(med spans unpin_us)" "$(med spans pin_us)")" "<=" 1
+target "segment unpin / pin" "$(ratio "$(med segments unpin_us)" "$(med segments pin_us)")" "<=" 1
+if [ "$have_1g" = 1 ]; then
+  target "1G page-array unpin / pin" \
+    "$(ratio "$(med pages_1g unpin_us)" "$(med pages_1g pin_us)")" "<=" 1
+fi
+target "2 threads / 1, disjoint folios, page array" "$(get disjoint .threads_over_one_pin)" ">=" 1.8
+target "2 threads / 1, disjoint folios, folio spans" \
+  "$(get disjoint_spans .threads_over_one_pin)" ">=" 1.8
+target "metadata per 2M folio, all-in" "$(get alloc '.metadata_bytes_per_gib["2M"].measured / 512')" \
+  "<=" 64 B
+target "metadata per 1G folio, all-in" "$(get alloc '.metadata_bytes_per_gib["1G"].model')" "<=" 64 B
+target "metadata per 4K folio, all-in" \
+  "$(get alloc '.metadata_bytes_per_gib["4K"].measured / 262144')" "<=" 64 B
+target "allocate+free vs mmap+fault+munmap, 2M" "$(get alloc .speedup)" ">=" 100
+target "pagemap read / batched translation" "$(get translate .pagemap_over_translate)" ">=" 100
+target "batched translation / flat folio array" "$(get translate .translate_over_flat_array)" \
+  "<=" 2
+
+# A profile of the folio-span pin when one of its targets is missed: user time only, and
+# enough repeats that the pins outweigh starting up; software clock samples (a VM may have
+# no PMU). The symbols by self time, then the pin loop's hottest instructions.
+profile="$work/profile.txt"
+if grep -q "^folio spans" "$missed"; then
+  say "profiling the folio-span pin (perf record)"
+  perf record -q -e cpu-clock:u -F 4999 -o "$work/perf.data" -- \
+    "$hugemm" bench pin -m "$mib" -r 3000 -n 512 --output folios >/dev/null 2>&1
+  { perf report -q -i "$work/perf.data" --stdio --no-children -F overhead,sym 2>/dev/null || true; } |
+    grep -v '^$' | head -6 | cut -c1-100 >"$profile" || true
+  printf '\nhottest instructions of Pinner::PinFolios (%% of its samples):\n' >>"$profile"
+  { perf annotate -i "$work/perf.data" --stdio -s hugemm::Pinner::PinFolios 2>/dev/null || true; } |
+    grep -E '^ +[0-9]+\.[0-9]+ :' | sort -rn | head -6 | cut -c1-60 >>"$profile" || true
+fi
+
+# --- the document --------------------------------------------------------------------------
+us() { awk -v x="$1" 'BEGIN { printf (x < 10 ? "%.2f" : "%.0f"), x }'; }
+x() { awk -v x="$1" 'BEGIN { printf "%.2fx", x }'; }
+pin_row() {  # pin_row LABEL NAME: one row of the pin table
+  printf '| %s | %s | %s | %s | %s | %s |\n' "$1" "$(us "$(med "$2" pin_us)")" \
+    "$(us "$(med "$2" unpin_us)")" "$(us "$(get "$2" .floor_us)")" "$(x "$(get "$2" .pin_over_floor)")" \
+    "$(x "$(ratio "$(med "$2" unpin_us)" "$(med "$2" pin_us)")")"
+}
+thread_row() {  # thread_row LABEL NAME
+  printf '| %s | %s | %s | %s | %s | %s |\n' "$1" "$(us "$(med "$2" one_thread_pin_us)")" \
+    "$(us "$(med "$2" pin_us)")" "$(us "$(med "$2" wall_pin_us)")" "$(x "$(get "$2" .threads_over_one_pin)")" \
+    "$(x "$(get "$2" .threads_over_one_unpin)")"
+}
+why() {  # why NAME-PREFIX TEXT: a paragraph for a missed target
+  if grep -q "^$1" "$missed"; then printf -- '- %s\n' "$2"; fi
+}
+commit=$(git -C "$HUGEMM_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+os=$(. /etc/os-release && echo "$PRETTY_NAME")
+
+{
+  cat <<EOF
+# hugemm performance
+
+Generated by \`scripts/bench-report.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit.
+Machine: $(nproc) cores ($cpu), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $os, kernel $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg) when it started.
+Every number is from one run of the command beside it. Absolute times on a shared machine
+drift; ratios within one run hold better. Times are medians of the repeats, in µs.
+
+## The pin benchmark
+
+\`\`\`
+hugemm bench pin [gup_test flags] [hugemm flags]
+  -m MiB  -r repeats  -n pages per call (-1 = all)  -a PIN | -u GET | -L PIN LONGTERM
+  -w write | -W read-only  -S shared | -P private  -H hugetlb  -f /dev/daxX.Y or a hugetlbfs file
+  -j threads  --disjoint  --backing=hugetlb|hugetlbfs|devdax|anon  --page-size=4K|2M|1G
+  --refcount=folio|page  --output=pages|folios|segments  --compare=kernel[,page]  --json
+\`\`\`
+
+Each repeat times the following in turn, each after an untimed warm-up, so that a noisy neighbour slows them all alike:
+- "get": pin the whole range in calls of \`-n\` pages; "put": unpin it all;
+- the floor: for a page array, writing the same array; for folio spans and DMA segments, one atomic add per folio each call reaches;
+- with \`--compare=page\`, the same pin with one reference per 4K page;
+- with \`--compare=kernel\`, the kernel pinning the same buffer: io_uring fixed-buffer registration (\`pin_user_pages\` with \`FOLL_LONGTERM\`), register and unregister timed separately;
+- with \`-j N\`, N threads pin at once, each the whole range (as gup_test), or with \`--disjoint\` each its own whole folios; one thread over the whole range is timed in the same repeat, and the threads' wall time against it is their aggregate throughput.
+
+It prints gup_test's line per repeat and thread (\`PIN_FAST_BENCHMARK: Time: get:N put:N us\`), then medians and ratios. \`--json\` prints one object with these keys:
+- \`command\`, \`size_mib\`, \`page_size\`, \`backing\`, \`refcount\`, \`output\`, \`flags\`, \`pages_per_call\`, \`threads\`, \`disjoint\`, \`repeats\`;
+- \`pin_us\` and \`unpin_us\`, each with \`min\` and \`median\`; \`floor_us\`, \`floor\` and \`pin_over_floor\`;
+- \`per_page_pin_us\`, \`per_page_unpin_us\` and \`per_page_over_per_folio\`;
+- \`kernel_pin_us\`, \`kernel_unpin_us\`, \`kernel_pin_over_pin\` and \`kernel_unpin_over_unpin\`;
+- with threads: \`wall_pin_us\`, \`wall_unpin_us\`, \`one_thread_pin_us\`, \`one_thread_unpin_us\`, \`threads_over_one_pin\`, \`threads_over_one_unpin\` and \`cpu_scaling\` (the same threads running a compute loop, against one: the control).
+
+\`scripts/plot-pin.sh\` plots pin time against size from 1 MiB to 16 GiB (it grows the 2M pool for that, and gives the pages back). The benchmark also runs on a device in the VM: \`tests/vm/run-in-vm.sh --align 2M -- build/release/runtime/cli/hugemm bench pin -f /dev/dax0.0 -m 1024\` (under TCG its times say little, but it runs). Google Benchmark microbenchmarks (\`build/release/perf/hugemm_micro\`) time translate, folio get/put, allocate/free, and pin/unpin of one folio and of a range, each beside its baseline.
+
+### $mib MiB of 2M hugetlb pages, PIN|WRITE, 512 pages per call
+
+| output | pin | unpin | floor | pin / floor | unpin / pin |
+|---|---|---|---|---|---|
+$(pin_row "page array" pages)
+$(pin_row "folio spans" spans)
+$(pin_row "folio spans, \`-n -1\`" spans_all)
+$(pin_row "DMA segments" segments)
+
+- One reference per 4K page (page array): pin $(us "$(med pages per_page_pin_us)"), unpin $(us "$(med pages per_page_unpin_us)"); per page / per folio = $(x "$(get pages .per_page_over_per_folio)").
+- The kernel, io_uring registration of the same buffer: register $(us "$(med pages kernel_pin_us)"), unregister $(us "$(med pages kernel_unpin_us)"); kernel / hugemm page array = $(x "$(get pages .kernel_pin_over_pin)") pin, $(x "$(get pages .kernel_unpin_over_unpin)") unpin; kernel / folio spans = $(x "$(get spans .kernel_pin_over_pin)") pin (its own run).
+- One folio per call against the whole range in one call (folio spans): $(x "$(ratio "$(med spans pin_us)" "$(med spans_all pin_us)")").
+
+Commands: \`$(cmd pages)\`, \`$(cmd spans)\`, \`$(cmd spans_all)\`, \`$(cmd segments)\`.
+
+### Two threads
+
+| run | one thread, pin | each thread, pin | two threads, wall pin | throughput, pin | throughput, unpin |
+|---|---|---|---|---|---|
+$(thread_row "page array, disjoint folios" disjoint)
+$(thread_row "folio spans, disjoint folios" disjoint_spans)
+$(thread_row "page array, the same folios" same)
+$(thread_row "folio spans, the same folios" same_spans)
+
+Control, in each of these runs: a compute loop that touches no memory, on two threads against one, runs $(x "$(get disjoint .cpu_scaling)"), $(x "$(get disjoint_spans .cpu_scaling)"), $(x "$(get same .cpu_scaling)") and $(x "$(get same_spans .cpu_scaling)") of one thread's throughput: what this machine gave two threads at all while the runs lasted.
+
+On disjoint folios the threads share no line they write: a pin writes its folio's descriptor (64-byte aligned, one line) and thread-local state only. On the same folios both threads' atomics hit the same descriptors, and a grab's compare-and-swap retries when the other thread changed the word: that is the contention the last two rows show.
+Commands: \`$(cmd disjoint)\`, \`$(cmd disjoint_spans)\`, \`$(cmd same)\`, \`$(cmd same_spans)\`.
+EOF
+  if [ "$have_1g" = 1 ]; then
+    cat <<EOF
+
+### 2048 MiB of 1G hugetlb pages
+
+| output | pin | unpin | floor | pin / floor | unpin / pin |
+|---|---|---|---|---|---|
+$(pin_row "page array, \`-n 512\`" pages_1g)
+$(pin_row "folio spans, \`-n -1\`" spans_1g)
+
+- One reference per 4K page: pin $(us "$(med pages_1g per_page_pin_us)"); per page / per folio = $(x "$(get pages_1g .per_page_over_per_folio)"). The kernel: register $(us "$(med pages_1g kernel_pin_us)"), unregister $(us "$(med pages_1g kernel_unpin_us)"); kernel / hugemm = $(x "$(get pages_1g .kernel_pin_over_pin)") pin.
+
+Commands: \`$(cmd pages_1g)\`, \`$(cmd spans_1g)\`.
+EOF
+  else
+    printf '\n(1G pages: not run, %s free 1G pages where 2 are needed.)\n' "$free_1g"
+  fi
+  cat <<EOF
+
+## Allocation, metadata and translation
+
+\`hugemm bench alloc --json\` keys: \`alloc_free_ns\`, \`mmap_fault_munmap_ns\`, \`speedup\`, \`alloc_free_zeroed_ns\`, \`metadata_bytes_per_folio\` (2M folios, all-in), \`descriptor_bytes\`, \`zero_2m_memset_ns\`, \`zero_2m_nontemporal_ns\`, \`zero_2m_cold_memset_ns\`, \`zero_2m_cold_nontemporal_ns\`, \`zero_1g_memset_ns\`, \`zero_1g_nontemporal_ns\`, \`metadata_bytes_per_gib\` (per folio size: \`model\`, \`measured\`, \`kernel\`, \`kernel_hvo\`), \`iterations\`.
+\`hugemm bench translate --json\` keys: \`geometry\`, \`translate_ns\`, \`translate_full_ns\`, \`translate_single_ns\`, \`batch\`, \`translate_real_ns\`, \`pagemap_ns\`, \`flat_array_ns\`, \`flat_pfn_array_ns\`, \`pagemap_over_translate\`, \`translate_over_flat_array\`, \`translate_over_flat_pfn_array\`, \`lookups\`, \`address_pool\`, \`pagemap_buffer\`.
+
+- \`$(cmd alloc)\`: allocate+free of a cached 2M folio $(awk -v x="$(get alloc .alloc_free_ns)" 'BEGIN { printf "%.1f", x }') ns, mmap(MAP_HUGETLB)+touch+munmap of 2M $(awk -v x="$(get alloc .mmap_fault_munmap_ns)" 'BEGIN { printf "%.0f", x }') ns: $(x "$(get alloc .speedup)").
+- Metadata per folio, all-in (descriptor, region record, index slots; \`metadata_bytes_per_folio\` is the 2M figure): 4K $(get alloc '.metadata_bytes_per_gib["4K"].measured / 262144 | . * 10 | round / 10') B, 2M $(get alloc '.metadata_bytes_per_gib["2M"].measured / 512') B, 1G $(get alloc '.metadata_bytes_per_gib["1G"].model') B; the kernel's \`struct page\` is 64 B per 4K page (with HVO, 4 KiB per 2M and per 1G folio).
+- \`$(cmd translate)\`: batched translation $(awk -v x="$(get translate .translate_ns)" 'BEGIN { printf "%.2f", x }') ns per address; pagemap / translation $(x "$(get translate .pagemap_over_translate)"); translation / flat folio array $(x "$(get translate .translate_over_flat_array)").
+
+## Targets
+
+EOF
+  cat "$targets"
+  if [ -s "$missed" ]; then
+    printf '\nWhy the misses:\n'
+    why "folio spans / floor, -n 512" "**Folio spans, -n 512.** Each call pins one 2M folio, so every call pays the call itself: the flags check, the read section, the walk hint's generation check, the sink, and the StatusOr it returns. That is about $(awk -v a="$(med spans pin_us)" -v b="$(med spans_all pin_us)" -v n="$mib" 'BEGIN { printf "%.0f", (a - b) * 1000 / (n / 2) }') ns per call here, against about $(awk -v a="$(get spans .floor_us)" -v n="$mib" 'BEGIN { printf "%.0f", a * 1000 / (n / 2) }') ns for the floor's one atomic add per folio; the same pin of the whole range in one call is the \`-n -1\` row."
+    why "folio spans / floor, -n -1" "**Folio spans, -n -1.** Per folio the pin does the leaf lookup (from the walk hint), the grab (a load and a compare-and-swap where the floor does one locked add), the re-check of the entry, the folio check and the span write."
+    why "kernel pin / folio-span pin" "**Against the kernel.** Kernel $(uname -r) pins per folio too; the ratio is bounded by hugemm's own per-call cost above."
+    why "2 threads" "**Two threads.** The machine has $(nproc) cores shared with other work, and two threads get two cores only when nothing else runs. The control row under the threads table says how many they got: the pins scale as far as a loop that touches no memory does. The \"each thread, pin\" column shows it too: when the wall time is near the sum of the two threads' own times rather than near one of them, they ran one after the other. A repeat lasts tens to hundreds of microseconds, so one preemption of either thread costs the whole repeat."
+    why "metadata per" "**Metadata.** The 64-byte descriptor is all the kernel-equivalent state; on top of it each native huge page has a region record ($(get alloc '.metadata_bytes_per_gib["1G"].model - 72') B: base, extent, first page, order, the orders present, the slot of its one whole folio, the split slots) and its 8-byte slot in the address index. (The pool's record of each mapping, one per native page when it grows for a whole-page folio, is not counted in these figures.) Reaching 64 B all-in needs the whole-page descriptors themselves to be what the index finds (an array of descriptors per mapping, as the kernel's vmemmap is indexed by PFN), with a region record made only when a page is split. For 4K folios the index slots of every order a split leaves behind come on top."
+    if [ -s "$profile" ]; then
+      printf '\nWhere the folio-span pin spends its time (`perf record -e cpu-clock:u` of `hugemm bench pin -m %s -r 3000 -n 512 --output folios`; the pin loop is inlined into `Pinner::PinFolios`, the floor is `Floor::RunOnce`, unpin is `UnpinSpans`, `Pass::Pin` is the calls):\n\n```\n' "$mib"
+      cat "$profile"
+      printf '```\n'
+    fi
+  fi
+} >"$out"
+say "wrote $out"
