@@ -7,10 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "hugemm/hugemm.h"
 #include "hugemm/runtime.h"
-
-struct hugemm_runtime {
-  std::unique_ptr<hugemm::Runtime> rt;
-};
+#include "runtime/api/c_bridge.h"
 
 struct hugemm_subscription {
   std::unique_ptr<hugemm::RangeSubscription> sub;
@@ -20,7 +17,7 @@ namespace {
 
 thread_local std::string g_last_error;
 
-int ErrnoOf(absl::StatusCode code) {
+int NegativeErrnoOf(absl::StatusCode code) {
   switch (code) {
     case absl::StatusCode::kOk:
       return 0;
@@ -46,20 +43,9 @@ int ErrnoOf(absl::StatusCode code) {
   }
 }
 
-int Fail(const absl::Status& st) {
-  g_last_error = std::string(st.message());
-  return ErrnoOf(st.code());
-}
-
-int Fail(int err, std::string message) {
-  g_last_error = std::move(message);
-  return -err;
-}
-
-int Ok() {
-  g_last_error.clear();
-  return 0;
-}
+int Fail(const absl::Status& st) { return hugemm::CApiFail(st); }
+int Fail(int err, std::string message) { return hugemm::CApiFail(err, std::move(message)); }
+int Ok() { return hugemm::CApiOk(); }
 
 #define HUGEMM_C_CHECK(cond, what)          \
   do {                                      \
@@ -148,6 +134,21 @@ void FillBuffer(const hugemm::Buffer& b, hugemm_buffer* out) {
 }
 
 }  // namespace
+
+int hugemm::CApiFail(const absl::Status& status) {
+  g_last_error = std::string(status.message());
+  return NegativeErrnoOf(status.code());
+}
+
+int hugemm::CApiFail(int err, std::string message) {
+  g_last_error = std::move(message);
+  return -err;
+}
+
+int hugemm::CApiOk() {
+  g_last_error.clear();
+  return 0;
+}
 
 extern "C" {
 
