@@ -2,7 +2,6 @@
 #include "runtime/verbs/cache_core.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <string>
 #include <thread>
@@ -21,12 +20,6 @@ constexpr int kWriteAccess =
     IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_ATOMIC;
 // Races with changes of the memory a Get retries before it gives up.
 constexpr int kAttempts = 16;
-
-uint64_t NowNs() {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                   std::chrono::steady_clock::now().time_since_epoch())
-                                   .count());
-}
 
 absl::Status CheckRequest(ibv_pd* pd, const void* addr, size_t length, int access) {
   const auto a = reinterpret_cast<uintptr_t>(addr);
@@ -146,7 +139,10 @@ void CacheCore::DropReference(MrEntry* e) {
       return;
     }
   } else if ((s & kRefMask) == 1) {  // the last handle
-    e->last_use.store(NowNs(), std::memory_order_relaxed);
+    // A tick of the cache's own clock, not the time: reading a clock can be a system call
+    // (a guest without a usable TSC), and LRU needs only the order of the releases.
+    e->last_use.store(core->use_clock_.fetch_add(1, std::memory_order_relaxed) + 1,
+                      std::memory_order_relaxed);
     if ((s & kInvalid) != 0 && e->TryRetireUnused()) core->Retire(e, Why::kInvalidated);
   }
   e->state.fetch_sub(kToken, std::memory_order_release);

@@ -105,6 +105,9 @@ class CacheCore {
   std::mutex retired_mu_;
   std::vector<MrEntry*> retired_ ABSL_GUARDED_BY(retired_mu_);
 
+  // Ticks once per last release of a registration: the order LRU evicts in.
+  std::atomic<uint64_t> use_clock_{0};
+
   std::atomic<uint64_t> misses_{0};
   std::atomic<uint64_t> registrations_{0};
   std::atomic<uint64_t> deregistrations_{0};

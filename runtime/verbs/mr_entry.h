@@ -42,7 +42,7 @@ struct MrEntry {
   uint64_t seq = 0;  // the sequence word the registration was made under
 
   std::atomic<uint64_t> state{0};
-  std::atomic<uint64_t> last_use{0};  // when the last handle was released (ns), for LRU
+  std::atomic<uint64_t> last_use{0};  // the cache's clock at the last release, for LRU
 
   bool Covers(uintptr_t addr, size_t len) const {
     return addr >= start && addr - start <= length && len <= length - (addr - start);
