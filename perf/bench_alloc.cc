@@ -113,7 +113,7 @@ absl::StatusOr<double> MeasuredPerGiB(size_t page_size, int order) {
 }
 
 bool Free1G() {
-  absl::StatusOr<sys::HugePagePool> p = sys::ReadHugePagePool(kPageSize1G);
+  absl::StatusOr<sys::HugePagePool> p = sys::ReadHugePagePool(Os::Default(), kPageSize1G);
   return p.ok() && p->free >= 1;
 }
 

@@ -274,7 +274,7 @@ size_t FitToPool(const PinBenchConfig& c, const BufferOptions& buffer, const Pin
   if (buffer.backing != BackingKind::kHugetlb && buffer.backing != BackingKind::kHugetlbfs) {
     return c.size_mib;
   }
-  absl::StatusOr<HugePagePool> pool = sys::ReadHugePagePool(buffer.page_size);
+  absl::StatusOr<HugePagePool> pool = sys::ReadHugePagePool(Os::Default(), buffer.page_size);
   if (!pool.ok()) return c.size_mib;
   const int64_t free_pages = pool->free - pool->resv;
   const size_t want = (c.size_mib << 20) / buffer.page_size;

@@ -144,7 +144,7 @@ absl::StatusOr<TranslateBenchResult> RunTranslateBench() {
          uint64_t sum = 0;
          for (size_t i = 0; i < kPagemapReads; ++i) {
            absl::StatusOr<std::vector<uint64_t>> p =
-               sys::ReadPfnRange(reinterpret_cast<const void*>(real[i]), 1);
+               sys::ReadPfnRange(Os::Default(), reinterpret_cast<const void*>(real[i]), 1);
            sum += p.ok() ? (*p)[0] : 0;
          }
          DoNotOptimize(sum);

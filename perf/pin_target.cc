@@ -35,7 +35,7 @@ absl::StatusOr<PinTarget> ResolveFile(const PinBenchConfig& c) {
   if (name.empty() || ::realpath(dir.empty() ? "/" : dir.c_str(), real) == nullptr) {
     return bad("neither a device nor a file in a hugetlbfs mount");
   }
-  absl::StatusOr<std::vector<HugetlbfsMount>> mounts = sys::HugetlbfsMounts();
+  absl::StatusOr<std::vector<HugetlbfsMount>> mounts = sys::HugetlbfsMounts(Os::Default());
   if (!mounts.ok()) return bad(mounts.status().message());
   const HugetlbfsMount* mount = nullptr;
   for (const HugetlbfsMount& m : *mounts) {

@@ -99,7 +99,7 @@ TEST(Alloc, AnyPageMapsBackToItsFolio) {
     ASSERT_TRUE(h.ok()) << h.status();
     handles.push_back(std::move(*h));
   }
-  const bool pfns = sys::CanReadPfns();
+  const bool pfns = sys::CanReadPfns(Os::Default());
   for (const FolioHandle& h : handles) {
     Folio* f = h.folio();
     for (size_t i = 0; i < f->nr_pages(); ++i) {

@@ -178,7 +178,7 @@ TEST(Hugetlb, ChildOfForkDoesNotInheritTheMapping) {
   ASSERT_TRUE(extent.ok()) << extent.status();
   void* addr = extent->data();
   // The kernel's record of MADV_DONTFORK: "dc" in the VMA's flags.
-  absl::StatusOr<std::vector<sys::Vma>> vmas = sys::ReadVmas();
+  absl::StatusOr<std::vector<sys::Vma>> vmas = sys::ReadVmas(Os::Default());
   ASSERT_TRUE(vmas.ok()) << vmas.status();
   const sys::Vma* vma = sys::FindVma(*vmas, reinterpret_cast<uintptr_t>(addr));
   ASSERT_NE(vma, nullptr);

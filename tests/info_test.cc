@@ -43,7 +43,7 @@ std::string RunCli(const std::string& args, int* exit_code) {
 }
 
 int64_t SysfsInt(const std::string& path) {
-  absl::StatusOr<int64_t> v = sys::ReadInt(path);
+  absl::StatusOr<int64_t> v = sys::ReadInt(Os::Default(), path);
   EXPECT_TRUE(v.ok()) << v.status();
   return v.ok() ? *v : -1;
 }
@@ -55,7 +55,7 @@ TEST(InfoJson, ParsesAndMatchesSysfs) {
   const Json json = Parse(out);
   ASSERT_TRUE(json.is_object()) << out;
   ASSERT_TRUE(json.contains("pools") && json["pools"].is_array()) << out;
-  absl::StatusOr<std::vector<std::string>> dirs = sys::ListDir("/sys/kernel/mm/hugepages");
+  absl::StatusOr<std::vector<std::string>> dirs = Os::Default().ListDir("/sys/kernel/mm/hugepages");
   ASSERT_TRUE(dirs.ok());
   ASSERT_EQ(json["pools"].size(), dirs->size());
   for (const Json& pool : json["pools"]) {

@@ -96,7 +96,7 @@ TEST(PageTableKernelTest, Hugetlb1GVerifies) {
 }
 
 TEST(PageTableKernelTest, Anon4KVerifies) {
-  HUGEMM_NEED(sys::CanReadPfns(), "pagemap hides PFNs from this process");
+  HUGEMM_NEED(sys::CanReadPfns(Os::Default()), "pagemap hides PFNs from this process");
   absl::StatusOr<Extent> e = MapExtent(BackingKind::kAnon, kPageSize4K, 16);
   HUGEMM_ASSERT_OK(e);
   MapAndVerify(*e);
@@ -178,7 +178,7 @@ TEST_F(OneMapped2M, SplitLeafOverHugePageIsNamed) {
 }
 
 TEST(PageTableKernelTest, PmdLeafOver4KPagesIsNamed) {
-  HUGEMM_NEED(sys::CanReadPfns(), "pagemap hides PFNs from this process");
+  HUGEMM_NEED(sys::CanReadPfns(Os::Default()), "pagemap hides PFNs from this process");
   absl::StatusOr<Extent> e = MapExtent(BackingKind::kAnon, kPageSize4K, 1024);
   HUGEMM_ASSERT_OK(e);
   const uintptr_t start = reinterpret_cast<uintptr_t>(e->data());
@@ -200,7 +200,7 @@ TEST(PageTableKernelTest, PmdLeafOver4KPagesIsNamed) {
 
 TEST(PageTableKernelTest, ExternalMapHugetlbBuffer) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
-  HUGEMM_NEED(sys::CanReadPfns(), "pagemap hides PFNs from this process");
+  HUGEMM_NEED(sys::CanReadPfns(Os::Default()), "pagemap hides PFNs from this process");
   const size_t len = 2 * kPageSize2M;
   void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
@@ -210,7 +210,8 @@ TEST(PageTableKernelTest, ExternalMapHugetlbBuffer) {
   absl::StatusOr<uint64_t> id = table.RegisterExternal(buf, len);
   HUGEMM_ASSERT_OK(id);
 
-  absl::StatusOr<std::vector<uint64_t>> pfns = sys::ReadPfnRange(buf + kPageSize2M + 8192, 1);
+  absl::StatusOr<std::vector<uint64_t>> pfns =
+      sys::ReadPfnRange(Os::Default(), buf + kPageSize2M + 8192, 1);
   HUGEMM_ASSERT_OK(pfns);
   std::optional<Translation> t = table.Translate(buf + kPageSize2M + 8192);
   ASSERT_TRUE(t.has_value());
@@ -234,7 +235,7 @@ TEST(PageTableKernelTest, ExternalMapHugetlbBuffer) {
 // The kernel's protection, VMA by VMA: nothing wider is ever mapped.
 TEST(PageTableKernelTest, ExternalTakesTheKernelsProtection) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 3);
-  HUGEMM_NEED(sys::CanReadPfns(), "pagemap hides PFNs from this process");
+  HUGEMM_NEED(sys::CanReadPfns(Os::Default()), "pagemap hides PFNs from this process");
   const size_t len = 3 * kPageSize2M;
   void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);

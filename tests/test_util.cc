@@ -12,12 +12,12 @@
 namespace hugemm::testing {
 
 int64_t FreeHugePages(size_t page_size) {
-  absl::StatusOr<HugePagePool> pool = sys::ReadHugePagePool(page_size);
+  absl::StatusOr<HugePagePool> pool = sys::ReadHugePagePool(Os::Default(), page_size);
   return pool.ok() ? pool->free - pool->resv : 0;
 }
 
 std::string HugetlbfsMountFor(size_t page_size) {
-  absl::StatusOr<std::vector<HugetlbfsMount>> mounts = sys::HugetlbfsMounts();
+  absl::StatusOr<std::vector<HugetlbfsMount>> mounts = sys::HugetlbfsMounts(Os::Default());
   if (!mounts.ok()) return "";
   for (const HugetlbfsMount& m : *mounts) {
     if (m.page_size == page_size && ::access(m.path.c_str(), W_OK) == 0) return m.path;

@@ -25,6 +25,7 @@
 
 #include "absl/status/status.h"
 #include "hugemm/backing.h"
+#include "hugemm/bitmask.h"
 #include "hugemm/page_size.h"
 
 namespace hugemm {
@@ -42,19 +43,8 @@ enum class FolioFlag : uint32_t {
   kLocked = 1u << 5,       // being split, merged or mapped; readers back off
 };
 
-constexpr FolioFlag operator|(FolioFlag a, FolioFlag b) {
-  return static_cast<FolioFlag>(static_cast<uint32_t>(a) | static_cast<uint32_t>(b));
-}
-constexpr FolioFlag operator&(FolioFlag a, FolioFlag b) {
-  return static_cast<FolioFlag>(static_cast<uint32_t>(a) & static_cast<uint32_t>(b));
-}
-constexpr FolioFlag operator~(FolioFlag a) {
-  return static_cast<FolioFlag>(~static_cast<uint32_t>(a));
-}
-constexpr FolioFlag& operator|=(FolioFlag& a, FolioFlag b) { return a = a | b; }
-constexpr FolioFlag& operator&=(FolioFlag& a, FolioFlag b) { return a = a & b; }
-// True when any bit of `bits` is set.
-constexpr bool Any(FolioFlag bits) { return bits != FolioFlag::kNone; }
+template <>
+inline constexpr bool kIsBitmask<FolioFlag> = true;
 
 // The flags by their kernel-like names, for code that reads better unqualified.
 inline constexpr FolioFlag kFolioDirty = FolioFlag::kDirty;

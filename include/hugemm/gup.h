@@ -45,6 +45,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "hugemm/bitmask.h"
 #include "hugemm/folio.h"
 #include "hugemm/pgtable.h"
 
@@ -74,17 +75,8 @@ inline constexpr GupFlags kGupFastOnly{1u << 4};
 // Return what was pinned instead of failing; the caller unpins it.
 inline constexpr GupFlags kGupPartial{1u << 5};
 
-constexpr GupFlags operator|(GupFlags a, GupFlags b) {
-  return GupFlags{static_cast<uint32_t>(a) | static_cast<uint32_t>(b)};
-}
-constexpr GupFlags operator&(GupFlags a, GupFlags b) {
-  return GupFlags{static_cast<uint32_t>(a) & static_cast<uint32_t>(b)};
-}
-constexpr GupFlags operator~(GupFlags a) { return GupFlags{~static_cast<uint32_t>(a)}; }
-constexpr GupFlags& operator|=(GupFlags& a, GupFlags b) { return a = a | b; }
-constexpr GupFlags& operator&=(GupFlags& a, GupFlags b) { return a = a & b; }
-// True when `set` holds any bit of `bits`.
-constexpr bool HasAny(GupFlags set, GupFlags bits) { return (set & bits) != kGupNone; }
+template <>
+inline constexpr bool kIsBitmask<GupFlags> = true;
 
 // "PIN|WRITE|LONGTERM", unknown bits in hex: for messages.
 std::string GupFlagsName(GupFlags flags);

@@ -47,9 +47,11 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "hugemm/bitmask.h"
 #include "hugemm/folio.h"
 #include "hugemm/geometry.h"
 #include "hugemm/notify.h"
+#include "hugemm/os.h"
 
 namespace hugemm {
 
@@ -73,17 +75,8 @@ inline constexpr Prot kProtRead{1u << 0};
 inline constexpr Prot kProtWrite{1u << 1};
 inline constexpr Prot kProtExec{1u << 2};
 
-constexpr Prot operator|(Prot a, Prot b) {
-  return Prot{static_cast<uint32_t>(a) | static_cast<uint32_t>(b)};
-}
-constexpr Prot operator&(Prot a, Prot b) {
-  return Prot{static_cast<uint32_t>(a) & static_cast<uint32_t>(b)};
-}
-constexpr Prot operator~(Prot a) { return Prot{~static_cast<uint32_t>(a)}; }
-constexpr Prot& operator|=(Prot& a, Prot b) { return a = a | b; }
-constexpr Prot& operator&=(Prot& a, Prot b) { return a = a & b; }
-// True when `set` holds any bit of `bits`.
-constexpr bool HasAny(Prot set, Prot bits) { return (set & bits) != kProtNone; }
+template <>
+inline constexpr bool kIsBitmask<Prot> = true;
 
 // A lock-free read section (an RCU read-side critical section). Everything a reader got
 // from the table (a LeafSnapshot's slot, a folio it has not grabbed) stays valid until the
@@ -162,8 +155,10 @@ class PageTable {
  public:
   // An empty table. Never fails and never allocates: the top-level table lives inside the
   // object. An invalid geometry (see ValidateGeometry) gives a table that maps nothing:
-  // every writer returns InvalidArgument naming what is wrong with it.
-  explicit PageTable(Geometry geometry);
+  // every writer returns InvalidArgument naming what is wrong with it. `os` is what
+  // RegisterExternal and Verify read the kernel's view through (smaps, pagemap,
+  // kpageflags); it must outlive the table.
+  explicit PageTable(Geometry geometry, Os& os = Os::Default());
   // Unmaps everything (dropping the references) and frees all tables. No reader, writer
   // or registration may outlive it.
   ~PageTable();
@@ -171,6 +166,7 @@ class PageTable {
   PageTable& operator=(const PageTable&) = delete;
 
   const Geometry& geometry() const { return geometry_; }
+  Os& os() const { return os_; }
 
   // ---- writers ----
 
@@ -342,6 +338,7 @@ class PageTable {
   void Reclaim(Garbage* garbage);
 
   Geometry geometry_;
+  Os& os_;
   int top_ = 0;
   int shift_[kMaxLevels + 1] = {};
   int cont_shift_[kMaxLevels] = {};  // log2 of the entries of a contiguous group

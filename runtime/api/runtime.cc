@@ -65,7 +65,7 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& opt
   rt->allocator_ = std::move(*alloc);
   // The real machine's answer never changes, and is asked only once.
   rt->table_ = std::make_unique<PageTable>(
-      &rt->os_ == &Os::Default() ? DetectHostGeometry() : DetectHostGeometry(rt->os_));
+      &rt->os_ == &Os::Default() ? DetectHostGeometry() : DetectHostGeometry(rt->os_), rt->os_);
   rt->pinner_ =
       std::make_unique<Pinner>(*rt->table_, PinnerOptions{.granularity = options.refcount});
   return rt;

@@ -44,7 +44,7 @@ absl::StatusOr<uint64_t> PageTable::RegisterExternal(const void* p, size_t lengt
         absl::StrFormat("register: %s is not this machine's geometry", geometry_.name));
   }
   if (absl::Status st = CheckRange(va, length, "register"); !st.ok()) return st;
-  absl::StatusOr<std::vector<sys::Vma>> vmas = sys::ReadVmas();
+  absl::StatusOr<std::vector<sys::Vma>> vmas = sys::ReadVmas(os_);
   if (!vmas.ok()) return vmas.status();
 
   auto region = std::make_unique<ExternalRegion>();
@@ -71,12 +71,12 @@ absl::StatusOr<uint64_t> PageTable::RegisterExternal(const void* p, size_t lengt
     }
     const size_t frames = page / kPageSize4K;
     absl::StatusOr<std::vector<uint64_t>> pfns =
-        sys::ReadPfnRange(reinterpret_cast<const void*>(cur), (piece_end - cur) / kPageSize4K);
+        sys::ReadPfnRange(os_, reinterpret_cast<const void*>(cur), (piece_end - cur) / kPageSize4K);
     if (!pfns.ok()) return pfns.status();
     for (size_t k = 0; cur < piece_end; ++k, cur += page) {
       const uint64_t head = (*pfns)[k * frames];
       if (head == kUnknownPfn) {
-        if (!sys::CanReadPfns()) {
+        if (!sys::CanReadPfns(os_)) {
           return absl::PermissionDeniedError(
               absl::StrFormat("register: the kernel hides PFNs from this process (pagemap needs "
                               "CAP_SYS_ADMIN); cannot learn the frame at 0x%x",
@@ -93,7 +93,7 @@ absl::StatusOr<uint64_t> PageTable::RegisterExternal(const void* p, size_t lengt
         }
       }
       if (frames > 1 && kpageflags_readable) {
-        absl::StatusOr<std::vector<uint64_t>> flags = sys::ReadKpageflags(head, frames);
+        absl::StatusOr<std::vector<uint64_t>> flags = sys::ReadKpageflags(os_, head, frames);
         if (!flags.ok()) {
           kpageflags_readable = false;
         } else if (!((*flags)[0] >> sys::kKpfCompoundHead & 1) ||

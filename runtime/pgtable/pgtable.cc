@@ -43,8 +43,8 @@ size_t TableBytes(size_t entries) {
 
 }  // namespace
 
-PageTable::PageTable(Geometry geometry)
-    : geometry_(std::move(geometry)), geometry_status_(ValidateGeometry(geometry_)) {
+PageTable::PageTable(Geometry geometry, Os& os)
+    : geometry_(std::move(geometry)), os_(os), geometry_status_(ValidateGeometry(geometry_)) {
   static_assert(sizeof(Table) <= 128 && alignof(Table) <= 64,
                 "the embedded root's header must fit in kRootBytes");
   static_assert(kRootBytes >= 128 + 2 * (size_t{1} << kMaxTopIndexBits) * sizeof(uint64_t));

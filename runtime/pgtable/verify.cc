@@ -23,13 +23,13 @@ absl::StatusOr<VerifyReport> PageTable::Verify(const void* va, size_t length) co
     return absl::FailedPreconditionError(
         absl::StrFormat("verify: %s is not this machine's geometry", geometry_.name));
   }
-  absl::StatusOr<std::vector<sys::Vma>> vmas = sys::ReadVmas();
+  absl::StatusOr<std::vector<sys::Vma>> vmas = sys::ReadVmas(os_);
   if (!vmas.ok()) return vmas.status();
   std::vector<LogicalLeaf> leaves;
   Walk(va, length, [&](const LogicalLeaf& l) { leaves.push_back(l); });
 
   VerifyReport report;
-  report.pfns_checked = sys::CanReadPfns();
+  report.pfns_checked = sys::CanReadPfns(os_);
   auto mismatch = [&](uintptr_t at, std::string what) {
     report.mismatches.push_back({at, absl::StrFormat("0x%x: %s", at, what)});
   };
@@ -62,8 +62,8 @@ absl::StatusOr<VerifyReport> PageTable::Verify(const void* va, size_t length) co
     const uintptr_t folio_va = l.va & ~(folio->size() - 1);
     const size_t first_frame = (l.va - folio_va) / kPageSize4K;
     absl::StatusOr<sys::FrameCheck> fc =
-        sys::CheckFrames(l.va, l.bytes / kPageSize4K, folio->page_pfn(first_frame), first_frame,
-                         folio->nr_pages(), leaf_name);
+        sys::CheckFrames(os_, l.va, l.bytes / kPageSize4K, folio->page_pfn(first_frame),
+                         first_frame, folio->nr_pages(), leaf_name);
     if (!fc.ok()) return fc.status();
     for (const sys::FrameMismatch& m : fc->mismatches) mismatch(m.va, m.what);
     report.pfns_hidden += fc->pfns_hidden;

@@ -22,14 +22,6 @@ namespace hugemm::sys {
 // failure (a file that may exist but cannot be looked at).
 [[nodiscard]] absl::StatusOr<bool> PathExists(Os& os, const std::string& path);
 
-// The same on the real OS, for callers that carry no Os.
-[[nodiscard]] inline absl::StatusOr<int64_t> ReadInt(const std::string& path) {
-  return ReadInt(Os::Default(), path);
-}
-[[nodiscard]] inline absl::StatusOr<std::vector<std::string>> ListDir(const std::string& path) {
-  return Os::Default().ListDir(path);
-}
-
 }  // namespace hugemm::sys
 
 #endif  // HUGEMM_RUNTIME_SYS_FILES_H_

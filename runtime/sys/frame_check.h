@@ -40,15 +40,6 @@ struct FrameCheck {
                                                      size_t compound_frames,
                                                      absl::string_view what);
 
-// The same on the real OS, for callers that carry no Os.
-[[nodiscard]] inline absl::StatusOr<FrameCheck> CheckFrames(uintptr_t va, size_t frames,
-                                                            uint64_t recorded_pfn,
-                                                            size_t first_frame,
-                                                            size_t compound_frames,
-                                                            absl::string_view what) {
-  return CheckFrames(Os::Default(), va, frames, recorded_pfn, first_frame, compound_frames, what);
-}
-
 }  // namespace hugemm::sys
 
 #endif  // HUGEMM_RUNTIME_SYS_FRAME_CHECK_H_

@@ -22,7 +22,7 @@ using hugemm::NodePool;
                                                                 const std::string& sysfs_root);
 // One pool's counters, globally and per NUMA node.
 [[nodiscard]] absl::StatusOr<HugePagePool> ReadHugePagePool(Os& os, size_t page_size,
-                                                            const std::string& sysfs_root);
+                                                            const std::string& sysfs_root = "/sys");
 // Online NUMA nodes (<sysfs>/devices/system/node/nodeN); {0} on a kernel without NUMA
 // (no such directory). Any other failure to list it is an error.
 [[nodiscard]] absl::StatusOr<std::vector<int>> OnlineNodes(Os& os, const std::string& sysfs_root);
@@ -37,15 +37,6 @@ using hugemm::NodePool;
 // (sysfs keeps no per-node reservations). Empty when they cannot be read.
 [[nodiscard]] std::string DescribePool(Os& os, size_t page_size, int node,
                                        const std::string& sysfs_root = "/sys");
-
-// The same on the real OS, for callers that carry no Os.
-[[nodiscard]] inline absl::StatusOr<HugePagePool> ReadHugePagePool(
-    size_t page_size, const std::string& sysfs_root = "/sys") {
-  return ReadHugePagePool(Os::Default(), page_size, sysfs_root);
-}
-[[nodiscard]] inline absl::StatusOr<std::vector<HugetlbfsMount>> HugetlbfsMounts() {
-  return HugetlbfsMounts(Os::Default());
-}
 
 }  // namespace hugemm::sys
 

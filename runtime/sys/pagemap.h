@@ -57,18 +57,6 @@ struct Vma {
 // The VMA of `vmas` holding `addr`, or nullptr.
 [[nodiscard]] const Vma* FindVma(const std::vector<Vma>& vmas, uintptr_t addr);
 
-// The same on the real OS, for callers that carry no Os.
-[[nodiscard]] inline absl::StatusOr<std::vector<uint64_t>> ReadKpageflags(uint64_t pfn,
-                                                                          size_t count) {
-  return ReadKpageflags(Os::Default(), pfn, count);
-}
-[[nodiscard]] inline bool CanReadPfns() { return CanReadPfns(Os::Default()); }
-[[nodiscard]] inline absl::StatusOr<std::vector<uint64_t>> ReadPfnRange(const void* addr,
-                                                                        size_t frames) {
-  return ReadPfnRange(Os::Default(), addr, frames);
-}
-[[nodiscard]] inline absl::StatusOr<std::vector<Vma>> ReadVmas() { return ReadVmas(Os::Default()); }
-
 }  // namespace hugemm::sys
 
 #endif  // HUGEMM_RUNTIME_SYS_PAGEMAP_H_
