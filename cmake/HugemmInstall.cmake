@@ -12,8 +12,10 @@ install(TARGETS hugemm EXPORT hugemmTargets
         LIBRARY DESTINATION "${CMAKE_INSTALL_LIBDIR}" COMPONENT runtime NAMELINK_COMPONENT dev)
 install(TARGETS hugemm_static EXPORT hugemmTargets
         ARCHIVE DESTINATION "${CMAKE_INSTALL_LIBDIR}" COMPONENT dev)
+# (The verbs layer's headers go with its own library: HugemmVerbsInstall.cmake.)
 install(DIRECTORY "${PROJECT_SOURCE_DIR}/include/hugemm"
-        DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}" COMPONENT dev FILES_MATCHING PATTERN "*.h")
+        DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}" COMPONENT dev FILES_MATCHING PATTERN "*.h"
+        PATTERN "verbs.h" EXCLUDE PATTERN "hugemm_verbs.h" EXCLUDE)
 install(TARGETS hugemm_cli RUNTIME DESTINATION "${CMAKE_INSTALL_BINDIR}" COMPONENT tools)
 
 # The CMake package.

@@ -26,6 +26,10 @@ free_1g=$(pool_count $((1 << 30)) free_hugepages)
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# What follows the "kept" marker in the report (the other benchmarks' sections, written
+# by hand) is carried over as it is.
+kept="$work/kept.md"
+if [ -f "$out" ]; then sed -n '/^<!-- kept: /,$p' "$out" >"$kept"; else : >"$kept"; fi
 run() {  # run NAME ARGS...: one JSON result in $work/NAME.json
   local name=$1
   shift
@@ -246,4 +250,8 @@ EOF
     fi
   fi
 } >"$out"
+if [ -s "$kept" ]; then
+  printf '\n' >>"$out"
+  cat "$kept" >>"$out"
+fi
 say "wrote $out"

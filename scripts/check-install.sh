@@ -2,7 +2,10 @@
 # The README's "Install and link", run as written (test.sh runs it after the tests):
 # install from source into a fresh prefix and build and run examples/ against it, with
 # CMake and with pkg-config; then build the Debian packages, install them with apt,
-# do the same against /usr, and remove them. Needs a Release build (setup.sh).
+# do the same against /usr, and remove them. The verbs layer's library (libhugemm-verbs)
+# comes along: examples/rdma_write.c is built against it both ways (README's "RDMA
+# programs" block), and the examples without RDMA must not pull libibverbs in. Needs a
+# Release build (setup.sh).
 #   scripts/check-install.sh
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -11,7 +14,7 @@ cd "$HUGEMM_ROOT"
 
 work=$(mktemp -d)
 prefix="$work/prefix"
-packages=(libhugemm0 libhugemm-dev hugemm-tools)
+packages=(libhugemm0 libhugemm-dev hugemm-tools libhugemm-verbs0 libhugemm-verbs-dev)
 cleanup() {
   rm -rf "$work" "$HUGEMM_ROOT/build-examples"
   if dpkg-query -W "${packages[@]}" >/dev/null 2>&1; then
@@ -44,7 +47,9 @@ if dpkg-query -W "${packages[@]}" >/dev/null 2>&1; then
 fi
 run_block install-source "$prefix"
 for f in include/hugemm/hugemm.h lib/libhugemm.so.0 lib/libhugemm.a bin/hugemm \
-         lib/cmake/hugemm/hugemmConfig.cmake lib/pkgconfig/hugemm.pc share/man/man1/hugemm.1.gz; do
+         lib/cmake/hugemm/hugemmConfig.cmake lib/pkgconfig/hugemm.pc share/man/man1/hugemm.1.gz \
+         include/hugemm/verbs.h include/hugemm/hugemm_verbs.h lib/libhugemm-verbs.so.0 \
+         lib/libhugemm-verbs.a lib/cmake/hugemm/hugemmVerbsTargets.cmake lib/pkgconfig/hugemm-verbs.pc; do
   [ -e "$prefix/$f" ] || die "cmake --install did not install $f"
 done
 run_block link "$prefix"
@@ -54,9 +59,26 @@ grep -q "$prefix/lib/libhugemm.so.0" <<<"$deps" ||
   die "pin_buffer_c is not linked against $prefix/lib/libhugemm.so.0"
 deps=$(ldd build-examples/pin_buffer_c_static)
 if grep -q libhugemm <<<"$deps"; then die "pin_buffer_c_static is linked against libhugemm.so"; fi
+check_verbs() {
+  local prefix=$1 deps want
+  # A program without RDMA does not pull rdma-core in.
+  deps=$(ldd build-examples/pin_buffer_c)
+  if grep -q libibverbs <<<"$deps"; then die "pin_buffer_c is linked against libibverbs"; fi
+  run_block link-verbs "$prefix"
+  want="libhugemm-verbs.so.0 => $prefix/lib/libhugemm-verbs.so.0"
+  [ "$prefix" = /usr ] && want="libhugemm-verbs.so.0 => /"
+  for exe in example_rdma_write rdma_write_c; do
+    deps=$(ldd "build-examples/$exe")
+    grep -qF "$want" <<<"$deps" || die "$exe is not linked against $prefix's libhugemm-verbs.so.0"
+  done
+}
+check_verbs "$prefix"
 
 run_block install-deb /usr
 hugemm --version
 [ -e /usr/share/man/man1/hugemm.1.gz ] || die "hugemm-tools has no man page"
 run_block link /usr
+apt-get install -y -qq ./build/release/libhugemm-verbs0_*.deb \
+  ./build/release/libhugemm-verbs-dev_*.deb >/dev/null
+check_verbs /usr
 say "install: from source and from the Debian packages, examples built and run both ways"

@@ -2,14 +2,17 @@
 # libhugemm.so exports the public API and nothing else (nm -D): the C API declared in
 # hugemm.h, and namespace hugemm's CamelCase types and functions; no *_internal or sys
 # symbol, no template instance of another namespace. And its SONAME is libhugemm.so.<major>.
-#   exports_test.sh <libhugemm.so> <include/hugemm/hugemm.h> <major version>
+# The same holds for libhugemm-verbs.so and hugemm_verbs.h, with its own entry point.
+#   exports_test.sh <libNAME.so> <C header> <major version> [<C++ entry point>]
 set -euo pipefail
-lib=$1 header=$2 major=$3
+lib=$1 header=$2 major=$3 entry=${4:-hugemm::Runtime::Open}
 failed=0
 fail() { echo "FAIL: $*"; failed=1; }
 
+name=$(basename "$lib")
+want="${name%%.so*}.so.$major"
 soname=$(readelf -d "$lib" | sed -n 's/.*Library soname: \[\(.*\)\]/\1/p')
-[ "$soname" = "libhugemm.so.$major" ] || fail "SONAME is \"$soname\", not libhugemm.so.$major"
+[ "$soname" = "$want" ] || fail "SONAME is \"$soname\", not $want"
 
 # The rule of cmake/libhugemm.map, on mangled names: hugemm_*, or a name of namespace
 # hugemm that starts with a capital (or an operator), or its vtable, typeinfo or thunk.
@@ -23,10 +26,10 @@ exported=$(c++filt <<<"$mangled")
 
 # Every function of the C API, and the C++ facade's entry point.
 for fn in $(sed -n 's/^[a-z_ *]*\b\(hugemm_[a-z0-9_]*\)(.*/\1/p' "$header" | sort -u); do
-  grep -qx "$fn" <<<"$exported" || fail "does not export $fn, declared in hugemm.h"
+  grep -qx "$fn" <<<"$exported" || fail "does not export $fn, declared in $(basename "$header")"
 done
-grep -q '^hugemm::Runtime::Open(' <<<"$exported" || fail "does not export hugemm::Runtime::Open"
+grep -q "^$entry(" <<<"$exported" || fail "does not export $entry"
 
 count=$(wc -l <<<"$exported")
 [ "$failed" = 0 ] || exit 1
-echo "libhugemm.so ($soname) exports $count symbols, all public"
+echo "$name ($soname) exports $count symbols, all public"

@@ -86,5 +86,41 @@ TEST(RangeSubscriptionTest, OwnDeviceExclusiveIsNotReported) {
   EXPECT_EQ(mine.generation(), 1u);
 }
 
+// A subscription made while a change of its range is under way hears that change's start
+// at once: its word is not stable until the change ends, so a registration cache that
+// subscribes mid-change cannot take what it reads then for a stable mapping.
+TEST(RangeSubscriptionTest, SubscribingMidChangeCountsTheChangeUnderWay) {
+  NotifierRegistry registry;
+  const int device = 0;
+  const Invalidation unmap{kBase, kPageSize2M, InvalidateReason::kUnmap, nullptr};
+  const Invalidation exclusive{kBase, kPageSize4K, InvalidateReason::kExclusive, &device};
+  registry.InvalidateStart(unmap);
+  registry.InvalidateStart(exclusive);
+
+  std::vector<InvalidateReason> starts;
+  RangeSubscription late(
+      registry, Ptr(kBase + kPageSize4K), kPageSize4K,
+      {.invalidate_start = [&](const Invalidation& inv) { starts.push_back(inv.reason); }});
+  RangeSubscription apart(registry, Ptr(kBase + kPageSize2M), kPageSize4K);
+  RangeSubscription owner(registry, Ptr(kBase), kPageSize4K, {}, &device);
+  EXPECT_TRUE(late.invalidating());
+  EXPECT_EQ(late.generation(), 1u);
+  EXPECT_EQ(starts, std::vector<InvalidateReason>{InvalidateReason::kUnmap});
+  EXPECT_EQ(apart.sequence().load(), 0u);
+  // The owner hears the unmap, not its own device-exclusive change.
+  EXPECT_EQ(owner.generation(), 1u);
+
+  registry.InvalidateEnd(exclusive);
+  EXPECT_TRUE(owner.invalidating());
+  registry.InvalidateEnd(unmap);
+  EXPECT_FALSE(late.invalidating());
+  EXPECT_FALSE(owner.invalidating());
+  EXPECT_EQ(late.generation(), 1u);
+
+  // Ended changes are not replayed.
+  RangeSubscription after(registry, Ptr(kBase), kPageSize2M);
+  EXPECT_EQ(after.sequence().load(), 0u);
+}
+
 }  // namespace
 }  // namespace hugemm

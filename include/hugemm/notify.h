@@ -21,6 +21,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -49,7 +50,10 @@ struct NotifierCallbacks {
 
 // The subscriptions of one address space. A subscription hears every announced change
 // whose range overlaps its own, except changes made on behalf of its own owner (a device
-// does not hear of the device-exclusive entries it asked for).
+// does not hear of the device-exclusive entries it asked for). A subscription made while
+// such a change is under way (started, not ended) hears its start at once, from Subscribe
+// on the subscribing thread, and its end when it ends: no subscriber ever sees the end of
+// a change without its start, so none takes a mapping read mid-change for a stable one.
 //
 // Thread safety: thread-safe. Announcements run one at a time under the registry's lock,
 // which Unsubscribe also takes: a callback may not subscribe or unsubscribe (it would
@@ -60,7 +64,8 @@ class NotifierRegistry {
   NotifierRegistry(const NotifierRegistry&) = delete;
   NotifierRegistry& operator=(const NotifierRegistry&) = delete;
 
-  // Subscribes to [va, va + length) and returns the subscription's id (never 0).
+  // Subscribes to [va, va + length) and returns the subscription's id (never 0). Calls
+  // `callbacks.invalidate_start` for each change of the range already under way.
   [[nodiscard]] uint64_t Subscribe(const void* va, size_t length, NotifierCallbacks callbacks,
                                    const void* owner = nullptr);
   // Ends a subscription. NotFound when `id` names none (never made, or already ended).
@@ -79,9 +84,12 @@ class NotifierRegistry {
     const void* owner;
   };
   void Announce(bool start, const Invalidation& inv);
+  static bool Hears(const Subscription& s, const Invalidation& inv);
 
   std::mutex mu_;  // std::mutex: visible to ThreadSanitizer (the system abseil is not)
   std::map<uint64_t, Subscription> subscriptions_ ABSL_GUARDED_BY(mu_);
+  // The changes started and not yet ended, for subscriptions made meanwhile.
+  std::vector<Invalidation> under_way_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
 };
 
@@ -95,7 +103,9 @@ class NotifierRegistry {
 // registration built between start and end would record the bumped value and look valid
 // after the change completed, though it read the mapping mid-change; here it records a
 // word with the in-progress count set, which Stable() rejects. (The kernel's
-// mmu_interval_notifier keeps an odd/even sequence for the same reason.)
+// mmu_interval_notifier keeps an odd/even sequence for the same reason.) A subscription
+// made during a change starts with that change counted (the registry replays its start),
+// so a word read right after subscribing is stable only when nothing is under way.
 //
 // Thread safety: sequence() and the accessors may be read from any thread at any time;
 // the callbacks run on the thread that changes the mapping.

@@ -68,6 +68,21 @@ struct BufferOptions {
   Prot prot = kProtRead | kProtWrite;
 };
 
+// Where the memory at an address came from (Runtime::BufferAt): what a registration cache
+// registers whole, so that neighbouring requests share one registration.
+struct BufferSpan {
+  uint64_t id = 0;  // the buffer's id (Buffer::id)
+  // The buffer: MapBuffer's whole native pages, or Allocate's one folio.
+  std::byte* data = nullptr;
+  size_t size = 0;
+  // The backing mapping holding the buffer: MapBuffer's own, or the allocator pool's
+  // extent its folio was carved from (a native page of 2M or 1G; 2M of a 4K backing),
+  // which the buffers carved from it share.
+  std::byte* extent_data = nullptr;
+  size_t extent_size = 0;
+  bool allocated = false;  // from Allocate
+};
+
 class Runtime;
 
 // A mapping handed out by a Runtime. Move-only; dropping it frees the mapping (the memory
@@ -122,6 +137,12 @@ class Runtime {
   absl::Status UnregisterExternal(uint64_t id);
   // Frees the buffer that starts at `data` (what Buffer::Free does, for the C API).
   absl::Status Free(const void* data);
+  // The buffer holding `va` and the mapping it came from. Takes the runtime's lock: for
+  // slow paths (a registration cache's miss), not per I/O. The answer describes the buffer
+  // as it was at the call: it may be freed right after.
+  //   NotFound: no live buffer of this runtime holds `va` (never one, freed, or memory
+  //   registered with RegisterExternal).
+  absl::StatusOr<BufferSpan> BufferAt(const void* va);
 
   std::optional<Translation> Translate(const void* va, size_t max_run = 0) const;
   // The folio mapping `va`.

@@ -13,23 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "hugemm/hugemm.h"
 #include "hugemm/runtime.h"
-
-struct hugemm_runtime {
-  std::unique_ptr<hugemm::Runtime> rt;
-
-  // What each hugemm_pin_segments took, by (start, length, kind), oldest first: segments
-  // name no folios, and once the buffer is freed (or after a partial pin) the table can no
-  // longer say what the pin took. hugemm_unpin_range gives back the oldest entry of its
-  // range; one that finds none walks the table.
-  using PinKey = std::tuple<uintptr_t, size_t, hugemm::RefKind>;
-  std::mutex pins_mu;
-  std::multimap<PinKey, std::vector<hugemm::FolioSpan>> segment_pins;
-
-  // The subscriptions still open: hugemm_close ends them (their registry goes with the
-  // Runtime), so that a later hugemm_unsubscribe frees only the handle. Guarded by
-  // g_subscriptions_mu, which also guards each subscription's `rt`.
-  std::set<hugemm_subscription*> subscriptions;
-};
+#include "runtime/api/c_bridge.h"
 
 struct hugemm_subscription {
   hugemm_runtime* rt = nullptr;  // null once its runtime is closed
@@ -41,7 +25,7 @@ namespace {
 thread_local std::string g_last_error;
 std::mutex g_subscriptions_mu;
 
-int ErrnoOf(absl::StatusCode code) {
+int NegativeErrnoOf(absl::StatusCode code) {
   switch (code) {
     case absl::StatusCode::kOk:
       return 0;
@@ -67,20 +51,9 @@ int ErrnoOf(absl::StatusCode code) {
   }
 }
 
-int Fail(const absl::Status& st) {
-  g_last_error = std::string(st.message());
-  return ErrnoOf(st.code());
-}
-
-int Fail(int err, std::string message) {
-  g_last_error = std::move(message);
-  return -err;
-}
-
-int Ok() {
-  g_last_error.clear();
-  return 0;
-}
+int Fail(const absl::Status& st) { return hugemm::CApiFail(st); }
+int Fail(int err, std::string message) { return hugemm::CApiFail(err, std::move(message)); }
+int Ok() { return hugemm::CApiOk(); }
 
 #define HUGEMM_C_CHECK(cond, what)          \
   do {                                      \
@@ -207,6 +180,21 @@ void FillBuffer(const hugemm::Buffer& b, hugemm_buffer* out) {
 }
 
 }  // namespace
+
+int hugemm::CApiFail(const absl::Status& status) {
+  g_last_error = std::string(status.message());
+  return NegativeErrnoOf(status.code());
+}
+
+int hugemm::CApiFail(int err, std::string message) {
+  g_last_error = std::move(message);
+  return -err;
+}
+
+int hugemm::CApiOk() {
+  g_last_error.clear();
+  return 0;
+}
 
 extern "C" {
 

@@ -7,6 +7,8 @@
 
 #include "absl/strings/str_format.h"
 #include "hugemm/kernel_pin.h"
+#include "runtime/alloc/address_index.h"
+#include "runtime/alloc/pool.h"
 
 namespace hugemm {
 
@@ -221,6 +223,33 @@ absl::Status Runtime::Free(const void* data) {
     id = it->second;
   }
   return FreeById(id);
+}
+
+absl::StatusOr<BufferSpan> Runtime::BufferAt(const void* va) {
+  const auto p = reinterpret_cast<uintptr_t>(va);
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = by_address_.upper_bound(p);
+  if (it != by_address_.begin()) {
+    --it;
+    const BufferRecord& r = *buffers_.at(it->second);
+    const auto data = reinterpret_cast<uintptr_t>(r.data);
+    if (p - data < r.size) {
+      BufferSpan span{.id = it->second, .data = r.data, .size = r.size};
+      span.extent_data = r.data;
+      span.extent_size = r.size;
+      if (r.handle) {
+        // The folio holds a reference, so its pool keeps the extent mapped (and indexed).
+        span.allocated = true;
+        if (const alloc_internal::Region* region = alloc_internal::IndexLookup(r.data)) {
+          const Extent& extent = region->extent()->extent;
+          span.extent_data = extent.data();
+          span.extent_size = extent.size();
+        }
+      }
+      return span;
+    }
+  }
+  return absl::NotFoundError(absl::StrFormat("%p is not in a buffer of this runtime", va));
 }
 
 absl::StatusOr<uint64_t> Runtime::RegisterExternal(const void* va, size_t length) {

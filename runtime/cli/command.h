@@ -56,6 +56,7 @@ void AddBenchPinCommand(CommandTable& table, CLI::App* bench);
 void AddBenchTranslateCommand(CommandTable& table, CLI::App* bench);
 void AddBenchAllocCommand(CommandTable& table, CLI::App* bench);
 void AddStressCommand(CommandTable& table, CLI::App* app);
+void AddBenchMrCommand(CommandTable& table, CLI::App* bench);
 
 // "hugemm" and the arguments as given: JSON output records the command that made it.
 const std::string& CommandLine();

@@ -1,6 +1,7 @@
 // The notifier registry and the range subscription with its sequence word.
 #include "hugemm/notify.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -29,8 +30,15 @@ uint64_t NotifierRegistry::Subscribe(const void* va, size_t length, NotifierCall
                                      const void* owner) {
   std::lock_guard<std::mutex> lock(mu_);
   const uint64_t id = next_id_++;
-  subscriptions_.emplace(
-      id, Subscription{reinterpret_cast<uintptr_t>(va), length, std::move(callbacks), owner});
+  const Subscription& s = subscriptions_
+                              .emplace(id, Subscription{reinterpret_cast<uintptr_t>(va), length,
+                                                        std::move(callbacks), owner})
+                              .first->second;
+  // Its end will reach this subscription: so must its start, or a sequence word read now
+  // would look stable while the mapping is mid-change.
+  for (const Invalidation& inv : under_way_) {
+    if (Hears(s, inv) && s.callbacks.invalidate_start) s.callbacks.invalidate_start(inv);
+  }
   return id;
 }
 
@@ -46,11 +54,25 @@ void NotifierRegistry::InvalidateStart(const Invalidation& inv) { Announce(true,
 
 void NotifierRegistry::InvalidateEnd(const Invalidation& inv) { Announce(false, inv); }
 
+bool NotifierRegistry::Hears(const Subscription& s, const Invalidation& inv) {
+  if (s.va >= inv.va + inv.length || inv.va >= s.va + s.length) return false;
+  return inv.owner == nullptr || s.owner != inv.owner;
+}
+
 void NotifierRegistry::Announce(bool start, const Invalidation& inv) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (start) {
+    under_way_.push_back(inv);
+  } else {
+    auto same = [&inv](const Invalidation& u) {
+      return u.va == inv.va && u.length == inv.length && u.reason == inv.reason &&
+             u.owner == inv.owner;
+    };
+    auto it = std::find_if(under_way_.begin(), under_way_.end(), same);
+    if (it != under_way_.end()) under_way_.erase(it);
+  }
   for (const auto& [id, s] : subscriptions_) {
-    if (s.va >= inv.va + inv.length || inv.va >= s.va + s.length) continue;
-    if (inv.owner != nullptr && s.owner == inv.owner) continue;
+    if (!Hears(s, inv)) continue;
     const auto& cb = start ? s.callbacks.invalidate_start : s.callbacks.invalidate_end;
     if (cb) cb(inv);
   }
@@ -72,9 +94,9 @@ RangeSubscription::RangeSubscription(NotifierRegistry& registry, const void* va,
     if (user_.invalidate_start) user_.invalidate_start(inv);
   };
   ours.invalidate_end = [this](const Invalidation& inv) {
-    // A subscription made between another writer's start and end hears only the end:
-    // nothing of ours is in progress then, and the count must not borrow from the
-    // generation.
+    // The registry replays the start of a change under way to a new subscription, so an
+    // end always follows a start here; the check keeps the count from ever borrowing
+    // from the generation all the same.
     uint64_t seq = seq_.load(std::memory_order_relaxed);
     if (Stable(seq)) return;
     if (user_.invalidate_end) user_.invalidate_end(inv);

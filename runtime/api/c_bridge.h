@@ -1,0 +1,53 @@
+// What the C APIs of the layers above (hugemm_verbs.h, ...) share with hugemm.h's: the
+// runtime handle's layout and this thread's last error, so that their functions follow
+// hugemm.h's conventions (a negative errno, and the message hugemm_last_error() returns).
+// The functions are exported from libhugemm for those layers' own shared libraries.
+#ifndef HUGEMM_RUNTIME_API_C_BRIDGE_H_
+#define HUGEMM_RUNTIME_API_C_BRIDGE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "hugemm/hugemm.h"
+#include "hugemm/runtime.h"
+
+struct hugemm_runtime {
+  std::unique_ptr<hugemm::Runtime> rt;
+
+  // What each hugemm_pin_segments took, by (start, length, kind), oldest first: segments
+  // name no folios, and once the buffer is freed (or after a partial pin) the table can no
+  // longer say what the pin took. hugemm_unpin_range gives back the oldest entry of its
+  // range; one that finds none walks the table.
+  using PinKey = std::tuple<uintptr_t, size_t, hugemm::RefKind>;
+  std::mutex pins_mu;
+  std::multimap<PinKey, std::vector<hugemm::FolioSpan>> segment_pins;
+
+  // The subscriptions still open: hugemm_close ends them (their registry goes with the
+  // Runtime), so that a later hugemm_unsubscribe frees only the handle. Guarded by the C
+  // API's subscription mutex, which also guards each subscription's `rt`.
+  std::set<hugemm_subscription*> subscriptions;
+};
+
+namespace hugemm {
+
+// Sets this thread's message to the status's and returns its negative errno:
+// InvalidArgument and OutOfRange -EINVAL, NotFound -ENOENT, AlreadyExists -EEXIST,
+// PermissionDenied -EPERM, ResourceExhausted -ENOMEM, FailedPrecondition -EFAULT,
+// Unavailable -EAGAIN, Unimplemented -EOPNOTSUPP, anything else -EIO.
+int CApiFail(const absl::Status& status);
+// Sets this thread's message and returns -err.
+int CApiFail(int err, std::string message);
+// Clears this thread's message and returns 0.
+int CApiOk();
+
+}  // namespace hugemm
+
+#endif  // HUGEMM_RUNTIME_API_C_BRIDGE_H_

@@ -1,0 +1,159 @@
+// The miss path: which range to register, the subscription that hears of its changes,
+// the pin under the handle, the registration, and the checks that nothing changed
+// between them.
+#include <memory>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "hugemm/page_size.h"
+#include "hugemm/pgtable.h"
+#include "runtime/verbs/cache_core.h"
+
+namespace hugemm::verbs_internal {
+namespace {
+
+void* Ptr(uintptr_t a) { return reinterpret_cast<void*>(a); }
+
+// Folio spans a pin of [addr, addr + length) may need: from the size of the folio at
+// addr when the memory is uniform; `fallback` (one per base page) bounds any memory.
+size_t SpanBound(const PageTable& table, uintptr_t addr, size_t length, bool fallback) {
+  const size_t pages = (addr % kPageSize4K + length + kPageSize4K - 1) / kPageSize4K;
+  if (fallback) return pages;
+  size_t folio = kPageSize4K;
+  {
+    ReadSection section;  // keeps the folio readable while its size is read
+    if (std::optional<LeafSnapshot> snap = table.Lookup(Ptr(addr))) {
+      folio = snap->leaf.folio->size();
+    }
+  }
+  return std::min(pages, (addr % folio + length + folio - 1) / folio);
+}
+
+}  // namespace
+
+absl::Status CacheCore::Pin(MrHandle& h, GupFlags flags) {
+  Pinner& pinner = runtime_.pinner();
+  // Most requests lie in one or two folios: try the handle's inline spans first.
+  for (int round = 0; round < 3; ++round) {
+    h.spans_.resize(round == 0 ? 2 : SpanBound(pinner.table(), h.addr_, h.length_, round == 2));
+    absl::StatusOr<size_t> n =
+        pinner.PinFolios(Ptr(h.addr_), h.length_, flags, absl::MakeSpan(h.spans_));
+    if (n.ok()) {
+      h.spans_.resize(*n);
+      return absl::OkStatus();
+    }
+    h.spans_.clear();
+    if (n.status().code() != absl::StatusCode::kResourceExhausted || round == 2) {
+      return n.status();
+    }
+  }
+  return absl::InternalError("unreachable");
+}
+
+absl::StatusOr<Unit> CacheCore::UnitOf(uintptr_t addr, size_t length) {
+  absl::StatusOr<BufferSpan> span = runtime_.BufferAt(Ptr(addr));
+  if (span.ok()) {
+    Unit unit{.buffer_id = span->id};
+    const bool extent = options_.scope == MrScope::kExtent;
+    unit.start = reinterpret_cast<uintptr_t>(extent ? span->extent_data : span->data);
+    unit.length = extent ? span->extent_size : span->size;
+    if (addr + length > unit.start + unit.length) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "MrCache::Get: [0x%x, +%u) runs past the end of the %s holding it, [0x%x, +%u)", addr,
+          length, extent ? "extent" : "buffer", unit.start, unit.length));
+    }
+    return unit;
+  }
+  if (span.status().code() != absl::StatusCode::kNotFound) return span.status();
+  // Memory registered with RegisterExternal: the request itself, in whole base pages.
+  if (!runtime_.Translate(Ptr(addr))) {
+    return absl::NotFoundError(absl::StrFormat(
+        "MrCache::Get: 0x%x is not memory of this runtime (MapBuffer, Allocate or "
+        "RegisterExternal): the cache registers only memory whose changes it hears of",
+        addr));
+  }
+  const uintptr_t start = addr & ~uintptr_t{kPageSize4K - 1};
+  const uintptr_t end = (addr + length + kPageSize4K - 1) & ~uintptr_t{kPageSize4K - 1};
+  return Unit{.start = start, .length = end - start};
+}
+
+bool CacheCore::SameUnit(const Unit& unit, uintptr_t addr) {
+  if (unit.buffer_id == 0) return true;  // external: the pin that follows checks the mapping
+  absl::StatusOr<BufferSpan> now = runtime_.BufferAt(Ptr(addr));
+  return now.ok() && now->id == unit.buffer_id;
+}
+
+absl::StatusOr<MrHandle> CacheCore::Miss(ibv_pd* pd, uintptr_t addr, size_t length, int access,
+                                         GupFlags flags, bool* raced) {
+  *raced = false;
+  Reap();
+  absl::StatusOr<Unit> unit = UnitOf(addr, length);
+  if (!unit.ok()) return unit.status();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (absl::Status st = Reserve(unit->length); !st.ok()) return st;
+  }
+
+  auto entry = std::make_unique<MrEntry>();
+  MrEntry* e = entry.get();
+  e->core = this;
+  e->registrar = &registrar_;
+  e->pinner = &runtime_.pinner();
+  e->pd = pd;
+  e->start = unit->start;
+  e->length = unit->length;
+  e->access = access;
+  e->state.store(2, std::memory_order_relaxed);  // the cache's reference and this handle's
+  // Subscribed before anything is read: every change from here on bumps the word.
+  e->sub = std::make_unique<RangeSubscription>(
+      runtime_.table().notifiers(), Ptr(e->start), e->length,
+      NotifierCallbacks{.invalidate_start = [this, e](const Invalidation&) { OnInvalidate(e); }});
+  e->seq = e->sub->sequence().load(std::memory_order_acquire);
+  auto unchanged = [e] { return e->sub->sequence().load(std::memory_order_acquire) == e->seq; };
+
+  MrHandle h;
+  h.addr_ = addr;
+  h.length_ = length;
+  h.dirty_ = HasAny(flags, kGupWrite);
+  auto fail = [&](absl::Status st, bool race) -> absl::Status {
+    runtime_.pinner().UnpinFolios(h.spans_, RefKind::kPin);
+    h.spans_.clear();
+    entry.reset();  // unsubscribes: no callback of it runs after this
+    Unreserve(unit->length);
+    *raced = race;
+    return st;
+  };
+  // The unit was found before the subscription: it must still be the same buffer, and
+  // no change may be under way.
+  if (!RangeSubscription::Stable(e->seq) || !SameUnit(*unit, addr)) {
+    return fail(absl::AbortedError("changed"), true);
+  }
+  if (absl::Status st = Pin(h, flags); !st.ok()) return fail(st, !unchanged());
+  absl::StatusOr<ibv_mr*> mr = registrar_.Register(pd, Ptr(e->start), e->length, access);
+  if (!mr.ok()) {
+    return fail(absl::Status(mr.status().code(),
+                             absl::StrFormat("MrCache::Get: registering [0x%x, +%u) for [%p, "
+                                             "+%u), access 0x%x: %s",
+                                             e->start, e->length, Ptr(addr), length, access,
+                                             mr.status().message())),
+                !unchanged());
+  }
+  registrations_.fetch_add(1, std::memory_order_relaxed);
+  if (!unchanged()) {
+    // It may have registered memory mid-change: throw it away and look again.
+    (void)registrar_.Deregister(*mr);
+    deregistrations_.fetch_add(1, std::memory_order_relaxed);
+    return fail(absl::AbortedError("changed"), true);
+  }
+  e->mr = *mr;
+  misses_.fetch_add(1, std::memory_order_relaxed);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    all_.insert(e);
+    index_.Insert(e);
+  }
+  h.entry_ = entry.release();
+  return h;
+}
+
+}  // namespace hugemm::verbs_internal

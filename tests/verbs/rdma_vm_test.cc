@@ -1,0 +1,202 @@
+// The MR cache against real soft-RoCE devices (in the VM, --rxe-pair): registrations the
+// device made, and data a peer wrote through them. A queue pair on rxe_b writes into
+// memory registered on rxe_a, so what "stale" means is seen in the data itself: a write
+// through a stale registration lands in memory the process no longer maps.
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "hugemm/hugemm_verbs.h"
+#include "hugemm/verbs.h"
+#include "runtime/verbs/mr_cache_test_peer.h"
+#include "tests/test_util.h"
+#include "tests/verbs/rc_endpoint.h"
+
+namespace hugemm {
+namespace {
+
+using ::hugemm::testing::PeerInfo;
+using ::hugemm::testing::RcEndpoint;
+using ::hugemm::verbs_internal::MrCacheTestPeer;
+
+constexpr int kAccess = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
+
+std::string Env(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr ? v : "";
+}
+
+class RdmaVmTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    HUGEMM_NEED(!Env("HUGEMM_TEST_RXE_A").empty(),
+                "needs the soft-RoCE pair of the VM (tests/vm/run-in-vm.sh --rxe-pair)");
+    HUGEMM_NEED_HUGEPAGES(kPageSize2M, 8);
+    const int gid = std::atoi(Env("HUGEMM_TEST_RXE_GID").c_str());
+    absl::StatusOr<std::unique_ptr<RcEndpoint>> a = RcEndpoint::Open(Env("HUGEMM_TEST_RXE_A"), gid);
+    absl::StatusOr<std::unique_ptr<RcEndpoint>> b = RcEndpoint::Open(Env("HUGEMM_TEST_RXE_B"), gid);
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(b.ok()) << b.status();
+    a_ = std::move(*a);
+    b_ = std::move(*b);
+    HUGEMM_ASSERT_OK(a_->Connect(b_->Info()));
+    HUGEMM_ASSERT_OK(b_->Connect(a_->Info()));
+    absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
+    ASSERT_TRUE(rt.ok()) << rt.status();
+    rt_ = std::move(*rt);
+    absl::StatusOr<std::unique_ptr<MrCache>> cache = MrCache::Create(*rt_);
+    ASSERT_TRUE(cache.ok()) << cache.status();
+    cache_ = std::move(*cache);
+    // The writer's source, registered on rxe_b without the cache under test.
+    absl::StatusOr<Buffer> src = rt_->MapBuffer(kPageSize2M);
+    ASSERT_TRUE(src.ok()) << src.status();
+    src_ = std::move(*src);
+    src_mr_ = ibv_reg_mr(b_->pd(), src_.data(), src_.size(), kAccess);
+    ASSERT_NE(src_mr_, nullptr);
+  }
+  void TearDown() override {
+    if (src_mr_ != nullptr) ibv_dereg_mr(src_mr_);
+    src_ = Buffer();
+    cache_.reset();
+    rt_.reset();
+  }
+
+  // rxe_b writes `bytes` of `value` to [remote, +bytes) through `rkey` on rxe_a. Returns
+  // the completion's status.
+  ibv_wc_status WriteFromB(uint64_t remote, uint32_t rkey, size_t bytes, std::byte value) {
+    std::memset(src_.data(), static_cast<int>(value), bytes);
+    absl::Status st = b_->PostWrite(src_.data(), bytes, src_mr_->lkey, remote, rkey, 7);
+    EXPECT_TRUE(st.ok()) << st;
+    absl::StatusOr<ibv_wc> wc = b_->Poll();
+    EXPECT_TRUE(wc.ok()) << wc.status();
+    return wc.ok() ? wc->status : IBV_WC_GENERAL_ERR;
+  }
+  static bool All(const std::byte* p, size_t n, std::byte value) {
+    for (size_t i = 0; i < n; ++i) {
+      if (p[i] != value) return false;
+    }
+    return true;
+  }
+  Buffer Map(size_t length) {
+    absl::StatusOr<Buffer> b = rt_->MapBuffer(length);
+    EXPECT_TRUE(b.ok()) << b.status();
+    return b.ok() ? std::move(*b) : Buffer();
+  }
+
+  std::unique_ptr<RcEndpoint> a_, b_;
+  std::unique_ptr<Runtime> rt_;
+  std::unique_ptr<MrCache> cache_;
+  Buffer src_;
+  ibv_mr* src_mr_ = nullptr;
+};
+
+TEST_F(RdmaVmTest, RegistrationsComeFromTheDeviceAndCarryData) {
+  Buffer buf = Map(2 * kPageSize2M);
+  absl::StatusOr<MrHandle> h = cache_->Get(a_->pd(), buf.data() + 4096, 8192, kAccess);
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ(h->mr()->addr, buf.data());
+  EXPECT_EQ(h->mr()->length, buf.size());
+  EXPECT_EQ(h->mr()->pd, a_->pd());
+  const uint64_t far = reinterpret_cast<uintptr_t>(buf.data()) + kPageSize2M + 100;
+  absl::StatusOr<MrHandle> hit = cache_->Get(a_->pd(), buf.data() + kPageSize2M, 4096, kAccess);
+  ASSERT_TRUE(hit.ok());
+  EXPECT_EQ(hit->mr(), h->mr());
+  ASSERT_EQ(WriteFromB(far, h->rkey(), 1000, std::byte{0x6b}), IBV_WC_SUCCESS);
+  EXPECT_TRUE(All(buf.data() + kPageSize2M + 100, 1000, std::byte{0x6b}));
+  const MrCacheStats s = cache_->Stats();
+  EXPECT_EQ(s.misses, 1u);
+  EXPECT_EQ(s.hits, 1u);
+}
+
+// A registration dropped by a change is really gone from the device: its rkey no longer
+// reaches the memory.
+TEST_F(RdmaVmTest, ADroppedRegistrationNoLongerReachesTheMemory) {
+  Buffer buf = Map(kPageSize2M);
+  uint32_t old_rkey;
+  {
+    absl::StatusOr<MrHandle> h = cache_->Get(a_->pd(), buf.data(), 4096, kAccess);
+    ASSERT_TRUE(h.ok()) << h.status();
+    old_rkey = h->rkey();
+  }
+  HUGEMM_ASSERT_OK(rt_->table().Split(buf.data()));
+  EXPECT_EQ(cache_->Stats().invalidations, 1u);
+  const auto remote = reinterpret_cast<uintptr_t>(buf.data());
+  EXPECT_EQ(WriteFromB(remote, old_rkey, 64, std::byte{0x11}), IBV_WC_REM_ACCESS_ERR);
+  EXPECT_FALSE(All(buf.data(), 64, std::byte{0x11}));
+}
+
+// The data-level proof of the validity check: a buffer freed and replaced at the same
+// address, then written by the peer through what the cache hands out. With the check the
+// write lands in the new buffer; without it, in the old buffer's memory, which the
+// process no longer maps.
+TEST_F(RdmaVmTest, WithoutTheValidityCheckAPeerWritesIntoFreedMemory) {
+  for (bool check : {true, false}) {
+    SCOPED_TRACE(check ? "with the check" : "without the check");
+    absl::StatusOr<std::unique_ptr<MrCache>> cache = MrCache::Create(*rt_);
+    ASSERT_TRUE(cache.ok());
+    MrCacheTestPeer::SetValidityCheck(**cache, check);
+    Buffer old_buf = Map(kPageSize2M);
+    std::byte* addr = old_buf.data();
+    { ASSERT_TRUE((*cache)->Get(a_->pd(), addr, 4096, kAccess).ok()); }
+    HUGEMM_ASSERT_OK(old_buf.Free());
+    std::vector<Buffer> others;
+    Buffer now;
+    for (int i = 0; i < 8 && !now; ++i) {
+      Buffer b = Map(kPageSize2M);
+      if (b.data() == addr) {
+        now = std::move(b);
+      } else {
+        others.push_back(std::move(b));
+      }
+    }
+    HUGEMM_NEED(static_cast<bool>(now), "no new buffer at " << addr);
+    std::memset(now.data(), 0, 4096);
+    absl::StatusOr<MrHandle> h = (*cache)->Get(a_->pd(), addr, 4096, kAccess);
+    ASSERT_TRUE(h.ok()) << h.status();
+    ASSERT_EQ(WriteFromB(reinterpret_cast<uintptr_t>(addr), h->rkey(), 4096, std::byte{0x3c}),
+              IBV_WC_SUCCESS);
+    EXPECT_EQ(All(now.data(), 4096, std::byte{0x3c}), check)
+        << (check ? "the write missed the buffer" : "an unchecked cache was not stale");
+  }
+}
+
+// The C API on a real device: get, keys, hit, put, stats.
+TEST_F(RdmaVmTest, CApiRegistersThroughTheDevice) {
+  hugemm_runtime* rt = nullptr;
+  ASSERT_EQ(hugemm_open(nullptr, &rt), 0);
+  hugemm_buffer buf;
+  ASSERT_EQ(hugemm_map_buffer(rt, kPageSize2M, nullptr, &buf), 0) << hugemm_last_error();
+  hugemm_mr_cache* cache = nullptr;
+  ASSERT_EQ(hugemm_mr_cache_create(rt, nullptr, &cache), 0) << hugemm_last_error();
+  hugemm_mr* mr = nullptr;
+  ASSERT_EQ(hugemm_mr_get(cache, a_->pd(), buf.data, 4096, kAccess, &mr), 0) << hugemm_last_error();
+  EXPECT_EQ(hugemm_mr_ibv(mr)->addr, buf.data);
+  EXPECT_EQ(hugemm_mr_rkey(mr), hugemm_mr_ibv(mr)->rkey);
+  ASSERT_EQ(
+      WriteFromB(reinterpret_cast<uintptr_t>(buf.data), hugemm_mr_rkey(mr), 256, std::byte{0x42}),
+      IBV_WC_SUCCESS);
+  EXPECT_TRUE(All(static_cast<std::byte*>(buf.data), 256, std::byte{0x42}));
+  hugemm_mr* again = nullptr;
+  ASSERT_EQ(
+      hugemm_mr_get(cache, a_->pd(), static_cast<char*>(buf.data) + 8192, 64, kAccess, &again), 0);
+  EXPECT_EQ(hugemm_mr_ibv(again), hugemm_mr_ibv(mr));
+  hugemm_mr_put(again);
+  hugemm_mr_put(mr);
+  hugemm_mr_cache_stats s;
+  ASSERT_EQ(hugemm_mr_cache_stats_get(cache, &s), 0);
+  EXPECT_EQ(s.hits, 1u);
+  EXPECT_EQ(s.misses, 1u);
+  EXPECT_EQ(s.entries, 1u);
+  EXPECT_EQ(hugemm_free(rt, buf.data), 0);
+  ASSERT_EQ(hugemm_mr_cache_stats_get(cache, &s), 0);
+  EXPECT_EQ(s.entries, 0u);
+  EXPECT_EQ(s.invalidations, 1u);
+  hugemm_mr_cache_destroy(cache);
+  hugemm_close(rt);
+}
+
+}  // namespace
+}  // namespace hugemm
