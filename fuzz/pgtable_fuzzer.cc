@@ -368,11 +368,11 @@ void Driver::OpRestore() {
   for (const auto& [at, l] : model_.leaves()) {
     if (l.exclusive) exclusive.push_back(at);
   }
+  if (!exclusive.empty() && in_.Below(4) != 0) va = exclusive[in_.Below(exclusive.size())];
+  // A random address may land on an exclusive entry too: its owner is then the one the
+  // restore announces for, whichever way the address was picked.
   const void* owner = nullptr;
-  if (!exclusive.empty() && in_.Below(4) != 0) {
-    va = exclusive[in_.Below(exclusive.size())];
-    owner = model_.Find(va, nullptr)->owner;
-  }
+  if (const auto* l = model_.Find(va, nullptr); l != nullptr && l->exclusive) owner = l->owner;
   const Code want = model_.Restore(va);
   ExpectCode("restore", table_->RestoreExclusive(reinterpret_cast<const void*>(va)), want);
   ExpectChange("restore", want, false, owner);
