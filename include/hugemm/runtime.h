@@ -40,6 +40,7 @@
 #include <optional>
 #include <string>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "hugemm/alloc.h"
@@ -167,9 +168,13 @@ class Runtime {
 
   // Tells `observer` of every extent and buffer held now, then of every change, until
   // removed (memory_observer.h); it must be removed before it is destroyed and before
-  // the runtime closes. InvalidArgument for null or an observer already added; what
-  // the observer refused a range with (it is then not added).
-  absl::Status AddMemoryObserver(MemoryObserver* observer);
+  // the runtime closes. `first` runs before, while no range comes or goes (an observer
+  // that copies a device table takes its snapshot there). InvalidArgument for null or
+  // an observer already added; what `first` failed with, or what the observer refused a
+  // range with (it is then not added).
+  absl::Status AddMemoryObserver(
+      MemoryObserver* observer,
+      absl::FunctionRef<absl::Status()> first = [] { return absl::OkStatus(); });
   // NotFound when it is not an observer.
   absl::Status RemoveMemoryObserver(MemoryObserver* observer);
   [[nodiscard]] KernelPinStats kernel_pin_stats() const;

@@ -7,10 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "hugemm/hugemm.h"
 #include "hugemm/runtime.h"
-
-struct hugemm_runtime {
-  std::unique_ptr<hugemm::Runtime> rt;
-};
+#include "runtime/api/c_api_internal.h"
 
 struct hugemm_subscription {
   std::unique_ptr<hugemm::RangeSubscription> sub;
@@ -18,48 +15,8 @@ struct hugemm_subscription {
 
 namespace {
 
-thread_local std::string g_last_error;
-
-int ErrnoOf(absl::StatusCode code) {
-  switch (code) {
-    case absl::StatusCode::kOk:
-      return 0;
-    case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kOutOfRange:
-      return -EINVAL;
-    case absl::StatusCode::kNotFound:
-      return -ENOENT;
-    case absl::StatusCode::kAlreadyExists:
-      return -EEXIST;
-    case absl::StatusCode::kPermissionDenied:
-      return -EPERM;
-    case absl::StatusCode::kResourceExhausted:
-      return -ENOMEM;
-    case absl::StatusCode::kFailedPrecondition:
-      return -EFAULT;
-    case absl::StatusCode::kUnavailable:
-      return -EAGAIN;
-    case absl::StatusCode::kUnimplemented:
-      return -EOPNOTSUPP;
-    default:
-      return -EIO;
-  }
-}
-
-int Fail(const absl::Status& st) {
-  g_last_error = std::string(st.message());
-  return ErrnoOf(st.code());
-}
-
-int Fail(int err, std::string message) {
-  g_last_error = std::move(message);
-  return -err;
-}
-
-int Ok() {
-  g_last_error.clear();
-  return 0;
-}
+using hugemm::c_api_internal::Fail;
+using hugemm::c_api_internal::Ok;
 
 #define HUGEMM_C_CHECK(cond, what)          \
   do {                                      \
@@ -151,7 +108,7 @@ void FillBuffer(const hugemm::Buffer& b, hugemm_buffer* out) {
 
 extern "C" {
 
-const char* hugemm_last_error(void) { return g_last_error.c_str(); }
+const char* hugemm_last_error(void) { return hugemm::c_api_internal::LastError(); }
 
 int hugemm_open(const hugemm_options* options, hugemm_runtime** out) {
   HUGEMM_C_CHECK(out != nullptr, "hugemm_open: out is NULL");

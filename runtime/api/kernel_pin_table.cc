@@ -218,6 +218,17 @@ std::vector<KernelPinTable::Slot> KernelPinTable::SlotsOf(const void* data) cons
   return it == ranges_.end() ? std::vector<Slot>{} : it->second.slots;
 }
 
+std::vector<unsigned> KernelPinTable::RegisteredSlots() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<unsigned> out;
+  for (const auto& [start, held] : ranges_) {
+    for (const Slot& s : held.slots) {
+      if (s.registered) out.push_back(s.index);
+    }
+  }
+  return out;
+}
+
 std::string KernelPinTable::WhyNoSlot(const void* va, size_t length) const {
   const auto p = reinterpret_cast<uintptr_t>(va);
   std::lock_guard<std::mutex> lock(mu_);

@@ -86,6 +86,9 @@ class KernelPinTable final : public MemoryObserver {
   };
   // The slots of the range starting at `data` (empty if none).
   std::vector<Slot> SlotsOf(const void* data) const;
+  // Every slot the ring holds a buffer in. Exact while no range comes or goes (inside
+  // Runtime::AddMemoryObserver's `first`).
+  std::vector<unsigned> RegisteredSlots() const;
 
   struct Stats {
     unsigned capacity = 0;

@@ -30,7 +30,8 @@ void MemoryObservers::MemoryRemoving(const MemoryRange& range) {
   for (size_t i = observers_.size(); i-- > 0;) observers_[i]->MemoryRemoving(range);
 }
 
-absl::Status MemoryObservers::Add(MemoryObserver* observer) {
+absl::Status MemoryObservers::Add(MemoryObserver* observer,
+                                  absl::FunctionRef<absl::Status()> first) {
   std::unique_lock<std::shared_mutex> lock(mu_);
   if (observer == nullptr) return absl::InvalidArgumentError("memory observer is null");
   if (closed_) return absl::FailedPreconditionError("the runtime is closing");
@@ -38,6 +39,7 @@ absl::Status MemoryObservers::Add(MemoryObserver* observer) {
     return absl::InvalidArgumentError(
         absl::StrFormat("memory observer %p is an observer already", observer));
   }
+  if (absl::Status st = first(); !st.ok()) return st;
   std::vector<MemoryRange> told;
   std::lock_guard<std::mutex> held(held_mu_);  // nothing changes while the list is exclusive
   for (const auto& [start, range] : held_) {

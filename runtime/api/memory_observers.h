@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
 #include "hugemm/memory_observer.h"
 
 namespace hugemm::api_internal {
@@ -27,10 +28,13 @@ class MemoryObservers final : public MemoryObserver {
   // Tells every observer, the last added first.
   void MemoryRemoving(const MemoryRange& range) override;
 
-  // Tells `observer` of every range held, then adds it. If it refuses one, it hears
+  // Runs `first` (its error is returned, nothing added), then tells `observer` of every
+  // range held and adds it, all while no range comes or goes. If it refuses one, it hears
   // MemoryRemoving for those it took, is not added, and its error is returned.
   // InvalidArgument for null or an observer already added; FailedPrecondition once closed.
-  absl::Status Add(MemoryObserver* observer);
+  absl::Status Add(
+      MemoryObserver* observer,
+      absl::FunctionRef<absl::Status()> first = [] { return absl::OkStatus(); });
   // Removes it (without telling it anything); NotFound when it is not an observer.
   absl::Status Remove(MemoryObserver* observer);
   // From now on reports are ignored: the runtime is going, and memory that outlives it

@@ -116,8 +116,9 @@ Runtime::~Runtime() {
   kernel_pins_.reset();
 }
 
-absl::Status Runtime::AddMemoryObserver(MemoryObserver* observer) {
-  return observers_->Add(observer);
+absl::Status Runtime::AddMemoryObserver(MemoryObserver* observer,
+                                        absl::FunctionRef<absl::Status()> first) {
+  return observers_->Add(observer, first);
 }
 
 absl::Status Runtime::RemoveMemoryObserver(MemoryObserver* observer) {
