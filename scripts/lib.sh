@@ -17,7 +17,7 @@ HUGEMM_PACKAGES=(
   libhugetlbfs-dev libnuma-dev libdaxctl-dev libndctl-dev
   liburcu-dev liburing-dev libibverbs-dev
   libcli11-dev nlohmann-json3-dev help2man dpkg-dev file
-  clang-format numactl gnuplot-nox jq ccache
+  clang-format numactl gnuplot-nox jq ccache fio
 )
 
 install_packages() {

@@ -55,6 +55,7 @@ void AddVerifyCommand(CommandTable& table, CLI::App* app);
 void AddBenchPinCommand(CommandTable& table, CLI::App* bench);
 void AddBenchTranslateCommand(CommandTable& table, CLI::App* bench);
 void AddBenchAllocCommand(CommandTable& table, CLI::App* bench);
+void AddBenchIoCommand(CommandTable& table, CLI::App* bench);
 
 // "hugemm" and the arguments as given: JSON output records the command that made it.
 const std::string& CommandLine();

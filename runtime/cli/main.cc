@@ -37,6 +37,7 @@ int Main(int argc, char** argv) {
   AddBenchPinCommand(table, bench);
   AddBenchTranslateCommand(table, bench);
   AddBenchAllocCommand(table, bench);
+  AddBenchIoCommand(table, bench);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
