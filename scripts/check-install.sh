@@ -43,7 +43,7 @@ if dpkg-query -W "${packages[@]}" >/dev/null 2>&1; then
   die "hugemm's Debian packages are installed already: remove them first"
 fi
 run_block install-source "$prefix"
-for f in include/hugemm/hugemm.h lib/libhugemm.so.0 lib/libhugemm.a bin/hugemm \
+for f in include/hugemm/hugemm.h include/hugemm/hugemm_io.h include/hugemm/io.h lib/libhugemm.so.0 lib/libhugemm.a bin/hugemm \
          lib/cmake/hugemm/hugemmConfig.cmake lib/pkgconfig/hugemm.pc share/man/man1/hugemm.1.gz; do
   [ -e "$prefix/$f" ] || die "cmake --install did not install $f"
 done
@@ -54,9 +54,12 @@ grep -q "$prefix/lib/libhugemm.so.0" <<<"$deps" ||
   die "pin_buffer_c is not linked against $prefix/lib/libhugemm.so.0"
 deps=$(ldd build-examples/pin_buffer_c_static)
 if grep -q libhugemm <<<"$deps"; then die "pin_buffer_c_static is linked against libhugemm.so"; fi
+# The storage example reads a file it writes in the current directory (disk, not tmpfs).
+(cd "$work" && "$HUGEMM_ROOT/build-examples/example_read_direct")
 
 run_block install-deb /usr
 hugemm --version
 [ -e /usr/share/man/man1/hugemm.1.gz ] || die "hugemm-tools has no man page"
 run_block link /usr
+(cd "$work" && "$HUGEMM_ROOT/build-examples/example_read_direct")
 say "install: from source and from the Debian packages, examples built and run both ways"
