@@ -525,7 +525,11 @@ absl::Status FakeOs::IoUringCloneBuffers(int dst_fd, int src_fd, const IoUringCl
   fake_internal::Fd* src = RingOf(*model_, src_fd);
   if (dst == nullptr || src == nullptr) return ErrnoStatus(EBADF, what);
   const bool ranged = range.slots != 0 || range.src_slot != 0 || range.dst_slot != 0;
-  if (kernel == Clone::kWhole && (ranged || range.replace)) return ErrnoStatus(EINVAL, what);
+  if (kernel == Clone::kWhole) {
+    // As 6.12 does: a destination with a table is refused before the arguments are read.
+    if (dst->registered) return ErrnoStatus(EBUSY, what);
+    if (ranged || range.replace) return ErrnoStatus(EINVAL, what);
+  }
   if (!src->registered) return ErrnoStatus(ENXIO, what);
   if (dst->registered && !range.replace) return ErrnoStatus(EBUSY, what);
   const size_t n = range.slots == 0 ? src->slots.size() : range.slots;

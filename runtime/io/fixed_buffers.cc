@@ -144,8 +144,12 @@ absl::Status FixedBuffers::Fill(unsigned slot, const void* data, size_t length) 
       filled_.insert(slot);
       return absl::OkStatus();
     }
-    if (ErrnoOf(st) != EINVAL || ranged_clones_ == 1) return Explain(st, ring_fd_);
-    ranged_clones_ = 0;  // 6.12: whole tables only; register the rest as iovecs
+    // 6.12 clones whole tables only, and says so with EBUSY (it checks that the
+    // destination has no table before it reads the arguments) or EINVAL (a range into a
+    // ring without one): register the rest as iovecs.
+    const int err = ErrnoOf(st);
+    if ((err != EINVAL && err != EBUSY) || ranged_clones_ == 1) return Explain(st, ring_fd_);
+    ranged_clones_ = 0;
   }
   const iovec iov{const_cast<void*>(data), length};
   if (absl::Status st = os.IoUringUpdateBuffers(ring_fd_, slot, {&iov, 1}); !st.ok()) {
