@@ -4,12 +4,16 @@
 // its completion is reaped.
 #include "hugemm/io.h"
 
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
 #include <set>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "runtime/api/kernel_pin_table.h"
+#include "runtime/sys/files.h"
 #include "tests/io_test_util.h"
 #include "tests/test_util.h"
 
@@ -365,6 +369,83 @@ TEST(IoRing, PrepareRefusesWhatIsNoFixedBufferAndLeavesTheSqe) {
   EXPECT_EQ(*u, 9u);
   EXPECT_EQ((*io)->in_flight(), 0u);
 }
+
+// Device-DAX memory as I/O buffers (in the VM, with HUGEMM_TEST_DAX): the runtime's table
+// holds the device mapping, the program's ring uses it as fixed buffers in each mode, and
+// a WRITE_FIXED out of it and a READ_FIXED back into another page of it carry the data.
+// The target is the VM's null_blk disk when it has one, else a file.
+class DevDaxIoTest : public ::testing::TestWithParam<FixedBufferMode> {};
+
+TEST_P(DevDaxIoTest, RealDevDaxBuffersAreFixedBuffersAndTheDataLands) {
+  const std::string dax = TestDaxDevice();
+  HUGEMM_NEED(!dax.empty(), "needs a device-DAX device in $HUGEMM_TEST_DAX (VM tests)");
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  TestRing ring;
+  absl::StatusOr<std::unique_ptr<IoRing>> io =
+      IoRing::Attach(*rt, ring.fd(), {.fixed = {.mode = GetParam()}});
+  if (GetParam() == FixedBufferMode::kClone && absl::IsUnimplemented(io.status())) {
+    GTEST_SKIP() << "this kernel cannot clone a table: " << io.status();
+  }
+  ASSERT_TRUE(io.ok()) << io.status();
+
+  // Two device pages at the device's alignment (2M or 1G), so the write and the read
+  // use different folios.
+  const std::string align_file =
+      "/sys/bus/dax/devices/" + dax.substr(dax.rfind('/') + 1) + "/align";
+  absl::StatusOr<int64_t> align = sys::ReadInt(Os::Default(), align_file);
+  ASSERT_TRUE(align.ok()) << align.status();
+  const size_t length = 2 * static_cast<size_t>(*align);
+  absl::StatusOr<Buffer> probe =
+      rt->MapBuffer(length, {.backing = BackingKind::kDevDax, .devdax_path = dax});
+  ASSERT_TRUE(probe.ok()) << probe.status();
+  std::byte* const out = probe->data();
+  std::byte* const in = probe->data() + length / 2;
+  EXPECT_GE((*io)->fixed().Find(out, 1 << 20), 0);
+  EXPECT_GE((*io)->fixed().Find(in, 1 << 20), 0);
+
+  constexpr unsigned kLen = 1 << 20;
+  constexpr uint64_t kOffset = 3 << 20;
+  constexpr uint64_t kSeed = 0xda;
+  std::unique_ptr<PatternFile> file;
+  int fd = -1;
+  const char* nullb = std::getenv("HUGEMM_TEST_NULL_BLK");
+  if (nullb != nullptr && *nullb != '\0') {
+    fd = ::open(nullb, O_RDWR | O_DIRECT);
+    ASSERT_GE(fd, 0) << nullb << ": " << std::strerror(errno);
+  } else {
+    file = std::make_unique<PatternFile>(8 << 20, 1);
+    fd = file->fd();
+  }
+  FillPattern(out, kLen, kOffset, kSeed);
+  std::memset(in, 0, kLen);
+
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring.ring);
+  HUGEMM_ASSERT_OK((*io)->PrepareWrite(sqe, fd, out, kLen, kOffset, 1));
+  ASSERT_EQ(io_uring_submit(&ring.ring), 1);
+  io_uring_cqe cqe = ring.Wait();
+  ASSERT_EQ(cqe.res, static_cast<int>(kLen)) << std::strerror(-cqe.res);
+  ASSERT_TRUE((*io)->Complete(&cqe).ok());
+
+  sqe = io_uring_get_sqe(&ring.ring);
+  HUGEMM_ASSERT_OK((*io)->PrepareRead(sqe, fd, in, kLen, kOffset, 2));
+  EXPECT_TRUE(rt->pinner().MaybeDmaPinned(in)) << "the read's pin on the device page";
+  ASSERT_EQ(io_uring_submit(&ring.ring), 1);
+  cqe = ring.Wait();
+  ASSERT_EQ(cqe.res, static_cast<int>(kLen)) << std::strerror(-cqe.res);
+  absl::StatusOr<uint64_t> tag = (*io)->Complete(&cqe);
+  ASSERT_TRUE(tag.ok()) << tag.status();
+  EXPECT_EQ(*tag, 2u);
+  EXPECT_EQ(FirstMismatch(in, kLen, kOffset, kSeed), -1) << "the data read back";
+  EXPECT_EQ((*io)->in_flight(), 0u);
+  if (file == nullptr) ::close(fd);
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, DevDaxIoTest,
+                         ::testing::Values(FixedBufferMode::kClone, FixedBufferMode::kIovec),
+                         [](const auto& info) {
+                           return info.param == FixedBufferMode::kClone ? "Clone" : "Iovec";
+                         });
 
 }  // namespace
 }  // namespace hugemm::testing
