@@ -46,7 +46,8 @@ if dpkg-query -W "${packages[@]}" >/dev/null 2>&1; then
   die "hugemm's Debian packages are installed already: remove them first"
 fi
 run_block install-source "$prefix"
-for f in include/hugemm/hugemm.h lib/libhugemm.so.0 lib/libhugemm.a bin/hugemm \
+for f in include/hugemm/hugemm.h include/hugemm/hugemm_io.h include/hugemm/io.h \
+         lib/libhugemm.so.0 lib/libhugemm.a bin/hugemm \
          lib/cmake/hugemm/hugemmConfig.cmake lib/pkgconfig/hugemm.pc share/man/man1/hugemm.1.gz \
          include/hugemm/verbs.h include/hugemm/hugemm_verbs.h lib/libhugemm-verbs.so.0 \
          lib/libhugemm-verbs.a lib/cmake/hugemm/hugemmVerbsTargets.cmake lib/pkgconfig/hugemm-verbs.pc; do
@@ -59,6 +60,8 @@ grep -q "$prefix/lib/libhugemm.so.0" <<<"$deps" ||
   die "pin_buffer_c is not linked against $prefix/lib/libhugemm.so.0"
 deps=$(ldd build-examples/pin_buffer_c_static)
 if grep -q libhugemm <<<"$deps"; then die "pin_buffer_c_static is linked against libhugemm.so"; fi
+# The storage example reads a file it writes in the current directory (disk, not tmpfs).
+(cd "$work" && "$HUGEMM_ROOT/build-examples/example_read_direct")
 check_verbs() {
   local prefix=$1 deps want
   # A program without RDMA does not pull rdma-core in.
@@ -81,4 +84,5 @@ run_block link /usr
 apt-get install -y -qq ./build/release/libhugemm-verbs0_*.deb \
   ./build/release/libhugemm-verbs-dev_*.deb >/dev/null
 check_verbs /usr
+(cd "$work" && "$HUGEMM_ROOT/build-examples/example_read_direct")
 say "install: from source and from the Debian packages, examples built and run both ways"

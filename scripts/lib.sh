@@ -17,7 +17,7 @@ HUGEMM_PACKAGES=(
   libhugetlbfs-dev libnuma-dev libdaxctl-dev libndctl-dev
   liburcu-dev liburing-dev libibverbs-dev
   libcli11-dev nlohmann-json3-dev help2man dpkg-dev file
-  clang-format numactl gnuplot-nox jq ccache linux-perf
+  clang-format numactl gnuplot-nox jq ccache linux-perf fio
   clang-14 libclang-rt-14-dev libfuzzer-14-dev
 )
 

@@ -417,35 +417,142 @@ absl::StatusOr<int> FakeOs::IoUringSetup(unsigned entries) {
   return model_->NewSpecialFd(FdKind::kRing);
 }
 
+namespace {
+
+// The ring behind `fd`, or null.
+fake_internal::Fd* RingOf(fake_internal::Model& m, int fd) ABSL_EXCLUSIVE_LOCKS_REQUIRED(m.mu) {
+  auto it = m.fds.find(fd);
+  return it == m.fds.end() || it->second.kind != FdKind::kRing ? nullptr : &it->second;
+}
+
+// What every ring's table pins, clones aside: the kernel counts a buffer once.
+size_t PinnedByRings(const fake_internal::Model& m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(m.mu) {
+  size_t bytes = 0;
+  for (const auto& [fd, f] : m.fds) bytes += f.pinned_bytes;
+  return bytes;
+}
+
+void Recount(fake_internal::Fd& ring) {
+  ring.pinned_bytes = 0;
+  for (const fake_internal::RingSlot& s : ring.slots) {
+    if (!s.cloned) ring.pinned_bytes += s.length;
+  }
+}
+
+}  // namespace
+
 absl::Status FakeOs::IoUringRegisterBuffers(int ring_fd, absl::Span<const iovec> buffers) {
   std::lock_guard<std::mutex> lock(model_->mu);
   const std::string what = absl::StrCat("io_uring_register of ", buffers.size(), " buffers");
-  auto it = model_->fds.find(ring_fd);
-  if (it == model_->fds.end() || it->second.kind != FdKind::kRing) {
-    return ErrnoStatus(EBADF, what);
-  }
-  if (it->second.registered) return ErrnoStatus(EBUSY, what);
+  fake_internal::Fd* ring = RingOf(*model_, ring_fd);
+  if (ring == nullptr) return ErrnoStatus(EBADF, what);
+  if (ring->registered) return ErrnoStatus(EBUSY, what);
+  std::vector<fake_internal::RingSlot> slots;
   size_t bytes = 0;
   for (const iovec& v : buffers) {
     const auto start = reinterpret_cast<uintptr_t>(v.iov_base);
     if (!model_->Covered(start, start + v.iov_len)) return ErrnoStatus(EFAULT, what);
+    slots.push_back({start, v.iov_len, false});
     bytes += v.iov_len;
   }
-  it->second.registered = true;
-  it->second.pinned_bytes = bytes;
+  const size_t limit = model_->machine.memlock_bytes;
+  if (limit != 0 && PinnedByRings(*model_) + bytes > limit) return ErrnoStatus(ENOMEM, what);
+  ring->registered = true;
+  ring->slots = std::move(slots);
+  Recount(*ring);
   return absl::OkStatus();
 }
 
 absl::Status FakeOs::IoUringUnregisterBuffers(int ring_fd) {
   std::lock_guard<std::mutex> lock(model_->mu);
-  auto it = model_->fds.find(ring_fd);
-  if (it == model_->fds.end() || it->second.kind != FdKind::kRing) {
-    return ErrnoStatus(EBADF, "io_uring_unregister");
-  }
-  if (!it->second.registered) return ErrnoStatus(ENXIO, "io_uring_unregister");
-  it->second.registered = false;
-  it->second.pinned_bytes = 0;
+  fake_internal::Fd* ring = RingOf(*model_, ring_fd);
+  if (ring == nullptr) return ErrnoStatus(EBADF, "io_uring_unregister");
+  if (!ring->registered) return ErrnoStatus(ENXIO, "io_uring_unregister");
+  ring->registered = false;
+  ring->slots.clear();
+  ring->pinned_bytes = 0;
   return absl::OkStatus();
+}
+
+absl::Status FakeOs::IoUringRegisterSparseBuffers(int ring_fd, unsigned slots) {
+  std::lock_guard<std::mutex> lock(model_->mu);
+  const std::string what = absl::StrCat("io_uring_register of a sparse table of ", slots);
+  fake_internal::Fd* ring = RingOf(*model_, ring_fd);
+  if (ring == nullptr) return ErrnoStatus(EBADF, what);
+  if (ring->registered) return ErrnoStatus(EBUSY, what);
+  if (slots == 0 || slots > (1u << 14)) return ErrnoStatus(EINVAL, what);
+  ring->registered = true;
+  ring->slots.assign(slots, {});
+  ring->pinned_bytes = 0;
+  return absl::OkStatus();
+}
+
+absl::Status FakeOs::IoUringUpdateBuffers(int ring_fd, unsigned first_slot,
+                                          absl::Span<const iovec> buffers) {
+  std::lock_guard<std::mutex> lock(model_->mu);
+  const std::string what = absl::StrCat("io_uring_register update of buffers ", first_slot);
+  fake_internal::Fd* ring = RingOf(*model_, ring_fd);
+  if (ring == nullptr) return ErrnoStatus(EBADF, what);
+  if (!ring->registered) return ErrnoStatus(ENXIO, what);
+  if (first_slot + buffers.size() > ring->slots.size()) return ErrnoStatus(EINVAL, what);
+  size_t adding = 0;
+  for (const iovec& v : buffers) {
+    const auto start = reinterpret_cast<uintptr_t>(v.iov_base);
+    if (v.iov_base == nullptr && v.iov_len == 0) continue;
+    if (v.iov_base == nullptr || v.iov_len == 0 || v.iov_len > (size_t{1} << 30) ||
+        !model_->Covered(start, start + v.iov_len)) {
+      return ErrnoStatus(EFAULT, what);
+    }
+    adding += v.iov_len;
+  }
+  const size_t limit = model_->machine.memlock_bytes;
+  if (limit != 0 && PinnedByRings(*model_) + adding > limit) return ErrnoStatus(ENOMEM, what);
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    ring->slots[first_slot + i] = {reinterpret_cast<uintptr_t>(buffers[i].iov_base),
+                                   buffers[i].iov_len, false};
+  }
+  Recount(*ring);
+  return absl::OkStatus();
+}
+
+absl::Status FakeOs::IoUringCloneBuffers(int dst_fd, int src_fd, const IoUringCloneRange& range) {
+  std::lock_guard<std::mutex> lock(model_->mu);
+  const std::string what = "io_uring_register clone of buffers";
+  using Clone = FakeMachine::Clone;
+  const Clone kernel = model_->machine.io_uring_clone;
+  if (kernel == Clone::kNone) return ErrnoStatus(EINVAL, what);
+  fake_internal::Fd* dst = RingOf(*model_, dst_fd);
+  fake_internal::Fd* src = RingOf(*model_, src_fd);
+  if (dst == nullptr || src == nullptr) return ErrnoStatus(EBADF, what);
+  const bool ranged = range.slots != 0 || range.src_slot != 0 || range.dst_slot != 0;
+  if (kernel == Clone::kWhole) {
+    // As 6.12 does: a destination with a table is refused before the arguments are read.
+    if (dst->registered) return ErrnoStatus(EBUSY, what);
+    if (ranged || range.replace) return ErrnoStatus(EINVAL, what);
+  }
+  if (!src->registered) return ErrnoStatus(ENXIO, what);
+  if (dst->registered && !range.replace) return ErrnoStatus(EBUSY, what);
+  const size_t n = range.slots == 0 ? src->slots.size() : range.slots;
+  if (range.src_slot + n > src->slots.size()) return ErrnoStatus(EINVAL, what);
+  std::vector<fake_internal::RingSlot> table = dst->slots;
+  if (table.size() < range.dst_slot + n) table.resize(range.dst_slot + n);
+  for (size_t i = 0; i < n; ++i) {
+    fake_internal::RingSlot s = src->slots[range.src_slot + i];
+    s.cloned = s.length != 0;
+    table[range.dst_slot + i] = s;
+  }
+  dst->registered = true;
+  dst->slots = std::move(table);
+  Recount(*dst);
+  return absl::OkStatus();
+}
+
+iovec FakeOs::RingSlotOf(int ring_fd, unsigned slot) const {
+  std::lock_guard<std::mutex> lock(model_->mu);
+  fake_internal::Fd* ring = RingOf(*model_, ring_fd);
+  if (ring == nullptr || slot >= ring->slots.size()) return {nullptr, 0};
+  const fake_internal::RingSlot& s = ring->slots[slot];
+  return {reinterpret_cast<void*>(s.start), s.length};
 }
 
 }  // namespace hugemm::testing

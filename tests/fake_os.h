@@ -70,6 +70,13 @@ struct FakeMachine {
   // As root: pagemap shows PFNs and kpageflags can be read. false: PFNs read as 0 and
   // kpageflags cannot be opened, as for a process without CAP_SYS_ADMIN.
   bool root = true;
+  // Bytes io_uring may pin in all (RLIMIT_MEMLOCK without CAP_IPC_LOCK); 0 = no limit.
+  // Past it a registration fails with ENOMEM, as the kernel's does.
+  size_t memlock_bytes = 0;
+  // Which IORING_REGISTER_CLONE_BUFFERS the kernel has: none (before 6.12, EINVAL), a
+  // whole table into a ring without one (6.12), or ranges and replace (6.13 and later).
+  enum class Clone { kNone, kWhole, kRanges };
+  Clone io_uring_clone = Clone::kRanges;
 };
 
 class FakeOs final : public Os {
@@ -111,6 +118,12 @@ class FakeOs final : public Os {
   absl::StatusOr<int> IoUringSetup(unsigned entries) override;
   absl::Status IoUringRegisterBuffers(int ring_fd, absl::Span<const iovec> buffers) override;
   absl::Status IoUringUnregisterBuffers(int ring_fd) override;
+  absl::Status IoUringRegisterSparseBuffers(int ring_fd, unsigned slots) override;
+  absl::Status IoUringUpdateBuffers(int ring_fd, unsigned first_slot,
+                                    absl::Span<const iovec> buffers) override;
+  absl::Status IoUringCloneBuffers(int dst_fd, int src_fd, const IoUringCloneRange& range) override;
+  // The buffer in slot `slot` of a ring's table ({nullptr, 0} when empty or out of range).
+  [[nodiscard]] iovec RingSlotOf(int ring_fd, unsigned slot) const;
 
  private:
   std::unique_ptr<fake_internal::Model> model_;

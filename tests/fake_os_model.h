@@ -54,11 +54,19 @@ struct File {
 
 enum class FdKind { kFile, kPagemap, kKpageflags, kRing };
 
+// One slot of a ring's registered-buffer table.
+struct RingSlot {
+  uintptr_t start = 0;
+  size_t length = 0;    // 0: empty
+  bool cloned = false;  // a reference to another ring's pinned buffer: pins nothing
+};
+
 struct Fd {
   FdKind kind = FdKind::kFile;
   std::shared_ptr<File> file;
   size_t pinned_bytes = 0;  // a ring's registered buffers
   bool registered = false;
+  std::vector<RingSlot> slots;  // a ring's table, sparse or not
 };
 
 struct Mapping {

@@ -229,6 +229,82 @@ TEST(FakeOs, KernelPinsNeedMappedMemory) {
   ASSERT_TRUE(os.Close(m.fd).ok());
 }
 
+TEST(FakeOs, SparseTablesAreFilledSlotBySlotAndClonedAsTheKernelAllows) {
+  FakeOs os({.memlock_bytes = 2 * kPageSize2M, .io_uring_clone = FakeMachine::Clone::kWhole});
+  HugeMapping m = MapHuge(os, 2);
+  absl::StatusOr<int> src = os.IoUringSetup(1);
+  absl::StatusOr<int> dst = os.IoUringSetup(1);
+  ASSERT_TRUE(src.ok() && dst.ok());
+  ASSERT_TRUE(os.IoUringRegisterSparseBuffers(*src, 4).ok());
+  EXPECT_EQ(ErrnoOf(os.IoUringRegisterSparseBuffers(*src, 4)), EBUSY);
+  const iovec first = {m.data, kPageSize2M};
+  const iovec second = {static_cast<std::byte*>(m.data) + kPageSize2M, kPageSize2M};
+  ASSERT_TRUE(os.IoUringUpdateBuffers(*src, 2, {&first, 1}).ok());
+  EXPECT_EQ(os.RingSlotOf(*src, 2).iov_base, m.data);
+  EXPECT_EQ(ErrnoOf(os.IoUringUpdateBuffers(*src, 4, {&first, 1})), EINVAL) << "past the table";
+  // A whole clone pins nothing more; 6.12 takes no ranges.
+  ASSERT_TRUE(os.IoUringCloneBuffers(*dst, *src, {}).ok());
+  EXPECT_EQ(os.RingSlotOf(*dst, 2).iov_base, m.data);
+  EXPECT_EQ(os.pinned_bytes(), kPageSize2M);
+  EXPECT_EQ(ErrnoOf(os.IoUringCloneBuffers(*dst, *src, {})), EBUSY);
+  // 6.12 refuses a destination with a table before it reads the range (as seen there).
+  EXPECT_EQ(ErrnoOf(os.IoUringCloneBuffers(
+                *dst, *src, {.src_slot = 2, .dst_slot = 2, .slots = 1, .replace = true})),
+            EBUSY);
+  absl::StatusOr<int> bare = os.IoUringSetup(1);
+  ASSERT_TRUE(bare.ok());
+  EXPECT_EQ(
+      ErrnoOf(os.IoUringCloneBuffers(*bare, *src, {.src_slot = 2, .dst_slot = 2, .slots = 1})),
+      EINVAL)
+      << "6.12 takes no ranges";
+  ASSERT_TRUE(os.Close(*bare).ok());
+  // The destination's own update pins again, up to RLIMIT_MEMLOCK.
+  ASSERT_TRUE(os.IoUringUpdateBuffers(*dst, 3, {&second, 1}).ok());
+  EXPECT_EQ(os.pinned_bytes(), 2 * kPageSize2M);
+  const iovec both = {m.data, 2 * kPageSize2M};
+  absl::Status over = os.IoUringUpdateBuffers(*src, 0, {&both, 1});
+  EXPECT_EQ(ErrnoOf(over), ENOMEM) << over << " pinned " << os.pinned_bytes();
+  const iovec empty = {nullptr, 0};
+  ASSERT_TRUE(os.IoUringUpdateBuffers(*src, 2, {&empty, 1}).ok());
+  EXPECT_EQ(os.RingSlotOf(*src, 2).iov_base, nullptr);
+  EXPECT_EQ(os.RingSlotOf(*dst, 2).iov_base, m.data) << "a clone is a snapshot";
+  ASSERT_TRUE(os.Close(*src).ok());
+  ASSERT_TRUE(os.Close(*dst).ok());
+  EXPECT_EQ(os.pinned_bytes(), 0u);
+  ASSERT_TRUE(os.Munmap(m.data, m.length).ok());
+  ASSERT_TRUE(os.Close(m.fd).ok());
+}
+
+TEST(FakeOs, RangedClonesReplaceOnlyTheirSlots) {
+  FakeOs os;  // 6.13 and later
+  HugeMapping m = MapHuge(os, 1);
+  absl::StatusOr<int> src = os.IoUringSetup(1);
+  absl::StatusOr<int> dst = os.IoUringSetup(1);
+  ASSERT_TRUE(src.ok() && dst.ok());
+  ASSERT_TRUE(os.IoUringRegisterSparseBuffers(*src, 4).ok());
+  ASSERT_TRUE(os.IoUringRegisterSparseBuffers(*dst, 4).ok());
+  const iovec v = {m.data, m.length};
+  ASSERT_TRUE(os.IoUringUpdateBuffers(*dst, 0, {&v, 1}).ok());
+  ASSERT_TRUE(os.IoUringUpdateBuffers(*src, 1, {&v, 1}).ok());
+  EXPECT_EQ(ErrnoOf(os.IoUringCloneBuffers(*dst, *src, {.src_slot = 1, .dst_slot = 1, .slots = 1})),
+            EBUSY);
+  ASSERT_TRUE(os.IoUringCloneBuffers(*dst, *src,
+                                     {.src_slot = 1, .dst_slot = 1, .slots = 1, .replace = true})
+                  .ok());
+  EXPECT_EQ(os.RingSlotOf(*dst, 0).iov_base, m.data) << "kept";
+  EXPECT_EQ(os.RingSlotOf(*dst, 1).iov_base, m.data) << "cloned";
+  EXPECT_EQ(os.pinned_bytes(), 2 * kPageSize2M) << "one pin per ring that registered it";
+  FakeOs old({.io_uring_clone = FakeMachine::Clone::kNone});
+  absl::StatusOr<int> a = old.IoUringSetup(1);
+  absl::StatusOr<int> b = old.IoUringSetup(1);
+  ASSERT_TRUE(old.IoUringRegisterSparseBuffers(*a, 1).ok());
+  EXPECT_EQ(ErrnoOf(old.IoUringCloneBuffers(*b, *a, {})), EINVAL) << "before 6.12";
+  ASSERT_TRUE(old.Close(*a).ok() && old.Close(*b).ok());
+  ASSERT_TRUE(os.Close(*src).ok() && os.Close(*dst).ok());
+  ASSERT_TRUE(os.Munmap(m.data, m.length).ok());
+  ASSERT_TRUE(os.Close(m.fd).ok());
+}
+
 TEST(FaultyOs, FailsTheNthCallOrTheNthOfAKind) {
   FakeOs fake;
   FaultyOs os(fake);

@@ -17,8 +17,8 @@
 #include "gtest/gtest.h"
 #include "hugemm/alloc.h"
 #include "hugemm/backing.h"
-#include "hugemm/kernel_pin.h"
 #include "hugemm/runtime.h"
+#include "runtime/api/kernel_pin_table.h"
 #include "runtime/sys/pagemap.h"
 #include "tests/fake_os.h"
 #include "tests/faulty_os.h"
@@ -41,6 +41,7 @@ bool MayBeAbsorbed(OsCall call) {
     case OsCall::kClose:
     case OsCall::kMunmap:
     case OsCall::kIoUringUnregisterBuffers:
+    case OsCall::kIoUringUpdateBuffers:  // emptying a slot, or device memory left unpinned
       return true;
     default:
       return false;
@@ -226,22 +227,28 @@ TEST(FaultInjectionOnFake, SecondGrowthOfAPool) {
   });
 }
 
-TEST(FaultInjectionOnFake, KernelPinHolder) {
+TEST(FaultInjectionOnFake, KernelPinTable) {
   FakeSweep sweep;
   absl::StatusOr<std::shared_ptr<Backing>> backing =
       Backing::Create({.kind = BackingKind::kHugetlb, .os = &sweep.fake()});
   ASSERT_TRUE(backing.ok());
   absl::StatusOr<Extent> extent = (*backing)->Map({.length = 2 * kPageSize2M});
   ASSERT_TRUE(extent.ok());
+  const MemoryRange range{
+      .data = extent->data(), .length = extent->size(), .page_size = kPageSize2M};
   sweep.Run(
       [&]() -> absl::Status {
-        absl::StatusOr<std::unique_ptr<KernelPinHolder>> pin =
-            KernelPinHolder::Create({{extent->data(), extent->size()}}, sweep.os());
-        if (!pin.ok()) return pin.status();
+        absl::StatusOr<std::unique_ptr<api_internal::KernelPinTable>> table =
+            api_internal::KernelPinTable::Create(sweep.os(), {.slots = 8});
+        if (!table.ok()) return table.status();
+        if (absl::Status st = (*table)->MemoryAdded(range); !st.ok()) return st;
         EXPECT_EQ(sweep.fake().pinned_bytes(), extent->size());
+        EXPECT_EQ((*table)->Find(extent->data() + 4096, 4096), 0);
+        (*table)->MemoryRemoving(range);
+        EXPECT_EQ(sweep.fake().pinned_bytes(), 0u);
         return absl::OkStatus();
       },
-      /*min_calls=*/4);
+      /*min_calls=*/5);
 }
 
 TEST(FaultInjectionOnFake, RuntimeMapBufferWithKernelPins) {

@@ -48,6 +48,12 @@ const char* OsCallName(OsCall call) {
       return "io_uring_register";
     case OsCall::kIoUringUnregisterBuffers:
       return "io_uring_unregister";
+    case OsCall::kIoUringRegisterSparseBuffers:
+      return "io_uring_register sparse";
+    case OsCall::kIoUringUpdateBuffers:
+      return "io_uring_register update";
+    case OsCall::kIoUringCloneBuffers:
+      return "io_uring_register clone";
   }
   return "?";
 }
@@ -127,7 +133,7 @@ std::set<int> FaultyOs::live_fds() const {
 
 size_t FaultyOs::live_registrations() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return registered_.size();
+  return registered_.size() + filled_.size();
 }
 
 absl::Status FaultyOs::Inject(OsCall call, const std::string& what) {
@@ -238,7 +244,7 @@ absl::Status FaultyOs::Close(int fd) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     fds_.erase(fd);
-    registered_.erase(fd);
+    ForgetRing(fd);
   }
   return injected.ok() ? st : injected;
 }
@@ -324,9 +330,65 @@ absl::Status FaultyOs::IoUringUnregisterBuffers(int ring_fd) {
   absl::Status st = OsWrapper::IoUringUnregisterBuffers(ring_fd);
   if (st.ok()) {
     std::lock_guard<std::mutex> lock(mu_);
-    registered_.erase(ring_fd);
+    ForgetRing(ring_fd);
   }
   return injected.ok() ? st : injected;
+}
+
+void FaultyOs::ForgetRing(int ring_fd) {
+  registered_.erase(ring_fd);
+  filled_.erase(filled_.lower_bound({ring_fd, 0}), filled_.lower_bound({ring_fd + 1, 0}));
+}
+
+absl::Status FaultyOs::IoUringRegisterSparseBuffers(int ring_fd, unsigned slots) {
+  if (absl::Status st = Inject(OsCall::kIoUringRegisterSparseBuffers,
+                               absl::StrCat("io_uring_register of a sparse table of ", slots));
+      !st.ok()) {
+    return st;
+  }
+  absl::Status st = OsWrapper::IoUringRegisterSparseBuffers(ring_fd, slots);
+  if (st.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    registered_.insert(ring_fd);
+  }
+  return st;
+}
+
+absl::Status FaultyOs::IoUringUpdateBuffers(int ring_fd, unsigned first_slot,
+                                            absl::Span<const iovec> buffers) {
+  // Emptying slots gives pins back: done before an injected failure is reported.
+  bool clearing = true;
+  for (const iovec& v : buffers) clearing = clearing && v.iov_base == nullptr;
+  const std::string what = absl::StrCat("io_uring_register update of buffers ", first_slot);
+  absl::Status injected = Inject(OsCall::kIoUringUpdateBuffers, what);
+  if (!injected.ok() && !clearing) return injected;
+  absl::Status st = OsWrapper::IoUringUpdateBuffers(ring_fd, first_slot, buffers);
+  if (st.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (size_t i = 0; i < buffers.size(); ++i) {
+      const std::pair<int, unsigned> key{ring_fd, first_slot + static_cast<unsigned>(i)};
+      if (buffers[i].iov_base == nullptr) {
+        filled_.erase(key);
+      } else {
+        filled_.insert(key);
+      }
+    }
+  }
+  return injected.ok() ? st : injected;
+}
+
+absl::Status FaultyOs::IoUringCloneBuffers(int dst_fd, int src_fd, const IoUringCloneRange& range) {
+  if (absl::Status st = Inject(OsCall::kIoUringCloneBuffers, "io_uring_register clone of buffers");
+      !st.ok()) {
+    return st;
+  }
+  absl::Status st = OsWrapper::IoUringCloneBuffers(dst_fd, src_fd, range);
+  if (st.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    registered_.insert(dst_fd);
+    for (unsigned i = 0; i < range.slots; ++i) filled_.insert({dst_fd, range.dst_slot + i});
+  }
+  return st;
 }
 
 void SweepFailures(FaultyOs& os, int err, absl::FunctionRef<absl::Status()> op,

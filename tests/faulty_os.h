@@ -28,6 +28,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -56,6 +57,9 @@ enum class OsCall {
   kIoUringSetup,
   kIoUringRegisterBuffers,
   kIoUringUnregisterBuffers,
+  kIoUringRegisterSparseBuffers,
+  kIoUringUpdateBuffers,
+  kIoUringCloneBuffers,
 };
 
 // "mmap", "madvise", "io_uring_register", ...
@@ -87,6 +91,8 @@ class FaultyOs final : public OsWrapper {
   // Made through this Os and not yet undone.
   [[nodiscard]] size_t live_mapping_bytes() const;
   [[nodiscard]] std::set<int> live_fds() const;
+  // Rings with a registered-buffer table, plus the slots filled by updates and ranged
+  // clones.
   [[nodiscard]] size_t live_registrations() const;
 
   absl::StatusOr<void*> Mmap(void* addr, size_t length, int prot, int flags, int fd,
@@ -109,6 +115,10 @@ class FaultyOs final : public OsWrapper {
   absl::StatusOr<int> IoUringSetup(unsigned entries) override;
   absl::Status IoUringRegisterBuffers(int ring_fd, absl::Span<const iovec> buffers) override;
   absl::Status IoUringUnregisterBuffers(int ring_fd) override;
+  absl::Status IoUringRegisterSparseBuffers(int ring_fd, unsigned slots) override;
+  absl::Status IoUringUpdateBuffers(int ring_fd, unsigned first_slot,
+                                    absl::Span<const iovec> buffers) override;
+  absl::Status IoUringCloneBuffers(int dst_fd, int src_fd, const IoUringCloneRange& range) override;
 
  private:
   // Counts the call; the failure to inject now, or OK. `what` names it in messages.
@@ -116,6 +126,7 @@ class FaultyOs final : public OsWrapper {
   void ResetLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AddMapping(uintptr_t start, size_t length) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RemoveMapping(uintptr_t start, size_t length) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ForgetRing(int ring_fd) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   mutable std::mutex mu_;
   int calls_ ABSL_GUARDED_BY(mu_) = 0;
@@ -132,6 +143,7 @@ class FaultyOs final : public OsWrapper {
   std::map<uintptr_t, uintptr_t> mappings_ ABSL_GUARDED_BY(mu_);  // start -> end
   std::set<int> fds_ ABSL_GUARDED_BY(mu_);
   std::set<int> registered_ ABSL_GUARDED_BY(mu_);
+  std::set<std::pair<int, unsigned>> filled_ ABSL_GUARDED_BY(mu_);  // (ring, slot)
 };
 
 // One run of a sweep: the call that failed (its number and kind, and the injected

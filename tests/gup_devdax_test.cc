@@ -5,7 +5,6 @@
 
 #include "gtest/gtest.h"
 #include "hugemm/gup.h"
-#include "hugemm/kernel_pin.h"
 #include "tests/gup_test_util.h"
 #include "tests/test_util.h"
 
@@ -69,20 +68,6 @@ TEST(GupDevDaxTest, PinAllFoliosAndSegments) {
   }
   pinner.UnpinFolios(spans, RefKind::kPin);
   EXPECT_EQ(m->Counts(), base);
-}
-
-TEST(GupDevDaxTest, KernelPinHolderAcceptsDeviceMemory) {
-  HUGEMM_NEED(!TestDaxDevice().empty(), "HUGEMM_TEST_DAX is not set");
-  std::unique_ptr<Mapped> m = MapDax(1);
-  ASSERT_NE(m, nullptr);
-  absl::StatusOr<std::unique_ptr<KernelPinHolder>> h =
-      KernelPinHolder::Create({{m->data(), m->size()}});
-  // Kernels before io_uring learned to pin non-hugetlb files refuse; say so plainly.
-  if (!h.ok() && h.status().message().find("will not long-term pin") != std::string::npos) {
-    GTEST_SKIP() << h.status();
-  }
-  ASSERT_TRUE(h.ok()) << h.status();
-  EXPECT_EQ((*h)->bytes(), m->size());
 }
 
 }  // namespace

@@ -98,6 +98,9 @@ TEST(Runtime, AllocatedFoliosArePinnableAndFreedByAddress) {
   EXPECT_EQ(pin->spans().size(), 1u);
   pin->Release();
   HUGEMM_ASSERT_OK((*rt)->Free(data));
+  // The pin is the pool extent's: it stays while the extent is mapped, until Shrink.
+  EXPECT_GT(VmPinnedKb(), pinned_before);
+  EXPECT_GT((*rt)->allocator().Shrink(), 0u);
   EXPECT_EQ(VmPinnedKb(), pinned_before);
   absl::Status again = (*rt)->Free(data);
   EXPECT_EQ(again.code(), absl::StatusCode::kNotFound);

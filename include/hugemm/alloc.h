@@ -35,6 +35,7 @@
 #include "absl/status/statusor.h"
 #include "hugemm/backing.h"
 #include "hugemm/folio.h"
+#include "hugemm/memory_observer.h"
 #include "hugemm/os.h"
 
 namespace hugemm {
@@ -67,6 +68,10 @@ struct AllocatorOptions {
   // The OS the pools' backings call; nullptr = Os::Default(). Must outlive the allocator
   // and every folio it handed out.
   Os* os = nullptr;
+  // Told of every extent a pool maps and before it unmaps one (memory_observer.h);
+  // nullptr = none. Must outlive the allocator. Extents of pools whose folios are still
+  // in use when the allocator goes are no longer reported after that.
+  MemoryObserver* observer = nullptr;
 };
 
 // Owns one reference on a folio; drops it when destroyed. Move-only. Not thread-safe:
@@ -147,7 +152,8 @@ class Allocator {
   //   ResourceExhausted the pool is at max_bytes_per_pool, or the kernel (or device)
   //                     has no page left; the message gives the pool's and the kernel's
   //                     free counts and the OS error;
-  //                     or 64 pools already exist in this allocator.
+  //                     or 64 pools already exist in this allocator;
+  //   any code          the observer refused the extent the pool grew by (its message).
   [[nodiscard]] absl::StatusOr<FolioHandle> Allocate(size_t bytes,
                                                      const AllocOptions& options = {});
   // A folio of 4K << order. InvalidArgument for an order outside 0 .. the page's;

@@ -94,14 +94,35 @@ class Os {
   // there is none.
   [[nodiscard]] virtual absl::StatusOr<std::string> HugetlbfsMountFor(size_t page_size) = 0;
 
-  // --- io_uring, for the kernel's long-term pins (kernel_pin.h) ---
+  // --- io_uring registered buffers: the kernel's long-term pins, fixed buffers ---
   // io_uring_setup(2) of a ring with `entries` entries: its descriptor (Close it).
   [[nodiscard]] virtual absl::StatusOr<int> IoUringSetup(unsigned entries) = 0;
   // IORING_REGISTER_BUFFERS: the kernel pins every page of `buffers` FOLL_LONGTERM.
   [[nodiscard]] virtual absl::Status IoUringRegisterBuffers(int ring_fd,
                                                             absl::Span<const iovec> buffers) = 0;
-  // IORING_UNREGISTER_BUFFERS: the kernel drops those pins.
+  // IORING_UNREGISTER_BUFFERS: the kernel drops those pins (a table of any kind).
   virtual absl::Status IoUringUnregisterBuffers(int ring_fd) = 0;
+  // IORING_REGISTER_BUFFERS2 with IORING_RSRC_REGISTER_SPARSE: a table of `slots` empty
+  // slots (at most 16384), filled later by IoUringUpdateBuffers.
+  [[nodiscard]] virtual absl::Status IoUringRegisterSparseBuffers(int ring_fd, unsigned slots) = 0;
+  // IORING_REGISTER_BUFFERS_UPDATE: slots [first_slot, first_slot + buffers.size()) of
+  // the table become `buffers`, each pinned FOLL_LONGTERM; {nullptr, 0} empties a slot.
+  // What a slot held before is let go once no request uses it.
+  [[nodiscard]] virtual absl::Status IoUringUpdateBuffers(int ring_fd, unsigned first_slot,
+                                                          absl::Span<const iovec> buffers) = 0;
+  // IORING_REGISTER_CLONE_BUFFERS (Linux 6.12): `dst_fd`'s table takes references to
+  // the buffers of `src_fd`'s slots [range.src_slot, + range.slots) at range.dst_slot
+  // without pinning them again (slots = 0: the whole table). `replace` swaps that part of
+  // an existing table (Linux 6.13; 6.12 takes only a whole clone into a ring without a
+  // table). EINVAL where the kernel lacks it, EBUSY into a table without `replace`.
+  struct IoUringCloneRange {
+    unsigned src_slot = 0;
+    unsigned dst_slot = 0;
+    unsigned slots = 0;
+    bool replace = false;
+  };
+  [[nodiscard]] virtual absl::Status IoUringCloneBuffers(int dst_fd, int src_fd,
+                                                         const IoUringCloneRange& range) = 0;
 };
 
 // An Os that hands every call to another one: subclass it and override the calls to
@@ -156,6 +177,17 @@ class OsWrapper : public Os {
   }
   absl::Status IoUringUnregisterBuffers(int ring_fd) override {
     return target_.IoUringUnregisterBuffers(ring_fd);
+  }
+  absl::Status IoUringRegisterSparseBuffers(int ring_fd, unsigned slots) override {
+    return target_.IoUringRegisterSparseBuffers(ring_fd, slots);
+  }
+  absl::Status IoUringUpdateBuffers(int ring_fd, unsigned first_slot,
+                                    absl::Span<const iovec> buffers) override {
+    return target_.IoUringUpdateBuffers(ring_fd, first_slot, buffers);
+  }
+  absl::Status IoUringCloneBuffers(int dst_fd, int src_fd,
+                                   const IoUringCloneRange& range) override {
+    return target_.IoUringCloneBuffers(dst_fd, src_fd, range);
   }
 
  private:

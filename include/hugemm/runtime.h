@@ -16,12 +16,19 @@
 // Dropping a Buffer unmaps it from the table and drops the owner's references; the memory
 // goes back only when the last pin is gone.
 //
-// PFN stability (see kernel_pin.h): every buffer (MapBuffer or Allocate) is held by one
-// kernel long-term pin (io_uring fixed-buffer registration) for its whole life, on by
-// default (RuntimeOptions::kernel_pins), so the kernel cannot migrate its pages while a
-// device may use the PFNs. Device-DAX memory never moves and needs none. The cost is an
-// io_uring instance (a file descriptor) per buffer: a program that makes many small
-// buffers and hands no PFNs out turns it off.
+// PFN stability: every page a runtime hands out is held by a kernel long-term pin for as
+// long as it is mapped, on by default (RuntimeOptions::kernel_pins), so the kernel cannot
+// migrate it while a device may use its PFN. The runtime keeps one kernel pin table: one
+// io_uring instance (one file descriptor) whose registered-buffer table has a slot per
+// pool extent (Allocate's folios are carved from those) and per MapBuffer buffer (per GiB
+// of one), never one per allocation. The same table gives programs fixed buffers for
+// their own rings (hugemm/io.h). Pinned bytes count against RLIMIT_MEMLOCK for processes
+// without CAP_IPC_LOCK; the table holds at most 16384 slots (32 GiB of 2M extents). Both
+// limits end in an error that names them and what to do.
+//
+// Memory observers (memory_observer.h) hear of every extent and buffer when it is added
+// and before it is removed: the kernel pin table is the first; an IOVA mapper or a
+// program's own table (hugemm/io.h) are others.
 #ifndef HUGEMM_RUNTIME_H_
 #define HUGEMM_RUNTIME_H_
 
@@ -33,23 +40,34 @@
 #include <optional>
 #include <string>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "hugemm/alloc.h"
 #include "hugemm/backing.h"
 #include "hugemm/gup.h"
+#include "hugemm/memory_observer.h"
 #include "hugemm/notify.h"
 #include "hugemm/os.h"
 #include "hugemm/pgtable.h"
 
 namespace hugemm {
 
+namespace api_internal {
+class KernelPinTable;
+class MemoryObservers;
+}  // namespace api_internal
+
 struct RuntimeOptions {
   // One reference operation per folio (default) or per 4K page: the experiment switch.
   RefGranularity refcount = RefGranularity::kFolio;
-  // Hold a kernel long-term pin on each buffer that is not device-DAX.
+  // Hold a kernel long-term pin on all memory (see above). false: no ring; the table
+  // still numbers the memory, for programs that register it in their own rings.
   bool kernel_pins = true;
-  // allocator.os, when set, must name the same Os as `os`.
+  // Slots of the kernel pin table, 1 to 16384 (the kernel's limit per ring).
+  unsigned kernel_pin_slots = 16384;
+  // allocator.os, when set, must name the same Os as `os`. allocator.observer, when set,
+  // is added as the runtime's first memory observer after its kernel pin table.
   AllocatorOptions allocator;
   // The OS everything of this runtime calls: the allocator, the backings of MapBuffer,
   // the kernel pins and the geometry detection; nullptr = Os::Default(). Must outlive
@@ -81,6 +99,15 @@ struct BufferSpan {
   std::byte* extent_data = nullptr;
   size_t extent_size = 0;
   bool allocated = false;  // from Allocate
+};
+
+// The kernel pin table's counters.
+struct KernelPinStats {
+  unsigned slots = 0;       // capacity
+  unsigned slots_used = 0;  // one per pool extent, per GiB of a mapped buffer
+  size_t bytes = 0;         // in used slots
+  size_t pinned_bytes = 0;  // of which pinned by the kernel (0 with kernel_pins off)
+  int ring_fd = -1;         // the table's ring; -1 with kernel_pins off
 };
 
 class Runtime;
@@ -117,9 +144,13 @@ class Buffer {
   size_t folio_size_ = 0;
 };
 
+// Thread safety: thread-safe; only the destructor must not race with other calls.
 class Runtime {
  public:
-  // InvalidArgument when options.allocator.os and options.os name different Os.
+  // InvalidArgument when options.allocator.os and options.os name different Os, or for a
+  // kernel_pin_slots outside 1..16384. With kernel_pins: Unavailable when io_uring is
+  // refused (sysctl kernel.io_uring_disabled), ResourceExhausted when the kernel has no
+  // memory for the table.
   static absl::StatusOr<std::unique_ptr<Runtime>> Open(const RuntimeOptions& options = {});
   // Frees every buffer and registration still held. Pins taken through pinner() must be
   // released first; a folio still pinned then stays allocated (its memory is never
@@ -128,9 +159,12 @@ class Runtime {
   Runtime(const Runtime&) = delete;
   Runtime& operator=(const Runtime&) = delete;
 
-  // `length` bytes (a multiple of the page size) as one folio per native page.
+  // `length` bytes (a multiple of the page size) as one folio per native page. Besides
+  // the backing's errors: what a memory observer refused it with, e.g. the kernel pin
+  // table's ResourceExhausted (no slot left, RLIMIT_MEMLOCK reached).
   absl::StatusOr<Buffer> MapBuffer(size_t length, const BufferOptions& options = {});
-  // One folio of at least `bytes` from the allocator (see alloc.h).
+  // One folio of at least `bytes` from the allocator (see alloc.h; the kernel pin
+  // table's errors come from there when the pool grows).
   absl::StatusOr<Buffer> Allocate(size_t bytes, const AllocOptions& options = {});
   // Memory this program mapped itself, as borrowed folios (pinnable, never LONGTERM).
   absl::StatusOr<uint64_t> RegisterExternal(const void* va, size_t length);
@@ -153,6 +187,21 @@ class Runtime {
   // Holds the shadow table over [va, va + length) against the kernel.
   absl::StatusOr<VerifyReport> Verify(const void* va, size_t length) const;
 
+  // Tells `observer` of every extent and buffer held now, then of every change, until
+  // removed (memory_observer.h); it must be removed before it is destroyed and before
+  // the runtime closes. `first` runs before, while no range comes or goes (an observer
+  // that copies a device table takes its snapshot there). InvalidArgument for null or
+  // an observer already added; what `first` failed with, or what the observer refused a
+  // range with (it is then not added).
+  absl::Status AddMemoryObserver(
+      MemoryObserver* observer,
+      absl::FunctionRef<absl::Status()> first = [] { return absl::OkStatus(); });
+  // NotFound when it is not an observer.
+  absl::Status RemoveMemoryObserver(MemoryObserver* observer);
+  [[nodiscard]] KernelPinStats kernel_pin_stats() const;
+  // For the consumer layers (runtime/io): the table itself.
+  const api_internal::KernelPinTable& kernel_pin_table() const { return *kernel_pins_; }
+
   PageTable& table() { return *table_; }
   Pinner& pinner() { return *pinner_; }
   Allocator& allocator() { return *allocator_; }
@@ -166,6 +215,10 @@ class Runtime {
 
   RuntimeOptions options_;
   Os& os_;
+  // Outlive the allocator, whose pools report to them until it is gone; the observers
+  // also outlive (shared) the buffers still pinned when the runtime closes.
+  std::shared_ptr<api_internal::MemoryObservers> observers_;
+  std::unique_ptr<api_internal::KernelPinTable> kernel_pins_;
   std::unique_ptr<Allocator> allocator_;
   std::unique_ptr<PageTable> table_;
   std::unique_ptr<Pinner> pinner_;

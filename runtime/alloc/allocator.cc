@@ -127,6 +127,7 @@ class Allocator::Impl {
     config.thread_cache = options_.thread_cache;
     config.caches = caches_.get();
     config.index = n;
+    config.observer = options_.observer;
     Pool* pool = new Pool(std::move(config));
     pools_[n].store(pool, std::memory_order_relaxed);
     npools_.store(n + 1, std::memory_order_release);

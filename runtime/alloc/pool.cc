@@ -8,6 +8,7 @@
 #include "runtime/alloc/address_index.h"
 #include "runtime/alloc/thread_cache.h"
 #include "runtime/sys/hugepages.h"
+#include "runtime/sys/status.h"
 
 namespace hugemm::alloc_internal {
 namespace {
@@ -42,14 +43,27 @@ Pool::Pool(PoolConfig config)
     : config_(std::move(config)),
       page_size_(config_.backing->page_size()),
       region_order_(PageOrder(page_size_) == 0 ? 9 : PageOrder(page_size_)),
-      max_order_(PageOrder(page_size_)) {}
+      max_order_(PageOrder(page_size_)),
+      observer_(config_.observer) {}
 
 Pool::~Pool() {
   std::lock_guard<std::mutex> lock(mu_);
-  for (auto& rec : extents_) {
-    for (auto& region : rec->regions) IndexErase(region.get());
-  }
+  for (auto& rec : extents_) Retire(*rec);
   extents_.clear();
+}
+
+MemoryRange Pool::RangeOf(const Extent& extent) const {
+  return {.data = extent.data(),
+          .length = extent.size(),
+          .page_size = extent.page_size(),
+          .node = extent.node(),
+          .backing = config_.key.backing,
+          .kind = MemoryRangeKind::kPoolExtent};
+}
+
+void Pool::Retire(ExtentRecord& rec) {
+  if (observer_ != nullptr) observer_->MemoryRemoving(RangeOf(rec.extent));
+  for (auto& region : rec.regions) IndexErase(region.get());
 }
 
 std::string Pool::Name() const {
@@ -175,6 +189,14 @@ absl::Status Pool::Grow(int order) {
     }
     rec->regions.push_back(std::move(region));
   }
+  if (observer_ != nullptr) {
+    // Before any folio of it is handed out: a device table that cannot take the extent
+    // fails the allocation rather than leave memory it does not know.
+    if (absl::Status st = observer_->MemoryAdded(RangeOf(rec->extent)); !st.ok()) {
+      for (auto& r : rec->regions) IndexErase(r.get());
+      return sys::Annotate(st, absl::StrCat(Name(), ": growing by ", HumanBytes(length)));
+    }
+  }
   if (reserve) {
     rec->reserve_bytes =
         std::min((config_.reserve_bytes + kPageSize4K - 1) & ~(kPageSize4K - 1), region_size / 2);
@@ -262,9 +284,7 @@ void Pool::FreeBatch(Folio* const* folios, int n) {
     // the backing with it (a device's descriptor). The pool object and its descriptor
     // slab stay, so a late stale reader of a descriptor still reads memory (and fails
     // its TryGet).
-    for (auto& rec : extents_) {
-      for (auto& region : rec->regions) IndexErase(region.get());
-    }
+    for (auto& rec : extents_) Retire(*rec);
     extents_.clear();
     config_.backing.reset();
   }
@@ -276,6 +296,9 @@ void Pool::Orphan() {
     std::lock_guard<std::mutex> lock(mu_);
     orphaned_.store(true, std::memory_order_release);
     idle = Idle();
+    // The observer belongs to whoever owned the allocator, which is going too: what
+    // stays mapped for folios still out is no longer reported.
+    if (!idle) observer_ = nullptr;
   }
   if (idle) {
     delete this;
@@ -309,8 +332,8 @@ size_t Pool::Shrink() {
         page += f->nr_pages();
         DeleteDescriptor(region, f);
       }
-      IndexErase(region);
     }
+    Retire(*rec);
     mapped_bytes_ -= rec->extent.size();
     given += rec->extent.size();
     it = extents_.erase(it);  // unmaps: the kernel has the pages back

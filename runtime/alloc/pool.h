@@ -51,6 +51,7 @@ struct PoolConfig {
   bool thread_cache = true;
   ThreadCacheSet* caches = nullptr;  // the allocator's per-thread magazines
   int index = 0;                     // dense, per allocator: the magazine slot
+  MemoryObserver* observer = nullptr;
 };
 
 class Pool final : public FolioOwner {
@@ -94,6 +95,9 @@ class Pool final : public FolioOwner {
   std::string Name() const;
   absl::Status Exhausted(int order, absl::string_view why) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool Idle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return total_folios_ == free_folios_; }
+  MemoryRange RangeOf(const Extent& extent) const;
+  // Tells the observer `rec` is going, then drops its regions from the index.
+  void Retire(ExtentRecord& rec) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Constant but for the backing, which an orphaned pool lets go of with its last folio.
   PoolConfig config_;
@@ -111,6 +115,8 @@ class Pool final : public FolioOwner {
   size_t free_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   size_t total_folios_ ABSL_GUARDED_BY(mu_) = 0;
   size_t free_folios_ ABSL_GUARDED_BY(mu_) = 0;
+  // config_.observer until the pool is orphaned with folios still out.
+  MemoryObserver* observer_ ABSL_GUARDED_BY(mu_) = nullptr;
 };
 
 }  // namespace hugemm::alloc_internal

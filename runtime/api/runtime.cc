@@ -6,17 +6,19 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
-#include "hugemm/kernel_pin.h"
 #include "runtime/alloc/address_index.h"
 #include "runtime/alloc/pool.h"
+#include "runtime/api/kernel_pin_table.h"
+#include "runtime/api/memory_observers.h"
 
 namespace hugemm {
 
 // What a Buffer holds. A MapBuffer record owns the extent and one descriptor per native
-// page and is the owner of those folios: it deletes itself (unmapping the extent and
-// dropping the kernel pin) when the last of them is released, which is after the
-// buffer was freed and the last pin dropped. An Allocate record holds the allocator's
-// handle; the allocator owns the folio.
+// page and is the owner of those folios: it deletes itself (telling the runtime's memory
+// observers, the kernel pin table first of all, then unmapping the extent) when the last
+// of them is released, which is after the buffer was freed and the last pin dropped. An
+// Allocate record holds the allocator's handle; the allocator owns the folio, and the
+// pool extent it came from is what the observers know.
 class Runtime::BufferRecord final : public FolioOwner {
  public:
   BufferRecord() = default;
@@ -28,27 +30,42 @@ class Runtime::BufferRecord final : public FolioOwner {
   Extent extent;
   std::unique_ptr<Folio[]> folios;
   size_t nfolios = 0;
-  std::unique_ptr<KernelPinHolder> kernel_pin;
-  FolioHandle handle;  // Allocate records
+  std::shared_ptr<api_internal::MemoryObservers> observers;  // told of the extent
+  FolioHandle handle;                                        // Allocate records
   std::byte* data = nullptr;
   size_t size = 0;
   Prot prot = kProtNone;
 
   void SetLive(size_t n) { live_.store(n, std::memory_order_relaxed); }
 
+  MemoryRange range() const {
+    return {.data = extent.data(),
+            .length = extent.size(),
+            .page_size = extent.page_size(),
+            .node = extent.node(),
+            .backing = backing,
+            .kind = MemoryRangeKind::kBuffer};
+  }
+
   ~BufferRecord() override {
-    kernel_pin.reset();  // let the kernel drop its pins before the memory goes
+    // The kernel and every device table let go before the memory goes.
+    if (observers != nullptr) observers->MemoryRemoving(range());
     (void)extent.Unmap();
   }
+
+  BackingKind backing = BackingKind::kHugetlb;
 
  private:
   std::atomic<size_t> live_{0};
 };
 
 Runtime::Runtime(const RuntimeOptions& options)
-    : options_(options), os_(options.os != nullptr ? *options.os : Os::Default()) {
+    : options_(options),
+      os_(options.os != nullptr ? *options.os : Os::Default()),
+      observers_(std::make_shared<api_internal::MemoryObservers>()) {
   options_.os = &os_;
   options_.allocator.os = &os_;
+  options_.allocator.observer = observers_.get();
 }
 
 absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& options) {
@@ -60,6 +77,17 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& opt
   RuntimeOptions resolved = options;
   if (resolved.os == nullptr) resolved.os = resolved.allocator.os;
   std::unique_ptr<Runtime> rt(new Runtime(resolved));
+  absl::StatusOr<std::unique_ptr<api_internal::KernelPinTable>> pins =
+      api_internal::KernelPinTable::Create(
+          rt->os_, {.slots = options.kernel_pin_slots, .pin = options.kernel_pins});
+  if (!pins.ok()) return pins.status();
+  rt->kernel_pins_ = std::move(*pins);
+  // The kernel pin table hears of memory first and of its removal last; an observer the
+  // options name comes after it.
+  (void)rt->observers_->Add(rt->kernel_pins_.get());
+  if (options.allocator.observer != nullptr) {
+    if (absl::Status st = rt->observers_->Add(options.allocator.observer); !st.ok()) return st;
+  }
   absl::StatusOr<std::unique_ptr<Allocator>> alloc = Allocator::Create(rt->options_.allocator);
   if (!alloc.ok()) return alloc.status();
   rt->allocator_ = std::move(*alloc);
@@ -84,8 +112,28 @@ Runtime::~Runtime() {
     }
   }
   pinner_.reset();
-  table_.reset();  // drops the references of whatever else is still mapped
-  allocator_.reset();
+  table_.reset();       // drops the references of whatever else is still mapped
+  allocator_.reset();   // idle pools give their extents back, told to the observers
+  observers_->Close();  // memory still pinned now outlives the runtime, unreported
+  kernel_pins_.reset();
+}
+
+absl::Status Runtime::AddMemoryObserver(MemoryObserver* observer,
+                                        absl::FunctionRef<absl::Status()> first) {
+  return observers_->Add(observer, first);
+}
+
+absl::Status Runtime::RemoveMemoryObserver(MemoryObserver* observer) {
+  return observers_->Remove(observer);
+}
+
+KernelPinStats Runtime::kernel_pin_stats() const {
+  const api_internal::KernelPinTable::Stats s = kernel_pins_->stats();
+  return {.slots = s.capacity,
+          .slots_used = s.used,
+          .bytes = s.bytes,
+          .pinned_bytes = s.pinned_bytes,
+          .ring_fd = s.ring_fd};
 }
 
 absl::StatusOr<Buffer> Runtime::MapBuffer(size_t length, const BufferOptions& options) {
@@ -112,6 +160,7 @@ absl::StatusOr<Buffer> Runtime::MapBuffer(size_t length, const BufferOptions& op
   record->data = extent->data();
   record->size = extent->size();
   record->prot = options.prot;
+  record->backing = options.backing;
   const size_t folio_size = extent->page_size();
   record->extent = std::move(*extent);
 
@@ -123,15 +172,13 @@ absl::StatusOr<Buffer> Runtime::MapBuffer(size_t length, const BufferOptions& op
     Folio* folios = record->folios.get();
     for (size_t i = 0; i < n; ++i) FolioPut(&folios[i]);
   };
-  if (options_.kernel_pins && options.backing != BackingKind::kDevDax) {
-    absl::StatusOr<std::unique_ptr<KernelPinHolder>> pin =
-        KernelPinHolder::Create({{record->data, record->size}}, os_);
-    if (!pin.ok()) {
-      drop(0);
-      return pin.status();
-    }
-    record->kernel_pin = std::move(*pin);
+  // The kernel pin table and every other observer learn the buffer before it is handed
+  // out (its PFNs may go to a device at once).
+  if (absl::Status st = observers_->MemoryAdded(record->range()); !st.ok()) {
+    drop(0);
+    return st;
   }
+  record->observers = observers_;
   for (size_t i = 0; i < record->nfolios; ++i) {
     Folio* f = &record->folios[i];
     if (absl::Status st = table_->Map(f, f->data, options.prot); !st.ok()) {
@@ -163,16 +210,7 @@ absl::StatusOr<Buffer> Runtime::Allocate(size_t bytes, const AllocOptions& optio
   record->data = folio->data;
   record->size = folio->size();
   record->prot = kProtRead | kProtWrite;
-  if (options_.kernel_pins && options.backing != BackingKind::kDevDax) {
-    // Its PFNs may go to a device: keep the kernel from migrating them (kernel_pin.h).
-    absl::StatusOr<std::unique_ptr<KernelPinHolder>> pin =
-        KernelPinHolder::Create({{folio->data, folio->size()}}, os_);
-    if (!pin.ok()) {
-      (void)table_->Unmap(folio->data, folio->size());
-      return pin.status();
-    }
-    record->kernel_pin = std::move(*pin);
-  }
+  // The kernel pin is the pool extent's, taken when the pool grew by it.
   record->handle = std::move(*handle);
   Buffer buffer;
   buffer.runtime_ = this;
@@ -201,7 +239,6 @@ absl::Status Runtime::FreeById(uint64_t id) {
   // Out of the table first (its mapping references), then the owner's references.
   absl::Status unmapped = table_->Unmap(record->data, record->size);
   if (record->handle) {
-    record->kernel_pin.reset();
     record->handle.Reset();  // the allocator takes the folio back after the last pin
     return unmapped;
   }

@@ -57,6 +57,7 @@ void AddBenchTranslateCommand(CommandTable& table, CLI::App* bench);
 void AddBenchAllocCommand(CommandTable& table, CLI::App* bench);
 void AddStressCommand(CommandTable& table, CLI::App* app);
 void AddBenchMrCommand(CommandTable& table, CLI::App* bench);
+void AddBenchIoCommand(CommandTable& table, CLI::App* bench);
 
 // "hugemm" and the arguments as given: JSON output records the command that made it.
 const std::string& CommandLine();

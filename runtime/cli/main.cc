@@ -39,6 +39,7 @@ int Main(int argc, char** argv) {
   AddBenchTranslateCommand(table, bench);
   AddBenchAllocCommand(table, bench);
   AddBenchMrCommand(table, bench);
+  AddBenchIoCommand(table, bench);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

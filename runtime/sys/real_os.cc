@@ -14,6 +14,7 @@ extern "C" {  // hugetlbfs.h has no C++ guards
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -180,6 +181,65 @@ class RealOs final : public Os {
   absl::Status IoUringUnregisterBuffers(int ring_fd) override {
     if (::syscall(__NR_io_uring_register, ring_fd, IORING_UNREGISTER_BUFFERS, nullptr, 0) != 0) {
       return ErrnoStatus(errno, "io_uring_unregister");
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status IoUringRegisterSparseBuffers(int ring_fd, unsigned slots) override {
+    io_uring_rsrc_register reg = {};
+    reg.nr = slots;
+    reg.flags = IORING_RSRC_REGISTER_SPARSE;
+    if (::syscall(__NR_io_uring_register, ring_fd, IORING_REGISTER_BUFFERS2, &reg, sizeof(reg)) !=
+        0) {
+      return ErrnoStatus(
+          errno, absl::StrCat("io_uring_register of a sparse table of ", slots, " buffers"));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status IoUringUpdateBuffers(int ring_fd, unsigned first_slot,
+                                    absl::Span<const iovec> buffers) override {
+    std::vector<uint64_t> tags(buffers.size(), 0);
+    io_uring_rsrc_update2 up = {};
+    up.offset = first_slot;
+    up.data = reinterpret_cast<uintptr_t>(buffers.data());
+    up.tags = reinterpret_cast<uintptr_t>(tags.data());
+    up.nr = static_cast<unsigned>(buffers.size());
+    const long n =
+        ::syscall(__NR_io_uring_register, ring_fd, IORING_REGISTER_BUFFERS_UPDATE, &up, sizeof(up));
+    if (n < 0) {
+      return ErrnoStatus(errno, absl::StrCat("io_uring_register update of buffers ", first_slot,
+                                             "..", first_slot + buffers.size() - 1));
+    }
+    if (static_cast<size_t>(n) != buffers.size()) {
+      // The kernel stops at the first slot it cannot fill and reports how far it got.
+      return ErrnoStatus(EIO,
+                         absl::StrCat("io_uring_register update of buffers ", first_slot, "..",
+                                      first_slot + buffers.size() - 1, ": only ", n, " updated"));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status IoUringCloneBuffers(int dst_fd, int src_fd,
+                                   const IoUringCloneRange& range) override {
+    // Debian 12's headers predate the call: its number and argument, from the kernel's
+    // uapi (include/uapi/linux/io_uring.h, 6.13).
+    constexpr unsigned kRegisterCloneBuffers = 30;
+    constexpr uint32_t kDstReplace = 1u << 1;
+    struct {
+      uint32_t src_fd, flags, src_off, dst_off, nr, pad[3];
+    } arg = {static_cast<uint32_t>(src_fd),
+             range.replace ? kDstReplace : 0u,
+             range.src_slot,
+             range.dst_slot,
+             range.slots,
+             {0, 0, 0}};
+    if (::syscall(__NR_io_uring_register, dst_fd, kRegisterCloneBuffers, &arg, 1) != 0) {
+      return ErrnoStatus(
+          errno, range.slots == 0
+                     ? std::string("io_uring_register clone of a buffer table")
+                     : absl::StrCat("io_uring_register clone of buffers ", range.src_slot, "..",
+                                    range.src_slot + range.slots - 1, " to ", range.dst_slot));
     }
     return absl::OkStatus();
   }

@@ -2,6 +2,8 @@
 #include "tests/verbs/fake_registrar.h"
 
 #include <fcntl.h>
+#include <liburing.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <utility>
@@ -24,6 +26,25 @@ std::vector<uint64_t> PagemapFrames(const void* addr, size_t length) {
   return words;
 }
 
+absl::StatusOr<std::unique_ptr<KernelLongtermPin>> KernelLongtermPin::Create(void* addr,
+                                                                             size_t length) {
+  std::unique_ptr<KernelLongtermPin> pin(new KernelLongtermPin());
+  pin->ring_ = std::make_unique<::io_uring>();
+  if (int err = io_uring_queue_init(1, pin->ring_.get(), 0); err < 0) {
+    pin->ring_.reset();
+    return absl::ErrnoToStatus(-err, "io_uring_queue_init");
+  }
+  const iovec iov{addr, length};
+  if (int err = io_uring_register_buffers(pin->ring_.get(), &iov, 1); err < 0) {
+    return absl::ErrnoToStatus(-err, absl::StrFormat("pinning %p+%zu", addr, length));
+  }
+  return pin;
+}
+
+KernelLongtermPin::~KernelLongtermPin() {
+  if (ring_ != nullptr) io_uring_queue_exit(ring_.get());
+}
+
 bool CanReadFrames() {
   static const bool can = [] {
     static int probe = 1;
@@ -42,7 +63,7 @@ absl::StatusOr<ibv_mr*> FakeRegistrar::Register(ibv_pd* pd, void* addr, size_t l
     return st;
   }
   Record r;
-  absl::StatusOr<std::unique_ptr<KernelPinHolder>> pin = KernelPinHolder::Create({{addr, length}});
+  absl::StatusOr<std::unique_ptr<KernelLongtermPin>> pin = KernelLongtermPin::Create(addr, length);
   if (!pin.ok()) return pin.status();
   r.pin = std::move(*pin);
   r.frames = PagemapFrames(addr, length);

@@ -16,8 +16,10 @@
 #include <string>
 #include <vector>
 
-#include "hugemm/kernel_pin.h"
+#include "absl/status/statusor.h"
 #include "hugemm/verbs.h"
+
+struct io_uring;
 
 namespace hugemm::testing {
 
@@ -26,6 +28,20 @@ namespace hugemm::testing {
 std::vector<uint64_t> PagemapFrames(const void* addr, size_t length);
 // Whether this process reads real frames from pagemap (root).
 bool CanReadFrames();
+
+// What ibv_reg_mr does to the pages: a FOLL_LONGTERM kernel pin, here taken by registering
+// the range as an io_uring fixed buffer of a ring of its own, and dropped with the ring.
+class KernelLongtermPin {
+ public:
+  static absl::StatusOr<std::unique_ptr<KernelLongtermPin>> Create(void* addr, size_t length);
+  ~KernelLongtermPin();
+  KernelLongtermPin(const KernelLongtermPin&) = delete;
+  KernelLongtermPin& operator=(const KernelLongtermPin&) = delete;
+
+ private:
+  KernelLongtermPin() = default;
+  std::unique_ptr<::io_uring> ring_;
+};
 
 class FakeRegistrar final : public MrRegistrar {
  public:
@@ -52,7 +68,7 @@ class FakeRegistrar final : public MrRegistrar {
   struct Record {
     std::unique_ptr<ibv_mr> mr;
     std::vector<uint64_t> frames;
-    std::unique_ptr<KernelPinHolder> pin;
+    std::unique_ptr<KernelLongtermPin> pin;
     bool live = true;
   };
   mutable std::mutex mu_;

@@ -23,12 +23,14 @@ RXE_MODULES=(crc32_generic crc32_pclmul veth ib_uverbs rdma_rxe)
 # The kernel's NVMe driver, and the two a userspace driver binds instead; vfio's
 # IOMMU backend is loaded on demand by the kernel, so it is named here.
 NVME_MODULES=(nvme uio_pci_generic vfio_iommu_type1 vfio-pci)
+# A memory-backed disk for storage benchmarks: no device time, so CPU-bound.
+BLOCK_MODULES=(null_blk)
 # Missing from some kernels (built in, or renamed): not an error.
 OPTIONAL_MODULES=" crc32_generic crc32_pclmul "
 
 inputs_hash() {
   {
-    echo "$KVER ${BASE_MODULES[*]} / ${RXE_MODULES[*]} / ${NVME_MODULES[*]}"
+    echo "$KVER ${BASE_MODULES[*]} / ${RXE_MODULES[*]} / ${NVME_MODULES[*]} / ${BLOCK_MODULES[*]}"
     cat "$VM_DIR/guest-init.sh" "$VM_DIR/build-initramfs.sh" "$KDIR/lib/modules/$KVER/modules.dep"
     sha256sum </bin/busybox
   } | sha256sum | cut -c1-16
@@ -103,12 +105,14 @@ main() {
   : >"$TREE/etc/hugemm/base.modules"
   : >"$TREE/etc/hugemm/rxe.modules"
   : >"$TREE/etc/hugemm/nvme.modules"
+  : >"$TREE/etc/hugemm/block.modules"
   add_modules "$TREE/etc/hugemm/base.modules" "${BASE_MODULES[@]}"
   add_modules "$TREE/etc/hugemm/rxe.modules" "${RXE_MODULES[@]}"
   add_modules "$TREE/etc/hugemm/nvme.modules" "${NVME_MODULES[@]}"
+  add_modules "$TREE/etc/hugemm/block.modules" "${BLOCK_MODULES[@]}"
   # A modules.dep for the copies, so modprobe inside the chroot knows them.
   cp "$KDIR/lib/modules/$KVER"/modules.builtin* "$TREE/lib/modules/$KVER/"
-  cat "$TREE"/etc/hugemm/{base,rxe,nvme}.modules >"$TREE/lib/modules/$KVER/modules.order"
+  cat "$TREE"/etc/hugemm/{base,rxe,nvme,block}.modules >"$TREE/lib/modules/$KVER/modules.order"
   depmod -b "$TREE" "$KVER"
 
   (cd "$TREE" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet) |

@@ -21,6 +21,7 @@
 #   hugemm.iommu=0|1       an Intel IOMMU must be active
 #   hugemm.rxe=0|1         load rdma_rxe and add rxe0 on lo
 #   hugemm.rxepair=0|1     rxe_a and rxe_b on the two ends of a veth pair
+#   hugemm.nullblk=GB|0    /dev/nullb0, a memory-backed null_blk disk of GB GiB
 
 /bin/busybox mkdir -p /bin /proc /sys /dev
 /bin/busybox --install -s /bin
@@ -58,6 +59,7 @@ HUGEPAGES_1G=0
 DAX_NODE=0
 NVME=0
 IOMMU=0
+NULL_BLK=0
 # shellcheck disable=SC2013 # the command line is words
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
@@ -72,6 +74,7 @@ for arg in $(cat /proc/cmdline); do
     hugemm.daxnode=*) DAX_NODE=${arg#*=} ;;
     hugemm.nvme=*) NVME=${arg#*=} ;;
     hugemm.iommu=*) IOMMU=${arg#*=} ;;
+    hugemm.nullblk=*) NULL_BLK=${arg#*=} ;;
   esac
 done
 [ -n "$SHARE_DIR" ] || die "no hugemm.share= on the kernel command line"
@@ -86,6 +89,16 @@ load_modules() { # LIST-FILE: one module path (relative to the module dir) a lin
 load_modules /etc/hugemm/base.modules
 # Early, so that the kernel's nvme driver probes the controller while 9p mounts.
 [ "$NVME" = 0 ] || load_modules /etc/hugemm/nvme.modules
+# One memory-backed disk: what is written reads back, and nothing waits on a device.
+if [ "$NULL_BLK" != 0 ]; then
+  while read -r m; do
+    [ -n "$m" ] || continue
+    case $m in
+      */null_blk.ko) insmod "/lib/modules/$KVER/$m" nr_devices=1 memory_backed=1 gb="$NULL_BLK" bs=4096 ;;
+      *) insmod "/lib/modules/$KVER/$m" ;;
+    esac || die "insmod $m failed"
+  done </etc/hugemm/block.modules
+fi
 say "modules loaded"
 
 # --- root: host / read-only over 9p, under a writable tmpfs overlay ----------
@@ -197,6 +210,11 @@ if [ "$NVME" != 0 ]; then
     die "the nvme driver did not bring up /dev/nvme0n1 (driver: $(basename "$(readlink "$pci/driver")"))"
   say "NVMe $NVME ready ($(basename "$(readlink "$pci/driver")"), /dev/nvme0n1$([ "$IOMMU" = 1 ] &&
     echo ", IOMMU group $(basename "$(readlink "$pci/iommu_group")")"))"
+fi
+
+if [ "$NULL_BLK" != 0 ]; then
+  wait_for 50 [ -b "$NEWROOT/dev/nullb0" ] || die "null_blk did not bring up /dev/nullb0"
+  say "null_blk ready (/dev/nullb0, $NULL_BLK GiB, memory-backed)"
 fi
 
 # --- optional soft-RoCE ---------------------------------------------------------------

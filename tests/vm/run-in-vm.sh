@@ -23,6 +23,7 @@
 #   --iommu                q35 with an emulated Intel IOMMU, intel_iommu=on
 #   --rxe                  soft-RoCE rxe0 on lo
 #   --rxe-pair             soft-RoCE rxe_a and rxe_b on the two ends of a veth pair
+#   --null-blk GB          /dev/nullb0: a memory-backed null_blk disk of GB GiB (0: none)
 #   --timeout SECONDS      the whole run, boot included (240)
 #   --log FILE             a copy of the output; the VM console goes to FILE.console
 #   --rw DIR               share host directory DIR read-write at the same path
@@ -54,6 +55,7 @@ NVME_SIZE=1G
 IOMMU=0
 RXE=0
 RXE_PAIR=0
+NULL_BLK=0
 TIMEOUT=240
 LOG=
 RW=
@@ -63,7 +65,7 @@ while (($#)); do
     --iommu=* | --rxe=* | --rxe-pair=*) bad "${opt%%=*} takes no value" ;;
     --*=*) set -- "${opt%%=*}" "${opt#*=}" "${@:2}"; continue ;;
     --align | --mem | --numa | --hugepages | --hugepages-1g | --dax-node | --nvme | --nvme-size | \
-      --timeout | --log | --rw)
+      --null-blk | --timeout | --log | --rw)
       if (($# < 2)) || [[ $2 == -- ]]; then bad "$opt needs a value"; fi
       case $opt in
         --align) ALIGN=$2 ;;
@@ -74,6 +76,7 @@ while (($#)); do
         --dax-node) DAX_NODE=$2 ;;
         --nvme) NVME=$2 ;;
         --nvme-size) NVME_SIZE=$2 ;;
+        --null-blk) NULL_BLK=$2 ;;
         --timeout) TIMEOUT=$2 ;;
         --log) LOG=$2 ;;
         --rw) RW=$2 ;;
@@ -90,6 +93,7 @@ done
 (($#)) || usage
 case $ALIGN in 2M | 1G) ;; *) bad "--align must be 2M or 1G" ;; esac
 [[ $TIMEOUT =~ ^[0-9]+$ ]] || bad "--timeout needs seconds"
+[[ $NULL_BLK =~ ^[0-9]+$ ]] || bad "--null-blk needs a size in GiB, not '$NULL_BLK'"
 case $NUMA in 0 | 2 | 3 | 4) ;; *) bad "--numa needs 2, 3 or 4 nodes, not '$NUMA'" ;; esac
 NODES=$((NUMA ? NUMA : 1))
 PER_NODE= # set when counts and places are per node
@@ -222,6 +226,7 @@ if [[ -n $NVME ]]; then
     "HUGEMM_TEST_NVME_SIZE=$(stat -c %s -- "$NVME")" "HUGEMM_TEST_PCI_BIND=$VM_DIR/pci-bind.sh")
 fi
 ((IOMMU)) && facts+=(HUGEMM_TEST_IOMMU=intel)
+((NULL_BLK)) && facts+=(HUGEMM_TEST_NULL_BLK=/dev/nullb0)
 ((RXE)) && facts+=(HUGEMM_TEST_RXE=rxe0)
 if ((RXE_PAIR)); then
   facts+=(HUGEMM_TEST_RXE_A=rxe_a HUGEMM_TEST_RXE_B=rxe_b HUGEMM_TEST_RXE_A_ADDR=10.99.0.1
@@ -238,7 +243,7 @@ fi
     case $name in
       HUGEMM_IN_VM | HUGEMM_TEST_DAX | HUGEMM_TEST_DAX_NODE | HUGEMM_TEST_NUMA_* | \
         HUGEMM_TEST_HUGEPAGES_* | HUGEMM_TEST_NVME_* | HUGEMM_TEST_PCI_BIND | HUGEMM_TEST_IOMMU | \
-        HUGEMM_TEST_RXE*) ;;
+        HUGEMM_TEST_RXE* | HUGEMM_TEST_NULL_BLK) ;;
       HUGEMM_* | GTEST_* | PATH | HOME | LANG | LC_ALL | LD_LIBRARY_PATH | TERM | *SAN_OPTIONS)
         printf 'export %s=%q\n' "$name" "${!name}" ;;
     esac
@@ -280,7 +285,7 @@ append+=" cryptomgr.notests"
 append+=" hugemm.align=$ALIGN hugemm.share=$SHARE ${RW:+hugemm.rw=$RW} hugemm.numa=$NUMA"
 append+=" hugemm.hugepages=$HUGEPAGES hugemm.hugepages1g=$HUGEPAGES_1G hugemm.daxnode=$DAX_NODE"
 append+=" hugemm.nvme=$([[ -n $NVME ]] && echo "$NVME_BDF" || echo 0) hugemm.iommu=$IOMMU"
-append+=" hugemm.rxe=$RXE hugemm.rxepair=$RXE_PAIR"
+append+=" hugemm.rxe=$RXE hugemm.rxepair=$RXE_PAIR hugemm.nullblk=$NULL_BLK"
 # Huge pages are reserved at boot, while memory is unfragmented (a 1G page could
 # rarely be found later); "N0:C,N1:C" asks each node for its own count.
 per_node() { # COUNT -> the hugepages= value
@@ -390,6 +395,7 @@ features="${machine%%,*}, ${CPUS} vCPUs, ${MEM_MIB}M, align $ALIGN"
 [[ -n $NVME ]] && features+=", nvme"
 ((RXE)) && features+=", rxe"
 ((RXE_PAIR)) && features+=", rxe pair"
+((NULL_BLK)) && features+=", null_blk ${NULL_BLK}G"
 
 # A TCG guest now and then dies while the kernel patches its own code at boot (an int3
 # oops in early boot, before /init runs the command). That says nothing about the

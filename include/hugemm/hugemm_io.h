@@ -1,0 +1,106 @@
+/* hugemm for storage programs, in C: io_uring fixed buffers on any hugemm memory, and
+ * per-I/O pins. Register once, pin per I/O, free after completion.
+ *
+ * Plain C99, the conventions of hugemm.h: 0 (or a count, an index) on success, a negative
+ * errno on failure with hugemm_last_error() naming what was wrong. The program owns its
+ * ring (liburing's struct io_uring, or its own); hugemm gives it a registered-buffer table
+ * equal to the runtime's kernel pin table and keeps it so as memory comes and goes, so the
+ * program never registers buffers itself.
+ *
+ *   struct io_uring ring;
+ *   io_uring_queue_init(64, &ring, 0);
+ *   hugemm_io *io;
+ *   hugemm_io_attach(rt, ring.ring_fd, NULL, &io);
+ *   hugemm_buffer buf;
+ *   hugemm_alloc(rt, 128 << 10, NULL, 0, &buf);
+ *   struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+ *   hugemm_io_prep_read(io, sqe, fd, buf.data, 128 << 10, offset, my_tag);  // READ_FIXED, pinned
+ *   io_uring_submit(&ring);
+ *   ... hugemm_free(rt, buf.data) is safe now: the memory waits for the completion ...
+ *   io_uring_wait_cqe(&ring, &cqe);
+ *   uint64_t tag;
+ *   hugemm_io_complete(io, cqe, &tag);                      // unpinned, my_tag back
+ *   io_uring_cqe_seen(&ring, cqe);
+ *   hugemm_io_detach(io);                                   // before io_uring_queue_exit
+ *
+ * The ring must have no registered buffers of its own. One thread prepares and completes
+ * per hugemm_io, as with a liburing ring; hugemm_io_buffer_index may be called from any
+ * thread. Memory allocated on other threads updates the table from those threads, so a
+ * ring made with IORING_SETUP_SINGLE_ISSUER only works when one thread does both.
+ */
+#ifndef HUGEMM_HUGEMM_IO_H_
+#define HUGEMM_HUGEMM_IO_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hugemm/hugemm.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct io_uring_sqe;
+struct io_uring_cqe;
+
+typedef struct hugemm_io hugemm_io;
+
+enum hugemm_io_mode {
+  HUGEMM_IO_AUTO = 0,  /* clone where the kernel can, else iovecs (the default) */
+  HUGEMM_IO_CLONE = 1, /* share the runtime's table: Linux 6.12, kernel pins on */
+  HUGEMM_IO_IOVEC = 2  /* register the same memory in the ring (pinned again) */
+};
+
+typedef struct hugemm_io_options {
+  int mode;               /* enum hugemm_io_mode */
+  unsigned max_in_flight; /* I/Os prepared and not completed; 0 = 4096 */
+} hugemm_io_options;
+
+/* Gives the ring at `ring_fd` the runtime's fixed buffers (`options` may be NULL).
+ * -EINVAL bad arguments; -EBUSY the ring has registered buffers already; -EFAULT clone
+ * asked with the runtime's kernel pins off; -EOPNOTSUPP clone asked on a kernel without
+ * IORING_REGISTER_CLONE_BUFFERS, or `ring_fd` is no io_uring (-EBADF: no descriptor);
+ * -ENOMEM RLIMIT_MEMLOCK (iovec mode). */
+int hugemm_io_attach(hugemm_runtime* rt, int ring_fd, const hugemm_io_options* options,
+                     hugemm_io** out);
+/* Unregisters the ring's table and unpins what is still in flight. NULL is ignored. */
+void hugemm_io_detach(hugemm_io* io);
+/* HUGEMM_IO_CLONE or HUGEMM_IO_IOVEC: how the table was made; -EINVAL for NULL. */
+int hugemm_io_mode(const hugemm_io* io);
+
+/* The buf_index for READ_FIXED / WRITE_FIXED of [addr, addr + length), in O(1); -ENOENT
+ * (with the reason) when that memory is no fixed buffer: not hugemm memory, or across a
+ * 1 GiB boundary of a larger buffer. */
+int hugemm_io_buffer_index(const hugemm_io* io, const void* addr, size_t length);
+
+/* Fills `sqe` as READ_FIXED (WRITE_FIXED) of `length` bytes at `offset` of `fd` into
+ * (from) `buf` and pins the folios under it until hugemm_io_complete. The SQE's
+ * user_data becomes hugemm's token; `user_data` comes back from hugemm_io_complete. On
+ * error the SQE is untouched and nothing is pinned: -EINVAL, -ENOENT (no fixed buffer),
+ * -ENOMEM (max_in_flight reached), and the pin's errors. */
+int hugemm_io_prep_read(hugemm_io* io, struct io_uring_sqe* sqe, int fd, void* buf, unsigned length,
+                        uint64_t offset, uint64_t user_data);
+int hugemm_io_prep_write(hugemm_io* io, struct io_uring_sqe* sqe, int fd, const void* buf,
+                         unsigned length, uint64_t offset, uint64_t user_data);
+/* Unpins the I/O of `cqe` (marking the folios dirty after a read) and writes its
+ * user_data to *user_data (may be NULL). -ENOENT for a CQE of no prepared I/O: nothing is
+ * unpinned twice. cqe->res is the program's to check. */
+int hugemm_io_complete(hugemm_io* io, const struct io_uring_cqe* cqe, uint64_t* user_data);
+/* For an SQE prepared but never submitted: unpins it (as hugemm_io_complete). */
+int hugemm_io_cancel(hugemm_io* io, const struct io_uring_sqe* sqe, uint64_t* user_data);
+/* I/Os prepared and not yet completed or cancelled. */
+unsigned hugemm_io_in_flight(const hugemm_io* io);
+
+/* Per-I/O pins alone, for a program that fills its SQEs itself: pins the folios under
+ * [addr, addr + length) (`device_writes`: the I/O writes memory) and writes a token
+ * (never 0) to *token. */
+int hugemm_io_pin(hugemm_io* io, const void* addr, size_t length, int device_writes,
+                  uint64_t* token);
+/* Gives a token's pins back; -ENOENT for a token not in flight. */
+int hugemm_io_unpin(hugemm_io* io, uint64_t token);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* HUGEMM_HUGEMM_IO_H_ */

@@ -1,0 +1,218 @@
+// Storage programs on hugemm: io_uring fixed buffers on any hugemm memory, and per-I/O
+// pins. Register once, pin per I/O, free after completion.
+//
+//   auto rt = hugemm::Runtime::Open();
+//   struct io_uring ring;
+//   io_uring_queue_init(64, &ring, 0);
+//   auto io = hugemm::IoRing::Attach(**rt, ring.ring_fd);      // the ring's buffer table
+//   auto buf = (*rt)->Allocate(128 << 10);                       // any hugemm memory
+//   io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+//   (*io)->PrepareRead(sqe, fd, buf->data(), 128 << 10, offset, my_tag);  // READ_FIXED, pinned
+//   io_uring_submit(&ring);
+//   ... buf may be freed now: its folios stay out of the pool until the completion ...
+//   io_uring_wait_cqe(&ring, &cqe);
+//   absl::StatusOr<uint64_t> tag = (*io)->Complete(cqe);        // unpinned; my_tag back
+//   io_uring_cqe_seen(&ring, cqe);
+//
+// Three pieces, usable alone:
+//   FixedBuffers  the registered-buffer table of a program's ring, kept equal to the
+//                 runtime's kernel pin table: slot i holds the same memory in both, so the
+//                 buf_index for an address is found in O(1) (Find). Where the kernel has
+//                 IORING_REGISTER_CLONE_BUFFERS (6.12) the table is cloned, pinning
+//                 nothing again; elsewhere the same memory is registered as iovecs (pinned
+//                 again, counted again against RLIMIT_MEMLOCK). Either way it follows the
+//                 runtime as memory comes and goes, through a memory observer: a pool
+//                 extent or a buffer is in the program's table before any of it is handed
+//                 out, and out of it before it is unmapped. The program never re-registers.
+//   IoPins        per-I/O pins: the folios under an I/O pinned at submission (one atomic
+//                 per folio), given back when its completion is reaped, so a buffer freed
+//                 while the device still reads or writes it is handed to nobody until then.
+//   IoRing        both around a ring: Prepare{Read,Write} fill a READ_FIXED / WRITE_FIXED
+//                 SQE and pin, Complete unpins and gives the program's user_data back.
+//
+// What a fixed buffer cannot be: memory outside the runtime (RegisterExternal, the stack),
+// or an I/O that crosses a 1 GiB boundary of a buffer larger than 1 GiB (io_uring registers
+// at most 1 GiB per slot). Find returns -1 there and IndexOf says why.
+//
+// The program's ring must have no registered-buffer table of its own (hugemm gives it
+// one), must not be created with IORING_SETUP_SINGLE_ISSUER unless every thread that
+// allocates from the runtime is its submitter (registrations come from the allocating
+// thread), and must outlive what is attached to it: detach (destroy) first, then
+// io_uring_queue_exit.
+#ifndef HUGEMM_IO_H_
+#define HUGEMM_IO_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "hugemm/gup.h"
+#include "hugemm/memory_observer.h"
+#include "hugemm/runtime.h"
+
+struct io_uring_sqe;
+struct io_uring_cqe;
+
+namespace hugemm {
+
+enum class FixedBufferMode {
+  kAuto,   // clone where the kernel can, else iovecs
+  kClone,  // share the runtime's table (Linux 6.12 or later, kernel pins on)
+  kIovec,  // register the same memory in the program's ring
+};
+
+struct FixedBufferOptions {
+  FixedBufferMode mode = FixedBufferMode::kAuto;
+};
+
+// The registered-buffer table of a program's io_uring, following a runtime's memory.
+//
+// Thread safety: Find and IndexOf may be called from any thread at any time; memory
+// coming and going updates the table from whichever thread allocates or frees. Attach
+// and destruction must not race with each other.
+class FixedBuffers {
+ public:
+  // Gives the ring at `ring_fd` a table equal to the runtime's, now and from now on.
+  //   InvalidArgument   a negative descriptor;
+  //   FailedPrecondition the ring has a registered-buffer table already (EBUSY); kClone
+  //                     with the runtime's kernel pins off (there is no table to clone);
+  //   Unimplemented     kClone on a kernel without IORING_REGISTER_CLONE_BUFFERS;
+  //   ResourceExhausted kIovec beyond RLIMIT_MEMLOCK;
+  //   others            what io_uring_register said (EBADF: not a ring), named.
+  // Nothing is left registered on error.
+  static absl::StatusOr<std::unique_ptr<FixedBuffers>> Attach(
+      Runtime& runtime, int ring_fd, const FixedBufferOptions& options = {});
+  // Stops following the runtime and unregisters the ring's table (the kernel lets the
+  // buffers go once no request uses them; kernels before 6.13 wait for those requests).
+  ~FixedBuffers();
+  FixedBuffers(const FixedBuffers&) = delete;
+  FixedBuffers& operator=(const FixedBuffers&) = delete;
+
+  // The buf_index whose buffer holds all of [addr, addr + length), or -1. O(1).
+  [[nodiscard]] int Find(const void* addr, size_t length) const;
+  // Find with a reason: NotFound naming why there is none (not hugemm memory, past the
+  // end of a buffer, across a 1 GiB boundary, a device the kernel would not register).
+  [[nodiscard]] absl::StatusOr<int> IndexOf(const void* addr, size_t length) const;
+
+  // kClone or kIovec: how the table was made. On a 6.12 kernel a clone cannot be
+  // extended, so memory added after Attach is registered as iovecs (pinned again).
+  FixedBufferMode mode() const { return mode_; }
+  int ring_fd() const { return ring_fd_; }
+  // Slots filled in the program's table.
+  [[nodiscard]] size_t slots_filled() const;
+
+ private:
+  class Follower;
+  FixedBuffers(Runtime& runtime, int ring_fd);
+  absl::Status Fill(unsigned slot, const void* data, size_t length);
+  void Empty(unsigned slot);
+
+  Runtime& runtime_;
+  const int ring_fd_;
+  FixedBufferMode mode_ = FixedBufferMode::kIovec;
+  std::unique_ptr<Follower> follower_;
+  bool attached_ = false;  // the follower is one of the runtime's observers
+  mutable std::mutex mu_;  // std::mutex: visible to ThreadSanitizer
+  std::set<unsigned> filled_ ABSL_GUARDED_BY(mu_);
+  int ranged_clones_ ABSL_GUARDED_BY(mu_) = -1;  // -1 unknown, 0 no (6.12), 1 yes
+};
+
+// Pins for I/Os in flight, each named by a token that fits a CQE's user_data.
+//
+// Thread safety: like a liburing ring: one thread at a time pins and unpins.
+class IoPins {
+ public:
+  // Holds up to `capacity` I/Os in flight (1 .. 1 << 20); InvalidArgument otherwise.
+  static absl::StatusOr<std::unique_ptr<IoPins>> Create(Runtime& runtime, size_t capacity);
+  // Unpins whatever is still held (I/Os never completed).
+  ~IoPins();
+  IoPins(const IoPins&) = delete;
+  IoPins& operator=(const IoPins&) = delete;
+
+  // Pins the folios under [addr, addr + length) until Unpin(token). `device_writes`: the
+  // I/O writes memory (a read from storage), so Unpin marks the folios dirty. Never 0.
+  //   InvalidArgument   an empty range; ResourceExhausted: `capacity` I/Os in flight;
+  //   and what a pin returns (gup.h): NotFound for memory the runtime does not map, ...
+  [[nodiscard]] absl::StatusOr<uint64_t> Pin(const void* addr, size_t length, bool device_writes);
+  // Gives the pins of `token` back. NotFound for a token not in flight (never issued,
+  // or unpinned already): nothing is given back twice.
+  absl::Status Unpin(uint64_t token);
+
+  size_t in_flight() const { return in_flight_; }
+  size_t capacity() const { return records_.size(); }
+
+ private:
+  friend class IoRing;
+  struct Record {
+    uint32_t generation = 1;
+    bool busy = false;
+    bool dirty = false;
+    uint32_t nspans = 0;
+    uint64_t user_data = 0;        // IoRing's
+    FolioSpan inline_spans[2];     // most I/Os touch one or two folios
+    std::vector<FolioSpan> spans;  // the rest
+  };
+  IoPins(Runtime& runtime, size_t capacity);
+  absl::StatusOr<uint64_t> PinFor(const void* addr, size_t length, bool device_writes,
+                                  uint64_t user_data);
+  absl::Status Release(uint64_t token, uint64_t* user_data);
+
+  Pinner& pinner_;
+  std::vector<Record> records_;
+  std::vector<uint32_t> free_;  // indexes of idle records
+  size_t in_flight_ = 0;
+};
+
+struct IoRingOptions {
+  FixedBufferOptions fixed;
+  size_t max_in_flight = 4096;  // I/Os prepared and not yet completed
+};
+
+// Fixed buffers and per-I/O pins around a program's ring.
+//
+// Thread safety: like a liburing ring: one thread prepares and completes.
+class IoRing {
+ public:
+  // FixedBuffers::Attach and IoPins::Create, with their errors.
+  static absl::StatusOr<std::unique_ptr<IoRing>> Attach(Runtime& runtime, int ring_fd,
+                                                        const IoRingOptions& options = {});
+
+  // Fills `sqe` as a READ_FIXED of `length` bytes at `offset` of `fd` into `buf` and pins
+  // the folios under it; the SQE's user_data becomes a token, and Complete gives
+  // `user_data` back. InvalidArgument for a null SQE or length 0; NotFound for memory
+  // that is no fixed buffer (why); the pin's errors. On error the SQE is left untouched
+  // and nothing is pinned.
+  absl::Status PrepareRead(io_uring_sqe* sqe, int fd, void* buf, unsigned length, uint64_t offset,
+                           uint64_t user_data);
+  // The same for a WRITE_FIXED from `buf`.
+  absl::Status PrepareWrite(io_uring_sqe* sqe, int fd, const void* buf, unsigned length,
+                            uint64_t offset, uint64_t user_data);
+  // The completion of a prepared I/O: its folios unpinned (dirty after a read). Returns
+  // the user_data it was prepared with; NotFound for a CQE of no prepared I/O (nothing
+  // is unpinned). cqe->res is the program's to check.
+  [[nodiscard]] absl::StatusOr<uint64_t> Complete(const io_uring_cqe* cqe);
+  // For an SQE prepared but never submitted: unpins it and returns its user_data.
+  [[nodiscard]] absl::StatusOr<uint64_t> Cancel(const io_uring_sqe* sqe);
+
+  FixedBuffers& fixed() { return *fixed_; }
+  IoPins& pins() { return *pins_; }
+  size_t in_flight() const { return pins_->in_flight(); }
+
+ private:
+  IoRing() = default;
+  absl::Status Prepare(io_uring_sqe* sqe, bool read, int fd, const void* buf, unsigned length,
+                       uint64_t offset, uint64_t user_data);
+
+  std::unique_ptr<FixedBuffers> fixed_;
+  std::unique_ptr<IoPins> pins_;
+};
+
+}  // namespace hugemm
+
+#endif  // HUGEMM_IO_H_

@@ -1,0 +1,126 @@
+// The runtime's kernel pin table: one io_uring instance whose sparse registered-buffer
+// table holds every mapping the runtime has, a slot per pool extent and per MapBuffer
+// buffer (per 1 GiB of one), never per allocation.
+//
+// Two jobs, one table:
+//   - PFN stability. Registering a buffer pins its pages FOLL_LONGTERM, so the kernel
+//     never migrates them (memory offlining, compaction for gigantic pages) while a
+//     device may hold their PFNs. Device-DAX never moves; it is registered when the
+//     kernel takes it, for the second job only.
+//   - Fixed buffers. A program's ring can clone the table (IORING_REGISTER_CLONE_BUFFERS)
+//     and use READ_FIXED / WRITE_FIXED on any hugemm memory, finding the slot of an
+//     address with Find in O(1) (runtime/io).
+//
+// It is the runtime's first MemoryObserver: it assigns a slot when a range is added and
+// clears it before the range is unmapped. Slots are assigned also when pinning is off
+// (RuntimeOptions::kernel_pins = false: no ring), so programs can still register the
+// same memory in their own rings at the same indexes.
+//
+// The kernel's limits, each an error that names it and what to do:
+//   - 16384 slots (IORING_MAX_REG_BUFFERS) per table;
+//   - 1 GiB per registered buffer: larger ranges take one slot per GiB (an I/O must not
+//     cross such a boundary to use a fixed buffer);
+//   - RLIMIT_MEMLOCK for processes without CAP_IPC_LOCK: pinned bytes count against it.
+//
+// Thread safety: thread-safe. MemoryAdded and MemoryRemoving may run on many threads at
+// once; Find is lock-free.
+#ifndef HUGEMM_RUNTIME_API_KERNEL_PIN_TABLE_H_
+#define HUGEMM_RUNTIME_API_KERNEL_PIN_TABLE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "hugemm/memory_observer.h"
+#include "hugemm/os.h"
+#include "runtime/api/slot_index.h"
+
+namespace hugemm::api_internal {
+
+class KernelPinTable final : public MemoryObserver {
+ public:
+  static constexpr unsigned kMaxSlots = 1u << 14;        // IORING_MAX_REG_BUFFERS
+  static constexpr size_t kMaxBuffer = size_t{1} << 30;  // io_uring's per-buffer limit
+
+  struct Options {
+    unsigned slots = kMaxSlots;  // 1 .. kMaxSlots
+    bool pin = true;             // hold the ring; false: slots only
+  };
+
+  // The ring and its sparse table, through `os`. InvalidArgument for a bad slot count;
+  // Unavailable when io_uring is refused (EPERM: disabled by sysctl), ResourceExhausted
+  // when the kernel has no memory for the table.
+  static absl::StatusOr<std::unique_ptr<KernelPinTable>> Create(Os& os, const Options& options);
+  // Unregisters the table and closes the ring: the kernel drops every pin it holds
+  // (those a program's cloned table still references stay until that table goes).
+  ~KernelPinTable() override;
+  KernelPinTable(const KernelPinTable&) = delete;
+  KernelPinTable& operator=(const KernelPinTable&) = delete;
+
+  // A slot per GiB of the range, registered when pinning. ResourceExhausted when the
+  // slots run out or RLIMIT_MEMLOCK is reached, InvalidArgument for memory the kernel
+  // cannot find (EFAULT), FailedPrecondition for memory it will not pin, each naming the
+  // limit and what to do. Device-DAX the kernel refuses is accepted without a slot.
+  absl::Status MemoryAdded(const MemoryRange& range) override;
+  void MemoryRemoving(const MemoryRange& range) override;
+
+  // The slot whose buffer holds all of [va, va + length), or -1. O(1), lock-free.
+  int Find(const void* va, size_t length) const {
+    return index_.Find(reinterpret_cast<uintptr_t>(va), length == 0 ? 1 : length);
+  }
+  // Why `va` has no slot, for an error message.
+  std::string WhyNoSlot(const void* va, size_t length) const;
+
+  struct Slot {
+    unsigned index = 0;
+    std::byte* data = nullptr;
+    size_t length = 0;
+    bool registered = false;  // held by the ring (false: pinning off)
+  };
+  // The slots of the range starting at `data` (empty if none).
+  std::vector<Slot> SlotsOf(const void* data) const;
+  // Every slot the ring holds a buffer in. Exact while no range comes or goes (inside
+  // Runtime::AddMemoryObserver's `first`).
+  std::vector<unsigned> RegisteredSlots() const;
+
+  struct Stats {
+    unsigned capacity = 0;
+    unsigned used = 0;
+    size_t bytes = 0;         // in used slots
+    size_t pinned_bytes = 0;  // of which registered with the kernel
+    int ring_fd = -1;
+  };
+  Stats stats() const;
+  // The ring holding the table, or -1 when pinning is off.
+  int ring_fd() const { return ring_fd_; }
+  unsigned capacity() const { return index_.capacity(); }
+
+ private:
+  KernelPinTable(Os& os, unsigned slots) : os_(os), index_(slots) {}
+  std::string Explain(const absl::Status& status, size_t bytes) const;
+
+  Os& os_;
+  int ring_fd_ = -1;
+  SlotIndex index_;
+  mutable std::mutex mu_;                         // std::mutex: visible to ThreadSanitizer
+  std::set<unsigned> free_ ABSL_GUARDED_BY(mu_);  // lowest first
+  struct Held {
+    MemoryRange range;
+    std::vector<Slot> slots;
+    std::string why_none;  // a range without slots: why
+  };
+  std::map<uintptr_t, Held> ranges_ ABSL_GUARDED_BY(mu_);  // by range start
+  size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t pinned_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace hugemm::api_internal
+
+#endif  // HUGEMM_RUNTIME_API_KERNEL_PIN_TABLE_H_

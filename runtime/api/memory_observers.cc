@@ -1,0 +1,71 @@
+#include "runtime/api/memory_observers.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_format.h"
+
+namespace hugemm::api_internal {
+
+absl::Status MemoryObservers::MemoryAdded(const MemoryRange& range) {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  if (closed_) return absl::OkStatus();
+  for (size_t i = 0; i < observers_.size(); ++i) {
+    if (absl::Status st = observers_[i]->MemoryAdded(range); !st.ok()) {
+      while (i-- > 0) observers_[i]->MemoryRemoving(range);
+      return st;
+    }
+  }
+  std::lock_guard<std::mutex> held(held_mu_);
+  held_[reinterpret_cast<uintptr_t>(range.data)] = range;
+  return absl::OkStatus();
+}
+
+void MemoryObservers::MemoryRemoving(const MemoryRange& range) {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  if (closed_) return;
+  {
+    std::lock_guard<std::mutex> held(held_mu_);
+    held_.erase(reinterpret_cast<uintptr_t>(range.data));
+  }
+  for (size_t i = observers_.size(); i-- > 0;) observers_[i]->MemoryRemoving(range);
+}
+
+absl::Status MemoryObservers::Add(MemoryObserver* observer,
+                                  absl::FunctionRef<absl::Status()> first) {
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  if (observer == nullptr) return absl::InvalidArgumentError("memory observer is null");
+  if (closed_) return absl::FailedPreconditionError("the runtime is closing");
+  if (std::find(observers_.begin(), observers_.end(), observer) != observers_.end()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("memory observer %p is an observer already", observer));
+  }
+  if (absl::Status st = first(); !st.ok()) return st;
+  std::vector<MemoryRange> told;
+  std::lock_guard<std::mutex> held(held_mu_);  // nothing changes while the list is exclusive
+  for (const auto& [start, range] : held_) {
+    if (absl::Status st = observer->MemoryAdded(range); !st.ok()) {
+      for (auto it = told.rbegin(); it != told.rend(); ++it) observer->MemoryRemoving(*it);
+      return st;
+    }
+    told.push_back(range);
+  }
+  observers_.push_back(observer);
+  return absl::OkStatus();
+}
+
+absl::Status MemoryObservers::Remove(MemoryObserver* observer) {
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  auto it = std::find(observers_.begin(), observers_.end(), observer);
+  if (it == observers_.end()) {
+    return absl::NotFoundError(absl::StrFormat("%p is not a memory observer", observer));
+  }
+  observers_.erase(it);
+  return absl::OkStatus();
+}
+
+void MemoryObservers::Close() {
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  closed_ = true;
+}
+
+}  // namespace hugemm::api_internal

@@ -1,0 +1,134 @@
+// The C API over hugemm::IoRing: statuses become negative errnos (the kernel's own where
+// one caused the failure) plus hugemm_last_error's message.
+#include <cerrno>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "hugemm/hugemm_io.h"
+#include "hugemm/io.h"
+#include "runtime/api/c_bridge.h"
+
+struct hugemm_io {
+  std::unique_ptr<hugemm::IoRing> ring;
+};
+
+namespace {
+
+int Ok() { return hugemm::CApiOk(); }
+
+// The kernel's errno where it said no (EBUSY, EBADF, ...), else the status code's.
+int Fail(const absl::Status& st) {
+  if (st.code() == absl::StatusCode::kFailedPrecondition &&
+      st.message().find("registered-buffer table already") != absl::string_view::npos) {
+    return hugemm::CApiFail(EBUSY, std::string(st.message()));
+  }
+  const int err = hugemm::ErrnoOf(st);
+  if (err != 0) return hugemm::CApiFail(err, std::string(st.message()));
+  return hugemm::CApiFail(st);
+}
+
+int Invalid(const char* what) { return hugemm::CApiFail(EINVAL, what); }
+
+}  // namespace
+
+extern "C" {
+
+int hugemm_io_attach(hugemm_runtime* rt, int ring_fd, const hugemm_io_options* options,
+                     hugemm_io** out) {
+  if (out == nullptr) return Invalid("hugemm_io_attach: out is NULL");
+  *out = nullptr;
+  if (rt == nullptr) return Invalid("hugemm_io_attach: NULL runtime");
+  hugemm::IoRingOptions o;
+  if (options != nullptr) {
+    switch (options->mode) {
+      case HUGEMM_IO_AUTO:
+        o.fixed.mode = hugemm::FixedBufferMode::kAuto;
+        break;
+      case HUGEMM_IO_CLONE:
+        o.fixed.mode = hugemm::FixedBufferMode::kClone;
+        break;
+      case HUGEMM_IO_IOVEC:
+        o.fixed.mode = hugemm::FixedBufferMode::kIovec;
+        break;
+      default:
+        return hugemm::CApiFail(EINVAL,
+                                absl::StrCat("hugemm_io_attach: unknown mode ", options->mode));
+    }
+    if (options->max_in_flight != 0) o.max_in_flight = options->max_in_flight;
+  }
+  absl::StatusOr<std::unique_ptr<hugemm::IoRing>> ring =
+      hugemm::IoRing::Attach(*rt->rt, ring_fd, o);
+  if (!ring.ok()) return Fail(ring.status());
+  *out = new hugemm_io{std::move(*ring)};
+  return Ok();
+}
+
+void hugemm_io_detach(hugemm_io* io) { delete io; }
+
+int hugemm_io_mode(const hugemm_io* io) {
+  if (io == nullptr) return Invalid("hugemm_io_mode: NULL io");
+  return io->ring->fixed().mode() == hugemm::FixedBufferMode::kClone ? HUGEMM_IO_CLONE
+                                                                     : HUGEMM_IO_IOVEC;
+}
+
+int hugemm_io_buffer_index(const hugemm_io* io, const void* addr, size_t length) {
+  if (io == nullptr) return Invalid("hugemm_io_buffer_index: NULL io");
+  const int index = io->ring->fixed().Find(addr, length);
+  if (index >= 0) return index;
+  return Fail(io->ring->fixed().IndexOf(addr, length).status());
+}
+
+int hugemm_io_prep_read(hugemm_io* io, struct io_uring_sqe* sqe, int fd, void* buf, unsigned length,
+                        uint64_t offset, uint64_t user_data) {
+  if (io == nullptr) return Invalid("hugemm_io_prep_read: NULL io");
+  if (absl::Status st = io->ring->PrepareRead(sqe, fd, buf, length, offset, user_data); !st.ok()) {
+    return Fail(st);
+  }
+  return Ok();
+}
+
+int hugemm_io_prep_write(hugemm_io* io, struct io_uring_sqe* sqe, int fd, const void* buf,
+                         unsigned length, uint64_t offset, uint64_t user_data) {
+  if (io == nullptr) return Invalid("hugemm_io_prep_write: NULL io");
+  if (absl::Status st = io->ring->PrepareWrite(sqe, fd, buf, length, offset, user_data); !st.ok()) {
+    return Fail(st);
+  }
+  return Ok();
+}
+
+int hugemm_io_complete(hugemm_io* io, const struct io_uring_cqe* cqe, uint64_t* user_data) {
+  if (io == nullptr) return Invalid("hugemm_io_complete: NULL io");
+  absl::StatusOr<uint64_t> u = io->ring->Complete(cqe);
+  if (!u.ok()) return Fail(u.status());
+  if (user_data != nullptr) *user_data = *u;
+  return Ok();
+}
+
+int hugemm_io_cancel(hugemm_io* io, const struct io_uring_sqe* sqe, uint64_t* user_data) {
+  if (io == nullptr) return Invalid("hugemm_io_cancel: NULL io");
+  absl::StatusOr<uint64_t> u = io->ring->Cancel(sqe);
+  if (!u.ok()) return Fail(u.status());
+  if (user_data != nullptr) *user_data = *u;
+  return Ok();
+}
+
+unsigned hugemm_io_in_flight(const hugemm_io* io) {
+  return io == nullptr ? 0 : static_cast<unsigned>(io->ring->in_flight());
+}
+
+int hugemm_io_pin(hugemm_io* io, const void* addr, size_t length, int device_writes,
+                  uint64_t* token) {
+  if (io == nullptr || token == nullptr) return Invalid("hugemm_io_pin: NULL io or token");
+  absl::StatusOr<uint64_t> t = io->ring->pins().Pin(addr, length, device_writes != 0);
+  if (!t.ok()) return Fail(t.status());
+  *token = *t;
+  return Ok();
+}
+
+int hugemm_io_unpin(hugemm_io* io, uint64_t token) {
+  if (io == nullptr) return Invalid("hugemm_io_unpin: NULL io");
+  if (absl::Status st = io->ring->pins().Unpin(token); !st.ok()) return Fail(st);
+  return Ok();
+}
+
+}  // extern "C"

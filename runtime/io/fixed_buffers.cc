@@ -1,0 +1,185 @@
+// A program ring's registered-buffer table, slot for slot the runtime's kernel pin table:
+// cloned from it where the kernel can, registered as iovecs elsewhere, and kept equal by
+// a memory observer that runs after the kernel pin table hears of a range and before it
+// hears the range go.
+#include <sys/uio.h>
+
+#include <cerrno>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "hugemm/io.h"
+#include "runtime/api/kernel_pin_table.h"
+#include "runtime/sys/status.h"
+
+namespace hugemm {
+namespace {
+
+using api_internal::KernelPinTable;
+
+absl::Status Explain(const absl::Status& st, int ring_fd) {
+  std::string why;
+  switch (ErrnoOf(st)) {
+    case EBADF:
+    case EOPNOTSUPP:
+      why = absl::StrCat("; descriptor ", ring_fd, " is not an io_uring instance");
+      break;
+    case ENOMEM:
+      why =
+          "; RLIMIT_MEMLOCK is too low to register the memory in this ring as well (the "
+          "kernel has no IORING_REGISTER_CLONE_BUFFERS to share the runtime's pins): raise "
+          "it (ulimit -l) or grant CAP_IPC_LOCK";
+      break;
+    case ENXIO:
+      why = "; the ring's buffer table is gone (unregistered behind hugemm's back)";
+      break;
+  }
+  return sys::AppendToMessage(st, why);
+}
+
+}  // namespace
+
+// The runtime's memory observer for one program ring.
+class FixedBuffers::Follower final : public MemoryObserver {
+ public:
+  explicit Follower(FixedBuffers& fb) : fb_(fb) {}
+
+  absl::Status MemoryAdded(const MemoryRange& range) override {
+    const std::vector<KernelPinTable::Slot> slots =
+        fb_.runtime_.kernel_pin_table().SlotsOf(range.data);
+    for (size_t i = 0; i < slots.size(); ++i) {
+      if (absl::Status st = fb_.Fill(slots[i].index, slots[i].data, slots[i].length); !st.ok()) {
+        while (i-- > 0) fb_.Empty(slots[i].index);
+        return sys::Annotate(st, absl::StrCat("fixed buffers of ring ", fb_.ring_fd_));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  void MemoryRemoving(const MemoryRange& range) override {
+    for (const KernelPinTable::Slot& s : fb_.runtime_.kernel_pin_table().SlotsOf(range.data)) {
+      fb_.Empty(s.index);
+    }
+  }
+
+ private:
+  FixedBuffers& fb_;
+};
+
+FixedBuffers::FixedBuffers(Runtime& runtime, int ring_fd)
+    : runtime_(runtime), ring_fd_(ring_fd), follower_(std::make_unique<Follower>(*this)) {}
+
+absl::StatusOr<std::unique_ptr<FixedBuffers>> FixedBuffers::Attach(
+    Runtime& runtime, int ring_fd, const FixedBufferOptions& options) {
+  if (ring_fd < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("fixed buffers: bad ring descriptor ", ring_fd));
+  }
+  const KernelPinTable& table = runtime.kernel_pin_table();
+  Os& os = *runtime.options().os;
+  if (options.mode == FixedBufferMode::kClone && table.ring_fd() < 0) {
+    return absl::FailedPreconditionError(
+        "fixed buffers by clone: the runtime's kernel pins are off, so it has no table to "
+        "clone; open it with kernel_pins, or use FixedBufferMode::kIovec");
+  }
+  std::unique_ptr<FixedBuffers> fb(new FixedBuffers(runtime, ring_fd));
+  bool registered = false;
+  const auto busy = [&] {
+    return absl::FailedPreconditionError(
+        absl::StrCat("fixed buffers: ring ", ring_fd,
+                     " has a registered-buffer table already; hugemm gives it one: attach "
+                     "before registering buffers, or unregister them first"));
+  };
+  // While no range comes or goes: the clone then holds exactly the slots registered now.
+  const auto make_table = [&]() -> absl::Status {
+    if (options.mode != FixedBufferMode::kIovec && table.ring_fd() >= 0) {
+      absl::Status st = os.IoUringCloneBuffers(ring_fd, table.ring_fd(), {});
+      if (st.ok()) {
+        registered = true;
+        fb->mode_ = FixedBufferMode::kClone;
+        std::lock_guard<std::mutex> lock(fb->mu_);
+        for (unsigned slot : table.RegisteredSlots()) fb->filled_.insert(slot);
+        return absl::OkStatus();
+      }
+      if (ErrnoOf(st) == EBUSY) return busy();
+      if (ErrnoOf(st) != EINVAL) return Explain(sys::Annotate(st, "fixed buffers"), ring_fd);
+      if (options.mode == FixedBufferMode::kClone) {
+        return absl::UnimplementedError(
+            absl::StrCat("fixed buffers by clone: this kernel has no IORING_REGISTER_CLONE_BUFFERS "
+                         "(Linux 6.12): ",
+                         st.message(), "; use FixedBufferMode::kIovec or kAuto"));
+      }
+    }
+    absl::Status st = os.IoUringRegisterSparseBuffers(ring_fd, table.capacity());
+    if (ErrnoOf(st) == EBUSY) return busy();
+    if (!st.ok()) return Explain(sys::Annotate(st, "fixed buffers"), ring_fd);
+    registered = true;
+    fb->mode_ = FixedBufferMode::kIovec;
+    return absl::OkStatus();
+  };
+  if (absl::Status st = runtime.AddMemoryObserver(fb->follower_.get(), make_table); !st.ok()) {
+    if (registered) (void)os.IoUringUnregisterBuffers(ring_fd);
+    return st;
+  }
+  fb->attached_ = true;
+  return fb;
+}
+
+FixedBuffers::~FixedBuffers() {
+  if (!attached_) return;
+  (void)runtime_.RemoveMemoryObserver(follower_.get());
+  (void)runtime_.options().os->IoUringUnregisterBuffers(ring_fd_);
+}
+
+absl::Status FixedBuffers::Fill(unsigned slot, const void* data, size_t length) {
+  Os& os = *runtime_.options().os;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (filled_.count(slot) != 0) return absl::OkStatus();  // in the clone already
+  if (mode_ == FixedBufferMode::kClone && ranged_clones_ != 0) {
+    // One slot of the runtime's table into the same slot of ours (Linux 6.13).
+    const int src = runtime_.kernel_pin_table().ring_fd();
+    absl::Status st = os.IoUringCloneBuffers(
+        ring_fd_, src, {.src_slot = slot, .dst_slot = slot, .slots = 1, .replace = true});
+    if (st.ok()) {
+      ranged_clones_ = 1;
+      filled_.insert(slot);
+      return absl::OkStatus();
+    }
+    // 6.12 clones whole tables only, and says so with EBUSY (it checks that the
+    // destination has no table before it reads the arguments) or EINVAL (a range into a
+    // ring without one): register the rest as iovecs.
+    const int err = ErrnoOf(st);
+    if ((err != EINVAL && err != EBUSY) || ranged_clones_ == 1) return Explain(st, ring_fd_);
+    ranged_clones_ = 0;
+  }
+  const iovec iov{const_cast<void*>(data), length};
+  if (absl::Status st = os.IoUringUpdateBuffers(ring_fd_, slot, {&iov, 1}); !st.ok()) {
+    return Explain(st, ring_fd_);
+  }
+  filled_.insert(slot);
+  return absl::OkStatus();
+}
+
+void FixedBuffers::Empty(unsigned slot) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (filled_.erase(slot) == 0) return;
+  const iovec empty{nullptr, 0};
+  (void)runtime_.options().os->IoUringUpdateBuffers(ring_fd_, slot, {&empty, 1});
+}
+
+int FixedBuffers::Find(const void* addr, size_t length) const {
+  return runtime_.kernel_pin_table().Find(addr, length);
+}
+
+absl::StatusOr<int> FixedBuffers::IndexOf(const void* addr, size_t length) const {
+  const int slot = Find(addr, length);
+  if (slot >= 0) return slot;
+  return absl::NotFoundError(absl::StrCat(
+      "no fixed buffer: ", runtime_.kernel_pin_table().WhyNoSlot(addr, length == 0 ? 1 : length)));
+}
+
+size_t FixedBuffers::slots_filled() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return filled_.size();
+}
+
+}  // namespace hugemm

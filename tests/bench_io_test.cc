@@ -1,0 +1,169 @@
+// `hugemm bench io`: briefly, on a small file under the build tree (disk-backed, never
+// tmpfs), every candidate runs and reports numbers that can be true, the JSON has the keys
+// doc/benchmarks.md names, the file is removed, and bad configs are refused by name. The
+// speed itself is the benchmark's business, not this test's.
+#include "perf/bench_io.h"
+
+#include <dirent.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "perf/fio_job.h"
+
+namespace hugemm {
+namespace {
+
+using Json = nlohmann::json;
+using ::testing::HasSubstr;
+
+std::string RunCli(const std::string& args, int* exit_code) {
+  std::string cmd = std::string(HUGEMM_CLI_PATH) + " " + args;
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  if (p == nullptr) return out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  int status = pclose(p);
+  *exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return out;
+}
+
+// Files the bench left in `dir`: it must leave none.
+int Leftovers(const std::string& dir) {
+  int n = 0;
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return -1;
+  while (dirent* e = readdir(d)) n += std::string(e->d_name).rfind("hugemm-bench-io.", 0) == 0;
+  closedir(d);
+  return n;
+}
+
+bool FioInstalled() { return !perf::io_internal::FioVersion("fio").empty(); }
+
+TEST(BenchIo, EveryCandidateRunsOnASmallFileAndTheFileGoes) {
+  const std::string dir = BENCH_IO_DIR;
+  int rc = 0;
+  const std::string out =
+      RunCli("bench io --json --size 8M --seconds 0.2 --qd 1,8 --bs 4K,128K --dir " + dir, &rc);
+  if (out.find("huge pages") != std::string::npos && rc != 0) {
+    GTEST_SKIP() << "no free huge pages: " << out;
+  }
+  ASSERT_EQ(rc, 0) << out;
+  const Json json = Json::parse(out, nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(json.is_object()) << out;
+  EXPECT_TRUE(json["created"].get<bool>());
+  EXPECT_EQ(json["size"].get<uint64_t>(), uint64_t{8} << 20);
+  EXPECT_THAT(json["fixed_mode"].get<std::string>(), ::testing::AnyOf("clone", "iovec"));
+  ASSERT_EQ(json["jobs"].size(), 8u);  // 2 patterns x 2 sizes x 2 depths
+  for (const Json& job : json["jobs"]) {
+    SCOPED_TRACE(job.dump());
+    for (const char* name : {"plain", "fixed", "fixed+pins", "fio"}) {
+      ASSERT_TRUE(job["candidates"].contains(name)) << name;
+      const Json& c = job["candidates"][name];
+      if (std::string(name) == "fio" && !FioInstalled()) {
+        EXPECT_TRUE(c.contains("skipped"));
+        continue;
+      }
+      ASSERT_FALSE(c.contains("skipped")) << name << ": " << c.dump();
+      EXPECT_GT(c["ios"].get<uint64_t>(), 0u) << name;
+      EXPECT_GT(c["iops"].get<double>(), 0) << name;
+      EXPECT_GT(c["p50_us"].get<double>(), 0) << name;
+      EXPECT_GE(c["p99_us"].get<double>(), c["p50_us"].get<double>()) << name;
+      EXPECT_GT(c["cpu_us_per_io"].get<double>(), 0) << name;
+    }
+    for (const char* ratio :
+         {"fixed_cpu_over_plain", "pins_cpu_over_fixed", "pins_iops_over_fixed"}) {
+      EXPECT_TRUE(job["ratios"].contains(ratio)) << ratio;
+    }
+    if (FioInstalled()) {
+      EXPECT_TRUE(job["ratios"].contains("pins_iops_over_fio"));
+    }
+  }
+  EXPECT_EQ(Leftovers(dir), 0);
+}
+
+TEST(BenchIo, TheTextTableHasARowPerCandidate) {
+  int rc = 0;
+  const std::string out =
+      RunCli(std::string("bench io --size 4M --seconds 0.05 --rw randread ") +
+                 "--bs 4K --qd 4 --candidates plain,fixed+pins --dir " + BENCH_IO_DIR,
+             &rc);
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_THAT(out, HasSubstr("randread 4K qd4"));
+  EXPECT_THAT(out, HasSubstr("plain"));
+  EXPECT_THAT(out, HasSubstr("fixed+pins"));
+  EXPECT_EQ(Leftovers(BENCH_IO_DIR), 0);
+}
+
+TEST(BenchIo, BadConfigsAreRefusedByName) {
+  perf::IoBenchConfig c;
+  c.dir = "/dev/shm";
+  absl::Status st = perf::CheckIoBenchConfig(c);
+  EXPECT_TRUE(absl::IsInvalidArgument(st));
+  EXPECT_THAT(st.message(), HasSubstr("tmpfs"));
+
+  c = {};
+  c.dir = BENCH_IO_DIR;
+  c.block_sizes = {1000};
+  EXPECT_THAT(perf::CheckIoBenchConfig(c).message(), HasSubstr("--bs 1000"));
+  c.block_sizes = {4096};
+  c.depths = {0};
+  EXPECT_THAT(perf::CheckIoBenchConfig(c).message(), HasSubstr("--qd 0"));
+  c.depths = {1};
+  c.size = 1024;
+  EXPECT_THAT(perf::CheckIoBenchConfig(c).message(), HasSubstr("--size 1024"));
+  c.size = 1 << 20;
+  c.candidates.clear();
+  EXPECT_TRUE(absl::IsInvalidArgument(perf::CheckIoBenchConfig(c)));
+  c = {};
+  c.dir = "/nonexistent-hugemm-dir";
+  EXPECT_THAT(perf::CheckIoBenchConfig(c).message(), HasSubstr("--dir /nonexistent"));
+
+  // Writes to a given file need --write-existing; the file is left as it was.
+  int rc = 0;
+  const std::string path = std::string(BENCH_IO_DIR) + "/bench-io-given";
+  {
+    FILE* f = fopen(path.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::string block(1 << 20, 'x');
+    fwrite(block.data(), 1, block.size(), f);
+    fclose(f);
+  }
+  const std::string out = RunCli("bench io --seconds 0.05 --file " + path + " 2>&1", &rc);
+  EXPECT_EQ(rc, 2) << out;
+  EXPECT_THAT(out, HasSubstr("--write-existing"));
+  unlink(path.c_str());
+
+  EXPECT_EQ(RunCli("bench io --bs 3K 2>&1", &rc).find("multiple of 4K") != std::string::npos, true);
+  EXPECT_EQ(rc, 2);
+}
+
+TEST(FioJson, ReadsTheNumbersFio3Writes) {
+  perf::io_internal::FioJob job{.pattern = perf::IoPattern::kRandRead};
+  const std::string json = R"(note: both iodepth >= 1 and synchronous I/O engine
+{"fio version":"fio-3.33","jobs":[{"jobname":"hugemm","job_runtime":2000,
+ "usr_cpu":10.0,"sys_cpu":30.0,
+ "read":{"iops":50000.0,"total_ios":100000,
+  "lat_ns":{"percentile":{"50.000000":20000,"99.000000":90000}}},
+ "write":{"iops":0,"total_ios":0}}]})";
+  absl::StatusOr<perf::IoRun> run = perf::io_internal::ParseFioJson(json, job);
+  ASSERT_TRUE(run.ok()) << run.status();
+  EXPECT_DOUBLE_EQ(run->iops, 50000);
+  EXPECT_DOUBLE_EQ(run->p50_us, 20);
+  EXPECT_DOUBLE_EQ(run->p99_us, 90);
+  EXPECT_DOUBLE_EQ(run->seconds, 2);
+  // 40% of 2 s over 100,000 I/Os.
+  EXPECT_DOUBLE_EQ(run->cpu_us_per_io, 8);
+  EXPECT_FALSE(perf::io_internal::ParseFioJson("fio: failed", job).ok());
+  EXPECT_FALSE(perf::io_internal::ParseFioJson(R"({"jobs":[]})", job).ok());
+}
+
+}  // namespace
+}  // namespace hugemm

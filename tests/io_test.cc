@@ -1,0 +1,451 @@
+// Storage programs on real huge pages: a program's ring gets hugemm's fixed buffers (by
+// clone and by iovecs), the table follows memory as it comes and goes, and per-I/O pins
+// keep a buffer freed with an O_DIRECT read or write in flight from anyone else until
+// its completion is reaped.
+#include "hugemm/io.h"
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <set>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "runtime/api/kernel_pin_table.h"
+#include "runtime/sys/files.h"
+#include "tests/io_test_util.h"
+#include "tests/test_util.h"
+
+namespace hugemm::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::unique_ptr<Runtime> OpenRuntime(bool kernel_pins = true) {
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open({.kernel_pins = kernel_pins});
+  EXPECT_TRUE(rt.ok()) << rt.status();
+  return rt.ok() ? std::move(*rt) : nullptr;
+}
+
+// One READ_FIXED of `length` bytes at `off` into `buf` through `index`: the CQE's res.
+int ReadFixed(TestRing& ring, int fd, void* buf, unsigned length, uint64_t off, int index) {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring.ring);
+  io_uring_prep_read_fixed(sqe, fd, buf, length, off, index);
+  EXPECT_EQ(io_uring_submit(&ring.ring), 1);
+  return ring.Wait().res;
+}
+
+// A 64-bit folio PFN set of a buffer, to compare with buffers handed out later.
+uint64_t HeadPfn(Runtime& rt, const void* p) {
+  absl::StatusOr<FolioInfo> info = rt.FolioInfoAt(p);
+  EXPECT_TRUE(info.ok()) << info.status();
+  return info.ok() ? info->head_pfn : kUnknownPfn;
+}
+
+class FixedBuffersTest : public ::testing::TestWithParam<FixedBufferMode> {};
+
+TEST_P(FixedBuffersTest, ReadFixedIntoAnyHugemmMemoryAndTheTableFollows) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 8);
+  PatternFile file(8 << 20, 11);
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  TestRing ring;
+  ASSERT_TRUE(ring.ok);
+  // Memory held before the ring is attached, and memory that comes after.
+  absl::StatusOr<Buffer> before = rt->Allocate(128 << 10);
+  ASSERT_TRUE(before.ok()) << before.status();
+  absl::StatusOr<std::unique_ptr<FixedBuffers>> fixed =
+      FixedBuffers::Attach(*rt, ring.fd(), {.mode = GetParam()});
+  ASSERT_TRUE(fixed.ok()) << fixed.status();
+  EXPECT_EQ((*fixed)->mode(), GetParam());
+  absl::StatusOr<Buffer> mapped = rt->MapBuffer(2 * kPageSize2M);
+  ASSERT_TRUE(mapped.ok()) << mapped.status();
+  absl::StatusOr<Buffer> after = rt->Allocate(kPageSize2M);  // a second extent
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ((*fixed)->slots_filled(), 3u);
+
+  struct Case {
+    std::byte* p;
+    unsigned length;
+    uint64_t off;
+  };
+  for (const Case& c : {Case{before->data(), 128 << 10, 1 << 20},
+                        Case{mapped->data() + kPageSize2M - 4096, 8192, 4096},
+                        Case{after->data(), 2 << 20, 6 << 20}}) {
+    const int index = (*fixed)->Find(c.p, c.length);
+    ASSERT_GE(index, 0) << (*fixed)->IndexOf(c.p, c.length).status();
+    EXPECT_EQ(ReadFixed(ring, file.fd(), c.p, c.length, c.off, index), static_cast<int>(c.length));
+    EXPECT_EQ(FirstMismatch(c.p, c.length, c.off, file.seed()), -1);
+  }
+  // Memory outside any buffer is refused with a reason, before the kernel sees it.
+  EXPECT_EQ((*fixed)->Find(mapped->data() + mapped->size() - 4096, 8192), -1);
+  absl::StatusOr<int> no = (*fixed)->IndexOf(&file, 8);
+  EXPECT_EQ(no.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(no.status().message(), HasSubstr("not memory of this hugemm runtime"));
+
+  // A buffer that goes leaves the program's table too: its old index reads nothing.
+  std::byte* gone = mapped->data();
+  const int gone_index = (*fixed)->Find(gone, 4096);
+  HUGEMM_ASSERT_OK(mapped->Free());
+  EXPECT_EQ((*fixed)->slots_filled(), 2u);
+  std::vector<std::byte> scratch(4096);
+  EXPECT_EQ(ReadFixed(ring, file.fd(), before->data(), 4096, 0, gone_index), -EFAULT);
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, FixedBuffersTest,
+                         ::testing::Values(FixedBufferMode::kClone, FixedBufferMode::kIovec),
+                         [](const auto& info) {
+                           return info.param == FixedBufferMode::kClone ? "Clone" : "Iovec";
+                         });
+
+TEST(FixedBuffers, AutoPicksCloneWithKernelPinsAndIovecsWithout) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  for (bool pins : {true, false}) {
+    std::unique_ptr<Runtime> rt = OpenRuntime(pins);
+    ASSERT_NE(rt, nullptr);
+    TestRing ring;
+    absl::StatusOr<std::unique_ptr<FixedBuffers>> fixed = FixedBuffers::Attach(*rt, ring.fd());
+    ASSERT_TRUE(fixed.ok()) << fixed.status();
+    EXPECT_EQ((*fixed)->mode(), pins ? FixedBufferMode::kClone : FixedBufferMode::kIovec);
+    absl::StatusOr<Buffer> b = rt->Allocate(4096);
+    ASSERT_TRUE(b.ok());
+    EXPECT_GE((*fixed)->Find(b->data(), 4096), 0);
+    if (!pins) {
+      absl::StatusOr<std::unique_ptr<FixedBuffers>> clone =
+          FixedBuffers::Attach(*rt, TestRing().fd(), {.mode = FixedBufferMode::kClone});
+      EXPECT_EQ(clone.status().code(), absl::StatusCode::kFailedPrecondition);
+      EXPECT_THAT(clone.status().message(), HasSubstr("kernel pins are off"));
+    }
+  }
+}
+
+TEST(FixedBuffers, ARingWithBuffersOrNoRingIsAClearError) {
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  TestRing ring;
+  ASSERT_EQ(io_uring_register_buffers_sparse(&ring.ring, 4), 0);
+  absl::StatusOr<std::unique_ptr<FixedBuffers>> busy = FixedBuffers::Attach(*rt, ring.fd());
+  EXPECT_EQ(busy.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(busy.status().message(), HasSubstr("has a registered-buffer table already"));
+  EXPECT_EQ(FixedBuffers::Attach(*rt, -1).status().code(), absl::StatusCode::kInvalidArgument);
+  const int not_a_ring = ::open("/dev/null", O_RDONLY);
+  absl::StatusOr<std::unique_ptr<FixedBuffers>> bad = FixedBuffers::Attach(*rt, not_a_ring);
+  EXPECT_FALSE(bad.ok());
+  EXPECT_THAT(bad.status().message(), HasSubstr("not an io_uring instance"));
+  ::close(not_a_ring);
+  // Nothing is left observing: memory still comes and goes.
+  absl::StatusOr<Buffer> b = rt->Allocate(4096);
+  EXPECT_TRUE(b.ok()) << b.status();
+}
+
+TEST(FixedBuffers, DetachUnregistersAndTheRingCanBeAttachedAgain) {
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  TestRing ring;
+  for (int i = 0; i < 2; ++i) {
+    absl::StatusOr<std::unique_ptr<FixedBuffers>> fixed = FixedBuffers::Attach(*rt, ring.fd());
+    ASSERT_TRUE(fixed.ok()) << fixed.status();
+  }
+  EXPECT_EQ(io_uring_register_buffers_sparse(&ring.ring, 4), 0) << "no table is left";
+}
+
+// --- per-I/O pins: a buffer freed with its I/O in flight ------------------------------
+
+class InFlightTest : public ::testing::TestWithParam<bool> {};  // true: read, false: write
+
+TEST_P(InFlightTest, AFreedBufferIsHandedToNobodyUntilTheCompletion) {
+  const bool read = GetParam();
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 8);
+  constexpr unsigned kLength = 2 << 20;
+  constexpr uint64_t kOffset = 4 << 20;
+  PatternFile file(8 << 20, 23);
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  TestRing ring;
+  absl::StatusOr<std::unique_ptr<IoRing>> io = IoRing::Attach(*rt, ring.fd());
+  ASSERT_TRUE(io.ok()) << io.status();
+  const AllocOptions uninitialized{.zero = false};
+
+  // Without a pin the allocator hands a freed 2M folio straight back out: the test can
+  // see reuse.
+  {
+    absl::StatusOr<Buffer> a = rt->Allocate(kLength, uninitialized);
+    ASSERT_TRUE(a.ok()) << a.status();
+    std::byte* was = a->data();
+    HUGEMM_ASSERT_OK(a->Free());
+    absl::StatusOr<Buffer> b = rt->Allocate(kLength, uninitialized);
+    ASSERT_TRUE(b.ok());
+    ASSERT_EQ(b->data(), was) << "the control: an unpinned freed folio is reused at once";
+  }
+
+  absl::StatusOr<Buffer> buf = rt->Allocate(kLength, uninitialized);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  std::byte* data = buf->data();
+  const uint64_t pfn = HeadPfn(*rt, data);
+  if (read) {
+    std::memset(data, 0, kLength);
+  } else {
+    FillPattern(data, kLength, kOffset, 99);  // what the write must put in the file
+  }
+  Gate gate;
+  gate.Arm(&ring.ring);
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring.ring);
+  HUGEMM_ASSERT_OK(read ? (*io)->PrepareRead(sqe, file.fd(), data, kLength, kOffset, 77)
+                        : (*io)->PrepareWrite(sqe, file.fd(), data, kLength, kOffset, 77));
+  ASSERT_EQ(io_uring_submit(&ring.ring), 2);
+  EXPECT_EQ((*io)->in_flight(), 1u);
+
+  // Freed with the I/O in flight: out of the shadow table at once, memory held.
+  HUGEMM_ASSERT_OK(buf->Free());
+  EXPECT_FALSE(rt->Translate(data).has_value());
+  std::vector<Buffer> others;
+  std::set<uint64_t> pfns;
+  for (int i = 0; i < 4; ++i) {
+    absl::StatusOr<Buffer> b = rt->Allocate(kLength);  // zeroed: would wreck a write
+    ASSERT_TRUE(b.ok()) << b.status();
+    EXPECT_NE(b->data(), data);
+    pfns.insert(HeadPfn(*rt, b->data()));
+    others.push_back(std::move(*b));
+  }
+  for (int i = 0; i < 64; ++i) {
+    absl::StatusOr<Buffer> b = rt->Allocate(32 << 10);
+    ASSERT_TRUE(b.ok());
+    EXPECT_FALSE(b->data() >= data && b->data() < data + kLength) << "a piece of it went out";
+    others.push_back(std::move(*b));
+  }
+  EXPECT_EQ(pfns.count(pfn), 0u) << "the in-flight PFN was handed to a new owner";
+  EXPECT_FALSE(ring.Ready()) << "the gate holds the I/O";
+
+  gate.Open();
+  for (int done = 0; done < 2;) {
+    io_uring_cqe cqe = ring.Wait();
+    if (cqe.user_data == Gate::kUserData) {
+      ++done;
+      continue;
+    }
+    ASSERT_EQ(cqe.res, static_cast<int>(kLength));
+    if (read) {
+      // The data landed in the folio that was freed, still untouched by anyone else.
+      EXPECT_EQ(FirstMismatch(data, kLength, kOffset, file.seed()), -1);
+    }
+    absl::StatusOr<uint64_t> tag = (*io)->Complete(&cqe);
+    ASSERT_TRUE(tag.ok()) << tag.status();
+    EXPECT_EQ(*tag, 77u);
+    EXPECT_EQ((*io)->Complete(&cqe).status().code(), absl::StatusCode::kNotFound)
+        << "completed twice";
+    ++done;
+  }
+  EXPECT_EQ((*io)->in_flight(), 0u);
+  if (!read) {
+    std::vector<uint64_t> back = file.ReadBack(kOffset, kLength);
+    EXPECT_EQ(FirstMismatch(back.data(), kLength, kOffset, 99), -1)
+        << "the write carried the freed buffer's data, not a new owner's zeroes";
+  }
+  // Reaped: the folio is back in its pool and the next allocation gets it.
+  absl::StatusOr<Buffer> next = rt->Allocate(kLength, uninitialized);
+  ASSERT_TRUE(next.ok());
+  EXPECT_EQ(next->data(), data);
+}
+
+INSTANTIATE_TEST_SUITE_P(Directions, InFlightTest, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "Read" : "Write"; });
+
+TEST(InFlight, ALargeReadIntoAFreedMappedBufferLandsBeforeItsMemoryGoes) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 8);
+  constexpr unsigned kLength = 8 << 20;  // four folios under one I/O
+  PatternFile file(kLength, 5);
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  TestRing ring;
+  absl::StatusOr<std::unique_ptr<IoRing>> io = IoRing::Attach(*rt, ring.fd());
+  ASSERT_TRUE(io.ok()) << io.status();
+  absl::StatusOr<Buffer> buf = rt->MapBuffer(kLength);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  std::byte* data = buf->data();
+  std::set<uint64_t> inflight;
+  for (size_t off = 0; off < kLength; off += kPageSize2M) inflight.insert(HeadPfn(*rt, data + off));
+  Gate gate;
+  gate.Arm(&ring.ring);
+  HUGEMM_ASSERT_OK(
+      (*io)->PrepareRead(io_uring_get_sqe(&ring.ring), file.fd(), data, kLength, 0, 1));
+  ASSERT_EQ(io_uring_submit(&ring.ring), 2);
+  HUGEMM_ASSERT_OK(buf->Free());
+  EXPECT_EQ(rt->kernel_pin_stats().slots_used, 1u) << "still held, still registered";
+  absl::StatusOr<Buffer> other = rt->MapBuffer(kLength);
+  ASSERT_TRUE(other.ok()) << other.status();
+  for (size_t off = 0; off < kLength; off += kPageSize2M) {
+    EXPECT_EQ(inflight.count(HeadPfn(*rt, other->data() + off)), 0u);
+  }
+  gate.Open();
+  for (int done = 0; done < 2; ++done) {
+    io_uring_cqe cqe = ring.Wait();
+    if (cqe.user_data == Gate::kUserData) continue;
+    ASSERT_EQ(cqe.res, static_cast<int>(kLength));
+    EXPECT_EQ(FirstMismatch(data, kLength, 0, file.seed()), -1);
+    HUGEMM_ASSERT_OK((*io)->Complete(&cqe).status());
+  }
+  EXPECT_EQ(rt->kernel_pin_stats().slots_used, 1u) << "the freed buffer went at the last unpin";
+}
+
+TEST(IoPins, TokensAreExactAndCapacityIsEnforced) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  EXPECT_EQ(IoPins::Create(*rt, 0).status().code(), absl::StatusCode::kInvalidArgument);
+  absl::StatusOr<std::unique_ptr<IoPins>> pins = IoPins::Create(*rt, 2);
+  ASSERT_TRUE(pins.ok());
+  absl::StatusOr<Buffer> b = rt->Allocate(64 << 10);
+  ASSERT_TRUE(b.ok());
+  absl::StatusOr<uint64_t> t1 = (*pins)->Pin(b->data(), 4096, true);
+  absl::StatusOr<uint64_t> t2 = (*pins)->Pin(b->data() + 8192, 8192, false);
+  ASSERT_TRUE(t1.ok() && t2.ok());
+  EXPECT_NE(*t1, 0u);
+  EXPECT_NE(*t1, *t2);
+  EXPECT_TRUE(rt->pinner().MaybeDmaPinned(b->data()));
+  EXPECT_EQ((*pins)->Pin(b->data(), 4096, false).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ((*pins)->Pin(b->data(), 0, false).status().code(), absl::StatusCode::kInvalidArgument);
+  HUGEMM_ASSERT_OK((*pins)->Unpin(*t1));
+  int local = 0;
+  EXPECT_EQ((*pins)->Pin(&local, 4, false).status().code(), absl::StatusCode::kNotFound)
+      << "not the runtime's memory";
+  EXPECT_EQ((*pins)->Unpin(*t1).code(), absl::StatusCode::kNotFound) << "stale token";
+  EXPECT_EQ((*pins)->Unpin(0).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ((*pins)->Unpin(~uint64_t{0}).code(), absl::StatusCode::kNotFound);
+  absl::StatusOr<uint64_t> t3 = (*pins)->Pin(b->data(), 4096, false);
+  ASSERT_TRUE(t3.ok());
+  EXPECT_NE(*t3, *t1) << "a reused record gets a new token";
+  HUGEMM_ASSERT_OK((*pins)->Unpin(*t2));
+  pins->reset();  // unpins t3
+  EXPECT_FALSE(rt->pinner().MaybeDmaPinned(b->data()));
+  absl::StatusOr<FolioInfo> info = rt->FolioInfoAt(b->data());
+  ASSERT_TRUE(info.ok());
+  EXPECT_TRUE(info->has(FolioFlag::kDirty)) << "the device wrote through t1";
+}
+
+TEST(IoPins, AnIoOverManyFoliosIsPinnedWhole) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  absl::StatusOr<std::unique_ptr<IoPins>> pins = IoPins::Create(*rt, 4);
+  ASSERT_TRUE(pins.ok());
+  absl::StatusOr<Buffer> b = rt->MapBuffer(16 * kPageSize4K, {.backing = BackingKind::kAnon});
+  ASSERT_TRUE(b.ok()) << b.status();
+  absl::StatusOr<uint64_t> t = (*pins)->Pin(b->data(), 16 * kPageSize4K, true);
+  ASSERT_TRUE(t.ok()) << t.status();
+  for (int i = 0; i < 16; ++i) EXPECT_TRUE(rt->pinner().MaybeDmaPinned(b->data() + i * 4096));
+  HUGEMM_ASSERT_OK((*pins)->Unpin(*t));
+  for (int i = 0; i < 16; ++i) EXPECT_FALSE(rt->pinner().MaybeDmaPinned(b->data() + i * 4096));
+}
+
+TEST(IoRing, PrepareRefusesWhatIsNoFixedBufferAndLeavesTheSqe) {
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  TestRing ring;
+  absl::StatusOr<std::unique_ptr<IoRing>> io = IoRing::Attach(*rt, ring.fd());
+  ASSERT_TRUE(io.ok()) << io.status();
+  io_uring_sqe sqe{};
+  sqe.user_data = 5;
+  char stack[4096];
+  absl::Status st = (*io)->PrepareRead(&sqe, 0, stack, sizeof(stack), 0, 1);
+  EXPECT_EQ(st.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(st.message(), HasSubstr("no fixed buffer"));
+  EXPECT_EQ(sqe.user_data, 5u);
+  EXPECT_EQ((*io)->PrepareRead(nullptr, 0, stack, 1, 0, 1).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*io)->in_flight(), 0u);
+  EXPECT_EQ((*io)->Complete(nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+  io_uring_cqe cqe{};
+  cqe.user_data = 12345;
+  EXPECT_EQ((*io)->Complete(&cqe).status().code(), absl::StatusCode::kNotFound);
+  // Cancel gives back a prepared SQE's pins.
+  absl::StatusOr<Buffer> b = rt->Allocate(4096);
+  ASSERT_TRUE(b.ok());
+  HUGEMM_ASSERT_OK((*io)->PrepareWrite(&sqe, 0, b->data(), 4096, 0, 9));
+  EXPECT_EQ((*io)->in_flight(), 1u);
+  absl::StatusOr<uint64_t> u = (*io)->Cancel(&sqe);
+  ASSERT_TRUE(u.ok());
+  EXPECT_EQ(*u, 9u);
+  EXPECT_EQ((*io)->in_flight(), 0u);
+}
+
+// Device-DAX memory as I/O buffers (in the VM, with HUGEMM_TEST_DAX): the runtime's table
+// holds the device mapping, the program's ring uses it as fixed buffers in each mode, and
+// a WRITE_FIXED out of it and a READ_FIXED back into another page of it carry the data.
+// The target is the VM's null_blk disk when it has one, else a file.
+class DevDaxIoTest : public ::testing::TestWithParam<FixedBufferMode> {};
+
+TEST_P(DevDaxIoTest, RealDevDaxBuffersAreFixedBuffersAndTheDataLands) {
+  const std::string dax = TestDaxDevice();
+  HUGEMM_NEED(!dax.empty(), "needs a device-DAX device in $HUGEMM_TEST_DAX (VM tests)");
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  TestRing ring;
+  absl::StatusOr<std::unique_ptr<IoRing>> io =
+      IoRing::Attach(*rt, ring.fd(), {.fixed = {.mode = GetParam()}});
+  if (GetParam() == FixedBufferMode::kClone && absl::IsUnimplemented(io.status())) {
+    GTEST_SKIP() << "this kernel cannot clone a table: " << io.status();
+  }
+  ASSERT_TRUE(io.ok()) << io.status();
+
+  // Two device pages at the device's alignment (2M or 1G), so the write and the read
+  // use different folios.
+  const std::string align_file =
+      "/sys/bus/dax/devices/" + dax.substr(dax.rfind('/') + 1) + "/align";
+  absl::StatusOr<int64_t> align = sys::ReadInt(Os::Default(), align_file);
+  ASSERT_TRUE(align.ok()) << align.status();
+  const size_t length = 2 * static_cast<size_t>(*align);
+  absl::StatusOr<Buffer> probe =
+      rt->MapBuffer(length, {.backing = BackingKind::kDevDax, .devdax_path = dax});
+  ASSERT_TRUE(probe.ok()) << probe.status();
+  std::byte* const out = probe->data();
+  std::byte* const in = probe->data() + length / 2;
+  EXPECT_GE((*io)->fixed().Find(out, 1 << 20), 0);
+  EXPECT_GE((*io)->fixed().Find(in, 1 << 20), 0);
+
+  constexpr unsigned kLen = 1 << 20;
+  constexpr uint64_t kOffset = 3 << 20;
+  constexpr uint64_t kSeed = 0xda;
+  std::unique_ptr<PatternFile> file;
+  int fd = -1;
+  const char* nullb = std::getenv("HUGEMM_TEST_NULL_BLK");
+  if (nullb != nullptr && *nullb != '\0') {
+    fd = ::open(nullb, O_RDWR | O_DIRECT);
+    ASSERT_GE(fd, 0) << nullb << ": " << std::strerror(errno);
+  } else {
+    file = std::make_unique<PatternFile>(8 << 20, 1);
+    fd = file->fd();
+  }
+  FillPattern(out, kLen, kOffset, kSeed);
+  std::memset(in, 0, kLen);
+
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring.ring);
+  HUGEMM_ASSERT_OK((*io)->PrepareWrite(sqe, fd, out, kLen, kOffset, 1));
+  ASSERT_EQ(io_uring_submit(&ring.ring), 1);
+  io_uring_cqe cqe = ring.Wait();
+  ASSERT_EQ(cqe.res, static_cast<int>(kLen)) << std::strerror(-cqe.res);
+  ASSERT_TRUE((*io)->Complete(&cqe).ok());
+
+  sqe = io_uring_get_sqe(&ring.ring);
+  HUGEMM_ASSERT_OK((*io)->PrepareRead(sqe, fd, in, kLen, kOffset, 2));
+  EXPECT_TRUE(rt->pinner().MaybeDmaPinned(in)) << "the read's pin on the device page";
+  ASSERT_EQ(io_uring_submit(&ring.ring), 1);
+  cqe = ring.Wait();
+  ASSERT_EQ(cqe.res, static_cast<int>(kLen)) << std::strerror(-cqe.res);
+  absl::StatusOr<uint64_t> tag = (*io)->Complete(&cqe);
+  ASSERT_TRUE(tag.ok()) << tag.status();
+  EXPECT_EQ(*tag, 2u);
+  EXPECT_EQ(FirstMismatch(in, kLen, kOffset, kSeed), -1) << "the data read back";
+  EXPECT_EQ((*io)->in_flight(), 0u);
+  if (file == nullptr) ::close(fd);
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, DevDaxIoTest,
+                         ::testing::Values(FixedBufferMode::kClone, FixedBufferMode::kIovec),
+                         [](const auto& info) {
+                           return info.param == FixedBufferMode::kClone ? "Clone" : "Iovec";
+                         });
+
+}  // namespace
+}  // namespace hugemm::testing
