@@ -15,6 +15,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "perf/fio_job.h"
+#include "tests/test_util.h"
 
 namespace hugemm {
 namespace {
@@ -22,17 +23,9 @@ namespace {
 using Json = nlohmann::json;
 using ::testing::HasSubstr;
 
+// Runs the CLI and returns its stdout (add "2>&1" to `args` for stderr too).
 std::string RunCli(const std::string& args, int* exit_code) {
-  std::string cmd = std::string(HUGEMM_CLI_PATH) + " " + args;
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  if (p == nullptr) return out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-  int status = pclose(p);
-  *exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return out;
+  return testing::RunCommand(std::string(HUGEMM_CLI_PATH) + " " + args, exit_code);
 }
 
 // Files the bench left in `dir`: it must leave none.

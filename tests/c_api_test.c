@@ -9,20 +9,8 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "c_check.h"
 #include "hugemm/hugemm.h"
-
-static int passed, failed;
-
-#define CHECK(cond)                                                                      \
-  do {                                                                                   \
-    if (cond) {                                                                          \
-      ++passed;                                                                          \
-    } else {                                                                             \
-      ++failed;                                                                          \
-      fprintf(stderr, "%s:%d: FAILED: %s (last error: %s)\n", __FILE__, __LINE__, #cond, \
-              hugemm_last_error());                                                      \
-    }                                                                                    \
-  } while (0)
 
 /* Whether /proc/self/maps lists a mapping holding `addr`: a freed buffer's huge pages
  * stay mapped while pinned and go back to the kernel with the last unpin. */

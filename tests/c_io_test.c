@@ -12,21 +12,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "c_check.h"
 #include "hugemm/hugemm.h"
 #include "hugemm/hugemm_io.h"
-
-static int passed, failed;
-
-#define CHECK(cond)                                                                      \
-  do {                                                                                   \
-    if (cond) {                                                                          \
-      ++passed;                                                                          \
-    } else {                                                                             \
-      ++failed;                                                                          \
-      fprintf(stderr, "%s:%d: FAILED: %s (last error: %s)\n", __FILE__, __LINE__, #cond, \
-              hugemm_last_error());                                                      \
-    }                                                                                    \
-  } while (0)
 
 /* Calls `call` and checks it returns `err` with a message that names `words`. */
 #define CHECK_ERR(call, err, words)                                              \

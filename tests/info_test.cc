@@ -30,16 +30,7 @@ Json Parse(const std::string& text) {
 
 // Runs the CLI and returns its stdout (add "2>&1" to `args` for stderr too).
 std::string RunCli(const std::string& args, int* exit_code) {
-  std::string cmd = std::string(HUGEMM_CLI_PATH) + " " + args;
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  if (p == nullptr) return out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-  int status = pclose(p);
-  *exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return out;
+  return testing::RunCommand(std::string(HUGEMM_CLI_PATH) + " " + args, exit_code);
 }
 
 int64_t SysfsInt(const std::string& path) {

@@ -37,17 +37,6 @@ absl::StatusOr<Extent> FakeExtent(FakeOs& os, size_t bytes, size_t page = kPageS
   return (*b)->Map({.length = bytes});
 }
 
-int64_t VmPinKb() {
-  FILE* f = std::fopen("/proc/self/status", "r");
-  char line[256];
-  int64_t kb = -1;
-  while (f && std::fgets(line, sizeof(line), f)) {
-    if (std::sscanf(line, "VmPin: %ld kB", &kb) == 1) break;
-  }
-  if (f) std::fclose(f);
-  return kb;
-}
-
 size_t OpenFds() {
   size_t n = 0;
   for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;

@@ -14,17 +14,6 @@ namespace {
 using testing::FreeHugePages;
 using ::testing::HasSubstr;
 
-int64_t VmPinnedKb() {
-  FILE* f = std::fopen("/proc/self/status", "r");
-  char line[256];
-  int64_t kb = -1;
-  while (f && std::fgets(line, sizeof(line), f)) {
-    if (std::sscanf(line, "VmPin: %ld kB", &kb) == 1) break;
-  }
-  if (f) std::fclose(f);
-  return kb;
-}
-
 class RuntimeTest : public ::testing::TestWithParam<size_t> {};
 
 TEST_P(RuntimeTest, BufferIsMappedVerifiedAndKernelPinned) {
@@ -32,13 +21,13 @@ TEST_P(RuntimeTest, BufferIsMappedVerifiedAndKernelPinned) {
   HUGEMM_NEED_HUGEPAGES(page, 2);
   absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
   ASSERT_TRUE(rt.ok()) << rt.status();
-  const int64_t pinned_before = VmPinnedKb();
+  const int64_t pinned_before = testing::VmPinKb();
   {
     absl::StatusOr<Buffer> buf = (*rt)->MapBuffer(2 * page, {.page_size = page});
     ASSERT_TRUE(buf.ok()) << buf.status();
     EXPECT_EQ(buf->folio_size(), page);
     // The kernel holds a long-term pin on every page: VmPin grows by the buffer.
-    EXPECT_EQ(VmPinnedKb() - pinned_before, static_cast<int64_t>(2 * page / 1024));
+    EXPECT_EQ(testing::VmPinKb() - pinned_before, static_cast<int64_t>(2 * page / 1024));
     absl::StatusOr<VerifyReport> report = (*rt)->Verify(buf->data(), buf->size());
     ASSERT_TRUE(report.ok()) << report.status();
     EXPECT_TRUE(report->ok());
@@ -51,7 +40,7 @@ TEST_P(RuntimeTest, BufferIsMappedVerifiedAndKernelPinned) {
     EXPECT_EQ(info->refcount, 2);  // the buffer's reference and the table's mapping
     EXPECT_EQ(info->size, page);
   }
-  EXPECT_EQ(VmPinnedKb(), pinned_before) << "the kernel pin outlived the buffer";
+  EXPECT_EQ(testing::VmPinKb(), pinned_before) << "the kernel pin outlived the buffer";
 }
 
 INSTANTIATE_TEST_SUITE_P(PageSizes, RuntimeTest, ::testing::Values(kPageSize2M, kPageSize1G),
@@ -86,11 +75,11 @@ TEST(Runtime, AllocatedFoliosArePinnableAndFreedByAddress) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
   absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
   ASSERT_TRUE(rt.ok()) << rt.status();
-  const int64_t pinned_before = VmPinnedKb();
+  const int64_t pinned_before = testing::VmPinKb();
   absl::StatusOr<Buffer> a = (*rt)->Allocate(64 << 10);
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_EQ(a->size(), size_t{64} << 10);
-  EXPECT_GT(VmPinnedKb(), pinned_before) << "an allocated buffer is kernel-pinned too";
+  EXPECT_GT(testing::VmPinKb(), pinned_before) << "an allocated buffer is kernel-pinned too";
   std::byte* data = a->data();
   a->Detach();
   absl::StatusOr<PinnedRange> pin = (*rt)->pinner().Pin(data, 64 << 10, kGupPin | kGupWrite);
@@ -99,9 +88,9 @@ TEST(Runtime, AllocatedFoliosArePinnableAndFreedByAddress) {
   pin->Release();
   HUGEMM_ASSERT_OK((*rt)->Free(data));
   // The pin is the pool extent's: it stays while the extent is mapped, until Shrink.
-  EXPECT_GT(VmPinnedKb(), pinned_before);
+  EXPECT_GT(testing::VmPinKb(), pinned_before);
   EXPECT_GT((*rt)->allocator().Shrink(), 0u);
-  EXPECT_EQ(VmPinnedKb(), pinned_before);
+  EXPECT_EQ(testing::VmPinKb(), pinned_before);
   absl::Status again = (*rt)->Free(data);
   EXPECT_EQ(again.code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(again.message(), HasSubstr("not the start of a hugemm buffer"));

@@ -1,6 +1,7 @@
 #include "tests/test_util.h"
 
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -14,6 +15,32 @@ namespace hugemm::testing {
 int64_t FreeHugePages(size_t page_size) {
   absl::StatusOr<HugePagePool> pool = sys::ReadHugePagePool(Os::Default(), page_size);
   return pool.ok() ? pool->free - pool->resv : 0;
+}
+
+std::string RunCommand(const std::string& command, int* exit_code) {
+  std::string out;
+  FILE* p = popen(command.c_str(), "r");
+  if (p == nullptr) {
+    *exit_code = -1;
+    return out;
+  }
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  *exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return out;
+}
+
+int64_t VmPinKb() {
+  FILE* f = std::fopen("/proc/self/status", "r");
+  char line[256];
+  int64_t kb = -1;
+  while (f && std::fgets(line, sizeof(line), f)) {
+    if (std::sscanf(line, "VmPin: %ld kB", &kb) == 1) break;
+  }
+  if (f) std::fclose(f);
+  return kb;
 }
 
 std::string HugetlbfsMountFor(size_t page_size) {

@@ -27,6 +27,13 @@ int64_t FreeHugePages(size_t page_size);
 // A hugetlbfs mount of this page size, or "" when there is none.
 std::string HugetlbfsMountFor(size_t page_size);
 
+// Runs `command` through the shell and returns its stdout (add "2>&1" for stderr too);
+// `exit_code` gets its exit status, or -1 when it did not exit.
+std::string RunCommand(const std::string& command, int* exit_code);
+
+// This process's VmPin in kB (memory the kernel pins for it), or -1 when unreadable.
+int64_t VmPinKb();
+
 // The device-DAX device under test ($HUGEMM_TEST_DAX), or "".
 inline std::string TestDaxDevice() {
   const char* v = std::getenv("HUGEMM_TEST_DAX");

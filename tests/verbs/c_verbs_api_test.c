@@ -9,20 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../c_check.h"
 #include "hugemm/hugemm_verbs.h"
-
-static int passed, failed;
-
-#define CHECK(cond)                                                                      \
-  do {                                                                                   \
-    if (cond) {                                                                          \
-      ++passed;                                                                          \
-    } else {                                                                             \
-      ++failed;                                                                          \
-      fprintf(stderr, "%s:%d: FAILED: %s (last error: %s)\n", __FILE__, __LINE__, #cond, \
-              hugemm_last_error());                                                      \
-    }                                                                                    \
-  } while (0)
 
 #define HAS(text) (strstr(hugemm_last_error(), (text)) != NULL)
 
