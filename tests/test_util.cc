@@ -17,6 +17,17 @@ int64_t FreeHugePages(size_t page_size) {
   return pool.ok() ? pool->free - pool->resv : 0;
 }
 
+bool WaitForFreeHugePages(size_t page_size, int64_t count) {
+  // Only pages the pool holds can come back: without them there is nothing to wait for.
+  absl::StatusOr<HugePagePool> pool = sys::ReadHugePagePool(Os::Default(), page_size);
+  if (!pool.ok() || pool->nr + pool->overcommit < count) return false;
+  for (int i = 0; i < 100; ++i) {
+    if (FreeHugePages(page_size) >= count) return true;
+    usleep(50 * 1000);
+  }
+  return FreeHugePages(page_size) >= count;
+}
+
 std::string RunCommand(const std::string& command, int* exit_code) {
   std::string out;
   FILE* p = popen(command.c_str(), "r");

@@ -24,6 +24,11 @@ inline bool RequireHugePages() {
 // Free pages in the kernel pool of this size (0 when the size is unsupported).
 int64_t FreeHugePages(size_t page_size);
 
+// Whether `count` pages of this size are free, waiting up to a few seconds for them: a
+// process that just exited may still hold its huge pages for a moment (the kernel tears
+// an io_uring instance down, and drops its registered buffers' pins, in the background).
+bool WaitForFreeHugePages(size_t page_size, int64_t count);
+
 // A hugetlbfs mount of this page size, or "" when there is none.
 std::string HugetlbfsMountFor(size_t page_size);
 
@@ -67,9 +72,9 @@ class TempDir {
   } while (0)
 
 // Needs `count` free huge pages of `page_size` in the kernel pool.
-#define HUGEMM_NEED_HUGEPAGES(page_size, count)                                           \
-  HUGEMM_NEED(::hugemm::testing::FreeHugePages(page_size) >= static_cast<int64_t>(count), \
-              "needs " << (count) << " free " << ::hugemm::PageSizeName(page_size)        \
+#define HUGEMM_NEED_HUGEPAGES(page_size, count)                                    \
+  HUGEMM_NEED(::hugemm::testing::WaitForFreeHugePages(page_size, count),           \
+              "needs " << (count) << " free " << ::hugemm::PageSizeName(page_size) \
                        << " huge pages, have " << ::hugemm::testing::FreeHugePages(page_size))
 
 #define HUGEMM_ASSERT_OK(expr)                                    \
