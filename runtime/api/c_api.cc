@@ -51,14 +51,8 @@ int NegativeErrnoOf(absl::StatusCode code) {
   }
 }
 
-int Fail(const absl::Status& st) { return hugemm::CApiFail(st); }
-int Fail(int err, std::string message) { return hugemm::CApiFail(err, std::move(message)); }
-int Ok() { return hugemm::CApiOk(); }
-
-#define HUGEMM_C_CHECK(cond, what)          \
-  do {                                      \
-    if (!(cond)) return Fail(EINVAL, what); \
-  } while (0)
+using hugemm::c_api_internal::Fail;
+using hugemm::c_api_internal::Ok;
 
 bool ToKind(int backing, hugemm::BackingKind* out) {
   switch (backing) {
@@ -92,33 +86,6 @@ int FromKind(hugemm::BackingKind kind) {
   return -1;
 }
 
-constexpr unsigned kKnownFlags =
-    HUGEMM_PIN | HUGEMM_GET | HUGEMM_WRITE | HUGEMM_LONGTERM | HUGEMM_FAST_ONLY | HUGEMM_PARTIAL;
-
-// The C flags are the C++ ones bit for bit.
-constexpr bool Same(unsigned c, hugemm::GupFlags cc) { return c == static_cast<uint32_t>(cc); }
-static_assert(Same(HUGEMM_PIN, hugemm::kGupPin) && Same(HUGEMM_GET, hugemm::kGupGet) &&
-              Same(HUGEMM_WRITE, hugemm::kGupWrite) &&
-              Same(HUGEMM_LONGTERM, hugemm::kGupLongterm) &&
-              Same(HUGEMM_FAST_ONLY, hugemm::kGupFastOnly) &&
-              Same(HUGEMM_PARTIAL, hugemm::kGupPartial));
-static_assert(sizeof(hugemm_page) == sizeof(hugemm::PageRef));
-static_assert(sizeof(hugemm_folio_span) == sizeof(hugemm::FolioSpan));
-static_assert(sizeof(hugemm_dma_segment) == sizeof(hugemm::DmaSegment));
-
-hugemm::RefKind KindOf(unsigned flags) {
-  return (flags & HUGEMM_GET) ? hugemm::RefKind::kGet : hugemm::RefKind::kPin;
-}
-
-int CheckFlags(unsigned flags) {
-  if (flags & ~kKnownFlags)
-    return Fail(EINVAL, absl::StrCat("unknown pin flags 0x", absl::Hex(flags & ~kKnownFlags)));
-  if (((flags & HUGEMM_PIN) != 0) == ((flags & HUGEMM_GET) != 0)) {
-    return Fail(EINVAL, "pin flags need exactly one of HUGEMM_PIN and HUGEMM_GET");
-  }
-  return 0;
-}
-
 int BufferOptionsFrom(const hugemm_buffer_options* in, hugemm::BufferOptions* out) {
   if (in == nullptr) return 0;
   if (!ToKind(in->backing, &out->backing)) {
@@ -132,46 +99,6 @@ int BufferOptionsFrom(const hugemm_buffer_options* in, hugemm::BufferOptions* ou
   }
   return 0;
 }
-
-constexpr uintptr_t kPageSize4KMask = hugemm::kPageSize4K - 1;
-
-// hugemm_unpin_range by the table gives back as many references as the range has pages,
-// per folio: refuse (-EFAULT) when a folio holds fewer of that kind than that, so that
-// a range never pinned, or already released, cannot drive counts below what the owner
-// and the mappings hold. Best effort under concurrent pins of the same folios; an
-// unmapped page is left for Pinner::UnpinRange to report.
-int CheckHeld(hugemm::Runtime& rt, const void* addr, size_t length, hugemm::RefKind kind) {
-  const uintptr_t start = reinterpret_cast<uintptr_t>(addr) & ~kPageSize4KMask;
-  const uintptr_t end =
-      (reinterpret_cast<uintptr_t>(addr) + length + kPageSize4KMask) & ~kPageSize4KMask;
-  std::map<std::byte*, std::pair<hugemm::FolioInfo, size_t>> need;
-  for (uintptr_t va = start; va < end;) {
-    absl::StatusOr<hugemm::FolioInfo> info = rt.FolioInfoAt(reinterpret_cast<const void*>(va));
-    if (!info.ok()) return 0;
-    const uintptr_t folio_end = reinterpret_cast<uintptr_t>(info->data) + info->size;
-    const uintptr_t next = std::min(end, folio_end);
-    auto& [held, pages] = need[info->data];
-    held = *info;
-    pages += (next - va) / hugemm::kPageSize4K;
-    va = next;
-  }
-  for (const auto& [data, entry] : need) {
-    const hugemm::FolioInfo& f = entry.first;
-    // A PIN is counted in both counts; a GET in the refcount only, beside the owner's.
-    const int64_t held =
-        kind == hugemm::RefKind::kPin ? f.pincount : int64_t{f.refcount} - f.pincount - 1;
-    if (held < static_cast<int64_t>(entry.second)) {
-      return Fail(EFAULT,
-                  absl::StrCat("hugemm_unpin_range: the folio at 0x",
-                               absl::Hex(reinterpret_cast<uintptr_t>(data)), " holds ", held,
-                               kind == hugemm::RefKind::kPin ? " pins" : " references", " of the ",
-                               entry.second, " this range would release; nothing unpinned"));
-    }
-  }
-  return 0;
-}
-
-hugemm::PageRef PageOf(hugemm_page page) { return hugemm::PageRef::FromBits(page.bits); }
 
 void FillBuffer(const hugemm::Buffer& b, hugemm_buffer* out) {
   out->data = b.data();
@@ -285,110 +212,6 @@ int hugemm_unregister_external(hugemm_runtime* rt, uint64_t id) {
   HUGEMM_C_CHECK(rt != nullptr, "hugemm_unregister_external: NULL runtime");
   if (absl::Status st = rt->rt->UnregisterExternal(id); !st.ok()) return Fail(st);
   return Ok();
-}
-
-long hugemm_pin_pages(hugemm_runtime* rt, const void* addr, size_t npages, unsigned flags,
-                      hugemm_page* pages) {
-  HUGEMM_C_CHECK(rt != nullptr && pages != nullptr, "hugemm_pin_pages: NULL runtime or pages");
-  if (int rc = CheckFlags(flags)) return rc;
-  absl::StatusOr<size_t> n =
-      rt->rt->pinner().PinPages(addr, npages, static_cast<hugemm::GupFlags>(flags),
-                                absl::MakeSpan(reinterpret_cast<hugemm::PageRef*>(pages), npages));
-  if (!n.ok()) return Fail(n.status());
-  Ok();
-  return static_cast<long>(*n);
-}
-
-long hugemm_pin_folios(hugemm_runtime* rt, const void* addr, size_t length, unsigned flags,
-                       hugemm_folio_span* spans, size_t cap) {
-  HUGEMM_C_CHECK(rt != nullptr && spans != nullptr, "hugemm_pin_folios: NULL runtime or spans");
-  if (int rc = CheckFlags(flags)) return rc;
-  absl::StatusOr<size_t> n =
-      rt->rt->pinner().PinFolios(addr, length, static_cast<hugemm::GupFlags>(flags),
-                                 absl::MakeSpan(reinterpret_cast<hugemm::FolioSpan*>(spans), cap));
-  if (!n.ok()) return Fail(n.status());
-  Ok();
-  return static_cast<long>(*n);
-}
-
-long hugemm_pin_segments(hugemm_runtime* rt, const void* addr, size_t length, unsigned flags,
-                         uint64_t max_segment, hugemm_dma_segment* segments, size_t cap) {
-  HUGEMM_C_CHECK(rt != nullptr && segments != nullptr,
-                 "hugemm_pin_segments: NULL runtime or segments");
-  if (int rc = CheckFlags(flags)) return rc;
-  std::vector<hugemm::FolioSpan> pinned;
-  absl::StatusOr<size_t> n = rt->rt->pinner().PinSegments(
-      addr, length, static_cast<hugemm::GupFlags>(flags), max_segment,
-      absl::MakeSpan(reinterpret_cast<hugemm::DmaSegment*>(segments), cap), &pinned);
-  if (!n.ok()) return Fail(n.status());
-  if (!pinned.empty()) {
-    std::lock_guard<std::mutex> lock(rt->pins_mu);
-    rt->segment_pins.emplace(
-        hugemm_runtime::PinKey{reinterpret_cast<uintptr_t>(addr), length, KindOf(flags)},
-        std::move(pinned));
-  }
-  Ok();
-  return static_cast<long>(*n);
-}
-
-long hugemm_unpin_pages(hugemm_runtime* rt, const hugemm_page* pages, size_t n, int dirty) {
-  HUGEMM_C_CHECK(rt != nullptr && (pages != nullptr || n == 0),
-                 "hugemm_unpin_pages: NULL runtime or pages");
-  Ok();
-  return static_cast<long>(rt->rt->pinner().UnpinPages(
-      absl::MakeConstSpan(reinterpret_cast<const hugemm::PageRef*>(pages), n), dirty != 0));
-}
-
-long hugemm_unpin_folios(hugemm_runtime* rt, const hugemm_folio_span* spans, size_t n,
-                         unsigned flags, int dirty) {
-  HUGEMM_C_CHECK(rt != nullptr && (spans != nullptr || n == 0),
-                 "hugemm_unpin_folios: NULL runtime or spans");
-  if (int rc = CheckFlags(flags)) return rc;
-  Ok();
-  return static_cast<long>(rt->rt->pinner().UnpinFolios(
-      absl::MakeConstSpan(reinterpret_cast<const hugemm::FolioSpan*>(spans), n), KindOf(flags),
-      dirty != 0));
-}
-
-int hugemm_unpin_range(hugemm_runtime* rt, const void* addr, size_t length, unsigned flags,
-                       int dirty) {
-  HUGEMM_C_CHECK(rt != nullptr, "hugemm_unpin_range: NULL runtime");
-  HUGEMM_C_CHECK(length > 0, "hugemm_unpin_range: empty range");
-  HUGEMM_C_CHECK(length <= UINTPTR_MAX - reinterpret_cast<uintptr_t>(addr) - kPageSize4KMask,
-                 "hugemm_unpin_range: the range wraps the address space");
-  if (int rc = CheckFlags(flags)) return rc;
-  std::vector<hugemm::FolioSpan> logged;
-  bool found = false;
-  {
-    std::lock_guard<std::mutex> lock(rt->pins_mu);
-    auto it = rt->segment_pins.find(
-        hugemm_runtime::PinKey{reinterpret_cast<uintptr_t>(addr), length, KindOf(flags)});
-    if (it != rt->segment_pins.end()) {
-      logged = std::move(it->second);
-      rt->segment_pins.erase(it);
-      found = true;
-    }
-  }
-  if (found) {
-    rt->rt->pinner().UnpinFolios(logged, KindOf(flags), dirty != 0);
-    return Ok();
-  }
-  if (int rc = CheckHeld(*rt->rt, addr, length, KindOf(flags))) return rc;
-  if (absl::Status st = rt->rt->pinner().UnpinRange(addr, length, KindOf(flags), dirty != 0);
-      !st.ok()) {
-    return Fail(st);
-  }
-  return Ok();
-}
-
-void* hugemm_page_folio(hugemm_page page) { return PageOf(page).folio(); }
-uint32_t hugemm_page_index(hugemm_page page) { return PageOf(page).index(); }
-// An entry no pin wrote (zero, e.g. a zeroed array) names no folio: NULL and no PFN.
-void* hugemm_page_address(hugemm_page page) {
-  return PageOf(page).folio() == nullptr ? nullptr : PageOf(page).address();
-}
-uint64_t hugemm_page_pfn(hugemm_page page) {
-  return PageOf(page).folio() == nullptr ? UINT64_MAX : PageOf(page).pfn();
 }
 
 int hugemm_maybe_dma_pinned(hugemm_runtime* rt, const void* addr) {

@@ -13,6 +13,7 @@
 #include <set>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -48,6 +49,20 @@ int CApiFail(int err, std::string message);
 // Clears this thread's message and returns 0.
 int CApiOk();
 
+namespace c_api_internal {
+
+// Shorthands for hugemm.h's own functions (c_api.cc, c_api_pin.cc).
+inline int Fail(const absl::Status& status) { return CApiFail(status); }
+inline int Fail(int err, std::string message) { return CApiFail(err, std::move(message)); }
+inline int Ok() { return CApiOk(); }
+
+}  // namespace c_api_internal
 }  // namespace hugemm
+
+// Returns -EINVAL with `what` as this thread's message unless `cond` holds.
+#define HUGEMM_C_CHECK(cond, what)                                      \
+  do {                                                                  \
+    if (!(cond)) return ::hugemm::c_api_internal::Fail(EINVAL, (what)); \
+  } while (0)
 
 #endif  // HUGEMM_RUNTIME_API_C_BRIDGE_H_
