@@ -34,6 +34,17 @@ absl::StatusOr<int64_t> ReadInt(Os& os, const std::string& path) {
   return value;
 }
 
+absl::StatusOr<int64_t> ReadCount(Os& os, const std::string& path) {
+  absl::StatusOr<std::string> s = ReadTrimmed(os, path);
+  if (!s.ok()) return s.status();
+  uint64_t value = 0;
+  if (!absl::SimpleAtoi(*s, &value)) {
+    return absl::DataLossError(
+        absl::StrCat("garbled ", path, ": expected a count, found \"", s->substr(0, 40), "\""));
+  }
+  return value > static_cast<uint64_t>(INT64_MAX) ? 0 : static_cast<int64_t>(value);
+}
+
 absl::StatusOr<bool> PathExists(Os& os, const std::string& path) {
   absl::StatusOr<struct stat> st = os.Stat(path);
   if (st.ok()) return true;

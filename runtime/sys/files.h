@@ -18,6 +18,10 @@ namespace hugemm::sys {
 // A file holding one decimal (or 0x-prefixed hex) integer, like sysfs attributes;
 // DataLoss naming the file when it holds something else.
 [[nodiscard]] absl::StatusOr<int64_t> ReadInt(Os& os, const std::string& path);
+// A kernel counter printed from an unsigned long (a huge page pool's counts): as ReadInt,
+// but a value past INT64_MAX is a count the kernel let wrap below zero for a moment (its
+// resv_hugepages does while a private mapping's reservation is handed back) and reads 0.
+[[nodiscard]] absl::StatusOr<int64_t> ReadCount(Os& os, const std::string& path);
 // Whether stat(2) finds the path: false on ENOENT or ENOTDIR, an error on any other
 // failure (a file that may exist but cannot be looked at).
 [[nodiscard]] absl::StatusOr<bool> PathExists(Os& os, const std::string& path);

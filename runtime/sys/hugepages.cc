@@ -50,7 +50,7 @@ absl::StatusOr<HugePagePool> ReadHugePagePool(Os& os, size_t page_size,
                 {"surplus_hugepages", &pool.surplus},
                 {"nr_overcommit_hugepages", &pool.overcommit}};
   for (const Field& f : fields) {
-    absl::StatusOr<int64_t> v = ReadInt(os, absl::StrCat(dir, "/", f.name));
+    absl::StatusOr<int64_t> v = ReadCount(os, absl::StrCat(dir, "/", f.name));
     if (!v.ok()) return v.status();
     *f.out = *v;
   }
@@ -64,9 +64,9 @@ absl::StatusOr<HugePagePool> ReadHugePagePool(Os& os, size_t page_size,
     if (!*exists) continue;
     NodePool np;
     np.node = node;
-    absl::StatusOr<int64_t> nr = ReadInt(os, ndir + "/nr_hugepages");
-    absl::StatusOr<int64_t> fr = ReadInt(os, ndir + "/free_hugepages");
-    absl::StatusOr<int64_t> su = ReadInt(os, ndir + "/surplus_hugepages");
+    absl::StatusOr<int64_t> nr = ReadCount(os, ndir + "/nr_hugepages");
+    absl::StatusOr<int64_t> fr = ReadCount(os, ndir + "/free_hugepages");
+    absl::StatusOr<int64_t> su = ReadCount(os, ndir + "/surplus_hugepages");
     if (!nr.ok()) return nr.status();
     if (!fr.ok()) return fr.status();
     if (!su.ok()) return su.status();
