@@ -145,10 +145,27 @@ struct FolioSpan {
 };
 static_assert(sizeof(FolioSpan) == 16);
 
-// A physically contiguous byte run, for a device's scatter-gather list.
+// A byte run contiguous in the device's address space, for its scatter-gather list:
+// physical addresses, or with a DmaAddressSpace its addresses (an IOMMU's IOVAs).
 struct DmaSegment {
-  uint64_t phys_addr = 0;
+  uint64_t phys_addr = 0;  // the device address: physical, or in the DmaAddressSpace
   uint64_t length = 0;
+};
+
+// The addresses a device uses when they are not the physical ones: an IOMMU's IOVA
+// space, set up once for all the memory (hugemm/vfio.h's IovaMapper). Given to
+// PinSegments, it makes the segments that space's runs: contiguity is judged there.
+//
+// Thread safety: called from any pinning thread at once, inside the pin's read section:
+// an implementation answers from memory, never blocks for long, and never pins, maps or
+// frees through the runtime.
+class DmaAddressSpace {
+ public:
+  virtual ~DmaAddressSpace() = default;
+  // The device address of the byte at `va` into `*addr`, and into `*contiguous` how many
+  // bytes from it on (at least 1) are contiguous in the device's space; false when the
+  // device has no address for it.
+  virtual bool DeviceAddress(uintptr_t va, uint64_t* addr, uint64_t* contiguous) const = 0;
 };
 
 // Maps memory where the slow path found none: "fault it in". The allocator-backed
@@ -200,14 +217,16 @@ class Pinner {
   // `max_segment` bytes (0 = unlimited; else at least 4K, rounded down to 4K), the first
   // starting at va's own byte. Returns the number of segments written. Segments do not
   // name folios: give `pinned` to receive the folio spans (appended) for UnpinFolios, or
-  // unpin with UnpinRange. A partial result ends at a leaf boundary.
+  // unpin with UnpinRange. A partial result ends at a leaf boundary. With `space`, the
+  // segments are runs of its addresses instead of physical ones (PFNs are not needed).
   //   InvalidArgument: `segments` is empty, or max_segment below 4K.
   //   ResourceExhausted: more segments than it holds.  FailedPrecondition: memory whose
-  //   PFNs are unknown.
+  //   PFNs are unknown (no `space`), or that `space` has no address for.
   [[nodiscard]] absl::StatusOr<size_t> PinSegments(const void* va, size_t length, GupFlags flags,
                                                    uint64_t max_segment,
                                                    absl::Span<DmaSegment> segments,
-                                                   std::vector<FolioSpan>* pinned = nullptr);
+                                                   std::vector<FolioSpan>* pinned = nullptr,
+                                                   const DmaAddressSpace* space = nullptr);
   // All-or-nothing pin of [va, va + length) held by a handle that unpins when dropped.
   //   InvalidArgument: kGupPartial (a handle holds all or nothing).
   [[nodiscard]] absl::StatusOr<PinnedRange> Pin(const void* va, size_t length, GupFlags flags);
@@ -262,10 +281,12 @@ class PinnedRange {
   // The page array (one entry per 4K page, in address order) into `out`: the first
   // min(page_count(), out.size()) entries. Returns how many it wrote.
   size_t Pages(absl::Span<PageRef> out) const;
-  // The physically contiguous runs of [va, va + length) (see Pinner::PinSegments).
+  // The physically contiguous runs of [va, va + length), or those of `space` (see
+  // Pinner::PinSegments).
   //   InvalidArgument: max_segment below 4K.  FailedPrecondition: memory whose PFNs are
-  //   unknown.
-  [[nodiscard]] absl::StatusOr<std::vector<DmaSegment>> Segments(uint64_t max_segment = 0) const;
+  //   unknown (no `space`), or that `space` has no address for.
+  [[nodiscard]] absl::StatusOr<std::vector<DmaSegment>> Segments(
+      uint64_t max_segment = 0, const DmaAddressSpace* space = nullptr) const;
   // Unpins now; idempotent.
   void Release();
 

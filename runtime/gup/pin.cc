@@ -117,7 +117,8 @@ absl::StatusOr<size_t> Pinner::PinFolios(const void* va, size_t length, GupFlags
 
 absl::StatusOr<size_t> Pinner::PinSegments(const void* va, size_t length, GupFlags flags,
                                            uint64_t max_segment, absl::Span<DmaSegment> segments,
-                                           std::vector<FolioSpan>* pinned) {
+                                           std::vector<FolioSpan>* pinned,
+                                           const DmaAddressSpace* space) {
   PinRequest req{.flags = flags};
   if (absl::Status st = PagesCovering(va, length, &req.start, &req.npages); !st.ok()) return st;
   absl::StatusOr<uint64_t> max = gup_internal::NormalizeMaxSegment(max_segment);
@@ -129,7 +130,7 @@ absl::StatusOr<size_t> Pinner::PinSegments(const void* va, size_t length, GupFla
   }
   const auto lo = reinterpret_cast<uintptr_t>(va);
   gup_internal::SegmentSink sink(segments.data(), segments.size(), *max, lo, lo + length, pinned,
-                                 req.kind());
+                                 req.kind(), space);
   return PinRange(Context(), req, sink);
 }
 

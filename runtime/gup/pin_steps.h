@@ -23,14 +23,15 @@ namespace hugemm::gup_internal {
 enum class Stop : uint8_t {
   kNone,
   kNotMapped,
-  kExclusive,    // a device-exclusive entry: the CPU may not use it
-  kReadOnly,     // a WRITE pin of a read-only leaf
-  kGrabFailed,   // the folio was freed meanwhile, or a count would overflow
-  kChanged,      // the entry changed between the lookup and the re-check
-  kBorrowed,     // a LONGTERM pin of borrowed memory, which may move
-  kFull,         // the output has no room left
-  kNoPfn,        // DMA segments of a folio whose PFNs are unknown
-  kUnencodable,  // a descriptor a page-array entry cannot hold
+  kExclusive,        // a device-exclusive entry: the CPU may not use it
+  kReadOnly,         // a WRITE pin of a read-only leaf
+  kGrabFailed,       // the folio was freed meanwhile, or a count would overflow
+  kChanged,          // the entry changed between the lookup and the re-check
+  kBorrowed,         // a LONGTERM pin of borrowed memory, which may move
+  kFull,             // the output has no room left
+  kNoPfn,            // DMA segments of a folio whose PFNs are unknown
+  kNoDeviceAddress,  // DMA segments of memory the device's address space does not map
+  kUnencodable,      // a descriptor a page-array entry cannot hold
 };
 
 inline constexpr GupFlags kAllGupFlags =

@@ -1,4 +1,5 @@
 // PinnedRange: a pin that unpins itself.
+#include <algorithm>
 #include <limits>
 #include <utility>
 
@@ -50,7 +51,8 @@ size_t PinnedRange::Pages(absl::Span<PageRef> out) const {
   return n;
 }
 
-absl::StatusOr<std::vector<DmaSegment>> PinnedRange::Segments(uint64_t max_segment) const {
+absl::StatusOr<std::vector<DmaSegment>> PinnedRange::Segments(uint64_t max_segment,
+                                                              const DmaAddressSpace* space) const {
   absl::StatusOr<uint64_t> max = gup_internal::NormalizeMaxSegment(max_segment);
   if (!max.ok()) return max.status();
   const uintptr_t lo = va_, hi = va_ + length_;
@@ -62,6 +64,17 @@ absl::StatusOr<std::vector<DmaSegment>> PinnedRange::Segments(uint64_t max_segme
                                   *max);
     uintptr_t va = lo & ~uintptr_t{kPageSize4K - 1};
     for (const FolioSpan& s : spans_) {
+      if (space != nullptr) {
+        const uintptr_t end = va + (uintptr_t{s.pages} << kPageShift);
+        bool unmapped = false;
+        if (!w.AddIn(*space, std::max(va, lo), std::min(end, hi), &unmapped)) {
+          return absl::FailedPreconditionError(absl::StrFormat(
+              "segments of [0x%x, +%u): 0x%x has no address in the device's address space", lo,
+              length_, va));
+        }
+        va = end;
+        continue;
+      }
       if (s.folio->head_pfn == kUnknownPfn) {
         return absl::FailedPreconditionError(absl::StrFormat(
             "segments of [0x%x, +%u): the PFN of 0x%x is unknown (pagemap unreadable at map "

@@ -69,6 +69,23 @@ class SegmentWriter {
     return Add(phys, to - from);
   }
 
+  // Adds the byte range [from, to) at the addresses `space` gives it, split where the
+  // space is not contiguous. False with *unmapped set when the space has no address for
+  // a byte of it; false alone when the room ran out.
+  bool AddIn(const DmaAddressSpace& space, uintptr_t from, uintptr_t to, bool* unmapped) {
+    while (from < to) {
+      uint64_t addr = 0, run = 0;
+      if (!space.DeviceAddress(from, &addr, &run) || run == 0) {
+        *unmapped = true;
+        return false;
+      }
+      const uint64_t n = std::min<uint64_t>(run, to - from);
+      if (!Add(addr, n)) return false;
+      from += n;
+    }
+    return true;
+  }
+
   size_t count() const { return n_; }
 
  private:

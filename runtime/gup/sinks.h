@@ -12,6 +12,7 @@
 #ifndef HUGEMM_RUNTIME_GUP_SINKS_H_
 #define HUGEMM_RUNTIME_GUP_SINKS_H_
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <utility>
@@ -134,9 +135,19 @@ class GrowingSpans {
 class SegmentSink {
  public:
   SegmentSink(DmaSegment* out, size_t cap, uint64_t max_segment, uintptr_t lo, uintptr_t hi,
-              std::vector<FolioSpan>* pinned, RefKind kind)
-      : writer_(out, cap, max_segment), lo_(lo), hi_(hi), log_(kind, pinned) {}
+              std::vector<FolioSpan>* pinned, RefKind kind, const DmaAddressSpace* space)
+      : writer_(out, cap, max_segment), lo_(lo), hi_(hi), log_(kind, pinned), space_(space) {}
   bool Accept(Folio* folio, uint32_t first, uint32_t pages, uintptr_t va) {
+    if (space_ != nullptr) {
+      bool unmapped = false;
+      const uintptr_t from = std::max(va, lo_);
+      const uintptr_t to = std::min(va + (uintptr_t{pages} << kPageShift), hi_);
+      if (!writer_.AddIn(*space_, from, to, &unmapped)) {
+        why_ = unmapped ? Stop::kNoDeviceAddress : Stop::kFull;
+        return false;
+      }
+      return log_.Accept(folio, first, pages, va);
+    }
     if (folio->head_pfn == kUnknownPfn) {
       why_ = Stop::kNoPfn;
       return false;
@@ -155,6 +166,7 @@ class SegmentSink {
   SegmentWriter writer_;
   uintptr_t lo_, hi_;
   SpanSink<GrowingSpans> log_;
+  const DmaAddressSpace* space_;
   Stop why_ = Stop::kFull;
 };
 
