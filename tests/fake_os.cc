@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <iterator>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -359,6 +360,7 @@ absl::Status FakeOs::Pread(int fd, void* buf, size_t length, off_t offset) {
       }
       return absl::OkStatus();
     case FdKind::kRing:
+    case FdKind::kVfioContainer:
       return ErrnoStatus(EINVAL, what);
     case FdKind::kFile:
       break;
@@ -553,6 +555,69 @@ iovec FakeOs::RingSlotOf(int ring_fd, unsigned slot) const {
   if (ring == nullptr || slot >= ring->slots.size()) return {nullptr, 0};
   const fake_internal::RingSlot& s = ring->slots[slot];
   return {reinterpret_cast<void*>(s.start), s.length};
+}
+
+absl::StatusOr<int> FakeOs::OpenVfioContainer() {
+  std::lock_guard<std::mutex> lock(model_->mu);
+  return model_->NewSpecialFd(FdKind::kVfioContainer);
+}
+
+namespace {
+
+fake_internal::Fd* ContainerOf(fake_internal::Model& m, int fd)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(m.mu) {
+  auto it = m.fds.find(fd);
+  return it == m.fds.end() || it->second.kind != FdKind::kVfioContainer ? nullptr : &it->second;
+}
+
+}  // namespace
+
+absl::Status FakeOs::VfioMapDma(int container_fd, const void* va, size_t length, uint64_t iova) {
+  std::lock_guard<std::mutex> lock(model_->mu);
+  fake_internal::Model& m = *model_;
+  const std::string what =
+      absl::StrCat("VFIO_IOMMU_MAP_DMA of ", length, " bytes at IOVA 0x", absl::Hex(iova));
+  if (m.fds.find(container_fd) == m.fds.end()) return ErrnoStatus(EBADF, what);
+  fake_internal::Fd* c = ContainerOf(m, container_fd);
+  if (c == nullptr) return ErrnoStatus(ENOTTY, what);
+  const auto start = reinterpret_cast<uintptr_t>(va);
+  constexpr uint64_t kMask = 4095;
+  if (length == 0 || ((start | iova | length) & kMask) != 0 || iova + length < iova) {
+    return ErrnoStatus(EINVAL, what);
+  }
+  if (!m.Covered(start, start + length)) return ErrnoStatus(EFAULT, what);
+  auto next = c->dma.lower_bound(iova);
+  if (next != c->dma.end() && next->first < iova + length) return ErrnoStatus(EEXIST, what);
+  if (next != c->dma.begin()) {
+    auto prev = std::prev(next);
+    if (prev->first + prev->second.length > iova) return ErrnoStatus(EEXIST, what);
+  }
+  c->dma[iova] = fake_internal::RingSlot{start, length, false};
+  return absl::OkStatus();
+}
+
+absl::Status FakeOs::VfioUnmapDma(int container_fd, uint64_t iova, size_t length) {
+  std::lock_guard<std::mutex> lock(model_->mu);
+  fake_internal::Model& m = *model_;
+  const std::string what =
+      absl::StrCat("VFIO_IOMMU_UNMAP_DMA of ", length, " bytes at IOVA 0x", absl::Hex(iova));
+  if (m.fds.find(container_fd) == m.fds.end()) return ErrnoStatus(EBADF, what);
+  fake_internal::Fd* c = ContainerOf(m, container_fd);
+  if (c == nullptr) return ErrnoStatus(ENOTTY, what);
+  auto it = c->dma.find(iova);
+  // Type1 unmaps whole mappings only; a range that would split one is refused.
+  if (it == c->dma.end() || it->second.length != length) return ErrnoStatus(EINVAL, what);
+  c->dma.erase(it);
+  return absl::OkStatus();
+}
+
+std::map<uint64_t, iovec> FakeOs::VfioMappings(int container_fd) const {
+  std::lock_guard<std::mutex> lock(model_->mu);
+  std::map<uint64_t, iovec> out;
+  fake_internal::Fd* c = ContainerOf(*model_, container_fd);
+  if (c == nullptr) return out;
+  for (const auto& [iova, s] : c->dma) out[iova] = {reinterpret_cast<void*>(s.start), s.length};
+  return out;
 }
 
 }  // namespace hugemm::testing

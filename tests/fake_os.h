@@ -33,6 +33,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -124,6 +125,15 @@ class FakeOs final : public Os {
   absl::Status IoUringCloneBuffers(int dst_fd, int src_fd, const IoUringCloneRange& range) override;
   // The buffer in slot `slot` of a ring's table ({nullptr, 0} when empty or out of range).
   [[nodiscard]] iovec RingSlotOf(int ring_fd, unsigned slot) const;
+
+  // A VFIO type1 container (as /dev/vfio/vfio after VFIO_SET_IOMMU): its descriptor.
+  // Mappings must be 4K-aligned in address, IOVA and length, inside the machine's memory
+  // mapped through this Os, and may not overlap in IOVA (EEXIST, as the kernel says).
+  [[nodiscard]] absl::StatusOr<int> OpenVfioContainer();
+  absl::Status VfioMapDma(int container_fd, const void* va, size_t length, uint64_t iova) override;
+  absl::Status VfioUnmapDma(int container_fd, uint64_t iova, size_t length) override;
+  // A container's mappings: IOVA -> (address, length).
+  [[nodiscard]] std::map<uint64_t, iovec> VfioMappings(int container_fd) const;
 
  private:
   std::unique_ptr<fake_internal::Model> model_;

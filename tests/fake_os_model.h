@@ -52,7 +52,7 @@ struct File {
   std::set<uint64_t> reserved;     // page indexes promised by a mapping, not yet taken
 };
 
-enum class FdKind { kFile, kPagemap, kKpageflags, kRing };
+enum class FdKind { kFile, kPagemap, kKpageflags, kRing, kVfioContainer };
 
 // One slot of a ring's registered-buffer table.
 struct RingSlot {
@@ -66,7 +66,8 @@ struct Fd {
   std::shared_ptr<File> file;
   size_t pinned_bytes = 0;  // a ring's registered buffers
   bool registered = false;
-  std::vector<RingSlot> slots;  // a ring's table, sparse or not
+  std::vector<RingSlot> slots;       // a ring's table, sparse or not
+  std::map<uint64_t, RingSlot> dma;  // a VFIO container's mappings, by IOVA
 };
 
 struct Mapping {

@@ -123,6 +123,14 @@ class Os {
   };
   [[nodiscard]] virtual absl::Status IoUringCloneBuffers(int dst_fd, int src_fd,
                                                          const IoUringCloneRange& range) = 0;
+
+  // --- VFIO: an IOMMU's mappings for a device (hugemm/vfio.h) ---
+  // VFIO_IOMMU_MAP_DMA on a type1 container: the device may read and write
+  // [va, va + length) at [iova, iova + length); the kernel pins the pages.
+  [[nodiscard]] virtual absl::Status VfioMapDma(int container_fd, const void* va, size_t length,
+                                                uint64_t iova) = 0;
+  // VFIO_IOMMU_UNMAP_DMA of exactly what one VfioMapDma mapped at `iova`.
+  virtual absl::Status VfioUnmapDma(int container_fd, uint64_t iova, size_t length) = 0;
 };
 
 // An Os that hands every call to another one: subclass it and override the calls to
@@ -188,6 +196,12 @@ class OsWrapper : public Os {
   absl::Status IoUringCloneBuffers(int dst_fd, int src_fd,
                                    const IoUringCloneRange& range) override {
     return target_.IoUringCloneBuffers(dst_fd, src_fd, range);
+  }
+  absl::Status VfioMapDma(int container_fd, const void* va, size_t length, uint64_t iova) override {
+    return target_.VfioMapDma(container_fd, va, length, iova);
+  }
+  absl::Status VfioUnmapDma(int container_fd, uint64_t iova, size_t length) override {
+    return target_.VfioUnmapDma(container_fd, iova, length);
   }
 
  private:

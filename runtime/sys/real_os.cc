@@ -3,7 +3,9 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/io_uring.h>
+#include <linux/vfio.h>
 #include <numaif.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -240,6 +242,35 @@ class RealOs final : public Os {
                      ? std::string("io_uring_register clone of a buffer table")
                      : absl::StrCat("io_uring_register clone of buffers ", range.src_slot, "..",
                                     range.src_slot + range.slots - 1, " to ", range.dst_slot));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status VfioMapDma(int container_fd, const void* va, size_t length, uint64_t iova) override {
+    vfio_iommu_type1_dma_map map = {};
+    map.argsz = sizeof(map);
+    map.flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE;
+    map.vaddr = reinterpret_cast<uintptr_t>(va);
+    map.iova = iova;
+    map.size = length;
+    if (::ioctl(container_fd, VFIO_IOMMU_MAP_DMA, &map) != 0) {
+      return ErrnoStatus(errno, absl::StrCat("VFIO_IOMMU_MAP_DMA of ", length, " bytes at IOVA 0x",
+                                             absl::Hex(iova)));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status VfioUnmapDma(int container_fd, uint64_t iova, size_t length) override {
+    vfio_iommu_type1_dma_unmap unmap = {};
+    unmap.argsz = sizeof(unmap);
+    unmap.iova = iova;
+    unmap.size = length;
+    const std::string what =
+        absl::StrCat("VFIO_IOMMU_UNMAP_DMA of ", length, " bytes at IOVA 0x", absl::Hex(iova));
+    if (::ioctl(container_fd, VFIO_IOMMU_UNMAP_DMA, &unmap) != 0) return ErrnoStatus(errno, what);
+    // The kernel reports in `size` how much it unmapped: all of one mapping, or nothing.
+    if (unmap.size != length) {
+      return ErrnoStatus(EINVAL, absl::StrCat(what, ": ", unmap.size, " bytes unmapped"));
     }
     return absl::OkStatus();
   }
