@@ -1,0 +1,98 @@
+// The C API over hugemm::IovaMapper: statuses become negative errnos (the kernel's own
+// where an ioctl failed) plus hugemm_last_error's message.
+#include <cerrno>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "hugemm/hugemm_vfio.h"
+#include "hugemm/vfio.h"
+#include "runtime/api/c_bridge.h"
+
+struct hugemm_vfio {
+  hugemm_runtime* rt = nullptr;
+  std::unique_ptr<hugemm::IovaMapper> mapper;
+};
+
+namespace {
+
+int Fail(const absl::Status& st) {
+  const int err = hugemm::ErrnoOf(st);
+  if (err != 0) return hugemm::CApiFail(err, std::string(st.message()));
+  return hugemm::CApiFail(st);
+}
+
+int Invalid(const char* what) { return hugemm::CApiFail(EINVAL, what); }
+
+}  // namespace
+
+extern "C" {
+
+int hugemm_vfio_attach(hugemm_runtime* rt, int container_fd, const hugemm_vfio_options* options,
+                       hugemm_vfio** out) {
+  if (out == nullptr) return Invalid("hugemm_vfio_attach: out is NULL");
+  *out = nullptr;
+  if (rt == nullptr) return Invalid("hugemm_vfio_attach: NULL runtime");
+  hugemm::IovaMapperOptions o;
+  if (options != nullptr) {
+    if (options->iova_base != 0) o.iova_base = options->iova_base;
+    if (options->iova_limit != 0) o.iova_limit = options->iova_limit;
+  }
+  absl::StatusOr<std::unique_ptr<hugemm::IovaMapper>> mapper =
+      hugemm::IovaMapper::Attach(*rt->rt, container_fd, o);
+  if (!mapper.ok()) return Fail(mapper.status());
+  auto handle = std::make_unique<hugemm_vfio>();
+  handle->rt = rt;
+  handle->mapper = std::move(*mapper);
+  *out = handle.release();
+  return hugemm::CApiOk();
+}
+
+void hugemm_vfio_detach(hugemm_vfio* vfio) { delete vfio; }
+
+int hugemm_vfio_iova(const hugemm_vfio* vfio, const void* addr, uint64_t* iova) {
+  if (vfio == nullptr || iova == nullptr) return Invalid("hugemm_vfio_iova: NULL argument");
+  std::optional<uint64_t> found = vfio->mapper->Iova(addr);
+  if (!found) {
+    return hugemm::CApiFail(ENOENT, absl::StrFormat("hugemm_vfio_iova: %p is not mapped in VFIO "
+                                                    "container %d",
+                                                    addr, vfio->mapper->container_fd()));
+  }
+  *iova = *found;
+  return hugemm::CApiOk();
+}
+
+long hugemm_vfio_pin_segments(hugemm_vfio* vfio, const void* addr, size_t length, unsigned flags,
+                              uint64_t max_segment, hugemm_dma_segment* segments, size_t cap) {
+  if (vfio == nullptr || segments == nullptr) {
+    return Invalid("hugemm_vfio_pin_segments: NULL mapper or segments");
+  }
+  std::vector<hugemm::FolioSpan> pinned;
+  absl::StatusOr<size_t> n = vfio->mapper->PinSegments(
+      addr, length, static_cast<hugemm::GupFlags>(flags), max_segment,
+      absl::MakeSpan(reinterpret_cast<hugemm::DmaSegment*>(segments), cap), &pinned);
+  if (!n.ok()) return hugemm::CApiFail(n.status());
+  if (!pinned.empty()) {
+    // Recorded as hugemm_pin_segments records its pins, for hugemm_unpin_range.
+    const hugemm::RefKind kind =
+        (flags & HUGEMM_PIN) != 0 ? hugemm::RefKind::kPin : hugemm::RefKind::kGet;
+    std::lock_guard<std::mutex> lock(vfio->rt->pins_mu);
+    vfio->rt->segment_pins.emplace(
+        hugemm_runtime::PinKey{reinterpret_cast<uintptr_t>(addr), length, kind}, std::move(pinned));
+  }
+  hugemm::CApiOk();
+  return static_cast<long>(*n);
+}
+
+int hugemm_vfio_stats(const hugemm_vfio* vfio, size_t* mappings, size_t* bytes) {
+  if (vfio == nullptr) return Invalid("hugemm_vfio_stats: NULL mapper");
+  const hugemm::IovaMapperStats s = vfio->mapper->stats();
+  if (mappings != nullptr) *mappings = s.mappings;
+  if (bytes != nullptr) *bytes = s.bytes;
+  return hugemm::CApiOk();
+}
+
+}  // extern "C"

@@ -1,0 +1,220 @@
+#include <algorithm>
+#include <cstdio>
+#include <iterator>
+#include <mutex>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "hugemm/page_size.h"
+#include "hugemm/vfio.h"
+#include "runtime/sys/status.h"
+
+namespace hugemm {
+namespace {
+
+constexpr uint64_t k4KMask = kPageSize4K - 1;
+
+uint64_t AlignUp(uint64_t x, uint64_t align) { return (x + align - 1) & ~(align - 1); }
+
+// "[0x7f.., +2M) (hugetlb 2M pool extent)": the range, for messages.
+std::string RangeName(const MemoryRange& r) {
+  return absl::StrFormat("[%p, +%s) (%s %s %s)", r.data, HumanBytes(r.length),
+                         BackingKindName(r.backing), PageSizeName(r.page_size),
+                         r.kind == MemoryRangeKind::kPoolExtent ? "pool extent" : "buffer");
+}
+
+}  // namespace
+
+IovaMapper::IovaMapper(Runtime& rt, int container_fd, const IovaMapperOptions& options)
+    : rt_(rt),
+      os_(options.os != nullptr ? *options.os
+                                : (rt.options().os != nullptr ? *rt.options().os : Os::Default())),
+      container_fd_(container_fd),
+      options_(options),
+      next_iova_(options.iova_base) {}
+
+absl::StatusOr<std::unique_ptr<IovaMapper>> IovaMapper::Attach(Runtime& rt, int container_fd,
+                                                               const IovaMapperOptions& options) {
+  if (container_fd < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("IOVA mapper: container descriptor %d", container_fd));
+  }
+  if (((options.iova_base | options.iova_limit) & k4KMask) != 0 ||
+      options.iova_base >= options.iova_limit) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("IOVA mapper: IOVA window [0x%x, 0x%x) is empty or not 4K-aligned",
+                        options.iova_base, options.iova_limit));
+  }
+  std::unique_ptr<IovaMapper> mapper(new IovaMapper(rt, container_fd, options));
+  if (absl::Status st = rt.AddMemoryObserver(mapper.get()); !st.ok()) return st;
+  mapper->observing_ = true;
+  return mapper;
+}
+
+IovaMapper::~IovaMapper() {
+  if (observing_) {
+    if (absl::Status st = rt_.RemoveMemoryObserver(this); !st.ok()) {
+      std::fprintf(stderr, "hugemm: IOVA mapper: %s\n", st.ToString().c_str());
+    }
+  }
+  // No range comes or goes for this mapper any more: what it still maps is its own.
+  std::map<uintptr_t, Mapping> left;
+  {
+    std::unique_lock<std::shared_mutex> lock(mu_);
+    left.swap(mapped_);
+  }
+  for (const auto& [start, m] : left) {
+    if (absl::Status st = os_.VfioUnmapDma(container_fd_, m.iova, m.length); !st.ok()) {
+      std::fprintf(stderr, "hugemm: IOVA mapper: unmapping [0x%lx, +%zu): %s\n", start, m.length,
+                   st.ToString().c_str());
+    }
+  }
+}
+
+absl::StatusOr<uint64_t> IovaMapper::TakeIova(size_t length, size_t align) {
+  for (auto it = holes_.begin(); it != holes_.end(); ++it) {
+    const uint64_t start = AlignUp(it->first, align);
+    const uint64_t end = it->first + it->second;
+    if (start < it->first || start > end || end - start < length) continue;
+    const uint64_t hole = it->first;
+    holes_.erase(it);
+    if (start > hole) holes_[hole] = start - hole;
+    if (start + length < end) holes_[start + length] = end - (start + length);
+    return start;
+  }
+  const uint64_t start = AlignUp(next_iova_, align);
+  if (start < next_iova_ || start > options_.iova_limit || options_.iova_limit - start < length) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "no room for %s aligned to %s below IOVA 0x%x (%s mapped)", HumanBytes(length),
+        HumanBytes(align), options_.iova_limit, HumanBytes(stats_.bytes)));
+  }
+  if (start > next_iova_) holes_[next_iova_] = start - next_iova_;
+  next_iova_ = start + length;
+  return start;
+}
+
+void IovaMapper::GiveIova(uint64_t iova, size_t length) {
+  uint64_t start = iova, end = iova + length;
+  auto next = holes_.lower_bound(start);
+  if (next != holes_.end() && next->first == end) {
+    end += next->second;
+    next = holes_.erase(next);
+  }
+  if (next != holes_.begin()) {
+    auto prev = std::prev(next);
+    if (prev->first + prev->second == start) {
+      start = prev->first;
+      holes_.erase(prev);
+    }
+  }
+  if (end == next_iova_) {
+    next_iova_ = start;
+  } else {
+    holes_[start] = end - start;
+  }
+}
+
+absl::Status IovaMapper::MemoryAdded(const MemoryRange& range) {
+  const auto start = reinterpret_cast<uintptr_t>(range.data);
+  if (((start | range.length) & k4KMask) != 0 || range.length == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("IOVA mapping of %s: not whole 4K pages", RangeName(range)));
+  }
+  const size_t align = std::max<size_t>(range.page_size, kPageSize4K);
+  uint64_t iova = 0;
+  {
+    std::unique_lock<std::shared_mutex> lock(mu_);
+    absl::StatusOr<uint64_t> taken = TakeIova(range.length, align);
+    if (!taken.ok()) {
+      return sys::Annotate(taken.status(), absl::StrFormat("IOVA mapping of %s", RangeName(range)));
+    }
+    iova = *taken;
+  }
+  // The kernel pins and maps the pages here, which may take a while for a large range:
+  // pins of other memory go on meanwhile.
+  if (absl::Status st = os_.VfioMapDma(container_fd_, range.data, range.length, iova); !st.ok()) {
+    std::unique_lock<std::shared_mutex> lock(mu_);
+    GiveIova(iova, range.length);
+    return sys::Annotate(st, absl::StrFormat("IOVA mapping of %s into VFIO container %d",
+                                             RangeName(range), container_fd_));
+  }
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  mapped_[start] = Mapping{range.length, iova};
+  ++stats_.mappings;
+  stats_.bytes += range.length;
+  ++stats_.maps;
+  return absl::OkStatus();
+}
+
+void IovaMapper::MemoryRemoving(const MemoryRange& range) {
+  Mapping m;
+  {
+    std::unique_lock<std::shared_mutex> lock(mu_);
+    auto it = mapped_.find(reinterpret_cast<uintptr_t>(range.data));
+    if (it == mapped_.end()) return;
+    m = it->second;
+    mapped_.erase(it);
+    --stats_.mappings;
+    stats_.bytes -= m.length;
+  }
+  absl::Status st = os_.VfioUnmapDma(container_fd_, m.iova, m.length);
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  if (st.ok()) {
+    ++stats_.unmaps;
+    GiveIova(m.iova, m.length);
+    return;
+  }
+  // The device may still reach the old pages there: never hand those IOVAs out again.
+  ++stats_.unmap_failures;
+  std::fprintf(stderr, "hugemm: IOVA mapper: unmapping %s at IOVA 0x%llx: %s\n",
+               RangeName(range).c_str(), static_cast<unsigned long long>(m.iova),
+               st.ToString().c_str());
+}
+
+bool IovaMapper::DeviceAddress(uintptr_t va, uint64_t* addr, uint64_t* contiguous) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  auto it = mapped_.upper_bound(va);
+  if (it == mapped_.begin()) return false;
+  --it;
+  const uintptr_t offset = va - it->first;
+  if (offset >= it->second.length) return false;
+  *addr = it->second.iova + offset;
+  *contiguous = it->second.length - offset;
+  return true;
+}
+
+std::optional<uint64_t> IovaMapper::Iova(const void* va) const {
+  uint64_t addr = 0, run = 0;
+  if (!DeviceAddress(reinterpret_cast<uintptr_t>(va), &addr, &run)) return std::nullopt;
+  return addr;
+}
+
+absl::StatusOr<size_t> IovaMapper::PinSegments(const void* va, size_t length, GupFlags flags,
+                                               uint64_t max_segment,
+                                               absl::Span<DmaSegment> segments,
+                                               std::vector<FolioSpan>* pinned) {
+  absl::StatusOr<size_t> n =
+      rt_.pinner().PinSegments(va, length, flags, max_segment, segments, pinned, this);
+  if (!n.ok()) {
+    return sys::Annotate(n.status(),
+                         absl::StrFormat("IOVA segments in VFIO container %d", container_fd_));
+  }
+  return n;
+}
+
+absl::StatusOr<std::vector<DmaSegment>> IovaMapper::Segments(const PinnedRange& pin,
+                                                             uint64_t max_segment) const {
+  absl::StatusOr<std::vector<DmaSegment>> out = pin.Segments(max_segment, this);
+  if (!out.ok()) {
+    return sys::Annotate(out.status(),
+                         absl::StrFormat("IOVA segments in VFIO container %d", container_fd_));
+  }
+  return out;
+}
+
+IovaMapperStats IovaMapper::stats() const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  return stats_;
+}
+
+}  // namespace hugemm

@@ -1,0 +1,385 @@
+// The IOVA mapper: every extent and buffer of a runtime mapped into a VFIO container once,
+// at an IOVA aligned to its page size, unmapped before it goes; DMA segments in IOVA space.
+// The container is the fake machine's (FakeOs answers the ioctls; no IOMMU here) for the
+// bookkeeping and the error paths, and a recording one over real huge pages for the
+// segments. The device itself is driven in the VM (tests/nvme, IOVA mode).
+#include "hugemm/vfio.h"
+
+#include <sys/mman.h>
+
+#include <cerrno>
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "hugemm/hugemm.h"
+#include "hugemm/hugemm_vfio.h"
+#include "hugemm/runtime.h"
+#include "runtime/api/c_bridge.h"
+#include "tests/fake_os.h"
+#include "tests/test_util.h"
+
+namespace hugemm::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Fails the nth VFIO map (counting from 1) or every unmap when asked to.
+class FailingVfio : public OsWrapper {
+ public:
+  explicit FailingVfio(Os& target) : OsWrapper(target) {}
+  absl::Status VfioMapDma(int fd, const void* va, size_t length, uint64_t iova) override {
+    if (++maps_ == fail_map_) return ErrnoStatus(EPERM, "VFIO_IOMMU_MAP_DMA");
+    return OsWrapper::VfioMapDma(fd, va, length, iova);
+  }
+  absl::Status VfioUnmapDma(int fd, uint64_t iova, size_t length) override {
+    if (fail_unmaps_) return ErrnoStatus(EIO, "VFIO_IOMMU_UNMAP_DMA");
+    return OsWrapper::VfioUnmapDma(fd, iova, length);
+  }
+  int maps_ = 0;
+  int fail_map_ = 0;
+  bool fail_unmaps_ = false;
+};
+
+class VfioFakeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open({.os = &os_});
+    ASSERT_TRUE(rt.ok()) << rt.status();
+    rt_ = std::move(*rt);
+    absl::StatusOr<int> fd = os_.OpenVfioContainer();
+    ASSERT_TRUE(fd.ok()) << fd.status();
+    container_ = *fd;
+  }
+  void TearDown() override { (void)os_.Close(container_); }
+
+  FakeOs os_;
+  std::unique_ptr<Runtime> rt_;
+  int container_ = -1;
+};
+
+TEST_F(VfioFakeTest, MapsWhatIsHeldThenEachExtentOnceAndUnmapsBeforeItGoes) {
+  absl::StatusOr<Buffer> before = rt_->MapBuffer(2 * kPageSize2M);
+  ASSERT_TRUE(before.ok()) << before.status();
+  absl::StatusOr<std::unique_ptr<IovaMapper>> m = IovaMapper::Attach(*rt_, container_);
+  ASSERT_TRUE(m.ok()) << m.status();
+  std::map<uint64_t, iovec> maps = os_.VfioMappings(container_);
+  ASSERT_EQ(maps.size(), 1u) << "the buffer mapped before the mapper came";
+  EXPECT_EQ(maps.begin()->second.iov_base, before->data());
+  EXPECT_EQ(maps.begin()->first % kPageSize2M, 0u);
+  EXPECT_EQ((*m)->Iova(before->data() + 5000), maps.begin()->first + 5000);
+
+  // A hundred 4K allocations come from one pool extent: one mapping, not a hundred.
+  std::vector<Buffer> small;
+  for (int i = 0; i < 100; ++i) {
+    absl::StatusOr<Buffer> b = rt_->Allocate(4096);
+    ASSERT_TRUE(b.ok()) << b.status();
+    small.push_back(std::move(*b));
+  }
+  EXPECT_EQ(os_.VfioMappings(container_).size(), 2u);
+  EXPECT_EQ((*m)->stats().maps, 2u);
+  for (const Buffer& b : small) EXPECT_TRUE((*m)->Iova(b.data()).has_value());
+  small.clear();
+  EXPECT_EQ(os_.VfioMappings(container_).size(), 2u) << "the extent stays in its pool";
+  EXPECT_GT(rt_->allocator().Shrink(), 0u);
+  EXPECT_EQ(os_.VfioMappings(container_).size(), 1u) << "unmapped before the pool let it go";
+
+  HUGEMM_ASSERT_OK(before->Free());
+  EXPECT_TRUE(os_.VfioMappings(container_).empty());
+  EXPECT_EQ((*m)->stats().unmaps, 2u);
+  EXPECT_EQ((*m)->stats().mappings, 0u);
+}
+
+TEST_F(VfioFakeTest, IovasAreAlignedToThePageSizeAndReused) {
+  absl::StatusOr<std::unique_ptr<IovaMapper>> m =
+      IovaMapper::Attach(*rt_, container_, {.iova_base = 0x1000});
+  ASSERT_TRUE(m.ok()) << m.status();
+  absl::StatusOr<Buffer> a =
+      rt_->Allocate(4096, {.backing = BackingKind::kAnon, .page_size = kPageSize4K});
+  ASSERT_TRUE(a.ok()) << a.status();
+  absl::StatusOr<Buffer> b = rt_->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(b.ok()) << b.status();
+  const uint64_t ib = *(*m)->Iova(b->data());
+  EXPECT_EQ(ib % kPageSize2M, 0u) << "a 2M range at a 2M-aligned IOVA, above the 4K extent";
+  HUGEMM_ASSERT_OK(b->Free());
+  absl::StatusOr<Buffer> c = rt_->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(*(*m)->Iova(c->data()), ib) << "the freed IOVAs are handed out again";
+}
+
+TEST_F(VfioFakeTest, SegmentsAreRunsInIovaSpaceWithTheMaximumHonoured) {
+  absl::StatusOr<std::unique_ptr<IovaMapper>> m = IovaMapper::Attach(*rt_, container_);
+  ASSERT_TRUE(m.ok()) << m.status();
+  absl::StatusOr<Buffer> buf = rt_->MapBuffer(2 * kPageSize2M);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  const uint64_t base = *(*m)->Iova(buf->data());
+  // Across the boundary of the two folios, from mid-page: one run in IOVA space.
+  std::byte* va = buf->data() + kPageSize2M - 3 * 4096 + 100;
+  DmaSegment segs[8];
+  std::vector<FolioSpan> pinned;
+  absl::StatusOr<size_t> n = (*m)->PinSegments(va, 6 * 4096, kGupPin | kGupWrite, 0, segs, &pinned);
+  ASSERT_TRUE(n.ok()) << n.status();
+  ASSERT_EQ(*n, 1u);
+  EXPECT_EQ(segs[0].phys_addr, base + (va - buf->data()));
+  EXPECT_EQ(segs[0].length, 6u * 4096);
+  EXPECT_EQ(pinned.size(), 2u) << "one span per folio";
+  EXPECT_TRUE(rt_->pinner().MaybeDmaPinned(va));
+  rt_->pinner().UnpinFolios(pinned, RefKind::kPin, true);
+  // The maximum: 16K runs, the first cut short at the start's page.
+  n = (*m)->PinSegments(va, 6 * 4096, kGupPin, 16384, segs, &pinned);
+  ASSERT_TRUE(n.ok()) << n.status();
+  ASSERT_EQ(*n, 2u);
+  EXPECT_EQ(segs[0].length, 16384u);
+  EXPECT_EQ(segs[1].phys_addr, segs[0].phys_addr + 16384);
+  HUGEMM_ASSERT_OK(rt_->pinner().UnpinRange(va, 6 * 4096, RefKind::kPin));
+  // Too little room: nothing stays pinned.
+  n = (*m)->PinSegments(va, 6 * 4096, kGupPin, 4096, absl::MakeSpan(segs, 3));
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kResourceExhausted) << n.status();
+  EXPECT_FALSE(rt_->pinner().MaybeDmaPinned(va));
+  // A handle's segments say the same.
+  absl::StatusOr<PinnedRange> pin = rt_->pinner().Pin(va, 6 * 4096, kGupPin);
+  ASSERT_TRUE(pin.ok()) << pin.status();
+  absl::StatusOr<std::vector<DmaSegment>> all = (*m)->Segments(*pin);
+  ASSERT_TRUE(all.ok()) << all.status();
+  ASSERT_EQ(all->size(), 1u);
+  EXPECT_EQ((*all)[0].phys_addr, base + (va - buf->data()));
+}
+
+TEST_F(VfioFakeTest, MemoryTheMapperDoesNotMapIsRefusedAndNothingStaysPinned) {
+  absl::StatusOr<std::unique_ptr<IovaMapper>> m = IovaMapper::Attach(*rt_, container_);
+  ASSERT_TRUE(m.ok()) << m.status();
+  absl::StatusOr<Buffer> buf = rt_->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  // Memory registered as external is the program's own: the mapper never saw it.
+  absl::StatusOr<void*> own =
+      os_.Mmap(nullptr, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_TRUE(own.ok()) << own.status();
+  absl::StatusOr<uint64_t> ext = rt_->RegisterExternal(*own, 8192);
+  ASSERT_TRUE(ext.ok()) << ext.status();
+  DmaSegment segs[4];
+  absl::StatusOr<size_t> n = (*m)->PinSegments(*own, 8192, kGupPin, 0, segs);
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kFailedPrecondition) << n.status();
+  EXPECT_THAT(n.status().message(), HasSubstr("VFIO container"));
+  EXPECT_THAT(n.status().message(), HasSubstr("device's address space"));
+  EXPECT_FALSE(rt_->pinner().MaybeDmaPinned(*own));
+  EXPECT_FALSE((*m)->Iova(*own).has_value());
+  HUGEMM_ASSERT_OK(rt_->UnregisterExternal(*ext));
+  HUGEMM_ASSERT_OK(os_.Munmap(*own, 8192));
+}
+
+TEST_F(VfioFakeTest, AMapTheKernelRefusesFailsTheAllocationAndLeavesNothing) {
+  FailingVfio vfio(os_);
+  absl::StatusOr<Buffer> held = rt_->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(held.ok());
+  absl::StatusOr<Buffer> held2 = rt_->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(held2.ok());
+  // At attach: the second held range is refused; the first is unmapped again.
+  vfio.fail_map_ = 2;
+  absl::StatusOr<std::unique_ptr<IovaMapper>> m =
+      IovaMapper::Attach(*rt_, container_, {.os = &vfio});
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(ErrnoOf(m.status()), EPERM) << m.status();
+  EXPECT_THAT(m.status().message(), HasSubstr("IOVA mapping of"));
+  EXPECT_THAT(m.status().message(), HasSubstr("hugetlb 2M buffer"));
+  EXPECT_TRUE(os_.VfioMappings(container_).empty());
+  // Later: MapBuffer fails with the kernel's word and gives its memory back.
+  vfio.maps_ = 0;
+  vfio.fail_map_ = 3;
+  m = IovaMapper::Attach(*rt_, container_, {.os = &vfio});
+  ASSERT_TRUE(m.ok()) << m.status();
+  const size_t mappings = os_.live_mappings();
+  absl::StatusOr<Buffer> refused = rt_->MapBuffer(kPageSize2M);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(ErrnoOf(refused.status()), EPERM) << refused.status();
+  EXPECT_EQ(os_.live_mappings(), mappings);
+  EXPECT_EQ(os_.VfioMappings(container_).size(), 2u);
+  EXPECT_EQ((*m)->stats().mappings, 2u);
+  // Dropping the mapper unmaps all it mapped.
+  m->reset();
+  EXPECT_TRUE(os_.VfioMappings(container_).empty());
+}
+
+TEST_F(VfioFakeTest, ARefusedUnmapNeverHandsItsIovasOutAgain) {
+  FailingVfio vfio(os_);
+  absl::StatusOr<std::unique_ptr<IovaMapper>> m =
+      IovaMapper::Attach(*rt_, container_, {.os = &vfio});
+  ASSERT_TRUE(m.ok()) << m.status();
+  absl::StatusOr<Buffer> a = rt_->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(a.ok());
+  const uint64_t ia = *(*m)->Iova(a->data());
+  vfio.fail_unmaps_ = true;
+  HUGEMM_ASSERT_OK(a->Free());
+  vfio.fail_unmaps_ = false;
+  EXPECT_EQ((*m)->stats().unmap_failures, 1u);
+  absl::StatusOr<Buffer> b = rt_->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_NE(*(*m)->Iova(b->data()), ia);
+  // The fake still holds the old mapping: take it away, as the kernel would at close.
+  HUGEMM_ASSERT_OK(os_.VfioUnmapDma(container_, ia, kPageSize2M));
+}
+
+TEST_F(VfioFakeTest, AFullWindowIsResourceExhaustedNamingTheRange) {
+  absl::StatusOr<std::unique_ptr<IovaMapper>> m = IovaMapper::Attach(
+      *rt_, container_, {.iova_base = 1ull << 32, .iova_limit = (1ull << 32) + kPageSize2M});
+  ASSERT_TRUE(m.ok()) << m.status();
+  absl::StatusOr<Buffer> a = rt_->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(a.ok()) << a.status();
+  absl::StatusOr<Buffer> b = rt_->MapBuffer(kPageSize2M);
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kResourceExhausted) << b.status();
+  EXPECT_THAT(b.status().message(), HasSubstr("no room for 2 MiB"));
+}
+
+TEST_F(VfioFakeTest, BadArgumentsAreRefused) {
+  EXPECT_EQ(IovaMapper::Attach(*rt_, -1).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(IovaMapper::Attach(*rt_, container_, {.iova_base = 0x1234}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(IovaMapper::Attach(*rt_, container_, {.iova_base = 1 << 20, .iova_limit = 1 << 20})
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  // A descriptor that is no container: the kernel's ENOTTY, once there is memory to map.
+  absl::StatusOr<Buffer> a = rt_->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(a.ok());
+  absl::StatusOr<int> fd = os_.IoUringSetup(1);
+  ASSERT_TRUE(fd.ok());
+  absl::StatusOr<std::unique_ptr<IovaMapper>> m = IovaMapper::Attach(*rt_, *fd);
+  EXPECT_EQ(ErrnoOf(m.status()), ENOTTY) << m.status();
+  HUGEMM_ASSERT_OK(os_.Close(*fd));
+}
+
+// A container that records mappings, over the real OS: real huge pages, real pins.
+class RecordingVfio : public OsWrapper {
+ public:
+  RecordingVfio() : OsWrapper(Os::Default()) {}
+  absl::Status VfioMapDma(int, const void* va, size_t length, uint64_t iova) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!maps_.emplace(iova, iovec{const_cast<void*>(va), length}).second) {
+      return ErrnoStatus(EEXIST, "VFIO_IOMMU_MAP_DMA");
+    }
+    return absl::OkStatus();
+  }
+  absl::Status VfioUnmapDma(int, uint64_t iova, size_t length) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = maps_.find(iova);
+    if (it == maps_.end() || it->second.iov_len != length) {
+      return ErrnoStatus(EINVAL, "VFIO_IOMMU_UNMAP_DMA");
+    }
+    maps_.erase(it);
+    return absl::OkStatus();
+  }
+  size_t size() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return maps_.size();
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<uint64_t, iovec> maps_;
+};
+
+TEST(VfioRealMemory, SegmentsOfPhysicallyScatteredFoliosAreOneIovaRun) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 8);
+  RecordingVfio vfio;
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  absl::StatusOr<std::unique_ptr<IovaMapper>> m =
+      IovaMapper::Attach(**rt, /*container_fd=*/1000, {.os = &vfio});
+  ASSERT_TRUE(m.ok()) << m.status();
+  absl::StatusOr<Buffer> buf = (*rt)->MapBuffer(8 * kPageSize2M);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  EXPECT_EQ(vfio.size(), 1u);
+  std::vector<DmaSegment> phys(64), iova(64);
+  absl::StatusOr<size_t> np =
+      (*rt)->pinner().PinSegments(buf->data(), buf->size(), kGupPin, 0, absl::MakeSpan(phys));
+  ASSERT_TRUE(np.ok()) << np.status();
+  absl::StatusOr<size_t> ni =
+      (*m)->PinSegments(buf->data(), buf->size(), kGupPin, 0, absl::MakeSpan(iova));
+  ASSERT_TRUE(ni.ok()) << ni.status();
+  ASSERT_EQ(*ni, 1u) << "the whole buffer is one IOVA run, whatever its " << *np
+                     << " physical runs";
+  EXPECT_EQ(iova[0].phys_addr, *(*m)->Iova(buf->data()));
+  EXPECT_EQ(iova[0].length, buf->size());
+  EXPECT_EQ(iova[0].phys_addr % kPageSize2M, 0u);
+  // With a 1M maximum: 16 runs, back to back.
+  ni = (*m)->PinSegments(buf->data(), buf->size(), kGupPin, 1 << 20, absl::MakeSpan(iova));
+  ASSERT_TRUE(ni.ok()) << ni.status();
+  ASSERT_EQ(*ni, 16u);
+  for (size_t i = 1; i < *ni; ++i) {
+    EXPECT_EQ(iova[i].phys_addr, iova[i - 1].phys_addr + (1 << 20));
+  }
+  for (int i = 0; i < 3; ++i) {
+    HUGEMM_ASSERT_OK((*rt)->pinner().UnpinRange(buf->data(), buf->size(), RefKind::kPin));
+  }
+  HUGEMM_ASSERT_OK(buf->Free());
+  EXPECT_EQ(vfio.size(), 0u);
+  m->reset();
+}
+
+TEST(VfioCApi, AttachPinSegmentsUnpinDetach) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  hugemm_runtime* rt = nullptr;
+  ASSERT_EQ(hugemm_open(nullptr, &rt), 0) << hugemm_last_error();
+  hugemm_vfio* vfio = nullptr;
+  EXPECT_EQ(hugemm_vfio_attach(nullptr, 3, nullptr, &vfio), -EINVAL);
+  EXPECT_EQ(hugemm_vfio_attach(rt, 3, nullptr, nullptr), -EINVAL);
+  EXPECT_EQ(hugemm_vfio_attach(rt, -1, nullptr, &vfio), -EINVAL);
+  EXPECT_THAT(hugemm_last_error(), HasSubstr("container descriptor"));
+  hugemm_buffer buf;
+  ASSERT_EQ(hugemm_map_buffer(rt, 2 << 20, nullptr, &buf), 0) << hugemm_last_error();
+  // A descriptor that is no VFIO container: the kernel's ENOTTY comes back.
+  EXPECT_EQ(hugemm_vfio_attach(rt, 0, nullptr, &vfio), -ENOTTY) << hugemm_last_error();
+  EXPECT_THAT(hugemm_last_error(), HasSubstr("VFIO_IOMMU_MAP_DMA"));
+  EXPECT_EQ(vfio, nullptr);
+  EXPECT_EQ(hugemm_vfio_iova(nullptr, buf.data, nullptr), -EINVAL);
+  EXPECT_EQ(hugemm_vfio_pin_segments(nullptr, buf.data, 4096, HUGEMM_PIN, 0, nullptr, 0), -EINVAL);
+  EXPECT_EQ(hugemm_vfio_stats(nullptr, nullptr, nullptr), -EINVAL);
+  hugemm_vfio_detach(nullptr);
+  EXPECT_EQ(hugemm_free(rt, buf.data), 0);
+  hugemm_close(rt);
+}
+
+TEST(VfioCApi, PinSegmentsInIovaSpaceAndUnpinRange) {
+  FakeOs os;
+  absl::StatusOr<std::unique_ptr<Runtime>> opened = Runtime::Open({.os = &os});
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  hugemm_runtime handle;
+  handle.rt = std::move(*opened);
+  hugemm_runtime* rt = &handle;
+  absl::StatusOr<int> container = os.OpenVfioContainer();
+  ASSERT_TRUE(container.ok());
+  hugemm_vfio* vfio = nullptr;
+  absl::StatusOr<Buffer> buf = rt->rt->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(buf.ok());
+  hugemm_vfio_options opts = {0x40000000, 0};
+  ASSERT_EQ(hugemm_vfio_attach(rt, *container, &opts, &vfio), 0) << hugemm_last_error();
+  size_t mappings = 0, bytes = 0;
+  EXPECT_EQ(hugemm_vfio_stats(vfio, &mappings, &bytes), 0);
+  EXPECT_EQ(mappings, 1u);
+  EXPECT_EQ(bytes, kPageSize2M);
+  uint64_t iova = 0;
+  ASSERT_EQ(hugemm_vfio_iova(vfio, buf->data() + 8192, &iova), 0);
+  EXPECT_EQ(iova, 0x40000000u + 8192);
+  int local = 0;
+  EXPECT_EQ(hugemm_vfio_iova(vfio, &local, &iova), -ENOENT);
+  hugemm_dma_segment segs[4];
+  long n = hugemm_vfio_pin_segments(vfio, buf->data() + 100, 3 * 4096, HUGEMM_PIN | HUGEMM_WRITE,
+                                    8192, segs, 4);
+  ASSERT_EQ(n, 2) << hugemm_last_error();
+  EXPECT_EQ(segs[0].phys_addr, 0x40000000u + 100);
+  EXPECT_EQ(segs[0].length, 8192u);
+  EXPECT_EQ(segs[1].length, 3u * 4096 - 8192);
+  EXPECT_EQ(hugemm_vfio_pin_segments(vfio, &local, 4, HUGEMM_PIN, 0, segs, 4), -ENOENT)
+      << hugemm_last_error();
+  EXPECT_EQ(hugemm_unpin_range(rt, buf->data() + 100, 3 * 4096, HUGEMM_PIN, 1), 0)
+      << hugemm_last_error();
+  EXPECT_FALSE(rt->rt->pinner().MaybeDmaPinned(buf->data()));
+  hugemm_vfio_detach(vfio);
+  EXPECT_TRUE(os.VfioMappings(*container).empty());
+  HUGEMM_ASSERT_OK(os.Close(*container));
+}
+
+}  // namespace
+}  // namespace hugemm::testing
