@@ -163,10 +163,11 @@ absl::Status Controller::Enable() {
   if (absl::Status st = WaitReady(false); !st.ok()) return st;
 
   const uint32_t depth = std::min(options_.admin_depth, CapMqes(cap) + 1);
-  absl::StatusOr<DmaRegion> sq = DmaRegion::Allocate(rt_, depth * sizeof(Command), options_.memory);
+  absl::StatusOr<DmaRegion> sq =
+      DmaRegion::Allocate(rt_, depth * sizeof(Command), options_.memory, options_.iova);
   if (!sq.ok()) return sq.status();
   absl::StatusOr<DmaRegion> cq =
-      DmaRegion::Allocate(rt_, depth * sizeof(Completion), options_.memory);
+      DmaRegion::Allocate(rt_, depth * sizeof(Completion), options_.memory, options_.iova);
   if (!cq.ok()) return cq.status();
   admin_ = QueuePair(0, depth, std::move(*sq), std::move(*cq), &regs_);
   regs_.Write32(kRegAqa, (depth - 1) << 16 | (depth - 1));
@@ -207,7 +208,8 @@ absl::StatusOr<Completion> Controller::AdminCommand(Command cmd, const char* wha
 }
 
 absl::Status Controller::Identify() {
-  absl::StatusOr<DmaRegion> data = DmaRegion::Allocate(rt_, kIdentifySize, options_.memory);
+  absl::StatusOr<DmaRegion> data =
+      DmaRegion::Allocate(rt_, kIdentifySize, options_.memory, options_.iova);
   if (!data.ok()) return data.status();
   identify_ = std::move(*data);
   const std::byte* id = identify_.data();
@@ -252,10 +254,11 @@ absl::Status Controller::Identify() {
 
 absl::Status Controller::CreateIoQueues() {
   const uint32_t depth = std::min(options_.io_depth, CapMqes(info_.cap) + 1);
-  absl::StatusOr<DmaRegion> sq = DmaRegion::Allocate(rt_, depth * sizeof(Command), options_.memory);
+  absl::StatusOr<DmaRegion> sq =
+      DmaRegion::Allocate(rt_, depth * sizeof(Command), options_.memory, options_.iova);
   if (!sq.ok()) return sq.status();
   absl::StatusOr<DmaRegion> cq =
-      DmaRegion::Allocate(rt_, depth * sizeof(Completion), options_.memory);
+      DmaRegion::Allocate(rt_, depth * sizeof(Completion), options_.memory, options_.iova);
   if (!cq.ok()) return cq.status();
   io_ = QueuePair(1, depth, std::move(*sq), std::move(*cq), &regs_);
 
@@ -266,8 +269,8 @@ absl::Status Controller::CreateIoQueues() {
   list_pages_per_slot_ = PrpListPagesFor(kPageSize - 4, max_transfer_);
   const size_t nslots = depth - 1;
   if (list_pages_per_slot_ > 0) {
-    absl::StatusOr<DmaRegion> lists =
-        DmaRegion::Allocate(rt_, nslots * list_pages_per_slot_ * kPageSize, options_.memory);
+    absl::StatusOr<DmaRegion> lists = DmaRegion::Allocate(
+        rt_, nslots * list_pages_per_slot_ * kPageSize, options_.memory, options_.iova);
     if (!lists.ok()) return lists.status();
     prp_lists_ = std::move(*lists);
   }

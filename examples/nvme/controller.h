@@ -46,6 +46,10 @@ struct ControllerOptions {
   // test uses it to show what the pin prevents.
   bool pin_io = true;
   std::chrono::milliseconds command_timeout{30000};
+  // IOVA mode: every address the controller is given is an IOVA of this mapper's VFIO
+  // container (the function bound to vfio-pci). Null: physical mode. Must outlive the
+  // controller.
+  hugemm::IovaMapper* iova = nullptr;
 };
 
 struct ControllerInfo {

@@ -56,7 +56,8 @@ absl::StatusOr<MemorySpec> ParseMemorySpec(absl::string_view text) {
 }
 
 absl::StatusOr<DmaRegion> DmaRegion::Allocate(hugemm::Runtime& rt, size_t bytes,
-                                              const MemorySpec& spec) {
+                                              const MemorySpec& spec,
+                                              const hugemm::IovaMapper* iova) {
   DmaRegion region;
   absl::StatusOr<hugemm::Buffer> buffer = rt.Allocate(bytes, spec.ForAllocator());
   if (!buffer.ok()) return buffer.status();
@@ -66,7 +67,8 @@ absl::StatusOr<DmaRegion> DmaRegion::Allocate(hugemm::Runtime& rt, size_t bytes,
       region.data(), region.size(), hugemm::kGupPin | hugemm::kGupWrite | hugemm::kGupLongterm);
   if (!pin.ok()) return pin.status();
   region.pin_ = std::move(*pin);
-  absl::StatusOr<std::vector<hugemm::DmaSegment>> segments = region.pin_.Segments();
+  absl::StatusOr<std::vector<hugemm::DmaSegment>> segments =
+      iova != nullptr ? iova->Segments(region.pin_) : region.pin_.Segments();
   if (!segments.ok()) return segments.status();
   if (segments->size() != 1) {
     return absl::FailedPreconditionError(
@@ -92,13 +94,15 @@ IoPin& IoPin::operator=(IoPin&& other) noexcept {
 
 absl::StatusOr<size_t> IoPin::Pin(hugemm::Runtime& rt, const void* va, size_t length,
                                   bool device_writes, uint64_t max_segment,
-                                  absl::Span<hugemm::DmaSegment> segments, bool hold) {
+                                  absl::Span<hugemm::DmaSegment> segments, bool hold,
+                                  hugemm::IovaMapper* iova) {
   Release();
   const hugemm::GupFlags flags =
       hugemm::kGupPin | (device_writes ? hugemm::kGupWrite : hugemm::kGupNone);
   spans_.clear();
   absl::StatusOr<size_t> n =
-      rt.pinner().PinSegments(va, length, flags, max_segment, segments, &spans_);
+      iova != nullptr ? iova->PinSegments(va, length, flags, max_segment, segments, &spans_)
+                      : rt.pinner().PinSegments(va, length, flags, max_segment, segments, &spans_);
   if (!n.ok()) return n.status();
   pinner_ = &rt.pinner();
   dirty_ = device_writes;

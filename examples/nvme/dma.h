@@ -9,8 +9,10 @@
 //   ... build PRPs from segments[0..n), submit, reap the completion ...
 //   pin.Release();                                                          // at completion
 //
-// Physical mode: the addresses are guest-physical, from the PFNs hugemm recorded when
-// it mapped the memory; a device without an IOMMU in front of it uses them as they are.
+// Physical mode (no mapper): the addresses are guest-physical, from the PFNs hugemm
+// recorded when it mapped the memory; a device without an IOMMU in front of it uses them
+// as they are. IOVA mode (a hugemm::IovaMapper given): the addresses are IOVAs of the
+// mapper's container, where hugemm mapped all of the runtime's memory once.
 #ifndef HUGEMM_EXAMPLES_NVME_DMA_H_
 #define HUGEMM_EXAMPLES_NVME_DMA_H_
 
@@ -23,6 +25,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "hugemm/runtime.h"
+#include "hugemm/vfio.h"
 
 namespace nvme {
 
@@ -50,9 +53,11 @@ class DmaRegion {
  public:
   // At least `bytes` (rounded up to a power of two of at least 4K). Errors: those of
   // Runtime::Allocate and of the pin; FailedPrecondition when the PFNs are unknown
-  // (pagemap unreadable: not root) or the folio is not physically contiguous.
+  // (pagemap unreadable: not root) or the folio is not physically contiguous. With
+  // `iova`, addr() is the region's IOVA (FailedPrecondition when it has none).
   static absl::StatusOr<DmaRegion> Allocate(hugemm::Runtime& rt, size_t bytes,
-                                            const MemorySpec& spec);
+                                            const MemorySpec& spec,
+                                            const hugemm::IovaMapper* iova = nullptr);
 
   DmaRegion() = default;
   DmaRegion(DmaRegion&&) = default;
@@ -60,6 +65,7 @@ class DmaRegion {
 
   std::byte* data() const { return buffer_.data(); }
   size_t size() const { return buffer_.size(); }
+  // The device's address of data(): physical, or the IOVA in IOVA mode.
   uint64_t phys() const { return phys_; }
 
  private:
@@ -80,11 +86,12 @@ class IoPin {
   // them when `device_writes`, and writes the range's physically contiguous runs (each
   // at most `max_segment` bytes, 0 = no limit) into `segments`. Returns how many. With
   // `hold` false, the pin is dropped again at once: the addresses of a driver that
-  // forgets to pin, for the test that shows why it must. Errors: those of
-  // Pinner::PinSegments (memory hugemm does not map, too many segments, unknown PFNs).
+  // forgets to pin, for the test that shows why it must. With `iova`, the runs are in
+  // its IOVA space. Errors: those of Pinner::PinSegments (memory hugemm does not map, too
+  // many segments, unknown PFNs) or IovaMapper::PinSegments.
   absl::StatusOr<size_t> Pin(hugemm::Runtime& rt, const void* va, size_t length, bool device_writes,
                              uint64_t max_segment, absl::Span<hugemm::DmaSegment> segments,
-                             bool hold = true);
+                             bool hold = true, hugemm::IovaMapper* iova = nullptr);
   // Drops the pin (marking the folios dirty when the device wrote); idempotent.
   void Release();
   bool held() const { return pinner_ != nullptr; }

@@ -57,7 +57,7 @@ absl::StatusOr<uint16_t> Controller::Submit(uint8_t opcode, uint64_t lba, const 
   // this buffer's even if it is freed.
   IoPin pin;
   absl::StatusOr<size_t> n = pin.Pin(rt_, buf, bytes, opcode == kIoRead, options_.max_segment,
-                                     absl::MakeSpan(segments_), options_.pin_io);
+                                     absl::MakeSpan(segments_), options_.pin_io, options_.iova);
   if (!n.ok()) {
     return absl::Status(n.status().code(), absl::StrCat(what(), ": ", n.status().message()));
   }
