@@ -30,4 +30,12 @@ out=$("$tool" check "$img") && fail "a block moved by a page passed: $out"
 grep -q 'one block' <<<"$out" || fail "the moved block is not named in: $out"
 grep -q 'nothing outside the cases' <<<"$out" || fail "the stray copy is not reported in: $out"
 echo "moved by a page: caught"
+
+# The IOVA mode's windows: its own check passes, the physical mode's does not.
+rm -f -- "$img"
+"$tool" fill "$img" >/dev/null
+"$tool" write-cases-iova "$img"
+out=$("$tool" check-iova "$img") || fail "a rightly written image failed the IOVA check: $out"
+out=$("$tool" check "$img") && fail "the IOVA mode's windows passed the physical check: $out"
+echo "IOVA windows: their own"
 echo "image check test OK"

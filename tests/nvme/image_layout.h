@@ -60,8 +60,13 @@ inline constexpr WriteCase kWriteCases[] = {
     {"many commands in flight", 4 << 20, 3 << 20, -1},
     {"page 5 shifted", 12 << 20, 64 << 10, 5},
 };
-inline uint64_t WriteOffset(Setup s, const WriteCase& c) {
-  return kWriteRegion + static_cast<uint64_t>(s) * kWriteWindow + c.offset;
+// The driver's two modes (physical: uio_pci_generic; IOVA: vfio-pci behind the IOMMU)
+// run in separate boots, each writing its own windows: the IOVA mode's follow the
+// physical mode's four.
+inline constexpr uint64_t kIovaWindows = 4;
+inline uint64_t WriteOffset(Setup s, const WriteCase& c, bool iova = false) {
+  return kWriteRegion + (static_cast<uint64_t>(s) + (iova ? kIovaWindows : 0)) * kWriteWindow +
+         c.offset;
 }
 
 // The pattern word at image byte offset `offset` (a multiple of 8).

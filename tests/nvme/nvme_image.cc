@@ -80,11 +80,11 @@ int Fill(int fd) {
 }
 
 // The write region as a guest that gets everything right leaves it.
-std::vector<std::byte> ExpectedWrites() {
+std::vector<std::byte> ExpectedWrites(bool iova) {
   std::vector<std::byte> want(nvme_test::kImageSize - nvme_test::kWriteRegion);
   for (nvme_test::Setup m : nvme_test::kSetups) {
     for (const nvme_test::WriteCase& c : nvme_test::kWriteCases) {
-      const uint64_t at = nvme_test::WriteOffset(m, c);
+      const uint64_t at = nvme_test::WriteOffset(m, c, iova);
       std::byte* p = want.data() + (at - nvme_test::kWriteRegion);
       nvme_test::FillPattern(nvme_test::kWriteSeed, at, p, c.length);
       if (c.shifted_page >= 0) {
@@ -97,11 +97,11 @@ std::vector<std::byte> ExpectedWrites() {
   return want;
 }
 
-int WriteCases(int fd) {
-  const std::vector<std::byte> want = ExpectedWrites();
+int WriteCases(int fd, bool iova) {
+  const std::vector<std::byte> want = ExpectedWrites(iova);
   for (nvme_test::Setup m : nvme_test::kSetups) {
     for (const nvme_test::WriteCase& c : nvme_test::kWriteCases) {
-      const uint64_t at = nvme_test::WriteOffset(m, c);
+      const uint64_t at = nvme_test::WriteOffset(m, c, iova);
       if (pwrite(fd, want.data() + (at - nvme_test::kWriteRegion), c.length,
                  static_cast<off_t>(at)) != static_cast<ssize_t>(c.length)) {
         std::perror("nvme_image: write");
@@ -112,7 +112,7 @@ int WriteCases(int fd) {
   return 0;
 }
 
-int Check(int fd) {
+int Check(int fd, bool iova) {
   bool ok = true;
   std::vector<std::byte> expected(nvme_test::kReadRegionSize);
   nvme_test::FillPattern(nvme_test::kReadSeed, nvme_test::kReadRegion, expected.data(),
@@ -120,13 +120,14 @@ int Check(int fd) {
   ok &= Expect(fd, "read region", nvme_test::kReadRegion, expected, nvme_test::kReadSeed);
 
   // Each case alone (to say which one differs), then the region in one piece.
-  const std::vector<std::byte> want = ExpectedWrites();
+  const std::vector<std::byte> want = ExpectedWrites(iova);
   for (nvme_test::Setup m : nvme_test::kSetups) {
     for (const nvme_test::WriteCase& c : nvme_test::kWriteCases) {
-      const uint64_t at = nvme_test::WriteOffset(m, c);
+      const uint64_t at = nvme_test::WriteOffset(m, c, iova);
       const std::byte* p = want.data() + (at - nvme_test::kWriteRegion);
       std::vector<std::byte> one(p, p + c.length);
-      const std::string what = std::string(nvme_test::SetupName(m)) + ": write \"" + c.name + "\"";
+      const std::string what = std::string(iova ? "IOVA mode, " : "") + nvme_test::SetupName(m) +
+                               ": write \"" + c.name + "\"";
       if (Expect(fd, what.c_str(), at, one, nvme_test::kWriteSeed)) {
         std::printf("ok: %s: %llu bytes at image offset %llu%s\n", what.c_str(),
                     static_cast<unsigned long long>(c.length), static_cast<unsigned long long>(at),
@@ -145,16 +146,20 @@ int Check(int fd) {
 
 int main(int argc, char** argv) {
   const std::string mode = argc == 3 ? argv[1] : "";
-  if (mode != "fill" && mode != "check" && mode != "write-cases") {
-    std::fprintf(stderr, "usage: nvme_image fill|check|write-cases IMG\n");
+  // The -iova forms are those of the driver's IOVA mode, which writes its own windows.
+  const bool iova = mode == "check-iova" || mode == "write-cases-iova";
+  if (mode != "fill" && mode != "check" && mode != "write-cases" && !iova) {
+    std::fprintf(stderr,
+                 "usage: nvme_image fill|check|write-cases|check-iova|write-cases-iova IMG\n");
     return 2;
   }
-  const int fd = open(argv[2], mode == "check" ? O_RDONLY : O_RDWR | O_CREAT, 0644);
+  const bool check = mode == "check" || mode == "check-iova";
+  const int fd = open(argv[2], check ? O_RDONLY : O_RDWR | O_CREAT, 0644);
   if (fd < 0) {
     std::perror(argv[2]);
     return 1;
   }
-  const int rc = mode == "fill" ? Fill(fd) : mode == "check" ? Check(fd) : WriteCases(fd);
+  const int rc = mode == "fill" ? Fill(fd) : check ? Check(fd, iova) : WriteCases(fd, iova);
   close(fd);
   return rc;
 }

@@ -26,7 +26,8 @@ class NvmeVmTest : public testing::Test {
 
   struct Memory {
     std::unique_ptr<hugemm::Runtime> rt;
-    hugemm::Buffer buf;  // dropped before the runtime
+    std::unique_ptr<hugemm::IovaMapper> iova;  // IOVA mode; dropped before the runtime
+    hugemm::Buffer buf;                        // dropped before the runtime
     std::string error;
   };
 
@@ -40,6 +41,8 @@ class NvmeVmTest : public testing::Test {
       return;
     }
     memory_->rt = std::move(*rt);
+    memory_->iova = AttachIova(*memory_->rt, &memory_->error);
+    if (!memory_->error.empty()) return;
     absl::StatusOr<hugemm::Buffer> buf = DataBuffer(*memory_->rt, kSetup);
     if (!buf.ok()) {
       memory_->error = buf.status().ToString();
@@ -58,7 +61,8 @@ class NvmeVmTest : public testing::Test {
     if (bar == nullptr) GTEST_SKIP() << why;
     ASSERT_EQ(memory_->error, "");
     absl::StatusOr<std::unique_ptr<nvme::Controller>> ctrl =
-        nvme::Controller::Start(*memory_->rt, bar->registers(), {.memory = QueueMemory(kSetup)});
+        nvme::Controller::Start(*memory_->rt, bar->registers(),
+                                {.memory = QueueMemory(kSetup), .iova = memory_->iova.get()});
     ASSERT_TRUE(ctrl.ok()) << ctrl.status();
     ctrl_ = std::move(*ctrl);
     ASSERT_EQ(ctrl_->ns().block_size, kBlock);
@@ -78,7 +82,7 @@ class NvmeVmTest : public testing::Test {
 
   // WRITEs write case `c` from `src`, filled with what the host expects at its offset.
   void WriteCase(const nvme_test::WriteCase& c, std::byte* src) {
-    const uint64_t at = WriteOffset(kSetup, c);
+    const uint64_t at = WriteOffset(kSetup, c, kIovaMode);
     FillPattern(kWriteSeed, at, src, c.length);
     if (c.shifted_page >= 0) ctrl_->InjectPrpFault({.entry = c.shifted_page, .delta = kPage});
     ASSERT_TRUE(ctrl_->Write(at / kBlock, src, c.length).ok()) << c.name;
@@ -156,6 +160,43 @@ TYPED_TEST(NvmeVmTest, AReadToAnAddressOnePageOffIsCaught) {
   EXPECT_EQ(PatternProblem(kReadSeed, kOffset, dst, 5 * kPage), "");
 }
 
+TYPED_TEST(NvmeVmTest, InIovaModeTheMemoryIsMappedOnceNotPerIo) {
+  if (!kIovaMode) GTEST_SKIP() << "physical mode";
+  const hugemm::IovaMapper& iova = *this->memory_->iova;
+  const uint64_t maps = iova.stats().maps;
+  EXPECT_GE(iova.stats().mappings, 2u) << "the queues' pool extent and the data buffer";
+  std::optional<uint64_t> at = iova.Iova(this->buf().data());
+  ASSERT_TRUE(at.has_value());
+  EXPECT_EQ(*at % this->buf().folio_size(), 0u) << "an IOVA the IOMMU can map with huge pages";
+  this->ctrl_->set_max_segment(64 << 10);
+  this->ReadAndCheck((8 << 20) + 7 * kBlock, BeforeBoundary(this->buf(), (1 << 20) + 1536),
+                     2 << 20);
+  EXPECT_EQ(iova.stats().maps, maps) << "no VFIO_IOMMU_MAP_DMA per I/O";
+}
+
+TYPED_TEST(NvmeVmTest, InIovaModeAPhysicalAddressMissesAndOnlyTheDataShowsIt) {
+  if (!kIovaMode) GTEST_SKIP() << "physical mode";
+  constexpr uint64_t kOffset = 20 << 20;
+  constexpr size_t kLength = 64 << 10;
+  std::byte* dst = this->buf().data() + kPage;
+  std::byte* page5 = dst + 5 * kPage;
+  std::optional<hugemm::Translation> t = this->memory_->rt->Translate(page5);
+  std::optional<uint64_t> iova = this->memory_->iova->Iova(page5);
+  ASSERT_TRUE(t.has_value() && iova.has_value());
+  const uint64_t phys = t->pfn << 12;
+  ASSERT_NE(phys, *iova) << "the IOVA is the physical address: the case proves nothing";
+  EXPECT_GE(*iova, uint64_t{1} << 37) << "an IOVA outside the test's window";
+  // PRP entry 5 names page 5 by its physical address, as physical mode would: behind the
+  // IOMMU that is another IOVA. The command still completes with status 0.
+  std::memset(dst, static_cast<int>(kMarker), kLength);
+  this->ctrl_->InjectPrpFault(
+      {.entry = 5, .delta = static_cast<int64_t>(phys) - static_cast<int64_t>(*iova)});
+  ASSERT_TRUE(this->ctrl_->Read(kOffset / kBlock, dst, kLength).ok());
+  EXPECT_EQ(PatternProblem(kReadSeed, kOffset, dst, 5 * kPage), "");
+  EXPECT_TRUE(Untouched(page5, kPage)) << "page 5 was reached by its physical address";
+  EXPECT_EQ(PatternProblem(kReadSeed, kOffset + 6 * kPage, page5 + kPage, kLength - 6 * kPage), "");
+}
+
 TYPED_TEST(NvmeVmTest, WritesFromAnAddressOnePageOffForTheHostToCatch) {
   for (const nvme_test::WriteCase& c : kWriteCases) {
     if (c.shifted_page >= 0) this->WriteCase(c, this->buf().data() + kPage);
@@ -171,14 +212,18 @@ class NvmeVmDriverTest : public testing::Test {
     absl::StatusOr<std::unique_ptr<hugemm::Runtime>> rt = hugemm::Runtime::Open();
     ASSERT_TRUE(rt.ok()) << rt.status();
     rt_ = std::move(*rt);
+    std::string error;
+    iova_ = AttachIova(*rt_, &error);
+    ASSERT_EQ(error, "");
     absl::StatusOr<std::unique_ptr<nvme::Controller>> ctrl =
-        nvme::Controller::Start(*rt_, bar->registers(), {.io_depth = 16});
+        nvme::Controller::Start(*rt_, bar->registers(), {.io_depth = 16, .iova = iova_.get()});
     ASSERT_TRUE(ctrl.ok()) << ctrl.status();
     ctrl_ = std::move(*ctrl);
   }
 
   std::unique_ptr<hugemm::Runtime> rt_;
-  std::unique_ptr<nvme::Controller> ctrl_;
+  std::unique_ptr<hugemm::IovaMapper> iova_;  // dropped before the runtime
+  std::unique_ptr<nvme::Controller> ctrl_;    // dropped before the mapper
 };
 
 TEST_F(NvmeVmDriverTest, IdentifiesTheHarnessController) {

@@ -7,11 +7,15 @@
 
 namespace nvme_test {
 
-const nvme::MappedBar* Device(std::string* why) {
-  struct Taken {
-    std::unique_ptr<nvme::MappedBar> bar;
-    std::string why;
-  };
+namespace {
+
+struct Taken {
+  std::unique_ptr<nvme::VfioFunction> vfio;  // IOVA mode
+  std::unique_ptr<nvme::MappedBar> bar;
+  std::string why;
+};
+
+Taken* Take() {
   static Taken* taken = [] {
     auto* t = new Taken;
     const char* bdf = std::getenv("HUGEMM_TEST_NVME_BDF");
@@ -20,9 +24,23 @@ const nvme::MappedBar* Device(std::string* why) {
       return t;
     }
     nvme::PciFunction fn(bdf);
-    absl::Status st = fn.BindDriver("uio_pci_generic");
-    if (st.ok()) st = fn.EnableBusMaster();
-    absl::StatusOr<nvme::MappedBar> bar = st.ok() ? fn.MapBar0() : st;
+    absl::StatusOr<nvme::MappedBar> bar = absl::UnknownError("");
+    if (kIovaMode) {
+      absl::Status st = fn.BindDriver("vfio-pci");
+      absl::StatusOr<std::unique_ptr<nvme::VfioFunction>> vfio =
+          st.ok() ? nvme::VfioFunction::Open(bdf) : st;
+      if (vfio.ok()) {
+        t->vfio = std::move(*vfio);
+        st = t->vfio->EnableBusMaster();
+      } else {
+        st = vfio.status();
+      }
+      bar = st.ok() ? t->vfio->MapBar0() : st;
+    } else {
+      absl::Status st = fn.BindDriver("uio_pci_generic");
+      if (st.ok()) st = fn.EnableBusMaster();
+      bar = st.ok() ? fn.MapBar0() : st;
+    }
     if (!bar.ok()) {
       t->why = std::string(bar.status().message());
       return t;
@@ -30,8 +48,34 @@ const nvme::MappedBar* Device(std::string* why) {
     t->bar = std::make_unique<nvme::MappedBar>(std::move(*bar));
     return t;
   }();
+  return taken;
+}
+
+}  // namespace
+
+const nvme::MappedBar* Device(std::string* why) {
+  Taken* taken = Take();
   *why = taken->why;
   return taken->bar.get();
+}
+
+int VfioContainer() {
+  Taken* taken = Take();
+  return taken->vfio != nullptr ? taken->vfio->container_fd() : -1;
+}
+
+std::unique_ptr<hugemm::IovaMapper> AttachIova(hugemm::Runtime& rt, std::string* error) {
+  if (!kIovaMode) return nullptr;
+  // IOVAs far above the guest's memory: an IOVA equal to the page's physical address (the
+  // default window starts at 4 GiB, where q35 puts the RAM above the PCI hole) would
+  // make IOVA mode indistinguishable from physical mode.
+  absl::StatusOr<std::unique_ptr<hugemm::IovaMapper>> mapper =
+      hugemm::IovaMapper::Attach(rt, VfioContainer(), {.iova_base = uint64_t{1} << 37});
+  if (!mapper.ok()) {
+    *error = mapper.status().ToString();
+    return nullptr;
+  }
+  return std::move(*mapper);
 }
 
 namespace {

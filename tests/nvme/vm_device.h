@@ -10,15 +10,31 @@
 
 #include "absl/status/statusor.h"
 #include "hugemm/runtime.h"
+#include "hugemm/vfio.h"
 #include "nvme/controller.h"
 #include "nvme/pci.h"
+#include "nvme/vfio.h"
 #include "tests/nvme/image_layout.h"
 
 namespace nvme_test {
 
-// BAR0 of $HUGEMM_TEST_NVME_BDF, bound to uio_pci_generic with bus mastering on, or
-// nullptr (and `why`) outside the VM.
+// The driver's mode in this test binary: physical (uio_pci_generic), or IOVA (vfio-pci
+// behind the IOMMU) when built with NVME_TEST_IOVA.
+#ifdef NVME_TEST_IOVA
+inline constexpr bool kIovaMode = true;
+#else
+inline constexpr bool kIovaMode = false;
+#endif
+
+// BAR0 of $HUGEMM_TEST_NVME_BDF with bus mastering on, bound to uio_pci_generic, or in
+// IOVA mode to vfio-pci and opened through VFIO; nullptr (and `why`) outside the VM.
 const nvme::MappedBar* Device(std::string* why);
+// IOVA mode: the VFIO container of Device()'s function (-1 in physical mode).
+int VfioContainer();
+// IOVA mode: `rt`'s memory mapped into VfioContainer() at IOVAs from 128 GiB on, where
+// no guest memory is, so that no IOVA equals a physical address (null in physical mode,
+// or with `error` set when the mapper could not attach).
+std::unique_ptr<hugemm::IovaMapper> AttachIova(hugemm::Runtime& rt, std::string* error);
 
 // The memory of each role in setup `s`.
 nvme::MemorySpec QueueMemory(Setup s);

@@ -6,7 +6,8 @@
 # the VM has stopped, every write case must be at its offset in IMG, nothing else
 # written (nvme_image check). $HUGEMM_NVME_IMAGE_TOOL is the nvme_image binary.
 # Exits with the harness's status, or 1 when the image is not what the guest was to
-# leave.
+# leave. $HUGEMM_NVME_IMAGE_CHECK names the check (check, or check-iova for the
+# driver's IOVA mode, which writes windows of its own).
 set -euo pipefail
 tool=${HUGEMM_NVME_IMAGE_TOOL:?HUGEMM_NVME_IMAGE_TOOL names the nvme_image binary}
 img=
@@ -27,4 +28,4 @@ trap 'rm -f -- "$img"' EXIT
 rc=0
 "$@" || rc=$?
 ((rc == 0)) || exit "$rc"
-"$tool" check "$img"
+"$tool" "${HUGEMM_NVME_IMAGE_CHECK:-check}" "$img"
