@@ -3,8 +3,9 @@
 # Inside the VM (--nvme, 2M and 1G pools, /dev/dax0.0), in one boot: the driver's gtest
 # binary (it takes the controller to uio_pci_generic); the pin benchmark on the
 # device-DAX memory; then the controller back to the kernel's nvme driver, which must
-# read the image's pattern: the driver left it in a state a kernel can take over.
-# HUGEMM_CLI "-" leaves the benchmark out (the IOVA mode's boot: the physical mode's ran
+# read the image's pattern: the driver left it in a state a kernel can take over; then
+# the storage benchmark on the controller through that driver.
+# HUGEMM_CLI "-" leaves the benchmarks out (the IOVA mode's boot: the physical mode's ran
 # it).
 set -uo pipefail
 test_bin=$1
@@ -31,6 +32,21 @@ if block=$("$HUGEMM_TEST_PCI_BIND" "$HUGEMM_TEST_NVME_BDF" nvme) &&
   echo "$block reads the image's 64 MiB pattern"
 else
   failed+=("back to nvme")
+  block=
+fi
+
+# The storage benchmark against the controller itself, with the kernel's nvme driver:
+# reads only, so the image stays what the host checks.
+if [[ $cli != - && -n $block ]]; then
+  echo "=== hugemm bench io --file $block"
+  if out=$("$cli" bench io --file "$block" --rw randread --bs 4K,128K --qd 1,16 \
+    --candidates plain,fixed,fixed+pins --seconds 0.5 --json) &&
+    (($(grep -c '"iops"' <<<"$out") == 12)) && ! grep -q '"skipped"' <<<"$out"; then
+    echo "$out"
+  else
+    echo "$out"
+    failed+=("bench io --file $block")
+  fi
 fi
 
 if ((${#failed[@]})); then
