@@ -3,10 +3,12 @@
 //   hugemm-nvme 0000:00:04.0 identify
 //   hugemm-nvme 0000:00:04.0 read 0 65536 out.bin --memory hugetlb:1G
 //   hugemm-nvme 0000:00:04.0 write 2048 in.bin --memory devdax:/dev/dax0.0 --give-back nvme
+//   hugemm-nvme 0000:00:04.0 read 0 4096 --iova
 //
 // It takes the function from its kernel driver (uio_pci_generic: physical addresses, no
-// IOMMU), maps BAR0, turns on bus mastering, starts the controller with its queues in
-// hugemm memory and moves data through a hugemm buffer.
+// IOMMU; with --iova vfio-pci behind the IOMMU, hugemm's IOVA mapper on its container),
+// maps BAR0, turns on bus mastering, starts the controller with its queues in hugemm
+// memory and moves data through a hugemm buffer.
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -17,6 +19,7 @@
 #include "absl/strings/numbers.h"
 #include "nvme/controller.h"
 #include "nvme/pci.h"
+#include "nvme/vfio.h"
 
 namespace {
 
@@ -26,6 +29,7 @@ struct Args {
   std::string memory = "hugetlb:2M";
   std::string give_back;
   bool keep_driver = false;
+  bool iova = false;
 };
 
 void Usage(FILE* out) {
@@ -38,8 +42,11 @@ void Usage(FILE* out) {
                "options:\n"
                "  --memory M        queues and data in M: hugetlb:2M (default), hugetlb:1G,\n"
                "                    devdax:/dev/daxX.Y\n"
+               "  --iova            IOVA mode: vfio-pci behind the IOMMU, addresses from\n"
+               "                    hugemm's IOVA mapper (default: uio_pci_generic and\n"
+               "                    physical addresses)\n"
                "  --keep-driver     leave the function's driver alone (it must be\n"
-               "                    uio_pci_generic or none)\n"
+               "                    uio_pci_generic, or vfio-pci with --iova)\n"
                "  --give-back DRV   hand the function to DRV (e.g. nvme) at the end\n");
 }
 
@@ -53,6 +60,8 @@ bool Parse(int argc, char** argv, Args* args) {
       args->give_back = argv[++i];
     } else if (a == "--keep-driver") {
       args->keep_driver = true;
+    } else if (a == "--iova") {
+      args->iova = true;
     } else if (a.rfind("--", 0) == 0) {
       return false;
     } else {
@@ -150,22 +159,40 @@ int main(int argc, char** argv) {
   if (!is_nvme.ok()) return Fail(is_nvme.status());
   if (!*is_nvme) return Fail(absl::InvalidArgumentError(args.bdf + " is not an NVMe controller"));
   if (!args.keep_driver) {
-    if (absl::Status st = fn.BindDriver("uio_pci_generic"); !st.ok()) return Fail(st);
+    absl::Status st = fn.BindDriver(args.iova ? "vfio-pci" : "uio_pci_generic");
+    if (!st.ok()) return Fail(st);
   }
-  if (absl::Status st = fn.EnableBusMaster(); !st.ok()) return Fail(st);
-  absl::StatusOr<nvme::MappedBar> bar = fn.MapBar0();
-  if (!bar.ok()) return Fail(bar.status());
   absl::StatusOr<std::unique_ptr<hugemm::Runtime>> rt = hugemm::Runtime::Open();
   if (!rt.ok()) return Fail(rt.status());
   int rc = 0;
   {
+    // Dropped in reverse: the controller (shut down), BAR0, the mapper (its IOVAs), the
+    // VFIO descriptors; all before the function changes hands.
+    std::unique_ptr<nvme::VfioFunction> vfio;
+    std::unique_ptr<hugemm::IovaMapper> mapper;
+    absl::StatusOr<nvme::MappedBar> bar = absl::UnknownError("");
+    if (args.iova) {
+      absl::StatusOr<std::unique_ptr<nvme::VfioFunction>> opened =
+          nvme::VfioFunction::Open(args.bdf);
+      if (!opened.ok()) return Fail(opened.status());
+      vfio = std::move(*opened);
+      absl::StatusOr<std::unique_ptr<hugemm::IovaMapper>> attached =
+          hugemm::IovaMapper::Attach(**rt, vfio->container_fd());
+      if (!attached.ok()) return Fail(attached.status());
+      mapper = std::move(*attached);
+      if (absl::Status st = vfio->EnableBusMaster(); !st.ok()) return Fail(st);
+      bar = vfio->MapBar0();
+    } else {
+      if (absl::Status st = fn.EnableBusMaster(); !st.ok()) return Fail(st);
+      bar = fn.MapBar0();
+    }
+    if (!bar.ok()) return Fail(bar.status());
     absl::StatusOr<std::unique_ptr<nvme::Controller>> ctrl =
-        nvme::Controller::Start(**rt, bar->registers(), {.memory = *spec});
+        nvme::Controller::Start(**rt, bar->registers(), {.memory = *spec, .iova = mapper.get()});
     if (!ctrl.ok()) return Fail(ctrl.status());
     rc = Run(args, **ctrl, **rt, *spec);
-  }  // the controller is shut down before the function changes hands
+  }
   if (!args.give_back.empty()) {
-    *bar = nvme::MappedBar();
     if (absl::Status st = fn.BindDriver(args.give_back); !st.ok()) return Fail(st);
   }
   return rc;
