@@ -7,9 +7,11 @@
 
 #include <sys/mman.h>
 
+#include <atomic>
 #include <cerrno>
 #include <map>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -316,6 +318,46 @@ TEST(VfioRealMemory, SegmentsOfPhysicallyScatteredFoliosAreOneIovaRun) {
   HUGEMM_ASSERT_OK(buf->Free());
   EXPECT_EQ(vfio.size(), 0u);
   m->reset();
+}
+
+TEST(VfioRealMemory, PinsOnManyThreadsWhileExtentsComeAndGo) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 16);
+  RecordingVfio vfio;
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  absl::StatusOr<std::unique_ptr<IovaMapper>> m =
+      IovaMapper::Attach(**rt, /*container_fd=*/1000, {.os = &vfio});
+  ASSERT_TRUE(m.ok()) << m.status();
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      DmaSegment segs[4];
+      std::vector<FolioSpan> pinned;
+      for (int i = 0; i < 200; ++i) {
+        // Whole 2M folios (each a pool extent the shrinker may take) and small ones.
+        absl::StatusOr<Buffer> b = (*rt)->Allocate(i % 3 == 0 ? kPageSize2M : 64 << 10);
+        if (!b.ok()) continue;  // another run may hold the pool's pages
+        pinned.clear();
+        absl::StatusOr<size_t> n =
+            (*m)->PinSegments(b->data(), b->size(), kGupPin | kGupWrite, 0, segs, &pinned);
+        if (!n.ok() || *n != 1 || segs[0].phys_addr != *(*m)->Iova(b->data()) ||
+            segs[0].length != b->size()) {
+          ++wrong;
+        }
+        if (n.ok()) (*rt)->pinner().UnpinFolios(pinned, RefKind::kPin, true);
+        if (t == 0 && i % 10 == 0) (void)(*rt)->allocator().Shrink();
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_GT((*m)->stats().unmaps, 0u) << "the shrinker took extents while others pinned";
+  EXPECT_EQ((*m)->stats().unmap_failures, 0u);
+  (void)(*rt)->allocator().Shrink();
+  EXPECT_EQ((*m)->stats().mappings, vfio.size());
+  m->reset();
+  EXPECT_EQ(vfio.size(), 0u);
 }
 
 TEST(VfioCApi, AttachPinSegmentsUnpinDetach) {
