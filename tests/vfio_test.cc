@@ -360,6 +360,90 @@ TEST(VfioRealMemory, PinsOnManyThreadsWhileExtentsComeAndGo) {
   EXPECT_EQ(vfio.size(), 0u);
 }
 
+// A space that gives each 4K page of one buffer an address of its own, 8K apart: runs
+// split inside a folio.
+class ScatteredSpace : public DmaAddressSpace {
+ public:
+  ScatteredSpace(const std::byte* base, size_t size)
+      : base_(reinterpret_cast<uintptr_t>(base)), size_(size) {}
+  bool DeviceAddress(uintptr_t va, uint64_t* addr, uint64_t* contiguous) const override {
+    if (va < base_ || va - base_ >= size_) return false;
+    const uint64_t off = va - base_;
+    *addr = 0x10000000 + (off / 4096) * 8192 + off % 4096;
+    *contiguous = 4096 - off % 4096;
+    return true;
+  }
+
+ private:
+  uintptr_t base_;
+  size_t size_;
+};
+
+TEST(DmaAddressSpace, RunsSplitInsideAFolioAndAFullOutputLeavesNothing) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  absl::StatusOr<Buffer> buf = (*rt)->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  const ScatteredSpace space(buf->data(), 4 * 4096);  // the space knows four pages
+  Pinner& pinner = (*rt)->pinner();
+  DmaSegment segs[8];
+  absl::StatusOr<size_t> n =
+      pinner.PinSegments(buf->data() + 100, 4 * 4096 - 100, kGupPin, 0, segs, nullptr, &space);
+  ASSERT_TRUE(n.ok()) << n.status();
+  ASSERT_EQ(*n, 4u);
+  EXPECT_EQ(segs[0].phys_addr, 0x10000000u + 100);
+  EXPECT_EQ(segs[0].length, 4096u - 100);
+  EXPECT_EQ(segs[3].phys_addr, 0x10000000u + 3 * 8192);
+  EXPECT_EQ(segs[3].length, 4096u);
+  HUGEMM_ASSERT_OK(pinner.UnpinRange(buf->data() + 100, 4 * 4096 - 100, RefKind::kPin));
+  // Three segments for four runs: refused, also as a partial pin, with nothing pinned.
+  for (GupFlags flags : {kGupPin, kGupPin | kGupPartial}) {
+    n = pinner.PinSegments(buf->data(), 4 * 4096, flags, 0, absl::MakeSpan(segs, 3), nullptr,
+                           &space);
+    EXPECT_EQ(n.status().code(), absl::StatusCode::kResourceExhausted) << n.status();
+    EXPECT_FALSE(pinner.MaybeDmaPinned(buf->data()));
+  }
+  // A page the space does not know: FailedPrecondition naming it.
+  n = pinner.PinSegments(buf->data(), 5 * 4096, kGupPin, 0, segs, nullptr, &space);
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kFailedPrecondition) << n.status();
+  EXPECT_THAT(n.status().message(), HasSubstr("device's address space"));
+  EXPECT_FALSE(pinner.MaybeDmaPinned(buf->data()));
+  // A handle's segments in the space, and the same refusal.
+  absl::StatusOr<PinnedRange> pin = pinner.Pin(buf->data(), 5 * 4096, kGupPin);
+  ASSERT_TRUE(pin.ok()) << pin.status();
+  absl::StatusOr<std::vector<DmaSegment>> all = pin->Segments(0, &space);
+  EXPECT_EQ(all.status().code(), absl::StatusCode::kFailedPrecondition) << all.status();
+  PinnedRange four = std::move(*pin);
+  four.Release();
+  pin = pinner.Pin(buf->data(), 4 * 4096, kGupPin);
+  ASSERT_TRUE(pin.ok()) << pin.status();
+  all = pin->Segments(8192, &space);
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_EQ(all->size(), 4u);
+}
+
+TEST(DmaAddressSpace, APartialPinCountsOnlyTheSegmentsOfWhatItPinned) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  absl::StatusOr<Buffer> buf = (*rt)->MapBuffer(2 * kPageSize2M);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  // Two pages before the folio boundary, three after: five runs, room for four.
+  std::byte* start = buf->data() + kPageSize2M - 2 * 4096;
+  const ScatteredSpace space(start, 5 * 4096);
+  DmaSegment segs[4];
+  std::vector<FolioSpan> pinned;
+  absl::StatusOr<size_t> n =
+      (*rt)->pinner().PinSegments(start, 5 * 4096, kGupPin | kGupPartial, 0, segs, &pinned, &space);
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(*n, 2u) << "the first folio's two runs; none of the second's, which is not pinned";
+  ASSERT_EQ(pinned.size(), 1u);
+  EXPECT_EQ(pinned[0].pages, 2u);
+  (*rt)->pinner().UnpinFolios(pinned, RefKind::kPin);
+  EXPECT_FALSE((*rt)->pinner().MaybeDmaPinned(start));
+}
+
 TEST(VfioCApi, AttachPinSegmentsUnpinDetach) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
   hugemm_runtime* rt = nullptr;

@@ -70,17 +70,24 @@ class SegmentWriter {
   }
 
   // Adds the byte range [from, to) at the addresses `space` gives it, split where the
-  // space is not contiguous. False with *unmapped set when the space has no address for
-  // a byte of it; false alone when the room ran out.
+  // space is not contiguous. All or nothing, like Add: false with *unmapped set when the
+  // space has no address for a byte of it, false alone when the room ran out, and then
+  // the segments are as they were (a partial pin's count must not take them in).
   bool AddIn(const DmaAddressSpace& space, uintptr_t from, uintptr_t to, bool* unmapped) {
+    const size_t n0 = n_;
+    const uint64_t phys0 = last_phys_, len0 = last_len_;
     while (from < to) {
       uint64_t addr = 0, run = 0;
-      if (!space.DeviceAddress(from, &addr, &run) || run == 0) {
-        *unmapped = true;
+      const bool mapped = space.DeviceAddress(from, &addr, &run) && run != 0;
+      const uint64_t n = mapped ? std::min<uint64_t>(run, to - from) : 0;
+      if (!mapped || !Add(addr, n)) {
+        *unmapped = !mapped;
+        n_ = n0;
+        last_phys_ = phys0;
+        last_len_ = len0;
+        if (out_ != nullptr && n0 > 0) out_[n0 - 1].length = len0;
         return false;
       }
-      const uint64_t n = std::min<uint64_t>(run, to - from);
-      if (!Add(addr, n)) return false;
       from += n;
     }
     return true;
