@@ -26,8 +26,9 @@ class SystemDescriptors {
   size_t in_use() const { return in_use_; }
   size_t bytes() const { return chunks_.size() * kPerChunk * sizeof(Folio); }
 
- private:
   static constexpr size_t kPerChunk = 16;
+
+ private:
   std::vector<std::unique_ptr<Folio[]>> chunks_;
   Folio* free_ = nullptr;  // linked through owner_private[0]
   size_t in_use_ = 0;
