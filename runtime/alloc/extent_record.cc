@@ -47,6 +47,7 @@ Folio* ExtentRecord::Find(const void* addr) const {
 
 size_t ExtentRecord::metadata_bytes() const {
   size_t bytes = sizeof(ExtentRecord) + extent.pfns().size() * sizeof(uint64_t);
+  if (reserve != nullptr) bytes += sizeof(ReserveDescriptors);
   if (std::atomic<Region*>* dir = split.load(std::memory_order_relaxed)) {
     bytes += regions * sizeof(std::atomic<Region*>);
     for (size_t i = 0; i < regions; ++i) {

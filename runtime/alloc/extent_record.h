@@ -17,6 +17,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 #include "hugemm/backing.h"
 #include "hugemm/folio.h"
@@ -66,7 +67,7 @@ struct ExtentRecord {
   Folio* const heads;
   std::atomic<std::atomic<Region*>*> split{nullptr};
   size_t split_records = 0;
-  ReserveDescriptors reserve;
+  std::unique_ptr<ReserveDescriptors> reserve;  // only with a descriptor reserve
   size_t reserve_bytes = 0;
   size_t usable_pages = 0;  // 4K pages that are folios (all but the reserve)
   size_t free_pages = 0;    // of which in the pool's free lists

@@ -125,7 +125,7 @@ Folio* Pool::NewFolio(ExtentRecord* rec, size_t i, size_t head, int order) {
   if (head == 0) {
     f = &rec->heads[i];
   } else {
-    f = rec->reserve.Get();
+    f = rec->reserve != nullptr ? rec->reserve->Get() : nullptr;
     in_reserve = f != nullptr;
     if (f == nullptr) f = descriptors_.Get();
   }
@@ -154,7 +154,7 @@ void Pool::DeleteDescriptor(ExtentRecord* rec, Folio* folio) {
   --total_folios_;
   if (rec->IsHead(folio)) return;  // the slot stays the region's
   if (folio->has_flag(FolioFlag::kReserveMeta)) {
-    rec->reserve.Put(folio);
+    rec->reserve->Put(folio);
   } else {
     descriptors_.Put(folio);
   }
@@ -236,7 +236,8 @@ absl::Status Pool::Grow(int order) {
   if (reserve) {
     rec->reserve_bytes =
         std::min((config_.reserve_bytes + kPageSize4K - 1) & ~(kPageSize4K - 1), region_size / 2);
-    rec->reserve = ReserveDescriptors(rec->base, rec->reserve_bytes / sizeof(Folio));
+    rec->reserve =
+        std::make_unique<ReserveDescriptors>(rec->base, rec->reserve_bytes / sizeof(Folio));
   }
   // Regions that start out split (behind the reserve; every region of a 4K backing)
   // get their records before a reader can find the extent.
@@ -434,7 +435,7 @@ PoolStats Pool::Stats() const {
   for (const HeadArray& a : heads_) s.metadata_bytes += a.n * sizeof(Folio);
   for (const auto& rec : extents_) {
     s.reserve_bytes += rec->reserve_bytes;
-    s.reserve_descriptors += rec->reserve.in_use();
+    if (rec->reserve != nullptr) s.reserve_descriptors += rec->reserve->in_use();
     s.metadata_bytes += rec->metadata_bytes() + kIndexEntryBytes + sizeof(void*);
   }
   s.free_by_order.assign(free_count_.begin(), free_count_.begin() + max_order_ + 1);
