@@ -226,7 +226,7 @@ MetadataCost FolioMetadataCost(size_t folio_size, size_t page_size) {
     const uint64_t pfn_list =
         page_size == kPageSize4K ? (length / page_size) * sizeof(uint64_t) : 0;
     bytes += sizeof(ExtentRecord) + pfn_list + alloc_internal::kIndexEntryBytes + sizeof(void*) +
-             regions * sizeof(Folio);
+             sizeof(alloc_internal::HeadArray) + regions * sizeof(Folio);
     if (order < region_order) {
       bytes += regions *
                (sizeof(void*) + Region::RecordBytes() + Region::SlotBytes(region_order, order));
@@ -234,9 +234,9 @@ MetadataCost FolioMetadataCost(size_t folio_size, size_t page_size) {
     mapped += length;
   }
   const uint64_t slab = folios - std::min<uint64_t>(folios, kPageSize1G / region_size);
-  bytes += (slab + alloc_internal::SystemDescriptors::kPerChunk - 1) /
-           alloc_internal::SystemDescriptors::kPerChunk *
-           alloc_internal::SystemDescriptors::kPerChunk * sizeof(Folio);
+  using alloc_internal::SystemDescriptors;
+  bytes += (slab + SystemDescriptors::kPerChunk - 1) / SystemDescriptors::kPerChunk *
+           SystemDescriptors::kChunkBytes;
   c.bytes_per_gib = bytes;
   c.kernel_bytes_per_gib = (kPageSize1G / kPageSize4K) * 64;
   // With the vmemmap optimisation a huge folio keeps one 4K page of struct pages.

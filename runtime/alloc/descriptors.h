@@ -24,9 +24,11 @@ class SystemDescriptors {
   Folio* Get();
   void Put(Folio* folio);
   size_t in_use() const { return in_use_; }
-  size_t bytes() const { return chunks_.size() * kPerChunk * sizeof(Folio); }
+  // Every chunk held, in use or not, with its pointer in the chunk list.
+  size_t bytes() const { return chunks_.size() * kChunkBytes; }
 
   static constexpr size_t kPerChunk = 16;
+  static constexpr size_t kChunkBytes = kPerChunk * sizeof(Folio) + sizeof(void*);
 
  private:
   std::vector<std::unique_ptr<Folio[]>> chunks_;

@@ -45,6 +45,14 @@ inline constexpr size_t kMaxGrowPages = 64;
 size_t GrowLength(size_t mapped, size_t min_length, size_t region_size, size_t page_size,
                   size_t limit);
 
+// One extent's array of region-head descriptors, kept by the pool for its whole life
+// (and reused by a later extent of as many regions) so that descriptors stay readable.
+struct HeadArray {
+  std::unique_ptr<Folio[]> folios;
+  size_t n = 0;
+  bool in_use = false;
+};
+
 struct PoolKey {
   BackingKind backing = BackingKind::kHugetlb;
   size_t page_size = 0;  // as requested, normalised: 0 only for devdax
@@ -130,11 +138,6 @@ class Pool final : public FolioOwner {
   std::array<size_t, kOrders> free_count_ ABSL_GUARDED_BY(mu_){};
   std::vector<std::unique_ptr<ExtentRecord>> extents_ ABSL_GUARDED_BY(mu_);
   SystemDescriptors descriptors_ ABSL_GUARDED_BY(mu_);
-  struct HeadArray {
-    std::unique_ptr<Folio[]> folios;
-    size_t n = 0;
-    bool in_use = false;
-  };
   std::vector<HeadArray> heads_ ABSL_GUARDED_BY(mu_);
   size_t mapped_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   size_t free_bytes_ ABSL_GUARDED_BY(mu_) = 0;

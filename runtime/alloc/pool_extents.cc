@@ -165,7 +165,7 @@ PoolStats Pool::Stats() const {
   // array (idle ones kept for reuse too), and per extent its record, PFN list, split
   // directory and records, its index entry and its slot in extents_.
   s.metadata_bytes = descriptors_.bytes();
-  for (const HeadArray& a : heads_) s.metadata_bytes += a.n * sizeof(Folio);
+  for (const HeadArray& a : heads_) s.metadata_bytes += sizeof(HeadArray) + a.n * sizeof(Folio);
   for (const auto& rec : extents_) {
     s.reserve_bytes += rec->reserve_bytes;
     if (rec->reserve != nullptr) s.reserve_descriptors += rec->reserve->in_use();
