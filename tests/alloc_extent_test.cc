@@ -20,6 +20,8 @@ namespace {
 using alloc_internal::ExtentRecord;
 using alloc_internal::IndexReader;
 
+constexpr size_t kSize64K = size_t{64} << 10;
+
 std::unique_ptr<Allocator> NewAllocator(FakeOs& os, AllocatorOptions options = {}) {
   options.os = &os;
   options.thread_cache = false;
@@ -28,10 +30,13 @@ std::unique_ptr<Allocator> NewAllocator(FakeOs& os, AllocatorOptions options = {
   return std::move(*a);
 }
 
-PoolStats Only(const Allocator& alloc) {
-  std::vector<PoolStats> s = alloc.Stats();
-  EXPECT_EQ(s.size(), 1u);
-  return s.empty() ? PoolStats{} : s.front();
+// The stats of the pool of `page` pages.
+PoolStats Only(const Allocator& alloc, size_t page = kPageSize2M) {
+  for (const PoolStats& s : alloc.Stats()) {
+    if (s.page_size == page) return s;
+  }
+  ADD_FAILURE() << "no " << PageSizeName(page) << " pool";
+  return {};
 }
 
 TEST(AllocExtents, GrowByWhatIsMappedUpTo1GAndCostAFractionOverTheDescriptor) {
@@ -63,6 +68,31 @@ TEST(AllocExtents, GrowByWhatIsMappedUpTo1GAndCostAFractionOverTheDescriptor) {
   held.clear();
   EXPECT_EQ(alloc->Shrink(), size_t{4} << 30);
   EXPECT_EQ(os.Pool(kPageSize2M).free, 2048);
+}
+
+TEST(AllocExtents, TheStatsCountWhatSplitPoolsAnd1GPoolsHold) {
+  // 64K folios fill 1 GiB of 2M pages: every region split, its record holding the
+  // slots of orders 4 to 8, the slab holding all but the head descriptors.
+  FakeOs os({.pools = {{kPageSize2M, 512}, {kPageSize1G, 1}}});
+  auto alloc = NewAllocator(os);
+  std::vector<FolioHandle> held;
+  for (size_t i = 0; i < kPageSize1G / kSize64K; ++i) {
+    absl::StatusOr<FolioHandle> h = alloc->AllocateOrder(4, {.zero = false});
+    ASSERT_TRUE(h.ok()) << i << ": " << h.status();
+    held.push_back(std::move(*h));
+  }
+  EXPECT_EQ(Only(*alloc).metadata_bytes, FolioMetadataCost(kSize64K, kPageSize2M).bytes_per_gib);
+  held.clear();
+  EXPECT_EQ(alloc->Shrink(), kPageSize1G);
+  // Given back, the split records go with their extents; the slab and the head
+  // arrays stay (descriptors stay readable memory), and are counted.
+  EXPECT_GT(Only(*alloc).metadata_bytes, 0u);
+
+  absl::StatusOr<FolioHandle> big =
+      alloc->AllocateOrder(18, {.page_size = kPageSize1G, .zero = false});
+  ASSERT_TRUE(big.ok()) << big.status();
+  EXPECT_EQ(Only(*alloc, kPageSize1G).metadata_bytes,
+            FolioMetadataCost(kPageSize1G, kPageSize1G).bytes_per_gib);
 }
 
 TEST(AllocExtents, FallsBackToOneNativePageWhenTheStepDoesNotFit) {
@@ -163,7 +193,7 @@ void SplitAndMergeKeepTheHead(size_t page, int low) {
     // Merged back whole, into the region's own slot.
     EXPECT_EQ(Allocator::FolioOf(base + page - 1), head);
     EXPECT_EQ(head->order, top);
-    EXPECT_EQ(Only(*alloc).folios, 1u);
+    EXPECT_EQ(Only(*alloc, page).folios, 1u);
   }
 }
 
