@@ -95,13 +95,15 @@ absl::StatusOr<double> TimeZeroCold(Allocator* alloc, int count, void (*zero)(vo
 }
 
 // Measured system-memory metadata per GiB for folios of `order` on `page_size` pages:
-// fill one native page with them and scale.
-absl::StatusOr<double> MeasuredPerGiB(size_t page_size, int order) {
+// grow a pool from empty to `pool_bytes`, fill it with such folios, and scale what its
+// stats count (everything the allocator holds for them) to a GiB.
+absl::StatusOr<double> MeasuredPerGiB(size_t page_size, int order, size_t pool_bytes) {
   absl::StatusOr<std::unique_ptr<Allocator>> alloc =
-      Allocator::Create({.max_bytes_per_pool = page_size, .thread_cache = false});
+      Allocator::Create({.max_bytes_per_pool = pool_bytes, .thread_cache = false});
   if (!alloc.ok()) return alloc.status();
   std::vector<FolioHandle> held;
-  const size_t count = page_size >> (kPageShift + order);
+  const size_t count = pool_bytes >> (kPageShift + order);
+  held.reserve(count);
   for (size_t i = 0; i < count; ++i) {
     absl::StatusOr<FolioHandle> h =
         (*alloc)->AllocateOrder(order, {.page_size = page_size, .zero = false});
@@ -109,7 +111,8 @@ absl::StatusOr<double> MeasuredPerGiB(size_t page_size, int order) {
     held.push_back(std::move(*h));
   }
   const PoolStats s = (*alloc)->Stats().front();
-  return static_cast<double>(s.metadata_bytes) * static_cast<double>(kPageSize1G / page_size);
+  return static_cast<double>(s.metadata_bytes) * static_cast<double>(kPageSize1G) /
+         static_cast<double>(pool_bytes);
 }
 
 bool Free1G() {
@@ -139,12 +142,6 @@ absl::StatusOr<AllocBenchResult> RunAllocBench(const AllocBenchConfig& config) {
   r.alloc_free_zeroed_ns = *zeroed;
   r.mmap_fault_munmap_ns = *slow;
 
-  std::vector<PoolStats> stats = (*alloc)->Stats();
-  r.metadata_bytes_per_folio =
-      stats.empty() || stats[0].folios == 0
-          ? 0
-          : static_cast<double>(stats[0].metadata_bytes) / static_cast<double>(stats[0].folios);
-
   absl::StatusOr<double> z2m_memset =
       TimeZero(alloc->get(), kPageSize2M, 101, alloc_internal::ZeroCached);
   if (!z2m_memset.ok()) return z2m_memset.status();
@@ -170,14 +167,18 @@ absl::StatusOr<AllocBenchResult> RunAllocBench(const AllocBenchConfig& config) {
   }
   (*alloc)->Shrink();
 
+  // The pools measured: 1 GiB of 2M pages (512 of them, grown from empty as any pool
+  // is: the model's case), one 2M page of 4K folios (scaled: 4K folios cost per page,
+  // not per extent) and one 1G page.
   struct Row {
     const char* name;
     size_t folio, page;
     int order;
+    size_t pool;
   };
-  const Row rows[] = {{"4K", kPageSize4K, kPageSize2M, 0},
-                      {"2M", kPageSize2M, kPageSize2M, 9},
-                      {"1G", kPageSize1G, kPageSize1G, 18}};
+  const Row rows[] = {{"4K", kPageSize4K, kPageSize2M, 0, kPageSize2M},
+                      {"2M", kPageSize2M, kPageSize2M, 9, kPageSize1G},
+                      {"1G", kPageSize1G, kPageSize1G, 18, kPageSize1G}};
   for (const Row& row : rows) {
     const MetadataCost c = FolioMetadataCost(row.folio, row.page);
     MetadataPerGiB m{.folios = row.name,
@@ -185,7 +186,15 @@ absl::StatusOr<AllocBenchResult> RunAllocBench(const AllocBenchConfig& config) {
                      .kernel = c.kernel_bytes_per_gib,
                      .kernel_hvo = c.kernel_hvo_bytes_per_gib};
     if (row.page == kPageSize2M || Free1G()) {
-      if (absl::StatusOr<double> v = MeasuredPerGiB(row.page, row.order); v.ok()) m.measured = *v;
+      if (absl::StatusOr<double> v = MeasuredPerGiB(row.page, row.order, row.pool); v.ok()) {
+        m.measured = *v;
+      }
+    }
+    if (row.folio == kPageSize2M) {
+      // All-in per 2M folio: the measured 1 GiB pool, or the model when its pages were
+      // not free.
+      r.metadata_bytes_per_folio = (m.measured ? *m.measured : static_cast<double>(m.model)) /
+                                   static_cast<double>(kPageSize1G / kPageSize2M);
     }
     r.metadata_per_gib.push_back(std::move(m));
   }

@@ -21,7 +21,8 @@ struct AllocBenchConfig {
 };
 inline constexpr int kAllocBenchSamples = 31;
 
-// Metadata per GiB of folios of one size, in system memory.
+// Metadata per GiB of folios of one size, in system memory: model (FolioMetadataCost)
+// and measured (PoolStats::metadata_bytes of a pool filled with them, scaled).
 struct MetadataPerGiB {
   std::string folios;  // "4K", "2M", "1G"
   uint64_t model = 0;
@@ -34,6 +35,8 @@ struct AllocBenchResult {
   Summary alloc_free_ns;         // cached 2M folio, no zeroing
   Summary mmap_fault_munmap_ns;  // mmap(MAP_HUGETLB) + touch + munmap of 2M
   Summary alloc_free_zeroed_ns;
+  // Everything the allocator holds per 2M folio in a 1 GiB pool grown from empty (the
+  // "2M" row's measured figure / 512; its model when the pages were not free).
   double metadata_bytes_per_folio = 0;
   size_t descriptor_bytes = 0;
   double zero_2m_memset_ns = 0;

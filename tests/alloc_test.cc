@@ -322,20 +322,21 @@ TEST(Alloc, OneGigRequestBeyondTheKernelsFreePages) {
 }
 
 TEST(Alloc, ShrinkGivesWhollyFreePagesBackOnly) {
-  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 3);
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
   const int64_t baseline = FreeHugePages(kPageSize2M);
   auto alloc = NewAllocator();
   absl::StatusOr<FolioHandle> a = alloc->Allocate(kPageSize2M);
   absl::StatusOr<FolioHandle> b = alloc->Allocate(kPageSize2M);
   absl::StatusOr<FolioHandle> c = alloc->Allocate(8192);
   ASSERT_TRUE(a.ok() && b.ok() && c.ok());
-  EXPECT_EQ(FreeHugePages(kPageSize2M), baseline - 3);
+  // The pool grows by what it has mapped: 2M, 2M, then 4M for c.
+  EXPECT_EQ(FreeHugePages(kPageSize2M), baseline - 4);
   a->Reset();
-  EXPECT_EQ(alloc->Shrink(), kPageSize2M);  // b and the page holding c stay
-  EXPECT_EQ(FreeHugePages(kPageSize2M), baseline - 2);
+  EXPECT_EQ(alloc->Shrink(), kPageSize2M);  // b and the extent holding c stay
+  EXPECT_EQ(FreeHugePages(kPageSize2M), baseline - 3);
   b->Reset();
   c->Reset();
-  EXPECT_EQ(alloc->Shrink(), 2 * kPageSize2M);
+  EXPECT_EQ(alloc->Shrink(), 3 * kPageSize2M);
   EXPECT_EQ(FreeHugePages(kPageSize2M), baseline);
 }
 
@@ -472,14 +473,18 @@ TEST(Alloc, ManyThreadsNoLeak) {
 }
 
 TEST(Alloc, MetadataMeasuredMatchesTheModel) {
-  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 16);
+  // Grown from empty by 2M, 2M, 4M, 8M, 16M: 16 pages in 5 extents. The model is a
+  // 1 GiB pool (10 extents for 512 pages), so per folio this one costs more.
   auto alloc = NewAllocator({.thread_cache = false});
   std::vector<FolioHandle> held;
-  for (int i = 0; i < 4; ++i) held.push_back(std::move(*alloc->Allocate(kPageSize2M)));
+  for (int i = 0; i < 16; ++i) held.push_back(std::move(*alloc->Allocate(kPageSize2M)));
   PoolStats s = *FindStats(*alloc, BackingKind::kHugetlb, kPageSize2M);
+  EXPECT_EQ(s.extents, 5u);
+  EXPECT_EQ(s.folios, 16u);
   const MetadataCost model = FolioMetadataCost(kPageSize2M, kPageSize2M);
-  EXPECT_EQ(s.metadata_bytes / s.folios, model.bytes_per_gib / 512);
-  EXPECT_LE(s.metadata_bytes / s.folios, 128u);
+  EXPECT_GE(s.metadata_bytes / s.folios, model.bytes_per_gib / 512);
+  EXPECT_LE(s.metadata_bytes / s.folios, 160u);
 }
 
 }  // namespace

@@ -381,7 +381,10 @@ TEST(FolioMetadata, FarBelowTheKernelsStructPages) {
   MetadataCost c2m = FolioMetadataCost(kPageSize2M, kPageSize2M);
   MetadataCost c1g = FolioMetadataCost(kPageSize1G, kPageSize1G);
   EXPECT_LT(c2m.bytes_per_gib, c2m.kernel_hvo_bytes_per_gib);
-  EXPECT_LT(c1g.bytes_per_gib, 256u);  // one descriptor, one slot, one region record
+  // A 1 GiB pool of 2M pages: 512 descriptors and 10 extent records.
+  EXPECT_LT(c2m.bytes_per_gib / 512, 70u);
+  // A 1 GiB pool of one 1G page: one descriptor and one extent's record and index entry.
+  EXPECT_LT(c1g.bytes_per_gib, sizeof(Folio) + 256);
   EXPECT_EQ(c1g.kernel_bytes_per_gib, uint64_t{16} << 20);
 }
 

@@ -16,10 +16,14 @@
 // Magazines drain to the pool (under its mutex) when full, on FlushThreadCache() and at
 // thread exit.
 //
-// page -> folio (FolioOf, the kernel's compound_head) is O(1) with no per-page storage:
-// a fixed three-level radix over 2M of virtual address finds the region, and the
-// region's slots of live folios, kept per order in use, are probed once per such order
-// (at most 19 probes, usually one). folio -> page i is arithmetic (Folio::page_address,
+// Pools grow geometrically (each mapping as large as what the pool holds, up to 1 GiB
+// or 64 pages of 1G), so a pool has few extents. Each extent keeps one descriptor per
+// native page for the folio whose head is that page's first byte; only a page that was
+// split has a record of its smaller folios. page -> folio (FolioOf, the kernel's
+// compound_head) needs no per-page storage: a binary search over the process's extents
+// finds the extent, then arithmetic finds the page's descriptor, or the split record's
+// slots of live folios, kept per order in use, are probed once per such order (at most
+// 19 probes, usually one). folio -> page i is arithmetic (Folio::page_address,
 // Folio::page_pfn).
 #ifndef HUGEMM_ALLOC_H_
 #define HUGEMM_ALLOC_H_
@@ -117,14 +121,17 @@ struct PoolStats {
   BackingKind backing = BackingKind::kHugetlb;
   size_t page_size = 0;
   int node = -1;
-  std::string describe;               // the backing's own description
-  size_t extents = 0;                 // mappings held
-  size_t mapped_bytes = 0;            // bytes mapped from the backing
-  size_t free_bytes = 0;              // in the pool's free lists
-  size_t reserve_bytes = 0;           // carved for descriptors (altmap)
-  size_t folios = 0;                  // live descriptors, free or in use
-  size_t reserve_descriptors = 0;     // of which in a reserve
-  size_t metadata_bytes = 0;          // descriptors + indexes + region records, system memory
+  std::string describe;            // the backing's own description
+  size_t extents = 0;              // mappings held
+  size_t mapped_bytes = 0;         // bytes mapped from the backing
+  size_t free_bytes = 0;           // in the pool's free lists
+  size_t reserve_bytes = 0;        // carved for descriptors (altmap)
+  size_t folios = 0;               // live descriptors, free or in use
+  size_t reserve_descriptors = 0;  // of which in a reserve
+  // System memory held for the folios, all of it: descriptor arrays and slab chunks
+  // (in use or not), extent records and their PFN lists, index entries, split records.
+  // Not counted: the pool object itself (a few hundred bytes per pool).
+  size_t metadata_bytes = 0;
   std::vector<size_t> free_by_order;  // free folios per order
 };
 
@@ -165,16 +172,18 @@ class Allocator {
   void FlushThreadCache();
   // Flushes the calling thread's magazines, then unmaps every extent whose memory is
   // all free, giving the huge pages back to the kernel. Returns the bytes given back.
+  // Extents are large (they grow with the pool): one folio in use keeps its whole
+  // extent mapped.
   size_t Shrink();
 
   [[nodiscard]] std::vector<PoolStats> Stats() const;
   const AllocatorOptions& options() const { return options_; }
 
-  // The live folio holding `addr` in any allocator of this process, or nullptr. O(1),
-  // lock-free. The answer can be stale by the time it is read (the folio may be split,
-  // merged or freed concurrently): take a reference with FolioTryGet and check
-  // folio->contains(addr) again, as the kernel does after a speculative get. Descriptors
-  // stay readable memory for the allocator's life.
+  // The live folio holding `addr` in any allocator of this process, or nullptr.
+  // Lock-free; O(log extents in the process). The answer can be stale by the time it
+  // is read (the folio may be split, merged or freed concurrently): take a reference
+  // with FolioTryGet and check folio->contains(addr) again, as the kernel does after a
+  // speculative get. Descriptors stay readable memory for the allocator's life.
   [[nodiscard]] static Folio* FolioOf(const void* addr);
 
  private:
@@ -185,9 +194,10 @@ class Allocator {
   std::unique_ptr<Impl> impl_;
 };
 
-// Metadata model, for `hugemm info` and the README: system-memory bytes per GiB of
-// folios of `folio_size` carved from native pages of `page_size` (descriptors, index
-// slots, region records), and the kernel's struct page cost for comparison.
+// Metadata model, for `hugemm info` and the README: the system memory (as
+// PoolStats::metadata_bytes counts it) of a pool of native pages of `page_size` grown
+// from empty to 1 GiB and carved into folios of `folio_size`, and the kernel's struct
+// page cost for comparison.
 struct MetadataCost {
   size_t folio_size = 0;
   size_t page_size = 0;

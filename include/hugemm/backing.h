@@ -112,6 +112,9 @@ class Extent {
   uint64_t pfn(size_t i) const { return pfns_[i]; }
   absl::Span<const uint64_t> pfns() const { return pfns_; }
   bool pfns_known() const { return !pfns_.empty() && pfns_[0] != kUnknownPfn; }
+  // Drops the PFN list (8 bytes per native page) for an owner that keeps the PFNs
+  // elsewhere; pfns() is empty afterwards.
+  void ForgetPfns() { std::vector<uint64_t>().swap(pfns_); }
   const std::shared_ptr<Backing>& backing() const { return backing_; }
   bool mapped() const { return data_ != nullptr; }
 

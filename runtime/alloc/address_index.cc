@@ -1,95 +1,107 @@
 #include "runtime/alloc/address_index.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <mutex>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
 namespace hugemm::alloc_internal {
 namespace {
 
-constexpr int kBits = 9;
-constexpr uintptr_t kFanout = uintptr_t{1} << kBits;
-constexpr int kLeafShift = 21;  // 2M
-constexpr int kMidShift = 30;   // 1G
-constexpr int kTopShift = 39;   // 512G
-constexpr uintptr_t kLimit = uintptr_t{1} << 48;
-constexpr uintptr_t kRegionTag = 1;  // a middle slot holding a 1G region, not a leaf
-
-struct Leaf {
-  std::atomic<Region*> slots[kFanout];
+struct Entry {
+  uintptr_t base;
+  uintptr_t end;
+  ExtentRecord* rec;
 };
-struct Mid {
-  std::atomic<uintptr_t> slots[kFanout];  // Leaf* or (Region* | kRegionTag)
+static_assert(sizeof(Entry) == kIndexEntryBytes);
+
+struct Table {
+  std::vector<Entry> entries;  // sorted by base, disjoint
 };
 
-std::atomic<Mid*> g_top[kFanout];
-std::mutex g_mu;
+std::atomic<const Table*> g_table{nullptr};
+// Threads inside an IndexReader. Sequentially consistent with the table pointer: a
+// writer that sees 0 after publishing knows every later reader sees the new table.
+std::atomic<int64_t> g_readers{0};
 
-size_t Index(uintptr_t a, int shift) { return (a >> shift) & (kFanout - 1); }
+struct Writer {
+  std::mutex mu;
+  std::vector<const Table*> old_tables;
+  std::vector<std::unique_ptr<ExtentRecord>> old_records;
+};
+
+Writer& TheWriter() {
+  static auto* w = new Writer();  // never destroyed: pools may go at exit
+  return *w;
+}
+
+// Publishes `next` and frees what no reader can still see. Under the writer's mutex.
+void Publish(Writer& w, const Table* next) {
+  const Table* prev = g_table.exchange(next, std::memory_order_seq_cst);
+  if (prev != nullptr) w.old_tables.push_back(prev);
+  if (g_readers.load(std::memory_order_seq_cst) == 0) {
+    for (const Table* t : w.old_tables) delete t;
+    w.old_tables.clear();
+    w.old_records.clear();
+  }
+}
 
 }  // namespace
 
-absl::Status IndexInsert(Region* region) {
-  const auto a = reinterpret_cast<uintptr_t>(region->base());
-  const int order = region->order();
-  if ((order != 9 && order != 18) || a % region->size() != 0 || a + region->size() > kLimit) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot index a region of order ", order, " at ", absl::Hex(a)));
+IndexReader::IndexReader() { g_readers.fetch_add(1, std::memory_order_seq_cst); }
+IndexReader::~IndexReader() { g_readers.fetch_sub(1, std::memory_order_seq_cst); }
+
+ExtentRecord* IndexReader::Lookup(const void* addr) const {
+  const Table* t = g_table.load(std::memory_order_seq_cst);
+  if (t == nullptr) return nullptr;
+  const auto a = reinterpret_cast<uintptr_t>(addr);
+  auto it = std::upper_bound(t->entries.begin(), t->entries.end(), a,
+                             [](uintptr_t v, const Entry& e) { return v < e.base; });
+  if (it == t->entries.begin()) return nullptr;
+  --it;
+  return a < it->end ? it->rec : nullptr;
+}
+
+absl::Status IndexInsert(ExtentRecord* rec) {
+  const auto base = reinterpret_cast<uintptr_t>(rec->base);
+  const uintptr_t end = base + rec->size;
+  Writer& w = TheWriter();
+  std::lock_guard<std::mutex> lock(w.mu);
+  const Table* cur = g_table.load(std::memory_order_relaxed);
+  auto next = std::make_unique<Table>();
+  if (cur != nullptr) next->entries.reserve(cur->entries.size() + 1);
+  bool placed = false;
+  for (const Entry& e : cur != nullptr ? cur->entries : std::vector<Entry>{}) {
+    if (e.base < end && base < e.end) {
+      return absl::AlreadyExistsError(absl::StrCat("extent at ", absl::Hex(base),
+                                                   " overlaps one indexed at ", absl::Hex(e.base)));
+    }
+    if (!placed && base < e.base) {
+      next->entries.push_back({base, end, rec});
+      placed = true;
+    }
+    next->entries.push_back(e);
   }
-  std::lock_guard<std::mutex> lock(g_mu);
-  std::atomic<Mid*>& top = g_top[Index(a, kTopShift)];
-  Mid* mid = top.load(std::memory_order_relaxed);
-  if (mid == nullptr) {
-    mid = new Mid();
-    top.store(mid, std::memory_order_release);
-  }
-  std::atomic<uintptr_t>& ms = mid->slots[Index(a, kMidShift)];
-  uintptr_t m = ms.load(std::memory_order_relaxed);
-  if (order == 18) {
-    if (m & kRegionTag) return absl::AlreadyExistsError("1G region already indexed");
-    // A leaf left behind by earlier 2M regions is abandoned (still readable, empty).
-    ms.store(reinterpret_cast<uintptr_t>(region) | kRegionTag, std::memory_order_release);
-    return absl::OkStatus();
-  }
-  if (m & kRegionTag) m = 0;  // a 1G region that was here has gone
-  if (m == 0) {
-    m = reinterpret_cast<uintptr_t>(new Leaf());
-    ms.store(m, std::memory_order_release);
-  }
-  reinterpret_cast<Leaf*>(m)->slots[Index(a, kLeafShift)].store(region, std::memory_order_release);
+  if (!placed) next->entries.push_back({base, end, rec});
+  Publish(w, next.release());
   return absl::OkStatus();
 }
 
-void IndexErase(Region* region) {
-  const auto a = reinterpret_cast<uintptr_t>(region->base());
-  std::lock_guard<std::mutex> lock(g_mu);
-  Mid* mid = g_top[Index(a, kTopShift)].load(std::memory_order_relaxed);
-  if (mid == nullptr) return;
-  std::atomic<uintptr_t>& ms = mid->slots[Index(a, kMidShift)];
-  const uintptr_t m = ms.load(std::memory_order_relaxed);
-  if (m & kRegionTag) {
-    if (m == (reinterpret_cast<uintptr_t>(region) | kRegionTag)) {
-      ms.store(0, std::memory_order_release);
+void IndexErase(std::unique_ptr<ExtentRecord> rec) {
+  Writer& w = TheWriter();
+  std::lock_guard<std::mutex> lock(w.mu);
+  const Table* cur = g_table.load(std::memory_order_relaxed);
+  auto next = std::make_unique<Table>();
+  if (cur != nullptr) {
+    for (const Entry& e : cur->entries) {
+      if (e.rec != rec.get()) next->entries.push_back(e);
     }
-    return;
   }
-  if (m == 0) return;
-  std::atomic<Region*>& slot = reinterpret_cast<Leaf*>(m)->slots[Index(a, kLeafShift)];
-  if (slot.load(std::memory_order_relaxed) == region)
-    slot.store(nullptr, std::memory_order_release);
-}
-
-Region* IndexLookup(const void* addr) {
-  const auto a = reinterpret_cast<uintptr_t>(addr);
-  if (a >= kLimit) return nullptr;
-  Mid* mid = g_top[Index(a, kTopShift)].load(std::memory_order_acquire);
-  if (mid == nullptr) return nullptr;
-  const uintptr_t m = mid->slots[Index(a, kMidShift)].load(std::memory_order_acquire);
-  if (m & kRegionTag) return reinterpret_cast<Region*>(m & ~kRegionTag);
-  if (m == 0) return nullptr;
-  return reinterpret_cast<Leaf*>(m)->slots[Index(a, kLeafShift)].load(std::memory_order_acquire);
+  w.old_records.push_back(std::move(rec));
+  Publish(w, next.release());
 }
 
 }  // namespace hugemm::alloc_internal

@@ -1,20 +1,41 @@
-// Virtual address -> region for every region of every allocator in the process: a fixed
-// three-level radix over 48-bit addresses at 2M granularity (9 bits per level). A 1G
-// region sits in one middle-level slot (tagged), so a 1G folio costs 8 bytes of index.
-// Readers are lock-free; writers serialise on one mutex (pool growth and shrink only).
-// Interior tables are never freed, so a reader never touches freed index memory.
+// Virtual address -> extent for every pool extent of every allocator in the process: a
+// sorted array of (base, end, record), one entry per extent, so it costs 24 bytes per
+// extent however large. Readers are lock-free: an IndexReader marks its thread as
+// reading, and writers (pool growth and shrink only) publish a new array copy-on-write
+// under one mutex and free replaced arrays and retired records only once no reader is
+// inside. Lookups are not on the pin path; the reader count is one shared atomic.
 #ifndef HUGEMM_RUNTIME_ALLOC_ADDRESS_INDEX_H_
 #define HUGEMM_RUNTIME_ALLOC_ADDRESS_INDEX_H_
 
+#include <cstddef>
+#include <memory>
+
 #include "absl/status/status.h"
-#include "runtime/alloc/region.h"
+#include "runtime/alloc/extent_record.h"
 
 namespace hugemm::alloc_internal {
 
-// The region must be 2M (order 9) or 1G (order 18) and aligned to its size.
-absl::Status IndexInsert(Region* region);
-void IndexErase(Region* region);
-Region* IndexLookup(const void* addr);
+// What one extent costs the index.
+inline constexpr size_t kIndexEntryBytes = 3 * sizeof(void*);
+
+// AlreadyExists if the record overlaps one indexed already.
+absl::Status IndexInsert(ExtentRecord* rec);
+// Drops the record from the index and deletes it once no reader can see it. Its extent
+// should be unmapped already (nothing else would unmap it promptly).
+void IndexErase(std::unique_ptr<ExtentRecord> rec);
+
+// The read side. What Lookup returns, and what it points to, stays valid while the
+// reader lives. Not copyable; not to be held across a write to the index.
+class IndexReader {
+ public:
+  IndexReader();
+  ~IndexReader();
+  IndexReader(const IndexReader&) = delete;
+  IndexReader& operator=(const IndexReader&) = delete;
+
+  // The extent holding `addr`, or nullptr.
+  ExtentRecord* Lookup(const void* addr) const;
+};
 
 }  // namespace hugemm::alloc_internal
 

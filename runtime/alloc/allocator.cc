@@ -197,25 +197,47 @@ std::vector<PoolStats> Allocator::Stats() const {
 }
 
 Folio* Allocator::FolioOf(const void* addr) {
-  alloc_internal::Region* region = alloc_internal::IndexLookup(addr);
-  if (region == nullptr) return nullptr;
-  const auto off = static_cast<size_t>(static_cast<const std::byte*>(addr) - region->base());
-  if (off >= region->size()) return nullptr;
-  return region->Find(off >> kPageShift);
+  alloc_internal::IndexReader reader;
+  alloc_internal::ExtentRecord* rec = reader.Lookup(addr);
+  return rec == nullptr ? nullptr : rec->Find(addr);
 }
 
 MetadataCost FolioMetadataCost(size_t folio_size, size_t page_size) {
+  using alloc_internal::ExtentRecord;
+  using alloc_internal::Region;
   MetadataCost c;
   c.folio_size = folio_size;
   c.page_size = page_size;
   const int order = PageOrder(folio_size);
   const int region_order = PageOrder(page_size) == 0 ? 9 : PageOrder(page_size);
-  const uint64_t regions = kPageSize1G >> (region_order + kPageShift);
+  const size_t region_size = kPageSize4K << region_order;
   const uint64_t folios = kPageSize1G / folio_size;
-  const uint64_t per_region = alloc_internal::Region::RecordBytes() +
-                              alloc_internal::Region::SlotBytes(region_order, order) +
-                              sizeof(void*);  // address index slot
-  c.bytes_per_gib = folios * sizeof(Folio) + regions * per_region;
+  // A pool grown from empty to 1 GiB by the pool's own rule, carved into these folios:
+  // per extent its record, PFN list, index entry, extents_ slot and head array, and for
+  // split regions the directory and the records; the other descriptors in the slab.
+  uint64_t bytes = 0;
+  size_t mapped = 0;
+  while (mapped < kPageSize1G) {
+    const size_t length = alloc_internal::GrowLength(mapped, std::max(region_size, page_size),
+                                                     region_size, page_size, kPageSize1G);
+    const uint64_t regions = length / region_size;
+    // A 4K backing keeps the extent's PFN list (every page has its own); huge pages
+    // keep theirs in the region-head descriptors.
+    const uint64_t pfn_list =
+        page_size == kPageSize4K ? (length / page_size) * sizeof(uint64_t) : 0;
+    bytes += sizeof(ExtentRecord) + pfn_list + alloc_internal::kIndexEntryBytes + sizeof(void*) +
+             sizeof(alloc_internal::HeadArray) + regions * sizeof(Folio);
+    if (order < region_order) {
+      bytes += regions *
+               (sizeof(void*) + Region::RecordBytes() + Region::SlotBytes(region_order, order));
+    }
+    mapped += length;
+  }
+  const uint64_t slab = folios - std::min<uint64_t>(folios, kPageSize1G / region_size);
+  using alloc_internal::SystemDescriptors;
+  bytes += (slab + SystemDescriptors::kPerChunk - 1) / SystemDescriptors::kPerChunk *
+           SystemDescriptors::kChunkBytes;
+  c.bytes_per_gib = bytes;
   c.kernel_bytes_per_gib = (kPageSize1G / kPageSize4K) * 64;
   // With the vmemmap optimisation a huge folio keeps one 4K page of struct pages.
   c.kernel_hvo_bytes_per_gib = folio_size >= kPageSize2M ? folios * 4096 : c.kernel_bytes_per_gib;

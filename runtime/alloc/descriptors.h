@@ -24,10 +24,13 @@ class SystemDescriptors {
   Folio* Get();
   void Put(Folio* folio);
   size_t in_use() const { return in_use_; }
-  size_t bytes() const { return chunks_.size() * kPerChunk * sizeof(Folio); }
+  // Every chunk held, in use or not, with its pointer in the chunk list.
+  size_t bytes() const { return chunks_.size() * kChunkBytes; }
+
+  static constexpr size_t kPerChunk = 16;
+  static constexpr size_t kChunkBytes = kPerChunk * sizeof(Folio) + sizeof(void*);
 
  private:
-  static constexpr size_t kPerChunk = 16;
   std::vector<std::unique_ptr<Folio[]>> chunks_;
   Folio* free_ = nullptr;  // linked through owner_private[0]
   size_t in_use_ = 0;

@@ -8,7 +8,6 @@
 #include "runtime/alloc/address_index.h"
 #include "runtime/alloc/thread_cache.h"
 #include "runtime/sys/hugepages.h"
-#include "runtime/sys/status.h"
 
 namespace hugemm::alloc_internal {
 namespace {
@@ -48,7 +47,7 @@ Pool::Pool(PoolConfig config)
 
 Pool::~Pool() {
   std::lock_guard<std::mutex> lock(mu_);
-  for (auto& rec : extents_) Retire(*rec);
+  for (auto& rec : extents_) Retire(std::move(rec));
   extents_.clear();
 }
 
@@ -59,11 +58,6 @@ MemoryRange Pool::RangeOf(const Extent& extent) const {
           .node = extent.node(),
           .backing = config_.key.backing,
           .kind = MemoryRangeKind::kPoolExtent};
-}
-
-void Pool::Retire(ExtentRecord& rec) {
-  if (observer_ != nullptr) observer_->MemoryRemoving(RangeOf(rec.extent));
-  for (auto& region : rec.regions) IndexErase(region.get());
 }
 
 std::string Pool::Name() const {
@@ -88,11 +82,16 @@ absl::Status Pool::Exhausted(int order, absl::string_view why) const {
       kernel));
 }
 
-Folio* Pool::NewFolio(Region* region, size_t head, int order) {
-  ExtentRecord* rec = region->extent();
-  Folio* f = rec->reserve.Get();
-  const bool in_reserve = f != nullptr;
-  if (f == nullptr) f = descriptors_.Get();
+Folio* Pool::NewFolio(ExtentRecord* rec, size_t i, size_t head, int order) {
+  Folio* f = nullptr;
+  bool in_reserve = false;
+  if (head == 0) {
+    f = &rec->heads[i];
+  } else {
+    f = rec->reserve != nullptr ? rec->reserve->Get() : nullptr;
+    in_reserve = f != nullptr;
+    if (f == nullptr) f = descriptors_.Get();
+  }
   f->counts.store(Folio::CountsWord(0, 0), std::memory_order_relaxed);
   f->flags.store(in_reserve ? static_cast<uint32_t>(FolioFlag::kReserveMeta) : 0u,
                  std::memory_order_relaxed);
@@ -101,28 +100,30 @@ Folio* Pool::NewFolio(Region* region, size_t head, int order) {
   f->node = static_cast<int16_t>(rec->extent.node());
   if (page_size_ == kPageSize4K) {
     // Contiguous only page by page: a larger folio of a 4K backing has no single PFN.
-    f->head_pfn = order == 0 ? rec->extent.pfn(region->first_native() + head) : kUnknownPfn;
-  } else {
-    const uint64_t pfn = rec->extent.pfn(region->first_native());
+    f->head_pfn = order == 0 ? rec->extent.pfn(FirstNative(i) + head) : kUnknownPfn;
+  } else if (head != 0) {
+    // The region's PFN lives in its head descriptor (set at Grow), not in the extent.
+    const uint64_t pfn = rec->heads[i].head_pfn;
     f->head_pfn = pfn == kUnknownPfn ? kUnknownPfn : pfn + head;
   }
-  f->data = region->base() + (head << kPageShift);
+  f->data = rec->RegionBase(i) + (head << kPageShift);
   f->owner = this;
   f->owner_private[0] = f->owner_private[1] = 0;
   ++total_folios_;
   return f;
 }
 
-void Pool::DeleteDescriptor(Region* region, Folio* folio) {
+void Pool::DeleteDescriptor(ExtentRecord* rec, Folio* folio) {
   --total_folios_;
+  if (rec->IsHead(folio)) return;  // the slot stays the region's
   if (folio->has_flag(FolioFlag::kReserveMeta)) {
-    region->extent()->reserve.Put(folio);
+    rec->reserve->Put(folio);
   } else {
     descriptors_.Put(folio);
   }
 }
 
-void Pool::PushFree(Region* region, Folio* f) {
+void Pool::PushFree(ExtentRecord* rec, Folio* f) {
   f->set_flag(FolioFlag::kFree);
   Folio* head = free_[f->order];
   SetNext(f, head);
@@ -132,10 +133,10 @@ void Pool::PushFree(Region* region, Folio* f) {
   ++free_count_[f->order];
   ++free_folios_;
   free_bytes_ += f->size();
-  region->extent()->free_pages += f->nr_pages();
+  rec->free_pages += f->nr_pages();
 }
 
-void Pool::Unlink(Region* region, Folio* f) {
+void Pool::Unlink(ExtentRecord* rec, Folio* f) {
   f->clear_flag(FolioFlag::kFree);
   if (Prev(f) != nullptr) {
     SetNext(Prev(f), Next(f));
@@ -148,88 +149,46 @@ void Pool::Unlink(Region* region, Folio* f) {
   --free_count_[f->order];
   --free_folios_;
   free_bytes_ -= f->size();
-  region->extent()->free_pages -= f->nr_pages();
+  rec->free_pages -= f->nr_pages();
 }
 
-void Pool::AddFreeRange(Region* region, size_t begin, size_t end) {
+void Pool::AddFreeRange(ExtentRecord* rec, size_t i, size_t begin, size_t end) {
+  Region* region = rec->SplitRecord(i);  // set when the region starts out split
   while (begin < end) {
-    int o = std::min(max_order_, region->order());
+    int o = std::min(max_order_, region_order_);
     while ((begin & ((size_t{1} << o) - 1)) != 0 || begin + (size_t{1} << o) > end) --o;
-    Folio* f = NewFolio(region, begin, o);
-    region->Set(o, begin >> o, f);
-    PushFree(region, f);
+    Folio* f = NewFolio(rec, i, begin, o);
+    if (region != nullptr) region->Set(o, begin >> o, f);
+    PushFree(rec, f);
     begin += size_t{1} << o;
   }
-}
-
-absl::Status Pool::Grow(int order) {
-  const size_t region_size = kPageSize4K << region_order_;
-  const bool reserve =
-      config_.reserve_bytes > 0 && (config_.key.backing == BackingKind::kDevDax ||
-                                    config_.key.backing == BackingKind::kHugetlbfs);
-  // The reserve eats the front of the first region; a whole-region folio needs a second.
-  size_t regions = reserve && order == region_order_ ? 2 : 1;
-  const size_t length = std::max(region_size * regions, page_size_);
-  if (config_.limit_bytes != 0 && mapped_bytes_ + length > config_.limit_bytes) {
-    return Exhausted(order,
-                     absl::StrCat("growing by ", HumanBytes(length), " would pass the pool limit"));
-  }
-  absl::StatusOr<Extent> extent =
-      config_.backing->Map({.length = length, .node = config_.key.node, .align = region_size});
-  if (!extent.ok()) return Exhausted(order, extent.status().message());
-
-  auto rec = std::make_unique<ExtentRecord>();
-  rec->extent = std::move(*extent);
-  std::byte* base = rec->extent.data();
-  for (size_t off = 0; off < length; off += region_size) {
-    auto region = std::make_unique<Region>(base + off, region_order_, rec.get(), off / page_size_);
-    if (absl::Status st = IndexInsert(region.get()); !st.ok()) {
-      for (auto& r : rec->regions) IndexErase(r.get());
-      return st;
-    }
-    rec->regions.push_back(std::move(region));
-  }
-  if (observer_ != nullptr) {
-    // Before any folio of it is handed out: a device table that cannot take the extent
-    // fails the allocation rather than leave memory it does not know.
-    if (absl::Status st = observer_->MemoryAdded(RangeOf(rec->extent)); !st.ok()) {
-      for (auto& r : rec->regions) IndexErase(r.get());
-      return sys::Annotate(st, absl::StrCat(Name(), ": growing by ", HumanBytes(length)));
-    }
-  }
-  if (reserve) {
-    rec->reserve_bytes =
-        std::min((config_.reserve_bytes + kPageSize4K - 1) & ~(kPageSize4K - 1), region_size / 2);
-    rec->reserve = ReserveDescriptors(base, rec->reserve_bytes / sizeof(Folio));
-  }
-  const size_t pages_per_region = size_t{1} << region_order_;
-  rec->usable_pages = rec->regions.size() * pages_per_region - rec->reserve_bytes / kPageSize4K;
-  for (size_t i = 0; i < rec->regions.size(); ++i) {
-    AddFreeRange(rec->regions[i].get(), i == 0 ? rec->reserve_bytes / kPageSize4K : 0,
-                 pages_per_region);
-  }
-  mapped_bytes_ += length;
-  extents_.push_back(std::move(rec));
-  return absl::OkStatus();
 }
 
 Folio* Pool::TakeFree(int order) {
   for (int o = order; o <= max_order_; ++o) {
     if (free_[o] == nullptr) continue;
     Folio* f = free_[o];
-    Region* region = IndexLookup(f->data);
-    Unlink(region, f);
+    ExtentRecord* rec;
+    {
+      IndexReader reader;  // the record is this pool's: it outlives the reader
+      rec = reader.Lookup(f->data);
+    }
+    Unlink(rec, f);
+    if (f->order == order) return f;
+    const size_t i = rec->RegionOf(f->data);
+    // An unsplit region's folio is its head slot; its split record starts with it.
+    Region* region = rec->MakeSplitRecord(i, FirstNative(i), f);
     while (f->order > order) {
       // Split: f keeps the lower half, a new descriptor takes the upper one. The new
       // slots go in before the old one goes, so a lock-free reader always finds one.
       const int half = f->order - 1;
       const size_t head = HeadOf(region, f);
-      Folio* upper = NewFolio(region, head + (size_t{1} << half), half);
+      Folio* upper = NewFolio(rec, i, head + (size_t{1} << half), half);
       region->Set(half, (head >> half) + 1, upper);
       region->Set(half, head >> half, f);
       region->Set(half + 1, head >> (half + 1), nullptr);
       f->order = static_cast<uint8_t>(half);
-      PushFree(region, upper);
+      PushFree(rec, upper);
     }
     return f;
   }
@@ -237,17 +196,23 @@ Folio* Pool::TakeFree(int order) {
 }
 
 void Pool::FreeOne(Folio* f) {
-  Region* region = IndexLookup(f->data);
+  ExtentRecord* rec;
+  {
+    IndexReader reader;
+    rec = reader.Lookup(f->data);
+  }
   // A new life: nothing of the old one (dirty, referenced) carries over.
   f->flags.fetch_and(static_cast<uint32_t>(FolioFlag::kReserveMeta), std::memory_order_relaxed);
-  const int cap = std::min(max_order_, region->order());
+  const int cap = std::min(max_order_, region_order_);
+  // A folio smaller than its region comes from a split, so the region has a record.
+  Region* region = f->order < cap ? rec->SplitRecord(rec->RegionOf(f->data)) : nullptr;
   while (f->order < cap) {
     const int o = f->order;
     const size_t head = HeadOf(region, f);
     const size_t buddy_head = head ^ (size_t{1} << o);
     Folio* buddy = region->At(o, buddy_head >> o);
     if (buddy == nullptr || !buddy->has_flag(FolioFlag::kFree)) break;
-    Unlink(region, buddy);
+    Unlink(rec, buddy);
     Folio* lower = head < buddy_head ? f : buddy;
     Folio* upper = head < buddy_head ? buddy : f;
     const size_t lower_head = std::min(head, buddy_head);
@@ -255,10 +220,10 @@ void Pool::FreeOne(Folio* f) {
     region->Set(o, head >> o, nullptr);
     region->Set(o, buddy_head >> o, nullptr);
     lower->order = static_cast<uint8_t>(o + 1);
-    DeleteDescriptor(region, upper);
+    DeleteDescriptor(rec, upper);
     f = lower;
   }
-  PushFree(region, f);
+  PushFree(rec, f);
 }
 
 absl::StatusOr<int> Pool::AllocateBatch(int order, Folio** out, int want) {
@@ -284,7 +249,7 @@ void Pool::FreeBatch(Folio* const* folios, int n) {
     // the backing with it (a device's descriptor). The pool object and its descriptor
     // slab stay, so a late stale reader of a descriptor still reads memory (and fails
     // its TryGet).
-    for (auto& rec : extents_) Retire(*rec);
+    for (auto& rec : extents_) Retire(std::move(rec));
     extents_.clear();
     config_.backing.reset();
   }
@@ -311,58 +276,6 @@ void Pool::Orphan() {
   static auto* graveyard = new std::vector<Pool*>();
   std::lock_guard<std::mutex> lock(graveyard_mu);
   graveyard->push_back(this);
-}
-
-size_t Pool::Shrink() {
-  std::lock_guard<std::mutex> lock(mu_);
-  size_t given = 0;
-  for (auto it = extents_.begin(); it != extents_.end();) {
-    ExtentRecord* rec = it->get();
-    if (rec->free_pages != rec->usable_pages) {
-      ++it;
-      continue;
-    }
-    for (size_t i = 0; i < rec->regions.size(); ++i) {
-      Region* region = rec->regions[i].get();
-      size_t page = i == 0 ? rec->reserve_bytes / kPageSize4K : 0;
-      while (page < (size_t{1} << region->order())) {
-        Folio* f = region->Find(page);
-        Unlink(region, f);
-        region->Set(f->order, page >> f->order, nullptr);
-        page += f->nr_pages();
-        DeleteDescriptor(region, f);
-      }
-    }
-    Retire(*rec);
-    mapped_bytes_ -= rec->extent.size();
-    given += rec->extent.size();
-    it = extents_.erase(it);  // unmaps: the kernel has the pages back
-  }
-  return given;
-}
-
-PoolStats Pool::Stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  PoolStats s;
-  s.backing = config_.key.backing;
-  s.page_size = page_size_;
-  s.node = config_.key.node;
-  s.describe = Describe();
-  s.extents = extents_.size();
-  s.mapped_bytes = mapped_bytes_;
-  s.free_bytes = free_bytes_;
-  s.folios = total_folios_;
-  s.metadata_bytes = descriptors_.in_use() * sizeof(Folio);
-  for (const auto& rec : extents_) {
-    s.reserve_bytes += rec->reserve_bytes;
-    s.reserve_descriptors += rec->reserve.in_use();
-    for (const auto& region : rec->regions) {
-      // The region's record and slots, and its slot in the address index.
-      s.metadata_bytes += region->metadata_bytes() + sizeof(void*);
-    }
-  }
-  s.free_by_order.assign(free_count_.begin(), free_count_.begin() + max_order_ + 1);
-  return s;
 }
 
 void Pool::ReleaseFolio(Folio* folio) {

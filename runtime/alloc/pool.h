@@ -2,6 +2,14 @@
 // order over regions of native pages, grown from the backing on demand and shrunk back
 // to it. Every method but ReleaseFolio runs under the pool's mutex; ReleaseFolio hands
 // the folio to the calling thread's magazine without a lock when it can.
+//
+// Growth is geometric: each mapping is as large as what the pool has mapped already,
+// from one native page up to kMaxGrowBytes (64 pages of 1G), never past
+// the pool's limit; when the kernel (or device) cannot give that much, the pool falls
+// back to the smallest mapping that serves the request. Few large extents keep the
+// per-folio metadata (extent records, index entries, observer and pin-table entries)
+// near zero. The price: Shrink gives back only whole idle extents, so one folio in use
+// keeps its whole extent (up to 1 GiB, or 64 GiB of 1G pages) mapped.
 #ifndef HUGEMM_RUNTIME_ALLOC_POOL_H_
 #define HUGEMM_RUNTIME_ALLOC_POOL_H_
 
@@ -19,20 +27,30 @@
 #include "hugemm/alloc.h"
 #include "hugemm/backing.h"
 #include "runtime/alloc/descriptors.h"
+#include "runtime/alloc/extent_record.h"
 #include "runtime/alloc/region.h"
 
 namespace hugemm::alloc_internal {
 
 class ThreadCacheSet;
 
-// One mapping of the pool's backing and the regions carved from it.
-struct ExtentRecord {
-  Extent extent;
-  std::vector<std::unique_ptr<Region>> regions;
-  ReserveDescriptors reserve;
-  size_t reserve_bytes = 0;
-  size_t usable_pages = 0;  // 4K pages that are folios (all but the reserve)
-  size_t free_pages = 0;    // of which in the pool's free lists
+// The largest mapping a pool grows by: 1 GiB, or 64 native pages if that is more (1G
+// pages), so that the extent's fixed cost is shared by 64 folios or more.
+inline constexpr size_t kMaxGrowBytes = size_t{1} << 30;
+inline constexpr size_t kMaxGrowPages = 64;
+
+// The length of a pool's next mapping: what it has mapped (at least `min_length`, at
+// most the cap above), cut to what `limit` (0 = none) leaves, in whole regions. 0 when
+// not even `min_length` fits under the limit.
+size_t GrowLength(size_t mapped, size_t min_length, size_t region_size, size_t page_size,
+                  size_t limit);
+
+// One extent's array of region-head descriptors, kept by the pool for its whole life
+// (and reused by a later extent of as many regions) so that descriptors stay readable.
+struct HeadArray {
+  std::unique_ptr<Folio[]> folios;
+  size_t n = 0;
+  bool in_use = false;
 };
 
 struct PoolKey {
@@ -86,18 +104,27 @@ class Pool final : public FolioOwner {
   absl::Status Grow(int order) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Folio* TakeFree(int order) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FreeOne(Folio* folio) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  Folio* NewFolio(Region* region, size_t head, int order) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void DeleteDescriptor(Region* region, Folio* folio) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void PushFree(Region* region, Folio* folio) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Unlink(Region* region, Folio* folio) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Adds [begin, end) pages of a region to the free lists as maximal aligned folios.
-  void AddFreeRange(Region* region, size_t begin, size_t end) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A descriptor for the folio of `order` at page `head` of region `i`: the region's own
+  // head slot for head 0, else one from the reserve or the slab.
+  Folio* NewFolio(ExtentRecord* rec, size_t i, size_t head, int order)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DeleteDescriptor(ExtentRecord* rec, Folio* folio) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PushFree(ExtentRecord* rec, Folio* folio) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Unlink(ExtentRecord* rec, Folio* folio) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Adds [begin, end) pages of region i to the free lists as maximal aligned folios.
+  void AddFreeRange(ExtentRecord* rec, size_t i, size_t begin, size_t end)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  size_t FirstNative(size_t i) const { return i << (region_order_ - PageOrder(page_size_)); }
+  // A head-descriptor array of n, reused from a shrunk extent when one of that length
+  // is idle (descriptors stay readable memory for the pool's life).
+  Folio* TakeHeads(size_t n) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PutHeads(Folio* heads) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string Name() const;
   absl::Status Exhausted(int order, absl::string_view why) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool Idle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return total_folios_ == free_folios_; }
   MemoryRange RangeOf(const Extent& extent) const;
-  // Tells the observer `rec` is going, then drops its regions from the index.
-  void Retire(ExtentRecord& rec) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Tells the observer `rec` is going, unmaps it and drops it from the index.
+  void Retire(std::unique_ptr<ExtentRecord> rec) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Constant but for the backing, which an orphaned pool lets go of with its last folio.
   PoolConfig config_;
@@ -111,6 +138,7 @@ class Pool final : public FolioOwner {
   std::array<size_t, kOrders> free_count_ ABSL_GUARDED_BY(mu_){};
   std::vector<std::unique_ptr<ExtentRecord>> extents_ ABSL_GUARDED_BY(mu_);
   SystemDescriptors descriptors_ ABSL_GUARDED_BY(mu_);
+  std::vector<HeadArray> heads_ ABSL_GUARDED_BY(mu_);
   size_t mapped_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   size_t free_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   size_t total_folios_ ABSL_GUARDED_BY(mu_) = 0;

@@ -1,16 +1,18 @@
-// A region: one native huge page (or 2M of a 4K backing) run as a buddy allocator, and
-// the index that answers "which live folio holds page p" without per-page descriptors.
+// A region's split record: one native huge page (or 2M of a 4K backing) that was split,
+// run as a buddy allocator, and the index that answers "which live folio holds page p"
+// without per-page descriptors. An unsplit region has none (extent_record.h).
 //
 // Live folios (free or in use) never overlap, so the folio holding page p is the one
 // live folio whose (order o, index p >> o) slot is set, for some o. Slots exist per order
 // in use only: a directory per order, allocated on first use, of chunks of up to 64
-// atomic pointers, allocated on first use. An unsplit region costs one 8-byte slot; a
-// region split down to 4K costs at most 8 bytes of slots per folio-sized span, beside
-// the 64-byte descriptor each of those folios has anyway. Lookup reads the order mask
-// and probes each order present: O(1), at most 19 probes, one in the common case.
+// atomic pointers, allocated on first use. A region split down to 4K costs at most 8
+// bytes of slots per folio-sized span, beside the 64-byte descriptor each of those
+// folios has anyway. Lookup reads the order mask and probes each order present: O(1), at
+// most 19 probes, one in the common case.
 //
-// Readers are lock-free (acquire loads; chunks live until the region dies). Writers hold
-// the pool's mutex.
+// Made on the region's first split and kept (merged back whole, it holds the one slot)
+// until its extent's record dies. Readers are lock-free (acquire loads; chunks live
+// until the record dies). Writers hold the pool's mutex.
 #ifndef HUGEMM_RUNTIME_ALLOC_REGION_H_
 #define HUGEMM_RUNTIME_ALLOC_REGION_H_
 

@@ -277,8 +277,9 @@ absl::StatusOr<BufferSpan> Runtime::BufferAt(const void* va) {
       if (r.handle) {
         // The folio holds a reference, so its pool keeps the extent mapped (and indexed).
         span.allocated = true;
-        if (const alloc_internal::Region* region = alloc_internal::IndexLookup(r.data)) {
-          const Extent& extent = region->extent()->extent;
+        alloc_internal::IndexReader reader;
+        if (const alloc_internal::ExtentRecord* rec = reader.Lookup(r.data)) {
+          const Extent& extent = rec->extent;
           span.extent_data = extent.data();
           span.extent_size = extent.size();
         }

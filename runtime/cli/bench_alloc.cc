@@ -65,7 +65,7 @@ void PrintTextResult(const perf::AllocBenchResult& r) {
     std::printf("zero 1G: memset %.1f ms, non-temporal %.1f ms\n", *r.zero_1g_memset_ns / 1e6,
                 *r.zero_1g_nontemporal_ns / 1e6);
   }
-  std::printf("metadata per 2M folio                        %10.0f B (descriptor %zu B)\n",
+  std::printf("metadata per 2M folio, all-in                %10.2f B (descriptor %zu B)\n",
               r.metadata_bytes_per_folio, r.descriptor_bytes);
   std::printf("metadata per GiB of folios (system memory; kernel = 64 B per 4K page)\n");
   for (const perf::MetadataPerGiB& m : r.metadata_per_gib) {
