@@ -14,6 +14,8 @@
 #include <thread>
 #include <vector>
 
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hugemm/hugemm.h"
@@ -323,19 +325,26 @@ TEST(VfioRealMemory, SegmentsOfPhysicallyScatteredFoliosAreOneIovaRun) {
 TEST(VfioRealMemory, PinsOnManyThreadsWhileExtentsComeAndGo) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 16);
   RecordingVfio vfio;
-  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
+  // Frees go straight back to the pool (no magazine keeps a folio, and so its extent),
+  // so an extent is idle whenever its folios are, and the shrinker can take it.
+  RuntimeOptions options;
+  options.allocator.thread_cache = false;
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open(options);
   ASSERT_TRUE(rt.ok()) << rt.status();
   absl::StatusOr<std::unique_ptr<IovaMapper>> m =
       IovaMapper::Attach(**rt, /*container_fd=*/1000, {.os = &vfio});
   ASSERT_TRUE(m.ok()) << m.status();
   std::atomic<int> wrong{0};
+  std::atomic<int> pinners_left{3};
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
   std::vector<std::thread> threads;
-  for (int t = 0; t < 4; ++t) {
-    threads.emplace_back([&, t] {
+  for (int t = 0; t < 3; ++t) {
+    threads.emplace_back([&] {
       DmaSegment segs[4];
       std::vector<FolioSpan> pinned;
-      for (int i = 0; i < 200; ++i) {
-        // Whole 2M folios (each a pool extent the shrinker may take) and small ones.
+      // At least 200 rounds, and on until the shrinker has taken an extent under them.
+      for (int i = 0; i < 200 || ((*m)->stats().unmaps == 0 && absl::Now() < deadline); ++i) {
+        // Whole 2M folios and small ones, from extents the shrinker may take.
         absl::StatusOr<Buffer> b = (*rt)->Allocate(i % 3 == 0 ? kPageSize2M : 64 << 10);
         if (!b.ok()) continue;  // another run may hold the pool's pages
         pinned.clear();
@@ -346,10 +355,13 @@ TEST(VfioRealMemory, PinsOnManyThreadsWhileExtentsComeAndGo) {
           ++wrong;
         }
         if (n.ok()) (*rt)->pinner().UnpinFolios(pinned, RefKind::kPin, true);
-        if (t == 0 && i % 10 == 0) (void)(*rt)->allocator().Shrink();
       }
+      --pinners_left;
     });
   }
+  threads.emplace_back([&] {
+    while (pinners_left.load() > 0) (void)(*rt)->allocator().Shrink();
+  });
   for (std::thread& t : threads) t.join();
   EXPECT_EQ(wrong.load(), 0);
   EXPECT_GT((*m)->stats().unmaps, 0u) << "the shrinker took extents while others pinned";
