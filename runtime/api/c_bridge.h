@@ -18,6 +18,7 @@
 
 #include "absl/status/status.h"
 #include "hugemm/hugemm.h"
+#include "hugemm/os.h"
 #include "hugemm/runtime.h"
 
 struct hugemm_runtime {
@@ -48,6 +49,12 @@ int CApiFail(const absl::Status& status);
 int CApiFail(int err, std::string message);
 // Clears this thread's message and returns 0.
 int CApiOk();
+// The kernel's own errno where the status keeps one (ErrnoOf: a syscall or an ioctl said
+// no), else CApiFail(status): for the consumer layers, whose errors are mostly the kernel's.
+inline int CApiFailKernel(const absl::Status& status) {
+  const int err = ErrnoOf(status);
+  return err != 0 ? CApiFail(err, std::string(status.message())) : CApiFail(status);
+}
 
 namespace c_api_internal {
 

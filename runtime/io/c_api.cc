@@ -22,9 +22,7 @@ int Fail(const absl::Status& st) {
       st.message().find("registered-buffer table already") != absl::string_view::npos) {
     return hugemm::CApiFail(EBUSY, std::string(st.message()));
   }
-  const int err = hugemm::ErrnoOf(st);
-  if (err != 0) return hugemm::CApiFail(err, std::string(st.message()));
-  return hugemm::CApiFail(st);
+  return hugemm::CApiFailKernel(st);
 }
 
 int Invalid(const char* what) { return hugemm::CApiFail(EINVAL, what); }

@@ -19,11 +19,7 @@ struct hugemm_vfio {
 
 namespace {
 
-int Fail(const absl::Status& st) {
-  const int err = hugemm::ErrnoOf(st);
-  if (err != 0) return hugemm::CApiFail(err, std::string(st.message()));
-  return hugemm::CApiFail(st);
-}
+int Fail(const absl::Status& st) { return hugemm::CApiFailKernel(st); }
 
 int Invalid(const char* what) { return hugemm::CApiFail(EINVAL, what); }
 
