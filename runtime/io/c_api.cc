@@ -17,13 +17,7 @@ namespace {
 int Ok() { return hugemm::CApiOk(); }
 
 // The kernel's errno where it said no (EBUSY, EBADF, ...), else the status code's.
-int Fail(const absl::Status& st) {
-  if (st.code() == absl::StatusCode::kFailedPrecondition &&
-      st.message().find("registered-buffer table already") != absl::string_view::npos) {
-    return hugemm::CApiFail(EBUSY, std::string(st.message()));
-  }
-  return hugemm::CApiFailKernel(st);
-}
+int Fail(const absl::Status& st) { return hugemm::CApiFailKernel(st); }
 
 int Invalid(const char* what) { return hugemm::CApiFail(EINVAL, what); }
 

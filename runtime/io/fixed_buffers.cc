@@ -84,10 +84,11 @@ absl::StatusOr<std::unique_ptr<FixedBuffers>> FixedBuffers::Attach(
   std::unique_ptr<FixedBuffers> fb(new FixedBuffers(runtime, ring_fd));
   bool registered = false;
   const auto busy = [&] {
-    return absl::FailedPreconditionError(
-        absl::StrCat("fixed buffers: ring ", ring_fd,
-                     " has a registered-buffer table already; hugemm gives it one: attach "
-                     "before registering buffers, or unregister them first"));
+    return sys::WithErrno(absl::FailedPreconditionError(absl::StrCat(
+                              "fixed buffers: ring ", ring_fd,
+                              " has a registered-buffer table already; hugemm gives it one: attach "
+                              "before registering buffers, or unregister them first")),
+                          EBUSY);
   };
   // While no range comes or goes: the clone then holds exactly the slots registered now.
   const auto make_table = [&]() -> absl::Status {

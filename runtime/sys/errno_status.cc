@@ -56,5 +56,11 @@ absl::Status AppendToMessage(const absl::Status& status, absl::string_view suffi
   return WithMessage(status, absl::StrCat(status.message(), suffix));
 }
 
+absl::Status WithErrno(const absl::Status& status, int err) {
+  absl::Status out = status;
+  out.SetPayload(kErrnoPayload, absl::Cord(absl::StrCat(err)));
+  return out;
+}
+
 }  // namespace sys
 }  // namespace hugemm

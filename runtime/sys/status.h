@@ -11,6 +11,9 @@ namespace hugemm::sys {
 [[nodiscard]] absl::Status Annotate(const absl::Status& status, absl::string_view context);
 // "message<suffix>", same code, payloads kept.
 [[nodiscard]] absl::Status AppendToMessage(const absl::Status& status, absl::string_view suffix);
+// The same status carrying `err` for ErrnoOf, as if ErrnoStatus had made it: for a
+// refusal the library decides itself whose C errno is still the kernel's (EBUSY, ...).
+[[nodiscard]] absl::Status WithErrno(const absl::Status& status, int err);
 
 }  // namespace hugemm::sys
 
