@@ -1,4 +1,4 @@
-// Where folio descriptors live. System memory by default: a per-pool slab of 64-byte
+// Where folio descriptors live. System memory by default: a per-pool slab of 56-byte
 // descriptors, never returned to the OS while the pool lives, so a stale Folio* always
 // points at readable memory (the kernel's SLAB_TYPESAFE_BY_RCU idea). Or a reserve
 // carved from the front of the extent itself (seed 002's vmem_altmap), falling back to
@@ -36,7 +36,7 @@ class SystemDescriptors {
   size_t in_use_ = 0;
 };
 
-// Descriptors in device memory: `slots` 64-byte slots at `base`. Not thread-safe.
+// Descriptors in device memory: `slots` descriptor-sized slots at `base`. Not thread-safe.
 class ReserveDescriptors {
  public:
   ReserveDescriptors() = default;
