@@ -62,9 +62,10 @@ TEST(AllocExtents, GrowByWhatIsMappedUpTo1GAndCostAFractionOverTheDescriptor) {
   EXPECT_EQ(os.Pool(kPageSize2M).free, 0);
   const double per_folio = static_cast<double>(s.metadata_bytes) / static_cast<double>(s.folios);
   std::printf("metadata per 2M folio, 4 GiB pool: %.2f bytes\n", per_folio);
-  // The 64-byte descriptor and 13 extent records shared by 2048 folios.
+  // The 56-byte descriptor and 13 extent records shared by 2048 folios: under 64 B.
   EXPECT_GT(per_folio, sizeof(Folio));
   EXPECT_LT(per_folio, sizeof(Folio) + 2.0);
+  EXPECT_LE(per_folio, 64.0);
   held.clear();
   EXPECT_EQ(alloc->Shrink(), size_t{4} << 30);
   EXPECT_EQ(os.Pool(kPageSize2M).free, 2048);
@@ -93,6 +94,47 @@ TEST(AllocExtents, TheStatsCountWhatSplitPoolsAnd1GPoolsHold) {
   ASSERT_TRUE(big.ok()) << big.status();
   EXPECT_EQ(Only(*alloc, kPageSize1G).metadata_bytes,
             FolioMetadataCost(kPageSize1G, kPageSize1G).bytes_per_gib);
+}
+
+TEST(AllocExtents, FourKFoliosLiveInRunsUnderTheKernelsSixtyFourBytes) {
+  // One 2M page split into 512 4K folios: each descriptor at its page's place in a run
+  // of 64 (page 0's is the region head's), the slots of orders 1 to 8 retired once the
+  // splits left them empty, and all of it under 64 bytes per folio.
+  FakeOs os({.pools = {{kPageSize2M, 1}}});
+  auto alloc = NewAllocator(os);
+  std::vector<FolioHandle> held;
+  for (int i = 0; i < 512; ++i) {
+    absl::StatusOr<FolioHandle> h = alloc->AllocateOrder(0, {.zero = false});
+    ASSERT_TRUE(h.ok()) << i << ": " << h.status();
+    held.push_back(std::move(*h));
+  }
+  std::sort(held.begin(), held.end(),
+            [](const FolioHandle& a, const FolioHandle& b) { return a.data() < b.data(); });
+  for (size_t p = 1; p < held.size(); ++p) {
+    ASSERT_EQ(held[p].data(), held[0].data() + p * kPageSize4K);
+    if (p % 64 != 0 && p != 1) {
+      EXPECT_EQ(held[p].folio(), held[p - 1].folio() + 1) << "page " << p << " sits in its run";
+    }
+    EXPECT_EQ(Allocator::FolioOf(held[p].data() + 100), held[p].folio());
+  }
+  {
+    IndexReader reader;
+    ExtentRecord* rec = reader.Lookup(held[0].data());
+    ASSERT_NE(rec, nullptr);
+    EXPECT_EQ(held[0].folio(), &rec->heads[0]);
+  }
+  const PoolStats s = Only(*alloc);
+  EXPECT_EQ(s.folios, 512u);
+  const double per_folio = static_cast<double>(s.metadata_bytes) / 512.0;
+  std::printf("metadata per 4K folio, one 2M page: %.2f bytes\n", per_folio);
+  EXPECT_LE(per_folio, 64.0);
+  // Freed in a scattered order, the buddies merge back into the one 2M folio.
+  std::shuffle(held.begin(), held.end(), std::mt19937(7));
+  held.clear();
+  EXPECT_EQ(Only(*alloc).folios, 1u);
+  absl::StatusOr<FolioHandle> whole = alloc->AllocateOrder(9, {.zero = false});
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_EQ(Allocator::FolioOf(whole->data() + kPageSize2M - 1), whole->folio());
 }
 
 TEST(AllocExtents, FallsBackToOneNativePageWhenTheStepDoesNotFit) {

@@ -77,7 +77,7 @@ TEST(InfoJson, ParsesAndMatchesSysfs) {
   EXPECT_TRUE(json["hugetlbfs_mounts"].is_array());
   EXPECT_TRUE(json["dax_devices"].is_array());
   const Json& meta = json["folio_metadata"];
-  EXPECT_EQ(meta["descriptor_bytes"].get<int64_t>(), 64);
+  EXPECT_EQ(meta["descriptor_bytes"].get<int64_t>(), 56);
   EXPECT_EQ(meta["default_placement"], "system");
   EXPECT_TRUE(meta["reserve_capable"].is_array());
   EXPECT_TRUE(meta["bytes_per_gib"]["2M"]["hugemm"].is_number());

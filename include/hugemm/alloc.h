@@ -19,12 +19,13 @@
 // Pools grow geometrically (each mapping as large as what the pool holds, up to 1 GiB
 // or 64 pages of 1G), so a pool has few extents. Each extent keeps one descriptor per
 // native page for the folio whose head is that page's first byte; only a page that was
-// split has a record of its smaller folios. page -> folio (FolioOf, the kernel's
-// compound_head) needs no per-page storage: a binary search over the process's extents
-// finds the extent, then arithmetic finds the page's descriptor, or the split record's
-// slots of live folios, kept per order in use, are probed once per such order (at most
-// 19 probes, usually one). folio -> page i is arithmetic (Folio::page_address,
-// Folio::page_pfn).
+// split has a record of its smaller folios: 4K folios' descriptors in runs of 64 at their
+// pages' places with a live bit each, and slots of the larger ones kept per order in use.
+// page -> folio (FolioOf, the kernel's compound_head) needs no per-page pointer: a binary
+// search over the process's extents finds the extent, then arithmetic finds the page's
+// descriptor, or the split record is probed once per order in use (at most 19 probes,
+// usually one). folio -> page i is arithmetic (Folio::page_address, Folio::page_pfn).
+// All-in, a 2M or a 4K folio costs under the kernel's 64-byte struct page.
 #ifndef HUGEMM_ALLOC_H_
 #define HUGEMM_ALLOC_H_
 

@@ -34,7 +34,7 @@
 
 namespace hugemm {
 
-enum class BackingKind { kHugetlb, kHugetlbfs, kDevDax, kAnon };
+enum class BackingKind : uint8_t { kHugetlb, kHugetlbfs, kDevDax, kAnon };
 
 // "hugetlb", "hugetlbfs", "devdax", "anon".
 [[nodiscard]] absl::string_view BackingKindName(BackingKind kind);

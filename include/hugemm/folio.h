@@ -1,6 +1,6 @@
 // Compound folios: one descriptor per folio, never one per 4K page.
 //
-// A folio is 2^order contiguous 4K pages of one backing, described by a 64-byte Folio
+// A folio is 2^order contiguous 4K pages of one backing, described by a 56-byte Folio
 // that carries the reference and pin counts for all of them, as the kernel keeps them on
 // the head page, in one 64-bit word, so that a pin or an unpin of a large folio is one
 // atomic read-modify-write where the kernel needs two. Reference rules follow the
@@ -66,7 +66,7 @@ enum class RefKind : uint8_t { kGet, kPin };
 // the functions below; the other fields are written by the owner while it alone holds
 // the folio (before it hands the first reference out, or after the last one came back)
 // and only read otherwise.
-struct alignas(64) Folio {
+struct Folio {
   // refcount in bits 0..31, pincount (exact, large folios only) in bits 32..63: one word,
   // so that one atomic takes both. Change it only through the functions below; an owner
   // (re)initialises it with CountsWord while it alone holds the folio.
@@ -122,7 +122,9 @@ struct alignas(64) Folio {
     return p >= data && p < data + size();
   }
 };
-static_assert(sizeof(Folio) == 64, "a folio descriptor must fit in one cache line");
+// 56 bytes, 8-byte aligned: descriptors sit in arrays without padding (what a pool holds
+// per huge folio is its descriptor and a share of its extent's record, under 64 bytes).
+static_assert(sizeof(Folio) == 56 && alignof(Folio) == 8, "the descriptor's layout");
 
 // Receives folios whose last reference dropped (a pool) — and nothing else.
 // ReleaseFolio runs on whichever thread dropped the last reference, so an owner must

@@ -90,8 +90,8 @@ enum class RefGranularity { kFolio, kPage };
 // descriptor's address, the page's index inside the folio and the reference kind, so
 // unpin finds the head in O(1) and the page's address and PFN need no per-page
 // descriptor, and the array costs what the kernel's does to write:
-//   bits 63..19  descriptor address >> 6 (descriptors are 64-byte aligned; addresses
-//                below 2^51, which Linux user space never exceeds without asking for
+//   bits 63..19  descriptor address >> 3 (descriptors are 8-byte aligned; addresses
+//                below 2^48, which Linux user space never exceeds without asking for
 //                high addresses on 5-level paging)
 //   bits 18..1   page index (a 1G folio has 2^18 pages)
 //   bit  0       1 for GET references, 0 for PIN, so UnpinPages needs no flags
@@ -101,7 +101,7 @@ class PageRef {
   static constexpr int kIndexShift = 1;       // the page's index inside its folio ...
   static constexpr int kIndexBits = 18;       // ... in this many bits (a 1G folio's pages)
   static constexpr int kFolioShift = 19;      // the descriptor's address, above the index ...
-  static constexpr int kDescriptorAlign = 6;  // ... without its six zero bits (64-byte aligned)
+  static constexpr int kDescriptorAlign = 3;  // ... without its three zero bits (8-byte aligned)
   static constexpr uintptr_t kMaxDescriptor = uintptr_t{1} << (64 - kFolioShift + kDescriptorAlign);
 
   PageRef() = default;

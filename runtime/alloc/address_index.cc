@@ -31,6 +31,7 @@ struct Writer {
   std::mutex mu;
   std::vector<const Table*> old_tables;
   std::vector<std::unique_ptr<ExtentRecord>> old_records;
+  std::vector<absl::AnyInvocable<void() &&>> old_frees;
 };
 
 Writer& TheWriter() {
@@ -38,15 +39,22 @@ Writer& TheWriter() {
   return *w;
 }
 
+// Frees what no reader can still see, if no reader is active. Under the writer's mutex,
+// after the unhooking store (seq_cst, or followed by a seq_cst fence).
+void Collect(Writer& w) {
+  if (g_readers.load(std::memory_order_seq_cst) != 0) return;
+  for (const Table* t : w.old_tables) delete t;
+  w.old_tables.clear();
+  w.old_records.clear();
+  for (auto& f : w.old_frees) std::move(f)();
+  w.old_frees.clear();
+}
+
 // Publishes `next` and frees what no reader can still see. Under the writer's mutex.
 void Publish(Writer& w, const Table* next) {
   const Table* prev = g_table.exchange(next, std::memory_order_seq_cst);
   if (prev != nullptr) w.old_tables.push_back(prev);
-  if (g_readers.load(std::memory_order_seq_cst) == 0) {
-    for (const Table* t : w.old_tables) delete t;
-    w.old_tables.clear();
-    w.old_records.clear();
-  }
+  Collect(w);
 }
 
 }  // namespace
@@ -102,6 +110,20 @@ void IndexErase(std::unique_ptr<ExtentRecord> rec) {
   }
   w.old_records.push_back(std::move(rec));
   Publish(w, next.release());
+}
+
+}  // namespace hugemm::alloc_internal
+
+namespace hugemm::alloc_internal {
+
+void IndexRetire(absl::AnyInvocable<void() &&> free) {
+  // Orders the caller's unhooking store before the reader count is read, as a reader's
+  // count comes before its loads: a reader that the count misses sees the unhooked state.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  Writer& w = TheWriter();
+  std::lock_guard<std::mutex> lock(w.mu);
+  w.old_frees.push_back(std::move(free));
+  Collect(w);
 }
 
 }  // namespace hugemm::alloc_internal

@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <memory>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "runtime/alloc/extent_record.h"
 
@@ -23,6 +24,10 @@ absl::Status IndexInsert(ExtentRecord* rec);
 // Drops the record from the index and deletes it once no reader can see it. Its extent
 // should be unmapped already (nothing else would unmap it promptly).
 void IndexErase(std::unique_ptr<ExtentRecord> rec);
+// Runs `free` once no reader can still see what it frees: now if no IndexReader is
+// active, else at a later write that finds none. For memory a writer unhooked (with a
+// release store) from what readers reach through the index.
+void IndexRetire(absl::AnyInvocable<void() &&> free);
 
 // The read side. What Lookup returns, and what it points to, stays valid while the
 // reader lives. Not copyable; not to be held across a write to the index.

@@ -214,7 +214,8 @@ MetadataCost FolioMetadataCost(size_t folio_size, size_t page_size) {
   const uint64_t folios = kPageSize1G / folio_size;
   // A pool grown from empty to 1 GiB by the pool's own rule, carved into these folios:
   // per extent its record, PFN list, index entry, extents_ slot and head array, and for
-  // split regions the directory and the records; the other descriptors in the slab.
+  // split regions the directory and the records; the other descriptors in the slab (for
+  // 4K folios: in runs, one per 64 pages, beside one chunk the splits passed through).
   uint64_t bytes = 0;
   size_t mapped = 0;
   while (mapped < kPageSize1G) {
@@ -233,10 +234,15 @@ MetadataCost FolioMetadataCost(size_t folio_size, size_t page_size) {
     }
     mapped += length;
   }
-  const uint64_t slab = folios - std::min<uint64_t>(folios, kPageSize1G / region_size);
   using alloc_internal::SystemDescriptors;
-  bytes += (slab + SystemDescriptors::kPerChunk - 1) / SystemDescriptors::kPerChunk *
-           SystemDescriptors::kChunkBytes;
+  if (order == 0) {
+    bytes += folios / SystemDescriptors::kRun * SystemDescriptors::kRunBytes +
+             SystemDescriptors::kChunkBytes;
+  } else {
+    const uint64_t slab = folios - std::min<uint64_t>(folios, kPageSize1G / region_size);
+    bytes += (slab + SystemDescriptors::kPerChunk - 1) / SystemDescriptors::kPerChunk *
+             SystemDescriptors::kChunkBytes;
+  }
   c.bytes_per_gib = bytes;
   c.kernel_bytes_per_gib = (kPageSize1G / kPageSize4K) * 64;
   // With the vmemmap optimisation a huge folio keeps one 4K page of struct pages.

@@ -26,6 +26,20 @@ void SystemDescriptors::Put(Folio* folio) {
   --in_use_;
 }
 
+Folio* SystemDescriptors::GetRun() {
+  if (free_runs_.empty()) {
+    runs_.push_back(std::make_unique<Folio[]>(kRun));
+    // Room to take every run back, so PutRun never allocates.
+    if (free_runs_.capacity() < runs_.capacity()) free_runs_.reserve(runs_.capacity());
+    return runs_.back().get();
+  }
+  Folio* run = free_runs_.back();
+  free_runs_.pop_back();
+  return run;
+}
+
+void SystemDescriptors::PutRun(Folio* run) { free_runs_.push_back(run); }
+
 Folio* ReserveDescriptors::Get() {
   Folio* f = nullptr;
   if (free_ != nullptr) {
@@ -40,6 +54,15 @@ Folio* ReserveDescriptors::Get() {
   }
   ++in_use_;
   return f;
+}
+
+Folio* ReserveDescriptors::GetRun(size_t n) {
+  if (slots_ - next_ < n) return nullptr;
+  Folio* run = reinterpret_cast<Folio*>(base_ + next_ * sizeof(Folio));
+  for (size_t i = 0; i < n; ++i) new (base_ + (next_ + i) * sizeof(Folio)) Folio();
+  next_ += n;
+  in_use_ += n;
+  return run;
 }
 
 void ReserveDescriptors::Put(Folio* folio) {

@@ -27,7 +27,7 @@ Region* ExtentRecord::MakeSplitRecord(size_t i, size_t first_native, Folio* whol
   }
   Region* region = dir[i].load(std::memory_order_relaxed);
   if (region != nullptr) return region;
-  region = new Region(RegionBase(i), region_order, this, first_native);
+  region = new Region(RegionBase(i), region_order, this, first_native, &heads[i]);
   // Filled before it is published: a reader that finds the record finds the folio.
   if (whole != nullptr) region->Set(region_order, 0, whole);
   dir[i].store(region, std::memory_order_release);

@@ -85,7 +85,18 @@ absl::Status Pool::Exhausted(int order, absl::string_view why) const {
 Folio* Pool::NewFolio(ExtentRecord* rec, size_t i, size_t head, int order) {
   Folio* f = nullptr;
   bool in_reserve = false;
-  if (head == 0) {
+  if (order == 0) {
+    // Its page's place in the region's run (page 0: the region head's descriptor).
+    Region* region = rec->SplitRecord(i);
+    f = region->SmallDescriptor(head, &in_reserve);
+    if (f == nullptr) {
+      Folio* run = rec->reserve != nullptr ? rec->reserve->GetRun(Region::kSmallRun) : nullptr;
+      const bool run_in_reserve = run != nullptr;
+      if (run == nullptr) run = descriptors_.GetRun();
+      region->AddSmallRun(head, run, run_in_reserve);
+      f = region->SmallDescriptor(head, &in_reserve);
+    }
+  } else if (head == 0) {
     f = &rec->heads[i];
   } else {
     f = rec->reserve != nullptr ? rec->reserve->Get() : nullptr;
@@ -116,6 +127,7 @@ Folio* Pool::NewFolio(ExtentRecord* rec, size_t i, size_t head, int order) {
 void Pool::DeleteDescriptor(ExtentRecord* rec, Folio* folio) {
   --total_folios_;
   if (rec->IsHead(folio)) return;  // the slot stays the region's
+  if (folio->order == 0) return;   // its place in the region's run stays
   if (folio->has_flag(FolioFlag::kReserveMeta)) {
     rec->reserve->Put(folio);
   } else {
@@ -185,9 +197,20 @@ Folio* Pool::TakeFree(int order) {
       const size_t head = HeadOf(region, f);
       Folio* upper = NewFolio(rec, i, head + (size_t{1} << half), half);
       region->Set(half, (head >> half) + 1, upper);
-      region->Set(half, head >> half, f);
-      region->Set(half + 1, head >> (half + 1), nullptr);
-      f->order = static_cast<uint8_t>(half);
+      if (half == 0) {
+        // An order-0 folio lives at its page's place in the run: the lower half moves
+        // there, and f (free, unreferenced) goes back to where it came from. The region
+        // head stays itself (and is counted once).
+        Folio* lower = NewFolio(rec, i, head, 0);
+        region->Set(0, head, lower);
+        region->Set(1, head >> 1, nullptr);
+        DeleteDescriptor(rec, f);
+        f = lower;
+      } else {
+        region->Set(half, head >> half, f);
+        region->Set(half + 1, head >> (half + 1), nullptr);
+        f->order = static_cast<uint8_t>(half);
+      }
       PushFree(rec, upper);
     }
     return f;
@@ -216,6 +239,18 @@ void Pool::FreeOne(Folio* f) {
     Folio* lower = head < buddy_head ? f : buddy;
     Folio* upper = head < buddy_head ? buddy : f;
     const size_t lower_head = std::min(head, buddy_head);
+    if (o == 0 && !rec->IsHead(lower)) {
+      // An order-1 folio does not live in a run: the merged folio takes a descriptor of
+      // its own, and both runs' places simply stop being live.
+      Folio* merged = NewFolio(rec, rec->RegionOf(lower->data), lower_head, 1);
+      region->Set(1, lower_head >> 1, merged);
+      region->Set(0, head, nullptr);
+      region->Set(0, buddy_head, nullptr);
+      DeleteDescriptor(rec, lower);
+      DeleteDescriptor(rec, upper);
+      f = merged;
+      continue;
+    }
     region->Set(o + 1, lower_head >> (o + 1), lower);
     region->Set(o, head >> o, nullptr);
     region->Set(o, buddy_head >> o, nullptr);

@@ -105,7 +105,8 @@ class Pool final : public FolioOwner {
   Folio* TakeFree(int order) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FreeOne(Folio* folio) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A descriptor for the folio of `order` at page `head` of region `i`: the region's own
-  // head slot for head 0, else one from the reserve or the slab.
+  // head slot for head 0; for order 0 its page's place in the region's run (given a run
+  // from the reserve or the slab on first use); else one from the reserve or the slab.
   Folio* NewFolio(ExtentRecord* rec, size_t i, size_t head, int order)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DeleteDescriptor(ExtentRecord* rec, Folio* folio) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

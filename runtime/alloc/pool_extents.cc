@@ -28,6 +28,12 @@ void Pool::Retire(std::unique_ptr<ExtentRecord> rec) {
   if (observer_ != nullptr) observer_->MemoryRemoving(RangeOf(rec->extent));
   { Extent gone = std::move(rec->extent); }  // the kernel has the pages back now
   PutHeads(rec->heads);
+  // Runs of order-0 descriptors stay readable memory too: the slab keeps them for reuse.
+  for (size_t i = 0; i < rec->regions; ++i) {
+    if (const Region* region = rec->SplitRecord(i)) {
+      region->ForEachSystemRun([this](Folio* run) { descriptors_.PutRun(run); });
+    }
+  }
   IndexErase(std::move(rec));
 }
 

@@ -71,6 +71,12 @@ absl::Status PageTable::MakePath(uintptr_t va, int level) {
 absl::Status PageTable::Map(Folio* folio, const void* p, Prot prot) {
   const auto va = reinterpret_cast<uintptr_t>(p);
   if (folio == nullptr) return absl::InvalidArgumentError("map: no folio");
+  if ((reinterpret_cast<uintptr_t>(folio) & ~pgtable_internal::kPtrMask) != 0) {
+    // An entry holds the descriptor's address in bits 3..55.
+    return absl::InvalidArgumentError(
+        absl::StrFormat("map at 0x%x: a descriptor at %p is not 8-byte aligned below 2^56", va,
+                        static_cast<const void*>(folio)));
+  }
   if (absl::Status st = CheckGeometry("map"); !st.ok()) return st;
   const size_t size = folio->size();
   absl::StatusOr<LeafUnit> unit = NaturalUnit(geometry_, size);

@@ -2,7 +2,8 @@
 //
 // An entry is one word, written and read with std::atomic, so a reader sees either the
 // old or the new value and never half of one. Pointers in entries (tables, folios,
-// exclusive records) are all 64-byte aligned, leaving six low bits for flags:
+// exclusive records) are at least 8-byte aligned and below 2^56 (any user-space
+// address), leaving three low bits and the top byte for flags:
 //   0                               empty
 //   table | kPresent                next-level table
 //   folio | kPresent | kLeaf | ...  a leaf; kCont marks a member of a contiguous group;
@@ -35,11 +36,12 @@ inline constexpr uint64_t kPresent = 1u << 0;
 inline constexpr uint64_t kLeaf = 1u << 1;
 inline constexpr uint64_t kExclusiveTag = 1u << 1;  // with kPresent clear
 inline constexpr uint64_t kCont = 1u << 2;
-inline constexpr uint64_t kRead = 1u << 3;
-inline constexpr uint64_t kWrite = 1u << 4;
-inline constexpr uint64_t kExec = 1u << 5;
+inline constexpr uint64_t kRead = uint64_t{1} << 61;
+inline constexpr uint64_t kWrite = uint64_t{1} << 62;
+inline constexpr uint64_t kExec = uint64_t{1} << 63;
 inline constexpr uint64_t kProtBits = kRead | kWrite | kExec;
-inline constexpr uint64_t kPtrMask = ~uint64_t{63};
+// The pointer: bits 3..55.
+inline constexpr uint64_t kPtrMask = ((uint64_t{1} << 56) - 1) & ~uint64_t{7};
 
 inline bool IsTable(uint64_t w) { return (w & (kPresent | kLeaf)) == kPresent; }
 inline bool IsLeaf(uint64_t w) { return (w & (kPresent | kLeaf)) == (kPresent | kLeaf); }
@@ -61,9 +63,9 @@ inline uint64_t FrameFor(const Folio* folio, uintptr_t entry_va) {
   return FrameWord(PfnAt(folio, entry_va));
 }
 
-// An entry keeps a Prot's three bits as they are, three places up: converting is a shift
-// (Decode does it for every leaf a reader sees).
-inline constexpr int kProtShift = 3;
+// An entry keeps a Prot's three bits as they are, in its top three bits: converting is a
+// shift (Decode does it for every leaf a reader sees).
+inline constexpr int kProtShift = 61;
 static_assert(kRead == uint64_t{static_cast<uint32_t>(kProtRead)} << kProtShift &&
               kWrite == uint64_t{static_cast<uint32_t>(kProtWrite)} << kProtShift &&
               kExec == uint64_t{static_cast<uint32_t>(kProtExec)} << kProtShift);
