@@ -232,7 +232,10 @@ absl::StatusOr<PinBenchResult> RunPinBench(const PinBenchConfig& config,
     }
     if (hooks.progress && NowNs() - start > 1000000000ull) hooks.progress(r + 1, config.repeats);
   }
-  if (config.threads > 1) result.cpu_scaling = pin_internal::CpuScaling(config.threads);
+  if (config.threads > 1) {
+    result.cpu_scaling = pin_internal::CpuScaling(config.threads);
+    result.write_scaling = pin_internal::WriteScaling(config.threads, c.pages);
+  }
   return result;
 }
 

@@ -81,6 +81,10 @@ struct PinBenchResult {
   // memory, against one thread running it alone, in the same run: the scaling the
   // machine gives threads at all (below the thread count when other work holds cores).
   std::optional<double> cpu_scaling;
+  // threads > 1: the same threads each writing its part of an array as large as the page
+  // array at once, against one thread writing it all: the scaling the memory gives the
+  // page array's own writes.
+  std::optional<double> write_scaling;
 };
 
 // Aggregate throughput of the threads against one thread, in one run: pages pinned per

@@ -172,6 +172,52 @@ double CpuScaling(int threads) {
   return static_cast<double>(threads) * static_cast<double>(t1 - t0) / static_cast<double>(t2 - t1);
 }
 
+double WriteScaling(int threads, size_t entries) {
+  // As the passes run: the one thread alone while the others sleep, then all of them
+  // released together by a spin barrier, the wall time from the first start to the last
+  // end.
+  constexpr int kRounds = 15;
+  std::vector<uint64_t> out(entries);
+  auto write = [&out](size_t from, size_t to, uint64_t v) {
+    for (size_t i = from; i < to; ++i) out[i] = v + i;
+    DoNotOptimize(out[to - 1]);
+  };
+  auto part = [&](int i) { return std::pair{entries * i / threads, entries * (i + 1) / threads}; };
+  write(0, entries, 0);  // faulted in and warm, as the pins' own array is
+  std::vector<double> one, all;
+  std::vector<uint64_t> start(threads), end(threads);
+  std::atomic<uint32_t> round{0};
+  SpinBarrier go(threads), finished(threads);
+  auto run_part = [&](int i, uint32_t r) {
+    go.Wait();
+    start[i] = NowNs();
+    write(part(i).first, part(i).second, r);
+    end[i] = NowNs();
+    finished.Wait();
+  };
+  std::vector<std::thread> workers;
+  for (int i = 1; i < threads; ++i) {
+    workers.emplace_back([&, i] {
+      for (uint32_t r = 1; r <= kRounds; ++r) {
+        round.wait(r - 1, std::memory_order_acquire);
+        run_part(i, r);
+      }
+    });
+  }
+  for (uint32_t r = 1; r <= kRounds; ++r) {
+    const uint64_t t0 = NowNs();
+    write(0, entries, r);
+    one.push_back(static_cast<double>(NowNs() - t0));
+    round.store(r, std::memory_order_release);
+    round.notify_all();
+    run_part(0, r);
+    all.push_back(static_cast<double>(*std::max_element(end.begin(), end.end()) -
+                                      *std::min_element(start.begin(), start.end())));
+  }
+  for (std::thread& w : workers) w.join();
+  return Summarize(one).median / Summarize(all).median;
+}
+
 Floor::Floor(const std::vector<Folio*>& folios, const PassConfig& c) : c_(c), folios_(folios) {
   if (c.output == PinOutput::kPages) {
     pages_.resize(c.pages);

@@ -99,6 +99,12 @@ class PassRunner {
 // touched), against one thread running it: the control for the passes' scaling.
 double CpuScaling(int threads);
 
+// Throughput of `threads` threads each writing its own part of an array of `entries`
+// 8-byte entries at once (as many pages' entries as a page-array pin writes), against
+// one thread writing it all: what the memory gives the page array's writes, the second
+// control. The median of a few rounds.
+double WriteScaling(int threads, size_t entries);
+
 // The floor of the output, the least work that produces it: writing the page array (as
 // the kernel's record_subpages does), or one atomic add per folio each call reaches (what
 // a pin of folio spans or segments cannot do with less).

@@ -76,6 +76,7 @@ void PrintJsonResult(const PinBenchConfig& c, const PinBenchResult& r) {
     out["threads_over_one_pin"] = s.pin;
     out["threads_over_one_unpin"] = s.unpin;
     out["cpu_scaling"] = r.cpu_scaling.value_or(0);
+    out["write_scaling"] = r.write_scaling.value_or(0);
   }
   PrintJson(out);
 }
@@ -138,6 +139,9 @@ void PrintTextResult(const PinBenchConfig& c, const PinBenchResult& r) {
         Us(Summarize(r.one_thread->unpin_us).median).c_str(), c.threads, s.pin, s.unpin);
     std::printf("control: a compute loop on %d threads runs %.2fx one thread's throughput here\n",
                 c.threads, r.cpu_scaling.value_or(0));
+    std::printf(
+        "control: %d threads writing a page array's worth of entries run %.2fx one thread\n",
+        c.threads, r.write_scaling.value_or(0));
   }
 }
 
