@@ -24,6 +24,7 @@
 #define HUGEMM_RUNTIME_GUP_FAST_PATH_H_
 
 #include <cstdint>
+#include <functional>
 
 #include "absl/base/attributes.h"
 #include "hugemm/pgtable.h"
@@ -37,6 +38,10 @@ struct FastResult {
   uintptr_t reached;  // every page below it is pinned and recorded
   Stop why;           // kNone when reached is the end
 };
+
+// Calls a test's after-grab hook, out of line and noexcept: the loop around it then has
+// nothing that throws, so it needs no unwinding path and keeps its state in registers.
+void RunAfterGrab(const std::function<void(uintptr_t)>& hook, uintptr_t va) noexcept;
 
 // Inlined into the pin loop: a call that pins one folio is mostly this function's
 // entry and exit.
@@ -57,7 +62,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline FastResult PinFast(const PinContext& ctx, ui
     if (!GrabFast(t, kind, ctx.granularity)) [[unlikely]]
       return {va, Stop::kGrabFailed};
     if (ctx.after_grab != nullptr) [[unlikely]]
-      (*ctx.after_grab)(va);
+      RunAfterGrab(*ctx.after_grab, va);
     // Re-check: only an entry that still holds its word makes the grab one on a live
     // mapping. Then what the folio allows, then record; any refusal undoes the grab.
     Stop s = Cursor::StillMapped(leaf) ? Stop::kNone : Stop::kChanged;

@@ -37,11 +37,26 @@ enum class Stop : uint8_t {
 inline constexpr GupFlags kAllGupFlags =
     kGupPin | kGupGet | kGupWrite | kGupLongterm | kGupFastOnly | kGupPartial;
 
-// Known flags, exactly one of PIN and GET, LONGTERM only with PIN. Inline: every pin
-// checks its flags, and only a bad set needs words (CheckFlags).
-inline bool FlagsValid(GupFlags flags) {
+// Known flags, exactly one of PIN and GET, LONGTERM only with PIN.
+constexpr bool FlagSetValid(GupFlags flags) {
   return !HasAny(flags, ~kAllGupFlags) && HasAny(flags, kGupPin) != HasAny(flags, kGupGet) &&
          (!HasAny(flags, kGupLongterm) || HasAny(flags, kGupPin));
+}
+
+// Bit f set when FlagSetValid(f), for every f made of known flags: one table lookup.
+inline constexpr uint64_t kValidFlagSets = [] {
+  static_assert(static_cast<uint32_t>(kAllGupFlags) < 64);
+  uint64_t bits = 0;
+  for (uint32_t f = 0; f <= static_cast<uint32_t>(kAllGupFlags); ++f) {
+    if (FlagSetValid(static_cast<GupFlags>(f))) bits |= uint64_t{1} << f;
+  }
+  return bits;
+}();
+
+// FlagSetValid as every pin checks it, inline: only a bad set needs words (CheckFlags).
+inline bool FlagsValid(GupFlags flags) {
+  const auto f = static_cast<uint32_t>(flags);
+  return f < 64 && ((kValidFlagSets >> f) & 1) != 0;
 }
 
 // InvalidArgument for unknown flags, neither or both of PIN and GET, LONGTERM without PIN.

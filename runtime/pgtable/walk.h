@@ -7,7 +7,6 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <new>
 
 #include "hugemm/pgtable.h"
 #include "runtime/pgtable/table.h"
@@ -66,7 +65,7 @@ struct SavedHint {
   const PageTable* table = nullptr;
   uint64_t generation = 0;
   WalkHint hint;
-  bool busy = false;  // a Cursor works on it now (a nested one keeps a hint of its own)
+  bool busy = false;  // a Cursor works on it now (a nested one descends from the root)
 };
 inline thread_local SavedHint t_saved_hint;
 
@@ -80,14 +79,14 @@ inline thread_local SavedHint t_saved_hint;
 // the tree), or this section began before that grace period (which then waits for it).
 // Either way the table is not freed while this section lasts; an unhooked table is one a
 // prune left empty and dead, so a lookup through it finds nothing mapped and the caller
-// takes the locked path.
+// takes the locked path. A Cursor made while another is at work on this thread (a lookup
+// from inside a pin) keeps no hint: each of its lookups descends from the root.
 class Cursor {
  public:
   explicit Cursor(const PageTable& table) : table_(table) {
     SavedHint& saved = t_saved_hint;
     if (saved.busy) [[unlikely]] {
-      nested_ = true;
-      hint_ = new (&own_.hint) WalkHint();
+      hint_ = nullptr;
       return;
     }
     saved.busy = true;
@@ -100,7 +99,7 @@ class Cursor {
     }
   }
   ~Cursor() {
-    if (!nested_) t_saved_hint.busy = false;
+    if (hint_ != nullptr) t_saved_hint.busy = false;
   }
   Cursor(const Cursor&) = delete;
   Cursor& operator=(const Cursor&) = delete;
@@ -121,12 +120,9 @@ class Cursor {
 
  private:
   const PageTable& table_;
-  WalkHint* hint_;  // this thread's saved hint (for this table and generation), or own_
-  bool nested_ = false;
-  union Own {
-    Own() {}  // made only when nested: most Cursors never touch it
-    WalkHint hint;
-  } own_;
+  // This thread's saved hint (for this table and generation), or nullptr in a Cursor
+  // nested inside another.
+  WalkHint* hint_;
 };
 
 }  // namespace hugemm::pgtable_internal
