@@ -208,6 +208,22 @@ inline LogicalLeaf PageTable::Decode(uintptr_t va, const pgtable_internal::Entry
 inline bool pgtable_internal::Cursor::LookupForPin(uintptr_t va, PinLeaf* out) {
   if (va >= table_.va_limit_) [[unlikely]]
     return false;
+  // Mostly a plain leaf in the table the hint names: its size is that table's entry size,
+  // which the hint holds, so nothing else is read. Anything else takes the descent below.
+  if (const WalkHint* h = hint_;
+      h != nullptr && h->table != nullptr && (va >> h->tag_shift) == h->tag) [[likely]] {
+    const std::atomic<uint64_t>& slot = h->table->slot((va >> h->shift) & h->mask);
+    const uint64_t w = slot.load(std::memory_order_acquire);
+    if (IsLeaf(w) && (w & kCont) == 0) [[likely]] {
+      out->folio = AsFolio(w);
+      out->end = (va | ((uintptr_t{1} << h->shift) - 1)) + 1;
+      out->writable = (w & kWrite) != 0;
+      out->exclusive = false;
+      out->slot = &slot;
+      out->entry = w;
+      return true;
+    }
+  }
   const Entry e = table_.Descend(va, kPteLevel, hint_);
   if (!e.maps()) [[unlikely]]
     return false;
