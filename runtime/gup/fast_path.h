@@ -79,6 +79,35 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline FastResult PinFast(const PinContext& ctx, ui
   return {va, Stop::kNone};
 }
 
+// The most common pin, a range inside one plain leaf (one folio, one I/O), with folio
+// granularity and no test hook: PinFast's steps for one leaf, in the same order and with
+// the same checks, as a straight line that keeps little enough live to need no stack.
+// True when the range is pinned and recorded; false, having taken and recorded nothing,
+// when the range goes beyond the leaf or any step refuses. The caller then takes the
+// general loop, which does it all again and finds the reason.
+template <typename Sink>
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline bool PinOneLeaf(const PageTable& table, uintptr_t va,
+                                                    uintptr_t end, GupFlags flags, Sink& sink) {
+  using pgtable_internal::Cursor;
+  const RefKind kind = HasAny(flags, kGupPin) ? RefKind::kPin : RefKind::kGet;
+  pgtable_internal::ReadLock rs;
+  Cursor cursor(table);
+  pgtable_internal::PinLeaf leaf;
+  if (!cursor.LookupForPin(va, &leaf) || leaf.end < end) [[unlikely]]
+    return false;
+  if (CheckLeaf(leaf, flags) != Stop::kNone) [[unlikely]]
+    return false;
+  const Take t = TakeOf(leaf, va, end);
+  if (!GrabFast(t, kind, RefGranularity::kFolio)) [[unlikely]]
+    return false;
+  if (!Cursor::StillMapped(leaf) || CheckFolio(t.folio, flags) != Stop::kNone ||
+      !sink.Accept(t.folio, t.first, t.refs, va)) [[unlikely]] {
+    Ungrab(t, kind);
+    return false;
+  }
+  return true;
+}
+
 }  // namespace hugemm::gup_internal
 
 #endif  // HUGEMM_RUNTIME_GUP_FAST_PATH_H_

@@ -46,10 +46,12 @@ ABSL_ATTRIBUTE_NOINLINE absl::Status WrapError(const void* va, size_t length) {
                                                     reinterpret_cast<uintptr_t>(va), length));
 }
 
-// InvalidArgument "<request>: <what>". Out of line, with the request by value: a call
+// InvalidArgument "<request>: <what>". Out of line, taking the request's fields: a call
 // keeps its request in registers rather than in memory for the error's sake.
-ABSL_ATTRIBUTE_NOINLINE absl::Status RequestError(const PinRequest req, absl::string_view what) {
-  return absl::InvalidArgumentError(absl::StrCat(RequestName(req), ": ", what));
+ABSL_ATTRIBUTE_NOINLINE absl::Status RequestError(uintptr_t start, size_t npages, GupFlags flags,
+                                                  absl::string_view what) {
+  return absl::InvalidArgumentError(
+      absl::StrCat(RequestName(PinRequest{start, npages, flags}), ": ", what));
 }
 
 // A zero-length pin pins nothing, successfully, if its flags make sense.
@@ -68,8 +70,10 @@ using SinkArg = std::conditional_t<std::is_trivially_copyable_v<Sink>, Sink, Sin
 // unless kGupPartial: on failure, everything the sink recorded is given back. Out of
 // line, so that a pin the fast path finishes in one go is PinRange's straight line.
 template <typename Sink>
-ABSL_ATTRIBUTE_NOINLINE absl::StatusOr<size_t> PinRest(const PinContext& ctx, const PinRequest req,
+ABSL_ATTRIBUTE_NOINLINE absl::StatusOr<size_t> PinRest(const PinContext& ctx, uintptr_t start,
+                                                       size_t npages, GupFlags flags,
                                                        FastResult fast, SinkArg<Sink> sink) {
+  const PinRequest req{start, npages, flags};
   const bool fast_only = HasAny(req.flags, kGupFastOnly);
   uintptr_t va = fast.reached;
   int changes = 0;
@@ -108,7 +112,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline absl::StatusOr<size_t> PinRange(MakeContext 
   const FastResult fast = gup_internal::PinFast(context(), req.start, req.end(), req.flags, sink);
   if (fast.why == Stop::kNone) [[likely]]
     return sink.count();
-  return PinRest<Sink>(context(), req, fast, sink);
+  return PinRest<Sink>(context(), req.start, req.npages, req.flags, fast, sink);
 }
 
 }  // namespace
@@ -127,27 +131,50 @@ absl::StatusOr<size_t> Pinner::PinPages(const void* va, size_t npages, GupFlags 
   const PinRequest req{reinterpret_cast<uintptr_t>(va) & ~uintptr_t{kPageSize4K - 1}, npages,
                        flags};
   if (pages.size() < npages) {
-    return RequestError(req, absl::StrFormat("a page array of %u entries", pages.size()));
+    return RequestError(req.start, req.npages, req.flags,
+                        absl::StrFormat("a page array of %u entries", pages.size()));
   }
   if (npages > (std::numeric_limits<uintptr_t>::max() - req.start) >> kPageShift) [[unlikely]] {
     if (!gup_internal::FlagsValid(flags)) return gup_internal::CheckFlags(flags);
-    return RequestError(req, "wraps the address space");
+    return RequestError(req.start, req.npages, req.flags, "wraps the address space");
   }
   gup_internal::PageSink sink(pages.data(), req.kind());
   return PinRange([this] { return Context(); }, req, sink);
 }
 
-absl::StatusOr<size_t> Pinner::PinFolios(const void* va, size_t length, GupFlags flags,
-                                         absl::Span<FolioSpan> spans) {
+namespace {
+
+// PinFolios but for its one-leaf fast case: out of line, so that the fast case needs
+// neither its stack nor its registers.
+template <typename MakeContext>
+ABSL_ATTRIBUTE_NOINLINE absl::StatusOr<size_t> PinFoliosInGeneral(MakeContext context,
+                                                                  const void* va, size_t length,
+                                                                  GupFlags flags,
+                                                                  absl::Span<FolioSpan> spans) {
   PinRequest req{.flags = flags};
   if (!PagesCovering(va, length, &req.start, &req.npages)) [[unlikely]]
     return WrapError(va, length);
   if (length == 0) return NothingToPin(flags);
   if (spans.empty()) {
-    return RequestError(req, "no room for folio spans");
+    return RequestError(req.start, req.npages, req.flags, "no room for folio spans");
   }
   gup_internal::SpanSink<gup_internal::FixedSpans> sink(req.kind(), spans.data(), spans.size());
-  return PinRange([this] { return Context(); }, req, sink);
+  return PinRange(context, req, sink);
+}
+
+}  // namespace
+
+absl::StatusOr<size_t> Pinner::PinFolios(const void* va, size_t length, GupFlags flags,
+                                         absl::Span<FolioSpan> spans) {
+  PinRequest req{.flags = flags};
+  if (PagesCovering(va, length, &req.start, &req.npages) && length != 0 && !spans.empty() &&
+      gup_internal::FlagsValid(flags) && !after_grab_ &&
+      options_.granularity == RefGranularity::kFolio) [[likely]] {
+    gup_internal::SpanSink<gup_internal::FixedSpans> sink(req.kind(), spans.data(), spans.size());
+    if (gup_internal::PinOneLeaf(table_, req.start, req.end(), flags, sink)) [[likely]]
+      return sink.count();
+  }
+  return PinFoliosInGeneral([this] { return Context(); }, va, length, flags, spans);
 }
 
 absl::StatusOr<size_t> Pinner::PinSegments(const void* va, size_t length, GupFlags flags,
@@ -161,7 +188,7 @@ absl::StatusOr<size_t> Pinner::PinSegments(const void* va, size_t length, GupFla
   if (!max.ok()) return max.status();
   if (length == 0) return NothingToPin(flags);
   if (segments.empty()) {
-    return RequestError(req, "no room for DMA segments");
+    return RequestError(req.start, req.npages, req.flags, "no room for DMA segments");
   }
   const auto lo = reinterpret_cast<uintptr_t>(va);
   gup_internal::SegmentSink sink(segments.data(), segments.size(), *max, lo, lo + length, pinned,
