@@ -83,23 +83,17 @@ inline thread_local SavedHint t_saved_hint;
 // from inside a pin) keeps no hint: each of its lookups descends from the root.
 class Cursor {
  public:
-  explicit Cursor(const PageTable& table) : table_(table) {
-    SavedHint& saved = t_saved_hint;
-    if (saved.busy) [[unlikely]] {
-      hint_ = nullptr;
-      return;
-    }
-    saved.busy = true;
-    hint_ = &saved.hint;
-    const uint64_t generation = table.generation_.load(std::memory_order_acquire);
-    if (saved.table != &table || saved.generation != generation) [[unlikely]] {
-      saved.table = &table;
-      saved.generation = generation;
-      saved.hint.table = nullptr;
-    }
-  }
+  // Says that its owner calls out to nothing until its last lookup (GUP-fast's one-leaf
+  // pin), so no other Cursor can start on this thread while it uses the saved hint: it
+  // takes the hint when free without marking it busy, and saves the two stores. (One that
+  // starts later, say from an owner's release after an undone grab, finds the hint free
+  // and leaves it consistent; this Cursor reads it no more.)
+  struct CallsNothing {};
+
+  explicit Cursor(const PageTable& table) : table_(table), marks_busy_(true) { Start(); }
+  Cursor(const PageTable& table, CallsNothing) : table_(table), marks_busy_(false) { Start(); }
   ~Cursor() {
-    if (hint_ != nullptr) t_saved_hint.busy = false;
+    if (marks_busy_ && hint_ != nullptr) t_saved_hint.busy = false;
   }
   Cursor(const Cursor&) = delete;
   Cursor& operator=(const Cursor&) = delete;
@@ -119,7 +113,24 @@ class Cursor {
   }
 
  private:
+  void Start() {
+    SavedHint& saved = t_saved_hint;
+    if (saved.busy) [[unlikely]] {
+      hint_ = nullptr;
+      return;
+    }
+    if (marks_busy_) saved.busy = true;
+    hint_ = &saved.hint;
+    const uint64_t generation = table_.generation_.load(std::memory_order_acquire);
+    if (saved.table != &table_ || saved.generation != generation) [[unlikely]] {
+      saved.table = &table_;
+      saved.generation = generation;
+      saved.hint.table = nullptr;
+    }
+  }
+
   const PageTable& table_;
+  const bool marks_busy_;
   // This thread's saved hint (for this table and generation), or nullptr in a Cursor
   // nested inside another.
   WalkHint* hint_;
