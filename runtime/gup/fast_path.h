@@ -91,9 +91,9 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline bool PinOneLeaf(const PageTable& table, uint
   using pgtable_internal::Cursor;
   const RefKind kind = HasAny(flags, kGupPin) ? RefKind::kPin : RefKind::kGet;
   pgtable_internal::ReadLock rs;
-  Cursor cursor(table, Cursor::CallsNothing{});
   pgtable_internal::PinLeaf leaf;
-  if (!cursor.LookupForPin(va, &leaf) || leaf.end < end) [[unlikely]]
+  if (!Cursor::LookupForPin(table, Cursor::FreeHint(table), va, &leaf) || leaf.end < end)
+      [[unlikely]]
     return false;
   if (CheckLeaf(leaf, flags) != Stop::kNone) [[unlikely]]
     return false;

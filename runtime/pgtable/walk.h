@@ -83,20 +83,24 @@ inline thread_local SavedHint t_saved_hint;
 // from inside a pin) keeps no hint: each of its lookups descends from the root.
 class Cursor {
  public:
-  // Says that its owner calls out to nothing until its last lookup (GUP-fast's one-leaf
-  // pin), so no other Cursor can start on this thread while it uses the saved hint: it
-  // takes the hint when free without marking it busy, and saves the two stores. (One that
-  // starts later, say from an owner's release after an undone grab, finds the hint free
-  // and leaves it consistent; this Cursor reads it no more.)
-  struct CallsNothing {};
-
-  explicit Cursor(const PageTable& table) : table_(table), marks_busy_(true) { Start(); }
-  Cursor(const PageTable& table, CallsNothing) : table_(table), marks_busy_(false) { Start(); }
+  explicit Cursor(const PageTable& table) : table_(table), hint_(FreeHint(table)) {
+    if (hint_ != nullptr) t_saved_hint.busy = true;
+  }
   ~Cursor() {
-    if (marks_busy_ && hint_ != nullptr) t_saved_hint.busy = false;
+    if (hint_ != nullptr) t_saved_hint.busy = false;
   }
   Cursor(const Cursor&) = delete;
   Cursor& operator=(const Cursor&) = delete;
+
+  // A Cursor's work without the Cursor, for an owner that calls out to nothing until its
+  // last lookup (GUP-fast's one-leaf pin): no other Cursor can start on this thread while
+  // it uses the saved hint, so it takes the hint when free without marking it busy, and
+  // saves the two stores. (One that starts later, say from a folio owner's release after
+  // an undone grab, finds the hint free and leaves it consistent; the owner reads it no
+  // more.) FreeHint: this thread's saved hint, valid for `table` as a Cursor's is, or
+  // nullptr while a Cursor is at work on it. LookupForPin: the member's, with that hint.
+  static WalkHint* FreeHint(const PageTable& table);
+  static bool LookupForPin(const PageTable& table, WalkHint* hint, uintptr_t va, PinLeaf* out);
 
   // The leaf mapping `va` (a device-exclusive entry included) into `out`: false when
   // nothing maps it or it is beyond the address space.
@@ -113,24 +117,7 @@ class Cursor {
   }
 
  private:
-  void Start() {
-    SavedHint& saved = t_saved_hint;
-    if (saved.busy) [[unlikely]] {
-      hint_ = nullptr;
-      return;
-    }
-    if (marks_busy_) saved.busy = true;
-    hint_ = &saved.hint;
-    const uint64_t generation = table_.generation_.load(std::memory_order_acquire);
-    if (saved.table != &table_ || saved.generation != generation) [[unlikely]] {
-      saved.table = &table_;
-      saved.generation = generation;
-      saved.hint.table = nullptr;
-    }
-  }
-
   const PageTable& table_;
-  const bool marks_busy_;
   // This thread's saved hint (for this table and generation), or nullptr in a Cursor
   // nested inside another.
   WalkHint* hint_;
@@ -216,12 +203,30 @@ inline LogicalLeaf PageTable::Decode(uintptr_t va, const pgtable_internal::Entry
   return l;
 }
 
+inline pgtable_internal::WalkHint* pgtable_internal::Cursor::FreeHint(const PageTable& table) {
+  SavedHint& saved = t_saved_hint;
+  if (saved.busy) [[unlikely]]
+    return nullptr;
+  const uint64_t generation = table.generation_.load(std::memory_order_acquire);
+  if (saved.table != &table || saved.generation != generation) [[unlikely]] {
+    saved.table = &table;
+    saved.generation = generation;
+    saved.hint.table = nullptr;
+  }
+  return &saved.hint;
+}
+
 inline bool pgtable_internal::Cursor::LookupForPin(uintptr_t va, PinLeaf* out) {
-  if (va >= table_.va_limit_) [[unlikely]]
+  return LookupForPin(table_, hint_, va, out);
+}
+
+inline bool pgtable_internal::Cursor::LookupForPin(const PageTable& table, WalkHint* hint,
+                                                   uintptr_t va, PinLeaf* out) {
+  if (va >= table.va_limit_) [[unlikely]]
     return false;
   // Mostly a plain leaf in the table the hint names: its size is that table's entry size,
   // which the hint holds, so nothing else is read. Anything else takes the descent below.
-  if (const WalkHint* h = hint_;
+  if (const WalkHint* h = hint;
       h != nullptr && h->table != nullptr && (va >> h->tag_shift) == h->tag) [[likely]] {
     const std::atomic<uint64_t>& slot = h->table->slot((va >> h->shift) & h->mask);
     const uint64_t w = slot.load(std::memory_order_acquire);
@@ -235,10 +240,10 @@ inline bool pgtable_internal::Cursor::LookupForPin(uintptr_t va, PinLeaf* out) {
       return true;
     }
   }
-  const Entry e = table_.Descend(va, kPteLevel, hint_);
+  const Entry e = table.Descend(va, kPteLevel, hint);
   if (!e.maps()) [[unlikely]]
     return false;
-  const LeafBits b = table_.DecodeBits(e);
+  const LeafBits b = table.DecodeBits(e);
   out->folio = AsFolio(b.word);
   out->end = (va | ((uintptr_t{1} << b.shift) - 1)) + 1;
   out->writable = (b.word & kWrite) != 0;
