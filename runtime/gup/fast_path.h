@@ -81,7 +81,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline FastResult PinFast(const PinContext& ctx, ui
 
 // The most common pin, a range inside one plain leaf (one folio, one I/O), with folio
 // granularity and no test hook: PinFast's steps for one leaf, in the same order and with
-// the same checks, as a straight line that keeps little enough live to need no stack.
+// the same checks, as a straight line without the loop's state or its way out to PinRest.
 // True when the range is pinned and recorded; false, having taken and recorded nothing,
 // when the range goes beyond the leaf or any step refuses. The caller then takes the
 // general loop, which does it all again and finds the reason.
