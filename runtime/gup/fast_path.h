@@ -68,7 +68,9 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline FastResult PinFast(const PinContext& ctx, ui
     Stop s = Cursor::StillMapped(leaf) ? Stop::kNone : Stop::kChanged;
     if (s == Stop::kNone) [[likely]]
       s = CheckFolio(t.folio, flags);
-    if (s == Stop::kNone && !sink.Accept(t.folio, t.first, t.refs, va)) [[unlikely]]
+    // The folio's first page again rather than kept across the grab: one value fewer
+    // to hold (on the stack) while the grab's compare-and-swap waits for it.
+    if (s == Stop::kNone && !sink.Accept(t.folio, FirstPage(t.folio, va), t.refs, va)) [[unlikely]]
       s = sink.why();
     if (s != Stop::kNone) [[unlikely]] {
       Ungrab(t, kind);

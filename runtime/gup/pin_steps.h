@@ -110,16 +110,21 @@ inline Stop CheckFolio(const Folio* folio, GupFlags flags) {
   return Stop::kNone;
 }
 
+// The index in `folio` of the page holding `va`, an address it is mapped at: a folio is
+// mapped whole at an address aligned to its size.
+inline uint32_t FirstPage(const Folio* folio, uintptr_t va) {
+  return static_cast<uint32_t>((va & (folio->size() - 1)) >> kPageShift);
+}
+
 // The pages of `leaf` from page-aligned `va` up to `end`.
 inline Take TakeOf(const LogicalLeaf& leaf, uintptr_t va, uintptr_t end, int page_shift) {
   const uintptr_t folio_va = leaf.va - (leaf.first_page << page_shift);
   return {leaf.folio, static_cast<uint32_t>((va - folio_va) >> kPageShift),
           static_cast<uint32_t>((std::min(leaf.va + leaf.bytes, end) - va) >> kPageShift)};
 }
-// The same from what GUP-fast decoded: a folio is mapped whole at an address aligned to
-// its size, so va's page inside it is va's offset from that alignment.
+// The same from what GUP-fast decoded.
 inline Take TakeOf(const pgtable_internal::PinLeaf& leaf, uintptr_t va, uintptr_t end) {
-  return {leaf.folio, static_cast<uint32_t>((va & (leaf.folio->size() - 1)) >> kPageShift),
+  return {leaf.folio, FirstPage(leaf.folio, va),
           static_cast<uint32_t>((std::min(leaf.end, end) - va) >> kPageShift)};
 }
 
