@@ -34,41 +34,51 @@ Pass::Pass(Pinner& pinner, const PassConfig& c, size_t first, size_t pages)
   }
 }
 
-// One call of n pages from page `done` of the pass. (Not a default-constructed StatusOr
-// assigned in a switch: that builds an error status per call, and the call is timed.)
-absl::StatusOr<size_t> Pass::PinCall(size_t done, size_t n) {
-  std::byte* va = c_.base + (first_ + done) * kPageSize4K;
-  switch (c_.output) {
-    case PinOutput::kPages:
-      return pinner_.PinPages(va, n, c_.flags, absl::MakeSpan(page_out_.data() + done, n));
-    case PinOutput::kFolios:
-      return pinner_.PinFolios(
-          va, n * kPageSize4K, c_.flags,
-          absl::MakeSpan(span_out_.data() + count_, span_out_.size() - count_));
-    case PinOutput::kSegments:
-      return pinner_.PinSegments(
-          va, n * kPageSize4K, c_.flags, 0,
-          absl::MakeSpan(seg_out_.data() + count_, seg_out_.size() - count_));
-  }
-  return absl::InternalError("unknown output");
-}
-
-absl::Status Pass::Pin() {
+// The calls of n pages each over the pass, as a user's loop makes them: the output is
+// chosen once, and each call is the pin, its result check and the count.
+template <typename Call>
+absl::Status Pass::PinLoop(Call call) {
   const size_t per_call = c_.pages_per_call < 0 ? pages_ : static_cast<size_t>(c_.pages_per_call);
-  count_ = 0;
+  std::byte* const va = c_.base + first_ * kPageSize4K;
+  size_t count = 0;
   for (size_t done = 0; done < pages_;) {
     const size_t n = std::min(per_call, pages_ - done);
-    absl::StatusOr<size_t> got = PinCall(done, n);
-    if (!got.ok()) {
+    absl::StatusOr<size_t> got = call(va + done * kPageSize4K, n, done, count);
+    if (!got.ok()) [[unlikely]] {
       pinned_pages_ = done;
+      count_ = count;
       Unpin();
       return got.status();
     }
-    count_ += *got;
+    count += *got;
     done += n;
   }
   pinned_pages_ = pages_;
+  count_ = count;
   return absl::OkStatus();
+}
+
+absl::Status Pass::Pin() {
+  const GupFlags flags = c_.flags;
+  switch (c_.output) {
+    case PinOutput::kPages:
+      return PinLoop([&](std::byte* va, size_t n, size_t done, size_t /*count*/) {
+        return pinner_.PinPages(va, n, flags, absl::MakeSpan(page_out_.data() + done, n));
+      });
+    case PinOutput::kFolios:
+      return PinLoop([&, out = span_out_.data(), room = span_out_.size()](
+                         std::byte* va, size_t n, size_t /*done*/, size_t count) {
+        return pinner_.PinFolios(va, n * kPageSize4K, flags,
+                                 absl::MakeSpan(out + count, room - count));
+      });
+    case PinOutput::kSegments:
+      return PinLoop([&, out = seg_out_.data(), room = seg_out_.size()](
+                         std::byte* va, size_t n, size_t /*done*/, size_t count) {
+        return pinner_.PinSegments(va, n * kPageSize4K, flags, 0,
+                                   absl::MakeSpan(out + count, room - count));
+      });
+  }
+  return absl::InternalError("unknown output");
 }
 
 void Pass::Unpin() {

@@ -38,7 +38,8 @@ class Pass {
   void Unpin();
 
  private:
-  absl::StatusOr<size_t> PinCall(size_t done, size_t n);
+  template <typename Call>
+  absl::Status PinLoop(Call call);
 
   Pinner& pinner_;
   const PassConfig& c_;

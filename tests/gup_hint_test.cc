@@ -107,9 +107,9 @@ TEST(GupHint, NeverCarriedToATableMadeInAnotherOnesPlace) {
 }
 
 // A lookup on another table while a pin is under way on this thread (here from the hook
-// between grab and re-check): the inner lookup keeps a hint of its own, and neither
-// disturbs the other.
-TEST(GupHint, NestedLookupOnAnotherTableKeepsItsOwnHint) {
+// between grab and re-check): the inner lookup takes no hint (it descends from the root)
+// and leaves the pin's alone, so each finds its own table's folios.
+TEST(GupHint, NestedLookupOnAnotherTableLeavesThePinsHintAlone) {
   Table4K a, b;
   HUGEMM_ASSERT_OK(a.MapAll(kBasePfn));
   HUGEMM_ASSERT_OK(b.MapAll(kBasePfn + kFolios));

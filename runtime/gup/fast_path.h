@@ -24,6 +24,7 @@
 #define HUGEMM_RUNTIME_GUP_FAST_PATH_H_
 
 #include <cstdint>
+#include <functional>
 
 #include "absl/base/attributes.h"
 #include "hugemm/pgtable.h"
@@ -37,6 +38,10 @@ struct FastResult {
   uintptr_t reached;  // every page below it is pinned and recorded
   Stop why;           // kNone when reached is the end
 };
+
+// Calls a test's after-grab hook, out of line and noexcept: the loop around it then has
+// nothing that throws, so it needs no unwinding path and keeps its state in registers.
+void RunAfterGrab(const std::function<void(uintptr_t)>& hook, uintptr_t va) noexcept;
 
 // Inlined into the pin loop: a call that pins one folio is mostly this function's
 // entry and exit.
@@ -57,13 +62,15 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline FastResult PinFast(const PinContext& ctx, ui
     if (!GrabFast(t, kind, ctx.granularity)) [[unlikely]]
       return {va, Stop::kGrabFailed};
     if (ctx.after_grab != nullptr) [[unlikely]]
-      (*ctx.after_grab)(va);
+      RunAfterGrab(*ctx.after_grab, va);
     // Re-check: only an entry that still holds its word makes the grab one on a live
     // mapping. Then what the folio allows, then record; any refusal undoes the grab.
     Stop s = Cursor::StillMapped(leaf) ? Stop::kNone : Stop::kChanged;
     if (s == Stop::kNone) [[likely]]
       s = CheckFolio(t.folio, flags);
-    if (s == Stop::kNone && !sink.Accept(t.folio, t.first, t.refs, va)) [[unlikely]]
+    // The folio's first page again rather than kept across the grab: one value fewer
+    // to hold (on the stack) while the grab's compare-and-swap waits for it.
+    if (s == Stop::kNone && !sink.Accept(t.folio, FirstPage(t.folio, va), t.refs, va)) [[unlikely]]
       s = sink.why();
     if (s != Stop::kNone) [[unlikely]] {
       Ungrab(t, kind);
@@ -72,6 +79,35 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline FastResult PinFast(const PinContext& ctx, ui
     va += uintptr_t{t.refs} << kPageShift;
   }
   return {va, Stop::kNone};
+}
+
+// The most common pin, a range inside one plain leaf (one folio, one I/O), with folio
+// granularity and no test hook: PinFast's steps for one leaf, in the same order and with
+// the same checks, as a straight line without the loop's state or its way out to PinRest.
+// True when the range is pinned and recorded; false, having taken and recorded nothing,
+// when the range goes beyond the leaf or any step refuses. The caller then takes the
+// general loop, which does it all again and finds the reason.
+template <typename Sink>
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline bool PinOneLeaf(const PageTable& table, uintptr_t va,
+                                                    uintptr_t end, GupFlags flags, Sink& sink) {
+  using pgtable_internal::Cursor;
+  const RefKind kind = HasAny(flags, kGupPin) ? RefKind::kPin : RefKind::kGet;
+  pgtable_internal::ReadLock rs;
+  pgtable_internal::PinLeaf leaf;
+  if (!Cursor::LookupForPin(table, Cursor::FreeHint(table), va, &leaf) || leaf.end < end)
+      [[unlikely]]
+    return false;
+  if (CheckLeaf(leaf, flags) != Stop::kNone) [[unlikely]]
+    return false;
+  const Take t = TakeOf(leaf, va, end);
+  if (!GrabFast(t, kind, RefGranularity::kFolio)) [[unlikely]]
+    return false;
+  if (!Cursor::StillMapped(leaf) || CheckFolio(t.folio, flags) != Stop::kNone ||
+      !sink.Accept(t.folio, t.first, t.refs, va)) [[unlikely]] {
+    Ungrab(t, kind);
+    return false;
+  }
+  return true;
 }
 
 }  // namespace hugemm::gup_internal

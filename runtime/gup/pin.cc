@@ -2,9 +2,13 @@
 // and the fast path again, until the range is pinned or a step fails. The outputs differ
 // only in their sink.
 #include <limits>
+#include <type_traits>
 #include <utility>
 
+#include "absl/base/attributes.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/string_view.h"
 #include "hugemm/gup.h"
 #include "runtime/gup/fast_path.h"
 #include "runtime/gup/pin_steps.h"
@@ -25,17 +29,29 @@ using gup_internal::Stop;
 // times before it gives up (there is no slow path to take it under the lock).
 constexpr int kFastRetries = 2;
 
-// The 4K pages covering [va, va + length): page-aligned start and count.
-absl::Status PagesCovering(const void* va, size_t length, uintptr_t* start, size_t* npages) {
+// The 4K pages covering [va, va + length): page-aligned start and count, or false when
+// the range wraps the address space (WrapError says so).
+inline bool PagesCovering(const void* va, size_t length, uintptr_t* start, size_t* npages) {
   const auto lo = reinterpret_cast<uintptr_t>(va);
   const uintptr_t mask = kPageSize4K - 1;
-  if (lo + length < lo || lo + length > std::numeric_limits<uintptr_t>::max() - mask) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("range [0x%x, +%u) wraps the address space", lo, length));
-  }
+  if (lo + length < lo || lo + length > std::numeric_limits<uintptr_t>::max() - mask) [[unlikely]]
+    return false;
   *start = lo & ~mask;
   *npages = (((lo + length + mask) & ~mask) - *start) >> kPageShift;
-  return absl::OkStatus();
+  return true;
+}
+
+ABSL_ATTRIBUTE_NOINLINE absl::Status WrapError(const void* va, size_t length) {
+  return absl::InvalidArgumentError(absl::StrFormat("range [0x%x, +%u) wraps the address space",
+                                                    reinterpret_cast<uintptr_t>(va), length));
+}
+
+// InvalidArgument "<request>: <what>". Out of line, taking the request's fields: a call
+// keeps its request in registers rather than in memory for the error's sake.
+ABSL_ATTRIBUTE_NOINLINE absl::Status RequestError(uintptr_t start, size_t npages, GupFlags flags,
+                                                  absl::string_view what) {
+  return absl::InvalidArgumentError(
+      absl::StrCat(RequestName(PinRequest{start, npages, flags}), ": ", what));
 }
 
 // A zero-length pin pins nothing, successfully, if its flags make sense.
@@ -44,39 +60,59 @@ absl::StatusOr<size_t> NothingToPin(GupFlags flags) {
   return 0;
 }
 
-// The one pin loop. All or nothing unless kGupPartial: on failure, everything the sink
-// recorded is given back.
+// How PinRest takes the sink the fast path filled: a copy where copying is cheap, so that
+// the fast path's sink never has its address taken and stays in registers.
 template <typename Sink>
-absl::StatusOr<size_t> PinRange(const PinContext& ctx, const PinRequest& req, Sink& sink) {
-  if (!gup_internal::FlagsValid(req.flags)) [[unlikely]]
-    return gup_internal::CheckFlags(req.flags);
-  if (req.npages > (std::numeric_limits<uintptr_t>::max() - req.start) >> kPageShift) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s: wraps the address space", RequestName(req)));
-  }
+using SinkArg = std::conditional_t<std::is_trivially_copyable_v<Sink>, Sink, Sink&>;
+
+// Where the fast path stopped short of the end: the slow path for the leaf it stopped at
+// and the fast path again, until the range is pinned or a step fails. All or nothing
+// unless kGupPartial: on failure, everything the sink recorded is given back. Out of
+// line, so that a pin the fast path finishes in one go is PinRange's straight line.
+template <typename Sink>
+ABSL_ATTRIBUTE_NOINLINE absl::StatusOr<size_t> PinRest(const PinContext& ctx, uintptr_t start,
+                                                       size_t npages, GupFlags flags,
+                                                       FastResult fast, SinkArg<Sink> sink) {
+  const PinRequest req{start, npages, flags};
   const bool fast_only = HasAny(req.flags, kGupFastOnly);
-  uintptr_t va = req.start;
+  uintptr_t va = fast.reached;
   int changes = 0;
   absl::Status failure;
-  while (failure.ok()) {
-    const FastResult fast = gup_internal::PinFast(ctx, va, req.end(), req.flags, sink);
-    va = fast.reached;
-    if (fast.why == Stop::kNone) break;
+  for (;;) {
     if (!fast_only) {
       absl::StatusOr<size_t> taken = gup_internal::PinSlow(ctx, req, va, sink);
-      if (taken.ok()) {
-        va += *taken << kPageShift;
-      } else {
+      if (!taken.ok()) {
         failure = taken.status();
+        break;
       }
+      va += *taken << kPageShift;
     } else if (fast.why != Stop::kChanged || ++changes > kFastRetries) {
       failure = gup_internal::FastOnlyError(ctx, req, fast.why, va, sink.count());
+      break;
     }
+    fast = gup_internal::PinFast(ctx, va, req.end(), req.flags, sink);
+    va = fast.reached;
+    if (fast.why == Stop::kNone) return sink.count();
   }
-  if (failure.ok()) return sink.count();
   if (HasAny(req.flags, kGupPartial) && va > req.start) return sink.count();
   sink.Undo(ctx.granularity);
   return failure;
+}
+
+// The one pin loop: the fast path over the whole range, and PinRest when it stops short.
+// The caller has checked that the range does not wrap. `context` makes the Pinner's
+// PinContext: the fast path reads three of its fields, and only PinRest needs it whole, so
+// it is made again there rather than kept in memory across the fast path.
+template <typename Sink, typename MakeContext>
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline absl::StatusOr<size_t> PinRange(MakeContext context,
+                                                                    const PinRequest& req,
+                                                                    Sink& sink) {
+  if (!gup_internal::FlagsValid(req.flags)) [[unlikely]]
+    return gup_internal::CheckFlags(req.flags);
+  const FastResult fast = gup_internal::PinFast(context(), req.start, req.end(), req.flags, sink);
+  if (fast.why == Stop::kNone) [[likely]]
+    return sink.count();
+  return PinRest<Sink>(context(), req.start, req.npages, req.flags, fast, sink);
 }
 
 }  // namespace
@@ -95,24 +131,50 @@ absl::StatusOr<size_t> Pinner::PinPages(const void* va, size_t npages, GupFlags 
   const PinRequest req{reinterpret_cast<uintptr_t>(va) & ~uintptr_t{kPageSize4K - 1}, npages,
                        flags};
   if (pages.size() < npages) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s: a page array of %u entries", RequestName(req), pages.size()));
+    return RequestError(req.start, req.npages, req.flags,
+                        absl::StrFormat("a page array of %u entries", pages.size()));
+  }
+  if (npages > (std::numeric_limits<uintptr_t>::max() - req.start) >> kPageShift) [[unlikely]] {
+    if (!gup_internal::FlagsValid(flags)) return gup_internal::CheckFlags(flags);
+    return RequestError(req.start, req.npages, req.flags, "wraps the address space");
   }
   gup_internal::PageSink sink(pages.data(), req.kind());
-  return PinRange(Context(), req, sink);
+  return PinRange([this] { return Context(); }, req, sink);
 }
+
+namespace {
+
+// PinFolios but for its one-leaf fast case: out of line, so that the fast case needs
+// neither its stack nor its registers.
+template <typename MakeContext>
+ABSL_ATTRIBUTE_NOINLINE absl::StatusOr<size_t> PinFoliosInGeneral(MakeContext context,
+                                                                  const void* va, size_t length,
+                                                                  GupFlags flags,
+                                                                  absl::Span<FolioSpan> spans) {
+  PinRequest req{.flags = flags};
+  if (!PagesCovering(va, length, &req.start, &req.npages)) [[unlikely]]
+    return WrapError(va, length);
+  if (length == 0) return NothingToPin(flags);
+  if (spans.empty()) {
+    return RequestError(req.start, req.npages, req.flags, "no room for folio spans");
+  }
+  gup_internal::SpanSink<gup_internal::FixedSpans> sink(req.kind(), spans.data(), spans.size());
+  return PinRange(context, req, sink);
+}
+
+}  // namespace
 
 absl::StatusOr<size_t> Pinner::PinFolios(const void* va, size_t length, GupFlags flags,
                                          absl::Span<FolioSpan> spans) {
   PinRequest req{.flags = flags};
-  if (absl::Status st = PagesCovering(va, length, &req.start, &req.npages); !st.ok()) return st;
-  if (length == 0) return NothingToPin(flags);
-  if (spans.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s: no room for folio spans", RequestName(req)));
+  if (PagesCovering(va, length, &req.start, &req.npages) && length != 0 && !spans.empty() &&
+      gup_internal::FlagsValid(flags) && !after_grab_ &&
+      options_.granularity == RefGranularity::kFolio) [[likely]] {
+    gup_internal::SpanSink<gup_internal::FixedSpans> sink(req.kind(), spans.data(), spans.size());
+    if (gup_internal::PinOneLeaf(table_, req.start, req.end(), flags, sink)) [[likely]]
+      return sink.count();
   }
-  gup_internal::SpanSink<gup_internal::FixedSpans> sink(req.kind(), spans.data(), spans.size());
-  return PinRange(Context(), req, sink);
+  return PinFoliosInGeneral([this] { return Context(); }, va, length, flags, spans);
 }
 
 absl::StatusOr<size_t> Pinner::PinSegments(const void* va, size_t length, GupFlags flags,
@@ -120,23 +182,24 @@ absl::StatusOr<size_t> Pinner::PinSegments(const void* va, size_t length, GupFla
                                            std::vector<FolioSpan>* pinned,
                                            const DmaAddressSpace* space) {
   PinRequest req{.flags = flags};
-  if (absl::Status st = PagesCovering(va, length, &req.start, &req.npages); !st.ok()) return st;
+  if (!PagesCovering(va, length, &req.start, &req.npages)) [[unlikely]]
+    return WrapError(va, length);
   absl::StatusOr<uint64_t> max = gup_internal::NormalizeMaxSegment(max_segment);
   if (!max.ok()) return max.status();
   if (length == 0) return NothingToPin(flags);
   if (segments.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s: no room for DMA segments", RequestName(req)));
+    return RequestError(req.start, req.npages, req.flags, "no room for DMA segments");
   }
   const auto lo = reinterpret_cast<uintptr_t>(va);
   gup_internal::SegmentSink sink(segments.data(), segments.size(), *max, lo, lo + length, pinned,
                                  req.kind(), space);
-  return PinRange(Context(), req, sink);
+  return PinRange([this] { return Context(); }, req, sink);
 }
 
 absl::StatusOr<PinnedRange> Pinner::Pin(const void* va, size_t length, GupFlags flags) {
   PinRequest req{.flags = flags};
-  if (absl::Status st = PagesCovering(va, length, &req.start, &req.npages); !st.ok()) return st;
+  if (!PagesCovering(va, length, &req.start, &req.npages)) [[unlikely]]
+    return WrapError(va, length);
   if (HasAny(flags, kGupPartial)) {
     return absl::InvalidArgumentError("PinnedRange: a partial pin has no handle; use PinFolios");
   }
@@ -144,7 +207,7 @@ absl::StatusOr<PinnedRange> Pinner::Pin(const void* va, size_t length, GupFlags 
   if (length != 0) {
     std::vector<FolioSpan> spans;
     gup_internal::SpanSink<gup_internal::GrowingSpans> sink(req.kind(), &spans);
-    absl::StatusOr<size_t> n = PinRange(Context(), req, sink);
+    absl::StatusOr<size_t> n = PinRange([this] { return Context(); }, req, sink);
     if (!n.ok()) return n.status();
     out.spans_ = std::move(spans);
   } else if (absl::Status st = gup_internal::CheckFlags(flags); !st.ok()) {

@@ -37,11 +37,26 @@ enum class Stop : uint8_t {
 inline constexpr GupFlags kAllGupFlags =
     kGupPin | kGupGet | kGupWrite | kGupLongterm | kGupFastOnly | kGupPartial;
 
-// Known flags, exactly one of PIN and GET, LONGTERM only with PIN. Inline: every pin
-// checks its flags, and only a bad set needs words (CheckFlags).
-inline bool FlagsValid(GupFlags flags) {
+// Known flags, exactly one of PIN and GET, LONGTERM only with PIN.
+constexpr bool FlagSetValid(GupFlags flags) {
   return !HasAny(flags, ~kAllGupFlags) && HasAny(flags, kGupPin) != HasAny(flags, kGupGet) &&
          (!HasAny(flags, kGupLongterm) || HasAny(flags, kGupPin));
+}
+
+// Bit f set when FlagSetValid(f), for every f made of known flags: one table lookup.
+inline constexpr uint64_t kValidFlagSets = [] {
+  static_assert(static_cast<uint32_t>(kAllGupFlags) < 64);
+  uint64_t bits = 0;
+  for (uint32_t f = 0; f <= static_cast<uint32_t>(kAllGupFlags); ++f) {
+    if (FlagSetValid(static_cast<GupFlags>(f))) bits |= uint64_t{1} << f;
+  }
+  return bits;
+}();
+
+// FlagSetValid as every pin checks it, inline: only a bad set needs words (CheckFlags).
+inline bool FlagsValid(GupFlags flags) {
+  const auto f = static_cast<uint32_t>(flags);
+  return f < 64 && ((kValidFlagSets >> f) & 1) != 0;
 }
 
 // InvalidArgument for unknown flags, neither or both of PIN and GET, LONGTERM without PIN.
@@ -95,16 +110,21 @@ inline Stop CheckFolio(const Folio* folio, GupFlags flags) {
   return Stop::kNone;
 }
 
+// The index in `folio` of the page holding `va`, an address it is mapped at: a folio is
+// mapped whole at an address aligned to its size.
+inline uint32_t FirstPage(const Folio* folio, uintptr_t va) {
+  return static_cast<uint32_t>((va & (folio->size() - 1)) >> kPageShift);
+}
+
 // The pages of `leaf` from page-aligned `va` up to `end`.
 inline Take TakeOf(const LogicalLeaf& leaf, uintptr_t va, uintptr_t end, int page_shift) {
   const uintptr_t folio_va = leaf.va - (leaf.first_page << page_shift);
   return {leaf.folio, static_cast<uint32_t>((va - folio_va) >> kPageShift),
           static_cast<uint32_t>((std::min(leaf.va + leaf.bytes, end) - va) >> kPageShift)};
 }
-// The same from what GUP-fast decoded: a folio is mapped whole at an address aligned to
-// its size, so va's page inside it is va's offset from that alignment.
+// The same from what GUP-fast decoded.
 inline Take TakeOf(const pgtable_internal::PinLeaf& leaf, uintptr_t va, uintptr_t end) {
-  return {leaf.folio, static_cast<uint32_t>((va & (leaf.folio->size() - 1)) >> kPageShift),
+  return {leaf.folio, FirstPage(leaf.folio, va),
           static_cast<uint32_t>((std::min(leaf.end, end) - va) >> kPageShift)};
 }
 

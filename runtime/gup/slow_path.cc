@@ -1,10 +1,12 @@
 // The words of a failed pin, and the populate step of the slow path.
 #include "runtime/gup/slow_path.h"
 
+#include <functional>
 #include <mutex>
 #include <string>
 
 #include "absl/strings/str_format.h"
+#include "runtime/gup/fast_path.h"
 
 namespace hugemm::gup_internal {
 namespace {
@@ -90,5 +92,7 @@ absl::Status FastOnlyError(const PinContext& ctx, const PinRequest& req, Stop wh
   });
   return StopError(req, why, va, entries, grab);
 }
+
+void RunAfterGrab(const std::function<void(uintptr_t)>& hook, uintptr_t va) noexcept { hook(va); }
 
 }  // namespace hugemm::gup_internal

@@ -7,7 +7,6 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <new>
 
 #include "hugemm/pgtable.h"
 #include "runtime/pgtable/table.h"
@@ -66,7 +65,7 @@ struct SavedHint {
   const PageTable* table = nullptr;
   uint64_t generation = 0;
   WalkHint hint;
-  bool busy = false;  // a Cursor works on it now (a nested one keeps a hint of its own)
+  bool busy = false;  // a Cursor works on it now (a nested one descends from the root)
 };
 inline thread_local SavedHint t_saved_hint;
 
@@ -80,30 +79,28 @@ inline thread_local SavedHint t_saved_hint;
 // the tree), or this section began before that grace period (which then waits for it).
 // Either way the table is not freed while this section lasts; an unhooked table is one a
 // prune left empty and dead, so a lookup through it finds nothing mapped and the caller
-// takes the locked path.
+// takes the locked path. A Cursor made while another is at work on this thread (a lookup
+// from inside a pin) keeps no hint: each of its lookups descends from the root.
 class Cursor {
  public:
-  explicit Cursor(const PageTable& table) : table_(table) {
-    SavedHint& saved = t_saved_hint;
-    if (saved.busy) [[unlikely]] {
-      nested_ = true;
-      hint_ = new (&own_.hint) WalkHint();
-      return;
-    }
-    saved.busy = true;
-    hint_ = &saved.hint;
-    const uint64_t generation = table.generation_.load(std::memory_order_acquire);
-    if (saved.table != &table || saved.generation != generation) [[unlikely]] {
-      saved.table = &table;
-      saved.generation = generation;
-      saved.hint.table = nullptr;
-    }
+  explicit Cursor(const PageTable& table) : table_(table), hint_(FreeHint(table)) {
+    if (hint_ != nullptr) t_saved_hint.busy = true;
   }
   ~Cursor() {
-    if (!nested_) t_saved_hint.busy = false;
+    if (hint_ != nullptr) t_saved_hint.busy = false;
   }
   Cursor(const Cursor&) = delete;
   Cursor& operator=(const Cursor&) = delete;
+
+  // A Cursor's work without the Cursor, for an owner that calls out to nothing until its
+  // last lookup (GUP-fast's one-leaf pin): no other Cursor can start on this thread while
+  // it uses the saved hint, so it takes the hint when free without marking it busy, and
+  // saves the two stores. (One that starts later, say from a folio owner's release after
+  // an undone grab, finds the hint free and leaves it consistent; the owner reads it no
+  // more.) FreeHint: this thread's saved hint, valid for `table` as a Cursor's is, or
+  // nullptr while a Cursor is at work on it. LookupForPin: the member's, with that hint.
+  static WalkHint* FreeHint(const PageTable& table);
+  static bool LookupForPin(const PageTable& table, WalkHint* hint, uintptr_t va, PinLeaf* out);
 
   // The leaf mapping `va` (a device-exclusive entry included) into `out`: false when
   // nothing maps it or it is beyond the address space.
@@ -121,12 +118,9 @@ class Cursor {
 
  private:
   const PageTable& table_;
-  WalkHint* hint_;  // this thread's saved hint (for this table and generation), or own_
-  bool nested_ = false;
-  union Own {
-    Own() {}  // made only when nested: most Cursors never touch it
-    WalkHint hint;
-  } own_;
+  // This thread's saved hint (for this table and generation), or nullptr in a Cursor
+  // nested inside another.
+  WalkHint* hint_;
 };
 
 }  // namespace hugemm::pgtable_internal
@@ -209,13 +203,47 @@ inline LogicalLeaf PageTable::Decode(uintptr_t va, const pgtable_internal::Entry
   return l;
 }
 
+inline pgtable_internal::WalkHint* pgtable_internal::Cursor::FreeHint(const PageTable& table) {
+  SavedHint& saved = t_saved_hint;
+  if (saved.busy) [[unlikely]]
+    return nullptr;
+  const uint64_t generation = table.generation_.load(std::memory_order_acquire);
+  if (saved.table != &table || saved.generation != generation) [[unlikely]] {
+    saved.table = &table;
+    saved.generation = generation;
+    saved.hint.table = nullptr;
+  }
+  return &saved.hint;
+}
+
 inline bool pgtable_internal::Cursor::LookupForPin(uintptr_t va, PinLeaf* out) {
-  if (va >= table_.va_limit_) [[unlikely]]
+  return LookupForPin(table_, hint_, va, out);
+}
+
+inline bool pgtable_internal::Cursor::LookupForPin(const PageTable& table, WalkHint* hint,
+                                                   uintptr_t va, PinLeaf* out) {
+  if (va >= table.va_limit_) [[unlikely]]
     return false;
-  const Entry e = table_.Descend(va, kPteLevel, hint_);
+  // Mostly a plain leaf in the table the hint names: its size is that table's entry size,
+  // which the hint holds, so nothing else is read. Anything else takes the descent below.
+  if (const WalkHint* h = hint;
+      h != nullptr && h->table != nullptr && (va >> h->tag_shift) == h->tag) [[likely]] {
+    const std::atomic<uint64_t>& slot = h->table->slot((va >> h->shift) & h->mask);
+    const uint64_t w = slot.load(std::memory_order_acquire);
+    if (IsLeaf(w) && (w & kCont) == 0) [[likely]] {
+      out->folio = AsFolio(w);
+      out->end = (va | ((uintptr_t{1} << h->shift) - 1)) + 1;
+      out->writable = (w & kWrite) != 0;
+      out->exclusive = false;
+      out->slot = &slot;
+      out->entry = w;
+      return true;
+    }
+  }
+  const Entry e = table.Descend(va, kPteLevel, hint);
   if (!e.maps()) [[unlikely]]
     return false;
-  const LeafBits b = table_.DecodeBits(e);
+  const LeafBits b = table.DecodeBits(e);
   out->folio = AsFolio(b.word);
   out->end = (va | ((uintptr_t{1} << b.shift) - 1)) + 1;
   out->writable = (b.word & kWrite) != 0;

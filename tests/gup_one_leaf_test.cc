@@ -1,0 +1,172 @@
+// The pin of a range inside one leaf, PinFolios' straight-line case (fast_path.h,
+// PinOneLeaf): every way it can say no must leave nothing taken and give the general
+// loop's answer, and what it does pin must be exactly that range. Real 2M hugetlb folios.
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "hugemm/gup.h"
+#include "runtime/gup/pinner_test_peer.h"
+#include "tests/gup_test_util.h"
+#include "tests/test_util.h"
+
+namespace hugemm {
+namespace {
+
+using ::hugemm::testing::MapAll;
+using ::hugemm::testing::MapExtent;
+using ::hugemm::testing::Mapped;
+using ::testing::HasSubstr;
+
+class GupOneLeafTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    HUGEMM_NEED_HUGEPAGES(kPageSize2M, 3);
+    absl::StatusOr<Extent> e = MapExtent(BackingKind::kHugetlb, kPageSize2M, 3);
+    HUGEMM_ASSERT_OK(e);
+    absl::StatusOr<std::unique_ptr<Mapped>> m = MapAll(std::move(*e));
+    HUGEMM_ASSERT_OK(m);
+    m_ = std::move(*m);
+    base_ = m_->Counts();
+  }
+  Mapped& m() { return *m_; }
+  Folio* folio(size_t i) { return m_->folios[i].get(); }
+  std::byte* at(size_t folio, size_t page) {
+    return m_->data() + folio * kPageSize2M + page * kPageSize4K;
+  }
+
+  std::unique_ptr<Mapped> m_;
+  std::vector<std::pair<int32_t, int32_t>> base_;
+};
+
+// Whole folios, a part in the middle and a single byte, by PIN and by GET: one span each,
+// naming the folio, its first page and the pages, and exactly those references.
+TEST_F(GupOneLeafTest, PinsExactlyTheRangeInsideTheFolio) {
+  Pinner pinner(*m().table);
+  struct Case {
+    size_t folio, page, bytes;
+    uint32_t first, pages;
+  };
+  for (const Case c : {Case{0, 0, kPageSize2M, 0, 512}, Case{1, 5, 3 * kPageSize4K, 5, 3},
+                       Case{2, 511, 1, 511, 1}, Case{1, 100, 412 * kPageSize4K, 100, 412}}) {
+    for (const GupFlags kind : {kGupPin, kGupGet}) {
+      FolioSpan spans[2] = {};
+      absl::StatusOr<size_t> n =
+          pinner.PinFolios(at(c.folio, c.page), c.bytes, kind | kGupWrite, absl::MakeSpan(spans));
+      HUGEMM_ASSERT_OK(n);
+      ASSERT_EQ(*n, 1u);
+      EXPECT_EQ(spans[0].folio, folio(c.folio));
+      EXPECT_EQ(spans[0].first_page, c.first);
+      EXPECT_EQ(spans[0].pages, c.pages);
+      EXPECT_EQ(spans[1].folio, nullptr) << "one span written";
+      const auto pinned = static_cast<int32_t>(c.pages);
+      EXPECT_EQ(folio(c.folio)->refcount(), base_[c.folio].first + pinned);
+      EXPECT_EQ(folio(c.folio)->pincount(), base_[c.folio].second + (kind == kGupPin ? pinned : 0));
+      pinner.UnpinFolios(absl::MakeConstSpan(spans, 1),
+                         kind == kGupPin ? RefKind::kPin : RefKind::kGet);
+      EXPECT_EQ(m().Counts(), base_);
+    }
+  }
+}
+
+// A range that goes on into the next folio is not one leaf: the general loop pins both.
+TEST_F(GupOneLeafTest, ARangeIntoTheNextFolioGetsBoth) {
+  Pinner pinner(*m().table);
+  FolioSpan spans[3];
+  absl::StatusOr<size_t> n =
+      pinner.PinFolios(at(0, 510), 4 * kPageSize4K, kGupPin, absl::MakeSpan(spans));
+  HUGEMM_ASSERT_OK(n);
+  ASSERT_EQ(*n, 2u);
+  EXPECT_EQ(spans[0].folio, folio(0));
+  EXPECT_EQ(spans[0].pages, 2u);
+  EXPECT_EQ(spans[1].folio, folio(1));
+  EXPECT_EQ(spans[1].first_page, 0u);
+  EXPECT_EQ(spans[1].pages, 2u);
+  pinner.UnpinFolios(absl::MakeConstSpan(spans, *n), RefKind::kPin);
+  EXPECT_EQ(m().Counts(), base_);
+}
+
+// A folio mapped by PTEs after a split: a range inside one PTE is one leaf; a range over
+// several PTEs of the folio is still one span.
+TEST_F(GupOneLeafTest, SplitFolioOnePteOrSeveral) {
+  HUGEMM_ASSERT_OK(m().table->Split(at(1, 0)));
+  const auto base = m().Counts();
+  Pinner pinner(*m().table);
+  FolioSpan span;
+  absl::StatusOr<size_t> n =
+      pinner.PinFolios(at(1, 7), kPageSize4K, kGupPin, absl::MakeSpan(&span, 1));
+  HUGEMM_ASSERT_OK(n);
+  EXPECT_EQ(span.folio, folio(1));
+  EXPECT_EQ(span.first_page, 7u);
+  EXPECT_EQ(span.pages, 1u);
+  pinner.UnpinFolios(absl::MakeConstSpan(&span, 1), RefKind::kPin);
+  n = pinner.PinFolios(at(1, 7), 9 * kPageSize4K, kGupPin, absl::MakeSpan(&span, 1));
+  HUGEMM_ASSERT_OK(n);
+  ASSERT_EQ(*n, 1u);
+  EXPECT_EQ(span.first_page, 7u);
+  EXPECT_EQ(span.pages, 9u);
+  EXPECT_EQ(folio(1)->pincount(), 9);
+  pinner.UnpinFolios(absl::MakeConstSpan(&span, 1), RefKind::kPin);
+  EXPECT_EQ(m().Counts(), base);
+}
+
+// Each refusal inside one leaf: the error the general loop gives, nothing left taken,
+// nothing written.
+TEST_F(GupOneLeafTest, EveryRefusalTakesNothing) {
+  Pinner pinner(*m().table);
+  FolioSpan span{};
+  // WRITE of a read-only leaf.
+  HUGEMM_ASSERT_OK(m().table->Protect(at(0, 0), kPageSize2M, kProtRead));
+  absl::StatusOr<size_t> n =
+      pinner.PinFolios(at(0, 3), kPageSize4K, kGupPin | kGupWrite, absl::MakeSpan(&span, 1));
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kPermissionDenied) << n.status();
+  // LONGTERM of a folio that may move: refused after the grab, which is given back.
+  folio(1)->set_flag(kFolioBorrowed);
+  n = pinner.PinFolios(at(1, 0), kPageSize2M, kGupPin | kGupLongterm, absl::MakeSpan(&span, 1));
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kFailedPrecondition) << n.status();
+  EXPECT_THAT(n.status().message(), HasSubstr("LONGTERM"));
+  folio(1)->clear_flag(kFolioBorrowed);
+  // A device-exclusive entry.
+  const int device = 0;
+  HUGEMM_ASSERT_OK(m().table->MakeExclusive(at(2, 4), &device));
+  const auto base = m().Counts();
+  n = pinner.PinFolios(at(2, 4), kPageSize4K, kGupPin, absl::MakeSpan(&span, 1));
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kFailedPrecondition) << n.status();
+  EXPECT_THAT(n.status().message(), HasSubstr("device-exclusive"));
+  EXPECT_EQ(m().Counts(), base);
+  HUGEMM_ASSERT_OK(m().table->RestoreExclusive(at(2, 4)));
+  // Bad flags, no room, nothing mapped.
+  n = pinner.PinFolios(at(1, 0), kPageSize4K, kGupPin | kGupGet, absl::MakeSpan(&span, 1));
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kInvalidArgument) << n.status();
+  n = pinner.PinFolios(at(1, 0), kPageSize4K, kGupPin, absl::Span<FolioSpan>());
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kInvalidArgument) << n.status();
+  n = pinner.PinFolios(m().data() + m().size(), kPageSize4K, kGupPin, absl::MakeSpan(&span, 1));
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kNotFound) << n.status();
+  EXPECT_EQ(span.folio, nullptr) << "nothing written";
+  for (size_t i = 0; i < 2; ++i) EXPECT_EQ(m().Counts()[i], base_[i]) << i;
+  EXPECT_EQ(folio(2)->pincount(), 0);
+}
+
+// A test hook or per-page references take the general loop: the same span, the same counts.
+TEST_F(GupOneLeafTest, HookAndPerPageReferencesGiveTheSameSpan) {
+  Pinner hooked(*m().table);
+  int hooks = 0;
+  gup_internal::PinnerTestPeer::SetAfterGrab(hooked, [&](uintptr_t) { ++hooks; });
+  Pinner per_page(*m().table, {.granularity = RefGranularity::kPage});
+  for (Pinner* p : {&hooked, &per_page}) {
+    FolioSpan span;
+    absl::StatusOr<size_t> n =
+        p->PinFolios(at(2, 10), 6 * kPageSize4K, kGupPin, absl::MakeSpan(&span, 1));
+    HUGEMM_ASSERT_OK(n);
+    EXPECT_EQ(span.folio, folio(2));
+    EXPECT_EQ(span.first_page, 10u);
+    EXPECT_EQ(span.pages, 6u);
+    EXPECT_EQ(folio(2)->pincount(), 6);
+    p->UnpinFolios(absl::MakeConstSpan(&span, 1), RefKind::kPin);
+    EXPECT_EQ(m().Counts(), base_);
+  }
+  EXPECT_EQ(hooks, 1);
+}
+
+}  // namespace
+}  // namespace hugemm
