@@ -49,16 +49,21 @@ inline uint64_t GrabDelta(const Folio* folio, uint32_t refs, RefKind kind) {
 // its way back to its owner, or in its pool, is never revived) or a field would pass
 // INT32_MAX. On success the acquire pairs with the release of whoever made the folio live
 // (its owner's first reference) and of every earlier put.
+//
+// The overflow test is one mask: both fields of the word and of the delta are at most
+// INT32_MAX, so each field's sum stays below 2^32 (nothing carries into the next field)
+// and passes INT32_MAX exactly when its top bit is set.
+inline constexpr uint64_t kFieldTopBits = (uint64_t{1} << 31) | (uint64_t{1} << 63);
 inline GrabResult TryAdd(Folio* folio, uint64_t delta) {
-  const uint32_t add_refs = RefcountOf(delta), add_pins = PincountOf(delta);
   uint64_t old = folio->counts.load(std::memory_order_relaxed);
+  uint64_t next;
   do {
     if (RefcountOf(old) == 0) [[unlikely]]
       return GrabResult::kFree;
-    if (RefcountOf(old) > kMaxCount - add_refs || PincountOf(old) > kMaxCount - add_pins)
-        [[unlikely]]
+    next = old + delta;
+    if ((next & kFieldTopBits) != 0) [[unlikely]]
       return GrabResult::kOverflow;
-  } while (!folio->counts.compare_exchange_weak(old, old + delta, std::memory_order_acquire,
+  } while (!folio->counts.compare_exchange_weak(old, next, std::memory_order_acquire,
                                                 std::memory_order_relaxed));
   return GrabResult::kOk;
 }
