@@ -8,14 +8,14 @@
 # pages and two free 1G pages (the 1G rows are left out when they are not free). Run it
 # when the machine is otherwise idle (`uptime`): its ratios are only as good as that.
 #   scripts/bench-report.sh [OUT.md]        (default doc/benchmarks.md)
-#   HUGEMM_BENCH_MIB=4096 HUGEMM_BENCH_REPEATS=10 scripts/bench-report.sh
+#   HUGEMM_BENCH_MIB=4096 HUGEMM_BENCH_REPEATS=30 scripts/bench-report.sh
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 need_root "$@"
 
 out=${1:-$HUGEMM_ROOT/doc/benchmarks.md}
 mib=${HUGEMM_BENCH_MIB:-4096}
-repeats=${HUGEMM_BENCH_REPEATS:-10}
+repeats=${HUGEMM_BENCH_REPEATS:-30}
 hugemm="$HUGEMM_ROOT/build/release/runtime/cli/hugemm"
 [ -x "$hugemm" ] || die "no release build: ./scripts/setup.sh --flavours release"
 ninja -C "$HUGEMM_ROOT/build/release" hugemm_cli >/dev/null
@@ -238,7 +238,7 @@ EOF
   cat "$targets"
   if [ -s "$missed" ]; then
     printf '\nWhy the misses:\n'
-    why "folio spans / floor, -n 512" "**Folio spans, -n 512.** Each call pins one 2M folio, so every call pays the call itself: the flags check, the read section, the walk hint's generation check, the sink, and the StatusOr it returns. That is about $(awk -v a="$(med spans pin_us)" -v b="$(med spans_all pin_us)" -v n="$mib" 'BEGIN { printf "%.0f", (a - b) * 1000 / (n / 2) }') ns per call here, against about $(awk -v a="$(get spans .floor_us)" -v n="$mib" 'BEGIN { printf "%.0f", a * 1000 / (n / 2) }') ns for the floor's one atomic add per folio; the same pin of the whole range in one call is the \`-n -1\` row."
+    why "folio spans / floor, -n 512" "**Folio spans, -n 512.** Each call pins one 2M folio, so every call pays the call itself on top of the folio's atomic: entering and leaving the read section (liburcu's reader counter, written twice: about 1.6 ns, measured by leaving it out of a throwaway build), the thread's walk hint and the table's generation, the flag and range checks, the sink, the registers the call saves, and the StatusOr the public signature returns through memory. A call that stays inside one leaf takes a straight line (\`PinOneLeaf\`), 210 instructions against 307 before it. That is about $(awk -v a="$(med spans pin_us)" -v b="$(med spans_all pin_us)" -v n="$mib" 'BEGIN { printf "%.0f", (a - b) * 1000 / (n / 2) }') ns per call here, against about $(awk -v a="$(get spans .floor_us)" -v n="$mib" 'BEGIN { printf "%.0f", a * 1000 / (n / 2) }') ns for the floor's one atomic add per folio; the same pin of the whole range in one call is the \`-n -1\` row."
     why "folio spans / floor, -n -1" "**Folio spans, -n -1.** Per folio the pin does the leaf lookup (from the walk hint), the grab (a load and a compare-and-swap where the floor does one locked add), the re-check of the entry, the folio check and the span write."
     why "kernel pin / folio-span pin" "**Against the kernel.** Kernel $(uname -r) pins per folio too; the ratio is bounded by hugemm's own per-call cost above."
     why "2 threads" "**Two threads.** The machine has $(nproc) cores shared with other work, and two threads get two cores only when nothing else runs. The control row under the threads table says how many they got: the pins scale as far as a loop that touches no memory does. A page-array pin writes 8 bytes per 4K page (8 MiB per pass of 4 GiB), so its threads also share the memory's write bandwidth: the second control, the same writes without the pins, bounds what the page array can scale to. The \"each thread, pin\" column shows it too: when the wall time is near the sum of the two threads' own times rather than near one of them, they ran one after the other. A repeat lasts tens to hundreds of microseconds, so one preemption of either thread costs the whole repeat."
