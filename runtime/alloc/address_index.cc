@@ -40,7 +40,7 @@ Writer& TheWriter() {
 }
 
 // Frees what no reader can still see, if no reader is active. Under the writer's mutex,
-// after the unhooking store (seq_cst, or followed by a seq_cst fence).
+// after the unhooking store (seq_cst).
 void Collect(Writer& w) {
   if (g_readers.load(std::memory_order_seq_cst) != 0) return;
   for (const Table* t : w.old_tables) delete t;
@@ -117,9 +117,6 @@ void IndexErase(std::unique_ptr<ExtentRecord> rec) {
 namespace hugemm::alloc_internal {
 
 void IndexRetire(absl::AnyInvocable<void() &&> free) {
-  // Orders the caller's unhooking store before the reader count is read, as a reader's
-  // count comes before its loads: a reader that the count misses sees the unhooked state.
-  std::atomic_thread_fence(std::memory_order_seq_cst);
   Writer& w = TheWriter();
   std::lock_guard<std::mutex> lock(w.mu);
   w.old_frees.push_back(std::move(free));

@@ -25,8 +25,10 @@ absl::Status IndexInsert(ExtentRecord* rec);
 // should be unmapped already (nothing else would unmap it promptly).
 void IndexErase(std::unique_ptr<ExtentRecord> rec);
 // Runs `free` once no reader can still see what it frees: now if no IndexReader is
-// active, else at a later write that finds none. For memory a writer unhooked (with a
-// release store) from what readers reach through the index.
+// active, else at a later write that finds none. For memory a writer unhooked from what
+// readers reach through the index, with a seq_cst store that readers load with seq_cst:
+// the reader count is read after that store, and a reader counts itself before its load,
+// so a reader the count misses loads the unhooked state.
 void IndexRetire(absl::AnyInvocable<void() &&> free);
 
 // The read side. What Lookup returns, and what it points to, stays valid while the

@@ -91,7 +91,8 @@ Folio* Region::At(int order, size_t index) const {
   }
   Split* split = split_.load(std::memory_order_acquire);
   if (split == nullptr) return nullptr;
-  std::atomic<Chunk>* dir = split->dirs[order].load(std::memory_order_acquire);
+  // seq_cst: the pair of RetireOrder's unhooking store (address_index.h, IndexRetire).
+  std::atomic<Chunk>* dir = split->dirs[order].load(std::memory_order_seq_cst);
   if (dir == nullptr) return nullptr;
   Chunk chunk = dir[index >> kChunkShift].load(std::memory_order_acquire);
   if (chunk == nullptr) return nullptr;
@@ -111,7 +112,7 @@ Folio* Region::Find(size_t page) const {
 void Region::RetireOrder(Split* split, int order) {
   std::atomic<Chunk>* dir = split->dirs[order].load(std::memory_order_relaxed);
   if (dir == nullptr) return;
-  split->dirs[order].store(nullptr, std::memory_order_release);
+  split->dirs[order].store(nullptr, std::memory_order_seq_cst);
   const size_t len = DirLen(order);
   metadata_bytes_ -= len * sizeof(std::atomic<Chunk>);
   for (size_t c = 0; c < len; ++c) {
