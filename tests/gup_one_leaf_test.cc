@@ -13,31 +13,9 @@
 namespace hugemm {
 namespace {
 
-using ::hugemm::testing::MapAll;
-using ::hugemm::testing::MapExtent;
-using ::hugemm::testing::Mapped;
 using ::testing::HasSubstr;
 
-class GupOneLeafTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    HUGEMM_NEED_HUGEPAGES(kPageSize2M, 3);
-    absl::StatusOr<Extent> e = MapExtent(BackingKind::kHugetlb, kPageSize2M, 3);
-    HUGEMM_ASSERT_OK(e);
-    absl::StatusOr<std::unique_ptr<Mapped>> m = MapAll(std::move(*e));
-    HUGEMM_ASSERT_OK(m);
-    m_ = std::move(*m);
-    base_ = m_->Counts();
-  }
-  Mapped& m() { return *m_; }
-  Folio* folio(size_t i) { return m_->folios[i].get(); }
-  std::byte* at(size_t folio, size_t page) {
-    return m_->data() + folio * kPageSize2M + page * kPageSize4K;
-  }
-
-  std::unique_ptr<Mapped> m_;
-  std::vector<std::pair<int32_t, int32_t>> base_;
-};
+class GupOneLeafTest : public testing::Folios2MTest<3> {};
 
 // Whole folios, a part in the middle and a single byte, by PIN and by GET: one span each,
 // naming the folio, its first page and the pages, and exactly those references.

@@ -233,25 +233,7 @@ INSTANTIATE_TEST_SUITE_P(
 
 // ---- 2M specifics -------------------------------------------------------------------
 
-class Gup2MTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
-    absl::StatusOr<Extent> e = MapExtent(BackingKind::kHugetlb, kPageSize2M, 4);
-    HUGEMM_ASSERT_OK(e);
-    absl::StatusOr<std::unique_ptr<Mapped>> m = MapAll(std::move(*e));
-    HUGEMM_ASSERT_OK(m);
-    m_ = std::move(*m);
-    base_ = m_->Counts();
-  }
-  Mapped& m() { return *m_; }
-  std::byte* at(size_t folio, size_t page) {
-    return m_->data() + folio * kPageSize2M + page * kPageSize4K;
-  }
-
-  std::unique_ptr<Mapped> m_;
-  std::vector<std::pair<int32_t, int32_t>> base_;
-};
+class Gup2MTest : public testing::Folios2MTest<4> {};
 
 TEST_F(Gup2MTest, MidFolioPinReferencesTheRightPageAndAddsExactlyRefs) {
   Pinner pinner(*m().table);

@@ -8,10 +8,12 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "gtest/gtest.h"
 #include "hugemm/backing.h"
 #include "hugemm/folio.h"
 #include "hugemm/pgtable.h"
 #include "tests/pgtable_test_util.h"
+#include "tests/test_util.h"
 
 namespace hugemm::testing {
 
@@ -85,6 +87,31 @@ inline absl::StatusOr<std::unique_ptr<Mapped>> MapAll(Extent extent, Prot prot =
   return MapFolios(
       std::move(extent), [](size_t) { return true; }, prot);
 }
+
+// A test over `kFolios` real 2M hugetlb folios, each mapped whole; base_ holds their
+// counts before the test.
+template <size_t kFolios>
+class Folios2MTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    HUGEMM_NEED_HUGEPAGES(kPageSize2M, kFolios);
+    absl::StatusOr<Extent> e = MapExtent(BackingKind::kHugetlb, kPageSize2M, kFolios);
+    HUGEMM_ASSERT_OK(e);
+    absl::StatusOr<std::unique_ptr<Mapped>> m = MapAll(std::move(*e));
+    HUGEMM_ASSERT_OK(m);
+    m_ = std::move(*m);
+    base_ = m_->Counts();
+  }
+  Mapped& m() { return *m_; }
+  Folio* folio(size_t i) { return m_->folios[i].get(); }
+  // Page `page` of folio `folio`.
+  std::byte* at(size_t folio, size_t page) {
+    return m_->data() + folio * kPageSize2M + page * kPageSize4K;
+  }
+
+  std::unique_ptr<Mapped> m_;
+  std::vector<std::pair<int32_t, int32_t>> base_;
+};
 
 }  // namespace hugemm::testing
 
