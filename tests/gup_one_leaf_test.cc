@@ -1,5 +1,5 @@
 // The pin of a range inside one leaf, PinFolios' straight-line case (fast_path.h,
-// PinOneLeaf): every way it can say no must leave nothing taken and give the general
+// PinOneSpan): every way it can say no must leave nothing taken and give the general
 // loop's answer, and what it does pin must be exactly that range. Real 2M hugetlb folios.
 #include <vector>
 

@@ -81,32 +81,35 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline FastResult PinFast(const PinContext& ctx, ui
   return {va, Stop::kNone};
 }
 
-// The most common pin, a range inside one plain leaf (one folio, one I/O), with folio
-// granularity and no test hook: PinFast's steps for one leaf, in the same order and with
-// the same checks, as a straight line without the loop's state or its way out to PinRest.
-// True when the range is pinned and recorded; false, having taken and recorded nothing,
-// when the range goes beyond the leaf or any step refuses. The caller then takes the
-// general loop, which does it all again and finds the reason.
-template <typename Sink>
-ABSL_ATTRIBUTE_ALWAYS_INLINE inline bool PinOneLeaf(const PageTable& table, uintptr_t va,
-                                                    uintptr_t end, GupFlags flags, Sink& sink) {
+// The most common pin, a range inside one plain leaf (one folio, one I/O) into folio
+// spans, with folio granularity and no test hook: PinFast's steps for one leaf, in the
+// same order and with the same checks, as a straight line that writes the one span
+// straight into the caller's array. It looks only where this thread's last walk of the
+// table ended (the saved hint, while the table's generation says it is valid) and never
+// descends: the descent, its registers and its stores stay out of the path a pin per I/O
+// takes every time. True when the range is pinned and recorded in out[0]; false, having
+// taken and written nothing, when the hint does not cover the range, the range goes
+// beyond the leaf, or any step refuses. The caller then takes the general loop, which
+// does it all again, finds the reason, and leaves the hint where this path finds it.
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline bool PinOneSpan(const PageTable& table, uintptr_t va,
+                                                    uintptr_t end, GupFlags flags, FolioSpan* out) {
   using pgtable_internal::Cursor;
-  const RefKind kind = HasAny(flags, kGupPin) ? RefKind::kPin : RefKind::kGet;
   pgtable_internal::ReadLock rs;
   pgtable_internal::PinLeaf leaf;
-  if (!Cursor::LookupForPin(table, Cursor::FreeHint(table), va, &leaf) || leaf.end < end)
-      [[unlikely]]
+  if (!Cursor::LookupHintedForPin(table, va, &leaf) || leaf.end < end) [[unlikely]]
     return false;
   if (CheckLeaf(leaf, flags) != Stop::kNone) [[unlikely]]
     return false;
-  const Take t = TakeOf(leaf, va, end);
-  if (!GrabFast(t, kind, RefGranularity::kFolio)) [[unlikely]]
+  Folio* const folio = leaf.folio;
+  const auto refs = static_cast<uint32_t>((end - va) >> kPageShift);
+  const RefKind kind = HasAny(flags, kGupPin) ? RefKind::kPin : RefKind::kGet;
+  if (folio_internal::TryGrab(folio, refs, kind) != folio_internal::GrabResult::kOk) [[unlikely]]
     return false;
-  if (!Cursor::StillMapped(leaf) || CheckFolio(t.folio, flags) != Stop::kNone ||
-      !sink.Accept(t.folio, t.first, t.refs, va)) [[unlikely]] {
-    Ungrab(t, kind);
+  if (!Cursor::StillMapped(leaf) || CheckFolio(folio, flags) != Stop::kNone) [[unlikely]] {
+    folio_internal::Ungrab(folio, refs, kind, /*dirty=*/false);
     return false;
   }
+  *out = FolioSpan{folio, FirstPage(folio, va), refs};
   return true;
 }
 

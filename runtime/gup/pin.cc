@@ -144,7 +144,7 @@ absl::StatusOr<size_t> Pinner::PinPages(const void* va, size_t npages, GupFlags 
 
 namespace {
 
-// PinFolios but for its one-leaf fast case: out of line, so that the fast case needs
+// PinFolios but for its one-span fast case: out of line, so that the fast case needs
 // neither its stack nor its registers.
 template <typename MakeContext>
 ABSL_ATTRIBUTE_NOINLINE absl::StatusOr<size_t> PinFoliosInGeneral(MakeContext context,
@@ -170,9 +170,8 @@ absl::StatusOr<size_t> Pinner::PinFolios(const void* va, size_t length, GupFlags
   if (PagesCovering(va, length, &req.start, &req.npages) && length != 0 && !spans.empty() &&
       gup_internal::FlagsValid(flags) && !after_grab_ &&
       options_.granularity == RefGranularity::kFolio) [[likely]] {
-    gup_internal::SpanSink<gup_internal::FixedSpans> sink(req.kind(), spans.data(), spans.size());
-    if (gup_internal::PinOneLeaf(table_, req.start, req.end(), flags, sink)) [[likely]]
-      return sink.count();
+    if (gup_internal::PinOneSpan(table_, req.start, req.end(), flags, spans.data())) [[likely]]
+      return 1;
   }
   return PinFoliosInGeneral([this] { return Context(); }, va, length, flags, spans);
 }

@@ -100,9 +100,8 @@ PageTable::~PageTable() {
 
 void PageTable::InitTable(Table* t, int level, size_t n) const {
   t->level = level;
-  t->slots = reinterpret_cast<std::atomic<uint64_t>*>(t + 1);
-  t->frames = t->slots + n;
-  for (size_t i = 0; i < 2 * n; ++i) new (&t->slots[i]) std::atomic<uint64_t>(0);
+  t->frames = t->slots() + n;
+  for (size_t i = 0; i < 2 * n; ++i) new (&t->slots()[i]) std::atomic<uint64_t>(0);
 }
 
 PageTable::Table* PageTable::NewTable(int level) const {

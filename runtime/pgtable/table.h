@@ -94,11 +94,16 @@ struct alignas(64) Table {
   uint32_t used = 0;         // non-empty entries
   Table* deposit = nullptr;  // PMD tables: PTE tables deposited for this table's leaves
   Table* next = nullptr;     // link in a deposit stack or a garbage list
-  std::atomic<uint64_t>* slots = nullptr;   // follow the header in the same allocation,
-  std::atomic<uint64_t>* frames = nullptr;  // then their frame words
+  std::atomic<uint64_t>* frames = nullptr;  // the frame words, after the entries
 
-  std::atomic<uint64_t>& slot(size_t i) { return slots[i]; }
-  const std::atomic<uint64_t>& slot(size_t i) const { return slots[i]; }
+  // The entries follow the header in the same allocation: found by arithmetic, so a
+  // reader's step from a table to its entry is one load, not two.
+  std::atomic<uint64_t>* slots() { return reinterpret_cast<std::atomic<uint64_t>*>(this + 1); }
+  const std::atomic<uint64_t>* slots() const {
+    return reinterpret_cast<const std::atomic<uint64_t>*>(this + 1);
+  }
+  std::atomic<uint64_t>& slot(size_t i) { return slots()[i]; }
+  const std::atomic<uint64_t>& slot(size_t i) const { return slots()[i]; }
   std::atomic<uint64_t>& frame(size_t i) { return frames[i]; }
   const std::atomic<uint64_t>& frame(size_t i) const { return frames[i]; }
 };

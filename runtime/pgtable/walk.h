@@ -92,15 +92,17 @@ class Cursor {
   Cursor(const Cursor&) = delete;
   Cursor& operator=(const Cursor&) = delete;
 
-  // A Cursor's work without the Cursor, for an owner that calls out to nothing until its
-  // last lookup (GUP-fast's one-leaf pin): no other Cursor can start on this thread while
-  // it uses the saved hint, so it takes the hint when free without marking it busy, and
-  // saves the two stores. (One that starts later, say from a folio owner's release after
-  // an undone grab, finds the hint free and leaves it consistent; the owner reads it no
-  // more.) FreeHint: this thread's saved hint, valid for `table` as a Cursor's is, or
-  // nullptr while a Cursor is at work on it. LookupForPin: the member's, with that hint.
+  // FreeHint: this thread's saved hint, valid for `table` as a Cursor's is, or nullptr
+  // while a Cursor is at work on it. LookupForPin: the member's, with that hint.
   static WalkHint* FreeHint(const PageTable& table);
   static bool LookupForPin(const PageTable& table, WalkHint* hint, uintptr_t va, PinLeaf* out);
+  // GUP-fast's one-leaf pin, inside the caller's read section: the plain leaf mapping
+  // `va` where this thread's saved hint says, when the hint is free (no Cursor at work on
+  // it), belongs to `table`, is valid as a Cursor's is (the table's generation, read now,
+  // is the one it was saved under) and covers `va`. False otherwise, or when the entry
+  // there is not a plain leaf; the caller then takes a Cursor. It neither descends nor
+  // writes the hint, so a pin that finds its leaf at once stores nothing on the way.
+  static bool LookupHintedForPin(const PageTable& table, uintptr_t va, PinLeaf* out);
 
   // The leaf mapping `va` (a device-exclusive entry included) into `out`: false when
   // nothing maps it or it is beyond the address space.
@@ -218,6 +220,27 @@ inline pgtable_internal::WalkHint* pgtable_internal::Cursor::FreeHint(const Page
 
 inline bool pgtable_internal::Cursor::LookupForPin(uintptr_t va, PinLeaf* out) {
   return LookupForPin(table_, hint_, va, out);
+}
+
+inline bool pgtable_internal::Cursor::LookupHintedForPin(const PageTable& table, uintptr_t va,
+                                                         PinLeaf* out) {
+  const SavedHint& saved = t_saved_hint;
+  const WalkHint& h = saved.hint;
+  if (saved.busy || saved.table != &table ||
+      saved.generation != table.generation_.load(std::memory_order_acquire) || h.table == nullptr ||
+      (va >> h.tag_shift) != h.tag || va >= table.va_limit_) [[unlikely]]
+    return false;
+  const std::atomic<uint64_t>& slot = h.table->slot((va >> h.shift) & h.mask);
+  const uint64_t w = slot.load(std::memory_order_acquire);
+  if (!IsLeaf(w) || (w & kCont) != 0) [[unlikely]]
+    return false;
+  out->folio = AsFolio(w);
+  out->end = (va | ((uintptr_t{1} << h.shift) - 1)) + 1;
+  out->writable = (w & kWrite) != 0;
+  out->exclusive = false;
+  out->slot = &slot;
+  out->entry = w;
+  return true;
 }
 
 inline bool pgtable_internal::Cursor::LookupForPin(const PageTable& table, WalkHint* hint,
