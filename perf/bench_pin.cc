@@ -218,6 +218,10 @@ absl::StatusOr<PinBenchResult> RunPinBench(const PinBenchConfig& config,
     }
     floor_runner.RunOnce();
     result.floor_us.push_back(floor_runner.RunOnce());
+    if (c.output == PinOutput::kFolios) {
+      floor_runner.RunCallsOnce();
+      result.call_floor_us.push_back(floor_runner.RunCallsOnce());
+    }
     if (page_runner) {
       for (PinTimes* t : {&warmup, &*result.per_page}) {
         if (absl::Status st = page_runner->RunOnce(t); !st.ok()) return st;

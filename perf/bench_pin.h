@@ -74,6 +74,7 @@ struct PinBenchResult {
   PinTimes ours;
   std::vector<double> floor_us;        // one per repeat
   std::string floor;                   // what the floor does
+  std::vector<double> call_floor_us;   // folio spans: the call floor, one per repeat
   std::optional<PinTimes> per_page;    // compare_page
   std::optional<PinTimes> kernel;      // compare_kernel: register / unregister
   std::optional<PinTimes> one_thread;  // threads > 1: one thread over the whole range

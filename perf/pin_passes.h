@@ -114,10 +114,19 @@ class Floor {
   Floor(const std::vector<Folio*>& folios, const PassConfig& c);
   double RunOnce();  // microseconds
 
+  // The call floor, for folio spans: the floor's atomic adds made by as many calls as the
+  // pass makes, each out of line as a pin is, writing one span per folio and returning a
+  // StatusOr the caller checks: what any pin with this signature costs at least. It takes
+  // no read section, looks nothing up and checks nothing, so what a pin costs beyond it
+  // is its own work. Microseconds.
+  double RunCallsOnce();
+
  private:
   const PassConfig& c_;
   std::vector<Folio*> touched_;  // spans, segments: one folio per call and folio, in order
-  std::vector<Folio*> folios_;   // pages: every folio of the range
+  std::vector<size_t> calls_;    // where each call's folios start in touched_, and the end
+  std::vector<FolioSpan> spans_;
+  std::vector<Folio*> folios_;  // pages: every folio of the range
   std::vector<PageRef> pages_;
 };
 

@@ -221,6 +221,23 @@ TEST(BenchCli, PinTakesGupTestFlagsAndBothLongForms) {
   EXPECT_EQ(Parse(RunCli("bench pin --json -m 2 -r 1 -L -P", &rc))["flags"], "PIN|WRITE|LONGTERM");
 }
 
+// Folio spans carry the call floor beside the floor; the other outputs have none.
+TEST(BenchCli, PinOfFolioSpansReportsTheCallFloor) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  int rc = 0;
+  const std::string out = RunCli("bench pin --json -m 4 -r 2 --output folios", &rc);
+  ASSERT_EQ(rc, 0) << out;
+  const Json json = Parse(out);
+  ASSERT_TRUE(json.is_object()) << out;
+  EXPECT_GT(json["call_floor_us"].get<double>(), 0);
+  EXPECT_GT(json["call_floor_over_floor"].get<double>(), 0);
+  EXPECT_NEAR(json["pin_over_call_floor"].get<double>(),
+              json["pin_us"]["median"].get<double>() / json["call_floor_us"].get<double>(), 1e-9);
+  const Json pages = Parse(RunCli("bench pin --json -m 2 -r 1 --output pages", &rc));
+  ASSERT_EQ(rc, 0);
+  EXPECT_FALSE(pages.contains("call_floor_us"));
+}
+
 // -j 2 --disjoint: each thread its own folios, timed beside one thread over the whole
 // range; without --disjoint both threads pin the same folios.
 TEST(BenchCli, PinOnThreadsReportsTheirScaling) {

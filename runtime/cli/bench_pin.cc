@@ -55,6 +55,12 @@ void PrintJsonResult(const PinBenchConfig& c, const PinBenchResult& r) {
               {"floor_us", floor},
               {"floor", r.floor},
               {"pin_over_floor", pin.median / floor}};
+  if (!r.call_floor_us.empty()) {
+    const double call_floor = Summarize(r.call_floor_us).median;
+    out["call_floor_us"] = call_floor;
+    out["call_floor_over_floor"] = call_floor / floor;
+    out["pin_over_call_floor"] = pin.median / call_floor;
+  }
   if (r.per_page) {
     out["per_page_pin_us"] = SummaryJson(r.per_page->pin_us);
     out["per_page_unpin_us"] = SummaryJson(r.per_page->unpin_us);
@@ -113,6 +119,17 @@ void PrintTextResult(const PinBenchConfig& c, const PinBenchResult& r) {
               Us(unpin.min).c_str());
   std::printf("floor (%s): %s us; pin / floor = %.2fx\n", r.floor.c_str(), Us(floor).c_str(),
               pin.median / floor);
+  if (!r.call_floor_us.empty()) {
+    const double call_floor = Summarize(r.call_floor_us).median;
+    const std::string calls =
+        c.pages_per_call < 0
+            ? std::string("one out-of-line call for the whole range")
+            : absl::StrFormat("one out-of-line call per %d pages", c.pages_per_call);
+    std::printf(
+        "call floor (the same atomic adds, %s, writing the spans and returning a StatusOr): "
+        "%s us, %.2fx the floor; pin / call floor = %.2fx\n",
+        calls.c_str(), Us(call_floor).c_str(), call_floor / floor, pin.median / call_floor);
+  }
   if (r.per_page) {
     const double pp = Summarize(r.per_page->pin_us).median;
     std::printf("refcount per 4K page: pin %s us, unpin %s us; per page / per folio = %.1fx\n",
