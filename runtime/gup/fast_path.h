@@ -87,21 +87,24 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline FastResult PinFast(const PinContext& ctx, ui
 // straight into the caller's array. It looks only where this thread's last walk of the
 // table ended (the saved hint, while the table's generation says it is valid) and never
 // descends: the descent, its registers and its stores stay out of the path a pin per I/O
-// takes every time. True when the range is pinned and recorded in out[0]; false, having
+// takes every time. The range is [lo, lo + length), not empty and not wrapping: the
+// caller's arguments as they came, so that the general loop it falls back to needs
+// nothing else kept. True when the range is pinned and recorded in out[0]; false, having
 // taken and written nothing, when the hint does not cover the range, the range goes
 // beyond the leaf, or any step refuses. The caller then takes the general loop, which
 // does it all again, finds the reason, and leaves the hint where this path finds it.
-ABSL_ATTRIBUTE_ALWAYS_INLINE inline bool PinOneSpan(const PageTable& table, uintptr_t va,
-                                                    uintptr_t end, GupFlags flags, FolioSpan* out) {
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline bool PinOneSpan(const PageTable& table, uintptr_t lo,
+                                                    size_t length, GupFlags flags, FolioSpan* out) {
   using pgtable_internal::Cursor;
+  const uintptr_t va = lo & ~uintptr_t{kPageSize4K - 1};
   pgtable_internal::ReadLock rs;
   pgtable_internal::PinLeaf leaf;
-  if (!Cursor::LookupHintedForPin(table, va, &leaf) || leaf.end < end) [[unlikely]]
+  if (!Cursor::LookupHintedForPin(table, va, &leaf) || leaf.end < lo + length) [[unlikely]]
     return false;
   if (CheckLeaf(leaf, flags) != Stop::kNone) [[unlikely]]
     return false;
   Folio* const folio = leaf.folio;
-  const auto refs = static_cast<uint32_t>((end - va) >> kPageShift);
+  const auto refs = static_cast<uint32_t>((lo + length - va + kPageSize4K - 1) >> kPageShift);
   const RefKind kind = HasAny(flags, kGupPin) ? RefKind::kPin : RefKind::kGet;
   if (folio_internal::TryGrab(folio, refs, kind) != folio_internal::GrabResult::kOk) [[unlikely]]
     return false;

@@ -29,12 +29,16 @@ using gup_internal::Stop;
 // times before it gives up (there is no slow path to take it under the lock).
 constexpr int kFastRetries = 2;
 
+// The end of the last whole page of the address space: a range that ends past it would
+// wrap when rounded up to its pages.
+constexpr uintptr_t kLastPageEnd = std::numeric_limits<uintptr_t>::max() - (kPageSize4K - 1);
+
 // The 4K pages covering [va, va + length): page-aligned start and count, or false when
 // the range wraps the address space (WrapError says so).
 inline bool PagesCovering(const void* va, size_t length, uintptr_t* start, size_t* npages) {
   const auto lo = reinterpret_cast<uintptr_t>(va);
   const uintptr_t mask = kPageSize4K - 1;
-  if (lo + length < lo || lo + length > std::numeric_limits<uintptr_t>::max() - mask) [[unlikely]]
+  if (lo + length < lo || lo + length > kLastPageEnd) [[unlikely]]
     return false;
   *start = lo & ~mask;
   *npages = (((lo + length + mask) & ~mask) - *start) >> kPageShift;
@@ -166,11 +170,11 @@ ABSL_ATTRIBUTE_NOINLINE absl::StatusOr<size_t> PinFoliosInGeneral(MakeContext co
 
 absl::StatusOr<size_t> Pinner::PinFolios(const void* va, size_t length, GupFlags flags,
                                          absl::Span<FolioSpan> spans) {
-  PinRequest req{.flags = flags};
-  if (PagesCovering(va, length, &req.start, &req.npages) && length != 0 && !spans.empty() &&
+  const auto lo = reinterpret_cast<uintptr_t>(va);
+  if (length != 0 && lo + length > lo && lo + length <= kLastPageEnd && !spans.empty() &&
       gup_internal::FlagsValid(flags) && !after_grab_ &&
       options_.granularity == RefGranularity::kFolio) [[likely]] {
-    if (gup_internal::PinOneSpan(table_, req.start, req.end(), flags, spans.data())) [[likely]]
+    if (gup_internal::PinOneSpan(table_, lo, length, flags, spans.data())) [[likely]]
       return 1;
   }
   return PinFoliosInGeneral([this] { return Context(); }, va, length, flags, spans);
