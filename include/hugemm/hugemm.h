@@ -97,7 +97,8 @@ int hugemm_alloc(hugemm_runtime* rt, size_t bytes, const hugemm_buffer_options* 
                  int uninitialized, hugemm_buffer* out);
 /* Frees the buffer starting at `data` (from hugemm_map_buffer or hugemm_alloc). Its
  * memory is reused only after the last pin on it is gone. -ENOENT: `data` is not the
- * start of a buffer of this runtime (NULL, inside one, freed, another runtime's). */
+ * start of a buffer of this runtime (NULL, inside one, freed, another runtime's).
+ * -EDEADLK: called from a notifier callback of this runtime (see hugemm_subscribe). */
 int hugemm_free(hugemm_runtime* rt, void* data);
 
 /* Registers memory this program mapped itself (e.g. its own MAP_HUGETLB buffer) as
@@ -108,7 +109,8 @@ int hugemm_free(hugemm_runtime* rt, void* data);
  * already. -ENOENT: memory the process does not map. */
 int hugemm_register_external(hugemm_runtime* rt, void* addr, size_t length, uint64_t* id);
 /* -EFAULT while any of its memory is pinned; a refused unregister changes nothing.
- * -ENOENT: an id this runtime did not hand out, or one already unregistered. */
+ * -ENOENT: an id this runtime did not hand out, or one already unregistered.
+ * -EDEADLK: called from a notifier callback of this runtime (see hugemm_subscribe). */
 int hugemm_unregister_external(hugemm_runtime* rt, uint64_t id);
 
 /* ---- pin / unpin ----------------------------------------------------------------- */
@@ -249,7 +251,13 @@ typedef struct hugemm_subscription hugemm_subscription;
 /* Hears changes to [addr, addr + length): `start` before, `end` after (either may be
  * NULL). *sequence (if not NULL) receives a word to read without a call: a registration
  * built while (*seq & 0xffff) == 0 stays valid exactly while *seq is unchanged.
- * -EINVAL: zero length, a range that wraps the address space. */
+ * The callbacks run on the thread that changes the mapping, one announcement at a time
+ * under the runtime's notifier lock. They may translate, pin, unpin, map and allocate;
+ * hugemm_subscribe, hugemm_free and hugemm_unregister_external of the same runtime
+ * refuse there with -EDEADLK (they take that lock), hugemm_unsubscribe there takes
+ * effect at once and finishes after the announcement, and hugemm_close must not be
+ * called from one.
+ * -EINVAL: zero length, a range that wraps the address space. -EDEADLK: see above. */
 int hugemm_subscribe(hugemm_runtime* rt, const void* addr, size_t length,
                      hugemm_invalidate_fn start, hugemm_invalidate_fn end, void* user,
                      hugemm_subscription** out, const volatile uint64_t** sequence);
