@@ -163,7 +163,8 @@ TEST(Cli, BadValuesAreUsageErrorsNamingFlagAndValue) {
         Case{"bench pin --output=rows", "--output", "rows"},
         Case{"bench pin --compare kernel,disk", "--compare", "disk"},
         Case{"bench alloc --iterations 5", "--iterations", "5"},
-        Case{"bench mr --registrations 0", "--registrations", "0"}}) {
+        Case{"bench mr --registrations 0", "--registrations", "0"},
+        Case{"info --sysfs-root /nonexistent", "--sysfs-root", "/nonexistent"}}) {
     int rc = 0;
     const std::string err = RunCli(std::string(c.args) + " 2>&1 >/dev/null", &rc);
     EXPECT_EQ(rc, 2) << c.args << ": " << err;
