@@ -164,7 +164,10 @@ TEST(Cli, BadValuesAreUsageErrorsNamingFlagAndValue) {
         Case{"bench pin --compare kernel,disk", "--compare", "disk"},
         Case{"bench alloc --iterations 5", "--iterations", "5"},
         Case{"bench mr --registrations 0", "--registrations", "0"},
-        Case{"info --sysfs-root /nonexistent", "--sysfs-root", "/nonexistent"}}) {
+        Case{"info --sysfs-root /nonexistent", "--sysfs-root", "/nonexistent"},
+        Case{"verify --range 0x1000 0", "--range", "0x1000 0"},
+        Case{"verify --range 0x1001 4096", "--range", "0x1001"},
+        Case{"verify --range 0xfffffffffffff000 8192", "--range", "0xfffffffffffff000"}}) {
     int rc = 0;
     const std::string err = RunCli(std::string(c.args) + " 2>&1 >/dev/null", &rc);
     EXPECT_EQ(rc, 2) << c.args << ": " << err;
