@@ -139,7 +139,13 @@ TEST(InfoCli, RejectsUnknownArguments) {
   int rc = 0;
   RunCli("info --bogus 2>/dev/null", &rc);
   EXPECT_EQ(rc, 2);
-  RunCli("nonsense 2>/dev/null", &rc);
+  // The message names the word, not only that a command is missing.
+  EXPECT_THAT(RunCli("nonsense 2>&1 >/dev/null", &rc), HasSubstr("unknown command \"nonsense\""));
+  EXPECT_EQ(rc, 2);
+  EXPECT_THAT(RunCli("bench nonsense 2>&1 >/dev/null", &rc),
+              HasSubstr("hugemm bench: unknown command \"nonsense\""));
+  EXPECT_EQ(rc, 2);
+  EXPECT_THAT(RunCli("--bogus 2>&1 >/dev/null", &rc), HasSubstr("unknown flag \"--bogus\""));
   EXPECT_EQ(rc, 2);
   RunCli("2>/dev/null", &rc);  // a command is required
   EXPECT_EQ(rc, 2);
