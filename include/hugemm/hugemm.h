@@ -58,7 +58,10 @@ typedef struct hugemm_options {
  * refused (e.g. io_uring for kernel pins), named by the message. */
 int hugemm_open(const hugemm_options* options, hugemm_runtime** out);
 /* Frees every buffer still held, ends every subscription still open (their handles
- * stay valid for hugemm_unsubscribe alone) and closes. NULL is ignored. */
+ * stay valid for hugemm_unsubscribe alone) and closes. Memory still pinned (a page
+ * array, spans or segments not unpinned) may still be in a device's hands: it stays
+ * mapped, with its huge pages, until the process exits, so unpin before closing. NULL is
+ * ignored. */
 void hugemm_close(hugemm_runtime* rt);
 
 /* ---- memory ---------------------------------------------------------------------- */
@@ -76,6 +79,10 @@ typedef struct hugemm_buffer_options {
   int node;         /* NUMA node, -1 = any */
   const char* path; /* devdax: the device; hugetlbfs: a file name in the mount, or NULL */
 } hugemm_buffer_options;
+/* A hugetlbfs file name is created (mode 0600), or opened when it exists, so that another
+ * process may map the same memory: the file and its huge pages outlive the buffer and
+ * hugemm_free, until the program unlinks it. NULL (or "") maps a private file that is
+ * gone with the buffer. */
 
 typedef struct hugemm_buffer {
   void* data;
