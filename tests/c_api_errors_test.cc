@@ -234,6 +234,29 @@ std::vector<Cell> Matrix() {
          uint64_t id;
          return long{hugemm_register_external(w.rt, w.freed, k2M, &id)};
        }},
+      {"register_external", "not_faulted_in", -EFAULT,
+       [](World& w) {
+         uint64_t id;
+         void* mem = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+         if (mem == MAP_FAILED) return long{-EIO};
+         const long rc = hugemm_register_external(w.rt, mem, 4096, &id);
+         g_message = hugemm_last_error();
+         if (rc == 0) (void)hugemm_unregister_external(w.rt, id);
+         munmap(mem, 4096);
+         return rc;
+       }},
+      {"register_external", "part_of_a_huge_page", -EINVAL,
+       [](World& w) {
+         uint64_t id;
+         void* mem = mmap(nullptr, k2M, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+         if (mem == MAP_FAILED) return long{-EIO};
+         const long rc = hugemm_register_external(w.rt, mem, 4096, &id);
+         g_message = hugemm_last_error();
+         if (rc == 0) (void)hugemm_unregister_external(w.rt, id);
+         munmap(mem, k2M);
+         return rc;
+       }},
       {"register_external", "own_buffer", -EEXIST,
        [](World& w) {
          uint64_t id;

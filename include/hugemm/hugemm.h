@@ -109,11 +109,15 @@ int hugemm_alloc(hugemm_runtime* rt, size_t bytes, const hugemm_buffer_options* 
 int hugemm_free(hugemm_runtime* rt, void* data);
 
 /* Registers memory this program mapped itself (e.g. its own MAP_HUGETLB buffer) as
- * borrowed folios: pinnable, never long-term. Needs readable PFNs (root). Each page keeps
- * the protection the kernel gives it: a HUGEMM_WRITE pin of memory mapped read-only fails
- * with -EPERM, and memory the program may not read is refused (-EPERM).
- * -EINVAL: NULL id, zero, unaligned or absurd length. -EEXIST: memory the runtime maps
- * already. -ENOENT: memory the process does not map. */
+ * borrowed folios: pinnable, never long-term. Needs readable PFNs (root) and every page
+ * faulted in (touched, or MAP_POPULATE). Each page keeps the protection the kernel gives
+ * it: a HUGEMM_WRITE pin of memory mapped read-only fails with -EPERM, and memory the
+ * program may not read is refused (-EPERM).
+ * -EINVAL: NULL id, zero, unaligned or absurd length, a range that is not whole pages of
+ * the size the kernel maps there (2M of a MAP_HUGETLB mapping). -EEXIST: memory the
+ * runtime maps already. -ENOENT: memory the process does not map. -EPERM: see above, and
+ * PFNs the kernel hides from this process. -EFAULT: a page not faulted in, or a huge page
+ * the kernel does not show as one physically contiguous compound page. */
 int hugemm_register_external(hugemm_runtime* rt, void* addr, size_t length, uint64_t* id);
 /* -EFAULT while any of its memory is pinned; a refused unregister changes nothing.
  * -ENOENT: an id this runtime did not hand out, or one already unregistered.
