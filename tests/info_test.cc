@@ -171,6 +171,7 @@ TEST(Cli, BadValuesAreUsageErrorsNamingFlagAndValue) {
         Case{"bench alloc --iterations 5", "--iterations", "5"},
         Case{"bench mr --registrations 0", "--registrations", "0"},
         Case{"info --sysfs-root /nonexistent", "--sysfs-root", "/nonexistent"},
+        Case{"bench pin --backing anon --page-size 2M", "--page-size", "2M"},
         Case{"verify --range 0x1000 0", "--range", "0x1000 0"},
         Case{"verify --range 0x1001 4096", "--range", "0x1001"},
         Case{"verify --range 0xfffffffffffff000 8192", "--range", "0xfffffffffffff000"}}) {
