@@ -375,6 +375,11 @@ std::vector<Cell> Matrix() {
        [=](World& w) { return PinSegmentsAt(w, w.buf.data, k2M, kPin | kUnknown); }},
       {"pin_segments", "conflicting_flags", -EINVAL,
        [=](World& w) { return PinSegmentsAt(w, w.buf.data, k2M, HUGEMM_PIN | HUGEMM_GET); }},
+      {"pin_segments", "max_segment_below_4k", -EINVAL,
+       [=](World& w) {
+         hugemm_dma_segment segs[4];
+         return hugemm_pin_segments(w.rt, w.buf.data, 8192, kPin, 4095, segs, 4);
+       }},
       {"pin_segments", "freed_pointer", -ENOENT,
        [=](World& w) { return PinSegmentsAt(w, w.freed, k2M, kPin); }},
       {"pin_segments", "other_runtime", -ENOENT,

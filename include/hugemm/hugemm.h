@@ -185,7 +185,8 @@ long hugemm_pin_pages(hugemm_runtime* rt, const void* addr, size_t npages, unsig
 long hugemm_pin_folios(hugemm_runtime* rt, const void* addr, size_t length, unsigned flags,
                        hugemm_folio_span* spans, size_t cap);
 /* Pins [addr, addr + length) and writes its physically contiguous runs, each at most
- * `max_segment` bytes (0 = unlimited), at most `cap`. Returns the segment count.
+ * `max_segment` bytes (0 = unlimited; else at least 4K, -EINVAL below, and runs split at
+ * its whole 4K pages), at most `cap`. Returns the segment count.
  * Segments name no folios, so the runtime keeps the folio runs this call pinned until
  * hugemm_unpin_range with the same addr, length and PIN or GET gives them back: exactly
  * what was pinned, also after hugemm_free and after a HUGEMM_PARTIAL pin. */
