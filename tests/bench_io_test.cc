@@ -132,6 +132,13 @@ TEST(BenchIo, BadConfigsAreRefusedByName) {
   const std::string out = RunCli("bench io --seconds 0.05 --file " + path + " 2>&1", &rc);
   EXPECT_EQ(rc, 2) << out;
   EXPECT_THAT(out, HasSubstr("--write-existing"));
+  // A file (or the --size of it) smaller than a block has no block to read: refused, not
+  // a division by zero.
+  const std::string small = RunCli(
+      "bench io --seconds 0.05 --rw randread --bs 4K,128K --size 64K --file " + path + " 2>&1",
+      &rc);
+  EXPECT_EQ(rc, 1) << small;
+  EXPECT_THAT(small, HasSubstr("fewer than the largest block, 131072"));
   unlink(path.c_str());
 
   EXPECT_EQ(RunCli("bench io --bs 3K 2>&1", &rc).find("multiple of 4K") != std::string::npos, true);
