@@ -143,6 +143,9 @@ TEST(BenchIo, BadConfigsAreRefusedByName) {
 
   EXPECT_EQ(RunCli("bench io --bs 3K 2>&1", &rc).find("multiple of 4K") != std::string::npos, true);
   EXPECT_EQ(rc, 2);
+  // 4G + 4K: refused as given, not taken modulo 2^32 as a 4K block.
+  EXPECT_THAT(RunCli("bench io --bs 4294971392 2>&1", &rc), HasSubstr("--bs 4294971392"));
+  EXPECT_EQ(rc, 2);
 }
 
 TEST(FioJson, ReadsTheNumbersFio3Writes) {
