@@ -172,6 +172,8 @@ TEST(Cli, BadValuesAreUsageErrorsNamingFlagAndValue) {
         Case{"bench mr --registrations 0", "--registrations", "0"},
         Case{"info --sysfs-root /nonexistent", "--sysfs-root", "/nonexistent"},
         Case{"bench pin --backing anon --page-size 2M", "--page-size", "2M"},
+        Case{"stress --seed -5", "--seed", "-5"},
+        Case{"stress --seed 18446744073709551616", "--seed", "18446744073709551616"},
         Case{"verify --range 0x1000 0", "--range", "0x1000 0"},
         Case{"verify --range 0x1001 4096", "--range", "0x1001"},
         Case{"verify --range 0xfffffffffffff000 8192", "--range", "0xfffffffffffff000"}}) {
