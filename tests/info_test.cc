@@ -211,7 +211,7 @@ TEST(Cli, HelpForEveryCommandAndVersion) {
 
 // gup_test's short flags, and --flag value and --flag=value, give the same run.
 TEST(BenchCli, PinTakesGupTestFlagsAndBothLongForms) {
-  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 5);
   for (const char* args :
        {"-m 2 -r 1 --page-size 2M", "-m 2 -r 1 --page-size=2M", "-m2 -r1 -n 64 -a -w -S -H -j 1"}) {
     int rc = 0;
@@ -232,6 +232,11 @@ TEST(BenchCli, PinTakesGupTestFlagsAndBothLongForms) {
   int rc = 0;
   EXPECT_EQ(Parse(RunCli("bench pin --json -m 2 -r 1 -u -W", &rc))["flags"], "GET");
   EXPECT_EQ(Parse(RunCli("bench pin --json -m 2 -r 1 -L -P", &rc))["flags"], "PIN|WRITE|LONGTERM");
+  // Numbers are decimal with leading zeros too: not octal, not refused.
+  const Json lead = Parse(RunCli("bench pin --json -m 010 -r 01", &rc));
+  ASSERT_TRUE(lead.is_object()) << rc;
+  EXPECT_EQ(lead["size_mib"].get<int>(), 10);
+  EXPECT_EQ(Parse(RunCli("bench pin --json -m 08 -r 1", &rc))["size_mib"], 8) << rc;
 }
 
 // -j 2 --disjoint: each thread its own folios, timed beside one thread over the whole

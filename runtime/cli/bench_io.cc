@@ -236,7 +236,7 @@ void AddBenchIoCommand(CommandTable& table, CLI::App* bench) {
       ->capture_default_str();
   io->add_option("--qd", c.depths, "Queue depths")
       ->delimiter(',')
-      ->check(IntegerIn(1, 4096))
+      ->transform(IntegerIn(1, 4096))
       ->capture_default_str();
   io->add_option("--candidates", f->candidates, "Which to run, in this order")
       ->delimiter(',')

@@ -78,7 +78,7 @@ void AddStressCommand(CommandTable& table, CLI::App* app) {
       ->type_name("S")
       ->capture_default_str();
   cmd->add_option("--threads", f->config.threads, "Threads")
-      ->check(IntegerIn(1, 64))
+      ->transform(IntegerIn(1, 64))
       ->type_name("N")
       ->capture_default_str();
   // Parsed here, decimal: CLI11 would wrap "-5" and saturate past 2^64 without a word.
