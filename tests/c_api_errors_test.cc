@@ -6,6 +6,7 @@
 // behind (the buffer it probes keeps the refcount it had, and the process its
 // descriptors, huge page mappings and VmPin). doc/design.md ("Errors") has the same table.
 #include <sys/mman.h>
+#include <sys/resource.h>
 
 #include <cerrno>
 #include <cstdint>
@@ -598,6 +599,28 @@ TEST_P(CApiErrors, AnswersAsDocumentedAndLeavesNothing) {
   EXPECT_EQ(after.refcount, before.refcount) << "a reference was left behind";
   EXPECT_EQ(after.pincount, before.pincount) << "a pin was left behind";
   EXPECT_EQ(fp.Diff(hugemm::soak::ProcessFootprint::Now()), "");
+}
+
+// The kernel's refusal at open comes back as its own errno (not -EAGAIN): with no
+// descriptor left, the kernel pin table's io_uring_setup fails with EMFILE. Not a cell:
+// AddressSanitizer's own memory checks need descriptors (a pipe), so it is skipped there.
+TEST(CApiOpen, AKernelRefusalIsTheKernelsErrno) {
+#ifdef __SANITIZE_ADDRESS__
+  GTEST_SKIP() << "the sanitizer needs descriptors of its own";
+#endif
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  rlimit none = saved;
+  none.rlim_cur = 0;
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &none), 0);
+  hugemm_runtime* rt = nullptr;
+  const int rc = hugemm_open(nullptr, &rt);
+  const std::string message = hugemm_last_error();
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
+  EXPECT_EQ(rc, -EMFILE) << message;
+  EXPECT_NE(message.find("EMFILE"), std::string::npos) << message;
+  EXPECT_EQ(rt, nullptr);
+  hugemm_close(rt);
 }
 
 INSTANTIATE_TEST_SUITE_P(Matrix, CApiErrors, testing::ValuesIn(Matrix()),

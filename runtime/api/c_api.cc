@@ -187,7 +187,9 @@ int hugemm_open(const hugemm_options* options, hugemm_runtime** out) {
     ro.kernel_pins = options->kernel_pins != 0;
   }
   absl::StatusOr<std::unique_ptr<hugemm::Runtime>> rt = hugemm::Runtime::Open(ro);
-  if (!rt.ok()) return Fail(rt.status());
+  // What fails here is the kernel's refusal (the io_uring of the kernel pins, a file):
+  // its own errno, as hugemm.h promises, not the status code's.
+  if (!rt.ok()) return hugemm::CApiFailKernel(rt.status());
   *out = new hugemm_runtime{std::move(*rt)};
   return Ok();
 }
