@@ -152,6 +152,12 @@ std::vector<Cell> Matrix() {
          hugemm_buffer_options o{HUGEMM_BACKING_HUGETLB, 3 * 4096, -1, nullptr};
          return long{hugemm_map_buffer(w.rt, k2M, &o, &b)};
        }},
+      {"map_buffer", "offline_node", -EINVAL,
+       [](World& w) {
+         hugemm_buffer b;
+         hugemm_buffer_options o{HUGEMM_BACKING_HUGETLB, 0, 1000, nullptr};
+         return long{hugemm_map_buffer(w.rt, k2M, &o, &b)};
+       }},
       // hugemm_alloc
       {"alloc", "null_runtime", -EINVAL,
        [](World&) {
@@ -180,6 +186,12 @@ std::vector<Cell> Matrix() {
        [](World& w) {
          hugemm_buffer b;
          hugemm_buffer_options o{HUGEMM_BACKING_ANON, k2M, -1, nullptr};
+         return long{hugemm_alloc(w.rt, 4096, &o, 0, &b)};
+       }},
+      {"alloc", "offline_node", -EINVAL,
+       [](World& w) {
+         hugemm_buffer b;
+         hugemm_buffer_options o{HUGEMM_BACKING_HUGETLB, 0, 1000, nullptr};
          return long{hugemm_alloc(w.rt, 4096, &o, 0, &b)};
        }},
       // hugemm_free
