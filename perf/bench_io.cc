@@ -10,6 +10,7 @@
 #include <sys/statfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -72,6 +73,13 @@ class Target {
     }
     size_ = c.size == 0 ? bytes : std::min<uint64_t>(c.size, bytes);
     if (size_ == 0) return absl::InvalidArgumentError(absl::StrCat("--file ", path_, " is empty"));
+    // Each I/O lands on a whole block inside the first size_ bytes: one must fit.
+    const uint32_t largest = *std::max_element(c.block_sizes.begin(), c.block_sizes.end());
+    if (size_ < largest) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--file ", path_, ": ", size_, " bytes", c.size != 0 && c.size < bytes ? " (--size)" : "",
+          " are fewer than the largest block, ", largest));
+    }
     return absl::OkStatus();
   }
 

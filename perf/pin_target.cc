@@ -62,7 +62,13 @@ absl::StatusOr<PinTarget> ResolvePinTarget(const PinBenchConfig& c) {
   PinTarget t;
   t.buffer.backing = c.backing;
   t.buffer.page_size = c.page_size;
-  if (c.backing == BackingKind::kAnon) t.buffer.page_size = kPageSize4K;
+  if (c.backing == BackingKind::kAnon) {
+    if (c.page_size != 0 && c.page_size != kPageSize4K) {
+      return absl::InvalidArgumentError(absl::StrCat("--page-size ", PageSizeName(c.page_size),
+                                                     ": the anon backing has 4K pages only"));
+    }
+    t.buffer.page_size = kPageSize4K;
+  }
   if (c.backing != BackingKind::kDevDax && t.buffer.page_size == 0) {
     t.buffer.page_size = kPageSize2M;
   }

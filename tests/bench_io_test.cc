@@ -132,9 +132,19 @@ TEST(BenchIo, BadConfigsAreRefusedByName) {
   const std::string out = RunCli("bench io --seconds 0.05 --file " + path + " 2>&1", &rc);
   EXPECT_EQ(rc, 2) << out;
   EXPECT_THAT(out, HasSubstr("--write-existing"));
+  // A file (or the --size of it) smaller than a block has no block to read: refused, not
+  // a division by zero.
+  const std::string small = RunCli(
+      "bench io --seconds 0.05 --rw randread --bs 4K,128K --size 64K --file " + path + " 2>&1",
+      &rc);
+  EXPECT_EQ(rc, 1) << small;
+  EXPECT_THAT(small, HasSubstr("fewer than the largest block, 131072"));
   unlink(path.c_str());
 
   EXPECT_EQ(RunCli("bench io --bs 3K 2>&1", &rc).find("multiple of 4K") != std::string::npos, true);
+  EXPECT_EQ(rc, 2);
+  // 4G + 4K: refused as given, not taken modulo 2^32 as a 4K block.
+  EXPECT_THAT(RunCli("bench io --bs 4294971392 2>&1", &rc), HasSubstr("--bs 4294971392"));
   EXPECT_EQ(rc, 2);
 }
 

@@ -1,11 +1,12 @@
 // The bad-input matrix of hugemm.h: every public function against each kind of bad input
 // that applies to it (NULL runtime, NULL output, zero length, unaligned, absurd length,
 // unknown flags, conflicting flags, a freed pointer, a pointer from another runtime, a
-// stale subscription). Each cell is its own test: the call returns the errno hugemm.h
-// documents for it with a message, and leaves nothing behind (the buffer it probes keeps
-// the refcount it had, and the process its descriptors, huge page mappings and VmPin).
-// doc/design.md ("Errors") has the same table.
+// stale subscription, a call from a notifier callback). Each cell is its own test: the
+// call returns the errno hugemm.h documents for it with a message, and leaves nothing
+// behind (the buffer it probes keeps the refcount it had, and the process its
+// descriptors, huge page mappings and VmPin). doc/design.md ("Errors") has the same table.
 #include <sys/mman.h>
+#include <sys/resource.h>
 
 #include <cerrno>
 #include <cstdint>
@@ -59,6 +60,42 @@ long PinFoliosAt(World& w, const void* addr, size_t length, unsigned flags) {
 long PinSegmentsAt(World& w, const void* addr, size_t length, unsigned flags) {
   hugemm_dma_segment segs[4];
   return hugemm_pin_segments(w.rt, addr, length, flags, 0, segs, 4);
+}
+
+// A call made from a notifier callback of the runtime it names: the callbacks run under
+// the lock that subscribing, unsubscribing and unmapping take, so those must not wait for
+// it there. Maps a 2M buffer, subscribes to it with a start callback that makes `call`,
+// frees the buffer (which runs the callback) and returns what `call` returned there;
+// -EIO when the callbacks did not run once each (or the end ran after an unsubscribe). The message
+// of the call is kept in g_message.
+struct InCallback {
+  World* w;
+  hugemm_subscription* sub = nullptr;
+  std::function<long(InCallback&)> call;
+  long rc = -EIO;
+  int starts = 0, ends = 0;
+};
+
+long FromCallback(World& w, std::function<long(InCallback&)> call) {
+  InCallback in{&w, nullptr, std::move(call)};
+  hugemm_buffer b;
+  if (hugemm_map_buffer(w.rt, k2M, nullptr, &b) != 0) return -EIO;
+  auto start = [](void* user, const void*, size_t, int) {
+    auto* in = static_cast<InCallback*>(user);
+    ++in->starts;
+    in->rc = in->call(*in);
+    g_message = hugemm_last_error();
+  };
+  auto end = [](void* user, const void*, size_t, int) { ++static_cast<InCallback*>(user)->ends; };
+  if (hugemm_subscribe(w.rt, b.data, k2M, start, end, &in, &in.sub, nullptr) != 0 ||
+      hugemm_free(w.rt, b.data) != 0) {
+    return -EIO;
+  }
+  // A call that unsubscribed (and cleared in.sub) silenced the rest: no end after it.
+  const bool unsubscribed = in.sub == nullptr;
+  if (!unsubscribed) hugemm_unsubscribe(in.sub);
+  if (in.starts != 1 || in.ends != (unsubscribed ? 0 : 1)) return -EIO;
+  return in.rc;
 }
 
 std::vector<Cell> Matrix() {
@@ -115,6 +152,12 @@ std::vector<Cell> Matrix() {
          hugemm_buffer_options o{HUGEMM_BACKING_HUGETLB, 3 * 4096, -1, nullptr};
          return long{hugemm_map_buffer(w.rt, k2M, &o, &b)};
        }},
+      {"map_buffer", "offline_node", -EINVAL,
+       [](World& w) {
+         hugemm_buffer b;
+         hugemm_buffer_options o{HUGEMM_BACKING_HUGETLB, 0, 1000, nullptr};
+         return long{hugemm_map_buffer(w.rt, k2M, &o, &b)};
+       }},
       // hugemm_alloc
       {"alloc", "null_runtime", -EINVAL,
        [](World&) {
@@ -145,6 +188,12 @@ std::vector<Cell> Matrix() {
          hugemm_buffer_options o{HUGEMM_BACKING_ANON, k2M, -1, nullptr};
          return long{hugemm_alloc(w.rt, 4096, &o, 0, &b)};
        }},
+      {"alloc", "offline_node", -EINVAL,
+       [](World& w) {
+         hugemm_buffer b;
+         hugemm_buffer_options o{HUGEMM_BACKING_HUGETLB, 0, 1000, nullptr};
+         return long{hugemm_alloc(w.rt, 4096, &o, 0, &b)};
+       }},
       // hugemm_free
       {"free", "null_runtime", -EINVAL,
        [](World& w) { return long{hugemm_free(nullptr, w.buf.data)}; }},
@@ -154,6 +203,22 @@ std::vector<Cell> Matrix() {
       {"free", "freed_pointer", -ENOENT, [](World& w) { return long{hugemm_free(w.rt, w.freed)}; }},
       {"free", "other_runtime", -ENOENT,
        [](World& w) { return long{hugemm_free(w.rt, w.other_buf.data)}; }},
+      {"free", "inside_callback", -EDEADLK,
+       [](World& w) {
+         hugemm_buffer other;
+         if (hugemm_map_buffer(w.rt, k2M, nullptr, &other) != 0) return long{-EIO};
+         const long rc = FromCallback(
+             w, [&](InCallback& in) { return long{hugemm_free(in.w->rt, other.data)}; });
+         // Refused there, it frees after.
+         return hugemm_free(w.rt, other.data) == 0 ? rc : long{-EIO};
+       }},
+      {"free", "inside_callback_of_other_runtime", 0,
+       [](World& w) {
+         hugemm_buffer other;
+         if (hugemm_map_buffer(w.other, k2M, nullptr, &other) != 0) return long{-EIO};
+         return FromCallback(
+             w, [&](InCallback& in) { return long{hugemm_free(in.w->other, other.data)}; });
+       }},
       // hugemm_register_external
       {"register_external", "null_runtime", -EINVAL,
        [](World& w) {
@@ -181,6 +246,29 @@ std::vector<Cell> Matrix() {
        [](World& w) {
          uint64_t id;
          return long{hugemm_register_external(w.rt, w.freed, k2M, &id)};
+       }},
+      {"register_external", "not_faulted_in", -EFAULT,
+       [](World& w) {
+         uint64_t id;
+         void* mem = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+         if (mem == MAP_FAILED) return long{-EIO};
+         const long rc = hugemm_register_external(w.rt, mem, 4096, &id);
+         g_message = hugemm_last_error();
+         if (rc == 0) (void)hugemm_unregister_external(w.rt, id);
+         munmap(mem, 4096);
+         return rc;
+       }},
+      {"register_external", "part_of_a_huge_page", -EINVAL,
+       [](World& w) {
+         uint64_t id;
+         void* mem = mmap(nullptr, k2M, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+         if (mem == MAP_FAILED) return long{-EIO};
+         const long rc = hugemm_register_external(w.rt, mem, 4096, &id);
+         g_message = hugemm_last_error();
+         if (rc == 0) (void)hugemm_unregister_external(w.rt, id);
+         munmap(mem, k2M);
+         return rc;
        }},
       {"register_external", "own_buffer", -EEXIST,
        [](World& w) {
@@ -224,6 +312,22 @@ std::vector<Cell> Matrix() {
        }},
       {"unregister_external", "unknown_id", -ENOENT,
        [](World& w) { return long{hugemm_unregister_external(w.rt, 0xdead'beef)}; }},
+      {"unregister_external", "inside_callback", -EDEADLK,
+       [](World& w) {
+         uint64_t id = 0;
+         void* mem = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+         if (mem == MAP_FAILED) return long{-EIO};
+         static_cast<char*>(mem)[0] = 1;
+         if (hugemm_register_external(w.rt, mem, 4096, &id) != 0) {
+           munmap(mem, 4096);
+           return long{-EIO};
+         }
+         const long rc =
+             FromCallback(w, [&](InCallback& in) { return long{hugemm_unregister_external(in.w->rt, id)}; });
+         const bool undone = hugemm_unregister_external(w.rt, id) == 0;
+         munmap(mem, 4096);
+         return undone ? rc : long{-EIO};
+       }},
       // hugemm_pin_pages
       {"pin_pages", "null_runtime", -EINVAL,
        [](World& w) {
@@ -284,6 +388,11 @@ std::vector<Cell> Matrix() {
        [=](World& w) { return PinSegmentsAt(w, w.buf.data, k2M, kPin | kUnknown); }},
       {"pin_segments", "conflicting_flags", -EINVAL,
        [=](World& w) { return PinSegmentsAt(w, w.buf.data, k2M, HUGEMM_PIN | HUGEMM_GET); }},
+      {"pin_segments", "max_segment_below_4k", -EINVAL,
+       [=](World& w) {
+         hugemm_dma_segment segs[4];
+         return hugemm_pin_segments(w.rt, w.buf.data, 8192, kPin, 4095, segs, 4);
+       }},
       {"pin_segments", "freed_pointer", -ENOENT,
        [=](World& w) { return PinSegmentsAt(w, w.freed, k2M, kPin); }},
       {"pin_segments", "other_runtime", -ENOENT,
@@ -407,6 +516,27 @@ std::vector<Cell> Matrix() {
          if (rc == 0) hugemm_unsubscribe(s);
          return rc;
        }},
+      {"subscribe", "inside_callback", -EDEADLK,
+       [](World& w) {
+         return FromCallback(w, [](InCallback& in) {
+           hugemm_subscription* s = nullptr;
+           const long rc = hugemm_subscribe(in.w->rt, in.w->buf.data, k2M, nullptr, nullptr,
+                                            nullptr, &s, nullptr);
+           if (rc == 0) hugemm_unsubscribe(s);
+           return rc;
+         });
+       }},
+      // hugemm_unsubscribe
+      {"unsubscribe", "inside_callback", 0,
+       [](World& w) {
+         // From its own start callback: at once no callback of it runs (not its end), and
+         // it ends after the announcement instead of waiting for the lock it holds.
+         return FromCallback(w, [](InCallback& in) {
+           hugemm_unsubscribe(in.sub);
+           in.sub = nullptr;
+           return 0L;
+         });
+       }},
       // hugemm_unsubscribe
       {"unsubscribe", "null_subscription", kNoReturn,
        [](World&) {
@@ -481,6 +611,28 @@ TEST_P(CApiErrors, AnswersAsDocumentedAndLeavesNothing) {
   EXPECT_EQ(after.refcount, before.refcount) << "a reference was left behind";
   EXPECT_EQ(after.pincount, before.pincount) << "a pin was left behind";
   EXPECT_EQ(fp.Diff(hugemm::soak::ProcessFootprint::Now()), "");
+}
+
+// The kernel's refusal at open comes back as its own errno (not -EAGAIN): with no
+// descriptor left, the kernel pin table's io_uring_setup fails with EMFILE. Not a cell:
+// AddressSanitizer's own memory checks need descriptors (a pipe), so it is skipped there.
+TEST(CApiOpen, AKernelRefusalIsTheKernelsErrno) {
+#ifdef __SANITIZE_ADDRESS__
+  GTEST_SKIP() << "the sanitizer needs descriptors of its own";
+#endif
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  rlimit none = saved;
+  none.rlim_cur = 0;
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &none), 0);
+  hugemm_runtime* rt = nullptr;
+  const int rc = hugemm_open(nullptr, &rt);
+  const std::string message = hugemm_last_error();
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
+  EXPECT_EQ(rc, -EMFILE) << message;
+  EXPECT_NE(message.find("EMFILE"), std::string::npos) << message;
+  EXPECT_EQ(rt, nullptr);
+  hugemm_close(rt);
 }
 
 INSTANTIATE_TEST_SUITE_P(Matrix, CApiErrors, testing::ValuesIn(Matrix()),

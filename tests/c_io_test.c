@@ -63,6 +63,7 @@ int main(void) {
   int devnull = open("/dev/null", O_RDONLY);
   CHECK_ERR(hugemm_io_attach(rt, devnull, NULL, &io), -EOPNOTSUPP, "not an io_uring instance");
   close(devnull);
+  CHECK_ERR(hugemm_io_attach(rt, devnull, NULL, &io), -EBADF, "not an io_uring instance");
   struct io_uring taken;
   CHECK(io_uring_queue_init(2, &taken, 0) == 0);
   CHECK(io_uring_register_buffers_sparse(&taken, 2) == 0);

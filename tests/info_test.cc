@@ -139,7 +139,13 @@ TEST(InfoCli, RejectsUnknownArguments) {
   int rc = 0;
   RunCli("info --bogus 2>/dev/null", &rc);
   EXPECT_EQ(rc, 2);
-  RunCli("nonsense 2>/dev/null", &rc);
+  // The message names the word, not only that a command is missing.
+  EXPECT_THAT(RunCli("nonsense 2>&1 >/dev/null", &rc), HasSubstr("unknown command \"nonsense\""));
+  EXPECT_EQ(rc, 2);
+  EXPECT_THAT(RunCli("bench nonsense 2>&1 >/dev/null", &rc),
+              HasSubstr("hugemm bench: unknown command \"nonsense\""));
+  EXPECT_EQ(rc, 2);
+  EXPECT_THAT(RunCli("--bogus 2>&1 >/dev/null", &rc), HasSubstr("unknown flag \"--bogus\""));
   EXPECT_EQ(rc, 2);
   RunCli("2>/dev/null", &rc);  // a command is required
   EXPECT_EQ(rc, 2);
@@ -163,7 +169,14 @@ TEST(Cli, BadValuesAreUsageErrorsNamingFlagAndValue) {
         Case{"bench pin --output=rows", "--output", "rows"},
         Case{"bench pin --compare kernel,disk", "--compare", "disk"},
         Case{"bench alloc --iterations 5", "--iterations", "5"},
-        Case{"bench mr --registrations 0", "--registrations", "0"}}) {
+        Case{"bench mr --registrations 0", "--registrations", "0"},
+        Case{"info --sysfs-root /nonexistent", "--sysfs-root", "/nonexistent"},
+        Case{"bench pin --backing anon --page-size 2M", "--page-size", "2M"},
+        Case{"stress --seed -5", "--seed", "-5"},
+        Case{"stress --seed 18446744073709551616", "--seed", "18446744073709551616"},
+        Case{"verify --range 0x1000 0", "--range", "0x1000 0"},
+        Case{"verify --range 0x1001 4096", "--range", "0x1001"},
+        Case{"verify --range 0xfffffffffffff000 8192", "--range", "0xfffffffffffff000"}}) {
     int rc = 0;
     const std::string err = RunCli(std::string(c.args) + " 2>&1 >/dev/null", &rc);
     EXPECT_EQ(rc, 2) << c.args << ": " << err;
@@ -198,7 +211,7 @@ TEST(Cli, HelpForEveryCommandAndVersion) {
 
 // gup_test's short flags, and --flag value and --flag=value, give the same run.
 TEST(BenchCli, PinTakesGupTestFlagsAndBothLongForms) {
-  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 5);
   for (const char* args :
        {"-m 2 -r 1 --page-size 2M", "-m 2 -r 1 --page-size=2M", "-m2 -r1 -n 64 -a -w -S -H -j 1"}) {
     int rc = 0;
@@ -219,6 +232,11 @@ TEST(BenchCli, PinTakesGupTestFlagsAndBothLongForms) {
   int rc = 0;
   EXPECT_EQ(Parse(RunCli("bench pin --json -m 2 -r 1 -u -W", &rc))["flags"], "GET");
   EXPECT_EQ(Parse(RunCli("bench pin --json -m 2 -r 1 -L -P", &rc))["flags"], "PIN|WRITE|LONGTERM");
+  // Numbers are decimal with leading zeros too: not octal, not refused.
+  const Json lead = Parse(RunCli("bench pin --json -m 010 -r 01", &rc));
+  ASSERT_TRUE(lead.is_object()) << rc;
+  EXPECT_EQ(lead["size_mib"].get<int>(), 10);
+  EXPECT_EQ(Parse(RunCli("bench pin --json -m 08 -r 1", &rc))["size_mib"], 8) << rc;
 }
 
 // Folio spans carry the call floor beside the floor; the other outputs have none.

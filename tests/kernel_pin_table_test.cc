@@ -18,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "hugemm/runtime.h"
 #include "tests/fake_os.h"
+#include "tests/faulty_os.h"
 #include "tests/test_util.h"
 
 namespace hugemm::testing {
@@ -182,6 +183,22 @@ TEST(KernelPinTableOnFake, BadInputIsRefused) {
   EXPECT_THAT(unmapped.message(), HasSubstr("not mapped"));
   EXPECT_EQ((*table)->stats().used, 0u);
   (*table)->MemoryRemoving({.data = page, .length = 4096});  // unknown: ignored
+}
+
+// The refusals keep the kernel's errno under their codes: the C API answers with it.
+TEST(KernelPinTableOnFake, ARefusedRingKeepsTheKernelsErrno) {
+  FakeOs fake;
+  FaultyOs os(fake);
+  os.FailEvery(OsCall::kIoUringSetup, EMFILE);
+  absl::Status setup = KernelPinTable::Create(os, {.slots = 2}).status();
+  EXPECT_EQ(setup.code(), absl::StatusCode::kUnavailable) << setup;
+  EXPECT_EQ(ErrnoOf(setup), EMFILE) << setup;
+  os.Reset();
+  os.FailEvery(OsCall::kIoUringRegisterSparseBuffers, ENOMEM);
+  absl::Status table = KernelPinTable::Create(os, {.slots = 2}).status();
+  EXPECT_EQ(table.code(), absl::StatusCode::kResourceExhausted) << table;
+  EXPECT_EQ(ErrnoOf(table), ENOMEM) << table;
+  EXPECT_TRUE(os.live_fds().empty());
 }
 
 TEST(KernelPinTableOnFake, RuntimeOpenRefusesABadSlotCount) {

@@ -58,7 +58,10 @@ typedef struct hugemm_options {
  * refused (e.g. io_uring for kernel pins), named by the message. */
 int hugemm_open(const hugemm_options* options, hugemm_runtime** out);
 /* Frees every buffer still held, ends every subscription still open (their handles
- * stay valid for hugemm_unsubscribe alone) and closes. NULL is ignored. */
+ * stay valid for hugemm_unsubscribe alone) and closes. Memory still pinned (a page
+ * array, spans or segments not unpinned) may still be in a device's hands: it stays
+ * mapped, with its huge pages, until the process exits, so unpin before closing. NULL is
+ * ignored. */
 void hugemm_close(hugemm_runtime* rt);
 
 /* ---- memory ---------------------------------------------------------------------- */
@@ -76,6 +79,10 @@ typedef struct hugemm_buffer_options {
   int node;         /* NUMA node, -1 = any */
   const char* path; /* devdax: the device; hugetlbfs: a file name in the mount, or NULL */
 } hugemm_buffer_options;
+/* A hugetlbfs file name is created (mode 0600), or opened when it exists, so that another
+ * process may map the same memory: the file and its huge pages outlive the buffer and
+ * hugemm_free, until the program unlinks it. NULL (or "") maps a private file that is
+ * gone with the buffer. */
 
 typedef struct hugemm_buffer {
   void* data;
@@ -86,29 +93,36 @@ typedef struct hugemm_buffer {
 /* Maps `length` bytes (a multiple of the page size) as one folio per native page, in
  * the runtime's shadow page table. `options` may be NULL (hugetlb, 2M, any node).
  * -EINVAL: zero, unaligned or absurd length, unknown backing, a page size the backing
- * does not have. -ENOMEM: no huge pages for it. */
+ * does not have, a NUMA node that is not online. -ENOMEM: no huge pages for it. */
 int hugemm_map_buffer(hugemm_runtime* rt, size_t length, const hugemm_buffer_options* options,
                       hugemm_buffer* out);
 /* One folio of at least `bytes` (a power of two from 4K up to the page size) from the
  * allocator's pools; zeroed unless `uninitialized`. `options` as above (path unused
  * except for devdax). -EINVAL: zero bytes or more than the page size, unknown backing,
- * a page size the backing does not have. -ENOMEM: the pool cannot grow. */
+ * a page size the backing does not have, a NUMA node that is not online. -ENOMEM: the
+ * pool cannot grow. */
 int hugemm_alloc(hugemm_runtime* rt, size_t bytes, const hugemm_buffer_options* options,
                  int uninitialized, hugemm_buffer* out);
 /* Frees the buffer starting at `data` (from hugemm_map_buffer or hugemm_alloc). Its
  * memory is reused only after the last pin on it is gone. -ENOENT: `data` is not the
- * start of a buffer of this runtime (NULL, inside one, freed, another runtime's). */
+ * start of a buffer of this runtime (NULL, inside one, freed, another runtime's).
+ * -EDEADLK: called from a notifier callback of this runtime (see hugemm_subscribe). */
 int hugemm_free(hugemm_runtime* rt, void* data);
 
 /* Registers memory this program mapped itself (e.g. its own MAP_HUGETLB buffer) as
- * borrowed folios: pinnable, never long-term. Needs readable PFNs (root). Each page keeps
- * the protection the kernel gives it: a HUGEMM_WRITE pin of memory mapped read-only fails
- * with -EPERM, and memory the program may not read is refused (-EPERM).
- * -EINVAL: NULL id, zero, unaligned or absurd length. -EEXIST: memory the runtime maps
- * already. -ENOENT: memory the process does not map. */
+ * borrowed folios: pinnable, never long-term. Needs readable PFNs (root) and every page
+ * faulted in (touched, or MAP_POPULATE). Each page keeps the protection the kernel gives
+ * it: a HUGEMM_WRITE pin of memory mapped read-only fails with -EPERM, and memory the
+ * program may not read is refused (-EPERM).
+ * -EINVAL: NULL id, zero, unaligned or absurd length, a range that is not whole pages of
+ * the size the kernel maps there (2M of a MAP_HUGETLB mapping). -EEXIST: memory the
+ * runtime maps already. -ENOENT: memory the process does not map. -EPERM: see above, and
+ * PFNs the kernel hides from this process. -EFAULT: a page not faulted in, or a huge page
+ * the kernel does not show as one physically contiguous compound page. */
 int hugemm_register_external(hugemm_runtime* rt, void* addr, size_t length, uint64_t* id);
 /* -EFAULT while any of its memory is pinned; a refused unregister changes nothing.
- * -ENOENT: an id this runtime did not hand out, or one already unregistered. */
+ * -ENOENT: an id this runtime did not hand out, or one already unregistered.
+ * -EDEADLK: called from a notifier callback of this runtime (see hugemm_subscribe). */
 int hugemm_unregister_external(hugemm_runtime* rt, uint64_t id);
 
 /* ---- pin / unpin ----------------------------------------------------------------- */
@@ -172,7 +186,8 @@ long hugemm_pin_pages(hugemm_runtime* rt, const void* addr, size_t npages, unsig
 long hugemm_pin_folios(hugemm_runtime* rt, const void* addr, size_t length, unsigned flags,
                        hugemm_folio_span* spans, size_t cap);
 /* Pins [addr, addr + length) and writes its physically contiguous runs, each at most
- * `max_segment` bytes (0 = unlimited), at most `cap`. Returns the segment count.
+ * `max_segment` bytes (0 = unlimited; else at least 4K, -EINVAL below, and runs split at
+ * its whole 4K pages), at most `cap`. Returns the segment count.
  * Segments name no folios, so the runtime keeps the folio runs this call pinned until
  * hugemm_unpin_range with the same addr, length and PIN or GET gives them back: exactly
  * what was pinned, also after hugemm_free and after a HUGEMM_PARTIAL pin. */
@@ -249,7 +264,13 @@ typedef struct hugemm_subscription hugemm_subscription;
 /* Hears changes to [addr, addr + length): `start` before, `end` after (either may be
  * NULL). *sequence (if not NULL) receives a word to read without a call: a registration
  * built while (*seq & 0xffff) == 0 stays valid exactly while *seq is unchanged.
- * -EINVAL: zero length, a range that wraps the address space. */
+ * The callbacks run on the thread that changes the mapping, one announcement at a time
+ * under the runtime's notifier lock. They may translate, pin, unpin, map and allocate;
+ * hugemm_subscribe, hugemm_free and hugemm_unregister_external of the same runtime
+ * refuse there with -EDEADLK (they take that lock), hugemm_unsubscribe there takes
+ * effect at once and finishes after the announcement, and hugemm_close must not be
+ * called from one.
+ * -EINVAL: zero length, a range that wraps the address space. -EDEADLK: see above. */
 int hugemm_subscribe(hugemm_runtime* rt, const void* addr, size_t length,
                      hugemm_invalidate_fn start, hugemm_invalidate_fn end, void* user,
                      hugemm_subscription** out, const volatile uint64_t** sequence);

@@ -57,10 +57,11 @@ typedef struct hugemm_io_options {
 } hugemm_io_options;
 
 /* Gives the ring at `ring_fd` the runtime's fixed buffers (`options` may be NULL).
- * -EINVAL bad arguments; -EBUSY the ring has registered buffers already; -EFAULT clone
- * asked with the runtime's kernel pins off; -EOPNOTSUPP clone asked on a kernel without
- * IORING_REGISTER_CLONE_BUFFERS, or `ring_fd` is no io_uring (-EBADF: no descriptor);
- * -ENOMEM RLIMIT_MEMLOCK (iovec mode). */
+ * -EINVAL bad arguments (a negative `ring_fd` among them); -EBUSY the ring has registered
+ * buffers already; -EFAULT clone asked with the runtime's kernel pins off; -EOPNOTSUPP
+ * clone asked on a kernel without IORING_REGISTER_CLONE_BUFFERS, or `ring_fd` is no
+ * io_uring (-EBADF: no open descriptor of that number); -ENOMEM RLIMIT_MEMLOCK (iovec
+ * mode). */
 int hugemm_io_attach(hugemm_runtime* rt, int ring_fd, const hugemm_io_options* options,
                      hugemm_io** out);
 /* Unregisters the ring's table and unpins what is still in flight. NULL is ignored. */

@@ -41,7 +41,9 @@ typedef struct hugemm_vfio_options {
  * the caller's: it must stay open until hugemm_vfio_detach.
  * -EINVAL: bad arguments, an empty or unaligned IOVA window. -ENOMEM: no room in the
  * window. Otherwise VFIO_IOMMU_MAP_DMA's errno (e.g. -EPERM, -EFAULT), with the range
- * in the message; nothing stays mapped. */
+ * in the message; nothing stays mapped. Once attached, memory the container refuses
+ * (or the window has no room for) fails the hugemm_map_buffer or hugemm_alloc that
+ * brought it, which then maps nothing; that call's message names the ioctl's errno. */
 int hugemm_vfio_attach(hugemm_runtime* rt, int container_fd, const hugemm_vfio_options* options,
                        hugemm_vfio** out);
 /* Unmaps everything it mapped; the device must be quiet. NULL is ignored. */

@@ -75,7 +75,14 @@ absl::Status Pool::Grow(int order) {
     extent = config_.backing->Map(
         {.length = min_length, .node = config_.key.node, .align = region_size});
   }
-  if (!extent.ok()) return Exhausted(order, extent.status().message());
+  if (!extent.ok()) {
+    // A request no memory could satisfy (a node that is not online, a device's memory on
+    // another node) is the caller's to fix, not this pool running out.
+    if (extent.status().code() == absl::StatusCode::kInvalidArgument) {
+      return sys::Annotate(extent.status(), Name());
+    }
+    return Exhausted(order, extent.status().message());
+  }
 
   const size_t n = extent->size() / region_size;
   Folio* heads = TakeHeads(n);

@@ -1,6 +1,7 @@
 // The C API over hugemm::Runtime: statuses become negative errnos plus a thread-local
 // message; C structs mirror the C++ ones field by field.
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <map>
@@ -8,6 +9,7 @@
 #include <set>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -17,6 +19,9 @@
 
 struct hugemm_subscription {
   hugemm_runtime* rt = nullptr;  // null once its runtime is closed
+  // Unsubscribed from inside a callback: its callbacks no longer run, and the
+  // subscription ends once no announcement holds the registry (DrainDeferred).
+  std::atomic<bool> muted{false};
   std::unique_ptr<hugemm::RangeSubscription> sub;
 };
 
@@ -24,6 +29,21 @@ namespace {
 
 thread_local std::string g_last_error;
 std::mutex g_subscriptions_mu;
+
+// A runtime's callbacks run under its notifier registry's lock, on the thread that
+// changes the mapping; that lock is what subscribing, unsubscribing and unmapping take.
+// So while a callback of a runtime runs on this thread, its runtime is recorded here:
+// the calls that would wait for that lock refuse (EDEADLK) instead of hanging, and an
+// unsubscribe is muted at once and finished after the announcement.
+thread_local const hugemm_runtime* t_in_callback_of = nullptr;
+
+// The subscriptions this thread unsubscribed from inside a callback, ended on its next
+// call that may take the lock (and at thread exit).
+struct Deferred {
+  std::vector<hugemm_subscription*> subs;
+  ~Deferred();
+};
+thread_local Deferred t_deferred;
 
 int NegativeErrnoOf(absl::StatusCode code) {
   switch (code) {
@@ -53,6 +73,33 @@ int NegativeErrnoOf(absl::StatusCode code) {
 
 using hugemm::c_api_internal::Fail;
 using hugemm::c_api_internal::Ok;
+
+void EndSubscription(hugemm_subscription* sub) {
+  {
+    std::lock_guard<std::mutex> lock(g_subscriptions_mu);
+    if (sub->rt != nullptr) sub->rt->subscriptions.erase(sub);
+  }
+  delete sub;
+}
+
+// Ends what this thread unsubscribed inside callbacks, unless it is inside one now.
+void DrainDeferred() {
+  if (t_in_callback_of != nullptr) return;
+  std::vector<hugemm_subscription*> subs;
+  subs.swap(t_deferred.subs);
+  for (hugemm_subscription* s : subs) EndSubscription(s);
+}
+
+Deferred::~Deferred() { DrainDeferred(); }
+
+// -EDEADLK when this thread runs a callback of `rt`, whose lock `what` would wait for.
+int RefuseInCallback(const hugemm_runtime* rt, const char* what) {
+  if (t_in_callback_of != rt) return 0;
+  return Fail(EDEADLK, absl::StrCat(what,
+                                    ": called from a notifier callback of this runtime, which "
+                                    "runs under the lock this call takes; call it after the "
+                                    "callback returns"));
+}
 
 bool ToKind(int backing, hugemm::BackingKind* out) {
   switch (backing) {
@@ -140,13 +187,16 @@ int hugemm_open(const hugemm_options* options, hugemm_runtime** out) {
     ro.kernel_pins = options->kernel_pins != 0;
   }
   absl::StatusOr<std::unique_ptr<hugemm::Runtime>> rt = hugemm::Runtime::Open(ro);
-  if (!rt.ok()) return Fail(rt.status());
+  // What fails here is the kernel's refusal (the io_uring of the kernel pins, a file):
+  // its own errno, as hugemm.h promises, not the status code's.
+  if (!rt.ok()) return hugemm::CApiFailKernel(rt.status());
   *out = new hugemm_runtime{std::move(*rt)};
   return Ok();
 }
 
 void hugemm_close(hugemm_runtime* rt) {
   if (rt == nullptr) return;
+  DrainDeferred();
   std::vector<std::unique_ptr<hugemm::RangeSubscription>> ended;
   {
     std::lock_guard<std::mutex> lock(g_subscriptions_mu);
@@ -196,8 +246,10 @@ int hugemm_alloc(hugemm_runtime* rt, size_t bytes, const hugemm_buffer_options* 
 
 int hugemm_free(hugemm_runtime* rt, void* data) {
   HUGEMM_C_CHECK(rt != nullptr, "hugemm_free: NULL runtime");
-  if (absl::Status st = rt->rt->Free(data); !st.ok()) return Fail(st);
-  return Ok();
+  if (int rc = RefuseInCallback(rt, "hugemm_free")) return rc;
+  const absl::Status st = rt->rt->Free(data);
+  DrainDeferred();
+  return st.ok() ? Ok() : Fail(st);
 }
 
 int hugemm_register_external(hugemm_runtime* rt, void* addr, size_t length, uint64_t* id) {
@@ -210,8 +262,10 @@ int hugemm_register_external(hugemm_runtime* rt, void* addr, size_t length, uint
 
 int hugemm_unregister_external(hugemm_runtime* rt, uint64_t id) {
   HUGEMM_C_CHECK(rt != nullptr, "hugemm_unregister_external: NULL runtime");
-  if (absl::Status st = rt->rt->UnregisterExternal(id); !st.ok()) return Fail(st);
-  return Ok();
+  if (int rc = RefuseInCallback(rt, "hugemm_unregister_external")) return rc;
+  const absl::Status st = rt->rt->UnregisterExternal(id);
+  DrainDeferred();
+  return st.ok() ? Ok() : Fail(st);
 }
 
 int hugemm_maybe_dma_pinned(hugemm_runtime* rt, const void* addr) {
@@ -262,16 +316,24 @@ int hugemm_subscribe(hugemm_runtime* rt, const void* addr, size_t length,
   HUGEMM_C_CHECK(length > 0, "hugemm_subscribe: empty range");
   HUGEMM_C_CHECK(length <= UINTPTR_MAX - reinterpret_cast<uintptr_t>(addr),
                  "hugemm_subscribe: the range wraps the address space");
+  if (int rc = RefuseInCallback(rt, "hugemm_subscribe")) return rc;
+  DrainDeferred();
+  auto* s = new hugemm_subscription;
+  s->rt = rt;
   hugemm::NotifierCallbacks cb;
-  auto wrap = [user](hugemm_invalidate_fn fn) -> std::function<void(const hugemm::Invalidation&)> {
+  auto wrap = [rt, s,
+               user](hugemm_invalidate_fn fn) -> std::function<void(const hugemm::Invalidation&)> {
     if (fn == nullptr) return nullptr;
-    return [fn, user](const hugemm::Invalidation& inv) {
+    return [rt, s, fn, user](const hugemm::Invalidation& inv) {
+      if (s->muted.load(std::memory_order_acquire)) return;
+      const hugemm_runtime* outer = std::exchange(t_in_callback_of, rt);
       fn(user, reinterpret_cast<const void*>(inv.va), inv.length, static_cast<int>(inv.reason));
+      t_in_callback_of = outer;
     };
   };
   cb.invalidate_start = wrap(start);
   cb.invalidate_end = wrap(end);
-  auto* s = new hugemm_subscription{rt, rt->rt->Subscribe(addr, length, std::move(cb))};
+  s->sub = rt->rt->Subscribe(addr, length, std::move(cb));
   {
     std::lock_guard<std::mutex> lock(g_subscriptions_mu);
     rt->subscriptions.insert(s);
@@ -287,11 +349,16 @@ int hugemm_subscribe(hugemm_runtime* rt, const void* addr, size_t length,
 
 void hugemm_unsubscribe(hugemm_subscription* sub) {
   if (sub == nullptr) return;
-  {
-    std::lock_guard<std::mutex> lock(g_subscriptions_mu);
-    if (sub->rt != nullptr) sub->rt->subscriptions.erase(sub);
+  if (t_in_callback_of != nullptr) {
+    // Ending it here would wait for the lock this announcement holds (if it is this
+    // runtime's) or end a subscription under another runtime's announcement: mute it now
+    // and end it after.
+    sub->muted.store(true, std::memory_order_release);
+    t_deferred.subs.push_back(sub);
+    return;
   }
-  delete sub;
+  DrainDeferred();
+  EndSubscription(sub);
 }
 
 }  // extern "C"

@@ -51,17 +51,22 @@ absl::StatusOr<std::unique_ptr<KernelPinTable>> KernelPinTable::Create(Os& os,
     for (unsigned i = 0; i < options.slots; ++i) t->free_.insert(t->free_.end(), i);
   }
   if (!options.pin) return t;
+  // The statuses keep the kernel's errno (ErrnoOf) under their own codes: the C API
+  // answers with it.
   absl::StatusOr<int> ring = os.IoUringSetup(1);
   if (!ring.ok()) {
-    return absl::UnavailableError(absl::StrCat("kernel pin table: ", t->Explain(ring.status(), 0)));
+    return sys::WithErrno(
+        absl::UnavailableError(absl::StrCat("kernel pin table: ", t->Explain(ring.status(), 0))),
+        ErrnoOf(ring.status()));
   }
   if (absl::Status st = os.IoUringRegisterSparseBuffers(*ring, options.slots); !st.ok()) {
     (void)os.Close(*ring);
     const int err = ErrnoOf(st);
-    return absl::Status(err == ENOMEM  ? absl::StatusCode::kResourceExhausted
-                        : err == EPERM ? absl::StatusCode::kUnavailable
-                                       : absl::StatusCode::kFailedPrecondition,
-                        absl::StrCat("kernel pin table: ", t->Explain(st, 0)));
+    return sys::WithErrno(absl::Status(err == ENOMEM  ? absl::StatusCode::kResourceExhausted
+                                       : err == EPERM ? absl::StatusCode::kUnavailable
+                                                      : absl::StatusCode::kFailedPrecondition,
+                                       absl::StrCat("kernel pin table: ", t->Explain(st, 0))),
+                          err);
   }
   t->ring_fd_ = *ring;
   return t;

@@ -56,7 +56,8 @@ class KernelPinTable final : public MemoryObserver {
 
   // The ring and its sparse table, through `os`. InvalidArgument for a bad slot count;
   // Unavailable when io_uring is refused (EPERM: disabled by sysctl), ResourceExhausted
-  // when the kernel has no memory for the table.
+  // when the kernel has no memory for the table; a refusal keeps the kernel's errno
+  // (ErrnoOf).
   static absl::StatusOr<std::unique_ptr<KernelPinTable>> Create(Os& os, const Options& options);
   // Unregisters the table and closes the ring: the kernel drops every pin it holds
   // (those a program's cloned table still references stay until that table goes).

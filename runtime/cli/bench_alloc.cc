@@ -98,7 +98,7 @@ void AddBenchAllocCommand(CommandTable& table, CLI::App* bench) {
                               "metadata bytes per folio; zeroing",
                               [f] { return RunBenchAlloc(*f); });
   alloc->add_option("--iterations", f->config.iterations, "Allocate+free pairs timed")
-      ->check(IntegerIn(perf::kAllocBenchSamples, (int64_t{1} << 31) - 1))
+      ->transform(IntegerIn(perf::kAllocBenchSamples, (int64_t{1} << 31) - 1))
       ->type_name("N")
       ->capture_default_str();
   alloc->add_flag("--json", f->json, "One JSON object (keys: see doc/benchmarks.md)");

@@ -77,12 +77,12 @@ void AddBenchMrCommand(CommandTable& table, CLI::App* bench) {
   mr->add_option("--device", f->config.device, "RDMA device (default: the first one)")
       ->type_name("NAME");
   mr->add_option("--hits", f->config.hits, "Cache hits timed per size")
-      ->check(IntegerIn(perf::kMrBenchSamples, (int64_t{1} << 31) - 1))
+      ->transform(IntegerIn(perf::kMrBenchSamples, (int64_t{1} << 31) - 1))
       ->type_name("N")
       ->capture_default_str();
   mr->add_option("--registrations", f->config.registrations,
                  "Misses and ibv_reg_mr+ibv_dereg_mr pairs timed per size (1G: at most 5)")
-      ->check(IntegerIn(1, 1 << 20))
+      ->transform(IntegerIn(1, 1 << 20))
       ->type_name("N")
       ->capture_default_str();
   mr->add_flag("--json", f->json, "One JSON object (keys: see doc/benchmarks.md)");

@@ -201,15 +201,15 @@ void AddBenchPinCommand(CommandTable& table, CLI::App* bench) {
                             [f] { return RunBenchPin(*f); });
   constexpr int64_t kMax = int64_t{1} << 40;
   pin->add_option("-m", c.size_mib, "Buffer size in MiB")
-      ->check(IntegerIn(1, kMax))
+      ->transform(IntegerIn(1, kMax))
       ->type_name("MIB")
       ->capture_default_str();
   pin->add_option("-r", c.repeats, "Repeats")
-      ->check(IntegerIn(1, 1 << 20))
+      ->transform(IntegerIn(1, 1 << 20))
       ->type_name("N")
       ->capture_default_str();
   pin->add_option("-n", c.pages_per_call, "4K pages per call, -1 for the whole range")
-      ->check(IntegerIn(-1, kMax))
+      ->transform(IntegerIn(-1, kMax))
       ->type_name("N")
       ->capture_default_str();
   CLI::Option* a =
@@ -227,7 +227,7 @@ void AddBenchPinCommand(CommandTable& table, CLI::App* bench) {
       "A /dev/dax device, or a file in a hugetlbfs mount (one the run creates is removed)");
   file->type_name("FILE");
   pin->add_option("-j", c.threads, "Threads, each pinning the whole range (or see --disjoint)")
-      ->check(IntegerIn(1, 64))
+      ->transform(IntegerIn(1, 64))
       ->type_name("N")
       ->capture_default_str();
   pin->add_flag("--disjoint", c.disjoint,

@@ -49,6 +49,9 @@ CLI::Validator IntegerIn(int64_t min, int64_t max) {
         if (!absl::SimpleAtoi(value, &v))
           return absl::StrCat("\"", value, "\" is not a whole number");
         if (v < min || v > max) return absl::StrCat(value, " is not in ", min, "..", max);
+        // CLI11 converts with base 0 afterwards ("010" as octal 8, "08" not at all):
+        // hand it the decimal read here.
+        value = absl::StrCat(v);
         return "";
       },
       "");

@@ -65,6 +65,8 @@ void SetCommandLine(int argc, const char* const* argv);
 
 // Flag value checks, run before a value is converted. Each message names the value;
 // CLI11 puts the flag's name in front ("-m: \"zz\" is not a whole number").
+// IntegerIn reads decimal and hands CLI11 the number it read (whose own conversion takes
+// "010" as octal): give it with ->transform, not ->check, which would drop that.
 CLI::Validator IntegerIn(int64_t min, int64_t max);
 CLI::Validator PageSizeValue();  // "4K", "2M", "1G", "2MB", a number of bytes
 CLI::Validator AddressValue();   // decimal or 0x hexadecimal

@@ -1,22 +1,29 @@
 // hugemm: the command-line face of the runtime.
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "runtime/cli/command.h"
 
 namespace hugemm::cli {
 namespace {
 
+// The deepest command parsing reached ("bench" of "hugemm bench pin" is not it).
+const CLI::App* Selected(const CLI::App& app) {
+  const CLI::App* at = &app;
+  while (!at->get_subcommands().empty()) at = at->get_subcommands().front();
+  return at;
+}
+
 // "hugemm bench pin": the commands parsing reached, for messages.
 std::string SelectedPath(const CLI::App& app) {
   std::string path = app.get_name();
   const CLI::App* at = &app;
-  while (true) {
-    const auto subs = at->get_subcommands();
-    if (subs.empty()) return path;
-    at = subs.front();
+  while (at != Selected(app)) {
+    at = at->get_subcommands().front();
     path += " " + at->get_name();
   }
+  return path;
 }
 
 int Main(int argc, char** argv) {
@@ -45,6 +52,16 @@ int Main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
     const std::string path = SelectedPath(app);
+    // "hugemm nonsense" stops at the missing command before CLI11 looks at the extra
+    // word: name the word, not only what is missing.
+    const std::vector<std::string> extra = Selected(app)->remaining();
+    if (dynamic_cast<const CLI::RequiredError*>(&e) != nullptr && !extra.empty() &&
+        !Selected(app)->get_subcommands({}).empty()) {
+      const bool flag = extra.front().rfind('-', 0) == 0;
+      std::fprintf(stderr, "%s: unknown %s \"%s\"\nRun '%s --help' for its commands.\n",
+                   path.c_str(), flag ? "flag" : "command", extra.front().c_str(), path.c_str());
+      return kExitUsage;
+    }
     std::fprintf(stderr, "%s: %s\nRun '%s --help' for its flags.\n", path.c_str(), e.what(),
                  path.c_str());
     return kExitUsage;

@@ -2,10 +2,13 @@
 // promise broke; the report lists each.
 #include "soak/stress.h"
 
+#include <cstdint>
 #include <cstdio>
 #include <memory>
 #include <string>
 
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "runtime/cli/command.h"
 
 namespace hugemm::cli {
@@ -75,12 +78,22 @@ void AddStressCommand(CommandTable& table, CLI::App* app) {
       ->type_name("S")
       ->capture_default_str();
   cmd->add_option("--threads", f->config.threads, "Threads")
-      ->check(IntegerIn(1, 64))
+      ->transform(IntegerIn(1, 64))
       ->type_name("N")
       ->capture_default_str();
-  cmd->add_option("--seed", f->config.seed, "Seed of the threads' choices")
-      ->type_name("N")
-      ->capture_default_str();
+  // Parsed here, decimal: CLI11 would wrap "-5" and saturate past 2^64 without a word.
+  cmd->add_option_function<std::string>(
+         "--seed", [f](const std::string& v) { (void)absl::SimpleAtoi(v, &f->config.seed); },
+         "Seed of the threads' choices (default 1)")
+      ->check(CLI::Validator(
+          [](std::string& v) -> std::string {
+            uint64_t seed = 0;
+            return absl::SimpleAtoi(v, &seed)
+                       ? ""
+                       : absl::StrCat("\"", v, "\" is not a whole number from 0 to 2^64-1");
+          },
+          ""))
+      ->type_name("N");
   cmd->add_flag(
       "--no-kernel-pins", [f](int64_t) { f->config.kernel_pins = false; },
       "Map buffers without the kernel's long-term pin");

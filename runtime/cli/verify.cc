@@ -1,5 +1,6 @@
 // `hugemm verify`: maps a buffer of each page size this machine offers, mirrors it in a
 // shadow table and holds every leaf against the live kernel.
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -40,6 +41,13 @@ int RunVerify(const VerifyFlags& flags) {
   if (flags.range.size() == 2) {
     range_va = *ParseAddress(flags.range[0]);
     range_len = *ParseAddress(flags.range[1]);
+    // What no mapping of this process can be is the command line's fault.
+    if (range_len == 0 || range_va % kPageSize4K != 0 || range_len % kPageSize4K != 0 ||
+        range_len > UINTPTR_MAX - range_va) {
+      return Usage("verify", absl::InvalidArgumentError(absl::StrFormat(
+                                 "--range %s %s: not a non-empty range of whole 4K pages",
+                                 flags.range[0], flags.range[1])));
+    }
   }
 
   // Folios and extents outlive the table, which drops its references when it dies.
