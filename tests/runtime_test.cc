@@ -2,6 +2,7 @@
 // that keeps their PFNs still, and memory kept until the last pin is gone.
 #include "hugemm/runtime.h"
 
+#include <atomic>
 #include <cstring>
 
 #include "gmock/gmock.h"
@@ -69,6 +70,43 @@ TEST(Runtime, FreedBufferKeepsItsMemoryUntilTheLastUnpin) {
   EXPECT_FALSE((*rt)->Translate(data).has_value()) << "a freed buffer is out of the table";
   (*rt)->pinner().UnpinFolios(absl::MakeConstSpan(spans.data(), 1), RefKind::kPin);
   EXPECT_GE(FreeHugePages(kPageSize2M), free_before) << "the last unpin frees the memory";
+}
+
+// Hears buffers go (their memory unmapped after the last reference dropped).
+class RemovalCounter : public MemoryObserver {
+ public:
+  absl::Status MemoryAdded(const MemoryRange& /*range*/) override { return absl::OkStatus(); }
+  void MemoryRemoving(const MemoryRange& range) override {
+    if (range.kind == MemoryRangeKind::kBuffer) ++buffers_removed;
+  }
+  std::atomic<int> buffers_removed{0};
+};
+
+// A program that unmapped part of a buffer through table() still frees all of it: what
+// the table still maps of the buffer's folios goes, and so does its memory.
+TEST(Runtime, FreeUnmapsWhatIsLeftOfAPartlyUnmappedBuffer) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open({.kernel_pins = false});
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  RemovalCounter removals;
+  HUGEMM_ASSERT_OK((*rt)->AddMemoryObserver(&removals));
+  absl::StatusOr<Buffer> buf = (*rt)->MapBuffer(4 * kPageSize2M);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  std::byte* data = buf->data();
+  HUGEMM_ASSERT_OK((*rt)->table().Unmap(data, kPageSize2M));
+  HUGEMM_ASSERT_OK((*rt)->table().Unmap(data + 2 * kPageSize2M + kPageSize4K, kPageSize4K));
+  HUGEMM_ASSERT_OK(buf->Free());
+  EXPECT_FALSE((*rt)->Translate(data + kPageSize2M).has_value());
+  EXPECT_FALSE((*rt)->Translate(data + 2 * kPageSize2M).has_value());
+  EXPECT_EQ(removals.buffers_removed.load(), 1) << "the buffer's memory went back";
+
+  absl::StatusOr<Buffer> small = (*rt)->Allocate(2 * kPageSize4K);
+  ASSERT_TRUE(small.ok()) << small.status();
+  std::byte* at = small->data();
+  HUGEMM_ASSERT_OK((*rt)->table().Unmap(at, kPageSize4K));
+  HUGEMM_ASSERT_OK((*rt)->Free(at));
+  EXPECT_FALSE((*rt)->Translate(at + kPageSize4K).has_value());
+  HUGEMM_ASSERT_OK((*rt)->RemoveMemoryObserver(&removals));
 }
 
 TEST(Runtime, AllocatedFoliosArePinnableAndFreedByAddress) {
