@@ -197,7 +197,8 @@ class Backing final : public std::enable_shared_from_this<Backing> {
   // Maps, places, prefaults and records PFNs. On any error nothing stays mapped, no file
   // this call created stays, and no huge page stays reserved. Every error names the
   // backing, the length and the node, and the step and OS error where one failed:
-  //   InvalidArgument    a length that is not a positive multiple of the page size, a
+  //   InvalidArgument    a length that is not a positive multiple of the page size (or
+  //                      that, aligned, would pass the end of the address space), a
   //                      bad or offline node, a bad alignment, or what the kind refuses
   //                      (a name or offset for hugetlb and anon, a private or misaligned
   //                      devdax mapping, a file name with a '/');
