@@ -72,6 +72,29 @@ TEST(Runtime, FreedBufferKeepsItsMemoryUntilTheLastUnpin) {
   EXPECT_GE(FreeHugePages(kPageSize2M), free_before) << "the last unpin frees the memory";
 }
 
+// A pin left when the runtime closes keeps its folio's memory, untouched, until the last
+// unpin, which then gives it back.
+TEST(Runtime, PinnedFolioOutlivesTheRuntimeUntilItsLastUnpin) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open({.kernel_pins = false});
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  const int64_t free_before = FreeHugePages(kPageSize2M);
+  absl::StatusOr<Buffer> buf = (*rt)->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  buf->Detach();  // the runtime frees it when it closes
+  std::memset(buf->data(), 0x5a, kPageSize4K);
+  FolioSpan span;
+  absl::StatusOr<size_t> n =
+      (*rt)->pinner().PinFolios(buf->data(), kPageSize4K, kGupPin, absl::MakeSpan(&span, 1));
+  ASSERT_TRUE(n.ok()) << n.status();
+  rt->reset();
+  EXPECT_LE(FreeHugePages(kPageSize2M), free_before - 1);
+  EXPECT_EQ(span.folio->data[100], std::byte{0x5a});
+  EXPECT_TRUE(FolioMaybeDmaPinned(span.folio));
+  FolioUngrab(span.folio, static_cast<int32_t>(span.pages), RefKind::kPin);
+  EXPECT_GE(FreeHugePages(kPageSize2M), free_before) << "the last unpin frees the memory";
+}
+
 // Hears buffers go (their memory unmapped after the last reference dropped).
 class RemovalCounter : public MemoryObserver {
  public:

@@ -153,8 +153,10 @@ class Runtime {
   // memory for the table.
   static absl::StatusOr<std::unique_ptr<Runtime>> Open(const RuntimeOptions& options = {});
   // Frees every buffer and registration still held. Pins taken through pinner() must be
-  // released first; a folio still pinned then stays allocated (its memory is never
-  // reused while pinned) and is reported in the process log.
+  // released first. A folio of a buffer still pinned then stays allocated (its memory is
+  // never reused while pinned) until FolioUngrab drops its last pin, without a word to
+  // the memory observers; a pin of a registration's memory must not outlive the runtime
+  // (its descriptors go with it).
   ~Runtime();
   Runtime(const Runtime&) = delete;
   Runtime& operator=(const Runtime&) = delete;
