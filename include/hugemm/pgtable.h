@@ -176,6 +176,7 @@ class PageTable {
   //     than one table of its level; `va` not aligned to the folio size; `prot` without
   //     read or with unknown bits.  OutOfRange: beyond the address space.
   //   AlreadyExists: anything is mapped in the range, or a larger leaf covers it.
+  //   FailedPrecondition: a free folio (refcount 0: the caller holds no reference).
   //   ResourceExhausted: no memory for tables, or the folio's refcount would overflow.
   [[nodiscard]] absl::Status Map(Folio* folio, const void* va, Prot prot);
   // Removes every leaf in [va, va + length), splitting first the leaves that stick out of
