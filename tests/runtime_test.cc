@@ -4,6 +4,8 @@
 
 #include <atomic>
 #include <cstring>
+#include <thread>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -93,6 +95,41 @@ TEST(Runtime, PinnedFolioOutlivesTheRuntimeUntilItsLastUnpin) {
   EXPECT_TRUE(FolioMaybeDmaPinned(span.folio));
   FolioUngrab(span.folio, static_cast<int32_t>(span.pages), RefKind::kPin);
   EXPECT_GE(FreeHugePages(kPageSize2M), free_before) << "the last unpin frees the memory";
+}
+
+// Buffers of one runtime are made and freed on several threads at once, while another
+// thread asks where addresses belong.
+TEST(Runtime, BuffersComeAndGoOnManyThreadsAtOnce) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open({.kernel_pins = false});
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  absl::StatusOr<Buffer> first = (*rt)->Allocate(kPageSize4K);
+  ASSERT_TRUE(first.ok()) << first.status();
+  std::atomic<bool> stop{false};
+  std::atomic<int> failures{0};
+  std::thread asker([&] {
+    while (!stop.load()) {
+      if (!(*rt)->BufferAt(first->data()).ok()) ++failures;
+    }
+  });
+  std::vector<std::thread> workers;
+  for (int t = 0; t < 2; ++t) {
+    workers.emplace_back([&, t] {
+      for (int i = 0; i < 200; ++i) {
+        absl::StatusOr<Buffer> b = (*rt)->Allocate(kPageSize4K << (i % 4));
+        if (!b.ok()) {
+          ++failures;
+          continue;
+        }
+        b->data()[0] = std::byte{static_cast<uint8_t>(t)};
+        if (!(t == 0 ? b->Free() : (*rt)->Free(b->data())).ok()) ++failures;
+      }
+    });
+  }
+  for (std::thread& w : workers) w.join();
+  stop = true;
+  asker.join();
+  EXPECT_EQ(failures.load(), 0);
 }
 
 // Hears buffers go (their memory unmapped after the last reference dropped).

@@ -114,6 +114,9 @@ class Runtime;
 
 // A mapping handed out by a Runtime. Move-only; dropping it frees the mapping (the memory
 // stays until no pin holds it). Must not outlive its Runtime.
+//
+// Thread safety: like a value: one thread at a time may use, move or free a Buffer;
+// different Buffers of one runtime may be freed on any threads at once.
 class Buffer {
  public:
   Buffer() = default;
