@@ -111,6 +111,12 @@ TEST(FixedBuffers, AutoPicksCloneWithKernelPinsAndIovecsWithout) {
     absl::StatusOr<Buffer> b = rt->Allocate(4096);
     ASSERT_TRUE(b.ok());
     EXPECT_GE((*fixed)->Find(b->data(), 4096), 0);
+    // Past the end of the pool extent, by a little or by a length whose sum would wrap.
+    for (size_t length : {size_t{8} << 20, ~size_t{0}}) {
+      absl::StatusOr<int> past = (*fixed)->IndexOf(b->data(), length);
+      EXPECT_EQ(past.status().code(), absl::StatusCode::kNotFound);
+      EXPECT_THAT(past.status().message(), HasSubstr("runs past the end")) << length;
+    }
     if (!pins) {
       absl::StatusOr<std::unique_ptr<FixedBuffers>> clone =
           FixedBuffers::Attach(*rt, TestRing().fd(), {.mode = FixedBufferMode::kClone});
