@@ -151,6 +151,22 @@ class FailingPopulateOs : public OsWrapper {
   void* last_fixed = nullptr;
 };
 
+// An owner that keeps the PFNs elsewhere drops the extent's list: pfn() then says
+// unknown, and the kernel check holds the kernel's frames against themselves.
+TEST(Hugetlb, AnExtentWithoutItsPfnListIsStillChecked) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  auto backing = Backing::Create({.kind = BackingKind::kHugetlb, .page_size = kPageSize2M});
+  ASSERT_TRUE(backing.ok()) << backing.status();
+  absl::StatusOr<Extent> extent = (*backing)->Map({.length = 2 * kPageSize2M});
+  ASSERT_TRUE(extent.ok()) << extent.status();
+  extent->ForgetPfns();
+  EXPECT_TRUE(extent->pfns().empty());
+  EXPECT_FALSE(extent->pfns_known());
+  EXPECT_EQ(extent->pfn(0), kUnknownPfn);
+  EXPECT_EQ(extent->pfn(1), kUnknownPfn);
+  ExpectAgreesWithKernel(*extent);
+}
+
 TEST(Hugetlb, FailedPrefaultUnwindsEverything) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
   FailingPopulateOs failing;
