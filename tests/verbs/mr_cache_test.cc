@@ -401,6 +401,24 @@ TEST_F(MrCacheTest, ARequestFarPastRegisteredMemoryIsRefused) {
   munmap(mem, kPages * kPageSize4K);
 }
 
+// A handle that holds nothing says so: no registration, nothing pinned, and releasing it
+// again does nothing.
+TEST_F(MrCacheTest, AnEmptyHandleHoldsNoRegistration) {
+  Cache();
+  Buffer b = Map(kPageSize2M);
+  MrHandle h = MustGet(b.data(), 4096);
+  ASSERT_TRUE(h);
+  MrHandle moved = std::move(h);
+  EXPECT_FALSE(h);  // NOLINT(bugprone-use-after-move): moved-from handles are empty
+  EXPECT_EQ(h.mr(), nullptr);
+  EXPECT_TRUE(h.spans().empty());
+  moved.Release();
+  EXPECT_FALSE(moved);
+  EXPECT_EQ(moved.mr(), nullptr);
+  moved.Release();
+  EXPECT_EQ(PinCount(b.data()), 0);
+}
+
 TEST_F(MrCacheTest, AHandleOutlivesItsCache) {
   Cache();
   Buffer buf = Map(kPageSize2M);
