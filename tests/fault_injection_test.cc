@@ -269,6 +269,26 @@ TEST(FaultInjectionOnFake, RuntimeMapBufferWithKernelPins) {
 
 // --- the real OS ---------------------------------------------------------------------
 
+// The allocator's errors keep the errno of the OS call that failed (ErrnoOf), as every
+// annotated status does: a pool's growth, and the backing a new pool is made with.
+TEST(FaultInjection, AllocationErrorsKeepTheOsErrno) {
+  FaultyOs os(Os::Default());
+  absl::StatusOr<std::unique_ptr<Allocator>> alloc = Allocator::Create({.os = &os});
+  ASSERT_TRUE(alloc.ok()) << alloc.status();
+  os.FailNth(OsCall::kMemfdCreate, 1, EMFILE);  // the pool's first growth
+  absl::Status st = (*alloc)->Allocate(kPageSize4K).status();
+  ASSERT_TRUE(os.fired()) << os.Log();
+  EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+  EXPECT_EQ(ErrnoOf(st), EMFILE) << st;
+  os.FailNth(OsCall::kListDir, 1, EACCES);  // the sysfs page sizes, for a new 1G pool
+  st = (*alloc)->Allocate(kPageSize4K, {.page_size = kPageSize1G}).status();
+  ASSERT_TRUE(os.fired()) << os.Log();
+  EXPECT_EQ(st.code(), absl::StatusCode::kPermissionDenied) << st;
+  EXPECT_EQ(ErrnoOf(st), EACCES) << st;
+  EXPECT_THAT(st.message(), HasSubstr("hugetlb 1G pool")) << st;
+  EXPECT_EQ(os.live_mapping_bytes(), 0u);
+}
+
 // An Os call that fails without an errno (err 0) still fails: ErrnoStatus never makes
 // it an OK status, so the mapping whose prefault failed is not handed out.
 TEST(FaultInjection, AFailureWithoutAnErrnoIsStillAFailure) {

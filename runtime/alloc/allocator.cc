@@ -14,6 +14,7 @@
 #include "runtime/alloc/thread_cache.h"
 #include "runtime/alloc/zero.h"
 #include "runtime/sys/hugepages.h"
+#include "runtime/sys/status.h"
 
 namespace hugemm {
 
@@ -112,8 +113,7 @@ class Allocator::Impl {
                          .devdax_path = o.devdax_path,
                          .os = options_.os});
     if (!backing.ok()) {
-      return absl::Status(backing.status().code(),
-                          absl::StrCat(PoolName(o), ": ", backing.status().message()));
+      return sys::Annotate(backing.status(), PoolName(o));  // keeps the errno (ErrnoOf)
     }
     const int order = PageOrder((*backing)->page_size());
     if (order != 0 && order != 9 && order != 18) {
@@ -145,8 +145,7 @@ class Allocator::Impl {
     Os& os = options_.os != nullptr ? *options_.os : Os::Default();
     absl::StatusOr<std::vector<int>> nodes = sys::OnlineNodes(os, "/sys");
     if (!nodes.ok()) {
-      return absl::Status(nodes.status().code(),
-                          absl::StrCat(PoolName(o), ": ", nodes.status().message()));
+      return sys::Annotate(nodes.status(), PoolName(o));
     }
     if (std::find(nodes->begin(), nodes->end(), o.node) == nodes->end()) {
       return absl::InvalidArgumentError(

@@ -75,7 +75,12 @@ absl::Status Pool::Grow(int order) {
     extent = config_.backing->Map(
         {.length = min_length, .node = config_.key.node, .align = region_size});
   }
-  if (!extent.ok()) return Exhausted(order, extent.status().message());
+  if (!extent.ok()) {
+    // The OS's errno stays with the status (ErrnoOf), as every layer's annotations keep it.
+    const int err = ErrnoOf(extent.status());
+    const absl::Status exhausted = Exhausted(order, extent.status().message());
+    return err != 0 ? sys::WithErrno(exhausted, err) : exhausted;
+  }
 
   const size_t n = extent->size() / region_size;
   Folio* heads = TakeHeads(n);
