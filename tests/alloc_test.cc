@@ -17,6 +17,8 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hugemm/os.h"
 #include "runtime/sys/pagemap.h"
@@ -86,6 +88,22 @@ TEST(Alloc, BadRequestsAreErrorsNamingThePool) {
           .ok());
   EXPECT_FALSE(alloc->Allocate(4096, {.backing = BackingKind::kAnon}).ok());  // 2M anon
   EXPECT_TRUE(alloc->Allocate(4096, {.backing = BackingKind::kAnon, .page_size = 0}).ok());
+}
+
+// A node that is not online is a bad request, not a shortage, and it costs no pool: more
+// such requests than an allocator has pools leave room for a good one.
+TEST(Alloc, OfflineNodeIsInvalidAndTakesNoPool) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  auto alloc = NewAllocator();
+  for (int node = 1000; node < 1100; ++node) {
+    absl::Status st = alloc->Allocate(4096, {.node = node}).status();
+    ASSERT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+    EXPECT_THAT(std::string(st.message()),
+                ::testing::HasSubstr(absl::StrCat("NUMA node ", node, " is not online")));
+  }
+  EXPECT_TRUE(alloc->Stats().empty());
+  absl::StatusOr<FolioHandle> h = alloc->Allocate(4096);
+  EXPECT_TRUE(h.ok()) << h.status();
 }
 
 // Every 4K page of every folio maps back to its folio, and folio -> page i agrees with

@@ -151,6 +151,22 @@ class FailingPopulateOs : public OsWrapper {
   void* last_fixed = nullptr;
 };
 
+// An owner that keeps the PFNs elsewhere drops the extent's list: pfn() then says
+// unknown, and the kernel check holds the kernel's frames against themselves.
+TEST(Hugetlb, AnExtentWithoutItsPfnListIsStillChecked) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  auto backing = Backing::Create({.kind = BackingKind::kHugetlb, .page_size = kPageSize2M});
+  ASSERT_TRUE(backing.ok()) << backing.status();
+  absl::StatusOr<Extent> extent = (*backing)->Map({.length = 2 * kPageSize2M});
+  ASSERT_TRUE(extent.ok()) << extent.status();
+  extent->ForgetPfns();
+  EXPECT_TRUE(extent->pfns().empty());
+  EXPECT_FALSE(extent->pfns_known());
+  EXPECT_EQ(extent->pfn(0), kUnknownPfn);
+  EXPECT_EQ(extent->pfn(1), kUnknownPfn);
+  ExpectAgreesWithKernel(*extent);
+}
+
 TEST(Hugetlb, FailedPrefaultUnwindsEverything) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
   FailingPopulateOs failing;
@@ -291,6 +307,34 @@ TEST(Anon, FallsBackToFourKPages) {
   WriteAndCheck(*extent);
   ExpectAgreesWithKernel(*extent);
   EXPECT_FALSE(Backing::Create({.kind = BackingKind::kAnon, .page_size = kPageSize2M}).ok());
+}
+
+// A length that, with its alignment, passes the end of the address space is refused
+// before anything is reserved: the reservation's size would wrap to a few MiB, and
+// trimming it to the alignment would unmap whatever lies beyond it.
+TEST(Anon, LengthThatWrapsWithItsAlignmentIsRefused) {
+  auto backing = Backing::Create({.kind = BackingKind::kAnon});
+  ASSERT_TRUE(backing.ok()) << backing.status();
+  // A 4 MiB hole 4K past an 8 MiB boundary, with memory of ours right above it: where a
+  // 4 MiB reservation lands, and what a trim to 8 MiB would take.
+  constexpr size_t kMiB = size_t{1} << 20;
+  void* region =
+      mmap(nullptr, 24 * kMiB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(region, MAP_FAILED);
+  const uintptr_t hole =
+      ((reinterpret_cast<uintptr_t>(region) + 8 * kMiB - 1) & ~(8 * kMiB - 1)) + kPageSize4K;
+  ASSERT_EQ(munmap(reinterpret_cast<void*>(hole), 4 * kMiB), 0);
+  absl::StatusOr<Extent> extent =
+      (*backing)->Map({.length = ~size_t{0} - 4 * kMiB + 1, .align = 8 * kMiB});
+  ASSERT_FALSE(extent.ok());
+  EXPECT_EQ(extent.status().code(), absl::StatusCode::kInvalidArgument) << extent.status();
+  EXPECT_THAT(extent.status().message(), HasSubstr("passes the end of the address space"));
+  unsigned char resident = 0;
+  for (uintptr_t p = hole + 4 * kMiB; p < hole + 8 * kMiB; p += kPageSize4K) {
+    ASSERT_EQ(mincore(reinterpret_cast<void*>(p), kPageSize4K, &resident), 0)
+        << "0x" << std::hex << p << " was unmapped";
+  }
+  ASSERT_EQ(munmap(region, 24 * kMiB), 0);
 }
 
 // --- device-DAX on a fake sysfs tree -------------------------------------------------

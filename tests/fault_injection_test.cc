@@ -269,6 +269,46 @@ TEST(FaultInjectionOnFake, RuntimeMapBufferWithKernelPins) {
 
 // --- the real OS ---------------------------------------------------------------------
 
+// The allocator's errors keep the errno of the OS call that failed (ErrnoOf), as every
+// annotated status does: a pool's growth, and the backing a new pool is made with.
+TEST(FaultInjection, AllocationErrorsKeepTheOsErrno) {
+  FaultyOs os(Os::Default());
+  absl::StatusOr<std::unique_ptr<Allocator>> alloc = Allocator::Create({.os = &os});
+  ASSERT_TRUE(alloc.ok()) << alloc.status();
+  os.FailNth(OsCall::kMemfdCreate, 1, EMFILE);  // the pool's first growth
+  absl::Status st = (*alloc)->Allocate(kPageSize4K).status();
+  ASSERT_TRUE(os.fired()) << os.Log();
+  EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+  EXPECT_EQ(ErrnoOf(st), EMFILE) << st;
+  os.FailNth(OsCall::kListDir, 1, EACCES);  // the sysfs page sizes, for a new 1G pool
+  st = (*alloc)->Allocate(kPageSize4K, {.page_size = kPageSize1G}).status();
+  ASSERT_TRUE(os.fired()) << os.Log();
+  EXPECT_EQ(st.code(), absl::StatusCode::kPermissionDenied) << st;
+  EXPECT_EQ(ErrnoOf(st), EACCES) << st;
+  EXPECT_THAT(st.message(), HasSubstr("hugetlb 1G pool")) << st;
+  EXPECT_EQ(os.live_mapping_bytes(), 0u);
+}
+
+// An Os call that fails without an errno (err 0) still fails: ErrnoStatus never makes
+// it an OK status, so the mapping whose prefault failed is not handed out.
+TEST(FaultInjection, AFailureWithoutAnErrnoIsStillAFailure) {
+  const absl::Status st = ErrnoStatus(0, "madvise");
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnknown);
+  EXPECT_EQ(st.message(), "madvise: failed without an errno");
+  EXPECT_EQ(ErrnoOf(st), 0);
+  EXPECT_EQ(ErrnoStatus(ENOMEM, "mmap").code(), absl::StatusCode::kResourceExhausted);
+
+  FaultyOs os(Os::Default());
+  absl::StatusOr<std::shared_ptr<Backing>> backing =
+      Backing::Create({.kind = BackingKind::kAnon, .os = &os});
+  ASSERT_TRUE(backing.ok()) << backing.status();
+  os.FailNth(OsCall::kMadvise, 1, 0);  // the prefault
+  absl::StatusOr<Extent> extent = (*backing)->Map({.length = 16 * kPageSize4K});
+  ASSERT_FALSE(extent.ok()) << "a failed prefault was taken for a success";
+  EXPECT_EQ(extent.status().code(), absl::StatusCode::kUnknown) << extent.status();
+  EXPECT_EQ(os.live_mapping_bytes(), 0u) << "a mapping was left behind";
+}
+
 // What the process holds that a leak would change: its descriptors and huge page VMAs.
 struct ProcessState {
   std::set<std::string> fds;

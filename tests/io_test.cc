@@ -111,6 +111,12 @@ TEST(FixedBuffers, AutoPicksCloneWithKernelPinsAndIovecsWithout) {
     absl::StatusOr<Buffer> b = rt->Allocate(4096);
     ASSERT_TRUE(b.ok());
     EXPECT_GE((*fixed)->Find(b->data(), 4096), 0);
+    // Past the end of the pool extent, by a little or by a length whose sum would wrap.
+    for (size_t length : {size_t{8} << 20, ~size_t{0}}) {
+      absl::StatusOr<int> past = (*fixed)->IndexOf(b->data(), length);
+      EXPECT_EQ(past.status().code(), absl::StatusCode::kNotFound);
+      EXPECT_THAT(past.status().message(), HasSubstr("runs past the end")) << length;
+    }
     if (!pins) {
       absl::StatusOr<std::unique_ptr<FixedBuffers>> clone =
           FixedBuffers::Attach(*rt, TestRing().fd(), {.mode = FixedBufferMode::kClone});
@@ -337,6 +343,33 @@ TEST(IoPins, AnIoOverManyFoliosIsPinnedWhole) {
   for (int i = 0; i < 16; ++i) EXPECT_TRUE(rt->pinner().MaybeDmaPinned(b->data() + i * 4096));
   HUGEMM_ASSERT_OK((*pins)->Unpin(*t));
   for (int i = 0; i < 16; ++i) EXPECT_FALSE(rt->pinner().MaybeDmaPinned(b->data() + i * 4096));
+}
+
+// An I/O over more folios than a record holds inline costs room for the folios it meets,
+// never for its length: one that runs far past the end of the memory is refused whole.
+TEST(IoPins, AnIoPastTheEndOfItsMemoryIsRefusedWhole) {
+  std::unique_ptr<Runtime> rt = OpenRuntime(/*kernel_pins=*/false);
+  ASSERT_NE(rt, nullptr);
+  absl::StatusOr<std::unique_ptr<IoPins>> pins = IoPins::Create(*rt, 4);
+  ASSERT_TRUE(pins.ok());
+  constexpr int kPages = 100;
+  absl::StatusOr<Buffer> b = rt->MapBuffer(kPages * kPageSize4K, {.backing = BackingKind::kAnon});
+  ASSERT_TRUE(b.ok()) << b.status();
+  absl::StatusOr<uint64_t> t = (*pins)->Pin(b->data(), size_t{1} << 50, true);
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kNotFound) << t.status();
+  EXPECT_EQ((*pins)->in_flight(), 0u);
+  for (int i = 0; i < kPages; ++i) {
+    ASSERT_FALSE(rt->pinner().MaybeDmaPinned(b->data() + i * kPageSize4K)) << "page " << i;
+  }
+  t = (*pins)->Pin(b->data() + 100, kPages * kPageSize4K - 100, true);
+  ASSERT_TRUE(t.ok()) << t.status();
+  for (int i = 0; i < kPages; ++i) {
+    EXPECT_TRUE(rt->pinner().MaybeDmaPinned(b->data() + i * kPageSize4K)) << "page " << i;
+  }
+  HUGEMM_ASSERT_OK((*pins)->Unpin(*t));
+  for (int i = 0; i < kPages; ++i) {
+    EXPECT_FALSE(rt->pinner().MaybeDmaPinned(b->data() + i * kPageSize4K)) << "page " << i;
+  }
 }
 
 TEST(IoRing, PrepareRefusesWhatIsNoFixedBufferAndLeavesTheSqe) {

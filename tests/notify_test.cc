@@ -2,6 +2,7 @@
 // device-exclusive changes.
 #include "hugemm/notify.h"
 
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -16,6 +17,36 @@ using ::hugemm::testing::kBase;
 using ::hugemm::testing::kBasePfn;
 using ::hugemm::testing::kRW;
 using ::hugemm::testing::Ptr;
+
+// A range hears exactly the changes that overlap it: one that runs to the end of the
+// address space hears everything above its start, an empty one hears nothing.
+TEST(NotifierRegistryTest, RangesToTheEndAndEmptyRangesOverlapExactly) {
+  NotifierRegistry registry;
+  std::vector<std::string> heard;
+  auto listen = [&](std::string name) {
+    return NotifierCallbacks{
+        .invalidate_start = [&heard, name](const Invalidation& /*inv*/) { heard.push_back(name); }};
+  };
+  const uint64_t to_end = registry.Subscribe(Ptr(kBase), ~size_t{0}, listen("to the end"));
+  const uint64_t empty = registry.Subscribe(Ptr(kBase + kPageSize4K), 0, listen("empty"));
+  const uint64_t last =
+      registry.Subscribe(Ptr(~uintptr_t{0} - kPageSize4K + 1), kPageSize4K, listen("last page"));
+  auto change = [&](uintptr_t va, size_t length) {
+    heard.clear();
+    const Invalidation inv{.va = va, .length = length};
+    registry.InvalidateStart(inv);
+    registry.InvalidateEnd(inv);
+    return heard;
+  };
+  using Heard = std::vector<std::string>;
+  EXPECT_EQ(change(kBase, kPageSize2M), Heard{"to the end"});
+  EXPECT_EQ(change(kBase + kPageSize1G, kPageSize4K), Heard{"to the end"});
+  EXPECT_EQ(change(kBase - kPageSize4K, kPageSize4K), Heard{});
+  EXPECT_EQ(change(~uintptr_t{0} - kPageSize4K + 1, kPageSize4K),
+            (Heard{"to the end", "last page"}));
+  EXPECT_EQ(change(kBase, 0), Heard{});
+  for (uint64_t id : {to_end, empty, last}) HUGEMM_ASSERT_OK(registry.Unsubscribe(id));
+}
 
 TEST(RangeSubscriptionTest, EveryKindOfChangeBumpsTheGeneration) {
   PageTable table(X86_64Geometry(false));

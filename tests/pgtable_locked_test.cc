@@ -62,5 +62,33 @@ TEST(PageTableLockedTest, WritersWaitUntilTheCallbackReturns) {
   EXPECT_EQ(folio->refcount(), 1);
 }
 
+// The other readers take no lock and pass a locked leaf; another locked lookup in the same
+// table waits for the callback.
+TEST(PageTableLockedTest, OnlyALockedLookupWaitsForTheCallback) {
+  PageTable table(X86_64Geometry(false));
+  auto folio = FakeFolio(kPageSize2M, kBase, kBasePfn);
+  HUGEMM_ASSERT_OK(table.Map(folio.get(), Ptr(kBase), kRW));
+  std::atomic<bool> locked_seen{false};
+  std::thread locked_reader;
+  table.WithLeafLocked(Ptr(kBase), [&](const LogicalLeaf& /*leaf*/) {
+    std::thread plain_reader([&] {
+      EXPECT_TRUE(table.Translate(Ptr(kBase + kPageSize4K)).has_value());
+      int leaves = 0;
+      table.Walk(Ptr(kBase), kPageSize2M, [&](const LogicalLeaf& /*l*/) { ++leaves; });
+      EXPECT_EQ(leaves, 1);
+    });
+    plain_reader.join();  // would never return if a plain reader took the lock
+    locked_reader = std::thread([&] {
+      EXPECT_TRUE(table.WithLeafLocked(Ptr(kBase + kPageSize4K),
+                                       [&](const LogicalLeaf& /*l*/) { locked_seen = true; }));
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    EXPECT_FALSE(locked_seen.load()) << "the leaf's table lock is ours";
+  });
+  locked_reader.join();
+  EXPECT_TRUE(locked_seen.load());
+  HUGEMM_ASSERT_OK(table.Unmap(Ptr(kBase), kPageSize2M));
+}
+
 }  // namespace
 }  // namespace hugemm

@@ -308,6 +308,12 @@ TEST(PageTableTest, ErrorsChangeNothingAndLeakNoReference) {
   EXPECT_EQ(table.Map(f2m.get(), Ptr(uintptr_t{1} << 48), kRW).code(),
             absl::StatusCode::kOutOfRange);
   EXPECT_EQ(f2m->refcount(), 1);
+  auto gone = FakeFolio(kPageSize2M, kBase, kBasePfn);
+  FolioPut(gone.get());  // its owner's reference: the folio is free
+  st = table.Map(gone.get(), Ptr(kBase), kRW);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_EQ(gone->refcount(), 0) << "a free folio is never revived";
+  EXPECT_FALSE(table.Translate(Ptr(kBase)).has_value());
 
   HUGEMM_ASSERT_OK(table.Map(f2m.get(), Ptr(kBase), kRW));
   st = table.Map(f2m.get(), Ptr(kBase), kRW);

@@ -2,7 +2,10 @@
 // that keeps their PFNs still, and memory kept until the last pin is gone.
 #include "hugemm/runtime.h"
 
+#include <atomic>
 #include <cstring>
+#include <thread>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -69,6 +72,101 @@ TEST(Runtime, FreedBufferKeepsItsMemoryUntilTheLastUnpin) {
   EXPECT_FALSE((*rt)->Translate(data).has_value()) << "a freed buffer is out of the table";
   (*rt)->pinner().UnpinFolios(absl::MakeConstSpan(spans.data(), 1), RefKind::kPin);
   EXPECT_GE(FreeHugePages(kPageSize2M), free_before) << "the last unpin frees the memory";
+}
+
+// A pin left when the runtime closes keeps its folio's memory, untouched, until the last
+// unpin, which then gives it back.
+TEST(Runtime, PinnedFolioOutlivesTheRuntimeUntilItsLastUnpin) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open({.kernel_pins = false});
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  const int64_t free_before = FreeHugePages(kPageSize2M);
+  absl::StatusOr<Buffer> buf = (*rt)->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  buf->Detach();  // the runtime frees it when it closes
+  std::memset(buf->data(), 0x5a, kPageSize4K);
+  FolioSpan span;
+  absl::StatusOr<size_t> n =
+      (*rt)->pinner().PinFolios(buf->data(), kPageSize4K, kGupPin, absl::MakeSpan(&span, 1));
+  ASSERT_TRUE(n.ok()) << n.status();
+  rt->reset();
+  EXPECT_LE(FreeHugePages(kPageSize2M), free_before - 1);
+  EXPECT_EQ(span.folio->data[100], std::byte{0x5a});
+  EXPECT_TRUE(FolioMaybeDmaPinned(span.folio));
+  FolioUngrab(span.folio, static_cast<int32_t>(span.pages), RefKind::kPin);
+  EXPECT_GE(FreeHugePages(kPageSize2M), free_before) << "the last unpin frees the memory";
+}
+
+// Buffers of one runtime are made and freed on several threads at once, while another
+// thread asks where addresses belong.
+TEST(Runtime, BuffersComeAndGoOnManyThreadsAtOnce) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open({.kernel_pins = false});
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  absl::StatusOr<Buffer> first = (*rt)->Allocate(kPageSize4K);
+  ASSERT_TRUE(first.ok()) << first.status();
+  std::atomic<bool> stop{false};
+  std::atomic<int> failures{0};
+  std::thread asker([&] {
+    while (!stop.load()) {
+      if (!(*rt)->BufferAt(first->data()).ok()) ++failures;
+    }
+  });
+  std::vector<std::thread> workers;
+  for (int t = 0; t < 2; ++t) {
+    workers.emplace_back([&, t] {
+      for (int i = 0; i < 200; ++i) {
+        absl::StatusOr<Buffer> b = (*rt)->Allocate(kPageSize4K << (i % 4));
+        if (!b.ok()) {
+          ++failures;
+          continue;
+        }
+        b->data()[0] = std::byte{static_cast<uint8_t>(t)};
+        if (!(t == 0 ? b->Free() : (*rt)->Free(b->data())).ok()) ++failures;
+      }
+    });
+  }
+  for (std::thread& w : workers) w.join();
+  stop = true;
+  asker.join();
+  EXPECT_EQ(failures.load(), 0);
+}
+
+// Hears buffers go (their memory unmapped after the last reference dropped).
+class RemovalCounter : public MemoryObserver {
+ public:
+  absl::Status MemoryAdded(const MemoryRange& /*range*/) override { return absl::OkStatus(); }
+  void MemoryRemoving(const MemoryRange& range) override {
+    if (range.kind == MemoryRangeKind::kBuffer) ++buffers_removed;
+  }
+  std::atomic<int> buffers_removed{0};
+};
+
+// A program that unmapped part of a buffer through table() still frees all of it: what
+// the table still maps of the buffer's folios goes, and so does its memory.
+TEST(Runtime, FreeUnmapsWhatIsLeftOfAPartlyUnmappedBuffer) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open({.kernel_pins = false});
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  RemovalCounter removals;
+  HUGEMM_ASSERT_OK((*rt)->AddMemoryObserver(&removals));
+  absl::StatusOr<Buffer> buf = (*rt)->MapBuffer(4 * kPageSize2M);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  std::byte* data = buf->data();
+  HUGEMM_ASSERT_OK((*rt)->table().Unmap(data, kPageSize2M));
+  HUGEMM_ASSERT_OK((*rt)->table().Unmap(data + 2 * kPageSize2M + kPageSize4K, kPageSize4K));
+  HUGEMM_ASSERT_OK(buf->Free());
+  EXPECT_FALSE((*rt)->Translate(data + kPageSize2M).has_value());
+  EXPECT_FALSE((*rt)->Translate(data + 2 * kPageSize2M).has_value());
+  EXPECT_EQ(removals.buffers_removed.load(), 1) << "the buffer's memory went back";
+
+  absl::StatusOr<Buffer> small = (*rt)->Allocate(2 * kPageSize4K);
+  ASSERT_TRUE(small.ok()) << small.status();
+  std::byte* at = small->data();
+  HUGEMM_ASSERT_OK((*rt)->table().Unmap(at, kPageSize4K));
+  HUGEMM_ASSERT_OK((*rt)->Free(at));
+  EXPECT_FALSE((*rt)->Translate(at + kPageSize4K).has_value());
+  HUGEMM_ASSERT_OK((*rt)->RemoveMemoryObserver(&removals));
 }
 
 TEST(Runtime, AllocatedFoliosArePinnableAndFreedByAddress) {

@@ -108,8 +108,8 @@ class Extent {
   // Offset in the device or file (0 for memfd and anon).
   uint64_t offset() const { return offset_; }
   // PFN of the first 4K frame of native page `i` (< page_count()); kUnknownPfn if the
-  // kernel would not show it.
-  uint64_t pfn(size_t i) const { return pfns_[i]; }
+  // kernel would not show it, or once ForgetPfns dropped the list.
+  uint64_t pfn(size_t i) const { return i < pfns_.size() ? pfns_[i] : kUnknownPfn; }
   absl::Span<const uint64_t> pfns() const { return pfns_; }
   bool pfns_known() const { return !pfns_.empty() && pfns_[0] != kUnknownPfn; }
   // Drops the PFN list (8 bytes per native page) for an owner that keeps the PFNs
@@ -197,7 +197,8 @@ class Backing final : public std::enable_shared_from_this<Backing> {
   // Maps, places, prefaults and records PFNs. On any error nothing stays mapped, no file
   // this call created stays, and no huge page stays reserved. Every error names the
   // backing, the length and the node, and the step and OS error where one failed:
-  //   InvalidArgument    a length that is not a positive multiple of the page size, a
+  //   InvalidArgument    a length that is not a positive multiple of the page size (or
+  //                      that, aligned, would pass the end of the address space), a
   //                      bad or offline node, a bad alignment, or what the kind refuses
   //                      (a name or offset for hugetlb and anon, a private or misaligned
   //                      devdax mapping, a file name with a '/');

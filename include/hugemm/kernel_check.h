@@ -27,7 +27,9 @@ struct KernelCheck {
   bool ok() const { return mismatches.empty(); }
 };
 
-// Checks every native page of `extent`, reading /proc through its backing's Os.
+// Checks every native page of `extent`, reading /proc through its backing's Os. An extent
+// whose PFN list was dropped (Extent::ForgetPfns) is held against the kernel's own frames:
+// contiguity and compound head / tail.
 // Disagreements are data (KernelCheck::mismatches), not errors. Errors:
 // FailedPrecondition for an extent that is not mapped, NotFound when smaps has no
 // mapping at its address, and the OS's error when smaps or pagemap cannot be read at

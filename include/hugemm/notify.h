@@ -65,7 +65,8 @@ class NotifierRegistry {
   NotifierRegistry& operator=(const NotifierRegistry&) = delete;
 
   // Subscribes to [va, va + length) and returns the subscription's id (never 0). Calls
-  // `callbacks.invalidate_start` for each change of the range already under way.
+  // `callbacks.invalidate_start` for each change of the range already under way. A length
+  // past the end of the address space means to its end; an empty range hears nothing.
   [[nodiscard]] uint64_t Subscribe(const void* va, size_t length, NotifierCallbacks callbacks,
                                    const void* owner = nullptr);
   // Ends a subscription. NotFound when `id` names none (never made, or already ended).

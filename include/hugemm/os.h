@@ -35,7 +35,8 @@
 namespace hugemm {
 
 // A status for a failed system call: "what: Cannot allocate memory (ENOMEM)", its code
-// from absl::ErrnoToStatusCode(err), the errno kept for ErrnoOf().
+// from absl::ErrnoToStatusCode(err), the errno kept for ErrnoOf(). Never OK: err 0 (a call
+// that failed without an errno) gives Unknown, "what: failed without an errno".
 [[nodiscard]] absl::Status ErrnoStatus(int err, absl::string_view what);
 
 // The errno a status was built from by ErrnoStatus, also after it was annotated by the

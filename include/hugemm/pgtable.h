@@ -146,11 +146,13 @@ struct VerifyReport {
   bool ok() const { return mismatches.empty(); }
 };
 
-// Thread safety: thread-safe. Readers (Translate*, Lookup, StillMapped, WithLeafLocked,
-// Walk, Verify) never block one another or writers; writers (Map, Unmap, Split, Protect,
-// MakeExclusive, RestoreExclusive, RegisterExternal, UnregisterExternal) may run at once
-// from any threads, but never inside a ReadSection or a notifier callback (they wait for
-// grace periods and announce to subscribers).
+// Thread safety: thread-safe. Readers (Translate*, Lookup, StillMapped, Walk, Verify) take
+// no lock: they never block one another or writers. WithLeafLocked is the one reader that
+// locks: while its callback runs, writers of the table holding its leaf, and other
+// WithLeafLocked calls there, wait. Writers (Map, Unmap, Split, Protect, MakeExclusive,
+// RestoreExclusive, RegisterExternal, UnregisterExternal) may run at once from any
+// threads, but never inside a ReadSection or a notifier callback (they wait for grace
+// periods and announce to subscribers).
 class PageTable {
  public:
   // An empty table. Never fails and never allocates: the top-level table lives inside the
@@ -176,6 +178,7 @@ class PageTable {
   //     than one table of its level; `va` not aligned to the folio size; `prot` without
   //     read or with unknown bits.  OutOfRange: beyond the address space.
   //   AlreadyExists: anything is mapped in the range, or a larger leaf covers it.
+  //   FailedPrecondition: a free folio (refcount 0: the caller holds no reference).
   //   ResourceExhausted: no memory for tables, or the folio's refcount would overflow.
   [[nodiscard]] absl::Status Map(Folio* folio, const void* va, Prot prot);
   // Removes every leaf in [va, va + length), splitting first the leaves that stick out of

@@ -114,6 +114,9 @@ class Runtime;
 
 // A mapping handed out by a Runtime. Move-only; dropping it frees the mapping (the memory
 // stays until no pin holds it). Must not outlive its Runtime.
+//
+// Thread safety: like a value: one thread at a time may use, move or free a Buffer;
+// different Buffers of one runtime may be freed on any threads at once.
 class Buffer {
  public:
   Buffer() = default;
@@ -153,8 +156,10 @@ class Runtime {
   // memory for the table.
   static absl::StatusOr<std::unique_ptr<Runtime>> Open(const RuntimeOptions& options = {});
   // Frees every buffer and registration still held. Pins taken through pinner() must be
-  // released first; a folio still pinned then stays allocated (its memory is never
-  // reused while pinned) and is reported in the process log.
+  // released first. A folio of a buffer still pinned then stays allocated (its memory is
+  // never reused while pinned) until FolioUngrab drops its last pin, without a word to
+  // the memory observers; a pin of a registration's memory must not outlive the runtime
+  // (its descriptors go with it).
   ~Runtime();
   Runtime(const Runtime&) = delete;
   Runtime& operator=(const Runtime&) = delete;

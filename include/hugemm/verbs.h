@@ -119,7 +119,8 @@ class MrHandle {
   MrHandle& operator=(const MrHandle&) = delete;
 
   explicit operator bool() const { return entry_ != nullptr; }
-  // The registration: covers at least [addr(), addr() + length()).
+  // The registration: covers at least [addr(), addr() + length()). nullptr for a handle
+  // that holds none (made empty, moved from or released), whose keys must not be read.
   ibv_mr* mr() const;
   uint32_t lkey() const { return mr()->lkey; }
   uint32_t rkey() const { return mr()->rkey; }

@@ -1,5 +1,6 @@
 // The allocator's front: pool lookup (lock-free once the pool exists), the hot path
 // through the thread's magazine, zeroing, and the handle.
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <bit>
@@ -12,6 +13,8 @@
 #include "runtime/alloc/pool.h"
 #include "runtime/alloc/thread_cache.h"
 #include "runtime/alloc/zero.h"
+#include "runtime/sys/hugepages.h"
+#include "runtime/sys/status.h"
 
 namespace hugemm {
 
@@ -91,12 +94,17 @@ class Allocator::Impl {
       Pool* p = pools_[i].load(std::memory_order_relaxed);
       if (p->key().Matches(o, page_size)) return p;
     }
+    if (o.node < -1) {
+      return absl::InvalidArgumentError(absl::StrCat(PoolName(o), ": bad NUMA node ", o.node));
+    }
+    if (o.node >= 0 && o.backing != BackingKind::kDevDax) {
+      // Refused before a pool exists: a pool made for a node the backing can never map on
+      // would hold one of the allocator's few pool slots for nothing.
+      if (absl::Status st = CheckNodeOnline(o); !st.ok()) return st;
+    }
     if (n == kMaxPools) {
       return absl::ResourceExhaustedError(
           absl::StrCat(PoolName(o), ": too many pools (", kMaxPools, ") in one allocator"));
-    }
-    if (o.node < -1) {
-      return absl::InvalidArgumentError(absl::StrCat(PoolName(o), ": bad NUMA node ", o.node));
     }
     absl::StatusOr<std::shared_ptr<Backing>> backing =
         Backing::Create({.kind = o.backing,
@@ -105,8 +113,7 @@ class Allocator::Impl {
                          .devdax_path = o.devdax_path,
                          .os = options_.os});
     if (!backing.ok()) {
-      return absl::Status(backing.status().code(),
-                          absl::StrCat(PoolName(o), ": ", backing.status().message()));
+      return sys::Annotate(backing.status(), PoolName(o));  // keeps the errno (ErrnoOf)
     }
     const int order = PageOrder((*backing)->page_size());
     if (order != 0 && order != 9 && order != 18) {
@@ -132,6 +139,19 @@ class Allocator::Impl {
     pools_[n].store(pool, std::memory_order_relaxed);
     npools_.store(n + 1, std::memory_order_release);
     return pool;
+  }
+
+  absl::Status CheckNodeOnline(const AllocOptions& o) const {
+    Os& os = options_.os != nullptr ? *options_.os : Os::Default();
+    absl::StatusOr<std::vector<int>> nodes = sys::OnlineNodes(os, "/sys");
+    if (!nodes.ok()) {
+      return sys::Annotate(nodes.status(), PoolName(o));
+    }
+    if (std::find(nodes->begin(), nodes->end(), o.node) == nodes->end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(PoolName(o), ": NUMA node ", o.node, " is not online"));
+    }
+    return absl::OkStatus();
   }
 
   const AllocatorOptions options_;

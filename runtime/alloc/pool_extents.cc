@@ -81,7 +81,10 @@ absl::Status Pool::Grow(int order) {
     if (extent.status().code() == absl::StatusCode::kInvalidArgument) {
       return sys::Annotate(extent.status(), Name());
     }
-    return Exhausted(order, extent.status().message());
+    // The OS's errno stays with the status (ErrnoOf), as every layer's annotations keep it.
+    const int err = ErrnoOf(extent.status());
+    const absl::Status exhausted = Exhausted(order, extent.status().message());
+    return err != 0 ? sys::WithErrno(exhausted, err) : exhausted;
   }
 
   const size_t n = extent->size() / region_size;

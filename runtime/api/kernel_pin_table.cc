@@ -243,7 +243,7 @@ std::string KernelPinTable::WhyNoSlot(const void* va, size_t length) const {
     const auto start = reinterpret_cast<uintptr_t>(h.range.data);
     if (p - start < h.range.length) {
       if (!h.why_none.empty()) return h.why_none;
-      if (p - start + length > h.range.length) {
+      if (length > h.range.length - (p - start)) {  // no sum: a huge length would wrap
         return absl::StrFormat("[0x%x, +%u) runs past the end of its hugemm mapping [0x%x, +%u)", p,
                                length, start, h.range.length);
       }

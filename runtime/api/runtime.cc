@@ -59,6 +59,36 @@ class Runtime::BufferRecord final : public FolioOwner {
   std::atomic<size_t> live_{0};
 };
 
+namespace {
+
+// Unmaps what of the record's folios the table still maps.
+absl::Status UnmapRecord(PageTable& table, const Runtime::BufferRecord& record) {
+  absl::Status st = table.Unmap(record.data, record.size);
+  if (!absl::IsNotFound(st)) return st;
+  // A program unmapped part of the buffer through table(): what is left still holds
+  // references on the buffer's folios, which must go too or its memory would stay until
+  // the runtime closes. Leaves of other folios (mapped into a hole since) stay.
+  auto owned = [&record](const Folio* f) {
+    if (record.handle) return f == record.handle.folio();
+    return f >= record.folios.get() && f < record.folios.get() + record.nfolios;
+  };
+  std::vector<std::pair<uintptr_t, size_t>> runs;
+  table.Walk(record.data, record.size, [&](const LogicalLeaf& l) {
+    if (!owned(l.folio)) return;
+    if (!runs.empty() && runs.back().first + runs.back().second == l.va) {
+      runs.back().second += l.bytes;
+    } else {
+      runs.emplace_back(l.va, l.bytes);
+    }
+  });
+  for (const auto& [va, bytes] : runs) {
+    if (st = table.Unmap(reinterpret_cast<const void*>(va), bytes); !st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 Runtime::Runtime(const RuntimeOptions& options)
     : options_(options),
       os_(options.os != nullptr ? *options.os : Os::Default()),
@@ -237,7 +267,7 @@ absl::Status Runtime::FreeById(uint64_t id) {
     by_address_.erase(reinterpret_cast<uintptr_t>(record->data));
   }
   // Out of the table first (its mapping references), then the owner's references.
-  absl::Status unmapped = table_->Unmap(record->data, record->size);
+  absl::Status unmapped = UnmapRecord(*table_, *record);
   if (record->handle) {
     record->handle.Reset();  // the allocator takes the folio back after the last pin
     return unmapped;

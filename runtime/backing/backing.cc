@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdint>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -124,6 +125,13 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
     return absl::InvalidArgumentError(absl::StrCat(context, ": alignment ", align,
                                                    " is not a power of two of at least ",
                                                    PageSizeName(page_size_)));
+  }
+  // The reservation below is length + align bytes: a sum that wraps would reserve a
+  // little and then trim (munmap) far beyond it, through other mappings.
+  if (request.length > std::numeric_limits<size_t>::max() - align) {
+    return absl::InvalidArgumentError(absl::StrCat(context, ": length ", request.length,
+                                                   " aligned to ", align,
+                                                   " passes the end of the address space"));
   }
 
   absl::StatusOr<backing_internal::Source> source = impl_->Prepare(request);

@@ -27,12 +27,21 @@ absl::StatusOr<KernelCheck> CheckAgainstKernel(const Extent& extent) {
     ++check.pages_checked;
     if (!check.pfns_checked) continue;
     const auto va = reinterpret_cast<uintptr_t>(extent.data() + i * page);
+    uint64_t recorded = extent.pfn(i);
+    if (extent.pfns().empty()) {
+      // The owner dropped the list (Extent::ForgetPfns): the kernel's frames are held
+      // against themselves, contiguity and head / tail.
+      absl::StatusOr<std::vector<uint64_t>> head =
+          sys::ReadPfnRange(os, reinterpret_cast<const void*>(va), 1);
+      if (!head.ok()) return head.status();
+      recorded = (*head)[0];
+    }
     absl::StatusOr<sys::FrameCheck> fc =
-        sys::CheckFrames(os, va, frames, extent.pfn(i), 0, frames, what);
+        sys::CheckFrames(os, va, frames, recorded, 0, frames, what);
     if (!fc.ok()) return fc.status();
-    if (extent.pfn(i) != kUnknownPfn && extent.pfn(i) % frames != 0) {
+    if (recorded != kUnknownPfn && recorded % frames != 0) {
       check.mismatches.push_back(absl::StrFormat("0x%x: head PFN 0x%x is not %s-aligned", va,
-                                                 extent.pfn(i), PageSizeName(page)));
+                                                 recorded, PageSizeName(page)));
     }
     for (const sys::FrameMismatch& m : fc->mismatches) {
       check.mismatches.push_back(absl::StrFormat("0x%x: %s", m.va, m.what));

@@ -2,6 +2,7 @@
 #include "hugemm/notify.h"
 
 #include <algorithm>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -54,8 +55,21 @@ void NotifierRegistry::InvalidateStart(const Invalidation& inv) { Announce(true,
 
 void NotifierRegistry::InvalidateEnd(const Invalidation& inv) { Announce(false, inv); }
 
+namespace {
+
+// The end of [va, va + length), saturated at the top of the address space: a length that
+// would wrap means "to the end", never a range that ends below its start.
+uintptr_t EndOf(uintptr_t va, size_t length) {
+  return length > std::numeric_limits<uintptr_t>::max() - va ? std::numeric_limits<uintptr_t>::max()
+                                                             : va + length;
+}
+
+}  // namespace
+
 bool NotifierRegistry::Hears(const Subscription& s, const Invalidation& inv) {
-  if (s.va >= inv.va + inv.length || inv.va >= s.va + s.length) return false;
+  // An empty range overlaps nothing, not even a change around it.
+  if (s.length == 0 || inv.length == 0) return false;
+  if (s.va >= EndOf(inv.va, inv.length) || inv.va >= EndOf(s.va, s.length)) return false;
   return inv.owner == nullptr || s.owner != inv.owner;
 }
 

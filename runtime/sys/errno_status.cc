@@ -19,6 +19,11 @@ constexpr absl::string_view kErrnoPayload = "type.hugemm.dev/errno";
 }  // namespace
 
 absl::Status ErrnoStatus(int err, absl::string_view what) {
+  if (err == 0) {
+    // A call that failed without saying why (errno left at 0) failed all the same: absl
+    // would make errno 0 an OK status, and the caller would go on as if it had worked.
+    return absl::UnknownError(absl::StrCat(what, ": failed without an errno"));
+  }
   const char* name = strerrorname_np(err);
   const char* text = strerrordesc_np(err);
   absl::Status status(absl::ErrnoToStatusCode(err),

@@ -14,40 +14,42 @@ namespace {
 
 void* Ptr(uintptr_t a) { return reinterpret_cast<void*>(a); }
 
-// Folio spans a pin of [addr, addr + length) may need: from the size of the folio at
-// addr when the memory is uniform; `fallback` (one per base page) bounds any memory.
-size_t SpanBound(const PageTable& table, uintptr_t addr, size_t length, bool fallback) {
-  const size_t pages = (addr % kPageSize4K + length + kPageSize4K - 1) / kPageSize4K;
-  if (fallback) return pages;
-  size_t folio = kPageSize4K;
-  {
-    ReadSection section;  // keeps the folio readable while its size is read
-    if (std::optional<LeafSnapshot> snap = table.Lookup(Ptr(addr))) {
-      folio = snap->leaf.folio->size();
-    }
-  }
-  return std::min(pages, (addr % folio + length + folio - 1) / folio);
-}
-
 }  // namespace
 
 absl::Status CacheCore::Pin(MrHandle& h, GupFlags flags) {
   Pinner& pinner = runtime_.pinner();
-  // Most requests lie in one or two folios: try the handle's inline spans first.
-  for (int round = 0; round < 3; ++round) {
-    h.spans_.resize(round == 0 ? 2 : SpanBound(pinner.table(), h.addr_, h.length_, round == 2));
-    absl::StatusOr<size_t> n =
-        pinner.PinFolios(Ptr(h.addr_), h.length_, flags, absl::MakeSpan(h.spans_));
-    if (n.ok()) {
-      h.spans_.resize(*n);
-      return absl::OkStatus();
-    }
-    h.spans_.clear();
-    if (n.status().code() != absl::StatusCode::kResourceExhausted || round == 2) {
+  // Most requests lie in one or two folios: the handle's inline spans first.
+  h.spans_.resize(2);
+  absl::StatusOr<size_t> n =
+      pinner.PinFolios(Ptr(h.addr_), h.length_, flags, absl::MakeSpan(h.spans_));
+  if (n.ok()) {
+    h.spans_.resize(*n);
+    return absl::OkStatus();
+  }
+  h.spans_.clear();
+  if (n.status().code() != absl::StatusCode::kResourceExhausted) return n.status();
+  // More folios: pinned in pieces with PARTIAL, into room that doubles, so that what is
+  // allocated follows the folios pinned, never the length asked for (which, for
+  // registered memory, nothing has bounded yet). A piece that pins nothing ends it all.
+  const uintptr_t end = h.addr_ + h.length_;
+  uintptr_t va = h.addr_ & ~uintptr_t{kPageSize4K - 1};
+  for (size_t room = 8; va < end; room *= 2) {
+    const size_t held = h.spans_.size();
+    h.spans_.resize(held + room);
+    n = pinner.PinFolios(Ptr(va), end - va, flags | kGupPartial,
+                         absl::MakeSpan(h.spans_).subspan(held));
+    if (!n.ok()) {
+      h.spans_.resize(held);
+      pinner.UnpinFolios(h.spans_, RefKind::kPin);
+      h.spans_.clear();
       return n.status();
     }
+    h.spans_.resize(held + *n);
+    for (size_t i = held; i < h.spans_.size(); ++i) {
+      va += uintptr_t{h.spans_[i].pages} << kPageShift;
+    }
   }
-  return absl::InternalError("unreachable");
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Unit> CacheCore::UnitOf(uintptr_t addr, size_t length) {

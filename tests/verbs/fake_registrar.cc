@@ -47,8 +47,10 @@ KernelLongtermPin::~KernelLongtermPin() {
 
 bool CanReadFrames() {
   static const bool can = [] {
-    static int probe = 1;
-    return PagemapFrames(&probe, sizeof(probe))[0] != 0;
+    // Written at run time, so its page is present: a static's page of .data need not be
+    // (nothing may have touched it yet), and pagemap shows no frame for it then.
+    const std::vector<int> probe(1, 1);
+    return PagemapFrames(probe.data(), sizeof(int))[0] != 0;
   }();
   return can;
 }

@@ -369,6 +369,56 @@ TEST_F(MrCacheTest, ExternalMemoryRegistersTheRequest) {
   munmap(mem, kPageSize2M);
 }
 
+// Registered memory is bounded by nothing the cache can see before it pins: a request far
+// past its end is refused, at the cost of the folios met, and one over many folios is
+// pinned whole.
+TEST_F(MrCacheTest, ARequestFarPastRegisteredMemoryIsRefused) {
+  MrCache& cache = Cache({.max_bytes = ~uint64_t{0}});
+  constexpr size_t kPages = 40;
+  void* mem = mmap(nullptr, kPages * kPageSize4K, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  ASSERT_NE(mem, MAP_FAILED);
+  absl::StatusOr<uint64_t> id = rt_->RegisterExternal(mem, kPages * kPageSize4K);
+  ASSERT_TRUE(id.ok()) << id.status();
+  auto* p = static_cast<std::byte*>(mem);
+  auto pinned_pages = [&] {
+    size_t n = 0;
+    for (size_t i = 0; i < kPages; ++i) n += rt_->pinner().MaybeDmaPinned(p + i * kPageSize4K);
+    return n;
+  };
+  absl::StatusOr<MrHandle> far = cache.Get(pd_, p, size_t{1} << 50, kRead);
+  EXPECT_EQ(far.status().code(), absl::StatusCode::kNotFound) << far.status();
+  EXPECT_EQ(pinned_pages(), 0u);
+  EXPECT_EQ(cache.Stats().registrations, 0u);
+  {
+    MrHandle h = MustGet(p + 100, kPages * kPageSize4K - 100, kRead);
+    EXPECT_EQ(h.spans().size(), kPages);
+    EXPECT_EQ(pinned_pages(), kPages);
+  }
+  EXPECT_EQ(pinned_pages(), 0u);
+  cache_.reset();
+  HUGEMM_ASSERT_OK(rt_->UnregisterExternal(*id));
+  munmap(mem, kPages * kPageSize4K);
+}
+
+// A handle that holds nothing says so: no registration, nothing pinned, and releasing it
+// again does nothing.
+TEST_F(MrCacheTest, AnEmptyHandleHoldsNoRegistration) {
+  Cache();
+  Buffer b = Map(kPageSize2M);
+  MrHandle h = MustGet(b.data(), 4096);
+  ASSERT_TRUE(h);
+  MrHandle moved = std::move(h);
+  EXPECT_FALSE(h);  // NOLINT(bugprone-use-after-move): moved-from handles are empty
+  EXPECT_EQ(h.mr(), nullptr);
+  EXPECT_TRUE(h.spans().empty());
+  moved.Release();
+  EXPECT_FALSE(moved);
+  EXPECT_EQ(moved.mr(), nullptr);
+  moved.Release();
+  EXPECT_EQ(PinCount(b.data()), 0);
+}
+
 TEST_F(MrCacheTest, AHandleOutlivesItsCache) {
   Cache();
   Buffer buf = Map(kPageSize2M);
