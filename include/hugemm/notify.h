@@ -56,8 +56,12 @@ struct NotifierCallbacks {
 // a change without its start, so none takes a mapping read mid-change for a stable one.
 //
 // Thread safety: thread-safe. Announcements run one at a time under the registry's lock,
-// which Unsubscribe also takes: a callback may not subscribe or unsubscribe (it would
-// deadlock), and once Unsubscribe returns none of that subscription's callbacks runs.
+// which Subscribe, Unsubscribe and every announcement take: a callback may not subscribe,
+// unsubscribe or change a mapping whose changes this registry announces (for a table's
+// registry: no unmap, free, protection change or split of that table; it would
+// deadlock), and once Unsubscribe returns none of that subscription's callbacks runs. It
+// may translate, pin and unpin. (The C API refuses or defers those calls for its
+// callbacks: hugemm.h.)
 class NotifierRegistry {
  public:
   NotifierRegistry() = default;
