@@ -1,6 +1,7 @@
-// The pin of a range inside one leaf, PinFolios' straight-line case (fast_path.h,
-// PinOneSpan): every way it can say no must leave nothing taken and give the general
-// loop's answer, and what it does pin must be exactly that range. Real 2M hugetlb folios.
+// The pin of a range inside one leaf, the straight-line case of PinFolios and PinPages
+// (fast_path.h, PinOneLeaf): every way it can say no must leave nothing taken and give
+// the general loop's answer, and what it does pin must be exactly that range. Real 2M
+// hugetlb folios.
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -123,6 +124,39 @@ TEST_F(GupOneLeafTest, EveryRefusalTakesNothing) {
   EXPECT_EQ(span.folio, nullptr) << "nothing written";
   for (size_t i = 0; i < 2; ++i) EXPECT_EQ(m().Counts()[i], base_[i]) << i;
   EXPECT_EQ(folio(2)->pincount(), 0);
+}
+
+// A page array takes the same straight line: an entry for each page of the range and
+// nothing past it, exactly those references, and a refusal that takes and writes nothing.
+TEST_F(GupOneLeafTest, PageArrayInsideTheFolio) {
+  Pinner pinner(*m().table);
+  for (const GupFlags kind : {kGupPin, kGupGet}) {
+    // The second round finds the walk hint where the first left it.
+    for (int round = 0; round < 2; ++round) {
+      PageRef pages[8] = {};
+      absl::StatusOr<size_t> n =
+          pinner.PinPages(at(1, 100), 7, kind | kGupWrite, absl::MakeSpan(pages, 7));
+      HUGEMM_ASSERT_OK(n);
+      ASSERT_EQ(*n, 7u);
+      for (uint32_t i = 0; i < 7; ++i) {
+        EXPECT_EQ(pages[i].folio(), folio(1)) << i;
+        EXPECT_EQ(pages[i].index(), 100 + i);
+        EXPECT_EQ(pages[i].kind(), kind == kGupPin ? RefKind::kPin : RefKind::kGet);
+      }
+      EXPECT_EQ(pages[7].bits(), 0u) << "nothing written past the range";
+      EXPECT_EQ(folio(1)->refcount(), base_[1].first + 7);
+      EXPECT_EQ(folio(1)->pincount(), base_[1].second + (kind == kGupPin ? 7 : 0));
+      pinner.UnpinPages(absl::MakeConstSpan(pages, 7), /*dirty=*/false);
+      EXPECT_EQ(m().Counts(), base_);
+    }
+  }
+  HUGEMM_ASSERT_OK(m().table->Protect(at(0, 0), kPageSize2M, kProtRead));
+  PageRef ref;
+  absl::StatusOr<size_t> n =
+      pinner.PinPages(at(0, 3), 1, kGupPin | kGupWrite, absl::MakeSpan(&ref, 1));
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kPermissionDenied) << n.status();
+  EXPECT_EQ(ref.bits(), 0u) << "nothing written";
+  EXPECT_EQ(m().Counts(), base_);
 }
 
 // A test hook or per-page references take the general loop: the same span, the same counts.

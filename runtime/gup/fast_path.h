@@ -81,20 +81,24 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline FastResult PinFast(const PinContext& ctx, ui
   return {va, Stop::kNone};
 }
 
-// The most common pin, a range inside one plain leaf (one folio, one I/O) into folio
-// spans, with folio granularity and no test hook: PinFast's steps for one leaf, in the
-// same order and with the same checks, as a straight line that writes the one span
-// straight into the caller's array. It looks only where this thread's last walk of the
-// table ended (the saved hint, while the table's generation says it is valid) and never
-// descends: the descent, its registers and its stores stay out of the path a pin per I/O
-// takes every time. The range is [lo, lo + length), not empty and not wrapping: the
-// caller's arguments as they came, so that the general loop it falls back to needs
-// nothing else kept. True when the range is pinned and recorded in out[0]; false, having
-// taken and written nothing, when the hint does not cover the range, the range goes
-// beyond the leaf, or any step refuses. The caller then takes the general loop, which
-// does it all again, finds the reason, and leaves the hint where this path finds it.
-ABSL_ATTRIBUTE_ALWAYS_INLINE inline bool PinOneSpan(const PageTable& table, uintptr_t lo,
-                                                    size_t length, GupFlags flags, FolioSpan* out) {
+// The most common pin, a range inside one plain leaf (one folio, one I/O), with folio
+// granularity and no test hook: PinFast's steps for one leaf, in the same order and with
+// the same checks, as a straight line that records straight into the caller's output. It
+// looks only where this thread's last walk of the table ended (the saved hint, while the
+// table's generation says it is valid) and never descends: the descent, its registers and
+// its stores stay out of the path a pin per I/O takes every time. The range is
+// [lo, lo + length), not empty and not wrapping: the caller's arguments as they came, so
+// that the general loop it falls back to needs nothing else kept.
+//
+// `record(folio, first, pages)` writes the output once the references are taken and the
+// entry re-checked; false (an output that cannot name the folio) undoes the grab. True
+// when the range is pinned and recorded; false, having taken and written nothing, when
+// the hint does not cover the range, the range goes beyond the leaf, or any step refuses.
+// The caller then takes the general loop, which does it all again, finds the reason, and
+// leaves the hint where this path finds it.
+template <typename Record>
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline bool PinOneLeaf(const PageTable& table, uintptr_t lo,
+                                                    size_t length, GupFlags flags, Record record) {
   using pgtable_internal::Cursor;
   const uintptr_t va = lo & ~uintptr_t{kPageSize4K - 1};
   pgtable_internal::ReadLock rs;
@@ -108,11 +112,11 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline bool PinOneSpan(const PageTable& table, uint
   const RefKind kind = HasAny(flags, kGupPin) ? RefKind::kPin : RefKind::kGet;
   if (folio_internal::TryGrab(folio, refs, kind) != folio_internal::GrabResult::kOk) [[unlikely]]
     return false;
-  if (!Cursor::StillMapped(leaf) || CheckFolio(folio, flags) != Stop::kNone) [[unlikely]] {
+  if (!Cursor::StillMapped(leaf) || CheckFolio(folio, flags) != Stop::kNone ||
+      !record(folio, FirstPage(folio, va), refs)) [[unlikely]] {
     folio_internal::Ungrab(folio, refs, kind, /*dirty=*/false);
     return false;
   }
-  *out = FolioSpan{folio, FirstPage(folio, va), refs};
   return true;
 }
 

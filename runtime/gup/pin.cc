@@ -131,9 +131,21 @@ gup_internal::PinContext Pinner::Context() {
 
 absl::StatusOr<size_t> Pinner::PinPages(const void* va, size_t npages, GupFlags flags,
                                         absl::Span<PageRef> pages) {
+  const uintptr_t start = reinterpret_cast<uintptr_t>(va) & ~uintptr_t{kPageSize4K - 1};
+  if (npages != 0 && pages.size() >= npages &&
+      npages <= (std::numeric_limits<uintptr_t>::max() - start) >> kPageShift &&
+      gup_internal::FlagsValid(flags) && !after_grab_ &&
+      options_.granularity == RefGranularity::kFolio) [[likely]] {
+    PageRef* const out = pages.data();
+    const RefKind kind = HasAny(flags, kGupPin) ? RefKind::kPin : RefKind::kGet;
+    if (gup_internal::PinOneLeaf(table_, start, npages << kPageShift, flags,
+                                 [out, kind](Folio* folio, uint32_t first, uint32_t n) {
+                                   return gup_internal::WritePageRefs(out, folio, first, n, kind);
+                                 })) [[likely]]
+      return npages;
+  }
   if (npages == 0) return NothingToPin(flags);
-  const PinRequest req{reinterpret_cast<uintptr_t>(va) & ~uintptr_t{kPageSize4K - 1}, npages,
-                       flags};
+  const PinRequest req{start, npages, flags};
   if (pages.size() < npages) {
     return RequestError(req.start, req.npages, req.flags,
                         absl::StrFormat("a page array of %u entries", pages.size()));
@@ -174,7 +186,12 @@ absl::StatusOr<size_t> Pinner::PinFolios(const void* va, size_t length, GupFlags
   if (length != 0 && lo + length > lo && lo + length <= kLastPageEnd && !spans.empty() &&
       gup_internal::FlagsValid(flags) && !after_grab_ &&
       options_.granularity == RefGranularity::kFolio) [[likely]] {
-    if (gup_internal::PinOneSpan(table_, lo, length, flags, spans.data())) [[likely]]
+    FolioSpan* const out = spans.data();
+    if (gup_internal::PinOneLeaf(table_, lo, length, flags,
+                                 [out](Folio* folio, uint32_t first, uint32_t pages) {
+                                   *out = FolioSpan{folio, first, pages};
+                                   return true;
+                                 })) [[likely]]
       return 1;
   }
   return PinFoliosInGeneral([this] { return Context(); }, va, length, flags, spans);

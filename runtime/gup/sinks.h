@@ -26,16 +26,23 @@
 
 namespace hugemm::gup_internal {
 
+// record_subpages: the entries of pages [first, first + pages) of `folio` from out[0], no
+// reference work; false, writing nothing, for a folio a PageRef cannot name.
+inline bool WritePageRefs(PageRef* out, Folio* folio, uint32_t first, uint32_t pages,
+                          RefKind kind) {
+  if (!PageRef::Encodable(folio)) [[unlikely]]
+    return false;
+  for (uint32_t i = 0; i < pages; ++i) out[i] = PageRef(folio, first + i, kind);
+  return true;
+}
+
 // The page array: one PageRef per 4K page, in caller memory sized for the whole pin.
 class PageSink {
  public:
   PageSink(PageRef* out, RefKind kind) : out_(out), kind_(kind) {}
   bool Accept(Folio* folio, uint32_t first, uint32_t pages, uintptr_t /*va*/) {
-    if (!PageRef::Encodable(folio)) [[unlikely]]
+    if (!WritePageRefs(out_ + n_, folio, first, pages, kind_)) [[unlikely]]
       return false;
-    // record_subpages: no reference work, just the entries.
-    PageRef* p = out_ + n_;
-    for (uint32_t i = 0; i < pages; ++i) p[i] = PageRef(folio, first + i, kind_);
     n_ += pages;
     return true;
   }
