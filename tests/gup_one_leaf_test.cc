@@ -65,6 +65,40 @@ TEST_F(GupOneLeafTest, ARangeIntoTheNextFolioGetsBoth) {
   EXPECT_EQ(m().Counts(), base_);
 }
 
+// Into a growing vector: the spans appended after what it held, and on failure the
+// vector as it was and nothing taken.
+TEST_F(GupOneLeafTest, AGrowingVectorGetsEveryFolioAppended) {
+  Pinner pinner(*m().table);
+  const FolioSpan kept{folio(2), 7, 1};
+  std::vector<FolioSpan> spans = {kept};
+  absl::StatusOr<size_t> n =
+      pinner.PinFolios(at(0, 1), 3 * kPageSize2M - 2 * kPageSize4K, kGupPin | kGupWrite, &spans);
+  HUGEMM_ASSERT_OK(n);
+  ASSERT_EQ(*n, 3u);
+  ASSERT_EQ(spans.size(), 4u);
+  EXPECT_EQ(spans[0].folio, kept.folio);
+  EXPECT_EQ(spans[0].first_page, kept.first_page);
+  EXPECT_EQ(spans[1].folio, folio(0));
+  EXPECT_EQ(spans[1].first_page, 1u);
+  EXPECT_EQ(spans[1].pages, 511u);
+  EXPECT_EQ(spans[2].folio, folio(1));
+  EXPECT_EQ(spans[2].pages, 512u);
+  EXPECT_EQ(spans[3].folio, folio(2));
+  EXPECT_EQ(spans[3].pages, 511u);
+  pinner.UnpinFolios(absl::MakeConstSpan(spans).subspan(1), RefKind::kPin);
+  EXPECT_EQ(m().Counts(), base_);
+
+  spans = {kept};
+  n = pinner.PinFolios(at(2, 0), 2 * kPageSize2M, kGupPin, &spans);
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kNotFound) << n.status();
+  ASSERT_EQ(spans.size(), 1u) << "the vector as it was";
+  EXPECT_EQ(spans[0].folio, kept.folio);
+  EXPECT_EQ(m().Counts(), base_);
+  n = pinner.PinFolios(at(0, 0), kPageSize4K, kGupPin,
+                       static_cast<std::vector<FolioSpan>*>(nullptr));
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kInvalidArgument) << n.status();
+}
+
 // A folio mapped by PTEs after a split: a range inside one PTE is one leaf; a range over
 // several PTEs of the folio is still one span.
 TEST_F(GupOneLeafTest, SplitFolioOnePteOrSeveral) {

@@ -213,6 +213,12 @@ class Pinner {
   //   InvalidArgument: `spans` is empty.  ResourceExhausted: more spans than it holds.
   [[nodiscard]] absl::StatusOr<size_t> PinFolios(const void* va, size_t length, GupFlags flags,
                                                  absl::Span<FolioSpan> spans);
+  // The same, appending to `*spans`, which grows with the folios pinned: for a range whose
+  // folio count the caller cannot bound beforehand (it allocates for the spans written,
+  // never for `length`). On failure `*spans` is as it was.
+  //   InvalidArgument: `spans` is null.
+  [[nodiscard]] absl::StatusOr<size_t> PinFolios(const void* va, size_t length, GupFlags flags,
+                                                 std::vector<FolioSpan>* spans);
   // Pins [va, va + length) and writes its physically contiguous runs, each at most
   // `max_segment` bytes (0 = unlimited; else at least 4K, rounded down to 4K), the first
   // starting at va's own byte. Returns the number of segments written. Segments do not

@@ -197,6 +197,19 @@ absl::StatusOr<size_t> Pinner::PinFolios(const void* va, size_t length, GupFlags
   return PinFoliosInGeneral([this] { return Context(); }, va, length, flags, spans);
 }
 
+absl::StatusOr<size_t> Pinner::PinFolios(const void* va, size_t length, GupFlags flags,
+                                         std::vector<FolioSpan>* spans) {
+  PinRequest req{.flags = flags};
+  if (!PagesCovering(va, length, &req.start, &req.npages)) [[unlikely]]
+    return WrapError(va, length);
+  if (spans == nullptr) {
+    return RequestError(req.start, req.npages, req.flags, "no vector for folio spans");
+  }
+  if (length == 0) return NothingToPin(flags);
+  gup_internal::SpanSink<gup_internal::GrowingSpans> sink(req.kind(), spans);
+  return PinRange([this] { return Context(); }, req, sink);
+}
+
 absl::StatusOr<size_t> Pinner::PinSegments(const void* va, size_t length, GupFlags flags,
                                            uint64_t max_segment, absl::Span<DmaSegment> segments,
                                            std::vector<FolioSpan>* pinned,

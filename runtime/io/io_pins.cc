@@ -1,7 +1,6 @@
 // Per-I/O pins: a record per I/O in flight, named by a token of generation and index so
 // that a stale or repeated completion finds nothing to give back.
 #include <limits>
-#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -14,36 +13,6 @@ constexpr size_t kMaxCapacity = size_t{1} << 20;
 
 uint32_t IndexOf(uint64_t token) { return static_cast<uint32_t>(token); }
 uint32_t GenerationOf(uint64_t token) { return static_cast<uint32_t>(token >> 32); }
-
-// Pins [addr, addr + length), whose folio runs outnumber a record's inline spans, into
-// `spans`: piece by piece with PARTIAL, into room that doubles, so that what it allocates
-// follows the folios pinned and never `length`, which may be anything. All or nothing: a
-// piece that pins nothing gives back what the pieces before it took.
-absl::StatusOr<size_t> PinInPieces(Pinner& pinner, const void* addr, size_t length, GupFlags flags,
-                                   std::vector<FolioSpan>& spans) {
-  const auto lo = reinterpret_cast<uintptr_t>(addr);
-  const uintptr_t end = lo + length;  // does not wrap: the first try would have said so
-  uintptr_t va = lo & ~uintptr_t{kPageSize4K - 1};
-  size_t room = 8;
-  spans.clear();
-  while (va < end) {
-    const size_t held = spans.size();
-    spans.resize(held + room);
-    absl::StatusOr<size_t> n =
-        pinner.PinFolios(reinterpret_cast<const void*>(va), end - va, flags | kGupPartial,
-                         absl::MakeSpan(spans).subspan(held));
-    if (!n.ok()) {
-      spans.resize(held);
-      pinner.UnpinFolios(spans, RefKind::kPin);
-      spans.clear();
-      return n.status();
-    }
-    spans.resize(held + *n);
-    for (size_t i = held; i < spans.size(); ++i) va += uintptr_t{spans[i].pages} << kPageShift;
-    room *= 2;
-  }
-  return spans.size();
-}
 
 }  // namespace
 
@@ -91,10 +60,11 @@ absl::StatusOr<uint64_t> IoPins::PinFor(const void* addr, size_t length, bool de
   // One span per folio under the I/O: two inline, which a 128K I/O never exceeds unless
   // it straddles two folios' boundary twice.
   absl::StatusOr<size_t> n = pinner_.PinFolios(addr, length, flags, absl::MakeSpan(r.inline_spans));
+  r.spans.clear();
   if (!n.ok() && n.status().code() == absl::StatusCode::kResourceExhausted) {
-    n = PinInPieces(pinner_, addr, length, flags, r.spans);
-  } else {
-    r.spans.clear();
+    // More folio runs than a record holds inline: into a vector that grows with the
+    // folios pinned, never with `length`, which may be anything.
+    n = pinner_.PinFolios(addr, length, flags, &r.spans);
   }
   if (!n.ok()) return n.status();
   free_.pop_back();

@@ -3,6 +3,7 @@
 // between them.
 #include <memory>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_format.h"
 #include "hugemm/page_size.h"
@@ -28,27 +29,12 @@ absl::Status CacheCore::Pin(MrHandle& h, GupFlags flags) {
   }
   h.spans_.clear();
   if (n.status().code() != absl::StatusCode::kResourceExhausted) return n.status();
-  // More folios: pinned in pieces with PARTIAL, into room that doubles, so that what is
-  // allocated follows the folios pinned, never the length asked for (which, for
-  // registered memory, nothing has bounded yet). A piece that pins nothing ends it all.
-  const uintptr_t end = h.addr_ + h.length_;
-  uintptr_t va = h.addr_ & ~uintptr_t{kPageSize4K - 1};
-  for (size_t room = 8; va < end; room *= 2) {
-    const size_t held = h.spans_.size();
-    h.spans_.resize(held + room);
-    n = pinner.PinFolios(Ptr(va), end - va, flags | kGupPartial,
-                         absl::MakeSpan(h.spans_).subspan(held));
-    if (!n.ok()) {
-      h.spans_.resize(held);
-      pinner.UnpinFolios(h.spans_, RefKind::kPin);
-      h.spans_.clear();
-      return n.status();
-    }
-    h.spans_.resize(held + *n);
-    for (size_t i = held; i < h.spans_.size(); ++i) {
-      va += uintptr_t{h.spans_[i].pages} << kPageShift;
-    }
-  }
+  // More folios: into a vector that grows with the folios pinned, never with the length
+  // asked for (which, for registered memory, nothing has bounded yet).
+  std::vector<FolioSpan> spans;
+  n = pinner.PinFolios(Ptr(h.addr_), h.length_, flags, &spans);
+  if (!n.ok()) return n.status();
+  h.spans_.assign(spans.begin(), spans.end());
   return absl::OkStatus();
 }
 
