@@ -157,8 +157,11 @@ absl::StatusOr<IoRun> RunLoop(Runtime& rt, const std::vector<std::byte*>& buffer
       }
       const uint64_t now = NowNs();
       if (!measuring && now >= warm_end) {
+        // The window opens at warm_end, not at this completion: a stall that delays the
+        // first completion past `end` still leaves a window as long as the stall, with
+        // the I/O that ended it, never a window of zero seconds.
         measuring = true;
-        t0 = now;
+        t0 = warm_end;
         cpu0 = CpuNs();
       }
       if (measuring && !stopped && slot != ~uint64_t{0}) {
