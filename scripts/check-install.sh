@@ -75,6 +75,26 @@ check_headers() {
   say "install: all $count headers in $include/hugemm compile on their own"
 }
 check_headers "$prefix/include"
+# A C program's own CMake project (LANGUAGES C: no C++ compiler, so no C++ linker) links
+# hugemm::hugemm and hugemm::hugemm_static.
+check_c_project() {
+  local prefix=$1 dir="$work/c-project"
+  rm -rf "$dir" && mkdir -p "$dir"
+  cat >"$dir/CMakeLists.txt" <<EOF
+cmake_minimum_required(VERSION 3.25)
+project(c_only LANGUAGES C)
+find_package(hugemm 0.1 REQUIRED)
+add_executable(shared_c "$HUGEMM_ROOT/examples/pin_buffer.c")
+target_link_libraries(shared_c PRIVATE hugemm::hugemm)
+add_executable(static_c "$HUGEMM_ROOT/examples/pin_buffer.c")
+target_link_libraries(static_c PRIVATE hugemm::hugemm_static)
+EOF
+  say "install: a C-only CMake project against $prefix"
+  cmake -S "$dir" -B "$dir/build" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+  cmake --build "$dir/build" >/dev/null || die "a C-only project does not link hugemm from $prefix"
+  "$dir/build/shared_c" && "$dir/build/static_c"
+}
+check_c_project "$prefix"
 run_block link "$prefix"
 # (ldd's output is read whole: grep -q would close the pipe on it.)
 deps=$(ldd build-examples/pin_buffer_c)
@@ -106,6 +126,7 @@ run_block link /usr
 apt-get install -y -qq ./build/release/libhugemm-verbs0_*.deb \
   ./build/release/libhugemm-verbs-dev_*.deb >/dev/null
 check_headers /usr/include
+check_c_project /usr
 check_verbs /usr
 (cd "$work" && "$HUGEMM_ROOT/build-examples/example_read_direct")
 say "install: from source and from the Debian packages, examples built and run both ways"
