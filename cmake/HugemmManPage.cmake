@@ -10,6 +10,12 @@ if(HELP2MAN)
                      COMMENT "hugemm(1) from hugemm --help")
   add_custom_target(hugemm_manpage ALL DEPENDS "${HUGEMM_MANPAGE}")
   install(FILES "${HUGEMM_MANPAGE}" DESTINATION "${CMAKE_INSTALL_MANDIR}/man1" COMPONENT tools)
+  if(BUILD_TESTING)
+    add_test(NAME manpage_test
+             COMMAND bash "${PROJECT_SOURCE_DIR}/tests/manpage_test.sh" $<TARGET_FILE:hugemm_cli>
+                     "${HUGEMM_MANPAGE}")
+    set_tests_properties(manpage_test PROPERTIES LABELS cli)
+  endif()
 else()
   message(WARNING "help2man not found: no hugemm(1) man page (Debian: apt-get install help2man)")
 endif()

@@ -9,10 +9,25 @@ trap 'rm -rf "$tmp"' EXIT
 
 # Help text as roff: backslashes escaped, no line read as a request.
 roff() { sed -e 's/\\/\\e/g' -e "s/^\([.']\)/\\\\\&\1/"; }
+# subcommands [WORDS...]: the names under "Subcommands:" in `hugemm WORDS --help`.
+subcommands() {
+  "$hugemm" "$@" --help | awk '/^Subcommands:/ { s = 1; next }
+                             s && /^  [a-z]/ { print $1; next }
+                             s && !/^    / { s = 0 }'
+}
+# Every command the tool has, leaves only ("bench pin", not "bench"): taken from its own
+# help, so that a new command or benchmark gets its section without anyone listing it.
+commands=()
+for cmd in $(subcommands); do
+  nested=$(subcommands "$cmd")
+  if [ -z "$nested" ]; then commands+=("$cmd"); fi
+  for sub in $nested; do commands+=("$cmd $sub"); done
+done
+[ ${#commands[@]} -gt 0 ] || { echo "make_manpage.sh: $hugemm --help lists no commands" >&2; exit 1; }
 {
   printf '[NAME]\nhugemm \\- inspect, verify and benchmark DMA buffers on real huge pages\n'
   printf '[COMMANDS]\n'
-  for cmd in info demo verify "bench pin" "bench translate" "bench alloc"; do
+  for cmd in "${commands[@]}"; do
     printf '.SS "hugemm %s"\n.nf\n' "$cmd"
     # shellcheck disable=SC2086  # cmd is the command's words
     "$hugemm" $cmd --help | roff

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The README's "Install and link", run as written (test.sh runs it after the tests):
-# install from source into a fresh prefix and build and run examples/ against it, with
-# CMake and with pkg-config; then build the Debian packages, install them with apt,
-# do the same against /usr, and remove them. The verbs layer's library (libhugemm-verbs)
-# comes along: examples/rdma_write.c is built against it both ways (README's "RDMA
-# programs" block), and the examples without RDMA must not pull libibverbs in. Needs a
-# Release build (setup.sh).
+# install from source into a fresh prefix, compile each installed header on its own, and
+# build and run examples/ against it, with CMake and with pkg-config; then build the
+# Debian packages, install them with apt, do the same against /usr, and remove them. The
+# verbs layer's library (libhugemm-verbs) comes along: examples/rdma_write.c is built
+# against it both ways (README's "RDMA programs" block), and the examples without RDMA
+# must not pull libibverbs in. Needs a Release build (setup.sh).
 #   scripts/check-install.sh
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -53,6 +53,48 @@ for f in include/hugemm/hugemm.h include/hugemm/hugemm_io.h include/hugemm/io.h 
          lib/libhugemm-verbs.a lib/cmake/hugemm/hugemmVerbsTargets.cmake lib/pkgconfig/hugemm-verbs.pc; do
   [ -e "$prefix/$f" ] || die "cmake --install did not install $f"
 done
+# Every installed header compiles on its own, with the installed include path alone:
+# the C API's (hugemm*.h) as C99 and as C++, the others as C++20.
+check_headers() {
+  local include=$1 h name src="$work/header" flags=(-Wall -Wextra -Werror -pedantic-errors)
+  local count=0
+  for h in "$include"/hugemm/*.h; do
+    name=$(basename "$h")
+    printf '#include "hugemm/%s"\n#include "hugemm/%s"\nint hugemm_header_check;\n' \
+      "$name" "$name" >"$src.c"
+    cp "$src.c" "$src.cc"
+    case $name in
+      hugemm*.h) cc -std=c99 "${flags[@]}" -I"$include" -fsyntax-only "$src.c" ||
+        die "$name does not compile on its own as C99" ;;
+    esac
+    c++ -std=c++20 "${flags[@]}" -I"$include" -fsyntax-only "$src.cc" ||
+      die "$name does not compile on its own as C++20"
+    count=$((count + 1))
+  done
+  [ "$count" -gt 0 ] || die "no headers in $include/hugemm"
+  say "install: all $count headers in $include/hugemm compile on their own"
+}
+check_headers "$prefix/include"
+# A C program's own CMake project (LANGUAGES C: no C++ compiler, so no C++ linker) links
+# hugemm::hugemm and hugemm::hugemm_static.
+check_c_project() {
+  local prefix=$1 dir="$work/c-project"
+  rm -rf "$dir" && mkdir -p "$dir"
+  cat >"$dir/CMakeLists.txt" <<EOF
+cmake_minimum_required(VERSION 3.25)
+project(c_only LANGUAGES C)
+find_package(hugemm 0.1 REQUIRED)
+add_executable(shared_c "$HUGEMM_ROOT/examples/pin_buffer.c")
+target_link_libraries(shared_c PRIVATE hugemm::hugemm)
+add_executable(static_c "$HUGEMM_ROOT/examples/pin_buffer.c")
+target_link_libraries(static_c PRIVATE hugemm::hugemm_static)
+EOF
+  say "install: a C-only CMake project against $prefix"
+  cmake -S "$dir" -B "$dir/build" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+  cmake --build "$dir/build" >/dev/null || die "a C-only project does not link hugemm from $prefix"
+  "$dir/build/shared_c" && "$dir/build/static_c"
+}
+check_c_project "$prefix"
 run_block link "$prefix"
 # (ldd's output is read whole: grep -q would close the pipe on it.)
 deps=$(ldd build-examples/pin_buffer_c)
@@ -83,6 +125,8 @@ hugemm --version
 run_block link /usr
 apt-get install -y -qq ./build/release/libhugemm-verbs0_*.deb \
   ./build/release/libhugemm-verbs-dev_*.deb >/dev/null
+check_headers /usr/include
+check_c_project /usr
 check_verbs /usr
 (cd "$work" && "$HUGEMM_ROOT/build-examples/example_read_direct")
 say "install: from source and from the Debian packages, examples built and run both ways"

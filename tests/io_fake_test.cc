@@ -15,6 +15,7 @@ namespace hugemm::testing {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 using Clone = FakeMachine::Clone;
 
 struct Machine {
@@ -106,6 +107,29 @@ TEST(FixedBuffersOnFake, AProgramTableThatCannotTakeMemoryFailsTheAllocation) {
   EXPECT_THAT(b.status().message(), HasSubstr("RLIMIT_MEMLOCK"));
   EXPECT_EQ(s.os.pinned_bytes(), 2 * kPageSize2M) << "the runtime's pin was undone too";
   EXPECT_EQ(s.rt->kernel_pin_stats().slots_used, 1u);
+}
+
+TEST(FixedBuffersOnFake, RlimitMemlockNamesWhyTheMemoryIsPinnedAgain) {
+  // A kernel that clones, but a runtime without kernel pins: nothing to clone, so iovecs.
+  FakeOs os({.memlock_bytes = kPageSize2M, .io_uring_clone = Clone::kRanges});
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open({.kernel_pins = false, .os = &os});
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  absl::StatusOr<int> ring = os.IoUringSetup(8);
+  ASSERT_TRUE(ring.ok());
+  absl::StatusOr<std::unique_ptr<FixedBuffers>> fixed = FixedBuffers::Attach(**rt, *ring);
+  ASSERT_TRUE(fixed.ok()) << fixed.status();
+  EXPECT_EQ((*fixed)->mode(), FixedBufferMode::kIovec);
+  absl::StatusOr<Buffer> fits = (*rt)->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(fits.ok()) << fits.status();
+  absl::StatusOr<Buffer> b = (*rt)->MapBuffer(kPageSize2M);
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(b.status().message(), HasSubstr("RLIMIT_MEMLOCK"));
+  EXPECT_THAT(b.status().message(), HasSubstr("kernel pins are off"));
+  EXPECT_THAT(b.status().message(), Not(HasSubstr("IORING_REGISTER_CLONE_BUFFERS")))
+      << "this kernel has it";
+  fixed->reset();
+  (void)os.Close(*ring);
 }
 
 TEST(FixedBuffersOnFake, EveryFailureOfAttachLeavesNothingRegistered) {

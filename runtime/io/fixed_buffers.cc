@@ -17,7 +17,20 @@ namespace {
 
 using api_internal::KernelPinTable;
 
-absl::Status Explain(const absl::Status& st, int ring_fd) {
+// Why memory goes into a program's table as iovecs (pinned again) rather than by clone.
+std::string WhyIovecs(FixedBufferMode mode, bool runtime_pins) {
+  if (!runtime_pins) return "the runtime's kernel pins are off, so it has no table to clone";
+  if (mode == FixedBufferMode::kClone) {
+    return "this kernel clones whole tables only (Linux 6.12), so memory added after the clone "
+           "is registered again";
+  }
+  return "the table is made of iovecs: FixedBufferMode::kIovec, or a kernel without "
+         "IORING_REGISTER_CLONE_BUFFERS";
+}
+
+// `why_iovecs`: WhyIovecs of the table the failed call registered memory into, or empty
+// for a call that pinned nothing (an ENOMEM there is not RLIMIT_MEMLOCK's).
+absl::Status Explain(const absl::Status& st, int ring_fd, const std::string& why_iovecs) {
   std::string why;
   switch (ErrnoOf(st)) {
     case EBADF:
@@ -25,10 +38,10 @@ absl::Status Explain(const absl::Status& st, int ring_fd) {
       why = absl::StrCat("; descriptor ", ring_fd, " is not an io_uring instance");
       break;
     case ENOMEM:
+      if (why_iovecs.empty()) break;
       why =
-          "; RLIMIT_MEMLOCK is too low to register the memory in this ring as well (the "
-          "kernel has no IORING_REGISTER_CLONE_BUFFERS to share the runtime's pins): raise "
-          "it (ulimit -l) or grant CAP_IPC_LOCK";
+          absl::StrCat("; RLIMIT_MEMLOCK is too low to register the memory in this ring as well (",
+                       why_iovecs, "): raise it (ulimit -l) or grant CAP_IPC_LOCK");
       break;
     case ENXIO:
       why = "; the ring's buffer table is gone (unregistered behind hugemm's back)";
@@ -102,7 +115,7 @@ absl::StatusOr<std::unique_ptr<FixedBuffers>> FixedBuffers::Attach(
         return absl::OkStatus();
       }
       if (ErrnoOf(st) == EBUSY) return busy();
-      if (ErrnoOf(st) != EINVAL) return Explain(sys::Annotate(st, "fixed buffers"), ring_fd);
+      if (ErrnoOf(st) != EINVAL) return Explain(sys::Annotate(st, "fixed buffers"), ring_fd, "");
       if (options.mode == FixedBufferMode::kClone) {
         return absl::UnimplementedError(
             absl::StrCat("fixed buffers by clone: this kernel has no IORING_REGISTER_CLONE_BUFFERS "
@@ -112,7 +125,7 @@ absl::StatusOr<std::unique_ptr<FixedBuffers>> FixedBuffers::Attach(
     }
     absl::Status st = os.IoUringRegisterSparseBuffers(ring_fd, table.capacity());
     if (ErrnoOf(st) == EBUSY) return busy();
-    if (!st.ok()) return Explain(sys::Annotate(st, "fixed buffers"), ring_fd);
+    if (!st.ok()) return Explain(sys::Annotate(st, "fixed buffers"), ring_fd, "");
     registered = true;
     fb->mode_ = FixedBufferMode::kIovec;
     return absl::OkStatus();
@@ -133,6 +146,7 @@ FixedBuffers::~FixedBuffers() {
 
 absl::Status FixedBuffers::Fill(unsigned slot, const void* data, size_t length) {
   Os& os = *runtime_.options().os;
+  const bool runtime_pins = runtime_.kernel_pin_table().ring_fd() >= 0;
   std::lock_guard<std::mutex> lock(mu_);
   if (filled_.count(slot) != 0) return absl::OkStatus();  // in the clone already
   if (mode_ == FixedBufferMode::kClone && ranged_clones_ != 0) {
@@ -149,12 +163,12 @@ absl::Status FixedBuffers::Fill(unsigned slot, const void* data, size_t length) 
     // destination has no table before it reads the arguments) or EINVAL (a range into a
     // ring without one): register the rest as iovecs.
     const int err = ErrnoOf(st);
-    if ((err != EINVAL && err != EBUSY) || ranged_clones_ == 1) return Explain(st, ring_fd_);
+    if ((err != EINVAL && err != EBUSY) || ranged_clones_ == 1) return Explain(st, ring_fd_, "");
     ranged_clones_ = 0;
   }
   const iovec iov{const_cast<void*>(data), length};
   if (absl::Status st = os.IoUringUpdateBuffers(ring_fd_, slot, {&iov, 1}); !st.ok()) {
-    return Explain(st, ring_fd_);
+    return Explain(st, ring_fd_, WhyIovecs(mode_, runtime_pins));
   }
   filled_.insert(slot);
   return absl::OkStatus();
