@@ -404,7 +404,7 @@ absl::Status Driver::PopulateAt(PageTable& table, uintptr_t va, bool write) {
 
 bool Driver::OpPin() {
   PinAsk ask;
-  ask.output = static_cast<PinOutput>(in_.Below(4));
+  ask.output = static_cast<PinOutput>(in_.Below(5));
   uintptr_t va;
   size_t len;
   PickRange(&va, &len);
@@ -467,6 +467,23 @@ bool Driver::OpPin() {
       segments.resize(got);
       break;
     }
+    case PinOutput::kVector: {
+      // Appended after what the vector held, which a refusal leaves as it was.
+      ask.cap = in_.Below(4);
+      std::vector<FolioSpan> held(ask.cap == 0 ? 0 : ask.cap - 1, FolioSpan{nullptr, 7, 9});
+      std::vector<FolioSpan> v = held;
+      absl::StatusOr<size_t> r =
+          pinner.PinFolios(p, ask.count, ask.flags, ask.cap == 0 ? nullptr : &v);
+      st = r.status();
+      got = r.ok() ? *r : 0;
+      FUZZ_CHECK(v.size() == held.size() + got, "pin into a vector: appended count");
+      for (size_t i = 0; i < held.size(); ++i) {
+        FUZZ_CHECK(v[i].folio == nullptr && v[i].first_page == 7 && v[i].pages == 9,
+                   "pin into a vector: what it held changed");
+      }
+      rec->spans.assign(v.begin() + static_cast<ptrdiff_t>(held.size()), v.end());
+      break;
+    }
     case PinOutput::kHandle: {
       absl::StatusOr<PinnedRange> r = pinner.Pin(p, ask.count, ask.flags);
       st = r.status();
@@ -495,6 +512,7 @@ bool Driver::OpPin() {
       break;
     case PinOutput::kSpans:
     case PinOutput::kHandle:
+    case PinOutput::kVector:
       FUZZ_CHECK(rec->spans.size() == plan.spans.size(), what + ": span count differs");
       for (size_t i = 0; i < plan.spans.size(); ++i) {
         const FolioSpan& a = rec->spans[i];
@@ -552,6 +570,7 @@ void Driver::OpUnpin() {
       break;
     }
     case PinOutput::kSpans:
+    case PinOutput::kVector:
       FUZZ_CHECK(pinner_->UnpinFolios(r.spans, r.kind, dirty) == r.spans.size(),
                  "unpin folios: one operation per span");
       break;

@@ -92,8 +92,9 @@ PinPlan PredictPin(const TableModel& model, const PinAsk& ask) {
     if (ask.output == PinOutput::kHandle && HasAny(ask.flags, kGupPartial)) {
       return fail(Code::kInvalidArgument);
     }
+    if (ask.output == PinOutput::kVector && ask.cap == 0) return fail(Code::kInvalidArgument);
     if (len == 0) return FlagsOk(ask.flags) ? plan : fail(Code::kInvalidArgument);
-    if (ask.output != PinOutput::kHandle && ask.cap == 0) return fail(Code::kInvalidArgument);
+    if (ask.cap == 0 && ask.output != PinOutput::kHandle) return fail(Code::kInvalidArgument);
   }
   if (!FlagsOk(ask.flags)) return fail(Code::kInvalidArgument);
   if (npages > (std::numeric_limits<uintptr_t>::max() - start) >> kPageShift) {

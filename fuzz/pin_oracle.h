@@ -17,14 +17,15 @@
 
 namespace hugemm::fuzz {
 
-enum class PinOutput { kPages, kSpans, kSegments, kHandle };
+// kVector: PinFolios appending to a std::vector (cap 0: a null vector).
+enum class PinOutput { kPages, kSpans, kSegments, kHandle, kVector };
 
 struct PinAsk {
   PinOutput output = PinOutput::kPages;
   uintptr_t va = 0;
   size_t count = 0;  // kPages: pages; else bytes
   GupFlags flags = kGupNone;
-  size_t cap = 0;  // entries the output holds (kHandle: unlimited)
+  size_t cap = 0;  // entries the output holds (kHandle, kVector: unlimited)
   uint64_t max_segment = 0;
   // Where the populator refused to map, and with what code (kOk: it never refused).
   uintptr_t refused_at = 0;
