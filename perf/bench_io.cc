@@ -159,6 +159,12 @@ absl::Status CheckIoBenchConfig(const IoBenchConfig& c) {
     return absl::InvalidArgumentError(
         absl::StrCat("--size ", c.size, ": smaller than the largest block, ", largest));
   }
+  const std::string where = c.file.empty() ? c.dir : c.file;
+  struct statfs fs;
+  if (::statfs(where.c_str(), &fs) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(c.file.empty() ? "--dir " : "--file ", where, ": ", std::strerror(errno)));
+  }
   if (!c.file.empty() && !c.write_existing) {
     for (IoPattern p : c.patterns) {
       if (p == IoPattern::kRandWrite) {
@@ -168,12 +174,6 @@ absl::Status CheckIoBenchConfig(const IoBenchConfig& c) {
                          "--rw randread"));
       }
     }
-  }
-  const std::string where = c.file.empty() ? c.dir : c.file;
-  struct statfs fs;
-  if (::statfs(where.c_str(), &fs) != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(c.file.empty() ? "--dir " : "--file ", where, ": ", std::strerror(errno)));
   }
   struct stat st;
   const bool device = !c.file.empty() && ::stat(c.file.c_str(), &st) == 0 && S_ISBLK(st.st_mode);

@@ -21,7 +21,9 @@ namespace hugemm {
 namespace {
 
 using Json = nlohmann::json;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 // Runs the CLI and returns its stdout (add "2>&1" to `args` for stderr too).
 std::string RunCli(const std::string& args, int* exit_code) {
@@ -118,6 +120,12 @@ TEST(BenchIo, BadConfigsAreRefusedByName) {
   c = {};
   c.dir = "/nonexistent-hugemm-dir";
   EXPECT_THAT(perf::CheckIoBenchConfig(c).message(), HasSubstr("--dir /nonexistent"));
+  // A --file that is not there is named so, before any refusal to overwrite it.
+  c = {};
+  c.file = "/nonexistent-hugemm-file";
+  EXPECT_THAT(perf::CheckIoBenchConfig(c).message(),
+              AllOf(HasSubstr("--file /nonexistent-hugemm-file: No such file"),
+                    Not(HasSubstr("overwrite"))));
 
   // Writes to a given file need --write-existing; the file is left as it was.
   int rc = 0;
