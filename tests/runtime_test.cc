@@ -2,6 +2,9 @@
 // that keeps their PFNs still, and memory kept until the last pin is gone.
 #include "hugemm/runtime.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <cstring>
 #include <thread>
@@ -192,6 +195,46 @@ TEST(Runtime, AllocatedFoliosArePinnableAndFreedByAddress) {
   absl::Status again = (*rt)->Free(data);
   EXPECT_EQ(again.code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(again.message(), HasSubstr("not the start of a hugemm buffer"));
+}
+
+// A child of fork() shares the kernel pin table's ring but none of the memory: closing
+// its copy of the runtime must leave the parent's kernel pins, and new memory there is
+// refused rather than registered in the parent's ring.
+TEST(Runtime, ForkedChildLeavesTheParentsKernelPins) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  const int64_t pinned_at_start = testing::VmPinKb();
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  absl::StatusOr<Buffer> buf = (*rt)->MapBuffer(2 * kPageSize2M);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  absl::StatusOr<Buffer> small = (*rt)->Allocate(kPageSize4K);
+  ASSERT_TRUE(small.ok()) << small.status();
+  const int64_t pinned = testing::VmPinKb();
+  ASSERT_GE(pinned - pinned_at_start, static_cast<int64_t>(3 * kPageSize2M / 1024));
+
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    absl::StatusOr<Buffer> more = (*rt)->MapBuffer(kPageSize2M);
+    const int code = more.ok()                                                       ? 1
+                     : more.status().code() == absl::StatusCode::kFailedPrecondition ? 0
+                                                                                     : 2;
+    buf->Detach();
+    small->Detach();
+    rt->reset();
+    _exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: the child mapped new memory, 2: another error";
+  EXPECT_EQ(testing::VmPinKb(), pinned) << "the child's close dropped the parent's pins";
+
+  std::memset(buf->data(), 0x11, buf->size());
+  HUGEMM_ASSERT_OK(buf->Free());
+  HUGEMM_ASSERT_OK(small->Free());
+  (void)(*rt)->allocator().Shrink();
+  EXPECT_EQ(testing::VmPinKb(), pinned_at_start);
 }
 
 TEST(Runtime, BadRequestsAreClearErrors) {

@@ -61,7 +61,12 @@ int hugemm_open(const hugemm_options* options, hugemm_runtime** out);
  * stay valid for hugemm_unsubscribe alone) and closes. Memory still pinned (a page
  * array, spans or segments not unpinned) may still be in a device's hands: it stays
  * mapped, with its huge pages, until the process exits, so unpin before closing. NULL is
- * ignored. */
+ * ignored.
+ * fork(): a child process has none of the runtime's memory (it is MADV_DONTFORK) and
+ * shares its kernel pin ring with the parent. In the child, hugemm_close (which leaves the
+ * parent's memory and pins as they were), exit and exec are the only uses of a runtime
+ * opened before the fork; new memory there fails with -EFAULT. The parent is unaffected
+ * by a child that exits. */
 void hugemm_close(hugemm_runtime* rt);
 
 /* ---- memory ---------------------------------------------------------------------- */

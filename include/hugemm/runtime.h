@@ -29,6 +29,13 @@
 // Memory observers (memory_observer.h) hear of every extent and buffer when it is added
 // and before it is removed: the kernel pin table is the first; an IOVA mapper or a
 // program's own table (hugemm/io.h) are others.
+//
+// fork(): all of a runtime's memory is MADV_DONTFORK, so a child process has none of it,
+// and the child shares the kernel pin table's ring with its parent. In the child the
+// runtime may only be destroyed (which leaves the parent's memory, pins and kernel pins
+// as they were) or left behind by exit or exec: its buffers are not mapped there, and new
+// memory is refused (FailedPrecondition with kernel pins). A new runtime opened in the
+// child is the child's own. The parent is unaffected by a child that exits.
 #ifndef HUGEMM_RUNTIME_H_
 #define HUGEMM_RUNTIME_H_
 
