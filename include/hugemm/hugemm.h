@@ -63,10 +63,11 @@ int hugemm_open(const hugemm_options* options, hugemm_runtime** out);
  * mapped, with its huge pages, until the process exits, so unpin before closing. NULL is
  * ignored.
  * fork(): a child process has none of the runtime's memory (it is MADV_DONTFORK) and
- * shares its kernel pin ring with the parent. In the child, hugemm_close (which leaves the
- * parent's memory and pins as they were), exit and exec are the only uses of a runtime
- * opened before the fork; new memory there fails with -EFAULT. The parent is unaffected
- * by a child that exits. */
+ * shares its kernel pin ring with the parent. A runtime opened before the fork is inert
+ * in the child: hugemm_free and (with kernel pins) new memory fail there with -EFAULT;
+ * hugemm_close releases only the child's ring descriptor and handles (it neither unmaps
+ * nor waits), leaving the rest to the child's exit. The parent's memory and pins stay as
+ * they were, and a child that exits leaves the parent unaffected. */
 void hugemm_close(hugemm_runtime* rt);
 
 /* ---- memory ---------------------------------------------------------------------- */

@@ -31,11 +31,13 @@
 // program's own table (hugemm/io.h) are others.
 //
 // fork(): all of a runtime's memory is MADV_DONTFORK, so a child process has none of it,
-// and the child shares the kernel pin table's ring with its parent. In the child the
-// runtime may only be destroyed (which leaves the parent's memory, pins and kernel pins
-// as they were) or left behind by exit or exec: its buffers are not mapped there, and new
-// memory is refused (FailedPrecondition with kernel pins). A new runtime opened in the
-// child is the child's own. The parent is unaffected by a child that exits.
+// and the child shares the kernel pin table's ring with its parent. A runtime opened
+// before the fork is inert in the child: Free there is FailedPrecondition, new memory is
+// refused (FailedPrecondition, with kernel pins), and destroying it releases nothing but
+// the child's descriptor of the ring, leaving the rest to the child's exit (it neither
+// unmaps nor waits: a lock or read section another thread held at the fork stays held
+// in the child). The parent's memory, pins and kernel pins stay as they were, and a
+// child that exits leaves the parent unaffected. A runtime opened in the child is its own.
 #ifndef HUGEMM_RUNTIME_H_
 #define HUGEMM_RUNTIME_H_
 

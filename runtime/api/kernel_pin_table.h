@@ -107,6 +107,8 @@ class KernelPinTable final : public MemoryObserver {
     int ring_fd = -1;
   };
   Stats stats() const;
+  // This process is a child of fork() of the one that made the table.
+  bool InForkedChild() const { return ::getpid() != pid_; }
   // The ring holding the table, or -1 when pinning is off.
   int ring_fd() const { return ring_fd_; }
   unsigned capacity() const { return index_.capacity(); }
@@ -115,7 +117,7 @@ class KernelPinTable final : public MemoryObserver {
   KernelPinTable(Os& os, unsigned slots) : os_(os), index_(slots) {}
   std::string Explain(const absl::Status& status, size_t bytes) const;
   // The ring is the process's that made it, not this one's (a child of fork()).
-  bool RingOfParent() const { return ring_fd_ >= 0 && ::getpid() != pid_; }
+  bool RingOfParent() const { return ring_fd_ >= 0 && InForkedChild(); }
 
   Os& os_;
   const pid_t pid_ = ::getpid();  // the process that made the ring
