@@ -12,6 +12,12 @@
  * cannot be checked is the caller's to keep: a page array or spans unpinned twice, a
  * subscription unsubscribed twice. doc/design.md ("Errors") has the whole table.
  *
+ * Thread safety: any number of threads may call these functions at once, on one runtime
+ * or several, except hugemm_close: no other call on that runtime or on one of its
+ * subscriptions (hugemm_unsubscribe included) may run during it, and none on the runtime
+ * after it. A subscription is unsubscribed once, by one thread; a buffer freed by two at
+ * once is freed by one, and the other gets -ENOENT.
+ *
  *   hugemm_runtime *rt;
  *   if (hugemm_open(NULL, &rt) < 0) die(hugemm_last_error());
  *   hugemm_buffer buf;

@@ -195,7 +195,8 @@ class Runtime {
   std::optional<Translation> Translate(const void* va, size_t max_run = 0) const;
   // The folio mapping `va`.
   absl::StatusOr<FolioInfo> FolioInfoAt(const void* va) const;
-  // Hears changes to [va, va + length) (see notify.h).
+  // Hears changes to [va, va + length) (see notify.h). The subscription must be dropped
+  // before the runtime closes (it unsubscribes from the runtime's table).
   std::unique_ptr<RangeSubscription> Subscribe(const void* va, size_t length,
                                                NotifierCallbacks callbacks = {});
   // Holds the shadow table over [va, va + length) against the kernel.
