@@ -66,8 +66,8 @@ int hugemm_open(const hugemm_options* options, hugemm_runtime** out);
 /* Frees every buffer still held, ends every subscription still open (their handles
  * stay valid for hugemm_unsubscribe alone) and closes. Memory still pinned (a page
  * array, spans or segments not unpinned) may still be in a device's hands: it stays
- * mapped, with its huge pages, until the process exits, so unpin before closing. NULL is
- * ignored.
+ * mapped, with its huge pages, until the process exits, but loses its kernel pin (the
+ * ring closes), so the kernel may move it: unpin before closing. NULL is ignored.
  * fork(): a child process has none of the runtime's memory (it is MADV_DONTFORK) and
  * shares its kernel pin ring with the parent. A runtime opened before the fork is inert
  * in the child: hugemm_free and (with kernel pins) new memory fail there with -EFAULT;

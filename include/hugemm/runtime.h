@@ -17,14 +17,14 @@
 // goes back only when the last pin is gone.
 //
 // PFN stability: every page a runtime hands out is held by a kernel long-term pin for as
-// long as it is mapped, on by default (RuntimeOptions::kernel_pins), so the kernel cannot
-// migrate it while a device may use its PFN. The runtime keeps one kernel pin table: one
-// io_uring instance (one file descriptor) whose registered-buffer table has a slot per
-// pool extent (Allocate's folios are carved from those) and per MapBuffer buffer (per GiB
-// of one), never one per allocation. The same table gives programs fixed buffers for
-// their own rings (hugemm/io.h). Pinned bytes count against RLIMIT_MEMLOCK for processes
-// without CAP_IPC_LOCK; the table holds at most 16384 slots (32 GiB of 2M extents). Both
-// limits end in an error that names them and what to do.
+// long as it is mapped and the runtime open, on by default (RuntimeOptions::kernel_pins),
+// so the kernel cannot migrate it while a device may use its PFN. The runtime keeps one
+// kernel pin table: one io_uring instance (one file descriptor) whose registered-buffer
+// table has a slot per pool extent (Allocate's folios are carved from those) and per
+// MapBuffer buffer (per GiB of one), never one per allocation. The same table gives
+// programs fixed buffers for their own rings (hugemm/io.h). Pinned bytes count against
+// RLIMIT_MEMLOCK for processes without CAP_IPC_LOCK; the table holds at most 16384 slots
+// (32 GiB of 2M extents). Both limits end in an error that names them and what to do.
 //
 // Memory observers (memory_observer.h) hear of every extent and buffer when it is added
 // and before it is removed: the kernel pin table is the first; an IOVA mapper or a
@@ -167,8 +167,9 @@ class Runtime {
   // Frees every buffer and registration still held. Pins taken through pinner() must be
   // released first. A folio of a buffer still pinned then stays allocated (its memory is
   // never reused while pinned) until FolioUngrab drops its last pin, without a word to
-  // the memory observers; a pin of a registration's memory must not outlive the runtime
-  // (its descriptors go with it).
+  // the memory observers and without its kernel pin (the table closes with the runtime,
+  // and the kernel may then move the memory); a pin of a registration's memory must not
+  // outlive the runtime (its descriptors go with it).
   ~Runtime();
   Runtime(const Runtime&) = delete;
   Runtime& operator=(const Runtime&) = delete;
