@@ -73,7 +73,8 @@ int hugemm_open(const hugemm_options* options, hugemm_runtime** out);
  * in the child: hugemm_free and (with kernel pins) new memory fail there with -EFAULT;
  * hugemm_close releases only the child's ring descriptor and handles (it neither unmaps
  * nor waits), leaving the rest to the child's exit. The parent's memory and pins stay as
- * they were, and a child that exits leaves the parent unaffected. */
+ * they were, and a child that exits leaves the parent unaffected. A child of a parent
+ * with other threads should still leave by _exit or exec (as POSIX asks). */
 void hugemm_close(hugemm_runtime* rt);
 
 /* ---- memory ---------------------------------------------------------------------- */

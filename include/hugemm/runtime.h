@@ -38,6 +38,8 @@
 // unmaps nor waits: a lock or read section another thread held at the fork stays held
 // in the child). The parent's memory, pins and kernel pins stay as they were, and a
 // child that exits leaves the parent unaffected. A runtime opened in the child is its own.
+// A child of a parent with other threads should still leave by _exit or exec (as POSIX
+// asks): exit's thread_local destructors may wait for a lock another thread held.
 #ifndef HUGEMM_RUNTIME_H_
 #define HUGEMM_RUNTIME_H_
 
