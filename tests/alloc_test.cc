@@ -21,6 +21,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hugemm/os.h"
+#include "runtime/alloc/thread_cache.h"
 #include "runtime/sys/pagemap.h"
 #include "tests/test_util.h"
 
@@ -491,6 +492,31 @@ TEST(Alloc, ManyThreadsNoLeak) {
   EXPECT_EQ(s->folios, 0u);
   EXPECT_EQ(s->mapped_bytes, 0u);
   EXPECT_EQ(FreeHugePages(kPageSize2M), baseline);
+}
+
+// A thread that outlives many allocators (a program opening and closing runtimes) keeps
+// per-thread state for the live ones only.
+TEST(Alloc, ThreadForgetsTheCachesOfAllocatorsGone) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  const size_t named_before = alloc_internal::ThreadCacheSet::NamedByThisThread();
+  auto kept = NewAllocator();
+  absl::StatusOr<FolioHandle> k = kept->Allocate(kPageSize4K);
+  ASSERT_TRUE(k.ok()) << k.status();
+  for (int i = 0; i < 50; ++i) {
+    auto alloc = NewAllocator();
+    absl::StatusOr<FolioHandle> h = alloc->Allocate(kPageSize4K);
+    ASSERT_TRUE(h.ok()) << h.status();
+    std::memset(h->data(), i, 64);
+  }
+  auto last = NewAllocator();
+  absl::StatusOr<FolioHandle> h = last->Allocate(kPageSize4K);
+  ASSERT_TRUE(h.ok()) << h.status();
+  // The kept allocator's and the last one's, besides what the thread named before.
+  EXPECT_LE(alloc_internal::ThreadCacheSet::NamedByThisThread(), named_before + 2);
+  // The kept allocator's cache is still this thread's: a free goes back into it.
+  k->Reset();
+  absl::StatusOr<FolioHandle> again = kept->Allocate(kPageSize4K);
+  ASSERT_TRUE(again.ok()) << again.status();
 }
 
 TEST(Alloc, MetadataMeasuredMatchesTheModel) {

@@ -1,7 +1,10 @@
 // Lock-free readers while writers map, split, protect, make exclusive and unmap. Run under
 // TSan: a reader must never see a torn entry or a freed table, and every translation it
 // gets must be one the writers could have made.
+#include <unistd.h>
+
 #include <atomic>
+#include <functional>
 #include <random>
 #include <thread>
 #include <vector>
@@ -152,6 +155,46 @@ TEST(PageTableConcurrencyTest, ChangeOfPartOfALeafAnotherWriterSplitFirst) {
   ASSERT_TRUE(table.Unmap(folio->data, 8 * kPageSize4K).ok());
   ASSERT_TRUE(table.Unmap(folio->data + 9 * kPageSize4K, kPageSize2M - 9 * kPageSize4K).ok());
   EXPECT_EQ(folio->refcount(), 1) << "the table still holds the folio";
+}
+
+// Runs a function when its thread's thread_local objects are destroyed.
+struct AtThreadExit {
+  std::function<void()> fn;
+  ~AtThreadExit() {
+    if (fn) fn();
+  }
+};
+// At namespace scope: a thread makes (and later destroys) its own on first use.
+thread_local AtThreadExit t_at_exit;
+
+// A thread_local object made before its thread's first read section is destroyed after
+// whatever that section registered with thread_local state of its own. Its destructor may
+// still read the table (a Buffer freed at thread exit unmaps): a grace period must wait for
+// that read section too, or a writer frees tables the destructor is reading.
+TEST(PageTableConcurrencyTest, ReadSectionInAThreadLocalDestructorHoldsOffGracePeriods) {
+  auto folio = FakeFolio(kPageSize2M, kBase, kBasePfn);
+  PageTable table(X86_64Geometry(false));
+  ASSERT_TRUE(table.Map(folio.get(), folio->data, kRW).ok());
+  std::atomic<int> phase{0};  // 1: the destructor is in its section; 2: the unmap returned
+  std::atomic<bool> overtaken{false};
+  std::thread reader([&] {
+    t_at_exit.fn = [&] {
+      ReadSection section;
+      phase = 1;
+      // Without the wait the unmap (a membarrier) returns at once; with it, never here.
+      for (int i = 0; i < 1000 && phase.load() != 2; ++i) usleep(1000);
+      overtaken = phase.load() == 2;
+    };
+    EXPECT_TRUE(table.Translate(Ptr(kBase)).has_value());  // the first read section
+  });
+  std::thread writer([&] {
+    while (phase.load() != 1) std::this_thread::yield();
+    EXPECT_TRUE(table.Unmap(Ptr(kBase), kPageSize2M).ok());
+    phase = 2;
+  });
+  reader.join();
+  writer.join();
+  EXPECT_FALSE(overtaken.load()) << "a grace period ended inside a thread_local's read section";
 }
 
 }  // namespace

@@ -2,13 +2,18 @@
 // that keeps their PFNs still, and memory kept until the last pin is gone.
 #include "hugemm/runtime.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <cerrno>
 #include <cstring>
 #include <thread>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "hugemm/hugemm.h"
 #include "tests/test_util.h"
 
 namespace hugemm {
@@ -192,6 +197,90 @@ TEST(Runtime, AllocatedFoliosArePinnableAndFreedByAddress) {
   absl::Status again = (*rt)->Free(data);
   EXPECT_EQ(again.code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(again.message(), HasSubstr("not the start of a hugemm buffer"));
+}
+
+// A child of fork() shares the kernel pin table's ring but none of the memory: closing
+// its copy of the runtime must leave the parent's kernel pins, and new memory there is
+// refused rather than registered in the parent's ring.
+TEST(Runtime, ForkedChildLeavesTheParentsKernelPins) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  const int64_t pinned_at_start = testing::VmPinKb();
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  absl::StatusOr<Buffer> buf = (*rt)->MapBuffer(2 * kPageSize2M);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  absl::StatusOr<Buffer> small = (*rt)->Allocate(kPageSize4K);
+  ASSERT_TRUE(small.ok()) << small.status();
+  const int64_t pinned = testing::VmPinKb();
+  ASSERT_GE(pinned - pinned_at_start, static_cast<int64_t>(3 * kPageSize2M / 1024));
+
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    absl::StatusOr<Buffer> more = (*rt)->MapBuffer(kPageSize2M);
+    const int code = more.ok()                                                       ? 1
+                     : more.status().code() == absl::StatusCode::kFailedPrecondition ? 0
+                                                                                     : 2;
+    // The buffers are the parent's: not freed here, and the runtime's end leaves them.
+    if (buf->Free().code() != absl::StatusCode::kFailedPrecondition) _exit(3);
+    small->Detach();
+    rt->reset();
+    _exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0)
+      << "1: the child mapped new memory, 2: another error, 3: it freed a parent's buffer";
+  EXPECT_EQ(testing::VmPinKb(), pinned) << "the child's close dropped the parent's pins";
+
+  std::memset(buf->data(), 0x11, buf->size());
+  HUGEMM_ASSERT_OK(buf->Free());
+  HUGEMM_ASSERT_OK(small->Free());
+  (void)(*rt)->allocator().Shrink();
+  EXPECT_EQ(testing::VmPinKb(), pinned_at_start);
+}
+
+// Another thread of the parent sits in a read section and a notifier subscription is open
+// when the process forks: the child's copies of that section and of every lock stay held
+// for good, so closing the runtime there must not wait for a grace period or a lock.
+TEST(Runtime, ForkedChildClosesWithoutWaitingForTheParentsThreads) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  hugemm_runtime* rt = nullptr;
+  ASSERT_EQ(hugemm_open(nullptr, &rt), 0) << hugemm_last_error();
+  hugemm_buffer buf;
+  ASSERT_EQ(hugemm_map_buffer(rt, kPageSize2M, nullptr, &buf), 0) << hugemm_last_error();
+  hugemm_subscription* sub = nullptr;
+  ASSERT_EQ(hugemm_subscribe(rt, buf.data, buf.size, nullptr, nullptr, nullptr, &sub, nullptr), 0);
+  const int64_t pinned = testing::VmPinKb();
+  std::atomic<int> reader_state{0};
+  std::thread reader([&] {
+    ReadSection section;
+    reader_state = 1;
+    while (reader_state.load() != 2) std::this_thread::yield();
+  });
+  while (reader_state.load() != 1) std::this_thread::yield();
+
+  const pid_t child = fork();
+  if (child == 0) {
+    alarm(20);  // a close that waits is killed by SIGALRM
+    const int freed = hugemm_free(rt, buf.data);
+    hugemm_close(rt);
+    hugemm_unsubscribe(sub);
+    _exit(freed == -EFAULT ? 0 : 1);
+  }
+  reader_state = 2;
+  reader.join();
+  ASSERT_GE(child, 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  EXPECT_FALSE(WIFSIGNALED(status)) << "the child died of signal " << WTERMSIG(status);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "hugemm_free in the child";
+  EXPECT_EQ(testing::VmPinKb(), pinned);
+
+  hugemm_unsubscribe(sub);
+  EXPECT_EQ(hugemm_free(rt, buf.data), 0) << hugemm_last_error();
+  hugemm_close(rt);
 }
 
 TEST(Runtime, BadRequestsAreClearErrors) {

@@ -12,6 +12,12 @@
  * cannot be checked is the caller's to keep: a page array or spans unpinned twice, a
  * subscription unsubscribed twice. doc/design.md ("Errors") has the whole table.
  *
+ * Thread safety: any number of threads may call these functions at once, on one runtime
+ * or several, except hugemm_close: no other call on that runtime or on one of its
+ * subscriptions (hugemm_unsubscribe included) may run during it, and none on the runtime
+ * after it. A subscription is unsubscribed once, by one thread; a buffer freed by two at
+ * once is freed by one, and the other gets -ENOENT.
+ *
  *   hugemm_runtime *rt;
  *   if (hugemm_open(NULL, &rt) < 0) die(hugemm_last_error());
  *   hugemm_buffer buf;
@@ -60,8 +66,15 @@ int hugemm_open(const hugemm_options* options, hugemm_runtime** out);
 /* Frees every buffer still held, ends every subscription still open (their handles
  * stay valid for hugemm_unsubscribe alone) and closes. Memory still pinned (a page
  * array, spans or segments not unpinned) may still be in a device's hands: it stays
- * mapped, with its huge pages, until the process exits, so unpin before closing. NULL is
- * ignored. */
+ * mapped, with its huge pages, until the process exits, but loses its kernel pin (the
+ * ring closes), so the kernel may move it: unpin before closing. NULL is ignored.
+ * fork(): a child process has none of the runtime's memory (it is MADV_DONTFORK) and
+ * shares its kernel pin ring with the parent. A runtime opened before the fork is inert
+ * in the child: hugemm_free and (with kernel pins) new memory fail there with -EFAULT;
+ * hugemm_close releases only the child's ring descriptor and handles (it neither unmaps
+ * nor waits), leaving the rest to the child's exit. The parent's memory and pins stay as
+ * they were, and a child that exits leaves the parent unaffected. A child of a parent
+ * with other threads should still leave by _exit or exec (as POSIX asks). */
 void hugemm_close(hugemm_runtime* rt);
 
 /* ---- memory ---------------------------------------------------------------------- */

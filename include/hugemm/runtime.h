@@ -17,18 +17,29 @@
 // goes back only when the last pin is gone.
 //
 // PFN stability: every page a runtime hands out is held by a kernel long-term pin for as
-// long as it is mapped, on by default (RuntimeOptions::kernel_pins), so the kernel cannot
-// migrate it while a device may use its PFN. The runtime keeps one kernel pin table: one
-// io_uring instance (one file descriptor) whose registered-buffer table has a slot per
-// pool extent (Allocate's folios are carved from those) and per MapBuffer buffer (per GiB
-// of one), never one per allocation. The same table gives programs fixed buffers for
-// their own rings (hugemm/io.h). Pinned bytes count against RLIMIT_MEMLOCK for processes
-// without CAP_IPC_LOCK; the table holds at most 16384 slots (32 GiB of 2M extents). Both
-// limits end in an error that names them and what to do.
+// long as it is mapped and the runtime open, on by default (RuntimeOptions::kernel_pins),
+// so the kernel cannot migrate it while a device may use its PFN. The runtime keeps one
+// kernel pin table: one io_uring instance (one file descriptor) whose registered-buffer
+// table has a slot per pool extent (Allocate's folios are carved from those) and per
+// MapBuffer buffer (per GiB of one), never one per allocation. The same table gives
+// programs fixed buffers for their own rings (hugemm/io.h). Pinned bytes count against
+// RLIMIT_MEMLOCK for processes without CAP_IPC_LOCK; the table holds at most 16384 slots
+// (32 GiB of 2M extents). Both limits end in an error that names them and what to do.
 //
 // Memory observers (memory_observer.h) hear of every extent and buffer when it is added
 // and before it is removed: the kernel pin table is the first; an IOVA mapper or a
 // program's own table (hugemm/io.h) are others.
+//
+// fork(): all of a runtime's memory is MADV_DONTFORK, so a child process has none of it,
+// and the child shares the kernel pin table's ring with its parent. A runtime opened
+// before the fork is inert in the child: Free there is FailedPrecondition, new memory is
+// refused (FailedPrecondition, with kernel pins), and destroying it releases nothing but
+// the child's descriptor of the ring, leaving the rest to the child's exit (it neither
+// unmaps nor waits: a lock or read section another thread held at the fork stays held
+// in the child). The parent's memory, pins and kernel pins stay as they were, and a
+// child that exits leaves the parent unaffected. A runtime opened in the child is its own.
+// A child of a parent with other threads should still leave by _exit or exec (as POSIX
+// asks): exit's thread_local destructors may wait for a lock another thread held.
 #ifndef HUGEMM_RUNTIME_H_
 #define HUGEMM_RUNTIME_H_
 
@@ -158,8 +169,9 @@ class Runtime {
   // Frees every buffer and registration still held. Pins taken through pinner() must be
   // released first. A folio of a buffer still pinned then stays allocated (its memory is
   // never reused while pinned) until FolioUngrab drops its last pin, without a word to
-  // the memory observers; a pin of a registration's memory must not outlive the runtime
-  // (its descriptors go with it).
+  // the memory observers and without its kernel pin (the table closes with the runtime,
+  // and the kernel may then move the memory); a pin of a registration's memory must not
+  // outlive the runtime (its descriptors go with it).
   ~Runtime();
   Runtime(const Runtime&) = delete;
   Runtime& operator=(const Runtime&) = delete;
@@ -186,7 +198,8 @@ class Runtime {
   std::optional<Translation> Translate(const void* va, size_t max_run = 0) const;
   // The folio mapping `va`.
   absl::StatusOr<FolioInfo> FolioInfoAt(const void* va) const;
-  // Hears changes to [va, va + length) (see notify.h).
+  // Hears changes to [va, va + length) (see notify.h). The subscription must be dropped
+  // before the runtime closes (it unsubscribes from the runtime's table).
   std::unique_ptr<RangeSubscription> Subscribe(const void* va, size_t length,
                                                NotifierCallbacks callbacks = {});
   // Holds the shadow table over [va, va + length) against the kernel.

@@ -115,6 +115,12 @@ ThreadCache* ThreadCacheSet::MineSlow() {
     caches_.push_back(std::make_unique<ThreadCache>());
     cache = caches_.back().get();
   }
+  {
+    // The caches of allocators gone went with them: forget their entries, or a thread
+    // that sees allocators come and go (runtimes opened and closed) names them forever.
+    std::lock_guard<std::mutex> lock(g_registry_mu);
+    std::erase_if(t_tls.all, [](const TlsEntry& e) { return Live().count(e.id) == 0; });
+  }
   t_tls.all.push_back({id_, this, cache});
   t_tls.last = t_tls.all.back();
   return cache;
@@ -184,6 +190,8 @@ bool ThreadCacheSet::DrainPool(ThreadCache* cache, Pool* pool) {
 void ThreadCacheSet::FlushThisThread() {
   if (ThreadCache* cache = Mine()) Drain(cache);
 }
+
+size_t ThreadCacheSet::NamedByThisThread() { return t_tls.all.size(); }
 
 void ThreadCacheSet::Retire(ThreadCache* cache) {
   std::lock_guard<std::mutex> lock(mu_);

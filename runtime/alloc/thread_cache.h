@@ -6,11 +6,14 @@
 //
 // Ownership: the set (one per allocator) owns every thread's cache; a thread_local list
 // names the caches of this thread by allocator id. Ids are never reused, and a registry
-// of live ids (one mutex, taken only at thread exit and allocator teardown) lets an
-// exiting thread drain exactly the caches whose allocator still lives.
+// of live ids (one mutex, taken only at thread exit, allocator teardown and when a thread
+// makes a cache) lets an exiting thread drain exactly the caches whose allocator still
+// lives, and a thread forget those of allocators gone, so a thread that outlives many
+// allocators names only the live ones.
 #ifndef HUGEMM_RUNTIME_ALLOC_THREAD_CACHE_H_
 #define HUGEMM_RUNTIME_ALLOC_THREAD_CACHE_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -49,6 +52,10 @@ class ThreadCacheSet {
 
   // Thread exit: drain and forget `cache`.
   void Retire(ThreadCache* cache);
+
+  // Tests: how many allocators' caches the calling thread still names (those of
+  // allocators gone are forgotten when the thread next makes a cache).
+  static size_t NamedByThisThread();
 
  private:
   ThreadCache* Mine();

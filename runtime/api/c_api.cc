@@ -16,6 +16,7 @@
 #include "hugemm/hugemm.h"
 #include "hugemm/runtime.h"
 #include "runtime/api/c_bridge.h"
+#include "runtime/api/kernel_pin_table.h"
 
 struct hugemm_subscription {
   hugemm_runtime* rt = nullptr;  // null once its runtime is closed
@@ -196,6 +197,18 @@ int hugemm_open(const hugemm_options* options, hugemm_runtime** out) {
 
 void hugemm_close(hugemm_runtime* rt) {
   if (rt == nullptr) return;
+  if (rt->rt->kernel_pin_table().InForkedChild()) {
+    // A child of fork(): the Runtime leaves everything to the child's exit, and so do its
+    // subscriptions (ending one takes a lock another of the parent's threads may have held
+    // at the fork). Their handles stay valid for hugemm_unsubscribe, which frees them only.
+    // No lock: the child has no other thread.
+    for (hugemm_subscription* s : rt->subscriptions) {
+      (void)s->sub.release();
+      s->rt = nullptr;
+    }
+    delete rt;
+    return;
+  }
   DrainDeferred();
   std::vector<std::unique_ptr<hugemm::RangeSubscription>> ended;
   {

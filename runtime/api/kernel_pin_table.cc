@@ -74,6 +74,11 @@ absl::StatusOr<std::unique_ptr<KernelPinTable>> KernelPinTable::Create(Os& os,
 
 KernelPinTable::~KernelPinTable() {
   if (ring_fd_ < 0) return;
+  if (RingOfParent()) {
+    // Unregistering would drop the parent's pins: only this process's descriptor goes.
+    (void)os_.Close(ring_fd_);
+    return;
+  }
   // Closing the ring would drop the pins too; unregistering first makes it immediate
   // rather than whenever the ring's last reference goes.
   (void)os_.IoUringUnregisterBuffers(ring_fd_);
@@ -116,6 +121,12 @@ absl::Status KernelPinTable::MemoryAdded(const MemoryRange& range) {
       range.length % kPageSize4K != 0) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "kernel pin of [0x%x, +%u): not a non-empty page-aligned range", start, range.length));
+  }
+  if (RingOfParent()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "kernel pin of [0x%x, +%u): the kernel pin table's ring belongs to process %d, of "
+        "which this process is a fork() child; a child must open a runtime of its own",
+        start, range.length, pid_));
   }
   const size_t pieces = (range.length + kMaxBuffer - 1) / kMaxBuffer;
   Held held{.range = range};
@@ -208,8 +219,9 @@ void KernelPinTable::MemoryRemoving(const MemoryRange& range) {
     }
   }
   // The kernel lets the pages go once no request uses them; the slot is free only after.
+  // A child of fork() leaves the ring alone: the pins are its parent's.
   for (const Slot& s : held.slots) {
-    if (!s.registered) continue;
+    if (!s.registered || RingOfParent()) continue;
     const iovec empty{nullptr, 0};
     (void)os_.IoUringUpdateBuffers(ring_fd_, s.index, {&empty, 1});
   }

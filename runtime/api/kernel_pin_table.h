@@ -22,10 +22,17 @@
 //     cross such a boundary to use a fixed buffer);
 //   - RLIMIT_MEMLOCK for processes without CAP_IPC_LOCK: pinned bytes count against it.
 //
+// fork(): a child process shares the ring (the same kernel object) but none of the
+// memory (MADV_DONTFORK). Its copy of the table never changes the ring: it refuses new
+// memory, and its removals and its end leave the parent's pins where they are.
+//
 // Thread safety: thread-safe. MemoryAdded and MemoryRemoving may run on many threads at
 // once; Find is lock-free.
 #ifndef HUGEMM_RUNTIME_API_KERNEL_PIN_TABLE_H_
 #define HUGEMM_RUNTIME_API_KERNEL_PIN_TABLE_H_
+
+#include <sys/types.h>
+#include <unistd.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -68,7 +75,8 @@ class KernelPinTable final : public MemoryObserver {
   // A slot per GiB of the range, registered when pinning. ResourceExhausted when the
   // slots run out or RLIMIT_MEMLOCK is reached, InvalidArgument for memory the kernel
   // cannot find (EFAULT), FailedPrecondition for memory it will not pin, each naming the
-  // limit and what to do. Device-DAX the kernel refuses is accepted without a slot.
+  // limit and what to do, and for any memory in a child of fork() (see above).
+  // Device-DAX the kernel refuses is accepted without a slot.
   absl::Status MemoryAdded(const MemoryRange& range) override;
   void MemoryRemoving(const MemoryRange& range) override;
 
@@ -99,6 +107,8 @@ class KernelPinTable final : public MemoryObserver {
     int ring_fd = -1;
   };
   Stats stats() const;
+  // This process is a child of fork() of the one that made the table.
+  bool InForkedChild() const { return ::getpid() != pid_; }
   // The ring holding the table, or -1 when pinning is off.
   int ring_fd() const { return ring_fd_; }
   unsigned capacity() const { return index_.capacity(); }
@@ -106,8 +116,11 @@ class KernelPinTable final : public MemoryObserver {
  private:
   KernelPinTable(Os& os, unsigned slots) : os_(os), index_(slots) {}
   std::string Explain(const absl::Status& status, size_t bytes) const;
+  // The ring is the process's that made it, not this one's (a child of fork()).
+  bool RingOfParent() const { return ring_fd_ >= 0 && InForkedChild(); }
 
   Os& os_;
+  const pid_t pid_ = ::getpid();  // the process that made the ring
   int ring_fd_ = -1;
   SlotIndex index_;
   mutable std::mutex mu_;                         // std::mutex: visible to ThreadSanitizer

@@ -130,6 +130,20 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& opt
 }
 
 Runtime::~Runtime() {
+  if (kernel_pins_ != nullptr && kernel_pins_->InForkedChild()) {
+    // A child of fork() has none of the memory (MADV_DONTFORK): unmapping would hit holes
+    // that may hold the child's own mappings by now, and a lock or a read section another
+    // of the parent's threads held at the fork stays held here forever, so a teardown
+    // could wait for good. Everything is left to the child's exit; only the child's
+    // descriptor of the kernel pin ring is closed.
+    // No lock: a thread that held it at the fork does not exist here.
+    (void)new std::map<uint64_t, std::unique_ptr<BufferRecord>>(std::move(buffers_));
+    (void)pinner_.release();
+    (void)table_.release();
+    (void)allocator_.release();
+    kernel_pins_.reset();
+    return;
+  }
   std::vector<uint64_t> ids;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -255,6 +269,12 @@ absl::StatusOr<Buffer> Runtime::Allocate(size_t bytes, const AllocOptions& optio
 }
 
 absl::Status Runtime::FreeById(uint64_t id) {
+  if (kernel_pins_->InForkedChild()) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("free of buffer %u: this process is a fork() child of the one that "
+                        "opened the runtime, and has none of its memory",
+                        id));
+  }
   std::unique_ptr<BufferRecord> record;
   {
     std::lock_guard<std::mutex> lock(mu_);

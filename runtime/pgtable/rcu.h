@@ -1,6 +1,7 @@
 // The grace periods behind the shadow table: liburcu's memb flavour (readers pay a
 // thread-local counter update; writers pay a membarrier). Each reader thread registers
-// itself on first use and unregisters when it exits.
+// itself on first use and unregisters when it exits, after all its thread_local objects
+// are destroyed: one of them (a Buffer, a PinnedRange) may still read the table then.
 //
 // ThreadSanitizer cannot see liburcu's barriers, so the read-side unlock releases and the
 // end of a grace period acquires one word: a reader's loads from a table then happen
@@ -35,14 +36,21 @@ namespace hugemm::pgtable_internal {
 inline char tsan_grace_period;
 #endif
 
-struct RcuThread {
-  RcuThread() { urcu_memb_register_thread(); }
-  ~RcuThread() { urcu_memb_unregister_thread(); }
-};
+// Whether this thread is registered with liburcu. Trivially destructible, so it stays
+// readable while the thread's thread_local objects are destroyed.
+inline thread_local bool t_rcu_registered = false;
+
+// Registers this thread, and arranges its unregistration for after every thread_local
+// destructor of the thread (a pthread key's destructor runs after them). An object whose
+// destructor unregistered instead would run before the destructors of thread_locals made
+// before the thread's first read section, which would then read the table unregistered:
+// no grace period would wait for them.
+void RegisterRcuReader();
 
 inline void RcuReadLock() {
-  static thread_local RcuThread registered;
-  (void)registered;
+  if (!t_rcu_registered) [[unlikely]] {
+    RegisterRcuReader();
+  }
   urcu_memb_read_lock();
 }
 
