@@ -266,6 +266,71 @@ TEST(PageTableKernelTest, ExternalTakesTheKernelsProtection) {
   ::munmap(p, len);
 }
 
+// Memory the program changes behind the table's back after registering it: each change
+// is named by Verify at the address it hit, and the registration still goes cleanly.
+class ExternalChangedBehindTheTable : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    HUGEMM_NEED_HUGEPAGES(kPageSize2M, 3);
+    HUGEMM_NEED(sys::CanReadPfns(Os::Default()), "pagemap hides PFNs from this process");
+    void* p = ::mmap(nullptr, kLen, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+    ASSERT_NE(p, MAP_FAILED);
+    buf_ = static_cast<std::byte*>(p);
+    absl::StatusOr<uint64_t> id = table_.RegisterExternal(buf_, kLen);
+    HUGEMM_ASSERT_OK(id);
+    id_ = *id;
+    absl::StatusOr<VerifyReport> r = table_.Verify(buf_, kLen);
+    HUGEMM_ASSERT_OK(r);
+    ASSERT_TRUE(r->ok()) << Joined(*r);
+  }
+  void TearDown() override {
+    if (buf_ != nullptr) ::munmap(buf_, kLen);
+  }
+
+  // The one mismatch Verify finds now, or "" when it finds none or several.
+  std::string OnlyMismatch() {
+    absl::StatusOr<VerifyReport> r = table_.Verify(buf_, kLen);
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok() || r->mismatches.size() != 1) return r.ok() ? Joined(*r) : "";
+    EXPECT_EQ(r->pfns_hidden, 0u);
+    return r->mismatches[0].what;
+  }
+
+  static constexpr size_t kLen = 2 * kPageSize2M;
+  PageTable table_{DetectHostGeometry()};
+  std::byte* buf_ = nullptr;
+  uint64_t id_ = 0;
+};
+
+TEST_F(ExternalChangedBehindTheTable, DroppedPageIsNamed) {
+  ASSERT_EQ(::madvise(buf_ + kPageSize2M, kPageSize2M, MADV_DONTNEED), 0);
+  // No frame in pagemap is not a hidden one (as under a PUD-mapped device-DAX leaf): the
+  // huge page went back to the pool, and the table still records it.
+  EXPECT_THAT(OnlyMismatch(), HasSubstr(absl::StrFormat("%p: PFN recorded", buf_ + kPageSize2M)));
+  EXPECT_THAT(OnlyMismatch(), HasSubstr("pagemap shows no page"));
+  HUGEMM_ASSERT_OK(table_.UnregisterExternal(id_));
+}
+
+TEST_F(ExternalChangedBehindTheTable, OtherPageMappedOverItIsNamed) {
+  // Another page moved over the first one: a frame the kernel cannot have handed back
+  // (mapping anew at the address would likely get the very frame that was freed there).
+  void* other = ::mmap(nullptr, kPageSize2M, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+  ASSERT_NE(other, MAP_FAILED);
+  void* q = ::mremap(other, kPageSize2M, kPageSize2M, MREMAP_MAYMOVE | MREMAP_FIXED, buf_);
+  ASSERT_EQ(q, buf_) << "mremap: errno " << errno;
+  EXPECT_THAT(OnlyMismatch(), HasSubstr(absl::StrFormat("%p: PFN recorded", buf_)));
+  HUGEMM_ASSERT_OK(table_.UnregisterExternal(id_));
+}
+
+TEST_F(ExternalChangedBehindTheTable, UnmappedPageIsNamed) {
+  ASSERT_EQ(::munmap(buf_ + kPageSize2M, kPageSize2M), 0);
+  EXPECT_THAT(OnlyMismatch(),
+              HasSubstr(absl::StrFormat("%p: the kernel maps nothing here", buf_ + kPageSize2M)));
+  HUGEMM_ASSERT_OK(table_.UnregisterExternal(id_));
+}
+
 TEST(PageTableKernelTest, ExternalRejectsWhatItCannotDescribe) {
   PageTable table(DetectHostGeometry());
   void* p =

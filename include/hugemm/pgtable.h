@@ -281,7 +281,10 @@ class PageTable {
 
   // Holds every leaf in [va, va + length) against the live kernel: same page size in
   // smaps, PFNs contiguous and equal to the recorded ones (and to the frame words),
-  // compound head then tails. Mismatches are the report's, not errors.
+  // compound head then tails. A page the kernel no longer maps (munmap, a page dropped by
+  // MADV_DONTNEED or a punched hole, another page moved there) is a mismatch; only a
+  // device-DAX leaf without a PFN in pagemap counts as hidden. Mismatches are the
+  // report's, not errors.
   //   FailedPrecondition: a geometry that is not this machine's.  Errors reading /proc
   //   pass through.
   [[nodiscard]] absl::StatusOr<VerifyReport> Verify(const void* va, size_t length) const;

@@ -63,7 +63,9 @@ absl::StatusOr<VerifyReport> PageTable::Verify(const void* va, size_t length) co
     const size_t first_frame = (l.va - folio_va) / kPageSize4K;
     absl::StatusOr<sys::FrameCheck> fc =
         sys::CheckFrames(os_, l.va, l.bytes / kPageSize4K, folio->page_pfn(first_frame),
-                         first_frame, folio->nr_pages(), leaf_name);
+                         first_frame, folio->nr_pages(), leaf_name,
+                         folio->backing == BackingKind::kDevDax ? sys::AbsentPage::kHidden
+                                                                : sys::AbsentPage::kMismatch);
     if (!fc.ok()) return fc.status();
     for (const sys::FrameMismatch& m : fc->mismatches) mismatch(m.va, m.what);
     report.pfns_hidden += fc->pfns_hidden;
