@@ -331,6 +331,24 @@ TEST_F(ExternalChangedBehindTheTable, UnmappedPageIsNamed) {
   HUGEMM_ASSERT_OK(table_.UnregisterExternal(id_));
 }
 
+// A device must not get more than the program has: a WRITE pin would still be given.
+TEST_F(ExternalChangedBehindTheTable, ProtectionNarrowedUnderItIsNamed) {
+  ASSERT_EQ(::mprotect(buf_ + kPageSize2M, kPageSize2M, PROT_READ), 0);
+  EXPECT_EQ(OnlyMismatch(), absl::StrFormat("%p: the kernel maps r--, shadow has a rw- PMD leaf "
+                                            "of 2M",
+                                            buf_ + kPageSize2M));
+  // Narrower than the kernel is what Protect makes, and no mismatch.
+  HUGEMM_ASSERT_OK(table_.Protect(buf_ + kPageSize2M, kPageSize2M, kProtRead));
+  absl::StatusOr<VerifyReport> r = table_.Verify(buf_, kLen);
+  HUGEMM_ASSERT_OK(r);
+  EXPECT_TRUE(r->ok()) << Joined(*r);
+  HUGEMM_ASSERT_OK(table_.Protect(buf_, kPageSize2M, kProtRead));
+  r = table_.Verify(buf_, kLen);
+  HUGEMM_ASSERT_OK(r);
+  EXPECT_TRUE(r->ok()) << Joined(*r);
+  HUGEMM_ASSERT_OK(table_.UnregisterExternal(id_));
+}
+
 TEST(PageTableKernelTest, ExternalRejectsWhatItCannotDescribe) {
   PageTable table(DetectHostGeometry());
   void* p =

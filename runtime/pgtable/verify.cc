@@ -5,6 +5,7 @@
 #include "absl/strings/str_format.h"
 #include "hugemm/page_size.h"
 #include "hugemm/pgtable.h"
+#include "runtime/pgtable/kernel_prot.h"
 #include "runtime/pgtable/table.h"
 #include "runtime/sys/frame_check.h"
 #include "runtime/sys/pagemap.h"
@@ -42,6 +43,14 @@ absl::StatusOr<VerifyReport> PageTable::Verify(const void* va, size_t length) co
     if (vma == nullptr) {
       mismatch(l.va, absl::StrFormat("the kernel maps nothing here, shadow has a %s", leaf_name));
       continue;
+    }
+    // A device must never get more than the program has: a leaf wider than its VMA
+    // (made read-only by mprotect after it was registered) would take a WRITE pin.
+    const Prot kernel_prot = pgtable_internal::KernelProt(vma->flags);
+    if (HasAny(l.prot & ~kernel_prot, kProtRead | kProtWrite | kProtExec)) {
+      mismatch(l.va, absl::StrFormat("the kernel maps %s, shadow has a %s %s",
+                                     pgtable_internal::ProtLetters(kernel_prot),
+                                     pgtable_internal::ProtLetters(l.prot), leaf_name));
     }
     if (vma->kernel_page_size != l.bytes) {
       mismatch(l.va, absl::StrFormat("kernel maps %s pages, shadow has a %s",
