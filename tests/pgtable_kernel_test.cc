@@ -2,6 +2,8 @@
 // device-DAX mappings verify clean; a deliberately wrong leaf is caught and named; memory
 // the program mapped itself registers with the frames the kernel gave it.
 #include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <memory>
@@ -328,6 +330,31 @@ TEST_F(ExternalChangedBehindTheTable, UnmappedPageIsNamed) {
   ASSERT_EQ(::munmap(buf_ + kPageSize2M, kPageSize2M), 0);
   EXPECT_THAT(OnlyMismatch(),
               HasSubstr(absl::StrFormat("%p: the kernel maps nothing here", buf_ + kPageSize2M)));
+  HUGEMM_ASSERT_OK(table_.UnregisterExternal(id_));
+}
+
+// fork() shares a MAP_PRIVATE page copy-on-write: the first write after it gives the
+// writer a copy, and the table still records the frame the child keeps. (MADV_DONTFORK
+// on the range before fork keeps the frames the program's own.)
+TEST_F(ExternalChangedBehindTheTable, CopyOnWriteAfterForkIsNamed) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);  // the copy
+  int go[2];
+  ASSERT_EQ(::pipe(go), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::close(go[1]);
+    char c;
+    (void)!::read(go[0], &c, 1);  // hold the shared page until the parent wrote
+    ::_exit(0);
+  }
+  ::close(go[0]);
+  buf_[5] = std::byte{1};
+  EXPECT_THAT(OnlyMismatch(), HasSubstr(absl::StrFormat("%p: PFN recorded", buf_)));
+  ::close(go[1]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
   HUGEMM_ASSERT_OK(table_.UnregisterExternal(id_));
 }
 
