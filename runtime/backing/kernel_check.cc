@@ -37,7 +37,9 @@ absl::StatusOr<KernelCheck> CheckAgainstKernel(const Extent& extent) {
       recorded = (*head)[0];
     }
     absl::StatusOr<sys::FrameCheck> fc =
-        sys::CheckFrames(os, va, frames, recorded, 0, frames, what);
+        sys::CheckFrames(os, va, frames, recorded, 0, frames, what,
+                         extent.kind() == BackingKind::kDevDax ? sys::AbsentPage::kHidden
+                                                               : sys::AbsentPage::kMismatch);
     if (!fc.ok()) return fc.status();
     if (recorded != kUnknownPfn && recorded % frames != 0) {
       check.mismatches.push_back(absl::StrFormat("0x%x: head PFN 0x%x is not %s-aligned", va,
