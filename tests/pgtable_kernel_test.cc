@@ -376,6 +376,49 @@ TEST_F(ExternalChangedBehindTheTable, ProtectionNarrowedUnderItIsNamed) {
   HUGEMM_ASSERT_OK(table_.UnregisterExternal(id_));
 }
 
+// Two mappings of one hugetlbfs file: each registers on its own, with the same frames,
+// and unregistering one leaves the other whole.
+TEST(PageTableKernelTest, ExternalSecondMappingOfAFileSharesItsFrames) {
+  const std::string mount = testing::HugetlbfsMountFor(kPageSize2M);
+  HUGEMM_NEED(!mount.empty(), "no 2M hugetlbfs mount");
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  HUGEMM_NEED(sys::CanReadPfns(Os::Default()), "pagemap hides PFNs from this process");
+  std::string path = mount + "/pgtable_kernel_test_XXXXXX";
+  const int fd = ::mkstemp(path.data());
+  ASSERT_GE(fd, 0) << path;
+  ASSERT_EQ(::unlink(path.c_str()), 0);
+  ASSERT_EQ(::ftruncate(fd, kPageSize2M), 0);
+  void* a = ::mmap(nullptr, kPageSize2M, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+  void* b = ::mmap(nullptr, kPageSize2M, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
+  ::close(fd);
+  ASSERT_NE(a, MAP_FAILED);
+  ASSERT_NE(b, MAP_FAILED);
+  {
+    PageTable table(DetectHostGeometry());
+    absl::StatusOr<uint64_t> ia = table.RegisterExternal(a, kPageSize2M);
+    absl::StatusOr<uint64_t> ib = table.RegisterExternal(b, kPageSize2M);
+    HUGEMM_ASSERT_OK(ia);
+    HUGEMM_ASSERT_OK(ib);
+    std::optional<Translation> ta = table.Translate(a);
+    std::optional<Translation> tb = table.Translate(b);
+    ASSERT_TRUE(ta.has_value() && tb.has_value());
+    EXPECT_EQ(ta->pfn, tb->pfn);
+    EXPECT_NE(ta->folio, tb->folio) << "each registration has its own descriptors";
+    table.Walk(b, kPageSize2M, [](const LogicalLeaf& l) {
+      EXPECT_EQ(l.prot, kProtRead) << "the second mapping's protection, not the first's";
+    });
+    HUGEMM_ASSERT_OK(table.UnregisterExternal(*ia));
+    EXPECT_FALSE(table.Translate(a).has_value());
+    absl::StatusOr<VerifyReport> r = table.Verify(b, kPageSize2M);
+    HUGEMM_ASSERT_OK(r);
+    EXPECT_TRUE(r->ok()) << Joined(*r);
+    EXPECT_EQ(r->leaves_checked[kPageSize2M], 1u);
+    HUGEMM_ASSERT_OK(table.UnregisterExternal(*ib));
+  }
+  ::munmap(a, kPageSize2M);
+  ::munmap(b, kPageSize2M);
+}
+
 TEST(PageTableKernelTest, ExternalRejectsWhatItCannotDescribe) {
   PageTable table(DetectHostGeometry());
   void* p =
