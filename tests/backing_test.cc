@@ -184,6 +184,14 @@ TEST(Hugetlb, APageDroppedFromTheExtentIsNamed) {
   EXPECT_THAT(check->mismatches[0],
               HasSubstr(absl::StrFormat("%p: PFN recorded 0x%x, pagemap shows no page",
                                         extent->data() + kPageSize2M, extent->pfn(1))));
+  // Without the PFN list the kernel's own frames are all there is to check: still named.
+  extent->ForgetPfns();
+  check = CheckAgainstKernel(*extent);
+  ASSERT_TRUE(check.ok()) << check.status();
+  ASSERT_EQ(check->mismatches.size(), 1u);
+  EXPECT_EQ(check->mismatches[0],
+            absl::StrFormat("%p: pagemap shows no page (the kernel dropped it)",
+                            extent->data() + kPageSize2M));
 }
 
 TEST(Hugetlb, FailedPrefaultUnwindsEverything) {

@@ -35,6 +35,11 @@ absl::StatusOr<KernelCheck> CheckAgainstKernel(const Extent& extent) {
           sys::ReadPfnRange(os, reinterpret_cast<const void*>(va), 1);
       if (!head.ok()) return head.status();
       recorded = (*head)[0];
+      if (recorded == kUnknownPfn && extent.kind() != BackingKind::kDevDax) {
+        check.mismatches.push_back(
+            absl::StrFormat("0x%x: pagemap shows no page (the kernel dropped it)", va));
+        continue;
+      }
     }
     absl::StatusOr<sys::FrameCheck> fc =
         sys::CheckFrames(os, va, frames, recorded, 0, frames, what,
