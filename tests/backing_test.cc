@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hugemm/kernel_check.h"
@@ -165,6 +166,32 @@ TEST(Hugetlb, AnExtentWithoutItsPfnListIsStillChecked) {
   EXPECT_EQ(extent->pfn(0), kUnknownPfn);
   EXPECT_EQ(extent->pfn(1), kUnknownPfn);
   ExpectAgreesWithKernel(*extent);
+}
+
+// A page dropped from under the extent (MADV_DONTNEED) is named, not taken for one whose
+// PFN the kernel hides (which only device-DAX has).
+TEST(Hugetlb, APageDroppedFromTheExtentIsNamed) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  auto backing = Backing::Create({.kind = BackingKind::kHugetlb, .page_size = kPageSize2M});
+  ASSERT_TRUE(backing.ok()) << backing.status();
+  absl::StatusOr<Extent> extent = (*backing)->Map({.length = 2 * kPageSize2M});
+  ASSERT_TRUE(extent.ok()) << extent.status();
+  ASSERT_EQ(::madvise(extent->data() + kPageSize2M, kPageSize2M, MADV_DONTNEED), 0);
+  absl::StatusOr<KernelCheck> check = CheckAgainstKernel(*extent);
+  ASSERT_TRUE(check.ok()) << check.status();
+  EXPECT_EQ(check->pfns_hidden, 0u);
+  ASSERT_EQ(check->mismatches.size(), 1u);
+  EXPECT_THAT(check->mismatches[0],
+              HasSubstr(absl::StrFormat("%p: PFN recorded 0x%x, pagemap shows no page",
+                                        extent->data() + kPageSize2M, extent->pfn(1))));
+  // Without the PFN list the kernel's own frames are all there is to check: still named.
+  extent->ForgetPfns();
+  check = CheckAgainstKernel(*extent);
+  ASSERT_TRUE(check.ok()) << check.status();
+  ASSERT_EQ(check->mismatches.size(), 1u);
+  EXPECT_EQ(check->mismatches[0],
+            absl::StrFormat("%p: pagemap shows no page (the kernel dropped it)",
+                            extent->data() + kPageSize2M));
 }
 
 TEST(Hugetlb, FailedPrefaultUnwindsEverything) {

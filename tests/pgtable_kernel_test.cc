@@ -2,6 +2,8 @@
 // device-DAX mappings verify clean; a deliberately wrong leaf is caught and named; memory
 // the program mapped itself registers with the frames the kernel gave it.
 #include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <memory>
@@ -264,6 +266,157 @@ TEST(PageTableKernelTest, ExternalTakesTheKernelsProtection) {
   EXPECT_FALSE(table.Translate(buf).has_value());
   EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u);
   ::munmap(p, len);
+}
+
+// Memory the program changes behind the table's back after registering it: each change
+// is named by Verify at the address it hit, and the registration still goes cleanly.
+class ExternalChangedBehindTheTable : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    HUGEMM_NEED_HUGEPAGES(kPageSize2M, 3);
+    HUGEMM_NEED(sys::CanReadPfns(Os::Default()), "pagemap hides PFNs from this process");
+    void* p = ::mmap(nullptr, kLen, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+    ASSERT_NE(p, MAP_FAILED);
+    buf_ = static_cast<std::byte*>(p);
+    absl::StatusOr<uint64_t> id = table_.RegisterExternal(buf_, kLen);
+    HUGEMM_ASSERT_OK(id);
+    id_ = *id;
+    absl::StatusOr<VerifyReport> r = table_.Verify(buf_, kLen);
+    HUGEMM_ASSERT_OK(r);
+    ASSERT_TRUE(r->ok()) << Joined(*r);
+  }
+  void TearDown() override {
+    if (buf_ != nullptr) ::munmap(buf_, kLen);
+  }
+
+  // The one mismatch Verify finds now, or "" when it finds none or several.
+  std::string OnlyMismatch() {
+    absl::StatusOr<VerifyReport> r = table_.Verify(buf_, kLen);
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok() || r->mismatches.size() != 1) return r.ok() ? Joined(*r) : "";
+    EXPECT_EQ(r->pfns_hidden, 0u);
+    return r->mismatches[0].what;
+  }
+
+  static constexpr size_t kLen = 2 * kPageSize2M;
+  PageTable table_{DetectHostGeometry()};
+  std::byte* buf_ = nullptr;
+  uint64_t id_ = 0;
+};
+
+TEST_F(ExternalChangedBehindTheTable, DroppedPageIsNamed) {
+  ASSERT_EQ(::madvise(buf_ + kPageSize2M, kPageSize2M, MADV_DONTNEED), 0);
+  // No frame in pagemap is not a hidden one (as under a PUD-mapped device-DAX leaf): the
+  // huge page went back to the pool, and the table still records it.
+  EXPECT_THAT(OnlyMismatch(), HasSubstr(absl::StrFormat("%p: PFN recorded", buf_ + kPageSize2M)));
+  EXPECT_THAT(OnlyMismatch(), HasSubstr("pagemap shows no page"));
+  HUGEMM_ASSERT_OK(table_.UnregisterExternal(id_));
+}
+
+TEST_F(ExternalChangedBehindTheTable, OtherPageMappedOverItIsNamed) {
+  // Another page moved over the first one: a frame the kernel cannot have handed back
+  // (mapping anew at the address would likely get the very frame that was freed there).
+  void* other = ::mmap(nullptr, kPageSize2M, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+  ASSERT_NE(other, MAP_FAILED);
+  void* q = ::mremap(other, kPageSize2M, kPageSize2M, MREMAP_MAYMOVE | MREMAP_FIXED, buf_);
+  ASSERT_EQ(q, buf_) << "mremap: errno " << errno;
+  EXPECT_THAT(OnlyMismatch(), HasSubstr(absl::StrFormat("%p: PFN recorded", buf_)));
+  HUGEMM_ASSERT_OK(table_.UnregisterExternal(id_));
+}
+
+TEST_F(ExternalChangedBehindTheTable, UnmappedPageIsNamed) {
+  ASSERT_EQ(::munmap(buf_ + kPageSize2M, kPageSize2M), 0);
+  EXPECT_THAT(OnlyMismatch(),
+              HasSubstr(absl::StrFormat("%p: the kernel maps nothing here", buf_ + kPageSize2M)));
+  HUGEMM_ASSERT_OK(table_.UnregisterExternal(id_));
+}
+
+// fork() shares a MAP_PRIVATE page copy-on-write: the first write after it gives the
+// writer a copy, and the table still records the frame the child keeps. (MADV_DONTFORK
+// on the range before fork keeps the frames the program's own.)
+TEST_F(ExternalChangedBehindTheTable, CopyOnWriteAfterForkIsNamed) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);  // the copy
+  int go[2];
+  ASSERT_EQ(::pipe(go), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::close(go[1]);
+    char c;
+    (void)!::read(go[0], &c, 1);  // hold the shared page until the parent wrote
+    ::_exit(0);
+  }
+  ::close(go[0]);
+  buf_[5] = std::byte{1};
+  EXPECT_THAT(OnlyMismatch(), HasSubstr(absl::StrFormat("%p: PFN recorded", buf_)));
+  ::close(go[1]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  HUGEMM_ASSERT_OK(table_.UnregisterExternal(id_));
+}
+
+// A device must not get more than the program has: a WRITE pin would still be given.
+TEST_F(ExternalChangedBehindTheTable, ProtectionNarrowedUnderItIsNamed) {
+  ASSERT_EQ(::mprotect(buf_ + kPageSize2M, kPageSize2M, PROT_READ), 0);
+  EXPECT_EQ(OnlyMismatch(), absl::StrFormat("%p: the kernel maps r--, shadow has a rw- PMD leaf "
+                                            "of 2M",
+                                            buf_ + kPageSize2M));
+  // Narrower than the kernel is what Protect makes, and no mismatch.
+  HUGEMM_ASSERT_OK(table_.Protect(buf_ + kPageSize2M, kPageSize2M, kProtRead));
+  absl::StatusOr<VerifyReport> r = table_.Verify(buf_, kLen);
+  HUGEMM_ASSERT_OK(r);
+  EXPECT_TRUE(r->ok()) << Joined(*r);
+  HUGEMM_ASSERT_OK(table_.Protect(buf_, kPageSize2M, kProtRead));
+  r = table_.Verify(buf_, kLen);
+  HUGEMM_ASSERT_OK(r);
+  EXPECT_TRUE(r->ok()) << Joined(*r);
+  HUGEMM_ASSERT_OK(table_.UnregisterExternal(id_));
+}
+
+// Two mappings of one hugetlbfs file: each registers on its own, with the same frames,
+// and unregistering one leaves the other whole.
+TEST(PageTableKernelTest, ExternalSecondMappingOfAFileSharesItsFrames) {
+  const std::string mount = testing::HugetlbfsMountFor(kPageSize2M);
+  HUGEMM_NEED(!mount.empty(), "no 2M hugetlbfs mount");
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  HUGEMM_NEED(sys::CanReadPfns(Os::Default()), "pagemap hides PFNs from this process");
+  std::string path = mount + "/pgtable_kernel_test_XXXXXX";
+  const int fd = ::mkstemp(path.data());
+  ASSERT_GE(fd, 0) << path;
+  ASSERT_EQ(::unlink(path.c_str()), 0);
+  ASSERT_EQ(::ftruncate(fd, kPageSize2M), 0);
+  void* a = ::mmap(nullptr, kPageSize2M, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+  void* b = ::mmap(nullptr, kPageSize2M, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
+  ::close(fd);
+  ASSERT_NE(a, MAP_FAILED);
+  ASSERT_NE(b, MAP_FAILED);
+  {
+    PageTable table(DetectHostGeometry());
+    absl::StatusOr<uint64_t> ia = table.RegisterExternal(a, kPageSize2M);
+    absl::StatusOr<uint64_t> ib = table.RegisterExternal(b, kPageSize2M);
+    HUGEMM_ASSERT_OK(ia);
+    HUGEMM_ASSERT_OK(ib);
+    std::optional<Translation> ta = table.Translate(a);
+    std::optional<Translation> tb = table.Translate(b);
+    ASSERT_TRUE(ta.has_value() && tb.has_value());
+    EXPECT_EQ(ta->pfn, tb->pfn);
+    EXPECT_NE(ta->folio, tb->folio) << "each registration has its own descriptors";
+    table.Walk(b, kPageSize2M, [](const LogicalLeaf& l) {
+      EXPECT_EQ(l.prot, kProtRead) << "the second mapping's protection, not the first's";
+    });
+    HUGEMM_ASSERT_OK(table.UnregisterExternal(*ia));
+    EXPECT_FALSE(table.Translate(a).has_value());
+    absl::StatusOr<VerifyReport> r = table.Verify(b, kPageSize2M);
+    HUGEMM_ASSERT_OK(r);
+    EXPECT_TRUE(r->ok()) << Joined(*r);
+    EXPECT_EQ(r->leaves_checked[kPageSize2M], 1u);
+    HUGEMM_ASSERT_OK(table.UnregisterExternal(*ib));
+  }
+  ::munmap(a, kPageSize2M);
+  ::munmap(b, kPageSize2M);
 }
 
 TEST(PageTableKernelTest, ExternalRejectsWhatItCannotDescribe) {

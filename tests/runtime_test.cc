@@ -2,15 +2,21 @@
 // that keeps their PFNs still, and memory kept until the last pin is gone.
 #include "hugemm/runtime.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hugemm/hugemm.h"
@@ -172,6 +178,58 @@ TEST(Runtime, FreeUnmapsWhatIsLeftOfAPartlyUnmappedBuffer) {
   HUGEMM_ASSERT_OK((*rt)->Free(at));
   EXPECT_FALSE((*rt)->Translate(at + kPageSize4K).has_value());
   HUGEMM_ASSERT_OK((*rt)->RemoveMemoryObserver(&removals));
+}
+
+size_t OpenFds() {
+  size_t n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+
+// A hole punched in the hugetlbfs file under a pinned registration: the kernel frees the
+// page at once (a pin of the table holds no kernel reference), Verify names it, and
+// unpin, unregister, munmap and close leave nothing behind.
+TEST(Runtime, HolePunchedUnderAPinnedRegistrationIsNamedAndLeavesNothing) {
+  const std::string mount = testing::HugetlbfsMountFor(kPageSize2M);
+  HUGEMM_NEED(!mount.empty(), "no 2M hugetlbfs mount");
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open({.kernel_pins = false});
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  const size_t fds_before = OpenFds();
+  std::string path = mount + "/runtime_test_hole_XXXXXX";
+  const int fd = ::mkstemp(path.data());
+  ASSERT_GE(fd, 0) << path;
+  ASSERT_EQ(::unlink(path.c_str()), 0);
+  constexpr size_t kLen = 2 * kPageSize2M;
+  ASSERT_EQ(::ftruncate(fd, kLen), 0);
+  void* p = ::mmap(nullptr, kLen, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+  ASSERT_NE(p, MAP_FAILED);
+  auto* buf = static_cast<std::byte*>(p);
+  absl::StatusOr<uint64_t> id = (*rt)->RegisterExternal(buf, kLen);
+  ASSERT_TRUE(id.ok()) << id.status();
+  {
+    absl::StatusOr<PinnedRange> pin =
+        (*rt)->pinner().Pin(buf + kPageSize2M, kPageSize2M, kGupPin | kGupWrite);
+    ASSERT_TRUE(pin.ok()) << pin.status();
+    struct stat st;
+    ASSERT_EQ(::fstat(fd, &st), 0);
+    const blkcnt_t blocks = st.st_blocks;
+    ASSERT_EQ(::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, kPageSize2M, kPageSize2M),
+              0);
+    ASSERT_EQ(::fstat(fd, &st), 0);
+    EXPECT_EQ(st.st_blocks, blocks / 2) << "the page left the file, pinned or not";
+    absl::StatusOr<VerifyReport> r = (*rt)->Verify(buf, kLen);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_EQ(r->mismatches.size(), 1u);
+    EXPECT_THAT(r->mismatches[0].what,
+                HasSubstr(absl::StrFormat("%p: PFN recorded", buf + kPageSize2M)));
+    EXPECT_EQ((*rt)->UnregisterExternal(*id).code(), absl::StatusCode::kFailedPrecondition);
+  }
+  HUGEMM_ASSERT_OK((*rt)->UnregisterExternal(*id));
+  EXPECT_FALSE((*rt)->Translate(buf).has_value());
+  ASSERT_EQ(::munmap(p, kLen), 0);
+  ASSERT_EQ(::close(fd), 0);
+  EXPECT_EQ(OpenFds(), fds_before);
 }
 
 TEST(Runtime, AllocatedFoliosArePinnableAndFreedByAddress) {

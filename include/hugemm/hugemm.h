@@ -131,7 +131,12 @@ int hugemm_free(hugemm_runtime* rt, void* data);
  * the size the kernel maps there (2M of a MAP_HUGETLB mapping). -EEXIST: memory the
  * runtime maps already. -ENOENT: memory the process does not map. -EPERM: see above, and
  * PFNs the kernel hides from this process. -EFAULT: a page not faulted in, or a huge page
- * the kernel does not show as one physically contiguous compound page. */
+ * the kernel does not show as one physically contiguous compound page.
+ * The runtime is not told when the program later munmaps, mremaps, mprotects or
+ * madvises the range, punches a hole in or truncates the file behind it, or forks and
+ * writes it (copy-on-write): it keeps handing out the frames it recorded, which a pin
+ * does not hold in the kernel. Unpin and unregister before any such change
+ * (MADV_DONTFORK the range before fork). */
 int hugemm_register_external(hugemm_runtime* rt, void* addr, size_t length, uint64_t* id);
 /* -EFAULT while any of its memory is pinned; a refused unregister changes nothing.
  * -ENOENT: an id this runtime did not hand out, or one already unregistered.

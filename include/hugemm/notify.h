@@ -11,7 +11,9 @@
 //
 // This layer knows nothing of page tables: a NotifierRegistry holds subscriptions, and
 // whoever changes a mapping (the shadow table owns one registry) announces the change
-// with InvalidateStart before it and InvalidateEnd after it.
+// with InvalidateStart before it and InvalidateEnd after it. Only what goes through the
+// table is heard: a change the kernel makes to the program's own memory (munmap, madvise,
+// a punched hole) reaches no subscriber.
 #ifndef HUGEMM_NOTIFY_H_
 #define HUGEMM_NOTIFY_H_
 

@@ -265,6 +265,13 @@ class PageTable {
   // read-only is refused), PFNs from pagemap (which must be readable), and checks compound
   // heads in kpageflags; builds borrowed folios (never freed to any pool; no LONGTERM
   // pins) and maps them. Returns the id for UnregisterExternal.
+  // The table is not told when the program changes the kernel's side afterwards (munmap,
+  // mremap, mprotect, MADV_DONTNEED or MADV_REMOVE, a hole punched in or a truncate of
+  // the file behind it, the copy a write makes after fork): it keeps translating to, and
+  // pinning, the frames and protections it recorded. A pin holds no reference on the
+  // kernel's page, so the kernel may reuse a frame a device still holds. Unpin and
+  // unregister before changing such memory (MADV_DONTFORK it before a fork); Verify names
+  // each of these changes.
   //   FailedPrecondition: a geometry that is not this machine's; a page not faulted in, or
   //     not physically contiguous, or not a compound head.  PermissionDenied: pagemap
   //     hides PFNs from this process, or the program may not read part of the range.
@@ -281,7 +288,10 @@ class PageTable {
 
   // Holds every leaf in [va, va + length) against the live kernel: same page size in
   // smaps, PFNs contiguous and equal to the recorded ones (and to the frame words),
-  // compound head then tails. Mismatches are the report's, not errors.
+  // compound head then tails, and no more protection than the kernel's VMA gives. A page
+  // the kernel no longer maps (munmap, a page dropped by MADV_DONTNEED or a punched hole,
+  // another page moved there, a copy-on-write) is a mismatch; only a device-DAX leaf
+  // without a PFN in pagemap counts as hidden. Mismatches are the report's, not errors.
   //   FailedPrecondition: a geometry that is not this machine's.  Errors reading /proc
   //   pass through.
   [[nodiscard]] absl::StatusOr<VerifyReport> Verify(const void* va, size_t length) const;

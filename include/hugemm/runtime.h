@@ -184,6 +184,8 @@ class Runtime {
   // table's errors come from there when the pool grows).
   absl::StatusOr<Buffer> Allocate(size_t bytes, const AllocOptions& options = {});
   // Memory this program mapped itself, as borrowed folios (pinnable, never LONGTERM).
+  // Nothing tells the runtime when the program unmaps or changes it later: unpin and
+  // unregister first (see PageTable::RegisterExternal); Verify names such a change.
   absl::StatusOr<uint64_t> RegisterExternal(const void* va, size_t length);
   absl::Status UnregisterExternal(uint64_t id);
   // Frees the buffer that starts at `data` (what Buffer::Free does, for the C API).

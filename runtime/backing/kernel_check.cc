@@ -35,9 +35,16 @@ absl::StatusOr<KernelCheck> CheckAgainstKernel(const Extent& extent) {
           sys::ReadPfnRange(os, reinterpret_cast<const void*>(va), 1);
       if (!head.ok()) return head.status();
       recorded = (*head)[0];
+      if (recorded == kUnknownPfn && extent.kind() != BackingKind::kDevDax) {
+        check.mismatches.push_back(
+            absl::StrFormat("0x%x: pagemap shows no page (the kernel dropped it)", va));
+        continue;
+      }
     }
     absl::StatusOr<sys::FrameCheck> fc =
-        sys::CheckFrames(os, va, frames, recorded, 0, frames, what);
+        sys::CheckFrames(os, va, frames, recorded, 0, frames, what,
+                         extent.kind() == BackingKind::kDevDax ? sys::AbsentPage::kHidden
+                                                               : sys::AbsentPage::kMismatch);
     if (!fc.ok()) return fc.status();
     if (recorded != kUnknownPfn && recorded % frames != 0) {
       check.mismatches.push_back(absl::StrFormat("0x%x: head PFN 0x%x is not %s-aligned", va,

@@ -12,6 +12,7 @@
 #include "hugemm/page_size.h"
 #include "hugemm/pgtable.h"
 #include "runtime/pgtable/external_region.h"
+#include "runtime/pgtable/kernel_prot.h"
 #include "runtime/pgtable/rcu.h"
 #include "runtime/sys/pagemap.h"
 
@@ -22,12 +23,7 @@ namespace {
 // The protection the kernel gives a VMA, from smaps' VmFlags ("rd wr ex ..."). Memory the
 // program may not read is refused: a device must never see more than the program may.
 absl::StatusOr<Prot> KernelProt(const sys::Vma& vma, uintptr_t at) {
-  Prot prot = kProtNone;
-  for (absl::string_view flag : absl::StrSplit(vma.flags, ' ', absl::SkipEmpty())) {
-    if (flag == "rd") prot |= kProtRead;
-    if (flag == "wr") prot |= kProtWrite;
-    if (flag == "ex") prot |= kProtExec;
-  }
+  const Prot prot = pgtable_internal::KernelProt(vma.flags);
   if (!HasAny(prot, kProtRead)) {
     return absl::PermissionDeniedError(absl::StrFormat(
         "register: 0x%x is mapped without read access (VmFlags \"%s\")", at, vma.flags));

@@ -5,6 +5,7 @@
 #include "absl/strings/str_format.h"
 #include "hugemm/page_size.h"
 #include "hugemm/pgtable.h"
+#include "runtime/pgtable/kernel_prot.h"
 #include "runtime/pgtable/table.h"
 #include "runtime/sys/frame_check.h"
 #include "runtime/sys/pagemap.h"
@@ -43,6 +44,14 @@ absl::StatusOr<VerifyReport> PageTable::Verify(const void* va, size_t length) co
       mismatch(l.va, absl::StrFormat("the kernel maps nothing here, shadow has a %s", leaf_name));
       continue;
     }
+    // A device must never get more than the program has: a leaf wider than its VMA
+    // (made read-only by mprotect after it was registered) would take a WRITE pin.
+    const Prot kernel_prot = pgtable_internal::KernelProt(vma->flags);
+    if (HasAny(l.prot & ~kernel_prot, kProtRead | kProtWrite | kProtExec)) {
+      mismatch(l.va, absl::StrFormat("the kernel maps %s, shadow has a %s %s",
+                                     pgtable_internal::ProtLetters(kernel_prot),
+                                     pgtable_internal::ProtLetters(l.prot), leaf_name));
+    }
     if (vma->kernel_page_size != l.bytes) {
       mismatch(l.va, absl::StrFormat("kernel maps %s pages, shadow has a %s",
                                      PageSizeName(vma->kernel_page_size), leaf_name));
@@ -63,7 +72,9 @@ absl::StatusOr<VerifyReport> PageTable::Verify(const void* va, size_t length) co
     const size_t first_frame = (l.va - folio_va) / kPageSize4K;
     absl::StatusOr<sys::FrameCheck> fc =
         sys::CheckFrames(os_, l.va, l.bytes / kPageSize4K, folio->page_pfn(first_frame),
-                         first_frame, folio->nr_pages(), leaf_name);
+                         first_frame, folio->nr_pages(), leaf_name,
+                         folio->backing == BackingKind::kDevDax ? sys::AbsentPage::kHidden
+                                                                : sys::AbsentPage::kMismatch);
     if (!fc.ok()) return fc.status();
     for (const sys::FrameMismatch& m : fc->mismatches) mismatch(m.va, m.what);
     report.pfns_hidden += fc->pfns_hidden;

@@ -8,12 +8,20 @@ namespace hugemm::sys {
 
 absl::StatusOr<FrameCheck> CheckFrames(Os& os, uintptr_t va, size_t frames, uint64_t recorded_pfn,
                                        size_t first_frame, size_t compound_frames,
-                                       absl::string_view what) {
+                                       absl::string_view what, AbsentPage absent) {
   FrameCheck check;
   absl::StatusOr<std::vector<uint64_t>> pfns =
       ReadPfnRange(os, reinterpret_cast<const void*>(va), frames);
   if (!pfns.ok()) return pfns.status();
   uint64_t head = (*pfns)[0];
+  if (head == kUnknownPfn && recorded_pfn != kUnknownPfn && absent == AbsentPage::kMismatch) {
+    // Only device-DAX has leaves pagemap cannot show: anywhere else the frame is gone,
+    // and a device handed the recorded one would reach memory that is no longer ours.
+    check.mismatches.push_back(
+        {va, absl::StrFormat("PFN recorded 0x%x, pagemap shows no page (the kernel dropped it)",
+                             recorded_pfn)});
+    return check;
+  }
   if (head == kUnknownPfn && recorded_pfn != kUnknownPfn) {
     check.pfns_hidden = true;  // hold the flags against what we recorded
     head = recorded_pfn;

@@ -31,14 +31,20 @@ struct FrameCheck {
   bool flags_hidden = false;
 };
 
+// What a page pagemap shows no frame for means.
+enum class AbsentPage {
+  kMismatch,  // the kernel dropped it (MADV_DONTNEED, a punched hole): a mismatch
+  kHidden,    // maybe a leaf pagemap cannot show (PUD-mapped device-DAX): pfns_hidden
+};
+
 // [va, va + frames * 4K) should be frames recorded_pfn, recorded_pfn + 1, ... The first
 // one is frame `first_frame` of a compound page of `compound_frames` frames (1 = no
 // compound page: head / tail are not checked). `what` names the range in messages
 // ("PMD leaf of 2M"). Errors only when pagemap cannot be read at all.
 [[nodiscard]] absl::StatusOr<FrameCheck> CheckFrames(Os& os, uintptr_t va, size_t frames,
                                                      uint64_t recorded_pfn, size_t first_frame,
-                                                     size_t compound_frames,
-                                                     absl::string_view what);
+                                                     size_t compound_frames, absl::string_view what,
+                                                     AbsentPage absent = AbsentPage::kHidden);
 
 }  // namespace hugemm::sys
 
