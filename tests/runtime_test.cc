@@ -10,8 +10,10 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -230,6 +232,60 @@ TEST(Runtime, HolePunchedUnderAPinnedRegistrationIsNamedAndLeavesNothing) {
   ASSERT_EQ(::munmap(p, kLen), 0);
   ASSERT_EQ(::close(fd), 0);
   EXPECT_EQ(OpenFds(), fds_before);
+}
+
+// The frame pagemap shows at `va`, or 0.
+uint64_t PagemapPfn(const void* va) {
+  const int fd = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  uint64_t word = 0;
+  const off_t at = static_cast<off_t>(reinterpret_cast<uintptr_t>(va) / kPageSize4K * 8);
+  const bool read = ::pread(fd, &word, sizeof(word), at) == sizeof(word);
+  ::close(fd);
+  return read && (word >> 63) != 0 ? word & ((uint64_t{1} << 55) - 1) : 0;
+}
+
+// Writable external memory is held by the kernel pin table until it is unregistered: a
+// program that unmaps it too early leaves the table's frame still this process's, so the
+// kernel cannot hand it to the next mapping (it would, at once, without the hold).
+TEST(Runtime, ExternalFramesStayHeldWhenTheProgramUnmapsThemEarly) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  auto map2m = [] {
+    void* p = ::mmap(nullptr, kPageSize2M, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+    return p == MAP_FAILED ? nullptr : static_cast<std::byte*>(p);
+  };
+  const int64_t pinned_before = testing::VmPinKb();
+  std::byte* buf = map2m();
+  ASSERT_NE(buf, nullptr);
+  absl::StatusOr<uint64_t> id = (*rt)->RegisterExternal(buf, kPageSize2M);
+  ASSERT_TRUE(id.ok()) << id.status();
+  EXPECT_EQ(testing::VmPinKb() - pinned_before, static_cast<int64_t>(kPageSize2M / 1024));
+  std::optional<Translation> t = (*rt)->Translate(buf);
+  ASSERT_TRUE(t.has_value());
+  const uint64_t held = t->pfn;
+  ASSERT_NE(held, kUnknownPfn);
+  ASSERT_EQ(::munmap(buf, kPageSize2M), 0);
+  std::byte* next = map2m();
+  ASSERT_NE(next, nullptr);
+  const uint64_t next_pfn = PagemapPfn(next);
+  ASSERT_NE(next_pfn, 0u) << "pagemap hides frames from this process";
+  EXPECT_NE(next_pfn, held) << "the kernel reused a frame the table still hands out";
+  HUGEMM_ASSERT_OK((*rt)->UnregisterExternal(*id));
+  EXPECT_EQ(testing::VmPinKb(), pinned_before) << "the hold outlived the registration";
+  ASSERT_EQ(::munmap(next, kPageSize2M), 0);
+
+  // Read-only memory is registered without a hold: the kernel pins only what it may write.
+  buf = map2m();
+  ASSERT_NE(buf, nullptr);
+  ASSERT_EQ(::mprotect(buf, kPageSize2M, PROT_READ), 0);
+  id = (*rt)->RegisterExternal(buf, kPageSize2M);
+  ASSERT_TRUE(id.ok()) << id.status();
+  EXPECT_EQ(testing::VmPinKb(), pinned_before);
+  HUGEMM_ASSERT_OK((*rt)->UnregisterExternal(*id));
+  ASSERT_EQ(::munmap(buf, kPageSize2M), 0);
 }
 
 TEST(Runtime, AllocatedFoliosArePinnableAndFreedByAddress) {

@@ -134,9 +134,13 @@ int hugemm_free(hugemm_runtime* rt, void* data);
  * the kernel does not show as one physically contiguous compound page.
  * The runtime is not told when the program later munmaps, mremaps, mprotects or
  * madvises the range, punches a hole in or truncates the file behind it, or forks and
- * writes it (copy-on-write): it keeps handing out the frames it recorded, which a pin
- * does not hold in the kernel. Unpin and unregister before any such change
- * (MADV_DONTFORK the range before fork). */
+ * writes it (copy-on-write): it keeps handing out the frames it recorded. Unpin and
+ * unregister before any such change (MADV_DONTFORK the range before fork). With kernel
+ * pins (the default), writable memory is held by the kernel pin table until it is
+ * unregistered, so those frames stay this process's whatever the program does to the
+ * mapping: a device never writes into memory the kernel reused. Read-only memory is not
+ * held, nor memory the kernel refuses to long-term pin.
+ * -ENOMEM: the kernel pin table has no slot left, or RLIMIT_MEMLOCK is reached. */
 int hugemm_register_external(hugemm_runtime* rt, void* addr, size_t length, uint64_t* id);
 /* -EFAULT while any of its memory is pinned; a refused unregister changes nothing.
  * -ENOENT: an id this runtime did not hand out, or one already unregistered.

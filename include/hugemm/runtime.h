@@ -185,7 +185,13 @@ class Runtime {
   absl::StatusOr<Buffer> Allocate(size_t bytes, const AllocOptions& options = {});
   // Memory this program mapped itself, as borrowed folios (pinnable, never LONGTERM).
   // Nothing tells the runtime when the program unmaps or changes it later: unpin and
-  // unregister first (see PageTable::RegisterExternal); Verify names such a change.
+  // unregister first (see PageTable::RegisterExternal); Verify names such a change. With
+  // kernel pins, writable memory is also held by the kernel pin table (a slot per GiB,
+  // counted against RLIMIT_MEMLOCK) until it is unregistered: after such a change its
+  // frames stay this process's, so a device using a pin of them never writes into memory
+  // the kernel gave to someone else. Read-only memory is not held (the kernel pins only
+  // memory it may write), nor memory the kernel refuses to long-term pin.
+  // ResourceExhausted: the kernel pin table has no slot or no RLIMIT_MEMLOCK left.
   absl::StatusOr<uint64_t> RegisterExternal(const void* va, size_t length);
   absl::Status UnregisterExternal(uint64_t id);
   // Frees the buffer that starts at `data` (what Buffer::Free does, for the C API).
@@ -246,6 +252,8 @@ class Runtime {
   std::map<uint64_t, std::unique_ptr<BufferRecord>> buffers_ ABSL_GUARDED_BY(mu_);
   std::map<uintptr_t, uint64_t> by_address_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  // RegisterExternal's ranges the kernel pin table holds, by registration id.
+  std::map<uint64_t, MemoryRange> external_ ABSL_GUARDED_BY(mu_);
   friend class Buffer;
 };
 

@@ -341,10 +341,54 @@ absl::StatusOr<BufferSpan> Runtime::BufferAt(const void* va) {
 }
 
 absl::StatusOr<uint64_t> Runtime::RegisterExternal(const void* va, size_t length) {
-  return table_->RegisterExternal(va, length);
+  absl::StatusOr<uint64_t> id = table_->RegisterExternal(va, length);
+  if (!id.ok()) return id;
+  // The kernel pin table holds the frames as it holds the runtime's own memory, so that
+  // whatever the program does to its mapping later, the frames the table hands out stay
+  // this process's until the registration goes. The kernel pins only memory it may write
+  // (io_uring registers buffers for writing): read-only memory is registered without.
+  MemoryRange range{.data = static_cast<std::byte*>(const_cast<void*>(va)),
+                    .length = length,
+                    .kind = MemoryRangeKind::kBuffer};
+  bool writable = true;
+  table_->Walk(va, length, [&](const LogicalLeaf& leaf) {
+    writable &= HasAny(leaf.prot, kProtWrite);
+    if (range.page_size == 0) {
+      range.page_size = leaf.folio->size();
+      range.node = leaf.folio->node;
+      range.backing = leaf.folio->backing;
+    }
+  });
+  if (writable || kernel_pins_->ring_fd() < 0) {
+    absl::Status st = kernel_pins_->MemoryAdded(range);
+    // A limit the program can change refuses the registration; memory the kernel will
+    // not pin at all is registered without a hold, as read-only memory is.
+    if (absl::IsResourceExhausted(st)) {
+      (void)table_->UnregisterExternal(*id);
+      return st;
+    }
+    if (st.ok()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      external_.emplace(*id, range);
+    }
+  }
+  return id;
 }
 
-absl::Status Runtime::UnregisterExternal(uint64_t id) { return table_->UnregisterExternal(id); }
+absl::Status Runtime::UnregisterExternal(uint64_t id) {
+  if (absl::Status st = table_->UnregisterExternal(id); !st.ok()) return st;
+  std::optional<MemoryRange> held;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = external_.find(id); it != external_.end()) {
+      held = it->second;
+      external_.erase(it);
+    }
+  }
+  // Nothing of the table refers to the frames any more, and no pin holds them.
+  if (held) kernel_pins_->MemoryRemoving(*held);
+  return absl::OkStatus();
+}
 
 std::optional<Translation> Runtime::Translate(const void* va, size_t max_run) const {
   return table_->Translate(va, max_run);
