@@ -337,6 +337,14 @@ TEST(Runtime, ForkedChildLeavesTheParentsKernelPins) {
                                                                                      : 2;
     // The buffers are the parent's: not freed here, and the runtime's end leaves them.
     if (buf->Free().code() != absl::StatusCode::kFailedPrecondition) _exit(3);
+    // Nor does the child change the table with memory of its own.
+    void* own = ::mmap(nullptr, kPageSize2M, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+    if (own == MAP_FAILED) _exit(4);
+    if ((*rt)->RegisterExternal(own, kPageSize2M).status().code() !=
+        absl::StatusCode::kFailedPrecondition) {
+      _exit(5);
+    }
     small->Detach();
     rt->reset();
     _exit(code);
@@ -345,7 +353,8 @@ TEST(Runtime, ForkedChildLeavesTheParentsKernelPins) {
   ASSERT_EQ(waitpid(child, &status, 0), child);
   ASSERT_TRUE(WIFEXITED(status)) << status;
   EXPECT_EQ(WEXITSTATUS(status), 0)
-      << "1: the child mapped new memory, 2: another error, 3: it freed a parent's buffer";
+      << "1: the child mapped new memory, 2: another error, 3: it freed a parent's buffer, "
+         "4: no 2M page for the child, 5: it registered external memory";
   EXPECT_EQ(testing::VmPinKb(), pinned) << "the child's close dropped the parent's pins";
 
   std::memset(buf->data(), 0x11, buf->size());

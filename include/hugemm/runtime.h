@@ -32,8 +32,9 @@
 //
 // fork(): all of a runtime's memory is MADV_DONTFORK, so a child process has none of it,
 // and the child shares the kernel pin table's ring with its parent. A runtime opened
-// before the fork is inert in the child: Free there is FailedPrecondition, new memory is
-// refused (FailedPrecondition, with kernel pins), and destroying it releases nothing but
+// before the fork is inert in the child: Free, RegisterExternal and UnregisterExternal
+// there are FailedPrecondition, new memory is refused (FailedPrecondition, with kernel
+// pins), and destroying it releases nothing but
 // the child's descriptor of the ring, leaving the rest to the child's exit (it neither
 // unmaps nor waits: a lock or read section another thread held at the fork stays held
 // in the child). The parent's memory, pins and kernel pins stay as they were, and a
@@ -252,6 +253,8 @@ class Runtime {
   std::map<uint64_t, std::unique_ptr<BufferRecord>> buffers_ ABSL_GUARDED_BY(mu_);
   std::map<uintptr_t, uint64_t> by_address_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  // FailedPrecondition naming `what` in a child of fork() (see the top of this file).
+  absl::Status RefuseInForkedChild(const char* what) const;
   // RegisterExternal's ranges the kernel pin table holds, by registration id.
   std::map<uint64_t, MemoryRange> external_ ABSL_GUARDED_BY(mu_);
   friend class Buffer;

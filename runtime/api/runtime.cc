@@ -5,6 +5,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "runtime/alloc/address_index.h"
 #include "runtime/alloc/pool.h"
@@ -340,7 +341,16 @@ absl::StatusOr<BufferSpan> Runtime::BufferAt(const void* va) {
   return absl::NotFoundError(absl::StrFormat("%p is not in a buffer of this runtime", va));
 }
 
+absl::Status Runtime::RefuseInForkedChild(const char* what) const {
+  if (!kernel_pins_->InForkedChild()) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat(what,
+                   ": this process is a fork() child of the one that opened the runtime, "
+                   "whose table it must not change; open a runtime of its own"));
+}
+
 absl::StatusOr<uint64_t> Runtime::RegisterExternal(const void* va, size_t length) {
+  if (absl::Status st = RefuseInForkedChild("register external memory"); !st.ok()) return st;
   absl::StatusOr<uint64_t> id = table_->RegisterExternal(va, length);
   if (!id.ok()) return id;
   // The kernel pin table holds the frames as it holds the runtime's own memory, so that
@@ -376,6 +386,7 @@ absl::StatusOr<uint64_t> Runtime::RegisterExternal(const void* va, size_t length
 }
 
 absl::Status Runtime::UnregisterExternal(uint64_t id) {
+  if (absl::Status st = RefuseInForkedChild("unregister external memory"); !st.ok()) return st;
   if (absl::Status st = table_->UnregisterExternal(id); !st.ok()) return st;
   std::optional<MemoryRange> held;
   {
