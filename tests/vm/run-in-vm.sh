@@ -103,9 +103,10 @@ PER_NODE= # set when counts and places are per node
 [[ $HUGEPAGES_1G =~ ^[0-9]+$ ]] || bad "--hugepages-1g needs a number of 1G pages"
 if [[ -z $MEM ]]; then
   # 2G, or what the 1G pages need: the kernel takes them at boot from free,
-  # aligned gigabytes, and a node's first and last gigabytes hold the kernel
-  # and the node's own data.
-  MEM=$((HUGEPAGES_1G ? NODES * (HUGEPAGES_1G + 2) * 1024 + NODES * HUGEPAGES * 2 : 2048))M
+  # aligned gigabytes. A node's first and last gigabytes hold the kernel and the
+  # node's own data, and one more may hold the initrd (at the top of the memory
+  # below the PCI hole, which on the pc machine leaves a gigabyte of its own).
+  MEM=$((HUGEPAGES_1G ? NODES * (HUGEPAGES_1G + 3) * 1024 + NODES * HUGEPAGES * 2 : 2048))M
   (($(size_bytes "$MEM") >= 2 << 30)) || MEM=2G
 fi
 mem_bytes=$(size_bytes "$MEM") || bad "--mem needs a size (e.g. 4G), not '$MEM'"
@@ -282,6 +283,9 @@ case $ACCEL in kvm) CPU=${HUGEMM_VM_CPU:-host} ;; *) CPU=${HUGEMM_VM_CPU:-max,la
 # counts at boot, and with interrupt remapping (--iommu) it panics over that.
 append="console=ttyS0 quiet panic=-1 no_timer_check i8042.noaux i8042.nokbd i8042.nopnp"
 append+=" cryptomgr.notests"
+# nokaslr: the kernel at the same physical place every boot, not in a gigabyte a 1G
+# page needs one boot in a few.
+append+=" nokaslr"
 append+=" hugemm.align=$ALIGN hugemm.share=$SHARE ${RW:+hugemm.rw=$RW} hugemm.numa=$NUMA"
 append+=" hugemm.hugepages=$HUGEPAGES hugemm.hugepages1g=$HUGEPAGES_1G hugemm.daxnode=$DAX_NODE"
 append+=" hugemm.nvme=$([[ -n $NVME ]] && echo "$NVME_BDF" || echo 0) hugemm.iommu=$IOMMU"
