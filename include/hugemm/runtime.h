@@ -55,6 +55,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "hugemm/alloc.h"
 #include "hugemm/backing.h"
 #include "hugemm/gup.h"
@@ -254,7 +255,7 @@ class Runtime {
   std::map<uintptr_t, uint64_t> by_address_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   // FailedPrecondition naming `what` in a child of fork() (see the top of this file).
-  absl::Status RefuseInForkedChild(const char* what) const;
+  absl::Status RefuseInForkedChild(absl::string_view what) const;
   // RegisterExternal's ranges the kernel pin table holds, by registration id.
   std::map<uint64_t, MemoryRange> external_ ABSL_GUARDED_BY(mu_);
   friend class Buffer;

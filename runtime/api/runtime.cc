@@ -270,11 +270,8 @@ absl::StatusOr<Buffer> Runtime::Allocate(size_t bytes, const AllocOptions& optio
 }
 
 absl::Status Runtime::FreeById(uint64_t id) {
-  if (kernel_pins_->InForkedChild()) {
-    return absl::FailedPreconditionError(
-        absl::StrFormat("free of buffer %u: this process is a fork() child of the one that "
-                        "opened the runtime, and has none of its memory",
-                        id));
+  if (absl::Status st = RefuseInForkedChild(absl::StrFormat("free of buffer %u", id)); !st.ok()) {
+    return st;
   }
   std::unique_ptr<BufferRecord> record;
   {
@@ -341,12 +338,12 @@ absl::StatusOr<BufferSpan> Runtime::BufferAt(const void* va) {
   return absl::NotFoundError(absl::StrFormat("%p is not in a buffer of this runtime", va));
 }
 
-absl::Status Runtime::RefuseInForkedChild(const char* what) const {
+absl::Status Runtime::RefuseInForkedChild(absl::string_view what) const {
   if (!kernel_pins_->InForkedChild()) return absl::OkStatus();
   return absl::FailedPreconditionError(
       absl::StrCat(what,
-                   ": this process is a fork() child of the one that opened the runtime, "
-                   "whose table it must not change; open a runtime of its own"));
+                   ": this process is a fork() child of the one that opened the runtime, has "
+                   "none of its memory and must not change its table; open a runtime of its own"));
 }
 
 absl::StatusOr<uint64_t> Runtime::RegisterExternal(const void* va, size_t length) {
