@@ -275,6 +275,20 @@ std::vector<Cell> Matrix() {
          uint64_t id;
          return long{hugemm_register_external(w.rt, w.buf.data, k2M, &id)};
        }},
+      {"register_external", "inside_callback", -EDEADLK,
+       [](World& w) {
+         void* mem = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+         if (mem == MAP_FAILED) return long{-EIO};
+         static_cast<char*>(mem)[0] = 1;
+         uint64_t id = 0;
+         const long rc = FromCallback(
+             w, [&](InCallback& in) { return long{hugemm_register_external(in.w->rt, mem, 4096, &id)}; });
+         // Refused there, it registers after.
+         const bool after = hugemm_register_external(w.rt, mem, 4096, &id) == 0 &&
+                            hugemm_unregister_external(w.rt, id) == 0;
+         munmap(mem, 4096);
+         return after ? rc : long{-EIO};
+       }},
       // hugemm_unregister_external
       {"unregister_external", "null_runtime", -EINVAL,
        [](World&) { return long{hugemm_unregister_external(nullptr, 1)}; }},

@@ -268,6 +268,54 @@ TEST(PageTableKernelTest, ExternalTakesTheKernelsProtection) {
   ::munmap(p, len);
 }
 
+// The hook before the mapping sees each page as it will be mapped, while nothing of the
+// registration is in the table yet; its error refuses the registration.
+TEST(PageTableKernelTest, ExternalBeforeMapSeesThePagesFirst) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  HUGEMM_NEED(sys::CanReadPfns(Os::Default()), "pagemap hides PFNs from this process");
+  const size_t len = 2 * kPageSize2M;
+  void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+  ASSERT_NE(p, MAP_FAILED);
+  auto* buf = static_cast<std::byte*>(p);
+  ASSERT_EQ(::mprotect(buf + kPageSize2M, kPageSize2M, PROT_READ), 0);
+  PageTable table(DetectHostGeometry());
+  struct Seen {
+    std::byte* data;
+    size_t size;
+    Prot prot;
+  };
+  std::vector<Seen> seen;  // the descriptors live only as long as the call
+  bool mapped_during = true;
+  absl::StatusOr<uint64_t> id =
+      table.RegisterExternal(buf, len, [&](absl::Span<const PageTable::ExternalPage> pages) {
+        for (const PageTable::ExternalPage& page : pages)
+          seen.push_back({page.folio->data, page.folio->size(), page.prot});
+        mapped_during = table.Translate(buf).has_value();
+        return absl::ResourceExhaustedError("no hold");
+      });
+  EXPECT_EQ(id.status().code(), absl::StatusCode::kResourceExhausted) << id.status();
+  EXPECT_EQ(id.status().message(), "no hold");
+  EXPECT_FALSE(mapped_during);
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0].data, buf);
+  EXPECT_EQ(seen[0].size, kPageSize2M);
+  EXPECT_EQ(seen[0].prot, kProtRead | kProtWrite);
+  EXPECT_EQ(seen[1].data, buf + kPageSize2M);
+  EXPECT_EQ(seen[1].prot, kProtRead);
+  EXPECT_FALSE(table.Translate(buf).has_value()) << "a refused registration stayed";
+  EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u);
+
+  // Accepted, the same pages are mapped.
+  id = table.RegisterExternal(buf, len, [](absl::Span<const PageTable::ExternalPage> pages) {
+    return pages.size() == 2 ? absl::OkStatus() : absl::InternalError("pages");
+  });
+  HUGEMM_ASSERT_OK(id);
+  EXPECT_TRUE(table.Translate(buf + kPageSize2M).has_value());
+  HUGEMM_ASSERT_OK(table.UnregisterExternal(*id));
+  ::munmap(p, len);
+}
+
 // Memory the program changes behind the table's back after registering it: each change
 // is named by Verify at the address it hit, and the registration still goes cleanly.
 class ExternalChangedBehindTheTable : public ::testing::Test {

@@ -245,6 +245,13 @@ uint64_t PagemapPfn(const void* va) {
   return read && (word >> 63) != 0 ? word & ((uint64_t{1} << 55) - 1) : 0;
 }
 
+// A 2M hugetlb page of the program's own, faulted in, or nullptr.
+std::byte* MapOwn2M() {
+  void* p = ::mmap(nullptr, kPageSize2M, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+  return p == MAP_FAILED ? nullptr : static_cast<std::byte*>(p);
+}
+
 // Writable external memory is held by the kernel pin table until it is unregistered: a
 // program that unmaps it too early leaves the table's frame still this process's, so the
 // kernel cannot hand it to the next mapping (it would, at once, without the hold).
@@ -252,13 +259,8 @@ TEST(Runtime, ExternalFramesStayHeldWhenTheProgramUnmapsThemEarly) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
   absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
   ASSERT_TRUE(rt.ok()) << rt.status();
-  auto map2m = [] {
-    void* p = ::mmap(nullptr, kPageSize2M, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
-    return p == MAP_FAILED ? nullptr : static_cast<std::byte*>(p);
-  };
   const int64_t pinned_before = testing::VmPinKb();
-  std::byte* buf = map2m();
+  std::byte* buf = MapOwn2M();
   ASSERT_NE(buf, nullptr);
   absl::StatusOr<uint64_t> id = (*rt)->RegisterExternal(buf, kPageSize2M);
   ASSERT_TRUE(id.ok()) << id.status();
@@ -268,7 +270,7 @@ TEST(Runtime, ExternalFramesStayHeldWhenTheProgramUnmapsThemEarly) {
   const uint64_t held = t->pfn;
   ASSERT_NE(held, kUnknownPfn);
   ASSERT_EQ(::munmap(buf, kPageSize2M), 0);
-  std::byte* next = map2m();
+  std::byte* next = MapOwn2M();
   ASSERT_NE(next, nullptr);
   const uint64_t next_pfn = PagemapPfn(next);
   ASSERT_NE(next_pfn, 0u) << "pagemap hides frames from this process";
@@ -278,7 +280,7 @@ TEST(Runtime, ExternalFramesStayHeldWhenTheProgramUnmapsThemEarly) {
   ASSERT_EQ(::munmap(next, kPageSize2M), 0);
 
   // Read-only memory is registered without a hold: the kernel pins only what it may write.
-  buf = map2m();
+  buf = MapOwn2M();
   ASSERT_NE(buf, nullptr);
   ASSERT_EQ(::mprotect(buf, kPageSize2M, PROT_READ), 0);
   id = (*rt)->RegisterExternal(buf, kPageSize2M);
@@ -286,6 +288,126 @@ TEST(Runtime, ExternalFramesStayHeldWhenTheProgramUnmapsThemEarly) {
   EXPECT_EQ(testing::VmPinKb(), pinned_before);
   HUGEMM_ASSERT_OK((*rt)->UnregisterExternal(*id));
   ASSERT_EQ(::munmap(buf, kPageSize2M), 0);
+}
+
+// A registration the kernel pin table refuses is never visible: the hold is taken before
+// the table maps the memory, so a pin by address from another thread, racing with the
+// registration, never succeeds. (Taken after the mapping, such a pin could get in, and the
+// registration, which its own undo then could not unregister, stayed.)
+TEST(Runtime, ARefusedExternalRegistrationIsNeverPinnable) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  RuntimeOptions options;
+  options.kernel_pin_slots = 1;
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open(options);
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  std::byte* first = MapOwn2M();
+  std::byte* second = MapOwn2M();
+  ASSERT_NE(first, nullptr);
+  ASSERT_NE(second, nullptr);
+  absl::StatusOr<uint64_t> id = (*rt)->RegisterExternal(first, kPageSize2M);
+  ASSERT_TRUE(id.ok()) << id.status();  // the one slot
+  std::atomic<bool> stop{false};
+  std::atomic<int> pinned{0};
+  std::thread pinner([&] {
+    FolioSpan span;
+    while (!stop.load(std::memory_order_relaxed)) {
+      absl::StatusOr<size_t> n =
+          (*rt)->pinner().PinFolios(second, kPageSize2M, kGupPin | kGupWrite, {&span, 1});
+      if (n.ok()) {
+        pinned.fetch_add(1, std::memory_order_relaxed);
+        (*rt)->pinner().UnpinFolios({&span, 1}, RefKind::kPin, /*dirty=*/false);
+      }
+    }
+  });
+  constexpr int kAttempts = 500;
+  int refused = 0;
+  for (int i = 0; i < kAttempts; ++i) {
+    absl::StatusOr<uint64_t> again = (*rt)->RegisterExternal(second, kPageSize2M);
+    if (again.ok()) {
+      ADD_FAILURE() << "registered beyond the kernel pin table's one slot";
+      (void)(*rt)->UnregisterExternal(*again);
+      break;
+    }
+    EXPECT_EQ(again.status().code(), absl::StatusCode::kResourceExhausted) << again.status();
+    ++refused;
+  }
+  stop.store(true);
+  pinner.join();
+  EXPECT_EQ(refused, kAttempts);
+  EXPECT_EQ(pinned.load(), 0) << "a pin reached memory whose registration was refused";
+  EXPECT_FALSE((*rt)->Translate(second).has_value()) << "a refused registration stayed";
+  HUGEMM_ASSERT_OK((*rt)->UnregisterExternal(*id));
+  ASSERT_EQ(::munmap(first, kPageSize2M), 0);
+  ASSERT_EQ(::munmap(second, kPageSize2M), 0);
+}
+
+// A range registered again while another thread's unregistration of it gives back its
+// hold is held all the same: registrations and unregistrations are ordered, so the new
+// one never meets the old hold still in the kernel pin table.
+TEST(Runtime, ARangeRegisteredAgainDuringItsUnregistrationIsHeld) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  std::byte* buf = MapOwn2M();
+  ASSERT_NE(buf, nullptr);
+  const int64_t pinned_before = testing::VmPinKb();
+  constexpr int kRounds = 1000;
+  std::atomic<bool> unregistering[2] = {false, false};
+  std::atomic<int> registered{0}, unheld{0};
+  auto run = [&](int me) {
+    for (int i = 0; i < kRounds; ++i) {
+      absl::StatusOr<uint64_t> id = (*rt)->RegisterExternal(buf, kPageSize2M);
+      if (!id.ok()) continue;  // the other thread's registration is in the table
+      registered.fetch_add(1);
+      // The other thread may still be in the unregistration that let this one in: once
+      // it is out, this registration's hold must be there.
+      while (unregistering[1 - me].load()) std::this_thread::yield();
+      if (testing::VmPinKb() - pinned_before < static_cast<int64_t>(kPageSize2M / 1024)) {
+        unheld.fetch_add(1);
+      }
+      unregistering[me].store(true);
+      if (absl::Status st = (*rt)->UnregisterExternal(*id); !st.ok()) ADD_FAILURE() << st;
+      unregistering[me].store(false);
+    }
+  };
+  std::thread other(run, 1);
+  run(0);
+  other.join();
+  EXPECT_GT(registered.load(), 0);
+  EXPECT_EQ(unheld.load(), 0) << "of " << registered.load() << " registrations";
+  EXPECT_EQ(testing::VmPinKb(), pinned_before) << "a hold outlived its registration";
+  ASSERT_EQ(::munmap(buf, kPageSize2M), 0);
+}
+
+// A notifier callback that an unregistration runs cannot register memory on its thread
+// (the registration would wait for the unregistration that waits for the callback): it is
+// refused, not hung, and the same registration works once the callback is over.
+TEST(Runtime, ExternalRegistrationFromItsOwnUnregistrationsCallbackIsRefused) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  std::byte* a = MapOwn2M();
+  std::byte* b = MapOwn2M();
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  absl::StatusOr<uint64_t> id = (*rt)->RegisterExternal(a, kPageSize2M);
+  ASSERT_TRUE(id.ok()) << id.status();
+  std::optional<absl::Status> inside;
+  std::unique_ptr<RangeSubscription> sub =
+      (*rt)->Subscribe(a, kPageSize2M, {.invalidate_start = [&](const Invalidation&) {
+                         if (!inside) inside = (*rt)->RegisterExternal(b, kPageSize2M).status();
+                       }});
+  HUGEMM_ASSERT_OK((*rt)->UnregisterExternal(*id));
+  sub.reset();
+  ASSERT_TRUE(inside.has_value()) << "the unregistration announced nothing";
+  EXPECT_EQ(inside->code(), absl::StatusCode::kFailedPrecondition) << *inside;
+  EXPECT_THAT(inside->message(), HasSubstr("notifier callback"));
+  EXPECT_FALSE((*rt)->Translate(b).has_value());
+  absl::StatusOr<uint64_t> after = (*rt)->RegisterExternal(b, kPageSize2M);
+  ASSERT_TRUE(after.ok()) << after.status();
+  HUGEMM_ASSERT_OK((*rt)->UnregisterExternal(*after));
+  ASSERT_EQ(::munmap(a, kPageSize2M), 0);
+  ASSERT_EQ(::munmap(b, kPageSize2M), 0);
 }
 
 TEST(Runtime, AllocatedFoliosArePinnableAndFreedByAddress) {

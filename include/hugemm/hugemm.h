@@ -141,7 +141,8 @@ int hugemm_free(hugemm_runtime* rt, void* data);
  * unregistered, so those frames stay this process's whatever the program does to the
  * mapping: a device never writes into memory the kernel reused. Read-only memory is not
  * held, nor memory the kernel refuses to long-term pin.
- * -ENOMEM: the kernel pin table has no slot left, or RLIMIT_MEMLOCK is reached. */
+ * -ENOMEM: the kernel pin table has no slot left, or RLIMIT_MEMLOCK is reached.
+ * -EDEADLK: called from a notifier callback of this runtime (see hugemm_subscribe). */
 int hugemm_register_external(hugemm_runtime* rt, void* addr, size_t length, uint64_t* id);
 /* -EFAULT while any of its memory is pinned; a refused unregister changes nothing.
  * -ENOENT: an id this runtime did not hand out, or one already unregistered.

@@ -280,6 +280,22 @@ class PageTable {
   //     AlreadyExists: part of it is mapped in this table already.
   //   Errors reading /proc pass through.
   [[nodiscard]] absl::StatusOr<uint64_t> RegisterExternal(const void* va, size_t length);
+  // A page a registration is about to map: its descriptor (not yet in the table; valid
+  // for the call it is passed to) and the protection the kernel gives it.
+  struct ExternalPage {
+    const Folio* folio;
+    Prot prot;
+  };
+  // RegisterExternal, calling `before_map` once the whole range is read and checked and
+  // before any of it is visible in the table, with its pages in address order: what a
+  // registration must take before a reader can pin it (say a kernel hold on its frames)
+  // is taken there. Its error refuses the registration and is returned; nothing is
+  // mapped. An error after it (AlreadyExists) leaves the caller to give back what it
+  // took. It runs on the calling thread, outside the table's locks, and must not call the
+  // table's writers.
+  [[nodiscard]] absl::StatusOr<uint64_t> RegisterExternal(
+      const void* va, size_t length,
+      absl::FunctionRef<absl::Status(absl::Span<const ExternalPage>)> before_map);
   // Unmaps a registration and frees its descriptors.
   //   NotFound: no registration `id`.  FailedPrecondition: its memory is still referenced
   //   beyond its mappings (pinned): nothing changes, the registration stays, and its

@@ -193,6 +193,11 @@ class Runtime {
   // frames stay this process's, so a device using a pin of them never writes into memory
   // the kernel gave to someone else. Read-only memory is not held (the kernel pins only
   // memory it may write), nor memory the kernel refuses to long-term pin.
+  // The hold is taken before the table maps the memory: a refused registration was never
+  // visible, not even to a pin by address from another thread.
+  // Registrations and unregistrations run one at a time; neither may be called from a
+  // notifier callback of this runtime (FailedPrecondition when the callback is one that
+  // another of them runs on the same thread).
   // ResourceExhausted: the kernel pin table has no slot or no RLIMIT_MEMLOCK left.
   absl::StatusOr<uint64_t> RegisterExternal(const void* va, size_t length);
   absl::Status UnregisterExternal(uint64_t id);
@@ -258,6 +263,8 @@ class Runtime {
   absl::Status RefuseInForkedChild(absl::string_view what) const;
   // RegisterExternal's ranges the kernel pin table holds, by registration id.
   std::map<uint64_t, MemoryRange> external_ ABSL_GUARDED_BY(mu_);
+  // Orders RegisterExternal and UnregisterExternal (taken before mu_).
+  std::mutex external_order_mu_;
   friend class Buffer;
 };
 

@@ -267,6 +267,7 @@ int hugemm_free(hugemm_runtime* rt, void* data) {
 
 int hugemm_register_external(hugemm_runtime* rt, void* addr, size_t length, uint64_t* id) {
   HUGEMM_C_CHECK(rt != nullptr && id != nullptr, "hugemm_register_external: NULL argument");
+  if (int rc = RefuseInCallback(rt, "hugemm_register_external")) return rc;
   absl::StatusOr<uint64_t> r = rt->rt->RegisterExternal(addr, length);
   if (!r.ok()) return Fail(r.status());
   *id = *r;

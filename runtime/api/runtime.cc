@@ -88,6 +88,32 @@ absl::Status UnmapRecord(PageTable& table, const Runtime::BufferRecord& record) 
   return absl::OkStatus();
 }
 
+// The runtime whose RegisterExternal or UnregisterExternal this thread is in: a notifier
+// callback those run may not start another (it would wait for the first to end).
+thread_local const Runtime* t_changing_external = nullptr;
+
+class ChangingExternal {
+ public:
+  explicit ChangingExternal(const Runtime* rt) : outer_(t_changing_external) {
+    t_changing_external = rt;
+  }
+  ~ChangingExternal() { t_changing_external = outer_; }
+  ChangingExternal(const ChangingExternal&) = delete;
+  ChangingExternal& operator=(const ChangingExternal&) = delete;
+
+ private:
+  const Runtime* const outer_;  // another runtime's, when a callback of it runs this
+};
+
+absl::Status RefuseNestedExternalChange(const Runtime* rt, absl::string_view what) {
+  if (t_changing_external != rt) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat(what,
+                   ": called from a notifier callback of this runtime's own external "
+                   "registration or unregistration, which waits for it; call it after the "
+                   "callback returns"));
+}
+
 }  // namespace
 
 Runtime::Runtime(const RuntimeOptions& options)
@@ -348,42 +374,56 @@ absl::Status Runtime::RefuseInForkedChild(absl::string_view what) const {
 
 absl::StatusOr<uint64_t> Runtime::RegisterExternal(const void* va, size_t length) {
   if (absl::Status st = RefuseInForkedChild("register external memory"); !st.ok()) return st;
-  absl::StatusOr<uint64_t> id = table_->RegisterExternal(va, length);
-  if (!id.ok()) return id;
+  if (absl::Status st = RefuseNestedExternalChange(this, "register external memory"); !st.ok())
+    return st;
+  // One registration or unregistration at a time: a range registered again while its
+  // unregistration gives back its hold must not meet that hold still in the kernel pin
+  // table (it would be registered without one).
+  std::lock_guard<std::mutex> order(external_order_mu_);
+  ChangingExternal changing(this);
   // The kernel pin table holds the frames as it holds the runtime's own memory, so that
   // whatever the program does to its mapping later, the frames the table hands out stay
-  // this process's until the registration goes. The kernel pins only memory it may write
-  // (io_uring registers buffers for writing): read-only memory is registered without.
-  MemoryRange range{.data = static_cast<std::byte*>(const_cast<void*>(va)),
-                    .length = length,
-                    .kind = MemoryRangeKind::kBuffer};
-  bool writable = true;
-  table_->Walk(va, length, [&](const LogicalLeaf& leaf) {
-    writable &= HasAny(leaf.prot, kProtWrite);
-    if (range.page_size == 0) {
-      range.page_size = leaf.folio->size();
-      range.node = leaf.folio->node;
-      range.backing = leaf.folio->backing;
-    }
-  });
-  if (writable || kernel_pins_->ring_fd() < 0) {
-    absl::Status st = kernel_pins_->MemoryAdded(range);
-    // A limit the program can change refuses the registration; memory the kernel will
-    // not pin at all is registered without a hold, as read-only memory is.
-    if (absl::IsResourceExhausted(st)) {
-      (void)table_->UnregisterExternal(*id);
-      return st;
-    }
-    if (st.ok()) {
-      std::lock_guard<std::mutex> lock(mu_);
-      external_.emplace(*id, range);
-    }
+  // this process's until the registration goes. The hold is taken before the table maps
+  // the range, so that a refusal leaves nothing any reader could have pinned. The kernel
+  // pins only memory it may write (io_uring registers buffers for writing): read-only
+  // memory is registered without.
+  std::optional<MemoryRange> held;
+  absl::StatusOr<uint64_t> id = table_->RegisterExternal(
+      va, length, [&](absl::Span<const PageTable::ExternalPage> pages) -> absl::Status {
+        if (pages.empty()) return absl::OkStatus();
+        MemoryRange range{.data = static_cast<std::byte*>(const_cast<void*>(va)),
+                          .length = length,
+                          .page_size = pages.front().folio->size(),
+                          .node = pages.front().folio->node,
+                          .backing = pages.front().folio->backing,
+                          .kind = MemoryRangeKind::kBuffer};
+        bool writable = true;
+        for (const PageTable::ExternalPage& p : pages) writable &= HasAny(p.prot, kProtWrite);
+        if (!writable && kernel_pins_->ring_fd() >= 0) return absl::OkStatus();
+        absl::Status st = kernel_pins_->MemoryAdded(range);
+        // A limit the program can change refuses the registration; memory the kernel will
+        // not pin at all is registered without a hold, as read-only memory is.
+        if (absl::IsResourceExhausted(st)) return st;
+        if (st.ok()) held = range;
+        return absl::OkStatus();
+      });
+  if (!id.ok()) {
+    if (held) kernel_pins_->MemoryRemoving(*held);  // the table refused after the hold
+    return id;
+  }
+  if (held) {
+    std::lock_guard<std::mutex> lock(mu_);
+    external_.emplace(*id, *held);
   }
   return id;
 }
 
 absl::Status Runtime::UnregisterExternal(uint64_t id) {
   if (absl::Status st = RefuseInForkedChild("unregister external memory"); !st.ok()) return st;
+  if (absl::Status st = RefuseNestedExternalChange(this, "unregister external memory"); !st.ok())
+    return st;
+  std::lock_guard<std::mutex> order(external_order_mu_);
+  ChangingExternal changing(this);
   if (absl::Status st = table_->UnregisterExternal(id); !st.ok()) return st;
   std::optional<MemoryRange> held;
   {

@@ -34,6 +34,13 @@ absl::StatusOr<Prot> KernelProt(const sys::Vma& vma, uintptr_t at) {
 }  // namespace
 
 absl::StatusOr<uint64_t> PageTable::RegisterExternal(const void* p, size_t length) {
+  return RegisterExternal(p, length,
+                          [](absl::Span<const ExternalPage>) { return absl::OkStatus(); });
+}
+
+absl::StatusOr<uint64_t> PageTable::RegisterExternal(
+    const void* p, size_t length,
+    absl::FunctionRef<absl::Status(absl::Span<const ExternalPage>)> before_map) {
   const auto va = reinterpret_cast<uintptr_t>(p);
   if (geometry_.page_shift != kPageShift) {
     return absl::FailedPreconditionError(
@@ -109,6 +116,13 @@ absl::StatusOr<uint64_t> PageTable::RegisterExternal(const void* p, size_t lengt
                  .flags = kFolioBorrowed});
       region->folios.push_back({std::move(folio), *prot});
     }
+  }
+  {
+    std::vector<ExternalPage> pages;
+    pages.reserve(region->folios.size());
+    for (const ExternalRegion::Borrowed& b : region->folios)
+      pages.push_back({b.folio.get(), b.prot});
+    if (absl::Status st = before_map(pages); !st.ok()) return st;
   }
   for (size_t i = 0; i < region->folios.size(); ++i) {
     Folio* f = region->folios[i].folio.get();
