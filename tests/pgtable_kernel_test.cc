@@ -201,14 +201,19 @@ TEST(PageTableKernelTest, PmdLeafOver4KPagesIsNamed) {
   HUGEMM_ASSERT_OK(table.Unmap(folio->data, kPageSize2M));
 }
 
+// `pages` 2M hugetlb pages of the program's own, faulted in, or nullptr.
+std::byte* MapOwn2M(size_t pages) {
+  void* p = ::mmap(nullptr, pages * kPageSize2M, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+  return p == MAP_FAILED ? nullptr : static_cast<std::byte*>(p);
+}
+
 TEST(PageTableKernelTest, ExternalMapHugetlbBuffer) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
   HUGEMM_NEED(sys::CanReadPfns(Os::Default()), "pagemap hides PFNs from this process");
   const size_t len = 2 * kPageSize2M;
-  void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
-  ASSERT_NE(p, MAP_FAILED);
-  auto* buf = static_cast<std::byte*>(p);
+  std::byte* const buf = MapOwn2M(2);
+  ASSERT_NE(buf, nullptr);
   PageTable table(DetectHostGeometry());
   absl::StatusOr<uint64_t> id = table.RegisterExternal(buf, len);
   HUGEMM_ASSERT_OK(id);
@@ -232,7 +237,7 @@ TEST(PageTableKernelTest, ExternalMapHugetlbBuffer) {
   EXPECT_FALSE(table.Translate(buf).has_value());
   EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u);
   EXPECT_EQ(table.UnregisterExternal(*id).code(), absl::StatusCode::kNotFound);
-  ::munmap(p, len);
+  ::munmap(buf, len);
 }
 
 // The kernel's protection, VMA by VMA: nothing wider is ever mapped.
@@ -240,10 +245,8 @@ TEST(PageTableKernelTest, ExternalTakesTheKernelsProtection) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 3);
   HUGEMM_NEED(sys::CanReadPfns(Os::Default()), "pagemap hides PFNs from this process");
   const size_t len = 3 * kPageSize2M;
-  void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
-  ASSERT_NE(p, MAP_FAILED);
-  auto* buf = static_cast<std::byte*>(p);
+  std::byte* const buf = MapOwn2M(3);
+  ASSERT_NE(buf, nullptr);
   ASSERT_EQ(::mprotect(buf + kPageSize2M, kPageSize2M, PROT_READ), 0);
   ASSERT_EQ(::mprotect(buf + 2 * kPageSize2M, kPageSize2M, PROT_READ | PROT_EXEC), 0);
   PageTable table(DetectHostGeometry());
@@ -265,7 +268,7 @@ TEST(PageTableKernelTest, ExternalTakesTheKernelsProtection) {
               HasSubstr(absl::StrFormat("%p", static_cast<void*>(buf + kPageSize2M))));
   EXPECT_FALSE(table.Translate(buf).has_value());
   EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u);
-  ::munmap(p, len);
+  ::munmap(buf, len);
 }
 
 // The hook before the mapping sees each page as it will be mapped, while nothing of the
@@ -274,10 +277,8 @@ TEST(PageTableKernelTest, ExternalBeforeMapSeesThePagesFirst) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
   HUGEMM_NEED(sys::CanReadPfns(Os::Default()), "pagemap hides PFNs from this process");
   const size_t len = 2 * kPageSize2M;
-  void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
-  ASSERT_NE(p, MAP_FAILED);
-  auto* buf = static_cast<std::byte*>(p);
+  std::byte* const buf = MapOwn2M(2);
+  ASSERT_NE(buf, nullptr);
   ASSERT_EQ(::mprotect(buf + kPageSize2M, kPageSize2M, PROT_READ), 0);
   PageTable table(DetectHostGeometry());
   struct Seen {
@@ -313,7 +314,7 @@ TEST(PageTableKernelTest, ExternalBeforeMapSeesThePagesFirst) {
   HUGEMM_ASSERT_OK(id);
   EXPECT_TRUE(table.Translate(buf + kPageSize2M).has_value());
   HUGEMM_ASSERT_OK(table.UnregisterExternal(*id));
-  ::munmap(p, len);
+  ::munmap(buf, len);
 }
 
 // Memory the program changes behind the table's back after registering it: each change
