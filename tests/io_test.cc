@@ -4,6 +4,8 @@
 // its completion is reaped.
 #include "hugemm/io.h"
 
+#include <sys/mman.h>
+
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -154,6 +156,54 @@ TEST(FixedBuffers, DetachUnregistersAndTheRingCanBeAttachedAgain) {
     ASSERT_TRUE(fixed.ok()) << fixed.status();
   }
   EXPECT_EQ(io_uring_register_buffers_sparse(&ring.ring, 4), 0) << "no table is left";
+}
+
+// External memory is held by the runtime's kernel pin table (a slot there) but is no fixed
+// buffer of a program's ring: Find says so before the kernel would fail the I/O, and a
+// whole-table clone made while it is registered does not keep its frames in the slot that
+// the next buffer gets once it is unregistered.
+TEST_P(FixedBuffersTest, ExternalMemoryIsNoFixedBufferAndLeavesNoSlotBehind) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  PatternFile file(1 << 20, 31);
+  for (bool registered_first : {true, false}) {
+    SCOPED_TRACE(registered_first ? "registered before the attach" : "registered after");
+    std::unique_ptr<Runtime> rt = OpenRuntime();
+    ASSERT_NE(rt, nullptr);
+    TestRing ring;
+    ASSERT_TRUE(ring.ok);
+    void* ext = ::mmap(nullptr, kPageSize2M, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+    ASSERT_NE(ext, MAP_FAILED);
+    std::unique_ptr<FixedBuffers> fixed;
+    const auto attach = [&] {
+      absl::StatusOr<std::unique_ptr<FixedBuffers>> f =
+          FixedBuffers::Attach(*rt, ring.fd(), {.mode = GetParam()});
+      ASSERT_TRUE(f.ok()) << f.status();
+      fixed = std::move(*f);
+    };
+    if (!registered_first) attach();
+    absl::StatusOr<uint64_t> id = rt->RegisterExternal(ext, kPageSize2M);
+    ASSERT_TRUE(id.ok()) << id.status();
+    ASSERT_EQ(rt->kernel_pin_stats().slots_used, 1u) << "the kernel pin table holds it";
+    if (registered_first) attach();
+    ASSERT_NE(fixed, nullptr);
+    EXPECT_EQ(fixed->Find(ext, 4096), -1);
+    absl::StatusOr<int> why = fixed->IndexOf(ext, 4096);
+    EXPECT_EQ(why.status().code(), absl::StatusCode::kNotFound);
+    EXPECT_THAT(why.status().message(), HasSubstr("RegisterExternal"));
+    EXPECT_EQ(fixed->slots_filled(), 0u);
+
+    // Its slot goes to the next buffer, which reads through it.
+    HUGEMM_ASSERT_OK(rt->UnregisterExternal(*id));
+    absl::StatusOr<Buffer> b = rt->MapBuffer(kPageSize2M);
+    ASSERT_TRUE(b.ok()) << b.status();
+    const int index = fixed->Find(b->data(), 4096);
+    ASSERT_GE(index, 0) << fixed->IndexOf(b->data(), 4096).status();
+    EXPECT_EQ(ReadFixed(ring, file.fd(), b->data(), 4096, 8192, index), 4096);
+    EXPECT_EQ(FirstMismatch(b->data(), 4096, 8192, file.seed()), -1);
+    fixed.reset();
+    ASSERT_EQ(::munmap(ext, kPageSize2M), 0);
+  }
 }
 
 // --- per-I/O pins: a buffer freed with its I/O in flight ------------------------------

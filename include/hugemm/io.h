@@ -17,7 +17,8 @@
 // Three pieces, usable alone:
 //   FixedBuffers  the registered-buffer table of a program's ring, kept equal to the
 //                 runtime's kernel pin table: slot i holds the same memory in both, so the
-//                 buf_index for an address is found in O(1) (Find). Where the kernel has
+//                 buf_index for an address is found in O(1) (Find). External memory, which
+//                 the kernel pin table also holds, is left out (see below). Where the kernel has
 //                 IORING_REGISTER_CLONE_BUFFERS (6.12) the table is cloned, pinning
 //                 nothing again; elsewhere the same memory is registered as iovecs (pinned
 //                 again, counted again against RLIMIT_MEMLOCK). Either way it follows the
