@@ -344,6 +344,46 @@ TEST(InFlight, ALargeReadIntoAFreedMappedBufferLandsBeforeItsMemoryGoes) {
   EXPECT_EQ(rt->kernel_pin_stats().slots_used, 1u) << "the freed buffer went at the last unpin";
 }
 
+// A ring detached with a read still in flight (a pipe read, which waits for data): the
+// read's buffer, freed, is not handed to the next allocation, and the data that comes
+// late lands in the old memory, not in a new owner's.
+TEST(InFlight, ADetachedRingKeepsTheMemoryOfItsIosInFlight) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  constexpr unsigned kLength = 2 << 20;
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  TestRing ring;
+  absl::StatusOr<std::unique_ptr<IoRing>> io = IoRing::Attach(*rt, ring.fd());
+  ASSERT_TRUE(io.ok()) << io.status();
+  const AllocOptions uninitialized{.zero = false};
+  absl::StatusOr<Buffer> buf = rt->Allocate(kLength, uninitialized);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  std::byte* data = buf->data();
+  const uint64_t pfn = HeadPfn(*rt, data);
+  std::memset(data, 0, 64);
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe(pipe_fds), 0);
+  HUGEMM_ASSERT_OK(
+      (*io)->PrepareRead(io_uring_get_sqe(&ring.ring), pipe_fds[0], data, kLength, 0, 1));
+  ASSERT_EQ(io_uring_submit(&ring.ring), 1);
+  HUGEMM_ASSERT_OK(buf->Free());
+  io->reset();  // the read still waits for the pipe
+
+  absl::StatusOr<Buffer> next = rt->Allocate(kLength, uninitialized);
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_NE(next->data(), data);
+  EXPECT_NE(HeadPfn(*rt, next->data()), pfn) << "the in-flight PFN was handed to a new owner";
+  std::memset(next->data(), 'n', 64);
+  constexpr char kLate[] = "late data";
+  ASSERT_EQ(::write(pipe_fds[1], kLate, sizeof(kLate)), static_cast<ssize_t>(sizeof(kLate)));
+  io_uring_cqe cqe = ring.Wait();
+  EXPECT_EQ(cqe.res, static_cast<int>(sizeof(kLate)));
+  EXPECT_EQ(std::memcmp(data, kLate, sizeof(kLate)), 0) << "the read landed where it was aimed";
+  EXPECT_NE(std::memcmp(next->data(), kLate, sizeof(kLate)), 0) << "and not in the new owner's";
+  ::close(pipe_fds[0]);
+  ::close(pipe_fds[1]);
+}
+
 TEST(IoPins, TokensAreExactAndCapacityIsEnforced) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
   std::unique_ptr<Runtime> rt = OpenRuntime();
@@ -373,7 +413,8 @@ TEST(IoPins, TokensAreExactAndCapacityIsEnforced) {
   ASSERT_TRUE(t3.ok());
   EXPECT_NE(*t3, *t1) << "a reused record gets a new token";
   HUGEMM_ASSERT_OK((*pins)->Unpin(*t2));
-  pins->reset();  // unpins t3
+  HUGEMM_ASSERT_OK((*pins)->Unpin(*t3));
+  pins->reset();
   EXPECT_FALSE(rt->pinner().MaybeDmaPinned(b->data()));
   absl::StatusOr<FolioInfo> info = rt->FolioInfoAt(b->data());
   ASSERT_TRUE(info.ok());

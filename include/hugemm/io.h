@@ -39,7 +39,8 @@
 // one), must not be created with IORING_SETUP_SINGLE_ISSUER unless every thread that
 // allocates from the runtime is its submitter (registrations come from the allocating
 // thread), and must outlive what is attached to it: detach (destroy) first, then
-// io_uring_queue_exit.
+// io_uring_queue_exit. Reap every completion before detaching: the memory under an I/O
+// still in flight then is never given back (see ~IoPins). The runtime outlives both.
 #ifndef HUGEMM_IO_H_
 #define HUGEMM_IO_H_
 
@@ -131,7 +132,9 @@ class IoPins {
  public:
   // Holds up to `capacity` I/Os in flight (1 .. 1 << 20); InvalidArgument otherwise.
   static absl::StatusOr<std::unique_ptr<IoPins>> Create(Runtime& runtime, size_t capacity);
-  // Unpins whatever is still held (I/Os never completed).
+  // Gives back nothing still in flight: the device may still read or write that memory,
+  // so it stays out of the pool for good (and the runtime keeps it mapped until the
+  // process exits). Unpin (complete, cancel) every I/O first to have the memory back.
   ~IoPins();
   IoPins(const IoPins&) = delete;
   IoPins& operator=(const IoPins&) = delete;
