@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "c_check.h"
@@ -102,6 +103,20 @@ int main(void) {
   CHECK(hugemm_io_buffer_index(io, buf.data, kLen) >= 0);
   char stack[64];
   CHECK_ERR(hugemm_io_buffer_index(io, stack, sizeof(stack)), -ENOENT, "not memory of this");
+
+  /* External memory is held by the runtime but is no fixed buffer. */
+  void* ext = mmap(NULL, 2 << 20, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+  uint64_t ext_id = 0;
+  if (ext != MAP_FAILED && hugemm_register_external(rt, ext, 2 << 20, &ext_id) == 0) {
+    CHECK_ERR(hugemm_io_buffer_index(io, ext, 4096), -ENOENT, "external memory");
+    struct io_uring_sqe untouched;
+    memset(&untouched, 0, sizeof(untouched));
+    CHECK_ERR(hugemm_io_prep_read(io, &untouched, 0, ext, 4096, 0, 1), -ENOENT, "external memory");
+    CHECK(untouched.opcode == 0 && hugemm_io_in_flight(io) == 0);
+    CHECK(hugemm_unregister_external(rt, ext_id) == 0);
+  }
+  if (ext != MAP_FAILED) munmap(ext, 2 << 20);
 
   /* One O_DIRECT read through a fixed buffer; the buffer is freed while it is in flight. */
   struct io_uring_sqe* sqe = io_uring_get_sqe(&ring);

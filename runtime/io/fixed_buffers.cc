@@ -239,7 +239,8 @@ absl::StatusOr<int> FixedBuffers::IndexOf(const void* addr, size_t length) const
   if (const int held = runtime_.kernel_pin_table().Find(addr, length); held >= 0) {
     return absl::NotFoundError(absl::StrFormat(
         "no fixed buffer: %p is in slot %d of the runtime's kernel pin table but not in the "
-        "table of ring %d: memory registered with RegisterExternal is no fixed buffer",
+        "table of ring %d: external memory (RegisterExternal, hugemm_register_external) is "
+        "no fixed buffer",
         addr, held, ring_fd_));
   }
   return absl::NotFoundError(absl::StrCat(
