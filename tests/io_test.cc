@@ -5,6 +5,7 @@
 #include "hugemm/io.h"
 
 #include <sys/mman.h>
+#include <sys/wait.h>
 
 #include <cerrno>
 #include <cstdlib>
@@ -204,6 +205,36 @@ TEST_P(FixedBuffersTest, ExternalMemoryIsNoFixedBufferAndLeavesNoSlotBehind) {
     fixed.reset();
     ASSERT_EQ(::munmap(ext, kPageSize2M), 0);
   }
+}
+
+// A child of fork() shares the program's ring with its parent: its copy of the io objects
+// going away leaves the parent's table as it is.
+TEST(IoRing, AChildOfForkDroppingItsCopyLeavesTheParentsTable) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  PatternFile file(1 << 20, 41);
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  TestRing ring;
+  absl::StatusOr<std::unique_ptr<IoRing>> io = IoRing::Attach(*rt, ring.fd());
+  ASSERT_TRUE(io.ok()) << io.status();
+  absl::StatusOr<Buffer> b = rt->Allocate(64 << 10);
+  ASSERT_TRUE(b.ok()) << b.status();
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    io->reset();
+    ::_exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  HUGEMM_ASSERT_OK(
+      (*io)->PrepareRead(io_uring_get_sqe(&ring.ring), file.fd(), b->data(), 4096, 8192, 1));
+  ASSERT_EQ(io_uring_submit(&ring.ring), 1);
+  io_uring_cqe cqe = ring.Wait();
+  EXPECT_EQ(cqe.res, 4096) << "the parent's fixed buffer is still registered";
+  EXPECT_EQ(FirstMismatch(b->data(), 4096, 8192, file.seed()), -1);
+  HUGEMM_ASSERT_OK((*io)->Complete(&cqe).status());
 }
 
 // --- per-I/O pins: a buffer freed with its I/O in flight ------------------------------

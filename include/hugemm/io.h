@@ -92,6 +92,7 @@ class FixedBuffers {
       Runtime& runtime, int ring_fd, const FixedBufferOptions& options = {});
   // Stops following the runtime and unregisters the ring's table (the kernel lets the
   // buffers go once no request uses them; kernels before 6.13 wait for those requests).
+  // In a child of fork() it changes nothing: the ring is the parent's too.
   ~FixedBuffers();
   FixedBuffers(const FixedBuffers&) = delete;
   FixedBuffers& operator=(const FixedBuffers&) = delete;

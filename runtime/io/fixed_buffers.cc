@@ -177,6 +177,9 @@ absl::StatusOr<std::unique_ptr<FixedBuffers>> FixedBuffers::Attach(
 
 FixedBuffers::~FixedBuffers() {
   if (!attached_) return;
+  // In a child of fork() the ring is its parent's as well (one kernel object, whose table
+  // the parent still uses), and the runtime is inert there (runtime.h): nothing changes.
+  if (runtime_.kernel_pin_table().InForkedChild()) return;
   (void)runtime_.RemoveMemoryObserver(follower_.get());
   (void)runtime_.options().os->IoUringUnregisterBuffers(ring_fd_);
 }
