@@ -193,6 +193,25 @@ int main(void) {
   /* Detached: the ring may register buffers of its own again. */
   CHECK(io_uring_register_buffers_sparse(&ring, 2) == 0);
   io_uring_queue_exit(&ring);
+
+  /* hugemm_close with an io still attached detaches it; the handle is left for
+   * hugemm_io_detach alone. */
+  hugemm_runtime* rt2 = NULL;
+  CHECK(hugemm_open(NULL, &rt2) == 0);
+  struct io_uring ring2;
+  CHECK(io_uring_queue_init(2, &ring2, 0) == 0);
+  hugemm_io* io2 = NULL;
+  CHECK(hugemm_io_attach(rt2, ring2.ring_fd, NULL, &io2) == 0);
+  hugemm_close(rt2);
+  CHECK_ERR(hugemm_io_mode(io2), -EINVAL, "runtime of this io is closed");
+  CHECK_ERR(hugemm_io_buffer_index(io2, stack, 1), -EINVAL, "closed");
+  CHECK_ERR(hugemm_io_prep_read(io2, &local, 0, stack, 1, 0, 1), -EINVAL, "closed");
+  CHECK_ERR(hugemm_io_pin(io2, stack, 1, 0, &token), -EINVAL, "closed");
+  CHECK(hugemm_io_in_flight(io2) == 0);
+  CHECK(io_uring_register_buffers_sparse(&ring2, 2) == 0); /* its table went at the close */
+  hugemm_io_detach(io2);
+  io_uring_queue_exit(&ring2);
+
   hugemm_close(rt);
   printf("%d passed, %d failed\n", passed, failed);
   return failed ? 1 : 0;
