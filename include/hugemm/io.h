@@ -99,8 +99,9 @@ class FixedBuffers {
 
   // The buf_index whose buffer holds all of [addr, addr + length), or -1. O(1).
   [[nodiscard]] int Find(const void* addr, size_t length) const;
-  // Find with a reason: NotFound naming why there is none (not hugemm memory, past the
-  // end of a buffer, across a 1 GiB boundary, a device the kernel would not register).
+  // Find with a reason: NotFound naming why there is none (not hugemm memory, external
+  // memory, past the end of a buffer, across a 1 GiB boundary, a device the kernel would
+  // not register).
   [[nodiscard]] absl::StatusOr<int> IndexOf(const void* addr, size_t length) const;
 
   // kClone or kIovec: how the table was made. On a 6.12 kernel a clone cannot be
