@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <set>
+#include <thread>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -205,6 +206,29 @@ TEST_P(FixedBuffersTest, ExternalMemoryIsNoFixedBufferAndLeavesNoSlotBehind) {
     fixed.reset();
     ASSERT_EQ(::munmap(ext, kPageSize2M), 0);
   }
+}
+
+// A ring made with IORING_SETUP_SINGLE_ISSUER takes registrations from its submitter only:
+// memory another thread maps is refused, and the message says why.
+TEST_P(FixedBuffersTest, ASingleIssuerRingRefusesOtherThreadsMemoryAndSaysWhy) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  io_uring ring;
+  ASSERT_EQ(io_uring_queue_init(8, &ring, IORING_SETUP_SINGLE_ISSUER), 0);
+  absl::StatusOr<std::unique_ptr<FixedBuffers>> fixed =
+      FixedBuffers::Attach(*rt, ring.ring_fd, {.mode = GetParam()});
+  ASSERT_TRUE(fixed.ok()) << fixed.status();
+  absl::Status other;
+  std::thread([&] { other = rt->MapBuffer(kPageSize2M).status(); }).join();
+  EXPECT_FALSE(other.ok());
+  EXPECT_THAT(other.message(), HasSubstr("IORING_SETUP_SINGLE_ISSUER")) << other;
+  absl::StatusOr<Buffer> own = rt->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(own.ok()) << own.status();
+  EXPECT_GE((*fixed)->Find(own->data(), 4096), 0);
+  HUGEMM_ASSERT_OK(own->Free());
+  fixed->reset();
+  io_uring_queue_exit(&ring);
 }
 
 // A child of fork() shares the program's ring with its parent: its copy of the io objects

@@ -50,6 +50,13 @@ absl::Status Explain(const absl::Status& st, int ring_fd, const std::string& why
     case ENXIO:
       why = "; the ring's buffer table is gone (unregistered behind hugemm's back)";
       break;
+    case EEXIST:
+      // io_uring_register refuses every thread but the submitter of such a ring.
+      why = absl::StrCat("; ring ", ring_fd,
+                         " was made with IORING_SETUP_SINGLE_ISSUER and this thread is not its "
+                         "submitter: allocate and free from the submitting thread, or make "
+                         "the ring without that flag");
+      break;
   }
   return sys::AppendToMessage(st, why);
 }
