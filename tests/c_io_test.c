@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 #include "c_check.h"
@@ -28,6 +30,14 @@
 enum { kFileSize = 1 << 20, kLen = 64 << 10 };
 
 static unsigned char PatternByte(size_t off) { return (unsigned char)(off * 7 + off / 4096); }
+
+/* Whether the running kernel is older than major.minor. */
+static int KernelBefore(int major, int minor) {
+  struct utsname u;
+  int ma = 0, mi = 0;
+  if (uname(&u) != 0 || sscanf(u.release, "%d.%d", &ma, &mi) != 2) return 1;
+  return ma < major || (ma == major && mi < minor);
+}
 
 /* A file of the pattern in the current directory, open for O_DIRECT, unlinked at once. */
 static int MakeFile(void) {
@@ -103,6 +113,20 @@ int main(void) {
   char stack[64];
   CHECK_ERR(hugemm_io_buffer_index(io, stack, sizeof(stack)), -ENOENT, "not memory of this");
 
+  /* External memory is held by the runtime but is no fixed buffer. */
+  void* ext = mmap(NULL, 2 << 20, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+  uint64_t ext_id = 0;
+  if (ext != MAP_FAILED && hugemm_register_external(rt, ext, 2 << 20, &ext_id) == 0) {
+    CHECK_ERR(hugemm_io_buffer_index(io, ext, 4096), -ENOENT, "external memory");
+    struct io_uring_sqe untouched;
+    memset(&untouched, 0, sizeof(untouched));
+    CHECK_ERR(hugemm_io_prep_read(io, &untouched, 0, ext, 4096, 0, 1), -ENOENT, "external memory");
+    CHECK(untouched.opcode == 0 && hugemm_io_in_flight(io) == 0);
+    CHECK(hugemm_unregister_external(rt, ext_id) == 0);
+  }
+  if (ext != MAP_FAILED) munmap(ext, 2 << 20);
+
   /* One O_DIRECT read through a fixed buffer; the buffer is freed while it is in flight. */
   struct io_uring_sqe* sqe = io_uring_get_sqe(&ring);
   CHECK(hugemm_io_prep_read(io, sqe, fd, buf.data, kLen, 4096, 42) == 0);
@@ -149,10 +173,58 @@ int main(void) {
 
   CHECK(hugemm_free(rt, buf.data) == 0);
   close(fd);
+
+  /* Detached with a read in flight (a pipe read waits for data): its freed buffer is not
+   * handed out again, and the late data lands there, not in the next owner's memory.
+   * Before 6.13 the detach would wait for the read: the data comes first there, and the
+   * completion is not reaped before the detach. */
+  int data_first = KernelBefore(6, 13);
+  int pipe_fds[2];
+  CHECK(pipe(pipe_fds) == 0);
+  CHECK(hugemm_alloc(rt, kLen, NULL, 0, &buf) == 0);
+  data = buf.data;
+  memset(data, 0, 16);
+  sqe = io_uring_get_sqe(&ring);
+  CHECK(hugemm_io_prep_read(io, sqe, pipe_fds[0], data, kLen, 0, 3) == 0);
+  CHECK(io_uring_submit(&ring) == 1);
+  CHECK(hugemm_free(rt, data) == 0);
+  if (data_first) CHECK(write(pipe_fds[1], "late data", 10) == 10);
   hugemm_io_detach(io);
+  hugemm_buffer next;
+  CHECK(hugemm_alloc(rt, kLen, NULL, 0, &next) == 0);
+  CHECK(next.data != data);
+  memset(next.data, 'n', 16);
+  if (!data_first) CHECK(write(pipe_fds[1], "late data", 10) == 10);
+  CHECK(io_uring_wait_cqe(&ring, &cqe) == 0);
+  CHECK(cqe->res == 10);
+  io_uring_cqe_seen(&ring, cqe);
+  CHECK(memcmp(data, "late data", 10) == 0);
+  CHECK(memcmp(next.data, "late data", 10) != 0);
+  CHECK(hugemm_free(rt, next.data) == 0);
+  close(pipe_fds[0]);
+  close(pipe_fds[1]);
   /* Detached: the ring may register buffers of its own again. */
   CHECK(io_uring_register_buffers_sparse(&ring, 2) == 0);
   io_uring_queue_exit(&ring);
+
+  /* hugemm_close with an io still attached detaches it; the handle is left for
+   * hugemm_io_detach alone. */
+  hugemm_runtime* rt2 = NULL;
+  CHECK(hugemm_open(NULL, &rt2) == 0);
+  struct io_uring ring2;
+  CHECK(io_uring_queue_init(2, &ring2, 0) == 0);
+  hugemm_io* io2 = NULL;
+  CHECK(hugemm_io_attach(rt2, ring2.ring_fd, NULL, &io2) == 0);
+  hugemm_close(rt2);
+  CHECK_ERR(hugemm_io_mode(io2), -EINVAL, "runtime of this io is closed");
+  CHECK_ERR(hugemm_io_buffer_index(io2, stack, 1), -EINVAL, "closed");
+  CHECK_ERR(hugemm_io_prep_read(io2, &local, 0, stack, 1, 0, 1), -EINVAL, "closed");
+  CHECK_ERR(hugemm_io_pin(io2, stack, 1, 0, &token), -EINVAL, "closed");
+  CHECK(hugemm_io_in_flight(io2) == 0);
+  CHECK(io_uring_register_buffers_sparse(&ring2, 2) == 0); /* its table went at the close */
+  hugemm_io_detach(io2);
+  io_uring_queue_exit(&ring2);
+
   hugemm_close(rt);
   printf("%d passed, %d failed\n", passed, failed);
   return failed ? 1 : 0;

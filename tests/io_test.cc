@@ -4,10 +4,16 @@
 // its completion is reaped.
 #include "hugemm/io.h"
 
+#include <sys/mman.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <set>
+#include <thread>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -156,6 +162,107 @@ TEST(FixedBuffers, DetachUnregistersAndTheRingCanBeAttachedAgain) {
   EXPECT_EQ(io_uring_register_buffers_sparse(&ring.ring, 4), 0) << "no table is left";
 }
 
+// External memory is held by the runtime's kernel pin table (a slot there) but is no fixed
+// buffer of a program's ring: Find says so before the kernel would fail the I/O, and a
+// whole-table clone made while it is registered does not keep its frames in the slot that
+// the next buffer gets once it is unregistered.
+TEST_P(FixedBuffersTest, ExternalMemoryIsNoFixedBufferAndLeavesNoSlotBehind) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  PatternFile file(1 << 20, 31);
+  for (bool registered_first : {true, false}) {
+    SCOPED_TRACE(registered_first ? "registered before the attach" : "registered after");
+    std::unique_ptr<Runtime> rt = OpenRuntime();
+    ASSERT_NE(rt, nullptr);
+    TestRing ring;
+    ASSERT_TRUE(ring.ok);
+    void* ext = ::mmap(nullptr, kPageSize2M, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+    ASSERT_NE(ext, MAP_FAILED);
+    std::unique_ptr<FixedBuffers> fixed;
+    const auto attach = [&] {
+      absl::StatusOr<std::unique_ptr<FixedBuffers>> f =
+          FixedBuffers::Attach(*rt, ring.fd(), {.mode = GetParam()});
+      ASSERT_TRUE(f.ok()) << f.status();
+      fixed = std::move(*f);
+    };
+    if (!registered_first) attach();
+    absl::StatusOr<uint64_t> id = rt->RegisterExternal(ext, kPageSize2M);
+    ASSERT_TRUE(id.ok()) << id.status();
+    ASSERT_EQ(rt->kernel_pin_stats().slots_used, 1u) << "the kernel pin table holds it";
+    if (registered_first) attach();
+    ASSERT_NE(fixed, nullptr);
+    EXPECT_EQ(fixed->Find(ext, 4096), -1);
+    absl::StatusOr<int> why = fixed->IndexOf(ext, 4096);
+    EXPECT_EQ(why.status().code(), absl::StatusCode::kNotFound);
+    EXPECT_THAT(why.status().message(), HasSubstr("RegisterExternal"));
+    EXPECT_EQ(fixed->slots_filled(), 0u);
+
+    // Its slot goes to the next buffer, which reads through it.
+    HUGEMM_ASSERT_OK(rt->UnregisterExternal(*id));
+    absl::StatusOr<Buffer> b = rt->MapBuffer(kPageSize2M);
+    ASSERT_TRUE(b.ok()) << b.status();
+    const int index = fixed->Find(b->data(), 4096);
+    ASSERT_GE(index, 0) << fixed->IndexOf(b->data(), 4096).status();
+    EXPECT_EQ(ReadFixed(ring, file.fd(), b->data(), 4096, 8192, index), 4096);
+    EXPECT_EQ(FirstMismatch(b->data(), 4096, 8192, file.seed()), -1);
+    fixed.reset();
+    ASSERT_EQ(::munmap(ext, kPageSize2M), 0);
+  }
+}
+
+// A ring made with IORING_SETUP_SINGLE_ISSUER takes registrations from its submitter only:
+// memory another thread maps is refused, and the message says why.
+TEST_P(FixedBuffersTest, ASingleIssuerRingRefusesOtherThreadsMemoryAndSaysWhy) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  io_uring ring;
+  ASSERT_EQ(io_uring_queue_init(8, &ring, IORING_SETUP_SINGLE_ISSUER), 0);
+  absl::StatusOr<std::unique_ptr<FixedBuffers>> fixed =
+      FixedBuffers::Attach(*rt, ring.ring_fd, {.mode = GetParam()});
+  ASSERT_TRUE(fixed.ok()) << fixed.status();
+  absl::Status other;
+  std::thread([&] { other = rt->MapBuffer(kPageSize2M).status(); }).join();
+  EXPECT_FALSE(other.ok());
+  EXPECT_THAT(other.message(), HasSubstr("IORING_SETUP_SINGLE_ISSUER")) << other;
+  absl::StatusOr<Buffer> own = rt->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(own.ok()) << own.status();
+  EXPECT_GE((*fixed)->Find(own->data(), 4096), 0);
+  HUGEMM_ASSERT_OK(own->Free());
+  fixed->reset();
+  io_uring_queue_exit(&ring);
+}
+
+// A child of fork() shares the program's ring with its parent: its copy of the io objects
+// going away leaves the parent's table as it is.
+TEST(IoRing, AChildOfForkDroppingItsCopyLeavesTheParentsTable) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  PatternFile file(1 << 20, 41);
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  TestRing ring;
+  absl::StatusOr<std::unique_ptr<IoRing>> io = IoRing::Attach(*rt, ring.fd());
+  ASSERT_TRUE(io.ok()) << io.status();
+  absl::StatusOr<Buffer> b = rt->Allocate(64 << 10);
+  ASSERT_TRUE(b.ok()) << b.status();
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    io->reset();
+    ::_exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  HUGEMM_ASSERT_OK(
+      (*io)->PrepareRead(io_uring_get_sqe(&ring.ring), file.fd(), b->data(), 4096, 8192, 1));
+  ASSERT_EQ(io_uring_submit(&ring.ring), 1);
+  io_uring_cqe cqe = ring.Wait();
+  EXPECT_EQ(cqe.res, 4096) << "the parent's fixed buffer is still registered";
+  EXPECT_EQ(FirstMismatch(b->data(), 4096, 8192, file.seed()), -1);
+  HUGEMM_ASSERT_OK((*io)->Complete(&cqe).status());
+}
+
 // --- per-I/O pins: a buffer freed with its I/O in flight ------------------------------
 
 class InFlightTest : public ::testing::TestWithParam<bool> {};  // true: read, false: write
@@ -294,6 +401,61 @@ TEST(InFlight, ALargeReadIntoAFreedMappedBufferLandsBeforeItsMemoryGoes) {
   EXPECT_EQ(rt->kernel_pin_stats().slots_used, 1u) << "the freed buffer went at the last unpin";
 }
 
+// Whether unregistering a ring's buffer table waits for the requests that use it, as
+// kernels before 6.13 do.
+bool UnregisterWaitsForRequests() {
+  utsname u{};
+  int major = 0, minor = 0;
+  if (::uname(&u) != 0 || std::sscanf(u.release, "%d.%d", &major, &minor) != 2) return true;
+  return major < 6 || (major == 6 && minor < 13);
+}
+
+// A ring detached with a read still in flight (a pipe read, which waits for data): the
+// read's buffer, freed, is not handed to the next allocation, and the data that comes
+// late lands in the old memory, not in a new owner's. Where the detach would wait for
+// the read (before 6.13), the data comes before it, and the completion is never reaped.
+TEST(InFlight, ADetachedRingKeepsTheMemoryOfItsIosInFlight) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  constexpr unsigned kLength = 2 << 20;
+  constexpr char kLate[] = "late data";
+  const bool data_first = UnregisterWaitsForRequests();
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  TestRing ring;
+  absl::StatusOr<std::unique_ptr<IoRing>> io = IoRing::Attach(*rt, ring.fd());
+  ASSERT_TRUE(io.ok()) << io.status();
+  const AllocOptions uninitialized{.zero = false};
+  absl::StatusOr<Buffer> buf = rt->Allocate(kLength, uninitialized);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  std::byte* data = buf->data();
+  const uint64_t pfn = HeadPfn(*rt, data);
+  std::memset(data, 0, 64);
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe(pipe_fds), 0);
+  HUGEMM_ASSERT_OK(
+      (*io)->PrepareRead(io_uring_get_sqe(&ring.ring), pipe_fds[0], data, kLength, 0, 1));
+  ASSERT_EQ(io_uring_submit(&ring.ring), 1);
+  HUGEMM_ASSERT_OK(buf->Free());
+  const auto send = [&] {
+    ASSERT_EQ(::write(pipe_fds[1], kLate, sizeof(kLate)), static_cast<ssize_t>(sizeof(kLate)));
+  };
+  if (data_first) send();
+  io->reset();  // the read not reaped, or still waiting for the pipe
+
+  absl::StatusOr<Buffer> next = rt->Allocate(kLength, uninitialized);
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_NE(next->data(), data);
+  EXPECT_NE(HeadPfn(*rt, next->data()), pfn) << "the in-flight PFN was handed to a new owner";
+  std::memset(next->data(), 'n', 64);
+  if (!data_first) send();
+  io_uring_cqe cqe = ring.Wait();
+  EXPECT_EQ(cqe.res, static_cast<int>(sizeof(kLate)));
+  EXPECT_EQ(std::memcmp(data, kLate, sizeof(kLate)), 0) << "the read landed where it was aimed";
+  EXPECT_NE(std::memcmp(next->data(), kLate, sizeof(kLate)), 0) << "and not in the new owner's";
+  ::close(pipe_fds[0]);
+  ::close(pipe_fds[1]);
+}
+
 TEST(IoPins, TokensAreExactAndCapacityIsEnforced) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
   std::unique_ptr<Runtime> rt = OpenRuntime();
@@ -323,7 +485,8 @@ TEST(IoPins, TokensAreExactAndCapacityIsEnforced) {
   ASSERT_TRUE(t3.ok());
   EXPECT_NE(*t3, *t1) << "a reused record gets a new token";
   HUGEMM_ASSERT_OK((*pins)->Unpin(*t2));
-  pins->reset();  // unpins t3
+  HUGEMM_ASSERT_OK((*pins)->Unpin(*t3));
+  pins->reset();
   EXPECT_FALSE(rt->pinner().MaybeDmaPinned(b->data()));
   absl::StatusOr<FolioInfo> info = rt->FolioInfoAt(b->data());
   ASSERT_TRUE(info.ok());

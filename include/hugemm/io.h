@@ -17,7 +17,8 @@
 // Three pieces, usable alone:
 //   FixedBuffers  the registered-buffer table of a program's ring, kept equal to the
 //                 runtime's kernel pin table: slot i holds the same memory in both, so the
-//                 buf_index for an address is found in O(1) (Find). Where the kernel has
+//                 buf_index for an address is found in O(1) (Find). External memory, which
+//                 the kernel pin table also holds, is left out (see below). Where the kernel has
 //                 IORING_REGISTER_CLONE_BUFFERS (6.12) the table is cloned, pinning
 //                 nothing again; elsewhere the same memory is registered as iovecs (pinned
 //                 again, counted again against RLIMIT_MEMLOCK). Either way it follows the
@@ -38,7 +39,8 @@
 // one), must not be created with IORING_SETUP_SINGLE_ISSUER unless every thread that
 // allocates from the runtime is its submitter (registrations come from the allocating
 // thread), and must outlive what is attached to it: detach (destroy) first, then
-// io_uring_queue_exit.
+// io_uring_queue_exit. Reap every completion before detaching: the memory under an I/O
+// still in flight then is never given back (see ~IoPins). The runtime outlives both.
 #ifndef HUGEMM_IO_H_
 #define HUGEMM_IO_H_
 
@@ -90,14 +92,16 @@ class FixedBuffers {
       Runtime& runtime, int ring_fd, const FixedBufferOptions& options = {});
   // Stops following the runtime and unregisters the ring's table (the kernel lets the
   // buffers go once no request uses them; kernels before 6.13 wait for those requests).
+  // In a child of fork() it changes nothing: the ring is the parent's too.
   ~FixedBuffers();
   FixedBuffers(const FixedBuffers&) = delete;
   FixedBuffers& operator=(const FixedBuffers&) = delete;
 
   // The buf_index whose buffer holds all of [addr, addr + length), or -1. O(1).
   [[nodiscard]] int Find(const void* addr, size_t length) const;
-  // Find with a reason: NotFound naming why there is none (not hugemm memory, past the
-  // end of a buffer, across a 1 GiB boundary, a device the kernel would not register).
+  // Find with a reason: NotFound naming why there is none (not hugemm memory, external
+  // memory, past the end of a buffer, across a 1 GiB boundary, a device the kernel would
+  // not register).
   [[nodiscard]] absl::StatusOr<int> IndexOf(const void* addr, size_t length) const;
 
   // kClone or kIovec: how the table was made. On a 6.12 kernel a clone cannot be
@@ -130,7 +134,9 @@ class IoPins {
  public:
   // Holds up to `capacity` I/Os in flight (1 .. 1 << 20); InvalidArgument otherwise.
   static absl::StatusOr<std::unique_ptr<IoPins>> Create(Runtime& runtime, size_t capacity);
-  // Unpins whatever is still held (I/Os never completed).
+  // Gives back nothing still in flight: the device may still read or write that memory,
+  // so it stays out of the pool for good (and the runtime keeps it mapped until the
+  // process exits). Unpin (complete, cancel) every I/O first to have the memory back.
   ~IoPins();
   IoPins(const IoPins&) = delete;
   IoPins& operator=(const IoPins&) = delete;

@@ -197,7 +197,17 @@ int hugemm_open(const hugemm_options* options, hugemm_runtime** out) {
 
 void hugemm_close(hugemm_runtime* rt) {
   if (rt == nullptr) return;
-  if (rt->rt->kernel_pin_table().InForkedChild()) {
+  const bool forked_child = rt->rt->kernel_pin_table().InForkedChild();
+  {
+    // The layers above first: their handles use the Runtime until their closers end that.
+    // No lock in a child of fork(): it has no other thread, and a parent's thread may have
+    // held it at the fork.
+    std::unique_lock<std::mutex> lock(rt->closers_mu, std::defer_lock);
+    if (!forked_child) lock.lock();
+    for (auto& [handle, close] : rt->closers) close();
+    rt->closers.clear();
+  }
+  if (forked_child) {
     // A child of fork(): the Runtime leaves everything to the child's exit, and so do its
     // subscriptions (ending one takes a lock another of the parent's threads may have held
     // at the fork). Their handles stay valid for hugemm_unsubscribe, which frees them only.

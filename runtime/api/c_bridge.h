@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -36,6 +37,13 @@ struct hugemm_runtime {
   // Runtime), so that a later hugemm_unsubscribe frees only the handle. Guarded by the C
   // API's subscription mutex, which also guards each subscription's `rt`.
   std::set<hugemm_subscription*> subscriptions;
+
+  // Handles of the layers above that use the Runtime (hugemm_io, ...), each with what ends
+  // that use: hugemm_close calls it before the Runtime goes, so that the handle stays
+  // valid for its own release call alone. Guarded by `closers_mu`, which is held while a
+  // closer runs.
+  std::mutex closers_mu;
+  std::map<const void*, std::function<void()>> closers;
 };
 
 namespace hugemm {

@@ -1,6 +1,7 @@
 // The C API over hugemm::IoRing: statuses become negative errnos (the kernel's own where
 // one caused the failure) plus hugemm_last_error's message.
 #include <cerrno>
+#include <mutex>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -9,7 +10,8 @@
 #include "runtime/api/c_bridge.h"
 
 struct hugemm_io {
-  std::unique_ptr<hugemm::IoRing> ring;
+  std::unique_ptr<hugemm::IoRing> ring;  // null once the runtime is closed
+  hugemm_runtime* rt = nullptr;          // the runtime, until it is closed
 };
 
 namespace {
@@ -20,6 +22,19 @@ int Ok() { return hugemm::CApiOk(); }
 int Fail(const absl::Status& st) { return hugemm::CApiFailKernel(st); }
 
 int Invalid(const char* what) { return hugemm::CApiFail(EINVAL, what); }
+
+// For a call on an io whose runtime hugemm_close closed: -EINVAL, naming why.
+int Closed(const char* fn) {
+  return hugemm::CApiFail(EINVAL, absl::StrCat(fn,
+                                               ": the runtime of this io is closed "
+                                               "(hugemm_close); only hugemm_io_detach is left"));
+}
+
+// Ends the io's use of its runtime, as hugemm_io_detach does.
+void EndUse(hugemm_io* io) {
+  io->ring.reset();
+  io->rt = nullptr;
+}
 
 }  // namespace
 
@@ -51,20 +66,37 @@ int hugemm_io_attach(hugemm_runtime* rt, int ring_fd, const hugemm_io_options* o
   absl::StatusOr<std::unique_ptr<hugemm::IoRing>> ring =
       hugemm::IoRing::Attach(*rt->rt, ring_fd, o);
   if (!ring.ok()) return Fail(ring.status());
-  *out = new hugemm_io{std::move(*ring)};
+  auto* io = new hugemm_io{std::move(*ring), rt};
+  {
+    std::lock_guard<std::mutex> lock(rt->closers_mu);
+    rt->closers.emplace(io, [io] { EndUse(io); });
+  }
+  *out = io;
   return Ok();
 }
 
-void hugemm_io_detach(hugemm_io* io) { delete io; }
+void hugemm_io_detach(hugemm_io* io) {
+  if (io == nullptr) return;
+  if (hugemm_runtime* rt = io->rt; rt != nullptr) {
+    {
+      std::lock_guard<std::mutex> lock(rt->closers_mu);
+      rt->closers.erase(io);
+    }
+    EndUse(io);
+  }
+  delete io;
+}
 
 int hugemm_io_mode(const hugemm_io* io) {
   if (io == nullptr) return Invalid("hugemm_io_mode: NULL io");
+  if (io->ring == nullptr) return Closed("hugemm_io_mode");
   return io->ring->fixed().mode() == hugemm::FixedBufferMode::kClone ? HUGEMM_IO_CLONE
                                                                      : HUGEMM_IO_IOVEC;
 }
 
 int hugemm_io_buffer_index(const hugemm_io* io, const void* addr, size_t length) {
   if (io == nullptr) return Invalid("hugemm_io_buffer_index: NULL io");
+  if (io->ring == nullptr) return Closed("hugemm_io_buffer_index");
   const int index = io->ring->fixed().Find(addr, length);
   if (index >= 0) return index;
   return Fail(io->ring->fixed().IndexOf(addr, length).status());
@@ -73,6 +105,7 @@ int hugemm_io_buffer_index(const hugemm_io* io, const void* addr, size_t length)
 int hugemm_io_prep_read(hugemm_io* io, struct io_uring_sqe* sqe, int fd, void* buf, unsigned length,
                         uint64_t offset, uint64_t user_data) {
   if (io == nullptr) return Invalid("hugemm_io_prep_read: NULL io");
+  if (io->ring == nullptr) return Closed("hugemm_io_prep_read");
   if (absl::Status st = io->ring->PrepareRead(sqe, fd, buf, length, offset, user_data); !st.ok()) {
     return Fail(st);
   }
@@ -82,6 +115,7 @@ int hugemm_io_prep_read(hugemm_io* io, struct io_uring_sqe* sqe, int fd, void* b
 int hugemm_io_prep_write(hugemm_io* io, struct io_uring_sqe* sqe, int fd, const void* buf,
                          unsigned length, uint64_t offset, uint64_t user_data) {
   if (io == nullptr) return Invalid("hugemm_io_prep_write: NULL io");
+  if (io->ring == nullptr) return Closed("hugemm_io_prep_write");
   if (absl::Status st = io->ring->PrepareWrite(sqe, fd, buf, length, offset, user_data); !st.ok()) {
     return Fail(st);
   }
@@ -90,6 +124,7 @@ int hugemm_io_prep_write(hugemm_io* io, struct io_uring_sqe* sqe, int fd, const 
 
 int hugemm_io_complete(hugemm_io* io, const struct io_uring_cqe* cqe, uint64_t* user_data) {
   if (io == nullptr) return Invalid("hugemm_io_complete: NULL io");
+  if (io->ring == nullptr) return Closed("hugemm_io_complete");
   absl::StatusOr<uint64_t> u = io->ring->Complete(cqe);
   if (!u.ok()) return Fail(u.status());
   if (user_data != nullptr) *user_data = *u;
@@ -98,6 +133,7 @@ int hugemm_io_complete(hugemm_io* io, const struct io_uring_cqe* cqe, uint64_t* 
 
 int hugemm_io_cancel(hugemm_io* io, const struct io_uring_sqe* sqe, uint64_t* user_data) {
   if (io == nullptr) return Invalid("hugemm_io_cancel: NULL io");
+  if (io->ring == nullptr) return Closed("hugemm_io_cancel");
   absl::StatusOr<uint64_t> u = io->ring->Cancel(sqe);
   if (!u.ok()) return Fail(u.status());
   if (user_data != nullptr) *user_data = *u;
@@ -105,12 +141,13 @@ int hugemm_io_cancel(hugemm_io* io, const struct io_uring_sqe* sqe, uint64_t* us
 }
 
 unsigned hugemm_io_in_flight(const hugemm_io* io) {
-  return io == nullptr ? 0 : static_cast<unsigned>(io->ring->in_flight());
+  return io == nullptr || io->ring == nullptr ? 0 : static_cast<unsigned>(io->ring->in_flight());
 }
 
 int hugemm_io_pin(hugemm_io* io, const void* addr, size_t length, int device_writes,
                   uint64_t* token) {
   if (io == nullptr || token == nullptr) return Invalid("hugemm_io_pin: NULL io or token");
+  if (io->ring == nullptr) return Closed("hugemm_io_pin");
   absl::StatusOr<uint64_t> t = io->ring->pins().Pin(addr, length, device_writes != 0);
   if (!t.ok()) return Fail(t.status());
   *token = *t;
@@ -119,6 +156,7 @@ int hugemm_io_pin(hugemm_io* io, const void* addr, size_t length, int device_wri
 
 int hugemm_io_unpin(hugemm_io* io, uint64_t token) {
   if (io == nullptr) return Invalid("hugemm_io_unpin: NULL io");
+  if (io->ring == nullptr) return Closed("hugemm_io_unpin");
   if (absl::Status st = io->ring->pins().Unpin(token); !st.ok()) return Fail(st);
   return Ok();
 }

@@ -4,10 +4,14 @@
 // hears the range go.
 #include <sys/uio.h>
 
+#include <atomic>
 #include <cerrno>
+#include <set>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "hugemm/io.h"
 #include "runtime/api/kernel_pin_table.h"
 #include "runtime/sys/status.h"
@@ -46,16 +50,43 @@ absl::Status Explain(const absl::Status& st, int ring_fd, const std::string& why
     case ENXIO:
       why = "; the ring's buffer table is gone (unregistered behind hugemm's back)";
       break;
+    case EEXIST:
+      // io_uring_register refuses every thread but the submitter of such a ring.
+      why = absl::StrCat("; ring ", ring_fd,
+                         " was made with IORING_SETUP_SINGLE_ISSUER and this thread is not its "
+                         "submitter: allocate and free from the submitting thread, or make "
+                         "the ring without that flag");
+      break;
   }
   return sys::AppendToMessage(st, why);
 }
 
 }  // namespace
 
-// The runtime's memory observer for one program ring.
+// The runtime's memory observer for one program ring, and which slots of the ring's table
+// hold the runtime's memory. The runtime's kernel pin table also holds memory that is no
+// observed range (RegisterExternal's): its slots are never in the ring's table, and a
+// whole-table clone that brought them along has them emptied.
 class FixedBuffers::Follower final : public MemoryObserver {
  public:
-  explicit Follower(FixedBuffers& fb) : fb_(fb) {}
+  Follower(FixedBuffers& fb, unsigned slots)
+      : fb_(fb), present_(std::make_unique<std::atomic<bool>[]>(slots)) {}
+
+  // Whether the ring's table holds the runtime's memory in `slot`: read by Find with no
+  // lock; set after the slot is filled, cleared before it is emptied.
+  bool present(int slot) const { return present_[slot].load(std::memory_order_acquire); }
+  void set_present(unsigned slot, bool present) {
+    present_[slot].store(present, std::memory_order_release);
+  }
+
+  // Slots a whole-table clone brought into the ring's table that no observed range has
+  // claimed yet (guarded by the FixedBuffers' mutex).
+  std::set<unsigned> cloned;
+  // The thread attaching, while Runtime::AddMemoryObserver tells it of the ranges held at
+  // the clone: a slot in `cloned` filled from that thread then holds that very range. No
+  // range comes or goes until that call returns, so a fill from another thread is of a
+  // range that came later, into a slot the clone had filled with something else.
+  std::thread::id replayer;
 
   absl::Status MemoryAdded(const MemoryRange& range) override {
     const std::vector<KernelPinTable::Slot> slots =
@@ -77,10 +108,13 @@ class FixedBuffers::Follower final : public MemoryObserver {
 
  private:
   FixedBuffers& fb_;
+  std::unique_ptr<std::atomic<bool>[]> present_;
 };
 
 FixedBuffers::FixedBuffers(Runtime& runtime, int ring_fd)
-    : runtime_(runtime), ring_fd_(ring_fd), follower_(std::make_unique<Follower>(*this)) {}
+    : runtime_(runtime),
+      ring_fd_(ring_fd),
+      follower_(std::make_unique<Follower>(*this, runtime.kernel_pin_table().capacity())) {}
 
 absl::StatusOr<std::unique_ptr<FixedBuffers>> FixedBuffers::Attach(
     Runtime& runtime, int ring_fd, const FixedBufferOptions& options) {
@@ -111,7 +145,8 @@ absl::StatusOr<std::unique_ptr<FixedBuffers>> FixedBuffers::Attach(
         registered = true;
         fb->mode_ = FixedBufferMode::kClone;
         std::lock_guard<std::mutex> lock(fb->mu_);
-        for (unsigned slot : table.RegisteredSlots()) fb->filled_.insert(slot);
+        for (unsigned slot : table.RegisteredSlots()) fb->follower_->cloned.insert(slot);
+        fb->follower_->replayer = std::this_thread::get_id();
         return absl::OkStatus();
       }
       if (ErrnoOf(st) == EBUSY) return busy();
@@ -135,11 +170,23 @@ absl::StatusOr<std::unique_ptr<FixedBuffers>> FixedBuffers::Attach(
     return st;
   }
   fb->attached_ = true;
+  // What the clone brought that is no range of the runtime's (external memory) leaves the
+  // ring's table, so its slot is free for the next range and its frames are not held.
+  std::lock_guard<std::mutex> lock(fb->mu_);
+  fb->follower_->replayer = std::thread::id();
+  for (unsigned slot : fb->follower_->cloned) {
+    const iovec empty{nullptr, 0};
+    (void)os.IoUringUpdateBuffers(ring_fd, slot, {&empty, 1});
+  }
+  fb->follower_->cloned.clear();
   return fb;
 }
 
 FixedBuffers::~FixedBuffers() {
   if (!attached_) return;
+  // In a child of fork() the ring is its parent's as well (one kernel object, whose table
+  // the parent still uses), and the runtime is inert there (runtime.h): nothing changes.
+  if (runtime_.kernel_pin_table().InForkedChild()) return;
   (void)runtime_.RemoveMemoryObserver(follower_.get());
   (void)runtime_.options().os->IoUringUnregisterBuffers(ring_fd_);
 }
@@ -148,7 +195,14 @@ absl::Status FixedBuffers::Fill(unsigned slot, const void* data, size_t length) 
   Os& os = *runtime_.options().os;
   const bool runtime_pins = runtime_.kernel_pin_table().ring_fd() >= 0;
   std::lock_guard<std::mutex> lock(mu_);
-  if (filled_.count(slot) != 0) return absl::OkStatus();  // in the clone already
+  if (filled_.count(slot) != 0) return absl::OkStatus();
+  // A slot the clone brought holds this range while the held ranges are told; after that
+  // it held something else (external memory since unregistered): it is filled anew.
+  if (follower_->cloned.erase(slot) != 0 && follower_->replayer == std::this_thread::get_id()) {
+    filled_.insert(slot);
+    follower_->set_present(slot, true);
+    return absl::OkStatus();
+  }
   if (mode_ == FixedBufferMode::kClone && ranged_clones_ != 0) {
     // One slot of the runtime's table into the same slot of ours (Linux 6.13).
     const int src = runtime_.kernel_pin_table().ring_fd();
@@ -157,6 +211,7 @@ absl::Status FixedBuffers::Fill(unsigned slot, const void* data, size_t length) 
     if (st.ok()) {
       ranged_clones_ = 1;
       filled_.insert(slot);
+      follower_->set_present(slot, true);
       return absl::OkStatus();
     }
     // 6.12 clones whole tables only, and says so with EBUSY (it checks that the
@@ -171,23 +226,33 @@ absl::Status FixedBuffers::Fill(unsigned slot, const void* data, size_t length) 
     return Explain(st, ring_fd_, WhyIovecs(mode_, runtime_pins));
   }
   filled_.insert(slot);
+  follower_->set_present(slot, true);
   return absl::OkStatus();
 }
 
 void FixedBuffers::Empty(unsigned slot) {
   std::lock_guard<std::mutex> lock(mu_);
+  follower_->set_present(slot, false);
   if (filled_.erase(slot) == 0) return;
   const iovec empty{nullptr, 0};
   (void)runtime_.options().os->IoUringUpdateBuffers(ring_fd_, slot, {&empty, 1});
 }
 
 int FixedBuffers::Find(const void* addr, size_t length) const {
-  return runtime_.kernel_pin_table().Find(addr, length);
+  const int slot = runtime_.kernel_pin_table().Find(addr, length);
+  return slot >= 0 && follower_->present(slot) ? slot : -1;
 }
 
 absl::StatusOr<int> FixedBuffers::IndexOf(const void* addr, size_t length) const {
   const int slot = Find(addr, length);
   if (slot >= 0) return slot;
+  if (const int held = runtime_.kernel_pin_table().Find(addr, length); held >= 0) {
+    return absl::NotFoundError(absl::StrFormat(
+        "no fixed buffer: %p is in slot %d of the runtime's kernel pin table but not in the "
+        "table of ring %d: external memory (RegisterExternal, hugemm_register_external) is "
+        "no fixed buffer",
+        addr, held, ring_fd_));
+  }
   return absl::NotFoundError(absl::StrCat(
       "no fixed buffer: ", runtime_.kernel_pin_table().WhyNoSlot(addr, length == 0 ? 1 : length)));
 }

@@ -29,13 +29,11 @@ absl::StatusOr<std::unique_ptr<IoPins>> IoPins::Create(Runtime& runtime, size_t 
   return std::unique_ptr<IoPins>(new IoPins(runtime, capacity));
 }
 
-IoPins::~IoPins() {
-  for (size_t i = 0; i < records_.size(); ++i) {
-    if (records_[i].busy) {
-      (void)Release((uint64_t{records_[i].generation} << 32) | i, nullptr);
-    }
-  }
-}
+// The pins of I/Os still in flight are kept: nothing says their device is done with the
+// memory (a ring torn down does not wait for its requests, and the kernel's own pins keep
+// the frames for them), and memory given back here would be handed to the next
+// allocation while the device may still write it.
+IoPins::~IoPins() = default;
 
 absl::StatusOr<uint64_t> IoPins::Pin(const void* addr, size_t length, bool device_writes) {
   return PinFor(addr, length, device_writes, 0);
