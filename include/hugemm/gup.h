@@ -20,6 +20,8 @@
 //               PFNs recorded at map time.
 // A pin is all-or-nothing unless kGupPartial is given: on failure every reference the
 // call took is given back and the status names the request, the address and the reason.
+// The output array may then have been written in part (a growing vector is left as it
+// was): what it holds names nothing pinned.
 //
 // Errors of every pin (each method lists its own besides):
 //   InvalidArgument     unknown flags, not exactly one of PIN and GET, LONGTERM without

@@ -201,7 +201,8 @@ typedef struct hugemm_dma_segment {
  * -EPERM (a WRITE pin of read-only memory), -EFAULT (a device-exclusive page, a
  * LONGTERM pin of borrowed memory), -ENOMEM (the output is full, a count would
  * overflow), -EAGAIN (FAST_ONLY and the mapping kept changing). An empty range pins
- * nothing and returns 0. */
+ * nothing and returns 0. A pin that fails keeps nothing pinned, but may have written part
+ * of its output array. */
 
 /* Pins `npages` 4K pages from the page holding `addr` into pages[]. Returns the number
  * pinned (npages, or fewer with HUGEMM_PARTIAL) or a negative errno. */
