@@ -96,7 +96,11 @@ class Controller {
   // CC.EN within CAP.TO, those of DmaRegion::Allocate, and a failed admin command.
   static absl::StatusOr<std::unique_ptr<Controller>> Start(hugemm::Runtime& rt, Registers regs,
                                                            const ControllerOptions& options);
-  // Waits for commands in flight, deletes the I/O queues and shuts the controller down.
+  // Waits for commands in flight, deletes the I/O queues and shuts the controller down,
+  // then disables it. Its queues and the data of commands still in flight go back only
+  // once the controller says it stopped (CSTS.RDY clear) or is gone from the bus (CSTS
+  // all ones): one that still says ready may write into them, so they stay pinned, with
+  // a message, until the process ends.
   ~Controller();
   Controller(const Controller&) = delete;
   Controller& operator=(const Controller&) = delete;
@@ -158,7 +162,9 @@ class Controller {
   absl::StatusOr<uint16_t> Submit(uint8_t opcode, uint64_t lba, const void* buf, size_t bytes,
                                   uint64_t tag);
   absl::Status Transfer(uint8_t opcode, uint64_t lba, std::byte* buf, size_t bytes);
-  void Shutdown();
+  // Whether the controller reaches no memory any more (stopped or gone).
+  bool Shutdown();
+  void KeepDmaMemoryForever();
 
   hugemm::Runtime& rt_;
   Registers regs_;
