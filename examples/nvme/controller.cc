@@ -266,6 +266,8 @@ absl::Status Controller::CreateIoQueues() {
   // Commands and their PRP lists: one slot per entry the ring can hold.
   max_transfer_ = options_.max_transfer;
   if (info_.max_transfer != 0) max_transfer_ = std::min(max_transfer_, info_.max_transfer);
+  // NLB is 16 bits (0's based) whatever MDTS says: 65536 blocks per command at most.
+  max_transfer_ = std::min<uint64_t>(max_transfer_, uint64_t{ns_.block_size} << 16);
   max_transfer_ &= ~uint64_t{std::max<uint64_t>(ns_.block_size, kPageSize) - 1};
   list_pages_per_slot_ = PrpListPagesFor(kPageSize - 4, max_transfer_);
   const size_t nslots = depth - 1;

@@ -40,7 +40,8 @@ struct ControllerOptions {
   // Longest DMA segment a command's PRPs are built from (0 = no limit); a small value
   // makes every command span many segments.
   uint64_t max_segment = 0;
-  // Longest transfer of one command, further capped by the controller's MDTS.
+  // Longest transfer of one command, further capped by the controller's MDTS and by the
+  // 65536 blocks a command's NLB field can count.
   uint64_t max_transfer = 4 << 20;
   // false: drop each command's pin right after its addresses are known. Wrong; a
   // test uses it to show what the pin prevents.
@@ -107,7 +108,7 @@ class Controller {
 
   const ControllerInfo& info() const { return info_; }
   const NamespaceInfo& ns() const { return ns_; }
-  // Bytes one command may move: options, MDTS and the PRP list pages permitting.
+  // Bytes one command may move: options, MDTS, NLB and the PRP list pages permitting.
   uint64_t max_transfer() const { return max_transfer_; }
   const ControllerStats& stats() const { return stats_; }
   size_t in_flight() const { return in_flight_; }

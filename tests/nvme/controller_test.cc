@@ -1,8 +1,8 @@
 // The controller bring-up's refusals, against ordinary memory standing in for BAR0 (no
 // NVMe device exists on the host): each one a clear status, and nothing left allocated
 // or pinned behind it. Then what needs a running controller the VM's cannot play: one
-// that does not stop when disabled (a thread stands in for it, fake_controller.h). The
-// real controller is driven in the VM (nvme_vm_test).
+// that does not stop when disabled, one with no transfer limit (a thread stands in for
+// it, fake_controller.h). The real controller is driven in the VM (nvme_vm_test).
 #include "nvme/controller.h"
 
 #include <chrono>
@@ -197,6 +197,25 @@ TEST_F(FakeControllerTest, AControllerThatStopsGivesItsMemoryBack) {
   }
   EXPECT_EQ(PinsAt(buf->data()), 0);
   ExpectNothingHeld();
+}
+
+TEST_F(FakeControllerTest, ACommandNeverAsksForMoreBlocksThanNlbHolds) {
+  // No MDTS: only the 16-bit block count limits a command.
+  FakeController fake(bar_.data(), bar_.size() * 4, dma_, {.mdts = 0});
+  absl::StatusOr<std::unique_ptr<Controller>> c =
+      Controller::Start(*rt_, registers(),
+                        {.io_depth = 2,
+                         .max_transfer = 64 << 20,
+                         .command_timeout = std::chrono::milliseconds(200),
+                         .iova = mapper_.get()});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ((*c)->max_transfer(), 65536u * 512);
+  absl::StatusOr<hugemm::Buffer> buf = rt_->MapBuffer((*c)->max_transfer());
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  ASSERT_TRUE((*c)->SubmitRead(0, buf->data(), (*c)->max_transfer()).ok());
+  std::vector<Command> io = AwaitIo(fake, 1);
+  ASSERT_EQ(io.size(), 1u);
+  EXPECT_EQ(io[0].cdw12, 0xffffu) << "NLB, 0's based, with nothing above its 16 bits";
 }
 
 TEST(StatusTest, NamesTheCodesADriverMeets) {
