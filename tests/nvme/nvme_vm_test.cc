@@ -2,8 +2,11 @@
 // physical mode, with queues, PRP lists and data in each memory kind: the host's pattern
 // READ into hugemm buffers and checked at their virtual addresses; WRITEs that the host
 // finds in the image after the VM stops (nvme_image check); a shifted PRP entry caught.
+#include <linux/vfio.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -13,6 +16,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "hugemm/hugemm_vfio.h"
 #include "tests/nvme/vm_device.h"
 
 namespace nvme_test {
@@ -341,6 +345,66 @@ TEST_F(NvmeVmDriverTest, ThePhaseTagSurvivesManyWraps) {
   check();
   EXPECT_EQ(ctrl_->stats().commands, 200u);
   EXPECT_GE(ctrl_->stats().io_queue_wraps, 12u);
+}
+
+// The C twin of the mapper against the real container: what it maps the kernel holds
+// (a second mapping at that IOVA is refused), segments are IOVAs, and a freed buffer
+// leaves the container at once (its IOVA can be mapped again).
+TEST_F(NvmeVmDriverTest, InIovaModeTheCApiMapsIntoTheContainerAndAFreeUnmaps) {
+  if (!kIovaMode) GTEST_SKIP() << "physical mode";
+  hugemm_runtime* crt = nullptr;
+  ASSERT_EQ(hugemm_open(nullptr, &crt), 0) << hugemm_last_error();
+  hugemm_buffer buf;
+  ASSERT_EQ(hugemm_map_buffer(crt, hugemm::kPageSize2M, nullptr, &buf), 0) << hugemm_last_error();
+  // A window of its own, above the one the C++ mapper of this test hands out from.
+  const hugemm_vfio_options options = {uint64_t{1} << 38, 0};
+  hugemm_vfio* vfio = nullptr;
+  ASSERT_EQ(hugemm_vfio_attach(crt, VfioContainer(), &options, &vfio), 0) << hugemm_last_error();
+  size_t mappings = 0;
+  ASSERT_EQ(hugemm_vfio_stats(vfio, &mappings, nullptr), 0);
+  uint64_t iova = 0;
+  ASSERT_EQ(hugemm_vfio_iova(vfio, buf.data, &iova), 0) << hugemm_last_error();
+  EXPECT_GE(iova, options.iova_base);
+  EXPECT_EQ(iova % hugemm::kPageSize2M, 0u);
+  auto map_at = [](uint64_t at, void* va) {
+    vfio_iommu_type1_dma_map map = {};
+    map.argsz = sizeof map;
+    map.flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE;
+    map.vaddr = reinterpret_cast<uintptr_t>(va);
+    map.iova = at;
+    map.size = kPage;
+    return ioctl(VfioContainer(), VFIO_IOMMU_MAP_DMA, &map) == 0 ? 0 : errno;
+  };
+  void* page = mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(page, MAP_FAILED);
+  static_cast<volatile char*>(page)[0] = 1;
+  EXPECT_EQ(map_at(iova, page), EEXIST) << "the kernel does not hold the buffer's IOVA";
+
+  hugemm_dma_segment segs[4];
+  const long n = hugemm_vfio_pin_segments(vfio, static_cast<char*>(buf.data) + 512, 2 * kPage,
+                                          HUGEMM_PIN | HUGEMM_WRITE, 0, segs, 4);
+  ASSERT_EQ(n, 1) << hugemm_last_error();
+  EXPECT_EQ(segs[0].phys_addr, iova + 512);
+  EXPECT_EQ(segs[0].length, 2 * kPage);
+  EXPECT_EQ(hugemm_unpin_range(crt, static_cast<char*>(buf.data) + 512, 2 * kPage, HUGEMM_PIN, 1),
+            0)
+      << hugemm_last_error();
+
+  ASSERT_EQ(hugemm_free(crt, buf.data), 0) << hugemm_last_error();
+  size_t after = 0;
+  ASSERT_EQ(hugemm_vfio_stats(vfio, &after, nullptr), 0);
+  EXPECT_EQ(after, mappings - 1);
+  EXPECT_EQ(hugemm_vfio_iova(vfio, buf.data, &iova), -ENOENT);
+  // The kernel let go of it too: the IOVA takes another mapping, which goes again.
+  ASSERT_EQ(map_at(iova, page), 0) << "the freed buffer's IOVA is still mapped";
+  vfio_iommu_type1_dma_unmap unmap = {};
+  unmap.argsz = sizeof unmap;
+  unmap.iova = iova;
+  unmap.size = kPage;
+  EXPECT_EQ(ioctl(VfioContainer(), VFIO_IOMMU_UNMAP_DMA, &unmap), 0);
+  munmap(page, kPage);
+  hugemm_vfio_detach(vfio);
+  hugemm_close(crt);
 }
 
 TEST_F(NvmeVmDriverTest, ACommandTheControllerFailsComesBackWithItsStatusAndLeavesNothing) {
