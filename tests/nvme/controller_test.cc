@@ -164,7 +164,7 @@ TEST_F(FakeControllerTest, AControllerThatDoesNotStopKeepsItsMemoryPinned) {
     FakeController fake(bar_.data(), bar_.size() * 4, dma_, {.stops = false});
     absl::StatusOr<std::unique_ptr<Controller>> c = Controller::Start(
         *rt_, registers(),
-        {.io_depth = 4, .command_timeout = std::chrono::milliseconds(200), .iova = mapper_.get()});
+        {.io_depth = 4, .command_timeout = std::chrono::milliseconds(1000), .iova = mapper_.get()});
     ASSERT_TRUE(c.ok()) << c.status();
     ASSERT_TRUE((*c)->SubmitRead(0, buf->data(), 4096).ok());
     ASSERT_EQ(AwaitIo(fake, 1).size(), 1u);
@@ -189,7 +189,7 @@ TEST_F(FakeControllerTest, AControllerThatStopsGivesItsMemoryBack) {
     FakeController fake(bar_.data(), bar_.size() * 4, dma_, {.stops = true});
     absl::StatusOr<std::unique_ptr<Controller>> c = Controller::Start(
         *rt_, registers(),
-        {.io_depth = 4, .command_timeout = std::chrono::milliseconds(200), .iova = mapper_.get()});
+        {.io_depth = 4, .command_timeout = std::chrono::milliseconds(1000), .iova = mapper_.get()});
     ASSERT_TRUE(c.ok()) << c.status();
     ASSERT_TRUE((*c)->SubmitRead(0, buf->data(), 4096).ok());
     ASSERT_EQ(AwaitIo(fake, 1).size(), 1u);
@@ -206,7 +206,7 @@ TEST_F(FakeControllerTest, ACommandNeverAsksForMoreBlocksThanNlbHolds) {
       Controller::Start(*rt_, registers(),
                         {.io_depth = 2,
                          .max_transfer = 64 << 20,
-                         .command_timeout = std::chrono::milliseconds(200),
+                         .command_timeout = std::chrono::milliseconds(1000),
                          .iova = mapper_.get()});
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ((*c)->max_transfer(), 65536u * 512);
