@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -265,6 +266,8 @@ absl::Status Controller::CreateIoQueues() {
   // Commands and their PRP lists: one slot per entry the ring can hold.
   max_transfer_ = options_.max_transfer;
   if (info_.max_transfer != 0) max_transfer_ = std::min(max_transfer_, info_.max_transfer);
+  // NLB is 16 bits (0's based) whatever MDTS says: 65536 blocks per command at most.
+  max_transfer_ = std::min<uint64_t>(max_transfer_, uint64_t{ns_.block_size} << 16);
   max_transfer_ &= ~uint64_t{std::max<uint64_t>(ns_.block_size, kPageSize) - 1};
   list_pages_per_slot_ = PrpListPagesFor(kPageSize - 4, max_transfer_);
   const size_t nslots = depth - 1;
@@ -303,11 +306,11 @@ absl::Status Controller::CreateIoQueues() {
   return absl::OkStatus();
 }
 
-void Controller::Shutdown() {
+bool Controller::Shutdown() {
   auto report = [](const absl::Status& st) {
     if (!st.ok()) std::fprintf(stderr, "nvme: shutdown: %s\n", std::string(st.message()).c_str());
   };
-  if (!touched_) return;  // refused before it was touched: leave it as it was
+  if (!touched_) return true;  // refused before it was touched: leave it as it was
   if (in_flight_ > 0) {
     std::vector<IoResult> ignored;
     report(Drain(&ignored));
@@ -338,10 +341,37 @@ void Controller::Shutdown() {
   // Disabled, the controller touches no memory: only now may the pins and the queue
   // memory go (the members are destroyed after this).
   regs_.Write32(kRegCc, regs_.Read32(kRegCc) & ~(kCcEnable | kCcShnMask));
-  report(WaitReady(false));
+  const absl::Status stopped = WaitReady(false);
+  report(stopped);
   enabled_ = false;
+  // A device gone from the bus reaches no memory; one that still says ready may.
+  return stopped.ok() || regs_.Read32(kRegCsts) == 0xffffffff;
 }
 
-Controller::~Controller() { Shutdown(); }
+void Controller::KeepDmaMemoryForever() {
+  size_t pinned = 0;
+  for (const Slot& slot : slots_) pinned += slot.pin.held();
+  std::fprintf(stderr,
+               "nvme: the controller did not stop (CSTS.RDY stays 1 after CC.EN = 0): its queues, "
+               "PRP lists and the buffers of %zu commands in flight stay pinned until the process "
+               "ends\n",
+               pinned);
+  struct Kept {
+    QueuePair admin, io;
+    DmaRegion identify, prp_lists;
+    std::vector<Slot> slots;
+  };
+  // Reachable until the process ends: never given back, and no leak to a leak checker.
+  static std::mutex mu;
+  static auto* kept = new std::vector<std::unique_ptr<Kept>>;
+  auto k = std::make_unique<Kept>(Kept{std::move(admin_), std::move(io_), std::move(identify_),
+                                       std::move(prp_lists_), std::move(slots_)});
+  std::lock_guard<std::mutex> lock(mu);
+  kept->push_back(std::move(k));
+}
+
+Controller::~Controller() {
+  if (!Shutdown()) KeepDmaMemoryForever();
+}
 
 }  // namespace nvme

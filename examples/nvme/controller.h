@@ -40,7 +40,8 @@ struct ControllerOptions {
   // Longest DMA segment a command's PRPs are built from (0 = no limit); a small value
   // makes every command span many segments.
   uint64_t max_segment = 0;
-  // Longest transfer of one command, further capped by the controller's MDTS.
+  // Longest transfer of one command, further capped by the controller's MDTS and by the
+  // 65536 blocks a command's NLB field can count.
   uint64_t max_transfer = 4 << 20;
   // false: drop each command's pin right after its addresses are known. Wrong; a
   // test uses it to show what the pin prevents.
@@ -96,14 +97,18 @@ class Controller {
   // CC.EN within CAP.TO, those of DmaRegion::Allocate, and a failed admin command.
   static absl::StatusOr<std::unique_ptr<Controller>> Start(hugemm::Runtime& rt, Registers regs,
                                                            const ControllerOptions& options);
-  // Waits for commands in flight, deletes the I/O queues and shuts the controller down.
+  // Waits for commands in flight, deletes the I/O queues and shuts the controller down,
+  // then disables it. Its queues and the data of commands still in flight go back only
+  // once the controller says it stopped (CSTS.RDY clear) or is gone from the bus (CSTS
+  // all ones): one that still says ready may write into them, so they stay pinned, with
+  // a message, until the process ends.
   ~Controller();
   Controller(const Controller&) = delete;
   Controller& operator=(const Controller&) = delete;
 
   const ControllerInfo& info() const { return info_; }
   const NamespaceInfo& ns() const { return ns_; }
-  // Bytes one command may move: options, MDTS and the PRP list pages permitting.
+  // Bytes one command may move: options, MDTS, NLB and the PRP list pages permitting.
   uint64_t max_transfer() const { return max_transfer_; }
   const ControllerStats& stats() const { return stats_; }
   size_t in_flight() const { return in_flight_; }
@@ -158,7 +163,9 @@ class Controller {
   absl::StatusOr<uint16_t> Submit(uint8_t opcode, uint64_t lba, const void* buf, size_t bytes,
                                   uint64_t tag);
   absl::Status Transfer(uint8_t opcode, uint64_t lba, std::byte* buf, size_t bytes);
-  void Shutdown();
+  // Whether the controller reaches no memory any more (stopped or gone).
+  bool Shutdown();
+  void KeepDmaMemoryForever();
 
   hugemm::Runtime& rt_;
   Registers regs_;

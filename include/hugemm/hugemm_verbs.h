@@ -39,7 +39,8 @@ typedef struct hugemm_mr_cache hugemm_mr_cache;
 typedef struct hugemm_mr hugemm_mr;
 
 enum hugemm_mr_scope {
-  HUGEMM_MR_SCOPE_EXTENT = 0, /* the buffer, or the pool extent an allocation came from */
+  HUGEMM_MR_SCOPE_EXTENT = 0, /* the buffer, or the pool extent an allocation came from
+                               * (its rkey reaches every allocation of that extent) */
   HUGEMM_MR_SCOPE_BUFFER = 1  /* the buffer (one folio for hugemm_alloc) */
 };
 

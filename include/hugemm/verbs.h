@@ -74,7 +74,10 @@ enum class MrScope {
   // The backing mapping holding the address: a MapBuffer buffer whole, or the allocator
   // pool's extent (a native page) that Allocate carved the buffer from, shared by every
   // buffer carved from it. One registration serves them all, and is dropped when any
-  // memory under it changes (a neighbour freed, say).
+  // memory under it changes (a neighbour freed, say). Its keys reach the whole extent:
+  // a peer given the rkey may write into every buffer carved from it, and, while a
+  // handle keeps the dropped registration alive, into a neighbour freed and handed to a
+  // new owner meanwhile. Registrations for remote access want kBuffer.
   kExtent,
   // The buffer holding the address: a MapBuffer buffer, or one Allocate folio.
   kBuffer,

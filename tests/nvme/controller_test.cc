@@ -1,16 +1,24 @@
 // The controller bring-up's refusals, against ordinary memory standing in for BAR0 (no
 // NVMe device exists on the host): each one a clear status, and nothing left allocated
-// or pinned behind it. The real controller is driven in the VM (nvme_vm_test).
+// or pinned behind it. Then what needs a running controller the VM's cannot play: one
+// that does not stop when disabled, one with no transfer limit (a thread stands in for
+// it, fake_controller.h). The real controller is driven in the VM (nvme_vm_test).
 #include "nvme/controller.h"
 
 #include <chrono>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "hugemm/vfio.h"
+#include "tests/nvme/fake_controller.h"
 #include "tests/test_util.h"
 
 namespace nvme {
 namespace {
+
+using nvme_test::FakeController;
+using nvme_test::RecordingContainer;
 
 // CAP of qemu's controller: MQES 2047, CQR, TO 1 (500 ms), DSTRD 0, CSS NVM, MPS 4K..4K.
 constexpr uint64_t kCap = 0x7ff | 1ull << 16 | 1ull << 24 | 1ull << 37;
@@ -113,6 +121,101 @@ TEST_F(ControllerTest, ADeviceGoneFromTheBusReadsAllOnes) {
   absl::StatusOr<std::unique_ptr<Controller>> c = Controller::Start(*rt_, bar.registers(), {});
   EXPECT_EQ(c.status().code(), absl::StatusCode::kUnavailable);
   ExpectNothingHeld();
+}
+
+// A runtime's memory at IOVAs of a recording container, for the stand-in controller.
+class FakeControllerTest : public ControllerTest {
+ protected:
+  void SetUp() override {
+    ControllerTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    absl::StatusOr<std::unique_ptr<hugemm::IovaMapper>> mapper =
+        hugemm::IovaMapper::Attach(*rt_, kNoContainer, {.os = &dma_});
+    ASSERT_TRUE(mapper.ok()) << mapper.status();
+    mapper_ = std::move(*mapper);
+  }
+  void TearDown() override { mapper_.reset(); }
+
+  Registers registers() { return Registers(bar_.data(), bar_.size() * 4); }
+
+  // Every I/O command the stand-in has taken, once it has taken `n`.
+  static std::vector<Command> AwaitIo(FakeController& fake, size_t n) {
+    for (int i = 0; i < 2000 && fake.io_commands().size() < n; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return fake.io_commands();
+  }
+
+  int32_t PinsAt(const void* p) {
+    absl::StatusOr<hugemm::FolioInfo> info = rt_->FolioInfoAt(p);
+    return info.ok() ? info->pincount : -1;
+  }
+
+  static constexpr int kNoContainer = 1000;  // the recording container answers every call
+  RecordingContainer dma_;
+  std::unique_ptr<hugemm::IovaMapper> mapper_;  // dropped before the runtime
+  std::vector<uint32_t> bar_ = std::vector<uint32_t>(0x2000 / 4);
+};
+
+TEST_F(FakeControllerTest, AControllerThatDoesNotStopKeepsItsMemoryPinned) {
+  absl::StatusOr<hugemm::Buffer> buf = rt_->MapBuffer(hugemm::kPageSize2M);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  {
+    FakeController fake(bar_.data(), bar_.size() * 4, dma_, {.stops = false});
+    absl::StatusOr<std::unique_ptr<Controller>> c = Controller::Start(
+        *rt_, registers(),
+        {.io_depth = 4, .command_timeout = std::chrono::milliseconds(1000), .iova = mapper_.get()});
+    ASSERT_TRUE(c.ok()) << c.status();
+    ASSERT_TRUE((*c)->SubmitRead(0, buf->data(), 4096).ok());
+    ASSERT_EQ(AwaitIo(fake, 1).size(), 1u);
+    // The READ never completes, and CC.EN = 0 leaves CSTS.RDY set: the controller may
+    // still write into the buffer and reads its queues.
+    c->reset();
+  }
+  EXPECT_GT(PinsAt(buf->data()), 0) << "the data under a READ the controller may still do "
+                                       "went back while the controller runs";
+  ASSERT_TRUE(buf->Free().ok());
+  rt_->allocator().FlushThreadCache();
+  size_t held = 0;
+  for (const hugemm::PoolStats& s : rt_->allocator().Stats()) held += s.mapped_bytes - s.free_bytes;
+  EXPECT_GT(held, 0u) << "the queues went back to the pool while the controller runs";
+}
+
+TEST_F(FakeControllerTest, AControllerThatStopsGivesItsMemoryBack) {
+  // The control: stopped, the same controller lets everything go.
+  absl::StatusOr<hugemm::Buffer> buf = rt_->MapBuffer(hugemm::kPageSize2M);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  {
+    FakeController fake(bar_.data(), bar_.size() * 4, dma_, {.stops = true});
+    absl::StatusOr<std::unique_ptr<Controller>> c = Controller::Start(
+        *rt_, registers(),
+        {.io_depth = 4, .command_timeout = std::chrono::milliseconds(1000), .iova = mapper_.get()});
+    ASSERT_TRUE(c.ok()) << c.status();
+    ASSERT_TRUE((*c)->SubmitRead(0, buf->data(), 4096).ok());
+    ASSERT_EQ(AwaitIo(fake, 1).size(), 1u);
+    c->reset();
+  }
+  EXPECT_EQ(PinsAt(buf->data()), 0);
+  ExpectNothingHeld();
+}
+
+TEST_F(FakeControllerTest, ACommandNeverAsksForMoreBlocksThanNlbHolds) {
+  // No MDTS: only the 16-bit block count limits a command.
+  FakeController fake(bar_.data(), bar_.size() * 4, dma_, {.mdts = 0});
+  absl::StatusOr<std::unique_ptr<Controller>> c =
+      Controller::Start(*rt_, registers(),
+                        {.io_depth = 2,
+                         .max_transfer = 64 << 20,
+                         .command_timeout = std::chrono::milliseconds(1000),
+                         .iova = mapper_.get()});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ((*c)->max_transfer(), 65536u * 512);
+  absl::StatusOr<hugemm::Buffer> buf = rt_->MapBuffer((*c)->max_transfer());
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  ASSERT_TRUE((*c)->SubmitRead(0, buf->data(), (*c)->max_transfer()).ok());
+  std::vector<Command> io = AwaitIo(fake, 1);
+  ASSERT_EQ(io.size(), 1u);
+  EXPECT_EQ(io[0].cdw12, 0xffffu) << "NLB, 0's based, with nothing above its 16 bits";
 }
 
 TEST(StatusTest, NamesTheCodesADriverMeets) {

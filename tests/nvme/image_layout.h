@@ -24,9 +24,8 @@ inline constexpr uint64_t kPage = 4096;
 
 // Where the driver's memory comes from in each run of the cases: its queues and PRP
 // lists, and the data buffers. Each setup has its own write window. Device-DAX memory
-// serves one of the two roles at a time, the other in 2M hugetlb pages: two device-DAX
-// owners in one runtime (an allocator pool and a MapBuffer) are handed the same device
-// bytes today (numa_vm_test's DevDaxBuffersOfOneRuntimeNeverShareMemory).
+// serves one of the two roles at a time, the other in 2M hugetlb pages, so that each
+// role is checked on device-DAX alone.
 enum class Setup { kHugetlb2M, kHugetlb1G, kDevDaxData, kDevDaxQueues };
 inline constexpr Setup kSetups[] = {Setup::kHugetlb2M, Setup::kHugetlb1G, Setup::kDevDaxData,
                                     Setup::kDevDaxQueues};

@@ -1,11 +1,13 @@
 // Pins under a device: a buffer freed while a READ into it is in flight keeps its folios
 // until the driver reaps the completion, so no new buffer is given memory the controller
 // may still write; the data lands where it was sent. The same sequence with the driver's
-// pins switched off hands the in-flight memory to a new buffer at once.
+// pins switched off hands the in-flight memory to a new buffer at once. In IOVA mode the
+// same holds for the buffer's IOVAs: mapped until the completion is reaped, no longer.
 #include <sys/mman.h>
 
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -35,8 +37,11 @@ class NvmePinVmTest : public testing::Test {
     absl::StatusOr<std::unique_ptr<hugemm::Runtime>> rt = hugemm::Runtime::Open();
     ASSERT_TRUE(rt.ok()) << rt.status();
     rt_ = std::move(*rt);
+    std::string error;
+    iova_ = AttachIova(*rt_, &error);
+    ASSERT_EQ(error, "");
     absl::StatusOr<std::unique_ptr<nvme::Controller>> ctrl =
-        nvme::Controller::Start(*rt_, bar->registers(), {.pin_io = pin_io});
+        nvme::Controller::Start(*rt_, bar->registers(), {.pin_io = pin_io, .iova = iova_.get()});
     ASSERT_TRUE(ctrl.ok()) << ctrl.status();
     ctrl_ = std::move(*ctrl);
   }
@@ -81,7 +86,8 @@ class NvmePinVmTest : public testing::Test {
   }
 
   std::unique_ptr<hugemm::Runtime> rt_;
-  std::unique_ptr<nvme::Controller> ctrl_;
+  std::unique_ptr<hugemm::IovaMapper> iova_;  // IOVA mode; dropped before the runtime
+  std::unique_ptr<nvme::Controller> ctrl_;    // dropped before the mapper
 };
 
 TEST_F(NvmePinVmTest, AFreedBufferKeepsItsFoliosUntilTheReadIsReaped) {
@@ -107,10 +113,18 @@ TEST_F(NvmePinVmTest, AFreedMappedBufferStaysMappedUntilTheReadIsReaped) {
   ASSERT_TRUE(victim.ok()) << victim.status();
   std::byte* va = victim->data();
   const Frames in_flight = FramesOf(*victim);
+  const std::optional<uint64_t> iova = iova_ ? iova_->Iova(va) : std::nullopt;
+  const size_t mappings = iova_ ? iova_->stats().mappings : 0;
   ASSERT_TRUE(ctrl_->SubmitRead(kOffset / kBlock, va, ctrl_->max_transfer()).ok());
   ASSERT_TRUE(victim->Free().ok());
   unsigned char resident = 0;
   EXPECT_EQ(mincore(va, kPage, &resident), 0) << "unmapped with a READ in flight";
+  if (iova_) {
+    // The controller writes at the buffer's IOVA: it stays mapped, to the same memory.
+    ASSERT_TRUE(iova.has_value());
+    EXPECT_EQ(iova_->Iova(va), iova) << "the IOVA went with a READ in flight";
+    EXPECT_EQ(iova_->stats().mappings, mappings);
+  }
   std::vector<hugemm::Buffer> fresh;
   for (size_t i = 0; i < 4; ++i) {
     absl::StatusOr<hugemm::Buffer> b = rt_->MapBuffer(hugemm::kPageSize2M);
@@ -127,6 +141,11 @@ TEST_F(NvmePinVmTest, AFreedMappedBufferStaysMappedUntilTheReadIsReaped) {
   errno = 0;
   EXPECT_EQ(mincore(va, kPage, &resident), -1);
   EXPECT_EQ(errno, ENOMEM);
+  if (iova_) {
+    // And the IOVA with it: the device no longer reaches that memory.
+    EXPECT_FALSE(iova_->Iova(va).has_value());
+    EXPECT_EQ(iova_->stats().mappings, mappings - 1 + fresh.size());
+  }
 }
 
 }  // namespace

@@ -2,13 +2,21 @@
 // physical mode, with queues, PRP lists and data in each memory kind: the host's pattern
 // READ into hugemm buffers and checked at their virtual addresses; WRITEs that the host
 // finds in the image after the VM stops (nvme_image check); a shifted PRP entry caught.
+#include <linux/vfio.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 
+#include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "hugemm/hugemm_vfio.h"
 #include "tests/nvme/vm_device.h"
 
 namespace nvme_test {
@@ -221,6 +229,45 @@ class NvmeVmDriverTest : public testing::Test {
     ctrl_ = std::move(*ctrl);
   }
 
+  // The pins on the folio under `p` now (-1: not mapped).
+  int32_t PinsAt(const void* p) const {
+    absl::StatusOr<hugemm::FolioInfo> info = rt_->FolioInfoAt(p);
+    return info.ok() ? info->pincount : -1;
+  }
+
+  // Every folio of the runtime's pools is free again: the controller's queues, PRP lists
+  // and identify data went back, and nothing of them stays pinned.
+  void ExpectPoolsIdle() {
+    rt_->allocator().FlushThreadCache();
+    for (const hugemm::PoolStats& s : rt_->allocator().Stats()) {
+      EXPECT_EQ(s.free_bytes, s.mapped_bytes) << s.describe;
+    }
+  }
+
+  // A controller afresh on the same function, which must read the host's pattern.
+  void ExpectANewControllerReads(std::byte* dst) {
+    std::string why;
+    const nvme::MappedBar* bar = Device(&why);
+    ASSERT_NE(bar, nullptr) << why;
+    absl::StatusOr<std::unique_ptr<nvme::Controller>> ctrl =
+        nvme::Controller::Start(*rt_, bar->registers(), {.io_depth = 16, .iova = iova_.get()});
+    ASSERT_TRUE(ctrl.ok()) << ctrl.status();
+    ctrl_ = std::move(*ctrl);
+    std::memset(dst, static_cast<int>(kMarker), 8 * kPage);
+    ASSERT_TRUE(ctrl_->Read((6 << 20) / kBlock, dst, 8 * kPage).ok());
+    EXPECT_EQ(PatternProblem(kReadSeed, 6 << 20, dst, 8 * kPage), "");
+  }
+
+  static size_t OpenFds() {
+    size_t n = 0;
+    std::error_code ec;
+    for (auto it = std::filesystem::directory_iterator("/proc/self/fd", ec);
+         !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+      ++n;
+    }
+    return n;
+  }
+
   std::unique_ptr<hugemm::Runtime> rt_;
   std::unique_ptr<hugemm::IovaMapper> iova_;  // dropped before the runtime
   std::unique_ptr<nvme::Controller> ctrl_;    // dropped before the mapper
@@ -298,6 +345,164 @@ TEST_F(NvmeVmDriverTest, ThePhaseTagSurvivesManyWraps) {
   check();
   EXPECT_EQ(ctrl_->stats().commands, 200u);
   EXPECT_GE(ctrl_->stats().io_queue_wraps, 12u);
+}
+
+// The C twin of the mapper against the real container: what it maps the kernel holds
+// (a second mapping at that IOVA is refused), segments are IOVAs, and a freed buffer
+// leaves the container at once (its IOVA can be mapped again).
+TEST_F(NvmeVmDriverTest, InIovaModeTheCApiMapsIntoTheContainerAndAFreeUnmaps) {
+  if (!kIovaMode) GTEST_SKIP() << "physical mode";
+  hugemm_runtime* crt = nullptr;
+  ASSERT_EQ(hugemm_open(nullptr, &crt), 0) << hugemm_last_error();
+  hugemm_buffer buf;
+  ASSERT_EQ(hugemm_map_buffer(crt, hugemm::kPageSize2M, nullptr, &buf), 0) << hugemm_last_error();
+  // A window of its own, above the one the C++ mapper of this test hands out from.
+  const hugemm_vfio_options options = {uint64_t{1} << 38, 0};
+  hugemm_vfio* vfio = nullptr;
+  ASSERT_EQ(hugemm_vfio_attach(crt, VfioContainer(), &options, &vfio), 0) << hugemm_last_error();
+  size_t mappings = 0;
+  ASSERT_EQ(hugemm_vfio_stats(vfio, &mappings, nullptr), 0);
+  uint64_t iova = 0;
+  ASSERT_EQ(hugemm_vfio_iova(vfio, buf.data, &iova), 0) << hugemm_last_error();
+  EXPECT_GE(iova, options.iova_base);
+  EXPECT_EQ(iova % hugemm::kPageSize2M, 0u);
+  auto map_at = [](uint64_t at, void* va) {
+    vfio_iommu_type1_dma_map map = {};
+    map.argsz = sizeof map;
+    map.flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE;
+    map.vaddr = reinterpret_cast<uintptr_t>(va);
+    map.iova = at;
+    map.size = kPage;
+    return ioctl(VfioContainer(), VFIO_IOMMU_MAP_DMA, &map) == 0 ? 0 : errno;
+  };
+  void* page = mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(page, MAP_FAILED);
+  static_cast<volatile char*>(page)[0] = 1;
+  EXPECT_EQ(map_at(iova, page), EEXIST) << "the kernel does not hold the buffer's IOVA";
+
+  hugemm_dma_segment segs[4];
+  const long n = hugemm_vfio_pin_segments(vfio, static_cast<char*>(buf.data) + 512, 2 * kPage,
+                                          HUGEMM_PIN | HUGEMM_WRITE, 0, segs, 4);
+  ASSERT_EQ(n, 1) << hugemm_last_error();
+  EXPECT_EQ(segs[0].phys_addr, iova + 512);
+  EXPECT_EQ(segs[0].length, 2 * kPage);
+  EXPECT_EQ(hugemm_unpin_range(crt, static_cast<char*>(buf.data) + 512, 2 * kPage, HUGEMM_PIN, 1),
+            0)
+      << hugemm_last_error();
+
+  ASSERT_EQ(hugemm_free(crt, buf.data), 0) << hugemm_last_error();
+  size_t after = 0;
+  ASSERT_EQ(hugemm_vfio_stats(vfio, &after, nullptr), 0);
+  EXPECT_EQ(after, mappings - 1);
+  EXPECT_EQ(hugemm_vfio_iova(vfio, buf.data, &iova), -ENOENT);
+  // The kernel let go of it too: the IOVA takes another mapping, which goes again.
+  ASSERT_EQ(map_at(iova, page), 0) << "the freed buffer's IOVA is still mapped";
+  vfio_iommu_type1_dma_unmap unmap = {};
+  unmap.argsz = sizeof unmap;
+  unmap.iova = iova;
+  unmap.size = kPage;
+  EXPECT_EQ(ioctl(VfioContainer(), VFIO_IOMMU_UNMAP_DMA, &unmap), 0);
+  munmap(page, kPage);
+  hugemm_vfio_detach(vfio);
+  hugemm_close(crt);
+}
+
+TEST_F(NvmeVmDriverTest, ACommandTheControllerFailsComesBackWithItsStatusAndLeavesNothing) {
+  absl::StatusOr<hugemm::Buffer> buf = rt_->MapBuffer(hugemm::kPageSize2M);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  constexpr uint64_t kOffset = 24 << 20;
+  constexpr size_t kLength = 16 * kPage;  // a PRP list
+  std::byte* bad = buf->data();
+  std::byte* good = bad + kLength;
+  std::memset(bad, static_cast<int>(kMarker), 2 * kLength);
+  const hugemm::IovaMapperStats mapped = iova_ ? iova_->stats() : hugemm::IovaMapperStats{};
+  const size_t fds = OpenFds();
+  // List entry 2 eight bytes into its page: the controller refuses the list (4.3), while
+  // a correct READ beside it is in flight too.
+  ctrl_->InjectPrpFault({.entry = 2, .delta = 8});
+  ASSERT_TRUE(ctrl_->SubmitRead(kOffset / kBlock, bad, kLength, /*tag=*/1).ok());
+  ASSERT_TRUE(ctrl_->SubmitRead((kOffset + kLength) / kBlock, good, kLength, /*tag=*/2).ok());
+  EXPECT_GT(PinsAt(bad), 0);
+  std::vector<nvme::IoResult> done;
+  ASSERT_TRUE(ctrl_->Drain(&done).ok());
+  ASSERT_EQ(done.size(), 2u);
+  for (const nvme::IoResult& r : done) {
+    if (r.tag == 1) {
+      EXPECT_EQ(r.status.code(), absl::StatusCode::kDataLoss) << r.status;
+      EXPECT_NE(r.status.message().find("SC 0x13 (PRP Offset Invalid), do not retry"),
+                std::string::npos)
+          << r.status;
+      EXPECT_NE(r.status.message().find("READ at block"), std::string::npos) << r.status;
+    } else {
+      EXPECT_TRUE(r.status.ok()) << r.status;
+    }
+  }
+  EXPECT_TRUE(Untouched(bad, kLength)) << "the refused READ wrote data";
+  EXPECT_EQ(PatternProblem(kReadSeed, kOffset + kLength, good, kLength), "");
+  // Nothing of either command stays: no pin, no mapping, no descriptor.
+  EXPECT_EQ(PinsAt(bad), 0);
+  EXPECT_EQ(ctrl_->in_flight(), 0u);
+  EXPECT_EQ(OpenFds(), fds);
+  if (iova_) {
+    EXPECT_EQ(iova_->stats().mappings, mapped.mappings);
+    EXPECT_EQ(iova_->stats().maps, mapped.maps);
+  }
+  // The queue goes on: the same READ, right.
+  ASSERT_TRUE(ctrl_->Read(kOffset / kBlock, bad, kLength).ok());
+  EXPECT_EQ(PatternProblem(kReadSeed, kOffset, bad, kLength), "");
+  EXPECT_EQ(PinsAt(bad), 0);
+}
+
+TEST_F(NvmeVmDriverTest, TeardownWithEveryCommandInFlightNeitherHangsNorLeaks) {
+  absl::StatusOr<hugemm::Buffer> buf = rt_->MapBuffer(hugemm::kPageSize2M);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  std::byte* p = buf->data();
+  const size_t fds = OpenFds();
+  for (size_t i = 0; i < ctrl_->slots(); ++i) {
+    ASSERT_TRUE(ctrl_->SubmitRead(i, p + i * kPage, kBlock).ok());
+  }
+  ASSERT_EQ(ctrl_->in_flight(), ctrl_->slots());
+  EXPECT_GT(PinsAt(p), 0);
+  const auto start = std::chrono::steady_clock::now();
+  ctrl_.reset();  // waits for the commands, deletes the queues, shuts down
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  EXPECT_EQ(PinsAt(p), 0);
+  ExpectPoolsIdle();
+  EXPECT_EQ(OpenFds(), fds);
+  ExpectANewControllerReads(p + 64 * kPage);
+}
+
+TEST_F(NvmeVmDriverTest, AFunctionUnboundUnderTheDriverGivesAClearErrorNotAHang) {
+  if (kIovaMode) GTEST_SKIP() << "vfio-pci lets the function go only once its file is closed";
+  absl::StatusOr<hugemm::Buffer> buf = rt_->MapBuffer(hugemm::kPageSize2M);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  std::byte* p = buf->data();
+  std::memset(p, static_cast<int>(kMarker), 4 * kPage);
+  const std::string bdf = std::getenv("HUGEMM_TEST_NVME_BDF");
+  // Unbinding uio_pci_generic disables the function: bus mastering goes off, so the
+  // controller can neither fetch a command nor post its completion.
+  {
+    std::ofstream unbind("/sys/bus/pci/devices/" + bdf + "/driver/unbind");
+    unbind << bdf;
+    unbind.close();
+    ASSERT_TRUE(unbind.good()) << "unbinding " << bdf;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  ASSERT_TRUE(ctrl_->SubmitRead(0, p, 4 * kPage).ok());
+  std::vector<nvme::IoResult> done;
+  absl::Status st = ctrl_->Drain(&done);
+  EXPECT_FALSE(st.ok());
+  std::cout << "Drain with the function unbound: " << st << "\n";
+  ctrl_.reset();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+  EXPECT_TRUE(Untouched(p, 4 * kPage));
+  EXPECT_EQ(PinsAt(p), 0);
+  ExpectPoolsIdle();
+  // Back to uio_pci_generic with bus mastering on, for the next test and a new controller.
+  nvme::PciFunction fn(bdf);
+  ASSERT_TRUE(fn.BindDriver("uio_pci_generic").ok());
+  ASSERT_TRUE(fn.EnableBusMaster().ok());
+  ExpectANewControllerReads(p + 64 * kPage);
 }
 
 }  // namespace

@@ -2,10 +2,14 @@
 // device made, and data a peer wrote through them. A queue pair on rxe_b writes into
 // memory registered on rxe_a, so what "stale" means is seen in the data itself: a write
 // through a stale registration lands in memory the process no longer maps.
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
+#include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -160,6 +164,97 @@ TEST_F(RdmaVmTest, WithoutTheValidityCheckAPeerWritesIntoFreedMemory) {
               IBV_WC_SUCCESS);
     EXPECT_EQ(All(now.data(), 4096, std::byte{0x3c}), check)
         << (check ? "the write missed the buffer" : "an unchecked cache was not stale");
+  }
+}
+
+// A buffer freed while a handle holds its registration: the device still reaches the
+// buffer's own memory, which stays this process's (no new buffer gets it), until the
+// handle is released; then the registration is gone from the device.
+TEST_F(RdmaVmTest, AFreedBufferKeepsItsMemoryAndRegistrationUntilTheHandleGoes) {
+  Buffer buf = Map(kPageSize2M);
+  std::byte* addr = buf.data();
+  const auto remote = reinterpret_cast<uintptr_t>(addr);
+  std::optional<Translation> before = rt_->Translate(addr);
+  ASSERT_TRUE(before.has_value());
+  absl::StatusOr<MrHandle> h = cache_->Get(a_->pd(), addr, 4096, kAccess);
+  ASSERT_TRUE(h.ok()) << h.status();
+  const uint32_t rkey = h->rkey();
+  HUGEMM_ASSERT_OK(buf.Free());
+  MrCacheStats s = cache_->Stats();
+  EXPECT_EQ(s.entries, 1u) << "deregistered under a held handle";
+  EXPECT_EQ(s.held, 1u);
+  std::vector<Buffer> fresh;
+  for (int i = 0; i < 4; ++i) {
+    fresh.push_back(Map(kPageSize2M));
+    std::optional<Translation> t = rt_->Translate(fresh.back().data());
+    ASSERT_TRUE(t.has_value());
+    EXPECT_NE(t->pfn, before->pfn) << "a new buffer got the frames under a held registration";
+  }
+  ASSERT_EQ(WriteFromB(remote, rkey, 64, std::byte{0x77}), IBV_WC_SUCCESS);
+  EXPECT_TRUE(All(addr, 64, std::byte{0x77})) << "the write missed the freed buffer's memory";
+  // The next request for that address is not handed the dropped registration.
+  EXPECT_EQ(cache_->Get(a_->pd(), addr, 4096, kAccess).status().code(),
+            absl::StatusCode::kNotFound);
+  h->Release();
+  s = cache_->Stats();
+  EXPECT_EQ(s.entries, 0u);
+  EXPECT_EQ(s.invalidations, 1u);
+  EXPECT_EQ(WriteFromB(remote, rkey, 64, std::byte{0x78}), IBV_WC_REM_ACCESS_ERR);
+}
+
+// The thread-safety sentence on a real device: two threads get and release registrations
+// while this one frees buffers and maps new ones; then every buffer's registration
+// carries the peer's data into that buffer.
+TEST_F(RdmaVmTest, TwoThreadsGetAndReleaseWhileBuffersComeAndGo) {
+  constexpr int kSlots = 4;
+  std::vector<Buffer> bufs;
+  std::atomic<uintptr_t> addr[kSlots];
+  for (int i = 0; i < kSlots; ++i) {
+    bufs.push_back(Map(kPageSize2M));
+    addr[i].store(reinterpret_cast<uintptr_t>(bufs[i].data()));
+  }
+  std::atomic<bool> done{false};
+  std::atomic<int> got{0};
+  std::vector<std::thread> getters;
+  for (int t = 0; t < 2; ++t) {
+    getters.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      while (!done.load()) {
+        const uintptr_t p = addr[rng() % kSlots].load() + (rng() % 256) * 4096;
+        absl::StatusOr<MrHandle> h =
+            cache_->Get(a_->pd(), reinterpret_cast<const void*>(p), 4096, kAccess);
+        if (!h.ok()) {
+          // Freed meanwhile, or changing: never anything else.
+          EXPECT_TRUE(absl::IsNotFound(h.status()) || absl::IsUnavailable(h.status()))
+              << h.status();
+          continue;
+        }
+        const auto start = reinterpret_cast<uintptr_t>(h->mr()->addr);
+        EXPECT_TRUE(p >= start && p + 4096 <= start + h->mr()->length);
+        got.fetch_add(1);
+      }
+    });
+  }
+  std::mt19937 rng(7);
+  for (int n = 0; n < 40; ++n) {
+    const int slot = static_cast<int>(rng() % kSlots);
+    EXPECT_TRUE(bufs[slot].Free().ok());
+    bufs[slot] = Map(kPageSize2M);
+    addr[slot].store(reinterpret_cast<uintptr_t>(bufs[slot].data()));
+  }
+  done.store(true);
+  for (std::thread& th : getters) th.join();
+  EXPECT_GT(got.load(), 0);
+  const MrCacheStats s = cache_->Stats();
+  EXPECT_EQ(s.held, 0u);
+  EXPECT_GT(s.invalidations, 0u);
+  for (int i = 0; i < kSlots; ++i) {
+    absl::StatusOr<MrHandle> h = cache_->Get(a_->pd(), bufs[i].data(), 4096, kAccess);
+    ASSERT_TRUE(h.ok()) << h.status();
+    const auto value = static_cast<std::byte>(0x20 + i);
+    ASSERT_EQ(WriteFromB(reinterpret_cast<uintptr_t>(bufs[i].data()), h->rkey(), 256, value),
+              IBV_WC_SUCCESS);
+    EXPECT_TRUE(All(bufs[i].data(), 256, value)) << "slot " << i;
   }
 }
 
