@@ -519,5 +519,34 @@ TEST(VfioCApi, PinSegmentsInIovaSpaceAndUnpinRange) {
   HUGEMM_ASSERT_OK(os.Close(*container));
 }
 
+// hugemm_close detaches a mapper still attached: the container loses its mappings, the
+// handle answers -EINVAL naming the closed runtime, and hugemm_vfio_detach frees it
+// without touching the runtime that is gone (ASan: no use after free).
+TEST(VfioCApi, CloseDetachesAMapperStillAttached) {
+  FakeOs os;
+  absl::StatusOr<std::unique_ptr<Runtime>> opened = Runtime::Open({.os = &os});
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  auto* rt = new hugemm_runtime;  // hugemm_close deletes it
+  rt->rt = std::move(*opened);
+  absl::StatusOr<int> container = os.OpenVfioContainer();
+  ASSERT_TRUE(container.ok());
+  hugemm_buffer buf;
+  ASSERT_EQ(hugemm_map_buffer(rt, kPageSize2M, nullptr, &buf), 0) << hugemm_last_error();
+  hugemm_vfio* vfio = nullptr;
+  ASSERT_EQ(hugemm_vfio_attach(rt, *container, nullptr, &vfio), 0) << hugemm_last_error();
+  EXPECT_FALSE(os.VfioMappings(*container).empty());
+  hugemm_close(rt);
+  EXPECT_TRUE(os.VfioMappings(*container).empty()) << "the closed runtime's memory stayed mapped";
+  uint64_t iova = 0;
+  EXPECT_EQ(hugemm_vfio_iova(vfio, buf.data, &iova), -EINVAL);
+  EXPECT_THAT(hugemm_last_error(), HasSubstr("closed"));
+  size_t mappings = 0;
+  EXPECT_EQ(hugemm_vfio_stats(vfio, &mappings, nullptr), -EINVAL);
+  hugemm_dma_segment seg;
+  EXPECT_EQ(hugemm_vfio_pin_segments(vfio, buf.data, 4096, HUGEMM_PIN, 0, &seg, 1), -EINVAL);
+  hugemm_vfio_detach(vfio);
+  HUGEMM_ASSERT_OK(os.Close(*container));
+}
+
 }  // namespace
 }  // namespace hugemm::testing

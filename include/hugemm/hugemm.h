@@ -64,8 +64,10 @@ typedef struct hugemm_options {
  * refused (e.g. io_uring for kernel pins), named by the message. */
 int hugemm_open(const hugemm_options* options, hugemm_runtime** out);
 /* Frees every buffer still held, ends every subscription still open (their handles
- * stay valid for hugemm_unsubscribe alone), detaches every hugemm_io still attached
- * (hugemm_io.h; likewise left for hugemm_io_detach) and closes. Memory still pinned (a page
+ * stay valid for hugemm_unsubscribe alone), detaches every hugemm_io and hugemm_vfio
+ * still attached and destroys every hugemm_mr_cache still alive (hugemm_io.h,
+ * hugemm_vfio.h, hugemm_verbs.h; each handle is likewise left for its own release call)
+ * and closes. Memory still pinned (a page
  * array, spans or segments not unpinned) may still be in a device's hands: it stays
  * mapped, with its huge pages, until the process exits, but loses its kernel pin (the
  * ring closes), so the kernel may move it: unpin before closing. NULL is ignored.

@@ -50,8 +50,10 @@ typedef struct hugemm_mr_cache_options {
   int scope;          /* enum hugemm_mr_scope */
 } hugemm_mr_cache_options;
 
-/* A cache over `rt`'s memory, which must outlive it and every hugemm_mr. `options` may
- * be NULL for the defaults. -EINVAL for an unknown scope. */
+/* A cache over `rt`'s memory. `options` may be NULL for the defaults. -EINVAL for an
+ * unknown scope. Put every hugemm_mr before hugemm_close (its put unpins through the
+ * runtime). hugemm_close destroys a cache still alive, as hugemm_mr_cache_destroy does:
+ * the handle then answers -EINVAL to all but hugemm_mr_cache_destroy, which frees it. */
 int hugemm_mr_cache_create(hugemm_runtime* rt, const hugemm_mr_cache_options* options,
                            hugemm_mr_cache** out);
 /* Deregisters every registration no hugemm_mr holds (a held one goes with its last

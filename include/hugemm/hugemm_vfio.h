@@ -12,7 +12,7 @@
  *                                     segs, 16);          // segs[i].phys_addr is an IOVA
  *   ... the device reads and writes, the completion is reaped ...
  *   hugemm_unpin_range(rt, buf.data, 8192, HUGEMM_PIN, 1);
- *   hugemm_vfio_detach(vfio);                              // before hugemm_close
+ *   hugemm_vfio_detach(vfio);
  *
  * Thread safety: every function may be called from any thread, except that detach must
  * not race with the others on the same handle.
@@ -46,7 +46,9 @@ typedef struct hugemm_vfio_options {
  * brought it, which then maps nothing; that call's message names the ioctl's errno. */
 int hugemm_vfio_attach(hugemm_runtime* rt, int container_fd, const hugemm_vfio_options* options,
                        hugemm_vfio** out);
-/* Unmaps everything it mapped; the device must be quiet. NULL is ignored. */
+/* Unmaps everything it mapped; the device must be quiet. NULL is ignored. hugemm_close
+ * detaches a mapper still attached (the container loses its mappings): the handle then
+ * answers -EINVAL to all but hugemm_vfio_detach, which frees it. */
 void hugemm_vfio_detach(hugemm_vfio* vfio);
 /* The IOVA of the byte at `addr`. -EINVAL: NULL arguments; -ENOENT: not mapped by it. */
 int hugemm_vfio_iova(const hugemm_vfio* vfio, const void* addr, uint64_t* iova);

@@ -1,6 +1,7 @@
 // The verbs C API over hugemm::MrCache, with hugemm.h's conventions (c_bridge.h).
 #include <cerrno>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <utility>
 
@@ -10,7 +11,8 @@
 #include "runtime/api/c_bridge.h"
 
 struct hugemm_mr_cache {
-  std::unique_ptr<hugemm::MrCache> cache;
+  std::unique_ptr<hugemm::MrCache> cache;  // null once the runtime is closed
+  hugemm_runtime* rt = nullptr;            // the runtime, until it is closed
 };
 
 struct hugemm_mr {
@@ -23,6 +25,19 @@ using hugemm::CApiFail;
 using hugemm::CApiOk;
 
 static_assert(sizeof(hugemm_mr_cache_stats) == 9 * sizeof(uint64_t));
+
+// For a call on a cache whose runtime hugemm_close closed: -EINVAL, naming why.
+int Closed(const char* fn) {
+  return CApiFail(EINVAL, absl::StrCat(fn,
+                                       ": the runtime of this cache is closed (hugemm_close); "
+                                       "only hugemm_mr_cache_destroy is left"));
+}
+
+// Ends the cache's use of its runtime, as hugemm_mr_cache_destroy does.
+void EndUse(hugemm_mr_cache* cache) {
+  cache->cache.reset();
+  cache->rt = nullptr;
+}
 
 }  // namespace
 
@@ -51,17 +66,33 @@ int hugemm_mr_cache_create(hugemm_runtime* rt, const hugemm_mr_cache_options* op
   }
   absl::StatusOr<std::unique_ptr<hugemm::MrCache>> cache = hugemm::MrCache::Create(*rt->rt, o);
   if (!cache.ok()) return CApiFail(cache.status());
-  *out = new hugemm_mr_cache{std::move(*cache)};
+  auto* handle = new hugemm_mr_cache{std::move(*cache), rt};
+  {
+    std::lock_guard<std::mutex> lock(rt->closers_mu);
+    rt->closers.emplace(handle, [handle] { EndUse(handle); });
+  }
+  *out = handle;
   return CApiOk();
 }
 
-void hugemm_mr_cache_destroy(hugemm_mr_cache* cache) { delete cache; }
+void hugemm_mr_cache_destroy(hugemm_mr_cache* cache) {
+  if (cache == nullptr) return;
+  if (hugemm_runtime* rt = cache->rt; rt != nullptr) {
+    {
+      std::lock_guard<std::mutex> lock(rt->closers_mu);
+      rt->closers.erase(cache);
+    }
+    EndUse(cache);
+  }
+  delete cache;
+}
 
 int hugemm_mr_get(hugemm_mr_cache* cache, struct ibv_pd* pd, const void* addr, size_t length,
                   int access, hugemm_mr** out) {
   if (out == nullptr) return CApiFail(EINVAL, "hugemm_mr_get: out is NULL");
   *out = nullptr;
   if (cache == nullptr) return CApiFail(EINVAL, "hugemm_mr_get: NULL cache");
+  if (cache->cache == nullptr) return Closed("hugemm_mr_get");
   absl::StatusOr<hugemm::MrHandle> h = cache->cache->Get(pd, addr, length, access);
   if (!h.ok()) return CApiFail(h.status());
   auto* mr = new (std::nothrow) hugemm_mr{std::move(*h)};
@@ -82,6 +113,7 @@ void hugemm_mr_put(hugemm_mr* mr) { delete mr; }
 
 long hugemm_mr_cache_flush(hugemm_mr_cache* cache) {
   if (cache == nullptr) return CApiFail(EINVAL, "hugemm_mr_cache_flush: NULL cache");
+  if (cache->cache == nullptr) return Closed("hugemm_mr_cache_flush");
   CApiOk();
   return static_cast<long>(cache->cache->Flush());
 }
@@ -90,6 +122,7 @@ int hugemm_mr_cache_stats_get(hugemm_mr_cache* cache, hugemm_mr_cache_stats* out
   if (cache == nullptr || out == nullptr) {
     return CApiFail(EINVAL, "hugemm_mr_cache_stats_get: NULL cache or out");
   }
+  if (cache->cache == nullptr) return Closed("hugemm_mr_cache_stats_get");
   const hugemm::MrCacheStats s = cache->cache->Stats();
   *out = hugemm_mr_cache_stats{s.hits,          s.misses,    s.registrations, s.deregistrations,
                                s.invalidations, s.evictions, s.entries,       s.bytes,

@@ -2,19 +2,21 @@
 // where an ioctl failed) plus hugemm_last_error's message.
 #include <cerrno>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "hugemm/hugemm_vfio.h"
 #include "hugemm/vfio.h"
 #include "runtime/api/c_bridge.h"
 
 struct hugemm_vfio {
-  hugemm_runtime* rt = nullptr;
-  std::unique_ptr<hugemm::IovaMapper> mapper;
+  hugemm_runtime* rt = nullptr;                // the runtime, until it is closed
+  std::unique_ptr<hugemm::IovaMapper> mapper;  // null once the runtime is closed
 };
 
 namespace {
@@ -22,6 +24,20 @@ namespace {
 int Fail(const absl::Status& st) { return hugemm::CApiFailKernel(st); }
 
 int Invalid(const char* what) { return hugemm::CApiFail(EINVAL, what); }
+
+// For a call on a mapper whose runtime hugemm_close closed: -EINVAL, naming why.
+int Closed(const char* fn) {
+  return hugemm::CApiFail(EINVAL, absl::StrCat(fn,
+                                               ": the runtime of this mapper is closed "
+                                               "(hugemm_close); only hugemm_vfio_detach is left"));
+}
+
+// Ends the mapper's use of its runtime, as hugemm_vfio_detach does: the container loses
+// every mapping the mapper made.
+void EndUse(hugemm_vfio* vfio) {
+  vfio->mapper.reset();
+  vfio->rt = nullptr;
+}
 
 }  // namespace
 
@@ -40,17 +56,30 @@ int hugemm_vfio_attach(hugemm_runtime* rt, int container_fd, const hugemm_vfio_o
   absl::StatusOr<std::unique_ptr<hugemm::IovaMapper>> mapper =
       hugemm::IovaMapper::Attach(*rt->rt, container_fd, o);
   if (!mapper.ok()) return Fail(mapper.status());
-  auto handle = std::make_unique<hugemm_vfio>();
-  handle->rt = rt;
-  handle->mapper = std::move(*mapper);
-  *out = handle.release();
+  auto* handle = new hugemm_vfio{rt, std::move(*mapper)};
+  {
+    std::lock_guard<std::mutex> lock(rt->closers_mu);
+    rt->closers.emplace(handle, [handle] { EndUse(handle); });
+  }
+  *out = handle;
   return hugemm::CApiOk();
 }
 
-void hugemm_vfio_detach(hugemm_vfio* vfio) { delete vfio; }
+void hugemm_vfio_detach(hugemm_vfio* vfio) {
+  if (vfio == nullptr) return;
+  if (hugemm_runtime* rt = vfio->rt; rt != nullptr) {
+    {
+      std::lock_guard<std::mutex> lock(rt->closers_mu);
+      rt->closers.erase(vfio);
+    }
+    EndUse(vfio);
+  }
+  delete vfio;
+}
 
 int hugemm_vfio_iova(const hugemm_vfio* vfio, const void* addr, uint64_t* iova) {
   if (vfio == nullptr || iova == nullptr) return Invalid("hugemm_vfio_iova: NULL argument");
+  if (vfio->mapper == nullptr) return Closed("hugemm_vfio_iova");
   std::optional<uint64_t> found = vfio->mapper->Iova(addr);
   if (!found) {
     return hugemm::CApiFail(ENOENT, absl::StrFormat("hugemm_vfio_iova: %p is not mapped in VFIO "
@@ -66,6 +95,7 @@ long hugemm_vfio_pin_segments(hugemm_vfio* vfio, const void* addr, size_t length
   if (vfio == nullptr || segments == nullptr) {
     return Invalid("hugemm_vfio_pin_segments: NULL mapper or segments");
   }
+  if (vfio->mapper == nullptr) return Closed("hugemm_vfio_pin_segments");
   std::vector<hugemm::FolioSpan> pinned;
   absl::StatusOr<size_t> n = vfio->mapper->PinSegments(
       addr, length, static_cast<hugemm::GupFlags>(flags), max_segment,
@@ -85,6 +115,7 @@ long hugemm_vfio_pin_segments(hugemm_vfio* vfio, const void* addr, size_t length
 
 int hugemm_vfio_stats(const hugemm_vfio* vfio, size_t* mappings, size_t* bytes) {
   if (vfio == nullptr) return Invalid("hugemm_vfio_stats: NULL mapper");
+  if (vfio->mapper == nullptr) return Closed("hugemm_vfio_stats");
   const hugemm::IovaMapperStats s = vfio->mapper->stats();
   if (mappings != nullptr) *mappings = s.mappings;
   if (bytes != nullptr) *bytes = s.bytes;

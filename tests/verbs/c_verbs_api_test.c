@@ -77,9 +77,18 @@ int main(void) {
   hugemm_mr_cache_destroy(NULL);
 
   hugemm_mr_cache_destroy(cache);
-  free(pd);
+
+  /* hugemm_close destroys a cache still alive: the handle answers -EINVAL naming the
+   * closed runtime, and hugemm_mr_cache_destroy frees it without touching the runtime. */
+  hugemm_mr_cache* late = NULL;
+  CHECK(hugemm_mr_cache_create(rt, NULL, &late) == 0 && late != NULL);
   CHECK(hugemm_free(rt, buf.data) == 0);
   hugemm_close(rt);
+  CHECK(hugemm_mr_get(late, pd, buf.data, 64, rw, &mr) == -EINVAL && HAS("closed"));
+  CHECK(hugemm_mr_cache_flush(late) == -EINVAL && HAS("closed"));
+  CHECK(hugemm_mr_cache_stats_get(late, &stats) == -EINVAL);
+  hugemm_mr_cache_destroy(late);
+  free(pd);
   printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
 }
