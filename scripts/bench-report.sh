@@ -172,7 +172,7 @@ It prints gup_test's line per repeat and thread (\`PIN_FAST_BENCHMARK: Time: get
 - \`pin_us\` and \`unpin_us\`, each with \`min\` and \`median\`; \`floor_us\`, \`floor\` and \`pin_over_floor\`;
 - folio spans: \`call_floor_us\`, \`call_floor_over_floor\` and \`pin_over_call_floor\`;
 - \`per_page_pin_us\`, \`per_page_unpin_us\` and \`per_page_over_per_folio\`;
-- \`kernel_pin_us\`, \`kernel_unpin_us\`, \`kernel_pin_over_pin\` and \`kernel_unpin_over_unpin\`;
+- \`kernel\` (what the kernel's pin is: io_uring fixed-buffer registration), \`kernel_pin_us\`, \`kernel_unpin_us\`, \`kernel_pin_over_pin\` and \`kernel_unpin_over_unpin\`;
 - with threads: \`wall_pin_us\`, \`wall_unpin_us\`, \`one_thread_pin_us\`, \`one_thread_unpin_us\`, \`threads_over_one_pin\`, \`threads_over_one_unpin\`, \`cpu_scaling\` (the same threads running a compute loop, against one: the control) and \`write_scaling\` (the same threads writing a page array's worth of entries, each its part, against one writing it all: the memory's control).
 
 \`scripts/plot-pin.sh\` plots pin time against size from 1 MiB to 16 GiB (it grows the 2M pool for that, and gives the pages back). The benchmark also runs on a device in the VM: \`tests/vm/run-in-vm.sh --align 2M -- build/release/runtime/cli/hugemm bench pin -f /dev/dax0.0 -m 1024\` (under TCG its times say little, but it runs). Google Benchmark microbenchmarks (\`build/release/perf/hugemm_micro\`) time translate, folio get/put, allocate/free, and pin/unpin of one folio and of a range, each beside its baseline.

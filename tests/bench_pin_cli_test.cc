@@ -1,0 +1,116 @@
+// `hugemm bench pin`, as a reader of its output checks it: every ratio in the JSON is the
+// quotient of the two medians it names, every key it prints is one doc/benchmarks.md
+// lists, the text counts the samples its medians are of, and bad flags exit 2 leaving no
+// file behind. Small buffers and few repeats: the speed is the benchmark's business.
+#include <sys/stat.h>
+
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "hugemm/page_size.h"
+#include "nlohmann/json.hpp"
+#include "tests/test_util.h"
+
+namespace hugemm {
+namespace {
+
+using Json = nlohmann::json;
+using ::testing::HasSubstr;
+
+std::string RunCli(const std::string& args, int* exit_code) {
+  return testing::RunCommand(std::string(HUGEMM_CLI_PATH) + " " + args, exit_code);
+}
+
+Json RunJson(const std::string& args) {
+  int rc = 0;
+  const std::string out = RunCli("bench pin --json " + args, &rc);
+  EXPECT_EQ(rc, 0) << args << ": " << out;
+  Json json = Json::parse(out, nullptr, /*allow_exceptions=*/false);
+  EXPECT_TRUE(json.is_object()) << args << ": " << out;
+  return json;
+}
+
+double Median(const Json& j, const char* key) { return j.at(key).at("median").get<double>(); }
+
+// a / b, as the benchmark computed it (the same doubles, the same division).
+void ExpectQuotient(const Json& j, const char* ratio, double a, double b) {
+  ASSERT_TRUE(j.contains(ratio)) << ratio;
+  EXPECT_DOUBLE_EQ(j[ratio].get<double>(), a / b) << ratio;
+}
+
+void ExpectSummary(const Json& j, const char* key) {
+  ASSERT_TRUE(j.contains(key)) << key;
+  EXPECT_GT(j[key]["min"].get<double>(), 0) << key;
+  EXPECT_LE(j[key]["min"].get<double>(), j[key]["median"].get<double>()) << key;
+}
+
+TEST(BenchPinCli, PageArrayRatiosAreTheirMediansQuotients) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 16);
+  const Json j = RunJson("-m 32 -r 3 --output pages --compare kernel,page");
+  ASSERT_TRUE(j.is_object());
+  EXPECT_EQ(j["size_mib"].get<int>(), 32);
+  EXPECT_EQ(j["repeats"].get<int>(), 3);
+  for (const char* k : {"pin_us", "unpin_us", "per_page_pin_us", "per_page_unpin_us",
+                        "kernel_pin_us", "kernel_unpin_us"}) {
+    ExpectSummary(j, k);
+  }
+  ExpectQuotient(j, "pin_over_floor", Median(j, "pin_us"), j["floor_us"].get<double>());
+  ExpectQuotient(j, "per_page_over_per_folio", Median(j, "per_page_pin_us"), Median(j, "pin_us"));
+  ExpectQuotient(j, "kernel_pin_over_pin", Median(j, "kernel_pin_us"), Median(j, "pin_us"));
+  ExpectQuotient(j, "kernel_unpin_over_unpin", Median(j, "kernel_unpin_us"), Median(j, "unpin_us"));
+}
+
+TEST(BenchPinCli, FolioSpanCallFloorRatiosAreTheirQuotients) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 16);
+  const Json j = RunJson("-m 32 -r 3 -n -1 --output folios");
+  ASSERT_TRUE(j.is_object());
+  const double floor = j["floor_us"].get<double>(), call_floor = j["call_floor_us"].get<double>();
+  ExpectQuotient(j, "pin_over_floor", Median(j, "pin_us"), floor);
+  ExpectQuotient(j, "call_floor_over_floor", call_floor, floor);
+  ExpectQuotient(j, "pin_over_call_floor", Median(j, "pin_us"), call_floor);
+}
+
+TEST(BenchPinCli, ThreadThroughputIsOneThreadsWorkOverTheWallTime) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 16);
+  for (const char* disjoint : {"", "--disjoint"}) {
+    SCOPED_TRACE(disjoint);
+    const Json j = RunJson(std::string("-m 32 -r 3 -j 2 ") + disjoint);
+    ASSERT_TRUE(j.is_object());
+    // Disjoint threads share the range's work; otherwise each does all of it.
+    const double work = *disjoint ? 1 : 2;
+    ExpectQuotient(j, "threads_over_one_pin", work * Median(j, "one_thread_pin_us"),
+                   Median(j, "wall_pin_us"));
+    ExpectQuotient(j, "threads_over_one_unpin", work * Median(j, "one_thread_unpin_us"),
+                   Median(j, "wall_unpin_us"));
+    EXPECT_GT(j["cpu_scaling"].get<double>(), 0);
+    EXPECT_GT(j["write_scaling"].get<double>(), 0);
+  }
+}
+
+// Every key the JSON prints is named, in backquotes, in doc/benchmarks.md's list of the
+// pin benchmark's keys (the paragraph after "--json` prints one object").
+TEST(BenchPinCli, EveryJsonKeyIsDocumented) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 16);
+  std::ifstream in(std::string(HUGEMM_SOURCE_DIR) + "/doc/benchmarks.md");
+  ASSERT_TRUE(in.good());
+  std::stringstream whole;
+  whole << in.rdbuf();
+  const size_t start = whole.str().find("`--json` prints one object with these keys:");
+  ASSERT_NE(start, std::string::npos);
+  const std::string keys = whole.str().substr(start, whole.str().find("\n\n", start) - start);
+  for (const char* args : {"-m 32 -r 1 --output folios --compare kernel,page",
+                           "-m 32 -r 1 -j 2 --disjoint --output segments"}) {
+    const Json j = RunJson(args);
+    ASSERT_TRUE(j.is_object());
+    for (const auto& [key, value] : j.items()) {
+      EXPECT_THAT(keys, HasSubstr("`" + key + "`")) << args;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace hugemm
