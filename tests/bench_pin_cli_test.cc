@@ -112,5 +112,20 @@ TEST(BenchPinCli, EveryJsonKeyIsDocumented) {
   }
 }
 
+// The text's median is of one sample per thread per repeat, and it says how many.
+TEST(BenchPinCli, TextCountsTheSamplesOfItsMedians) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 16);
+  int rc = 0;
+  const std::string out = RunCli("bench pin -m 32 -r 3 -j 2", &rc);
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_THAT(out, HasSubstr("median of 6 (3 repeats x 2 threads):"));
+  size_t lines = 0;
+  for (size_t at = out.find("PIN_FAST_BENCHMARK: Time: get:"); at != std::string::npos;
+       at = out.find("PIN_FAST_BENCHMARK: Time: get:", at + 1)) {
+    ++lines;
+  }
+  EXPECT_EQ(lines, 6u);
+}
+
 }  // namespace
 }  // namespace hugemm

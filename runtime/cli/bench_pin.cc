@@ -114,7 +114,12 @@ void PrintTextResult(const PinBenchConfig& c, const PinBenchResult& r) {
   }
   const Summary pin = Summarize(r.ours.pin_us), unpin = Summarize(r.ours.unpin_us);
   const double floor = Summarize(r.floor_us).median;
-  std::printf("\nmedian of %d: pin %s us, unpin %s us (min %s / %s)\n", c.repeats,
+  // One sample per thread per repeat: the median is of all of them.
+  const std::string samples = c.threads > 1
+                                  ? absl::StrFormat("%d (%d repeats x %d threads)",
+                                                    c.repeats * c.threads, c.repeats, c.threads)
+                                  : absl::StrFormat("%d", c.repeats);
+  std::printf("\nmedian of %s: pin %s us, unpin %s us (min %s / %s)\n", samples.c_str(),
               Us(pin.median).c_str(), Us(unpin.median).c_str(), Us(pin.min).c_str(),
               Us(unpin.min).c_str());
   std::printf("floor (%s): %s us; pin / floor = %.2fx\n", r.floor.c_str(), Us(floor).c_str(),
