@@ -58,7 +58,20 @@ absl::StatusOr<PinTarget> ResolveFile(const PinBenchConfig& c) {
 
 // The buffer a config maps: what -f names, else the backing and page size asked for.
 absl::StatusOr<PinTarget> ResolvePinTarget(const PinBenchConfig& c) {
-  if (!c.file.empty()) return ResolveFile(c);
+  if (!c.file.empty()) {
+    absl::StatusOr<PinTarget> t = ResolveFile(c);
+    // -f decides the backing; a --backing that names another is a contradiction, not a
+    // preference (hugetlb, the default, is what -H names and -H excludes -f).
+    if (t.ok() && c.backing != BackingKind::kHugetlb && c.backing != t->buffer.backing) {
+      return absl::InvalidArgumentError(absl::StrCat("--backing ", BackingKindName(c.backing),
+                                                     ": -f ", c.file, " is ",
+                                                     BackingKindName(t->buffer.backing)));
+    }
+    return t;
+  }
+  if (c.backing == BackingKind::kDevDax) {
+    return absl::InvalidArgumentError("--backing devdax needs -f /dev/daxX.Y");
+  }
   PinTarget t;
   t.buffer.backing = c.backing;
   t.buffer.page_size = c.page_size;

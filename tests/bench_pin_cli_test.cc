@@ -127,5 +127,34 @@ TEST(BenchPinCli, TextCountsTheSamplesOfItsMedians) {
   EXPECT_EQ(lines, 6u);
 }
 
+// A usage error exits 2 with one line naming the flag, before anything is mapped or
+// created.
+TEST(BenchPinCli, BadFlagsExitTwoAndLeaveNoFile) {
+  const std::string mount = testing::HugetlbfsMountFor(kPageSize2M);
+  const std::string file = (mount.empty() ? std::string("/tmp") : mount) + "/bench-pin-cli-test";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"-m 0", "-m"},
+      {"-n 0", "-n"},
+      {"-j 0", "-j"},
+      {"-r 0", "-r"},
+      {"--page-size 3M", "--page-size"},
+      {"--output bogus", "--output"},
+      {"-f /nonexistent/file", "-f"},
+      {"--backing devdax", "--backing devdax"},
+      {"--backing anon -f " + file, "--backing anon"},
+      {"--backing devdax -f " + file, "--backing devdax"},
+  };
+  for (const auto& [args, names] : cases) {
+    SCOPED_TRACE(args);
+    int rc = 0;
+    const std::string err = RunCli("bench pin -m 2 -r 1 " + args + " 2>&1 >/dev/null", &rc);
+    EXPECT_EQ(rc, 2) << err;
+    EXPECT_THAT(err, HasSubstr(names));
+    EXPECT_THAT(err, ::testing::StartsWith("hugemm bench pin: "));
+    struct stat st;
+    EXPECT_NE(::stat(file.c_str(), &st), 0) << file << " was left behind";
+  }
+}
+
 }  // namespace
 }  // namespace hugemm
