@@ -215,7 +215,7 @@ $(pin_row "DMA segments" segments)
 
 - One reference per 4K page (page array): pin $(us "$(med pages per_page_pin_us)"), unpin $(us "$(med pages per_page_unpin_us)"); per page / per folio = $(x "$(get pages .per_page_over_per_folio)").
 - The kernel, io_uring registration of the same buffer: register $(us "$(med pages kernel_pin_us)"), unregister $(us "$(med pages kernel_unpin_us)"); kernel / hugemm page array = $(x "$(get pages .kernel_pin_over_pin)") pin, $(x "$(get pages .kernel_unpin_over_unpin)") unpin; kernel / folio spans = $(x "$(get spans .kernel_pin_over_pin)") pin (its own run).
-- One folio per call against the whole range in one call (folio spans): $(x "$(ratio "$(med spans pin_us)" "$(med spans_all pin_us)")").
+- One folio per call against the whole range in one call (folio spans), the pin medians of two runs (the second and third commands below): $(x "$(ratio "$(med spans pin_us)" "$(med spans_all pin_us)")").
 - The call floor of folio spans (the floor's atomic adds made by as many out-of-line calls as the pin makes, each writing its spans and returning a StatusOr): \`-n 512\` $(us "$(get spans .call_floor_us)") us, $(x "$(get spans .call_floor_over_floor)") the floor, pin / call floor $(x "$(get spans .pin_over_call_floor)"); \`-n -1\` $(us "$(get spans_all .call_floor_us)") us, $(x "$(get spans_all .call_floor_over_floor)") the floor, pin / call floor $(x "$(get spans_all .pin_over_call_floor)").
 
 Commands: \`$(cmd pages)\`, \`$(cmd spans)\`, \`$(cmd spans_all)\`, \`$(cmd segments)\`.
