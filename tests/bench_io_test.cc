@@ -9,6 +9,9 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
+#include <functional>
+#include <sstream>
 #include <string>
 
 #include "gmock/gmock.h"
@@ -82,6 +85,39 @@ TEST(BenchIo, EveryCandidateRunsOnASmallFileAndTheFileGoes) {
     }
   }
   EXPECT_EQ(Leftovers(dir), 0);
+}
+
+// Every key the JSON prints, at every level, is named in backquotes in doc/benchmarks.md's
+// storage section.
+TEST(BenchIo, EveryJsonKeyIsDocumented) {
+  std::ifstream in(std::string(HUGEMM_SOURCE_DIR) + "/doc/benchmarks.md");
+  ASSERT_TRUE(in.good());
+  std::stringstream whole;
+  whole << in.rdbuf();
+  const size_t start = whole.str().find("### The storage benchmark");
+  ASSERT_NE(start, std::string::npos);
+  const std::string doc = whole.str().substr(start);
+  int rc = 0;
+  const std::string out =
+      RunCli(std::string("bench io --json --size 4M --seconds 0.05 --rw randread --bs 4K ") +
+                 "--qd 1 --candidates plain,fixed,fixed+pins,fio --fio /nonexistent/fio --dir " +
+                 BENCH_IO_DIR,
+             &rc);
+  ASSERT_EQ(rc, 0) << out;
+  const Json json = Json::parse(out, nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(json.is_object()) << out;
+  std::function<void(const Json&, const std::string&)> check = [&](const Json& o,
+                                                                   const std::string& parent) {
+    for (const auto& [key, value] : o.items()) {
+      // Array indices are no keys; candidates are named by the --candidates values.
+      if (!o.is_array() && parent != "candidates") {
+        EXPECT_NE(doc.find("`" + key + "`"), std::string::npos) << key << " under " << parent;
+      }
+      if (value.is_structured()) check(value, key);
+    }
+  };
+  check(json, "");
+  EXPECT_EQ(Leftovers(BENCH_IO_DIR), 0);
 }
 
 TEST(BenchIo, TheTextTableHasARowPerCandidate) {
