@@ -205,7 +205,9 @@ void AddBenchPinCommand(CommandTable& table, CLI::App* bench) {
                             "the floor (defaults: gup_test -m 16384 -r 10 -n 512 -a -w -S)",
                             [f] { return RunBenchPin(*f); });
   constexpr int64_t kMax = int64_t{1} << 40;
-  pin->add_option("-m", c.size_mib, "Buffer size in MiB")
+  pin->add_option("-m", c.size_mib,
+                  "Buffer size in MiB (with fewer huge pages free: the size they hold, and a "
+                  "note)")
       ->transform(IntegerIn(1, kMax))
       ->type_name("MIB")
       ->capture_default_str();
