@@ -78,7 +78,7 @@ TEST(BenchPinCli, ThreadThroughputIsOneThreadsWorkOverTheWallTime) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 16);
   for (const char* disjoint : {"", "--disjoint"}) {
     SCOPED_TRACE(disjoint);
-    const Json j = RunJson(std::string("-m 32 -r 3 -j 2 ") + disjoint);
+    const Json j = RunJson(std::string("-m 32 -r 3 -j 2 --compare kernel ") + disjoint);
     ASSERT_TRUE(j.is_object());
     // Disjoint threads share the range's work; otherwise each does all of it.
     const double work = *disjoint ? 1 : 2;
@@ -86,6 +86,13 @@ TEST(BenchPinCli, ThreadThroughputIsOneThreadsWorkOverTheWallTime) {
                    Median(j, "wall_pin_us"));
     ExpectQuotient(j, "threads_over_one_unpin", work * Median(j, "one_thread_unpin_us"),
                    Median(j, "wall_unpin_us"));
+    // The whole-range baselines are set against one thread over the whole range.
+    ExpectQuotient(j, "pin_over_floor", Median(j, "one_thread_pin_us"),
+                   j["floor_us"].get<double>());
+    ExpectQuotient(j, "kernel_pin_over_pin", Median(j, "kernel_pin_us"),
+                   Median(j, "one_thread_pin_us"));
+    ExpectQuotient(j, "kernel_unpin_over_unpin", Median(j, "kernel_unpin_us"),
+                   Median(j, "one_thread_unpin_us"));
     EXPECT_GT(j["cpu_scaling"].get<double>(), 0);
     EXPECT_GT(j["write_scaling"].get<double>(), 0);
   }

@@ -36,8 +36,16 @@ Json SummaryJson(const std::vector<double>& us) {
   return {{"min", s.min}, {"median", s.median}};
 }
 
+// The pin that the whole-range baselines (the floor, the call floor, the kernel's pin)
+// are set against: one thread over the whole range. With -j N each thread's own sample
+// covers its part (--disjoint) or contends with the others, so there it is the one-thread
+// run timed in the same repeats.
+const PinTimes& WholeRange(const PinBenchResult& r) {
+  return r.one_thread ? *r.one_thread : r.ours;
+}
+
 void PrintJsonResult(const PinBenchConfig& c, const PinBenchResult& r) {
-  const Summary pin = Summarize(r.ours.pin_us), unpin = Summarize(r.ours.unpin_us);
+  const Summary pin = Summarize(WholeRange(r).pin_us), unpin = Summarize(WholeRange(r).unpin_us);
   const double floor = Summarize(r.floor_us).median;
   Json out = {{"command", CommandLine()},
               {"size_mib", r.size_mib},
@@ -64,7 +72,8 @@ void PrintJsonResult(const PinBenchConfig& c, const PinBenchResult& r) {
   if (r.per_page) {
     out["per_page_pin_us"] = SummaryJson(r.per_page->pin_us);
     out["per_page_unpin_us"] = SummaryJson(r.per_page->unpin_us);
-    out["per_page_over_per_folio"] = Summarize(r.per_page->pin_us).median / pin.median;
+    out["per_page_over_per_folio"] =
+        Summarize(r.per_page->pin_us).median / Summarize(r.ours.pin_us).median;
   }
   if (r.kernel) {
     out["kernel"] = "io_uring fixed-buffer registration (pin_user_pages, FOLL_LONGTERM)";
@@ -113,6 +122,9 @@ void PrintTextResult(const PinBenchConfig& c, const PinBenchResult& r) {
     }
   }
   const Summary pin = Summarize(r.ours.pin_us), unpin = Summarize(r.ours.unpin_us);
+  const double whole_pin = Summarize(WholeRange(r).pin_us).median;
+  const double whole_unpin = Summarize(WholeRange(r).unpin_us).median;
+  const char* whole = r.one_thread ? " (one thread's pin of the whole range)" : "";
   const double floor = Summarize(r.floor_us).median;
   // One sample per thread per repeat: the median is of all of them.
   const std::string samples = c.threads > 1
@@ -122,8 +134,8 @@ void PrintTextResult(const PinBenchConfig& c, const PinBenchResult& r) {
   std::printf("\nmedian of %s: pin %s us, unpin %s us (min %s / %s)\n", samples.c_str(),
               Us(pin.median).c_str(), Us(unpin.median).c_str(), Us(pin.min).c_str(),
               Us(unpin.min).c_str());
-  std::printf("floor (%s): %s us; pin / floor = %.2fx\n", r.floor.c_str(), Us(floor).c_str(),
-              pin.median / floor);
+  std::printf("floor (%s): %s us; pin / floor = %.2fx%s\n", r.floor.c_str(), Us(floor).c_str(),
+              whole_pin / floor, whole);
   if (!r.call_floor_us.empty()) {
     const double call_floor = Summarize(r.call_floor_us).median;
     const std::string calls =
@@ -132,8 +144,8 @@ void PrintTextResult(const PinBenchConfig& c, const PinBenchResult& r) {
             : absl::StrFormat("one out-of-line call per %d pages", c.pages_per_call);
     std::printf(
         "call floor (the same atomic adds, %s, writing the spans and returning a StatusOr): "
-        "%s us, %.2fx the floor; pin / call floor = %.2fx\n",
-        calls.c_str(), Us(call_floor).c_str(), call_floor / floor, pin.median / call_floor);
+        "%s us, %.2fx the floor; pin / call floor = %.2fx%s\n",
+        calls.c_str(), Us(call_floor).c_str(), call_floor / floor, whole_pin / call_floor, whole);
   }
   if (r.per_page) {
     const double pp = Summarize(r.per_page->pin_us).median;
@@ -146,8 +158,8 @@ void PrintTextResult(const PinBenchConfig& c, const PinBenchResult& r) {
     const double ku = Summarize(r.kernel->unpin_us).median;
     std::printf(
         "kernel, io_uring fixed-buffer registration (FOLL_LONGTERM) of the same buffer: "
-        "register %s us, unregister %s us; kernel / hugemm = %.1fx pin, %.1fx unpin\n",
-        Us(kp).c_str(), Us(ku).c_str(), kp / pin.median, ku / unpin.median);
+        "register %s us, unregister %s us; kernel / hugemm = %.1fx pin, %.1fx unpin%s\n",
+        Us(kp).c_str(), Us(ku).c_str(), kp / whole_pin, ku / whole_unpin, whole);
   }
   if (r.one_thread) {
     const perf::PinScaling s = perf::ThreadScaling(c, r);
