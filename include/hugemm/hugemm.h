@@ -73,8 +73,9 @@ int hugemm_open(const hugemm_options* options, hugemm_runtime** out);
  * ring closes), so the kernel may move it: unpin before closing. NULL is ignored.
  * fork(): a child process has none of the runtime's memory (it is MADV_DONTFORK) and
  * shares its kernel pin ring with the parent. A runtime opened before the fork is inert
- * in the child: hugemm_free, hugemm_register_external, hugemm_unregister_external and
- * (with kernel pins) new memory fail there with -EFAULT;
+ * in the child: hugemm_alloc, hugemm_free, hugemm_register_external,
+ * hugemm_unregister_external and (with kernel pins) hugemm_map_buffer fail there with
+ * -EFAULT;
  * hugemm_close releases only the child's ring descriptor and handles (it neither unmaps
  * nor waits), leaving the rest to the child's exit. The parent's memory and pins stay as
  * they were, and a child that exits leaves the parent unaffected. A child of a parent

@@ -32,15 +32,15 @@
 //
 // fork(): all of a runtime's memory is MADV_DONTFORK, so a child process has none of it,
 // and the child shares the kernel pin table's ring with its parent. A runtime opened
-// before the fork is inert in the child: Free, RegisterExternal and UnregisterExternal
-// there are FailedPrecondition, new memory is refused (FailedPrecondition, with kernel
-// pins), and destroying it releases nothing but
-// the child's descriptor of the ring, leaving the rest to the child's exit (it neither
-// unmaps nor waits: a lock or read section another thread held at the fork stays held
-// in the child). The parent's memory, pins and kernel pins stay as they were, and a
-// child that exits leaves the parent unaffected. A runtime opened in the child is its own.
-// A child of a parent with other threads should still leave by _exit or exec (as POSIX
-// asks): exit's thread_local destructors may wait for a lock another thread held.
+// before the fork is inert in the child: Allocate (its pools' memory is the parent's),
+// Free, RegisterExternal and UnregisterExternal there are FailedPrecondition, MapBuffer
+// too with kernel pins, and destroying it releases nothing but the child's descriptor
+// of the ring, leaving the rest to the child's exit (it neither unmaps nor waits: a lock
+// or read section another thread held at the fork stays held in the child). The
+// parent's memory, pins and kernel pins stay as they were, and a child that exits leaves
+// the parent unaffected. A runtime opened in the child is its own. A child of a parent
+// with other threads should still leave by _exit or exec (as POSIX asks): exit's
+// thread_local destructors may wait for a lock another thread held.
 #ifndef HUGEMM_RUNTIME_H_
 #define HUGEMM_RUNTIME_H_
 
@@ -183,7 +183,8 @@ class Runtime {
   // table's ResourceExhausted (no slot left, RLIMIT_MEMLOCK reached).
   absl::StatusOr<Buffer> MapBuffer(size_t length, const BufferOptions& options = {});
   // One folio of at least `bytes` from the allocator (see alloc.h; the kernel pin
-  // table's errors come from there when the pool grows).
+  // table's errors come from there when the pool grows). FailedPrecondition in a child
+  // of fork() (see the top of this file).
   absl::StatusOr<Buffer> Allocate(size_t bytes, const AllocOptions& options = {});
   // Memory this program mapped itself, as borrowed folios (pinnable, never LONGTERM).
   // Nothing tells the runtime when the program unmaps or changes it later: unpin and
