@@ -172,6 +172,14 @@ Allocator::Allocator(const AllocatorOptions& options)
 Allocator::~Allocator() = default;
 
 absl::StatusOr<FolioHandle> Allocator::AllocateOrder(int order, const AllocOptions& options) {
+  // Refused before a pool exists, as a bad size is: a bad request costs no pool slot.
+  const size_t page_size = NormalisedPageSize(options);
+  const int most = page_size == kPageSize4K || page_size == kPageSize2M ? PageOrder(page_size)
+                                                                        : PageOrder(kPageSize1G);
+  if (order < 0 || order > most) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(PoolName(options), ": order ", order, " is outside 0..", most));
+  }
   absl::StatusOr<Pool*> pool = impl_->FindPool(options);
   if (!pool.ok()) return pool.status();
   if (order < 0 || order > (*pool)->max_order()) {
