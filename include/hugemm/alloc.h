@@ -118,6 +118,9 @@ class FolioHandle {
 };
 
 // One pool's counters. Folios in per-thread magazines count as in use.
+// reserve_descriptors counts descriptor slots taken from the extents' reserves: single
+// descriptors in use, and whole runs of 64 for 4K folios, which keep their slots until
+// their extent goes whether their folios are live or not; it may exceed `folios`.
 struct PoolStats {
   BackingKind backing = BackingKind::kHugetlb;
   size_t page_size = 0;
@@ -128,7 +131,7 @@ struct PoolStats {
   size_t free_bytes = 0;           // in the pool's free lists
   size_t reserve_bytes = 0;        // carved for descriptors (altmap)
   size_t folios = 0;               // live descriptors, free or in use
-  size_t reserve_descriptors = 0;  // of which in a reserve
+  size_t reserve_descriptors = 0;  // reserve slots taken (above)
   // System memory held for the folios, all of it: descriptor arrays and slab chunks
   // (in use or not), extent records and their PFN lists, index entries, split records.
   // Not counted: the pool object itself (a few hundred bytes per pool).
