@@ -51,7 +51,8 @@ struct AllocOptions {
   // The backing's native page size. 0 = the kind's own (2M for hugetlb and hugetlbfs,
   // the device alignment for devdax, 4K for anon).
   size_t page_size = kPageSize2M;
-  // NUMA node, or -1 for wherever the kernel puts the pages.
+  // NUMA node, or -1 for wherever the kernel puts the pages. devdax: the memory sits on
+  // the device's node; a request naming another is InvalidArgument.
   int node = -1;
   // Zero the folio before handing it out. false: the caller gets whatever the previous
   // owner left (never another process's data: the pages are this process's).
