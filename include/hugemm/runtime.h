@@ -107,8 +107,9 @@ struct BufferSpan {
   std::byte* data = nullptr;
   size_t size = 0;
   // The backing mapping holding the buffer: MapBuffer's own, or the allocator pool's
-  // extent its folio was carved from (a native page of 2M or 1G; 2M of a 4K backing),
-  // which the buffers carved from it share.
+  // extent its folio was carved from, which the buffers carved from it share. A pool
+  // grows by extents as large as what it holds already (alloc.h): from one native page
+  // (2M of a 4K backing) up to 1 GiB, or 64 pages of 1G.
   std::byte* extent_data = nullptr;
   size_t extent_size = 0;
   bool allocated = false;  // from Allocate
