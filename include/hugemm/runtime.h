@@ -21,7 +21,7 @@
 // so the kernel cannot migrate it while a device may use its PFN. The runtime keeps one
 // kernel pin table: one io_uring instance (one file descriptor) whose registered-buffer
 // table has a slot per pool extent (Allocate's folios are carved from those) and per
-// MapBuffer buffer (per GiB of one), never one per allocation. The same table gives
+// MapBuffer buffer (per GiB of either), never one per allocation. The same table gives
 // programs fixed buffers for their own rings (hugemm/io.h). Pinned bytes count against
 // RLIMIT_MEMLOCK for processes without CAP_IPC_LOCK; the table holds at most 16384 slots
 // (32 GiB of 2M extents). Both limits end in an error that names them and what to do.
@@ -118,7 +118,7 @@ struct BufferSpan {
 // The kernel pin table's counters.
 struct KernelPinStats {
   unsigned slots = 0;       // capacity
-  unsigned slots_used = 0;  // one per pool extent, per GiB of a mapped buffer
+  unsigned slots_used = 0;  // one per GiB (or part) of each pool extent and buffer
   size_t bytes = 0;         // in used slots
   size_t pinned_bytes = 0;  // of which pinned by the kernel (0 with kernel_pins off)
   int ring_fd = -1;         // the table's ring; -1 with kernel_pins off
