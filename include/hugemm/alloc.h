@@ -141,6 +141,9 @@ struct PoolStats {
 };
 
 // Hands out folios of 4K up to a backing's native page from pools it grows on demand.
+// fork(): every extent is MADV_DONTFORK, so a child of fork() has none of the pools'
+// memory; it must not allocate from (nor free to) an allocator made before the fork,
+// whose folios would not be mapped there (Runtime::Allocate refuses it).
 // Thread-safe: Allocate, AllocateOrder, FlushThreadCache, Shrink and Stats may be called
 // from any number of threads at once; folios may be freed (their last reference dropped)
 // on any thread. Only the destructor must not race with other calls.
