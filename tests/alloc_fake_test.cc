@@ -349,6 +349,35 @@ TEST(AllocOnFake, DevDaxPoolCarvesTheDevice) {
   EXPECT_EQ(alloc->Shrink(), 4 * kPageSize2M);
 }
 
+// A devdax pool is one per device, whatever node a request names: a request for a node
+// other than the device's is refused (as Backing::Map refuses it), never served from the
+// device's node.
+TEST(AllocOnFake, DevDaxRequestForAnotherNodeIsRefused) {
+  FakeOs os(
+      {.nodes = 2,
+       .dax = {{.name = "dax0.0", .size = 4 * kPageSize2M, .align = kPageSize2M, .node = 1}}});
+  auto alloc = NewAllocator(os, {.thread_cache = false});
+  AllocOptions opts{
+      .backing = BackingKind::kDevDax, .page_size = 0, .zero = false, .devdax_path = "/dev/dax0.0"};
+  for (const bool pool_exists : {false, true}) {
+    SCOPED_TRACE(pool_exists ? "pool exists" : "no pool yet");
+    opts.node = 0;
+    absl::Status st = alloc->AllocateOrder(0, opts).status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+    EXPECT_THAT(st.message(), HasSubstr("/dev/dax0.0"));
+    EXPECT_THAT(st.message(), HasSubstr("node 1, not node 0"));
+    opts.node = -2;
+    EXPECT_EQ(alloc->AllocateOrder(0, opts).status().code(), absl::StatusCode::kInvalidArgument);
+    for (int node : {1, -1}) {
+      opts.node = node;
+      absl::StatusOr<FolioHandle> h = alloc->AllocateOrder(0, opts);
+      ASSERT_TRUE(h.ok()) << h.status();
+      EXPECT_EQ(h->info().node, 1);
+    }
+  }
+  EXPECT_EQ(alloc->Stats().size(), 1u);
+}
+
 TEST(AllocOnFake, ManyThreadsLeaveNothingBehind) {
   FakeOs os;
   {

@@ -107,6 +107,26 @@ TEST(Alloc, OfflineNodeIsInvalidAndTakesNoPool) {
   EXPECT_TRUE(h.ok()) << h.status();
 }
 
+// Nor does an order outside the page's: the pool it names is not made for it.
+TEST(Alloc, BadOrderTakesNoPool) {
+  auto alloc = NewAllocator();
+  const std::vector<std::pair<int, AllocOptions>> bad = {
+      {-1, {}},
+      {10, {}},
+      {19, {.page_size = kPageSize1G}},
+      {-1, {.page_size = kPageSize1G, .node = 0}},
+      {1, {.backing = BackingKind::kAnon, .page_size = 0}},
+  };
+  for (const auto& [order, options] : bad) {
+    absl::Status st = alloc->AllocateOrder(order, options).status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+    EXPECT_THAT(std::string(st.message()),
+                ::testing::HasSubstr(absl::StrCat("order ", order, " is outside 0..")));
+    EXPECT_THAT(std::string(st.message()), ::testing::HasSubstr("pool on node"));
+  }
+  EXPECT_TRUE(alloc->Stats().empty());
+}
+
 // Every 4K page of every folio maps back to its folio, and folio -> page i agrees with
 // the kernel's PFNs.
 TEST(Alloc, AnyPageMapsBackToItsFolio) {

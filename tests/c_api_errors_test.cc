@@ -158,6 +158,12 @@ std::vector<Cell> Matrix() {
          hugemm_buffer_options o{HUGEMM_BACKING_HUGETLB, 0, 1000, nullptr};
          return long{hugemm_map_buffer(w.rt, k2M, &o, &b)};
        }},
+      {"map_buffer", "no_such_device", -ENOENT,
+       [](World& w) {
+         hugemm_buffer b;
+         hugemm_buffer_options o{HUGEMM_BACKING_DEVDAX, 0, -1, "/dev/dax-none.0"};
+         return long{hugemm_map_buffer(w.rt, k2M, &o, &b)};
+       }},
       // hugemm_alloc
       {"alloc", "null_runtime", -EINVAL,
        [](World&) {
@@ -192,6 +198,12 @@ std::vector<Cell> Matrix() {
        [](World& w) {
          hugemm_buffer b;
          hugemm_buffer_options o{HUGEMM_BACKING_HUGETLB, 0, 1000, nullptr};
+         return long{hugemm_alloc(w.rt, 4096, &o, 0, &b)};
+       }},
+      {"alloc", "no_such_device", -ENOENT,
+       [](World& w) {
+         hugemm_buffer b;
+         hugemm_buffer_options o{HUGEMM_BACKING_DEVDAX, 0, -1, "/dev/dax-none.0"};
          return long{hugemm_alloc(w.rt, 4096, &o, 0, &b)};
        }},
       // hugemm_free

@@ -242,6 +242,22 @@ int main(void) {
     }
   }
 
+  /* A child of fork() has none of the pools' memory: hugemm_alloc there is -EFAULT, even
+   * for a folio freed into the parent's pool before the fork. */
+  {
+    hugemm_buffer freed;
+    int status = 0;
+    CHECK(hugemm_alloc(rt, 4096, NULL, 0, &freed) == 0);
+    CHECK(hugemm_free(rt, freed.data) == 0);
+    const pid_t child = fork();
+    if (child == 0) {
+      hugemm_buffer b;
+      _exit(hugemm_alloc(rt, 4096, NULL, 1, &b) == -EFAULT ? 0 : 1);
+    }
+    CHECK(child > 0 && waitpid(child, &status, 0) == child);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  }
+
   free(pages);
   hugemm_close(rt);
   hugemm_close(NULL);

@@ -193,6 +193,24 @@ TEST_F(NumaVmTest, DaxMemoryIsOnTheDevicesNode) {
   EXPECT_NE(elsewhere.status().message().find("node " + std::to_string(dax_node)),
             std::string::npos)
       << elsewhere.status();
+  // The allocator's one pool per device refuses the other node too, before and after the
+  // pool exists, and serves the device's own.
+  const AllocOptions alloc_elsewhere{
+      .backing = BackingKind::kDevDax, .page_size = 0, .node = 1 - dax_node, .devdax_path = dax};
+  for (int round = 0; round < 2; ++round) {
+    absl::StatusOr<Buffer> small = rt_->Allocate(kPageSize4K, alloc_elsewhere);
+    ASSERT_FALSE(small.ok()) << "round " << round;
+    EXPECT_EQ(small.status().code(), absl::StatusCode::kInvalidArgument) << small.status();
+    EXPECT_NE(small.status().message().find("node " + std::to_string(dax_node)), std::string::npos)
+        << small.status();
+    absl::StatusOr<Buffer> own = rt_->Allocate(
+        kPageSize4K,
+        {.backing = BackingKind::kDevDax, .page_size = 0, .node = dax_node, .devdax_path = dax});
+    ASSERT_TRUE(own.ok()) << own.status();
+    absl::StatusOr<FolioInfo> own_folio = rt_->FolioInfoAt(own->data());
+    ASSERT_TRUE(own_folio.ok()) << own_folio.status();
+    EXPECT_EQ(own_folio->node, dax_node);
+  }
 }
 
 // Node 1's pool shrunk to a size no other count has. It stays so: growing it back in a

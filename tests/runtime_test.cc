@@ -486,6 +486,52 @@ TEST(Runtime, ForkedChildLeavesTheParentsKernelPins) {
   EXPECT_EQ(testing::VmPinKb(), pinned_at_start);
 }
 
+// The pools' extents are MADV_DONTFORK: a child that inherited a free folio (in the pool,
+// or in its thread's magazine) must be refused, not handed memory it does not have. With
+// kernel pins off too: the pools are the parent's either way.
+TEST(Runtime, ForkedChildIsRefusedThePoolsFolios) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  for (const bool kernel_pins : {true, false}) {
+    SCOPED_TRACE(kernel_pins ? "kernel pins" : "no kernel pins");
+    absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open({.kernel_pins = kernel_pins});
+    ASSERT_TRUE(rt.ok()) << rt.status();
+    // A 4K folio freed into this thread's magazine, a 2M one and the rest of a page free
+    // in the pool.
+    for (size_t bytes : {kPageSize4K, kPageSize2M}) {
+      absl::StatusOr<Buffer> b = (*rt)->Allocate(bytes);
+      ASSERT_TRUE(b.ok()) << b.status();
+      HUGEMM_ASSERT_OK(b->Free());
+    }
+    const pid_t child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      int code = 0;
+      for (size_t bytes : {kPageSize4K, kPageSize2M}) {
+        for (const bool zero : {true, false}) {
+          absl::StatusOr<Buffer> b = (*rt)->Allocate(bytes, {.zero = zero});
+          if (b.ok()) {
+            b->Detach();
+            code = 1;
+          } else if (b.status().code() != absl::StatusCode::kFailedPrecondition ||
+                     b.status().message().find("fork()") == absl::string_view::npos) {
+            code = 2;
+          }
+        }
+      }
+      rt->reset();
+      _exit(code);
+    }
+    int status = 0;
+    ASSERT_EQ(waitpid(child, &status, 0), child);
+    ASSERT_FALSE(WIFSIGNALED(status)) << "the child died of signal " << WTERMSIG(status);
+    EXPECT_EQ(WEXITSTATUS(status), 0) << "1: the child was handed a folio, 2: another error";
+    // The parent's pools are as they were.
+    absl::StatusOr<Buffer> b = (*rt)->Allocate(kPageSize4K);
+    ASSERT_TRUE(b.ok()) << b.status();
+    std::memset(b->data(), 0x5a, b->size());
+  }
+}
+
 // Another thread of the parent sits in a read section and a notifier subscription is open
 // when the process forks: the child's copies of that section and of every lock stay held
 // for good, so closing the runtime there must not wait for a grace period or a lock.

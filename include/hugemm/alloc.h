@@ -51,7 +51,8 @@ struct AllocOptions {
   // The backing's native page size. 0 = the kind's own (2M for hugetlb and hugetlbfs,
   // the device alignment for devdax, 4K for anon).
   size_t page_size = kPageSize2M;
-  // NUMA node, or -1 for wherever the kernel puts the pages.
+  // NUMA node, or -1 for wherever the kernel puts the pages. devdax: the memory sits on
+  // the device's node; a request naming another is InvalidArgument.
   int node = -1;
   // Zero the folio before handing it out. false: the caller gets whatever the previous
   // owner left (never another process's data: the pages are this process's).
@@ -118,6 +119,9 @@ class FolioHandle {
 };
 
 // One pool's counters. Folios in per-thread magazines count as in use.
+// reserve_descriptors counts descriptor slots taken from the extents' reserves: single
+// descriptors in use, and whole runs of 64 for 4K folios, which keep their slots until
+// their extent goes whether their folios are live or not; it may exceed `folios`.
 struct PoolStats {
   BackingKind backing = BackingKind::kHugetlb;
   size_t page_size = 0;
@@ -128,7 +132,7 @@ struct PoolStats {
   size_t free_bytes = 0;           // in the pool's free lists
   size_t reserve_bytes = 0;        // carved for descriptors (altmap)
   size_t folios = 0;               // live descriptors, free or in use
-  size_t reserve_descriptors = 0;  // of which in a reserve
+  size_t reserve_descriptors = 0;  // reserve slots taken (above)
   // System memory held for the folios, all of it: descriptor arrays and slab chunks
   // (in use or not), extent records and their PFN lists, index entries, split records.
   // Not counted: the pool object itself (a few hundred bytes per pool).
@@ -137,6 +141,9 @@ struct PoolStats {
 };
 
 // Hands out folios of 4K up to a backing's native page from pools it grows on demand.
+// fork(): every extent is MADV_DONTFORK, so a child of fork() has none of the pools'
+// memory; it must not allocate from (nor free to) an allocator made before the fork,
+// whose folios would not be mapped there (Runtime::Allocate refuses it).
 // Thread-safe: Allocate, AllocateOrder, FlushThreadCache, Shrink and Stats may be called
 // from any number of threads at once; folios may be freed (their last reference dropped)
 // on any thread. Only the destructor must not race with other calls.

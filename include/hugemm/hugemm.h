@@ -73,8 +73,9 @@ int hugemm_open(const hugemm_options* options, hugemm_runtime** out);
  * ring closes), so the kernel may move it: unpin before closing. NULL is ignored.
  * fork(): a child process has none of the runtime's memory (it is MADV_DONTFORK) and
  * shares its kernel pin ring with the parent. A runtime opened before the fork is inert
- * in the child: hugemm_free, hugemm_register_external, hugemm_unregister_external and
- * (with kernel pins) new memory fail there with -EFAULT;
+ * in the child: hugemm_alloc, hugemm_free, hugemm_register_external,
+ * hugemm_unregister_external and (with kernel pins) hugemm_map_buffer fail there with
+ * -EFAULT;
  * hugemm_close releases only the child's ring descriptor and handles (it neither unmaps
  * nor waits), leaving the rest to the child's exit. The parent's memory and pins stay as
  * they were, and a child that exits leaves the parent unaffected. A child of a parent
@@ -110,14 +111,15 @@ typedef struct hugemm_buffer {
 /* Maps `length` bytes (a multiple of the page size) as one folio per native page, in
  * the runtime's shadow page table. `options` may be NULL (hugetlb, 2M, any node).
  * -EINVAL: zero, unaligned or absurd length, unknown backing, a page size the backing
- * does not have, a NUMA node that is not online. -ENOMEM: no huge pages for it. */
+ * does not have, a NUMA node that is not online. -ENOMEM: no huge pages for it.
+ * -ENOENT: no such device-DAX device, or no hugetlbfs mount of the page size. */
 int hugemm_map_buffer(hugemm_runtime* rt, size_t length, const hugemm_buffer_options* options,
                       hugemm_buffer* out);
 /* One folio of at least `bytes` (a power of two from 4K up to the page size) from the
  * allocator's pools; zeroed unless `uninitialized`. `options` as above (path unused
  * except for devdax). -EINVAL: zero bytes or more than the page size, unknown backing,
- * a page size the backing does not have, a NUMA node that is not online. -ENOMEM: the
- * pool cannot grow. */
+ * a page size the backing does not have, a NUMA node that is not online (devdax: not
+ * the device's). -ENOMEM: the pool cannot grow. -ENOENT: as for hugemm_map_buffer. */
 int hugemm_alloc(hugemm_runtime* rt, size_t bytes, const hugemm_buffer_options* options,
                  int uninitialized, hugemm_buffer* out);
 /* Frees the buffer starting at `data` (from hugemm_map_buffer or hugemm_alloc). Its

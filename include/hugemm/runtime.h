@@ -21,7 +21,7 @@
 // so the kernel cannot migrate it while a device may use its PFN. The runtime keeps one
 // kernel pin table: one io_uring instance (one file descriptor) whose registered-buffer
 // table has a slot per pool extent (Allocate's folios are carved from those) and per
-// MapBuffer buffer (per GiB of one), never one per allocation. The same table gives
+// MapBuffer buffer (per GiB of either), never one per allocation. The same table gives
 // programs fixed buffers for their own rings (hugemm/io.h). Pinned bytes count against
 // RLIMIT_MEMLOCK for processes without CAP_IPC_LOCK; the table holds at most 16384 slots
 // (32 GiB of 2M extents). Both limits end in an error that names them and what to do.
@@ -32,15 +32,15 @@
 //
 // fork(): all of a runtime's memory is MADV_DONTFORK, so a child process has none of it,
 // and the child shares the kernel pin table's ring with its parent. A runtime opened
-// before the fork is inert in the child: Free, RegisterExternal and UnregisterExternal
-// there are FailedPrecondition, new memory is refused (FailedPrecondition, with kernel
-// pins), and destroying it releases nothing but
-// the child's descriptor of the ring, leaving the rest to the child's exit (it neither
-// unmaps nor waits: a lock or read section another thread held at the fork stays held
-// in the child). The parent's memory, pins and kernel pins stay as they were, and a
-// child that exits leaves the parent unaffected. A runtime opened in the child is its own.
-// A child of a parent with other threads should still leave by _exit or exec (as POSIX
-// asks): exit's thread_local destructors may wait for a lock another thread held.
+// before the fork is inert in the child: Allocate (its pools' memory is the parent's),
+// Free, RegisterExternal and UnregisterExternal there are FailedPrecondition, MapBuffer
+// too with kernel pins, and destroying it releases nothing but the child's descriptor
+// of the ring, leaving the rest to the child's exit (it neither unmaps nor waits: a lock
+// or read section another thread held at the fork stays held in the child). The
+// parent's memory, pins and kernel pins stay as they were, and a child that exits leaves
+// the parent unaffected. A runtime opened in the child is its own. A child of a parent
+// with other threads should still leave by _exit or exec (as POSIX asks): exit's
+// thread_local destructors may wait for a lock another thread held.
 #ifndef HUGEMM_RUNTIME_H_
 #define HUGEMM_RUNTIME_H_
 
@@ -107,8 +107,9 @@ struct BufferSpan {
   std::byte* data = nullptr;
   size_t size = 0;
   // The backing mapping holding the buffer: MapBuffer's own, or the allocator pool's
-  // extent its folio was carved from (a native page of 2M or 1G; 2M of a 4K backing),
-  // which the buffers carved from it share.
+  // extent its folio was carved from, which the buffers carved from it share. A pool
+  // grows by extents as large as what it holds already (alloc.h): from one native page
+  // (2M of a 4K backing) up to 1 GiB, or 64 pages of 1G.
   std::byte* extent_data = nullptr;
   size_t extent_size = 0;
   bool allocated = false;  // from Allocate
@@ -117,7 +118,7 @@ struct BufferSpan {
 // The kernel pin table's counters.
 struct KernelPinStats {
   unsigned slots = 0;       // capacity
-  unsigned slots_used = 0;  // one per pool extent, per GiB of a mapped buffer
+  unsigned slots_used = 0;  // one per GiB (or part) of each pool extent and buffer
   size_t bytes = 0;         // in used slots
   size_t pinned_bytes = 0;  // of which pinned by the kernel (0 with kernel_pins off)
   int ring_fd = -1;         // the table's ring; -1 with kernel_pins off
@@ -183,7 +184,8 @@ class Runtime {
   // table's ResourceExhausted (no slot left, RLIMIT_MEMLOCK reached).
   absl::StatusOr<Buffer> MapBuffer(size_t length, const BufferOptions& options = {});
   // One folio of at least `bytes` from the allocator (see alloc.h; the kernel pin
-  // table's errors come from there when the pool grows).
+  // table's errors come from there when the pool grows). FailedPrecondition in a child
+  // of fork() (see the top of this file).
   absl::StatusOr<Buffer> Allocate(size_t bytes, const AllocOptions& options = {});
   // Memory this program mapped itself, as borrowed folios (pinnable, never LONGTERM).
   // Nothing tells the runtime when the program unmaps or changes it later: unpin and

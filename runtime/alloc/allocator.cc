@@ -135,6 +135,12 @@ class Allocator::Impl {
     config.caches = caches_.get();
     config.index = n;
     config.observer = options_.observer;
+    if (o.backing == BackingKind::kDevDax) {
+      // Read once: the pool serves every request for its device, whatever node they name.
+      absl::StatusOr<DaxDeviceInfo> info =
+          ReadDaxDevice(o.devdax_path, "/sys", config.backing->os());
+      if (info.ok()) config.device_node = info->numa_node;
+    }
     Pool* pool = new Pool(std::move(config));
     pools_[n].store(pool, std::memory_order_relaxed);
     npools_.store(n + 1, std::memory_order_release);
@@ -172,8 +178,30 @@ Allocator::Allocator(const AllocatorOptions& options)
 Allocator::~Allocator() = default;
 
 absl::StatusOr<FolioHandle> Allocator::AllocateOrder(int order, const AllocOptions& options) {
+  // Refused before a pool exists, as a bad size is: a bad request costs no pool slot.
+  const size_t page_size = NormalisedPageSize(options);
+  const int most = page_size == kPageSize4K || page_size == kPageSize2M ? PageOrder(page_size)
+                                                                        : PageOrder(kPageSize1G);
+  if (order < 0 || order > most) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(PoolName(options), ": order ", order, " is outside 0..", most));
+  }
   absl::StatusOr<Pool*> pool = impl_->FindPool(options);
   if (!pool.ok()) return pool.status();
+  if (options.node != -1 && options.backing == BackingKind::kDevDax) {
+    // One pool per device, whatever node a request names: the device's memory sits on
+    // its own node, as Backing::Map says of a devdax mapping.
+    const int device_node = (*pool)->device_node();
+    if (options.node < -1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat((*pool)->Describe(), ": bad NUMA node ", options.node));
+    }
+    if (device_node >= 0 && options.node != device_node) {
+      return absl::InvalidArgumentError(absl::StrCat((*pool)->Describe(),
+                                                     ": the memory sits on node ", device_node,
+                                                     ", not node ", options.node));
+    }
+  }
   if (order < 0 || order > (*pool)->max_order()) {
     return absl::InvalidArgumentError(absl::StrCat((*pool)->Describe(), ": order ", order,
                                                    " is outside 0..", (*pool)->max_order()));

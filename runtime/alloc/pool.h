@@ -70,6 +70,7 @@ struct PoolConfig {
   ThreadCacheSet* caches = nullptr;  // the allocator's per-thread magazines
   int index = 0;                     // dense, per allocator: the magazine slot
   MemoryObserver* observer = nullptr;
+  int device_node = -1;  // devdax: the device's node (sysfs); -1 = unknown or other kinds
 };
 
 class Pool final : public FolioOwner {
@@ -79,6 +80,8 @@ class Pool final : public FolioOwner {
 
   const PoolKey& key() const { return config_.key; }
   int index() const { return config_.index; }
+  // devdax: the node the device's memory sits on, -1 when unknown; -1 for other kinds.
+  int device_node() const { return config_.device_node; }
   size_t page_size() const { return page_size_; }
   // Largest order handed out: the native page's (4K backings: 0).
   int max_order() const { return max_order_; }

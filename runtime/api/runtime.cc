@@ -271,6 +271,11 @@ absl::StatusOr<Buffer> Runtime::MapBuffer(size_t length, const BufferOptions& op
 }
 
 absl::StatusOr<Buffer> Runtime::Allocate(size_t bytes, const AllocOptions& options) {
+  // The pools' extents are the parent's and MADV_DONTFORK: a folio a child took from them
+  // (a free one, or one in the magazine it inherited) would be memory it does not have.
+  if (absl::Status st = RefuseInForkedChild(absl::StrCat("allocate ", bytes, " bytes")); !st.ok()) {
+    return st;
+  }
   absl::StatusOr<FolioHandle> handle = allocator_->Allocate(bytes, options);
   if (!handle.ok()) return handle.status();
   Folio* folio = handle->folio();
