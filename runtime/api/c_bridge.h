@@ -64,6 +64,18 @@ inline int CApiFailKernel(const absl::Status& status) {
   return err != 0 ? CApiFail(err, std::string(status.message())) : CApiFail(status);
 }
 
+// For the layers above: `close` ends `handle`'s use of `rt` when hugemm_close comes
+// first (see hugemm_runtime::closers).
+inline void CApiAddCloser(hugemm_runtime* rt, const void* handle, std::function<void()> close) {
+  std::lock_guard<std::mutex> lock(rt->closers_mu);
+  rt->closers.emplace(handle, std::move(close));
+}
+// The handle's own release call ends its use: hugemm_close has nothing left to do for it.
+inline void CApiRemoveCloser(hugemm_runtime* rt, const void* handle) {
+  std::lock_guard<std::mutex> lock(rt->closers_mu);
+  rt->closers.erase(handle);
+}
+
 namespace c_api_internal {
 
 // Shorthands for hugemm.h's own functions (c_api.cc, c_api_pin.cc).

@@ -1,7 +1,6 @@
 // The C API over hugemm::IoRing: statuses become negative errnos (the kernel's own where
 // one caused the failure) plus hugemm_last_error's message.
 #include <cerrno>
-#include <mutex>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -67,10 +66,7 @@ int hugemm_io_attach(hugemm_runtime* rt, int ring_fd, const hugemm_io_options* o
       hugemm::IoRing::Attach(*rt->rt, ring_fd, o);
   if (!ring.ok()) return Fail(ring.status());
   auto* io = new hugemm_io{std::move(*ring), rt};
-  {
-    std::lock_guard<std::mutex> lock(rt->closers_mu);
-    rt->closers.emplace(io, [io] { EndUse(io); });
-  }
+  hugemm::CApiAddCloser(rt, io, [io] { EndUse(io); });
   *out = io;
   return Ok();
 }
@@ -78,10 +74,7 @@ int hugemm_io_attach(hugemm_runtime* rt, int ring_fd, const hugemm_io_options* o
 void hugemm_io_detach(hugemm_io* io) {
   if (io == nullptr) return;
   if (hugemm_runtime* rt = io->rt; rt != nullptr) {
-    {
-      std::lock_guard<std::mutex> lock(rt->closers_mu);
-      rt->closers.erase(io);
-    }
+    hugemm::CApiRemoveCloser(rt, io);
     EndUse(io);
   }
   delete io;

@@ -1,7 +1,6 @@
 // The verbs C API over hugemm::MrCache, with hugemm.h's conventions (c_bridge.h).
 #include <cerrno>
 #include <memory>
-#include <mutex>
 #include <new>
 #include <utility>
 
@@ -67,10 +66,7 @@ int hugemm_mr_cache_create(hugemm_runtime* rt, const hugemm_mr_cache_options* op
   absl::StatusOr<std::unique_ptr<hugemm::MrCache>> cache = hugemm::MrCache::Create(*rt->rt, o);
   if (!cache.ok()) return CApiFail(cache.status());
   auto* handle = new hugemm_mr_cache{std::move(*cache), rt};
-  {
-    std::lock_guard<std::mutex> lock(rt->closers_mu);
-    rt->closers.emplace(handle, [handle] { EndUse(handle); });
-  }
+  hugemm::CApiAddCloser(rt, handle, [handle] { EndUse(handle); });
   *out = handle;
   return CApiOk();
 }
@@ -78,10 +74,7 @@ int hugemm_mr_cache_create(hugemm_runtime* rt, const hugemm_mr_cache_options* op
 void hugemm_mr_cache_destroy(hugemm_mr_cache* cache) {
   if (cache == nullptr) return;
   if (hugemm_runtime* rt = cache->rt; rt != nullptr) {
-    {
-      std::lock_guard<std::mutex> lock(rt->closers_mu);
-      rt->closers.erase(cache);
-    }
+    hugemm::CApiRemoveCloser(rt, cache);
     EndUse(cache);
   }
   delete cache;

@@ -57,10 +57,7 @@ int hugemm_vfio_attach(hugemm_runtime* rt, int container_fd, const hugemm_vfio_o
       hugemm::IovaMapper::Attach(*rt->rt, container_fd, o);
   if (!mapper.ok()) return Fail(mapper.status());
   auto* handle = new hugemm_vfio{rt, std::move(*mapper)};
-  {
-    std::lock_guard<std::mutex> lock(rt->closers_mu);
-    rt->closers.emplace(handle, [handle] { EndUse(handle); });
-  }
+  hugemm::CApiAddCloser(rt, handle, [handle] { EndUse(handle); });
   *out = handle;
   return hugemm::CApiOk();
 }
@@ -68,10 +65,7 @@ int hugemm_vfio_attach(hugemm_runtime* rt, int container_fd, const hugemm_vfio_o
 void hugemm_vfio_detach(hugemm_vfio* vfio) {
   if (vfio == nullptr) return;
   if (hugemm_runtime* rt = vfio->rt; rt != nullptr) {
-    {
-      std::lock_guard<std::mutex> lock(rt->closers_mu);
-      rt->closers.erase(vfio);
-    }
+    hugemm::CApiRemoveCloser(rt, vfio);
     EndUse(vfio);
   }
   delete vfio;

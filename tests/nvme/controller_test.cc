@@ -146,6 +146,20 @@ class FakeControllerTest : public ControllerTest {
     return fake.io_commands();
   }
 
+  // Starts a controller on the stand-in, submits a READ into `data` that the stand-in
+  // takes but never completes, and tears the controller down: with `stops`, the stand-in
+  // clears CSTS.RDY when CC.EN is cleared; without, it goes on as if still running.
+  void TearDownWithAReadInFlight(void* data, bool stops) {
+    FakeController fake(bar_.data(), bar_.size() * 4, dma_, {.stops = stops});
+    absl::StatusOr<std::unique_ptr<Controller>> c = Controller::Start(
+        *rt_, registers(),
+        {.io_depth = 4, .command_timeout = std::chrono::milliseconds(1000), .iova = mapper_.get()});
+    ASSERT_TRUE(c.ok()) << c.status();
+    ASSERT_TRUE((*c)->SubmitRead(0, data, 4096).ok());
+    ASSERT_EQ(AwaitIo(fake, 1).size(), 1u);
+    c->reset();
+  }
+
   int32_t PinsAt(const void* p) {
     absl::StatusOr<hugemm::FolioInfo> info = rt_->FolioInfoAt(p);
     return info.ok() ? info->pincount : -1;
@@ -160,18 +174,9 @@ class FakeControllerTest : public ControllerTest {
 TEST_F(FakeControllerTest, AControllerThatDoesNotStopKeepsItsMemoryPinned) {
   absl::StatusOr<hugemm::Buffer> buf = rt_->MapBuffer(hugemm::kPageSize2M);
   ASSERT_TRUE(buf.ok()) << buf.status();
-  {
-    FakeController fake(bar_.data(), bar_.size() * 4, dma_, {.stops = false});
-    absl::StatusOr<std::unique_ptr<Controller>> c = Controller::Start(
-        *rt_, registers(),
-        {.io_depth = 4, .command_timeout = std::chrono::milliseconds(1000), .iova = mapper_.get()});
-    ASSERT_TRUE(c.ok()) << c.status();
-    ASSERT_TRUE((*c)->SubmitRead(0, buf->data(), 4096).ok());
-    ASSERT_EQ(AwaitIo(fake, 1).size(), 1u);
-    // The READ never completes, and CC.EN = 0 leaves CSTS.RDY set: the controller may
-    // still write into the buffer and reads its queues.
-    c->reset();
-  }
+  // The READ never completes, and CC.EN = 0 leaves CSTS.RDY set: the controller may
+  // still write into the buffer and reads its queues.
+  ASSERT_NO_FATAL_FAILURE(TearDownWithAReadInFlight(buf->data(), /*stops=*/false));
   EXPECT_GT(PinsAt(buf->data()), 0) << "the data under a READ the controller may still do "
                                        "went back while the controller runs";
   ASSERT_TRUE(buf->Free().ok());
@@ -185,16 +190,7 @@ TEST_F(FakeControllerTest, AControllerThatStopsGivesItsMemoryBack) {
   // The control: stopped, the same controller lets everything go.
   absl::StatusOr<hugemm::Buffer> buf = rt_->MapBuffer(hugemm::kPageSize2M);
   ASSERT_TRUE(buf.ok()) << buf.status();
-  {
-    FakeController fake(bar_.data(), bar_.size() * 4, dma_, {.stops = true});
-    absl::StatusOr<std::unique_ptr<Controller>> c = Controller::Start(
-        *rt_, registers(),
-        {.io_depth = 4, .command_timeout = std::chrono::milliseconds(1000), .iova = mapper_.get()});
-    ASSERT_TRUE(c.ok()) << c.status();
-    ASSERT_TRUE((*c)->SubmitRead(0, buf->data(), 4096).ok());
-    ASSERT_EQ(AwaitIo(fake, 1).size(), 1u);
-    c->reset();
-  }
+  ASSERT_NO_FATAL_FAILURE(TearDownWithAReadInFlight(buf->data(), /*stops=*/true));
   EXPECT_EQ(PinsAt(buf->data()), 0);
   ExpectNothingHeld();
 }
