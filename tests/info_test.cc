@@ -10,6 +10,7 @@
 #include <set>
 #include <string>
 
+#include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hugemm/page_size.h"
@@ -69,6 +70,20 @@ TEST(InfoJson, ParsesAndMatchesSysfs) {
   }
   ASSERT_TRUE(json["page_sizes"].is_array());
   EXPECT_EQ(json["page_sizes"][0].get<int64_t>(), 4096);
+
+  // The text's pool rows say the same as the JSON, column by column under its heading
+  // (once "reserved" headed the pool size, which is not the kernel's HugePages_Rsvd).
+  const std::string text = RunCli("info", &rc);
+  ASSERT_EQ(rc, 0) << text;
+  EXPECT_THAT(text, HasSubstr("size   node        pages       free   promised    surplus     "
+                              "in use"));
+  for (const Json& pool : json["pools"]) {
+    const std::string row = absl::StrFormat(
+        "  %-6s %-6s %10d %10d %10d %10d %10d\n", pool["name"].get<std::string>(), "all",
+        pool["nr"].get<int64_t>(), pool["free"].get<int64_t>(), pool["resv"].get<int64_t>(),
+        pool["surplus"].get<int64_t>(), pool["nr"].get<int64_t>() - pool["free"].get<int64_t>());
+    EXPECT_THAT(text, HasSubstr(row)) << text;
+  }
   EXPECT_TRUE(json["default_huge_page_size"].is_number_integer());
   EXPECT_TRUE(json["numa_nodes"].is_array());
   EXPECT_TRUE(json["can_read_pfns"].is_boolean());

@@ -23,14 +23,16 @@ std::string InfoText(const SystemInfo& info) {
       info.default_huge_page_size ? PageSizeName(info.default_huge_page_size) : "none");
   absl::StrAppendFormat(&out, "NUMA nodes      %s\n", absl::StrJoin(info.nodes, " "));
   absl::StrAppend(&out, "\nhuge page pools\n");
-  absl::StrAppendFormat(&out, "  %-6s %-6s %10s %10s %10s %10s\n", "size", "node", "reserved",
-                        "free", "surplus", "in use");
+  // "pages" is the pool (nr_hugepages); "promised" the kernel's HugePages_Rsvd, pages
+  // mappings were promised and have not faulted in (known for the whole pool only).
+  absl::StrAppendFormat(&out, "  %-6s %-6s %10s %10s %10s %10s %10s\n", "size", "node", "pages",
+                        "free", "promised", "surplus", "in use");
   for (const HugePagePool& p : info.pools) {
-    absl::StrAppendFormat(&out, "  %-6s %-6s %10d %10d %10d %10d\n", PageSizeName(p.page_size),
-                          "all", p.nr, p.free, p.surplus, p.nr - p.free);
+    absl::StrAppendFormat(&out, "  %-6s %-6s %10d %10d %10d %10d %10d\n", PageSizeName(p.page_size),
+                          "all", p.nr, p.free, p.resv, p.surplus, p.nr - p.free);
     for (const NodePool& n : p.nodes) {
-      absl::StrAppendFormat(&out, "  %-6s %-6d %10d %10d %10d %10d\n", "", n.node, n.nr, n.free,
-                            n.surplus, n.nr - n.free);
+      absl::StrAppendFormat(&out, "  %-6s %-6d %10d %10d %10s %10d %10d\n", "", n.node, n.nr,
+                            n.free, "-", n.surplus, n.nr - n.free);
     }
   }
   absl::StrAppend(&out, "\nhugetlbfs mounts\n");
