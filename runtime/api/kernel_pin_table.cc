@@ -1,6 +1,7 @@
 // The kernel pin table: slots assigned per range, registered through the Os.
 #include "runtime/api/kernel_pin_table.h"
 
+#include <pthread.h>
 #include <sys/uio.h>
 
 #include <algorithm>
@@ -37,6 +38,24 @@ std::string MemlockLimit(Os& os) {
 }
 
 }  // namespace
+
+KernelPinTable::KernelPinTable(Os& os, unsigned slots) : os_(os), index_(slots) {}
+
+std::atomic<uint64_t>& KernelPinTable::ForkCount() {
+  static std::atomic<uint64_t> count{0};
+  // Registered with the first table, before any fork() the table could be inherited by.
+  // Where it cannot be (pthread_atfork fails only for want of memory), every check asks
+  // getpid(), a system call.
+  [[maybe_unused]] static const bool registered = [] {
+    if (pthread_atfork(nullptr, nullptr, [] { count.fetch_add(1, std::memory_order_relaxed); }) !=
+        0) {
+      count.store(kForksUnknown, std::memory_order_relaxed);
+      return false;
+    }
+    return true;
+  }();
+  return count;
+}
 
 absl::StatusOr<std::unique_ptr<KernelPinTable>> KernelPinTable::Create(Os& os,
                                                                        const Options& options) {

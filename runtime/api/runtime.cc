@@ -273,9 +273,8 @@ absl::StatusOr<Buffer> Runtime::MapBuffer(size_t length, const BufferOptions& op
 absl::StatusOr<Buffer> Runtime::Allocate(size_t bytes, const AllocOptions& options) {
   // The pools' extents are the parent's and MADV_DONTFORK: a folio a child took from them
   // (a free one, or one in the magazine it inherited) would be memory it does not have.
-  if (absl::Status st = RefuseInForkedChild(absl::StrCat("allocate ", bytes, " bytes")); !st.ok()) {
-    return st;
-  }
+  if (kernel_pins_->InForkedChild()) [[unlikely]]
+    return RefuseInForkedChild(absl::StrCat("allocate ", bytes, " bytes"));
   absl::StatusOr<FolioHandle> handle = allocator_->Allocate(bytes, options);
   if (!handle.ok()) return handle.status();
   Folio* folio = handle->folio();
@@ -301,9 +300,8 @@ absl::StatusOr<Buffer> Runtime::Allocate(size_t bytes, const AllocOptions& optio
 }
 
 absl::Status Runtime::FreeById(uint64_t id) {
-  if (absl::Status st = RefuseInForkedChild(absl::StrFormat("free of buffer %u", id)); !st.ok()) {
-    return st;
-  }
+  if (kernel_pins_->InForkedChild()) [[unlikely]]
+    return RefuseInForkedChild(absl::StrFormat("free of buffer %u", id));
   std::unique_ptr<BufferRecord> record;
   {
     std::lock_guard<std::mutex> lock(mu_);
