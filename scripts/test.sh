@@ -34,7 +34,7 @@ done
 fuzz_seconds=${HUGEMM_FUZZ_SECONDS:-60}
 build fuzz
 mkdir -p build/fuzz/artifacts
-for fuzzer in pgtable_fuzzer alloc_fuzzer c_api_fuzzer; do
+for fuzzer in pgtable_fuzzer alloc_fuzzer c_api_fuzzer io_fuzzer; do
   say "fuzz: $fuzzer for ${fuzz_seconds}s"
   scratch=$(mktemp -d)
   if ! "build/fuzz/fuzz/$fuzzer" -max_total_time="$fuzz_seconds" -print_final_stats=1 \

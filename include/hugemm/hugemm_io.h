@@ -96,7 +96,8 @@ int hugemm_io_prep_write(hugemm_io* io, struct io_uring_sqe* sqe, int fd, const 
 int hugemm_io_complete(hugemm_io* io, const struct io_uring_cqe* cqe, uint64_t* user_data);
 /* For an SQE prepared but never submitted: unpins it (as hugemm_io_complete). */
 int hugemm_io_cancel(hugemm_io* io, const struct io_uring_sqe* sqe, uint64_t* user_data);
-/* I/Os prepared and not yet completed or cancelled. */
+/* I/Os prepared and not yet completed or cancelled, and tokens of hugemm_io_pin not yet
+ * unpinned: what max_in_flight bounds. */
 unsigned hugemm_io_in_flight(const hugemm_io* io);
 
 /* Per-I/O pins alone, for a program that fills its SQEs itself: pins the folios under
