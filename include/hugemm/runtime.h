@@ -3,9 +3,10 @@
 // physically known and ready to pin at one reference operation per folio.
 //
 //   auto rt = hugemm::Runtime::Open({});
-//   absl::StatusOr<hugemm::Buffer> buf = (*rt)->MapBuffer(1 << 30, {.page_size = kPageSize2M});
-//   absl::StatusOr<hugemm::PinnedRange> pin = (*rt)->pinner().Pin(buf->data(), buf->size(),
-//                                                                 hugemm::kGupPin | kGupWrite);
+//   absl::StatusOr<hugemm::Buffer> buf =
+//       (*rt)->MapBuffer(1 << 30, {.page_size = hugemm::kPageSize2M});
+//   absl::StatusOr<hugemm::PinnedRange> pin =
+//       (*rt)->pinner().Pin(buf->data(), buf->size(), hugemm::kGupPin | hugemm::kGupWrite);
 //   for (const hugemm::FolioSpan& s : pin->spans()) post(s.folio->page_pfn(s.first_page), ...);
 //
 // Two ways to get memory:
