@@ -140,6 +140,11 @@ std::vector<Cell> Matrix() {
          hugemm_buffer b;
          return long{hugemm_map_buffer(w.rt, kAbsurd & ~(k2M - 1), nullptr, &b)};
        }},
+      {"map_buffer", "beyond_the_address_space", -EINVAL,
+       [](World& w) {
+         hugemm_buffer b;
+         return long{hugemm_map_buffer(w.rt, size_t{1} << 62, nullptr, &b)};
+       }},
       {"map_buffer", "unknown_backing", -EINVAL,
        [](World& w) {
          hugemm_buffer b;

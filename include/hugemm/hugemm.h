@@ -110,8 +110,9 @@ typedef struct hugemm_buffer {
 
 /* Maps `length` bytes (a multiple of the page size) as one folio per native page, in
  * the runtime's shadow page table. `options` may be NULL (hugetlb, 2M, any node).
- * -EINVAL: zero, unaligned or absurd length, unknown backing, a page size the backing
- * does not have, a NUMA node that is not online. -ENOMEM: no huge pages for it.
+ * -EINVAL: zero, unaligned or absurd length (beyond the address space), unknown backing,
+ * a page size the backing does not have, a NUMA node that is not online. -ENOMEM: no
+ * huge pages for it.
  * -ENOENT: no such device-DAX device, or no hugetlbfs mount of the page size. */
 int hugemm_map_buffer(hugemm_runtime* rt, size_t length, const hugemm_buffer_options* options,
                       hugemm_buffer* out);

@@ -181,8 +181,9 @@ class Runtime {
   Runtime& operator=(const Runtime&) = delete;
 
   // `length` bytes (a multiple of the page size) as one folio per native page. Besides
-  // the backing's errors: what a memory observer refused it with, e.g. the kernel pin
-  // table's ResourceExhausted (no slot left, RLIMIT_MEMLOCK reached).
+  // the backing's errors: InvalidArgument for a length beyond the address space; what a
+  // memory observer refused it with, e.g. the kernel pin table's ResourceExhausted (no
+  // slot left, RLIMIT_MEMLOCK reached).
   absl::StatusOr<Buffer> MapBuffer(size_t length, const BufferOptions& options = {});
   // One folio of at least `bytes` from the allocator (see alloc.h; the kernel pin
   // table's errors come from there when the pool grows). FailedPrecondition in a child
