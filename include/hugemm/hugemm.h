@@ -25,7 +25,9 @@
  *   hugemm_folio_span spans[512];
  *   long n = hugemm_pin_folios(rt, buf.data, buf.size, HUGEMM_PIN | HUGEMM_WRITE,
  *                              spans, 512);
- *   ... give the device spans[i].pfn ...
+ *   ... spans[i] covers spans[i].pages 4K pages, in address order from buf.data: give
+ *       the device the PFN of each (hugemm_translate of its first byte), or pin with
+ *       hugemm_pin_segments to get physical runs ...
  *   hugemm_unpin_folios(rt, spans, n, HUGEMM_PIN, 1);
  *   hugemm_free(rt, buf.data);
  *   hugemm_close(rt);
