@@ -121,15 +121,12 @@ TEST(HeaderExamples, Folio) {
   const int32_t refs = h->folio()->refcount();
   uint64_t dma_pfn = 0;
   auto example = [&](const hugemm::FolioHandle& handle) -> absl::Status {
-    using hugemm::Folio;
-    using hugemm::FolioTryGrab;
-    using hugemm::FolioUngrab;
-    using hugemm::RefKind;
-    Folio* f = handle.folio();
-    if (absl::Status st = FolioTryGrab(f, 16, RefKind::kPin); !st.ok()) return st;
+    hugemm::Folio* f = handle.folio();
+    absl::Status st = hugemm::FolioTryGrab(f, 16, hugemm::RefKind::kPin);
+    if (!st.ok()) return st;
     dma_pfn = f->page_pfn(0);  // ... DMA to f->page_pfn(0) ...
     EXPECT_EQ(f->pincount(), 16);
-    FolioUngrab(f, 16, RefKind::kPin, /*dirty=*/true);
+    hugemm::FolioUngrab(f, 16, hugemm::RefKind::kPin, /*dirty=*/true);
     return absl::OkStatus();
   };
   HUGEMM_ASSERT_OK(example(*h));
