@@ -239,9 +239,11 @@ long hugemm_unpin_folios(hugemm_runtime* rt, const hugemm_folio_span* spans, siz
  * without one, the pages the table maps there now, which is right only while the range
  * still maps what it mapped when pinned (-EFAULT and nothing unpinned once part of it is
  * unmapped, e.g. after hugemm_free: release page arrays and spans by their own unpins).
- * -EINVAL: zero or absurd length, flags as for a pin. -EFAULT: part of the range is
- * unmapped, or (by the table) a folio holds fewer pins of that kind than the range has
- * pages, i.e. it was never pinned or already released: nothing is unpinned. */
+ * -EINVAL: zero length, a range that wraps the address space, flags as for a pin.
+ * -EFAULT: part of the range is unmapped (so also a range longer than the address
+ * space that does not wrap), or (by the table) a folio holds fewer pins of that kind
+ * than the range has pages, i.e. it was never pinned or already released: nothing is
+ * unpinned. */
 int hugemm_unpin_range(hugemm_runtime* rt, const void* addr, size_t length, unsigned flags,
                        int dirty);
 /* 1 if the folio mapping `addr` may be pinned for DMA, 0 if not, unmapped or rt NULL. */
