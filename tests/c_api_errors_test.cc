@@ -140,6 +140,11 @@ std::vector<Cell> Matrix() {
          hugemm_buffer b;
          return long{hugemm_map_buffer(w.rt, kAbsurd & ~(k2M - 1), nullptr, &b)};
        }},
+      {"map_buffer", "beyond_the_address_space", -EINVAL,
+       [](World& w) {
+         hugemm_buffer b;
+         return long{hugemm_map_buffer(w.rt, size_t{1} << 62, nullptr, &b)};
+       }},
       {"map_buffer", "unknown_backing", -EINVAL,
        [](World& w) {
          hugemm_buffer b;
@@ -448,6 +453,10 @@ std::vector<Cell> Matrix() {
        [](World& w) { return long{hugemm_unpin_range(w.rt, w.buf.data, 0, HUGEMM_PIN, 0)}; }},
       {"unpin_range", "absurd_length", -EINVAL,
        [](World& w) { return long{hugemm_unpin_range(w.rt, w.buf.data, kAbsurd, HUGEMM_PIN, 0)}; }},
+      {"unpin_range", "beyond_the_address_space", -EFAULT,
+       [](World& w) {
+         return long{hugemm_unpin_range(w.rt, w.buf.data, size_t{1} << 62, HUGEMM_PIN, 0)};
+       }},
       {"unpin_range", "unknown_flags", -EINVAL,
        [=](World& w) {
          return long{hugemm_unpin_range(w.rt, w.buf.data, k2M, HUGEMM_PIN | kUnknown, 0)};

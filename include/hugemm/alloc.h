@@ -3,7 +3,8 @@
 //   auto alloc = hugemm::Allocator::Create({});
 //   absl::StatusOr<hugemm::FolioHandle> buf = (*alloc)->Allocate(64 << 10, {});
 //   memcpy(buf->data(), src, n);            // 64 KiB, zeroed, on a 2M hugetlb page
-//   FolioTryGrab(buf->folio(), 16, RefKind::kPin);  // a DMA pin outlives the handle
+//   // A DMA pin outlives the handle:
+//   absl::Status st = hugemm::FolioTryGrab(buf->folio(), 16, hugemm::RefKind::kPin);
 //
 // Pools exist per (backing, page size, NUMA node); inside a pool, each native huge page
 // is a buddy region whose folios split down to 4K (order 0) and merge back when both

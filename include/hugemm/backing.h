@@ -2,9 +2,9 @@
 // mappings at one native page size, each with its NUMA node and the PFN of every
 // native page (read once, at map time).
 //
-//   auto backing = hugemm::Backing::Create({.kind = BackingKind::kHugetlb,
+//   auto backing = hugemm::Backing::Create({.kind = hugemm::BackingKind::kHugetlb,
 //                                           .page_size = hugemm::kPageSize1G});
-//   auto extent = (*backing)->Map({.length = 2 * kPageSize1G, .node = 0});
+//   auto extent = (*backing)->Map({.length = 2 * hugemm::kPageSize1G, .node = 0});
 //
 // Four kinds:
 //   hugetlb    memfd_create(MFD_HUGETLB | MFD_HUGE_2MB / MFD_HUGE_1GB); no mount needed.

@@ -13,10 +13,11 @@
 //     in the kernel; we keep the kernel's rule so maybe_dma_pinned reads the same);
 //   - a count that would overflow is refused with an error, never wrapped.
 //
-//   Folio* f = handle.folio();
-//   if (absl::Status st = FolioTryGrab(f, 16, RefKind::kPin); !st.ok()) return st;
+//   hugemm::Folio* f = handle.folio();
+//   absl::Status st = hugemm::FolioTryGrab(f, 16, hugemm::RefKind::kPin);
+//   if (!st.ok()) return st;
 //   ... DMA to f->page_pfn(0) ...
-//   FolioUngrab(f, 16, RefKind::kPin, /*dirty=*/true);
+//   hugemm::FolioUngrab(f, 16, hugemm::RefKind::kPin, /*dirty=*/true);
 #ifndef HUGEMM_FOLIO_H_
 #define HUGEMM_FOLIO_H_
 

@@ -25,7 +25,9 @@
  *   hugemm_folio_span spans[512];
  *   long n = hugemm_pin_folios(rt, buf.data, buf.size, HUGEMM_PIN | HUGEMM_WRITE,
  *                              spans, 512);
- *   ... give the device spans[i].pfn ...
+ *   ... spans[i] covers spans[i].pages 4K pages, in address order from buf.data: give
+ *       the device the PFN of each (hugemm_translate of its first byte), or pin with
+ *       hugemm_pin_segments to get physical runs ...
  *   hugemm_unpin_folios(rt, spans, n, HUGEMM_PIN, 1);
  *   hugemm_free(rt, buf.data);
  *   hugemm_close(rt);
@@ -110,8 +112,9 @@ typedef struct hugemm_buffer {
 
 /* Maps `length` bytes (a multiple of the page size) as one folio per native page, in
  * the runtime's shadow page table. `options` may be NULL (hugetlb, 2M, any node).
- * -EINVAL: zero, unaligned or absurd length, unknown backing, a page size the backing
- * does not have, a NUMA node that is not online. -ENOMEM: no huge pages for it.
+ * -EINVAL: zero, unaligned or absurd length (beyond the address space), unknown backing,
+ * a page size the backing does not have, a NUMA node that is not online. -ENOMEM: no
+ * huge pages for it.
  * -ENOENT: no such device-DAX device, or no hugetlbfs mount of the page size. */
 int hugemm_map_buffer(hugemm_runtime* rt, size_t length, const hugemm_buffer_options* options,
                       hugemm_buffer* out);
@@ -236,9 +239,11 @@ long hugemm_unpin_folios(hugemm_runtime* rt, const hugemm_folio_span* spans, siz
  * without one, the pages the table maps there now, which is right only while the range
  * still maps what it mapped when pinned (-EFAULT and nothing unpinned once part of it is
  * unmapped, e.g. after hugemm_free: release page arrays and spans by their own unpins).
- * -EINVAL: zero or absurd length, flags as for a pin. -EFAULT: part of the range is
- * unmapped, or (by the table) a folio holds fewer pins of that kind than the range has
- * pages, i.e. it was never pinned or already released: nothing is unpinned. */
+ * -EINVAL: zero length, a range that wraps the address space, flags as for a pin.
+ * -EFAULT: part of the range is unmapped (so also a range longer than the address
+ * space that does not wrap), or (by the table) a folio holds fewer pins of that kind
+ * than the range has pages, i.e. it was never pinned or already released: nothing is
+ * unpinned. */
 int hugemm_unpin_range(hugemm_runtime* rt, const void* addr, size_t length, unsigned flags,
                        int dirty);
 /* 1 if the folio mapping `addr` may be pinned for DMA, 0 if not, unmapped or rt NULL. */

@@ -7,12 +7,16 @@
 //   auto io = hugemm::IoRing::Attach(**rt, ring.ring_fd);      // the ring's buffer table
 //   auto buf = (*rt)->Allocate(128 << 10);                       // any hugemm memory
 //   io_uring_sqe* sqe = io_uring_get_sqe(&ring);
-//   (*io)->PrepareRead(sqe, fd, buf->data(), 128 << 10, offset, my_tag);  // READ_FIXED, pinned
+//   absl::Status st =                                            // READ_FIXED, pinned
+//       (*io)->PrepareRead(sqe, fd, buf->data(), 128 << 10, offset, my_tag);
 //   io_uring_submit(&ring);
 //   ... buf may be freed now: its folios stay out of the pool until the completion ...
+//   io_uring_cqe* cqe;
 //   io_uring_wait_cqe(&ring, &cqe);
 //   absl::StatusOr<uint64_t> tag = (*io)->Complete(cqe);        // unpinned; my_tag back
 //   io_uring_cqe_seen(&ring, cqe);
+//   io->reset();                                                 // detach, then
+//   io_uring_queue_exit(&ring);
 //
 // Three pieces, usable alone:
 //   FixedBuffers  the registered-buffer table of a program's ring, kept equal to the

@@ -16,7 +16,8 @@
 //     }
 //     void MemoryRemoving(const hugemm::MemoryRange& r) override { UnmapDma(r.data, r.length); }
 //   };
-//   rt->AddMemoryObserver(&mapper);  // told of what is held already, then of every change
+//   absl::Status st = rt->AddMemoryObserver(&mapper);  // told of what is held already,
+//                                                      // then of every change
 //
 // Rules for an observer:
 //   - MemoryAdded runs after the range is mapped, populated and its PFNs read, before

@@ -8,7 +8,7 @@
 // that fails a chosen call (tests/faulty_os.h) to check that every error path unwinds.
 //
 //   hugemm::Os& os = hugemm::Os::Default();
-//   auto backing = hugemm::Backing::Create({.kind = BackingKind::kHugetlb, .os = &os});
+//   auto backing = hugemm::Backing::Create({.kind = hugemm::BackingKind::kHugetlb, .os = &os});
 //
 // Errors: every method reports failure with ErrnoStatus(errno, what): the status code
 // follows errno (absl::ErrnoToStatusCode), the message names the call and the errno

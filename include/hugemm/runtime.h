@@ -3,9 +3,10 @@
 // physically known and ready to pin at one reference operation per folio.
 //
 //   auto rt = hugemm::Runtime::Open({});
-//   absl::StatusOr<hugemm::Buffer> buf = (*rt)->MapBuffer(1 << 30, {.page_size = kPageSize2M});
-//   absl::StatusOr<hugemm::PinnedRange> pin = (*rt)->pinner().Pin(buf->data(), buf->size(),
-//                                                                 hugemm::kGupPin | kGupWrite);
+//   absl::StatusOr<hugemm::Buffer> buf =
+//       (*rt)->MapBuffer(1 << 30, {.page_size = hugemm::kPageSize2M});
+//   absl::StatusOr<hugemm::PinnedRange> pin =
+//       (*rt)->pinner().Pin(buf->data(), buf->size(), hugemm::kGupPin | hugemm::kGupWrite);
 //   for (const hugemm::FolioSpan& s : pin->spans()) post(s.folio->page_pfn(s.first_page), ...);
 //
 // Two ways to get memory:
@@ -180,8 +181,9 @@ class Runtime {
   Runtime& operator=(const Runtime&) = delete;
 
   // `length` bytes (a multiple of the page size) as one folio per native page. Besides
-  // the backing's errors: what a memory observer refused it with, e.g. the kernel pin
-  // table's ResourceExhausted (no slot left, RLIMIT_MEMLOCK reached).
+  // the backing's errors: InvalidArgument for a length beyond the address space; what a
+  // memory observer refused it with, e.g. the kernel pin table's ResourceExhausted (no
+  // slot left, RLIMIT_MEMLOCK reached).
   absl::StatusOr<Buffer> MapBuffer(size_t length, const BufferOptions& options = {});
   // One folio of at least `bytes` from the allocator (see alloc.h; the kernel pin
   // table's errors come from there when the pool grows). FailedPrecondition in a child

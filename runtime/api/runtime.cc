@@ -208,6 +208,13 @@ KernelPinStats Runtime::kernel_pin_stats() const {
 }
 
 absl::StatusOr<Buffer> Runtime::MapBuffer(size_t length, const BufferOptions& options) {
+  // A length no address space holds is a bad argument, not a shortage: refused before
+  // the kernel is asked to reserve it (which would answer ENOMEM).
+  const int va_bits = table_->geometry().va_bits();
+  if (va_bits < 64 && length > (size_t{1} << va_bits)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("map %u bytes: longer than the %d-bit address space", length, va_bits));
+  }
   BackingOptions bo{.kind = options.backing,
                     .page_size = options.page_size,
                     .hugetlbfs_mount = options.hugetlbfs_mount,
