@@ -4,10 +4,13 @@
 #include "hugemm/alloc.h"
 
 #include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -376,6 +379,82 @@ TEST(Alloc, ShrinkGivesWhollyFreePagesBackOnly) {
   b->Reset();
   c->Reset();
   EXPECT_EQ(alloc->Shrink(), 3 * kPageSize2M);
+  EXPECT_EQ(FreeHugePages(kPageSize2M), baseline);
+}
+
+// The kernel page size in kB of the mapping holding `p` (/proc/self/smaps), 0 if none.
+int64_t KernelPageKb(const void* p) {
+  FILE* f = std::fopen("/proc/self/smaps", "r");
+  if (f == nullptr) return -1;
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  char line[512];
+  bool inside = false;
+  int64_t kb = 0;
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    unsigned long lo = 0, hi = 0;
+    if (std::sscanf(line, "%lx-%lx ", &lo, &hi) == 2) {
+      inside = a >= lo && a < hi;
+    } else if (inside && std::sscanf(line, "KernelPageSize: %ld kB", &kb) == 1) {
+      break;
+    }
+  }
+  std::fclose(f);
+  return inside ? kb : 0;
+}
+
+// A child of fork() has none of the pools' memory (MADV_DONTFORK): an allocator made
+// before the fork refuses to hand it out there, and its end leaves the holes alone, which
+// the child may have filled with mappings of its own.
+TEST(Alloc, ForkedChildIsRefusedThePoolsAndKeepsItsOwnMappings) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 3);
+  const int64_t baseline = FreeHugePages(kPageSize2M);
+  auto alloc = NewAllocator();
+  // A 4K folio in this thread's magazine, a free 2M one in the pool, a live one held.
+  for (size_t bytes : {kPageSize4K, kPageSize2M}) {
+    absl::StatusOr<FolioHandle> h = alloc->Allocate(bytes);
+    ASSERT_TRUE(h.ok()) << h.status();
+  }
+  absl::StatusOr<FolioHandle> held = alloc->Allocate(kPageSize2M);
+  ASSERT_TRUE(held.ok()) << held.status();
+  void* const hole = held->data();
+
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    int code = 0;
+    for (size_t bytes : {kPageSize4K, kPageSize2M}) {
+      absl::StatusOr<FolioHandle> h = alloc->Allocate(bytes);
+      if (h.ok()) code = 1;
+      if (!h.ok() && (h.status().code() != absl::StatusCode::kFailedPrecondition ||
+                      h.status().message().find("fork()") == absl::string_view::npos)) {
+        code = 2;
+      }
+    }
+    if (alloc->Shrink() != 0) code = 3;
+    held->Reset();  // bookkeeping only: touches none of the folio's memory
+    // The child's own memory where the held folio's extent was: a mapping of its own, or
+    // one its runtime made there meanwhile (ThreadSanitizer's threads take such holes).
+    void* own = ::mmap(hole, kPageSize2M, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    if (own == MAP_FAILED && errno == EEXIST && KernelPageKb(hole) == 2048) _exit(4);
+    if (own != MAP_FAILED && own != hole) _exit(6);
+    if (own == hole) *static_cast<volatile uint64_t*>(own) = 42;
+    const bool occupied = own == hole || errno == EEXIST;
+    alloc.reset();
+    if (occupied && KernelPageKb(hole) == 0) _exit(5);  // unmapped by the allocator's end
+    if (own == hole && *static_cast<volatile uint64_t*>(own) != 42) _exit(5);
+    _exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0)
+      << "1: the child was handed a folio, 2: another error or a message without fork(), "
+         "3: Shrink gave something back, 4: the extent was still mapped in the child, "
+         "5: the allocator's end changed the child's mapping, 6: the kernel placed the child's "
+         "mapping elsewhere";
+  held->Reset();
+  alloc->Shrink();
   EXPECT_EQ(FreeHugePages(kPageSize2M), baseline);
 }
 

@@ -143,8 +143,10 @@ struct PoolStats {
 
 // Hands out folios of 4K up to a backing's native page from pools it grows on demand.
 // fork(): every extent is MADV_DONTFORK, so a child of fork() has none of the pools'
-// memory; it must not allocate from (nor free to) an allocator made before the fork,
-// whose folios would not be mapped there (Runtime::Allocate refuses it).
+// memory. There an allocator made before the fork refuses to allocate
+// (FailedPrecondition), Shrink gives nothing back and the destructor leaves the extents
+// alone (the child may have mapped its own memory where they were); folios the child's
+// copy of a handle still references may be freed, which touches no memory of theirs.
 // Thread-safe: Allocate, AllocateOrder, FlushThreadCache, Shrink and Stats may be called
 // from any number of threads at once; folios may be freed (their last reference dropped)
 // on any thread. Only the destructor must not race with other calls.
@@ -169,6 +171,7 @@ class Allocator {
   //                     has no page left; the message gives the pool's and the kernel's
   //                     free counts and the OS error;
   //                     or 64 pools already exist in this allocator;
+  //   FailedPrecondition in a child of fork() of the process that made the allocator;
   //   any code          the observer refused the extent the pool grew by (its message).
   [[nodiscard]] absl::StatusOr<FolioHandle> Allocate(size_t bytes,
                                                      const AllocOptions& options = {});

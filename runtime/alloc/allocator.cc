@@ -13,6 +13,7 @@
 #include "runtime/alloc/pool.h"
 #include "runtime/alloc/thread_cache.h"
 #include "runtime/alloc/zero.h"
+#include "runtime/sys/fork_watch.h"
 #include "runtime/sys/hugepages.h"
 #include "runtime/sys/status.h"
 
@@ -78,6 +79,10 @@ class Allocator::Impl {
   }
 
   void Flush() { caches_->FlushThisThread(); }
+
+  // A child of fork() of the process that made this allocator: the pools' extents are
+  // MADV_DONTFORK, so none of their memory is the child's.
+  bool InForkedChild() const { return fork_.InChild(); }
 
   std::vector<Pool*> pools() const {
     std::vector<Pool*> out;
@@ -161,6 +166,7 @@ class Allocator::Impl {
   }
 
   const AllocatorOptions options_;
+  const ForkWatch fork_;
   std::unique_ptr<alloc_internal::ThreadCacheSet> caches_ =
       std::make_unique<alloc_internal::ThreadCacheSet>();
   std::mutex mu_;  // pool creation
@@ -175,9 +181,23 @@ absl::StatusOr<std::unique_ptr<Allocator>> Allocator::Create(const AllocatorOpti
 Allocator::Allocator(const AllocatorOptions& options)
     : options_(options), impl_(std::make_unique<Impl>(options)) {}
 
-Allocator::~Allocator() = default;
+Allocator::~Allocator() {
+  // In a child of fork() the extents are holes the child may have mapped something of its
+  // own into since: unmapping them could take that. Everything is left to its exit.
+  if (impl_->InForkedChild()) [[unlikely]]
+    (void)impl_.release();
+}
 
 absl::StatusOr<FolioHandle> Allocator::AllocateOrder(int order, const AllocOptions& options) {
+  // A folio from the pools (a free one, or one in a magazine the child inherited) would be
+  // memory the child does not have: zeroing it, or the caller's first touch, would fault.
+  if (impl_->InForkedChild()) [[unlikely]] {
+    return absl::FailedPreconditionError(
+        absl::StrCat(PoolName(options),
+                     ": this process is a fork() child of the one that made the allocator and "
+                     "has none of its pools' memory (MADV_DONTFORK); make an allocator of its "
+                     "own"));
+  }
   // Refused before a pool exists, as a bad size is: a bad request costs no pool slot.
   const size_t page_size = NormalisedPageSize(options);
   const int most = page_size == kPageSize4K || page_size == kPageSize2M ? PageOrder(page_size)
@@ -232,6 +252,8 @@ void Allocator::FlushThreadCache() {
 }
 
 size_t Allocator::Shrink() {
+  if (impl_->InForkedChild()) [[unlikely]]
+    return 0;  // the extents are not the child's to unmap (see ~Allocator)
   FlushThreadCache();
   size_t given = 0;
   for (Pool* p : impl_->pools()) given += p->Shrink();

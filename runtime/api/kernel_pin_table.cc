@@ -1,7 +1,6 @@
 // The kernel pin table: slots assigned per range, registered through the Os.
 #include "runtime/api/kernel_pin_table.h"
 
-#include <pthread.h>
 #include <sys/uio.h>
 
 #include <algorithm>
@@ -40,22 +39,6 @@ std::string MemlockLimit(Os& os) {
 }  // namespace
 
 KernelPinTable::KernelPinTable(Os& os, unsigned slots) : os_(os), index_(slots) {}
-
-std::atomic<uint64_t>& KernelPinTable::ForkCount() {
-  static std::atomic<uint64_t> count{0};
-  // Registered with the first table, before any fork() the table could be inherited by.
-  // Where it cannot be (pthread_atfork fails only for want of memory), every check asks
-  // getpid(), a system call.
-  [[maybe_unused]] static const bool registered = [] {
-    if (pthread_atfork(nullptr, nullptr, [] { count.fetch_add(1, std::memory_order_relaxed); }) !=
-        0) {
-      count.store(kForksUnknown, std::memory_order_relaxed);
-      return false;
-    }
-    return true;
-  }();
-  return count;
-}
 
 absl::StatusOr<std::unique_ptr<KernelPinTable>> KernelPinTable::Create(Os& os,
                                                                        const Options& options) {
@@ -145,7 +128,7 @@ absl::Status KernelPinTable::MemoryAdded(const MemoryRange& range) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "kernel pin of [0x%x, +%u): the kernel pin table's ring belongs to process %d, of "
         "which this process is a fork() child; a child must open a runtime of its own",
-        start, range.length, pid_));
+        start, range.length, fork_.pid()));
   }
   const size_t pieces = (range.length + kMaxBuffer - 1) / kMaxBuffer;
   Held held{.range = range};

@@ -31,10 +31,6 @@
 #ifndef HUGEMM_RUNTIME_API_KERNEL_PIN_TABLE_H_
 #define HUGEMM_RUNTIME_API_KERNEL_PIN_TABLE_H_
 
-#include <sys/types.h>
-#include <unistd.h>
-
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -49,6 +45,7 @@
 #include "hugemm/memory_observer.h"
 #include "hugemm/os.h"
 #include "runtime/api/slot_index.h"
+#include "runtime/sys/fork_watch.h"
 
 namespace hugemm::api_internal {
 
@@ -108,32 +105,20 @@ class KernelPinTable final : public MemoryObserver {
     int ring_fd = -1;
   };
   Stats stats() const;
-  // This process is a child of fork() of the one that made the table. One relaxed load
-  // (no getpid(), a system call): every child's fork() bumps the process's fork count.
-  bool InForkedChild() const {
-    const uint64_t forks = ForkCount().load(std::memory_order_relaxed);
-    if (forks == kForksUnknown) [[unlikely]]
-      return ::getpid() != pid_;
-    return forks != forks_at_birth_;
-  }
+  // This process is a child of fork() of the one that made the table (fork_watch.h).
+  bool InForkedChild() const { return fork_.InChild(); }
   // The ring holding the table, or -1 when pinning is off.
   int ring_fd() const { return ring_fd_; }
   unsigned capacity() const { return index_.capacity(); }
 
  private:
   KernelPinTable(Os& os, unsigned slots);
-  // How many fork()s made this process, counted from the first table's making (a
-  // pthread_atfork child handler bumps it).
-  static std::atomic<uint64_t>& ForkCount();
-  // ForkCount when the handler could not be registered: ask getpid() instead.
-  static constexpr uint64_t kForksUnknown = ~uint64_t{0};
   std::string Explain(const absl::Status& status, size_t bytes) const;
   // The ring is the process's that made it, not this one's (a child of fork()).
   bool RingOfParent() const { return ring_fd_ >= 0 && InForkedChild(); }
 
   Os& os_;
-  const pid_t pid_ = ::getpid();  // the process that made the ring, for messages
-  const uint64_t forks_at_birth_ = ForkCount().load(std::memory_order_relaxed);
+  const ForkWatch fork_;  // the process that made the ring
   int ring_fd_ = -1;
   SlotIndex index_;
   mutable std::mutex mu_;                         // std::mutex: visible to ThreadSanitizer
