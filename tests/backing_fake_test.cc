@@ -73,6 +73,8 @@ TEST(HugetlbOnFake, AShortageNamesThePoolAndTakesNothing) {
   EXPECT_EQ(e.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(ErrnoOf(e.status()), ENOMEM);
   EXPECT_THAT(e.status().message(), HasSubstr("hugetlb 2M: map 6 MiB: mmap"));
+  EXPECT_THAT(e.status().message(), ::testing::Not(HasSubstr("mmap: mmap")))
+      << "the step the OS's message names, named twice";
   EXPECT_THAT(e.status().message(), HasSubstr("(2M pool: 2 free, 0 reserved, of 2)"));
   EXPECT_EQ(os.Pool(kPageSize2M).free, 2);
   EXPECT_EQ(os.Pool(kPageSize2M).resv, 0);

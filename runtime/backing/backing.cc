@@ -12,6 +12,7 @@
 #include <limits>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "runtime/backing/kind.h"
 #include "runtime/sys/hugepages.h"
@@ -149,6 +150,10 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
     if (source->owns_fd) (void)os.Close(source->fd);
     if (!source->created_path.empty()) (void)os.Unlink(source->created_path);
     impl_->Release(source->offset, length);
+    // A step the OS's message names already ("mmap: ...") is not named twice.
+    if (absl::StartsWith(status.message(), absl::StrCat(step, ": "))) {
+      return sys::Annotate(status, context);
+    }
     return sys::Annotate(status, absl::StrCat(context, ": ", step));
   };
 
