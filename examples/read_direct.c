@@ -25,6 +25,14 @@
 
 enum { kDepth = 4, kChunk = 128 << 10, kMadeSize = 4 << 20 };
 
+/* An SQE taken from the ring but refused by hugemm_io_prep_read is still the ring's and
+ * goes out with the next submit: as a NOP whose user_data, 0, is no I/O's (hugemm's
+ * tokens never are 0). */
+static void Disarm(struct io_uring_sqe* sqe) {
+  io_uring_prep_nop(sqe);
+  io_uring_sqe_set_data64(sqe, 0);
+}
+
 static unsigned char Pattern(uint64_t off) { return (unsigned char)(off * 31 + (off >> 12)); }
 
 /* A file of the pattern, written with ordinary I/O and then opened for O_DIRECT. */
@@ -95,6 +103,7 @@ int main(int argc, char** argv) {
     struct io_uring_sqe* sqe = io_uring_get_sqe(&ring);
     if (hugemm_io_prep_read(io, sqe, fd, bufs[i].data, kChunk, next, (uint64_t)i) < 0) {
       fprintf(stderr, "hugemm_io_prep_read: %s\n", hugemm_last_error());
+      Disarm(sqe);
       bad = 1;
       break;
     }
@@ -109,6 +118,10 @@ int main(int argc, char** argv) {
       break;
     }
     while (io_uring_peek_cqe(&ring, &cqe) == 0) {
+      if (io_uring_cqe_get_data64(cqe) == 0) { /* a disarmed SQE's NOP */
+        io_uring_cqe_seen(&ring, cqe);
+        continue;
+      }
       uint64_t i = 0;
       /* The read's pins go back here, whatever its result. */
       if (hugemm_io_complete(io, cqe, &i) < 0) {
@@ -134,6 +147,7 @@ int main(int argc, char** argv) {
       struct io_uring_sqe* sqe = io_uring_get_sqe(&ring);
       if (hugemm_io_prep_read(io, sqe, fd, bufs[i].data, kChunk, next, i) < 0) {
         fprintf(stderr, "hugemm_io_prep_read: %s\n", hugemm_last_error());
+        Disarm(sqe);
         bad = 1;
         continue;
       }

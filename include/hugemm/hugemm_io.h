@@ -83,9 +83,11 @@ int hugemm_io_buffer_index(const hugemm_io* io, const void* addr, size_t length)
 
 /* Fills `sqe` as READ_FIXED (WRITE_FIXED) of `length` bytes at `offset` of `fd` into
  * (from) `buf` and pins the folios under it until hugemm_io_complete. The SQE's
- * user_data becomes hugemm's token; `user_data` comes back from hugemm_io_complete. On
- * error the SQE is untouched and nothing is pinned: -EINVAL, -ENOENT (no fixed buffer),
- * -ENOMEM (max_in_flight reached), and the pin's errors. */
+ * user_data becomes hugemm's token (never 0); `user_data` comes back from
+ * hugemm_io_complete. On error nothing is pinned and the SQE is untouched, but it is still
+ * the ring's and goes out with the next submit: make it a NOP (io_uring_prep_nop, with a
+ * user_data of 0, which no token is). -EINVAL, -ENOENT (no fixed buffer), -ENOMEM
+ * (max_in_flight reached), and the pin's errors. */
 int hugemm_io_prep_read(hugemm_io* io, struct io_uring_sqe* sqe, int fd, void* buf, unsigned length,
                         uint64_t offset, uint64_t user_data);
 int hugemm_io_prep_write(hugemm_io* io, struct io_uring_sqe* sqe, int fd, const void* buf,
