@@ -224,6 +224,32 @@ TEST(Cli, HelpForEveryCommandAndVersion) {
   EXPECT_EQ(rc, 0);
 }
 
+// Output that never reached stdout (a full disk, a closed stdout) is an error, exit 1,
+// said on stderr; a command that already failed keeps its own exit code.
+TEST(Cli, LostOutputFailsTheCommand) {
+  struct Case {
+    const char* args;
+    const char* why;
+  };
+  for (const Case& c : {Case{"info >/dev/full", "No space left on device"},
+                        Case{"info --json >/dev/full", "No space left on device"},
+                        Case{"info --json >&-", "Bad file descriptor"},
+                        Case{"--version >/dev/full", ""}, Case{"bench --help >&-", ""}}) {
+    int rc = 0;
+    const std::string err = RunCli(std::string("2>&1 ") + c.args, &rc);
+    EXPECT_EQ(rc, 1) << c.args << ": " << err;
+    EXPECT_THAT(err, HasSubstr("writing standard output")) << c.args;
+    EXPECT_THAT(err, HasSubstr(c.why)) << c.args;
+  }
+  int rc = 0;
+  const std::string err = RunCli("2>&1 bench pin -m 0 >/dev/full", &rc);
+  EXPECT_EQ(rc, 2) << err;
+  EXPECT_THAT(err, HasSubstr("-m"));
+  // Where it all fits, it all arrives and the command succeeds.
+  EXPECT_FALSE(Parse(RunCli("info --json", &rc)).is_discarded());
+  EXPECT_EQ(rc, 0);
+}
+
 // gup_test's short flags, and --flag value and --flag=value, give the same run.
 TEST(BenchCli, PinTakesGupTestFlagsAndBothLongForms) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 5);
