@@ -12,6 +12,7 @@
 #include "hugemm/runtime.h"
 #include "perf/bench_util.h"
 #include "runtime/cli/command.h"
+#include "runtime/cli/remove_on_signal.h"
 
 namespace hugemm::cli {
 namespace {
@@ -197,7 +198,12 @@ int RunBenchPin(PinFlags& f) {
     std::fprintf(stderr, "\r  hugemm bench pin: repeat %d/%d", done, repeats);
     if (done == repeats) std::fprintf(stderr, "\n");
   };
-  absl::StatusOr<PinBenchResult> r = perf::RunPinBench(c, hooks);
+  absl::StatusOr<PinBenchResult> r;
+  {
+    // -f naming a file that is not there yet: the run creates it in a hugetlbfs mount.
+    const RemoveOnSignal created(c.file);
+    r = perf::RunPinBench(c, hooks);
+  }
   if (!r.ok()) return Fail("bench pin", r.status());
   if (f.json) {
     PrintJsonResult(c, *r);
