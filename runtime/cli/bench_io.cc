@@ -252,6 +252,7 @@ void AddBenchIoCommand(CommandTable& table, CLI::App* bench) {
   io->add_option("--seconds", c.seconds,
                  "Timed seconds per candidate and job (after a tenth "
                  "of it as warm-up)")
+      ->check(FiniteNumber())
       ->check(CLI::Range(0.01, 3600.0))
       ->capture_default_str();
   io->add_flag("--write-existing", c.write_existing,
