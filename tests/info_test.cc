@@ -256,6 +256,33 @@ TEST(Cli, LostOutputFailsTheCommand) {
   EXPECT_EQ(rc, 0);
 }
 
+// `hugemm verify` and `verify --json` report the same leaves and verdict; a size this
+// machine cannot map now is skipped, named once ("hugetlb 1G: map 1 GiB: ..."), and the
+// run still agrees with the kernel.
+TEST(VerifyCli, TextAndJsonAgreeAndSkippedSizesAreNamedOnce) {
+  int rc = 0;
+  const Json j = Parse(RunCli("verify --json", &rc));
+  ASSERT_TRUE(j.is_object());
+  EXPECT_EQ(rc, 0) << j.dump();
+  EXPECT_TRUE(j["ok"].get<bool>());
+  EXPECT_EQ(j["leaves_checked"]["4K"].get<int>(), 64);
+  EXPECT_EQ(j["mismatch_count"].get<int>(), 0);
+  int total = 0;
+  for (const auto& [size, n] : j["leaves_checked"].items()) total += n.get<int>();
+  for (const Json& why : j["skipped"]) {
+    const std::string text = why.get<std::string>();
+    const std::string name = text.substr(0, text.find(':'));
+    EXPECT_EQ(text.find(name + ": " + name), std::string::npos) << text;
+  }
+  const std::string out = RunCli("verify", &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_THAT(out, HasSubstr(absl::StrFormat("%d leaves checked", total)));
+  EXPECT_THAT(out, HasSubstr("0 mismatches: shadow agrees with the kernel"));
+  for (const Json& why : j["skipped"]) {
+    EXPECT_THAT(out, HasSubstr("skipped " + why.get<std::string>().substr(0, 10)));
+  }
+}
+
 // gup_test's short flags, and --flag value and --flag=value, give the same run.
 TEST(BenchCli, PinTakesGupTestFlagsAndBothLongForms) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 5);
