@@ -137,6 +137,25 @@ TEST(BenchPinCli, TextCountsTheSamplesOfItsMedians) {
   EXPECT_EQ(lines, 6u);
 }
 
+// Progress into a log (stderr not a terminal) is at most a line per tenth of the run,
+// never a carriage return per repeat. (The run tells progress once it has run a second.)
+TEST(BenchPinCli, ProgressIntoALogIsALinePerTenth) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 32);
+  int rc = 0;
+  const std::string err = RunCli("bench pin -m 64 -r 40000 2>&1 >/dev/null", &rc);
+  ASSERT_EQ(rc, 0) << err;
+  EXPECT_EQ(err.find('\r'), std::string::npos) << err.substr(0, 200);
+  size_t lines = 0;
+  for (size_t at = err.find("hugemm bench pin: repeat "); at != std::string::npos;
+       at = err.find("hugemm bench pin: repeat ", at + 1)) {
+    ++lines;
+  }
+  EXPECT_LE(lines, 11u) << err.substr(0, 200);
+  if (lines > 0) {
+    EXPECT_THAT(err, HasSubstr("repeat 40000/40000\n"));
+  }
+}
+
 // A usage error exits 2 with one line naming the flag, before anything is mapped or
 // created.
 TEST(BenchPinCli, BadFlagsExitTwoAndLeaveNoFile) {
