@@ -89,6 +89,22 @@ TEST(BenchIo, EveryCandidateRunsOnASmallFileAndTheFileGoes) {
 
 // Every key the JSON prints, at every level, is named in backquotes in doc/benchmarks.md's
 // storage section.
+// SIGTERM in the middle of a run removes the file it created in --dir.
+TEST(BenchIo, ASignalMidRunRemovesTheFileItCreated) {
+  const std::string dir = BENCH_IO_DIR;
+  const std::string script = "env --default-signal=INT " + std::string(HUGEMM_CLI_PATH) +
+                             " bench io --size 8M --seconds 100 --candidates plain --dir " + dir +
+                             " >/dev/null 2>&1 & pid=$!; "
+                             "for i in $(seq 200); do ls " +
+                             dir +
+                             " | grep -q '^hugemm-bench-io' && break; "
+                             "sleep 0.05; done; sleep 0.5; kill -TERM $pid; wait $pid; echo $?";
+  int rc = 0;
+  EXPECT_EQ(testing::RunCommand(script, &rc), "143\n");
+  EXPECT_EQ(Leftovers(dir), 0);
+  testing::RunCommand("rm -f " + dir + "/hugemm-bench-io.*", &rc);  // what a failure left
+}
+
 TEST(BenchIo, EveryJsonKeyIsDocumented) {
   std::ifstream in(std::string(HUGEMM_SOURCE_DIR) + "/doc/benchmarks.md");
   ASSERT_TRUE(in.good());

@@ -3,12 +3,15 @@
 // lists, the text counts the samples its medians are of, and bad flags exit 2 leaving no
 // file behind. Small buffers and few repeats: the speed is the benchmark's business.
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hugemm/page_size.h"
@@ -134,6 +137,25 @@ TEST(BenchPinCli, TextCountsTheSamplesOfItsMedians) {
   EXPECT_EQ(lines, 6u);
 }
 
+// Progress into a log (stderr not a terminal) is at most a line per tenth of the run,
+// never a carriage return per repeat. (The run tells progress once it has run a second.)
+TEST(BenchPinCli, ProgressIntoALogIsALinePerTenth) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 32);
+  int rc = 0;
+  const std::string err = RunCli("bench pin -m 64 -r 40000 2>&1 >/dev/null", &rc);
+  ASSERT_EQ(rc, 0) << err;
+  EXPECT_EQ(err.find('\r'), std::string::npos) << err.substr(0, 200);
+  size_t lines = 0;
+  for (size_t at = err.find("hugemm bench pin: repeat "); at != std::string::npos;
+       at = err.find("hugemm bench pin: repeat ", at + 1)) {
+    ++lines;
+  }
+  EXPECT_LE(lines, 11u) << err.substr(0, 200);
+  if (lines > 0) {
+    EXPECT_THAT(err, HasSubstr("repeat 40000/40000\n"));
+  }
+}
+
 // A usage error exits 2 with one line naming the flag, before anything is mapped or
 // created.
 TEST(BenchPinCli, BadFlagsExitTwoAndLeaveNoFile) {
@@ -160,6 +182,32 @@ TEST(BenchPinCli, BadFlagsExitTwoAndLeaveNoFile) {
     EXPECT_THAT(err, ::testing::StartsWith("hugemm bench pin: "));
     struct stat st;
     EXPECT_NE(::stat(file.c_str(), &st), 0) << file << " was left behind";
+  }
+}
+
+// A signal that ends the run (Ctrl-C, kill, a closed terminal) removes the hugetlbfs file
+// it created, whose huge pages would otherwise stay out of the pool, and the process
+// still dies of that signal.
+TEST(BenchPinCli, ASignalMidRunRemovesTheFileItCreated) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 32);
+  const std::string mount = testing::HugetlbfsMountFor(kPageSize2M);
+  if (mount.empty()) GTEST_SKIP() << "no 2M hugetlbfs mount";
+  const std::string file = mount + "/bench-pin-cli-signal-test";
+  for (const auto& [sig, status] : {std::pair{"INT", 130}, {"TERM", 143}, {"HUP", 129}}) {
+    SCOPED_TRACE(sig);
+    // Started in the background, where a shell ignores SIGINT unless told otherwise; the
+    // run outlasts the test by far unless the signal ends it.
+    const std::string script = absl::StrFormat(
+        "env --default-signal=INT %s bench pin -m 32 -r 1000000 -f %s >/dev/null 2>&1 & "
+        "pid=$!; for i in $(seq 200); do [ -e %s ] && break; sleep 0.05; done; "
+        "sleep 0.2; kill -%s $pid; wait $pid; echo $?",
+        HUGEMM_CLI_PATH, file, file, sig);
+    int rc = 0;
+    const std::string out = testing::RunCommand(script, &rc);
+    EXPECT_EQ(out, absl::StrCat(status, "\n"));
+    struct stat st;
+    EXPECT_NE(::stat(file.c_str(), &st), 0) << file << " was left behind";
+    ::unlink(file.c_str());
   }
 }
 

@@ -177,9 +177,12 @@ TEST(Cli, BadValuesAreUsageErrorsNamingFlagAndValue) {
   };
   for (const Case& c :
        {Case{"verify --range zz 1", "--range", "zz"},
-        Case{"verify --range 0x1000 12q", "--range", "12q"}, Case{"bench pin -m zz", "-m", "zz"},
-        Case{"bench pin -m 0", "-m", "0"}, Case{"bench pin -r -3", "-r", "-3"},
-        Case{"bench pin -j 65", "-j", "65"}, Case{"bench pin --page-size zz", "--page-size", "zz"},
+        Case{"verify --range 0x1000 12q", "--range", "12q"},
+        Case{"bench pin -m zz", "-m", "zz"},
+        Case{"bench pin -m 0", "-m", "0"},
+        Case{"bench pin -r -3", "-r", "-3"},
+        Case{"bench pin -j 65", "-j", "65"},
+        Case{"bench pin --page-size zz", "--page-size", "zz"},
         Case{"bench pin --page-size=3M", "--page-size", "3M"},
         Case{"bench pin --output=rows", "--output", "rows"},
         Case{"bench pin --compare kernel,disk", "--compare", "disk"},
@@ -188,6 +191,9 @@ TEST(Cli, BadValuesAreUsageErrorsNamingFlagAndValue) {
         Case{"info --sysfs-root /nonexistent", "--sysfs-root", "/nonexistent"},
         Case{"bench pin --backing anon --page-size 2M", "--page-size", "2M"},
         Case{"stress --seed -5", "--seed", "-5"},
+        Case{"stress --seconds nan", "--seconds", "nan"},
+        Case{"stress --seconds 1e400", "--seconds", "1e400"},
+        Case{"bench io --seconds nan", "--seconds", "nan"},
         Case{"stress --seed 18446744073709551616", "--seed", "18446744073709551616"},
         Case{"verify --range 0x1000 0", "--range", "0x1000 0"},
         Case{"verify --range 0x1001 4096", "--range", "0x1001"},
@@ -222,6 +228,59 @@ TEST(Cli, HelpForEveryCommandAndVersion) {
   }
   EXPECT_THAT(RunCli("--version", &rc), ::testing::StartsWith("hugemm "));
   EXPECT_EQ(rc, 0);
+}
+
+// Output that never reached stdout (a full disk, a closed stdout) is an error, exit 1,
+// said on stderr; a command that already failed keeps its own exit code.
+TEST(Cli, LostOutputFailsTheCommand) {
+  struct Case {
+    const char* args;
+    const char* why;
+  };
+  for (const Case& c : {Case{"info >/dev/full", "No space left on device"},
+                        Case{"info --json >/dev/full", "No space left on device"},
+                        Case{"info --json >&-", "Bad file descriptor"},
+                        Case{"--version >/dev/full", ""}, Case{"bench --help >&-", ""}}) {
+    int rc = 0;
+    const std::string err = RunCli(std::string("2>&1 ") + c.args, &rc);
+    EXPECT_EQ(rc, 1) << c.args << ": " << err;
+    EXPECT_THAT(err, HasSubstr("writing standard output")) << c.args;
+    EXPECT_THAT(err, HasSubstr(c.why)) << c.args;
+  }
+  int rc = 0;
+  const std::string err = RunCli("2>&1 bench pin -m 0 >/dev/full", &rc);
+  EXPECT_EQ(rc, 2) << err;
+  EXPECT_THAT(err, HasSubstr("-m"));
+  // Where it all fits, it all arrives and the command succeeds.
+  EXPECT_FALSE(Parse(RunCli("info --json", &rc)).is_discarded());
+  EXPECT_EQ(rc, 0);
+}
+
+// `hugemm verify` and `verify --json` report the same leaves and verdict; a size this
+// machine cannot map now is skipped, named once ("hugetlb 1G: map 1 GiB: ..."), and the
+// run still agrees with the kernel.
+TEST(VerifyCli, TextAndJsonAgreeAndSkippedSizesAreNamedOnce) {
+  int rc = 0;
+  const Json j = Parse(RunCli("verify --json", &rc));
+  ASSERT_TRUE(j.is_object());
+  EXPECT_EQ(rc, 0) << j.dump();
+  EXPECT_TRUE(j["ok"].get<bool>());
+  EXPECT_EQ(j["leaves_checked"]["4K"].get<int>(), 64);
+  EXPECT_EQ(j["mismatch_count"].get<int>(), 0);
+  int total = 0;
+  for (const auto& [size, n] : j["leaves_checked"].items()) total += n.get<int>();
+  for (const Json& why : j["skipped"]) {
+    const std::string text = why.get<std::string>();
+    const std::string name = text.substr(0, text.find(':'));
+    EXPECT_EQ(text.find(name + ": " + name), std::string::npos) << text;
+  }
+  const std::string out = RunCli("verify", &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_THAT(out, HasSubstr(absl::StrFormat("%d leaves checked", total)));
+  EXPECT_THAT(out, HasSubstr("0 mismatches: shadow agrees with the kernel"));
+  for (const Json& why : j["skipped"]) {
+    EXPECT_THAT(out, HasSubstr("skipped " + why.get<std::string>().substr(0, 10)));
+  }
 }
 
 // gup_test's short flags, and --flag value and --flag=value, give the same run.

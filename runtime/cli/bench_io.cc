@@ -18,6 +18,7 @@
 #include "absl/strings/str_format.h"
 #include "hugemm/page_size.h"
 #include "runtime/cli/command.h"
+#include "runtime/cli/remove_on_signal.h"
 
 namespace hugemm::cli {
 namespace {
@@ -191,7 +192,13 @@ int RunBenchIo(IoFlags& f) {
     std::fprintf(stderr, tty ? "\r\033[K  hugemm bench io: %s" : "  hugemm bench io: %s\n",
                  what.c_str());
   };
-  absl::StatusOr<IoBenchResult> r = perf::RunIoBench(c, hooks);
+  absl::StatusOr<IoBenchResult> r;
+  {
+    // Without --file the run creates its target in --dir under this name.
+    const RemoveOnSignal created(
+        c.file.empty() ? absl::StrCat(c.dir, "/hugemm-bench-io.", ::getpid()) : "");
+    r = perf::RunIoBench(c, hooks);
+  }
   if (tty) std::fprintf(stderr, "\r\033[K");
   if (!r.ok()) return Fail("bench io", r.status());
   if (!f.json) {
@@ -245,6 +252,7 @@ void AddBenchIoCommand(CommandTable& table, CLI::App* bench) {
   io->add_option("--seconds", c.seconds,
                  "Timed seconds per candidate and job (after a tenth "
                  "of it as warm-up)")
+      ->check(FiniteNumber())
       ->check(CLI::Range(0.01, 3600.0))
       ->capture_default_str();
   io->add_flag("--write-existing", c.write_existing,

@@ -3,6 +3,8 @@
 // summary, or as JSON (keys in doc/benchmarks.md).
 #include "perf/bench_pin.h"
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -12,6 +14,7 @@
 #include "hugemm/runtime.h"
 #include "perf/bench_util.h"
 #include "runtime/cli/command.h"
+#include "runtime/cli/remove_on_signal.h"
 
 namespace hugemm::cli {
 namespace {
@@ -193,11 +196,23 @@ int RunBenchPin(PinFlags& f) {
   hooks.note = [](const std::string& note) {
     std::fprintf(stderr, "hugemm bench pin: %s\n", note.c_str());
   };
-  hooks.progress = [](int done, int repeats) {
-    std::fprintf(stderr, "\r  hugemm bench pin: repeat %d/%d", done, repeats);
-    if (done == repeats) std::fprintf(stderr, "\n");
+  // One line rewritten in place on a terminal; into a log, a line per tenth of the run
+  // (a carriage return per repeat made one line of -r's length there).
+  const bool tty = ::isatty(STDERR_FILENO) == 1;
+  hooks.progress = [tty](int done, int repeats) {
+    if (tty) {
+      std::fprintf(stderr, "\r  hugemm bench pin: repeat %d/%d", done, repeats);
+      if (done == repeats) std::fprintf(stderr, "\n");
+    } else if (done == repeats || done * 10 / repeats != (done - 1) * 10 / repeats) {
+      std::fprintf(stderr, "  hugemm bench pin: repeat %d/%d\n", done, repeats);
+    }
   };
-  absl::StatusOr<PinBenchResult> r = perf::RunPinBench(c, hooks);
+  absl::StatusOr<PinBenchResult> r;
+  {
+    // -f naming a file that is not there yet: the run creates it in a hugetlbfs mount.
+    const RemoveOnSignal created(c.file);
+    r = perf::RunPinBench(c, hooks);
+  }
   if (!r.ok()) return Fail("bench pin", r.status());
   if (f.json) {
     PrintJsonResult(c, *r);

@@ -1,6 +1,7 @@
 // The command table, flag value checks and output helpers every command uses.
 #include "runtime/cli/command.h"
 
+#include <cmath>
 #include <cstdio>
 
 #include "absl/strings/ascii.h"
@@ -52,6 +53,17 @@ CLI::Validator IntegerIn(int64_t min, int64_t max) {
         // CLI11 converts with base 0 afterwards ("010" as octal 8, "08" not at all):
         // hand it the decimal read here.
         value = absl::StrCat(v);
+        return "";
+      },
+      "");
+}
+
+CLI::Validator FiniteNumber() {
+  return CLI::Validator(
+      [](std::string& value) -> std::string {
+        double v = 0;
+        if (!absl::SimpleAtod(value, &v)) return absl::StrCat("\"", value, "\" is not a number");
+        if (!std::isfinite(v)) return absl::StrCat(value, " is not a finite number");
         return "";
       },
       "");

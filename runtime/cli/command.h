@@ -68,6 +68,9 @@ void SetCommandLine(int argc, const char* const* argv);
 // IntegerIn reads decimal and hands CLI11 the number it read (whose own conversion takes
 // "010" as octal): give it with ->transform, not ->check, which would drop that.
 CLI::Validator IntegerIn(int64_t min, int64_t max);
+// A finite decimal number ("2", "0.5", "1e3"). CLI::Range lets "nan" through (no
+// comparison with it is true) and calls "abc" out of range: give this one first.
+CLI::Validator FiniteNumber();
 CLI::Validator PageSizeValue();  // "4K", "2M", "1G", "2MB", a number of bytes
 CLI::Validator AddressValue();   // decimal or 0x hexadecimal
 // The value AddressValue accepts.

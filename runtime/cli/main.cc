@@ -1,5 +1,10 @@
 // hugemm: the command-line face of the runtime.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -26,7 +31,35 @@ std::string SelectedPath(const CLI::App& app) {
   return path;
 }
 
+// A standard stream the caller closed would be the next file opened, and output meant
+// for stdout would go into it: hold each closed one with /dev/null opened read-only, so
+// that writing stdout fails (EBADF) and is reported, as it would be on the closed stream.
+void HoldClosedStandardStreams() {
+  for (int fd = STDIN_FILENO; fd <= STDERR_FILENO; ++fd) {
+    if (::fcntl(fd, F_GETFD) == -1 && errno == EBADF) {
+      const int held = ::open("/dev/null", O_RDONLY);
+      if (held >= 0 && held != fd) {
+        ::dup2(held, fd);
+        ::close(held);
+      }
+    }
+  }
+}
+
+// Output that did not reach stdout (a full disk, a closed stream) fails the command: a
+// script reading it must not take a cut-off result for a whole one.
+int CheckStdout(const std::string& path, int rc) {
+  errno = 0;
+  const bool flush_failed = std::fflush(stdout) != 0;
+  const int err = errno;
+  if (!flush_failed && !std::ferror(stdout)) return rc;
+  std::fprintf(stderr, "%s: writing standard output: %s\n", path.c_str(),
+               flush_failed && err != 0 ? std::strerror(err) : "a write failed");
+  return rc == kExitOk ? kExitFailed : rc;
+}
+
 int Main(int argc, char** argv) {
+  HoldClosedStandardStreams();
   SetCommandLine(argc, argv);
   CLI::App app(
       "hugemm: DMA buffers on real huge pages, a shadow page table held against the "
@@ -50,7 +83,7 @@ int Main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    if (e.get_exit_code() == 0) return CheckStdout(SelectedPath(app), app.exit(e));  // --help
     const std::string path = SelectedPath(app);
     // "hugemm nonsense" stops at the missing command before CLI11 looks at the extra
     // word: name the word, not only what is missing.
@@ -66,7 +99,8 @@ int Main(int argc, char** argv) {
                  path.c_str());
     return kExitUsage;
   }
-  return table.RunSelected();
+  const int rc = table.RunSelected();
+  return CheckStdout(SelectedPath(app), rc);
 }
 
 }  // namespace

@@ -74,6 +74,7 @@ void AddStressCommand(CommandTable& table, CLI::App* app) {
                             "checked as they go; everything back at baseline at the end",
                             [f] { return RunStressCommand(*f); });
   cmd->add_option("--seconds", f->config.seconds, "How long the threads run")
+      ->check(FiniteNumber())
       ->check(CLI::Range(0.001, 1e7))
       ->type_name("S")
       ->capture_default_str();

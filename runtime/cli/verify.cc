@@ -76,7 +76,9 @@ int RunVerify(const VerifyFlags& flags) {
     absl::StatusOr<Extent> e =
         b.ok() ? (*b)->Map({.length = s.pages * s.page_size}) : absl::StatusOr<Extent>(b.status());
     if (!e.ok()) {
-      const std::string why = absl::StrFormat("%s: %s", s.name, e.status().message());
+      // A failed Map names the backing ("hugetlb 2M: map 8 MiB: ..."); Create may not.
+      const std::string why = b.ok() ? std::string(e.status().message())
+                                     : absl::StrFormat("%s: %s", s.name, e.status().message());
       if (!json) std::printf("skipped %s\n", why.c_str());
       skipped.push_back(why);
       continue;
