@@ -259,6 +259,28 @@ TEST(Cli, LostOutputFailsTheCommand) {
 // `hugemm verify` and `verify --json` report the same leaves and verdict; a size this
 // machine cannot map now is skipped, named once ("hugetlb 1G: map 1 GiB: ..."), and the
 // run still agrees with the kernel.
+// With too little address space for any huge page (RLIMIT_AS just above what the program
+// needs to load), demo maps nothing: a run that could not be done, exit 1, not 0.
+TEST(DemoCli, MappingNothingIsAFailure) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "a sanitizer's shadow memory does not fit under a small RLIMIT_AS";
+#endif
+  for (int mib = 8; mib <= 64; ++mib) {
+    int code = 0;
+    const std::string out = testing::RunCommand(
+        absl::StrFormat("prlimit --as=%d %s demo 2>&1", mib << 20, HUGEMM_CLI_PATH), &code);
+    if (code == 127 || out.find("error while loading") != std::string::npos) continue;
+    if (out.find("demo: 0 page size(s) mapped") == std::string::npos) {
+      GTEST_SKIP() << "a page mapped under the first limit the program loads under (" << mib
+                   << " MiB): " << out;
+    }
+    EXPECT_EQ(code, 1) << out;
+    EXPECT_THAT(out, HasSubstr("no huge page could be mapped"));
+    return;
+  }
+  FAIL() << "hugemm did not load under RLIMIT_AS of 64 MiB";
+}
+
 TEST(VerifyCli, TextAndJsonAgreeAndSkippedSizesAreNamedOnce) {
   int rc = 0;
   const Json j = Parse(RunCli("verify --json", &rc));

@@ -56,6 +56,11 @@ int RunDemo() {
     if (rc == 1) ++failures;
   }
   std::printf("demo: %d page size(s) mapped and checked, %d failed\n", ran, failures);
+  if (ran == 0 && failures == 0) {
+    // Nothing was checked: a run that could not be done is no success.
+    std::fprintf(stderr, "hugemm demo: no huge page could be mapped (see the reasons above)\n");
+    return kExitFailed;
+  }
   return failures ? kExitFailed : kExitOk;
 }
 
