@@ -5,6 +5,7 @@
 #ifndef HUGEMM_RUNTIME_API_C_BRIDGE_H_
 #define HUGEMM_RUNTIME_API_C_BRIDGE_H_
 
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "hugemm/hugemm.h"
 #include "hugemm/os.h"
 #include "hugemm/runtime.h"
@@ -64,16 +66,42 @@ inline int CApiFailKernel(const absl::Status& status) {
   return err != 0 ? CApiFail(err, std::string(status.message())) : CApiFail(status);
 }
 
-// For the layers above: `close` ends `handle`'s use of `rt` when hugemm_close comes
-// first (see hugemm_runtime::closers).
-inline void CApiAddCloser(hugemm_runtime* rt, const void* handle, std::function<void()> close) {
-  std::lock_guard<std::mutex> lock(rt->closers_mu);
-  rt->closers.emplace(handle, std::move(close));
+// The handles of the layers above (hugemm_io, hugemm_vfio, hugemm_mr_cache) share one
+// shape: a struct with `rt`, the runtime until its use ends, and an object that uses it,
+// held by the unique_ptr member `Object`. Its use ends at the handle's release call or at
+// hugemm_close, whichever comes first (see hugemm_runtime::closers); after the close the
+// handle answers CApiClosed to everything but its release call.
+
+// Ends `handle`'s use of its runtime: its object goes, and so does `rt`.
+template <auto Object, typename Handle>
+void CApiEndUse(Handle* handle) {
+  (handle->*Object).reset();
+  handle->rt = nullptr;
 }
-// The handle's own release call ends its use: hugemm_close has nothing left to do for it.
-inline void CApiRemoveCloser(hugemm_runtime* rt, const void* handle) {
+// A new handle of `rt`: hugemm_close ends its use if its release call has not.
+template <auto Object, typename Handle>
+void CApiAdopt(hugemm_runtime* rt, Handle* handle) {
   std::lock_guard<std::mutex> lock(rt->closers_mu);
-  rt->closers.erase(handle);
+  rt->closers.emplace(handle, [handle] { CApiEndUse<Object>(handle); });
+}
+// The handle's release call: ends its use, unless hugemm_close did, and frees it.
+template <auto Object, typename Handle>
+void CApiRelease(Handle* handle) {
+  if (handle == nullptr) return;
+  if (hugemm_runtime* rt = handle->rt; rt != nullptr) {
+    {
+      std::lock_guard<std::mutex> lock(rt->closers_mu);
+      rt->closers.erase(handle);
+    }
+    CApiEndUse<Object>(handle);
+  }
+  delete handle;
+}
+// For a call on a handle whose runtime is closed: -EINVAL, naming the call, what the
+// handle is ("io", "mapper", "cache") and the one call left for it.
+inline int CApiClosed(const char* fn, const char* what, const char* release) {
+  return CApiFail(EINVAL, absl::StrCat(fn, ": the runtime of this ", what,
+                                       " is closed (hugemm_close); only ", release, " is left"));
 }
 
 namespace c_api_internal {

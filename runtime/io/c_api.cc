@@ -22,18 +22,7 @@ int Fail(const absl::Status& st) { return hugemm::CApiFailKernel(st); }
 
 int Invalid(const char* what) { return hugemm::CApiFail(EINVAL, what); }
 
-// For a call on an io whose runtime hugemm_close closed: -EINVAL, naming why.
-int Closed(const char* fn) {
-  return hugemm::CApiFail(EINVAL, absl::StrCat(fn,
-                                               ": the runtime of this io is closed "
-                                               "(hugemm_close); only hugemm_io_detach is left"));
-}
-
-// Ends the io's use of its runtime, as hugemm_io_detach does.
-void EndUse(hugemm_io* io) {
-  io->ring.reset();
-  io->rt = nullptr;
-}
+int Closed(const char* fn) { return hugemm::CApiClosed(fn, "io", "hugemm_io_detach"); }
 
 }  // namespace
 
@@ -66,19 +55,12 @@ int hugemm_io_attach(hugemm_runtime* rt, int ring_fd, const hugemm_io_options* o
       hugemm::IoRing::Attach(*rt->rt, ring_fd, o);
   if (!ring.ok()) return Fail(ring.status());
   auto* io = new hugemm_io{std::move(*ring), rt};
-  hugemm::CApiAddCloser(rt, io, [io] { EndUse(io); });
+  hugemm::CApiAdopt<&hugemm_io::ring>(rt, io);
   *out = io;
   return Ok();
 }
 
-void hugemm_io_detach(hugemm_io* io) {
-  if (io == nullptr) return;
-  if (hugemm_runtime* rt = io->rt; rt != nullptr) {
-    hugemm::CApiRemoveCloser(rt, io);
-    EndUse(io);
-  }
-  delete io;
-}
+void hugemm_io_detach(hugemm_io* io) { hugemm::CApiRelease<&hugemm_io::ring>(io); }
 
 int hugemm_io_mode(const hugemm_io* io) {
   if (io == nullptr) return Invalid("hugemm_io_mode: NULL io");

@@ -25,18 +25,7 @@ using hugemm::CApiOk;
 
 static_assert(sizeof(hugemm_mr_cache_stats) == 9 * sizeof(uint64_t));
 
-// For a call on a cache whose runtime hugemm_close closed: -EINVAL, naming why.
-int Closed(const char* fn) {
-  return CApiFail(EINVAL, absl::StrCat(fn,
-                                       ": the runtime of this cache is closed (hugemm_close); "
-                                       "only hugemm_mr_cache_destroy is left"));
-}
-
-// Ends the cache's use of its runtime, as hugemm_mr_cache_destroy does.
-void EndUse(hugemm_mr_cache* cache) {
-  cache->cache.reset();
-  cache->rt = nullptr;
-}
+int Closed(const char* fn) { return hugemm::CApiClosed(fn, "cache", "hugemm_mr_cache_destroy"); }
 
 }  // namespace
 
@@ -66,18 +55,13 @@ int hugemm_mr_cache_create(hugemm_runtime* rt, const hugemm_mr_cache_options* op
   absl::StatusOr<std::unique_ptr<hugemm::MrCache>> cache = hugemm::MrCache::Create(*rt->rt, o);
   if (!cache.ok()) return CApiFail(cache.status());
   auto* handle = new hugemm_mr_cache{std::move(*cache), rt};
-  hugemm::CApiAddCloser(rt, handle, [handle] { EndUse(handle); });
+  hugemm::CApiAdopt<&hugemm_mr_cache::cache>(rt, handle);
   *out = handle;
   return CApiOk();
 }
 
 void hugemm_mr_cache_destroy(hugemm_mr_cache* cache) {
-  if (cache == nullptr) return;
-  if (hugemm_runtime* rt = cache->rt; rt != nullptr) {
-    hugemm::CApiRemoveCloser(rt, cache);
-    EndUse(cache);
-  }
-  delete cache;
+  hugemm::CApiRelease<&hugemm_mr_cache::cache>(cache);
 }
 
 int hugemm_mr_get(hugemm_mr_cache* cache, struct ibv_pd* pd, const void* addr, size_t length,

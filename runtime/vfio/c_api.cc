@@ -25,19 +25,7 @@ int Fail(const absl::Status& st) { return hugemm::CApiFailKernel(st); }
 
 int Invalid(const char* what) { return hugemm::CApiFail(EINVAL, what); }
 
-// For a call on a mapper whose runtime hugemm_close closed: -EINVAL, naming why.
-int Closed(const char* fn) {
-  return hugemm::CApiFail(EINVAL, absl::StrCat(fn,
-                                               ": the runtime of this mapper is closed "
-                                               "(hugemm_close); only hugemm_vfio_detach is left"));
-}
-
-// Ends the mapper's use of its runtime, as hugemm_vfio_detach does: the container loses
-// every mapping the mapper made.
-void EndUse(hugemm_vfio* vfio) {
-  vfio->mapper.reset();
-  vfio->rt = nullptr;
-}
+int Closed(const char* fn) { return hugemm::CApiClosed(fn, "mapper", "hugemm_vfio_detach"); }
 
 }  // namespace
 
@@ -57,19 +45,12 @@ int hugemm_vfio_attach(hugemm_runtime* rt, int container_fd, const hugemm_vfio_o
       hugemm::IovaMapper::Attach(*rt->rt, container_fd, o);
   if (!mapper.ok()) return Fail(mapper.status());
   auto* handle = new hugemm_vfio{rt, std::move(*mapper)};
-  hugemm::CApiAddCloser(rt, handle, [handle] { EndUse(handle); });
+  hugemm::CApiAdopt<&hugemm_vfio::mapper>(rt, handle);
   *out = handle;
   return hugemm::CApiOk();
 }
 
-void hugemm_vfio_detach(hugemm_vfio* vfio) {
-  if (vfio == nullptr) return;
-  if (hugemm_runtime* rt = vfio->rt; rt != nullptr) {
-    hugemm::CApiRemoveCloser(rt, vfio);
-    EndUse(vfio);
-  }
-  delete vfio;
-}
+void hugemm_vfio_detach(hugemm_vfio* vfio) { hugemm::CApiRelease<&hugemm_vfio::mapper>(vfio); }
 
 int hugemm_vfio_iova(const hugemm_vfio* vfio, const void* addr, uint64_t* iova) {
   if (vfio == nullptr || iova == nullptr) return Invalid("hugemm_vfio_iova: NULL argument");
