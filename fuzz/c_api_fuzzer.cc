@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "fuzz/c_failure.h"
 #include "fuzz/fuzz_input.h"
 #include "hugemm/hugemm.h"
 #include "soak/footprint.h"
@@ -69,22 +70,6 @@ struct Sub {
 void OnStart(void* user, const void*, size_t, int) { ++static_cast<Sub*>(user)->starts; }
 void OnEnd(void* user, const void*, size_t, int) { ++static_cast<Sub*>(user)->ends; }
 
-bool KnownErrno(long rc) {
-  switch (-rc) {
-    case EINVAL:
-    case ENOENT:
-    case EEXIST:
-    case EPERM:
-    case ENOMEM:
-    case EFAULT:
-    case EAGAIN:
-    case EOPNOTSUPP:
-      return true;
-    default:
-      return false;
-  }
-}
-
 // The runtimes opened once, for every input that does not open its own.
 struct Shared {
   hugemm_runtime* runtimes[3] = {};  // no kernel pins; kernel pins; page refcounts
@@ -113,11 +98,8 @@ class Driver {
  private:
   // A failed call: a known negative errno and words for it.
   void CheckFailure(const char* call, long rc) {
-    if (trace_) std::fprintf(stderr, "%s: %ld %s\n", call, rc, rc < 0 ? hugemm_last_error() : "");
-    if (rc >= 0) return;
-    FUZZ_CHECK(KnownErrno(rc),
-               absl::StrFormat("%s: errno %d (%s)", call, -rc, hugemm_last_error()));
-    FUZZ_CHECK(hugemm_last_error()[0] != '\0', std::string(call) + ": an error without words");
+    CheckCFailure(call, rc, {EINVAL, ENOENT, EEXIST, EPERM, ENOMEM, EFAULT, EAGAIN, EOPNOTSUPP},
+                  trace_);
   }
   // Huge page memory held: live buffers, and freed ones while a pin may hold them.
   size_t Mapped() const {
@@ -601,9 +583,4 @@ void Driver::Finish() {
 }  // namespace
 }  // namespace hugemm::fuzz
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  hugemm::fuzz::FuzzInput in(data, size);
-  hugemm::fuzz::Driver driver(in);
-  driver.Run();
-  return 0;
-}
+HUGEMM_FUZZ_ENTRY_POINT(hugemm::fuzz::Driver)

@@ -63,4 +63,14 @@ class FuzzInput {
     if (!(cond)) ::hugemm::fuzz::Broken(__FILE__, __LINE__, std::string(#cond) + ": " + (what)); \
   } while (0)
 
+// libFuzzer's entry point for a fuzzer whose `Driver(FuzzInput&)` runs one input with
+// Run(); at global scope, after the Driver.
+#define HUGEMM_FUZZ_ENTRY_POINT(Driver)                                     \
+  extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) { \
+    ::hugemm::fuzz::FuzzInput in(data, size);                               \
+    Driver driver(in);                                                      \
+    driver.Run();                                                           \
+    return 0;                                                               \
+  }
+
 #endif  // HUGEMM_FUZZ_FUZZ_INPUT_H_

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "fuzz/c_failure.h"
 #include "fuzz/fuzz_input.h"
 #include "hugemm/hugemm.h"
 #include "hugemm/hugemm_io.h"
@@ -48,21 +49,6 @@ constexpr size_t kFileBytes = 4 * k2M;
 constexpr size_t kBudget = 4 * k2M;  // live buffers, at most
 constexpr unsigned kRingEntries = 32;
 constexpr uint64_t kNop = ~uint64_t{0};  // user_data of an SQE cancelled and made a NOP
-
-bool KnownErrno(long rc) {
-  switch (-rc) {
-    case EINVAL:
-    case ENOENT:
-    case EBUSY:
-    case ENOMEM:
-    case EFAULT:
-    case EOPNOTSUPP:
-    case EAGAIN:
-      return true;
-    default:
-      return false;
-  }
-}
 
 // What outlives an input: the runtimes (pools grow once) and the file with its model.
 struct Shared {
@@ -127,12 +113,9 @@ class Driver {
   void Run();
 
  private:
+  // A failed call: a known negative errno and words for it.
   void CheckFailure(const char* call, long rc) {
-    if (trace_) std::fprintf(stderr, "%s: %ld %s\n", call, rc, rc < 0 ? hugemm_last_error() : "");
-    if (rc >= 0) return;
-    FUZZ_CHECK(KnownErrno(rc),
-               absl::StrFormat("%s: errno %d (%s)", call, -rc, hugemm_last_error()));
-    FUZZ_CHECK(hugemm_last_error()[0] != '\0', std::string(call) + ": an error without words");
+    CheckCFailure(call, rc, {EINVAL, ENOENT, EBUSY, ENOMEM, EFAULT, EOPNOTSUPP, EAGAIN}, trace_);
   }
   size_t Live() const {
     size_t n = 0;
@@ -578,9 +561,4 @@ void Driver::Run() {
 }  // namespace
 }  // namespace hugemm::fuzz
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  hugemm::fuzz::FuzzInput in(data, size);
-  hugemm::fuzz::Driver driver(in);
-  driver.Run();
-  return 0;
-}
+HUGEMM_FUZZ_ENTRY_POINT(hugemm::fuzz::Driver)

@@ -870,9 +870,4 @@ void Driver::Finish() {
 }  // namespace
 }  // namespace hugemm::fuzz
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  hugemm::fuzz::FuzzInput in(data, size);
-  hugemm::fuzz::Driver driver(in);
-  driver.Run();
-  return 0;
-}
+HUGEMM_FUZZ_ENTRY_POINT(hugemm::fuzz::Driver)
