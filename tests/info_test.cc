@@ -211,15 +211,17 @@ TEST(Cli, BadValuesAreUsageErrorsNamingFlagAndValue) {
 }
 
 TEST(Cli, HelpForEveryCommandAndVersion) {
+  int rc = 0;
   for (const char* cmd : {"", "info", "demo", "verify", "bench", "bench pin", "bench translate",
                           "bench alloc", "bench mr"}) {
-    int rc = 0;
     const std::string out = RunCli(std::string(cmd) + " --help", &rc);
     EXPECT_EQ(rc, 0) << cmd;
     EXPECT_THAT(out, HasSubstr("Usage: hugemm " + std::string(cmd))) << out;
     EXPECT_THAT(out, HasSubstr("Exit status")) << out;
+    // Each value of a flag named, not counted ("ADDR LEN", not "ADDR LEN x 2").
+    EXPECT_THAT(out, ::testing::Not(::testing::ContainsRegex(" x [0-9]"))) << out;
   }
-  int rc = 0;
+  EXPECT_THAT(RunCli("verify --help", &rc), HasSubstr("--range ADDR LEN "));
   const std::string help = RunCli("bench pin --help", &rc);
   for (const char* flag :
        {"-m", "-r", "-n", "-a", "-u", "-L", "-w", "-W", "-S", "-P", "-H", "-f", "-j", "--disjoint",

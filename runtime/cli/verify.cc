@@ -155,7 +155,7 @@ void AddVerifyCommand(CommandTable& table, CLI::App* app) {
                    "Also register the mapped range [ADDR, ADDR+LEN) of this process and "
                    "verify it (decimal or 0x hex)")
       ->expected(2)
-      ->type_name("ADDR LEN")
+      ->option_text("ADDR LEN")  // not CLI11's "ADDR LEN x 2": the two values are named
       ->check(AddressValue());
 }
 
