@@ -17,7 +17,8 @@ namespace {
 constexpr int kSlots = 4;
 char paths[kSlots][PATH_MAX];
 std::atomic<bool> named[kSlots];
-constexpr int kSignals[] = {SIGINT, SIGTERM, SIGHUP};
+// SIGPIPE too: a reader of the output that goes away ends the run that way.
+constexpr int kSignals[] = {SIGINT, SIGTERM, SIGHUP, SIGPIPE};
 
 void RemoveAndDie(int sig) {
   const int saved = errno;

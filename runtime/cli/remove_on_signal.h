@@ -1,9 +1,10 @@
 // A file a benchmark creates is removed when the run ends, by the run itself; a SIGINT,
-// SIGTERM or SIGHUP ends the process before that. A file in a hugetlbfs mount would keep
-// its huge pages out of the pool until someone removed it, a created I/O target would
-// keep its gigabyte on disk. RemoveOnSignal names such a file for the time of the run:
-// one of those signals removes it and then ends the process as the signal would have
-// (a signal the caller ignores, as a shell does for a background job, stays ignored).
+// SIGTERM, SIGHUP or SIGPIPE (a reader of the output gone) ends the process before that.
+// A file in a hugetlbfs mount would keep its huge pages out of the pool until someone
+// removed it, a created I/O target would keep its gigabyte on disk. RemoveOnSignal names
+// such a file for the time of the run: one of those signals removes it and then ends the
+// process as the signal would have (a signal the caller ignores, as a shell does for a
+// background job, stays ignored).
 #ifndef HUGEMM_RUNTIME_CLI_REMOVE_ON_SIGNAL_H_
 #define HUGEMM_RUNTIME_CLI_REMOVE_ON_SIGNAL_H_
 
