@@ -16,6 +16,25 @@ kernel_ready() { # VERSION
   [[ -f $VM_CACHE/kernel/$1/boot/vmlinuz-$1 && -f $VM_CACHE/kernel/$1/lib/modules/$1/modules.dep ]]
 }
 
+# The kernel is looked up and downloaded through package lists of the cache's own,
+# not the host's: Debian publishes bookworm's 6.12 kernel in bookworm-security only, and
+# a host whose sources do not name that suite (a debootstrapped root names bookworm
+# alone) would otherwise boot 6.1, whose io_uring refuses to register device-DAX memory.
+KAPT_DIR=$VM_CACHE/apt
+KAPT=(-o "Dir::Etc::SourceList=$KAPT_DIR/sources.list" -o "Dir::Etc::SourceParts=$KAPT_DIR/none"
+  -o "Dir::State::Lists=$KAPT_DIR/lists" -o "Dir::Cache=$KAPT_DIR/cache")
+
+kernel_apt_setup() {
+  local codename keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+  codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+  codename=${codename:-bookworm}
+  mkdir -p "$KAPT_DIR/lists/partial" "$KAPT_DIR/cache/archives/partial" "$KAPT_DIR/none"
+  {
+    echo "deb [arch=amd64 signed-by=$keyring] http://deb.debian.org/debian $codename main"
+    echo "deb [arch=amd64 signed-by=$keyring] http://deb.debian.org/debian-security $codename-security main"
+  } >"$KAPT_DIR/sources.list"
+}
+
 # Which linux-image package to use: the newest 6.12 (bookworm's backport, a
 # kernel close to the ones users run), else the distribution's default. The
 # meta-packages name the newest build, so no version list is scanned. -cloud
@@ -23,7 +42,7 @@ kernel_ready() { # VERSION
 pick_version() {
   local meta dep
   for meta in linux-image-6.12-amd64 linux-image-amd64; do
-    dep=$(apt-cache depends "$meta" 2>/dev/null |
+    dep=$(apt-cache "${KAPT[@]}" depends "$meta" 2>/dev/null |
       sed -n 's/^ *Depends: linux-image-\([0-9][^ ]*-amd64\)$/\1/p' | head -n1)
     if [[ -n $dep ]]; then
       echo "$dep"
@@ -45,9 +64,10 @@ main() {
     return 0
   fi
 
+  kernel_apt_setup
   if [[ -z $ver ]]; then
-    # apt-cache knows nothing before the first 'apt-get update'.
-    ver=$(pick_version) || { apt_quiet update >"$VM_CACHE/apt.log" 2>&1 || true; ver=$(pick_version); } ||
+    # The cache's lists are empty before their first 'apt-get update'.
+    ver=$(pick_version) || { apt_quiet "${KAPT[@]}" update >"$VM_CACHE/apt.log" 2>&1 || true; ver=$(pick_version); } ||
       cannot_build "no linux-image-*-amd64 package known to apt"
   fi
 
@@ -56,10 +76,10 @@ main() {
   deb=${debs[0]}
   if [[ ! -f $deb ]]; then
     log "downloading linux-image-$ver"
-    if ! (cd "$VM_CACHE/debs" && apt_quiet download "linux-image-$ver") >"$VM_CACHE/apt.log" 2>&1; then
-      # The lists may name a build the mirror no longer has.
-      apt_quiet update >>"$VM_CACHE/apt.log" 2>&1 || true
-      (cd "$VM_CACHE/debs" && apt_quiet download "linux-image-$ver") >>"$VM_CACHE/apt.log" 2>&1 ||
+    if ! (cd "$VM_CACHE/debs" && apt_quiet "${KAPT[@]}" download "linux-image-$ver") >"$VM_CACHE/apt.log" 2>&1; then
+      # The lists may name a build the mirror no longer has, or none yet (HUGEMM_VM_KERNEL).
+      apt_quiet "${KAPT[@]}" update >>"$VM_CACHE/apt.log" 2>&1 || true
+      (cd "$VM_CACHE/debs" && apt_quiet "${KAPT[@]}" download "linux-image-$ver") >>"$VM_CACHE/apt.log" 2>&1 ||
         cannot_build "cannot download linux-image-$ver (see $VM_CACHE/apt.log)"
     fi
     debs=("$VM_CACHE/debs/linux-image-${ver}_"*.deb)
