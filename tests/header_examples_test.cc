@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -69,6 +70,16 @@ Footprint Now() {
 
 std::ostream& operator<<(std::ostream& os, const Footprint& f) {
   return os << f.fds << " descriptors, " << f.maps << " mappings";
+}
+
+// A runtime with one 2M buffer mapped in it: where the gup.h and notify.h examples start.
+void OpenWithOneBuffer(std::unique_ptr<hugemm::Runtime>* rt, std::optional<hugemm::Buffer>* b) {
+  absl::StatusOr<std::unique_ptr<hugemm::Runtime>> opened = hugemm::Runtime::Open();
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  *rt = std::move(*opened);
+  absl::StatusOr<hugemm::Buffer> mapped = (*rt)->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(mapped.ok()) << mapped.status();
+  b->emplace(std::move(*mapped));
 }
 
 // runtime.h: map 1 GiB of 2M pages, pin it, one span per folio with its PFN.
@@ -172,13 +183,12 @@ TEST(HeaderExamples, Os) {
 // gup.h: a page array of 512 entries for one 2M page, unpinned dirty.
 TEST(HeaderExamples, Gup) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
-  auto rt = hugemm::Runtime::Open();
-  ASSERT_TRUE(rt.ok()) << rt.status();
-  absl::StatusOr<hugemm::Buffer> b = (*rt)->MapBuffer(kPageSize2M);
-  ASSERT_TRUE(b.ok()) << b.status();
-  hugemm::PageTable& table = (*rt)->table();
+  std::unique_ptr<hugemm::Runtime> rt;
+  std::optional<hugemm::Buffer> b;
+  ASSERT_NO_FATAL_FAILURE(OpenWithOneBuffer(&rt, &b));
+  hugemm::PageTable& table = rt->table();
   std::byte* buf = b->data();
-  hugemm::Folio* folio = (*rt)->Translate(buf)->folio;
+  hugemm::Folio* folio = rt->Translate(buf)->folio;
   const int32_t refs = folio->refcount();
 
   hugemm::Pinner pinner(table);
@@ -221,11 +231,10 @@ TEST(HeaderExamples, PageTable) {
 // notify.h: a registration built at a stable sequence is valid until the range changes.
 TEST(HeaderExamples, Notify) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
-  auto rt = hugemm::Runtime::Open();
-  ASSERT_TRUE(rt.ok()) << rt.status();
-  absl::StatusOr<hugemm::Buffer> b = (*rt)->MapBuffer(kPageSize2M);
-  ASSERT_TRUE(b.ok()) << b.status();
-  hugemm::PageTable& table = (*rt)->table();
+  std::unique_ptr<hugemm::Runtime> rt;
+  std::optional<hugemm::Buffer> b;
+  ASSERT_NO_FATAL_FAILURE(OpenWithOneBuffer(&rt, &b));
+  hugemm::PageTable& table = rt->table();
   std::byte* buf = b->data();
   const size_t len = b->size();
   int dropped = 0;

@@ -194,6 +194,13 @@ TEST(Cli, BadValuesAreUsageErrorsNamingFlagAndValue) {
         Case{"stress --seconds nan", "--seconds", "nan"},
         Case{"stress --seconds 1e400", "--seconds", "1e400"},
         Case{"bench io --seconds nan", "--seconds", "nan"},
+        // An empty list item is refused, not skipped.
+        Case{"bench io --qd 1,,2", "--qd", "1,,2"},
+        Case{"bench io --rw randread,", "--rw", "randread,"},
+        Case{"bench io --bs 4K --bs ,128K", "--bs", ",128K"},
+        Case{"bench io --candidates plain,,fixed", "--candidates", "plain,,fixed"},
+        Case{"bench io --qd 0,8", "--qd", "0"},
+        Case{"bench pin --compare kernel,,page", "--compare", "kernel,,page"},
         Case{"stress --seed 18446744073709551616", "--seed", "18446744073709551616"},
         Case{"verify --range 0x1000 0", "--range", "0x1000 0"},
         Case{"verify --range 0x1001 4096", "--range", "0x1001"},

@@ -34,6 +34,7 @@ struct IoFlags {
   std::vector<std::string> rw = {"randread", "randwrite"};
   std::vector<std::string> bs = {"4K", "128K"};
   std::vector<std::string> candidates = {"plain", "fixed", "fixed+pins", "fio"};
+  std::vector<std::string> qd = {"1", "32"};
   std::string size = "1G";
   bool json = false;
 };
@@ -173,6 +174,12 @@ int RunBenchIo(IoFlags& f) {
     }
     c.block_sizes.push_back(static_cast<uint32_t>(bytes));
   }
+  c.depths.clear();
+  for (const std::string& d : f.qd) {
+    unsigned depth = 0;
+    (void)absl::SimpleAtoi(d, &depth);  // IntegerIn read it already
+    c.depths.push_back(depth);
+  }
   c.candidates.clear();
   for (const std::string& name : f.candidates) {
     c.candidates.push_back(name == "plain"   ? IoCandidate::kPlain
@@ -233,22 +240,14 @@ void AddBenchIoCommand(CommandTable& table, CLI::App* bench) {
       ->check(BytesValue())
       ->type_name("SIZE")
       ->capture_default_str();
-  io->add_option("--rw", f->rw, "Patterns")
-      ->delimiter(',')
-      ->check(CLI::IsMember({"randread", "randwrite"}))
-      ->capture_default_str();
-  io->add_option("--bs", f->bs, "Block sizes, multiples of 4K up to 2M")
-      ->delimiter(',')
-      ->check(BytesValue())
-      ->capture_default_str();
-  io->add_option("--qd", c.depths, "Queue depths")
-      ->delimiter(',')
-      ->transform(IntegerIn(1, 4096))
-      ->capture_default_str();
-  io->add_option("--candidates", f->candidates, "Which to run, in this order")
-      ->delimiter(',')
-      ->check(CLI::IsMember({"plain", "fixed", "fixed+pins", "fio"}))
-      ->capture_default_str();
+  AddListOption(io, "--rw", &f->rw, "Patterns", {CLI::IsMember({"randread", "randwrite"})})
+      ->type_name("randread|randwrite,...");
+  AddListOption(io, "--bs", &f->bs, "Block sizes, multiples of 4K up to 2M", {BytesValue()})
+      ->type_name("SIZE,...");
+  AddListOption(io, "--qd", &f->qd, "Queue depths", {IntegerIn(1, 4096)})->type_name("N,...");
+  AddListOption(io, "--candidates", &f->candidates, "Which to run, in this order",
+                {CLI::IsMember({"plain", "fixed", "fixed+pins", "fio"})})
+      ->type_name("plain|fixed|fixed+pins|fio,...");
   io->add_option("--seconds", c.seconds,
                  "Timed seconds per candidate and job (after a tenth "
                  "of it as warm-up)")

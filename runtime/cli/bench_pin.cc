@@ -295,11 +295,11 @@ void AddBenchPinCommand(CommandTable& table, CLI::App* bench) {
          },
          "What a pin fills: a page array (default), folio spans or DMA segments")
       ->check(CLI::IsMember({"pages", "folios", "segments"}));
-  pin->add_option("--compare", f->compare,
-                  "Also time the kernel's pin of the same buffer and/or one reference per "
-                  "4K page")
-      ->delimiter(',')
-      ->check(CLI::IsMember({"kernel", "page"}));
+  AddListOption(pin, "--compare", &f->compare,
+                "Also time the kernel's pin of the same buffer and/or one reference per 4K "
+                "page",
+                {CLI::IsMember({"kernel", "page"})})
+      ->type_name("kernel|page,...");
   pin->add_flag("--json", f->json, "One JSON object (keys: see doc/benchmarks.md)");
 }
 

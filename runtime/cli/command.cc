@@ -9,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "hugemm/page_size.h"
 
 namespace hugemm::cli {
@@ -41,6 +42,31 @@ void SetCommandLine(int argc, const char* const* argv) {
   std::string& line = CommandLineStorage();
   line = "hugemm";
   for (int i = 1; i < argc; ++i) absl::StrAppend(&line, " ", argv[i]);
+}
+
+CLI::Option* AddListOption(CLI::App* app, const std::string& name, std::vector<std::string>* out,
+                           const std::string& help, std::vector<CLI::Validator> checks) {
+  CLI::Option* opt = app->add_option_function<std::vector<std::string>>(
+      name,
+      [name, out, checks = std::move(checks)](const std::vector<std::string>& given) {
+        std::vector<std::string> items;
+        for (const std::string& list : given) {
+          for (absl::string_view piece : absl::StrSplit(list, ',')) {
+            std::string item(piece);
+            if (item.empty()) {
+              throw CLI::ValidationError(name, absl::StrCat("\"", list, "\" has an empty item"));
+            }
+            for (const CLI::Validator& check : checks) {
+              if (std::string why = check(item); !why.empty()) throw CLI::ValidationError(name, why);
+            }
+            items.push_back(std::move(item));
+          }
+        }
+        *out = std::move(items);
+      },
+      help);
+  opt->default_str(absl::StrJoin(*out, ","));
+  return opt;
 }
 
 CLI::Validator IntegerIn(int64_t min, int64_t max) {

@@ -76,6 +76,14 @@ CLI::Validator AddressValue();   // decimal or 0x hexadecimal
 // The value AddressValue accepts.
 absl::StatusOr<uint64_t> ParseAddress(absl::string_view text);
 
+// A flag that takes a comma-separated list, and may be given more than once (the lists
+// add up; given at all, they replace the default `*out` holds). Each item goes through
+// `checks` in order (validators and transforms, as ->check would run them) into `*out`.
+// An empty item ("1,,2", "1,") is a bad value: CLI11's own delimiter skips it, so that a
+// typo would run something else than asked.
+CLI::Option* AddListOption(CLI::App* app, const std::string& name, std::vector<std::string>* out,
+                           const std::string& help, std::vector<CLI::Validator> checks = {});
+
 // Print "hugemm <command>: <message>" to stderr. Fail returns kExitFailed; Usage, for a
 // config the flags made that cannot run, returns kExitUsage.
 int Fail(absl::string_view command, const absl::Status& status);
