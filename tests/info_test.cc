@@ -168,7 +168,8 @@ TEST(InfoCli, RejectsUnknownArguments) {
   EXPECT_EQ(rc, 2);
 }
 
-// A bad value is a usage error (exit 2) whose message names the flag and the value.
+// A bad value is a usage error (exit 2) whose message names the flag and the value; an
+// empty item in a list flag is one, not skipped.
 TEST(Cli, BadValuesAreUsageErrorsNamingFlagAndValue) {
   struct Case {
     const char* args;
@@ -177,12 +178,9 @@ TEST(Cli, BadValuesAreUsageErrorsNamingFlagAndValue) {
   };
   for (const Case& c :
        {Case{"verify --range zz 1", "--range", "zz"},
-        Case{"verify --range 0x1000 12q", "--range", "12q"},
-        Case{"bench pin -m zz", "-m", "zz"},
-        Case{"bench pin -m 0", "-m", "0"},
-        Case{"bench pin -r -3", "-r", "-3"},
-        Case{"bench pin -j 65", "-j", "65"},
-        Case{"bench pin --page-size zz", "--page-size", "zz"},
+        Case{"verify --range 0x1000 12q", "--range", "12q"}, Case{"bench pin -m zz", "-m", "zz"},
+        Case{"bench pin -m 0", "-m", "0"}, Case{"bench pin -r -3", "-r", "-3"},
+        Case{"bench pin -j 65", "-j", "65"}, Case{"bench pin --page-size zz", "--page-size", "zz"},
         Case{"bench pin --page-size=3M", "--page-size", "3M"},
         Case{"bench pin --output=rows", "--output", "rows"},
         Case{"bench pin --compare kernel,disk", "--compare", "disk"},
@@ -190,10 +188,15 @@ TEST(Cli, BadValuesAreUsageErrorsNamingFlagAndValue) {
         Case{"bench mr --registrations 0", "--registrations", "0"},
         Case{"info --sysfs-root /nonexistent", "--sysfs-root", "/nonexistent"},
         Case{"bench pin --backing anon --page-size 2M", "--page-size", "2M"},
-        Case{"stress --seed -5", "--seed", "-5"},
-        Case{"stress --seconds nan", "--seconds", "nan"},
+        Case{"stress --seed -5", "--seed", "-5"}, Case{"stress --seconds nan", "--seconds", "nan"},
         Case{"stress --seconds 1e400", "--seconds", "1e400"},
         Case{"bench io --seconds nan", "--seconds", "nan"},
+        Case{"bench io --qd 1,,2", "--qd", "1,,2"},
+        Case{"bench io --rw randread,", "--rw", "randread,"},
+        Case{"bench io --bs 4K --bs ,128K", "--bs", ",128K"},
+        Case{"bench io --candidates plain,,fixed", "--candidates", "plain,,fixed"},
+        Case{"bench io --qd 0,8", "--qd", "0"},
+        Case{"bench pin --compare kernel,,page", "--compare", "kernel,,page"},
         // An empty list item is refused, not skipped.
         Case{"bench io --qd 1,,2", "--qd", "1,,2"},
         Case{"bench io --rw randread,", "--rw", "randread,"},

@@ -57,7 +57,8 @@ CLI::Option* AddListOption(CLI::App* app, const std::string& name, std::vector<s
               throw CLI::ValidationError(name, absl::StrCat("\"", list, "\" has an empty item"));
             }
             for (const CLI::Validator& check : checks) {
-              if (std::string why = check(item); !why.empty()) throw CLI::ValidationError(name, why);
+              if (std::string why = check(item); !why.empty())
+                throw CLI::ValidationError(name, why);
             }
             items.push_back(std::move(item));
           }
