@@ -217,5 +217,45 @@ TEST(Fork, AChildThatExecsOrExitsAtOnceChangesNothingForTheParent) {
   io->reset();
 }
 
+// Without kernel pins too, MapBuffer in the child is refused: the memory would be the
+// child's, but the table and the observers are the parent's (an IOVA mapper would map it
+// into the parent's container).
+TEST(Fork, AChildMapsNoBufferWithoutKernelPinsEither) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  struct Counter : MemoryObserver {
+    absl::Status MemoryAdded(const MemoryRange&) override {
+      ++added;
+      return absl::OkStatus();
+    }
+    void MemoryRemoving(const MemoryRange&) override {}
+    int added = 0;
+  } counter;
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open({.kernel_pins = false});
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  HUGEMM_ASSERT_OK((*rt)->AddMemoryObserver(&counter));
+  absl::StatusOr<Buffer> buf = (*rt)->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  ASSERT_EQ(counter.added, 1);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    absl::StatusOr<Buffer> more = (*rt)->MapBuffer(kPageSize2M);
+    int code = 0;
+    if (more.ok()) {
+      more->Detach();
+      code = 1;
+    } else if (more.status().code() != absl::StatusCode::kFailedPrecondition ||
+               more.status().message().find("fork()") == absl::string_view::npos) {
+      code = 2;
+    }
+    if (code == 0 && counter.added != 1) code = 3;
+    _exit(code);
+  }
+  EXPECT_EQ(Reap(child), 0) << "1: the child mapped a buffer, 2: another error, 3: the "
+                               "observer heard of memory";
+  HUGEMM_ASSERT_OK((*rt)->RemoveMemoryObserver(&counter));
+  HUGEMM_ASSERT_OK(buf->Free());
+}
+
 }  // namespace
 }  // namespace hugemm::testing
