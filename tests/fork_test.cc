@@ -217,6 +217,36 @@ TEST(Fork, AChildThatExecsOrExitsAtOnceChangesNothingForTheParent) {
   io->reset();
 }
 
+// A ring of the child's own is given no table from the parent's runtime: a clone would
+// hand it the parent's pages (a read into them would write the parent's memory), iovecs
+// would name memory the child does not have.
+TEST(Fork, AChildCannotGiveItsOwnRingTheParentsBuffers) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  absl::StatusOr<Buffer> buf = (*rt)->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    Checks c;
+    int n = 1;
+    for (FixedBufferMode mode :
+         {FixedBufferMode::kAuto, FixedBufferMode::kClone, FixedBufferMode::kIovec}) {
+      TestRing own;
+      absl::StatusOr<std::unique_ptr<IoRing>> io =
+          IoRing::Attach(**rt, own.fd(), {.fixed = {.mode = mode}});
+      c.Expect(own.ok && !io.ok() && io.status().code() == absl::StatusCode::kFailedPrecondition &&
+                   io.status().message().find("fork()") != absl::string_view::npos,
+               n++);
+      if (io.ok()) (void)io->release();  // as the runtime, left to the child's exit
+    }
+    _exit(c.code);
+  }
+  EXPECT_EQ(Reap(child), 0) << "the mode whose attach was not refused: 1 auto, 2 clone, 3 iovec";
+  HUGEMM_ASSERT_OK(buf->Free());
+}
+
 // Without kernel pins too, MapBuffer in the child is refused: the memory would be the
 // child's, but the table and the observers are the parent's (an IOVA mapper would map it
 // into the parent's container).
