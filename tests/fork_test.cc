@@ -287,5 +287,68 @@ TEST(Fork, AChildMapsNoBufferWithoutKernelPinsEither) {
   HUGEMM_ASSERT_OK(buf->Free());
 }
 
+// The parent goes on while the child lives: before and after the child drops its copy of
+// the runtime and of the ring's io, the parent maps, allocates, pins, frees and reads into
+// new buffers through the ring.
+TEST(Fork, TheParentWorksWhileTheChildRunsAndAfterItClosed) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 6);
+  PatternFile file(1 << 20, 61);
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  TestRing ring;
+  ASSERT_TRUE(ring.ok);
+  absl::StatusOr<std::unique_ptr<IoRing>> io = IoRing::Attach(**rt, ring.fd());
+  ASSERT_TRUE(io.ok()) << io.status();
+  absl::StatusOr<Buffer> before = (*rt)->Allocate(64 << 10);
+  ASSERT_TRUE(before.ok()) << before.status();
+  int go[2], done[2];
+  ASSERT_EQ(::pipe(go), 0);
+  ASSERT_EQ(::pipe(done), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    char c = 0;
+    if (::read(go[0], &c, 1) != 1) _exit(1);  // the parent worked meanwhile
+    io->reset();
+    before->Detach();
+    rt->reset();
+    if (::write(done[1], "x", 1) != 1) _exit(2);
+    if (::read(go[0], &c, 1) != 1) _exit(3);  // the parent worked again
+    _exit(0);
+  }
+  // One round of work: a mapped buffer and an allocation, pinned, read into through the
+  // ring, freed.
+  const auto work = [&](uint64_t offset) {
+    absl::StatusOr<Buffer> mapped = (*rt)->MapBuffer(kPageSize2M);
+    ASSERT_TRUE(mapped.ok()) << mapped.status();
+    absl::StatusOr<Buffer> small = (*rt)->Allocate(kPageSize2M);
+    ASSERT_TRUE(small.ok()) << small.status();
+    for (Buffer* b : {&*mapped, &*small}) {
+      absl::StatusOr<PinnedRange> pin = (*rt)->pinner().Pin(b->data(), 8192, kGupPin);
+      ASSERT_TRUE(pin.ok()) << pin.status();
+      HUGEMM_ASSERT_OK(
+          (*io)->PrepareRead(io_uring_get_sqe(&ring.ring), file.fd(), b->data(), 4096, offset, 1));
+      ASSERT_EQ(io_uring_submit(&ring.ring), 1);
+      io_uring_cqe cqe = ring.Wait();
+      EXPECT_EQ(cqe.res, 4096);
+      EXPECT_EQ(FirstMismatch(b->data(), 4096, offset, file.seed()), -1);
+      HUGEMM_ASSERT_OK((*io)->Complete(&cqe).status());
+    }
+    HUGEMM_ASSERT_OK(mapped->Free());
+    HUGEMM_ASSERT_OK(small->Free());
+  };
+  work(4096);
+  ASSERT_EQ(::write(go[1], "x", 1), 1);
+  char c = 0;
+  ASSERT_EQ(::read(done[0], &c, 1), 1);  // the child's copies are gone, the child lives
+  work(3 * 4096);
+  ASSERT_EQ(::write(go[1], "x", 1), 1);
+  EXPECT_EQ(Reap(child), 0);
+  work(5 * 4096);
+  for (int fd : {go[0], go[1], done[0], done[1]}) ::close(fd);
+  HUGEMM_ASSERT_OK(before->Free());
+  io->reset();
+}
+
 }  // namespace
 }  // namespace hugemm::testing
