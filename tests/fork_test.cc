@@ -350,5 +350,61 @@ TEST(Fork, TheParentWorksWhileTheChildRunsAndAfterItClosed) {
   io->reset();
 }
 
+// A runtime the child opens is its own: it maps, allocates, pins and frees there (also in
+// the child's own child, for a runtime the child opened), beside the parent's inert one.
+TEST(Fork, ARuntimeOpenedInTheChildIsItsOwn) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 6);
+  absl::StatusOr<std::unique_ptr<Runtime>> parents = Runtime::Open();
+  ASSERT_TRUE(parents.ok()) << parents.status();
+  absl::StatusOr<Buffer> buf = (*parents)->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  absl::StatusOr<Buffer> small = (*parents)->Allocate(4096);  // a pool extent, indexed
+  ASSERT_TRUE(small.ok()) << small.status();
+  const int64_t pinned = VmPinKb();
+  // 0 when `rt` works in this process, else the step that failed.
+  const auto use = [](Runtime& rt) {
+    absl::StatusOr<Buffer> mapped = rt.MapBuffer(kPageSize2M);
+    if (!mapped.ok()) return 1;
+    absl::StatusOr<Buffer> small = rt.Allocate(4096);
+    if (!small.ok()) return 2;
+    std::memset(small->data(), 0x5a, small->size());
+    absl::StatusOr<PinnedRange> pin = rt.pinner().Pin(mapped->data(), 8192, kGupPin);
+    if (!pin.ok()) return 3;
+    pin->Release();
+    if (!mapped->Free().ok() || !small->Free().ok()) return 4;
+    return 0;
+  };
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    absl::StatusOr<std::unique_ptr<Runtime>> own = Runtime::Open();
+    if (!own.ok()) _exit(10);
+    if (int step = use(**own); step != 0) _exit(10 + step);
+    const pid_t grandchild = ::fork();
+    if (grandchild == 0) {
+      absl::StatusOr<std::unique_ptr<Runtime>> third = Runtime::Open();
+      if (!third.ok()) _exit(20);
+      if (int step = use(**third); step != 0) _exit(20 + step);
+      // The child's runtime is inert here, as the parent's is in the child.
+      if ((*own)->Allocate(4096).ok()) _exit(25);
+      third->reset();
+      _exit(0);
+    }
+    if (int code = Reap(grandchild); code != 0) _exit(code);
+    if (int step = use(**own); step != 0) _exit(30 + step);
+    if ((*parents)->Allocate(4096).ok()) _exit(35);
+    small->Detach();
+    own->reset();
+    _exit(0);
+  }
+  EXPECT_EQ(Reap(child), 0) << "1x: the child's own runtime, 2x: the grandchild's, 3x: the "
+                               "child's after the grandchild; x: 0 open, 1 map, 2 allocate, "
+                               "3 pin, 4 free, 5 an inert runtime allocated";
+  EXPECT_EQ(VmPinKb(), pinned);
+  EXPECT_EQ(use(**parents), 0);
+  HUGEMM_ASSERT_OK(small->Free());
+  HUGEMM_ASSERT_OK(buf->Free());
+}
+
 }  // namespace
 }  // namespace hugemm::testing
