@@ -6,11 +6,14 @@
 #include "hugemm/vfio.h"
 
 #include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -546,6 +549,88 @@ TEST(VfioCApi, CloseDetachesAMapperStillAttached) {
   EXPECT_EQ(hugemm_vfio_pin_segments(vfio, buf.data, 4096, HUGEMM_PIN, 0, &seg, 1), -EINVAL);
   hugemm_vfio_detach(vfio);
   HUGEMM_ASSERT_OK(os.Close(*container));
+}
+
+// The same through the C API: in a child, hugemm_vfio_attach is -EFAULT, and neither
+// hugemm_close nor hugemm_vfio_detach unmaps the parent's mappings from the container.
+TEST(VfioCApi, AChildOfForkClosingLeavesTheContainersMappings) {
+  FakeOs os;
+  absl::StatusOr<std::unique_ptr<Runtime>> opened = Runtime::Open({.os = &os});
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  auto* rt = new hugemm_runtime;  // hugemm_close deletes it
+  rt->rt = std::move(*opened);
+  absl::StatusOr<int> container = os.OpenVfioContainer();
+  ASSERT_TRUE(container.ok());
+  hugemm_buffer buf;
+  ASSERT_EQ(hugemm_map_buffer(rt, kPageSize2M, nullptr, &buf), 0) << hugemm_last_error();
+  hugemm_vfio* vfio = nullptr;
+  ASSERT_EQ(hugemm_vfio_attach(rt, *container, nullptr, &vfio), 0) << hugemm_last_error();
+  const size_t mapped = os.VfioMappings(*container).size();
+  ASSERT_EQ(mapped, 1u);
+
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    int code = 0;
+    hugemm_vfio* other = nullptr;
+    if (hugemm_vfio_attach(rt, *container, nullptr, &other) != -EFAULT || other != nullptr) {
+      code = 1;
+    }
+    hugemm_close(rt);
+    if (code == 0 && os.VfioMappings(*container).size() != mapped) code = 2;
+    hugemm_vfio_detach(vfio);
+    if (code == 0 && os.VfioMappings(*container).size() != mapped) code = 3;
+    _exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: hugemm_vfio_attach was not -EFAULT, 2: hugemm_close "
+                                       "unmapped, 3: hugemm_vfio_detach unmapped";
+  EXPECT_EQ(os.VfioMappings(*container).size(), mapped);
+  EXPECT_EQ(hugemm_free(rt, buf.data), 0) << hugemm_last_error();
+  hugemm_vfio_detach(vfio);
+  hugemm_close(rt);
+  HUGEMM_ASSERT_OK(os.Close(*container));
+}
+
+// A child of fork() shares the container with its parent (one kernel object, whose
+// mappings the parent's devices use): dropping its copy of the mapper unmaps nothing, and
+// it attaches no mapper of its own to the parent's runtime.
+TEST_F(VfioFakeTest, AChildOfForkLeavesTheContainersMappings) {
+  absl::StatusOr<Buffer> buf = rt_->MapBuffer(2 * kPageSize2M);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  absl::StatusOr<Buffer> small = rt_->Allocate(4096);
+  ASSERT_TRUE(small.ok()) << small.status();
+  absl::StatusOr<std::unique_ptr<IovaMapper>> m = IovaMapper::Attach(*rt_, container_);
+  ASSERT_TRUE(m.ok()) << m.status();
+  const std::map<uint64_t, iovec> mapped = os_.VfioMappings(container_);
+  ASSERT_EQ(mapped.size(), 2u);
+  const std::optional<uint64_t> iova = (*m)->Iova(buf->data());
+  ASSERT_TRUE(iova.has_value());
+
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    int code = 0;
+    absl::StatusOr<std::unique_ptr<IovaMapper>> other = IovaMapper::Attach(*rt_, container_);
+    if (other.ok() || other.status().code() != absl::StatusCode::kFailedPrecondition) code = 1;
+    if (other.ok()) (void)other->release();
+    m->reset();
+    if (code == 0 && os_.VfioMappings(container_).size() != mapped.size()) code = 2;
+    _exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0)
+      << "1: the child attached a mapper, 2: dropping the child's copy unmapped";
+  EXPECT_EQ(os_.VfioMappings(container_).size(), mapped.size());
+  EXPECT_EQ((*m)->Iova(buf->data()), iova);
+  EXPECT_EQ(os_.VfioMappings(container_).count(*iova), 1u);
+  HUGEMM_ASSERT_OK(buf->Free());
+  HUGEMM_ASSERT_OK(small->Free());
+  m->reset();
 }
 
 }  // namespace

@@ -146,7 +146,10 @@ struct PoolStats {
 // memory. There an allocator made before the fork refuses to allocate
 // (FailedPrecondition), Shrink gives nothing back and the destructor leaves the extents
 // alone (the child may have mapped its own memory where they were); folios the child's
-// copy of a handle still references may be freed, which touches no memory of theirs.
+// copy of a handle still references may be freed, which touches no memory of theirs,
+// unless their descriptors live in the extent's reserve (meta_reserve_bytes): those are
+// the parent's memory too, and the child must leave such folios alone (its exit or exec
+// releases them).
 // Thread-safe: Allocate, AllocateOrder, FlushThreadCache, Shrink and Stats may be called
 // from any number of threads at once; folios may be freed (their last reference dropped)
 // on any thread. Only the destructor must not race with other calls.

@@ -74,14 +74,22 @@ int hugemm_open(const hugemm_options* options, hugemm_runtime** out);
  * mapped, with its huge pages, until the process exits, but loses its kernel pin (the
  * ring closes), so the kernel may move it: unpin before closing. NULL is ignored.
  * fork(): a child process has none of the runtime's memory (it is MADV_DONTFORK) and
- * shares its kernel pin ring with the parent. A runtime opened before the fork is inert
- * in the child: hugemm_alloc, hugemm_free, hugemm_register_external,
- * hugemm_unregister_external and (with kernel pins) hugemm_map_buffer fail there with
- * -EFAULT;
- * hugemm_close releases only the child's ring descriptor and handles (it neither unmaps
- * nor waits), leaving the rest to the child's exit. The parent's memory and pins stay as
- * they were, and a child that exits leaves the parent unaffected. A child of a parent
- * with other threads should still leave by _exit or exec (as POSIX asks). */
+ * shares its kernel pin ring with the parent, as it shares the program's rings, VFIO
+ * containers and RDMA contexts. A runtime opened before the fork is inert in the child:
+ * hugemm_map_buffer, hugemm_alloc, hugemm_free, hugemm_register_external,
+ * hugemm_unregister_external, hugemm_io_attach, hugemm_vfio_attach and hugemm_mr_get fail
+ * there with -EFAULT. Translations, pins and unpins still answer from the child's copy of
+ * the table: they name the parent's memory (addresses the child cannot touch, frames the
+ * parent may reuse at any time) and change nothing of the parent's; give none of it to a
+ * device. hugemm_close releases only the child's ring descriptor and handles (it neither
+ * unmaps nor waits), leaving the rest to the child's exit; it, hugemm_io_detach,
+ * hugemm_vfio_detach and hugemm_mr_cache_destroy there unregister no ring's table, unmap
+ * nothing from a container and deregister nothing. The parent's memory, pins, mappings
+ * and registrations stay as they were, and a child that exits leaves the parent
+ * unaffected. A child of a parent with other threads should still leave by _exit or exec
+ * (as POSIX asks). The runtime's descriptors are close-on-exec. The child is recognised
+ * by a pthread_atfork handler: a child made without one (_Fork, a raw clone) must not
+ * call the runtime at all. */
 void hugemm_close(hugemm_runtime* rt);
 
 /* ---- memory ---------------------------------------------------------------------- */

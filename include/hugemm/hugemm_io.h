@@ -61,7 +61,8 @@ typedef struct hugemm_io_options {
  * buffers already; -EFAULT clone asked with the runtime's kernel pins off; -EOPNOTSUPP
  * clone asked on a kernel without IORING_REGISTER_CLONE_BUFFERS, or `ring_fd` is no
  * io_uring (-EBADF: no open descriptor of that number); -ENOMEM RLIMIT_MEMLOCK (iovec
- * mode). */
+ * mode); -EFAULT in a child of fork() of the process that opened the runtime (hugemm.h):
+ * the child has none of its memory. */
 int hugemm_io_attach(hugemm_runtime* rt, int ring_fd, const hugemm_io_options* options,
                      hugemm_io** out);
 /* Unregisters the ring's table and frees `io`. Call it before io_uring_queue_exit, after

@@ -65,7 +65,10 @@ void hugemm_mr_cache_destroy(hugemm_mr_cache* cache);
  * bytes. -EINVAL bad arguments or a range past the end of its buffer; -ENOENT memory that
  * is not hugemm's; -EPERM write access to read-only memory; -EFAULT a device-exclusive
  * page, or what the device refused; -ENOMEM the cache is full of held registrations, or
- * the device is out of resources; -EAGAIN the memory kept changing. */
+ * the device is out of resources; -EAGAIN the memory kept changing; -EFAULT in a child
+ * of fork() of the process that made the cache, whose registrations and memory are
+ * the parent's (hugemm.h: destroying the cache and putting a hugemm_mr there deregister
+ * nothing). */
 int hugemm_mr_get(hugemm_mr_cache* cache, struct ibv_pd* pd, const void* addr, size_t length,
                   int access, hugemm_mr** out);
 /* The registration (covering at least the bytes asked for) and its keys. */

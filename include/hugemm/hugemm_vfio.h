@@ -43,12 +43,14 @@ typedef struct hugemm_vfio_options {
  * window. Otherwise VFIO_IOMMU_MAP_DMA's errno (e.g. -EPERM, -EFAULT), with the range
  * in the message; nothing stays mapped. Once attached, memory the container refuses
  * (or the window has no room for) fails the hugemm_map_buffer or hugemm_alloc that
- * brought it, which then maps nothing; that call's message names the ioctl's errno. */
+ * brought it, which then maps nothing; that call's message names the ioctl's errno.
+ * -EFAULT in a child of fork() of the process that opened the runtime (hugemm.h). */
 int hugemm_vfio_attach(hugemm_runtime* rt, int container_fd, const hugemm_vfio_options* options,
                        hugemm_vfio** out);
 /* Unmaps everything it mapped; the device must be quiet. NULL is ignored. hugemm_close
  * detaches a mapper still attached (the container loses its mappings): the handle then
- * answers -EINVAL to all but hugemm_vfio_detach, which frees it. */
+ * answers -EINVAL to all but hugemm_vfio_detach, which frees it. In a child of fork() the
+ * container is the parent's too: nothing is unmapped, only the handle freed. */
 void hugemm_vfio_detach(hugemm_vfio* vfio);
 /* The IOVA of the byte at `addr`. -EINVAL: NULL arguments; -ENOENT: not mapped by it. */
 int hugemm_vfio_iova(const hugemm_vfio* vfio, const void* addr, uint64_t* iova);

@@ -90,6 +90,8 @@ class FixedBuffers {
   //                     with the runtime's kernel pins off (there is no table to clone);
   //   Unimplemented     kClone on a kernel without IORING_REGISTER_CLONE_BUFFERS;
   //   ResourceExhausted kIovec beyond RLIMIT_MEMLOCK;
+  //   FailedPrecondition in a child of fork() of the process that opened the runtime
+  //                     (runtime.h): a clone would give the ring the parent's pages;
   //   others            what io_uring_register said (EBADF: not a ring), named.
   // Nothing is left registered on error.
   static absl::StatusOr<std::unique_ptr<FixedBuffers>> Attach(

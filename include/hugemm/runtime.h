@@ -32,16 +32,27 @@
 // program's own table (hugemm/io.h) are others.
 //
 // fork(): all of a runtime's memory is MADV_DONTFORK, so a child process has none of it,
-// and the child shares the kernel pin table's ring with its parent. A runtime opened
-// before the fork is inert in the child: Allocate (its pools' memory is the parent's),
-// Free, RegisterExternal and UnregisterExternal there are FailedPrecondition, MapBuffer
-// too with kernel pins, and destroying it releases nothing but the child's descriptor
-// of the ring, leaving the rest to the child's exit (it neither unmaps nor waits: a lock
-// or read section another thread held at the fork stays held in the child). The
-// parent's memory, pins and kernel pins stay as they were, and a child that exits leaves
-// the parent unaffected. A runtime opened in the child is its own. A child of a parent
-// with other threads should still leave by _exit or exec (as POSIX asks): exit's
-// thread_local destructors may wait for a lock another thread held.
+// and the child shares the kernel pin table's ring with its parent (as it shares the
+// program's rings, VFIO containers and RDMA contexts). A runtime opened before the fork
+// is inert in the child: MapBuffer, Allocate (its pools' memory is the parent's), Free,
+// RegisterExternal and UnregisterExternal there are FailedPrecondition, and so are
+// FixedBuffers::Attach, IoRing::Attach, IovaMapper::Attach and MrCache::Get (io.h,
+// vfio.h, verbs.h). Translations, pins and unpins still answer from the child's copy of
+// the table: they name the parent's memory (addresses the child cannot touch, frames the
+// parent may reuse at any time) and change nothing of the parent's; give none of it to a
+// device. Where the folio descriptors live in the extents' reserve
+// (AllocatorOptions::meta_reserve_bytes) they are the parent's memory too: the child must
+// not touch those folios at all (no pin, translation, folio info or handle release).
+// Destroying the runtime, and the FixedBuffers, IovaMapper and MrCache over it, releases
+// nothing but the child's descriptor of the ring, leaving the rest to the child's exit
+// (nothing is unmapped, unregistered or deregistered, and nothing waits: a lock or read
+// section another thread held at the fork stays held in the child). The parent's memory,
+// pins, kernel pins, mappings and registrations stay as they were, and a child that exits
+// leaves the parent unaffected. A runtime opened in the child is its own. A child of a
+// parent with other threads should still leave by _exit or exec (as POSIX asks): exit's
+// thread_local destructors may wait for a lock another thread held. The runtime's
+// descriptors are close-on-exec. The child is recognised by a pthread_atfork handler: a
+// child made without one (_Fork, a raw clone) must not call the runtime at all.
 #ifndef HUGEMM_RUNTIME_H_
 #define HUGEMM_RUNTIME_H_
 

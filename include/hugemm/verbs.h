@@ -156,7 +156,9 @@ class MrCache {
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<MrCache>> Create(
       Runtime& runtime, const MrCacheOptions& options = {});
   // Deregisters every registration no handle holds; a held one is deregistered when its
-  // last handle is released.
+  // last handle is released. In a child of fork() of the process that made the cache the
+  // registrations are the parent's too (one device context): the cache, Flush and the
+  // handles' releases deregister nothing there.
   ~MrCache();
   MrCache(const MrCache&) = delete;
   MrCache& operator=(const MrCache&) = delete;
@@ -170,7 +172,8 @@ class MrCache {
   //     of the buffer (or extent) holding `addr`.
   //   NotFound: memory that is not this runtime's (see above), or freed meanwhile.
   //   PermissionDenied: write access to memory mapped read-only.
-  //   FailedPrecondition: a device-exclusive page in the range.
+  //   FailedPrecondition: a device-exclusive page in the range; in a child of fork() of
+  //     the process that made the cache (runtime.h), which has none of its memory.
   //   ResourceExhausted: registering would pass max_entries or max_bytes and every
   //     registration is held; or the device is out of resources.
   //   Unavailable: the memory kept changing while it was being registered.

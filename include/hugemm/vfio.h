@@ -72,10 +72,13 @@ class IovaMapper final : public DmaAddressSpace, private MemoryObserver {
   //   ResourceExhausted: the window has no room for what the runtime holds.
   //   Otherwise what VFIO_IOMMU_MAP_DMA said (its errno kept, ErrnoOf), naming the range;
   //   whatever was mapped before is unmapped again.
+  //   FailedPrecondition: in a child of fork() of the process that opened the runtime
+  //   (runtime.h).
   static absl::StatusOr<std::unique_ptr<IovaMapper>> Attach(Runtime& rt, int container_fd,
                                                             const IovaMapperOptions& options = {});
   // Stops observing the runtime and unmaps everything it mapped. The device must be
-  // quiet: it loses its access.
+  // quiet: it loses its access. In a child of fork() it changes nothing: the container
+  // is the parent's too.
   ~IovaMapper() override;
   IovaMapper(const IovaMapper&) = delete;
   IovaMapper& operator=(const IovaMapper&) = delete;

@@ -83,6 +83,10 @@ absl::Status IndexInsert(ExtentRecord* rec) {
   if (cur != nullptr) next->entries.reserve(cur->entries.size() + 1);
   bool placed = false;
   for (const Entry& e : cur != nullptr ? cur->entries : std::vector<Entry>{}) {
+    // An extent of the parent of a fork() is a hole in this child, which the kernel may
+    // have just filled with this one: its entry is dropped (its pool, inert here, looks
+    // nothing up again; Pool::FreeBatch).
+    if (e.base < end && base < e.end && e.rec->mapped_by.InChild()) continue;
     if (e.base < end && base < e.end) {
       return absl::AlreadyExistsError(absl::StrCat("extent at ", absl::Hex(base),
                                                    " overlaps one indexed at ", absl::Hex(e.base)));

@@ -277,6 +277,11 @@ absl::StatusOr<int> Pool::AllocateBatch(int order, Folio** out, int want) {
 }
 
 void Pool::FreeBatch(Folio* const* folios, int n) {
+  // A child of fork() has none of the pool's memory, which its allocator never hands out
+  // there, and the index may map those addresses to an extent of the child's own: the
+  // folios are left as they are. No lock: a thread that held it at the fork is gone.
+  if (made_by_.InChild()) [[unlikely]]
+    return;
   std::lock_guard<std::mutex> lock(mu_);
   for (int i = 0; i < n; ++i) FreeOne(folios[i]);
   if (orphaned_.load(std::memory_order_relaxed) && Idle()) {

@@ -29,6 +29,7 @@
 #include "runtime/alloc/descriptors.h"
 #include "runtime/alloc/extent_record.h"
 #include "runtime/alloc/region.h"
+#include "runtime/sys/fork_watch.h"
 
 namespace hugemm::alloc_internal {
 
@@ -136,6 +137,9 @@ class Pool final : public FolioOwner {
   const int region_order_;  // pages per region: the native page, or 2M for 4K backings
   const int max_order_;
   std::atomic<bool> orphaned_{false};
+  // The process that made the pool: in a child of fork() its extents are holes
+  // (MADV_DONTFORK), whose index entries a pool of the child's may have replaced.
+  const ForkWatch made_by_;
 
   mutable std::mutex mu_;
   std::array<Folio*, kOrders> free_ ABSL_GUARDED_BY(mu_){};  // heads; owner_private = next, prev

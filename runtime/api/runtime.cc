@@ -208,6 +208,10 @@ KernelPinStats Runtime::kernel_pin_stats() const {
 }
 
 absl::StatusOr<Buffer> Runtime::MapBuffer(size_t length, const BufferOptions& options) {
+  // Its memory would be the child's own, but the table, the kernel pin ring and the
+  // observers (a VFIO container, a program's ring) are the parent's as well.
+  if (kernel_pins_->InForkedChild()) [[unlikely]]
+    return RefuseInForkedChild(absl::StrCat("map ", length, " bytes"));
   // A length no address space holds is a bad argument, not a shortage: refused before
   // the kernel is asked to reserve it (which would answer ENOMEM).
   const int va_bits = table_->geometry().va_bits();

@@ -122,6 +122,14 @@ absl::StatusOr<std::unique_ptr<FixedBuffers>> FixedBuffers::Attach(
     return absl::InvalidArgumentError(absl::StrCat("fixed buffers: bad ring descriptor ", ring_fd));
   }
   const KernelPinTable& table = runtime.kernel_pin_table();
+  if (table.InForkedChild()) {
+    // A clone would give the child's ring the parent's pages; iovecs would name memory the
+    // child does not have.
+    return absl::FailedPreconditionError(absl::StrCat(
+        "fixed buffers for ring ", ring_fd,
+        ": this process is a fork() child of the one that opened the runtime and has none of "
+        "its memory; open a runtime of its own"));
+  }
   Os& os = *runtime.options().os;
   if (options.mode == FixedBufferMode::kClone && table.ring_fd() < 0) {
     return absl::FailedPreconditionError(

@@ -60,6 +60,20 @@ CacheCore::CacheCore(Runtime& runtime, const MrCacheOptions& options)
       registrar_(options.registrar != nullptr ? *options.registrar : MrRegistrar::Verbs()) {}
 
 CacheCore::~CacheCore() {
+  if (InForkedChild()) [[unlikely]] {
+    // A child of fork(): the registrations are the parent's as well (the device context is
+    // one kernel object) and so is the memory under them: nothing is deregistered, and the
+    // subscriptions are left to the child's exit as the runtime leaves everything. No lock:
+    // a thread that held one at the fork does not exist here. An entry a handle still holds
+    // is freed at the handle's last release, which deregisters nothing (no registrar).
+    for (MrEntry* e : all_) {
+      (void)e->sub.release();
+      e->core = nullptr;
+      e->registrar = nullptr;
+      e->state.fetch_sub(1, std::memory_order_acq_rel);
+    }
+    return;
+  }
   std::lock_guard<std::mutex> lock(mu_);
   ReapLocked();
   for (MrEntry* e : all_) {
@@ -81,6 +95,13 @@ CacheCore::~CacheCore() {
 
 absl::StatusOr<MrHandle> CacheCore::Get(ibv_pd* pd, const void* addr, size_t length, int access) {
   if (absl::Status st = CheckRequest(pd, addr, length, access); !st.ok()) return st;
+  if (InForkedChild()) [[unlikely]] {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "MrCache::Get of [%p, +%u): this process is a fork() child of the one that made the "
+        "cache, whose registrations and memory are that process's; make a runtime and a cache "
+        "of its own",
+        addr, length));
+  }
   const auto a = reinterpret_cast<uintptr_t>(addr);
   const bool write = (access & kWriteAccess) != 0;
   const GupFlags flags = write ? kGupPin | kGupWrite : kGupPin;
@@ -132,8 +153,11 @@ void CacheCore::DropReference(MrEntry* e) {
   CacheCore* core = e->core;
   if (core == nullptr) {  // the cache is gone
     if ((s & kRefMask) == 0) {
-      if (absl::Status st = e->registrar->Deregister(e->mr); !st.ok()) {
-        ReportDeregisterError(*e, st);
+      // No registrar: the cache went in a child of fork(), which deregisters nothing.
+      if (e->registrar != nullptr) {
+        if (absl::Status st = e->registrar->Deregister(e->mr); !st.ok()) {
+          ReportDeregisterError(*e, st);
+        }
       }
       delete e;
       return;
@@ -143,7 +167,10 @@ void CacheCore::DropReference(MrEntry* e) {
     // (a guest without a usable TSC), and LRU needs only the order of the releases.
     e->last_use.store(core->use_clock_.fetch_add(1, std::memory_order_relaxed) + 1,
                       std::memory_order_relaxed);
-    if ((s & kInvalid) != 0 && e->TryRetireUnused()) core->Retire(e, Why::kInvalidated);
+    // A registration invalidated before a fork is still the parent's in the child.
+    if ((s & kInvalid) != 0 && !core->InForkedChild() && e->TryRetireUnused()) {
+      core->Retire(e, Why::kInvalidated);
+    }
   }
   e->state.fetch_sub(kToken, std::memory_order_release);
 }
@@ -245,6 +272,8 @@ void CacheCore::Unreserve(size_t bytes) {
 }
 
 size_t CacheCore::Flush() {
+  if (InForkedChild()) [[unlikely]]
+    return 0;  // the registrations are the parent's (see the destructor)
   std::lock_guard<std::mutex> lock(mu_);
   size_t n = 0;
   for (MrEntry* e : all_) {

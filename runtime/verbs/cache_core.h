@@ -33,6 +33,7 @@
 #include "absl/status/statusor.h"
 #include "hugemm/runtime.h"
 #include "hugemm/verbs.h"
+#include "runtime/sys/fork_watch.h"
 #include "runtime/verbs/mr_entry.h"
 #include "runtime/verbs/mr_index.h"
 
@@ -64,6 +65,10 @@ class CacheCore {
   // its memory changes), to show that the check is what keeps it exact.
   void set_check_validity(bool on) { check_validity_.store(on, std::memory_order_relaxed); }
 
+  // This process is a child of fork() of the one that made the cache: the registrations
+  // (and the device context they belong to) are that process's as well.
+  bool InForkedChild() const { return fork_.InChild(); }
+
  private:
   enum class Why { kInvalidated, kEvicted, kFlushed };
 
@@ -91,6 +96,9 @@ class CacheCore {
                                 GupFlags flags, bool* raced);
 
   Runtime& runtime_;
+  // The process that made the cache (not the runtime's table, whose type libhugemm-verbs
+  // does not see).
+  const ForkWatch fork_;
   const MrCacheOptions options_;
   MrRegistrar& registrar_;
   MrIndex index_;

@@ -7,6 +7,7 @@
 #include "absl/strings/str_format.h"
 #include "hugemm/page_size.h"
 #include "hugemm/vfio.h"
+#include "runtime/api/kernel_pin_table.h"
 #include "runtime/sys/status.h"
 
 namespace hugemm {
@@ -45,6 +46,12 @@ absl::StatusOr<std::unique_ptr<IovaMapper>> IovaMapper::Attach(Runtime& rt, int 
         absl::StrFormat("IOVA mapper: IOVA window [0x%x, 0x%x) is empty or not 4K-aligned",
                         options.iova_base, options.iova_limit));
   }
+  if (rt.kernel_pin_table().InForkedChild()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "IOVA mapper of VFIO container %d: this process is a fork() child of the one that "
+        "opened the runtime and has none of its memory; open a runtime of its own",
+        container_fd));
+  }
   std::unique_ptr<IovaMapper> mapper(new IovaMapper(rt, container_fd, options));
   if (absl::Status st = rt.AddMemoryObserver(mapper.get()); !st.ok()) return st;
   mapper->observing_ = true;
@@ -52,6 +59,10 @@ absl::StatusOr<std::unique_ptr<IovaMapper>> IovaMapper::Attach(Runtime& rt, int 
 }
 
 IovaMapper::~IovaMapper() {
+  // In a child of fork() the container is its parent's as well (one kernel object, whose
+  // mappings the parent's devices still use), and the runtime is inert there (runtime.h):
+  // nothing changes, as the runtime leaves everything to the child's exit.
+  if (rt_.kernel_pin_table().InForkedChild()) return;
   if (observing_) {
     if (absl::Status st = rt_.RemoveMemoryObserver(this); !st.ok()) {
       std::fprintf(stderr, "hugemm: IOVA mapper: %s\n", st.ToString().c_str());

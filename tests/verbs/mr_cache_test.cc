@@ -4,6 +4,8 @@
 // invalidation on every kind of change, handles that keep memory put, LRU bounds, bad
 // input, and the validity check shown to be what keeps it exact.
 #include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <memory>
@@ -471,6 +473,58 @@ TEST_F(MrCacheTest, WithoutTheValidityCheckAFreedBufferIsHandedOutStale) {
     h->Release();
     cache_.reset();
   }
+}
+
+// A child of fork() shares the device context, and so every registration, with its
+// parent: its copy of the cache deregisters nothing (flushed, dropped, or at the last
+// release of a handle, also of a registration invalidated before the fork) and registers
+// nothing new.
+TEST_F(MrCacheTest, AChildOfForkDeregistersAndRegistersNothing) {
+  MrCache& cache = Cache();
+  Buffer kept = Map(kPageSize2M);
+  Buffer freed = Map(kPageSize2M);
+  Buffer cached = Map(kPageSize2M);
+  MrHandle a = MustGet(kept.data(), 4096);
+  MrHandle b = MustGet(freed.data(), 4096);
+  { MrHandle c = MustGet(cached.data(), 4096); }
+  HUGEMM_ASSERT_OK(freed.Free());  // invalidates b's registration: dropped at b's release
+  ASSERT_EQ(fake_.live(), 3u);
+  const size_t registered = fake_.registered();
+  const size_t deregistered = fake_.deregistered();
+
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    int code = 0;
+    absl::StatusOr<MrHandle> h = cache.Get(pd_, cached.data(), 4096, kWrite);
+    if (h.ok() || h.status().code() != absl::StatusCode::kFailedPrecondition ||
+        h.status().message().find("fork()") == absl::string_view::npos) {
+      code = 1;
+    }
+    if (code == 0 && cache.Flush() != 0) code = 2;
+    b.Release();
+    if (code == 0 && fake_.deregistered() != deregistered) code = 3;
+    cache_.reset();
+    if (code == 0 && fake_.deregistered() != deregistered) code = 4;
+    a.Release();  // after the cache: the entry is freed without deregistering
+    if (code == 0 && (fake_.deregistered() != deregistered || fake_.registered() != registered)) {
+      code = 5;
+    }
+    _exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0)
+      << "1: Get was not refused, 2: Flush dropped, 3: the invalidated registration's last "
+         "release, 4: dropping the cache, 5: the last release after the cache deregistered";
+
+  // The parent's cache goes on: a hit, and the invalidated registration dropped here.
+  MrHandle again = MustGet(cached.data() + 8192, 4096);
+  EXPECT_EQ(cache.Stats().hits, 1u);
+  b.Release();
+  EXPECT_EQ(fake_.deregistered(), deregistered + 1);
+  EXPECT_EQ(fake_.registered(), registered);
 }
 
 }  // namespace
