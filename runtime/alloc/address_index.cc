@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/sys/fork_watch.h"
 
 namespace hugemm::alloc_internal {
 namespace {
@@ -29,6 +30,11 @@ std::atomic<int64_t> g_readers{0};
 
 struct Writer {
   std::mutex mu;
+  // The process whose extents the index holds. In a child of fork() every extent indexed
+  // before the fork is a hole (MADV_DONTFORK), which the kernel may fill with the child's
+  // own: the child's first insert drops them all (their pools, inert there, look nothing
+  // up again; Pool::FreeBatch).
+  ForkWatch process;
   std::vector<const Table*> old_tables;
   std::vector<std::unique_ptr<ExtentRecord>> old_records;
   std::vector<absl::AnyInvocable<void() &&>> old_frees;
@@ -79,14 +85,14 @@ absl::Status IndexInsert(ExtentRecord* rec) {
   Writer& w = TheWriter();
   std::lock_guard<std::mutex> lock(w.mu);
   const Table* cur = g_table.load(std::memory_order_relaxed);
+  if (w.process.InChild()) [[unlikely]] {
+    cur = nullptr;
+    w.process = ForkWatch();
+  }
   auto next = std::make_unique<Table>();
   if (cur != nullptr) next->entries.reserve(cur->entries.size() + 1);
   bool placed = false;
   for (const Entry& e : cur != nullptr ? cur->entries : std::vector<Entry>{}) {
-    // An extent of the parent of a fork() is a hole in this child, which the kernel may
-    // have just filled with this one: its entry is dropped (its pool, inert here, looks
-    // nothing up again; Pool::FreeBatch).
-    if (e.base < end && base < e.end && e.rec->mapped_by.InChild()) continue;
     if (e.base < end && base < e.end) {
       return absl::AlreadyExistsError(absl::StrCat("extent at ", absl::Hex(base),
                                                    " overlaps one indexed at ", absl::Hex(e.base)));

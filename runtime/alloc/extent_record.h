@@ -23,7 +23,6 @@
 #include "hugemm/folio.h"
 #include "runtime/alloc/descriptors.h"
 #include "runtime/alloc/region.h"
-#include "runtime/sys/fork_watch.h"
 
 namespace hugemm::alloc_internal {
 
@@ -59,9 +58,6 @@ struct ExtentRecord {
   size_t metadata_bytes() const;
 
   Extent extent;  // emptied (unmapped) when the pool gives it back
-  // The process that mapped it: in a child of fork() the extent (MADV_DONTFORK) is a hole,
-  // and its index entry stale.
-  const ForkWatch mapped_by;
   // Copies of the extent's address and size for lock-free readers, which may still look
   // after the unmap.
   std::byte* const base;
