@@ -60,5 +60,39 @@ TEST(UnprivilegedCli, HugetlbfsNamesTheMountTheUserMayNotWrite) {
       << kCodes;
 }
 
+// Pagemap shows PFN 0 without CAP_SYS_ADMIN: DMA segments are refused, saying why, rather
+// than handed out at physical address 0.
+TEST(UnprivilegedCli, SegmentsSayWhyNoPhysicalAddressIsKnown) {
+  HUGEMM_NEED_ROOT();
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  EXPECT_EQ(RunAsNobody("bench pin -m 2 -r 1 --output segments", 1,
+                        {"PFN", "is unknown", "CAP_SYS_ADMIN"}),
+            0)
+      << kCodes;
+}
+
+// Without CAP_IPC_LOCK the kernel's registration counts against RLIMIT_MEMLOCK.
+TEST(UnprivilegedCli, KernelComparisonNamesRlimitMemlock) {
+  HUGEMM_NEED_ROOT();
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  EXPECT_EQ(RunAsNobody("bench pin -m 8 -r 1 --compare kernel", 1,
+                        {"RLIMIT_MEMLOCK (4 MiB) is too low", "CAP_IPC_LOCK"}, 4 << 20),
+            0)
+      << kCodes;
+}
+
+// The soak takes the refusals hidden PFNs bring (DMA segments, registering external
+// memory) and a low RLIMIT_MEMLOCK brings (kernel pins) as documented, not as broken
+// promises.
+TEST(UnprivilegedCli, StressCountsWhatHiddenPfnsRefuseAsDocumented) {
+  HUGEMM_NEED_ROOT();
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 64);
+  EXPECT_EQ(RunAsNobody("stress --seconds 0.5 --threads 2", 0,
+                        {"refused as documented: register external: PERMISSION_DENIED", "all held"},
+                        8 << 20),
+            0)
+      << kCodes;
+}
+
 }  // namespace
 }  // namespace hugemm
