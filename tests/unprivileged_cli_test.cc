@@ -94,5 +94,19 @@ TEST(UnprivilegedCli, StressCountsWhatHiddenPfnsRefuseAsDocumented) {
       << kCodes;
 }
 
+// `hugemm info` tells an ordinary user what it cannot do: read PFNs or kpageflags, or
+// create files in root's hugetlbfs mounts.
+TEST(UnprivilegedCli, InfoSaysWhatThisUserCannotDo) {
+  HUGEMM_NEED_ROOT();
+  std::vector<std::string> words = {"PFNs readable   no (needs CAP_SYS_ADMIN)",
+                                    "kpageflags      not readable (root only)"};
+  const std::string mount = testing::HugetlbfsMountFor(kPageSize2M);
+  if (!mount.empty() &&
+      testing::RunUnprivileged([&] { return ::access(mount.c_str(), W_OK); }) != 0) {
+    words.push_back(mount + "  (not writable by this user)");
+  }
+  EXPECT_EQ(RunAsNobody("info", 0, words), 0) << kCodes;
+}
+
 }  // namespace
 }  // namespace hugemm
