@@ -108,5 +108,26 @@ TEST(UnprivilegedCli, InfoSaysWhatThisUserCannotDo) {
   EXPECT_EQ(RunAsNobody("info", 0, words), 0) << kCodes;
 }
 
+// `hugemm verify` cannot hold frames against the kernel without PFNs: it fails, saying
+// why once (not once per page size).
+TEST(UnprivilegedCli, VerifySaysOnceThatPagemapHidesPfns) {
+  HUGEMM_NEED_ROOT();
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  const int rc = testing::RunUnprivileged([] {
+    int exit_code = -1;
+    const std::string out =
+        testing::RunCommand(std::string(HUGEMM_CLI_PATH) + " verify 2>&1", &exit_code);
+    std::fprintf(stderr, "hugemm verify: exit %d\n%s\n", exit_code, out.c_str());
+    const std::string why = "pagemap hides PFNs (needs CAP_SYS_ADMIN)";
+    const size_t first = out.find(why);
+    if (exit_code != 1) return kWrongExit;
+    if (first == std::string::npos || out.find(why, first + 1) != std::string::npos) {
+      return kMissingWords;
+    }
+    return 0;
+  });
+  EXPECT_EQ(rc, 0) << kCodes << " (11 here: not said exactly once)";
+}
+
 }  // namespace
 }  // namespace hugemm
