@@ -5,9 +5,11 @@
 #include "perf/bench_pin.h"
 
 #include <liburing.h>
+#include <sys/resource.h>
 #include <sys/uio.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -62,7 +64,8 @@ class KernelPin {
     const uint64_t t1 = NowNs();
     if (rc < 0) {
       return absl::UnavailableError(absl::StrCat("io_uring_register_buffers of ",
-                                                 HumanBytes(bytes_), ": ", std::strerror(-rc)));
+                                                 HumanBytes(bytes_), ": ", std::strerror(-rc),
+                                                 rc == -ENOMEM ? MemlockHint() : ""));
     }
     io_uring_unregister_buffers(&ring_);
     const uint64_t t2 = NowNs();
@@ -73,6 +76,15 @@ class KernelPin {
 
  private:
   KernelPin() = default;
+  // Without CAP_IPC_LOCK the kernel counts the registered bytes against RLIMIT_MEMLOCK.
+  std::string MemlockHint() const {
+    rlimit lim{};
+    if (::getrlimit(RLIMIT_MEMLOCK, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY) return "";
+    return absl::StrCat("; RLIMIT_MEMLOCK (", HumanBytes(lim.rlim_cur), ") is too low to pin ",
+                        HumanBytes(bytes_),
+                        ": raise it (ulimit -l) or grant CAP_IPC_LOCK, or compare a smaller "
+                        "buffer (-m)");
+  }
   io_uring ring_;
   bool ready_ = false;
   size_t bytes_ = 0;

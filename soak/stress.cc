@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "hugemm/system_info.h"
 #include "soak/footprint.h"
 #include "soak/stress_worker.h"
 
@@ -78,6 +79,8 @@ absl::StatusOr<StressReport> RunStress(const StressConfig& config) {
         Runtime::Open({.kernel_pins = config.kernel_pins});
     if (!rt.ok()) return rt.status();
     Shared shared(**rt, config);
+    absl::StatusOr<SystemInfo> info = CollectSystemInfo();
+    shared.pfns_known = !info.ok() || info->can_read_pfns;
     for (size_t i = 0; i < kBufferSlots; ++i) shared.slots.push_back(std::make_unique<Slot>());
     shared.buffer_slots = kBufferSlots;
     if (absl::Status st = MapExternal(shared); !st.ok()) {

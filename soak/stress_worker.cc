@@ -239,7 +239,8 @@ void Worker::Pin(size_t i, Slot& s) {
             {Code::kPermissionDenied, Code::kFailedPrecondition, Code::kResourceExhausted,
              Code::kUnavailable});
     if (st.code() == Code::kFailedPrecondition &&
-        !(HasAny(flags, kGupLongterm) && s.kind == SlotKind::kExternal)) {
+        !(HasAny(flags, kGupLongterm) && s.kind == SlotKind::kExternal) &&
+        !(p->output == Output::kSegments && !s_.pfns_known)) {
       s_.Violation(absl::StrFormat("slot %u: %s", i, st.ToString()));
     }
     return;
@@ -420,7 +421,11 @@ void Worker::Register(size_t i, Slot& s) {
   if (!s.registered) {
     absl::StatusOr<uint64_t> id = s_.rt.RegisterExternal(s.data, s.size);
     if (!id.ok()) {
-      s_.Violation("register external: " + id.status().ToString());
+      if (!s_.pfns_known) {
+        Refused("register external", id.status(), {Code::kPermissionDenied});
+      } else {
+        s_.Violation("register external: " + id.status().ToString());
+      }
       return;
     }
     s.registered = true;

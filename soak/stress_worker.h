@@ -62,6 +62,9 @@ struct Shared {
   const StressConfig& config;
   std::vector<std::unique_ptr<Slot>> slots;  // buffers first, then external regions
   size_t buffer_slots = 0;
+  // Whether the kernel shows this process PFNs (CAP_SYS_ADMIN). Without them DMA segments
+  // and registering external memory are refused, as documented.
+  bool pfns_known = true;
   std::atomic<size_t> buffer_bytes{0};
   std::atomic<bool> stop{false};
   std::mutex violations_mu;

@@ -327,5 +327,33 @@ TEST(KernelPinTable, MemlockLimitWithoutIpcLockIsAClearError) {
   EXPECT_EQ(WEXITSTATUS(status), 0) << "2: cannot drop CAP_IPC_LOCK; 3-7: see the test";
 }
 
+// With no RLIMIT_MEMLOCK at all even the ring is refused: the message names the limit and
+// the ring, not an amount of memory to pin.
+TEST(KernelPinTable, NoMemlockAtAllNamesTheRing) {
+  HUGEMM_NEED(geteuid() == 0, "needs root to drop CAP_IPC_LOCK");
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const rlimit lim{0, 0};
+    if (!DropIpcLock() || setrlimit(RLIMIT_MEMLOCK, &lim) != 0) _exit(2);
+    absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
+    if (rt.ok()) _exit(3);  // this kernel does not count the ring: nothing to check
+    const std::string msg(rt.status().message());
+    std::fprintf(stderr, "message: %s\n", msg.c_str());
+    if (msg.find("RLIMIT_MEMLOCK (0 B) is too low for the io_uring ring") == std::string::npos ||
+        msg.find("CAP_IPC_LOCK") == std::string::npos ||
+        msg.find("to pin 0 B") != std::string::npos) {
+      _exit(4);
+    }
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  HUGEMM_NEED(WEXITSTATUS(status) != 3,
+              "this kernel does not count an io_uring ring against RLIMIT_MEMLOCK");
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "2: cannot drop CAP_IPC_LOCK; 4: see the message";
+}
+
 }  // namespace
 }  // namespace hugemm::testing

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -38,6 +39,13 @@ std::string RunCommand(const std::string& command, int* exit_code);
 
 // This process's VmPin in kB (memory the kernel pins for it), or -1 when unreadable.
 int64_t VmPinKb();
+
+// Runs `body` in a child of fork() that first becomes uid and gid 65534 with no
+// supplementary groups and no capabilities, as a program run by an ordinary user is.
+// Returns the child's exit code: body's result, kCannotDropPrivileges when the drop
+// failed (the test process is not root), or -1 when it did not exit.
+inline constexpr int kCannotDropPrivileges = 99;
+int RunUnprivileged(const std::function<int()>& body);
 
 // The device-DAX device under test ($HUGEMM_TEST_DAX), or "".
 inline std::string TestDaxDevice() {

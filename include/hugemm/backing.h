@@ -178,7 +178,8 @@ class Backing final : public std::enable_shared_from_this<Backing> {
   // Checks the options against the system (page size supported, mount present, device
   // readable and described by sysfs) and returns a ready backing. InvalidArgument for a
   // page size the kind or kernel does not offer, a devdax backing without a path, or a
-  // mount of another page size; NotFound for a missing mount or device; the OS's error
+  // mount of another page size; NotFound for a missing mount or device; PermissionDenied
+  // for a hugetlbfs mount of the page size this process may not write; the OS's error
   // (naming the call) when sysfs or /proc/mounts cannot be read or the device opened.
   [[nodiscard]] static absl::StatusOr<std::shared_ptr<Backing>> Create(
       const BackingOptions& options);

@@ -123,14 +123,15 @@ typedef struct hugemm_buffer {
  * -EINVAL: zero, unaligned or absurd length (beyond the address space), unknown backing,
  * a page size the backing does not have, a NUMA node that is not online. -ENOMEM: no
  * huge pages for it.
- * -ENOENT: no such device-DAX device, or no hugetlbfs mount of the page size. */
+ * -ENOENT: no such device-DAX device, or no hugetlbfs mount of the page size. -EPERM: the
+ * hugetlbfs mount of the page size is not writable by this process. */
 int hugemm_map_buffer(hugemm_runtime* rt, size_t length, const hugemm_buffer_options* options,
                       hugemm_buffer* out);
 /* One folio of at least `bytes` (a power of two from 4K up to the page size) from the
  * allocator's pools; zeroed unless `uninitialized`. `options` as above (path unused
  * except for devdax). -EINVAL: zero bytes or more than the page size, unknown backing,
  * a page size the backing does not have, a NUMA node that is not online (devdax: not
- * the device's). -ENOMEM: the pool cannot grow. -ENOENT: as for hugemm_map_buffer. */
+ * the device's). -ENOMEM: the pool cannot grow. -ENOENT, -EPERM: as for hugemm_map_buffer. */
 int hugemm_alloc(hugemm_runtime* rt, size_t bytes, const hugemm_buffer_options* options,
                  int uninitialized, hugemm_buffer* out);
 /* Frees the buffer starting at `data` (from hugemm_map_buffer or hugemm_alloc). Its
@@ -231,7 +232,10 @@ long hugemm_pin_folios(hugemm_runtime* rt, const void* addr, size_t length, unsi
  * its whole 4K pages), at most `cap`. Returns the segment count.
  * Segments name no folios, so the runtime keeps the folio runs this call pinned until
  * hugemm_unpin_range with the same addr, length and PIN or GET gives them back: exactly
- * what was pinned, also after hugemm_free and after a HUGEMM_PARTIAL pin. */
+ * what was pinned, also after hugemm_free and after a HUGEMM_PARTIAL pin.
+ * -EFAULT (nothing pinned): memory whose PFNs the kernel hid when it was mapped (pagemap
+ * shows them only to a process with CAP_SYS_ADMIN); hugemm_translate and
+ * hugemm_page_pfn then answer UINT64_MAX: no physical address is ever made up. */
 long hugemm_pin_segments(hugemm_runtime* rt, const void* addr, size_t length, unsigned flags,
                          uint64_t max_segment, hugemm_dma_segment* segments, size_t cap);
 /* Unpins a page array, one reference operation per run of the same folio; `dirty`

@@ -99,10 +99,14 @@ std::string KernelPinTable::Explain(const absl::Status& status, size_t bytes) co
     case ENOMEM: {
       const std::string limit = MemlockLimit(os_);
       std::lock_guard<std::mutex> lock(mu_);
+      // Nothing to pin yet: the ring's own memory counts against the limit too.
+      const std::string what =
+          bytes == 0 ? std::string(" is too low for the io_uring ring that holds the pins")
+                     : absl::StrCat(" is too low to pin ", HumanBytes(bytes), " more beside the ",
+                                    HumanBytes(pinned_bytes_), " pinned");
       why = absl::StrCat("; RLIMIT_MEMLOCK", limit.empty() ? "" : absl::StrCat(" (", limit, ")"),
-                         " is too low to pin ", HumanBytes(bytes), " more beside the ",
-                         HumanBytes(pinned_bytes_),
-                         " pinned: raise it (ulimit -l, systemd's LimitMEMLOCK=) or grant "
+                         what,
+                         ": raise it (ulimit -l, systemd's LimitMEMLOCK=) or grant "
                          "CAP_IPC_LOCK, ",
                          kTurnOff);
       break;

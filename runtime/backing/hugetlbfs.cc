@@ -98,6 +98,19 @@ absl::StatusOr<std::unique_ptr<Kind>> NewHugetlbfs(const BackingOptions& options
   if (mount.empty()) {
     absl::StatusOr<std::string> found = os.HugetlbfsMountFor(page_size);
     if (found.status().code() == absl::StatusCode::kNotFound) {
+      // libhugetlbfs passes over a mount this process may not write (root's /dev/hugepages
+      // for any other user): name it rather than say there is none.
+      absl::StatusOr<std::vector<sys::HugetlbfsMount>> mounts = sys::HugetlbfsMounts(os);
+      if (mounts.ok()) {
+        for (const sys::HugetlbfsMount& m : *mounts) {
+          if (m.page_size != page_size) continue;
+          return absl::PermissionDeniedError(absl::StrCat(
+              "the hugetlbfs mount ", m.path, " with ", PageSizeName(page_size),
+              " pages is not writable by this process (uid ", ::geteuid(),
+              "): give it write access there (chown or chmod the mount, or mount one with "
+              "uid=, gid= or mode=)"));
+        }
+      }
       return absl::NotFoundError(absl::StrCat("no hugetlbfs mount with ", PageSizeName(page_size),
                                               " pages (mount one: mount -t "
                                               "hugetlbfs -o pagesize=",

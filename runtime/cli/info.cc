@@ -1,5 +1,8 @@
 // `hugemm info`: what this machine offers hugemm, as a table or as JSON (the keys are
 // listed in the README), and what folio descriptors cost beside the kernel's.
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -38,7 +41,11 @@ std::string InfoText(const SystemInfo& info) {
   absl::StrAppend(&out, "\nhugetlbfs mounts\n");
   if (info.hugetlbfs_mounts.empty()) absl::StrAppend(&out, "  none\n");
   for (const HugetlbfsMount& m : info.hugetlbfs_mounts) {
-    absl::StrAppendFormat(&out, "  %-6s %s\n", PageSizeName(m.page_size), m.path);
+    // The hugetlbfs backing creates its files there: say so when this user may not.
+    const bool refused = ::access(m.path.c_str(), W_OK) != 0 &&
+                         (errno == EACCES || errno == EPERM || errno == EROFS);
+    absl::StrAppendFormat(&out, "  %-6s %s%s\n", PageSizeName(m.page_size), m.path,
+                          refused ? "  (not writable by this user)" : "");
   }
   absl::StrAppend(&out, "\ndevice-DAX devices\n");
   if (info.dax_devices.empty()) {
@@ -51,7 +58,7 @@ std::string InfoText(const SystemInfo& info) {
   absl::StrAppendFormat(&out, "\nPFNs readable   %s\n",
                         info.can_read_pfns ? "yes (pagemap)" : "no (needs CAP_SYS_ADMIN)");
   absl::StrAppendFormat(&out, "kpageflags      %s\n",
-                        info.can_read_kpageflags ? "readable" : "not readable");
+                        info.can_read_kpageflags ? "readable" : "not readable (root only)");
   if (info.anon_fallback()) {
     absl::StrAppend(&out,
                     "\nno free huge pages: hugemm falls back to 4K anonymous memory (slower);\n"

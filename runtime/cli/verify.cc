@@ -59,6 +59,7 @@ int RunVerify(const VerifyFlags& flags) {
   Json mismatches = Json::array();
   std::map<size_t, size_t> leaves;
   bool failed = false;
+  bool pfns_hidden = false;
   auto absorb = [&](const VerifyReport& r) {
     for (const auto& [size, n] : r.leaves_checked) leaves[size] += n;
     for (const VerifyMismatch& m : r.mismatches) {
@@ -98,7 +99,11 @@ int RunVerify(const VerifyFlags& flags) {
       return kExitFailed;
     }
     if (!r->pfns_checked) {
-      std::fprintf(stderr, "hugemm verify: pagemap hides PFNs (needs CAP_SYS_ADMIN)\n");
+      // Once, not for every page size: it is the process that may not read them.
+      if (!pfns_hidden) {
+        std::fprintf(stderr, "hugemm verify: pagemap hides PFNs (needs CAP_SYS_ADMIN)\n");
+      }
+      pfns_hidden = true;
       failed = true;
     }
     absorb(*r);

@@ -77,8 +77,8 @@ absl::StatusOr<std::vector<DmaSegment>> PinnedRange::Segments(uint64_t max_segme
       }
       if (s.folio->head_pfn == kUnknownPfn) {
         return absl::FailedPreconditionError(absl::StrFormat(
-            "segments of [0x%x, +%u): the PFN of 0x%x is unknown (pagemap unreadable at map "
-            "time)",
+            "segments of [0x%x, +%u): the PFN of 0x%x is unknown (pagemap hid it when the "
+            "memory was mapped: reading PFNs needs CAP_SYS_ADMIN)",
             lo, length_, va));
       }
       w.AddPages(s.folio, s.first_page, s.pages, va, lo, hi);

@@ -53,9 +53,10 @@ absl::Status StopError(const PinRequest& req, Stop why, uintptr_t va, size_t ent
           "spans",
           what, va));
     case Stop::kNoPfn:
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "%s: the PFN of 0x%x is unknown (pagemap unreadable at map time): no DMA segments", what,
-          va));
+      return absl::FailedPreconditionError(
+          absl::StrFormat("%s: the PFN of 0x%x is unknown (pagemap hid it when the memory was "
+                          "mapped: reading PFNs needs CAP_SYS_ADMIN): no DMA segments",
+                          what, va));
     case Stop::kNoDeviceAddress:
       return absl::FailedPreconditionError(absl::StrFormat(
           "%s: 0x%x has no address in the device's address space (not mapped into it)", what, va));
