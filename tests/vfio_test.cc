@@ -522,21 +522,39 @@ TEST(VfioCApi, PinSegmentsInIovaSpaceAndUnpinRange) {
   HUGEMM_ASSERT_OK(os.Close(*container));
 }
 
+// A C runtime on the fake OS with a 2M buffer, and a mapper of a fake VFIO container
+// attached to it (the buffer mapped there).
+struct CMapperOnFake {
+  FakeOs os;
+  hugemm_runtime* rt = nullptr;  // hugemm_close deletes it
+  std::optional<int> container;
+  hugemm_buffer buf{};
+  hugemm_vfio* vfio = nullptr;
+};
+
+void AttachCMapper(CMapperOnFake* m) {
+  absl::StatusOr<std::unique_ptr<Runtime>> opened = Runtime::Open({.os = &m->os});
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  m->rt = new hugemm_runtime;
+  m->rt->rt = std::move(*opened);
+  absl::StatusOr<int> container = m->os.OpenVfioContainer();
+  ASSERT_TRUE(container.ok());
+  m->container = *container;
+  ASSERT_EQ(hugemm_map_buffer(m->rt, kPageSize2M, nullptr, &m->buf), 0) << hugemm_last_error();
+  ASSERT_EQ(hugemm_vfio_attach(m->rt, *m->container, nullptr, &m->vfio), 0) << hugemm_last_error();
+}
+
 // hugemm_close detaches a mapper still attached: the container loses its mappings, the
 // handle answers -EINVAL naming the closed runtime, and hugemm_vfio_detach frees it
 // without touching the runtime that is gone (ASan: no use after free).
 TEST(VfioCApi, CloseDetachesAMapperStillAttached) {
-  FakeOs os;
-  absl::StatusOr<std::unique_ptr<Runtime>> opened = Runtime::Open({.os = &os});
-  ASSERT_TRUE(opened.ok()) << opened.status();
-  auto* rt = new hugemm_runtime;  // hugemm_close deletes it
-  rt->rt = std::move(*opened);
-  absl::StatusOr<int> container = os.OpenVfioContainer();
-  ASSERT_TRUE(container.ok());
-  hugemm_buffer buf;
-  ASSERT_EQ(hugemm_map_buffer(rt, kPageSize2M, nullptr, &buf), 0) << hugemm_last_error();
-  hugemm_vfio* vfio = nullptr;
-  ASSERT_EQ(hugemm_vfio_attach(rt, *container, nullptr, &vfio), 0) << hugemm_last_error();
+  CMapperOnFake m;
+  ASSERT_NO_FATAL_FAILURE(AttachCMapper(&m));
+  FakeOs& os = m.os;
+  hugemm_runtime* rt = m.rt;
+  const std::optional<int>& container = m.container;
+  hugemm_buffer& buf = m.buf;
+  hugemm_vfio* vfio = m.vfio;
   EXPECT_FALSE(os.VfioMappings(*container).empty());
   hugemm_close(rt);
   EXPECT_TRUE(os.VfioMappings(*container).empty()) << "the closed runtime's memory stayed mapped";
@@ -554,17 +572,13 @@ TEST(VfioCApi, CloseDetachesAMapperStillAttached) {
 // The same through the C API: in a child, hugemm_vfio_attach is -EFAULT, and neither
 // hugemm_close nor hugemm_vfio_detach unmaps the parent's mappings from the container.
 TEST(VfioCApi, AChildOfForkClosingLeavesTheContainersMappings) {
-  FakeOs os;
-  absl::StatusOr<std::unique_ptr<Runtime>> opened = Runtime::Open({.os = &os});
-  ASSERT_TRUE(opened.ok()) << opened.status();
-  auto* rt = new hugemm_runtime;  // hugemm_close deletes it
-  rt->rt = std::move(*opened);
-  absl::StatusOr<int> container = os.OpenVfioContainer();
-  ASSERT_TRUE(container.ok());
-  hugemm_buffer buf;
-  ASSERT_EQ(hugemm_map_buffer(rt, kPageSize2M, nullptr, &buf), 0) << hugemm_last_error();
-  hugemm_vfio* vfio = nullptr;
-  ASSERT_EQ(hugemm_vfio_attach(rt, *container, nullptr, &vfio), 0) << hugemm_last_error();
+  CMapperOnFake m;
+  ASSERT_NO_FATAL_FAILURE(AttachCMapper(&m));
+  FakeOs& os = m.os;
+  hugemm_runtime* rt = m.rt;
+  const std::optional<int>& container = m.container;
+  hugemm_buffer& buf = m.buf;
+  hugemm_vfio* vfio = m.vfio;
   const size_t mapped = os.VfioMappings(*container).size();
   ASSERT_EQ(mapped, 1u);
 
