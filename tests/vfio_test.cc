@@ -550,23 +550,19 @@ void AttachCMapper(CMapperOnFake* m) {
 TEST(VfioCApi, CloseDetachesAMapperStillAttached) {
   CMapperOnFake m;
   ASSERT_NO_FATAL_FAILURE(AttachCMapper(&m));
-  FakeOs& os = m.os;
-  hugemm_runtime* rt = m.rt;
-  const std::optional<int>& container = m.container;
-  hugemm_buffer& buf = m.buf;
-  hugemm_vfio* vfio = m.vfio;
-  EXPECT_FALSE(os.VfioMappings(*container).empty());
-  hugemm_close(rt);
-  EXPECT_TRUE(os.VfioMappings(*container).empty()) << "the closed runtime's memory stayed mapped";
+  EXPECT_FALSE(m.os.VfioMappings(*m.container).empty());
+  hugemm_close(m.rt);
+  EXPECT_TRUE(m.os.VfioMappings(*m.container).empty())
+      << "the closed runtime's memory stayed mapped";
   uint64_t iova = 0;
-  EXPECT_EQ(hugemm_vfio_iova(vfio, buf.data, &iova), -EINVAL);
+  EXPECT_EQ(hugemm_vfio_iova(m.vfio, m.buf.data, &iova), -EINVAL);
   EXPECT_THAT(hugemm_last_error(), HasSubstr("closed"));
   size_t mappings = 0;
-  EXPECT_EQ(hugemm_vfio_stats(vfio, &mappings, nullptr), -EINVAL);
+  EXPECT_EQ(hugemm_vfio_stats(m.vfio, &mappings, nullptr), -EINVAL);
   hugemm_dma_segment seg;
-  EXPECT_EQ(hugemm_vfio_pin_segments(vfio, buf.data, 4096, HUGEMM_PIN, 0, &seg, 1), -EINVAL);
-  hugemm_vfio_detach(vfio);
-  HUGEMM_ASSERT_OK(os.Close(*container));
+  EXPECT_EQ(hugemm_vfio_pin_segments(m.vfio, m.buf.data, 4096, HUGEMM_PIN, 0, &seg, 1), -EINVAL);
+  hugemm_vfio_detach(m.vfio);
+  HUGEMM_ASSERT_OK(m.os.Close(*m.container));
 }
 
 // The same through the C API: in a child, hugemm_vfio_attach is -EFAULT, and neither
@@ -574,12 +570,7 @@ TEST(VfioCApi, CloseDetachesAMapperStillAttached) {
 TEST(VfioCApi, AChildOfForkClosingLeavesTheContainersMappings) {
   CMapperOnFake m;
   ASSERT_NO_FATAL_FAILURE(AttachCMapper(&m));
-  FakeOs& os = m.os;
-  hugemm_runtime* rt = m.rt;
-  const std::optional<int>& container = m.container;
-  hugemm_buffer& buf = m.buf;
-  hugemm_vfio* vfio = m.vfio;
-  const size_t mapped = os.VfioMappings(*container).size();
+  const size_t mapped = m.os.VfioMappings(*m.container).size();
   ASSERT_EQ(mapped, 1u);
 
   const pid_t child = fork();
@@ -587,13 +578,13 @@ TEST(VfioCApi, AChildOfForkClosingLeavesTheContainersMappings) {
   if (child == 0) {
     int code = 0;
     hugemm_vfio* other = nullptr;
-    if (hugemm_vfio_attach(rt, *container, nullptr, &other) != -EFAULT || other != nullptr) {
+    if (hugemm_vfio_attach(m.rt, *m.container, nullptr, &other) != -EFAULT || other != nullptr) {
       code = 1;
     }
-    hugemm_close(rt);
-    if (code == 0 && os.VfioMappings(*container).size() != mapped) code = 2;
-    hugemm_vfio_detach(vfio);
-    if (code == 0 && os.VfioMappings(*container).size() != mapped) code = 3;
+    hugemm_close(m.rt);
+    if (code == 0 && m.os.VfioMappings(*m.container).size() != mapped) code = 2;
+    hugemm_vfio_detach(m.vfio);
+    if (code == 0 && m.os.VfioMappings(*m.container).size() != mapped) code = 3;
     _exit(code);
   }
   int status = 0;
@@ -601,11 +592,11 @@ TEST(VfioCApi, AChildOfForkClosingLeavesTheContainersMappings) {
   ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << WTERMSIG(status);
   EXPECT_EQ(WEXITSTATUS(status), 0) << "1: hugemm_vfio_attach was not -EFAULT, 2: hugemm_close "
                                        "unmapped, 3: hugemm_vfio_detach unmapped";
-  EXPECT_EQ(os.VfioMappings(*container).size(), mapped);
-  EXPECT_EQ(hugemm_free(rt, buf.data), 0) << hugemm_last_error();
-  hugemm_vfio_detach(vfio);
-  hugemm_close(rt);
-  HUGEMM_ASSERT_OK(os.Close(*container));
+  EXPECT_EQ(m.os.VfioMappings(*m.container).size(), mapped);
+  EXPECT_EQ(hugemm_free(m.rt, m.buf.data), 0) << hugemm_last_error();
+  hugemm_vfio_detach(m.vfio);
+  hugemm_close(m.rt);
+  HUGEMM_ASSERT_OK(m.os.Close(*m.container));
 }
 
 // A child of fork() shares the container with its parent (one kernel object, whose
