@@ -28,8 +28,8 @@ std::string WhyIovecs(FixedBufferMode mode, bool runtime_pins) {
     return "this kernel clones whole tables only (Linux 6.12), so memory added after the clone "
            "is registered again";
   }
-  return "the table is made of iovecs: FixedBufferMode::kIovec, or a kernel without "
-         "IORING_REGISTER_CLONE_BUFFERS";
+  return "the table is made of iovecs: FixedBufferMode::kIovec (HUGEMM_IO_IOVEC in C), or a "
+         "kernel without IORING_REGISTER_CLONE_BUFFERS";
 }
 
 // `why_iovecs`: WhyIovecs of the table the failed call registered memory into, or empty
@@ -134,7 +134,8 @@ absl::StatusOr<std::unique_ptr<FixedBuffers>> FixedBuffers::Attach(
   if (options.mode == FixedBufferMode::kClone && table.ring_fd() < 0) {
     return absl::FailedPreconditionError(
         "fixed buffers by clone: the runtime's kernel pins are off, so it has no table to "
-        "clone; open it with kernel_pins, or use FixedBufferMode::kIovec");
+        "clone; open it with kernel_pins, or use FixedBufferMode::kIovec (HUGEMM_IO_IOVEC in "
+        "C)");
   }
   std::unique_ptr<FixedBuffers> fb(new FixedBuffers(runtime, ring_fd));
   bool registered = false;
@@ -160,10 +161,12 @@ absl::StatusOr<std::unique_ptr<FixedBuffers>> FixedBuffers::Attach(
       if (ErrnoOf(st) == EBUSY) return busy();
       if (ErrnoOf(st) != EINVAL) return Explain(sys::Annotate(st, "fixed buffers"), ring_fd, "");
       if (options.mode == FixedBufferMode::kClone) {
-        return absl::UnimplementedError(
-            absl::StrCat("fixed buffers by clone: this kernel has no IORING_REGISTER_CLONE_BUFFERS "
-                         "(Linux 6.12): ",
-                         st.message(), "; use FixedBufferMode::kIovec or kAuto"));
+        return absl::UnimplementedError(absl::StrCat(
+            "fixed buffers by clone: this kernel has no IORING_REGISTER_CLONE_BUFFERS "
+            "(Linux 6.12): ",
+            st.message(),
+            "; use FixedBufferMode::kIovec or kAuto (HUGEMM_IO_IOVEC or HUGEMM_IO_AUTO "
+            "in C)"));
       }
     }
     absl::Status st = os.IoUringRegisterSparseBuffers(ring_fd, table.capacity());
