@@ -35,8 +35,10 @@ struct Counts {
 
 // Buffers of `size` bytes, MapBuffer'd (whole 2M pages) or Allocate'd (carved from shared
 // extents), replaced one at a time by the churn threads. `check`: the cache's validity
-// check (off only to show what it prevents).
-void ChurnAndGet(MrScope scope, bool allocate, size_t size, bool check = true) {
+// check (off only to show what it prevents; `stale` then receives how many registrations
+// handed out were stale).
+void ChurnAndGet(MrScope scope, bool allocate, size_t size, bool check = true,
+                 int* stale = nullptr) {
   FakeRegistrar fake;
   absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open({.kernel_pins = false});
   ASSERT_TRUE(rt.ok());
@@ -112,17 +114,22 @@ void ChurnAndGet(MrScope scope, bool allocate, size_t size, bool check = true) {
   EXPECT_GT(s.hits, 0u);
   EXPECT_EQ(s.held, 0u);
   if (!check) {
-    // Never dropped, so a registration outlives its buffer and is handed out for the next
-    // buffer at the same address: the NIC would use the old frames.
-    EXPECT_GT(counts.stale.load(), 0) << "no stale registration without the check";
+    *stale = counts.stale.load();
     EXPECT_EQ(s.invalidations, 0u);
     return;
   }
   EXPECT_EQ(counts.stale.load(), 0);
-  EXPECT_GT(s.invalidations, 0u);
+  // MapBuffer'd memory: the churn's splits and frees dropped registrations as they went.
+  // Allocations share their extent's registration, which only a change of the table under
+  // it drops (a region split or merged): whether the churn made one while a registration
+  // stood is up to the scheduler, so they are counted once the last frees are in.
+  if (!allocate) {
+    EXPECT_GT(s.invalidations, 0u);
+  }
   // Freeing the last buffers drops every registration: nothing stays registered.
   buffers.clear();
   EXPECT_EQ((*cache)->Stats().entries, 0u);
+  EXPECT_GT((*cache)->Stats().invalidations, 0u);
   EXPECT_EQ(fake.live(), 0u);
   EXPECT_EQ(fake.registered(), s.registrations);
 }
@@ -144,7 +151,15 @@ TEST(MrCacheStressTest, NoStaleRegistrationWhileAllocationsShareExtents) {
 TEST(MrCacheStressTest, WithoutTheValidityCheckTheChurnHandsOutStaleRegistrations) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 64);
   HUGEMM_NEED(CanReadFrames(), "needs PFNs from /proc/self/pagemap (root)");
-  ChurnAndGet(MrScope::kBuffer, /*allocate=*/false, kPageSize2M, /*check=*/false);
+  // Never dropped, so a registration outlives its buffer and is handed out for the next
+  // buffer at the same address: the NIC would use the old frames. That takes a buffer
+  // mapped where a registered one was while a getter asks there, which the scheduler may
+  // not give one round: up to five rounds.
+  int stale = 0;
+  for (int round = 0; round < 5 && stale == 0 && !HasFailure(); ++round) {
+    ChurnAndGet(MrScope::kBuffer, /*allocate=*/false, kPageSize2M, /*check=*/false, &stale);
+  }
+  EXPECT_GT(stale, 0) << "no stale registration without the check in five rounds";
 }
 
 }  // namespace
