@@ -535,6 +535,42 @@ TEST(IoPins, AnIoPastTheEndOfItsMemoryIsRefusedWhole) {
   }
 }
 
+// io_uring's table has 16384 slots and a buffer takes one however small: the 16385th 4K
+// buffer is refused with the limit named, the program's table holds all 16384, and a
+// freed buffer's slot serves the next one, a fixed buffer like the rest.
+TEST_P(FixedBuffersTest, SixteenThousandSmallBuffersFillTheTableAndTheNextIsRefused) {
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  TestRing ring;
+  absl::StatusOr<std::unique_ptr<IoRing>> io =
+      IoRing::Attach(*rt, ring.fd(), {.fixed = {.mode = GetParam()}});
+  ASSERT_TRUE(io.ok()) << io.status();
+  constexpr unsigned kSlots = api_internal::KernelPinTable::kMaxSlots;
+  std::vector<Buffer> bufs;
+  for (unsigned i = 0; i < kSlots; ++i) {
+    absl::StatusOr<Buffer> b = rt->MapBuffer(kPageSize4K, {.backing = BackingKind::kAnon});
+    ASSERT_TRUE(b.ok()) << "buffer " << i << ": " << b.status();
+    bufs.push_back(std::move(*b));
+  }
+  EXPECT_EQ(rt->kernel_pin_stats().slots_used, kSlots);
+  EXPECT_EQ((*io)->fixed().slots_filled(), kSlots);
+  absl::StatusOr<Buffer> over = rt->MapBuffer(kPageSize4K, {.backing = BackingKind::kAnon});
+  EXPECT_EQ(over.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(over.status().message(), HasSubstr("kernel pin table full: 16384 of 16384"));
+  EXPECT_THAT(over.status().message(), HasSubstr("however small"));
+  bufs.erase(bufs.begin() + kSlots / 2);
+  absl::StatusOr<Buffer> next = rt->MapBuffer(kPageSize4K, {.backing = BackingKind::kAnon});
+  ASSERT_TRUE(next.ok()) << next.status();
+  PatternFile file(1 << 20, 23);
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring.ring);
+  HUGEMM_ASSERT_OK((*io)->PrepareRead(sqe, file.fd(), next->data(), 4096, 8192, 1));
+  ASSERT_EQ(io_uring_submit(&ring.ring), 1);
+  io_uring_cqe cqe = ring.Wait();
+  EXPECT_EQ(cqe.res, 4096);
+  ASSERT_TRUE((*io)->Complete(&cqe).ok());
+  EXPECT_EQ(FirstMismatch(next->data(), 4096, 8192, 23), -1);
+}
+
 TEST(IoRing, PrepareRefusesWhatIsNoFixedBufferAndLeavesTheSqe) {
   std::unique_ptr<Runtime> rt = OpenRuntime();
   ASSERT_NE(rt, nullptr);

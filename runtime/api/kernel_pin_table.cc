@@ -167,9 +167,9 @@ absl::Status KernelPinTable::MemoryAdded(const MemoryRange& range) {
     if (free_.size() < pieces) {
       const std::string why = absl::StrFormat(
           "kernel pin table full: %u of %u io_uring registered-buffer slots in use, %u more "
-          "needed for %s at 0x%x (the kernel allows %u per ring, one per GiB; each pool "
-          "extent and each GiB of a mapped buffer takes one): free memory and call "
-          "Allocator::Shrink, use 1G pages",
+          "needed for %s at 0x%x (the kernel allows %u per ring; each MapBuffer buffer and "
+          "each pool extent takes one per GiB or part of one, however small): free "
+          "buffers, call Allocator::Shrink, or map fewer, larger buffers",
           capacity() - free_.size(), capacity(), pieces, HumanBytes(range.length), start,
           kMaxSlots);
       if (ring_fd_ >= 0) return absl::ResourceExhaustedError(absl::StrCat(why, ", ", kTurnOff));
