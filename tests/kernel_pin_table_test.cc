@@ -361,8 +361,8 @@ TEST(KernelPinTable, MemlockLimitCountsEveryRingOfTheUser) {
       const std::string msg(over.status().message());
       if (msg.find("beside the 0 B pinned by this runtime") == std::string::npos ||
           msg.find("every ring of this user") == std::string::npos ||
-          msg.find("this one has ") == std::string::npos ||
-          msg.find("this one has 0 B") != std::string::npos) {
+          msg.find("this process has ") == std::string::npos ||
+          msg.find("this process has 0 B") != std::string::npos) {
         std::fprintf(stderr, "message: %s\n", msg.c_str());
         _exit(6);
       }

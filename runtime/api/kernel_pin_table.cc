@@ -125,7 +125,7 @@ std::string KernelPinTable::Explain(const absl::Status& status, size_t bytes) co
                              "ring of this user, in any process",
                              process.empty()
                                  ? ""
-                                 : absl::StrCat(" (this one has ", process, " pinned, VmPin)"));
+                                 : absl::StrCat(" (this process has ", process, " pinned, VmPin)"));
       why = absl::StrCat("; RLIMIT_MEMLOCK", limit.empty() ? "" : absl::StrCat(" (", limit, ")"),
                          what,
                          ": raise it (ulimit -l, systemd's LimitMEMLOCK=) or grant "
