@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "runtime/api/kernel_pin_table.h"
@@ -533,6 +534,94 @@ TEST(IoPins, AnIoPastTheEndOfItsMemoryIsRefusedWhole) {
   for (int i = 0; i < kPages; ++i) {
     EXPECT_FALSE(rt->pinner().MaybeDmaPinned(b->data() + i * kPageSize4K)) << "page " << i;
   }
+}
+
+// io_uring's table has 16384 slots and a buffer takes one however small: the 16385th 4K
+// buffer is refused with the limit named, the program's table holds all 16384, and a
+// freed buffer's slot serves the next one, a fixed buffer like the rest.
+TEST_P(FixedBuffersTest, SixteenThousandSmallBuffersFillTheTableAndTheNextIsRefused) {
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  TestRing ring;
+  absl::StatusOr<std::unique_ptr<IoRing>> io =
+      IoRing::Attach(*rt, ring.fd(), {.fixed = {.mode = GetParam()}});
+  ASSERT_TRUE(io.ok()) << io.status();
+  constexpr unsigned kSlots = api_internal::KernelPinTable::kMaxSlots;
+  std::vector<Buffer> bufs;
+  for (unsigned i = 0; i < kSlots; ++i) {
+    absl::StatusOr<Buffer> b = rt->MapBuffer(kPageSize4K, {.backing = BackingKind::kAnon});
+    ASSERT_TRUE(b.ok()) << "buffer " << i << ": " << b.status();
+    bufs.push_back(std::move(*b));
+  }
+  EXPECT_EQ(rt->kernel_pin_stats().slots_used, kSlots);
+  EXPECT_EQ((*io)->fixed().slots_filled(), kSlots);
+  absl::StatusOr<Buffer> over = rt->MapBuffer(kPageSize4K, {.backing = BackingKind::kAnon});
+  EXPECT_EQ(over.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(over.status().message(), HasSubstr("kernel pin table full: 16384 of 16384"));
+  EXPECT_THAT(over.status().message(), HasSubstr("however small"));
+  bufs.erase(bufs.begin() + kSlots / 2);
+  absl::StatusOr<Buffer> next = rt->MapBuffer(kPageSize4K, {.backing = BackingKind::kAnon});
+  ASSERT_TRUE(next.ok()) << next.status();
+  PatternFile file(1 << 20, 23);
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring.ring);
+  HUGEMM_ASSERT_OK((*io)->PrepareRead(sqe, file.fd(), next->data(), 4096, 8192, 1));
+  ASSERT_EQ(io_uring_submit(&ring.ring), 1);
+  io_uring_cqe cqe = ring.Wait();
+  EXPECT_EQ(cqe.res, 4096);
+  ASSERT_TRUE((*io)->Complete(&cqe).ok());
+  EXPECT_EQ(FirstMismatch(next->data(), 4096, 8192, 23), -1);
+}
+
+// A 2 GiB buffer of 1G pages is two registered buffers (io_uring takes at most 1 GiB per
+// slot): I/Os land anywhere within either, the last page and a whole GiB among them; one
+// across the boundary or past the end is refused before anything is pinned.
+TEST_P(FixedBuffersTest, ABufferOfTwoGibIsTwoFixedBuffersUpToItsLastByte) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize1G, 2);
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  TestRing ring;
+  absl::StatusOr<std::unique_ptr<IoRing>> io =
+      IoRing::Attach(*rt, ring.fd(), {.fixed = {.mode = GetParam()}});
+  ASSERT_TRUE(io.ok()) << io.status();
+  constexpr size_t kSize = 2 * kPageSize1G;
+  absl::StatusOr<Buffer> b = rt->MapBuffer(kSize, {.page_size = kPageSize1G});
+  ASSERT_TRUE(b.ok()) << b.status();
+  std::byte* p = b->data();
+  EXPECT_EQ((*io)->fixed().slots_filled(), 2u);
+  PatternFile file(4 << 20, 31);
+  struct Read {
+    size_t at;
+    unsigned length;
+    uint64_t offset;
+    int res;
+  };
+  // The whole GiB: a READ_FIXED that long, of which the file gives its 4 MiB.
+  for (const Read& r :
+       {Read{0, 4096, 4096, 4096}, Read{kPageSize1G - 4096, 4096, 0, 4096},
+        Read{kPageSize1G, 1u << 30, 0, 4 << 20}, Read{kSize - (4 << 20), 4 << 20, 0, 4 << 20},
+        Read{kSize - 4096, 4096, 8192, 4096}}) {
+    SCOPED_TRACE(absl::StrCat("read at ", r.at, " of ", r.length));
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring.ring);
+    HUGEMM_ASSERT_OK((*io)->PrepareRead(sqe, file.fd(), p + r.at, r.length, r.offset, 1));
+    EXPECT_EQ((*io)->fixed().Find(p + r.at, r.length), r.at < kPageSize1G ? 0 : 1);
+    ASSERT_EQ(io_uring_submit(&ring.ring), 1);
+    io_uring_cqe cqe = ring.Wait();
+    EXPECT_EQ(cqe.res, r.res);
+    ASSERT_TRUE((*io)->Complete(&cqe).ok());
+    if (cqe.res > 0) {
+      EXPECT_EQ(FirstMismatch(p + r.at, cqe.res, r.offset, 31), -1);
+    }
+  }
+  io_uring_sqe sqe{};
+  absl::Status across = (*io)->PrepareRead(&sqe, file.fd(), p + kPageSize1G - 4096, 8192, 0, 1);
+  EXPECT_EQ(across.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(across.message(), HasSubstr("crosses a 1 GiB boundary"));
+  absl::Status past = (*io)->PrepareWrite(&sqe, file.fd(), p + kSize - 4096, 8192, 0, 1);
+  EXPECT_EQ(past.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(past.message(), HasSubstr("runs past the end"));
+  EXPECT_EQ((*io)->in_flight(), 0u);
+  EXPECT_FALSE(rt->pinner().MaybeDmaPinned(p + kPageSize1G - 4096));
+  EXPECT_FALSE(rt->pinner().MaybeDmaPinned(p + kSize - 4096));
 }
 
 TEST(IoRing, PrepareRefusesWhatIsNoFixedBufferAndLeavesTheSqe) {

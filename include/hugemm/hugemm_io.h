@@ -78,8 +78,12 @@ void hugemm_io_detach(hugemm_io* io);
 int hugemm_io_mode(const hugemm_io* io);
 
 /* The buf_index for READ_FIXED / WRITE_FIXED of [addr, addr + length), in O(1); -ENOENT
- * (with the reason) when that memory is no fixed buffer: not hugemm memory, or across a
- * 1 GiB boundary of a larger buffer. */
+ * (with the reason) when that memory is no fixed buffer: not hugemm memory, external
+ * memory (hugemm_register_external), past the end of its mapping, or across a 1 GiB
+ * boundary of a larger one (io_uring registers at most 1 GiB per slot, so a buffer of
+ * 2 GiB is two fixed buffers). The mapping of a hugemm_alloc buffer is the pool extent it
+ * was carved from: a range that runs from it into a neighbouring allocation has an index
+ * (as it does for the kernel), and is the program's to avoid. */
 int hugemm_io_buffer_index(const hugemm_io* io, const void* addr, size_t length);
 
 /* Fills `sqe` as READ_FIXED (WRITE_FIXED) of `length` bytes at `offset` of `fd` into

@@ -24,8 +24,12 @@
 // table has a slot per pool extent (Allocate's folios are carved from those) and per
 // MapBuffer buffer (per GiB of either), never one per allocation. The same table gives
 // programs fixed buffers for their own rings (hugemm/io.h). Pinned bytes count against
-// RLIMIT_MEMLOCK for processes without CAP_IPC_LOCK; the table holds at most 16384 slots
-// (32 GiB of 2M extents). Both limits end in an error that names them and what to do.
+// RLIMIT_MEMLOCK for processes without CAP_IPC_LOCK, together with the registered buffers
+// of every io_uring of the same user (the kernel counts per user, not per process, and
+// gives a closed ring's share back a moment after the close); the table holds at most
+// 16384 slots, so at most 16384 MapBuffer buffers at once however small (a 4K anon one
+// takes a slot as a 1 GiB one does; Allocate's pools take a slot per extent). Both limits
+// end in an error that names them and what to do.
 //
 // Memory observers (memory_observer.h) hear of every extent and buffer when it is added
 // and before it is removed: the kernel pin table is the first; an IOVA mapper or a

@@ -36,6 +36,20 @@ std::string MemlockLimit(Os& os) {
   return "";
 }
 
+// What this process has pinned (VmPin in /proc/self/status: its io_uring buffers among
+// others), or "" when it cannot be read.
+std::string ProcessPinned(Os& os) {
+  absl::StatusOr<std::string> status = os.ReadFile("/proc/self/status");
+  if (!status.ok()) return "";
+  for (absl::string_view line : absl::StrSplit(*status, '\n')) {
+    if (!absl::ConsumePrefix(&line, "VmPin:")) continue;
+    std::vector<absl::string_view> words = absl::StrSplit(line, ' ', absl::SkipWhitespace());
+    uint64_t kb = 0;
+    return !words.empty() && absl::SimpleAtoi(words[0], &kb) ? HumanBytes(kb << 10) : "";
+  }
+  return "";
+}
+
 }  // namespace
 
 KernelPinTable::KernelPinTable(Os& os, unsigned slots) : os_(os), index_(slots) {}
@@ -98,12 +112,20 @@ std::string KernelPinTable::Explain(const absl::Status& status, size_t bytes) co
       break;
     case ENOMEM: {
       const std::string limit = MemlockLimit(os_);
+      const std::string process = bytes == 0 ? "" : ProcessPinned(os_);
       std::lock_guard<std::mutex> lock(mu_);
-      // Nothing to pin yet: the ring's own memory counts against the limit too.
+      // Nothing to pin yet: the ring's own memory counts against the limit too. The kernel
+      // checks the limit against what all of the user's rings hold, not this runtime's.
       const std::string what =
-          bytes == 0 ? std::string(" is too low for the io_uring ring that holds the pins")
-                     : absl::StrCat(" is too low to pin ", HumanBytes(bytes), " more beside the ",
-                                    HumanBytes(pinned_bytes_), " pinned");
+          bytes == 0
+              ? std::string(" is too low for the io_uring ring that holds the pins")
+              : absl::StrCat(" is too low to pin ", HumanBytes(bytes), " more beside the ",
+                             HumanBytes(pinned_bytes_),
+                             " pinned by this runtime; io_uring counts the buffers of every "
+                             "ring of this user, in any process",
+                             process.empty()
+                                 ? ""
+                                 : absl::StrCat(" (this process has ", process, " pinned, VmPin)"));
       why = absl::StrCat("; RLIMIT_MEMLOCK", limit.empty() ? "" : absl::StrCat(" (", limit, ")"),
                          what,
                          ": raise it (ulimit -l, systemd's LimitMEMLOCK=) or grant "
@@ -145,9 +167,9 @@ absl::Status KernelPinTable::MemoryAdded(const MemoryRange& range) {
     if (free_.size() < pieces) {
       const std::string why = absl::StrFormat(
           "kernel pin table full: %u of %u io_uring registered-buffer slots in use, %u more "
-          "needed for %s at 0x%x (the kernel allows %u per ring, one per GiB; each pool "
-          "extent and each GiB of a mapped buffer takes one): free memory and call "
-          "Allocator::Shrink, use 1G pages",
+          "needed for %s at 0x%x (the kernel allows %u per ring; each MapBuffer buffer and "
+          "each pool extent takes one per GiB or part of one, however small): free "
+          "buffers, call Allocator::Shrink, or map fewer, larger buffers",
           capacity() - free_.size(), capacity(), pieces, HumanBytes(range.length), start,
           kMaxSlots);
       if (ring_fd_ >= 0) return absl::ResourceExhaustedError(absl::StrCat(why, ", ", kTurnOff));

@@ -20,7 +20,9 @@
 //   - 16384 slots (IORING_MAX_REG_BUFFERS) per table;
 //   - 1 GiB per registered buffer: larger ranges take one slot per GiB (an I/O must not
 //     cross such a boundary to use a fixed buffer);
-//   - RLIMIT_MEMLOCK for processes without CAP_IPC_LOCK: pinned bytes count against it.
+//   - RLIMIT_MEMLOCK for processes without CAP_IPC_LOCK: pinned bytes count against it,
+//     and so do those of every other ring of the same user, in any process (the kernel
+//     keeps one count per user; a ring just closed gives its share back a moment later).
 //
 // fork(): a child process shares the ring (the same kernel object) but none of the
 // memory (MADV_DONTFORK). Its copy of the table never changes the ring: it refuses new

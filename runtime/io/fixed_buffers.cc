@@ -43,9 +43,10 @@ absl::Status Explain(const absl::Status& st, int ring_fd, const std::string& why
       break;
     case ENOMEM:
       if (why_iovecs.empty()) break;
-      why =
-          absl::StrCat("; RLIMIT_MEMLOCK is too low to register the memory in this ring as well (",
-                       why_iovecs, "): raise it (ulimit -l) or grant CAP_IPC_LOCK");
+      why = absl::StrCat(
+          "; RLIMIT_MEMLOCK is too low to register the memory in this ring as well (", why_iovecs,
+          "; io_uring counts the buffers of every ring of this user, in any "
+          "process): raise it (ulimit -l) or grant CAP_IPC_LOCK");
       break;
     case ENXIO:
       why = "; the ring's buffer table is gone (unregistered behind hugemm's back)";
