@@ -50,7 +50,16 @@ uint64_t HeadPfn(Runtime& rt, const void* p) {
   return info.ok() ? info->head_pfn : kUnknownPfn;
 }
 
-class FixedBuffersTest : public ::testing::TestWithParam<FixedBufferMode> {};
+// Tests run once per table mode.
+class EachMode : public ::testing::TestWithParam<FixedBufferMode> {
+ protected:
+  // `ring` attached to `rt`, with a table made in this test's mode.
+  absl::StatusOr<std::unique_ptr<IoRing>> AttachRing(Runtime& rt, const TestRing& ring) {
+    return IoRing::Attach(rt, ring.fd(), {.fixed = {.mode = GetParam()}});
+  }
+};
+
+class FixedBuffersTest : public EachMode {};
 
 TEST_P(FixedBuffersTest, ReadFixedIntoAnyHugemmMemoryAndTheTableFollows) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 8);
@@ -543,8 +552,7 @@ TEST_P(FixedBuffersTest, SixteenThousandSmallBuffersFillTheTableAndTheNextIsRefu
   std::unique_ptr<Runtime> rt = OpenRuntime();
   ASSERT_NE(rt, nullptr);
   TestRing ring;
-  absl::StatusOr<std::unique_ptr<IoRing>> io =
-      IoRing::Attach(*rt, ring.fd(), {.fixed = {.mode = GetParam()}});
+  absl::StatusOr<std::unique_ptr<IoRing>> io = AttachRing(*rt, ring);
   ASSERT_TRUE(io.ok()) << io.status();
   constexpr unsigned kSlots = api_internal::KernelPinTable::kMaxSlots;
   std::vector<Buffer> bufs;
@@ -580,8 +588,7 @@ TEST_P(FixedBuffersTest, ABufferOfTwoGibIsTwoFixedBuffersUpToItsLastByte) {
   std::unique_ptr<Runtime> rt = OpenRuntime();
   ASSERT_NE(rt, nullptr);
   TestRing ring;
-  absl::StatusOr<std::unique_ptr<IoRing>> io =
-      IoRing::Attach(*rt, ring.fd(), {.fixed = {.mode = GetParam()}});
+  absl::StatusOr<std::unique_ptr<IoRing>> io = AttachRing(*rt, ring);
   ASSERT_TRUE(io.ok()) << io.status();
   constexpr size_t kSize = 2 * kPageSize1G;
   absl::StatusOr<Buffer> b = rt->MapBuffer(kSize, {.page_size = kPageSize1G});
@@ -659,7 +666,7 @@ TEST(IoRing, PrepareRefusesWhatIsNoFixedBufferAndLeavesTheSqe) {
 // holds the device mapping, the program's ring uses it as fixed buffers in each mode, and
 // a WRITE_FIXED out of it and a READ_FIXED back into another page of it carry the data.
 // The target is the VM's null_blk disk when it has one, else a file.
-class DevDaxIoTest : public ::testing::TestWithParam<FixedBufferMode> {};
+class DevDaxIoTest : public EachMode {};
 
 TEST_P(DevDaxIoTest, RealDevDaxBuffersAreFixedBuffersAndTheDataLands) {
   const std::string dax = TestDaxDevice();
@@ -667,8 +674,7 @@ TEST_P(DevDaxIoTest, RealDevDaxBuffersAreFixedBuffersAndTheDataLands) {
   std::unique_ptr<Runtime> rt = OpenRuntime();
   ASSERT_NE(rt, nullptr);
   TestRing ring;
-  absl::StatusOr<std::unique_ptr<IoRing>> io =
-      IoRing::Attach(*rt, ring.fd(), {.fixed = {.mode = GetParam()}});
+  absl::StatusOr<std::unique_ptr<IoRing>> io = AttachRing(*rt, ring);
   if (GetParam() == FixedBufferMode::kClone && absl::IsUnimplemented(io.status())) {
     GTEST_SKIP() << "this kernel cannot clone a table: " << io.status();
   }
