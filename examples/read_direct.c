@@ -3,7 +3,8 @@
  * the ring the runtime's table), pin per I/O (hugemm_io_prep_read), give the memory back
  * after the completion (hugemm_io_complete).
  *
- *   example_read_direct FILE   reads FILE and prints its size and a checksum
+ *   example_read_direct FILE   reads FILE (or a block device) and prints its size and a
+ *                              checksum
  *   example_read_direct        writes a 4 MiB file of a known pattern in the current
  *                              directory, reads it back, checks every byte, removes it
  *
@@ -13,10 +14,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <liburing.h>
+#include <linux/fs.h> /* BLKGETSIZE64 */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -61,11 +64,19 @@ int main(int argc, char** argv) {
   }
   int fd = open(path, O_RDONLY | O_DIRECT);
   struct stat st;
+  uint64_t size = 0;
   if (fd < 0 || fstat(fd, &st) != 0) {
     perror(path);
+    if (fd >= 0) close(fd);
     return 1;
   }
-  const uint64_t size = (uint64_t)st.st_size;
+  size = (uint64_t)st.st_size;
+  /* A block device's size is the device's to say: its st_size is 0. */
+  if (S_ISBLK(st.st_mode) && ioctl(fd, BLKGETSIZE64, &size) != 0) {
+    perror(path);
+    close(fd);
+    return 1;
+  }
 
   hugemm_runtime* rt = NULL;
   struct io_uring ring;
