@@ -15,7 +15,11 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "hugemm/runtime.h"
 #include "perf/bench_util.h"
 #include "perf/pin_passes.h"
@@ -91,8 +95,32 @@ class KernelPin {
   std::vector<iovec> iov_;
 };
 
-// Fewer free huge pages than the run needs: the largest size that fits, and a note.
+// MemAvailable in /proc/meminfo, in MiB; 0 when it cannot be read.
+size_t AvailableMib() {
+  absl::StatusOr<std::string> meminfo = Os::Default().ReadFile("/proc/meminfo");
+  if (!meminfo.ok()) return 0;
+  for (absl::string_view line : absl::StrSplit(*meminfo, '\n')) {
+    if (!absl::ConsumePrefix(&line, "MemAvailable:")) continue;
+    std::vector<absl::string_view> words = absl::StrSplit(line, ' ', absl::SkipWhitespace());
+    size_t kb = 0;
+    return !words.empty() && absl::SimpleAtoi(words[0], &kb) ? kb >> 10 : 0;
+  }
+  return 0;
+}
+
+// Fewer free huge pages than the run needs: the largest size that fits, and a note. 4K
+// anonymous memory is the system's own: at most half of what is available, so that the
+// run (gup_test's default is 16 GiB) does not end in the OOM killer.
 size_t FitToPool(const PinBenchConfig& c, const BufferOptions& buffer, const PinBenchHooks& hooks) {
+  if (buffer.backing == BackingKind::kAnon) {
+    const size_t half = AvailableMib() / 2;
+    if (half == 0 || c.size_mib <= half) return c.size_mib;
+    if (hooks.note) {
+      hooks.note(absl::StrCat("only ", half * 2, " MiB of memory available: running with ", half,
+                              " MiB of 4K pages instead of ", c.size_mib, " MiB"));
+    }
+    return half;
+  }
   if (buffer.backing != BackingKind::kHugetlb && buffer.backing != BackingKind::kHugetlbfs) {
     return c.size_mib;
   }
