@@ -90,7 +90,24 @@ TEST(MultiRuntime, ThreadCacheOfOneIsNotHandedToTheOther) {
   }
   hugemm_buffer kept;
   ASSERT_EQ(hugemm_alloc(b, 4096, nullptr, 0, &kept), 0);
+  // A closes with folios in this thread's magazines; a runtime opened after it (whose
+  // allocator may sit where A's did) starts from pools of its own.
+  hugemm_buffer cached;
+  ASSERT_EQ(hugemm_alloc(a, 4096, nullptr, 0, &cached), 0);
+  ASSERT_EQ(hugemm_free(a, cached.data), 0);
   hugemm_close(a);
+  hugemm_runtime* c = Open();
+  ASSERT_NE(c, nullptr);
+  for (int i = 0; i < 8; ++i) {
+    hugemm_buffer x;
+    ASSERT_EQ(hugemm_alloc(c, 4096, nullptr, 0, &x), 0) << hugemm_last_error();
+    std::memset(x.data, 2, x.size);
+    hugemm_translation t;
+    EXPECT_EQ(hugemm_translate(c, x.data, 0, &t), 0) << hugemm_last_error();
+    EXPECT_EQ(hugemm_free(b, x.data), -ENOENT);
+    EXPECT_EQ(hugemm_free(c, x.data), 0);
+  }
+  hugemm_close(c);
   std::memset(kept.data, 1, kept.size);  // B's memory outlives A
   hugemm_translation t;
   EXPECT_EQ(hugemm_translate(b, kept.data, 0, &t), 0) << hugemm_last_error();
@@ -144,6 +161,10 @@ TEST(MultiRuntime, IoOfOneOnTheOthersMemoryIsRefused) {
   ASSERT_TRUE(ring_a.ok && ring_b.ok);
   hugemm_io *io_a = nullptr, *io_b = nullptr;
   ASSERT_EQ(hugemm_io_attach(a, ring_a.fd(), nullptr, &io_a), 0) << hugemm_last_error();
+  // A ring has one runtime's table.
+  hugemm_io* twice = nullptr;
+  EXPECT_EQ(hugemm_io_attach(b, ring_a.fd(), nullptr, &twice), -EBUSY);
+  EXPECT_EQ(twice, nullptr);
   ASSERT_EQ(hugemm_io_attach(b, ring_b.fd(), nullptr, &io_b), 0) << hugemm_last_error();
   hugemm_buffer buf_a, map_a;
   ASSERT_EQ(hugemm_alloc(a, kRead, nullptr, 1, &buf_a), 0) << hugemm_last_error();
@@ -158,8 +179,11 @@ TEST(MultiRuntime, IoOfOneOnTheOthersMemoryIsRefused) {
     ASSERT_EQ(ReadDirect(io_a, ring_a, file, p, kRead), static_cast<int>(kRead));
     EXPECT_EQ(FirstMismatch(p, kRead, kRead, file.seed()), -1);
   }
+  hugemm_close(a);  // detaches io_a: its ring may take B's table now
+  hugemm_io* again = nullptr;
+  EXPECT_EQ(hugemm_io_attach(b, ring_a.fd(), nullptr, &again), 0) << hugemm_last_error();
+  hugemm_io_detach(again);
   hugemm_io_detach(io_a);
-  hugemm_close(a);
   // B's I/O goes on after A is gone.
   hugemm_buffer buf_b;
   ASSERT_EQ(hugemm_alloc(b, kRead, nullptr, 1, &buf_b), 0) << hugemm_last_error();
