@@ -129,6 +129,8 @@ TEST(MultiRuntime, ClosingOneInEitherOrderLeavesTheOtherWhole) {
           << hugemm_last_error();
     }
     const int closed = order, live = 1 - order;
+    // Closing frees the buffers still held; pinned memory would stay mapped (hugemm.h).
+    ASSERT_EQ(hugemm_unpin_folios(rt[closed], spans[closed], 1, HUGEMM_PIN, 0), 1);
     hugemm_close(rt[closed]);
     std::memset(mapped[live].data, 3, k2M);
     std::memset(allocated[live].data, 3, 8192);
