@@ -176,6 +176,41 @@ TEST_F(VfioFakeTest, MemoryTheMapperDoesNotMapIsRefusedAndNothingStaysPinned) {
   HUGEMM_ASSERT_OK(os_.Munmap(*own, 8192));
 }
 
+// Two runtimes, each with its mapper: a mapper maps and pins only its own runtime's
+// memory; two mappers share a container in disjoint IOVA windows, and one going leaves
+// the other's mappings (vfio.h: in one window, the kernel would refuse the second's maps).
+TEST_F(VfioFakeTest, TwoRuntimesMapOnlyTheirOwnMemory) {
+  absl::StatusOr<std::unique_ptr<Runtime>> other = Runtime::Open({.os = &os_});
+  ASSERT_TRUE(other.ok()) << other.status();
+  absl::StatusOr<std::unique_ptr<IovaMapper>> m = IovaMapper::Attach(*rt_, container_);
+  ASSERT_TRUE(m.ok()) << m.status();
+  const uint64_t base = uint64_t{1} << 38;
+  absl::StatusOr<std::unique_ptr<IovaMapper>> m2 =
+      IovaMapper::Attach(**other, container_, {.iova_base = base});
+  ASSERT_TRUE(m2.ok()) << m2.status();
+  absl::StatusOr<Buffer> mine = rt_->MapBuffer(kPageSize2M);
+  absl::StatusOr<Buffer> theirs = (*other)->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(mine.ok() && theirs.ok());
+  EXPECT_EQ(os_.VfioMappings(container_).size(), 2u);
+  EXPECT_EQ((*m)->stats().mappings, 1u);
+  EXPECT_EQ((*m2)->stats().mappings, 1u);
+  EXPECT_FALSE((*m)->Iova(theirs->data()).has_value());
+  ASSERT_TRUE((*m2)->Iova(theirs->data()).has_value());
+  EXPECT_GE(*(*m2)->Iova(theirs->data()), base);
+  DmaSegment segs[2];
+  absl::StatusOr<size_t> n = (*m)->PinSegments(theirs->data(), kPageSize2M, kGupPin, 0, segs);
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kNotFound) << n.status();
+  EXPECT_FALSE((*other)->pinner().MaybeDmaPinned(theirs->data()));
+  m2->reset();
+  HUGEMM_ASSERT_OK(theirs->Free());
+  other->reset();
+  std::map<uint64_t, iovec> maps = os_.VfioMappings(container_);
+  ASSERT_EQ(maps.size(), 1u);
+  EXPECT_EQ(maps.begin()->second.iov_base, mine->data());
+  HUGEMM_ASSERT_OK(mine->Free());
+  EXPECT_TRUE(os_.VfioMappings(container_).empty());
+}
+
 TEST_F(VfioFakeTest, AMapTheKernelRefusesFailsTheAllocationAndLeavesNothing) {
   FailingVfio vfio(os_);
   absl::StatusOr<Buffer> held = rt_->MapBuffer(kPageSize2M);

@@ -153,7 +153,9 @@ int hugemm_free(hugemm_runtime* rt, void* data);
  * The runtime is not told when the program later munmaps, mremaps, mprotects or
  * madvises the range, punches a hole in or truncates the file behind it, or forks and
  * writes it (copy-on-write): it keeps handing out the frames it recorded. Unpin and
- * unregister before any such change (MADV_DONTFORK the range before fork). With kernel
+ * unregister before any such change (MADV_DONTFORK the range before fork). A buffer of
+ * another runtime is such memory too: this runtime may register it (it never becomes this
+ * runtime's to free), and must unregister it before the other frees it or closes. With kernel
  * pins (the default), writable memory is held by the kernel pin table until it is
  * unregistered, so those frames stay this process's whatever the program does to the
  * mapping: a device never writes into memory the kernel reused. Read-only memory is not

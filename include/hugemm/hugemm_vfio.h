@@ -44,6 +44,8 @@ typedef struct hugemm_vfio_options {
  * in the message; nothing stays mapped. Once attached, memory the container refuses
  * (or the window has no room for) fails the hugemm_map_buffer or hugemm_alloc that
  * brought it, which then maps nothing; that call's message names the ioctl's errno.
+ * One container may serve several runtimes (one hugemm_vfio each) only with disjoint IOVA
+ * windows: the kernel refuses a map over IOVAs in use (-EEXIST, as above).
  * -EFAULT in a child of fork() of the process that opened the runtime (hugemm.h). */
 int hugemm_vfio_attach(hugemm_runtime* rt, int container_fd, const hugemm_vfio_options* options,
                        hugemm_vfio** out);

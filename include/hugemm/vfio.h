@@ -66,7 +66,9 @@ class IovaMapper final : public DmaAddressSpace, private MemoryObserver {
  public:
   // Maps every extent and buffer `rt` holds into the VFIO type1 container
   // `container_fd`, then whatever it adds until the mapper is dropped. The runtime must
-  // outlive the mapper, and the descriptor stay open as long as it lives.
+  // outlive the mapper, and the descriptor stay open as long as it lives. Mappers of
+  // several runtimes may share a container only with disjoint IOVA windows: the kernel
+  // refuses a map over IOVAs in use (EEXIST), failing the allocation that brought it.
   //   InvalidArgument: a negative descriptor; a base or limit not 4K-aligned, or an
   //   empty IOVA window.
   //   ResourceExhausted: the window has no room for what the runtime holds.

@@ -347,6 +347,35 @@ TEST_F(MrCacheTest, BadInputIsRefusedWithAReason) {
   empty.Release();
 }
 
+// Memory of another runtime is not this cache's: refused, with nothing registered or
+// pinned; and the other runtime closing leaves this cache's registrations whole.
+TEST_F(MrCacheTest, AnotherRuntimesMemoryIsRefused) {
+  MrCache& cache = Cache();
+  absl::StatusOr<std::unique_ptr<Runtime>> other = Runtime::Open({.kernel_pins = false});
+  ASSERT_TRUE(other.ok()) << other.status();
+  absl::StatusOr<Buffer> mapped = (*other)->MapBuffer(kPageSize2M);
+  absl::StatusOr<Buffer> allocated = (*other)->Allocate(64 << 10);
+  ASSERT_TRUE(mapped.ok() && allocated.ok());
+  for (const std::byte* p : {mapped->data(), allocated->data()}) {
+    absl::StatusOr<MrHandle> h = cache.Get(pd_, p, 4096, kWrite);
+    EXPECT_EQ(h.status().code(), absl::StatusCode::kNotFound) << h.status();
+    EXPECT_NE(h.status().message().find("not memory of this runtime"), std::string::npos);
+    absl::StatusOr<FolioInfo> info = (*other)->FolioInfoAt(p);
+    ASSERT_TRUE(info.ok()) << info.status();
+    EXPECT_EQ(info->pincount, 0);
+  }
+  EXPECT_EQ(fake_.registered(), 0u);
+  Buffer mine = Map(kPageSize2M);
+  MrHandle h = MustGet(mine.data(), 4096);
+  *mapped = Buffer();
+  *allocated = Buffer();
+  other->reset();
+  EXPECT_EQ(fake_.registered(), 1u);
+  EXPECT_EQ(PinCount(mine.data()), 1);
+  MrHandle again = MustGet(mine.data(), 4096);
+  EXPECT_EQ(again.mr(), h.mr());
+}
+
 TEST_F(MrCacheTest, ExternalMemoryRegistersTheRequest) {
   MrCache& cache = Cache();
   void* mem = mmap(nullptr, kPageSize2M, PROT_READ | PROT_WRITE,
