@@ -13,7 +13,8 @@ failed=()
 [[ -b ${HUGEMM_TEST_NULL_BLK:-} ]] || { echo "no null_blk disk (HUGEMM_TEST_NULL_BLK)"; exit 1; }
 
 echo "=== $(basename "$io_test") (device-DAX and hugetlb buffers, $HUGEMM_TEST_NULL_BLK, kernel $(uname -r))"
-"$io_test" || failed+=("$(basename "$io_test")")
+# All but the 2 GiB buffer of 1G pages, which this VM has no room for (the host runs it).
+"$io_test" --gtest_filter='-*ABufferOfTwoGib*' || failed+=("$(basename "$io_test")")
 # The device-DAX tests skip without a device: here they must have run.
 if "$io_test" --gtest_filter='*RealDevDax*' 2>&1 | grep -q '\[  SKIPPED \]'; then
   failed+=("device-DAX I/O tests skipped")
