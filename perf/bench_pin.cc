@@ -15,15 +15,12 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
-#include "absl/strings/strip.h"
 #include "hugemm/runtime.h"
 #include "perf/bench_util.h"
 #include "perf/pin_passes.h"
 #include "perf/pin_target.h"
+#include "runtime/sys/files.h"
 #include "runtime/sys/hugepages.h"
 
 namespace hugemm::perf {
@@ -97,15 +94,9 @@ class KernelPin {
 
 // MemAvailable in /proc/meminfo, in MiB; 0 when it cannot be read.
 size_t AvailableMib() {
-  absl::StatusOr<std::string> meminfo = Os::Default().ReadFile("/proc/meminfo");
-  if (!meminfo.ok()) return 0;
-  for (absl::string_view line : absl::StrSplit(*meminfo, '\n')) {
-    if (!absl::ConsumePrefix(&line, "MemAvailable:")) continue;
-    std::vector<absl::string_view> words = absl::StrSplit(line, ' ', absl::SkipWhitespace());
-    size_t kb = 0;
-    return !words.empty() && absl::SimpleAtoi(words[0], &kb) ? kb >> 10 : 0;
-  }
-  return 0;
+  absl::StatusOr<uint64_t> bytes =
+      sys::ReadKibField(Os::Default(), "/proc/meminfo", "MemAvailable");
+  return bytes.ok() ? *bytes >> 20 : 0;
 }
 
 // Fewer free huge pages than the run needs: the largest size that fits, and a note. 4K

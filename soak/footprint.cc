@@ -2,13 +2,13 @@
 
 #include <dirent.h>
 
-#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "runtime/sys/files.h"
 
 namespace hugemm::soak {
 namespace {
@@ -46,13 +46,8 @@ std::set<std::string> HugeMappings() {
 }
 
 int64_t VmPinKb() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    long kb = 0;
-    if (std::sscanf(line.c_str(), "VmPin: %ld kB", &kb) == 1) return kb;
-  }
-  return -1;
+  absl::StatusOr<uint64_t> bytes = sys::ReadKibField(Os::Default(), "/proc/self/status", "VmPin");
+  return bytes.ok() ? static_cast<int64_t>(*bytes >> 10) : -1;
 }
 
 template <typename T>

@@ -7,10 +7,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 
+#include "runtime/sys/files.h"
 #include "runtime/sys/hugepages.h"
 
 namespace hugemm::testing {
@@ -71,14 +71,8 @@ int RunUnprivileged(const std::function<int()>& body) {
 }
 
 int64_t VmPinKb() {
-  FILE* f = std::fopen("/proc/self/status", "r");
-  char line[256];
-  int64_t kb = -1;
-  while (f && std::fgets(line, sizeof(line), f)) {
-    if (std::sscanf(line, "VmPin: %ld kB", &kb) == 1) break;
-  }
-  if (f) std::fclose(f);
-  return kb;
+  absl::StatusOr<uint64_t> bytes = sys::ReadKibField(Os::Default(), "/proc/self/status", "VmPin");
+  return bytes.ok() ? static_cast<int64_t>(*bytes >> 10) : -1;
 }
 
 std::string HugetlbfsMountFor(size_t page_size) {

@@ -13,6 +13,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "hugemm/page_size.h"
+#include "runtime/sys/files.h"
 #include "runtime/sys/status.h"
 
 namespace hugemm::api_internal {
@@ -39,15 +40,8 @@ std::string MemlockLimit(Os& os) {
 // What this process has pinned (VmPin in /proc/self/status: its io_uring buffers among
 // others), or "" when it cannot be read.
 std::string ProcessPinned(Os& os) {
-  absl::StatusOr<std::string> status = os.ReadFile("/proc/self/status");
-  if (!status.ok()) return "";
-  for (absl::string_view line : absl::StrSplit(*status, '\n')) {
-    if (!absl::ConsumePrefix(&line, "VmPin:")) continue;
-    std::vector<absl::string_view> words = absl::StrSplit(line, ' ', absl::SkipWhitespace());
-    uint64_t kb = 0;
-    return !words.empty() && absl::SimpleAtoi(words[0], &kb) ? HumanBytes(kb << 10) : "";
-  }
-  return "";
+  absl::StatusOr<uint64_t> bytes = sys::ReadKibField(os, "/proc/self/status", "VmPin");
+  return bytes.ok() ? HumanBytes(*bytes) : "";
 }
 
 }  // namespace

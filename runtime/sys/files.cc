@@ -6,6 +6,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 
 namespace hugemm::sys {
 
@@ -43,6 +45,24 @@ absl::StatusOr<int64_t> ReadCount(Os& os, const std::string& path) {
         absl::StrCat("garbled ", path, ": expected a count, found \"", s->substr(0, 40), "\""));
   }
   return value > static_cast<uint64_t>(INT64_MAX) ? 0 : static_cast<int64_t>(value);
+}
+
+absl::StatusOr<uint64_t> ReadKibField(Os& os, const std::string& path, absl::string_view key) {
+  absl::StatusOr<std::string> text = os.ReadFile(path);
+  if (!text.ok()) return text.status();
+  for (absl::string_view line : absl::StrSplit(*text, '\n')) {
+    if (!absl::ConsumePrefix(&line, key) || !absl::ConsumePrefix(&line, ":")) continue;
+    absl::string_view value = absl::StripAsciiWhitespace(line);
+    uint64_t kib = 0;
+    if (!absl::ConsumeSuffix(&value, "kB") ||
+        !absl::SimpleAtoi(absl::StripTrailingAsciiWhitespace(value), &kib) || kib > (~0ULL >> 10)) {
+      return absl::DataLossError(absl::StrCat("garbled ", path, ": expected \"", key,
+                                              ": <number> kB\", found \"", line.substr(0, 40),
+                                              "\""));
+    }
+    return kib << 10;
+  }
+  return absl::NotFoundError(absl::StrCat(path, " has no ", key, " line"));
 }
 
 absl::StatusOr<bool> PathExists(Os& os, const std::string& path) {

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cerrno>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -117,19 +116,8 @@ absl::StatusOr<std::vector<HugetlbfsMount>> HugetlbfsMounts(Os& os,
 }
 
 size_t DefaultHugePageSize(Os& os) {
-  absl::StatusOr<std::string> text = os.ReadFile("/proc/meminfo");
-  if (!text.ok()) return 0;
-  for (absl::string_view line : absl::StrSplit(*text, '\n')) {
-    if (absl::ConsumePrefix(&line, "Hugepagesize:")) {
-      size_t kb = 0;
-      line = absl::StripAsciiWhitespace(line);
-      if (absl::ConsumeSuffix(&line, "kB") &&
-          absl::SimpleAtoi(absl::StripAsciiWhitespace(line), &kb)) {
-        return kb * 1024;
-      }
-    }
-  }
-  return 0;
+  absl::StatusOr<uint64_t> bytes = ReadKibField(os, "/proc/meminfo", "Hugepagesize");
+  return bytes.ok() ? *bytes : 0;
 }
 
 std::string DescribePool(Os& os, size_t page_size, int node, const std::string& sysfs_root) {
