@@ -248,6 +248,27 @@ TEST_P(FixedBuffersTest, ASingleIssuerRingRefusesOtherThreadsMemoryAndSaysWhy) {
   io_uring_queue_exit(&ring);
 }
 
+// Fixed buffers of a single-issuer ring dropped from a thread that is not its submitter:
+// the kernel refuses the unregister, and the table stays. The destructor cannot return
+// that; it says so on stderr.
+TEST(FixedBuffers, AnUnregisterTheKernelRefusesIsReported) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  io_uring ring;
+  ASSERT_EQ(io_uring_queue_init(8, &ring, IORING_SETUP_SINGLE_ISSUER), 0);
+  absl::StatusOr<std::unique_ptr<FixedBuffers>> fixed = FixedBuffers::Attach(*rt, ring.ring_fd);
+  ASSERT_TRUE(fixed.ok()) << fixed.status();
+  ::testing::internal::CaptureStderr();
+  std::thread([&] { fixed->reset(); }).join();
+  const std::string said = ::testing::internal::GetCapturedStderr();
+  EXPECT_THAT(said,
+              HasSubstr(absl::StrCat("unregistering the fixed buffers of ring ", ring.ring_fd)));
+  EXPECT_THAT(said, HasSubstr("IORING_SETUP_SINGLE_ISSUER"));
+  EXPECT_EQ(io_uring_unregister_buffers(&ring), 0) << "the table was still registered";
+  io_uring_queue_exit(&ring);
+}
+
 // A child of fork() shares the program's ring with its parent: its copy of the io objects
 // going away leaves the parent's table as it is.
 TEST(IoRing, AChildOfForkDroppingItsCopyLeavesTheParentsTable) {

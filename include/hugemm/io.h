@@ -101,7 +101,8 @@ class FixedBuffers {
   // the ring's requests in flight through a fixed buffer (or a registered file) have
   // completed: a read of a pipe or socket holds the destructor until its data comes, and
   // signals do not end the wait (an interrupted unregister is asked again). Reap or cancel
-  // them first.
+  // them first. A refusal it cannot return (a ring closed already; a single-issuer ring
+  // dropped from a thread not its submitter, which keeps its table) is said on stderr.
   // In a child of fork() it changes nothing: the ring is the parent's too.
   ~FixedBuffers();
   FixedBuffers(const FixedBuffers&) = delete;
