@@ -4,11 +4,16 @@
 // its completion is reaped.
 #include "hugemm/io.h"
 
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -243,6 +248,27 @@ TEST_P(FixedBuffersTest, ASingleIssuerRingRefusesOtherThreadsMemoryAndSaysWhy) {
   io_uring_queue_exit(&ring);
 }
 
+// Fixed buffers of a single-issuer ring dropped from a thread that is not its submitter:
+// the kernel refuses the unregister, and the table stays. The destructor cannot return
+// that; it says so on stderr.
+TEST(FixedBuffers, AnUnregisterTheKernelRefusesIsReported) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  io_uring ring;
+  ASSERT_EQ(io_uring_queue_init(8, &ring, IORING_SETUP_SINGLE_ISSUER), 0);
+  absl::StatusOr<std::unique_ptr<FixedBuffers>> fixed = FixedBuffers::Attach(*rt, ring.ring_fd);
+  ASSERT_TRUE(fixed.ok()) << fixed.status();
+  ::testing::internal::CaptureStderr();
+  std::thread([&] { fixed->reset(); }).join();
+  const std::string said = ::testing::internal::GetCapturedStderr();
+  EXPECT_THAT(said,
+              HasSubstr(absl::StrCat("unregistering the fixed buffers of ring ", ring.ring_fd)));
+  EXPECT_THAT(said, HasSubstr("IORING_SETUP_SINGLE_ISSUER"));
+  EXPECT_EQ(io_uring_unregister_buffers(&ring), 0) << "the table was still registered";
+  io_uring_queue_exit(&ring);
+}
+
 // A child of fork() shares the program's ring with its parent: its copy of the io objects
 // going away leaves the parent's table as it is.
 TEST(IoRing, AChildOfForkDroppingItsCopyLeavesTheParentsTable) {
@@ -462,6 +488,106 @@ TEST(InFlight, ADetachedRingKeepsTheMemoryOfItsIosInFlight) {
   EXPECT_EQ(cqe.res, static_cast<int>(sizeof(kLate)));
   EXPECT_EQ(std::memcmp(data, kLate, sizeof(kLate)), 0) << "the read landed where it was aimed";
   EXPECT_NE(std::memcmp(next->data(), kLate, sizeof(kLate)), 0) << "and not in the new owner's";
+  ::close(pipe_fds[0]);
+  ::close(pipe_fds[1]);
+}
+
+std::atomic<uint64_t> g_ticks{0};
+
+void OnTick(int) { g_ticks.fetch_add(1, std::memory_order_relaxed); }
+
+// A SIGALRM every 2 ms to the thread that makes it, its handler installed without
+// SA_RESTART (io_uring_register is not restarted either way), as a profiler's would be.
+class Ticker {
+ public:
+  Ticker() {
+    struct sigaction act = {};
+    act.sa_handler = OnTick;
+    sigemptyset(&act.sa_mask);
+    EXPECT_EQ(::sigaction(SIGALRM, &act, &old_), 0);
+    sigevent ev = {};
+    ev.sigev_notify = SIGEV_THREAD_ID;
+    ev.sigev_signo = SIGALRM;
+    ev._sigev_un._tid = ::gettid();  // sigev_notify_thread_id
+    EXPECT_EQ(::timer_create(CLOCK_MONOTONIC, &ev, &timer_), 0);
+    itimerspec spec = {};
+    spec.it_interval.tv_nsec = 2'000'000;
+    spec.it_value.tv_nsec = 2'000'000;
+    EXPECT_EQ(::timer_settime(timer_, 0, &spec, nullptr), 0);
+  }
+  ~Ticker() {
+    ::timer_delete(timer_);
+    ::sigaction(SIGALRM, &old_, nullptr);
+  }
+  Ticker(const Ticker&) = delete;
+  Ticker& operator=(const Ticker&) = delete;
+
+ private:
+  struct sigaction old_ = {};
+  timer_t timer_ = {};
+};
+
+// Fixed buffers dropped with a READ_FIXED of a pipe in flight, while a timer signal keeps
+// arriving on the dropping thread. Before 6.13 the unregister waits for the read, and
+// each signal ends that wait with EINTR; the table must be gone all the same once the
+// destructor returns (else the program's ring keeps the runtime's memory pinned, and a
+// table of its own is refused with EBUSY). The data comes only after many signals have
+// hit the waiting thread, or once the drop is over (6.13 and later do not wait).
+TEST(InFlight, DroppingFixedBuffersUnderASignalStormStillUnregistersTheTable) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  constexpr char kData[] = "data after the signals";
+  constexpr uint64_t kSignalsWhileWaiting = 50;
+  const bool waits = UnregisterWaitsForRequests();
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  TestRing ring;
+  ASSERT_TRUE(ring.ok);
+  absl::StatusOr<std::unique_ptr<FixedBuffers>> fixed = FixedBuffers::Attach(*rt, ring.fd());
+  ASSERT_TRUE(fixed.ok()) << fixed.status();
+  absl::StatusOr<Buffer> buf = rt->Allocate(4096);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  const int index = (*fixed)->Find(buf->data(), 4096);
+  ASSERT_GE(index, 0);
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe(pipe_fds), 0);
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring.ring);
+  io_uring_prep_read_fixed(sqe, pipe_fds[0], buf->data(), 4096, 0, index);
+  io_uring_sqe_set_data64(sqe, 7);
+  ASSERT_EQ(io_uring_submit(&ring.ring), 1);
+
+  std::atomic<bool> dropping{false};
+  std::atomic<bool> dropped{false};
+  std::atomic<uint64_t> ticks_at_drop{0};
+  std::thread writer([&] {
+    while (!dropping.load()) std::this_thread::yield();
+    while (!dropped.load() && g_ticks.load() - ticks_at_drop.load() < kSignalsWhileWaiting) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    EXPECT_EQ(::write(pipe_fds[1], kData, sizeof(kData)), static_cast<ssize_t>(sizeof(kData)));
+  });
+  uint64_t ticks_during_drop = 0;
+  {
+    Ticker ticker;
+    ticks_at_drop = g_ticks.load();
+    dropping = true;
+    fixed->reset();
+    ticks_during_drop = g_ticks.load() - ticks_at_drop.load();
+    dropped = true;
+  }
+  writer.join();
+  if (waits) {
+    EXPECT_GE(ticks_during_drop, kSignalsWhileWaiting)
+        << "the unregister waited for the read through that many signals";
+  }
+
+  io_uring_cqe cqe = ring.Wait();
+  EXPECT_EQ(cqe.user_data, 7u);
+  EXPECT_EQ(cqe.res, static_cast<int>(sizeof(kData)));
+  EXPECT_EQ(std::memcmp(buf->data(), kData, sizeof(kData)), 0);
+  static char fresh[4096];
+  iovec iov{fresh, sizeof(fresh)};
+  EXPECT_EQ(io_uring_register_buffers(&ring.ring, &iov, 1), 0)
+      << "the ring's old table is gone (-EBUSY: it is still registered)";
   ::close(pipe_fds[0]);
   ::close(pipe_fds[1]);
 }

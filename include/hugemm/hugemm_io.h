@@ -69,10 +69,12 @@ int hugemm_io_attach(hugemm_runtime* rt, int ring_fd, const hugemm_io_options* o
  * completing or cancelling every I/O: the memory under one still in flight may still be
  * written by the device, so it is never given back (it stays out of the runtime's pool,
  * mapped until the process exits), and kernels before 6.13 wait here for the I/Os in
- * flight through the table (a read of a pipe or socket: until data comes). hugemm_close detaches
- * every io of its runtime still attached: the handle then answers -EINVAL to all but
- * hugemm_io_detach, which frees it. In a child of fork() the ring's table is left as it is (it is
- * the parent's too). NULL is ignored. */
+ * flight through the table or a registered file (a read of a pipe or socket: until data
+ * comes; a signal does not end the wait). An unregister the kernel refuses (a ring closed
+ * already; a single-issuer ring detached from a thread not its submitter, which keeps its
+ * table) is said on stderr. hugemm_close detaches every io of its runtime still attached:
+ * the handle then answers -EINVAL to all but hugemm_io_detach, which frees it. In a child
+ * of fork() the ring's table is left as it is (it is the parent's too). NULL is ignored. */
 void hugemm_io_detach(hugemm_io* io);
 /* HUGEMM_IO_CLONE or HUGEMM_IO_IOVEC: how the table was made; -EINVAL for NULL. */
 int hugemm_io_mode(const hugemm_io* io);

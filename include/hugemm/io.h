@@ -96,8 +96,13 @@ class FixedBuffers {
   // Nothing is left registered on error.
   static absl::StatusOr<std::unique_ptr<FixedBuffers>> Attach(
       Runtime& runtime, int ring_fd, const FixedBufferOptions& options = {});
-  // Stops following the runtime and unregisters the ring's table (the kernel lets the
-  // buffers go once no request uses them; kernels before 6.13 wait for those requests).
+  // Stops following the runtime and unregisters the ring's table. From Linux 6.13 the
+  // kernel lets each buffer go once no request uses it. Before 6.13 it waits here until
+  // the ring's requests in flight through a fixed buffer (or a registered file) have
+  // completed: a read of a pipe or socket holds the destructor until its data comes, and
+  // signals do not end the wait (an interrupted unregister is asked again). Reap or cancel
+  // them first. A refusal it cannot return (a ring closed already; a single-issuer ring
+  // dropped from a thread not its submitter, which keeps its table) is said on stderr.
   // In a child of fork() it changes nothing: the ring is the parent's too.
   ~FixedBuffers();
   FixedBuffers(const FixedBuffers&) = delete;

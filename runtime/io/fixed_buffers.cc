@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <set>
 #include <thread>
 #include <utility>
@@ -55,7 +56,7 @@ absl::Status Explain(const absl::Status& st, int ring_fd, const std::string& why
       // io_uring_register refuses every thread but the submitter of such a ring.
       why = absl::StrCat("; ring ", ring_fd,
                          " was made with IORING_SETUP_SINGLE_ISSUER and this thread is not its "
-                         "submitter: allocate and free from the submitting thread, or make "
+                         "submitter: allocate, free and detach from the submitting thread, or make "
                          "the ring without that flag");
       break;
   }
@@ -200,7 +201,15 @@ FixedBuffers::~FixedBuffers() {
   // the parent still uses), and the runtime is inert there (runtime.h): nothing changes.
   if (runtime_.kernel_pin_table().InForkedChild()) return;
   (void)runtime_.RemoveMemoryObserver(follower_.get());
-  (void)runtime_.options().os->IoUringUnregisterBuffers(ring_fd_);
+  // ENXIO: the table is gone already. Other failures (a ring closed before the detach; a
+  // single-issuer ring detached from a thread not its submitter, which leaves the table
+  // and the memory it pins registered) are the program's to hear of, and nothing here
+  // returns a status.
+  if (absl::Status st = runtime_.options().os->IoUringUnregisterBuffers(ring_fd_);
+      !st.ok() && ErrnoOf(st) != ENXIO) {
+    std::fprintf(stderr, "hugemm: unregistering the fixed buffers of ring %d: %s\n", ring_fd_,
+                 std::string(Explain(st, ring_fd_, "").message()).c_str());
+  }
 }
 
 absl::Status FixedBuffers::Fill(unsigned slot, const void* data, size_t length) {

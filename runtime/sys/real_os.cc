@@ -181,7 +181,11 @@ class RealOs final : public Os {
   }
 
   absl::Status IoUringUnregisterBuffers(int ring_fd) override {
-    if (::syscall(__NR_io_uring_register, ring_fd, IORING_UNREGISTER_BUFFERS, nullptr, 0) != 0) {
+    // Before Linux 6.13 the call waits, interruptibly, for the ring's requests in flight
+    // that hold a reference on its registered resources, and a signal ends the wait with
+    // EINTR, the table still registered: it is asked again until it is gone.
+    while (::syscall(__NR_io_uring_register, ring_fd, IORING_UNREGISTER_BUFFERS, nullptr, 0) != 0) {
+      if (errno == EINTR) continue;
       return ErrnoStatus(errno, "io_uring_unregister");
     }
     return absl::OkStatus();
