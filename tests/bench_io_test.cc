@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <sstream>
@@ -43,10 +44,33 @@ int Leftovers(const std::string& dir) {
   return n;
 }
 
+// A directory of the test's own under BENCH_IO_DIR (on disk, in the build tree), removed
+// with what is in it: tests run in parallel must not count each other's files.
+class ScratchDir {
+ public:
+  ScratchDir() {
+    const ::testing::TestInfo* t = ::testing::UnitTest::GetInstance()->current_test_info();
+    path_ = std::string(BENCH_IO_DIR) + "/" + t->test_suite_name() + "." + t->name() + "." +
+            std::to_string(::getpid());
+    std::filesystem::create_directories(path_);
+  }
+  ~ScratchDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
 bool FioInstalled() { return !perf::io_internal::FioVersion("fio").empty(); }
 
 TEST(BenchIo, EveryCandidateRunsOnASmallFileAndTheFileGoes) {
-  const std::string dir = BENCH_IO_DIR;
+  const ScratchDir scratch;
+  const std::string& dir = scratch.path();
   int rc = 0;
   const std::string out =
       RunCli("bench io --json --size 8M --seconds 0.2 --qd 1,8 --bs 4K,128K --dir " + dir, &rc);
@@ -91,7 +115,8 @@ TEST(BenchIo, EveryCandidateRunsOnASmallFileAndTheFileGoes) {
 // storage section.
 // SIGTERM in the middle of a run removes the file it created in --dir.
 TEST(BenchIo, ASignalMidRunRemovesTheFileItCreated) {
-  const std::string dir = BENCH_IO_DIR;
+  const ScratchDir scratch;
+  const std::string& dir = scratch.path();
   // SIGPIPE too: a reader of the output that goes away (`| jq` failing on a progress line)
   // ends the run that way.
   for (const auto& [sig, status] : {std::pair{"TERM", "143\n"}, std::pair{"PIPE", "141\n"}}) {
@@ -118,11 +143,12 @@ TEST(BenchIo, EveryJsonKeyIsDocumented) {
   const size_t start = whole.str().find("### The storage benchmark");
   ASSERT_NE(start, std::string::npos);
   const std::string doc = whole.str().substr(start);
+  const ScratchDir scratch;
   int rc = 0;
   const std::string out =
       RunCli(std::string("bench io --json --size 4M --seconds 0.05 --rw randread --bs 4K ") +
                  "--qd 1 --candidates plain,fixed,fixed+pins,fio --fio /nonexistent/fio --dir " +
-                 BENCH_IO_DIR,
+                 scratch.path(),
              &rc);
   ASSERT_EQ(rc, 0) << out;
   const Json json = Json::parse(out, nullptr, /*allow_exceptions=*/false);
@@ -138,20 +164,21 @@ TEST(BenchIo, EveryJsonKeyIsDocumented) {
     }
   };
   check(json, "");
-  EXPECT_EQ(Leftovers(BENCH_IO_DIR), 0);
+  EXPECT_EQ(Leftovers(scratch.path()), 0);
 }
 
 TEST(BenchIo, TheTextTableHasARowPerCandidate) {
+  const ScratchDir scratch;
   int rc = 0;
   const std::string out =
       RunCli(std::string("bench io --size 4M --seconds 0.05 --rw randread ") +
-                 "--bs 4K --qd 4 --candidates plain,fixed+pins --dir " + BENCH_IO_DIR,
+                 "--bs 4K --qd 4 --candidates plain,fixed+pins --dir " + scratch.path(),
              &rc);
   ASSERT_EQ(rc, 0) << out;
   EXPECT_THAT(out, HasSubstr("randread 4K qd4"));
   EXPECT_THAT(out, HasSubstr("plain"));
   EXPECT_THAT(out, HasSubstr("fixed+pins"));
-  EXPECT_EQ(Leftovers(BENCH_IO_DIR), 0);
+  EXPECT_EQ(Leftovers(scratch.path()), 0);
 }
 
 TEST(BenchIo, BadConfigsAreRefusedByName) {
@@ -161,8 +188,9 @@ TEST(BenchIo, BadConfigsAreRefusedByName) {
   EXPECT_TRUE(absl::IsInvalidArgument(st));
   EXPECT_THAT(st.message(), HasSubstr("tmpfs"));
 
+  const ScratchDir scratch;
   c = {};
-  c.dir = BENCH_IO_DIR;
+  c.dir = scratch.path();
   c.block_sizes = {1000};
   EXPECT_THAT(perf::CheckIoBenchConfig(c).message(), HasSubstr("--bs 1000"));
   c.block_sizes = {4096};
@@ -186,7 +214,7 @@ TEST(BenchIo, BadConfigsAreRefusedByName) {
 
   // Writes to a given file need --write-existing; the file is left as it was.
   int rc = 0;
-  const std::string path = std::string(BENCH_IO_DIR) + "/bench-io-given";
+  const std::string path = scratch.path() + "/bench-io-given";
   {
     FILE* f = fopen(path.c_str(), "w");
     ASSERT_NE(f, nullptr);
