@@ -30,6 +30,7 @@ struct Args {
   std::string give_back;
   bool keep_driver = false;
   bool iova = false;
+  bool help = false;
 };
 
 void Usage(FILE* out) {
@@ -62,7 +63,11 @@ bool Parse(int argc, char** argv, Args* args) {
       args->keep_driver = true;
     } else if (a == "--iova") {
       args->iova = true;
-    } else if (a.rfind("--", 0) == 0) {
+    } else if (a == "--help" || a == "-h") {
+      args->help = true;
+      return true;
+    } else if (a.rfind("-", 0) == 0) {
+      std::fprintf(stderr, "hugemm-nvme: unknown option %s, or one without its value\n", a.c_str());
       return false;
     } else {
       rest.push_back(a);
@@ -151,6 +156,10 @@ int main(int argc, char** argv) {
   if (!Parse(argc, argv, &args)) {
     Usage(stderr);
     return 2;
+  }
+  if (args.help) {
+    Usage(stdout);
+    return 0;
   }
   absl::StatusOr<nvme::MemorySpec> spec = nvme::ParseMemorySpec(args.memory);
   if (!spec.ok()) return Fail(spec.status());
