@@ -55,9 +55,12 @@ bool Parse(int argc, char** argv, Args* args) {
   std::vector<std::string> rest;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--memory" && i + 1 < argc) {
+    if ((a == "--memory" || a == "--give-back") && i + 1 == argc) {
+      std::fprintf(stderr, "hugemm-nvme: %s needs a value\n", a.c_str());
+      return false;
+    } else if (a == "--memory") {
       args->memory = argv[++i];
-    } else if (a == "--give-back" && i + 1 < argc) {
+    } else if (a == "--give-back") {
       args->give_back = argv[++i];
     } else if (a == "--keep-driver") {
       args->keep_driver = true;
@@ -67,7 +70,7 @@ bool Parse(int argc, char** argv, Args* args) {
       args->help = true;
       return true;
     } else if (a.rfind("-", 0) == 0) {
-      std::fprintf(stderr, "hugemm-nvme: unknown option %s, or one without its value\n", a.c_str());
+      std::fprintf(stderr, "hugemm-nvme: unknown option %s\n", a.c_str());
       return false;
     } else {
       rest.push_back(a);
