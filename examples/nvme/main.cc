@@ -30,6 +30,7 @@ struct Args {
   std::string give_back;
   bool keep_driver = false;
   bool iova = false;
+  bool help = false;
 };
 
 void Usage(FILE* out) {
@@ -54,15 +55,22 @@ bool Parse(int argc, char** argv, Args* args) {
   std::vector<std::string> rest;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--memory" && i + 1 < argc) {
+    if ((a == "--memory" || a == "--give-back") && i + 1 == argc) {
+      std::fprintf(stderr, "hugemm-nvme: %s needs a value\n", a.c_str());
+      return false;
+    } else if (a == "--memory") {
       args->memory = argv[++i];
-    } else if (a == "--give-back" && i + 1 < argc) {
+    } else if (a == "--give-back") {
       args->give_back = argv[++i];
     } else if (a == "--keep-driver") {
       args->keep_driver = true;
     } else if (a == "--iova") {
       args->iova = true;
-    } else if (a.rfind("--", 0) == 0) {
+    } else if (a == "--help" || a == "-h") {
+      args->help = true;
+      return true;
+    } else if (a.rfind("-", 0) == 0) {
+      std::fprintf(stderr, "hugemm-nvme: unknown option %s\n", a.c_str());
       return false;
     } else {
       rest.push_back(a);
@@ -151,6 +159,10 @@ int main(int argc, char** argv) {
   if (!Parse(argc, argv, &args)) {
     Usage(stderr);
     return 2;
+  }
+  if (args.help) {
+    Usage(stdout);
+    return 0;
   }
   absl::StatusOr<nvme::MemorySpec> spec = nvme::ParseMemorySpec(args.memory);
   if (!spec.ok()) return Fail(spec.status());

@@ -315,10 +315,10 @@ typedef struct hugemm_subscription hugemm_subscription;
  * built while (*seq & 0xffff) == 0 stays valid exactly while *seq is unchanged.
  * The callbacks run on the thread that changes the mapping, one announcement at a time
  * under the runtime's notifier lock. They may translate, pin, unpin, map and allocate;
- * hugemm_subscribe, hugemm_free and hugemm_unregister_external of the same runtime
- * refuse there with -EDEADLK (they take that lock), hugemm_unsubscribe there takes
- * effect at once and finishes after the announcement, and hugemm_close must not be
- * called from one.
+ * hugemm_subscribe, hugemm_free, hugemm_register_external and hugemm_unregister_external
+ * of the same runtime refuse there with -EDEADLK (they take that lock), hugemm_unsubscribe
+ * there takes effect at once and finishes after the announcement, and hugemm_close must
+ * not be called from one.
  * -EINVAL: zero length, a range that wraps the address space. -EDEADLK: see above. */
 int hugemm_subscribe(hugemm_runtime* rt, const void* addr, size_t length,
                      hugemm_invalidate_fn start, hugemm_invalidate_fn end, void* user,
