@@ -255,7 +255,7 @@ EOF
 
 ## Allocation, metadata and translation
 
-\`hugemm bench alloc --json\` keys: \`alloc_free_ns\`, \`mmap_fault_munmap_ns\`, \`speedup\`, \`alloc_free_zeroed_ns\`, \`metadata_bytes_per_folio\` (2M folios, all-in), \`descriptor_bytes\`, \`zero_2m_memset_ns\`, \`zero_2m_nontemporal_ns\`, \`zero_2m_cold_memset_ns\`, \`zero_2m_cold_nontemporal_ns\`, \`zero_1g_memset_ns\` and \`zero_1g_nontemporal_ns\` (only when a 1G page was free), \`metadata_bytes_per_gib\` (per folio size: \`model\`, \`measured\`, \`kernel\`, \`kernel_hvo\`), \`iterations\`.
+\`hugemm bench alloc [--iterations N] [--json]\` times N allocate+free pairs (default 200000). Its \`--json\` keys: \`alloc_free_ns\`, \`mmap_fault_munmap_ns\`, \`speedup\`, \`alloc_free_zeroed_ns\`, \`metadata_bytes_per_folio\` (2M folios, all-in), \`descriptor_bytes\`, \`zero_2m_memset_ns\`, \`zero_2m_nontemporal_ns\`, \`zero_2m_cold_memset_ns\`, \`zero_2m_cold_nontemporal_ns\`, \`zero_1g_memset_ns\` and \`zero_1g_nontemporal_ns\` (only when a 1G page was free), \`metadata_bytes_per_gib\` (per folio size: \`model\`, \`measured\`, \`kernel\`, \`kernel_hvo\`), \`iterations\`.
 \`hugemm bench translate --json\` keys: \`geometry\`, \`translate_ns\`, \`translate_full_ns\`, \`translate_single_ns\`, \`batch\`, \`translate_real_ns\`, \`pagemap_ns\`, \`flat_array_ns\`, \`flat_pfn_array_ns\`, \`pagemap_over_translate\`, \`translate_over_flat_array\`, \`translate_over_flat_pfn_array\`, \`lookups\`, \`address_pool\`, \`pagemap_buffer\`.
 
 - \`$(cmd alloc)\`: allocate+free of a cached 2M folio $(awk -v x="$(get alloc .alloc_free_ns)" 'BEGIN { printf "%.1f", x }') ns, mmap(MAP_HUGETLB)+touch+munmap of 2M $(awk -v x="$(get alloc .mmap_fault_munmap_ns)" 'BEGIN { printf "%.0f", x }') ns: $(x "$(get alloc .speedup)").
