@@ -487,6 +487,32 @@ TEST_F(Gup2MTest, UnpinRangeRefusesAChangedMapping) {
   EXPECT_EQ(m().folios[1]->pincount(), 0);
 }
 
+// A range never pinned, or released already, gives back nothing: a folio gives back no
+// more pins than it holds, and no more references than it holds beyond its mappings'.
+TEST_F(Gup2MTest, UnpinRangeRefusesWhatWasNotTaken) {
+  Pinner pinner(*m().table);
+  absl::Status st = pinner.UnpinRange(at(0, 0), kPageSize4K, RefKind::kPin);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_NE(st.message().find("holds 0 pins"), absl::string_view::npos) << st;
+  st = pinner.UnpinRange(at(0, 0), kPageSize2M, RefKind::kGet);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_EQ(m().Counts(), base_);
+  PageRef pages[2];
+  HUGEMM_ASSERT_OK(pinner.PinPages(at(1, 7), 2, kGupGet, absl::MakeSpan(pages)));
+  st = pinner.UnpinRange(at(1, 0), kPageSize2M, RefKind::kGet);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  HUGEMM_ASSERT_OK(pinner.UnpinRange(at(1, 7), 2 * kPageSize4K, RefKind::kGet));
+  EXPECT_EQ(m().Counts(), base_);
+  st = pinner.UnpinRange(at(1, 7), 2 * kPageSize4K, RefKind::kGet);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_EQ(m().Counts(), base_);
+  HUGEMM_ASSERT_OK(pinner.PinPages(at(2, 0), 2, kGupPin, absl::MakeSpan(pages)));
+  st = pinner.UnpinRange(at(2, 0), 3 * kPageSize4K, RefKind::kPin);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  HUGEMM_ASSERT_OK(pinner.UnpinRange(at(2, 0), 2 * kPageSize4K, RefKind::kPin));
+  EXPECT_EQ(m().Counts(), base_);
+}
+
 TEST_F(Gup2MTest, PinnedRangeUnpinsWhenDropped) {
   Pinner pinner(*m().table);
   {

@@ -2,7 +2,11 @@
 #include "runtime/gup/unpin.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <map>
 #include <optional>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_format.h"
 #include "hugemm/gup.h"
@@ -39,6 +43,30 @@ size_t RunLength(const PageRef* pages, size_t i, size_t n) {
   }
   while (j < limit && (pages[j].bits() & kRunKeyMask) == key) ++j;
   return j - i;
+}
+
+// FailedPrecondition unless `folio` holds `pages` references of `kind` (UnpinRange).
+absl::Status CheckHeld(const PageTable& table, Folio* folio, size_t pages, RefKind kind) {
+  // A pin of a large folio is counted in its pincount; one of an order-0 folio adds
+  // kPinBias to its refcount (folio.h). Each table entry mapping the folio holds one
+  // reference besides.
+  const int64_t refcount = folio->refcount();
+  const int64_t pins = folio->large() ? folio->pincount() : refcount / kPinBias;
+  int64_t held = pins;
+  if (kind == RefKind::kGet) {
+    int64_t mappings = 0;
+    table.Walk(folio->data, folio->size(), [&](const LogicalLeaf& l) {
+      if (l.folio == folio) {
+        mappings += static_cast<int64_t>(l.bytes / table.geometry().entry_bytes(l.level));
+      }
+    });
+    held = refcount - (folio->large() ? pins : pins * kPinBias) - mappings;
+  }
+  if (held >= static_cast<int64_t>(pages)) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "unpin: the folio at %p holds %d %s of the %u this range would release; nothing unpinned",
+      folio->data, std::max<int64_t>(held, 0), kind == RefKind::kPin ? "pins" : "references",
+      pages));
 }
 
 }  // namespace
@@ -109,22 +137,26 @@ absl::Status Pinner::UnpinRange(const void* va, size_t length, RefKind kind, boo
         "unpin [0x%x, +%u pages): 0x%x is no longer mapped; nothing unpinned (unpin by spans)",
         start, (end - start) >> kPageShift, covered));
   }
-  Folio* run = nullptr;
-  size_t run_pages = 0;
-  auto flush = [&] {
-    if (run != nullptr) FolioUngrab(run, static_cast<int32_t>(run_pages), kind, dirty);
-  };
+  // The runs of pages per folio, then a check that each folio holds that many references
+  // of the kind: a range never pinned, or released already, must not drive the counts
+  // below what the other pins and the mappings hold.
+  std::vector<std::pair<Folio*, size_t>> runs;
   table_.Walk(p, end - start, [&](const LogicalLeaf& l) {
     const size_t pages = (std::min(l.va + l.bytes, end) - std::max(l.va, start)) >> kPageShift;
-    if (l.folio == run) {
-      run_pages += pages;
+    if (!runs.empty() && runs.back().first == l.folio) {
+      runs.back().second += pages;
       return;
     }
-    flush();
-    run = l.folio;
-    run_pages = pages;
+    runs.emplace_back(l.folio, pages);
   });
-  flush();
+  std::map<Folio*, size_t> need;
+  for (const auto& [folio, pages] : runs) need[folio] += pages;
+  for (const auto& [folio, pages] : need) {
+    if (absl::Status st = gup_internal::CheckHeld(table_, folio, pages, kind); !st.ok()) return st;
+  }
+  for (const auto& [folio, pages] : runs) {
+    FolioUngrab(folio, static_cast<int32_t>(pages), kind, dirty);
+  }
   return absl::OkStatus();
 }
 
