@@ -74,12 +74,14 @@ int CheckHeld(hugemm::Runtime& rt, const void* addr, size_t length, hugemm::RefK
     const hugemm::FolioInfo f = hugemm::DescribeFolio(*folio);
     const int64_t pins = f.order > 0 ? f.pincount : f.refcount / hugemm::kPinBias;
     const int64_t pin_refs = f.order > 0 ? pins : pins * hugemm::kPinBias;
-    int64_t mappings = 0;
-    rt.table().Walk(f.data, f.size, [&](const hugemm::LogicalLeaf& l) {
-      if (l.folio == folio) {
-        mappings += static_cast<int64_t>(l.bytes / rt.table().geometry().entry_bytes(l.level));
-      }
-    });
+    int64_t mappings = 0;  // a GET's count only
+    if (kind == hugemm::RefKind::kGet) {
+      rt.table().Walk(f.data, f.size, [&](const hugemm::LogicalLeaf& l) {
+        if (l.folio == folio) {
+          mappings += static_cast<int64_t>(l.bytes / rt.table().geometry().entry_bytes(l.level));
+        }
+      });
+    }
     const int64_t held =
         kind == hugemm::RefKind::kPin ? pins : int64_t{f.refcount} - pin_refs - mappings - 1;
     if (held < static_cast<int64_t>(pages)) {
