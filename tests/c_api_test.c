@@ -198,6 +198,27 @@ int main(void) {
   CHECK(hugemm_unpin_pages(rt, pages, 16, 0) == 1);
   CHECK(hugemm_free(rt, small.data) == 0);
 
+  /* hugemm_unpin_range by the table counts what each folio holds: a 4K folio's pins
+   * (kept in its refcount) are found, and no more references are given back than were
+   * taken, beside the owner's and the mapping's. */
+  CHECK(hugemm_alloc(rt, 4096, NULL, 0, &small) == 0);
+  CHECK(hugemm_pin_pages(rt, small.data, 1, HUGEMM_PIN, pages) == 1);
+  CHECK(hugemm_unpin_range(rt, small.data, 4096, HUGEMM_PIN, 0) == 0);
+  CHECK(hugemm_maybe_dma_pinned(rt, small.data) == 0);
+  CHECK(hugemm_unpin_range(rt, small.data, 4096, HUGEMM_PIN, 0) == -EFAULT);
+  CHECK(hugemm_pin_pages(rt, small.data, 1, HUGEMM_GET, pages) == 1);
+  CHECK(hugemm_unpin_range(rt, small.data, 4096, HUGEMM_GET, 0) == 0);
+  CHECK(hugemm_unpin_range(rt, small.data, 4096, HUGEMM_GET, 0) == -EFAULT);
+  CHECK(hugemm_folio_info_at(rt, small.data, &info) == 0 && info.refcount == 2);
+  CHECK(hugemm_free(rt, small.data) == 0);
+  CHECK(hugemm_map_buffer(rt, len, NULL, &buf) == 0);
+  CHECK(hugemm_pin_pages(rt, buf.data, 1, HUGEMM_GET, pages) == 1);
+  CHECK(hugemm_unpin_range(rt, buf.data, 4096, HUGEMM_GET, 0) == 0);
+  CHECK(hugemm_unpin_range(rt, buf.data, 4096, HUGEMM_GET, 0) == -EFAULT);
+  CHECK(strstr(hugemm_last_error(), "holds 0 references") != NULL);
+  CHECK(hugemm_folio_info_at(rt, buf.data, &info) == 0 && info.refcount == 2);
+  CHECK(hugemm_free(rt, buf.data) == 0);
+
   /* Memory the program mapped itself, then made read-only: a device may read it through
    * a pin, never write it. */
   void* ext = mmap(NULL, 2u << 20, PROT_READ | PROT_WRITE,

@@ -487,6 +487,55 @@ TEST_F(Gup2MTest, UnpinRangeRefusesAChangedMapping) {
   EXPECT_EQ(m().folios[1]->pincount(), 0);
 }
 
+// A range never pinned, or released already, gives back nothing: a folio gives back no
+// more pins than it holds, and no more references than it holds beyond its mappings'.
+TEST_F(Gup2MTest, UnpinRangeRefusesWhatWasNotTaken) {
+  Pinner pinner(*m().table);
+  absl::Status st = pinner.UnpinRange(at(0, 0), kPageSize4K, RefKind::kPin);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_NE(st.message().find("holds 0 pins"), absl::string_view::npos) << st;
+  st = pinner.UnpinRange(at(0, 0), kPageSize2M, RefKind::kGet);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_EQ(m().Counts(), base_);
+  PageRef pages[2];
+  HUGEMM_ASSERT_OK(pinner.PinPages(at(1, 7), 2, kGupGet, absl::MakeSpan(pages)));
+  st = pinner.UnpinRange(at(1, 0), kPageSize2M, RefKind::kGet);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  HUGEMM_ASSERT_OK(pinner.UnpinRange(at(1, 7), 2 * kPageSize4K, RefKind::kGet));
+  EXPECT_EQ(m().Counts(), base_);
+  st = pinner.UnpinRange(at(1, 7), 2 * kPageSize4K, RefKind::kGet);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_EQ(m().Counts(), base_);
+  HUGEMM_ASSERT_OK(pinner.PinPages(at(2, 0), 2, kGupPin, absl::MakeSpan(pages)));
+  st = pinner.UnpinRange(at(2, 0), 3 * kPageSize4K, RefKind::kPin);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  HUGEMM_ASSERT_OK(pinner.UnpinRange(at(2, 0), 2 * kPageSize4K, RefKind::kPin));
+  EXPECT_EQ(m().Counts(), base_);
+}
+
+// A folio mapped a second time inside the range is one folio: its runs are summed
+// before the check, so a range that would give back one pin more than it holds is
+// refused whole (checked run by run, 512 and 1 would each pass).
+TEST_F(Gup2MTest, UnpinRangeSumsTheRunsOfAFolioMappedTwice) {
+  HUGEMM_ASSERT_OK(m().table->Map(folio(0), at(4, 0), kRW));  // right after folio 3
+  const auto base = m().Counts();
+  Pinner pinner(*m().table);
+  FolioSpan spans[4];
+  ASSERT_EQ(*pinner.PinFolios(at(0, 0), 4 * kPageSize2M, kGupPin, absl::MakeSpan(spans)), 4u);
+  const size_t across = 4 * kPageSize2M + kPageSize4K;  // and the alias's first page
+  absl::Status st = pinner.UnpinRange(at(0, 0), across, RefKind::kPin);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_NE(st.message().find("holds 512 pins of the 513"), absl::string_view::npos) << st;
+  EXPECT_EQ(folio(0)->pincount(), 512) << "nothing was given back";
+  PageRef alias[1];
+  HUGEMM_ASSERT_OK(pinner.PinPages(at(4, 0), 1, kGupPin, absl::MakeSpan(alias)));
+  EXPECT_EQ(alias[0].folio(), folio(0));
+  HUGEMM_ASSERT_OK(pinner.UnpinRange(at(0, 0), across, RefKind::kPin));
+  EXPECT_EQ(m().Counts(), base);
+  HUGEMM_ASSERT_OK(m().table->Unmap(at(4, 0), kPageSize2M));
+  EXPECT_EQ(m().Counts(), base_);
+}
+
 TEST_F(Gup2MTest, PinnedRangeUnpinsWhenDropped) {
   Pinner pinner(*m().table);
   {

@@ -250,7 +250,8 @@ class Pinner {
   // pinned (splits and protection changes are fine; an unmap or remap is not). Use spans
   // or a PinnedRange where the mapping may change under the pin.
   //   InvalidArgument: the range wraps the address space.  FailedPrecondition: part of
-  //   the range is no longer mapped: nothing is given back.
+  //   the range is no longer mapped, or a folio holds fewer pins (PIN), or references
+  //   beyond its mappings' (GET), than the range has pages on it: nothing is given back.
   [[nodiscard]] absl::Status UnpinRange(const void* va, size_t length, RefKind kind,
                                         bool dirty = false) const;
 

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -51,34 +52,45 @@ constexpr uintptr_t kPageSize4KMask = hugemm::kPageSize4K - 1;
 // hugemm_unpin_range by the table gives back as many references as the range has pages,
 // per folio: refuse (-EFAULT) when a folio holds fewer of that kind than that, so that
 // a range never pinned, or already released, cannot drive counts below what the owner
-// and the mappings hold. Best effort under concurrent pins of the same folios; an
-// unmapped page is left for Pinner::UnpinRange to report.
+// and the mappings hold. A pin of a large folio is counted in its pincount; one of a 4K
+// folio adds kPinBias to its refcount (folio.h). References beyond the pins are the
+// owner's (or the registration's), one per table entry mapping the folio, and the GETs.
+// Best effort under concurrent pins of the same folios; an unmapped page is left for
+// Pinner::UnpinRange to report.
 int CheckHeld(hugemm::Runtime& rt, const void* addr, size_t length, hugemm::RefKind kind) {
   const uintptr_t start = reinterpret_cast<uintptr_t>(addr) & ~kPageSize4KMask;
   const uintptr_t end =
       (reinterpret_cast<uintptr_t>(addr) + length + kPageSize4KMask) & ~kPageSize4KMask;
-  std::map<std::byte*, std::pair<hugemm::FolioInfo, size_t>> need;
+  std::map<hugemm::Folio*, size_t> need;
   for (uintptr_t va = start; va < end;) {
-    absl::StatusOr<hugemm::FolioInfo> info = rt.FolioInfoAt(reinterpret_cast<const void*>(va));
-    if (!info.ok()) return 0;
-    const uintptr_t folio_end = reinterpret_cast<uintptr_t>(info->data) + info->size;
+    std::optional<hugemm::Translation> t = rt.Translate(reinterpret_cast<const void*>(va));
+    if (!t.has_value()) return 0;
+    const uintptr_t folio_end = reinterpret_cast<uintptr_t>(t->folio->data) + t->folio->size();
     const uintptr_t next = std::min(end, folio_end);
-    auto& [held, pages] = need[info->data];
-    held = *info;
-    pages += (next - va) / hugemm::kPageSize4K;
+    need[t->folio] += (next - va) / hugemm::kPageSize4K;
     va = next;
   }
-  for (const auto& [data, entry] : need) {
-    const hugemm::FolioInfo& f = entry.first;
-    // A PIN is counted in both counts; a GET in the refcount only, beside the owner's.
+  for (const auto& [folio, pages] : need) {
+    const hugemm::FolioInfo f = hugemm::DescribeFolio(*folio);
+    const int64_t pins = f.order > 0 ? f.pincount : f.refcount / hugemm::kPinBias;
+    const int64_t pin_refs = f.order > 0 ? pins : pins * hugemm::kPinBias;
+    int64_t mappings = 0;  // a GET's count only
+    if (kind == hugemm::RefKind::kGet) {
+      rt.table().Walk(f.data, f.size, [&](const hugemm::LogicalLeaf& l) {
+        if (l.folio == folio) {
+          mappings += static_cast<int64_t>(l.bytes / rt.table().geometry().entry_bytes(l.level));
+        }
+      });
+    }
     const int64_t held =
-        kind == hugemm::RefKind::kPin ? f.pincount : int64_t{f.refcount} - f.pincount - 1;
-    if (held < static_cast<int64_t>(entry.second)) {
+        kind == hugemm::RefKind::kPin ? pins : int64_t{f.refcount} - pin_refs - mappings - 1;
+    if (held < static_cast<int64_t>(pages)) {
       return Fail(EFAULT,
                   absl::StrCat("hugemm_unpin_range: the folio at 0x",
-                               absl::Hex(reinterpret_cast<uintptr_t>(data)), " holds ", held,
+                               absl::Hex(reinterpret_cast<uintptr_t>(f.data)), " holds ",
+                               std::max<int64_t>(held, 0),
                                kind == hugemm::RefKind::kPin ? " pins" : " references", " of the ",
-                               entry.second, " this range would release; nothing unpinned"));
+                               pages, " this range would release; nothing unpinned"));
     }
   }
   return 0;

@@ -2,7 +2,10 @@
 #include "runtime/gup/unpin.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <optional>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_format.h"
 #include "hugemm/gup.h"
@@ -39,6 +42,30 @@ size_t RunLength(const PageRef* pages, size_t i, size_t n) {
   }
   while (j < limit && (pages[j].bits() & kRunKeyMask) == key) ++j;
   return j - i;
+}
+
+// FailedPrecondition unless `folio` holds `pages` references of `kind` (UnpinRange).
+absl::Status CheckHeld(const PageTable& table, Folio* folio, size_t pages, RefKind kind) {
+  // A pin of a large folio is counted in its pincount; one of an order-0 folio adds
+  // kPinBias to its refcount (folio.h). Each table entry mapping the folio holds one
+  // reference besides.
+  const int64_t refcount = folio->refcount();
+  const int64_t pins = folio->large() ? folio->pincount() : refcount / kPinBias;
+  int64_t held = pins;
+  if (kind == RefKind::kGet) {
+    int64_t mappings = 0;
+    table.Walk(folio->data, folio->size(), [&](const LogicalLeaf& l) {
+      if (l.folio == folio) {
+        mappings += static_cast<int64_t>(l.bytes / table.geometry().entry_bytes(l.level));
+      }
+    });
+    held = refcount - (folio->large() ? pins : pins * kPinBias) - mappings;
+  }
+  if (held >= static_cast<int64_t>(pages)) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "unpin: the folio at %p holds %d %s of the %u this range would release; nothing unpinned",
+      folio->data, std::max<int64_t>(held, 0), kind == RefKind::kPin ? "pins" : "references",
+      pages));
 }
 
 }  // namespace
@@ -97,34 +124,59 @@ absl::Status Pinner::UnpinRange(const void* va, size_t length, RefKind kind, boo
   if (length == 0) return absl::OkStatus();
   const uintptr_t start = lo & ~mask;
   const uintptr_t end = (lo + length + mask) & ~mask;
-  const void* p = reinterpret_cast<const void*>(start);
-  // First make sure every page is still mapped: a hole means the contract was broken and
-  // nothing can be given back safely.
+  // One walk: whether every page is still mapped, and the runs of pages of one folio in
+  // address order (adjacent leaves of the same folio merged). A hole means the contract
+  // was broken and nothing can be given back safely.
   uintptr_t covered = start;
-  table_.Walk(p, end - start, [&](const LogicalLeaf& l) {
-    if (std::max(l.va, start) == covered) covered = std::min(l.va + l.bytes, end);
+  bool at_home = true;  // every run lies where its folio's own address puts it
+  std::vector<std::pair<Folio*, size_t>> runs;
+  table_.Walk(reinterpret_cast<const void*>(start), end - start, [&](const LogicalLeaf& l) {
+    const uintptr_t lo = std::max(l.va, start);
+    const uintptr_t hi = std::min(l.va + l.bytes, end);
+    if (lo == covered) covered = hi;
+    const auto home = reinterpret_cast<uintptr_t>(l.folio->data);
+    at_home = at_home && lo >= home && hi <= home + l.folio->size();
+    const size_t pages = (hi - lo) >> kPageShift;
+    if (!runs.empty() && runs.back().first == l.folio) {
+      runs.back().second += pages;
+    } else {
+      runs.emplace_back(l.folio, pages);
+    }
   });
   if (covered < end) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "unpin [0x%x, +%u pages): 0x%x is no longer mapped; nothing unpinned (unpin by spans)",
         start, (end - start) >> kPageShift, covered));
   }
-  Folio* run = nullptr;
-  size_t run_pages = 0;
-  auto flush = [&] {
-    if (run != nullptr) FolioUngrab(run, static_cast<int32_t>(run_pages), kind, dirty);
-  };
-  table_.Walk(p, end - start, [&](const LogicalLeaf& l) {
-    const size_t pages = (std::min(l.va + l.bytes, end) - std::max(l.va, start)) >> kPageShift;
-    if (l.folio == run) {
-      run_pages += pages;
-      return;
+  // Each folio must hold as many references of the kind as the range has pages on it: a
+  // range never pinned, or released already, must not drive the counts below what the
+  // other pins and the mappings hold. Runs at home are each a different folio (live
+  // folios' own ranges are disjoint, so a folio's pages are one stretch of the range); a
+  // folio mapped a second time elsewhere in the range has its runs summed first.
+  if (at_home) {
+    for (const auto& [folio, pages] : runs) {
+      if (absl::Status st = gup_internal::CheckHeld(table_, folio, pages, kind); !st.ok()) {
+        return st;
+      }
     }
-    flush();
-    run = l.folio;
-    run_pages = pages;
-  });
-  flush();
+  } else {
+    std::vector<std::pair<Folio*, size_t>> summed = runs;
+    std::sort(summed.begin(), summed.end());
+    for (size_t i = 0; i < summed.size();) {
+      size_t pages = 0;
+      size_t j = i;
+      for (; j < summed.size() && summed[j].first == summed[i].first; ++j)
+        pages += summed[j].second;
+      if (absl::Status st = gup_internal::CheckHeld(table_, summed[i].first, pages, kind);
+          !st.ok()) {
+        return st;
+      }
+      i = j;
+    }
+  }
+  for (const auto& [folio, pages] : runs) {
+    FolioUngrab(folio, static_cast<int32_t>(pages), kind, dirty);
+  }
   return absl::OkStatus();
 }
 
