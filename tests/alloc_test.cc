@@ -90,8 +90,12 @@ TEST(Alloc, BadRequestsAreErrorsNamingThePool) {
   EXPECT_FALSE(
       alloc->Allocate(4096, {.backing = BackingKind::kDevDax, .devdax_path = "/dev/dax-none.0"})
           .ok());
-  EXPECT_FALSE(alloc->Allocate(4096, {.backing = BackingKind::kAnon}).ok());  // 2M anon
-  EXPECT_TRUE(alloc->Allocate(4096, {.backing = BackingKind::kAnon, .page_size = 0}).ok());
+  EXPECT_FALSE(
+      alloc->Allocate(4096, {.backing = BackingKind::kAnon, .page_size = kPageSize2M}).ok());
+  // The default page size is the kind's own: 4K for anon.
+  absl::StatusOr<FolioHandle> anon = alloc->Allocate(4096, {.backing = BackingKind::kAnon});
+  ASSERT_TRUE(anon.ok()) << anon.status();
+  EXPECT_EQ(anon->folio()->size(), kPageSize4K);
 }
 
 // A node that is not online is a bad request, not a shortage, and it costs no pool: more

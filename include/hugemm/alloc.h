@@ -49,9 +49,9 @@ namespace hugemm {
 // Which pool to allocate from, and how.
 struct AllocOptions {
   BackingKind backing = BackingKind::kHugetlb;
-  // The backing's native page size. 0 = the kind's own (2M for hugetlb and hugetlbfs,
-  // the device alignment for devdax, 4K for anon).
-  size_t page_size = kPageSize2M;
+  // The backing's native page size. 0 (the default) = the kind's own: 2M for hugetlb
+  // and hugetlbfs, the device alignment for devdax, 4K for anon.
+  size_t page_size = 0;
   // NUMA node, or -1 for wherever the kernel puts the pages. devdax: the memory sits on
   // the device's node; a request naming another is InvalidArgument.
   int node = -1;

@@ -43,8 +43,9 @@ size_t NormalisedPageSize(const AllocOptions& o) {
 }
 
 std::string PoolName(const AllocOptions& o) {
+  const size_t page_size = NormalisedPageSize(o);
   return absl::StrCat(BackingKindName(o.backing), " ",
-                      o.page_size ? PageSizeName(o.page_size) : std::string("default"),
+                      page_size ? PageSizeName(page_size) : std::string("default"),
                       " pool on node ", o.node < 0 ? std::string("any") : absl::StrCat(o.node));
 }
 
