@@ -194,6 +194,8 @@ struct FolioInfo {
   size_t size = 0;
   int order = 0;
   int32_t refcount = 0;
+  // Pins of a large folio; 0 for an order-0 folio, whose pins add kPinBias each to
+  // refcount (FolioMaybeDmaPinned reads either).
   int32_t pincount = 0;
   uint32_t flags = 0;  // FolioFlag bits, as the C API hands them out
   int node = -1;

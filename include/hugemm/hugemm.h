@@ -171,7 +171,7 @@ int hugemm_unregister_external(hugemm_runtime* rt, uint64_t id);
 /* ---- pin / unpin ----------------------------------------------------------------- */
 
 enum hugemm_pin_flags {
-  HUGEMM_PIN = 1u << 0,       /* for DMA: counted in the folio's pincount */
+  HUGEMM_PIN = 1u << 0,       /* for DMA: counted as pins (hugemm_folio_info) */
   HUGEMM_GET = 1u << 1,       /* plain references */
   HUGEMM_WRITE = 1u << 2,     /* the device writes: unpin may mark folios dirty */
   HUGEMM_LONGTERM = 1u << 3,  /* held indefinitely: refused on borrowed memory */
@@ -285,6 +285,9 @@ typedef struct hugemm_folio_info {
   uint64_t size;
   uint64_t head_pfn; /* UINT64_MAX when unknown */
   int32_t refcount;
+  /* Pins of a large folio (order > 0). A 4K folio keeps no pin count: each pin adds
+   * 1024 to its refcount, so it reads 0 here, and refcount >= 1024 means it may be
+   * pinned (the kernel's rule for order-0 pages). */
   int32_t pincount;
   uint32_t flags; /* bit 0 dirty, bit 1 referenced, bit 2 borrowed, bit 3 reserve meta */
   int order;
