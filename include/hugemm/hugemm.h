@@ -65,14 +65,13 @@ typedef struct hugemm_options {
  * -EINVAL: NULL out, an unknown refcount mode. Otherwise the errno of what the kernel
  * refused (e.g. io_uring for kernel pins), named by the message. */
 int hugemm_open(const hugemm_options* options, hugemm_runtime** out);
-/* Frees every buffer still held, ends every subscription still open (their handles
- * stay valid for hugemm_unsubscribe alone), detaches every hugemm_io and hugemm_vfio
- * still attached and destroys every hugemm_mr_cache still alive (hugemm_io.h,
- * hugemm_vfio.h, hugemm_verbs.h; each handle is likewise left for its own release call)
- * and closes. Memory still pinned (a page
- * array, spans or segments not unpinned) may still be in a device's hands: it stays
- * mapped, with its huge pages, until the process exits, but loses its kernel pin (the
- * ring closes), so the kernel may move it: unpin before closing. NULL is ignored.
+/* Frees every buffer still held, ends every subscription still open (no callback runs
+ * for the buffers it frees; their handles stay valid for hugemm_unsubscribe alone), detaches every
+ * hugemm_io and hugemm_vfio still attached and destroys every hugemm_mr_cache still alive
+ * (hugemm_io.h, hugemm_vfio.h, hugemm_verbs.h; each handle is likewise left for its own release
+ * call) and closes. Memory still pinned (a page array, spans or segments not unpinned) may still be
+ * in a device's hands: it stays mapped, with its huge pages, until the process exits, but loses its
+ * kernel pin (the ring closes), so the kernel may move it: unpin before closing. NULL is ignored.
  * fork(): a child process has none of the runtime's memory (it is MADV_DONTFORK) and
  * shares its kernel pin ring with the parent, as it shares the program's rings, VFIO
  * containers and RDMA contexts. A runtime opened before the fork is inert in the child:
