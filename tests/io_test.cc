@@ -496,37 +496,6 @@ std::atomic<uint64_t> g_ticks{0};
 
 void OnTick(int) { g_ticks.fetch_add(1, std::memory_order_relaxed); }
 
-// A SIGALRM every 2 ms to the thread that makes it, its handler installed without
-// SA_RESTART (io_uring_register is not restarted either way), as a profiler's would be.
-class Ticker {
- public:
-  Ticker() {
-    struct sigaction act = {};
-    act.sa_handler = OnTick;
-    sigemptyset(&act.sa_mask);
-    EXPECT_EQ(::sigaction(SIGALRM, &act, &old_), 0);
-    sigevent ev = {};
-    ev.sigev_notify = SIGEV_THREAD_ID;
-    ev.sigev_signo = SIGALRM;
-    ev._sigev_un._tid = ::gettid();  // sigev_notify_thread_id
-    EXPECT_EQ(::timer_create(CLOCK_MONOTONIC, &ev, &timer_), 0);
-    itimerspec spec = {};
-    spec.it_interval.tv_nsec = 2'000'000;
-    spec.it_value.tv_nsec = 2'000'000;
-    EXPECT_EQ(::timer_settime(timer_, 0, &spec, nullptr), 0);
-  }
-  ~Ticker() {
-    ::timer_delete(timer_);
-    ::sigaction(SIGALRM, &old_, nullptr);
-  }
-  Ticker(const Ticker&) = delete;
-  Ticker& operator=(const Ticker&) = delete;
-
- private:
-  struct sigaction old_ = {};
-  timer_t timer_ = {};
-};
-
 // Fixed buffers dropped with a READ_FIXED of a pipe in flight, while a timer signal keeps
 // arriving on the dropping thread. Before 6.13 the unregister waits for the read, and
 // each signal ends that wait with EINTR; the table must be gone all the same once the
@@ -567,7 +536,8 @@ TEST(InFlight, DroppingFixedBuffersUnderASignalStormStillUnregistersTheTable) {
   });
   uint64_t ticks_during_drop = 0;
   {
-    Ticker ticker;
+    // SIGALRM every 2 ms without SA_RESTART (io_uring_register is not restarted either way).
+    testing::ThreadTicker ticker(2'000'000, /*restart=*/false, OnTick);
     ticks_at_drop = g_ticks.load();
     dropping = true;
     fixed->reset();

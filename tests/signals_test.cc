@@ -20,41 +20,13 @@
 #include "gtest/gtest.h"
 #include "hugemm/hugemm.h"
 #include "hugemm/hugemm_io.h"
+#include "tests/test_util.h"
 
 namespace {
 
 std::atomic<uint64_t> g_signals{0};
 
 void OnTick(int) { g_signals.fetch_add(1, std::memory_order_relaxed); }
-
-// A 10 kHz SIGALRM to this thread, its handler installed with or without SA_RESTART.
-class Ticker {
- public:
-  explicit Ticker(bool restart) {
-    struct sigaction act = {};
-    act.sa_handler = OnTick;
-    act.sa_flags = restart ? SA_RESTART : 0;
-    sigemptyset(&act.sa_mask);
-    EXPECT_EQ(::sigaction(SIGALRM, &act, &old_), 0);
-    sigevent ev = {};
-    ev.sigev_notify = SIGEV_THREAD_ID;
-    ev.sigev_signo = SIGALRM;
-    ev._sigev_un._tid = ::gettid();  // sigev_notify_thread_id
-    EXPECT_EQ(::timer_create(CLOCK_MONOTONIC, &ev, &timer_), 0);
-    itimerspec spec = {};
-    spec.it_interval.tv_nsec = 100'000;
-    spec.it_value.tv_nsec = 100'000;
-    EXPECT_EQ(::timer_settime(timer_, 0, &spec, nullptr), 0);
-  }
-  ~Ticker() {
-    ::timer_delete(timer_);
-    ::sigaction(SIGALRM, &old_, nullptr);
-  }
-
- private:
-  struct sigaction old_ = {};
-  timer_t timer_ = {};
-};
 
 constexpr size_t k2M = 2u << 20;
 constexpr size_t k1G = 1u << 30;
@@ -159,7 +131,7 @@ int Exercise(int rounds, bool with_1g) {
 TEST_P(SignalsTest, MapPinTranslateFree) {
   g_signals = 0;
   {
-    Ticker ticker(GetParam());
+    hugemm::testing::ThreadTicker ticker(100'000, GetParam(), OnTick);  // 10 kHz
     Exercise(40, /*with_1g=*/false);
     RecordProperty("one_g_buffers", Exercise(2, /*with_1g=*/true));
   }
@@ -183,7 +155,7 @@ TEST_P(SignalsTest, IoReads) {
 
   g_signals = 0;
   {
-    Ticker ticker(GetParam());
+    hugemm::testing::ThreadTicker ticker(100'000, GetParam(), OnTick);  // 10 kHz
     for (int round = 0; round < 20; ++round) {
       hugemm_runtime* rt = nullptr;
       ASSERT_EQ(hugemm_open(nullptr, &rt), 0) << hugemm_last_error();

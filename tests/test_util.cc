@@ -70,6 +70,29 @@ int RunUnprivileged(const std::function<int()>& body) {
   return WEXITSTATUS(status);
 }
 
+ThreadTicker::ThreadTicker(long period_ns, bool restart, void (*handler)(int)) {
+  struct sigaction act = {};
+  act.sa_handler = handler;
+  act.sa_flags = restart ? SA_RESTART : 0;
+  sigemptyset(&act.sa_mask);
+  EXPECT_EQ(::sigaction(SIGALRM, &act, &old_), 0);
+  sigevent ev = {};
+  ev.sigev_notify = SIGEV_THREAD_ID;
+  ev.sigev_signo = SIGALRM;
+  ev._sigev_un._tid = ::gettid();  // sigev_notify_thread_id
+  EXPECT_EQ(::timer_create(CLOCK_MONOTONIC, &ev, &timer_), 0);
+  itimerspec spec = {};
+  spec.it_interval.tv_sec = period_ns / 1'000'000'000;
+  spec.it_interval.tv_nsec = period_ns % 1'000'000'000;
+  spec.it_value = spec.it_interval;
+  EXPECT_EQ(::timer_settime(timer_, 0, &spec, nullptr), 0);
+}
+
+ThreadTicker::~ThreadTicker() {
+  ::timer_delete(timer_);
+  ::sigaction(SIGALRM, &old_, nullptr);
+}
+
 int64_t VmPinKb() {
   absl::StatusOr<uint64_t> bytes = sys::ReadKibField(Os::Default(), "/proc/self/status", "VmPin");
   return bytes.ok() ? static_cast<int64_t>(*bytes >> 10) : -1;

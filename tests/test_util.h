@@ -7,6 +7,9 @@
 #ifndef HUGEMM_TESTS_TEST_UTIL_H_
 #define HUGEMM_TESTS_TEST_UTIL_H_
 
+#include <signal.h>
+#include <time.h>
+
 #include <cstdint>
 #include <cstdlib>
 #include <functional>
@@ -36,6 +39,21 @@ std::string HugetlbfsMountFor(size_t page_size);
 // Runs `command` through the shell and returns its stdout (add "2>&1" for stderr too);
 // `exit_code` gets its exit status, or -1 when it did not exit.
 std::string RunCommand(const std::string& command, int* exit_code);
+
+// SIGALRM to the thread that makes it every `period_ns`, to `handler`, installed with or
+// without SA_RESTART (as a profiler's timer would be). The timer goes, and the old
+// handler comes back, with the object.
+class ThreadTicker {
+ public:
+  ThreadTicker(long period_ns, bool restart, void (*handler)(int));
+  ~ThreadTicker();
+  ThreadTicker(const ThreadTicker&) = delete;
+  ThreadTicker& operator=(const ThreadTicker&) = delete;
+
+ private:
+  struct sigaction old_ = {};
+  timer_t timer_ = {};
+};
 
 // This process's VmPin in kB (memory the kernel pins for it), or -1 when unreadable.
 int64_t VmPinKb();
