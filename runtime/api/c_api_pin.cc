@@ -70,7 +70,10 @@ int CheckHeld(hugemm::Runtime& rt, const void* addr, size_t length, hugemm::RefK
     need[t->folio] += (next - va) / hugemm::kPageSize4K;
     va = next;
   }
-  for (const auto& [folio, pages] : need) {
+  for (const auto& entry : need) {
+    // Named, not bound: a lambda below uses it (clang 14 captures no structured binding).
+    hugemm::Folio* const folio = entry.first;
+    const size_t pages = entry.second;
     const hugemm::FolioInfo f = hugemm::DescribeFolio(*folio);
     const int64_t pins = f.order > 0 ? f.pincount : f.refcount / hugemm::kPinBias;
     const int64_t pin_refs = f.order > 0 ? pins : pins * hugemm::kPinBias;
