@@ -14,6 +14,7 @@
 #include "hugemm/hugemm.h"
 #include "hugemm/runtime.h"
 #include "runtime/api/c_bridge.h"
+#include "runtime/gup/unpin.h"
 
 namespace {
 
@@ -49,15 +50,14 @@ int CheckFlags(unsigned flags) {
 
 constexpr uintptr_t kPageSize4KMask = hugemm::kPageSize4K - 1;
 
-// hugemm_unpin_range by the table gives back as many references as the range has pages,
-// per folio: refuse (-EFAULT) when a folio holds fewer of that kind than that, so that
-// a range never pinned, or already released, cannot drive counts below what the owner
-// and the mappings hold. A pin of a large folio is counted in its pincount; one of a 4K
-// folio adds kPinBias to its refcount (folio.h). References beyond the pins are the
-// owner's (or the registration's), one per table entry mapping the folio, and the GETs.
-// Best effort under concurrent pins of the same folios; an unmapped page is left for
+// hugemm_unpin_range by the table, GET: beside Pinner::UnpinRange's own check (which
+// counts the pins, and for a GET the references beyond them and the mappings'), each
+// folio must keep its owner's reference (or its registration's), which only this layer
+// knows of: a range never taken, or released already, cannot give that back. Best effort
+// under concurrent pins of the same folios; an unmapped page is left for
 // Pinner::UnpinRange to report.
-int CheckHeld(hugemm::Runtime& rt, const void* addr, size_t length, hugemm::RefKind kind) {
+int CheckOwnersKept(hugemm::Runtime& rt, const void* addr, size_t length, hugemm::RefKind kind) {
+  if (kind != hugemm::RefKind::kGet) return 0;
   const uintptr_t start = reinterpret_cast<uintptr_t>(addr) & ~kPageSize4KMask;
   const uintptr_t end =
       (reinterpret_cast<uintptr_t>(addr) + length + kPageSize4KMask) & ~kPageSize4KMask;
@@ -70,30 +70,11 @@ int CheckHeld(hugemm::Runtime& rt, const void* addr, size_t length, hugemm::RefK
     need[t->folio] += (next - va) / hugemm::kPageSize4K;
     va = next;
   }
-  for (const auto& entry : need) {
-    // Named, not bound: a lambda below uses it (clang 14 captures no structured binding).
-    hugemm::Folio* const folio = entry.first;
-    const size_t pages = entry.second;
-    const hugemm::FolioInfo f = hugemm::DescribeFolio(*folio);
-    const int64_t pins = f.order > 0 ? f.pincount : f.refcount / hugemm::kPinBias;
-    const int64_t pin_refs = f.order > 0 ? pins : pins * hugemm::kPinBias;
-    int64_t mappings = 0;  // a GET's count only
-    if (kind == hugemm::RefKind::kGet) {
-      rt.table().Walk(f.data, f.size, [&](const hugemm::LogicalLeaf& l) {
-        if (l.folio == folio) {
-          mappings += static_cast<int64_t>(l.bytes / rt.table().geometry().entry_bytes(l.level));
-        }
-      });
-    }
-    const int64_t held =
-        kind == hugemm::RefKind::kPin ? pins : int64_t{f.refcount} - pin_refs - mappings - 1;
-    if (held < static_cast<int64_t>(pages)) {
-      return Fail(EFAULT,
-                  absl::StrCat("hugemm_unpin_range: the folio at 0x",
-                               absl::Hex(reinterpret_cast<uintptr_t>(f.data)), " holds ",
-                               std::max<int64_t>(held, 0),
-                               kind == hugemm::RefKind::kPin ? " pins" : " references", " of the ",
-                               pages, " this range would release; nothing unpinned"));
+  for (const auto& [folio, pages] : need) {
+    if (absl::Status st = hugemm::gup_internal::CheckHeld(rt.table(), folio, pages, kind,
+                                                          /*keep=*/1);
+        !st.ok()) {
+      return Fail(st);
     }
   }
   return 0;
@@ -191,7 +172,7 @@ int hugemm_unpin_range(hugemm_runtime* rt, const void* addr, size_t length, unsi
     rt->rt->pinner().UnpinFolios(logged, KindOf(flags), dirty != 0);
     return Ok();
   }
-  if (int rc = CheckHeld(*rt->rt, addr, length, KindOf(flags))) return rc;
+  if (int rc = CheckOwnersKept(*rt->rt, addr, length, KindOf(flags))) return rc;
   if (absl::Status st = rt->rt->pinner().UnpinRange(addr, length, KindOf(flags), dirty != 0);
       !st.ok()) {
     return Fail(st);

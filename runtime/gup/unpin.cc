@@ -44,8 +44,10 @@ size_t RunLength(const PageRef* pages, size_t i, size_t n) {
   return j - i;
 }
 
-// FailedPrecondition unless `folio` holds `pages` references of `kind` (UnpinRange).
-absl::Status CheckHeld(const PageTable& table, Folio* folio, size_t pages, RefKind kind) {
+}  // namespace
+
+absl::Status CheckHeld(const PageTable& table, Folio* folio, size_t pages, RefKind kind,
+                       int64_t keep) {
   // A pin of a large folio is counted in its pincount; one of an order-0 folio adds
   // kPinBias to its refcount (folio.h). Each table entry mapping the folio holds one
   // reference besides.
@@ -59,7 +61,7 @@ absl::Status CheckHeld(const PageTable& table, Folio* folio, size_t pages, RefKi
         mappings += static_cast<int64_t>(l.bytes / table.geometry().entry_bytes(l.level));
       }
     });
-    held = refcount - (folio->large() ? pins : pins * kPinBias) - mappings;
+    held = refcount - (folio->large() ? pins : pins * kPinBias) - mappings - keep;
   }
   if (held >= static_cast<int64_t>(pages)) return absl::OkStatus();
   return absl::FailedPreconditionError(absl::StrFormat(
@@ -67,8 +69,6 @@ absl::Status CheckHeld(const PageTable& table, Folio* folio, size_t pages, RefKi
       folio->data, std::max<int64_t>(held, 0), kind == RefKind::kPin ? "pins" : "references",
       pages));
 }
-
-}  // namespace
 
 size_t UnpinPageRefs(absl::Span<const PageRef> refs, bool dirty, RefGranularity granularity) {
   // A plain pointer: this loop is the hot path of unpin.

@@ -3,10 +3,13 @@
 #define HUGEMM_RUNTIME_GUP_UNPIN_H_
 
 #include <cstddef>
+#include <cstdint>
 
+#include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "hugemm/folio.h"
 #include "hugemm/gup.h"
+#include "hugemm/pgtable.h"
 
 namespace hugemm::gup_internal {
 
@@ -16,6 +19,13 @@ namespace hugemm::gup_internal {
 size_t UnpinPageRefs(absl::Span<const PageRef> pages, bool dirty, RefGranularity granularity);
 // One FolioUngrab per span of `kind`. Returns the reference operations done.
 size_t UnpinSpans(absl::Span<const FolioSpan> spans, RefKind kind, bool dirty);
+// Whether `folio` holds `pages` references of `kind` to give back: pins for kPin (a large
+// folio's pincount; kPinBias each in an order-0 folio's refcount); for kGet, what its
+// refcount holds beyond the pins, the one reference of each table entry mapping it, and
+// `keep` more that must stay (an owner's, which only the caller knows of).
+// FailedPrecondition naming the folio and the counts otherwise.
+absl::Status CheckHeld(const PageTable& table, Folio* folio, size_t pages, RefKind kind,
+                       int64_t keep = 0);
 
 }  // namespace hugemm::gup_internal
 
