@@ -110,8 +110,10 @@ int main(void) {
 
   /* The index, and what is no fixed buffer. */
   CHECK(hugemm_io_buffer_index(io, buf.data, kLen) >= 0);
+  CHECK(hugemm_io_buffer_index(io, buf.data, 0) == hugemm_io_buffer_index(io, buf.data, kLen));
   char stack[64];
   CHECK_ERR(hugemm_io_buffer_index(io, stack, sizeof(stack)), -ENOENT, "not memory of this");
+  CHECK_ERR(hugemm_io_buffer_index(io, stack, 0), -ENOENT, "not memory of this");
 
   /* External memory is held by the runtime but is no fixed buffer. */
   void* ext = mmap(NULL, 2 << 20, PROT_READ | PROT_WRITE,

@@ -85,7 +85,8 @@ int hugemm_io_mode(const hugemm_io* io);
  * boundary of a larger one (io_uring registers at most 1 GiB per slot, so a buffer of
  * 2 GiB is two fixed buffers). The mapping of a hugemm_alloc buffer is the pool extent it
  * was carved from: a range that runs from it into a neighbouring allocation has an index
- * (as it does for the kernel), and is the program's to avoid. */
+ * (as it does for the kernel), and is the program's to avoid. A length of 0 asks for the
+ * buffer holding the byte at addr. */
 int hugemm_io_buffer_index(const hugemm_io* io, const void* addr, size_t length);
 
 /* Fills `sqe` as READ_FIXED (WRITE_FIXED) of `length` bytes at `offset` of `fd` into

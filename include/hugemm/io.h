@@ -111,7 +111,8 @@ class FixedBuffers {
   // The buf_index whose buffer holds all of [addr, addr + length), or -1. O(1). The
   // registered buffer of an Allocate'd one is (a GiB of) the pool extent it was carved
   // from: a range running from it into a neighbouring allocation has an index, as it does
-  // for the kernel, and is the program's to avoid.
+  // for the kernel, and is the program's to avoid. A length of 0 asks for the buffer
+  // holding the byte at addr.
   [[nodiscard]] int Find(const void* addr, size_t length) const;
   // Find with a reason: NotFound naming why there is none (not hugemm memory, external
   // memory, past the end of a buffer, across a 1 GiB boundary, a device the kernel would
