@@ -5,6 +5,7 @@
 // segments. The device itself is driven in the VM (tests/nvme, IOVA mode).
 #include "hugemm/vfio.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -296,6 +297,7 @@ TEST_F(VfioFakeTest, BadArgumentsAreRefused) {
 class RecordingVfio : public OsWrapper {
  public:
   RecordingVfio() : OsWrapper(Os::Default()) {}
+  absl::Status VfioCheckContainer(int) override { return absl::OkStatus(); }
   absl::Status VfioMapDma(int, const void* va, size_t length, uint64_t iova) override {
     std::lock_guard<std::mutex> lock(mu_);
     if (!maps_.emplace(iova, iovec{const_cast<void*>(va), length}).second) {
@@ -507,12 +509,35 @@ TEST(VfioCApi, AttachPinSegmentsUnpinDetach) {
   ASSERT_EQ(hugemm_map_buffer(rt, 2 << 20, nullptr, &buf), 0) << hugemm_last_error();
   // A descriptor that is no VFIO container: the kernel's ENOTTY comes back.
   EXPECT_EQ(hugemm_vfio_attach(rt, 0, nullptr, &vfio), -ENOTTY) << hugemm_last_error();
-  EXPECT_THAT(hugemm_last_error(), HasSubstr("VFIO_IOMMU_MAP_DMA"));
+  EXPECT_THAT(hugemm_last_error(), HasSubstr("not a VFIO container"));
   EXPECT_EQ(vfio, nullptr);
   EXPECT_EQ(hugemm_vfio_iova(nullptr, buf.data, nullptr), -EINVAL);
   EXPECT_EQ(hugemm_vfio_pin_segments(nullptr, buf.data, 4096, HUGEMM_PIN, 0, nullptr, 0), -EINVAL);
   EXPECT_EQ(hugemm_vfio_stats(nullptr, nullptr, nullptr), -EINVAL);
   hugemm_vfio_detach(nullptr);
+  EXPECT_EQ(hugemm_free(rt, buf.data), 0);
+  hugemm_close(rt);
+}
+
+// The descriptor is checked when the mapper attaches, not when the first memory comes:
+// a runtime that holds nothing yet is refused at once, and nothing stays observing it.
+TEST(VfioCApi, ADescriptorThatIsNoContainerIsRefusedBeforeAnyMemory) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  hugemm_runtime* rt = nullptr;
+  ASSERT_EQ(hugemm_open(nullptr, &rt), 0) << hugemm_last_error();
+  const int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+  ASSERT_GE(devnull, 0);
+  hugemm_vfio* vfio = nullptr;
+  EXPECT_EQ(hugemm_vfio_attach(rt, devnull, nullptr, &vfio), -ENOTTY) << hugemm_last_error();
+  EXPECT_THAT(hugemm_last_error(), HasSubstr("not a VFIO container"));
+  EXPECT_EQ(vfio, nullptr);
+  ASSERT_EQ(close(devnull), 0);
+  EXPECT_EQ(hugemm_vfio_attach(rt, devnull, nullptr, &vfio), -EBADF) << hugemm_last_error();
+  EXPECT_THAT(hugemm_last_error(), HasSubstr("not open"));
+  EXPECT_EQ(vfio, nullptr);
+  // Nothing observes the runtime: memory comes as before.
+  hugemm_buffer buf;
+  ASSERT_EQ(hugemm_map_buffer(rt, 2 << 20, nullptr, &buf), 0) << hugemm_last_error();
   EXPECT_EQ(hugemm_free(rt, buf.data), 0);
   hugemm_close(rt);
 }

@@ -39,7 +39,9 @@ typedef struct hugemm_vfio_options {
 /* Maps every extent and buffer of `rt` into the VFIO type1 container `container_fd` and
  * keeps doing so as memory comes and goes (`options` may be NULL). The container stays
  * the caller's: it must stay open until hugemm_vfio_detach.
- * -EINVAL: bad arguments, an empty or unaligned IOVA window. -ENOMEM: no room in the
+ * -EINVAL: bad arguments, an empty or unaligned IOVA window, a container with no IOMMU
+ * set yet (VFIO_SET_IOMMU first). -EBADF: a descriptor not open. -ENOTTY: not a VFIO
+ * container. -ENOMEM: no room in the
  * window. Otherwise VFIO_IOMMU_MAP_DMA's errno (e.g. -EPERM, -EFAULT), with the range
  * in the message; nothing stays mapped. Once attached, memory the container refuses
  * (or the window has no room for) fails the hugemm_map_buffer or hugemm_alloc that

@@ -132,6 +132,11 @@ class Os {
                                                 uint64_t iova) = 0;
   // VFIO_IOMMU_UNMAP_DMA of exactly what one VfioMapDma mapped at `iova`.
   virtual absl::Status VfioUnmapDma(int container_fd, uint64_t iova, size_t length) = 0;
+  // OK when `container_fd` is a VFIO container with an IOMMU set (VFIO_SET_IOMMU): it
+  // answers VFIO_GET_API_VERSION with VFIO_API_VERSION and VFIO_IOMMU_GET_INFO.
+  // Otherwise the failing call's errno (ENOTTY: no VFIO container; EINVAL: no IOMMU
+  // set yet). The default answers OK, for an Os that fakes containers.
+  [[nodiscard]] virtual absl::Status VfioCheckContainer(int container_fd);
 };
 
 // An Os that hands every call to another one: subclass it and override the calls to
@@ -203,6 +208,9 @@ class OsWrapper : public Os {
   }
   absl::Status VfioUnmapDma(int container_fd, uint64_t iova, size_t length) override {
     return target_.VfioUnmapDma(container_fd, iova, length);
+  }
+  absl::Status VfioCheckContainer(int container_fd) override {
+    return target_.VfioCheckContainer(container_fd);
   }
 
  private:

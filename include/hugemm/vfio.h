@@ -71,6 +71,10 @@ class IovaMapper final : public DmaAddressSpace, private MemoryObserver {
   // refuses a map over IOVAs in use (EEXIST), failing the allocation that brought it.
   //   InvalidArgument: a negative descriptor; a base or limit not 4K-aligned, or an
   //   empty IOVA window.
+  //   What Os::VfioCheckContainer said, its errno kept (ErrnoOf) and the code following
+  //   it: a descriptor not open (EBADF), not a VFIO container (ENOTTY), or a container
+  //   with no IOMMU set yet (EINVAL: VFIO_SET_IOMMU first). An Os that fakes the
+  //   container's maps fakes this check too.
   //   ResourceExhausted: the window has no room for what the runtime holds.
   //   Otherwise what VFIO_IOMMU_MAP_DMA said (its errno kept, ErrnoOf), naming the range;
   //   whatever was mapped before is unmapped again.

@@ -53,6 +53,9 @@ absl::StatusOr<std::unique_ptr<IovaMapper>> IovaMapper::Attach(Runtime& rt, int 
         container_fd));
   }
   std::unique_ptr<IovaMapper> mapper(new IovaMapper(rt, container_fd, options));
+  if (absl::Status st = mapper->os_.VfioCheckContainer(container_fd); !st.ok()) {
+    return sys::Annotate(st, "IOVA mapper");
+  }
   if (absl::Status st = rt.AddMemoryObserver(mapper.get()); !st.ok()) return st;
   mapper->observing_ = true;
   return mapper;

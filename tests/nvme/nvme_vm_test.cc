@@ -2,9 +2,11 @@
 // physical mode, with queues, PRP lists and data in each memory kind: the host's pattern
 // READ into hugemm buffers and checked at their virtual addresses; WRITEs that the host
 // finds in the image after the VM stops (nvme_image check); a shifted PRP entry caught.
+#include <fcntl.h>
 #include <linux/vfio.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
@@ -405,6 +407,23 @@ TEST_F(NvmeVmDriverTest, InIovaModeTheCApiMapsIntoTheContainerAndAFreeUnmaps) {
   munmap(page, kPage);
   hugemm_vfio_detach(vfio);
   hugemm_close(crt);
+}
+
+// A container the program has not finished setting up (no group, no IOMMU) is refused
+// when the mapper attaches, with the step it misses, even by a runtime holding nothing.
+TEST_F(NvmeVmDriverTest, InIovaModeAContainerWithNoIommuIsRefusedAtAttach) {
+  if (!kIovaMode) GTEST_SKIP() << "physical mode";
+  const int bare = open("/dev/vfio/vfio", O_RDWR | O_CLOEXEC);
+  ASSERT_GE(bare, 0) << "/dev/vfio/vfio: " << std::strerror(errno);
+  ASSERT_EQ(ioctl(bare, VFIO_GET_API_VERSION), VFIO_API_VERSION);
+  hugemm_runtime* crt = nullptr;
+  ASSERT_EQ(hugemm_open(nullptr, &crt), 0) << hugemm_last_error();
+  hugemm_vfio* vfio = nullptr;
+  EXPECT_EQ(hugemm_vfio_attach(crt, bare, nullptr, &vfio), -EINVAL) << hugemm_last_error();
+  EXPECT_NE(std::strstr(hugemm_last_error(), "VFIO_SET_IOMMU"), nullptr) << hugemm_last_error();
+  EXPECT_EQ(vfio, nullptr);
+  hugemm_close(crt);
+  close(bare);
 }
 
 TEST_F(NvmeVmDriverTest, ACommandTheControllerFailsComesBackWithItsStatusAndLeavesNothing) {
