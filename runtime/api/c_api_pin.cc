@@ -3,9 +3,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdint>
-#include <map>
 #include <mutex>
-#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -49,36 +47,6 @@ int CheckFlags(unsigned flags) {
 }
 
 constexpr uintptr_t kPageSize4KMask = hugemm::kPageSize4K - 1;
-
-// hugemm_unpin_range by the table, GET: beside Pinner::UnpinRange's own check (which
-// counts the pins, and for a GET the references beyond them and the mappings'), each
-// folio must keep its owner's reference (or its registration's), which only this layer
-// knows of: a range never taken, or released already, cannot give that back. Best effort
-// under concurrent pins of the same folios; an unmapped page is left for
-// Pinner::UnpinRange to report.
-int CheckOwnersKept(hugemm::Runtime& rt, const void* addr, size_t length, hugemm::RefKind kind) {
-  if (kind != hugemm::RefKind::kGet) return 0;
-  const uintptr_t start = reinterpret_cast<uintptr_t>(addr) & ~kPageSize4KMask;
-  const uintptr_t end =
-      (reinterpret_cast<uintptr_t>(addr) + length + kPageSize4KMask) & ~kPageSize4KMask;
-  std::map<hugemm::Folio*, size_t> need;
-  for (uintptr_t va = start; va < end;) {
-    std::optional<hugemm::Translation> t = rt.Translate(reinterpret_cast<const void*>(va));
-    if (!t.has_value()) return 0;
-    const uintptr_t folio_end = reinterpret_cast<uintptr_t>(t->folio->data) + t->folio->size();
-    const uintptr_t next = std::min(end, folio_end);
-    need[t->folio] += (next - va) / hugemm::kPageSize4K;
-    va = next;
-  }
-  for (const auto& [folio, pages] : need) {
-    if (absl::Status st = hugemm::gup_internal::CheckHeld(rt.table(), folio, pages, kind,
-                                                          /*keep=*/1);
-        !st.ok()) {
-      return Fail(st);
-    }
-  }
-  return 0;
-}
 
 hugemm::PageRef PageOf(hugemm_page page) { return hugemm::PageRef::FromBits(page.bits); }
 
@@ -172,8 +140,13 @@ int hugemm_unpin_range(hugemm_runtime* rt, const void* addr, size_t length, unsi
     rt->rt->pinner().UnpinFolios(logged, KindOf(flags), dirty != 0);
     return Ok();
   }
-  if (int rc = CheckOwnersKept(*rt->rt, addr, length, KindOf(flags))) return rc;
-  if (absl::Status st = rt->rt->pinner().UnpinRange(addr, length, KindOf(flags), dirty != 0);
+  // By the table. For a GET, each folio keeps one reference more than Pinner::UnpinRange
+  // counts: its owner's (or its registration's), which only this layer knows of. A range
+  // never taken, or released already, cannot give that back.
+  const hugemm::RefKind kind = KindOf(flags);
+  if (absl::Status st =
+          hugemm::gup_internal::UnpinRange(rt->rt->table(), addr, length, kind, dirty != 0,
+                                           /*keep=*/kind == hugemm::RefKind::kGet ? 1 : 0);
       !st.ok()) {
     return Fail(st);
   }

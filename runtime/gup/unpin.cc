@@ -104,17 +104,8 @@ size_t UnpinSpans(absl::Span<const FolioSpan> spans, RefKind kind, bool dirty) {
   return ops;
 }
 
-}  // namespace gup_internal
-
-size_t Pinner::UnpinPages(absl::Span<const PageRef> pages, bool dirty) const {
-  return gup_internal::UnpinPageRefs(pages, dirty, options_.granularity);
-}
-
-size_t Pinner::UnpinFolios(absl::Span<const FolioSpan> spans, RefKind kind, bool dirty) const {
-  return gup_internal::UnpinSpans(spans, kind, dirty);
-}
-
-absl::Status Pinner::UnpinRange(const void* va, size_t length, RefKind kind, bool dirty) const {
+absl::Status UnpinRange(const PageTable& table, const void* va, size_t length, RefKind kind,
+                        bool dirty, int64_t keep) {
   const auto lo = reinterpret_cast<uintptr_t>(va);
   const uintptr_t mask = kPageSize4K - 1;
   if (lo + length < lo || lo + length > std::numeric_limits<uintptr_t>::max() - mask) {
@@ -130,7 +121,7 @@ absl::Status Pinner::UnpinRange(const void* va, size_t length, RefKind kind, boo
   uintptr_t covered = start;
   bool at_home = true;  // every run lies where its folio's own address puts it
   std::vector<std::pair<Folio*, size_t>> runs;
-  table_.Walk(reinterpret_cast<const void*>(start), end - start, [&](const LogicalLeaf& l) {
+  table.Walk(reinterpret_cast<const void*>(start), end - start, [&](const LogicalLeaf& l) {
     const uintptr_t lo = std::max(l.va, start);
     const uintptr_t hi = std::min(l.va + l.bytes, end);
     if (lo == covered) covered = hi;
@@ -155,7 +146,7 @@ absl::Status Pinner::UnpinRange(const void* va, size_t length, RefKind kind, boo
   // folio mapped a second time elsewhere in the range has its runs summed first.
   if (at_home) {
     for (const auto& [folio, pages] : runs) {
-      if (absl::Status st = gup_internal::CheckHeld(table_, folio, pages, kind); !st.ok()) {
+      if (absl::Status st = gup_internal::CheckHeld(table, folio, pages, kind, keep); !st.ok()) {
         return st;
       }
     }
@@ -167,7 +158,7 @@ absl::Status Pinner::UnpinRange(const void* va, size_t length, RefKind kind, boo
       size_t j = i;
       for (; j < summed.size() && summed[j].first == summed[i].first; ++j)
         pages += summed[j].second;
-      if (absl::Status st = gup_internal::CheckHeld(table_, summed[i].first, pages, kind);
+      if (absl::Status st = gup_internal::CheckHeld(table, summed[i].first, pages, kind, keep);
           !st.ok()) {
         return st;
       }
@@ -178,6 +169,20 @@ absl::Status Pinner::UnpinRange(const void* va, size_t length, RefKind kind, boo
     FolioUngrab(folio, static_cast<int32_t>(pages), kind, dirty);
   }
   return absl::OkStatus();
+}
+
+}  // namespace gup_internal
+
+size_t Pinner::UnpinPages(absl::Span<const PageRef> pages, bool dirty) const {
+  return gup_internal::UnpinPageRefs(pages, dirty, options_.granularity);
+}
+
+absl::Status Pinner::UnpinRange(const void* va, size_t length, RefKind kind, bool dirty) const {
+  return gup_internal::UnpinRange(table_, va, length, kind, dirty, /*keep=*/0);
+}
+
+size_t Pinner::UnpinFolios(absl::Span<const FolioSpan> spans, RefKind kind, bool dirty) const {
+  return gup_internal::UnpinSpans(spans, kind, dirty);
 }
 
 bool Pinner::MaybeDmaPinned(const void* va) const {

@@ -26,6 +26,10 @@ size_t UnpinSpans(absl::Span<const FolioSpan> spans, RefKind kind, bool dirty);
 // FailedPrecondition naming the folio and the counts otherwise.
 absl::Status CheckHeld(const PageTable& table, Folio* folio, size_t pages, RefKind kind,
                        int64_t keep = 0);
+// Pinner::UnpinRange on `table`, each folio keeping `keep` references of kGet more
+// (CheckHeld): one walk, one check, then the release.
+absl::Status UnpinRange(const PageTable& table, const void* va, size_t length, RefKind kind,
+                        bool dirty, int64_t keep);
 
 }  // namespace hugemm::gup_internal
 
