@@ -337,6 +337,56 @@ TEST(Alloc, ExhaustionNamesThePoolAndRecoversToBaseline) {
   EXPECT_TRUE(alloc->Allocate(kPageSize2M).ok());
 }
 
+// A hugetlbfs pool whose mount (size=6M) fills while it grows: 2M, 2M, then 2M where the
+// geometric step (4M) no longer fits, then nothing. The refusal names the pool and the
+// mount's limit; what was handed out stays good, a freed folio serves again, and Shrink
+// gives the whole mount back.
+TEST(Alloc, PoolGrowingIntoAFullMountNamesItsLimitAndRecovers) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  const int code = testing::RunWithSmallHugetlbfs(3 * kPageSize2M, [](const std::string& mount) {
+    auto alloc = NewAllocator({.thread_cache = false});
+    const AllocOptions fs{.backing = BackingKind::kHugetlbfs, .hugetlbfs_mount = mount};
+    std::vector<FolioHandle> held;
+    for (int i = 0; i < 3; ++i) {
+      absl::StatusOr<FolioHandle> h = alloc->Allocate(kPageSize2M, fs);
+      if (!h.ok()) {
+        std::fprintf(stderr, "folio %d: %s\n", i, h.status().ToString().c_str());
+        return 2;
+      }
+      std::memset(h->data(), i + 1, kPageSize2M);
+      held.push_back(std::move(*h));
+    }
+    absl::Status st = alloc->Allocate(kPageSize4K, fs).status();
+    if (st.code() != absl::StatusCode::kResourceExhausted) return 3;
+    for (const std::string& word :
+         std::vector<std::string>{"hugetlbfs 2M at " + mount + " pool", "6 MiB mapped",
+                                  mount + " holds at most 6 MiB", "size="}) {
+      if (st.message().find(word) == absl::string_view::npos) {
+        std::fprintf(stderr, "no \"%s\" in %s\n", word.c_str(), st.ToString().c_str());
+        return 4;
+      }
+    }
+    std::optional<PoolStats> s = FindStats(*alloc, BackingKind::kHugetlbfs, kPageSize2M);
+    if (!s.has_value() || s->extents != 3 || s->mapped_bytes != 3 * kPageSize2M) return 5;
+    for (int i = 0; i < 3; ++i) {
+      if (!AllBytesAre(held[i].data(), kPageSize2M, i + 1)) return 6;
+    }
+    held.pop_back();
+    absl::StatusOr<FolioHandle> again = alloc->Allocate(kPageSize4K, fs);
+    if (!again.ok()) return 7;
+    again->Reset();
+    held.clear();
+    if (alloc->Shrink() != 3 * kPageSize2M) return 8;
+    // The mount is empty again, and the pool grows from it.
+    absl::StatusOr<FolioHandle> whole = alloc->Allocate(kPageSize2M, fs);
+    return whole.ok() ? 0 : 9;
+  });
+  HUGEMM_NEED(code != testing::kCannotMount, "needs to mount a hugetlbfs (root)");
+  EXPECT_EQ(code, 0) << "2: a folio that fits was refused; 3: not ResourceExhausted; 4: the "
+                        "message does not name the pool and limit; 5: unexpected extents; 6: "
+                        "data changed; 7: a freed folio does not serve; 8: Shrink; 9: after";
+}
+
 // The kernel refusing a 1G page (as when a request is larger than the free 1G pool) is
 // injected at the prefault, so the test never drains the machine's 1G pool.
 class NoHugePagesOs : public OsWrapper {

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -322,6 +323,37 @@ TEST(Hugetlbfs, RejectsBadNamesOffsetsAndMounts) {
       {.kind = BackingKind::kHugetlbfs, .page_size = kPageSize2M, .hugetlbfs_mount = "/tmp"});
   ASSERT_FALSE(wrong.ok());
   EXPECT_THAT(wrong.status().message(), HasSubstr("/tmp is not a hugetlbfs mount"));
+}
+
+// A mount limited by size= fills up while the kernel's pool still has pages: the refusal
+// is ResourceExhausted and names the mount's limit (the pool's counts alone would say
+// there is plenty), a named file the call created is gone again, and what fits maps.
+TEST(Hugetlbfs, AFullMountNamesItsSizeLimitAndLeavesNothing) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  const int code = testing::RunWithSmallHugetlbfs(4 * kPageSize2M, [](const std::string& mount) {
+    auto backing = Backing::Create(
+        {.kind = BackingKind::kHugetlbfs, .page_size = kPageSize2M, .hugetlbfs_mount = mount});
+    if (!backing.ok()) return 2;
+    absl::StatusOr<Extent> first = (*backing)->Map({.length = 2 * kPageSize2M});
+    if (!first.ok()) return 3;
+    // 4M left of 8M: 6M is refused, for a private file and a named one alike.
+    for (const std::string name : {"", "hugemm-full"}) {
+      absl::StatusOr<Extent> over = (*backing)->Map({.length = 3 * kPageSize2M, .name = name});
+      if (over.ok() || over.status().code() != absl::StatusCode::kResourceExhausted) return 4;
+      const std::string msg(over.status().message());
+      if (msg.find(mount + " holds at most 8 MiB") == std::string::npos ||
+          msg.find("size=") == std::string::npos) {
+        std::fprintf(stderr, "message: %s\n", msg.c_str());
+        return 5;
+      }
+    }
+    if (!std::filesystem::is_empty(mount)) return 6;
+    absl::StatusOr<Extent> rest = (*backing)->Map({.length = 2 * kPageSize2M});
+    return rest.ok() ? 0 : 7;
+  });
+  HUGEMM_NEED(code != testing::kCannotMount, "needs to mount a hugetlbfs (root)");
+  EXPECT_EQ(code, 0) << "2, 3, 7: a map that fits was refused; 4: not ResourceExhausted; "
+                        "5: the message does not name the limit; 6: a file was left";
 }
 
 TEST(Anon, FallsBackToFourKPages) {

@@ -7,17 +7,22 @@
 // descriptors, huge page mappings and VmPin). doc/design.md ("Errors") has the same table.
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "hugemm/hugemm.h"
 #include "soak/footprint.h"
+#include "tests/test_util.h"
 
 namespace {
 
@@ -668,6 +673,68 @@ TEST(CApiOpen, AKernelRefusalIsTheKernelsErrno) {
   EXPECT_NE(message.find("EMFILE"), std::string::npos) << message;
   EXPECT_EQ(rt, nullptr);
   hugemm_close(rt);
+}
+
+// Out of descriptors part way through a program's life: the calls that open one (a memfd,
+// a /proc or /sys file) answer the kernel's EMFILE, not -ENOMEM ("no huge pages"), name
+// it, and leave nothing behind; the same runtime serves the next request once
+// descriptors are free. In a child, whose limit is its own.
+TEST(CApiExhaustion, NoDescriptorLeftIsEmfileAndTheRuntimeServesAfterwards) {
+  HUGEMM_NEED_HUGEPAGES(hugemm::kPageSize2M, 4);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    hugemm_runtime* rt = nullptr;
+    if (hugemm_open(nullptr, &rt) != 0) _exit(2);
+    // Memory of the program's own, faulted in, for the registration.
+    void* own = mmap(nullptr, k2M, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+    if (own == MAP_FAILED) _exit(3);
+    const hugemm::soak::ProcessFootprint before = hugemm::soak::ProcessFootprint::Now();
+    rlimit saved{};
+    if (getrlimit(RLIMIT_NOFILE, &saved) != 0) _exit(4);
+    rlimit none = saved;
+    none.rlim_cur = 0;
+    if (setrlimit(RLIMIT_NOFILE, &none) != 0) _exit(4);
+    hugemm_buffer b{};
+    const int map_rc = hugemm_map_buffer(rt, k2M, nullptr, &b);
+    const std::string map_msg = hugemm_last_error();
+    hugemm_buffer_options fs{HUGEMM_BACKING_HUGETLBFS, 0, -1, nullptr};
+    const int alloc_rc = hugemm_alloc(rt, 4096, &fs, 0, &b);
+    const std::string alloc_msg = hugemm_last_error();
+    uint64_t id = 0;
+    const int reg_rc = hugemm_register_external(rt, own, k2M, &id);
+    const std::string reg_msg = hugemm_last_error();
+    if (setrlimit(RLIMIT_NOFILE, &saved) != 0) _exit(4);
+    int bad = 0;
+    for (const auto& [rc, msg, what] :
+         {std::tuple(map_rc, map_msg, "map"), std::tuple(alloc_rc, alloc_msg, "alloc"),
+          std::tuple(reg_rc, reg_msg, "register")}) {
+      if (rc != -EMFILE || msg.find("EMFILE") == std::string::npos) {
+        std::fprintf(stderr, "%s: %d (%s): %s\n", what, rc, std::strerror(-rc), msg.c_str());
+        bad = 5;
+      }
+    }
+    if (bad != 0) _exit(bad);
+    const std::string leak = before.Diff(hugemm::soak::ProcessFootprint::Now());
+    if (!leak.empty()) {
+      std::fprintf(stderr, "left behind: %s\n", leak.c_str());
+      _exit(6);
+    }
+    if (hugemm_map_buffer(rt, k2M, nullptr, &b) != 0 || hugemm_free(rt, b.data) != 0 ||
+        hugemm_register_external(rt, own, k2M, &id) != 0 ||
+        hugemm_unregister_external(rt, id) != 0) {
+      std::fprintf(stderr, "afterwards: %s\n", hugemm_last_error());
+      _exit(7);
+    }
+    hugemm_close(rt);
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0)
+      << "2-4: setup; 5: wrong errno or message; 6: something left behind; 7: refused afterwards";
 }
 
 INSTANTIATE_TEST_SUITE_P(Matrix, CApiErrors, testing::ValuesIn(Matrix()),

@@ -2,6 +2,8 @@
 
 #include <grp.h>
 #include <linux/capability.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -64,6 +66,25 @@ int RunUnprivileged(const std::function<int()>& body) {
       ::_exit(kCannotDropPrivileges);
     }
     ::_exit(body());
+  }
+  int status = 0;
+  if (::waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return -1;
+  return WEXITSTATUS(status);
+}
+
+int RunWithSmallHugetlbfs(size_t size, const std::function<int(const std::string& mount)>& body) {
+  const TempDir dir;  // empty in this process: the mount is the child's
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    const std::string options = "pagesize=2M,size=" + std::to_string(size);
+    if (::unshare(CLONE_NEWNS) != 0 ||
+        ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
+        ::mount("none", dir.path().c_str(), "hugetlbfs", 0, options.c_str()) != 0) {
+      ::_exit(kCannotMount);
+    }
+    ::_exit(body(dir.path()));
   }
   int status = 0;
   if (::waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return -1;

@@ -206,7 +206,9 @@ class Backing final : public std::enable_shared_from_this<Backing> {
   //   OutOfRange         a devdax range beyond the device;
   //   AlreadyExists      a devdax range already mapped by this backing;
   //   ResourceExhausted  no huge page or no free device range left (ENOMEM; hugetlb
-  //                      kinds add the pool's free, reserved and total counts);
+  //                      kinds add the pool's free, reserved and total counts, and
+  //                      hugetlbfs the mount's size= limit when it has one: a full
+  //                      mount refuses while the pool has pages free);
   //   FailedPrecondition a page that landed on another node than requested;
   //   otherwise the code of the failed OS call.
   // A PFN the kernel does not show is recorded as kUnknownPfn, not an error.

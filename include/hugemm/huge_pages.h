@@ -33,7 +33,8 @@ struct HugePagePool {
 // A mounted hugetlbfs file system (a line of /proc/mounts).
 struct HugetlbfsMount {
   std::string path;
-  size_t page_size = 0;  // its pagesize= option, or the default huge page size
+  size_t page_size = 0;   // its pagesize= option, or the default huge page size
+  size_t size_limit = 0;  // its size= option in bytes (what it may hold in all), 0 = none
 };
 
 }  // namespace hugemm

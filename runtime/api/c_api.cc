@@ -158,6 +158,9 @@ void FillBuffer(const hugemm::Buffer& b, hugemm_buffer* out) {
 
 int hugemm::CApiFail(const absl::Status& status) {
   g_last_error = std::string(status.message());
+  // No descriptor left is the kernel's own answer, whatever call opened one: absl files
+  // it under ResourceExhausted, which would read as "no memory" here.
+  if (const int err = ErrnoOf(status); err == EMFILE || err == ENFILE) return -err;
   return NegativeErrnoOf(status.code());
 }
 

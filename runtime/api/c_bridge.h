@@ -53,7 +53,8 @@ namespace hugemm {
 // Sets this thread's message to the status's and returns its negative errno:
 // InvalidArgument and OutOfRange -EINVAL, NotFound -ENOENT, AlreadyExists -EEXIST,
 // PermissionDenied -EPERM, ResourceExhausted -ENOMEM, FailedPrecondition -EFAULT,
-// Unavailable -EAGAIN, Unimplemented -EOPNOTSUPP, anything else -EIO.
+// Unavailable -EAGAIN, Unimplemented -EOPNOTSUPP, anything else -EIO; but -EMFILE and
+// -ENFILE where the status keeps that errno (ErrnoOf: no descriptor was left).
 int CApiFail(const absl::Status& status);
 // Sets this thread's message and returns -err.
 int CApiFail(int err, std::string message);

@@ -27,11 +27,17 @@ namespace hugemm {
 namespace {
 
 // For hugetlb kinds, how many pages of this size the pool still has: the first thing
-// anyone asks after "cannot allocate".
-std::string PoolHint(Os& os, BackingKind kind, size_t page_size, int node) {
-  if (kind != BackingKind::kHugetlb && kind != BackingKind::kHugetlbfs) return "";
-  const std::string counts = sys::DescribePool(os, page_size, node);
-  return counts.empty() ? "" : absl::StrCat(" (", counts, ")");
+// anyone asks after "cannot allocate"; then a limit of the kind's own (a hugetlbfs
+// mount's size=), which may be what ran out while the pool has pages free.
+std::string PoolHint(Os& os, BackingKind kind, size_t page_size, int node,
+                     const std::string& limit) {
+  std::string counts;
+  if (kind == BackingKind::kHugetlb || kind == BackingKind::kHugetlbfs) {
+    counts = sys::DescribePool(os, page_size, node);
+  }
+  const std::string hint =
+      counts.empty() || limit.empty() ? counts + limit : absl::StrCat(counts, "; ", limit);
+  return hint.empty() ? "" : absl::StrCat(" (", hint, ")");
 }
 
 // The prefault of a hugetlb mapping fails with ENOMEM when the pool is short, and with
@@ -143,7 +149,8 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
   // Everything below unwinds through here: the reservation, the fd, the source range.
   std::byte* mapped = nullptr;
   auto with_pool_hint = [&](const absl::Status& status) {
-    return sys::AppendToMessage(status, PoolHint(os, kind_, page_size_, request.node));
+    return sys::AppendToMessage(status,
+                                PoolHint(os, kind_, page_size_, request.node, impl_->LimitHint()));
   };
   auto fail = [&](const absl::Status& status, absl::string_view step) -> absl::Status {
     if (mapped != nullptr) (void)os.Munmap(mapped, length);

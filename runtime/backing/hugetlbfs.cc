@@ -6,9 +6,12 @@
 
 #include <atomic>
 #include <cerrno>
+#include <string>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "hugemm/page_size.h"
 #include "runtime/backing/kind.h"
 #include "runtime/sys/hugepages.h"
 #include "runtime/sys/status.h"
@@ -83,6 +86,20 @@ class HugetlbfsBacking final : public Kind {
     s.offset = offset;
     s.flags = request.shared ? MAP_SHARED : MAP_PRIVATE;
     return s;
+  }
+
+  // A mount with a size= option refuses a mapping once its files would pass it, however
+  // many pages the kernel's pool has free.
+  std::string LimitHint() const override {
+    absl::StatusOr<std::vector<sys::HugetlbfsMount>> mounts = sys::HugetlbfsMounts(os());
+    if (!mounts.ok()) return "";
+    for (const sys::HugetlbfsMount& m : *mounts) {
+      if (m.path == mount_ && m.size_limit != 0) {
+        return absl::StrCat(mount_, " holds at most ", HumanBytes(m.size_limit),
+                            " in all its files (its size= option)");
+      }
+    }
+    return "";
   }
 
  private:

@@ -47,6 +47,9 @@ class Kind {
   // The PFN of source byte `offset` when pagemap does not show it; kUnknownPfn if the
   // kind has no other way to know.
   virtual uint64_t PfnWithoutPagemap(uint64_t /*offset*/) const { return kUnknownPfn; }
+  // For an error of a mapping the kernel refused for want of memory: a limit of the
+  // kind's own that may be what ran out ("" when none).
+  virtual std::string LimitHint() const { return ""; }
 
  private:
   const BackingKind kind_;

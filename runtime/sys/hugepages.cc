@@ -108,6 +108,8 @@ absl::StatusOr<std::vector<HugetlbfsMount>> HugetlbfsMounts(Os& os,
       if (absl::ConsumePrefix(&opt, "pagesize=")) {
         absl::StatusOr<size_t> ps = ParsePageSize(opt);
         if (ps.ok()) m.page_size = *ps;
+      } else if (absl::ConsumePrefix(&opt, "size=")) {
+        (void)absl::SimpleAtoi(opt, &m.size_limit);  // the kernel shows it in bytes
       }
     }
     mounts.push_back(std::move(m));
