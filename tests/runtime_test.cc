@@ -587,5 +587,42 @@ TEST(Runtime, BadRequestsAreClearErrors) {
   EXPECT_FALSE((*rt)->Allocate(size_t{4} << 30).ok());
 }
 
+// Verify reads the folios of the leaves it walked while other threads free their buffers:
+// the descriptors (freed with a MapBuffer buffer's last reference) must outlive the checks.
+// ASan reported a use after free in Verify here before it held one read section over them.
+TEST(Runtime, VerifyWhileOtherBuffersAreFreed) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 5);
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  absl::StatusOr<Buffer> kept = (*rt)->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  std::atomic<bool> stop{false};
+  std::atomic<int> verified{0};
+  std::thread verifier([&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+      // Everything the table maps: the kept buffer and whichever others exist now.
+      absl::StatusOr<VerifyReport> r = (*rt)->Verify(nullptr, SIZE_MAX);
+      EXPECT_TRUE(r.ok()) << r.status();
+      verified.fetch_add(1, std::memory_order_relaxed);
+    }
+  });
+  for (int i = 0; i < 1000 && (i < 50 || verified.load(std::memory_order_relaxed) < 100); ++i) {
+    std::vector<Buffer> batch;
+    for (int j = 0; j < 4; ++j) {
+      absl::StatusOr<Buffer> b = (*rt)->MapBuffer(kPageSize2M);
+      ASSERT_TRUE(b.ok()) << b.status();
+      batch.push_back(std::move(*b));
+    }
+    for (Buffer& b : batch) ASSERT_TRUE(b.Free().ok());
+  }
+  stop = true;
+  verifier.join();
+  EXPECT_GE(verified.load(), 1);
+  absl::StatusOr<VerifyReport> r = (*rt)->Verify(kept->data(), kept->size());
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->ok());
+  EXPECT_EQ(r->leaves_checked[kPageSize2M], 1u);
+}
+
 }  // namespace
 }  // namespace hugemm
