@@ -624,5 +624,39 @@ TEST(Runtime, VerifyWhileOtherBuffersAreFreed) {
   EXPECT_EQ(r->leaves_checked[kPageSize2M], 1u);
 }
 
+// hugemm_unpin_range of a range never pinned is refused (-EFAULT), also while another
+// thread frees the buffer under it: the checks read the folios the walk found, which the
+// free may release meanwhile. ASan reported a use after free in CheckHeld here before the
+// walk and the checks shared one read section.
+TEST(Runtime, UnpinRangeOfAnUnpinnedBufferBeingFreedIsRefused) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  hugemm_runtime* rt = nullptr;
+  ASSERT_EQ(hugemm_open(nullptr, &rt), 0) << hugemm_last_error();
+  std::atomic<void*> victim{nullptr};
+  std::atomic<bool> stop{false};
+  std::atomic<int> tries{0};
+  std::thread unpinner([&] {
+    for (unsigned k = 0; !stop.load(std::memory_order_relaxed); ++k) {
+      void* v = victim.load(std::memory_order_relaxed);
+      if (v == nullptr) continue;
+      const unsigned kind = (k & 1) ? HUGEMM_PIN : HUGEMM_GET;
+      EXPECT_EQ(hugemm_unpin_range(rt, v, 4 * kPageSize2M, kind, 0), -EFAULT);
+      tries.fetch_add(1, std::memory_order_relaxed);
+    }
+  });
+  for (int i = 0; i < 500; ++i) {
+    hugemm_buffer b;
+    ASSERT_EQ(hugemm_map_buffer(rt, 4 * kPageSize2M, nullptr, &b), 0) << hugemm_last_error();
+    victim.store(b.data, std::memory_order_relaxed);
+    // Free it once the other thread has tried it (mapped), as it tries again.
+    for (const int t = tries.load(); tries.load() < t + 2;) std::this_thread::yield();
+    ASSERT_EQ(hugemm_free(rt, b.data), 0) << hugemm_last_error();
+  }
+  stop = true;
+  unpinner.join();
+  EXPECT_GE(tries.load(), 1);
+  hugemm_close(rt);
+}
+
 }  // namespace
 }  // namespace hugemm

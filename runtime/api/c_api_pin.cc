@@ -62,6 +62,9 @@ int CheckOwnersKept(hugemm::Runtime& rt, const void* addr, size_t length, hugemm
   const uintptr_t end =
       (reinterpret_cast<uintptr_t>(addr) + length + kPageSize4KMask) & ~kPageSize4KMask;
   std::map<hugemm::Folio*, size_t> need;
+  // The folios stay readable until the checks are done, even where the range is freed
+  // meanwhile (it was then not held, and the check refuses it).
+  hugemm::ReadSection section;
   for (uintptr_t va = start; va < end;) {
     std::optional<hugemm::Translation> t = rt.Translate(reinterpret_cast<const void*>(va));
     if (!t.has_value()) return 0;
