@@ -3,6 +3,7 @@
 // its buffers, pins and I/O) when the other closes, in either order.
 #include <liburing.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -287,6 +288,69 @@ TEST(MultiRuntime, StatisticsCountOnlyTheirOwn) {
   EXPECT_GT(a_mapped, 0u);
   EXPECT_TRUE(absl::IsNotFound((*b)->Free(allocated->data())));
   EXPECT_TRUE(absl::IsNotFound((*b)->BufferAt(mapped->data()).status()));
+}
+
+// A thread frees a buffer of A; a callback of that frees a buffer of B, whose subscriptions
+// unsubscribe themselves there, so they end once A's announcement is over, still inside the
+// thread's hugemm_free of A. Its calls on B have all returned by then, so another thread may
+// close B meanwhile: the close waits for those ends, which still use B's table.
+TEST(MultiRuntime, ClosingOneWhileAThreadEndsItsSubscriptionsInACallOnTheOther) {
+  constexpr int kSubscriptions = 100;
+  struct State;
+  struct Sub {
+    State* state = nullptr;
+    hugemm_subscription* handle = nullptr;
+  };
+  struct State {
+    hugemm_runtime* b = nullptr;
+    void* b_data = nullptr;
+    Sub subs[kSubscriptions];
+    int heard = 0;  // callbacks of B's subscriptions that ran
+    int b_freed = -1;
+    std::atomic<bool> may_close{false};
+  };
+  for (int round = 0; round < 5; ++round) {
+    State st;
+    hugemm_runtime* a = Open();
+    st.b = Open();
+    ASSERT_TRUE(a && st.b);
+    hugemm_buffer a_buf, b_buf;
+    ASSERT_EQ(hugemm_map_buffer(a, k2M, nullptr, &a_buf), 0) << hugemm_last_error();
+    ASSERT_EQ(hugemm_map_buffer(st.b, k2M, nullptr, &b_buf), 0) << hugemm_last_error();
+    st.b_data = b_buf.data;
+    for (Sub& sub : st.subs) {
+      sub.state = &st;
+      auto unsubscribe = [](void* user, const void*, size_t, int) {
+        Sub* self = static_cast<Sub*>(user);
+        ++self->state->heard;
+        hugemm_unsubscribe(self->handle);  // inside a callback: ended after the announcement
+      };
+      ASSERT_EQ(
+          hugemm_subscribe(st.b, b_buf.data, k2M, unsubscribe, nullptr, &sub, &sub.handle, nullptr),
+          0)
+          << hugemm_last_error();
+    }
+    auto free_b = [](void* user, const void*, size_t, int) {
+      State* s = static_cast<State*>(user);
+      s->b_freed = hugemm_free(s->b, s->b_data);
+    };
+    auto let_close = [](void* user, const void*, size_t, int) {
+      static_cast<State*>(user)->may_close.store(true, std::memory_order_release);
+    };
+    hugemm_subscription* a_sub = nullptr;
+    ASSERT_EQ(hugemm_subscribe(a, a_buf.data, k2M, free_b, let_close, &st, &a_sub, nullptr), 0)
+        << hugemm_last_error();
+    std::thread closer([&st] {
+      while (!st.may_close.load(std::memory_order_acquire)) std::this_thread::yield();
+      hugemm_close(st.b);
+    });
+    EXPECT_EQ(hugemm_free(a, a_buf.data), 0) << hugemm_last_error();
+    closer.join();
+    EXPECT_EQ(st.b_freed, 0);
+    EXPECT_EQ(st.heard, kSubscriptions);
+    hugemm_unsubscribe(a_sub);
+    hugemm_close(a);
+  }
 }
 
 }  // namespace

@@ -587,5 +587,76 @@ TEST(Runtime, BadRequestsAreClearErrors) {
   EXPECT_FALSE((*rt)->Allocate(size_t{4} << 30).ok());
 }
 
+// Verify reads the folios of the leaves it walked while other threads free their buffers:
+// the descriptors (freed with a MapBuffer buffer's last reference) must outlive the checks.
+// ASan reported a use after free in Verify here before it held one read section over them.
+TEST(Runtime, VerifyWhileOtherBuffersAreFreed) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 5);
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  absl::StatusOr<Buffer> kept = (*rt)->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  std::atomic<bool> stop{false};
+  std::atomic<int> verified{0};
+  std::thread verifier([&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+      // Everything the table maps: the kept buffer and whichever others exist now.
+      absl::StatusOr<VerifyReport> r = (*rt)->Verify(nullptr, SIZE_MAX);
+      EXPECT_TRUE(r.ok()) << r.status();
+      verified.fetch_add(1, std::memory_order_relaxed);
+    }
+  });
+  for (int i = 0; i < 1000 && (i < 50 || verified.load(std::memory_order_relaxed) < 100); ++i) {
+    std::vector<Buffer> batch;
+    for (int j = 0; j < 4; ++j) {
+      absl::StatusOr<Buffer> b = (*rt)->MapBuffer(kPageSize2M);
+      ASSERT_TRUE(b.ok()) << b.status();
+      batch.push_back(std::move(*b));
+    }
+    for (Buffer& b : batch) ASSERT_TRUE(b.Free().ok());
+  }
+  stop = true;
+  verifier.join();
+  EXPECT_GE(verified.load(), 1);
+  absl::StatusOr<VerifyReport> r = (*rt)->Verify(kept->data(), kept->size());
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->ok());
+  EXPECT_EQ(r->leaves_checked[kPageSize2M], 1u);
+}
+
+// hugemm_unpin_range of a range never pinned is refused (-EFAULT), also while another
+// thread frees the buffer under it: the checks read the folios the walk found, which the
+// free may release meanwhile. ASan reported a use after free in CheckHeld here before the
+// walk and the checks shared one read section.
+TEST(Runtime, UnpinRangeOfAnUnpinnedBufferBeingFreedIsRefused) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  hugemm_runtime* rt = nullptr;
+  ASSERT_EQ(hugemm_open(nullptr, &rt), 0) << hugemm_last_error();
+  std::atomic<void*> victim{nullptr};
+  std::atomic<bool> stop{false};
+  std::atomic<int> tries{0};
+  std::thread unpinner([&] {
+    for (unsigned k = 0; !stop.load(std::memory_order_relaxed); ++k) {
+      void* v = victim.load(std::memory_order_relaxed);
+      if (v == nullptr) continue;
+      const unsigned kind = (k & 1) ? HUGEMM_PIN : HUGEMM_GET;
+      EXPECT_EQ(hugemm_unpin_range(rt, v, 4 * kPageSize2M, kind, 0), -EFAULT);
+      tries.fetch_add(1, std::memory_order_relaxed);
+    }
+  });
+  for (int i = 0; i < 500; ++i) {
+    hugemm_buffer b;
+    ASSERT_EQ(hugemm_map_buffer(rt, 4 * kPageSize2M, nullptr, &b), 0) << hugemm_last_error();
+    victim.store(b.data, std::memory_order_relaxed);
+    // Free it once the other thread has tried it (mapped), as it tries again.
+    for (const int t = tries.load(); tries.load() < t + 2;) std::this_thread::yield();
+    ASSERT_EQ(hugemm_free(rt, b.data), 0) << hugemm_last_error();
+  }
+  stop = true;
+  unpinner.join();
+  EXPECT_GE(tries.load(), 1);
+  hugemm_close(rt);
+}
+
 }  // namespace
 }  // namespace hugemm

@@ -316,7 +316,10 @@ typedef struct hugemm_subscription hugemm_subscription;
 
 /* Hears changes to [addr, addr + length): `start` before, `end` after (either may be
  * NULL). *sequence (if not NULL) receives a word to read without a call: a registration
- * built while (*seq & 0xffff) == 0 stays valid exactly while *seq is unchanged.
+ * built while (*seq & 0xffff) == 0 stays valid exactly while *seq is unchanged. The runtime
+ * changes it atomically, on the thread that changes the mapping: read it with an acquire
+ * load (GCC and Clang: __atomic_load_n(seq, __ATOMIC_ACQUIRE)), not a plain read, which is
+ * a data race (ThreadSanitizer reports it) and orders none of the reads that follow it.
  * The callbacks run on the thread that changes the mapping, one announcement at a time
  * under the runtime's notifier lock. They may translate, pin, unpin, map and allocate;
  * hugemm_subscribe, hugemm_free, hugemm_register_external and hugemm_unregister_external

@@ -76,11 +76,20 @@ using hugemm::c_api_internal::Fail;
 using hugemm::c_api_internal::Ok;
 
 void EndSubscription(hugemm_subscription* sub) {
+  hugemm_runtime* rt = nullptr;
   {
     std::lock_guard<std::mutex> lock(g_subscriptions_mu);
-    if (sub->rt != nullptr) sub->rt->subscriptions.erase(sub);
+    rt = sub->rt;
+    if (rt != nullptr) {
+      rt->subscriptions.erase(sub);
+      ++rt->ending;
+    }
   }
-  delete sub;
+  delete sub;  // leaves rt's registry, which hugemm_close keeps until then
+  if (rt != nullptr) {
+    std::lock_guard<std::mutex> lock(g_subscriptions_mu);
+    if (--rt->ending == 0) rt->ended.notify_all();
+  }
 }
 
 // Ends what this thread unsubscribed inside callbacks, unless it is inside one now.
@@ -225,12 +234,15 @@ void hugemm_close(hugemm_runtime* rt) {
   DrainDeferred();
   std::vector<std::unique_ptr<hugemm::RangeSubscription>> ended;
   {
-    std::lock_guard<std::mutex> lock(g_subscriptions_mu);
+    std::unique_lock<std::mutex> lock(g_subscriptions_mu);
     for (hugemm_subscription* s : rt->subscriptions) {
       ended.push_back(std::move(s->sub));
       s->rt = nullptr;
     }
     rt->subscriptions.clear();
+    // Ends another thread has under way (a deferred end it finishes in a call on another
+    // runtime, or at its exit) still use the registry.
+    rt->ended.wait(lock, [rt] { return rt->ending == 0; });
   }
   ended.clear();  // outside the lock: a callback running now may unsubscribe
   delete rt;

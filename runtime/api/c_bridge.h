@@ -6,6 +6,7 @@
 #define HUGEMM_RUNTIME_API_C_BRIDGE_H_
 
 #include <cerrno>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -39,6 +40,12 @@ struct hugemm_runtime {
   // Runtime), so that a later hugemm_unsubscribe frees only the handle. Guarded by the C
   // API's subscription mutex, which also guards each subscription's `rt`.
   std::set<hugemm_subscription*> subscriptions;
+  // Subscriptions taken out of `subscriptions` and still leaving the registry: a deferred
+  // end (hugemm_unsubscribe inside a callback) finishes on the thread's next call, which
+  // may be a call on another runtime while this one closes. hugemm_close waits for them.
+  // Guarded by the same mutex.
+  int ending = 0;
+  std::condition_variable ended;
 
   // Handles of the layers above that use the Runtime (hugemm_io, ...), each with what ends
   // that use: hugemm_close calls it before the Runtime goes, so that the handle stays

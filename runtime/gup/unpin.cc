@@ -118,6 +118,11 @@ absl::Status UnpinRange(const PageTable& table, const void* va, size_t length, R
   // One walk: whether every page is still mapped, and the runs of pages of one folio in
   // address order (adjacent leaves of the same folio merged). A hole means the contract
   // was broken and nothing can be given back safely.
+  // The walk and the checks run in one read section: the folios found stay readable while
+  // they are checked, also where the range is unmapped and freed meanwhile (then it was
+  // not pinned, and the checks refuse it). Those that pass are held by the pins released.
+  std::optional<ReadSection> section;
+  section.emplace();
   uintptr_t covered = start;
   bool at_home = true;  // every run lies where its folio's own address puts it
   std::vector<std::pair<Folio*, size_t>> runs;
@@ -165,6 +170,7 @@ absl::Status UnpinRange(const PageTable& table, const void* va, size_t length, R
       i = j;
     }
   }
+  section.reset();  // checked: the references go back outside it, as in every unpin
   for (const auto& [folio, pages] : runs) {
     FolioUngrab(folio, static_cast<int32_t>(pages), kind, dirty);
   }

@@ -6,6 +6,7 @@
 #include "hugemm/page_size.h"
 #include "hugemm/pgtable.h"
 #include "runtime/pgtable/kernel_prot.h"
+#include "runtime/pgtable/rcu.h"
 #include "runtime/pgtable/table.h"
 #include "runtime/sys/frame_check.h"
 #include "runtime/sys/pagemap.h"
@@ -26,6 +27,10 @@ absl::StatusOr<VerifyReport> PageTable::Verify(const void* va, size_t length) co
   }
   absl::StatusOr<std::vector<sys::Vma>> vmas = sys::ReadVmas(os_);
   if (!vmas.ok()) return vmas.status();
+  // One read section over the walk and every check of its leaves: a writer that unmaps
+  // one of them meanwhile drops the folio's mapping references (and its owner may free the
+  // descriptor) only after this section ends (Reclaim).
+  pgtable_internal::ReadLock section;
   std::vector<LogicalLeaf> leaves;
   Walk(va, length, [&](const LogicalLeaf& l) { leaves.push_back(l); });
 
