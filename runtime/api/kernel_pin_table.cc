@@ -58,7 +58,9 @@ absl::StatusOr<std::unique_ptr<KernelPinTable>> KernelPinTable::Create(Os& os,
   std::unique_ptr<KernelPinTable> t(new KernelPinTable(os, options.slots));
   {
     std::lock_guard<std::mutex> lock(t->mu_);
-    for (unsigned i = 0; i < options.slots; ++i) t->free_.insert(t->free_.end(), i);
+    t->free_.reserve(options.slots);
+    // Ascending: a min-heap already.
+    for (unsigned i = 0; i < options.slots; ++i) t->free_.push_back(i);
   }
   if (!options.pin) return t;
   // The statuses keep the kernel's errno (ErrnoOf) under their own codes: the C API
@@ -152,6 +154,7 @@ absl::Status KernelPinTable::MemoryAdded(const MemoryRange& range) {
   }
   const size_t pieces = (range.length + kMaxBuffer - 1) / kMaxBuffer;
   Held held{.range = range};
+  held.slots.reserve(pieces);  // no allocation while slots are out of the heap
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (ranges_.count(start) != 0) {
@@ -174,10 +177,11 @@ absl::Status KernelPinTable::MemoryAdded(const MemoryRange& range) {
     }
     for (size_t i = 0; i < pieces; ++i) {
       const size_t off = i * kMaxBuffer;
-      held.slots.push_back(Slot{.index = *free_.begin(),
+      std::pop_heap(free_.begin(), free_.end(), std::greater<>());
+      held.slots.push_back(Slot{.index = free_.back(),
                                 .data = range.data + off,
                                 .length = std::min(kMaxBuffer, range.length - off)});
-      free_.erase(free_.begin());
+      free_.pop_back();
     }
   }
   // The system calls outside the lock: other ranges come and go meanwhile.
@@ -198,7 +202,7 @@ absl::Status KernelPinTable::MemoryAdded(const MemoryRange& range) {
     }
     const std::string why = Explain(failed, range.length);
     std::lock_guard<std::mutex> lock(mu_);
-    for (const Slot& s : held.slots) free_.insert(s.index);
+    for (const Slot& s : held.slots) GiveBack(s.index);
     held.slots.clear();
     if (range.backing == BackingKind::kDevDax) {
       // Device memory never moves and needs no kernel pin: it is only no fixed buffer.
@@ -248,7 +252,7 @@ void KernelPinTable::MemoryRemoving(const MemoryRange& range) {
     (void)os_.IoUringUpdateBuffers(ring_fd_, s.index, {&empty, 1});
   }
   std::lock_guard<std::mutex> lock(mu_);
-  for (const Slot& s : held.slots) free_.insert(s.index);
+  for (const Slot& s : held.slots) GiveBack(s.index);
 }
 
 std::vector<KernelPinTable::Slot> KernelPinTable::SlotsOf(const void* data) const {

@@ -33,12 +33,13 @@
 #ifndef HUGEMM_RUNTIME_API_KERNEL_PIN_TABLE_H_
 #define HUGEMM_RUNTIME_API_KERNEL_PIN_TABLE_H_
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -118,13 +119,19 @@ class KernelPinTable final : public MemoryObserver {
   std::string Explain(const absl::Status& status, size_t bytes) const;
   // The ring is the process's that made it, not this one's (a child of fork()).
   bool RingOfParent() const { return ring_fd_ >= 0 && InForkedChild(); }
+  void GiveBack(unsigned slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    free_.push_back(slot);
+    std::push_heap(free_.begin(), free_.end(), std::greater<>());
+  }
 
   Os& os_;
   const ForkWatch fork_;  // the process that made the ring
   int ring_fd_ = -1;
   SlotIndex index_;
-  mutable std::mutex mu_;                         // std::mutex: visible to ThreadSanitizer
-  std::set<unsigned> free_ ABSL_GUARDED_BY(mu_);  // lowest first
+  mutable std::mutex mu_;  // std::mutex: visible to ThreadSanitizer
+  // The free slots, a min-heap (lowest first) whose capacity holds every slot: giving one
+  // back never allocates.
+  std::vector<unsigned> free_ ABSL_GUARDED_BY(mu_);
   struct Held {
     MemoryRange range;
     std::vector<Slot> slots;
