@@ -64,8 +64,9 @@ typedef struct hugemm_options {
 } hugemm_options;
 
 /* Opens a runtime. `options` may be NULL for the defaults.
- * -EINVAL: NULL out, an unknown refcount mode. Otherwise the errno of what the kernel
- * refused (e.g. io_uring for kernel pins), named by the message. */
+ * -EINVAL: NULL out, an unknown refcount mode. -ENOMEM: no memory for the runtime's own
+ * tables (the heap, or the address space RLIMIT_AS allows). Otherwise the errno of what
+ * the kernel refused (e.g. io_uring for kernel pins), named by the message. */
 int hugemm_open(const hugemm_options* options, hugemm_runtime** out);
 /* Frees every buffer still held, ends every subscription still open (no callback runs
  * for the buffers it frees; their handles stay valid for hugemm_unsubscribe alone), detaches every

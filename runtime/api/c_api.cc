@@ -6,6 +6,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <new>
 #include <set>
 #include <string>
 #include <tuple>
@@ -199,11 +200,20 @@ int hugemm_open(const hugemm_options* options, hugemm_runtime** out) {
                                                             : hugemm::RefGranularity::kFolio;
     ro.kernel_pins = options->kernel_pins != 0;
   }
-  absl::StatusOr<std::unique_ptr<hugemm::Runtime>> rt = hugemm::Runtime::Open(ro);
-  // What fails here is the kernel's refusal (the io_uring of the kernel pins, a file):
-  // its own errno, as hugemm.h promises, not the status code's.
-  if (!rt.ok()) return hugemm::CApiFailKernel(rt.status());
-  *out = new hugemm_runtime{std::move(*rt)};
+  // The Runtime's own tables come from the heap, which may be out (an RLIMIT_AS nearly
+  // reached): an exception must not leave a C function. Whatever was made is freed on
+  // the way out.
+  try {
+    absl::StatusOr<std::unique_ptr<hugemm::Runtime>> rt = hugemm::Runtime::Open(ro);
+    // What fails here is the kernel's refusal (the io_uring of the kernel pins, a file):
+    // its own errno, as hugemm.h promises, not the status code's.
+    if (!rt.ok()) return hugemm::CApiFailKernel(rt.status());
+    *out = new hugemm_runtime{std::move(*rt)};
+  } catch (const std::bad_alloc&) {
+    return Fail(ENOMEM,
+                "hugemm_open: out of memory for the runtime's tables (the heap, or "
+                "the address space RLIMIT_AS allows)");
+  }
   return Ok();
 }
 
