@@ -104,28 +104,18 @@ size_t UnpinSpans(absl::Span<const FolioSpan> spans, RefKind kind, bool dirty) {
   return ops;
 }
 
-absl::Status UnpinRange(const PageTable& table, const void* va, size_t length, RefKind kind,
-                        bool dirty, int64_t keep) {
-  const auto lo = reinterpret_cast<uintptr_t>(va);
-  const uintptr_t mask = kPageSize4K - 1;
-  if (lo + length < lo || lo + length > std::numeric_limits<uintptr_t>::max() - mask) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("range [0x%x, +%u) wraps the address space", lo, length));
-  }
-  if (length == 0) return absl::OkStatus();
-  const uintptr_t start = lo & ~mask;
-  const uintptr_t end = (lo + length + mask) & ~mask;
+namespace {
+
+// UnpinRange's walk and checks of the page-aligned [start, end): the runs of pages of one
+// folio in address order into `runs`, or why nothing may be unpinned. Called inside a read
+// section, which keeps the folios it finds readable.
+absl::Status WalkAndCheck(const PageTable& table, uintptr_t start, uintptr_t end, RefKind kind,
+                          int64_t keep, std::vector<std::pair<Folio*, size_t>>& runs) {
   // One walk: whether every page is still mapped, and the runs of pages of one folio in
   // address order (adjacent leaves of the same folio merged). A hole means the contract
   // was broken and nothing can be given back safely.
-  // The walk and the checks run in one read section: the folios found stay readable while
-  // they are checked, also where the range is unmapped and freed meanwhile (then it was
-  // not pinned, and the checks refuse it). Those that pass are held by the pins released.
-  std::optional<ReadSection> section;
-  section.emplace();
   uintptr_t covered = start;
   bool at_home = true;  // every run lies where its folio's own address puts it
-  std::vector<std::pair<Folio*, size_t>> runs;
   table.Walk(reinterpret_cast<const void*>(start), end - start, [&](const LogicalLeaf& l) {
     const uintptr_t lo = std::max(l.va, start);
     const uintptr_t hi = std::min(l.va + l.bytes, end);
@@ -170,7 +160,31 @@ absl::Status UnpinRange(const PageTable& table, const void* va, size_t length, R
       i = j;
     }
   }
-  section.reset();  // checked: the references go back outside it, as in every unpin
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status UnpinRange(const PageTable& table, const void* va, size_t length, RefKind kind,
+                        bool dirty, int64_t keep) {
+  const auto lo = reinterpret_cast<uintptr_t>(va);
+  const uintptr_t mask = kPageSize4K - 1;
+  if (lo + length < lo || lo + length > std::numeric_limits<uintptr_t>::max() - mask) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("range [0x%x, +%u) wraps the address space", lo, length));
+  }
+  if (length == 0) return absl::OkStatus();
+  const uintptr_t start = lo & ~mask;
+  const uintptr_t end = (lo + length + mask) & ~mask;
+  // The walk and the checks run in one read section: the folios found stay readable while
+  // they are checked, also where the range is unmapped and freed meanwhile (then it was
+  // not pinned, and the checks refuse it). Those that pass are held by the pins released,
+  // which go back outside it, as in every unpin.
+  std::vector<std::pair<Folio*, size_t>> runs;
+  {
+    ReadSection section;
+    if (absl::Status st = WalkAndCheck(table, start, end, kind, keep, runs); !st.ok()) return st;
+  }
   for (const auto& [folio, pages] : runs) {
     FolioUngrab(folio, static_cast<int32_t>(pages), kind, dirty);
   }

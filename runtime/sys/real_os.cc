@@ -282,9 +282,10 @@ class RealOs final : public Os {
   absl::Status VfioCheckContainer(int container_fd) override {
     const int version = ::ioctl(container_fd, VFIO_GET_API_VERSION);
     if (version < 0) {
-      return ErrnoStatus(errno,
+      const int err = errno;
+      return ErrnoStatus(err,
                          absl::StrCat("VFIO_GET_API_VERSION on descriptor ", container_fd,
-                                      errno == EBADF ? " (not open)" : " (not a VFIO container)"));
+                                      err == EBADF ? " (not open)" : " (not a VFIO container)"));
     }
     if (version != VFIO_API_VERSION) {
       return ErrnoStatus(EPROTO, absl::StrCat("VFIO_GET_API_VERSION: version ", version, ", not ",
@@ -293,8 +294,9 @@ class RealOs final : public Os {
     vfio_iommu_type1_info info = {};
     info.argsz = sizeof(info);
     if (::ioctl(container_fd, VFIO_IOMMU_GET_INFO, &info) != 0) {
-      return ErrnoStatus(errno, absl::StrCat("VFIO_IOMMU_GET_INFO on VFIO container ", container_fd,
-                                             " (no IOMMU set: VFIO_SET_IOMMU first)"));
+      const int err = errno;
+      return ErrnoStatus(err, absl::StrCat("VFIO_IOMMU_GET_INFO on VFIO container ", container_fd,
+                                           " (no IOMMU set: VFIO_SET_IOMMU first)"));
     }
     return absl::OkStatus();
   }
