@@ -51,8 +51,12 @@ absl::Status CheckHeld(const PageTable& table, Folio* folio, size_t pages, RefKi
   // A pin of a large folio is counted in its pincount; one of an order-0 folio adds
   // kPinBias to its refcount (folio.h). Each table entry mapping the folio holds one
   // reference besides.
-  const int64_t refcount = folio->refcount();
-  const int64_t pins = folio->large() ? folio->pincount() : refcount / kPinBias;
+  // Both counts from one load of their word: read apart, a pin made between the reads
+  // would count in one and not the other, and a range truly held look short.
+  const uint64_t counts = folio->counts.load(std::memory_order_acquire);
+  const int64_t refcount = static_cast<int32_t>(static_cast<uint32_t>(counts));
+  const int64_t pins =
+      folio->large() ? static_cast<int32_t>(counts >> Folio::kPincountShift) : refcount / kPinBias;
   int64_t held = pins;
   if (kind == RefKind::kGet) {
     int64_t mappings = 0;
