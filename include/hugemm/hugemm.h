@@ -72,7 +72,8 @@ int hugemm_open(const hugemm_options* options, hugemm_runtime** out);
  * for the buffers it frees; their handles stay valid for hugemm_unsubscribe alone), detaches every
  * hugemm_io and hugemm_vfio still attached and destroys every hugemm_mr_cache still alive
  * (hugemm_io.h, hugemm_vfio.h, hugemm_verbs.h; each handle is likewise left for its own release
- * call) and closes. Memory still pinned (a page array, spans or segments not unpinned) may still be
+ * call; a hugemm_mr still held keeps its registration and memory until hugemm_mr_put) and
+ * closes. Memory still pinned (a page array, spans or segments not unpinned) may still be
  * in a device's hands: it stays mapped, with its huge pages, until the process exits, but loses its
  * kernel pin (the ring closes), so the kernel may move it: unpin before closing. NULL is ignored.
  * fork(): a child process has none of the runtime's memory (it is MADV_DONTFORK) and

@@ -51,9 +51,11 @@ typedef struct hugemm_mr_cache_options {
 } hugemm_mr_cache_options;
 
 /* A cache over `rt`'s memory. `options` may be NULL for the defaults. -EINVAL for an
- * unknown scope. Put every hugemm_mr before hugemm_close (its put unpins through the
- * runtime). hugemm_close destroys a cache still alive, as hugemm_mr_cache_destroy does:
- * the handle then answers -EINVAL to all but hugemm_mr_cache_destroy, which frees it. */
+ * unknown scope. hugemm_close destroys a cache still alive, as hugemm_mr_cache_destroy does:
+ * the handle then answers -EINVAL to all but hugemm_mr_cache_destroy, which frees it. A
+ * hugemm_mr still held at hugemm_close keeps its registration, and the memory under it
+ * stays mapped (the device may still be using it), until its hugemm_mr_put: that
+ * deregisters it, unpins, and the memory goes back. */
 int hugemm_mr_cache_create(hugemm_runtime* rt, const hugemm_mr_cache_options* options,
                            hugemm_mr_cache** out);
 /* Deregisters every registration no hugemm_mr holds (a held one goes with its last

@@ -108,8 +108,10 @@ class MrCache;
 
 // A registration held for a work request, with a pin on the folios under the requested
 // bytes. Move-only; releasing it (or dropping it) unpins and lets the cache reuse,
-// evict or deregister the registration. The runtime must outlive it; the cache need not
-// (a handle left over when the cache goes away deregisters its registration itself).
+// evict or deregister the registration. Neither the cache nor the runtime need outlive it
+// (the runtime must outlive the cache): a handle left over when the cache goes away
+// deregisters its registration itself, and one left over when the runtime goes too keeps
+// the memory under it mapped until its release gives it back, after the deregistration.
 //
 // Thread safety: like a value: one thread at a time may use or release a handle.
 class MrHandle {

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/strings/str_format.h"
+#include "hugemm/folio.h"
 
 namespace hugemm::verbs_internal {
 namespace {
@@ -138,11 +139,14 @@ absl::StatusOr<MrHandle> CacheCore::Get(ibv_pd* pd, const void* addr, size_t len
 void CacheCore::Release(MrHandle& handle) {
   MrEntry* e = std::exchange(handle.entry_, nullptr);
   if (e == nullptr) return;
-  Pinner* pinner = e->pinner;
   // Deregistration (if this was the last handle of a dropped registration) comes first:
   // the memory may go back only once the device can no longer reach it.
   DropReference(e);
-  pinner->UnpinFolios(handle.spans_, RefKind::kPin, handle.dirty_);
+  // Through the folios alone, which outlive the runtime while they hold a pin: a handle
+  // may be released after the runtime went (hugemm_close).
+  for (const FolioSpan& s : handle.spans_) {
+    FolioUngrab(s.folio, static_cast<int32_t>(s.pages), RefKind::kPin, handle.dirty_);
+  }
   handle.spans_.clear();
 }
 

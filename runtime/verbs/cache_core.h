@@ -58,7 +58,8 @@ class CacheCore {
   MrCacheStats Stats();
   const MrCacheOptions& options() const { return options_; }
 
-  // A handle's release: gives its reference back (entry may be orphaned) and unpins.
+  // A handle's release: gives its reference back (entry may be orphaned) and unpins. Needs
+  // neither the cache nor the runtime.
   static void Release(MrHandle& handle);
 
   // Tests: a cache that never checks validity (and so never drops a registration when

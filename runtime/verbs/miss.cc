@@ -86,7 +86,6 @@ absl::StatusOr<MrHandle> CacheCore::Miss(ibv_pd* pd, uintptr_t addr, size_t leng
   MrEntry* e = entry.get();
   e->core = this;
   e->registrar = &registrar_;
-  e->pinner = &runtime_.pinner();
   e->pd = pd;
   e->start = unit->start;
   e->length = unit->length;

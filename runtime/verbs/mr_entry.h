@@ -32,7 +32,6 @@ struct MrEntry {
   // locks order the writes before every reader).
   CacheCore* core = nullptr;  // nullptr once the cache is gone: the last release cleans up
   MrRegistrar* registrar = nullptr;
-  Pinner* pinner = nullptr;
   ibv_pd* pd = nullptr;
   uintptr_t start = 0;  // the range registered
   size_t length = 0;

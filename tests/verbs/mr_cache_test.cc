@@ -7,8 +7,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <memory>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -554,6 +557,37 @@ TEST_F(MrCacheTest, AChildOfForkDeregistersAndRegistersNothing) {
   b.Release();
   EXPECT_EQ(fake_.deregistered(), deregistered + 1);
   EXPECT_EQ(fake_.registered(), registered);
+}
+
+// What hugemm_close does under a handle still held: the cache goes, then the runtime. The
+// memory under the held registration stays mapped on the same frames; the handle's
+// release deregisters it, then unpins through the folios alone, and the memory goes back.
+TEST_F(MrCacheTest, AHandleReleasedAfterItsRuntimeWentDeregistersThenGivesTheMemoryBack) {
+  Cache();
+  Buffer held = Map(kPageSize2M);
+  Buffer unheld = Map(kPageSize2M);
+  std::byte* addr = held.data();
+  MrHandle h = MustGet(addr, 4096);
+  { MrHandle u = MustGet(unheld.data(), 4096); }
+  ASSERT_EQ(fake_.live(), 2u);
+  const size_t deregistered = fake_.deregistered();
+  held.Detach();  // left to the runtime's close, as the C API leaves its buffers
+  unheld.Detach();
+
+  cache_.reset();
+  EXPECT_EQ(fake_.deregistered(), deregistered + 1);  // the registration no handle held
+  rt_.reset();
+  ASSERT_EQ(fake_.live(), 1u);
+  // Still mapped, on the frames it was registered with.
+  std::optional<std::string> stale = fake_.Stale(h.mr(), addr, 4096);
+  EXPECT_FALSE(stale.has_value()) << *stale;
+  h.Release();
+  EXPECT_EQ(fake_.live(), 0u);
+  EXPECT_EQ(fake_.deregistered(), deregistered + 2);
+  // The last pin of the closed runtime's folio: its memory is unmapped.
+  unsigned char resident = 0;
+  EXPECT_EQ(mincore(addr, 4096, &resident), -1);
+  EXPECT_EQ(errno, ENOMEM);
 }
 
 }  // namespace

@@ -2,7 +2,10 @@
 // device made, and data a peer wrote through them. A queue pair on rxe_b writes into
 // memory registered on rxe_a, so what "stale" means is seen in the data itself: a write
 // through a stale registration lands in memory the process no longer maps.
+#include <sys/mman.h>
+
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -291,6 +294,45 @@ TEST_F(RdmaVmTest, CApiRegistersThroughTheDevice) {
   EXPECT_EQ(s.invalidations, 1u);
   hugemm_mr_cache_destroy(cache);
   hugemm_close(rt);
+}
+
+// A hugemm_mr still held at hugemm_close: its registration and the memory under it stay
+// (the device may still be using them) until its put, which deregisters it, then unpins,
+// and the memory goes back.
+TEST_F(RdmaVmTest, CApiAHandleHeldAtCloseKeepsItsRegistrationUntilItsPut) {
+  hugemm_runtime* rt = nullptr;
+  ASSERT_EQ(hugemm_open(nullptr, &rt), 0);
+  hugemm_buffer buf;
+  ASSERT_EQ(hugemm_map_buffer(rt, kPageSize2M, nullptr, &buf), 0) << hugemm_last_error();
+  hugemm_mr_cache* cache = nullptr;
+  ASSERT_EQ(hugemm_mr_cache_create(rt, nullptr, &cache), 0) << hugemm_last_error();
+  hugemm_mr* mr = nullptr;
+  ASSERT_EQ(hugemm_mr_get(cache, a_->pd(), buf.data, 4096, kAccess, &mr), 0) << hugemm_last_error();
+  hugemm_buffer other;  // a second registration, given back before the close
+  ASSERT_EQ(hugemm_map_buffer(rt, kPageSize2M, nullptr, &other), 0) << hugemm_last_error();
+  hugemm_mr* unheld = nullptr;
+  ASSERT_EQ(hugemm_mr_get(cache, a_->pd(), other.data, 64, kAccess, &unheld), 0);
+  hugemm_mr_put(unheld);
+  const auto remote = reinterpret_cast<uintptr_t>(buf.data);
+  auto* bytes = static_cast<std::byte*>(buf.data);
+  const uint32_t rkey = hugemm_mr_rkey(mr);
+  const uint32_t lkey = hugemm_mr_lkey(mr);
+
+  hugemm_close(rt);
+  // Still registered, still mapped: the peer's write lands in the buffer's memory.
+  EXPECT_EQ(hugemm_mr_rkey(mr), rkey);
+  EXPECT_EQ(hugemm_mr_lkey(mr), lkey);
+  ASSERT_EQ(WriteFromB(remote, rkey, 256, std::byte{0x5a}), IBV_WC_SUCCESS);
+  EXPECT_TRUE(All(bytes, 256, std::byte{0x5a}));
+  hugemm_mr_cache_stats s;
+  EXPECT_EQ(hugemm_mr_cache_stats_get(cache, &s), -EINVAL);  // the cache went with the close
+  hugemm_mr_put(mr);
+  // Deregistered by the put: the key no longer reaches the memory, which is unmapped.
+  EXPECT_EQ(WriteFromB(remote, rkey, 64, std::byte{0x11}), IBV_WC_REM_ACCESS_ERR);
+  unsigned char resident = 0;
+  EXPECT_EQ(mincore(bytes, 4096, &resident), -1);
+  EXPECT_EQ(errno, ENOMEM);
+  hugemm_mr_cache_destroy(cache);
 }
 
 }  // namespace
