@@ -59,6 +59,49 @@ TEST_P(RuntimeTest, BufferIsMappedVerifiedAndKernelPinned) {
   EXPECT_EQ(testing::VmPinKb(), pinned_before) << "the kernel pin outlived the buffer";
 }
 
+// Pages that freed allocations left in the runtime's pools are the runtime's to give back:
+// a buffer, or a folio of another pool, that needs them gets them instead of a refusal
+// that blames the kernel's pool. Here a mount of one page stands for a scarce kind (a
+// machine's few 1G pages): a pool takes its page for a 4K folio and keeps it, free, after
+// the folio is freed.
+TEST_P(RuntimeTest, MemoryNeedsWhatThePoolsHoldFree) {
+  const size_t page = GetParam();
+  HUGEMM_NEED_HUGEPAGES(page, 1);
+  const int code = testing::RunWithSmallHugetlbfs(
+      page,
+      [page](const std::string& mount) {
+        absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
+        if (!rt.ok()) return 2;
+        const AllocOptions any{
+            .backing = BackingKind::kHugetlbfs, .page_size = page, .hugetlbfs_mount = mount};
+        AllocOptions node0 = any;
+        node0.node = 0;
+        absl::StatusOr<Buffer> small = (*rt)->Allocate(kPageSize4K, any);
+        if (!small.ok() || !small->Free().ok()) return 3;
+        // The page is the "any node" pool's, free.
+        absl::StatusOr<Buffer> buf = (*rt)->MapBuffer(
+            page,
+            {.backing = BackingKind::kHugetlbfs, .page_size = page, .hugetlbfs_mount = mount});
+        if (!buf.ok()) {
+          std::fprintf(stderr, "map: %s\n", buf.status().ToString().c_str());
+          return 4;
+        }
+        if (!buf->Free().ok()) return 5;
+        small = (*rt)->Allocate(kPageSize4K, any);
+        if (!small.ok() || !small->Free().ok()) return 6;
+        // Again the "any node" pool's: node 0's pool is another, and grows from it.
+        small = (*rt)->Allocate(kPageSize4K, node0);
+        if (!small.ok()) {
+          std::fprintf(stderr, "allocate: %s\n", small.status().ToString().c_str());
+          return 7;
+        }
+        return 0;
+      },
+      page);
+  HUGEMM_NEED(code != testing::kCannotMount, "needs to mount a hugetlbfs (root)");
+  EXPECT_EQ(code, 0);
+}
+
 INSTANTIATE_TEST_SUITE_P(PageSizes, RuntimeTest, ::testing::Values(kPageSize2M, kPageSize1G),
                          [](const auto& info) { return PageSizeName(info.param); });
 

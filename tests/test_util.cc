@@ -72,13 +72,15 @@ int RunUnprivileged(const std::function<int()>& body) {
   return WEXITSTATUS(status);
 }
 
-int RunWithSmallHugetlbfs(size_t size, const std::function<int(const std::string& mount)>& body) {
+int RunWithSmallHugetlbfs(size_t size, const std::function<int(const std::string& mount)>& body,
+                          size_t page_size) {
   const TempDir dir;  // empty in this process: the mount is the child's
   std::fflush(nullptr);
   const pid_t pid = ::fork();
   if (pid < 0) return -1;
   if (pid == 0) {
-    const std::string options = "pagesize=2M,size=" + std::to_string(size);
+    const std::string options =
+        "pagesize=" + std::to_string(page_size >> 20) + "M,size=" + std::to_string(size);
     if (::unshare(CLONE_NEWNS) != 0 ||
         ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
         ::mount("none", dir.path().c_str(), "hugetlbfs", 0, options.c_str()) != 0) {

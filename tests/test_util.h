@@ -66,13 +66,14 @@ inline constexpr int kCannotDropPrivileges = 99;
 int RunUnprivileged(const std::function<int()>& body);
 
 // Runs `body` in a child of fork() with a mount namespace of its own, in which a hugetlbfs
-// of 2M pages limited to `size` bytes (its size= option) is mounted: what a program meets
-// when a mount it shares fills up, without touching the machine's pools. The mount is the
-// child's alone and goes with it. Returns the child's exit code: body's result,
-// kCannotMount when the namespace or the mount is refused (not root), or -1 when it did
-// not exit.
+// of `page_size` pages (2M or 1G) limited to `size` bytes (its size= option) is mounted:
+// what a program meets when a mount it shares fills up, without touching the machine's
+// pools. The mount is the child's alone and goes with it. Returns the child's exit code:
+// body's result, kCannotMount when the namespace or the mount is refused (not root), or -1
+// when it did not exit.
 inline constexpr int kCannotMount = 98;
-int RunWithSmallHugetlbfs(size_t size, const std::function<int(const std::string& mount)>& body);
+int RunWithSmallHugetlbfs(size_t size, const std::function<int(const std::string& mount)>& body,
+                          size_t page_size = 2 << 20);
 
 // The device-DAX device under test ($HUGEMM_TEST_DAX), or "".
 inline std::string TestDaxDevice() {

@@ -198,11 +198,14 @@ class Runtime {
   // `length` bytes (a multiple of the page size) as one folio per native page. Besides
   // the backing's errors: InvalidArgument for a length beyond the address space; what a
   // memory observer refused it with, e.g. the kernel pin table's ResourceExhausted (no
-  // slot left, RLIMIT_MEMLOCK reached).
+  // slot left, RLIMIT_MEMLOCK reached). Huge pages the allocator's pools hold free (left
+  // by freed Allocate buffers) are the runtime's: when the kernel has none left for the
+  // buffer, the pools give theirs back (Allocator::Shrink) and the map is tried again.
   absl::StatusOr<Buffer> MapBuffer(size_t length, const BufferOptions& options = {});
   // One folio of at least `bytes` from the allocator (see alloc.h; the kernel pin
   // table's errors come from there when the pool grows). FailedPrecondition in a child
-  // of fork() (see the top of this file).
+  // of fork() (see the top of this file). A pool that cannot grow for want of huge pages
+  // gets those the other pools hold free, as MapBuffer does.
   absl::StatusOr<Buffer> Allocate(size_t bytes, const AllocOptions& options = {});
   // Memory this program mapped itself, as borrowed folios (pinnable, never LONGTERM).
   // Nothing tells the runtime when the program unmaps or changes it later: unpin and

@@ -226,10 +226,14 @@ absl::StatusOr<Buffer> Runtime::MapBuffer(size_t length, const BufferOptions& op
                     .os = &os_};
   absl::StatusOr<std::shared_ptr<Backing>> backing = Backing::Create(bo);
   if (!backing.ok()) return backing.status();
-  absl::StatusOr<Extent> extent = (*backing)->Map({.length = length,
-                                                   .node = options.node,
-                                                   .shared = options.shared,
-                                                   .name = options.file_name});
+  const MapRequest request{
+      .length = length, .node = options.node, .shared = options.shared, .name = options.file_name};
+  absl::StatusOr<Extent> extent = (*backing)->Map(request);
+  // Huge pages this runtime's pools hold free are its own to give back: a 1G page a freed
+  // allocation left in a pool would otherwise stay out of reach until the runtime closes.
+  if (extent.status().code() == absl::StatusCode::kResourceExhausted && allocator_->Shrink() > 0) {
+    extent = (*backing)->Map(request);
+  }
   if (!extent.ok()) return extent.status();
 
   auto* record = new BufferRecord();
@@ -287,6 +291,11 @@ absl::StatusOr<Buffer> Runtime::Allocate(size_t bytes, const AllocOptions& optio
   if (kernel_pins_->InForkedChild()) [[unlikely]]
     return RefuseInForkedChild(absl::StrCat("allocate ", bytes, " bytes"));
   absl::StatusOr<FolioHandle> handle = allocator_->Allocate(bytes, options);
+  // Another pool may hold free the pages this one needs: hugetlb and hugetlbfs pools of a
+  // page size draw on the same kernel pool.
+  if (handle.status().code() == absl::StatusCode::kResourceExhausted && allocator_->Shrink() > 0) {
+    handle = allocator_->Allocate(bytes, options);
+  }
   if (!handle.ok()) return handle.status();
   Folio* folio = handle->folio();
   if (absl::Status st = table_->Map(folio, folio->data, kProtRead | kProtWrite); !st.ok()) {
