@@ -46,7 +46,9 @@ absl::Status StopError(const PinRequest& req, Stop why, uintptr_t va, size_t ent
           absl::StrFormat("%s: 0x%x kept changing under the fast path", what, va));
     case Stop::kFull:
       return absl::ResourceExhaustedError(
-          absl::StrFormat("%s: the output is full after %u entries at 0x%x", what, entries, va));
+          absl::StrFormat("%s: the output has no room for the entries from 0x%x on (%u written "
+                          "before them)",
+                          what, va, entries));
     case Stop::kUnencodable:
       return absl::InvalidArgumentError(absl::StrFormat(
           "%s: the folio at 0x%x has a descriptor a page-array entry cannot hold; use folio "
