@@ -138,9 +138,11 @@ int hugemm_map_buffer(hugemm_runtime* rt, size_t length, const hugemm_buffer_opt
 int hugemm_alloc(hugemm_runtime* rt, size_t bytes, const hugemm_buffer_options* options,
                  int uninitialized, hugemm_buffer* out);
 /* Frees the buffer starting at `data` (from hugemm_map_buffer or hugemm_alloc). Its
- * memory is reused only after the last pin on it is gone. A hugemm_alloc buffer's huge
- * page stays in the runtime's pool, for its next allocations; hugemm_map_buffer and
- * hugemm_alloc take such pages back when the kernel has none left. -ENOENT: `data` is not the
+ * memory is reused only after the last pin on it is gone. A hugemm_alloc buffer's memory
+ * stays in the runtime's pool for its next allocations; when the kernel has no huge page
+ * left, hugemm_map_buffer and hugemm_alloc give the pools' wholly free pages back and try
+ * again (a small buffer freed on another thread may wait in that thread's cache, keeping
+ * its page, until that thread reuses it or exits). -ENOENT: `data` is not the
  * start of a buffer of this runtime (NULL, inside one, freed, another runtime's).
  * -EDEADLK: called from a notifier callback of this runtime (see hugemm_subscribe). */
 int hugemm_free(hugemm_runtime* rt, void* data);
