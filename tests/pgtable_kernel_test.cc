@@ -6,7 +6,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -111,6 +113,44 @@ TEST(PageTableKernelTest, RealDevDaxVerifies) {
   absl::StatusOr<Extent> e = MapExtent(BackingKind::kDevDax, 0, 2, dax);
   HUGEMM_ASSERT_OK(e);
   MapAndVerify(*e);
+}
+
+// A folio carved from a huge page (an allocation smaller than it) is mapped inside that
+// page by its natural leaves: no page-size mismatch, its frames held as the huge page's
+// tails. A wrong PFN in it is still named.
+TEST(PageTableKernelTest, FolioCarvedFromAHugePageVerifies) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  HUGEMM_NEED(sys::CanReadPfns(Os::Default()), "pagemap hides PFNs from this process");
+  absl::StatusOr<Extent> e = MapExtent(BackingKind::kHugetlb, kPageSize2M, 1);
+  HUGEMM_ASSERT_OK(e);
+  std::memset(e->data(), 0, e->size());
+  std::vector<std::unique_ptr<Folio>> folios;
+  PageTable table(DetectHostGeometry());  // goes first, dropping its folio references
+  // 16K at 64K (four PTE leaves) and 4K at 1M.
+  for (const auto& [offset, order] : {std::pair<size_t, int>{64 << 10, 2}, {1 << 20, 0}}) {
+    auto f = std::make_unique<Folio>();
+    f->order = static_cast<uint8_t>(order);
+    f->data = e->data() + offset;
+    f->head_pfn = e->pfn(0) + offset / kPageSize4K;
+    f->counts.store(Folio::CountsWord(1, 0));
+    HUGEMM_ASSERT_OK(table.Map(f.get(), f->data, kRW));
+    folios.push_back(std::move(f));
+  }
+  absl::StatusOr<VerifyReport> r = table.Verify(e->data(), e->size());
+  HUGEMM_ASSERT_OK(r);
+  EXPECT_TRUE(r->ok()) << Joined(*r);
+  EXPECT_EQ(r->leaves_checked[kPageSize4K], 5u);
+  EXPECT_TRUE(r->flags_checked);
+
+  folios[0]->head_pfn += 1;  // the tamper
+  r = table.Verify(e->data(), e->size());
+  HUGEMM_ASSERT_OK(r);
+  ASSERT_FALSE(r->ok());
+  EXPECT_THAT(Joined(*r),
+              HasSubstr(absl::StrFormat("%p: PFN recorded 0x%x, pagemap says 0x%x", folios[0]->data,
+                                        e->pfn(0) + 17, e->pfn(0) + 16)));
+  folios[0]->head_pfn -= 1;
+  for (const auto& f : folios) HUGEMM_ASSERT_OK(table.Unmap(f->data, f->size()));
 }
 
 TEST(PageTableKernelTest, WrongPfnIsNamed) {

@@ -667,6 +667,34 @@ TEST(Runtime, VerifyWhileOtherBuffersAreFreed) {
   EXPECT_EQ(r->leaves_checked[kPageSize2M], 1u);
 }
 
+// Allocations carved from a huge page are folios smaller than the kernel's page: each is
+// one leaf of its own size inside that page, which is how they are meant to be mapped, so
+// Verify holds their frames against the kernel's and finds nothing wrong. A leaf split out
+// of a folio the kernel maps whole is still named (PageTableKernelTest).
+TEST(Runtime, VerifyOfAllocationsInsideAHugePageFindsThemRight) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  std::vector<Buffer> allocations;
+  for (size_t bytes : {kPageSize4K, size_t{16} << 10, size_t{64} << 10, kPageSize2M}) {
+    absl::StatusOr<Buffer> b = (*rt)->Allocate(bytes);
+    ASSERT_TRUE(b.ok()) << b.status();
+    std::memset(b->data(), 0x5a, b->size());
+    absl::StatusOr<VerifyReport> r = (*rt)->Verify(b->data(), b->size());
+    ASSERT_TRUE(r.ok()) << r.status();
+    std::string what;
+    for (const VerifyMismatch& m : r->mismatches) what += m.what + "\n";
+    EXPECT_TRUE(r->ok()) << bytes << " bytes:\n" << what;
+    size_t leaves = 0;
+    for (const auto& [size, n] : r->leaves_checked) leaves += n;
+    EXPECT_GE(leaves, 1u);
+    allocations.push_back(std::move(*b));
+  }
+  absl::StatusOr<VerifyReport> all = (*rt)->Verify(nullptr, SIZE_MAX);
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_TRUE(all->ok()) << all->mismatches.front().what;
+}
+
 // hugemm_unpin_range of a range never pinned is refused (-EFAULT), also while another
 // thread frees the buffer under it: the checks read the folios the walk found, which the
 // free may release meanwhile. ASan reported a use after free in CheckHeld here before the

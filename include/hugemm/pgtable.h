@@ -302,9 +302,11 @@ class PageTable {
   //   mappings stay as they were (a pin that races with the unmap gets them put back).
   [[nodiscard]] absl::Status UnregisterExternal(uint64_t id);
 
-  // Holds every leaf in [va, va + length) against the live kernel: same page size in
-  // smaps, PFNs contiguous and equal to the recorded ones (and to the frame words),
-  // compound head then tails, and no more protection than the kernel's VMA gives. A page
+  // Holds every leaf in [va, va + length) against the live kernel: the page size smaps
+  // gives (a folio smaller than the kernel's page, carved from it by an allocator, is
+  // instead mapped by its own natural leaves inside it: a split leaf is still named), PFNs
+  // contiguous and equal to the recorded ones (and to the frame words), compound head then
+  // tails of the kernel's page, and no more protection than the kernel's VMA gives. A page
   // the kernel no longer maps (munmap, a page dropped by MADV_DONTNEED or a punched hole,
   // another page moved there, a copy-on-write) is a mismatch; only a device-DAX leaf
   // without a PFN in pagemap counts as hidden. Mismatches are the report's, not errors.

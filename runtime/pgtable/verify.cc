@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "hugemm/geometry.h"
 #include "hugemm/page_size.h"
 #include "hugemm/pgtable.h"
 #include "runtime/pgtable/kernel_prot.h"
@@ -57,11 +58,21 @@ absl::StatusOr<VerifyReport> PageTable::Verify(const void* va, size_t length) co
                                      pgtable_internal::ProtLetters(kernel_prot),
                                      pgtable_internal::ProtLetters(l.prot), leaf_name));
     }
-    if (vma->kernel_page_size != l.bytes) {
-      mismatch(l.va, absl::StrFormat("kernel maps %s pages, shadow has a %s",
-                                     PageSizeName(vma->kernel_page_size), leaf_name));
-    }
     const Folio* folio = l.folio;
+    // A folio carved from a kernel page (an allocation smaller than the huge page it came
+    // from) is mapped inside that page by its natural leaves (PTEs for a 16K folio); a leaf
+    // smaller than that (a split) or larger than the kernel's page is not the kernel's
+    // mapping.
+    const size_t kernel_page = vma->kernel_page_size;
+    bool carved = false;
+    if (folio->size() < kernel_page) {
+      absl::StatusOr<LeafUnit> unit = NaturalUnit(geometry_, folio->size());
+      carved = unit.ok() && unit->leaf_bytes == l.bytes;
+    }
+    if (kernel_page != l.bytes && !carved) {
+      mismatch(l.va, absl::StrFormat("kernel maps %s pages, shadow has a %s",
+                                     PageSizeName(kernel_page), leaf_name));
+    }
     // The frame words PFN translation reads must say what the folio says.
     const size_t entry_bytes = geometry_.entry_bytes(l.level);
     for (uintptr_t e = l.va; e < l.va + l.bytes; e += entry_bytes) {
@@ -75,9 +86,11 @@ absl::StatusOr<VerifyReport> PageTable::Verify(const void* va, size_t length) co
     if (!report.pfns_checked) continue;
     const uintptr_t folio_va = l.va & ~(folio->size() - 1);
     const size_t first_frame = (l.va - folio_va) / kPageSize4K;
+    // The kernel's compound page is its own page: a carved folio's frames are inside one.
+    const size_t compound = carved ? kernel_page : folio->size();
     absl::StatusOr<sys::FrameCheck> fc =
         sys::CheckFrames(os_, l.va, l.bytes / kPageSize4K, folio->page_pfn(first_frame),
-                         first_frame, folio->nr_pages(), leaf_name,
+                         (l.va & (compound - 1)) / kPageSize4K, compound / kPageSize4K, leaf_name,
                          folio->backing == BackingKind::kDevDax ? sys::AbsentPage::kHidden
                                                                 : sys::AbsentPage::kMismatch);
     if (!fc.ok()) return fc.status();
