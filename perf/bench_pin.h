@@ -103,6 +103,11 @@ struct PinBenchHooks {
 };
 
 const char* PinOutputName(PinOutput output);
+// The MiB a run of `size_mib` gets from a pool with `free_pages` free pages of
+// `page_size`: `size_mib` when they hold the whole pages it needs (a partial last page
+// takes a whole one) or none is free (the mapping then says why it failed), else what
+// they hold.
+size_t PinSizeThatFits(size_t size_mib, size_t page_size, int64_t free_pages);
 // The GUP flags a config pins with.
 GupFlags PinFlags(const PinBenchConfig& config);
 

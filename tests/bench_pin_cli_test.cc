@@ -16,6 +16,7 @@
 #include "gtest/gtest.h"
 #include "hugemm/page_size.h"
 #include "nlohmann/json.hpp"
+#include "perf/bench_pin.h"
 #include "tests/test_util.h"
 
 namespace hugemm {
@@ -154,6 +155,19 @@ TEST(BenchPinCli, ProgressIntoALogIsALinePerTenth) {
   if (lines > 0) {
     EXPECT_THAT(err, HasSubstr("repeat 40000/40000\n"));
   }
+}
+
+// With fewer free huge pages than -m needs, the run is the size the free pages hold
+// (doc/benchmarks.md): -m is counted in whole pages, a part of a page taking one, so that
+// -m 4500 of 1G pages with 4 free runs 4096 MiB rather than failing to map 5 GiB.
+TEST(BenchPinCli, ASizeTheFreePagesDoNotHoldIsCutToTheirs) {
+  EXPECT_EQ(perf::PinSizeThatFits(4500, kPageSize1G, 4), 4096u);
+  EXPECT_EQ(perf::PinSizeThatFits(6145, kPageSize2M, 3072), 6144u);
+  EXPECT_EQ(perf::PinSizeThatFits(1, kPageSize1G, 1), 1u);  // one page, partly pinned
+  EXPECT_EQ(perf::PinSizeThatFits(4096, kPageSize1G, 4), 4096u);
+  EXPECT_EQ(perf::PinSizeThatFits(6144, kPageSize2M, 3072), 6144u);
+  EXPECT_EQ(perf::PinSizeThatFits(16384, kPageSize2M, 100), 200u);
+  EXPECT_EQ(perf::PinSizeThatFits(2048, kPageSize1G, 0), 2048u);  // none free: the map says
 }
 
 // A usage error exits 2 with one line naming the flag, before anything is mapped or
