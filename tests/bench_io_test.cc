@@ -135,6 +135,32 @@ TEST(BenchIo, ASignalMidRunRemovesTheFileItCreated) {
   }
 }
 
+// fio, run by the benchmark, ends with it: a SIGTERM to the benchmark alone (not to its
+// process group, as kill or a supervisor sends it) must not leave fio running its seconds
+// on the file the benchmark removed, nor its hugetlbfs file holding huge pages.
+TEST(BenchIo, FioEndsWhenASignalEndsTheRun) {
+  if (!FioInstalled()) GTEST_SKIP() << "fio is not installed";
+  const ScratchDir scratch;
+  const std::string script =
+      "env --default-signal=INT " + std::string(HUGEMM_CLI_PATH) +
+      " bench io --size 8M --seconds 100 --candidates fio --rw randread --bs 4K --qd 1 --dir " +
+      scratch.path() +
+      " >/dev/null 2>&1 & pid=$!; "
+      "for i in $(seq 400); do fio=$(pgrep -P $pid -f -- --name=hugemm) && break; sleep 0.05; "
+      "done; "
+      "if [ -z \"$fio\" ]; then kill $pid; wait $pid; echo no fio; exit; fi; "
+      "kill -TERM $pid; wait $pid; "
+      "for i in $(seq 600); do "
+      "  [ -e /proc/$fio ] && ! grep -q ') Z' /proc/$fio/stat || { echo gone; exit; }; "
+      "  sleep 0.05; "
+      "done; kill -TERM $fio; echo running";
+  int rc = 0;
+  const std::string out = testing::RunCommand(script, &rc);
+  if (out == "no fio\n") GTEST_SKIP() << "fio did not start (no hugetlbfs mount or huge pages)";
+  EXPECT_EQ(out, "gone\n");
+  EXPECT_EQ(Leftovers(scratch.path()), 0);
+}
+
 TEST(BenchIo, EveryJsonKeyIsDocumented) {
   std::ifstream in(std::string(HUGEMM_SOURCE_DIR) + "/doc/benchmarks.md");
   ASSERT_TRUE(in.good());
