@@ -205,6 +205,14 @@ TEST(Cli, BadValuesAreUsageErrorsNamingFlagAndValue) {
            Case{"verify --range 0x1000 0", "--range", "0x1000 0"},
            Case{"verify --range 0x1001 4096", "--range", "0x1001"},
            Case{"verify --range 0xfffffffffffff000 8192", "--range", "0xfffffffffffff000"},
+           // An empty path or name is not the flag's default.
+           Case{"bench pin -m 2 -r 1 -f ''", "-f", "empty"},
+           Case{"bench io --file '' --size 5K", "--file", "empty"},
+           Case{"bench io --dir '' --size 5K", "--dir", "empty"},
+           Case{"bench io --fio '' --candidates fio --rw randread --bs 4K --qd 1 --size 8M "
+                "--seconds 0.01",
+                "--fio", "empty"},
+           Case{"bench mr --device ''", "--device", "empty"},
        }) {
     int rc = 0;
     const std::string err = RunCli(std::string(c.args) + " 2>&1 >/dev/null", &rc);

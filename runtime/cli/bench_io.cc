@@ -230,8 +230,10 @@ void AddBenchIoCommand(CommandTable& table, CLI::App* bench) {
                            [f] { return RunBenchIo(*f); });
   io->add_option("--file", c.file,
                  "A file or block device to use as it is (default: create a file in --dir)")
+      ->check(NonEmpty())
       ->type_name("PATH");
   io->add_option("--dir", c.dir, "Where the created file goes (not tmpfs)")
+      ->check(NonEmpty())
       ->type_name("DIR")
       ->capture_default_str();
   io->add_option("--size", f->size,
@@ -256,7 +258,7 @@ void AddBenchIoCommand(CommandTable& table, CLI::App* bench) {
       ->capture_default_str();
   io->add_flag("--write-existing", c.write_existing,
                "Allow random writes to --file (they destroy what it holds)");
-  io->add_option("--fio", c.fio, "The fio command")->capture_default_str();
+  io->add_option("--fio", c.fio, "The fio command")->check(NonEmpty())->capture_default_str();
   io->add_flag("--json", f->json, "One JSON object (keys: see doc/benchmarks.md)");
 }
 

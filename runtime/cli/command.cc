@@ -105,6 +105,11 @@ CLI::Validator PageSizeValue() {
       "");
 }
 
+CLI::Validator NonEmpty() {
+  return CLI::Validator(
+      [](std::string& value) -> std::string { return value.empty() ? "an empty value" : ""; }, "");
+}
+
 absl::StatusOr<uint64_t> ParseAddress(absl::string_view text) {
   uint64_t v = 0;
   const absl::string_view t = absl::StripAsciiWhitespace(text);

@@ -72,7 +72,10 @@ CLI::Validator IntegerIn(int64_t min, int64_t max);
 // comparison with it is true) and calls "abc" out of range: give this one first.
 CLI::Validator FiniteNumber();
 CLI::Validator PageSizeValue();  // "4K", "2M", "1G", "2MB", a number of bytes
-CLI::Validator AddressValue();   // decimal or 0x hexadecimal
+// A path or name: an empty one ("-f ''", a variable that was not set) is a bad value, not
+// the flag's default.
+CLI::Validator NonEmpty();
+CLI::Validator AddressValue();  // decimal or 0x hexadecimal
 // The value AddressValue accepts.
 absl::StatusOr<uint64_t> ParseAddress(absl::string_view text);
 
