@@ -114,7 +114,8 @@ GupFlags PinFlags(const PinBenchConfig& config);
 // InvalidArgument, naming the flag (gup_test's letter) and the value, when the config
 // cannot run: a count out of range, or a file that is neither a device nor in a
 // hugetlbfs mount, or whose mount's page size is not the one asked for, or a backing
-// other than the one the file is (devdax without a file).
+// other than the one the file is (devdax without a file), or a page size the backing
+// never has (4K of hugetlb, huge pages of anon).
 absl::Status CheckPinBenchConfig(const PinBenchConfig& config);
 
 // Runs the benchmark: CheckPinBenchConfig's errors, or what mapping or pinning the

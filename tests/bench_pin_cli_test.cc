@@ -181,6 +181,7 @@ TEST(BenchPinCli, BadFlagsExitTwoAndLeaveNoFile) {
       {"-j 0", "-j"},
       {"-r 0", "-r"},
       {"--page-size 3M", "--page-size"},
+      {"--page-size 4K", "--page-size 4K"},  // hugetlb, the default backing, has no 4K pages
       {"--output bogus", "--output"},
       {"-f /nonexistent/file", "-f"},
       {"--backing devdax", "--backing devdax"},
