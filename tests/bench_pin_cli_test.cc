@@ -170,6 +170,25 @@ TEST(BenchPinCli, ASizeTheFreePagesDoNotHoldIsCutToTheirs) {
   EXPECT_EQ(perf::PinSizeThatFits(2048, kPageSize1G, 0), 2048u);  // none free: the map says
 }
 
+// The JSON records the command line, which is bytes: a file name that is not UTF-8 is
+// printed with U+FFFD for its bad bytes, and the output still parses (it ended the
+// program with nlohmann's type_error instead).
+TEST(BenchPinCli, JsonOfACommandLineThatIsNotUtf8Parses) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  const std::string mount = testing::HugetlbfsMountFor(kPageSize2M);
+  if (mount.empty()) GTEST_SKIP() << "no 2M hugetlbfs mount";
+  const std::string file = mount + "/bench-pin-cli-\xff-test";
+  int rc = 0;
+  const std::string out = RunCli("bench pin --json -m 2 -r 1 -f '" + file + "'", &rc);
+  EXPECT_EQ(rc, 0) << out;
+  const Json json = Json::parse(out, nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(json.is_object()) << out;
+  EXPECT_THAT(json["command"].get<std::string>(), HasSubstr("bench-pin-cli-\xEF\xBF\xBD-test"));
+  struct stat st;
+  EXPECT_NE(::stat(file.c_str(), &st), 0) << file << " was left behind";
+  ::unlink(file.c_str());
+}
+
 // A usage error exits 2 with one line naming the flag, before anything is mapped or
 // created.
 TEST(BenchPinCli, BadFlagsExitTwoAndLeaveNoFile) {

@@ -91,7 +91,8 @@ CLI::Option* AddListOption(CLI::App* app, const std::string& name, std::vector<s
 // config the flags made that cannot run, returns kExitUsage.
 int Fail(absl::string_view command, const absl::Status& status);
 int Usage(absl::string_view command, const absl::Status& status);
-// Prints `json`, pretty, and a newline to stdout.
+// Prints `json`, pretty, and a newline to stdout; a string that is not UTF-8 (a path
+// given in another encoding) has its bad bytes printed as U+FFFD, so the output parses.
 void PrintJson(const Json& json);
 
 }  // namespace hugemm::cli
