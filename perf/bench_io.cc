@@ -165,6 +165,16 @@ absl::Status CheckIoBenchConfig(const IoBenchConfig& c) {
     return absl::InvalidArgumentError(
         absl::StrCat(c.file.empty() ? "--dir " : "--file ", where, ": ", std::strerror(errno)));
   }
+  struct stat st;
+  if (::stat(where.c_str(), &st) == 0) {
+    if (c.file.empty() && !S_ISDIR(st.st_mode)) {
+      return absl::InvalidArgumentError(absl::StrCat("--dir ", where, ": not a directory"));
+    }
+    if (!c.file.empty() && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--file ", where, ": neither a regular file nor a block device"));
+    }
+  }
   if (!c.file.empty() && !c.write_existing) {
     for (IoPattern p : c.patterns) {
       if (p == IoPattern::kRandWrite) {
@@ -175,8 +185,7 @@ absl::Status CheckIoBenchConfig(const IoBenchConfig& c) {
       }
     }
   }
-  struct stat st;
-  const bool device = !c.file.empty() && ::stat(c.file.c_str(), &st) == 0 && S_ISBLK(st.st_mode);
+  const bool device = !c.file.empty() && S_ISBLK(st.st_mode);
   if (!device && fs.f_type == TMPFS_MAGIC) {
     return absl::InvalidArgumentError(absl::StrCat(
         c.file.empty() ? "--dir " : "--file ", where,

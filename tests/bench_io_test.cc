@@ -238,6 +238,21 @@ TEST(BenchIo, BadConfigsAreRefusedByName) {
               AllOf(HasSubstr("--file /nonexistent-hugemm-file: No such file"),
                     Not(HasSubstr("overwrite"))));
 
+  // A --file that is a directory or a character device, a --dir that is a file: refused
+  // by name (they failed later, exit 1, with open's EINVAL or a tmpfs message for
+  // /dev/null).
+  c = {};
+  c.patterns = {perf::IoPattern::kRandRead};
+  for (const std::string& path : {scratch.path(), std::string("/dev/null")}) {
+    c.file = path;
+    EXPECT_THAT(perf::CheckIoBenchConfig(c).message(),
+                HasSubstr("--file " + path + ": neither a regular file nor a block device"));
+  }
+  c = {};
+  c.dir = "/proc/self/status";
+  EXPECT_THAT(perf::CheckIoBenchConfig(c).message(),
+              HasSubstr("--dir /proc/self/status: not a directory"));
+
   // Writes to a given file need --write-existing; the file is left as it was.
   int rc = 0;
   const std::string path = scratch.path() + "/bench-io-given";
