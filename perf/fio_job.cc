@@ -163,8 +163,10 @@ absl::StatusOr<IoRun> RunFio(const FioJob& job) {
     return run;
   }
   if (o.status != 0) {
+    // Named as given (--fio), with what it said, if anything.
+    const absl::string_view said = absl::StripAsciiWhitespace(o.err);
     return absl::InternalError(
-        absl::StrCat("fio exited with ", o.status, ": ", absl::StripAsciiWhitespace(o.err)));
+        absl::StrCat(job.fio, " exited with ", o.status, said.empty() ? "" : ": ", said));
   }
   return ParseFioJson(o.out, job);
 }

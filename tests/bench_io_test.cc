@@ -161,6 +161,21 @@ TEST(BenchIo, FioEndsWhenASignalEndsTheRun) {
   EXPECT_EQ(Leftovers(scratch.path()), 0);
 }
 
+// A --fio that fails is named, with what it said: nothing here, so no dangling colon.
+TEST(BenchIo, AFailingFioIsNamedWithWhatItSaid) {
+  const ScratchDir scratch;
+  int rc = 0;
+  const std::string err = RunCli(
+      "bench io --fio false --candidates fio --rw randread --bs 4K --qd 1 --size 8M "
+      "--seconds 0.01 --dir " +
+          scratch.path() + " 2>&1",
+      &rc);
+  if (rc == 0 && err.find("skipped") != std::string::npos) GTEST_SKIP() << err;
+  EXPECT_EQ(rc, 1) << err;
+  EXPECT_THAT(err, ::testing::EndsWith("fio: false exited with 1\n"));
+  EXPECT_EQ(Leftovers(scratch.path()), 0);
+}
+
 TEST(BenchIo, EveryJsonKeyIsDocumented) {
   std::ifstream in(std::string(HUGEMM_SOURCE_DIR) + "/doc/benchmarks.md");
   ASSERT_TRUE(in.good());
