@@ -226,6 +226,28 @@ TEST(Cli, BadValuesAreUsageErrorsNamingFlagAndValue) {
   EXPECT_THAT(err, HasSubstr("-u"));
 }
 
+// A flag given a value means that value: --no-kernel-pins=false keeps the kernel's pins,
+// as --json=false prints text (it turned them off whatever the value was).
+TEST(StressCli, AFlagGivenFalseIsOff) {
+  struct Case {
+    const char* flag;
+    bool kernel_pins;
+  };
+  for (const Case& c :
+       {Case{"", true}, Case{"--no-kernel-pins", false}, Case{"--no-kernel-pins=false", true},
+        Case{"--no-kernel-pins=true", false}}) {
+    int rc = 0;
+    const Json j =
+        Parse(RunCli(std::string("stress --seconds 0.01 --threads 1 --json ") + c.flag, &rc));
+    ASSERT_TRUE(j.is_object()) << c.flag;
+    EXPECT_EQ(rc, 0) << c.flag << ": " << j.dump();
+    EXPECT_EQ(j["kernel_pins"], c.kernel_pins) << c.flag;
+  }
+  int rc = 0;
+  EXPECT_FALSE(Parse(RunCli("stress --seconds 0.01 --threads 1 --json=false", &rc)).is_object());
+  EXPECT_EQ(rc, 0);
+}
+
 TEST(Cli, HelpForEveryCommandAndVersion) {
   int rc = 0;
   for (const char* cmd : {"", "info", "demo", "verify", "bench", "bench pin", "bench translate",
