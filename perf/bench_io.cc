@@ -138,6 +138,15 @@ absl::Status CheckIoBenchConfig(const IoBenchConfig& c) {
   if (c.patterns.empty() || c.block_sizes.empty() || c.depths.empty() || c.candidates.empty()) {
     return absl::InvalidArgumentError("--rw, --bs, --qd and --candidates need a value each");
   }
+  // A job reports its candidates by name: one given twice would be run twice and
+  // reported once.
+  for (size_t i = 0; i < c.candidates.size(); ++i) {
+    if (std::find(c.candidates.begin(), c.candidates.begin() + i, c.candidates[i]) !=
+        c.candidates.begin() + i) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--candidates: ", IoCandidateName(c.candidates[i]), " given twice"));
+    }
+  }
   uint32_t largest = 0;
   for (uint32_t bs : c.block_sizes) {
     if (bs == 0 || bs % kPageSize4K != 0 || bs > kPageSize2M) {

@@ -243,6 +243,10 @@ TEST(BenchIo, BadConfigsAreRefusedByName) {
   c.size = 1 << 20;
   c.candidates.clear();
   EXPECT_TRUE(absl::IsInvalidArgument(perf::CheckIoBenchConfig(c)));
+  // Run twice, reported once (the JSON keys candidates by name): refused.
+  c.candidates = {perf::IoCandidate::kPlain, perf::IoCandidate::kFixed, perf::IoCandidate::kPlain};
+  EXPECT_THAT(perf::CheckIoBenchConfig(c).message(), HasSubstr("--candidates: plain given twice"));
+  c.candidates = {perf::IoCandidate::kPlain};
   c = {};
   c.dir = "/nonexistent-hugemm-dir";
   EXPECT_THAT(perf::CheckIoBenchConfig(c).message(), HasSubstr("--dir /nonexistent"));
