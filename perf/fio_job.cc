@@ -52,7 +52,7 @@ Output Spawn(const std::vector<std::string>& args) {
     }
     if (null != 0) ::close(null);
     ::execvp(argv[0], argv.data());
-    ::_exit(127);
+    ::_exit(errno == ENOENT ? 127 : 126);  // as a shell says it: not found, cannot run
   }
   const int rc = pid < 0 ? errno : 0;
   ::close(out[1]);
@@ -154,7 +154,7 @@ absl::StatusOr<IoRun> RunFio(const FioJob& job) {
       absl::StrCat(job.hugetlbfs_mount, "/hugemm-bench-io-fio.", ::getpid());
   Output o = Spawn(FioCommand(job, huge_file));
   ::unlink(huge_file.c_str());  // fio's, should it leave it
-  if (o.status < 0) {
+  if (o.status < 0 || o.status == 126) {
     run.skipped = absl::StrCat(job.fio, " cannot be run (not installed?)");
     return run;
   }
