@@ -176,6 +176,21 @@ TEST(BenchIo, AFailingFioIsNamedWithWhatItSaid) {
   EXPECT_EQ(Leftovers(scratch.path()), 0);
 }
 
+// A --fio that is there but cannot be executed (here a directory) is skipped as such, not
+// as not found.
+TEST(BenchIo, AFioThatCannotRunIsSkippedSaying) {
+  const ScratchDir scratch;
+  int rc = 0;
+  const std::string out = RunCli("bench io --fio " + scratch.path() +
+                                     " --candidates fio --rw randread --bs 4K --qd 1 --size 8M "
+                                     "--seconds 0.01 --dir " +
+                                     scratch.path() + " 2>&1",
+                                 &rc);
+  EXPECT_EQ(rc, 0) << out;
+  if (out.find("no 2M hugetlbfs mount") != std::string::npos) GTEST_SKIP() << out;
+  EXPECT_THAT(out, HasSubstr("skipped: " + scratch.path() + " cannot be run"));
+}
+
 TEST(BenchIo, EveryJsonKeyIsDocumented) {
   std::ifstream in(std::string(HUGEMM_SOURCE_DIR) + "/doc/benchmarks.md");
   ASSERT_TRUE(in.good());
