@@ -138,6 +138,15 @@ absl::Status CheckIoBenchConfig(const IoBenchConfig& c) {
   if (c.patterns.empty() || c.block_sizes.empty() || c.depths.empty() || c.candidates.empty()) {
     return absl::InvalidArgumentError("--rw, --bs, --qd and --candidates need a value each");
   }
+  // A job reports its candidates by name: one given twice would be run twice and
+  // reported once.
+  for (size_t i = 0; i < c.candidates.size(); ++i) {
+    if (std::find(c.candidates.begin(), c.candidates.begin() + i, c.candidates[i]) !=
+        c.candidates.begin() + i) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--candidates: ", IoCandidateName(c.candidates[i]), " given twice"));
+    }
+  }
   uint32_t largest = 0;
   for (uint32_t bs : c.block_sizes) {
     if (bs == 0 || bs % kPageSize4K != 0 || bs > kPageSize2M) {
@@ -165,6 +174,16 @@ absl::Status CheckIoBenchConfig(const IoBenchConfig& c) {
     return absl::InvalidArgumentError(
         absl::StrCat(c.file.empty() ? "--dir " : "--file ", where, ": ", std::strerror(errno)));
   }
+  struct stat st;
+  if (::stat(where.c_str(), &st) == 0) {
+    if (c.file.empty() && !S_ISDIR(st.st_mode)) {
+      return absl::InvalidArgumentError(absl::StrCat("--dir ", where, ": not a directory"));
+    }
+    if (!c.file.empty() && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--file ", where, ": neither a regular file nor a block device"));
+    }
+  }
   if (!c.file.empty() && !c.write_existing) {
     for (IoPattern p : c.patterns) {
       if (p == IoPattern::kRandWrite) {
@@ -175,8 +194,7 @@ absl::Status CheckIoBenchConfig(const IoBenchConfig& c) {
       }
     }
   }
-  struct stat st;
-  const bool device = !c.file.empty() && ::stat(c.file.c_str(), &st) == 0 && S_ISBLK(st.st_mode);
+  const bool device = !c.file.empty() && S_ISBLK(st.st_mode);
   if (!device && fs.f_type == TMPFS_MAGIC) {
     return absl::InvalidArgumentError(absl::StrCat(
         c.file.empty() ? "--dir " : "--file ", where,

@@ -90,9 +90,10 @@ struct IoBenchHooks {
 };
 
 // InvalidArgument naming the flag and value when the config cannot run: an empty list,
-// a block size not a multiple of 4K or above 2M, a depth outside 1..4096, seconds not
-// positive, a size smaller than the largest block; tmpfs; writes to an existing target
-// without write_existing.
+// a candidate given twice, a block size not a multiple of 4K or above 2M, a depth outside
+// 1..4096, seconds not positive, a size smaller than the largest block; a dir that is not
+// a directory, a file that is neither a regular file nor a block device; tmpfs; writes to
+// an existing target without write_existing.
 absl::Status CheckIoBenchConfig(const IoBenchConfig& config);
 
 absl::StatusOr<IoBenchResult> RunIoBench(const IoBenchConfig& config,

@@ -118,9 +118,8 @@ size_t FitToPool(const PinBenchConfig& c, const BufferOptions& buffer, const Pin
   absl::StatusOr<HugePagePool> pool = sys::ReadHugePagePool(Os::Default(), buffer.page_size);
   if (!pool.ok()) return c.size_mib;
   const int64_t free_pages = pool->free - pool->resv;
-  const size_t want = (c.size_mib << 20) / buffer.page_size;
-  if (free_pages >= static_cast<int64_t>(want) || free_pages <= 0) return c.size_mib;
-  const size_t mib = static_cast<size_t>(free_pages) * (buffer.page_size >> 20);
+  const size_t mib = PinSizeThatFits(c.size_mib, buffer.page_size, free_pages);
+  if (mib == c.size_mib) return mib;
   if (hooks.note) {
     hooks.note(absl::StrCat("only ", free_pages, " free ", PageSizeName(buffer.page_size),
                             " pages: running with ", mib, " MiB instead of ", c.size_mib, " MiB"));
@@ -129,6 +128,12 @@ size_t FitToPool(const PinBenchConfig& c, const BufferOptions& buffer, const Pin
 }
 
 }  // namespace
+
+size_t PinSizeThatFits(size_t size_mib, size_t page_size, int64_t free_pages) {
+  const size_t want = ((size_mib << 20) + page_size - 1) / page_size;
+  if (free_pages <= 0 || static_cast<uint64_t>(free_pages) >= want) return size_mib;
+  return static_cast<size_t>(free_pages) * (page_size >> 20);
+}
 
 const char* PinOutputName(PinOutput o) {
   switch (o) {

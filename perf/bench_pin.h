@@ -103,13 +103,19 @@ struct PinBenchHooks {
 };
 
 const char* PinOutputName(PinOutput output);
+// The MiB a run of `size_mib` gets from a pool with `free_pages` free pages of
+// `page_size`: `size_mib` when they hold the whole pages it needs (a partial last page
+// takes a whole one) or none is free (the mapping then says why it failed), else what
+// they hold.
+size_t PinSizeThatFits(size_t size_mib, size_t page_size, int64_t free_pages);
 // The GUP flags a config pins with.
 GupFlags PinFlags(const PinBenchConfig& config);
 
 // InvalidArgument, naming the flag (gup_test's letter) and the value, when the config
 // cannot run: a count out of range, or a file that is neither a device nor in a
 // hugetlbfs mount, or whose mount's page size is not the one asked for, or a backing
-// other than the one the file is (devdax without a file).
+// other than the one the file is (devdax without a file), or a page size the backing
+// never has (4K of hugetlb, huge pages of anon).
 absl::Status CheckPinBenchConfig(const PinBenchConfig& config);
 
 // Runs the benchmark: CheckPinBenchConfig's errors, or what mapping or pinning the

@@ -1,7 +1,8 @@
 #include "perf/fio_job.h"
 
 #include <fcntl.h>
-#include <spawn.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -13,8 +14,6 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
 #include "nlohmann/json.hpp"
-
-extern char** environ;
 
 namespace hugemm::perf::io_internal {
 namespace {
@@ -35,17 +34,27 @@ Output Spawn(const std::vector<std::string>& args) {
     ::close(out[1]);
     return r;
   }
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-  posix_spawn_file_actions_adddup2(&fa, err[1], 2);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
   std::vector<char*> argv;
   for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
-  pid_t pid = -1;
-  const int rc = posix_spawnp(&pid, argv[0], &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
+  const pid_t parent = ::getpid();
+  // vfork, as posix_spawn does inside (no copy of the benchmark's page tables and pinned
+  // buffers), to set what posix_spawn cannot: fio dies with the benchmark. A signal that
+  // ends the benchmark (kill, a closed terminal) would otherwise leave fio running its
+  // seconds on a target the benchmark removed. The child only makes system calls.
+  const pid_t pid = ::vfork();
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (::getppid() != parent) ::_exit(127);  // the benchmark is already gone
+    const int null = ::open("/dev/null", O_RDONLY);
+    if (null < 0 || ::dup2(null, 0) < 0 || ::dup2(out[1], 1) < 0 || ::dup2(err[1], 2) < 0) {
+      ::_exit(126);
+    }
+    if (null != 0) ::close(null);
+    ::execvp(argv[0], argv.data());
+    ::_exit(errno == ENOENT ? 127 : 126);  // as a shell says it: not found, cannot run
+  }
+  const int rc = pid < 0 ? errno : 0;
   ::close(out[1]);
   ::close(err[1]);
   // fio writes its JSON at the end and little to stderr: read one, then the other.
@@ -145,7 +154,7 @@ absl::StatusOr<IoRun> RunFio(const FioJob& job) {
       absl::StrCat(job.hugetlbfs_mount, "/hugemm-bench-io-fio.", ::getpid());
   Output o = Spawn(FioCommand(job, huge_file));
   ::unlink(huge_file.c_str());  // fio's, should it leave it
-  if (o.status < 0) {
+  if (o.status < 0 || o.status == 126) {
     run.skipped = absl::StrCat(job.fio, " cannot be run (not installed?)");
     return run;
   }
@@ -154,8 +163,10 @@ absl::StatusOr<IoRun> RunFio(const FioJob& job) {
     return run;
   }
   if (o.status != 0) {
+    // Named as given (--fio), with what it said, if anything.
+    const absl::string_view said = absl::StripAsciiWhitespace(o.err);
     return absl::InternalError(
-        absl::StrCat("fio exited with ", o.status, ": ", absl::StripAsciiWhitespace(o.err)));
+        absl::StrCat(job.fio, " exited with ", o.status, said.empty() ? "" : ": ", said));
   }
   return ParseFioJson(o.out, job);
 }

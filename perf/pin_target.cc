@@ -82,6 +82,12 @@ absl::StatusOr<PinTarget> ResolvePinTarget(const PinBenchConfig& c) {
     }
     t.buffer.page_size = kPageSize4K;
   }
+  if (c.backing != BackingKind::kAnon && c.page_size == kPageSize4K) {
+    return absl::InvalidArgumentError(absl::StrCat("--page-size 4K: the ",
+                                                   BackingKindName(c.backing),
+                                                   " backing has huge pages only; 4K pages are "
+                                                   "--backing anon"));
+  }
   if (c.backing != BackingKind::kDevDax && t.buffer.page_size == 0) {
     t.buffer.page_size = kPageSize2M;
   }

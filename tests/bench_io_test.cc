@@ -135,6 +135,62 @@ TEST(BenchIo, ASignalMidRunRemovesTheFileItCreated) {
   }
 }
 
+// fio, run by the benchmark, ends with it: a SIGTERM to the benchmark alone (not to its
+// process group, as kill or a supervisor sends it) must not leave fio running its seconds
+// on the file the benchmark removed, nor its hugetlbfs file holding huge pages.
+TEST(BenchIo, FioEndsWhenASignalEndsTheRun) {
+  if (!FioInstalled()) GTEST_SKIP() << "fio is not installed";
+  const ScratchDir scratch;
+  const std::string script =
+      "env --default-signal=INT " + std::string(HUGEMM_CLI_PATH) +
+      " bench io --size 8M --seconds 100 --candidates fio --rw randread --bs 4K --qd 1 --dir " +
+      scratch.path() +
+      " >/dev/null 2>&1 & pid=$!; "
+      "for i in $(seq 400); do fio=$(pgrep -P $pid -f -- --name=hugemm) && break; sleep 0.05; "
+      "done; "
+      "if [ -z \"$fio\" ]; then kill $pid; wait $pid; echo no fio; exit; fi; "
+      "kill -TERM $pid; wait $pid; "
+      "for i in $(seq 600); do "
+      "  [ -e /proc/$fio ] && ! grep -q ') Z' /proc/$fio/stat || { echo gone; exit; }; "
+      "  sleep 0.05; "
+      "done; kill -TERM $fio; echo running";
+  int rc = 0;
+  const std::string out = testing::RunCommand(script, &rc);
+  if (out == "no fio\n") GTEST_SKIP() << "fio did not start (no hugetlbfs mount or huge pages)";
+  EXPECT_EQ(out, "gone\n");
+  EXPECT_EQ(Leftovers(scratch.path()), 0);
+}
+
+// A --fio that fails is named, with what it said: nothing here, so no dangling colon.
+TEST(BenchIo, AFailingFioIsNamedWithWhatItSaid) {
+  const ScratchDir scratch;
+  int rc = 0;
+  const std::string err = RunCli(
+      "bench io --fio false --candidates fio --rw randread --bs 4K --qd 1 --size 8M "
+      "--seconds 0.01 --dir " +
+          scratch.path() + " 2>&1",
+      &rc);
+  if (rc == 0 && err.find("skipped") != std::string::npos) GTEST_SKIP() << err;
+  EXPECT_EQ(rc, 1) << err;
+  EXPECT_THAT(err, ::testing::EndsWith("fio: false exited with 1\n"));
+  EXPECT_EQ(Leftovers(scratch.path()), 0);
+}
+
+// A --fio that is there but cannot be executed (here a directory) is skipped as such, not
+// as not found.
+TEST(BenchIo, AFioThatCannotRunIsSkippedSaying) {
+  const ScratchDir scratch;
+  int rc = 0;
+  const std::string out = RunCli("bench io --fio " + scratch.path() +
+                                     " --candidates fio --rw randread --bs 4K --qd 1 --size 8M "
+                                     "--seconds 0.01 --dir " +
+                                     scratch.path() + " 2>&1",
+                                 &rc);
+  EXPECT_EQ(rc, 0) << out;
+  if (out.find("no 2M hugetlbfs mount") != std::string::npos) GTEST_SKIP() << out;
+  EXPECT_THAT(out, HasSubstr("skipped: " + scratch.path() + " cannot be run"));
+}
+
 TEST(BenchIo, EveryJsonKeyIsDocumented) {
   std::ifstream in(std::string(HUGEMM_SOURCE_DIR) + "/doc/benchmarks.md");
   ASSERT_TRUE(in.good());
@@ -202,6 +258,10 @@ TEST(BenchIo, BadConfigsAreRefusedByName) {
   c.size = 1 << 20;
   c.candidates.clear();
   EXPECT_TRUE(absl::IsInvalidArgument(perf::CheckIoBenchConfig(c)));
+  // Run twice, reported once (the JSON keys candidates by name): refused.
+  c.candidates = {perf::IoCandidate::kPlain, perf::IoCandidate::kFixed, perf::IoCandidate::kPlain};
+  EXPECT_THAT(perf::CheckIoBenchConfig(c).message(), HasSubstr("--candidates: plain given twice"));
+  c.candidates = {perf::IoCandidate::kPlain};
   c = {};
   c.dir = "/nonexistent-hugemm-dir";
   EXPECT_THAT(perf::CheckIoBenchConfig(c).message(), HasSubstr("--dir /nonexistent"));
@@ -211,6 +271,21 @@ TEST(BenchIo, BadConfigsAreRefusedByName) {
   EXPECT_THAT(perf::CheckIoBenchConfig(c).message(),
               AllOf(HasSubstr("--file /nonexistent-hugemm-file: No such file"),
                     Not(HasSubstr("overwrite"))));
+
+  // A --file that is a directory or a character device, a --dir that is a file: refused
+  // by name (they failed later, exit 1, with open's EINVAL or a tmpfs message for
+  // /dev/null).
+  c = {};
+  c.patterns = {perf::IoPattern::kRandRead};
+  for (const std::string& path : {scratch.path(), std::string("/dev/null")}) {
+    c.file = path;
+    EXPECT_THAT(perf::CheckIoBenchConfig(c).message(),
+                HasSubstr("--file " + path + ": neither a regular file nor a block device"));
+  }
+  c = {};
+  c.dir = "/proc/self/status";
+  EXPECT_THAT(perf::CheckIoBenchConfig(c).message(),
+              HasSubstr("--dir /proc/self/status: not a directory"));
 
   // Writes to a given file need --write-existing; the file is left as it was.
   int rc = 0;

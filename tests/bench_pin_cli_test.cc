@@ -16,6 +16,7 @@
 #include "gtest/gtest.h"
 #include "hugemm/page_size.h"
 #include "nlohmann/json.hpp"
+#include "perf/bench_pin.h"
 #include "tests/test_util.h"
 
 namespace hugemm {
@@ -156,6 +157,38 @@ TEST(BenchPinCli, ProgressIntoALogIsALinePerTenth) {
   }
 }
 
+// With fewer free huge pages than -m needs, the run is the size the free pages hold
+// (doc/benchmarks.md): -m is counted in whole pages, a part of a page taking one, so that
+// -m 4500 of 1G pages with 4 free runs 4096 MiB rather than failing to map 5 GiB.
+TEST(BenchPinCli, ASizeTheFreePagesDoNotHoldIsCutToTheirs) {
+  EXPECT_EQ(perf::PinSizeThatFits(4500, kPageSize1G, 4), 4096u);
+  EXPECT_EQ(perf::PinSizeThatFits(6145, kPageSize2M, 3072), 6144u);
+  EXPECT_EQ(perf::PinSizeThatFits(1, kPageSize1G, 1), 1u);  // one page, partly pinned
+  EXPECT_EQ(perf::PinSizeThatFits(4096, kPageSize1G, 4), 4096u);
+  EXPECT_EQ(perf::PinSizeThatFits(6144, kPageSize2M, 3072), 6144u);
+  EXPECT_EQ(perf::PinSizeThatFits(16384, kPageSize2M, 100), 200u);
+  EXPECT_EQ(perf::PinSizeThatFits(2048, kPageSize1G, 0), 2048u);  // none free: the map says
+}
+
+// The JSON records the command line, which is bytes: a file name that is not UTF-8 is
+// printed with U+FFFD for its bad bytes, and the output still parses (it ended the
+// program with nlohmann's type_error instead).
+TEST(BenchPinCli, JsonOfACommandLineThatIsNotUtf8Parses) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  const std::string mount = testing::HugetlbfsMountFor(kPageSize2M);
+  if (mount.empty()) GTEST_SKIP() << "no 2M hugetlbfs mount";
+  const std::string file = mount + "/bench-pin-cli-\xff-test";
+  int rc = 0;
+  const std::string out = RunCli("bench pin --json -m 2 -r 1 -f '" + file + "'", &rc);
+  EXPECT_EQ(rc, 0) << out;
+  const Json json = Json::parse(out, nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(json.is_object()) << out;
+  EXPECT_THAT(json["command"].get<std::string>(), HasSubstr("bench-pin-cli-\xEF\xBF\xBD-test"));
+  struct stat st;
+  EXPECT_NE(::stat(file.c_str(), &st), 0) << file << " was left behind";
+  ::unlink(file.c_str());
+}
+
 // A usage error exits 2 with one line naming the flag, before anything is mapped or
 // created.
 TEST(BenchPinCli, BadFlagsExitTwoAndLeaveNoFile) {
@@ -167,6 +200,7 @@ TEST(BenchPinCli, BadFlagsExitTwoAndLeaveNoFile) {
       {"-j 0", "-j"},
       {"-r 0", "-r"},
       {"--page-size 3M", "--page-size"},
+      {"--page-size 4K", "--page-size 4K"},  // hugetlb, the default backing, has no 4K pages
       {"--output bogus", "--output"},
       {"-f /nonexistent/file", "-f"},
       {"--backing devdax", "--backing devdax"},

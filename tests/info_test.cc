@@ -205,6 +205,14 @@ TEST(Cli, BadValuesAreUsageErrorsNamingFlagAndValue) {
            Case{"verify --range 0x1000 0", "--range", "0x1000 0"},
            Case{"verify --range 0x1001 4096", "--range", "0x1001"},
            Case{"verify --range 0xfffffffffffff000 8192", "--range", "0xfffffffffffff000"},
+           // An empty path or name is not the flag's default.
+           Case{"bench pin -m 2 -r 1 -f ''", "-f", "empty"},
+           Case{"bench io --file '' --size 5K", "--file", "empty"},
+           Case{"bench io --dir '' --size 5K", "--dir", "empty"},
+           Case{"bench io --fio '' --candidates fio --rw randread --bs 4K --qd 1 --size 8M "
+                "--seconds 0.01",
+                "--fio", "empty"},
+           Case{"bench mr --device ''", "--device", "empty"},
        }) {
     int rc = 0;
     const std::string err = RunCli(std::string(c.args) + " 2>&1 >/dev/null", &rc);
@@ -216,6 +224,28 @@ TEST(Cli, BadValuesAreUsageErrorsNamingFlagAndValue) {
   const std::string err = RunCli("bench pin -a -u 2>&1 >/dev/null", &rc);
   EXPECT_EQ(rc, 2) << err;  // PIN and GET at once
   EXPECT_THAT(err, HasSubstr("-u"));
+}
+
+// A flag given a value means that value: --no-kernel-pins=false keeps the kernel's pins,
+// as --json=false prints text (it turned them off whatever the value was).
+TEST(StressCli, AFlagGivenFalseIsOff) {
+  struct Case {
+    const char* flag;
+    bool kernel_pins;
+  };
+  for (const Case& c :
+       {Case{"", true}, Case{"--no-kernel-pins", false}, Case{"--no-kernel-pins=false", true},
+        Case{"--no-kernel-pins=true", false}}) {
+    int rc = 0;
+    const Json j =
+        Parse(RunCli(std::string("stress --seconds 0.01 --threads 1 --json ") + c.flag, &rc));
+    ASSERT_TRUE(j.is_object()) << c.flag;
+    EXPECT_EQ(rc, 0) << c.flag << ": " << j.dump();
+    EXPECT_EQ(j["kernel_pins"], c.kernel_pins) << c.flag;
+  }
+  int rc = 0;
+  EXPECT_FALSE(Parse(RunCli("stress --seconds 0.01 --threads 1 --json=false", &rc)).is_object());
+  EXPECT_EQ(rc, 0);
 }
 
 TEST(Cli, HelpForEveryCommandAndVersion) {

@@ -10,6 +10,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "runtime/sys/files.h"
+#include "runtime/sys/hugepages.h"
 
 namespace hugemm::sys {
 namespace {
@@ -89,6 +90,27 @@ TEST(ReadKibField, ThisMachinesProcFiles) {
   absl::StatusOr<uint64_t> rss = ReadKibField(Os::Default(), "/proc/self/status", "VmRSS");
   ASSERT_TRUE(rss.ok()) << rss.status();
   EXPECT_GT(*rss, 0u);
+}
+
+// A mount point with a space, a tab or a backslash in its name: /proc/mounts writes them
+// as octal escapes, and the path given back is the real one (it was "/tmp/L\040dir", which
+// no file is in: `hugemm bench pin -f` refused a file in such a mount).
+TEST(HugetlbfsMounts, PathsAreUnescaped) {
+  TextFile f(
+      "none /dev/hugepages hugetlbfs rw,relatime,pagesize=2M 0 0\n"
+      "none /tmp/L\\040dir hugetlbfs rw,relatime,pagesize=2M,size=4194304 0 0\n"
+      "none /tmp/a\\011b\\134c hugetlbfs rw,pagesize=1024M 0 0\n"
+      "none /tmp/not\\04 hugetlbfs rw,pagesize=2M 0 0\n"
+      "proc /proc proc rw 0 0\n");
+  absl::StatusOr<std::vector<HugetlbfsMount>> mounts = HugetlbfsMounts(Os::Default(), f.path());
+  ASSERT_TRUE(mounts.ok()) << mounts.status();
+  ASSERT_EQ(mounts->size(), 4u);
+  EXPECT_EQ((*mounts)[0].path, "/dev/hugepages");
+  EXPECT_EQ((*mounts)[1].path, "/tmp/L dir");
+  EXPECT_EQ((*mounts)[1].size_limit, 4194304u);
+  EXPECT_EQ((*mounts)[2].path, "/tmp/a\tb\\c");
+  EXPECT_EQ((*mounts)[2].page_size, size_t{1} << 30);
+  EXPECT_EQ((*mounts)[3].path, "/tmp/not\\04");  // not an escape: kept as written
 }
 
 }  // namespace

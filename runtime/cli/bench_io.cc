@@ -230,8 +230,10 @@ void AddBenchIoCommand(CommandTable& table, CLI::App* bench) {
                            [f] { return RunBenchIo(*f); });
   io->add_option("--file", c.file,
                  "A file or block device to use as it is (default: create a file in --dir)")
+      ->check(NonEmpty())
       ->type_name("PATH");
   io->add_option("--dir", c.dir, "Where the created file goes (not tmpfs)")
+      ->check(NonEmpty())
       ->type_name("DIR")
       ->capture_default_str();
   io->add_option("--size", f->size,
@@ -253,10 +255,14 @@ void AddBenchIoCommand(CommandTable& table, CLI::App* bench) {
                  "of it as warm-up)")
       ->check(FiniteNumber())
       ->check(CLI::Range(0.01, 3600.0))
+      ->type_name("S")
       ->capture_default_str();
   io->add_flag("--write-existing", c.write_existing,
                "Allow random writes to --file (they destroy what it holds)");
-  io->add_option("--fio", c.fio, "The fio command")->capture_default_str();
+  io->add_option("--fio", c.fio, "The fio command")
+      ->check(NonEmpty())
+      ->type_name("CMD")
+      ->capture_default_str();
   io->add_flag("--json", f->json, "One JSON object (keys: see doc/benchmarks.md)");
 }
 

@@ -75,6 +75,7 @@ void AddBenchMrCommand(CommandTable& table, CLI::App* bench) {
                            "and 1G buffers (needs an RDMA device)",
                            [f] { return RunBenchMr(*f); });
   mr->add_option("--device", f->config.device, "RDMA device (default: the first one)")
+      ->check(NonEmpty())
       ->type_name("NAME");
   mr->add_option("--hits", f->config.hits, "Cache hits timed per size")
       ->transform(IntegerIn(perf::kMrBenchSamples, (int64_t{1} << 31) - 1))

@@ -259,7 +259,7 @@ void AddBenchPinCommand(CommandTable& table, CLI::App* bench) {
   CLI::Option* file = pin->add_option(
       "-f", c.file,
       "A /dev/dax device, or a file in a hugetlbfs mount (one the run creates is removed)");
-  file->type_name("FILE");
+  file->check(NonEmpty())->type_name("FILE");
   pin->add_option("-j", c.threads, "Threads, each pinning the whole range (or see --disjoint)")
       ->transform(IntegerIn(1, 64))
       ->type_name("N")

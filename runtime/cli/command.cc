@@ -105,6 +105,11 @@ CLI::Validator PageSizeValue() {
       "");
 }
 
+CLI::Validator NonEmpty() {
+  return CLI::Validator(
+      [](std::string& value) -> std::string { return value.empty() ? "an empty value" : ""; }, "");
+}
+
 absl::StatusOr<uint64_t> ParseAddress(absl::string_view text) {
   uint64_t v = 0;
   const absl::string_view t = absl::StripAsciiWhitespace(text);
@@ -137,6 +142,10 @@ int Usage(absl::string_view command, const absl::Status& status) {
   return kExitUsage;
 }
 
-void PrintJson(const Json& json) { std::printf("%s\n", json.dump(2).c_str()); }
+void PrintJson(const Json& json) {
+  // A path or argument is bytes, not always UTF-8 (a file named in Latin-1): such a byte
+  // prints as U+FFFD, where dump() would throw and end the program.
+  std::printf("%s\n", json.dump(2, ' ', false, Json::error_handler_t::replace).c_str());
+}
 
 }  // namespace hugemm::cli

@@ -72,7 +72,10 @@ CLI::Validator IntegerIn(int64_t min, int64_t max);
 // comparison with it is true) and calls "abc" out of range: give this one first.
 CLI::Validator FiniteNumber();
 CLI::Validator PageSizeValue();  // "4K", "2M", "1G", "2MB", a number of bytes
-CLI::Validator AddressValue();   // decimal or 0x hexadecimal
+// A path or name: an empty one ("-f ''", a variable that was not set) is a bad value, not
+// the flag's default.
+CLI::Validator NonEmpty();
+CLI::Validator AddressValue();  // decimal or 0x hexadecimal
 // The value AddressValue accepts.
 absl::StatusOr<uint64_t> ParseAddress(absl::string_view text);
 
@@ -88,7 +91,8 @@ CLI::Option* AddListOption(CLI::App* app, const std::string& name, std::vector<s
 // config the flags made that cannot run, returns kExitUsage.
 int Fail(absl::string_view command, const absl::Status& status);
 int Usage(absl::string_view command, const absl::Status& status);
-// Prints `json`, pretty, and a newline to stdout.
+// Prints `json`, pretty, and a newline to stdout; a string that is not UTF-8 (a path
+// given in another encoding) has its bad bytes printed as U+FFFD, so the output parses.
 void PrintJson(const Json& json);
 
 }  // namespace hugemm::cli

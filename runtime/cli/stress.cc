@@ -16,6 +16,7 @@ namespace {
 
 struct StressFlags {
   soak::StressConfig config;
+  bool no_kernel_pins = false;
   bool json = false;
 };
 
@@ -38,7 +39,7 @@ void PrintText(const soak::StressReport& r) {
   for (const std::string& v : r.violations) std::printf("VIOLATION: %s\n", v.c_str());
 }
 
-void PrintJsonReport(const soak::StressReport& r) {
+void PrintJsonReport(const soak::StressReport& r, bool kernel_pins) {
   Json out = {{"seconds", r.seconds},
               {"threads", r.threads},
               {"operations", r.operations},
@@ -48,16 +49,19 @@ void PrintJsonReport(const soak::StressReport& r) {
               {"canaries_checked", r.canaries_checked},
               {"audits", r.audits},
               {"violations", r.violations},
+              {"kernel_pins", kernel_pins},
               {"ok", r.ok()},
               {"command", CommandLine()}};
   PrintJson(out);
 }
 
 int RunStressCommand(const StressFlags& f) {
-  absl::StatusOr<soak::StressReport> r = soak::RunStress(f.config);
+  soak::StressConfig config = f.config;
+  config.kernel_pins = !f.no_kernel_pins;
+  absl::StatusOr<soak::StressReport> r = soak::RunStress(config);
   if (!r.ok()) return Fail("stress", r.status());
   if (f.json) {
-    PrintJsonReport(*r);
+    PrintJsonReport(*r, config.kernel_pins);
   } else {
     PrintText(*r);
   }
@@ -95,9 +99,9 @@ void AddStressCommand(CommandTable& table, CLI::App* app) {
           },
           ""))
       ->type_name("N");
-  cmd->add_flag(
-      "--no-kernel-pins", [f](int64_t) { f->config.kernel_pins = false; },
-      "Map buffers without the kernel's long-term pin");
+  // A bool, so that --no-kernel-pins=false means what it says.
+  cmd->add_flag("--no-kernel-pins", f->no_kernel_pins,
+                "Map buffers without the kernel's long-term pin");
   cmd->add_flag("--json", f->json, "One JSON object");
 }
 

@@ -17,6 +17,25 @@ std::string PoolDir(const std::string& base, size_t page_size) {
   return absl::StrCat(base, "/hugepages-", page_size / 1024, "kB");
 }
 
+bool IsOctal(char c) { return c >= '0' && c <= '7'; }
+
+// /proc/mounts writes a space, tab, newline or backslash in a path as \ooo (octal): the
+// path as the file system knows it.
+std::string UnescapeMountField(absl::string_view field) {
+  std::string out;
+  for (size_t i = 0; i < field.size(); ++i) {
+    if (field[i] == '\\' && i + 3 < field.size() && IsOctal(field[i + 1]) &&
+        IsOctal(field[i + 2]) && IsOctal(field[i + 3])) {
+      out.push_back(static_cast<char>(((field[i + 1] - '0') << 6) | ((field[i + 2] - '0') << 3) |
+                                      (field[i + 3] - '0')));
+      i += 3;
+    } else {
+      out.push_back(field[i]);
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<size_t>> HugePageSizes(Os& os, const std::string& sysfs_root) {
@@ -102,7 +121,7 @@ absl::StatusOr<std::vector<HugetlbfsMount>> HugetlbfsMounts(Os& os,
     std::vector<absl::string_view> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
     if (f.size() < 4 || f[2] != "hugetlbfs") continue;
     HugetlbfsMount m;
-    m.path = std::string(f[1]);
+    m.path = UnescapeMountField(f[1]);
     m.page_size = DefaultHugePageSize(os);
     for (absl::string_view opt : absl::StrSplit(f[3], ',')) {
       if (absl::ConsumePrefix(&opt, "pagesize=")) {

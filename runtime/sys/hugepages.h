@@ -26,7 +26,8 @@ using hugemm::NodePool;
 // Online NUMA nodes (<sysfs>/devices/system/node/nodeN); {0} on a kernel without NUMA
 // (no such directory). Any other failure to list it is an error.
 [[nodiscard]] absl::StatusOr<std::vector<int>> OnlineNodes(Os& os, const std::string& sysfs_root);
-// Mounted hugetlbfs file systems with their page size.
+// Mounted hugetlbfs file systems with their page size; each path as the file system has
+// it (the "\040" /proc/mounts writes for a space read back as a space).
 [[nodiscard]] absl::StatusOr<std::vector<HugetlbfsMount>> HugetlbfsMounts(
     Os& os, const std::string& mounts_file = "/proc/mounts");
 // The default huge page size (Hugepagesize in /proc/meminfo); 0 if none.
