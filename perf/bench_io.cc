@@ -174,7 +174,7 @@ absl::Status CheckIoBenchConfig(const IoBenchConfig& c) {
     return absl::InvalidArgumentError(
         absl::StrCat(c.file.empty() ? "--dir " : "--file ", where, ": ", std::strerror(errno)));
   }
-  struct stat st;
+  struct stat st {};  // zero (no block device) should stat fail below
   if (::stat(where.c_str(), &st) == 0) {
     if (c.file.empty() && !S_ISDIR(st.st_mode)) {
       return absl::InvalidArgumentError(absl::StrCat("--dir ", where, ": not a directory"));

@@ -93,6 +93,22 @@ class RdmaVmTest : public ::testing::Test {
     return b.ok() ? std::move(*b) : Buffer();
   }
 
+  // Through the C API: a runtime, a 2M buffer, a cache and a handle on the buffer's
+  // first 4K, registered on rxe_a.
+  struct CApi {
+    hugemm_runtime* rt = nullptr;
+    hugemm_buffer buf{};
+    hugemm_mr_cache* cache = nullptr;
+    hugemm_mr* mr = nullptr;
+  };
+  void OpenCApi(CApi& c) {
+    ASSERT_EQ(hugemm_open(nullptr, &c.rt), 0) << hugemm_last_error();
+    ASSERT_EQ(hugemm_map_buffer(c.rt, kPageSize2M, nullptr, &c.buf), 0) << hugemm_last_error();
+    ASSERT_EQ(hugemm_mr_cache_create(c.rt, nullptr, &c.cache), 0) << hugemm_last_error();
+    ASSERT_EQ(hugemm_mr_get(c.cache, a_->pd(), c.buf.data, 4096, kAccess, &c.mr), 0)
+        << hugemm_last_error();
+  }
+
   std::unique_ptr<RcEndpoint> a_, b_;
   std::unique_ptr<Runtime> rt_;
   std::unique_ptr<MrCache> cache_;
@@ -263,14 +279,9 @@ TEST_F(RdmaVmTest, TwoThreadsGetAndReleaseWhileBuffersComeAndGo) {
 
 // The C API on a real device: get, keys, hit, put, stats.
 TEST_F(RdmaVmTest, CApiRegistersThroughTheDevice) {
-  hugemm_runtime* rt = nullptr;
-  ASSERT_EQ(hugemm_open(nullptr, &rt), 0);
-  hugemm_buffer buf;
-  ASSERT_EQ(hugemm_map_buffer(rt, kPageSize2M, nullptr, &buf), 0) << hugemm_last_error();
-  hugemm_mr_cache* cache = nullptr;
-  ASSERT_EQ(hugemm_mr_cache_create(rt, nullptr, &cache), 0) << hugemm_last_error();
-  hugemm_mr* mr = nullptr;
-  ASSERT_EQ(hugemm_mr_get(cache, a_->pd(), buf.data, 4096, kAccess, &mr), 0) << hugemm_last_error();
+  CApi c;
+  ASSERT_NO_FATAL_FAILURE(OpenCApi(c));
+  auto [rt, buf, cache, mr] = c;
   EXPECT_EQ(hugemm_mr_ibv(mr)->addr, buf.data);
   EXPECT_EQ(hugemm_mr_rkey(mr), hugemm_mr_ibv(mr)->rkey);
   ASSERT_EQ(
@@ -300,14 +311,9 @@ TEST_F(RdmaVmTest, CApiRegistersThroughTheDevice) {
 // (the device may still be using them) until its put, which deregisters it, then unpins,
 // and the memory goes back.
 TEST_F(RdmaVmTest, CApiAHandleHeldAtCloseKeepsItsRegistrationUntilItsPut) {
-  hugemm_runtime* rt = nullptr;
-  ASSERT_EQ(hugemm_open(nullptr, &rt), 0);
-  hugemm_buffer buf;
-  ASSERT_EQ(hugemm_map_buffer(rt, kPageSize2M, nullptr, &buf), 0) << hugemm_last_error();
-  hugemm_mr_cache* cache = nullptr;
-  ASSERT_EQ(hugemm_mr_cache_create(rt, nullptr, &cache), 0) << hugemm_last_error();
-  hugemm_mr* mr = nullptr;
-  ASSERT_EQ(hugemm_mr_get(cache, a_->pd(), buf.data, 4096, kAccess, &mr), 0) << hugemm_last_error();
+  CApi c;
+  ASSERT_NO_FATAL_FAILURE(OpenCApi(c));
+  auto [rt, buf, cache, mr] = c;
   hugemm_buffer other;  // a second registration, given back before the close
   ASSERT_EQ(hugemm_map_buffer(rt, kPageSize2M, nullptr, &other), 0) << hugemm_last_error();
   hugemm_mr* unheld = nullptr;
