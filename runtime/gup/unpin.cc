@@ -54,9 +54,9 @@ absl::Status CheckHeld(const PageTable& table, Folio* folio, size_t pages, RefKi
   // Both counts from one load of their word: read apart, a pin made between the reads
   // would count in one and not the other, and a range truly held look short.
   const uint64_t counts = folio->counts.load(std::memory_order_acquire);
-  const int64_t refcount = static_cast<int32_t>(static_cast<uint32_t>(counts));
-  const int64_t pins =
-      folio->large() ? static_cast<int32_t>(counts >> Folio::kPincountShift) : refcount / kPinBias;
+  const int64_t refcount = static_cast<int32_t>(folio_internal::RefcountOf(counts));
+  const int64_t pins = folio->large() ? static_cast<int32_t>(folio_internal::PincountOf(counts))
+                                      : refcount / kPinBias;
   int64_t held = pins;
   if (kind == RefKind::kGet) {
     int64_t mappings = 0;
