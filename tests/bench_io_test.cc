@@ -118,9 +118,11 @@ TEST(BenchIo, ASignalMidRunRemovesTheFileItCreated) {
   const ScratchDir scratch;
   const std::string& dir = scratch.path();
   // SIGPIPE too: a reader of the output that goes away (`| jq` failing on a progress line)
-  // ends the run that way.
-  for (const auto& [sig, status] : {std::pair{"TERM", "143\n"}, std::pair{"PIPE", "141\n"}}) {
-    const std::string script = "env --default-signal=INT " + std::string(HUGEMM_CLI_PATH) +
+  // ends the run that way; SIGQUIT (Ctrl-\) ends it with a core dump where core dumps are on.
+  for (const auto& [sig, status] : {std::pair{"TERM", "143\n"}, std::pair{"PIPE", "141\n"},
+                                    std::pair{"QUIT", "131\n"}, std::pair{"USR1", "138\n"}}) {
+    const std::string script = "ulimit -c 0; env --default-signal=INT,QUIT " +
+                               std::string(HUGEMM_CLI_PATH) +
                                " bench io --size 8M --seconds 100 --candidates plain --dir " + dir +
                                " >/dev/null 2>&1 & pid=$!; "
                                "for i in $(seq 200); do ls " +

@@ -17,8 +17,12 @@ namespace {
 constexpr int kSlots = 4;
 char paths[kSlots][PATH_MAX];
 std::atomic<bool> named[kSlots];
-// SIGPIPE too: a reader of the output that goes away ends the run that way.
-constexpr int kSignals[] = {SIGINT, SIGTERM, SIGHUP, SIGPIPE};
+// Every signal whose default action ends the process and that a user, a supervisor or a
+// limit sends: SIGPIPE too (a reader of the output that goes away ends the run that way),
+// SIGQUIT (Ctrl-\), SIGXCPU and SIGXFSZ (ulimit -t, -f). Not the faults (SIGSEGV, SIGBUS,
+// ...): after one of those the process's own state is not to be trusted.
+constexpr int kSignals[] = {SIGINT,  SIGTERM, SIGHUP,  SIGPIPE, SIGQUIT,
+                            SIGALRM, SIGUSR1, SIGUSR2, SIGXCPU, SIGXFSZ};
 
 void RemoveAndDie(int sig) {
   const int saved = errno;

@@ -1,5 +1,6 @@
 // A file a benchmark creates is removed when the run ends, by the run itself; a SIGINT,
-// SIGTERM, SIGHUP or SIGPIPE (a reader of the output gone) ends the process before that.
+// SIGTERM, SIGHUP, SIGQUIT, SIGPIPE (a reader of the output gone), SIGALRM, SIGUSR1,
+// SIGUSR2, SIGXCPU or SIGXFSZ ends the process before that.
 // A file in a hugetlbfs mount would keep its huge pages out of the pool until someone
 // removed it, a created I/O target would keep its gigabyte on disk. RemoveOnSignal names
 // such a file for the time of the run: one of those signals removes it and then ends the
