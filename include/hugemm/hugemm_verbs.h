@@ -66,19 +66,25 @@ void hugemm_mr_cache_destroy(hugemm_mr_cache* cache);
  * (IBV_ACCESS_* bits; not ON_DEMAND or ZERO_BASED), and a pin on the memory under those
  * bytes. -EINVAL bad arguments or a range past the end of its buffer; -ENOENT memory that
  * is not hugemm's; -EPERM write access to read-only memory; -EFAULT a device-exclusive
- * page, or what the device refused; -ENOMEM the cache is full of held registrations, or
- * the device is out of resources; -EAGAIN the memory kept changing; -EFAULT in a child
- * of fork() of the process that made the cache, whose registrations and memory are
- * the parent's (hugemm.h: destroying the cache and putting a hugemm_mr there deregister
- * nothing). */
+ * page; -ENOMEM the cache is full of held registrations, or the buffer (extent) alone is
+ * larger than max_bytes; -EAGAIN the memory kept changing; -EFAULT in a child of fork()
+ * of the process that made the cache, whose registrations and memory are the parent's
+ * (hugemm.h: destroying the cache and putting a hugemm_mr there deregister nothing).
+ * A registration the device refused answers with ibv_reg_mr's errno as -EINVAL (e.g.
+ * IBV_ACCESS_REMOTE_WRITE without IBV_ACCESS_LOCAL_WRITE), -ENOMEM, -EFAULT or -EPERM
+ * (EACCES too), any other as -EIO, and the message names the device and its error.
+ * The registration stays in the cache after the last put: flush or destroy the cache
+ * (after putting every hugemm_mr on `pd`) before ibv_dealloc_pd, which fails with EBUSY
+ * while the device still holds a registration on the PD. */
 int hugemm_mr_get(hugemm_mr_cache* cache, struct ibv_pd* pd, const void* addr, size_t length,
                   int access, hugemm_mr** out);
 /* The registration (covering at least the bytes asked for) and its keys. */
 struct ibv_mr* hugemm_mr_ibv(const hugemm_mr* mr);
 uint32_t hugemm_mr_lkey(const hugemm_mr* mr);
 uint32_t hugemm_mr_rkey(const hugemm_mr* mr);
-/* Unpins and gives the registration back once the work request completed. NULL is
- * ignored. */
+/* Unpins and gives the registration back once the work request completed, and frees
+ * `mr`: each hugemm_mr is put exactly once, and neither it nor its keys are used after
+ * (a second put is a double free). NULL is ignored. */
 void hugemm_mr_put(hugemm_mr* mr);
 
 /* Deregisters every registration no hugemm_mr holds; returns how many. */

@@ -177,9 +177,13 @@ class MrCache {
   //   FailedPrecondition: a device-exclusive page in the range; in a child of fork() of
   //     the process that made the cache (runtime.h), which has none of its memory.
   //   ResourceExhausted: registering would pass max_entries or max_bytes and every
-  //     registration is held; or the device is out of resources.
+  //     registration is held, or the buffer (extent) alone is larger than max_bytes; or
+  //     the device is out of resources.
   //   Unavailable: the memory kept changing while it was being registered.
   //   What the registrar returned otherwise, naming the request.
+  // The registration stays in the cache after its last handle goes: release every handle
+  // on `pd`, then Flush (or destroy the cache), before ibv_dealloc_pd, which fails with
+  // EBUSY while the device still holds a registration on the PD.
   [[nodiscard]] absl::StatusOr<MrHandle> Get(ibv_pd* pd, const void* addr, size_t length,
                                              int access);
 

@@ -259,8 +259,8 @@ absl::Status CacheCore::Reserve(size_t bytes) {
     }
     if (!fits()) {
       return absl::ResourceExhaustedError(absl::StrFormat(
-          "MrCache: no room for a registration of %u bytes: %u registrations of %u bytes are "
-          "held (max_entries %u, max_bytes %u)",
+          "MrCache: no room for a registration of %u bytes: %u registrations, %u bytes in all, "
+          "are held (max_entries %u, max_bytes %u)",
           bytes, live_entries_.load(), live_bytes_.load(), options_.max_entries,
           options_.max_bytes));
     }

@@ -307,6 +307,39 @@ TEST_F(RdmaVmTest, CApiRegistersThroughTheDevice) {
   hugemm_close(rt);
 }
 
+// What hugemm_verbs.h says of a refusal by the device and of the PD's lifetime: the
+// device's EINVAL comes back as -EINVAL naming the device; a registration stays cached
+// after its put, so the PD cannot go (EBUSY) until the cache is flushed.
+TEST_F(RdmaVmTest, CApiTheDeviceRefusesAndThePdWaitsForTheFlush) {
+  CApi c;
+  ASSERT_NO_FATAL_FAILURE(OpenCApi(c));
+  auto [rt, buf, cache, mr] = c;
+  hugemm_mr_put(mr);
+  hugemm_buffer other;
+  ASSERT_EQ(hugemm_map_buffer(rt, kPageSize2M, nullptr, &other), 0) << hugemm_last_error();
+  hugemm_mr* refused = nullptr;
+  EXPECT_EQ(hugemm_mr_get(cache, a_->pd(), other.data, 64, IBV_ACCESS_REMOTE_WRITE, &refused),
+            -EINVAL);
+  EXPECT_EQ(refused, nullptr);
+  EXPECT_NE(std::strstr(hugemm_last_error(), "ibv_reg_mr on rxe_a"), nullptr)
+      << hugemm_last_error();
+  hugemm_mr_cache_stats s;
+  ASSERT_EQ(hugemm_mr_cache_stats_get(cache, &s), 0);
+  EXPECT_EQ(s.entries, 1u);
+  EXPECT_EQ(s.held, 0u);
+
+  ibv_pd* pd = ibv_alloc_pd(a_->pd()->context);
+  ASSERT_NE(pd, nullptr);
+  hugemm_mr* on_pd = nullptr;
+  ASSERT_EQ(hugemm_mr_get(cache, pd, other.data, 64, kAccess, &on_pd), 0) << hugemm_last_error();
+  hugemm_mr_put(on_pd);
+  EXPECT_EQ(ibv_dealloc_pd(pd), EBUSY);
+  EXPECT_EQ(hugemm_mr_cache_flush(cache), 2);
+  EXPECT_EQ(ibv_dealloc_pd(pd), 0);
+  hugemm_mr_cache_destroy(cache);
+  hugemm_close(rt);
+}
+
 // A hugemm_mr still held at hugemm_close: its registration and the memory under it stay
 // (the device may still be using them) until its put, which deregisters it, then unpins,
 // and the memory goes back.
