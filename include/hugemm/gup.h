@@ -252,6 +252,8 @@ class Pinner {
   //   InvalidArgument: the range wraps the address space.  FailedPrecondition: part of
   //   the range is no longer mapped, or a folio holds fewer pins (PIN), or references
   //   beyond its mappings' (GET), than the range has pages on it: nothing is given back.
+  //   The check counts references, not their holders: a range this caller never pinned
+  //   passes it while another holder's pins are there, and takes those.
   [[nodiscard]] absl::Status UnpinRange(const void* va, size_t length, RefKind kind,
                                         bool dirty = false) const;
 
