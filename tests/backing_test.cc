@@ -554,6 +554,47 @@ TEST(DevDax, NeedsADeviceThatSysfsDescribes) {
   EXPECT_THAT(missing.status().message(), HasSubstr("/dev/dax7.7"));
 }
 
+// When sysfs numbers the device (<dir>/dev), only that character device is mapped: a
+// regular file, a directory or another device carrying the name is not device memory.
+TEST(DevDax, RefusesAPathThatIsNotTheDeviceSysfsNumbers) {
+  TempDir dir;
+  MakeFakeDax(dir, "dax0.0", 4 * kPageSize2M, kPageSize2M, 0);
+  dir.WriteFile("sys/bus/dax/devices/dax0.0/dev", "252:0\n");
+  const std::string sysfs = dir.path() + "/sys";
+  auto create = [&](const std::string& path) {
+    return Backing::Create(
+        {.kind = BackingKind::kDevDax, .devdax_path = path, .sysfs_root = sysfs});
+  };
+  TempDir file_dir;
+  const std::string file = file_dir.path() + "/dax0.0";
+  std::ofstream(file).close();
+  std::filesystem::resize_file(file, 4 * kPageSize2M);
+  auto regular = create(file);
+  ASSERT_FALSE(regular.ok()) << "a regular file was taken for the device";
+  EXPECT_EQ(regular.status().code(), absl::StatusCode::kNotFound) << regular.status();
+  EXPECT_THAT(regular.status().message(), HasSubstr("regular file"));
+  EXPECT_THAT(regular.status().message(), HasSubstr("252:0"));
+
+  TempDir link_dir;
+  std::filesystem::create_symlink("/dev/null", link_dir.path() + "/dax0.0");
+  auto other = create(link_dir.path() + "/dax0.0");
+  ASSERT_FALSE(other.ok()) << "/dev/null was taken for the device";
+  EXPECT_EQ(other.status().code(), absl::StatusCode::kNotFound) << other.status();
+  EXPECT_THAT(other.status().message(), HasSubstr("character device 1:3"));
+
+  TempDir parent;
+  std::filesystem::create_directory(parent.path() + "/dax0.0");
+  auto directory = create(parent.path() + "/dax0.0");
+  ASSERT_FALSE(directory.ok());
+  EXPECT_EQ(directory.status().code(), absl::StatusCode::kNotFound) << directory.status();
+  EXPECT_THAT(directory.status().message(), HasSubstr("is a directory"));
+
+  dir.WriteFile("sys/bus/dax/devices/dax0.0/dev", "two fifty two\n");
+  auto garbled = create(file);
+  ASSERT_FALSE(garbled.ok());
+  EXPECT_THAT(garbled.status().message(), HasSubstr("garbled"));
+}
+
 TEST(BackingKind, NamesRoundTrip) {
   for (BackingKind k :
        {BackingKind::kHugetlb, BackingKind::kHugetlbfs, BackingKind::kDevDax, BackingKind::kAnon}) {

@@ -2,6 +2,8 @@
 // kernel has no device-DAX driver, so ctest runs this binary inside a VM that has one
 // (tests/vm, label devdax-vm), once with a 2M-aligned and once with a 1G-aligned
 // namespace ($HUGEMM_TEST_DAX_ALIGN).
+#include <unistd.h>
+
 #include <cstring>
 
 #include "gmock/gmock.h"
@@ -107,6 +109,24 @@ TEST_F(RealDevDaxTest, RefusesPrivateAndMisalignedMappings) {
   EXPECT_FALSE(e.ok());
   e = backing_->Map({.length = info_.size + info_.align});
   EXPECT_FALSE(e.ok());
+}
+
+// A file that carries the device's name is not the device: mapping it would hand out the
+// device's physical addresses for page cache memory.
+TEST_F(RealDevDaxTest, RefusesWhatOnlyCarriesTheDeviceName) {
+  testing::TempDir dir;
+  const std::string file = dir.path() + "/" + info_.name;
+  dir.WriteFile(info_.name, "");
+  ASSERT_EQ(truncate(file.c_str(), static_cast<off_t>(2 * info_.align)), 0);
+  auto regular = Backing::Create({.kind = BackingKind::kDevDax, .devdax_path = file});
+  ASSERT_FALSE(regular.ok()) << "the regular file " << file << " was taken for " << path_;
+  EXPECT_EQ(regular.status().code(), absl::StatusCode::kNotFound) << regular.status();
+  EXPECT_THAT(regular.status().message(), HasSubstr("regular file"));
+  const std::string sysfs_dir = "/sys/bus/dax/devices/" + info_.name;
+  auto directory = Backing::Create({.kind = BackingKind::kDevDax, .devdax_path = sysfs_dir});
+  ASSERT_FALSE(directory.ok());
+  EXPECT_EQ(directory.status().code(), absl::StatusCode::kNotFound) << directory.status();
+  EXPECT_THAT(directory.status().message(), HasSubstr("is a directory"));
 }
 
 }  // namespace
