@@ -151,9 +151,23 @@ class DevDaxBacking final : public Kind {
     }
     uint64_t largest = 0;
     for (const auto& [off, len] : unmapped) largest = std::max<uint64_t>(largest, len);
-    return absl::ResourceExhaustedError(absl::StrCat("no free range of ", HumanBytes(length),
-                                                     " in ", info_.path,
-                                                     " (largest free: ", HumanBytes(largest), ")"));
+    if (length > info_.size) {
+      return absl::ResourceExhaustedError(absl::StrCat(Bytes(length), " is more than ", info_.path,
+                                                       " holds (", Bytes(info_.size), ")"));
+    }
+    // Sizes that round to the same text ("2.0 GiB" of "2.0 GiB") are given in bytes too.
+    const bool exact = HumanBytes(length) == HumanBytes(largest);
+    return absl::ResourceExhaustedError(
+        absl::StrCat("no free range of ", exact ? Bytes(length) : HumanBytes(length), " in ",
+                     info_.path, " (largest free: ", exact ? Bytes(largest) : HumanBytes(largest),
+                     ", of ", Bytes(info_.size), "; the rest is mapped by this process)"));
+  }
+
+  // "2.0 GiB (2111832064 bytes)": a device's sizes are rarely round.
+  static std::string Bytes(uint64_t n) {
+    const std::string human = HumanBytes(n);
+    if (human.find('.') == std::string::npos) return human;
+    return absl::StrCat(human, " (", n, " bytes)");
   }
 
   static void Carve(std::map<uint64_t, uint64_t>& unmapped,
