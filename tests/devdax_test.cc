@@ -4,12 +4,17 @@
 // namespace ($HUGEMM_TEST_DAX_ALIGN).
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <string>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hugemm/backing.h"
 #include "hugemm/kernel_check.h"
+#include "hugemm/os.h"
 #include "tests/test_util.h"
 
 namespace hugemm {
@@ -127,6 +132,34 @@ TEST_F(RealDevDaxTest, RefusesWhatOnlyCarriesTheDeviceName) {
   ASSERT_FALSE(directory.ok());
   EXPECT_EQ(directory.status().code(), absl::StatusCode::kNotFound) << directory.status();
   EXPECT_THAT(directory.status().message(), HasSubstr("is a directory"));
+}
+
+// sysfs lists a device no driver serves (unbound, or made system RAM by daxctl): its
+// /dev node is still there, and opening it fails with ENXIO. The message says why. Only
+// in the VM: the device is unbound from device_dax for the test and bound again after.
+TEST_F(RealDevDaxTest, ADeviceNoDriverServesSaysSo) {
+  const char* in_vm = std::getenv("HUGEMM_IN_VM");
+  HUGEMM_NEED(in_vm != nullptr && std::string(in_vm) == "1",
+              "unbinds the device from its driver: only in the VM (tests/vm)");
+  backing_.reset();  // its descriptor would outlive the binding it was opened under
+  auto write = [](const std::string& file, const std::string& value) {
+    std::ofstream out(file);
+    out << value;
+    out.flush();
+    return out.good();
+  };
+  const std::string drivers = "/sys/bus/dax/drivers/device_dax/";
+  ASSERT_TRUE(write(drivers + "unbind", info_.name)) << "cannot unbind " << info_.name;
+  auto unbound = Backing::Create({.kind = BackingKind::kDevDax, .devdax_path = path_});
+  const bool rebound = write(drivers + "bind", info_.name);
+  ASSERT_TRUE(rebound) << "cannot bind " << info_.name << " again: the tests after this fail";
+  ASSERT_FALSE(unbound.ok()) << path_ << " opened while no driver served it";
+  EXPECT_EQ(unbound.status().code(), absl::StatusCode::kNotFound) << unbound.status();
+  EXPECT_EQ(ErrnoOf(unbound.status()), ENXIO) << unbound.status();
+  EXPECT_THAT(unbound.status().message(), HasSubstr("device_dax driver does not serve"));
+  auto again = Backing::Create({.kind = BackingKind::kDevDax, .devdax_path = path_});
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE((*again)->Map({.length = info_.align}).ok());
 }
 
 }  // namespace

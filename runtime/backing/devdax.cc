@@ -25,6 +25,7 @@
 #include "absl/strings/str_split.h"
 #include "runtime/backing/kind.h"
 #include "runtime/sys/files.h"
+#include "runtime/sys/status.h"
 #include "runtime/sys/unique_fd.h"
 
 namespace hugemm::backing_internal {
@@ -237,6 +238,14 @@ absl::StatusOr<std::unique_ptr<Kind>> NewDevDax(const BackingOptions& options, O
                                               " is a directory, not the device-DAX "
                                               "character device ",
                                               info->name));
+    }
+    if (ErrnoOf(fd.status()) == ENXIO) {
+      // sysfs still lists a device that no driver serves, e.g. one made system RAM.
+      return sys::AppendToMessage(
+          fd.status(), absl::StrCat(": the device_dax driver does not serve ", info->name,
+                                    " (unbound, or in system-ram mode: daxctl "
+                                    "reconfigure-device --mode=devdax ",
+                                    info->name, ")"));
     }
     return fd.status();
   }
