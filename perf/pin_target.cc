@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "hugemm/backing.h"
 #include "runtime/sys/hugepages.h"
 
 namespace hugemm::perf {
@@ -23,8 +24,17 @@ absl::StatusOr<PinTarget> ResolveFile(const PinBenchConfig& c) {
   struct stat st;
   const bool exists = ::stat(path.c_str(), &st) == 0;
   if (exists && S_ISCHR(st.st_mode)) {
+    // The buffer is whole pages of the device's alignment: the size rounds up to them,
+    // and a --page-size of another size is a contradiction, as for a hugetlbfs mount.
+    absl::StatusOr<DaxDeviceInfo> device = ReadDaxDevice(path);
+    if (!device.ok()) return bad(device.status().message());
+    if (c.page_size != 0 && c.page_size != device->align) {
+      return bad(absl::StrCat(path, " has alignment ", PageSizeName(device->align), ", not ",
+                              PageSizeName(c.page_size)));
+    }
     t.buffer.backing = BackingKind::kDevDax;
     t.buffer.devdax_path = path;
+    t.buffer.page_size = device->align;
     return t;
   }
   if (exists && !S_ISREG(st.st_mode)) return bad("neither a device nor a regular file");

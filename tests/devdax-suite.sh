@@ -11,15 +11,30 @@ failed=()
 for spec in "$@"; do
   if [[ $spec == bench:* ]]; then
     cli=${spec#bench:}
+    # 64 MiB at both alignments: the buffer is whole pages of the device's alignment (one
+    # 1G page), the pinned range the size asked for.
     mib=64
-    [[ $align == 1G ]] && mib=1024
     echo "=== hugemm bench pin -f $HUGEMM_TEST_DAX -m $mib (align $align)"
     if out=$("$cli" bench pin -f "$HUGEMM_TEST_DAX" -m "$mib" -r 2 --compare=kernel --json) &&
-      grep -q '"backing": "devdax"' <<<"$out" && grep -q '"kernel_pin_us"' <<<"$out"; then
+      grep -q '"backing": "devdax"' <<<"$out" && grep -q '"kernel_pin_us"' <<<"$out" &&
+      grep -q "\"page_size\": \"$align\"" <<<"$out" && grep -q '"size_mib": 64' <<<"$out"; then
       echo "$out"
     else
       echo "$out"
       failed+=("bench pin -f")
+    fi
+    # A page size that is not the device's is refused, not silently replaced.
+    other=1G
+    [[ $align == 1G ]] && other=2M
+    echo "=== hugemm bench pin -f $HUGEMM_TEST_DAX --page-size $other (align $align)"
+    if out=$("$cli" bench pin -f "$HUGEMM_TEST_DAX" --page-size "$other" -m "$mib" -r 1 2>&1); then
+      echo "$out"
+      failed+=("bench pin -f --page-size $other")
+    elif ! grep -q "has alignment $align, not $other" <<<"$out"; then
+      echo "$out"
+      failed+=("bench pin -f --page-size $other (message)")
+    else
+      echo "refused: $out"
     fi
     continue
   fi

@@ -2,12 +2,19 @@
 // kernel has no device-DAX driver, so ctest runs this binary inside a VM that has one
 // (tests/vm, label devdax-vm), once with a 2M-aligned and once with a 1G-aligned
 // namespace ($HUGEMM_TEST_DAX_ALIGN).
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <string>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hugemm/backing.h"
 #include "hugemm/kernel_check.h"
+#include "hugemm/os.h"
 #include "tests/test_util.h"
 
 namespace hugemm {
@@ -107,6 +114,52 @@ TEST_F(RealDevDaxTest, RefusesPrivateAndMisalignedMappings) {
   EXPECT_FALSE(e.ok());
   e = backing_->Map({.length = info_.size + info_.align});
   EXPECT_FALSE(e.ok());
+}
+
+// A file that carries the device's name is not the device: mapping it would hand out the
+// device's physical addresses for page cache memory.
+TEST_F(RealDevDaxTest, RefusesWhatOnlyCarriesTheDeviceName) {
+  testing::TempDir dir;
+  const std::string file = dir.path() + "/" + info_.name;
+  dir.WriteFile(info_.name, "");
+  ASSERT_EQ(truncate(file.c_str(), static_cast<off_t>(2 * info_.align)), 0);
+  auto regular = Backing::Create({.kind = BackingKind::kDevDax, .devdax_path = file});
+  ASSERT_FALSE(regular.ok()) << "the regular file " << file << " was taken for " << path_;
+  EXPECT_EQ(regular.status().code(), absl::StatusCode::kNotFound) << regular.status();
+  EXPECT_THAT(regular.status().message(), HasSubstr("regular file"));
+  const std::string sysfs_dir = "/sys/bus/dax/devices/" + info_.name;
+  auto directory = Backing::Create({.kind = BackingKind::kDevDax, .devdax_path = sysfs_dir});
+  ASSERT_FALSE(directory.ok());
+  EXPECT_EQ(directory.status().code(), absl::StatusCode::kNotFound) << directory.status();
+  EXPECT_THAT(directory.status().message(), HasSubstr("is a directory"));
+}
+
+// sysfs lists a device no driver serves (unbound, or made system RAM by daxctl): its
+// /dev node is still there, and opening it fails with ENXIO. The message says why. Only
+// in the VM: the device is unbound from device_dax for the test and bound again after.
+TEST_F(RealDevDaxTest, ADeviceNoDriverServesSaysSo) {
+  const char* in_vm = std::getenv("HUGEMM_IN_VM");
+  HUGEMM_NEED(in_vm != nullptr && std::string(in_vm) == "1",
+              "unbinds the device from its driver: only in the VM (tests/vm)");
+  backing_.reset();  // its descriptor would outlive the binding it was opened under
+  auto write = [](const std::string& file, const std::string& value) {
+    std::ofstream out(file);
+    out << value;
+    out.flush();
+    return out.good();
+  };
+  const std::string drivers = "/sys/bus/dax/drivers/device_dax/";
+  ASSERT_TRUE(write(drivers + "unbind", info_.name)) << "cannot unbind " << info_.name;
+  auto unbound = Backing::Create({.kind = BackingKind::kDevDax, .devdax_path = path_});
+  const bool rebound = write(drivers + "bind", info_.name);
+  ASSERT_TRUE(rebound) << "cannot bind " << info_.name << " again: the tests after this fail";
+  ASSERT_FALSE(unbound.ok()) << path_ << " opened while no driver served it";
+  EXPECT_EQ(unbound.status().code(), absl::StatusCode::kNotFound) << unbound.status();
+  EXPECT_EQ(ErrnoOf(unbound.status()), ENXIO) << unbound.status();
+  EXPECT_THAT(unbound.status().message(), HasSubstr("device_dax driver does not serve"));
+  auto again = Backing::Create({.kind = BackingKind::kDevDax, .devdax_path = path_});
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE((*again)->Map({.length = info_.align}).ok());
 }
 
 }  // namespace

@@ -178,9 +178,11 @@ class Backing final : public std::enable_shared_from_this<Backing> {
   // Checks the options against the system (page size supported, mount present, device
   // readable and described by sysfs) and returns a ready backing. InvalidArgument for a
   // page size the kind or kernel does not offer, a devdax backing without a path, or a
-  // mount of another page size; NotFound for a missing mount or device; PermissionDenied
-  // for a hugetlbfs mount of the page size this process may not write; the OS's error
-  // (naming the call) when sysfs or /proc/mounts cannot be read or the device opened.
+  // mount of another page size; NotFound for a missing mount or device, and for a devdax
+  // path that is not the character device sysfs numbers in <dir>/dev (a regular file, a
+  // directory or another device that carries its name); PermissionDenied for a hugetlbfs
+  // mount of the page size this process may not write; the OS's error (naming the call)
+  // when sysfs or /proc/mounts cannot be read or the device opened.
   [[nodiscard]] static absl::StatusOr<std::shared_ptr<Backing>> Create(
       const BackingOptions& options);
 

@@ -126,8 +126,10 @@ typedef struct hugemm_buffer {
  * -EINVAL: zero, unaligned or absurd length (beyond the address space), unknown backing,
  * a page size the backing does not have, a NUMA node that is not online. -ENOMEM: no
  * huge pages for it.
- * -ENOENT: no such device-DAX device, or no hugetlbfs mount of the page size. -EPERM: the
- * hugetlbfs mount of the page size is not writable by this process. */
+ * -ENOENT: no such device-DAX device (a path that is not the character device sysfs
+ * describes, or one no driver serves), or no hugetlbfs mount of the page size. -EPERM: the
+ * hugetlbfs mount of the page size is not writable by this process, or the device-DAX
+ * device may not be opened by it (the device is root's, mode 0600, unless changed). */
 int hugemm_map_buffer(hugemm_runtime* rt, size_t length, const hugemm_buffer_options* options,
                       hugemm_buffer* out);
 /* One folio of at least `bytes` (a power of two from 4K up to the page size) from the

@@ -81,7 +81,9 @@ int hugemm_io_mode(const hugemm_io* io);
 
 /* The buf_index for READ_FIXED / WRITE_FIXED of [addr, addr + length), in O(1); -ENOENT
  * (with the reason) when that memory is no fixed buffer: not hugemm memory, external
- * memory (hugemm_register_external), past the end of its mapping, or across a 1 GiB
+ * memory (hugemm_register_external), device-DAX memory the kernel would not register
+ * (RLIMIT_MEMLOCK reached: device memory never moves, so it is mapped without a kernel
+ * pin, where other memory fails to map), past the end of its mapping, or across a 1 GiB
  * boundary of a larger one (io_uring registers at most 1 GiB per slot, so a buffer of
  * 2 GiB is two fixed buffers). The mapping of a hugemm_alloc buffer is the pool extent it
  * was carved from: a range that runs from it into a neighbouring allocation has an index

@@ -29,7 +29,9 @@
 // gives a closed ring's share back a moment after the close); the table holds at most
 // 16384 slots, so at most 16384 MapBuffer buffers at once however small (a 4K anon one
 // takes a slot as a 1 GiB one does; Allocate's pools take a slot per extent). Both limits
-// end in an error that names them and what to do.
+// end in an error that names them and what to do, except for device-DAX memory, which
+// never moves: a buffer or pool extent of it the kernel will not pin is mapped all the
+// same, without a kernel pin, and is then no fixed buffer (io.h's IndexOf says why).
 //
 // Memory observers (memory_observer.h) hear of every extent and buffer when it is added
 // and before it is removed: the kernel pin table is the first; an IOVA mapper or a

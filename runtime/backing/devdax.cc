@@ -8,15 +8,24 @@
 // process (through the same Os) shares one DeviceRanges, found by the device's name.
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 
+#include <cerrno>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "runtime/backing/kind.h"
+#include "runtime/sys/files.h"
+#include "runtime/sys/status.h"
 #include "runtime/sys/unique_fd.h"
 
 namespace hugemm::backing_internal {
@@ -143,9 +152,23 @@ class DevDaxBacking final : public Kind {
     }
     uint64_t largest = 0;
     for (const auto& [off, len] : unmapped) largest = std::max<uint64_t>(largest, len);
-    return absl::ResourceExhaustedError(absl::StrCat("no free range of ", HumanBytes(length),
-                                                     " in ", info_.path,
-                                                     " (largest free: ", HumanBytes(largest), ")"));
+    if (length > info_.size) {
+      return absl::ResourceExhaustedError(absl::StrCat(Bytes(length), " is more than ", info_.path,
+                                                       " holds (", Bytes(info_.size), ")"));
+    }
+    // Sizes that round to the same text ("2.0 GiB" of "2.0 GiB") are given in bytes too.
+    const bool exact = HumanBytes(length) == HumanBytes(largest);
+    return absl::ResourceExhaustedError(
+        absl::StrCat("no free range of ", exact ? Bytes(length) : HumanBytes(length), " in ",
+                     info_.path, " (largest free: ", exact ? Bytes(largest) : HumanBytes(largest),
+                     ", of ", Bytes(info_.size), "; the rest is mapped by this process)"));
+  }
+
+  // "2.0 GiB (2111832064 bytes)": a device's sizes are rarely round.
+  static std::string Bytes(uint64_t n) {
+    const std::string human = HumanBytes(n);
+    if (human.find('.') == std::string::npos) return human;
+    return absl::StrCat(human, " (", n, " bytes)");
   }
 
   static void Carve(std::map<uint64_t, uint64_t>& unmapped,
@@ -160,6 +183,39 @@ class DevDaxBacking final : public Kind {
   sys::UniqueFd fd_;
   const std::shared_ptr<DeviceRanges> ranges_;
 };
+
+// The file opened must be the device sysfs describes: a regular file or another device
+// that happens to carry its name would be mapped as device memory, its PFNs made up from
+// the device's physical ranges. sysfs names the device number in <dir>/dev ("252:0");
+// a tree without that file (a test's stand-in) is taken at its word.
+absl::Status CheckIsTheDevice(Os& os, int fd, const DaxDeviceInfo& info,
+                              const std::string& sysfs_root) {
+  const std::string dev_file = absl::StrCat(sysfs_root, "/bus/dax/devices/", info.name, "/dev");
+  absl::StatusOr<bool> described = sys::PathExists(os, dev_file);
+  if (!described.ok()) return described.status();
+  if (!*described) return absl::OkStatus();
+  absl::StatusOr<std::string> text = sys::ReadTrimmed(os, dev_file);
+  if (!text.ok()) return text.status();
+  std::vector<absl::string_view> parts = absl::StrSplit(*text, ':');
+  unsigned major_num = 0, minor_num = 0;
+  if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &major_num) ||
+      !absl::SimpleAtoi(parts[1], &minor_num)) {
+    return absl::DataLossError(absl::StrCat("garbled ", dev_file, ": \"", *text, "\""));
+  }
+  absl::StatusOr<struct stat> st = os.Fstat(fd);
+  if (!st.ok()) return st.status();
+  if (!S_ISCHR(st->st_mode)) {
+    return absl::NotFoundError(absl::StrCat(
+        info.path, " is ", S_ISREG(st->st_mode) ? "a regular file" : "not a character device",
+        ", not the device-DAX character device ", info.name, " (", *text, ")"));
+  }
+  if (major(st->st_rdev) != major_num || minor(st->st_rdev) != minor_num) {
+    return absl::NotFoundError(absl::StrCat(info.path, " is character device ", major(st->st_rdev),
+                                            ":", minor(st->st_rdev), ", not the device-DAX device ",
+                                            info.name, " (", *text, ")"));
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace
 
@@ -176,8 +232,28 @@ absl::StatusOr<std::unique_ptr<Kind>> NewDevDax(const BackingOptions& options, O
                                                    PageSizeName(options.page_size)));
   }
   absl::StatusOr<int> fd = os.Open(info->path, O_RDWR, 0);
-  if (!fd.ok()) return fd.status();
-  return std::make_unique<DevDaxBacking>(std::move(*info), sys::UniqueFd(os, *fd), os);
+  if (!fd.ok()) {
+    if (ErrnoOf(fd.status()) == EISDIR) {
+      return absl::NotFoundError(absl::StrCat(info->path,
+                                              " is a directory, not the device-DAX "
+                                              "character device ",
+                                              info->name));
+    }
+    if (ErrnoOf(fd.status()) == ENXIO) {
+      // sysfs still lists a device that no driver serves, e.g. one made system RAM.
+      return sys::AppendToMessage(
+          fd.status(), absl::StrCat(": the device_dax driver does not serve ", info->name,
+                                    " (unbound, or in system-ram mode: daxctl "
+                                    "reconfigure-device --mode=devdax ",
+                                    info->name, ")"));
+    }
+    return fd.status();
+  }
+  sys::UniqueFd owned(os, *fd);
+  if (absl::Status st = CheckIsTheDevice(os, owned.get(), *info, options.sysfs_root); !st.ok()) {
+    return st;
+  }
+  return std::make_unique<DevDaxBacking>(std::move(*info), std::move(owned), os);
 }
 
 }  // namespace hugemm::backing_internal
