@@ -100,7 +100,7 @@ TEST_F(VfioFakeTest, MapsWhatIsHeldThenEachExtentOnceAndUnmapsBeforeItGoes) {
   EXPECT_EQ((*m)->stats().mappings, 0u);
 }
 
-TEST_F(VfioFakeTest, IovasAreAlignedToThePageSizeAndReused) {
+TEST_F(VfioFakeTest, IovasAreAlignedToThePageSizeAndAFreedOneIsNotHandedOutAtOnce) {
   absl::StatusOr<std::unique_ptr<IovaMapper>> m =
       IovaMapper::Attach(*rt_, container_, {.iova_base = 0x1000});
   ASSERT_TRUE(m.ok()) << m.status();
@@ -114,7 +114,40 @@ TEST_F(VfioFakeTest, IovasAreAlignedToThePageSizeAndReused) {
   HUGEMM_ASSERT_OK(b->Free());
   absl::StatusOr<Buffer> c = rt_->MapBuffer(kPageSize2M);
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_EQ(*(*m)->Iova(c->data()), ib) << "the freed IOVAs are handed out again";
+  EXPECT_NE(*(*m)->Iova(c->data()), ib) << "a stale IOVA of the freed buffer reaches the new one";
+  EXPECT_EQ(*(*m)->Iova(c->data()) % kPageSize2M, 0u);
+}
+
+TEST_F(VfioFakeTest, FreedIovasAreHandedOutAgainOnlyOnceTheWindowHasNoFreshRoom) {
+  const uint64_t base = uint64_t{1} << 32;
+  absl::StatusOr<std::unique_ptr<IovaMapper>> m = IovaMapper::Attach(
+      *rt_, container_, {.iova_base = base, .iova_limit = base + 5 * kPageSize2M});
+  ASSERT_TRUE(m.ok()) << m.status();
+  std::vector<uint64_t> iovas;
+  std::vector<Buffer> held;
+  for (int i = 0; i < 3; ++i) {
+    absl::StatusOr<Buffer> b = rt_->MapBuffer(kPageSize2M);
+    ASSERT_TRUE(b.ok()) << b.status();
+    iovas.push_back(*(*m)->Iova(b->data()));
+    HUGEMM_ASSERT_OK(b->Free());
+  }
+  EXPECT_EQ(iovas, (std::vector<uint64_t>{base, base + kPageSize2M, base + 2 * kPageSize2M}))
+      << "each buffer at IOVAs no freed buffer had";
+  // A 4M buffer takes the last 4M never handed out; then the freed IOVAs come back,
+  // lowest first.
+  absl::StatusOr<Buffer> big = rt_->MapBuffer(2 * kPageSize2M);
+  ASSERT_TRUE(big.ok()) << big.status();
+  EXPECT_EQ(*(*m)->Iova(big->data()), base + 3 * kPageSize2M);
+  absl::StatusOr<Buffer> again = rt_->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(*(*m)->Iova(again->data()), base);
+  HUGEMM_ASSERT_OK(big->Free());
+  // Freed IOVAs next to each other make one range again.
+  absl::StatusOr<Buffer> large = rt_->MapBuffer(4 * kPageSize2M);
+  ASSERT_TRUE(large.ok()) << large.status();
+  EXPECT_EQ(*(*m)->Iova(large->data()), base + kPageSize2M);
+  absl::StatusOr<Buffer> full = rt_->MapBuffer(kPageSize2M);
+  EXPECT_EQ(full.status().code(), absl::StatusCode::kResourceExhausted) << full.status();
 }
 
 TEST_F(VfioFakeTest, SegmentsAreRunsInIovaSpaceWithTheMaximumHonoured) {
