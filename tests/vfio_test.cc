@@ -658,6 +658,26 @@ TEST(VfioCApi, CloseDetachesAMapperStillAttached) {
   HUGEMM_ASSERT_OK(m.os.Close(*m.container));
 }
 
+// Detach with a pin outstanding: the container loses every mapping at once, and the pin
+// stays the runtime's until hugemm_unpin_range, after which the buffer frees.
+TEST(VfioCApi, DetachWithAPinOutstandingLeavesThePinToTheRuntime) {
+  CMapperOnFake m;
+  ASSERT_NO_FATAL_FAILURE(AttachCMapper(&m));
+  hugemm_dma_segment seg;
+  ASSERT_EQ(hugemm_vfio_pin_segments(m.vfio, m.buf.data, 8192, HUGEMM_PIN, 0, &seg, 1), 1)
+      << hugemm_last_error();
+  hugemm_vfio_detach(m.vfio);
+  EXPECT_TRUE(m.os.VfioMappings(*m.container).empty());
+  EXPECT_TRUE(m.rt->rt->pinner().MaybeDmaPinned(m.buf.data));
+  EXPECT_EQ(hugemm_unpin_range(m.rt, m.buf.data, 8192, HUGEMM_PIN, 1), 0) << hugemm_last_error();
+  EXPECT_FALSE(m.rt->rt->pinner().MaybeDmaPinned(m.buf.data));
+  const size_t mappings = m.os.live_mappings();
+  EXPECT_EQ(hugemm_free(m.rt, m.buf.data), 0) << hugemm_last_error();
+  EXPECT_LT(m.os.live_mappings(), mappings);
+  hugemm_close(m.rt);
+  HUGEMM_ASSERT_OK(m.os.Close(*m.container));
+}
+
 // The same through the C API: in a child, hugemm_vfio_attach is -EFAULT, and neither
 // hugemm_close nor hugemm_vfio_detach unmaps the parent's mappings from the container.
 TEST(VfioCApi, AChildOfForkClosingLeavesTheContainersMappings) {
