@@ -465,6 +465,54 @@ TEST_F(NvmeVmDriverTest, InIovaModeTheCApiLeavesNothingMappedAfterDetachAndNothi
   EXPECT_EQ(OpenFds(), fds);
 }
 
+// Windows against the real container: a second runtime attached over IOVAs the first
+// one uses is refused with the kernel's EEXIST and maps nothing; a disjoint window works;
+// one too small for the runtime's memory is -ENOMEM and an inverted one -EINVAL, both
+// leaving nothing attached.
+TEST_F(NvmeVmDriverTest, InIovaModeWindowsThatOverlapOrDoNotFitAreRefusedLeavingNothing) {
+  if (!kIovaMode) GTEST_SKIP() << "physical mode";
+  hugemm_runtime* rts[2] = {};
+  hugemm_buffer bufs[2];
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_EQ(hugemm_open(nullptr, &rts[i]), 0) << hugemm_last_error();
+    ASSERT_EQ(hugemm_map_buffer(rts[i], hugemm::kPageSize2M, nullptr, &bufs[i]), 0)
+        << hugemm_last_error();
+  }
+  const uint64_t base = uint64_t{1} << 38;
+  const hugemm_vfio_options first = {base, 0};
+  hugemm_vfio* a = nullptr;
+  ASSERT_EQ(hugemm_vfio_attach(rts[0], VfioContainer(), &first, &a), 0) << hugemm_last_error();
+  hugemm_vfio* b = nullptr;
+  EXPECT_EQ(hugemm_vfio_attach(rts[1], VfioContainer(), &first, &b), -EEXIST)
+      << hugemm_last_error();
+  EXPECT_NE(std::strstr(hugemm_last_error(), "IOVA mapping of"), nullptr) << hugemm_last_error();
+  EXPECT_EQ(b, nullptr);
+  const hugemm_vfio_options tiny = {base + (uint64_t{1} << 36),
+                                    base + (uint64_t{1} << 36) + 16 * kPage};
+  EXPECT_EQ(hugemm_vfio_attach(rts[1], VfioContainer(), &tiny, &b), -ENOMEM) << hugemm_last_error();
+  EXPECT_NE(std::strstr(hugemm_last_error(), "no room"), nullptr) << hugemm_last_error();
+  const hugemm_vfio_options inverted = {tiny.iova_limit, tiny.iova_base};
+  EXPECT_EQ(hugemm_vfio_attach(rts[1], VfioContainer(), &inverted, &b), -EINVAL)
+      << hugemm_last_error();
+  EXPECT_EQ(b, nullptr);
+  const hugemm_vfio_options second = {tiny.iova_base, 0};
+  ASSERT_EQ(hugemm_vfio_attach(rts[1], VfioContainer(), &second, &b), 0) << hugemm_last_error();
+  uint64_t ia = 0, ib = 0;
+  ASSERT_EQ(hugemm_vfio_iova(a, bufs[0].data, &ia), 0) << hugemm_last_error();
+  ASSERT_EQ(hugemm_vfio_iova(b, bufs[1].data, &ib), 0) << hugemm_last_error();
+  EXPECT_EQ(ia, base);
+  EXPECT_EQ(ib, tiny.iova_base);
+  // The refused attaches left nothing: each mapper maps its runtime's buffer only.
+  for (hugemm_vfio* v : {a, b}) {
+    size_t mappings = 0;
+    ASSERT_EQ(hugemm_vfio_stats(v, &mappings, nullptr), 0);
+    EXPECT_EQ(mappings, 1u);
+  }
+  hugemm_vfio_detach(b);
+  hugemm_vfio_detach(a);
+  for (hugemm_runtime* rt : rts) hugemm_close(rt);
+}
+
 // A container the program has not finished setting up (no group, no IOMMU) is refused
 // when the mapper attaches, with the step it misses, even by a runtime holding nothing.
 TEST_F(NvmeVmDriverTest, InIovaModeAContainerWithNoIommuIsRefusedAtAttach) {
