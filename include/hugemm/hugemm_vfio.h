@@ -48,6 +48,8 @@ typedef struct hugemm_vfio_options {
  * brought it, which then maps nothing; that call's message names the ioctl's errno.
  * An IOVA of freed memory is handed out again only once the window has no room left that
  * never was: until then a device given a stale IOVA meets an IOMMU fault, not newer memory.
+ * (Memory of hugemm_alloc is mapped with its pool extent, which stays after a free: its
+ * IOVAs reach the next allocation there; the pin of each I/O keeps those apart.)
  * One container may serve several runtimes (one hugemm_vfio each) only with disjoint IOVA
  * windows: the kernel refuses a map over IOVAs in use (-EEXIST, as above).
  * -EFAULT in a child of fork() of the process that opened the runtime (hugemm.h). */

@@ -17,7 +17,10 @@
 // IOMMU can use 2M and 1G pages, and unmapped before the runtime unmaps it. Its IOVAs
 // come from [iova_base, iova_limit). An unmapped range's IOVAs are handed out again only
 // once the window has no room left that was never handed out: until then a device given
-// a stale IOVA of freed memory meets an IOMMU fault, never memory mapped after it.
+// a stale IOVA of freed memory meets an IOMMU fault, never memory mapped after it. That
+// holds for what leaves the runtime (a MapBuffer buffer, an extent a pool gives back); an
+// Allocate buffer's IOVAs are its pool extent's, which stay mapped after its free and
+// reach the next allocation carved there: the pin of each I/O is what keeps those apart.
 //
 // As a DmaAddressSpace it turns pins into segments in IOVA space: contiguity is judged
 // by IOVA (a whole extent is one run however its folios lie physically), the maximum
