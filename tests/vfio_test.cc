@@ -100,7 +100,7 @@ TEST_F(VfioFakeTest, MapsWhatIsHeldThenEachExtentOnceAndUnmapsBeforeItGoes) {
   EXPECT_EQ((*m)->stats().mappings, 0u);
 }
 
-TEST_F(VfioFakeTest, IovasAreAlignedToThePageSizeAndReused) {
+TEST_F(VfioFakeTest, IovasAreAlignedToThePageSizeAndAFreedOneIsNotHandedOutAtOnce) {
   absl::StatusOr<std::unique_ptr<IovaMapper>> m =
       IovaMapper::Attach(*rt_, container_, {.iova_base = 0x1000});
   ASSERT_TRUE(m.ok()) << m.status();
@@ -114,7 +114,40 @@ TEST_F(VfioFakeTest, IovasAreAlignedToThePageSizeAndReused) {
   HUGEMM_ASSERT_OK(b->Free());
   absl::StatusOr<Buffer> c = rt_->MapBuffer(kPageSize2M);
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_EQ(*(*m)->Iova(c->data()), ib) << "the freed IOVAs are handed out again";
+  EXPECT_NE(*(*m)->Iova(c->data()), ib) << "a stale IOVA of the freed buffer reaches the new one";
+  EXPECT_EQ(*(*m)->Iova(c->data()) % kPageSize2M, 0u);
+}
+
+TEST_F(VfioFakeTest, FreedIovasAreHandedOutAgainOnlyOnceTheWindowHasNoFreshRoom) {
+  const uint64_t base = uint64_t{1} << 32;
+  absl::StatusOr<std::unique_ptr<IovaMapper>> m = IovaMapper::Attach(
+      *rt_, container_, {.iova_base = base, .iova_limit = base + 5 * kPageSize2M});
+  ASSERT_TRUE(m.ok()) << m.status();
+  std::vector<uint64_t> iovas;
+  std::vector<Buffer> held;
+  for (int i = 0; i < 3; ++i) {
+    absl::StatusOr<Buffer> b = rt_->MapBuffer(kPageSize2M);
+    ASSERT_TRUE(b.ok()) << b.status();
+    iovas.push_back(*(*m)->Iova(b->data()));
+    HUGEMM_ASSERT_OK(b->Free());
+  }
+  EXPECT_EQ(iovas, (std::vector<uint64_t>{base, base + kPageSize2M, base + 2 * kPageSize2M}))
+      << "each buffer at IOVAs no freed buffer had";
+  // A 4M buffer takes the last 4M never handed out; then the freed IOVAs come back,
+  // lowest first.
+  absl::StatusOr<Buffer> big = rt_->MapBuffer(2 * kPageSize2M);
+  ASSERT_TRUE(big.ok()) << big.status();
+  EXPECT_EQ(*(*m)->Iova(big->data()), base + 3 * kPageSize2M);
+  absl::StatusOr<Buffer> again = rt_->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(*(*m)->Iova(again->data()), base);
+  HUGEMM_ASSERT_OK(big->Free());
+  // Freed IOVAs next to each other make one range again.
+  absl::StatusOr<Buffer> large = rt_->MapBuffer(4 * kPageSize2M);
+  ASSERT_TRUE(large.ok()) << large.status();
+  EXPECT_EQ(*(*m)->Iova(large->data()), base + kPageSize2M);
+  absl::StatusOr<Buffer> full = rt_->MapBuffer(kPageSize2M);
+  EXPECT_EQ(full.status().code(), absl::StatusCode::kResourceExhausted) << full.status();
 }
 
 TEST_F(VfioFakeTest, SegmentsAreRunsInIovaSpaceWithTheMaximumHonoured) {
@@ -622,6 +655,26 @@ TEST(VfioCApi, CloseDetachesAMapperStillAttached) {
   hugemm_dma_segment seg;
   EXPECT_EQ(hugemm_vfio_pin_segments(m.vfio, m.buf.data, 4096, HUGEMM_PIN, 0, &seg, 1), -EINVAL);
   hugemm_vfio_detach(m.vfio);
+  HUGEMM_ASSERT_OK(m.os.Close(*m.container));
+}
+
+// Detach with a pin outstanding: the container loses every mapping at once, and the pin
+// stays the runtime's until hugemm_unpin_range, after which the buffer frees.
+TEST(VfioCApi, DetachWithAPinOutstandingLeavesThePinToTheRuntime) {
+  CMapperOnFake m;
+  ASSERT_NO_FATAL_FAILURE(AttachCMapper(&m));
+  hugemm_dma_segment seg;
+  ASSERT_EQ(hugemm_vfio_pin_segments(m.vfio, m.buf.data, 8192, HUGEMM_PIN, 0, &seg, 1), 1)
+      << hugemm_last_error();
+  hugemm_vfio_detach(m.vfio);
+  EXPECT_TRUE(m.os.VfioMappings(*m.container).empty());
+  EXPECT_TRUE(m.rt->rt->pinner().MaybeDmaPinned(m.buf.data));
+  EXPECT_EQ(hugemm_unpin_range(m.rt, m.buf.data, 8192, HUGEMM_PIN, 1), 0) << hugemm_last_error();
+  EXPECT_FALSE(m.rt->rt->pinner().MaybeDmaPinned(m.buf.data));
+  const size_t mappings = m.os.live_mappings();
+  EXPECT_EQ(hugemm_free(m.rt, m.buf.data), 0) << hugemm_last_error();
+  EXPECT_LT(m.os.live_mappings(), mappings);
+  hugemm_close(m.rt);
   HUGEMM_ASSERT_OK(m.os.Close(*m.container));
 }
 

@@ -46,12 +46,18 @@ typedef struct hugemm_vfio_options {
  * in the message; nothing stays mapped. Once attached, memory the container refuses
  * (or the window has no room for) fails the hugemm_map_buffer or hugemm_alloc that
  * brought it, which then maps nothing; that call's message names the ioctl's errno.
+ * An IOVA of freed memory is handed out again only once the window has no room left that
+ * never was: until then a device given a stale IOVA meets an IOMMU fault, not newer memory.
+ * (Memory of hugemm_alloc is mapped with its pool extent, which stays after a free: its
+ * IOVAs reach the next allocation there; the pin of each I/O keeps those apart.)
  * One container may serve several runtimes (one hugemm_vfio each) only with disjoint IOVA
  * windows: the kernel refuses a map over IOVAs in use (-EEXIST, as above).
  * -EFAULT in a child of fork() of the process that opened the runtime (hugemm.h). */
 int hugemm_vfio_attach(hugemm_runtime* rt, int container_fd, const hugemm_vfio_options* options,
                        hugemm_vfio** out);
-/* Unmaps everything it mapped; the device must be quiet. NULL is ignored. hugemm_close
+/* Unmaps everything it mapped; the device must be quiet. NULL is ignored; the handle is
+ * freed, so each is detached once (a second detach cannot be checked). Pins taken
+ * through it stay the runtime's: hugemm_unpin_range still releases them. hugemm_close
  * detaches a mapper still attached (the container loses its mappings): the handle then
  * answers -EINVAL to all but hugemm_vfio_detach, which frees it. In a child of fork() the
  * container is the parent's too: nothing is unmapped, only the handle freed. */

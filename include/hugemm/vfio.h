@@ -15,7 +15,12 @@
 // extent and MapBuffer buffer is mapped into the container with one VFIO_IOMMU_MAP_DMA
 // when the runtime adds it, at an IOVA aligned to the range's page size so that the
 // IOMMU can use 2M and 1G pages, and unmapped before the runtime unmaps it. Its IOVAs
-// come from [iova_base, iova_limit); an unmapped range's IOVAs are reused.
+// come from [iova_base, iova_limit). An unmapped range's IOVAs are handed out again only
+// once the window has no room left that was never handed out: until then a device given
+// a stale IOVA of freed memory meets an IOMMU fault, never memory mapped after it. That
+// holds for what leaves the runtime (a MapBuffer buffer, an extent a pool gives back); an
+// Allocate buffer's IOVAs are its pool extent's, which stay mapped after its free and
+// reach the next allocation carved there: the pin of each I/O is what keeps those apart.
 //
 // As a DmaAddressSpace it turns pins into segments in IOVA space: contiguity is judged
 // by IOVA (a whole extent is one run however its folios lie physically), the maximum
@@ -119,6 +124,9 @@ class IovaMapper final : public DmaAddressSpace, private MemoryObserver {
   void MemoryRemoving(const MemoryRange& range) override;
   // An IOVA for `length` bytes aligned to `align`, or ResourceExhausted.
   absl::StatusOr<uint64_t> TakeIova(size_t length, size_t align) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The same from IOVAs never handed out (at and above next_iova_), or nullopt.
+  std::optional<uint64_t> TakeFreshIova(size_t length, size_t align)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void GiveIova(uint64_t iova, size_t length) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   Runtime& rt_;

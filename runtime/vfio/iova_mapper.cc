@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <iterator>
 #include <mutex>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_format.h"
@@ -85,7 +86,29 @@ IovaMapper::~IovaMapper() {
   }
 }
 
+std::optional<uint64_t> IovaMapper::TakeFreshIova(size_t length, size_t align) {
+  const uint64_t start = AlignUp(next_iova_, align);
+  if (start < next_iova_ || start > options_.iova_limit || options_.iova_limit - start < length) {
+    return std::nullopt;
+  }
+  if (start > next_iova_) holes_[next_iova_] = start - next_iova_;
+  next_iova_ = start + length;
+  return start;
+}
+
 absl::StatusOr<uint64_t> IovaMapper::TakeIova(size_t length, size_t align) {
+  // IOVAs never handed out come first: a device given a stale IOVA of freed memory then
+  // meets an IOMMU fault, not whatever memory came next, until the window runs out.
+  if (std::optional<uint64_t> fresh = TakeFreshIova(length, align)) return *fresh;
+  if (!holes_.empty()) {
+    // A freed range just below the fresh part joins it.
+    auto last = std::prev(holes_.end());
+    if (last->first + last->second == next_iova_) {
+      next_iova_ = last->first;
+      holes_.erase(last);
+      if (std::optional<uint64_t> fresh = TakeFreshIova(length, align)) return *fresh;
+    }
+  }
   for (auto it = holes_.begin(); it != holes_.end(); ++it) {
     const uint64_t start = AlignUp(it->first, align);
     const uint64_t end = it->first + it->second;
@@ -96,15 +119,9 @@ absl::StatusOr<uint64_t> IovaMapper::TakeIova(size_t length, size_t align) {
     if (start + length < end) holes_[start + length] = end - (start + length);
     return start;
   }
-  const uint64_t start = AlignUp(next_iova_, align);
-  if (start < next_iova_ || start > options_.iova_limit || options_.iova_limit - start < length) {
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "no room for %s aligned to %s below IOVA 0x%x (%s mapped)", HumanBytes(length),
-        HumanBytes(align), options_.iova_limit, HumanBytes(stats_.bytes)));
-  }
-  if (start > next_iova_) holes_[next_iova_] = start - next_iova_;
-  next_iova_ = start + length;
-  return start;
+  return absl::ResourceExhaustedError(absl::StrFormat(
+      "no room for %s aligned to %s below IOVA 0x%x (%s mapped)", HumanBytes(length),
+      HumanBytes(align), options_.iova_limit, HumanBytes(stats_.bytes)));
 }
 
 void IovaMapper::GiveIova(uint64_t iova, size_t length) {
@@ -121,11 +138,9 @@ void IovaMapper::GiveIova(uint64_t iova, size_t length) {
       holes_.erase(prev);
     }
   }
-  if (end == next_iova_) {
-    next_iova_ = start;
-  } else {
-    holes_[start] = end - start;
-  }
+  // A hole even at the top of what was handed out: the fresh part below iova_limit
+  // goes first (TakeIova).
+  holes_[start] = end - start;
 }
 
 absl::Status IovaMapper::MemoryAdded(const MemoryRange& range) {

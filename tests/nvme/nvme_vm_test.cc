@@ -409,6 +409,110 @@ TEST_F(NvmeVmDriverTest, InIovaModeTheCApiMapsIntoTheContainerAndAFreeUnmaps) {
   hugemm_close(crt);
 }
 
+// What the C mapper leaves behind in the real container and the process: after the
+// detach, with a pin still outstanding, every IOVA it mapped (a buffer, an allocation's
+// pool extent) takes a new mapping; the pin is then released through the runtime, and
+// after hugemm_close the process has the descriptors it had before hugemm_open.
+TEST_F(NvmeVmDriverTest, InIovaModeTheCApiLeavesNothingMappedAfterDetachAndNothingOpenAfterClose) {
+  if (!kIovaMode) GTEST_SKIP() << "physical mode";
+  const size_t fds = OpenFds();
+  hugemm_runtime* crt = nullptr;
+  ASSERT_EQ(hugemm_open(nullptr, &crt), 0) << hugemm_last_error();
+  const hugemm_vfio_options options = {uint64_t{1} << 38, 0};
+  hugemm_vfio* vfio = nullptr;
+  ASSERT_EQ(hugemm_vfio_attach(crt, VfioContainer(), &options, &vfio), 0) << hugemm_last_error();
+  hugemm_buffer buf, small;
+  ASSERT_EQ(hugemm_map_buffer(crt, hugemm::kPageSize2M, nullptr, &buf), 0) << hugemm_last_error();
+  ASSERT_EQ(hugemm_alloc(crt, kPage, nullptr, 0, &small), 0) << hugemm_last_error();
+  uint64_t iovas[2] = {};
+  ASSERT_EQ(hugemm_vfio_iova(vfio, buf.data, &iovas[0]), 0) << hugemm_last_error();
+  ASSERT_EQ(hugemm_vfio_iova(vfio, small.data, &iovas[1]), 0) << hugemm_last_error();
+  size_t mappings = 0;
+  ASSERT_EQ(hugemm_vfio_stats(vfio, &mappings, nullptr), 0);
+  EXPECT_EQ(mappings, 2u) << "the buffer and the allocation's pool extent";
+  hugemm_dma_segment seg;
+  ASSERT_EQ(hugemm_vfio_pin_segments(vfio, buf.data, kPage, HUGEMM_PIN | HUGEMM_WRITE, 0, &seg, 1),
+            1)
+      << hugemm_last_error();
+  EXPECT_EQ(seg.phys_addr, iovas[0]);
+  hugemm_vfio_detach(vfio);
+
+  void* page = mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(page, MAP_FAILED);
+  static_cast<volatile char*>(page)[0] = 1;
+  for (uint64_t iova : iovas) {
+    vfio_iommu_type1_dma_map map = {};
+    map.argsz = sizeof map;
+    map.flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE;
+    map.vaddr = reinterpret_cast<uintptr_t>(page);
+    map.iova = iova;
+    map.size = kPage;
+    EXPECT_EQ(ioctl(VfioContainer(), VFIO_IOMMU_MAP_DMA, &map), 0)
+        << "IOVA 0x" << std::hex << iova
+        << " still mapped after the detach: " << std::strerror(errno);
+    vfio_iommu_type1_dma_unmap unmap = {};
+    unmap.argsz = sizeof unmap;
+    unmap.iova = iova;
+    unmap.size = kPage;
+    ioctl(VfioContainer(), VFIO_IOMMU_UNMAP_DMA, &unmap);
+  }
+  munmap(page, kPage);
+
+  EXPECT_EQ(hugemm_unpin_range(crt, buf.data, kPage, HUGEMM_PIN, 1), 0) << hugemm_last_error();
+  EXPECT_EQ(hugemm_free(crt, buf.data), 0) << hugemm_last_error();
+  EXPECT_EQ(hugemm_free(crt, small.data), 0) << hugemm_last_error();
+  hugemm_close(crt);
+  EXPECT_EQ(OpenFds(), fds);
+}
+
+// Windows against the real container: a second runtime attached over IOVAs the first
+// one uses is refused with the kernel's EEXIST and maps nothing; a disjoint window works;
+// one too small for the runtime's memory is -ENOMEM and an inverted one -EINVAL, both
+// leaving nothing attached.
+TEST_F(NvmeVmDriverTest, InIovaModeWindowsThatOverlapOrDoNotFitAreRefusedLeavingNothing) {
+  if (!kIovaMode) GTEST_SKIP() << "physical mode";
+  hugemm_runtime* rts[2] = {};
+  hugemm_buffer bufs[2];
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_EQ(hugemm_open(nullptr, &rts[i]), 0) << hugemm_last_error();
+    ASSERT_EQ(hugemm_map_buffer(rts[i], hugemm::kPageSize2M, nullptr, &bufs[i]), 0)
+        << hugemm_last_error();
+  }
+  const uint64_t base = uint64_t{1} << 38;
+  const hugemm_vfio_options first = {base, 0};
+  hugemm_vfio* a = nullptr;
+  ASSERT_EQ(hugemm_vfio_attach(rts[0], VfioContainer(), &first, &a), 0) << hugemm_last_error();
+  hugemm_vfio* b = nullptr;
+  EXPECT_EQ(hugemm_vfio_attach(rts[1], VfioContainer(), &first, &b), -EEXIST)
+      << hugemm_last_error();
+  EXPECT_NE(std::strstr(hugemm_last_error(), "IOVA mapping of"), nullptr) << hugemm_last_error();
+  EXPECT_EQ(b, nullptr);
+  const hugemm_vfio_options tiny = {base + (uint64_t{1} << 36),
+                                    base + (uint64_t{1} << 36) + 16 * kPage};
+  EXPECT_EQ(hugemm_vfio_attach(rts[1], VfioContainer(), &tiny, &b), -ENOMEM) << hugemm_last_error();
+  EXPECT_NE(std::strstr(hugemm_last_error(), "no room"), nullptr) << hugemm_last_error();
+  const hugemm_vfio_options inverted = {tiny.iova_limit, tiny.iova_base};
+  EXPECT_EQ(hugemm_vfio_attach(rts[1], VfioContainer(), &inverted, &b), -EINVAL)
+      << hugemm_last_error();
+  EXPECT_EQ(b, nullptr);
+  const hugemm_vfio_options second = {tiny.iova_base, 0};
+  ASSERT_EQ(hugemm_vfio_attach(rts[1], VfioContainer(), &second, &b), 0) << hugemm_last_error();
+  uint64_t ia = 0, ib = 0;
+  ASSERT_EQ(hugemm_vfio_iova(a, bufs[0].data, &ia), 0) << hugemm_last_error();
+  ASSERT_EQ(hugemm_vfio_iova(b, bufs[1].data, &ib), 0) << hugemm_last_error();
+  EXPECT_EQ(ia, base);
+  EXPECT_EQ(ib, tiny.iova_base);
+  // The refused attaches left nothing: each mapper maps its runtime's buffer only.
+  for (hugemm_vfio* v : {a, b}) {
+    size_t mappings = 0;
+    ASSERT_EQ(hugemm_vfio_stats(v, &mappings, nullptr), 0);
+    EXPECT_EQ(mappings, 1u);
+  }
+  hugemm_vfio_detach(b);
+  hugemm_vfio_detach(a);
+  for (hugemm_runtime* rt : rts) hugemm_close(rt);
+}
+
 // A container the program has not finished setting up (no group, no IOMMU) is refused
 // when the mapper attaches, with the step it misses, even by a runtime holding nothing.
 TEST_F(NvmeVmDriverTest, InIovaModeAContainerWithNoIommuIsRefusedAtAttach) {
