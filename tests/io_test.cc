@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -112,6 +113,73 @@ TEST_P(FixedBuffersTest, ReadFixedIntoAnyHugemmMemoryAndTheTableFollows) {
   EXPECT_EQ((*fixed)->slots_filled(), 2u);
   std::vector<std::byte> scratch(4096);
   EXPECT_EQ(ReadFixed(ring, file.fd(), before->data(), 4096, 0, gone_index), -EFAULT);
+}
+
+// A program that keeps the index (and the address) of a buffer it has freed, as a storage
+// program with a stale request would: the freed buffer's slot is empty (-EFAULT) and is
+// not the next buffer's, so that request reads into no memory handed out since, even
+// where mmap gives the next buffer the same address. An index past the table, an address
+// outside the index's buffer and a length across its end are the kernel's -EFAULT, with
+// nothing written anywhere.
+TEST_P(FixedBuffersTest, AStaleIndexOfAFreedBufferNeverReachesTheNextOne) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  PatternFile file(4 << 20, 41);
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  TestRing ring;
+  absl::StatusOr<std::unique_ptr<IoRing>> io = AttachRing(*rt, ring);
+  ASSERT_TRUE(io.ok()) << io.status();
+  absl::StatusOr<Buffer> old = rt->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(old.ok()) << old.status();
+  std::byte* const was = old->data();
+  const int stale = (*io)->fixed().Find(was, 4096);
+  ASSERT_GE(stale, 0);
+  EXPECT_EQ(ReadFixed(ring, file.fd(), was, 4096, 0, stale), 4096);
+  HUGEMM_ASSERT_OK(old->Free());
+  EXPECT_EQ(ReadFixed(ring, file.fd(), was, 4096, 0, stale), -EFAULT);
+
+  // New buffers, one of them at the old address when mmap gives it back.
+  std::vector<Buffer> next;
+  for (int i = 0; i < 2; ++i) {
+    absl::StatusOr<Buffer> b = rt->MapBuffer(kPageSize2M);
+    ASSERT_TRUE(b.ok()) << b.status();
+    std::memset(b->data(), 0x5a, kPageSize2M);
+    EXPECT_NE((*io)->fixed().Find(b->data(), 4096), stale)
+        << "the freed buffer's slot went to the next buffer";
+    next.push_back(std::move(*b));
+  }
+  const int index = (*io)->fixed().Find(next[0].data(), 4096);
+  ASSERT_GE(index, 0);
+  EXPECT_EQ(ReadFixed(ring, file.fd(), was, 4096, 0, stale), -EFAULT);
+  EXPECT_EQ(ReadFixed(ring, file.fd(), next[0].data(), 4096, 0, stale), -EFAULT);
+  EXPECT_EQ(
+      ReadFixed(ring, file.fd(), next[0].data(), 4096, 0, api_internal::KernelPinTable::kMaxSlots),
+      -EFAULT)
+      << "an index past the table";
+  EXPECT_EQ(ReadFixed(ring, file.fd(), next[1].data(), 4096, 0, index), -EFAULT)
+      << "an address outside the index's buffer";
+  EXPECT_EQ(ReadFixed(ring, file.fd(), next[0].data() + kPageSize2M - 4096, 8192, 0, index),
+            -EFAULT)
+      << "a length across the end of the buffer";
+  for (const Buffer& b : next) {
+    const auto* p = reinterpret_cast<const unsigned char*>(b.data());
+    EXPECT_EQ(std::count(p, p + kPageSize2M, 0x5a), static_cast<ptrdiff_t>(kPageSize2M))
+        << "a refused read wrote memory handed out since";
+  }
+  // Through its own index the new buffer gets its data.
+  EXPECT_EQ(ReadFixed(ring, file.fd(), next[0].data(), 4096, 8192, index), 4096);
+  EXPECT_EQ(FirstMismatch(next[0].data(), 4096, 8192, file.seed()), -1);
+
+  // A freed allocation: its extent stays a fixed buffer (the next allocation's memory),
+  // and hugemm refuses to prepare an I/O on the freed address.
+  absl::StatusOr<Buffer> a = rt->Allocate(64 << 10);
+  ASSERT_TRUE(a.ok()) << a.status();
+  std::byte* const freed = a->data();
+  HUGEMM_ASSERT_OK(a->Free());
+  io_uring_sqe sqe{};
+  absl::Status st = (*io)->PrepareRead(&sqe, file.fd(), freed, 4096, 0, 1);
+  EXPECT_EQ(st.code(), absl::StatusCode::kNotFound) << st;
+  EXPECT_EQ((*io)->in_flight(), 0u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, FixedBuffersTest,

@@ -58,9 +58,8 @@ absl::StatusOr<std::unique_ptr<KernelPinTable>> KernelPinTable::Create(Os& os,
   std::unique_ptr<KernelPinTable> t(new KernelPinTable(os, options.slots));
   {
     std::lock_guard<std::mutex> lock(t->mu_);
-    t->free_.reserve(options.slots);
-    // Ascending: a min-heap already.
-    for (unsigned i = 0; i < options.slots; ++i) t->free_.push_back(i);
+    t->free_.resize(options.slots);
+    for (unsigned i = 0; i < options.slots; ++i) t->GiveBack(i);
   }
   if (!options.pin) return t;
   // The statuses keep the kernel's errno (ErrnoOf) under their own codes: the C API
@@ -154,21 +153,20 @@ absl::Status KernelPinTable::MemoryAdded(const MemoryRange& range) {
   }
   const size_t pieces = (range.length + kMaxBuffer - 1) / kMaxBuffer;
   Held held{.range = range};
-  held.slots.reserve(pieces);  // no allocation while slots are out of the heap
+  held.slots.reserve(pieces);  // no allocation while slots are out of the queue
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (ranges_.count(start) != 0) {
       return absl::AlreadyExistsError(
           absl::StrFormat("kernel pin table: 0x%x is held already", start));
     }
-    if (free_.size() < pieces) {
+    if (free_count_ < pieces) {
       const std::string why = absl::StrFormat(
           "kernel pin table full: %u of %u io_uring registered-buffer slots in use, %u more "
           "needed for %s at 0x%x (the kernel allows %u per ring; each MapBuffer buffer and "
           "each pool extent takes one per GiB or part of one, however small): free "
           "buffers, call Allocator::Shrink, or map fewer, larger buffers",
-          capacity() - free_.size(), capacity(), pieces, HumanBytes(range.length), start,
-          kMaxSlots);
+          capacity() - free_count_, capacity(), pieces, HumanBytes(range.length), start, kMaxSlots);
       if (ring_fd_ >= 0) return absl::ResourceExhaustedError(absl::StrCat(why, ", ", kTurnOff));
       // Nothing is pinned: the memory is fine without a slot, only not a fixed buffer.
       held.why_none = why;
@@ -177,11 +175,9 @@ absl::Status KernelPinTable::MemoryAdded(const MemoryRange& range) {
     }
     for (size_t i = 0; i < pieces; ++i) {
       const size_t off = i * kMaxBuffer;
-      std::pop_heap(free_.begin(), free_.end(), std::greater<>());
-      held.slots.push_back(Slot{.index = free_.back(),
+      held.slots.push_back(Slot{.index = TakeFree(),
                                 .data = range.data + off,
                                 .length = std::min(kMaxBuffer, range.length - off)});
-      free_.pop_back();
     }
   }
   // The system calls outside the lock: other ranges come and go meanwhile.
@@ -297,7 +293,7 @@ std::string KernelPinTable::WhyNoSlot(const void* va, size_t length) const {
 KernelPinTable::Stats KernelPinTable::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   return {.capacity = capacity(),
-          .used = static_cast<unsigned>(capacity() - free_.size()),
+          .used = static_cast<unsigned>(capacity() - free_count_),
           .bytes = bytes_,
           .pinned_bytes = pinned_bytes_,
           .ring_fd = ring_fd_};

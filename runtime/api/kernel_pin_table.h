@@ -119,9 +119,15 @@ class KernelPinTable final : public MemoryObserver {
   std::string Explain(const absl::Status& status, size_t bytes) const;
   // The ring is the process's that made it, not this one's (a child of fork()).
   bool RingOfParent() const { return ring_fd_ >= 0 && InForkedChild(); }
+  unsigned TakeFree() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const unsigned slot = free_[free_head_];
+    free_head_ = (free_head_ + 1) % free_.size();
+    --free_count_;
+    return slot;
+  }
   void GiveBack(unsigned slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    free_.push_back(slot);
-    std::push_heap(free_.begin(), free_.end(), std::greater<>());
+    free_[(free_head_ + free_count_) % free_.size()] = slot;
+    ++free_count_;
   }
 
   Os& os_;
@@ -129,9 +135,14 @@ class KernelPinTable final : public MemoryObserver {
   int ring_fd_ = -1;
   SlotIndex index_;
   mutable std::mutex mu_;  // std::mutex: visible to ThreadSanitizer
-  // The free slots, a min-heap (lowest first) whose capacity holds every slot: giving one
-  // back never allocates.
+  // The free slots, a queue in a ring of every slot (giving one back never allocates):
+  // the slot handed out is the one freed longest ago, so the index of a buffer just freed
+  // stays empty in the kernel's table (a stale I/O through it is -EFAULT) until every slot
+  // free before it has been handed out, rather than going at once to the next buffer,
+  // which mmap may well place at the same address.
   std::vector<unsigned> free_ ABSL_GUARDED_BY(mu_);
+  size_t free_head_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t free_count_ ABSL_GUARDED_BY(mu_) = 0;
   struct Held {
     MemoryRange range;
     std::vector<Slot> slots;
