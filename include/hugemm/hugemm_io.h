@@ -88,7 +88,16 @@ int hugemm_io_mode(const hugemm_io* io);
  * 2 GiB is two fixed buffers). The mapping of a hugemm_alloc buffer is the pool extent it
  * was carved from: a range that runs from it into a neighbouring allocation has an index
  * (as it does for the kernel), and is the program's to avoid. A length of 0 asks for the
- * buffer holding the byte at addr. */
+ * buffer holding the byte at addr.
+ * An index is good while its memory is: after hugemm_free of a hugemm_map_buffer buffer
+ * its slot is emptied before the memory is unmapped (an I/O through it completes with
+ * -EFAULT) and stays empty until every slot freed before it has gone to new memory, so
+ * the next buffer, even at the same address, has another index. A hugemm_alloc buffer's
+ * index is its pool extent's, which stays registered after the free: an I/O through the
+ * old index and address reaches whatever the pool hands out there next. An SQE the
+ * program fills itself from this index is safe from a free only under hugemm_io_pin,
+ * taken before the submit and given back after the completion (hugemm_io_prep_read and
+ * hugemm_io_prep_write do both, and refuse freed memory with -ENOENT). */
 int hugemm_io_buffer_index(const hugemm_io* io, const void* addr, size_t length);
 
 /* Fills `sqe` as READ_FIXED (WRITE_FIXED) of `length` bytes at `offset` of `fd` into

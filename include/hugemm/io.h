@@ -113,6 +113,15 @@ class FixedBuffers {
   // from: a range running from it into a neighbouring allocation has an index, as it does
   // for the kernel, and is the program's to avoid. A length of 0 asks for the buffer
   // holding the byte at addr.
+  // An index is good while its memory is: when a MapBuffer buffer is freed its slot is
+  // emptied before the memory is unmapped (an I/O through it completes with -EFAULT) and
+  // stays empty until every slot freed before it has gone to new memory, so the next
+  // buffer, even at the same address, has another index. An Allocate'd buffer's index is
+  // its pool extent's, which stays registered after the free: an I/O through the old index
+  // and address reaches whatever the pool hands out there next. An SQE the program fills
+  // itself from Find is safe from a free only under an IoPins pin taken before the submit
+  // and given back after the completion (IoRing::PrepareRead and PrepareWrite do both, and
+  // refuse freed memory with NotFound).
   [[nodiscard]] int Find(const void* addr, size_t length) const;
   // Find with a reason: NotFound naming why there is none (not hugemm memory, external
   // memory, past the end of a buffer, across a 1 GiB boundary, a device the kernel would
