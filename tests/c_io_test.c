@@ -3,6 +3,7 @@
  * input answered with a negative errno and a message. Prints "N passed, N failed"; exits
  * 77 (skip) when no 2M huge pages are free, unless HUGEMM_REQUIRE_HUGEPAGES=1. */
 #define _GNU_SOURCE /* O_DIRECT */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <liburing.h>
@@ -54,6 +55,44 @@ static int MakeFile(void) {
   int flags = fcntl(fd, F_GETFL);
   if (fcntl(fd, F_SETFL, flags | O_DIRECT) != 0) fprintf(stderr, "(no O_DIRECT here)\n");
   return fd;
+}
+
+/* Mappings of hugemm's memory (memfd:hugemm-2M, ...) and of io_uring rings: what a
+ * runtime and its rings leave mapped (the sanitizers map memory of their own). */
+static int CountMaps(void) {
+  FILE* f = fopen("/proc/self/maps", "r");
+  if (f == NULL) return -1;
+  char line[512];
+  int n = 0;
+  while (fgets(line, sizeof(line), f) != NULL) {
+    n += strstr(line, "hugemm-") != NULL || strstr(line, "io_uring") != NULL;
+  }
+  fclose(f);
+  return n;
+}
+
+/* Entries in /proc/self/fd: the open descriptors, the one reading it among them. */
+static int CountFds(void) {
+  DIR* d = opendir("/proc/self/fd");
+  if (d == NULL) return -1;
+  int n = 0;
+  while (readdir(d) != NULL) ++n;
+  closedir(d);
+  return n;
+}
+
+/* A kB line of /proc/self/status (VmPin, HugetlbPages), or -1. */
+static long StatusKb(const char* key) {
+  FILE* f = fopen("/proc/self/status", "r");
+  if (f == NULL) return -1;
+  char line[256];
+  long kb = -1;
+  size_t n = strlen(key);
+  while (fgets(line, sizeof(line), f) != NULL) {
+    if (strncmp(line, key, n) == 0 && line[n] == ':') kb = strtol(line + n + 1, NULL, 10);
+  }
+  fclose(f);
+  return kb;
 }
 
 int main(void) {
@@ -211,12 +250,50 @@ int main(void) {
 
   /* hugemm_close with an io still attached detaches it; the handle is left for
    * hugemm_io_detach alone. */
+  const int fds_before = CountFds(), maps_before = CountMaps();
+  const long pin_before = StatusKb("VmPin"), huge_before = StatusKb("HugetlbPages");
   hugemm_runtime* rt2 = NULL;
   CHECK(hugemm_open(NULL, &rt2) == 0);
   struct io_uring ring2;
   CHECK(io_uring_queue_init(2, &ring2, 0) == 0);
   hugemm_io* io2 = NULL;
   CHECK(hugemm_io_attach(rt2, ring2.ring_fd, NULL, &io2) == 0);
+  fd = MakeFile();
+  CHECK(fd >= 0);
+  /* A freed mapped buffer's index reads nothing, and the next buffer has another one. */
+  hugemm_buffer old, mapped;
+  CHECK(hugemm_map_buffer(rt2, 2 << 20, NULL, &old) == 0);
+  const int stale = hugemm_io_buffer_index(io2, old.data, 4096);
+  CHECK(stale >= 0);
+  CHECK(hugemm_free(rt2, old.data) == 0);
+  CHECK_ERR(hugemm_io_buffer_index(io2, old.data, 4096), -ENOENT, "not memory of this");
+  CHECK(hugemm_map_buffer(rt2, 2 << 20, NULL, &mapped) == 0);
+  memset(mapped.data, 'm', 4096);
+  CHECK(CountMaps() > maps_before && StatusKb("VmPin") > pin_before);
+  CHECK(hugemm_io_buffer_index(io2, mapped.data, 4096) >= 0);
+  CHECK(hugemm_io_buffer_index(io2, mapped.data, 4096) != stale);
+  sqe = io_uring_get_sqe(&ring2);
+  io_uring_prep_read_fixed(sqe, fd, old.data, 4096, 0, stale);
+  CHECK(io_uring_submit(&ring2) == 1);
+  CHECK(io_uring_wait_cqe(&ring2, &cqe) == 0);
+  CHECK(cqe->res == -EFAULT);
+  io_uring_cqe_seen(&ring2, cqe);
+  CHECK(((unsigned char*)mapped.data)[0] == 'm' && ((unsigned char*)mapped.data)[4095] == 'm');
+  /* A freed allocation's address: hugemm prepares no I/O on it. */
+  CHECK(hugemm_alloc(rt2, kLen, NULL, 0, &buf) == 0);
+  CHECK(hugemm_free(rt2, buf.data) == 0);
+  CHECK_ERR(hugemm_io_prep_read(io2, &local, fd, buf.data, 4096, 0, 1), -ENOENT, "");
+  CHECK(hugemm_io_in_flight(io2) == 0);
+  /* The runtime closed with the ring attached and a pinned read reaped, a buffer mapped. */
+  sqe = io_uring_get_sqe(&ring2);
+  CHECK(hugemm_io_prep_read(io2, sqe, fd, mapped.data, 4096, 8192, 4) == 0);
+  CHECK(io_uring_submit(&ring2) == 1);
+  CHECK(io_uring_wait_cqe(&ring2, &cqe) == 0);
+  CHECK(cqe->res == 4096);
+  CHECK(hugemm_io_complete(io2, cqe, NULL) == 0);
+  io_uring_cqe_seen(&ring2, cqe);
+  CHECK(((unsigned char*)mapped.data)[0] == PatternByte(8192));
+  close(fd);
   hugemm_close(rt2);
   CHECK_ERR(hugemm_io_mode(io2), -EINVAL, "runtime of this io is closed");
   CHECK_ERR(hugemm_io_buffer_index(io2, stack, 1), -EINVAL, "closed");
@@ -226,6 +303,11 @@ int main(void) {
   CHECK(io_uring_register_buffers_sparse(&ring2, 2) == 0); /* its table went at the close */
   hugemm_io_detach(io2);
   io_uring_queue_exit(&ring2);
+  /* Everything back where it was: descriptors, mappings, kernel pins, huge pages. */
+  CHECK(CountFds() == fds_before);
+  CHECK(CountMaps() == maps_before);
+  CHECK(StatusKb("VmPin") == pin_before);
+  CHECK(StatusKb("HugetlbPages") == huge_before);
 
   hugemm_close(rt);
   printf("%d passed, %d failed\n", passed, failed);
