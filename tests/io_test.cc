@@ -319,6 +319,62 @@ TEST_P(FixedBuffersTest, ASingleIssuerRingRefusesOtherThreadsMemoryAndSaysWhy) {
 // Fixed buffers of a single-issuer ring dropped from a thread that is not its submitter:
 // the kernel refuses the unregister, and the table stays. The destructor cannot return
 // that; it says so on stderr.
+// Two rings on one runtime, one cloned and one of iovecs, while another thread maps and
+// frees buffers (each a slot filled and emptied in both tables): reads through either
+// ring into a buffer held throughout land whole, and the new buffers are fixed buffers of
+// both rings. At the end both tables hold exactly the runtime's memory.
+TEST(FixedBuffers, TwoRingsFollowTheMemoryWhileAnotherThreadChangesIt) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  PatternFile file(4 << 20, 53);
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  TestRing ring1, ring2;
+  absl::StatusOr<std::unique_ptr<IoRing>> io1 =
+      IoRing::Attach(*rt, ring1.fd(), {.fixed = {.mode = FixedBufferMode::kClone}});
+  absl::StatusOr<std::unique_ptr<IoRing>> io2 =
+      IoRing::Attach(*rt, ring2.fd(), {.fixed = {.mode = FixedBufferMode::kIovec}});
+  ASSERT_TRUE(io1.ok()) << io1.status();
+  ASSERT_TRUE(io2.ok()) << io2.status();
+  absl::StatusOr<Buffer> held = rt->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(held.ok()) << held.status();
+
+  std::atomic<bool> stop{false};
+  std::atomic<int> churned{0}, missing{0};
+  std::thread churn([&] {
+    while (!stop.load()) {
+      absl::StatusOr<Buffer> b = rt->MapBuffer(kPageSize4K, {.backing = BackingKind::kAnon});
+      if (!b.ok()) {
+        ++missing;
+        continue;
+      }
+      if ((*io1)->fixed().Find(b->data(), 4096) < 0 || (*io2)->fixed().Find(b->data(), 4096) < 0) {
+        ++missing;
+      }
+      (void)b->Free();
+      ++churned;
+    }
+  });
+  for (int i = 0; i < 200 || churned.load() < 200; ++i) {
+    TestRing& ring = i % 2 == 0 ? ring1 : ring2;
+    IoRing& io = i % 2 == 0 ? **io1 : **io2;
+    const size_t at = (i * 12288) % (kPageSize2M - 8192);
+    const uint64_t off = (i * 4096) % (4 << 20);
+    std::memset(held->data() + at, 0, 8192);
+    HUGEMM_ASSERT_OK(
+        io.PrepareRead(io_uring_get_sqe(&ring.ring), file.fd(), held->data() + at, 8192, off, i));
+    ASSERT_EQ(io_uring_submit(&ring.ring), 1);
+    io_uring_cqe cqe = ring.Wait();
+    ASSERT_EQ(cqe.res, 8192) << "read " << i;
+    ASSERT_TRUE(io.Complete(&cqe).ok());
+    ASSERT_EQ(FirstMismatch(held->data() + at, 8192, off, file.seed()), -1) << "read " << i;
+  }
+  stop = true;
+  churn.join();
+  EXPECT_EQ(missing.load(), 0) << "a new buffer was no fixed buffer of a ring";
+  EXPECT_EQ((*io1)->fixed().slots_filled(), rt->kernel_pin_stats().slots_used);
+  EXPECT_EQ((*io2)->fixed().slots_filled(), rt->kernel_pin_stats().slots_used);
+}
+
 TEST(FixedBuffers, AnUnregisterTheKernelRefusesIsReported) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
   std::unique_ptr<Runtime> rt = OpenRuntime();
