@@ -626,6 +626,52 @@ void OnTick(int) { g_ticks.fetch_add(1, std::memory_order_relaxed); }
 // destructor returns (else the program's ring keeps the runtime's memory pinned, and a
 // table of its own is refused with EBUSY). The data comes only after many signals have
 // hit the waiting thread, or once the drop is over (6.13 and later do not wait).
+// The runtime closed (its ring detached first) with a read still in flight from a pipe:
+// the late data lands in memory no new runtime hands out, and the kernel's pin on that
+// memory goes with the completion.
+TEST(InFlight, AReadOutlivingItsRuntimeLandsInMemoryNoOneElseHas) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  if (UnregisterWaitsForRequests()) GTEST_SKIP() << "the detach would wait for the read";
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe(pipe_fds), 0);
+  TestRing ring;
+  const int64_t pinned_before = VmPinKb();
+  {
+    std::unique_ptr<Runtime> rt = OpenRuntime();
+    ASSERT_NE(rt, nullptr);
+    absl::StatusOr<std::unique_ptr<IoRing>> io = IoRing::Attach(*rt, ring.fd());
+    ASSERT_TRUE(io.ok()) << io.status();
+    absl::StatusOr<Buffer> b = rt->Allocate(64 << 10);
+    ASSERT_TRUE(b.ok()) << b.status();
+    HUGEMM_ASSERT_OK(
+        (*io)->PrepareRead(io_uring_get_sqe(&ring.ring), pipe_fds[0], b->data(), 4096, 0, 1));
+    ASSERT_EQ(io_uring_submit(&ring.ring), 1);
+    HUGEMM_ASSERT_OK(b->Free());
+    io->reset();
+  }
+  EXPECT_GT(VmPinKb(), pinned_before) << "the kernel still holds the read's memory";
+  {
+    std::unique_ptr<Runtime> rt = OpenRuntime();
+    ASSERT_NE(rt, nullptr);
+    std::vector<Buffer> bufs;
+    for (int i = 0; i < 4; ++i) {
+      absl::StatusOr<Buffer> b = i == 0 ? rt->MapBuffer(kPageSize2M) : rt->Allocate(64 << 10);
+      ASSERT_TRUE(b.ok()) << b.status();
+      std::memset(b->data(), 'z', b->size());
+      bufs.push_back(std::move(*b));
+    }
+    ASSERT_EQ(::write(pipe_fds[1], "late data", 10), 10);
+    EXPECT_EQ(ring.Wait().res, 10);
+    for (const Buffer& b : bufs) {
+      const auto* p = reinterpret_cast<const char*>(b.data());
+      EXPECT_EQ(std::count(p, p + b.size(), 'z'), static_cast<ptrdiff_t>(b.size()));
+    }
+  }
+  EXPECT_EQ(VmPinKb(), pinned_before) << "the read's memory outlived its completion";
+  ::close(pipe_fds[0]);
+  ::close(pipe_fds[1]);
+}
+
 TEST(InFlight, DroppingFixedBuffersUnderASignalStormStillUnregistersTheTable) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
   constexpr char kData[] = "data after the signals";
