@@ -202,7 +202,8 @@ class Backing final : public std::enable_shared_from_this<Backing> {
   // backing, the length and the node, and the step and OS error where one failed:
   //   InvalidArgument    a length that is not a positive multiple of the page size (or
   //                      that, aligned, would pass the end of the address space), a
-  //                      bad or offline node, a bad alignment, or what the kind refuses
+  //                      bad or offline node (or one outside the process's cpuset),
+  //                      a bad alignment, or what the kind refuses
   //                      (a name or offset for hugetlb and anon, a private or misaligned
   //                      devdax mapping, a file name with a '/');
   //   OutOfRange         a devdax range beyond the device;

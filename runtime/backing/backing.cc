@@ -13,7 +13,10 @@
 #include <utility>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "runtime/backing/kind.h"
 #include "runtime/sys/hugepages.h"
 #include "runtime/sys/pagemap.h"
@@ -50,6 +53,37 @@ absl::Status PrefaultError(const absl::Status& st, BackingKind kind) {
     return absl::Status(absl::StatusCode::kResourceExhausted, st.message());
   }
   return st;
+}
+
+// Whether `node` is in a list such as "0-2,5" (/proc/self/status's Mems_allowed_list).
+bool InNodeList(absl::string_view list, int node) {
+  for (absl::string_view range : absl::StrSplit(list, ',', absl::SkipWhitespace())) {
+    std::pair<absl::string_view, absl::string_view> ends = absl::StrSplit(range, '-');
+    int first = 0;
+    int last = 0;
+    if (!absl::SimpleAtoi(ends.first, &first)) continue;
+    if (ends.second.empty()) {
+      last = first;
+    } else if (!absl::SimpleAtoi(ends.second, &last)) {
+      continue;
+    }
+    if (first <= node && node <= last) return true;
+  }
+  return false;
+}
+
+// mbind refuses (EINVAL) an online node the process's cpuset does not allow.
+std::string CpusetHint(Os& os, int node) {
+  absl::StatusOr<std::string> status = os.ReadFile("/proc/self/status");
+  if (!status.ok()) return "";
+  for (absl::string_view line : absl::StrSplit(*status, '\n')) {
+    if (!absl::ConsumePrefix(&line, "Mems_allowed_list:")) continue;
+    line = absl::StripAsciiWhitespace(line);
+    if (line.empty() || InNodeList(line, node)) return "";
+    return absl::StrCat("; node ", node, " is outside this process's cpuset (memory nodes ", line,
+                        ")");
+  }
+  return "";
 }
 
 }  // namespace
@@ -191,6 +225,7 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
   }
   if (request.node >= 0 && source->fixed_node < 0) {
     if (absl::Status st = os.BindToNode(mapped, length, request.node); !st.ok()) {
+      if (ErrnoOf(st) == EINVAL) st = sys::AppendToMessage(st, CpusetHint(os, request.node));
       return fail(st, "bind");
     }
   }
