@@ -6,8 +6,10 @@
 //   - exhausting node 1 is an error naming node 1 and its counts, and node 0 keeps its
 //     pages;
 //   - two device-DAX buffers of one runtime never share memory;
-//   - a node outside the process's cpuset is refused with an error that says so.
+//   - a node refused for the thread's memory policy or the process's cpuset, while it has
+//     pages free, is an error that says so.
 // Outside a two-node VM every test skips.
+#include <linux/mempolicy.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -286,6 +288,29 @@ TEST_F(NumaExhaustTest, MapBuffersErrorIsExhaustionNamingNode1AndItsCounts) {
   ASSERT_FALSE(buf.ok());
   EXPECT_EQ(buf.status().code(), absl::StatusCode::kResourceExhausted) << buf.status();
   ExpectNamesNode1(buf.status());
+}
+
+// The kernel reserves a mapping's huge pages at mmap, from the free pages of the nodes the
+// thread's memory policy allows, before the mbind to the node asked for: a thread bound
+// to node 0, whose pool is all but used, cannot map node 1's free pages. The error says
+// why, rather than show node 1's counts with its pages free as if it had none.
+TEST_F(NumaVmTest, AThreadBoundToNode0IsToldWhyNode1sFreePagesAreRefused) {
+  const int64_t node0_free = ReadPool(0, "free_hugepages");
+  ASSERT_GE(node0_free, 4);
+  ASSERT_GE(ReadPool(1, "free_hugepages"), 4);
+  absl::StatusOr<Buffer> fill = rt_->MapBuffer((node0_free - 2) * k2M, {.node = 0});
+  ASSERT_TRUE(fill.ok()) << fill.status();
+  unsigned long node0 = 1;
+  ASSERT_EQ(syscall(SYS_set_mempolicy, MPOL_BIND, &node0, sizeof node0 * 8), 0)
+      << std::strerror(errno);
+  absl::StatusOr<Buffer> buf = rt_->MapBuffer(4 * k2M, {.node = 1});
+  ASSERT_EQ(syscall(SYS_set_mempolicy, MPOL_DEFAULT, nullptr, 0), 0) << std::strerror(errno);
+  if (buf.ok()) {  // a kernel that reserves on the bound node: then it must be node 1
+    EXPECT_TRUE(AllOn(KernelNodes(buf->data(), buf->size(), k2M), 1));
+    return;
+  }
+  EXPECT_EQ(buf.status().code(), absl::StatusCode::kResourceExhausted) << buf.status();
+  EXPECT_NE(buf.status().message().find("memory policy"), std::string::npos) << buf.status();
 }
 
 // A process whose cpuset allows node 0 alone asks for node 1: mbind refuses (EINVAL), and

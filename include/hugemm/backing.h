@@ -211,7 +211,11 @@ class Backing final : public std::enable_shared_from_this<Backing> {
   //   ResourceExhausted  no huge page or no free device range left (ENOMEM; hugetlb
   //                      kinds add the pool's free, reserved and total counts, and
   //                      hugetlbfs the mount's size= limit when it has one: a full
-  //                      mount refuses while the pool has pages free);
+  //                      mount refuses while the pool has pages free; the kernel
+  //                      reserves hugetlb pages at mmap, before the mbind, from the
+  //                      nodes the calling thread's memory policy and cpuset allow, so a
+  //                      thread bound to another node may be refused the node's free
+  //                      pages, which the message then says);
   //   FailedPrecondition a page that landed on another node than requested;
   //   otherwise the code of the failed OS call.
   // A PFN the kernel does not show is recorded as kUnknownPfn, not an error.
