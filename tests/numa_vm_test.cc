@@ -5,9 +5,15 @@
 //   - per-node pools never mix, whatever is freed and allocated again;
 //   - exhausting node 1 is an error naming node 1 and its counts, and node 0 keeps its
 //     pages;
-//   - two device-DAX buffers of one runtime never share memory.
+//   - two device-DAX buffers of one runtime never share memory;
+//   - a node refused for the thread's memory policy or the process's cpuset, while it has
+//     pages free, is an error that says so.
 // Outside a two-node VM every test skips.
+#include <linux/mempolicy.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -19,6 +25,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "hugemm/backing.h"
 #include "hugemm/runtime.h"
 #include "nlohmann/json.hpp"
 
@@ -281,6 +288,74 @@ TEST_F(NumaExhaustTest, MapBuffersErrorIsExhaustionNamingNode1AndItsCounts) {
   ASSERT_FALSE(buf.ok());
   EXPECT_EQ(buf.status().code(), absl::StatusCode::kResourceExhausted) << buf.status();
   ExpectNamesNode1(buf.status());
+}
+
+// The kernel reserves a mapping's huge pages at mmap, from the free pages of the nodes the
+// thread's memory policy allows, before the mbind to the node asked for: a thread bound
+// to node 0, whose pool is all but used, cannot map node 1's free pages. The error says
+// why, rather than show node 1's counts with its pages free as if it had none.
+TEST_F(NumaVmTest, AThreadBoundToNode0IsToldWhyNode1sFreePagesAreRefused) {
+  const int64_t node0_free = ReadPool(0, "free_hugepages");
+  ASSERT_GE(node0_free, 4);
+  ASSERT_GE(ReadPool(1, "free_hugepages"), 4);
+  absl::StatusOr<Buffer> fill = rt_->MapBuffer((node0_free - 2) * k2M, {.node = 0});
+  ASSERT_TRUE(fill.ok()) << fill.status();
+  unsigned long node0 = 1;
+  ASSERT_EQ(syscall(SYS_set_mempolicy, MPOL_BIND, &node0, sizeof node0 * 8), 0)
+      << std::strerror(errno);
+  absl::StatusOr<Buffer> buf = rt_->MapBuffer(4 * k2M, {.node = 1});
+  ASSERT_EQ(syscall(SYS_set_mempolicy, MPOL_DEFAULT, nullptr, 0), 0) << std::strerror(errno);
+  if (buf.ok()) {  // a kernel that reserves on the bound node: then it must be node 1
+    EXPECT_TRUE(AllOn(KernelNodes(buf->data(), buf->size(), k2M), 1));
+    return;
+  }
+  EXPECT_EQ(buf.status().code(), absl::StatusCode::kResourceExhausted) << buf.status();
+  EXPECT_NE(buf.status().message().find("memory policy"), std::string::npos) << buf.status();
+}
+
+// A process whose cpuset allows node 0 alone asks for node 1: mbind refuses (EINVAL), and
+// the error says the node is outside the cpuset, not only "Invalid argument".
+TEST_F(NumaVmTest, ANodeOutsideTheCpusetIsRefusedNamingTheCpuset) {
+  const std::string root = "/sys/fs/cgroup";
+  if (access((root + "/cgroup.controllers").c_str(), F_OK) != 0) {
+    ASSERT_EQ(mount("cgroup2", root.c_str(), "cgroup2", 0, nullptr), 0) << std::strerror(errno);
+  }
+  const std::string group = root + "/hugemm-numa-node0";
+  ASSERT_TRUE(std::ofstream(root + "/cgroup.subtree_control") << "+cpuset" << std::endl);
+  ASSERT_TRUE(mkdir(group.c_str(), 0755) == 0 || errno == EEXIST) << std::strerror(errno);
+  ASSERT_TRUE(std::ofstream(group + "/cpuset.mems") << "0" << std::endl);
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {  // the child joins the group, so that this process keeps both nodes
+    close(fds[0]);
+    std::string out;
+    if (!(std::ofstream(group + "/cgroup.procs") << getpid() << std::endl)) {
+      out = "could not join " + group;
+    } else {
+      absl::StatusOr<std::shared_ptr<Backing>> backing = Backing::Create({});
+      if (!backing.ok()) {
+        out = backing.status().ToString();
+      } else {
+        absl::StatusOr<Extent> e = (*backing)->Map({.length = k2M, .node = 1});
+        out = e.ok() ? "mapped" : e.status().ToString();
+      }
+    }
+    (void)!write(fds[1], out.data(), out.size());
+    _exit(0);
+  }
+  close(fds[1]);
+  std::string got;
+  char chunk[512];
+  for (ssize_t n; (n = read(fds[0], chunk, sizeof chunk)) > 0;) got.append(chunk, n);
+  close(fds[0]);
+  int wstatus = 0;
+  ASSERT_EQ(waitpid(pid, &wstatus, 0), pid);
+  rmdir(group.c_str());
+  EXPECT_NE(got.find("INVALID_ARGUMENT"), std::string::npos) << got;
+  EXPECT_NE(got.find("node 1 is outside this process's cpuset (memory nodes 0)"), std::string::npos)
+      << got;
 }
 
 TEST_F(NumaVmTest, DevDaxBuffersOfOneRuntimeNeverShareMemory) {

@@ -202,7 +202,8 @@ class Backing final : public std::enable_shared_from_this<Backing> {
   // backing, the length and the node, and the step and OS error where one failed:
   //   InvalidArgument    a length that is not a positive multiple of the page size (or
   //                      that, aligned, would pass the end of the address space), a
-  //                      bad or offline node, a bad alignment, or what the kind refuses
+  //                      bad or offline node (or one outside the process's cpuset),
+  //                      a bad alignment, or what the kind refuses
   //                      (a name or offset for hugetlb and anon, a private or misaligned
   //                      devdax mapping, a file name with a '/');
   //   OutOfRange         a devdax range beyond the device;
@@ -210,7 +211,11 @@ class Backing final : public std::enable_shared_from_this<Backing> {
   //   ResourceExhausted  no huge page or no free device range left (ENOMEM; hugetlb
   //                      kinds add the pool's free, reserved and total counts, and
   //                      hugetlbfs the mount's size= limit when it has one: a full
-  //                      mount refuses while the pool has pages free);
+  //                      mount refuses while the pool has pages free; the kernel
+  //                      reserves hugetlb pages at mmap, before the mbind, from the
+  //                      nodes the calling thread's memory policy and cpuset allow, so a
+  //                      thread bound to another node may be refused the node's free
+  //                      pages, which the message then says);
   //   FailedPrecondition a page that landed on another node than requested;
   //   otherwise the code of the failed OS call.
   // A PFN the kernel does not show is recorded as kUnknownPfn, not an error.

@@ -124,8 +124,11 @@ typedef struct hugemm_buffer {
 /* Maps `length` bytes (a multiple of the page size) as one folio per native page, in
  * the runtime's shadow page table. `options` may be NULL (hugetlb, 2M, any node).
  * -EINVAL: zero, unaligned or absurd length (beyond the address space), unknown backing,
- * a page size the backing does not have, a NUMA node that is not online. -ENOMEM: no
- * huge pages for it.
+ * a page size the backing does not have, a NUMA node that is not online or that the
+ * process's cpuset does not allow. -ENOMEM: no huge pages for it; the kernel reserves a
+ * node's huge pages at the mapping, from the free pages of the nodes the calling thread's
+ * memory policy (set_mempolicy, numactl --membind) allows, so a thread bound elsewhere
+ * may be refused pages the node has free (the message then says so).
  * -ENOENT: no such device-DAX device (a path that is not the character device sysfs
  * describes, or one no driver serves), or no hugetlbfs mount of the page size. -EPERM: the
  * hugetlbfs mount of the page size is not writable by this process, or the device-DAX
@@ -135,8 +138,9 @@ int hugemm_map_buffer(hugemm_runtime* rt, size_t length, const hugemm_buffer_opt
 /* One folio of at least `bytes` (a power of two from 4K up to the page size) from the
  * allocator's pools; zeroed unless `uninitialized`. `options` as above (path unused
  * except for devdax). -EINVAL: zero bytes or more than the page size, unknown backing,
- * a page size the backing does not have, a NUMA node that is not online (devdax: not
- * the device's). -ENOMEM: the pool cannot grow. -ENOENT, -EPERM: as for hugemm_map_buffer. */
+ * a page size the backing does not have, a NUMA node that is not online or not in the
+ * process's cpuset (devdax: not the device's). -ENOMEM: the pool cannot grow (as for
+ * hugemm_map_buffer). -ENOENT, -EPERM: as for hugemm_map_buffer. */
 int hugemm_alloc(hugemm_runtime* rt, size_t bytes, const hugemm_buffer_options* options,
                  int uninitialized, hugemm_buffer* out);
 /* Frees the buffer starting at `data` (from hugemm_map_buffer or hugemm_alloc). Its

@@ -13,7 +13,10 @@
 #include <utility>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "runtime/backing/kind.h"
 #include "runtime/sys/hugepages.h"
 #include "runtime/sys/pagemap.h"
@@ -50,6 +53,56 @@ absl::Status PrefaultError(const absl::Status& st, BackingKind kind) {
     return absl::Status(absl::StatusCode::kResourceExhausted, st.message());
   }
   return st;
+}
+
+// An mmap of hugetlb memory bound to a node, refused for want of pages while that node
+// has them free: the kernel reserves the pages at mmap, before the mbind, and counts only
+// the free pages of the nodes the calling thread's memory policy and cpuset allow.
+std::string PolicyHint(Os& os, BackingKind kind, size_t page_size, int node, size_t length) {
+  if (node < 0 || (kind != BackingKind::kHugetlb && kind != BackingKind::kHugetlbfs)) return "";
+  absl::StatusOr<HugePagePool> pool = sys::ReadHugePagePool(os, page_size);
+  if (!pool.ok()) return "";
+  const auto pages = static_cast<int64_t>(length / page_size);
+  if (pool->free - pool->resv < pages) return "";  // the machine is short: the counts say so
+  for (const NodePool& n : pool->nodes) {
+    if (n.node == node && n.free >= pages) {
+      return absl::StrCat(
+          "; node ", node, " has the pages free, but the kernel reserves them at mmap from the ",
+          "nodes of this thread's memory policy (set_mempolicy, numactl --membind) and cpuset");
+    }
+  }
+  return "";
+}
+
+// Whether `node` is in a list such as "0-2,5" (/proc/self/status's Mems_allowed_list).
+bool InNodeList(absl::string_view list, int node) {
+  for (absl::string_view range : absl::StrSplit(list, ',', absl::SkipWhitespace())) {
+    std::pair<absl::string_view, absl::string_view> ends = absl::StrSplit(range, '-');
+    int first = 0;
+    int last = 0;
+    if (!absl::SimpleAtoi(ends.first, &first)) continue;
+    if (ends.second.empty()) {
+      last = first;
+    } else if (!absl::SimpleAtoi(ends.second, &last)) {
+      continue;
+    }
+    if (first <= node && node <= last) return true;
+  }
+  return false;
+}
+
+// mbind refuses (EINVAL) an online node the process's cpuset does not allow.
+std::string CpusetHint(Os& os, int node) {
+  absl::StatusOr<std::string> status = os.ReadFile("/proc/self/status");
+  if (!status.ok()) return "";
+  for (absl::string_view line : absl::StrSplit(*status, '\n')) {
+    if (!absl::ConsumePrefix(&line, "Mems_allowed_list:")) continue;
+    line = absl::StripAsciiWhitespace(line);
+    if (line.empty() || InNodeList(line, node)) return "";
+    return absl::StrCat("; node ", node, " is outside this process's cpuset (memory nodes ", line,
+                        ")");
+  }
+  return "";
 }
 
 }  // namespace
@@ -187,10 +240,15 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
       os.Mmap(mapped, length, PROT_READ | PROT_WRITE, source->flags | MAP_FIXED, source->fd,
               static_cast<off_t>(source->offset));
   if (!fixed.ok()) {
-    return fail(with_pool_hint(fixed.status()), "mmap");
+    absl::Status st = with_pool_hint(fixed.status());
+    if (ErrnoOf(st) == ENOMEM) {
+      st = sys::AppendToMessage(st, PolicyHint(os, kind_, page_size_, request.node, length));
+    }
+    return fail(st, "mmap");
   }
   if (request.node >= 0 && source->fixed_node < 0) {
     if (absl::Status st = os.BindToNode(mapped, length, request.node); !st.ok()) {
+      if (ErrnoOf(st) == EINVAL) st = sys::AppendToMessage(st, CpusetHint(os, request.node));
       return fail(st, "bind");
     }
   }
