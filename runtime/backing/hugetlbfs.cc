@@ -28,6 +28,10 @@ class HugetlbfsBacking final : public Kind {
     return absl::StrCat("hugetlbfs ", PageSizeName(page_size()), " at ", mount_);
   }
 
+  std::string FilePath(absl::string_view name) const override {
+    return absl::StrCat(mount_, "/", name);
+  }
+
   absl::StatusOr<Source> Prepare(const MapRequest& request) override {
     const uint64_t offset = request.offset.value_or(0);
     if (offset % page_size()) {
@@ -58,7 +62,7 @@ class HugetlbfsBacking final : public Kind {
     } else {
       // Created here unless another process made it first; a file this call created is
       // removed again if the mapping fails.
-      path = absl::StrCat(mount_, "/", request.name);
+      path = FilePath(request.name);
       fd = os().Open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
       if (fd.ok()) {
         s.created_path = path;
