@@ -3,6 +3,7 @@
 #include "hugemm/backing.h"
 
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -364,6 +365,23 @@ TEST(Hugetlbfs, RejectsBadNamesOffsetsAndMounts) {
       (*backing)->Map({.length = kPageSize2M, .offset = 4096, .name = "hugemm-bad-offset"});
   ASSERT_FALSE(e.ok());
   EXPECT_THAT(e.status().message(), HasSubstr("offset 4096"));
+  // A directory or a FIFO another program made in the mount: refused, and left there.
+  const std::string dir = mount + "/hugemm-test-dir-" + std::to_string(getpid());
+  const std::string fifo = mount + "/hugemm-test-fifo-" + std::to_string(getpid());
+  ASSERT_EQ(mkdir(dir.c_str(), 0700), 0) << dir;
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0) << fifo;
+  for (const std::string& path : {dir, fifo}) {
+    const std::string name = path.substr(mount.size() + 1);
+    absl::StatusOr<Extent> odd = (*backing)->Map({.length = kPageSize2M, .name = name});
+    EXPECT_EQ(odd.status().code(), absl::StatusCode::kInvalidArgument) << odd.status();
+    EXPECT_THAT(odd.status().message(), HasSubstr(path)) << odd.status();
+    EXPECT_THAT(odd.status().message(), ::testing::AnyOf(HasSubstr("is a directory, not a file"),
+                                                         HasSubstr("not a regular file")))
+        << odd.status();
+    EXPECT_TRUE(std::filesystem::exists(path)) << path;
+  }
+  std::filesystem::remove(dir);
+  std::filesystem::remove(fifo);
   auto wrong = Backing::Create(
       {.kind = BackingKind::kHugetlbfs, .page_size = kPageSize2M, .hugetlbfs_mount = "/tmp"});
   ASSERT_FALSE(wrong.ok());

@@ -213,7 +213,8 @@ class Backing final : public std::enable_shared_from_this<Backing> {
   //                      that, aligned, would pass the end of the address space), a
   //                      bad or offline node, a bad alignment, or what the kind refuses
   //                      (a name or offset for hugetlb and anon, a private or misaligned
-  //                      devdax mapping, a file name with a '/');
+  //                      devdax mapping, a file name with a '/', or one of a
+  //                      directory or other file that is not a regular file);
   //   OutOfRange         a devdax range beyond the device;
   //   AlreadyExists      a devdax range already mapped by this backing;
   //   ResourceExhausted  no huge page or no free device range left (ENOMEM; hugetlb

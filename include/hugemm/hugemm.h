@@ -127,7 +127,8 @@ typedef struct hugemm_buffer {
  * the runtime's shadow page table. `options` may be NULL (hugetlb, 2M, any node).
  * -EINVAL: zero, unaligned or absurd length (beyond the address space), unknown backing,
  * a page size the backing does not have, a NUMA node that is not online, a hugetlbfs
- * file name that is not a plain name. -ENOMEM: no huge pages for it.
+ * file name that is not a plain name, or names a directory, a FIFO or another file that
+ * is not a regular file. -ENOMEM: no huge pages for it.
  * -ENOENT: no such device-DAX device (a path that is not the character device sysfs
  * describes, or one no driver serves), or no hugetlbfs mount of the page size. -EPERM: the
  * hugetlbfs mount of the page size, or the named file in it (another user's), is not
