@@ -3,6 +3,7 @@
 #include "hugemm/backing.h"
 
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -309,6 +310,51 @@ TEST(Hugetlbfs, NamedFileIsPrivateToItsUserAndSharedWithASecondProcess) {
   std::filesystem::remove(path);
 }
 
+// Offsets into a named file map its pages where they are (the same frames, the same
+// data); a range past the end grows the file; a private mapping starts from the file's
+// data on frames of its own, and its writes stay its own.
+TEST(Hugetlbfs, NamedFileOffsetsShareFramesAndPrivateMappingsCopy) {
+  const std::string mount = HugetlbfsMountFor(kPageSize2M);
+  HUGEMM_NEED(!mount.empty(), "needs a hugetlbfs mount with 2M pages");
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 5);
+  const std::string name = "hugemm-test-offsets-" + std::to_string(getpid());
+  const std::string path = mount + "/" + name;
+  auto backing = Backing::Create({.kind = BackingKind::kHugetlbfs, .page_size = kPageSize2M});
+  ASSERT_TRUE(backing.ok()) << backing.status();
+  {
+    absl::StatusOr<Extent> whole = (*backing)->Map({.length = 2 * kPageSize2M, .name = name});
+    ASSERT_TRUE(whole.ok()) << whole.status();
+    EXPECT_TRUE(whole->created_file());
+    EXPECT_EQ((*backing)->FilePath(name), path);
+    ASSERT_TRUE(whole->pfns_known());
+    whole->data()[0] = std::byte{'A'};
+    whole->data()[kPageSize2M] = std::byte{'B'};
+
+    absl::StatusOr<Extent> second =
+        (*backing)->Map({.length = kPageSize2M, .offset = kPageSize2M, .name = name});
+    ASSERT_TRUE(second.ok()) << second.status();
+    EXPECT_FALSE(second->created_file()) << "opened, not created";
+    EXPECT_EQ(second->offset(), kPageSize2M);
+    EXPECT_EQ(second->pfn(0), whole->pfn(1));
+    EXPECT_EQ(second->data()[0], std::byte{'B'});
+
+    absl::StatusOr<Extent> past =
+        (*backing)->Map({.length = kPageSize2M, .offset = 3 * kPageSize2M, .name = name});
+    ASSERT_TRUE(past.ok()) << past.status();
+    EXPECT_EQ(std::filesystem::file_size(path), 4 * kPageSize2M);
+
+    absl::StatusOr<Extent> copy =
+        (*backing)->Map({.length = kPageSize2M, .shared = false, .name = name});
+    ASSERT_TRUE(copy.ok()) << copy.status();
+    EXPECT_EQ(copy->data()[0], std::byte{'A'});
+    EXPECT_NE(copy->pfn(0), whole->pfn(0));
+    copy->data()[0] = std::byte{'P'};
+    EXPECT_EQ(whole->data()[0], std::byte{'A'}) << "a private write reached the file";
+  }
+  EXPECT_TRUE(std::filesystem::exists(path)) << "a named file outlives its mappings";
+  std::filesystem::remove(path);
+}
+
 TEST(Hugetlbfs, RejectsBadNamesOffsetsAndMounts) {
   const std::string mount = HugetlbfsMountFor(kPageSize2M);
   HUGEMM_NEED(!mount.empty(), "needs a hugetlbfs mount with 2M pages");
@@ -319,6 +365,23 @@ TEST(Hugetlbfs, RejectsBadNamesOffsetsAndMounts) {
       (*backing)->Map({.length = kPageSize2M, .offset = 4096, .name = "hugemm-bad-offset"});
   ASSERT_FALSE(e.ok());
   EXPECT_THAT(e.status().message(), HasSubstr("offset 4096"));
+  // A directory or a FIFO another program made in the mount: refused, and left there.
+  const std::string dir = mount + "/hugemm-test-dir-" + std::to_string(getpid());
+  const std::string fifo = mount + "/hugemm-test-fifo-" + std::to_string(getpid());
+  ASSERT_EQ(mkdir(dir.c_str(), 0700), 0) << dir;
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0) << fifo;
+  for (const std::string& path : {dir, fifo}) {
+    const std::string name = path.substr(mount.size() + 1);
+    absl::StatusOr<Extent> odd = (*backing)->Map({.length = kPageSize2M, .name = name});
+    EXPECT_EQ(odd.status().code(), absl::StatusCode::kInvalidArgument) << odd.status();
+    EXPECT_THAT(odd.status().message(), HasSubstr(path)) << odd.status();
+    EXPECT_THAT(odd.status().message(), ::testing::AnyOf(HasSubstr("is a directory, not a file"),
+                                                         HasSubstr("not a regular file")))
+        << odd.status();
+    EXPECT_TRUE(std::filesystem::exists(path)) << path;
+  }
+  std::filesystem::remove(dir);
+  std::filesystem::remove(fifo);
   auto wrong = Backing::Create(
       {.kind = BackingKind::kHugetlbfs, .page_size = kPageSize2M, .hugetlbfs_mount = "/tmp"});
   ASSERT_FALSE(wrong.ok());

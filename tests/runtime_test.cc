@@ -225,6 +225,53 @@ TEST(Runtime, FreeUnmapsWhatIsLeftOfAPartlyUnmappedBuffer) {
   HUGEMM_ASSERT_OK((*rt)->RemoveMemoryObserver(&removals));
 }
 
+// Refuses every range it is told of.
+class RefusingObserver : public MemoryObserver {
+ public:
+  absl::Status MemoryAdded(const MemoryRange& /*range*/) override {
+    return absl::ResourceExhaustedError("the observer is full");
+  }
+  void MemoryRemoving(const MemoryRange& /*range*/) override {}
+};
+
+// A named hugetlbfs file the refused MapBuffer created is gone again with its huge page
+// (as when the backing itself fails); one another process made stays, with its data.
+TEST(Runtime, ARefusedBufferRemovesTheNamedFileItCreatedOnly) {
+  const std::string mount = testing::HugetlbfsMountFor(kPageSize2M);
+  HUGEMM_NEED(!mount.empty(), "no 2M hugetlbfs mount");
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open({.kernel_pins = false});
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  RefusingObserver refusing;
+  HUGEMM_ASSERT_OK((*rt)->AddMemoryObserver(&refusing));
+  const std::string name = "runtime_test_refused_" + std::to_string(::getpid());
+  const std::string path = mount + "/" + name;
+  const BufferOptions named{.backing = BackingKind::kHugetlbfs, .file_name = name};
+  absl::StatusOr<Buffer> refused = (*rt)->MapBuffer(kPageSize2M, named);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  EXPECT_FALSE(std::filesystem::exists(path)) << "the file this call created stayed";
+
+  // Made by another process (here: before, by hand), with a page written.
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  ASSERT_GE(fd, 0) << path;
+  ASSERT_EQ(::ftruncate(fd, kPageSize2M), 0);
+  void* p = ::mmap(nullptr, kPageSize2M, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  ASSERT_NE(p, MAP_FAILED);
+  static_cast<char*>(p)[77] = 'x';
+  ASSERT_EQ(::munmap(p, kPageSize2M), 0);
+  ASSERT_EQ(::close(fd), 0);
+  refused = (*rt)->MapBuffer(kPageSize2M, named);
+  EXPECT_FALSE(refused.ok());
+  EXPECT_TRUE(std::filesystem::exists(path)) << "a file another process made was removed";
+  HUGEMM_ASSERT_OK((*rt)->RemoveMemoryObserver(&refusing));
+  absl::StatusOr<Buffer> buf = (*rt)->MapBuffer(kPageSize2M, named);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  EXPECT_EQ(static_cast<char>(buf->data()[77]), 'x');
+  HUGEMM_ASSERT_OK(buf->Free());
+  EXPECT_TRUE(std::filesystem::exists(path)) << "a named file outlives its buffer";
+  ASSERT_EQ(::unlink(path.c_str()), 0);
+}
+
 size_t OpenFds() {
   size_t n = 0;
   for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;

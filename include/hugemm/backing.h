@@ -116,6 +116,11 @@ class Extent {
   // elsewhere; pfns() is empty afterwards.
   void ForgetPfns() { std::vector<uint64_t>().swap(pfns_); }
   const std::shared_ptr<Backing>& backing() const { return backing_; }
+  // hugetlbfs: whether this Map created the named file (MapRequest::name) rather than
+  // opening one that existed; false for a private file and the other kinds. The file
+  // outlives the extent: an owner that fails right after Map removes it (at
+  // Backing::FilePath), as Map does on its own errors.
+  bool created_file() const { return created_file_; }
   bool mapped() const { return data_ != nullptr; }
 
   // Unmaps now (a no-op when not mapped) and reports what the destructor would have to
@@ -129,6 +134,7 @@ class Extent {
   size_t page_size_ = 0;
   int node_ = -1;
   BackingKind kind_ = BackingKind::kAnon;
+  bool created_file_ = false;
   uint64_t offset_ = 0;
   std::vector<uint64_t> pfns_;
   std::shared_ptr<Backing> backing_;  // keeps a devdax offset map alive
@@ -196,6 +202,9 @@ class Backing final : public std::enable_shared_from_this<Backing> {
   Os& os() const { return os_; }
   // "hugetlb 2M", "hugetlbfs 1G at /dev/hugepages1G", "devdax /dev/dax0.0 (align 2M)".
   [[nodiscard]] std::string Describe() const;
+  // hugetlbfs: where the named file `name` lives, "<mount>/<name>"; empty for the other
+  // kinds.
+  [[nodiscard]] std::string FilePath(absl::string_view name) const;
 
   // Maps, places, prefaults and records PFNs. On any error nothing stays mapped, no file
   // this call created stays, and no huge page stays reserved. Every error names the
@@ -205,7 +214,8 @@ class Backing final : public std::enable_shared_from_this<Backing> {
   //                      bad or offline node (or one outside the process's cpuset),
   //                      a bad alignment, or what the kind refuses
   //                      (a name or offset for hugetlb and anon, a private or misaligned
-  //                      devdax mapping, a file name with a '/');
+  //                      devdax mapping, a file name with a '/', or one of a
+  //                      directory or other file that is not a regular file);
   //   OutOfRange         a devdax range beyond the device;
   //   AlreadyExists      a devdax range already mapped by this backing;
   //   ResourceExhausted  no huge page or no free device range left (ENOMEM; hugetlb

@@ -110,10 +110,12 @@ typedef struct hugemm_buffer_options {
   int node;         /* NUMA node, -1 = any */
   const char* path; /* devdax: the device; hugetlbfs: a file name in the mount, or NULL */
 } hugemm_buffer_options;
-/* A hugetlbfs file name is created (mode 0600), or opened when it exists, so that another
- * process may map the same memory: the file and its huge pages outlive the buffer and
- * hugemm_free, until the program unlinks it. NULL (or "") maps a private file that is
- * gone with the buffer. */
+/* A hugetlbfs file name (a plain name: no '/', not "." or "..") is created (mode 0600),
+ * or opened when it exists, so that another process may map the same memory (MAP_SHARED,
+ * from the file's start; a shorter file grows to `length`): the file and its huge pages
+ * outlive the buffer, hugemm_free, hugemm_close and the process (also one killed), until
+ * a program unlinks it. A call that fails removes the file it created, never one that
+ * existed. NULL (or "") maps a private file that is gone with the buffer. */
 
 typedef struct hugemm_buffer {
   void* data;
@@ -125,14 +127,17 @@ typedef struct hugemm_buffer {
  * the runtime's shadow page table. `options` may be NULL (hugetlb, 2M, any node).
  * -EINVAL: zero, unaligned or absurd length (beyond the address space), unknown backing,
  * a page size the backing does not have, a NUMA node that is not online or that the
- * process's cpuset does not allow. -ENOMEM: no huge pages for it; the kernel reserves a
- * node's huge pages at the mapping, from the free pages of the nodes the calling thread's
- * memory policy (set_mempolicy, numactl --membind) allows, so a thread bound elsewhere
- * may be refused pages the node has free (the message then says so).
+ * process's cpuset does not allow, a hugetlbfs file name that is not a plain name, or
+ * names a directory, a FIFO or another file that is not a regular file. -ENOMEM: no huge
+ * pages for it; the kernel reserves a node's huge pages at the mapping, from the free
+ * pages of the nodes the calling thread's memory policy (set_mempolicy, numactl
+ * --membind) allows, so a thread bound elsewhere may be refused pages the node has free
+ * (the message then says so).
  * -ENOENT: no such device-DAX device (a path that is not the character device sysfs
  * describes, or one no driver serves), or no hugetlbfs mount of the page size. -EPERM: the
- * hugetlbfs mount of the page size is not writable by this process, or the device-DAX
- * device may not be opened by it (the device is root's, mode 0600, unless changed). */
+ * hugetlbfs mount of the page size, or the named file in it (another user's), is not
+ * writable by this process, or the device-DAX device may not be opened by it (the device
+ * is root's, mode 0600, unless changed). */
 int hugemm_map_buffer(hugemm_runtime* rt, size_t length, const hugemm_buffer_options* options,
                       hugemm_buffer* out);
 /* One folio of at least `bytes` (a power of two from 4K up to the page size) from the

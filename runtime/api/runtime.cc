@@ -251,12 +251,16 @@ absl::StatusOr<Buffer> Runtime::MapBuffer(size_t length, const BufferOptions& op
   record->extent = std::move(*extent);
 
   // Everything below unwinds by dropping the buffer's references: the record deletes
-  // itself with the last one.
+  // itself with the last one. A named file this call created goes too, as it would had
+  // the backing failed.
+  const std::string created_file =
+      record->extent.created_file() ? (*backing)->FilePath(options.file_name) : "";
   auto drop = [&](size_t mapped) {
     if (mapped > 0) (void)table_->Unmap(record->data, mapped * folio_size);
     const size_t n = record->nfolios;
     Folio* folios = record->folios.get();
     for (size_t i = 0; i < n; ++i) FolioPut(&folios[i]);
+    if (!created_file.empty()) (void)os_.Unlink(created_file);
   };
   // The kernel pin table and every other observer learn the buffer before it is handed
   // out (its PFNs may go to a device at once).

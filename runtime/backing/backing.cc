@@ -159,6 +159,8 @@ Backing::~Backing() = default;
 
 std::string Backing::Describe() const { return impl_->Describe(); }
 
+std::string Backing::FilePath(absl::string_view name) const { return impl_->FilePath(name); }
+
 absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
   const std::string context =
       absl::StrCat(Describe(), ": map ", HumanBytes(request.length),
@@ -299,6 +301,7 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
   extent.kind_ = kind_;
   extent.offset_ = source->offset;
   extent.pfns_ = std::move(pfns);
+  extent.created_file_ = !source->created_path.empty();
   extent.backing_ = shared_from_this();
   return extent;
 }
@@ -318,6 +321,7 @@ Extent& Extent::operator=(Extent&& other) noexcept {
     offset_ = std::exchange(other.offset_, 0);
     pfns_ = std::move(other.pfns_);
     other.pfns_.clear();
+    created_file_ = std::exchange(other.created_file_, false);
     backing_ = std::move(other.backing_);
   }
   return *this;
@@ -330,6 +334,7 @@ absl::Status Extent::Unmap() {
   data_ = nullptr;
   size_ = 0;
   pfns_.clear();
+  created_file_ = false;
   backing_.reset();
   if (!st.ok()) return sys::Annotate(st, "unmap extent");
   return absl::OkStatus();

@@ -2,6 +2,7 @@
 // named file can be opened by a second process (mode 0600: the same user only).
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -26,6 +27,10 @@ class HugetlbfsBacking final : public Kind {
 
   std::string Describe() const override {
     return absl::StrCat("hugetlbfs ", PageSizeName(page_size()), " at ", mount_);
+  }
+
+  std::string FilePath(absl::string_view name) const override {
+    return absl::StrCat(mount_, "/", name);
   }
 
   absl::StatusOr<Source> Prepare(const MapRequest& request) override {
@@ -58,12 +63,15 @@ class HugetlbfsBacking final : public Kind {
     } else {
       // Created here unless another process made it first; a file this call created is
       // removed again if the mapping fails.
-      path = absl::StrCat(mount_, "/", request.name);
+      path = FilePath(request.name);
       fd = os().Open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
       if (fd.ok()) {
         s.created_path = path;
       } else if (ErrnoOf(fd.status()) == EEXIST) {
         fd = os().Open(path, O_RDWR, 0);
+      }
+      if (!fd.ok() && ErrnoOf(fd.status()) == EISDIR) {
+        return absl::InvalidArgumentError(absl::StrCat(path, " is a directory, not a file"));
       }
       if (!fd.ok()) return fd.status();
     }
@@ -75,6 +83,8 @@ class HugetlbfsBacking final : public Kind {
     };
     absl::StatusOr<struct stat> st = os().Fstat(*fd);
     if (!st.ok()) return fail(st.status());
+    // A FIFO or device node another program made in the mount holds no huge pages.
+    if (!S_ISREG(st->st_mode)) return fail(absl::InvalidArgumentError("not a regular file"));
     const uint64_t end = offset + request.length;
     if (static_cast<uint64_t>(st->st_size) < end) {
       if (absl::Status trunc = os().Ftruncate(*fd, static_cast<off_t>(end)); !trunc.ok()) {

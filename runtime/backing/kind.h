@@ -39,6 +39,8 @@ class Kind {
   Os& os() const { return os_; }
 
   virtual std::string Describe() const = 0;
+  // Where a named file lives (Backing::FilePath); "" for kinds without files.
+  virtual std::string FilePath(absl::string_view /*name*/) const { return ""; }
   // The source for one mapping; an error (InvalidArgument for what the kind refuses)
   // leaves nothing behind.
   virtual absl::StatusOr<Source> Prepare(const MapRequest& request) = 0;
