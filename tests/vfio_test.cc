@@ -150,6 +150,26 @@ TEST_F(VfioFakeTest, FreedIovasAreHandedOutAgainOnlyOnceTheWindowHasNoFreshRoom)
   EXPECT_EQ(full.status().code(), absl::StatusCode::kResourceExhausted) << full.status();
 }
 
+// A freed range and the alignment gap a later mapping leaves right above it are one hole:
+// a 2M mapping fits there once the fresh part of the window is gone.
+TEST_F(VfioFakeTest, AFreedRangeAndTheAlignmentGapAboveItAreOneHole) {
+  const uint64_t base = uint64_t{1} << 32;
+  absl::StatusOr<std::unique_ptr<IovaMapper>> m = IovaMapper::Attach(
+      *rt_, container_, {.iova_base = base, .iova_limit = base + 2 * kPageSize2M});
+  ASSERT_TRUE(m.ok()) << m.status();
+  absl::StatusOr<Buffer> small =
+      rt_->MapBuffer(4096, {.backing = BackingKind::kAnon, .page_size = kPageSize4K});
+  ASSERT_TRUE(small.ok()) << small.status();
+  EXPECT_EQ(*(*m)->Iova(small->data()), base);
+  HUGEMM_ASSERT_OK(small->Free());
+  absl::StatusOr<Buffer> first = rt_->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(*(*m)->Iova(first->data()), base + kPageSize2M) << "the fresh part first";
+  absl::StatusOr<Buffer> second = rt_->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(*(*m)->Iova(second->data()), base);
+}
+
 TEST_F(VfioFakeTest, SegmentsAreRunsInIovaSpaceWithTheMaximumHonoured) {
   absl::StatusOr<std::unique_ptr<IovaMapper>> m = IovaMapper::Attach(*rt_, container_);
   ASSERT_TRUE(m.ok()) << m.status();

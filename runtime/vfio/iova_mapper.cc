@@ -91,7 +91,8 @@ std::optional<uint64_t> IovaMapper::TakeFreshIova(size_t length, size_t align) {
   if (start < next_iova_ || start > options_.iova_limit || options_.iova_limit - start < length) {
     return std::nullopt;
   }
-  if (start > next_iova_) holes_[next_iova_] = start - next_iova_;
+  // The alignment's gap is a hole, joined to a freed range that ends where it starts.
+  if (start > next_iova_) GiveIova(next_iova_, start - next_iova_);
   next_iova_ = start + length;
   return start;
 }
