@@ -26,6 +26,27 @@ namespace {
 
 constexpr uint64_t kBlock = 512;
 
+// The test's own mapping of one 4K page of `va` at `iova` in the real container: 0, or
+// the kernel's errno (EEXIST while hugemm still maps that IOVA).
+int MapPageAt(uint64_t iova, void* va) {
+  vfio_iommu_type1_dma_map map = {};
+  map.argsz = sizeof map;
+  map.flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE;
+  map.vaddr = reinterpret_cast<uintptr_t>(va);
+  map.iova = iova;
+  map.size = kPage;
+  return ioctl(VfioContainer(), VFIO_IOMMU_MAP_DMA, &map) == 0 ? 0 : errno;
+}
+
+// Takes MapPageAt's page away again: 0, or the kernel's errno.
+int UnmapPageAt(uint64_t iova) {
+  vfio_iommu_type1_dma_unmap unmap = {};
+  unmap.argsz = sizeof unmap;
+  unmap.iova = iova;
+  unmap.size = kPage;
+  return ioctl(VfioContainer(), VFIO_IOMMU_UNMAP_DMA, &unmap) == 0 ? 0 : errno;
+}
+
 // One suite per setup, its tests run together: the runtime and the data buffer live
 // for the suite (the kernel zeroes 1G pages once, not per test), the controller is
 // started afresh for each test. Two setups never hold device-DAX memory at once.
@@ -368,19 +389,10 @@ TEST_F(NvmeVmDriverTest, InIovaModeTheCApiMapsIntoTheContainerAndAFreeUnmaps) {
   ASSERT_EQ(hugemm_vfio_iova(vfio, buf.data, &iova), 0) << hugemm_last_error();
   EXPECT_GE(iova, options.iova_base);
   EXPECT_EQ(iova % hugemm::kPageSize2M, 0u);
-  auto map_at = [](uint64_t at, void* va) {
-    vfio_iommu_type1_dma_map map = {};
-    map.argsz = sizeof map;
-    map.flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE;
-    map.vaddr = reinterpret_cast<uintptr_t>(va);
-    map.iova = at;
-    map.size = kPage;
-    return ioctl(VfioContainer(), VFIO_IOMMU_MAP_DMA, &map) == 0 ? 0 : errno;
-  };
   void* page = mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ASSERT_NE(page, MAP_FAILED);
   static_cast<volatile char*>(page)[0] = 1;
-  EXPECT_EQ(map_at(iova, page), EEXIST) << "the kernel does not hold the buffer's IOVA";
+  EXPECT_EQ(MapPageAt(iova, page), EEXIST) << "the kernel does not hold the buffer's IOVA";
 
   hugemm_dma_segment segs[4];
   const long n = hugemm_vfio_pin_segments(vfio, static_cast<char*>(buf.data) + 512, 2 * kPage,
@@ -398,12 +410,8 @@ TEST_F(NvmeVmDriverTest, InIovaModeTheCApiMapsIntoTheContainerAndAFreeUnmaps) {
   EXPECT_EQ(after, mappings - 1);
   EXPECT_EQ(hugemm_vfio_iova(vfio, buf.data, &iova), -ENOENT);
   // The kernel let go of it too: the IOVA takes another mapping, which goes again.
-  ASSERT_EQ(map_at(iova, page), 0) << "the freed buffer's IOVA is still mapped";
-  vfio_iommu_type1_dma_unmap unmap = {};
-  unmap.argsz = sizeof unmap;
-  unmap.iova = iova;
-  unmap.size = kPage;
-  EXPECT_EQ(ioctl(VfioContainer(), VFIO_IOMMU_UNMAP_DMA, &unmap), 0);
+  ASSERT_EQ(MapPageAt(iova, page), 0) << "the freed buffer's IOVA is still mapped";
+  EXPECT_EQ(UnmapPageAt(iova), 0);
   munmap(page, kPage);
   hugemm_vfio_detach(vfio);
   hugemm_close(crt);
@@ -441,20 +449,10 @@ TEST_F(NvmeVmDriverTest, InIovaModeTheCApiLeavesNothingMappedAfterDetachAndNothi
   ASSERT_NE(page, MAP_FAILED);
   static_cast<volatile char*>(page)[0] = 1;
   for (uint64_t iova : iovas) {
-    vfio_iommu_type1_dma_map map = {};
-    map.argsz = sizeof map;
-    map.flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE;
-    map.vaddr = reinterpret_cast<uintptr_t>(page);
-    map.iova = iova;
-    map.size = kPage;
-    EXPECT_EQ(ioctl(VfioContainer(), VFIO_IOMMU_MAP_DMA, &map), 0)
-        << "IOVA 0x" << std::hex << iova
-        << " still mapped after the detach: " << std::strerror(errno);
-    vfio_iommu_type1_dma_unmap unmap = {};
-    unmap.argsz = sizeof unmap;
-    unmap.iova = iova;
-    unmap.size = kPage;
-    ioctl(VfioContainer(), VFIO_IOMMU_UNMAP_DMA, &unmap);
+    const int err = MapPageAt(iova, page);
+    EXPECT_EQ(err, 0) << "IOVA 0x" << std::hex << iova
+                      << " still mapped after the detach: " << std::strerror(err);
+    (void)UnmapPageAt(iova);
   }
   munmap(page, kPage);
 
