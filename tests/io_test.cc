@@ -316,9 +316,6 @@ TEST_P(FixedBuffersTest, ASingleIssuerRingRefusesOtherThreadsMemoryAndSaysWhy) {
   io_uring_queue_exit(&ring);
 }
 
-// Fixed buffers of a single-issuer ring dropped from a thread that is not its submitter:
-// the kernel refuses the unregister, and the table stays. The destructor cannot return
-// that; it says so on stderr.
 // Two rings on one runtime, one cloned and one of iovecs, while another thread maps and
 // frees buffers (each a slot filled and emptied in both tables): reads through either
 // ring into a buffer held throughout land whole, and the new buffers are fixed buffers of
@@ -354,27 +351,37 @@ TEST(FixedBuffers, TwoRingsFollowTheMemoryWhileAnotherThreadChangesIt) {
       ++churned;
     }
   });
-  for (int i = 0; i < 200 || churned.load() < 200; ++i) {
-    TestRing& ring = i % 2 == 0 ? ring1 : ring2;
-    IoRing& io = i % 2 == 0 ? **io1 : **io2;
-    const size_t at = (i * 12288) % (kPageSize2M - 8192);
-    const uint64_t off = (i * 4096) % (4 << 20);
-    std::memset(held->data() + at, 0, 8192);
-    HUGEMM_ASSERT_OK(
-        io.PrepareRead(io_uring_get_sqe(&ring.ring), file.fd(), held->data() + at, 8192, off, i));
-    ASSERT_EQ(io_uring_submit(&ring.ring), 1);
-    io_uring_cqe cqe = ring.Wait();
-    ASSERT_EQ(cqe.res, 8192) << "read " << i;
-    ASSERT_TRUE(io.Complete(&cqe).ok());
-    ASSERT_EQ(FirstMismatch(held->data() + at, 8192, off, file.seed()), -1) << "read " << i;
-  }
+  // The reads in a function of their own: a failed assertion returns from it, and the
+  // churning thread is stopped and joined all the same. As many as the churn needs (on a
+  // slow machine more than the file has 8K reads: the offsets wrap, each read whole).
+  auto read_all = [&] {
+    for (int i = 0; i < 200 || churned.load() < 200; ++i) {
+      TestRing& ring = i % 2 == 0 ? ring1 : ring2;
+      IoRing& io = i % 2 == 0 ? **io1 : **io2;
+      const size_t at = (i * 12288) % (kPageSize2M - 8192);
+      const uint64_t off = (uint64_t{4096} * i) % ((4 << 20) - 4096);
+      std::memset(held->data() + at, 0, 8192);
+      HUGEMM_ASSERT_OK(
+          io.PrepareRead(io_uring_get_sqe(&ring.ring), file.fd(), held->data() + at, 8192, off, i));
+      ASSERT_EQ(io_uring_submit(&ring.ring), 1);
+      io_uring_cqe cqe = ring.Wait();
+      ASSERT_EQ(cqe.res, 8192) << "read " << i << " at " << off;
+      ASSERT_TRUE(io.Complete(&cqe).ok());
+      ASSERT_EQ(FirstMismatch(held->data() + at, 8192, off, file.seed()), -1) << "read " << i;
+    }
+  };
+  read_all();
   stop = true;
   churn.join();
+  if (HasFatalFailure()) return;
   EXPECT_EQ(missing.load(), 0) << "a new buffer was no fixed buffer of a ring";
   EXPECT_EQ((*io1)->fixed().slots_filled(), rt->kernel_pin_stats().slots_used);
   EXPECT_EQ((*io2)->fixed().slots_filled(), rt->kernel_pin_stats().slots_used);
 }
 
+// Fixed buffers of a single-issuer ring dropped from a thread that is not its submitter:
+// the kernel refuses the unregister, and the table stays. The destructor cannot return
+// that; it says so on stderr.
 TEST(FixedBuffers, AnUnregisterTheKernelRefusesIsReported) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
   std::unique_ptr<Runtime> rt = OpenRuntime();
