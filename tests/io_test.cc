@@ -623,16 +623,6 @@ TEST(InFlight, ADetachedRingKeepsTheMemoryOfItsIosInFlight) {
   ::close(pipe_fds[1]);
 }
 
-std::atomic<uint64_t> g_ticks{0};
-
-void OnTick(int) { g_ticks.fetch_add(1, std::memory_order_relaxed); }
-
-// Fixed buffers dropped with a READ_FIXED of a pipe in flight, while a timer signal keeps
-// arriving on the dropping thread. Before 6.13 the unregister waits for the read, and
-// each signal ends that wait with EINTR; the table must be gone all the same once the
-// destructor returns (else the program's ring keeps the runtime's memory pinned, and a
-// table of its own is refused with EBUSY). The data comes only after many signals have
-// hit the waiting thread, or once the drop is over (6.13 and later do not wait).
 // The runtime closed (its ring detached first) with a read still in flight from a pipe:
 // the late data lands in memory no new runtime hands out, and the kernel's pin on that
 // memory goes with the completion.
@@ -679,6 +669,16 @@ TEST(InFlight, AReadOutlivingItsRuntimeLandsInMemoryNoOneElseHas) {
   ::close(pipe_fds[1]);
 }
 
+std::atomic<uint64_t> g_ticks{0};
+
+void OnTick(int) { g_ticks.fetch_add(1, std::memory_order_relaxed); }
+
+// Fixed buffers dropped with a READ_FIXED of a pipe in flight, while a timer signal keeps
+// arriving on the dropping thread. Before 6.13 the unregister waits for the read, and
+// each signal ends that wait with EINTR; the table must be gone all the same once the
+// destructor returns (else the program's ring keeps the runtime's memory pinned, and a
+// table of its own is refused with EBUSY). The data comes only after many signals have
+// hit the waiting thread, or once the drop is over (6.13 and later do not wait).
 TEST(InFlight, DroppingFixedBuffersUnderASignalStormStillUnregistersTheTable) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
   constexpr char kData[] = "data after the signals";
