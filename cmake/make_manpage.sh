@@ -35,6 +35,12 @@ done
   done
   printf '[EXIT STATUS]\n0 ok; 1 a check failed or the run could not be done; 2 usage error '
   printf '(an unknown flag, a bad value).\n'
+  printf '.PP\nWith \\-\\-json, a command that fails with exit status 1 still prints one JSON '
+  printf 'object on stdout: {"command": the command line, "ok": false, "error": {"code": the '
+  printf 'name of the status code, "errno": the errno where a system call gave one, "message": '
+  printf 'the message stderr also gets}}; verify and stress, which ran and found something '
+  printf 'wrong, print their own object with "ok": false. A usage error prints nothing on '
+  printf 'stdout.\n'
   printf '[SEE ALSO]\nThe README and doc/ of the hugemm sources; the headers in include/hugemm/.\n'
 } >"$tmp/include.h2m"
 help2man --no-info --no-discard-stderr --include="$tmp/include.h2m" \

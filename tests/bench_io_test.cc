@@ -318,6 +318,40 @@ TEST(BenchIo, BadConfigsAreRefusedByName) {
   EXPECT_EQ(rc, 2);
 }
 
+// A run that could not be done (exit 1) with --json still prints one object on stdout:
+// the command line, "ok": false, and the error, whose message stderr got too. A usage
+// error (exit 2) prints nothing there.
+TEST(BenchIo, AFailedRunPrintsTheErrorObject) {
+  const ScratchDir scratch;
+  const std::string path = scratch.path() + "/bench-io-small";
+  {
+    std::ofstream f(path);
+    f << std::string(1 << 20, 'x');
+  }
+  const std::string args =
+      "bench io --json --seconds 0.05 --rw randread --bs 4K,128K --size 64K --file " + path;
+  const std::string err_path = scratch.path() + "/stderr";
+  int rc = 0;
+  const std::string out = RunCli(args + " 2>" + err_path, &rc);
+  std::ifstream err_in(err_path);
+  std::stringstream err;
+  err << err_in.rdbuf();
+  EXPECT_EQ(rc, 1) << err.str();
+  const Json j = Json::parse(out, nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(j.is_object() && j.contains("error") && j["error"].is_object())
+      << "stdout: " << out << "\nstderr: " << err.str();
+  EXPECT_EQ(j["command"], "hugemm " + args);
+  EXPECT_EQ(j["ok"], false);
+  EXPECT_EQ(j["error"].value("code", ""), "INVALID_ARGUMENT") << out;
+  EXPECT_FALSE(j["error"].contains("errno")) << out;
+  const std::string message = j["error"].value("message", "");
+  EXPECT_THAT(message, HasSubstr("fewer than the largest block, 131072"));
+  EXPECT_THAT(err.str(), ::testing::EndsWith("hugemm bench io: " + message + "\n"));
+
+  EXPECT_EQ(RunCli("bench io --json --seconds 0.05 --file " + path + " 2>/dev/null", &rc), "");
+  EXPECT_EQ(rc, 2);  // random writes to a given file need --write-existing
+}
+
 TEST(FioJson, ReadsTheNumbersFio3Writes) {
   perf::io_internal::FioJob job{.pattern = perf::IoPattern::kRandRead};
   const std::string json = R"(note: both iodepth >= 1 and synchronous I/O engine

@@ -5,10 +5,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <set>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
@@ -497,6 +501,122 @@ TEST(BenchCli, MrSaysClearlyThatItNeedsAnRdmaDevice) {
     EXPECT_THAT(err, HasSubstr("no RDMA device")) << args;
     EXPECT_THAT(err, HasSubstr("rdma_rxe")) << args;
   }
+}
+
+// What a command given --json printed when it was to fail: stdout parsed (discarded when
+// it is not JSON) and stderr.
+struct JsonRun {
+  int rc = 0;
+  std::string out, err;
+  Json json;
+};
+
+// Runs `<prefix>hugemm <args>` (prefix: a program to run it under, or "").
+JsonRun RunJsonFailure(const std::string& args, const std::string& prefix = "") {
+  const testing::TempDir dir;
+  const std::string err_path = dir.path() + "/stderr";
+  JsonRun r;
+  r.out = testing::RunCommand(prefix + HUGEMM_CLI_PATH + " " + args + " 2>" + err_path, &r.rc);
+  r.json = Parse(r.out);
+  std::ifstream in(err_path);
+  std::stringstream err;
+  err << in.rdbuf();
+  r.err = err.str();
+  return r;
+}
+
+// A run that could not be done, exit 1, with --json: one object on stdout, the same shape
+// for every command (the README's "The command line"): the command line, "ok": false, and
+// the error's code, its errno (`err`, 0 for none) and the message that stderr got too.
+// Returns that message ("" when there is none).
+std::string ExpectFailureObject(const JsonRun& r, const std::string& command,
+                                const std::string& args, const std::string& code, int err) {
+  EXPECT_EQ(r.rc, 1) << r.err;
+  if (!r.json.is_object() || !r.json.contains("error") || !r.json["error"].is_object()) {
+    ADD_FAILURE() << "no error object; stdout: " << r.out << "\nstderr: " << r.err;
+    return "";
+  }
+  std::vector<std::string> keys;
+  for (const auto& [key, value] : r.json.items()) keys.push_back(key);
+  EXPECT_THAT(keys, ::testing::ElementsAre("command", "ok", "error")) << r.out;
+  EXPECT_EQ(r.json["command"], "hugemm " + args);
+  EXPECT_EQ(r.json["ok"], false);
+  const Json& e = r.json["error"];
+  EXPECT_EQ(e.value("code", ""), code) << r.out;
+  if (err != 0) {
+    EXPECT_EQ(e.value("errno", 0), err) << r.out;
+  } else {
+    EXPECT_FALSE(e.contains("errno")) << r.out;
+  }
+  const std::string message = e.value("message", "");
+  EXPECT_FALSE(message.empty()) << r.out;
+  EXPECT_THAT(r.err, ::testing::EndsWith("hugemm " + command + ": " + message + "\n"));
+  return message;
+}
+
+// A pool in the sysfs tree without its nr_hugepages: info cannot be read, exit 1, and
+// --json says so on stdout (it printed nothing there).
+TEST(JsonFailure, InfoOfATreeItCannotRead) {
+  const testing::TempDir dir;
+  dir.WriteFile("kernel/mm/hugepages/hugepages-2048kB/free_hugepages", "0\n");
+  const std::string args = "info --json --sysfs-root " + dir.path();
+  EXPECT_THAT(ExpectFailureObject(RunJsonFailure(args), "info", args, "NOT_FOUND", ENOENT),
+              HasSubstr("/nr_hugepages"));
+  // Without --json stdout stays empty.
+  int rc = 0;
+  EXPECT_EQ(RunCli("info --sysfs-root " + dir.path() + " 2>/dev/null", &rc), "");
+  EXPECT_EQ(rc, 1);
+}
+
+TEST(JsonFailure, BenchMrWithoutAnRdmaDevice) {
+  if (std::filesystem::exists("/sys/class/infiniband") &&
+      !std::filesystem::is_empty("/sys/class/infiniband")) {
+    GTEST_SKIP() << "an RDMA device is present";
+  }
+  EXPECT_THAT(ExpectFailureObject(RunJsonFailure("bench mr --json"), "bench mr", "bench mr --json",
+                                  "FAILED_PRECONDITION", 0),
+              HasSubstr("no RDMA device"));
+}
+
+// Under the smallest RLIMIT_AS the program loads under, no benchmark can map its buffer:
+// each fails on mmap's ENOMEM, and says so on stdout too.
+TEST(JsonFailure, BenchmarksWithoutAddressSpace) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "a sanitizer's shadow memory does not fit under a small RLIMIT_AS";
+#endif
+  for (const auto& [command, args] : {std::pair{"bench pin", "bench pin --json -m 1024 -r 1"},
+                                      {"bench alloc", "bench alloc --json"},
+                                      {"bench translate", "bench translate --json"}}) {
+    SCOPED_TRACE(args);
+    bool loaded = false;
+    for (int mib = 8; mib <= 64 && !loaded; ++mib) {
+      const JsonRun r = RunJsonFailure(args, absl::StrFormat("prlimit --as=%d ", mib << 20));
+      if (r.rc == 127 || r.err.find("error while loading") != std::string::npos) continue;
+      loaded = true;
+      EXPECT_THAT(ExpectFailureObject(r, command, args, "RESOURCE_EXHAUSTED", ENOMEM),
+                  HasSubstr("mmap"));
+    }
+    EXPECT_TRUE(loaded) << "hugemm did not load under RLIMIT_AS of 64 MiB";
+  }
+}
+
+// A usage error prints nothing on stdout, --json or not (nothing ran); a check that ran
+// and failed keeps its own object, with "ok": false and no "error".
+TEST(JsonFailure, UsageErrorsPrintNothingAndVerifyKeepsItsShape) {
+  for (const char* args :
+       {"info --json --bogus", "bench pin --json -m 0", "bench io --json --bs 3K",
+        "verify --json --range 0x1000 0", "stress --json --threads 0"}) {
+    int rc = 0;
+    EXPECT_EQ(RunCli(std::string(args) + " 2>/dev/null", &rc), "") << args;
+    EXPECT_EQ(rc, 2) << args;
+  }
+  int rc = 0;
+  const Json j = Parse(RunCli("verify --json --range 0x1000 4096 2>/dev/null", &rc));
+  EXPECT_EQ(rc, 1);
+  ASSERT_TRUE(j.is_object());
+  EXPECT_EQ(j["ok"], false);
+  EXPECT_TRUE(j.contains("leaves_checked"));
+  EXPECT_FALSE(j.contains("error"));
 }
 
 TEST(BenchCli, TranslateJsonHasEveryKey) {

@@ -101,7 +101,7 @@ void AddBenchAllocCommand(CommandTable& table, CLI::App* bench) {
       ->transform(IntegerIn(perf::kAllocBenchSamples, (int64_t{1} << 31) - 1))
       ->type_name("N")
       ->capture_default_str();
-  alloc->add_flag("--json", f->json, "One JSON object (keys: see doc/benchmarks.md)");
+  table.AddJsonFlag(alloc, f->json, "One JSON object (keys: see doc/benchmarks.md)");
 }
 
 }  // namespace hugemm::cli

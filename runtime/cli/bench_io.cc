@@ -263,7 +263,7 @@ void AddBenchIoCommand(CommandTable& table, CLI::App* bench) {
       ->check(NonEmpty())
       ->type_name("CMD")
       ->capture_default_str();
-  io->add_flag("--json", f->json, "One JSON object (keys: see doc/benchmarks.md)");
+  table.AddJsonFlag(io, f->json, "One JSON object (keys: see doc/benchmarks.md)");
 }
 
 }  // namespace hugemm::cli

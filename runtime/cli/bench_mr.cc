@@ -86,7 +86,7 @@ void AddBenchMrCommand(CommandTable& table, CLI::App* bench) {
       ->transform(IntegerIn(1, 1 << 20))
       ->type_name("N")
       ->capture_default_str();
-  mr->add_flag("--json", f->json, "One JSON object (keys: see doc/benchmarks.md)");
+  table.AddJsonFlag(mr, f->json, "One JSON object (keys: see doc/benchmarks.md)");
 }
 
 }  // namespace hugemm::cli

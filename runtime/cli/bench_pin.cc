@@ -300,7 +300,7 @@ void AddBenchPinCommand(CommandTable& table, CLI::App* bench) {
                 "page",
                 {CLI::IsMember({"kernel", "page"})})
       ->type_name("kernel|page,...");
-  pin->add_flag("--json", f->json, "One JSON object (keys: see doc/benchmarks.md)");
+  table.AddJsonFlag(pin, f->json, "One JSON object (keys: see doc/benchmarks.md)");
 }
 
 }  // namespace hugemm::cli

@@ -55,7 +55,7 @@ void AddBenchTranslateCommand(CommandTable& table, CLI::App* bench) {
   CLI::App* translate = table.Add(
       bench, "translate", "VA -> PFN through the shadow table, beside pagemap and a flat array",
       [json] { return RunBenchTranslate(*json); });
-  translate->add_flag("--json", *json, "One JSON object (keys: see doc/benchmarks.md)");
+  table.AddJsonFlag(translate, *json, "One JSON object (keys: see doc/benchmarks.md)");
 }
 
 }  // namespace hugemm::cli

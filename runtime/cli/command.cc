@@ -10,31 +10,48 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "hugemm/os.h"
 #include "hugemm/page_size.h"
 
 namespace hugemm::cli {
-
-CLI::App* CommandTable::Add(CLI::App* parent, const std::string& name, const std::string& summary,
-                            Run run) {
-  CLI::App* sub = parent->add_subcommand(name, summary);
-  sub->footer(kExitCodesText);
-  commands_.emplace_back(sub, std::move(run));
-  return sub;
-}
-
-int CommandTable::RunSelected() const {
-  for (const auto& [app, run] : commands_) {
-    if (run && app->parsed()) return run();
-  }
-  return kExitUsage;  // CLI11 requires a subcommand wherever there is no run
-}
 
 namespace {
 std::string& CommandLineStorage() {
   static auto* line = new std::string("hugemm");
   return *line;
 }
+
+// Whether the command that runs was given --json: Fail then prints FailureJson too.
+bool& JsonOnFailure() {
+  static bool json = false;
+  return json;
+}
 }  // namespace
+
+CLI::App* CommandTable::Add(CLI::App* parent, const std::string& name, const std::string& summary,
+                            Run run) {
+  CLI::App* sub = parent->add_subcommand(name, summary);
+  sub->footer(kExitCodesText);
+  commands_.push_back({.app = sub, .run = std::move(run)});
+  return sub;
+}
+
+CLI::Option* CommandTable::AddJsonFlag(CLI::App* command, bool& json, const std::string& help) {
+  for (Command& c : commands_) {
+    if (c.app == command) c.json = &json;
+  }
+  return command->add_flag("--json", json, help);
+}
+
+int CommandTable::RunSelected() const {
+  for (const Command& c : commands_) {
+    if (c.run && c.app->parsed()) {
+      JsonOnFailure() = c.json != nullptr && *c.json;
+      return c.run();
+    }
+  }
+  return kExitUsage;  // CLI11 requires a subcommand wherever there is no run
+}
 
 const std::string& CommandLine() { return CommandLineStorage(); }
 
@@ -131,14 +148,28 @@ CLI::Validator AddressValue() {
       "");
 }
 
-int Fail(absl::string_view command, const absl::Status& status) {
+namespace {
+void PrintMessage(absl::string_view command, const absl::Status& status) {
   std::fprintf(stderr, "hugemm %s: %s\n", std::string(command).c_str(),
                std::string(status.message()).c_str());
+}
+}  // namespace
+
+Json FailureJson(const absl::Status& status) {
+  Json error = {{"code", absl::StatusCodeToString(status.code())}};
+  if (const int err = ErrnoOf(status); err != 0) error["errno"] = err;
+  error["message"] = std::string(status.message());
+  return {{"command", CommandLine()}, {"ok", false}, {"error", std::move(error)}};
+}
+
+int Fail(absl::string_view command, const absl::Status& status) {
+  PrintMessage(command, status);
+  if (JsonOnFailure()) PrintJson(FailureJson(status));
   return kExitFailed;
 }
 
 int Usage(absl::string_view command, const absl::Status& status) {
-  Fail(command, status);
+  PrintMessage(command, status);
   return kExitUsage;
 }
 

@@ -6,6 +6,10 @@
 //
 // Exit codes, the same for every command: kExitOk, kExitFailed (a check failed or the
 // run could not be done), kExitUsage (the command line was wrong).
+//
+// A command given --json (see CommandTable::AddJsonFlag) prints one JSON object on stdout
+// also when it fails with kExitFailed through Fail: FailureJson's. A usage error prints
+// nothing on stdout, --json or not: nothing ran, and parsing may stop before --json.
 #ifndef HUGEMM_RUNTIME_CLI_COMMAND_H_
 #define HUGEMM_RUNTIME_CLI_COMMAND_H_
 
@@ -42,11 +46,19 @@ class CommandTable {
   // a command without one (`bench`) must be given a subcommand.
   CLI::App* Add(CLI::App* parent, const std::string& name, const std::string& summary,
                 Run run = nullptr);
+  // Adds --json to `command` (one Add made), setting `json`. When the command runs with
+  // it set, Fail also prints FailureJson on stdout.
+  CLI::Option* AddJsonFlag(CLI::App* command, bool& json, const std::string& help);
   // After parsing: the exit code of the command given.
   int RunSelected() const;
 
  private:
-  std::vector<std::pair<CLI::App*, Run>> commands_;
+  struct Command {
+    CLI::App* app;
+    Run run;
+    const bool* json = nullptr;  // its --json flag, if it has one
+  };
+  std::vector<Command> commands_;
 };
 
 void AddInfoCommand(CommandTable& table, CLI::App* app);
@@ -87,10 +99,16 @@ absl::StatusOr<uint64_t> ParseAddress(absl::string_view text);
 CLI::Option* AddListOption(CLI::App* app, const std::string& name, std::vector<std::string>* out,
                            const std::string& help, std::vector<CLI::Validator> checks = {});
 
-// Print "hugemm <command>: <message>" to stderr. Fail returns kExitFailed; Usage, for a
-// config the flags made that cannot run, returns kExitUsage.
+// Print "hugemm <command>: <message>" to stderr. Fail returns kExitFailed, and when the
+// command runs with --json also prints FailureJson(status) on stdout; Usage, for a config
+// the flags made that cannot run, returns kExitUsage and prints nothing on stdout.
 int Fail(absl::string_view command, const absl::Status& status);
 int Usage(absl::string_view command, const absl::Status& status);
+// What a command given --json prints when it fails (the README's "The command line"):
+// {"command": CommandLine(), "ok": false, "error": {"code": "RESOURCE_EXHAUSTED",
+// "errno": 12, "message": "..."}}, "code" the status code's name, "errno" only when the
+// status carries one (ErrnoOf), "message" the status's message.
+Json FailureJson(const absl::Status& status);
 // Prints `json`, pretty, and a newline to stdout; a string that is not UTF-8 (a path
 // given in another encoding) has its bad bytes printed as U+FFFD, so the output parses.
 void PrintJson(const Json& json);

@@ -180,7 +180,7 @@ void AddInfoCommand(CommandTable& table, CLI::App* app) {
       app, "info",
       "Page sizes, huge page pools per node, hugetlbfs mounts, DAX devices, folio metadata",
       [flags] { return RunInfo(*flags); });
-  info->add_flag("--json", flags->json, "One JSON object (keys: see the README)");
+  table.AddJsonFlag(info, flags->json, "One JSON object (keys: see the README)");
   // A root that is not there would read as a machine without pools or devices.
   info->add_option("--sysfs-root", flags->sysfs_root, "Read sysfs from DIR (a fake tree)")
       ->check(CLI::Validator(CLI::ExistingDirectory).description(""))

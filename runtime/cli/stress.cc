@@ -102,7 +102,7 @@ void AddStressCommand(CommandTable& table, CLI::App* app) {
   // A bool, so that --no-kernel-pins=false means what it says.
   cmd->add_flag("--no-kernel-pins", f->no_kernel_pins,
                 "Map buffers without the kernel's long-term pin");
-  cmd->add_flag("--json", f->json, "One JSON object");
+  table.AddJsonFlag(cmd, f->json, "One JSON object");
 }
 
 }  // namespace hugemm::cli

@@ -94,10 +94,7 @@ int RunVerify(const VerifyFlags& flags) {
       }
     }
     absl::StatusOr<VerifyReport> r = table->Verify(e->data(), e->size());
-    if (!r.ok()) {
-      std::fprintf(stderr, "hugemm verify: %s\n", std::string(r.status().message()).c_str());
-      return kExitFailed;
-    }
+    if (!r.ok()) return Fail("verify", r.status());
     if (!r->pfns_checked) {
       // Once, not for every page size: it is the process that may not read them.
       if (!pfns_hidden) {
@@ -154,7 +151,7 @@ void AddVerifyCommand(CommandTable& table, CLI::App* app) {
   CLI::App* verify = table.Add(
       app, "verify", "Hold a shadow page table over 4K, 2M and 1G buffers against the kernel",
       [flags] { return RunVerify(*flags); });
-  verify->add_flag("--json", flags->json, "One JSON object");
+  table.AddJsonFlag(verify, flags->json, "One JSON object");
   verify
       ->add_option("--range", flags->range,
                    "Also register the mapped range [ADDR, ADDR+LEN) of this process and "
