@@ -6,10 +6,12 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <system_error>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "hugemm/os.h"
 #include "hugemm/system_info.h"
 #include "soak/footprint.h"
 #include "soak/stress_worker.h"
@@ -94,7 +96,22 @@ absl::StatusOr<StressReport> RunStress(const StressConfig& config) {
     }
     const auto start = std::chrono::steady_clock::now();
     std::vector<std::thread> threads;
-    for (auto& w : workers) threads.emplace_back([&w] { w->Run(); });
+    absl::Status started;
+    for (auto& w : workers) {
+      try {
+        threads.emplace_back([&w] { w->Run(); });
+      } catch (const std::system_error& e) {
+        // A thread the system refuses (RLIMIT_NPROC, threads-max): the run cannot be done.
+        started = ErrnoStatus(e.code().value(), "stress: start a thread");
+        break;
+      }
+    }
+    if (!started.ok()) {
+      shared.stop = true;
+      for (std::thread& t : threads) t.join();
+      TearDown(shared);
+      return started;
+    }
     std::this_thread::sleep_for(std::chrono::duration<double>(config.seconds));
     shared.stop = true;
     for (std::thread& t : threads) t.join();

@@ -62,7 +62,7 @@ struct StressReport {
 };
 
 // Runs the soak. An error only when it could not start (no huge pages for its first
-// buffer, a bad config); what it finds is in the report.
+// buffer, a thread the system refuses, a bad config); what it finds is in the report.
 [[nodiscard]] absl::StatusOr<StressReport> RunStress(const StressConfig& config);
 
 }  // namespace hugemm::soak

@@ -4,12 +4,14 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "hugemm/page_size.h"
+#include "nlohmann/json.hpp"
 #include "tests/test_util.h"
 
 namespace hugemm {
@@ -92,6 +94,32 @@ TEST(UnprivilegedCli, StressCountsWhatHiddenPfnsRefuseAsDocumented) {
                         8 << 20),
             0)
       << kCodes;
+}
+
+// A user who may start no more processes (RLIMIT_NPROC, which root is not held to) gets
+// no thread for the soak: the run fails with a message and, with --json, the error object
+// on stdout (the program ended on an uncaught std::system_error instead).
+TEST(UnprivilegedCli, StressWithoutThreadsFailsSaying) {
+  HUGEMM_NEED_ROOT();
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  const int rc = testing::RunUnprivileged([] {
+    int exit_code = -1;
+    const std::string out =
+        testing::RunCommand(std::string("prlimit --nproc=1 ") + HUGEMM_CLI_PATH +
+                                " stress --seconds 0.01 --threads 2 --json 2>/dev/null",
+                            &exit_code);
+    std::fprintf(stderr, "hugemm stress: exit %d\n%s\n", exit_code, out.c_str());
+    if (exit_code != 1) return kWrongExit;
+    const nlohmann::json j = nlohmann::json::parse(out, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object() || !j.contains("error") || !j["error"].is_object()) return kMissingWords;
+    const nlohmann::json& e = j["error"];
+    if (j.value("ok", true) || e.value("errno", 0) != EAGAIN ||
+        e.value("message", "").find("stress: start a thread") == std::string::npos) {
+      return kMissingWords;
+    }
+    return 0;
+  });
+  EXPECT_EQ(rc, 0) << kCodes << " (11 here: no error object naming EAGAIN)";
 }
 
 // `hugemm info` tells an ordinary user what it cannot do: read PFNs or kpageflags, or
