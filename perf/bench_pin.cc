@@ -273,8 +273,12 @@ absl::StatusOr<PinBenchResult> RunPinBench(const PinBenchConfig& config,
     if (hooks.progress && NowNs() - start > 1000000000ull) hooks.progress(r + 1, config.repeats);
   }
   if (config.threads > 1) {
-    result.cpu_scaling = pin_internal::CpuScaling(config.threads);
-    result.write_scaling = pin_internal::WriteScaling(config.threads, c.pages);
+    absl::StatusOr<double> cpu = pin_internal::CpuScaling(config.threads);
+    if (!cpu.ok()) return cpu.status();
+    absl::StatusOr<double> write = pin_internal::WriteScaling(config.threads, c.pages);
+    if (!write.ok()) return write.status();
+    result.cpu_scaling = *cpu;
+    result.write_scaling = *write;
   }
   return result;
 }

@@ -3,14 +3,32 @@
 
 #include <algorithm>
 #include <atomic>
+#include <system_error>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/attributes.h"
 #include "absl/types/span.h"
+#include "hugemm/os.h"
 #include "perf/bench_util.h"
 
 namespace hugemm::perf::pin_internal {
+namespace {
+
+// Starts `body` on a new thread, appended to `threads`. The system may refuse one
+// (RLIMIT_NPROC, threads-max), which std::thread throws: an error here, with its errno.
+template <typename F>
+absl::Status StartThread(std::vector<std::thread>& threads, F&& body) {
+  try {
+    threads.emplace_back(std::forward<F>(body));
+  } catch (const std::system_error& e) {
+    return ErrnoStatus(e.code().value(), "start a thread");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 void SpinBarrier::Wait() {
   const int round = round_.load(std::memory_order_acquire);
   if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_) {
@@ -116,7 +134,10 @@ PassRunner::PassRunner(Pinner& pinner, const PassConfig& c, int threads, bool di
     }
     passes_.push_back(std::make_unique<Pass>(pinner, c, first, pages));
   }
-  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { Work(i); });
+  // Workers that started wait for a round; the destructor stops them.
+  for (int i = 1; i < threads && started_.ok(); ++i) {
+    started_ = StartThread(workers_, [this, i] { Work(i); });
+  }
 }
 
 PassRunner::~PassRunner() {
@@ -150,6 +171,7 @@ void PassRunner::Repeat(int i) {
 }
 
 absl::Status PassRunner::RunOnce(PinTimes* t) {
+  if (!started_.ok()) return started_;
   round_.fetch_add(1, std::memory_order_release);
   round_.notify_all();
   Repeat(0);
@@ -168,7 +190,7 @@ absl::Status PassRunner::RunOnce(PinTimes* t) {
   return absl::OkStatus();
 }
 
-double CpuScaling(int threads) {
+absl::StatusOr<double> CpuScaling(int threads) {
   auto loop = [] {
     uint64_t x = 1;
     for (int i = 0; i < 20000000; ++i) x = x * 6364136223846793005u + 1442695040888963407u;
@@ -178,13 +200,15 @@ double CpuScaling(int threads) {
   loop();
   const uint64_t t1 = NowNs();
   std::vector<std::thread> all;
-  for (int i = 0; i < threads; ++i) all.emplace_back(loop);
+  absl::Status started;
+  for (int i = 0; i < threads && started.ok(); ++i) started = StartThread(all, loop);
   for (std::thread& t : all) t.join();
+  if (!started.ok()) return started;
   const uint64_t t2 = NowNs();
   return static_cast<double>(threads) * static_cast<double>(t1 - t0) / static_cast<double>(t2 - t1);
 }
 
-double WriteScaling(int threads, size_t entries) {
+absl::StatusOr<double> WriteScaling(int threads, size_t entries) {
   // As the passes run: the one thread alone while the others sleep, then all of them
   // released together by a spin barrier, the wall time from the first start to the last
   // end.
@@ -208,13 +232,23 @@ double WriteScaling(int threads, size_t entries) {
     finished.Wait();
   };
   std::vector<std::thread> workers;
-  for (int i = 1; i < threads; ++i) {
-    workers.emplace_back([&, i] {
+  std::atomic<bool> abandoned{false};  // a thread could not be started: no rounds run
+  absl::Status started;
+  for (int i = 1; i < threads && started.ok(); ++i) {
+    started = StartThread(workers, [&, i] {
       for (uint32_t r = 1; r <= kRounds; ++r) {
         round.wait(r - 1, std::memory_order_acquire);
+        if (abandoned.load(std::memory_order_acquire)) return;
         run_part(i, r);
       }
     });
+  }
+  if (!started.ok()) {
+    abandoned.store(true, std::memory_order_release);
+    round.store(1, std::memory_order_release);
+    round.notify_all();
+    for (std::thread& w : workers) w.join();
+    return started;
   }
   for (uint32_t r = 1; r <= kRounds; ++r) {
     const uint64_t t0 = NowNs();

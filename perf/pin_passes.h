@@ -78,6 +78,8 @@ class PassRunner {
   PassRunner& operator=(const PassRunner&) = delete;
 
   // One repeat: appends each thread's times, and the wall times of all of them, to `t`.
+  // A thread the system refused to start (RLIMIT_NPROC, threads-max) fails every repeat
+  // with its errno (EAGAIN).
   absl::Status RunOnce(PinTimes* t);
 
  private:
@@ -94,17 +96,19 @@ class PassRunner {
   std::atomic<uint32_t> round_{0};
   std::atomic<bool> stop_{false};
   std::vector<std::thread> workers_;  // threads 1.., thread 0 is the caller
+  absl::Status started_;              // a worker that could not be started
 };
 
 // Throughput of `threads` threads each running the same compute loop (no memory
-// touched), against one thread running it: the control for the passes' scaling.
-double CpuScaling(int threads);
+// touched), against one thread running it: the control for the passes' scaling. An
+// error when a thread cannot be started.
+absl::StatusOr<double> CpuScaling(int threads);
 
 // Throughput of `threads` threads each writing its own part of an array of `entries`
 // 8-byte entries at once (as many pages' entries as a page-array pin writes), against
 // one thread writing it all: what the memory gives the page array's writes, the second
-// control. The median of a few rounds.
-double WriteScaling(int threads, size_t entries);
+// control. The median of a few rounds. An error when a thread cannot be started.
+absl::StatusOr<double> WriteScaling(int threads, size_t entries);
 
 // The floor of the output, the least work that produces it: writing the page array (as
 // the kernel's record_subpages does), or one atomic add per folio each call reaches (what

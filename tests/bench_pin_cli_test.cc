@@ -2,9 +2,12 @@
 // quotient of the two medians it names, every key it prints is one doc/benchmarks.md
 // lists, the text counts the samples its medians are of, and bad flags exit 2 leaving no
 // file behind. Small buffers and few repeats: the speed is the benchmark's business.
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -14,9 +17,11 @@
 #include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "hugemm/os.h"
 #include "hugemm/page_size.h"
 #include "nlohmann/json.hpp"
 #include "perf/bench_pin.h"
+#include "perf/pin_passes.h"
 #include "tests/test_util.h"
 
 namespace hugemm {
@@ -217,6 +222,37 @@ TEST(BenchPinCli, BadFlagsExitTwoAndLeaveNoFile) {
     struct stat st;
     EXPECT_NE(::stat(file.c_str(), &st), 0) << file << " was left behind";
   }
+}
+
+// A thread the system refuses to start (here RLIMIT_NPROC, which an ordinary user is held
+// to) fails the run with its errno, and with --json prints the error object; the
+// program ended on an uncaught std::system_error instead. The scaling controls run on
+// their own threads: they fail so too.
+TEST(BenchPinCli, ThreadsTheSystemRefusesFailTheRun) {
+  HUGEMM_NEED(geteuid() == 0, "needs root to run a child as another user");
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  const int rc = testing::RunUnprivileged([] {
+    int exit_code = -1;
+    const std::string out =
+        testing::RunCommand(std::string("prlimit --nproc=1 ") + HUGEMM_CLI_PATH +
+                                " bench pin --json -m 2 -r 1 -j 2 2>/dev/null",
+                            &exit_code);
+    std::fprintf(stderr, "hugemm bench pin -j 2: exit %d\n%s\n", exit_code, out.c_str());
+    if (exit_code != 1) return 10;
+    const Json j = Json::parse(out, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object() || !j.contains("error") || !j["error"].is_object() ||
+        j["error"].value("errno", 0) != EAGAIN) {
+      return 11;
+    }
+    const rlimit one{1, 1};
+    if (::setrlimit(RLIMIT_NPROC, &one) != 0) return 12;
+    if (ErrnoOf(perf::pin_internal::CpuScaling(2).status()) != EAGAIN) return 13;
+    if (ErrnoOf(perf::pin_internal::WriteScaling(2, 1024).status()) != EAGAIN) return 14;
+    return 0;
+  });
+  EXPECT_EQ(rc, 0) << "10: another exit code, 11: no error object naming EAGAIN, 12: cannot "
+                      "lower RLIMIT_NPROC, 13: CpuScaling, 14: WriteScaling, 99: could not "
+                      "become uid 65534";
 }
 
 // A signal that ends the run (Ctrl-C, kill, a closed terminal) removes the hugetlbfs file
