@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -222,6 +223,31 @@ TEST(BenchPinCli, BadFlagsExitTwoAndLeaveNoFile) {
     struct stat st;
     EXPECT_NE(::stat(file.c_str(), &st), 0) << file << " was left behind";
   }
+}
+
+// A hugetlbfs mount whose size= holds less than -m: the run could not be done, exit 1,
+// and with --json the error object on stdout says why (it printed nothing there); the
+// file the run created is gone.
+TEST(BenchPinCli, AMountTooSmallPrintsTheErrorObject) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  const int code = testing::RunWithSmallHugetlbfs(2 * kPageSize2M, [](const std::string& mount) {
+    const std::string args = "bench pin --json -m 8 -r 1 -f " + mount + "/bench-pin-cli-test";
+    int rc = 0;
+    const std::string out = RunCli(args + " 2>/dev/null", &rc);
+    std::fprintf(stderr, "hugemm %s: exit %d\n%s\n", args.c_str(), rc, out.c_str());
+    if (rc != 1) return 2;
+    const Json j = Json::parse(out, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object() || !j.contains("error") || !j["error"].is_object()) return 3;
+    if (j.value("command", "") != "hugemm " + args || j.value("ok", true) ||
+        j["error"].value("code", "") != "RESOURCE_EXHAUSTED" ||
+        j["error"].value("message", "").find("holds at most 4 MiB") == std::string::npos) {
+      return 4;
+    }
+    return std::filesystem::is_empty(mount) ? 0 : 5;
+  });
+  HUGEMM_NEED(code != testing::kCannotMount, "needs to mount a hugetlbfs (root)");
+  EXPECT_EQ(code, 0) << "2: another exit code; 3: no error object on stdout; 4: the object "
+                        "does not say what failed; 5: a file was left";
 }
 
 // A thread the system refuses to start (here RLIMIT_NPROC, which an ordinary user is held
