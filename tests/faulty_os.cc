@@ -20,6 +20,10 @@ const char* OsCallName(OsCall call) {
       return "mbind";
     case OsCall::kNodeOfAddress:
       return "get_mempolicy";
+    case OsCall::kThreadMemoryPolicy:
+      return "get_mempolicy (thread)";
+    case OsCall::kSetThreadMemoryPolicy:
+      return "set_mempolicy";
     case OsCall::kMemfdCreate:
       return "memfd_create";
     case OsCall::kOpen:
@@ -216,6 +220,18 @@ absl::Status FaultyOs::BindToNode(void* addr, size_t length, int node) {
 absl::StatusOr<int> FaultyOs::NodeOfAddress(const void* addr) {
   if (absl::Status st = Inject(OsCall::kNodeOfAddress, "get_mempolicy"); !st.ok()) return st;
   return OsWrapper::NodeOfAddress(addr);
+}
+
+absl::StatusOr<MemoryPolicy> FaultyOs::ThreadMemoryPolicy() {
+  if (absl::Status st = Inject(OsCall::kThreadMemoryPolicy, "get_mempolicy"); !st.ok()) return st;
+  return OsWrapper::ThreadMemoryPolicy();
+}
+
+absl::Status FaultyOs::SetThreadMemoryPolicy(const MemoryPolicy& policy) {
+  if (absl::Status st = Inject(OsCall::kSetThreadMemoryPolicy, "set_mempolicy"); !st.ok()) {
+    return st;
+  }
+  return OsWrapper::SetThreadMemoryPolicy(policy);
 }
 
 absl::StatusOr<int> FaultyOs::MemfdCreate(const std::string& name, unsigned int flags) {

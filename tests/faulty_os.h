@@ -43,6 +43,8 @@ enum class OsCall {
   kMadvise,
   kBindToNode,
   kNodeOfAddress,
+  kThreadMemoryPolicy,
+  kSetThreadMemoryPolicy,
   kMemfdCreate,
   kOpen,
   kClose,
@@ -101,6 +103,8 @@ class FaultyOs final : public OsWrapper {
   absl::Status Madvise(void* addr, size_t length, int advice) override;
   absl::Status BindToNode(void* addr, size_t length, int node) override;
   absl::StatusOr<int> NodeOfAddress(const void* addr) override;
+  absl::StatusOr<MemoryPolicy> ThreadMemoryPolicy() override;
+  absl::Status SetThreadMemoryPolicy(const MemoryPolicy& policy) override;
   absl::StatusOr<int> MemfdCreate(const std::string& name, unsigned int flags) override;
   absl::StatusOr<int> Open(const std::string& path, int flags, mode_t mode) override;
   absl::Status Close(int fd) override;

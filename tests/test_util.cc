@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 
@@ -114,6 +115,42 @@ ThreadTicker::ThreadTicker(long period_ns, bool restart, void (*handler)(int)) {
 ThreadTicker::~ThreadTicker() {
   ::timer_delete(timer_);
   ::sigaction(SIGALRM, &old_, nullptr);
+}
+
+MemoryPolicy ThreadPolicyNow() {
+  MemoryPolicy policy;
+  if (syscall(SYS_get_mempolicy, &policy.mode, policy.nodes.data(), MemoryPolicy::kMaxNodes + 1,
+              nullptr, 0) != 0) {
+    policy.mode = -1;
+  }
+  return policy;
+}
+
+bool SetThreadPolicy(const MemoryPolicy& policy) {
+  return syscall(SYS_set_mempolicy, policy.mode, policy.nodes.data(),
+                 MemoryPolicy::kMaxNodes + 1) == 0;
+}
+
+std::string DescribePolicy(const MemoryPolicy& policy) {
+  std::string nodes;
+  constexpr int kBits = 8 * sizeof(unsigned long);
+  for (int n = 0; n < MemoryPolicy::kMaxNodes; ++n) {
+    if (policy.nodes[n / kBits] & (1UL << (n % kBits))) {
+      if (!nodes.empty()) nodes += ',';
+      nodes += std::to_string(n);
+    }
+  }
+  char mode[16];
+  std::snprintf(mode, sizeof mode, "%#x", static_cast<unsigned>(policy.mode));
+  return std::string("mode ") + mode + " nodes " + (nodes.empty() ? "none" : nodes);
+}
+
+MemoryPolicy PolicyOf(int mode, std::initializer_list<int> nodes) {
+  MemoryPolicy policy;
+  policy.mode = mode;
+  constexpr int kBits = 8 * sizeof(unsigned long);
+  for (int n : nodes) policy.nodes[n / kBits] |= 1UL << (n % kBits);
+  return policy;
 }
 
 int64_t VmPinKb() {

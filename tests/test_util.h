@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <functional>
+#include <initializer_list>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -57,6 +58,16 @@ class ThreadTicker {
 
 // This process's VmPin in kB (memory the kernel pins for it), or -1 when unreadable.
 int64_t VmPinKb();
+
+// The calling thread's memory policy as the kernel reports it (get_mempolicy(2) called
+// directly, not through an Os), mode -1 when it refuses; and set_mempolicy(2) of one,
+// false when refused. For tests that check a call gives the thread its policy back.
+MemoryPolicy ThreadPolicyNow();
+bool SetThreadPolicy(const MemoryPolicy& policy);
+// "mode 0x8002 nodes 0,1" for a failure message.
+std::string DescribePolicy(const MemoryPolicy& policy);
+// A policy of `mode` (with its flags) over `nodes`.
+MemoryPolicy PolicyOf(int mode, std::initializer_list<int> nodes);
 
 // Runs `body` in a child of fork() that first becomes uid and gid 65534 with no
 // supplementary groups and no capabilities, as a program run by an ordinary user is.

@@ -23,6 +23,7 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
+#include <array>
 #include <cstddef>
 #include <string>
 #include <vector>
@@ -42,6 +43,18 @@ namespace hugemm {
 // The errno a status was built from by ErrnoStatus, also after it was annotated by the
 // layers above; 0 when it carries none.
 [[nodiscard]] int ErrnoOf(const absl::Status& status);
+
+// A thread's NUMA memory policy as get_mempolicy(2) reports it and set_mempolicy(2)
+// takes it back: the mode (MPOL_DEFAULT, MPOL_BIND, ...) with its mode flags ORed in
+// (MPOL_F_STATIC_NODES, MPOL_F_RELATIVE_NODES, MPOL_F_NUMA_BALANCING), and the nodes (the
+// ones the thread named when a flag says they are kept as named).
+struct MemoryPolicy {
+  static constexpr int kMaxNodes = 1024;
+  int mode = 0;  // MPOL_DEFAULT
+  std::array<unsigned long, kMaxNodes / (8 * sizeof(unsigned long))> nodes{};
+
+  bool operator==(const MemoryPolicy&) const = default;
+};
 
 class Os {
  public:
@@ -65,6 +78,13 @@ class Os {
   [[nodiscard]] virtual absl::Status BindToNode(void* addr, size_t length, int node) = 0;
   // get_mempolicy(MPOL_F_NODE | MPOL_F_ADDR): the node of the page holding `addr`.
   [[nodiscard]] virtual absl::StatusOr<int> NodeOfAddress(const void* addr) = 0;
+  // get_mempolicy(2) without an address: the calling thread's memory policy. The default
+  // answers MPOL_DEFAULT, for an Os that fakes memory.
+  [[nodiscard]] virtual absl::StatusOr<MemoryPolicy> ThreadMemoryPolicy();
+  // set_mempolicy(2): the calling thread's memory policy becomes `policy` (EINVAL for
+  // nodes the process's cpuset does not allow or that have no memory). The default
+  // answers OK and changes nothing.
+  [[nodiscard]] virtual absl::Status SetThreadMemoryPolicy(const MemoryPolicy& policy);
 
   // --- Files ---
   // memfd_create(2): the new descriptor.
@@ -159,6 +179,12 @@ class OsWrapper : public Os {
   }
   absl::StatusOr<int> NodeOfAddress(const void* addr) override {
     return target_.NodeOfAddress(addr);
+  }
+  absl::StatusOr<MemoryPolicy> ThreadMemoryPolicy() override {
+    return target_.ThreadMemoryPolicy();
+  }
+  absl::Status SetThreadMemoryPolicy(const MemoryPolicy& policy) override {
+    return target_.SetThreadMemoryPolicy(policy);
   }
   absl::StatusOr<int> MemfdCreate(const std::string& name, unsigned int flags) override {
     return target_.MemfdCreate(name, flags);

@@ -73,6 +73,23 @@ class RealOs final : public Os {
     return node;
   }
 
+  // maxnode counts one bit more than the mask holds: the kernel reads maxnode - 1 bits.
+  absl::StatusOr<MemoryPolicy> ThreadMemoryPolicy() override {
+    MemoryPolicy policy;
+    if (::get_mempolicy(&policy.mode, policy.nodes.data(), MemoryPolicy::kMaxNodes + 1, nullptr,
+                        0) != 0) {
+      return ErrnoStatus(errno, "get_mempolicy");
+    }
+    return policy;
+  }
+
+  absl::Status SetThreadMemoryPolicy(const MemoryPolicy& policy) override {
+    if (::set_mempolicy(policy.mode, policy.nodes.data(), MemoryPolicy::kMaxNodes + 1) != 0) {
+      return ErrnoStatus(errno, "set_mempolicy");
+    }
+    return absl::OkStatus();
+  }
+
   absl::StatusOr<int> MemfdCreate(const std::string& name, unsigned int flags) override {
     int fd = ::memfd_create(name.c_str(), flags);
     if (fd < 0) return ErrnoStatus(errno, absl::StrCat("memfd_create ", name));
@@ -305,6 +322,10 @@ class RealOs final : public Os {
 }  // namespace
 
 absl::Status Os::VfioCheckContainer(int /*container_fd*/) { return absl::OkStatus(); }
+
+absl::StatusOr<MemoryPolicy> Os::ThreadMemoryPolicy() { return MemoryPolicy{}; }
+
+absl::Status Os::SetThreadMemoryPolicy(const MemoryPolicy& /*policy*/) { return absl::OkStatus(); }
 
 Os& Os::Default() {
   static Os* real = new RealOs();
