@@ -7,6 +7,8 @@
 //
 // On the fake machine every kind runs without root; on the real OS the hugetlb,
 // hugetlbfs, anon and allocator sweeps unwind real huge page mappings.
+#include <linux/mempolicy.h>
+
 #include <filesystem>
 #include <set>
 #include <string>
@@ -309,13 +311,16 @@ TEST(FaultInjection, AFailureWithoutAnErrnoIsStillAFailure) {
   EXPECT_EQ(os.live_mapping_bytes(), 0u) << "a mapping was left behind";
 }
 
-// What the process holds that a leak would change: its descriptors and huge page VMAs.
+// What the process holds that a leak would change: its descriptors and huge page VMAs,
+// and the memory policy of the thread (Map binds it to a node for a moment).
 struct ProcessState {
   std::set<std::string> fds;
   std::set<std::pair<uintptr_t, uintptr_t>> huge_vmas;
+  MemoryPolicy policy;
 
   static ProcessState Now() {
     ProcessState s;
+    s.policy = ThreadPolicyNow();
     for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
       s.fds.insert(e.path().filename().string());
     }
@@ -337,6 +342,12 @@ void RealSweep(absl::FunctionRef<absl::Status(Os&)> op, size_t page_size) {
       os, ENOMEM, [&] { return op(os); },
       [&](const FailedRun& run) {
         ExpectNamedOrAbsorbed(run);
+        // The one thing a failure cannot undo: the thread's own policy refused back. The
+        // error says the thread stays bound; the test gives the policy back itself.
+        if (run.call == OsCall::kSetThreadMemoryPolicy && ThreadPolicyNow() != before.policy) {
+          EXPECT_THAT(run.status.message(), HasSubstr("the thread stays bound to node"));
+          EXPECT_TRUE(SetThreadPolicy(before.policy));
+        }
         EXPECT_EQ(os.live_mapping_bytes(), 0u) << "a mapping was left behind";
         EXPECT_TRUE(os.live_fds().empty()) << "a descriptor was left open";
         EXPECT_TRUE(ProcessState::Now() == before) << "the process holds more than before";
@@ -352,6 +363,48 @@ TEST(FaultInjection, RealHugetlb2M) {
         return MapAndDrop(os, {.kind = BackingKind::kHugetlb}, {.length = 2 * kPageSize2M});
       },
       kPageSize2M);
+}
+
+// On a node, under a policy of the thread's own (with a mode flag): Map binds the thread
+// to the node for its mmap, and every path gives the policy back as it was.
+TEST(FaultInjection, RealHugetlb2MOnANodeUnderAThreadPolicy) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  const std::string mount = HugetlbfsMountFor(kPageSize2M);
+  HUGEMM_NEED(!mount.empty(), "needs a hugetlbfs mount with 2M pages");
+  const MemoryPolicy own = ThreadPolicyNow();
+  ASSERT_TRUE(SetThreadPolicy(PolicyOf(MPOL_PREFERRED | MPOL_F_STATIC_NODES, {0})));
+  for (BackingKind kind : {BackingKind::kHugetlb, BackingKind::kHugetlbfs}) {
+    SCOPED_TRACE(BackingKindName(kind));
+    RealSweep(
+        [&](Os& os) {
+          return MapAndDrop(os, {.kind = kind, .hugetlbfs_mount = mount},
+                            {.length = 2 * kPageSize2M, .node = 0});
+        },
+        kPageSize2M);
+  }
+  EXPECT_EQ(DescribePolicy(ThreadPolicyNow()),
+            DescribePolicy(PolicyOf(MPOL_PREFERRED | MPOL_F_STATIC_NODES, {0})));
+  EXPECT_TRUE(SetThreadPolicy(own));
+}
+
+// A node the thread cannot be bound to (set_mempolicy's EINVAL: a node outside the
+// process's cpuset) is mapped under the thread's own policy, and the mbind decides; the
+// policy is not set back, as it never changed.
+TEST(FaultInjection, ANodeTheThreadCannotBeBoundToIsMappedUnderItsOwnPolicy) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  FaultyOs os(Os::Default());
+  absl::StatusOr<std::shared_ptr<Backing>> backing =
+      Backing::Create({.kind = BackingKind::kHugetlb, .os = &os});
+  ASSERT_TRUE(backing.ok()) << backing.status();
+  const MemoryPolicy before = ThreadPolicyNow();
+  os.FailNth(OsCall::kSetThreadMemoryPolicy, 1, EINVAL);
+  absl::StatusOr<Extent> extent = (*backing)->Map({.length = kPageSize2M, .node = 0});
+  ASSERT_TRUE(os.fired()) << os.Log();
+  ASSERT_TRUE(extent.ok()) << extent.status();
+  EXPECT_EQ(extent->node(), 0);
+  const std::string log = os.Log();
+  EXPECT_EQ(log.find("set_mempolicy"), log.rfind("set_mempolicy")) << log;
+  EXPECT_EQ(DescribePolicy(ThreadPolicyNow()), DescribePolicy(before));
 }
 
 TEST(FaultInjection, RealHugetlb1G) {

@@ -6,8 +6,9 @@
 //   - exhausting node 1 is an error naming node 1 and its counts, and node 0 keeps its
 //     pages;
 //   - two device-DAX buffers of one runtime never share memory;
-//   - a node refused for the thread's memory policy or the process's cpuset, while it has
-//     pages free, is an error that says so.
+//   - a thread bound to other nodes is served the node it asks for, and keeps its
+//     memory policy;
+//   - a node outside the process's cpuset is refused with an error that says so.
 // Outside a two-node VM every test skips.
 #include <linux/mempolicy.h>
 #include <sys/mount.h>
@@ -28,6 +29,7 @@
 #include "hugemm/backing.h"
 #include "hugemm/runtime.h"
 #include "nlohmann/json.hpp"
+#include "tests/test_util.h"
 
 namespace hugemm {
 namespace {
@@ -88,7 +90,7 @@ std::string RunCli(const std::string& args) {
   return out;
 }
 
-class NumaVmTest : public testing::Test {
+class NumaVmTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (EnvInt("HUGEMM_IN_VM", 0) != 1 || EnvInt("HUGEMM_TEST_NUMA_NODES", 1) < 2) {
@@ -247,15 +249,15 @@ class NumaExhaustTest : public NumaVmTest {
     return absl::OkStatus();
   }
 
-  // The error names node 1 and node 1's own counts: its free pages (none) and its
-  // total, not the machine's.
-  static void ExpectNamesNode1(const absl::Status& st) {
+  // The error names node 1 and node 1's own counts: its free pages and its total, not
+  // the machine's.
+  static void ExpectNamesNode1(const absl::Status& st, int64_t free) {
     const std::string m(st.message());
     ASSERT_NE(m.find("node 1"), std::string::npos) << m;
     const std::string counts = m.substr(m.find("node 1") + 6);
-    EXPECT_TRUE(std::regex_search(counts, std::regex("\\b0 free\\b")) &&
+    EXPECT_TRUE(std::regex_search(counts, std::regex("\\b" + std::to_string(free) + " free\\b")) &&
                 std::regex_search(counts, std::regex("\\b" + std::to_string(kNode1Pages) + "\\b")))
-        << "no node 1 counts (0 free of " << kNode1Pages << ") in: " << m;
+        << "no node 1 counts (" << free << " free of " << kNode1Pages << ") in: " << m;
   }
 
   int64_t node0_free_ = 0;
@@ -280,37 +282,72 @@ TEST_F(NumaExhaustTest, TheAllocatorsErrorNamesNode1AndItsCounts) {
   std::vector<Buffer> got;
   const absl::Status error = ExhaustNode1(&got);
   ASSERT_FALSE(error.ok());
-  ExpectNamesNode1(error);
+  ExpectNamesNode1(error, 0);
 }
 
 TEST_F(NumaExhaustTest, MapBuffersErrorIsExhaustionNamingNode1AndItsCounts) {
   absl::StatusOr<Buffer> buf = rt_->MapBuffer((kNode1Pages + 1) * k2M, {.node = 1});
   ASSERT_FALSE(buf.ok());
   EXPECT_EQ(buf.status().code(), absl::StatusCode::kResourceExhausted) << buf.status();
-  ExpectNamesNode1(buf.status());
+  // Refused at the mmap, which reserves on node 1, before any page was taken.
+  ExpectNamesNode1(buf.status(), kNode1Pages);
 }
 
 // The kernel reserves a mapping's huge pages at mmap, from the free pages of the nodes the
-// thread's memory policy allows, before the mbind to the node asked for: a thread bound
-// to node 0, whose pool is all but used, cannot map node 1's free pages. The error says
-// why, rather than show node 1's counts with its pages free as if it had none.
-TEST_F(NumaVmTest, AThreadBoundToNode0IsToldWhyNode1sFreePagesAreRefused) {
+// thread's memory policy binds it to, before the mbind to the node asked for. A thread
+// bound to node 0, whose pool is all but used, that asks for node 1 is served node 1
+// all the same (Map binds the thread to node 1 for its mmap), and keeps its own policy
+// exactly, mode flags and nodes, after a served call and after a refused one.
+TEST_F(NumaVmTest, AThreadBoundElsewhereIsServedTheNodeItAsksForAndKeepsItsPolicy) {
   const int64_t node0_free = ReadPool(0, "free_hugepages");
+  const int64_t node1_free = ReadPool(1, "free_hugepages");
   ASSERT_GE(node0_free, 4);
-  ASSERT_GE(ReadPool(1, "free_hugepages"), 4);
+  ASSERT_GE(node1_free, 6);
+  const std::string mount = testing::HugetlbfsMountFor(k2M);
+  ASSERT_FALSE(mount.empty());
   absl::StatusOr<Buffer> fill = rt_->MapBuffer((node0_free - 2) * k2M, {.node = 0});
   ASSERT_TRUE(fill.ok()) << fill.status();
-  unsigned long node0 = 1;
-  ASSERT_EQ(syscall(SYS_set_mempolicy, MPOL_BIND, &node0, sizeof node0 * 8), 0)
-      << std::strerror(errno);
-  absl::StatusOr<Buffer> buf = rt_->MapBuffer(4 * k2M, {.node = 1});
-  ASSERT_EQ(syscall(SYS_set_mempolicy, MPOL_DEFAULT, nullptr, 0), 0) << std::strerror(errno);
-  if (buf.ok()) {  // a kernel that reserves on the bound node: then it must be node 1
+  const MemoryPolicy own = testing::ThreadPolicyNow();
+  ASSERT_NE(own.mode, -1) << std::strerror(errno);
+  using testing::PolicyOf;
+  for (const MemoryPolicy& asked : {
+           PolicyOf(MPOL_BIND, {0}),  // numactl --membind=0
+           PolicyOf(MPOL_BIND | MPOL_F_STATIC_NODES, {0}),
+           PolicyOf(MPOL_BIND | MPOL_F_RELATIVE_NODES, {0}),
+           PolicyOf(MPOL_BIND | MPOL_F_NUMA_BALANCING, {0}),
+           PolicyOf(MPOL_PREFERRED_MANY, {0}),
+           PolicyOf(MPOL_INTERLEAVE, {0, 1}),
+           PolicyOf(MPOL_LOCAL, {}),
+           PolicyOf(MPOL_DEFAULT, {}),
+       }) {
+    SCOPED_TRACE(testing::DescribePolicy(asked));
+    ASSERT_TRUE(testing::SetThreadPolicy(asked)) << std::strerror(errno);
+    const std::string before = testing::DescribePolicy(testing::ThreadPolicyNow());
+    absl::StatusOr<Buffer> buf = rt_->MapBuffer(4 * k2M, {.node = 1});
+    const std::string after_served = testing::DescribePolicy(testing::ThreadPolicyNow());
+    // A named hugetlbfs file, which another process could open, the same way.
+    absl::StatusOr<Buffer> named = rt_->MapBuffer(
+        2 * k2M,
+        {.backing = BackingKind::kHugetlbfs, .node = 1, .file_name = "hugemm-numa-policy"});
+    const std::string after_named = testing::DescribePolicy(testing::ThreadPolicyNow());
+    absl::StatusOr<Buffer> too_big = rt_->MapBuffer((node1_free + 1) * k2M, {.node = 1});
+    const std::string after_refused = testing::DescribePolicy(testing::ThreadPolicyNow());
+    ASSERT_TRUE(testing::SetThreadPolicy(own)) << std::strerror(errno);
+    unlink((mount + "/hugemm-numa-policy").c_str());
+
+    ASSERT_TRUE(buf.ok()) << buf.status();
     EXPECT_TRUE(AllOn(KernelNodes(buf->data(), buf->size(), k2M), 1));
-    return;
+    absl::StatusOr<FolioInfo> info = rt_->FolioInfoAt(buf->data());
+    ASSERT_TRUE(info.ok()) << info.status();
+    EXPECT_EQ(info->node, 1);
+    EXPECT_EQ(after_served, before) << "a served call changed the thread's policy";
+    ASSERT_TRUE(named.ok()) << named.status();
+    EXPECT_TRUE(AllOn(KernelNodes(named->data(), named->size(), k2M), 1));
+    EXPECT_EQ(after_named, before) << "a served call changed the thread's policy";
+    ASSERT_FALSE(too_big.ok()) << node1_free + 1 << " pages from node 1's " << node1_free;
+    EXPECT_EQ(too_big.status().code(), absl::StatusCode::kResourceExhausted) << too_big.status();
+    EXPECT_EQ(after_refused, before) << "a refused call changed the thread's policy";
   }
-  EXPECT_EQ(buf.status().code(), absl::StatusCode::kResourceExhausted) << buf.status();
-  EXPECT_NE(buf.status().message().find("memory policy"), std::string::npos) << buf.status();
 }
 
 // A process whose cpuset allows node 0 alone asks for node 1: mbind refuses (EINVAL), and

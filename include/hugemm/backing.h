@@ -65,8 +65,11 @@ struct MapRequest {
   // Bytes; a positive multiple of the backing's page size.
   size_t length = 0;
   // NUMA node to place the pages on (mbind before the prefault, checked after);
-  // -1 = let the kernel choose. devdax memory sits where the device is: a node other
-  // than the device's is an error.
+  // -1 = let the kernel choose. Served whatever the calling thread's memory policy: the
+  // kernel reserves hugetlb pages at mmap from the nodes of that policy, so for the mmap
+  // alone Map binds the thread to the node (Os::SetThreadMemoryPolicy), then gives it
+  // back its own policy exactly (mode, flags, nodes). devdax memory sits where the
+  // device is: a node other than the device's is an error.
   int node = -1;
   // MAP_SHARED (true) or MAP_PRIVATE. devdax refuses private mappings.
   bool shared = true;
@@ -207,8 +210,11 @@ class Backing final : public std::enable_shared_from_this<Backing> {
   [[nodiscard]] std::string FilePath(absl::string_view name) const;
 
   // Maps, places, prefaults and records PFNs. On any error nothing stays mapped, no file
-  // this call created stays, and no huge page stays reserved. Every error names the
-  // backing, the length and the node, and the step and OS error where one failed:
+  // this call created stays, and no huge page stays reserved. The calling thread's memory
+  // policy, bound to the node for the mmap, is its own again on every path (should the
+  // kernel refuse it back, the error says that the thread stays bound). Every error
+  // names the backing, the length and the node, and the step and OS error where one
+  // failed:
   //   InvalidArgument    a length that is not a positive multiple of the page size (or
   //                      that, aligned, would pass the end of the address space), a
   //                      bad or offline node (or one outside the process's cpuset),
@@ -221,11 +227,7 @@ class Backing final : public std::enable_shared_from_this<Backing> {
   //   ResourceExhausted  no huge page or no free device range left (ENOMEM; hugetlb
   //                      kinds add the pool's free, reserved and total counts, and
   //                      hugetlbfs the mount's size= limit when it has one: a full
-  //                      mount refuses while the pool has pages free; the kernel
-  //                      reserves hugetlb pages at mmap, before the mbind, from the
-  //                      nodes the calling thread's memory policy and cpuset allow, so a
-  //                      thread bound to another node may be refused the node's free
-  //                      pages, which the message then says);
+  //                      mount refuses while the pool has pages free);
   //   FailedPrecondition a page that landed on another node than requested;
   //   otherwise the code of the failed OS call.
   // A PFN the kernel does not show is recorded as kUnknownPfn, not an error.

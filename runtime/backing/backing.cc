@@ -1,15 +1,18 @@
 // Backing::Map, the one mapping procedure every kind shares:
-//   reserve aligned VA -> map the source over it -> bind to the node -> prefault ->
-//   MADV_DONTFORK -> check the node -> read PFNs.
+//   reserve aligned VA -> map the source over it (hugetlb kinds: with the thread bound to
+//   the node) -> bind to the node -> prefault -> MADV_DONTFORK -> check the node ->
+//   read PFNs.
 // Each kind only says what to map (Prepare) and what to give back (Release).
 #include "hugemm/backing.h"
 
+#include <numaif.h>
 #include <sys/mman.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -57,7 +60,8 @@ absl::Status PrefaultError(const absl::Status& st, BackingKind kind) {
 
 // An mmap of hugetlb memory bound to a node, refused for want of pages while that node
 // has them free: the kernel reserves the pages at mmap, before the mbind, and counts only
-// the free pages of the nodes the calling thread's memory policy and cpuset allow.
+// the free pages of the nodes the calling thread's memory policy and cpuset allow. Map
+// binds the thread to the node for the mmap; this is for when it could not.
 std::string PolicyHint(Os& os, BackingKind kind, size_t page_size, int node, size_t length) {
   if (node < 0 || (kind != BackingKind::kHugetlb && kind != BackingKind::kHugetlbfs)) return "";
   absl::StatusOr<HugePagePool> pool = sys::ReadHugePagePool(os, page_size);
@@ -238,13 +242,49 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
   }
   mapped = reinterpret_cast<std::byte*>(aligned);
 
+  // The kernel reserves a hugetlb mapping's pages at mmap, before the mbind below places
+  // them, and counts only the free pages of the nodes the calling thread's memory policy
+  // binds it to: a thread bound to node 0 would be refused node 1's free pages. For the
+  // mmap alone the thread is bound to the node asked for, then given back its own policy
+  // exactly (mode, flags, nodes). A node the process's cpuset does not allow cannot be
+  // bound to (EINVAL): the mmap goes ahead under the thread's own policy and the mbind
+  // refuses the node, as it should.
+  std::optional<MemoryPolicy> own_policy;
+  if (request.node >= 0 && source->fixed_node < 0 &&
+      (kind_ == BackingKind::kHugetlb || kind_ == BackingKind::kHugetlbfs)) {
+    absl::StatusOr<MemoryPolicy> own = os.ThreadMemoryPolicy();
+    if (!own.ok()) return fail(own.status(), "read the thread's memory policy");
+    if (request.node >= MemoryPolicy::kMaxNodes) {
+      return fail(
+          absl::InvalidArgumentError(absl::StrCat("NUMA node ", request.node, " out of range")),
+          "bind the thread to the node");
+    }
+    MemoryPolicy bound;
+    bound.mode = MPOL_BIND;
+    constexpr int kBits = 8 * sizeof(unsigned long);
+    bound.nodes[request.node / kBits] |= 1UL << (request.node % kBits);
+    if (absl::Status st = os.SetThreadMemoryPolicy(bound); st.ok()) {
+      own_policy = *own;
+    } else if (ErrnoOf(st) != EINVAL) {
+      return fail(st, "bind the thread to the node");
+    }
+  }
   absl::StatusOr<void*> fixed =
       os.Mmap(mapped, length, PROT_READ | PROT_WRITE, source->flags | MAP_FIXED, source->fd,
               static_cast<off_t>(source->offset));
+  if (own_policy.has_value()) {
+    if (absl::Status st = os.SetThreadMemoryPolicy(*own_policy); !st.ok()) {
+      return fail(
+          sys::AppendToMessage(st, absl::StrCat("; the thread stays bound to node ", request.node)),
+          "give the thread back its memory policy");
+    }
+  }
   if (!fixed.ok()) {
     absl::Status st = with_pool_hint(fixed.status());
-    if (ErrnoOf(st) == ENOMEM) {
-      st = sys::AppendToMessage(st, PolicyHint(os, kind_, page_size_, request.node, length));
+    if (ErrnoOf(st) == ENOMEM && request.node >= 0 && !own_policy.has_value()) {
+      std::string hint = CpusetHint(os, request.node);
+      if (hint.empty()) hint = PolicyHint(os, kind_, page_size_, request.node, length);
+      st = sys::AppendToMessage(st, hint);
     }
     return fail(st, "mmap");
   }
