@@ -7,6 +7,7 @@
 #include "gtest/gtest.h"
 #include "hugemm/backing.h"
 #include "hugemm/kernel_check.h"
+#include "hugemm/system_info.h"
 #include "tests/fake_os.h"
 #include "tests/test_util.h"
 
@@ -229,6 +230,39 @@ TEST(DevDaxOnFake, BackingsOfOneDeviceNeverShareARange) {
   absl::StatusOr<Extent> again = b->Map({.length = kPageSize2M});
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(again->offset(), 0u);
+}
+
+// sysfs lists a device that no driver serves, or one kmem holds (system-ram mode), and
+// its /dev node opens with ENXIO. The backing, CheckDaxDeviceOpens and the system info
+// `hugemm info` shows all give the same error, naming the driver and the way back.
+TEST(DevDaxOnFake, ADeviceTheDaxDriverDoesNotServeSaysWhy) {
+  FakeOs os({.dax = {{.name = "dax0.0", .size = kPageSize2M, .driver = "device_dax"},
+                     {.name = "dax1.0", .size = kPageSize2M, .driver = ""},
+                     {.name = "dax2.0", .size = kPageSize2M, .driver = "kmem"}}});
+  absl::StatusOr<SystemInfo> info = CollectSystemInfo("/sys", os);
+  ASSERT_TRUE(info.ok()) << info.status();
+  ASSERT_EQ(info->dax_devices.size(), 3u);
+  ASSERT_EQ(info->dax_use.size(), 3u);
+  const char* const why[] = {nullptr, "no driver is bound to it", "it is system RAM (driver kmem)"};
+  for (size_t i = 0; i < 3; ++i) {
+    const DaxDeviceInfo& d = info->dax_devices[i];
+    EXPECT_EQ(info->dax_use[i].driver, i == 0 ? "device_dax" : i == 1 ? "" : "kmem") << d.name;
+    EXPECT_EQ(DaxDeviceDriver(d.name, "/sys", os).value_or("?"), info->dax_use[i].driver);
+    absl::StatusOr<std::shared_ptr<Backing>> b =
+        Backing::Create({.kind = BackingKind::kDevDax, .devdax_path = d.path, .os = &os});
+    EXPECT_EQ(CheckDaxDeviceOpens(d, "/sys", os), b.status()) << d.name;
+    EXPECT_EQ(info->dax_use[i].usable, b.status()) << d.name;
+    if (why[i] == nullptr) {
+      EXPECT_TRUE(b.ok()) << b.status();
+      continue;
+    }
+    ASSERT_FALSE(b.ok()) << d.name;
+    EXPECT_EQ(ErrnoOf(b.status()), ENXIO) << b.status();
+    EXPECT_THAT(b.status().message(), HasSubstr(why[i]));
+    EXPECT_THAT(b.status().message(),
+                HasSubstr("daxctl reconfigure-device --mode=devdax " + d.name));
+  }
+  ExpectNothingLeft(os);
 }
 
 TEST(AnonOnFake, FourKPagesWithAPfnEach) {

@@ -225,6 +225,7 @@ absl::StatusOr<int> FakeOs::Open(const std::string& path, int flags, mode_t /*mo
   for (size_t i = 0; i < m.machine.dax.size(); ++i) {
     const FakeMachine::DaxDevice& d = m.machine.dax[i];
     if (path != "/dev/" + d.name) continue;
+    if (d.driver != "device_dax") return ErrnoStatus(ENXIO, what);  // no character device
     std::shared_ptr<File>& dev = m.devices[d.name];
     if (!dev) {
       absl::StatusOr<std::shared_ptr<File>> file = m.NewFile(d.name, d.align, d.size);

@@ -61,6 +61,9 @@ struct FakeMachine {
     uint64_t size = 0;
     uint64_t align = kPageSize2M;
     int node = 0;
+    // The driver bound to it (listed under /sys/bus/dax/drivers): "" for none. Opening
+    // /dev/<name> fails with ENXIO unless it is device_dax, as on a real machine.
+    std::string driver = "device_dax";
   };
 
   int nodes = 1;

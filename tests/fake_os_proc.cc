@@ -74,6 +74,9 @@ std::map<std::string, std::string> Model::VirtualFiles() const {
     files[dir + "/size"] = absl::StrCat(d.size, "\n");
     files[dir + "/align"] = absl::StrCat(d.align, "\n");
     files[dir + "/numa_node"] = absl::StrCat(d.node, "\n");
+    if (!d.driver.empty()) {
+      files[absl::StrCat("/sys/bus/dax/drivers/", d.driver, "/", d.name, "/uevent")] = "";
+    }
     // Root only, as on a real machine.
     if (machine.root) files[dir + "/resource"] = absl::StrFormat("0x%x\n", dax_pfn[i] << 12);
   }

@@ -133,6 +133,56 @@ TEST(InfoJson, ListsDaxDevicesOfAGivenSysfsTree) {
   EXPECT_THAT(table, ::testing::HasSubstr("align 1G"));
 }
 
+// A device sysfs lists is not always one hugemm can use: `info` says which are and why
+// not, by the open the devdax backing makes. /dev/null stands in for a served device (its
+// sysfs "dev" names it, 1:3); a name without a /dev node, and one whose node is another
+// character device, are not usable.
+TEST(InfoJson, SaysWhichDaxDevicesAreUsableAndWhy) {
+  ASSERT_NE(::access("/dev/dax97.0", F_OK), 0) << "this test needs /dev/dax97.0 not to exist";
+  testing::TempDir dir;
+  for (const auto& [name, dev] :
+       {std::pair{"null", "1:3"}, {"zero", "1:3"}, {"dax97.0", "252:9"}}) {
+    const std::string d = std::string("bus/dax/devices/") + name + "/";
+    dir.WriteFile(d + "size", "4194304\n");
+    dir.WriteFile(d + "align", "2097152\n");
+    dir.WriteFile(d + "numa_node", "0\n");
+    dir.WriteFile(d + "dev", std::string(dev) + "\n");
+  }
+  // sysfs links a bound device into its driver's directory.
+  dir.WriteFile("bus/dax/drivers/device_dax/null/uevent", "");
+  dir.WriteFile("bus/dax/drivers/kmem/zero/uevent", "");
+  int rc = 0;
+  const std::string out = RunCli("info --json --sysfs-root " + dir.path(), &rc);
+  ASSERT_EQ(rc, 0) << out;
+  const Json json = Parse(out);
+  ASSERT_TRUE(json.is_object()) << out;
+  const Json& dax = json["dax_devices"];
+  ASSERT_EQ(dax.size(), 3u) << out;
+  ASSERT_EQ(dax[0]["name"], "dax97.0");
+  EXPECT_TRUE(dax[0]["driver"].is_null());
+  EXPECT_EQ(dax[0]["usable"], false);
+  EXPECT_THAT(dax[0]["unusable_reason"].get<std::string>(),
+              HasSubstr("open /dev/dax97.0: No such file or directory"));
+  ASSERT_EQ(dax[1]["name"], "null");
+  EXPECT_EQ(dax[1]["driver"], "device_dax");
+  EXPECT_EQ(dax[1]["usable"], true);
+  EXPECT_FALSE(dax[1].contains("unusable_reason")) << dax[1];
+  ASSERT_EQ(dax[2]["name"], "zero");
+  EXPECT_EQ(dax[2]["driver"], "kmem");
+  EXPECT_EQ(dax[2]["usable"], false);
+  EXPECT_THAT(dax[2]["unusable_reason"].get<std::string>(),
+              HasSubstr("/dev/zero is character device 1:5, not the device-DAX device zero (1:3)"));
+  // The table says the same, a device to a line.
+  const std::string table = RunCli("info --sysfs-root " + dir.path(), &rc);
+  ASSERT_EQ(rc, 0) << table;
+  EXPECT_THAT(table, ::testing::ContainsRegex("/dev/null +size 4 MiB +align 2M +node 0 +driver "
+                                              "device_dax +usable\n"));
+  EXPECT_THAT(table, ::testing::ContainsRegex("/dev/dax97.0 .* driver none +not usable: open "
+                                              "/dev/dax97.0: No such file or directory"));
+  EXPECT_THAT(table, ::testing::ContainsRegex("/dev/zero .* driver kmem +not usable: /dev/zero is "
+                                              "character device 1:5"));
+}
+
 // The kernel prints resv_hugepages from an unsigned long, and lets it wrap below zero for
 // a moment while a private mapping's reservation is handed back (seen on 6.18 right after
 // a process with a MAP_PRIVATE|MAP_HUGETLB mapping exits). The pool still reads, as 0.

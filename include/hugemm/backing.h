@@ -178,6 +178,19 @@ struct DaxDeviceInfo {
 // reading above (libdaxctl reads sysfs itself, not through an Os). Unavailable when
 // libdaxctl cannot start.
 [[nodiscard]] absl::StatusOr<std::vector<DaxDeviceInfo>> ListDaxDevicesWithLibdaxctl();
+// The driver bound to device `name` ("dax0.0"): "device_dax" (the one the devdax backing
+// opens), "kmem" (daxctl's system-ram mode), or "" when none is: the directory under
+// <sysfs_root>/bus/dax/drivers that lists it. The OS's error when sysfs cannot be read.
+[[nodiscard]] absl::StatusOr<std::string> DaxDeviceDriver(absl::string_view name,
+                                                          const std::string& sysfs_root = "/sys",
+                                                          Os& os = Os::Default());
+// Whether the devdax backing can use `info`'s device: OK, or the error Backing::Create
+// gives for it, by the same steps (it opens info.path and checks it is the device sysfs
+// names, then closes it; nothing is mapped). A device no driver serves, or one in
+// system-ram mode, fails with ENXIO (ErrnoOf) and a message naming its driver.
+[[nodiscard]] absl::Status CheckDaxDeviceOpens(const DaxDeviceInfo& info,
+                                               const std::string& sysfs_root = "/sys",
+                                               Os& os = Os::Default());
 
 // A source of extents of one kind and page size. Thread-safe: Map may be called from
 // many threads at once, and extents may be unmapped on any thread. Held by shared_ptr;

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "hugemm/backing.h"
 #include "hugemm/huge_pages.h"
@@ -25,13 +26,22 @@ struct SystemInfo {
   std::vector<HugetlbfsMount> hugetlbfs_mounts;
   std::vector<DaxDeviceInfo> dax_devices;
   std::string dax_error;  // why the DAX list is incomplete, if it is
+  // One per dax_devices entry: its driver (DaxDeviceDriver; "" when none is bound or
+  // sysfs cannot say), and OK when the devdax backing can use the device, else why not
+  // (CheckDaxDeviceOpens: no driver, system-ram mode, not the character device...).
+  struct DaxUse {
+    std::string driver;
+    absl::Status usable;
+  };
+  std::vector<DaxUse> dax_use;
   bool can_read_pfns = false;
   bool can_read_kpageflags = false;
   // No pool has a free page and none may overcommit: everything falls back to anon 4K.
   bool anon_fallback() const;
 };
 
-// Reads it all through `os`, sysfs under `sysfs_root`. A DAX listing that fails is
+// Reads it all through `os`, sysfs under `sysfs_root`, and opens (then closes) each
+// device-DAX device as the devdax backing would. A DAX listing that fails is
 // recorded in dax_error; a kernel without huge pages, or mounts that cannot be read,
 // leave those lists empty. An error only when the nodes or a pool's counters cannot be read (the
 // OS's error, naming the file) or are garbled (DataLoss). Safe from any thread.

@@ -4,6 +4,8 @@
 #include <daxctl/libdaxctl.h>
 
 #include <bit>
+#include <string>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -114,6 +116,24 @@ absl::StatusOr<std::vector<DaxDeviceInfo>> ListDaxDevices(const std::string& sys
     devices.push_back(std::move(*info));
   }
   return devices;
+}
+
+// sysfs links each bound device into its driver's directory. Read through the Os, which
+// has no readlink, so not from <device>/driver.
+absl::StatusOr<std::string> DaxDeviceDriver(absl::string_view name, const std::string& sysfs_root,
+                                            Os& os) {
+  const std::string drivers = sysfs_root + "/bus/dax/drivers";
+  absl::StatusOr<bool> exists = sys::PathExists(os, drivers);
+  if (!exists.ok()) return exists.status();
+  if (!*exists) return std::string();
+  absl::StatusOr<std::vector<std::string>> names = os.ListDir(drivers);
+  if (!names.ok()) return names.status();
+  for (const std::string& driver : *names) {
+    absl::StatusOr<bool> bound = sys::PathExists(os, absl::StrCat(drivers, "/", driver, "/", name));
+    if (!bound.ok()) return bound.status();
+    if (*bound) return driver;
+  }
+  return std::string();
 }
 
 absl::StatusOr<std::vector<DaxDeviceInfo>> ListDaxDevicesWithLibdaxctl() {

@@ -217,6 +217,45 @@ absl::Status CheckIsTheDevice(Os& os, int fd, const DaxDeviceInfo& info,
   return absl::OkStatus();
 }
 
+// Why the device_dax driver does not serve a device sysfs lists (its open gave ENXIO),
+// and how to give it back.
+std::string WhyNotServed(const DaxDeviceInfo& info, const std::string& sysfs_root, Os& os) {
+  const std::string fix = absl::StrCat("daxctl reconfigure-device --mode=devdax ", info.name);
+  absl::StatusOr<std::string> driver = DaxDeviceDriver(info.name, sysfs_root, os);
+  if (driver.ok() && driver->empty()) return absl::StrCat("no driver is bound to it: ", fix);
+  if (driver.ok() && *driver == "kmem") {
+    return absl::StrCat("it is system RAM (driver kmem): ", fix);
+  }
+  if (driver.ok() && *driver != "device_dax") {
+    return absl::StrCat("driver ", *driver, " holds it: ", fix);
+  }
+  return absl::StrCat("unbound, or in system-ram mode: ", fix);  // sysfs cannot say which
+}
+
+// Opens the device the devdax backing maps, and checks it is the one sysfs describes.
+absl::StatusOr<sys::UniqueFd> OpenDevice(const DaxDeviceInfo& info, const std::string& sysfs_root,
+                                         Os& os) {
+  absl::StatusOr<int> fd = os.Open(info.path, O_RDWR, 0);
+  if (!fd.ok()) {
+    if (ErrnoOf(fd.status()) == EISDIR) {
+      return absl::NotFoundError(absl::StrCat(info.path,
+                                              " is a directory, not the device-DAX "
+                                              "character device ",
+                                              info.name));
+    }
+    if (ErrnoOf(fd.status()) == ENXIO) {
+      // sysfs still lists a device that no driver serves, e.g. one made system RAM.
+      return sys::AppendToMessage(
+          fd.status(), absl::StrCat(": the device_dax driver does not serve ", info.name, " (",
+                                    WhyNotServed(info, sysfs_root, os), ")"));
+    }
+    return fd.status();
+  }
+  sys::UniqueFd owned(os, *fd);
+  if (absl::Status st = CheckIsTheDevice(os, owned.get(), info, sysfs_root); !st.ok()) return st;
+  return owned;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Kind>> NewDevDax(const BackingOptions& options, Os& os) {
@@ -231,29 +270,17 @@ absl::StatusOr<std::unique_ptr<Kind>> NewDevDax(const BackingOptions& options, O
                                                    PageSizeName(info->align), ", not ",
                                                    PageSizeName(options.page_size)));
   }
-  absl::StatusOr<int> fd = os.Open(info->path, O_RDWR, 0);
-  if (!fd.ok()) {
-    if (ErrnoOf(fd.status()) == EISDIR) {
-      return absl::NotFoundError(absl::StrCat(info->path,
-                                              " is a directory, not the device-DAX "
-                                              "character device ",
-                                              info->name));
-    }
-    if (ErrnoOf(fd.status()) == ENXIO) {
-      // sysfs still lists a device that no driver serves, e.g. one made system RAM.
-      return sys::AppendToMessage(
-          fd.status(), absl::StrCat(": the device_dax driver does not serve ", info->name,
-                                    " (unbound, or in system-ram mode: daxctl "
-                                    "reconfigure-device --mode=devdax ",
-                                    info->name, ")"));
-    }
-    return fd.status();
-  }
-  sys::UniqueFd owned(os, *fd);
-  if (absl::Status st = CheckIsTheDevice(os, owned.get(), *info, options.sysfs_root); !st.ok()) {
-    return st;
-  }
-  return std::make_unique<DevDaxBacking>(std::move(*info), std::move(owned), os);
+  absl::StatusOr<sys::UniqueFd> fd = OpenDevice(*info, options.sysfs_root, os);
+  if (!fd.ok()) return fd.status();
+  return std::make_unique<DevDaxBacking>(std::move(*info), std::move(*fd), os);
 }
 
 }  // namespace hugemm::backing_internal
+
+namespace hugemm {
+
+absl::Status CheckDaxDeviceOpens(const DaxDeviceInfo& info, const std::string& sysfs_root, Os& os) {
+  return backing_internal::OpenDevice(info, sysfs_root, os).status();
+}
+
+}  // namespace hugemm

@@ -33,6 +33,10 @@ absl::StatusOr<SystemInfo> CollectSystemInfo(const std::string& sysfs_root, Os& 
   absl::StatusOr<std::vector<DaxDeviceInfo>> dax = ListDaxDevices(sysfs_root, os);
   if (dax.ok()) {
     info.dax_devices = std::move(*dax);
+    for (const DaxDeviceInfo& d : info.dax_devices) {
+      absl::StatusOr<std::string> driver = DaxDeviceDriver(d.name, sysfs_root, os);
+      info.dax_use.push_back({driver.value_or(""), CheckDaxDeviceOpens(d, sysfs_root, os)});
+    }
   } else {
     info.dax_error = std::string(dax.status().message());
   }

@@ -51,9 +51,14 @@ std::string InfoText(const SystemInfo& info) {
   if (info.dax_devices.empty()) {
     absl::StrAppend(&out, "  none", info.dax_error.empty() ? "" : ": " + info.dax_error, "\n");
   }
-  for (const DaxDeviceInfo& d : info.dax_devices) {
-    absl::StrAppendFormat(&out, "  %-14s size %-10s align %-4s node %d\n", d.path,
-                          HumanBytes(d.size), PageSizeName(d.align), d.numa_node);
+  for (size_t i = 0; i < info.dax_devices.size(); ++i) {
+    const DaxDeviceInfo& d = info.dax_devices[i];
+    const SystemInfo::DaxUse& use = info.dax_use[i];
+    absl::StrAppendFormat(
+        &out, "  %-14s size %-10s align %-4s node %-3d driver %-10s %s\n", d.path,
+        HumanBytes(d.size), PageSizeName(d.align), d.numa_node,
+        use.driver.empty() ? "none" : use.driver,
+        use.usable.ok() ? "usable" : "not usable: " + std::string(use.usable.message()));
   }
   absl::StrAppendFormat(&out, "\nPFNs readable   %s\n",
                         info.can_read_pfns ? "yes (pagemap)" : "no (needs CAP_SYS_ADMIN)");
@@ -97,12 +102,19 @@ Json InfoJson(const SystemInfo& info) {
   }
   root["hugetlbfs_mounts"] = std::move(mounts);
   Json dax = Json::array();
-  for (const DaxDeviceInfo& d : info.dax_devices) {
-    dax.push_back({{"name", d.name},
-                   {"path", d.path},
-                   {"size", d.size},
-                   {"align", d.align},
-                   {"numa_node", d.numa_node}});
+  for (size_t i = 0; i < info.dax_devices.size(); ++i) {
+    const DaxDeviceInfo& d = info.dax_devices[i];
+    const SystemInfo::DaxUse& use = info.dax_use[i];
+    Json device = Json::object();
+    device["name"] = d.name;
+    device["path"] = d.path;
+    device["size"] = d.size;
+    device["align"] = d.align;
+    device["numa_node"] = d.numa_node;
+    device["driver"] = use.driver.empty() ? Json(nullptr) : Json(use.driver);
+    device["usable"] = use.usable.ok();
+    if (!use.usable.ok()) device["unusable_reason"] = std::string(use.usable.message());
+    dax.push_back(std::move(device));
   }
   root["dax_devices"] = std::move(dax);
   if (!info.dax_error.empty()) root["dax_error"] = info.dax_error;
