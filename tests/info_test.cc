@@ -28,6 +28,7 @@ namespace {
 
 using Json = nlohmann::ordered_json;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 // Parses the CLI's output; a discarded value when it is not JSON.
 Json Parse(const std::string& text) {
@@ -399,6 +400,46 @@ TEST(VerifyCli, TextAndJsonAgreeAndSkippedSizesAreNamedOnce) {
   }
 }
 
+// Without a device-DAX device verify says device-DAX was not checked, and why, and the
+// exit status is what the other sources make it (this machine's /sys lists none; a
+// --sysfs-root tree may list one that cannot be opened). A device asked for with --dax
+// that cannot be mapped fails the run.
+TEST(VerifyCli, SaysDevDaxWasNotCheckedWithoutADevice) {
+  int rc = 0;
+  const bool listed = sys::PathExists(Os::Default(), "/sys/bus/dax/devices/dax0.0").value_or(true);
+  if (listed) GTEST_SKIP() << "this machine has a device-DAX device";
+  const Json j = Parse(RunCli("verify --json", &rc));
+  ASSERT_TRUE(j.is_object());
+  EXPECT_EQ(rc, j["ok"].get<bool>() ? 0 : 1) << j.dump();
+  EXPECT_FALSE(j.contains("devdax")) << j.dump();
+  std::vector<std::string> dax_skips;
+  for (const Json& why : j["skipped"]) {
+    if (why.get<std::string>().starts_with("device-DAX: "))
+      dax_skips.push_back(why.get<std::string>());
+  }
+  ASSERT_EQ(dax_skips.size(), 1u) << j.dump();
+  EXPECT_THAT(dax_skips[0], ::testing::AnyOf(HasSubstr("no device under /sys/bus/dax/devices"),
+                                             HasSubstr("no usable device: ")));
+  EXPECT_THAT(RunCli("verify", &rc), HasSubstr("skipped " + dax_skips[0] + "\n"));
+
+  testing::TempDir dir;
+  dir.WriteFile("bus/dax/devices/dax97.0/size", "4194304\n");
+  dir.WriteFile("bus/dax/devices/dax97.0/align", "2097152\n");
+  dir.WriteFile("bus/dax/devices/dax97.0/numa_node", "0\n");
+  const Json fake = Parse(RunCli("verify --json --sysfs-root " + dir.path(), &rc));
+  ASSERT_TRUE(fake.is_object());
+  EXPECT_EQ(rc, fake["ok"].get<bool>() ? 0 : 1) << fake.dump();
+  EXPECT_EQ(fake["ok"], j["ok"]);
+  EXPECT_THAT(fake["skipped"].dump(),
+              HasSubstr("device-DAX: no usable device: open /dev/dax97.0: No such file or "
+                        "directory"));
+
+  const std::string err = RunCli(
+      "verify --json --dax /dev/dax97.0 --sysfs-root " + dir.path() + " 2>&1 >/dev/null", &rc);
+  EXPECT_EQ(rc, 1) << err;
+  EXPECT_THAT(err, HasSubstr("hugemm verify: device-DAX: open /dev/dax97.0: No such file"));
+}
+
 // gup_test's short flags, and --flag value and --flag=value, give the same run.
 TEST(BenchCli, PinTakesGupTestFlagsAndBothLongForms) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 5);
@@ -692,6 +733,175 @@ TEST(BenchCli, TranslateJsonHasEveryKey) {
   EXPECT_NEAR(number("translate_over_flat_array"), vs_flat, 1e-3 * vs_flat);
   EXPECT_NEAR(number("translate_over_flat_pfn_array"), vs_pfn, 1e-3 * vs_pfn);
   EXPECT_NEAR(number("pagemap_over_translate"), vs_pagemap, 1e-3 * vs_pagemap);
+}
+
+// ---- on a real device-DAX device (the VM, tests/devdax-suite.sh) ----
+
+class InfoVerifyRealDevDax : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    path_ = testing::TestDaxDevice();
+    if (path_.empty()) GTEST_SKIP() << "HUGEMM_TEST_DAX names no device-DAX device";
+    absl::StatusOr<DaxDeviceInfo> info = ReadDaxDevice(path_);
+    ASSERT_TRUE(info.ok()) << info.status();
+    info_ = *info;
+  }
+
+  // The device's entry in `hugemm info --json`.
+  Json InfoEntry() {
+    int rc = 0;
+    const Json json = Parse(RunCli("info --json", &rc));
+    EXPECT_EQ(rc, 0);
+    for (const Json& d : json["dax_devices"]) {
+      if (d["name"] == info_.name) return d;
+    }
+    ADD_FAILURE() << info_.name << " is not in " << json.dump();
+    return Json();
+  }
+
+  std::string path_;
+  DaxDeviceInfo info_;
+};
+
+// A served device is usable, and verify maps a page of it by itself: PFNs held against
+// pagemap where it shows them (2M; not 1G), the device's sysfs ranges and kpageflags.
+TEST_F(InfoVerifyRealDevDax, AServedDeviceIsUsableAndVerified) {
+  const Json entry = InfoEntry();
+  EXPECT_EQ(entry["usable"], true) << entry;
+  EXPECT_EQ(entry["driver"], "device_dax") << entry;
+  EXPECT_FALSE(entry.contains("unusable_reason")) << entry;
+  for (const std::string& args :
+       std::vector<std::string>{"verify --json", "verify --json --dax " + path_}) {
+    int rc = 0;
+    const std::string out = RunCli(args, &rc);
+    const Json j = Parse(out);
+    ASSERT_TRUE(j.is_object()) << out;
+    EXPECT_EQ(rc, 0) << args << ": " << out;
+    EXPECT_EQ(j["ok"], true) << out;
+    const Json& dax = j["devdax"];
+    EXPECT_EQ(dax["device"], path_) << out;
+    EXPECT_EQ(dax["page_size"].get<uint64_t>(), info_.align) << out;
+    EXPECT_EQ(dax["pages"].get<int>(), 1) << out;
+    EXPECT_EQ(dax["pfns_in_pagemap"], info_.align == kPageSize2M) << out;
+    EXPECT_EQ(dax["pfns_vs_sysfs"], true) << out;
+    EXPECT_EQ(dax["kpageflags_checked"], true) << out;
+    EXPECT_GE(j["leaves_checked"][PageSizeName(info_.align)].get<int>(), 1) << out;
+    EXPECT_THAT(j["skipped"].dump(), Not(HasSubstr("device-DAX"))) << out;
+  }
+  int rc = 0;
+  const std::string text = RunCli("verify", &rc);
+  EXPECT_EQ(rc, 0) << text;
+  EXPECT_THAT(text, HasSubstr(absl::StrFormat("device-DAX %s: 1 page of %s; PFNs held against ",
+                                              path_, PageSizeName(info_.align))));
+}
+
+// A copy of the device's sysfs that puts it at 16 MiB, in RAM, where the kernel does not
+// map it: verify names the shadow table's PFN as wrong. At 2M the PFN comes from pagemap
+// (the device's real one) and sysfs says otherwise; at 1G pagemap hides it, the backing
+// takes it from that same sysfs, and kpageflags shows a page of RAM there. The copy
+// unmoved passes, so it is faithful but for the move.
+TEST_F(InfoVerifyRealDevDax, VerifyNamesAPfnThatIsNotTheDevices) {
+  const std::string dir = "/sys/bus/dax/devices/" + info_.name + "/";
+  auto read = [&](const std::string& file) {
+    absl::StatusOr<std::string> v = sys::ReadTrimmed(Os::Default(), dir + file);
+    EXPECT_TRUE(v.ok()) << v.status();
+    return v.value_or("0");
+  };
+  const bool mappings = sys::PathExists(Os::Default(), dir + "mapping0").value_or(false);
+  const uint64_t first = std::stoull(read(mappings ? "mapping0/start" : "resource"), nullptr, 0);
+  for (const bool move : {false, true}) {
+    const uint64_t shift = move ? (uint64_t{16} << 20) - first : 0;  // modulo 2^64
+    testing::TempDir root;
+    const std::string copy = "bus/dax/devices/" + info_.name + "/";
+    for (const char* file : {"size", "align", "numa_node", "dev"}) {
+      root.WriteFile(copy + file, read(file) + "\n");
+    }
+    auto moved = [&](const std::string& file) {
+      return absl::StrFormat("0x%x\n", std::stoull(read(file), nullptr, 0) + shift);
+    };
+    int ranges = 0;
+    for (; sys::PathExists(Os::Default(), dir + "mapping" + std::to_string(ranges)).value_or(false);
+         ++ranges) {
+      const std::string m = "mapping" + std::to_string(ranges) + "/";
+      root.WriteFile(copy + m + "start", moved(m + "start"));
+      root.WriteFile(copy + m + "end", moved(m + "end"));
+      root.WriteFile(copy + m + "page_offset", read(m + "page_offset") + "\n");
+    }
+    if (ranges == 0) root.WriteFile(copy + "resource", moved("resource"));
+    int rc = 0;
+    const std::string out =
+        RunCli("verify --json --dax " + path_ + " --sysfs-root " + root.path(), &rc);
+    const Json j = Parse(out);
+    ASSERT_TRUE(j.is_object()) << out;
+    EXPECT_EQ(j["devdax"]["pfns_vs_sysfs"], true) << out;
+    EXPECT_EQ(j["devdax"]["kpageflags_checked"], true) << out;
+    if (!move) {
+      EXPECT_EQ(rc, 0) << out;
+      EXPECT_EQ(j["mismatch_count"].get<int>(), 0) << out;
+      continue;
+    }
+    EXPECT_EQ(rc, 1) << out;
+    EXPECT_EQ(j["ok"], false) << out;
+    const std::string named = j["mismatches"].dump();
+    if (info_.align == kPageSize2M) {
+      // The first and last frame of the page, each named.
+      EXPECT_EQ(j["mismatch_count"].get<int>(), 2) << out;
+      EXPECT_THAT(named,
+                  HasSubstr(absl::StrFormat(
+                      "%s's sysfs ranges put byte 0x0 of the device at PFN 0x1000", info_.name)))
+          << out;
+    } else {
+      EXPECT_THAT(named, HasSubstr("shadow has PFN 0x1000, which kpageflags describes as a page "
+                                   "of RAM"))
+          << out;
+    }
+  }
+}
+
+// A device sysfs lists but no driver serves (unbound from device_dax; daxctl's
+// system-ram mode is the same to an open): info says it is not usable and why, verify
+// skips device-DAX and says so, its exit status what the rest makes it, and --dax fails.
+// Only in the VM: the device is unbound for the test and bound again after.
+TEST_F(InfoVerifyRealDevDax, ADeviceNoDriverServesIsNotUsable) {
+  const char* in_vm = std::getenv("HUGEMM_IN_VM");
+  HUGEMM_NEED(in_vm != nullptr && std::string(in_vm) == "1",
+              "unbinds the device from its driver: only in the VM (tests/vm)");
+  auto write = [](const std::string& file, const std::string& value) {
+    FILE* f = std::fopen(file.c_str(), "w");
+    if (f == nullptr) return false;
+    const bool ok = std::fputs(value.c_str(), f) >= 0;
+    return std::fclose(f) == 0 && ok;
+  };
+  int rc = 0;
+  const Json served = Parse(RunCli("verify --json", &rc));
+  const std::string drivers = "/sys/bus/dax/drivers/device_dax/";
+  ASSERT_TRUE(write(drivers + "unbind", info_.name)) << "cannot unbind " << info_.name;
+  const Json entry = InfoEntry();
+  const std::string text = RunCli("info", &rc);
+  int verify_rc = 0, asked_rc = 0;
+  const Json verify = Parse(RunCli("verify --json", &verify_rc));
+  const std::string asked = RunCli("verify --dax " + path_ + " 2>&1", &asked_rc);
+  ASSERT_TRUE(write(drivers + "bind", info_.name))
+      << "cannot bind " << info_.name << " again: the tests after this fail";
+
+  EXPECT_EQ(entry["usable"], false) << entry;
+  EXPECT_TRUE(entry["driver"].is_null()) << entry;
+  EXPECT_THAT(entry["unusable_reason"].get<std::string>(),
+              HasSubstr("the device_dax driver does not serve " + info_.name +
+                        " (no driver is bound to it: daxctl reconfigure-device --mode=devdax " +
+                        info_.name + ")"));
+  EXPECT_THAT(text, HasSubstr("driver none       not usable: "));
+  ASSERT_TRUE(verify.is_object());
+  EXPECT_FALSE(verify.contains("devdax")) << verify.dump();
+  EXPECT_THAT(verify["skipped"].dump(), HasSubstr("device-DAX: no usable device: "));
+  EXPECT_THAT(verify["skipped"].dump(), HasSubstr("no driver is bound to it"));
+  EXPECT_EQ(verify["ok"], served["ok"]);
+  EXPECT_EQ(verify_rc, verify["ok"].get<bool>() ? 0 : 1);
+  EXPECT_EQ(asked_rc, 1) << asked;
+  EXPECT_THAT(asked, HasSubstr("hugemm verify: device-DAX: "));
+  EXPECT_THAT(asked, HasSubstr("no driver is bound to it"));
+  // Served again, it is usable again.
+  EXPECT_EQ(InfoEntry()["usable"], true);
 }
 
 }  // namespace
