@@ -519,6 +519,27 @@ TEST(DevDaxDiscovery, MissingOrGarbledFilesAreNamed) {
   EXPECT_FALSE(ListDaxDevices(root).ok()) << "a garbled device fails the listing";
 }
 
+// A region's seed device reads size 0 until daxctl gives it capacity: a device with
+// nothing to map, not a garbled one, so it neither fails the listing of the others nor
+// opens.
+TEST(DevDaxDiscovery, AnEmptySeedDeviceIsNotListedAndSaysWhy) {
+  TempDir dir;
+  const std::string root = dir.path() + "/sys";
+  MakeFakeDax(dir, "dax0.0", 8 * kPageSize2M, kPageSize2M, 0);
+  dir.WriteFile("sys/bus/dax/devices/dax1.0/size", "0\n");
+  dir.WriteFile("sys/bus/dax/devices/dax1.0/align", "2097152\n");
+  dir.WriteFile("sys/bus/dax/devices/dax1.0/numa_node", "0\n");
+  absl::StatusOr<std::vector<DaxDeviceInfo>> all = ListDaxDevices(root);
+  ASSERT_TRUE(all.ok()) << all.status();
+  ASSERT_EQ(all->size(), 1u);
+  EXPECT_EQ((*all)[0].name, "dax0.0");
+  absl::StatusOr<DaxDeviceInfo> seed = ReadDaxDevice("dax1.0", root);
+  ASSERT_FALSE(seed.ok());
+  EXPECT_EQ(seed.status().code(), absl::StatusCode::kNotFound) << seed.status();
+  EXPECT_THAT(seed.status().message(), HasSubstr("no capacity"));
+  EXPECT_THAT(seed.status().message(), HasSubstr("daxctl create-device"));
+}
+
 // The mapping rules, with a regular file standing in for the character device (what
 // cannot exist here); the real device runs the same paths in the VM tests.
 class DevDaxRulesTest : public ::testing::Test {

@@ -165,13 +165,14 @@ struct DaxDeviceInfo {
 
 // Reads <sysfs_root>/bus/dax/devices/<name>/{size,align,numa_node} through `os`.
 // `device` is a name ("dax0.0") or a path whose last component is the name. NotFound
-// when sysfs has no such device; DataLoss naming the file when one is garbled; the
-// OS's error when one cannot be read.
+// when sysfs has no such device, or the device has no capacity (size 0: a region's empty
+// seed device); DataLoss naming the file when one is garbled; the OS's error when one
+// cannot be read.
 [[nodiscard]] absl::StatusOr<DaxDeviceInfo> ReadDaxDevice(absl::string_view device,
                                                           const std::string& sysfs_root = "/sys",
                                                           Os& os = Os::Default());
-// Every device under <sysfs_root>/bus/dax/devices (none is not an error); the first
-// device's error otherwise.
+// Every device under <sysfs_root>/bus/dax/devices but those of size 0 (empty seed
+// devices; none is not an error); the first device's error otherwise.
 [[nodiscard]] absl::StatusOr<std::vector<DaxDeviceInfo>> ListDaxDevices(
     const std::string& sysfs_root = "/sys", Os& os = Os::Default());
 // The same list as libdaxctl sees it: the live system only, a cross-check of the sysfs

@@ -80,7 +80,14 @@ absl::StatusOr<DaxDeviceInfo> ReadDaxDevice(absl::string_view device, const std:
     return absl::DataLossError(absl::StrCat("garbled ", dir, "/align: ", *align,
                                             " is not a power of two of at least 4096"));
   }
-  if (*size <= 0 || *size % *align != 0) {
+  if (*size == 0) {
+    // What a region's seed device (dynamic CXL or hmem regions) reads until it is given
+    // capacity: a real device, with nothing in it to map.
+    return absl::NotFoundError(absl::StrCat(info.path, " has no capacity (", dir,
+                                            "/size is 0): a region's empty seed device; ",
+                                            "daxctl create-device gives it a size"));
+  }
+  if (*size < 0 || *size % *align != 0) {
     return absl::DataLossError(absl::StrCat("garbled ", dir, "/size: ", *size,
                                             " is not a positive multiple of the alignment ",
                                             *align));
@@ -111,6 +118,10 @@ absl::StatusOr<std::vector<DaxDeviceInfo>> ListDaxDevices(const std::string& sys
   absl::StatusOr<std::vector<std::string>> names = os.ListDir(dir);
   if (!names.ok()) return names.status();
   for (const std::string& name : *names) {
+    // A device of size 0 (an empty seed device) has nothing to list, as libdaxctl's
+    // listing below has it.
+    absl::StatusOr<int64_t> size = sys::ReadInt(os, absl::StrCat(dir, "/", name, "/size"));
+    if (size.ok() && *size == 0) continue;
     absl::StatusOr<DaxDeviceInfo> info = ReadDaxDevice(name, sysfs_root, os);
     if (!info.ok()) return info.status();
     devices.push_back(std::move(*info));
