@@ -438,6 +438,20 @@ TEST(VerifyCli, SaysDevDaxWasNotCheckedWithoutADevice) {
       "verify --json --dax /dev/dax97.0 --sysfs-root " + dir.path() + " 2>&1 >/dev/null", &rc);
   EXPECT_EQ(rc, 1) << err;
   EXPECT_THAT(err, HasSubstr("hugemm verify: device-DAX: open /dev/dax97.0: No such file"));
+  // The object says why it failed too, not only "ok": false.
+  const Json asked =
+      Parse(RunCli("verify --json --dax /dev/dax97.0 --sysfs-root " + dir.path(), &rc));
+  ASSERT_TRUE(asked.is_object());
+  EXPECT_EQ(rc, 1);
+  EXPECT_FALSE(asked["ok"].get<bool>()) << asked.dump();
+  ASSERT_TRUE(asked["errors"].is_array()) << asked.dump();
+  ASSERT_EQ(asked["errors"].size(), 1u) << asked.dump();
+  EXPECT_THAT(asked["errors"][0].get<std::string>(),
+              HasSubstr("device-DAX: open /dev/dax97.0: No such file"));
+  ASSERT_TRUE(j["errors"].is_array()) << j.dump();
+  if (j["ok"].get<bool>()) {
+    EXPECT_TRUE(j["errors"].empty()) << j.dump();
+  }
 }
 
 // gup_test's short flags, and --flag value and --flag=value, give the same run.

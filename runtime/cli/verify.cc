@@ -135,8 +135,17 @@ int RunVerify(const VerifyFlags& flags) {
   Json out = {{"geometry", table->geometry().name}};
   Json skipped = Json::array();
   Json mismatches = Json::array();
+  // What failed the run beyond a mismatch (a mapping the table refused, PFNs the process
+  // may not read, a device asked for that could not be mapped): said on stderr, and in
+  // the JSON object's errors[].
+  Json errors = Json::array();
   std::map<size_t, size_t> leaves;
   bool failed = false;
+  auto error = [&](const std::string& what) {
+    std::fprintf(stderr, "hugemm verify: %s\n", what.c_str());
+    errors.push_back(what);
+    failed = true;
+  };
   bool pfns_hidden = false;
   auto absorb = [&](const VerifyReport& r) {
     for (const auto& [size, n] : r.leaves_checked) leaves[size] += n;
@@ -155,20 +164,15 @@ int RunVerify(const VerifyFlags& flags) {
       if (absl::Status st =
               table->Map(folios.back().get(), folios.back()->data, kProtRead | kProtWrite);
           !st.ok()) {
-        std::fprintf(stderr, "hugemm verify: %s: %s\n", name.c_str(),
-                     std::string(st.message()).c_str());
-        failed = true;
+        error(absl::StrCat(name, ": ", st.message()));
       }
     }
     absl::StatusOr<VerifyReport> r = table->Verify(e.data(), e.size());
     if (!r.ok()) return r.status();
     if (!r->pfns_checked) {
       // Once, not for every page size: it is the process that may not read them.
-      if (!pfns_hidden) {
-        std::fprintf(stderr, "hugemm verify: pagemap hides PFNs (needs CAP_SYS_ADMIN)\n");
-      }
+      if (!pfns_hidden) error("pagemap hides PFNs (needs CAP_SYS_ADMIN)");
       pfns_hidden = true;
-      failed = true;
     }
     absorb(*r);
     return r;
@@ -212,8 +216,7 @@ int RunVerify(const VerifyFlags& flags) {
   if (!dax_extent.ok()) {
     const std::string why = absl::StrCat("device-DAX: ", dax_extent.status().message());
     if (!flags.dax.empty()) {  // asked for: not checking it is a failure
-      std::fprintf(stderr, "hugemm verify: %s\n", why.c_str());
-      failed = true;
+      error(why);
     } else {
       if (!json) std::printf("skipped %s\n", why.c_str());
       skipped.push_back(why);
@@ -247,8 +250,7 @@ int RunVerify(const VerifyFlags& flags) {
     absl::StatusOr<VerifyReport> r =
         id.ok() ? table->Verify(va, range_len) : absl::StatusOr<VerifyReport>(id.status());
     if (!r.ok()) {
-      std::fprintf(stderr, "hugemm verify: range: %s\n", std::string(r.status().message()).c_str());
-      failed = true;
+      error(absl::StrCat("range: ", r.status().message()));
     } else {
       absorb(*r);
     }
@@ -269,6 +271,7 @@ int RunVerify(const VerifyFlags& flags) {
     out["mismatch_count"] = bad;
     out["mismatches"] = std::move(mismatches);
     out["skipped"] = std::move(skipped);
+    out["errors"] = std::move(errors);
     if (!devdax.is_null()) out["devdax"] = std::move(devdax);
     out["ok"] = ok;
     PrintJson(out);
