@@ -705,6 +705,33 @@ TEST(JsonFailure, BenchmarksWithoutAddressSpace) {
   }
 }
 
+// Between the smallest RLIMIT_AS the program loads under and one it runs whole under, a
+// command's own tables meet an exhausted heap somewhere: that is a failure it says, with
+// --json as an object, never an abort (std::bad_alloc escaping the command).
+TEST(JsonFailure, OutOfMemoryIsAFailureNotAnAbort) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "a sanitizer's shadow memory does not fit under a small RLIMIT_AS";
+#endif
+  int loaded = 0;
+  int out_of_memory = 0;
+  for (int mib = 8; mib <= 40; ++mib) {
+    const JsonRun r =
+        RunJsonFailure("verify --json", absl::StrFormat("prlimit --as=%d ", mib << 20));
+    if (r.rc == 127 || r.err.find("error while loading") != std::string::npos) continue;
+    ++loaded;
+    SCOPED_TRACE(absl::StrFormat("RLIMIT_AS %d MiB", mib));
+    ASSERT_TRUE(r.rc == 0 || r.rc == 1) << "exit " << r.rc << "\n" << r.err;
+    ASSERT_TRUE(r.json.is_object()) << r.out << "\n" << r.err;
+    if (r.json.contains("error") && r.json["error"].value("code", "") == "RESOURCE_EXHAUSTED" &&
+        r.json["error"].value("message", "").starts_with("out of memory")) {
+      ++out_of_memory;
+      ExpectFailureObject(r, "verify", "verify --json", "RESOURCE_EXHAUSTED", 0);
+    }
+  }
+  EXPECT_GT(loaded, 0) << "hugemm did not load under RLIMIT_AS of 40 MiB";
+  RecordProperty("out_of_memory_runs", out_of_memory);
+}
+
 // A usage error prints nothing on stdout, --json or not (nothing ran); a check that ran
 // and failed keeps its own object, with "ok": false and no "error".
 TEST(JsonFailure, UsageErrorsPrintNothingAndVerifyKeepsItsShape) {

@@ -5,9 +5,11 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <new>
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "runtime/cli/command.h"
 
 namespace hugemm::cli {
@@ -99,8 +101,18 @@ int Main(int argc, char** argv) {
                  path.c_str());
     return kExitUsage;
   }
-  const int rc = table.RunSelected();
-  return CheckStdout(SelectedPath(app), rc);
+  const std::string path = SelectedPath(app);
+  int rc = kExitFailed;
+  try {
+    rc = table.RunSelected();
+  } catch (const std::bad_alloc&) {
+    // The heap ran out (an RLIMIT_AS nearly reached): what the command held is freed on
+    // the way here, so the failure can still be said, and with --json as an object.
+    rc = Fail(path.substr(path.find(' ') + 1),
+              absl::ResourceExhaustedError(
+                  "out of memory (the heap, or the address space RLIMIT_AS allows)"));
+  }
+  return CheckStdout(path, rc);
 }
 
 }  // namespace
