@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstring>
 #include <iterator>
+#include <set>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -64,8 +65,11 @@ size_t FakeOs::open_fds() const {
 
 size_t FakeOs::pinned_bytes() const {
   std::lock_guard<std::mutex> lock(model_->mu);
+  std::set<const fake_internal::Ring*> rings;
   size_t bytes = 0;
-  for (const auto& [fd, f] : model_->fds) bytes += f.pinned_bytes;
+  for (const auto& [fd, f] : model_->fds) {
+    if (f.ring != nullptr && rings.insert(f.ring.get()).second) bytes += f.ring->pinned_bytes;
+  }
   return bytes;
 }
 
@@ -270,6 +274,21 @@ absl::Status FakeOs::Close(int fd) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<int> FakeOs::Duplicate(int fd) {
+  std::lock_guard<std::mutex> lock(model_->mu);
+  auto it = model_->fds.find(fd);
+  if (it == model_->fds.end()) return ErrnoStatus(EBADF, "fcntl F_DUPFD_CLOEXEC");
+  // A container's mappings live in its entry: a copy would not share them.
+  if (it->second.kind == FdKind::kVfioContainer) {
+    return ErrnoStatus(EINVAL, "fcntl F_DUPFD_CLOEXEC: the fake shares no VFIO container");
+  }
+  const int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (copy < 0) return ErrnoStatus(errno, "fcntl F_DUPFD_CLOEXEC");
+  fake_internal::Fd& entry = model_->fds[copy] = it->second;
+  if (entry.file) ++entry.file->refs;
+  return copy;
+}
+
 absl::Status FakeOs::Ftruncate(int fd, off_t length) {
   std::lock_guard<std::mutex> lock(model_->mu);
   const std::string what = absl::StrCat("ftruncate to ", length, " bytes");
@@ -423,19 +442,22 @@ absl::StatusOr<int> FakeOs::IoUringSetup(unsigned entries) {
 namespace {
 
 // The ring behind `fd`, or null.
-fake_internal::Fd* RingOf(fake_internal::Model& m, int fd) ABSL_EXCLUSIVE_LOCKS_REQUIRED(m.mu) {
+fake_internal::Ring* RingOf(fake_internal::Model& m, int fd) ABSL_EXCLUSIVE_LOCKS_REQUIRED(m.mu) {
   auto it = m.fds.find(fd);
-  return it == m.fds.end() || it->second.kind != FdKind::kRing ? nullptr : &it->second;
+  return it == m.fds.end() || it->second.kind != FdKind::kRing ? nullptr : it->second.ring.get();
 }
 
 // What every ring's table pins, clones aside: the kernel counts a buffer once.
 size_t PinnedByRings(const fake_internal::Model& m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(m.mu) {
+  std::set<const fake_internal::Ring*> rings;
   size_t bytes = 0;
-  for (const auto& [fd, f] : m.fds) bytes += f.pinned_bytes;
+  for (const auto& [fd, f] : m.fds) {
+    if (f.ring != nullptr && rings.insert(f.ring.get()).second) bytes += f.ring->pinned_bytes;
+  }
   return bytes;
 }
 
-void Recount(fake_internal::Fd& ring) {
+void Recount(fake_internal::Ring& ring) {
   ring.pinned_bytes = 0;
   for (const fake_internal::RingSlot& s : ring.slots) {
     if (!s.cloned) ring.pinned_bytes += s.length;
@@ -447,7 +469,7 @@ void Recount(fake_internal::Fd& ring) {
 absl::Status FakeOs::IoUringRegisterBuffers(int ring_fd, absl::Span<const iovec> buffers) {
   std::lock_guard<std::mutex> lock(model_->mu);
   const std::string what = absl::StrCat("io_uring_register of ", buffers.size(), " buffers");
-  fake_internal::Fd* ring = RingOf(*model_, ring_fd);
+  fake_internal::Ring* ring = RingOf(*model_, ring_fd);
   if (ring == nullptr) return ErrnoStatus(EBADF, what);
   if (ring->registered) return ErrnoStatus(EBUSY, what);
   std::vector<fake_internal::RingSlot> slots;
@@ -468,7 +490,7 @@ absl::Status FakeOs::IoUringRegisterBuffers(int ring_fd, absl::Span<const iovec>
 
 absl::Status FakeOs::IoUringUnregisterBuffers(int ring_fd) {
   std::lock_guard<std::mutex> lock(model_->mu);
-  fake_internal::Fd* ring = RingOf(*model_, ring_fd);
+  fake_internal::Ring* ring = RingOf(*model_, ring_fd);
   if (ring == nullptr) return ErrnoStatus(EBADF, "io_uring_unregister");
   if (!ring->registered) return ErrnoStatus(ENXIO, "io_uring_unregister");
   ring->registered = false;
@@ -480,7 +502,7 @@ absl::Status FakeOs::IoUringUnregisterBuffers(int ring_fd) {
 absl::Status FakeOs::IoUringRegisterSparseBuffers(int ring_fd, unsigned slots) {
   std::lock_guard<std::mutex> lock(model_->mu);
   const std::string what = absl::StrCat("io_uring_register of a sparse table of ", slots);
-  fake_internal::Fd* ring = RingOf(*model_, ring_fd);
+  fake_internal::Ring* ring = RingOf(*model_, ring_fd);
   if (ring == nullptr) return ErrnoStatus(EBADF, what);
   if (ring->registered) return ErrnoStatus(EBUSY, what);
   if (slots == 0 || slots > (1u << 14)) return ErrnoStatus(EINVAL, what);
@@ -494,7 +516,7 @@ absl::Status FakeOs::IoUringUpdateBuffers(int ring_fd, unsigned first_slot,
                                           absl::Span<const iovec> buffers) {
   std::lock_guard<std::mutex> lock(model_->mu);
   const std::string what = absl::StrCat("io_uring_register update of buffers ", first_slot);
-  fake_internal::Fd* ring = RingOf(*model_, ring_fd);
+  fake_internal::Ring* ring = RingOf(*model_, ring_fd);
   if (ring == nullptr) return ErrnoStatus(EBADF, what);
   if (!ring->registered) return ErrnoStatus(ENXIO, what);
   if (first_slot + buffers.size() > ring->slots.size()) return ErrnoStatus(EINVAL, what);
@@ -524,8 +546,8 @@ absl::Status FakeOs::IoUringCloneBuffers(int dst_fd, int src_fd, const IoUringCl
   using Clone = FakeMachine::Clone;
   const Clone kernel = model_->machine.io_uring_clone;
   if (kernel == Clone::kNone) return ErrnoStatus(EINVAL, what);
-  fake_internal::Fd* dst = RingOf(*model_, dst_fd);
-  fake_internal::Fd* src = RingOf(*model_, src_fd);
+  fake_internal::Ring* dst = RingOf(*model_, dst_fd);
+  fake_internal::Ring* src = RingOf(*model_, src_fd);
   if (dst == nullptr || src == nullptr) return ErrnoStatus(EBADF, what);
   const bool ranged = range.slots != 0 || range.src_slot != 0 || range.dst_slot != 0;
   if (kernel == Clone::kWhole) {
@@ -552,7 +574,7 @@ absl::Status FakeOs::IoUringCloneBuffers(int dst_fd, int src_fd, const IoUringCl
 
 iovec FakeOs::RingSlotOf(int ring_fd, unsigned slot) const {
   std::lock_guard<std::mutex> lock(model_->mu);
-  fake_internal::Fd* ring = RingOf(*model_, ring_fd);
+  fake_internal::Ring* ring = RingOf(*model_, ring_fd);
   if (ring == nullptr || slot >= ring->slots.size()) return {nullptr, 0};
   const fake_internal::RingSlot& s = ring->slots[slot];
   return {reinterpret_cast<void*>(s.start), s.length};

@@ -111,6 +111,7 @@ class FakeOs final : public Os {
   absl::StatusOr<int> MemfdCreate(const std::string& name, unsigned int flags) override;
   absl::StatusOr<int> Open(const std::string& path, int flags, mode_t mode) override;
   absl::Status Close(int fd) override;
+  absl::StatusOr<int> Duplicate(int fd) override;
   absl::Status Ftruncate(int fd, off_t length) override;
   absl::StatusOr<struct stat> Fstat(int fd) override;
   absl::StatusOr<struct stat> Stat(const std::string& path) override;

@@ -84,6 +84,7 @@ absl::StatusOr<int> Model::NewSpecialFd(FdKind kind) {
   const int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (fd < 0) return ErrnoStatus(errno, "open /dev/null");
   fds[fd] = Fd{.kind = kind};
+  if (kind == FdKind::kRing) fds[fd].ring = std::make_shared<Ring>();
   return fd;
 }
 

@@ -61,12 +61,17 @@ struct RingSlot {
   bool cloned = false;  // a reference to another ring's pinned buffer: pins nothing
 };
 
+// A ring: one kernel object, shared by every descriptor of it (Duplicate).
+struct Ring {
+  size_t pinned_bytes = 0;  // its registered buffers
+  bool registered = false;
+  std::vector<RingSlot> slots;  // its table, sparse or not
+};
+
 struct Fd {
   FdKind kind = FdKind::kFile;
   std::shared_ptr<File> file;
-  size_t pinned_bytes = 0;  // a ring's registered buffers
-  bool registered = false;
-  std::vector<RingSlot> slots;       // a ring's table, sparse or not
+  std::shared_ptr<Ring> ring;        // kRing
   std::map<uint64_t, RingSlot> dma;  // a VFIO container's mappings, by IOVA
 };
 

@@ -30,6 +30,8 @@ const char* OsCallName(OsCall call) {
       return "open";
     case OsCall::kClose:
       return "close";
+    case OsCall::kDuplicate:
+      return "fcntl";
     case OsCall::kFtruncate:
       return "ftruncate";
     case OsCall::kFstat:
@@ -252,6 +254,16 @@ absl::StatusOr<int> FaultyOs::Open(const std::string& path, int flags, mode_t mo
     fds_.insert(*fd);
   }
   return fd;
+}
+
+absl::StatusOr<int> FaultyOs::Duplicate(int fd) {
+  if (absl::Status st = Inject(OsCall::kDuplicate, "fcntl F_DUPFD_CLOEXEC"); !st.ok()) return st;
+  absl::StatusOr<int> copy = OsWrapper::Duplicate(fd);
+  if (copy.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    fds_.insert(*copy);
+  }
+  return copy;
 }
 
 absl::Status FaultyOs::Close(int fd) {

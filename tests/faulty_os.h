@@ -48,6 +48,7 @@ enum class OsCall {
   kMemfdCreate,
   kOpen,
   kClose,
+  kDuplicate,
   kFtruncate,
   kFstat,
   kStat,
@@ -108,6 +109,7 @@ class FaultyOs final : public OsWrapper {
   absl::StatusOr<int> MemfdCreate(const std::string& name, unsigned int flags) override;
   absl::StatusOr<int> Open(const std::string& path, int flags, mode_t mode) override;
   absl::Status Close(int fd) override;
+  absl::StatusOr<int> Duplicate(int fd) override;
   absl::Status Ftruncate(int fd, off_t length) override;
   absl::StatusOr<struct stat> Fstat(int fd) override;
   absl::StatusOr<struct stat> Stat(const std::string& path) override;

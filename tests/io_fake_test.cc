@@ -1,6 +1,7 @@
 // A program ring's fixed buffers on the fake machine, on each kernel a clone can meet
 // (none before 6.12, whole tables in 6.12, ranges from 6.13), and every failure of
 // attaching unwound. The same on the real kernel: io_test.cc.
+#include <set>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -145,6 +146,7 @@ TEST(FixedBuffersOnFake, EveryFailureOfAttachLeavesNothingRegistered) {
   for (FixedBufferMode mode : {FixedBufferMode::kClone, FixedBufferMode::kIovec}) {
     const size_t registrations = os.live_registrations();
     const size_t pinned = fake.pinned_bytes();
+    const std::set<int> fds = os.live_fds();
     int runs = 0;
     SweepFailures(
         os, ENOMEM,
@@ -161,6 +163,7 @@ TEST(FixedBuffersOnFake, EveryFailureOfAttachLeavesNothingRegistered) {
             EXPECT_THAT(run.status.message(), HasSubstr(run.injected));
           }
           EXPECT_EQ(os.live_registrations(), registrations) << OsCallName(run.call);
+          EXPECT_EQ(os.live_fds(), fds) << "the attachment's descriptor of the ring";
           EXPECT_EQ(fake.pinned_bytes(), pinned);
           EXPECT_EQ(fake.RingSlotOf(*ring, 0).iov_base, nullptr);
         });

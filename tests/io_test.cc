@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <set>
 #include <thread>
 #include <vector>
@@ -291,6 +292,56 @@ TEST_P(FixedBuffersTest, ExternalMemoryIsNoFixedBufferAndLeavesNoSlotBehind) {
     fixed.reset();
     ASSERT_EQ(::munmap(ext, kPageSize2M), 0);
   }
+}
+
+// Descriptors this process has open.
+size_t OpenDescriptors() {
+  size_t n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+
+// A program that closes its ring before the detach, then makes a new ring, which takes the
+// same descriptor number: the attachment holds the first ring by a descriptor of its own,
+// so the new ring's table is neither written (memory that comes and goes) nor unregistered
+// (the detach), and the first ring goes with the detach.
+TEST_P(FixedBuffersTest, ARingClosedBeforeItsDetachLeavesTheNextRingOfItsNumberAlone) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  PatternFile file(1 << 20, 61);
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  io_uring first;
+  ASSERT_EQ(io_uring_queue_init(8, &first, 0), 0);
+  const int number = first.ring_fd;
+  const size_t fds_before = OpenDescriptors();
+  absl::StatusOr<std::unique_ptr<FixedBuffers>> fixed =
+      FixedBuffers::Attach(*rt, number, {.mode = GetParam()});
+  ASSERT_TRUE(fixed.ok()) << fixed.status();
+  EXPECT_EQ(OpenDescriptors(), fds_before + 1) << "the attachment's own descriptor";
+  io_uring_queue_exit(&first);
+  TestRing second(8);
+  ASSERT_TRUE(second.ok);
+  ASSERT_EQ(second.fd(), number) << "a new descriptor takes the lowest free number";
+  // The new ring's own table: one buffer of the program's, in slot 0, which the runtime's
+  // first range takes in its table too.
+  alignas(4096) static uint8_t own[8192];
+  iovec iov{own, sizeof(own)};
+  ASSERT_EQ(io_uring_register_buffers(&second.ring, &iov, 1), 0);
+  absl::StatusOr<Buffer> b = rt->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(rt->kernel_pin_table().Find(b->data(), 1), 0);
+  EXPECT_EQ((*fixed)->Find(b->data(), 4096), 0);
+  EXPECT_EQ(ReadFixed(second, file.fd(), own, 4096, 4096, 0), 4096)
+      << "the new ring's slot 0 is still the program's buffer";
+  EXPECT_EQ(FirstMismatch(own, 4096, 4096, file.seed()), -1);
+  HUGEMM_ASSERT_OK(b->Free());
+  ::testing::internal::CaptureStderr();
+  fixed->reset();
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "") << "the first ring's table went";
+  EXPECT_EQ(OpenDescriptors(), fds_before) << "the first ring went with the detach";
+  EXPECT_EQ(ReadFixed(second, file.fd(), own, 4096, 8192, 0), 4096)
+      << "the detach left the new ring's table";
+  EXPECT_EQ(FirstMismatch(own, 4096, 8192, file.seed()), -1);
 }
 
 // A ring made with IORING_SETUP_SINGLE_ISSUER takes registrations from its submitter only:

@@ -42,7 +42,10 @@
 // The program's ring must have no registered-buffer table of its own (hugemm gives it
 // one), must not be created with IORING_SETUP_SINGLE_ISSUER unless every thread that
 // allocates from the runtime is its submitter (registrations come from the allocating
-// thread), and must outlive what is attached to it: detach (destroy) first, then
+// thread). An attachment holds the ring open by a descriptor of its own until it is
+// destroyed, and makes every call through it: a program that closes its descriptor first
+// (io_uring_queue_exit), even one a new ring then takes the number of, changes neither
+// ring's table, but its ring lives on until the detach. So detach (destroy) first, then
 // io_uring_queue_exit. Reap every completion before detaching: the memory under an I/O
 // still in flight then is never given back (see ~IoPins). The runtime outlives both.
 #ifndef HUGEMM_IO_H_
@@ -84,8 +87,10 @@ struct FixedBufferOptions {
 // and destruction must not race with each other.
 class FixedBuffers {
  public:
-  // Gives the ring at `ring_fd` a table equal to the runtime's, now and from now on.
+  // Gives the ring at `ring_fd` a table equal to the runtime's, now and from now on. The
+  // attachment keeps a descriptor of the ring (close-on-exec) until it is destroyed.
   //   InvalidArgument   a negative descriptor;
+  //   ResourceExhausted no descriptor left for that (EMFILE, ENFILE);
   //   FailedPrecondition the ring has a registered-buffer table already (EBUSY); kClone
   //                     with the runtime's kernel pins off (there is no table to clone);
   //   Unimplemented     kClone on a kernel without IORING_REGISTER_CLONE_BUFFERS;
@@ -101,9 +106,10 @@ class FixedBuffers {
   // the ring's requests in flight through a fixed buffer (or a registered file) have
   // completed: a read of a pipe or socket holds the destructor until its data comes, and
   // signals do not end the wait (an interrupted unregister is asked again). Reap or cancel
-  // them first. A refusal it cannot return (a ring closed already; a single-issuer ring
-  // dropped from a thread not its submitter, which keeps its table) is said on stderr.
-  // In a child of fork() it changes nothing: the ring is the parent's too.
+  // them first. A refusal it cannot return (a single-issuer ring dropped from a thread not
+  // its submitter, which keeps its table) is said on stderr. Then it closes its descriptor
+  // of the ring, which ends the ring if the program closed its own already. In a child of
+  // fork() it changes nothing but that: the ring is the parent's too.
   ~FixedBuffers();
   FixedBuffers(const FixedBuffers&) = delete;
   FixedBuffers& operator=(const FixedBuffers&) = delete;
@@ -137,12 +143,13 @@ class FixedBuffers {
 
  private:
   class Follower;
-  FixedBuffers(Runtime& runtime, int ring_fd);
+  FixedBuffers(Runtime& runtime, int ring_fd, int held_fd);
   absl::Status Fill(unsigned slot, const void* data, size_t length);
   void Empty(unsigned slot);
 
   Runtime& runtime_;
-  const int ring_fd_;
+  const int ring_fd_;  // the program's number, for messages
+  const int held_fd_;  // the attachment's own descriptor of the ring, for every call
   FixedBufferMode mode_ = FixedBufferMode::kIovec;
   std::unique_ptr<Follower> follower_;
   bool attached_ = false;  // the follower is one of the runtime's observers

@@ -95,6 +95,9 @@ class Os {
                                                  mode_t mode) = 0;
   // close(2). The descriptor is released even when it reports an error, as on Linux.
   virtual absl::Status Close(int fd) = 0;
+  // fcntl(fd, F_DUPFD_CLOEXEC, 0): a second descriptor of the open file behind `fd`, which
+  // keeps that file open after `fd` is closed. The default makes the real call.
+  [[nodiscard]] virtual absl::StatusOr<int> Duplicate(int fd);
   // ftruncate(2).
   [[nodiscard]] virtual absl::Status Ftruncate(int fd, off_t length) = 0;
   // fstat(2) and stat(2).
@@ -193,6 +196,7 @@ class OsWrapper : public Os {
     return target_.Open(path, flags, mode);
   }
   absl::Status Close(int fd) override { return target_.Close(fd); }
+  absl::StatusOr<int> Duplicate(int fd) override { return target_.Duplicate(fd); }
   absl::Status Ftruncate(int fd, off_t length) override { return target_.Ftruncate(fd, length); }
   absl::StatusOr<struct stat> Fstat(int fd) override { return target_.Fstat(fd); }
   absl::StatusOr<struct stat> Stat(const std::string& path) override { return target_.Stat(path); }

@@ -113,9 +113,10 @@ class FixedBuffers::Follower final : public MemoryObserver {
   std::unique_ptr<std::atomic<bool>[]> present_;
 };
 
-FixedBuffers::FixedBuffers(Runtime& runtime, int ring_fd)
+FixedBuffers::FixedBuffers(Runtime& runtime, int ring_fd, int held_fd)
     : runtime_(runtime),
       ring_fd_(ring_fd),
+      held_fd_(held_fd),
       follower_(std::make_unique<Follower>(*this, runtime.kernel_pin_table().capacity())) {}
 
 absl::StatusOr<std::unique_ptr<FixedBuffers>> FixedBuffers::Attach(
@@ -139,7 +140,15 @@ absl::StatusOr<std::unique_ptr<FixedBuffers>> FixedBuffers::Attach(
         "clone; open it with kernel_pins, or use FixedBufferMode::kIovec (HUGEMM_IO_IOVEC in "
         "C)");
   }
-  std::unique_ptr<FixedBuffers> fb(new FixedBuffers(runtime, ring_fd));
+  // Every call below and after goes through a descriptor of the attachment's own, so the
+  // table stays the ring's whatever becomes of the program's descriptor: closed, or its
+  // number reused by another ring.
+  absl::StatusOr<int> held = os.Duplicate(ring_fd);
+  if (!held.ok()) {
+    return Explain(sys::Annotate(held.status(), "fixed buffers"), ring_fd, "");
+  }
+  const int held_fd = *held;
+  std::unique_ptr<FixedBuffers> fb(new FixedBuffers(runtime, ring_fd, held_fd));
   bool registered = false;
   const auto busy = [&] {
     return sys::WithErrno(absl::FailedPreconditionError(absl::StrCat(
@@ -151,7 +160,7 @@ absl::StatusOr<std::unique_ptr<FixedBuffers>> FixedBuffers::Attach(
   // While no range comes or goes: the clone then holds exactly the slots registered now.
   const auto make_table = [&]() -> absl::Status {
     if (options.mode != FixedBufferMode::kIovec && table.ring_fd() >= 0) {
-      absl::Status st = os.IoUringCloneBuffers(ring_fd, table.ring_fd(), {});
+      absl::Status st = os.IoUringCloneBuffers(held_fd, table.ring_fd(), {});
       if (st.ok()) {
         registered = true;
         fb->mode_ = FixedBufferMode::kClone;
@@ -171,7 +180,7 @@ absl::StatusOr<std::unique_ptr<FixedBuffers>> FixedBuffers::Attach(
             "in C)"));
       }
     }
-    absl::Status st = os.IoUringRegisterSparseBuffers(ring_fd, table.capacity());
+    absl::Status st = os.IoUringRegisterSparseBuffers(held_fd, table.capacity());
     if (ErrnoOf(st) == EBUSY) return busy();
     if (!st.ok()) return Explain(sys::Annotate(st, "fixed buffers"), ring_fd, "");
     registered = true;
@@ -179,7 +188,7 @@ absl::StatusOr<std::unique_ptr<FixedBuffers>> FixedBuffers::Attach(
     return absl::OkStatus();
   };
   if (absl::Status st = runtime.AddMemoryObserver(fb->follower_.get(), make_table); !st.ok()) {
-    if (registered) (void)os.IoUringUnregisterBuffers(ring_fd);
+    if (registered) (void)os.IoUringUnregisterBuffers(held_fd);
     return st;
   }
   fb->attached_ = true;
@@ -189,27 +198,29 @@ absl::StatusOr<std::unique_ptr<FixedBuffers>> FixedBuffers::Attach(
   fb->follower_->replayer = std::thread::id();
   for (unsigned slot : fb->follower_->cloned) {
     const iovec empty{nullptr, 0};
-    (void)os.IoUringUpdateBuffers(ring_fd, slot, {&empty, 1});
+    (void)os.IoUringUpdateBuffers(held_fd, slot, {&empty, 1});
   }
   fb->follower_->cloned.clear();
   return fb;
 }
 
 FixedBuffers::~FixedBuffers() {
-  if (!attached_) return;
+  Os& os = *runtime_.options().os;
   // In a child of fork() the ring is its parent's as well (one kernel object, whose table
-  // the parent still uses), and the runtime is inert there (runtime.h): nothing changes.
-  if (runtime_.kernel_pin_table().InForkedChild()) return;
-  (void)runtime_.RemoveMemoryObserver(follower_.get());
-  // ENXIO: the table is gone already. Other failures (a ring closed before the detach; a
-  // single-issuer ring detached from a thread not its submitter, which leaves the table
-  // and the memory it pins registered) are the program's to hear of, and nothing here
-  // returns a status.
-  if (absl::Status st = runtime_.options().os->IoUringUnregisterBuffers(ring_fd_);
-      !st.ok() && ErrnoOf(st) != ENXIO) {
-    std::fprintf(stderr, "hugemm: unregistering the fixed buffers of ring %d: %s\n", ring_fd_,
-                 std::string(Explain(st, ring_fd_, "").message()).c_str());
+  // the parent still uses), and the runtime is inert there (runtime.h): nothing changes
+  // but the child's copy of the descriptor.
+  if (attached_ && !runtime_.kernel_pin_table().InForkedChild()) {
+    (void)runtime_.RemoveMemoryObserver(follower_.get());
+    // ENXIO: the table is gone already. Other failures (a single-issuer ring detached from
+    // a thread not its submitter, which leaves the table and the memory it pins
+    // registered) are the program's to hear of, and nothing here returns a status.
+    if (absl::Status st = os.IoUringUnregisterBuffers(held_fd_); !st.ok() && ErrnoOf(st) != ENXIO) {
+      std::fprintf(stderr, "hugemm: unregistering the fixed buffers of ring %d: %s\n", ring_fd_,
+                   std::string(Explain(st, ring_fd_, "").message()).c_str());
+    }
   }
+  // The ring goes here if the program closed its descriptor already.
+  (void)os.Close(held_fd_);
 }
 
 absl::Status FixedBuffers::Fill(unsigned slot, const void* data, size_t length) {
@@ -228,7 +239,7 @@ absl::Status FixedBuffers::Fill(unsigned slot, const void* data, size_t length) 
     // One slot of the runtime's table into the same slot of ours (Linux 6.13).
     const int src = runtime_.kernel_pin_table().ring_fd();
     absl::Status st = os.IoUringCloneBuffers(
-        ring_fd_, src, {.src_slot = slot, .dst_slot = slot, .slots = 1, .replace = true});
+        held_fd_, src, {.src_slot = slot, .dst_slot = slot, .slots = 1, .replace = true});
     if (st.ok()) {
       ranged_clones_ = 1;
       filled_.insert(slot);
@@ -243,7 +254,7 @@ absl::Status FixedBuffers::Fill(unsigned slot, const void* data, size_t length) 
     ranged_clones_ = 0;
   }
   const iovec iov{const_cast<void*>(data), length};
-  if (absl::Status st = os.IoUringUpdateBuffers(ring_fd_, slot, {&iov, 1}); !st.ok()) {
+  if (absl::Status st = os.IoUringUpdateBuffers(held_fd_, slot, {&iov, 1}); !st.ok()) {
     return Explain(st, ring_fd_, WhyIovecs(mode_, runtime_pins));
   }
   filled_.insert(slot);
@@ -256,7 +267,7 @@ void FixedBuffers::Empty(unsigned slot) {
   follower_->set_present(slot, false);
   if (filled_.erase(slot) == 0) return;
   const iovec empty{nullptr, 0};
-  (void)runtime_.options().os->IoUringUpdateBuffers(ring_fd_, slot, {&empty, 1});
+  (void)runtime_.options().os->IoUringUpdateBuffers(held_fd_, slot, {&empty, 1});
 }
 
 int FixedBuffers::Find(const void* addr, size_t length) const {

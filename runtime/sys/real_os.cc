@@ -321,6 +321,12 @@ class RealOs final : public Os {
 
 }  // namespace
 
+absl::StatusOr<int> Os::Duplicate(int fd) {
+  const int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (copy < 0) return ErrnoStatus(errno, absl::StrCat("duplicating descriptor ", fd));
+  return copy;
+}
+
 absl::Status Os::VfioCheckContainer(int /*container_fd*/) { return absl::OkStatus(); }
 
 absl::StatusOr<MemoryPolicy> Os::ThreadMemoryPolicy() { return MemoryPolicy{}; }
