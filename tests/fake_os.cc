@@ -278,10 +278,6 @@ absl::StatusOr<int> FakeOs::Duplicate(int fd) {
   std::lock_guard<std::mutex> lock(model_->mu);
   auto it = model_->fds.find(fd);
   if (it == model_->fds.end()) return ErrnoStatus(EBADF, "fcntl F_DUPFD_CLOEXEC");
-  // A container's mappings live in its entry: a copy would not share them.
-  if (it->second.kind == FdKind::kVfioContainer) {
-    return ErrnoStatus(EINVAL, "fcntl F_DUPFD_CLOEXEC: the fake shares no VFIO container");
-  }
   const int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (copy < 0) return ErrnoStatus(errno, "fcntl F_DUPFD_CLOEXEC");
   fake_internal::Fd& entry = model_->fds[copy] = it->second;
@@ -587,10 +583,12 @@ absl::StatusOr<int> FakeOs::OpenVfioContainer() {
 
 namespace {
 
-fake_internal::Fd* ContainerOf(fake_internal::Model& m, int fd)
+// The mappings of the container behind `fd`, or null.
+std::map<uint64_t, fake_internal::RingSlot>* ContainerOf(fake_internal::Model& m, int fd)
     ABSL_EXCLUSIVE_LOCKS_REQUIRED(m.mu) {
   auto it = m.fds.find(fd);
-  return it == m.fds.end() || it->second.kind != FdKind::kVfioContainer ? nullptr : &it->second;
+  return it == m.fds.end() || it->second.kind != FdKind::kVfioContainer ? nullptr
+                                                                        : it->second.dma.get();
 }
 
 }  // namespace
@@ -601,7 +599,7 @@ absl::Status FakeOs::VfioMapDma(int container_fd, const void* va, size_t length,
   const std::string what =
       absl::StrCat("VFIO_IOMMU_MAP_DMA of ", length, " bytes at IOVA 0x", absl::Hex(iova));
   if (m.fds.find(container_fd) == m.fds.end()) return ErrnoStatus(EBADF, what);
-  fake_internal::Fd* c = ContainerOf(m, container_fd);
+  std::map<uint64_t, fake_internal::RingSlot>* c = ContainerOf(m, container_fd);
   if (c == nullptr) return ErrnoStatus(ENOTTY, what);
   const auto start = reinterpret_cast<uintptr_t>(va);
   constexpr uint64_t kMask = 4095;
@@ -609,13 +607,13 @@ absl::Status FakeOs::VfioMapDma(int container_fd, const void* va, size_t length,
     return ErrnoStatus(EINVAL, what);
   }
   if (!m.Covered(start, start + length)) return ErrnoStatus(EFAULT, what);
-  auto next = c->dma.lower_bound(iova);
-  if (next != c->dma.end() && next->first < iova + length) return ErrnoStatus(EEXIST, what);
-  if (next != c->dma.begin()) {
+  auto next = c->lower_bound(iova);
+  if (next != c->end() && next->first < iova + length) return ErrnoStatus(EEXIST, what);
+  if (next != c->begin()) {
     auto prev = std::prev(next);
     if (prev->first + prev->second.length > iova) return ErrnoStatus(EEXIST, what);
   }
-  c->dma[iova] = fake_internal::RingSlot{start, length, false};
+  (*c)[iova] = fake_internal::RingSlot{start, length, false};
   return absl::OkStatus();
 }
 
@@ -625,21 +623,21 @@ absl::Status FakeOs::VfioUnmapDma(int container_fd, uint64_t iova, size_t length
   const std::string what =
       absl::StrCat("VFIO_IOMMU_UNMAP_DMA of ", length, " bytes at IOVA 0x", absl::Hex(iova));
   if (m.fds.find(container_fd) == m.fds.end()) return ErrnoStatus(EBADF, what);
-  fake_internal::Fd* c = ContainerOf(m, container_fd);
+  std::map<uint64_t, fake_internal::RingSlot>* c = ContainerOf(m, container_fd);
   if (c == nullptr) return ErrnoStatus(ENOTTY, what);
-  auto it = c->dma.find(iova);
+  auto it = c->find(iova);
   // Type1 unmaps whole mappings only; a range that would split one is refused.
-  if (it == c->dma.end() || it->second.length != length) return ErrnoStatus(EINVAL, what);
-  c->dma.erase(it);
+  if (it == c->end() || it->second.length != length) return ErrnoStatus(EINVAL, what);
+  c->erase(it);
   return absl::OkStatus();
 }
 
 std::map<uint64_t, iovec> FakeOs::VfioMappings(int container_fd) const {
   std::lock_guard<std::mutex> lock(model_->mu);
   std::map<uint64_t, iovec> out;
-  fake_internal::Fd* c = ContainerOf(*model_, container_fd);
+  std::map<uint64_t, fake_internal::RingSlot>* c = ContainerOf(*model_, container_fd);
   if (c == nullptr) return out;
-  for (const auto& [iova, s] : c->dma) out[iova] = {reinterpret_cast<void*>(s.start), s.length};
+  for (const auto& [iova, s] : *c) out[iova] = {reinterpret_cast<void*>(s.start), s.length};
   return out;
 }
 

@@ -85,6 +85,9 @@ absl::StatusOr<int> Model::NewSpecialFd(FdKind kind) {
   if (fd < 0) return ErrnoStatus(errno, "open /dev/null");
   fds[fd] = Fd{.kind = kind};
   if (kind == FdKind::kRing) fds[fd].ring = std::make_shared<Ring>();
+  if (kind == FdKind::kVfioContainer) {
+    fds[fd].dma = std::make_shared<std::map<uint64_t, RingSlot>>();
+  }
   return fd;
 }
 

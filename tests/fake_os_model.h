@@ -71,8 +71,9 @@ struct Ring {
 struct Fd {
   FdKind kind = FdKind::kFile;
   std::shared_ptr<File> file;
-  std::shared_ptr<Ring> ring;        // kRing
-  std::map<uint64_t, RingSlot> dma;  // a VFIO container's mappings, by IOVA
+  std::shared_ptr<Ring> ring;  // kRing
+  // kVfioContainer: its mappings, by IOVA, shared by every descriptor of it.
+  std::shared_ptr<std::map<uint64_t, RingSlot>> dma;
 };
 
 struct Mapping {

@@ -68,6 +68,39 @@ class VfioFakeTest : public ::testing::Test {
   int container_ = -1;
 };
 
+// A program that closes its container while the mapper lives and opens another, which
+// takes the same number: the mapper holds the first by a descriptor of its own and maps
+// and unmaps there only, so the new one keeps exactly the program's own mappings.
+TEST_F(VfioFakeTest, AContainerClosedFirstLeavesTheNextOneOfItsNumberAlone) {
+  const size_t fds_before = os_.open_fds();
+  absl::StatusOr<std::unique_ptr<IovaMapper>> m = IovaMapper::Attach(*rt_, container_);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(os_.open_fds(), fds_before + 1) << "the mapper's own descriptor";
+  absl::StatusOr<Buffer> before = rt_->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(before.ok()) << before.status();
+  HUGEMM_ASSERT_OK(os_.Close(container_));
+  absl::StatusOr<int> next = os_.OpenVfioContainer();
+  ASSERT_TRUE(next.ok()) << next.status();
+  ASSERT_EQ(*next, container_) << "a new descriptor takes the lowest free number";
+  absl::StatusOr<void*> own =
+      os_.Mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_TRUE(own.ok()) << own.status();
+  HUGEMM_ASSERT_OK(os_.VfioMapDma(*next, *own, 4096, uint64_t{1} << 38));
+  const std::map<uint64_t, iovec> program = os_.VfioMappings(*next);
+
+  absl::StatusOr<Buffer> after = rt_->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_TRUE((*m)->Iova(after->data()).has_value());
+  HUGEMM_ASSERT_OK(before->Free());
+  EXPECT_EQ(os_.VfioMappings(*next).size(), program.size()) << "nothing mapped or unmapped there";
+  ::testing::internal::CaptureStderr();
+  m->reset();
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "") << "every unmap found its mapping";
+  EXPECT_EQ(os_.VfioMappings(*next).size(), program.size());
+  EXPECT_EQ(os_.open_fds(), fds_before) << "the mapper's descriptor closed";
+  HUGEMM_ASSERT_OK(os_.Munmap(*own, 4096));
+}
+
 TEST_F(VfioFakeTest, MapsWhatIsHeldThenEachExtentOnceAndUnmapsBeforeItGoes) {
   absl::StatusOr<Buffer> before = rt_->MapBuffer(2 * kPageSize2M);
   ASSERT_TRUE(before.ok()) << before.status();
@@ -351,6 +384,9 @@ class RecordingVfio : public OsWrapper {
  public:
   RecordingVfio() : OsWrapper(Os::Default()) {}
   absl::Status VfioCheckContainer(int) override { return absl::OkStatus(); }
+  // The container is a number only: the mapper's own descriptor of it is the same.
+  absl::StatusOr<int> Duplicate(int fd) override { return fd; }
+  absl::Status Close(int) override { return absl::OkStatus(); }
   absl::Status VfioMapDma(int, const void* va, size_t length, uint64_t iova) override {
     std::lock_guard<std::mutex> lock(mu_);
     if (!maps_.emplace(iova, iovec{const_cast<void*>(va), length}).second) {

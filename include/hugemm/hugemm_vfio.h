@@ -37,15 +37,18 @@ typedef struct hugemm_vfio_options {
 } hugemm_vfio_options;
 
 /* Maps every extent and buffer of `rt` into the VFIO type1 container `container_fd` and
- * keeps doing so as memory comes and goes (`options` may be NULL). The container stays
- * the caller's: it must stay open until hugemm_vfio_detach.
+ * keeps doing so as memory comes and goes (`options` may be NULL). The handle holds the
+ * container by a descriptor of its own (close-on-exec) until hugemm_vfio_detach and maps
+ * through it: a container the caller closes first lives on until the detach, and a new
+ * one that takes its number gets none of these mappings.
  * -EINVAL: bad arguments, an empty or unaligned IOVA window, a container with no IOMMU
  * set yet (VFIO_SET_IOMMU first). -EBADF: a descriptor not open. -ENOTTY: not a VFIO
- * container. -ENOMEM: no room in the
- * window. Otherwise VFIO_IOMMU_MAP_DMA's errno (e.g. -EPERM, -EFAULT), with the range
- * in the message; nothing stays mapped. Once attached, memory the container refuses
- * (or the window has no room for) fails the hugemm_map_buffer or hugemm_alloc that
- * brought it, which then maps nothing; that call's message names the ioctl's errno.
+ * container. -ENOMEM: no room in the window. -EMFILE or -ENFILE: no descriptor left to
+ * hold the container by. Otherwise VFIO_IOMMU_MAP_DMA's errno (e.g. -EPERM, -EFAULT),
+ * with the range in the message; nothing stays mapped. Once attached, memory the
+ * container refuses (or the window has no room for) fails the hugemm_map_buffer or
+ * hugemm_alloc that brought it, which then maps nothing; that call's message names the
+ * ioctl's errno.
  * An IOVA of freed memory is handed out again only once the window has no room left that
  * never was: until then a device given a stale IOVA meets an IOMMU fault, not newer memory.
  * (Memory of hugemm_alloc is mapped with its pool extent, which stays after a free: its
@@ -55,12 +58,13 @@ typedef struct hugemm_vfio_options {
  * -EFAULT in a child of fork() of the process that opened the runtime (hugemm.h). */
 int hugemm_vfio_attach(hugemm_runtime* rt, int container_fd, const hugemm_vfio_options* options,
                        hugemm_vfio** out);
-/* Unmaps everything it mapped; the device must be quiet. NULL is ignored; the handle is
- * freed, so each is detached once (a second detach cannot be checked). Pins taken
- * through it stay the runtime's: hugemm_unpin_range still releases them. hugemm_close
- * detaches a mapper still attached (the container loses its mappings): the handle then
- * answers -EINVAL to all but hugemm_vfio_detach, which frees it. In a child of fork() the
- * container is the parent's too: nothing is unmapped, only the handle freed. */
+/* Unmaps everything it mapped and closes its descriptor of the container; the device
+ * must be quiet. NULL is ignored; the handle is freed, so each is detached once (a second
+ * detach cannot be checked). Pins taken through it stay the runtime's: hugemm_unpin_range
+ * still releases them. hugemm_close detaches a mapper still attached (the container loses
+ * its mappings): the handle then answers -EINVAL to all but hugemm_vfio_detach, which
+ * frees it. In a child of fork() the container is the parent's too: nothing is unmapped,
+ * only the handle freed. */
 void hugemm_vfio_detach(hugemm_vfio* vfio);
 /* The IOVA of the byte at `addr`. -EINVAL: NULL arguments; -ENOENT: not mapped by it. */
 int hugemm_vfio_iova(const hugemm_vfio* vfio, const void* addr, uint64_t* iova);

@@ -96,7 +96,8 @@ class Os {
   // close(2). The descriptor is released even when it reports an error, as on Linux.
   virtual absl::Status Close(int fd) = 0;
   // fcntl(fd, F_DUPFD_CLOEXEC, 0): a second descriptor of the open file behind `fd`, which
-  // keeps that file open after `fd` is closed. The default makes the real call.
+  // keeps that file open after `fd` is closed. The default makes the real call; an Os
+  // that fakes a descriptor (a VFIO container known by number only) fakes this as well.
   [[nodiscard]] virtual absl::StatusOr<int> Duplicate(int fd);
   // ftruncate(2).
   [[nodiscard]] virtual absl::Status Ftruncate(int fd, off_t length) = 0;

@@ -71,7 +71,10 @@ class IovaMapper final : public DmaAddressSpace, private MemoryObserver {
  public:
   // Maps every extent and buffer `rt` holds into the VFIO type1 container
   // `container_fd`, then whatever it adds until the mapper is dropped. The runtime must
-  // outlive the mapper, and the descriptor stay open as long as it lives. Mappers of
+  // outlive the mapper. The mapper holds the container by a descriptor of its own
+  // (close-on-exec) and maps through it: a program that closes its descriptor first, even
+  // one a new container then takes the number of, changes nothing but when the container
+  // goes (with the mapper). Mappers of
   // several runtimes may share a container only with disjoint IOVA windows: the kernel
   // refuses a map over IOVAs in use (EEXIST), failing the allocation that brought it.
   //   InvalidArgument: a negative descriptor; a base or limit not 4K-aligned, or an
@@ -80,16 +83,18 @@ class IovaMapper final : public DmaAddressSpace, private MemoryObserver {
   //   it: a descriptor not open (EBADF), not a VFIO container (ENOTTY), or a container
   //   with no IOMMU set yet (EINVAL: VFIO_SET_IOMMU first). An Os that fakes the
   //   container's maps fakes this check too.
-  //   ResourceExhausted: the window has no room for what the runtime holds.
+  //   ResourceExhausted: the window has no room for what the runtime holds; no
+  //   descriptor left to hold the container by (EMFILE, ENFILE).
   //   Otherwise what VFIO_IOMMU_MAP_DMA said (its errno kept, ErrnoOf), naming the range;
   //   whatever was mapped before is unmapped again.
   //   FailedPrecondition: in a child of fork() of the process that opened the runtime
   //   (runtime.h).
   static absl::StatusOr<std::unique_ptr<IovaMapper>> Attach(Runtime& rt, int container_fd,
                                                             const IovaMapperOptions& options = {});
-  // Stops observing the runtime and unmaps everything it mapped. The device must be
-  // quiet: it loses its access. In a child of fork() it changes nothing: the container
-  // is the parent's too.
+  // Stops observing the runtime, unmaps everything it mapped and closes its descriptor of
+  // the container. The device must be quiet: it loses its access. In a child of fork() it
+  // changes nothing but the child's copy of the descriptor: the container is the
+  // parent's too.
   ~IovaMapper() override;
   IovaMapper(const IovaMapper&) = delete;
   IovaMapper& operator=(const IovaMapper&) = delete;
@@ -122,6 +127,8 @@ class IovaMapper final : public DmaAddressSpace, private MemoryObserver {
   IovaMapper(Runtime& rt, int container_fd, const IovaMapperOptions& options);
   absl::Status MemoryAdded(const MemoryRange& range) override;
   void MemoryRemoving(const MemoryRange& range) override;
+  // The destructor's work outside a fork() child: stop observing, unmap everything.
+  void UnmapAll();
   // An IOVA for `length` bytes aligned to `align`, or ResourceExhausted.
   absl::StatusOr<uint64_t> TakeIova(size_t length, size_t align) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The same from IOVAs never handed out (at and above next_iova_), or nullopt.
@@ -131,7 +138,8 @@ class IovaMapper final : public DmaAddressSpace, private MemoryObserver {
 
   Runtime& rt_;
   Os& os_;
-  const int container_fd_;
+  const int container_fd_;  // the program's number, for messages
+  int held_fd_ = -1;        // the mapper's own descriptor of the container, for every call
   const IovaMapperOptions options_;
   bool observing_ = false;
   mutable std::shared_mutex mu_;  // std::shared_mutex: visible to ThreadSanitizer

@@ -57,6 +57,15 @@ absl::StatusOr<std::unique_ptr<IovaMapper>> IovaMapper::Attach(Runtime& rt, int 
   if (absl::Status st = mapper->os_.VfioCheckContainer(container_fd); !st.ok()) {
     return sys::Annotate(st, "IOVA mapper");
   }
+  // Every map and unmap goes through a descriptor of the mapper's own, so they stay in
+  // this container whatever becomes of the program's descriptor: closed, or its number
+  // reused by another container.
+  absl::StatusOr<int> held = mapper->os_.Duplicate(container_fd);
+  if (!held.ok()) {
+    return sys::Annotate(held.status(),
+                         absl::StrFormat("IOVA mapper of VFIO container %d", container_fd));
+  }
+  mapper->held_fd_ = *held;
   if (absl::Status st = rt.AddMemoryObserver(mapper.get()); !st.ok()) return st;
   mapper->observing_ = true;
   return mapper;
@@ -65,8 +74,14 @@ absl::StatusOr<std::unique_ptr<IovaMapper>> IovaMapper::Attach(Runtime& rt, int 
 IovaMapper::~IovaMapper() {
   // In a child of fork() the container is its parent's as well (one kernel object, whose
   // mappings the parent's devices still use), and the runtime is inert there (runtime.h):
-  // nothing changes, as the runtime leaves everything to the child's exit.
-  if (rt_.kernel_pin_table().InForkedChild()) return;
+  // nothing changes but the child's copy of the descriptor, as the runtime leaves
+  // everything to the child's exit.
+  if (!rt_.kernel_pin_table().InForkedChild()) UnmapAll();
+  // The container goes here if the program closed its descriptor already.
+  if (held_fd_ >= 0) (void)os_.Close(held_fd_);
+}
+
+void IovaMapper::UnmapAll() {
   if (observing_) {
     if (absl::Status st = rt_.RemoveMemoryObserver(this); !st.ok()) {
       std::fprintf(stderr, "hugemm: IOVA mapper: %s\n", st.ToString().c_str());
@@ -79,7 +94,7 @@ IovaMapper::~IovaMapper() {
     left.swap(mapped_);
   }
   for (const auto& [start, m] : left) {
-    if (absl::Status st = os_.VfioUnmapDma(container_fd_, m.iova, m.length); !st.ok()) {
+    if (absl::Status st = os_.VfioUnmapDma(held_fd_, m.iova, m.length); !st.ok()) {
       std::fprintf(stderr, "hugemm: IOVA mapper: unmapping [0x%lx, +%zu): %s\n", start, m.length,
                    st.ToString().c_str());
     }
@@ -162,7 +177,7 @@ absl::Status IovaMapper::MemoryAdded(const MemoryRange& range) {
   }
   // The kernel pins and maps the pages here, which may take a while for a large range:
   // pins of other memory go on meanwhile.
-  if (absl::Status st = os_.VfioMapDma(container_fd_, range.data, range.length, iova); !st.ok()) {
+  if (absl::Status st = os_.VfioMapDma(held_fd_, range.data, range.length, iova); !st.ok()) {
     std::unique_lock<std::shared_mutex> lock(mu_);
     GiveIova(iova, range.length);
     return sys::Annotate(st, absl::StrFormat("IOVA mapping of %s into VFIO container %d",
@@ -187,7 +202,7 @@ void IovaMapper::MemoryRemoving(const MemoryRange& range) {
     --stats_.mappings;
     stats_.bytes -= m.length;
   }
-  absl::Status st = os_.VfioUnmapDma(container_fd_, m.iova, m.length);
+  absl::Status st = os_.VfioUnmapDma(held_fd_, m.iova, m.length);
   std::unique_lock<std::shared_mutex> lock(mu_);
   if (st.ok()) {
     ++stats_.unmaps;
