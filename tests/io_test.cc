@@ -18,7 +18,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <set>
 #include <thread>
 #include <vector>
@@ -294,13 +293,6 @@ TEST_P(FixedBuffersTest, ExternalMemoryIsNoFixedBufferAndLeavesNoSlotBehind) {
   }
 }
 
-// Descriptors this process has open.
-size_t OpenDescriptors() {
-  size_t n = 0;
-  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
-  return n;
-}
-
 // A program that closes its ring before the detach, then makes a new ring, which takes the
 // same descriptor number: the attachment holds the first ring by a descriptor of its own,
 // so the new ring's table is neither written (memory that comes and goes) nor unregistered
@@ -313,11 +305,11 @@ TEST_P(FixedBuffersTest, ARingClosedBeforeItsDetachLeavesTheNextRingOfItsNumberA
   io_uring first;
   ASSERT_EQ(io_uring_queue_init(8, &first, 0), 0);
   const int number = first.ring_fd;
-  const size_t fds_before = OpenDescriptors();
+  const size_t fds_before = OpenFds();
   absl::StatusOr<std::unique_ptr<FixedBuffers>> fixed =
       FixedBuffers::Attach(*rt, number, {.mode = GetParam()});
   ASSERT_TRUE(fixed.ok()) << fixed.status();
-  EXPECT_EQ(OpenDescriptors(), fds_before + 1) << "the attachment's own descriptor";
+  EXPECT_EQ(OpenFds(), fds_before + 1) << "the attachment's own descriptor";
   io_uring_queue_exit(&first);
   TestRing second(8);
   ASSERT_TRUE(second.ok);
@@ -338,7 +330,7 @@ TEST_P(FixedBuffersTest, ARingClosedBeforeItsDetachLeavesTheNextRingOfItsNumberA
   ::testing::internal::CaptureStderr();
   fixed->reset();
   EXPECT_EQ(::testing::internal::GetCapturedStderr(), "") << "the first ring's table went";
-  EXPECT_EQ(OpenDescriptors(), fds_before) << "the first ring went with the detach";
+  EXPECT_EQ(OpenFds(), fds_before) << "the first ring went with the detach";
   EXPECT_EQ(ReadFixed(second, file.fd(), own, 4096, 8192, 0), 4096)
       << "the detach left the new ring's table";
   EXPECT_EQ(FirstMismatch(own, 4096, 8192, file.seed()), -1);

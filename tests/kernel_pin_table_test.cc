@@ -10,7 +10,6 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <filesystem>
 #include <set>
 #include <vector>
 
@@ -36,12 +35,6 @@ absl::StatusOr<Extent> FakeExtent(FakeOs& os, size_t bytes, size_t page = kPageS
       Backing::Create({.kind = BackingKind::kHugetlb, .page_size = page, .os = &os});
   if (!b.ok()) return b.status();
   return (*b)->Map({.length = bytes});
-}
-
-size_t OpenFds() {
-  size_t n = 0;
-  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
-  return n;
 }
 
 // --- the fake machine -----------------------------------------------------------------

@@ -272,12 +272,6 @@ TEST(Runtime, ARefusedBufferRemovesTheNamedFileItCreatedOnly) {
   ASSERT_EQ(::unlink(path.c_str()), 0);
 }
 
-size_t OpenFds() {
-  size_t n = 0;
-  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
-  return n;
-}
-
 // A hole punched in the hugetlbfs file under a pinned registration: the kernel frees the
 // page at once (a pin of the table holds no kernel reference), Verify names it, and
 // unpin, unregister, munmap and close leave nothing behind.
@@ -287,7 +281,7 @@ TEST(Runtime, HolePunchedUnderAPinnedRegistrationIsNamedAndLeavesNothing) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
   absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open({.kernel_pins = false});
   ASSERT_TRUE(rt.ok()) << rt.status();
-  const size_t fds_before = OpenFds();
+  const size_t fds_before = testing::OpenFds();
   std::string path = mount + "/runtime_test_hole_XXXXXX";
   const int fd = ::mkstemp(path.data());
   ASSERT_GE(fd, 0) << path;
@@ -321,7 +315,7 @@ TEST(Runtime, HolePunchedUnderAPinnedRegistrationIsNamedAndLeavesNothing) {
   EXPECT_FALSE((*rt)->Translate(buf).has_value());
   ASSERT_EQ(::munmap(p, kLen), 0);
   ASSERT_EQ(::close(fd), 0);
-  EXPECT_EQ(OpenFds(), fds_before);
+  EXPECT_EQ(testing::OpenFds(), fds_before);
 }
 
 // The frame pagemap shows at `va`, or 0.

@@ -158,6 +158,12 @@ int64_t VmPinKb() {
   return bytes.ok() ? static_cast<int64_t>(*bytes >> 10) : -1;
 }
 
+size_t OpenFds() {
+  size_t n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+
 std::string HugetlbfsMountFor(size_t page_size) {
   absl::StatusOr<std::vector<HugetlbfsMount>> mounts = sys::HugetlbfsMounts(Os::Default());
   if (!mounts.ok()) return "";

@@ -59,6 +59,9 @@ class ThreadTicker {
 // This process's VmPin in kB (memory the kernel pins for it), or -1 when unreadable.
 int64_t VmPinKb();
 
+// The descriptors this process has open.
+size_t OpenFds();
+
 // The calling thread's memory policy as the kernel reports it (get_mempolicy(2) called
 // directly, not through an Os), mode -1 when it refuses; and set_mempolicy(2) of one,
 // false when refused. For tests that check a call gives the thread its policy back.
