@@ -278,7 +278,7 @@ absl::StatusOr<int> FakeOs::Duplicate(int fd) {
   std::lock_guard<std::mutex> lock(model_->mu);
   auto it = model_->fds.find(fd);
   if (it == model_->fds.end()) return ErrnoStatus(EBADF, "fcntl F_DUPFD_CLOEXEC");
-  const int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  const int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 3);
   if (copy < 0) return ErrnoStatus(errno, "fcntl F_DUPFD_CLOEXEC");
   fake_internal::Fd& entry = model_->fds[copy] = it->second;
   if (entry.file) ++entry.file->refs;

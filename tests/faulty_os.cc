@@ -32,6 +32,8 @@ const char* OsCallName(OsCall call) {
       return "close";
     case OsCall::kDuplicate:
       return "fcntl";
+    case OsCall::kSameFile:
+      return "kcmp";
     case OsCall::kFtruncate:
       return "ftruncate";
     case OsCall::kFstat:
@@ -264,6 +266,11 @@ absl::StatusOr<int> FaultyOs::Duplicate(int fd) {
     fds_.insert(*copy);
   }
   return copy;
+}
+
+absl::StatusOr<bool> FaultyOs::SameFile(int a, int b) {
+  if (absl::Status st = Inject(OsCall::kSameFile, "kcmp"); !st.ok()) return st;
+  return OsWrapper::SameFile(a, b);
 }
 
 absl::Status FaultyOs::Close(int fd) {

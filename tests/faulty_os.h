@@ -49,6 +49,7 @@ enum class OsCall {
   kOpen,
   kClose,
   kDuplicate,
+  kSameFile,
   kFtruncate,
   kFstat,
   kStat,
@@ -110,6 +111,7 @@ class FaultyOs final : public OsWrapper {
   absl::StatusOr<int> Open(const std::string& path, int flags, mode_t mode) override;
   absl::Status Close(int fd) override;
   absl::StatusOr<int> Duplicate(int fd) override;
+  absl::StatusOr<bool> SameFile(int a, int b) override;
   absl::Status Ftruncate(int fd, off_t length) override;
   absl::StatusOr<struct stat> Fstat(int fd) override;
   absl::StatusOr<struct stat> Stat(const std::string& path) override;

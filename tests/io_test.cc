@@ -666,6 +666,48 @@ TEST(InFlight, ADetachedRingKeepsTheMemoryOfItsIosInFlight) {
   ::close(pipe_fds[1]);
 }
 
+// A program that closes its ring with a read still in flight (from a pipe, waiting for
+// data) and detaches after: the ring ends at the detach as the program's close would have
+// ended it, with its requests cancelled. Unregistering its table first would wait for the
+// read before 6.13, and the program can no longer reap or cancel it. Watched for 20 s:
+// past that the pipe is fed, which ends a detach that waits, and the test fails.
+TEST(InFlight, ARingClosedFirstEndsAtTheDetachWithoutWaitingForItsRequests) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  io_uring ring;
+  ASSERT_EQ(io_uring_queue_init(8, &ring, 0), 0);
+  absl::StatusOr<std::unique_ptr<IoRing>> io = IoRing::Attach(*rt, ring.ring_fd);
+  ASSERT_TRUE(io.ok()) << io.status();
+  absl::StatusOr<Buffer> buf = rt->Allocate(64 << 10);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe(pipe_fds), 0);
+  HUGEMM_ASSERT_OK(
+      (*io)->PrepareRead(io_uring_get_sqe(&ring), pipe_fds[0], buf->data(), 4096, 0, 1));
+  ASSERT_EQ(io_uring_submit(&ring), 1);
+  io_uring_queue_exit(&ring);
+  const size_t fds_attached = OpenFds();
+
+  std::atomic<bool> detached{false};
+  std::thread detach([&] {
+    io->reset();
+    detached = true;
+  });
+  for (int i = 0; i < 2000 && !detached.load(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  const bool in_time = detached.load();
+  if (!in_time) {
+    ASSERT_EQ(::write(pipe_fds[1], "x", 1), 1);
+  }
+  detach.join();
+  EXPECT_TRUE(in_time) << "the detach waited for the read of a ring the program had closed";
+  EXPECT_EQ(OpenFds(), fds_attached - 1) << "the attachment's descriptor of the ring";
+  ::close(pipe_fds[0]);
+  ::close(pipe_fds[1]);
+}
+
 // The runtime closed (its ring detached first) with a read still in flight from a pipe:
 // the late data lands in memory no new runtime hands out, and the kernel's pin on that
 // memory goes with the completion.

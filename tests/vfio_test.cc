@@ -46,9 +46,14 @@ class FailingVfio : public OsWrapper {
     if (fail_unmaps_) return ErrnoStatus(EIO, "VFIO_IOMMU_UNMAP_DMA");
     return OsWrapper::VfioUnmapDma(fd, iova, length);
   }
+  absl::StatusOr<int> Duplicate(int fd) override {
+    if (fail_duplicate_) return ErrnoStatus(EMFILE, "fcntl F_DUPFD_CLOEXEC");
+    return OsWrapper::Duplicate(fd);
+  }
   int maps_ = 0;
   int fail_map_ = 0;
   bool fail_unmaps_ = false;
+  bool fail_duplicate_ = false;
 };
 
 class VfioFakeTest : public ::testing::Test {
@@ -298,6 +303,24 @@ TEST_F(VfioFakeTest, TwoRuntimesMapOnlyTheirOwnMemory) {
   EXPECT_TRUE(os_.VfioMappings(container_).empty());
 }
 
+// No descriptor left for the mapper's own copy of the container: ResourceExhausted with
+// EMFILE (-EMFILE in C), nothing held, and memory that comes after is mapped nowhere.
+TEST_F(VfioFakeTest, NoDescriptorLeftForTheMapperFailsTheAttachAndHoldsNothing) {
+  FailingVfio vfio(os_);
+  vfio.fail_duplicate_ = true;
+  const size_t fds = os_.open_fds();
+  absl::StatusOr<std::unique_ptr<IovaMapper>> m =
+      IovaMapper::Attach(*rt_, container_, {.os = &vfio});
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kResourceExhausted) << m.status();
+  EXPECT_EQ(ErrnoOf(m.status()), EMFILE);
+  EXPECT_THAT(m.status().message(), HasSubstr("VFIO container"));
+  EXPECT_EQ(os_.open_fds(), fds);
+  absl::StatusOr<Buffer> b = rt_->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_TRUE(os_.VfioMappings(container_).empty()) << "no observer was left behind";
+}
+
 TEST_F(VfioFakeTest, AMapTheKernelRefusesFailsTheAllocationAndLeavesNothing) {
   FailingVfio vfio(os_);
   absl::StatusOr<Buffer> held = rt_->MapBuffer(kPageSize2M);
@@ -384,9 +407,15 @@ class RecordingVfio : public OsWrapper {
  public:
   RecordingVfio() : OsWrapper(Os::Default()) {}
   absl::Status VfioCheckContainer(int) override { return absl::OkStatus(); }
-  // The container is a number only: the mapper's own descriptor of it is the same.
-  absl::StatusOr<int> Duplicate(int fd) override { return fd; }
-  absl::Status Close(int) override { return absl::OkStatus(); }
+  // The container is a number only, kContainer: the mapper's own descriptor of it is
+  // the same number, and closing it closes nothing.
+  static constexpr int kContainer = 1000;
+  absl::StatusOr<int> Duplicate(int fd) override {
+    return fd == kContainer ? fd : OsWrapper::Duplicate(fd);
+  }
+  absl::Status Close(int fd) override {
+    return fd == kContainer ? absl::OkStatus() : OsWrapper::Close(fd);
+  }
   absl::Status VfioMapDma(int, const void* va, size_t length, uint64_t iova) override {
     std::lock_guard<std::mutex> lock(mu_);
     if (!maps_.emplace(iova, iovec{const_cast<void*>(va), length}).second) {
@@ -419,7 +448,7 @@ TEST(VfioRealMemory, SegmentsOfPhysicallyScatteredFoliosAreOneIovaRun) {
   absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
   ASSERT_TRUE(rt.ok()) << rt.status();
   absl::StatusOr<std::unique_ptr<IovaMapper>> m =
-      IovaMapper::Attach(**rt, /*container_fd=*/1000, {.os = &vfio});
+      IovaMapper::Attach(**rt, RecordingVfio::kContainer, {.os = &vfio});
   ASSERT_TRUE(m.ok()) << m.status();
   absl::StatusOr<Buffer> buf = (*rt)->MapBuffer(8 * kPageSize2M);
   ASSERT_TRUE(buf.ok()) << buf.status();
@@ -461,7 +490,7 @@ TEST(VfioRealMemory, PinsOnManyThreadsWhileExtentsComeAndGo) {
   absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open(options);
   ASSERT_TRUE(rt.ok()) << rt.status();
   absl::StatusOr<std::unique_ptr<IovaMapper>> m =
-      IovaMapper::Attach(**rt, /*container_fd=*/1000, {.os = &vfio});
+      IovaMapper::Attach(**rt, RecordingVfio::kContainer, {.os = &vfio});
   ASSERT_TRUE(m.ok()) << m.status();
   std::atomic<int> wrong{0};
   std::atomic<int> pinners_left{3};

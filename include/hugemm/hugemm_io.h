@@ -67,17 +67,19 @@ typedef struct hugemm_io_options {
 int hugemm_io_attach(hugemm_runtime* rt, int ring_fd, const hugemm_io_options* options,
                      hugemm_io** out);
 /* Unregisters the ring's table, closes the descriptor of the ring `io` holds and frees
- * `io`. Call it before io_uring_queue_exit (a ring closed first lives on until here, its
- * table untouched by a new ring that takes its number), after completing or cancelling
- * every I/O: the memory under one still in flight may still be written by the device, so
- * it is never given back (it stays out of the runtime's pool, mapped until the process
- * exits), and kernels before 6.13 wait here for the I/Os in flight through the table or a
- * registered file (a read of a pipe or socket: until data comes; a signal does not end the
- * wait). An unregister the kernel refuses (a single-issuer ring detached from a thread not
- * its submitter, which keeps its table) is said on stderr. hugemm_close detaches every io
- * of its runtime still attached: the handle then answers -EINVAL to all but
- * hugemm_io_detach, which frees it. In a child of fork() the ring's table is left as it is
- * (it is the parent's too). NULL is ignored. */
+ * `io`. Call it before io_uring_queue_exit, after completing or cancelling every I/O: the
+ * memory under one still in flight may still be written by the device, so it is never
+ * given back (it stays out of the runtime's pool, mapped until the process exits), and
+ * kernels before 6.13 wait here for the I/Os in flight through the table or a registered
+ * file (a read of a pipe or socket: until data comes; a signal does not end the wait). A
+ * ring the program closed first lives on until here, with its I/O in flight, and ends
+ * here without the unregister (nor its wait); a new ring that took its number is never
+ * touched. An unregister the kernel refuses (a single-issuer ring detached from a thread
+ * not its submitter, which keeps its table) is said on stderr. hugemm_close detaches every
+ * io of its runtime still attached: the handle then answers -EINVAL to all but
+ * hugemm_io_detach, which frees it. In a child of fork() the ring's table is left as it
+ * is (it is the parent's too); only the child's copy of the descriptor is closed. NULL is
+ * ignored. */
 void hugemm_io_detach(hugemm_io* io);
 /* HUGEMM_IO_CLONE or HUGEMM_IO_IOVEC: how the table was made; -EINVAL for NULL. */
 int hugemm_io_mode(const hugemm_io* io);

@@ -64,7 +64,7 @@ int hugemm_vfio_attach(hugemm_runtime* rt, int container_fd, const hugemm_vfio_o
  * still releases them. hugemm_close detaches a mapper still attached (the container loses
  * its mappings): the handle then answers -EINVAL to all but hugemm_vfio_detach, which
  * frees it. In a child of fork() the container is the parent's too: nothing is unmapped,
- * only the handle freed. */
+ * only the child's copy of the descriptor closed and the handle freed. */
 void hugemm_vfio_detach(hugemm_vfio* vfio);
 /* The IOVA of the byte at `addr`. -EINVAL: NULL arguments; -ENOENT: not mapped by it. */
 int hugemm_vfio_iova(const hugemm_vfio* vfio, const void* addr, uint64_t* iova);

@@ -44,10 +44,11 @@
 // allocates from the runtime is its submitter (registrations come from the allocating
 // thread). An attachment holds the ring open by a descriptor of its own until it is
 // destroyed, and makes every call through it: a program that closes its descriptor first
-// (io_uring_queue_exit), even one a new ring then takes the number of, changes neither
-// ring's table, but its ring lives on until the detach. So detach (destroy) first, then
-// io_uring_queue_exit. Reap every completion before detaching: the memory under an I/O
-// still in flight then is never given back (see ~IoPins). The runtime outlives both.
+// (io_uring_queue_exit), even one a new ring then takes the number of, changes no other
+// ring's table, but its ring (and the requests in flight in it) lives on until the
+// detach, which then ends it. So detach (destroy) first, then io_uring_queue_exit. Reap
+// every completion before detaching: the memory under an I/O still in flight then is
+// never given back (see ~IoPins). The runtime outlives both.
 #ifndef HUGEMM_IO_H_
 #define HUGEMM_IO_H_
 
@@ -108,8 +109,10 @@ class FixedBuffers {
   // signals do not end the wait (an interrupted unregister is asked again). Reap or cancel
   // them first. A refusal it cannot return (a single-issuer ring dropped from a thread not
   // its submitter, which keeps its table) is said on stderr. Then it closes its descriptor
-  // of the ring, which ends the ring if the program closed its own already. In a child of
-  // fork() it changes nothing but that: the ring is the parent's too.
+  // of the ring. A ring whose descriptor the program closed already (kcmp says the number
+  // no longer names it) is not unregistered first: that close ends it, cancelling what is
+  // in flight, as the program's own close would have. In a child of fork() it changes
+  // nothing but its copy of the descriptor: the ring is the parent's too.
   ~FixedBuffers();
   FixedBuffers(const FixedBuffers&) = delete;
   FixedBuffers& operator=(const FixedBuffers&) = delete;

@@ -95,10 +95,15 @@ class Os {
                                                  mode_t mode) = 0;
   // close(2). The descriptor is released even when it reports an error, as on Linux.
   virtual absl::Status Close(int fd) = 0;
-  // fcntl(fd, F_DUPFD_CLOEXEC, 0): a second descriptor of the open file behind `fd`, which
-  // keeps that file open after `fd` is closed. The default makes the real call; an Os
-  // that fakes a descriptor (a VFIO container known by number only) fakes this as well.
+  // fcntl(fd, F_DUPFD_CLOEXEC, 3): a second descriptor of the open file behind `fd`, which
+  // keeps that file open after `fd` is closed (never 0, 1 or 2, which a program that
+  // closed its standard streams reopens). The default makes the real call; an Os that
+  // fakes a descriptor (a VFIO container known by number only) fakes this and Close.
   [[nodiscard]] virtual absl::StatusOr<int> Duplicate(int fd);
+  // kcmp(2) KCMP_FILE within this process: whether `a` and `b` are descriptors of one
+  // open file (false when either is not open). The default makes the real call; an
+  // error (ENOSYS, EPERM under a seccomp filter) means it cannot tell.
+  [[nodiscard]] virtual absl::StatusOr<bool> SameFile(int a, int b);
   // ftruncate(2).
   [[nodiscard]] virtual absl::Status Ftruncate(int fd, off_t length) = 0;
   // fstat(2) and stat(2).
@@ -159,7 +164,8 @@ class Os {
   // OK when `container_fd` is a VFIO container with an IOMMU set (VFIO_SET_IOMMU): it
   // answers VFIO_GET_API_VERSION with VFIO_API_VERSION and VFIO_IOMMU_GET_INFO.
   // Otherwise the failing call's errno (ENOTTY: no VFIO container; EINVAL: no IOMMU
-  // set yet). The default answers OK, for an Os that fakes containers.
+  // set yet). The default answers OK, for an Os that fakes containers (which fakes
+  // Duplicate and Close of them too: the IOVA mapper holds a descriptor of its own).
   [[nodiscard]] virtual absl::Status VfioCheckContainer(int container_fd);
 };
 
@@ -198,6 +204,7 @@ class OsWrapper : public Os {
   }
   absl::Status Close(int fd) override { return target_.Close(fd); }
   absl::StatusOr<int> Duplicate(int fd) override { return target_.Duplicate(fd); }
+  absl::StatusOr<bool> SameFile(int a, int b) override { return target_.SameFile(a, b); }
   absl::Status Ftruncate(int fd, off_t length) override { return target_.Ftruncate(fd, length); }
   absl::StatusOr<struct stat> Fstat(int fd) override { return target_.Fstat(fd); }
   absl::StatusOr<struct stat> Stat(const std::string& path) override { return target_.Stat(path); }

@@ -211,15 +211,23 @@ FixedBuffers::~FixedBuffers() {
   // but the child's copy of the descriptor.
   if (attached_ && !runtime_.kernel_pin_table().InForkedChild()) {
     (void)runtime_.RemoveMemoryObserver(follower_.get());
-    // ENXIO: the table is gone already. Other failures (a single-issuer ring detached from
-    // a thread not its submitter, which leaves the table and the memory it pins
-    // registered) are the program's to hear of, and nothing here returns a status.
-    if (absl::Status st = os.IoUringUnregisterBuffers(held_fd_); !st.ok() && ErrnoOf(st) != ENXIO) {
-      std::fprintf(stderr, "hugemm: unregistering the fixed buffers of ring %d: %s\n", ring_fd_,
-                   std::string(Explain(st, ring_fd_, "").message()).c_str());
+    // A program that closed its ring first meant it to end, and the close below ends it
+    // as the program's would have: its requests cancelled, its table dropped. Unregistering
+    // first could instead wait (before 6.13) for a request the program can no longer reap.
+    // Where kcmp cannot tell, the table is unregistered.
+    absl::StatusOr<bool> still_held = os.SameFile(ring_fd_, held_fd_);
+    if (!still_held.ok() || *still_held) {
+      // ENXIO: the table is gone already. Other failures (a single-issuer ring detached
+      // from a thread not its submitter, which leaves the table and the memory it pins
+      // registered) are the program's to hear of, and nothing here returns a status.
+      if (absl::Status st = os.IoUringUnregisterBuffers(held_fd_);
+          !st.ok() && ErrnoOf(st) != ENXIO) {
+        std::fprintf(stderr, "hugemm: unregistering the fixed buffers of ring %d: %s\n", ring_fd_,
+                     std::string(Explain(st, ring_fd_, "").message()).c_str());
+      }
     }
   }
-  // The ring goes here if the program closed its descriptor already.
+  // The ring ends here if the program closed its descriptors of it already.
   (void)os.Close(held_fd_);
 }
 

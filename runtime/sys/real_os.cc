@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/io_uring.h>
+#include <linux/kcmp.h>
 #include <linux/vfio.h>
 #include <numaif.h>
 #include <sys/ioctl.h>
@@ -322,9 +323,23 @@ class RealOs final : public Os {
 }  // namespace
 
 absl::StatusOr<int> Os::Duplicate(int fd) {
-  const int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  if (copy < 0) return ErrnoStatus(errno, absl::StrCat("duplicating descriptor ", fd));
+  const int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  if (copy < 0) {
+    const int err = errno;
+    return ErrnoStatus(
+        err, absl::StrCat("duplicating descriptor ", fd, err == EBADF ? " (not open)" : ""));
+  }
   return copy;
+}
+
+absl::StatusOr<bool> Os::SameFile(int a, int b) {
+  const pid_t self = ::getpid();
+  const long r = ::syscall(SYS_kcmp, self, self, KCMP_FILE, a, b);
+  if (r == 0) return true;
+  if (r > 0) return false;
+  const int err = errno;
+  if (err == EBADF) return false;
+  return ErrnoStatus(err, absl::StrCat("kcmp of descriptors ", a, " and ", b));
 }
 
 absl::Status Os::VfioCheckContainer(int /*container_fd*/) { return absl::OkStatus(); }

@@ -165,7 +165,7 @@ class FakeControllerTest : public ControllerTest {
     return info.ok() ? info->pincount : -1;
   }
 
-  static constexpr int kNoContainer = 1000;  // the recording container answers every call
+  static constexpr int kNoContainer = RecordingContainer::kContainer;  // answers every call
   RecordingContainer dma_;
   std::unique_ptr<hugemm::IovaMapper> mapper_;  // dropped before the runtime
   std::vector<uint32_t> bar_ = std::vector<uint32_t>(0x2000 / 4);

@@ -29,9 +29,15 @@ class RecordingContainer : public hugemm::OsWrapper {
   absl::Status VfioMapDma(int, const void* va, size_t length, uint64_t iova) override;
   absl::Status VfioUnmapDma(int, uint64_t iova, size_t length) override;
   absl::Status VfioCheckContainer(int) override { return absl::OkStatus(); }
-  // The container is a number only: the mapper's own descriptor of it is the same.
-  absl::StatusOr<int> Duplicate(int fd) override { return fd; }
-  absl::Status Close(int) override { return absl::OkStatus(); }
+  // The container is a number only, kContainer: the mapper's own descriptor of it is
+  // the same number, and closing it closes nothing.
+  static constexpr int kContainer = 1000;
+  absl::StatusOr<int> Duplicate(int fd) override {
+    return fd == kContainer ? fd : OsWrapper::Duplicate(fd);
+  }
+  absl::Status Close(int fd) override {
+    return fd == kContainer ? absl::OkStatus() : OsWrapper::Close(fd);
+  }
   // The byte at `iova`, or nullptr when nothing maps `length` bytes there.
   volatile std::byte* At(uint64_t iova, size_t length);
 
