@@ -111,7 +111,8 @@ class FixedBuffers {
   // its submitter, which keeps its table) is said on stderr. Then it closes its descriptor
   // of the ring. A ring whose descriptor the program closed already (kcmp says the number
   // no longer names it) is not unregistered first: that close ends it, cancelling what is
-  // in flight, as the program's own close would have. In a child of fork() it changes
+  // in flight, as the program's own close would have (a ring still open elsewhere, in a
+  // dup or a child, keeps the table until it ends). In a child of fork() it changes
   // nothing but its copy of the descriptor: the ring is the parent's too.
   ~FixedBuffers();
   FixedBuffers(const FixedBuffers&) = delete;
