@@ -133,9 +133,8 @@ bool SetThreadPolicy(const MemoryPolicy& policy) {
 
 std::string DescribePolicy(const MemoryPolicy& policy) {
   std::string nodes;
-  constexpr int kBits = 8 * sizeof(unsigned long);
   for (int n = 0; n < MemoryPolicy::kMaxNodes; ++n) {
-    if (policy.nodes[n / kBits] & (1UL << (n % kBits))) {
+    if (policy.HasNode(n)) {
       if (!nodes.empty()) nodes += ',';
       nodes += std::to_string(n);
     }
@@ -148,8 +147,7 @@ std::string DescribePolicy(const MemoryPolicy& policy) {
 MemoryPolicy PolicyOf(int mode, std::initializer_list<int> nodes) {
   MemoryPolicy policy;
   policy.mode = mode;
-  constexpr int kBits = 8 * sizeof(unsigned long);
-  for (int n : nodes) policy.nodes[n / kBits] |= 1UL << (n % kBits);
+  for (int n : nodes) policy.AddNode(n);
   return policy;
 }
 

@@ -53,7 +53,15 @@ struct MemoryPolicy {
   int mode = 0;  // MPOL_DEFAULT
   std::array<unsigned long, kMaxNodes / (8 * sizeof(unsigned long))> nodes{};
 
+  // Node `node` (0 .. kMaxNodes - 1) added to `nodes`; whether it is in them.
+  void AddNode(int node) { nodes[node / kBitsPerWord] |= 1UL << (node % kBitsPerWord); }
+  bool HasNode(int node) const {
+    return (nodes[node / kBitsPerWord] >> (node % kBitsPerWord)) & 1UL;
+  }
   bool operator==(const MemoryPolicy&) const = default;
+
+ private:
+  static constexpr int kBitsPerWord = 8 * sizeof(unsigned long);
 };
 
 class Os {

@@ -261,8 +261,7 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
     }
     MemoryPolicy bound;
     bound.mode = MPOL_BIND;
-    constexpr int kBits = 8 * sizeof(unsigned long);
-    bound.nodes[request.node / kBits] |= 1UL << (request.node % kBits);
+    bound.AddNode(request.node);
     if (absl::Status st = os.SetThreadMemoryPolicy(bound); st.ok()) {
       own_policy = *own;
     } else if (ErrnoOf(st) != EINVAL) {
