@@ -18,10 +18,14 @@
 //     owner's reference and its mapping's, and no pin;
 //   - the input leaves the process's descriptors as it found them.
 // One input in eight opens a runtime of its own and closes it with the io still attached:
-// the io must then answer -EINVAL to everything but hugemm_io_detach.
+// the io must then answer -EINVAL to everything but hugemm_io_detach. Of the others, one in
+// four closes its ring before the detach and makes another (which takes the same
+// descriptor number) with a buffer table of its own: the memory that then comes and goes,
+// and the detach, must leave that table alone.
 #include <fcntl.h>
 #include <liburing.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -139,6 +143,8 @@ class Driver {
   void Landed(const Io& io, int res);
   void Drain();
   void CheckBuffers();
+  void ReplaceRing();
+  void CheckOwnTable();
   void Finish();
 
   FuzzInput& in_;
@@ -151,6 +157,7 @@ class Driver {
   std::vector<Io> ios_;
   std::vector<uint64_t> tokens_;
   uint64_t next_tag_ = 1;
+  void* own_buffer_ = nullptr;  // the replacement ring's one registered buffer (4K)
   const bool trace_ = std::getenv("HUGEMM_FUZZ_TRACE") != nullptr;
 };
 
@@ -479,14 +486,54 @@ void Driver::Finish() {
     io_ = nullptr;
     rt_ = nullptr;
   } else {
+    const bool replace = in_.Below(4) == 0;
+    if (replace) {
+      ReplaceRing();
+      OpAlloc();  // registered, if it fits, in the closed ring the io still holds
+    }
     for (Buf& b : bufs_) {
       if (!b.freed) FUZZ_CHECK(hugemm_free(rt_, b.b.data) == 0, "free at the end");
     }
     hugemm_io_detach(io_);
     io_ = nullptr;
+    if (replace) CheckOwnTable();
     if (own_) hugemm_close(rt_);
   }
   io_uring_queue_exit(&ring_);
+  std::free(own_buffer_);
+  own_buffer_ = nullptr;
+}
+
+// The program's ring closed with the io attached (nothing in flight), and a new one made
+// with one registered buffer of the program's own.
+void Driver::ReplaceRing() {
+  const int number = ring_.ring_fd;
+  io_uring_queue_exit(&ring_);
+  FUZZ_CHECK(io_uring_queue_init(kRingEntries, &ring_, 0) == 0, "io_uring_queue_init");
+  if (trace_) std::fprintf(stderr, "  ring %d closed, ring %d made\n", number, ring_.ring_fd);
+  FUZZ_CHECK(posix_memalign(&own_buffer_, k4K, k4K) == 0, "posix_memalign");
+  const iovec iov{own_buffer_, k4K};
+  FUZZ_CHECK(io_uring_register_buffers(&ring_, &iov, 1) == 0, "a new ring's own table");
+}
+
+// The new ring's table still holds the program's buffer: a fixed read through index 0
+// brings the file's bytes into it.
+void Driver::CheckOwnTable() {
+  const uint64_t offset = in_.Below(kFileBytes / k4K) * k4K;
+  std::memset(own_buffer_, 0, k4K);
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  FUZZ_CHECK(sqe != nullptr, "no SQE in a new ring");
+  io_uring_prep_read_fixed(sqe, shared_.fd, own_buffer_, k4K, offset, 0);
+  FUZZ_CHECK(io_uring_submit(&ring_) == 1, "io_uring_submit");
+  io_uring_cqe* cqe = nullptr;
+  FUZZ_CHECK(io_uring_wait_cqe(&ring_, &cqe) == 0, "io_uring_wait_cqe");
+  const int res = cqe->res;
+  io_uring_cqe_seen(&ring_, cqe);
+  FUZZ_CHECK(res == static_cast<int>(k4K),
+             absl::StrFormat("a fixed read through the new ring's own buffer: %d (%s)", res,
+                             res < 0 ? std::strerror(-res) : "short"));
+  FUZZ_CHECK(std::memcmp(own_buffer_, shared_.file.data() + offset, k4K) == 0,
+             "the new ring's own buffer does not hold the file's bytes");
 }
 
 void Driver::Run() {
