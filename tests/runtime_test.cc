@@ -374,6 +374,66 @@ TEST(Runtime, ExternalFramesStayHeldWhenTheProgramUnmapsThemEarly) {
   ASSERT_EQ(::munmap(buf, kPageSize2M), 0);
 }
 
+// The program changes a buffer of the runtime's behind its back (runtime.h): a page dropped
+// from a MAP_SHARED buffer by MADV_DONTNEED comes back, same frame and contents; one
+// removed by MADV_REMOVE comes back as a new frame, and one unmapped is gone. Verify
+// names those two; the table keeps handing out the frames it recorded, which the kernel
+// pin table keeps this process's (the next mapping gets another), and the free gives
+// everything back.
+TEST(Runtime, ABufferTheProgramChangedIsNamedByVerifyAndItsFramesStayHeld) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 5);
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  const int64_t pinned_before = testing::VmPinKb();
+  constexpr size_t kLen = 3 * kPageSize2M;
+  absl::StatusOr<Buffer> buf = (*rt)->MapBuffer(kLen);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  std::byte* data = buf->data();
+  std::memset(data, 0x5a, kLen);
+  uint64_t recorded[3];
+  for (size_t i = 0; i < 3; ++i) {
+    std::optional<Translation> t = (*rt)->Translate(data + i * kPageSize2M);
+    ASSERT_TRUE(t.has_value());
+    recorded[i] = t->pfn;
+    ASSERT_EQ(PagemapPfn(data + i * kPageSize2M), recorded[i]) << "pagemap hides frames";
+  }
+
+  ASSERT_EQ(::madvise(data, kPageSize2M, MADV_DONTNEED), 0);
+  EXPECT_EQ(static_cast<int>(data[100]), 0x5a);
+  EXPECT_EQ(PagemapPfn(data), recorded[0]);
+  std::byte* removed = data + kPageSize2M;
+  ASSERT_EQ(::madvise(removed, kPageSize2M, MADV_REMOVE), 0);
+  EXPECT_EQ(static_cast<int>(removed[100]), 0) << "a removed page comes back zeroed";
+  EXPECT_NE(PagemapPfn(removed), recorded[1]) << "the held frame went back to the mapping";
+  std::byte* unmapped = data + 2 * kPageSize2M;
+  ASSERT_EQ(::munmap(unmapped, kPageSize2M), 0);
+  std::byte* next = MapOwn2M();
+  ASSERT_NE(next, nullptr);
+  EXPECT_NE(PagemapPfn(next), recorded[1]);
+  EXPECT_NE(PagemapPfn(next), recorded[2]) << "the kernel reused a frame the table hands out";
+
+  absl::StatusOr<VerifyReport> r = (*rt)->Verify(data, kLen);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->mismatches.size(), 2u);
+  EXPECT_THAT(r->mismatches[0].what, HasSubstr(absl::StrFormat("%p: PFN recorded", removed)));
+  EXPECT_THAT(r->mismatches[1].what,
+              HasSubstr(absl::StrFormat("%p: the kernel maps nothing here", unmapped)));
+  for (size_t i = 0; i < 3; ++i) {
+    std::optional<Translation> t = (*rt)->Translate(data + i * kPageSize2M);
+    ASSERT_TRUE(t.has_value());
+    EXPECT_EQ(t->pfn, recorded[i]);
+  }
+  {
+    absl::StatusOr<PinnedRange> pin = (*rt)->pinner().Pin(unmapped, kPageSize2M, kGupPin);
+    ASSERT_TRUE(pin.ok()) << pin.status();
+  }
+
+  HUGEMM_ASSERT_OK(buf->Free());
+  EXPECT_FALSE((*rt)->Translate(data).has_value());
+  EXPECT_EQ(testing::VmPinKb(), pinned_before) << "a held frame outlived the free";
+  ASSERT_EQ(::munmap(next, kPageSize2M), 0);
+}
+
 // A registration the kernel pin table refuses is never visible: the hold is taken before
 // the table maps the memory, so a pin by address from another thread, racing with the
 // registration, never succeeds. (Taken after the mapping, such a pin could get in, and the

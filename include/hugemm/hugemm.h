@@ -156,7 +156,22 @@ int hugemm_alloc(hugemm_runtime* rt, size_t bytes, const hugemm_buffer_options* 
  * again (a small buffer freed on another thread may wait in that thread's cache, keeping
  * its page, until that thread reuses it or exits). -ENOENT: `data` is not the
  * start of a buffer of this runtime (NULL, inside one, freed, another runtime's).
- * -EDEADLK: called from a notifier callback of this runtime (see hugemm_subscribe). */
+ * -EDEADLK: called from a notifier callback of this runtime (see hugemm_subscribe).
+ * A buffer's memory is the runtime's to unmap: nothing tells it when the program munmaps,
+ * mremaps, mprotects or maps over (MAP_FIXED) part of a buffer, drops a page of it
+ * (MADV_REMOVE, a hole punched in a named hugetlbfs file) or MADV_DOFORKs it. Its table
+ * keeps the frames and protection it recorded, and translations and pins keep handing
+ * them out (a HUGEMM_WRITE pin of memory the program made read-only too). With kernel
+ * pins those frames stay this process's until hugemm_free, so a device never writes into
+ * memory the kernel gave to another, but they are no longer the memory the program sees
+ * there: a page faulted in after a drop is a new, zeroed frame. Without kernel pins the
+ * kernel may hand them out again at once. hugemm_free then unmaps the buffer's range
+ * whatever is mapped there by then (a mapping the program put in its place too) and
+ * leaves a mapping that mremap moved to the program, with its huge pages. A hugemm_alloc
+ * buffer's memory goes back to its pool, whose next allocation there is zeroed (unless
+ * `uninitialized`): memory the program unmapped or made read-only there faults in that
+ * call. MADV_DONTNEED of a buffer changes nothing the runtime knows: the same frames, with
+ * their contents, come back on the next touch. */
 int hugemm_free(hugemm_runtime* rt, void* data);
 
 /* Registers memory this program mapped itself (e.g. its own MAP_HUGETLB buffer) as

@@ -17,6 +17,25 @@
 // Dropping a Buffer unmaps it from the table and drops the owner's references; the memory
 // goes back only when the last pin is gone.
 //
+// The program's own changes to that memory: the runtime maps it, and only its free unmaps
+// it. Nothing tells the runtime when the program munmaps, mremaps, mprotects or maps over
+// (MAP_FIXED) part of it, drops a page (MADV_DONTNEED of a MAP_PRIVATE buffer, MADV_REMOVE,
+// a hole punched in a named hugetlbfs file) or MADV_DOFORKs it: the table keeps the frames
+// and protection it recorded, and Translate and pins keep handing them out (a WRITE pin
+// of memory the program made read-only too). With kernel pins those frames stay this
+// process's until the buffer is freed, so a device never writes into memory the kernel
+// gave to another, but they are no longer the memory the program sees there: a page
+// faulted in after a drop is a new, zeroed frame. Without kernel pins the kernel may hand
+// them out again at once. Verify names what the kernel then maps differently. Freeing the
+// buffer unmaps its range whatever is mapped there by then (a mapping the program put in
+// its place too) and leaves a mapping that mremap moved to the program, with its huge
+// pages. An Allocate buffer's memory goes back to its pool, whose next allocation there
+// the runtime zeroes (unless AllocOptions says not to): memory the program unmapped or
+// made read-only there faults in that call (and in every call that reads a folio
+// descriptor the pool keeps there, AllocatorOptions::meta_reserve_bytes). MADV_DONTNEED
+// of a MAP_SHARED buffer (the default) changes nothing the runtime knows: the same
+// frames, with their contents, come back on the next touch.
+//
 // PFN stability: every page a runtime hands out is held by a kernel long-term pin for as
 // long as it is mapped and the runtime open, on by default (RuntimeOptions::kernel_pins),
 // so the kernel cannot migrate it while a device may use its PFN. The runtime keeps one
