@@ -248,6 +248,29 @@ int main(void) {
   CHECK(io_uring_register_buffers_sparse(&ring, 2) == 0);
   io_uring_queue_exit(&ring);
 
+  /* A buffer the program unmapped behind the runtime's back (see hugemm_free): an iovec
+   * table cannot register it, and the attach says so and leaves nothing behind. */
+  {
+    const int fds_start = CountFds();
+    hugemm_runtime* rt3 = NULL;
+    CHECK(hugemm_open(NULL, &rt3) == 0);
+    hugemm_buffer gone;
+    CHECK(hugemm_map_buffer(rt3, 2 << 20, NULL, &gone) == 0);
+    CHECK(munmap(gone.data, 2 << 20) == 0);
+    struct io_uring ring3;
+    CHECK(io_uring_queue_init(2, &ring3, 0) == 0);
+    const int fds_ring = CountFds();
+    hugemm_io_options iovec = {HUGEMM_IO_IOVEC, 0};
+    hugemm_io* io3 = NULL;
+    CHECK_ERR(hugemm_io_attach(rt3, ring3.ring_fd, &iovec, &io3), -EFAULT, "Bad address");
+    CHECK(io3 == NULL && CountFds() == fds_ring);
+    CHECK(io_uring_register_buffers_sparse(&ring3, 2) == 0);
+    io_uring_queue_exit(&ring3);
+    CHECK(hugemm_free(rt3, gone.data) == 0);
+    hugemm_close(rt3);
+    CHECK(CountFds() == fds_start);
+  }
+
   /* hugemm_close with an io still attached detaches it; the handle is left for
    * hugemm_io_detach alone. */
   const int fds_before = CountFds(), maps_before = CountMaps();

@@ -63,7 +63,9 @@ typedef struct hugemm_io_options {
  * io_uring (-EBADF: no open descriptor of that number); -ENOMEM RLIMIT_MEMLOCK (iovec
  * mode); -EMFILE or -ENFILE no descriptor left for the one `io` holds the ring by
  * (close-on-exec, until hugemm_io_detach); -EFAULT in a child of fork() of the process
- * that opened the runtime (hugemm.h): the child has none of its memory. */
+ * that opened the runtime (hugemm.h): the child has none of its memory; -EFAULT (iovec
+ * mode) memory of the runtime the program unmapped itself (see hugemm_free), which the
+ * kernel cannot register. */
 int hugemm_io_attach(hugemm_runtime* rt, int ring_fd, const hugemm_io_options* options,
                      hugemm_io** out);
 /* Unregisters the ring's table, closes the descriptor of the ring `io` holds and frees

@@ -98,7 +98,8 @@ class FixedBuffers {
   //   ResourceExhausted kIovec beyond RLIMIT_MEMLOCK;
   //   FailedPrecondition in a child of fork() of the process that opened the runtime
   //                     (runtime.h): a clone would give the ring the parent's pages;
-  //   others            what io_uring_register said (EBADF: not a ring), named.
+  //   others            what io_uring_register said (EBADF: not a ring; EFAULT, kIovec:
+  //                     memory of the runtime the program unmapped itself), named.
   // Nothing is left registered on error.
   static absl::StatusOr<std::unique_ptr<FixedBuffers>> Attach(
       Runtime& runtime, int ring_fd, const FixedBufferOptions& options = {});
