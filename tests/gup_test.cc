@@ -233,6 +233,29 @@ TEST_P(GupMemoryTest, SegmentsFollowTheRecordedPfns) {
   EXPECT_EQ(m.Counts(), base);
 }
 
+// A GET unpin by range gives back only references a pin took: each folio's owner holds
+// one more than its mappings' (owner_refs), and a range never taken, or released already,
+// must not take that one (the folio would go back to its owner while mapped and owned).
+TEST_P(GupMemoryTest, UnpinRangeOfGetNeverTakesTheOwnersReference) {
+  const Memory mem = GetParam();
+  MAP_OR_SKIP(m, mem);
+  Pinner pinner(*m.table, {.owner_refs = 1});
+  const auto base = m.Counts();
+  const std::byte* last = m.data() + m.size() - kPageSize4K;
+  absl::Status st = pinner.UnpinRange(last, kPageSize4K, RefKind::kGet);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_THAT(st.message(), HasSubstr("holds 0 references of the 1")) << st;
+  EXPECT_EQ(m.Counts(), base);
+  PageRef page[1];
+  HUGEMM_ASSERT_OK(pinner.PinPages(last, 1, kGupGet, absl::MakeSpan(page)));
+  HUGEMM_ASSERT_OK(pinner.UnpinRange(last, kPageSize4K, RefKind::kGet));
+  EXPECT_EQ(m.Counts(), base);
+  st = pinner.UnpinRange(last, kPageSize4K, RefKind::kGet);  // released already
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_EQ(m.Counts(), base);
+  EXPECT_EQ(m.owner.released(), 0u);
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Backings, GupMemoryTest,
     ::testing::Values(Memory{BackingKind::kAnon, kPageSize4K, 1024, "Anon4K"},

@@ -796,6 +796,36 @@ TEST(Runtime, VerifyOfAllocationsInsideAHugePageFindsThemRight) {
   EXPECT_TRUE(all->ok()) << all->mismatches.front().what;
 }
 
+// The runtime's Pinner knows that each folio keeps its owner's reference while mapped: a
+// GET unpin by range of a page never taken, or given back already, is refused instead of
+// taking that reference, after which the free would drop it a second time.
+TEST(Runtime, UnpinRangeOfGetNeverTakesTheBuffersOwnReference) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  absl::StatusOr<Buffer> buf = (*rt)->MapBuffer(kPageSize2M);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  absl::StatusOr<Buffer> small = (*rt)->Allocate(kPageSize4K);
+  ASSERT_TRUE(small.ok()) << small.status();
+  Pinner& pinner = (*rt)->pinner();
+  for (std::byte* p : {buf->data() + kPageSize4K, small->data()}) {
+    absl::StatusOr<FolioInfo> before = (*rt)->FolioInfoAt(p);
+    ASSERT_TRUE(before.ok()) << before.status();
+    absl::Status st = pinner.UnpinRange(p, kPageSize4K, RefKind::kGet);
+    EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+    PageRef page[1];
+    ASSERT_TRUE(pinner.PinPages(p, 1, kGupGet, absl::MakeSpan(page)).ok());
+    EXPECT_TRUE(pinner.UnpinRange(p, kPageSize4K, RefKind::kGet).ok());
+    st = pinner.UnpinRange(p, kPageSize4K, RefKind::kGet);
+    EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+    absl::StatusOr<FolioInfo> after = (*rt)->FolioInfoAt(p);
+    ASSERT_TRUE(after.ok()) << after.status();
+    EXPECT_EQ(after->refcount, before->refcount);
+  }
+  EXPECT_TRUE(buf->Free().ok());
+  EXPECT_TRUE(small->Free().ok());
+}
+
 // hugemm_unpin_range of a range never pinned is refused (-EFAULT), also while another
 // thread frees the buffer under it: the checks read the folios the walk found, which the
 // free may release meanwhile. ASan reported a use after free in CheckHeld here before the

@@ -186,6 +186,11 @@ class Populator {
 struct PinnerOptions {
   RefGranularity granularity = RefGranularity::kFolio;
   Populator* populator = nullptr;  // none: unmapped memory is an error
+  // References every mapped folio holds besides its mappings' and its pins: 1 where each
+  // folio's owner (or registration) keeps its own while the folio is mapped, as a
+  // Runtime's do; 0 where the mappings may hold the only ones (a Populator's folios, like
+  // faulted-in pages). A GET UnpinRange never takes these.
+  int32_t owner_refs = 0;
 };
 
 class PinnedRange;
@@ -251,9 +256,10 @@ class Pinner {
   // or a PinnedRange where the mapping may change under the pin.
   //   InvalidArgument: the range wraps the address space.  FailedPrecondition: part of
   //   the range is no longer mapped, or a folio holds fewer pins (PIN), or references
-  //   beyond its mappings' (GET), than the range has pages on it: nothing is given back.
-  //   The check counts references, not their holders: a range this caller never pinned
-  //   passes it while another holder's pins are there, and takes those.
+  //   beyond its mappings' and PinnerOptions::owner_refs (GET), than the range has pages
+  //   on it: nothing is given back. The check counts references, not their holders: a
+  //   range this caller never pinned passes it while another holder's pins are there,
+  //   and takes those.
   [[nodiscard]] absl::Status UnpinRange(const void* va, size_t length, RefKind kind,
                                         bool dirty = false) const;
 

@@ -12,7 +12,6 @@
 #include "hugemm/hugemm.h"
 #include "hugemm/runtime.h"
 #include "runtime/api/c_bridge.h"
-#include "runtime/gup/unpin.h"
 
 namespace {
 
@@ -140,13 +139,8 @@ int hugemm_unpin_range(hugemm_runtime* rt, const void* addr, size_t length, unsi
     rt->rt->pinner().UnpinFolios(logged, KindOf(flags), dirty != 0);
     return Ok();
   }
-  // By the table. For a GET, each folio keeps one reference more than Pinner::UnpinRange
-  // counts: its owner's (or its registration's), which only this layer knows of. A range
-  // never taken, or released already, cannot give that back.
-  const hugemm::RefKind kind = KindOf(flags);
-  if (absl::Status st =
-          hugemm::gup_internal::UnpinRange(rt->rt->table(), addr, length, kind, dirty != 0,
-                                           /*keep=*/kind == hugemm::RefKind::kGet ? 1 : 0);
+  // By the table (a GET leaves each folio its owner's reference: PinnerOptions::owner_refs).
+  if (absl::Status st = rt->rt->pinner().UnpinRange(addr, length, KindOf(flags), dirty != 0);
       !st.ok()) {
     return Fail(st);
   }

@@ -151,8 +151,8 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& opt
   // The real machine's answer never changes, and is asked only once.
   rt->table_ = std::make_unique<PageTable>(
       &rt->os_ == &Os::Default() ? DetectHostGeometry() : DetectHostGeometry(rt->os_), rt->os_);
-  rt->pinner_ =
-      std::make_unique<Pinner>(*rt->table_, PinnerOptions{.granularity = options.refcount});
+  rt->pinner_ = std::make_unique<Pinner>(
+      *rt->table_, PinnerOptions{.granularity = options.refcount, .owner_refs = 1});
   return rt;
 }
 

@@ -202,7 +202,8 @@ size_t Pinner::UnpinPages(absl::Span<const PageRef> pages, bool dirty) const {
 }
 
 absl::Status Pinner::UnpinRange(const void* va, size_t length, RefKind kind, bool dirty) const {
-  return gup_internal::UnpinRange(table_, va, length, kind, dirty, /*keep=*/0);
+  return gup_internal::UnpinRange(table_, va, length, kind, dirty,
+                                  /*keep=*/kind == RefKind::kGet ? options_.owner_refs : 0);
 }
 
 size_t Pinner::UnpinFolios(absl::Span<const FolioSpan> spans, RefKind kind, bool dirty) const {

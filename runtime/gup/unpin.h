@@ -22,7 +22,7 @@ size_t UnpinSpans(absl::Span<const FolioSpan> spans, RefKind kind, bool dirty);
 // Whether `folio` holds `pages` references of `kind` to give back: pins for kPin (a large
 // folio's pincount; kPinBias each in an order-0 folio's refcount); for kGet, what its
 // refcount holds beyond the pins, the one reference of each table entry mapping it, and
-// `keep` more that must stay (an owner's, which only the caller knows of).
+// `keep` more that must stay (PinnerOptions::owner_refs).
 // FailedPrecondition naming the folio and the counts otherwise.
 absl::Status CheckHeld(const PageTable& table, Folio* folio, size_t pages, RefKind kind,
                        int64_t keep = 0);
