@@ -380,6 +380,8 @@ std::vector<Cell> Matrix() {
        [=](World& w) { return PinPagesInto(w, w.buf.data, 1, kPin | kUnknown); }},
       {"pin_pages", "conflicting_flags", -EINVAL,
        [=](World& w) { return PinPagesInto(w, w.buf.data, 1, HUGEMM_PIN | HUGEMM_GET); }},
+      {"pin_pages", "longterm_get", -EINVAL,
+       [=](World& w) { return PinPagesInto(w, w.buf.data, 1, HUGEMM_GET | HUGEMM_LONGTERM); }},
       {"pin_pages", "no_kind", -EINVAL,
        [=](World& w) { return PinPagesInto(w, w.buf.data, 1, HUGEMM_WRITE); }},
       {"pin_pages", "freed_pointer", -ENOENT,
@@ -451,6 +453,10 @@ std::vector<Cell> Matrix() {
        [=](World& w) { return hugemm_unpin_folios(w.rt, nullptr, 0, HUGEMM_PIN | kUnknown, 0); }},
       {"unpin_folios", "conflicting_flags", -EINVAL,
        [](World& w) { return hugemm_unpin_folios(w.rt, nullptr, 0, HUGEMM_PIN | HUGEMM_GET, 0); }},
+      {"unpin_folios", "longterm_get", -EINVAL,
+       [](World& w) {
+         return hugemm_unpin_folios(w.rt, nullptr, 0, HUGEMM_GET | HUGEMM_LONGTERM, 0);
+       }},
       // hugemm_unpin_range
       {"unpin_range", "null_runtime", -EINVAL,
        [](World& w) { return long{hugemm_unpin_range(nullptr, w.buf.data, k2M, HUGEMM_PIN, 0)}; }},
@@ -469,6 +475,10 @@ std::vector<Cell> Matrix() {
       {"unpin_range", "conflicting_flags", -EINVAL,
        [](World& w) {
          return long{hugemm_unpin_range(w.rt, w.buf.data, k2M, HUGEMM_PIN | HUGEMM_GET, 0)};
+       }},
+      {"unpin_range", "longterm_get", -EINVAL,
+       [](World& w) {
+         return long{hugemm_unpin_range(w.rt, w.buf.data, k2M, HUGEMM_GET | HUGEMM_LONGTERM, 0)};
        }},
       {"unpin_range", "freed_pointer", -EFAULT,
        [](World& w) { return long{hugemm_unpin_range(w.rt, w.freed, k2M, HUGEMM_PIN, 0)}; }},

@@ -877,5 +877,22 @@ TEST(GupFlagsTest, Names) {
   EXPECT_EQ(GupFlagsName(kGupGet | GupFlags{1u << 9}), "GET|0x200");
 }
 
+// A refused flag set is named whole, and the bits that are wrong in it.
+TEST(GupFlagsTest, RefusalsNameTheFlags) {
+  PageTable table(DetectHostGeometry());
+  Pinner pinner(table);
+  PageRef pages[1];
+  absl::Status st =
+      pinner.PinPages(&pages, 1, kGupPin | GupFlags{1u << 9}, absl::MakeSpan(pages)).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_THAT(st.message(), HasSubstr("PIN|0x200: unknown bits 0x200")) << st;
+  st = pinner.PinPages(&pages, 1, kGupGet | kGupLongterm, absl::MakeSpan(pages)).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_THAT(st.message(), HasSubstr("GET|LONGTERM: LONGTERM is only for PIN")) << st;
+  st = pinner.PinPages(&pages, 1, kGupWrite, absl::MakeSpan(pages)).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_THAT(st.message(), HasSubstr("WRITE: need exactly one of PIN and GET")) << st;
+}
+
 }  // namespace
 }  // namespace hugemm

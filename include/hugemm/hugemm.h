@@ -6,7 +6,8 @@
  * call keeps a reference, descriptor or mapping.
  *
  * Errors common to every function that takes them: -EINVAL for a NULL runtime or a NULL
- * output, unknown pin flags, or not exactly one of HUGEMM_PIN and HUGEMM_GET; -EMFILE or
+ * output, unknown pin flags, not exactly one of HUGEMM_PIN and HUGEMM_GET, or
+ * HUGEMM_LONGTERM with HUGEMM_GET; -EMFILE or
  * -ENFILE from any function that opens a descriptor (a memfd, a file, /proc or /sys) when
  * the process or the system has none left (RLIMIT_NOFILE). Each function lists its own
  * besides. Pointers are looked up, never dereferenced: a freed

@@ -42,6 +42,9 @@ int CheckFlags(unsigned flags) {
   if (((flags & HUGEMM_PIN) != 0) == ((flags & HUGEMM_GET) != 0)) {
     return Fail(EINVAL, "pin flags need exactly one of HUGEMM_PIN and HUGEMM_GET");
   }
+  if ((flags & HUGEMM_LONGTERM) != 0 && (flags & HUGEMM_PIN) == 0) {
+    return Fail(EINVAL, "pin flags: HUGEMM_LONGTERM is only for HUGEMM_PIN, not HUGEMM_GET");
+  }
   return 0;
 }
 

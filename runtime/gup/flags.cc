@@ -36,14 +36,16 @@ namespace gup_internal {
 absl::Status CheckFlags(GupFlags flags) {
   if (HasAny(flags, ~kAllGupFlags)) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("unknown GUP flags 0x%x", static_cast<uint32_t>(flags)));
+        absl::StrFormat("GUP flags %s: unknown bits 0x%x", GupFlagsName(flags),
+                        static_cast<uint32_t>(flags & ~kAllGupFlags)));
   }
   if (HasAny(flags, kGupPin) == HasAny(flags, kGupGet)) {
     return absl::InvalidArgumentError(
         absl::StrFormat("GUP flags %s: need exactly one of PIN and GET", GupFlagsName(flags)));
   }
   if (HasAny(flags, kGupLongterm) && !HasAny(flags, kGupPin)) {
-    return absl::InvalidArgumentError("GUP flags: LONGTERM is only for PIN");
+    return absl::InvalidArgumentError(
+        absl::StrFormat("GUP flags %s: LONGTERM is only for PIN", GupFlagsName(flags)));
   }
   return absl::OkStatus();
 }
