@@ -245,6 +245,11 @@ TEST_P(GupMemoryTest, UnpinRangeOfGetNeverTakesTheOwnersReference) {
   absl::Status st = pinner.UnpinRange(last, kPageSize4K, RefKind::kGet);
   EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
   EXPECT_THAT(st.message(), HasSubstr("holds 0 references of the 1")) << st;
+  // The refusal names the request first, as a pin's does.
+  EXPECT_THAT(std::string(st.message()),
+              ::testing::StartsWith(absl::StrFormat("unpin [0x%x, +1 pages) GET: ",
+                                                    reinterpret_cast<uintptr_t>(last))))
+      << st;
   EXPECT_EQ(m.Counts(), base);
   PageRef page[1];
   HUGEMM_ASSERT_OK(pinner.PinPages(last, 1, kGupGet, absl::MakeSpan(page)));

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/string_view.h"
 #include "hugemm/gup.h"
 #include "runtime/folio/refs.h"
 
@@ -69,7 +70,7 @@ absl::Status CheckHeld(const PageTable& table, Folio* folio, size_t pages, RefKi
   }
   if (held >= static_cast<int64_t>(pages)) return absl::OkStatus();
   return absl::FailedPreconditionError(absl::StrFormat(
-      "unpin: the folio at %p holds %d %s of the %u this range would release; nothing unpinned",
+      "the folio at %p holds %d %s of the %u this range would release; nothing unpinned",
       folio->data, std::max<int64_t>(held, 0), kind == RefKind::kPin ? "pins" : "references",
       pages));
 }
@@ -133,10 +134,15 @@ absl::Status WalkAndCheck(const PageTable& table, uintptr_t start, uintptr_t end
       runs.emplace_back(l.folio, pages);
     }
   });
+  // "unpin [0x7f.., +512 pages) PIN: <why>": the request, then what is wrong with it.
+  const auto refused = [&](absl::string_view why) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("unpin [0x%x, +%u pages) %s: %s", start, (end - start) >> kPageShift,
+                        kind == RefKind::kPin ? "PIN" : "GET", why));
+  };
   if (covered < end) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "unpin [0x%x, +%u pages): 0x%x is no longer mapped; nothing unpinned (unpin by spans)",
-        start, (end - start) >> kPageShift, covered));
+    return refused(
+        absl::StrFormat("0x%x is no longer mapped; nothing unpinned (unpin by spans)", covered));
   }
   // Each folio must hold as many references of the kind as the range has pages on it: a
   // range never pinned, or released already, must not drive the counts below what the
@@ -146,7 +152,7 @@ absl::Status WalkAndCheck(const PageTable& table, uintptr_t start, uintptr_t end
   if (at_home) {
     for (const auto& [folio, pages] : runs) {
       if (absl::Status st = gup_internal::CheckHeld(table, folio, pages, kind, keep); !st.ok()) {
-        return st;
+        return refused(st.message());
       }
     }
   } else {
@@ -159,7 +165,7 @@ absl::Status WalkAndCheck(const PageTable& table, uintptr_t start, uintptr_t end
         pages += summed[j].second;
       if (absl::Status st = gup_internal::CheckHeld(table, summed[i].first, pages, kind, keep);
           !st.ok()) {
-        return st;
+        return refused(st.message());
       }
       i = j;
     }
