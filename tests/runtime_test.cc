@@ -826,6 +826,41 @@ TEST(Runtime, UnpinRangeOfGetNeverTakesTheBuffersOwnReference) {
   EXPECT_TRUE(small->Free().ok());
 }
 
+// No test hook needed: a 1G folio pinned whole takes 262144 pins a call, so its 8192nd
+// whole pin would pass INT32_MAX. That pin is refused with -ENOMEM, names the folio and
+// takes nothing; the pins before it all come back.
+TEST(Runtime, WholePinsOfA1GFolioStopShortOfOverflowingItsCounts) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize1G, 1);
+  hugemm_runtime* rt = nullptr;
+  ASSERT_EQ(hugemm_open(nullptr, &rt), 0) << hugemm_last_error();
+  const hugemm_buffer_options one_g{HUGEMM_BACKING_HUGETLB, kPageSize1G, -1, nullptr};
+  hugemm_buffer buf;
+  ASSERT_EQ(hugemm_map_buffer(rt, kPageSize1G, &one_g, &buf), 0) << hugemm_last_error();
+  hugemm_folio_info base{};
+  ASSERT_EQ(hugemm_folio_info_at(rt, buf.data, &base), 0) << hugemm_last_error();
+  const int32_t per_pin = static_cast<int32_t>(kPageSize1G / kPageSize4K);
+  const int32_t fit = (INT32_MAX - base.refcount) / per_pin;  // 8191
+  hugemm_folio_span span;
+  for (int32_t i = 0; i < fit; ++i) {
+    ASSERT_EQ(hugemm_pin_folios(rt, buf.data, buf.size, HUGEMM_PIN, &span, 1), 1)
+        << i << ": " << hugemm_last_error();
+  }
+  EXPECT_EQ(hugemm_pin_folios(rt, buf.data, buf.size, HUGEMM_PIN, &span, 1), -ENOMEM);
+  EXPECT_THAT(hugemm_last_error(),
+              ::testing::HasSubstr(absl::StrFormat("1G folio at %p would overflow", buf.data)));
+  hugemm_folio_info full{};
+  ASSERT_EQ(hugemm_folio_info_at(rt, buf.data, &full), 0) << hugemm_last_error();
+  EXPECT_EQ(full.pincount, fit * per_pin);
+  EXPECT_EQ(full.refcount, base.refcount + fit * per_pin);
+  for (int32_t i = 0; i < fit; ++i) ASSERT_EQ(hugemm_unpin_folios(rt, &span, 1, HUGEMM_PIN, 0), 1);
+  hugemm_folio_info after{};
+  ASSERT_EQ(hugemm_folio_info_at(rt, buf.data, &after), 0) << hugemm_last_error();
+  EXPECT_EQ(after.refcount, base.refcount);
+  EXPECT_EQ(after.pincount, 0);
+  EXPECT_EQ(hugemm_free(rt, buf.data), 0) << hugemm_last_error();
+  hugemm_close(rt);
+}
+
 // hugemm_unpin_range of a range never pinned is refused (-EFAULT), also while another
 // thread frees the buffer under it: the checks read the folios the walk found, which the
 // free may release meanwhile. ASan reported a use after free in CheckHeld here before the

@@ -14,7 +14,7 @@ using folio_internal::kMaxCount;
 absl::Status Overflow(const Folio* folio, int64_t add, const char* what) {
   const uint64_t word = folio->counts.load(std::memory_order_relaxed);
   return absl::ResourceExhaustedError(
-      absl::StrCat(what, " of the ", PageSizeName(folio->size()), " folio at ",
+      absl::StrCat(what, " of the ", PageSizeName(folio->size()), " folio at 0x",
                    absl::Hex(reinterpret_cast<uintptr_t>(folio->data)),
                    " would overflow: refcount ", folio_internal::RefcountOf(word), ", pincount ",
                    folio_internal::PincountOf(word), ", + ", add));
