@@ -7,9 +7,9 @@
  *
  * Errors common to every function that takes them: -EINVAL for a NULL runtime or a NULL
  * output, unknown pin flags, not exactly one of HUGEMM_PIN and HUGEMM_GET, or
- * HUGEMM_LONGTERM with HUGEMM_GET; -EMFILE or
- * -ENFILE from any function that opens a descriptor (a memfd, a file, /proc or /sys) when
- * the process or the system has none left (RLIMIT_NOFILE). Each function lists its own
+ * HUGEMM_LONGTERM with HUGEMM_GET; -EMFILE or -ENFILE from any function that opens a
+ * descriptor (a memfd, a file, /proc or /sys) when the process or the system has none
+ * left (RLIMIT_NOFILE). Each function lists its own
  * besides. Pointers are looked up, never dereferenced: a freed
  * buffer, or one of another runtime, is memory this runtime does not map (-ENOENT). What
  * cannot be checked is the caller's to keep: a page array or spans unpinned twice, a
