@@ -568,6 +568,25 @@ TEST(Alloc, HugetlbfsDescriptorsInTheReserveThenSystemMemory) {
   EXPECT_EQ(FindStats(*alloc, BackingKind::kHugetlbfs, kPageSize2M)->mapped_bytes, 0u);
 }
 
+// A reserve larger than the cap (half the first native page) is the cap, up to SIZE_MAX,
+// whose rounding up to 4K must not wrap to no reserve at all.
+TEST(Alloc, HugetlbfsReserveBeyondTheCapIsTheCap) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  const std::string mount = testing::HugetlbfsMountFor(kPageSize2M);
+  HUGEMM_NEED(!mount.empty(), "needs a 2M hugetlbfs mount");
+  const AllocOptions opts{.backing = BackingKind::kHugetlbfs, .hugetlbfs_mount = mount};
+  for (size_t reserve : {kPageSize2M, size_t{1} << 40, SIZE_MAX - kPageSize4K, SIZE_MAX}) {
+    SCOPED_TRACE(::testing::Message() << "meta_reserve_bytes " << reserve);
+    auto alloc = NewAllocator({.meta_reserve_bytes = reserve, .thread_cache = false});
+    absl::StatusOr<FolioHandle> h = alloc->AllocateOrder(0, opts);
+    ASSERT_TRUE(h.ok()) << h.status();
+    EXPECT_STREQ(h->info().meta_placement(), "reserve");
+    const PoolStats s = *FindStats(*alloc, BackingKind::kHugetlbfs, kPageSize2M);
+    EXPECT_EQ(s.reserve_bytes, kPageSize2M / 2);
+    EXPECT_EQ(s.free_bytes + h->size() + s.reserve_bytes, s.mapped_bytes);
+  }
+}
+
 TEST(Alloc, RealDevDaxSplitMergeAndReserve) {
   const std::string dax = testing::TestDaxDevice();
   HUGEMM_NEED(!dax.empty(), "needs a device-DAX device in $HUGEMM_TEST_DAX (VM tests)");

@@ -67,8 +67,9 @@ struct AllocatorOptions {
   // ResourceExhausted, as is one the kernel cannot satisfy.
   size_t max_bytes_per_pool = 0;
   // devdax and hugetlbfs pools: bytes carved from the front of each extent to hold its
-  // folio descriptors (seed 002's vmem_altmap), rounded up to 4K; descriptors beyond it
-  // fall back to system memory. 0 = descriptors in system memory (the default).
+  // folio descriptors (seed 002's vmem_altmap), rounded up to 4K and at most half the
+  // extent's first native page; descriptors beyond it fall back to system memory.
+  // 0 = descriptors in system memory (the default).
   size_t meta_reserve_bytes = 0;
   // Per-thread magazines. false: every allocate and free goes to the pool's mutex.
   bool thread_cache = true;

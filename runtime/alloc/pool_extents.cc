@@ -97,8 +97,9 @@ absl::Status Pool::Grow(int order) {
   }
   auto rec = std::make_unique<ExtentRecord>(std::move(*extent), region_order_, heads);
   if (reserve) {
-    rec->reserve_bytes =
-        std::min((config_.reserve_bytes + kPageSize4K - 1) & ~(kPageSize4K - 1), region_size / 2);
+    // Capped before it is rounded up: a request near SIZE_MAX would wrap to no reserve.
+    const size_t want = std::min(config_.reserve_bytes, region_size / 2);
+    rec->reserve_bytes = (want + kPageSize4K - 1) & ~(kPageSize4K - 1);
     rec->reserve =
         std::make_unique<ReserveDescriptors>(rec->base, rec->reserve_bytes / sizeof(Folio));
   }
