@@ -87,6 +87,14 @@ TEST(Alloc, BadRequestsAreErrorsNamingThePool) {
   EXPECT_EQ(alloc->AllocateOrder(10).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE(alloc->Allocate(4096, {.node = -7}).ok());
   EXPECT_FALSE(alloc->Allocate(4096, {.page_size = 3 * kPageSize2M}).ok());
+  // A page size that is no page size is named as such, not measured against.
+  for (size_t page_size : {size_t{3}, size_t{6} << 10, 3 * kPageSize2M}) {
+    st = alloc->Allocate(8192, {.page_size = page_size}).status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+    EXPECT_THAT(std::string(st.message()),
+                ::testing::HasSubstr(
+                    absl::StrCat("huge page size ", PageSizeName(page_size), " not supported")));
+  }
   EXPECT_FALSE(
       alloc->Allocate(4096, {.backing = BackingKind::kDevDax, .devdax_path = "/dev/dax-none.0"})
           .ok());

@@ -239,7 +239,10 @@ absl::StatusOr<FolioHandle> Allocator::AllocateOrder(int order, const AllocOptio
 absl::StatusOr<FolioHandle> Allocator::Allocate(size_t bytes, const AllocOptions& options) {
   if (bytes == 0) return absl::InvalidArgumentError(PoolName(options) + ": allocate 0 bytes");
   const size_t page_size = NormalisedPageSize(options);
-  if (bytes > kPageSize1G || (page_size != 0 && bytes > page_size)) {
+  // A page size no backing has (not a power of two of at least 4K) is the backing's to
+  // refuse, by name: measured against it, any request would read as too large.
+  const bool real_page = page_size >= kPageSize4K && std::has_single_bit(page_size);
+  if (bytes > kPageSize1G || (real_page && bytes > page_size)) {
     return absl::InvalidArgumentError(absl::StrCat(
         PoolName(options), ": ", bytes, " bytes do not fit in one ",
         PageSizeName(page_size ? page_size : kPageSize1G), " page (folios never span pages)"));
