@@ -180,7 +180,7 @@ absl::StatusOr<AllocBenchResult> RunAllocBench(const AllocBenchConfig& config) {
                       {"2M", kPageSize2M, kPageSize2M, 9, kPageSize1G},
                       {"1G", kPageSize1G, kPageSize1G, 18, kPageSize1G}};
   for (const Row& row : rows) {
-    const MetadataCost c = FolioMetadataCost(row.folio, row.page);
+    const MetadataCost c = *FolioMetadataCost(row.folio, row.page);  // rows: real pools
     MetadataPerGiB m{.folios = row.name,
                      .model = c.bytes_per_gib,
                      .kernel = c.kernel_bytes_per_gib,

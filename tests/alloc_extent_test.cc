@@ -52,7 +52,7 @@ TEST(AllocExtents, GrowByWhatIsMappedUpTo1GAndCostAFractionOverTheDescriptor) {
       // 2M, 2M, 4M, ..., 512M: 1 GiB in 10 extents, exactly what the model assumes.
       const PoolStats s = Only(*alloc);
       EXPECT_EQ(s.extents, 10u);
-      EXPECT_EQ(s.metadata_bytes, FolioMetadataCost(kPageSize2M, kPageSize2M).bytes_per_gib);
+      EXPECT_EQ(s.metadata_bytes, FolioMetadataCost(kPageSize2M, kPageSize2M)->bytes_per_gib);
     }
   }
   // Then 1 GiB at a time: 4 GiB in 13 extents.
@@ -82,7 +82,7 @@ TEST(AllocExtents, TheStatsCountWhatSplitPoolsAnd1GPoolsHold) {
     ASSERT_TRUE(h.ok()) << i << ": " << h.status();
     held.push_back(std::move(*h));
   }
-  EXPECT_EQ(Only(*alloc).metadata_bytes, FolioMetadataCost(kSize64K, kPageSize2M).bytes_per_gib);
+  EXPECT_EQ(Only(*alloc).metadata_bytes, FolioMetadataCost(kSize64K, kPageSize2M)->bytes_per_gib);
   held.clear();
   EXPECT_EQ(alloc->Shrink(), kPageSize1G);
   // Given back, the split records go with their extents; the slab and the head
@@ -93,7 +93,7 @@ TEST(AllocExtents, TheStatsCountWhatSplitPoolsAnd1GPoolsHold) {
       alloc->AllocateOrder(18, {.page_size = kPageSize1G, .zero = false});
   ASSERT_TRUE(big.ok()) << big.status();
   EXPECT_EQ(Only(*alloc, kPageSize1G).metadata_bytes,
-            FolioMetadataCost(kPageSize1G, kPageSize1G).bytes_per_gib);
+            FolioMetadataCost(kPageSize1G, kPageSize1G)->bytes_per_gib);
 }
 
 TEST(AllocExtents, FourKFoliosLiveInRunsUnderTheKernelsSixtyFourBytes) {

@@ -709,7 +709,7 @@ TEST(Alloc, MetadataMeasuredMatchesTheModel) {
   PoolStats s = *FindStats(*alloc, BackingKind::kHugetlb, kPageSize2M);
   EXPECT_EQ(s.extents, 5u);
   EXPECT_EQ(s.folios, 16u);
-  const MetadataCost model = FolioMetadataCost(kPageSize2M, kPageSize2M);
+  const MetadataCost model = *FolioMetadataCost(kPageSize2M, kPageSize2M);
   EXPECT_GE(s.metadata_bytes / s.folios, model.bytes_per_gib / 512);
   EXPECT_LE(s.metadata_bytes / s.folios, 160u);
 }

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <limits>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -375,14 +376,42 @@ TEST(FolioInfoTest, DescribesPlacementAndFlags) {
   EXPECT_TRUE(info.has(FolioFlag::kDirty));
 }
 
+// A pair no pool makes is refused: it used to divide by zero (a size of 0, a page of 3
+// bytes) or loop for ever (a page larger than the GiB the model grows to).
+TEST(FolioMetadata, PairsNoPoolMakesAreInvalid) {
+  const std::pair<size_t, size_t> bad[] = {
+      {0, kPageSize2M},
+      {kPageSize4K, 0},
+      {0, 0},
+      {3, kPageSize2M},
+      {kPageSize4K, 3},
+      {kPageSize4K, kPageSize64K},
+      {kPageSize2M, kPageSize4K},
+      {kPageSize1G, kPageSize2M},
+      {kPageSize4K, size_t{1} << 40},
+      {SIZE_MAX, SIZE_MAX},
+      {kPageSize64K + kPageSize4K, kPageSize2M},
+  };
+  for (const auto& [folio, page] : bad) {
+    absl::StatusOr<MetadataCost> c = FolioMetadataCost(folio, page);
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument)
+        << folio << " in " << page << ": " << c.status();
+  }
+  for (size_t page : {kPageSize4K, kPageSize2M, kPageSize1G}) {
+    absl::StatusOr<MetadataCost> c = FolioMetadataCost(page, page);
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_GT(c->bytes_per_gib, 0u);
+  }
+}
+
 TEST(FolioMetadata, FarBelowTheKernelsStructPages) {
   // 4K folios: a 56-byte descriptor each, under the kernel's 64-byte struct page, plus slots.
-  MetadataCost c4k = FolioMetadataCost(kPageSize4K, kPageSize2M);
+  MetadataCost c4k = *FolioMetadataCost(kPageSize4K, kPageSize2M);
   EXPECT_LT(c4k.bytes_per_gib, c4k.kernel_bytes_per_gib * 3 / 2);
-  EXPECT_LT(FolioMetadataCost(kPageSize64K, kPageSize2M).bytes_per_gib,
+  EXPECT_LT(FolioMetadataCost(kPageSize64K, kPageSize2M)->bytes_per_gib,
             c4k.kernel_bytes_per_gib / 8);
-  MetadataCost c2m = FolioMetadataCost(kPageSize2M, kPageSize2M);
-  MetadataCost c1g = FolioMetadataCost(kPageSize1G, kPageSize1G);
+  MetadataCost c2m = *FolioMetadataCost(kPageSize2M, kPageSize2M);
+  MetadataCost c1g = *FolioMetadataCost(kPageSize1G, kPageSize1G);
   EXPECT_LT(c2m.bytes_per_gib, c2m.kernel_hvo_bytes_per_gib);
   // A 1 GiB pool of 2M pages: 512 descriptors and 10 extent records.
   EXPECT_LE(c2m.bytes_per_gib / 512, 64u);

@@ -213,7 +213,9 @@ class Allocator {
 // Metadata model, for `hugemm info` and the README: the system memory (as
 // PoolStats::metadata_bytes counts it) of a pool of native pages of `page_size` grown
 // from empty to 1 GiB and carved into folios of `folio_size`, and the kernel's struct
-// page cost for comparison.
+// page cost for comparison. InvalidArgument for a pair the allocator never makes: a size
+// that is not a power of two of at least 4K, a page size other than 4K, 2M and 1G, or a
+// folio larger than its page.
 struct MetadataCost {
   size_t folio_size = 0;
   size_t page_size = 0;
@@ -221,7 +223,7 @@ struct MetadataCost {
   uint64_t kernel_bytes_per_gib = 0;      // 64 B per 4K page
   uint64_t kernel_hvo_bytes_per_gib = 0;  // with the vmemmap optimisation for huge pages
 };
-[[nodiscard]] MetadataCost FolioMetadataCost(size_t folio_size, size_t page_size);
+[[nodiscard]] absl::StatusOr<MetadataCost> FolioMetadataCost(size_t folio_size, size_t page_size);
 
 }  // namespace hugemm
 

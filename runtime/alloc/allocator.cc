@@ -276,9 +276,19 @@ Folio* Allocator::FolioOf(const void* addr) {
   return rec == nullptr ? nullptr : rec->Find(addr);
 }
 
-MetadataCost FolioMetadataCost(size_t folio_size, size_t page_size) {
+absl::StatusOr<MetadataCost> FolioMetadataCost(size_t folio_size, size_t page_size) {
   using alloc_internal::ExtentRecord;
   using alloc_internal::Region;
+  // Anything else has no pool to model (and would divide by zero or never reach 1 GiB).
+  if (page_size != kPageSize4K && page_size != kPageSize2M && page_size != kPageSize1G) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("folio metadata: pools have 4K, 2M or 1G pages, not ", page_size, " bytes"));
+  }
+  if (folio_size < kPageSize4K || !std::has_single_bit(folio_size) || folio_size > page_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "folio metadata: a folio of ", folio_size,
+        " bytes is not a power of two from 4K up to its page (", PageSizeName(page_size), ")"));
+  }
   MetadataCost c;
   c.folio_size = folio_size;
   c.page_size = page_size;

@@ -144,7 +144,7 @@ std::string FolioMetadataText() {
   absl::StrAppendFormat(&out, "  %-8s %14s %14s %14s\n", "folios", "hugemm/GiB", "kernel/GiB",
                         "kernel HVO");
   for (const MetaRow& r : kMetaRows) {
-    const MetadataCost c = FolioMetadataCost(r.folio, r.page);
+    const MetadataCost c = *FolioMetadataCost(r.folio, r.page);  // kMetaRows: real pools
     absl::StrAppendFormat(&out, "  %-8s %14s %14s %14s\n", r.name, HumanBytes(c.bytes_per_gib),
                           HumanBytes(c.kernel_bytes_per_gib),
                           HumanBytes(c.kernel_hvo_bytes_per_gib));
@@ -155,7 +155,7 @@ std::string FolioMetadataText() {
 Json FolioMetadataJson() {
   Json per_gib = Json::object();
   for (const MetaRow& r : kMetaRows) {
-    const MetadataCost c = FolioMetadataCost(r.folio, r.page);
+    const MetadataCost c = *FolioMetadataCost(r.folio, r.page);  // kMetaRows: real pools
     per_gib[r.name] = {{"hugemm", c.bytes_per_gib},
                        {"kernel", c.kernel_bytes_per_gib},
                        {"kernel_hvo", c.kernel_hvo_bytes_per_gib}};
