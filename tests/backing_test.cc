@@ -386,6 +386,14 @@ TEST(Hugetlbfs, RejectsBadNamesOffsetsAndMounts) {
       {.kind = BackingKind::kHugetlbfs, .page_size = kPageSize2M, .hugetlbfs_mount = "/tmp"});
   ASSERT_FALSE(wrong.ok());
   EXPECT_THAT(wrong.status().message(), HasSubstr("/tmp is not a hugetlbfs mount"));
+  // The mount however it is spelled (a trailing slash, a doubled one, a "."), named from
+  // then on as /proc/mounts names it.
+  for (const std::string& spelled : {mount + "/", mount + "//", mount + "/.", "/." + mount}) {
+    auto same = Backing::Create(
+        {.kind = BackingKind::kHugetlbfs, .page_size = kPageSize2M, .hugetlbfs_mount = spelled});
+    ASSERT_TRUE(same.ok()) << spelled << ": " << same.status();
+    EXPECT_EQ((*same)->FilePath("x"), mount + "/x") << spelled;
+  }
 }
 
 // A mount limited by size= fills up while the kernel's pool still has pages: the refusal

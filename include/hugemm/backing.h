@@ -50,7 +50,8 @@ struct BackingOptions {
   // 4K for anon. hugetlb / hugetlbfs take any size the kernel lists (2M, 1G); devdax
   // must match the device alignment; anon is always 4K.
   size_t page_size = 0;
-  // hugetlbfs: the mount to use; empty = libhugetlbfs finds one of page_size.
+  // hugetlbfs: the mount to use, its path spelled any way (a trailing slash, "."; links
+  // are not followed); empty = libhugetlbfs finds one of page_size.
   std::string hugetlbfs_mount;
   // devdax: the character device, e.g. "/dev/dax0.0".
   std::string devdax_path;

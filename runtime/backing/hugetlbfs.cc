@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -116,6 +117,13 @@ class HugetlbfsBacking final : public Kind {
   std::string mount_;
 };
 
+// A path as a directory: lexically normal, with no trailing slash but the root's.
+std::string SameSpelling(const std::string& path) {
+  std::string out = std::filesystem::path(path).lexically_normal().string();
+  while (out.size() > 1 && out.back() == '/') out.pop_back();
+  return out;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Kind>> NewHugetlbfs(const BackingOptions& options, Os& os) {
@@ -149,9 +157,12 @@ absl::StatusOr<std::unique_ptr<Kind>> NewHugetlbfs(const BackingOptions& options
   } else {
     absl::StatusOr<std::vector<sys::HugetlbfsMount>> mounts = sys::HugetlbfsMounts(os);
     if (!mounts.ok()) return mounts.status();
+    // The same directory however it is spelled ("/dev/hugepages/", "/dev//hugepages/."),
+    // without following links; the mount's own spelling names it from here on.
+    const std::string wanted = SameSpelling(mount);
     const sys::HugetlbfsMount* match = nullptr;
     for (const sys::HugetlbfsMount& m : *mounts) {
-      if (m.path == mount) match = &m;
+      if (SameSpelling(m.path) == wanted) match = &m;
     }
     if (match == nullptr) {
       return absl::NotFoundError(absl::StrCat(mount, " is not a hugetlbfs mount"));
@@ -160,6 +171,7 @@ absl::StatusOr<std::unique_ptr<Kind>> NewHugetlbfs(const BackingOptions& options
       return absl::InvalidArgumentError(absl::StrCat(mount, " has ", PageSizeName(match->page_size),
                                                      " pages, not ", PageSizeName(page_size)));
     }
+    mount = match->path;
   }
   return std::make_unique<HugetlbfsBacking>(page_size, std::move(mount), os);
 }
