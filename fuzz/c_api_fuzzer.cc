@@ -402,6 +402,21 @@ void Driver::OpQuery() {
     FUZZ_CHECK(hugemm_maybe_dma_pinned(rt_, p) == dma, "maybe_dma_pinned");
   }
   if (inside) CheckCounts(i);
+  if (in_.Below(8) == 0) {
+    // Reads /proc, so now and then: nothing here changes memory behind the runtime's
+    // back, so the table agrees with the kernel wherever it maps anything, and a range
+    // over a live buffer holds at least its leaves.
+    const size_t len = PickLength();
+    hugemm_verify_report r{};
+    const long v = hugemm_verify(rt_, p, len, &r);
+    CheckFailure("verify", v);
+    FUZZ_CHECK(v <= 0,
+               absl::StrFormat("the table disagrees with the kernel: %s", hugemm_last_error()));
+    const bool wraps = len > UINTPTR_MAX - reinterpret_cast<uintptr_t>(p);
+    FUZZ_CHECK(!inside || len == 0 || wraps || v == 0, "verify of a live buffer");
+    FUZZ_CHECK(v != 0 || (r.leaves_checked > 0 && r.mismatches == 0 && r.first_mismatch == nullptr),
+               "a verification that found nothing");
+  }
 }
 
 // A live buffer with no pin on it: each folio has its owner's reference and one per entry

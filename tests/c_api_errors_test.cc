@@ -541,6 +541,23 @@ std::vector<Cell> Matrix() {
          hugemm_folio_info i;
          return long{hugemm_folio_info_at(w.rt, w.other_buf.data, &i)};
        }},
+      // hugemm_verify
+      {"verify", "null_runtime", -EINVAL,
+       [](World& w) { return hugemm_verify(nullptr, w.buf.data, k2M, nullptr); }},
+      {"verify", "zero_length", -EINVAL,
+       [](World& w) { return hugemm_verify(w.rt, w.buf.data, 0, nullptr); }},
+      {"verify", "absurd_length", -EINVAL,
+       [](World& w) { return hugemm_verify(w.rt, w.buf.data, kAbsurd, nullptr); }},
+      {"verify", "freed_pointer", -ENOENT,
+       [](World& w) {
+         hugemm_verify_report r;
+         return hugemm_verify(w.rt, w.freed, k2M, &r);
+       }},
+      {"verify", "other_runtime", -ENOENT,
+       [](World& w) {
+         hugemm_verify_report r;
+         return hugemm_verify(w.rt, w.other_buf.data, k2M, &r);
+       }},
       // hugemm_subscribe
       {"subscribe", "null_runtime", -EINVAL,
        [](World& w) {
@@ -686,7 +703,8 @@ TEST(CApiOpen, AKernelRefusalIsTheKernelsErrno) {
 }
 
 // Out of descriptors part way through a program's life: the calls that open one (a memfd,
-// a /proc or /sys file) answer the kernel's EMFILE, not -ENOMEM ("no huge pages"), name
+// a /proc or /sys file: the map, the allocation, the registration and the verification)
+// answer the kernel's EMFILE, not -ENOMEM ("no huge pages"), name
 // it, and leave nothing behind; the same runtime serves the next request once
 // descriptors are free. In a child, whose limit is its own.
 TEST(CApiExhaustion, NoDescriptorLeftIsEmfileAndTheRuntimeServesAfterwards) {
@@ -700,6 +718,8 @@ TEST(CApiExhaustion, NoDescriptorLeftIsEmfileAndTheRuntimeServesAfterwards) {
     void* own = mmap(nullptr, k2M, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
     if (own == MAP_FAILED) _exit(3);
+    hugemm_buffer held{};  // for the verification, which reads /proc/self/maps
+    if (hugemm_map_buffer(rt, k2M, nullptr, &held) != 0) _exit(3);
     const hugemm::soak::ProcessFootprint before = hugemm::soak::ProcessFootprint::Now();
     rlimit saved{};
     if (getrlimit(RLIMIT_NOFILE, &saved) != 0) _exit(4);
@@ -715,11 +735,14 @@ TEST(CApiExhaustion, NoDescriptorLeftIsEmfileAndTheRuntimeServesAfterwards) {
     uint64_t id = 0;
     const int reg_rc = hugemm_register_external(rt, own, k2M, &id);
     const std::string reg_msg = hugemm_last_error();
+    const long verify_rc = hugemm_verify(rt, held.data, k2M, nullptr);
+    const std::string verify_msg = hugemm_last_error();
     if (setrlimit(RLIMIT_NOFILE, &saved) != 0) _exit(4);
     int bad = 0;
     for (const auto& [rc, msg, what] :
          {std::tuple(map_rc, map_msg, "map"), std::tuple(alloc_rc, alloc_msg, "alloc"),
-          std::tuple(reg_rc, reg_msg, "register")}) {
+          std::tuple(reg_rc, reg_msg, "register"),
+          std::tuple(static_cast<int>(verify_rc), verify_msg, "verify")}) {
       if (rc != -EMFILE || msg.find("EMFILE") == std::string::npos) {
         std::fprintf(stderr, "%s: %d (%s): %s\n", what, rc, std::strerror(-rc), msg.c_str());
         bad = 5;
@@ -733,7 +756,8 @@ TEST(CApiExhaustion, NoDescriptorLeftIsEmfileAndTheRuntimeServesAfterwards) {
     }
     if (hugemm_map_buffer(rt, k2M, nullptr, &b) != 0 || hugemm_free(rt, b.data) != 0 ||
         hugemm_register_external(rt, own, k2M, &id) != 0 ||
-        hugemm_unregister_external(rt, id) != 0) {
+        hugemm_unregister_external(rt, id) != 0 ||
+        hugemm_verify(rt, held.data, k2M, nullptr) != 0 || hugemm_free(rt, held.data) != 0) {
       std::fprintf(stderr, "afterwards: %s\n", hugemm_last_error());
       _exit(7);
     }

@@ -266,22 +266,38 @@ int main(void) {
   /* The program changes a buffer behind the runtime's back (see hugemm_free): a page it
    * drops with MADV_DONTNEED comes back with its contents, and one it unmaps is still
    * translated and pinned as the frame the table recorded, which the kernel pin keeps
-   * this process's until hugemm_free; then the buffer is gone from the table. */
+   * this process's until hugemm_free; then the buffer is gone from the table.
+   * hugemm_verify agrees with the kernel before the unmap and names the unmapped page
+   * after it. */
   {
     hugemm_translation before, after;
+    hugemm_verify_report report;
     CHECK(hugemm_map_buffer(rt, len, NULL, &buf) == 0);
     memset(buf.data, 0x5a, len);
     char* second = (char*)buf.data + (2u << 20);
+    memset(&report, 0xff, sizeof(report));
+    CHECK(hugemm_verify(rt, buf.data, len, &report) == 0);
+    CHECK(report.leaves_checked == 2 && report.mismatches == 0);
+    CHECK(report.first_mismatch == NULL && report.pfns_hidden == 0);
+    CHECK(report.pfns_checked == 1 && report.flags_checked == 1);
+    CHECK(hugemm_last_error()[0] == '\0');
     CHECK(hugemm_translate(rt, second, 0, &before) == 0);
     CHECK(madvise(buf.data, 2u << 20, MADV_DONTNEED) == 0);
     CHECK(((volatile char*)buf.data)[100] == 0x5a);
+    CHECK(hugemm_verify(rt, buf.data, len, NULL) == 0);
     CHECK(munmap(second, 2u << 20) == 0);
+    CHECK(hugemm_verify(rt, buf.data, len, &report) == 1);
+    CHECK(report.leaves_checked == 2 && report.mismatches == 1);
+    CHECK(report.first_mismatch == second);
+    CHECK(strstr(hugemm_last_error(), "the kernel maps nothing here") != NULL);
+    CHECK(hugemm_verify(rt, buf.data, 2u << 20, &report) == 0 && report.leaves_checked == 1);
     CHECK(hugemm_translate(rt, second, 0, &after) == 0 && after.pfn == before.pfn);
     CHECK(hugemm_pin_pages(rt, second, 1, HUGEMM_PIN, pages) == 1);
     CHECK(hugemm_unpin_pages(rt, pages, 1, 0) == 1);
     CHECK(hugemm_free(rt, buf.data) == 0);
     CHECK(hugemm_translate(rt, buf.data, 0, &after) == -ENOENT);
     CHECK(hugemm_translate(rt, second, 0, &after) == -ENOENT);
+    CHECK(hugemm_verify(rt, buf.data, len, &report) == -ENOENT);
   }
 
   /* A child of fork() has none of the pools' memory: hugemm_alloc there is -EFAULT, even

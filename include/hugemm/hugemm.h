@@ -162,7 +162,8 @@ int hugemm_alloc(hugemm_runtime* rt, size_t bytes, const hugemm_buffer_options* 
  * mremaps, mprotects or maps over (MAP_FIXED) part of a buffer, drops a page of it
  * (MADV_REMOVE, a hole punched in a named hugetlbfs file) or MADV_DOFORKs it. Its table
  * keeps the frames and protection it recorded, and translations and pins keep handing
- * them out (a HUGEMM_WRITE pin of memory the program made read-only too). With kernel
+ * them out (a HUGEMM_WRITE pin of memory the program made read-only too); hugemm_verify
+ * names each such difference. With kernel
  * pins those frames stay this process's until hugemm_free, so a device never writes into
  * memory the kernel gave to another, but they are no longer the memory the program sees
  * there: a page faulted in after a drop is a new, zeroed frame. Without kernel pins the
@@ -335,6 +336,32 @@ typedef struct hugemm_folio_info {
 
 /* The folio mapping `addr`. -ENOENT: `addr` is not mapped by this runtime. */
 int hugemm_folio_info_at(hugemm_runtime* rt, const void* addr, hugemm_folio_info* out);
+
+/* ---- verify ---------------------------------------------------------------------- */
+
+typedef struct hugemm_verify_report {
+  uint64_t leaves_checked; /* the shadow table's leaves in the range, each held against
+                            * the kernel's mapping of it */
+  uint64_t mismatches;     /* leaves where the two differ */
+  void* first_mismatch;    /* the address of the first, NULL when none */
+  uint64_t pfns_hidden;    /* leaves whose PFNs the kernel hides (PUD-mapped device-DAX),
+                            * held against the recorded PFNs and kpageflags only */
+  int pfns_checked;        /* 1 when pagemap showed PFNs to compare, 0 when it hid them */
+  int flags_checked;       /* 1 when kpageflags was read too */
+} hugemm_verify_report;
+
+/* Holds the runtime's shadow table over [addr, addr + length) against the kernel's own
+ * (/proc/self/maps, pagemap, kpageflags): each leaf must be mapped by the kernel, with at
+ * least its protection, at its recorded PFNs, and as large a page as it claims. This is
+ * how a program notices memory it changed behind the runtime's back (munmap, mremap,
+ * MADV_REMOVE, mprotect of a buffer; see hugemm_free).
+ * Returns the number of mismatches (0: the two agree), and with one or more,
+ * hugemm_last_error() names the first ("0x7f..: the kernel maps nothing here, ...").
+ * `out` may be NULL. -EINVAL: NULL runtime, zero length, a range that wraps the address
+ * space. -ENOENT: this runtime maps nothing in the range (a freed buffer, another
+ * runtime's). Any other negative errno: the kernel's view could not be read (-EMFILE
+ * with no descriptor left). Reads /proc: not for a fast path. */
+long hugemm_verify(hugemm_runtime* rt, const void* addr, size_t length, hugemm_verify_report* out);
 
 /* ---- notifiers ------------------------------------------------------------------- */
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -356,6 +357,38 @@ int hugemm_folio_info_at(hugemm_runtime* rt, const void* addr, hugemm_folio_info
   out->backing = FromKind(info->backing);
   out->meta_in_reserve = info->meta_in_reserve ? 1 : 0;
   return Ok();
+}
+
+long hugemm_verify(hugemm_runtime* rt, const void* addr, size_t length, hugemm_verify_report* out) {
+  HUGEMM_C_CHECK(rt != nullptr, "hugemm_verify: NULL runtime");
+  HUGEMM_C_CHECK(length > 0, "hugemm_verify: empty range");
+  HUGEMM_C_CHECK(length <= UINTPTR_MAX - reinterpret_cast<uintptr_t>(addr),
+                 "hugemm_verify: the range wraps the address space");
+  absl::StatusOr<hugemm::VerifyReport> r = rt->rt->Verify(addr, length);
+  if (!r.ok()) return Fail(r.status());
+  size_t leaves = 0;
+  for (const auto& [bytes, n] : r->leaves_checked) leaves += n;
+  if (leaves == 0) {
+    return Fail(ENOENT,
+                absl::StrCat("hugemm_verify: [0x", absl::Hex(reinterpret_cast<uintptr_t>(addr)),
+                             ", +0x", absl::Hex(length), ") holds nothing hugemm maps"));
+  }
+  if (out != nullptr) {
+    out->leaves_checked = leaves;
+    out->mismatches = r->mismatches.size();
+    out->first_mismatch =
+        r->mismatches.empty() ? nullptr : reinterpret_cast<void*>(r->mismatches.front().va);
+    out->pfns_hidden = r->pfns_hidden;
+    out->pfns_checked = r->pfns_checked ? 1 : 0;
+    out->flags_checked = r->flags_checked ? 1 : 0;
+  }
+  Ok();
+  if (r->mismatches.empty()) return 0;
+  // A finding, not a failure: the count, and the first mismatch for the message.
+  (void)Fail(0,
+             absl::StrCat(r->mismatches.size(), " mismatch", r->mismatches.size() == 1 ? "" : "es",
+                          "; the first: ", r->mismatches.front().what));
+  return static_cast<long>(std::min<size_t>(r->mismatches.size(), LONG_MAX));
 }
 
 int hugemm_subscribe(hugemm_runtime* rt, const void* addr, size_t length,
