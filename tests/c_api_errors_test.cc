@@ -17,9 +17,13 @@
 #include <functional>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/strings/str_format.h"
 #include "gtest/gtest.h"
+#include "hugemm/gup.h"
 #include "hugemm/hugemm.h"
 #include "soak/footprint.h"
 #include "tests/test_util.h"
@@ -683,6 +687,48 @@ TEST_P(CApiErrors, AnswersAsDocumentedAndLeavesNothing) {
 // The kernel's refusal at open comes back as its own errno (not -EAGAIN): with no
 // descriptor left, the kernel pin table's io_uring_setup fails with EMFILE. Not a cell:
 // AddressSanitizer's own memory checks need descriptors (a pipe), so it is skipped there.
+// Every flag word, the six flags' 64 sets and an unknown bit: each pin and each unpin
+// that takes flags accepts it exactly when the C++ pin does (CheckGupFlags), and refuses
+// it with -EINVAL and the same words. Memory here is neither mapped nor pinned: an
+// accepted word pins nothing from an empty range and unpins nothing.
+TEST(CApiFlags, PinsAndUnpinsJudgeFlagsByTheCppRule) {
+  hugemm_runtime* rt = nullptr;
+  ASSERT_EQ(hugemm_open(nullptr, &rt), 0) << hugemm_last_error();
+  static char nowhere[4096] __attribute__((aligned(4096)));
+  hugemm_folio_span span{};
+  hugemm_page page{};
+  hugemm_dma_segment seg{};
+  std::vector<unsigned> words;
+  for (unsigned f = 0; f < 64; ++f) words.push_back(f);
+  words.push_back(HUGEMM_PIN | 0x400u);
+  int accepted = 0;
+  for (const unsigned f : words) {
+    const absl::Status want = hugemm::CheckGupFlags(static_cast<hugemm::GupFlags>(f));
+    accepted += want.ok() ? 1 : 0;
+    const std::vector<std::pair<const char*, std::function<long()>>> calls = {
+        {"pin_pages", [&] { return hugemm_pin_pages(rt, nowhere, 0, f, &page); }},
+        {"pin_folios", [&] { return hugemm_pin_folios(rt, nowhere, 0, f, &span, 1); }},
+        {"pin_segments", [&] { return hugemm_pin_segments(rt, nowhere, 0, f, 0, &seg, 1); }},
+        {"unpin_folios", [&] { return hugemm_unpin_folios(rt, &span, 0, f, 0); }},
+        {"unpin_range", [&] { return long{hugemm_unpin_range(rt, nowhere, 4096, f, 0)}; }},
+    };
+    for (const auto& [name, call] : calls) {
+      SCOPED_TRACE(absl::StrFormat("%s, flags 0x%x", name, f));
+      const long rc = call();
+      if (want.ok()) {
+        // unpin_range of memory the runtime does not map: -EFAULT, past the flag check.
+        EXPECT_EQ(rc, std::string(name) == "unpin_range" ? -EFAULT : 0) << hugemm_last_error();
+      } else {
+        EXPECT_EQ(rc, -EINVAL);
+        EXPECT_EQ(std::string(hugemm_last_error()), std::string(want.message()));
+      }
+    }
+  }
+  EXPECT_EQ(accepted, 24) << "PIN or GET, each with or without WRITE, FAST_ONLY, PARTIAL; "
+                             "PIN with or without LONGTERM";
+  hugemm_close(rt);
+}
+
 TEST(CApiOpen, AKernelRefusalIsTheKernelsErrno) {
 #ifdef __SANITIZE_ADDRESS__
   GTEST_SKIP() << "the sanitizer needs descriptors of its own";

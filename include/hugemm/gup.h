@@ -83,6 +83,11 @@ inline constexpr bool kIsBitmask<GupFlags> = true;
 // "PIN|WRITE|LONGTERM", unknown bits in hex: for messages.
 std::string GupFlagsName(GupFlags flags);
 
+// OK for a set of flags a pin takes, else InvalidArgument naming what is wrong: unknown
+// bits, not exactly one of PIN and GET, LONGTERM without PIN. Every pin checks its flags
+// this way, and the C API checks the flags of its unpins by it too.
+absl::Status CheckGupFlags(GupFlags flags);
+
 // The experiment switch: one reference operation per folio run (what the kernel does
 // since compound-head batching) or one per 4K page (what it did before), so the same
 // memory can show both. Affects pinning and UnpinPages; results are identical.

@@ -18,9 +18,6 @@ namespace {
 using hugemm::c_api_internal::Fail;
 using hugemm::c_api_internal::Ok;
 
-constexpr unsigned kKnownFlags =
-    HUGEMM_PIN | HUGEMM_GET | HUGEMM_WRITE | HUGEMM_LONGTERM | HUGEMM_FAST_ONLY | HUGEMM_PARTIAL;
-
 // The C flags are the C++ ones bit for bit.
 constexpr bool Same(unsigned c, hugemm::GupFlags cc) { return c == static_cast<uint32_t>(cc); }
 static_assert(Same(HUGEMM_PIN, hugemm::kGupPin) && Same(HUGEMM_GET, hugemm::kGupGet) &&
@@ -36,14 +33,10 @@ hugemm::RefKind KindOf(unsigned flags) {
   return (flags & HUGEMM_GET) ? hugemm::RefKind::kGet : hugemm::RefKind::kPin;
 }
 
+// The pins' flags, and the unpins' (which take the pin's): the C++ rules, one check.
 int CheckFlags(unsigned flags) {
-  if (flags & ~kKnownFlags)
-    return Fail(EINVAL, absl::StrCat("unknown pin flags 0x", absl::Hex(flags & ~kKnownFlags)));
-  if (((flags & HUGEMM_PIN) != 0) == ((flags & HUGEMM_GET) != 0)) {
-    return Fail(EINVAL, "pin flags need exactly one of HUGEMM_PIN and HUGEMM_GET");
-  }
-  if ((flags & HUGEMM_LONGTERM) != 0 && (flags & HUGEMM_PIN) == 0) {
-    return Fail(EINVAL, "pin flags: HUGEMM_LONGTERM is only for HUGEMM_PIN, not HUGEMM_GET");
+  if (absl::Status st = hugemm::CheckGupFlags(static_cast<hugemm::GupFlags>(flags)); !st.ok()) {
+    return Fail(st);
   }
   return 0;
 }

@@ -31,9 +31,7 @@ std::string GupFlagsName(GupFlags flags) {
   return parts.empty() ? "0" : absl::StrJoin(parts, "|");
 }
 
-namespace gup_internal {
-
-absl::Status CheckFlags(GupFlags flags) {
+absl::Status CheckGupFlags(GupFlags flags) {
   if (HasAny(flags, ~kAllGupFlags)) {
     return absl::InvalidArgumentError(
         absl::StrFormat("GUP flags %s: unknown bits 0x%x", GupFlagsName(flags),
@@ -50,5 +48,4 @@ absl::Status CheckFlags(GupFlags flags) {
   return absl::OkStatus();
 }
 
-}  // namespace gup_internal
 }  // namespace hugemm

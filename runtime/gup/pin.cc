@@ -60,7 +60,7 @@ ABSL_ATTRIBUTE_NOINLINE absl::Status RequestError(uintptr_t start, size_t npages
 
 // A zero-length pin pins nothing, successfully, if its flags make sense.
 absl::StatusOr<size_t> NothingToPin(GupFlags flags) {
-  if (absl::Status st = gup_internal::CheckFlags(flags); !st.ok()) return st;
+  if (absl::Status st = CheckGupFlags(flags); !st.ok()) return st;
   return 0;
 }
 
@@ -112,7 +112,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline absl::StatusOr<size_t> PinRange(MakeContext 
                                                                     const PinRequest& req,
                                                                     Sink& sink) {
   if (!gup_internal::FlagsValid(req.flags)) [[unlikely]]
-    return gup_internal::CheckFlags(req.flags);
+    return CheckGupFlags(req.flags);
   const FastResult fast = gup_internal::PinFast(context(), req.start, req.end(), req.flags, sink);
   if (fast.why == Stop::kNone) [[likely]]
     return sink.count();
@@ -151,7 +151,7 @@ absl::StatusOr<size_t> Pinner::PinPages(const void* va, size_t npages, GupFlags 
                         absl::StrFormat("a page array of %u entries", pages.size()));
   }
   if (npages > (std::numeric_limits<uintptr_t>::max() - req.start) >> kPageShift) [[unlikely]] {
-    if (!gup_internal::FlagsValid(flags)) return gup_internal::CheckFlags(flags);
+    if (!gup_internal::FlagsValid(flags)) return CheckGupFlags(flags);
     return RequestError(req.start, req.npages, req.flags, "wraps the address space");
   }
   gup_internal::PageSink sink(pages.data(), req.kind());
@@ -243,7 +243,7 @@ absl::StatusOr<PinnedRange> Pinner::Pin(const void* va, size_t length, GupFlags 
     absl::StatusOr<size_t> n = PinRange([this] { return Context(); }, req, sink);
     if (!n.ok()) return n.status();
     out.spans_ = std::move(spans);
-  } else if (absl::Status st = gup_internal::CheckFlags(flags); !st.ok()) {
+  } else if (absl::Status st = CheckGupFlags(flags); !st.ok()) {
     return st;
   }
   out.pinner_ = this;

@@ -53,14 +53,11 @@ inline constexpr uint64_t kValidFlagSets = [] {
   return bits;
 }();
 
-// FlagSetValid as every pin checks it, inline: only a bad set needs words (CheckFlags).
+// FlagSetValid as every pin checks it, inline: only a bad set needs words (CheckGupFlags).
 inline bool FlagsValid(GupFlags flags) {
   const auto f = static_cast<uint32_t>(flags);
   return f < 64 && ((kValidFlagSets >> f) & 1) != 0;
 }
-
-// InvalidArgument for unknown flags, neither or both of PIN and GET, LONGTERM without PIN.
-absl::Status CheckFlags(GupFlags flags);
 
 // One pin call: pages [start, start + npages) with `flags`.
 struct PinRequest {
