@@ -1,6 +1,9 @@
 // Memory sources on the fake machine (tests/fake_os.h): the logic of every kind without
 // root or huge pages. Pools move, nodes are honoured, files are cleaned up, PFNs come
 // from pagemap or sysfs. The same kinds on real memory: backing_test.cc.
+#include <fcntl.h>
+#include <sys/stat.h>
+
 #include <cstring>
 
 #include "gmock/gmock.h"
@@ -157,6 +160,16 @@ TEST(HugetlbfsOnFake, AFailedMapRemovesTheFileItCreatedOnly) {
   e = backing->Map({.length = 2 * kPageSize2M, .name = "old"});
   ASSERT_FALSE(e.ok());
   EXPECT_THAT(os.FilesIn("/fake/hugepages"), ElementsAre("old"));
+  // with the size the call gave it (documented: another process may map it by now, and a
+  // size holds no huge pages).
+  {
+    absl::StatusOr<int> fd = os.Open("/fake/hugepages/old", O_RDWR, 0);
+    ASSERT_TRUE(fd.ok()) << fd.status();
+    absl::StatusOr<struct stat> st = os.Fstat(*fd);
+    ASSERT_TRUE(st.ok()) << st.status();
+    EXPECT_EQ(static_cast<size_t>(st->st_size), 2 * kPageSize2M);
+    ASSERT_TRUE(os.Close(*fd).ok());
+  }
   ASSERT_TRUE(os.Unlink("/fake/hugepages/old").ok());
   ExpectNothingLeft(os);
   EXPECT_EQ(os.Pool(kPageSize2M).free, 1);

@@ -81,7 +81,10 @@ struct MapRequest {
   // page size (the allocator indexes 4K memory in 2M-aligned regions).
   size_t align = 0;
   // hugetlbfs: a file name inside the mount. Created (mode 0600) or, if another process
-  // made it, opened; it outlives the mapping. Empty = a private unlinked file.
+  // made it, opened; it outlives the mapping, and grows to offset + length if shorter. A
+  // Map that fails removes a file it created, and leaves one it opened at the size it
+  // gave it (another process may map that by then; a size holds no huge pages). Empty =
+  // a private unlinked file.
   std::string name;
 };
 

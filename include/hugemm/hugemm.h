@@ -116,7 +116,9 @@ typedef struct hugemm_buffer_options {
  * from the file's start; a shorter file grows to `length`): the file and its huge pages
  * outlive the buffer, hugemm_free, hugemm_close and the process (also one killed), until
  * a program unlinks it. A call that fails removes the file it created, never one that
- * existed. NULL (or "") maps a private file that is gone with the buffer. */
+ * existed; an existing file it grew keeps its new size, since another process may map it
+ * by then (a size holds no huge pages: only pages mapped and touched do). NULL (or "")
+ * maps a private file that is gone with the buffer. */
 
 typedef struct hugemm_buffer {
   void* data;
