@@ -47,8 +47,8 @@ extern "C" {
 
 typedef struct hugemm_runtime hugemm_runtime;
 
-/* The message of this thread's last failed call ("" if none). Valid until this
- * thread's next hugemm call. */
+/* The message of this thread's last failed call, or the first mismatch its last
+ * hugemm_verify found ("" if none). Valid until this thread's next hugemm call. */
 const char* hugemm_last_error(void);
 
 /* ---- open / close ---------------------------------------------------------------- */
