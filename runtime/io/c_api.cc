@@ -74,7 +74,11 @@ int hugemm_io_buffer_index(const hugemm_io* io, const void* addr, size_t length)
   if (io->ring == nullptr) return Closed("hugemm_io_buffer_index");
   const int index = io->ring->fixed().Find(addr, length);
   if (index >= 0) return index;
-  return Fail(io->ring->fixed().IndexOf(addr, length).status());
+  // Why not, in words; a buffer that another thread's allocation mapped in between is
+  // found this time.
+  absl::StatusOr<int> why = io->ring->fixed().IndexOf(addr, length);
+  if (why.ok()) return *why;
+  return Fail(why.status());
 }
 
 int hugemm_io_prep_read(hugemm_io* io, struct io_uring_sqe* sqe, int fd, void* buf, unsigned length,
