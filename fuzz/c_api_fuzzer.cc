@@ -275,6 +275,21 @@ void Driver::OpFree() {
   }
   FUZZ_CHECK((rc == 0) == (live != SIZE_MAX), absl::StrFormat("free of %p: %d", p, rc));
   if (rc == 0) bufs_[live].freed = true;
+  if (in_.Below(8) == 0) {
+    // Gives back only pages that hold no buffer and no pin: every live buffer still
+    // translates and reads (a pinned freed one's canary is checked at its unpin).
+    const long t = hugemm_trim(rt_);
+    CheckFailure("trim", t);
+    FUZZ_CHECK(t >= 0 && t % 4096 == 0, absl::StrFormat("trim: %d", t));
+    for (const Buf& b : bufs_) {
+      if (b.freed) continue;
+      hugemm_translation tr;
+      FUZZ_CHECK(hugemm_translate(rt_, b.b.data, 0, &tr) == 0, "a live buffer trimmed away");
+      // A buffer whose memory went back to the kernel faults here.
+      (void)static_cast<const volatile char*>(b.b.data)[0];
+      (void)static_cast<const volatile char*>(b.b.data)[b.b.size - 1];
+    }
+  }
 }
 
 void Driver::OpPin() {

@@ -11,11 +11,14 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -244,6 +247,14 @@ std::vector<Cell> Matrix() {
          if (hugemm_map_buffer(w.other, k2M, nullptr, &other) != 0) return long{-EIO};
          return FromCallback(
              w, [&](InCallback& in) { return long{hugemm_free(in.w->other, other.data)}; });
+       }},
+      // hugemm_trim
+      {"trim", "null_runtime", -EINVAL, [](World&) { return hugemm_trim(nullptr); }},
+      {"trim", "inside_callback", -EDEADLK,
+       [](World& w) { return FromCallback(w, [](InCallback& in) { return hugemm_trim(in.w->rt); }); }},
+      {"trim", "inside_callback_of_other_runtime", 0,
+       [](World& w) {
+         return FromCallback(w, [](InCallback& in) { return hugemm_trim(in.w->other) >= 0 ? 0L : -1L; });
        }},
       // hugemm_register_external
       {"register_external", "null_runtime", -EINVAL,
@@ -726,6 +737,58 @@ TEST(CApiFlags, PinsAndUnpinsJudgeFlagsByTheCppRule) {
   }
   EXPECT_EQ(accepted, 24) << "PIN or GET, each with or without WRITE, FAST_ONLY, PARTIAL; "
                              "PIN with or without LONGTERM";
+  hugemm_close(rt);
+}
+
+// A small buffer freed on a thread that then allocates nothing waits in that thread's
+// cache, and its page stays the runtime's: another thread's hugemm_trim cannot give it
+// back, the freeing thread's can. Each trim returns what went back to the kernel.
+TEST(CApiTrim, APageHeldInAnIdleThreadsCacheGoesBackWhenThatThreadTrims) {
+  HUGEMM_NEED_HUGEPAGES(hugemm::kPageSize2M, 2);
+  hugemm_runtime* rt = nullptr;
+  ASSERT_EQ(hugemm_open(nullptr, &rt), 0) << hugemm_last_error();
+  hugemm_buffer small{};
+  ASSERT_EQ(hugemm_alloc(rt, 4096, nullptr, 0, &small), 0) << hugemm_last_error();
+  // In use: this thread's trim returns the folios its cache took along, not the page.
+  EXPECT_EQ(hugemm_trim(rt), 0);
+  std::mutex mu;
+  std::condition_variable cv;
+  int step = 0;
+  long freeing_thread_trim = -1;
+  std::thread other([&] {
+    EXPECT_EQ(hugemm_free(rt, small.data), 0) << hugemm_last_error();
+    std::unique_lock<std::mutex> lock(mu);
+    step = 1;
+    cv.notify_all();
+    cv.wait(lock, [&] { return step == 2; });
+    freeing_thread_trim = hugemm_trim(rt);
+    step = 3;
+    cv.notify_all();
+    cv.wait(lock, [&] { return step == 4; });
+  });
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return step == 1; });
+  }
+  EXPECT_EQ(hugemm_trim(rt), 0) << "the page went back while a thread's cache held a buffer of it";
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    step = 2;
+    cv.notify_all();
+    cv.wait(lock, [&] { return step == 3; });
+  }
+  EXPECT_EQ(freeing_thread_trim, long{k2M}) << hugemm_last_error();
+  EXPECT_EQ(hugemm_trim(rt), 0);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    step = 4;
+    cv.notify_all();
+  }
+  other.join();
+  // The pool grows again from the kernel.
+  ASSERT_EQ(hugemm_alloc(rt, 4096, nullptr, 0, &small), 0) << hugemm_last_error();
+  EXPECT_EQ(hugemm_free(rt, small.data), 0);
+  EXPECT_EQ(hugemm_trim(rt), long{k2M});
   hugemm_close(rt);
 }
 

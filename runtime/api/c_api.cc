@@ -301,6 +301,15 @@ int hugemm_free(hugemm_runtime* rt, void* data) {
   return st.ok() ? Ok() : Fail(st);
 }
 
+long hugemm_trim(hugemm_runtime* rt) {
+  HUGEMM_C_CHECK(rt != nullptr, "hugemm_trim: NULL runtime");
+  if (int rc = RefuseInCallback(rt, "hugemm_trim")) return rc;
+  const size_t bytes = rt->rt->allocator().Shrink();
+  DrainDeferred();
+  Ok();
+  return static_cast<long>(std::min<size_t>(bytes, LONG_MAX));
+}
+
 int hugemm_register_external(hugemm_runtime* rt, void* addr, size_t length, uint64_t* id) {
   HUGEMM_C_CHECK(rt != nullptr && id != nullptr, "hugemm_register_external: NULL argument");
   if (int rc = RefuseInCallback(rt, "hugemm_register_external")) return rc;
