@@ -157,8 +157,8 @@ int hugemm_alloc(hugemm_runtime* rt, size_t bytes, const hugemm_buffer_options* 
  * stays in the runtime's pool for its next allocations; when the kernel has no huge page
  * left, hugemm_map_buffer and hugemm_alloc give the pools' wholly free pages back and try
  * again (a small buffer freed on another thread may wait in that thread's cache, keeping
- * its page, until that thread reuses it, calls hugemm_trim or exits). -ENOENT: `data` is not the
- * start of a buffer of this runtime (NULL, inside one, freed, another runtime's).
+ * its page, until that thread reuses it, calls hugemm_trim or exits). -ENOENT: `data` is
+ * not the start of a buffer of this runtime (NULL, inside one, freed, another runtime's).
  * -EDEADLK: called from a notifier callback of this runtime (see hugemm_subscribe).
  * A buffer's memory is the runtime's to unmap: nothing tells it when the program munmaps,
  * mremaps, mprotects or maps over (MAP_FIXED) part of a buffer, drops a page of it
@@ -179,12 +179,14 @@ int hugemm_alloc(hugemm_runtime* rt, size_t bytes, const hugemm_buffer_options* 
 int hugemm_free(hugemm_runtime* rt, void* data);
 
 /* Gives the calling thread's cached hugemm_alloc buffers (those it freed and keeps for its
- * next allocations) back to their pools, then every pool page that holds no buffer back to
- * the kernel, as malloc_trim does. For a thread that freed small buffers and will not
- * allocate again: until it calls this or exits, their pages stay the runtime's. Other
- * threads' caches are theirs to give back. Returns the bytes given back to the kernel
- * (0 when every pool page holds a buffer). -EINVAL: NULL runtime. -EDEADLK: called from a
- * notifier callback of this runtime (see hugemm_subscribe). */
+ * next allocations) back to their pools, then the pools' free memory back to the kernel,
+ * as malloc_trim does. A pool maps huge pages in extents that grow with it (each as large
+ * as what it holds, up to 1 GiB) and gives back whole extents only: one buffer in use, or
+ * still pinned after its free, keeps its extent. For a thread that freed small buffers
+ * and will not allocate again: until it calls this or exits, their pages stay the
+ * runtime's. Other threads' caches are theirs to give back. Returns the bytes given back
+ * to the kernel (0 when every extent holds a buffer). -EINVAL: NULL runtime. -EDEADLK:
+ * called from a notifier callback of this runtime (see hugemm_subscribe). */
 long hugemm_trim(hugemm_runtime* rt);
 
 /* Registers memory this program mapped itself (e.g. its own MAP_HUGETLB buffer) as
