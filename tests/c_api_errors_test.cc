@@ -749,7 +749,8 @@ TEST(CApiTrim, APageHeldInAnIdleThreadsCacheGoesBackWhenThatThreadTrims) {
   ASSERT_EQ(hugemm_open(nullptr, &rt), 0) << hugemm_last_error();
   hugemm_buffer small{};
   ASSERT_EQ(hugemm_alloc(rt, 4096, nullptr, 0, &small), 0) << hugemm_last_error();
-  // In use: this thread's trim returns the folios its cache took along, not the page.
+  // In use: this thread's trim puts back what its cache took along, and the kernel gets
+  // nothing.
   EXPECT_EQ(hugemm_trim(rt), 0);
   std::mutex mu;
   std::condition_variable cv;
