@@ -28,6 +28,7 @@
 #include "gtest/gtest.h"
 #include "hugemm/gup.h"
 #include "hugemm/hugemm.h"
+#include "runtime/api/c_bridge.h"
 #include "soak/footprint.h"
 #include "tests/test_util.h"
 
@@ -791,6 +792,16 @@ TEST(CApiTrim, APageHeldInAnIdleThreadsCacheGoesBackWhenThatThreadTrims) {
   EXPECT_EQ(hugemm_free(rt, small.data), 0);
   EXPECT_EQ(hugemm_trim(rt), long{k2M});
   hugemm_close(rt);
+}
+
+// The failure path of every C call: an OK status handed to it (the mistake
+// hugemm_io_buffer_index once made, which returned index 0) is -EIO with a message, never 0.
+TEST(CApiBridge, AFailureWithAnOkStatusIsNeverZero) {
+  EXPECT_EQ(hugemm::CApiFail(absl::OkStatus()), -EIO);
+  EXPECT_NE(std::string(hugemm_last_error()), "");
+  EXPECT_EQ(hugemm::CApiFailKernel(absl::OkStatus()), -EIO);
+  EXPECT_EQ(hugemm::CApiFail(absl::NotFoundError("x")), -ENOENT);
+  EXPECT_EQ(std::string(hugemm_last_error()), "x");
 }
 
 TEST(CApiOpen, AKernelRefusalIsTheKernelsErrno) {

@@ -168,6 +168,12 @@ void FillBuffer(const hugemm::Buffer& b, hugemm_buffer* out) {
 }  // namespace
 
 int hugemm::CApiFail(const absl::Status& status) {
+  // A failure path handed an OK status (a lookup that succeeded on its second try, say)
+  // must not read as success, or as an index or a count of 0.
+  if (status.ok()) [[unlikely]] {
+    g_last_error = "internal error: a failure was reported with an OK status";
+    return -EIO;
+  }
   g_last_error = std::string(status.message());
   // No descriptor left is the kernel's own answer, whatever call opened one: absl files
   // it under ResourceExhausted, which would read as "no memory" here.

@@ -61,7 +61,8 @@ namespace hugemm {
 // InvalidArgument and OutOfRange -EINVAL, NotFound -ENOENT, AlreadyExists -EEXIST,
 // PermissionDenied -EPERM, ResourceExhausted -ENOMEM, FailedPrecondition -EFAULT,
 // Unavailable -EAGAIN, Unimplemented -EOPNOTSUPP, anything else -EIO; but -EMFILE and
-// -ENFILE where the status keeps that errno (ErrnoOf: no descriptor was left).
+// -ENFILE where the status keeps that errno (ErrnoOf: no descriptor was left). An OK
+// status is a caller's mistake and gives -EIO, never 0.
 int CApiFail(const absl::Status& status);
 // Sets this thread's message and returns -err.
 int CApiFail(int err, std::string message);
