@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -672,6 +673,130 @@ TEST(Alloc, ManyThreadsNoLeak) {
   EXPECT_EQ(s->folios, 0u);
   EXPECT_EQ(s->mapped_bytes, 0u);
   EXPECT_EQ(FreeHugePages(kPageSize2M), baseline);
+}
+
+// A thread that frees and then waits (a completion thread between bursts) holds the freed
+// folios in its magazines. They are still the allocator's to give: another thread's
+// Shrink gives their pages back to the kernel, and another thread's allocation from a
+// pool at its limit gets them, where both used to find nothing.
+TEST(Alloc, WhatAnIdleThreadsMagazinesHoldServesOtherThreads) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  const int64_t baseline = FreeHugePages(kPageSize2M);
+  auto alloc = NewAllocator({.max_bytes_per_pool = 2 * kPageSize2M});
+  std::mutex mu;
+  std::condition_variable cv;
+  int step = 0;
+  auto wait_for = [&](int s) {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return step >= s; });
+  };
+  auto go = [&](int s) {
+    std::lock_guard<std::mutex> lock(mu);
+    step = std::max(step, s);
+    cv.notify_all();
+  };
+  std::thread idle([&] {
+    for (int round = 0; round < 2; ++round) {
+      std::vector<FolioHandle> held;
+      for (int i = 0; i < 2; ++i) {
+        absl::StatusOr<FolioHandle> h = alloc->Allocate(kPageSize2M, {.zero = false});
+        EXPECT_TRUE(h.ok()) << h.status();
+        if (h.ok()) held.push_back(std::move(*h));
+      }
+      held.clear();  // into this thread's magazine (it holds 16 of 2M)
+      go(2 * round + 1);
+      wait_for(2 * round + 2);
+    }
+  });
+  // Steps in a lambda, so that a failed ASSERT still lets the thread finish.
+  [&] {
+    // The pool is at its limit and both pages wait in the idle thread's magazine.
+    wait_for(1);
+    std::vector<FolioHandle> mine;
+    for (int i = 0; i < 2; ++i) {
+      absl::StatusOr<FolioHandle> h = alloc->Allocate(kPageSize2M, {.zero = false});
+      ASSERT_TRUE(h.ok()) << h.status();
+      mine.push_back(std::move(*h));
+    }
+    EXPECT_EQ(alloc->Allocate(kPageSize2M).status().code(), absl::StatusCode::kResourceExhausted);
+    mine.clear();
+    alloc->FlushThreadCache();  // this thread's magazine holds them now: back to the pool
+    go(2);
+    // The idle thread takes them again, frees them, and waits.
+    wait_for(3);
+    EXPECT_EQ(alloc->Shrink(), 2 * kPageSize2M);
+    EXPECT_EQ(FreeHugePages(kPageSize2M), baseline);
+    std::optional<PoolStats> s = FindStats(*alloc, BackingKind::kHugetlb, kPageSize2M);
+    ASSERT_TRUE(s.has_value());
+    EXPECT_EQ(s->mapped_bytes, 0u);
+    EXPECT_EQ(s->folios, 0u);
+  }();
+  go(4);
+  idle.join();
+}
+
+// Threads allocating and freeing while another drains the magazines of whichever of them
+// is idle (Shrink, again and again): no folio is handed out twice (each carries its
+// holder's stamp until freed), nothing is lost, and once the workers stop (still alive)
+// one Shrink gives every page back.
+TEST(Alloc, DrainingIdleThreadsWhileTheyWorkLosesAndDoublesNothing) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 64);
+  const int64_t baseline = FreeHugePages(kPageSize2M);
+  auto alloc = NewAllocator();
+  constexpr int kThreads = 3;
+  constexpr int kRounds = 4000;
+  std::atomic<int> failures{0};
+  std::atomic<int> done{0};
+  std::atomic<bool> release{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(t + 17);
+      std::vector<std::pair<FolioHandle, uint64_t>> mine;
+      for (int i = 0; i < kRounds; ++i) {
+        const int order = static_cast<int>(rng() % 10);
+        absl::StatusOr<FolioHandle> h = alloc->AllocateOrder(order, {.zero = false});
+        if (!h.ok()) {
+          failures.fetch_add(1);
+          continue;
+        }
+        const uint64_t stamp =
+            (uint64_t{static_cast<uint32_t>(t)} << 32) | static_cast<uint32_t>(i);
+        std::memcpy(h->data(), &stamp, sizeof stamp);
+        std::memcpy(h->data() + h->size() - sizeof stamp, &stamp, sizeof stamp);
+        mine.emplace_back(std::move(*h), stamp);
+        if (mine.size() > 6 || rng() % 5 == 0) {
+          const size_t k = rng() % mine.size();
+          uint64_t head = 0, tail = 0;
+          const FolioHandle& f = mine[k].first;
+          std::memcpy(&head, f.data(), sizeof head);
+          std::memcpy(&tail, f.data() + f.size() - sizeof tail, sizeof tail);
+          if (head != mine[k].second || tail != mine[k].second) failures.fetch_add(1);
+          mine.erase(mine.begin() + static_cast<ptrdiff_t>(k));
+        }
+        if (i % 256 == 0) std::this_thread::yield();  // idle for a moment: a drain may come
+      }
+      mine.clear();
+      done.fetch_add(1);
+      while (!release.load()) std::this_thread::yield();
+    });
+  }
+  int shrinks = 0;
+  while (done.load() < kThreads) {
+    alloc->Shrink();
+    ++shrinks;
+  }
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_GT(shrinks, 0);
+  // Every worker is alive and idle, its magazines full of what it freed.
+  alloc->Shrink();
+  std::optional<PoolStats> s = FindStats(*alloc, BackingKind::kHugetlb, kPageSize2M);
+  ASSERT_TRUE(s.has_value());
+  EXPECT_EQ(s->folios, 0u);
+  EXPECT_EQ(s->mapped_bytes, 0u);
+  EXPECT_EQ(FreeHugePages(kPageSize2M), baseline);
+  release.store(true);
+  for (auto& th : threads) th.join();
 }
 
 // A thread that outlives many allocators (a program opening and closing runtimes) keeps

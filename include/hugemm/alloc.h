@@ -13,9 +13,11 @@
 // after the last unpin, its contents untouched in between.
 //
 // Hot path: a per-thread magazine per (pool, order). Allocating or freeing a cached folio
-// makes no system call, takes no lock and touches no atomic but the folio's refcount.
-// Magazines drain to the pool (under its mutex) when full, on FlushThreadCache() and at
-// thread exit.
+// makes no system call, takes no lock and makes no atomic read-modify-write but the
+// folio's refcount. Magazines drain to the pool (under its mutex) when full, on
+// FlushThreadCache() and at thread exit; those of threads not allocating or freeing at
+// the moment drain too when their pool has nothing left for another thread's request
+// (ResourceExhausted only after that) and on Shrink().
 //
 // Pools grow geometrically (each mapping as large as what the pool holds, up to 1 GiB
 // or 64 pages of 1G), so a pool has few extents. Each extent keeps one descriptor per
@@ -186,10 +188,11 @@ class Allocator {
 
   // Returns the calling thread's magazines to their pools.
   void FlushThreadCache();
-  // Flushes the calling thread's magazines, then unmaps every extent whose memory is
-  // all free, giving the huge pages back to the kernel. Returns the bytes given back.
-  // Extents are large (they grow with the pool): one folio in use keeps its whole
-  // extent mapped.
+  // Flushes the magazines of every thread (the calling one, and every other not inside
+  // an allocate or free of this allocator at the moment; one membarrier(2), without
+  // which the calling thread's only), then unmaps every extent whose memory is all free,
+  // giving the huge pages back to the kernel. Returns the bytes given back. Extents are
+  // large (they grow with the pool): one folio in use keeps its whole extent mapped.
   size_t Shrink();
 
   [[nodiscard]] std::vector<PoolStats> Stats() const;

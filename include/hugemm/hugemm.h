@@ -156,8 +156,8 @@ int hugemm_alloc(hugemm_runtime* rt, size_t bytes, const hugemm_buffer_options* 
  * memory is reused only after the last pin on it is gone. A hugemm_alloc buffer's memory
  * stays in the runtime's pool for its next allocations; when the kernel has no huge page
  * left, hugemm_map_buffer and hugemm_alloc give the pools' wholly free pages back and try
- * again (a small buffer freed on another thread may wait in that thread's cache, keeping
- * its page, until that thread reuses it, calls hugemm_trim or exits). -ENOENT: `data` is
+ * again, and a pool that reached its limit takes back the buffers other threads freed and
+ * keep cached (see hugemm_trim for the one exception). -ENOENT: `data` is
  * not the start of a buffer of this runtime (NULL, inside one, freed, another runtime's).
  * -EDEADLK: called from a notifier callback of this runtime (see hugemm_subscribe).
  * A buffer's memory is the runtime's to unmap: nothing tells it when the program munmaps,
@@ -178,15 +178,17 @@ int hugemm_alloc(hugemm_runtime* rt, size_t bytes, const hugemm_buffer_options* 
  * their contents, come back on the next touch. */
 int hugemm_free(hugemm_runtime* rt, void* data);
 
-/* Gives the calling thread's cached hugemm_alloc buffers (those it freed and keeps for its
- * next allocations) back to their pools, then the pools' free memory back to the kernel,
- * as malloc_trim does. A pool maps huge pages in extents that grow with it (each as large
- * as what it holds, up to 1 GiB) and gives back whole extents only: one buffer in use, or
- * still pinned after its free, keeps its extent. For a thread that freed small buffers
- * and will not allocate again: until it calls this or exits, their pages stay the
- * runtime's. Other threads' caches are theirs to give back. Returns the bytes given back
- * to the kernel (0 when every extent holds a buffer). -EINVAL: NULL runtime. -EDEADLK:
- * called from a notifier callback of this runtime (see hugemm_subscribe). */
+/* Gives the cached hugemm_alloc buffers (those a thread freed and keeps for its next
+ * allocations) back to their pools, then the pools' free memory back to the kernel, as
+ * malloc_trim does. Every thread's cache goes back, the calling thread's and those of
+ * threads that are idle or busy elsewhere; a thread inside a hugemm_alloc or a free at
+ * that very moment keeps its cache until its next call or its exit. A pool maps huge
+ * pages in extents that grow with it (each as large as what it holds, up to 1 GiB) and
+ * gives back whole extents only: one buffer in use, or still pinned after its free,
+ * keeps its extent. Returns the bytes given back to the kernel (0 when every extent holds
+ * a buffer). -EINVAL: NULL runtime. -EDEADLK: called from a notifier callback of this
+ * runtime (see hugemm_subscribe). Where the kernel refuses membarrier(2), only the
+ * calling thread's cache goes back. */
 long hugemm_trim(hugemm_runtime* rt);
 
 /* Registers memory this program mapped itself (e.g. its own MAP_HUGETLB buffer) as

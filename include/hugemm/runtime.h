@@ -221,8 +221,8 @@ class Runtime {
   // memory observer refused it with, e.g. the kernel pin table's ResourceExhausted (no
   // slot left, RLIMIT_MEMLOCK reached). Huge pages the allocator's pools hold free (left
   // by freed Allocate buffers) are the runtime's: when the kernel has none left for the
-  // buffer, the pools give theirs back (Allocator::Shrink, which also flushes this
-  // thread's cache, not other threads') and the map is tried again.
+  // buffer, the pools give theirs back (Allocator::Shrink, which also flushes the
+  // threads' caches) and the map is tried again.
   absl::StatusOr<Buffer> MapBuffer(size_t length, const BufferOptions& options = {});
   // One folio of at least `bytes` from the allocator (see alloc.h; the kernel pin
   // table's errors come from there when the pool grows). FailedPrecondition in a child

@@ -80,6 +80,7 @@ class Allocator::Impl {
   }
 
   void Flush() { caches_->FlushThisThread(); }
+  void DrainIdle() { caches_->DrainIdle(nullptr); }
 
   // A child of fork() of the process that made this allocator: the pools' extents are
   // MADV_DONTFORK, so none of their memory is the child's.
@@ -259,6 +260,7 @@ size_t Allocator::Shrink() {
   if (impl_->InForkedChild()) [[unlikely]]
     return 0;  // the extents are not the child's to unmap (see ~Allocator)
   FlushThreadCache();
+  if (options_.thread_cache) impl_->DrainIdle();  // and what idle threads hold
   size_t given = 0;
   for (Pool* p : impl_->pools()) given += p->Shrink();
   return given;

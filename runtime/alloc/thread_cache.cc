@@ -1,5 +1,9 @@
 #include "runtime/alloc/thread_cache.h"
 
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -7,6 +11,14 @@
 #include <unordered_set>
 
 #include "runtime/alloc/pool.h"
+
+#if defined(__SANITIZE_THREAD__)
+#define HUGEMM_CACHE_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define HUGEMM_CACHE_TSAN 1
+#endif
+#endif
 
 namespace hugemm::alloc_internal {
 
@@ -25,7 +37,20 @@ struct PoolMagazines {
   std::array<Magazine, kOrders> by_order;
 };
 
+// Who may touch a cache's magazines. Its thread, inside an owner section (OwnerSection),
+// and a drainer on another thread (ThreadCacheSet::DrainIdle), under the set's mutex, when
+// the thread is in none. The two agree as Dekker's pair does: the owner stores `busy`,
+// then reads `claimed`; the drainer stores `claimed`, then reads `busy`. Each side's store
+// is ordered before its load by a full barrier, so at least one of them sees the other's
+// store: either the drainer sees the owner busy and leaves the cache alone, or the owner
+// sees the claim and waits for the drainer. The owner's barrier costs nothing on its own:
+// it is a compiler barrier, and the drainer's membarrier(PRIVATE_EXPEDITED) makes every
+// running thread of the process execute a full barrier (a thread not running passes
+// through the scheduler's, which is one). ThreadSanitizer, which models neither, builds
+// take sequentially consistent operations on both sides instead.
 struct ThreadCache {
+  std::atomic<uint32_t> busy{0};     // the owner's nesting depth of sections; owner-written
+  std::atomic<bool> claimed{false};  // a drainer is at work on the cache
   std::vector<std::unique_ptr<PoolMagazines>> pools;  // by pool index
 
   Magazine& For(Pool* pool, int order) {
@@ -40,6 +65,35 @@ struct ThreadCache {
 };
 
 namespace {
+
+// membarrier(2), registered once per process: false when the kernel (or a seccomp filter)
+// refuses it, and then no drainer touches another thread's cache.
+bool AsymmetricFenceAvailable() {
+#ifdef HUGEMM_CACHE_TSAN
+  return true;
+#else
+  static const bool ok =
+      ::syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+  return ok;
+#endif
+}
+
+// The drainer's half of the barrier pair: a full barrier on every thread of the process.
+bool HeavyFence() {
+#ifdef HUGEMM_CACHE_TSAN
+  return true;  // both sides' operations are sequentially consistent there
+#else
+  return ::syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0;
+#endif
+}
+
+#ifdef HUGEMM_CACHE_TSAN
+constexpr std::memory_order kDekkerStore = std::memory_order_seq_cst;
+constexpr std::memory_order kDekkerLoad = std::memory_order_seq_cst;
+#else
+constexpr std::memory_order kDekkerStore = std::memory_order_relaxed;
+constexpr std::memory_order kDekkerLoad = std::memory_order_acquire;
+#endif
 
 std::mutex g_registry_mu;
 std::unordered_set<uint64_t>& Live() ABSL_EXCLUSIVE_LOCKS_REQUIRED(g_registry_mu) {
@@ -74,9 +128,41 @@ struct Tls {
 
 thread_local Tls t_tls;
 
+// The owner's side of the pair (see ThreadCache): while one lives, no drainer touches the
+// cache. Nested sections (a free inside an allocation's growth) only count: the outer one
+// already keeps drainers away.
+class OwnerSection {
+ public:
+  OwnerSection(ThreadCache* cache, std::mutex& drainers) : cache_(cache) {
+    depth_ = cache->busy.load(std::memory_order_relaxed);
+    if (depth_ > 0) {
+      cache->busy.store(depth_ + 1, std::memory_order_relaxed);
+      return;
+    }
+    for (;;) {
+      cache->busy.store(1, kDekkerStore);
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+      if (!cache->claimed.load(kDekkerLoad)) [[likely]]
+        return;
+      // A drainer has claimed the cache: step back, and wait until it lets go (it holds
+      // the set's mutex from its claim to its release).
+      cache->busy.store(0, std::memory_order_release);
+      std::lock_guard<std::mutex> wait(drainers);
+    }
+  }
+  ~OwnerSection() { cache_->busy.store(depth_, std::memory_order_release); }
+  OwnerSection(const OwnerSection&) = delete;
+  OwnerSection& operator=(const OwnerSection&) = delete;
+
+ private:
+  ThreadCache* const cache_;
+  uint32_t depth_;
+};
+
 }  // namespace
 
 ThreadCacheSet::ThreadCacheSet() : id_(g_next_id.fetch_add(1, std::memory_order_relaxed)) {
+  (void)AsymmetricFenceAvailable();  // registers before any thread caches a folio
   std::lock_guard<std::mutex> lock(g_registry_mu);
   Live().insert(id_);
 }
@@ -135,12 +221,17 @@ absl::StatusOr<Folio*> ThreadCacheSet::Take(Pool* pool, int order) {
     if (!n.ok()) return n.status();
     return f;
   }
+  OwnerSection section(cache, mu_);
   Magazine& m = cache->For(pool, order);
   if (m.n == 0) {
     absl::StatusOr<int> n = pool->AllocateBatch(order, m.items.data(), std::max(1, cap / 2));
     if (!n.ok() && n.status().code() == absl::StatusCode::kResourceExhausted &&
         DrainPool(cache, pool)) {
       // This thread's own magazines of other orders held what the pool lacked.
+      n = pool->AllocateBatch(order, m.items.data(), std::max(1, cap / 2));
+    }
+    if (!n.ok() && n.status().code() == absl::StatusCode::kResourceExhausted && DrainIdle(pool)) {
+      // Other threads' magazines held it: freed there, and idle since.
       n = pool->AllocateBatch(order, m.items.data(), std::max(1, cap / 2));
     }
     if (!n.ok()) return n.status();
@@ -154,6 +245,7 @@ bool ThreadCacheSet::Push(Pool* pool, Folio* folio) {
   if (cap == 0) return false;
   ThreadCache* cache = Mine();
   if (cache == nullptr) return false;
+  OwnerSection section(cache, mu_);
   Magazine& m = cache->For(pool, folio->order);
   if (m.n == cap) {
     const int half = std::max(1, cap / 2);
@@ -164,14 +256,18 @@ bool ThreadCacheSet::Push(Pool* pool, Folio* folio) {
   return true;
 }
 
-void ThreadCacheSet::Drain(ThreadCache* cache) {
+bool ThreadCacheSet::Drain(ThreadCache* cache) {
+  bool any = false;
   for (auto& pm : cache->pools) {
     if (!pm) continue;
     for (Magazine& m : pm->by_order) {
-      if (m.n > 0) pm->pool->FreeBatch(m.items.data(), m.n);
+      if (m.n == 0) continue;
+      pm->pool->FreeBatch(m.items.data(), m.n);
       m.n = 0;
+      any = true;
     }
   }
+  return any;
 }
 
 bool ThreadCacheSet::DrainPool(ThreadCache* cache, Pool* pool) {
@@ -188,7 +284,25 @@ bool ThreadCacheSet::DrainPool(ThreadCache* cache, Pool* pool) {
 }
 
 void ThreadCacheSet::FlushThisThread() {
-  if (ThreadCache* cache = Mine()) Drain(cache);
+  if (ThreadCache* cache = Mine()) {
+    OwnerSection section(cache, mu_);
+    Drain(cache);
+  }
+}
+
+bool ThreadCacheSet::DrainIdle(Pool* pool) {
+  if (!AsymmetricFenceAvailable()) return false;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& cache : caches_) cache->claimed.store(true, kDekkerStore);
+  bool any = false;
+  if (HeavyFence()) {
+    for (const auto& cache : caches_) {
+      if (cache->busy.load(kDekkerLoad) != 0) continue;  // its thread is at work in it
+      any |= pool != nullptr ? DrainPool(cache.get(), pool) : Drain(cache.get());
+    }
+  }
+  for (const auto& cache : caches_) cache->claimed.store(false, std::memory_order_release);
+  return any;
 }
 
 size_t ThreadCacheSet::NamedByThisThread() { return t_tls.all.size(); }

@@ -1,8 +1,11 @@
-// Per-thread magazines: for each (pool, order) a small stack of free folios that only
-// its thread touches, so allocate and free of a cached folio take no lock and no atomic
-// beyond the folio's refcount. A magazine refills half-full from its pool and drains
-// half when full, under the pool's mutex; it drains wholly at thread exit, on
-// FlushThisThread and when the allocator goes away.
+// Per-thread magazines: for each (pool, order) a small stack of free folios that its
+// thread uses, so allocate and free of a cached folio take no lock and no atomic
+// read-modify-write beyond the folio's refcount. A magazine refills half-full from its
+// pool and drains half when full, under the pool's mutex; it drains wholly at thread
+// exit, on FlushThisThread and when the allocator goes away. Another thread drains the
+// magazines of threads that are not inside a cache operation (DrainIdle): when a pool
+// has nothing left for an allocation, and on the allocator's Shrink. How the two sides
+// agree without a lock on the owner's path is in thread_cache.cc (ThreadCache).
 //
 // Ownership: the set (one per allocator) owns every thread's cache; a thread_local list
 // names the caches of this thread by allocator id. Ids are never reused, and a registry
@@ -49,6 +52,11 @@ class ThreadCacheSet {
   bool Push(Pool* pool, Folio* folio);
   // Returns this thread's magazines to their pools.
   void FlushThisThread();
+  // Returns to their pools the magazines (of `pool` only, or of every pool when null) of
+  // every thread not inside a cache operation at the moment, this one included when it
+  // is not. True if any held a folio. Takes one membarrier(2); false, taking nothing,
+  // where the kernel refuses it. Not from inside a pool's mutex.
+  bool DrainIdle(Pool* pool);
 
   // Thread exit: drain and forget `cache`.
   void Retire(ThreadCache* cache);
@@ -60,7 +68,8 @@ class ThreadCacheSet {
  private:
   ThreadCache* Mine();
   ThreadCache* MineSlow();
-  static void Drain(ThreadCache* cache);
+  // Returns all of a cache's magazines; true if any held a folio.
+  static bool Drain(ThreadCache* cache);
   // Returns this thread's magazines of one pool; true if any held a folio.
   static bool DrainPool(ThreadCache* cache, Pool* pool);
 
