@@ -9,7 +9,8 @@
 // Allocate) or a region the program mapped itself (registered and unregistered as
 // external memory), any of them used by any thread at once: allocate, map, free, pin
 // with every output (page array, folio spans, DMA segments, PinnedRange), unpin by each
-// output's own way, split, protect, subscribe, translate, register and unregister.
+// output's own way, split, protect, subscribe, translate, register and unregister, and
+// trim (the allocator's Shrink, which drains the caches of the threads idle then).
 //
 // Checked all along:
 //   - no folio is reused while pinned: each pin writes a canary (its thread's own word)

@@ -106,6 +106,10 @@ void Worker::Run() {
         kind = "audit";
         Audit(i, slot);
         break;
+      case 19:
+        kind = "trim";
+        Trim();
+        break;
       default:
         kind = "register";
         Register(i, slot);
@@ -453,5 +457,7 @@ void Worker::Register(size_t i, Slot& s) {
   s.registered = false;
   ++s.generation;
 }
+
+void Worker::Trim() { s_.rt.allocator().Shrink(); }
 
 }  // namespace hugemm::soak::stress_internal

@@ -98,6 +98,9 @@ class Worker {
   void Subscribe(Slot& s);
   void Audit(size_t i, Slot& s);
   void Register(size_t i, Slot& s);
+  // The allocator's Shrink: every idle thread's cache back to its pool, and the pools'
+  // wholly free extents back to the kernel, while the other threads work on.
+  void Trim();
 
   // Canaries: this thread's word in each page it pinned, the last one it wrote there.
   void WriteCanaries(const PinRecord& p);
