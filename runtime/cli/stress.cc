@@ -74,7 +74,7 @@ void AddStressCommand(CommandTable& table, CLI::App* app) {
   auto f = std::make_shared<StressFlags>();
   CLI::App* cmd = table.Add(app, "stress",
                             "Soak: threads doing a random mix of allocate, map, free, pin, "
-                            "unpin, split, protect, subscribe and register on shared memory, "
+                            "unpin, split, protect, subscribe, register and trim on shared memory, "
                             "checked as they go; everything back at baseline at the end",
                             [f] { return RunStressCommand(*f); });
   cmd->add_option("--seconds", f->config.seconds, "How long the threads run")
