@@ -426,6 +426,52 @@ TEST(Alloc, OneGigRequestBeyondTheKernelsFreePages) {
   EXPECT_EQ(s->folios, 0u);
 }
 
+// A 1G folio is never cached, but the pieces of its page may be: a 2M folio freed from
+// a 1G pool waits in its thread's magazine, and the page cannot merge back while it does.
+// A 1G request from a pool at its limit gets the page all the same, whether the piece
+// waits in the requesting thread's magazine or in another's, idle, thread's.
+TEST(Alloc, AWholeGigMergesBackFromPiecesInTheMagazines) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize1G, 1);
+  auto alloc = NewAllocator({.max_bytes_per_pool = kPageSize1G});
+  const AllocOptions gig{.page_size = kPageSize1G, .zero = false};
+  // This thread's magazine.
+  {
+    absl::StatusOr<FolioHandle> piece = alloc->Allocate(kPageSize2M, gig);
+    ASSERT_TRUE(piece.ok()) << piece.status();
+  }
+  {
+    absl::StatusOr<FolioHandle> whole = alloc->Allocate(kPageSize1G, gig);
+    ASSERT_TRUE(whole.ok()) << whole.status();
+    EXPECT_EQ(whole->size(), kPageSize1G);
+  }
+  // Another thread's, idle while the request runs.
+  std::mutex mu;
+  std::condition_variable cv;
+  int step = 0;
+  std::thread idle([&] {
+    {
+      absl::StatusOr<FolioHandle> piece = alloc->Allocate(kPageSize2M, gig);
+      EXPECT_TRUE(piece.ok()) << piece.status();
+    }
+    std::unique_lock<std::mutex> lock(mu);
+    step = 1;
+    cv.notify_all();
+    cv.wait(lock, [&] { return step == 2; });
+  });
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return step == 1; });
+  }
+  absl::StatusOr<FolioHandle> whole = alloc->Allocate(kPageSize1G, gig);
+  EXPECT_TRUE(whole.ok()) << whole.status();
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    step = 2;
+    cv.notify_all();
+  }
+  idle.join();
+}
+
 TEST(Alloc, ShrinkGivesWhollyFreePagesBackOnly) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
   const int64_t baseline = FreeHugePages(kPageSize2M);

@@ -187,6 +187,15 @@ ThreadCache* ThreadCacheSet::Mine() {
   return MineSlow();
 }
 
+ThreadCache* ThreadCacheSet::Existing() {
+  if (t_tls.last.id == id_) return t_tls.last.cache;
+  if (t_tls.dead) return nullptr;
+  for (const TlsEntry& e : t_tls.all) {
+    if (e.id == id_) return e.cache;
+  }
+  return nullptr;
+}
+
 ThreadCache* ThreadCacheSet::MineSlow() {
   if (t_tls.dead) return nullptr;
   for (const TlsEntry& e : t_tls.all) {
@@ -216,8 +225,18 @@ absl::StatusOr<Folio*> ThreadCacheSet::Take(Pool* pool, int order) {
   const int cap = Capacity(order);
   ThreadCache* cache = cap > 0 ? Mine() : nullptr;
   if (cache == nullptr) {
+    // Not cached (a folio of 64M or more): the magazines of smaller orders, this thread's
+    // and the idle threads', may hold the pieces it would merge from.
     Folio* f = nullptr;
     absl::StatusOr<int> n = pool->AllocateBatch(order, &f, 1);
+    if (!n.ok() && n.status().code() == absl::StatusCode::kResourceExhausted) {
+      bool drained = false;
+      if (ThreadCache* mine = Existing()) {
+        OwnerSection section(mine, mu_);
+        drained = DrainPool(mine, pool);
+      }
+      if (DrainIdle(pool) || drained) n = pool->AllocateBatch(order, &f, 1);
+    }
     if (!n.ok()) return n.status();
     return f;
   }

@@ -68,6 +68,8 @@ class ThreadCacheSet {
  private:
   ThreadCache* Mine();
   ThreadCache* MineSlow();
+  // This thread's cache if it has one; never makes one.
+  ThreadCache* Existing();
   // Returns all of a cache's magazines; true if any held a folio.
   static bool Drain(ThreadCache* cache);
   // Returns this thread's magazines of one pool; true if any held a folio.
