@@ -156,7 +156,7 @@ int hugemm_alloc(hugemm_runtime* rt, size_t bytes, const hugemm_buffer_options* 
  * memory is reused only after the last pin on it is gone. A hugemm_alloc buffer's memory
  * stays in the runtime's pool for its next allocations; when the kernel has no huge page
  * left, hugemm_map_buffer and hugemm_alloc give the pools' wholly free pages back and try
- * again, and a pool that reached its limit takes back the buffers other threads freed and
+ * again; a pool with nothing left also takes back the buffers other threads freed and
  * keep cached (see hugemm_trim for the one exception). -ENOENT: `data` is
  * not the start of a buffer of this runtime (NULL, inside one, freed, another runtime's).
  * -EDEADLK: called from a notifier callback of this runtime (see hugemm_subscribe).
@@ -180,9 +180,9 @@ int hugemm_free(hugemm_runtime* rt, void* data);
 
 /* Gives the cached hugemm_alloc buffers (those a thread freed and keeps for its next
  * allocations) back to their pools, then the pools' free memory back to the kernel, as
- * malloc_trim does. Every thread's cache goes back, the calling thread's and those of
- * threads that are idle or busy elsewhere; a thread inside a hugemm_alloc or a free at
- * that very moment keeps its cache until its next call or its exit. A pool maps huge
+ * malloc_trim does. Every thread's cache goes back, the calling thread's and every
+ * other's, except that of a thread inside a hugemm_alloc or a free at that very moment:
+ * it keeps its cache for its next allocations, its own trim or its exit. A pool maps huge
  * pages in extents that grow with it (each as large as what it holds, up to 1 GiB) and
  * gives back whole extents only: one buffer in use, or still pinned after its free,
  * keeps its extent. Returns the bytes given back to the kernel (0 when every extent holds
