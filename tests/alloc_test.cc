@@ -48,6 +48,15 @@ std::optional<PoolStats> FindStats(const Allocator& alloc, BackingKind kind, siz
   return std::nullopt;
 }
 
+// The 2M hugetlb pool maps and holds nothing, and the kernel has its pages back.
+void ExpectTwoMegPoolEmpty(const Allocator& alloc, int64_t baseline) {
+  EXPECT_EQ(FreeHugePages(kPageSize2M), baseline);
+  std::optional<PoolStats> s = FindStats(alloc, BackingKind::kHugetlb, kPageSize2M);
+  ASSERT_TRUE(s.has_value());
+  EXPECT_EQ(s->mapped_bytes, 0u);
+  EXPECT_EQ(s->folios, 0u);
+}
+
 bool AllBytesAre(const std::byte* p, size_t n, uint8_t v) {
   for (size_t i = 0; i < n; i += 64) {
     if (p[i] != std::byte{v} || p[i + 63] != std::byte{v}) return false;
@@ -337,11 +346,7 @@ TEST(Alloc, ExhaustionNamesThePoolAndRecoversToBaseline) {
   small->Reset();
   held.clear();
   EXPECT_EQ(alloc->Shrink(), 2 * kPageSize2M);
-  EXPECT_EQ(FreeHugePages(kPageSize2M), baseline);
-  std::optional<PoolStats> s = FindStats(*alloc, BackingKind::kHugetlb, kPageSize2M);
-  ASSERT_TRUE(s.has_value());
-  EXPECT_EQ(s->mapped_bytes, 0u);
-  EXPECT_EQ(s->folios, 0u);
+  ExpectTwoMegPoolEmpty(*alloc, baseline);
   // And it grows again on demand.
   EXPECT_TRUE(alloc->Allocate(kPageSize2M).ok());
 }
@@ -714,11 +719,7 @@ TEST(Alloc, ManyThreadsNoLeak) {
   for (auto& m : mailbox) m.clear();  // freed on this thread: into its magazine
   EXPECT_EQ(failures.load(), 0);
   alloc->Shrink();  // flushes this thread's magazine; the workers drained theirs at exit
-  std::optional<PoolStats> s = FindStats(*alloc, BackingKind::kHugetlb, kPageSize2M);
-  ASSERT_TRUE(s.has_value());
-  EXPECT_EQ(s->folios, 0u);
-  EXPECT_EQ(s->mapped_bytes, 0u);
-  EXPECT_EQ(FreeHugePages(kPageSize2M), baseline);
+  ExpectTwoMegPoolEmpty(*alloc, baseline);
 }
 
 // A thread that frees and then waits (a completion thread between bursts) holds the freed
@@ -771,11 +772,7 @@ TEST(Alloc, WhatAnIdleThreadsMagazinesHoldServesOtherThreads) {
     // The idle thread takes them again, frees them, and waits.
     wait_for(3);
     EXPECT_EQ(alloc->Shrink(), 2 * kPageSize2M);
-    EXPECT_EQ(FreeHugePages(kPageSize2M), baseline);
-    std::optional<PoolStats> s = FindStats(*alloc, BackingKind::kHugetlb, kPageSize2M);
-    ASSERT_TRUE(s.has_value());
-    EXPECT_EQ(s->mapped_bytes, 0u);
-    EXPECT_EQ(s->folios, 0u);
+    ExpectTwoMegPoolEmpty(*alloc, baseline);
   }();
   go(4);
   idle.join();
@@ -786,11 +783,10 @@ TEST(Alloc, WhatAnIdleThreadsMagazinesHoldServesOtherThreads) {
 // holder's stamp until freed), nothing is lost, and once the workers stop (still alive)
 // one Shrink gives every page back.
 TEST(Alloc, DrainingIdleThreadsWhileTheyWorkLosesAndDoublesNothing) {
+  constexpr int kThreads = 3, kRounds = 4000;
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 64);
   const int64_t baseline = FreeHugePages(kPageSize2M);
   auto alloc = NewAllocator();
-  constexpr int kThreads = 3;
-  constexpr int kRounds = 4000;
   std::atomic<int> failures{0};
   std::atomic<int> done{0};
   std::atomic<bool> release{false};
@@ -836,11 +832,7 @@ TEST(Alloc, DrainingIdleThreadsWhileTheyWorkLosesAndDoublesNothing) {
   EXPECT_GT(shrinks, 0);
   // Every worker is alive and idle, its magazines full of what it freed.
   alloc->Shrink();
-  std::optional<PoolStats> s = FindStats(*alloc, BackingKind::kHugetlb, kPageSize2M);
-  ASSERT_TRUE(s.has_value());
-  EXPECT_EQ(s->folios, 0u);
-  EXPECT_EQ(s->mapped_bytes, 0u);
-  EXPECT_EQ(FreeHugePages(kPageSize2M), baseline);
+  ExpectTwoMegPoolEmpty(*alloc, baseline);
   release.store(true);
   for (auto& th : threads) th.join();
 }
