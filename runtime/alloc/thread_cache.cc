@@ -11,14 +11,7 @@
 #include <unordered_set>
 
 #include "runtime/alloc/pool.h"
-
-#if defined(__SANITIZE_THREAD__)
-#define HUGEMM_CACHE_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define HUGEMM_CACHE_TSAN 1
-#endif
-#endif
+#include "runtime/util/sanitizers.h"
 
 namespace hugemm::alloc_internal {
 
@@ -69,7 +62,7 @@ namespace {
 // membarrier(2), registered once per process: false when the kernel (or a seccomp filter)
 // refuses it, and then no drainer touches another thread's cache.
 bool AsymmetricFenceAvailable() {
-#ifdef HUGEMM_CACHE_TSAN
+#ifdef HUGEMM_TSAN
   return true;
 #else
   static const bool ok =
@@ -80,14 +73,14 @@ bool AsymmetricFenceAvailable() {
 
 // The drainer's half of the barrier pair: a full barrier on every thread of the process.
 bool HeavyFence() {
-#ifdef HUGEMM_CACHE_TSAN
+#ifdef HUGEMM_TSAN
   return true;  // both sides' operations are sequentially consistent there
 #else
   return ::syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0;
 #endif
 }
 
-#ifdef HUGEMM_CACHE_TSAN
+#ifdef HUGEMM_TSAN
 constexpr std::memory_order kDekkerStore = std::memory_order_seq_cst;
 constexpr std::memory_order kDekkerLoad = std::memory_order_seq_cst;
 #else
@@ -221,6 +214,13 @@ ThreadCache* ThreadCacheSet::MineSlow() {
   return cache;
 }
 
+namespace {
+// The pool had nothing for the request: what magazines hold may serve it.
+bool Exhausted(const absl::StatusOr<int>& n) {
+  return !n.ok() && n.status().code() == absl::StatusCode::kResourceExhausted;
+}
+}  // namespace
+
 absl::StatusOr<Folio*> ThreadCacheSet::Take(Pool* pool, int order) {
   const int cap = Capacity(order);
   ThreadCache* cache = cap > 0 ? Mine() : nullptr;
@@ -229,7 +229,7 @@ absl::StatusOr<Folio*> ThreadCacheSet::Take(Pool* pool, int order) {
     // and the idle threads', may hold the pieces it would merge from.
     Folio* f = nullptr;
     absl::StatusOr<int> n = pool->AllocateBatch(order, &f, 1);
-    if (!n.ok() && n.status().code() == absl::StatusCode::kResourceExhausted) {
+    if (Exhausted(n)) {
       bool drained = false;
       if (ThreadCache* mine = Existing()) {
         OwnerSection section(mine, mu_);
@@ -244,12 +244,11 @@ absl::StatusOr<Folio*> ThreadCacheSet::Take(Pool* pool, int order) {
   Magazine& m = cache->For(pool, order);
   if (m.n == 0) {
     absl::StatusOr<int> n = pool->AllocateBatch(order, m.items.data(), std::max(1, cap / 2));
-    if (!n.ok() && n.status().code() == absl::StatusCode::kResourceExhausted &&
-        DrainPool(cache, pool)) {
+    if (Exhausted(n) && DrainPool(cache, pool)) {
       // This thread's own magazines of other orders held what the pool lacked.
       n = pool->AllocateBatch(order, m.items.data(), std::max(1, cap / 2));
     }
-    if (!n.ok() && n.status().code() == absl::StatusCode::kResourceExhausted && DrainIdle(pool)) {
+    if (Exhausted(n) && DrainIdle(pool)) {
       // Other threads' magazines held it: freed there, and idle since.
       n = pool->AllocateBatch(order, m.items.data(), std::max(1, cap / 2));
     }

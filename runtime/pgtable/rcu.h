@@ -9,13 +9,7 @@
 #ifndef HUGEMM_RUNTIME_PGTABLE_RCU_H_
 #define HUGEMM_RUNTIME_PGTABLE_RCU_H_
 
-#if defined(__SANITIZE_THREAD__)
-#define HUGEMM_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define HUGEMM_TSAN 1
-#endif
-#endif
+#include "runtime/util/sanitizers.h"
 
 // The inline read side (_LGPL_SOURCE) saves a call per read section. Under TSan the calls
 // go to the uninstrumented library instead, whose internal wake-up word TSan would
