@@ -158,6 +158,12 @@ std::vector<Cell> Matrix() {
          hugemm_buffer b;
          return long{hugemm_map_buffer(w.rt, size_t{1} << 62, nullptr, &b)};
        }},
+      {"map_buffer", "beyond_the_user_half", -EINVAL,
+       [](World& w) {
+         // A program maps below 2^47 on x86-64, whose table covers 48 bits.
+         hugemm_buffer b;
+         return long{hugemm_map_buffer(w.rt, size_t{1} << 47, nullptr, &b)};
+       }},
       {"map_buffer", "unknown_backing", -EINVAL,
        [](World& w) {
          hugemm_buffer b;

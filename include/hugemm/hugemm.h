@@ -128,10 +128,11 @@ typedef struct hugemm_buffer {
 
 /* Maps `length` bytes (a multiple of the page size) as one folio per native page, in
  * the runtime's shadow page table. `options` may be NULL (hugetlb, 2M, any node).
- * -EINVAL: zero, unaligned or absurd length (beyond the address space), unknown backing,
- * a page size the backing does not have, a NUMA node that is not online or that the
- * process's cpuset does not allow, a hugetlbfs file name that is not a plain name, or
- * names a directory, a FIFO or another file that is not a regular file. -ENOMEM: no huge
+ * -EINVAL: zero, unaligned or absurd length (beyond the user address space: 2^47 on
+ * x86-64), unknown backing, a page size the backing does not have, a NUMA node that is
+ * not online or that the process's cpuset does not allow, a hugetlbfs file name that is
+ * not a plain name, or names a directory, a FIFO or another file that is not a regular
+ * file. -ENOMEM: no huge
  * pages for it (on the node asked for, when one is). A node asked for is served whatever
  * the calling thread's memory policy (set_mempolicy, numactl --membind): the kernel
  * reserves huge pages at the mapping from the nodes of that policy, so for the mapping
