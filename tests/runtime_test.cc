@@ -895,5 +895,46 @@ TEST(Runtime, UnpinRangeOfAnUnpinnedBufferBeingFreedIsRefused) {
   hugemm_close(rt);
 }
 
+// A hugemm_pin_segments pin goes back by its record. An unpin by the table of part of its
+// range (not the range it pinned, so no record matches) must not take the record's pins:
+// the record would then give them back a second time and drive the counts below zero,
+// leaving the folio unusable and its memory held for good. It is refused, and the record
+// still gives back exactly what it took. Pins nobody recorded stay the table's to take.
+TEST(Runtime, UnpinRangeByTheTableLeavesTheRecordedSegmentPins) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  hugemm_runtime* rt = nullptr;
+  ASSERT_EQ(hugemm_open(nullptr, &rt), 0) << hugemm_last_error();
+  hugemm_buffer buf;
+  ASSERT_EQ(hugemm_map_buffer(rt, kPageSize2M, nullptr, &buf), 0) << hugemm_last_error();
+  auto* const d = static_cast<std::byte*>(buf.data);
+  hugemm_folio_info base{};
+  ASSERT_EQ(hugemm_folio_info_at(rt, d, &base), 0) << hugemm_last_error();
+  for (const unsigned kind : {HUGEMM_PIN, HUGEMM_GET}) {
+    SCOPED_TRACE(kind == HUGEMM_PIN ? "PIN" : "GET");
+    hugemm_dma_segment seg[8];
+    ASSERT_GT(hugemm_pin_segments(rt, d, kPageSize2M, kind, 0, seg, 8), 0) << hugemm_last_error();
+    const size_t half = kPageSize2M / 2;
+    EXPECT_EQ(hugemm_unpin_range(rt, d, half, kind, 0), -EFAULT);
+    EXPECT_THAT(hugemm_last_error(), HasSubstr("besides 512 of recorded pins"));
+    EXPECT_EQ(hugemm_unpin_range(rt, d + half, half, kind, 0), -EFAULT);
+    // A page array's pin of the first half is nobody's record: the table may take it.
+    std::vector<hugemm_page> pages(half / kPageSize4K);
+    ASSERT_EQ(hugemm_pin_pages(rt, d, pages.size(), kind, pages.data()),
+              static_cast<long>(pages.size()))
+        << hugemm_last_error();
+    EXPECT_EQ(hugemm_unpin_range(rt, d, half, kind, 0), 0) << hugemm_last_error();
+    EXPECT_EQ(hugemm_unpin_range(rt, d, half, kind, 0), -EFAULT);
+    // The record gives back its own, once.
+    EXPECT_EQ(hugemm_unpin_range(rt, d, kPageSize2M, kind, 0), 0) << hugemm_last_error();
+    EXPECT_EQ(hugemm_unpin_range(rt, d, kPageSize2M, kind, 0), -EFAULT);
+    hugemm_folio_info now{};
+    ASSERT_EQ(hugemm_folio_info_at(rt, d, &now), 0) << hugemm_last_error();
+    EXPECT_EQ(now.refcount, base.refcount);
+    EXPECT_EQ(now.pincount, base.pincount);
+  }
+  EXPECT_EQ(hugemm_free(rt, d), 0) << hugemm_last_error();
+  hugemm_close(rt);
+}
+
 }  // namespace
 }  // namespace hugemm

@@ -44,6 +44,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
@@ -267,6 +268,12 @@ class Pinner {
   //   and takes those.
   [[nodiscard]] absl::Status UnpinRange(const void* va, size_t length, RefKind kind,
                                         bool dirty = false) const;
+  // The same for a caller that keeps records of some pins and gives those back by their
+  // records: `reserved(folio)` says how many references of `kind` on the folio they hold,
+  // and the check counts only what the folio holds beyond them. It is called inside the
+  // walk's read section, so it must not change the table (Unmap would wait for it).
+  [[nodiscard]] absl::Status UnpinRange(const void* va, size_t length, RefKind kind, bool dirty,
+                                        absl::FunctionRef<int64_t(const Folio*)> reserved) const;
 
   // folio_maybe_dma_pinned for the folio mapping `va` (false when unmapped).
   [[nodiscard]] bool MaybeDmaPinned(const void* va) const;

@@ -309,9 +309,10 @@ long hugemm_unpin_folios(hugemm_runtime* rt, const hugemm_folio_span* spans, siz
  * -EFAULT: part of the range is unmapped (so also a range longer than the address
  * space that does not wrap), or (by the table) a folio holds fewer pins of that kind
  * than the range has pages, i.e. it was never pinned or already released: nothing is
- * unpinned. That check counts pins, not their holders: by the table, a range never
- * pinned by this caller but pinned by another (a page array, a held hugemm_mr) passes it
- * and takes the other's pins. */
+ * unpinned. By the table, the pins of hugemm_pin_segments records not yet released are
+ * left alone (they go back by their records only, so never twice); beyond those the
+ * check counts pins, not their holders: a range never pinned by this caller but pinned
+ * by another (a page array, a held hugemm_mr) passes it and takes the other's pins. */
 int hugemm_unpin_range(hugemm_runtime* rt, const void* addr, size_t length, unsigned flags,
                        int dirty);
 /* 1 if the folio mapping `addr` may be pinned for DMA, 0 if not, unmapped or rt NULL. */

@@ -84,10 +84,8 @@ long hugemm_pin_segments(hugemm_runtime* rt, const void* addr, size_t length, un
       absl::MakeSpan(reinterpret_cast<hugemm::DmaSegment*>(segments), cap), &pinned);
   if (!n.ok()) return Fail(n.status());
   if (!pinned.empty()) {
-    std::lock_guard<std::mutex> lock(rt->pins_mu);
-    rt->segment_pins.emplace(
-        hugemm_runtime::PinKey{reinterpret_cast<uintptr_t>(addr), length, KindOf(flags)},
-        std::move(pinned));
+    rt->segment_pins.Add({reinterpret_cast<uintptr_t>(addr), length, KindOf(flags)},
+                         std::move(pinned));
   }
   Ok();
   return static_cast<long>(*n);
@@ -119,24 +117,18 @@ int hugemm_unpin_range(hugemm_runtime* rt, const void* addr, size_t length, unsi
   HUGEMM_C_CHECK(length <= UINTPTR_MAX - reinterpret_cast<uintptr_t>(addr) - kPageSize4KMask,
                  "hugemm_unpin_range: the range wraps the address space");
   if (int rc = CheckFlags(flags)) return rc;
+  const hugemm::RefKind kind = KindOf(flags);
   std::vector<hugemm::FolioSpan> logged;
-  bool found = false;
-  {
-    std::lock_guard<std::mutex> lock(rt->pins_mu);
-    auto it = rt->segment_pins.find(
-        hugemm_runtime::PinKey{reinterpret_cast<uintptr_t>(addr), length, KindOf(flags)});
-    if (it != rt->segment_pins.end()) {
-      logged = std::move(it->second);
-      rt->segment_pins.erase(it);
-      found = true;
-    }
-  }
-  if (found) {
-    rt->rt->pinner().UnpinFolios(logged, KindOf(flags), dirty != 0);
+  if (rt->segment_pins.Take({reinterpret_cast<uintptr_t>(addr), length, kind}, &logged)) {
+    rt->rt->pinner().UnpinFolios(logged, kind, dirty != 0);
     return Ok();
   }
-  // By the table (a GET leaves each folio its owner's reference: PinnerOptions::owner_refs).
-  if (absl::Status st = rt->rt->pinner().UnpinRange(addr, length, KindOf(flags), dirty != 0);
+  // By the table, leaving each folio what the records hold on it (and, for a GET, its
+  // owner's reference: PinnerOptions::owner_refs).
+  const hugemm::c_api_internal::SegmentPins& records = rt->segment_pins;
+  if (absl::Status st = rt->rt->pinner().UnpinRange(
+          addr, length, kind, dirty != 0,
+          [&records, kind](const hugemm::Folio* f) { return records.Held(f, kind); });
       !st.ok()) {
     return Fail(st);
   }

@@ -16,6 +16,7 @@
 #include <set>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -25,16 +26,63 @@
 #include "hugemm/os.h"
 #include "hugemm/runtime.h"
 
+namespace hugemm::c_api_internal {
+
+// What each hugemm_pin_segments took, by (start, length, kind), oldest first: segments
+// name no folios, and once the buffer is freed (or after a partial pin) the table can no
+// longer say what the pin took. hugemm_unpin_range gives back the oldest record of its
+// range; one that finds none walks the table, and must leave alone the pins the records
+// hold: those go back by their records, and taken by a walk they would go twice. So the
+// log also counts, per folio and kind, the references its records hold. Thread-safe.
+class SegmentPins {
+ public:
+  using Key = std::tuple<uintptr_t, size_t, RefKind>;
+
+  void Add(const Key& key, std::vector<FolioSpan> spans) {
+    std::lock_guard<std::mutex> lock(mu_);
+    Count(std::get<2>(key), spans, +1);
+    records_.emplace(key, std::move(spans));
+  }
+  // The oldest record of `key`, taken out of the log; false when there is none.
+  bool Take(const Key& key, std::vector<FolioSpan>* spans) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = records_.find(key);
+    if (it == records_.end()) return false;
+    *spans = std::move(it->second);
+    records_.erase(it);
+    Count(std::get<2>(key), *spans, -1);
+    return true;
+  }
+  // The references of `kind` the records hold on `folio`.
+  int64_t Held(const Folio* folio, RefKind kind) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto& held = held_[static_cast<int>(kind)];
+    auto it = held.find(folio);
+    return it == held.end() ? 0 : it->second;
+  }
+
+ private:
+  void Count(RefKind kind, const std::vector<FolioSpan>& spans, int sign) {
+    auto& held = held_[static_cast<int>(kind)];
+    for (const FolioSpan& s : spans) {
+      int64_t& n = held[s.folio];
+      n += sign * static_cast<int64_t>(s.pages);
+      if (n == 0) held.erase(s.folio);
+    }
+  }
+
+  mutable std::mutex mu_;
+  std::multimap<Key, std::vector<FolioSpan>> records_;
+  std::unordered_map<const Folio*, int64_t> held_[2];  // by RefKind
+};
+
+}  // namespace hugemm::c_api_internal
+
 struct hugemm_runtime {
   std::unique_ptr<hugemm::Runtime> rt;
 
-  // What each hugemm_pin_segments took, by (start, length, kind), oldest first: segments
-  // name no folios, and once the buffer is freed (or after a partial pin) the table can no
-  // longer say what the pin took. hugemm_unpin_range gives back the oldest entry of its
-  // range; one that finds none walks the table.
-  using PinKey = std::tuple<uintptr_t, size_t, hugemm::RefKind>;
-  std::mutex pins_mu;
-  std::multimap<PinKey, std::vector<hugemm::FolioSpan>> segment_pins;
+  // hugemm_pin_segments' (and hugemm_vfio_pin_segments') pins, for hugemm_unpin_range.
+  hugemm::c_api_internal::SegmentPins segment_pins;
 
   // The subscriptions still open: hugemm_close ends them (their registry goes with the
   // Runtime), so that a later hugemm_unsubscribe frees only the handle. Guarded by the C

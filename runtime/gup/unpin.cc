@@ -48,7 +48,7 @@ size_t RunLength(const PageRef* pages, size_t i, size_t n) {
 }  // namespace
 
 absl::Status CheckHeld(const PageTable& table, Folio* folio, size_t pages, RefKind kind,
-                       int64_t keep) {
+                       int64_t keep, int64_t reserved) {
   // A pin of a large folio is counted in its pincount; one of an order-0 folio adds
   // kPinBias to its refcount (folio.h). Each table entry mapping the folio holds one
   // reference besides.
@@ -58,7 +58,7 @@ absl::Status CheckHeld(const PageTable& table, Folio* folio, size_t pages, RefKi
   const int64_t refcount = static_cast<int32_t>(folio_internal::RefcountOf(counts));
   const int64_t pins = folio->large() ? static_cast<int32_t>(folio_internal::PincountOf(counts))
                                       : refcount / kPinBias;
-  int64_t held = pins;
+  int64_t held = pins - reserved;
   if (kind == RefKind::kGet) {
     int64_t mappings = 0;
     table.Walk(folio->data, folio->size(), [&](const LogicalLeaf& l) {
@@ -66,13 +66,16 @@ absl::Status CheckHeld(const PageTable& table, Folio* folio, size_t pages, RefKi
         mappings += static_cast<int64_t>(l.bytes / table.geometry().entry_bytes(l.level));
       }
     });
-    held = refcount - (folio->large() ? pins : pins * kPinBias) - mappings - keep;
+    held = refcount - (folio->large() ? pins : pins * kPinBias) - mappings - keep - reserved;
   }
   if (held >= static_cast<int64_t>(pages)) return absl::OkStatus();
   return absl::FailedPreconditionError(absl::StrFormat(
-      "the folio at %p holds %d %s of the %u this range would release; nothing unpinned",
-      folio->data, std::max<int64_t>(held, 0), kind == RefKind::kPin ? "pins" : "references",
-      pages));
+      "the folio at %p holds %d %s of the %u this range would release%s; nothing unpinned",
+      folio->data, std::max<int64_t>(held, 0), kind == RefKind::kPin ? "pins" : "references", pages,
+      reserved > 0 ? absl::StrFormat(" (besides %d of recorded pins, which go back by their "
+                                     "records)",
+                                     reserved)
+                   : ""));
 }
 
 size_t UnpinPageRefs(absl::Span<const PageRef> refs, bool dirty, RefGranularity granularity) {
@@ -115,7 +118,8 @@ namespace {
 // folio in address order into `runs`, or why nothing may be unpinned. Called inside a read
 // section, which keeps the folios it finds readable.
 absl::Status WalkAndCheck(const PageTable& table, uintptr_t start, uintptr_t end, RefKind kind,
-                          int64_t keep, std::vector<std::pair<Folio*, size_t>>& runs) {
+                          int64_t owner_refs, absl::FunctionRef<int64_t(const Folio*)> reserved,
+                          std::vector<std::pair<Folio*, size_t>>& runs) {
   // One walk: whether every page is still mapped, and the runs of pages of one folio in
   // address order (adjacent leaves of the same folio merged). A hole means the contract
   // was broken and nothing can be given back safely.
@@ -151,7 +155,9 @@ absl::Status WalkAndCheck(const PageTable& table, uintptr_t start, uintptr_t end
   // folio mapped a second time elsewhere in the range has its runs summed first.
   if (at_home) {
     for (const auto& [folio, pages] : runs) {
-      if (absl::Status st = gup_internal::CheckHeld(table, folio, pages, kind, keep); !st.ok()) {
+      if (absl::Status st =
+              gup_internal::CheckHeld(table, folio, pages, kind, owner_refs, reserved(folio));
+          !st.ok()) {
         return refused(st.message());
       }
     }
@@ -163,7 +169,8 @@ absl::Status WalkAndCheck(const PageTable& table, uintptr_t start, uintptr_t end
       size_t j = i;
       for (; j < summed.size() && summed[j].first == summed[i].first; ++j)
         pages += summed[j].second;
-      if (absl::Status st = gup_internal::CheckHeld(table, summed[i].first, pages, kind, keep);
+      if (absl::Status st = gup_internal::CheckHeld(table, summed[i].first, pages, kind, owner_refs,
+                                                    reserved(summed[i].first));
           !st.ok()) {
         return refused(st.message());
       }
@@ -176,7 +183,8 @@ absl::Status WalkAndCheck(const PageTable& table, uintptr_t start, uintptr_t end
 }  // namespace
 
 absl::Status UnpinRange(const PageTable& table, const void* va, size_t length, RefKind kind,
-                        bool dirty, int64_t keep) {
+                        bool dirty, int64_t owner_refs,
+                        absl::FunctionRef<int64_t(const Folio*)> reserved) {
   const auto lo = reinterpret_cast<uintptr_t>(va);
   const uintptr_t mask = kPageSize4K - 1;
   if (lo + length < lo || lo + length > std::numeric_limits<uintptr_t>::max() - mask) {
@@ -193,7 +201,10 @@ absl::Status UnpinRange(const PageTable& table, const void* va, size_t length, R
   std::vector<std::pair<Folio*, size_t>> runs;
   {
     ReadSection section;
-    if (absl::Status st = WalkAndCheck(table, start, end, kind, keep, runs); !st.ok()) return st;
+    if (absl::Status st = WalkAndCheck(table, start, end, kind, owner_refs, reserved, runs);
+        !st.ok()) {
+      return st;
+    }
   }
   for (const auto& [folio, pages] : runs) {
     FolioUngrab(folio, static_cast<int32_t>(pages), kind, dirty);
@@ -208,8 +219,13 @@ size_t Pinner::UnpinPages(absl::Span<const PageRef> pages, bool dirty) const {
 }
 
 absl::Status Pinner::UnpinRange(const void* va, size_t length, RefKind kind, bool dirty) const {
-  return gup_internal::UnpinRange(table_, va, length, kind, dirty,
-                                  /*keep=*/kind == RefKind::kGet ? options_.owner_refs : 0);
+  return gup_internal::UnpinRange(table_, va, length, kind, dirty, options_.owner_refs,
+                                  [](const Folio*) { return int64_t{0}; });
+}
+
+absl::Status Pinner::UnpinRange(const void* va, size_t length, RefKind kind, bool dirty,
+                                absl::FunctionRef<int64_t(const Folio*)> reserved) const {
+  return gup_internal::UnpinRange(table_, va, length, kind, dirty, options_.owner_refs, reserved);
 }
 
 size_t Pinner::UnpinFolios(absl::Span<const FolioSpan> spans, RefKind kind, bool dirty) const {

@@ -19,17 +19,19 @@ namespace hugemm::gup_internal {
 size_t UnpinPageRefs(absl::Span<const PageRef> pages, bool dirty, RefGranularity granularity);
 // One FolioUngrab per span of `kind`. Returns the reference operations done.
 size_t UnpinSpans(absl::Span<const FolioSpan> spans, RefKind kind, bool dirty);
-// Whether `folio` holds `pages` references of `kind` to give back: pins for kPin (a large
-// folio's pincount; kPinBias each in an order-0 folio's refcount); for kGet, what its
-// refcount holds beyond the pins, the one reference of each table entry mapping it, and
-// `keep` more that must stay (PinnerOptions::owner_refs).
-// FailedPrecondition naming the folio and the counts otherwise.
+// Whether `folio` holds `pages` references of `kind` to give back beyond `reserved` of
+// that kind (recorded pins, given back by their records): pins for kPin (a large folio's
+// pincount; kPinBias each in an order-0 folio's refcount); for kGet, what its refcount
+// holds beyond the pins, the one reference of each table entry mapping it, and `keep`
+// more that must stay (PinnerOptions::owner_refs). FailedPrecondition naming the folio
+// and the counts otherwise.
 absl::Status CheckHeld(const PageTable& table, Folio* folio, size_t pages, RefKind kind,
-                       int64_t keep = 0);
-// Pinner::UnpinRange on `table`, each folio keeping `keep` references of kGet more
-// (CheckHeld): one walk, one check, then the release.
+                       int64_t keep = 0, int64_t reserved = 0);
+// Pinner::UnpinRange on `table`, each folio keeping `owner_refs` references more for a
+// kGet and `reserved(folio)` of `kind` (CheckHeld): one walk, one check, then the release.
 absl::Status UnpinRange(const PageTable& table, const void* va, size_t length, RefKind kind,
-                        bool dirty, int64_t keep);
+                        bool dirty, int64_t owner_refs,
+                        absl::FunctionRef<int64_t(const Folio*)> reserved);
 
 }  // namespace hugemm::gup_internal
 

@@ -80,9 +80,8 @@ long hugemm_vfio_pin_segments(hugemm_vfio* vfio, const void* addr, size_t length
     // Recorded as hugemm_pin_segments records its pins, for hugemm_unpin_range.
     const hugemm::RefKind kind =
         (flags & HUGEMM_PIN) != 0 ? hugemm::RefKind::kPin : hugemm::RefKind::kGet;
-    std::lock_guard<std::mutex> lock(vfio->rt->pins_mu);
-    vfio->rt->segment_pins.emplace(
-        hugemm_runtime::PinKey{reinterpret_cast<uintptr_t>(addr), length, kind}, std::move(pinned));
+    vfio->rt->segment_pins.Add({reinterpret_cast<uintptr_t>(addr), length, kind},
+                               std::move(pinned));
   }
   hugemm::CApiOk();
   return static_cast<long>(*n);
