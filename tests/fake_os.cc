@@ -166,6 +166,15 @@ absl::Status FakeOs::Madvise(void* addr, size_t length, int advice) {
   return absl::OkStatus();
 }
 
+// The fake memory has no protection to change: only the arguments are checked.
+absl::Status FakeOs::Mprotect(void* addr, size_t length, int /*prot*/) {
+  std::lock_guard<std::mutex> lock(model_->mu);
+  const auto start = reinterpret_cast<uintptr_t>(addr);
+  if (start % 4096) return ErrnoStatus(EINVAL, "mprotect");
+  if (!model_->Covered(start, start + length)) return ErrnoStatus(ENOMEM, "mprotect");
+  return absl::OkStatus();
+}
+
 absl::Status FakeOs::BindToNode(void* addr, size_t length, int node) {
   std::lock_guard<std::mutex> lock(model_->mu);
   fake_internal::Model& m = *model_;

@@ -106,6 +106,7 @@ class FakeOs final : public Os {
                              off_t offset) override;
   absl::Status Munmap(void* addr, size_t length) override;
   absl::Status Madvise(void* addr, size_t length, int advice) override;
+  absl::Status Mprotect(void* addr, size_t length, int prot) override;
   absl::Status BindToNode(void* addr, size_t length, int node) override;
   absl::StatusOr<int> NodeOfAddress(const void* addr) override;
   absl::StatusOr<int> MemfdCreate(const std::string& name, unsigned int flags) override;

@@ -13,11 +13,13 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -934,6 +936,53 @@ TEST(Runtime, UnpinRangeByTheTableLeavesTheRecordedSegmentPins) {
   }
   EXPECT_EQ(hugemm_free(rt, d), 0) << hugemm_last_error();
   hugemm_close(rt);
+}
+
+// The permissions /proc/self/maps gives the mapping that starts at `va` ("rw-s"), or "".
+std::string KernelPerms(const void* va) {
+  std::ifstream maps("/proc/self/maps");
+  const std::string start = absl::StrFormat("%x-", reinterpret_cast<uintptr_t>(va));
+  for (std::string line; std::getline(maps, line);) {
+    if (line.rfind(start, 0) == 0) return line.substr(line.find(' ') + 1, 4);
+  }
+  return "";
+}
+
+// BufferOptions::prot is the kernel's protection as well as the table's: a read-only
+// buffer is read-only in /proc/self/maps and refuses a WRITE pin, and Verify finds the
+// two alike. Before, only the table had it: the kernel mapped every buffer rw-, and
+// Verify of a fresh r-x buffer reported "the kernel maps rw-, shadow has a r-x PMD leaf".
+TEST(Runtime, ABuffersProtectionIsTheKernelsToo) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Open();
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  for (const Prot prot : {kProtRead, kProtRead | kProtWrite, kProtRead | kProtExec,
+                          kProtRead | kProtWrite | kProtExec}) {
+    const std::string letters =
+        absl::StrCat(HasAny(prot, kProtRead) ? "r" : "-", HasAny(prot, kProtWrite) ? "w" : "-",
+                     HasAny(prot, kProtExec) ? "x" : "-");
+    SCOPED_TRACE(letters);
+    absl::StatusOr<Buffer> buf = (*rt)->MapBuffer(kPageSize2M, {.prot = prot});
+    ASSERT_TRUE(buf.ok()) << buf.status();
+    EXPECT_EQ(KernelPerms(buf->data()), letters + "s");
+    absl::StatusOr<VerifyReport> report = (*rt)->Verify(buf->data(), buf->size());
+    ASSERT_TRUE(report.ok()) << report.status();
+    EXPECT_TRUE(report->ok()) << report->mismatches.front().what;
+    FolioSpan span;
+    absl::StatusOr<size_t> pinned = (*rt)->pinner().PinFolios(
+        buf->data(), buf->size(), kGupPin | kGupWrite, absl::MakeSpan(&span, 1));
+    if (HasAny(prot, kProtWrite)) {
+      ASSERT_TRUE(pinned.ok()) << pinned.status();
+      (*rt)->pinner().UnpinFolios(absl::MakeConstSpan(&span, 1), RefKind::kPin);
+    } else {
+      EXPECT_EQ(pinned.status().code(), absl::StatusCode::kPermissionDenied) << pinned.status();
+    }
+    EXPECT_TRUE(buf->Free().ok());
+  }
+  for (const Prot prot : {kProtNone, kProtWrite, Prot{1u << 5}}) {
+    absl::StatusOr<Buffer> buf = (*rt)->MapBuffer(kPageSize2M, {.prot = prot});
+    EXPECT_EQ(buf.status().code(), absl::StatusCode::kInvalidArgument) << buf.status();
+  }
 }
 
 }  // namespace

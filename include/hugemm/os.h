@@ -81,6 +81,9 @@ class Os {
   // madvise(2): MADV_POPULATE_WRITE (a shortage fails here, never as a later SIGBUS),
   // MADV_DONTFORK.
   [[nodiscard]] virtual absl::Status Madvise(void* addr, size_t length, int advice) = 0;
+  // mprotect(2). The default calls the kernel's, for an Os whose Mmap returns the
+  // kernel's mappings; an Os that fakes memory overrides it.
+  [[nodiscard]] virtual absl::Status Mprotect(void* addr, size_t length, int prot);
   // mbind(addr, length, MPOL_BIND, {node}, MPOL_MF_STRICT). InvalidArgument for a node
   // outside 0..1023.
   [[nodiscard]] virtual absl::Status BindToNode(void* addr, size_t length, int node) = 0;
@@ -191,6 +194,9 @@ class OsWrapper : public Os {
   absl::Status Munmap(void* addr, size_t length) override { return target_.Munmap(addr, length); }
   absl::Status Madvise(void* addr, size_t length, int advice) override {
     return target_.Madvise(addr, length, advice);
+  }
+  absl::Status Mprotect(void* addr, size_t length, int prot) override {
+    return target_.Mprotect(addr, length, prot);
   }
   absl::Status BindToNode(void* addr, size_t length, int node) override {
     return target_.BindToNode(addr, length, node);

@@ -133,6 +133,10 @@ struct BufferOptions {
   std::string hugetlbfs_mount;  // hugetlbfs: "" = found for page_size
   std::string file_name;        // hugetlbfs: a named file another process may open
   std::string devdax_path;      // devdax: "/dev/daxX.Y"
+  // The buffer's protection, the kernel's mapping's and the shadow table's alike (a
+  // WRITE pin of a buffer without kProtWrite is refused; the program's own write faults).
+  // It must include kProtRead; InvalidArgument otherwise. A mount or device that refuses
+  // kProtExec fails the map with the kernel's error.
   Prot prot = kProtRead | kProtWrite;
 };
 

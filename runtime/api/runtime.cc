@@ -1,6 +1,8 @@
 // The facade: buffers mapped into the shadow table, their folios' owner, kernel pins.
 #include "hugemm/runtime.h"
 
+#include <sys/mman.h>
+
 #include <cstdio>
 #include <utility>
 #include <vector>
@@ -11,6 +13,8 @@
 #include "runtime/alloc/pool.h"
 #include "runtime/api/kernel_pin_table.h"
 #include "runtime/api/memory_observers.h"
+#include "runtime/pgtable/kernel_prot.h"
+#include "runtime/sys/status.h"
 
 namespace hugemm {
 
@@ -230,6 +234,13 @@ absl::StatusOr<Buffer> Runtime::MapBuffer(size_t length, const BufferOptions& op
     return absl::InvalidArgumentError(absl::StrFormat(
         "map %u bytes: longer than the %d-bit user address space", length, user_bits));
   }
+  if (HasAny(options.prot, ~(kProtRead | kProtWrite | kProtExec)) ||
+      !HasAny(options.prot, kProtRead)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("map %u bytes: protection 0x%x must include read and only read, write "
+                        "and exec",
+                        length, static_cast<uint32_t>(options.prot)));
+  }
   BackingOptions bo{.kind = options.backing,
                     .page_size = options.page_size,
                     .hugetlbfs_mount = options.hugetlbfs_mount,
@@ -285,6 +296,20 @@ absl::StatusOr<Buffer> Runtime::MapBuffer(size_t length, const BufferOptions& op
     if (absl::Status st = table_->Map(f, f->data, options.prot); !st.ok()) {
       drop(i);
       return st;
+    }
+  }
+  // The kernel's mapping gets the same protection as the table's, so that Verify holds
+  // them equal and the program's own accesses obey it. Mapped read and write (the
+  // backing faults the pages in and the kernel pins register them writable), it changes
+  // only after.
+  if (options.prot != (kProtRead | kProtWrite)) {
+    const int prot = (HasAny(options.prot, kProtRead) ? PROT_READ : 0) |
+                     (HasAny(options.prot, kProtWrite) ? PROT_WRITE : 0) |
+                     (HasAny(options.prot, kProtExec) ? PROT_EXEC : 0);
+    if (absl::Status st = os_.Mprotect(record->data, record->size, prot); !st.ok()) {
+      drop(record->nfolios);
+      return sys::Annotate(st, absl::StrFormat("map %u bytes as %s", length,
+                                               pgtable_internal::ProtLetters(options.prot)));
     }
   }
 

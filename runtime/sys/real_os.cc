@@ -342,6 +342,11 @@ absl::StatusOr<bool> Os::SameFile(int a, int b) {
   return ErrnoStatus(err, absl::StrCat("kcmp of descriptors ", a, " and ", b));
 }
 
+absl::Status Os::Mprotect(void* addr, size_t length, int prot) {
+  if (::mprotect(addr, length, prot) != 0) return ErrnoStatus(errno, "mprotect");
+  return absl::OkStatus();
+}
+
 absl::Status Os::VfioCheckContainer(int /*container_fd*/) { return absl::OkStatus(); }
 
 absl::StatusOr<MemoryPolicy> Os::ThreadMemoryPolicy() { return MemoryPolicy{}; }
