@@ -226,9 +226,15 @@ TEST(FixedBuffers, ARingWithBuffersOrNoRingIsAClearError) {
   EXPECT_EQ(FixedBuffers::Attach(*rt, -1).status().code(), absl::StatusCode::kInvalidArgument);
   const int not_a_ring = ::open("/dev/null", O_RDONLY);
   absl::StatusOr<std::unique_ptr<FixedBuffers>> bad = FixedBuffers::Attach(*rt, not_a_ring);
-  EXPECT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
+  EXPECT_EQ(ErrnoOf(bad.status()), EOPNOTSUPP);
   EXPECT_THAT(bad.status().message(), HasSubstr("not an io_uring instance"));
   ::close(not_a_ring);
+  // Closed now: the same, with the kernel's EBADF.
+  bad = FixedBuffers::Attach(*rt, not_a_ring);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
+  EXPECT_EQ(ErrnoOf(bad.status()), EBADF);
+  EXPECT_THAT(bad.status().message(), HasSubstr("not an io_uring instance"));
   // Nothing is left observing: memory still comes and goes.
   absl::StatusOr<Buffer> b = rt->Allocate(4096);
   EXPECT_TRUE(b.ok()) << b.status();

@@ -90,7 +90,8 @@ class FixedBuffers {
  public:
   // Gives the ring at `ring_fd` a table equal to the runtime's, now and from now on. The
   // attachment keeps a descriptor of the ring (close-on-exec) until it is destroyed.
-  //   InvalidArgument   a negative descriptor;
+  //   InvalidArgument   a negative descriptor, or one that is not an io_uring instance
+  //                     (closed: EBADF; another file: EOPNOTSUPP, kept for ErrnoOf);
   //   ResourceExhausted no descriptor left for that (EMFILE, ENFILE);
   //   FailedPrecondition the ring has a registered-buffer table already (EBUSY); kClone
   //                     with the runtime's kernel pins off (there is no table to clone);
@@ -98,8 +99,8 @@ class FixedBuffers {
   //   ResourceExhausted kIovec beyond RLIMIT_MEMLOCK;
   //   FailedPrecondition in a child of fork() of the process that opened the runtime
   //                     (runtime.h): a clone would give the ring the parent's pages;
-  //   others            what io_uring_register said (EBADF: not a ring; EFAULT, kIovec:
-  //                     memory of the runtime the program unmapped itself), named.
+  //   others            what io_uring_register said (EFAULT, kIovec: memory of the
+  //                     runtime the program unmapped itself), named.
   // Nothing is left registered on error.
   static absl::StatusOr<std::unique_ptr<FixedBuffers>> Attach(
       Runtime& runtime, int ring_fd, const FixedBufferOptions& options = {});

@@ -37,11 +37,14 @@ std::string WhyIovecs(FixedBufferMode mode, bool runtime_pins) {
 // for a call that pinned nothing (an ENOMEM there is not RLIMIT_MEMLOCK's).
 absl::Status Explain(const absl::Status& st, int ring_fd, const std::string& why_iovecs) {
   std::string why;
-  switch (ErrnoOf(st)) {
+  switch (const int err = ErrnoOf(st)) {
     case EBADF:
     case EOPNOTSUPP:
-      why = absl::StrCat("; descriptor ", ring_fd, " is not an io_uring instance");
-      break;
+      // The caller's descriptor, not the kernel's lack: a bad argument, errno kept.
+      return sys::WithErrno(
+          absl::InvalidArgumentError(
+              absl::StrCat(st.message(), "; descriptor ", ring_fd, " is not an io_uring instance")),
+          err);
     case ENOMEM:
       if (why_iovecs.empty()) break;
       why = absl::StrCat(
