@@ -458,13 +458,28 @@ TEST(Anon, LengthThatWrapsWithItsAlignmentIsRefused) {
       (*backing)->Map({.length = ~size_t{0} - 4 * kMiB + 1, .align = 8 * kMiB});
   ASSERT_FALSE(extent.ok());
   EXPECT_EQ(extent.status().code(), absl::StatusCode::kInvalidArgument) << extent.status();
-  EXPECT_THAT(extent.status().message(), HasSubstr("passes the end of the address space"));
+  EXPECT_THAT(extent.status().message(), HasSubstr("passes the end of the 47-bit user address"));
   unsigned char resident = 0;
   for (uintptr_t p = hole + 4 * kMiB; p < hole + 8 * kMiB; p += kPageSize4K) {
     ASSERT_EQ(mincore(reinterpret_cast<void*>(p), kPageSize4K, &resident), 0)
         << "0x" << std::hex << p << " was unmapped";
   }
   ASSERT_EQ(munmap(region, 24 * kMiB), 0);
+}
+
+// A length or an alignment beyond the user address space is as bad a request, not a
+// shortage: mmap would answer ENOMEM (ResourceExhausted) where the caller asked for
+// something no process can have.
+TEST(Anon, AlignmentBeyondTheUserAddressSpaceIsABadRequest) {
+  auto backing = Backing::Create({.kind = BackingKind::kAnon});
+  ASSERT_TRUE(backing.ok()) << backing.status();
+  for (const auto& [length, align] :
+       {std::pair{kPageSize2M, size_t{1} << 63}, std::pair{size_t{1} << 47, size_t{0}},
+        std::pair{(size_t{1} << 47) - kPageSize2M, kPageSize2M}}) {
+    absl::StatusOr<Extent> extent = (*backing)->Map({.length = length, .align = align});
+    EXPECT_EQ(extent.status().code(), absl::StatusCode::kInvalidArgument)
+        << length << " aligned to " << align << ": " << extent.status();
+  }
 }
 
 // --- device-DAX on a fake sysfs tree -------------------------------------------------

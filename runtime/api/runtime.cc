@@ -14,6 +14,7 @@
 #include "runtime/api/kernel_pin_table.h"
 #include "runtime/api/memory_observers.h"
 #include "runtime/pgtable/kernel_prot.h"
+#include "runtime/sys/address_space.h"
 #include "runtime/sys/status.h"
 
 namespace hugemm {
@@ -65,17 +66,6 @@ class Runtime::BufferRecord final : public FolioOwner {
 };
 
 namespace {
-
-// log2 of the most a program can map. On x86-64 the table covers 48 bits (57 with 5-level
-// paging) and a program maps below 2^47 less a page either way: mmap goes above 47 bits
-// only for a hint above them. Elsewhere the table's span bounds it.
-int UserAddressBits([[maybe_unused]] const Geometry& geometry) {
-#if defined(__x86_64__)
-  return 47;
-#else
-  return geometry.va_bits();
-#endif
-}
 
 // Unmaps what of the record's folios the table still maps.
 absl::Status UnmapRecord(PageTable& table, const Runtime::BufferRecord& record) {
@@ -229,10 +219,9 @@ absl::StatusOr<Buffer> Runtime::MapBuffer(size_t length, const BufferOptions& op
     return RefuseInForkedChild(absl::StrCat("map ", length, " bytes"));
   // A length no address space holds is a bad argument, not a shortage: refused before
   // the kernel is asked to reserve it (which would answer ENOMEM).
-  const int user_bits = UserAddressBits(table_->geometry());
-  if (user_bits < 64 && length > (size_t{1} << user_bits) - kPageSize4K) {
+  if (length > sys::kMaxMappingBytes) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "map %u bytes: longer than the %d-bit user address space", length, user_bits));
+        "map %u bytes: longer than the %d-bit user address space", length, sys::kUserAddressBits));
   }
   if (HasAny(options.prot, ~(kProtRead | kProtWrite | kProtExec)) ||
       !HasAny(options.prot, kProtRead)) {

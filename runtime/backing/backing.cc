@@ -21,6 +21,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "runtime/backing/kind.h"
+#include "runtime/sys/address_space.h"
 #include "runtime/sys/hugepages.h"
 #include "runtime/sys/pagemap.h"
 #include "runtime/sys/status.h"
@@ -193,11 +194,13 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
                                                    PageSizeName(page_size_)));
   }
   // The reservation below is length + align bytes: a sum that wraps would reserve a
-  // little and then trim (munmap) far beyond it, through other mappings.
-  if (request.length > std::numeric_limits<size_t>::max() - align) {
-    return absl::InvalidArgumentError(absl::StrCat(context, ": length ", request.length,
-                                                   " aligned to ", align,
-                                                   " passes the end of the address space"));
+  // little and then trim (munmap) far beyond it, through other mappings; one past the
+  // user address space is a bad request, not a shortage (mmap would say ENOMEM).
+  if (request.length > std::numeric_limits<size_t>::max() - align ||
+      request.length + align > sys::kMaxMappingBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(context, ": length ", request.length, " aligned to ", align,
+                     " passes the end of the ", sys::kUserAddressBits, "-bit user address space"));
   }
 
   absl::StatusOr<backing_internal::Source> source = impl_->Prepare(request);
