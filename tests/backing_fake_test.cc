@@ -261,6 +261,12 @@ TEST(DevDaxOnFake, ADeviceTheDaxDriverDoesNotServeSaysWhy) {
     const DaxDeviceInfo& d = info->dax_devices[i];
     EXPECT_EQ(info->dax_use[i].driver, i == 0 ? "device_dax" : i == 1 ? "" : "kmem") << d.name;
     EXPECT_EQ(DaxDeviceDriver(d.name, "/sys", os).value_or("?"), info->dax_use[i].driver);
+    // Not a device's name: "" named the drivers' own directories ("device_dax/" exists).
+    for (const char* bad : {"", ".", "..", "../dax0.0", "dax0.0/"}) {
+      EXPECT_EQ(DaxDeviceDriver(bad, "/sys", os).status().code(),
+                absl::StatusCode::kInvalidArgument)
+          << bad;
+    }
     absl::StatusOr<std::shared_ptr<Backing>> b =
         Backing::Create({.kind = BackingKind::kDevDax, .devdax_path = d.path, .os = &os});
     EXPECT_EQ(CheckDaxDeviceOpens(d, "/sys", os), b.status()) << d.name;

@@ -185,7 +185,8 @@ struct DaxDeviceInfo {
 [[nodiscard]] absl::StatusOr<std::vector<DaxDeviceInfo>> ListDaxDevicesWithLibdaxctl();
 // The driver bound to device `name` ("dax0.0"): "device_dax" (the one the devdax backing
 // opens), "kmem" (daxctl's system-ram mode), or "" when none is: the directory under
-// <sysfs_root>/bus/dax/drivers that lists it. The OS's error when sysfs cannot be read.
+// <sysfs_root>/bus/dax/drivers that lists it. InvalidArgument for a name that is not a
+// plain name (empty, ".", ".." or with a slash); the OS's error when sysfs cannot be read.
 [[nodiscard]] absl::StatusOr<std::string> DaxDeviceDriver(absl::string_view name,
                                                           const std::string& sysfs_root = "/sys",
                                                           Os& os = Os::Default());

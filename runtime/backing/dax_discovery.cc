@@ -133,6 +133,11 @@ absl::StatusOr<std::vector<DaxDeviceInfo>> ListDaxDevices(const std::string& sys
 // has no readlink, so not from <device>/driver.
 absl::StatusOr<std::string> DaxDeviceDriver(absl::string_view name, const std::string& sysfs_root,
                                             Os& os) {
+  // A plain name: "" or one with a slash would name a driver's own directory, or a path
+  // outside it, and find a driver bound to no such device.
+  if (name.empty() || name == "." || name == ".." || absl::StrContains(name, '/')) {
+    return absl::InvalidArgumentError(absl::StrCat("bad device-DAX name \"", name, "\""));
+  }
   const std::string drivers = sysfs_root + "/bus/dax/drivers";
   absl::StatusOr<bool> exists = sys::PathExists(os, drivers);
   if (!exists.ok()) return exists.status();
