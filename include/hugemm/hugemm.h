@@ -10,10 +10,12 @@
  * HUGEMM_LONGTERM with HUGEMM_GET; -EMFILE or -ENFILE from any function that opens a
  * descriptor (a memfd, a file, /proc or /sys) when the process or the system has none
  * left (RLIMIT_NOFILE). Each function lists its own
- * besides. Pointers are looked up, never dereferenced: a freed
+ * besides. Addresses are looked up, never dereferenced: a freed
  * buffer, or one of another runtime, is memory this runtime does not map (-ENOENT). What
  * cannot be checked is the caller's to keep: a page array or spans unpinned twice, a
- * subscription unsubscribed twice. doc/design.md ("Errors") has the whole table.
+ * page-array entry read after its unpin or never written by a pin (the accessors read
+ * the folio it names, as a struct page * is read), a subscription unsubscribed twice.
+ * doc/design.md ("Errors") has the whole table.
  *
  * Thread safety: any number of threads may call these functions at once, on one runtime
  * or several, except hugemm_close: no other call on that runtime or on one of its
@@ -233,7 +235,10 @@ enum hugemm_pin_flags {
 
 /* A page-array entry: one per 4K page, 8 bytes like the kernel's struct page *. It
  * encodes the folio, the page's index in it and how it was referenced; read it with the
- * accessors below. */
+ * accessors below. Like a struct page *, an entry is good from the pin that wrote it to
+ * its unpin: hugemm_page_address and hugemm_page_pfn read the folio it names, which may
+ * be gone after the unpin, so reading them then, or for an entry no pin wrote, is
+ * undefined. A zero entry reads as none. */
 typedef struct hugemm_page {
   uint64_t bits;
 } hugemm_page;
