@@ -143,6 +143,29 @@ PinPlan PredictPin(const TableModel& model, const PinAsk& ask) {
       const uintptr_t from = std::max(cur, ask.va), to = std::min(take_end, ask.va + ask.count);
       if (!segs.Add(((l->folio->head_pfn + first) << kPageShift) + (from - cur), to - from)) {
         stop = Code::kResourceExhausted;
+        // A partial pin (not FAST_ONLY, which takes whole leaves) keeps the leaf's whole
+        // pages the segments have room for: here added one page at a time until one
+        // does not fit.
+        if (!HasAny(ask.flags, kGupPartial) || HasAny(ask.flags, kGupFastOnly)) break;
+        Segments trial = segs;
+        uint32_t fit = 0;
+        for (; fit < pages; ++fit) {
+          const uintptr_t page_va = cur + (uintptr_t{fit} << kPageShift);
+          const uintptr_t pf = std::max(page_va, ask.va);
+          const uintptr_t pt = std::min(page_va + kPageSize4K, ask.va + ask.count);
+          const uint64_t phys = ((l->folio->head_pfn + first + fit) << kPageShift) + (pf - page_va);
+          if (!trial.Add(phys, pt - pf)) break;
+        }
+        if (fit == 0) break;
+        segs = std::move(trial);
+        if (!plan.spans.empty() && plan.spans.back().folio == l->folio &&
+            plan.spans.back().first_page + plan.spans.back().pages == first) {
+          plan.spans.back().pages += fit;
+        } else {
+          plan.spans.push_back({l->folio, first, fit});
+        }
+        for (uint32_t i = 0; i < fit; ++i) plan.pages.emplace_back(l->folio, first + i, kind);
+        cur += uintptr_t{fit} << kPageShift;
         break;
       }
     }

@@ -3,7 +3,8 @@
 // the argument checks of each method, then leaf by leaf in address order until the
 // range is taken or a leaf stops it (unmapped, device-exclusive, read-only under WRITE,
 // borrowed under LONGTERM, no PFN for segments, no room in the output); all or nothing
-// unless PARTIAL, which keeps what was taken before the stop.
+// unless PARTIAL, which keeps what was taken before the stop (and, for segments without
+// FAST_ONLY, the whole pages of the stopping leaf that the segments have room for).
 #ifndef HUGEMM_FUZZ_PIN_ORACLE_H_
 #define HUGEMM_FUZZ_PIN_ORACLE_H_
 

@@ -218,6 +218,35 @@ TEST_P(GupMemoryTest, SegmentsFollowTheRecordedPfns) {
       EXPECT_THAT(std::string(small.status().message()), HasSubstr("(0 written before them)"));
     }
     EXPECT_EQ(m.Counts(), base);
+
+    // Partial: as far as the segments reach, in whole pages, inside a folio too (one 1G
+    // folio got nothing before, though all segments but one had room).
+    std::vector<FolioSpan> part;
+    absl::StatusOr<size_t> k = pinner.PinSegments(m.data() + offset, length, kGupPin | kGupPartial,
+                                                  max, absl::MakeSpan(fewer), &part);
+    HUGEMM_ASSERT_OK(k);
+    ASSERT_EQ(*k, *n - 1);
+    uint64_t bytes = 0;
+    for (size_t i = 0; i < *k; ++i) {
+      EXPECT_EQ(fewer[i].phys_addr, segs[i].phys_addr) << i;
+      if (i + 1 < *k) {
+        EXPECT_EQ(fewer[i].length, segs[i].length) << i;
+      }
+      bytes += fewer[i].length;
+    }
+    EXPECT_LE(fewer[*k - 1].length, segs[*k - 1].length);
+    EXPECT_LT(bytes, length);
+    // As far as n - 1 segments reach, down to a whole page: one page more would need
+    // another segment.
+    uint64_t reach = offset;
+    for (size_t i = 0; i < *k; ++i) reach += segs[i].length;
+    EXPECT_EQ(offset + bytes, reach & ~uint64_t{kPageSize4K - 1});
+    size_t pages = 0;
+    for (const FolioSpan& s : part) pages += s.pages;
+    EXPECT_EQ(pages, (offset + bytes) / kPageSize4K);
+    EXPECT_EQ(m.Counts(), Expected(m, base, 0, pages, RefKind::kPin));
+    pinner.UnpinFolios(part, RefKind::kPin);
+    EXPECT_EQ(m.Counts(), base);
   }
   // The handle gives the same segments.
   absl::StatusOr<PinnedRange> r = pinner.Pin(m.data() + offset, length, kGupPin);

@@ -985,5 +985,47 @@ TEST(Runtime, ABuffersProtectionIsTheKernelsToo) {
   }
 }
 
+// HUGEMM_PARTIAL with fewer segments than the range needs pins as far as they reach, in
+// whole pages of the first folio too; before, it failed with -ENOMEM and pinned nothing
+// whenever the first folio needed more segments than the caller gave. The record of the
+// pin gives back exactly those pages.
+TEST(Runtime, APartialSegmentsPinTakesWhatItsSegmentsReach) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  hugemm_runtime* rt = nullptr;
+  ASSERT_EQ(hugemm_open(nullptr, &rt), 0) << hugemm_last_error();
+  hugemm_buffer buf;
+  ASSERT_EQ(hugemm_map_buffer(rt, 2 * kPageSize2M, nullptr, &buf), 0) << hugemm_last_error();
+  auto* const d = static_cast<std::byte*>(buf.data);
+  hugemm_folio_info base{};
+  ASSERT_EQ(hugemm_folio_info_at(rt, d, &base), 0) << hugemm_last_error();
+  hugemm_dma_segment seg[3];
+  // Without PARTIAL: all or nothing.
+  EXPECT_EQ(hugemm_pin_segments(rt, d, 8192, HUGEMM_PIN, 4096, seg, 1), -ENOMEM);
+  // One 4K segment of two pages.
+  ASSERT_EQ(hugemm_pin_segments(rt, d, 8192, HUGEMM_PIN | HUGEMM_PARTIAL, 4096, seg, 1), 1)
+      << hugemm_last_error();
+  EXPECT_EQ(seg[0].length, 4096u);
+  hugemm_folio_info now{};
+  ASSERT_EQ(hugemm_folio_info_at(rt, d, &now), 0) << hugemm_last_error();
+  EXPECT_EQ(now.pincount, base.pincount + 1);
+  EXPECT_EQ(hugemm_unpin_range(rt, d, 8192, HUGEMM_PIN, 0), 0) << hugemm_last_error();
+  // Three 1M segments of both folios (4M): the first folio whole and half the second.
+  ASSERT_EQ(hugemm_pin_segments(rt, d, 2 * kPageSize2M, HUGEMM_GET | HUGEMM_PARTIAL,
+                                kPageSize2M / 2, seg, 3),
+            3)
+      << hugemm_last_error();
+  hugemm_folio_info second{};
+  ASSERT_EQ(hugemm_folio_info_at(rt, d + kPageSize2M, &second), 0) << hugemm_last_error();
+  EXPECT_EQ(second.refcount, base.refcount + 256);
+  EXPECT_EQ(hugemm_unpin_range(rt, d, 2 * kPageSize2M, HUGEMM_GET, 0), 0) << hugemm_last_error();
+  for (std::byte* p : {d, d + kPageSize2M}) {
+    ASSERT_EQ(hugemm_folio_info_at(rt, p, &now), 0) << hugemm_last_error();
+    EXPECT_EQ(now.refcount, base.refcount);
+    EXPECT_EQ(now.pincount, base.pincount);
+  }
+  EXPECT_EQ(hugemm_free(rt, d), 0) << hugemm_last_error();
+  hugemm_close(rt);
+}
+
 }  // namespace
 }  // namespace hugemm

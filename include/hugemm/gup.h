@@ -236,8 +236,11 @@ class Pinner {
   // `max_segment` bytes (0 = unlimited; else at least 4K, rounded down to 4K), the first
   // starting at va's own byte. Returns the number of segments written. Segments do not
   // name folios: give `pinned` to receive the folio spans (appended) for UnpinFolios, or
-  // unpin with UnpinRange. A partial result ends at a leaf boundary. With `space`, the
-  // segments are runs of its addresses instead of physical ones (PFNs are not needed).
+  // unpin with UnpinRange. A partial pin that runs out of segments pins as far as they
+  // reach, in whole 4K pages, inside a leaf too (the segments' lengths say how far; with
+  // kGupFastOnly, to the last whole leaf); other partial results end at a leaf boundary.
+  // With `space`, the segments are runs of its addresses instead of physical ones (PFNs
+  // are not needed).
   //   InvalidArgument: `segments` is empty, or max_segment below 4K.
   //   ResourceExhausted: more segments than it holds.  FailedPrecondition: memory whose
   //   PFNs are unknown (no `space`), or that `space` has no address for.

@@ -291,7 +291,9 @@ long hugemm_pin_folios(hugemm_runtime* rt, const void* addr, size_t length, unsi
  * its whole 4K pages), at most `cap`. Returns the segment count.
  * Segments name no folios, so the runtime keeps the folio runs this call pinned until
  * hugemm_unpin_range with the same addr, length and PIN or GET gives them back: exactly
- * what was pinned, also after hugemm_free and after a HUGEMM_PARTIAL pin.
+ * what was pinned, also after hugemm_free and after a HUGEMM_PARTIAL pin. A PARTIAL pin
+ * with too few segments for the range pins as far as `cap` of them reach, in whole 4K
+ * pages (their lengths say how far; with HUGEMM_FAST_ONLY, to the last whole folio run).
  * -EFAULT (nothing pinned): memory whose PFNs the kernel hid when it was mapped (pagemap
  * shows them only to a process with CAP_SYS_ADMIN); hugemm_translate and
  * hugemm_page_pfn then answer UINT64_MAX: no physical address is ever made up. */

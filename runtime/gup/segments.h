@@ -94,6 +94,12 @@ class SegmentWriter {
   }
 
   size_t count() const { return n_; }
+  // A copy that counts only: what Add would do from here, with nothing written.
+  SegmentWriter Counting() const {
+    SegmentWriter w = *this;
+    w.out_ = nullptr;
+    return w;
+  }
 
  private:
   DmaSegment* out_;

@@ -7,6 +7,10 @@
 //       records pages [first, first + pages) of a folio whose references the caller
 //       holds, mapped from page-aligned va: all of them, or none and false;
 //   Stop why() const      why the last Accept refused;
+//   uint32_t Room(const Folio* folio, uint32_t first, uint32_t pages, uintptr_t va) const
+//                         after Accept refused those pages for want of room (kFull): how
+//                         many of them, from `first`, it would take (fewer than `pages`;
+//                         0 where a part of a run needs as much room as the whole);
 //   size_t count() const  entries written so far (the pin's result);
 //   void Undo(RefGranularity granularity)  gives back everything recorded.
 #ifndef HUGEMM_RUNTIME_GUP_SINKS_H_
@@ -47,6 +51,7 @@ class PageSink {
     return true;
   }
   Stop why() const { return Stop::kUnencodable; }
+  uint32_t Room(const Folio*, uint32_t, uint32_t, uintptr_t) const { return 0; }
   size_t count() const { return n_; }
   void Undo(RefGranularity granularity) {
     UnpinPageRefs(absl::MakeConstSpan(out_, n_), /*dirty=*/false, granularity);
@@ -76,6 +81,8 @@ class SpanSink {
     return s_.push_back(FolioSpan{folio, first, pages});
   }
   Stop why() const { return Stop::kFull; }
+  // A part of a folio run takes a span as the whole does.
+  uint32_t Room(const Folio*, uint32_t, uint32_t, uintptr_t) const { return 0; }
   size_t count() const { return s_.size(); }
   void Undo(RefGranularity /*granularity*/) {
     UnpinSpans(absl::MakeConstSpan(s_.data(), s_.size()), kind_, /*dirty=*/false);
@@ -166,10 +173,36 @@ class SegmentSink {
     return log_.Accept(folio, first, pages, va);
   }
   Stop why() const { return why_; }
+  // The most pages from `first` whose bytes fit in the segments left: fewer bytes never
+  // need more segments, so a binary search over counting-only trials finds it.
+  uint32_t Room(const Folio* folio, uint32_t first, uint32_t pages, uintptr_t va) const {
+    uint32_t lo = 0, hi = pages == 0 ? 0 : pages - 1;
+    while (lo < hi) {
+      const uint32_t mid = lo + (hi - lo + 1) / 2;
+      if (Fits(folio, first, mid, va)) {
+        lo = mid;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    return lo;
+  }
   size_t count() const { return writer_.count(); }
   void Undo(RefGranularity granularity) { log_.Undo(granularity); }
 
  private:
+  // Whether Accept would find room for pages [first, first + pages) from va.
+  bool Fits(const Folio* folio, uint32_t first, uint32_t pages, uintptr_t va) const {
+    SegmentWriter trial = writer_.Counting();
+    if (space_ != nullptr) {
+      bool unmapped = false;
+      const uintptr_t from = std::max(va, lo_);
+      const uintptr_t to = std::min(va + (uintptr_t{pages} << kPageShift), hi_);
+      return trial.AddIn(*space_, from, to, &unmapped);
+    }
+    return trial.AddPages(folio, first, pages, va, lo_, hi_);
+  }
+
   SegmentWriter writer_;
   uintptr_t lo_, hi_;
   SpanSink<GrowingSpans> log_;

@@ -47,6 +47,15 @@ absl::StatusOr<size_t> TakeLocked(const PinContext& ctx, const PinRequest& req,
   }
   Stop s = CheckFolio(t.folio, req.flags);
   if (s == Stop::kNone && !sink.Accept(t.folio, t.first, t.refs, va)) s = sink.why();
+  if (s == Stop::kFull && HasAny(req.flags, kGupPartial)) {
+    // A partial pin keeps what of the leaf the output has room for, in whole pages, and
+    // gives the rest of the grab back (the references kept hold the folio meanwhile).
+    if (const uint32_t fit = sink.Room(t.folio, t.first, t.refs, va);
+        fit > 0 && sink.Accept(t.folio, t.first, fit, va)) {
+      Ungrab(Take{t.folio, t.first + fit, t.refs - fit}, req.kind());
+      return fit;
+    }
+  }
   if (s != Stop::kNone) {
     Ungrab(t, req.kind());
     return StopError(req, s, va, sink.count());
