@@ -215,6 +215,35 @@ TEST(FixedBuffers, AutoPicksCloneWithKernelPinsAndIovecsWithout) {
   }
 }
 
+// A read-only buffer (BufferOptions::prot) is read-only in the kernel too. The kernel
+// pins the memory it registers for writing, so a read-only buffer goes into rings only
+// by what was registered while it was being mapped: a clone of the runtime's table
+// carries it; a ring attached by iovecs afterwards is refused by the kernel, with the
+// error named and nothing left registered.
+TEST(FixedBuffers, AReadOnlyBufferReachesALaterRingByCloneOnly) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  absl::StatusOr<Buffer> ro = rt->MapBuffer(kPageSize2M, {.prot = kProtRead});
+  ASSERT_TRUE(ro.ok()) << ro.status();
+  TestRing cloned;
+  absl::StatusOr<std::unique_ptr<FixedBuffers>> fixed =
+      FixedBuffers::Attach(*rt, cloned.fd(), {.mode = FixedBufferMode::kClone});
+  if (fixed.status().code() == absl::StatusCode::kUnimplemented) {
+    GTEST_SKIP() << "this kernel cannot clone buffer tables: " << fixed.status();
+  }
+  ASSERT_TRUE(fixed.ok()) << fixed.status();
+  EXPECT_GE((*fixed)->Find(ro->data(), kPageSize2M), 0);
+  TestRing by_iovecs;
+  absl::StatusOr<std::unique_ptr<FixedBuffers>> refused =
+      FixedBuffers::Attach(*rt, by_iovecs.fd(), {.mode = FixedBufferMode::kIovec});
+  EXPECT_FALSE(refused.ok());
+  EXPECT_EQ(ErrnoOf(refused.status()), EFAULT) << refused.status();
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("a buffer mapped without write"));
+  // Nothing was left registered: the ring takes a table of its own.
+  EXPECT_EQ(io_uring_register_buffers_sparse(&by_iovecs.ring, 4), 0);
+}
+
 TEST(FixedBuffers, ARingWithBuffersOrNoRingIsAClearError) {
   std::unique_ptr<Runtime> rt = OpenRuntime();
   ASSERT_NE(rt, nullptr);

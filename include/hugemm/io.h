@@ -100,7 +100,8 @@ class FixedBuffers {
   //   FailedPrecondition in a child of fork() of the process that opened the runtime
   //                     (runtime.h): a clone would give the ring the parent's pages;
   //   others            what io_uring_register said (EFAULT, kIovec: memory of the
-  //                     runtime the program unmapped itself), named.
+  //                     runtime the program unmapped itself, or a buffer mapped without
+  //                     kProtWrite, which the kernel will not pin for writing), named.
   // Nothing is left registered on error.
   static absl::StatusOr<std::unique_ptr<FixedBuffers>> Attach(
       Runtime& runtime, int ring_fd, const FixedBufferOptions& options = {});

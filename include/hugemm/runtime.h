@@ -136,7 +136,10 @@ struct BufferOptions {
   // The buffer's protection, the kernel's mapping's and the shadow table's alike (a
   // WRITE pin of a buffer without kProtWrite is refused; the program's own write faults).
   // It must include kProtRead; InvalidArgument otherwise. A mount or device that refuses
-  // kProtExec fails the map with the kernel's error.
+  // kProtExec fails the map with the kernel's error. The kernel pins for writing what a
+  // ring or a VFIO container registers, so a buffer without kProtWrite reaches those
+  // attached before it is mapped, and later rings only by clone (io.h): a later
+  // attachment by iovecs or a later IovaMapper is refused (EFAULT).
   Prot prot = kProtRead | kProtWrite;
 };
 

@@ -55,6 +55,13 @@ absl::Status Explain(const absl::Status& st, int ring_fd, const std::string& why
     case ENXIO:
       why = "; the ring's buffer table is gone (unregistered behind hugemm's back)";
       break;
+    case EFAULT:
+      // io_uring pins what it registers for writing.
+      why =
+          "; the kernel cannot pin that memory for writing: the program unmapped it, or "
+          "it is a buffer mapped without write (BufferOptions::prot), which goes into "
+          "rings only by clone";
+      break;
     case EEXIST:
       // io_uring_register refuses every thread but the submitter of such a ring.
       why = absl::StrCat("; ring ", ring_fd,
