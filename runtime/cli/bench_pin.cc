@@ -101,7 +101,9 @@ void PrintJsonResult(const PinBenchConfig& c, const PinBenchResult& r) {
 
 // Microseconds as text: whole ones, or two decimals below ten (a 1G folio pins in less
 // than one).
-std::string Us(double us) { return absl::StrFormat(us < 10 ? "%.2f" : "%.0f", us); }
+std::string Us(double us) {
+  return us < 10 ? absl::StrFormat("%.2f", us) : absl::StrFormat("%.0f", us);
+}
 
 void PrintTextResult(const PinBenchConfig& c, const PinBenchResult& r) {
   std::printf(
