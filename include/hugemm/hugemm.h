@@ -134,12 +134,11 @@ typedef struct hugemm_buffer {
  * x86-64), unknown backing, a page size the backing does not have, a NUMA node that is
  * not online or that the process's cpuset does not allow, a hugetlbfs file name that is
  * not a plain name, or names a directory, a FIFO or another file that is not a regular
- * file. -ENOMEM: no huge
- * pages for it (on the node asked for, when one is). A node asked for is served whatever
- * the calling thread's memory policy (set_mempolicy, numactl --membind): the kernel
- * reserves huge pages at the mapping from the nodes of that policy, so for the mapping
- * alone the thread is bound to the node, then given back its own policy (mode, flags,
- * nodes).
+ * file. -ENOMEM: no huge pages for it (on the node asked for, when one is). A node asked
+ * for is served whatever the calling thread's memory policy (set_mempolicy, numactl
+ * --membind): the kernel reserves huge pages at the mapping from the nodes of that
+ * policy, so for the mapping alone the thread is bound to the node, then given back its
+ * own policy (mode, flags, nodes).
  * -ENOENT: no such device-DAX device (a path that is not the character device sysfs
  * describes, or one no driver serves), or no hugetlbfs mount of the page size. -EPERM: the
  * hugetlbfs mount of the page size, or the named file in it (another user's), is not

@@ -223,14 +223,14 @@ class Runtime {
   Runtime(const Runtime&) = delete;
   Runtime& operator=(const Runtime&) = delete;
 
-  // `length` bytes (a multiple of the page size) as one folio per native page. Besides the
-  // backing's errors: InvalidArgument for a length beyond the user address space (2^47
-  // less a page on x86-64); what a memory observer refused it with, e.g. the kernel pin
-  // table's ResourceExhausted (no slot left, RLIMIT_MEMLOCK reached). Huge pages the
-  // allocator's pools hold free (left by freed Allocate buffers) are the runtime's: when
-  // the kernel has none left for the buffer, the pools give theirs back
-  // (Allocator::Shrink, which also flushes the threads' caches) and the map is tried
-  // again.
+  // `length` bytes (a multiple of the page size) as one folio per native page. Besides
+  // the backing's errors: InvalidArgument for a length beyond the user address space
+  // (2^47 less a page on x86-64) or a bad `prot`; what a memory observer refused it
+  // with, e.g. the kernel pin table's ResourceExhausted (no slot left, RLIMIT_MEMLOCK
+  // reached). Huge pages the allocator's pools hold free (left by freed Allocate
+  // buffers) are the runtime's: when the kernel has none left for the buffer, the pools
+  // give theirs back (Allocator::Shrink, which also flushes the threads' caches) and the
+  // map is tried again.
   absl::StatusOr<Buffer> MapBuffer(size_t length, const BufferOptions& options = {});
   // One folio of at least `bytes` from the allocator (see alloc.h; the kernel pin
   // table's errors come from there when the pool grows). FailedPrecondition in a child
