@@ -220,6 +220,8 @@ TEST(BenchPinCli, BadFlagsExitTwoAndLeaveNoFile) {
     EXPECT_EQ(rc, 2) << err;
     EXPECT_THAT(err, HasSubstr(names));
     EXPECT_THAT(err, ::testing::StartsWith("hugemm bench pin: "));
+    // Every usage error, CLI11's or the benchmark's own, says where to look.
+    EXPECT_THAT(err, HasSubstr("Run 'hugemm bench pin --help' for its flags."));
     struct stat st;
     EXPECT_NE(::stat(file.c_str(), &st), 0) << file << " was left behind";
   }

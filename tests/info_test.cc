@@ -305,8 +305,8 @@ TEST(StressCli, AFlagGivenFalseIsOff) {
 
 TEST(Cli, HelpForEveryCommandAndVersion) {
   int rc = 0;
-  for (const char* cmd : {"", "info", "demo", "verify", "bench", "bench pin", "bench translate",
-                          "bench alloc", "bench mr"}) {
+  for (const char* cmd : {"", "info", "demo", "verify", "stress", "bench", "bench pin",
+                          "bench translate", "bench alloc", "bench mr", "bench io"}) {
     const std::string out = RunCli(std::string(cmd) + " --help", &rc);
     EXPECT_EQ(rc, 0) << cmd;
     EXPECT_THAT(out, HasSubstr("Usage: hugemm " + std::string(cmd))) << out;
@@ -321,6 +321,10 @@ TEST(Cli, HelpForEveryCommandAndVersion) {
         "--page-size", "--backing", "--output", "--compare", "--json"}) {
     EXPECT_THAT(help, HasSubstr(std::string(flag) + " ")) << flag;
   }
+  // A number's range is in the help, not only in the error a value out of it gets.
+  EXPECT_THAT(help, HasSubstr("-j N:in [1 - 64]=1"));
+  EXPECT_THAT(help, HasSubstr("-n N:in [-1 - "));
+  EXPECT_THAT(RunCli("bench io --help", &rc), HasSubstr("Queue depths, each in [1 - 4096]"));
   EXPECT_THAT(RunCli("--version", &rc), ::testing::StartsWith("hugemm "));
   EXPECT_EQ(rc, 0);
 }
@@ -335,7 +339,8 @@ TEST(Cli, LostOutputFailsTheCommand) {
   for (const Case& c : {Case{"info >/dev/full", "No space left on device"},
                         Case{"info --json >/dev/full", "No space left on device"},
                         Case{"info --json >&-", "Bad file descriptor"},
-                        Case{"--version >/dev/full", ""}, Case{"bench --help >&-", ""}}) {
+                        Case{"--version >/dev/full", "No space left on device"},
+                        Case{"bench --help >&-", "Bad file descriptor"}}) {
     int rc = 0;
     const std::string err = RunCli(std::string("2>&1 ") + c.args, &rc);
     EXPECT_EQ(rc, 1) << c.args << ": " << err;

@@ -246,7 +246,8 @@ void AddBenchIoCommand(CommandTable& table, CLI::App* bench) {
       ->type_name("randread|randwrite,...");
   AddListOption(io, "--bs", &f->bs, "Block sizes, multiples of 4K up to 2M", {BytesValue()})
       ->type_name("SIZE,...");
-  AddListOption(io, "--qd", &f->qd, "Queue depths", {IntegerIn(1, 4096)})->type_name("N,...");
+  AddListOption(io, "--qd", &f->qd, "Queue depths, each in [1 - 4096]", {IntegerIn(1, 4096)})
+      ->type_name("N,...");
   AddListOption(io, "--candidates", &f->candidates, "Which to run, in this order",
                 {CLI::IsMember({"plain", "fixed", "fixed+pins", "fio"})})
       ->type_name("plain|fixed|fixed+pins|fio,...");

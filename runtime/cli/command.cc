@@ -99,7 +99,8 @@ CLI::Validator IntegerIn(int64_t min, int64_t max) {
         value = absl::StrCat(v);
         return "";
       },
-      "");
+      // --help shows it after the value's name: "-j N:in [1 - 64]=1".
+      absl::StrCat("in [", min, " - ", max, "]"));
 }
 
 CLI::Validator FiniteNumber() {
@@ -170,6 +171,8 @@ int Fail(absl::string_view command, const absl::Status& status) {
 
 int Usage(absl::string_view command, const absl::Status& status) {
   PrintMessage(command, status);
+  // As a parse error says it (main.cc): the flags are what to change.
+  std::fprintf(stderr, "Run 'hugemm %s --help' for its flags.\n", std::string(command).c_str());
   return kExitUsage;
 }
 

@@ -101,7 +101,8 @@ CLI::Option* AddListOption(CLI::App* app, const std::string& name, std::vector<s
 
 // Print "hugemm <command>: <message>" to stderr. Fail returns kExitFailed, and when the
 // command runs with --json also prints FailureJson(status) on stdout; Usage, for a config
-// the flags made that cannot run, returns kExitUsage and prints nothing on stdout.
+// the flags made that cannot run, adds "Run 'hugemm <command> --help' for its flags." as a
+// parse error does, returns kExitUsage and prints nothing on stdout.
 int Fail(absl::string_view command, const absl::Status& status);
 int Usage(absl::string_view command, const absl::Status& status);
 // What a command given --json prints when it fails (the README's "The command line"):

@@ -5,7 +5,9 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <iostream>
 #include <new>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -85,7 +87,14 @@ int Main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return CheckStdout(SelectedPath(app), app.exit(e));  // --help
+    if (e.get_exit_code() == 0) {  // --help, --version
+      // Rendered here and written with stdio, whose failing write CheckStdout then sees
+      // with its errno: CLI11 would flush std::cout itself, and the errno would be lost.
+      std::ostringstream out;
+      const int rc = app.exit(e, out, std::cerr);
+      std::fputs(out.str().c_str(), stdout);
+      return CheckStdout(SelectedPath(app), rc);
+    }
     const std::string path = SelectedPath(app);
     // "hugemm nonsense" stops at the missing command before CLI11 looks at the extra
     // word: name the word, not only what is missing.
