@@ -1055,6 +1055,106 @@ TEST(IoRing, PrepareRefusesWhatIsNoFixedBufferAndLeavesTheSqe) {
   EXPECT_EQ((*io)->in_flight(), 0u);
 }
 
+// The program's own SQEs share the ring with hugemm's: a CQE of one of them is never
+// taken for an I/O of hugemm's, whatever its user_data (a small number, a number that
+// looks like a token of generation and index, the address of the program's own object,
+// tagged with the token's top bits), and the I/O in flight keeps its pins.
+TEST(IoRing, ACqeOfTheProgramsOwnSqeIsNeverTakenForAnIo) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  PatternFile file(2 << 20, 31);
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  TestRing ring;
+  absl::StatusOr<std::unique_ptr<IoRing>> io = IoRing::Attach(*rt, ring.fd());
+  ASSERT_TRUE(io.ok()) << io.status();
+  absl::StatusOr<Buffer> buf = rt->Allocate(1 << 20);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  auto pins = [&] { return rt->FolioInfoAt(buf->data())->pincount; };
+  const int32_t before = pins();
+
+  Gate gate;
+  gate.Arm(&ring.ring);
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring.ring);
+  HUGEMM_ASSERT_OK((*io)->PrepareRead(sqe, file.fd(), buf->data(), 1 << 20, 0, 7));
+  const uint64_t token = sqe->user_data;
+  const int32_t held = pins();
+  ASSERT_GT(held, before);
+
+  uint64_t mine[2] = {0, 0};
+  const auto own = reinterpret_cast<uintptr_t>(&mine[0]);
+  const uint64_t top = token & ~((uint64_t{1} << 48) - 1);
+  const std::vector<uint64_t> foreign = {1,
+                                         42,
+                                         uint64_t{1} << 32,
+                                         (uint64_t{1} << 32) | 1,
+                                         (uint64_t{2} << 32),
+                                         own,
+                                         own | top,
+                                         own | (uint64_t{1} << 48),
+                                         token ^ 8,
+                                         token + (uint64_t{1} << 48),
+                                         token & ((uint64_t{1} << 48) - 1),
+                                         ~uint64_t{0}};
+  for (uint64_t user_data : foreign) {
+    io_uring_sqe* nop = io_uring_get_sqe(&ring.ring);
+    io_uring_prep_nop(nop);
+    io_uring_sqe_set_data64(nop, user_data);
+  }
+  ASSERT_EQ(io_uring_submit(&ring.ring), static_cast<int>(2 + foreign.size()));
+  for (size_t i = 0; i < foreign.size(); ++i) {
+    io_uring_cqe cqe = ring.Wait();
+    ASSERT_NE(cqe.user_data, token) << "the gate holds the read";
+    absl::StatusOr<uint64_t> u = (*io)->Complete(&cqe);
+    EXPECT_EQ(u.status().code(), absl::StatusCode::kNotFound)
+        << std::hex << cqe.user_data << " was taken for hugemm's I/O";
+    EXPECT_EQ(pins(), held) << std::hex << cqe.user_data << " unpinned the read in flight";
+  }
+  EXPECT_EQ((*io)->in_flight(), 1u);
+
+  gate.Open();
+  for (int done = 0; done < 2; ++done) {
+    io_uring_cqe cqe = ring.Wait();
+    if (cqe.user_data == Gate::kUserData) continue;
+    ASSERT_EQ(cqe.user_data, token);
+    EXPECT_EQ(cqe.res, 1 << 20);
+    absl::StatusOr<uint64_t> u = (*io)->Complete(&cqe);
+    ASSERT_TRUE(u.ok()) << u.status();
+    EXPECT_EQ(*u, 7u);
+  }
+  EXPECT_EQ(pins(), before);
+  EXPECT_EQ((*io)->in_flight(), 0u);
+}
+
+// A second ring's tokens name nothing of the first's, and each record's next token is
+// another: a stale completion finds nothing.
+TEST(IoPins, TokensOfTwoAreDisjointAndAReusedRecordGetsANewOne) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  absl::StatusOr<std::unique_ptr<IoPins>> a = IoPins::Create(*rt, 4);
+  absl::StatusOr<std::unique_ptr<IoPins>> b = IoPins::Create(*rt, 4);
+  ASSERT_TRUE(a.ok() && b.ok());
+  absl::StatusOr<Buffer> buf = rt->Allocate(64 << 10);
+  ASSERT_TRUE(buf.ok());
+  absl::StatusOr<uint64_t> ta = (*a)->Pin(buf->data(), 4096, false);
+  absl::StatusOr<uint64_t> tb = (*b)->Pin(buf->data(), 4096, false);
+  ASSERT_TRUE(ta.ok() && tb.ok());
+  EXPECT_EQ((*a)->Unpin(*tb).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ((*b)->Unpin(*ta).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ((*a)->in_flight(), 1u);
+  std::set<uint64_t> seen = {*ta};
+  HUGEMM_ASSERT_OK((*a)->Unpin(*ta));
+  // Round the records twice: every token new, every stale one refused.
+  for (int i = 0; i < 8; ++i) {
+    absl::StatusOr<uint64_t> t = (*a)->Pin(buf->data(), 4096, false);
+    ASSERT_TRUE(t.ok());
+    EXPECT_TRUE(seen.insert(*t).second) << std::hex << *t << " handed out twice";
+    HUGEMM_ASSERT_OK((*a)->Unpin(*t));
+    for (uint64_t old : seen) EXPECT_EQ((*a)->Unpin(old).code(), absl::StatusCode::kNotFound);
+  }
+  HUGEMM_ASSERT_OK((*b)->Unpin(*tb));
+}
+
 // Device-DAX memory as I/O buffers (in the VM, with HUGEMM_TEST_DAX): the runtime's table
 // holds the device mapping, the program's ring uses it as fixed buffers in each mode, and
 // a WRITE_FIXED out of it and a READ_FIXED back into another page of it carry the data.

@@ -110,17 +110,23 @@ int hugemm_io_buffer_index(const hugemm_io* io, const void* addr, size_t length)
 /* Fills `sqe` as READ_FIXED (WRITE_FIXED) of `length` bytes at `offset` of `fd` into
  * (from) `buf` and pins the folios under it until hugemm_io_complete. The SQE's
  * user_data becomes hugemm's token (never 0); `user_data` comes back from
- * hugemm_io_complete. On error nothing is pinned and the SQE is untouched, but it is still
- * the ring's and goes out with the next submit: make it a NOP (io_uring_prep_nop, with a
- * user_data of 0, which no token is). -EINVAL, -ENOENT (no fixed buffer), -ENOMEM
- * (max_in_flight reached), and the pin's errors. */
+ * hugemm_io_complete. A token holds the address of hugemm's record of the I/O in its low
+ * 48 bits and a generation (never 0) in its top 16. So a user_data the program gives its
+ * own SQEs is never a token when it is a number below 2^48 or the address of one of the
+ * program's objects (tagged in the top 16 bits or not); nor is another hugemm_io's token.
+ * On error nothing is pinned and the SQE is untouched, but it is still the ring's and goes
+ * out with the next submit: make it a NOP (io_uring_prep_nop, with a user_data of 0, which
+ * no token is). -EINVAL, -ENOENT (no fixed buffer), -ENOMEM (max_in_flight reached), and
+ * the pin's errors. */
 int hugemm_io_prep_read(hugemm_io* io, struct io_uring_sqe* sqe, int fd, void* buf, unsigned length,
                         uint64_t offset, uint64_t user_data);
 int hugemm_io_prep_write(hugemm_io* io, struct io_uring_sqe* sqe, int fd, const void* buf,
                          unsigned length, uint64_t offset, uint64_t user_data);
 /* Unpins the I/O of `cqe` (marking the folios dirty after a read) and writes its
- * user_data to *user_data (may be NULL). -ENOENT for a CQE of no prepared I/O: nothing is
- * unpinned twice. cqe->res is the program's to check. */
+ * user_data to *user_data (may be NULL). -ENOENT for a CQE of no prepared I/O (one of the
+ * program's own SQEs, or one completed already): nothing is unpinned twice. A completed
+ * token could match again only once its record has served 65535 more I/Os; records are
+ * reused oldest first. cqe->res is the program's to check. */
 int hugemm_io_complete(hugemm_io* io, const struct io_uring_cqe* cqe, uint64_t* user_data);
 /* For an SQE prepared but never submitted: unpins it (as hugemm_io_complete). */
 int hugemm_io_cancel(hugemm_io* io, const struct io_uring_sqe* sqe, uint64_t* user_data);

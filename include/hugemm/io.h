@@ -167,6 +167,13 @@ class FixedBuffers {
 
 // Pins for I/Os in flight, each named by a token that fits a CQE's user_data.
 //
+// A token holds the address of this object's record of the I/O (low 48 bits) and a
+// generation of that record (top 16 bits, never 0). So a value the program made itself
+// is never taken for a token: a number below 2^48, or the address of any of the program's
+// own objects, tagged in its top 16 bits or not. Nor is another IoPins' token. A token
+// given back could match again only once its record has served 65535 more I/Os; records
+// are reused oldest first.
+//
 // Thread safety: like a liburing ring: one thread at a time pins and unpins.
 class IoPins {
  public:
@@ -194,7 +201,7 @@ class IoPins {
  private:
   friend class IoRing;
   struct Record {
-    uint32_t generation = 1;
+    uint32_t generation = 1;  // 1 .. 0xffff
     bool busy = false;
     bool dirty = false;
     uint32_t nspans = 0;
@@ -209,7 +216,11 @@ class IoPins {
 
   Pinner& pinner_;
   std::vector<Record> records_;
-  std::vector<uint32_t> free_;  // indexes of idle records
+  // Indexes of idle records, oldest given back first: a queue of free_count_ from
+  // free_head_, round the end of free_. Allocated once, at capacity.
+  std::vector<uint32_t> free_;
+  size_t free_head_ = 0;
+  size_t free_count_;
   size_t in_flight_ = 0;
 };
 

@@ -1,6 +1,8 @@
-// Per-I/O pins: a record per I/O in flight, named by a token of generation and index so
-// that a stale or repeated completion finds nothing to give back.
-#include <limits>
+// Per-I/O pins: a record per I/O in flight, named by a token that holds the record's own
+// address and its generation, so that a stale or repeated completion finds nothing to give
+// back, and a value the program made itself (a number, or a pointer to its own object,
+// tagged in its top bits or not) is never one of them.
+#include <cstdint>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -11,14 +13,18 @@ namespace {
 
 constexpr size_t kMaxCapacity = size_t{1} << 20;
 
-uint32_t IndexOf(uint64_t token) { return static_cast<uint32_t>(token); }
-uint32_t GenerationOf(uint64_t token) { return static_cast<uint32_t>(token >> 32); }
+// A token: the generation in the top 16 bits (never 0, so no token is 0 and none is a
+// plain address) and the record's address below them. Heap addresses fit in 48 bits on
+// every target (x86-64 hands out 47 bits without an address hint, arm64 48).
+constexpr int kGenerationShift = 48;
+constexpr uint64_t kAddressMask = (uint64_t{1} << kGenerationShift) - 1;
+constexpr uint32_t kMaxGeneration = 0xffff;
 
 }  // namespace
 
-IoPins::IoPins(Runtime& runtime, size_t capacity) : pinner_(runtime.pinner()), records_(capacity) {
-  free_.reserve(capacity);
-  for (size_t i = capacity; i-- > 0;) free_.push_back(static_cast<uint32_t>(i));
+IoPins::IoPins(Runtime& runtime, size_t capacity)
+    : pinner_(runtime.pinner()), records_(capacity), free_(capacity), free_count_(capacity) {
+  for (size_t i = 0; i < capacity; ++i) free_[i] = static_cast<uint32_t>(i);
 }
 
 absl::StatusOr<std::unique_ptr<IoPins>> IoPins::Create(Runtime& runtime, size_t capacity) {
@@ -26,7 +32,13 @@ absl::StatusOr<std::unique_ptr<IoPins>> IoPins::Create(Runtime& runtime, size_t 
     return absl::InvalidArgumentError(
         absl::StrCat("per-I/O pins for ", capacity, " I/Os in flight: 1 to ", kMaxCapacity));
   }
-  return std::unique_ptr<IoPins>(new IoPins(runtime, capacity));
+  std::unique_ptr<IoPins> pins(new IoPins(runtime, capacity));
+  const auto end = reinterpret_cast<uintptr_t>(pins->records_.data() + capacity);
+  if ((end & ~kAddressMask) != 0) [[unlikely]] {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "per-I/O pins: the records landed at %p, above the 48 bits a token holds", end));
+  }
+  return pins;
 }
 
 // The pins of I/Os still in flight are kept: nothing says their device is done with the
@@ -46,13 +58,13 @@ absl::StatusOr<uint64_t> IoPins::PinFor(const void* addr, size_t length, bool de
   if (length == 0) {
     return absl::InvalidArgumentError(absl::StrFormat("per-I/O pin of %p: an empty range", addr));
   }
-  if (free_.empty()) {
+  if (free_count_ == 0) {
     return absl::ResourceExhaustedError(
         absl::StrCat("per-I/O pins: ", records_.size(),
                      " I/Os in flight already, the most this was made for; reap completions "
                      "first or make it larger"));
   }
-  const uint32_t index = free_.back();
+  const uint32_t index = free_[free_head_];
   Record& r = records_[index];
   const GupFlags flags = device_writes ? kGupPin | kGupWrite : kGupPin;
   // One span per folio under the I/O: two inline, which a 128K I/O never exceeds unless
@@ -65,21 +77,28 @@ absl::StatusOr<uint64_t> IoPins::PinFor(const void* addr, size_t length, bool de
     n = pinner_.PinFolios(addr, length, flags, &r.spans);
   }
   if (!n.ok()) return n.status();
-  free_.pop_back();
+  free_head_ = free_head_ + 1 == free_.size() ? 0 : free_head_ + 1;
+  --free_count_;
   r.busy = true;
   r.dirty = device_writes;
   r.nspans = static_cast<uint32_t>(*n);
   r.user_data = user_data;
   ++in_flight_;
-  return (uint64_t{r.generation} << 32) | index;
+  return (uint64_t{r.generation} << kGenerationShift) | reinterpret_cast<uintptr_t>(&r);
 }
 
 absl::Status IoPins::Release(uint64_t token, uint64_t* user_data) {
-  const uint32_t index = IndexOf(token);
-  if (index >= records_.size() || !records_[index].busy ||
-      records_[index].generation != GenerationOf(token)) {
+  // Only the address of one of this object's records, busy, with the generation it has
+  // now: any other value (another IoPins' token, a program's own user_data) names none.
+  const uintptr_t at = token & kAddressMask;
+  const auto base = reinterpret_cast<uintptr_t>(records_.data());
+  const uintptr_t offset = at - base;  // wraps far out of range below base
+  const size_t index = offset / sizeof(Record);
+  if (offset >= records_.size() * sizeof(Record) || offset % sizeof(Record) != 0 ||
+      !records_[index].busy || records_[index].generation != token >> kGenerationShift) {
     return absl::NotFoundError(absl::StrFormat(
-        "per-I/O pins: token 0x%x is not an I/O in flight (never pinned, or unpinned already)",
+        "per-I/O pins: token 0x%x is not an I/O in flight (never pinned, unpinned already, "
+        "or not hugemm's)",
         token));
   }
   Record& r = records_[index];
@@ -91,10 +110,15 @@ absl::Status IoPins::Release(uint64_t token, uint64_t* user_data) {
   }
   if (user_data != nullptr) *user_data = r.user_data;
   r.busy = false;
-  // A new generation: this token never matches again. Generation 0 is skipped so that no
-  // token is 0 (a CQE's user_data often is).
-  r.generation = r.generation == std::numeric_limits<uint32_t>::max() ? 1 : r.generation + 1;
-  free_.push_back(index);
+  // A new generation: this token does not match again until the record's generation comes
+  // round, 65535 uses of it later. Records are reused in the order they were given back,
+  // so a record serves again only after every record idle before it did. Generation 0 is
+  // skipped (no token is 0).
+  r.generation = r.generation == kMaxGeneration ? 1 : r.generation + 1;
+  size_t tail = free_head_ + free_count_;
+  if (tail >= free_.size()) tail -= free_.size();
+  free_[tail] = static_cast<uint32_t>(index);
+  ++free_count_;
   --in_flight_;
   return absl::OkStatus();
 }
