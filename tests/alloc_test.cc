@@ -859,6 +859,39 @@ TEST(Alloc, ThreadForgetsTheCachesOfAllocatorsGone) {
   ASSERT_TRUE(again.ok()) << again.status();
 }
 
+// Folios may be freed on any thread and outlive their allocator (alloc.h): here the last
+// references drop on another thread while the allocator's destructor runs. Each release
+// goes into a thread cache that is being closed, or straight to the pool: none reads the
+// cache set after it is gone (ASan's use-after-free, a hang on its destroyed mutex in a
+// Release build, before the caches were closed), and every page is back afterwards.
+TEST(Alloc, LastReferencesDroppedOnAnotherThreadWhileTheAllocatorGoes) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  const int64_t baseline = FreeHugePages(kPageSize2M);
+  for (int round = 0; round < 2000; ++round) {
+    auto alloc = NewAllocator();
+    std::vector<FolioHandle> held;
+    for (int i = 0; i < 64; ++i) {
+      absl::StatusOr<FolioHandle> h = alloc->Allocate(kPageSize4K);
+      ASSERT_TRUE(h.ok()) << h.status();
+      held.push_back(std::move(*h));
+    }
+    std::atomic<bool> go{false};
+    std::thread dropper([&] {
+      while (!go.load(std::memory_order_acquire)) {
+      }
+      // A different moment of the destructor each round.
+      for (int spin = 0; spin < round % 64; ++spin) __builtin_ia32_pause();
+      held.clear();  // the last references, racing with ~Allocator
+    });
+    go.store(true, std::memory_order_release);
+    alloc.reset();
+    dropper.join();
+  }
+  EXPECT_TRUE(testing::WaitForFreeHugePages(kPageSize2M, baseline))
+      << "pages of the allocators gone were not all given back: " << FreeHugePages(kPageSize2M)
+      << " free of " << baseline;
+}
+
 TEST(Alloc, MetadataMeasuredMatchesTheModel) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 16);
   // Grown from empty by 2M, 2M, 4M, 8M, 16M: 16 pages in 5 extents. The model is a

@@ -56,9 +56,16 @@ class Allocator::Impl {
   explicit Impl(const AllocatorOptions& options) : options_(options) {}
 
   ~Impl() {
-    caches_.reset();  // every magazine back to its pool first
+    // Another thread may drop a folio's last reference while this runs (alloc.h allows
+    // it): its release may be on its way into the thread caches. Closing them waits for
+    // such a release, or sends it to the pool, and brings every magazine back first.
+    caches_->Close();
+    bool all_idle = true;
     const int n = npools_.load(std::memory_order_acquire);
-    for (int i = 0; i < n; ++i) pools_[i].load(std::memory_order_relaxed)->Orphan();
+    for (int i = 0; i < n; ++i) all_idle &= pools_[i].load(std::memory_order_relaxed)->Orphan();
+    // A pool kept for folios still out names the set, and their releases look at it (and
+    // find it closed): it stays with them, drained, for good.
+    if (!all_idle) (void)caches_.release();
   }
 
   absl::StatusOr<Pool*> FindPool(const AllocOptions& o) {

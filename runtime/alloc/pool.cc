@@ -295,7 +295,7 @@ void Pool::FreeBatch(Folio* const* folios, int n) {
   }
 }
 
-void Pool::Orphan() {
+bool Pool::Orphan() {
   bool idle;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -307,7 +307,7 @@ void Pool::Orphan() {
   }
   if (idle) {
     delete this;
-    return;
+    return true;
   }
   // Folios are still out (pinned, mapped). The last one back gives the memory to the
   // kernel (FreeBatch); the small pool object stays here for good, so that neither a
@@ -316,6 +316,7 @@ void Pool::Orphan() {
   static auto* graveyard = new std::vector<Pool*>();
   std::lock_guard<std::mutex> lock(graveyard_mu);
   graveyard->push_back(this);
+  return false;
 }
 
 void Pool::ReleaseFolio(Folio* folio) {

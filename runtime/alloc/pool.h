@@ -100,9 +100,10 @@ class Pool final : public FolioOwner {
   size_t Shrink();
   PoolStats Stats() const;
 
-  // The allocator is going away. Deletes the pool now if none of its folios is in use,
-  // else when the last one comes back.
-  void Orphan();
+  // The allocator is going away. Deletes the pool now if none of its folios is in use
+  // (true); else keeps it for good, and its memory goes back to the kernel when the last
+  // folio comes back (false).
+  bool Orphan();
 
  private:
   absl::Status Grow(int order) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -8,6 +8,7 @@
 #include <array>
 #include <atomic>
 #include <mutex>
+#include <thread>
 #include <unordered_set>
 
 #include "runtime/alloc/pool.h"
@@ -88,6 +89,21 @@ constexpr std::memory_order kDekkerStore = std::memory_order_relaxed;
 constexpr std::memory_order kDekkerLoad = std::memory_order_acquire;
 #endif
 
+// The owner's barrier between its store and its load. Where membarrier(2) works, the
+// drainer's HeavyFence supplies the owner's half and this is a compiler barrier; where it
+// does not, only Close drains another thread's cache, and the owner pays a real barrier.
+inline void OwnerFence() {
+#ifdef HUGEMM_TSAN
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+#else
+  if (AsymmetricFenceAvailable()) [[likely]] {
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  } else {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+  }
+#endif
+}
+
 std::mutex g_registry_mu;
 std::unordered_set<uint64_t>& Live() ABSL_EXCLUSIVE_LOCKS_REQUIRED(g_registry_mu) {
   static auto* live = new std::unordered_set<uint64_t>();
@@ -134,7 +150,7 @@ class OwnerSection {
     }
     for (;;) {
       cache->busy.store(1, kDekkerStore);
-      std::atomic_signal_fence(std::memory_order_seq_cst);
+      OwnerFence();
       if (!cache->claimed.load(kDekkerLoad)) [[likely]]
         return;
       // A drainer has claimed the cache: step back, and wait until it lets go (it holds
@@ -161,13 +177,36 @@ ThreadCacheSet::ThreadCacheSet() : id_(g_next_id.fetch_add(1, std::memory_order_
 }
 
 ThreadCacheSet::~ThreadCacheSet() {
+  if (!closed_.load(std::memory_order_relaxed)) Close();
+  std::lock_guard<std::mutex> lock(mu_);
+  caches_.clear();
+}
+
+void ThreadCacheSet::Close() {
   {
+    // No exiting thread retires a cache into the set from here on (a retirement runs
+    // under this mutex, so one under way has finished).
     std::lock_guard<std::mutex> lock(g_registry_mu);
     Live().erase(id_);
   }
   std::lock_guard<std::mutex> lock(mu_);
-  for (auto& cache : caches_) Drain(cache.get());
-  caches_.clear();
+  // Before the claims are let go: an owner that enters a section after that sees it.
+  closed_.store(true, std::memory_order_relaxed);
+  for (const auto& cache : caches_) cache->claimed.store(true, kDekkerStore);
+  // The drainer's half of the pair; without membarrier the owners pay theirs (OwnerFence).
+  if (!AsymmetricFenceAvailable() || !HeavyFence()) {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+  }
+  for (const auto& cache : caches_) {
+    // Its thread is in a Push that began before the claim: it finishes, or it saw the
+    // claim and steps back to wait for mu_, held here. Either way, briefly.
+    while (cache->busy.load(kDekkerLoad) != 0) std::this_thread::yield();
+  }
+  for (const auto& cache : caches_) {
+    Drain(cache.get());
+    cache->pools.clear();  // no Push touches it again: each finds the set closed
+  }
+  for (const auto& cache : caches_) cache->claimed.store(false, std::memory_order_release);
 }
 
 int ThreadCacheSet::Capacity(int order) {
@@ -200,6 +239,7 @@ ThreadCache* ThreadCacheSet::MineSlow() {
   ThreadCache* cache;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (closed_.load(std::memory_order_relaxed)) return nullptr;  // a release after Close
     caches_.push_back(std::make_unique<ThreadCache>());
     cache = caches_.back().get();
   }
@@ -264,6 +304,10 @@ bool ThreadCacheSet::Push(Pool* pool, Folio* folio) {
   ThreadCache* cache = Mine();
   if (cache == nullptr) return false;
   OwnerSection section(cache, mu_);
+  // Inside the section: either Close waits for this push and drains it, or this sees
+  // the set closed (the claim's release, or mu_, brings the flag with it).
+  if (closed_.load(std::memory_order_acquire)) [[unlikely]]
+    return false;
   Magazine& m = cache->For(pool, folio->order);
   if (m.n == cap) {
     const int half = std::max(1, cap / 2);

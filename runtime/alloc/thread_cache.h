@@ -34,8 +34,7 @@ struct ThreadCache;
 class ThreadCacheSet {
  public:
   ThreadCacheSet();
-  // Drains every thread's magazines into their pools. No other thread may use the set
-  // concurrently.
+  // Frees what Close left: call Close first. No thread may be inside the set.
   ~ThreadCacheSet();
   ThreadCacheSet(const ThreadCacheSet&) = delete;
   ThreadCacheSet& operator=(const ThreadCacheSet&) = delete;
@@ -58,6 +57,13 @@ class ThreadCacheSet {
   // where the kernel refuses it. Not from inside a pool's mutex.
   bool DrainIdle(Pool* pool);
 
+  // The allocator is going away: drains every thread's magazines into their pools and
+  // refuses every later Push (the caller frees the folio to its pool), so that a folio's
+  // last reference may drop on another thread meanwhile and after. A Push already inside
+  // a cache when Close starts is waited for and drained with it. No Take, FlushThisThread
+  // or DrainIdle may run concurrently or after.
+  void Close();
+
   // Thread exit: drain and forget `cache`.
   void Retire(ThreadCache* cache);
 
@@ -76,6 +82,9 @@ class ThreadCacheSet {
   static bool DrainPool(ThreadCache* cache, Pool* pool);
 
   const uint64_t id_;
+  // Set by Close, under mu_ and before it releases its claims: a Push that enters its
+  // owner section after that sees it (see ThreadCache).
+  std::atomic<bool> closed_{false};
   std::mutex mu_;
   std::vector<std::unique_ptr<ThreadCache>> caches_ ABSL_GUARDED_BY(mu_);
 };
