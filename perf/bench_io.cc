@@ -17,6 +17,8 @@
 #include <memory>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "hugemm/os.h"
 #include "hugemm/page_size.h"
 #include "hugemm/runtime.h"
 #include "perf/fio_job.h"
@@ -28,9 +30,9 @@ namespace {
 using io_internal::FioJob;
 using io_internal::LoopJob;
 
-absl::Status Errno(const std::string& what) {
-  return absl::InternalError(absl::StrCat(what, ": ", std::strerror(errno)));
-}
+// The system call's failure, with its errno (the status code follows it: EACCES is
+// PermissionDenied, ENOSPC ResourceExhausted, ...), as --json reports it.
+absl::Status Errno(const std::string& what) { return ErrnoStatus(errno, what); }
 
 // The target, open for O_DIRECT; a file it made is removed when it goes.
 class Target {
@@ -100,8 +102,14 @@ class Target {
     for (uint64_t off = 0; off < size_; off += kChunk) {
       for (size_t i = 0; i < kChunk / 8; ++i) words[i] = (off + i * 8) * 0x9E3779B97F4A7C15ull;
       const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunk, size_ - off));
-      if (::pwrite(fd_, p, n, static_cast<off_t>(off)) != static_cast<ssize_t>(n)) {
-        return Errno(absl::StrCat("write ", path_));
+      const ssize_t wrote = ::pwrite(fd_, p, n, static_cast<off_t>(off));
+      if (wrote < 0) return Errno(absl::StrCat("write ", path_));
+      if (static_cast<size_t>(wrote) != n) {
+        // A short write sets no errno: the file system is full, or RLIMIT_FSIZE reached.
+        return absl::ResourceExhaustedError(absl::StrFormat(
+            "write %s: %d of %d bytes at offset %d written (the file system full, or the "
+            "file size limit reached)",
+            path_, wrote, n, off));
       }
     }
     if (::fsync(fd_) != 0) return Errno(absl::StrCat("fsync ", path_));

@@ -321,6 +321,36 @@ TEST(BenchIo, BadConfigsAreRefusedByName) {
 // A run that could not be done (exit 1) with --json still prints one object on stdout:
 // the command line, "ok": false, and the error, whose message stderr got too. A usage
 // error (exit 2) prints nothing there.
+// A system call's failure keeps its errno in the error object (the README's "errno"), and
+// a short write, which sets none, says what it is rather than naming a stale errno.
+TEST(BenchIo, AWriteTheFileSizeLimitStopsSaysWhy) {
+  const ScratchDir scratch;
+  struct Case {
+    const char* limit_kib;  // `ulimit -f`, in KiB: 4096 ends at a 1M chunk, 4100 inside one
+    const char* code;
+    int err;  // 0: no errno key
+    const char* says;
+  };
+  for (const Case& c : {Case{"4096", "OUT_OF_RANGE", EFBIG, "File too large"},
+                        Case{"4100", "RESOURCE_EXHAUSTED", 0, "of 1048576 bytes at offset"}}) {
+    SCOPED_TRACE(c.limit_kib);
+    int rc = 0;
+    // SIGXFSZ ignored, as a program would: the write past the limit then fails with EFBIG.
+    const std::string out = testing::RunCommand(
+        absl::StrCat("trap '' XFSZ; ulimit -f ", c.limit_kib, "; ", HUGEMM_CLI_PATH,
+                     " bench io --json --seconds 0.05 --rw randread --bs 4K --size 8M --dir ",
+                     scratch.path(), " 2>/dev/null"),
+        &rc);
+    EXPECT_EQ(rc, 1) << out;
+    const Json j = Json::parse(out, nullptr, /*allow_exceptions=*/false);
+    ASSERT_TRUE(j.is_object() && j.contains("error")) << out;
+    EXPECT_EQ(j["error"].value("code", ""), c.code) << out;
+    EXPECT_EQ(j["error"].value("errno", 0), c.err) << out;
+    EXPECT_THAT(j["error"].value("message", ""), HasSubstr(c.says)) << out;
+    EXPECT_EQ(Leftovers(scratch.path()), 0);
+  }
+}
+
 TEST(BenchIo, AFailedRunPrintsTheErrorObject) {
   const ScratchDir scratch;
   const std::string path = scratch.path() + "/bench-io-small";

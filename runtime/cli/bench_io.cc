@@ -209,10 +209,13 @@ int RunBenchIo(IoFlags& f) {
   if (tty) std::fprintf(stderr, "\r\033[K");
   if (!r.ok()) return Fail("bench io", r.status());
   if (!f.json) {
+    // The seconds as given ("0.05", not "0.1"); the fixed mode only where a fixed
+    // candidate ran.
     std::printf(
-        "%s\n%s (%s%s), O_DIRECT, one thread, %.1f s per candidate; fixed buffers by %s%s\n",
-        CommandLine().c_str(), r->target.c_str(), HumanBytes(r->size).c_str(),
-        r->created ? ", created and removed" : "", c.seconds, r->fixed_mode.c_str(),
+        "%s\n%s (%s%s), O_DIRECT, one thread, %g s per candidate%s%s\n", CommandLine().c_str(),
+        r->target.c_str(), HumanBytes(r->size).c_str(), r->created ? ", created and removed" : "",
+        c.seconds,
+        r->fixed_mode.empty() ? "" : absl::StrCat("; fixed buffers by ", r->fixed_mode).c_str(),
         r->fio_version.empty() ? "" : absl::StrCat("; ", r->fio_version).c_str());
   }
   Print(f, *r);
