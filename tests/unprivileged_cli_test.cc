@@ -157,5 +157,25 @@ TEST(UnprivilegedCli, VerifySaysOnceThatPagemapHidesPfns) {
   EXPECT_EQ(rc, 0) << kCodes << " (11 here: not said exactly once)";
 }
 
+// demo maps the pages but cannot hold them against the kernel's frames: that is no
+// success (exit 1, as verify's), and it says why.
+TEST(UnprivilegedCli, DemoThatCannotReadPfnsFails) {
+  HUGEMM_NEED_ROOT();
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
+  const int rc = testing::RunUnprivileged([] {
+    int exit_code = -1;
+    const std::string out =
+        testing::RunCommand(std::string(HUGEMM_CLI_PATH) + " demo 2>&1", &exit_code);
+    std::fprintf(stderr, "hugemm demo: exit %d\n%s\n", exit_code, out.c_str());
+    if (exit_code != 1) return kWrongExit;
+    if (out.find("need CAP_SYS_ADMIN") == std::string::npos ||
+        out.find("mapped but not checked") == std::string::npos) {
+      return kMissingWords;
+    }
+    return 0;
+  });
+  EXPECT_EQ(rc, 0) << kCodes;
+}
+
 }  // namespace
 }  // namespace hugemm
