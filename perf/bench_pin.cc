@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "hugemm/runtime.h"
 #include "perf/bench_util.h"
 #include "perf/pin_passes.h"
@@ -198,6 +199,15 @@ absl::StatusOr<PinBenchResult> RunPinBench(const PinBenchConfig& config,
   std::vector<Folio*> folios;
   for (size_t off = 0; off < (size_mib << 20); off += buf->folio_size()) {
     folios.push_back((*rt)->Translate(buf->data() + off)->folio);
+  }
+  if (config.disjoint && config.threads > 1 && folios.size() < size_t(config.threads)) {
+    // A thread with no folio of its own would time nothing, and its zero would go into
+    // the medians as if it had pinned.
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "-j %d --disjoint: %d MiB is %d folio(s) of %s, fewer than the threads; each thread "
+        "pins whole folios of its own (-m %d at least)",
+        config.threads, size_mib, folios.size(), PageSizeName(buf->folio_size()),
+        (buf->folio_size() >> 20) * config.threads));
   }
   const PassConfig c{.base = buf->data(),
                      .pages = (size_mib << 20) / kPageSize4K,

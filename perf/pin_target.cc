@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "hugemm/backing.h"
 #include "runtime/sys/hugepages.h"
@@ -51,7 +52,17 @@ absl::StatusOr<PinTarget> ResolveFile(const PinBenchConfig& c) {
   for (const HugetlbfsMount& m : *mounts) {
     if (m.path == real) mount = &m;
   }
-  if (mount == nullptr) return bad("neither a device nor a file in a hugetlbfs mount");
+  if (mount == nullptr) {
+    // A directory below a mount: the buffer's file is named in the mount itself (a plain
+    // name, as BufferOptions::file_name takes it).
+    for (const HugetlbfsMount& m : *mounts) {
+      if (absl::StartsWith(real, m.path == "/" ? m.path : absl::StrCat(m.path, "/"))) {
+        return bad(absl::StrCat("a file directly in the hugetlbfs mount ", m.path,
+                                " is needed, not in a directory below it (", real, ")"));
+      }
+    }
+    return bad("neither a device nor a file in a hugetlbfs mount");
+  }
   if (c.page_size != 0 && c.page_size != mount->page_size) {
     return bad(absl::StrCat(mount->path, " has ", PageSizeName(mount->page_size), " pages, not ",
                             PageSizeName(c.page_size)));

@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -225,6 +226,37 @@ TEST(BenchPinCli, BadFlagsExitTwoAndLeaveNoFile) {
     struct stat st;
     EXPECT_NE(::stat(file.c_str(), &st), 0) << file << " was left behind";
   }
+}
+
+// A file in a directory below a hugetlbfs mount is refused as such, not as a file outside
+// every mount, and nothing is created there.
+TEST(BenchPinCli, AFileBelowAMountsTopDirectoryIsRefusedSaying) {
+  const std::string mount = testing::HugetlbfsMountFor(kPageSize2M);
+  HUGEMM_NEED(!mount.empty(), "no hugetlbfs mount of 2M pages");
+  const std::string dir = mount + "/bench-pin-cli-test-dir";
+  ASSERT_EQ(::mkdir(dir.c_str(), 0700), 0) << dir << ": " << std::strerror(errno);
+  int rc = 0;
+  const std::string err = RunCli("bench pin -m 2 -r 1 -f " + dir + "/f 2>&1 >/dev/null", &rc);
+  struct stat st;
+  const bool left = ::stat((dir + "/f").c_str(), &st) == 0;
+  ::unlink((dir + "/f").c_str());
+  ::rmdir(dir.c_str());
+  EXPECT_EQ(rc, 2) << err;
+  EXPECT_THAT(err, HasSubstr("directly in the hugetlbfs mount " + mount)) << err;
+  EXPECT_FALSE(left) << "the run created a file below the mount";
+}
+
+// --disjoint gives each thread whole folios of its own: with fewer folios than threads
+// the run is refused, rather than a thread that pinned nothing timing zero.
+TEST(BenchPinCli, DisjointThreadsNeedAFolioEach) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  int rc = 0;
+  std::string err = RunCli("bench pin -r 1 -m 2 -j 2 --disjoint 2>&1 >/dev/null", &rc);
+  EXPECT_EQ(rc, 1) << err;
+  EXPECT_THAT(err, HasSubstr("fewer than the threads")) << err;
+  EXPECT_THAT(err, HasSubstr("-m 4 at least")) << err;
+  err = RunCli("bench pin -r 1 -m 4 -j 2 --disjoint 2>&1 >/dev/null", &rc);
+  EXPECT_EQ(rc, 0) << err;
 }
 
 // A hugetlbfs mount whose size= holds less than -m: the run could not be done, exit 1,

@@ -258,10 +258,11 @@ void AddBenchPinCommand(CommandTable& table, CLI::App* bench) {
   w->excludes(pin->add_flag("-W", f->read_only, "Read-only pins"));
   CLI::Option* s = pin->add_flag("-S")->description("A shared mapping, the default");
   s->excludes(pin->add_flag("-P", f->private_mapping, "A private mapping"));
-  CLI::Option* file = pin->add_option(
-      "-f", c.file,
-      "A /dev/dax device, or a file in a hugetlbfs mount (one the run creates is removed; "
-      "one that exists is grown to -m if shorter, and keeps its pages)");
+  CLI::Option* file =
+      pin->add_option("-f", c.file,
+                      "A /dev/dax device, or a file in a hugetlbfs mount's top directory (one the "
+                      "run creates is removed; "
+                      "one that exists is grown to -m if shorter, and keeps its pages)");
   file->check(NonEmpty())->type_name("FILE");
   pin->add_option("-j", c.threads, "Threads, each pinning the whole range (or see --disjoint)")
       ->transform(IntegerIn(1, 64))
