@@ -194,7 +194,7 @@ Each repeat times the following in turn, each after an untimed warm-up, so that 
 - with \`--compare=kernel\`, the kernel pinning the same buffer: io_uring fixed-buffer registration (\`pin_user_pages\` with \`FOLL_LONGTERM\`), register and unregister timed separately;
 - with \`-j N\`, N threads pin at once, each the whole range (as gup_test), or with \`--disjoint\` each its own whole folios; one thread over the whole range is timed in the same repeat, and the threads' wall time against it is their aggregate throughput.
 
-When fewer huge pages are free than \`-m\` asks for, it runs the largest size they hold, and with \`--backing anon\` at most half of the available memory, and says so on stderr (exit status 0; \`size_mib\` and the text's first line say what ran). It prints gup_test's line per repeat and thread (\`PIN_FAST_BENCHMARK: Time: get:N put:N us\`), then medians and ratios. \`--json\` prints one object with these keys:
+When fewer huge pages are free than \`-m\` asks for, it runs the largest size they hold, and with \`--backing anon\` at most half of the available memory, and says so on stderr (exit status 0; \`size_mib\` and the text's second line, after the command line, say what ran). It prints gup_test's line per repeat and thread (\`PIN_FAST_BENCHMARK: Time: get:N put:N us\`), then medians and ratios. \`--json\` prints one object with these keys:
 - \`command\`, \`size_mib\`, \`page_size\`, \`backing\`, \`refcount\`, \`output\`, \`flags\`, \`pages_per_call\`, \`threads\`, \`disjoint\`, \`repeats\`;
 - \`pin_us\` and \`unpin_us\`, each with \`min\` and \`median\`; \`floor_us\`, \`floor\` and \`pin_over_floor\`;
 - folio spans: \`call_floor_us\`, \`call_floor_over_floor\` and \`pin_over_call_floor\`;
