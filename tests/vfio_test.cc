@@ -665,6 +665,13 @@ TEST(VfioCApi, ADescriptorThatIsNoContainerIsRefusedBeforeAnyMemory) {
   EXPECT_EQ(hugemm_vfio_attach(rt, devnull, nullptr, &vfio), -EBADF) << hugemm_last_error();
   EXPECT_THAT(hugemm_last_error(), HasSubstr("not open"));
   EXPECT_EQ(vfio, nullptr);
+  // Open, but with O_PATH: the same errno, and a message that does not call it closed.
+  const int path_only = open("/dev/null", O_PATH | O_CLOEXEC);
+  ASSERT_GE(path_only, 0);
+  EXPECT_EQ(hugemm_vfio_attach(rt, path_only, nullptr, &vfio), -EBADF) << hugemm_last_error();
+  EXPECT_THAT(hugemm_last_error(), HasSubstr("opened with O_PATH"));
+  EXPECT_EQ(vfio, nullptr);
+  ASSERT_EQ(close(path_only), 0);
   // Nothing observes the runtime: memory comes as before.
   hugemm_buffer buf;
   ASSERT_EQ(hugemm_map_buffer(rt, 2 << 20, nullptr, &buf), 0) << hugemm_last_error();

@@ -49,8 +49,13 @@ extern "C" {
 
 typedef struct hugemm_runtime hugemm_runtime;
 
-/* The message of this thread's last failed call, or the first mismatch its last
- * hugemm_verify found ("" if none). Valid until this thread's next hugemm call. */
+/* This thread's message: what its last failed call found wrong, or the first mismatch
+ * its last hugemm_verify found. A call that fails sets it; most calls that succeed clear
+ * it to "". The queries made per I/O or per entry (hugemm_io_buffer_index,
+ * hugemm_io_mode, hugemm_io_in_flight, hugemm_page_*, hugemm_maybe_dma_pinned,
+ * hugemm_mr_lkey, hugemm_mr_rkey, hugemm_mr_ibv) and the functions that return nothing
+ * leave it as it was when they succeed: read it right after the call that failed. Valid
+ * until this thread's next hugemm call. */
 const char* hugemm_last_error(void);
 
 /* ---- open / close ---------------------------------------------------------------- */
@@ -143,7 +148,9 @@ typedef struct hugemm_buffer {
  * describes, or one no driver serves), or no hugetlbfs mount of the page size. -EPERM: the
  * hugetlbfs mount of the page size, or the named file in it (another user's), is not
  * writable by this process, or the device-DAX device may not be opened by it (the device
- * is root's, mode 0600, unless changed). */
+ * is root's, mode 0600, unless changed). With an io_uring ring attached (hugemm_io.h),
+ * what registering the memory in its table fails with: -EEXIST on a thread other than
+ * that of a ring made with IORING_SETUP_SINGLE_ISSUER, -ENOMEM past RLIMIT_MEMLOCK. */
 int hugemm_map_buffer(hugemm_runtime* rt, size_t length, const hugemm_buffer_options* options,
                       hugemm_buffer* out);
 /* One folio of at least `bytes` (a power of two from 4K up to the page size) from the
@@ -151,7 +158,8 @@ int hugemm_map_buffer(hugemm_runtime* rt, size_t length, const hugemm_buffer_opt
  * except for devdax). -EINVAL: zero bytes or more than the page size, unknown backing,
  * a page size the backing does not have, a NUMA node that is not online or not in the
  * process's cpuset (devdax: not the device's). -ENOMEM: the pool cannot grow (as for
- * hugemm_map_buffer). -ENOENT, -EPERM: as for hugemm_map_buffer. */
+ * hugemm_map_buffer). -ENOENT, -EPERM, and a ring's -EEXIST when the pool grows: as for
+ * hugemm_map_buffer. */
 int hugemm_alloc(hugemm_runtime* rt, size_t bytes, const hugemm_buffer_options* options,
                  int uninitialized, hugemm_buffer* out);
 /* Frees the buffer starting at `data` (from hugemm_map_buffer or hugemm_alloc). Its

@@ -26,7 +26,9 @@
  * The ring must have no registered buffers of its own. One thread prepares and completes
  * per hugemm_io, as with a liburing ring; hugemm_io_buffer_index may be called from any
  * thread. Memory allocated on other threads updates the table from those threads, so a
- * ring made with IORING_SETUP_SINGLE_ISSUER only works when one thread does both.
+ * ring made with IORING_SETUP_SINGLE_ISSUER only works when one thread does both: on
+ * another thread, a hugemm_map_buffer, or a hugemm_alloc that needs new memory, fails
+ * with the kernel's -EEXIST, and the message names the ring and why.
  */
 #ifndef HUGEMM_HUGEMM_IO_H_
 #define HUGEMM_HUGEMM_IO_H_
@@ -53,19 +55,21 @@ enum hugemm_io_mode {
 
 typedef struct hugemm_io_options {
   int mode;               /* enum hugemm_io_mode */
-  unsigned max_in_flight; /* I/Os prepared and not completed; 0 = 4096 */
+  unsigned max_in_flight; /* I/Os prepared and not completed: 0 = 4096, at most 1 << 20
+                           * (-EINVAL above); a record each, allocated up front */
 } hugemm_io_options;
 
 /* Gives the ring at `ring_fd` the runtime's fixed buffers (`options` may be NULL).
  * -EINVAL bad arguments (a negative `ring_fd` among them); -EBUSY the ring has registered
  * buffers already; -EFAULT clone asked with the runtime's kernel pins off; -EOPNOTSUPP
  * clone asked on a kernel without IORING_REGISTER_CLONE_BUFFERS, or `ring_fd` is no
- * io_uring (-EBADF: no open descriptor of that number); -ENOMEM RLIMIT_MEMLOCK (iovec
- * mode); -EMFILE or -ENFILE no descriptor left for the one `io` holds the ring by
- * (close-on-exec, until hugemm_io_detach); -EFAULT in a child of fork() of the process
- * that opened the runtime (hugemm.h): the child has none of its memory; -EFAULT (iovec
- * mode) memory of the runtime the program unmapped itself (see hugemm_free), which the
- * kernel cannot register. */
+ * io_uring (-EBADF: no descriptor of that number open for I/O, as a closed one or one
+ * opened with O_PATH); -ENOMEM RLIMIT_MEMLOCK (iovec mode); -EMFILE or -ENFILE no
+ * descriptor left for the one `io` holds the ring by (close-on-exec, until
+ * hugemm_io_detach); -EFAULT in a child of fork() of the process that opened the runtime
+ * (hugemm.h): the child has none of its memory; -EFAULT (iovec mode) memory of the
+ * runtime the program unmapped itself (see hugemm_free), which the kernel cannot
+ * register. */
 int hugemm_io_attach(hugemm_runtime* rt, int ring_fd, const hugemm_io_options* options,
                      hugemm_io** out);
 /* Unregisters the ring's table, closes the descriptor of the ring `io` holds and frees

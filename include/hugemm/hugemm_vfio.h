@@ -42,13 +42,13 @@ typedef struct hugemm_vfio_options {
  * through it: a container the caller closes first lives on until the detach, and a new
  * one that takes its number gets none of these mappings.
  * -EINVAL: bad arguments, an empty or unaligned IOVA window, a container with no IOMMU
- * set yet (VFIO_SET_IOMMU first). -EBADF: a descriptor not open. -ENOTTY: not a VFIO
- * container. -ENOMEM: no room in the window. -EMFILE or -ENFILE: no descriptor left to
- * hold the container by. Otherwise VFIO_IOMMU_MAP_DMA's errno (e.g. -EPERM, -EFAULT),
- * with the range in the message; nothing stays mapped. Once attached, memory the
- * container refuses (or the window has no room for) fails the hugemm_map_buffer or
- * hugemm_alloc that brought it, which then maps nothing; that call's message names the
- * ioctl's errno.
+ * set yet (VFIO_SET_IOMMU first). -EBADF: a descriptor not open for I/O (closed, or
+ * opened with O_PATH). -ENOTTY: not a VFIO container. -ENOMEM: no room in the window.
+ * -EMFILE or -ENFILE: no descriptor left to hold the container by. Otherwise
+ * VFIO_IOMMU_MAP_DMA's errno (e.g. -EPERM, -EFAULT), with the range in the message;
+ * nothing stays mapped. Once attached, memory the container refuses (or the window has
+ * no room for) fails the hugemm_map_buffer or hugemm_alloc that brought it, which then
+ * maps nothing; that call's message names the ioctl's errno.
  * An IOVA of freed memory is handed out again only once the window has no room left that
  * never was: until then a device given a stale IOVA meets an IOMMU fault, not newer memory.
  * (Memory of hugemm_alloc is mapped with its pool extent, which stays after a free: its

@@ -91,7 +91,7 @@ class FixedBuffers {
   // Gives the ring at `ring_fd` a table equal to the runtime's, now and from now on. The
   // attachment keeps a descriptor of the ring (close-on-exec) until it is destroyed.
   //   InvalidArgument   a negative descriptor, or one that is not an io_uring instance
-  //                     (closed: EBADF; another file: EOPNOTSUPP, kept for ErrnoOf);
+  //                     (closed or O_PATH: EBADF; another file: EOPNOTSUPP, kept for ErrnoOf);
   //   ResourceExhausted no descriptor left for that (EMFILE, ENFILE);
   //   FailedPrecondition the ring has a registered-buffer table already (EBUSY); kClone
   //                     with the runtime's kernel pins off (there is no table to clone);

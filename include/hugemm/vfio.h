@@ -80,8 +80,9 @@ class IovaMapper final : public DmaAddressSpace, private MemoryObserver {
   //   InvalidArgument: a negative descriptor; a base or limit not 4K-aligned, or an
   //   empty IOVA window.
   //   What Os::VfioCheckContainer said, its errno kept (ErrnoOf) and the code following
-  //   it: a descriptor not open (EBADF), not a VFIO container (ENOTTY), or a container
-  //   with no IOMMU set yet (EINVAL: VFIO_SET_IOMMU first). An Os that fakes the
+  //   it: a descriptor not open for I/O (EBADF: closed, or opened with O_PATH), not a
+  //   VFIO container (ENOTTY), or a container with no IOMMU set yet (EINVAL:
+  //   VFIO_SET_IOMMU first). An Os that fakes the
   //   container's maps fakes this check too.
   //   ResourceExhausted: the window has no room for what the runtime holds; no
   //   descriptor left to hold the container by (EMFILE, ENFILE).

@@ -301,9 +301,15 @@ class RealOs final : public Os {
     const int version = ::ioctl(container_fd, VFIO_GET_API_VERSION);
     if (version < 0) {
       const int err = errno;
+      const char* why = " (not a VFIO container)";
+      if (err == EBADF) {
+        // Open with O_PATH (no ioctl through it), or not open at all.
+        const int flags = ::fcntl(container_fd, F_GETFL);
+        why = flags != -1 && (flags & O_PATH) != 0 ? " (opened with O_PATH, which allows no ioctl)"
+                                                   : " (not open)";
+      }
       return ErrnoStatus(err,
-                         absl::StrCat("VFIO_GET_API_VERSION on descriptor ", container_fd,
-                                      err == EBADF ? " (not open)" : " (not a VFIO container)"));
+                         absl::StrCat("VFIO_GET_API_VERSION on descriptor ", container_fd, why));
     }
     if (version != VFIO_API_VERSION) {
       return ErrnoStatus(EPROTO, absl::StrCat("VFIO_GET_API_VERSION: version ", version, ", not ",
