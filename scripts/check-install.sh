@@ -95,6 +95,83 @@ EOF
   "$dir/build/shared_c" && "$dir/build/static_c"
 }
 check_c_project "$prefix"
+# Without a dependency's development files the package is not found and says what is
+# missing: find_package(hugemm QUIET) leaves hugemm_FOUND false with the message and the
+# project configures, find_package(hugemm) prints the message, find_package(hugemm
+# REQUIRED) fails with it. Likewise the verbs component without libibverbs' files, while
+# hugemm itself, which does not need them, is found. PKG_CONFIG_LIBDIR hides the
+# pkg-config files.
+check_missing_dependencies() {
+  local prefix=$1 dir="$work/missing-deps" pc="$work/pc-without-ibverbs" out d f status
+  rm -rf "$dir" "$pc" && mkdir -p "$dir" "$pc"
+  cat >"$dir/CMakeLists.txt" <<'EOF'
+cmake_minimum_required(VERSION 3.25)
+project(missing_deps LANGUAGES C)
+separate_arguments(how UNIX_COMMAND "${HOW}")
+find_package(hugemm ${how})
+if(hugemm_FOUND)
+  message(STATUS "hugemm found, verbs ${hugemm_verbs_FOUND}")
+else()
+  message(STATUS "hugemm not found: ${hugemm_NOT_FOUND_MESSAGE}")
+endif()
+EOF
+  # configure_with LIBDIR HOW: cmake's output on one line (CMake wraps a warning's and an
+  # error's text); the status is cmake's.
+  configure_with() {
+    rm -rf "$dir/build"
+    PKG_CONFIG_LIBDIR=$1 cmake -S "$dir" -B "$dir/build" -DCMAKE_PREFIX_PATH="$prefix" \
+      -DHOW="$2" >"$dir/out" 2>&1 && status=0 || status=$?
+    tr -s ' \n' ' ' <"$dir/out"
+    return "$status"
+  }
+  say "install: find_package(hugemm) against $prefix without its dependencies"
+  local want="hugemm needs what is not installed: numa (Debian: libnuma-dev), libdaxctl (Debian:"
+  want+=" libdaxctl-dev), liburcu-memb (Debian: liburcu-dev), liburing (Debian: liburing-dev)"
+  out=$(configure_with /nonexistent QUIET) ||
+    die "find_package(hugemm QUIET) without the dependencies fails the configuration: $out"
+  grep -qF -- "-- hugemm not found: $want" <<<"$out" ||
+    die "find_package(hugemm QUIET) without the dependencies does not say what is missing:" \
+        "$out"
+  out=$(configure_with /nonexistent "") ||
+    die "find_package(hugemm) without the dependencies fails the configuration: $out"
+  grep -qF "Reason given by package: $want" <<<"$out" ||
+    die "find_package(hugemm) without the dependencies does not print what is missing: $out"
+  if out=$(configure_with /nonexistent REQUIRED); then
+    die "find_package(hugemm REQUIRED) without the dependencies configures: $out"
+  fi
+  grep -qF "Reason given by package: $want" <<<"$out" ||
+    die "find_package(hugemm REQUIRED) without the dependencies does not say what is" \
+        "missing: $out"
+
+  for d in $(pkg-config --variable pc_path pkg-config | tr : ' '); do
+    for f in "$d"/*.pc; do
+      if [ -e "$f" ] && [ ! -e "$pc/${f##*/}" ]; then ln -s "$f" "$pc/"; fi
+    done
+  done
+  rm -f "$pc/libibverbs.pc"
+  want="hugemm's verbs component needs what is not installed: libibverbs (Debian: libibverbs-dev)"
+  out=$(configure_with "$pc" "") ||
+    die "find_package(hugemm) without libibverbs fails the configuration: $out"
+  grep -qF -- "-- hugemm found, verbs FALSE" <<<"$out" ||
+    die "find_package(hugemm) without libibverbs does not find hugemm: $out"
+  out=$(configure_with "$pc" "OPTIONAL_COMPONENTS verbs") ||
+    die "find_package(hugemm OPTIONAL_COMPONENTS verbs) without libibverbs fails: $out"
+  grep -qF -- "-- hugemm found, verbs FALSE" <<<"$out" ||
+    die "find_package(hugemm OPTIONAL_COMPONENTS verbs) without libibverbs finds no hugemm," \
+        "or the component: $out"
+  out=$(configure_with "$pc" "COMPONENTS verbs QUIET") ||
+    die "find_package(hugemm COMPONENTS verbs QUIET) without libibverbs fails: $out"
+  grep -qF -- "-- hugemm not found: $want" <<<"$out" ||
+    die "find_package(hugemm COMPONENTS verbs QUIET) without libibverbs does not say what is" \
+        "missing: $out"
+  if out=$(configure_with "$pc" "REQUIRED COMPONENTS verbs"); then
+    die "find_package(hugemm REQUIRED COMPONENTS verbs) without libibverbs configures: $out"
+  fi
+  grep -qF "Reason given by package: $want" <<<"$out" ||
+    die "find_package(hugemm REQUIRED COMPONENTS verbs) without libibverbs does not say what" \
+        "is missing: $out"
+}
+check_missing_dependencies "$prefix"
 run_block link "$prefix"
 # (ldd's output is read whole: grep -q would close the pipe on it.)
 deps=$(ldd build-examples/pin_buffer_c)
@@ -127,6 +204,7 @@ apt-get install -y -qq ./build/release/libhugemm-verbs0_*.deb \
   ./build/release/libhugemm-verbs-dev_*.deb >/dev/null
 check_headers /usr/include
 check_c_project /usr
+check_missing_dependencies /usr
 check_verbs /usr
 (cd "$work" && "$HUGEMM_ROOT/build-examples/example_read_direct")
 say "install: from source and from the Debian packages, examples built and run both ways"
