@@ -802,10 +802,10 @@ TEST(CApiTrim, APageHeldInAnIdleThreadsCacheGoesBackOnAnotherThreadsTrim) {
 // The failure path of every C call: an OK status handed to it (the mistake
 // hugemm_io_buffer_index once made, which returned index 0) is -EIO with a message, never 0.
 TEST(CApiBridge, AFailureWithAnOkStatusIsNeverZero) {
-  EXPECT_EQ(hugemm::CApiFail(absl::OkStatus()), -EIO);
+  EXPECT_EQ(hugemm::bridge::CApiFail(absl::OkStatus()), -EIO);
   EXPECT_NE(std::string(hugemm_last_error()), "");
-  EXPECT_EQ(hugemm::CApiFailKernel(absl::OkStatus()), -EIO);
-  EXPECT_EQ(hugemm::CApiFail(absl::NotFoundError("x")), -ENOENT);
+  EXPECT_EQ(hugemm::bridge::CApiFailKernel(absl::OkStatus()), -EIO);
+  EXPECT_EQ(hugemm::bridge::CApiFail(absl::NotFoundError("x")), -ENOENT);
   EXPECT_EQ(std::string(hugemm_last_error()), "x");
 }
 

@@ -167,7 +167,7 @@ void FillBuffer(const hugemm::Buffer& b, hugemm_buffer* out) {
 
 }  // namespace
 
-int hugemm::CApiFail(const absl::Status& status) {
+int hugemm::bridge::CApiFail(const absl::Status& status) {
   // A failure path handed an OK status (a lookup that succeeded on its second try, say)
   // must not read as success, or as an index or a count of 0.
   if (status.ok()) [[unlikely]] {
@@ -181,12 +181,12 @@ int hugemm::CApiFail(const absl::Status& status) {
   return NegativeErrnoOf(status.code());
 }
 
-int hugemm::CApiFail(int err, std::string message) {
+int hugemm::bridge::CApiFail(int err, std::string message) {
   g_last_error = std::move(message);
   return -err;
 }
 
-int hugemm::CApiOk() {
+int hugemm::bridge::CApiOk() {
   g_last_error.clear();
   return 0;
 }
@@ -214,7 +214,7 @@ int hugemm_open(const hugemm_options* options, hugemm_runtime** out) {
     absl::StatusOr<std::unique_ptr<hugemm::Runtime>> rt = hugemm::Runtime::Open(ro);
     // What fails here is the kernel's refusal (the io_uring of the kernel pins, a file):
     // its own errno, as hugemm.h promises, not the status code's.
-    if (!rt.ok()) return hugemm::CApiFailKernel(rt.status());
+    if (!rt.ok()) return hugemm::bridge::CApiFailKernel(rt.status());
     *out = new hugemm_runtime{std::move(*rt)};
   } catch (const std::bad_alloc&) {
     return Fail(ENOMEM,

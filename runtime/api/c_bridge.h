@@ -1,7 +1,9 @@
 // What the C APIs of the layers above (hugemm_verbs.h, ...) share with hugemm.h's: the
 // runtime handle's layout and this thread's last error, so that their functions follow
 // hugemm.h's conventions (a negative errno, and the message hugemm_last_error() returns).
-// The functions are exported from libhugemm for those layers' own shared libraries.
+// The functions are in namespace hugemm::bridge: libhugemm.so exports CApiFail and CApiOk
+// by name (cmake/libhugemm.map) for libhugemm-verbs.so, whose C API must set the one
+// last error of libhugemm's. They are no API: no installed header declares them.
 #ifndef HUGEMM_RUNTIME_API_C_BRIDGE_H_
 #define HUGEMM_RUNTIME_API_C_BRIDGE_H_
 
@@ -103,7 +105,7 @@ struct hugemm_runtime {
   std::map<const void*, std::function<void()>> closers;
 };
 
-namespace hugemm {
+namespace hugemm::bridge {
 
 // Sets this thread's message to the status's and returns its negative errno:
 // InvalidArgument and OutOfRange -EINVAL, NotFound -ENOENT, AlreadyExists -EEXIST,
@@ -161,15 +163,16 @@ inline int CApiClosed(const char* fn, const char* what, const char* release) {
                                        " is closed (hugemm_close); only ", release, " is left"));
 }
 
-namespace c_api_internal {
+}  // namespace hugemm::bridge
+
+namespace hugemm::c_api_internal {
 
 // Shorthands for hugemm.h's own functions (c_api.cc, c_api_pin.cc).
-inline int Fail(const absl::Status& status) { return CApiFail(status); }
-inline int Fail(int err, std::string message) { return CApiFail(err, std::move(message)); }
-inline int Ok() { return CApiOk(); }
+inline int Fail(const absl::Status& status) { return bridge::CApiFail(status); }
+inline int Fail(int err, std::string message) { return bridge::CApiFail(err, std::move(message)); }
+inline int Ok() { return bridge::CApiOk(); }
 
-}  // namespace c_api_internal
-}  // namespace hugemm
+}  // namespace hugemm::c_api_internal
 
 // Returns -EINVAL with `what` as this thread's message unless `cond` holds.
 #define HUGEMM_C_CHECK(cond, what)                                      \

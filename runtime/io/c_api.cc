@@ -15,14 +15,14 @@ struct hugemm_io {
 
 namespace {
 
-int Ok() { return hugemm::CApiOk(); }
+int Ok() { return hugemm::bridge::CApiOk(); }
 
 // The kernel's errno where it said no (EBUSY, EBADF, ...), else the status code's.
-int Fail(const absl::Status& st) { return hugemm::CApiFailKernel(st); }
+int Fail(const absl::Status& st) { return hugemm::bridge::CApiFailKernel(st); }
 
-int Invalid(const char* what) { return hugemm::CApiFail(EINVAL, what); }
+int Invalid(const char* what) { return hugemm::bridge::CApiFail(EINVAL, what); }
 
-int Closed(const char* fn) { return hugemm::CApiClosed(fn, "io", "hugemm_io_detach"); }
+int Closed(const char* fn) { return hugemm::bridge::CApiClosed(fn, "io", "hugemm_io_detach"); }
 
 }  // namespace
 
@@ -46,8 +46,8 @@ int hugemm_io_attach(hugemm_runtime* rt, int ring_fd, const hugemm_io_options* o
         o.fixed.mode = hugemm::FixedBufferMode::kIovec;
         break;
       default:
-        return hugemm::CApiFail(EINVAL,
-                                absl::StrCat("hugemm_io_attach: unknown mode ", options->mode));
+        return hugemm::bridge::CApiFail(
+            EINVAL, absl::StrCat("hugemm_io_attach: unknown mode ", options->mode));
     }
     if (options->max_in_flight != 0) o.max_in_flight = options->max_in_flight;
   }
@@ -55,12 +55,12 @@ int hugemm_io_attach(hugemm_runtime* rt, int ring_fd, const hugemm_io_options* o
       hugemm::IoRing::Attach(*rt->rt, ring_fd, o);
   if (!ring.ok()) return Fail(ring.status());
   auto* io = new hugemm_io{std::move(*ring), rt};
-  hugemm::CApiAdopt<&hugemm_io::ring>(rt, io);
+  hugemm::bridge::CApiAdopt<&hugemm_io::ring>(rt, io);
   *out = io;
   return Ok();
 }
 
-void hugemm_io_detach(hugemm_io* io) { hugemm::CApiRelease<&hugemm_io::ring>(io); }
+void hugemm_io_detach(hugemm_io* io) { hugemm::bridge::CApiRelease<&hugemm_io::ring>(io); }
 
 int hugemm_io_mode(const hugemm_io* io) {
   if (io == nullptr) return Invalid("hugemm_io_mode: NULL io");

@@ -2,7 +2,9 @@
 
 #include <pthread.h>
 
-namespace hugemm {
+namespace hugemm::bridge {
+
+constinit std::atomic<uint64_t> ForkWatch::count_{0};
 
 uint64_t ForkWatch::Register() {
   // Before any fork() the new object could be inherited by.
@@ -17,4 +19,4 @@ uint64_t ForkWatch::Register() {
   return count_.load(std::memory_order_relaxed);
 }
 
-}  // namespace hugemm
+}  // namespace hugemm::bridge

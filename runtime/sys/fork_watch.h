@@ -8,6 +8,10 @@
 // memory), the check asks getpid() instead.
 //
 // Thread safety: InChild may be called from any thread.
+//
+// libhugemm-verbs.so makes ForkWatches too, and a process has one count: so the class is
+// in namespace hugemm::bridge, whose ForkWatch libhugemm.so exports by name for it
+// (cmake/libhugemm.map). It is no API: no installed header declares it.
 #ifndef HUGEMM_RUNTIME_SYS_FORK_WATCH_H_
 #define HUGEMM_RUNTIME_SYS_FORK_WATCH_H_
 
@@ -18,6 +22,7 @@
 #include <cstdint>
 
 namespace hugemm {
+namespace bridge {
 
 class ForkWatch {
  public:
@@ -37,11 +42,16 @@ class ForkWatch {
   static uint64_t Register();
   static constexpr uint64_t kUnknown = ~uint64_t{0};
   // How many fork()s made this process, counted from the first ForkWatch's making.
-  static inline std::atomic<uint64_t> count_{0};
+  // Defined in libhugemm alone (fork_watch.cc), not inline in each library.
+  static std::atomic<uint64_t> count_;
 
   pid_t pid_ = ::getpid();
   uint64_t forks_at_birth_;
 };
+
+}  // namespace bridge
+
+using bridge::ForkWatch;
 
 }  // namespace hugemm
 

@@ -20,12 +20,14 @@ struct hugemm_mr {
 
 namespace {
 
-using hugemm::CApiFail;
-using hugemm::CApiOk;
+using hugemm::bridge::CApiFail;
+using hugemm::bridge::CApiOk;
 
 static_assert(sizeof(hugemm_mr_cache_stats) == 9 * sizeof(uint64_t));
 
-int Closed(const char* fn) { return hugemm::CApiClosed(fn, "cache", "hugemm_mr_cache_destroy"); }
+int Closed(const char* fn) {
+  return hugemm::bridge::CApiClosed(fn, "cache", "hugemm_mr_cache_destroy");
+}
 
 }  // namespace
 
@@ -55,13 +57,13 @@ int hugemm_mr_cache_create(hugemm_runtime* rt, const hugemm_mr_cache_options* op
   absl::StatusOr<std::unique_ptr<hugemm::MrCache>> cache = hugemm::MrCache::Create(*rt->rt, o);
   if (!cache.ok()) return CApiFail(cache.status());
   auto* handle = new hugemm_mr_cache{std::move(*cache), rt};
-  hugemm::CApiAdopt<&hugemm_mr_cache::cache>(rt, handle);
+  hugemm::bridge::CApiAdopt<&hugemm_mr_cache::cache>(rt, handle);
   *out = handle;
   return CApiOk();
 }
 
 void hugemm_mr_cache_destroy(hugemm_mr_cache* cache) {
-  hugemm::CApiRelease<&hugemm_mr_cache::cache>(cache);
+  hugemm::bridge::CApiRelease<&hugemm_mr_cache::cache>(cache);
 }
 
 int hugemm_mr_get(hugemm_mr_cache* cache, struct ibv_pd* pd, const void* addr, size_t length,

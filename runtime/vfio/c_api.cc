@@ -21,11 +21,13 @@ struct hugemm_vfio {
 
 namespace {
 
-int Fail(const absl::Status& st) { return hugemm::CApiFailKernel(st); }
+int Fail(const absl::Status& st) { return hugemm::bridge::CApiFailKernel(st); }
 
-int Invalid(const char* what) { return hugemm::CApiFail(EINVAL, what); }
+int Invalid(const char* what) { return hugemm::bridge::CApiFail(EINVAL, what); }
 
-int Closed(const char* fn) { return hugemm::CApiClosed(fn, "mapper", "hugemm_vfio_detach"); }
+int Closed(const char* fn) {
+  return hugemm::bridge::CApiClosed(fn, "mapper", "hugemm_vfio_detach");
+}
 
 }  // namespace
 
@@ -45,24 +47,26 @@ int hugemm_vfio_attach(hugemm_runtime* rt, int container_fd, const hugemm_vfio_o
       hugemm::IovaMapper::Attach(*rt->rt, container_fd, o);
   if (!mapper.ok()) return Fail(mapper.status());
   auto* handle = new hugemm_vfio{rt, std::move(*mapper)};
-  hugemm::CApiAdopt<&hugemm_vfio::mapper>(rt, handle);
+  hugemm::bridge::CApiAdopt<&hugemm_vfio::mapper>(rt, handle);
   *out = handle;
-  return hugemm::CApiOk();
+  return hugemm::bridge::CApiOk();
 }
 
-void hugemm_vfio_detach(hugemm_vfio* vfio) { hugemm::CApiRelease<&hugemm_vfio::mapper>(vfio); }
+void hugemm_vfio_detach(hugemm_vfio* vfio) {
+  hugemm::bridge::CApiRelease<&hugemm_vfio::mapper>(vfio);
+}
 
 int hugemm_vfio_iova(const hugemm_vfio* vfio, const void* addr, uint64_t* iova) {
   if (vfio == nullptr || iova == nullptr) return Invalid("hugemm_vfio_iova: NULL argument");
   if (vfio->mapper == nullptr) return Closed("hugemm_vfio_iova");
   std::optional<uint64_t> found = vfio->mapper->Iova(addr);
   if (!found) {
-    return hugemm::CApiFail(ENOENT, absl::StrFormat("hugemm_vfio_iova: %p is not mapped in VFIO "
-                                                    "container %d",
-                                                    addr, vfio->mapper->container_fd()));
+    return hugemm::bridge::CApiFail(
+        ENOENT, absl::StrFormat("hugemm_vfio_iova: %p is not mapped in VFIO container %d", addr,
+                                vfio->mapper->container_fd()));
   }
   *iova = *found;
-  return hugemm::CApiOk();
+  return hugemm::bridge::CApiOk();
 }
 
 long hugemm_vfio_pin_segments(hugemm_vfio* vfio, const void* addr, size_t length, unsigned flags,
@@ -75,7 +79,7 @@ long hugemm_vfio_pin_segments(hugemm_vfio* vfio, const void* addr, size_t length
   absl::StatusOr<size_t> n = vfio->mapper->PinSegments(
       addr, length, static_cast<hugemm::GupFlags>(flags), max_segment,
       absl::MakeSpan(reinterpret_cast<hugemm::DmaSegment*>(segments), cap), &pinned);
-  if (!n.ok()) return hugemm::CApiFail(n.status());
+  if (!n.ok()) return hugemm::bridge::CApiFail(n.status());
   if (!pinned.empty()) {
     // Recorded as hugemm_pin_segments records its pins, for hugemm_unpin_range.
     const hugemm::RefKind kind =
@@ -83,7 +87,7 @@ long hugemm_vfio_pin_segments(hugemm_vfio* vfio, const void* addr, size_t length
     vfio->rt->segment_pins.Add({reinterpret_cast<uintptr_t>(addr), length, kind},
                                std::move(pinned));
   }
-  hugemm::CApiOk();
+  hugemm::bridge::CApiOk();
   return static_cast<long>(*n);
 }
 
@@ -93,7 +97,7 @@ int hugemm_vfio_stats(const hugemm_vfio* vfio, size_t* mappings, size_t* bytes) 
   const hugemm::IovaMapperStats s = vfio->mapper->stats();
   if (mappings != nullptr) *mappings = s.mappings;
   if (bytes != nullptr) *bytes = s.bytes;
-  return hugemm::CApiOk();
+  return hugemm::bridge::CApiOk();
 }
 
 }  // extern "C"
