@@ -116,11 +116,13 @@ else()
 endif()
 EOF
   # configure_with LIBDIR HOW: cmake's output on one line (CMake wraps a warning's and an
-  # error's text); the status is cmake's.
+  # error's text); the status is cmake's. pkg-config then searches LIBDIR alone: CMake
+  # would add <prefix>/lib/pkgconfig of CMAKE_PREFIX_PATH, which for /usr holds them all.
   configure_with() {
     rm -rf "$dir/build"
     PKG_CONFIG_LIBDIR=$1 cmake -S "$dir" -B "$dir/build" -DCMAKE_PREFIX_PATH="$prefix" \
-      -DHOW="$2" >"$dir/out" 2>&1 && status=0 || status=$?
+      -DPKG_CONFIG_USE_CMAKE_PREFIX_PATH=OFF -DHOW="$2" >"$dir/out" 2>&1 && status=0 ||
+      status=$?
     tr -s ' \n' ' ' <"$dir/out"
     return "$status"
   }
