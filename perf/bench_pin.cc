@@ -161,6 +161,24 @@ GupFlags PinFlags(const PinBenchConfig& c) {
   return flags;
 }
 
+namespace {
+
+// --disjoint gives each thread whole folios of its own: a thread with none would time
+// nothing, and its zero would go into the medians as if it had pinned. `page_size` 0: not
+// known yet (a device's alignment), nothing to check.
+absl::Status CheckDisjoint(const PinBenchConfig& c, size_t page_size, size_t size_mib) {
+  if (!c.disjoint || c.threads <= 1 || page_size == 0) return absl::OkStatus();
+  const size_t folios = ((size_mib << 20) + page_size - 1) / page_size;
+  if (folios >= static_cast<size_t>(c.threads)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "-j %d --disjoint: %d MiB is %d folio(s) of %s, fewer than the threads; each thread "
+      "pins whole folios of its own (-m %d at least)",
+      c.threads, size_mib, folios, PageSizeName(page_size),
+      std::max<size_t>(1, page_size >> 20) * c.threads));
+}
+
+}  // namespace
+
 absl::Status CheckPinBenchConfig(const PinBenchConfig& c) {
   if (c.size_mib == 0) return absl::InvalidArgumentError("-m must be positive");
   if (c.repeats <= 0) return absl::InvalidArgumentError("-r must be positive");
@@ -168,7 +186,12 @@ absl::Status CheckPinBenchConfig(const PinBenchConfig& c) {
     return absl::InvalidArgumentError("-n must be positive or -1");
   }
   if (c.threads <= 0 || c.threads > 64) return absl::InvalidArgumentError("-j must be 1..64");
-  return ResolvePinTarget(c).status();
+  absl::StatusOr<PinTarget> target = ResolvePinTarget(c);
+  if (!target.ok()) return target.status();
+  if (absl::Status st = CheckDisjoint(c, target->buffer.page_size, c.size_mib); !st.ok()) {
+    return st;
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<PinBenchResult> RunPinBench(const PinBenchConfig& config,
@@ -200,14 +223,10 @@ absl::StatusOr<PinBenchResult> RunPinBench(const PinBenchConfig& config,
   for (size_t off = 0; off < (size_mib << 20); off += buf->folio_size()) {
     folios.push_back((*rt)->Translate(buf->data() + off)->folio);
   }
-  if (config.disjoint && config.threads > 1 && folios.size() < size_t(config.threads)) {
-    // A thread with no folio of its own would time nothing, and its zero would go into
-    // the medians as if it had pinned.
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "-j %d --disjoint: %d MiB is %d folio(s) of %s, fewer than the threads; each thread "
-        "pins whole folios of its own (-m %d at least)",
-        config.threads, size_mib, folios.size(), PageSizeName(buf->folio_size()),
-        (buf->folio_size() >> 20) * config.threads));
+  // Again with the size that runs (fewer huge pages free than -m asks for: a failure to
+  // run, not a usage error) and the device's alignment.
+  if (absl::Status st = CheckDisjoint(config, buf->folio_size(), size_mib); !st.ok()) {
+    return absl::FailedPreconditionError(st.message());
   }
   const PassConfig c{.base = buf->data(),
                      .pages = (size_mib << 20) / kPageSize4K,

@@ -247,12 +247,12 @@ TEST(BenchPinCli, AFileBelowAMountsTopDirectoryIsRefusedSaying) {
 }
 
 // --disjoint gives each thread whole folios of its own: with fewer folios than threads
-// the run is refused, rather than a thread that pinned nothing timing zero.
+// the command line is refused, rather than a thread that pinned nothing timing zero.
 TEST(BenchPinCli, DisjointThreadsNeedAFolioEach) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
   int rc = 0;
   std::string err = RunCli("bench pin -r 1 -m 2 -j 2 --disjoint 2>&1 >/dev/null", &rc);
-  EXPECT_EQ(rc, 1) << err;
+  EXPECT_EQ(rc, 2) << err;
   EXPECT_THAT(err, HasSubstr("fewer than the threads")) << err;
   EXPECT_THAT(err, HasSubstr("-m 4 at least")) << err;
   err = RunCli("bench pin -r 1 -m 4 -j 2 --disjoint 2>&1 >/dev/null", &rc);
