@@ -211,6 +211,11 @@ int main(void) {
   CHECK(hugemm_unpin_range(rt, small.data, 4096, HUGEMM_GET, 0) == -EFAULT);
   CHECK(hugemm_folio_info_at(rt, small.data, &info) == 0 && info.refcount == 2);
   CHECK(hugemm_free(rt, small.data) == 0);
+  /* Every allocation is freed: hugemm_trim gives the pool's extent back (the cached folios
+   * first), and a second trim has nothing left to give. */
+  CHECK(hugemm_trim(rt) >= (long)(2 << 20));
+  CHECK(hugemm_trim(rt) == 0);
+  CHECK(hugemm_trim(NULL) == -EINVAL);
   CHECK(hugemm_map_buffer(rt, len, NULL, &buf) == 0);
   CHECK(hugemm_pin_pages(rt, buf.data, 1, HUGEMM_GET, pages) == 1);
   CHECK(hugemm_unpin_range(rt, buf.data, 4096, HUGEMM_GET, 0) == 0);

@@ -365,6 +365,27 @@ TEST(Runtime, ExternalFramesStayHeldWhenTheProgramUnmapsThemEarly) {
   EXPECT_EQ(testing::VmPinKb(), pinned_before) << "the hold outlived the registration";
   ASSERT_EQ(::munmap(next, kPageSize2M), 0);
 
+  // The control: a runtime without kernel pins holds nothing, and the kernel hands the
+  // frame the program unmapped to its next mapping (hugetlb's free list is last in, first
+  // out), while that runtime's table would still hand the frame out for DMA.
+  {
+    absl::StatusOr<std::unique_ptr<Runtime>> bare = Runtime::Open({.kernel_pins = false});
+    ASSERT_TRUE(bare.ok()) << bare.status();
+    buf = MapOwn2M();
+    ASSERT_NE(buf, nullptr);
+    id = (*bare)->RegisterExternal(buf, kPageSize2M);
+    ASSERT_TRUE(id.ok()) << id.status();
+    EXPECT_EQ(testing::VmPinKb(), pinned_before);
+    const uint64_t unheld = (*bare)->Translate(buf)->pfn;
+    ASSERT_EQ(::munmap(buf, kPageSize2M), 0);
+    next = MapOwn2M();
+    ASSERT_NE(next, nullptr);
+    EXPECT_EQ(PagemapPfn(next), unheld) << "the kernel did not reuse the unheld frame";
+    EXPECT_EQ((*bare)->Translate(buf)->pfn, unheld) << "the table still names it";
+    ASSERT_EQ(::munmap(next, kPageSize2M), 0);
+    HUGEMM_ASSERT_OK((*bare)->UnregisterExternal(*id));
+  }
+
   // Read-only memory is registered without a hold: the kernel pins only what it may write.
   buf = MapOwn2M();
   ASSERT_NE(buf, nullptr);

@@ -193,12 +193,12 @@ int hugemm_free(hugemm_runtime* rt, void* data);
  * malloc_trim does. Every thread's cache goes back, the calling thread's and every
  * other's, except that of a thread inside a hugemm_alloc or a free at that very moment:
  * it keeps its cache for its next allocations, its own trim or its exit. A pool maps huge
- * pages in extents that grow with it (each as large as what it holds, up to 1 GiB) and
- * gives back whole extents only: one buffer in use, or still pinned after its free,
- * keeps its extent. Returns the bytes given back to the kernel (0 when every extent holds
- * a buffer). -EINVAL: NULL runtime. -EDEADLK: called from a notifier callback of this
- * runtime (see hugemm_subscribe). Where the kernel refuses membarrier(2), only the
- * calling thread's cache goes back. */
+ * pages in extents that grow with it (each as large as what it holds, up to 1 GiB, or 64
+ * pages of 1G) and gives back whole extents only: one buffer in use, or still pinned
+ * after its free, keeps its extent. Returns the bytes given back to the kernel (0 when
+ * every extent holds a buffer). -EINVAL: NULL runtime. -EDEADLK: called from a notifier
+ * callback of this runtime (see hugemm_subscribe). Where the kernel refuses
+ * membarrier(2), only the calling thread's cache goes back. */
 long hugemm_trim(hugemm_runtime* rt);
 
 /* Registers memory this program mapped itself (e.g. its own MAP_HUGETLB buffer) as
