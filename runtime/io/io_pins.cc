@@ -36,7 +36,7 @@ absl::StatusOr<std::unique_ptr<IoPins>> IoPins::Create(Runtime& runtime, size_t 
   const auto end = reinterpret_cast<uintptr_t>(pins->records_.data() + capacity);
   if ((end & ~kAddressMask) != 0) [[unlikely]] {
     return absl::ResourceExhaustedError(absl::StrFormat(
-        "per-I/O pins: the records landed at %p, above the 48 bits a token holds", end));
+        "per-I/O pins: the records end at 0x%x, above the 48 bits a token holds", end));
   }
   return pins;
 }
