@@ -255,6 +255,40 @@ std::vector<Cell> Matrix() {
          return FromCallback(
              w, [&](InCallback& in) { return long{hugemm_free(in.w->other, other.data)}; });
        }},
+      {"free", "inside_callback_of_other_runtime_inside_this_ones", -EDEADLK,
+       [](World& w) {
+         // This runtime's callback frees memory of the other runtime, whose callback then
+         // frees memory of this one: the thread holds this runtime's lock further out, so
+         // that free is refused, not left waiting for it.
+         struct Nested {
+           hugemm_runtime* rt;
+           void* mine;
+           long rc = -EIO;
+           std::string message;
+         };
+         hugemm_buffer mine, theirs;
+         if (hugemm_map_buffer(w.rt, k2M, nullptr, &mine) != 0) return long{-EIO};
+         if (hugemm_map_buffer(w.other, k2M, nullptr, &theirs) != 0) return long{-EIO};
+         Nested nested{w.rt, mine.data};
+         auto start = [](void* user, const void*, size_t, int) {
+           auto* n = static_cast<Nested*>(user);
+           n->rc = hugemm_free(n->rt, n->mine);
+           n->message = hugemm_last_error();
+         };
+         hugemm_subscription* sub = nullptr;
+         if (hugemm_subscribe(w.other, theirs.data, k2M, start, nullptr, &nested, &sub,
+                              nullptr) != 0) {
+           return long{-EIO};
+         }
+         const long outer = FromCallback(
+             w, [&](InCallback&) { return long{hugemm_free(w.other, theirs.data)}; });
+         hugemm_unsubscribe(sub);
+         g_message = nested.message;
+         // The free of the other runtime's memory went through; the refused one frees after.
+         if (outer != 0 || hugemm_free(w.rt, mine.data) != 0) return long{-EIO};
+         if (nested.message.find("another runtime") == std::string::npos) return long{-EIO};
+         return nested.rc;
+       }},
       // hugemm_trim
       {"trim", "null_runtime", -EINVAL, [](World&) { return hugemm_trim(nullptr); }},
       {"trim", "inside_callback", -EDEADLK,

@@ -415,11 +415,17 @@ typedef struct hugemm_subscription hugemm_subscription;
  * load (GCC and Clang: __atomic_load_n(seq, __ATOMIC_ACQUIRE)), not a plain read, which is
  * a data race (ThreadSanitizer reports it) and orders none of the reads that follow it.
  * The callbacks run on the thread that changes the mapping, one announcement at a time
- * under the runtime's notifier lock. They may translate, pin, unpin, map and allocate;
- * hugemm_subscribe, hugemm_free, hugemm_register_external and hugemm_unregister_external
- * of the same runtime refuse there with -EDEADLK (they take that lock), hugemm_unsubscribe
- * there takes effect at once and finishes after the announcement, and hugemm_close must
- * not be called from one.
+ * under the runtime's notifier lock; a subscription made while a change is under way
+ * hears its start at once, inside hugemm_subscribe on the subscribing thread, before
+ * *out is written. They may translate, pin, unpin, map and allocate; hugemm_subscribe,
+ * hugemm_free, hugemm_trim, hugemm_register_external and hugemm_unregister_external of
+ * the same runtime refuse there with -EDEADLK (they take that lock), and so do those of a
+ * runtime whose callback this thread runs further out (a callback that frees another
+ * runtime's memory runs that runtime's callbacks inside it). hugemm_unsubscribe there
+ * takes effect at once and finishes after the announcement, and hugemm_close must not be
+ * called from one. A call on another runtime from a callback takes that runtime's lock:
+ * two threads whose callbacks each call into the other's runtime wait for each other, as
+ * two mutexes taken in opposite orders do, so keep such calls one way round.
  * -EINVAL: zero length, a range that wraps the address space. -EDEADLK: see above. */
 int hugemm_subscribe(hugemm_runtime* rt, const void* addr, size_t length,
                      hugemm_invalidate_fn start, hugemm_invalidate_fn end, void* user,

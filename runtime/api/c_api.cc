@@ -35,10 +35,14 @@ std::mutex g_subscriptions_mu;
 
 // A runtime's callbacks run under its notifier registry's lock, on the thread that
 // changes the mapping; that lock is what subscribing, unsubscribing and unmapping take.
-// So while a callback of a runtime runs on this thread, its runtime is recorded here:
-// the calls that would wait for that lock refuse (EDEADLK) instead of hanging, and an
-// unsubscribe is muted at once and finished after the announcement.
-thread_local const hugemm_runtime* t_in_callback_of = nullptr;
+// So while callbacks run on this thread, their runtimes are recorded here, innermost
+// last (a callback of one runtime may free memory of another, whose callbacks then run
+// inside it): the calls that would wait for the lock of any of them refuse (EDEADLK)
+// instead of hanging, and an unsubscribe is muted at once and finished after the
+// announcement.
+thread_local std::vector<const hugemm_runtime*> t_in_callbacks_of;
+
+bool InCallback() { return !t_in_callbacks_of.empty(); }
 
 // The subscriptions this thread unsubscribed from inside a callback, ended on its next
 // call that may take the lock (and at thread exit).
@@ -96,7 +100,7 @@ void EndSubscription(hugemm_subscription* sub) {
 
 // Ends what this thread unsubscribed inside callbacks, unless it is inside one now.
 void DrainDeferred() {
-  if (t_in_callback_of != nullptr) return;
+  if (InCallback()) return;
   std::vector<hugemm_subscription*> subs;
   subs.swap(t_deferred.subs);
   for (hugemm_subscription* s : subs) EndSubscription(s);
@@ -104,13 +108,18 @@ void DrainDeferred() {
 
 Deferred::~Deferred() { DrainDeferred(); }
 
-// -EDEADLK when this thread runs a callback of `rt`, whose lock `what` would wait for.
+// -EDEADLK when this thread runs a callback of `rt`, whose lock `what` would wait for: the
+// innermost callback's own runtime, or one whose callback this thread runs further out.
 int RefuseInCallback(const hugemm_runtime* rt, const char* what) {
-  if (t_in_callback_of != rt) return 0;
+  const auto& in = t_in_callbacks_of;
+  if (std::find(in.begin(), in.end(), rt) == in.end()) return 0;
   return Fail(EDEADLK, absl::StrCat(what,
-                                    ": called from a notifier callback of this runtime, which "
-                                    "runs under the lock this call takes; call it after the "
-                                    "callback returns"));
+                                    in.back() == rt
+                                        ? ": called from a notifier callback of this runtime"
+                                        : ": called from a notifier callback of another runtime, "
+                                          "inside one of this runtime's",
+                                    ", which runs under the lock this call takes; call it after "
+                                    "the callback returns"));
 }
 
 bool ToKind(int backing, hugemm::BackingKind* out) {
@@ -423,9 +432,9 @@ int hugemm_subscribe(hugemm_runtime* rt, const void* addr, size_t length,
     if (fn == nullptr) return nullptr;
     return [rt, s, fn, user](const hugemm::Invalidation& inv) {
       if (s->muted.load(std::memory_order_acquire)) return;
-      const hugemm_runtime* outer = std::exchange(t_in_callback_of, rt);
+      t_in_callbacks_of.push_back(rt);
       fn(user, reinterpret_cast<const void*>(inv.va), inv.length, static_cast<int>(inv.reason));
-      t_in_callback_of = outer;
+      t_in_callbacks_of.pop_back();
     };
   };
   cb.invalidate_start = wrap(start);
@@ -446,7 +455,7 @@ int hugemm_subscribe(hugemm_runtime* rt, const void* addr, size_t length,
 
 void hugemm_unsubscribe(hugemm_subscription* sub) {
   if (sub == nullptr) return;
-  if (t_in_callback_of != nullptr) {
+  if (InCallback()) {
     // Ending it here would wait for the lock this announcement holds (if it is this
     // runtime's) or end a subscription under another runtime's announcement: mute it now
     // and end it after.
