@@ -291,6 +291,30 @@ TEST(FaultInjection, AllocationErrorsKeepTheOsErrno) {
   EXPECT_EQ(os.live_mapping_bytes(), 0u);
 }
 
+// PFNs the kernel will not show are absorbed (unknown, as for a process without
+// CAP_SYS_ADMIN), but no descriptor left to read pagemap with is the process's shortage:
+// the map fails with EMFILE, as hugemm.h promises of every call that opens a descriptor,
+// instead of mapping memory without PFNs and blaming the privilege.
+TEST(FaultInjection, NoDescriptorForPagemapFailsTheMapWithEmfile) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  FaultyOs os(Os::Default());
+  absl::StatusOr<std::shared_ptr<Backing>> backing =
+      Backing::Create({.kind = BackingKind::kHugetlb, .os = &os});
+  ASSERT_TRUE(backing.ok()) << backing.status();
+  os.FailNth(OsCall::kOpen, 1, EMFILE);  // the only open of a hugetlb map: pagemap
+  absl::StatusOr<Extent> extent = (*backing)->Map({.length = kPageSize2M});
+  ASSERT_TRUE(os.fired()) << os.Log();
+  EXPECT_EQ(extent.status().code(), absl::StatusCode::kResourceExhausted) << extent.status();
+  EXPECT_EQ(ErrnoOf(extent.status()), EMFILE) << extent.status();
+  EXPECT_THAT(extent.status().message(), HasSubstr("pagemap"));
+  EXPECT_EQ(os.live_mapping_bytes(), 0u);
+  os.FailNth(OsCall::kOpen, 1, EACCES);
+  extent = (*backing)->Map({.length = kPageSize2M});
+  ASSERT_TRUE(os.fired()) << os.Log();
+  ASSERT_TRUE(extent.ok()) << extent.status();
+  EXPECT_FALSE(extent->pfns_known());
+}
+
 // An Os call that fails without an errno (err 0) still fails: ErrnoStatus never makes
 // it an OK status, so the mapping whose prefault failed is not handed out.
 TEST(FaultInjection, AFailureWithoutAnErrnoIsStillAFailure) {

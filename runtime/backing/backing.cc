@@ -329,6 +329,10 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
           sys::ReadPfns(os, mapped, pfns.size(), page_size_);
       read.ok()) {
     pfns = std::move(*read);
+  } else if (const int err = ErrnoOf(read.status()); err == EMFILE || err == ENFILE) {
+    // No descriptor left to read pagemap with: the process's shortage, not PFNs the kernel
+    // hides (those read as zero), and the caller must hear which.
+    return fail(read.status(), "read the PFNs");
   }
   for (size_t i = 0; i < pfns.size(); ++i) {
     if (pfns[i] == kUnknownPfn) pfns[i] = impl_->PfnWithoutPagemap(source->offset + i * page_size_);
