@@ -5,7 +5,10 @@
 #include <sys/stat.h>
 
 #include <cstring>
+#include <map>
+#include <string>
 
+#include "absl/strings/match.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hugemm/backing.h"
@@ -282,6 +285,78 @@ TEST(DevDaxOnFake, ADeviceTheDaxDriverDoesNotServeSaysWhy) {
                 HasSubstr("daxctl reconfigure-device --mode=devdax " + d.name));
   }
   ExpectNothingLeft(os);
+}
+
+// A device's sysfs files as a garbled kernel or a fake tree could give them: the numbers
+// are read without overflow (UBSan watches the asan flavour), out-of-range ones are
+// refused or leave the best-effort physical ranges empty, and "." and ".." are no names.
+class GarbledSysfs : public OsWrapper {
+ public:
+  using OsWrapper::OsWrapper;
+  std::map<std::string, std::string> files;  // served, and present, over the target's
+  absl::StatusOr<std::string> ReadFile(const std::string& path) override {
+    if (auto it = files.find(path); it != files.end()) return it->second;
+    return OsWrapper::ReadFile(path);
+  }
+  absl::StatusOr<struct stat> Stat(const std::string& path) override {
+    for (const auto& [name, text] : files) {
+      if (name == path || absl::StartsWith(name, path + "/")) {
+        struct stat st = {};
+        st.st_mode = name == path ? S_IFREG : S_IFDIR;
+        return st;
+      }
+    }
+    return OsWrapper::Stat(path);
+  }
+};
+
+TEST(DevDaxOnFake, GarbledSysfsNumbersAreRefusedWithoutOverflow) {
+  FakeOs fake({.dax = {{.name = "dax0.0", .size = 2 * kPageSize2M}}});
+  const std::string dir = "/sys/bus/dax/devices/dax0.0";
+  {
+    GarbledSysfs os(fake);
+    absl::StatusOr<DaxDeviceInfo> plain = ReadDaxDevice("dax0.0", "/sys", os);
+    ASSERT_TRUE(plain.ok()) << plain.status();
+  }
+  for (const char* node : {"2147483648", "99999999999", "65536", "-2"}) {
+    GarbledSysfs os(fake);
+    os.files[dir + "/numa_node"] = node;
+    absl::StatusOr<DaxDeviceInfo> d = ReadDaxDevice("dax0.0", "/sys", os);
+    EXPECT_EQ(d.status().code(), absl::StatusCode::kDataLoss) << node << ": " << d.status();
+    EXPECT_THAT(d.status().message(), HasSubstr("numa_node")) << node;
+  }
+  struct Range {
+    const char* start;
+    const char* end;
+    const char* page_offset;
+  };
+  for (const Range& r : {Range{"0", "9223372036854775807", "0"},
+                         Range{"-9223372036854775808", "9223372036854775807", "0"},
+                         Range{"0", "4194303", "4503599627370496"}, Range{"-4096", "4194303", "0"},
+                         Range{"0", "8388607", "0"}}) {
+    GarbledSysfs os(fake);
+    os.files[dir + "/mapping0/start"] = r.start;
+    os.files[dir + "/mapping0/end"] = r.end;
+    os.files[dir + "/mapping0/page_offset"] = r.page_offset;
+    absl::StatusOr<DaxDeviceInfo> d = ReadDaxDevice("dax0.0", "/sys", os);
+    ASSERT_TRUE(d.ok()) << r.start << ".." << r.end << ": " << d.status();
+    EXPECT_TRUE(d->ranges.empty()) << r.start << ".." << r.end << " +" << r.page_offset;
+  }
+  {
+    // The control: a range that covers the device is read.
+    GarbledSysfs os(fake);
+    os.files[dir + "/mapping0/start"] = "1073741824";
+    os.files[dir + "/mapping0/end"] = "1077936127";
+    os.files[dir + "/mapping0/page_offset"] = "0";
+    absl::StatusOr<DaxDeviceInfo> d = ReadDaxDevice("dax0.0", "/sys", os);
+    ASSERT_TRUE(d.ok()) << d.status();
+    ASSERT_EQ(d->ranges.size(), 1u);
+    EXPECT_EQ(d->PhysicalAddress(kPageSize2M), (uint64_t{1} << 30) + kPageSize2M);
+  }
+  for (const char* bad : {".", "..", "/dev/.."}) {
+    EXPECT_EQ(ReadDaxDevice(bad, "/sys", fake).status().code(), absl::StatusCode::kInvalidArgument)
+        << bad;
+  }
 }
 
 TEST(AnonOnFake, FourKPagesWithAPfnEach) {

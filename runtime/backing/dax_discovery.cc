@@ -20,6 +20,9 @@ std::string BaseName(absl::string_view path) {
   return std::string(slash == absl::string_view::npos ? path : path.substr(slash + 1));
 }
 
+// Above any node number a kernel gives (MAX_NUMNODES is at most 1024).
+constexpr int64_t kMaxNumaNode = (int64_t{1} << 16) - 1;
+
 // Physical placement is best effort: the files are root-only and older kernels lack the
 // mappingN directories. Missing or inconsistent data leaves `ranges` empty.
 void ReadPhysicalRanges(Os& os, const std::string& dir, DaxDeviceInfo* info) {
@@ -33,11 +36,17 @@ void ReadPhysicalRanges(Os& os, const std::string& dir, DaxDeviceInfo* info) {
     absl::StatusOr<int64_t> start = sys::ReadInt(os, m + "/start");
     absl::StatusOr<int64_t> end = sys::ReadInt(os, m + "/end");
     absl::StatusOr<int64_t> pgoff = sys::ReadInt(os, m + "/page_offset");
-    if (!start.ok() || !end.ok() || !pgoff.ok() || *end < *start) return;
+    // Read as unsigned, and held to the device's size: a garbled file (a negative start,
+    // an offset past 2^64 bytes, ranges that add up past the size) leaves no ranges.
+    if (!start.ok() || !end.ok() || !pgoff.ok() || *start < 0 || *end < *start || *pgoff < 0 ||
+        static_cast<uint64_t>(*pgoff) > (~uint64_t{0} >> kPageShift)) {
+      return;
+    }
     DaxDeviceInfo::Range r;
     r.phys = static_cast<uint64_t>(*start);
-    r.size = static_cast<uint64_t>(*end - *start + 1);
+    r.size = static_cast<uint64_t>(*end) - static_cast<uint64_t>(*start) + 1;
     r.offset = static_cast<uint64_t>(*pgoff) << kPageShift;
+    if (r.size > info->size - covered) return;
     covered += r.size;
     ranges.push_back(r);
   }
@@ -58,7 +67,7 @@ absl::StatusOr<DaxDeviceInfo> ReadDaxDevice(absl::string_view device, const std:
   DaxDeviceInfo info;
   info.name = BaseName(device);
   info.path = absl::StrContains(device, '/') ? std::string(device) : "/dev/" + info.name;
-  if (info.name.empty()) {
+  if (info.name.empty() || info.name == "." || info.name == "..") {
     return absl::InvalidArgumentError(absl::StrCat("bad device-DAX name \"", device, "\""));
   }
   const std::string dir = absl::StrCat(sysfs_root, "/bus/dax/devices/", info.name);
@@ -92,7 +101,7 @@ absl::StatusOr<DaxDeviceInfo> ReadDaxDevice(absl::string_view device, const std:
                                             " is not a positive multiple of the alignment ",
                                             *align));
   }
-  if (*node < -1) {
+  if (*node < -1 || *node > kMaxNumaNode) {
     return absl::DataLossError(absl::StrCat("garbled ", dir, "/numa_node: ", *node));
   }
   info.size = static_cast<uint64_t>(*size);
