@@ -365,6 +365,21 @@ TEST(Hugetlbfs, RejectsBadNamesOffsetsAndMounts) {
       (*backing)->Map({.length = kPageSize2M, .offset = 4096, .name = "hugemm-bad-offset"});
   ASSERT_FALSE(e.ok());
   EXPECT_THAT(e.status().message(), HasSubstr("offset 4096"));
+  // A NUL would end the name the kernel sees early, at another file than FilePath names:
+  // refused, and nothing created.
+  const std::string with_nul("hugemm-nul\0tail", 15);
+  e = (*backing)->Map({.length = kPageSize2M, .name = with_nul});
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kInvalidArgument) << e.status();
+  EXPECT_FALSE(std::filesystem::exists(mount + "/hugemm-nul"));
+  // An end past the largest file size, or one that wraps 2^64: refused as such, before
+  // any file is made (no ftruncate to a negative size, no pool counts that mean nothing).
+  for (uint64_t offset : {uint64_t{1} << 63, ~uint64_t{0} - (uint64_t{1} << 30) + 1,
+                          (uint64_t{1} << 63) - kPageSize2M}) {
+    e = (*backing)->Map({.length = kPageSize2M, .offset = offset, .name = "hugemm-far"});
+    EXPECT_EQ(e.status().code(), absl::StatusCode::kInvalidArgument) << offset << e.status();
+    EXPECT_THAT(e.status().message(), HasSubstr("past the largest file size")) << offset;
+    EXPECT_FALSE(std::filesystem::exists(mount + "/hugemm-far")) << offset;
+  }
   // A directory or a FIFO another program made in the mount: refused, and left there.
   const std::string dir = mount + "/hugemm-test-dir-" + std::to_string(getpid());
   const std::string fifo = mount + "/hugemm-test-fifo-" + std::to_string(getpid());

@@ -8,9 +8,11 @@
 #include <atomic>
 #include <cerrno>
 #include <filesystem>
+#include <limits>
 #include <string>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "hugemm/page_size.h"
@@ -43,9 +45,17 @@ class HugetlbfsBacking final : public Kind {
     if (request.name.empty() && offset != 0) {
       return absl::InvalidArgumentError("an offset needs a named file");
     }
-    if (absl::StrContains(request.name, '/') || request.name == "." || request.name == "..") {
-      return absl::InvalidArgumentError(
-          absl::StrCat("file name \"", request.name, "\" must be a plain name in ", mount_));
+    if (absl::StrContains(request.name, '/') || absl::StrContains(request.name, '\0') ||
+        request.name == "." || request.name == "..") {
+      // (A NUL would end the name the kernel sees early: another file than FilePath names.)
+      return absl::InvalidArgumentError(absl::StrCat("file name \"", absl::CHexEscape(request.name),
+                                                     "\" must be a plain name in ", mount_));
+    }
+    // The file's end, offset + length, must be a size a file can have (off_t).
+    if (offset > static_cast<uint64_t>(std::numeric_limits<off_t>::max()) ||
+        request.length > static_cast<uint64_t>(std::numeric_limits<off_t>::max()) - offset) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "offset ", offset, " + length ", request.length, " is past the largest file size"));
     }
     Source s;
     std::string path;
