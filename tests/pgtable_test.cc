@@ -308,6 +308,15 @@ TEST(PageTableTest, ErrorsChangeNothingAndLeakNoReference) {
   EXPECT_EQ(table.Map(f2m.get(), Ptr(uintptr_t{1} << 48), kRW).code(),
             absl::StatusCode::kOutOfRange);
   EXPECT_EQ(f2m->refcount(), 1);
+  // A descriptor whose order is no size at all (4K << 80 is not a number): refused
+  // before anything shifts by it (UBSan watches the asan flavour).
+  for (uint8_t order : {uint8_t{52}, uint8_t{64}, uint8_t{80}, uint8_t{255}}) {
+    auto odd = FakeFolio(kPageSize2M, kBase, kBasePfn);
+    odd->order = order;
+    st = table.Map(odd.get(), Ptr(kBase), kRW);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << int{order} << ": " << st;
+    EXPECT_EQ(odd->refcount(), 1);
+  }
   auto gone = FakeFolio(kPageSize2M, kBase, kBasePfn);
   FolioPut(gone.get());  // its owner's reference: the folio is free
   st = table.Map(gone.get(), Ptr(kBase), kRW);

@@ -78,6 +78,11 @@ absl::Status PageTable::Map(Folio* folio, const void* p, Prot prot) {
                         static_cast<const void*>(folio)));
   }
   if (absl::Status st = CheckGeometry("map"); !st.ok()) return st;
+  // Before size(), which shifts by the order: past 2^63 bytes that is no number at all.
+  if (folio->order > 63 - kPageShift) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "map at 0x%x: a folio of order %d is larger than any address space", va, folio->order));
+  }
   const size_t size = folio->size();
   absl::StatusOr<LeafUnit> unit = NaturalUnit(geometry_, size);
   if (!unit.ok()) {
