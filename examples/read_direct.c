@@ -8,6 +8,12 @@
  *   example_read_direct        writes a 4 MiB file of a known pattern in the current
  *                              directory, reads it back, checks every byte, removes it
  *
+ * The checksum is the 64-bit FNV-1a of the file's bytes in order: the reads complete in
+ * any order, and each chunk is folded in once the chunks before it have been. In Python:
+ *   h = 0xcbf29ce484222325
+ *   for b in open(FILE, "rb").read(): h = (h ^ b) * 0x100000001b3 % 2**64
+ *   print("%016x" % h)
+ *
  * The current directory must be on a disk-backed file system: tmpfs takes O_DIRECT but
  * does buffered I/O. */
 #define _GNU_SOURCE /* O_DIRECT */
@@ -55,34 +61,52 @@ static int MakeFile(const char* path) {
   return 0;
 }
 
+/* After a failed wait, no read may be left in flight at hugemm_io_detach: those the
+ * kernel never took are still in the submission queue (the last ones taken from it) and
+ * are cancelled; those it took are reaped. */
+static void Drain(struct io_uring* ring, hugemm_io* io) {
+  const unsigned untaken = io_uring_sq_ready(ring);
+  for (unsigned k = 0; k < untaken; ++k) {
+    struct io_uring_sqe* sqe = &ring->sq.sqes[(ring->sq.sqe_tail - 1 - k) & ring->sq.ring_mask];
+    if (sqe->user_data != 0) hugemm_io_cancel(io, sqe, NULL);
+    Disarm(sqe);
+  }
+  while (hugemm_io_in_flight(io) > 0) {
+    struct io_uring_cqe* cqe;
+    const int rc = io_uring_wait_cqe(ring, &cqe);
+    if (rc == -EINTR) continue;
+    if (rc < 0) return; /* the memory under the rest stays out of the pool */
+    if (io_uring_cqe_get_data64(cqe) != 0) hugemm_io_complete(io, cqe, NULL);
+    io_uring_cqe_seen(ring, cqe);
+  }
+}
+
 int main(int argc, char** argv) {
   const char* path = argc > 1 ? argv[1] : "example-read-direct.data";
   const int made = argc <= 1;
+  hugemm_runtime* rt = NULL;
+  struct io_uring ring;
+  hugemm_io* io = NULL;
+  hugemm_buffer bufs[kDepth];
+  int nbufs = 0, failed = 1, fd = -1;
   if (made && MakeFile(path) != 0) {
     perror(path);
-    return 1;
+    goto out;
   }
-  int fd = open(path, O_RDONLY | O_DIRECT);
+  fd = open(path, O_RDONLY | O_DIRECT);
   struct stat st;
   uint64_t size = 0;
   if (fd < 0 || fstat(fd, &st) != 0) {
     perror(path);
-    if (fd >= 0) close(fd);
-    return 1;
+    goto out;
   }
   size = (uint64_t)st.st_size;
   /* A block device's size is the device's to say: its st_size is 0. */
   if (S_ISBLK(st.st_mode) && ioctl(fd, BLKGETSIZE64, &size) != 0) {
     perror(path);
-    close(fd);
-    return 1;
+    goto out;
   }
 
-  hugemm_runtime* rt = NULL;
-  struct io_uring ring;
-  hugemm_io* io = NULL;
-  hugemm_buffer bufs[kDepth];
-  int nbufs = 0, failed = 1;
   if (hugemm_open(NULL, &rt) < 0) {
     fprintf(stderr, "hugemm_open: %s\n", hugemm_last_error());
     goto out;
@@ -104,11 +128,13 @@ int main(int argc, char** argv) {
     }
   }
 
-  /* kDepth reads in flight; each completion is checked and its buffer reused. The
-   * user_data of a read is its buffer's number; the offset is kept beside it. */
-  uint64_t next = 0, done = 0, sum = 0xcbf29ce484222325ull, offsets[kDepth]; /* FNV-1a */
+  /* kDepth reads in flight. The user_data of a read is its buffer's number; the offset
+   * and, once it completed, the result are kept beside it. A buffer is checked, folded
+   * into the checksum and reused when its offset is the next to fold. */
+  uint64_t next = 0, folded = 0, sum = 0xcbf29ce484222325ull, offsets[kDepth]; /* FNV-1a */
+  int results[kDepth], ready[kDepth] = {0};
   unsigned in_flight = 0;
-  int bad = 0;
+  int bad = 0, mismatch = 0;
   for (int i = 0; i < kDepth && next < size; ++i, next += kChunk) {
     offsets[i] = next;
     struct io_uring_sqe* sqe = io_uring_get_sqe(&ring);
@@ -126,6 +152,7 @@ int main(int argc, char** argv) {
     if (rc < 0 && rc != -EINTR) {
       fprintf(stderr, "io_uring_submit_and_wait: %s\n", strerror(-rc));
       bad = 1;
+      Drain(&ring, io);
       break;
     }
     while (io_uring_peek_cqe(&ring, &cqe) == 0) {
@@ -138,55 +165,68 @@ int main(int argc, char** argv) {
       if (hugemm_io_complete(io, cqe, &i) < 0) {
         fprintf(stderr, "hugemm_io_complete: %s\n", hugemm_last_error());
         bad = 1;
+        io_uring_cqe_seen(&ring, cqe);
+        --in_flight;
+        continue;
       }
-      const int res = cqe->res;
+      results[i] = cqe->res;
+      ready[i] = 1;
       io_uring_cqe_seen(&ring, cqe);
       --in_flight;
+    }
+    /* Completed reads in offset order, each buffer then given the next chunk. A short
+     * read before the end folds no further: the size check below says so. */
+    for (int i = 0; i < kDepth; ++i) {
+      if (!ready[i] || offsets[i] != folded) continue;
+      ready[i] = 0;
+      const int res = results[i];
       if (res < 0) {
         fprintf(stderr, "read at %llu: %s\n", (unsigned long long)offsets[i], strerror(-res));
         bad = 1;
-        continue;
+        break;
       }
       const unsigned char* data = bufs[i].data;
       for (int k = 0; k < res; ++k) {
         sum = (sum ^ data[k]) * 0x100000001b3ull;
-        if (made && data[k] != Pattern(offsets[i] + (uint64_t)k)) bad = 1;
+        if (made && data[k] != Pattern(offsets[i] + (uint64_t)k)) mismatch = 1;
       }
-      done += (uint64_t)res;
-      if (bad || next >= size) continue;
-      offsets[i] = next;
-      struct io_uring_sqe* sqe = io_uring_get_sqe(&ring);
-      if (hugemm_io_prep_read(io, sqe, fd, bufs[i].data, kChunk, next, i) < 0) {
-        fprintf(stderr, "hugemm_io_prep_read: %s\n", hugemm_last_error());
-        Disarm(sqe);
-        bad = 1;
-        continue;
+      folded += (uint64_t)res;
+      if (!bad && !mismatch && next < size) {
+        offsets[i] = next;
+        struct io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+        if (hugemm_io_prep_read(io, sqe, fd, bufs[i].data, kChunk, next, (uint64_t)i) < 0) {
+          fprintf(stderr, "hugemm_io_prep_read: %s\n", hugemm_last_error());
+          Disarm(sqe);
+          bad = 1;
+        } else {
+          next += kChunk;
+          ++in_flight;
+        }
       }
-      next += kChunk;
-      ++in_flight;
+      i = -1; /* the next chunk may be in any buffer */
     }
   }
-  if (!bad && done == size) {
+  if (mismatch) {
+    fprintf(stderr, "%s: the data read is not what was written\n", path);
+  } else if (!bad && folded == size) {
     printf("%s: %llu bytes read with O_DIRECT through fixed buffers (%s), checksum %016llx%s\n",
-           path, (unsigned long long)done,
+           path, (unsigned long long)folded,
            hugemm_io_mode(io) == HUGEMM_IO_CLONE ? "cloned table" : "iovecs",
            (unsigned long long)sum, made ? ", every byte as written" : "");
     failed = 0;
   } else if (!bad) {
-    fprintf(stderr, "%s: read %llu of %llu bytes\n", path, (unsigned long long)done,
+    fprintf(stderr, "%s: read %llu of %llu bytes\n", path, (unsigned long long)folded,
             (unsigned long long)size);
-  } else if (made) {
-    fprintf(stderr, "%s: the data read is not what was written\n", path);
   }
 
 buffers:
   while (nbufs > 0) hugemm_free(rt, bufs[--nbufs].data);
-  hugemm_io_detach(io); /* before the ring goes */
+  hugemm_io_detach(io); /* before the ring goes, with no read in flight */
 ring:
   io_uring_queue_exit(&ring);
 out:
   hugemm_close(rt);
-  close(fd);
+  if (fd >= 0) close(fd);
   if (made) unlink(path);
   return failed;
 }
