@@ -11,6 +11,7 @@
  * buffer), and tells the server over TCP, which checks every byte.
  * With soft-RoCE:  rdma link add rxe0 type rxe netdev eth0, then use GID index 1 (RoCE v2,
  * IPv4). */
+#define _POSIX_C_SOURCE 200809L /* nanosleep, under -std=c99 too */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdint.h>
@@ -18,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "hugemm/hugemm_verbs.h"
@@ -50,16 +52,20 @@ static int tcp_connect(int server, const char* host, int port) {
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     sa.sin_addr.s_addr = htonl(INADDR_ANY);
-    if (bind(fd, (struct sockaddr*)&sa, sizeof(sa)) < 0 || listen(fd, 1) < 0) return -1;
+    if (bind(fd, (struct sockaddr*)&sa, sizeof(sa)) < 0 || listen(fd, 1) < 0) {
+      close(fd);
+      return -1;
+    }
     int conn = accept(fd, NULL, NULL);
     close(fd);
     return conn;
   }
-  if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) return -1;
-  for (int i = 0; i < 300; ++i) { /* the server may not listen yet */
+  const struct timespec retry = {0, 100000000}; /* the server may not listen yet */
+  for (int i = 0; i < 300 && inet_pton(AF_INET, host, &sa.sin_addr) == 1; ++i) {
     if (connect(fd, (struct sockaddr*)&sa, sizeof(sa)) == 0) return fd;
-    usleep(100000);
+    nanosleep(&retry, NULL);
   }
+  close(fd);
   return -1;
 }
 
@@ -89,8 +95,10 @@ static struct ibv_qp* make_qp(struct ibv_pd* pd, struct ibv_cq* cq) {
   a.qp_state = IBV_QPS_INIT;
   a.port_num = 1;
   a.qp_access_flags = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE;
-  if (ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS))
+  if (ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS)) {
+    ibv_destroy_qp(qp);
     return NULL;
+  }
   return qp;
 }
 
@@ -137,34 +145,49 @@ int main(int argc, char** argv) {
   }
   const int gid_index = atoi(argv[3]), port = atoi(argv[4]);
 
+  /* Everything below is released at the end, on every path. */
+  hugemm_runtime* rt = NULL;
+  hugemm_buffer buf = {0};
+  hugemm_mr_cache* cache = NULL;
+  struct ibv_context* ctx = NULL;
+  struct ibv_pd* pd = NULL;
+  struct ibv_cq* cq = NULL;
+  struct ibv_qp* qp = NULL;
+  hugemm_mr *whole = NULL, *mr = NULL;
+  int fd = -1, status = 1;
+
   /* hugemm: a 2M huge page, and a cache of registrations of it. */
-  hugemm_runtime* rt;
-  hugemm_buffer buf;
-  hugemm_mr_cache* cache;
   if (hugemm_open(NULL, &rt) < 0 || hugemm_map_buffer(rt, 2u << 20, NULL, &buf) < 0 ||
-      hugemm_mr_cache_create(rt, NULL, &cache) < 0)
-    return fail(hugemm_last_error());
+      hugemm_mr_cache_create(rt, NULL, &cache) < 0) {
+    fail(hugemm_last_error());
+    goto out;
+  }
 
   /* The device: a protection domain, a completion queue, a queue pair. */
   struct ibv_device** list = ibv_get_device_list(NULL);
-  struct ibv_context* ctx = NULL;
   for (int i = 0; list != NULL && list[i] != NULL && ctx == NULL; ++i)
     if (strcmp(ibv_get_device_name(list[i]), argv[2]) == 0) ctx = ibv_open_device(list[i]);
   if (list != NULL) ibv_free_device_list(list);
-  if (ctx == NULL) return fail("no such RDMA device");
-  struct ibv_pd* pd = ibv_alloc_pd(ctx);
-  struct ibv_cq* cq = pd ? ibv_create_cq(ctx, 4, NULL, NULL, 0) : NULL;
-  struct ibv_qp* qp = cq ? make_qp(pd, cq) : NULL;
+  if (ctx == NULL) {
+    fail("no such RDMA device");
+    goto out;
+  }
+  pd = ibv_alloc_pd(ctx);
+  cq = pd ? ibv_create_cq(ctx, 4, NULL, NULL, 0) : NULL;
+  qp = cq ? make_qp(pd, cq) : NULL;
   struct ibv_port_attr port_attr;
   union ibv_gid gid;
-  if (qp == NULL || ibv_query_port(ctx, 1, &port_attr) || ibv_query_gid(ctx, 1, gid_index, &gid))
-    return fail("cannot set up the queue pair");
+  if (qp == NULL || ibv_query_port(ctx, 1, &port_attr) || ibv_query_gid(ctx, 1, gid_index, &gid)) {
+    fail("cannot set up the queue pair");
+    goto out;
+  }
 
   /* The whole buffer for the peer to write into: a miss, which registers it. */
   const int access = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE;
-  hugemm_mr* whole;
-  if (hugemm_mr_get(cache, pd, buf.data, buf.size, access, &whole) < 0)
-    return fail(hugemm_last_error());
+  if (hugemm_mr_get(cache, pd, buf.data, buf.size, access, &whole) < 0) {
+    fail(hugemm_last_error());
+    goto out;
+  }
   struct peer mine = {qp->qp_num,
                       (uint32_t)(getpid() & 0xffffff),
                       {0},
@@ -173,20 +196,25 @@ int main(int argc, char** argv) {
                       0};
   struct peer theirs;
   memcpy(mine.gid, gid.raw, 16);
-  int fd = tcp_connect(server, server ? NULL : argv[5], port);
-  if (fd < 0 || exchange(fd, &mine, &theirs, sizeof(mine)) < 0)
-    return fail("cannot swap queue-pair details over TCP");
-  if (connect_qp(qp, &theirs, mine.psn, gid_index, port_attr.active_mtu))
-    return fail("cannot connect the queue pair");
+  fd = tcp_connect(server, server ? NULL : argv[5], port);
+  if (fd < 0 || exchange(fd, &mine, &theirs, sizeof(mine)) < 0) {
+    fail("cannot swap queue-pair details over TCP");
+    goto out;
+  }
+  if (connect_qp(qp, &theirs, mine.psn, gid_index, port_attr.active_mtu)) {
+    fail("cannot connect the queue pair");
+    goto out;
+  }
 
   char ok = 0, done = 1;
   if (!server) {
     /* One RDMA WRITE of 1 MiB, under a registration of just those bytes: a hit. */
     unsigned char* src = buf.data;
     for (size_t i = 0; i < MESSAGE_BYTES; ++i) src[i] = pattern(i);
-    hugemm_mr* mr;
-    if (hugemm_mr_get(cache, pd, src, MESSAGE_BYTES, access, &mr) < 0)
-      return fail(hugemm_last_error());
+    if (hugemm_mr_get(cache, pd, src, MESSAGE_BYTES, access, &mr) < 0) {
+      fail(hugemm_last_error());
+      goto out;
+    }
     struct ibv_sge sge = {(uintptr_t)src, MESSAGE_BYTES, hugemm_mr_lkey(mr)};
     struct ibv_send_wr wr, *bad;
     memset(&wr, 0, sizeof(wr));
@@ -196,25 +224,43 @@ int main(int argc, char** argv) {
     wr.send_flags = IBV_SEND_SIGNALED;
     wr.wr.rdma.remote_addr = theirs.addr;
     wr.wr.rdma.rkey = theirs.rkey;
-    if (ibv_post_send(qp, &wr, &bad)) return fail("ibv_post_send failed");
+    if (ibv_post_send(qp, &wr, &bad)) {
+      fail("ibv_post_send failed");
+      goto out;
+    }
     struct ibv_wc wc;
     int n;
     while ((n = ibv_poll_cq(cq, 1, &wc)) == 0) {
     }
-    if (n < 0 || wc.status != IBV_WC_SUCCESS) return fail("the RDMA WRITE failed");
+    if (n < 0 || wc.status != IBV_WC_SUCCESS) {
+      fail("the RDMA WRITE failed");
+      goto out;
+    }
     hugemm_mr_put(mr); /* the work request completed: the memory may move on */
-    if (write(fd, &done, 1) != 1 || read(fd, &ok, 1) != 1 || !ok)
-      return fail("the server did not see the bytes sent");
+    mr = NULL;
+    if (write(fd, &done, 1) != 1 || read(fd, &ok, 1) != 1 || !ok) {
+      fail("the server did not see the bytes sent");
+      goto out;
+    }
     printf("client: wrote %u bytes into the server's hugemm buffer\n", MESSAGE_BYTES);
   } else {
     /* The client says when its write completed; then every byte must be there. */
-    if (read(fd, &done, 1) != 1) return fail("the client went away");
+    if (read(fd, &done, 1) != 1) {
+      fail("the client went away");
+      goto out;
+    }
     const unsigned char* dst = buf.data;
     size_t i = 0;
     while (i < MESSAGE_BYTES && dst[i] == pattern(i)) ++i;
     ok = i == MESSAGE_BYTES;
-    if (write(fd, &ok, 1) != 1) return fail("cannot answer the client");
-    if (!ok) return fail("the bytes written are not the bytes sent");
+    if (write(fd, &ok, 1) != 1) {
+      fail("cannot answer the client");
+      goto out;
+    }
+    if (!ok) {
+      fail("the bytes written are not the bytes sent");
+      goto out;
+    }
     printf("server: %u bytes arrived by RDMA WRITE, every one as sent\n", MESSAGE_BYTES);
   }
 
@@ -222,13 +268,20 @@ int main(int argc, char** argv) {
   hugemm_mr_cache_stats_get(cache, &stats);
   printf("%s: MR cache %llu hits, %llu misses\n", argv[1], (unsigned long long)stats.hits,
          (unsigned long long)stats.misses);
+  status = 0;
+
+out:
+  /* A queue pair destroyed before the registrations go: a work request still posted on a
+   * failed path ends with it. */
+  if (qp != NULL) ibv_destroy_qp(qp);
+  hugemm_mr_put(mr);
   hugemm_mr_put(whole);
-  close(fd);
-  ibv_destroy_qp(qp);
-  ibv_destroy_cq(cq);
+  if (fd >= 0) close(fd);
+  if (cq != NULL) ibv_destroy_cq(cq);
   hugemm_mr_cache_destroy(cache); /* deregisters before the PD goes */
-  ibv_dealloc_pd(pd);
-  ibv_close_device(ctx);
+  if (pd != NULL) ibv_dealloc_pd(pd);
+  if (ctx != NULL) ibv_close_device(ctx);
+  if (buf.data != NULL) hugemm_free(rt, buf.data);
   hugemm_close(rt);
-  return 0;
+  return status;
 }
