@@ -22,17 +22,23 @@ absl::StatusOr<size_t> MemorySpec::PageSize() const {
 }
 
 hugemm::AllocOptions MemorySpec::ForAllocator() const {
-  return {.backing = backing,
-          .page_size = backing == hugemm::BackingKind::kDevDax ? 0 : page_size,
-          .node = node,
-          .devdax_path = devdax_path};
+  // Field by field: a designated initializer leaving fields out warns under -Wextra.
+  hugemm::AllocOptions options;
+  options.backing = backing;
+  options.page_size = backing == hugemm::BackingKind::kDevDax ? 0 : page_size;
+  options.node = node;
+  options.devdax_path = devdax_path;
+  return options;
 }
 
 hugemm::BufferOptions MemorySpec::ForBuffer() const {
-  return {.backing = backing,
-          .page_size = backing == hugemm::BackingKind::kDevDax ? 0 : page_size,
-          .node = node,
-          .devdax_path = devdax_path};
+  // Field by field: a designated initializer leaving fields out warns under -Wextra.
+  hugemm::BufferOptions options;
+  options.backing = backing;
+  options.page_size = backing == hugemm::BackingKind::kDevDax ? 0 : page_size;
+  options.node = node;
+  options.devdax_path = devdax_path;
+  return options;
 }
 
 absl::StatusOr<MemorySpec> ParseMemorySpec(absl::string_view text) {

@@ -105,7 +105,9 @@ absl::Status Controller::Poll(std::vector<IoResult>* out) {
     free_slots_.push_back(c->cid);
     --in_flight_;
     ++stats_.commands;
-    IoResult result{.cid = c->cid, .tag = slot.tag};
+    IoResult result;
+    result.cid = c->cid;
+    result.tag = slot.tag;
     if (StatusCode(c->status) != 0 || StatusCodeType(c->status) != 0) {
       result.status = absl::DataLossError(absl::StrFormat("%s at block %u (command %u): %s",
                                                           OpName(slot.opcode), slot.lba, c->cid,
