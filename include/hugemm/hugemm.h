@@ -26,14 +26,16 @@
  *   hugemm_runtime *rt;
  *   if (hugemm_open(NULL, &rt) < 0) die(hugemm_last_error());
  *   hugemm_buffer buf;
- *   hugemm_map_buffer(rt, 1 << 30, NULL, &buf);          // 512 x 2M hugetlb folios
+ *   if (hugemm_map_buffer(rt, 1 << 30, NULL, &buf) < 0)  // 512 x 2M hugetlb folios
+ *     die(hugemm_last_error());
  *   hugemm_folio_span spans[512];
  *   long n = hugemm_pin_folios(rt, buf.data, buf.size, HUGEMM_PIN | HUGEMM_WRITE,
  *                              spans, 512);
+ *   if (n < 0) die(hugemm_last_error());                 // a count only when not negative
  *   ... spans[i] covers spans[i].pages 4K pages, in address order from buf.data: give
  *       the device the PFN of each (hugemm_translate of its first byte), or pin with
  *       hugemm_pin_segments to get physical runs ...
- *   hugemm_unpin_folios(rt, spans, n, HUGEMM_PIN, 1);
+ *   hugemm_unpin_folios(rt, spans, (size_t)n, HUGEMM_PIN, 1);
  *   hugemm_free(rt, buf.data);
  *   hugemm_close(rt);
  */
