@@ -10,11 +10,12 @@
  *   struct io_uring ring;
  *   io_uring_queue_init(64, &ring, 0);
  *   hugemm_io *io;
- *   hugemm_io_attach(rt, ring.ring_fd, NULL, &io);
+ *   if (hugemm_io_attach(rt, ring.ring_fd, NULL, &io) < 0) die(hugemm_last_error());
  *   hugemm_buffer buf;
- *   hugemm_alloc(rt, 128 << 10, NULL, 0, &buf);
+ *   if (hugemm_alloc(rt, 128 << 10, NULL, 0, &buf) < 0) die(hugemm_last_error());
  *   struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
- *   hugemm_io_prep_read(io, sqe, fd, buf.data, 128 << 10, offset, my_tag);  // READ_FIXED, pinned
+ *   if (hugemm_io_prep_read(io, sqe, fd, buf.data, 128 << 10, offset, my_tag) < 0)
+ *     die(hugemm_last_error());  // READ_FIXED, pinned; a refused SQE is made a NOP (below)
  *   io_uring_submit(&ring);
  *   ... hugemm_free(rt, buf.data) is safe now: the memory waits for the completion ...
  *   io_uring_wait_cqe(&ring, &cqe);

@@ -7,7 +7,7 @@
  * registration, a pin or a reference.
  *
  *   hugemm_mr_cache *cache;
- *   hugemm_mr_cache_create(rt, NULL, &cache);
+ *   if (hugemm_mr_cache_create(rt, NULL, &cache) < 0) die(hugemm_last_error());
  *   hugemm_mr *mr;
  *   if (hugemm_mr_get(cache, pd, buf.data, len, IBV_ACCESS_LOCAL_WRITE, &mr) < 0)
  *     die(hugemm_last_error());

@@ -10,6 +10,7 @@
  *   hugemm_dma_segment segs[16];
  *   long n = hugemm_vfio_pin_segments(vfio, buf.data, 8192, HUGEMM_PIN | HUGEMM_WRITE, 0,
  *                                     segs, 16);          // segs[i].phys_addr is an IOVA
+ *   if (n < 0) die(hugemm_last_error());
  *   ... the device reads and writes, the completion is reaped ...
  *   hugemm_unpin_range(rt, buf.data, 8192, HUGEMM_PIN, 1);
  *   hugemm_vfio_detach(vfio);

@@ -1,7 +1,7 @@
 // Storage programs on hugemm: io_uring fixed buffers on any hugemm memory, and per-I/O
 // pins. Register once, pin per I/O, free after completion.
 //
-//   auto rt = hugemm::Runtime::Open();
+//   auto rt = hugemm::Runtime::Open();  // each StatusOr and Status checked before use
 //   struct io_uring ring;
 //   io_uring_queue_init(64, &ring, 0);
 //   auto io = hugemm::IoRing::Attach(**rt, ring.ring_fd);      // the ring's buffer table

@@ -2,7 +2,7 @@
 // (protection domain, address, length, access), registered once per buffer or pool
 // extent and handed out again while it stays valid, without hooks.
 //
-//   auto cache = hugemm::MrCache::Create(*rt);
+//   auto cache = hugemm::MrCache::Create(*rt);  // each StatusOr checked before use
 //   absl::StatusOr<hugemm::MrHandle> mr =
 //       (*cache)->Get(pd, buf->data() + off, len, IBV_ACCESS_LOCAL_WRITE);
 //   sge.lkey = mr->lkey();  ... ibv_post_send(...) ... poll the completion ...

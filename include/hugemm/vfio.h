@@ -6,8 +6,10 @@
 //   auto mapper = hugemm::IovaMapper::Attach(*rt, container);  // maps what rt holds now
 //   hugemm::DmaSegment segs[16];
 //   std::vector<hugemm::FolioSpan> pinned;
-//   size_t n = *(*mapper)->PinSegments(buf, len, hugemm::kGupPin | hugemm::kGupWrite, 0,
-//                                      segs, &pinned);              // IOVAs, per I/O
+//   if (!mapper.ok()) return mapper.status();
+//   absl::StatusOr<size_t> n = (*mapper)->PinSegments(
+//       buf, len, hugemm::kGupPin | hugemm::kGupWrite, 0, segs, &pinned);  // IOVAs, per I/O
+//   if (!n.ok()) return n.status();  // nothing pinned
 //   ... give segs[0..n) to the device, reap the completion ...
 //   rt->pinner().UnpinFolios(pinned, hugemm::RefKind::kPin, /*dirty=*/true);
 //
