@@ -765,5 +765,27 @@ TEST(PageSize, ParsesAndNames) {
   EXPECT_EQ(HumanBytes(3 * kPageSize1G), "3 GiB");
 }
 
+TEST(PageSize, EveryNameParsesBack) {
+  for (int shift = kPageShift; shift < 63; ++shift) {
+    const size_t size = size_t{1} << shift;
+    absl::StatusOr<size_t> parsed = ParsePageSize(PageSizeName(size));
+    ASSERT_TRUE(parsed.ok()) << PageSizeName(size) << ": " << parsed.status();
+    EXPECT_EQ(*parsed, size) << PageSizeName(size);
+  }
+  EXPECT_EQ(PageSizeName(size_t{1} << 40), "1T");
+}
+
+TEST(PageSize, HumanBytesNeverShows1024OfAUnit) {
+  EXPECT_EQ(HumanBytes(1023), "1023 B");
+  EXPECT_EQ(HumanBytes(1024), "1 KiB");
+  EXPECT_EQ(HumanBytes(1536), "1.5 KiB");
+  EXPECT_EQ(HumanBytes((uint64_t{1} << 20) - 1), "1.0 MiB");
+  EXPECT_EQ(HumanBytes((uint64_t{1} << 30) - 1), "1.0 GiB");
+  EXPECT_EQ(HumanBytes((uint64_t{1} << 20) - 52), "1023.9 KiB");
+  EXPECT_EQ(HumanBytes(uint64_t{5} << 40), "5 TiB");
+  EXPECT_EQ(HumanBytes(uint64_t{3} << 50), "3 PiB");
+  EXPECT_EQ(HumanBytes(~uint64_t{0}), "16.0 EiB");
+}
+
 }  // namespace
 }  // namespace hugemm

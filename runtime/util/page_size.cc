@@ -41,6 +41,8 @@ absl::StatusOr<size_t> ParsePageSize(absl::string_view text) {
     shift = 20;
   } else if (unit == "G") {
     shift = 30;
+  } else if (unit == "T") {
+    shift = 40;
   } else {
     return absl::InvalidArgumentError(absl::StrCat("bad page size unit in \"", text, "\""));
   }
@@ -56,10 +58,14 @@ absl::StatusOr<size_t> ParsePageSize(absl::string_view text) {
 }
 
 std::string HumanBytes(uint64_t bytes) {
-  static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
   int unit = 0;
   uint64_t scale = 1;
-  while (unit < 4 && bytes >= scale * 1024) {
+  // The largest unit the value reaches; a fraction that would round to 1024.0 of it
+  // ("1024.0 KiB" for one byte short of a MiB) is named in the next unit instead.
+  while (unit < 6 && (bytes >= scale * 1024 ||
+                      (unit > 0 && bytes % scale != 0 &&
+                       static_cast<double>(bytes) / static_cast<double>(scale) >= 1023.95))) {
     scale *= 1024;
     ++unit;
   }
