@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <liburing.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,21 @@
   } while (0)
 
 enum { kFileSize = 1 << 20, kLen = 64 << 10 };
+
+/* hugemm_free on a thread of its own, with what it returned and said. */
+struct FreeOnAThread {
+  hugemm_runtime* rt;
+  void* data;
+  int rc;
+  char message[512];
+};
+
+static void* FreeOnAThreadRun(void* arg) {
+  struct FreeOnAThread* f = arg;
+  f->rc = hugemm_free(f->rt, f->data);
+  snprintf(f->message, sizeof(f->message), "%s", hugemm_last_error());
+  return NULL;
+}
 
 static unsigned char PatternByte(size_t off) { return (unsigned char)(off * 7 + off / 4096); }
 
@@ -269,6 +285,29 @@ int main(void) {
     CHECK(hugemm_free(rt3, gone.data) == 0);
     hugemm_close(rt3);
     CHECK(CountFds() == fds_start);
+  }
+
+  /* A single-issuer ring takes changes to its table from its submitter only: a buffer
+   * freed on another thread would stay registered, so that free is refused, the buffer
+   * left as it was; the submitter frees it. */
+  {
+    struct io_uring si;
+    CHECK(io_uring_queue_init(2, &si, IORING_SETUP_SINGLE_ISSUER) == 0);
+    hugemm_io* sio = NULL;
+    CHECK(hugemm_io_attach(rt, si.ring_fd, NULL, &sio) == 0);
+    hugemm_buffer mine;
+    CHECK(hugemm_map_buffer(rt, 2 << 20, NULL, &mine) == 0);
+    struct FreeOnAThread f = {rt, mine.data, 0, ""};
+    pthread_t thread;
+    CHECK(pthread_create(&thread, NULL, FreeOnAThreadRun, &f) == 0);
+    CHECK(pthread_join(thread, NULL) == 0);
+    CHECK(f.rc == -EEXIST);
+    CHECK(strstr(f.message, "IORING_SETUP_SINGLE_ISSUER") != NULL);
+    CHECK(hugemm_io_buffer_index(sio, mine.data, 4096) >= 0);
+    ((volatile unsigned char*)mine.data)[0] = 1; /* still mapped */
+    CHECK(hugemm_free(rt, mine.data) == 0);
+    hugemm_io_detach(sio);
+    io_uring_queue_exit(&si);
   }
 
   /* hugemm_close with an io still attached detaches it; the handle is left for

@@ -190,9 +190,10 @@ class Allocator {
   void FlushThreadCache();
   // Flushes the magazines of every thread (the calling one, and every other not inside
   // an allocate or free of this allocator at the moment; one membarrier(2), without
-  // which the calling thread's only), then unmaps every extent whose memory is all free,
-  // giving the huge pages back to the kernel. Returns the bytes given back. Extents are
-  // large (they grow with the pool): one folio in use keeps its whole extent mapped.
+  // which the calling thread's only), then unmaps every extent whose memory is all free
+  // and that the observer lets go (MemoryObserver::MayRemove), giving the huge pages back
+  // to the kernel. Returns the bytes given back. Extents are large (they grow with the
+  // pool): one folio in use keeps its whole extent mapped.
   size_t Shrink();
 
   [[nodiscard]] std::vector<PoolStats> Stats() const;

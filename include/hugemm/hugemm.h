@@ -172,6 +172,8 @@ int hugemm_alloc(hugemm_runtime* rt, size_t bytes, const hugemm_buffer_options* 
  * keep cached (see hugemm_trim for the one exception). -ENOENT: `data` is
  * not the start of a buffer of this runtime (NULL, inside one, freed, another runtime's).
  * -EDEADLK: called from a notifier callback of this runtime (see hugemm_subscribe).
+ * -EEXIST: a hugemm_map_buffer buffer freed on a thread that a single-issuer io_uring
+ * attached to the runtime refuses (hugemm_io.h); the buffer stays as it was.
  * A buffer's memory is the runtime's to unmap: nothing tells it when the program munmaps,
  * mremaps, mprotects or maps over (MAP_FIXED) part of a buffer, drops a page of it
  * (MADV_REMOVE, a hole punched in a named hugetlbfs file) or MADV_DOFORKs it. Its table
@@ -200,7 +202,9 @@ int hugemm_free(hugemm_runtime* rt, void* data);
  * after its free, keeps its extent. Returns the bytes given back to the kernel (0 when
  * every extent holds a buffer). -EINVAL: NULL runtime. -EDEADLK: called from a notifier
  * callback of this runtime (see hugemm_subscribe). Where the kernel refuses
- * membarrier(2), only the calling thread's cache goes back. */
+ * membarrier(2), only the calling thread's cache goes back. On a thread that a
+ * single-issuer io_uring attached to the runtime refuses (hugemm_io.h), the extents in
+ * that ring's table stay. */
 long hugemm_trim(hugemm_runtime* rt);
 
 /* Registers memory this program mapped itself (e.g. its own MAP_HUGETLB buffer) as

@@ -26,10 +26,14 @@
  *
  * The ring must have no registered buffers of its own. One thread prepares and completes
  * per hugemm_io, as with a liburing ring; hugemm_io_buffer_index may be called from any
- * thread. Memory allocated on other threads updates the table from those threads, so a
- * ring made with IORING_SETUP_SINGLE_ISSUER only works when one thread does both: on
- * another thread, a hugemm_map_buffer, or a hugemm_alloc that needs new memory, fails
- * with the kernel's -EEXIST, and the message names the ring and why.
+ * thread. Memory allocated or freed on other threads updates the table from those
+ * threads, so a ring made with IORING_SETUP_SINGLE_ISSUER only works when one thread does
+ * both: on another thread, a hugemm_map_buffer, a hugemm_alloc that needs new memory, or
+ * a hugemm_free of a hugemm_map_buffer buffer fails with the kernel's -EEXIST (the buffer
+ * stays), the message naming the ring and why, and hugemm_trim keeps what is in the
+ * ring's table. A mapped buffer whose last pin drops on such a thread after its free is
+ * unmapped, but the ring keeps its slot and the huge pages under it (stderr says so)
+ * until the submitter's next allocation, free or trim, or the detach.
  */
 #ifndef HUGEMM_HUGEMM_IO_H_
 #define HUGEMM_HUGEMM_IO_H_
@@ -70,7 +74,8 @@ typedef struct hugemm_io_options {
  * hugemm_io_detach); -EFAULT in a child of fork() of the process that opened the runtime
  * (hugemm.h): the child has none of its memory; -EFAULT (iovec mode) memory of the
  * runtime the program unmapped itself (see hugemm_free), which the kernel cannot
- * register. */
+ * register; -EEXIST the ring was made with IORING_SETUP_SINGLE_ISSUER and this thread is
+ * not its submitter. */
 int hugemm_io_attach(hugemm_runtime* rt, int ring_fd, const hugemm_io_options* options,
                      hugemm_io** out);
 /* Unregisters the ring's table, closes the descriptor of the ring `io` holds and frees

@@ -41,8 +41,14 @@
 //
 // The program's ring must have no registered-buffer table of its own (hugemm gives it
 // one), must not be created with IORING_SETUP_SINGLE_ISSUER unless every thread that
-// allocates from the runtime is its submitter (registrations come from the allocating
-// thread). An attachment holds the ring open by a descriptor of its own until it is
+// allocates from the runtime or frees is its submitter (registrations come from the
+// allocating and the freeing thread). On another thread, MapBuffer and a growing
+// Allocate fail with the kernel's EEXIST; so does a free of a MapBuffer buffer
+// (Buffer::Free, Runtime::Free: the buffer stays), and Allocator::Shrink keeps the
+// extents in the ring's table (MemoryObserver::MayRemove). A MapBuffer buffer whose last
+// pin drops on such a thread after its free is unmapped, but the ring keeps its slot and
+// the frames under it (stderr says so) until the submitter's next allocation, free or
+// shrink, or the detach. An attachment holds the ring open by a descriptor of its own until it is
 // destroyed, and makes every call through it: a program that closes its descriptor first
 // (io_uring_queue_exit), even one a new ring then takes the number of, changes no other
 // ring's table, but its ring (and the requests in flight in it) lives on until the
@@ -96,6 +102,8 @@ class FixedBuffers {
   //   FailedPrecondition the ring has a registered-buffer table already (EBUSY); kClone
   //                     with the runtime's kernel pins off (there is no table to clone);
   //   Unimplemented     kClone on a kernel without IORING_REGISTER_CLONE_BUFFERS;
+  //   AlreadyExists     (EEXIST) a single-issuer ring, attached on another thread than
+  //                     its submitter;
   //   ResourceExhausted kIovec beyond RLIMIT_MEMLOCK;
   //   FailedPrecondition in a child of fork() of the process that opened the runtime
   //                     (runtime.h): a clone would give the ring the parent's pages;
@@ -153,6 +161,10 @@ class FixedBuffers {
   FixedBuffers(Runtime& runtime, int ring_fd, int held_fd);
   absl::Status Fill(unsigned slot, const void* data, size_t length);
   void Empty(unsigned slot);
+  // Whether this thread may empty the ring's slots (a single-issuer ring refuses every
+  // other thread than its submitter); when it may, it empties the owed ones.
+  absl::Status MayEmpty();
+  void EmptyOwed() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   Runtime& runtime_;
   const int ring_fd_;  // the program's number, for messages
@@ -162,6 +174,11 @@ class FixedBuffers {
   bool attached_ = false;  // the follower is one of the runtime's observers
   mutable std::mutex mu_;  // std::mutex: visible to ThreadSanitizer
   std::set<unsigned> filled_ ABSL_GUARDED_BY(mu_);
+  // Slots whose memory went while the ring refused to empty them (the last pin of a freed
+  // buffer dropping on another thread than a single-issuer ring's submitter): the kernel
+  // still holds their frames, until a later fill, free or trim on the submitter empties
+  // them, or the detach.
+  std::set<unsigned> owed_ ABSL_GUARDED_BY(mu_);
   int ranged_clones_ ABSL_GUARDED_BY(mu_) = -1;  // -1 unknown, 0 no (6.12), 1 yes
 };
 

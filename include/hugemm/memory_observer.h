@@ -26,6 +26,13 @@
 //     MemoryRemoving in reverse order).
 //   - MemoryRemoving runs while the range is still mapped and nothing of it is in use
 //     (no folio referenced, no pin); after it returns the range is unmapped.
+//   - MayRemove runs first where a caller asks for the range to go on its thread:
+//     Runtime::Free of a MapBuffer buffer (hugemm_free) and Allocator::Shrink (hugemm_trim,
+//     and the shrink a map short of huge pages makes). An error refuses it there: Free
+//     returns it with the buffer still mapped, Shrink keeps that extent. A removal no call
+//     asked for at that moment (the last pin of a freed buffer dropping later, a Buffer's
+//     destructor, the allocator's or the runtime's end) is not asked: MemoryRemoving
+//     follows at once. The default allows every removal.
 //   - Calls come from whichever thread allocates, frees, shrinks or drops the last pin,
 //     possibly several at once for different ranges (an observer locks what it shares),
 //     while the runtime holds internal locks: an observer must not allocate, free or map
@@ -71,6 +78,10 @@ class MemoryObserver {
   [[nodiscard]] virtual absl::Status MemoryAdded(const MemoryRange& range) = 0;
   // `range` is about to be unmapped.
   virtual void MemoryRemoving(const MemoryRange& range) = 0;
+  // May `range` go now, on this thread? An error (any code) refuses: see the rules above.
+  [[nodiscard]] virtual absl::Status MayRemove(const MemoryRange& /*range*/) {
+    return absl::OkStatus();
+  }
 };
 
 }  // namespace hugemm

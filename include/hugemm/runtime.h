@@ -190,7 +190,10 @@ class Buffer {
   size_t folio_size() const { return folio_size_; }
   uint64_t id() const { return id_; }
   explicit operator bool() const { return data_ != nullptr; }
-  // Frees it now (see above); reports what the destructor would swallow.
+  // Frees it now (see above); reports what the destructor would swallow. A memory
+  // observer that cannot let a MapBuffer buffer's mapping go on this thread (a program's
+  // single-issuer io_uring, on another thread than its submitter: see io.h) refuses with
+  // its error, and the Buffer still holds the buffer; the destructor frees it regardless.
   absl::Status Free();
   // Leaves the buffer to the runtime: it is freed by Runtime::Free(data) or when the
   // runtime closes. (The C API works this way.)
@@ -253,7 +256,8 @@ class Runtime {
   // ResourceExhausted: the kernel pin table has no slot or no RLIMIT_MEMLOCK left.
   absl::StatusOr<uint64_t> RegisterExternal(const void* va, size_t length);
   absl::Status UnregisterExternal(uint64_t id);
-  // Frees the buffer that starts at `data` (what Buffer::Free does, for the C API).
+  // Frees the buffer that starts at `data` (what Buffer::Free does, for the C API; a
+  // refusal leaves it mapped and the program's).
   absl::Status Free(const void* data);
   // The buffer holding `va` and the mapping it came from. Takes the runtime's lock: for
   // slow paths (a registration cache's miss), not per I/O. The answer describes the buffer
@@ -297,6 +301,10 @@ class Runtime {
  private:
   explicit Runtime(const RuntimeOptions& options);
   absl::Status FreeById(uint64_t id);
+  // Whether the memory observers let the buffer's mapping go on this thread now
+  // (MemoryObserver::MayRemove); OK for an Allocate'd buffer (its pool keeps the memory)
+  // and for an id no buffer has (FreeById says so).
+  absl::Status MayFree(uint64_t id);
 
   RuntimeOptions options_;
   Os& os_;

@@ -139,7 +139,10 @@ size_t Pool::Shrink() {
   size_t given = 0;
   for (auto it = extents_.begin(); it != extents_.end();) {
     ExtentRecord* rec = it->get();
-    if (rec->free_pages != rec->usable_pages) {
+    // An extent in use stays; so does one an observer cannot let go on this thread (a
+    // program's single-issuer ring, from another thread than its submitter).
+    if (rec->free_pages != rec->usable_pages ||
+        (observer_ != nullptr && !observer_->MayRemove(RangeOf(rec->extent)).ok())) {
       ++it;
       continue;
     }

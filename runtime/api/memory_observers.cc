@@ -30,6 +30,15 @@ void MemoryObservers::MemoryRemoving(const MemoryRange& range) {
   for (size_t i = observers_.size(); i-- > 0;) observers_[i]->MemoryRemoving(range);
 }
 
+absl::Status MemoryObservers::MayRemove(const MemoryRange& range) {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  if (closed_) return absl::OkStatus();
+  for (size_t i = observers_.size(); i-- > 0;) {
+    if (absl::Status st = observers_[i]->MayRemove(range); !st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status MemoryObservers::Add(MemoryObserver* observer,
                                   absl::FunctionRef<absl::Status()> first) {
   std::unique_lock<std::shared_mutex> lock(mu_);

@@ -27,6 +27,8 @@ class MemoryObservers final : public MemoryObserver {
   absl::Status MemoryAdded(const MemoryRange& range) override;
   // Tells every observer, the last added first.
   void MemoryRemoving(const MemoryRange& range) override;
+  // Asks every observer, the last added first; the first refusal is returned.
+  absl::Status MayRemove(const MemoryRange& range) override;
 
   // Runs `first` (its error is returned, nothing added), then tells `observer` of every
   // range held and adds it, all while no range comes or goes. If it refuses one, it hears

@@ -385,7 +385,23 @@ absl::Status Runtime::Free(const void* data) {
     }
     id = it->second;
   }
+  if (absl::Status st = MayFree(id); !st.ok()) return st;
   return FreeById(id);
+}
+
+absl::Status Runtime::MayFree(uint64_t id) {
+  MemoryRange range;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = buffers_.find(id);
+    if (it == buffers_.end() || it->second->handle) return absl::OkStatus();
+    range = it->second->range();
+  }
+  // Asked before anything changes: a refusal leaves the buffer as it was.
+  if (absl::Status st = observers_->MayRemove(range); !st.ok()) {
+    return sys::Annotate(st, absl::StrFormat("free of the buffer at %p", range.data));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<BufferSpan> Runtime::BufferAt(const void* va) {
@@ -511,13 +527,16 @@ absl::StatusOr<VerifyReport> Runtime::Verify(const void* va, size_t length) cons
   return table_->Verify(va, length);
 }
 
-Buffer::~Buffer() { (void)Free(); }
+// Without asking the observers: nothing could hear a refusal.
+Buffer::~Buffer() {
+  if (runtime_ != nullptr) (void)runtime_->FreeById(id_);
+}
 
 Buffer::Buffer(Buffer&& other) noexcept { *this = std::move(other); }
 
 Buffer& Buffer::operator=(Buffer&& other) noexcept {
   if (this != &other) {
-    (void)Free();
+    if (runtime_ != nullptr) (void)runtime_->FreeById(id_);
     runtime_ = std::exchange(other.runtime_, nullptr);
     id_ = std::exchange(other.id_, 0);
     data_ = std::exchange(other.data_, nullptr);
@@ -529,6 +548,7 @@ Buffer& Buffer::operator=(Buffer&& other) noexcept {
 
 absl::Status Buffer::Free() {
   if (runtime_ == nullptr) return absl::OkStatus();
+  if (absl::Status st = runtime_->MayFree(id_); !st.ok()) return st;  // still this Buffer's
   Runtime* rt = std::exchange(runtime_, nullptr);
   data_ = nullptr;
   size_ = 0;

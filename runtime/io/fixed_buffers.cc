@@ -118,6 +118,13 @@ class FixedBuffers::Follower final : public MemoryObserver {
     }
   }
 
+  absl::Status MayRemove(const MemoryRange& range) override {
+    for (const KernelPinTable::Slot& s : fb_.runtime_.kernel_pin_table().SlotsOf(range.data)) {
+      if (present(static_cast<int>(s.index))) return fb_.MayEmpty();
+    }
+    return absl::OkStatus();
+  }
+
  private:
   FixedBuffers& fb_;
   std::unique_ptr<std::atomic<bool>[]> present_;
@@ -261,6 +268,8 @@ absl::Status FixedBuffers::Fill(unsigned slot, const void* data, size_t length) 
     if (st.ok()) {
       ranged_clones_ = 1;
       filled_.insert(slot);
+      owed_.erase(slot);  // the clone replaced what the slot still held
+      EmptyOwed();
       follower_->set_present(slot, true);
       return absl::OkStatus();
     }
@@ -276,6 +285,8 @@ absl::Status FixedBuffers::Fill(unsigned slot, const void* data, size_t length) 
     return Explain(st, ring_fd_, WhyIovecs(mode_, runtime_pins));
   }
   filled_.insert(slot);
+  owed_.erase(slot);  // the update replaced what the slot still held
+  EmptyOwed();
   follower_->set_present(slot, true);
   return absl::OkStatus();
 }
@@ -285,7 +296,40 @@ void FixedBuffers::Empty(unsigned slot) {
   follower_->set_present(slot, false);
   if (filled_.erase(slot) == 0) return;
   const iovec empty{nullptr, 0};
-  (void)runtime_.options().os->IoUringUpdateBuffers(held_fd_, slot, {&empty, 1});
+  absl::Status st = runtime_.options().os->IoUringUpdateBuffers(held_fd_, slot, {&empty, 1});
+  if (st.ok() || ErrnoOf(st) == ENXIO) return;  // ENXIO: the table is gone already
+  // Nothing hears a status here: the memory is going (its last pin dropped on this thread)
+  // and the ring keeps the frames until the slot is emptied from a thread it accepts.
+  owed_.insert(slot);
+  std::fprintf(stderr,
+               "hugemm: ring %d keeps buffer slot %u and the memory it pins until an "
+               "allocation, free or trim on a thread the ring accepts, or the detach: %s\n",
+               ring_fd_, slot, std::string(Explain(st, ring_fd_, "").message()).c_str());
+}
+
+absl::Status FixedBuffers::MayEmpty() {
+  // An update of no slot: the kernel refuses a thread that is not a single-issuer ring's
+  // submitter (EEXIST) before it looks at the arguments, and refuses the empty update
+  // itself (EINVAL) from every other thread. Nothing changes either way.
+  absl::Status st = runtime_.options().os->IoUringUpdateBuffers(held_fd_, 0, {});
+  if (ErrnoOf(st) == EEXIST) {
+    return Explain(ErrnoStatus(EEXIST, absl::StrCat("fixed buffers: ring ", ring_fd_,
+                                                    " would keep the memory (and its huge pages) "
+                                                    "registered")),
+                   ring_fd_, "");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  EmptyOwed();
+  return absl::OkStatus();
+}
+
+void FixedBuffers::EmptyOwed() {
+  for (auto it = owed_.begin(); it != owed_.end();) {
+    const iovec empty{nullptr, 0};
+    absl::Status st = runtime_.options().os->IoUringUpdateBuffers(held_fd_, *it, {&empty, 1});
+    if (!st.ok() && ErrnoOf(st) != ENXIO) return;  // this thread may not either
+    it = owed_.erase(it);
+  }
 }
 
 int FixedBuffers::Find(const void* addr, size_t length) const {
