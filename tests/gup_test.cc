@@ -734,6 +734,35 @@ TEST(GupBadInputTest, ErrorsNeverCrashOrLeak) {
   EXPECT_EQ(m.Counts(), base);
 }
 
+// A folio of 4G (a table of another geometry can map one) has pages a PageRef's 18-bit
+// index cannot name: the page array refuses it and a pinned range's page array stops
+// before it, rather than write entries that name another descriptor.
+TEST(GupBadInputTest, AFolioAPageRefCannotEncodeIsRefusedOrLeftOut) {
+  PageTable table(DetectHostGeometry());
+  Folio big;
+  auto* const va = reinterpret_cast<std::byte*>(uintptr_t{1} << 40);  // never touched
+  InitFolio(&big, {.order = 20, .head_pfn = 0x100000, .data = va});
+  ASSERT_FALSE(PageRef::Encodable(&big));
+  HUGEMM_ASSERT_OK(table.Map(&big, va, kProtRead | kProtWrite));
+  const int32_t refs = big.refcount();
+  Pinner pinner(table);
+  std::byte* const at = va + (uint64_t{3} << 30);
+  PageRef pages[4];
+  absl::StatusOr<size_t> n = pinner.PinPages(at, 4, kGupPin, absl::MakeSpan(pages));
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kInvalidArgument) << n.status();
+  EXPECT_EQ(big.refcount(), refs);
+  absl::StatusOr<PinnedRange> r = pinner.Pin(at, 4 * kPageSize4K, kGupPin);
+  HUGEMM_ASSERT_OK(r);
+  EXPECT_EQ(r->page_count(), 4u);
+  ASSERT_EQ(r->spans().size(), 1u);
+  EXPECT_EQ(r->spans()[0].folio, &big);
+  EXPECT_EQ(r->Pages(absl::MakeSpan(pages)), 0u) << "an entry naming the wrong descriptor";
+  r->Release();
+  EXPECT_EQ(big.refcount(), refs);
+  EXPECT_EQ(big.pincount(), 0);
+  HUGEMM_ASSERT_OK(table.Unmap(va, big.size()));
+}
+
 TEST(GupOrderZeroTest, BiasAndMaybeDmaPinned) {
   absl::StatusOr<Extent> e = MapExtent(BackingKind::kAnon, kPageSize4K, 4);
   HUGEMM_ASSERT_OK(e);

@@ -817,6 +817,10 @@ TEST(Runtime, VerifyOfAllocationsInsideAHugePageFindsThemRight) {
   absl::StatusOr<VerifyReport> all = (*rt)->Verify(nullptr, SIZE_MAX);
   ASSERT_TRUE(all.ok()) << all.status();
   EXPECT_TRUE(all->ok()) << all->mismatches.front().what;
+  // From the first buffer on, SIZE_MAX bytes wrap: a bad argument, as for a pin.
+  absl::StatusOr<VerifyReport> wraps = (*rt)->Verify(allocations.front().data(), SIZE_MAX);
+  EXPECT_EQ(wraps.status().code(), absl::StatusCode::kInvalidArgument) << wraps.status();
+  EXPECT_THAT(wraps.status().message(), HasSubstr("wraps the address space"));
 }
 
 // The runtime's Pinner knows that each folio keeps its owner's reference while mapped: a

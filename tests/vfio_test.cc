@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
@@ -593,6 +594,11 @@ TEST(DmaAddressSpace, RunsSplitInsideAFolioAndAFullOutputLeavesNothing) {
   ASSERT_TRUE(pin.ok()) << pin.status();
   absl::StatusOr<std::vector<DmaSegment>> all = pin->Segments(0, &space);
   EXPECT_EQ(all.status().code(), absl::StatusCode::kFailedPrecondition) << all.status();
+  // It names the first byte the space has no address for, not the folio's start.
+  EXPECT_THAT(all.status().message(),
+              HasSubstr(absl::StrFormat("0x%x has no address",
+                                        reinterpret_cast<uintptr_t>(buf->data()) + 4 * 4096)))
+      << all.status();
   PinnedRange four = std::move(*pin);
   four.Release();
   pin = pinner.Pin(buf->data(), 4 * 4096, kGupPin);

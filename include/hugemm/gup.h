@@ -311,7 +311,8 @@ class PinnedRange {
   const std::vector<FolioSpan>& spans() const { return spans_; }
   size_t page_count() const;
   // The page array (one entry per 4K page, in address order) into `out`: the first
-  // min(page_count(), out.size()) entries. Returns how many it wrote.
+  // min(page_count(), out.size()) entries, but none from the first folio a PageRef cannot
+  // encode on (see PinPages; spans() names it). Returns how many it wrote.
   size_t Pages(absl::Span<PageRef> out) const;
   // The physically contiguous runs of [va, va + length), or those of `space` (see
   // Pinner::PinSegments).

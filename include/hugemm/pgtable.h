@@ -310,8 +310,8 @@ class PageTable {
   // the kernel no longer maps (munmap, a page dropped by MADV_DONTNEED or a punched hole,
   // another page moved there, a copy-on-write) is a mismatch; only a device-DAX leaf
   // without a PFN in pagemap counts as hidden. Mismatches are the report's, not errors.
-  //   FailedPrecondition: a geometry that is not this machine's.  Errors reading /proc
-  //   pass through.
+  //   FailedPrecondition: a geometry that is not this machine's.  InvalidArgument: a
+  //   range that wraps the address space.  Errors reading /proc pass through.
   [[nodiscard]] absl::StatusOr<VerifyReport> Verify(const void* va, size_t length) const;
 
  private:

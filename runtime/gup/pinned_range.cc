@@ -44,6 +44,7 @@ size_t PinnedRange::page_count() const {
 size_t PinnedRange::Pages(absl::Span<PageRef> out) const {
   size_t n = 0;
   for (const FolioSpan& s : spans_) {
+    if (!PageRef::Encodable(s.folio)) break;  // no entry could name it
     for (uint32_t i = 0; i < s.pages && n < out.size(); ++i) {
       out[n++] = PageRef(s.folio, s.first_page + i, kind());
     }
@@ -67,10 +68,11 @@ absl::StatusOr<std::vector<DmaSegment>> PinnedRange::Segments(uint64_t max_segme
       if (space != nullptr) {
         const uintptr_t end = va + (uintptr_t{s.pages} << kPageShift);
         bool unmapped = false;
-        if (!w.AddIn(*space, std::max(va, lo), std::min(end, hi), &unmapped)) {
+        uintptr_t at = va;
+        if (!w.AddIn(*space, std::max(va, lo), std::min(end, hi), &unmapped, &at)) {
           return absl::FailedPreconditionError(absl::StrFormat(
               "segments of [0x%x, +%u): 0x%x has no address in the device's address space", lo,
-              length_, va));
+              length_, at));
         }
         va = end;
         continue;

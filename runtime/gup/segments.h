@@ -71,9 +71,11 @@ class SegmentWriter {
 
   // Adds the byte range [from, to) at the addresses `space` gives it, split where the
   // space is not contiguous. All or nothing, like Add: false with *unmapped set when the
-  // space has no address for a byte of it, false alone when the room ran out, and then
-  // the segments are as they were (a partial pin's count must not take them in).
-  bool AddIn(const DmaAddressSpace& space, uintptr_t from, uintptr_t to, bool* unmapped) {
+  // space has no address for a byte of it (and *at, if given, to the first such byte),
+  // false alone when the room ran out, and then the segments are as they were (a partial
+  // pin's count must not take them in).
+  bool AddIn(const DmaAddressSpace& space, uintptr_t from, uintptr_t to, bool* unmapped,
+             uintptr_t* at = nullptr) {
     const size_t n0 = n_;
     const uint64_t phys0 = last_phys_, len0 = last_len_;
     while (from < to) {
@@ -82,6 +84,7 @@ class SegmentWriter {
       const uint64_t n = mapped ? std::min<uint64_t>(run, to - from) : 0;
       if (!mapped || !Add(addr, n)) {
         *unmapped = !mapped;
+        if (!mapped && at != nullptr) *at = from;
         n_ = n0;
         last_phys_ = phys0;
         last_len_ = len0;

@@ -60,8 +60,10 @@ absl::Status StopError(const PinRequest& req, Stop why, uintptr_t va, size_t ent
                           "mapped: reading PFNs needs CAP_SYS_ADMIN): no DMA segments",
                           what, va));
     case Stop::kNoDeviceAddress:
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "%s: 0x%x has no address in the device's address space (not mapped into it)", what, va));
+      return absl::FailedPreconditionError(
+          absl::StrFormat("%s: the pages of the folio at 0x%x are not all in the device's "
+                          "address space (some byte of them is not mapped into it)",
+                          what, va));
     case Stop::kNone:
       break;
   }

@@ -1,4 +1,5 @@
 // Holding the shadow against the live kernel, leaf by leaf.
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,11 @@ absl::StatusOr<VerifyReport> PageTable::Verify(const void* va, size_t length) co
   if (geometry_.page_shift != kPageShift) {
     return absl::FailedPreconditionError(
         absl::StrFormat("verify: %s is not this machine's geometry", geometry_.name));
+  }
+  const auto lo = reinterpret_cast<uintptr_t>(va);
+  if (length > std::numeric_limits<uintptr_t>::max() - lo) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("verify [%p, +%u): the range wraps the address space", va, length));
   }
   absl::StatusOr<std::vector<sys::Vma>> vmas = sys::ReadVmas(os_);
   if (!vmas.ok()) return vmas.status();
