@@ -33,7 +33,9 @@
  * stays), the message naming the ring and why, and hugemm_trim keeps what is in the
  * ring's table. A mapped buffer whose last pin drops on such a thread after its free is
  * unmapped, but the ring keeps its slot and the huge pages under it (stderr says so)
- * until the submitter's next allocation, free or trim, or the detach.
+ * until the submitter next changes the ring's table (a hugemm_map_buffer, a hugemm_alloc
+ * that grows a pool, a hugemm_free of a mapped buffer, a hugemm_trim that gives memory
+ * back) or the detach.
  */
 #ifndef HUGEMM_HUGEMM_IO_H_
 #define HUGEMM_HUGEMM_IO_H_

@@ -47,9 +47,12 @@
 // (Buffer::Free, Runtime::Free: the buffer stays), and Allocator::Shrink keeps the
 // extents in the ring's table (MemoryObserver::MayRemove). A MapBuffer buffer whose last
 // pin drops on such a thread after its free is unmapped, but the ring keeps its slot and
-// the frames under it (stderr says so) until the submitter's next allocation, free or
-// shrink, or the detach. An attachment holds the ring open by a descriptor of its own until it is
-// destroyed, and makes every call through it: a program that closes its descriptor first
+// the frames under it (stderr says so) until the submitter next changes the ring's table
+// (MapBuffer, an Allocate that grows a pool, a free of a MapBuffer buffer, a Shrink that
+// gives memory back) or the detach.
+//
+// An attachment holds the ring open by a descriptor of its own until it is destroyed,
+// and makes every call through it: a program that closes its descriptor first
 // (io_uring_queue_exit), even one a new ring then takes the number of, changes no other
 // ring's table, but its ring (and the requests in flight in it) lives on until the
 // detach, which then ends it. So detach (destroy) first, then io_uring_queue_exit. Reap

@@ -36,7 +36,8 @@
 //   - Calls come from whichever thread allocates, frees, shrinks or drops the last pin,
 //     possibly several at once for different ranges (an observer locks what it shares),
 //     while the runtime holds internal locks: an observer must not allocate, free or map
-//     through the runtime that calls it.
+//     through the runtime that calls it, nor add or remove observers of it (its own
+//     RemoveMemoryObserver included: that waits for the calls under way, its own too).
 // Observers are told in the order they were added; removals in the reverse order, so an
 // observer built on another (a program's table cloned from the runtime's kernel pin table)
 // hears of a range after it and of its removal before it.

@@ -116,12 +116,13 @@ struct RuntimeOptions {
   bool kernel_pins = true;
   // Slots of the kernel pin table, 1 to 16384 (the kernel's limit per ring).
   unsigned kernel_pin_slots = 16384;
-  // allocator.os, when set, must name the same Os as `os`. allocator.observer, when set,
-  // is added as the runtime's first memory observer after its kernel pin table.
+  // allocator.os, when set, must name the same Os as `os` (or `os` is left nullptr and
+  // allocator.os serves the whole runtime). allocator.observer, when set, is added as the
+  // runtime's first memory observer after its kernel pin table.
   AllocatorOptions allocator;
   // The OS everything of this runtime calls: the allocator, the backings of MapBuffer,
-  // the kernel pins and the geometry detection; nullptr = Os::Default(). Must outlive
-  // the runtime and every pin of its memory.
+  // the kernel pins and the geometry detection; nullptr = allocator.os, or Os::Default()
+  // when that is nullptr too. Must outlive the runtime and every pin of its memory.
   Os* os = nullptr;
 };
 

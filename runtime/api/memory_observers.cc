@@ -41,6 +41,7 @@ absl::Status MemoryObservers::MayRemove(const MemoryRange& range) {
 
 absl::Status MemoryObservers::Add(MemoryObserver* observer,
                                   absl::FunctionRef<absl::Status()> first) {
+  std::unique_lock<std::shared_mutex> members(membership_);
   std::unique_lock<std::shared_mutex> lock(mu_);
   if (observer == nullptr) return absl::InvalidArgumentError("memory observer is null");
   if (closed_) return absl::FailedPreconditionError("the runtime is closing");
@@ -63,6 +64,7 @@ absl::Status MemoryObservers::Add(MemoryObserver* observer,
 }
 
 absl::Status MemoryObservers::Remove(MemoryObserver* observer) {
+  std::unique_lock<std::shared_mutex> members(membership_);
   std::unique_lock<std::shared_mutex> lock(mu_);
   auto it = std::find(observers_.begin(), observers_.end(), observer);
   if (it == observers_.end()) {

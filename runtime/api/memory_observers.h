@@ -42,9 +42,15 @@ class MemoryObservers final : public MemoryObserver {
   // From now on reports are ignored: the runtime is going, and memory that outlives it
   // (folios still pinned) is reported to nobody.
   void Close();
+  // While held, no observer is added or removed: a removal MayRemove allowed then goes to
+  // the very observers that allowed it. Taken before any other lock of the runtime's.
+  std::shared_lock<std::shared_mutex> HoldMembership() {
+    return std::shared_lock<std::shared_mutex>(membership_);
+  }
 
  private:
-  std::shared_mutex mu_;  // the list; std::shared_mutex is visible to ThreadSanitizer
+  std::shared_mutex membership_;  // taken by Add and Remove before mu_
+  std::shared_mutex mu_;          // the list; std::shared_mutex is visible to ThreadSanitizer
   std::vector<MemoryObserver*> observers_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   std::mutex held_mu_;  // under mu_, shared or exclusive

@@ -302,8 +302,8 @@ void FixedBuffers::Empty(unsigned slot) {
   // and the ring keeps the frames until the slot is emptied from a thread it accepts.
   owed_.insert(slot);
   std::fprintf(stderr,
-               "hugemm: ring %d keeps buffer slot %u and the memory it pins until an "
-               "allocation, free or trim on a thread the ring accepts, or the detach: %s\n",
+               "hugemm: ring %d keeps buffer slot %u and the memory it pins until the ring's "
+               "table next changes on a thread it accepts, or the detach: %s\n",
                ring_fd_, slot, std::string(Explain(st, ring_fd_, "").message()).c_str());
 }
 
