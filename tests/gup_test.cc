@@ -577,6 +577,14 @@ TEST_F(Gup2MTest, UnpinRangeRefusesWhatWasNotTaken) {
   EXPECT_EQ(m().Counts(), base_);
 }
 
+// A negative owner_refs is no licence to take the mappings' references: it counts as 0.
+TEST_F(Gup2MTest, ANegativeOwnerRefsCountsAsNone) {
+  Pinner pinner(*m().table, {.owner_refs = -1000});
+  absl::Status st = pinner.UnpinRange(at(0, 0), 2 * kPageSize4K, RefKind::kGet);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_EQ(m().Counts(), base_);
+}
+
 // A folio mapped a second time inside the range is one folio: its runs are summed
 // before the check, so a range that would give back one pin more than it holds is
 // refused whole (checked run by run, 512 and 1 would each pass).

@@ -195,7 +195,7 @@ struct PinnerOptions {
   // References every mapped folio holds besides its mappings' and its pins: 1 where each
   // folio's owner (or registration) keeps its own while the folio is mapped, as a
   // Runtime's do; 0 where the mappings may hold the only ones (a Populator's folios, like
-  // faulted-in pages). A GET UnpinRange never takes these.
+  // faulted-in pages). A GET UnpinRange never takes these. Negative counts as 0.
   int32_t owner_refs = 0;
 };
 

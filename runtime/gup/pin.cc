@@ -1,6 +1,7 @@
 // Pinning: the fast path for as far as it gets, the slow path for the leaf it stopped at,
 // and the fast path again, until the range is pinned or a step fails. The outputs differ
 // only in their sink.
+#include <algorithm>
 #include <limits>
 #include <type_traits>
 #include <utility>
@@ -122,7 +123,10 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline absl::StatusOr<size_t> PinRange(MakeContext 
 }  // namespace
 
 Pinner::Pinner(PageTable& table, PinnerOptions options)
-    : table_(table), options_(std::move(options)) {}
+    : table_(table), options_(std::move(options)) {
+  // A negative count would let a GET UnpinRange take the mappings' own references.
+  options_.owner_refs = std::max(options_.owner_refs, 0);
+}
 
 gup_internal::PinContext Pinner::Context() {
   return {table_, options_.granularity, options_.populator, &populate_mu_,
