@@ -18,6 +18,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hugemm/page_size.h"
+#include "hugemm/system_info.h"
 #include "nlohmann/json.hpp"
 #include "runtime/sys/files.h"
 #include "runtime/sys/hugepages.h"
@@ -203,6 +204,19 @@ TEST(HugePagePool, AReservationCountWrappedBelowZeroReadsZero) {
   dir.WriteFile(pool + "resv_hugepages", "many\n");
   EXPECT_EQ(sys::ReadHugePagePool(Os::Default(), kPageSize2M, dir.path()).status().code(),
             absl::StatusCode::kDataLoss);
+}
+
+// A sysfs root that does not exist is the wrong path, not a machine with nothing.
+TEST(SystemInfo, ARootThatDoesNotExistIsNotFound) {
+  testing::TempDir dir;
+  const std::string gone = dir.path() + "/no-such-sysfs";
+  absl::StatusOr<SystemInfo> info = CollectSystemInfo(gone);
+  EXPECT_EQ(info.status().code(), absl::StatusCode::kNotFound) << info.status();
+  EXPECT_THAT(info.status().message(), HasSubstr(gone));
+  // An empty tree that exists is a machine without NUMA, huge pages or devices.
+  info = CollectSystemInfo(dir.path());
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_TRUE(info->pools.empty());
 }
 
 TEST(InfoCli, RejectsUnknownArguments) {

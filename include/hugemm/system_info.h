@@ -43,8 +43,9 @@ struct SystemInfo {
 // Reads it all through `os`, sysfs under `sysfs_root`, and opens (then closes) each
 // device-DAX device as the devdax backing would. A DAX listing that fails is
 // recorded in dax_error; a kernel without huge pages, or mounts that cannot be read,
-// leave those lists empty. An error only when the nodes or a pool's counters cannot be read (the
-// OS's error, naming the file) or are garbled (DataLoss). Safe from any thread.
+// leave those lists empty. An error only when `sysfs_root` does not exist (NotFound), or
+// the nodes or a pool's counters cannot be read (the OS's error, naming the file) or are
+// garbled (DataLoss). Safe from any thread.
 [[nodiscard]] absl::StatusOr<SystemInfo> CollectSystemInfo(const std::string& sysfs_root = "/sys",
                                                            Os& os = Os::Default());
 

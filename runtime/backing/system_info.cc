@@ -1,6 +1,7 @@
 #include "hugemm/system_info.h"
 
 #include "absl/strings/str_cat.h"
+#include "runtime/sys/files.h"
 #include "runtime/sys/hugepages.h"
 #include "runtime/sys/pagemap.h"
 
@@ -16,6 +17,14 @@ bool SystemInfo::anon_fallback() const {
 absl::StatusOr<SystemInfo> CollectSystemInfo(const std::string& sysfs_root, Os& os) {
   SystemInfo info;
   info.sysfs_root = sysfs_root;
+  // Without a root every read below would find nothing, which reads as a machine
+  // without NUMA, huge pages or devices rather than as the wrong path.
+  absl::StatusOr<bool> root = sys::PathExists(os, sysfs_root);
+  if (!root.ok()) return root.status();
+  if (!*root) {
+    return absl::NotFoundError(
+        absl::StrCat("system info: sysfs root \"", sysfs_root, "\" does not exist"));
+  }
   absl::StatusOr<std::vector<int>> nodes = sys::OnlineNodes(os, sysfs_root);
   if (!nodes.ok()) return nodes.status();
   info.nodes = std::move(*nodes);
