@@ -81,6 +81,19 @@ static void Drain(struct io_uring* ring, hugemm_io* io) {
   }
 }
 
+/* Queues the read of the chunk at `off` into buffer `i`, pinned until its completion.
+ * -1, with the SQE made a NOP, when hugemm refuses it. */
+static int QueueRead(struct io_uring* ring, hugemm_io* io, int fd, const hugemm_buffer* buf,
+                     uint64_t off, int i) {
+  struct io_uring_sqe* sqe = io_uring_get_sqe(ring);
+  if (hugemm_io_prep_read(io, sqe, fd, buf->data, kChunk, off, (uint64_t)i) < 0) {
+    fprintf(stderr, "hugemm_io_prep_read: %s\n", hugemm_last_error());
+    Disarm(sqe);
+    return -1;
+  }
+  return 0;
+}
+
 int main(int argc, char** argv) {
   const char* path = argc > 1 ? argv[1] : "example-read-direct.data";
   const int made = argc <= 1;
@@ -137,10 +150,7 @@ int main(int argc, char** argv) {
   int bad = 0, mismatch = 0;
   for (int i = 0; i < kDepth && next < size; ++i, next += kChunk) {
     offsets[i] = next;
-    struct io_uring_sqe* sqe = io_uring_get_sqe(&ring);
-    if (hugemm_io_prep_read(io, sqe, fd, bufs[i].data, kChunk, next, (uint64_t)i) < 0) {
-      fprintf(stderr, "hugemm_io_prep_read: %s\n", hugemm_last_error());
-      Disarm(sqe);
+    if (QueueRead(&ring, io, fd, &bufs[i], next, i) < 0) {
       bad = 1;
       break;
     }
@@ -193,10 +203,7 @@ int main(int argc, char** argv) {
       folded += (uint64_t)res;
       if (!bad && !mismatch && next < size) {
         offsets[i] = next;
-        struct io_uring_sqe* sqe = io_uring_get_sqe(&ring);
-        if (hugemm_io_prep_read(io, sqe, fd, bufs[i].data, kChunk, next, (uint64_t)i) < 0) {
-          fprintf(stderr, "hugemm_io_prep_read: %s\n", hugemm_last_error());
-          Disarm(sqe);
+        if (QueueRead(&ring, io, fd, &bufs[i], next, i) < 0) {
           bad = 1;
         } else {
           next += kChunk;
