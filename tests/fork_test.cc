@@ -156,6 +156,57 @@ TEST(Fork, CApiInAChildLeavesTheParentsMemoryPinsAndRingAsTheyWere) {
   hugemm_close(rt);
 }
 
+// A buffer freed while pinned goes at its last unpin. In a child of fork() that unpin is
+// of the child's copy: the parent's ring keeps the buffer's slot (the parent still reads
+// through it), and the child's own mapping at that address stays.
+TEST(Fork, AChildsLastUnpinOfAFreedBufferTouchesNeitherTheParentsRingNorItsOwnMappings) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
+  PatternFile file(1 << 20, 61);
+  hugemm_runtime* rt = nullptr;
+  ASSERT_EQ(hugemm_open(nullptr, &rt), 0) << hugemm_last_error();
+  TestRing ring;
+  ASSERT_TRUE(ring.ok);
+  hugemm_io* io = nullptr;
+  ASSERT_EQ(hugemm_io_attach(rt, ring.fd(), nullptr, &io), 0) << hugemm_last_error();
+  hugemm_buffer big{};
+  ASSERT_EQ(hugemm_map_buffer(rt, kPageSize2M, nullptr, &big), 0) << hugemm_last_error();
+  const int slot = hugemm_io_buffer_index(io, big.data, 4096);
+  ASSERT_GE(slot, 0) << hugemm_last_error();
+  hugemm_page held[1];
+  ASSERT_EQ(hugemm_pin_pages(rt, big.data, 1, HUGEMM_PIN | HUGEMM_WRITE, held), 1)
+      << hugemm_last_error();
+  ASSERT_EQ(hugemm_free(rt, big.data), 0) << hugemm_last_error();  // waits for the pin
+
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::alarm(20);
+    Checks c;
+    // The runtime's memory is not the child's: the address is free for its own page.
+    void* own = ::mmap(big.data, 4096, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    c.Expect(own == big.data, 1);
+    if (own == big.data) static_cast<volatile char*>(own)[0] = 'c';
+    c.Expect(hugemm_unpin_pages(rt, held, 1, 0) == 1, 2);
+    if (own == big.data) c.Expect(static_cast<volatile char*>(own)[0] == 'c', 3);
+    _exit(c.code);
+  }
+  EXPECT_EQ(Reap(child), 0) << "the first failed check in the child: 1 its own mapping, 2 the "
+                               "unpin, 3 its mapping after; -11: the unpin unmapped it";
+
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring.ring);
+  ASSERT_NE(sqe, nullptr);
+  std::memset(big.data, 0, 4096);
+  io_uring_prep_read_fixed(sqe, file.fd(), big.data, 4096, 8192, slot);
+  ASSERT_EQ(io_uring_submit(&ring.ring), 1);
+  const io_uring_cqe cqe = ring.Wait();
+  EXPECT_EQ(cqe.res, 4096) << "the child's unpin emptied the parent's slot";
+  EXPECT_EQ(FirstMismatch(big.data, 4096, 8192, file.seed()), -1);
+  EXPECT_EQ(hugemm_unpin_pages(rt, held, 1, 0), 1);  // the parent's own last pin
+  hugemm_io_detach(io);
+  hugemm_close(rt);
+}
+
 // A child that execs keeps none of the runtime's descriptors (the kernel pin ring, the
 // memfd of a buffer, a hugetlbfs file): they are close-on-exec. A child that exits at
 // once changes nothing either.

@@ -93,8 +93,9 @@ int hugemm_open(const hugemm_options* options, hugemm_runtime** out);
  * hugemm_unregister_external, hugemm_io_attach, hugemm_vfio_attach and hugemm_mr_get fail
  * there with -EFAULT. Translations, pins and unpins still answer from the child's copy of
  * the table: they name the parent's memory (addresses the child cannot touch, frames the
- * parent may reuse at any time) and change nothing of the parent's; give none of it to a
- * device. hugemm_close releases only the child's ring descriptor and handles (it neither
+ * parent may reuse at any time) and change nothing of the parent's (the child's last
+ * unpin of a buffer freed before the fork tells no ring and unmaps nothing); give none of
+ * it to a device. hugemm_close releases only the child's ring descriptor and handles (it neither
  * unmaps nor waits), leaving the rest to the child's exit; it, hugemm_io_detach,
  * hugemm_vfio_detach and hugemm_mr_cache_destroy there unregister no ring's table, unmap
  * nothing from a container and deregister nothing. The parent's memory, pins, mappings

@@ -110,6 +110,7 @@ class KernelPinTable final : public MemoryObserver {
   Stats stats() const;
   // This process is a child of fork() of the one that made the table (fork_watch.h).
   bool InForkedChild() const { return fork_.InChild(); }
+  const ForkWatch& fork_watch() const { return fork_; }
   // The ring holding the table, or -1 when pinning is off.
   int ring_fd() const { return ring_fd_; }
   unsigned capacity() const { return index_.capacity(); }

@@ -16,6 +16,7 @@
 #include "runtime/api/memory_observers.h"
 #include "runtime/pgtable/kernel_prot.h"
 #include "runtime/sys/address_space.h"
+#include "runtime/sys/fork_watch.h"
 #include "runtime/sys/status.h"
 
 namespace hugemm {
@@ -28,7 +29,8 @@ namespace hugemm {
 // pool extent it came from is what the observers know.
 class Runtime::BufferRecord final : public FolioOwner {
  public:
-  BufferRecord() = default;
+  // `made_by`: the runtime's own (a copy: asking getpid per allocation would cost more).
+  explicit BufferRecord(const bridge::ForkWatch& made_by) : made_by_(made_by) {}
 
   void ReleaseFolio(Folio* /*folio*/) override {
     if (live_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
@@ -55,6 +57,14 @@ class Runtime::BufferRecord final : public FolioOwner {
   }
 
   ~BufferRecord() override {
+    // In a child of fork() (its copy of a pin of a buffer freed before the fork was the
+    // last): the rings, containers and tables the observers know are the parent's too,
+    // and the address may hold the child's own mapping by now. Nothing is told and
+    // nothing unmapped; the child's copy of the extent goes with its exit or exec.
+    if (made_by_.InChild()) [[unlikely]] {
+      (void)new Extent(std::move(extent));  // never unmapped here, as ~Runtime leaves it
+      return;
+    }
     // The kernel and every device table let go before the memory goes.
     if (observers != nullptr) observers->MemoryRemoving(range());
     (void)extent.Unmap();
@@ -64,6 +74,7 @@ class Runtime::BufferRecord final : public FolioOwner {
 
  private:
   std::atomic<size_t> live_{0};
+  const bridge::ForkWatch made_by_;  // the process that mapped the extent
 };
 
 namespace {
@@ -248,7 +259,7 @@ absl::StatusOr<Buffer> Runtime::MapBuffer(size_t length, const BufferOptions& op
   }
   if (!extent.ok()) return extent.status();
 
-  auto* record = new BufferRecord();
+  auto* record = new BufferRecord(kernel_pins_->fork_watch());
   record->nfolios = extent->page_count();
   record->folios.reset(new Folio[record->nfolios]);
   for (size_t i = 0; i < record->nfolios; ++i) {
@@ -331,7 +342,7 @@ absl::StatusOr<Buffer> Runtime::Allocate(size_t bytes, const AllocOptions& optio
   if (absl::Status st = table_->Map(folio, folio->data, kProtRead | kProtWrite); !st.ok()) {
     return st;
   }
-  auto record = std::make_unique<BufferRecord>();
+  auto record = std::make_unique<BufferRecord>(kernel_pins_->fork_watch());
   record->data = folio->data;
   record->size = folio->size();
   record->prot = kProtRead | kProtWrite;
