@@ -115,6 +115,15 @@ absl::StatusOr<StressReport> RunStress(const StressConfig& config) {
     std::this_thread::sleep_for(std::chrono::duration<double>(config.seconds));
     shared.stop = true;
     for (std::thread& t : threads) t.join();
+    if (shared.out_of_memory) {
+      // A worker stopped halfway through an operation, the library's or its own: what it
+      // held may be half made. Nothing is torn down (the command's exit takes it all).
+      for (auto& w : workers) (void)w.release();
+      (void)rt->release();
+      return absl::ResourceExhaustedError(
+          "stress: out of memory for the run's own records (RLIMIT_AS, or the machine's): "
+          "the run could not be done");
+    }
     const double elapsed =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 

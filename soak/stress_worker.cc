@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <new>
 #include <utility>
 
 #include "absl/strings/str_format.h"
@@ -58,6 +59,19 @@ void Worker::Refused(const char* op, const absl::Status& st,
 }
 
 void Worker::Run() {
+  try {
+    Loop();
+    while (!pins_.empty()) Unpin();
+    sub_.reset();
+  } catch (const std::bad_alloc&) {
+    // Under RLIMIT_AS, say: what the worker was doing may be half done, which the run's
+    // error (not a report of violations) stands for.
+    s_.out_of_memory = true;
+    s_.stop = true;
+  }
+}
+
+void Worker::Loop() {
   while (!s_.stop.load(std::memory_order_relaxed)) {
     size_t i = 0;
     Slot& slot = PickSlot(&i);
@@ -118,8 +132,6 @@ void Worker::Run() {
     ++by_kind[kind];
     if (sub_ != nullptr && ++sub_ops_ > 64) Subscribe(slot);  // drops it
   }
-  while (!pins_.empty()) Unpin();
-  sub_.reset();
 }
 
 void Worker::Create(size_t i, Slot& s) {
@@ -425,10 +437,13 @@ void Worker::Register(size_t i, Slot& s) {
   if (!s.registered) {
     absl::StatusOr<uint64_t> id = s_.rt.RegisterExternal(s.data, s.size);
     if (!id.ok()) {
+      // No descriptor, no RLIMIT_MEMLOCK or no kernel pin slot left: a refusal hugemm.h
+      // documents; without PFNs, the permission refusal too.
       if (!s_.pfns_known) {
-        Refused("register external", id.status(), {Code::kPermissionDenied});
+        Refused("register external", id.status(),
+                {Code::kPermissionDenied, Code::kResourceExhausted});
       } else {
-        s_.Violation("register external: " + id.status().ToString());
+        Refused("register external", id.status(), {Code::kResourceExhausted});
       }
       return;
     }

@@ -67,6 +67,8 @@ struct Shared {
   bool pfns_known = true;
   std::atomic<size_t> buffer_bytes{0};
   std::atomic<bool> stop{false};
+  // A worker's own records (canaries, pins) could not grow: the run cannot be done.
+  std::atomic<bool> out_of_memory{false};
   std::mutex violations_mu;
   std::vector<std::string> violations;
 };
@@ -74,7 +76,8 @@ struct Shared {
 class Worker {
  public:
   Worker(Shared& shared, int thread);
-  // Until shared.stop, then releases every pin it holds.
+  // Until shared.stop, then releases every pin it holds. When its own records cannot
+  // grow (std::bad_alloc) it sets shared.out_of_memory and shared.stop.
   void Run();
 
   std::map<std::string, uint64_t> by_kind;
@@ -83,6 +86,7 @@ class Worker {
   uint64_t audits = 0;
 
  private:
+  void Loop();
   size_t Below(size_t n) { return n == 0 ? 0 : static_cast<size_t>(rng_() % n); }
   Slot& PickSlot(size_t* index);
   // An expected refusal is counted; anything else is a violation.

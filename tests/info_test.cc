@@ -751,6 +751,35 @@ TEST(JsonFailure, OutOfMemoryIsAFailureNotAnAbort) {
   RecordProperty("out_of_memory_runs", out_of_memory);
 }
 
+// stress under a small RLIMIT_AS: its workers' own records may not grow, in the middle of
+// an operation. That is a run that could not be done (exit 1, saying so), never an abort
+// or a crash in the teardown of what the worker left half made.
+TEST(JsonFailure, StressOutOfMemoryIsAFailureNotACrash) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "a sanitizer's shadow memory does not fit under a small RLIMIT_AS";
+#endif
+  int out_of_memory = 0;
+  for (int round = 0; round < 12; ++round) {
+    const int mib = 57 + round % 4;
+    const JsonRun r = RunJsonFailure("stress --json --seconds 0.2",
+                                     absl::StrFormat("prlimit --as=%d ", mib << 20));
+    if (r.rc == 127 || r.err.find("error while loading") != std::string::npos) continue;
+    SCOPED_TRACE(absl::StrFormat("round %d, RLIMIT_AS %d MiB", round, mib));
+    ASSERT_TRUE(r.rc == 0 || r.rc == 1) << "exit " << r.rc << "\n" << r.err;
+    if (r.err.find("out of memory") != std::string::npos) ++out_of_memory;
+  }
+  RecordProperty("out_of_memory_runs", out_of_memory);
+}
+
+// stress with few descriptors: registering external memory then fails with EMFILE, which
+// hugemm.h documents; the run counts it as a refusal, not a violation.
+TEST(JsonFailure, StressCountsNoDescriptorLeftAsARefusal) {
+  const JsonRun r = RunJsonFailure("stress --seconds 0.3", "prlimit --nofile=5 ");
+  EXPECT_EQ(r.rc, 0) << r.out << r.err;
+  EXPECT_THAT(r.out + r.err, Not(HasSubstr("VIOLATION")));
+  EXPECT_THAT(r.out, HasSubstr("refused as documented: register external: RESOURCE_EXHAUSTED"));
+}
+
 // A usage error prints nothing on stdout, --json or not (nothing ran); a check that ran
 // and failed keeps its own object, with "ok": false and no "error".
 TEST(JsonFailure, UsageErrorsPrintNothingAndVerifyKeepsItsShape) {
