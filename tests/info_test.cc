@@ -780,6 +780,20 @@ TEST(JsonFailure, StressCountsNoDescriptorLeftAsARefusal) {
   EXPECT_THAT(r.out, HasSubstr("refused as documented: register external: RESOURCE_EXHAUSTED"));
 }
 
+// verify with no descriptor left for pagemap: the huge pages could not be checked, which
+// fails the run (a machine without them is a skip; this process just could not look).
+TEST(JsonFailure, VerifyWithoutDescriptorsFailsRatherThanSkips) {
+  const JsonRun r = RunJsonFailure("verify --json", "prlimit --nofile=4 ");
+  ASSERT_TRUE(r.json.is_object()) << r.out << r.err;
+  EXPECT_EQ(r.rc, 1) << r.out << r.err;
+  EXPECT_FALSE(r.json.value("ok", true));
+  ASSERT_TRUE(r.json.contains("errors") && !r.json["errors"].empty()) << r.out;
+  EXPECT_THAT(r.json["errors"][0].get<std::string>(), HasSubstr("EMFILE"));
+  for (const Json& s : r.json["skipped"]) {
+    EXPECT_THAT(s.get<std::string>(), Not(HasSubstr("EMFILE"))) << r.out;
+  }
+}
+
 // A usage error prints nothing on stdout, --json or not (nothing ran); a check that ran
 // and failed keeps its own object, with "ok": false and no "error".
 TEST(JsonFailure, UsageErrorsPrintNothingAndVerifyKeepsItsShape) {

@@ -1,6 +1,7 @@
 // `hugemm verify`: maps a buffer of each page size this machine offers, and a page of a
 // device-DAX device when there is one, mirrors them in a shadow table and holds every
 // leaf against the live kernel.
+#include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -190,6 +191,12 @@ int RunVerify(const VerifyFlags& flags) {
       // A failed Map names the backing ("hugetlb 2M: map 8 MiB: ..."); Create may not.
       const std::string why = b.ok() ? std::string(e.status().message())
                                      : absl::StrFormat("%s: %s", s.name, e.status().message());
+      // A machine without those pages is a skip; a process without a descriptor left
+      // could not do the check at all.
+      if (const int err = ErrnoOf(e.status()); err == EMFILE || err == ENFILE) {
+        error(why);
+        continue;
+      }
       if (!json) std::printf("skipped %s\n", why.c_str());
       skipped.push_back(why);
       continue;
@@ -215,7 +222,9 @@ int RunVerify(const VerifyFlags& flags) {
                                           : absl::StatusOr<Extent>(dax_backing.status());
   if (!dax_extent.ok()) {
     const std::string why = absl::StrCat("device-DAX: ", dax_extent.status().message());
-    if (!flags.dax.empty()) {  // asked for: not checking it is a failure
+    const int err = ErrnoOf(dax_extent.status());
+    // Asked for, or no descriptor left to try: not checking it is a failure.
+    if (!flags.dax.empty() || err == EMFILE || err == ENFILE) {
       error(why);
     } else {
       if (!json) std::printf("skipped %s\n", why.c_str());
