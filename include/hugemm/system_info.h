@@ -36,7 +36,9 @@ struct SystemInfo {
   std::vector<DaxUse> dax_use;
   bool can_read_pfns = false;
   bool can_read_kpageflags = false;
-  // No pool has a free page and none may overcommit: everything falls back to anon 4K.
+  // No pool has a free page and none may overcommit: only the anon backing (4K pages) can
+  // map memory now; a huge page backing's Map fails (ResourceExhausted), it does not fall
+  // back.
   bool anon_fallback() const;
 };
 

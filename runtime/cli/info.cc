@@ -66,7 +66,7 @@ std::string InfoText(const SystemInfo& info) {
                         info.can_read_kpageflags ? "readable" : "not readable (root only)");
   if (info.anon_fallback()) {
     absl::StrAppend(&out,
-                    "\nno free huge pages: hugemm falls back to 4K anonymous memory (slower);\n"
+                    "\nno free huge pages: only 4K anonymous memory (backing anon) can be mapped;\n"
                     "reserve some with: echo 512 > /proc/sys/vm/nr_hugepages\n");
   }
   return out;
