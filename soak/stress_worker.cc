@@ -61,6 +61,10 @@ void Worker::Refused(const char* op, const absl::Status& st,
 void Worker::Run() {
   try {
     Loop();
+    // After another worker ran out of memory halfway through an operation (the library's
+    // or its own), nothing more is asked of the runtime: the run ends as one that could
+    // not be done, and what was pinned goes with the process.
+    if (s_.out_of_memory) return;
     while (!pins_.empty()) Unpin();
     sub_.reset();
   } catch (const std::bad_alloc&) {
@@ -265,6 +269,9 @@ void Worker::Pin(size_t i, Slot& s) {
   p->start = p->asked;
   p->pages = n;
   WriteCanaries(*p);
+  // Room first: once other threads can see the record (s.pins), nothing may throw and
+  // destroy it under them.
+  pins_.reserve(pins_.size() + 1);
   {
     std::lock_guard<std::mutex> pins(s.pins_mu);
     s.pins.insert(p.get());
@@ -302,9 +309,19 @@ void Worker::Unpin() {
   const size_t k = Below(pins_.size());
   std::unique_ptr<PinRecord> p = std::move(pins_[k]);
   pins_.erase(pins_.begin() + static_cast<ptrdiff_t>(k));
-  CheckCanaries(*p);
   Slot& s = *s_.slots[p->slot];
   std::shared_lock<std::shared_mutex> lock(s.mu);
+  // Out of the slot's records before the slot's lock goes, however this ends (a check
+  // that throws for want of memory included): an audit must never meet it destroyed.
+  struct Forget {
+    Slot& s;
+    const PinRecord* p;
+    ~Forget() {
+      std::lock_guard<std::mutex> pins(s.pins_mu);
+      s.pins.erase(p);
+    }
+  } forget{s, p.get()};
+  CheckCanaries(*p);
   const bool same = s.generation == p->generation && s.kind != SlotKind::kEmpty;
   const bool dirty = Below(2) == 0;
   Pinner& pinner = s_.rt.pinner();
@@ -331,10 +348,6 @@ void Worker::Unpin() {
     case Output::kHandle:
       p->handle.Release();
       break;
-  }
-  if (same) {
-    std::lock_guard<std::mutex> pins(s.pins_mu);
-    s.pins.erase(p.get());
   }
 }
 

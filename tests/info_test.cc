@@ -751,47 +751,45 @@ TEST(JsonFailure, OutOfMemoryIsAFailureNotAnAbort) {
   RecordProperty("out_of_memory_runs", out_of_memory);
 }
 
-// stress under a small RLIMIT_AS: its workers' own records may not grow, in the middle of
-// an operation. That is a run that could not be done (exit 1, saying so), never an abort
-// or a crash in the teardown of what the worker left half made.
-TEST(JsonFailure, StressOutOfMemoryIsAFailureNotACrash) {
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-  GTEST_SKIP() << "a sanitizer's shadow memory does not fit under a small RLIMIT_AS";
-#endif
-  int out_of_memory = 0;
-  for (int round = 0; round < 12; ++round) {
-    const int mib = 57 + round % 4;
-    const JsonRun r = RunJsonFailure("stress --json --seconds 0.2",
-                                     absl::StrFormat("prlimit --as=%d ", mib << 20));
-    if (r.rc == 127 || r.err.find("error while loading") != std::string::npos) continue;
-    SCOPED_TRACE(absl::StrFormat("round %d, RLIMIT_AS %d MiB", round, mib));
-    ASSERT_TRUE(r.rc == 0 || r.rc == 1) << "exit " << r.rc << "\n" << r.err;
-    if (r.err.find("out of memory") != std::string::npos) ++out_of_memory;
-  }
-  RecordProperty("out_of_memory_runs", out_of_memory);
-}
-
 // stress with few descriptors: registering external memory then fails with EMFILE, which
-// hugemm.h documents; the run counts it as a refusal, not a violation.
+// hugemm.h documents; the run counts it as a refusal, not a violation. (As above, the
+// limit goes up from where the program first loads.)
 TEST(JsonFailure, StressCountsNoDescriptorLeftAsARefusal) {
-  const JsonRun r = RunJsonFailure("stress --seconds 0.3", "prlimit --nofile=5 ");
-  EXPECT_EQ(r.rc, 0) << r.out << r.err;
-  EXPECT_THAT(r.out + r.err, Not(HasSubstr("VIOLATION")));
-  EXPECT_THAT(r.out, HasSubstr("refused as documented: register external: RESOURCE_EXHAUSTED"));
+  int refused_runs = 0;
+  for (int n = 3; n <= 32 && refused_runs == 0; ++n) {
+    const JsonRun r =
+        RunJsonFailure("stress --seconds 0.3", absl::StrFormat("prlimit --nofile=%d ", n));
+    if (r.rc == 127 || r.err.find("error while loading") != std::string::npos) continue;
+    SCOPED_TRACE(absl::StrFormat("RLIMIT_NOFILE %d", n));
+    EXPECT_THAT(r.out + r.err, Not(HasSubstr("VIOLATION")));
+    if (r.out.find("register external: RESOURCE_EXHAUSTED") != std::string::npos) {
+      ++refused_runs;
+      EXPECT_EQ(r.rc, 0) << r.out << r.err;
+    }
+  }
+  EXPECT_GT(refused_runs, 0) << "no run was short of descriptors for RegisterExternal";
 }
 
 // verify with no descriptor left for pagemap: the huge pages could not be checked, which
 // fails the run (a machine without them is a skip; this process just could not look).
+// The descriptors the command is started with vary (a test runner's own), so the limit
+// goes up from where the program first loads until a run has all it needs.
 TEST(JsonFailure, VerifyWithoutDescriptorsFailsRatherThanSkips) {
-  const JsonRun r = RunJsonFailure("verify --json", "prlimit --nofile=4 ");
-  ASSERT_TRUE(r.json.is_object()) << r.out << r.err;
-  EXPECT_EQ(r.rc, 1) << r.out << r.err;
-  EXPECT_FALSE(r.json.value("ok", true));
-  ASSERT_TRUE(r.json.contains("errors") && !r.json["errors"].empty()) << r.out;
-  EXPECT_THAT(r.json["errors"][0].get<std::string>(), HasSubstr("EMFILE"));
-  for (const Json& s : r.json["skipped"]) {
-    EXPECT_THAT(s.get<std::string>(), Not(HasSubstr("EMFILE"))) << r.out;
+  int short_runs = 0;
+  for (int n = 3; n <= 32; ++n) {
+    const JsonRun r = RunJsonFailure("verify --json", absl::StrFormat("prlimit --nofile=%d ", n));
+    if (r.rc == 127 || r.err.find("error while loading") != std::string::npos) continue;
+    SCOPED_TRACE(absl::StrFormat("RLIMIT_NOFILE %d", n));
+    ASSERT_TRUE(r.json.is_object()) << r.out << r.err;
+    if (r.rc == 0) break;  // enough descriptors for every check
+    ++short_runs;
+    EXPECT_EQ(r.rc, 1) << r.out << r.err;
+    EXPECT_FALSE(r.json.value("ok", true));
+    ASSERT_TRUE(r.json.contains("errors") && !r.json["errors"].empty()) << r.out;
+    EXPECT_THAT(r.json["errors"].dump(), HasSubstr("EMFILE"));
+    EXPECT_THAT(r.json["skipped"].dump(), Not(HasSubstr("EMFILE"))) << r.out;
   }
+  EXPECT_GT(short_runs, 0) << "no run was short of descriptors";
 }
 
 // A usage error prints nothing on stdout, --json or not (nothing ran); a check that ran
