@@ -322,6 +322,29 @@ TEST(Alloc, NewOwnerNeverSeesOldData) {
   }
 }
 
+// A folio's flags are of one life: dirty or referenced in the last one is not what the
+// next owner gets, whether the folio comes back through a thread's cache or its pool.
+TEST(Alloc, ANewLifeStartsWithoutTheOldFlags) {
+  HUGEMM_NEED_HUGEPAGES(kPageSize2M, 1);
+  for (bool cached : {true, false}) {
+    SCOPED_TRACE(cached ? "thread cache" : "pool");
+    auto alloc = NewAllocator({.thread_cache = cached});
+    std::byte* where;
+    {
+      absl::StatusOr<FolioHandle> h = alloc->AllocateOrder(2);
+      ASSERT_TRUE(h.ok()) << h.status();
+      where = h->data();
+      h->folio()->set_flag(kFolioDirty);
+      h->folio()->set_flag(kFolioReferenced);
+    }
+    absl::StatusOr<FolioHandle> h = alloc->AllocateOrder(2);
+    ASSERT_TRUE(h.ok()) << h.status();
+    ASSERT_EQ(h->data(), where);
+    EXPECT_FALSE(h->folio()->has_flag(kFolioDirty));
+    EXPECT_FALSE(h->folio()->has_flag(kFolioReferenced));
+  }
+}
+
 TEST(Alloc, ExhaustionNamesThePoolAndRecoversToBaseline) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
   const int64_t baseline = FreeHugePages(kPageSize2M);

@@ -71,7 +71,8 @@ struct AllocatorOptions {
   // devdax and hugetlbfs pools: bytes carved from the front of each extent to hold its
   // folio descriptors (seed 002's vmem_altmap), rounded up to 4K and at most half the
   // extent's first native page; descriptors beyond it fall back to system memory.
-  // 0 = descriptors in system memory (the default).
+  // 0 = descriptors in system memory (the default). Reserve descriptors go with their
+  // extent when Shrink gives it back (see FolioOf).
   size_t meta_reserve_bytes = 0;
   // Per-thread magazines. false: every allocate and free goes to the pool's mutex.
   bool thread_cache = true;
@@ -203,7 +204,11 @@ class Allocator {
   // Lock-free; O(log extents in the process). The answer can be stale by the time it
   // is read (the folio may be split, merged or freed concurrently): take a reference
   // with FolioTryGet and check folio->contains(addr) again, as the kernel does after a
-  // speculative get. Descriptors stay readable memory for the allocator's life.
+  // speculative get. Descriptors in system memory stay readable memory for the
+  // allocator's life. A descriptor in a reserve (meta_reserve_bytes) lives in its extent
+  // and goes with it when Shrink gives the extent back: for such a pool, use the answer
+  // only while the extent is sure to stay (a reference held on one of its folios, or no
+  // Shrink running).
   [[nodiscard]] static Folio* FolioOf(const void* addr);
 
  private:

@@ -320,6 +320,12 @@ bool Pool::Orphan() {
 }
 
 void Pool::ReleaseFolio(Folio* folio) {
+  // A new life: nothing of the old one (dirty, referenced) carries over, through a
+  // thread's cache either (FreeOne does the same for the pool's lists). The last
+  // reference is gone, so no one else changes the flags now: a plain store will do.
+  folio->flags.store(
+      folio->flags.load(std::memory_order_relaxed) & static_cast<uint32_t>(FolioFlag::kReserveMeta),
+      std::memory_order_relaxed);
   if (config_.thread_cache && !orphaned_.load(std::memory_order_acquire) &&
       config_.caches->Push(this, folio)) {
     return;
