@@ -67,7 +67,7 @@ TEST(Fork, CApiInAChildLeavesTheParentsMemoryPinsAndRingAsTheyWere) {
   ASSERT_TRUE(ring.ok);
   hugemm_io* io = nullptr;
   ASSERT_EQ(hugemm_io_attach(rt, ring.fd(), nullptr, &io), 0) << hugemm_last_error();
-  const int64_t pinned = VmPinKb();
+  const int64_t pinned = SettledVmPinKb();
 
   const pid_t child = ::fork();
   ASSERT_GE(child, 0);
@@ -224,7 +224,7 @@ TEST(Fork, AChildThatExecsOrExitsAtOnceChangesNothingForTheParent) {
   ASSERT_TRUE(io.ok()) << io.status();
   absl::StatusOr<PinnedRange> pin = (*rt)->pinner().Pin(buf->data(), buf->size(), kGupPin);
   ASSERT_TRUE(pin.ok()) << pin.status();
-  const int64_t pinned = VmPinKb();
+  const int64_t pinned = SettledVmPinKb();
 
   // The child's descriptors, as the program it execs sees them.
   const char* script =
@@ -411,7 +411,7 @@ TEST(Fork, ARuntimeOpenedInTheChildIsItsOwn) {
   ASSERT_TRUE(buf.ok()) << buf.status();
   absl::StatusOr<Buffer> small = (*parents)->Allocate(4096);  // a pool extent, indexed
   ASSERT_TRUE(small.ok()) << small.status();
-  const int64_t pinned = VmPinKb();
+  const int64_t pinned = SettledVmPinKb();
   // 0 when `rt` works in this process, else the step that failed.
   const auto use = [](Runtime& rt) {
     absl::StatusOr<Buffer> mapped = rt.MapBuffer(kPageSize2M);

@@ -830,7 +830,7 @@ TEST(InFlight, AReadOutlivingItsRuntimeLandsInMemoryNoOneElseHas) {
   int pipe_fds[2];
   ASSERT_EQ(::pipe(pipe_fds), 0);
   TestRing ring;
-  const int64_t pinned_before = VmPinKb();
+  const int64_t pinned_before = SettledVmPinKb();
   {
     std::unique_ptr<Runtime> rt = OpenRuntime();
     ASSERT_NE(rt, nullptr);

@@ -9,9 +9,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "runtime/sys/files.h"
 #include "runtime/sys/hugepages.h"
@@ -154,6 +156,17 @@ MemoryPolicy PolicyOf(int mode, std::initializer_list<int> nodes) {
 int64_t VmPinKb() {
   absl::StatusOr<uint64_t> bytes = sys::ReadKibField(Os::Default(), "/proc/self/status", "VmPin");
   return bytes.ok() ? static_cast<int64_t>(*bytes >> 10) : -1;
+}
+
+int64_t SettledVmPinKb() {
+  int64_t last = VmPinKb();
+  for (int same = 0, i = 0; same < 3 && i < 100; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    const int64_t now = VmPinKb();
+    same = now == last ? same + 1 : 0;
+    last = now;
+  }
+  return last;
 }
 
 size_t OpenFds() {

@@ -58,6 +58,10 @@ class ThreadTicker {
 
 // This process's VmPin in kB (memory the kernel pins for it), or -1 when unreadable.
 int64_t VmPinKb();
+// VmPinKb once it holds still: a ring an earlier test closed lets its buffers go in the
+// kernel's own time (io_uring ends a ring in a worker), so a baseline taken at once may
+// still count them. Waits at most about 2 s.
+int64_t SettledVmPinKb();
 
 // The descriptors this process has open.
 size_t OpenFds();

@@ -32,7 +32,9 @@
 //     returns it with the buffer still mapped, Shrink keeps that extent. A removal no call
 //     asked for at that moment (the last pin of a freed buffer dropping later, a Buffer's
 //     destructor, the allocator's or the runtime's end) is not asked: MemoryRemoving
-//     follows at once. The default allows every removal.
+//     follows at once. The default allows every removal. Once every observer allowed a
+//     removal, the range is going: an observer added before its MemoryRemoving is neither
+//     told of the range nor of its removal (it was not asked).
 //   - Calls come from whichever thread allocates, frees, shrinks or drops the last pin,
 //     possibly several at once for different ranges (an observer locks what it shares),
 //     while the runtime holds internal locks: an observer must not allocate, free or map

@@ -10,8 +10,8 @@ absl::Status MemoryObservers::MemoryAdded(const MemoryRange& range) {
   std::shared_lock<std::shared_mutex> lock(mu_);
   if (closed_) return absl::OkStatus();
   for (size_t i = 0; i < observers_.size(); ++i) {
-    if (absl::Status st = observers_[i]->MemoryAdded(range); !st.ok()) {
-      while (i-- > 0) observers_[i]->MemoryRemoving(range);
+    if (absl::Status st = observers_[i].observer->MemoryAdded(range); !st.ok()) {
+      while (i-- > 0) observers_[i].observer->MemoryRemoving(range);
       return st;
     }
   }
@@ -23,29 +23,39 @@ absl::Status MemoryObservers::MemoryAdded(const MemoryRange& range) {
 void MemoryObservers::MemoryRemoving(const MemoryRange& range) {
   std::shared_lock<std::shared_mutex> lock(mu_);
   if (closed_) return;
+  uint64_t told_up_to = generation_;  // every observer, unless the removal was asked
   {
     std::lock_guard<std::mutex> held(held_mu_);
     held_.erase(reinterpret_cast<uintptr_t>(range.data));
+    if (auto it = going_.find(reinterpret_cast<uintptr_t>(range.data)); it != going_.end()) {
+      told_up_to = it->second;
+      going_.erase(it);
+    }
   }
-  for (size_t i = observers_.size(); i-- > 0;) observers_[i]->MemoryRemoving(range);
+  // Those that allowed it; one added since never heard of the range (Add).
+  for (size_t i = observers_.size(); i-- > 0;) {
+    if (observers_[i].added <= told_up_to) observers_[i].observer->MemoryRemoving(range);
+  }
 }
 
 absl::Status MemoryObservers::MayRemove(const MemoryRange& range) {
   std::shared_lock<std::shared_mutex> lock(mu_);
   if (closed_) return absl::OkStatus();
   for (size_t i = observers_.size(); i-- > 0;) {
-    if (absl::Status st = observers_[i]->MayRemove(range); !st.ok()) return st;
+    if (absl::Status st = observers_[i].observer->MayRemove(range); !st.ok()) return st;
   }
+  std::lock_guard<std::mutex> held(held_mu_);
+  going_[reinterpret_cast<uintptr_t>(range.data)] = generation_;
   return absl::OkStatus();
 }
 
 absl::Status MemoryObservers::Add(MemoryObserver* observer,
                                   absl::FunctionRef<absl::Status()> first) {
-  std::unique_lock<std::shared_mutex> members(membership_);
   std::unique_lock<std::shared_mutex> lock(mu_);
   if (observer == nullptr) return absl::InvalidArgumentError("memory observer is null");
   if (closed_) return absl::FailedPreconditionError("the runtime is closing");
-  if (std::find(observers_.begin(), observers_.end(), observer) != observers_.end()) {
+  if (std::find_if(observers_.begin(), observers_.end(),
+                   [&](const Entry& e) { return e.observer == observer; }) != observers_.end()) {
     return absl::InvalidArgumentError(
         absl::StrFormat("memory observer %p is an observer already", observer));
   }
@@ -53,20 +63,23 @@ absl::Status MemoryObservers::Add(MemoryObserver* observer,
   std::vector<MemoryRange> told;
   std::lock_guard<std::mutex> held(held_mu_);  // nothing changes while the list is exclusive
   for (const auto& [start, range] : held_) {
+    // A range whose removal the observers allowed is going: not the new one's to hear of
+    // (it was not asked, and may refuse the thread the removal comes from).
+    if (going_.contains(start)) continue;
     if (absl::Status st = observer->MemoryAdded(range); !st.ok()) {
       for (auto it = told.rbegin(); it != told.rend(); ++it) observer->MemoryRemoving(*it);
       return st;
     }
     told.push_back(range);
   }
-  observers_.push_back(observer);
+  observers_.push_back({observer, ++generation_});
   return absl::OkStatus();
 }
 
 absl::Status MemoryObservers::Remove(MemoryObserver* observer) {
-  std::unique_lock<std::shared_mutex> members(membership_);
   std::unique_lock<std::shared_mutex> lock(mu_);
-  auto it = std::find(observers_.begin(), observers_.end(), observer);
+  auto it = std::find_if(observers_.begin(), observers_.end(),
+                         [&](const Entry& e) { return e.observer == observer; });
   if (it == observers_.end()) {
     return absl::NotFoundError(absl::StrFormat("%p is not a memory observer", observer));
   }

@@ -27,7 +27,9 @@ class MemoryObservers final : public MemoryObserver {
   absl::Status MemoryAdded(const MemoryRange& range) override;
   // Tells every observer, the last added first.
   void MemoryRemoving(const MemoryRange& range) override;
-  // Asks every observer, the last added first; the first refusal is returned.
+  // Asks every observer, the last added first; the first refusal is returned. Once all
+  // allowed it, the range is going: an observer added before its MemoryRemoving neither
+  // hears of it then nor of its removal, which goes to the observers that were asked.
   absl::Status MayRemove(const MemoryRange& range) override;
 
   // Runs `first` (its error is returned, nothing added), then tells `observer` of every
@@ -42,19 +44,21 @@ class MemoryObservers final : public MemoryObserver {
   // From now on reports are ignored: the runtime is going, and memory that outlives it
   // (folios still pinned) is reported to nobody.
   void Close();
-  // While held, no observer is added or removed: a removal MayRemove allowed then goes to
-  // the very observers that allowed it. Taken before any other lock of the runtime's.
-  std::shared_lock<std::shared_mutex> HoldMembership() {
-    return std::shared_lock<std::shared_mutex>(membership_);
-  }
 
  private:
-  std::shared_mutex membership_;  // taken by Add and Remove before mu_
-  std::shared_mutex mu_;          // the list; std::shared_mutex is visible to ThreadSanitizer
-  std::vector<MemoryObserver*> observers_ ABSL_GUARDED_BY(mu_);
+  struct Entry {
+    MemoryObserver* observer;
+    uint64_t added;  // generation_ when it was added
+  };
+  std::shared_mutex mu_;  // the list; std::shared_mutex is visible to ThreadSanitizer
+  std::vector<Entry> observers_ ABSL_GUARDED_BY(mu_);
+  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;  // of the last observer added
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   std::mutex held_mu_;  // under mu_, shared or exclusive
   std::map<uintptr_t, MemoryRange> held_ ABSL_GUARDED_BY(held_mu_);
+  // Ranges whose removal MayRemove allowed, until their MemoryRemoving: the generation of
+  // the last observer asked.
+  std::map<uintptr_t, uint64_t> going_ ABSL_GUARDED_BY(held_mu_);
 };
 
 }  // namespace hugemm::api_internal

@@ -4,7 +4,6 @@
 #include <sys/mman.h>
 
 #include <cstdio>
-#include <shared_mutex>
 #include <utility>
 #include <vector>
 
@@ -397,8 +396,6 @@ absl::Status Runtime::Free(const void* data) {
     }
     id = it->second;
   }
-  // No observer comes or goes between the question and the removal it allowed.
-  std::shared_lock<std::shared_mutex> members = observers_->HoldMembership();
   if (absl::Status st = MayFree(id); !st.ok()) return st;
   return FreeById(id);
 }
@@ -562,8 +559,6 @@ Buffer& Buffer::operator=(Buffer&& other) noexcept {
 
 absl::Status Buffer::Free() {
   if (runtime_ == nullptr) return absl::OkStatus();
-  // No observer comes or goes between the question and the removal it allowed.
-  std::shared_lock<std::shared_mutex> members = runtime_->observers_->HoldMembership();
   if (absl::Status st = runtime_->MayFree(id_); !st.ok()) return st;  // still this Buffer's
   Runtime* rt = std::exchange(runtime_, nullptr);
   data_ = nullptr;
