@@ -185,7 +185,10 @@ TEST(Fork, AChildsLastUnpinOfAFreedBufferTouchesNeitherTheParentsRingNorItsOwnMa
     // The runtime's memory is not the child's: the address is free for its own page.
     void* own = ::mmap(big.data, 4096, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+#ifndef __SANITIZE_THREAD__
+    // (Under ThreadSanitizer the child finds the address taken: its own checks go.)
     c.Expect(own == big.data, 1);
+#endif
     if (own == big.data) static_cast<volatile char*>(own)[0] = 'c';
     c.Expect(hugemm_unpin_pages(rt, held, 1, 0) == 1, 2);
     if (own == big.data) c.Expect(static_cast<volatile char*>(own)[0] == 'c', 3);
