@@ -371,27 +371,45 @@ TEST_P(FixedBuffersTest, ARingClosedBeforeItsDetachLeavesTheNextRingOfItsNumberA
   EXPECT_EQ(FirstMismatch(own, 4096, 8192, file.seed()), -1);
 }
 
+// A runtime, and a ring made with IORING_SETUP_SINGLE_ISSUER on this thread (so this
+// thread is its submitter) with the runtime's fixed buffers; detached and ended in that
+// order, before the runtime closes.
+struct SingleIssuerRing {
+  explicit SingleIssuerRing(FixedBufferMode mode) : rt(OpenRuntime()) {
+    if (rt == nullptr || io_uring_queue_init(8, &ring, IORING_SETUP_SINGLE_ISSUER) != 0) return;
+    made = true;
+    absl::StatusOr<std::unique_ptr<FixedBuffers>> f =
+        FixedBuffers::Attach(*rt, ring.ring_fd, {.mode = mode});
+    attach = f.status();
+    if (f.ok()) fixed = std::move(*f);
+  }
+  ~SingleIssuerRing() {
+    fixed.reset();
+    if (made) io_uring_queue_exit(&ring);
+  }
+  bool ok() const { return fixed != nullptr; }
+
+  std::unique_ptr<Runtime> rt;
+  io_uring ring{};
+  bool made = false;
+  absl::Status attach = absl::UnknownError("no runtime or no ring");
+  std::unique_ptr<FixedBuffers> fixed;
+};
+
 // A ring made with IORING_SETUP_SINGLE_ISSUER takes registrations from its submitter only:
 // memory another thread maps is refused, and the message says why.
 TEST_P(FixedBuffersTest, ASingleIssuerRingRefusesOtherThreadsMemoryAndSaysWhy) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 2);
-  std::unique_ptr<Runtime> rt = OpenRuntime();
-  ASSERT_NE(rt, nullptr);
-  io_uring ring;
-  ASSERT_EQ(io_uring_queue_init(8, &ring, IORING_SETUP_SINGLE_ISSUER), 0);
-  absl::StatusOr<std::unique_ptr<FixedBuffers>> fixed =
-      FixedBuffers::Attach(*rt, ring.ring_fd, {.mode = GetParam()});
-  ASSERT_TRUE(fixed.ok()) << fixed.status();
+  SingleIssuerRing si(GetParam());
+  ASSERT_TRUE(si.ok()) << si.attach;
   absl::Status other;
-  std::thread([&] { other = rt->MapBuffer(kPageSize2M).status(); }).join();
+  std::thread([&] { other = si.rt->MapBuffer(kPageSize2M).status(); }).join();
   EXPECT_FALSE(other.ok());
   EXPECT_THAT(other.message(), HasSubstr("IORING_SETUP_SINGLE_ISSUER")) << other;
-  absl::StatusOr<Buffer> own = rt->MapBuffer(kPageSize2M);
+  absl::StatusOr<Buffer> own = si.rt->MapBuffer(kPageSize2M);
   ASSERT_TRUE(own.ok()) << own.status();
-  EXPECT_GE((*fixed)->Find(own->data(), 4096), 0);
+  EXPECT_GE(si.fixed->Find(own->data(), 4096), 0);
   HUGEMM_ASSERT_OK(own->Free());
-  fixed->reset();
-  io_uring_queue_exit(&ring);
 }
 
 // A single-issuer ring's slots are emptied by its submitter only, so a buffer freed on
@@ -400,21 +418,16 @@ TEST_P(FixedBuffersTest, ASingleIssuerRingRefusesOtherThreadsMemoryAndSaysWhy) {
 // submitter's own free then gives the huge page back.
 TEST_P(FixedBuffersTest, ASingleIssuerRingsMemoryIsFreedOnItsSubmitterOnly) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
-  std::unique_ptr<Runtime> rt = OpenRuntime();
-  ASSERT_NE(rt, nullptr);
-  io_uring ring;
-  ASSERT_EQ(io_uring_queue_init(8, &ring, IORING_SETUP_SINGLE_ISSUER), 0);
-  absl::StatusOr<std::unique_ptr<FixedBuffers>> fixed =
-      FixedBuffers::Attach(*rt, ring.ring_fd, {.mode = GetParam()});
-  ASSERT_TRUE(fixed.ok()) << fixed.status();
+  SingleIssuerRing si(GetParam());
+  ASSERT_TRUE(si.ok()) << si.attach;
   const int64_t free_before = FreeHugePages(kPageSize2M);
-  absl::StatusOr<Buffer> own = rt->MapBuffer(kPageSize2M);
+  absl::StatusOr<Buffer> own = si.rt->MapBuffer(kPageSize2M);
   ASSERT_TRUE(own.ok()) << own.status();
   std::byte* const data = own->data();
   absl::Status by_buffer, by_runtime;
   std::thread([&] {
     by_buffer = own->Free();
-    by_runtime = rt->Free(data);
+    by_runtime = si.rt->Free(data);
   }).join();
   for (const absl::Status& st : {by_buffer, by_runtime}) {
     EXPECT_EQ(ErrnoOf(st), EEXIST) << st;
@@ -422,20 +435,18 @@ TEST_P(FixedBuffersTest, ASingleIssuerRingsMemoryIsFreedOnItsSubmitterOnly) {
     EXPECT_THAT(st.message(), HasSubstr("free of the buffer at")) << st;
   }
   ASSERT_EQ(own->data(), data) << "the refused free left the Buffer its buffer";
-  EXPECT_GE((*fixed)->Find(data, 4096), 0) << "and the ring its slot";
+  EXPECT_GE(si.fixed->Find(data, 4096), 0) << "and the ring its slot";
   // An allocation freed on the submitter, its pool then trimmed from the other thread.
-  absl::StatusOr<Buffer> pooled = rt->Allocate(kPageSize2M);
+  absl::StatusOr<Buffer> pooled = si.rt->Allocate(kPageSize2M);
   ASSERT_TRUE(pooled.ok()) << pooled.status();
   HUGEMM_ASSERT_OK(pooled->Free());
   size_t trimmed = 1;
-  std::thread([&] { trimmed = rt->allocator().Shrink(); }).join();
+  std::thread([&] { trimmed = si.rt->allocator().Shrink(); }).join();
   EXPECT_EQ(trimmed, 0u) << "another thread gave back an extent the ring still holds";
   EXPECT_EQ(FreeHugePages(kPageSize2M), free_before - 2);
   HUGEMM_ASSERT_OK(own->Free());
-  EXPECT_GT(rt->allocator().Shrink(), 0u);
+  EXPECT_GT(si.rt->allocator().Shrink(), 0u);
   EXPECT_EQ(FreeHugePages(kPageSize2M), free_before) << "the ring kept a freed huge page";
-  fixed->reset();
-  io_uring_queue_exit(&ring);
 }
 
 // The last pin of a freed buffer dropping on a thread a single-issuer ring refuses: the
@@ -443,33 +454,26 @@ TEST_P(FixedBuffersTest, ASingleIssuerRingsMemoryIsFreedOnItsSubmitterOnly) {
 // which stderr says; the submitter's next allocation empties it.
 TEST_P(FixedBuffersTest, ASlotASingleIssuerRingKeptIsEmptiedByItsSubmittersNextCall) {
   HUGEMM_NEED_HUGEPAGES(kPageSize2M, 4);
-  std::unique_ptr<Runtime> rt = OpenRuntime();
-  ASSERT_NE(rt, nullptr);
-  io_uring ring;
-  ASSERT_EQ(io_uring_queue_init(8, &ring, IORING_SETUP_SINGLE_ISSUER), 0);
-  absl::StatusOr<std::unique_ptr<FixedBuffers>> fixed =
-      FixedBuffers::Attach(*rt, ring.ring_fd, {.mode = GetParam()});
-  ASSERT_TRUE(fixed.ok()) << fixed.status();
+  SingleIssuerRing si(GetParam());
+  ASSERT_TRUE(si.ok()) << si.attach;
   const int64_t free_before = FreeHugePages(kPageSize2M);
-  absl::StatusOr<Buffer> own = rt->MapBuffer(kPageSize2M);
+  absl::StatusOr<Buffer> own = si.rt->MapBuffer(kPageSize2M);
   ASSERT_TRUE(own.ok()) << own.status();
   FolioSpan span;
-  absl::StatusOr<size_t> pinned = rt->pinner().PinFolios(own->data(), 4096, kGupPin, {&span, 1});
+  absl::StatusOr<size_t> pinned = si.rt->pinner().PinFolios(own->data(), 4096, kGupPin, {&span, 1});
   ASSERT_TRUE(pinned.ok()) << pinned.status();
   HUGEMM_ASSERT_OK(own->Free());  // on the submitter: allowed, and waits for the pin
   ::testing::internal::CaptureStderr();
-  std::thread([&] { rt->pinner().UnpinFolios({&span, 1}, RefKind::kPin); }).join();
+  std::thread([&] { si.rt->pinner().UnpinFolios({&span, 1}, RefKind::kPin); }).join();
   const std::string said = ::testing::internal::GetCapturedStderr();
-  EXPECT_THAT(said, HasSubstr(absl::StrCat("ring ", ring.ring_fd, " keeps buffer slot")));
+  EXPECT_THAT(said, HasSubstr(absl::StrCat("ring ", si.ring.ring_fd, " keeps buffer slot")));
   EXPECT_THAT(said, HasSubstr("IORING_SETUP_SINGLE_ISSUER"));
   EXPECT_EQ(FreeHugePages(kPageSize2M), free_before - 1) << "the ring holds the frame";
-  absl::StatusOr<Buffer> next = rt->MapBuffer(kPageSize2M);
+  absl::StatusOr<Buffer> next = si.rt->MapBuffer(kPageSize2M);
   ASSERT_TRUE(next.ok()) << next.status();
   EXPECT_EQ(FreeHugePages(kPageSize2M), free_before - 1) << "the kept slot was not emptied";
   HUGEMM_ASSERT_OK(next->Free());
   EXPECT_EQ(FreeHugePages(kPageSize2M), free_before);
-  fixed->reset();
-  io_uring_queue_exit(&ring);
 }
 
 // Two rings on one runtime, one cloned and one of iovecs, while another thread maps and
