@@ -401,6 +401,9 @@ absl::Status Runtime::Free(const void* data) {
 }
 
 absl::Status Runtime::MayFree(uint64_t id) {
+  // A fork() child's observers are its parent's too, and FreeById refuses there anyway.
+  if (kernel_pins_->InForkedChild()) [[unlikely]]
+    return absl::OkStatus();
   MemoryRange range;
   {
     std::lock_guard<std::mutex> lock(mu_);
