@@ -95,8 +95,8 @@ int hugemm_open(const hugemm_options* options, hugemm_runtime** out);
  * the table: they name the parent's memory (addresses the child cannot touch, frames the
  * parent may reuse at any time) and change nothing of the parent's (the child's last
  * unpin of a buffer freed before the fork tells no ring and unmaps nothing); give none of
- * it to a device. hugemm_close releases only the child's ring descriptor and handles (it neither
- * unmaps nor waits), leaving the rest to the child's exit; it, hugemm_io_detach,
+ * it to a device. hugemm_close releases only the child's ring descriptor and handles (it
+ * neither unmaps nor waits), leaving the rest to the child's exit; it, hugemm_io_detach,
  * hugemm_vfio_detach and hugemm_mr_cache_destroy there unregister no ring's table, unmap
  * nothing from a container and deregister nothing. The parent's memory, pins, mappings
  * and registrations stay as they were, and a child that exits leaves the parent
