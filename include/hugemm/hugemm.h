@@ -57,7 +57,12 @@ typedef struct hugemm_runtime hugemm_runtime;
  * hugemm_io_mode, hugemm_io_in_flight, hugemm_page_*, hugemm_maybe_dma_pinned,
  * hugemm_mr_lkey, hugemm_mr_rkey, hugemm_mr_ibv) and the functions that return nothing
  * leave it as it was when they succeed: read it right after the call that failed. Valid
- * until this thread's next hugemm call. */
+ * until this thread's next hugemm call.
+ * No C++ exception leaves a hugemm function: one that returns an int or a long answers
+ * -ENOMEM when the heap (or the address space RLIMIT_AS allows) runs out inside it, with
+ * a message naming the function. Open, the pins and the unpins then leave nothing
+ * behind; a buffer call or a free that runs out part way may leave its buffer's memory
+ * held until the process exits. */
 const char* hugemm_last_error(void);
 
 /* ---- open / close ---------------------------------------------------------------- */

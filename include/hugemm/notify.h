@@ -66,7 +66,7 @@ struct NotifierCallbacks {
 // callbacks: hugemm.h.)
 class NotifierRegistry {
  public:
-  NotifierRegistry() = default;
+  NotifierRegistry();
   NotifierRegistry(const NotifierRegistry&) = delete;
   NotifierRegistry& operator=(const NotifierRegistry&) = delete;
 

@@ -4,12 +4,15 @@
 #include <atomic>
 #include <cerrno>
 #include <climits>
+#include <cstdio>
 #include <cstring>
+#include <exception>
 #include <map>
 #include <mutex>
 #include <new>
 #include <set>
 #include <string>
+#include <system_error>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -31,6 +34,9 @@ struct hugemm_subscription {
 namespace {
 
 thread_local std::string g_last_error;
+// The message of an exception a C function caught (CApiCaught), written without the heap
+// (which may be what ran out); it wins over g_last_error while its first byte is not 0.
+thread_local char g_caught[256];
 std::mutex g_subscriptions_mu;
 
 // A runtime's callbacks run under its notifier registry's lock, on the thread that
@@ -179,6 +185,7 @@ void FillBuffer(const hugemm::Buffer& b, hugemm_buffer* out) {
 int hugemm::bridge::CApiFail(const absl::Status& status) {
   // A failure path handed an OK status (a lookup that succeeded on its second try, say)
   // must not read as success, or as an index or a count of 0.
+  g_caught[0] = '\0';
   if (status.ok()) [[unlikely]] {
     g_last_error = "internal error: a failure was reported with an OK status";
     return -EIO;
@@ -191,20 +198,46 @@ int hugemm::bridge::CApiFail(const absl::Status& status) {
 }
 
 int hugemm::bridge::CApiFail(int err, std::string message) {
+  g_caught[0] = '\0';
   g_last_error = std::move(message);
   return -err;
 }
 
 int hugemm::bridge::CApiOk() {
+  g_caught[0] = '\0';
   g_last_error.clear();
   return 0;
 }
 
+int hugemm::bridge::CApiCaught(const char* fn) noexcept {
+  int err = EIO;
+  const char* what = "an unexpected exception";
+  try {
+    throw;
+  } catch (const std::bad_alloc&) {
+    err = ENOMEM;
+    what = "out of memory (the heap, or the address space RLIMIT_AS allows)";
+  } catch (const std::system_error& e) {
+    if (e.code().category() == std::generic_category() ||
+        e.code().category() == std::system_category()) {
+      err = e.code().value() > 0 ? e.code().value() : EIO;
+    }
+    what = e.what();
+  } catch (const std::exception& e) {
+    what = e.what();
+  } catch (...) {
+  }
+  std::snprintf(g_caught, sizeof g_caught, "%s: %s", fn, what);
+  return -err;
+}
+
 extern "C" {
 
-const char* hugemm_last_error(void) { return g_last_error.c_str(); }
+const char* hugemm_last_error(void) {
+  return g_caught[0] != '\0' ? g_caught : g_last_error.c_str();
+}
 
-int hugemm_open(const hugemm_options* options, hugemm_runtime** out) {
+int hugemm_open(const hugemm_options* options, hugemm_runtime** out) try {
   HUGEMM_C_CHECK(out != nullptr, "hugemm_open: out is NULL");
   *out = nullptr;
   hugemm::RuntimeOptions ro;
@@ -217,21 +250,16 @@ int hugemm_open(const hugemm_options* options, hugemm_runtime** out) {
     ro.kernel_pins = options->kernel_pins != 0;
   }
   // The Runtime's own tables come from the heap, which may be out (an RLIMIT_AS nearly
-  // reached): an exception must not leave a C function. Whatever was made is freed on
-  // the way out.
-  try {
-    absl::StatusOr<std::unique_ptr<hugemm::Runtime>> rt = hugemm::Runtime::Open(ro);
-    // What fails here is the kernel's refusal (the io_uring of the kernel pins, a file):
-    // its own errno, as hugemm.h promises, not the status code's.
-    if (!rt.ok()) return hugemm::bridge::CApiFailKernel(rt.status());
-    *out = new hugemm_runtime{std::move(*rt)};
-  } catch (const std::bad_alloc&) {
-    return Fail(ENOMEM,
-                "hugemm_open: out of memory for the runtime's tables (the heap, or "
-                "the address space RLIMIT_AS allows)");
-  }
+  // reached): the std::bad_alloc ends here as -ENOMEM (HUGEMM_C_CATCH), and whatever was
+  // made is freed on its way.
+  absl::StatusOr<std::unique_ptr<hugemm::Runtime>> rt = hugemm::Runtime::Open(ro);
+  // What fails here is the kernel's refusal (the io_uring of the kernel pins, a file):
+  // its own errno, as hugemm.h promises, not the status code's.
+  if (!rt.ok()) return hugemm::bridge::CApiFailKernel(rt.status());
+  *out = new hugemm_runtime{std::move(*rt)};
   return Ok();
 }
+HUGEMM_C_CATCH
 
 void hugemm_close(hugemm_runtime* rt) {
   if (rt == nullptr) return;
@@ -275,7 +303,7 @@ void hugemm_close(hugemm_runtime* rt) {
 }
 
 int hugemm_map_buffer(hugemm_runtime* rt, size_t length, const hugemm_buffer_options* options,
-                      hugemm_buffer* out) {
+                      hugemm_buffer* out) try {
   HUGEMM_C_CHECK(rt != nullptr && out != nullptr, "hugemm_map_buffer: NULL runtime or out");
   hugemm::BufferOptions bo;
   if (int rc = BufferOptionsFrom(options, &bo)) return rc;
@@ -285,9 +313,10 @@ int hugemm_map_buffer(hugemm_runtime* rt, size_t length, const hugemm_buffer_opt
   b->Detach();
   return Ok();
 }
+HUGEMM_C_CATCH
 
 int hugemm_alloc(hugemm_runtime* rt, size_t bytes, const hugemm_buffer_options* options,
-                 int uninitialized, hugemm_buffer* out) {
+                 int uninitialized, hugemm_buffer* out) try {
   HUGEMM_C_CHECK(rt != nullptr && out != nullptr, "hugemm_alloc: NULL runtime or out");
   hugemm::BufferOptions bo;
   if (int rc = BufferOptionsFrom(options, &bo)) return rc;
@@ -307,16 +336,18 @@ int hugemm_alloc(hugemm_runtime* rt, size_t bytes, const hugemm_buffer_options* 
   b->Detach();
   return Ok();
 }
+HUGEMM_C_CATCH
 
-int hugemm_free(hugemm_runtime* rt, void* data) {
+int hugemm_free(hugemm_runtime* rt, void* data) try {
   HUGEMM_C_CHECK(rt != nullptr, "hugemm_free: NULL runtime");
   if (int rc = RefuseInCallback(rt, "hugemm_free")) return rc;
   const absl::Status st = rt->rt->Free(data);
   DrainDeferred();
   return st.ok() ? Ok() : Fail(st);
 }
+HUGEMM_C_CATCH
 
-long hugemm_trim(hugemm_runtime* rt) {
+long hugemm_trim(hugemm_runtime* rt) try {
   HUGEMM_C_CHECK(rt != nullptr, "hugemm_trim: NULL runtime");
   if (int rc = RefuseInCallback(rt, "hugemm_trim")) return rc;
   const size_t bytes = rt->rt->allocator().Shrink();
@@ -324,8 +355,9 @@ long hugemm_trim(hugemm_runtime* rt) {
   Ok();
   return static_cast<long>(std::min<size_t>(bytes, LONG_MAX));
 }
+HUGEMM_C_CATCH
 
-int hugemm_register_external(hugemm_runtime* rt, void* addr, size_t length, uint64_t* id) {
+int hugemm_register_external(hugemm_runtime* rt, void* addr, size_t length, uint64_t* id) try {
   HUGEMM_C_CHECK(rt != nullptr && id != nullptr, "hugemm_register_external: NULL argument");
   if (int rc = RefuseInCallback(rt, "hugemm_register_external")) return rc;
   absl::StatusOr<uint64_t> r = rt->rt->RegisterExternal(addr, length);
@@ -333,14 +365,16 @@ int hugemm_register_external(hugemm_runtime* rt, void* addr, size_t length, uint
   *id = *r;
   return Ok();
 }
+HUGEMM_C_CATCH
 
-int hugemm_unregister_external(hugemm_runtime* rt, uint64_t id) {
+int hugemm_unregister_external(hugemm_runtime* rt, uint64_t id) try {
   HUGEMM_C_CHECK(rt != nullptr, "hugemm_unregister_external: NULL runtime");
   if (int rc = RefuseInCallback(rt, "hugemm_unregister_external")) return rc;
   const absl::Status st = rt->rt->UnregisterExternal(id);
   DrainDeferred();
   return st.ok() ? Ok() : Fail(st);
 }
+HUGEMM_C_CATCH
 
 int hugemm_maybe_dma_pinned(hugemm_runtime* rt, const void* addr) {
   if (rt == nullptr) return 0;
@@ -348,7 +382,7 @@ int hugemm_maybe_dma_pinned(hugemm_runtime* rt, const void* addr) {
 }
 
 int hugemm_translate(hugemm_runtime* rt, const void* addr, uint64_t max_run,
-                     hugemm_translation* out) {
+                     hugemm_translation* out) try {
   HUGEMM_C_CHECK(rt != nullptr && out != nullptr, "hugemm_translate: NULL runtime or out");
   std::optional<hugemm::Translation> t = rt->rt->Translate(addr, max_run);
   if (!t) {
@@ -365,8 +399,9 @@ int hugemm_translate(hugemm_runtime* rt, const void* addr, uint64_t max_run,
   out->page = static_cast<uint32_t>(t->page);
   return Ok();
 }
+HUGEMM_C_CATCH
 
-int hugemm_folio_info_at(hugemm_runtime* rt, const void* addr, hugemm_folio_info* out) {
+int hugemm_folio_info_at(hugemm_runtime* rt, const void* addr, hugemm_folio_info* out) try {
   HUGEMM_C_CHECK(rt != nullptr && out != nullptr, "hugemm_folio_info_at: NULL runtime or out");
   absl::StatusOr<hugemm::FolioInfo> info = rt->rt->FolioInfoAt(addr);
   if (!info.ok()) return Fail(info.status());
@@ -382,8 +417,10 @@ int hugemm_folio_info_at(hugemm_runtime* rt, const void* addr, hugemm_folio_info
   out->meta_in_reserve = info->meta_in_reserve ? 1 : 0;
   return Ok();
 }
+HUGEMM_C_CATCH
 
-long hugemm_verify(hugemm_runtime* rt, const void* addr, size_t length, hugemm_verify_report* out) {
+long hugemm_verify(hugemm_runtime* rt, const void* addr, size_t length,
+                   hugemm_verify_report* out) try {
   HUGEMM_C_CHECK(rt != nullptr, "hugemm_verify: NULL runtime");
   HUGEMM_C_CHECK(length > 0, "hugemm_verify: empty range");
   HUGEMM_C_CHECK(length <= UINTPTR_MAX - reinterpret_cast<uintptr_t>(addr),
@@ -414,10 +451,11 @@ long hugemm_verify(hugemm_runtime* rt, const void* addr, size_t length, hugemm_v
                           "; the first: ", r->mismatches.front().what));
   return static_cast<long>(std::min<size_t>(r->mismatches.size(), LONG_MAX));
 }
+HUGEMM_C_CATCH
 
 int hugemm_subscribe(hugemm_runtime* rt, const void* addr, size_t length,
                      hugemm_invalidate_fn start, hugemm_invalidate_fn end, void* user,
-                     hugemm_subscription** out, const volatile uint64_t** sequence) {
+                     hugemm_subscription** out, const volatile uint64_t** sequence) try {
   HUGEMM_C_CHECK(rt != nullptr && out != nullptr, "hugemm_subscribe: NULL runtime or out");
   HUGEMM_C_CHECK(length > 0, "hugemm_subscribe: empty range");
   HUGEMM_C_CHECK(length <= UINTPTR_MAX - reinterpret_cast<uintptr_t>(addr),
@@ -452,6 +490,7 @@ int hugemm_subscribe(hugemm_runtime* rt, const void* addr, size_t length,
   *out = s;
   return Ok();
 }
+HUGEMM_C_CATCH
 
 void hugemm_unsubscribe(hugemm_subscription* sub) {
   if (sub == nullptr) return;

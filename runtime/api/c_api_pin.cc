@@ -50,7 +50,7 @@ hugemm::PageRef PageOf(hugemm_page page) { return hugemm::PageRef::FromBits(page
 extern "C" {
 
 long hugemm_pin_pages(hugemm_runtime* rt, const void* addr, size_t npages, unsigned flags,
-                      hugemm_page* pages) {
+                      hugemm_page* pages) try {
   HUGEMM_C_CHECK(rt != nullptr && pages != nullptr, "hugemm_pin_pages: NULL runtime or pages");
   if (int rc = CheckFlags(flags)) return rc;
   absl::StatusOr<size_t> n =
@@ -60,9 +60,10 @@ long hugemm_pin_pages(hugemm_runtime* rt, const void* addr, size_t npages, unsig
   Ok();
   return static_cast<long>(*n);
 }
+HUGEMM_C_CATCH
 
 long hugemm_pin_folios(hugemm_runtime* rt, const void* addr, size_t length, unsigned flags,
-                       hugemm_folio_span* spans, size_t cap) {
+                       hugemm_folio_span* spans, size_t cap) try {
   HUGEMM_C_CHECK(rt != nullptr && spans != nullptr, "hugemm_pin_folios: NULL runtime or spans");
   if (int rc = CheckFlags(flags)) return rc;
   absl::StatusOr<size_t> n =
@@ -72,9 +73,10 @@ long hugemm_pin_folios(hugemm_runtime* rt, const void* addr, size_t length, unsi
   Ok();
   return static_cast<long>(*n);
 }
+HUGEMM_C_CATCH
 
 long hugemm_pin_segments(hugemm_runtime* rt, const void* addr, size_t length, unsigned flags,
-                         uint64_t max_segment, hugemm_dma_segment* segments, size_t cap) {
+                         uint64_t max_segment, hugemm_dma_segment* segments, size_t cap) try {
   HUGEMM_C_CHECK(rt != nullptr && segments != nullptr,
                  "hugemm_pin_segments: NULL runtime or segments");
   if (int rc = CheckFlags(flags)) return rc;
@@ -84,23 +86,30 @@ long hugemm_pin_segments(hugemm_runtime* rt, const void* addr, size_t length, un
       absl::MakeSpan(reinterpret_cast<hugemm::DmaSegment*>(segments), cap), &pinned);
   if (!n.ok()) return Fail(n.status());
   if (!pinned.empty()) {
-    rt->segment_pins.Add({reinterpret_cast<uintptr_t>(addr), length, KindOf(flags)},
-                         std::move(pinned));
+    try {
+      rt->segment_pins.Add({reinterpret_cast<uintptr_t>(addr), length, KindOf(flags)}, pinned);
+    } catch (...) {
+      // No record, no pin: the segments are not the caller's to unpin.
+      (void)rt->rt->pinner().UnpinFolios(pinned, KindOf(flags));
+      throw;
+    }
   }
   Ok();
   return static_cast<long>(*n);
 }
+HUGEMM_C_CATCH
 
-long hugemm_unpin_pages(hugemm_runtime* rt, const hugemm_page* pages, size_t n, int dirty) {
+long hugemm_unpin_pages(hugemm_runtime* rt, const hugemm_page* pages, size_t n, int dirty) try {
   HUGEMM_C_CHECK(rt != nullptr && (pages != nullptr || n == 0),
                  "hugemm_unpin_pages: NULL runtime or pages");
   Ok();
   return static_cast<long>(rt->rt->pinner().UnpinPages(
       absl::MakeConstSpan(reinterpret_cast<const hugemm::PageRef*>(pages), n), dirty != 0));
 }
+HUGEMM_C_CATCH
 
 long hugemm_unpin_folios(hugemm_runtime* rt, const hugemm_folio_span* spans, size_t n,
-                         unsigned flags, int dirty) {
+                         unsigned flags, int dirty) try {
   HUGEMM_C_CHECK(rt != nullptr && (spans != nullptr || n == 0),
                  "hugemm_unpin_folios: NULL runtime or spans");
   if (int rc = CheckFlags(flags)) return rc;
@@ -109,9 +118,10 @@ long hugemm_unpin_folios(hugemm_runtime* rt, const hugemm_folio_span* spans, siz
       absl::MakeConstSpan(reinterpret_cast<const hugemm::FolioSpan*>(spans), n), KindOf(flags),
       dirty != 0));
 }
+HUGEMM_C_CATCH
 
 int hugemm_unpin_range(hugemm_runtime* rt, const void* addr, size_t length, unsigned flags,
-                       int dirty) {
+                       int dirty) try {
   HUGEMM_C_CHECK(rt != nullptr, "hugemm_unpin_range: NULL runtime");
   HUGEMM_C_CHECK(length > 0, "hugemm_unpin_range: empty range");
   HUGEMM_C_CHECK(length <= UINTPTR_MAX - reinterpret_cast<uintptr_t>(addr) - kPageSize4KMask,
@@ -134,6 +144,7 @@ int hugemm_unpin_range(hugemm_runtime* rt, const void* addr, size_t length, unsi
   }
   return Ok();
 }
+HUGEMM_C_CATCH
 
 void* hugemm_page_folio(hugemm_page page) { return PageOf(page).folio(); }
 uint32_t hugemm_page_index(hugemm_page page) { return PageOf(page).index(); }

@@ -40,10 +40,20 @@ class SegmentPins {
  public:
   using Key = std::tuple<uintptr_t, size_t, RefKind>;
 
-  void Add(const Key& key, std::vector<FolioSpan> spans) {
+  // Takes `spans` into the log. All or nothing: should the heap run out, the log is as it
+  // was and `spans` still holds the pins (the caller's to give back) when the exception
+  // leaves.
+  void Add(const Key& key, std::vector<FolioSpan>& spans) {
     std::lock_guard<std::mutex> lock(mu_);
-    Count(std::get<2>(key), spans, +1);
-    records_.emplace(key, std::move(spans));
+    auto it = records_.emplace(key, std::vector<FolioSpan>());
+    it->second.swap(spans);
+    try {
+      Count(std::get<2>(key), it->second, +1);
+    } catch (...) {
+      spans.swap(it->second);
+      records_.erase(it);
+      throw;
+    }
   }
   // The oldest record of `key`, taken out of the log; false when there is none.
   bool Take(const Key& key, std::vector<FolioSpan>* spans) {
@@ -64,12 +74,23 @@ class SegmentPins {
   }
 
  private:
+  // All or nothing too: a count that cannot be made takes back those made before it (a
+  // decrement finds its entry, so it allocates nothing).
   void Count(RefKind kind, const std::vector<FolioSpan>& spans, int sign) {
     auto& held = held_[static_cast<int>(kind)];
-    for (const FolioSpan& s : spans) {
+    auto add = [&held](const FolioSpan& s, int64_t delta) {
       int64_t& n = held[s.folio];
-      n += sign * static_cast<int64_t>(s.pages);
+      n += delta;
       if (n == 0) held.erase(s.folio);
+    };
+    size_t done = 0;
+    try {
+      for (; done < spans.size(); ++done) {
+        add(spans[done], sign * static_cast<int64_t>(spans[done].pages));
+      }
+    } catch (...) {
+      while (done-- > 0) add(spans[done], -sign * static_cast<int64_t>(spans[done].pages));
+      throw;
     }
   }
 
@@ -118,6 +139,11 @@ int CApiFail(const absl::Status& status);
 int CApiFail(int err, std::string message);
 // Clears this thread's message and returns 0.
 int CApiOk();
+// For the handler of everything a C function may throw (HUGEMM_C_CATCH): sets this
+// thread's message to "<fn>: <what was thrown>", written without the heap (which may be
+// what ran out), and returns the negative errno: -ENOMEM for std::bad_alloc, a
+// std::system_error's errno, -EIO for anything else. Only inside a catch handler.
+int CApiCaught(const char* fn) noexcept;
 // The kernel's own errno where the status keeps one (ErrnoOf: a syscall or an ioctl said
 // no), else CApiFail(status): for the consumer layers, whose errors are mostly the kernel's.
 inline int CApiFailKernel(const absl::Status& status) {
@@ -173,6 +199,14 @@ inline int Fail(int err, std::string message) { return bridge::CApiFail(err, std
 inline int Ok() { return bridge::CApiOk(); }
 
 }  // namespace hugemm::c_api_internal
+
+// The handler of a C function's function-try-block: no exception leaves a C function.
+//   int hugemm_x(...) try { ... } HUGEMM_C_CATCH
+// A function that returns nothing has no way to say it failed: it must not throw at all.
+#define HUGEMM_C_CATCH                             \
+  catch (...) {                                    \
+    return ::hugemm::bridge::CApiCaught(__func__); \
+  }
 
 // Returns -EINVAL with `what` as this thread's message unless `cond` holds.
 #define HUGEMM_C_CHECK(cond, what)                                      \

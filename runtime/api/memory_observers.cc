@@ -9,14 +9,22 @@ namespace hugemm::api_internal {
 absl::Status MemoryObservers::MemoryAdded(const MemoryRange& range) {
   std::shared_lock<std::shared_mutex> lock(mu_);
   if (closed_) return absl::OkStatus();
-  for (size_t i = 0; i < observers_.size(); ++i) {
-    if (absl::Status st = observers_[i].observer->MemoryAdded(range); !st.ok()) {
-      while (i-- > 0) observers_[i].observer->MemoryRemoving(range);
-      return st;
+  // A refusal, or an exception (the heap ran out), takes the range back from every
+  // observer that had it.
+  size_t told = 0;
+  try {
+    for (; told < observers_.size(); ++told) {
+      if (absl::Status st = observers_[told].observer->MemoryAdded(range); !st.ok()) {
+        while (told-- > 0) observers_[told].observer->MemoryRemoving(range);
+        return st;
+      }
     }
+    std::lock_guard<std::mutex> held(held_mu_);
+    held_[reinterpret_cast<uintptr_t>(range.data)] = range;
+  } catch (...) {
+    while (told-- > 0) observers_[told].observer->MemoryRemoving(range);
+    throw;
   }
-  std::lock_guard<std::mutex> held(held_mu_);
-  held_[reinterpret_cast<uintptr_t>(range.data)] = range;
   return absl::OkStatus();
 }
 

@@ -4,9 +4,13 @@
 #include <sys/mman.h>
 
 #include <cstdio>
+#include <map>
+#include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "runtime/alloc/address_index.h"
@@ -77,6 +81,16 @@ class Runtime::BufferRecord final : public FolioOwner {
 };
 
 namespace {
+
+// An entry of a std::map made apart from it, to be moved in later (insert of a node
+// handle allocates nothing): so that entering something in two maps cannot run out of
+// memory between the first and the second.
+template <typename Map>
+typename Map::node_type NewNode() {
+  Map scratch;
+  scratch.emplace();
+  return scratch.extract(scratch.begin());
+}
 
 // Unmaps what of the record's folios the table still maps.
 absl::Status UnmapRecord(PageTable& table, const Runtime::BufferRecord& record) {
@@ -258,27 +272,44 @@ absl::StatusOr<Buffer> Runtime::MapBuffer(size_t length, const BufferOptions& op
   }
   if (!extent.ok()) return extent.status();
 
-  auto* record = new BufferRecord(kernel_pins_->fork_watch());
-  record->nfolios = extent->page_count();
-  record->folios.reset(new Folio[record->nfolios]);
-  for (size_t i = 0; i < record->nfolios; ++i) {
-    InitFolioForPage(&record->folios[i], *extent, i, record);  // the buffer's reference
-  }
-  record->SetLive(record->nfolios);
-  record->data = extent->data();
-  record->size = extent->size();
-  record->prot = options.prot;
-  record->backing = options.backing;
-  const size_t folio_size = extent->page_size();
-  record->extent = std::move(*extent);
-
-  // Everything below unwinds by dropping the buffer's references: the record deletes
-  // itself with the last one. A named file this call created goes too, as it would had
-  // the backing failed.
+  // The runtime's entries for the buffer are made before anything changes, so that
+  // entering it at the end cannot run out of memory half way.
+  auto entry = NewNode<decltype(buffers_)>();
+  auto address_entry = NewNode<decltype(by_address_)>();
+  auto owned = std::make_unique<BufferRecord>(kernel_pins_->fork_watch());
+  owned->nfolios = extent->page_count();
+  owned->folios.reset(new Folio[owned->nfolios]);
   const std::string created_file =
-      record->extent.created_file() ? (*backing)->FilePath(options.file_name) : "";
-  auto drop = [&](size_t mapped) {
-    if (mapped > 0) (void)table_->Unmap(record->data, mapped * folio_size);
+      extent->created_file() ? (*backing)->FilePath(options.file_name) : "";
+  for (size_t i = 0; i < owned->nfolios; ++i) {
+    InitFolioForPage(&owned->folios[i], *extent, i, owned.get());  // the buffer's reference
+  }
+  owned->SetLive(owned->nfolios);
+  owned->data = extent->data();
+  owned->size = extent->size();
+  owned->prot = options.prot;
+  owned->backing = options.backing;
+  const size_t folio_size = extent->page_size();
+  owned->extent = std::move(*extent);
+  // From here the buffer's references own the record: it deletes itself with the last.
+  BufferRecord* record = owned.release();
+
+  // Every way out but the last unwinds here, an exception's too: the table lets go of
+  // the leaves it mapped, then the buffer's references go. A named file this call created
+  // goes too, as it would had the backing failed.
+  size_t mapped = 0;
+  bool entered = false;
+  absl::Cleanup drop = [&]() noexcept {
+    if (entered) return;
+    if (mapped > 0) {
+      // A table short of memory to unmap keeps the leaves, and with them the buffer:
+      // leaked whole rather than freed under a leaf.
+      try {
+        (void)table_->Unmap(record->data, mapped * folio_size);
+      } catch (...) {
+        return;
+      }
+    }
     const size_t n = record->nfolios;
     Folio* folios = record->folios.get();
     for (size_t i = 0; i < n; ++i) FolioPut(&folios[i]);
@@ -286,17 +317,11 @@ absl::StatusOr<Buffer> Runtime::MapBuffer(size_t length, const BufferOptions& op
   };
   // The kernel pin table and every other observer learn the buffer before it is handed
   // out (its PFNs may go to a device at once).
-  if (absl::Status st = observers_->MemoryAdded(record->range()); !st.ok()) {
-    drop(0);
-    return st;
-  }
+  if (absl::Status st = observers_->MemoryAdded(record->range()); !st.ok()) return st;
   record->observers = observers_;
-  for (size_t i = 0; i < record->nfolios; ++i) {
-    Folio* f = &record->folios[i];
-    if (absl::Status st = table_->Map(f, f->data, options.prot); !st.ok()) {
-      drop(i);
-      return st;
-    }
+  for (; mapped < record->nfolios; ++mapped) {
+    Folio* f = &record->folios[mapped];
+    if (absl::Status st = table_->Map(f, f->data, options.prot); !st.ok()) return st;
   }
   // The kernel's mapping gets the same protection as the table's, so that Verify holds
   // them equal and the program's own accesses obey it. Mapped read and write (the
@@ -307,7 +332,6 @@ absl::StatusOr<Buffer> Runtime::MapBuffer(size_t length, const BufferOptions& op
                      (HasAny(options.prot, kProtWrite) ? PROT_WRITE : 0) |
                      (HasAny(options.prot, kProtExec) ? PROT_EXEC : 0);
     if (absl::Status st = os_.Mprotect(record->data, record->size, prot); !st.ok()) {
-      drop(record->nfolios);
       return sys::Annotate(st, absl::StrFormat("map %u bytes as %s", length,
                                                pgtable_internal::ProtLetters(options.prot)));
     }
@@ -320,8 +344,13 @@ absl::StatusOr<Buffer> Runtime::MapBuffer(size_t length, const BufferOptions& op
   buffer.folio_size_ = folio_size;
   std::lock_guard<std::mutex> lock(mu_);
   buffer.id_ = next_id_++;
-  by_address_[reinterpret_cast<uintptr_t>(record->data)] = buffer.id_;
-  buffers_[buffer.id_].reset(record);
+  entry.key() = buffer.id_;
+  entry.mapped().reset(record);
+  address_entry.key() = reinterpret_cast<uintptr_t>(record->data);
+  address_entry.mapped() = buffer.id_;
+  buffers_.insert(std::move(entry));
+  by_address_.insert(std::move(address_entry));
+  entered = true;
   return buffer;
 }
 
@@ -338,10 +367,14 @@ absl::StatusOr<Buffer> Runtime::Allocate(size_t bytes, const AllocOptions& optio
   }
   if (!handle.ok()) return handle.status();
   Folio* folio = handle->folio();
+  // Everything that may run out of memory comes before the table maps the folio: after
+  // it, nothing can fail.
+  auto entry = NewNode<decltype(buffers_)>();
+  auto address_entry = NewNode<decltype(by_address_)>();
+  auto record = std::make_unique<BufferRecord>(kernel_pins_->fork_watch());
   if (absl::Status st = table_->Map(folio, folio->data, kProtRead | kProtWrite); !st.ok()) {
     return st;
   }
-  auto record = std::make_unique<BufferRecord>(kernel_pins_->fork_watch());
   record->data = folio->data;
   record->size = folio->size();
   record->prot = kProtRead | kProtWrite;
@@ -354,8 +387,12 @@ absl::StatusOr<Buffer> Runtime::Allocate(size_t bytes, const AllocOptions& optio
   buffer.folio_size_ = record->size;
   std::lock_guard<std::mutex> lock(mu_);
   buffer.id_ = next_id_++;
-  by_address_[reinterpret_cast<uintptr_t>(record->data)] = buffer.id_;
-  buffers_[buffer.id_] = std::move(record);
+  address_entry.key() = reinterpret_cast<uintptr_t>(record->data);
+  address_entry.mapped() = buffer.id_;
+  entry.key() = buffer.id_;
+  entry.mapped() = std::move(record);
+  buffers_.insert(std::move(entry));
+  by_address_.insert(std::move(address_entry));
   return buffer;
 }
 

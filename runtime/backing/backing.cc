@@ -15,6 +15,7 @@
 #include <optional>
 #include <utility>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -208,17 +209,28 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
   const size_t length = request.length;
   Os& os = os_;
 
-  // Everything below unwinds through here: the reservation, the fd, the source range.
+  // Everything below unwinds through `undo`, once: the reservation, the fd, the source
+  // range and a thread bound to the node for the mmap. An error return (fail) runs it, and
+  // so does an exception on the way (a std::bad_alloc building a message or the PFN list).
   std::byte* mapped = nullptr;
+  std::optional<MemoryPolicy> own_policy;  // while set, the thread is bound for the mmap
+  bool undone = false;
+  auto undo = [&] {
+    if (undone) return;
+    undone = true;
+    if (own_policy.has_value()) (void)os.SetThreadMemoryPolicy(*own_policy);
+    if (mapped != nullptr) (void)os.Munmap(mapped, length);
+    if (source->owns_fd) (void)os.Close(source->fd);
+    if (!source->created_path.empty()) (void)os.Unlink(source->created_path);
+    impl_->Release(source->offset, length);
+  };
+  absl::Cleanup undo_on_throw = undo;
   auto with_pool_hint = [&](const absl::Status& status) {
     return sys::AppendToMessage(status,
                                 PoolHint(os, kind_, page_size_, request.node, impl_->LimitHint()));
   };
   auto fail = [&](const absl::Status& status, absl::string_view step) -> absl::Status {
-    if (mapped != nullptr) (void)os.Munmap(mapped, length);
-    if (source->owns_fd) (void)os.Close(source->fd);
-    if (!source->created_path.empty()) (void)os.Unlink(source->created_path);
-    impl_->Release(source->offset, length);
+    undo();
     // A step the OS's message names already ("mmap: ...") is not named twice.
     if (absl::StartsWith(status.message(), absl::StrCat(step, ": "))) {
       return sys::Annotate(status, context);
@@ -252,7 +264,6 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
   // exactly (mode, flags, nodes). A node the process's cpuset does not allow cannot be
   // bound to (EINVAL): the mmap goes ahead under the thread's own policy and the mbind
   // refuses the node, as it should.
-  std::optional<MemoryPolicy> own_policy;
   if (request.node >= 0 && source->fixed_node < 0 &&
       (kind_ == BackingKind::kHugetlb || kind_ == BackingKind::kHugetlbfs)) {
     absl::StatusOr<MemoryPolicy> own = os.ThreadMemoryPolicy();
@@ -274,8 +285,10 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
   absl::StatusOr<void*> fixed =
       os.Mmap(mapped, length, PROT_READ | PROT_WRITE, source->flags | MAP_FIXED, source->fd,
               static_cast<off_t>(source->offset));
-  if (own_policy.has_value()) {
-    if (absl::Status st = os.SetThreadMemoryPolicy(*own_policy); !st.ok()) {
+  const bool bound = own_policy.has_value();
+  if (bound) {
+    const MemoryPolicy own = *std::exchange(own_policy, std::nullopt);
+    if (absl::Status st = os.SetThreadMemoryPolicy(own); !st.ok()) {
       return fail(
           sys::AppendToMessage(st, absl::StrCat("; the thread stays bound to node ", request.node)),
           "give the thread back its memory policy");
@@ -283,7 +296,7 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
   }
   if (!fixed.ok()) {
     absl::Status st = with_pool_hint(fixed.status());
-    if (ErrnoOf(st) == ENOMEM && request.node >= 0 && !own_policy.has_value()) {
+    if (ErrnoOf(st) == ENOMEM && request.node >= 0 && !bound) {
       std::string hint = CpusetHint(os, request.node);
       if (hint.empty()) hint = PolicyHint(os, kind_, page_size_, request.node, length);
       st = sys::AppendToMessage(st, hint);
@@ -338,6 +351,8 @@ absl::StatusOr<Extent> Backing::Map(const MapRequest& request) {
     if (pfns[i] == kUnknownPfn) pfns[i] = impl_->PfnWithoutPagemap(source->offset + i * page_size_);
   }
 
+  // From here on nothing throws: the extent owns the mapping and the source range.
+  std::move(undo_on_throw).Cancel();
   if (source->owns_fd) (void)os.Close(source->fd);
   Extent extent;
   extent.data_ = mapped;

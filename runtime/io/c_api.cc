@@ -29,7 +29,7 @@ int Closed(const char* fn) { return hugemm::bridge::CApiClosed(fn, "io", "hugemm
 extern "C" {
 
 int hugemm_io_attach(hugemm_runtime* rt, int ring_fd, const hugemm_io_options* options,
-                     hugemm_io** out) {
+                     hugemm_io** out) try {
   if (out == nullptr) return Invalid("hugemm_io_attach: out is NULL");
   *out = nullptr;
   if (rt == nullptr) return Invalid("hugemm_io_attach: NULL runtime");
@@ -59,17 +59,19 @@ int hugemm_io_attach(hugemm_runtime* rt, int ring_fd, const hugemm_io_options* o
   *out = io;
   return Ok();
 }
+HUGEMM_C_CATCH
 
 void hugemm_io_detach(hugemm_io* io) { hugemm::bridge::CApiRelease<&hugemm_io::ring>(io); }
 
-int hugemm_io_mode(const hugemm_io* io) {
+int hugemm_io_mode(const hugemm_io* io) try {
   if (io == nullptr) return Invalid("hugemm_io_mode: NULL io");
   if (io->ring == nullptr) return Closed("hugemm_io_mode");
   return io->ring->fixed().mode() == hugemm::FixedBufferMode::kClone ? HUGEMM_IO_CLONE
                                                                      : HUGEMM_IO_IOVEC;
 }
+HUGEMM_C_CATCH
 
-int hugemm_io_buffer_index(const hugemm_io* io, const void* addr, size_t length) {
+int hugemm_io_buffer_index(const hugemm_io* io, const void* addr, size_t length) try {
   if (io == nullptr) return Invalid("hugemm_io_buffer_index: NULL io");
   if (io->ring == nullptr) return Closed("hugemm_io_buffer_index");
   const int index = io->ring->fixed().Find(addr, length);
@@ -80,9 +82,10 @@ int hugemm_io_buffer_index(const hugemm_io* io, const void* addr, size_t length)
   if (why.ok()) return *why;
   return Fail(why.status());
 }
+HUGEMM_C_CATCH
 
 int hugemm_io_prep_read(hugemm_io* io, struct io_uring_sqe* sqe, int fd, void* buf, unsigned length,
-                        uint64_t offset, uint64_t user_data) {
+                        uint64_t offset, uint64_t user_data) try {
   if (io == nullptr) return Invalid("hugemm_io_prep_read: NULL io");
   if (io->ring == nullptr) return Closed("hugemm_io_prep_read");
   if (absl::Status st = io->ring->PrepareRead(sqe, fd, buf, length, offset, user_data); !st.ok()) {
@@ -90,9 +93,10 @@ int hugemm_io_prep_read(hugemm_io* io, struct io_uring_sqe* sqe, int fd, void* b
   }
   return Ok();
 }
+HUGEMM_C_CATCH
 
 int hugemm_io_prep_write(hugemm_io* io, struct io_uring_sqe* sqe, int fd, const void* buf,
-                         unsigned length, uint64_t offset, uint64_t user_data) {
+                         unsigned length, uint64_t offset, uint64_t user_data) try {
   if (io == nullptr) return Invalid("hugemm_io_prep_write: NULL io");
   if (io->ring == nullptr) return Closed("hugemm_io_prep_write");
   if (absl::Status st = io->ring->PrepareWrite(sqe, fd, buf, length, offset, user_data); !st.ok()) {
@@ -100,8 +104,9 @@ int hugemm_io_prep_write(hugemm_io* io, struct io_uring_sqe* sqe, int fd, const 
   }
   return Ok();
 }
+HUGEMM_C_CATCH
 
-int hugemm_io_complete(hugemm_io* io, const struct io_uring_cqe* cqe, uint64_t* user_data) {
+int hugemm_io_complete(hugemm_io* io, const struct io_uring_cqe* cqe, uint64_t* user_data) try {
   if (io == nullptr) return Invalid("hugemm_io_complete: NULL io");
   if (io->ring == nullptr) return Closed("hugemm_io_complete");
   absl::StatusOr<uint64_t> u = io->ring->Complete(cqe);
@@ -109,8 +114,9 @@ int hugemm_io_complete(hugemm_io* io, const struct io_uring_cqe* cqe, uint64_t* 
   if (user_data != nullptr) *user_data = *u;
   return Ok();
 }
+HUGEMM_C_CATCH
 
-int hugemm_io_cancel(hugemm_io* io, const struct io_uring_sqe* sqe, uint64_t* user_data) {
+int hugemm_io_cancel(hugemm_io* io, const struct io_uring_sqe* sqe, uint64_t* user_data) try {
   if (io == nullptr) return Invalid("hugemm_io_cancel: NULL io");
   if (io->ring == nullptr) return Closed("hugemm_io_cancel");
   absl::StatusOr<uint64_t> u = io->ring->Cancel(sqe);
@@ -118,13 +124,14 @@ int hugemm_io_cancel(hugemm_io* io, const struct io_uring_sqe* sqe, uint64_t* us
   if (user_data != nullptr) *user_data = *u;
   return Ok();
 }
+HUGEMM_C_CATCH
 
 unsigned hugemm_io_in_flight(const hugemm_io* io) {
   return io == nullptr || io->ring == nullptr ? 0 : static_cast<unsigned>(io->ring->in_flight());
 }
 
 int hugemm_io_pin(hugemm_io* io, const void* addr, size_t length, int device_writes,
-                  uint64_t* token) {
+                  uint64_t* token) try {
   if (io == nullptr || token == nullptr) return Invalid("hugemm_io_pin: NULL io or token");
   if (io->ring == nullptr) return Closed("hugemm_io_pin");
   absl::StatusOr<uint64_t> t = io->ring->pins().Pin(addr, length, device_writes != 0);
@@ -132,12 +139,14 @@ int hugemm_io_pin(hugemm_io* io, const void* addr, size_t length, int device_wri
   *token = *t;
   return Ok();
 }
+HUGEMM_C_CATCH
 
-int hugemm_io_unpin(hugemm_io* io, uint64_t token) {
+int hugemm_io_unpin(hugemm_io* io, uint64_t token) try {
   if (io == nullptr) return Invalid("hugemm_io_unpin: NULL io");
   if (io->ring == nullptr) return Closed("hugemm_io_unpin");
   if (absl::Status st = io->ring->pins().Unpin(token); !st.ok()) return Fail(st);
   return Ok();
 }
+HUGEMM_C_CATCH
 
 }  // extern "C"

@@ -165,7 +165,13 @@ absl::StatusOr<std::unique_ptr<FixedBuffers>> FixedBuffers::Attach(
     return Explain(sys::Annotate(held.status(), "fixed buffers"), ring_fd, "");
   }
   const int held_fd = *held;
-  std::unique_ptr<FixedBuffers> fb(new FixedBuffers(runtime, ring_fd, held_fd));
+  std::unique_ptr<FixedBuffers> fb;
+  try {
+    fb.reset(new FixedBuffers(runtime, ring_fd, held_fd));  // it closes held_fd from now on
+  } catch (...) {
+    (void)os.Close(held_fd);
+    throw;
+  }
   bool registered = false;
   const auto busy = [&] {
     return sys::WithErrno(absl::FailedPreconditionError(absl::StrCat(
@@ -204,9 +210,17 @@ absl::StatusOr<std::unique_ptr<FixedBuffers>> FixedBuffers::Attach(
     fb->mode_ = FixedBufferMode::kIovec;
     return absl::OkStatus();
   };
-  if (absl::Status st = runtime.AddMemoryObserver(fb->follower_.get(), make_table); !st.ok()) {
+  // A refusal, or an exception (the heap ran out), leaves the ring without a table.
+  absl::Status added;
+  try {
+    added = runtime.AddMemoryObserver(fb->follower_.get(), make_table);
+  } catch (...) {
     if (registered) (void)os.IoUringUnregisterBuffers(held_fd);
-    return st;
+    throw;
+  }
+  if (!added.ok()) {
+    if (registered) (void)os.IoUringUnregisterBuffers(held_fd);
+    return added;
   }
   fb->attached_ = true;
   // What the clone brought that is no range of the runtime's (external memory) leaves the

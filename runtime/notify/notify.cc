@@ -51,6 +51,10 @@ absl::Status NotifierRegistry::Unsubscribe(uint64_t id) {
   return absl::OkStatus();
 }
 
+// Room for the changes under way of a few threads at once: a change (an unmap, a free)
+// then records itself without the heap, which may be what ran out when it is undone.
+NotifierRegistry::NotifierRegistry() { under_way_.reserve(8); }
+
 void NotifierRegistry::InvalidateStart(const Invalidation& inv) { Announce(true, inv); }
 
 void NotifierRegistry::InvalidateEnd(const Invalidation& inv) { Announce(false, inv); }

@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "hugemm/folio.h"
 #include "runtime/pgtable/table.h"
 
@@ -16,7 +17,8 @@ namespace hugemm::pgtable_internal {
 struct Garbage {
   Table* tables = nullptr;  // linked through `next`, each with its deposits
   std::vector<ExclusiveRecord*> records;
-  std::vector<std::pair<Folio*, int32_t>> puts;
+  // Inline room for a few: the unmap of a buffer's folio needs no heap.
+  absl::InlinedVector<std::pair<Folio*, int32_t>, 4> puts;
   bool unhooked = false;  // a table readers could reach was detached: hints go stale
 
   void Add(Table* t) {

@@ -19,6 +19,7 @@ extern "C" {  // hugetlbfs.h has no C++ guards
 #include <cerrno>
 #include <cstdint>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -160,14 +161,15 @@ class RealOs final : public Os {
   }
 
   absl::StatusOr<std::vector<std::string>> ListDir(const std::string& path) override {
-    DIR* dir = ::opendir(path.c_str());
+    // Closed on every way out, a std::bad_alloc from the names included.
+    std::unique_ptr<DIR, int (*)(DIR*)> dir(::opendir(path.c_str()), ::closedir);
     if (dir == nullptr) return ErrnoStatus(errno, absl::StrCat("cannot list ", path));
     std::vector<std::string> names;
-    while (struct dirent* e = ::readdir(dir)) {
+    while (struct dirent* e = ::readdir(dir.get())) {
       std::string name = e->d_name;
       if (name != "." && name != "..") names.push_back(std::move(name));
     }
-    ::closedir(dir);
+    dir.reset();
     std::sort(names.begin(), names.end());
     return names;
   }

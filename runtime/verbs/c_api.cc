@@ -34,7 +34,7 @@ int Closed(const char* fn) {
 extern "C" {
 
 int hugemm_mr_cache_create(hugemm_runtime* rt, const hugemm_mr_cache_options* options,
-                           hugemm_mr_cache** out) {
+                           hugemm_mr_cache** out) try {
   if (out == nullptr) return CApiFail(EINVAL, "hugemm_mr_cache_create: out is NULL");
   *out = nullptr;
   if (rt == nullptr) return CApiFail(EINVAL, "hugemm_mr_cache_create: NULL runtime");
@@ -61,13 +61,14 @@ int hugemm_mr_cache_create(hugemm_runtime* rt, const hugemm_mr_cache_options* op
   *out = handle;
   return CApiOk();
 }
+HUGEMM_C_CATCH
 
 void hugemm_mr_cache_destroy(hugemm_mr_cache* cache) {
   hugemm::bridge::CApiRelease<&hugemm_mr_cache::cache>(cache);
 }
 
 int hugemm_mr_get(hugemm_mr_cache* cache, struct ibv_pd* pd, const void* addr, size_t length,
-                  int access, hugemm_mr** out) {
+                  int access, hugemm_mr** out) try {
   if (out == nullptr) return CApiFail(EINVAL, "hugemm_mr_get: out is NULL");
   *out = nullptr;
   if (cache == nullptr) return CApiFail(EINVAL, "hugemm_mr_get: NULL cache");
@@ -79,6 +80,7 @@ int hugemm_mr_get(hugemm_mr_cache* cache, struct ibv_pd* pd, const void* addr, s
   *out = mr;
   return CApiOk();
 }
+HUGEMM_C_CATCH
 
 struct ibv_mr* hugemm_mr_ibv(const hugemm_mr* mr) {
   return mr != nullptr ? mr->handle.mr() : nullptr;
@@ -90,14 +92,15 @@ uint32_t hugemm_mr_rkey(const hugemm_mr* mr) { return mr != nullptr ? mr->handle
 
 void hugemm_mr_put(hugemm_mr* mr) { delete mr; }
 
-long hugemm_mr_cache_flush(hugemm_mr_cache* cache) {
+long hugemm_mr_cache_flush(hugemm_mr_cache* cache) try {
   if (cache == nullptr) return CApiFail(EINVAL, "hugemm_mr_cache_flush: NULL cache");
   if (cache->cache == nullptr) return Closed("hugemm_mr_cache_flush");
   CApiOk();
   return static_cast<long>(cache->cache->Flush());
 }
+HUGEMM_C_CATCH
 
-int hugemm_mr_cache_stats_get(hugemm_mr_cache* cache, hugemm_mr_cache_stats* out) {
+int hugemm_mr_cache_stats_get(hugemm_mr_cache* cache, hugemm_mr_cache_stats* out) try {
   if (cache == nullptr || out == nullptr) {
     return CApiFail(EINVAL, "hugemm_mr_cache_stats_get: NULL cache or out");
   }
@@ -108,5 +111,6 @@ int hugemm_mr_cache_stats_get(hugemm_mr_cache* cache, hugemm_mr_cache_stats* out
                                s.held};
   return CApiOk();
 }
+HUGEMM_C_CATCH
 
 }  // extern "C"

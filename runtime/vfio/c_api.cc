@@ -34,7 +34,7 @@ int Closed(const char* fn) {
 extern "C" {
 
 int hugemm_vfio_attach(hugemm_runtime* rt, int container_fd, const hugemm_vfio_options* options,
-                       hugemm_vfio** out) {
+                       hugemm_vfio** out) try {
   if (out == nullptr) return Invalid("hugemm_vfio_attach: out is NULL");
   *out = nullptr;
   if (rt == nullptr) return Invalid("hugemm_vfio_attach: NULL runtime");
@@ -51,12 +51,13 @@ int hugemm_vfio_attach(hugemm_runtime* rt, int container_fd, const hugemm_vfio_o
   *out = handle;
   return hugemm::bridge::CApiOk();
 }
+HUGEMM_C_CATCH
 
 void hugemm_vfio_detach(hugemm_vfio* vfio) {
   hugemm::bridge::CApiRelease<&hugemm_vfio::mapper>(vfio);
 }
 
-int hugemm_vfio_iova(const hugemm_vfio* vfio, const void* addr, uint64_t* iova) {
+int hugemm_vfio_iova(const hugemm_vfio* vfio, const void* addr, uint64_t* iova) try {
   if (vfio == nullptr || iova == nullptr) return Invalid("hugemm_vfio_iova: NULL argument");
   if (vfio->mapper == nullptr) return Closed("hugemm_vfio_iova");
   std::optional<uint64_t> found = vfio->mapper->Iova(addr);
@@ -68,9 +69,10 @@ int hugemm_vfio_iova(const hugemm_vfio* vfio, const void* addr, uint64_t* iova) 
   *iova = *found;
   return hugemm::bridge::CApiOk();
 }
+HUGEMM_C_CATCH
 
 long hugemm_vfio_pin_segments(hugemm_vfio* vfio, const void* addr, size_t length, unsigned flags,
-                              uint64_t max_segment, hugemm_dma_segment* segments, size_t cap) {
+                              uint64_t max_segment, hugemm_dma_segment* segments, size_t cap) try {
   if (vfio == nullptr || segments == nullptr) {
     return Invalid("hugemm_vfio_pin_segments: NULL mapper or segments");
   }
@@ -84,14 +86,20 @@ long hugemm_vfio_pin_segments(hugemm_vfio* vfio, const void* addr, size_t length
     // Recorded as hugemm_pin_segments records its pins, for hugemm_unpin_range.
     const hugemm::RefKind kind =
         (flags & HUGEMM_PIN) != 0 ? hugemm::RefKind::kPin : hugemm::RefKind::kGet;
-    vfio->rt->segment_pins.Add({reinterpret_cast<uintptr_t>(addr), length, kind},
-                               std::move(pinned));
+    try {
+      vfio->rt->segment_pins.Add({reinterpret_cast<uintptr_t>(addr), length, kind}, pinned);
+    } catch (...) {
+      // No record, no pin: the segments are not the caller's to unpin.
+      (void)vfio->rt->rt->pinner().UnpinFolios(pinned, kind);
+      throw;
+    }
   }
   hugemm::bridge::CApiOk();
   return static_cast<long>(*n);
 }
+HUGEMM_C_CATCH
 
-int hugemm_vfio_stats(const hugemm_vfio* vfio, size_t* mappings, size_t* bytes) {
+int hugemm_vfio_stats(const hugemm_vfio* vfio, size_t* mappings, size_t* bytes) try {
   if (vfio == nullptr) return Invalid("hugemm_vfio_stats: NULL mapper");
   if (vfio->mapper == nullptr) return Closed("hugemm_vfio_stats");
   const hugemm::IovaMapperStats s = vfio->mapper->stats();
@@ -99,5 +107,6 @@ int hugemm_vfio_stats(const hugemm_vfio* vfio, size_t* mappings, size_t* bytes) 
   if (bytes != nullptr) *bytes = s.bytes;
   return hugemm::bridge::CApiOk();
 }
+HUGEMM_C_CATCH
 
 }  // extern "C"

@@ -1,0 +1,292 @@
+// The heap running out inside the C API (hugemm.h): open, the pins and the unpins. This program
+// replaces operator new with one that fails, on the thread that asks for it, at the k-th allocation
+// of one call (and, in the "exhausted" mode, at every one after): each call is made for
+// k = 0, 1, 2, ... until it completes without meeting a failure. Every call must either
+// do its work or answer -ENOMEM with a message and undo what it did: never end the
+// program, never keep a reference, a mapping, a descriptor, a kernel pin or a huge page.
+// After each failure the runtime must still do the same call, and once it is closed the
+// process must hold what it held before it opened.
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <new>
+#include <string>
+#include <thread>
+
+#include "gtest/gtest.h"
+#include "hugemm/hugemm.h"
+#include "soak/footprint.h"
+#include "tests/test_util.h"
+
+namespace {
+
+// The failing heap, per thread: allocations to let through before one fails (-1: none
+// fails), whether every one after fails too, and whether one failed.
+thread_local long t_left = -1;
+thread_local bool t_exhausted = false;
+thread_local bool t_hit = false;
+
+void* Take(size_t n, size_t align, bool nothrow) {
+  if (t_left == 0) {
+    t_hit = true;
+    if (!t_exhausted) t_left = -1;
+    if (nothrow) return nullptr;
+    throw std::bad_alloc();
+  }
+  if (t_left > 0) --t_left;
+  if (n == 0) n = 1;
+  void* p = nullptr;
+  if (align <= alignof(std::max_align_t)) {
+    p = std::malloc(n);
+  } else if (posix_memalign(&p, align, n) != 0) {
+    p = nullptr;
+  }
+  if (p == nullptr && !nothrow) throw std::bad_alloc();
+  return p;
+}
+
+}  // namespace
+
+void* operator new(size_t n) { return Take(n, 0, false); }
+void* operator new[](size_t n) { return Take(n, 0, false); }
+void* operator new(size_t n, const std::nothrow_t&) noexcept { return Take(n, 0, true); }
+void* operator new[](size_t n, const std::nothrow_t&) noexcept { return Take(n, 0, true); }
+void* operator new(size_t n, std::align_val_t a) { return Take(n, static_cast<size_t>(a), false); }
+void* operator new[](size_t n, std::align_val_t a) {
+  return Take(n, static_cast<size_t>(a), false);
+}
+void* operator new(size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
+  return Take(n, static_cast<size_t>(a), true);
+}
+void* operator new[](size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
+  return Take(n, static_cast<size_t>(a), true);
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, size_t) noexcept { std::free(p); }
+void operator delete[](void* p, size_t) noexcept { std::free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, size_t, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, size_t, std::align_val_t) noexcept { std::free(p); }
+
+namespace {
+
+constexpr size_t k2M = size_t{2} << 20;
+// More allocations than any one call makes: a call still meeting failures here loops.
+constexpr long kMaxAllocations = 20000;
+
+// One call with the heap failing at its k-th allocation: what it returned, and whether it
+// met a failure.
+struct Outcome {
+  long rc = 0;
+  bool hit = false;
+};
+
+template <typename Call>
+Outcome Failing(long k, bool exhausted, Call call) {
+  t_hit = false;
+  t_exhausted = exhausted;
+  t_left = k;
+  const long rc = call();
+  t_left = -1;
+  const Outcome out{rc, t_hit};
+  t_hit = false;
+  return out;
+}
+
+// What the process holds, waited for: the kernel drops a closed ring's pins, and gives
+// its huge pages back, in the background.
+std::string LeftBehind(const hugemm::soak::ProcessFootprint& before, int64_t free_2m) {
+  std::string leak;
+  for (int i = 0; i < 200; ++i) {
+    leak = before.Diff(hugemm::soak::ProcessFootprint::Now());
+    // More pages free than before is no leak: the kernel may still have been giving back
+    // an earlier test's when the round began.
+    if (leak.empty() && hugemm::testing::FreeHugePages(k2M) >= free_2m) return "";
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  for (int fd : hugemm::soak::ProcessFootprint::Now(false).fds) {
+    if (before.fds.count(fd) != 0) continue;
+    char link[256] = {};
+    const std::string path = "/proc/self/fd/" + std::to_string(fd);
+    (void)readlink(path.c_str(), link, sizeof link - 1);
+    leak += " (" + std::to_string(fd) + ": " + link + ")";
+  }
+  if (leak.empty()) {
+    leak = "free 2M pages " + std::to_string(hugemm::testing::FreeHugePages(k2M)) + ", were " +
+           std::to_string(free_2m);
+  }
+  return leak;
+}
+
+// A failed call's answer: -ENOMEM and a message.
+void ExpectOutOfMemory(long rc, const char* what, long k, bool exhausted) {
+  EXPECT_EQ(rc, -ENOMEM) << what << " with allocation " << k << " failing"
+                         << (exhausted ? " (and every one after)" : "") << ": "
+                         << hugemm_last_error();
+  EXPECT_STRNE(hugemm_last_error(), "") << what << ", allocation " << k;
+}
+
+// Runs `round(k, exhausted)` for k = 0, 1, ... in both modes until a round meets no
+// failure. A round opens a runtime, makes its call under Failing, checks and closes; the
+// process must then hold what it held before the round.
+template <typename Round>
+void EveryFailure(Round round) {
+  for (bool exhausted : {false, true}) {
+    for (long k = 0;; ++k) {
+      ASSERT_LT(k, kMaxAllocations) << "the call still meets failures";
+      const hugemm::soak::ProcessFootprint before = hugemm::soak::ProcessFootprint::Now();
+      const int64_t free_2m = hugemm::testing::FreeHugePages(k2M);
+      bool hit = false;
+      round(k, exhausted, &hit);
+      if (::testing::Test::HasFailure()) {
+        ADD_FAILURE() << "in the round with allocation " << k << " failing"
+                      << (exhausted ? " (and every one after)" : "");
+        return;
+      }
+      const std::string leak = LeftBehind(before, free_2m);
+      ASSERT_EQ(leak, "") << "left behind by the round with allocation " << k << " failing"
+                          << (exhausted ? " (and every one after)" : "");
+      if (!hit) break;
+    }
+  }
+}
+
+hugemm_runtime* Open() {
+  hugemm_runtime* rt = nullptr;
+  EXPECT_EQ(hugemm_open(nullptr, &rt), 0) << hugemm_last_error();
+  return rt;
+}
+
+hugemm_folio_info InfoAt(hugemm_runtime* rt, const void* addr) {
+  hugemm_folio_info info{};
+  EXPECT_EQ(hugemm_folio_info_at(rt, addr, &info), 0) << hugemm_last_error();
+  return info;
+}
+
+class CApiOutOfMemory : public ::testing::Test {
+ protected:
+  void SetUp() override {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    GTEST_SKIP() << "the sanitizers' allocators stand in for operator new";
+#endif
+    HUGEMM_NEED_HUGEPAGES(k2M, 4);
+  }
+};
+
+TEST_F(CApiOutOfMemory, Open) {
+  EveryFailure([](long k, bool exhausted, bool* hit) {
+    hugemm_runtime* rt = nullptr;
+    const Outcome o =
+        Failing(k, exhausted, [&] { return static_cast<long>(hugemm_open(nullptr, &rt)); });
+    *hit = o.hit;
+    if (o.rc != 0) {
+      ExpectOutOfMemory(o.rc, "hugemm_open", k, exhausted);
+      EXPECT_EQ(rt, nullptr);
+      return;
+    }
+    hugemm_close(rt);
+  });
+}
+
+// The pins: one that fails holds nothing; one that succeeds is undone by its unpin.
+enum class PinKind { kPages, kFolios, kSegments };
+
+long Pin(hugemm_runtime* rt, const hugemm_buffer& b, PinKind kind, hugemm_page* pages,
+         hugemm_folio_span* spans, hugemm_dma_segment* segs) {
+  switch (kind) {
+    case PinKind::kPages:
+      return hugemm_pin_pages(rt, b.data, b.size / 4096, HUGEMM_PIN | HUGEMM_WRITE, pages);
+    case PinKind::kFolios:
+      return hugemm_pin_folios(rt, b.data, b.size, HUGEMM_PIN | HUGEMM_WRITE, spans, 8);
+    case PinKind::kSegments:
+      return hugemm_pin_segments(rt, b.data, b.size, HUGEMM_PIN | HUGEMM_WRITE, 0, segs, 8);
+  }
+  return -EINVAL;
+}
+
+long Unpin(hugemm_runtime* rt, const hugemm_buffer& b, PinKind kind, long pinned,
+           const hugemm_page* pages, const hugemm_folio_span* spans) {
+  switch (kind) {
+    case PinKind::kPages:
+      return hugemm_unpin_pages(rt, pages, static_cast<size_t>(pinned), 1);
+    case PinKind::kFolios:
+      return hugemm_unpin_folios(rt, spans, static_cast<size_t>(pinned), HUGEMM_PIN, 1);
+    case PinKind::kSegments:
+      return hugemm_unpin_range(rt, b.data, b.size, HUGEMM_PIN, 1);
+  }
+  return -EINVAL;
+}
+
+// `fail_unpin`: the failures go to the unpin, the pin is made without.
+void PinRound(PinKind kind, bool fail_unpin, long k, bool exhausted, bool* hit) {
+  hugemm_runtime* rt = Open();
+  if (rt == nullptr) return;
+  hugemm_buffer b{};
+  ASSERT_EQ(hugemm_map_buffer(rt, 2 * k2M, nullptr, &b), 0) << hugemm_last_error();
+  const hugemm_folio_info idle = InfoAt(rt, b.data);
+  static hugemm_page pages[1024];
+  hugemm_folio_span spans[8];
+  hugemm_dma_segment segs[8];
+  const char* what = kind == PinKind::kPages    ? "pages"
+                     : kind == PinKind::kFolios ? "folios"
+                                                : "segments";
+  long pinned = 0;
+  if (!fail_unpin) {
+    const Outcome o = Failing(k, exhausted, [&] { return Pin(rt, b, kind, pages, spans, segs); });
+    *hit = o.hit;
+    pinned = o.rc;
+    if (o.rc < 0) {
+      ExpectOutOfMemory(o.rc, what, k, exhausted);
+      EXPECT_EQ(InfoAt(rt, b.data).pincount, idle.pincount) << what << ": a failed pin kept a pin";
+      EXPECT_EQ(InfoAt(rt, b.data).refcount, idle.refcount) << what;
+      pinned = Pin(rt, b, kind, pages, spans, segs);
+    }
+    ASSERT_GT(pinned, 0) << hugemm_last_error();
+    EXPECT_GE(Unpin(rt, b, kind, pinned, pages, spans), 0) << hugemm_last_error();
+  } else {
+    pinned = Pin(rt, b, kind, pages, spans, segs);
+    ASSERT_GT(pinned, 0) << hugemm_last_error();
+    const Outcome o =
+        Failing(k, exhausted, [&] { return Unpin(rt, b, kind, pinned, pages, spans); });
+    *hit = o.hit;
+    if (o.rc < 0) {
+      ExpectOutOfMemory(o.rc, what, k, exhausted);
+      EXPECT_GE(Unpin(rt, b, kind, pinned, pages, spans), 0) << hugemm_last_error();
+    }
+  }
+  EXPECT_EQ(InfoAt(rt, b.data).pincount, idle.pincount) << what;
+  EXPECT_EQ(InfoAt(rt, b.data).refcount, idle.refcount) << what;
+  EXPECT_EQ(hugemm_free(rt, b.data), 0) << hugemm_last_error();
+  hugemm_close(rt);
+}
+
+TEST_F(CApiOutOfMemory, PinPages) {
+  EveryFailure([](long k, bool e, bool* hit) { PinRound(PinKind::kPages, false, k, e, hit); });
+}
+TEST_F(CApiOutOfMemory, PinFolios) {
+  EveryFailure([](long k, bool e, bool* hit) { PinRound(PinKind::kFolios, false, k, e, hit); });
+}
+TEST_F(CApiOutOfMemory, UnpinPages) {
+  EveryFailure([](long k, bool e, bool* hit) { PinRound(PinKind::kPages, true, k, e, hit); });
+}
+TEST_F(CApiOutOfMemory, UnpinFolios) {
+  EveryFailure([](long k, bool e, bool* hit) { PinRound(PinKind::kFolios, true, k, e, hit); });
+}
+TEST_F(CApiOutOfMemory, UnpinRange) {
+  EveryFailure([](long k, bool e, bool* hit) { PinRound(PinKind::kSegments, true, k, e, hit); });
+}
+
+// The queries and the rest of hugemm.h on a mapped buffer.
+
+// hugemm_io.h on a real ring: attach, a prepared read cancelled, a token pinned and given
+// back, detach; each under failures.
+
+}  // namespace
