@@ -61,8 +61,9 @@ typedef struct hugemm_runtime hugemm_runtime;
  * No C++ exception leaves a hugemm function: one that returns an int or a long answers
  * -ENOMEM when the heap (or the address space RLIMIT_AS allows) runs out inside it, with
  * a message naming the function. Open, the pins and the unpins then leave nothing
- * behind; a buffer call or a free that runs out part way may leave its buffer's memory
- * held until the process exits. */
+ * behind. Not yet so for the rest: a buffer call, a free or a close that runs out part
+ * way may keep memory until the process exits, or end the program (a teardown that
+ * cannot allocate). */
 const char* hugemm_last_error(void);
 
 /* ---- open / close ---------------------------------------------------------------- */
