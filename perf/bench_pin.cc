@@ -320,6 +320,8 @@ PinScaling ThreadScaling(const PinBenchConfig& config, const PinBenchResult& r) 
   s.pin = work * Summarize(r.one_thread->pin_us).median / Summarize(r.ours.wall_pin_us).median;
   s.unpin =
       work * Summarize(r.one_thread->unpin_us).median / Summarize(r.ours.wall_unpin_us).median;
+  s.best_pin = work * Summarize(r.one_thread->pin_us).min / Summarize(r.ours.wall_pin_us).min;
+  s.best_unpin = work * Summarize(r.one_thread->unpin_us).min / Summarize(r.ours.wall_unpin_us).min;
   return s;
 }
 

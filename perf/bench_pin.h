@@ -91,8 +91,12 @@ struct PinBenchResult {
 // Aggregate throughput of the threads against one thread, in one run: pages pinned per
 // second by all of them (their wall time) over one thread's pages per second.
 struct PinScaling {
-  double pin = 0;
+  double pin = 0;  // medians
   double unpin = 0;
+  // The fastest repeat of each: what the threads reach when the machine gives them their
+  // cores at once for a whole repeat.
+  double best_pin = 0;
+  double best_unpin = 0;
 };
 PinScaling ThreadScaling(const PinBenchConfig& config, const PinBenchResult& result);
 

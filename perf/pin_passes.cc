@@ -28,6 +28,14 @@ absl::Status StartThread(std::vector<std::thread>& threads, F&& body) {
   return absl::OkStatus();
 }
 
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
+
 }  // namespace
 void SpinBarrier::Wait() {
   const int round = round_.load(std::memory_order_acquire);
@@ -35,6 +43,13 @@ void SpinBarrier::Wait() {
     arrived_.store(0, std::memory_order_relaxed);
     round_.fetch_add(1, std::memory_order_release);
     return;
+  }
+  // A release seen one sched_yield late would start this thread's timed part up to a few
+  // microseconds after the others': the wall time of a short repeat would count it.
+  // About a millisecond of pause hints, then yield to whatever else the machine runs.
+  for (int spin = 0; spin < (1 << 15); ++spin) {
+    if (round_.load(std::memory_order_acquire) != round) return;
+    CpuRelax();
   }
   while (round_.load(std::memory_order_acquire) == round) std::this_thread::yield();
 }

@@ -51,8 +51,10 @@ class Pass {
   size_t pinned_pages_ = 0;
 };
 
-// Threads that wait for each other, spinning (they are about to be timed) but yielding,
-// so that a loaded machine still schedules the one they wait for. Reusable.
+// Threads that wait for each other, spinning (they are about to be timed): a while on the
+// CPU's pause hint, so that the last one's release is seen within a cache-line transfer
+// rather than after a sched_yield, then yielding, so that a loaded machine still schedules
+// the one they wait for. Reusable.
 class SpinBarrier {
  public:
   explicit SpinBarrier(int n) : n_(n) {}

@@ -78,7 +78,7 @@ need "$work/spans.json" .kernel_pin_over_pin .call_floor_us .call_floor_over_flo
 need "$work/spans_all.json" .call_floor_us .call_floor_over_floor .pin_over_call_floor
 for name in disjoint disjoint_spans same same_spans; do
   need "$work/$name.json" .one_thread_pin_us.median .wall_pin_us.median \
-    .threads_over_one_pin .threads_over_one_unpin .cpu_scaling
+    .threads_over_one_pin .threads_over_one_unpin .threads_over_one_pin_best .cpu_scaling
 done
 need "$work/disjoint.json" .write_scaling
 if [ "$have_1g" = 1 ]; then
@@ -156,9 +156,9 @@ pin_row() {  # pin_row LABEL NAME: one row of the pin table
     "$(x "$(ratio "$(med "$2" unpin_us)" "$(med "$2" pin_us)")")"
 }
 thread_row() {  # thread_row LABEL NAME
-  printf '| %s | %s | %s | %s | %s | %s |\n' "$1" "$(us "$(med "$2" one_thread_pin_us)")" \
+  printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$(us "$(med "$2" one_thread_pin_us)")" \
     "$(us "$(med "$2" pin_us)")" "$(us "$(med "$2" wall_pin_us)")" "$(x "$(get "$2" .threads_over_one_pin)")" \
-    "$(x "$(get "$2" .threads_over_one_unpin)")"
+    "$(x "$(get "$2" .threads_over_one_pin_best)")" "$(x "$(get "$2" .threads_over_one_unpin)")"
 }
 why() {  # why NAME-PREFIX TEXT: a paragraph for a missed target
   if grep -q "^$1" "$missed"; then printf -- '- %s\n' "$2"; fi
@@ -200,7 +200,7 @@ When fewer huge pages are free than \`-m\` asks for, it runs the largest size th
 - folio spans: \`call_floor_us\`, \`call_floor_over_floor\` and \`pin_over_call_floor\`;
 - \`per_page_pin_us\`, \`per_page_unpin_us\` and \`per_page_over_per_folio\`;
 - \`kernel\` (what the kernel's pin is: io_uring fixed-buffer registration), \`kernel_pin_us\`, \`kernel_unpin_us\`, \`kernel_pin_over_pin\` and \`kernel_unpin_over_unpin\`;
-- with threads (the floor's, the call floor's and the kernel's ratios are then against \`one_thread_pin_us\` and \`one_thread_unpin_us\`, the whole range as they cover it; \`pin_us\` is each thread's own): \`wall_pin_us\`, \`wall_unpin_us\`, \`one_thread_pin_us\`, \`one_thread_unpin_us\`, \`threads_over_one_pin\`, \`threads_over_one_unpin\`, \`cpu_scaling\` (the same threads running a compute loop, against one: the control) and \`write_scaling\` (the same threads writing a page array's worth of entries, each its part, against one writing it all: the memory's control).
+- with threads (the floor's, the call floor's and the kernel's ratios are then against \`one_thread_pin_us\` and \`one_thread_unpin_us\`, the whole range as they cover it; \`pin_us\` is each thread's own): \`wall_pin_us\`, \`wall_unpin_us\`, \`one_thread_pin_us\`, \`one_thread_unpin_us\`, \`threads_over_one_pin\`, \`threads_over_one_unpin\` (medians), \`threads_over_one_pin_best\` and \`threads_over_one_unpin_best\` (the fastest repeat of each), \`cpu_scaling\` (the same threads running a compute loop, against one: the control) and \`write_scaling\` (the same threads writing a page array's worth of entries, each its part, against one writing it all: the memory's control).
 
 \`scripts/plot-pin.sh\` plots pin time against size from 1 MiB to 16 GiB (it grows the 2M pool for that, and gives the pages back). The benchmark also runs on a device in the VM: \`tests/vm/run-in-vm.sh --align 2M -- build/release/runtime/cli/hugemm bench pin -f /dev/dax0.0 -m 1024\` (under TCG its times say little, but it runs). Google Benchmark microbenchmarks (\`build/release/perf/hugemm_micro\`) time translate, folio get/put, allocate/free, and pin/unpin of one folio and of a range, each beside its baseline.
 
@@ -222,8 +222,8 @@ Commands: \`$(cmd pages)\`, \`$(cmd spans)\`, \`$(cmd spans_all)\`, \`$(cmd segm
 
 ### Two threads
 
-| run | one thread, pin | each thread, pin | two threads, wall pin | throughput, pin | throughput, unpin |
-|---|---|---|---|---|---|
+| run | one thread, pin | each thread, pin | two threads, wall pin | throughput, pin | pin, fastest repeats | throughput, unpin |
+|---|---|---|---|---|---|---|
 $(thread_row "page array, disjoint folios" disjoint)
 $(thread_row "folio spans, disjoint folios" disjoint_spans)
 $(thread_row "page array, the same folios" same)
@@ -272,7 +272,7 @@ EOF
     why "page-array pin / floor" "**Page array, pin / floor.** The floor writes the same entries (8 bytes per 4K page) with the same vectorized loop, and nothing else; the pin adds, per call (one 2M folio at \`-n 512\`), the read section, the lookup from the walk hint, the grab and the re-check: about $(awk -v a="$(med pages pin_us)" -v b="$(get pages .floor_us)" -v n="$mib" 'BEGIN { printf "%.0f", (a - b) * 1000 / (n / 2) }') ns per call here, against $(awk -v b="$(get pages .floor_us)" -v n="$mib" 'BEGIN { printf "%.0f", b * 1000 / (n / 2) }') ns for the floor's 512 entries. The floor's own time moves with how much of the machine's cache the run gets (the array is 8 MiB), the per-call cost does not: the ratio rises when the floor runs fast."
     why "folio spans / floor, -n -1" "**Folio spans, -n -1.** Per folio the pin does the leaf lookup (from the walk hint), the grab (a load and a compare-and-swap where the floor does one locked add), the re-check of the entry, the folio check and the span write."
     why "kernel pin / folio-span pin" "**Against the kernel.** The kernel's side is io_uring's registration of the same buffer (pin_user_pages with FOLL_LONGTERM, kernel $(uname -r)), which also takes one reference per folio, but fills the array of one entry per 4K page that pin_user_pages returns, then accounts the memory and builds the buffer's bvec table. In the folio-span run it took $(us "$(med spans kernel_pin_us)") us, about $(awk -v a="$(med spans kernel_pin_us)" -v n="$mib" 'BEGIN { printf "%.0f", a * 1000 / (n / 2) }') ns per 2M folio, and hugemm's pin about $(awk -v a="$(med spans pin_us)" -v n="$mib" 'BEGIN { printf "%.0f", a * 1000 / (n / 2) }') ns per call of one folio; 200x would need about $(awk -v a="$(med spans kernel_pin_us)" -v n="$mib" 'BEGIN { printf "%.1f", a * 1000 / (n / 2) / 200 }') ns per call, where the call floor alone (the floor's atomic add in an out-of-line call) takes $(awk -v c="$(get spans .call_floor_us)" -v n="$mib" 'BEGIN { printf "%.1f", c * 1000 / (n / 2) }') ns. The pin's own cost is the -n 512 paragraph above; the kernel's varies between runs with what else the machine does (the page-array run's registration of the same buffer took $(us "$(med pages kernel_pin_us)") us)."
-    why "2 threads" "**Two threads.** The machine has $(nproc) cores shared with other work, and two threads get two cores only when nothing else runs. The control row under the threads table says how many they got: the pins scale as far as a loop that touches no memory does. A page-array pin writes 8 bytes per 4K page (8 MiB per pass of 4 GiB), so its threads also share the memory's write bandwidth: the second control, the same writes without the pins, bounds what the page array can scale to. The \"each thread, pin\" column shows it too: when the wall time is near the sum of the two threads' own times rather than near one of them, they ran one after the other. A repeat lasts tens to hundreds of microseconds, so one preemption of either thread costs the whole repeat."
+    why "2 threads" "**Two threads.** The machine has $(nproc) cores shared with other work, and two threads get two cores only when nothing else runs. The control row under the threads table says how many they got: the pins scale as far as a loop that touches no memory does. A page-array pin writes 8 bytes per 4K page (8 MiB per pass of 4 GiB), so its threads also share the memory's write bandwidth: the second control, the same writes without the pins, bounds what the page array can scale to. The \"each thread, pin\" column shows it too: when the wall time is near the sum of the two threads' own times rather than near one of them, they ran one after the other. A repeat lasts tens to hundreds of microseconds, so one preemption of either thread costs the whole repeat, and the wall time also counts how far apart the two threads start and end: the folio-span run's threads pinned for $(us "$(med disjoint_spans pin_us)") us each (one thread over the whole range: $(us "$(med disjoint_spans one_thread_pin_us)") us: their own times alone make $(x "$(ratio "$(med disjoint_spans one_thread_pin_us)" "$(med disjoint_spans pin_us)")") one thread's throughput), in a wall time of $(us "$(med disjoint_spans wall_pin_us)") us. The \"fastest repeats\" column sets the fastest repeat of the threads against the fastest of one thread: what the pins scale to when the machine gives both threads their cores for a whole repeat."
     why "metadata per 1G" "**Metadata, 1G.** A descriptor is 56 bytes, and an unsplit huge folio needs nothing else of its own: its extent's descriptors sit in one array found from the extent. On top comes the extent's record (the mapping, its index entry, its head-array entry: about 224 B), shared by the extent's pages. A pool grows from one page by what it holds, so a 1G folio in a pool of one page carries a whole record; 64 B per 1G folio needs extents of 28 pages or more, which a machine with a few 1G pages never maps."
     why "metadata per 2M" "**Metadata, 2M.** The 56-byte descriptor plus the extents' records shared by their folios (1 GiB of 2M pages is 10 extents)."
     why "metadata per 4K" "**Metadata, 4K.** The 56-byte descriptor in its run, a live bit, and the region's record and run records shared by its 512 pages."

@@ -46,6 +46,7 @@ Json RunJson(const std::string& args) {
 }
 
 double Median(const Json& j, const char* key) { return j.at(key).at("median").get<double>(); }
+double Min(const Json& j, const char* key) { return j.at(key).at("min").get<double>(); }
 
 // a / b, as the benchmark computed it (the same doubles, the same division).
 void ExpectQuotient(const Json& j, const char* ratio, double a, double b) {
@@ -97,6 +98,11 @@ TEST(BenchPinCli, ThreadThroughputIsOneThreadsWorkOverTheWallTime) {
                    Median(j, "wall_pin_us"));
     ExpectQuotient(j, "threads_over_one_unpin", work * Median(j, "one_thread_unpin_us"),
                    Median(j, "wall_unpin_us"));
+    // The same of the fastest repeats.
+    ExpectQuotient(j, "threads_over_one_pin_best", work * Min(j, "one_thread_pin_us"),
+                   Min(j, "wall_pin_us"));
+    ExpectQuotient(j, "threads_over_one_unpin_best", work * Min(j, "one_thread_unpin_us"),
+                   Min(j, "wall_unpin_us"));
     // The whole-range baselines are set against one thread over the whole range.
     ExpectQuotient(j, "pin_over_floor", Median(j, "one_thread_pin_us"),
                    j["floor_us"].get<double>());

@@ -93,6 +93,8 @@ void PrintJsonResult(const PinBenchConfig& c, const PinBenchResult& r) {
     out["one_thread_unpin_us"] = SummaryJson(r.one_thread->unpin_us);
     out["threads_over_one_pin"] = s.pin;
     out["threads_over_one_unpin"] = s.unpin;
+    out["threads_over_one_pin_best"] = s.best_pin;
+    out["threads_over_one_unpin_best"] = s.best_unpin;
     out["cpu_scaling"] = r.cpu_scaling.value_or(0);
     out["write_scaling"] = r.write_scaling.value_or(0);
   }
@@ -170,12 +172,14 @@ void PrintTextResult(const PinBenchConfig& c, const PinBenchResult& r) {
     const perf::PinScaling s = perf::ThreadScaling(c, r);
     std::printf(
         "%d threads, %s: wall pin %s us, unpin %s us; one thread over the whole range: "
-        "pin %s us, unpin %s us; throughput %d threads / one = %.2fx pin, %.2fx unpin\n",
+        "pin %s us, unpin %s us; throughput %d threads / one = %.2fx pin, %.2fx unpin "
+        "(fastest repeats: %.2fx, %.2fx)\n",
         c.threads, c.disjoint ? "each its own folios" : "all on the same folios",
         Us(Summarize(r.ours.wall_pin_us).median).c_str(),
         Us(Summarize(r.ours.wall_unpin_us).median).c_str(),
         Us(Summarize(r.one_thread->pin_us).median).c_str(),
-        Us(Summarize(r.one_thread->unpin_us).median).c_str(), c.threads, s.pin, s.unpin);
+        Us(Summarize(r.one_thread->unpin_us).median).c_str(), c.threads, s.pin, s.unpin, s.best_pin,
+        s.best_unpin);
     std::printf("control: a compute loop on %d threads runs %.2fx one thread's throughput here\n",
                 c.threads, r.cpu_scaling.value_or(0));
     std::printf(
