@@ -94,6 +94,9 @@ TEST_P(HugetlbTest, PlacesOnTheRequestedNode) {
 
 TEST_P(HugetlbTest, RefusesBadLengthsAndNodes) {
   const size_t page = GetParam();
+  if (!hugemm::testing::KernelHasHugePageSize(page)) {
+    GTEST_SKIP() << "this kernel has no " << PageSizeName(page) << " huge pages";
+  }
   auto backing = Backing::Create({.kind = BackingKind::kHugetlb, .page_size = page});
   ASSERT_TRUE(backing.ok()) << backing.status();
   absl::StatusOr<Extent> e = (*backing)->Map({.length = page + kPageSize4K});
@@ -246,9 +249,9 @@ class HugetlbfsTest : public ::testing::TestWithParam<size_t> {};
 
 TEST_P(HugetlbfsTest, MapsAFileInTheMount) {
   const size_t page = GetParam();
+  HUGEMM_NEED_HUGEPAGES(page, 1);
   const std::string mount = HugetlbfsMountFor(page);
   HUGEMM_NEED(!mount.empty(), "needs a hugetlbfs mount with " << PageSizeName(page) << " pages");
-  HUGEMM_NEED_HUGEPAGES(page, 1);
   const int64_t free_before = FreeHugePages(page);
   {
     auto backing = Backing::Create({.kind = BackingKind::kHugetlbfs, .page_size = page});

@@ -133,7 +133,8 @@ TEST_P(SignalsTest, MapPinTranslateFree) {
   {
     hugemm::testing::ThreadTicker ticker(100'000, GetParam(), OnTick);  // 10 kHz
     Exercise(40, /*with_1g=*/false);
-    RecordProperty("one_g_buffers", Exercise(2, /*with_1g=*/true));
+    RecordProperty("one_g_buffers",
+                   Exercise(2, hugemm::testing::KernelHasHugePageSize(size_t{1} << 30)));
   }
   RecordProperty("signals", static_cast<int>(g_signals.load()));
   EXPECT_GT(g_signals.load(), 0u);

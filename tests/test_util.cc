@@ -36,6 +36,10 @@ bool WaitForFreeHugePages(size_t page_size, int64_t count) {
   return FreeHugePages(page_size) >= count;
 }
 
+bool KernelHasHugePageSize(size_t page_size) {
+  return sys::ReadHugePagePool(Os::Default(), page_size).ok();
+}
+
 std::string RunCommand(const std::string& command, int* exit_code) {
   std::string out;
   FILE* p = popen(command.c_str(), "r");

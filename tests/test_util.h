@@ -33,6 +33,9 @@ int64_t FreeHugePages(size_t page_size);
 // process that just exited may still hold its huge pages for a moment (the kernel tears
 // an io_uring instance down, and drops its registered buffers' pins, in the background).
 bool WaitForFreeHugePages(size_t page_size, int64_t count);
+// Whether the kernel has huge pages of `page_size` at all (a CPU without 1G pages, such
+// as some virtual ones, has no 1G pool to reserve from).
+bool KernelHasHugePageSize(size_t page_size);
 
 // A hugetlbfs mount of this page size, or "" when there is none.
 std::string HugetlbfsMountFor(size_t page_size);
@@ -125,11 +128,19 @@ class TempDir {
     }                                                                       \
   } while (0)
 
-// Needs `count` free huge pages of `page_size` in the kernel pool.
-#define HUGEMM_NEED_HUGEPAGES(page_size, count)                                    \
-  HUGEMM_NEED(::hugemm::testing::WaitForFreeHugePages(page_size, count),           \
-              "needs " << (count) << " free " << ::hugemm::PageSizeName(page_size) \
-                       << " huge pages, have " << ::hugemm::testing::FreeHugePages(page_size))
+// Needs `count` free huge pages of `page_size` in the kernel pool. A page size the kernel
+// does not have at all is a skip even under HUGEMM_REQUIRE_HUGEPAGES: no setup can
+// reserve it on this machine.
+#define HUGEMM_NEED_HUGEPAGES(page_size, count)                                                   \
+  do {                                                                                            \
+    if (!::hugemm::testing::KernelHasHugePageSize(page_size)) {                                   \
+      GTEST_SKIP() << "this kernel has no " << ::hugemm::PageSizeName(page_size)                  \
+                   << " huge pages (the CPU lacks them)";                                         \
+    }                                                                                             \
+    HUGEMM_NEED(::hugemm::testing::WaitForFreeHugePages(page_size, count),                        \
+                "needs " << (count) << " free " << ::hugemm::PageSizeName(page_size)              \
+                         << " huge pages, have " << ::hugemm::testing::FreeHugePages(page_size)); \
+  } while (0)
 
 #define HUGEMM_ASSERT_OK(expr)                                    \
   do {                                                            \
