@@ -1,4 +1,5 @@
-// The heap running out inside the C API (hugemm.h): open, the pins and the unpins. This program
+// The heap running out inside the C API (hugemm.h): open, the buffers (map, alloc, free),
+// the pins and the unpins, and the close. This program
 // replaces operator new with one that fails, on the thread that asks for it, at the k-th allocation
 // of one call (and, in the "exhausted" mode, at every one after): each call is made for
 // k = 0, 1, 2, ... until it completes without meeting a failure. Every call must either
@@ -284,9 +285,119 @@ TEST_F(CApiOutOfMemory, UnpinRange) {
   EveryFailure([](long k, bool e, bool* hit) { PinRound(PinKind::kSegments, true, k, e, hit); });
 }
 
-// The queries and the rest of hugemm.h on a mapped buffer.
+// The buffers: a map or an alloc that fails holds nothing; a free that fails leaves the
+// buffer as it was, to be freed again. Eight folios: more than an unmap keeps inline, so
+// its heap is asked for room too.
+constexpr size_t kBufferBytes = 8 * k2M;
 
-// hugemm_io.h on a real ring: attach, a prepared read cancelled, a token pinned and given
-// back, detach; each under failures.
+TEST_F(CApiOutOfMemory, MapBuffer) {
+  EveryFailure([](long k, bool exhausted, bool* hit) {
+    hugemm_runtime* rt = Open();
+    if (rt == nullptr) return;
+    hugemm_buffer b{};
+    const Outcome o = Failing(k, exhausted, [&] {
+      return static_cast<long>(hugemm_map_buffer(rt, kBufferBytes, nullptr, &b));
+    });
+    *hit = o.hit;
+    if (o.rc != 0) {
+      ExpectOutOfMemory(o.rc, "hugemm_map_buffer", k, exhausted);
+      ASSERT_EQ(hugemm_map_buffer(rt, kBufferBytes, nullptr, &b), 0) << hugemm_last_error();
+    }
+    EXPECT_EQ(hugemm_free(rt, b.data), 0) << hugemm_last_error();
+    hugemm_close(rt);
+  });
+}
+
+TEST_F(CApiOutOfMemory, Alloc) {
+  EveryFailure([](long k, bool exhausted, bool* hit) {
+    hugemm_runtime* rt = Open();
+    if (rt == nullptr) return;
+    hugemm_buffer b{};
+    const Outcome o = Failing(
+        k, exhausted, [&] { return static_cast<long>(hugemm_alloc(rt, k2M, nullptr, 0, &b)); });
+    *hit = o.hit;
+    if (o.rc != 0) {
+      ExpectOutOfMemory(o.rc, "hugemm_alloc", k, exhausted);
+      ASSERT_EQ(hugemm_alloc(rt, k2M, nullptr, 0, &b), 0) << hugemm_last_error();
+    }
+    EXPECT_EQ(hugemm_free(rt, b.data), 0) << hugemm_last_error();
+    hugemm_close(rt);
+  });
+}
+
+// `pinned`: a page array pins the buffer across the failing free (the memory then goes
+// with the unpin after it).
+void FreeRound(bool allocated, bool pinned, long k, bool exhausted, bool* hit) {
+  hugemm_runtime* rt = Open();
+  if (rt == nullptr) return;
+  hugemm_buffer b{};
+  ASSERT_EQ(allocated ? hugemm_alloc(rt, k2M, nullptr, 0, &b)
+                      : hugemm_map_buffer(rt, kBufferBytes, nullptr, &b),
+            0)
+      << hugemm_last_error();
+  static hugemm_page pages[kBufferBytes / 4096];
+  const size_t npages = b.size / 4096;
+  if (pinned) {
+    ASSERT_EQ(hugemm_pin_pages(rt, b.data, npages, HUGEMM_PIN, pages), static_cast<long>(npages))
+        << hugemm_last_error();
+  }
+  const Outcome o =
+      Failing(k, exhausted, [&] { return static_cast<long>(hugemm_free(rt, b.data)); });
+  *hit = o.hit;
+  if (o.rc != 0) {
+    ExpectOutOfMemory(o.rc, "hugemm_free", k, exhausted);
+    // Still the program's, whole: mapped, and freed by the next free.
+    hugemm_folio_info info{};
+    EXPECT_EQ(hugemm_folio_info_at(rt, static_cast<std::byte*>(b.data) + b.size - 1, &info), 0)
+        << "a failed free unmapped the buffer: " << hugemm_last_error();
+    EXPECT_EQ(hugemm_free(rt, b.data), 0) << hugemm_last_error();
+  }
+  hugemm_folio_info info{};
+  EXPECT_NE(hugemm_folio_info_at(rt, b.data, &info), 0) << "freed, yet still mapped";
+  if (pinned) {
+    EXPECT_EQ(hugemm_unpin_pages(rt, pages, npages, 0), static_cast<long>(b.size / b.folio_size))
+        << hugemm_last_error();
+  }
+  hugemm_close(rt);
+}
+
+TEST_F(CApiOutOfMemory, FreeMapped) {
+  EveryFailure([](long k, bool e, bool* hit) { FreeRound(false, false, k, e, hit); });
+}
+TEST_F(CApiOutOfMemory, FreeMappedWhilePinned) {
+  EveryFailure([](long k, bool e, bool* hit) { FreeRound(false, true, k, e, hit); });
+}
+TEST_F(CApiOutOfMemory, FreeAllocated) {
+  EveryFailure([](long k, bool e, bool* hit) { FreeRound(true, false, k, e, hit); });
+}
+
+// The close of a runtime with a buffer, an allocation, a pin and a subscription: nothing
+// it held may stay, whatever allocation fails.
+void Ignore(void*, const void*, size_t, int) {}
+
+TEST_F(CApiOutOfMemory, Close) {
+  EveryFailure([](long k, bool exhausted, bool* hit) {
+    hugemm_runtime* rt = Open();
+    if (rt == nullptr) return;
+    hugemm_buffer mapped{}, allocated{};
+    ASSERT_EQ(hugemm_map_buffer(rt, kBufferBytes, nullptr, &mapped), 0) << hugemm_last_error();
+    ASSERT_EQ(hugemm_alloc(rt, k2M, nullptr, 0, &allocated), 0) << hugemm_last_error();
+    hugemm_folio_span span{};
+    ASSERT_EQ(hugemm_pin_folios(rt, mapped.data, k2M, HUGEMM_PIN, &span, 1), 1)
+        << hugemm_last_error();
+    ASSERT_EQ(hugemm_unpin_folios(rt, &span, 1, HUGEMM_PIN, 0), 1) << hugemm_last_error();
+    hugemm_subscription* sub = nullptr;
+    const volatile uint64_t* seq = nullptr;
+    ASSERT_EQ(hugemm_subscribe(rt, mapped.data, mapped.size, Ignore, Ignore, nullptr, &sub, &seq),
+              0)
+        << hugemm_last_error();
+    const Outcome o = Failing(k, exhausted, [&] {
+      hugemm_close(rt);
+      return 0L;
+    });
+    *hit = o.hit;
+    hugemm_unsubscribe(sub);  // the handle only, after the close
+  });
+}
 
 }  // namespace

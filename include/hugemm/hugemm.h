@@ -60,10 +60,14 @@ typedef struct hugemm_runtime hugemm_runtime;
  * until this thread's next hugemm call.
  * No C++ exception leaves a hugemm function: one that returns an int or a long answers
  * -ENOMEM when the heap (or the address space RLIMIT_AS allows) runs out inside it, with
- * a message naming the function. Open, the pins and the unpins then leave nothing
- * behind. Not yet so for the rest: a buffer call, a free or a close that runs out part
- * way may keep memory until the process exits, or end the program (a teardown that
- * cannot allocate). */
+ * a message naming the function; one that returns nothing (hugemm_close, the
+ * unsubscribe, detach, destroy and put functions) says on stderr what it could not do.
+ * Open, hugemm_map_buffer, hugemm_alloc, hugemm_free, the pins, the unpins and
+ * hugemm_close then leave nothing behind: a map or an alloc that fails holds nothing, a
+ * free that fails leaves the buffer mapped and whole (free it again), and a free or a
+ * close lets go of every page without the heap. Not yet so for the other calls (queries,
+ * registrations, subscriptions, io_uring, VFIO and verbs): one that runs out part way
+ * may keep memory until the process exits. */
 const char* hugemm_last_error(void);
 
 /* ---- open / close ---------------------------------------------------------------- */

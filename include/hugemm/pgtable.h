@@ -347,9 +347,13 @@ class PageTable {
 
   // map.cc
   absl::Status MakePath(uintptr_t va, int level);
+  // `apply` false stops the visit at that leaf: *stopped (if given) is then its address.
   absl::Status ForEachWholeLeaf(uintptr_t va, size_t length,
-                                absl::FunctionRef<void(const WholeLeaf&)> apply);
-  absl::Status ClearLeaves(uintptr_t va, size_t length, Garbage* garbage);
+                                absl::FunctionRef<bool(const WholeLeaf&)> apply,
+                                uintptr_t* stopped = nullptr);
+  // Stops early, with *resume the first address left mapped, when `garbage` has no room
+  // for the next leaf and the heap none to give; *resume is 0 when it reached the end.
+  absl::Status ClearLeaves(uintptr_t va, size_t length, Garbage* garbage, uintptr_t* resume);
 
   // split.cc
   absl::Status SplitLeaf(uintptr_t va);

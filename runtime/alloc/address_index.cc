@@ -76,7 +76,9 @@ ExtentRecord* IndexReader::Lookup(const void* addr) const {
                              [](uintptr_t v, const Entry& e) { return v < e.base; });
   if (it == t->entries.begin()) return nullptr;
   --it;
-  return a < it->end ? it->rec : nullptr;
+  // Relaxed: an erase without the heap empties an entry in place (IndexErase).
+  return a < std::atomic_ref<const uintptr_t>(it->end).load(std::memory_order_relaxed) ? it->rec
+                                                                                       : nullptr;
 }
 
 absl::Status IndexInsert(ExtentRecord* rec) {
@@ -93,6 +95,7 @@ absl::Status IndexInsert(ExtentRecord* rec) {
   if (cur != nullptr) next->entries.reserve(cur->entries.size() + 1);
   bool placed = false;
   for (const Entry& e : cur != nullptr ? cur->entries : std::vector<Entry>{}) {
+    if (e.base == e.end) continue;  // emptied in place by an erase (IndexErase)
     if (e.base < end && base < e.end) {
       return absl::AlreadyExistsError(absl::StrCat("extent at ", absl::Hex(base),
                                                    " overlaps one indexed at ", absl::Hex(e.base)));
@@ -112,13 +115,30 @@ void IndexErase(std::unique_ptr<ExtentRecord> rec) {
   Writer& w = TheWriter();
   std::lock_guard<std::mutex> lock(w.mu);
   const Table* cur = g_table.load(std::memory_order_relaxed);
-  auto next = std::make_unique<Table>();
-  if (cur != nullptr) {
-    for (const Entry& e : cur->entries) {
-      if (e.rec != rec.get()) next->entries.push_back(e);
+  std::unique_ptr<Table> next;
+  try {
+    next = std::make_unique<Table>();
+    if (cur != nullptr) {
+      for (const Entry& e : cur->entries) {
+        if (e.rec != rec.get() && e.base != e.end) next->entries.push_back(e);
+      }
     }
+    w.old_records.push_back(std::move(rec));
+  } catch (...) {
+    // No heap for a new table (an erase must not fail: pools erase as they go): the
+    // entry is emptied where it is, so that a lookup finds nothing there from now on,
+    // and the record, which a reader may have found just before, is kept for good.
+    if (cur != nullptr) {
+      for (const Entry& e : cur->entries) {
+        if (e.rec == rec.get()) {
+          std::atomic_ref<uintptr_t>(const_cast<uintptr_t&>(e.end))
+              .store(e.base, std::memory_order_relaxed);
+        }
+      }
+    }
+    (void)rec.release();
+    return;
   }
-  w.old_records.push_back(std::move(rec));
   Publish(w, next.release());
 }
 

@@ -88,6 +88,8 @@ absl::Status Pool::Grow(int order) {
   }
 
   const size_t n = extent->size() / region_size;
+  // Room in the list first, so that entering the extent at the end cannot fail.
+  extents_.reserve(extents_.size() + 1);
   Folio* heads = TakeHeads(n);
   if (page_size_ != kPageSize4K) {
     // A huge page's PFN goes into its region's head descriptor, which keeps it for the
@@ -95,34 +97,53 @@ absl::Status Pool::Grow(int order) {
     for (size_t i = 0; i < n; ++i) heads[i].head_pfn = extent->pfn(FirstNative(i));
     extent->ForgetPfns();
   }
-  auto rec = std::make_unique<ExtentRecord>(std::move(*extent), region_order_, heads);
-  if (reserve) {
-    // Capped before it is rounded up: a request near SIZE_MAX would wrap to no reserve.
-    const size_t want = std::min(config_.reserve_bytes, region_size / 2);
-    rec->reserve_bytes = (want + kPageSize4K - 1) & ~(kPageSize4K - 1);
-    rec->reserve =
-        std::make_unique<ReserveDescriptors>(rec->base, rec->reserve_bytes / sizeof(Folio));
-  }
-  // Regions that start out split (behind the reserve; every region of a 4K backing)
-  // get their records before a reader can find the extent.
-  for (size_t i = 0; i < n; ++i) {
-    if (max_order_ < region_order_ || (i == 0 && rec->reserve_bytes > 0)) {
-      rec->MakeSplitRecord(i, FirstNative(i), nullptr);
-    }
-  }
-  if (absl::Status st = IndexInsert(rec.get()); !st.ok()) {
+  std::unique_ptr<ExtentRecord> rec;
+  try {
+    rec = std::make_unique<ExtentRecord>(std::move(*extent), region_order_, heads);
+  } catch (...) {
     PutHeads(heads);
-    return st;
+    throw;
   }
-  if (observer_ != nullptr) {
-    // Before any folio of it is handed out: a device table that cannot take the extent
-    // fails the allocation rather than leave memory it does not know.
-    if (absl::Status st = observer_->MemoryAdded(RangeOf(rec->extent)); !st.ok()) {
-      { Extent gone = std::move(rec->extent); }
-      PutHeads(heads);
-      IndexErase(std::move(rec));
-      return sys::Annotate(st, absl::StrCat(Name(), ": growing by ", HumanBytes(length)));
+  // A throw before the extent is entered (the heap ran out) takes it back whole: out of
+  // the index once in it, its heads back, its mapping gone with the record.
+  bool indexed = false;
+  try {
+    if (reserve) {
+      // Capped before it is rounded up: a request near SIZE_MAX would wrap to no reserve.
+      const size_t want = std::min(config_.reserve_bytes, region_size / 2);
+      rec->reserve_bytes = (want + kPageSize4K - 1) & ~(kPageSize4K - 1);
+      rec->reserve =
+          std::make_unique<ReserveDescriptors>(rec->base, rec->reserve_bytes / sizeof(Folio));
     }
+    // Regions that start out split (behind the reserve; every region of a 4K backing)
+    // get their records before a reader can find the extent.
+    for (size_t i = 0; i < n; ++i) {
+      if (max_order_ < region_order_ || (i == 0 && rec->reserve_bytes > 0)) {
+        rec->MakeSplitRecord(i, FirstNative(i), nullptr);
+      }
+    }
+    if (absl::Status st = IndexInsert(rec.get()); !st.ok()) {
+      PutHeads(heads);
+      return st;
+    }
+    indexed = true;
+    if (observer_ != nullptr) {
+      // Before any folio of it is handed out: a device table that cannot take the extent
+      // fails the allocation rather than leave memory it does not know.
+      if (absl::Status st = observer_->MemoryAdded(RangeOf(rec->extent)); !st.ok()) {
+        { Extent gone = std::move(rec->extent); }
+        PutHeads(heads);
+        IndexErase(std::move(rec));
+        return sys::Annotate(st, absl::StrCat(Name(), ": growing by ", HumanBytes(length)));
+      }
+    }
+  } catch (...) {
+    if (rec != nullptr) {  // not yet erased by a refusal's path
+      { Extent gone = std::move(rec->extent); }
+      if (indexed) IndexErase(std::move(rec));
+    }
+    PutHeads(heads);
+    throw;
   }
   const size_t pages_per_region = size_t{1} << region_order_;
   rec->usable_pages = n * pages_per_region - rec->reserve_bytes / kPageSize4K;

@@ -231,6 +231,11 @@ int hugemm::bridge::CApiCaught(const char* fn) noexcept {
   return -err;
 }
 
+void hugemm::bridge::CApiCaughtInVoid(const char* fn) noexcept {
+  (void)CApiCaught(fn);
+  std::fprintf(stderr, "hugemm: %s\n", g_caught);
+}
+
 extern "C" {
 
 const char* hugemm_last_error(void) {
@@ -261,7 +266,7 @@ int hugemm_open(const hugemm_options* options, hugemm_runtime** out) try {
 }
 HUGEMM_C_CATCH
 
-void hugemm_close(hugemm_runtime* rt) {
+void hugemm_close(hugemm_runtime* rt) try {
   if (rt == nullptr) return;
   const bool forked_child = rt->rt->kernel_pin_table().InForkedChild();
   {
@@ -270,7 +275,13 @@ void hugemm_close(hugemm_runtime* rt) {
     // held it at the fork.
     std::unique_lock<std::mutex> lock(rt->closers_mu, std::defer_lock);
     if (!forked_child) lock.lock();
-    for (auto& [handle, close] : rt->closers) close();
+    for (auto& [handle, close] : rt->closers) {
+      try {
+        close();
+      } catch (...) {
+        hugemm::bridge::CApiCaughtInVoid("hugemm_close");  // the rest still close
+      }
+    }
     rt->closers.clear();
   }
   if (forked_child) {
@@ -286,21 +297,27 @@ void hugemm_close(hugemm_runtime* rt) {
     return;
   }
   DrainDeferred();
-  std::vector<std::unique_ptr<hugemm::RangeSubscription>> ended;
-  {
-    std::unique_lock<std::mutex> lock(g_subscriptions_mu);
-    for (hugemm_subscription* s : rt->subscriptions) {
-      ended.push_back(std::move(s->sub));
-      s->rt = nullptr;
+  // One subscription at a time, each ended outside the lock (a callback running now may
+  // unsubscribe): no list is made, so a close never needs the heap for it.
+  for (;;) {
+    std::unique_ptr<hugemm::RangeSubscription> sub;
+    {
+      std::unique_lock<std::mutex> lock(g_subscriptions_mu);
+      if (rt->subscriptions.empty()) {
+        // Ends another thread has under way (a deferred end it finishes in a call on
+        // another runtime, or at its exit) still use the registry.
+        rt->ended.wait(lock, [rt] { return rt->ending == 0; });
+        break;
+      }
+      auto it = rt->subscriptions.begin();
+      sub = std::move((*it)->sub);
+      (*it)->rt = nullptr;
+      rt->subscriptions.erase(it);
     }
-    rt->subscriptions.clear();
-    // Ends another thread has under way (a deferred end it finishes in a call on another
-    // runtime, or at its exit) still use the registry.
-    rt->ended.wait(lock, [rt] { return rt->ending == 0; });
   }
-  ended.clear();  // outside the lock: a callback running now may unsubscribe
   delete rt;
 }
+HUGEMM_C_CATCH_VOID
 
 int hugemm_map_buffer(hugemm_runtime* rt, size_t length, const hugemm_buffer_options* options,
                       hugemm_buffer* out) try {
@@ -492,7 +509,7 @@ int hugemm_subscribe(hugemm_runtime* rt, const void* addr, size_t length,
 }
 HUGEMM_C_CATCH
 
-void hugemm_unsubscribe(hugemm_subscription* sub) {
+void hugemm_unsubscribe(hugemm_subscription* sub) try {
   if (sub == nullptr) return;
   if (InCallback()) {
     // Ending it here would wait for the lock this announcement holds (if it is this
@@ -505,5 +522,6 @@ void hugemm_unsubscribe(hugemm_subscription* sub) {
   DrainDeferred();
   EndSubscription(sub);
 }
+HUGEMM_C_CATCH_VOID
 
 }  // extern "C"

@@ -144,6 +144,9 @@ int CApiOk();
 // what ran out), and returns the negative errno: -ENOMEM for std::bad_alloc, a
 // std::system_error's errno, -EIO for anything else. Only inside a catch handler.
 int CApiCaught(const char* fn) noexcept;
+// The same for a function that returns nothing (HUGEMM_C_CATCH_VOID), which has no other
+// way to tell: the message also goes to stderr, without the heap.
+void CApiCaughtInVoid(const char* fn) noexcept;
 // The kernel's own errno where the status keeps one (ErrnoOf: a syscall or an ioctl said
 // no), else CApiFail(status): for the consumer layers, whose errors are mostly the kernel's.
 inline int CApiFailKernel(const absl::Status& status) {
@@ -202,10 +205,15 @@ inline int Ok() { return bridge::CApiOk(); }
 
 // The handler of a C function's function-try-block: no exception leaves a C function.
 //   int hugemm_x(...) try { ... } HUGEMM_C_CATCH
-// A function that returns nothing has no way to say it failed: it must not throw at all.
 #define HUGEMM_C_CATCH                             \
   catch (...) {                                    \
     return ::hugemm::bridge::CApiCaught(__func__); \
+  }
+// The same for a function that returns nothing: it must not throw at all, and what it
+// could not do is said on stderr (and by hugemm_last_error).
+#define HUGEMM_C_CATCH_VOID                       \
+  catch (...) {                                   \
+    ::hugemm::bridge::CApiCaughtInVoid(__func__); \
   }
 
 // Returns -EINVAL with `what` as this thread's message unless `cond` holds.

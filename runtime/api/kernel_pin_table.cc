@@ -180,50 +180,68 @@ absl::Status KernelPinTable::MemoryAdded(const MemoryRange& range) {
                                 .length = std::min(kMaxBuffer, range.length - off)});
     }
   }
-  // The system calls outside the lock: other ranges come and go meanwhile.
-  absl::Status failed;
-  size_t done = 0;
-  if (ring_fd_ >= 0) {
-    for (; done < held.slots.size(); ++done) {
-      const Slot& s = held.slots[done];
-      const iovec iov{s.data, s.length};
-      failed = os_.IoUringUpdateBuffers(ring_fd_, s.index, {&iov, 1});
-      if (!failed.ok()) break;
+  // From here the slots taken are given back on every way out, a throw's too (the heap
+  // ran out): emptied in the ring, out of the index, back in the queue.
+  size_t inserted = 0;
+  try {
+    // The system calls outside the lock: other ranges come and go meanwhile.
+    absl::Status failed;
+    size_t done = 0;
+    if (ring_fd_ >= 0) {
+      for (; done < held.slots.size(); ++done) {
+        const Slot& s = held.slots[done];
+        const iovec iov{s.data, s.length};
+        failed = os_.IoUringUpdateBuffers(ring_fd_, s.index, {&iov, 1});
+        if (!failed.ok()) break;
+      }
     }
-  }
-  if (!failed.ok()) {
-    for (size_t i = 0; i < done; ++i) {
-      const iovec empty{nullptr, 0};
-      (void)os_.IoUringUpdateBuffers(ring_fd_, held.slots[i].index, {&empty, 1});
+    if (!failed.ok()) {
+      for (size_t i = 0; i < done; ++i) {
+        const iovec empty{nullptr, 0};
+        (void)os_.IoUringUpdateBuffers(ring_fd_, held.slots[i].index, {&empty, 1});
+      }
+      const std::string why = Explain(failed, range.length);
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const Slot& s : held.slots) GiveBack(s.index);
+      held.slots.clear();
+      if (range.backing == BackingKind::kDevDax) {
+        // Device memory never moves and needs no kernel pin: it is only no fixed buffer.
+        held.why_none = absl::StrCat("the kernel did not register it: ", why);
+        ranges_.emplace(start, std::move(held));
+        return absl::OkStatus();
+      }
+      const int err = ErrnoOf(failed);
+      const absl::StatusCode code = err == ENOMEM || err == EAGAIN
+                                        ? absl::StatusCode::kResourceExhausted
+                                    : err == EFAULT ? absl::StatusCode::kInvalidArgument
+                                                    : absl::StatusCode::kFailedPrecondition;
+      return absl::Status(
+          code, absl::StrFormat("kernel pin of %s at 0x%x (%s pages): %s", HumanBytes(range.length),
+                                start, PageSizeName(range.page_size), why));
     }
-    const std::string why = Explain(failed, range.length);
     std::lock_guard<std::mutex> lock(mu_);
-    for (const Slot& s : held.slots) GiveBack(s.index);
-    held.slots.clear();
-    if (range.backing == BackingKind::kDevDax) {
-      // Device memory never moves and needs no kernel pin: it is only no fixed buffer.
-      held.why_none = absl::StrCat("the kernel did not register it: ", why);
-      ranges_.emplace(start, std::move(held));
-      return absl::OkStatus();
+    for (Slot& s : held.slots) {
+      s.registered = ring_fd_ >= 0;
+      ++inserted;
+      index_.Insert(s.index, reinterpret_cast<uintptr_t>(s.data), s.length);
     }
-    const int err = ErrnoOf(failed);
-    const absl::StatusCode code = err == ENOMEM || err == EAGAIN
-                                      ? absl::StatusCode::kResourceExhausted
-                                  : err == EFAULT ? absl::StatusCode::kInvalidArgument
-                                                  : absl::StatusCode::kFailedPrecondition;
-    return absl::Status(
-        code, absl::StrFormat("kernel pin of %s at 0x%x (%s pages): %s", HumanBytes(range.length),
-                              start, PageSizeName(range.page_size), why));
+    ranges_.emplace(start, held);
+    for (const Slot& s : held.slots) {
+      bytes_ += s.length;
+      if (s.registered) pinned_bytes_ += s.length;
+    }
+    return absl::OkStatus();
+  } catch (...) {
+    for (const Slot& s : held.slots) {
+      if (ring_fd_ < 0) break;
+      const iovec empty{nullptr, 0};
+      (void)os_.IoUringUpdateBuffers(ring_fd_, s.index, {&empty, 1});
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    for (size_t i = 0; i < inserted; ++i) index_.Erase(held.slots[i].index);
+    for (const Slot& s : held.slots) GiveBack(s.index);
+    throw;
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  for (Slot& s : held.slots) {
-    s.registered = ring_fd_ >= 0;
-    index_.Insert(s.index, reinterpret_cast<uintptr_t>(s.data), s.length);
-    bytes_ += s.length;
-    if (s.registered) pinned_bytes_ += s.length;
-  }
-  ranges_.emplace(start, std::move(held));
-  return absl::OkStatus();
 }
 
 void KernelPinTable::MemoryRemoving(const MemoryRange& range) {
@@ -255,6 +273,15 @@ std::vector<KernelPinTable::Slot> KernelPinTable::SlotsOf(const void* data) cons
   std::lock_guard<std::mutex> lock(mu_);
   auto it = ranges_.find(reinterpret_cast<uintptr_t>(data));
   return it == ranges_.end() ? std::vector<Slot>{} : it->second.slots;
+}
+
+size_t KernelPinTable::SlotsOf(const void* data, size_t from, absl::Span<Slot> out) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = ranges_.find(reinterpret_cast<uintptr_t>(data));
+  if (it == ranges_.end()) return 0;
+  const std::vector<Slot>& slots = it->second.slots;
+  for (size_t i = from, j = 0; i < slots.size() && j < out.size(); ++i, ++j) out[j] = slots[i];
+  return slots.size();
 }
 
 std::vector<unsigned> KernelPinTable::RegisteredSlots() const {

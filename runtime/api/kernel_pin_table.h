@@ -45,6 +45,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "hugemm/memory_observer.h"
 #include "hugemm/os.h"
 #include "runtime/api/slot_index.h"
@@ -96,6 +97,9 @@ class KernelPinTable final : public MemoryObserver {
   };
   // The slots of the range starting at `data` (empty if none).
   std::vector<Slot> SlotsOf(const void* data) const;
+  // The same without the heap, for a range's removal: its slots from the `from`-th on,
+  // as many as `out` holds, copied into `out`; returns how many the range has in all.
+  size_t SlotsOf(const void* data, size_t from, absl::Span<Slot> out) const;
   // Every slot the ring holds a buffer in. Exact while no range comes or goes (inside
   // Runtime::AddMemoryObserver's `first`).
   std::vector<unsigned> RegisteredSlots() const;

@@ -1,6 +1,7 @@
 #include "runtime/api/memory_observers.h"
 
 #include <algorithm>
+#include <cstdio>
 
 #include "absl/strings/str_format.h"
 
@@ -40,9 +41,19 @@ void MemoryObservers::MemoryRemoving(const MemoryRange& range) {
       going_.erase(it);
     }
   }
-  // Those that allowed it; one added since never heard of the range (Add).
+  // Those that allowed it; one added since never heard of the range (Add). The memory
+  // goes whatever an observer does: one that throws (the heap ran out inside it) is
+  // reported, without the heap, and the others are still told.
   for (size_t i = observers_.size(); i-- > 0;) {
-    if (observers_[i].added <= told_up_to) observers_[i].observer->MemoryRemoving(range);
+    if (observers_[i].added > told_up_to) continue;
+    try {
+      observers_[i].observer->MemoryRemoving(range);
+    } catch (...) {
+      std::fputs(
+          "hugemm: a memory observer failed (out of memory) while a range was removed; "
+          "what it holds for the range may stay until it is closed\n",
+          stderr);
+    }
   }
 }
 

@@ -103,17 +103,25 @@ absl::Status UnmapRecord(PageTable& table, const Runtime::BufferRecord& record) 
     if (record.handle) return f == record.handle.folio();
     return f >= record.folios.get() && f < record.folios.get() + record.nfolios;
   };
-  std::vector<std::pair<uintptr_t, size_t>> runs;
-  table.Walk(record.data, record.size, [&](const LogicalLeaf& l) {
-    if (!owned(l.folio)) return;
-    if (!runs.empty() && runs.back().first + runs.back().second == l.va) {
-      runs.back().second += l.bytes;
-    } else {
-      runs.emplace_back(l.va, l.bytes);
-    }
-  });
-  for (const auto& [va, bytes] : runs) {
-    if (st = table.Unmap(reinterpret_cast<const void*>(va), bytes); !st.ok()) return st;
+  // One run of them at a time, found by a walk from where the last ended: no list is
+  // made, so a free never needs the heap for it.
+  const auto end = reinterpret_cast<uintptr_t>(record.data) + record.size;
+  for (uintptr_t from = reinterpret_cast<uintptr_t>(record.data); from < end;) {
+    uintptr_t run = 0;
+    size_t bytes = 0;
+    bool closed = false;  // the first run ended before the walk did
+    table.Walk(reinterpret_cast<const void*>(from), end - from, [&](const LogicalLeaf& l) {
+      if (closed) return;
+      if (!owned(l.folio) || (bytes != 0 && run + bytes != l.va)) {
+        closed = bytes != 0;
+        return;
+      }
+      if (bytes == 0) run = l.va;
+      bytes += l.bytes;
+    });
+    if (bytes == 0) break;
+    if (st = table.Unmap(reinterpret_cast<const void*>(run), bytes); !st.ok()) return st;
+    from = run + bytes;
   }
   return absl::OkStatus();
 }
@@ -201,15 +209,25 @@ Runtime::~Runtime() {
     kernel_pins_.reset();
     return;
   }
-  std::vector<uint64_t> ids;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& [id, record] : buffers_) ids.push_back(id);
-  }
-  for (uint64_t id : ids) {
-    if (absl::Status st = FreeById(id); !st.ok()) {
-      std::fprintf(stderr, "hugemm: freeing buffer %llu at exit: %s\n",
-                   static_cast<unsigned long long>(id), std::string(st.message()).c_str());
+  // Each buffer in turn, by id, without a list (the heap may be what ran out).
+  for (uint64_t last = 0;;) {
+    uint64_t id = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = buffers_.upper_bound(last);
+      if (it == buffers_.end()) break;
+      id = it->first;
+    }
+    last = id;
+    try {
+      if (absl::Status st = FreeById(id); !st.ok()) {
+        std::fprintf(stderr, "hugemm: freeing buffer %llu at exit: %s\n",
+                     static_cast<unsigned long long>(id), std::string(st.message()).c_str());
+      }
+    } catch (...) {
+      // Kept mapped (FreeById put it back) and left to the process's exit.
+      std::fprintf(stderr, "hugemm: freeing buffer %llu at exit: out of memory; left mapped\n",
+                   static_cast<unsigned long long>(id));
     }
   }
   pinner_.reset();
@@ -399,19 +417,32 @@ absl::StatusOr<Buffer> Runtime::Allocate(size_t bytes, const AllocOptions& optio
 absl::Status Runtime::FreeById(uint64_t id) {
   if (kernel_pins_->InForkedChild()) [[unlikely]]
     return RefuseInForkedChild(absl::StrFormat("free of buffer %u", id));
-  std::unique_ptr<BufferRecord> record;
+  // Taken out of both maps as node handles, so that a free that cannot finish puts the
+  // buffer back as it was without the heap.
+  decltype(buffers_)::node_type by_id;
+  decltype(by_address_)::node_type by_data;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = buffers_.find(id);
     if (it == buffers_.end()) {
       return absl::NotFoundError(absl::StrFormat("no buffer with id %u", id));
     }
-    record = std::move(it->second);
-    buffers_.erase(it);
-    by_address_.erase(reinterpret_cast<uintptr_t>(record->data));
+    by_id = buffers_.extract(it);
+    by_data = by_address_.extract(reinterpret_cast<uintptr_t>(by_id.mapped()->data));
   }
-  // Out of the table first (its mapping references), then the owner's references.
-  absl::Status unmapped = UnmapRecord(*table_, *record);
+  // Out of the table first (its mapping references), then the owner's references. The
+  // table's unmap needs no heap; a throw is still the buffer's to keep (a later free
+  // finishes it: UnmapRecord unmaps what is left).
+  absl::Status unmapped;
+  try {
+    unmapped = UnmapRecord(*table_, *by_id.mapped());
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(mu_);
+    buffers_.insert(std::move(by_id));
+    if (!by_data.empty()) by_address_.insert(std::move(by_data));
+    throw;
+  }
+  std::unique_ptr<BufferRecord> record = std::move(by_id.mapped());
   if (record->handle) {
     record->handle.Reset();  // the allocator takes the folio back after the last pin
     return unmapped;

@@ -61,7 +61,8 @@ int hugemm_io_attach(hugemm_runtime* rt, int ring_fd, const hugemm_io_options* o
 }
 HUGEMM_C_CATCH
 
-void hugemm_io_detach(hugemm_io* io) { hugemm::bridge::CApiRelease<&hugemm_io::ring>(io); }
+void hugemm_io_detach(hugemm_io* io) try { hugemm::bridge::CApiRelease<&hugemm_io::ring>(io); }
+HUGEMM_C_CATCH_VOID
 
 int hugemm_io_mode(const hugemm_io* io) try {
   if (io == nullptr) return Invalid("hugemm_io_mode: NULL io");

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
+#include <iterator>
 #include <set>
 #include <thread>
 #include <utility>
@@ -113,8 +114,13 @@ class FixedBuffers::Follower final : public MemoryObserver {
   }
 
   void MemoryRemoving(const MemoryRange& range) override {
-    for (const KernelPinTable::Slot& s : fb_.runtime_.kernel_pin_table().SlotsOf(range.data)) {
-      fb_.Empty(s.index);
+    // A few slots at a time, without the heap: this runs as memory goes, which may be
+    // when the heap ran out, and cannot fail.
+    KernelPinTable::Slot batch[8];
+    for (size_t from = 0;; from += std::size(batch)) {
+      const size_t total = fb_.runtime_.kernel_pin_table().SlotsOf(range.data, from, batch);
+      for (size_t i = 0; from + i < total && i < std::size(batch); ++i) fb_.Empty(batch[i].index);
+      if (from + std::size(batch) >= total) break;
     }
   }
 

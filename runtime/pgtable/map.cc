@@ -1,4 +1,5 @@
 // Map and unmap, and the walk over whole leaves that unmap and protect share.
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "hugemm/page_size.h"
 #include "hugemm/pgtable.h"
@@ -54,8 +55,8 @@ absl::Status PageTable::MakePath(uintptr_t va, int level) {
     }
     Table* child = NewTable(above.level - 1);
     if (child == nullptr) {
-      return absl::ResourceExhaustedError(absl::StrFormat(
-          "no memory for a %s table at 0x%x", geometry_.LevelName(above.level - 1), va));
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "no memory for a ", geometry_.LevelName(above.level - 1), " table at 0x", absl::Hex(va)));
     }
     LockedEntry e(*this, va, above.level);
     if (e.holds(above)) {
@@ -108,8 +109,10 @@ absl::Status PageTable::Map(Folio* folio, const void* p, Prot prot) {
     Table* d = NewTable(kPteLevel);
     if (d == nullptr) {
       FreeChain(deposits);
+      // StrCat, not StrFormat: abseil's formatter ends the program when the heap fails
+      // inside it, and the heap is what just failed.
       return absl::ResourceExhaustedError(
-          absl::StrFormat("map at 0x%x: no memory for deposited PTE tables", va));
+          absl::StrCat("map at 0x", absl::Hex(va), ": no memory for deposited PTE tables"));
     }
     d->next = deposits;
     deposits = d;
@@ -121,38 +124,47 @@ absl::Status PageTable::Map(Folio* folio, const void* p, Prot prot) {
   const uint64_t word = reinterpret_cast<uintptr_t>(folio) | kPresent | kLeaf | ProtToBits(prot) |
                         (unit->cont > 1 ? kCont : 0);
   absl::Status result;
-  for (;;) {
-    if (result = MakePath(va, level); !result.ok()) {
-      result = absl::Status(result.code(), absl::StrCat("map: ", result.message()));
+  // Until the entries hold them, the folio references and the deposits are this call's
+  // to give back, on a throw too (an error message the heap had no room for).
+  try {
+    for (;;) {
+      if (result = MakePath(va, level); !result.ok()) {
+        result = absl::Status(result.code(), absl::StrCat("map: ", result.message()));
+        break;
+      }
+      LockedEntry e(*this, va, level);
+      if (!e.held() || e.entry().level != level) continue;  // the path changed: again
+      Table* t = e.table();
+      const size_t first = e.entry().index;
+      for (size_t i = 0; i < n && result.ok(); ++i) {
+        const uint64_t w = t->slot(first + i).load(std::memory_order_relaxed);
+        if (w != 0) {
+          result = absl::AlreadyExistsError(
+              absl::StrCat("map of a ", PageSizeName(size), " folio at 0x", absl::Hex(va),
+                           " overlaps 0x", absl::Hex(va + i * geometry_.entry_bytes(level)),
+                           ", already mapped", IsTable(w) ? " below this level" : ""));
+        }
+      }
+      if (!result.ok()) break;
+      // The entries first, then their frame words (table.h).
+      const size_t entry_bytes = geometry_.entry_bytes(level);
+      for (size_t i = 0; i < n; ++i) t->slot(first + i).store(word, std::memory_order_release);
+      for (size_t i = 0; i < n; ++i) {
+        t->frame(first + i).store(FrameFor(folio, va + i * entry_bytes), std::memory_order_release);
+      }
+      t->used += static_cast<uint32_t>(n);
+      while (deposits != nullptr) {
+        Table* next = deposits->next;
+        deposits->next = t->deposit;
+        t->deposit = deposits;
+        deposits = next;
+      }
       break;
     }
-    LockedEntry e(*this, va, level);
-    if (!e.held() || e.entry().level != level) continue;  // the path changed: again
-    Table* t = e.table();
-    const size_t first = e.entry().index;
-    for (size_t i = 0; i < n && result.ok(); ++i) {
-      const uint64_t w = t->slot(first + i).load(std::memory_order_relaxed);
-      if (w != 0) {
-        result = absl::AlreadyExistsError(absl::StrFormat(
-            "map of a %s folio at 0x%x overlaps 0x%x, already mapped%s", PageSizeName(size), va,
-            va + i * geometry_.entry_bytes(level), IsTable(w) ? " below this level" : ""));
-      }
-    }
-    if (!result.ok()) break;
-    // The entries first, then their frame words (table.h).
-    const size_t entry_bytes = geometry_.entry_bytes(level);
-    for (size_t i = 0; i < n; ++i) t->slot(first + i).store(word, std::memory_order_release);
-    for (size_t i = 0; i < n; ++i) {
-      t->frame(first + i).store(FrameFor(folio, va + i * entry_bytes), std::memory_order_release);
-    }
-    t->used += static_cast<uint32_t>(n);
-    while (deposits != nullptr) {
-      Table* next = deposits->next;
-      deposits->next = t->deposit;
-      t->deposit = deposits;
-      deposits = next;
-    }
-    break;
+  } catch (...) {
+    FreeChain(deposits);
+    FolioPut(folio, static_cast<int32_t>(n));
+    throw;
   }
   if (!result.ok()) {
     FreeChain(deposits);
@@ -164,7 +176,8 @@ absl::Status PageTable::Map(Folio* folio, const void* p, Prot prot) {
 // Visits every whole logical leaf of [va, va + length), splitting first the leaves that
 // stick out of it; holes are skipped. `apply` runs under the leaf's table lock.
 absl::Status PageTable::ForEachWholeLeaf(uintptr_t va, size_t length,
-                                         absl::FunctionRef<void(const WholeLeaf&)> apply) {
+                                         absl::FunctionRef<bool(const WholeLeaf&)> apply,
+                                         uintptr_t* stopped) {
   const uintptr_t end = va + length;
   uintptr_t cur = va;
   while (cur < end) {
@@ -182,7 +195,10 @@ absl::Status PageTable::ForEachWholeLeaf(uintptr_t va, size_t length,
         const size_t n = l.cont ? size_t{1} << cont_shift_[l.level] : 1;
         const size_t first = e.entry().index & ~(n - 1);
         if (!GroupHolds(e.table(), first, n, e.word())) continue;
-        apply(WholeLeaf{e.table(), first, n, e.word(), l});
+        if (!apply(WholeLeaf{e.table(), first, n, e.word(), l})) {
+          if (stopped != nullptr) *stopped = cur;
+          return absl::OkStatus();
+        }
         cur = l.va + l.bytes;
         continue;
       }
@@ -203,21 +219,29 @@ absl::Status PageTable::ForEachWholeLeaf(uintptr_t va, size_t length,
   return absl::OkStatus();
 }
 
-absl::Status PageTable::ClearLeaves(uintptr_t va, size_t length, Garbage* g) {
-  return ForEachWholeLeaf(va, length, [&](const WholeLeaf& w) {
-    Table* t = w.table;
-    // The frame words first, then the entries (table.h).
-    for (size_t i = 0; i < w.n; ++i) t->frame(w.first + i).store(0, std::memory_order_release);
-    for (size_t i = 0; i < w.n; ++i) t->slot(w.first + i).store(0, std::memory_order_release);
-    t->used -= static_cast<uint32_t>(w.n);
-    if (IsExclusive(w.word)) g->records.push_back(AsRecord(w.word));
-    g->puts.emplace_back(w.leaf.folio, static_cast<int32_t>(w.n));
-    for (size_t i = 0; w.leaf.level == kPmdLevel && i < w.n && t->deposit != nullptr; ++i) {
-      Table* d = t->deposit;
-      t->deposit = d->next;
-      g->Add(d);
-    }
-  });
+absl::Status PageTable::ClearLeaves(uintptr_t va, size_t length, Garbage* g, uintptr_t* resume) {
+  *resume = 0;
+  return ForEachWholeLeaf(
+      va, length,
+      [&](const WholeLeaf& w) {
+        // Room for what the leaf leaves behind before it is touched: a leaf is cleared only
+        // when its folio reference (and record) can be kept for the reclaim, never lost.
+        if (!g->MakeRoom(IsExclusive(w.word))) return false;
+        Table* t = w.table;
+        // The frame words first, then the entries (table.h).
+        for (size_t i = 0; i < w.n; ++i) t->frame(w.first + i).store(0, std::memory_order_release);
+        for (size_t i = 0; i < w.n; ++i) t->slot(w.first + i).store(0, std::memory_order_release);
+        t->used -= static_cast<uint32_t>(w.n);
+        if (IsExclusive(w.word)) g->records.push_back(AsRecord(w.word));
+        g->puts.emplace_back(w.leaf.folio, static_cast<int32_t>(w.n));
+        for (size_t i = 0; w.leaf.level == kPmdLevel && i < w.n && t->deposit != nullptr; ++i) {
+          Table* d = t->deposit;
+          t->deposit = d->next;
+          g->Add(d);
+        }
+        return true;
+      },
+      resume);
 }
 
 absl::Status PageTable::Unmap(const void* p, size_t length) {
@@ -228,7 +252,17 @@ absl::Status PageTable::Unmap(const void* p, size_t length) {
   absl::Status st;
   {
     Invalidating notice(notifiers_, {va, length, InvalidateReason::kUnmap, nullptr});
-    st = ClearLeaves(va, length, &g);
+    // In batches when the heap runs out: what a batch unhooked is reclaimed (its folio
+    // references dropped after a grace period) and the next goes on from where it
+    // stopped, so the unmap never fails half done for want of memory. Subscribers have
+    // heard the start: pages freed before the end are pages they no longer use.
+    for (uintptr_t from = va;;) {
+      uintptr_t resume = 0;
+      st = ClearLeaves(from, va + length - from, &g, &resume);
+      if (!st.ok() || resume == 0) break;
+      Reclaim(&g);
+      from = resume;
+    }
     const size_t step = geometry_.entry_bytes(kPmdLevel);
     for (uintptr_t a = va & ~(step - 1); a < va + length; a += step) PruneEmpty(a, &g);
   }

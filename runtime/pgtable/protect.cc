@@ -38,11 +38,12 @@ absl::Status PageTable::Protect(const void* p, size_t length, Prot prot) {
   const uint64_t prot_bits = ProtToBits(prot);
   Invalidating notice(notifiers_, {va, length, InvalidateReason::kProtect, nullptr});
   return ForEachWholeLeaf(va, length, [&](const WholeLeaf& w) {
-    if (IsExclusive(w.word)) return;  // made exclusive meanwhile: leave it
+    if (IsExclusive(w.word)) return true;  // made exclusive meanwhile: leave it
     const uint64_t word = (w.word & ~kProtBits) | prot_bits;
     for (size_t i = 0; i < w.n; ++i) {
       w.table->slot(w.first + i).store(word, std::memory_order_release);
     }
+    return true;
   });
 }
 

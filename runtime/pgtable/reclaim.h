@@ -3,6 +3,7 @@
 #define HUGEMM_RUNTIME_PGTABLE_RECLAIM_H_
 
 #include <cstdint>
+#include <new>
 #include <utility>
 #include <vector>
 
@@ -16,10 +17,23 @@ namespace hugemm::pgtable_internal {
 // then too, so that a reader that still sees an entry never sees its folio freed.
 struct Garbage {
   Table* tables = nullptr;  // linked through `next`, each with its deposits
-  std::vector<ExclusiveRecord*> records;
-  // Inline room for a few: the unmap of a buffer's folio needs no heap.
+  // Inline room for a few: the unmap of a buffer's folio needs no heap, and an unmap
+  // whose heap ran out always has room again once its garbage is reclaimed.
+  absl::InlinedVector<ExclusiveRecord*, 2> records;
   absl::InlinedVector<std::pair<Folio*, int32_t>, 4> puts;
   bool unhooked = false;  // a table readers could reach was detached: hints go stale
+
+  // Room for one more put (and record, with `record`), grown from the heap when full:
+  // false when the heap has none to give, and the leaf is then left as it is.
+  bool MakeRoom(bool record) noexcept {
+    try {
+      if (puts.size() == puts.capacity()) puts.reserve(2 * puts.capacity());
+      if (record && records.size() == records.capacity()) records.reserve(2 * records.capacity());
+    } catch (const std::bad_alloc&) {
+      return false;
+    }
+    return true;
+  }
 
   void Add(Table* t) {
     t->next = tables;

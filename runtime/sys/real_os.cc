@@ -225,11 +225,12 @@ class RealOs final : public Os {
 
   absl::Status IoUringUpdateBuffers(int ring_fd, unsigned first_slot,
                                     absl::Span<const iovec> buffers) override {
-    std::vector<uint64_t> tags(buffers.size(), 0);
+    // No tags: the kernel reads them only through a non-null pointer, so emptying a slot
+    // as memory goes needs no heap (which may be what ran out).
     io_uring_rsrc_update2 up = {};
     up.offset = first_slot;
     up.data = reinterpret_cast<uintptr_t>(buffers.data());
-    up.tags = reinterpret_cast<uintptr_t>(tags.data());
+    up.tags = 0;
     up.nr = static_cast<unsigned>(buffers.size());
     const long n =
         ::syscall(__NR_io_uring_register, ring_fd, IORING_REGISTER_BUFFERS_UPDATE, &up, sizeof(up));

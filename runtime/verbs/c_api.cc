@@ -63,9 +63,10 @@ int hugemm_mr_cache_create(hugemm_runtime* rt, const hugemm_mr_cache_options* op
 }
 HUGEMM_C_CATCH
 
-void hugemm_mr_cache_destroy(hugemm_mr_cache* cache) {
+void hugemm_mr_cache_destroy(hugemm_mr_cache* cache) try {
   hugemm::bridge::CApiRelease<&hugemm_mr_cache::cache>(cache);
 }
+HUGEMM_C_CATCH_VOID
 
 int hugemm_mr_get(hugemm_mr_cache* cache, struct ibv_pd* pd, const void* addr, size_t length,
                   int access, hugemm_mr** out) try {
@@ -90,7 +91,8 @@ uint32_t hugemm_mr_lkey(const hugemm_mr* mr) { return mr != nullptr ? mr->handle
 
 uint32_t hugemm_mr_rkey(const hugemm_mr* mr) { return mr != nullptr ? mr->handle.rkey() : 0; }
 
-void hugemm_mr_put(hugemm_mr* mr) { delete mr; }
+void hugemm_mr_put(hugemm_mr* mr) try { delete mr; }
+HUGEMM_C_CATCH_VOID
 
 long hugemm_mr_cache_flush(hugemm_mr_cache* cache) try {
   if (cache == nullptr) return CApiFail(EINVAL, "hugemm_mr_cache_flush: NULL cache");

@@ -53,9 +53,10 @@ int hugemm_vfio_attach(hugemm_runtime* rt, int container_fd, const hugemm_vfio_o
 }
 HUGEMM_C_CATCH
 
-void hugemm_vfio_detach(hugemm_vfio* vfio) {
+void hugemm_vfio_detach(hugemm_vfio* vfio) try {
   hugemm::bridge::CApiRelease<&hugemm_vfio::mapper>(vfio);
 }
+HUGEMM_C_CATCH_VOID
 
 int hugemm_vfio_iova(const hugemm_vfio* vfio, const void* addr, uint64_t* iova) try {
   if (vfio == nullptr || iova == nullptr) return Invalid("hugemm_vfio_iova: NULL argument");
