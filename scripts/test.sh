@@ -23,9 +23,11 @@ for flavour in release asan tsan; do
   exclude=()
   # The VM runs once, with the Release binaries: emulated CPUs make sanitizers too slow.
   [ "$flavour" != release ] && exclude=(-LE vm)
+  started=$SECONDS
   if ! (cd "build/$flavour" && ctest --output-on-failure "${exclude[@]}"); then
     failed+=("$flavour")
   fi
+  say "tests: $flavour took $(took "$started")"
 done
 
 # The fuzzers, a bounded run each from the seed corpus (fuzz/corpus/<name>, which ctest
@@ -33,6 +35,7 @@ done
 # directory; a crash fails CI and leaves its input in build/fuzz/artifacts.
 fuzz_seconds=${HUGEMM_FUZZ_SECONDS:-60}
 build fuzz
+started=$SECONDS
 mkdir -p build/fuzz/artifacts
 for fuzzer in pgtable_fuzzer alloc_fuzzer c_api_fuzzer io_fuzzer; do
   say "fuzz: $fuzzer for ${fuzz_seconds}s"
@@ -47,8 +50,11 @@ for fuzzer in pgtable_fuzzer alloc_fuzzer c_api_fuzzer io_fuzzer; do
     "build/fuzz/$fuzzer.log" | tail -3 || true
   rm -rf "$scratch"
 done
+say "fuzz: took $(took "$started")"
 if [ ${#failed[@]} -gt 0 ]; then
-  die "tests failed in: ${failed[*]}"
+  die "tests failed in: ${failed[*]} (after $(took 0))"
 fi
 say "all tests passed in release, asan and tsan; the fuzzers found nothing"
+started=$SECONDS
 "$HUGEMM_ROOT/scripts/check-install.sh"
+say "install: took $(took "$started"); everything: $(took 0)"

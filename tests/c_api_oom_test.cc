@@ -54,6 +54,10 @@ void* Take(size_t n, size_t align, bool nothrow) {
 
 }  // namespace
 
+// The memory comes from malloc (Take), so free is its match: GCC, inlining these into a
+// test's `new`, cannot see that and would warn of a mismatch.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 void* operator new(size_t n) { return Take(n, 0, false); }
 void* operator new[](size_t n) { return Take(n, 0, false); }
 void* operator new(size_t n, const std::nothrow_t&) noexcept { return Take(n, 0, true); }
@@ -76,6 +80,7 @@ void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
 void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
 void operator delete(void* p, size_t, std::align_val_t) noexcept { std::free(p); }
 void operator delete[](void* p, size_t, std::align_val_t) noexcept { std::free(p); }
+#pragma GCC diagnostic pop
 
 namespace {
 
