@@ -1,5 +1,6 @@
-// The heap running out inside the C API (hugemm.h): open, the buffers (map, alloc, free),
-// the pins and the unpins, and the close. This program
+// The heap running out inside the C API (hugemm.h, hugemm_io.h): open, the buffers (map,
+// alloc, free), the pins and the unpins, subscriptions, external memory, io_uring
+// attaches and the buffers of an attached ring, and the close. This program
 // replaces operator new with one that fails, on the thread that asks for it, at the k-th allocation
 // of one call (and, in the "exhausted" mode, at every one after): each call is made for
 // k = 0, 1, 2, ... until it completes without meeting a failure. Every call must either
@@ -7,7 +8,9 @@
 // program, never keep a reference, a mapping, a descriptor, a kernel pin or a huge page.
 // After each failure the runtime must still do the same call, and once it is closed the
 // process must hold what it held before it opened.
+#include <linux/io_uring.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -22,6 +25,7 @@
 
 #include "gtest/gtest.h"
 #include "hugemm/hugemm.h"
+#include "hugemm/hugemm_io.h"
 #include "soak/footprint.h"
 #include "tests/test_util.h"
 
@@ -403,6 +407,149 @@ TEST_F(CApiOutOfMemory, Close) {
     *hit = o.hit;
     hugemm_unsubscribe(sub);  // the handle only, after the close
   });
+}
+
+// A subscription that fails is none: it hears nothing of the buffer's free.
+void Count(void* user, const void*, size_t, int) { ++*static_cast<int*>(user); }
+
+TEST_F(CApiOutOfMemory, Subscribe) {
+  EveryFailure([](long k, bool exhausted, bool* hit) {
+    hugemm_runtime* rt = Open();
+    if (rt == nullptr) return;
+    hugemm_buffer b{};
+    ASSERT_EQ(hugemm_map_buffer(rt, k2M, nullptr, &b), 0) << hugemm_last_error();
+    int heard = 0;
+    hugemm_subscription* sub = nullptr;
+    const volatile uint64_t* seq = nullptr;
+    const Outcome o = Failing(k, exhausted, [&] {
+      return static_cast<long>(
+          hugemm_subscribe(rt, b.data, b.size, Count, nullptr, &heard, &sub, &seq));
+    });
+    *hit = o.hit;
+    if (o.rc != 0) {
+      ExpectOutOfMemory(o.rc, "hugemm_subscribe", k, exhausted);
+      EXPECT_EQ(sub, nullptr);
+    }
+    EXPECT_EQ(hugemm_free(rt, b.data), 0) << hugemm_last_error();
+    EXPECT_EQ(heard, o.rc == 0 ? 1 : 0) << "a failed subscription heard the free";
+    hugemm_unsubscribe(sub);
+    hugemm_close(rt);
+  });
+}
+
+// Memory the program mapped itself: a registration that fails leaves none (the same range
+// registers again), and its kernel pin goes.
+TEST_F(CApiOutOfMemory, RegisterExternal) {
+  EveryFailure([](long k, bool exhausted, bool* hit) {
+    hugemm_runtime* rt = Open();
+    if (rt == nullptr) return;
+    void* p = mmap(nullptr, k2M, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+    ASSERT_NE(p, MAP_FAILED);
+    uint64_t id = 0;
+    const Outcome o = Failing(
+        k, exhausted, [&] { return static_cast<long>(hugemm_register_external(rt, p, k2M, &id)); });
+    *hit = o.hit;
+    if (o.rc != 0) {
+      ExpectOutOfMemory(o.rc, "hugemm_register_external", k, exhausted);
+      ASSERT_EQ(hugemm_register_external(rt, p, k2M, &id), 0) << hugemm_last_error();
+    }
+    EXPECT_EQ(hugemm_unregister_external(rt, id), 0) << hugemm_last_error();
+    hugemm_close(rt);
+    ASSERT_EQ(munmap(p, k2M), 0);
+  });
+}
+
+// A ring's fixed buffers: an attach that fails leaves the ring's table unregistered (the
+// ring attaches again); a map and a free with a ring attached keep the ring's table
+// as the buffers are, whatever allocation fails. The ring is io_uring_setup(2)'s alone:
+// the attach needs nothing of its queues.
+int NewRing() {
+  io_uring_params params{};
+  return static_cast<int>(syscall(__NR_io_uring_setup, 8, &params));
+}
+
+void AttachRound(int mode, long k, bool exhausted, bool* hit) {
+  hugemm_runtime* rt = Open();
+  if (rt == nullptr) return;
+  hugemm_buffer b{};
+  ASSERT_EQ(hugemm_map_buffer(rt, kBufferBytes, nullptr, &b), 0) << hugemm_last_error();
+  const int ring = NewRing();
+  ASSERT_GE(ring, 0) << strerror(errno);
+  const hugemm_io_options options{.mode = mode, .max_in_flight = 0};
+  hugemm_io* io = nullptr;
+  const Outcome o = Failing(
+      k, exhausted, [&] { return static_cast<long>(hugemm_io_attach(rt, ring, &options, &io)); });
+  *hit = o.hit;
+  if (o.rc != 0) {
+    ExpectOutOfMemory(o.rc, "hugemm_io_attach", k, exhausted);
+    EXPECT_EQ(io, nullptr);
+    ASSERT_EQ(hugemm_io_attach(rt, ring, &options, &io), 0)
+        << "after a failed attach: " << hugemm_last_error();
+  }
+  EXPECT_GE(hugemm_io_buffer_index(io, b.data, b.size), 0) << hugemm_last_error();
+  hugemm_io_detach(io);
+  close(ring);
+  EXPECT_EQ(hugemm_free(rt, b.data), 0) << hugemm_last_error();
+  hugemm_close(rt);
+}
+
+TEST_F(CApiOutOfMemory, IoAttachClone) {
+  EveryFailure([](long k, bool e, bool* hit) { AttachRound(HUGEMM_IO_CLONE, k, e, hit); });
+}
+TEST_F(CApiOutOfMemory, IoAttachIovec) {
+  EveryFailure([](long k, bool e, bool* hit) { AttachRound(HUGEMM_IO_IOVEC, k, e, hit); });
+}
+
+// `fail_free`: the failures go to the free, the map is made without.
+void RingBufferRound(int mode, bool fail_free, long k, bool exhausted, bool* hit) {
+  hugemm_runtime* rt = Open();
+  if (rt == nullptr) return;
+  const int ring = NewRing();
+  ASSERT_GE(ring, 0) << strerror(errno);
+  const hugemm_io_options options{.mode = mode, .max_in_flight = 0};
+  hugemm_io* io = nullptr;
+  ASSERT_EQ(hugemm_io_attach(rt, ring, &options, &io), 0) << hugemm_last_error();
+  hugemm_buffer b{};
+  if (!fail_free) {
+    const Outcome o = Failing(k, exhausted, [&] {
+      return static_cast<long>(hugemm_map_buffer(rt, kBufferBytes, nullptr, &b));
+    });
+    *hit = o.hit;
+    if (o.rc != 0) {
+      ExpectOutOfMemory(o.rc, "hugemm_map_buffer with a ring", k, exhausted);
+      ASSERT_EQ(hugemm_map_buffer(rt, kBufferBytes, nullptr, &b), 0) << hugemm_last_error();
+    }
+    EXPECT_GE(hugemm_io_buffer_index(io, b.data, b.size), 0) << hugemm_last_error();
+    EXPECT_EQ(hugemm_free(rt, b.data), 0) << hugemm_last_error();
+  } else {
+    ASSERT_EQ(hugemm_map_buffer(rt, kBufferBytes, nullptr, &b), 0) << hugemm_last_error();
+    const Outcome o =
+        Failing(k, exhausted, [&] { return static_cast<long>(hugemm_free(rt, b.data)); });
+    *hit = o.hit;
+    if (o.rc != 0) {
+      ExpectOutOfMemory(o.rc, "hugemm_free with a ring", k, exhausted);
+      EXPECT_EQ(hugemm_free(rt, b.data), 0) << hugemm_last_error();
+    }
+  }
+  // The freed buffer's slot is no buffer of the ring's any more.
+  EXPECT_LT(hugemm_io_buffer_index(io, b.data, b.size), 0) << "a freed buffer is still in the ring";
+  hugemm_io_detach(io);
+  close(ring);
+  hugemm_close(rt);
+}
+
+TEST_F(CApiOutOfMemory, MapBufferWithARing) {
+  EveryFailure(
+      [](long k, bool e, bool* hit) { RingBufferRound(HUGEMM_IO_CLONE, false, k, e, hit); });
+}
+TEST_F(CApiOutOfMemory, FreeWithARing) {
+  EveryFailure(
+      [](long k, bool e, bool* hit) { RingBufferRound(HUGEMM_IO_CLONE, true, k, e, hit); });
+}
+TEST_F(CApiOutOfMemory, FreeWithAnIovecRing) {
+  EveryFailure(
+      [](long k, bool e, bool* hit) { RingBufferRound(HUGEMM_IO_IOVEC, true, k, e, hit); });
 }
 
 }  // namespace

@@ -62,12 +62,14 @@ typedef struct hugemm_runtime hugemm_runtime;
  * -ENOMEM when the heap (or the address space RLIMIT_AS allows) runs out inside it, with
  * a message naming the function; one that returns nothing (hugemm_close, the
  * unsubscribe, detach, destroy and put functions) says on stderr what it could not do.
- * Open, hugemm_map_buffer, hugemm_alloc, hugemm_free, the pins, the unpins and
- * hugemm_close then leave nothing behind: a map or an alloc that fails holds nothing, a
- * free that fails leaves the buffer mapped and whole (free it again), and a free or a
- * close lets go of every page without the heap. Not yet so for the other calls (queries,
- * registrations, subscriptions, io_uring, VFIO and verbs): one that runs out part way
- * may keep memory until the process exits. */
+ * Open, hugemm_map_buffer, hugemm_alloc, hugemm_free, the pins, the unpins,
+ * hugemm_subscribe, hugemm_register_external, hugemm_io_attach (hugemm_io.h) and
+ * hugemm_close then leave nothing behind, with an io_uring ring attached too: a map, an
+ * alloc, a subscription, a registration or an attach that fails holds nothing, a free
+ * that fails leaves the buffer mapped and whole (free it again), and a free or a close
+ * lets go of every page without the heap. Not yet so for the other calls (queries, the
+ * other io_uring calls, VFIO and verbs): one that runs out part way may keep memory until
+ * the process exits. */
 const char* hugemm_last_error(void);
 
 /* ---- open / close ---------------------------------------------------------------- */

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <exception>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <set>
@@ -17,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 #include "hugemm/hugemm.h"
 #include "hugemm/runtime.h"
@@ -46,7 +48,8 @@ std::mutex g_subscriptions_mu;
 // inside it): the calls that would wait for the lock of any of them refuse (EDEADLK)
 // instead of hanging, and an unsubscribe is muted at once and finished after the
 // announcement.
-thread_local std::vector<const hugemm_runtime*> t_in_callbacks_of;
+// Room for a few inline: entering a callback needs no heap (which may be what ran out).
+thread_local absl::InlinedVector<const hugemm_runtime*, 8> t_in_callbacks_of;
 
 bool InCallback() { return !t_in_callbacks_of.empty(); }
 
@@ -479,7 +482,10 @@ int hugemm_subscribe(hugemm_runtime* rt, const void* addr, size_t length,
                  "hugemm_subscribe: the range wraps the address space");
   if (int rc = RefuseInCallback(rt, "hugemm_subscribe")) return rc;
   DrainDeferred();
-  auto* s = new hugemm_subscription;
+  // Until it is in the runtime's set and subscribed, the handle is this call's to free: a
+  // throw (the heap ran out) on the way leaves no subscription and no handle.
+  auto owned = std::make_unique<hugemm_subscription>();
+  hugemm_subscription* const s = owned.get();
   s->rt = rt;
   hugemm::NotifierCallbacks cb;
   auto wrap = [rt, s,
@@ -494,11 +500,18 @@ int hugemm_subscribe(hugemm_runtime* rt, const void* addr, size_t length,
   };
   cb.invalidate_start = wrap(start);
   cb.invalidate_end = wrap(end);
-  s->sub = rt->rt->Subscribe(addr, length, std::move(cb));
   {
     std::lock_guard<std::mutex> lock(g_subscriptions_mu);
     rt->subscriptions.insert(s);
   }
+  try {
+    s->sub = rt->rt->Subscribe(addr, length, std::move(cb));
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(g_subscriptions_mu);
+    rt->subscriptions.erase(s);
+    throw;
+  }
+  owned.release();
   if (sequence != nullptr) {
     // std::atomic<uint64_t> is lock-free and has uint64_t's representation here.
     static_assert(sizeof(std::atomic<uint64_t>) == sizeof(uint64_t));

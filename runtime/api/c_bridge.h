@@ -166,11 +166,18 @@ void CApiEndUse(Handle* handle) {
   (handle->*Object).reset();
   handle->rt = nullptr;
 }
-// A new handle of `rt`: hugemm_close ends its use if its release call has not.
+// A new handle of `rt`: hugemm_close ends its use if its release call has not. When the
+// heap has no room to record it, the handle is freed (its object ends with it) and the
+// throw goes on to the C function's catch: the call then fails having kept nothing.
 template <auto Object, typename Handle>
 void CApiAdopt(hugemm_runtime* rt, Handle* handle) {
-  std::lock_guard<std::mutex> lock(rt->closers_mu);
-  rt->closers.emplace(handle, [handle] { CApiEndUse<Object>(handle); });
+  try {
+    std::lock_guard<std::mutex> lock(rt->closers_mu);
+    rt->closers.emplace(handle, [handle] { CApiEndUse<Object>(handle); });
+  } catch (...) {
+    delete handle;
+    throw;
+  }
 }
 // The handle's release call: ends its use, unless hugemm_close did, and frees it.
 template <auto Object, typename Handle>

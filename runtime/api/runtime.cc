@@ -537,33 +537,54 @@ absl::StatusOr<uint64_t> Runtime::RegisterExternal(const void* va, size_t length
   // the range, so that a refusal leaves nothing any reader could have pinned. The kernel
   // pins only memory it may write (io_uring registers buffers for writing): read-only
   // memory is registered without.
+  // The record's map node, made before anything is taken, so that the last step needs no
+  // heap: a registration is either kept whole or undone.
+  decltype(external_)::node_type record;
+  {
+    decltype(external_) one;
+    one.emplace(0, MemoryRange{});
+    record = one.extract(one.begin());
+  }
   std::optional<MemoryRange> held;
-  absl::StatusOr<uint64_t> id = table_->RegisterExternal(
-      va, length, [&](absl::Span<const PageTable::ExternalPage> pages) -> absl::Status {
-        if (pages.empty()) return absl::OkStatus();
-        MemoryRange range{.data = static_cast<std::byte*>(const_cast<void*>(va)),
-                          .length = length,
-                          .page_size = pages.front().folio->size(),
-                          .node = pages.front().folio->node,
-                          .backing = pages.front().folio->backing,
-                          .kind = MemoryRangeKind::kBuffer};
-        bool writable = true;
-        for (const PageTable::ExternalPage& p : pages) writable &= HasAny(p.prot, kProtWrite);
-        if (!writable && kernel_pins_->ring_fd() >= 0) return absl::OkStatus();
-        absl::Status st = kernel_pins_->MemoryAdded(range);
-        // A limit the program can change refuses the registration; memory the kernel will
-        // not pin at all is registered without a hold, as read-only memory is.
-        if (absl::IsResourceExhausted(st)) return st;
-        if (st.ok()) held = range;
-        return absl::OkStatus();
-      });
+  // A throw (the heap ran out) gives back what was taken so far, as a refusal does.
+  const auto give_back_hold = [&] {
+    if (held) kernel_pins_->MemoryRemoving(*held);
+  };
+  absl::StatusOr<uint64_t> id = [&]() -> absl::StatusOr<uint64_t> {
+    try {
+      return table_->RegisterExternal(
+          va, length, [&](absl::Span<const PageTable::ExternalPage> pages) -> absl::Status {
+            if (pages.empty()) return absl::OkStatus();
+            MemoryRange range{.data = static_cast<std::byte*>(const_cast<void*>(va)),
+                              .length = length,
+                              .page_size = pages.front().folio->size(),
+                              .node = pages.front().folio->node,
+                              .backing = pages.front().folio->backing,
+                              .kind = MemoryRangeKind::kBuffer};
+            bool writable = true;
+            for (const PageTable::ExternalPage& p : pages) writable &= HasAny(p.prot, kProtWrite);
+            if (!writable && kernel_pins_->ring_fd() >= 0) return absl::OkStatus();
+            absl::Status st = kernel_pins_->MemoryAdded(range);
+            // A limit the program can change refuses the registration; memory the kernel will
+            // not pin at all is registered without a hold, as read-only memory is.
+            if (absl::IsResourceExhausted(st)) return st;
+            if (st.ok()) held = range;
+            return absl::OkStatus();
+          });
+    } catch (...) {
+      give_back_hold();
+      throw;
+    }
+  }();
   if (!id.ok()) {
-    if (held) kernel_pins_->MemoryRemoving(*held);  // the table refused after the hold
+    give_back_hold();  // the table refused after the hold
     return id;
   }
   if (held) {
+    record.key() = *id;
+    record.mapped() = *held;
     std::lock_guard<std::mutex> lock(mu_);
-    external_.emplace(*id, *held);
+    external_.insert(std::move(record));
   }
   return id;
 }

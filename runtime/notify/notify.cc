@@ -36,9 +36,15 @@ uint64_t NotifierRegistry::Subscribe(const void* va, size_t length, NotifierCall
                                                         std::move(callbacks), owner})
                               .first->second;
   // Its end will reach this subscription: so must its start, or a sequence word read now
-  // would look stable while the mapping is mid-change.
-  for (const Invalidation& inv : under_way_) {
-    if (Hears(s, inv) && s.callbacks.invalidate_start) s.callbacks.invalidate_start(inv);
+  // would look stable while the mapping is mid-change. A start that throws leaves no
+  // subscription behind (its owner never learns the id).
+  try {
+    for (const Invalidation& inv : under_way_) {
+      if (Hears(s, inv) && s.callbacks.invalidate_start) s.callbacks.invalidate_start(inv);
+    }
+  } catch (...) {
+    subscriptions_.erase(id);
+    throw;
   }
   return id;
 }

@@ -124,21 +124,33 @@ absl::StatusOr<uint64_t> PageTable::RegisterExternal(
       pages.push_back({b.folio.get(), b.prot});
     if (absl::Status st = before_map(pages); !st.ok()) return st;
   }
-  for (size_t i = 0; i < region->folios.size(); ++i) {
-    Folio* f = region->folios[i].folio.get();
-    if (absl::Status st = Map(f, f->data, region->folios[i].prot); !st.ok()) {
-      for (size_t j = 0; j < i; ++j) {
-        Folio* m = region->folios[j].folio.get();
-        (void)Unmap(m->data, m->size());
-      }
-      pgtable_internal::RcuSynchronize();  // readers may still hold the descriptors
-      return st;
+  // What is mapped goes again on every way out but the last, a throw's too (the heap ran
+  // out): the region's descriptors are freed with it, and an unmap needs no heap.
+  size_t mapped = 0;
+  const auto unmap_mapped = [&] {
+    for (size_t j = 0; j < mapped; ++j) {
+      Folio* m = region->folios[j].folio.get();
+      (void)Unmap(m->data, m->size());
     }
+    pgtable_internal::RcuSynchronize();  // readers may still hold the descriptors
+  };
+  try {
+    for (; mapped < region->folios.size(); ++mapped) {
+      Folio* f = region->folios[mapped].folio.get();
+      if (absl::Status st = Map(f, f->data, region->folios[mapped].prot); !st.ok()) {
+        unmap_mapped();
+        return st;
+      }
+    }
+    std::lock_guard<std::mutex> lock(external_mu_);
+    const uint64_t id = next_external_++;
+    // A throw here leaves `region` where it was: map nodes are made before the move.
+    external_.emplace(id, std::move(region));
+    return id;
+  } catch (...) {
+    unmap_mapped();
+    throw;
   }
-  std::lock_guard<std::mutex> lock(external_mu_);
-  const uint64_t id = next_external_++;
-  external_.emplace(id, std::move(region));
-  return id;
 }
 
 // Unregistering unmaps the registration's folios and frees their descriptors, which must

@@ -18,9 +18,7 @@ extern "C" {  // hugetlbfs.h has no C++ guards
 #include <algorithm>
 #include <cerrno>
 #include <cstdint>
-#include <fstream>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -152,12 +150,29 @@ class RealOs final : public Os {
   }
 
   absl::StatusOr<std::string> ReadFile(const std::string& path) override {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) return ErrnoStatus(errno ? errno : ENOENT, absl::StrCat("cannot read ", path));
-    std::ostringstream out;
-    out << in.rdbuf();
-    if (in.bad()) return ErrnoStatus(errno ? errno : EIO, absl::StrCat("error reading ", path));
-    return out.str();
+    // read(2) into a string, not a stream: a stream would swallow a failure of the heap
+    // (or of a read) part way and hand back a file cut short; here the error comes
+    // back, or the std::bad_alloc goes on to the caller, and the descriptor is closed.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      const int err = errno;
+      return ErrnoStatus(err, absl::StrCat("cannot read ", path));
+    }
+    struct Closer {
+      int fd;
+      ~Closer() { ::close(fd); }
+    } closer{fd};
+    std::string text;
+    char chunk[16384];
+    for (;;) {
+      const ssize_t n = ::read(fd, chunk, sizeof chunk);
+      if (n == 0) return text;
+      if (n > 0) {
+        text.append(chunk, static_cast<size_t>(n));
+      } else if (const int err = errno; err != EINTR) {
+        return ErrnoStatus(err, absl::StrCat("error reading ", path));
+      }
+    }
   }
 
   absl::StatusOr<std::vector<std::string>> ListDir(const std::string& path) override {
