@@ -3,7 +3,7 @@
 # three flavours (Release, Debug+ASan+UBSan, TSan), formatting, every test in each
 # flavour, the device-DAX tests in a VM (Release), and the README's install and link
 # steps (check-install.sh: a fresh prefix, then the Debian packages), and each fuzzer for
-# a minute (HUGEMM_FUZZ_SECONDS) from its seed corpus.
+# half a minute (HUGEMM_FUZZ_SECONDS) from its seed corpus.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 need_root "$@"
@@ -50,7 +50,7 @@ done
 # The fuzzers, a bounded run each from the seed corpus (fuzz/corpus/<name>, which ctest
 # also replays in every flavour above). What they add to the corpus goes to a scratch
 # directory; a crash fails CI and leaves its input in build/fuzz/artifacts.
-fuzz_seconds=${HUGEMM_FUZZ_SECONDS:-60}
+fuzz_seconds=${HUGEMM_FUZZ_SECONDS:-30}
 started=$SECONDS
 mkdir -p build/fuzz/artifacts
 for fuzzer in pgtable_fuzzer alloc_fuzzer c_api_fuzzer io_fuzzer; do
