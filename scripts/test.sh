@@ -8,10 +8,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 need_root "$@"
 
-# The Release build first; the others are built below, each while the flavour before it
-# runs its tests.
-"$HUGEMM_ROOT/scripts/setup.sh" --flavours release
-tsan_aslr
+"$HUGEMM_ROOT/scripts/setup.sh" --flavours "release asan tsan"
 
 say "format: checking with $(clang-format --version | head -1)"
 cd "$HUGEMM_ROOT"
@@ -20,18 +17,9 @@ if ! clang-format --dry-run --Werror "${sources[@]}"; then
   die "code is not clang-formatted (run: clang-format -i \$(git ls-files '*.h' '*.cc' '*.c'))"
 fi
 
-# Each flavour's tests run while the next flavour builds: the tests keep about one core
-# busy, and the build, niced, takes what they leave instead of waiting for them. The
-# sanitizer flavours come after Release, and the fuzzers' build after TSan.
 failed=()
-flavours=(release asan tsan)
-following=(asan tsan fuzz)
-mkdir -p build
-for i in "${!flavours[@]}"; do
-  flavour=${flavours[$i]} next=${following[$i]}
-  (renice -n 10 -p "$BASHPID" >/dev/null && build "$next") >"build/$next.log" 2>&1 &
-  building=$!
-  say "tests: $flavour (building $next meanwhile, into build/$next.log)"
+for flavour in release asan tsan; do
+  say "tests: $flavour"
   exclude=()
   # The VM runs once, with the Release binaries: emulated CPUs make sanitizers too slow.
   [ "$flavour" != release ] && exclude=(-LE vm)
@@ -40,17 +28,13 @@ for i in "${!flavours[@]}"; do
     failed+=("$flavour")
   fi
   say "tests: $flavour took $(took "$started")"
-  if ! wait "$building"; then
-    tail -60 "build/$next.log"
-    die "build $next failed (build/$next.log)"
-  fi
-  grep '^\[hugemm\] build' "build/$next.log" || true
 done
 
 # The fuzzers, a bounded run each from the seed corpus (fuzz/corpus/<name>, which ctest
 # also replays in every flavour above). What they add to the corpus goes to a scratch
 # directory; a crash fails CI and leaves its input in build/fuzz/artifacts.
 fuzz_seconds=${HUGEMM_FUZZ_SECONDS:-30}
+build fuzz
 started=$SECONDS
 mkdir -p build/fuzz/artifacts
 for fuzzer in pgtable_fuzzer alloc_fuzzer c_api_fuzzer io_fuzzer; do
