@@ -22,6 +22,9 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
+# The README's `cmake --build` lines use both cores (their default generator, make, would
+# use one).
+export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
 
 # readme_block NAME: the fenced block after the line "<!-- ci: NAME -->" in README.md.
 readme_block() {
@@ -55,22 +58,35 @@ for f in include/hugemm/hugemm.h include/hugemm/hugemm_io.h include/hugemm/io.h 
 done
 # Every installed header compiles on its own, with the installed include path alone:
 # the C API's (hugemm*.h) as C99 and as C++, the others as C++20.
+# check_header INCLUDE HEADER: the header compiles on its own (a subshell's status).
+check_header() {
+  local include=$1 name src flags=(-Wall -Wextra -Werror -pedantic-errors)
+  name=$(basename "$2")
+  src="$work/header-$name"
+  printf '#include "hugemm/%s"\n#include "hugemm/%s"\nint hugemm_header_check;\n' \
+    "$name" "$name" >"$src.c"
+  cp "$src.c" "$src.cc"
+  case $name in
+    hugemm*.h) cc -std=c99 "${flags[@]}" -I"$include" -fsyntax-only "$src.c" ||
+      die "$name does not compile on its own as C99" ;;
+  esac
+  c++ -std=c++20 "${flags[@]}" -I"$include" -fsyntax-only "$src.cc" ||
+    die "$name does not compile on its own as C++20"
+}
+# check_headers INCLUDE: every header there, one per core at a time.
 check_headers() {
-  local include=$1 h name src="$work/header" flags=(-Wall -Wextra -Werror -pedantic-errors)
-  local count=0
+  local include=$1 h count=0 failed=0 pids=()
   for h in "$include"/hugemm/*.h; do
-    name=$(basename "$h")
-    printf '#include "hugemm/%s"\n#include "hugemm/%s"\nint hugemm_header_check;\n' \
-      "$name" "$name" >"$src.c"
-    cp "$src.c" "$src.cc"
-    case $name in
-      hugemm*.h) cc -std=c99 "${flags[@]}" -I"$include" -fsyntax-only "$src.c" ||
-        die "$name does not compile on its own as C99" ;;
-    esac
-    c++ -std=c++20 "${flags[@]}" -I"$include" -fsyntax-only "$src.cc" ||
-      die "$name does not compile on its own as C++20"
+    (check_header "$include" "$h") &
+    pids+=($!)
     count=$((count + 1))
+    if [ ${#pids[@]} -ge "$(nproc)" ]; then
+      wait "${pids[0]}" || failed=1
+      pids=("${pids[@]:1}")
+    fi
   done
+  for h in "${pids[@]}"; do wait "$h" || failed=1; done
+  [ "$failed" = 0 ] || die "headers in $include/hugemm do not compile on their own (above)"
   [ "$count" -gt 0 ] || die "no headers in $include/hugemm"
   say "install: all $count headers in $include/hugemm compile on their own"
 }

@@ -36,24 +36,38 @@ for flavour in release asan tsan; do
 done
 
 # The fuzzers, a bounded run each from the seed corpus (fuzz/corpus/<name>, which ctest
-# also replays in Release and ASan above). What they add to the corpus goes to a scratch
-# directory; a crash fails CI and leaves its input in build/fuzz/artifacts.
+# also replays in Release and ASan above), two at a time (one per core; each is one
+# process). What they add to the corpus goes to a scratch directory; a crash fails CI
+# and leaves its input in build/fuzz/artifacts.
 fuzz_seconds=${HUGEMM_FUZZ_SECONDS:-30}
 build fuzz
 started=$SECONDS
 mkdir -p build/fuzz/artifacts
-for fuzzer in pgtable_fuzzer alloc_fuzzer c_api_fuzzer io_fuzzer; do
-  say "fuzz: $fuzzer for ${fuzz_seconds}s"
+# fuzz_one NAME: runs one fuzzer; its status is the fuzzer's.
+fuzz_one() {
+  local scratch status=0
   scratch=$(mktemp -d)
-  if ! "build/fuzz/fuzz/$fuzzer" -max_total_time="$fuzz_seconds" -print_final_stats=1 \
-      -artifact_prefix="build/fuzz/artifacts/$fuzzer-" "$scratch" "fuzz/corpus/$fuzzer" \
-      2>"build/fuzz/$fuzzer.log"; then
-    tail -40 "build/fuzz/$fuzzer.log"
-    failed+=("fuzz:$fuzzer")
-  fi
-  grep -E '^stat::(number_of_executed_units|average_exec_per_sec)|cov:' \
-    "build/fuzz/$fuzzer.log" | tail -3 || true
+  "build/fuzz/fuzz/$1" -max_total_time="$fuzz_seconds" -print_final_stats=1 \
+    -artifact_prefix="build/fuzz/artifacts/$1-" "$scratch" "fuzz/corpus/$1" \
+    2>"build/fuzz/$1.log" || status=$?
   rm -rf "$scratch"
+  return "$status"
+}
+for pair in "pgtable_fuzzer c_api_fuzzer" "alloc_fuzzer io_fuzzer"; do
+  read -r first second <<<"$pair"
+  say "fuzz: $first and $second for ${fuzz_seconds}s"
+  fuzz_one "$first" & pid=$!
+  fuzz_one "$second" && second_status=0 || second_status=$?
+  wait "$pid" && first_status=0 || first_status=$?
+  for fuzzer in "$first:$first_status" "$second:$second_status"; do
+    name=${fuzzer%%:*}
+    if [ "${fuzzer##*:}" != 0 ]; then
+      tail -40 "build/fuzz/$name.log"
+      failed+=("fuzz:$name")
+    fi
+    say "fuzz: $name: $(grep -E '^stat::(number_of_executed_units|average_exec_per_sec)' \
+      "build/fuzz/$name.log" | tr -s ' \n' ' ')"
+  done
 done
 say "fuzz: took $(took "$started")"
 if [ ${#failed[@]} -gt 0 ]; then
