@@ -256,7 +256,8 @@ absl::StatusOr<PinBenchResult> RunPinBench(const PinBenchConfig& config,
     one_runner = std::make_unique<PassRunner>((*rt)->pinner(), c, 1, false);
     result.one_thread.emplace();
   }
-  Floor floor_runner(folios, c);
+  // The floor writes the arrays of the pass over the whole range (one thread's).
+  Floor floor_runner(folios, c, one_runner ? one_runner->pass(0) : ours_runner.pass(0));
   Pinner page_pinner((*rt)->table(), {.granularity = RefGranularity::kPage});
   std::unique_ptr<PassRunner> page_runner;
   if (config.compare_page) {

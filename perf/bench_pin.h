@@ -5,10 +5,10 @@
 //
 // Timed per repeat, as gup_test does: "get" pins the whole buffer in calls of
 // `pages_per_call` pages, "put" unpins it all. The floor is the least work the output
-// needs: writing the page array (one entry per 4K page), or one atomic add per folio each
-// call reaches for folio spans and DMA segments. The kernel beside it: io_uring
-// fixed-buffer registration of the same buffer, which pins every page with
-// pin_user_pages(FOLL_LONGTERM). With several threads, one thread over the whole range is
+// needs: writing the page array (one entry per 4K page, into the pin's own array), or one
+// atomic add per folio each call reaches for folio spans and DMA segments. The kernel
+// beside it: io_uring fixed-buffer registration of the same buffer, which pins every page
+// with pin_user_pages(FOLL_LONGTERM). With several threads, one thread over the whole range is
 // timed in the same run, so that the threads' aggregate throughput has a baseline.
 //
 // This is a library: it runs from a config and returns the times as data; `hugemm bench

@@ -279,9 +279,10 @@ absl::StatusOr<double> WriteScaling(int threads, size_t entries) {
   return Summarize(one).median / Summarize(all).median;
 }
 
-Floor::Floor(const std::vector<Folio*>& folios, const PassConfig& c) : c_(c), folios_(folios) {
+Floor::Floor(const std::vector<Folio*>& folios, const PassConfig& c, Pass& whole)
+    : c_(c), folios_(folios) {
   if (c.output == PinOutput::kPages) {
-    pages_.resize(c.pages);
+    pages_ = whole.page_out();
     return;
   }
   const size_t per_call = c.pages_per_call < 0 ? c.pages : static_cast<size_t>(c.pages_per_call);
@@ -292,7 +293,9 @@ Floor::Floor(const std::vector<Folio*>& folios, const PassConfig& c) : c_(c), fo
       touched_.push_back(folios[f]);
   }
   calls_.push_back(touched_.size());
-  spans_.resize(touched_.size());
+  // The call floor's spans (folio spans only): one per folio and call, and a pass's span
+  // array has room for one per page.
+  if (c.output == PinOutput::kFolios) spans_ = whole.span_out().first(touched_.size());
 }
 
 namespace {
@@ -315,9 +318,8 @@ double Floor::RunCallsOnce() {
   const uint64_t t0 = NowNs();
   size_t count = 0;
   for (size_t call = 0; call + 1 < calls_.size(); ++call) {
-    const absl::StatusOr<size_t> got =
-        FloorCall(touched_.data() + calls_[call], calls_[call + 1] - calls_[call],
-                  absl::MakeSpan(spans_.data() + count, spans_.size() - count));
+    const absl::StatusOr<size_t> got = FloorCall(
+        touched_.data() + calls_[call], calls_[call + 1] - calls_[call], spans_.subspan(count));
     if (!got.ok()) [[unlikely]]
       break;
     count += *got;

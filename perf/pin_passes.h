@@ -37,6 +37,11 @@ class Pass {
   absl::Status Pin();
   void Unpin();
 
+  // The pass's output arrays, dead between an unpin and the next pin: the floor writes
+  // the same memory the pins write (Floor).
+  absl::Span<PageRef> page_out() { return absl::MakeSpan(page_out_); }
+  absl::Span<FolioSpan> span_out() { return absl::MakeSpan(span_out_); }
+
  private:
   template <typename Call>
   absl::Status PinLoop(Call call);
@@ -84,6 +89,9 @@ class PassRunner {
   // with its errno (EAGAIN).
   absl::Status RunOnce(PinTimes* t);
 
+  // Thread i's pass.
+  Pass& pass(int i) { return *passes_[i]; }
+
  private:
   struct Times {
     uint64_t pin_start = 0, pin_end = 0, unpin_start = 0, unpin_end = 0;
@@ -114,10 +122,13 @@ absl::StatusOr<double> WriteScaling(int threads, size_t entries);
 
 // The floor of the output, the least work that produces it: writing the page array (as
 // the kernel's record_subpages does), or one atomic add per folio each call reaches (what
-// a pin of folio spans or segments cannot do with less).
+// a pin of folio spans or segments cannot do with less). It writes into `whole`'s output
+// arrays, a pass over the whole range that is not pinned while the floor runs: the same
+// memory the pins write, so that where the machine put an array (its caches, its pages,
+// the host's pages under a VM) weighs on both alike.
 class Floor {
  public:
-  Floor(const std::vector<Folio*>& folios, const PassConfig& c);
+  Floor(const std::vector<Folio*>& folios, const PassConfig& c, Pass& whole);
   double RunOnce();  // microseconds
 
   // The call floor, for folio spans: the floor's atomic adds made by as many calls as the
@@ -131,9 +142,9 @@ class Floor {
   const PassConfig& c_;
   std::vector<Folio*> touched_;  // spans, segments: one folio per call and folio, in order
   std::vector<size_t> calls_;    // where each call's folios start in touched_, and the end
-  std::vector<FolioSpan> spans_;
-  std::vector<Folio*> folios_;  // pages: every folio of the range
-  std::vector<PageRef> pages_;
+  absl::Span<FolioSpan> spans_;  // the whole pass's
+  std::vector<Folio*> folios_;   // pages: every folio of the range
+  absl::Span<PageRef> pages_;    // the whole pass's
 };
 
 }  // namespace hugemm::perf::pin_internal
