@@ -307,8 +307,11 @@ absl::StatusOr<PinBenchResult> RunPinBench(const PinBenchConfig& config,
     if (!cpu.ok()) return cpu.status();
     absl::StatusOr<double> write = pin_internal::WriteScaling(config.threads, c.pages);
     if (!write.ok()) return write.status();
+    absl::StatusOr<double> atomic = pin_internal::AtomicScaling(config.threads, folios);
+    if (!atomic.ok()) return atomic.status();
     result.cpu_scaling = *cpu;
     result.write_scaling = *write;
+    result.atomic_scaling = *atomic;
   }
   return result;
 }

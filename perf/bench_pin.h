@@ -86,6 +86,10 @@ struct PinBenchResult {
   // array at once, against one thread writing it all: the scaling the memory gives the
   // page array's own writes.
   std::optional<double> write_scaling;
+  // threads > 1: the same threads each making one atomic add per folio on its own folios
+  // at once (the floor of folio spans), against one thread on all of them: the scaling
+  // the machine gives the pins' locked instructions.
+  std::optional<double> atomic_scaling;
 };
 
 // Aggregate throughput of the threads against one thread, in one run: pages pinned per

@@ -223,18 +223,17 @@ absl::StatusOr<double> CpuScaling(int threads) {
   return static_cast<double>(threads) * static_cast<double>(t1 - t0) / static_cast<double>(t2 - t1);
 }
 
-absl::StatusOr<double> WriteScaling(int threads, size_t entries) {
-  // As the passes run: the one thread alone while the others sleep, then all of them
-  // released together by a spin barrier, the wall time from the first start to the last
-  // end.
+namespace {
+
+// `threads` threads each doing `work(from, to, round)` on its own part of [0, n) at once,
+// against one thread doing it on all of [0, n): throughput over one thread's, the median
+// of a few rounds. As the passes run: the one thread alone while the others sleep, then
+// all of them released together by a spin barrier, the wall time from the first start to
+// the last end. `undo(from, to)` runs after each timed part, untimed.
+template <typename Work, typename Undo>
+absl::StatusOr<double> PartScaling(int threads, size_t n, Work work, Undo undo) {
   constexpr int kRounds = 15;
-  std::vector<uint64_t> out(entries);
-  auto write = [&out](size_t from, size_t to, uint64_t v) {
-    for (size_t i = from; i < to; ++i) out[i] = v + i;
-    DoNotOptimize(out[to - 1]);
-  };
-  auto part = [&](int i) { return std::pair{entries * i / threads, entries * (i + 1) / threads}; };
-  write(0, entries, 0);  // faulted in and warm, as the pins' own array is
+  auto part = [&](int i) { return std::pair{n * i / threads, n * (i + 1) / threads}; };
   std::vector<double> one, all;
   std::vector<uint64_t> start(threads), end(threads);
   std::atomic<uint32_t> round{0};
@@ -242,8 +241,9 @@ absl::StatusOr<double> WriteScaling(int threads, size_t entries) {
   auto run_part = [&](int i, uint32_t r) {
     go.Wait();
     start[i] = NowNs();
-    write(part(i).first, part(i).second, r);
+    work(part(i).first, part(i).second, r);
     end[i] = NowNs();
+    undo(part(i).first, part(i).second);
     finished.Wait();
   };
   std::vector<std::thread> workers;
@@ -267,8 +267,9 @@ absl::StatusOr<double> WriteScaling(int threads, size_t entries) {
   }
   for (uint32_t r = 1; r <= kRounds; ++r) {
     const uint64_t t0 = NowNs();
-    write(0, entries, r);
+    work(0, n, r);
     one.push_back(static_cast<double>(NowNs() - t0));
+    undo(0, n);
     round.store(r, std::memory_order_release);
     round.notify_all();
     run_part(0, r);
@@ -277,6 +278,35 @@ absl::StatusOr<double> WriteScaling(int threads, size_t entries) {
   }
   for (std::thread& w : workers) w.join();
   return Summarize(one).median / Summarize(all).median;
+}
+
+}  // namespace
+
+absl::StatusOr<double> WriteScaling(int threads, size_t entries) {
+  std::vector<uint64_t> out(entries);
+  auto write = [&out](size_t from, size_t to, uint64_t v) {
+    for (size_t i = from; i < to; ++i) out[i] = v + i;
+    if (to > from) DoNotOptimize(out[to - 1]);
+  };
+  write(0, entries, 0);  // faulted in and warm, as the pins' own array is
+  return PartScaling(threads, entries, write, [](size_t, size_t) {});
+}
+
+absl::StatusOr<double> AtomicScaling(int threads, absl::Span<Folio* const> folios) {
+  // A few sweeps, so that a part lasts about as long as a pin of it (a few times the
+  // floor) and the threads' start and end, which the wall time counts, weigh alike.
+  constexpr uint64_t kSweeps = 4;
+  auto add = [folios](size_t from, size_t to, uint32_t /*round*/) {
+    for (uint64_t sweep = 0; sweep < kSweeps; ++sweep) {
+      for (size_t i = from; i < to; ++i) folios[i]->counts.fetch_add(1, std::memory_order_acquire);
+    }
+  };
+  auto sub = [folios](size_t from, size_t to) {
+    for (size_t i = from; i < to; ++i) {
+      folios[i]->counts.fetch_sub(kSweeps, std::memory_order_relaxed);
+    }
+  };
+  return PartScaling(threads, folios.size(), add, sub);
 }
 
 Floor::Floor(const std::vector<Folio*>& folios, const PassConfig& c, Pass& whole)

@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "hugemm/gup.h"
 #include "perf/bench_pin.h"
 
@@ -119,6 +120,13 @@ absl::StatusOr<double> CpuScaling(int threads);
 // one thread writing it all: what the memory gives the page array's writes, the second
 // control. The median of a few rounds. An error when a thread cannot be started.
 absl::StatusOr<double> WriteScaling(int threads, size_t entries);
+
+// Throughput of `threads` threads each making one atomic add (and, untimed, its undo) on
+// every folio of its own part of `folios` at once, against one thread on all of them: the
+// floor of a folio-span pin, on as many threads: what the machine gives the pins' locked
+// instructions, which a compute loop's scaling does not say (the third control). The
+// folios must be live and held by the caller. An error when a thread cannot be started.
+absl::StatusOr<double> AtomicScaling(int threads, absl::Span<Folio* const> folios);
 
 // The floor of the output, the least work that produces it: writing the page array (as
 // the kernel's record_subpages does), or one atomic add per folio each call reaches (what

@@ -112,6 +112,7 @@ TEST(BenchPinCli, ThreadThroughputIsOneThreadsWorkOverTheWallTime) {
                    Median(j, "one_thread_unpin_us"));
     EXPECT_GT(j["cpu_scaling"].get<double>(), 0);
     EXPECT_GT(j["write_scaling"].get<double>(), 0);
+    EXPECT_GT(j["atomic_scaling"].get<double>(), 0);
   }
 }
 
@@ -314,11 +315,12 @@ TEST(BenchPinCli, ThreadsTheSystemRefusesFailTheRun) {
     if (::setrlimit(RLIMIT_NPROC, &one) != 0) return 12;
     if (ErrnoOf(perf::pin_internal::CpuScaling(2).status()) != EAGAIN) return 13;
     if (ErrnoOf(perf::pin_internal::WriteScaling(2, 1024).status()) != EAGAIN) return 14;
+    if (ErrnoOf(perf::pin_internal::AtomicScaling(2, {}).status()) != EAGAIN) return 15;
     return 0;
   });
   EXPECT_EQ(rc, 0) << "10: another exit code, 11: no error object naming EAGAIN, 12: cannot "
-                      "lower RLIMIT_NPROC, 13: CpuScaling, 14: WriteScaling, 99: could not "
-                      "become uid 65534";
+                      "lower RLIMIT_NPROC, 13: CpuScaling, 14: WriteScaling, 15: AtomicScaling, "
+                      "99: could not become uid 65534";
 }
 
 // A signal that ends the run (Ctrl-C, kill, a closed terminal) removes the hugetlbfs file

@@ -540,6 +540,7 @@ TEST(BenchCli, PinOnThreadsReportsTheirScaling) {
     EXPECT_GT(json["threads_over_one_unpin"].get<double>(), 0);
     EXPECT_GT(json["cpu_scaling"].get<double>(), 0);
     EXPECT_GT(json["write_scaling"].get<double>(), 0);
+    EXPECT_GT(json["atomic_scaling"].get<double>(), 0);
   }
   int rc = 0;
   const Json one = Parse(RunCli("bench pin --json -m 2 -r 1", &rc));

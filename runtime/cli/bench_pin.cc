@@ -97,6 +97,7 @@ void PrintJsonResult(const PinBenchConfig& c, const PinBenchResult& r) {
     out["threads_over_one_unpin_best"] = s.best_unpin;
     out["cpu_scaling"] = r.cpu_scaling.value_or(0);
     out["write_scaling"] = r.write_scaling.value_or(0);
+    out["atomic_scaling"] = r.atomic_scaling.value_or(0);
   }
   PrintJson(out);
 }
@@ -185,6 +186,10 @@ void PrintTextResult(const PinBenchConfig& c, const PinBenchResult& r) {
     std::printf(
         "control: %d threads writing a page array's worth of entries run %.2fx one thread\n",
         c.threads, r.write_scaling.value_or(0));
+    std::printf(
+        "control: %d threads making one atomic add per folio, each on its own folios, run "
+        "%.2fx one thread\n",
+        c.threads, r.atomic_scaling.value_or(0));
   }
 }
 
