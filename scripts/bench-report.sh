@@ -2,13 +2,15 @@
 # doc/benchmarks.md, regenerated in one run on this machine: the pin benchmark on 2M and
 # 1G pages (page array, folio spans, DMA segments, threads), the allocation and
 # translation benchmarks, every target met or missed with its ratio, and a profile of the
-# pin where a pin target is missed. Every ratio comes from one run of one command.
+# pin where a pin target is missed. Every ratio comes from one run of one command: each
+# pin command runs HUGEMM_BENCH_RUNS times (3), and the report takes the run with the
+# median of the ratio it is there for and lists that ratio for every run.
 #
 # It uses the huge pages already reserved and changes no pool: it needs MIB/2 free 2M
 # pages and two free 1G pages (the 1G rows are left out when they are not free). Run it
 # when the machine is otherwise idle (`uptime`): its ratios are only as good as that.
 #   scripts/bench-report.sh [OUT.md]        (default doc/benchmarks.md)
-#   HUGEMM_BENCH_MIB=4096 HUGEMM_BENCH_REPEATS=30 scripts/bench-report.sh
+#   HUGEMM_BENCH_MIB=4096 HUGEMM_BENCH_REPEATS=30 HUGEMM_BENCH_RUNS=3 scripts/bench-report.sh
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 need_root "$@"
@@ -46,6 +48,7 @@ cmd() { cat "$work/$1.cmd"; }
 # report takes from NAME comes from one run, and one bad stretch of a shared machine
 # neither makes nor breaks a target. $work/NAME.runs lists the runs' KEYs, in order.
 runs=${HUGEMM_BENCH_RUNS:-3}
+[[ $runs =~ ^[1-9][0-9]*$ ]] || die "HUGEMM_BENCH_RUNS: a count of runs, not \"$runs\""
 run_median() {
   local key=$1 name=$2 i values=() median
   shift 2
