@@ -13,6 +13,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
@@ -36,6 +37,8 @@ namespace {
 thread_local long t_left = -1;
 thread_local bool t_exhausted = false;
 thread_local bool t_hit = false;
+// Allocations made and not yet deleted, on every thread.
+std::atomic<long> g_live{0};
 
 void* Take(size_t n, size_t align, bool nothrow) {
   if (t_left == 0) {
@@ -53,12 +56,19 @@ void* Take(size_t n, size_t align, bool nothrow) {
     p = nullptr;
   }
   if (p == nullptr && !nothrow) throw std::bad_alloc();
+  if (p != nullptr) g_live.fetch_add(1, std::memory_order_relaxed);
   return p;
+}
+
+void Give(void* p) {
+  if (p == nullptr) return;
+  g_live.fetch_sub(1, std::memory_order_relaxed);
+  std::free(p);
 }
 
 }  // namespace
 
-// The memory comes from malloc (Take), so free is its match: GCC, inlining these into a
+// The memory comes from malloc (Take), so free (Give) is its match: GCC, inlining these into a
 // test's `new`, cannot see that and would warn of a mismatch.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmismatched-new-delete"
@@ -76,14 +86,14 @@ void* operator new(size_t n, std::align_val_t a, const std::nothrow_t&) noexcept
 void* operator new[](size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
   return Take(n, static_cast<size_t>(a), true);
 }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, size_t) noexcept { std::free(p); }
-void operator delete[](void* p, size_t) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, size_t, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, size_t, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p) noexcept { Give(p); }
+void operator delete[](void* p) noexcept { Give(p); }
+void operator delete(void* p, size_t) noexcept { Give(p); }
+void operator delete[](void* p, size_t) noexcept { Give(p); }
+void operator delete(void* p, std::align_val_t) noexcept { Give(p); }
+void operator delete[](void* p, std::align_val_t) noexcept { Give(p); }
+void operator delete(void* p, size_t, std::align_val_t) noexcept { Give(p); }
+void operator delete[](void* p, size_t, std::align_val_t) noexcept { Give(p); }
 #pragma GCC diagnostic pop
 
 namespace {
@@ -435,6 +445,53 @@ TEST_F(CApiOutOfMemory, Subscribe) {
     hugemm_unsubscribe(sub);
     hugemm_close(rt);
   });
+}
+
+// An unsubscribe from inside a callback, with the heap empty: it asks the heap for
+// nothing, and the subscription still ends once the announcement is over (here, in the
+// close after it). Leaving it muted but never ended would keep its handle allocated.
+struct Unsubscriber {
+  hugemm_subscription* sub = nullptr;
+  int calls = 0;
+  bool met_the_heap = false;
+};
+
+void UnsubscribeWithoutHeap(void* user, const void*, size_t, int) {
+  auto* u = static_cast<Unsubscriber*>(user);
+  ++u->calls;
+  t_hit = false;
+  t_exhausted = true;
+  t_left = 0;
+  hugemm_unsubscribe(u->sub);
+  t_left = -1;
+  t_exhausted = false;
+  u->met_the_heap = t_hit;
+  t_hit = false;
+}
+
+TEST_F(CApiOutOfMemory, UnsubscribeInACallback) {
+  // Twice: the first round may leave what lives as long as the process (a thread's error
+  // message); the second must leave nothing.
+  long left[2] = {0, 0};
+  for (long& round_left : left) {
+    const long live = g_live.load();
+    hugemm_runtime* rt = Open();
+    ASSERT_NE(rt, nullptr);
+    hugemm_buffer b{};
+    ASSERT_EQ(hugemm_map_buffer(rt, 2 * k2M, nullptr, &b), 0) << hugemm_last_error();
+    Unsubscriber u;
+    ASSERT_EQ(hugemm_subscribe(rt, b.data, b.size, UnsubscribeWithoutHeap, UnsubscribeWithoutHeap,
+                               &u, &u.sub, nullptr),
+              0)
+        << hugemm_last_error();
+    EXPECT_EQ(hugemm_free(rt, b.data), 0) << hugemm_last_error();
+    EXPECT_EQ(u.calls, 1) << "an unsubscribed subscription heard the end of the free";
+    EXPECT_FALSE(u.met_the_heap) << "hugemm_unsubscribe in a callback asked the heap";
+    hugemm_close(rt);
+    round_left = g_live.load() - live;
+  }
+  EXPECT_EQ(left[1], 0) << "allocations left behind by a runtime with a subscription "
+                           "unsubscribed in its callback, without heap";
 }
 
 // Memory the program mapped itself: a registration that fails leaves none (the same range

@@ -16,7 +16,6 @@
 #include <system_error>
 #include <tuple>
 #include <utility>
-#include <vector>
 
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
@@ -30,6 +29,9 @@ struct hugemm_subscription {
   // Unsubscribed from inside a callback: its callbacks no longer run, and the
   // subscription ends once no announcement holds the registry (DrainDeferred).
   std::atomic<bool> muted{false};
+  // The next of this thread's deferred ends (Deferred): the list is threaded through the
+  // subscriptions themselves, so an unsubscribe inside a callback never needs the heap.
+  hugemm_subscription* next_deferred = nullptr;
   std::unique_ptr<hugemm::RangeSubscription> sub;
 };
 
@@ -56,7 +58,7 @@ bool InCallback() { return !t_in_callbacks_of.empty(); }
 // The subscriptions this thread unsubscribed from inside a callback, ended on its next
 // call that may take the lock (and at thread exit).
 struct Deferred {
-  std::vector<hugemm_subscription*> subs;
+  hugemm_subscription* first = nullptr;
   ~Deferred();
 };
 thread_local Deferred t_deferred;
@@ -110,9 +112,8 @@ void EndSubscription(hugemm_subscription* sub) {
 // Ends what this thread unsubscribed inside callbacks, unless it is inside one now.
 void DrainDeferred() {
   if (InCallback()) return;
-  std::vector<hugemm_subscription*> subs;
-  subs.swap(t_deferred.subs);
-  for (hugemm_subscription* s : subs) EndSubscription(s);
+  hugemm_subscription* s = std::exchange(t_deferred.first, nullptr);
+  while (s != nullptr) EndSubscription(std::exchange(s, s->next_deferred));
 }
 
 Deferred::~Deferred() { DrainDeferred(); }
@@ -529,7 +530,7 @@ void hugemm_unsubscribe(hugemm_subscription* sub) try {
     // runtime's) or end a subscription under another runtime's announcement: mute it now
     // and end it after.
     sub->muted.store(true, std::memory_order_release);
-    t_deferred.subs.push_back(sub);
+    sub->next_deferred = std::exchange(t_deferred.first, sub);
     return;
   }
   DrainDeferred();
