@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstdint>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -38,6 +39,11 @@ struct Writer {
   std::vector<const Table*> old_tables;
   std::vector<std::unique_ptr<ExtentRecord>> old_records;
   std::vector<absl::AnyInvocable<void() &&>> old_frees;
+  // Records an erase without heap emptied in place (IndexErase), linked through
+  // next_emptied so that keeping them needs no heap either: `emptied` are still in the
+  // current table; `unhooked` in no table published since, freed as old_records are.
+  ExtentRecord* emptied = nullptr;
+  ExtentRecord* unhooked = nullptr;
 };
 
 Writer& TheWriter() {
@@ -52,14 +58,21 @@ void Collect(Writer& w) {
   for (const Table* t : w.old_tables) delete t;
   w.old_tables.clear();
   w.old_records.clear();
+  while (w.unhooked != nullptr) delete std::exchange(w.unhooked, w.unhooked->next_emptied);
   for (auto& f : w.old_frees) std::move(f)();
   w.old_frees.clear();
 }
 
 // Publishes `next` and frees what no reader can still see. Under the writer's mutex.
+// `next` holds no emptied entry (writers drop them as they copy), so the emptied records
+// are unhooked with it.
 void Publish(Writer& w, const Table* next) {
   const Table* prev = g_table.exchange(next, std::memory_order_seq_cst);
   if (prev != nullptr) w.old_tables.push_back(prev);
+  while (w.emptied != nullptr) {
+    ExtentRecord* rec = std::exchange(w.emptied, w.emptied->next_emptied);
+    rec->next_emptied = std::exchange(w.unhooked, rec);
+  }
   Collect(w);
 }
 
@@ -127,7 +140,8 @@ void IndexErase(std::unique_ptr<ExtentRecord> rec) {
   } catch (...) {
     // No heap for a new table (an erase must not fail: pools erase as they go): the
     // entry is emptied where it is, so that a lookup finds nothing there from now on,
-    // and the record, which a reader may have found just before, is kept for good.
+    // and the record, which a reader may have found just before, is kept until the next
+    // table published leaves the entry out and no reader can still see it.
     if (cur != nullptr) {
       for (const Entry& e : cur->entries) {
         if (e.rec == rec.get()) {
@@ -136,7 +150,8 @@ void IndexErase(std::unique_ptr<ExtentRecord> rec) {
         }
       }
     }
-    (void)rec.release();
+    ExtentRecord* kept = rec.release();
+    kept->next_emptied = std::exchange(w.emptied, kept);
     return;
   }
   Publish(w, next.release());

@@ -24,7 +24,8 @@ absl::Status IndexInsert(ExtentRecord* rec);
 // Drops the record from the index and deletes it once no reader can see it. Its extent
 // should be unmapped already (nothing else would unmap it promptly). Never throws: when
 // the heap has no room for the new table, the entry is emptied in place and the record
-// kept for the process's life.
+// kept until a later insert or erase publishes a table without it (and no reader is left
+// that may have found it).
 void IndexErase(std::unique_ptr<ExtentRecord> rec);
 // Runs `free` once no reader can still see what it frees: now if no IndexReader is
 // active, else at a later write that finds none. For memory a writer unhooked from what

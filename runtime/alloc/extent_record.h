@@ -71,6 +71,8 @@ struct ExtentRecord {
   size_t reserve_bytes = 0;
   size_t usable_pages = 0;  // 4K pages that are folios (all but the reserve)
   size_t free_pages = 0;    // of which in the pool's free lists
+  // The address index's link while it keeps the record after an erase without heap.
+  ExtentRecord* next_emptied = nullptr;
 };
 
 }  // namespace hugemm::alloc_internal

@@ -194,7 +194,9 @@ int hugemm::bridge::CApiFail(const absl::Status& status) {
     g_last_error = "internal error: a failure was reported with an OK status";
     return -EIO;
   }
-  g_last_error = std::string(status.message());
+  // Assigned into the thread's buffer: a message needs the heap only when it is longer
+  // than every earlier one, and the thread holds one buffer however many calls fail.
+  g_last_error.assign(status.message().data(), status.message().size());
   // No descriptor left is the kernel's own answer, whatever call opened one: absl files
   // it under ResourceExhausted, which would read as "no memory" here.
   if (const int err = ErrnoOf(status); err == EMFILE || err == ENFILE) return -err;
@@ -203,7 +205,7 @@ int hugemm::bridge::CApiFail(const absl::Status& status) {
 
 int hugemm::bridge::CApiFail(int err, std::string message) {
   g_caught[0] = '\0';
-  g_last_error = std::move(message);
+  g_last_error.assign(message);
   return -err;
 }
 

@@ -8,23 +8,28 @@ SlotIndex::SlotIndex(unsigned capacity)
       lengths_(new std::atomic<size_t>[capacity]()) {}
 
 SlotIndex::~SlotIndex() {
-  for (Leaf* leaf : leaves_) delete leaf;
-  for (std::atomic<Mid*>& m : top_) delete m.load(std::memory_order_relaxed);
+  for (std::atomic<Mid*>& m : top_) {
+    Mid* mid = m.load(std::memory_order_relaxed);
+    if (mid == nullptr) continue;
+    for (std::atomic<Leaf*>& leaf : mid->leaves) delete leaf.load(std::memory_order_relaxed);
+    delete mid;
+  }
 }
 
-std::atomic<uint32_t>* SlotIndex::Entry(uintptr_t granule) {
+std::atomic<uint32_t>* SlotIndex::Entry(uintptr_t granule, bool make) {
   const uintptr_t va = granule << kGranuleShift;
   std::atomic<Mid*>& top = top_[va >> kTopShift];
   Mid* mid = top.load(std::memory_order_relaxed);
   if (mid == nullptr) {
+    if (!make) return nullptr;
     mid = new Mid();
     top.store(mid, std::memory_order_release);
   }
   std::atomic<Leaf*>& slot = mid->leaves[(va >> kMidShift) & kMidMask];
   Leaf* leaf = slot.load(std::memory_order_relaxed);
   if (leaf == nullptr) {
+    if (!make) return nullptr;
     leaf = new Leaf();
-    leaves_.push_back(leaf);
     slot.store(leaf, std::memory_order_release);
   }
   return &leaf->entries[granule & kLeafMask];
@@ -47,10 +52,10 @@ uint32_t SlotIndex::EntryFor(uintptr_t g) const {
   return entry;
 }
 
-void SlotIndex::Refresh(uintptr_t start, size_t length) {
+void SlotIndex::Refresh(uintptr_t start, size_t length, bool make) {
   if ((start + length - 1) >> kTopLimitShift != 0) return;  // found by FindSlow only
   for (uintptr_t g = start >> kGranuleShift; g <= (start + length - 1) >> kGranuleShift; ++g) {
-    Entry(g)->store(EntryFor(g), std::memory_order_release);
+    if (std::atomic<uint32_t>* e = Entry(g, make)) e->store(EntryFor(g), std::memory_order_release);
   }
 }
 
@@ -60,7 +65,7 @@ void SlotIndex::Insert(unsigned slot, uintptr_t start, size_t length) {
   starts_[slot].store(start, std::memory_order_relaxed);
   lengths_[slot].store(length, std::memory_order_relaxed);
   by_start_[start] = slot;
-  Refresh(start, length);
+  Refresh(start, length, /*make=*/true);
 }
 
 void SlotIndex::Erase(unsigned slot) {
@@ -69,7 +74,7 @@ void SlotIndex::Erase(unsigned slot) {
   const size_t length = lengths_[slot].load(std::memory_order_relaxed);
   if (length == 0) return;
   by_start_.erase(start);
-  Refresh(start, length);
+  Refresh(start, length, /*make=*/false);
   starts_[slot].store(0, std::memory_order_relaxed);
   lengths_[slot].store(0, std::memory_order_relaxed);
 }

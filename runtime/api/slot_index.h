@@ -21,7 +21,6 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <vector>
 
 #include "absl/base/thread_annotations.h"
 
@@ -38,7 +37,7 @@ class SlotIndex {
   // `slot` (free, below capacity) now holds [start, start + length), which overlaps no
   // other slot's buffer.
   void Insert(unsigned slot, uintptr_t start, size_t length);
-  // `slot` holds nothing any more.
+  // `slot` holds nothing any more. Never throws: it also undoes an Insert that threw.
   void Erase(unsigned slot);
 
   // The slot whose buffer holds all of [va, va + length) (length >= 1), or -1.
@@ -80,10 +79,16 @@ class SlotIndex {
   };
 
   int FindSlow(uintptr_t va, size_t length) const;
-  std::atomic<uint32_t>* Entry(uintptr_t granule) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Granule `granule`'s entry; its tables are made if `make` (which may throw
+  // std::bad_alloc, leaving every table it made published), else nullptr without them.
+  std::atomic<uint32_t>* Entry(uintptr_t granule, bool make) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The entry granule `g` should hold, from the ordered map.
   uint32_t EntryFor(uintptr_t g) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Refresh(uintptr_t start, size_t length) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sets the entries of the granules [start, start + length) meets from the ordered map.
+  // Insert's makes the tables it needs; Erase's never allocates (and so never throws): a
+  // granule without tables has held no buffer, and an entry of another buffer's is in
+  // tables made by that buffer's Insert.
+  void Refresh(uintptr_t start, size_t length, bool make) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const unsigned capacity_;
   std::unique_ptr<std::atomic<uintptr_t>[]> starts_;
@@ -91,7 +96,6 @@ class SlotIndex {
   std::atomic<Mid*> top_[size_t{1} << kTopBits] = {};
   mutable std::mutex mu_;  // std::mutex: visible to ThreadSanitizer
   std::map<uintptr_t, unsigned> by_start_ ABSL_GUARDED_BY(mu_);
-  std::vector<Leaf*> leaves_ ABSL_GUARDED_BY(mu_);  // every leaf, for the destructor
 };
 
 }  // namespace hugemm::api_internal
