@@ -306,6 +306,9 @@ TEST_F(CApiOutOfMemory, PinPages) {
 TEST_F(CApiOutOfMemory, PinFolios) {
   EveryFailure([](long k, bool e, bool* hit) { PinRound(PinKind::kFolios, false, k, e, hit); });
 }
+TEST_F(CApiOutOfMemory, PinSegments) {
+  EveryFailure([](long k, bool e, bool* hit) { PinRound(PinKind::kSegments, false, k, e, hit); });
+}
 TEST_F(CApiOutOfMemory, UnpinPages) {
   EveryFailure([](long k, bool e, bool* hit) { PinRound(PinKind::kPages, true, k, e, hit); });
 }
@@ -506,6 +509,80 @@ TEST_F(CApiOutOfMemory, UnsubscribeInACallback) {
                            "unsubscribed in its callback, without heap";
 }
 
+// The queries: one that fails changes nothing, and the same query answers after it.
+template <typename Query>
+void QueryRound(const char* what, Query query, long k, bool exhausted, bool* hit) {
+  hugemm_runtime* rt = Open();
+  if (rt == nullptr) return;
+  hugemm_buffer b{};
+  ASSERT_EQ(hugemm_map_buffer(rt, 2 * k2M, nullptr, &b), 0) << hugemm_last_error();
+  const hugemm_folio_info idle = InfoAt(rt, b.data);
+  const Outcome o = Failing(k, exhausted, [&] { return query(rt, b); });
+  *hit = o.hit;
+  if (o.rc < 0) {
+    ExpectOutOfMemory(o.rc, what, k, exhausted);
+    EXPECT_GE(query(rt, b), 0) << what << " after a failed one: " << hugemm_last_error();
+  }
+  EXPECT_EQ(InfoAt(rt, b.data).refcount, idle.refcount) << what;
+  EXPECT_EQ(InfoAt(rt, b.data).pincount, idle.pincount) << what;
+  EXPECT_EQ(hugemm_free(rt, b.data), 0) << hugemm_last_error();
+  hugemm_close(rt);
+}
+
+TEST_F(CApiOutOfMemory, Translate) {
+  EveryFailure([](long k, bool e, bool* hit) {
+    QueryRound(
+        "hugemm_translate",
+        [](hugemm_runtime* rt, const hugemm_buffer& b) {
+          hugemm_translation t{};
+          return static_cast<long>(hugemm_translate(rt, b.data, b.size, &t));
+        },
+        k, e, hit);
+  });
+}
+TEST_F(CApiOutOfMemory, FolioInfoAt) {
+  EveryFailure([](long k, bool e, bool* hit) {
+    QueryRound(
+        "hugemm_folio_info_at",
+        [](hugemm_runtime* rt, const hugemm_buffer& b) {
+          hugemm_folio_info info{};
+          return static_cast<long>(hugemm_folio_info_at(rt, b.data, &info));
+        },
+        k, e, hit);
+  });
+}
+TEST_F(CApiOutOfMemory, Verify) {
+  EveryFailure([](long k, bool e, bool* hit) {
+    QueryRound(
+        "hugemm_verify",
+        [](hugemm_runtime* rt, const hugemm_buffer& b) {
+          hugemm_verify_report report{};
+          return hugemm_verify(rt, b.data, b.size, &report);
+        },
+        k, e, hit);
+  });
+}
+
+// A trim that fails leaves the cached buffer where it was: a trim after it gives it back.
+TEST_F(CApiOutOfMemory, Trim) {
+  EveryFailure([](long k, bool exhausted, bool* hit) {
+    hugemm_runtime* rt = Open();
+    if (rt == nullptr) return;
+    hugemm_buffer b{};
+    ASSERT_EQ(hugemm_alloc(rt, k2M, nullptr, 0, &b), 0) << hugemm_last_error();
+    ASSERT_EQ(hugemm_free(rt, b.data), 0) << hugemm_last_error();
+    const Outcome o = Failing(k, exhausted, [&] { return hugemm_trim(rt); });
+    *hit = o.hit;
+    if (o.rc < 0) {
+      ExpectOutOfMemory(o.rc, "hugemm_trim", k, exhausted);
+      EXPECT_GT(hugemm_trim(rt), 0) << "after a failed trim: " << hugemm_last_error();
+    } else {
+      EXPECT_GT(o.rc, 0) << "a trim gave nothing back";
+    }
+    hugemm_close(rt);
+  });
+}
+
 // Memory the program mapped itself: a registration that fails leaves none (the same range
 // registers again), and its kernel pin goes.
 TEST_F(CApiOutOfMemory, RegisterExternal) {
@@ -524,6 +601,33 @@ TEST_F(CApiOutOfMemory, RegisterExternal) {
       ASSERT_EQ(hugemm_register_external(rt, p, k2M, &id), 0) << hugemm_last_error();
     }
     EXPECT_EQ(hugemm_unregister_external(rt, id), 0) << hugemm_last_error();
+    hugemm_close(rt);
+    ASSERT_EQ(munmap(p, k2M), 0);
+  });
+}
+
+// An unregistration that fails keeps the registration, which the next one ends.
+TEST_F(CApiOutOfMemory, UnregisterExternal) {
+  EveryFailure([](long k, bool exhausted, bool* hit) {
+    hugemm_runtime* rt = Open();
+    if (rt == nullptr) return;
+    void* p = mmap(nullptr, k2M, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+    ASSERT_NE(p, MAP_FAILED);
+    uint64_t id = 0;
+    ASSERT_EQ(hugemm_register_external(rt, p, k2M, &id), 0) << hugemm_last_error();
+    const Outcome o = Failing(
+        k, exhausted, [&] { return static_cast<long>(hugemm_unregister_external(rt, id)); });
+    *hit = o.hit;
+    if (o.rc != 0) {
+      ExpectOutOfMemory(o.rc, "hugemm_unregister_external", k, exhausted);
+      hugemm_folio_info info{};
+      EXPECT_EQ(hugemm_folio_info_at(rt, p, &info), 0)
+          << "a failed unregistration dropped the memory: " << hugemm_last_error();
+      EXPECT_EQ(hugemm_unregister_external(rt, id), 0) << hugemm_last_error();
+    }
+    hugemm_folio_info info{};
+    EXPECT_NE(hugemm_folio_info_at(rt, p, &info), 0) << "unregistered, yet still mapped";
     hugemm_close(rt);
     ASSERT_EQ(munmap(p, k2M), 0);
   });
@@ -619,6 +723,107 @@ TEST_F(CApiOutOfMemory, FreeWithARing) {
 TEST_F(CApiOutOfMemory, FreeWithAnIovecRing) {
   EveryFailure(
       [](long k, bool e, bool* hit) { RingBufferRound(HUGEMM_IO_IOVEC, true, k, e, hit); });
+}
+
+// The per-I/O pins of an attached ring: a pin or a prep that fails pins nothing and
+// counts nothing in flight; an unpin, a completion or a cancel that fails keeps the
+// I/O's pins, which the next one gives back. The SQE is filled, never submitted, and its
+// completion made up from it: what hugemm reads of a CQE is its user_data.
+enum class IoStep { kPin, kUnpin, kPrepRead, kPrepWrite, kComplete, kCancel };
+
+void IoRound(IoStep step, long k, bool exhausted, bool* hit) {
+  hugemm_runtime* rt = Open();
+  if (rt == nullptr) return;
+  hugemm_buffer b{};
+  ASSERT_EQ(hugemm_map_buffer(rt, 2 * k2M, nullptr, &b), 0) << hugemm_last_error();
+  const hugemm_folio_info idle = InfoAt(rt, b.data);
+  const int ring = NewRing();
+  ASSERT_GE(ring, 0) << strerror(errno);
+  const hugemm_io_options options{.mode = HUGEMM_IO_CLONE, .max_in_flight = 0};
+  hugemm_io* io = nullptr;
+  ASSERT_EQ(hugemm_io_attach(rt, ring, &options, &io), 0) << hugemm_last_error();
+  const unsigned length = 3 * 4096;
+  void* at = static_cast<std::byte*>(b.data) + k2M - 4096;  // across the two folios
+  uint64_t token = 0;
+  io_uring_sqe sqe{};
+  auto start = [&]() -> long {
+    switch (step) {
+      case IoStep::kPin:
+      case IoStep::kUnpin:
+        return hugemm_io_pin(io, at, length, 1, &token);
+      case IoStep::kPrepWrite:
+        return hugemm_io_prep_write(io, &sqe, ring, at, length, 0, 7);
+      default:
+        return hugemm_io_prep_read(io, &sqe, ring, at, length, 0, 7);
+    }
+  };
+  auto finish = [&]() -> long {
+    uint64_t user_data = 0;
+    switch (step) {
+      case IoStep::kPin:
+      case IoStep::kUnpin:
+        return hugemm_io_unpin(io, token);
+      case IoStep::kCancel:
+        return hugemm_io_cancel(io, &sqe, &user_data);
+      default: {
+        io_uring_cqe cqe{};
+        cqe.user_data = sqe.user_data;
+        cqe.res = static_cast<int32_t>(length);
+        const long rc = hugemm_io_complete(io, &cqe, &user_data);
+        EXPECT_TRUE(rc < 0 || user_data == 7) << "the completion lost the user_data";
+        return rc;
+      }
+    }
+  };
+  const bool fail_start =
+      step == IoStep::kPin || step == IoStep::kPrepRead || step == IoStep::kPrepWrite;
+  const char* what = fail_start ? "the pin or prep" : "the unpin, completion or cancel";
+  if (fail_start) {
+    const Outcome o = Failing(k, exhausted, start);
+    *hit = o.hit;
+    if (o.rc != 0) {
+      ExpectOutOfMemory(o.rc, what, k, exhausted);
+      EXPECT_EQ(hugemm_io_in_flight(io), 0u) << "a failed pin counts in flight";
+      EXPECT_EQ(InfoAt(rt, b.data).pincount, idle.pincount) << "a failed pin kept a pin";
+      ASSERT_EQ(start(), 0) << hugemm_last_error();
+    }
+    EXPECT_EQ(finish(), 0) << hugemm_last_error();
+  } else {
+    ASSERT_EQ(start(), 0) << hugemm_last_error();
+    const Outcome o = Failing(k, exhausted, finish);
+    *hit = o.hit;
+    if (o.rc != 0) {
+      ExpectOutOfMemory(o.rc, what, k, exhausted);
+      EXPECT_EQ(hugemm_io_in_flight(io), 1u) << "a failed unpin forgot the I/O";
+      EXPECT_EQ(finish(), 0) << hugemm_last_error();
+    }
+  }
+  EXPECT_EQ(hugemm_io_in_flight(io), 0u);
+  EXPECT_EQ(InfoAt(rt, b.data).pincount, idle.pincount) << "pins left by the I/O";
+  EXPECT_EQ(InfoAt(rt, b.data).refcount, idle.refcount);
+  hugemm_io_detach(io);
+  close(ring);
+  EXPECT_EQ(hugemm_free(rt, b.data), 0) << hugemm_last_error();
+  hugemm_close(rt);
+}
+
+TEST_F(CApiOutOfMemory, IoPin) {
+  EveryFailure([](long k, bool e, bool* hit) { IoRound(IoStep::kPin, k, e, hit); });
+}
+TEST_F(CApiOutOfMemory, IoUnpin) {
+  EveryFailure([](long k, bool e, bool* hit) { IoRound(IoStep::kUnpin, k, e, hit); });
+}
+TEST_F(CApiOutOfMemory, IoPrepRead) {
+  EveryFailure([](long k, bool e, bool* hit) { IoRound(IoStep::kPrepRead, k, e, hit); });
+}
+TEST_F(CApiOutOfMemory, IoPrepWrite) {
+  EveryFailure([](long k, bool e, bool* hit) { IoRound(IoStep::kPrepWrite, k, e, hit); });
+}
+TEST_F(CApiOutOfMemory, IoComplete) {
+  EveryFailure([](long k, bool e, bool* hit) { IoRound(IoStep::kComplete, k, e, hit); });
+}
+TEST_F(CApiOutOfMemory, IoCancel) {
+  EveryFailure([](long k, bool e, bool* hit) { IoRound(IoStep::kCancel, k, e, hit); });
 }
 
 }  // namespace

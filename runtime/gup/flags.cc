@@ -3,7 +3,7 @@
 #include <utility>
 #include <vector>
 
-#include "absl/strings/str_format.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "hugemm/gup.h"
 #include "runtime/gup/pin_steps.h"
@@ -26,7 +26,7 @@ std::string GupFlagsName(GupFlags flags) {
     if (HasAny(flags, bit)) parts.emplace_back(name);
   }
   if (const GupFlags rest = flags & ~kAllGupFlags; rest != kGupNone) {
-    parts.push_back(absl::StrFormat("0x%x", static_cast<uint32_t>(rest)));
+    parts.push_back(absl::StrCat("0x", absl::Hex(static_cast<uint32_t>(rest))));
   }
   return parts.empty() ? "0" : absl::StrJoin(parts, "|");
 }
@@ -34,16 +34,16 @@ std::string GupFlagsName(GupFlags flags) {
 absl::Status CheckGupFlags(GupFlags flags) {
   if (HasAny(flags, ~kAllGupFlags)) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("GUP flags %s: unknown bits 0x%x", GupFlagsName(flags),
-                        static_cast<uint32_t>(flags & ~kAllGupFlags)));
+        absl::StrCat("GUP flags ", GupFlagsName(flags), ": unknown bits 0x",
+                     absl::Hex(static_cast<uint32_t>(flags & ~kAllGupFlags))));
   }
   if (HasAny(flags, kGupPin) == HasAny(flags, kGupGet)) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("GUP flags %s: need exactly one of PIN and GET", GupFlagsName(flags)));
+        absl::StrCat("GUP flags ", GupFlagsName(flags), ": need exactly one of PIN and GET"));
   }
   if (HasAny(flags, kGupLongterm) && !HasAny(flags, kGupPin)) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("GUP flags %s: LONGTERM is only for PIN", GupFlagsName(flags)));
+        absl::StrCat("GUP flags ", GupFlagsName(flags), ": LONGTERM is only for PIN"));
   }
   return absl::OkStatus();
 }

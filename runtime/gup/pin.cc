@@ -8,7 +8,6 @@
 
 #include "absl/base/attributes.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "hugemm/gup.h"
 #include "runtime/gup/fast_path.h"
@@ -47,8 +46,9 @@ inline bool PagesCovering(const void* va, size_t length, uintptr_t* start, size_
 }
 
 ABSL_ATTRIBUTE_NOINLINE absl::Status WrapError(const void* va, size_t length) {
-  return absl::InvalidArgumentError(absl::StrFormat("range [0x%x, +%u) wraps the address space",
-                                                    reinterpret_cast<uintptr_t>(va), length));
+  return absl::InvalidArgumentError(absl::StrCat("range [0x",
+                                                 absl::Hex(reinterpret_cast<uintptr_t>(va)), ", +",
+                                                 length, ") wraps the address space"));
 }
 
 // InvalidArgument "<request>: <what>". Out of line, taking the request's fields: a call
@@ -83,21 +83,28 @@ ABSL_ATTRIBUTE_NOINLINE absl::StatusOr<size_t> PinRest(const PinContext& ctx, ui
   uintptr_t va = fast.reached;
   int changes = 0;
   absl::Status failure;
-  for (;;) {
-    if (!fast_only) {
-      absl::StatusOr<size_t> taken = gup_internal::PinSlow(ctx, req, va, sink);
-      if (!taken.ok()) {
-        failure = taken.status();
+  try {
+    for (;;) {
+      if (!fast_only) {
+        absl::StatusOr<size_t> taken = gup_internal::PinSlow(ctx, req, va, sink);
+        if (!taken.ok()) {
+          failure = taken.status();
+          break;
+        }
+        va += *taken << kPageShift;
+      } else if (fast.why != Stop::kChanged || ++changes > kFastRetries) {
+        failure = gup_internal::FastOnlyError(ctx, req, fast.why, va, sink.count());
         break;
       }
-      va += *taken << kPageShift;
-    } else if (fast.why != Stop::kChanged || ++changes > kFastRetries) {
-      failure = gup_internal::FastOnlyError(ctx, req, fast.why, va, sink.count());
-      break;
+      fast = gup_internal::PinFast(ctx, va, req.end(), req.flags, sink);
+      va = fast.reached;
+      if (fast.why == Stop::kNone) return sink.count();
     }
-    fast = gup_internal::PinFast(ctx, va, req.end(), req.flags, sink);
-    va = fast.reached;
-    if (fast.why == Stop::kNone) return sink.count();
+  } catch (...) {
+    // The heap ran out building a failure's status, or populating (no step throws
+    // holding a grab it has not recorded): what was recorded goes back.
+    sink.Undo(ctx.granularity);
+    throw;
   }
   if (HasAny(req.flags, kGupPartial) && va > req.start) return sink.count();
   sink.Undo(ctx.granularity);
@@ -152,7 +159,7 @@ absl::StatusOr<size_t> Pinner::PinPages(const void* va, size_t npages, GupFlags 
   const PinRequest req{start, npages, flags};
   if (pages.size() < npages) {
     return RequestError(req.start, req.npages, req.flags,
-                        absl::StrFormat("a page array of %u entries", pages.size()));
+                        absl::StrCat("a page array of ", pages.size(), " entries"));
   }
   if (npages > (std::numeric_limits<uintptr_t>::max() - req.start) >> kPageShift) [[unlikely]] {
     if (!gup_internal::FlagsValid(flags)) return CheckGupFlags(flags);

@@ -32,6 +32,7 @@ enum class Stop : uint8_t {
   kNoPfn,            // DMA segments of a folio whose PFNs are unknown
   kNoDeviceAddress,  // DMA segments of memory the device's address space does not map
   kUnencodable,      // a descriptor a page-array entry cannot hold
+  kNoMemory,         // the output needs the heap, which has no room
 };
 
 inline constexpr GupFlags kAllGupFlags =

@@ -13,12 +13,15 @@
 //                         0 where a part of a run needs as much room as the whole);
 //   size_t count() const  entries written so far (the pin's result);
 //   void Undo(RefGranularity granularity)  gives back everything recorded.
+// No Accept throws: a sink that needs the heap and finds none refuses (kNoMemory), and the
+// pin gives back what it took, as for any refusal.
 #ifndef HUGEMM_RUNTIME_GUP_SINKS_H_
 #define HUGEMM_RUNTIME_GUP_SINKS_H_
 
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <new>
 #include <utility>
 #include <vector>
 
@@ -80,7 +83,7 @@ class SpanSink {
     }
     return s_.push_back(FolioSpan{folio, first, pages});
   }
-  Stop why() const { return Stop::kFull; }
+  Stop why() const { return s_.why(); }
   // A part of a folio run takes a span as the whole does.
   uint32_t Room(const Folio*, uint32_t, uint32_t, uintptr_t) const { return 0; }
   size_t count() const { return s_.size(); }
@@ -106,6 +109,7 @@ class FixedSpans {
     out_[n_++] = s;
     return true;
   }
+  Stop why() const { return Stop::kFull; }
   void clear() { n_ = 0; }
 
  private:
@@ -123,14 +127,20 @@ class GrowingSpans {
   size_t size() const { return ext_ ? ext_->size() - base_ : own_.size(); }
   FolioSpan& back() { return ext_ ? ext_->back() : own_.back(); }
   FolioSpan* data() { return ext_ ? ext_->data() + base_ : own_.data(); }
+  // False when the heap has no room for one more span.
   bool push_back(const FolioSpan& s) {
-    if (ext_) {
-      ext_->push_back(s);
-    } else {
-      own_.push_back(s);
+    try {
+      if (ext_) {
+        ext_->push_back(s);
+      } else {
+        own_.push_back(s);
+      }
+    } catch (const std::bad_alloc&) {
+      return false;
     }
     return true;
   }
+  Stop why() const { return Stop::kNoMemory; }
   void clear() {
     if (ext_) {
       ext_->resize(base_);
@@ -160,7 +170,7 @@ class SegmentSink {
         why_ = unmapped ? Stop::kNoDeviceAddress : Stop::kFull;
         return false;
       }
-      return log_.Accept(folio, first, pages, va);
+      return Log(folio, first, pages, va);
     }
     if (folio->head_pfn == kUnknownPfn) {
       why_ = Stop::kNoPfn;
@@ -170,7 +180,7 @@ class SegmentSink {
       why_ = Stop::kFull;
       return false;
     }
-    return log_.Accept(folio, first, pages, va);
+    return Log(folio, first, pages, va);
   }
   Stop why() const { return why_; }
   // The most pages from `first` whose bytes fit in the segments left: fewer bytes never
@@ -191,6 +201,13 @@ class SegmentSink {
   void Undo(RefGranularity granularity) { log_.Undo(granularity); }
 
  private:
+  // The run into the log of what to give back. Refused (no heap for the log), the
+  // segments already written for it are the failed pin's, never read.
+  bool Log(Folio* folio, uint32_t first, uint32_t pages, uintptr_t va) {
+    if (log_.Accept(folio, first, pages, va)) return true;
+    why_ = log_.why();
+    return false;
+  }
   // Whether Accept would find room for pages [first, first + pages) from va.
   bool Fits(const Folio* folio, uint32_t first, uint32_t pages, uintptr_t va) const {
     SegmentWriter trial = writer_.Counting();

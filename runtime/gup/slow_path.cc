@@ -5,7 +5,7 @@
 #include <mutex>
 #include <string>
 
-#include "absl/strings/str_format.h"
+#include "absl/strings/str_cat.h"
 #include "runtime/gup/fast_path.h"
 
 namespace hugemm::gup_internal {
@@ -18,8 +18,8 @@ constexpr int kPopulateAttempts = 3;
 }  // namespace
 
 std::string RequestName(const PinRequest& req) {
-  return absl::StrFormat("pin [0x%x, +%u pages) %s", req.start, req.npages,
-                         GupFlagsName(req.flags));
+  return absl::StrCat("pin [0x", absl::Hex(req.start), ", +", req.npages, " pages) ",
+                      GupFlagsName(req.flags));
 }
 
 absl::Status StopError(const PinRequest& req, Stop why, uintptr_t va, size_t entries,
@@ -27,54 +27,59 @@ absl::Status StopError(const PinRequest& req, Stop why, uintptr_t va, size_t ent
   const std::string what = RequestName(req);
   switch (why) {
     case Stop::kNotMapped:
-      return absl::NotFoundError(absl::StrFormat("%s: 0x%x is not mapped", what, va));
+      return absl::NotFoundError(absl::StrCat(what, ": 0x", absl::Hex(va), " is not mapped"));
     case Stop::kExclusive:
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "%s: 0x%x is device-exclusive; its owner must restore it first", what, va));
+      return absl::FailedPreconditionError(absl::StrCat(
+          what, ": 0x", absl::Hex(va), " is device-exclusive; its owner must restore it first"));
     case Stop::kReadOnly:
-      return absl::PermissionDeniedError(absl::StrFormat("%s: 0x%x is mapped read-only", what, va));
+      return absl::PermissionDeniedError(
+          absl::StrCat(what, ": 0x", absl::Hex(va), " is mapped read-only"));
     case Stop::kBorrowed:
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "%s: 0x%x is borrowed external memory, which may move: no LONGTERM pin", what, va));
+      return absl::FailedPreconditionError(
+          absl::StrCat(what, ": 0x", absl::Hex(va),
+                       " is borrowed external memory, which may move: no LONGTERM pin"));
     case Stop::kGrabFailed:
-      return absl::Status(
-          grab.ok() ? absl::StatusCode::kAborted : grab.code(),
-          absl::StrFormat("%s: at 0x%x: %s", what, va,
-                          grab.ok() ? "folio freed meanwhile" : std::string(grab.message())));
+      return absl::Status(grab.ok() ? absl::StatusCode::kAborted : grab.code(),
+                          absl::StrCat(what, ": at 0x", absl::Hex(va), ": ",
+                                       grab.ok() ? "folio freed meanwhile" : grab.message()));
     case Stop::kChanged:
       return absl::UnavailableError(
-          absl::StrFormat("%s: 0x%x kept changing under the fast path", what, va));
+          absl::StrCat(what, ": 0x", absl::Hex(va), " kept changing under the fast path"));
     case Stop::kFull:
+      return absl::ResourceExhaustedError(absl::StrCat(what,
+                                                       ": the output has no room for the entries "
+                                                       "from 0x",
+                                                       absl::Hex(va), " on (", entries,
+                                                       " written before them)"));
+    case Stop::kNoMemory:
       return absl::ResourceExhaustedError(
-          absl::StrFormat("%s: the output has no room for the entries from 0x%x on (%u written "
-                          "before them)",
-                          what, va, entries));
+          absl::StrCat(what, ": out of memory for the record of the folios pinned (", entries,
+                       " entries before 0x", absl::Hex(va), ")"));
     case Stop::kUnencodable:
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "%s: the folio at 0x%x has a descriptor a page-array entry cannot hold; use folio "
-          "spans",
-          what, va));
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": the folio at 0x", absl::Hex(va),
+                       " has a descriptor a page-array entry cannot hold; use folio spans"));
     case Stop::kNoPfn:
       return absl::FailedPreconditionError(
-          absl::StrFormat("%s: the PFN of 0x%x is unknown (pagemap hid it when the memory was "
-                          "mapped: reading PFNs needs CAP_SYS_ADMIN): no DMA segments",
-                          what, va));
+          absl::StrCat(what, ": the PFN of 0x", absl::Hex(va),
+                       " is unknown (pagemap hid it when the memory was mapped: reading PFNs "
+                       "needs CAP_SYS_ADMIN): no DMA segments"));
     case Stop::kNoDeviceAddress:
       return absl::FailedPreconditionError(
-          absl::StrFormat("%s: the pages of the folio at 0x%x are not all in the device's "
-                          "address space (some byte of them is not mapped into it)",
-                          what, va));
+          absl::StrCat(what, ": the pages of the folio at 0x", absl::Hex(va),
+                       " are not all in the device's address space (some byte of them is not "
+                       "mapped into it)"));
     case Stop::kNone:
       break;
   }
-  return absl::InternalError(absl::StrFormat("%s: at 0x%x: no reason", what, va));
+  return absl::InternalError(absl::StrCat(what, ": at 0x", absl::Hex(va), ": no reason"));
 }
 
 absl::Status Populate(const PinContext& ctx, const PinRequest& req, uintptr_t va, int attempt) {
   if (ctx.populator == nullptr) return StopError(req, Stop::kNotMapped, va, 0);
   if (attempt == kPopulateAttempts) {
-    return absl::NotFoundError(absl::StrFormat("%s: 0x%x is still not mapped after %d populates",
-                                               RequestName(req), va, attempt));
+    return absl::NotFoundError(absl::StrCat(RequestName(req), ": 0x", absl::Hex(va),
+                                            " is still not mapped after ", attempt, " populates"));
   }
   absl::Status st;
   {
@@ -82,8 +87,8 @@ absl::Status Populate(const PinContext& ctx, const PinRequest& req, uintptr_t va
     st = ctx.populator->Populate(ctx.table, va, HasAny(req.flags, kGupWrite));
   }
   if (st.ok() || st.code() == absl::StatusCode::kAlreadyExists) return absl::OkStatus();
-  return absl::Status(
-      st.code(), absl::StrFormat("%s: populating 0x%x: %s", RequestName(req), va, st.message()));
+  return absl::Status(st.code(), absl::StrCat(RequestName(req), ": populating 0x", absl::Hex(va),
+                                              ": ", st.message()));
 }
 
 absl::Status FastOnlyError(const PinContext& ctx, const PinRequest& req, Stop why, uintptr_t va,

@@ -7,7 +7,7 @@
 #include <utility>
 #include <vector>
 
-#include "absl/strings/str_format.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "hugemm/gup.h"
 #include "runtime/folio/refs.h"
@@ -69,13 +69,14 @@ absl::Status CheckHeld(const PageTable& table, Folio* folio, size_t pages, RefKi
     held = refcount - (folio->large() ? pins : pins * kPinBias) - mappings - keep - reserved;
   }
   if (held >= static_cast<int64_t>(pages)) return absl::OkStatus();
-  return absl::FailedPreconditionError(absl::StrFormat(
-      "the folio at %p holds %d %s of the %u this range would release%s; nothing unpinned",
-      folio->data, std::max<int64_t>(held, 0), kind == RefKind::kPin ? "pins" : "references", pages,
-      reserved > 0 ? absl::StrFormat(" (besides %d of recorded pins, which go back by their "
-                                     "records)",
-                                     reserved)
-                   : ""));
+  return absl::FailedPreconditionError(absl::StrCat(
+      "the folio at 0x", absl::Hex(reinterpret_cast<uintptr_t>(folio->data)), " holds ",
+      std::max<int64_t>(held, 0), kind == RefKind::kPin ? " pins" : " references", " of the ",
+      pages, " this range would release",
+      reserved > 0 ? absl::StrCat(" (besides ", reserved,
+                                  " of recorded pins, which go back by their records)")
+                   : "",
+      "; nothing unpinned"));
 }
 
 size_t UnpinPageRefs(absl::Span<const PageRef> refs, bool dirty, RefGranularity granularity) {
@@ -141,12 +142,12 @@ absl::Status WalkAndCheck(const PageTable& table, uintptr_t start, uintptr_t end
   // "unpin [0x7f.., +512 pages) PIN: <why>": the request, then what is wrong with it.
   const auto refused = [&](absl::string_view why) {
     return absl::FailedPreconditionError(
-        absl::StrFormat("unpin [0x%x, +%u pages) %s: %s", start, (end - start) >> kPageShift,
-                        kind == RefKind::kPin ? "PIN" : "GET", why));
+        absl::StrCat("unpin [0x", absl::Hex(start), ", +", (end - start) >> kPageShift, " pages) ",
+                     kind == RefKind::kPin ? "PIN" : "GET", ": ", why));
   };
   if (covered < end) {
-    return refused(
-        absl::StrFormat("0x%x is no longer mapped; nothing unpinned (unpin by spans)", covered));
+    return refused(absl::StrCat("0x", absl::Hex(covered),
+                                " is no longer mapped; nothing unpinned (unpin by spans)"));
   }
   // Each folio must hold as many references of the kind as the range has pages on it: a
   // range never pinned, or released already, must not drive the counts below what the
@@ -189,7 +190,7 @@ absl::Status UnpinRange(const PageTable& table, const void* va, size_t length, R
   const uintptr_t mask = kPageSize4K - 1;
   if (lo + length < lo || lo + length > std::numeric_limits<uintptr_t>::max() - mask) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("range [0x%x, +%u) wraps the address space", lo, length));
+        absl::StrCat("range [0x", absl::Hex(lo), ", +", length, ") wraps the address space"));
   }
   if (length == 0) return absl::OkStatus();
   const uintptr_t start = lo & ~mask;

@@ -158,38 +158,70 @@ absl::StatusOr<uint64_t> PageTable::RegisterExternal(
 // the references are checked before anything is unmapped, and a pin that slips in
 // between that check and the unmap is found after it, and the mappings are put back.
 absl::Status PageTable::UnregisterExternal(uint64_t id) {
-  std::unique_ptr<ExternalRegion> region;
+  // The region stays in the map, marked, until the unregistration is done: on every way
+  // out short of that (a refusal, or the heap running out midway), its descriptors, which
+  // the table may still map, stay alive with it.
+  ExternalRegion* region = nullptr;
   {
     std::lock_guard<std::mutex> lock(external_mu_);
     auto it = external_.find(id);
-    if (it == external_.end()) {
-      return absl::NotFoundError(absl::StrCat("no external registration ", id));
+    if (it == external_.end() || it->second->leaving) {
+      return absl::NotFoundError(
+          absl::StrCat("no external registration ", id,
+                       it == external_.end() ? "" : " (another thread is unregistering it)"));
     }
-    region = std::move(it->second);
-    external_.erase(it);
+    region = it->second.get();
+    region->leaving = true;
   }
-  auto refuse = [&](absl::Status why) {
+  auto stay = [&] {
     std::lock_guard<std::mutex> lock(external_mu_);
-    external_.emplace(id, std::move(region));
-    return why;
+    region->leaving = false;
   };
   // Each folio's leaves as they are: what to unmap, and what to put back.
   std::vector<std::vector<LogicalLeaf>> leaves;
-  for (const ExternalRegion::Borrowed& b : region->folios) {
-    leaves.push_back(LeavesOf(b.folio.get()));
-    if (absl::Status st = CheckOnlyMapped(b.folio.get(), leaves.back(), 1); !st.ok()) {
-      return refuse(st);
+  bool unmapping = false;
+  try {
+    leaves.reserve(region->folios.size());
+    for (const ExternalRegion::Borrowed& b : region->folios) {
+      leaves.push_back(LeavesOf(b.folio.get()));
+      if (absl::Status st = CheckOnlyMapped(b.folio.get(), leaves.back(), 1); !st.ok()) {
+        stay();
+        return st;
+      }
     }
+    unmapping = true;
+    absl::Status failed;
+    for (const std::vector<LogicalLeaf>& l : leaves) {
+      failed = UnmapRuns(l);
+      if (!failed.ok()) break;
+    }
+    for (size_t i = 0; failed.ok() && i < region->folios.size(); ++i) {
+      failed = CheckOnlyMapped(region->folios[i].folio.get(), {}, 1);
+    }
+    if (!failed.ok()) {
+      absl::Status why = RestoreExternal(*region, leaves, failed);
+      stay();
+      return why;
+    }
+  } catch (...) {
+    // Out of heap: the mappings taken down so far go back as far as they can (without
+    // the heap that may fail too, and whatever is left unmapped stays registered to be
+    // unregistered again).
+    if (unmapping) {
+      try {
+        (void)RestoreExternal(*region, leaves, absl::OkStatus());
+      } catch (...) {
+      }
+    }
+    stay();
+    throw;
   }
-  for (const std::vector<LogicalLeaf>& l : leaves) {
-    if (absl::Status st = UnmapRuns(l); !st.ok()) {
-      return refuse(RestoreExternal(*region, leaves, st));
-    }
-  }
-  for (const ExternalRegion::Borrowed& b : region->folios) {
-    if (absl::Status st = CheckOnlyMapped(b.folio.get(), {}, 1); !st.ok()) {
-      return refuse(RestoreExternal(*region, leaves, st));
-    }
+  std::unique_ptr<ExternalRegion> gone;
+  {
+    std::lock_guard<std::mutex> lock(external_mu_);
+    auto it = external_.find(id);
+    gone = std::move(it->second);
+    external_.erase(it);
   }
   pgtable_internal::RcuSynchronize();  // readers may still hold the descriptors
   return absl::OkStatus();

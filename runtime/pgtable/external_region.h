@@ -23,6 +23,9 @@ class PageTable::ExternalRegion : public FolioOwner {
   uintptr_t va = 0;
   size_t length = 0;
   std::vector<Borrowed> folios;
+  // An unregistration of it is under way (under the table's external_mu_): the region
+  // stays in the table's map until that succeeds, so its descriptors are freed only then.
+  bool leaving = false;
   void ReleaseFolio(Folio* /*folio*/) override {}
 };
 
