@@ -1,27 +1,25 @@
 // The heap running out inside the C API (hugemm.h, hugemm_io.h): open, the buffers (map,
-// alloc, free), the pins and the unpins, subscriptions, external memory, io_uring
-// attaches and the buffers of an attached ring, and the close. This program
-// replaces operator new with one that fails, on the thread that asks for it, at the k-th allocation
-// of one call (and, in the "exhausted" mode, at every one after): each call is made for
-// k = 0, 1, 2, ... until it completes without meeting a failure. Every call must either
-// do its work or answer -ENOMEM with a message and undo what it did: never end the
-// program, never keep a reference, a mapping, a descriptor, a kernel pin or a huge page.
-// After each failure the runtime must still do the same call, and once it is closed the
-// process must hold what it held before it opened, heap allocations included (counted
-// here: what a round leaves twice in a row is a leak, not a table grown once).
+// alloc, free, trim), the pins and the unpins, the queries, subscriptions, external memory,
+// io_uring attaches, the buffers of an attached ring and its per-I/O calls, and the close.
+// This program's operator new (tests/failing_heap.h) fails, on the thread that asks for
+// it, at the k-th allocation of one call (and, in the "exhausted" mode, at every one
+// after): each call is made for k = 0, 1, 2, ... until it completes without meeting a
+// failure. Every call must either do its work or answer -ENOMEM with a message and undo
+// what it did: never end the program, never keep a reference, a mapping, a descriptor, a
+// kernel pin or a huge page. After each failure the runtime must still do the same call,
+// and once it is closed the process must hold what it held before it opened, heap
+// allocations included (what a round leaves twice in a row is a leak, not a table grown
+// once).
 #include <linux/io_uring.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <functional>
-#include <new>
 #include <string>
 #include <thread>
 
@@ -29,73 +27,8 @@
 #include "hugemm/hugemm.h"
 #include "hugemm/hugemm_io.h"
 #include "soak/footprint.h"
+#include "tests/failing_heap.h"
 #include "tests/test_util.h"
-
-namespace {
-
-// The failing heap, per thread: allocations to let through before one fails (-1: none
-// fails), whether every one after fails too, and whether one failed.
-thread_local long t_left = -1;
-thread_local bool t_exhausted = false;
-thread_local bool t_hit = false;
-// Allocations made and not yet deleted, on every thread.
-std::atomic<long> g_live{0};
-
-void* Take(size_t n, size_t align, bool nothrow) {
-  if (t_left == 0) {
-    t_hit = true;
-    if (!t_exhausted) t_left = -1;
-    if (nothrow) return nullptr;
-    throw std::bad_alloc();
-  }
-  if (t_left > 0) --t_left;
-  if (n == 0) n = 1;
-  void* p = nullptr;
-  if (align <= alignof(std::max_align_t)) {
-    p = std::malloc(n);
-  } else if (posix_memalign(&p, align, n) != 0) {
-    p = nullptr;
-  }
-  if (p == nullptr && !nothrow) throw std::bad_alloc();
-  if (p != nullptr) g_live.fetch_add(1, std::memory_order_relaxed);
-  return p;
-}
-
-void Give(void* p) {
-  if (p == nullptr) return;
-  g_live.fetch_sub(1, std::memory_order_relaxed);
-  std::free(p);
-}
-
-}  // namespace
-
-// The memory comes from malloc (Take), so free (Give) is its match: GCC, inlining these into a
-// test's `new`, cannot see that and would warn of a mismatch.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-void* operator new(size_t n) { return Take(n, 0, false); }
-void* operator new[](size_t n) { return Take(n, 0, false); }
-void* operator new(size_t n, const std::nothrow_t&) noexcept { return Take(n, 0, true); }
-void* operator new[](size_t n, const std::nothrow_t&) noexcept { return Take(n, 0, true); }
-void* operator new(size_t n, std::align_val_t a) { return Take(n, static_cast<size_t>(a), false); }
-void* operator new[](size_t n, std::align_val_t a) {
-  return Take(n, static_cast<size_t>(a), false);
-}
-void* operator new(size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
-  return Take(n, static_cast<size_t>(a), true);
-}
-void* operator new[](size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
-  return Take(n, static_cast<size_t>(a), true);
-}
-void operator delete(void* p) noexcept { Give(p); }
-void operator delete[](void* p) noexcept { Give(p); }
-void operator delete(void* p, size_t) noexcept { Give(p); }
-void operator delete[](void* p, size_t) noexcept { Give(p); }
-void operator delete(void* p, std::align_val_t) noexcept { Give(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { Give(p); }
-void operator delete(void* p, size_t, std::align_val_t) noexcept { Give(p); }
-void operator delete[](void* p, size_t, std::align_val_t) noexcept { Give(p); }
-#pragma GCC diagnostic pop
 
 namespace {
 
@@ -103,23 +36,12 @@ constexpr size_t k2M = size_t{2} << 20;
 // More allocations than any one call makes: a call still meeting failures here loops.
 constexpr long kMaxAllocations = 20000;
 
-// One call with the heap failing at its k-th allocation: what it returned, and whether it
-// met a failure.
-struct Outcome {
-  long rc = 0;
-  bool hit = false;
-};
+using Outcome = hugemm::testing::HeapOutcome;
+using hugemm::testing::LiveAllocations;
 
 template <typename Call>
 Outcome Failing(long k, bool exhausted, Call call) {
-  t_hit = false;
-  t_exhausted = exhausted;
-  t_left = k;
-  const long rc = call();
-  t_left = -1;
-  const Outcome out{rc, t_hit};
-  t_hit = false;
-  return out;
+  return hugemm::testing::WithHeapFailing(k, exhausted, call);
 }
 
 // What the process holds, waited for: the kernel drops a closed ring's pins, and gives
@@ -171,7 +93,7 @@ void EveryFailure(Round round) {
       // the second run must leave none.
       long left = 0;
       for (int run = 0; run < 2; ++run) {
-        const long live = g_live.load();
+        const long live = LiveAllocations();
         round(k, exhausted, &hit);
         if (::testing::Test::HasFailure()) {
           ADD_FAILURE() << "in the round with allocation " << k << " failing"
@@ -181,7 +103,7 @@ void EveryFailure(Round round) {
         const std::string leak = LeftBehind(before, free_2m);
         ASSERT_EQ(leak, "") << "left behind by the round with allocation " << k << " failing"
                             << (exhausted ? " (and every one after)" : "");
-        left = g_live.load() - live;
+        left = LiveAllocations() - live;
         if (left == 0) break;
       }
       EXPECT_EQ(left, 0) << "allocations left behind, twice, by the round with allocation " << k
@@ -474,14 +396,9 @@ struct Unsubscriber {
 void UnsubscribeWithoutHeap(void* user, const void*, size_t, int) {
   auto* u = static_cast<Unsubscriber*>(user);
   ++u->calls;
-  t_hit = false;
-  t_exhausted = true;
-  t_left = 0;
+  hugemm::testing::ArmHeapFailure(0, /*exhausted=*/true);
   hugemm_unsubscribe(u->sub);
-  t_left = -1;
-  t_exhausted = false;
-  u->met_the_heap = t_hit;
-  t_hit = false;
+  u->met_the_heap = hugemm::testing::DisarmHeapFailure();
 }
 
 TEST_F(CApiOutOfMemory, UnsubscribeInACallback) {
@@ -489,7 +406,7 @@ TEST_F(CApiOutOfMemory, UnsubscribeInACallback) {
   // message); the second must leave nothing.
   long left[2] = {0, 0};
   for (long& round_left : left) {
-    const long live = g_live.load();
+    const long live = LiveAllocations();
     hugemm_runtime* rt = Open();
     ASSERT_NE(rt, nullptr);
     hugemm_buffer b{};
@@ -503,7 +420,7 @@ TEST_F(CApiOutOfMemory, UnsubscribeInACallback) {
     EXPECT_EQ(u.calls, 1) << "an unsubscribed subscription heard the end of the free";
     EXPECT_FALSE(u.met_the_heap) << "hugemm_unsubscribe in a callback asked the heap";
     hugemm_close(rt);
-    round_left = g_live.load() - live;
+    round_left = LiveAllocations() - live;
   }
   EXPECT_EQ(left[1], 0) << "allocations left behind by a runtime with a subscription "
                            "unsubscribed in its callback, without heap";
