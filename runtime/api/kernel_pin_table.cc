@@ -9,12 +9,12 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "hugemm/page_size.h"
 #include "runtime/sys/files.h"
 #include "runtime/sys/status.h"
+#include "runtime/util/format.h"
 
 namespace hugemm::api_internal {
 namespace {
@@ -142,11 +142,11 @@ absl::Status KernelPinTable::MemoryAdded(const MemoryRange& range) {
   const auto start = reinterpret_cast<uintptr_t>(range.data);
   if (range.data == nullptr || range.length == 0 || start % kPageSize4K != 0 ||
       range.length % kPageSize4K != 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
+    return absl::InvalidArgumentError(hugemm::Format(
         "kernel pin of [0x%x, +%u): not a non-empty page-aligned range", start, range.length));
   }
   if (RingOfParent()) {
-    return absl::FailedPreconditionError(absl::StrFormat(
+    return absl::FailedPreconditionError(hugemm::Format(
         "kernel pin of [0x%x, +%u): the kernel pin table's ring belongs to process %d, of "
         "which this process is a fork() child; a child must open a runtime of its own",
         start, range.length, fork_.pid()));
@@ -158,10 +158,10 @@ absl::Status KernelPinTable::MemoryAdded(const MemoryRange& range) {
     std::lock_guard<std::mutex> lock(mu_);
     if (ranges_.count(start) != 0) {
       return absl::AlreadyExistsError(
-          absl::StrFormat("kernel pin table: 0x%x is held already", start));
+          hugemm::Format("kernel pin table: 0x%x is held already", start));
     }
     if (free_count_ < pieces) {
-      const std::string why = absl::StrFormat(
+      const std::string why = hugemm::Format(
           "kernel pin table full: %u of %u io_uring registered-buffer slots in use, %u more "
           "needed for %s at 0x%x (the kernel allows %u per ring; each MapBuffer buffer and "
           "each pool extent takes one per GiB or part of one, however small): free "
@@ -216,8 +216,8 @@ absl::Status KernelPinTable::MemoryAdded(const MemoryRange& range) {
                                     : err == EFAULT ? absl::StatusCode::kInvalidArgument
                                                     : absl::StatusCode::kFailedPrecondition;
       return absl::Status(
-          code, absl::StrFormat("kernel pin of %s at 0x%x (%s pages): %s", HumanBytes(range.length),
-                                start, PageSizeName(range.page_size), why));
+          code, hugemm::Format("kernel pin of %s at 0x%x (%s pages): %s", HumanBytes(range.length),
+                               start, PageSizeName(range.page_size), why));
     }
     std::lock_guard<std::mutex> lock(mu_);
     for (Slot& s : held.slots) {
@@ -305,16 +305,16 @@ std::string KernelPinTable::WhyNoSlot(const void* va, size_t length) const {
     if (p - start < h.range.length) {
       if (!h.why_none.empty()) return h.why_none;
       if (length > h.range.length - (p - start)) {  // no sum: a huge length would wrap
-        return absl::StrFormat("[0x%x, +%u) runs past the end of its hugemm mapping [0x%x, +%u)", p,
-                               length, start, h.range.length);
+        return hugemm::Format("[0x%x, +%u) runs past the end of its hugemm mapping [0x%x, +%u)", p,
+                              length, start, h.range.length);
       }
-      return absl::StrFormat(
+      return hugemm::Format(
           "[0x%x, +%u) crosses a 1 GiB boundary of its mapping at 0x%x: io_uring registers "
           "at most 1 GiB per buffer, so a fixed-buffer I/O must lie within one GiB",
           p, length, start);
     }
   }
-  return absl::StrFormat("0x%x is not memory of this hugemm runtime (Allocate or MapBuffer)", p);
+  return hugemm::Format("0x%x is not memory of this hugemm runtime (Allocate or MapBuffer)", p);
 }
 
 KernelPinTable::Stats KernelPinTable::stats() const {

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 
-#include "absl/strings/str_format.h"
+#include "runtime/util/format.h"
 
 namespace hugemm::api_internal {
 
@@ -76,7 +76,7 @@ absl::Status MemoryObservers::Add(MemoryObserver* observer,
   if (std::find_if(observers_.begin(), observers_.end(),
                    [&](const Entry& e) { return e.observer == observer; }) != observers_.end()) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("memory observer %p is an observer already", observer));
+        hugemm::Format("memory observer %p is an observer already", observer));
   }
   if (absl::Status st = first(); !st.ok()) return st;
   std::vector<MemoryRange> told;
@@ -100,7 +100,7 @@ absl::Status MemoryObservers::Remove(MemoryObserver* observer) {
   auto it = std::find_if(observers_.begin(), observers_.end(),
                          [&](const Entry& e) { return e.observer == observer; });
   if (it == observers_.end()) {
-    return absl::NotFoundError(absl::StrFormat("%p is not a memory observer", observer));
+    return absl::NotFoundError(hugemm::Format("%p is not a memory observer", observer));
   }
   observers_.erase(it);
   return absl::OkStatus();

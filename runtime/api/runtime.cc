@@ -12,7 +12,6 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "runtime/alloc/address_index.h"
 #include "runtime/alloc/pool.h"
 #include "runtime/api/kernel_pin_table.h"
@@ -21,6 +20,7 @@
 #include "runtime/sys/address_space.h"
 #include "runtime/sys/fork_watch.h"
 #include "runtime/sys/status.h"
+#include "runtime/util/format.h"
 
 namespace hugemm {
 
@@ -263,15 +263,15 @@ absl::StatusOr<Buffer> Runtime::MapBuffer(size_t length, const BufferOptions& op
   // A length no address space holds is a bad argument, not a shortage: refused before
   // the kernel is asked to reserve it (which would answer ENOMEM).
   if (length > sys::kMaxMappingBytes) {
-    return absl::InvalidArgumentError(absl::StrFormat(
+    return absl::InvalidArgumentError(hugemm::Format(
         "map %u bytes: longer than the %d-bit user address space", length, sys::kUserAddressBits));
   }
   if (HasAny(options.prot, ~(kProtRead | kProtWrite | kProtExec)) ||
       !HasAny(options.prot, kProtRead)) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("map %u bytes: protection 0x%x must include read and only read, write "
-                        "and exec",
-                        length, static_cast<uint32_t>(options.prot)));
+        hugemm::Format("map %u bytes: protection 0x%x must include read and only read, write "
+                       "and exec",
+                       length, static_cast<uint32_t>(options.prot)));
   }
   BackingOptions bo{.kind = options.backing,
                     .page_size = options.page_size,
@@ -350,8 +350,8 @@ absl::StatusOr<Buffer> Runtime::MapBuffer(size_t length, const BufferOptions& op
                      (HasAny(options.prot, kProtWrite) ? PROT_WRITE : 0) |
                      (HasAny(options.prot, kProtExec) ? PROT_EXEC : 0);
     if (absl::Status st = os_.Mprotect(record->data, record->size, prot); !st.ok()) {
-      return sys::Annotate(st, absl::StrFormat("map %u bytes as %s", length,
-                                               pgtable_internal::ProtLetters(options.prot)));
+      return sys::Annotate(st, hugemm::Format("map %u bytes as %s", length,
+                                              pgtable_internal::ProtLetters(options.prot)));
     }
   }
 
@@ -416,7 +416,7 @@ absl::StatusOr<Buffer> Runtime::Allocate(size_t bytes, const AllocOptions& optio
 
 absl::Status Runtime::FreeById(uint64_t id) {
   if (kernel_pins_->InForkedChild()) [[unlikely]]
-    return RefuseInForkedChild(absl::StrFormat("free of buffer %u", id));
+    return RefuseInForkedChild(hugemm::Format("free of buffer %u", id));
   // Taken out of both maps as node handles, so that a free that cannot finish puts the
   // buffer back as it was without the heap.
   decltype(buffers_)::node_type by_id;
@@ -425,7 +425,7 @@ absl::Status Runtime::FreeById(uint64_t id) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = buffers_.find(id);
     if (it == buffers_.end()) {
-      return absl::NotFoundError(absl::StrFormat("no buffer with id %u", id));
+      return absl::NotFoundError(hugemm::Format("no buffer with id %u", id));
     }
     by_id = buffers_.extract(it);
     by_data = by_address_.extract(reinterpret_cast<uintptr_t>(by_id.mapped()->data));
@@ -460,7 +460,7 @@ absl::Status Runtime::Free(const void* data) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = by_address_.find(reinterpret_cast<uintptr_t>(data));
     if (it == by_address_.end()) {
-      return absl::NotFoundError(absl::StrFormat("%p is not the start of a hugemm buffer", data));
+      return absl::NotFoundError(hugemm::Format("%p is not the start of a hugemm buffer", data));
     }
     id = it->second;
   }
@@ -481,7 +481,7 @@ absl::Status Runtime::MayFree(uint64_t id) {
   }
   // Asked before anything changes: a refusal leaves the buffer as it was.
   if (absl::Status st = observers_->MayRemove(range); !st.ok()) {
-    return sys::Annotate(st, absl::StrFormat("free of the buffer at %p", range.data));
+    return sys::Annotate(st, hugemm::Format("free of the buffer at %p", range.data));
   }
   return absl::OkStatus();
 }
@@ -511,7 +511,7 @@ absl::StatusOr<BufferSpan> Runtime::BufferAt(const void* va) {
       return span;
     }
   }
-  return absl::NotFoundError(absl::StrFormat("%p is not in a buffer of this runtime", va));
+  return absl::NotFoundError(hugemm::Format("%p is not in a buffer of this runtime", va));
 }
 
 absl::Status Runtime::RefuseInForkedChild(absl::string_view what) const {
@@ -617,7 +617,7 @@ absl::StatusOr<FolioInfo> Runtime::FolioInfoAt(const void* va) const {
   // Under the leaf's lock, so the folio cannot be freed while it is read.
   std::optional<FolioInfo> info;
   table_->WithLeafLocked(va, [&](const LogicalLeaf& leaf) { info = DescribeFolio(*leaf.folio); });
-  if (!info) return absl::NotFoundError(absl::StrFormat("%p is not mapped by hugemm", va));
+  if (!info) return absl::NotFoundError(hugemm::Format("%p is not mapped by hugemm", va));
   return *info;
 }
 

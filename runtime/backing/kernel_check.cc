@@ -1,8 +1,8 @@
 #include "hugemm/kernel_check.h"
 
-#include "absl/strings/str_format.h"
 #include "runtime/sys/frame_check.h"
 #include "runtime/sys/pagemap.h"
+#include "runtime/util/format.h"
 
 namespace hugemm {
 
@@ -17,9 +17,9 @@ absl::StatusOr<KernelCheck> CheckAgainstKernel(const Extent& extent) {
   if (!kps.ok()) return kps.status();
   check.kernel_page_size = *kps;
   if (*kps != page) {
-    check.mismatches.push_back(absl::StrFormat("%p: kernel maps %s pages, extent has %s",
-                                               extent.data(), PageSizeName(*kps),
-                                               PageSizeName(page)));
+    check.mismatches.push_back(hugemm::Format("%p: kernel maps %s pages, extent has %s",
+                                              extent.data(), PageSizeName(*kps),
+                                              PageSizeName(page)));
   }
   check.pfns_checked = sys::CanReadPfns(os);
   const std::string what = PageSizeName(page) + " page";
@@ -37,7 +37,7 @@ absl::StatusOr<KernelCheck> CheckAgainstKernel(const Extent& extent) {
       recorded = (*head)[0];
       if (recorded == kUnknownPfn && extent.kind() != BackingKind::kDevDax) {
         check.mismatches.push_back(
-            absl::StrFormat("0x%x: pagemap shows no page (the kernel dropped it)", va));
+            hugemm::Format("0x%x: pagemap shows no page (the kernel dropped it)", va));
         continue;
       }
     }
@@ -47,11 +47,11 @@ absl::StatusOr<KernelCheck> CheckAgainstKernel(const Extent& extent) {
                                                                : sys::AbsentPage::kMismatch);
     if (!fc.ok()) return fc.status();
     if (recorded != kUnknownPfn && recorded % frames != 0) {
-      check.mismatches.push_back(absl::StrFormat("0x%x: head PFN 0x%x is not %s-aligned", va,
-                                                 recorded, PageSizeName(page)));
+      check.mismatches.push_back(hugemm::Format("0x%x: head PFN 0x%x is not %s-aligned", va,
+                                                recorded, PageSizeName(page)));
     }
     for (const sys::FrameMismatch& m : fc->mismatches) {
-      check.mismatches.push_back(absl::StrFormat("0x%x: %s", m.va, m.what));
+      check.mismatches.push_back(hugemm::Format("0x%x: %s", m.va, m.what));
     }
     check.pfns_hidden += fc->pfns_hidden;
     check.flags_hidden += fc->flags_hidden;

@@ -3,9 +3,9 @@
 #include <limits>
 #include <utility>
 
-#include "absl/strings/str_format.h"
 #include "hugemm/gup.h"
 #include "runtime/gup/segments.h"
+#include "runtime/util/format.h"
 
 namespace hugemm {
 
@@ -70,7 +70,7 @@ absl::StatusOr<std::vector<DmaSegment>> PinnedRange::Segments(uint64_t max_segme
         bool unmapped = false;
         uintptr_t at = va;
         if (!w.AddIn(*space, std::max(va, lo), std::min(end, hi), &unmapped, &at)) {
-          return absl::FailedPreconditionError(absl::StrFormat(
+          return absl::FailedPreconditionError(hugemm::Format(
               "segments of [0x%x, +%u): 0x%x has no address in the device's address space", lo,
               length_, at));
         }
@@ -78,7 +78,7 @@ absl::StatusOr<std::vector<DmaSegment>> PinnedRange::Segments(uint64_t max_segme
         continue;
       }
       if (s.folio->head_pfn == kUnknownPfn) {
-        return absl::FailedPreconditionError(absl::StrFormat(
+        return absl::FailedPreconditionError(hugemm::Format(
             "segments of [0x%x, +%u): the PFN of 0x%x is unknown (pagemap hid it when the "
             "memory was mapped: reading PFNs needs CAP_SYS_ADMIN)",
             lo, length_, va));

@@ -9,8 +9,8 @@
 #include <limits>
 
 #include "absl/status/statusor.h"
-#include "absl/strings/str_format.h"
 #include "hugemm/gup.h"
+#include "runtime/util/format.h"
 
 namespace hugemm::gup_internal {
 
@@ -20,7 +20,7 @@ inline absl::StatusOr<uint64_t> NormalizeMaxSegment(uint64_t max_segment) {
   if (max_segment == 0) return std::numeric_limits<uint64_t>::max();
   if (max_segment < kPageSize4K) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("max segment %u is below one 4K page", max_segment));
+        hugemm::Format("max segment %u is below one 4K page", max_segment));
   }
   return max_segment & ~uint64_t{kPageSize4K - 1};
 }

@@ -13,10 +13,10 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "hugemm/io.h"
 #include "runtime/api/kernel_pin_table.h"
 #include "runtime/sys/status.h"
+#include "runtime/util/format.h"
 
 namespace hugemm {
 namespace {
@@ -361,7 +361,7 @@ absl::StatusOr<int> FixedBuffers::IndexOf(const void* addr, size_t length) const
   const int slot = Find(addr, length);
   if (slot >= 0) return slot;
   if (const int held = runtime_.kernel_pin_table().Find(addr, length); held >= 0) {
-    return absl::NotFoundError(absl::StrFormat(
+    return absl::NotFoundError(hugemm::Format(
         "no fixed buffer: %p is in slot %d of the runtime's kernel pin table but not in the "
         "table of ring %d: external memory (RegisterExternal, hugemm_register_external) is "
         "no fixed buffer",

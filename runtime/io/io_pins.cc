@@ -5,8 +5,8 @@
 #include <cstdint>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "hugemm/io.h"
+#include "runtime/util/format.h"
 
 namespace hugemm {
 namespace {
@@ -35,7 +35,7 @@ absl::StatusOr<std::unique_ptr<IoPins>> IoPins::Create(Runtime& runtime, size_t 
   std::unique_ptr<IoPins> pins(new IoPins(runtime, capacity));
   const auto end = reinterpret_cast<uintptr_t>(pins->records_.data() + capacity);
   if ((end & ~kAddressMask) != 0) [[unlikely]] {
-    return absl::ResourceExhaustedError(absl::StrFormat(
+    return absl::ResourceExhaustedError(hugemm::Format(
         "per-I/O pins: the records end at 0x%x, above the 48 bits a token holds", end));
   }
   return pins;
@@ -56,7 +56,7 @@ absl::Status IoPins::Unpin(uint64_t token) { return Release(token, nullptr); }
 absl::StatusOr<uint64_t> IoPins::PinFor(const void* addr, size_t length, bool device_writes,
                                         uint64_t user_data) {
   if (length == 0) {
-    return absl::InvalidArgumentError(absl::StrFormat("per-I/O pin of %p: an empty range", addr));
+    return absl::InvalidArgumentError(hugemm::Format("per-I/O pin of %p: an empty range", addr));
   }
   if (free_count_ == 0) {
     return absl::ResourceExhaustedError(
@@ -96,7 +96,7 @@ absl::Status IoPins::Release(uint64_t token, uint64_t* user_data) {
   const size_t index = offset / sizeof(Record);
   if (offset >= records_.size() * sizeof(Record) || offset % sizeof(Record) != 0 ||
       !records_[index].busy || records_[index].generation != token >> kGenerationShift) {
-    return absl::NotFoundError(absl::StrFormat(
+    return absl::NotFoundError(hugemm::Format(
         "per-I/O pins: token 0x%x is not an I/O in flight (never pinned, unpinned already, "
         "or not hugemm's)",
         token));

@@ -6,7 +6,6 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "hugemm/page_size.h"
@@ -15,6 +14,7 @@
 #include "runtime/pgtable/kernel_prot.h"
 #include "runtime/pgtable/rcu.h"
 #include "runtime/sys/pagemap.h"
+#include "runtime/util/format.h"
 
 namespace hugemm {
 
@@ -25,7 +25,7 @@ namespace {
 absl::StatusOr<Prot> KernelProt(const sys::Vma& vma, uintptr_t at) {
   const Prot prot = pgtable_internal::KernelProt(vma.flags);
   if (!HasAny(prot, kProtRead)) {
-    return absl::PermissionDeniedError(absl::StrFormat(
+    return absl::PermissionDeniedError(hugemm::Format(
         "register: 0x%x is mapped without read access (VmFlags \"%s\")", at, vma.flags));
   }
   return prot;
@@ -44,7 +44,7 @@ absl::StatusOr<uint64_t> PageTable::RegisterExternal(
   const auto va = reinterpret_cast<uintptr_t>(p);
   if (geometry_.page_shift != kPageShift) {
     return absl::FailedPreconditionError(
-        absl::StrFormat("register: %s is not this machine's geometry", geometry_.name));
+        hugemm::Format("register: %s is not this machine's geometry", geometry_.name));
   }
   if (absl::Status st = CheckRange(va, length, "register"); !st.ok()) return st;
   absl::StatusOr<std::vector<sys::Vma>> vmas = sys::ReadVmas(os_);
@@ -57,20 +57,20 @@ absl::StatusOr<uint64_t> PageTable::RegisterExternal(
   for (uintptr_t cur = va; cur < va + length;) {
     const sys::Vma* vma = sys::FindVma(*vmas, cur);
     if (vma == nullptr) {
-      return absl::NotFoundError(absl::StrFormat("register: 0x%x is not mapped", cur));
+      return absl::NotFoundError(hugemm::Format("register: 0x%x is not mapped", cur));
     }
     absl::StatusOr<Prot> prot = KernelProt(*vma, cur);
     if (!prot.ok()) return prot.status();
     const size_t page = vma->kernel_page_size;
     if (page == 0 || cur % page != 0) {
       return absl::InvalidArgumentError(
-          absl::StrFormat("register: 0x%x is not aligned to the %s pages the kernel maps there",
-                          cur, PageSizeName(page)));
+          hugemm::Format("register: 0x%x is not aligned to the %s pages the kernel maps there", cur,
+                         PageSizeName(page)));
     }
     const uintptr_t piece_end = std::min<uintptr_t>(vma->end, va + length);
     if ((piece_end - cur) % page != 0) {
-      return absl::InvalidArgumentError(absl::StrFormat("register: 0x%x does not end on a %s page",
-                                                        piece_end, PageSizeName(page)));
+      return absl::InvalidArgumentError(hugemm::Format("register: 0x%x does not end on a %s page",
+                                                       piece_end, PageSizeName(page)));
     }
     const size_t frames = page / kPageSize4K;
     absl::StatusOr<std::vector<uint64_t>> pfns =
@@ -81,16 +81,16 @@ absl::StatusOr<uint64_t> PageTable::RegisterExternal(
       if (head == kUnknownPfn) {
         if (!sys::CanReadPfns(os_)) {
           return absl::PermissionDeniedError(
-              absl::StrFormat("register: the kernel hides PFNs from this process (pagemap needs "
-                              "CAP_SYS_ADMIN); cannot learn the frame at 0x%x",
-                              cur));
+              hugemm::Format("register: the kernel hides PFNs from this process (pagemap needs "
+                             "CAP_SYS_ADMIN); cannot learn the frame at 0x%x",
+                             cur));
         }
         return absl::FailedPreconditionError(
-            absl::StrFormat("register: 0x%x is not faulted in (no frame in pagemap)", cur));
+            hugemm::Format("register: 0x%x is not faulted in (no frame in pagemap)", cur));
       }
       for (size_t j = 1; j < frames; ++j) {
         if ((*pfns)[k * frames + j] != head + j) {
-          return absl::FailedPreconditionError(absl::StrFormat(
+          return absl::FailedPreconditionError(hugemm::Format(
               "register: the %s page at 0x%x is not physically contiguous at frame %u",
               PageSizeName(page), cur, j));
         }
@@ -102,8 +102,8 @@ absl::StatusOr<uint64_t> PageTable::RegisterExternal(
         } else if (!((*flags)[0] >> sys::kKpfCompoundHead & 1) ||
                    !((*flags)[frames - 1] >> sys::kKpfCompoundTail & 1)) {
           return absl::FailedPreconditionError(
-              absl::StrFormat("register: PFN 0x%x at 0x%x is not the head of a %s compound page",
-                              head, cur, PageSizeName(page)));
+              hugemm::Format("register: PFN 0x%x at 0x%x is not the head of a %s compound page",
+                             head, cur, PageSizeName(page)));
         }
       }
       auto folio = std::make_unique<Folio>();
@@ -243,7 +243,7 @@ absl::Status PageTable::CheckOnlyMapped(const Folio* folio, absl::Span<const Log
   }
   const int32_t refs = folio->refcount();
   if (refs == expected) return absl::OkStatus();
-  return absl::FailedPreconditionError(absl::StrFormat(
+  return absl::FailedPreconditionError(hugemm::Format(
       "unregister: the folio at %p has %d references besides its registration and its "
       "mappings (pinned?); nothing changed",
       folio->data, refs - expected));

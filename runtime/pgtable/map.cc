@@ -1,6 +1,5 @@
 // Map and unmap, and the walk over whole leaves that unmap and protect share.
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "hugemm/page_size.h"
 #include "hugemm/pgtable.h"
 #include "runtime/pgtable/invalidating.h"
@@ -9,6 +8,7 @@
 #include "runtime/pgtable/reclaim.h"
 #include "runtime/pgtable/table.h"
 #include "runtime/pgtable/walk.h"
+#include "runtime/util/format.h"
 
 namespace hugemm {
 
@@ -49,7 +49,7 @@ absl::Status PageTable::MakePath(uintptr_t va, int level) {
     }
     if (above.level == level) return absl::OkStatus();
     if (above.word != 0) {
-      return absl::AlreadyExistsError(absl::StrFormat(
+      return absl::AlreadyExistsError(hugemm::Format(
           "0x%x is already mapped by a %s leaf of %s", va, geometry_.LevelName(above.level),
           PageSizeName(geometry_.entry_bytes(above.level))));
     }
@@ -75,24 +75,24 @@ absl::Status PageTable::Map(Folio* folio, const void* p, Prot prot) {
   if ((reinterpret_cast<uintptr_t>(folio) & ~pgtable_internal::kPtrMask) != 0) {
     // An entry holds the descriptor's address in bits 3..55.
     return absl::InvalidArgumentError(
-        absl::StrFormat("map at 0x%x: a descriptor at %p is not 8-byte aligned below 2^56", va,
-                        static_cast<const void*>(folio)));
+        hugemm::Format("map at 0x%x: a descriptor at %p is not 8-byte aligned below 2^56", va,
+                       static_cast<const void*>(folio)));
   }
   if (absl::Status st = CheckGeometry("map"); !st.ok()) return st;
   // Before size(), which shifts by the order: past 2^63 bytes that is no number at all.
   if (folio->order > 63 - kPageShift) {
-    return absl::InvalidArgumentError(absl::StrFormat(
+    return absl::InvalidArgumentError(hugemm::Format(
         "map at 0x%x: a folio of order %d is larger than any address space", va, folio->order));
   }
   const size_t size = folio->size();
   absl::StatusOr<LeafUnit> unit = NaturalUnit(geometry_, size);
   if (!unit.ok()) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("map at 0x%x: %s (%s)", va, unit.status().message(), geometry_.name));
+        hugemm::Format("map at 0x%x: %s (%s)", va, unit.status().message(), geometry_.name));
   }
   if (va % size != 0) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("map: 0x%x is not aligned to its %s folio", va, PageSizeName(size)));
+        hugemm::Format("map: 0x%x is not aligned to its %s folio", va, PageSizeName(size)));
   }
   if (absl::Status st = CheckRange(va, size, "map"); !st.ok()) return st;
   if (absl::Status st = CheckProt(prot); !st.ok()) return st;
@@ -100,8 +100,8 @@ absl::Status PageTable::Map(Folio* folio, const void* p, Prot prot) {
   const size_t n = unit->entries;
   if (n > geometry_.entries(level)) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("map at 0x%x: a %s folio spans more than one %s table", va,
-                        PageSizeName(size), geometry_.LevelName(level)));
+        hugemm::Format("map at 0x%x: a %s folio spans more than one %s table", va,
+                       PageSizeName(size), geometry_.LevelName(level)));
   }
   // The deposits first: a PMD leaf must be splittable without memory later.
   Table* deposits = nullptr;
@@ -119,7 +119,7 @@ absl::Status PageTable::Map(Folio* folio, const void* p, Prot prot) {
   }
   if (absl::Status st = FolioGet(folio, static_cast<int32_t>(n)); !st.ok()) {
     FreeChain(deposits);
-    return absl::Status(st.code(), absl::StrFormat("map at 0x%x: %s", va, st.message()));
+    return absl::Status(st.code(), hugemm::Format("map at 0x%x: %s", va, st.message()));
   }
   const uint64_t word = reinterpret_cast<uintptr_t>(folio) | kPresent | kLeaf | ProtToBits(prot) |
                         (unit->cont > 1 ? kCont : 0);

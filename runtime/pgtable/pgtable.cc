@@ -15,12 +15,12 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "hugemm/page_size.h"
 #include "runtime/pgtable/external_region.h"
 #include "runtime/pgtable/rcu.h"
 #include "runtime/pgtable/table.h"
 #include "runtime/pgtable/walk.h"
+#include "runtime/util/format.h"
 
 namespace hugemm {
 
@@ -141,12 +141,12 @@ absl::Status PageTable::CheckRange(uintptr_t va, size_t length, const char* op) 
   const size_t page = geometry_.page_size();
   if (length == 0 || va % page != 0 || length % page != 0) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("%s [0x%x, +%u): not a non-empty range of whole %s pages", op, va, length,
-                        PageSizeName(page)));
+        hugemm::Format("%s [0x%x, +%u): not a non-empty range of whole %s pages", op, va, length,
+                       PageSizeName(page)));
   }
   if (va + length < va || va + length > va_limit_) {
-    return absl::OutOfRangeError(absl::StrFormat("%s [0x%x, +%u): beyond the %d-bit address space",
-                                                 op, va, length, shift_[top_ + 1]));
+    return absl::OutOfRangeError(hugemm::Format("%s [0x%x, +%u): beyond the %d-bit address space",
+                                                op, va, length, shift_[top_ + 1]));
   }
   return absl::OkStatus();
 }
@@ -154,8 +154,8 @@ absl::Status PageTable::CheckRange(uintptr_t va, size_t length, const char* op) 
 absl::Status PageTable::CheckProt(Prot prot) {
   if (HasAny(prot, ~(kProtRead | kProtWrite | kProtExec)) || !HasAny(prot, kProtRead)) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("protection 0x%x: must include read and only read/write/exec",
-                        static_cast<uint32_t>(prot)));
+        hugemm::Format("protection 0x%x: must include read and only read/write/exec",
+                       static_cast<uint32_t>(prot)));
   }
   return absl::OkStatus();
 }
@@ -169,7 +169,7 @@ absl::Status PageTable::CheckNoHoles(uintptr_t va, size_t length, const char* op
   });
   if (hole || expect < va + length) {
     return absl::NotFoundError(
-        absl::StrFormat("%s [0x%x, +%u): 0x%x is not mapped", op, va, length, expect));
+        hugemm::Format("%s [0x%x, +%u): 0x%x is not mapped", op, va, length, expect));
   }
   return absl::OkStatus();
 }

@@ -1,6 +1,5 @@
 // Protection changes and device-exclusive entries: the writers that rewrite a leaf in
 // place rather than add or remove one.
-#include "absl/strings/str_format.h"
 #include "hugemm/pgtable.h"
 #include "runtime/pgtable/invalidating.h"
 #include "runtime/pgtable/locked_entry.h"
@@ -8,6 +7,7 @@
 #include "runtime/pgtable/reclaim.h"
 #include "runtime/pgtable/table.h"
 #include "runtime/pgtable/walk.h"
+#include "runtime/util/format.h"
 
 namespace hugemm {
 
@@ -32,7 +32,7 @@ absl::Status PageTable::Protect(const void* p, size_t length, Prot prot) {
   bool exclusive = false;
   Walk(p, length, [&](const LogicalLeaf& l) { exclusive |= l.exclusive; });
   if (exclusive) {
-    return absl::FailedPreconditionError(absl::StrFormat(
+    return absl::FailedPreconditionError(hugemm::Format(
         "protect [0x%x, +%u): holds a device-exclusive entry; restore it first", va, length));
   }
   const uint64_t prot_bits = ProtToBits(prot);
@@ -60,11 +60,11 @@ absl::Status PageTable::MakeExclusive(const void* p, const void* owner) {
       found = Descend(va, kPteLevel, nullptr);
     }
     if (!found.maps()) {
-      return absl::NotFoundError(absl::StrFormat("make exclusive: 0x%x is not mapped", va));
+      return absl::NotFoundError(hugemm::Format("make exclusive: 0x%x is not mapped", va));
     }
     if (IsExclusive(found.word)) {
       return absl::AlreadyExistsError(
-          absl::StrFormat("make exclusive: 0x%x is already device-exclusive", va));
+          hugemm::Format("make exclusive: 0x%x is already device-exclusive", va));
     }
     if (found.level != kPteLevel || (found.word & kCont) != 0) {
       // Down to one PTE first, a step at a time.
@@ -101,7 +101,7 @@ absl::Status PageTable::RestoreExclusive(const void* p) {
     }
     if (!IsExclusive(found.word)) {
       return absl::FailedPreconditionError(
-          absl::StrFormat("restore: 0x%x is not a device-exclusive entry", va));
+          hugemm::Format("restore: 0x%x is not a device-exclusive entry", va));
     }
     Invalidating notice(notifiers_, {va, geometry_.page_size(), InvalidateReason::kRestore, owner});
     LockedEntry e(*this, va);

@@ -5,13 +5,13 @@
 // In steps: look at the leaf and decide (outside every lock); announce; make the new
 // table a PUD split needs (allocation, outside the lock); take the leaf's table lock and,
 // if the leaf is still what the look saw, rewrite it; announce the end.
-#include "absl/strings/str_format.h"
 #include "hugemm/pgtable.h"
 #include "runtime/pgtable/invalidating.h"
 #include "runtime/pgtable/locked_entry.h"
 #include "runtime/pgtable/rcu.h"
 #include "runtime/pgtable/table.h"
 #include "runtime/pgtable/walk.h"
+#include "runtime/util/format.h"
 
 namespace hugemm {
 
@@ -28,19 +28,19 @@ namespace {
 
 // Whether the entry a look found for `va` can be split, and if not, why.
 absl::Status CheckSplittable(const Geometry& g, uintptr_t va, const pgtable_internal::Entry& e) {
-  if (!e.maps()) return absl::NotFoundError(absl::StrFormat("split: 0x%x is not mapped", va));
+  if (!e.maps()) return absl::NotFoundError(hugemm::Format("split: 0x%x is not mapped", va));
   if (IsExclusive(e.word)) {
     return absl::FailedPreconditionError(
-        absl::StrFormat("split: 0x%x is a device-exclusive PTE", va));
+        hugemm::Format("split: 0x%x is a device-exclusive PTE", va));
   }
   const bool cont = (e.word & kCont) != 0;
   if (e.level == kPteLevel && !cont) {
     return absl::FailedPreconditionError(
-        absl::StrFormat("split: 0x%x is mapped by a single PTE", va));
+        hugemm::Format("split: 0x%x is mapped by a single PTE", va));
   }
   if (!cont && !g.leaf_ok[e.level - 1]) {
     return absl::FailedPreconditionError(
-        absl::StrFormat("split: %s cannot hold leaves in %s", g.LevelName(e.level - 1), g.name));
+        hugemm::Format("split: %s cannot hold leaves in %s", g.LevelName(e.level - 1), g.name));
   }
   return absl::OkStatus();
 }
@@ -49,7 +49,7 @@ absl::Status CheckSplittable(const Geometry& g, uintptr_t va, const pgtable_inte
 absl::Status TakeChildReferences(Folio* folio, size_t entries, uintptr_t leaf_va) {
   absl::Status st = FolioGet(folio, static_cast<int32_t>(entries - 1));
   if (st.ok()) return st;
-  return absl::Status(st.code(), absl::StrFormat("split at 0x%x: %s", leaf_va, st.message()));
+  return absl::Status(st.code(), hugemm::Format("split at 0x%x: %s", leaf_va, st.message()));
 }
 
 // A contiguous group becomes its entries: each member keeps its word but the group bit,
@@ -120,15 +120,15 @@ absl::Status PageTable::SplitLeaf(uintptr_t va) {
     child = NewLeafTable(found.level - 1, child_word, leaf_va);
     if (child == nullptr) {
       return absl::ResourceExhaustedError(
-          absl::StrFormat("split of the %s leaf at 0x%x: out of memory",
-                          geometry_.LevelName(found.level), leaf_va));
+          hugemm::Format("split of the %s leaf at 0x%x: out of memory",
+                         geometry_.LevelName(found.level), leaf_va));
     }
   }
   absl::Status result;
   {
     LockedEntry e(*this, va);
     if (!e.holds(found)) {
-      result = absl::AbortedError(absl::StrFormat("split: 0x%x changed meanwhile", va));
+      result = absl::AbortedError(hugemm::Format("split: 0x%x changed meanwhile", va));
     } else if (cont) {
       SplitGroup(e, size_t{1} << cont_shift_[found.level]);
     } else if (found.level == kPmdLevel) {
@@ -137,7 +137,7 @@ absl::Status PageTable::SplitLeaf(uintptr_t va) {
       const size_t n = geometry_.entries(kPteLevel);
       if (d == nullptr) {
         result = absl::InternalError(
-            absl::StrFormat("split: the PMD leaf at 0x%x has no deposited table", leaf_va));
+            hugemm::Format("split: the PMD leaf at 0x%x has no deposited table", leaf_va));
       } else if (result = TakeChildReferences(folio, n, leaf_va); result.ok()) {
         e.table()->deposit = d->next;
         d->next = nullptr;

@@ -3,7 +3,6 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/str_format.h"
 #include "hugemm/geometry.h"
 #include "hugemm/page_size.h"
 #include "hugemm/pgtable.h"
@@ -12,12 +11,13 @@
 #include "runtime/pgtable/table.h"
 #include "runtime/sys/frame_check.h"
 #include "runtime/sys/pagemap.h"
+#include "runtime/util/format.h"
 
 namespace hugemm {
 namespace {
 
 std::string PfnName(uint64_t pfn) {
-  return pfn == kUnknownPfn ? "no PFN" : absl::StrFormat("PFN 0x%x", pfn);
+  return pfn == kUnknownPfn ? "no PFN" : hugemm::Format("PFN 0x%x", pfn);
 }
 
 }  // namespace
@@ -25,12 +25,12 @@ std::string PfnName(uint64_t pfn) {
 absl::StatusOr<VerifyReport> PageTable::Verify(const void* va, size_t length) const {
   if (geometry_.page_shift != kPageShift) {
     return absl::FailedPreconditionError(
-        absl::StrFormat("verify: %s is not this machine's geometry", geometry_.name));
+        hugemm::Format("verify: %s is not this machine's geometry", geometry_.name));
   }
   const auto lo = reinterpret_cast<uintptr_t>(va);
   if (length > std::numeric_limits<uintptr_t>::max() - lo) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("verify [%p, +%u): the range wraps the address space", va, length));
+        hugemm::Format("verify [%p, +%u): the range wraps the address space", va, length));
   }
   absl::StatusOr<std::vector<sys::Vma>> vmas = sys::ReadVmas(os_);
   if (!vmas.ok()) return vmas.status();
@@ -44,25 +44,25 @@ absl::StatusOr<VerifyReport> PageTable::Verify(const void* va, size_t length) co
   VerifyReport report;
   report.pfns_checked = sys::CanReadPfns(os_);
   auto mismatch = [&](uintptr_t at, std::string what) {
-    report.mismatches.push_back({at, absl::StrFormat("0x%x: %s", at, what)});
+    report.mismatches.push_back({at, hugemm::Format("0x%x: %s", at, what)});
   };
   for (const LogicalLeaf& l : leaves) {
     ++report.leaves_checked[l.bytes];
     const std::string leaf_name =
-        absl::StrFormat("%s%s leaf of %s", l.cont ? "contiguous " : "",
-                        geometry_.LevelName(l.level), PageSizeName(l.bytes));
+        hugemm::Format("%s%s leaf of %s", l.cont ? "contiguous " : "", geometry_.LevelName(l.level),
+                       PageSizeName(l.bytes));
     const sys::Vma* vma = sys::FindVma(*vmas, l.va);
     if (vma == nullptr) {
-      mismatch(l.va, absl::StrFormat("the kernel maps nothing here, shadow has a %s", leaf_name));
+      mismatch(l.va, hugemm::Format("the kernel maps nothing here, shadow has a %s", leaf_name));
       continue;
     }
     // A device must never get more than the program has: a leaf wider than its VMA
     // (made read-only by mprotect after it was registered) would take a WRITE pin.
     const Prot kernel_prot = pgtable_internal::KernelProt(vma->flags);
     if (HasAny(l.prot & ~kernel_prot, kProtRead | kProtWrite | kProtExec)) {
-      mismatch(l.va, absl::StrFormat("the kernel maps %s, shadow has a %s %s",
-                                     pgtable_internal::ProtLetters(kernel_prot),
-                                     pgtable_internal::ProtLetters(l.prot), leaf_name));
+      mismatch(l.va, hugemm::Format("the kernel maps %s, shadow has a %s %s",
+                                    pgtable_internal::ProtLetters(kernel_prot),
+                                    pgtable_internal::ProtLetters(l.prot), leaf_name));
     }
     const Folio* folio = l.folio;
     // A folio carved from a kernel page (an allocation smaller than the huge page it came
@@ -76,8 +76,8 @@ absl::StatusOr<VerifyReport> PageTable::Verify(const void* va, size_t length) co
       carved = unit.ok() && unit->leaf_bytes == l.bytes;
     }
     if (kernel_page != l.bytes && !carved) {
-      mismatch(l.va, absl::StrFormat("kernel maps %s pages, shadow has a %s",
-                                     PageSizeName(kernel_page), leaf_name));
+      mismatch(l.va, hugemm::Format("kernel maps %s pages, shadow has a %s",
+                                    PageSizeName(kernel_page), leaf_name));
     }
     // The frame words PFN translation reads must say what the folio says.
     const size_t entry_bytes = geometry_.entry_bytes(l.level);
@@ -85,8 +85,8 @@ absl::StatusOr<VerifyReport> PageTable::Verify(const void* va, size_t length) co
       const uint64_t recorded = RecordedPfn(e);
       const uint64_t expected = pgtable_internal::PfnAt(folio, e);
       if (recorded != expected) {
-        mismatch(e, absl::StrFormat("the %s's frame word records %s, its folio says %s", leaf_name,
-                                    PfnName(recorded), PfnName(expected)));
+        mismatch(e, hugemm::Format("the %s's frame word records %s, its folio says %s", leaf_name,
+                                   PfnName(recorded), PfnName(expected)));
       }
     }
     if (!report.pfns_checked) continue;

@@ -1,8 +1,8 @@
 #include "runtime/sys/frame_check.h"
 
-#include "absl/strings/str_format.h"
 #include "hugemm/page_size.h"
 #include "runtime/sys/pagemap.h"
+#include "runtime/util/format.h"
 
 namespace hugemm::sys {
 
@@ -18,8 +18,8 @@ absl::StatusOr<FrameCheck> CheckFrames(Os& os, uintptr_t va, size_t frames, uint
     // Only device-DAX has leaves pagemap cannot show: anywhere else the frame is gone,
     // and a device handed the recorded one would reach memory that is no longer ours.
     check.mismatches.push_back(
-        {va, absl::StrFormat("PFN recorded 0x%x, pagemap shows no page (the kernel dropped it)",
-                             recorded_pfn)});
+        {va, hugemm::Format("PFN recorded 0x%x, pagemap shows no page (the kernel dropped it)",
+                            recorded_pfn)});
     return check;
   }
   if (head == kUnknownPfn && recorded_pfn != kUnknownPfn) {
@@ -27,7 +27,7 @@ absl::StatusOr<FrameCheck> CheckFrames(Os& os, uintptr_t va, size_t frames, uint
     head = recorded_pfn;
   } else if (head != recorded_pfn) {
     check.mismatches.push_back(
-        {va, absl::StrFormat("PFN recorded 0x%x, pagemap says 0x%x", recorded_pfn, head)});
+        {va, hugemm::Format("PFN recorded 0x%x, pagemap says 0x%x", recorded_pfn, head)});
   }
   if (head == kUnknownPfn) return check;
   if (!check.pfns_hidden) {
@@ -35,8 +35,8 @@ absl::StatusOr<FrameCheck> CheckFrames(Os& os, uintptr_t va, size_t frames, uint
       if ((*pfns)[j] != head + j) {
         check.mismatches.push_back(
             {va + j * kPageSize4K,
-             absl::StrFormat("frame %u of the %s has PFN 0x%x, expected 0x%x (not contiguous)", j,
-                             what, (*pfns)[j], head + j)});
+             hugemm::Format("frame %u of the %s has PFN 0x%x, expected 0x%x (not contiguous)", j,
+                            what, (*pfns)[j], head + j)});
         return check;
       }
     }
@@ -54,9 +54,9 @@ absl::StatusOr<FrameCheck> CheckFrames(Os& os, uintptr_t va, size_t frames, uint
     if (!((*flags)[j] >> (want_head ? kKpfCompoundHead : kKpfCompoundTail) & 1)) {
       check.mismatches.push_back(
           {va + j * kPageSize4K,
-           absl::StrFormat("PFN 0x%x should be a compound %s of the %s folio (kpageflags 0x%x)",
-                           head + j, want_head ? "head" : "tail",
-                           PageSizeName(compound_frames * kPageSize4K), (*flags)[j])});
+           hugemm::Format("PFN 0x%x should be a compound %s of the %s folio (kpageflags 0x%x)",
+                          head + j, want_head ? "head" : "tail",
+                          PageSizeName(compound_frames * kPageSize4K), (*flags)[j])});
       break;
     }
   }

@@ -9,10 +9,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "runtime/sys/status.h"
 #include "runtime/sys/unique_fd.h"
+#include "runtime/util/format.h"
 
 namespace hugemm::sys {
 namespace {
@@ -57,7 +57,7 @@ absl::StatusOr<std::vector<uint64_t>> ReadPfns(Os& os, const void* addr, size_t 
     off_t offset = static_cast<off_t>((va + i * stride) / kBasePage * sizeof(entry));
     absl::Status st = os.Pread(fd->get(), &entry, sizeof(entry), offset);
     if (!st.ok()) {
-      return Annotate(st, absl::StrFormat("/proc/self/pagemap at 0x%x", va + i * stride));
+      return Annotate(st, hugemm::Format("/proc/self/pagemap at 0x%x", va + i * stride));
     }
     pfns[i] = PfnOfEntry(entry);
   }
@@ -90,7 +90,7 @@ absl::StatusOr<size_t> KernelPageSizeAt(Os& os, const void* addr) {
   const auto va = reinterpret_cast<uintptr_t>(addr);
   const Vma* vma = FindVma(*vmas, va);
   if (vma == nullptr || vma->kernel_page_size == 0) {
-    return absl::NotFoundError(absl::StrFormat("no mapping holds 0x%x in /proc/self/smaps", va));
+    return absl::NotFoundError(hugemm::Format("no mapping holds 0x%x in /proc/self/smaps", va));
   }
   return vma->kernel_page_size;
 }
@@ -103,7 +103,7 @@ absl::StatusOr<std::vector<uint64_t>> ReadPfnRange(Os& os, const void* addr, siz
   absl::Status st = os.Pread(fd->get(), entries.data(), frames * sizeof(uint64_t),
                              static_cast<off_t>(va / kBasePage * sizeof(uint64_t)));
   if (!st.ok()) {
-    return Annotate(st, absl::StrFormat("/proc/self/pagemap at 0x%x (%u frames)", va, frames));
+    return Annotate(st, hugemm::Format("/proc/self/pagemap at 0x%x (%u frames)", va, frames));
   }
   for (uint64_t& e : entries) e = PfnOfEntry(e);
   return entries;

@@ -7,7 +7,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
+#include "runtime/util/format.h"
 
 namespace hugemm {
 
@@ -70,8 +70,8 @@ std::string HumanBytes(uint64_t bytes) {
     ++unit;
   }
   if (bytes % scale == 0) return absl::StrCat(bytes / scale, " ", kUnits[unit]);
-  return absl::StrFormat("%.1f %s", static_cast<double>(bytes) / static_cast<double>(scale),
-                         kUnits[unit]);
+  return hugemm::Format("%.1f %s", static_cast<double>(bytes) / static_cast<double>(scale),
+                        kUnits[unit]);
 }
 
 int PageOrder(size_t page_size) { return std::countr_zero(page_size) - kPageShift; }

@@ -9,10 +9,10 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "hugemm/hugemm_vfio.h"
 #include "hugemm/vfio.h"
 #include "runtime/api/c_bridge.h"
+#include "runtime/util/format.h"
 
 struct hugemm_vfio {
   hugemm_runtime* rt = nullptr;                // the runtime, until it is closed
@@ -64,8 +64,8 @@ int hugemm_vfio_iova(const hugemm_vfio* vfio, const void* addr, uint64_t* iova) 
   std::optional<uint64_t> found = vfio->mapper->Iova(addr);
   if (!found) {
     return hugemm::bridge::CApiFail(
-        ENOENT, absl::StrFormat("hugemm_vfio_iova: %p is not mapped in VFIO container %d", addr,
-                                vfio->mapper->container_fd()));
+        ENOENT, hugemm::Format("hugemm_vfio_iova: %p is not mapped in VFIO container %d", addr,
+                               vfio->mapper->container_fd()));
   }
   *iova = *found;
   return hugemm::bridge::CApiOk();

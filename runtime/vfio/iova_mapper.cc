@@ -5,11 +5,11 @@
 #include <optional>
 #include <utility>
 
-#include "absl/strings/str_format.h"
 #include "hugemm/page_size.h"
 #include "hugemm/vfio.h"
 #include "runtime/api/kernel_pin_table.h"
 #include "runtime/sys/status.h"
+#include "runtime/util/format.h"
 
 namespace hugemm {
 namespace {
@@ -20,9 +20,9 @@ uint64_t AlignUp(uint64_t x, uint64_t align) { return (x + align - 1) & ~(align 
 
 // "[0x7f.., +2M) (hugetlb 2M pool extent)": the range, for messages.
 std::string RangeName(const MemoryRange& r) {
-  return absl::StrFormat("[%p, +%s) (%s %s %s)", r.data, HumanBytes(r.length),
-                         BackingKindName(r.backing), PageSizeName(r.page_size),
-                         r.kind == MemoryRangeKind::kPoolExtent ? "pool extent" : "buffer");
+  return hugemm::Format("[%p, +%s) (%s %s %s)", r.data, HumanBytes(r.length),
+                        BackingKindName(r.backing), PageSizeName(r.page_size),
+                        r.kind == MemoryRangeKind::kPoolExtent ? "pool extent" : "buffer");
 }
 
 }  // namespace
@@ -39,16 +39,16 @@ absl::StatusOr<std::unique_ptr<IovaMapper>> IovaMapper::Attach(Runtime& rt, int 
                                                                const IovaMapperOptions& options) {
   if (container_fd < 0) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("IOVA mapper: container descriptor %d", container_fd));
+        hugemm::Format("IOVA mapper: container descriptor %d", container_fd));
   }
   if (((options.iova_base | options.iova_limit) & k4KMask) != 0 ||
       options.iova_base >= options.iova_limit) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("IOVA mapper: IOVA window [0x%x, 0x%x) is empty or not 4K-aligned",
-                        options.iova_base, options.iova_limit));
+        hugemm::Format("IOVA mapper: IOVA window [0x%x, 0x%x) is empty or not 4K-aligned",
+                       options.iova_base, options.iova_limit));
   }
   if (rt.kernel_pin_table().InForkedChild()) {
-    return absl::FailedPreconditionError(absl::StrFormat(
+    return absl::FailedPreconditionError(hugemm::Format(
         "IOVA mapper of VFIO container %d: this process is a fork() child of the one that "
         "opened the runtime and has none of its memory; open a runtime of its own",
         container_fd));
@@ -63,7 +63,7 @@ absl::StatusOr<std::unique_ptr<IovaMapper>> IovaMapper::Attach(Runtime& rt, int 
   absl::StatusOr<int> held = mapper->os_.Duplicate(container_fd);
   if (!held.ok()) {
     return sys::Annotate(held.status(),
-                         absl::StrFormat("IOVA mapper of VFIO container %d", container_fd));
+                         hugemm::Format("IOVA mapper of VFIO container %d", container_fd));
   }
   mapper->held_fd_ = *held;
   if (absl::Status st = rt.AddMemoryObserver(mapper.get()); !st.ok()) return st;
@@ -135,9 +135,9 @@ absl::StatusOr<uint64_t> IovaMapper::TakeIova(size_t length, size_t align) {
     if (start + length < end) holes_[start + length] = end - (start + length);
     return start;
   }
-  return absl::ResourceExhaustedError(absl::StrFormat(
-      "no room for %s aligned to %s below IOVA 0x%x (%s mapped)", HumanBytes(length),
-      HumanBytes(align), options_.iova_limit, HumanBytes(stats_.bytes)));
+  return absl::ResourceExhaustedError(
+      hugemm::Format("no room for %s aligned to %s below IOVA 0x%x (%s mapped)", HumanBytes(length),
+                     HumanBytes(align), options_.iova_limit, HumanBytes(stats_.bytes)));
 }
 
 void IovaMapper::GiveIova(uint64_t iova, size_t length) {
@@ -163,7 +163,7 @@ absl::Status IovaMapper::MemoryAdded(const MemoryRange& range) {
   const auto start = reinterpret_cast<uintptr_t>(range.data);
   if (((start | range.length) & k4KMask) != 0 || range.length == 0) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("IOVA mapping of %s: not whole 4K pages", RangeName(range)));
+        hugemm::Format("IOVA mapping of %s: not whole 4K pages", RangeName(range)));
   }
   const size_t align = std::max<size_t>(range.page_size, kPageSize4K);
   uint64_t iova = 0;
@@ -171,7 +171,7 @@ absl::Status IovaMapper::MemoryAdded(const MemoryRange& range) {
     std::unique_lock<std::shared_mutex> lock(mu_);
     absl::StatusOr<uint64_t> taken = TakeIova(range.length, align);
     if (!taken.ok()) {
-      return sys::Annotate(taken.status(), absl::StrFormat("IOVA mapping of %s", RangeName(range)));
+      return sys::Annotate(taken.status(), hugemm::Format("IOVA mapping of %s", RangeName(range)));
     }
     iova = *taken;
   }
@@ -180,8 +180,8 @@ absl::Status IovaMapper::MemoryAdded(const MemoryRange& range) {
   if (absl::Status st = os_.VfioMapDma(held_fd_, range.data, range.length, iova); !st.ok()) {
     std::unique_lock<std::shared_mutex> lock(mu_);
     GiveIova(iova, range.length);
-    return sys::Annotate(st, absl::StrFormat("IOVA mapping of %s into VFIO container %d",
-                                             RangeName(range), container_fd_));
+    return sys::Annotate(st, hugemm::Format("IOVA mapping of %s into VFIO container %d",
+                                            RangeName(range), container_fd_));
   }
   std::unique_lock<std::shared_mutex> lock(mu_);
   mapped_[start] = Mapping{range.length, iova};
@@ -242,7 +242,7 @@ absl::StatusOr<size_t> IovaMapper::PinSegments(const void* va, size_t length, Gu
       rt_.pinner().PinSegments(va, length, flags, max_segment, segments, pinned, this);
   if (!n.ok()) {
     return sys::Annotate(n.status(),
-                         absl::StrFormat("IOVA segments in VFIO container %d", container_fd_));
+                         hugemm::Format("IOVA segments in VFIO container %d", container_fd_));
   }
   return n;
 }
@@ -252,7 +252,7 @@ absl::StatusOr<std::vector<DmaSegment>> IovaMapper::Segments(const PinnedRange& 
   absl::StatusOr<std::vector<DmaSegment>> out = pin.Segments(max_segment, this);
   if (!out.ok()) {
     return sys::Annotate(out.status(),
-                         absl::StrFormat("IOVA segments in VFIO container %d", container_fd_));
+                         hugemm::Format("IOVA segments in VFIO container %d", container_fd_));
   }
   return out;
 }
