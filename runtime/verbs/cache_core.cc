@@ -7,8 +7,8 @@
 #include <thread>
 #include <utility>
 
-#include "absl/strings/str_format.h"
 #include "hugemm/folio.h"
+#include "runtime/util/format.h"
 
 namespace hugemm::verbs_internal {
 namespace {
@@ -28,7 +28,7 @@ absl::Status CheckRequest(ibv_pd* pd, const void* addr, size_t length, int acces
   if (length == 0) return absl::InvalidArgumentError("MrCache::Get: empty range");
   if (a + length < a) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("MrCache::Get: [0x%x, +%u) wraps the address space", a, length));
+        hugemm::Format("MrCache::Get: [0x%x, +%u) wraps the address space", a, length));
   }
   if (access & IBV_ACCESS_ON_DEMAND) {
     return absl::InvalidArgumentError(
@@ -42,7 +42,7 @@ absl::Status CheckRequest(ibv_pd* pd, const void* addr, size_t length, int acces
   }
   if (access & ~kKnownAccess) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("MrCache::Get: unknown access bits 0x%x", access & ~kKnownAccess));
+        hugemm::Format("MrCache::Get: unknown access bits 0x%x", access & ~kKnownAccess));
   }
   return absl::OkStatus();
 }
@@ -91,13 +91,13 @@ CacheCore::~CacheCore() {
     }
   }
   std::lock_guard<std::mutex> retired_lock(retired_mu_);
-  retired_.clear();  // all of them were in all_
+  retired_ = nullptr;  // all of them were in all_
 }
 
 absl::StatusOr<MrHandle> CacheCore::Get(ibv_pd* pd, const void* addr, size_t length, int access) {
   if (absl::Status st = CheckRequest(pd, addr, length, access); !st.ok()) return st;
   if (InForkedChild()) [[unlikely]] {
-    return absl::FailedPreconditionError(absl::StrFormat(
+    return absl::FailedPreconditionError(hugemm::Format(
         "MrCache::Get of [%p, +%u): this process is a fork() child of the one that made the "
         "cache, whose registrations and memory are that process's; make a runtime and a cache "
         "of its own",
@@ -131,9 +131,9 @@ absl::StatusOr<MrHandle> CacheCore::Get(ibv_pd* pd, const void* addr, size_t len
     std::this_thread::yield();
   }
   return absl::UnavailableError(
-      absl::StrFormat("MrCache::Get: the memory under [%p, +%u) kept changing while it was "
-                      "being registered (%d attempts)",
-                      addr, length, kAttempts));
+      hugemm::Format("MrCache::Get: the memory under [%p, +%u) kept changing while it was "
+                     "being registered (%d attempts)",
+                     addr, length, kAttempts));
 }
 
 void CacheCore::Release(MrHandle& handle) {
@@ -195,29 +195,33 @@ void CacheCore::Retire(MrEntry* e, Why why) {
   if (why == Why::kInvalidated) invalidations_.fetch_add(1, std::memory_order_relaxed);
   if (why == Why::kEvicted) evictions_.fetch_add(1, std::memory_order_relaxed);
   std::lock_guard<std::mutex> lock(retired_mu_);
-  retired_.push_back(e);
+  e->next_retired = std::exchange(retired_, e);
 }
 
 void CacheCore::Reap() {
   {
     std::lock_guard<std::mutex> lock(retired_mu_);
-    if (retired_.empty()) return;
+    if (retired_ == nullptr) return;
   }
   std::lock_guard<std::mutex> lock(mu_);
   ReapLocked();
 }
 
 void CacheCore::ReapLocked() {
-  std::vector<MrEntry*> retired;
+  MrEntry* retired = nullptr;
   {
     std::lock_guard<std::mutex> lock(retired_mu_);
-    retired.swap(retired_);
+    retired = std::exchange(retired_, nullptr);
   }
-  std::vector<MrEntry*> later;
-  for (MrEntry* e : retired) {
+  MrEntry* later = nullptr;
+  MrEntry** later_end = &later;
+  while (retired != nullptr) {
+    MrEntry* e = std::exchange(retired, retired->next_retired);
     // A releaser may still hold a token on it: leave it for the next reap.
     if ((e->state.load(std::memory_order_acquire) & ~kInvalid) != (kRetired | 1)) {
-      later.push_back(e);
+      e->next_retired = nullptr;
+      *later_end = e;
+      later_end = &e->next_retired;
       continue;
     }
     index_.Erase(e);
@@ -225,17 +229,17 @@ void CacheCore::ReapLocked() {
     e->sub.reset();
     delete e;
   }
-  if (!later.empty()) {
+  if (later != nullptr) {
     std::lock_guard<std::mutex> lock(retired_mu_);
-    retired_.insert(retired_.end(), later.begin(), later.end());
+    *later_end = std::exchange(retired_, later);
   }
 }
 
 absl::Status CacheCore::Reserve(size_t bytes) {
   if (bytes > options_.max_bytes) {
     return absl::ResourceExhaustedError(
-        absl::StrFormat("MrCache: a registration of %u bytes is larger than max_bytes (%u)", bytes,
-                        options_.max_bytes));
+        hugemm::Format("MrCache: a registration of %u bytes is larger than max_bytes (%u)", bytes,
+                       options_.max_bytes));
   }
   auto fits = [&] {
     return live_entries_.load(std::memory_order_relaxed) + 1 <= options_.max_entries &&
@@ -258,7 +262,7 @@ absl::Status CacheCore::Reserve(size_t bytes) {
       if (e->TryRetireUnused()) Retire(e, Why::kEvicted);
     }
     if (!fits()) {
-      return absl::ResourceExhaustedError(absl::StrFormat(
+      return absl::ResourceExhaustedError(hugemm::Format(
           "MrCache: no room for a registration of %u bytes: %u registrations, %u bytes in all, "
           "are held (max_entries %u, max_bytes %u)",
           bytes, live_entries_.load(), live_bytes_.load(), options_.max_entries,

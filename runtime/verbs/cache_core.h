@@ -25,10 +25,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
+#include <unordered_set>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "hugemm/runtime.h"
@@ -106,13 +106,15 @@ class CacheCore {
   std::atomic<bool> check_validity_{true};
 
   std::mutex mu_;  // std::mutex: visible to ThreadSanitizer (the system abseil is not)
-  absl::flat_hash_set<MrEntry*> all_ ABSL_GUARDED_BY(mu_);
+  // A standard set: its insert either inserts or, the heap failing, leaves it as it was
+  // (abseil's tables are left broken by an allocation that throws).
+  std::unordered_set<MrEntry*> all_ ABSL_GUARDED_BY(mu_);
   // Registrations alive or reserved: changed under mu_ upwards, anywhere downwards.
   std::atomic<size_t> live_entries_{0};
   std::atomic<uint64_t> live_bytes_{0};
 
   std::mutex retired_mu_;
-  std::vector<MrEntry*> retired_ ABSL_GUARDED_BY(retired_mu_);
+  MrEntry* retired_ ABSL_GUARDED_BY(retired_mu_) = nullptr;  // through next_retired
 
   // Ticks once per last release of a registration: the order LRU evicts in.
   std::atomic<uint64_t> use_clock_{0};

@@ -5,7 +5,7 @@
 #include <utility>
 #include <vector>
 
-#include "absl/strings/str_format.h"
+#include "absl/strings/str_cat.h"
 #include "hugemm/page_size.h"
 #include "hugemm/pgtable.h"
 #include "runtime/verbs/cache_core.h"
@@ -34,7 +34,13 @@ absl::Status CacheCore::Pin(MrHandle& h, GupFlags flags) {
   std::vector<FolioSpan> spans;
   n = pinner.PinFolios(Ptr(h.addr_), h.length_, flags, &spans);
   if (!n.ok()) return n.status();
-  h.spans_.assign(spans.begin(), spans.end());
+  try {
+    h.spans_.assign(spans.begin(), spans.end());
+  } catch (...) {
+    h.spans_.clear();
+    pinner.UnpinFolios(spans, RefKind::kPin);
+    throw;
+  }
   return absl::OkStatus();
 }
 
@@ -46,19 +52,20 @@ absl::StatusOr<Unit> CacheCore::UnitOf(uintptr_t addr, size_t length) {
     unit.start = reinterpret_cast<uintptr_t>(extent ? span->extent_data : span->data);
     unit.length = extent ? span->extent_size : span->size;
     if (addr + length > unit.start + unit.length) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "MrCache::Get: [0x%x, +%u) runs past the end of the %s holding it, [0x%x, +%u)", addr,
-          length, extent ? "extent" : "buffer", unit.start, unit.length));
+      return absl::InvalidArgumentError(
+          absl::StrCat("MrCache::Get: [0x", absl::Hex(addr), ", +", length,
+                       ") runs past the end of the ", extent ? "extent" : "buffer",
+                       " holding it, [0x", absl::Hex(unit.start), ", +", unit.length, ")"));
     }
     return unit;
   }
   if (span.status().code() != absl::StatusCode::kNotFound) return span.status();
   // Memory registered with RegisterExternal: the request itself, in whole base pages.
   if (!runtime_.Translate(Ptr(addr))) {
-    return absl::NotFoundError(absl::StrFormat(
-        "MrCache::Get: 0x%x is not memory of this runtime (MapBuffer, Allocate or "
-        "RegisterExternal): the cache registers only memory whose changes it hears of",
-        addr));
+    return absl::NotFoundError(
+        absl::StrCat("MrCache::Get: 0x", absl::Hex(addr),
+                     " is not memory of this runtime (MapBuffer, Allocate or RegisterExternal): "
+                     "the cache registers only memory whose changes it hears of"));
   }
   const uintptr_t start = addr & ~uintptr_t{kPageSize4K - 1};
   const uintptr_t end = (addr + length + kPageSize4K - 1) & ~uintptr_t{kPageSize4K - 1};
@@ -82,63 +89,84 @@ absl::StatusOr<MrHandle> CacheCore::Miss(ibv_pd* pd, uintptr_t addr, size_t leng
     if (absl::Status st = Reserve(unit->length); !st.ok()) return st;
   }
 
-  auto entry = std::make_unique<MrEntry>();
-  MrEntry* e = entry.get();
-  e->core = this;
-  e->registrar = &registrar_;
-  e->pd = pd;
-  e->start = unit->start;
-  e->length = unit->length;
-  e->access = access;
-  e->state.store(2, std::memory_order_relaxed);  // the cache's reference and this handle's
-  // Subscribed before anything is read: every change from here on bumps the word.
-  e->sub = std::make_unique<RangeSubscription>(
-      runtime_.table().notifiers(), Ptr(e->start), e->length,
-      NotifierCallbacks{.invalidate_start = [this, e](const Invalidation&) { OnInvalidate(e); }});
-  e->seq = e->sub->sequence().load(std::memory_order_acquire);
-  auto unchanged = [e] { return e->sub->sequence().load(std::memory_order_acquire) == e->seq; };
-
+  // From here every way out gives back what it took, a throw's too (the heap ran out):
+  // the index and the list, the registration, the pins, the subscription, the reservation.
+  std::unique_ptr<MrEntry> entry;
+  MrEntry* e = nullptr;
   MrHandle h;
-  h.addr_ = addr;
-  h.length_ = length;
-  h.dirty_ = HasAny(flags, kGupWrite);
-  auto fail = [&](absl::Status st, bool race) -> absl::Status {
+  bool registered = false;
+  bool listed = false;
+  auto undo = [&] {
+    if (listed) {
+      std::lock_guard<std::mutex> lock(mu_);
+      index_.Erase(e);
+      all_.erase(e);
+    }
+    if (registered) {
+      (void)registrar_.Deregister(e->mr);
+      deregistrations_.fetch_add(1, std::memory_order_relaxed);
+    }
     runtime_.pinner().UnpinFolios(h.spans_, RefKind::kPin);
     h.spans_.clear();
     entry.reset();  // unsubscribes: no callback of it runs after this
     Unreserve(unit->length);
+  };
+  auto fail = [&](absl::Status st, bool race) -> absl::Status {
+    undo();
     *raced = race;
     return st;
   };
-  // The unit was found before the subscription: it must still be the same buffer, and
-  // no change may be under way.
-  if (!RangeSubscription::Stable(e->seq) || !SameUnit(*unit, addr)) {
-    return fail(absl::AbortedError("changed"), true);
-  }
-  if (absl::Status st = Pin(h, flags); !st.ok()) return fail(st, !unchanged());
-  absl::StatusOr<ibv_mr*> mr = registrar_.Register(pd, Ptr(e->start), e->length, access);
-  if (!mr.ok()) {
-    return fail(absl::Status(mr.status().code(),
-                             absl::StrFormat("MrCache::Get: registering [0x%x, +%u) for [%p, "
-                                             "+%u), access 0x%x: %s",
-                                             e->start, e->length, Ptr(addr), length, access,
-                                             mr.status().message())),
-                !unchanged());
-  }
-  registrations_.fetch_add(1, std::memory_order_relaxed);
-  if (!unchanged()) {
+  try {
+    entry = std::make_unique<MrEntry>();
+    e = entry.get();
+    e->core = this;
+    e->registrar = &registrar_;
+    e->pd = pd;
+    e->start = unit->start;
+    e->length = unit->length;
+    e->access = access;
+    e->state.store(2, std::memory_order_relaxed);  // the cache's reference and this handle's
+    // Subscribed before anything is read: every change from here on bumps the word.
+    e->sub = std::make_unique<RangeSubscription>(
+        runtime_.table().notifiers(), Ptr(e->start), e->length,
+        NotifierCallbacks{.invalidate_start = [this, e](const Invalidation&) { OnInvalidate(e); }});
+    e->seq = e->sub->sequence().load(std::memory_order_acquire);
+    auto unchanged = [e] { return e->sub->sequence().load(std::memory_order_acquire) == e->seq; };
+
+    h.addr_ = addr;
+    h.length_ = length;
+    h.dirty_ = HasAny(flags, kGupWrite);
+    // The unit was found before the subscription: it must still be the same buffer, and
+    // no change may be under way.
+    if (!RangeSubscription::Stable(e->seq) || !SameUnit(*unit, addr)) {
+      return fail(absl::AbortedError("changed"), true);
+    }
+    if (absl::Status st = Pin(h, flags); !st.ok()) return fail(st, !unchanged());
+    absl::StatusOr<ibv_mr*> mr = registrar_.Register(pd, Ptr(e->start), e->length, access);
+    if (!mr.ok()) {
+      return fail(absl::Status(
+                      mr.status().code(),
+                      absl::StrCat("MrCache::Get: registering [0x", absl::Hex(e->start), ", +",
+                                   e->length, ") for [0x", absl::Hex(addr), ", +", length,
+                                   "), access 0x", absl::Hex(access), ": ", mr.status().message())),
+                  !unchanged());
+    }
+    e->mr = *mr;
+    registered = true;
+    registrations_.fetch_add(1, std::memory_order_relaxed);
     // It may have registered memory mid-change: throw it away and look again.
-    (void)registrar_.Deregister(*mr);
-    deregistrations_.fetch_add(1, std::memory_order_relaxed);
-    return fail(absl::AbortedError("changed"), true);
+    if (!unchanged()) return fail(absl::AbortedError("changed"), true);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      listed = true;  // before the inserts: an index insert that throws may have put in some
+      all_.insert(e);
+      index_.Insert(e);
+    }
+  } catch (...) {
+    undo();
+    throw;
   }
-  e->mr = *mr;
   misses_.fetch_add(1, std::memory_order_relaxed);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    all_.insert(e);
-    index_.Insert(e);
-  }
   h.entry_ = entry.release();
   return h;
 }

@@ -1,8 +1,8 @@
 // hugemm::MrCache and hugemm::MrHandle: the public faces of the cache's core.
 #include <utility>
 
-#include "absl/strings/str_format.h"
 #include "hugemm/verbs.h"
+#include "runtime/util/format.h"
 #include "runtime/verbs/cache_core.h"
 #include "runtime/verbs/mr_entry.h"
 
@@ -12,12 +12,12 @@ absl::StatusOr<std::unique_ptr<MrCache>> MrCache::Create(Runtime& runtime,
                                                          const MrCacheOptions& options) {
   if (options.max_entries == 0 || options.max_bytes == 0) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("MrCache::Create: max_entries (%u) and max_bytes (%u) must be positive",
-                        options.max_entries, options.max_bytes));
+        hugemm::Format("MrCache::Create: max_entries (%u) and max_bytes (%u) must be positive",
+                       options.max_entries, options.max_bytes));
   }
   if (options.scope != MrScope::kExtent && options.scope != MrScope::kBuffer) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("MrCache::Create: unknown scope %d", static_cast<int>(options.scope)));
+        hugemm::Format("MrCache::Create: unknown scope %d", static_cast<int>(options.scope)));
   }
   return std::unique_ptr<MrCache>(
       new MrCache(std::make_unique<verbs_internal::CacheCore>(runtime, options)));

@@ -42,6 +42,9 @@ struct MrEntry {
 
   std::atomic<uint64_t> state{0};
   std::atomic<uint64_t> last_use{0};  // the cache's clock at the last release, for LRU
+  // The cache's list of retired entries waiting to be reaped (under its retired_mu_),
+  // threaded through the entries so that retiring one never needs the heap.
+  MrEntry* next_retired = nullptr;
 
   bool Covers(uintptr_t addr, size_t len) const {
     return addr >= start && addr - start <= length && len <= length - (addr - start);

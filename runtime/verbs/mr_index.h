@@ -12,9 +12,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <shared_mutex>
+#include <unordered_map>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
 #include "absl/functional/function_ref.h"
 #include "runtime/verbs/mr_entry.h"
 
@@ -47,7 +47,8 @@ class MrIndex {
  private:
   struct alignas(64) Shard {
     std::shared_mutex mu;
-    absl::flat_hash_map<uint64_t, std::vector<MrEntry*>> buckets;
+    // Standard: abseil's tables are left broken by an allocation that throws.
+    std::unordered_map<uint64_t, std::vector<MrEntry*>> buckets;
     std::atomic<uint64_t> hits{0};
   };
   static size_t ShardOf(uint64_t block) {

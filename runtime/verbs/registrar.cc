@@ -2,8 +2,8 @@
 #include <cerrno>
 #include <cstring>
 
-#include "absl/strings/str_format.h"
 #include "hugemm/verbs.h"
+#include "runtime/util/format.h"
 
 namespace hugemm {
 namespace {
@@ -38,7 +38,7 @@ class VerbsRegistrar final : public MrRegistrar {
     if (mr == nullptr) {
       const int err = errno != 0 ? errno : EIO;
       return absl::Status(
-          CodeOf(err), absl::StrFormat("ibv_reg_mr on %s: %s", DeviceName(pd), std::strerror(err)));
+          CodeOf(err), hugemm::Format("ibv_reg_mr on %s: %s", DeviceName(pd), std::strerror(err)));
     }
     return mr;
   }
@@ -46,7 +46,7 @@ class VerbsRegistrar final : public MrRegistrar {
     const char* device = DeviceName(mr->pd);
     if (int err = ibv_dereg_mr(mr); err != 0) {
       return absl::Status(CodeOf(err),
-                          absl::StrFormat("ibv_dereg_mr on %s: %s", device, std::strerror(err)));
+                          hugemm::Format("ibv_dereg_mr on %s: %s", device, std::strerror(err)));
     }
     return absl::OkStatus();
   }
