@@ -138,6 +138,8 @@ class IovaMapper final : public DmaAddressSpace, private MemoryObserver {
   std::optional<uint64_t> TakeFreshIova(size_t length, size_t align)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void GiveIova(uint64_t iova, size_t length) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // GiveIova, or, with no heap to record the hole, the IOVAs left unused for good.
+  void GiveIovaOrDrop(uint64_t iova, size_t length) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   Runtime& rt_;
   Os& os_;

@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <iterator>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <utility>
 
@@ -159,6 +160,15 @@ void IovaMapper::GiveIova(uint64_t iova, size_t length) {
   holes_[start] = end - start;
 }
 
+void IovaMapper::GiveIovaOrDrop(uint64_t iova, size_t length) {
+  try {
+    GiveIova(iova, length);
+  } catch (const std::bad_alloc&) {
+    // No room to record the hole: its IOVAs are never handed out again, as after a
+    // refused unmap. The window is smaller by them; nothing is mapped twice.
+  }
+}
+
 absl::Status IovaMapper::MemoryAdded(const MemoryRange& range) {
   const auto start = reinterpret_cast<uintptr_t>(range.data);
   if (((start | range.length) & k4KMask) != 0 || range.length == 0) {
@@ -166,6 +176,11 @@ absl::Status IovaMapper::MemoryAdded(const MemoryRange& range) {
         hugemm::Format("IOVA mapping of %s: not whole 4K pages", RangeName(range)));
   }
   const size_t align = std::max<size_t>(range.page_size, kPageSize4K);
+  // The record's node is made before the map: once the container maps the range, keeping
+  // the record needs no heap, so nothing it maps is ever left unrecorded (where the mapper
+  // would never unmap it, and the device would keep the pages after they are freed).
+  std::map<uintptr_t, Mapping> record;
+  record.emplace(start, Mapping{range.length, 0});
   uint64_t iova = 0;
   {
     std::unique_lock<std::shared_mutex> lock(mu_);
@@ -178,13 +193,16 @@ absl::Status IovaMapper::MemoryAdded(const MemoryRange& range) {
   // The kernel pins and maps the pages here, which may take a while for a large range:
   // pins of other memory go on meanwhile.
   if (absl::Status st = os_.VfioMapDma(held_fd_, range.data, range.length, iova); !st.ok()) {
-    std::unique_lock<std::shared_mutex> lock(mu_);
-    GiveIova(iova, range.length);
+    {
+      std::unique_lock<std::shared_mutex> lock(mu_);
+      GiveIovaOrDrop(iova, range.length);
+    }
     return sys::Annotate(st, hugemm::Format("IOVA mapping of %s into VFIO container %d",
                                             RangeName(range), container_fd_));
   }
+  record.begin()->second.iova = iova;
   std::unique_lock<std::shared_mutex> lock(mu_);
-  mapped_[start] = Mapping{range.length, iova};
+  mapped_.insert(record.extract(record.begin()));
   ++stats_.mappings;
   stats_.bytes += range.length;
   ++stats_.maps;
@@ -206,7 +224,7 @@ void IovaMapper::MemoryRemoving(const MemoryRange& range) {
   std::unique_lock<std::shared_mutex> lock(mu_);
   if (st.ok()) {
     ++stats_.unmaps;
-    GiveIova(m.iova, m.length);
+    GiveIovaOrDrop(m.iova, m.length);
     return;
   }
   // The device may still reach the old pages there: never hand those IOVAs out again.
