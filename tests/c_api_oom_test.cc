@@ -33,9 +33,6 @@
 namespace {
 
 constexpr size_t k2M = size_t{2} << 20;
-// More allocations than any one call makes: a call still meeting failures here loops.
-constexpr long kMaxAllocations = 20000;
-
 using Outcome = hugemm::testing::HeapOutcome;
 using hugemm::testing::LiveAllocations;
 
@@ -77,40 +74,14 @@ void ExpectOutOfMemory(long rc, const char* what, long k, bool exhausted) {
   EXPECT_STRNE(hugemm_last_error(), "") << what << ", allocation " << k;
 }
 
-// Runs `round(k, exhausted)` for k = 0, 1, ... in both modes until a round meets no
-// failure. A round opens a runtime, makes its call under Failing, checks and closes; the
-// process must then hold what it held before the round.
+// Every failure of a round's call in turn (failing_heap.h); after each round the process
+// must hold what it held before: descriptors, mappings, huge pages, heap allocations.
 template <typename Round>
 void EveryFailure(Round round) {
-  for (bool exhausted : {false, true}) {
-    for (long k = 0;; ++k) {
-      ASSERT_LT(k, kMaxAllocations) << "the call still meets failures";
-      const hugemm::soak::ProcessFootprint before = hugemm::soak::ProcessFootprint::Now();
-      const int64_t free_2m = hugemm::testing::FreeHugePages(k2M);
-      bool hit = false;
-      // A round may leave what lives as long as the process (a table grown once, a
-      // thread's error message); a round that leaves allocations behind is run again, and
-      // the second run must leave none.
-      long left = 0;
-      for (int run = 0; run < 2; ++run) {
-        const long live = LiveAllocations();
-        round(k, exhausted, &hit);
-        if (::testing::Test::HasFailure()) {
-          ADD_FAILURE() << "in the round with allocation " << k << " failing"
-                        << (exhausted ? " (and every one after)" : "");
-          return;
-        }
-        const std::string leak = LeftBehind(before, free_2m);
-        ASSERT_EQ(leak, "") << "left behind by the round with allocation " << k << " failing"
-                            << (exhausted ? " (and every one after)" : "");
-        left = LiveAllocations() - live;
-        if (left == 0) break;
-      }
-      EXPECT_EQ(left, 0) << "allocations left behind, twice, by the round with allocation " << k
-                         << " failing" << (exhausted ? " (and every one after)" : "");
-      if (!hit) break;
-    }
-  }
+  hugemm::testing::EveryHeapFailure(round, [] {
+    return [before = hugemm::soak::ProcessFootprint::Now(),
+            free_2m = hugemm::testing::FreeHugePages(k2M)] { return LeftBehind(before, free_2m); };
+  });
 }
 
 hugemm_runtime* Open() {
@@ -446,38 +417,29 @@ void QueryRound(const char* what, Query query, long k, bool exhausted, bool* hit
   hugemm_close(rt);
 }
 
+long Translate(hugemm_runtime* rt, const hugemm_buffer& b) {
+  hugemm_translation t{};
+  return hugemm_translate(rt, b.data, b.size, &t);
+}
+long FolioInfo(hugemm_runtime* rt, const hugemm_buffer& b) {
+  hugemm_folio_info info{};
+  return hugemm_folio_info_at(rt, b.data, &info);
+}
+long Verify(hugemm_runtime* rt, const hugemm_buffer& b) {
+  hugemm_verify_report report{};
+  return hugemm_verify(rt, b.data, b.size, &report);
+}
+
 TEST_F(CApiOutOfMemory, Translate) {
-  EveryFailure([](long k, bool e, bool* hit) {
-    QueryRound(
-        "hugemm_translate",
-        [](hugemm_runtime* rt, const hugemm_buffer& b) {
-          hugemm_translation t{};
-          return static_cast<long>(hugemm_translate(rt, b.data, b.size, &t));
-        },
-        k, e, hit);
-  });
+  EveryFailure(
+      [](long k, bool e, bool* hit) { QueryRound("hugemm_translate", Translate, k, e, hit); });
 }
 TEST_F(CApiOutOfMemory, FolioInfoAt) {
-  EveryFailure([](long k, bool e, bool* hit) {
-    QueryRound(
-        "hugemm_folio_info_at",
-        [](hugemm_runtime* rt, const hugemm_buffer& b) {
-          hugemm_folio_info info{};
-          return static_cast<long>(hugemm_folio_info_at(rt, b.data, &info));
-        },
-        k, e, hit);
-  });
+  EveryFailure(
+      [](long k, bool e, bool* hit) { QueryRound("hugemm_folio_info_at", FolioInfo, k, e, hit); });
 }
 TEST_F(CApiOutOfMemory, Verify) {
-  EveryFailure([](long k, bool e, bool* hit) {
-    QueryRound(
-        "hugemm_verify",
-        [](hugemm_runtime* rt, const hugemm_buffer& b) {
-          hugemm_verify_report report{};
-          return hugemm_verify(rt, b.data, b.size, &report);
-        },
-        k, e, hit);
-  });
+  EveryFailure([](long k, bool e, bool* hit) { QueryRound("hugemm_verify", Verify, k, e, hit); });
 }
 
 // A trim that fails leaves the cached buffer where it was: a trim after it gives it back.
@@ -500,14 +462,19 @@ TEST_F(CApiOutOfMemory, Trim) {
   });
 }
 
+// A 2M page the program maps itself, faulted in.
+void* MapOwnHugePage() {
+  return mmap(nullptr, k2M, PROT_READ | PROT_WRITE,
+              MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+}
+
 // Memory the program mapped itself: a registration that fails leaves none (the same range
 // registers again), and its kernel pin goes.
 TEST_F(CApiOutOfMemory, RegisterExternal) {
   EveryFailure([](long k, bool exhausted, bool* hit) {
     hugemm_runtime* rt = Open();
     if (rt == nullptr) return;
-    void* p = mmap(nullptr, k2M, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+    void* p = MapOwnHugePage();
     ASSERT_NE(p, MAP_FAILED);
     uint64_t id = 0;
     const Outcome o = Failing(
@@ -528,8 +495,7 @@ TEST_F(CApiOutOfMemory, UnregisterExternal) {
   EveryFailure([](long k, bool exhausted, bool* hit) {
     hugemm_runtime* rt = Open();
     if (rt == nullptr) return;
-    void* p = mmap(nullptr, k2M, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+    void* p = MapOwnHugePage();
     ASSERT_NE(p, MAP_FAILED);
     uint64_t id = 0;
     ASSERT_EQ(hugemm_register_external(rt, p, k2M, &id), 0) << hugemm_last_error();

@@ -25,8 +25,6 @@
 namespace hugemm::testing {
 namespace {
 
-constexpr long kMaxAllocations = 20000;
-
 // The recording container, its own allocations let through.
 class Iommu final : public RecordingVfio {
  public:
@@ -168,50 +166,16 @@ class IovaMapperOutOfMemory : public ::testing::TestWithParam<Step> {
 };
 
 TEST_P(IovaMapperOutOfMemory, EveryAllocationFailingInTurn) {
-  for (bool exhausted : {false, true}) {
-    for (long k = 0;; ++k) {
-      ASSERT_LT(k, kMaxAllocations) << "the call still meets failures";
-      const int64_t free_2m = FreeHugePages(kPageSize2M);
-      bool hit = false;
-      long left = 0;
-      for (int run = 0; run < 2; ++run) {
-        const long live = LiveAllocations();
-        Round(GetParam(), k, exhausted, &hit);
-        if (HasFailure()) {
-          ADD_FAILURE() << "in the round with allocation " << k << " failing"
-                        << (exhausted ? " (and every one after)" : "");
-          return;
-        }
-        EXPECT_TRUE(WaitForFreeHugePages(kPageSize2M, free_2m))
-            << "huge pages left behind: " << FreeHugePages(kPageSize2M) << " free, were "
-            << free_2m;
-        left = LiveAllocations() - live;
-        if (left == 0) break;
-      }
-      EXPECT_EQ(left, 0) << "allocations left behind, twice, by the round with allocation " << k
-                         << " failing" << (exhausted ? " (and every one after)" : "");
-      if (!hit) break;
-    }
-  }
+  EveryHeapFailure([this](long k, bool e, bool* hit) { Round(GetParam(), k, e, hit); },
+                   FreeHugePagesSnapshot(kPageSize2M));
 }
 
+constexpr const char* kStepNames[] = {"Attach", "MapBuffer", "Free", "PinSegments", "Detach"};
 INSTANTIATE_TEST_SUITE_P(Steps, IovaMapperOutOfMemory,
                          ::testing::Values(Step::kAttach, Step::kMapBuffer, Step::kFree,
                                            Step::kPinSegments, Step::kDetach),
-                         [](const ::testing::TestParamInfo<Step>& info) -> std::string {
-                           switch (info.param) {
-                             case Step::kAttach:
-                               return "Attach";
-                             case Step::kMapBuffer:
-                               return "MapBuffer";
-                             case Step::kFree:
-                               return "Free";
-                             case Step::kPinSegments:
-                               return "PinSegments";
-                             case Step::kDetach:
-                               return "Detach";
-                           }
-                           return "Unknown";
+                         [](const ::testing::TestParamInfo<Step>& info) {
+                           return std::string(kStepNames[static_cast<int>(info.param)]);
                          });
 
 }  // namespace

@@ -22,13 +22,13 @@
 namespace hugemm {
 namespace {
 
+using ::hugemm::testing::EveryHeapFailure;
 using ::hugemm::testing::FakeRegistrar;
+using ::hugemm::testing::FreeHugePagesSnapshot;
 using ::hugemm::testing::HeapFailuresPaused;
-using ::hugemm::testing::LiveAllocations;
 using ::hugemm::testing::WithHeapFailing;
 
 constexpr int kWrite = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE;
-constexpr long kMaxAllocations = 20000;
 
 // The stand-in registrar with the heap let through: what fails is the cache's.
 class DeviceRegistrar final : public MrRegistrar {
@@ -176,51 +176,16 @@ class MrCacheOutOfMemory : public ::testing::TestWithParam<Step> {
 };
 
 TEST_P(MrCacheOutOfMemory, EveryAllocationFailingInTurn) {
-  for (bool exhausted : {false, true}) {
-    for (long k = 0;; ++k) {
-      ASSERT_LT(k, kMaxAllocations) << "the call still meets failures";
-      const int64_t free_2m = testing::FreeHugePages(kPageSize2M);
-      bool hit = false;
-      long left = 0;
-      for (int run = 0; run < 2; ++run) {
-        const long live = LiveAllocations();
-        Round(GetParam(), k, exhausted, &hit);
-        if (HasFailure()) {
-          ADD_FAILURE() << "in the round with allocation " << k << " failing"
-                        << (exhausted ? " (and every one after)" : "");
-          return;
-        }
-        // The kernel lets a registration's pages go in the background.
-        EXPECT_TRUE(testing::WaitForFreeHugePages(kPageSize2M, free_2m))
-            << "huge pages left behind: " << testing::FreeHugePages(kPageSize2M) << " free, were "
-            << free_2m;
-        left = LiveAllocations() - live;
-        if (left == 0) break;
-      }
-      EXPECT_EQ(left, 0) << "allocations left behind, twice, by the round with allocation " << k
-                         << " failing" << (exhausted ? " (and every one after)" : "");
-      if (!hit) break;
-    }
-  }
+  EveryHeapFailure([this](long k, bool e, bool* hit) { Round(GetParam(), k, e, hit); },
+                   FreeHugePagesSnapshot(kPageSize2M));
 }
 
+constexpr const char* kStepNames[] = {"GetMiss", "GetHit", "GetAfterFree", "Flush", "Destroy"};
 INSTANTIATE_TEST_SUITE_P(Steps, MrCacheOutOfMemory,
                          ::testing::Values(Step::kGetMiss, Step::kGetHit, Step::kGetAfterFree,
                                            Step::kFlush, Step::kDestroy),
-                         [](const ::testing::TestParamInfo<Step>& info) -> std::string {
-                           switch (info.param) {
-                             case Step::kGetMiss:
-                               return "GetMiss";
-                             case Step::kGetHit:
-                               return "GetHit";
-                             case Step::kGetAfterFree:
-                               return "GetAfterFree";
-                             case Step::kFlush:
-                               return "Flush";
-                             case Step::kDestroy:
-                               return "Destroy";
-                           }
-                           return "Unknown";
+                         [](const ::testing::TestParamInfo<Step>& info) {
+                           return std::string(kStepNames[static_cast<int>(info.param)]);
                          });
 
 }  // namespace
