@@ -158,9 +158,9 @@ absl::StatusOr<MrHandle> CacheCore::Miss(ibv_pd* pd, uintptr_t addr, size_t leng
     if (!unchanged()) return fail(absl::AbortedError("changed"), true);
     {
       std::lock_guard<std::mutex> lock(mu_);
-      listed = true;  // before the inserts: an index insert that throws may have put in some
       all_.insert(e);
-      index_.Insert(e);
+      listed = true;
+      index_.Insert(e);  // throws having listed it nowhere
     }
   } catch (...) {
     undo();

@@ -30,6 +30,13 @@ void MrIndex::ForEachBlock(const MrEntry* entry, Fn fn) {
 }
 
 void MrIndex::Insert(MrEntry* entry) {
+  // Room first in every block's list, which may throw and shows readers nothing; then the
+  // entry into each, which cannot throw: a reader never finds an entry whose insert
+  // failed (and whose miss then frees it).
+  ForEachBlock(entry, [](Shard& shard, uint64_t block) {
+    std::vector<MrEntry*>& list = shard.buckets[block];
+    list.reserve(list.size() + 1);
+  });
   ForEachBlock(entry,
                [entry](Shard& shard, uint64_t block) { shard.buckets[block].push_back(entry); });
 }

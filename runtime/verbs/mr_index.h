@@ -39,6 +39,9 @@ class MrIndex {
   void CountHit(uintptr_t addr) {
     shards_[ShardOf(addr >> kBlockShift)].hits.fetch_add(1, std::memory_order_relaxed);
   }
+  // Lists the entry under every block it covers. Out of heap it throws having listed it
+  // nowhere, provided no other Insert or Erase runs meanwhile (the cache's mutex orders
+  // them).
   void Insert(MrEntry* entry);
   void Erase(MrEntry* entry);
   // Hits counted over all shards.
