@@ -518,7 +518,10 @@ TEST(Runtime, ARangeRegisteredAgainDuringItsUnregistrationIsHeld) {
   std::byte* buf = MapOwn2M();
   ASSERT_NE(buf, nullptr);
   const int64_t pinned_before = testing::VmPinKb();
-  constexpr int kRounds = 1000;
+  // A round is a registration and an unregistration on each thread, the unregistration
+  // waiting out a grace period: 400 keep the test to well under a minute under the
+  // sanitizers too.
+  constexpr int kRounds = 400;
   std::atomic<bool> unregistering[2] = {false, false};
   std::atomic<int> registered{0}, unheld{0};
   auto run = [&](int me) {
