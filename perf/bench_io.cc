@@ -17,12 +17,12 @@
 #include <memory>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "hugemm/os.h"
 #include "hugemm/page_size.h"
 #include "hugemm/runtime.h"
 #include "perf/fio_job.h"
 #include "perf/io_loop.h"
+#include "runtime/util/format.h"
 
 namespace hugemm::perf {
 namespace {
@@ -106,10 +106,10 @@ class Target {
       if (wrote < 0) return Errno(absl::StrCat("write ", path_));
       if (static_cast<size_t>(wrote) != n) {
         // A short write sets no errno: the file system is full, or RLIMIT_FSIZE reached.
-        return absl::ResourceExhaustedError(absl::StrFormat(
-            "write %s: %d of %d bytes at offset %d written (the file system full, or the "
-            "file size limit reached)",
-            path_, wrote, n, off));
+        return absl::ResourceExhaustedError(
+            Format("write %s: %d of %d bytes at offset %d written (the file system full, or the "
+                   "file size limit reached)",
+                   path_, wrote, n, off));
       }
     }
     if (::fsync(fd_) != 0) return Errno(absl::StrCat("fsync ", path_));

@@ -8,9 +8,9 @@
 #include <cstring>
 #include <memory>
 
-#include "absl/strings/str_format.h"
 #include "hugemm/runtime.h"
 #include "hugemm/verbs.h"
+#include "runtime/util/format.h"
 
 namespace hugemm::perf {
 namespace {
@@ -48,19 +48,18 @@ absl::Status OpenDevice(const std::string& want, Device* out) {
         const int err = errno;
         ibv_free_device_list(list);
         return absl::FailedPreconditionError(
-            absl::StrFormat("cannot open RDMA device %s: %s", name, std::strerror(err)));
+            Format("cannot open RDMA device %s: %s", name, std::strerror(err)));
       }
     }
   }
   ibv_free_device_list(list);
   if (out->context == nullptr) {
-    return absl::FailedPreconditionError(
-        absl::StrFormat("no RDMA device %s (there are: %s)", want, names));
+    return absl::FailedPreconditionError(Format("no RDMA device %s (there are: %s)", want, names));
   }
   out->pd = ibv_alloc_pd(out->context);
   if (out->pd == nullptr) {
     return absl::FailedPreconditionError(
-        absl::StrFormat("ibv_alloc_pd on %s: %s", out->name, std::strerror(errno)));
+        Format("ibv_alloc_pd on %s: %s", out->name, std::strerror(errno)));
   }
   return absl::OkStatus();
 }
@@ -72,14 +71,14 @@ absl::StatusOr<Buffer> BufferOf(Runtime& rt, size_t size) {
 
 std::string MemoryOf(size_t size) {
   if (size == kPageSize4K) return "4K folio from the 2M hugetlb pool";
-  return absl::StrFormat("%s hugetlb page", PageSizeName(size));
+  return Format("%s hugetlb page", PageSizeName(size));
 }
 
 absl::Status RunRow(Runtime& rt, const Device& dev, const MrBenchConfig& config, MrBenchRow* row) {
   absl::StatusOr<Buffer> buf = BufferOf(rt, row->size);
   if (!buf.ok()) {
     if (row->size == kPageSize1G) {
-      row->skipped = absl::StrFormat("no 1G page: %s", buf.status().message());
+      row->skipped = Format("no 1G page: %s", buf.status().message());
       return absl::OkStatus();
     }
     return buf.status();
@@ -99,7 +98,7 @@ absl::Status RunRow(Runtime& rt, const Device& dev, const MrBenchConfig& config,
     ibv_dereg_mr(mr);
   } else {
     return absl::InternalError(
-        absl::StrFormat("ibv_reg_mr of %u bytes on %s: %s", len, dev.name, std::strerror(errno)));
+        Format("ibv_reg_mr of %u bytes on %s: %s", len, dev.name, std::strerror(errno)));
   }
   for (int round = 0; round < std::max(row->registrations, kMrBenchSamples); ++round) {
     if (round < row->registrations) {
@@ -129,8 +128,8 @@ absl::Status RunRow(Runtime& rt, const Device& dev, const MrBenchConfig& config,
   const MrCacheStats s = (*cache)->Stats();
   if (s.misses != static_cast<uint64_t>(row->registrations)) {
     return absl::InternalError(
-        absl::StrFormat("the cache missed %u times, expected %d: the hit loop did not only hit",
-                        s.misses, row->registrations));
+        Format("the cache missed %u times, expected %d: the hit loop did not only hit", s.misses,
+               row->registrations));
   }
   row->reg_dereg_ns = Summarize(std::move(reg));
   row->miss_ns = Summarize(std::move(miss));
@@ -143,7 +142,7 @@ absl::Status RunRow(Runtime& rt, const Device& dev, const MrBenchConfig& config,
 absl::StatusOr<MrBenchResult> RunMrBench(const MrBenchConfig& config) {
   if (config.hits < kMrBenchSamples || config.registrations < 1) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("need at least %d hits and 1 registration per size", kMrBenchSamples));
+        Format("need at least %d hits and 1 registration per size", kMrBenchSamples));
   }
   Device dev;
   if (absl::Status st = OpenDevice(config.device, &dev); !st.ok()) return st;

@@ -16,13 +16,13 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "hugemm/runtime.h"
 #include "perf/bench_util.h"
 #include "perf/pin_passes.h"
 #include "perf/pin_target.h"
 #include "runtime/sys/files.h"
 #include "runtime/sys/hugepages.h"
+#include "runtime/util/format.h"
 
 namespace hugemm::perf {
 namespace {
@@ -170,11 +170,11 @@ absl::Status CheckDisjoint(const PinBenchConfig& c, size_t page_size, size_t siz
   if (!c.disjoint || c.threads <= 1 || page_size == 0) return absl::OkStatus();
   const size_t folios = ((size_mib << 20) + page_size - 1) / page_size;
   if (folios >= static_cast<size_t>(c.threads)) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrFormat(
-      "-j %d --disjoint: %d MiB is %d folio(s) of %s, fewer than the threads; each thread "
-      "pins whole folios of its own (-m %d at least)",
-      c.threads, size_mib, folios, PageSizeName(page_size),
-      std::max<size_t>(1, page_size >> 20) * c.threads));
+  return absl::InvalidArgumentError(
+      Format("-j %d --disjoint: %d MiB is %d folio(s) of %s, fewer than the threads; each thread "
+             "pins whole folios of its own (-m %d at least)",
+             c.threads, size_mib, folios, PageSizeName(page_size),
+             std::max<size_t>(1, page_size >> 20) * c.threads));
 }
 
 }  // namespace

@@ -11,9 +11,9 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
 #include "nlohmann/json.hpp"
+#include "runtime/util/format.h"
 
 namespace hugemm::perf::io_internal {
 namespace {
@@ -93,8 +93,8 @@ std::vector<std::string> FioCommand(const FioJob& job, const std::string& huge_f
           "--direct=1",
           "--fixedbufs",
           "--iomem=mmaphuge:" + huge_file,
-          absl::StrFormat("--ramp_time=%dms", static_cast<int>(ramp * 1000)),
-          absl::StrFormat("--runtime=%dms", static_cast<int>(job.seconds * 1000)),
+          Format("--ramp_time=%dms", static_cast<int>(ramp * 1000)),
+          Format("--runtime=%dms", static_cast<int>(job.seconds * 1000)),
           "--time_based",
           "--norandommap",
           "--randrepeat=0",

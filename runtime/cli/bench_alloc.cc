@@ -6,9 +6,9 @@
 #include <memory>
 #include <string>
 
-#include "absl/strings/str_format.h"
 #include "hugemm/page_size.h"
 #include "runtime/cli/command.h"
+#include "runtime/util/format.h"
 
 namespace hugemm::cli {
 namespace {
@@ -69,12 +69,11 @@ void PrintTextResult(const perf::AllocBenchResult& r) {
               r.metadata_bytes_per_folio, r.descriptor_bytes);
   std::printf("metadata per GiB of folios (system memory; kernel = 64 B per 4K page)\n");
   for (const perf::MetadataPerGiB& m : r.metadata_per_gib) {
-    std::printf("%s",
-                absl::StrFormat("  %-3s folios  %12s  (measured %12s)   kernel %10s  (HVO %s)\n",
-                                m.folios, HumanBytes(m.model),
-                                m.measured ? HumanBytes(static_cast<uint64_t>(*m.measured)) : "n/a",
-                                HumanBytes(m.kernel), HumanBytes(m.kernel_hvo))
-                    .c_str());
+    std::printf("%s", Format("  %-3s folios  %12s  (measured %12s)   kernel %10s  (HVO %s)\n",
+                             m.folios, HumanBytes(m.model),
+                             m.measured ? HumanBytes(static_cast<uint64_t>(*m.measured)) : "n/a",
+                             HumanBytes(m.kernel), HumanBytes(m.kernel_hvo))
+                          .c_str());
   }
 }
 

@@ -5,9 +5,9 @@
 #include <cstdio>
 #include <memory>
 
-#include "absl/strings/str_format.h"
 #include "hugemm/page_size.h"
 #include "runtime/cli/command.h"
+#include "runtime/util/format.h"
 
 namespace hugemm::cli {
 namespace {
@@ -57,11 +57,11 @@ int RunBenchMr(const MrFlags& f) {
       std::printf("%-5s skipped: %s\n", PageSizeName(row.size).c_str(), row.skipped.c_str());
       continue;
     }
-    std::printf("%s", absl::StrFormat("%-5s %11.0f ns %11.1f us %13.1f us %11.0fx  %s\n",
-                                      PageSizeName(row.size), row.hit_ns.median,
-                                      row.miss_ns.median / 1e3, row.reg_dereg_ns.median / 1e3,
-                                      row.reg_dereg_ns.median / row.hit_ns.median, row.memory)
-                          .c_str());
+    std::printf("%s",
+                Format("%-5s %11.0f ns %11.1f us %13.1f us %11.0fx  %s\n", PageSizeName(row.size),
+                       row.hit_ns.median, row.miss_ns.median / 1e3, row.reg_dereg_ns.median / 1e3,
+                       row.reg_dereg_ns.median / row.hit_ns.median, row.memory)
+                    .c_str());
   }
   return kExitOk;
 }

@@ -10,11 +10,11 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/str_format.h"
 #include "hugemm/runtime.h"
 #include "perf/bench_util.h"
 #include "runtime/cli/command.h"
 #include "runtime/cli/remove_on_signal.h"
+#include "runtime/util/format.h"
 
 namespace hugemm::cli {
 namespace {
@@ -104,9 +104,7 @@ void PrintJsonResult(const PinBenchConfig& c, const PinBenchResult& r) {
 
 // Microseconds as text: whole ones, or two decimals below ten (a 1G folio pins in less
 // than one).
-std::string Us(double us) {
-  return us < 10 ? absl::StrFormat("%.2f", us) : absl::StrFormat("%.0f", us);
-}
+std::string Us(double us) { return us < 10 ? Format("%.2f", us) : Format("%.0f", us); }
 
 void PrintTextResult(const PinBenchConfig& c, const PinBenchResult& r) {
   std::printf(
@@ -135,10 +133,9 @@ void PrintTextResult(const PinBenchConfig& c, const PinBenchResult& r) {
   const char* whole = r.one_thread ? " (one thread's pin of the whole range)" : "";
   const double floor = Summarize(r.floor_us).median;
   // One sample per thread per repeat: the median is of all of them.
-  const std::string samples = c.threads > 1
-                                  ? absl::StrFormat("%d (%d repeats x %d threads)",
-                                                    c.repeats * c.threads, c.repeats, c.threads)
-                                  : absl::StrFormat("%d", c.repeats);
+  const std::string samples = c.threads > 1 ? Format("%d (%d repeats x %d threads)",
+                                                     c.repeats * c.threads, c.repeats, c.threads)
+                                            : Format("%d", c.repeats);
   std::printf("\nmedian of %s: pin %s us, unpin %s us (min %s / %s)\n", samples.c_str(),
               Us(pin.median).c_str(), Us(unpin.median).c_str(), Us(pin.min).c_str(),
               Us(unpin.min).c_str());
@@ -146,10 +143,9 @@ void PrintTextResult(const PinBenchConfig& c, const PinBenchResult& r) {
               whole_pin / floor, whole);
   if (!r.call_floor_us.empty()) {
     const double call_floor = Summarize(r.call_floor_us).median;
-    const std::string calls =
-        c.pages_per_call < 0
-            ? std::string("one out-of-line call for the whole range")
-            : absl::StrFormat("one out-of-line call per %d pages", c.pages_per_call);
+    const std::string calls = c.pages_per_call < 0
+                                  ? std::string("one out-of-line call for the whole range")
+                                  : Format("one out-of-line call per %d pages", c.pages_per_call);
     std::printf(
         "call floor (the same atomic adds, %s, writing the spans and returning a StatusOr): "
         "%s us, %.2fx the floor; pin / call floor = %.2fx%s\n",

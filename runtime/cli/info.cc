@@ -8,11 +8,11 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "hugemm/alloc.h"
 #include "hugemm/system_info.h"
 #include "runtime/cli/command.h"
+#include "runtime/util/format.h"
 
 namespace hugemm::cli {
 namespace {
@@ -21,21 +21,20 @@ std::string InfoText(const SystemInfo& info) {
   std::string out;
   std::string sizes = PageSizeName(info.base_page_size);
   for (const HugePagePool& p : info.pools) absl::StrAppend(&sizes, " ", PageSizeName(p.page_size));
-  absl::StrAppendFormat(
-      &out, "page sizes      %s (default huge page %s)\n", sizes,
-      info.default_huge_page_size ? PageSizeName(info.default_huge_page_size) : "none");
-  absl::StrAppendFormat(&out, "NUMA nodes      %s\n", absl::StrJoin(info.nodes, " "));
+  AppendFormat(&out, "page sizes      %s (default huge page %s)\n", sizes,
+               info.default_huge_page_size ? PageSizeName(info.default_huge_page_size) : "none");
+  AppendFormat(&out, "NUMA nodes      %s\n", absl::StrJoin(info.nodes, " "));
   absl::StrAppend(&out, "\nhuge page pools\n");
   // "pages" is the pool (nr_hugepages); "promised" the kernel's HugePages_Rsvd, pages
   // mappings were promised and have not faulted in (known for the whole pool only).
-  absl::StrAppendFormat(&out, "  %-6s %-6s %10s %10s %10s %10s %10s\n", "size", "node", "pages",
-                        "free", "promised", "surplus", "in use");
+  AppendFormat(&out, "  %-6s %-6s %10s %10s %10s %10s %10s\n", "size", "node", "pages", "free",
+               "promised", "surplus", "in use");
   for (const HugePagePool& p : info.pools) {
-    absl::StrAppendFormat(&out, "  %-6s %-6s %10d %10d %10d %10d %10d\n", PageSizeName(p.page_size),
-                          "all", p.nr, p.free, p.resv, p.surplus, p.nr - p.free);
+    AppendFormat(&out, "  %-6s %-6s %10d %10d %10d %10d %10d\n", PageSizeName(p.page_size), "all",
+                 p.nr, p.free, p.resv, p.surplus, p.nr - p.free);
     for (const NodePool& n : p.nodes) {
-      absl::StrAppendFormat(&out, "  %-6s %-6d %10d %10d %10s %10d %10d\n", "", n.node, n.nr,
-                            n.free, "-", n.surplus, n.nr - n.free);
+      AppendFormat(&out, "  %-6s %-6d %10d %10d %10s %10d %10d\n", "", n.node, n.nr, n.free, "-",
+                   n.surplus, n.nr - n.free);
     }
   }
   absl::StrAppend(&out, "\nhugetlbfs mounts\n");
@@ -44,8 +43,8 @@ std::string InfoText(const SystemInfo& info) {
     // The hugetlbfs backing creates its files there: say so when this user may not.
     const bool refused = ::access(m.path.c_str(), W_OK) != 0 &&
                          (errno == EACCES || errno == EPERM || errno == EROFS);
-    absl::StrAppendFormat(&out, "  %-6s %s%s\n", PageSizeName(m.page_size), m.path,
-                          refused ? "  (not writable by this user)" : "");
+    AppendFormat(&out, "  %-6s %s%s\n", PageSizeName(m.page_size), m.path,
+                 refused ? "  (not writable by this user)" : "");
   }
   absl::StrAppend(&out, "\ndevice-DAX devices\n");
   if (info.dax_devices.empty()) {
@@ -54,16 +53,15 @@ std::string InfoText(const SystemInfo& info) {
   for (size_t i = 0; i < info.dax_devices.size(); ++i) {
     const DaxDeviceInfo& d = info.dax_devices[i];
     const SystemInfo::DaxUse& use = info.dax_use[i];
-    absl::StrAppendFormat(
-        &out, "  %-14s size %-10s align %-4s node %-3d driver %-10s %s\n", d.path,
-        HumanBytes(d.size), PageSizeName(d.align), d.numa_node,
-        use.driver.empty() ? "none" : use.driver,
-        use.usable.ok() ? "usable" : "not usable: " + std::string(use.usable.message()));
+    AppendFormat(&out, "  %-14s size %-10s align %-4s node %-3d driver %-10s %s\n", d.path,
+                 HumanBytes(d.size), PageSizeName(d.align), d.numa_node,
+                 use.driver.empty() ? "none" : use.driver,
+                 use.usable.ok() ? "usable" : "not usable: " + std::string(use.usable.message()));
   }
-  absl::StrAppendFormat(&out, "\nPFNs readable   %s\n",
-                        info.can_read_pfns ? "yes (pagemap)" : "no (needs CAP_SYS_ADMIN)");
-  absl::StrAppendFormat(&out, "kpageflags      %s\n",
-                        info.can_read_kpageflags ? "readable" : "not readable (root only)");
+  AppendFormat(&out, "\nPFNs readable   %s\n",
+               info.can_read_pfns ? "yes (pagemap)" : "no (needs CAP_SYS_ADMIN)");
+  AppendFormat(&out, "kpageflags      %s\n",
+               info.can_read_kpageflags ? "readable" : "not readable (root only)");
   if (info.anon_fallback()) {
     absl::StrAppend(&out,
                     "\nno free huge pages: only 4K anonymous memory (backing anon) can be mapped;\n"
@@ -136,18 +134,16 @@ constexpr MetaRow kMetaRows[] = {{"4K", kPageSize4K, kPageSize2M},
 // Where folio descriptors live and what they cost, beside the kernel's struct pages.
 std::string FolioMetadataText() {
   std::string out = "\nfolio metadata\n";
-  absl::StrAppendFormat(&out, "  descriptor      %d B per folio (any order)\n", sizeof(Folio));
+  AppendFormat(&out, "  descriptor      %d B per folio (any order)\n", sizeof(Folio));
   absl::StrAppend(&out,
                   "  placement       system memory by default; devdax and hugetlbfs pools can\n"
                   "                  carve a reserve from each extent (meta_reserve_bytes),\n"
                   "                  falling back to system memory when it is full\n");
-  absl::StrAppendFormat(&out, "  %-8s %14s %14s %14s\n", "folios", "hugemm/GiB", "kernel/GiB",
-                        "kernel HVO");
+  AppendFormat(&out, "  %-8s %14s %14s %14s\n", "folios", "hugemm/GiB", "kernel/GiB", "kernel HVO");
   for (const MetaRow& r : kMetaRows) {
     const MetadataCost c = *FolioMetadataCost(r.folio, r.page);  // kMetaRows: real pools
-    absl::StrAppendFormat(&out, "  %-8s %14s %14s %14s\n", r.name, HumanBytes(c.bytes_per_gib),
-                          HumanBytes(c.kernel_bytes_per_gib),
-                          HumanBytes(c.kernel_hvo_bytes_per_gib));
+    AppendFormat(&out, "  %-8s %14s %14s %14s\n", r.name, HumanBytes(c.bytes_per_gib),
+                 HumanBytes(c.kernel_bytes_per_gib), HumanBytes(c.kernel_hvo_bytes_per_gib));
   }
   return out;
 }

@@ -12,12 +12,12 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "hugemm/backing.h"
 #include "hugemm/pgtable.h"
 #include "runtime/cli/command.h"
 #include "runtime/sys/pagemap.h"
+#include "runtime/util/format.h"
 
 namespace hugemm::cli {
 namespace {
@@ -79,7 +79,7 @@ DaxFrames CheckDaxFrames(const PageTable& table, const Extent& e, const DaxDevic
       const uintptr_t va = reinterpret_cast<uintptr_t>(e.data()) + at;
       std::optional<Translation> t = table.Translate(reinterpret_cast<const void*>(va));
       auto mismatch = [&](const std::string& what) {
-        out.report.mismatches.push_back({va, absl::StrFormat("0x%x: %s", va, what)});
+        out.report.mismatches.push_back({va, Format("0x%x: %s", va, what)});
       };
       if (!t.has_value() || t->pfn == kUnknownPfn) {
         mismatch("the shadow table has no PFN for this device-DAX page");
@@ -88,12 +88,11 @@ DaxFrames CheckDaxFrames(const PageTable& table, const Extent& e, const DaxDevic
       if (out.sysfs_checked) {
         const uint64_t phys = info.PhysicalAddress(e.offset() + at);
         if (phys == ~uint64_t{0} || phys >> kPageShift != t->pfn) {
-          mismatch(absl::StrFormat(
-              "shadow has PFN 0x%x, %s's sysfs ranges put byte 0x%x of the "
-              "device at %s",
-              t->pfn, info.name, e.offset() + at,
-              phys == ~uint64_t{0} ? "no address"
-                                   : absl::StrFormat("PFN 0x%x", phys >> kPageShift)));
+          mismatch(
+              Format("shadow has PFN 0x%x, %s's sysfs ranges put byte 0x%x of the "
+                     "device at %s",
+                     t->pfn, info.name, e.offset() + at,
+                     phys == ~uint64_t{0} ? "no address" : Format("PFN 0x%x", phys >> kPageShift)));
         }
       }
       // kpageflags ends at the last page of RAM (OutOfRange): a device above it has none.
@@ -104,9 +103,9 @@ DaxFrames CheckDaxFrames(const PageTable& table, const Extent& e, const DaxDevic
       out.kpageflags_checked = true;
       if (flags.ok() && ((*flags)[0] >> sys::kKpfNoPage & 1) == 0) {
         mismatch(
-            absl::StrFormat("shadow has PFN 0x%x, which kpageflags describes as a page of "
-                            "RAM (flags 0x%x), not device memory (NOPAGE)",
-                            t->pfn, (*flags)[0]));
+            Format("shadow has PFN 0x%x, which kpageflags describes as a page of "
+                   "RAM (flags 0x%x), not device memory (NOPAGE)",
+                   t->pfn, (*flags)[0]));
       }
     }
   }
@@ -123,9 +122,9 @@ int RunVerify(const VerifyFlags& flags) {
     // What no mapping of this process can be is the command line's fault.
     if (range_len == 0 || range_va % kPageSize4K != 0 || range_len % kPageSize4K != 0 ||
         range_len > UINTPTR_MAX - range_va) {
-      return Usage("verify", absl::InvalidArgumentError(absl::StrFormat(
-                                 "--range %s %s: not a non-empty range of whole 4K pages",
-                                 flags.range[0], flags.range[1])));
+      return Usage("verify", absl::InvalidArgumentError(
+                                 Format("--range %s %s: not a non-empty range of whole 4K pages",
+                                        flags.range[0], flags.range[1])));
     }
   }
 
@@ -152,7 +151,7 @@ int RunVerify(const VerifyFlags& flags) {
     for (const auto& [size, n] : r.leaves_checked) leaves[size] += n;
     for (const VerifyMismatch& m : r.mismatches) {
       if (!json) std::printf("mismatch: %s\n", m.what.c_str());
-      mismatches.push_back({{"address", absl::StrFormat("0x%x", m.va)}, {"what", m.what}});
+      mismatches.push_back({{"address", Format("0x%x", m.va)}, {"what", m.what}});
     }
   };
 
@@ -190,7 +189,7 @@ int RunVerify(const VerifyFlags& flags) {
     if (!e.ok()) {
       // A failed Map names the backing ("hugetlb 2M: map 8 MiB: ..."); Create may not.
       const std::string why = b.ok() ? std::string(e.status().message())
-                                     : absl::StrFormat("%s: %s", s.name, e.status().message());
+                                     : Format("%s: %s", s.name, e.status().message());
       // A machine without those pages is a skip; a process without a descriptor left
       // could not do the check at all.
       if (const int err = ErrnoOf(e.status()); err == EMFILE || err == ENFILE) {
@@ -271,7 +270,7 @@ int RunVerify(const VerifyFlags& flags) {
   for (const auto& [size, n] : leaves) {
     counts[PageSizeName(size)] = n;
     total += n;
-    summary += absl::StrFormat("%s%s: %u", summary.empty() ? "" : ", ", PageSizeName(size), n);
+    summary += Format("%s%s: %u", summary.empty() ? "" : ", ", PageSizeName(size), n);
   }
   const size_t bad = mismatches.size();
   const bool ok = !failed && bad == 0 && total > 0;

@@ -1,4 +1,4 @@
-// absl::StrFormat for error paths that may meet an exhausted heap. abseil formats into a
+// absl::StrFormat for paths that may meet an exhausted heap. abseil formats into a
 // std::string from inside a function that must not throw, so a failed allocation there
 // ends the program; Format has it write through a sink that catches the failure, and then
 // throws std::bad_alloc itself, which the C API turns into -ENOMEM like any other. The
@@ -41,6 +41,16 @@ template <typename... Args>
   absl::Format(&sink, format, args...);
   if (sink.failed) throw std::bad_alloc();
   return out;
+}
+
+// absl::StrAppendFormat the same way: on std::bad_alloc, `out` may hold part of the text.
+template <typename... Args>
+[[gnu::visibility("hidden")]] void AppendFormat(std::string* out,
+                                                const absl::FormatSpec<Args...>& format,
+                                                const Args&... args) {
+  util_internal::FormatOut sink{out};
+  absl::Format(&sink, format, args...);
+  if (sink.failed) throw std::bad_alloc();
 }
 
 }  // namespace hugemm
