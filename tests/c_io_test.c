@@ -224,6 +224,16 @@ int main(void) {
   CHECK_ERR(hugemm_io_pin(io, stack, sizeof(stack), 0, &token), -ENOENT, "");
   CHECK(hugemm_io_pin(io, buf.data, kLen, 1, &token) == 0 && token != 0);
   CHECK(hugemm_maybe_dma_pinned(rt, buf.data) == 1);
+  /* A token is given back by the call of its kind alone: a pin's token is no CQE of a
+   * prepared I/O, and a prepared I/O's token is no pin to unpin while it is in flight. */
+  {
+    struct io_uring_cqe pin_cqe = {.user_data = token};
+    CHECK_ERR(hugemm_io_complete(io, &pin_cqe, NULL), -ENOENT, "is a pin of");
+    CHECK(hugemm_io_prep_write(io, &local, fd, buf.data, kLen, 0, 5) == 0);
+    CHECK_ERR(hugemm_io_unpin(io, local.user_data), -ENOENT, "is a prepared I/O");
+    CHECK(hugemm_io_in_flight(io) == 2);
+    CHECK(hugemm_io_cancel(io, &local, &user_data) == 0 && user_data == 5);
+  }
   CHECK(hugemm_io_unpin(io, token) == 0);
   CHECK_ERR(hugemm_io_unpin(io, token), -ENOENT, "not an I/O in flight");
   CHECK(hugemm_maybe_dma_pinned(rt, buf.data) == 0);

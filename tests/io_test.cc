@@ -264,6 +264,10 @@ TEST(FixedBuffers, ARingWithBuffersOrNoRingIsAClearError) {
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
   EXPECT_EQ(ErrnoOf(bad.status()), EBADF);
   EXPECT_THAT(bad.status().message(), HasSubstr("not an io_uring instance"));
+  TestRing fresh;
+  bad = FixedBuffers::Attach(*rt, fresh.fd(), {.mode = static_cast<FixedBufferMode>(7)});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
+  EXPECT_THAT(bad.status().message(), HasSubstr("unknown mode 7"));
   // Nothing is left observing: memory still comes and goes.
   absl::StatusOr<Buffer> b = rt->Allocate(4096);
   EXPECT_TRUE(b.ok()) << b.status();
@@ -1134,6 +1138,51 @@ TEST(IoRing, PrepareRefusesWhatIsNoFixedBufferAndLeavesTheSqe) {
   absl::StatusOr<uint64_t> u = (*io)->Cancel(&sqe);
   ASSERT_TRUE(u.ok());
   EXPECT_EQ(*u, 9u);
+  EXPECT_EQ((*io)->in_flight(), 0u);
+}
+
+// A prepared I/O's token is given back by its completion (or cancel) alone, and a token
+// of IoPins::Pin by Unpin alone: an Unpin of a prepared read would let its memory go while
+// the device may still write it, and a completion carrying a Pin's token would leave the
+// program's own Unpin of it failing. Each refusal leaves every pin where it was.
+TEST(IoRing, ATokenIsGivenBackOnlyByTheCallOfItsKind) {
+  std::unique_ptr<Runtime> rt = OpenRuntime();
+  ASSERT_NE(rt, nullptr);
+  TestRing ring;
+  absl::StatusOr<std::unique_ptr<IoRing>> io = IoRing::Attach(*rt, ring.fd());
+  ASSERT_TRUE(io.ok()) << io.status();
+  absl::StatusOr<Buffer> b = rt->Allocate(8192);
+  ASSERT_TRUE(b.ok()) << b.status();
+  auto pins = [&] { return rt->FolioInfoAt(b->data())->pincount; };
+  const int32_t before = pins();
+
+  io_uring_sqe sqe{};
+  HUGEMM_ASSERT_OK((*io)->PrepareRead(&sqe, 0, b->data(), 4096, 0, 7));
+  const uint64_t prepared = sqe.user_data;
+  absl::StatusOr<uint64_t> pinned = (*io)->pins().Pin(b->data() + 4096, 4096, true);
+  ASSERT_TRUE(pinned.ok()) << pinned.status();
+  const int32_t held = pins();
+  ASSERT_GT(held, before);
+
+  absl::Status st = (*io)->pins().Unpin(prepared);
+  EXPECT_EQ(st.code(), absl::StatusCode::kNotFound) << st;
+  EXPECT_THAT(st.message(), HasSubstr("is a prepared I/O"));
+  io_uring_cqe cqe{};
+  cqe.user_data = *pinned;
+  absl::StatusOr<uint64_t> u = (*io)->Complete(&cqe);
+  EXPECT_EQ(u.status().code(), absl::StatusCode::kNotFound) << u.status();
+  EXPECT_THAT(u.status().message(), HasSubstr("is a pin of IoPins::Pin"));
+  io_uring_sqe foreign{};
+  foreign.user_data = *pinned;
+  EXPECT_EQ((*io)->Cancel(&foreign).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(pins(), held);
+  EXPECT_EQ((*io)->in_flight(), 2u);
+
+  HUGEMM_ASSERT_OK((*io)->pins().Unpin(*pinned));
+  u = (*io)->Cancel(&sqe);
+  ASSERT_TRUE(u.ok()) << u.status();
+  EXPECT_EQ(*u, 7u);
+  EXPECT_EQ(pins(), before);
   EXPECT_EQ((*io)->in_flight(), 0u);
 }
 

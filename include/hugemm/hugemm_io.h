@@ -136,7 +136,8 @@ int hugemm_io_prep_write(hugemm_io* io, struct io_uring_sqe* sqe, int fd, const 
                          unsigned length, uint64_t offset, uint64_t user_data);
 /* Unpins the I/O of `cqe` (marking the folios dirty after a read) and writes its
  * user_data to *user_data (may be NULL). -ENOENT for a CQE of no prepared I/O (one of the
- * program's own SQEs, or one completed already): nothing is unpinned twice. A completed
+ * program's own SQEs, one completed already, or one whose user_data is a token of
+ * hugemm_io_pin, which stays pinned): nothing is unpinned twice. A completed
  * token could match again only once its record has served 65535 more I/Os; records are
  * reused oldest first. cqe->res is the program's to check. */
 int hugemm_io_complete(hugemm_io* io, const struct io_uring_cqe* cqe, uint64_t* user_data);
@@ -151,7 +152,9 @@ unsigned hugemm_io_in_flight(const hugemm_io* io);
  * (never 0) to *token. */
 int hugemm_io_pin(hugemm_io* io, const void* addr, size_t length, int device_writes,
                   uint64_t* token);
-/* Gives a token's pins back; -ENOENT for a token not in flight. */
+/* Gives a token's pins back; -ENOENT for a token not in flight, and for the token of an
+ * I/O hugemm_io_prep_read or hugemm_io_prep_write prepared: its memory stays pinned until
+ * hugemm_io_complete (or hugemm_io_cancel), as the device may still use it. */
 int hugemm_io_unpin(hugemm_io* io, uint64_t token);
 
 #ifdef __cplusplus

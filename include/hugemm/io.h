@@ -101,6 +101,7 @@ class FixedBuffers {
   // attachment keeps a descriptor of the ring (close-on-exec) until it is destroyed.
   //   InvalidArgument   a negative descriptor, or one that is not an io_uring instance
   //                     (closed or O_PATH: EBADF; another file: EOPNOTSUPP, kept for ErrnoOf);
+  //                     a `mode` that is none of FixedBufferMode's;
   //   ResourceExhausted no descriptor left for that (EMFILE, ENFILE);
   //   FailedPrecondition the ring has a registered-buffer table already (EBUSY); kClone
   //                     with the runtime's kernel pins off (there is no table to clone);
@@ -212,7 +213,9 @@ class IoPins {
   //   and what a pin returns (gup.h): NotFound for memory the runtime does not map, ...
   [[nodiscard]] absl::StatusOr<uint64_t> Pin(const void* addr, size_t length, bool device_writes);
   // Gives the pins of `token` back. NotFound for a token not in flight (never issued,
-  // or unpinned already): nothing is given back twice.
+  // or unpinned already): nothing is given back twice. NotFound too for the token of an
+  // I/O an IoRing prepared, whose pins hold its memory until IoRing::Complete (or
+  // Cancel): an Unpin of it would let that memory go while the device may still use it.
   absl::Status Unpin(uint64_t token);
 
   size_t in_flight() const { return in_flight_; }
@@ -224,15 +227,17 @@ class IoPins {
     uint32_t generation = 1;  // 1 .. 0xffff
     bool busy = false;
     bool dirty = false;
+    bool prepared = false;  // IoRing's I/O, given back by Complete or Cancel alone
     uint32_t nspans = 0;
     uint64_t user_data = 0;        // IoRing's
     FolioSpan inline_spans[2];     // most I/Os touch one or two folios
     std::vector<FolioSpan> spans;  // the rest
   };
   IoPins(Runtime& runtime, size_t capacity);
+  // `prepared`: for an IoRing I/O, whose token only Release(..., prepared=true) takes.
   absl::StatusOr<uint64_t> PinFor(const void* addr, size_t length, bool device_writes,
-                                  uint64_t user_data);
-  absl::Status Release(uint64_t token, uint64_t* user_data);
+                                  uint64_t user_data, bool prepared);
+  absl::Status Release(uint64_t token, uint64_t* user_data, bool prepared);
 
   Pinner& pinner_;
   std::vector<Record> records_;
@@ -270,7 +275,7 @@ class IoRing {
                             uint64_t offset, uint64_t user_data);
   // The completion of a prepared I/O: its folios unpinned (dirty after a read). Returns
   // the user_data it was prepared with; NotFound for a CQE of no prepared I/O (nothing
-  // is unpinned). cqe->res is the program's to check.
+  // is unpinned), a token of IoPins::Pin among them. cqe->res is the program's to check.
   [[nodiscard]] absl::StatusOr<uint64_t> Complete(const io_uring_cqe* cqe);
   // For an SQE prepared but never submitted: unpins it and returns its user_data.
   [[nodiscard]] absl::StatusOr<uint64_t> Cancel(const io_uring_sqe* sqe);

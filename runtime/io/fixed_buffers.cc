@@ -147,6 +147,11 @@ absl::StatusOr<std::unique_ptr<FixedBuffers>> FixedBuffers::Attach(
   if (ring_fd < 0) {
     return absl::InvalidArgumentError(absl::StrCat("fixed buffers: bad ring descriptor ", ring_fd));
   }
+  if (options.mode != FixedBufferMode::kAuto && options.mode != FixedBufferMode::kClone &&
+      options.mode != FixedBufferMode::kIovec) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "fixed buffers for ring ", ring_fd, ": unknown mode ", static_cast<int>(options.mode)));
+  }
   const KernelPinTable& table = runtime.kernel_pin_table();
   if (table.InForkedChild()) {
     // A clone would give the child's ring the parent's pages; iovecs would name memory the

@@ -48,13 +48,13 @@ absl::StatusOr<std::unique_ptr<IoPins>> IoPins::Create(Runtime& runtime, size_t 
 IoPins::~IoPins() = default;
 
 absl::StatusOr<uint64_t> IoPins::Pin(const void* addr, size_t length, bool device_writes) {
-  return PinFor(addr, length, device_writes, 0);
+  return PinFor(addr, length, device_writes, 0, /*prepared=*/false);
 }
 
-absl::Status IoPins::Unpin(uint64_t token) { return Release(token, nullptr); }
+absl::Status IoPins::Unpin(uint64_t token) { return Release(token, nullptr, /*prepared=*/false); }
 
 absl::StatusOr<uint64_t> IoPins::PinFor(const void* addr, size_t length, bool device_writes,
-                                        uint64_t user_data) {
+                                        uint64_t user_data, bool prepared) {
   if (length == 0) {
     return absl::InvalidArgumentError(hugemm::Format("per-I/O pin of %p: an empty range", addr));
   }
@@ -81,13 +81,14 @@ absl::StatusOr<uint64_t> IoPins::PinFor(const void* addr, size_t length, bool de
   --free_count_;
   r.busy = true;
   r.dirty = device_writes;
+  r.prepared = prepared;
   r.nspans = static_cast<uint32_t>(*n);
   r.user_data = user_data;
   ++in_flight_;
   return (uint64_t{r.generation} << kGenerationShift) | reinterpret_cast<uintptr_t>(&r);
 }
 
-absl::Status IoPins::Release(uint64_t token, uint64_t* user_data) {
+absl::Status IoPins::Release(uint64_t token, uint64_t* user_data, bool prepared) {
   // Only the address of one of this object's records, busy, with the generation it has
   // now: any other value (another IoPins' token, a program's own user_data) names none.
   const uintptr_t at = token & kAddressMask;
@@ -102,6 +103,18 @@ absl::Status IoPins::Release(uint64_t token, uint64_t* user_data) {
         token));
   }
   Record& r = records_[index];
+  // A token of the other kind gives nothing back: an Unpin of a prepared I/O would free
+  // its memory under the device, and a completion of a Pin's token would leave the
+  // program's own Unpin of it failing.
+  if (r.prepared != prepared) {
+    return absl::NotFoundError(hugemm::Format(
+        prepared ? "per-I/O pins: token 0x%x is a pin of IoPins::Pin (hugemm_io_pin), not a "
+                   "prepared I/O; Unpin (hugemm_io_unpin) gives it back"
+                 : "per-I/O pins: token 0x%x is a prepared I/O in flight, not a pin of "
+                   "IoPins::Pin (hugemm_io_pin); its completion (hugemm_io_complete, or "
+                   "hugemm_io_cancel before the submit) gives it back",
+        token));
+  }
   if (r.spans.empty()) {
     pinner_.UnpinFolios(absl::MakeConstSpan(r.inline_spans, r.nspans), RefKind::kPin, r.dirty);
   } else {

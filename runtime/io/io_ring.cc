@@ -28,7 +28,7 @@ absl::Status IoRing::Prepare(io_uring_sqe* sqe, bool read, int fd, const void* b
   }
   const int index = fixed_->Find(buf, length);
   if (index < 0) return fixed_->IndexOf(buf, length).status();
-  absl::StatusOr<uint64_t> token = pins_->PinFor(buf, length, read, user_data);
+  absl::StatusOr<uint64_t> token = pins_->PinFor(buf, length, read, user_data, /*prepared=*/true);
   if (!token.ok()) return token.status();
   if (read) {
     io_uring_prep_read_fixed(sqe, fd, const_cast<void*>(buf), length, offset, index);
@@ -52,14 +52,16 @@ absl::Status IoRing::PrepareWrite(io_uring_sqe* sqe, int fd, const void* buf, un
 absl::StatusOr<uint64_t> IoRing::Complete(const io_uring_cqe* cqe) {
   if (cqe == nullptr) return absl::InvalidArgumentError("complete: no CQE");
   uint64_t user_data = 0;
-  if (absl::Status st = pins_->Release(cqe->user_data, &user_data); !st.ok()) return st;
+  if (absl::Status st = pins_->Release(cqe->user_data, &user_data, /*prepared=*/true); !st.ok())
+    return st;
   return user_data;
 }
 
 absl::StatusOr<uint64_t> IoRing::Cancel(const io_uring_sqe* sqe) {
   if (sqe == nullptr) return absl::InvalidArgumentError("cancel: no SQE");
   uint64_t user_data = 0;
-  if (absl::Status st = pins_->Release(sqe->user_data, &user_data); !st.ok()) return st;
+  if (absl::Status st = pins_->Release(sqe->user_data, &user_data, /*prepared=*/true); !st.ok())
+    return st;
   return user_data;
 }
 
