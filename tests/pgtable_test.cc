@@ -284,6 +284,31 @@ TEST(PageTableTest, ContiguousGroupIsOneUnit) {
   EXPECT_EQ(PageTableTestPeer::TableCount(table), 1u);
 }
 
+// Verify and RegisterExternal read the kernel's tables through pagemap: a table of
+// another machine's shape (arm64's, even with 4K pages and a 2M leaf mapped) or of no
+// valid shape is refused before anything is read or checked.
+TEST(PageTableTest, VerifyAndRegisterRefuseAGeometryNotThisMachines) {
+  static char page[4096];
+  PageTable arm(*Arm64Geometry(4 << 10));
+  auto f = FakeFolio(kPageSize2M, kBase, kBasePfn);
+  HUGEMM_ASSERT_OK(arm.Map(f.get(), Ptr(kBase), kRW));
+  absl::StatusOr<VerifyReport> r = arm.Verify(Ptr(kBase), kPageSize2M);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+  EXPECT_THAT(r.status().message(), HasSubstr("arm64 4K granule is not this machine's"));
+  EXPECT_EQ(arm.RegisterExternal(page, sizeof(page)).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  HUGEMM_ASSERT_OK(arm.Unmap(Ptr(kBase), kPageSize2M));
+
+  Geometry none = X86_64Geometry(false);
+  none.levels = 0;
+  PageTable invalid(none);
+  r = invalid.Verify(page, sizeof(page));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  EXPECT_THAT(r.status().message(), HasSubstr("verify: "));
+  EXPECT_EQ(invalid.RegisterExternal(page, sizeof(page)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(PageTableTest, ContPmdGroupClearedAsUnit) {
   PageTable table(*Arm64Geometry(4 << 10));
   auto f = FakeFolio(32 << 20, kBase, kBasePfn);

@@ -272,7 +272,8 @@ class PageTable {
   // kernel's page, so the kernel may reuse a frame a device still holds. Unpin and
   // unregister before changing such memory (MADV_DONTFORK it before a fork); Verify names
   // each of these changes.
-  //   FailedPrecondition: a geometry that is not this machine's; a page not faulted in, or
+  //   FailedPrecondition: a geometry that is not this machine's (x86-64, 4 or 5 levels;
+  //     InvalidArgument for an invalid one); a page not faulted in, or
   //     not physically contiguous, or not a compound head.  PermissionDenied: pagemap
   //     hides PFNs from this process, or the program may not read part of the range.
   //     NotFound: part of the range is not mapped by the kernel.  InvalidArgument: the
@@ -310,8 +311,9 @@ class PageTable {
   // the kernel no longer maps (munmap, a page dropped by MADV_DONTNEED or a punched hole,
   // another page moved there, a copy-on-write) is a mismatch; only a device-DAX leaf
   // without a PFN in pagemap counts as hidden. Mismatches are the report's, not errors.
-  //   FailedPrecondition: a geometry that is not this machine's.  InvalidArgument: a
-  //   range that wraps the address space.  Errors reading /proc pass through.
+  //   FailedPrecondition: a geometry that is not this machine's (x86-64, 4 or 5 levels).
+  //   InvalidArgument: an invalid geometry (ValidateGeometry), a range that wraps the
+  //   address space.  Errors reading /proc pass through.
   [[nodiscard]] absl::StatusOr<VerifyReport> Verify(const void* va, size_t length) const;
 
  private:
@@ -335,6 +337,9 @@ class PageTable {
   void FreeTable(Table* t) const;     // with the tables deposited in it
   void FreeChain(Table* head) const;  // a list linked through `next`
   absl::Status CheckGeometry(const char* op) const;
+  // CheckGeometry, then FailedPrecondition unless the geometry is x86-64's (4 or 5
+  // levels): the kernel's own, which RegisterExternal and Verify read through pagemap.
+  absl::Status CheckMachineGeometry(const char* op) const;
   absl::Status CheckRange(uintptr_t va, size_t length, const char* op) const;
   static absl::Status CheckProt(Prot prot);
   absl::Status CheckNoHoles(uintptr_t va, size_t length, const char* op) const;

@@ -42,10 +42,7 @@ absl::StatusOr<uint64_t> PageTable::RegisterExternal(
     const void* p, size_t length,
     absl::FunctionRef<absl::Status(absl::Span<const ExternalPage>)> before_map) {
   const auto va = reinterpret_cast<uintptr_t>(p);
-  if (geometry_.page_shift != kPageShift) {
-    return absl::FailedPreconditionError(
-        hugemm::Format("register: %s is not this machine's geometry", geometry_.name));
-  }
+  if (absl::Status st = CheckMachineGeometry("register"); !st.ok()) return st;
   if (absl::Status st = CheckRange(va, length, "register"); !st.ok()) return st;
   absl::StatusOr<std::vector<sys::Vma>> vmas = sys::ReadVmas(os_);
   if (!vmas.ok()) return vmas.status();

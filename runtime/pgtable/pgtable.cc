@@ -136,6 +136,19 @@ absl::Status PageTable::CheckGeometry(const char* op) const {
   return absl::Status(geometry_status_.code(), absl::StrCat(op, ": ", geometry_status_.message()));
 }
 
+absl::Status PageTable::CheckMachineGeometry(const char* op) const {
+  if (absl::Status st = CheckGeometry(op); !st.ok()) return st;
+  const Geometry host = X86_64Geometry(geometry_.levels == 5);
+  bool same = geometry_.page_shift == host.page_shift && geometry_.levels == host.levels;
+  for (int l = 0; same && l < host.levels; ++l) {
+    same = geometry_.index_bits[l] == host.index_bits[l] &&
+           geometry_.leaf_ok[l] == host.leaf_ok[l] && geometry_.cont_ok(l) == host.cont_ok(l);
+  }
+  if (same) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat(op, ": ", geometry_.name, " is not this machine's geometry (x86-64)"));
+}
+
 absl::Status PageTable::CheckRange(uintptr_t va, size_t length, const char* op) const {
   if (absl::Status st = CheckGeometry(op); !st.ok()) return st;
   const size_t page = geometry_.page_size();

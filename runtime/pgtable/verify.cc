@@ -23,10 +23,7 @@ std::string PfnName(uint64_t pfn) {
 }  // namespace
 
 absl::StatusOr<VerifyReport> PageTable::Verify(const void* va, size_t length) const {
-  if (geometry_.page_shift != kPageShift) {
-    return absl::FailedPreconditionError(
-        hugemm::Format("verify: %s is not this machine's geometry", geometry_.name));
-  }
+  if (absl::Status st = CheckMachineGeometry("verify"); !st.ok()) return st;
   const auto lo = reinterpret_cast<uintptr_t>(va);
   if (length > std::numeric_limits<uintptr_t>::max() - lo) {
     return absl::InvalidArgumentError(
