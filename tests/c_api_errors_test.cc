@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "gtest/gtest.h"
 #include "hugemm/gup.h"
@@ -430,6 +431,10 @@ std::vector<Cell> Matrix() {
        [](World& w) { return hugemm_pin_pages(w.rt, w.buf.data, 1, HUGEMM_PIN, nullptr); }},
       {"pin_pages", "zero_length", 0,
        [=](World& w) { return PinPagesInto(w, w.buf.data, 0, kPin); }},
+      {"pin_pages", "zero_length_null_output", 0,
+       [](World& w) { return hugemm_pin_pages(w.rt, w.buf.data, 0, HUGEMM_PIN, nullptr); }},
+      {"pin_pages", "zero_length_null_output_bad_flags", -EINVAL,
+       [=](World& w) { return hugemm_pin_pages(w.rt, w.buf.data, 0, kPin | kUnknown, nullptr); }},
       {"pin_pages", "absurd_length", -EINVAL,
        [=](World& w) { return PinPagesInto(w, w.buf.data, SIZE_MAX / 2, kPin); }},
       {"pin_pages", "unknown_flags", -EINVAL,
@@ -454,6 +459,8 @@ std::vector<Cell> Matrix() {
        [](World& w) { return hugemm_pin_folios(w.rt, w.buf.data, k2M, HUGEMM_PIN, nullptr, 1); }},
       {"pin_folios", "zero_length", 0,
        [=](World& w) { return PinFoliosAt(w, w.buf.data, 0, kPin); }},
+      {"pin_folios", "zero_length_null_output", 0,
+       [](World& w) { return hugemm_pin_folios(w.rt, w.buf.data, 0, HUGEMM_PIN, nullptr, 4); }},
       {"pin_folios", "absurd_length", -EINVAL,
        [=](World& w) { return PinFoliosAt(w, w.buf.data, kAbsurd, kPin); }},
       {"pin_folios", "unknown_flags", -EINVAL,
@@ -476,6 +483,10 @@ std::vector<Cell> Matrix() {
        }},
       {"pin_segments", "zero_length", 0,
        [=](World& w) { return PinSegmentsAt(w, w.buf.data, 0, kPin); }},
+      {"pin_segments", "zero_length_null_output", 0,
+       [](World& w) {
+         return hugemm_pin_segments(w.rt, w.buf.data, 0, HUGEMM_PIN, 0, nullptr, 4);
+       }},
       {"pin_segments", "absurd_length", -EINVAL,
        [=](World& w) { return PinSegmentsAt(w, w.buf.data, kAbsurd, kPin); }},
       {"pin_segments", "unknown_flags", -EINVAL,
@@ -838,9 +849,30 @@ TEST(CApiTrim, APageHeldInAnIdleThreadsCacheGoesBackOnAnotherThreadsTrim) {
 TEST(CApiBridge, AFailureWithAnOkStatusIsNeverZero) {
   EXPECT_EQ(hugemm::bridge::CApiFail(absl::OkStatus()), -EIO);
   EXPECT_NE(std::string(hugemm_last_error()), "");
-  EXPECT_EQ(hugemm::bridge::CApiFailKernel(absl::OkStatus()), -EIO);
+  EXPECT_EQ(hugemm::bridge::CApiFailKernel("hugemm_f", absl::OkStatus()), -EIO);
+  EXPECT_EQ(hugemm::bridge::CApiFail("hugemm_f", absl::OkStatus()), -EIO);
   EXPECT_EQ(hugemm::bridge::CApiFail(absl::NotFoundError("x")), -ENOENT);
   EXPECT_EQ(std::string(hugemm_last_error()), "x");
+}
+
+// A failure from the layers below a C call is said with the call's name first, once.
+TEST(CApiBridge, AFailureFromBelowNamesTheCall) {
+  EXPECT_EQ(hugemm::bridge::CApiFail("hugemm_f", absl::NotFoundError("x")), -ENOENT);
+  EXPECT_EQ(std::string(hugemm_last_error()), "hugemm_f: x");
+  EXPECT_EQ(hugemm::bridge::CApiFail("hugemm_f", absl::NotFoundError("hugemm_f: x")), -ENOENT);
+  EXPECT_EQ(std::string(hugemm_last_error()), "hugemm_f: x");
+  EXPECT_EQ(hugemm::bridge::CApiFailKernel("hugemm_f", hugemm::ErrnoStatus(EBADF, "y")), -EBADF);
+  EXPECT_TRUE(absl::StartsWith(hugemm_last_error(), "hugemm_f: y: ")) << hugemm_last_error();
+  hugemm_runtime* rt = nullptr;
+  ASSERT_EQ(hugemm_open(nullptr, &rt), 0);
+  char stack[64];
+  hugemm_folio_info info;
+  EXPECT_EQ(hugemm_folio_info_at(rt, stack, &info), -ENOENT);
+  EXPECT_TRUE(absl::StartsWith(hugemm_last_error(), "hugemm_folio_info_at: "))
+      << hugemm_last_error();
+  EXPECT_EQ(hugemm_free(rt, stack), -ENOENT);
+  EXPECT_TRUE(absl::StartsWith(hugemm_last_error(), "hugemm_free: ")) << hugemm_last_error();
+  hugemm_close(rt);
 }
 
 TEST(CApiOpen, AKernelRefusalIsTheKernelsErrno) {

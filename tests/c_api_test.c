@@ -118,12 +118,23 @@ int main(void) {
   CHECK(hugemm_unpin_pages(rt, pages, (size_t)n, 1) == 2); /* one operation per folio */
   CHECK(hugemm_maybe_dma_pinned(rt, buf.data) == 0);
   CHECK(hugemm_folio_info_at(rt, buf.data, &info) == 0 && (info.flags & 1u) && info.pincount == 0);
+  /* Unpinned twice: refused, and the mappings' references stay (the memory is still in use). */
+  hugemm_folio_info before;
+  CHECK(hugemm_folio_info_at(rt, buf.data, &before) == 0);
+  CHECK(hugemm_unpin_pages(rt, pages, (size_t)n, 0) == -EFAULT);
+  CHECK(strstr(hugemm_last_error(), "2 run(s)") != NULL);
+  CHECK(hugemm_folio_info_at(rt, buf.data, &info) == 0 && info.refcount == before.refcount);
+  memset(buf.data, 1, len);
 
   /* Folio spans: one per folio, starting mid-folio. */
   hugemm_folio_span spans[4];
   n = hugemm_pin_folios(rt, (char*)buf.data + 8192, len - 8192, HUGEMM_GET, spans, 4);
   CHECK(n == 2 && spans[0].first_page == 2 && spans[0].pages == 510 && spans[1].pages == 512);
+  /* GET spans given back as PIN: refused, nothing taken; then as GET. */
+  CHECK(hugemm_unpin_folios(rt, spans, (size_t)n, HUGEMM_PIN, 0) == -EFAULT);
+  CHECK(strstr(hugemm_last_error(), "2 span(s) (0 given back)") != NULL);
   CHECK(hugemm_unpin_folios(rt, spans, (size_t)n, HUGEMM_GET, 0) == 2);
+  CHECK(hugemm_folio_info_at(rt, buf.data, &info) == 0 && info.refcount == before.refcount);
 
   /* DMA segments, capped at 1M each, and the range unpin. */
   hugemm_dma_segment segs[16];

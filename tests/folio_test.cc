@@ -172,6 +172,47 @@ TEST(FolioPins, SmallFolioPinUsesTheBias) {
   EXPECT_FALSE(FolioMaybeDmaPinned(&f));
 }
 
+// An unpin of what the folio does not hold (a double unpin, a GET grab given back as a
+// PIN, more pages than were grabbed) is refused whole: it would otherwise take the
+// references the owner and the mappings hold, and hand a folio still in use back to its
+// owner. A put beyond the refcount likewise. The counts stay exactly where they were.
+TEST(FolioPins, AnUnpinOfWhatTheFolioDoesNotHoldIsRefusedWhole) {
+  CountingOwner owner;
+  for (int order : {0, 9}) {
+    SCOPED_TRACE(order);
+    Folio f;
+    MakeLive(&f, order, &owner);
+    HUGEMM_ASSERT_OK(FolioGet(&f));  // a mapping's reference
+    HUGEMM_ASSERT_OK(FolioTryGrab(&f, 2, RefKind::kPin));
+    const uint64_t pinned = f.counts.load();
+    EXPECT_FALSE(FolioUngrab(&f, 3, RefKind::kPin)) << "more pins than were taken";
+    EXPECT_EQ(f.counts.load(), pinned);
+    EXPECT_TRUE(FolioUngrab(&f, 2, RefKind::kPin));
+    const uint64_t unpinned = f.counts.load();
+    EXPECT_FALSE(FolioUngrab(&f, 2, RefKind::kPin, /*dirty=*/true)) << "unpinned twice";
+    EXPECT_EQ(f.counts.load(), unpinned);
+    EXPECT_TRUE(f.flags.load() & static_cast<uint32_t>(FolioFlag::kDirty))
+        << "a refused dirty unpin still marks the folio (harmless)";
+
+    HUGEMM_ASSERT_OK(FolioTryGrab(&f, 1, RefKind::kGet));
+    const uint64_t got = f.counts.load();
+    // A large folio's PIN needs a pincount, which a GET grab never adds; an order-0
+    // folio's is kPinBias references, far beyond the GET grab's one.
+    EXPECT_FALSE(FolioUngrab(&f, 1, RefKind::kPin)) << "a GET grab unpinned as a PIN";
+    EXPECT_EQ(f.counts.load(), got);
+    EXPECT_TRUE(FolioUngrab(&f, 1, RefKind::kGet));
+    EXPECT_FALSE(FolioPut(&f, 3)) << "a put of more than the refcount";
+    EXPECT_FALSE(FolioPut(&f, 0));
+    EXPECT_FALSE(FolioUngrab(&f, 0, RefKind::kGet));
+    EXPECT_EQ(f.refcount(), 2);
+    EXPECT_EQ(f.pincount(), 0);
+    EXPECT_EQ(owner.released.load(), 0);
+    EXPECT_TRUE(FolioPut(&f, 2));
+    EXPECT_EQ(owner.released.load(), 1) << "the last put still hands the folio back";
+    owner.released = 0;
+  }
+}
+
 TEST(FolioPins, MaybeDmaPinnedIsExactForLargeFolios) {
   CountingOwner owner;
   Folio f;

@@ -3,6 +3,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <type_traits>
@@ -100,6 +101,49 @@ TEST_P(GupMemoryTest, PinCountsAndUnpinReturnToBaseline) {
       EXPECT_EQ(m.Counts(), base);
     }
   }
+}
+
+// A program's second unpin of the same pins, or an unpin of GET spans as PIN, would take
+// references the mappings hold and hand folios still mapped back to their owner. Each
+// folio refuses what it does not hold: nothing of it is given back, it is counted as
+// refused, and the memory stays mapped and usable.
+TEST_P(GupMemoryTest, AnUnpinOfWhatIsNotHeldIsRefusedAndTheMemoryStays) {
+  const Memory mem = GetParam();
+  MAP_OR_SKIP(m, mem);
+  Pinner pinner(*m.table);
+  const auto base = m.Counts();
+  const size_t npages = std::min<size_t>(m.pages4k(), 1024);
+  std::vector<PageRef> pages(npages);
+  HUGEMM_ASSERT_OK(pinner.PinPages(m.data(), npages, kGupPin | kGupWrite, absl::MakeSpan(pages)));
+  size_t refused = 99;
+  const size_t ops = pinner.UnpinPages(pages, /*dirty=*/false, &refused);
+  EXPECT_EQ(refused, 0u);
+  EXPECT_EQ(m.Counts(), base);
+  EXPECT_EQ(pinner.UnpinPages(pages, /*dirty=*/false, &refused), 0u) << "unpinned twice";
+  EXPECT_EQ(refused, ops);
+  EXPECT_EQ(m.Counts(), base);
+
+  std::vector<FolioSpan> spans(npages);
+  absl::StatusOr<size_t> n =
+      pinner.PinFolios(m.data(), npages * kPageSize4K, kGupPin, absl::MakeSpan(spans));
+  HUGEMM_ASSERT_OK(n);
+  const auto held = absl::MakeConstSpan(spans.data(), *n);
+  EXPECT_EQ(pinner.UnpinFolios(held, RefKind::kPin, false, &refused), *n);
+  EXPECT_EQ(refused, 0u);
+  EXPECT_EQ(pinner.UnpinFolios(held, RefKind::kPin, false, &refused), 0u) << "unpinned twice";
+  EXPECT_EQ(refused, *n);
+  EXPECT_EQ(m.Counts(), base);
+
+  n = pinner.PinFolios(m.data(), npages * kPageSize4K, kGupGet, absl::MakeSpan(spans));
+  HUGEMM_ASSERT_OK(n);
+  const auto got = m.Counts();
+  EXPECT_EQ(pinner.UnpinFolios(held, RefKind::kPin, false, &refused), 0u) << "GET as PIN";
+  EXPECT_EQ(refused, *n);
+  EXPECT_EQ(m.Counts(), got);
+  EXPECT_EQ(pinner.UnpinFolios(held, RefKind::kGet), *n);
+  EXPECT_EQ(m.Counts(), base);
+  std::memset(m.data(), 0x5a, npages * kPageSize4K);  // still mapped, still this memory
+  EXPECT_EQ(m.data()[npages * kPageSize4K - 1], std::byte{0x5a});
 }
 
 TEST_P(GupMemoryTest, SpansAndRangeVariantTakeTheSame) {

@@ -151,8 +151,10 @@ class FolioOwner {
 // which: InvalidArgument, NotFound or ResourceExhausted.
 [[nodiscard]] bool FolioTryGet(Folio* folio, int32_t refs = 1, absl::Status* error = nullptr);
 // Drops `refs` references the caller holds; the last one returns the folio to its
-// owner (on this thread).
-void FolioPut(Folio* folio, int32_t refs = 1);
+// owner (on this thread). false, dropping nothing, for refs <= 0 or a folio whose
+// refcount is below `refs`: a put of references never taken, or put already. (That check
+// is exact only while no other thread changes the folio's counts; see FolioUngrab.)
+bool FolioPut(Folio* folio, int32_t refs = 1);
 
 // Takes `refs` page references as GET (plain) or PIN (DMA) at once on the head, as
 // GUP-fast does per leaf: refcount += refs (or refs * kPinBias for an order-0 pin),
@@ -160,8 +162,16 @@ void FolioPut(Folio* folio, int32_t refs = 1);
 // freed folio, ResourceExhausted on overflow; nothing is taken on error.
 [[nodiscard]] absl::Status FolioTryGrab(Folio* folio, int32_t refs, RefKind kind);
 // Undoes FolioTryGrab, in the same one operation; marks the folio dirty first when asked
-// (a flag already set is not written again).
-void FolioUngrab(Folio* folio, int32_t refs, RefKind kind, bool dirty = false);
+// (a flag already set is not written again). false, giving nothing back, for refs <= 0 or
+// beyond what a grab can take, or when the folio holds fewer references of `kind` than
+// `refs` (a pincount, or an order-0 folio's refcount, below the pins; a refcount below
+// the references): an unpin of what was never pinned, was unpinned already, or was
+// pinned as the other kind, which would otherwise take references the folio's mappings
+// or other holders own. The check reads the result of the one operation and undoes it
+// when it fell short, so it is exact while no other thread changes the folio's counts;
+// one that does so at the same moment may be refused too. It catches a mistake; it
+// cannot tell a holder's references from another's.
+bool FolioUngrab(Folio* folio, int32_t refs, RefKind kind, bool dirty = false);
 
 // What a fresh folio descriptor says: everything but its counts.
 struct FolioInit {

@@ -255,10 +255,17 @@ class Pinner {
 
   // Gives back what PinPages took: one FolioUngrab per run of entries on the same folio
   // with the same kind (per entry in kPage granularity). Dirty marks each folio once,
-  // before its references drop. Returns the reference operations done.
-  size_t UnpinPages(absl::Span<const PageRef> pages, bool dirty = false) const;
-  // Gives back spans of `kind`: one operation per span. Returns the operations done.
-  size_t UnpinFolios(absl::Span<const FolioSpan> spans, RefKind kind, bool dirty = false) const;
+  // before its references drop. Returns the reference operations done. A run whose folio
+  // holds fewer references of its kind than the run has entries (entries never pinned,
+  // unpinned already: FolioUngrab) is refused, giving nothing back, and counted in
+  // `*refused` when it is not null; the other runs are given back all the same.
+  size_t UnpinPages(absl::Span<const PageRef> pages, bool dirty = false,
+                    size_t* refused = nullptr) const;
+  // Gives back spans of `kind`: one operation per span. Returns the operations done. A
+  // span its folio does not hold (never pinned, unpinned already, pinned as the other
+  // kind) is refused whole and counted in `*refused` when it is not null.
+  size_t UnpinFolios(absl::Span<const FolioSpan> spans, RefKind kind, bool dirty = false,
+                     size_t* refused = nullptr) const;
   // Gives back what a pin of exactly [va, va + length) with this kind took, found by a
   // walk of the table: valid only while the range still maps the folios it mapped when
   // pinned (splits and protection changes are fine; an unmap or remap is not). Use spans

@@ -302,7 +302,8 @@ typedef struct hugemm_dma_segment {
  * -EPERM (a WRITE pin of read-only memory), -EFAULT (a device-exclusive page, a
  * LONGTERM pin of borrowed memory), -ENOMEM (the output is full, a count would
  * overflow), -EAGAIN (FAST_ONLY and the mapping kept changing). An empty range pins
- * nothing and returns 0. A pin that fails keeps nothing pinned, but may have written part
+ * nothing and returns 0 (its output may then be NULL, as an unpin's of nothing may), if
+ * the flags are valid. A pin that fails keeps nothing pinned, but may have written part
  * of its output array. */
 
 /* Pins `npages` 4K pages from the page holding `addr` into pages[]. Returns the number
@@ -327,10 +328,18 @@ long hugemm_pin_segments(hugemm_runtime* rt, const void* addr, size_t length, un
                          uint64_t max_segment, hugemm_dma_segment* segments, size_t cap);
 /* Unpins a page array, one reference operation per run of the same folio; `dirty`
  * marks each folio dirty once. Returns the reference operations done. -EINVAL: NULL
- * pages with n > 0. The entries must be the pin's own, each unpinned once. */
+ * pages with n > 0. The entries must be the pin's own, each unpinned once: a run whose
+ * folio holds fewer references of its kind than the run has entries (never pinned, or
+ * unpinned already) is not unpinned, and the call returns -EFAULT saying how many runs
+ * were refused, having given back all the others. The check cannot tell one holder's
+ * pins from another's: entries unpinned twice while the folio holds other pins take
+ * those. */
 long hugemm_unpin_pages(hugemm_runtime* rt, const hugemm_page* pages, size_t n, int dirty);
 /* Unpins spans taken with `flags` (HUGEMM_PIN or HUGEMM_GET). -EINVAL: NULL spans with
- * n > 0, flags as for a pin. The spans must be the pin's own, each unpinned once. */
+ * n > 0, flags as for a pin. The spans must be the pin's own, each unpinned once: a span
+ * whose folio holds fewer references of that kind (never pinned, unpinned already, or
+ * pinned with the other kind) is not unpinned, and the call returns -EFAULT saying how
+ * many were refused, having given back all the others (as hugemm_unpin_pages). */
 long hugemm_unpin_folios(hugemm_runtime* rt, const hugemm_folio_span* spans, size_t n,
                          unsigned flags, int dirty);
 /* Unpins what a pin of exactly [addr, addr + length) with `flags` took: the oldest

@@ -18,6 +18,7 @@
 #include <utility>
 
 #include "absl/container/inlined_vector.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "hugemm/hugemm.h"
 #include "hugemm/runtime.h"
@@ -164,10 +165,10 @@ int FromKind(hugemm::BackingKind kind) {
   return -1;
 }
 
-int BufferOptionsFrom(const hugemm_buffer_options* in, hugemm::BufferOptions* out) {
+int BufferOptionsFrom(const char* fn, const hugemm_buffer_options* in, hugemm::BufferOptions* out) {
   if (in == nullptr) return 0;
   if (!ToKind(in->backing, &out->backing)) {
-    return Fail(EINVAL, absl::StrCat("unknown backing ", in->backing));
+    return Fail(EINVAL, absl::StrCat(fn, ": unknown backing ", in->backing));
   }
   out->page_size = in->page_size;
   out->node = in->node;
@@ -201,6 +202,16 @@ int hugemm::bridge::CApiFail(const absl::Status& status) {
   // it under ResourceExhausted, which would read as "no memory" here.
   if (const int err = ErrnoOf(status); err == EMFILE || err == ENFILE) return -err;
   return NegativeErrnoOf(status.code());
+}
+
+int hugemm::bridge::CApiFail(const char* fn, const absl::Status& status) {
+  const int rc = CApiFail(status);
+  if (!status.ok() && !absl::StartsWith(g_last_error, fn)) {
+    // Strong guarantee: on std::bad_alloc the message stays the status's alone, and the
+    // C function's handler answers -ENOMEM.
+    g_last_error.insert(0, ": ").insert(0, fn);
+  }
+  return rc;
 }
 
 int hugemm::bridge::CApiFail(int err, std::string message) {
@@ -266,7 +277,7 @@ int hugemm_open(const hugemm_options* options, hugemm_runtime** out) try {
   absl::StatusOr<std::unique_ptr<hugemm::Runtime>> rt = hugemm::Runtime::Open(ro);
   // What fails here is the kernel's refusal (the io_uring of the kernel pins, a file):
   // its own errno, as hugemm.h promises, not the status code's.
-  if (!rt.ok()) return hugemm::bridge::CApiFailKernel(rt.status());
+  if (!rt.ok()) return hugemm::bridge::CApiFailKernel(__func__, rt.status());
   *out = new hugemm_runtime{std::move(*rt)};
   return Ok();
 }
@@ -329,9 +340,9 @@ int hugemm_map_buffer(hugemm_runtime* rt, size_t length, const hugemm_buffer_opt
                       hugemm_buffer* out) try {
   HUGEMM_C_CHECK(rt != nullptr && out != nullptr, "hugemm_map_buffer: NULL runtime or out");
   hugemm::BufferOptions bo;
-  if (int rc = BufferOptionsFrom(options, &bo)) return rc;
+  if (int rc = BufferOptionsFrom(__func__, options, &bo)) return rc;
   absl::StatusOr<hugemm::Buffer> b = rt->rt->MapBuffer(length, bo);
-  if (!b.ok()) return Fail(b.status());
+  if (!b.ok()) return Fail(__func__, b.status());
   FillBuffer(*b, out);
   b->Detach();
   return Ok();
@@ -342,7 +353,7 @@ int hugemm_alloc(hugemm_runtime* rt, size_t bytes, const hugemm_buffer_options* 
                  int uninitialized, hugemm_buffer* out) try {
   HUGEMM_C_CHECK(rt != nullptr && out != nullptr, "hugemm_alloc: NULL runtime or out");
   hugemm::BufferOptions bo;
-  if (int rc = BufferOptionsFrom(options, &bo)) return rc;
+  if (int rc = BufferOptionsFrom(__func__, options, &bo)) return rc;
   hugemm::AllocOptions ao;
   ao.backing = bo.backing;
   ao.page_size =
@@ -354,7 +365,7 @@ int hugemm_alloc(hugemm_runtime* rt, size_t bytes, const hugemm_buffer_options* 
   ao.zero = uninitialized == 0;
   ao.devdax_path = bo.devdax_path;
   absl::StatusOr<hugemm::Buffer> b = rt->rt->Allocate(bytes, ao);
-  if (!b.ok()) return Fail(b.status());
+  if (!b.ok()) return Fail(__func__, b.status());
   FillBuffer(*b, out);
   b->Detach();
   return Ok();
@@ -366,7 +377,7 @@ int hugemm_free(hugemm_runtime* rt, void* data) try {
   if (int rc = RefuseInCallback(rt, "hugemm_free")) return rc;
   const absl::Status st = rt->rt->Free(data);
   DrainDeferred();
-  return st.ok() ? Ok() : Fail(st);
+  return st.ok() ? Ok() : Fail(__func__, st);
 }
 HUGEMM_C_CATCH
 
@@ -384,7 +395,7 @@ int hugemm_register_external(hugemm_runtime* rt, void* addr, size_t length, uint
   HUGEMM_C_CHECK(rt != nullptr && id != nullptr, "hugemm_register_external: NULL argument");
   if (int rc = RefuseInCallback(rt, "hugemm_register_external")) return rc;
   absl::StatusOr<uint64_t> r = rt->rt->RegisterExternal(addr, length);
-  if (!r.ok()) return Fail(r.status());
+  if (!r.ok()) return Fail(__func__, r.status());
   *id = *r;
   return Ok();
 }
@@ -395,7 +406,7 @@ int hugemm_unregister_external(hugemm_runtime* rt, uint64_t id) try {
   if (int rc = RefuseInCallback(rt, "hugemm_unregister_external")) return rc;
   const absl::Status st = rt->rt->UnregisterExternal(id);
   DrainDeferred();
-  return st.ok() ? Ok() : Fail(st);
+  return st.ok() ? Ok() : Fail(__func__, st);
 }
 HUGEMM_C_CATCH
 
@@ -427,7 +438,7 @@ HUGEMM_C_CATCH
 int hugemm_folio_info_at(hugemm_runtime* rt, const void* addr, hugemm_folio_info* out) try {
   HUGEMM_C_CHECK(rt != nullptr && out != nullptr, "hugemm_folio_info_at: NULL runtime or out");
   absl::StatusOr<hugemm::FolioInfo> info = rt->rt->FolioInfoAt(addr);
-  if (!info.ok()) return Fail(info.status());
+  if (!info.ok()) return Fail(__func__, info.status());
   out->data = info->data;
   out->size = info->size;
   out->head_pfn = info->head_pfn;
@@ -449,7 +460,7 @@ long hugemm_verify(hugemm_runtime* rt, const void* addr, size_t length,
   HUGEMM_C_CHECK(length <= UINTPTR_MAX - reinterpret_cast<uintptr_t>(addr),
                  "hugemm_verify: the range wraps the address space");
   absl::StatusOr<hugemm::VerifyReport> r = rt->rt->Verify(addr, length);
-  if (!r.ok()) return Fail(r.status());
+  if (!r.ok()) return Fail(__func__, r.status());
   size_t leaves = 0;
   for (const auto& [bytes, n] : r->leaves_checked) leaves += n;
   if (leaves == 0) {

@@ -51,12 +51,13 @@ extern "C" {
 
 long hugemm_pin_pages(hugemm_runtime* rt, const void* addr, size_t npages, unsigned flags,
                       hugemm_page* pages) try {
-  HUGEMM_C_CHECK(rt != nullptr && pages != nullptr, "hugemm_pin_pages: NULL runtime or pages");
+  HUGEMM_C_CHECK(rt != nullptr && (pages != nullptr || npages == 0),
+                 "hugemm_pin_pages: NULL runtime or pages");
   if (int rc = CheckFlags(flags)) return rc;
   absl::StatusOr<size_t> n =
       rt->rt->pinner().PinPages(addr, npages, static_cast<hugemm::GupFlags>(flags),
                                 absl::MakeSpan(reinterpret_cast<hugemm::PageRef*>(pages), npages));
-  if (!n.ok()) return Fail(n.status());
+  if (!n.ok()) return Fail(__func__, n.status());
   Ok();
   return static_cast<long>(*n);
 }
@@ -64,12 +65,14 @@ HUGEMM_C_CATCH
 
 long hugemm_pin_folios(hugemm_runtime* rt, const void* addr, size_t length, unsigned flags,
                        hugemm_folio_span* spans, size_t cap) try {
-  HUGEMM_C_CHECK(rt != nullptr && spans != nullptr, "hugemm_pin_folios: NULL runtime or spans");
+  HUGEMM_C_CHECK(rt != nullptr && (spans != nullptr || length == 0),
+                 "hugemm_pin_folios: NULL runtime or spans");
+  if (spans == nullptr) cap = 0;
   if (int rc = CheckFlags(flags)) return rc;
   absl::StatusOr<size_t> n =
       rt->rt->pinner().PinFolios(addr, length, static_cast<hugemm::GupFlags>(flags),
                                  absl::MakeSpan(reinterpret_cast<hugemm::FolioSpan*>(spans), cap));
-  if (!n.ok()) return Fail(n.status());
+  if (!n.ok()) return Fail(__func__, n.status());
   Ok();
   return static_cast<long>(*n);
 }
@@ -77,14 +80,15 @@ HUGEMM_C_CATCH
 
 long hugemm_pin_segments(hugemm_runtime* rt, const void* addr, size_t length, unsigned flags,
                          uint64_t max_segment, hugemm_dma_segment* segments, size_t cap) try {
-  HUGEMM_C_CHECK(rt != nullptr && segments != nullptr,
+  HUGEMM_C_CHECK(rt != nullptr && (segments != nullptr || length == 0),
                  "hugemm_pin_segments: NULL runtime or segments");
+  if (segments == nullptr) cap = 0;
   if (int rc = CheckFlags(flags)) return rc;
   std::vector<hugemm::FolioSpan> pinned;
   absl::StatusOr<size_t> n = rt->rt->pinner().PinSegments(
       addr, length, static_cast<hugemm::GupFlags>(flags), max_segment,
       absl::MakeSpan(reinterpret_cast<hugemm::DmaSegment*>(segments), cap), &pinned);
-  if (!n.ok()) return Fail(n.status());
+  if (!n.ok()) return Fail(__func__, n.status());
   if (!pinned.empty()) {
     try {
       rt->segment_pins.Add({reinterpret_cast<uintptr_t>(addr), length, KindOf(flags)}, pinned);
@@ -102,9 +106,18 @@ HUGEMM_C_CATCH
 long hugemm_unpin_pages(hugemm_runtime* rt, const hugemm_page* pages, size_t n, int dirty) try {
   HUGEMM_C_CHECK(rt != nullptr && (pages != nullptr || n == 0),
                  "hugemm_unpin_pages: NULL runtime or pages");
+  size_t refused = 0;
+  const size_t done = rt->rt->pinner().UnpinPages(
+      absl::MakeConstSpan(reinterpret_cast<const hugemm::PageRef*>(pages), n), dirty != 0,
+      &refused);
+  if (refused != 0) {
+    return Fail(EFAULT, absl::StrCat("hugemm_unpin_pages: ", refused, " run(s) of entries (", done,
+                                     " given back) name a folio that holds fewer "
+                                     "references of their kind than they have entries (never "
+                                     "pinned, or unpinned already): those were not unpinned"));
+  }
   Ok();
-  return static_cast<long>(rt->rt->pinner().UnpinPages(
-      absl::MakeConstSpan(reinterpret_cast<const hugemm::PageRef*>(pages), n), dirty != 0));
+  return static_cast<long>(done);
 }
 HUGEMM_C_CATCH
 
@@ -113,10 +126,19 @@ long hugemm_unpin_folios(hugemm_runtime* rt, const hugemm_folio_span* spans, siz
   HUGEMM_C_CHECK(rt != nullptr && (spans != nullptr || n == 0),
                  "hugemm_unpin_folios: NULL runtime or spans");
   if (int rc = CheckFlags(flags)) return rc;
-  Ok();
-  return static_cast<long>(rt->rt->pinner().UnpinFolios(
+  size_t refused = 0;
+  const size_t done = rt->rt->pinner().UnpinFolios(
       absl::MakeConstSpan(reinterpret_cast<const hugemm::FolioSpan*>(spans), n), KindOf(flags),
-      dirty != 0));
+      dirty != 0, &refused);
+  if (refused != 0) {
+    return Fail(EFAULT, absl::StrCat("hugemm_unpin_folios: ", refused, " span(s) (", done,
+                                     " given back) name a folio that holds fewer ",
+                                     (flags & HUGEMM_PIN) != 0 ? "pins" : "references",
+                                     " than they give back (never pinned, unpinned already, "
+                                     "or pinned as the other kind): those were not unpinned"));
+  }
+  Ok();
+  return static_cast<long>(done);
 }
 HUGEMM_C_CATCH
 
@@ -140,7 +162,7 @@ int hugemm_unpin_range(hugemm_runtime* rt, const void* addr, size_t length, unsi
           addr, length, kind, dirty != 0,
           [&records, kind](const hugemm::Folio* f) { return records.Held(f, kind); });
       !st.ok()) {
-    return Fail(st);
+    return Fail(__func__, st);
   }
   return Ok();
 }

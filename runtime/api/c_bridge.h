@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "hugemm/hugemm.h"
 #include "hugemm/os.h"
@@ -135,6 +136,10 @@ namespace hugemm::bridge {
 // -ENFILE where the status keeps that errno (ErrnoOf: no descriptor was left). An OK
 // status is a caller's mistake and gives -EIO, never 0.
 int CApiFail(const absl::Status& status);
+// The same for a failure from the layers below a C function `fn` (its __func__), whose
+// message names what was wrong but not the call: the message becomes "<fn>: <message>"
+// (unless it starts with `fn` already).
+int CApiFail(const char* fn, const absl::Status& status);
 // Sets this thread's message and returns -err.
 int CApiFail(int err, std::string message);
 // Clears this thread's message and returns 0.
@@ -149,9 +154,12 @@ int CApiCaught(const char* fn) noexcept;
 void CApiCaughtInVoid(const char* fn) noexcept;
 // The kernel's own errno where the status keeps one (ErrnoOf: a syscall or an ioctl said
 // no), else CApiFail(status): for the consumer layers, whose errors are mostly the kernel's.
-inline int CApiFailKernel(const absl::Status& status) {
+inline int CApiFailKernel(const char* fn, const absl::Status& status) {
   const int err = ErrnoOf(status);
-  return err != 0 ? CApiFail(err, std::string(status.message())) : CApiFail(status);
+  if (err == 0) return CApiFail(fn, status);
+  return CApiFail(err, absl::StartsWith(status.message(), fn)
+                           ? std::string(status.message())
+                           : absl::StrCat(fn, ": ", status.message()));
 }
 
 // The handles of the layers above (hugemm_io, hugemm_vfio, hugemm_mr_cache) share one
@@ -205,6 +213,7 @@ namespace hugemm::c_api_internal {
 
 // Shorthands for hugemm.h's own functions (c_api.cc, c_api_pin.cc).
 inline int Fail(const absl::Status& status) { return bridge::CApiFail(status); }
+inline int Fail(const char* fn, const absl::Status& status) { return bridge::CApiFail(fn, status); }
 inline int Fail(int err, std::string message) { return bridge::CApiFail(err, std::move(message)); }
 inline int Ok() { return bridge::CApiOk(); }
 

@@ -59,9 +59,9 @@ bool FolioTryGet(Folio* folio, int32_t refs, absl::Status* error) {
   return false;
 }
 
-void FolioPut(Folio* folio, int32_t refs) {
-  if (refs <= 0) return;
-  folio_internal::Drop(folio, static_cast<uint32_t>(refs));
+bool FolioPut(Folio* folio, int32_t refs) {
+  if (refs <= 0) return false;
+  return folio_internal::DropHeld(folio, static_cast<uint32_t>(refs));
 }
 
 absl::Status FolioTryGrab(Folio* folio, int32_t refs, RefKind kind) {
@@ -82,9 +82,9 @@ absl::Status FolioTryGrab(Folio* folio, int32_t refs, RefKind kind) {
                   pins ? "refcount or pincount" : "refcount");
 }
 
-void FolioUngrab(Folio* folio, int32_t refs, RefKind kind, bool dirty) {
-  if (refs <= 0 || refs > static_cast<int32_t>(kMaxCount)) return;
-  folio_internal::Ungrab(folio, static_cast<uint32_t>(refs), kind, dirty);
+bool FolioUngrab(Folio* folio, int32_t refs, RefKind kind, bool dirty) {
+  if (refs <= 0) return false;
+  return folio_internal::UngrabHeld(folio, static_cast<uint32_t>(refs), kind, dirty);
 }
 
 void InitFolio(Folio* folio, const FolioInit& init) {

@@ -93,6 +93,32 @@ inline void Drop(Folio* folio, uint64_t delta) {
   }
 }
 
+// Drop for a put the caller may not hold: the program's unpin of a page array or spans,
+// which names the folios and counts itself. Refused, giving nothing back, when a field of
+// the word holds less than the delta's (never pinned, unpinned already, or pinned as the
+// other kind): a put that took a mapping's reference would free a folio still mapped.
+// Still one atomic when the references are held: the subtraction's old value says whether
+// it borrowed, and adding the delta back restores the word exactly, as additions and
+// subtractions of the word commute whatever ran in between. Exact when nothing else
+// changes the folio's counts meanwhile. A grab racing with a refused put may be refused
+// too (the borrowed field's top bit reads as an overflow), and a put racing with it may be
+// refused or see a refcount that is not the folio's (a last reference then kept from its
+// owner, or, if the refused put borrowed from the pincount alone, a folio given back
+// early): the guard is against a program's mistake, not a substitute for its
+// bookkeeping.
+inline bool DropHeld(Folio* folio, uint64_t delta) {
+  const uint64_t old = folio->counts.fetch_sub(delta, std::memory_order_release);
+  if (RefcountOf(old) < RefcountOf(delta) || PincountOf(old) < PincountOf(delta)) [[unlikely]] {
+    folio->counts.fetch_add(delta, std::memory_order_relaxed);
+    return false;
+  }
+  if (RefcountOf(old) == RefcountOf(delta)) [[unlikely]] {
+    (void)folio->counts.load(std::memory_order_acquire);
+    Released(folio);
+  }
+  return true;
+}
+
 // Sets the dirty flag unless it is set already: a folio unpinned dirty again and again
 // takes one atomic per unpin (the drop), not two.
 inline void MarkDirty(Folio* folio) {
@@ -102,10 +128,22 @@ inline void MarkDirty(Folio* folio) {
   }
 }
 
-// FolioUngrab: undoes TryGrab(folio, refs, kind), in one atomic.
+// Undoes TryGrab(folio, refs, kind), in one atomic: for the grabs this library took.
 inline void Ungrab(Folio* folio, uint32_t refs, RefKind kind, bool dirty) {
   if (dirty) MarkDirty(folio);
   Drop(folio, GrabDelta(folio, refs, kind));
+}
+
+// FolioUngrab, and the unpins of what a program hands back: Ungrab, refused (false, nothing
+// given back) for a count no grab could have taken, or when the folio holds fewer
+// references of `kind` than `refs` (DropHeld). A refused unpin asked to mark the folio
+// dirty still does: a flag that says more was written than was is harmless.
+inline bool UngrabHeld(Folio* folio, uint32_t refs, RefKind kind, bool dirty) {
+  const uint64_t delta = GrabDelta(folio, refs, kind);
+  if (delta == 0) [[unlikely]]
+    return false;
+  if (dirty) MarkDirty(folio);
+  return DropHeld(folio, delta);
 }
 
 }  // namespace hugemm::folio_internal

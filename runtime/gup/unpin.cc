@@ -79,37 +79,46 @@ absl::Status CheckHeld(const PageTable& table, Folio* folio, size_t pages, RefKi
       "; nothing unpinned"));
 }
 
-size_t UnpinPageRefs(absl::Span<const PageRef> refs, bool dirty, RefGranularity granularity) {
+size_t UnpinPageRefs(absl::Span<const PageRef> refs, bool dirty, RefGranularity granularity,
+                     size_t* refused) {
   // A plain pointer: this loop is the hot path of unpin.
   const PageRef* pages = refs.data();
   const size_t n = refs.size();
   size_t ops = 0;
+  size_t no = 0;
   if (granularity == RefGranularity::kPage) {
     for (size_t i = 0; i < n; ++i) {
       if (pages[i].folio() == nullptr) continue;
-      folio_internal::Ungrab(pages[i].folio(), 1, pages[i].kind(), dirty);
-      ++ops;
+      const bool done = folio_internal::UngrabHeld(pages[i].folio(), 1, pages[i].kind(), dirty);
+      ops += done;
+      no += !done;
     }
-    return ops;
-  }
-  for (size_t i = 0; i < n;) {
-    const size_t run = RunLength(pages, i, n);
-    if (Folio* folio = pages[i].folio(); folio != nullptr) {
-      folio_internal::Ungrab(folio, static_cast<uint32_t>(run), pages[i].kind(), dirty);
-      ++ops;
+  } else {
+    for (size_t i = 0; i < n;) {
+      const size_t run = RunLength(pages, i, n);
+      if (Folio* folio = pages[i].folio(); folio != nullptr) {
+        const bool done =
+            folio_internal::UngrabHeld(folio, static_cast<uint32_t>(run), pages[i].kind(), dirty);
+        ops += done;
+        no += !done;
+      }
+      i += run;
     }
-    i += run;
   }
+  if (refused != nullptr) *refused = no;
   return ops;
 }
 
-size_t UnpinSpans(absl::Span<const FolioSpan> spans, RefKind kind, bool dirty) {
+size_t UnpinSpans(absl::Span<const FolioSpan> spans, RefKind kind, bool dirty, size_t* refused) {
   size_t ops = 0;
+  size_t no = 0;
   for (const FolioSpan& s : spans) {
     if (s.folio == nullptr || s.pages == 0) continue;
-    folio_internal::Ungrab(s.folio, s.pages, kind, dirty);
-    ++ops;
+    const bool done = folio_internal::UngrabHeld(s.folio, s.pages, kind, dirty);
+    ops += done;
+    no += !done;
   }
+  if (refused != nullptr) *refused = no;
   return ops;
 }
 
@@ -215,8 +224,8 @@ absl::Status UnpinRange(const PageTable& table, const void* va, size_t length, R
 
 }  // namespace gup_internal
 
-size_t Pinner::UnpinPages(absl::Span<const PageRef> pages, bool dirty) const {
-  return gup_internal::UnpinPageRefs(pages, dirty, options_.granularity);
+size_t Pinner::UnpinPages(absl::Span<const PageRef> pages, bool dirty, size_t* refused) const {
+  return gup_internal::UnpinPageRefs(pages, dirty, options_.granularity, refused);
 }
 
 absl::Status Pinner::UnpinRange(const void* va, size_t length, RefKind kind, bool dirty) const {
@@ -229,8 +238,9 @@ absl::Status Pinner::UnpinRange(const void* va, size_t length, RefKind kind, boo
   return gup_internal::UnpinRange(table_, va, length, kind, dirty, options_.owner_refs, reserved);
 }
 
-size_t Pinner::UnpinFolios(absl::Span<const FolioSpan> spans, RefKind kind, bool dirty) const {
-  return gup_internal::UnpinSpans(spans, kind, dirty);
+size_t Pinner::UnpinFolios(absl::Span<const FolioSpan> spans, RefKind kind, bool dirty,
+                           size_t* refused) const {
+  return gup_internal::UnpinSpans(spans, kind, dirty, refused);
 }
 
 bool Pinner::MaybeDmaPinned(const void* va) const {

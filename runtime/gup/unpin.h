@@ -15,10 +15,15 @@ namespace hugemm::gup_internal {
 
 // unpin_user_pages_dirty_lock: one FolioUngrab per run of entries on the same folio with
 // the same kind (per entry in kPage granularity); dirty marks each folio once, before its
-// references drop. Null folios are skipped. Returns the reference operations done.
-size_t UnpinPageRefs(absl::Span<const PageRef> pages, bool dirty, RefGranularity granularity);
-// One FolioUngrab per span of `kind`. Returns the reference operations done.
-size_t UnpinSpans(absl::Span<const FolioSpan> spans, RefKind kind, bool dirty);
+// references drop. Null folios are skipped. Returns the reference operations done; a run
+// whose folio holds fewer references of its kind is refused (FolioUngrab) and counted in
+// `*refused` (when not null).
+size_t UnpinPageRefs(absl::Span<const PageRef> pages, bool dirty, RefGranularity granularity,
+                     size_t* refused = nullptr);
+// One FolioUngrab per span of `kind`. Returns the reference operations done, and the
+// spans refused in `*refused` (when not null).
+size_t UnpinSpans(absl::Span<const FolioSpan> spans, RefKind kind, bool dirty,
+                  size_t* refused = nullptr);
 // Whether `folio` holds `pages` references of `kind` to give back beyond `reserved` of
 // that kind (recorded pins, given back by their records): pins for kPin (a large folio's
 // pincount; kPinBias each in an order-0 folio's refcount); for kGet, what its refcount

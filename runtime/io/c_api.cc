@@ -18,7 +18,7 @@ namespace {
 int Ok() { return hugemm::bridge::CApiOk(); }
 
 // The kernel's errno where it said no (EBUSY, EBADF, ...), else the status code's.
-int Fail(const absl::Status& st) { return hugemm::bridge::CApiFailKernel(st); }
+int Fail(const char* fn, const absl::Status& st) { return hugemm::bridge::CApiFailKernel(fn, st); }
 
 int Invalid(const char* what) { return hugemm::bridge::CApiFail(EINVAL, what); }
 
@@ -53,7 +53,7 @@ int hugemm_io_attach(hugemm_runtime* rt, int ring_fd, const hugemm_io_options* o
   }
   absl::StatusOr<std::unique_ptr<hugemm::IoRing>> ring =
       hugemm::IoRing::Attach(*rt->rt, ring_fd, o);
-  if (!ring.ok()) return Fail(ring.status());
+  if (!ring.ok()) return Fail(__func__, ring.status());
   auto* io = new hugemm_io{std::move(*ring), rt};
   hugemm::bridge::CApiAdopt<&hugemm_io::ring>(rt, io);
   *out = io;
@@ -81,7 +81,7 @@ int hugemm_io_buffer_index(const hugemm_io* io, const void* addr, size_t length)
   // found this time.
   absl::StatusOr<int> why = io->ring->fixed().IndexOf(addr, length);
   if (why.ok()) return *why;
-  return Fail(why.status());
+  return Fail(__func__, why.status());
 }
 HUGEMM_C_CATCH
 
@@ -90,7 +90,7 @@ int hugemm_io_prep_read(hugemm_io* io, struct io_uring_sqe* sqe, int fd, void* b
   if (io == nullptr) return Invalid("hugemm_io_prep_read: NULL io");
   if (io->ring == nullptr) return Closed("hugemm_io_prep_read");
   if (absl::Status st = io->ring->PrepareRead(sqe, fd, buf, length, offset, user_data); !st.ok()) {
-    return Fail(st);
+    return Fail(__func__, st);
   }
   return Ok();
 }
@@ -101,7 +101,7 @@ int hugemm_io_prep_write(hugemm_io* io, struct io_uring_sqe* sqe, int fd, const 
   if (io == nullptr) return Invalid("hugemm_io_prep_write: NULL io");
   if (io->ring == nullptr) return Closed("hugemm_io_prep_write");
   if (absl::Status st = io->ring->PrepareWrite(sqe, fd, buf, length, offset, user_data); !st.ok()) {
-    return Fail(st);
+    return Fail(__func__, st);
   }
   return Ok();
 }
@@ -111,7 +111,7 @@ int hugemm_io_complete(hugemm_io* io, const struct io_uring_cqe* cqe, uint64_t* 
   if (io == nullptr) return Invalid("hugemm_io_complete: NULL io");
   if (io->ring == nullptr) return Closed("hugemm_io_complete");
   absl::StatusOr<uint64_t> u = io->ring->Complete(cqe);
-  if (!u.ok()) return Fail(u.status());
+  if (!u.ok()) return Fail(__func__, u.status());
   if (user_data != nullptr) *user_data = *u;
   return Ok();
 }
@@ -121,7 +121,7 @@ int hugemm_io_cancel(hugemm_io* io, const struct io_uring_sqe* sqe, uint64_t* us
   if (io == nullptr) return Invalid("hugemm_io_cancel: NULL io");
   if (io->ring == nullptr) return Closed("hugemm_io_cancel");
   absl::StatusOr<uint64_t> u = io->ring->Cancel(sqe);
-  if (!u.ok()) return Fail(u.status());
+  if (!u.ok()) return Fail(__func__, u.status());
   if (user_data != nullptr) *user_data = *u;
   return Ok();
 }
@@ -136,7 +136,7 @@ int hugemm_io_pin(hugemm_io* io, const void* addr, size_t length, int device_wri
   if (io == nullptr || token == nullptr) return Invalid("hugemm_io_pin: NULL io or token");
   if (io->ring == nullptr) return Closed("hugemm_io_pin");
   absl::StatusOr<uint64_t> t = io->ring->pins().Pin(addr, length, device_writes != 0);
-  if (!t.ok()) return Fail(t.status());
+  if (!t.ok()) return Fail(__func__, t.status());
   *token = *t;
   return Ok();
 }
@@ -145,7 +145,7 @@ HUGEMM_C_CATCH
 int hugemm_io_unpin(hugemm_io* io, uint64_t token) try {
   if (io == nullptr) return Invalid("hugemm_io_unpin: NULL io");
   if (io->ring == nullptr) return Closed("hugemm_io_unpin");
-  if (absl::Status st = io->ring->pins().Unpin(token); !st.ok()) return Fail(st);
+  if (absl::Status st = io->ring->pins().Unpin(token); !st.ok()) return Fail(__func__, st);
   return Ok();
 }
 HUGEMM_C_CATCH

@@ -55,7 +55,7 @@ int hugemm_mr_cache_create(hugemm_runtime* rt, const hugemm_mr_cache_options* op
     }
   }
   absl::StatusOr<std::unique_ptr<hugemm::MrCache>> cache = hugemm::MrCache::Create(*rt->rt, o);
-  if (!cache.ok()) return CApiFail(cache.status());
+  if (!cache.ok()) return CApiFail(__func__, cache.status());
   auto* handle = new hugemm_mr_cache{std::move(*cache), rt};
   hugemm::bridge::CApiAdopt<&hugemm_mr_cache::cache>(rt, handle);
   *out = handle;
@@ -75,7 +75,7 @@ int hugemm_mr_get(hugemm_mr_cache* cache, struct ibv_pd* pd, const void* addr, s
   if (cache == nullptr) return CApiFail(EINVAL, "hugemm_mr_get: NULL cache");
   if (cache->cache == nullptr) return Closed("hugemm_mr_get");
   absl::StatusOr<hugemm::MrHandle> h = cache->cache->Get(pd, addr, length, access);
-  if (!h.ok()) return CApiFail(h.status());
+  if (!h.ok()) return CApiFail(__func__, h.status());
   auto* mr = new (std::nothrow) hugemm_mr{std::move(*h)};
   if (mr == nullptr) return CApiFail(ENOMEM, "hugemm_mr_get: out of memory");
   *out = mr;

@@ -21,7 +21,7 @@ struct hugemm_vfio {
 
 namespace {
 
-int Fail(const absl::Status& st) { return hugemm::bridge::CApiFailKernel(st); }
+int Fail(const char* fn, const absl::Status& st) { return hugemm::bridge::CApiFailKernel(fn, st); }
 
 int Invalid(const char* what) { return hugemm::bridge::CApiFail(EINVAL, what); }
 
@@ -45,7 +45,7 @@ int hugemm_vfio_attach(hugemm_runtime* rt, int container_fd, const hugemm_vfio_o
   }
   absl::StatusOr<std::unique_ptr<hugemm::IovaMapper>> mapper =
       hugemm::IovaMapper::Attach(*rt->rt, container_fd, o);
-  if (!mapper.ok()) return Fail(mapper.status());
+  if (!mapper.ok()) return Fail(__func__, mapper.status());
   auto* handle = new hugemm_vfio{rt, std::move(*mapper)};
   hugemm::bridge::CApiAdopt<&hugemm_vfio::mapper>(rt, handle);
   *out = handle;
@@ -82,7 +82,7 @@ long hugemm_vfio_pin_segments(hugemm_vfio* vfio, const void* addr, size_t length
   absl::StatusOr<size_t> n = vfio->mapper->PinSegments(
       addr, length, static_cast<hugemm::GupFlags>(flags), max_segment,
       absl::MakeSpan(reinterpret_cast<hugemm::DmaSegment*>(segments), cap), &pinned);
-  if (!n.ok()) return hugemm::bridge::CApiFail(n.status());
+  if (!n.ok()) return hugemm::bridge::CApiFail(__func__, n.status());
   if (!pinned.empty()) {
     // Recorded as hugemm_pin_segments records its pins, for hugemm_unpin_range.
     const hugemm::RefKind kind =
