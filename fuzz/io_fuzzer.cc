@@ -353,11 +353,14 @@ void Driver::OpComplete() {
 void Driver::OpCancel() {
   auto it = std::find_if(ios_.begin(), ios_.end(), [](const Io& io) { return !io.submitted; });
   if (it == ios_.end()) {
-    // An SQE hugemm never prepared.
+    // An SQE hugemm never prepared, or one carrying a token of hugemm_io_pin, which
+    // only hugemm_io_unpin gives back.
     io_uring_sqe bogus{};
-    bogus.user_data = in_.U64();
+    const bool pin_token = !tokens_.empty() && in_.Bool();
+    bogus.user_data = pin_token ? tokens_[in_.Below(tokens_.size())] : in_.U64();
     const int rc = hugemm_io_cancel(io_, &bogus, nullptr);
     CheckFailure("cancel", rc);
+    FUZZ_CHECK(!pin_token || rc == -ENOENT, "cancel of an SQE carrying a pin token");
     return;
   }
   uint64_t tag = 0;
@@ -395,6 +398,15 @@ void Driver::OpUnpin() {
     const int rc = hugemm_io_unpin(io_, tokens_[k]);
     FUZZ_CHECK(rc == 0, std::string("unpin of a token held: ") + hugemm_last_error());
     tokens_.erase(tokens_.begin() + static_cast<ptrdiff_t>(k));
+    return;
+  }
+  // A prepared I/O's token is no pin token: the I/O keeps its pins until its completion.
+  auto prepared =
+      std::find_if(ios_.begin(), ios_.end(), [](const Io& io) { return !io.submitted; });
+  if (prepared != ios_.end() && in_.Below(4) == 0) {
+    const int rc = hugemm_io_unpin(io_, prepared->sqe->user_data);
+    CheckFailure("unpin of a prepared I/O's token", rc);
+    FUZZ_CHECK(rc == -ENOENT, "unpin of a prepared I/O's token");
     return;
   }
   const uint64_t token = in_.U64();
