@@ -107,12 +107,16 @@ absl::Status IoPins::Release(uint64_t token, uint64_t* user_data, bool prepared)
   // its memory under the device, and a completion of a Pin's token would leave the
   // program's own Unpin of it failing.
   if (r.prepared != prepared) {
+    if (prepared) {
+      return absl::NotFoundError(
+          hugemm::Format("per-I/O pins: token 0x%x is a pin of IoPins::Pin (hugemm_io_pin), "
+                         "not a prepared I/O; Unpin (hugemm_io_unpin) gives it back",
+                         token));
+    }
     return absl::NotFoundError(hugemm::Format(
-        prepared ? "per-I/O pins: token 0x%x is a pin of IoPins::Pin (hugemm_io_pin), not a "
-                   "prepared I/O; Unpin (hugemm_io_unpin) gives it back"
-                 : "per-I/O pins: token 0x%x is a prepared I/O in flight, not a pin of "
-                   "IoPins::Pin (hugemm_io_pin); its completion (hugemm_io_complete, or "
-                   "hugemm_io_cancel before the submit) gives it back",
+        "per-I/O pins: token 0x%x is a prepared I/O in flight, not a pin of IoPins::Pin "
+        "(hugemm_io_pin); its completion (hugemm_io_complete, or hugemm_io_cancel before the "
+        "submit) gives it back",
         token));
   }
   if (r.spans.empty()) {
