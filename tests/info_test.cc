@@ -36,6 +36,15 @@ Json Parse(const std::string& text) {
   return Json::parse(text, nullptr, /*allow_exceptions=*/false);
 }
 
+// Whether a run under a small RLIMIT_AS ended before main(), with nothing of hugemm's to
+// report: the dynamic loader could not map a library (exit 127, "error while loading
+// shared libraries"), or libnuma's constructor could not allocate its node masks (it
+// prints "Out of memory allocating bitmask" and exits). `output` holds its stderr.
+bool EndedBeforeMain(int exit_code, const std::string& output) {
+  return exit_code == 127 || output.find("error while loading") != std::string::npos ||
+         output.find("Out of memory allocating bitmask") != std::string::npos;
+}
+
 // Runs the CLI and returns its stdout (add "2>&1" to `args` for stderr too).
 std::string RunCli(const std::string& args, int* exit_code) {
   return testing::RunCommand(std::string(HUGEMM_CLI_PATH) + " " + args, exit_code);
@@ -383,7 +392,7 @@ TEST(DemoCli, MappingNothingIsAFailure) {
     int code = 0;
     const std::string out = testing::RunCommand(
         absl::StrFormat("prlimit --as=%d %s demo 2>&1", mib << 20, HUGEMM_CLI_PATH), &code);
-    if (code == 127 || out.find("error while loading") != std::string::npos) continue;
+    if (EndedBeforeMain(code, out)) continue;
     if (out.find("demo: 0 page size(s) mapped") == std::string::npos) {
       GTEST_SKIP() << "a page mapped under the first limit the program loads under (" << mib
                    << " MiB): " << out;
@@ -716,7 +725,7 @@ TEST(JsonFailure, BenchmarksWithoutAddressSpace) {
     bool loaded = false;
     for (int mib = 8; mib <= 64 && !loaded; ++mib) {
       const JsonRun r = RunJsonFailure(args, absl::StrFormat("prlimit --as=%d ", mib << 20));
-      if (r.rc == 127 || r.err.find("error while loading") != std::string::npos) continue;
+      if (EndedBeforeMain(r.rc, r.err)) continue;
       loaded = true;
       EXPECT_THAT(ExpectFailureObject(r, command, args, "RESOURCE_EXHAUSTED", ENOMEM),
                   HasSubstr("mmap"));
@@ -737,7 +746,7 @@ TEST(JsonFailure, OutOfMemoryIsAFailureNotAnAbort) {
   for (int mib = 8; mib <= 40; ++mib) {
     const JsonRun r =
         RunJsonFailure("verify --json", absl::StrFormat("prlimit --as=%d ", mib << 20));
-    if (r.rc == 127 || r.err.find("error while loading") != std::string::npos) continue;
+    if (EndedBeforeMain(r.rc, r.err)) continue;
     ++loaded;
     SCOPED_TRACE(absl::StrFormat("RLIMIT_AS %d MiB", mib));
     ASSERT_TRUE(r.rc == 0 || r.rc == 1) << "exit " << r.rc << "\n" << r.err;
@@ -764,7 +773,7 @@ TEST(JsonFailure, StressCountsNoDescriptorLeftAsARefusal) {
   for (int n = 3; n <= 32 && refused_runs == 0; ++n) {
     const JsonRun r =
         RunJsonFailure("stress --seconds 0.3", absl::StrFormat("prlimit --nofile=%d ", n));
-    if (r.rc == 127 || r.err.find("error while loading") != std::string::npos) continue;
+    if (EndedBeforeMain(r.rc, r.err)) continue;
     SCOPED_TRACE(absl::StrFormat("RLIMIT_NOFILE %d", n));
     EXPECT_THAT(r.out + r.err, Not(HasSubstr("VIOLATION")));
     if (r.out.find("register external: RESOURCE_EXHAUSTED") != std::string::npos) {
@@ -787,7 +796,7 @@ TEST(JsonFailure, VerifyWithoutDescriptorsFailsRatherThanSkips) {
   int short_runs = 0;
   for (int n = 3; n <= 32; ++n) {
     const JsonRun r = RunJsonFailure("verify --json", absl::StrFormat("prlimit --nofile=%d ", n));
-    if (r.rc == 127 || r.err.find("error while loading") != std::string::npos) continue;
+    if (EndedBeforeMain(r.rc, r.err)) continue;
     SCOPED_TRACE(absl::StrFormat("RLIMIT_NOFILE %d", n));
     ASSERT_TRUE(r.json.is_object()) << r.out << r.err;
     if (r.rc == 0) break;  // enough descriptors for every check
