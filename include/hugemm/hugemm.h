@@ -302,9 +302,9 @@ typedef struct hugemm_dma_segment {
  * -EPERM (a WRITE pin of read-only memory), -EFAULT (a device-exclusive page, a
  * LONGTERM pin of borrowed memory), -ENOMEM (the output is full, a count would
  * overflow), -EAGAIN (FAST_ONLY and the mapping kept changing). An empty range pins
- * nothing and returns 0 (its output may then be NULL, as an unpin's of nothing may), if
- * the flags are valid. A pin that fails keeps nothing pinned, but may have written part
- * of its output array. */
+ * nothing and returns 0 if the flags are valid; its output may then be NULL, as the
+ * unpins accept NULL with nothing to unpin. A pin that fails keeps nothing pinned, but
+ * may have written part of its output array. */
 
 /* Pins `npages` 4K pages from the page holding `addr` into pages[]. Returns the number
  * pinned (npages, or fewer with HUGEMM_PARTIAL) or a negative errno. */

@@ -79,18 +79,23 @@ inline GrabResult TryGrab(Folio* folio, uint32_t refs, RefKind kind) {
 // The last reference dropped: hand the folio to its owner. Out of line; rare.
 void Released(Folio* folio);
 
-// Subtracts a delta the caller holds; the last reference out hands the folio back. Release,
-// so that everything the holder did happens before the folio's next life. The last one
-// then reads the word with acquire: every earlier put is a release read-modify-write of
-// the same word, so reading the value this one left synchronises with all of them, and
-// their work happens before the owner's reuse. (A load, not an acquire fence: the rare
-// path pays one read, and ThreadSanitizer, which does not model fences, sees it.)
-inline void Drop(Folio* folio, uint64_t delta) {
-  const uint64_t old = folio->counts.fetch_sub(delta, std::memory_order_release);
+// After a put's release subtraction whose old word was `old`: the last reference out
+// hands the folio back. It first reads the word with acquire: every earlier put is a
+// release read-modify-write of the same word, so reading the value this one left
+// synchronises with all of them, and their work happens before the owner's reuse. (A
+// load, not an acquire fence: the rare path pays one read, and ThreadSanitizer, which does
+// not model fences, sees it.)
+inline void ReleaseIfLast(Folio* folio, uint64_t old, uint64_t delta) {
   if (RefcountOf(old) == RefcountOf(delta)) [[unlikely]] {
     (void)folio->counts.load(std::memory_order_acquire);
     Released(folio);
   }
+}
+
+// Subtracts a delta the caller holds; the last reference out hands the folio back. Release,
+// so that everything the holder did happens before the folio's next life.
+inline void Drop(Folio* folio, uint64_t delta) {
+  ReleaseIfLast(folio, folio->counts.fetch_sub(delta, std::memory_order_release), delta);
 }
 
 // Drop for a put the caller may not hold: the program's unpin of a page array or spans,
@@ -112,10 +117,7 @@ inline bool DropHeld(Folio* folio, uint64_t delta) {
     folio->counts.fetch_add(delta, std::memory_order_relaxed);
     return false;
   }
-  if (RefcountOf(old) == RefcountOf(delta)) [[unlikely]] {
-    (void)folio->counts.load(std::memory_order_acquire);
-    Released(folio);
-  }
+  ReleaseIfLast(folio, old, delta);
   return true;
 }
 
