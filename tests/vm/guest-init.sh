@@ -22,6 +22,9 @@
 #   hugemm.rxe=0|1         load rdma_rxe and add rxe0 on lo
 #   hugemm.rxepair=0|1     rxe_a and rxe_b on the two ends of a veth pair
 #   hugemm.nullblk=GB|0    /dev/nullb0, a memory-backed null_blk disk of GB GiB
+#   hugemm.watchdog=S|0    at S seconds of uptime with the command still running, print
+#                          the blocked tasks' stacks (sysrq w) to the console, which the
+#                          host shows when it kills the VM at its --timeout
 
 /bin/busybox mkdir -p /bin /proc /sys /dev
 /bin/busybox --install -s /bin
@@ -60,6 +63,7 @@ DAX_NODE=0
 NVME=0
 IOMMU=0
 NULL_BLK=0
+WATCHDOG=0
 # shellcheck disable=SC2013 # the command line is words
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
@@ -75,6 +79,7 @@ for arg in $(cat /proc/cmdline); do
     hugemm.nvme=*) NVME=${arg#*=} ;;
     hugemm.iommu=*) IOMMU=${arg#*=} ;;
     hugemm.nullblk=*) NULL_BLK=${arg#*=} ;;
+    hugemm.watchdog=*) WATCHDOG=${arg#*=} ;;
   esac
 done
 [ -n "$SHARE_DIR" ] || die "no hugemm.share= on the kernel command line"
@@ -271,10 +276,23 @@ EOF
 fi
 
 # --- the job ---------------------------------------------------------------------
+# A command that hangs (a driver's unbind, an I/O that never completes) is killed by the
+# host at its --timeout; just before, the watchdog says where the guest's tasks wait.
+watchdog=
+if [ "$WATCHDOG" -gt 0 ]; then
+  (
+    until [ "$(cut -d. -f1 /proc/uptime)" -ge "$WATCHDOG" ]; do sleep 1; done
+    echo "HUGEMM-VM-WATCHDOG: the command still runs at ${WATCHDOG}s of uptime; blocked tasks:"
+    echo 1 >/proc/sys/kernel/sysrq
+    echo w >/proc/sysrq-trigger
+  ) &
+  watchdog=$!
+fi
 say "running the command"
 chroot "$NEWROOT" /usr/bin/env -i /bin/bash "$SHARE_DIR/job.sh" \
   </dev/null >"$NEWROOT$SHARE_DIR/output" 2>&1
 rc=$?
+[ -n "$watchdog" ] && kill "$watchdog" 2>/dev/null
 echo "$rc" >"$NEWROOT$SHARE_DIR/rc"
 say "command exited with status $rc"
 echo "HUGEMM-VM-EXIT-STATUS: $rc"

@@ -290,6 +290,9 @@ append+=" hugemm.align=$ALIGN hugemm.share=$SHARE ${RW:+hugemm.rw=$RW} hugemm.nu
 append+=" hugemm.hugepages=$HUGEPAGES hugemm.hugepages1g=$HUGEPAGES_1G hugemm.daxnode=$DAX_NODE"
 append+=" hugemm.nvme=$([[ -n $NVME ]] && echo "$NVME_BDF" || echo 0) hugemm.iommu=$IOMMU"
 append+=" hugemm.rxe=$RXE hugemm.rxepair=$RXE_PAIR hugemm.nullblk=$NULL_BLK"
+# The guest dumps its blocked tasks 20 s before the host kills it (guest uptime runs
+# about as long as the host's wait: its clock starts within seconds of qemu's).
+append+=" hugemm.watchdog=$((TIMEOUT > 60 ? TIMEOUT - 20 : 0))"
 # Huge pages are reserved at boot, while memory is unfragmented (a 1G page could
 # rarely be found later); "N0:C,N1:C" asks each node for its own count.
 per_node() { # COUNT -> the hugepages= value
@@ -387,7 +390,12 @@ console_tail() {
     return
   fi
   say "---- last lines of the VM console ($KVER, accel $ACCEL) ----"
-  say "$(tail -n 40 "$RUN/console.log" | tr -d '\r')"
+  # From the watchdog's report on, when there is one (the blocked tasks' stacks).
+  if grep -q '^HUGEMM-VM-WATCHDOG' "$RUN/console.log"; then
+    say "$(sed -n '/^HUGEMM-VM-WATCHDOG/,$p' "$RUN/console.log" | head -n 200 | tr -d '\r')"
+  else
+    say "$(tail -n 40 "$RUN/console.log" | tr -d '\r')"
+  fi
   say "----"
 }
 
